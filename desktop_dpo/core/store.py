@@ -1,0 +1,1133 @@
+"""The only module with SQL. A :class:`Store` wraps one SQLite connection for one thread.
+
+Durability rules (a pick must never be lost):
+- WAL journal, ``synchronous=FULL``: a committed write survives a killed process and a power cut.
+- Every multi-row write happens inside ``with self.atomic():`` (one transaction, all or nothing).
+- A connection belongs to the thread that opened it (sqlite3 enforces ``check_same_thread``);
+  each worker opens its own :class:`Store` on the same file.
+- Schema version lives in ``PRAGMA user_version``. Before a migration the file is copied to
+  ``backups/``; a database from a newer version is refused; a file that is not SQLite is refused
+  without being opened for writing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from desktop_dpo.core.errors import NewerSchemaError, NotADatabaseError, StoreError
+
+log = logging.getLogger(__name__)
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+VERDICTS = ("a", "b", "tie", "both_bad", "skip")
+RUN_STATUSES = ("pending", "running", "stopped", "failed", "completed")
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _loads(value: str | None, default: Any = None) -> Any:
+    return default if value is None else json.loads(value)
+
+
+def messages_key(messages: Sequence[dict[str, str]]) -> str:
+    """Stable hash of a conversation, used to find a prompt that already exists."""
+    canonical = _dumps([{"role": m["role"], "content": m["content"]} for m in messages])
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------
+# Rows handed to callers: plain frozen dataclasses, safe to pass between threads in signals.
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    id: int
+    name: str
+    path: str
+    kind: str  # "hf" (folder of safetensors) or "gguf" (single file)
+    fingerprint: str
+    source: str  # user | hf_cache | lmstudio | ollama | aligned | demo | imported
+    info: dict[str, Any]  # architecture, parameters, context length, chat template ...
+    parent_model_id: int | None
+    run_id: int | None
+    created_at: float
+    is_default: bool
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    id: int
+    messages: list[dict[str, str]]
+    source: str
+    split: str | None  # None until a training run fixes it: "train" or "heldout"
+    created_at: float
+
+    @property
+    def text(self) -> str:
+        """The last user message (what a person recognises the prompt by)."""
+        for message in reversed(self.messages):
+            if message["role"] == "user":
+                return message["content"]
+        return self.messages[-1]["content"] if self.messages else ""
+
+
+@dataclass(frozen=True)
+class GenerationRow:
+    id: int
+    prompt_id: int
+    model_id: int | None  # unknown for imported data
+    text: str
+    sampling: dict[str, Any]
+    seed: int | None  # unknown for imported data
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    seconds: float | None
+    finish_reason: str | None
+    created_at: float
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    """A judgement of two generations of one prompt.
+
+    ``verdict`` names a generation, not a screen side: "a" means generation A was better.
+    ``a_shown_left`` records which side A appeared on, so position bias can be studied.
+    """
+
+    id: int
+    prompt_id: int
+    generation_a_id: int
+    generation_b_id: int
+    a_shown_left: bool | None  # None for imported pairs (never shown)
+    verdict: str
+    edited_text: str | None  # the person's rewrite of one response (the one they wanted)
+    edited_side: str | None  # "a" or "b": which response was rewritten
+    note: str | None
+    source: str  # collect | import
+    created_at: float
+    deleted: bool
+
+
+@dataclass(frozen=True)
+class ComparisonView:
+    """A comparison joined with its prompt and both texts (for the Data view and exports)."""
+
+    comparison: ComparisonRow
+    messages: list[dict[str, str]]
+    text_a: str
+    text_b: str
+    model_a_id: int | None
+    model_b_id: int | None
+
+    @property
+    def prompt_text(self) -> str:
+        for message in reversed(self.messages):
+            if message["role"] == "user":
+                return message["content"]
+        return ""
+
+
+@dataclass(frozen=True)
+class RunRow:
+    id: int
+    name: str
+    base_model_id: int | None
+    reference: str  # "adapter_off" or "model:<id>"
+    config: dict[str, Any]
+    comparison_ids: list[int]  # the snapshot of data this run used, fixed at creation
+    status: str
+    step: int
+    total_steps: int | None
+    adapter_path: str | None
+    checkpoint_dir: str | None
+    error: str | None
+    final_metrics: dict[str, Any]
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+
+@dataclass(frozen=True)
+class ExportRow:
+    id: int
+    run_id: int | None
+    model_id: int | None
+    path: str
+    quantization: str
+    sha256: str
+    size_bytes: int
+    parity: dict[str, Any]
+    meta: dict[str, Any]
+    created_at: float
+
+
+@dataclass(frozen=True)
+class ConversationRow:
+    id: int
+    model_id: int | None
+    title: str
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class MessageRow:
+    id: int
+    conversation_id: int
+    role: str
+    content: str
+    meta: dict[str, Any]
+    created_at: float
+
+
+# --------------------------------------------------------------------------------------------------
+# Schema and migrations
+# --------------------------------------------------------------------------------------------------
+
+
+def _migration_1(db: sqlite_utils.Database) -> None:
+    """The first schema: models, prompts, generations, comparisons, runs, exports, caches, chat."""
+    db.execute(
+        """
+        CREATE TABLE models (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            path TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL CHECK (kind IN ('hf', 'gguf')),
+            fingerprint TEXT NOT NULL,
+            source TEXT NOT NULL DEFAULT 'user',
+            info TEXT NOT NULL DEFAULT '{}',
+            parent_model_id INTEGER REFERENCES models(id) ON DELETE SET NULL,
+            run_id INTEGER REFERENCES runs(id) ON DELETE SET NULL,
+            created_at REAL NOT NULL,
+            is_default INTEGER NOT NULL DEFAULT 0
+        )"""
+    )
+    db.execute(
+        """
+        CREATE TABLE prompts (
+            id INTEGER PRIMARY KEY,
+            messages TEXT NOT NULL,
+            messages_key TEXT NOT NULL UNIQUE,
+            source TEXT NOT NULL DEFAULT 'user',
+            split TEXT CHECK (split IN ('train', 'heldout')),
+            queued INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL
+        )"""
+    )
+    db.execute(
+        """
+        CREATE TABLE generations (
+            id INTEGER PRIMARY KEY,
+            prompt_id INTEGER NOT NULL REFERENCES prompts(id),
+            model_id INTEGER REFERENCES models(id) ON DELETE SET NULL,
+            text TEXT NOT NULL,
+            sampling TEXT NOT NULL DEFAULT '{}',
+            seed INTEGER,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            seconds REAL,
+            finish_reason TEXT,
+            created_at REAL NOT NULL
+        )"""
+    )
+    db.execute(
+        """
+        CREATE TABLE comparisons (
+            id INTEGER PRIMARY KEY,
+            prompt_id INTEGER NOT NULL REFERENCES prompts(id),
+            generation_a_id INTEGER NOT NULL REFERENCES generations(id),
+            generation_b_id INTEGER NOT NULL REFERENCES generations(id),
+            a_shown_left INTEGER,
+            verdict TEXT NOT NULL CHECK (verdict IN ('a', 'b', 'tie', 'both_bad', 'skip')),
+            edited_text TEXT,
+            edited_side TEXT CHECK (edited_side IN ('a', 'b')),
+            note TEXT,
+            source TEXT NOT NULL DEFAULT 'collect',
+            created_at REAL NOT NULL,
+            deleted INTEGER NOT NULL DEFAULT 0,
+            deleted_at REAL
+        )"""
+    )
+    db.execute(
+        """
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            base_model_id INTEGER REFERENCES models(id) ON DELETE SET NULL,
+            reference TEXT NOT NULL DEFAULT 'adapter_off',
+            config TEXT NOT NULL,
+            comparison_ids TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending'
+                CHECK (status IN ('pending', 'running', 'stopped', 'failed', 'completed')),
+            step INTEGER NOT NULL DEFAULT 0,
+            total_steps INTEGER,
+            adapter_path TEXT,
+            checkpoint_dir TEXT,
+            error TEXT,
+            final_metrics TEXT NOT NULL DEFAULT '{}',
+            created_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL
+        )"""
+    )
+    db.execute(
+        """
+        CREATE TABLE run_metrics (
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            step INTEGER NOT NULL,
+            split TEXT NOT NULL DEFAULT 'train',
+            metrics TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (run_id, step, split)
+        )"""
+    )
+    db.execute(
+        """
+        CREATE TABLE exports (
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER REFERENCES runs(id) ON DELETE SET NULL,
+            model_id INTEGER REFERENCES models(id) ON DELETE SET NULL,
+            path TEXT NOT NULL,
+            quantization TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            size_bytes INTEGER NOT NULL,
+            parity TEXT NOT NULL DEFAULT '{}',
+            meta TEXT NOT NULL DEFAULT '{}',
+            created_at REAL NOT NULL
+        )"""
+    )
+    db.execute(
+        """
+        CREATE TABLE reference_logps (
+            key TEXT PRIMARY KEY,
+            chosen_logp REAL NOT NULL,
+            rejected_logp REAL NOT NULL,
+            created_at REAL NOT NULL
+        )"""
+    )
+    db.execute(
+        """
+        CREATE TABLE conversations (
+            id INTEGER PRIMARY KEY,
+            model_id INTEGER REFERENCES models(id) ON DELETE SET NULL,
+            title TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )"""
+    )
+    db.execute(
+        """
+        CREATE TABLE messages (
+            id INTEGER PRIMARY KEY,
+            conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
+            content TEXT NOT NULL,
+            meta TEXT NOT NULL DEFAULT '{}',
+            created_at REAL NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX idx_generations_prompt ON generations(prompt_id)")
+    db.execute("CREATE INDEX idx_comparisons_prompt ON comparisons(prompt_id)")
+    db.execute("CREATE INDEX idx_comparisons_created ON comparisons(created_at)")
+    db.execute("CREATE INDEX idx_messages_conversation ON messages(conversation_id)")
+
+
+# Each entry takes the schema from version i to i + 1. Append only; never edit a released one.
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def check_is_sqlite(path: Path) -> None:
+    """Refuse a file that exists, is not empty and does not start with the SQLite header.
+
+    Reads 16 bytes and nothing else, so a wrongly chosen file is never modified.
+    """
+    if not path.exists():
+        return
+    if path.is_dir():
+        raise NotADatabaseError(f"{path} is a folder, not a database file. Choose a .sqlite file.")
+    with path.open("rb") as handle:
+        header = handle.read(len(SQLITE_HEADER))
+    if header and header != SQLITE_HEADER:
+        raise NotADatabaseError(
+            f"{path} is not a desktop-dpo database (it is not an SQLite file). It was left untouched; "
+            "choose another file or a new name."
+        )
+
+
+def backup_database(conn: sqlite3.Connection, db_path: Path, backups_dir: Path, from_version: int) -> Path:
+    """Copy the live database with SQLite's online backup (consistent even in WAL mode)."""
+    backups_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = backups_dir / f"{db_path.stem}.v{from_version}.{stamp}.sqlite"
+    counter = 1
+    while target.exists():
+        target = backups_dir / f"{db_path.stem}.v{from_version}.{stamp}-{counter}.sqlite"
+        counter += 1
+    dest = sqlite3.connect(str(target))
+    try:
+        conn.backup(dest)
+    finally:
+        dest.close()
+    return target
+
+
+class Store:
+    """One SQLite connection for the calling thread, with every query the app needs.
+
+    Open one per thread: ``Store.open(path)``. ``":memory:"`` gives a private in-memory store.
+    """
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: Path | None,
+        migrations: Sequence[Callable[[sqlite_utils.Database], None]] = MIGRATIONS,
+    ):
+        self._conn = conn
+        self.path = path
+        self.db = sqlite_utils.Database(conn)
+        self._thread = threading.get_ident()
+        self._migrations = list(migrations)
+        self.last_backup: Path | None = None
+
+    # ---------------------------------------------------------------- opening, closing, schema
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        backups_dir: Path | None = None,
+        migrations: Sequence[Callable[[sqlite_utils.Database], None]] = MIGRATIONS,
+    ) -> Store:
+        """Open (creating or migrating) the database at ``path`` for the calling thread.
+
+        Raises :class:`NotADatabaseError` for a file that is not SQLite (left untouched) and
+        :class:`NewerSchemaError` for a database made by a newer desktop-dpo.
+        """
+        memory = str(path) == ":memory:"
+        db_path = None if memory else Path(path)
+        if db_path is not None:
+            check_is_sqlite(db_path)
+            try:
+                db_path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"Cannot create the folder for the database {db_path}: {exc}") from exc
+        try:
+            conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"Cannot open the database {path}: {exc}") from exc
+        store = cls(conn, db_path, migrations)
+        try:
+            store._configure()
+            store._migrate(backups_dir or (db_path.parent / "backups" if db_path else None))
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            if "not a database" in str(exc) or "malformed" in str(exc):
+                raise NotADatabaseError(
+                    f"{path} is damaged or not a desktop-dpo database ({exc}). It was left untouched. "
+                    "Restore a copy from the backups folder or choose another file."
+                ) from exc
+            raise StoreError(f"Cannot open the database {path}: {exc}") from exc
+        except Exception:
+            conn.close()
+            raise
+        return store
+
+    def _configure(self) -> None:
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(self._migrations):
+            raise NewerSchemaError(
+                f"This database was made by a newer version of desktop-dpo (schema {version}; this "
+                f"version understands up to {len(self._migrations)}). Update desktop-dpo to open it; "
+                "the file was not changed."
+            )
+        if self.path is not None:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        # FULL: a committed pick survives a power cut, not only a killed process.
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA busy_timeout=30000")
+
+    def _migrate(self, backups_dir: Path | None) -> None:
+        version = self.schema_version
+        target = len(self._migrations)
+        if version == target:
+            return
+        if version > 0 and self.path is not None and backups_dir is not None:
+            self.last_backup = backup_database(self._conn, self.path, backups_dir, version)
+            log.info("Backed up the database to %s before migrating %d -> %d", self.last_backup, version, target)
+        for index in range(version, target):
+            with self.atomic():
+                self._migrations[index](self.db)
+                # PRAGMA user_version is transactional: it commits or rolls back with the migration.
+                self._conn.execute(f"PRAGMA user_version = {index + 1}")
+
+    @property
+    def schema_version(self) -> int:
+        """``PRAGMA user_version``: the number of migrations applied."""
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def close(self) -> None:
+        """Close the connection (checkpointing the WAL when this is the last one)."""
+        self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        """One transaction: everything inside commits together or not at all. Nests (savepoints)."""
+        if self._conn.in_transaction:
+            name = f"sp_{id(object())}"
+            self._conn.execute(f"SAVEPOINT {name}")
+            try:
+                yield
+            except BaseException:
+                self._conn.execute(f"ROLLBACK TO {name}")
+                self._conn.execute(f"RELEASE {name}")
+                raise
+            else:
+                self._conn.execute(f"RELEASE {name}")
+            return
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        else:
+            self._conn.execute("COMMIT")
+
+    def _insert(self, table: str, row: dict[str, Any]) -> int:
+        cursor = self._conn.execute(
+            f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",
+            tuple(row.values()),
+        )
+        return int(cursor.lastrowid)
+
+    def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        cursor = self._conn.execute(sql, tuple(params))
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
+
+    def table_counts(self) -> dict[str, int]:
+        """Rows per table (for the status bar and tests)."""
+        return {name: self.db[name].count for name in self.db.table_names()}
+
+    # ---------------------------------------------------------------- models
+
+    def add_model(
+        self,
+        *,
+        name: str,
+        path: str,
+        kind: str,
+        fingerprint: str,
+        source: str = "user",
+        info: dict[str, Any] | None = None,
+        parent_model_id: int | None = None,
+        run_id: int | None = None,
+    ) -> int:
+        """Register a model, or update the entry with the same path. Returns its id."""
+        with self.atomic():
+            existing = self._conn.execute("SELECT id FROM models WHERE path = ?", (path,)).fetchone()
+            if existing:
+                self._conn.execute(
+                    "UPDATE models SET name=?, kind=?, fingerprint=?, source=?, info=?, parent_model_id=?, "
+                    "run_id=? WHERE id=?",
+                    (name, kind, fingerprint, source, _dumps(info or {}), parent_model_id, run_id, existing[0]),
+                )
+                return int(existing[0])
+            return self._insert(
+                "models",
+                {
+                    "name": name,
+                    "path": path,
+                    "kind": kind,
+                    "fingerprint": fingerprint,
+                    "source": source,
+                    "info": _dumps(info or {}),
+                    "parent_model_id": parent_model_id,
+                    "run_id": run_id,
+                    "created_at": _now(),
+                },
+            )
+
+    def update_model_info(self, model_id: int, **info: Any) -> None:
+        """Merge keys into a model's info (e.g. the path of its GGUF or trainable copy)."""
+        with self.atomic():
+            row = self._conn.execute("SELECT info FROM models WHERE id=?", (model_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"Model {model_id} is not registered.")
+            merged = {**_loads(row[0], {}), **info}
+            self._conn.execute("UPDATE models SET info=? WHERE id=?", (_dumps(merged), model_id))
+
+    def set_default_model(self, model_id: int) -> None:
+        """Make one model the default (the one the app opens on)."""
+        with self.atomic():
+            self._conn.execute("UPDATE models SET is_default = (id = ?)", (model_id,))
+
+    def _model(self, row: dict[str, Any]) -> ModelRow:
+        return ModelRow(
+            id=row["id"],
+            name=row["name"],
+            path=row["path"],
+            kind=row["kind"],
+            fingerprint=row["fingerprint"],
+            source=row["source"],
+            info=_loads(row["info"], {}),
+            parent_model_id=row["parent_model_id"],
+            run_id=row["run_id"],
+            created_at=row["created_at"],
+            is_default=bool(row["is_default"]),
+        )
+
+    def get_model(self, model_id: int) -> ModelRow | None:
+        rows = self._rows("SELECT * FROM models WHERE id=?", (model_id,))
+        return self._model(rows[0]) if rows else None
+
+    def list_models(self) -> list[ModelRow]:
+        return [self._model(r) for r in self._rows("SELECT * FROM models ORDER BY is_default DESC, id")]
+
+    def default_model(self) -> ModelRow | None:
+        rows = self._rows("SELECT * FROM models ORDER BY is_default DESC, id LIMIT 1")
+        return self._model(rows[0]) if rows else None
+
+    def remove_model(self, model_id: int) -> None:
+        """Forget a model (files are not touched; generations keep their text)."""
+        with self.atomic():
+            self._conn.execute("DELETE FROM models WHERE id=?", (model_id,))
+
+    # ---------------------------------------------------------------- prompts
+
+    def add_prompt(self, messages: Sequence[dict[str, str]], *, source: str = "user", queued: bool = False) -> int:
+        """Store a prompt (a list of ``{role, content}`` messages); an identical one is reused."""
+        if not messages:
+            raise StoreError("A prompt needs at least one message.")
+        key = messages_key(messages)
+        with self.atomic():
+            existing = self._conn.execute("SELECT id FROM prompts WHERE messages_key=?", (key,)).fetchone()
+            if existing:
+                if queued:
+                    self._conn.execute("UPDATE prompts SET queued=1 WHERE id=?", (existing[0],))
+                return int(existing[0])
+            return self._insert(
+                "prompts",
+                {
+                    "messages": _dumps([{"role": m["role"], "content": m["content"]} for m in messages]),
+                    "messages_key": key,
+                    "source": source,
+                    "queued": int(queued),
+                    "created_at": _now(),
+                },
+            )
+
+    def _prompt(self, row: dict[str, Any]) -> PromptRow:
+        return PromptRow(
+            id=row["id"],
+            messages=_loads(row["messages"], []),
+            source=row["source"],
+            split=row["split"],
+            created_at=row["created_at"],
+        )
+
+    def get_prompt(self, prompt_id: int) -> PromptRow | None:
+        rows = self._rows("SELECT * FROM prompts WHERE id=?", (prompt_id,))
+        return self._prompt(rows[0]) if rows else None
+
+    def list_prompts(self) -> list[PromptRow]:
+        return [self._prompt(r) for r in self._rows("SELECT * FROM prompts ORDER BY id")]
+
+    def queue_prompts(self, prompts: Iterable[Sequence[dict[str, str]]], *, source: str = "queue") -> list[int]:
+        """Add prompts to the work queue in one transaction. Returns their ids in order."""
+        with self.atomic():
+            return [self.add_prompt(p, source=source, queued=True) for p in prompts]
+
+    def queued_prompts(self) -> list[PromptRow]:
+        """Prompts waiting in the queue, oldest first."""
+        return [self._prompt(r) for r in self._rows("SELECT * FROM prompts WHERE queued=1 ORDER BY id")]
+
+    def dequeue_prompt(self, prompt_id: int) -> None:
+        """Take a prompt off the queue (it was judged or skipped)."""
+        with self.atomic():
+            self._conn.execute("UPDATE prompts SET queued=0 WHERE id=?", (prompt_id,))
+
+    def set_prompt_splits(self, splits: dict[int, str]) -> None:
+        """Fix the train/held-out split of prompts. A split once made is never changed."""
+        with self.atomic():
+            for prompt_id, split in splits.items():
+                if split not in ("train", "heldout"):
+                    raise StoreError(f"Unknown split {split!r}.")
+                self._conn.execute(
+                    "UPDATE prompts SET split=? WHERE id=? AND split IS NULL", (split, prompt_id)
+                )
+
+    # ---------------------------------------------------------------- generations
+
+    def add_generation(
+        self,
+        *,
+        prompt_id: int,
+        text: str,
+        model_id: int | None = None,
+        sampling: dict[str, Any] | None = None,
+        seed: int | None = None,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+        seconds: float | None = None,
+        finish_reason: str | None = None,
+    ) -> int:
+        """Store one response. Model and seed may be unknown (imported data)."""
+        with self.atomic():
+            return self._insert(
+                "generations",
+                {
+                    "prompt_id": prompt_id,
+                    "model_id": model_id,
+                    "text": text,
+                    "sampling": _dumps(sampling or {}),
+                    "seed": seed,
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "seconds": seconds,
+                    "finish_reason": finish_reason,
+                    "created_at": _now(),
+                },
+            )
+
+    def get_generation(self, generation_id: int) -> GenerationRow | None:
+        rows = self._rows("SELECT * FROM generations WHERE id=?", (generation_id,))
+        if not rows:
+            return None
+        row = rows[0]
+        return GenerationRow(
+            id=row["id"],
+            prompt_id=row["prompt_id"],
+            model_id=row["model_id"],
+            text=row["text"],
+            sampling=_loads(row["sampling"], {}),
+            seed=row["seed"],
+            prompt_tokens=row["prompt_tokens"],
+            completion_tokens=row["completion_tokens"],
+            seconds=row["seconds"],
+            finish_reason=row["finish_reason"],
+            created_at=row["created_at"],
+        )
+
+    # ---------------------------------------------------------------- comparisons
+
+    def add_comparison(
+        self,
+        *,
+        prompt_id: int,
+        generation_a_id: int,
+        generation_b_id: int,
+        verdict: str,
+        a_shown_left: bool | None = None,
+        edited_text: str | None = None,
+        edited_side: str | None = None,
+        note: str | None = None,
+        source: str = "collect",
+    ) -> int:
+        """Save a judgement. Committed before returning: a crash right after cannot lose it."""
+        if verdict not in VERDICTS:
+            raise StoreError(f"Unknown verdict {verdict!r}; expected one of {', '.join(VERDICTS)}.")
+        if (edited_text is None) != (edited_side is None):
+            raise StoreError("An edit needs both the edited text and the side it rewrites.")
+        with self.atomic():
+            return self._insert(
+                "comparisons",
+                {
+                    "prompt_id": prompt_id,
+                    "generation_a_id": generation_a_id,
+                    "generation_b_id": generation_b_id,
+                    "a_shown_left": None if a_shown_left is None else int(a_shown_left),
+                    "verdict": verdict,
+                    "edited_text": edited_text,
+                    "edited_side": edited_side,
+                    "note": note,
+                    "source": source,
+                    "created_at": _now(),
+                },
+            )
+
+    def record_pair(
+        self,
+        *,
+        messages: Sequence[dict[str, str]],
+        text_a: str,
+        text_b: str,
+        verdict: str,
+        model_a_id: int | None = None,
+        model_b_id: int | None = None,
+        a_shown_left: bool | None = None,
+        generation_meta_a: dict[str, Any] | None = None,
+        generation_meta_b: dict[str, Any] | None = None,
+        edited_text: str | None = None,
+        edited_side: str | None = None,
+        note: str | None = None,
+        source: str = "collect",
+    ) -> int:
+        """Prompt + two generations + the comparison, in one transaction. Returns the comparison id."""
+        with self.atomic():
+            prompt_id = self.add_prompt(messages, source=source)
+            gen_a = self.add_generation(prompt_id=prompt_id, text=text_a, model_id=model_a_id, **(generation_meta_a or {}))
+            gen_b = self.add_generation(prompt_id=prompt_id, text=text_b, model_id=model_b_id, **(generation_meta_b or {}))
+            return self.add_comparison(
+                prompt_id=prompt_id,
+                generation_a_id=gen_a,
+                generation_b_id=gen_b,
+                verdict=verdict,
+                a_shown_left=a_shown_left,
+                edited_text=edited_text,
+                edited_side=edited_side,
+                note=note,
+                source=source,
+            )
+
+    def _comparison(self, row: dict[str, Any]) -> ComparisonRow:
+        return ComparisonRow(
+            id=row["id"],
+            prompt_id=row["prompt_id"],
+            generation_a_id=row["generation_a_id"],
+            generation_b_id=row["generation_b_id"],
+            a_shown_left=None if row["a_shown_left"] is None else bool(row["a_shown_left"]),
+            verdict=row["verdict"],
+            edited_text=row["edited_text"],
+            edited_side=row["edited_side"],
+            note=row["note"],
+            source=row["source"],
+            created_at=row["created_at"],
+            deleted=bool(row["deleted"]),
+        )
+
+    def get_comparison(self, comparison_id: int) -> ComparisonRow | None:
+        rows = self._rows("SELECT * FROM comparisons WHERE id=?", (comparison_id,))
+        return self._comparison(rows[0]) if rows else None
+
+    _VIEW_SQL = """
+        SELECT c.*, p.messages AS p_messages, ga.text AS text_a, gb.text AS text_b,
+               ga.model_id AS model_a_id, gb.model_id AS model_b_id
+        FROM comparisons c
+        JOIN prompts p ON p.id = c.prompt_id
+        JOIN generations ga ON ga.id = c.generation_a_id
+        JOIN generations gb ON gb.id = c.generation_b_id
+    """
+
+    def _view(self, row: dict[str, Any]) -> ComparisonView:
+        return ComparisonView(
+            comparison=self._comparison(row),
+            messages=_loads(row["p_messages"], []),
+            text_a=row["text_a"],
+            text_b=row["text_b"],
+            model_a_id=row["model_a_id"],
+            model_b_id=row["model_b_id"],
+        )
+
+    def comparison_views(
+        self,
+        *,
+        include_deleted: bool = False,
+        search: str | None = None,
+        ids: Sequence[int] | None = None,
+        verdicts: Sequence[str] | None = None,
+    ) -> list[ComparisonView]:
+        """Comparisons with prompt and texts, oldest first; optional text search and id/verdict filter."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if not include_deleted:
+            clauses.append("c.deleted = 0")
+        if search:
+            like = f"%{search}%"
+            clauses.append("(p.messages LIKE ? OR ga.text LIKE ? OR gb.text LIKE ? OR c.edited_text LIKE ? OR c.note LIKE ?)")
+            params += [like] * 5
+        if ids is not None:
+            if not ids:
+                return []
+            clauses.append(f"c.id IN ({', '.join('?' for _ in ids)})")
+            params += list(ids)
+        if verdicts is not None:
+            clauses.append(f"c.verdict IN ({', '.join('?' for _ in verdicts)})")
+            params += list(verdicts)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        return [self._view(r) for r in self._rows(self._VIEW_SQL + where + " ORDER BY c.id", params)]
+
+    def set_comparisons_deleted(self, comparison_ids: Sequence[int], deleted: bool = True) -> None:
+        """Soft delete (or restore) comparisons. Rows stay, so training runs keep their lineage."""
+        with self.atomic():
+            for comparison_id in comparison_ids:
+                self._conn.execute(
+                    "UPDATE comparisons SET deleted=?, deleted_at=? WHERE id=?",
+                    (int(deleted), _now() if deleted else None, comparison_id),
+                )
+
+    def update_comparison(
+        self,
+        comparison_id: int,
+        *,
+        verdict: str | None = None,
+        edited_text: str | None = None,
+        edited_side: str | None = None,
+        note: str | None = None,
+    ) -> None:
+        """Change the verdict, edit or note of a saved comparison."""
+        if verdict is not None and verdict not in VERDICTS:
+            raise StoreError(f"Unknown verdict {verdict!r}.")
+        with self.atomic():
+            if verdict is not None:
+                self._conn.execute("UPDATE comparisons SET verdict=? WHERE id=?", (verdict, comparison_id))
+            if edited_text is not None:
+                self._conn.execute(
+                    "UPDATE comparisons SET edited_text=?, edited_side=? WHERE id=?",
+                    (edited_text, edited_side, comparison_id),
+                )
+            if note is not None:
+                self._conn.execute("UPDATE comparisons SET note=? WHERE id=?", (note, comparison_id))
+
+    def delete_comparison_for_undo(self, comparison_id: int) -> None:
+        """Undo a pick just made: remove the comparison row (its generations stay for reuse)."""
+        with self.atomic():
+            self._conn.execute("DELETE FROM comparisons WHERE id=?", (comparison_id,))
+
+    def count_usable_pairs(self) -> int:
+        """Comparisons that give DPO a chosen and a rejected response (a/b verdicts or edits)."""
+        row = self._conn.execute(
+            "SELECT COUNT(*) FROM comparisons WHERE deleted=0 AND (verdict IN ('a','b') OR edited_text IS NOT NULL)"
+        ).fetchone()
+        return int(row[0])
+
+    def count_comparisons(self, *, include_deleted: bool = False) -> int:
+        sql = "SELECT COUNT(*) FROM comparisons" + ("" if include_deleted else " WHERE deleted=0")
+        return int(self._conn.execute(sql).fetchone()[0])
+
+    # ---------------------------------------------------------------- training runs
+
+    def create_run(
+        self,
+        *,
+        name: str,
+        base_model_id: int | None,
+        config: dict[str, Any],
+        comparison_ids: Sequence[int],
+        reference: str = "adapter_off",
+        checkpoint_dir: str | None = None,
+    ) -> int:
+        """Create a run with its data snapshot fixed now (later picks do not change it)."""
+        with self.atomic():
+            return self._insert(
+                "runs",
+                {
+                    "name": name,
+                    "base_model_id": base_model_id,
+                    "reference": reference,
+                    "config": _dumps(config),
+                    "comparison_ids": _dumps(sorted(int(i) for i in comparison_ids)),
+                    "checkpoint_dir": checkpoint_dir,
+                    "created_at": _now(),
+                },
+            )
+
+    def update_run(self, run_id: int, **fields: Any) -> None:
+        """Update status, step, paths, error, metrics or times of a run."""
+        allowed = {
+            "status", "step", "total_steps", "adapter_path", "checkpoint_dir", "error",
+            "final_metrics", "started_at", "finished_at", "name", "config",
+        }  # fmt: skip
+        unknown = set(fields) - allowed
+        if unknown:
+            raise StoreError(f"Unknown run fields: {sorted(unknown)}")
+        if "status" in fields and fields["status"] not in RUN_STATUSES:
+            raise StoreError(f"Unknown run status {fields['status']!r}.")
+        for key in ("final_metrics", "config"):
+            if key in fields:
+                fields[key] = _dumps(fields[key])
+        if not fields:
+            return
+        with self.atomic():
+            self._conn.execute(
+                f"UPDATE runs SET {', '.join(f'{k}=?' for k in fields)} WHERE id=?",
+                (*fields.values(), run_id),
+            )
+
+    def _run(self, row: dict[str, Any]) -> RunRow:
+        return RunRow(
+            id=row["id"],
+            name=row["name"],
+            base_model_id=row["base_model_id"],
+            reference=row["reference"],
+            config=_loads(row["config"], {}),
+            comparison_ids=_loads(row["comparison_ids"], []),
+            status=row["status"],
+            step=row["step"],
+            total_steps=row["total_steps"],
+            adapter_path=row["adapter_path"],
+            checkpoint_dir=row["checkpoint_dir"],
+            error=row["error"],
+            final_metrics=_loads(row["final_metrics"], {}),
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+        )
+
+    def get_run(self, run_id: int) -> RunRow | None:
+        rows = self._rows("SELECT * FROM runs WHERE id=?", (run_id,))
+        return self._run(rows[0]) if rows else None
+
+    def list_runs(self) -> list[RunRow]:
+        return [self._run(r) for r in self._rows("SELECT * FROM runs ORDER BY id DESC")]
+
+    def add_run_metrics(self, run_id: int, step: int, metrics: dict[str, Any], split: str = "train") -> None:
+        """Store the metrics of one step (replacing a value written before a resume)."""
+        with self.atomic():
+            self._conn.execute(
+                "INSERT OR REPLACE INTO run_metrics (run_id, step, split, metrics, created_at) VALUES (?,?,?,?,?)",
+                (run_id, step, split, _dumps(metrics), _now()),
+            )
+
+    def run_metrics(self, run_id: int, split: str = "train") -> list[tuple[int, dict[str, Any]]]:
+        """``(step, metrics)`` of a run, in step order."""
+        rows = self._conn.execute(
+            "SELECT step, metrics FROM run_metrics WHERE run_id=? AND split=? ORDER BY step", (run_id, split)
+        ).fetchall()
+        return [(int(step), _loads(metrics, {})) for step, metrics in rows]
+
+    # ---------------------------------------------------------------- exports
+
+    def add_export(
+        self,
+        *,
+        path: str,
+        quantization: str,
+        sha256: str,
+        size_bytes: int,
+        run_id: int | None = None,
+        model_id: int | None = None,
+        parity: dict[str, Any] | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> int:
+        """Record a finished export file."""
+        with self.atomic():
+            return self._insert(
+                "exports",
+                {
+                    "run_id": run_id,
+                    "model_id": model_id,
+                    "path": path,
+                    "quantization": quantization,
+                    "sha256": sha256,
+                    "size_bytes": size_bytes,
+                    "parity": _dumps(parity or {}),
+                    "meta": _dumps(meta or {}),
+                    "created_at": _now(),
+                },
+            )
+
+    def list_exports(self, run_id: int | None = None) -> list[ExportRow]:
+        sql = "SELECT * FROM exports" + (" WHERE run_id=?" if run_id is not None else "") + " ORDER BY id"
+        params = (run_id,) if run_id is not None else ()
+        return [
+            ExportRow(
+                id=r["id"],
+                run_id=r["run_id"],
+                model_id=r["model_id"],
+                path=r["path"],
+                quantization=r["quantization"],
+                sha256=r["sha256"],
+                size_bytes=r["size_bytes"],
+                parity=_loads(r["parity"], {}),
+                meta=_loads(r["meta"], {}),
+                created_at=r["created_at"],
+            )
+            for r in self._rows(sql, params)
+        ]
+
+    # ---------------------------------------------------------------- reference log-prob cache
+
+    def get_reference_logps(self, keys: Sequence[str]) -> dict[str, tuple[float, float]]:
+        """Cached ``(chosen_logp, rejected_logp)`` for the keys that have one."""
+        found: dict[str, tuple[float, float]] = {}
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start : start + 500])
+            rows = self._conn.execute(
+                f"SELECT key, chosen_logp, rejected_logp FROM reference_logps WHERE key IN ({', '.join('?' for _ in chunk)})",
+                chunk,
+            ).fetchall()
+            found.update({k: (float(c), float(r)) for k, c, r in rows})
+        return found
+
+    def put_reference_logps(self, values: dict[str, tuple[float, float]]) -> None:
+        """Cache reference log-probs, all in one transaction."""
+        now = _now()
+        with self.atomic():
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO reference_logps (key, chosen_logp, rejected_logp, created_at) VALUES (?,?,?,?)",
+                [(k, float(c), float(r), now) for k, (c, r) in values.items()],
+            )
+
+    # ---------------------------------------------------------------- chat
+
+    def create_conversation(self, model_id: int | None, title: str = "") -> int:
+        now = _now()
+        with self.atomic():
+            return self._insert(
+                "conversations", {"model_id": model_id, "title": title, "created_at": now, "updated_at": now}
+            )
+
+    def add_message(self, conversation_id: int, role: str, content: str, meta: dict[str, Any] | None = None) -> int:
+        """Append a message to a conversation."""
+        now = _now()
+        with self.atomic():
+            message_id = self._insert(
+                "messages",
+                {
+                    "conversation_id": conversation_id,
+                    "role": role,
+                    "content": content,
+                    "meta": _dumps(meta or {}),
+                    "created_at": now,
+                },
+            )
+            self._conn.execute("UPDATE conversations SET updated_at=? WHERE id=?", (now, conversation_id))
+            return message_id
+
+    def delete_message(self, message_id: int) -> None:
+        """Remove one message (regenerate replaces the last answer)."""
+        with self.atomic():
+            self._conn.execute("DELETE FROM messages WHERE id=?", (message_id,))
+
+    def list_conversations(self) -> list[ConversationRow]:
+        return [
+            ConversationRow(r["id"], r["model_id"], r["title"], r["created_at"], r["updated_at"])
+            for r in self._rows("SELECT * FROM conversations ORDER BY updated_at DESC")
+        ]
+
+    def conversation_messages(self, conversation_id: int) -> list[MessageRow]:
+        return [
+            MessageRow(r["id"], r["conversation_id"], r["role"], r["content"], _loads(r["meta"], {}), r["created_at"])
+            for r in self._rows("SELECT * FROM messages WHERE conversation_id=? ORDER BY id", (conversation_id,))
+        ]

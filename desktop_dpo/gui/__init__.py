@@ -1,0 +1,1 @@
+"""Widgets only. Never imports torch, transformers, peft or llama_cpp directly."""

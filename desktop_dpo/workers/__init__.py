@@ -1,0 +1,1 @@
+"""The only bridge between threads: QtCore workers that drive core generators off the GUI thread."""

@@ -1,0 +1,145 @@
+"""Run a core job (a generator of progress events) on a QThread.
+
+The worker never touches widgets: it emits signals carrying the plain Python objects the job yields.
+Stop = set the cancel token, then ``wait()``; a thread is never terminated.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from PySide6.QtCore import QObject, QThread, Signal
+
+from desktop_dpo.core.errors import DesktopDpoError, JobCancelled
+from desktop_dpo.core.jobs import CancelToken, Job
+
+log = logging.getLogger(__name__)
+
+JobFactory = Callable[[CancelToken], Job]
+"""Builds the generator inside the worker thread (so heavy imports happen there too)."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """A sentence for the person. Our own errors already are; others get their type named."""
+    if isinstance(exc, DesktopDpoError):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "The computer ran out of memory. Close other programs or choose smaller settings, then try again."
+    if isinstance(exc, OSError) and getattr(exc, "errno", None) == 28:
+        return "The disk is full. Free some space, then try again; nothing already saved was lost."
+    return f"Unexpected error ({type(exc).__name__}: {exc}). Details are in the log file."
+
+
+class JobThread(QThread):
+    """Drives one job generator. Signals carry plain objects; connect them with queued connections.
+
+    Signals:
+        event(object): every event the job yields, in order.
+        succeeded(object): the generator's return value.
+        failed(str): a message a person can act on.
+        cancelled(): the job stopped at a step boundary after ``cancel()``.
+    """
+
+    event = Signal(object)
+    succeeded = Signal(object)
+    failed = Signal(str)
+    cancelled = Signal()
+
+    def __init__(self, name: str, factory: JobFactory, parent: QObject | None = None):
+        super().__init__(parent)
+        self.setObjectName(name)
+        self.name = name
+        self._factory = factory
+        self.token = CancelToken()
+        self.outcome: str | None = None  # "succeeded" | "failed" | "cancelled" once finished
+
+    def cancel(self) -> None:
+        """Ask the job to stop at its next step boundary (returns at once)."""
+        self.token.cancel()
+
+    def run(self) -> None:  # Qt override: runs in the worker thread
+        try:
+            job = self._factory(self.token)
+            result: Any = None
+            while True:
+                try:
+                    item = next(job)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                self.event.emit(item)
+                if self.token.cancelled:
+                    job.close()  # runs the job's finally blocks in this thread
+                    raise JobCancelled("Stopped as you asked.")
+        except JobCancelled:
+            self.outcome = "cancelled"
+            self.cancelled.emit()
+        except BaseException as exc:
+            log.error("Job %s failed:\n%s", self.name, traceback.format_exc())
+            self.outcome = "failed"
+            self.failed.emit(describe_error(exc))
+        else:
+            self.outcome = "succeeded"
+            self.succeeded.emit(result)
+
+
+class JobRegistry(QObject):
+    """Keeps the running jobs, one per resource ("train", "generate:<model>", ...).
+
+    Signals:
+        changed(): a job started or finished (buttons re-check whether they may start one).
+    """
+
+    changed = Signal()
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self._jobs: dict[str, JobThread] = {}
+
+    def is_busy(self, resource: str) -> bool:
+        """True while a job holds ``resource``."""
+        thread = self._jobs.get(resource)
+        return thread is not None and thread.isRunning()
+
+    def running(self) -> list[str]:
+        """Resources held by running jobs."""
+        return [name for name, thread in self._jobs.items() if thread.isRunning()]
+
+    def start(self, resource: str, factory: JobFactory) -> JobThread:
+        """Start a job on ``resource``. Raises if one already runs there (one job per resource).
+
+        Connect to the returned thread's signals before control returns to the event loop.
+        """
+        if self.is_busy(resource):
+            raise DesktopDpoError(f"A {resource.split(':')[0]} job is already running; wait for it or stop it.")
+        thread = JobThread(resource, factory, self)
+        self._jobs[resource] = thread
+        thread.finished.connect(lambda: self._on_thread_finished(resource, thread))
+        thread.start()
+        self.changed.emit()
+        return thread
+
+    def _on_thread_finished(self, resource: str, thread: JobThread) -> None:
+        if self._jobs.get(resource) is thread:
+            del self._jobs[resource]
+        thread.deleteLater()
+        self.changed.emit()
+
+    def cancel(self, resource: str) -> None:
+        """Ask the job on ``resource`` to stop."""
+        thread = self._jobs.get(resource)
+        if thread is not None:
+            thread.cancel()
+
+    def cancel_all_and_wait(self, timeout_ms: int = -1) -> bool:
+        """Cancel every job and wait for each to reach a step boundary. True if all stopped."""
+        threads = list(self._jobs.values())
+        for thread in threads:
+            thread.cancel()
+        ok = True
+        for thread in threads:
+            ok = (thread.wait() if timeout_ms < 0 else thread.wait(timeout_ms)) and ok
+        return ok
