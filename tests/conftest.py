@@ -12,6 +12,10 @@ import pytest
 from desktop_dpo.config import HOME_ENV, AppPaths
 from desktop_dpo.core.store import Store
 
+# The network guard for the whole session (a non-root conftest may not use pytest_plugins, so its hook
+# lives in this namespace). If this file needs its own pytest_configure, call this one from it.
+from tests.plugins.network_guard import pytest_configure  # noqa: F401
+
 
 @pytest.fixture
 def app_home(tmp_path, monkeypatch) -> AppPaths:

@@ -13,6 +13,7 @@ Durability rules (a pick must never be lost):
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -22,11 +23,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any
 
 from desktop_dpo.core.errors import NewerSchemaError, NotADatabaseError, StoreError
+
+if TYPE_CHECKING:
+    # Imported on first use (Store.db): sqlite-utils imports pandas and numpy whenever they are installed
+    # (~0.6 s here), which would otherwise delay the window at every start.
+    import sqlite_utils
 
 log = logging.getLogger(__name__)
 
@@ -366,8 +370,11 @@ def check_is_sqlite(path: Path) -> None:
         return
     if path.is_dir():
         raise NotADatabaseError(f"{path} is a folder, not a database file. Choose a .sqlite file.")
-    with path.open("rb") as handle:
-        header = handle.read(len(SQLITE_HEADER))
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise StoreError(f"Cannot read {path}: {exc}. Check that the file is readable.") from exc
     if header and header != SQLITE_HEADER:
         raise NotADatabaseError(
             f"{path} is not a desktop-dpo database (it is not an SQLite file). It was left untouched; "
@@ -406,10 +413,16 @@ class Store:
     ):
         self._conn = conn
         self.path = path
-        self.db = sqlite_utils.Database(conn)
         self._thread = threading.get_ident()
         self._migrations = list(migrations)
         self.last_backup: Path | None = None
+
+    @functools.cached_property
+    def db(self) -> sqlite_utils.Database:
+        """sqlite-utils' view of this connection (migrations, table counts), made on first use."""
+        import sqlite_utils
+
+        return sqlite_utils.Database(self._conn)
 
     # ---------------------------------------------------------------- opening, closing, schema
 
@@ -478,11 +491,22 @@ class Store:
         if version > 0 and self.path is not None and backups_dir is not None:
             self.last_backup = backup_database(self._conn, self.path, backups_dir, version)
             log.info("Backed up the database to %s before migrating %d -> %d", self.last_backup, version, target)
-        for index in range(version, target):
+        try:
+            # All pending migrations in one transaction: a failure leaves the file at its old version,
+            # never at an intermediate one that no released desktop-dpo produced.
             with self.atomic():
-                self._migrations[index](self.db)
-                # PRAGMA user_version is transactional: it commits or rolls back with the migration.
-                self._conn.execute(f"PRAGMA user_version = {index + 1}")
+                for index in range(version, target):
+                    self._migrations[index](self.db)
+                    # PRAGMA user_version is transactional: it commits or rolls back with the migration.
+                    self._conn.execute(f"PRAGMA user_version = {index + 1}")
+        except Exception as exc:
+            if version == 0:
+                raise
+            copy = f" A copy taken before the upgrade is at {self.last_backup}." if self.last_backup else ""
+            raise StoreError(
+                f"Upgrading the database from schema {version} to {target} failed ({exc}). It was left "
+                f"unchanged at schema {version}.{copy}"
+            ) from exc
 
     @property
     def schema_version(self) -> int:
@@ -503,13 +527,17 @@ class Store:
     def atomic(self) -> Iterator[None]:
         """One transaction: everything inside commits together or not at all. Nests (savepoints)."""
         if self._conn.in_transaction:
-            name = f"sp_{id(object())}"
+            self._savepoints = getattr(self, "_savepoints", 0) + 1
+            name = f"sp_{self._savepoints}"
             self._conn.execute(f"SAVEPOINT {name}")
             try:
                 yield
             except BaseException:
-                self._conn.execute(f"ROLLBACK TO {name}")
-                self._conn.execute(f"RELEASE {name}")
+                # Some errors (disk full, I/O) end the whole transaction: then there is nothing to roll
+                # back, and trying would hide the original error behind "no such savepoint".
+                if self._conn.in_transaction:
+                    self._conn.execute(f"ROLLBACK TO {name}")
+                    self._conn.execute(f"RELEASE {name}")
                 raise
             else:
                 self._conn.execute(f"RELEASE {name}")
@@ -518,10 +546,17 @@ class Store:
         try:
             yield
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
             raise
         else:
-            self._conn.execute("COMMIT")
+            try:
+                self._conn.execute("COMMIT")
+            except BaseException:
+                # A failed COMMIT can leave the transaction open; close it so the connection stays usable.
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
 
     def _insert(self, table: str, row: dict[str, Any]) -> int:
         cursor = self._conn.execute(
@@ -863,8 +898,13 @@ class Store:
         if not include_deleted:
             clauses.append("c.deleted = 0")
         if search:
-            like = f"%{search}%"
-            clauses.append("(p.messages LIKE ? OR ga.text LIKE ? OR gb.text LIKE ? OR c.edited_text LIKE ? OR c.note LIKE ?)")
+            # Escape LIKE's wildcards: searching for "100%" or "snake_case" means those characters.
+            escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            like = f"%{escaped}%"
+            clauses.append(
+                "(p.messages LIKE ? ESCAPE '\\' OR ga.text LIKE ? ESCAPE '\\' OR gb.text LIKE ? ESCAPE '\\' "
+                "OR c.edited_text LIKE ? ESCAPE '\\' OR c.note LIKE ? ESCAPE '\\')"
+            )
             params += [like] * 5
         if ids is not None:
             if not ids:
@@ -898,6 +938,9 @@ class Store:
         """Change the verdict, edit or note of a saved comparison."""
         if verdict is not None and verdict not in VERDICTS:
             raise StoreError(f"Unknown verdict {verdict!r}.")
+        if edited_text is not None and edited_side not in ("a", "b"):
+            # Without its side an edit cannot become a training pair (see add_comparison).
+            raise StoreError("An edit needs the side it rewrites: 'a' or 'b'.")
         with self.atomic():
             if verdict is not None:
                 self._conn.execute("UPDATE comparisons SET verdict=? WHERE id=?", (verdict, comparison_id))

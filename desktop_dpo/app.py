@@ -1,0 +1,127 @@
+"""Composition root of the GUI: logging, QApplication, the GUI thread's Store, the job registry and the
+main window. Nothing else wires these together; views receive what they need from here.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from collections.abc import Callable
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
+from types import TracebackType
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QApplication, QMessageBox
+
+from desktop_dpo import __version__
+from desktop_dpo.config import APP_NAME, AppPaths
+from desktop_dpo.core.errors import StoreError
+from desktop_dpo.core.offline import add_refusal_listener, remove_refusal_listener
+from desktop_dpo.core.store import Store
+from desktop_dpo.gui.main_window import MainWindow
+from desktop_dpo.gui.resource_files import read_style_sheet, resource_icon
+from desktop_dpo.workers.job_worker import JobRegistry, describe_error
+
+log = logging.getLogger(__name__)
+
+LOG_FILE_BYTES = 5 * 1024 * 1024
+LOG_FILE_COUNT = 5
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(threadName)s %(name)s: %(message)s"
+# Exit status when the app cannot start (database refused, folders not writable): not a crash.
+EXIT_CANNOT_START = 2
+# Marks the handlers this module adds, so a second call replaces them instead of doubling every line.
+_HANDLER_TAG = "_desktop_dpo_handler"
+
+
+def configure_logging(log_file: Path, *, stderr_level: int = logging.WARNING) -> None:
+    """Log to a rotating file (5 MB × 5, everything from INFO) and to stderr (warnings and errors)."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, _HANDLER_TAG, False)]:
+        root.removeHandler(handler)
+        handler.close()
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    formatter = logging.Formatter(LOG_FORMAT)
+    file_handler = RotatingFileHandler(log_file, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_COUNT, encoding="utf-8")
+    file_handler.setLevel(logging.INFO)
+    stderr_handler = logging.StreamHandler(sys.stderr)
+    stderr_handler.setLevel(stderr_level)
+    for handler in (file_handler, stderr_handler):
+        handler.setFormatter(formatter)
+        setattr(handler, _HANDLER_TAG, True)
+        root.addHandler(handler)
+    root.setLevel(min(root.level or logging.INFO, logging.INFO))
+
+
+def create_application(argv: list[str] | None = None) -> QApplication:
+    """The QApplication with the app's name, icon and style sheet (reuses one that already exists)."""
+    app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv[:1])
+    assert isinstance(app, QApplication)
+    app.setApplicationName(APP_NAME)
+    app.setOrganizationName(APP_NAME)
+    app.setApplicationVersion(__version__)
+    # Matches resources/<id>.desktop, so desktop shells group the window with its launcher.
+    app.setDesktopFileName("io.github.desktop_dpo")
+    app.setWindowIcon(resource_icon("desktop-dpo.svg"))
+    # Fusion + light scheme: the style sheet assumes light backgrounds, whatever the desktop's theme.
+    # (Fusion is often the default already; setting it again costs ~10 ms of start-up.)
+    if app.style().name().lower() != "fusion":
+        app.setStyle("Fusion")
+    app.styleHints().setColorScheme(Qt.ColorScheme.Light)
+    app.setStyleSheet(read_style_sheet())
+    return app
+
+
+def _refuse_to_start(title: str, message: str) -> int:
+    log.error("%s: %s", title, message)
+    QMessageBox.critical(None, title, message)
+    return EXIT_CANNOT_START
+
+
+def run_gui(paths: AppPaths) -> int:
+    """Open the main window and run the event loop. Returns the process exit status.
+
+    A database that cannot be opened (not SQLite, made by a newer version, unreadable) is explained in a
+    message box and the app exits with status 2 instead of a traceback.
+    """
+    app = create_application()
+    try:
+        paths.ensure()
+    except OSError as exc:
+        return _refuse_to_start("desktop-dpo cannot start", f"Cannot create the folder for your data: {exc}")
+    configure_logging(paths.log_file)
+    log.info("desktop-dpo %s starting; data in %s", __version__, paths.data_dir)
+
+    try:
+        store = Store.open(paths.db_path, backups_dir=paths.backups_dir)
+    except StoreError as exc:
+        return _refuse_to_start("desktop-dpo cannot open its database", str(exc))
+
+    registry = JobRegistry()
+    window = MainWindow(store=store, registry=registry, paths=paths)
+    # Refusals can happen in any thread; the signal carries them to the GUI thread.
+    refusal_listener = window.network_refused.emit
+    add_refusal_listener(refusal_listener)
+    previous_hook = sys.excepthook
+    sys.excepthook = _make_excepthook(window)
+    window.show()
+    try:
+        return app.exec()
+    finally:
+        sys.excepthook = previous_hook
+        remove_refusal_listener(refusal_listener)
+        # The window asked before closing; this only covers a quit that bypassed it.
+        registry.cancel_all_and_wait()
+        store.close()
+        log.info("desktop-dpo stopped")
+
+
+def _make_excepthook(window: MainWindow) -> Callable[[type[BaseException], BaseException, TracebackType | None], None]:
+    """Errors escaping a slot: log them with the traceback and tell the person, instead of only stderr."""
+
+    def hook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        log.error("Unhandled error:\n%s", "".join(traceback.format_exception(kind, exc, tb)))
+        QMessageBox.warning(window, "Something went wrong", f"{describe_error(exc)}\n\nLog file: {window.paths.log_file}")
+
+    return hook

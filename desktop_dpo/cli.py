@@ -1,0 +1,437 @@
+"""``desktop-dpo``: the window by default, and headless subcommands for work without a screen.
+
+    desktop-dpo                       open the window (same as ``desktop-dpo gui``)
+    desktop-dpo data import FILE      add the pairs of a TRL preference file (JSONL) to the database
+    desktop-dpo data export FILE      write every pair as TRL JSONL (--format standard|conversational)
+    desktop-dpo info                  folders, database contents and library versions
+
+``--home DIR`` keeps every file the app writes under DIR (sets ``DESKTOP_DPO_HOME``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from desktop_dpo import __version__
+from desktop_dpo.config import APP_NAME, HOME_ENV, AppPaths
+from desktop_dpo.core.errors import DesktopDpoError, StoreError
+
+# Imported here, before the GUI path imports Qt: PySide6 inspects every module imported after it, which
+# makes later imports slower. The store needs no ML library, so lock_down() still precedes all of those.
+from desktop_dpo.core.store import Store
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the command ran and failed (bad file, database refused ...); the message says why
+# Distributions whose versions `info` reports; read from package metadata, so nothing heavy is imported.
+REPORTED_DISTRIBUTIONS = (
+    ("PySide6", ("PySide6-Essentials", "PySide6")),
+    ("torch", ("torch",)),
+    ("transformers", ("transformers",)),
+    ("peft", ("peft",)),
+    ("bitsandbytes", ("bitsandbytes",)),
+    ("llama-cpp-python", ("llama-cpp-python", "llama_cpp_python")),
+    ("sqlite-utils", ("sqlite-utils",)),
+    ("trl", ("trl",)),
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit status."""
+    # First, before anything can import an ML library: those read the offline switches at import time.
+    from desktop_dpo.core.offline import lock_down
+
+    lock_down()
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "home", None):
+        # Through the environment, so worker threads and child processes see the same folders.
+        os.environ[HOME_ENV] = str(Path(args.home).expanduser().resolve())
+    paths = AppPaths.default()
+    command = getattr(args, "command_handler", None) or _run_gui
+    if command is not _run_gui:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return int(command(args, paths))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (separate so tests and ``--help`` output can inspect it)."""
+    # --home is accepted before or after the subcommand; SUPPRESS keeps a later default from erasing it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--home",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help=f"keep every file desktop-dpo writes under DIR (same as setting {HOME_ENV})",
+    )
+
+    parser = argparse.ArgumentParser(
+        prog=APP_NAME,
+        description="Collect preferences, train QLoRA-DPO, export GGUF and chat, all on this computer. "
+        "Without a command, the window opens.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"{APP_NAME} {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    gui = commands.add_parser("gui", parents=[common], help="open the window (the default)")
+    gui.set_defaults(command_handler=_run_gui)
+
+    data = commands.add_parser("data", parents=[common], help="import or export preference pairs")
+    data_commands = data.add_subparsers(title="data commands", metavar="ACTION", required=True)
+    data_import = data_commands.add_parser(
+        "import",
+        parents=[common],
+        help="add the pairs of a TRL preference file (JSONL, standard or conversational)",
+        description="Add the pairs of a TRL preference file (JSONL, standard or conversational) to the "
+        "database. A file with bad lines is refused as a whole; the message lists them.",
+    )
+    data_import.add_argument("file", type=Path, metavar="FILE")
+    data_import.set_defaults(command_handler=_run_data_import)
+    data_export = data_commands.add_parser(
+        "export",
+        parents=[common],
+        help="write every usable pair as TRL preference JSONL",
+        description="Write every usable pair (a preferred and a rejected answer) as TRL preference JSONL.",
+    )
+    data_export.add_argument("file", type=Path, metavar="FILE")
+    data_export.add_argument(
+        "--format",
+        choices=("standard", "conversational"),
+        default="standard",
+        help="standard: prompt/chosen/rejected strings; conversational: lists of chat messages "
+        "(default: %(default)s)",
+    )
+    data_export.set_defaults(command_handler=_run_data_export)
+
+    _add_train_parser(commands, common)
+
+    info = commands.add_parser("info", parents=[common], help="show folders, database contents and versions")
+    info.set_defaults(command_handler=_run_info)
+    return parser
+
+
+# -------------------------------------------------------------------------------- commands
+
+
+def _run_gui(args: argparse.Namespace, paths: AppPaths) -> int:
+    # Imported here: the headless commands never load Qt widgets.
+    from desktop_dpo.app import run_gui
+
+    return run_gui(paths)
+
+
+def _open_store(paths: AppPaths) -> Store:
+    paths.ensure()
+    return Store.open(paths.db_path, backups_dir=paths.backups_dir)
+
+
+def _fail(message: str) -> int:
+    print(f"{APP_NAME}: {message}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _run_data_import(args: argparse.Namespace, paths: AppPaths) -> int:
+    from desktop_dpo.core.preference_io import import_preferences
+
+    if not args.file.is_file():
+        return _fail(f"{args.file} does not exist or is not a file.")
+    try:
+        with _open_store(paths) as store:
+            result = import_preferences(store, args.file)
+    except DesktopDpoError as exc:
+        return _fail(str(exc))
+    print(describe_import(result, args.file))
+    return EXIT_OK
+
+
+def _run_data_export(args: argparse.Namespace, paths: AppPaths) -> int:
+    from desktop_dpo.core.preference_io import export_preferences
+
+    try:
+        with _open_store(paths) as store:
+            result = export_preferences(store, args.file, fmt=args.format)
+    except DesktopDpoError as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"Cannot write {args.file}: {exc.strerror or exc}")
+    print(describe_export(result, args.file, args.format))
+    return EXIT_OK
+
+
+def _run_info(args: argparse.Namespace, paths: AppPaths) -> int:
+    import platform
+
+    from desktop_dpo.core.offline import guard_installed
+
+    rows: list[tuple[str, str]] = [
+        ("desktop-dpo", __version__),
+        ("Data folder", str(paths.data_dir)),
+        ("Database", str(paths.db_path)),
+        ("Logs", str(paths.log_dir)),
+    ]
+    status = EXIT_OK
+    if not paths.db_path.exists():
+        rows.append(("Contents", "no database yet (it is created when the app first opens)"))
+    else:
+        try:
+            with _open_store(paths) as store:
+                counts = store.table_counts()
+                rows += [
+                    ("Schema", str(store.schema_version)),
+                    (
+                        "Pairs",
+                        f"{store.count_comparisons()} collected, {store.count_usable_pairs()} usable for training",
+                    ),
+                    ("Prompts", str(counts.get("prompts", 0))),
+                    ("Models", str(counts.get("models", 0))),
+                    ("Training runs", str(counts.get("runs", 0))),
+                    ("Exports", str(counts.get("exports", 0))),
+                ]
+        except StoreError as exc:
+            rows.append(("Contents", f"cannot be read: {exc}"))
+            status = EXIT_FAILED
+    rows.append(("Python", f"{platform.python_version()} ({sys.executable})"))
+    for label, names in REPORTED_DISTRIBUTIONS:
+        rows.append((label, installed_version(names)))
+    rows.append(("Network", "blocked beyond this computer" if guard_installed() else "NOT guarded"))
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"{label + ':':<{width + 2}}{value}")
+    return status
+
+
+# -------------------------------------------------------------------------------- train
+
+# Options of `train` that map one-to-one onto TrainConfig fields (dest == field name).
+_TRAIN_OPTIONS: tuple[tuple[str, type, str], ...] = (
+    ("epochs", int, "passes over the training pairs"),
+    ("batch_size", int, "pairs per forward pass"),
+    ("grad_accum", int, "forward passes per optimizer step"),
+    ("lr", float, "peak learning rate"),
+    ("beta", float, "DPO beta: how strongly the model is held near the reference"),
+    ("max_length", int, "tokens per sequence (prompt + response)"),
+    ("max_prompt_length", int, "prompt tokens kept (default: half of --max-length when that is given)"),
+    ("lora_r", int, "LoRA rank"),
+    ("lora_alpha", int, "LoRA alpha (default: twice --lora-r when that is given)"),
+    ("threads", int, "CPU threads for torch (0 = default)"),
+    ("seed", int, "seed of the adapter, the data order and the split"),
+    ("heldout_fraction", float, "share of prompts held out to measure generalisation"),
+    ("checkpoint_every", int, "steps between checkpoints"),
+    ("eval_every", int, "steps between held-out evaluations"),
+)
+
+
+def _add_train_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    train = commands.add_parser(
+        "train",
+        parents=[common],
+        help="train a DPO adapter without the window",
+        description="Train a LoRA-DPO adapter on the usable pairs of a model (a new run), or resume a run. "
+        "Settings start from this machine's preset; the options below override them. Ctrl-C stops "
+        "after the current step with a checkpoint; --resume RUN_ID continues.",
+    )
+    which = train.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--model", metavar="ID_OR_NAME", help="train this registered model on its pairs (new run)"
+    )
+    which.add_argument("--resume", type=int, metavar="RUN_ID", help="continue a stopped or failed run")
+    train.add_argument("--name", help="name of the new run")
+    train.add_argument(
+        "--reference",
+        default="adapter_off",
+        help="adapter_off (default) or model:<id> (a previous round's model)",
+    )
+    train.add_argument(
+        "--restart", action="store_true", help="with --resume: ignore checkpoints, start at step 0"
+    )
+    for name, kind, text in _TRAIN_OPTIONS:
+        train.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None, help=text)
+    train.add_argument("--loss-type", dest="loss_type", choices=("sigmoid", "ipo", "hinge"), default=None)
+    train.add_argument("--quantization", choices=("auto", "nf4", "none"), default=None, help="nf4 = QLoRA")
+    train.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default=None)
+    train.add_argument(
+        "--gradient-checkpointing",
+        dest="gradient_checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="recompute activations: less memory, slower",
+    )
+    train.set_defaults(command_handler=_cmd_train)
+
+
+def _train_overrides(args: argparse.Namespace) -> dict[str, object]:
+    names = [name for name, _, _ in _TRAIN_OPTIONS] + [
+        "loss_type",
+        "quantization",
+        "device",
+        "gradient_checkpointing",
+    ]
+    changes = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    if "max_length" in changes and "max_prompt_length" not in changes:
+        changes["max_prompt_length"] = int(changes["max_length"]) // 2
+    if "lora_r" in changes and "lora_alpha" not in changes:
+        changes["lora_alpha"] = 2 * int(changes["lora_r"])
+    return changes
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class _TrainProgress:
+    """A one-line progress bar with ETA on stderr; setup stages, evaluations and warnings as lines."""
+
+    def __init__(self, stream=None, width: int = 24):
+        self.stream = stream or sys.stderr
+        self.width = width
+        self.bar_shown = False
+
+    def _line(self, text: str) -> None:
+        if self.bar_shown:
+            self.stream.write("\n")
+            self.bar_shown = False
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def __call__(self, event: object) -> None:
+        from desktop_dpo.core.dpo import train as t
+
+        if isinstance(event, t.Loading):
+            count = f" ({event.done}/{event.total})" if event.total else ""
+            if not event.total or event.done in (0, event.total):
+                self._line(f"{event.stage}{count}")
+        elif isinstance(event, t.Started):
+            self._line(
+                f"Training on {event.device} ({event.quantization}): {event.train_pairs} pairs, "
+                f"{event.heldout_pairs} held out, step {event.start_step} of {event.total_steps}"
+            )
+        elif isinstance(event, t.ReferenceReady):
+            self._line(f"Reference log-probabilities: {event.cached} cached, {event.computed} computed")
+        elif isinstance(event, t.StepMetrics):
+            done = int(self.width * event.step / max(1, event.total_steps))
+            bar = "#" * done + "." * (self.width - done)
+            self.stream.write(
+                f"\r[{bar}] step {event.step}/{event.total_steps} loss {event.loss:.4f} "
+                f"acc {event.rewards_accuracies:.2f} margin {event.rewards_margins:.3f} "
+                f"ETA {_format_seconds(event.eta_s)}  "
+            )
+            self.stream.flush()
+            self.bar_shown = True
+        elif isinstance(event, t.EvalMetrics):
+            self._line(
+                f"held-out after step {event.step}: accuracy {event.accuracy:.2f}, margin {event.margins:.3f}, "
+                f"loss {event.loss:.4f} ({event.pairs} pairs)"
+            )
+        elif isinstance(event, t.TrainWarning):
+            self._line(f"warning: {event.message}")
+        elif isinstance(event, t.Checkpointed):
+            self._line(f"checkpoint at step {event.step}: {event.path}")
+        elif isinstance(event, t.Finished):
+            self._line(f"Finished: adapter in {event.adapter_path}")
+
+
+def _cmd_train(args: argparse.Namespace, paths: AppPaths) -> int:
+    """``desktop-dpo train``: a new run from a model's usable pairs, or ``--resume RUN_ID``."""
+    import signal
+    import threading
+
+    from desktop_dpo.core.dpo.data import pairs_from_comparisons
+    from desktop_dpo.core.dpo.train import TrainConfig, default_config, drive_training
+    from desktop_dpo.core.errors import DesktopDpoError, JobCancelled
+    from desktop_dpo.core.jobs import CancelToken
+
+    try:
+        with _open_store(paths) as store:
+            if args.resume is not None:
+                run = store.get_run(args.resume)
+                if run is None:
+                    return _fail(f"There is no training run {args.resume}; `desktop-dpo info` counts them.")
+                config = TrainConfig.from_dict(run.config).replace(**_train_overrides(args))
+                store.update_run(run.id, config=config.to_dict())
+                run_id = run.id
+            else:
+                models = store.list_models()
+                model = next((m for m in models if str(m.id) == args.model), None) or next(
+                    (m for m in models if m.name == args.model), None
+                )
+                if model is None:
+                    return _fail(f"No registered model is called {args.model!r}; give its id or exact name.")
+                # Pairs sampled from this model, plus imported ones whose model is unknown.
+                views = [
+                    v
+                    for v in store.comparison_views()
+                    if v.model_a_id in (model.id, None) and v.model_b_id in (model.id, None)
+                ]
+                comparison_ids = sorted({pair.comparison_id for pair in pairs_from_comparisons(views)})
+                if not comparison_ids:
+                    return _fail(
+                        f"{model.name} has no usable pairs yet: pick A or B in some comparisons first."
+                    )
+                config = default_config().replace(**_train_overrides(args))
+                run_id = store.create_run(
+                    name=args.name or f"{model.name} ({len(comparison_ids)} pairs)",
+                    base_model_id=model.id,
+                    config=config.to_dict(),
+                    comparison_ids=comparison_ids,
+                    reference=args.reference,
+                )
+            print(f"Run {run_id}", file=sys.stderr)
+            token = CancelToken()
+            previous = None
+            if threading.current_thread() is threading.main_thread():
+
+                def stop(signum, frame):  # first Ctrl-C: stop cleanly at the step boundary
+                    token.cancel()
+                    print("\nStopping after this step (Ctrl-C again aborts at once) ...", file=sys.stderr)
+                    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+                previous = signal.signal(signal.SIGINT, stop)
+            try:
+                drive_training(
+                    store, run_id, cancel=token, resume=not args.restart, runs_dir=paths.runs_dir,
+                    on_event=_TrainProgress(),
+                )  # fmt: skip
+            finally:
+                if previous is not None:
+                    signal.signal(signal.SIGINT, previous)
+    except JobCancelled:
+        print(f"Stopped. Continue with: desktop-dpo train --resume {run_id}", file=sys.stderr)
+        return EXIT_FAILED
+    except DesktopDpoError as exc:
+        return _fail(str(exc))
+    return EXIT_OK
+
+
+# -------------------------------------------------------------------------------- helpers
+
+
+def installed_version(distributions: Sequence[str]) -> str:
+    """Version of the first installed distribution of ``distributions``, without importing it."""
+    from importlib import metadata  # ~30 ms of email parsing modules: only `info` needs it
+
+    for name in distributions:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return "not installed"
+
+
+def describe_import(result: object, path: Path) -> str:
+    """One line about what an import did."""
+    return f"Imported {path}: {result}"
+
+
+def describe_export(result: object, path: Path, fmt: str) -> str:
+    """One line about what an export wrote."""
+    return f"Exported to {path} ({fmt} format): {result}"

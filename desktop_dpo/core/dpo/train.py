@@ -1,0 +1,1415 @@
+"""The QLoRA-DPO training loop: one readable job from a run's snapshot of pairs to a LoRA adapter.
+
+Shape of the job (a generator, see ``core/jobs.py``)::
+
+    setup     run row -> pairs (fixed snapshot) -> train / held-out split by prompt (fixed once)
+              -> base model (NF4 + LoRA, or full precision + LoRA) -> token ids
+    reference log π_ref(y|x) of every pair, computed once (adapter off, or a previous round's model)
+              and cached in SQLite; a second epoch, a resume or a second run reads the cache
+    loop      per optimizer step: micro-batches (chosen and rejected rows in one forward pass),
+              gradient accumulation, clip, AdamW on the LoRA weights only, warm-up + decay
+              every N steps: held-out metrics; every M steps: an atomic checkpoint
+    cleanup   final adapter written atomically; checkpoints removed
+
+The job never writes run status or metrics itself: it yields events and whoever drives it (CLI, GUI
+worker) calls :func:`persist_event` / :func:`persist_outcome` with its own store connection. The job
+does read the run and writes the two things that are part of the data, not of the progress: the prompt
+split (``Store.set_prompt_splits``) and the reference cache (``Store.put_reference_logps``).
+
+Resume is exact: a checkpoint holds the adapter, AdamW and scheduler state, the RNG state and the
+position in the seeded data order, so a stopped-and-resumed run ends with the same weights as an
+uninterrupted one (same settings, same machine).
+
+torch, transformers and peft are imported inside functions: the GUI imports this module for
+:class:`TrainConfig` and the event classes at start-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from desktop_dpo.core.errors import DesktopDpoError, JobCancelled, ModelError
+from desktop_dpo.core.jobs import CancelToken, Job
+
+if TYPE_CHECKING:
+    import torch
+
+    from desktop_dpo.core.dpo.data import TokenizedPair
+    from desktop_dpo.core.store import ModelRow, RunRow, Store
+
+log = logging.getLogger(__name__)
+
+GIB = 1024**3
+CHECKPOINT_FORMAT = 1
+_STATE_FILE = "trainer_state.pt"
+_LATEST_FILE = "latest"
+_ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# Settings a checkpoint cannot be resumed under: they change the adapter's shape or meaning.
+_ADAPTER_FIELDS = ("lora_r", "lora_alpha", "target_modules")
+
+
+class TrainingError(DesktopDpoError):
+    """A training run cannot start or go on; the message says what to change."""
+
+
+class TrainingOutOfMemoryError(TrainingError):
+    """The device ran out of memory. ``suggested`` holds smaller settings to resume with."""
+
+    def __init__(self, message: str, suggested: TrainConfig):
+        super().__init__(message)
+        self.suggested = suggested
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a run trains. Stored as JSON in the run row; every field has a safe default."""
+
+    # DPO
+    beta: float = 0.1  # β: how strongly the policy is held near the reference (higher = smaller changes)
+    loss_type: str = "sigmoid"  # "sigmoid" (DPO), "ipo" or "hinge"; see core/dpo/loss.py
+    label_smoothing: float = 0.0  # assumed share of wrongly judged pairs (conservative DPO); sigmoid only
+    # optimisation
+    lr: float = 1e-4  # peak learning rate of the LoRA weights (AdamW)
+    epochs: int = 2  # passes over the training pairs
+    batch_size: int = 1  # pairs per forward pass (each pair is two rows: chosen and rejected)
+    grad_accum: int = 8  # forward passes per optimizer step (pairs per step = batch_size × grad_accum)
+    warmup_ratio: float = 0.1  # share of the steps over which the learning rate climbs from 0 to lr
+    scheduler: str = "cosine"  # decay after warm-up: "cosine" or "linear" (both end at 0)
+    max_grad_norm: float = 1.0  # gradients are clipped to this total norm (keeps one odd batch from wrecking)
+    weight_decay: float = 0.0  # AdamW weight decay on the LoRA weights
+    # sequences
+    max_length: int = 512  # tokens per sequence (prompt + response); longer responses are cut and reported
+    max_prompt_length: int = 256  # prompt tokens kept (older turns dropped first)
+    # LoRA
+    lora_r: int = 16  # adapter rank: capacity of the change (and its size on disk)
+    lora_alpha: int = 32  # adapter scale numerator (the update is scaled by alpha / r)
+    lora_dropout: float = 0.05  # dropout on the adapter's input during training
+    target_modules: str = "all-linear"  # which layers get an adapter ("all-linear" or comma-separated names)
+    init_lora_weights: bool = (
+        True  # True: the adapter starts as a no-op (B = 0); False: random (tests, benches)
+    )
+    # memory and speed
+    quantization: str = "auto"  # "nf4" (QLoRA, 4-bit base), "none" (full precision); "auto": nf4 on CUDA only
+    gradient_checkpointing: bool = (
+        False  # recompute activations in the backward pass: less memory, ~30% slower
+    )
+    threads: int = 0  # CPU threads for torch (0 = torch's default)
+    device: str = "auto"  # "auto", "cuda", "mps" or "cpu"
+    # bookkeeping
+    checkpoint_every: int = 50  # optimizer steps between checkpoints (a stop always checkpoints too)
+    eval_every: int = 25  # optimizer steps between held-out evaluations (also at the start and the end)
+    heldout_fraction: float = 0.1  # share of prompts kept out of training to measure generalisation
+    seed: int = 42  # adapter initialisation, data order, dropout: same seed, same run
+
+    @property
+    def pairs_per_step(self) -> int:
+        """Pairs behind one optimizer step."""
+        return self.batch_size * self.grad_accum
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict, for the run's JSON column."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a run's stored settings; missing keys take the defaults, unknown keys are refused."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise TrainingError(f"Unknown training settings {unknown}; this run was made by another version.")
+        return cls(**values).validated()
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes).validated()
+
+    def validated(self) -> TrainConfig:
+        """Self, or a :class:`TrainingError` naming the first setting that cannot work."""
+        problems = []
+        if self.loss_type not in ("sigmoid", "ipo", "hinge"):
+            problems.append(f"loss type must be sigmoid, ipo or hinge, not {self.loss_type!r}")
+        if self.scheduler not in ("cosine", "linear"):
+            problems.append(f"scheduler must be cosine or linear, not {self.scheduler!r}")
+        if self.quantization not in ("auto", "nf4", "none"):
+            problems.append(f"quantization must be auto, nf4 or none, not {self.quantization!r}")
+        if self.device not in ("auto", "cuda", "mps", "cpu"):
+            problems.append(f"device must be auto, cuda, mps or cpu, not {self.device!r}")
+        for name in (
+            "epochs",
+            "batch_size",
+            "grad_accum",
+            "lora_r",
+            "lora_alpha",
+            "checkpoint_every",
+            "eval_every",
+        ):
+            if getattr(self, name) < 1:
+                problems.append(f"{name.replace('_', ' ')} must be at least 1")
+        if self.beta <= 0:
+            problems.append("beta must be positive")
+        if self.lr <= 0:
+            problems.append("learning rate must be positive")
+        if not 0 <= self.warmup_ratio < 1:
+            problems.append("warm-up ratio must lie in [0, 1)")
+        if not 0 <= self.heldout_fraction < 1:
+            problems.append("held-out fraction must lie in [0, 1)")
+        if self.max_prompt_length < 1 or self.max_length <= self.max_prompt_length:
+            problems.append("maximum length must be larger than the maximum prompt length")
+        if problems:
+            raise TrainingError("These training settings cannot work: " + "; ".join(problems) + ".")
+        return self
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What training can run on here."""
+
+    kind: str  # "cuda", "mps" or "cpu"
+    name: str  # e.g. "NVIDIA GeForce RTX 3060" or "CPU (8 threads)"
+    memory_bytes: int | None  # GPU memory; None on the CPU
+
+
+def detect_device() -> DeviceInfo:
+    """The best device torch can use: a CUDA GPU, Apple's MPS, else the CPU. Imports torch."""
+    import torch
+
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        return DeviceInfo("cuda", props.name, int(props.total_memory))
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return DeviceInfo("mps", "Apple GPU (MPS)", None)
+    return DeviceInfo("cpu", f"CPU ({torch.get_num_threads()} threads)", None)
+
+
+def presets_for_memory(gpu_bytes: int | None) -> TrainConfig:
+    """Settings that fit the detected GPU memory, or the CPU preset when ``gpu_bytes`` is None.
+
+    Sized for the models this app is for (up to ~3B parameters in NF4): memory goes first to the
+    4-bit base, then to activations, which grow with batch size × sequence length; gradient
+    checkpointing trades ~30% speed for most of the activation memory. The effective batch
+    (pairs per optimizer step) stays at 16 pairs everywhere, so the presets differ in speed, not in
+    what they learn. On the CPU, full precision is faster than NF4 (no dequantisation per matmul)
+    and RAM is usually not the limit, so no quantization and no checkpointing.
+    """
+    if gpu_bytes is None:
+        return TrainConfig(
+            quantization="none",
+            batch_size=2,
+            grad_accum=8,
+            max_length=512,
+            max_prompt_length=256,
+            lora_r=16,
+            lora_alpha=32,
+            gradient_checkpointing=False,
+            device="cpu",
+        )
+    if gpu_bytes < 7 * GIB:  # 4-6 GB cards
+        batch, length, rank, ckpt = 1, 512, 8, True
+    elif gpu_bytes < 13 * GIB:  # 8-12 GB
+        batch, length, rank, ckpt = 2, 1024, 16, True
+    elif gpu_bytes < 25 * GIB:  # 16-24 GB
+        batch, length, rank, ckpt = 4, 1024, 16, False
+    elif gpu_bytes < 49 * GIB:  # 32-48 GB
+        batch, length, rank, ckpt = 8, 2048, 32, False
+    else:  # 80 GB and more
+        batch, length, rank, ckpt = 16, 2048, 64, False
+    return TrainConfig(
+        quantization="nf4",
+        batch_size=batch,
+        grad_accum=max(1, 16 // batch),
+        max_length=length,
+        max_prompt_length=length // 2,
+        lora_r=rank,
+        lora_alpha=2 * rank,
+        gradient_checkpointing=ckpt,
+        device="cuda",
+    )
+
+
+def default_config(device: DeviceInfo | None = None) -> TrainConfig:
+    """The preset for this machine (detects the device when not given)."""
+    device = device or detect_device()
+    return presets_for_memory(device.memory_bytes if device.kind == "cuda" else None)
+
+
+def smaller_settings(config: TrainConfig) -> TrainConfig:
+    """Settings that need less memory and learn the same: what to resume with after running out of memory.
+
+    First turn on gradient checkpointing; then halve the batch (doubling accumulation keeps the
+    pairs per step, so the run continues the same optimisation); at batch 1, shorten the sequences.
+    """
+    if not config.gradient_checkpointing:
+        return config.replace(gradient_checkpointing=True)
+    if config.batch_size > 1:
+        return config.replace(batch_size=config.batch_size // 2, grad_accum=config.grad_accum * 2)
+    if config.max_length > 256:
+        length = max(256, config.max_length // 2)
+        return config.replace(max_length=length, max_prompt_length=min(config.max_prompt_length, length // 2))
+    return config
+
+
+# --------------------------------------------------------------------------------------------------
+# Events the job yields (plain frozen dataclasses: safe to send through a Qt signal)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Loading:
+    """Setup is under way: ``stage`` says what, ``done`` of ``total`` where countable."""
+
+    stage: str
+    done: int = 0
+    total: int = 0
+
+
+@dataclass(frozen=True)
+class Started:
+    """Setup finished; training starts (or resumes) at ``start_step`` of ``total_steps``."""
+
+    run_dir: str  # the run's folder (checkpoints, adapter)
+    start_step: int
+    total_steps: int
+    train_pairs: int
+    heldout_pairs: int
+    device: str  # e.g. "cpu", "cuda"
+    quantization: str  # "nf4" or "none" (resolved from "auto")
+
+
+@dataclass(frozen=True)
+class ReferenceReady:
+    """Reference log-probabilities are known for every pair: ``cached`` read, ``computed`` now."""
+
+    cached: int
+    computed: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class StepMetrics:
+    """One optimizer step, with TRL's metric names in :meth:`as_metrics`."""
+
+    step: int  # optimizer steps done, 1-based
+    total_steps: int
+    epoch: float  # fractional epochs done
+    loss: float
+    rewards_chosen: float  # mean β·log-ratio of the chosen responses
+    rewards_rejected: float
+    rewards_accuracies: float  # share of pairs with chosen reward > rejected reward
+    rewards_margins: float  # mean chosen − rejected reward
+    logps_chosen: float  # mean policy log-probability of the chosen responses
+    logps_rejected: float
+    lr: float  # learning rate used for this step
+    grad_norm: float  # total gradient norm before clipping
+    tokens_per_s: float  # non-padding tokens through the model per second of this step
+    eta_s: float  # estimated seconds to the end of the run
+
+    def as_metrics(self) -> dict[str, float]:
+        """TRL-named dict for the run history and the plots."""
+        return {
+            "epoch": self.epoch,
+            "loss": self.loss,
+            "rewards/chosen": self.rewards_chosen,
+            "rewards/rejected": self.rewards_rejected,
+            "rewards/accuracies": self.rewards_accuracies,
+            "rewards/margins": self.rewards_margins,
+            "logps/chosen": self.logps_chosen,
+            "logps/rejected": self.logps_rejected,
+            "learning_rate": self.lr,
+            "grad_norm": self.grad_norm,
+            "tokens_per_s": self.tokens_per_s,
+            "eta_s": self.eta_s,
+        }
+
+
+@dataclass(frozen=True)
+class EvalMetrics:
+    """The policy on the held-out pairs (prompts never trained on) after ``step`` steps."""
+
+    step: int
+    loss: float
+    accuracy: float  # share of held-out pairs whose chosen response now gets the higher reward
+    margins: float  # mean chosen − rejected reward
+    rewards_chosen: float
+    rewards_rejected: float
+    pairs: int
+
+    def as_metrics(self) -> dict[str, float]:
+        """TRL-named dict (``eval_`` names without the prefix; the split says held-out)."""
+        return {
+            "loss": self.loss,
+            "rewards/accuracies": self.accuracy,
+            "rewards/margins": self.margins,
+            "rewards/chosen": self.rewards_chosen,
+            "rewards/rejected": self.rewards_rejected,
+            "pairs": float(self.pairs),
+        }
+
+
+@dataclass(frozen=True)
+class TrainWarning:
+    """A known failure shape, in words a person can act on. ``kind`` names it for the GUI."""
+
+    message: str
+    kind: str = "general"  # accuracy_stuck | chosen_falling | margins_exploding | not_finite | truncated
+    step: int = 0
+
+
+# The name the design uses; shadows the builtin only inside this module, which never raises warnings.
+Warning = TrainWarning
+
+
+@dataclass(frozen=True)
+class Checkpointed:
+    """A checkpoint of ``step`` was written (atomically) to ``path``."""
+
+    step: int
+    path: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The run is complete: the adapter to export and the final metrics."""
+
+    adapter_path: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    step: int = 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Known failure shapes
+# --------------------------------------------------------------------------------------------------
+
+
+class TrainingWatch:
+    """Turns the stream of step metrics into warnings about known failure shapes, each once per run.
+
+    - accuracy stuck at chance: the model does not tell chosen from rejected;
+    - chosen rewards falling together with rejected ones: "likelihood displacement", the policy
+      makes everything less likely, which tends to degrade its writing;
+    - margins exploding: the policy has run far from the reference (memorising the pairs);
+    - a non-finite loss or gradient (the step is skipped).
+    """
+
+    def __init__(self, total_steps: int, window: int = 10, state: dict[str, Any] | None = None):
+        self.total_steps = total_steps
+        self.window = window
+        state = state or {}
+        self.history: list[tuple[float, float, float, float]] = [tuple(x) for x in state.get("history", [])]
+        self.fired: set[str] = set(state.get("fired", []))
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps, so a resumed run does not repeat a warning."""
+        return {"history": [list(x) for x in self.history[-self.window :]], "fired": sorted(self.fired)}
+
+    def _fire(self, kind: str, message: str, step: int) -> list[TrainWarning]:
+        if kind in self.fired:
+            return []
+        self.fired.add(kind)
+        return [TrainWarning(message=message, kind=kind, step=step)]
+
+    def observe(self, metrics: StepMetrics, config: TrainConfig) -> list[TrainWarning]:
+        """Warnings raised by this step (usually none)."""
+        if not (math.isfinite(metrics.loss) and math.isfinite(metrics.grad_norm)):
+            return self._fire(
+                "not_finite",
+                f"Step {metrics.step} produced a loss or gradient that is not a number, so it was skipped. "
+                f"If this repeats, lower the learning rate (now {config.lr:g}).",
+                metrics.step,
+            )
+        self.history.append(
+            (
+                metrics.rewards_accuracies,
+                metrics.rewards_chosen,
+                metrics.rewards_rejected,
+                metrics.rewards_margins,
+            )
+        )
+        del self.history[: -self.window * 2]
+        if len(self.history) < self.window:
+            return []
+        recent = self.history[-self.window :]
+        accuracy = sum(r[0] for r in recent) / len(recent)
+        chosen = sum(r[1] for r in recent) / len(recent)
+        rejected = sum(r[2] for r in recent) / len(recent)
+        margin = sum(r[3] for r in recent) / len(recent)
+        warnings: list[TrainWarning] = []
+        stuck_after = max(self.window * 2, self.total_steps // 4)
+        if metrics.step >= stuck_after and 0.4 <= accuracy <= 0.6:
+            warnings += self._fire(
+                "accuracy_stuck",
+                f"After {metrics.step} steps the model still prefers the chosen response only {accuracy:.0%} of "
+                "the time — no better than a coin toss. Try a higher learning rate "
+                f"(now {config.lr:g}) or more epochs, and check that your pairs differ clearly: near-identical "
+                "responses teach nothing.",
+                metrics.step,
+            )
+        if chosen < -0.5 and rejected < chosen:
+            warnings += self._fire(
+                "chosen_falling",
+                f"Your chosen responses are becoming less likely too (reward {chosen:.2f}), not only the rejected "
+                f"ones ({rejected:.2f}): the model is learning to make everything less likely, which often makes "
+                f"its writing worse. Lower the learning rate (now {config.lr:g}), raise beta (now {config.beta:g}) "
+                "or train fewer epochs.",
+                metrics.step,
+            )
+        if margin > 10.0:
+            warnings += self._fire(
+                "margins_exploding",
+                f"The reward margin has grown very large ({margin:.1f}): the model has moved far from where it "
+                "started and is probably memorising these pairs rather than learning your taste. Lower the "
+                f"learning rate (now {config.lr:g}), raise beta (now {config.beta:g}) or train fewer epochs.",
+                metrics.step,
+            )
+        return warnings
+
+
+# --------------------------------------------------------------------------------------------------
+# Persisting what the job yields (called by the driver, with the driver's own store connection)
+# --------------------------------------------------------------------------------------------------
+
+
+def persist_event(store: Store, run_id: int, event: object) -> None:
+    """Write what an event means to the run's row and metrics. Events that change nothing are ignored."""
+    if isinstance(event, Started):
+        run = store.get_run(run_id)
+        store.update_run(
+            run_id,
+            status="running",
+            step=event.start_step,
+            total_steps=event.total_steps,
+            checkpoint_dir=event.run_dir,
+            error=None,
+            finished_at=None,
+            **({"started_at": time.time()} if run is not None and run.started_at is None else {}),
+        )
+    elif isinstance(event, StepMetrics):
+        with store.atomic():
+            store.add_run_metrics(run_id, event.step, event.as_metrics(), split="train")
+            store.update_run(run_id, step=event.step, total_steps=event.total_steps)
+    elif isinstance(event, EvalMetrics):
+        store.add_run_metrics(run_id, event.step, event.as_metrics(), split="heldout")
+    elif isinstance(event, TrainWarning):
+        # Several warnings can land on one step: keep them all under that step.
+        earlier = dict(store.run_metrics(run_id, split="warning")).get(event.step, {})
+        messages = [*earlier.get("messages", []), {"kind": event.kind, "message": event.message}]
+        store.add_run_metrics(run_id, event.step, {"messages": messages}, split="warning")
+    elif isinstance(event, Checkpointed):
+        store.update_run(run_id, step=event.step)
+    elif isinstance(event, Finished):
+        store.update_run(
+            run_id,
+            status="completed",
+            step=event.step,
+            adapter_path=event.adapter_path,
+            final_metrics=event.metrics,
+            finished_at=time.time(),
+            error=None,
+        )
+
+
+def persist_outcome(store: Store, run_id: int, error: BaseException | None) -> None:
+    """Record how the job ended when it did not finish: stopped (resumable) or failed (with the reason)."""
+    if error is None:
+        return
+    if isinstance(error, JobCancelled):
+        store.update_run(run_id, status="stopped", error=None)
+        return
+    if isinstance(error, DesktopDpoError):
+        message = str(error)
+    elif isinstance(error, MemoryError):
+        message = (
+            "The computer ran out of memory. Close other programs or choose smaller settings, then resume."
+        )
+    else:
+        message = f"Training stopped on an unexpected error ({type(error).__name__}: {error}). Details are in the log."
+    store.update_run(run_id, status="failed", error=message)
+
+
+def drive_training(
+    store: Store,
+    run_id: int,
+    *,
+    cancel: CancelToken,
+    resume: bool = True,
+    runs_dir: Path | None = None,
+    on_event: Callable[[object], None] | None = None,
+) -> Finished:
+    """Run :func:`train` to its end in this thread, persisting every event (the CLI's and the tests' driver).
+
+    ``on_event`` sees each event after it is stored. However the job ends, the run row says so
+    (completed, stopped or failed with the reason) before this returns or re-raises.
+    """
+    finished: Finished | None = None
+    try:
+        for event in train(store, run_id, cancel=cancel, resume=resume, runs_dir=runs_dir):
+            persist_event(store, run_id, event)
+            if isinstance(event, Finished):
+                finished = event
+            if on_event is not None:
+                on_event(event)
+    except BaseException as exc:
+        persist_outcome(store, run_id, exc)
+        raise
+    if finished is None:  # cannot happen: the job either finishes or raises
+        raise TrainingError("Training ended without an adapter.")
+    return finished
+
+
+# --------------------------------------------------------------------------------------------------
+# Data order, learning-rate schedule, checkpoints
+# --------------------------------------------------------------------------------------------------
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The seeded order of the training pairs in one epoch (the same on every machine and resume)."""
+    order = list(range(n))
+    random.Random(f"desktop-dpo-order:{seed}:{epoch}").shuffle(order)
+    return order
+
+
+def steps_remaining(n_train: int, config: TrainConfig, epoch: int, offset: int) -> int:
+    """Optimizer steps left from ``offset`` pairs into ``epoch`` to the end of the run."""
+    per_step = config.pairs_per_step
+    if epoch >= config.epochs or n_train == 0:
+        return 0
+    this_epoch = math.ceil(max(0, n_train - offset) / per_step)
+    return this_epoch + (config.epochs - epoch - 1) * math.ceil(n_train / per_step)
+
+
+def _plan(n_train: int, config: TrainConfig, epoch: int, offset: int) -> Iterator[tuple[int, int, list[int]]]:
+    """``(epoch, offset after the step, pair indices)`` for every remaining optimizer step."""
+    for e in range(epoch, config.epochs):
+        order = epoch_order(n_train, config.seed, e)
+        position = offset if e == epoch else 0
+        while position < n_train:
+            chunk = order[position : position + config.pairs_per_step]
+            position += len(chunk)
+            yield e, position, chunk
+
+
+def lr_factor(step: int, total_steps: int, warmup_ratio: float, scheduler: str) -> float:
+    """Multiplier of the peak learning rate for the step about to run (0-based): linear warm-up, then decay."""
+    warmup = math.ceil(warmup_ratio * total_steps)
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    if scheduler == "linear":
+        return max(0.0, 1.0 - progress)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run folder, or None."""
+    pointer = run_dir / "checkpoints" / _LATEST_FILE
+    if not pointer.is_file():
+        return None
+    path = run_dir / "checkpoints" / pointer.read_text(encoding="utf-8").strip()
+    return path if (path / _STATE_FILE).is_file() and (path / _ADAPTER_WEIGHTS).is_file() else None
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file of a folder and the folder itself (a checkpoint survives a power cut)."""
+    for path in folder.iterdir():
+        if path.is_file():
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+    with contextlib.suppress(OSError):  # not every platform can fsync a folder
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _save_adapter_atomic(model: Any, target: Path) -> None:
+    """``save_pretrained`` into a temporary folder, then swap it in: never a half-written adapter."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    _fsync_tree(tmp)
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Model loading
+# --------------------------------------------------------------------------------------------------
+
+
+def _model_folder(model: ModelRow) -> Path:
+    """The Hugging Face folder to train from: the model itself, or the trainable copy of a GGUF."""
+    if model.kind == "hf":
+        return Path(model.path)
+    for key in ("trainable_path", "trainable_copy", "hf_path"):
+        if model.info.get(key):
+            return Path(model.info[key])
+    raise ModelError(
+        f"{model.name} is a GGUF file without a trainable copy yet. Make a trainable copy in the Models view "
+        "(it is done once), then start training again."
+    )
+
+
+def _resolve_device(config: TrainConfig) -> str:
+    import torch
+
+    if config.device != "auto":
+        if config.device == "cuda" and not torch.cuda.is_available():
+            raise TrainingError(
+                "These settings ask for a CUDA GPU, but torch sees none here. Choose the CPU."
+            )
+        return config.device
+    return detect_device().kind
+
+
+def _compute_dtype(device: str) -> torch.dtype:
+    import torch
+
+    # fp32 on the CPU: bf16 matmuls there are several times slower, not faster.
+    if device == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _load_causal_lm(folder: Path, quantization: str, device: str) -> Any:
+    """A causal LM from a local folder, frozen, 4-bit NF4 when asked; never remote code, never a download."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    dtype = _compute_dtype(device)
+    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True, "trust_remote_code": False}
+    if quantization == "nf4":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=True,  # quantize the scales too: ~0.4 bit per weight saved
+        )
+        kwargs["device_map"] = {"": 0} if device == "cuda" else {"": device}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"Cannot load the model in {folder} for training: {exc}") from exc
+    if quantization != "nf4":
+        model.to(device)
+    model.config.use_cache = False  # the cache only helps generation and costs memory here
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
+
+
+def _attach_lora(model: Any, config: TrainConfig, quantization: str) -> Any:
+    """Wrap the frozen base in a LoRA adapter (after the k-bit preparation QLoRA needs)."""
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if quantization == "nf4":
+        # Casts norms to fp32 and freezes the base; checkpointing is switched on below, non-reentrant.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if config.gradient_checkpointing:
+        # Non-reentrant checkpointing needs no input that requires grad (the frozen embeddings are fine).
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    targets: str | list[str] = config.target_modules
+    if targets != "all-linear":
+        targets = [name.strip() for name in targets.split(",") if name.strip()]
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+        init_lora_weights=config.init_lora_weights,
+    )
+    torch.manual_seed(config.seed)  # the adapter's random A matrices depend on the seed only
+    return get_peft_model(model, lora)
+
+
+# --------------------------------------------------------------------------------------------------
+# Log-probabilities
+# --------------------------------------------------------------------------------------------------
+
+
+def _policy_logps(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log π_θ of the chosen and rejected rows of a batch (a seam tests use to inject failures)."""
+    from desktop_dpo.core.dpo.data import sequence_logps
+
+    return sequence_logps(model, batch)
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+def _length_batches(indices: Sequence[int], pairs: Sequence[TokenizedPair], size: int) -> list[list[int]]:
+    """Split ``indices`` into batches of ``size``, grouping similar lengths (less padding, same sums)."""
+    ordered = sorted(
+        indices,
+        key=lambda i: len(pairs[i].prompt_ids) + max(len(pairs[i].chosen_ids), len(pairs[i].rejected_ids)),
+    )
+    return [ordered[start : start + size] for start in range(0, len(ordered), size)]
+
+
+def _compute_reference(
+    model: Any,
+    pairs: Sequence[TokenizedPair],
+    indices: Sequence[int],
+    *,
+    batch_size: int,
+    pad_id: int,
+    device: str,
+    adapter_off: bool,
+    cancel: CancelToken,
+) -> Iterator[tuple[list[int], list[tuple[float, float]]]]:
+    """Reference log-probs of ``pairs[indices]``, one batch at a time (so each batch can be cached at once)."""
+    import torch
+
+    from desktop_dpo.core.dpo.data import collate, sequence_logps
+
+    model.eval()
+    for batch_indices in _length_batches(indices, pairs, batch_size):
+        cancel.raise_if_cancelled()
+        batch = _to_device(collate([pairs[i] for i in batch_indices], pad_id), device)
+        disable = model.disable_adapter() if adapter_off else contextlib.nullcontext()
+        with torch.inference_mode(), disable:
+            chosen, rejected = sequence_logps(model, batch)
+        yield batch_indices, list(zip(chosen.float().tolist(), rejected.float().tolist(), strict=True))
+
+
+# --------------------------------------------------------------------------------------------------
+# The job
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Progress:
+    """Where the loop stands: enough to write a checkpoint at a step boundary."""
+
+    step: int = 0
+    epoch: int = 0
+    offset: int = 0  # pairs of ``epoch`` already consumed
+    saved_step: int = -1  # step of the newest checkpoint on disk
+    rng_at_boundary: Any = None  # RNG state at the start of the current step (for a rescue checkpoint)
+
+
+def _rng_state() -> dict[str, Any]:
+    import torch
+
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def _out_of_memory_message(config: TrainConfig, device: str, step: int, saved: int) -> str:
+    where = "The GPU" if device == "cuda" else "The computer"
+    smaller = smaller_settings(config)
+    changes = []
+    if smaller.gradient_checkpointing and not config.gradient_checkpointing:
+        changes.append("turn on gradient checkpointing (slower, much less memory)")
+    if smaller.batch_size != config.batch_size:
+        changes.append(
+            f"lower the batch size to {smaller.batch_size} (gradient accumulation {smaller.grad_accum} keeps "
+            "the same pairs per step)"
+        )
+    if smaller.max_length != config.max_length:
+        changes.append(f"lower the maximum length to {smaller.max_length} tokens")
+    if not changes:
+        changes.append("choose a smaller model, or close other programs using the GPU")
+    if config.quantization != "nf4" and device == "cuda":
+        changes.append("use 4-bit (NF4) quantization")
+    return (
+        f"{where} ran out of memory at step {step + 1} (batch size {config.batch_size}, maximum length "
+        f"{config.max_length}, LoRA rank {config.lora_r}, gradient checkpointing "
+        f"{'on' if config.gradient_checkpointing else 'off'}). Progress up to step {saved} is saved. "
+        f"Resume with smaller settings: {'; or '.join(changes)}."
+    )
+
+
+def train(
+    store: Store, run_id: int, *, cancel: CancelToken, resume: bool = True, runs_dir: Path | None = None
+) -> Job:
+    """Train run ``run_id`` (a generator job: yields the events above, returns :class:`Finished`).
+
+    Args:
+        store: the driver thread's store (read the run; write the prompt split and reference cache).
+        run_id: a run made with ``Store.create_run`` whose ``config`` is a :class:`TrainConfig` dict.
+        cancel: checked at every step boundary; a stop writes a checkpoint and raises ``JobCancelled``.
+        resume: continue from the run's newest checkpoint when it has one (else start at step 0).
+        runs_dir: where run folders go when the run has none yet (default: the app's runs folder).
+
+    Raises:
+        TrainingOutOfMemoryError: with the settings to resume with (progress is checkpointed first).
+        TrainingError, ModelError: a message a person can act on.
+    """
+    import torch
+
+    from desktop_dpo.core.dpo import data as dpo_data
+    from desktop_dpo.core.dpo.loss import dpo_metrics, preference_loss
+
+    run = _get_run(store, run_id)
+    config = TrainConfig.from_dict(run.config)
+    run_dir = _run_dir(run, runs_dir)
+    if resume and run.status == "completed" and run.adapter_path and Path(run.adapter_path).is_dir():
+        finished = Finished(adapter_path=run.adapter_path, metrics=dict(run.final_metrics), step=run.step)
+        yield finished
+        return finished
+
+    # ---------------------------------------------------------------- data: snapshot, split
+    yield Loading("Reading the run's pairs")
+    views = store.comparison_views(ids=run.comparison_ids, include_deleted=True)
+    pairs = dpo_data.pairs_from_comparisons(views)
+    if not pairs:
+        raise TrainingError(
+            "This run has no usable pairs: pick A or B (or rewrite a response) in some comparisons, then start a new run."
+        )
+    prompt_ids = sorted({pair.prompt_id for pair in pairs})
+    existing = {
+        pid: row.split for pid in prompt_ids if (row := store.get_prompt(pid)) is not None and row.split
+    }
+    splits = dpo_data.split_by_prompt(prompt_ids, config.heldout_fraction, config.seed, existing)
+    store.set_prompt_splits({pid: split for pid, split in splits.items() if pid not in existing})
+    train_text = [pair for pair in pairs if splits[pair.prompt_id] == "train"]
+    heldout_text = [pair for pair in pairs if splits[pair.prompt_id] == "heldout"]
+    if not train_text:
+        raise TrainingError(
+            "All pairs of this run belong to held-out prompts; collect pairs for more prompts."
+        )
+    cancel.raise_if_cancelled()
+
+    # ---------------------------------------------------------------- model
+    device = _resolve_device(config)
+    quantization = (
+        config.quantization if config.quantization != "auto" else ("nf4" if device == "cuda" else "none")
+    )
+    previous_threads = torch.get_num_threads()
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    try:
+        base = _get_model(store, run.base_model_id)
+        yield Loading(f"Loading {base.name}")
+        from transformers import AutoTokenizer
+
+        folder = _model_folder(base)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(
+                str(folder), local_files_only=True, trust_remote_code=False
+            )
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"Cannot load the tokenizer in {folder}: {exc}") from exc
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if pad_id is None:
+            pad_id = 0  # padding is masked out everywhere; any id will do
+        chat_template = dpo_data.resolve_chat_template(tokenizer)
+        tokenized = dpo_data.tokenize_pairs(
+            tokenizer,
+            [*train_text, *heldout_text],
+            chat_template=chat_template,
+            max_length=config.max_length,
+            max_prompt_length=config.max_prompt_length,
+        )
+        all_pairs = tokenized.pairs
+        n_train = len(train_text)
+        heldout_indices = list(range(n_train, len(all_pairs)))
+        truncation = tokenized.truncation_message()
+        if truncation:
+            yield TrainWarning(message=truncation, kind="truncated", step=run.step)
+
+        # ---------------------------------------------------------------- reference log-probs
+        reference_model_row = base
+        adapter_off = True
+        if run.reference.startswith("model:"):
+            reference_model_row = _get_model(store, int(run.reference.split(":", 1)[1]))
+            adapter_off = False
+        # How the reference weights were loaded changes its numbers, so it is part of the cache key.
+        dtype_name = str(_compute_dtype(device)).removeprefix("torch.")
+        load_label = f"nf4-{dtype_name}" if quantization == "nf4" else dtype_name
+        keys = [
+            dpo_data.reference_cache_key(
+                pair,
+                reference_model_row.fingerprint,
+                load_label,
+                dpo_data.template_hash(chat_template),
+                config.max_length,
+            )
+            for pair in all_pairs
+        ]
+        reference = store.get_reference_logps(keys)
+        cached = sum(1 for key in keys if key in reference)
+        missing = [i for i, key in enumerate(keys) if key not in reference]
+        started = time.perf_counter()
+
+        policy: Any = None
+        if missing and not adapter_off:
+            # A previous round's model: load it alone, compute, free it, then load the policy.
+            yield Loading(f"Loading the reference model {reference_model_row.name}")
+            ref_model = _load_causal_lm(_model_folder(reference_model_row), quantization, device)
+            yield from _fill_reference(
+                store, ref_model, all_pairs, keys, missing, reference, config, pad_id, device, False, cancel
+            )
+            del ref_model
+            _free_memory(device)
+        yield Loading("Preparing the adapter")
+        policy = _attach_lora(_load_causal_lm(folder, quantization, device), config, quantization)
+        if missing and adapter_off:
+            yield from _fill_reference(
+                store, policy, all_pairs, keys, missing, reference, config, pad_id, device, True, cancel
+            )
+        yield ReferenceReady(cached=cached, computed=len(missing), seconds=time.perf_counter() - started)
+
+        # ---------------------------------------------------------------- optimizer, schedule, resume
+        params = [p for p in policy.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        progress = _Progress()
+        checkpoint = latest_checkpoint(run_dir) if resume else None
+        if not resume:
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        saved_state: dict[str, Any] = {}
+        if checkpoint is not None:
+            yield Loading(f"Resuming from {checkpoint.name}")
+            saved_state = _load_checkpoint(checkpoint, policy, optimizer, config, n_train)
+            progress = _Progress(
+                step=saved_state["step"],
+                epoch=saved_state["epoch"],
+                offset=saved_state["offset"],
+                saved_step=saved_state["step"],
+            )
+            if progress.offset >= n_train:
+                progress.epoch, progress.offset = progress.epoch + 1, 0
+            for group in optimizer.param_groups:  # the schedule's peak is this run's lr, even if it changed
+                group["initial_lr"] = config.lr
+        total_steps = progress.step + steps_remaining(n_train, config, progress.epoch, progress.offset)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s, total_steps, config.warmup_ratio, config.scheduler)
+        )
+        same_schedule = saved_state.get("total_steps") == total_steps and all(
+            saved_state.get("config", {}).get(name) == getattr(config, name)
+            for name in ("lr", "warmup_ratio", "scheduler")
+        )
+        if saved_state.get("scheduler") is not None and same_schedule:
+            scheduler.load_state_dict(saved_state["scheduler"])
+            # Loading a scheduler's state does not touch the optimizer, whose lr its constructor reset.
+            for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr(), strict=True):
+                group["lr"] = lr
+        elif progress.step > 0:  # resumed with other settings: the schedule follows the new step count
+            scheduler.last_epoch = progress.step - 1
+            scheduler.step()
+        if saved_state.get("rng") is not None:
+            _set_rng_state(saved_state["rng"])
+        watch = TrainingWatch(total_steps, state=saved_state.get("watch"))
+
+        yield Started(
+            run_dir=str(run_dir),
+            start_step=progress.step,
+            total_steps=total_steps,
+            train_pairs=n_train,
+            heldout_pairs=len(heldout_indices),
+            device=device,
+            quantization=quantization,
+        )
+
+        def reference_tensors(indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+            values = [reference[keys[i]] for i in indices]
+            chosen = torch.tensor([v[0] for v in values], dtype=torch.float32, device=device)
+            rejected = torch.tensor([v[1] for v in values], dtype=torch.float32, device=device)
+            return chosen, rejected
+
+        def loss_of(
+            batch: dict[str, torch.Tensor], indices: Sequence[int], chosen: Any, rejected: Any
+        ) -> Any:
+            ref_chosen, ref_rejected = reference_tensors(indices)
+            lengths: dict[str, Any] = {}
+            if config.loss_type == "ipo":
+                lengths = dict(
+                    zip(("chosen_lengths", "rejected_lengths"), dpo_data.response_lengths(batch), strict=True)
+                )
+            return preference_loss(
+                chosen,
+                rejected,
+                ref_chosen,
+                ref_rejected,
+                beta=config.beta,
+                loss_type=config.loss_type,
+                label_smoothing=config.label_smoothing,
+                **lengths,
+            )
+
+        def evaluate(step: int) -> EvalMetrics | None:
+            if not heldout_indices:
+                return None
+            policy.eval()
+            outputs = []
+            with torch.inference_mode():
+                for batch_indices in _length_batches(heldout_indices, all_pairs, config.batch_size * 2):
+                    batch = _to_device(
+                        dpo_data.collate([all_pairs[i] for i in batch_indices], pad_id), device
+                    )
+                    chosen, rejected = dpo_data.sequence_logps(policy, batch)
+                    outputs.append(loss_of(batch, batch_indices, chosen, rejected))
+            losses = torch.cat([o.losses for o in outputs]).float()
+            chosen_r = torch.cat([o.chosen_rewards for o in outputs]).float()
+            rejected_r = torch.cat([o.rejected_rewards for o in outputs]).float()
+            return EvalMetrics(
+                step=step,
+                loss=losses.mean().item(),
+                accuracy=(chosen_r > rejected_r).float().mean().item(),
+                margins=(chosen_r - rejected_r).mean().item(),
+                rewards_chosen=chosen_r.mean().item(),
+                rewards_rejected=rejected_r.mean().item(),
+                pairs=len(heldout_indices),
+            )
+
+        def save(state_step: int) -> Path:
+            path = _save_checkpoint(
+                run_dir,
+                policy,
+                optimizer,
+                scheduler,
+                {
+                    "step": progress.step,
+                    "epoch": progress.epoch,
+                    "offset": progress.offset,
+                    "total_steps": total_steps,
+                    "n_train": n_train,
+                    "rng": progress.rng_at_boundary if progress.rng_at_boundary is not None else _rng_state(),
+                    "watch": watch.state(),
+                    "config": config.to_dict(),
+                },
+            )
+            progress.saved_step = state_step
+            return path
+
+        # ---------------------------------------------------------------- the loop
+        if progress.step == 0:
+            initial = evaluate(0)
+            if initial is not None:
+                yield initial
+        last_train: StepMetrics | None = None
+        last_eval: EvalMetrics | None = None
+        session_start, session_steps = time.perf_counter(), 0
+        in_update = False
+        try:
+            for epoch, offset_after, step_indices in _plan(n_train, config, progress.epoch, progress.offset):
+                if cancel.cancelled:
+                    break
+                progress.rng_at_boundary = _rng_state()
+                step_start = time.perf_counter()
+                policy.train()
+                lr_now = optimizer.param_groups[0]["lr"]
+                outputs, policy_chosen, policy_rejected = [], [], []
+                tokens = 0
+                for batch_indices in _length_batches(step_indices, all_pairs, config.batch_size):
+                    batch = _to_device(
+                        dpo_data.collate([all_pairs[i] for i in batch_indices], pad_id), device
+                    )
+                    tokens += int(batch["attention_mask"].sum())
+                    chosen, rejected = _policy_logps(policy, batch)
+                    output = loss_of(batch, batch_indices, chosen, rejected)
+                    # Sum over pairs / pairs in the step: the same gradient as one batch of all of them.
+                    (output.losses.sum() / len(step_indices)).backward()
+                    outputs.append(output)
+                    policy_chosen.append(chosen.detach())
+                    policy_rejected.append(rejected.detach())
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm).item()
+                merged = type(outputs[0])(
+                    *(torch.cat([getattr(o, f) for o in outputs]) for f in outputs[0]._fields)
+                )
+                loss_value = merged.losses.float().mean().item()
+                in_update = True
+                if math.isfinite(grad_norm) and math.isfinite(loss_value):
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                progress.step += 1
+                progress.epoch, progress.offset = epoch, offset_after
+                progress.rng_at_boundary = None
+                in_update = False
+                session_steps += 1
+
+                elapsed = time.perf_counter() - step_start
+                metrics = dpo_metrics(
+                    merged,
+                    policy_chosen_logps=torch.cat(policy_chosen),
+                    policy_rejected_logps=torch.cat(policy_rejected),
+                )
+                per_step = (time.perf_counter() - session_start) / session_steps
+                last_train = StepMetrics(
+                    step=progress.step,
+                    total_steps=total_steps,
+                    epoch=epoch + offset_after / n_train,
+                    loss=loss_value,
+                    rewards_chosen=metrics["rewards/chosen"],
+                    rewards_rejected=metrics["rewards/rejected"],
+                    rewards_accuracies=metrics["rewards/accuracies"],
+                    rewards_margins=metrics["rewards/margins"],
+                    logps_chosen=metrics["logps/chosen"],
+                    logps_rejected=metrics["logps/rejected"],
+                    lr=lr_now,
+                    grad_norm=grad_norm,
+                    tokens_per_s=tokens / max(elapsed, 1e-9),
+                    eta_s=per_step * (total_steps - progress.step),
+                )
+                yield last_train
+                yield from watch.observe(last_train, config)
+                final_step = progress.step == total_steps
+                if progress.step % config.eval_every == 0 or final_step:
+                    last_eval = evaluate(progress.step)
+                    if last_eval is not None:
+                        yield last_eval
+                if progress.step % config.checkpoint_every == 0 and not final_step:
+                    path = save(progress.step)
+                    yield Checkpointed(step=progress.step, path=str(path))
+            if progress.step < total_steps:  # left the loop on a stop request
+                if progress.saved_step != progress.step:
+                    path = save(progress.step)
+                    yield Checkpointed(step=progress.step, path=str(path))
+                cancel.raise_if_cancelled()
+        except GeneratorExit:
+            # The driver closed the job at a yield, i.e. at a step boundary: keep what was learned.
+            if progress.step > max(progress.saved_step, 0) and progress.step < total_steps:
+                save(progress.step)
+            raise
+        except JobCancelled:
+            raise
+        except BaseException as exc:
+            # Failed inside a step before the weights changed: the state equals the last boundary, so
+            # checkpoint it (with the RNG state of that boundary) and no finished step is lost.
+            if not in_update and progress.step > max(progress.saved_step, 0):
+                try:
+                    optimizer.zero_grad(set_to_none=True)
+                    _free_memory(device)
+                    save(progress.step)
+                except Exception:  # the original error matters more; the last periodic checkpoint remains
+                    log.exception("Could not write a rescue checkpoint after an error")
+            if _is_out_of_memory(exc):
+                optimizer.zero_grad(set_to_none=True)
+                _free_memory(device)
+                raise TrainingOutOfMemoryError(
+                    _out_of_memory_message(config, device, progress.step, max(progress.saved_step, 0)),
+                    smaller_settings(config),
+                ) from exc
+            raise
+
+        # ---------------------------------------------------------------- cleanup
+        yield Loading("Saving the adapter")
+        adapter_dir = run_dir / "adapter"
+        _save_adapter_atomic(policy, adapter_dir)
+        _write_adapter_info(adapter_dir, run, config, base, quantization)
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        final: dict[str, float] = {}
+        if last_train is not None:
+            final.update({f"train/{k}": v for k, v in last_train.as_metrics().items()})
+        if last_eval is not None:
+            final.update({f"heldout/{k}": v for k, v in last_eval.as_metrics().items()})
+        finished = Finished(adapter_path=str(adapter_dir), metrics=final, step=progress.step)
+        yield finished
+        return finished
+    finally:
+        if config.threads > 0:
+            torch.set_num_threads(previous_threads)
+
+
+def _fill_reference(
+    store: Store,
+    model: Any,
+    pairs: Sequence[TokenizedPair],
+    keys: Sequence[str],
+    missing: Sequence[int],
+    reference: dict[str, tuple[float, float]],
+    config: TrainConfig,
+    pad_id: int,
+    device: str,
+    adapter_off: bool,
+    cancel: CancelToken,
+) -> Iterator[Loading]:
+    """Compute the missing reference log-probs, caching each batch as soon as it is done."""
+    done = 0
+    yield Loading("Computing reference log-probabilities", 0, len(missing))
+    try:
+        for batch_indices, values in _compute_reference(
+            model,
+            pairs,
+            missing,
+            batch_size=config.batch_size * 2,  # no activations are kept without gradients
+            pad_id=pad_id,
+            device=device,
+            adapter_off=adapter_off,
+            cancel=cancel,
+        ):
+            new = {keys[i]: value for i, value in zip(batch_indices, values, strict=True)}
+            store.put_reference_logps(new)
+            reference.update(new)
+            done += len(batch_indices)
+            yield Loading("Computing reference log-probabilities", done, len(missing))
+    except Exception as exc:
+        if _is_out_of_memory(exc):
+            _free_memory(device)
+            raise TrainingOutOfMemoryError(
+                _out_of_memory_message(config, device, 0, 0).replace(
+                    " at step 1", " computing reference log-probabilities"
+                ),
+                smaller_settings(config),
+            ) from exc
+        raise
+
+
+def _get_run(store: Store, run_id: int) -> RunRow:
+    run = store.get_run(run_id)
+    if run is None:
+        raise TrainingError(f"There is no training run {run_id}.")
+    return run
+
+
+def _get_model(store: Store, model_id: int | None) -> ModelRow:
+    model = store.get_model(model_id) if model_id is not None else None
+    if model is None:
+        raise ModelError(
+            "The model this run trains is no longer registered. Add it again in the Models view."
+        )
+    return model
+
+
+def _run_dir(run: RunRow, runs_dir: Path | None) -> Path:
+    if run.checkpoint_dir:
+        return Path(run.checkpoint_dir)
+    if runs_dir is None:
+        from desktop_dpo.config import AppPaths
+
+        runs_dir = AppPaths.default().runs_dir
+    return runs_dir / f"run-{run.id:04d}"
+
+
+def _free_memory(device: str) -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _save_checkpoint(
+    run_dir: Path, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any]
+) -> Path:
+    """Adapter + optimizer + scheduler + RNG + data position, written to a temporary folder and renamed.
+
+    The ``latest`` pointer is switched only after the folder is complete and flushed, so a crash at
+    any moment leaves the previous checkpoint usable. Older checkpoints are then removed.
+    """
+    import torch
+
+    folder = run_dir / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"step-{state['step']:07d}"
+    final = folder / name
+    tmp = folder / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            **state,
+        },
+        tmp / _STATE_FILE,
+    )
+    _fsync_tree(tmp)
+    if final.exists():  # the same step written again (e.g. stopped right after a resume)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _write_text_atomic(folder / _LATEST_FILE, name)
+    for old in folder.iterdir():
+        if old.is_dir() and old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _load_checkpoint(
+    path: Path, model: Any, optimizer: Any, config: TrainConfig, n_train: int
+) -> dict[str, Any]:
+    """Put a checkpoint's adapter and optimizer state in place; return the rest of its state."""
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = torch.load(path / _STATE_FILE, map_location="cpu", weights_only=True)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise TrainingError(f"The checkpoint {path} was written by another version; start a new run.")
+    saved = state.get("config", {})
+    changed = [name for name in _ADAPTER_FIELDS if name in saved and saved[name] != getattr(config, name)]
+    if changed:
+        raise TrainingError(
+            f"This run's checkpoint was trained with other {', '.join(n.replace('_', ' ') for n in changed)}; "
+            "those cannot change mid-run. Put them back, or start a new run."
+        )
+    if state.get("n_train") != n_train:
+        log.warning("The run's pairs changed since its checkpoint (%s -> %s)", state.get("n_train"), n_train)
+    set_peft_model_state_dict(model, load_file(str(path / _ADAPTER_WEIGHTS)))
+    optimizer.load_state_dict(state["optimizer"])
+    return state
+
+
+def _write_adapter_info(
+    adapter_dir: Path, run: RunRow, config: TrainConfig, base: ModelRow, quantization: str
+) -> None:
+    """A small JSON next to the adapter: what it was trained from and how (read by export)."""
+    info = {
+        "run_id": run.id,
+        "run_name": run.name,
+        "base_model_id": base.id,
+        "base_model_fingerprint": base.fingerprint,
+        "reference": run.reference,
+        "quantization": quantization,
+        "config": config.to_dict(),
+        "pairs_sha256": hashlib.sha256(json.dumps(run.comparison_ids).encode()).hexdigest(),
+    }
+    _write_text_atomic(adapter_dir / "desktop_dpo_run.json", json.dumps(info, indent=2, sort_keys=True))

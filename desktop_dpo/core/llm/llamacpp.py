@@ -1,0 +1,739 @@
+"""Inference with llama.cpp: streaming responses, pairs decoded together, cancel at any token.
+
+The plain dataclasses at the top (events and results) import nothing heavy, so the GUI can import them at
+startup; ``llama_cpp`` is imported the first time an engine loads its model, in the thread that loads it.
+
+How a pair is decoded: the prompt is evaluated once, for sequence 0; its KV cache is copied to sequence 1;
+then each step is one ``llama_decode`` of a batch holding the next token of every response still running
+(two rows of logits), and each response samples from its own row with its own sampler chain and seed. The
+context keeps one KV stream per sequence (``kv_unified = False``): with a shared stream the two responses'
+cells interleave, attention sums in another order and the logits drift from those of a single response
+(by up to 0.8 on the demo model); with a stream each, a pair is bit-for-bit two single generations with the
+same seeds, so a pick can be reproduced from its seed alone.
+
+Text is assembled from token pieces by :class:`ResponseText`: bytes become characters only when complete
+(a token may end in the middle of a UTF-8 character), and text that could be the start of a stop string is
+held back until it is known not to be one, so the person never sees a stop marker flash up and vanish.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from desktop_dpo.config import SamplingSettings
+from desktop_dpo.core.errors import DesktopDpoError, ModelError
+from desktop_dpo.core.jobs import CancelToken, Job
+from desktop_dpo.core.llm.templates import Message, render_prompt
+
+log = logging.getLogger(__name__)
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+Prompt = Union[str, Sequence[Message]]
+"""Raw text (for a base model, tokenized as is) or a conversation (rendered with the model's template)."""
+
+# Seeds are drawn below 2**31 so they fit any integer column; llama.cpp reads 0xFFFFFFFF as "random".
+MAX_SEED = 2**31 - 1
+# How many recent tokens the repeat penalty looks at (llama.cpp's and llama-cpp-python's default).
+PENALTY_LAST_N = 64
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Events and results (plain data; safe to import anywhere)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """New text of one response while it streams. Several tokens may arrive in one event."""
+
+    seq: int  # which response: 0 for a single response, 0 or 1 in a pair
+    text: str  # text to append: complete characters only, never part of a stop string (may be "")
+    n_tokens: int  # tokens generated so far in this response
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """One finished response, with what is needed to reproduce it (seed and settings)."""
+
+    text: str  # the response as it follows the prompt (a leading space is kept); stop string removed
+    prompt_tokens: int  # tokens in the prompt, as the model saw it (template and BOS included)
+    completion_tokens: int  # tokens generated (an end-of-generation token is not counted)
+    seconds: float  # from the start of the prompt's evaluation until this response finished
+    finish_reason: FinishReason  # "stop": end token or stop string; "length": max_tokens; "cancelled"
+    seed: int  # seed of this response's sampler
+    settings: dict[str, Any]  # SamplingSettings.to_dict() plus "stop" (and "ignore_eos" when set)
+    prompt_seconds: float = 0.0  # part of ``seconds`` spent evaluating the prompt
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Decoding speed of this response (prompt evaluation excluded); 0 when nothing was generated."""
+        decode = self.seconds - self.prompt_seconds
+        return self.completion_tokens / decode if decode > 0 and self.completion_tokens else 0.0
+
+
+@dataclass(frozen=True)
+class ResponseFinished:
+    """One response of a job is complete; in a pair the other one may still be streaming."""
+
+    seq: int
+    result: GenerationResult
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Streaming text: token bytes -> characters the person may see
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Utf8Stream:
+    """Bytes in, complete characters out. Invalid bytes become U+FFFD; a character split across tokens
+    comes out whole once its last byte arrives."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, data: bytes) -> str:
+        """Decode ``data``; bytes of a character not yet complete are kept for the next call."""
+        return self._decoder.decode(data)
+
+    @property
+    def has_partial(self) -> bool:
+        """True while the start of a multi-byte character waits for its remaining bytes."""
+        return bool(self._decoder.getstate()[0])
+
+
+class StopStringFilter:
+    """Cuts a stream of text at the first stop string, even when a stop string spans several tokens.
+
+    Text that might be the beginning of a stop string is held back until the next text shows whether it
+    is; everything returned is final.
+    """
+
+    def __init__(self, stops: Sequence[str]):
+        self._stops = tuple(dict.fromkeys(s for s in stops if s))  # drop empties and duplicates
+        self._held = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        """Add text; return the part that is now certain to belong to the response."""
+        if self.stopped:
+            return ""
+        buffer = self._held + text
+        cut = min((i for i in (buffer.find(s) for s in self._stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            self._held = ""
+            return buffer[:cut]
+        keep = self._longest_stop_prefix_suffix(buffer)
+        self._held = buffer[len(buffer) - keep :]
+        return buffer[: len(buffer) - keep]
+
+    def flush(self) -> str:
+        """The response ended without a stop string: release the text held back."""
+        held, self._held = self._held, ""
+        return held
+
+    def _longest_stop_prefix_suffix(self, buffer: str) -> int:
+        # Length of the longest end of `buffer` that is the beginning of some stop string (and not all of it:
+        # whole stop strings were looked for before).
+        best = 0
+        for stop in self._stops:
+            for length in range(min(len(stop) - 1, len(buffer)), best, -1):
+                if buffer.endswith(stop[:length]):
+                    best = length
+                    break
+        return best
+
+
+class ResponseText:
+    """Assembles one response from token pieces: complete characters only, cut at the first stop string."""
+
+    def __init__(self, stops: Sequence[str] = ()):
+        self._utf8 = Utf8Stream()
+        self._filter = StopStringFilter(stops)
+        self._parts: list[str] = []
+
+    def add(self, piece: bytes) -> str:
+        """Add one token's bytes; return the text that became final (often all of it, sometimes "")."""
+        text = self._filter.feed(self._utf8.feed(piece))
+        if text:
+            self._parts.append(text)
+        return text
+
+    @property
+    def stopped(self) -> bool:
+        """True once a stop string appeared; nothing more is added after it."""
+        return self._filter.stopped
+
+    def finish(self) -> str:
+        """The response ended for another reason (end token, length, cancel): release held-back text.
+
+        An incomplete character at the very end is dropped rather than shown as a replacement mark.
+        """
+        tail = self._filter.flush()
+        if tail:
+            self._parts.append(tail)
+        return tail
+
+    @property
+    def text(self) -> str:
+        """The response so far."""
+        return "".join(self._parts)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The engine
+# ---------------------------------------------------------------------------------------------------------
+
+
+def default_thread_count() -> int:
+    """CPU threads for llama.cpp: every CPU this process may use, up to 4; beyond that, half of them.
+
+    llama.cpp decodes fastest on physical cores; past 4 logical CPUs they usually come in hyper-threaded
+    pairs, where a second thread per core only adds contention.
+    """
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        available = os.cpu_count() or 1
+    return available if available <= 4 else available // 2
+
+
+class _LlamaLogRouter:
+    """Sends llama.cpp's log lines to Python logging (the app's log file) instead of stderr.
+
+    llama-cpp-python prints them to stderr, and its level table predates ggml's current one (it shows
+    warnings as errors and hides errors), so one callback for the process replaces it.
+    """
+
+    _callback: Any = None  # the ctypes callback; must stay referenced while llama.cpp may call it
+    _lock = threading.Lock()
+    _line: list[str] = []  # noqa: RUF012 - one pending line for the whole process, like llama.cpp's log
+    _level = logging.DEBUG
+    # ggml_log_level: 0 none, 1 debug, 2 info, 3 warn, 4 error, 5 continue the previous line
+    _LEVELS = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR}  # noqa: RUF012
+    _logger = logging.getLogger("desktop_dpo.llama_cpp")
+
+    @classmethod
+    def install(cls, lib: Any) -> None:
+        with cls._lock:
+            if cls._callback is not None:
+                return
+
+            def on_log(level: int, text: bytes | None, _user_data: Any) -> None:
+                message = (text or b"").decode("utf-8", errors="replace")
+                with cls._lock:
+                    if level != 5:
+                        cls._level = cls._LEVELS.get(level, logging.DEBUG)
+                    cls._line.append(message)
+                    if not message.endswith("\n"):
+                        return
+                    line = "".join(cls._line).rstrip()
+                    cls._line.clear()
+                if line:
+                    cls._logger.log(cls._level, "%s", line)
+
+            cls._callback = lib.llama_log_callback(on_log)
+            lib.llama_log_set(cls._callback, ctypes.c_void_p(0))
+
+
+@dataclass
+class _Stream:
+    """Mutable state of one response while it is decoded (internal)."""
+
+    index: int  # sequence id in the llama.cpp context, and TokenEvent.seq
+    seed: int
+    sampler: Any  # llama_sampler chain pointer
+    text: ResponseText
+    pos: int  # position of the next token in the sequence
+    row: int = -1  # logits row of the last decode that holds this response's next-token distribution
+    n_tokens: int = 0
+    reported_tokens: int = 0  # n_tokens when the last TokenEvent was yielded
+    unsent: list[str] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+    finished_at: float = 0.0
+
+
+class LlamaCppEngine:
+    """One GGUF model in llama.cpp with a context for up to two sequences, loaded on first use.
+
+    One generation at a time per engine (the engine pool holds a lock around each job; a second concurrent
+    job here raises instead of corrupting the context). Close it when done, or use it as a context manager.
+
+    Args:
+        model_path: the .gguf file.
+        n_ctx: tokens of context per response (prompt plus answer); capped at the model's trained length.
+        n_threads: CPU threads (None: :func:`default_thread_count`).
+        n_gpu_layers: layers offloaded to a GPU (None: all when llama.cpp was built with GPU support, else 0).
+        seed: where seeds come from when a call gives none: None = fresh random seeds; an int = a
+            reproducible series of seeds (each result still records its own seed).
+        flash_attn: None lets llama.cpp decide; True/False forces flash attention on/off.
+        n_batch: prompt tokens evaluated per ``llama_decode`` call (cancel is checked between calls).
+        event_interval_s: at most one TokenEvent per response per this many seconds (tokens arriving in
+            between are merged into one event), to keep GUI overhead low; 0 = an event per token.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        n_gpu_layers: int | None = None,
+        seed: int | None = None,
+        flash_attn: bool | None = None,
+        n_batch: int = 512,
+        event_interval_s: float = 0.03,
+    ):
+        self.model_path = Path(model_path)
+        self.requested_n_ctx = n_ctx
+        self.n_threads = n_threads or default_thread_count()
+        self.n_gpu_layers = n_gpu_layers
+        self.flash_attn = flash_attn
+        self.n_batch = n_batch
+        self.event_interval_s = event_interval_s
+        self._seed_source: random.Random = random.SystemRandom() if seed is None else random.Random(seed)
+        self._busy = threading.Lock()
+        self._load_lock = threading.Lock()
+        self._lib: Any = None  # the llama_cpp module, once loaded
+        self._model: Any = None  # llama_cpp._internals.LlamaModel
+        self._ctx: Any = None  # llama_cpp._internals.LlamaContext
+        self._batch: Any = None  # llama_cpp._internals.LlamaBatch
+        self._piece_buffer = ctypes.create_string_buffer(256)
+        self.n_ctx = 0  # tokens per response, known once loaded
+        self.n_vocab = 0
+        self.chat_template: str | None = None
+        self.bos_text = ""
+        self.eos_text = ""
+        self._bos_id = -1
+        self._add_bos = False
+
+    # -- life cycle ------------------------------------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        """True while the model is in memory."""
+        return self._ctx is not None
+
+    def load(self) -> LlamaCppEngine:
+        """Load the model and create its context (idempotent; slow: call it off the GUI thread).
+
+        Raises:
+            ModelError: the file is missing or llama.cpp cannot load it, or there is not enough memory.
+        """
+        with self._load_lock:
+            if self._ctx is None:
+                self._load()
+        return self
+
+    def _load(self) -> None:
+        if not self.model_path.is_file():
+            raise ModelError(f"The model file {self.model_path} was not found. Choose the file again.")
+        import llama_cpp
+        from llama_cpp import _internals
+
+        _LlamaLogRouter.install(llama_cpp)
+        llama_cpp.llama_backend_init()
+
+        model_params = llama_cpp.llama_model_default_params()
+        if self.n_gpu_layers is None:
+            model_params.n_gpu_layers = -1 if llama_cpp.llama_supports_gpu_offload() else 0
+        else:
+            model_params.n_gpu_layers = self.n_gpu_layers
+        try:
+            model = _internals.LlamaModel(path_model=str(self.model_path), params=model_params, verbose=False)
+        except ValueError as exc:
+            raise ModelError(
+                f"llama.cpp could not load {self.model_path.name}: the file is damaged, or its architecture "
+                "is newer than this app's llama.cpp. Check the file, or export the model again."
+            ) from exc
+        try:
+            if llama_cpp.llama_model_has_encoder(model.model):
+                raise ModelError(
+                    f"{self.model_path.name} is an encoder-decoder model; the app generates with decoder-only "
+                    "models (Llama, Gemma, Qwen, Mistral, ...)."
+                )
+            n_ctx_train = model.n_ctx_train()
+            n_ctx = min(self.requested_n_ctx, n_ctx_train) if n_ctx_train > 0 else self.requested_n_ctx
+            ctx_params = llama_cpp.llama_context_default_params()
+            # Two sequences (a pair), each with its own KV stream of n_ctx cells: see the module docstring.
+            ctx_params.n_seq_max = 2
+            ctx_params.kv_unified = False
+            ctx_params.n_ctx = 2 * n_ctx
+            ctx_params.n_batch = self.n_batch
+            ctx_params.n_ubatch = self.n_batch
+            ctx_params.n_threads = self.n_threads
+            ctx_params.n_threads_batch = self.n_threads
+            ctx_params.no_perf = True
+            if self.flash_attn is not None:
+                ctx_params.flash_attn_type = (
+                    llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+                )
+            try:
+                ctx = _internals.LlamaContext(model=model, params=ctx_params, verbose=False)
+            except ValueError as exc:
+                raise ModelError(
+                    f"Not enough memory for {self.model_path.name} with a context of {n_ctx} tokens. Close other "
+                    "programs or choose a smaller context."
+                ) from exc
+            batch = _internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=2, verbose=False)
+        except BaseException:
+            model.close()
+            raise
+        self._lib, self._model, self._ctx, self._batch = llama_cpp, model, ctx, batch
+        self.n_ctx = llama_cpp.llama_n_ctx_seq(ctx.ctx)
+        self.n_vocab = model.n_vocab()
+        template = llama_cpp.llama_model_chat_template(model.model, None)
+        self.chat_template = template.decode("utf-8") if template else None
+        self._bos_id = model.token_bos()
+        self._add_bos = bool(model.add_bos_token())
+        self.bos_text = self._token_text(self._bos_id)
+        self.eos_text = self._token_text(model.token_eos())
+        log.info(
+            "Loaded %s (%d tokens of context per response, %d threads, %d GPU layers)",
+            self.model_path.name,
+            self.n_ctx,
+            self.n_threads,
+            model_params.n_gpu_layers,
+        )
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Free the context and the model. A generation still running (or a job left suspended) must end
+        first: waits up to ``timeout_s`` for it, then raises rather than free memory it still uses."""
+        if not self._busy.acquire(timeout=timeout_s):
+            raise DesktopDpoError(
+                f"{self.model_path.name} is still generating; stop the generation before closing the model."
+            )
+        try:
+            with self._load_lock:
+                for part in (self._batch, self._ctx, self._model):  # the context before its model
+                    if part is not None:
+                        part.close()
+                self._batch = self._ctx = self._model = None
+        finally:
+            self._busy.release()
+
+    def __enter__(self) -> LlamaCppEngine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- text <-> tokens -------------------------------------------------------------------------------
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        raw = self._lib.llama_vocab_get_text(self._model.vocab, token)
+        return raw.decode("utf-8", errors="replace") if raw else ""
+
+    def tokenize(self, text: str, *, add_bos: bool | None = None, parse_special: bool = False) -> list[int]:
+        """Token ids of ``text``. ``add_bos`` None = as the model asks; ``parse_special`` turns written
+        control tokens (``<start_of_turn>``) into their ids, which rendered chat templates need."""
+        self.load()
+        data = text.encode("utf-8")
+        add = self._add_bos if add_bos is None else add_bos
+        capacity = len(data) + 8
+        while True:
+            buffer = (self._lib.llama_token * capacity)()
+            n = self._lib.llama_tokenize(self._model.vocab, data, len(data), buffer, capacity, add, parse_special)
+            if n >= 0:
+                return list(buffer[:n])
+            capacity = -n
+
+    def token_piece(self, token: int) -> bytes:
+        """The bytes a token stands for (control tokens: none). May be part of a UTF-8 character."""
+        buffer = self._piece_buffer
+        n = self._lib.llama_token_to_piece(self._model.vocab, token, buffer, len(buffer), 0, False)
+        if n < 0:
+            buffer = ctypes.create_string_buffer(-n)
+            n = self._lib.llama_token_to_piece(self._model.vocab, token, buffer, len(buffer), 0, False)
+        return buffer.raw[:n]
+
+    def render(self, messages: Sequence[Message]) -> tuple[str, list[str]]:
+        """The prompt text for a conversation and its stop strings (the model's template, else the default)."""
+        self.load()
+        return render_prompt(messages, self.chat_template, self.bos_text, self.eos_text)
+
+    def prompt_tokens(self, prompt: Prompt) -> tuple[list[int], list[str]]:
+        """Tokens of a prompt (raw text or conversation) and the stop strings its layout needs."""
+        if isinstance(prompt, str):
+            # Raw text is the person's own: never read "<bos>" written in it as a control token.
+            return self.tokenize(prompt, parse_special=False), []
+        text, stops = self.render(prompt)
+        tokens = self.tokenize(text, parse_special=True)
+        # Most templates write the BOS token themselves; the tokenizer may have added one as well.
+        if len(tokens) >= 2 and tokens[0] == tokens[1] == self._bos_id:
+            tokens = tokens[1:]
+        return tokens, stops
+
+    # -- generation ------------------------------------------------------------------------------------
+
+    def draw_seed(self) -> int:
+        """A seed for one response (random, or the next of the engine's reproducible series)."""
+        return self._seed_source.randrange(0, MAX_SEED)
+
+    def generate(
+        self,
+        prompt: Prompt,
+        settings: SamplingSettings | None = None,
+        *,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        cancel: CancelToken | None = None,
+        ignore_eos: bool = False,
+    ) -> Job:
+        """Stream one response (a job). Yields :class:`TokenEvent` and a final :class:`ResponseFinished`;
+        returns the :class:`GenerationResult`.
+
+        Args:
+            prompt: raw text (a base model continues it) or a conversation (rendered with the model's
+                template, whose stop strings are added to ``stop``).
+            settings: sampling settings (defaults: ``SamplingSettings()``); ``max_tokens`` caps the answer.
+            seed: the sampler's seed (None: drawn by :meth:`draw_seed`); same seed, same settings, same
+                prompt and model give the same text.
+            stop: strings that end the response; the first one found is removed with what follows it.
+            cancel: stops at the next token boundary; the result then says "cancelled" and keeps the text
+                generated so far (the job returns normally).
+            ignore_eos: go on past end-of-generation tokens (benchmarks: exactly ``max_tokens`` tokens
+                unless a stop string matches).
+        """
+        (result,) = yield from self._run(prompt, settings, [seed], stop, cancel, ignore_eos)
+        return result
+
+    def generate_pair(
+        self,
+        prompt: Prompt,
+        settings: SamplingSettings | None = None,
+        *,
+        seeds: tuple[int, int] | None = None,
+        stop: Sequence[str] = (),
+        cancel: CancelToken | None = None,
+        ignore_eos: bool = False,
+    ) -> Job:
+        """Stream two responses to one prompt, decoded together in one context (a job).
+
+        The prompt is evaluated once; every step decodes one token of each running response in one batch.
+        Events carry ``seq`` 0 or 1; each response yields :class:`ResponseFinished` when done (one may end
+        long before the other). Returns ``(result_0, result_1)``; response k equals ``generate(prompt,
+        settings, seed=seeds[k])`` token for token. Other arguments as in :meth:`generate`; seeds default
+        to two different drawn seeds.
+        """
+        chosen: list[int | None]
+        if seeds is None:
+            first = self.draw_seed()
+            second = self.draw_seed()
+            while second == first:
+                second = self.draw_seed()
+            chosen = [first, second]
+        else:
+            chosen = list(seeds)
+            if len(chosen) != 2:
+                raise ValueError("generate_pair needs exactly two seeds")
+        results = yield from self._run(prompt, settings, chosen, stop, cancel, ignore_eos)
+        return results[0], results[1]
+
+    def _run(
+        self,
+        prompt: Prompt,
+        settings: SamplingSettings | None,
+        seeds: list[int | None],
+        stop: Sequence[str],
+        cancel: CancelToken | None,
+        ignore_eos: bool,
+    ) -> Generator[TokenEvent | ResponseFinished, None, list[GenerationResult]]:
+        settings = settings or SamplingSettings()
+        cancel = cancel or CancelToken()
+        picked = [self.draw_seed() if s is None else _check_seed(s) for s in seeds]
+        if not self._busy.acquire(blocking=False):
+            raise DesktopDpoError("This model is already writing a response; wait for it to finish or stop it.")
+        streams: list[_Stream] = []
+        try:
+            self.load()
+            lib, ctx, memory = self._lib, self._ctx.ctx, self._ctx.memory
+            start = time.perf_counter()
+            tokens, template_stops = self.prompt_tokens(prompt)
+            stops = list(dict.fromkeys([*template_stops, *stop]))
+            n_prompt = len(tokens)
+            room = self.n_ctx - n_prompt
+            if n_prompt == 0:
+                raise DesktopDpoError("The prompt is empty: write something first.")
+            if room < 1:
+                raise ModelError(
+                    f"The prompt is {n_prompt} tokens long and fills the model's context of {self.n_ctx} "
+                    "tokens. Shorten the conversation, or load the model with a larger context."
+                )
+            if settings.max_tokens < 1:
+                raise ValueError(f"max_tokens must be at least 1, got {settings.max_tokens}")
+            max_new = min(settings.max_tokens, room)
+            recorded = {**settings.to_dict(), "stop": stops}
+            if ignore_eos:
+                recorded["ignore_eos"] = True
+            streams = [
+                _Stream(index=k, seed=seed, sampler=None, text=ResponseText(stops), pos=n_prompt)
+                for k, seed in enumerate(picked)
+            ]
+
+            def result(stream: _Stream, prompt_seconds: float) -> GenerationResult:
+                return GenerationResult(
+                    text=stream.text.text,
+                    prompt_tokens=n_prompt,
+                    completion_tokens=stream.n_tokens,
+                    seconds=stream.finished_at - start,
+                    finish_reason=stream.finish_reason or "cancelled",
+                    seed=stream.seed,
+                    settings=recorded,
+                    prompt_seconds=prompt_seconds,
+                )
+
+            # 1. The prompt, once, for sequence 0, in chunks (cancel is checked between chunks).
+            lib.llama_memory_clear(memory, True)
+            for offset in range(0, n_prompt, self.n_batch):
+                if cancel.cancelled:
+                    now = time.perf_counter()
+                    for stream in streams:
+                        stream.finish_reason, stream.finished_at = "cancelled", now
+                    return [result(stream, now - start) for stream in streams]
+                chunk = tokens[offset : offset + self.n_batch]
+                self._fill_batch([(token, offset + i, 0) for i, token in enumerate(chunk)], last_only=True)
+                self._decode()
+            prompt_seconds = time.perf_counter() - start
+            # 2. The other response starts from a copy of the prompt's KV cache.
+            for stream in streams[1:]:
+                lib.llama_memory_seq_cp(memory, 0, stream.index, -1, -1)
+            for stream in streams:
+                stream.sampler = self._make_sampler(settings, stream.seed)
+
+            # 3. One token per running response per step.
+            vocab = self._model.vocab
+            live = list(streams)
+            last_flush = float("-inf")
+            while live:
+                step: list[tuple[int, int, int]] = []
+                for stream in live:
+                    token = lib.llama_sampler_sample(stream.sampler, ctx, stream.row)
+                    if not ignore_eos and lib.llama_vocab_is_eog(vocab, token):
+                        self._end(stream, "stop")
+                        continue
+                    stream.n_tokens += 1
+                    text = stream.text.add(self.token_piece(token))
+                    if text:
+                        stream.unsent.append(text)
+                    if stream.text.stopped:
+                        self._end(stream, "stop")
+                    elif stream.n_tokens >= max_new:
+                        self._end(stream, "length")
+                    else:
+                        step.append((token, stream.pos, stream.index))
+                        stream.row = len(step) - 1
+                        stream.pos += 1
+                ended = [stream for stream in live if stream.finish_reason]
+                now = time.perf_counter()
+                if ended or now - last_flush >= self.event_interval_s:
+                    last_flush = now
+                    yield from self._flush(live)
+                    for stream in ended:
+                        yield ResponseFinished(stream.index, result(stream, prompt_seconds))
+                        if stream.index > 0:
+                            lib.llama_memory_seq_rm(memory, stream.index, -1, -1)  # free its cells
+                    live = [stream for stream in live if not stream.finish_reason]
+                if not live:
+                    break
+                # The token boundary: after the events were taken, before the next decode.
+                if cancel.cancelled:
+                    for stream in live:
+                        self._end(stream, "cancelled")
+                    yield from self._flush(live)
+                    for stream in live:
+                        yield ResponseFinished(stream.index, result(stream, prompt_seconds))
+                    break
+                self._fill_batch(step, last_only=False)
+                self._decode()
+            return [result(stream, prompt_seconds) for stream in streams]
+        finally:
+            for stream in streams:
+                if stream.sampler is not None:
+                    self._lib.llama_sampler_free(stream.sampler)
+                    stream.sampler = None
+            self._busy.release()
+
+    @staticmethod
+    def _end(stream: _Stream, reason: FinishReason) -> None:
+        stream.finish_reason = reason
+        stream.finished_at = time.perf_counter()
+        if not stream.text.stopped:  # an end token, the length limit or a cancel: nothing is held back now
+            tail = stream.text.finish()
+            if tail:
+                stream.unsent.append(tail)
+
+    @staticmethod
+    def _flush(streams: list[_Stream]) -> Generator[TokenEvent, None, None]:
+        for stream in streams:
+            if stream.unsent or stream.n_tokens != stream.reported_tokens:
+                yield TokenEvent(stream.index, "".join(stream.unsent), stream.n_tokens)
+                stream.unsent.clear()
+                stream.reported_tokens = stream.n_tokens
+
+    def _fill_batch(self, entries: list[tuple[int, int, int]], *, last_only: bool) -> None:
+        """Put ``(token, position, sequence)`` entries in the batch; logits for every entry or the last."""
+        batch = self._batch.batch
+        batch.n_tokens = len(entries)
+        for i, (token, pos, seq) in enumerate(entries):
+            batch.token[i] = token
+            batch.pos[i] = pos
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq
+            batch.logits[i] = not last_only
+        batch.logits[len(entries) - 1] = True
+
+    def _decode(self) -> None:
+        code = self._lib.llama_decode(self._ctx.ctx, self._batch.batch)
+        if code != 0:
+            raise ModelError(
+                f"llama.cpp stopped while generating (llama_decode returned {code}): the context may be full "
+                "or memory short. Try a shorter prompt or fewer tokens."
+            )
+
+    def _make_sampler(self, settings: SamplingSettings, seed: int) -> Any:
+        """A sampler chain in llama-cpp-python's order: penalties, top-k, top-p, min-p, temperature, draw.
+
+        Steps that would change nothing (top_k 0, top_p 1, min_p 0, repeat_penalty 1) are left out: each
+        costs a pass over the whole vocabulary (262,144 entries for Gemma) per token. Temperature 0 is
+        greedy decoding.
+        """
+        lib = self._lib
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+
+        def add(sampler: Any) -> None:
+            lib.llama_sampler_chain_add(chain, sampler)
+
+        if settings.repeat_penalty != 1.0:
+            add(lib.llama_sampler_init_penalties(self.n_vocab, PENALTY_LAST_N, settings.repeat_penalty, 0.0, 0.0))
+        if settings.temperature <= 0:
+            add(lib.llama_sampler_init_greedy())
+            return chain
+        if settings.top_k > 0:
+            add(lib.llama_sampler_init_top_k(settings.top_k))
+        if settings.top_p < 1.0:
+            add(lib.llama_sampler_init_top_p(settings.top_p, 1))
+        if settings.min_p > 0.0:
+            add(lib.llama_sampler_init_min_p(settings.min_p, 1))
+        add(lib.llama_sampler_init_temp(settings.temperature))
+        add(lib.llama_sampler_init_dist(seed))
+        return chain
+
+
+def _check_seed(seed: int) -> int:
+    if not 0 <= int(seed) <= 0xFFFFFFFE:
+        raise ValueError(f"seed must be between 0 and {0xFFFFFFFE}, got {seed}")
+    return int(seed)

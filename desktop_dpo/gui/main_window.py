@@ -1,0 +1,424 @@
+"""The main window: a sidebar of views, a menu bar and a status bar.
+
+Views get what they need injected (store, job registry, paths); nothing here is global. Closing the
+window while a job runs asks first; stopping means cancelling each job and waiting for it to reach a step
+boundary, never killing a thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from PySide6.QtCore import QSettings, QSize, Qt, QUrl, Signal, Slot
+from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QKeySequence
+from PySide6.QtWidgets import (
+    QApplication,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QMainWindow,
+    QMessageBox,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop_dpo import __version__
+from desktop_dpo.config import AppPaths
+from desktop_dpo.core.offline import RefusedAttempt
+from desktop_dpo.core.store import Store
+from desktop_dpo.gui.placeholder_view import PlaceholderView
+from desktop_dpo.gui.preference_file_actions import PreferenceFileActions
+from desktop_dpo.gui.resource_files import resource_icon
+from desktop_dpo.workers.job_worker import JobRegistry
+
+log = logging.getLogger(__name__)
+
+STATUS_MESSAGE_MS = 8000
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """One entry of the sidebar."""
+
+    key: str  # stable name used by tests, settings and show_view()
+    label: str  # what the sidebar shows
+    icon: str  # file in resources/icons/
+    tooltip: str  # one line: what a person does there
+
+
+VIEWS = (
+    ViewSpec("models", "Models", "icons/models.svg", "Choose the model to align and chat with"),
+    ViewSpec("collect", "Collect", "icons/collect.svg", "Judge two answers side by side"),
+    ViewSpec("train", "Train", "icons/train.svg", "Train QLoRA-DPO on your picks"),
+    ViewSpec("export", "Export", "icons/export.svg", "Export the aligned model as GGUF"),
+    ViewSpec("chat", "Chat", "icons/chat.svg", "Talk to a model; compare blind against the base"),
+    ViewSpec("data", "Data", "icons/data.svg", "Browse, import and export your preferences"),
+)
+
+
+class MainWindow(QMainWindow):
+    """Sidebar + stacked views, menu bar and status bar (database, pairs collected, running jobs).
+
+    Signals:
+        network_refused(object): a :class:`RefusedAttempt`; may be emitted from any thread.
+    """
+
+    network_refused = Signal(object)
+
+    def __init__(self, *, store: Store, registry: JobRegistry, paths: AppPaths, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.store = store
+        self.registry = registry
+        self.paths = paths
+        # Kept in the data folder, not ~/.config: nothing is written outside the app's folders.
+        self._settings = QSettings(str(paths.data_dir / "window.ini"), QSettings.Format.IniFormat)
+
+        self.setWindowTitle("desktop-dpo")
+        self.setMinimumSize(QSize(820, 520))
+        self.resize(QSize(1120, 720))
+
+        self.preference_actions = PreferenceFileActions(
+            registry=registry, db_path=paths.db_path, backups_dir=paths.backups_dir, parent_widget=self
+        )
+        self.preference_actions.message.connect(self._show_message)
+        self.preference_actions.data_changed.connect(self.refresh_status)
+
+        self.nav = QListWidget()
+        self.pages = QStackedWidget()
+        self._view_keys: list[str] = []
+        self._views: dict[str, QWidget] = {}
+        self._build_central()
+        self._build_menus()
+        self._build_status_bar()
+
+        registry.changed.connect(self._on_registry_changed)
+        self.network_refused.connect(self._on_network_refused)
+        self.nav.currentRowChanged.connect(self._on_nav_row_changed)
+
+        self._restore_settings()
+        self.refresh_status()
+
+    # ---------------------------------------------------------------- building
+
+    def _build_central(self) -> None:
+        sidebar = QFrame()
+        sidebar.setObjectName("sidebar")
+        sidebar.setFixedWidth(212)
+        side = QVBoxLayout(sidebar)
+        side.setContentsMargins(0, 18, 0, 12)
+        side.setSpacing(0)
+
+        brand = QHBoxLayout()
+        brand.setContentsMargins(18, 0, 18, 0)
+        brand.setSpacing(10)
+        logo = QLabel()
+        logo.setPixmap(resource_icon("desktop-dpo.svg").pixmap(QSize(34, 34)))
+        names = QVBoxLayout()
+        names.setSpacing(0)
+        title = QLabel("desktop-dpo")
+        title.setObjectName("sidebarTitle")
+        subtitle = QLabel("Align a model, offline")
+        subtitle.setObjectName("sidebarSubtitle")
+        names.addWidget(title)
+        names.addWidget(subtitle)
+        brand.addWidget(logo)
+        brand.addLayout(names, 1)
+        side.addLayout(brand)
+        side.addSpacing(18)
+
+        self.nav.setObjectName("navList")
+        self.nav.setIconSize(QSize(20, 20))
+        self.nav.setFrameShape(QFrame.Shape.NoFrame)
+        self.nav.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.nav.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        for spec in VIEWS:
+            item = QListWidgetItem(resource_icon(spec.icon), spec.label)
+            item.setToolTip(spec.tooltip)
+            item.setData(Qt.ItemDataRole.UserRole, spec.key)
+            self.nav.addItem(item)
+            # An empty slot per view: a view is built the first time it is shown, so the window opens
+            # without paying for views nobody has looked at yet.
+            slot = QWidget()
+            slot_layout = QVBoxLayout(slot)
+            slot_layout.setContentsMargins(0, 0, 0, 0)
+            self.pages.addWidget(slot)
+            self._view_keys.append(spec.key)
+        side.addWidget(self.nav, 1)
+
+        footer = QLabel(f"Version {__version__} · offline")
+        footer.setObjectName("sidebarFooter")
+        footer.setContentsMargins(20, 0, 20, 0)
+        side.addWidget(footer)
+
+        central = QWidget()
+        row = QHBoxLayout(central)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.setSpacing(0)
+        row.addWidget(sidebar)
+        row.addWidget(self.pages, 1)
+        self.setCentralWidget(central)
+
+    def _make_view(self, key: str) -> QWidget:
+        """The widget for one sidebar entry. Each placeholder is replaced by its real view as it is built."""
+        if key == "models":
+            return PlaceholderView(
+                "Models",
+                "Choose the model you align, chat with and sample answers from. Everything stays on this computer.",
+                [
+                    "Add a Hugging Face folder (safetensors) or a single GGUF file from disk.",
+                    "See the models already on this computer: the Hugging Face cache, LM Studio and Ollama.",
+                    "Start with the built-in demo model (Gemma 3 270M) when you have none.",
+                    "Pick the default model that Collect, Train and Chat open with.",
+                ],
+            )
+        if key == "collect":
+            return PlaceholderView(
+                "Collect",
+                "Write a prompt, read two sampled answers side by side and pick the better one.",
+                [
+                    "Two answers from llama.cpp, sampled in the background while you read.",
+                    "Pick A or B, call it a tie, mark both bad, skip, or rewrite one into the answer you wanted.",
+                    "Keyboard shortcuts for every choice, so a pick takes a second.",
+                    "Every pick is saved to the database the moment you make it, and can be undone.",
+                    "A queue of prompts to work through, imported from a text or JSONL file.",
+                ],
+                loop_step="Collect",
+            )
+        if key == "train":
+            return PlaceholderView(
+                "Train",
+                "Turn your picks into a better model with QLoRA-DPO, in the background.",
+                [
+                    "Direct Preference Optimization with LoRA adapters on a 4-bit base (GPU or CPU).",
+                    "Live plots of loss, preference accuracy and reward margin while it trains.",
+                    "Stop at any time and resume later from the last checkpoint.",
+                    "Held-out prompts kept aside, so the numbers show learning, not memorising.",
+                ],
+                loop_step="Train",
+            )
+        if key == "export":
+            return PlaceholderView(
+                "Export",
+                "Merge the trained adapter and export a GGUF file for llama.cpp, Ollama or LM Studio.",
+                [
+                    "Merge into a full-precision copy of the base model.",
+                    "Convert to GGUF and quantize (Q4_K_M, Q8_0, F16 ...).",
+                    "A parity check that the exported file answers like the trained model.",
+                    "A Modelfile for Ollama and the training details written into the file's metadata.",
+                ],
+                loop_step="Export",
+            )
+        if key == "chat":
+            return PlaceholderView(
+                "Chat",
+                "Talk to any registered model, and check blind whether the aligned one really got better.",
+                [
+                    "Streaming answers from llama.cpp, with conversations saved for later.",
+                    "Blind A/B: the aligned model against its base, sides shuffled, names hidden.",
+                    "A win rate with a confidence interval, so one lucky answer does not fool you.",
+                    "Sample the next round of pairs from the model you just aligned.",
+                ],
+                loop_step="Chat",
+            )
+        if key == "data":
+            return PlaceholderView(
+                "Data",
+                "Everything you have judged, in one table: search it, fix it, take it elsewhere.",
+                [
+                    "Browse and search every pick with its prompt and both answers.",
+                    "Change a verdict, edit a rewrite, delete a pick or bring it back.",
+                    "Import and export TRL preference files (standard or conversational JSONL), so the "
+                    "same data trains with TRL on a bigger machine.",
+                ],
+                actions=[self.preference_actions.import_action, self.preference_actions.export_action],
+                note=(
+                    "The same works from a terminal: <code>desktop-dpo data import FILE</code> and "
+                    "<code>desktop-dpo data export FILE --format conversational</code>"
+                ),
+            )
+        raise ValueError(f"Unknown view {key!r}")
+
+    def _build_menus(self) -> None:
+        file_menu = self.menuBar().addMenu("&File")
+        file_menu.addAction(self.preference_actions.import_action)
+        file_menu.addAction(self.preference_actions.export_action)
+        file_menu.addSeparator()
+        self.open_data_folder_action = QAction("Open &Data Folder", self)
+        self.open_data_folder_action.setToolTip(f"Open {self.paths.data_dir} in the file manager")
+        self.open_data_folder_action.triggered.connect(self._on_open_data_folder_triggered)
+        file_menu.addAction(self.open_data_folder_action)
+        file_menu.addSeparator()
+        self.quit_action = QAction("&Quit", self)
+        self.quit_action.setShortcut(QKeySequence.StandardKey.Quit)
+        self.quit_action.setMenuRole(QAction.MenuRole.QuitRole)
+        # close() goes through closeEvent, so quitting asks about running jobs too.
+        self.quit_action.triggered.connect(self.close)
+        file_menu.addAction(self.quit_action)
+
+        view_menu = self.menuBar().addMenu("&View")
+        for index, spec in enumerate(VIEWS):
+            action = QAction(spec.label, self)
+            action.setShortcut(QKeySequence(f"Ctrl+{index + 1}"))
+            action.triggered.connect(lambda _checked=False, key=spec.key: self.show_view(key))
+            view_menu.addAction(action)
+
+        help_menu = self.menuBar().addMenu("&Help")
+        self.about_action = QAction("&About desktop-dpo", self)
+        self.about_action.setMenuRole(QAction.MenuRole.AboutRole)
+        self.about_action.triggered.connect(self._on_about_triggered)
+        help_menu.addAction(self.about_action)
+
+    def _build_status_bar(self) -> None:
+        bar = self.statusBar()
+        bar.setSizeGripEnabled(False)
+        self.status_jobs = QLabel()
+        self.status_jobs.setObjectName("statusJobs")
+        self.status_pairs = QLabel()
+        self.status_pairs.setObjectName("statusPairs")
+        self.status_database = QLabel()
+        self.status_database.setObjectName("statusDatabase")
+        self.status_database.setToolTip(f"Database: {self.paths.db_path}")
+        bar.addPermanentWidget(self.status_jobs)
+        bar.addPermanentWidget(self.status_pairs)
+        bar.addPermanentWidget(self.status_database)
+
+    # ---------------------------------------------------------------- navigation
+
+    def view_keys(self) -> list[str]:
+        """The sidebar's views, in order."""
+        return list(self._view_keys)
+
+    def current_view(self) -> str:
+        """Key of the view on screen."""
+        return self._view_keys[self.pages.currentIndex()]
+
+    def view(self, key: str) -> QWidget:
+        """The widget of one view (built now if it was never shown)."""
+        existing = self._views.get(key)
+        if existing is not None:
+            return existing
+        slot = self.pages.widget(self._view_keys.index(key))
+        view = self._make_view(key)
+        slot.layout().addWidget(view)
+        self._views[key] = view
+        return view
+
+    def show_view(self, key: str) -> None:
+        """Bring a view to the front (the sidebar follows)."""
+        self.nav.setCurrentRow(self._view_keys.index(key))
+
+    @Slot(int)
+    def _on_nav_row_changed(self, row: int) -> None:
+        if row < 0:
+            return
+        self.view(self._view_keys[row])
+        self.pages.setCurrentIndex(row)
+        self.refresh_status()
+
+    # ---------------------------------------------------------------- status bar
+
+    @Slot()
+    def refresh_status(self) -> None:
+        """Re-read the counts shown in the status bar (cheap: two COUNT queries)."""
+        pairs = self.store.count_comparisons()
+        usable = self.store.count_usable_pairs()
+        self.status_pairs.setText(
+            f"{pairs} {'pair' if pairs == 1 else 'pairs'} collected · {usable} usable for training"
+        )
+        self.status_database.setText(self._elided_path(str(self.paths.db_path)))
+        running = self.registry.running()
+        self.status_jobs.setText(f"Running: {', '.join(running)}" if running else "No jobs running")
+        busy = bool(running)
+        if self.status_jobs.property("busy") != busy:
+            self.status_jobs.setProperty("busy", busy)
+            # Re-apply the style sheet so the #statusJobs[busy="true"] rule follows the property.
+            self.status_jobs.style().unpolish(self.status_jobs)
+            self.status_jobs.style().polish(self.status_jobs)
+
+    @staticmethod
+    def _elided_path(path: str, limit: int = 48) -> str:
+        return path if len(path) <= limit else f"{path[:16]}…{path[-(limit - 17) :]}"
+
+    @Slot()
+    def _on_registry_changed(self) -> None:
+        # A finished job may have written pairs (an import, a collect session), so re-count too.
+        self.refresh_status()
+
+    @Slot(str)
+    def _show_message(self, text: str) -> None:
+        self.statusBar().showMessage(text, STATUS_MESSAGE_MS)
+
+    @Slot(object)
+    def _on_network_refused(self, attempt: RefusedAttempt) -> None:
+        self._show_message(f"Blocked a network connection to {attempt.target}: desktop-dpo works offline.")
+
+    # ---------------------------------------------------------------- menu actions
+
+    @Slot()
+    def _on_open_data_folder_triggered(self) -> None:
+        self.paths.data_dir.mkdir(parents=True, exist_ok=True)
+        if not QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.paths.data_dir))):
+            QMessageBox.information(
+                self,
+                "Data folder",
+                f"No file manager could be opened. Your data is in:\n{self.paths.data_dir}",
+            )
+
+    @Slot()
+    def _on_about_triggered(self) -> None:
+        QMessageBox.about(self, "About desktop-dpo", self.about_text())
+
+    def about_text(self) -> str:
+        """Version and where the files are (rich text for the About box)."""
+        return (
+            f"<h3>desktop-dpo {__version__}</h3>"
+            "<p>Collect your preferences, train QLoRA-DPO, export GGUF and chat: all on this computer, "
+            "with no network.</p>"
+            f"<p><b>Data:</b> {self.paths.data_dir}<br>"
+            f"<b>Database:</b> {self.paths.db_path}<br>"
+            f"<b>Logs:</b> {self.paths.log_dir}</p>"
+        )
+
+    # ---------------------------------------------------------------- closing
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # Qt override
+        running = self.registry.running()
+        if running:
+            answer = QMessageBox.question(
+                self,
+                "Quit desktop-dpo",
+                "A job is running: stop it and quit?\n\nRunning: " + ", ".join(running),
+                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                QMessageBox.StandardButton.No,
+            )
+            if answer != QMessageBox.StandardButton.Yes:
+                event.ignore()
+                return
+            self.statusBar().showMessage("Stopping jobs…")
+            QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
+            try:
+                # Each job stops at its next step boundary; threads are never terminated.
+                self.registry.cancel_all_and_wait()
+            finally:
+                QApplication.restoreOverrideCursor()
+            log.info("Stopped %s before quitting", ", ".join(running))
+        self._save_settings()
+        event.accept()
+
+    # ---------------------------------------------------------------- settings
+
+    def _restore_settings(self) -> None:
+        geometry = self._settings.value("window/geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        key = self._settings.value("window/view", "models")
+        self.show_view(key if key in self._view_keys else "models")
+
+    def _save_settings(self) -> None:
+        self._settings.setValue("window/geometry", self.saveGeometry())
+        self._settings.setValue("window/view", self.current_view())
+        self._settings.sync()

@@ -1,0 +1,144 @@
+"""Import and export of preference files (TRL JSONL) as menu actions that run as jobs.
+
+A file may hold thousands of pairs, so the work runs on a worker thread with its own database
+connection; the actions are disabled while a data job runs (one job per resource).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, Signal, Slot
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import QFileDialog, QMessageBox, QWidget
+
+from desktop_dpo.core.jobs import CancelToken, Log
+from desktop_dpo.core.store import Store
+from desktop_dpo.workers.job_worker import JobRegistry
+
+DATA_RESOURCE = "data"  # the JobRegistry resource: one import or export at a time
+FILE_FILTER = "Preference files (*.jsonl *.json);;All files (*)"
+EXPORT_FILTERS = {
+    "TRL standard: prompt, chosen, rejected as text (*.jsonl)": "standard",
+    "TRL conversational: chat messages (*.jsonl)": "conversational",
+}
+
+
+def import_job(db_path: Path, backups_dir: Path, source: Path, token: CancelToken) -> Generator[Any, None, Any]:
+    """Import ``source`` into the database, on the calling (worker) thread's own connection."""
+    from desktop_dpo.core.preference_io import import_preferences
+
+    yield Log(f"Importing {source.name}…")
+    token.raise_if_cancelled()
+    with Store.open(db_path, backups_dir=backups_dir) as store:
+        return import_preferences(store, source)
+
+
+def export_job(
+    db_path: Path, backups_dir: Path, target: Path, fmt: str, token: CancelToken
+) -> Generator[Any, None, Any]:
+    """Export every usable pair to ``target`` in ``fmt``, on the worker thread's own connection."""
+    from desktop_dpo.core.preference_io import export_preferences
+
+    yield Log(f"Exporting to {target.name}…")
+    token.raise_if_cancelled()
+    with Store.open(db_path, backups_dir=backups_dir) as store:
+        return export_preferences(store, target, fmt=fmt)
+
+
+class PreferenceFileActions(QObject):
+    """The "Import preferences…" and "Export preferences…" actions (menu bar, Data view).
+
+    Signals:
+        message(str): a line for the status bar.
+        data_changed(): an import added pairs (counts should be re-read).
+    """
+
+    message = Signal(str)
+    data_changed = Signal()
+
+    def __init__(self, *, registry: JobRegistry, db_path: Path, backups_dir: Path, parent_widget: QWidget):
+        super().__init__(parent_widget)
+        self._registry = registry
+        self._db_path = db_path
+        self._backups_dir = backups_dir
+        self._parent_widget = parent_widget
+
+        self.import_action = QAction("&Import Preferences…", parent_widget)
+        self.import_action.setShortcut(QKeySequence("Ctrl+I"))
+        self.import_action.setToolTip("Add the pairs of a TRL preference file (JSONL) to your data")
+        self.import_action.triggered.connect(self._on_import_triggered)
+        self.export_action = QAction("&Export Preferences…", parent_widget)
+        self.export_action.setShortcut(QKeySequence("Ctrl+E"))
+        self.export_action.setToolTip("Write your pairs as a TRL preference file (JSONL)")
+        self.export_action.triggered.connect(self._on_export_triggered)
+        registry.changed.connect(self._on_registry_changed)
+
+    # ---------------------------------------------------------------- starting jobs
+
+    def start_import(self, source: Path) -> None:
+        """Import ``source`` in the background (what the action does after its file dialog)."""
+        thread = self._registry.start(
+            DATA_RESOURCE, lambda token: import_job(self._db_path, self._backups_dir, source, token)
+        )
+        thread.event.connect(self._on_job_event)
+        thread.succeeded.connect(lambda result: self._on_import_succeeded(source, result))
+        thread.failed.connect(lambda message: self._on_job_failed("Import failed", message))
+        thread.cancelled.connect(lambda: self.message.emit("Import stopped; nothing was imported."))
+
+    def start_export(self, target: Path, fmt: str) -> None:
+        """Export to ``target`` in the background (what the action does after its file dialog)."""
+        thread = self._registry.start(
+            DATA_RESOURCE, lambda token: export_job(self._db_path, self._backups_dir, target, fmt, token)
+        )
+        thread.event.connect(self._on_job_event)
+        thread.succeeded.connect(lambda result: self._on_export_succeeded(target, fmt, result))
+        thread.failed.connect(lambda message: self._on_job_failed("Export failed", message))
+        thread.cancelled.connect(lambda: self.message.emit("Export stopped."))
+
+    # ---------------------------------------------------------------- slots
+
+    @Slot()
+    def _on_import_triggered(self) -> None:
+        name, _filter = QFileDialog.getOpenFileName(
+            self._parent_widget, "Import preferences", str(Path.home()), FILE_FILTER
+        )
+        if name:
+            self.start_import(Path(name))
+
+    @Slot()
+    def _on_export_triggered(self) -> None:
+        filters = ";;".join(EXPORT_FILTERS)
+        name, chosen = QFileDialog.getSaveFileName(
+            self._parent_widget, "Export preferences", str(Path.home() / "preferences.jsonl"), filters
+        )
+        if not name:
+            return
+        target = Path(name)
+        if not target.suffix:
+            target = target.with_suffix(".jsonl")
+        self.start_export(target, EXPORT_FILTERS.get(chosen, "standard"))
+
+    @Slot()
+    def _on_registry_changed(self) -> None:
+        idle = not self._registry.is_busy(DATA_RESOURCE)
+        self.import_action.setEnabled(idle)
+        self.export_action.setEnabled(idle)
+
+    @Slot(object)
+    def _on_job_event(self, event: object) -> None:
+        if isinstance(event, Log):
+            self.message.emit(event.message)
+
+    def _on_import_succeeded(self, source: Path, result: object) -> None:
+        self.message.emit(f"Imported {source.name}: {result}")
+        self.data_changed.emit()
+
+    def _on_export_succeeded(self, target: Path, fmt: str, result: object) -> None:
+        self.message.emit(f"Exported to {target} ({fmt}): {result}")
+
+    def _on_job_failed(self, title: str, message: str) -> None:
+        self.message.emit(title)
+        QMessageBox.warning(self._parent_widget, title, message)
