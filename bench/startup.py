@@ -1,16 +1,25 @@
-"""Startup: time from process start to the main window's first paint, ours against a bare PySide6 window.
+"""Startup: time from process start to the main window's first paint, ours against bare PySide6 windows.
 
-Each arm runs in its own fresh interpreter (``python -c``), so imports are paid in full every time; the
-arms alternate and repeat, and the medians are compared. Time is measured on the system-wide monotonic
-clock: the parent reads it just before starting the child, the child reads it once the window's first
-paint has finished (a zero timer queued from the first Paint event of the top-level window runs after the
-whole window has painted). Both arms reach that point through the same patched ``QApplication.exec``, so
-they are measured identically; ours goes through the real entry point, ``desktop_dpo.cli.main``, with a
-private ``--home`` folder. Byte-code caching is on for the children (in a temporary folder), as it is for
-an installed app, whatever PYTHONDONTWRITEBYTECODE says in this shell.
+Arms, each in its own fresh interpreter (``python -c``), so imports are paid in full every time:
+
+- ``ours``: the real entry point, ``desktop_dpo.cli.main()``, with a private ``DESKTOP_DPO_HOME``.
+- ``bare``: an empty ``QMainWindow`` of the same size (the headline peer).
+- ``bare_text``: the same with one ``QLabel``. Qt builds its font database the first time any text is
+  laid out (~70 ms here), which the empty window never does; this arm shows that floor, which every
+  window with a word on it pays.
+
+The arms alternate and repeat; medians are compared. Wall time is read on the system-wide monotonic
+clock: the parent just before starting the child, the child once the first paint has finished (a zero
+timer queued from the top-level window's first Paint event runs after the whole paint pass). Every arm
+reaches that point through the same patched ``QApplication.exec``. The child also reports the CPU time it
+had used by then, which other work on a shared machine disturbs less than wall time.
+
+Byte-code caching is on for the children (in a temporary folder), as for an installed app, whatever
+PYTHONDONTWRITEBYTECODE says in this shell. A warm-up round (not counted) fills that cache; then one start
+on a fresh home measures the very first start (database created), then the alternating rounds run.
 
 Run from the repository root:  python bench/startup.py [--runs 7]
-Last line:  startup: ratio=X ours_ms=Y bare_ms=Z
+Last line:  startup: ratio=X ours_ms=Y bare_ms=Z ...
 """
 
 from __future__ import annotations
@@ -25,14 +34,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-WINDOW_SIZE = (1120, 720)  # the bare window gets the size ours opens with
+WINDOW_SIZE = (1120, 720)  # the bare windows get the size ours opens with
+ARMS = ("ours", "bare", "bare_text")
 
 # Runs in the child. Prints "painted <monotonic s> <CPU s of this process>" once the first paint is done,
 # then quits.
 CHILD = r"""
-import sys, time
+import os, sys, time
 
-arm, home, width, height = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+arm, width, height = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 if arm == "ours":
     # The same import order as `desktop-dpo` (entry point, lock_down's module, then the GUI modules, which
     # bring Qt): PySide6 makes every import after its own slower, so importing Qt first here would
@@ -42,7 +52,7 @@ if arm == "ours":
     import desktop_dpo.app
 
 from PySide6.QtCore import QEvent, QObject, QTimer
-from PySide6.QtWidgets import QApplication, QMainWindow
+from PySide6.QtWidgets import QApplication, QLabel, QMainWindow
 
 real_exec = QApplication.exec
 
@@ -71,28 +81,28 @@ def exec_until_first_paint(app):
 QApplication.exec = exec_until_first_paint
 
 if arm == "ours":
-    sys.exit(desktop_dpo.cli.main(["--home", home]))
-else:
-    app = QApplication(sys.argv[:1])
-    window = QMainWindow()
-    window.setWindowTitle("bare")
-    window.resize(width, height)
-    window.show()
-    sys.exit(app.exec())
+    sys.exit(desktop_dpo.cli.main([]))
+app = QApplication(sys.argv[:1])
+window = QMainWindow()
+window.setWindowTitle("bare")
+if arm == "bare_text":
+    window.setCentralWidget(QLabel("desktop-dpo"))
+window.resize(width, height)
+window.show()
+sys.exit(app.exec())
 """
 
 
 def run_arm(arm: str, home: Path, pycache: Path) -> tuple[float, float]:
     """Milliseconds from starting the child process to the end of its window's first paint, and the CPU
-    milliseconds the child had used by then (less disturbed by other work on a shared machine)."""
+    milliseconds the child had used by then."""
     env = dict(os.environ)
     env["QT_QPA_PLATFORM"] = "offscreen"
-    # Byte-code caching on, as in an installed app (pip compiles on install); kept out of the checkout.
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPYCACHEPREFIX"] = str(pycache)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    env.pop("DESKTOP_DPO_HOME", None)  # ours gets --home; the bare arm never reads it
-    args = [sys.executable, "-c", CHILD, arm, str(home), str(WINDOW_SIZE[0]), str(WINDOW_SIZE[1])]
+    env["DESKTOP_DPO_HOME"] = str(home)  # only ours reads it
+    args = [sys.executable, "-c", CHILD, arm, str(WINDOW_SIZE[0]), str(WINDOW_SIZE[1])]
     start = time.monotonic()
     proc = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
     painted = [line for line in proc.stdout.splitlines() if line.startswith("painted ")]
@@ -103,38 +113,42 @@ def run_arm(arm: str, home: Path, pycache: Path) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=7, help="measured runs per arm (default 7)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="dpo-startup-") as tmp:
-        home = Path(tmp) / "home"
         pycache = Path(tmp) / "pycache"
-        # Not counted: the first start creates the database and the folders, writes the byte-code cache
-        # and warms the disk cache.
+        for arm in ARMS:  # warm-up: byte-code cache and disk cache
+            run_arm(arm, Path(tmp) / "warm-up-home", pycache)
+        home = Path(tmp) / "home"
         first_ms, _ = run_arm("ours", home, pycache)
-        run_arm("bare", home, pycache)
         print(f"first start (creates the database): {first_ms:.0f} ms")
-        times: dict[str, list[float]] = {"ours": [], "bare": []}
-        cpu: dict[str, list[float]] = {"ours": [], "bare": []}
+
+        wall: dict[str, list[float]] = {arm: [] for arm in ARMS}
+        cpu: dict[str, list[float]] = {arm: [] for arm in ARMS}
         for index in range(args.runs):
-            # Alternate which arm goes first, so drift on a shared machine hits both alike.
-            order = ("ours", "bare") if index % 2 == 0 else ("bare", "ours")
+            # Rotate the order, so drift on a shared machine hits every arm alike.
+            order = ARMS[index % len(ARMS) :] + ARMS[: index % len(ARMS)]
             for arm in order:
                 wall_ms, cpu_ms = run_arm(arm, home, pycache)
-                times[arm].append(wall_ms)
+                wall[arm].append(wall_ms)
                 cpu[arm].append(cpu_ms)
             print(
-                f"run {index + 1}: ours {times['ours'][-1]:.0f} ms (cpu {cpu['ours'][-1]:.0f}), "
-                f"bare {times['bare'][-1]:.0f} ms (cpu {cpu['bare'][-1]:.0f})"
+                f"run {index + 1}: "
+                + ", ".join(f"{a} {wall[a][-1]:.0f} ms (cpu {cpu[a][-1]:.0f})" for a in ARMS)
             )
 
-    ours, bare = statistics.median(times["ours"]), statistics.median(times["bare"])
-    ours_cpu, bare_cpu = statistics.median(cpu["ours"]), statistics.median(cpu["bare"])
-    print(f"ours: median {ours:.0f} ms (min {min(times['ours']):.0f}); bare: median {bare:.0f} ms (min {min(times['bare']):.0f})")
+    med = {arm: statistics.median(wall[arm]) for arm in ARMS}
+    med_cpu = {arm: statistics.median(cpu[arm]) for arm in ARMS}
+    for arm in ARMS:
+        print(f"{arm}: median {med[arm]:.0f} ms (min {min(wall[arm]):.0f}), cpu median {med_cpu[arm]:.0f} ms")
     print(
-        f"startup: ratio={ours / bare:.2f} ours_ms={ours:.0f} bare_ms={bare:.0f} "
-        f"cpu_ratio={ours_cpu / bare_cpu:.2f} first_ms={first_ms:.0f}"
+        f"startup: ratio={med['ours'] / med['bare']:.2f} ours_ms={med['ours']:.0f} bare_ms={med['bare']:.0f} "
+        f"text_ratio={med['ours'] / med['bare_text']:.2f} bare_text_ms={med['bare_text']:.0f} "
+        f"cpu_ratio={med_cpu['ours'] / med_cpu['bare']:.2f} first_ms={first_ms:.0f}"
     )
 
 

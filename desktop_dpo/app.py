@@ -43,7 +43,9 @@ def configure_logging(log_file: Path, *, stderr_level: int = logging.WARNING) ->
         handler.close()
     log_file.parent.mkdir(parents=True, exist_ok=True)
     formatter = logging.Formatter(LOG_FORMAT)
-    file_handler = RotatingFileHandler(log_file, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_COUNT, encoding="utf-8")
+    file_handler = RotatingFileHandler(
+        log_file, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_COUNT, encoding="utf-8"
+    )
     file_handler.setLevel(logging.INFO)
     stderr_handler = logging.StreamHandler(sys.stderr)
     stderr_handler.setLevel(stderr_level)
@@ -117,11 +119,15 @@ def run_gui(paths: AppPaths) -> int:
         log.info("desktop-dpo stopped")
 
 
-def _make_excepthook(window: MainWindow) -> Callable[[type[BaseException], BaseException, TracebackType | None], None]:
+def _make_excepthook(
+    window: MainWindow,
+) -> Callable[[type[BaseException], BaseException, TracebackType | None], None]:
     """Errors escaping a slot: log them with the traceback and tell the person, instead of only stderr."""
 
     def hook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
         log.error("Unhandled error:\n%s", "".join(traceback.format_exception(kind, exc, tb)))
-        QMessageBox.warning(window, "Something went wrong", f"{describe_error(exc)}\n\nLog file: {window.paths.log_file}")
+        QMessageBox.warning(
+            window, "Something went wrong", f"{describe_error(exc)}\n\nLog file: {window.paths.log_file}"
+        )
 
     return hook

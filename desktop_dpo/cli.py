@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from desktop_dpo import __version__
 from desktop_dpo.config import APP_NAME, HOME_ENV, AppPaths
@@ -25,10 +26,14 @@ from desktop_dpo.core.errors import DesktopDpoError, StoreError
 # makes later imports slower. The store needs no ML library, so lock_down() still precedes all of those.
 from desktop_dpo.core.store import Store
 
+if TYPE_CHECKING:
+    from desktop_dpo.core.preference_io import ExportResult, ImportResult
+
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the command ran and failed (bad file, database refused ...); the message says why
+MAX_LISTED = 20  # problems listed one per line before "... and N more"
 # Distributions whose versions `info` reports; read from package metadata, so nothing heavy is imported.
 REPORTED_DISTRIBUTIONS = (
     ("PySide6", ("PySide6-Essentials", "PySide6")),
@@ -49,8 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     lock_down()
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if not arguments:
+        # How a desktop launcher starts the app: open the window without building every subcommand's
+        # parser first (start-up time is what a person notices here).
+        return int(_run_gui(argparse.Namespace(), AppPaths.default()))
+    args = build_parser().parse_args(arguments)
     if getattr(args, "home", None):
         # Through the environment, so worker threads and child processes see the same folders.
         os.environ[HOME_ENV] = str(Path(args.home).expanduser().resolve())
@@ -85,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     gui.set_defaults(command_handler=_run_gui)
 
     data = commands.add_parser("data", parents=[common], help="import or export preference pairs")
-    data_commands = data.add_subparsers(title="data commands", metavar="ACTION", required=True)
+    # No metavar: a missing action is then reported as "required: {import,export}", naming the choices.
+    data_commands = data.add_subparsers(title="data commands", required=True)
     data_import = data_commands.add_parser(
         "import",
         parents=[common],
@@ -105,9 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     data_export.add_argument(
         "--format",
         choices=("standard", "conversational"),
-        default="standard",
-        help="standard: prompt/chosen/rejected strings; conversational: lists of chat messages "
-        "(default: %(default)s)",
+        default="conversational",
+        help="conversational: lists of chat messages (keeps multi-turn prompts); standard: "
+        "prompt/chosen/rejected strings, single-turn prompts only (default: %(default)s)",
     )
     data_export.set_defaults(command_handler=_run_data_export)
 
@@ -141,14 +151,12 @@ def _fail(message: str) -> int:
 def _run_data_import(args: argparse.Namespace, paths: AppPaths) -> int:
     from desktop_dpo.core.preference_io import import_preferences
 
-    if not args.file.is_file():
-        return _fail(f"{args.file} does not exist or is not a file.")
     try:
         with _open_store(paths) as store:
             result = import_preferences(store, args.file)
     except DesktopDpoError as exc:
         return _fail(str(exc))
-    print(describe_import(result, args.file))
+    print(describe_import(result))
     return EXIT_OK
 
 
@@ -157,12 +165,16 @@ def _run_data_export(args: argparse.Namespace, paths: AppPaths) -> int:
 
     try:
         with _open_store(paths) as store:
-            result = export_preferences(store, args.file, fmt=args.format)
+            result = export_preferences(store, args.file, file_format=args.format)
     except DesktopDpoError as exc:
         return _fail(str(exc))
     except OSError as exc:
         return _fail(f"Cannot write {args.file}: {exc.strerror or exc}")
-    print(describe_export(result, args.file, args.format))
+    print(describe_export(result))
+    for comparison_id, reason in result.skipped[:MAX_LISTED]:
+        print(f"  left out comparison {comparison_id}: {reason}")
+    if len(result.skipped) > MAX_LISTED:
+        print(f"  ... and {len(result.skipped) - MAX_LISTED} more")
     return EXIT_OK
 
 
@@ -427,11 +439,24 @@ def installed_version(distributions: Sequence[str]) -> str:
     return "not installed"
 
 
-def describe_import(result: object, path: Path) -> str:
-    """One line about what an import did."""
-    return f"Imported {path}: {result}"
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
-def describe_export(result: object, path: Path, fmt: str) -> str:
-    """One line about what an export wrote."""
-    return f"Exported to {path} ({fmt} format): {result}"
+def describe_import(result: ImportResult) -> str:
+    """One sentence about what an import did."""
+    text = f"Imported {_plural(result.imported, 'pair')} from {result.path} ({result.format} format)."
+    if result.identical_skipped:
+        text += f" Skipped {_plural(result.identical_skipped, 'pair')} whose chosen and rejected answers are identical."
+    return text
+
+
+def describe_export(result: ExportResult) -> str:
+    """One sentence about what an export wrote."""
+    text = (
+        f"Wrote {_plural(result.written, 'pair')} from {_plural(result.comparisons, 'comparison')} "
+        f"to {result.path} ({result.format} format)."
+    )
+    if result.skipped:
+        text += f" Left out {_plural(len(result.skipped), 'pair')} this format cannot hold:"
+    return text

@@ -24,6 +24,9 @@ prompt, the last assistant message of each side is its response)::
 Standard pairs with an implicit prompt (only ``chosen``/``rejected`` strings) are not accepted: the
 split between prompt and response cannot be recovered from two strings.
 
+Every prompt message and every chosen response must hold some text; a rejected response may be empty
+(a model that answers nothing is worth rejecting).
+
 Import is all or nothing: every line is checked first, and a file with any bad line raises
 :class:`ImportFormatError` naming each bad line; otherwise all pairs are written in one transaction.
 Export writes exactly the pairs training would use (:func:`pairs_from_comparisons`), and checks each line
@@ -112,7 +115,11 @@ def _is_empty(text: str) -> bool:
 
 
 def _check_messages(value: Any, key: str, problems: list[str]) -> list[dict[str, str]] | None:
-    """Validate a list of ``{role, content}`` messages; append reasons to ``problems``."""
+    """Validate a list of ``{role, content}`` messages; append reasons to ``problems``.
+
+    Every content must hold some text, except the rejected response (the last message of "rejected"):
+    an empty answer is a real thing a model does and a person rejects.
+    """
     if not isinstance(value, list):
         problems.append(f'"{key}" must be a list of messages, not {_type_name(value)}')
         return None
@@ -139,7 +146,7 @@ def _check_messages(value: Any, key: str, problems: list[str]) -> list[dict[str,
         if not isinstance(content, str):
             problems.append(f"{where} content must be a string, not {_type_name(content)}")
             ok = False
-        elif _is_empty(content):
+        elif _is_empty(content) and not (key == "rejected" and index == len(value)):
             problems.append(f"{where} has empty content")
             ok = False
         if ok:
@@ -175,10 +182,10 @@ def _check_standard(obj: dict[str, Any], problems: list[str]) -> tuple[list[dict
         )
     for key in ("prompt", "chosen", "rejected"):
         if key in obj and not isinstance(obj[key], str):
-            problems.append(f'"{key}" must be a string like "chosen", not {_type_name(obj[key])}')
+            problems.append(f'"{key}" must be a string in the standard format, not {_type_name(obj[key])}')
     if problems:
         return None
-    for key in ("prompt", "chosen"):
+    for key in ("prompt", "chosen"):  # an empty rejected response is allowed (see _check_messages)
         if _is_empty(obj[key]):
             problems.append(f'"{key}" is empty')
     if problems:
@@ -225,7 +232,7 @@ def _check_conversational(
 
 
 def _line_format(obj: Any) -> str | None:
-    """The format, "standard" or "conversational", from the type of ``chosen`` (or ``rejected``); None if unknown."""
+    """The format by the type of ``chosen`` (else ``rejected``); None if neither tells."""
     if not isinstance(obj, dict):
         return None
     for key in ("chosen", "rejected"):
@@ -246,7 +253,7 @@ def _check_pair(obj: Any) -> tuple[str | None, tuple[list[dict[str, str]], str, 
         problems.append("missing key " + " and ".join(f'"{key}"' for key in missing))
     line_format = _line_format(obj)
     if line_format is None:
-        if not missing:
+        if "chosen" in obj:
             problems.append(
                 '"chosen" must be a string (standard format) or a list of messages (conversational format), '
                 f"not {_type_name(obj['chosen'])}"

@@ -416,6 +416,7 @@ class Store:
         self._thread = threading.get_ident()
         self._migrations = list(migrations)
         self.last_backup: Path | None = None
+        self._savepoints = 0  # a counter, so nested atomic() blocks get distinct savepoint names
 
     @functools.cached_property
     def db(self) -> sqlite_utils.Database:
@@ -527,7 +528,7 @@ class Store:
     def atomic(self) -> Iterator[None]:
         """One transaction: everything inside commits together or not at all. Nests (savepoints)."""
         if self._conn.in_transaction:
-            self._savepoints = getattr(self, "_savepoints", 0) + 1
+            self._savepoints += 1
             name = f"sp_{self._savepoints}"
             self._conn.execute(f"SAVEPOINT {name}")
             try:
@@ -590,12 +591,14 @@ class Store:
     ) -> int:
         """Register a model, or update the entry with the same path. Returns its id."""
         with self.atomic():
-            existing = self._conn.execute("SELECT id FROM models WHERE path = ?", (path,)).fetchone()
+            existing = self._conn.execute("SELECT id, info FROM models WHERE path = ?", (path,)).fetchone()
             if existing:
+                # Merge: keys recorded later (a GGUF or trainable copy's path) survive a re-registration.
+                merged = {**_loads(existing[1], {}), **(info or {})}
                 self._conn.execute(
                     "UPDATE models SET name=?, kind=?, fingerprint=?, source=?, info=?, parent_model_id=?, "
                     "run_id=? WHERE id=?",
-                    (name, kind, fingerprint, source, _dumps(info or {}), parent_model_id, run_id, existing[0]),
+                    (name, kind, fingerprint, source, _dumps(merged), parent_model_id, run_id, existing[0]),
                 )
                 return int(existing[0])
             return self._insert(

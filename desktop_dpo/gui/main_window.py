@@ -69,7 +69,9 @@ class MainWindow(QMainWindow):
 
     network_refused = Signal(object)
 
-    def __init__(self, *, store: Store, registry: JobRegistry, paths: AppPaths, parent: QWidget | None = None):
+    def __init__(
+        self, *, store: Store, registry: JobRegistry, paths: AppPaths, parent: QWidget | None = None
+    ):
         super().__init__(parent)
         self.store = store
         self.registry = registry
@@ -282,9 +284,13 @@ class MainWindow(QMainWindow):
         self.status_database = QLabel()
         self.status_database.setObjectName("statusDatabase")
         self.status_database.setToolTip(f"Database: {self.paths.db_path}")
-        bar.addPermanentWidget(self.status_jobs)
-        bar.addPermanentWidget(self.status_pairs)
-        bar.addPermanentWidget(self.status_database)
+        for index, label in enumerate((self.status_jobs, self.status_pairs, self.status_database)):
+            if index:
+                separator = QFrame()
+                separator.setObjectName("statusSeparator")  # a 1-pixel rule, coloured by the style sheet
+                separator.setFixedWidth(1)
+                bar.addPermanentWidget(separator)
+            bar.addPermanentWidget(label)
 
     # ---------------------------------------------------------------- navigation
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, Signal, Slot
 from PySide6.QtGui import QAction, QKeySequence
@@ -16,17 +16,23 @@ from PySide6.QtWidgets import QFileDialog, QMessageBox, QWidget
 
 from desktop_dpo.core.jobs import CancelToken, Log
 from desktop_dpo.core.store import Store
-from desktop_dpo.workers.job_worker import JobRegistry
+from desktop_dpo.workers.job_worker import JobRegistry, JobThread
+
+if TYPE_CHECKING:
+    from desktop_dpo.core.preference_io import ExportResult, ImportResult
 
 DATA_RESOURCE = "data"  # the JobRegistry resource: one import or export at a time
 FILE_FILTER = "Preference files (*.jsonl *.json);;All files (*)"
+# File-dialog filter -> export format. Conversational first: it keeps multi-turn prompts.
 EXPORT_FILTERS = {
-    "TRL standard: prompt, chosen, rejected as text (*.jsonl)": "standard",
     "TRL conversational: chat messages (*.jsonl)": "conversational",
+    "TRL standard: prompt, chosen, rejected as text (*.jsonl)": "standard",
 }
 
 
-def import_job(db_path: Path, backups_dir: Path, source: Path, token: CancelToken) -> Generator[Any, None, Any]:
+def import_job(
+    db_path: Path, backups_dir: Path, source: Path, token: CancelToken
+) -> Generator[Any, None, Any]:
     """Import ``source`` into the database, on the calling (worker) thread's own connection."""
     from desktop_dpo.core.preference_io import import_preferences
 
@@ -45,7 +51,7 @@ def export_job(
     yield Log(f"Exporting to {target.name}…")
     token.raise_if_cancelled()
     with Store.open(db_path, backups_dir=backups_dir) as store:
-        return export_preferences(store, target, fmt=fmt)
+        return export_preferences(store, target, file_format=fmt)
 
 
 class PreferenceFileActions(QObject):
@@ -80,23 +86,31 @@ class PreferenceFileActions(QObject):
 
     def start_import(self, source: Path) -> None:
         """Import ``source`` in the background (what the action does after its file dialog)."""
-        thread = self._registry.start(
-            DATA_RESOURCE, lambda token: import_job(self._db_path, self._backups_dir, source, token)
+
+        def connect(thread: JobThread) -> None:
+            thread.event.connect(self._on_job_event)
+            thread.succeeded.connect(lambda result: self._on_import_succeeded(source, result))
+            thread.failed.connect(lambda message: self._on_job_failed("Import failed", message))
+            thread.cancelled.connect(lambda: self.message.emit("Import stopped; nothing was imported."))
+
+        self._registry.start(
+            DATA_RESOURCE, lambda token: import_job(self._db_path, self._backups_dir, source, token), connect
         )
-        thread.event.connect(self._on_job_event)
-        thread.succeeded.connect(lambda result: self._on_import_succeeded(source, result))
-        thread.failed.connect(lambda message: self._on_job_failed("Import failed", message))
-        thread.cancelled.connect(lambda: self.message.emit("Import stopped; nothing was imported."))
 
     def start_export(self, target: Path, fmt: str) -> None:
         """Export to ``target`` in the background (what the action does after its file dialog)."""
-        thread = self._registry.start(
-            DATA_RESOURCE, lambda token: export_job(self._db_path, self._backups_dir, target, fmt, token)
+
+        def connect(thread: JobThread) -> None:
+            thread.event.connect(self._on_job_event)
+            thread.succeeded.connect(lambda result: self._on_export_succeeded(target, fmt, result))
+            thread.failed.connect(lambda message: self._on_job_failed("Export failed", message))
+            thread.cancelled.connect(lambda: self.message.emit("Export stopped."))
+
+        self._registry.start(
+            DATA_RESOURCE,
+            lambda token: export_job(self._db_path, self._backups_dir, target, fmt, token),
+            connect,
         )
-        thread.event.connect(self._on_job_event)
-        thread.succeeded.connect(lambda result: self._on_export_succeeded(target, fmt, result))
-        thread.failed.connect(lambda message: self._on_job_failed("Export failed", message))
-        thread.cancelled.connect(lambda: self.message.emit("Export stopped."))
 
     # ---------------------------------------------------------------- slots
 
@@ -119,7 +133,7 @@ class PreferenceFileActions(QObject):
         target = Path(name)
         if not target.suffix:
             target = target.with_suffix(".jsonl")
-        self.start_export(target, EXPORT_FILTERS.get(chosen, "standard"))
+        self.start_export(target, EXPORT_FILTERS.get(chosen, "conversational"))
 
     @Slot()
     def _on_registry_changed(self) -> None:
@@ -132,13 +146,30 @@ class PreferenceFileActions(QObject):
         if isinstance(event, Log):
             self.message.emit(event.message)
 
-    def _on_import_succeeded(self, source: Path, result: object) -> None:
-        self.message.emit(f"Imported {source.name}: {result}")
+    def _on_import_succeeded(self, source: Path, result: ImportResult) -> None:
+        text = f"Imported {_plural(result.imported, 'pair')} from {source.name}."
+        if result.identical_skipped:
+            text += f" Skipped {_plural(result.identical_skipped, 'pair')} with identical answers."
+        self.message.emit(text)
         self.data_changed.emit()
 
-    def _on_export_succeeded(self, target: Path, fmt: str, result: object) -> None:
-        self.message.emit(f"Exported to {target} ({fmt}): {result}")
+    def _on_export_succeeded(self, target: Path, fmt: str, result: ExportResult) -> None:
+        self.message.emit(f"Wrote {_plural(result.written, 'pair')} to {target} ({fmt}).")
+        if result.skipped:
+            reasons = "\n".join(f"• comparison {cid}: {reason}" for cid, reason in result.skipped[:10])
+            more = f"\n… and {len(result.skipped) - 10} more" if len(result.skipped) > 10 else ""
+            QMessageBox.information(
+                self._parent_widget,
+                "Some pairs were left out",
+                f"Wrote {_plural(result.written, 'pair')} to {target}. "
+                f"{_plural(len(result.skipped), 'pair')} cannot be written in the {fmt} format:\n\n"
+                f"{reasons}{more}",
+            )
 
     def _on_job_failed(self, title: str, message: str) -> None:
         self.message.emit(title)
         QMessageBox.warning(self._parent_widget, title, message)
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"

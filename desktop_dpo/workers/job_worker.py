@@ -108,16 +108,22 @@ class JobRegistry(QObject):
         """Resources held by running jobs."""
         return [name for name, thread in self._jobs.items() if thread.isRunning()]
 
-    def start(self, resource: str, factory: JobFactory) -> JobThread:
+    def start(
+        self, resource: str, factory: JobFactory, connect: Callable[[JobThread], None] | None = None
+    ) -> JobThread:
         """Start a job on ``resource``. Raises if one already runs there (one job per resource).
 
-        Connect to the returned thread's signals before control returns to the event loop.
+        ``connect(thread)`` is called before the thread starts: connect the thread's signals there. A
+        signal emitted before anyone is connected is lost, and a quick job (a file that fails to parse)
+        can emit ``failed`` before ``start()`` even returns.
         """
         if self.is_busy(resource):
             raise DesktopDpoError(f"A {resource.split(':')[0]} job is already running; wait for it or stop it.")
         thread = JobThread(resource, factory, self)
         self._jobs[resource] = thread
         thread.finished.connect(lambda: self._on_thread_finished(resource, thread))
+        if connect is not None:
+            connect(thread)
         thread.start()
         self.changed.emit()
         return thread

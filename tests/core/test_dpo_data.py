@@ -140,9 +140,9 @@ def test_edit_without_a_verdict_beats_both(memory_store, verdict):
 
 
 def test_an_edit_that_changed_nothing_gives_no_pair_against_itself(memory_store):
-    judged(memory_store, "tie", edited_text="apple", edited_side="a")
+    judged(memory_store, "tie", edited_text="apple\n", edited_side="a")
     assert as_tuples(pairs_from_comparisons(memory_store.comparison_views())) == [
-        ("apple", "brick", "edit_vs_other")
+        ("apple\n", "brick", "edit_vs_other")
     ]
 
 

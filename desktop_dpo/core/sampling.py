@@ -1,0 +1,394 @@
+"""What the Collect view samples from: the GGUF file that runs a model, prompt files, and the pair job.
+
+llama.cpp does all inference, so a model registered as a Hugging Face folder is converted to GGUF once
+(llama.cpp's own converter, Q8_0: half the size of F16 and indistinguishable from it in sampled text) and
+the copy is kept in ``models_dir/<fingerprint>/``. The fingerprint changes when the folder's weights
+change, so a stale copy is never used; an unchanged folder is never converted twice. This module writes no
+database rows: the job yields :class:`GgufCopyMade`, and whoever drives it records the copy
+(``Store.update_model_info(model_id, **event.info)``).
+
+A pair from one model is decoded in one llama.cpp context (``generate_pair``: the prompt evaluated once,
+both answers advancing together). A pair from two different models streams A, then B, from two engines.
+Either way every streamed event carries ``seq``: 0 for generation A, 1 for generation B.
+
+Only the standard library and this package's light modules are imported here (``llama_cpp`` and the
+converter are imported inside the functions that need them), so the GUI may import this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from desktop_dpo.config import AppPaths, SamplingSettings
+from desktop_dpo.core.errors import DesktopDpoError, ImportFormatError, ModelError
+from desktop_dpo.core.jobs import CancelToken, Job, Log
+from desktop_dpo.core.llm.llamacpp import (
+    MAX_SEED,
+    GenerationResult,
+    LlamaCppEngine,
+    ResponseFinished,
+    TokenEvent,
+)
+
+if TYPE_CHECKING:
+    from desktop_dpo.core.llm.engine_pool import EnginePool
+    from desktop_dpo.core.store import ModelRow
+
+# Tokens of context per response (prompt + answer); LlamaCppEngine caps it at the model's trained length.
+DEFAULT_N_CTX = 4096
+# Type of the GGUF copy made of a Hugging Face model (see the module docstring).
+GGUF_COPY_OUTTYPE = "q8_0"
+# Key of a model's info holding the path of its GGUF copy (written by the driver from GgufCopyMade).
+GGUF_COPY_INFO_KEY = "gguf_copy"
+
+Messages = Sequence[Mapping[str, str]]
+
+
+@dataclass(frozen=True)
+class GgufCopyMade:
+    """A GGUF copy of a Hugging Face model was written; the driver records it on the model."""
+
+    model_id: int  # the HF model that was converted
+    path: str  # the GGUF copy, inside models_dir/<fingerprint>/
+    outtype: str  # its tensor type ("q8_0")
+
+    @property
+    def info(self) -> dict[str, str]:
+        """Keys to merge into the model's info (``Store.update_model_info(model_id, **info)``)."""
+        return {GGUF_COPY_INFO_KEY: self.path, f"{GGUF_COPY_INFO_KEY}_outtype": self.outtype}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The GGUF file of a model
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _file_name_part(text: str) -> str:
+    # Fingerprints and names become folder and file names: keep them portable (Windows forbids ":" etc.).
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "model"
+
+
+def gguf_copy_path(model: ModelRow, paths: AppPaths, outtype: str = GGUF_COPY_OUTTYPE) -> Path:
+    """Where the GGUF copy of the Hugging Face model ``model`` lives (whether or not it exists yet)."""
+    folder = paths.models_dir / _file_name_part(model.fingerprint)
+    return folder / f"{_file_name_part(Path(model.path).name)}.{outtype.lower()}.gguf"
+
+
+def gguf_for_model(
+    model: ModelRow,
+    paths: AppPaths,
+    cancel: CancelToken | None = None,
+    *,
+    outtype: str = GGUF_COPY_OUTTYPE,
+) -> Generator[Any, None, Path]:
+    """The GGUF file that runs ``model`` in llama.cpp (a job; returns its path).
+
+    A GGUF model is its own file. A Hugging Face model gets a cached GGUF copy, converted the first time
+    (the converter's progress events pass through, then :class:`GgufCopyMade`) and reused afterwards.
+    The copy is written under a temporary name and moved into place when complete, so a stop or a crash
+    never leaves a half-written file under the final name.
+
+    Raises:
+        ModelError: the file or folder is gone, or the model is of a kind llama.cpp cannot run.
+        JobCancelled: stopped during the conversion (nothing is left behind).
+    """
+    cancel = cancel or CancelToken()
+    if model.kind == "gguf":
+        path = Path(model.path)
+        if not path.is_file():
+            raise ModelError(
+                f"The model file of {model.name} is no longer at {path}: it was moved or deleted. "
+                "Put it back, or add it again in Models."
+            )
+        return path
+    if model.kind != "hf":
+        raise ModelError(f"{model.name} is a {model.kind!r} model, which llama.cpp cannot run.")
+    target = gguf_copy_path(model, paths, outtype)
+    if target.is_file():
+        return target
+    source = Path(model.path)
+    if not source.is_dir():
+        raise ModelError(
+            f"The folder of {model.name} is no longer at {source}: it was moved or deleted. "
+            "Put it back, or add it again in Models."
+        )
+    from desktop_dpo.core.export.gguf import convert_hf_to_gguf
+
+    yield Log(f"Converting {model.name} to GGUF for llama.cpp (once; the copy is kept for next time)…")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # A private folder per conversion: two jobs converting the same model at once never share a file,
+    # and the last to finish replaces an identical copy.
+    work = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    try:
+        partial = work / target.name
+        yield from convert_hf_to_gguf(source, partial, outtype=outtype)
+        cancel.raise_if_cancelled()
+        if not partial.is_file():
+            raise ModelError(f"Converting {model.name} to GGUF produced no file. Details are in the log file.")
+        os.replace(partial, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    yield GgufCopyMade(model_id=model.id, path=str(target), outtype=outtype)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The pair job
+# ---------------------------------------------------------------------------------------------------------
+
+
+def engine_key(gguf_path: str | Path, n_ctx: int) -> str:
+    """The engine pool's key for a model file loaded with ``n_ctx`` tokens of context per response."""
+    return f"{Path(gguf_path).resolve()}|n_ctx={n_ctx}"
+
+
+def draw_seed_pair(rng: random.Random | None = None) -> tuple[int, int]:
+    """Two different sampler seeds (two equal seeds would give the same answer twice)."""
+    rng = rng or random.SystemRandom()
+    first = rng.randrange(0, MAX_SEED)
+    second = rng.randrange(0, MAX_SEED)
+    while second == first:
+        second = rng.randrange(0, MAX_SEED)
+    return first, second
+
+
+def _load_engine(gguf_path: Path, n_ctx: int) -> LlamaCppEngine:
+    # Runs in the worker thread that first acquires the engine (the pool calls it with the slot locked).
+    return LlamaCppEngine(gguf_path, n_ctx=n_ctx).load()
+
+
+def _with_seq(job: Job, seq: int) -> Generator[Any, None, Any]:
+    """Pass a single-response job's events through, relabelled as response ``seq``; return its result."""
+    try:
+        while True:
+            try:
+                event = next(job)
+            except StopIteration as stop:
+                return stop.value
+            if isinstance(event, (TokenEvent, ResponseFinished)):
+                event = dataclasses.replace(event, seq=seq)
+            yield event
+    finally:
+        # Closing here (not at garbage collection, maybe in another thread) ends the engine's generation
+        # now, so the engine is free for the next job as soon as this one is stopped.
+        job.close()
+
+
+def _not_started(seed: int, settings: SamplingSettings) -> GenerationResult:
+    """The result of a response that was stopped before it began (two models, stopped during A)."""
+    return GenerationResult(
+        text="",
+        prompt_tokens=0,
+        completion_tokens=0,
+        seconds=0.0,
+        finish_reason="cancelled",
+        seed=seed,
+        settings=settings.to_dict(),
+    )
+
+
+def _single(
+    pool: EnginePool,
+    model: ModelRow,
+    gguf_path: Path,
+    n_ctx: int,
+    messages: Messages,
+    settings: SamplingSettings,
+    seed: int,
+    seq: int,
+    cancel: CancelToken,
+) -> Generator[Any, None, GenerationResult]:
+    key = engine_key(gguf_path, n_ctx)
+    if key not in pool.loaded():
+        yield Log(f"Loading {model.name}…")
+    with pool.acquire(key, lambda: _load_engine(gguf_path, n_ctx)) as engine:
+        result = yield from _with_seq(engine.generate(messages, settings, seed=seed, cancel=cancel), seq)
+    return result
+
+
+def sample_pair(
+    pool: EnginePool,
+    model_a: ModelRow,
+    model_b: ModelRow | None,
+    paths: AppPaths,
+    messages: Messages,
+    settings: SamplingSettings,
+    seeds: tuple[int, int] | None = None,
+    cancel: CancelToken | None = None,
+    *,
+    n_ctx: int = DEFAULT_N_CTX,
+) -> Generator[Any, None, tuple[GenerationResult, GenerationResult]]:
+    """Sample two answers to ``messages`` (a job): generation A from ``model_a``, B from ``model_b``.
+
+    Args:
+        pool: where engines stay loaded between jobs (keyed by :func:`engine_key`).
+        model_a: the model of generation A.
+        model_b: the model of generation B; None (or a model running the same file) = ``model_a``, and
+            both answers are decoded together in one context.
+        paths: the app's folders (GGUF copies of Hugging Face models live in ``paths.models_dir``).
+        messages: the conversation to answer (rendered with each model's chat template).
+        settings: sampling settings of both answers.
+        seeds: the two sampler seeds (None: two different random seeds).
+        cancel: stops at the next token; both results then say "cancelled" and keep their text so far.
+        n_ctx: tokens of context per answer.
+
+    Yields :class:`TokenEvent` and :class:`ResponseFinished` with ``seq`` 0 (A) or 1 (B), ``Log`` lines,
+    and, for a Hugging Face model seen for the first time, the converter's progress and
+    :class:`GgufCopyMade`. Returns ``(result_a, result_b)``.
+
+    Raises:
+        ModelError: a model's file is gone or cannot be loaded.
+        ChatTemplateError: a model's template refuses the conversation.
+    """
+    cancel = cancel or CancelToken()
+    seeds = seeds if seeds is not None else draw_seed_pair()
+    if len(seeds) != 2 or seeds[0] == seeds[1]:
+        raise DesktopDpoError("A pair needs two different seeds.")
+    path_a = yield from gguf_for_model(model_a, paths, cancel)
+    path_b = path_a if model_b is None or model_b.id == model_a.id else (yield from gguf_for_model(model_b, paths, cancel))
+    cancel.raise_if_cancelled()
+
+    if path_b == path_a:
+        key = engine_key(path_a, n_ctx)
+        if key not in pool.loaded():
+            yield Log(f"Loading {model_a.name}…")
+        with pool.acquire(key, lambda: _load_engine(path_a, n_ctx)) as engine:
+            # (Closing this job closes the engine's generator too: `yield from` passes close() on.)
+            result_a, result_b = yield from engine.generate_pair(
+                messages, settings, seeds=(seeds[0], seeds[1]), cancel=cancel
+            )
+        return result_a, result_b
+
+    assert model_b is not None
+    result_a = yield from _single(pool, model_a, path_a, n_ctx, messages, settings, seeds[0], 0, cancel)
+    if cancel.cancelled:
+        result_b = _not_started(seeds[1], settings)
+        yield ResponseFinished(1, result_b)
+        return result_a, result_b
+    result_b = yield from _single(pool, model_b, path_b, n_ctx, messages, settings, seeds[1], 1, cancel)
+    return result_a, result_b
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Prompt files for the queue
+# ---------------------------------------------------------------------------------------------------------
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class PromptFile:
+    """The prompts read from a file, ready for ``Store.queue_prompts``."""
+
+    prompts: list[list[dict[str, str]]]  # each a conversation ending with a user message
+    layout: str  # "lines" (a prompt per line), "blocks" (separated by blank lines) or "jsonl"
+
+    def describe(self) -> str:
+        """How the file was read, for the person (e.g. "one prompt per line")."""
+        return {
+            "lines": "one prompt per line",
+            "blocks": "prompts separated by blank lines",
+            "jsonl": "one JSON object per line",
+        }[self.layout]
+
+
+def read_prompt_file(path: str | Path) -> PromptFile:
+    """Read prompts to queue from a text or JSONL file.
+
+    - ``.jsonl`` / ``.json``: one JSON object per line, either ``{"prompt": "text"}`` (optionally with
+      ``"system": "text"``), ``{"prompt": [messages]}`` (TRL's prompt-only conversational format) or
+      ``{"messages": [{"role": ..., "content": ...}, ...]}``. A conversation must end with a user
+      message (the model writes the reply). Empty lines are ignored.
+    - any other file is text: prompts are separated by blank lines, so a prompt may span several lines;
+      a file with no blank line between its lines holds one prompt per line.
+
+    Raises:
+        ImportFormatError: some lines are not prompts (every bad line is listed; nothing is read).
+        DesktopDpoError: the file cannot be read, is not UTF-8 text, or holds no prompt.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DesktopDpoError(f"Cannot read {path}: {exc.strerror or exc}. Check that the file exists.") from exc
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DesktopDpoError(
+            f"{path.name} is not UTF-8 text (byte {exc.start} cannot be read). Save it as UTF-8 and load it again."
+        ) from exc
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if path.suffix.lower() in (".jsonl", ".json"):
+        prompts = _read_jsonl_prompts(str(path), text)
+        layout = "jsonl"
+    else:
+        blocks = [block.strip() for block in re.split(r"\n[ \t]*\n", text.strip())]
+        blocks = [block for block in blocks if block]
+        if len(blocks) <= 1:  # no blank line between prompts: a prompt per line
+            layout = "lines"
+            pieces = [line.strip() for line in text.split("\n") if line.strip()]
+        else:
+            layout = "blocks"
+            pieces = blocks
+        prompts = [[{"role": "user", "content": piece}] for piece in pieces]
+    if not prompts:
+        raise DesktopDpoError(f"{path.name} holds no prompt. Write one prompt per line and load it again.")
+    return PromptFile(prompts=prompts, layout=layout)
+
+
+def _read_jsonl_prompts(name: str, text: str) -> list[list[dict[str, str]]]:
+    prompts: list[list[dict[str, str]]] = []
+    problems: list[tuple[int, str]] = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append((number, f"not valid JSON ({exc.msg})"))
+            continue
+        try:
+            prompts.append(_prompt_from_json(obj))
+        except ValueError as exc:
+            problems.append((number, str(exc)))
+    if problems:
+        raise ImportFormatError(name, problems)
+    return prompts
+
+
+def _prompt_from_json(obj: Any) -> list[dict[str, str]]:
+    if not isinstance(obj, dict):
+        raise ValueError('expected an object such as {"prompt": "..."} or {"messages": [...]}')
+    value = obj.get("messages", obj.get("prompt"))
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError("the prompt is empty")
+        system = obj.get("system")
+        if system is not None and not isinstance(system, str):
+            raise ValueError('"system" must be text')
+        head = [{"role": "system", "content": system}] if system and system.strip() else []
+        return [*head, {"role": "user", "content": value}]
+    if not isinstance(value, list) or not value:
+        raise ValueError('expected "prompt" (text or a list of messages) or "messages" (a list of messages)')
+    messages: list[dict[str, str]] = []
+    for index, message in enumerate(value, start=1):
+        if (
+            not isinstance(message, dict)
+            or message.get("role") not in ROLES
+            or not isinstance(message.get("content"), str)
+        ):
+            raise ValueError(f"message {index} needs a role (system, user or assistant) and a text content")
+        messages.append({"role": message["role"], "content": message["content"]})
+    if messages[-1]["role"] != "user" or not messages[-1]["content"].strip():
+        raise ValueError("the conversation must end with a user message for the model to answer")
+    return messages

@@ -1,0 +1,1139 @@
+"""The Collect view: write a prompt, read two sampled answers side by side, say which is better.
+
+Two answers stream from llama.cpp in a background job (:func:`desktop_dpo.core.sampling.sample_pair`, on
+the job resource ``generate:<model id>``); the GUI never waits on a model. Which generation appears on the
+left is random for every pair (a person tends to favour one side), and the verdict is translated from the
+screen side to generation A or B before it is saved; ``a_shown_left`` keeps the side for later study.
+
+Every verdict is committed to the database the moment it is given (``Store.record_pair``) and can be
+undone at once: the comparison row goes and the pair comes back on screen, ready to be judged again.
+
+Keyboard (all of them work while typing in the prompt):
+
+=================  ===================================================================================
+Ctrl+Enter         sample a pair
+Esc                stop sampling (at the next token)
+Alt+1 / Alt+2      left / right answer is better
+Alt+3 / Alt+4      tie / both bad
+Alt+0              skip (saved as a skip; the prompt leaves the queue)
+Ctrl+Z             undo the last verdict (while typing, Ctrl+Z first undoes the typing)
+Alt+N              next prompt from the queue
+=================  ===================================================================================
+
+The verdict keys use Alt because the main window's View menu owns Ctrl+1 … Ctrl+6 (two shortcuts on one
+key would both be refused by Qt as ambiguous).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QEvent, QObject, QSettings, Qt, Signal, Slot
+from PySide6.QtGui import QFont, QKeyEvent, QKeySequence, QShortcut, QShowEvent
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop_dpo.config import AppPaths, SamplingSettings
+from desktop_dpo.core.errors import DesktopDpoError
+from desktop_dpo.core.jobs import Log, Progress
+from desktop_dpo.core.llm.engine_pool import EnginePool
+from desktop_dpo.core.llm.llamacpp import GenerationResult, ResponseFinished, TokenEvent
+from desktop_dpo.core.sampling import GgufCopyMade, read_prompt_file, sample_pair
+from desktop_dpo.core.store import ModelRow, PromptRow, Store
+from desktop_dpo.gui.response_edit_dialog import ResponseEditDialog
+from desktop_dpo.gui.sampling_settings_panel import SamplingSettingsPanel
+from desktop_dpo.workers.job_worker import JobRegistry, JobThread
+
+log = logging.getLogger(__name__)
+
+# Choices on screen -> their key. "left"/"right" name screen sides; verdict_for() turns them into a/b.
+CHOICES = ("left", "right", "tie", "both_bad", "skip")
+VERDICT_SHORTCUTS = {"left": "Alt+1", "right": "Alt+2", "tie": "Alt+3", "both_bad": "Alt+4", "skip": "Alt+0"}
+CHOICE_LABELS = {
+    "left": "Left is better",
+    "right": "Right is better",
+    "tie": "Tie",
+    "both_bad": "Both bad",
+    "skip": "Skip",
+}
+CHOICE_TIPS = {
+    "left": "The left answer is better",
+    "right": "The right answer is better",
+    "tie": "Both answers are about as good",
+    "both_bad": "Neither answer is acceptable",
+    "skip": "Do not judge this pair (saved as a skip; a queued prompt leaves the queue)",
+}
+SAMPLE_SHORTCUTS = ("Ctrl+Return", "Ctrl+Enter")
+STOP_SHORTCUT = "Esc"
+NEXT_PROMPT_SHORTCUT = "Alt+N"
+PROMPT_FILE_FILTER = "Prompt files (*.txt *.jsonl *.json);;All files (*)"
+STATUS_MESSAGE_MS = 8000
+SETTINGS_KEY = "collect/sampling"
+SIDE_NAMES = ("Left", "Right")
+GENERATION_SIDES = ("a", "b")  # generation index -> the name the database uses
+
+# Styles of this view's own widgets; the app style sheet (resources/style.qss) supplies the rest
+# (#pageTitle, #card, #primaryButton, #secondaryButton).
+STYLE = """
+#collectPill {
+    background: #eef2ff; color: #3730a3; border: 1px solid #c7d2fe; border-radius: 9px;
+    padding: 2px 10px; font-size: 12px; font-weight: 600;
+}
+#collectPill[muted="true"] { background: #f1f5f9; color: #475569; border-color: #e2e8f0; }
+#fieldLabel { color: #475569; font-size: 12px; font-weight: 600; }
+#promptEditor, #systemEditor {
+    background: #ffffff; border: 1px solid #cbd5e1; border-radius: 8px; padding: 4px; font-size: 14px;
+}
+#promptEditor:focus, #systemEditor:focus { border-color: #818cf8; }
+#promptNote, #samplingSummary, #activityText, #paneStatus { color: #64748b; font-size: 12px; }
+#collectBanner { background: #fef2f2; border: 1px solid #fecaca; border-radius: 8px; }
+#collectBannerText { color: #991b1b; font-size: 13px; }
+#responsePane { background: #ffffff; border: 1px solid #e2e8f0; border-radius: 10px; }
+#responsePane[chosen="true"] { border: 2px solid #4f46e5; }
+#paneTitle { color: #0f172a; font-size: 14px; font-weight: 700; }
+#paneBadge {
+    color: #92400e; background: #fef3c7; border-radius: 8px; padding: 1px 8px; font-size: 11px; font-weight: 600;
+}
+#responseText { background: #ffffff; border: none; border-top: 1px solid #f1f5f9; color: #1e293b; }
+#verdictBar { background: #ffffff; border: 1px solid #e2e8f0; border-radius: 10px; }
+QPushButton#verdictButton {
+    background: #f8fafc; color: #1e293b; border: 1px solid #cbd5e1; border-radius: 7px;
+    padding: 7px 12px; font-size: 13px;
+}
+QPushButton#verdictButton:hover { background: #eef2ff; border-color: #a5b4fc; }
+QPushButton#verdictButton:disabled { color: #94a3b8; background: #f8fafc; border-color: #e2e8f0; }
+QPushButton#verdictButton[main="true"] { font-weight: 600; }
+#verdictFeedback { color: #047857; font-size: 12px; }
+QToolButton#samplingToggle, QToolButton#systemToggle {
+    border: none; color: #334155; font-size: 12px; font-weight: 600; padding: 2px 0;
+}
+"""
+
+
+def verdict_for(choice: str, a_shown_left: bool) -> str:
+    """The verdict to store for a choice made on screen: "left"/"right" become the generation shown there."""
+    if choice == "left":
+        return "a" if a_shown_left else "b"
+    if choice == "right":
+        return "b" if a_shown_left else "a"
+    if choice in CHOICES:
+        return choice
+    raise ValueError(f"Unknown choice {choice!r}")
+
+
+def generation_meta(result: GenerationResult) -> dict[str, Any]:
+    """What ``Store.add_generation`` keeps of a result, so the answer can be reproduced."""
+    return {
+        "sampling": result.settings,
+        "seed": result.seed,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "seconds": round(result.seconds, 3),
+        "finish_reason": result.finish_reason,
+    }
+
+
+def describe_result(result: GenerationResult) -> str:
+    """One line under an answer: length, time and why it ended."""
+    ending = {
+        "stop": "finished",
+        "length": "hit the token limit",
+        "cancelled": "stopped",
+    }.get(result.finish_reason, result.finish_reason)
+    return f"{result.completion_tokens} tokens · {result.seconds:.1f} s · {ending}"
+
+
+@dataclass
+class ShownPair:
+    """The pair on screen. Indexes 0 and 1 are generations A and B, never screen sides."""
+
+    messages: list[dict[str, str]]
+    model_ids: tuple[int, int]
+    a_shown_left: bool
+    texts: list[str] = field(default_factory=lambda: ["", ""])  # streamed so far
+    results: list[GenerationResult | None] = field(default_factory=lambda: [None, None])
+    edit: tuple[int, str] | None = None  # (generation, the person's rewrite of it)
+    generation_ids: tuple[int, int] | None = None  # rows already stored (a pair brought back by undo)
+
+    def generation_on(self, side: int) -> int:
+        """The generation shown on screen side ``side`` (0 left, 1 right)."""
+        return side if self.a_shown_left else 1 - side
+
+    def side_of(self, generation: int) -> int:
+        """The screen side (0 left, 1 right) showing ``generation``."""
+        return generation if self.a_shown_left else 1 - generation
+
+    @property
+    def complete(self) -> bool:
+        """Both answers finished on their own (a stopped answer cannot be judged)."""
+        return all(r is not None and r.finish_reason != "cancelled" for r in self.results)
+
+
+@dataclass(frozen=True)
+class SavedVerdict:
+    """The last verdict, kept so that it can be undone."""
+
+    comparison_id: int
+    prompt_id: int
+    pair: ShownPair
+    choice: str
+    was_queued: bool  # the prompt was in the queue; undo puts it back
+
+
+class ResponsePane(QFrame):
+    """One answer: a header (side name, status, rewrite badge, Edit button) over the streaming text."""
+
+    def __init__(self, side: int, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("responsePane")
+        self.side = side
+        self.title = QLabel(SIDE_NAMES[side])
+        self.title.setObjectName("paneTitle")
+        self.status = QLabel("")
+        self.status.setObjectName("paneStatus")
+        self.badge = QLabel("✎ Your rewrite")
+        self.badge.setObjectName("paneBadge")
+        self.badge.setToolTip("You rewrote this answer; the rewrite is saved with your verdict, the original is kept")
+        self.badge.setVisible(False)
+        self.edit_button = QPushButton("Edit…")
+        self.edit_button.setObjectName("secondaryButton")
+        self.edit_button.setToolTip(f"Rewrite the {SIDE_NAMES[side].lower()} answer into the one you wanted")
+        self.text = QPlainTextEdit()
+        self.text.setObjectName("responseText")
+        self.text.setReadOnly(True)
+        self.text.setFrameShape(QFrame.Shape.NoFrame)
+        self.text.setTextInteractionFlags(
+            Qt.TextInteractionFlag.TextSelectableByMouse | Qt.TextInteractionFlag.TextSelectableByKeyboard
+        )
+        font = QFont(self.text.font())
+        font.setPointSizeF(font.pointSizeF() + 1.5)
+        self.text.setFont(font)
+        self.text.document().setDocumentMargin(12)
+        self.text.setPlaceholderText("The answer appears here.")
+
+        head = QHBoxLayout()
+        head.setContentsMargins(14, 10, 10, 8)
+        head.setSpacing(8)
+        head.addWidget(self.title)
+        head.addWidget(self.badge)
+        head.addStretch(1)
+        head.addWidget(self.status)
+        head.addWidget(self.edit_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 4)
+        layout.setSpacing(0)
+        layout.addLayout(head)
+        layout.addWidget(self.text, 1)
+
+    def shown_text(self) -> str:
+        """The text on screen."""
+        return self.text.toPlainText()
+
+    def set_text(self, text: str) -> None:
+        """Replace the text."""
+        self.text.setPlainText(text)
+
+    def append(self, text: str) -> None:
+        """Add streamed text at the end, following it only if the person was already at the bottom."""
+        bar = self.text.verticalScrollBar()
+        following = bar.value() >= bar.maximum() - 4
+        cursor = self.text.textCursor()
+        cursor.movePosition(cursor.MoveOperation.End)
+        cursor.insertText(text)
+        if following:
+            bar.setValue(bar.maximum())
+
+    def set_chosen(self, chosen: bool) -> None:
+        """Outline the pane of the answer the person preferred."""
+        if self.property("chosen") != chosen:
+            self.setProperty("chosen", chosen)
+            self.style().unpolish(self)
+            self.style().polish(self)
+
+
+class _UndoKeyFilter(QObject):
+    """Lets Ctrl+Z reach the view's "undo verdict" shortcut from a text editor with nothing left to undo.
+
+    A text editor claims Ctrl+Z for itself; while it has typing to undo it keeps doing so, afterwards the
+    key undoes the last verdict (the view clears the editors' undo history when a verdict is saved).
+    """
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # Qt override
+        if (
+            event.type() == QEvent.Type.ShortcutOverride
+            and isinstance(event, QKeyEvent)
+            and event.matches(QKeySequence.StandardKey.Undo)
+            and isinstance(watched, QPlainTextEdit)
+            and not watched.document().isUndoAvailable()
+        ):
+            event.ignore()  # not claimed by the editor: the shortcut map gets the key
+            return True
+        return False
+
+
+class CollectView(QWidget):
+    """Sample pairs, judge them, save the verdicts.
+
+    Args:
+        store: the GUI thread's database connection.
+        registry: the job registry (generation runs on resource ``generate:<model id>``).
+        pool: the engine pool shared with the other views (models stay loaded between pairs).
+        paths: the app's folders (GGUF copies of Hugging Face models, settings).
+        rng: decides which generation is shown on the left (tests pass a seeded one).
+
+    Signals:
+        status_message(str): a line for the status bar (the view also shows it in its window's status
+            bar when that window is a QMainWindow).
+        pairs_changed(): a verdict was saved or undone (counts should be re-read).
+    """
+
+    status_message = Signal(str)
+    pairs_changed = Signal()
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        registry: JobRegistry,
+        pool: EnginePool,
+        paths: AppPaths,
+        rng: random.Random | None = None,
+        parent: QWidget | None = None,
+    ):
+        super().__init__(parent)
+        self.setObjectName("pageArea")
+        self.setStyleSheet(STYLE)
+        self.store = store
+        self.registry = registry
+        self.pool = pool
+        self.paths = paths
+        self._rng = rng or random.Random()
+        self._settings = QSettings(str(paths.data_dir / "window.ini"), QSettings.Format.IniFormat)
+
+        self._model: ModelRow | None = None
+        self._pair: ShownPair | None = None
+        self._last_saved: SavedVerdict | None = None
+        self._job: JobThread | None = None
+        self._loaded_prompt: PromptRow | None = None  # the queued prompt in the editor, if any
+        self._queue_count = 0
+        self.edit_dialog: ResponseEditDialog | None = None
+
+        self._build()
+        self._build_shortcuts()
+        registry.changed.connect(self._on_registry_changed)
+        self.refresh_models()
+        self.refresh_counts()
+        self._restore_sampling_settings()
+        self._show_empty_panes()
+        self._update_actions()
+
+    # ---------------------------------------------------------------- building
+
+    def _build(self) -> None:
+        title = QLabel("Collect")
+        title.setObjectName("pageTitle")
+        summary = QLabel("Write a prompt, read two answers side by side, and pick the better one.")
+        summary.setObjectName("pageSummary")
+        self.pairs_label = QLabel()
+        self.pairs_label.setObjectName("collectPill")
+        self.pairs_label.setToolTip("Pairs that can train: one answer chosen, or an answer you rewrote")
+        self.queue_label = QLabel()
+        self.queue_label.setObjectName("collectPill")
+        self.queue_label.setProperty("muted", True)
+        self.queue_label.setToolTip("Prompts waiting in the queue (Load prompts…, then Next prompt)")
+        header = QHBoxLayout()
+        header.setSpacing(8)
+        names = QVBoxLayout()
+        names.setSpacing(2)
+        names.addWidget(title)
+        names.addWidget(summary)
+        header.addLayout(names, 1)
+        header.addWidget(self.queue_label, 0, Qt.AlignmentFlag.AlignTop)
+        header.addWidget(self.pairs_label, 0, Qt.AlignmentFlag.AlignTop)
+
+        # -- the prompt card: model, prompt, actions, sampling settings
+        card = QFrame()
+        card.setObjectName("card")
+        card_layout = QVBoxLayout(card)
+        card_layout.setContentsMargins(16, 14, 16, 12)
+        card_layout.setSpacing(8)
+
+        self.model_combo = QComboBox()
+        self.model_combo.setObjectName("modelCombo")
+        self.model_combo.setMinimumContentsLength(24)
+        self.model_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.model_combo.setToolTip("The model both answers are sampled from")
+        self.model_combo.currentIndexChanged.connect(self._on_model_combo_changed)
+        self.other_model_check = QCheckBox("B from another model")
+        self.other_model_check.setToolTip("Sample the second answer from a different model (e.g. base against aligned)")
+        self.other_model_check.toggled.connect(self._on_other_model_toggled)
+        self.model_b_combo = QComboBox()
+        self.model_b_combo.setObjectName("modelCombo")
+        self.model_b_combo.setMinimumContentsLength(18)
+        self.model_b_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.model_b_combo.setToolTip("The model of the second answer")
+        self.model_b_combo.setVisible(False)
+        self.model_b_combo.currentIndexChanged.connect(lambda _index: self._update_actions())
+        model_label = QLabel("Model")
+        model_label.setObjectName("fieldLabel")
+        model_row = QHBoxLayout()
+        model_row.setSpacing(10)
+        model_row.addWidget(model_label)
+        model_row.addWidget(self.model_combo, 2)
+        model_row.addSpacing(8)
+        model_row.addWidget(self.other_model_check)
+        model_row.addWidget(self.model_b_combo, 1)
+        model_row.addStretch(0)
+        card_layout.addLayout(model_row)
+
+        self.system_toggle = QToolButton()
+        self.system_toggle.setObjectName("systemToggle")
+        self.system_toggle.setText("System prompt")
+        self.system_toggle.setCheckable(True)
+        self.system_toggle.setArrowType(Qt.ArrowType.RightArrow)
+        self.system_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.system_toggle.setToolTip("Optional instructions given to the model before your prompt")
+        self.system_toggle.toggled.connect(self._on_system_toggled)
+        self.system_edit = QPlainTextEdit()
+        self.system_edit.setObjectName("systemEditor")
+        self.system_edit.setPlaceholderText("Optional: e.g. “You are a concise assistant.”")
+        self.system_edit.setFixedHeight(58)
+        self.system_edit.setTabChangesFocus(True)
+        self.system_edit.setVisible(False)
+        self.system_edit.textChanged.connect(self._on_prompt_text_changed)
+
+        prompt_label = QLabel("Prompt")
+        prompt_label.setObjectName("fieldLabel")
+        prompt_head = QHBoxLayout()
+        prompt_head.addWidget(prompt_label)
+        prompt_head.addStretch(1)
+        prompt_head.addWidget(self.system_toggle)
+        card_layout.addLayout(prompt_head)
+        card_layout.addWidget(self.system_edit)
+        self.prompt_edit = QPlainTextEdit()
+        self.prompt_edit.setObjectName("promptEditor")
+        self.prompt_edit.setPlaceholderText("Ask the model something. Ctrl+Enter samples two answers.")
+        self.prompt_edit.setTabChangesFocus(True)
+        self.prompt_edit.setMinimumHeight(64)
+        self.prompt_edit.setMaximumHeight(120)
+        self.prompt_edit.textChanged.connect(self._on_prompt_text_changed)
+        card_layout.addWidget(self.prompt_edit)
+        self.prompt_note = QLabel()
+        self.prompt_note.setObjectName("promptNote")
+        self.prompt_note.setVisible(False)
+        card_layout.addWidget(self.prompt_note)
+        undo_filter = _UndoKeyFilter(self)
+        self.prompt_edit.installEventFilter(undo_filter)
+        self.system_edit.installEventFilter(undo_filter)
+
+        self.load_prompts_button = QPushButton("Load prompts…")
+        self.load_prompts_button.setObjectName("secondaryButton")
+        self.load_prompts_button.setToolTip(
+            "Queue prompts from a file. Text: prompts separated by blank lines (a file without blank lines: "
+            'one prompt per line). JSONL: {"prompt": "..."} or {"messages": [...]} per line.'
+        )
+        self.load_prompts_button.clicked.connect(self._on_load_prompts_clicked)
+        self.next_prompt_button = QPushButton("Next prompt")
+        self.next_prompt_button.setObjectName("secondaryButton")
+        self.next_prompt_button.setToolTip(f"Put the next queued prompt in the editor ({NEXT_PROMPT_SHORTCUT})")
+        self.next_prompt_button.clicked.connect(self.next_prompt)
+        self.stop_button = QPushButton(f"Stop  ({STOP_SHORTCUT})")
+        self.stop_button.setObjectName("secondaryButton")
+        self.stop_button.setToolTip("Stop sampling at the next token")
+        self.stop_button.clicked.connect(self.stop)
+        self.sample_button = QPushButton("Sample  (Ctrl+Enter)")
+        self.sample_button.setObjectName("primaryButton")
+        self.sample_button.setToolTip("Sample two answers to the prompt (Ctrl+Enter)")
+        self.sample_button.clicked.connect(self.sample)
+        actions = QHBoxLayout()
+        actions.setSpacing(8)
+        actions.addWidget(self.load_prompts_button)
+        actions.addWidget(self.next_prompt_button)
+        actions.addStretch(1)
+        actions.addWidget(self.stop_button)
+        actions.addWidget(self.sample_button)
+        card_layout.addLayout(actions)
+
+        line = QFrame()
+        line.setFrameShape(QFrame.Shape.HLine)
+        line.setStyleSheet("color: #e2e8f0;")
+        card_layout.addWidget(line)
+        self.sampling_panel = SamplingSettingsPanel()
+        self.sampling_panel.changed.connect(self._on_sampling_changed)
+        card_layout.addWidget(self.sampling_panel)
+
+        # -- error banner and activity line
+        self.banner = QFrame()
+        self.banner.setObjectName("collectBanner")
+        self.banner_text = QLabel()
+        self.banner_text.setObjectName("collectBannerText")
+        self.banner_text.setWordWrap(True)
+        self.banner_text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        banner_close = QToolButton()
+        banner_close.setText("✕")
+        banner_close.setAutoRaise(True)
+        banner_close.setToolTip("Dismiss")
+        banner_close.clicked.connect(self.clear_error)
+        banner_layout = QHBoxLayout(self.banner)
+        banner_layout.setContentsMargins(12, 8, 8, 8)
+        banner_layout.addWidget(self.banner_text, 1)
+        banner_layout.addWidget(banner_close, 0, Qt.AlignmentFlag.AlignTop)
+        self.banner.setVisible(False)
+
+        self.activity_text = QLabel()
+        self.activity_text.setObjectName("activityText")
+        self.activity_bar = QProgressBar()
+        self.activity_bar.setMaximumWidth(220)
+        self.activity_bar.setMaximumHeight(10)
+        self.activity_bar.setTextVisible(False)
+        self.activity_bar.setVisible(False)
+        activity = QHBoxLayout()
+        activity.setContentsMargins(2, 0, 2, 0)
+        activity.addWidget(self.activity_text, 1)
+        activity.addWidget(self.activity_bar)
+
+        # -- the two answers, in equal panes
+        self.panes = (ResponsePane(0), ResponsePane(1))
+        answers = QHBoxLayout()
+        answers.setSpacing(12)
+        for pane in self.panes:
+            pane.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Expanding)
+            pane.edit_button.clicked.connect(lambda _checked=False, side=pane.side: self.open_edit(side))
+            answers.addWidget(pane, 1)
+
+        # -- the verdict bar
+        bar = QFrame()
+        bar.setObjectName("verdictBar")
+        bar_layout = QHBoxLayout(bar)
+        bar_layout.setContentsMargins(10, 8, 10, 8)
+        bar_layout.setSpacing(8)
+        self.verdict_buttons: dict[str, QPushButton] = {}
+        for choice in CHOICES:
+            key = VERDICT_SHORTCUTS[choice]
+            button = QPushButton(f"{CHOICE_LABELS[choice]}   {key}")
+            button.setObjectName("verdictButton")
+            button.setProperty("main", choice in ("left", "right"))
+            button.setToolTip(f"{CHOICE_TIPS[choice]} ({key})")
+            button.clicked.connect(lambda _checked=False, c=choice: self.judge(c))
+            self.verdict_buttons[choice] = button
+            bar_layout.addWidget(button, 2 if choice in ("left", "right") else 1)
+        bar_layout.addSpacing(6)
+        self.feedback = QLabel()
+        self.feedback.setObjectName("verdictFeedback")
+        bar_layout.addWidget(self.feedback, 1)
+        self.undo_button = QPushButton("Undo   Ctrl+Z")
+        self.undo_button.setObjectName("secondaryButton")
+        self.undo_button.setToolTip("Take back the last verdict and judge the pair again (Ctrl+Z)")
+        self.undo_button.clicked.connect(self.undo_last_verdict)
+        bar_layout.addWidget(self.undo_button)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(24, 20, 24, 16)
+        layout.setSpacing(10)
+        layout.addLayout(header)
+        layout.addWidget(card)
+        layout.addWidget(self.banner)
+        layout.addLayout(activity)
+        layout.addLayout(answers, 1)
+        layout.addWidget(bar)
+
+    def _build_shortcuts(self) -> None:
+        def shortcut(keys: str | QKeySequence, slot: Any) -> QShortcut:
+            sequence = keys if isinstance(keys, QKeySequence) else QKeySequence(keys)
+            item = QShortcut(sequence, self)
+            # Anywhere in this view, including the prompt editor; not while another view is on screen.
+            item.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+            item.activated.connect(slot)
+            return item
+
+        self.shortcuts: dict[str, QShortcut] = {}
+        for keys in SAMPLE_SHORTCUTS:
+            self.shortcuts[keys] = shortcut(keys, self.sample)
+        self.shortcuts["stop"] = shortcut(STOP_SHORTCUT, self.stop)
+        self.shortcuts["next"] = shortcut(NEXT_PROMPT_SHORTCUT, self.next_prompt)
+        self.shortcuts["undo"] = shortcut(QKeySequence(QKeySequence.StandardKey.Undo), self.undo_last_verdict)
+        for choice in CHOICES:
+            self.shortcuts[choice] = shortcut(VERDICT_SHORTCUTS[choice], lambda c=choice: self.judge(c))
+
+    # ---------------------------------------------------------------- models
+
+    def refresh_models(self) -> None:
+        """Re-read the registered models into the combo boxes (keeping the selection when it still exists)."""
+        models = self.store.list_models()
+        current = self._model.id if self._model is not None else None
+        if current is None:
+            default = self.store.default_model()
+            current = default.id if default is not None else None
+        current_b = self.model_b_combo.currentData()
+        for combo in (self.model_combo, self.model_b_combo):
+            combo.blockSignals(True)
+            combo.clear()
+            for model in models:
+                kind = "GGUF" if model.kind == "gguf" else "Hugging Face"
+                combo.addItem(f"{model.name}  ·  {kind}", model.id)
+                combo.setItemData(combo.count() - 1, model.path, Qt.ItemDataRole.ToolTipRole)
+            combo.blockSignals(False)
+        if not models:
+            self.model_combo.addItem("No model yet: add one in Models", None)
+        index = self.model_combo.findData(current) if current is not None else -1
+        self.model_combo.setCurrentIndex(max(index, 0))
+        self._model = next((m for m in models if m.id == self.model_combo.currentData()), None)
+        index_b = self.model_b_combo.findData(current_b) if current_b is not None else -1
+        if index_b < 0:  # by default, B comes from the first other model
+            index_b = next((i for i, m in enumerate(models) if self._model is None or m.id != self._model.id), 0)
+        self.model_b_combo.setCurrentIndex(index_b)
+        self.other_model_check.setEnabled(len(models) > 1)
+        self._update_actions()
+
+    @Slot(object)
+    def set_model(self, model: ModelRow | None) -> None:
+        """Sample from ``model`` from now on (e.g. the model chosen in the Models view)."""
+        self._model = model
+        self.refresh_models()
+
+    def current_model(self) -> ModelRow | None:
+        """The model generation A comes from."""
+        return self._model
+
+    def _model_b(self) -> ModelRow | None:
+        """The model of generation B when it differs from A's, else None (one model, one context)."""
+        if not self.other_model_check.isChecked():
+            return None
+        model_id = self.model_b_combo.currentData()
+        if model_id is None or (self._model is not None and model_id == self._model.id):
+            return None
+        return self.store.get_model(model_id)
+
+    @Slot(int)
+    def _on_model_combo_changed(self, _index: int) -> None:
+        model_id = self.model_combo.currentData()
+        self._model = self.store.get_model(model_id) if model_id is not None else None
+        self._update_actions()
+
+    @Slot(bool)
+    def _on_other_model_toggled(self, checked: bool) -> None:
+        self.model_b_combo.setVisible(checked)
+        self._update_actions()
+
+    def _resource(self) -> str | None:
+        return f"generate:{self._model.id}" if self._model is not None else None
+
+    # ---------------------------------------------------------------- prompt
+
+    def prompt_messages(self) -> list[dict[str, str]]:
+        """The conversation the next pair answers: the editors' text (a queued conversation keeps its
+        earlier turns while its last prompt is unchanged)."""
+        system = self.system_edit.toPlainText().strip()
+        user = self.prompt_edit.toPlainText().strip()
+        loaded = self._loaded_prompt
+        if loaded is not None and self._editors_match(loaded):
+            return [dict(m) for m in loaded.messages]
+        head = [{"role": "system", "content": system}] if system else []
+        return [*head, {"role": "user", "content": user}]
+
+    def _editors_match(self, prompt: PromptRow) -> bool:
+        system = next((m["content"] for m in prompt.messages if m["role"] == "system"), "")
+        return (
+            self.prompt_edit.toPlainText().strip() == prompt.text.strip()
+            and self.system_edit.toPlainText().strip() == system.strip()
+        )
+
+    def set_prompt(self, prompt: str, system: str = "") -> None:
+        """Put a prompt (and optional system prompt) in the editors."""
+        self._loaded_prompt = None
+        self._fill_editors(prompt, system)
+
+    def _fill_editors(self, prompt: str, system: str) -> None:
+        self.system_edit.setPlainText(system)
+        if system and not self.system_toggle.isChecked():
+            self.system_toggle.setChecked(True)
+        self.prompt_edit.setPlainText(prompt)
+        cursor = self.prompt_edit.textCursor()
+        cursor.movePosition(cursor.MoveOperation.End)
+        self.prompt_edit.setTextCursor(cursor)
+
+    def _show_prompt_row(self, prompt: PromptRow) -> None:
+        self._loaded_prompt = prompt
+        system = next((m["content"] for m in prompt.messages if m["role"] == "system"), "")
+        self._fill_editors(prompt.text, system)
+
+    @Slot(bool)
+    def _on_system_toggled(self, shown: bool) -> None:
+        self.system_edit.setVisible(shown)
+        self.system_toggle.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
+
+    @Slot()
+    def _on_prompt_text_changed(self) -> None:
+        loaded = self._loaded_prompt
+        turns = 0 if loaded is None else sum(1 for m in loaded.messages if m["role"] != "system") - 1
+        if loaded is not None and turns > 0 and self._editors_match(loaded):
+            self.prompt_note.setText(f"From the queue, with {turns} earlier turn{'s' if turns != 1 else ''} of conversation.")
+            self.prompt_note.setVisible(True)
+        else:
+            self.prompt_note.setVisible(False)
+        self._update_actions()
+
+    # ---------------------------------------------------------------- the prompt queue
+
+    def load_prompt_file(self, path: str | Path) -> int:
+        """Add the prompts of a .txt or .jsonl file to the queue (see ``read_prompt_file``). Returns how
+        many were queued; a file with problems queues nothing and is explained in the banner."""
+        path = Path(path)
+        try:
+            prompt_file = read_prompt_file(path)
+            self.store.queue_prompts(prompt_file.prompts)
+        except DesktopDpoError as exc:
+            self.show_error(str(exc))
+            return 0
+        count = len(prompt_file.prompts)
+        self.clear_error()
+        self.refresh_counts()
+        self.notify(f"Queued {count} prompt{'s' if count != 1 else ''} from {path.name} ({prompt_file.describe()}).")
+        if not self.prompt_edit.toPlainText().strip() and self._pair is None:
+            self.next_prompt()
+        return count
+
+    @Slot()
+    def _on_load_prompts_clicked(self) -> None:
+        name, _filter = QFileDialog.getOpenFileName(self, "Load prompts", str(Path.home()), PROMPT_FILE_FILTER)
+        if name:
+            self.load_prompt_file(name)
+
+    @Slot()
+    def next_prompt(self) -> None:
+        """Put the next queued prompt in the editors (after the one shown, if it came from the queue)."""
+        if self._streaming:
+            return
+        queued = self.store.queued_prompts()
+        self._queue_count = len(queued)
+        if not queued:
+            self.notify("The queue is empty. Load prompts from a file first.")
+            self._update_actions()
+            return
+        chosen = queued[0]
+        if self._loaded_prompt is not None:
+            later = [p for p in queued if p.id > self._loaded_prompt.id]
+            chosen = later[0] if later else queued[0]
+        self._show_prompt_row(chosen)
+        self.prompt_edit.setFocus()
+        self._update_actions()
+
+    def refresh_counts(self) -> None:
+        """Re-read the usable-pair and queue counts."""
+        usable = self.store.count_usable_pairs()
+        self._queue_count = len(self.store.queued_prompts())
+        self.pairs_label.setText(f"{usable} usable pair{'s' if usable != 1 else ''}")
+        self.queue_label.setText(f"{self._queue_count} queued")
+        self.queue_label.setVisible(self._queue_count > 0)
+        self._update_actions()
+
+    # ---------------------------------------------------------------- sampling
+
+    @property
+    def _streaming(self) -> bool:
+        return self._job is not None
+
+    @property
+    def pair(self) -> ShownPair | None:
+        """The pair on screen (None after a verdict)."""
+        return self._pair
+
+    @Slot()
+    def sample(self) -> bool:
+        """Start sampling a pair for the prompt in the editor. Returns False when it cannot start (why is
+        shown in the view)."""
+        if not self.sample_button.isEnabled():
+            return False
+        model_a = self._model
+        assert model_a is not None
+        model_b = self._model_b()
+        messages = self.prompt_messages()
+        settings = self.sampling_panel.settings()
+        pool, paths = self.pool, self.paths
+        connected = threading.Event()
+
+        def factory(token: Any) -> Any:
+            # Wait until the signals below are connected: a job that fails at once (a missing file) would
+            # otherwise report before anyone listens.
+            connected.wait(10.0)
+            return sample_pair(pool, model_a, model_b, paths, messages, settings, None, token)
+
+        try:
+            thread = self.registry.start(f"generate:{model_a.id}", factory)
+        except DesktopDpoError as exc:
+            self.show_error(str(exc))
+            return False
+        thread.event.connect(self._on_job_event)
+        thread.succeeded.connect(self._on_job_succeeded)
+        thread.failed.connect(self._on_job_failed)
+        thread.cancelled.connect(self._on_job_cancelled)
+        self._job = thread
+        connected.set()
+
+        self._last_saved = None  # a new pair on screen: the previous verdict stays (fix it in Data)
+        self._pair = ShownPair(
+            messages=messages,
+            model_ids=(model_a.id, (model_b or model_a).id),
+            a_shown_left=self._rng.random() < 0.5,
+        )
+        self.clear_error()
+        self.feedback.clear()
+        for pane in self.panes:
+            pane.set_text("")
+            pane.text.setPlaceholderText("")
+            pane.status.setText("Waiting…")
+            pane.badge.setVisible(False)
+            pane.set_chosen(False)
+        self.activity_text.setText(f"Sampling two answers from {model_a.name}" + (f" and {model_b.name}" if model_b else "") + "…")
+        self._update_actions()
+        return True
+
+    @Slot()
+    def stop(self) -> None:
+        """Stop sampling at the next token (the partial answers stay on screen, but cannot be judged)."""
+        if self._job is not None:
+            self._job.cancel()
+            self.activity_text.setText("Stopping…")
+
+    def _pane_for(self, generation: int) -> ResponsePane:
+        assert self._pair is not None
+        return self.panes[self._pair.side_of(generation)]
+
+    @Slot(object)
+    def _on_job_event(self, event: object) -> None:
+        if self.sender() is not self._job or self._pair is None:
+            return
+        pair = self._pair
+        if isinstance(event, TokenEvent):
+            pair.texts[event.seq] += event.text
+            pane = self._pane_for(event.seq)
+            if event.text:
+                pane.append(event.text)
+            pane.status.setText(f"Writing… {event.n_tokens} tokens")
+        elif isinstance(event, ResponseFinished):
+            self._finish_generation(event.seq, event.result)
+        elif isinstance(event, GgufCopyMade):
+            # The job writes no rows; its driver (this view, on the GUI thread's connection) records the copy.
+            try:
+                self.store.update_model_info(event.model_id, **event.info)
+            except DesktopDpoError as exc:
+                log.warning("Could not record the GGUF copy of model %s: %s", event.model_id, exc)
+        elif isinstance(event, Progress):
+            fraction = event.fraction
+            self.activity_bar.setVisible(True)
+            self.activity_bar.setRange(0, 0 if fraction is None else 1000)
+            if fraction is not None:
+                self.activity_bar.setValue(int(fraction * 1000))
+            if event.message:
+                self.activity_text.setText(event.message)
+        elif isinstance(event, Log):
+            self.activity_text.setText(event.message)
+            self.notify(event.message)
+
+    def _finish_generation(self, generation: int, result: GenerationResult) -> None:
+        assert self._pair is not None
+        self._pair.results[generation] = result
+        self._pair.texts[generation] = result.text
+        pane = self._pane_for(generation)
+        if pane.shown_text() != result.text:  # the result is the record: show exactly what is saved
+            pane.set_text(result.text)
+        pane.status.setText(describe_result(result))
+        self.activity_bar.setVisible(False)
+
+    @Slot(object)
+    def _on_job_succeeded(self, results: object) -> None:
+        if self.sender() is not self._job:
+            return
+        self._job = None
+        if self._pair is not None and isinstance(results, tuple):
+            for generation, result in enumerate(results):
+                if self._pair.results[generation] is None:
+                    self._finish_generation(generation, result)
+        self.activity_bar.setVisible(False)
+        if self._pair is not None and self._pair.complete:
+            self.activity_text.setText("Which answer is better? Alt+1 left · Alt+2 right · Alt+3 tie · Alt+4 both bad.")
+        self._update_actions()
+
+    @Slot(str)
+    def _on_job_failed(self, message: str) -> None:
+        if self.sender() is not self._job:
+            return
+        self._job = None
+        self.activity_text.clear()
+        self.activity_bar.setVisible(False)
+        for pane in self.panes:
+            if not pane.status.text() or pane.status.text().startswith(("Waiting", "Writing")):
+                pane.status.setText("Failed")
+        self.show_error(message)
+        self._update_actions()
+
+    @Slot()
+    def _on_job_cancelled(self) -> None:
+        if self.sender() is not self._job:
+            return
+        self._job = None
+        self.activity_bar.setVisible(False)
+        self.activity_text.setText("Stopped. Sample again for a pair you can judge.")
+        for pane in self.panes:
+            pane.status.setText("Stopped")
+        self.notify("Sampling stopped.")
+        self._update_actions()
+
+    @Slot()
+    def _on_registry_changed(self) -> None:
+        self._update_actions()
+
+    # ---------------------------------------------------------------- judging
+
+    @Slot(str)
+    def judge(self, choice: str) -> int | None:
+        """Save the verdict for the pair on screen (``choice`` names a screen side or tie/both_bad/skip).
+        Returns the comparison id, or None when there is no complete pair to judge."""
+        pair = self._pair
+        if pair is None or self._streaming or not pair.complete:
+            return None
+        verdict = verdict_for(choice, pair.a_shown_left)
+        edited_text = pair.edit[1] if pair.edit else None
+        edited_side = GENERATION_SIDES[pair.edit[0]] if pair.edit else None
+        results = [r for r in pair.results if r is not None]
+        try:
+            with self.store.atomic():
+                if pair.generation_ids is not None:  # brought back by undo: its generations are stored
+                    prompt_id = self.store.add_prompt(pair.messages, source="collect")
+                    comparison_id = self.store.add_comparison(
+                        prompt_id=prompt_id,
+                        generation_a_id=pair.generation_ids[0],
+                        generation_b_id=pair.generation_ids[1],
+                        verdict=verdict,
+                        a_shown_left=pair.a_shown_left,
+                        edited_text=edited_text,
+                        edited_side=edited_side,
+                    )
+                else:
+                    comparison_id = self.store.record_pair(
+                        messages=pair.messages,
+                        text_a=results[0].text,
+                        text_b=results[1].text,
+                        verdict=verdict,
+                        model_a_id=pair.model_ids[0],
+                        model_b_id=pair.model_ids[1],
+                        a_shown_left=pair.a_shown_left,
+                        generation_meta_a=generation_meta(results[0]),
+                        generation_meta_b=generation_meta(results[1]),
+                        edited_text=edited_text,
+                        edited_side=edited_side,
+                    )
+                comparison = self.store.get_comparison(comparison_id)
+                assert comparison is not None
+                prompt_id = comparison.prompt_id
+                was_queued = any(p.id == prompt_id for p in self.store.queued_prompts())
+                if was_queued:  # a judged (or skipped) prompt leaves the queue
+                    self.store.dequeue_prompt(prompt_id)
+        except DesktopDpoError as exc:
+            self.show_error(f"The verdict was not saved: {exc}")
+            return None
+
+        saved_pair = replace(pair, generation_ids=(comparison.generation_a_id, comparison.generation_b_id))
+        self._last_saved = SavedVerdict(comparison_id, prompt_id, saved_pair, choice, was_queued)
+        self._pair = None
+        # Ctrl+Z now undoes this verdict rather than the typing that led to it.
+        self.prompt_edit.document().clearUndoRedoStacks()
+        self.system_edit.document().clearUndoRedoStacks()
+        chosen_side = {"left": 0, "right": 1}.get(choice)
+        for pane in self.panes:
+            pane.set_chosen(pane.side == chosen_side)
+            pane.status.setText("Preferred" if pane.side == chosen_side else "")
+        label = CHOICE_LABELS[choice]
+        self.feedback.setText(f"Saved: {label}.")
+        self.activity_text.setText(
+            "Saved. Ctrl+Enter samples another pair"
+            + (f", {NEXT_PROMPT_SHORTCUT} takes the next prompt" if self._queue_count - was_queued > 0 else "")
+            + "; Ctrl+Z undoes the verdict."
+        )
+        self.notify(f"Saved: {label}.")
+        self.refresh_counts()
+        self.pairs_changed.emit()
+        return comparison_id
+
+    @Slot()
+    def undo_last_verdict(self) -> bool:
+        """Take back the last verdict: its comparison is removed and the pair is back on screen."""
+        saved = self._last_saved
+        if saved is None or self._pair is not None or self._streaming:
+            return False
+        try:
+            with self.store.atomic():
+                self.store.delete_comparison_for_undo(saved.comparison_id)
+                if saved.was_queued:
+                    self.store.add_prompt(saved.pair.messages, queued=True)
+            prompt = self.store.get_prompt(saved.prompt_id)
+        except DesktopDpoError as exc:
+            self.show_error(f"The verdict could not be undone: {exc}")
+            return False
+        self._last_saved = None
+        self._pair = saved.pair
+        if prompt is not None:
+            self._show_prompt_row(prompt)
+        self._show_pair(saved.pair)
+        self.feedback.setText("Verdict undone.")
+        self.activity_text.setText("Judge the pair again.")
+        self.notify(f"Undid the verdict “{CHOICE_LABELS[saved.choice]}”.")
+        self.refresh_counts()
+        self.pairs_changed.emit()
+        return True
+
+    def _show_pair(self, pair: ShownPair) -> None:
+        for side, pane in enumerate(self.panes):
+            generation = pair.generation_on(side)
+            result = pair.results[generation]
+            rewritten = pair.edit is not None and pair.edit[0] == generation
+            pane.set_text(pair.edit[1] if rewritten and pair.edit else pair.texts[generation])
+            pane.badge.setVisible(rewritten)
+            pane.status.setText(describe_result(result) if result is not None else "")
+            pane.set_chosen(False)
+
+    def _show_empty_panes(self) -> None:
+        for pane in self.panes:
+            pane.set_text("")
+            pane.status.clear()
+        self.panes[0].text.setPlaceholderText("Two answers to your prompt appear here, side by side.")
+        self.panes[1].text.setPlaceholderText("Which side shows which sample is random for every pair.")
+
+    # ---------------------------------------------------------------- rewriting an answer
+
+    def open_edit(self, side: int) -> ResponseEditDialog | None:
+        """Open the rewrite dialog for screen side ``side`` (0 left, 1 right); non-blocking."""
+        pair = self._pair
+        if pair is None or self._streaming or not pair.complete:
+            return None
+        generation = pair.generation_on(side)
+        original = pair.texts[generation]
+        current = pair.edit[1] if pair.edit and pair.edit[0] == generation else original
+        dialog = ResponseEditDialog(SIDE_NAMES[side], original, current, self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.accepted.connect(lambda: self._on_edit_accepted(pair, generation, dialog.text()))
+        dialog.finished.connect(lambda _result: setattr(self, "edit_dialog", None))
+        self.edit_dialog = dialog
+        dialog.open()
+        return dialog
+
+    def _on_edit_accepted(self, pair: ShownPair, generation: int, text: str) -> None:
+        if pair is not self._pair:
+            return  # the pair changed while the dialog was open
+        if text.strip() == pair.texts[generation].strip() or not text.strip():
+            if pair.edit is not None and pair.edit[0] == generation:
+                pair.edit = None
+        else:
+            # One rewrite per pair: rewriting the other side replaces an earlier rewrite.
+            pair.edit = (generation, text)
+        self._show_pair(pair)
+        if pair.edit is not None:
+            self.activity_text.setText("Rewrite kept: now give your verdict; it is saved with the rewrite.")
+
+    # ---------------------------------------------------------------- state of the buttons
+
+    def _update_actions(self) -> None:
+        if not hasattr(self, "verdict_buttons"):
+            return  # still building
+        streaming = self._streaming
+        resource = self._resource()
+        model_b = self._model_b() if self.other_model_check.isChecked() else None
+        busy = resource is not None and self.registry.is_busy(resource)
+        busy_b = model_b is not None and self.registry.is_busy(f"generate:{model_b.id}")
+        has_prompt = bool(self.prompt_edit.toPlainText().strip())
+        reason = ""
+        if self._model is None:
+            reason = "Add a model in Models first."
+        elif streaming:
+            reason = "Sampling…"
+        elif busy or busy_b:
+            reason = "The model is busy with another job; wait for it to finish."
+        elif not has_prompt:
+            reason = "Write a prompt first."
+        self.sample_button.setEnabled(not reason)
+        self.sample_button.setToolTip(reason or "Sample two answers to the prompt (Ctrl+Enter)")
+        self.stop_button.setEnabled(streaming)
+        judgeable = self._pair is not None and not streaming and self._pair.complete
+        for button in self.verdict_buttons.values():
+            button.setEnabled(judgeable)
+        for pane in self.panes:
+            pane.edit_button.setEnabled(judgeable)
+        self.undo_button.setEnabled(self._last_saved is not None and self._pair is None and not streaming)
+        self.next_prompt_button.setEnabled(self._queue_count > 0 and not streaming)
+        self.next_prompt_button.setText(
+            f"Next prompt ({self._queue_count})" if self._queue_count else "Next prompt"
+        )
+        self.model_combo.setEnabled(not streaming)
+        self.model_b_combo.setEnabled(not streaming)
+        self.other_model_check.setEnabled(not streaming and self.model_b_combo.count() > 1)
+
+    # ---------------------------------------------------------------- messages
+
+    def show_error(self, message: str) -> None:
+        """Show a problem in words, in the view's banner and the status bar."""
+        self.banner_text.setText(message)
+        self.banner.setVisible(True)
+        self.notify(message.splitlines()[0] if message else "")
+
+    @Slot()
+    def clear_error(self) -> None:
+        """Hide the banner."""
+        self.banner.setVisible(False)
+        self.banner_text.clear()
+
+    def error_text(self) -> str:
+        """The problem shown in the banner ("" when none)."""
+        return self.banner_text.text() if self.banner.isVisibleTo(self) else ""
+
+    def notify(self, text: str) -> None:
+        """A line for the status bar."""
+        self.status_message.emit(text)
+        window = self.window()
+        if window is not self and isinstance(window, QMainWindow):
+            window.statusBar().showMessage(text, STATUS_MESSAGE_MS)
+
+    # ---------------------------------------------------------------- settings
+
+    def _restore_sampling_settings(self) -> None:
+        raw = self._settings.value(SETTINGS_KEY)
+        settings = SamplingSettings()
+        if isinstance(raw, str):
+            try:
+                settings = SamplingSettings(**json.loads(raw))
+            except (ValueError, TypeError):
+                log.info("Ignoring unreadable saved sampling settings: %r", raw)
+        self.sampling_panel.set_settings(settings)
+
+    @Slot(object)
+    def _on_sampling_changed(self, settings: SamplingSettings) -> None:
+        self._settings.setValue(SETTINGS_KEY, json.dumps(settings.to_dict()))
+
+    def set_sampling_settings(self, settings: SamplingSettings) -> None:
+        """Use ``settings`` for the next pairs (also shown in the sampling panel)."""
+        self.sampling_panel.set_settings(settings)
+
+    def showEvent(self, event: QShowEvent) -> None:  # Qt override
+        # Models and pairs may have changed in other views while this one was hidden.
+        self.refresh_models()
+        self.refresh_counts()
+        super().showEvent(event)

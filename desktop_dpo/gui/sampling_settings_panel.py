@@ -1,0 +1,165 @@
+"""A collapsible panel editing :class:`SamplingSettings`: a one-line summary that opens into a small form.
+
+Collapsed, it takes one line and still says what the answers are sampled with; expanded, each setting
+has a spin box whose tooltip explains it in the words of ``config.py``.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtWidgets import (
+    QDoubleSpinBox,
+    QFormLayout,
+    QFrame,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop_dpo.config import SamplingSettings
+
+
+class SamplingSettingsPanel(QWidget):
+    """Edits one :class:`SamplingSettings`.
+
+    Signals:
+        changed(object): the new settings, whenever a value changes.
+    """
+
+    changed = Signal(object)
+
+    def __init__(self, settings: SamplingSettings | None = None, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("samplingPanel")
+        self._building = True
+
+        self.toggle = QToolButton()
+        self.toggle.setObjectName("samplingToggle")
+        self.toggle.setText("Sampling")
+        self.toggle.setCheckable(True)
+        self.toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.toggle.setArrowType(Qt.ArrowType.RightArrow)
+        self.toggle.setToolTip("Show or hide the sampling settings (stored with every answer)")
+        self.toggle.toggled.connect(self._on_toggle_toggled)
+        self.summary = QLabel()
+        self.summary.setObjectName("samplingSummary")
+
+        head = QHBoxLayout()
+        head.setContentsMargins(0, 0, 0, 0)
+        head.setSpacing(8)
+        head.addWidget(self.toggle)
+        head.addWidget(self.summary, 1)
+
+        self.temperature = self._double(0.0, 2.0, 0.05, 2, "Randomness; 0 = always the most likely token")
+        self.top_p = self._double(
+            0.0, 1.0, 0.01, 2, "Keep the smallest set of tokens whose probabilities sum to this"
+        )
+        self.top_k = self._int(0, 1000, "Keep only the k most likely tokens (0 = off)")
+        self.min_p = self._double(
+            0.0, 1.0, 0.01, 2, "Drop tokens less likely than this fraction of the best one"
+        )
+        self.repeat_penalty = self._double(1.0, 2.0, 0.05, 2, "Above 1 discourages repeating recent tokens")
+        self.max_tokens = self._int(1, 8192, "Stop each answer after this many new tokens")
+        self.reset_button = QPushButton("Defaults")
+        self.reset_button.setObjectName("secondaryButton")
+        self.reset_button.setToolTip("Back to the default sampling settings")
+        self.reset_button.clicked.connect(lambda: self.set_settings(SamplingSettings()))
+
+        self.body = QFrame()
+        self.body.setObjectName("samplingBody")
+        grid = QGridLayout(self.body)
+        grid.setContentsMargins(22, 4, 0, 0)
+        grid.setHorizontalSpacing(18)
+        grid.setVerticalSpacing(4)
+        fields = [
+            ("Temperature", self.temperature),
+            ("Top-p", self.top_p),
+            ("Top-k", self.top_k),
+            ("Min-p", self.min_p),
+            ("Repeat penalty", self.repeat_penalty),
+            ("Max tokens", self.max_tokens),
+        ]
+        # Three columns of label + box: the whole form fits in two rows.
+        for index, (label, box) in enumerate(fields):
+            form = QFormLayout()
+            form.setContentsMargins(0, 0, 0, 0)
+            form.addRow(label, box)
+            grid.addLayout(form, index // 3, index % 3)
+        grid.addWidget(self.reset_button, 0, 3, 2, 1, Qt.AlignmentFlag.AlignTop)
+        grid.setColumnStretch(4, 1)
+        self.body.setVisible(False)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(4)
+        layout.addLayout(head)
+        layout.addWidget(self.body)
+
+        self._building = False
+        self.set_settings(settings or SamplingSettings())
+
+    def _double(self, low: float, high: float, step: float, decimals: int, tip: str) -> QDoubleSpinBox:
+        box = QDoubleSpinBox()
+        box.setRange(low, high)
+        box.setSingleStep(step)
+        box.setDecimals(decimals)
+        box.setToolTip(tip)
+        box.valueChanged.connect(self._on_value_changed)
+        return box
+
+    def _int(self, low: int, high: int, tip: str) -> QSpinBox:
+        box = QSpinBox()
+        box.setRange(low, high)
+        box.setToolTip(tip)
+        box.valueChanged.connect(self._on_value_changed)
+        return box
+
+    def settings(self) -> SamplingSettings:
+        """The settings shown."""
+        return SamplingSettings(
+            temperature=round(self.temperature.value(), 4),
+            top_p=round(self.top_p.value(), 4),
+            top_k=self.top_k.value(),
+            min_p=round(self.min_p.value(), 4),
+            repeat_penalty=round(self.repeat_penalty.value(), 4),
+            max_tokens=self.max_tokens.value(),
+        )
+
+    def set_settings(self, settings: SamplingSettings) -> None:
+        """Show ``settings`` (emits ``changed`` once)."""
+        self._building = True
+        try:
+            self.temperature.setValue(settings.temperature)
+            self.top_p.setValue(settings.top_p)
+            self.top_k.setValue(settings.top_k)
+            self.min_p.setValue(settings.min_p)
+            self.repeat_penalty.setValue(settings.repeat_penalty)
+            self.max_tokens.setValue(settings.max_tokens)
+        finally:
+            self._building = False
+        self._on_value_changed()
+
+    def set_expanded(self, expanded: bool) -> None:
+        """Open or close the form."""
+        self.toggle.setChecked(expanded)
+
+    @Slot(bool)
+    def _on_toggle_toggled(self, expanded: bool) -> None:
+        self.body.setVisible(expanded)
+        self.toggle.setArrowType(Qt.ArrowType.DownArrow if expanded else Qt.ArrowType.RightArrow)
+
+    @Slot()
+    def _on_value_changed(self) -> None:
+        if self._building:
+            return
+        s = self.settings()
+        self.summary.setText(
+            f"temperature {s.temperature:g} · top-p {s.top_p:g} · top-k {s.top_k} · min-p {s.min_p:g} · "
+            f"repeat {s.repeat_penalty:g} · up to {s.max_tokens} tokens"
+        )
+        self.changed.emit(s)

@@ -1,0 +1,320 @@
+"""llama.cpp inference: reproducible streaming, pairs decoded together, cancel, stop strings, UTF-8.
+
+The model is the tiny random-weight test model converted to GGUF, so these tests check mechanics (seeds,
+streaming, cutting, counting), not the quality of the text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from desktop_dpo.config import SamplingSettings
+from desktop_dpo.core.errors import DesktopDpoError, ModelError
+from desktop_dpo.core.jobs import CancelToken
+from desktop_dpo.core.llm.gguf_info import read_gguf_info
+from desktop_dpo.core.llm.llamacpp import (
+    GenerationResult,
+    LlamaCppEngine,
+    ResponseFinished,
+    ResponseText,
+    StopStringFilter,
+    TokenEvent,
+    Utf8Stream,
+)
+
+SAMPLED = SamplingSettings(temperature=1.0, top_p=0.95, top_k=40, min_p=0.0, repeat_penalty=1.1, max_tokens=24)
+GREEDY = dataclasses.replace(SAMPLED, temperature=0.0)
+PROMPT = "User: Tell me about tea.\nAssistant:"
+
+
+def drive(job) -> tuple[list[object], object]:
+    """Run a job to the end: (events, return value)."""
+    events = []
+    while True:
+        try:
+            events.append(next(job))
+        except StopIteration as stop:
+            return events, stop.value
+
+
+def streamed_text(events, seq: int = 0) -> str:
+    return "".join(e.text for e in events if isinstance(e, TokenEvent) and e.seq == seq)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Text assembly (no model)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_utf8_characters_split_across_tokens_come_out_whole():
+    text = "né € 😀!"
+    data = text.encode("utf-8")
+    stream = Utf8Stream()
+    out = [stream.feed(data[i : i + 1]) for i in range(len(data))]  # one byte per "token"
+    assert "".join(out) == text
+    # While a character's bytes are incomplete nothing is shown, and never half a character.
+    euro = data.index("€".encode())
+    assert out[euro : euro + 3] == ["", "", "€"]
+    assert all("\ufffd" not in piece for piece in out)
+
+
+def test_invalid_bytes_become_a_replacement_mark_without_swallowing_good_text():
+    stream = Utf8Stream()
+    assert stream.feed(b"a\x80b") == "a\ufffdb"
+    assert stream.feed(b"\xe2\x82") == "" and stream.has_partial
+    assert stream.feed(b"\xac") == "€" and not stream.has_partial
+
+
+def test_stop_string_spanning_tokens_is_cut_and_never_shown():
+    stops = StopStringFilter(["\nUser:", "\nAssistant:"])
+    shown = [stops.feed(piece) for piece in [" Hello", " there.\nUs", "er: and more"]]
+    assert shown == [" Hello", " there.", ""]
+    assert stops.stopped
+    assert stops.feed("ignored") == ""
+
+
+def test_text_that_only_looked_like_a_stop_string_is_released():
+    stops = StopStringFilter(["\nUser:"])
+    assert stops.feed("Hi\nU") == "Hi"  # "\nU" might begin "\nUser:"
+    assert stops.feed("nder the sea") == "\nUnder the sea"
+    assert stops.feed(" end\nUse") == " end"
+    assert stops.flush() == "\nUse"  # the response ended another way: the held text is the person's
+    assert not stops.stopped
+
+
+def test_earliest_stop_string_wins():
+    stops = StopStringFilter(["END", "\n"])
+    assert stops.feed("one\ntwo END") == "one"
+
+
+def test_response_text_with_stop_string_and_multibyte_characters():
+    text = ResponseText(["€€"])
+    data = "prix: 5€ puis €€ fin".encode()
+    shown = [text.add(data[i : i + 2]) for i in range(0, len(data), 2)]
+    assert "".join(shown) == "prix: 5€ puis "
+    assert text.text == "prix: 5€ puis " and text.stopped
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The engine on the tiny model
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_gguf: Path):
+    with LlamaCppEngine(tiny_gguf, n_ctx=128, n_threads=1, event_interval_s=0) as engine:
+        yield engine
+
+
+def test_same_seed_gives_the_same_text_and_the_seed_is_recorded(engine):
+    events, first = drive(engine.generate(PROMPT, SAMPLED, seed=11))
+    _, again = drive(engine.generate(PROMPT, SAMPLED, seed=11))
+    _, other = drive(engine.generate(PROMPT, SAMPLED, seed=12))
+    assert isinstance(first, GenerationResult)
+    assert first.text == again.text and first.completion_tokens == again.completion_tokens
+    assert other.text != first.text
+    assert (first.seed, other.seed) == (11, 12)
+    assert first.settings == {**SAMPLED.to_dict(), "stop": []}
+    assert first.prompt_tokens == len(engine.tokenize(PROMPT))
+    # What streamed is what was returned.
+    assert streamed_text(events) == first.text
+    assert events[-1] == ResponseFinished(0, first)
+
+
+def test_seeds_drawn_by_the_engine_are_recorded_and_reproduce(engine):
+    _, drawn = drive(engine.generate(PROMPT, SAMPLED))
+    _, replay = drive(engine.generate(PROMPT, SAMPLED, seed=drawn.seed))
+    assert replay.text == drawn.text
+
+
+def test_pair_streams_two_responses_with_their_own_seeds(engine):
+    events, (first, second) = drive(engine.generate_pair(PROMPT, SAMPLED, seeds=(21, 22)))
+    assert (first.seed, second.seed) == (21, 22)
+    assert first.text != second.text
+    assert streamed_text(events, 0) == first.text and streamed_text(events, 1) == second.text
+    finished = [e for e in events if isinstance(e, ResponseFinished)]
+    assert sorted(e.seq for e in finished) == [0, 1]
+    # Drawn seeds differ from each other.
+    _, (a, b) = drive(engine.generate_pair(PROMPT, SAMPLED))
+    assert a.seed != b.seed
+
+
+@pytest.mark.parametrize("settings", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
+def test_pair_decoded_together_equals_two_single_decodes(engine, settings):
+    # Each sequence has its own KV stream, and the tiny model's weights are Q8_0 like real quantized
+    # models, whose matrix products do not depend on the batch size: the pair is bit-for-bit two single
+    # runs. (With F16/F32 weights llama.cpp sums a 2-row batch in another order than a 1-row one: logits
+    # differ by ~1e-6, which can flip a sampled token; greedy decoding stays the same.)
+    long = dataclasses.replace(settings, max_tokens=40)
+    _, (first, second) = drive(engine.generate_pair(PROMPT, long, seeds=(31, 32), ignore_eos=True))
+    _, alone_first = drive(engine.generate(PROMPT, long, seed=31, ignore_eos=True))
+    _, alone_second = drive(engine.generate(PROMPT, long, seed=32, ignore_eos=True))
+    assert first.text == alone_first.text
+    assert second.text == alone_second.text
+    assert first.completion_tokens == second.completion_tokens == 40
+
+
+def test_max_tokens_is_respected(engine):
+    short = dataclasses.replace(SAMPLED, max_tokens=7)
+    _, result = drive(engine.generate(PROMPT, short, seed=3, ignore_eos=True))
+    assert result.completion_tokens == 7 and result.finish_reason == "length"
+    _, (a, b) = drive(engine.generate_pair(PROMPT, short, seeds=(1, 2), ignore_eos=True))
+    assert a.completion_tokens == b.completion_tokens == 7
+
+
+def test_cancel_stops_at_the_next_token_and_keeps_the_text(engine):
+    cancel = CancelToken()
+    job = engine.generate(PROMPT, dataclasses.replace(SAMPLED, max_tokens=60), seed=5, cancel=cancel, ignore_eos=True)
+    first = next(job)
+    second = next(job)
+    cancel.cancel()
+    events, result = drive(job)
+    assert result.finish_reason == "cancelled"
+    # Not one more token was decoded after the cancel: the count is the one the last event reported.
+    assert result.completion_tokens == second.n_tokens == 2
+    assert result.text == first.text + second.text + streamed_text(events)
+    assert events[-1] == ResponseFinished(0, result)
+
+
+def test_cancel_stops_both_responses_of_a_pair(engine):
+    cancel = CancelToken()
+    job = engine.generate_pair(PROMPT, SAMPLED, seeds=(1, 2), cancel=cancel, ignore_eos=True)
+    next(job)
+    cancel.cancel()
+    _, (a, b) = drive(job)
+    assert a.finish_reason == b.finish_reason == "cancelled"
+    assert a.completion_tokens == b.completion_tokens == 1
+
+
+def test_stop_strings_are_trimmed_and_never_streamed(engine):
+    _, free = drive(engine.generate(PROMPT, GREEDY, ignore_eos=True))
+    # Take a stop string from the middle of what the model writes, so it is bound to appear.
+    cut_at = len(free.text) // 2
+    stop = free.text[cut_at : cut_at + 3]
+    events, stopped = drive(engine.generate(PROMPT, GREEDY, stop=[stop], ignore_eos=True))
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == free.text[: free.text.index(stop)]
+    assert stop not in streamed_text(events) and streamed_text(events) == stopped.text
+    assert stopped.settings["stop"] == [stop]
+
+
+def test_conversation_uses_the_plain_layout_and_its_stop_strings(engine):
+    messages = [{"role": "user", "content": "Tell me about tea."}]
+    text, stops = engine.render(messages)
+    assert text == PROMPT and stops == ["\nUser:", "\nAssistant:"]
+    _, from_messages = drive(engine.generate(messages, GREEDY, seed=1))
+    _, from_text = drive(engine.generate(PROMPT, GREEDY, seed=1, stop=stops))
+    assert from_messages.text == from_text.text
+    assert from_messages.settings["stop"] == ["\nUser:", "\nAssistant:"]
+
+
+def test_template_that_writes_bos_does_not_double_it(engine, monkeypatch):
+    monkeypatch.setattr(engine, "chat_template", "{{ bos_token }}Q: {{ messages[0]['content'] }}\nA:")
+    tokens, _ = engine.prompt_tokens([{"role": "user", "content": "hi"}])
+    bos = engine.tokenize("", add_bos=True)
+    assert bos and tokens[0] == bos[0] and tokens[1] != bos[0]
+
+
+def test_events_are_batched_when_an_interval_is_set(tiny_gguf):
+    settings = dataclasses.replace(SAMPLED, max_tokens=30)
+    with LlamaCppEngine(tiny_gguf, n_ctx=128, n_threads=1, event_interval_s=3600) as slow_events:
+        events, result = drive(slow_events.generate(PROMPT, settings, seed=9, ignore_eos=True))
+    tokens = [e for e in events if isinstance(e, TokenEvent)]
+    # The first token is shown at once; the rest arrive together when the response ends.
+    assert [e.n_tokens for e in tokens] == [1, 30]
+    assert streamed_text(events) == result.text
+
+
+def test_prompt_longer_than_the_context_is_refused(engine):
+    with pytest.raises(ModelError, match="fills the model's context"):
+        drive(engine.generate("word " * 400, SAMPLED))
+
+
+def test_one_generation_at_a_time_per_engine(engine):
+    running = engine.generate(PROMPT, SAMPLED, seed=1)
+    next(running)
+    with pytest.raises(DesktopDpoError, match="already writing"):
+        drive(engine.generate(PROMPT, SAMPLED, seed=2))
+    running.close()  # a job closed early releases the engine
+    _, result = drive(engine.generate(PROMPT, SAMPLED, seed=2))
+    assert result.completion_tokens > 0
+
+
+def test_close_frees_the_model_and_it_loads_again(tiny_gguf):
+    engine = LlamaCppEngine(tiny_gguf, n_ctx=64, n_threads=1)
+    assert not engine.loaded  # loading waits for first use
+    _, before = drive(engine.generate(PROMPT, GREEDY, seed=1))
+    engine.close()
+    assert not engine.loaded
+    _, after = drive(engine.generate(PROMPT, GREEDY, seed=1))
+    assert after.text == before.text
+    engine.close()
+
+
+def test_missing_or_broken_model_file_is_explained(tmp_path):
+    with pytest.raises(ModelError, match="not found"):
+        LlamaCppEngine(tmp_path / "nope.gguf").load()
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(ModelError, match="could not load"):
+        LlamaCppEngine(broken).load()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# GGUF header
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_gguf_info_agrees_with_the_gguf_package_reader(tiny_gguf):
+    from gguf import GGUFReader
+
+    info = read_gguf_info(tiny_gguf)
+    reader = GGUFReader(tiny_gguf)
+    architecture = reader.fields["general.architecture"].contents()
+    assert info["architecture"] == architecture
+    assert info["parameter_count"] == sum(int(t.n_elements) for t in reader.tensors)
+    assert info["tensor_count"] == len(reader.tensors)
+    assert info["context_length"] == reader.fields[f"{architecture}.context_length"].contents()
+    assert info["vocab_size"] == len(reader.fields["tokenizer.ggml.tokens"].data)
+    assert info["file_type"] == "Q8_0" and "Q8_0" in info["tensor_types"]
+    assert info["has_chat_template"] is False and info["chat_template"] is None
+    assert info["bos_token"] == reader.fields["tokenizer.ggml.tokens"].contents()[info["bos_token_id"]]
+    assert info["file_size_bytes"] == tiny_gguf.stat().st_size
+
+
+def test_gguf_info_reads_a_chat_template(tmp_path):
+    import gguf
+
+    path = tmp_path / "templated.gguf"
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_context_length(2048)
+    writer.add_chat_template("{{ bos_token }}{{ messages[0]['content'] }}")
+    writer.add_token_list(["<unk>", "<s>", "</s>"])
+    writer.add_bos_token_id(1)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    info = read_gguf_info(path)
+    assert info["has_chat_template"] is True
+    assert info["chat_template"] == "{{ bos_token }}{{ messages[0]['content'] }}"
+    assert (info["context_length"], info["parameter_count"], info["bos_token"]) == (2048, 0, "<s>")
+
+
+def test_gguf_info_refuses_other_and_truncated_files(tmp_path, tiny_gguf):
+    other = tmp_path / "notes.gguf"
+    other.write_text("hello, this is not a model at all")
+    with pytest.raises(ModelError, match="not a GGUF"):
+        read_gguf_info(other)
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(tiny_gguf.read_bytes()[:200])
+    with pytest.raises(ModelError, match="damaged"):
+        read_gguf_info(truncated)
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf():  # DEV ONLY
+    return Path("/tmp/llm_dev/tiny8.gguf")

@@ -1,0 +1,357 @@
+"""The main window: opens light, navigates, counts pairs, imports and exports, and closes safely."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import Qt, QUrl
+from PySide6.QtWidgets import QFileDialog, QMessageBox
+
+from desktop_dpo import __version__
+from desktop_dpo.core.jobs import Log
+from desktop_dpo.core.offline import RefusedAttempt
+from desktop_dpo.core.store import Store
+from desktop_dpo.gui.main_window import VIEWS, MainWindow
+from desktop_dpo.gui.placeholder_view import PlaceholderView
+from desktop_dpo.gui.preference_file_actions import DATA_RESOURCE, EXPORT_FILTERS
+from desktop_dpo.workers.job_worker import JobRegistry
+
+REPO = Path(__file__).resolve().parents[2]
+HEAVY_MODULES = ("torch", "transformers", "peft", "llama_cpp", "bitsandbytes", "trl")
+
+
+def _record_pairs(store: Store, verdicts: list[str]) -> None:
+    for index, verdict in enumerate(verdicts):
+        store.record_pair(
+            messages=[{"role": "user", "content": f"Question {index}?"}],
+            text_a=f"Answer A{index}.",
+            text_b=f"Answer B{index}.",
+            verdict=verdict,
+        )
+
+
+@pytest.fixture
+def gui_store(app_home):
+    store = Store.open(app_home.db_path, backups_dir=app_home.backups_dir)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def registry():
+    jobs = JobRegistry()
+    yield jobs
+    assert jobs.cancel_all_and_wait(10_000), "a test left a job that would not stop"
+
+
+@pytest.fixture
+def make_window(qtbot, gui_store, registry, app_home):
+    def make() -> MainWindow:
+        window = MainWindow(store=gui_store, registry=registry, paths=app_home)
+        qtbot.addWidget(window)
+        window.show()
+        qtbot.waitExposed(window)
+        return window
+
+    return make
+
+
+@pytest.fixture
+def window(make_window) -> MainWindow:
+    return make_window()
+
+
+def _looping_job(started: threading.Event, finished: threading.Event):
+    """A job that works until cancelled, like a training run; records that its cleanup ran."""
+
+    def factory(token):
+        def job():
+            try:
+                started.set()
+                while True:
+                    yield Log("working")
+                    if token.wait(0.05):
+                        token.raise_if_cancelled()
+            finally:
+                finished.set()
+
+        return job()
+
+    return factory
+
+
+# ------------------------------------------------------------------------------------------- opening
+
+
+def test_window_opens_without_importing_ml_libraries(tmp_path):
+    """The real entry point, in a fresh interpreter: the window is on screen, and no ML library is loaded.
+
+    (A subprocess, because other tests in this process import torch.)
+    """
+    home = tmp_path / "home"
+    with Store.open(home / "data" / "desktop-dpo.sqlite") as store:
+        _record_pairs(store, ["a", "b"])
+    script = f"""
+import json, sys
+import desktop_dpo.cli
+from PySide6.QtWidgets import QApplication
+
+report = {{}}
+
+def exec_once(app):
+    app.processEvents()
+    shown = [w for w in QApplication.topLevelWidgets() if w.isVisible() and type(w).__name__ == "MainWindow"]
+    report["shown"] = [w.windowTitle() for w in shown]
+    report["pairs"] = shown[0].status_pairs.text() if shown else None
+    report["heavy"] = sorted(set({HEAVY_MODULES!r}) & set(sys.modules))
+    for w in shown:
+        w.close()
+    return 0
+
+QApplication.exec = exec_once
+report["exit"] = desktop_dpo.cli.main(["--home", sys.argv[1]])
+print("REPORT " + json.dumps(report))
+"""
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(home)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("REPORT ")]
+    assert proc.returncode == 0 and lines, proc.stdout + proc.stderr
+    report = json.loads(lines[-1].removeprefix("REPORT "))
+    assert report["exit"] == 0
+    assert report["shown"] == ["desktop-dpo"]
+    assert report["heavy"] == [], f"the window imported {report['heavy']} at start-up"
+    assert report["pairs"].startswith("2 pairs collected")
+
+
+def test_every_view_has_a_sidebar_entry_and_a_page_that_says_what_it_will_do(window):
+    labels = [window.nav.item(row).text() for row in range(window.nav.count())]
+    assert labels == ["Models", "Collect", "Train", "Export", "Chat", "Data"]
+    for spec in VIEWS:
+        page = window.view(spec.key)
+        assert isinstance(page, PlaceholderView)
+        assert page.title == spec.label
+        assert page.planned, f"{spec.label} says nothing about what it will do"
+        assert not window.nav.item(labels.index(spec.label)).icon().isNull()
+
+
+# ------------------------------------------------------------------------------------------- navigation
+
+
+def test_clicking_the_sidebar_switches_views(qtbot, window):
+    assert window.current_view() == "models"  # first start
+    for row, spec in enumerate(VIEWS):
+        rect = window.nav.visualItemRect(window.nav.item(row))
+        qtbot.mouseClick(window.nav.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+        assert window.current_view() == spec.key
+        page = window.pages.currentWidget()
+        assert page.isVisible()
+        assert window.view(spec.key).isVisible()
+        # Only the page on screen is visible: the others are behind it.
+        others = [s.key for s in VIEWS if s.key != spec.key and window.view(s.key).isVisible()]
+        assert others == []
+
+
+def test_view_menu_shortcuts_switch_views(window):
+    view_menu = next(a.menu() for a in window.menuBar().actions() if a.text() == "&View")
+    train = next(a for a in view_menu.actions() if a.text() == "Train")
+    assert train.shortcut().toString() == "Ctrl+3"
+    train.trigger()
+    assert window.current_view() == "train"
+    assert window.nav.currentItem().text() == "Train"
+
+
+def test_window_reopens_on_the_view_it_was_closed_on(make_window):
+    first = make_window()
+    first.show_view("chat")
+    assert first.close()
+    second = make_window()
+    assert second.current_view() == "chat"
+
+
+# ------------------------------------------------------------------------------------------- status bar
+
+
+def test_status_bar_shows_database_pair_counts_and_jobs(window, app_home):
+    assert window.status_pairs.text() == "0 pairs collected · 0 usable for training"
+    assert window.status_jobs.text() == "No jobs running"
+    assert window.status_database.toolTip().endswith(str(app_home.db_path))
+
+
+def test_status_bar_counts_pairs_collected_before_start(gui_store, make_window):
+    _record_pairs(gui_store, ["a", "b", "tie"])  # a tie teaches DPO nothing: collected, not usable
+    window = make_window()
+    assert window.status_pairs.text() == "3 pairs collected · 2 usable for training"
+
+
+def test_status_bar_names_a_running_job(qtbot, window, registry):
+    started, finished = threading.Event(), threading.Event()
+    registry.start("train", _looping_job(started, finished))
+    qtbot.waitUntil(lambda: window.status_jobs.text() == "Running: train")
+    registry.cancel("train")
+    qtbot.waitUntil(lambda: window.status_jobs.text() == "No jobs running")
+    assert finished.is_set()
+
+
+# ------------------------------------------------------------------------------------------- import / export
+
+
+def _write_pairs(path: Path, count: int) -> Path:
+    lines = [
+        json.dumps({"prompt": f"Q{i}?", "chosen": f"Good {i}.", "rejected": f"Bad {i}."})
+        for i in range(count)
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_import_from_the_data_view_adds_pairs_and_updates_the_counts(
+    qtbot, monkeypatch, gui_store, make_window, tmp_path
+):
+    _record_pairs(gui_store, ["a"])
+    source = _write_pairs(tmp_path / "prefs.jsonl", 2)
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *args, **kwargs: (str(source), ""))
+    window = make_window()
+    window.show_view("data")
+    import_button = next(b for b in window.view("data").action_buttons if b.text().startswith("Import"))
+    qtbot.mouseClick(import_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: window.status_pairs.text().startswith("3 pairs collected"), timeout=10_000)
+    assert window.status_pairs.text() == "3 pairs collected · 3 usable for training"
+    assert "Imported 2 pairs from prefs.jsonl" in window.statusBar().currentMessage()
+    assert gui_store.count_usable_pairs() == 3  # the GUI's own connection sees the worker's commit
+
+
+def test_a_bad_file_is_refused_with_its_line_numbers(qtbot, monkeypatch, window, tmp_path, gui_store):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "Q?", "chosen": "A."}\n', encoding="utf-8")
+    warnings: list[tuple[str, str]] = []
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *args, **kwargs: (str(bad), ""))
+    monkeypatch.setattr(
+        QMessageBox, "warning", lambda parent, title, text, *a: warnings.append((title, text))
+    )
+    window.preference_actions.import_action.trigger()
+    qtbot.waitUntil(lambda: bool(warnings), timeout=10_000)
+    title, text = warnings[0]
+    assert title == "Import failed"
+    assert "line 1" in text and '"rejected"' in text
+    assert gui_store.count_comparisons() == 0
+
+
+def test_export_from_the_file_menu_writes_the_usable_pairs(
+    qtbot, monkeypatch, gui_store, make_window, tmp_path
+):
+    _record_pairs(gui_store, ["a", "b", "tie"])
+    target = tmp_path / "out" / "pairs"  # no suffix: .jsonl is added
+    standard = next(f for f in EXPORT_FILTERS if f.startswith("TRL standard"))
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *args, **kwargs: (str(target), standard))
+    window = make_window()
+    file_menu = next(a.menu() for a in window.menuBar().actions() if a.text() == "&File")
+    export = next(a for a in file_menu.actions() if a.text().startswith("&Export"))
+    export.trigger()
+    written = target.with_suffix(".jsonl")
+    qtbot.waitUntil(lambda: "Wrote 2 pairs" in window.statusBar().currentMessage(), timeout=10_000)
+    rows = [json.loads(line) for line in written.read_text(encoding="utf-8").splitlines()]
+    assert sorted(rows, key=lambda r: r["prompt"]) == [
+        {"prompt": "Question 0?", "chosen": "Answer A0.", "rejected": "Answer B0."},
+        {"prompt": "Question 1?", "chosen": "Answer B1.", "rejected": "Answer A1."},
+    ]
+
+
+def test_import_and_export_are_disabled_while_a_data_job_runs(qtbot, window, registry):
+    window.show_view("data")
+    buttons = window.view("data").action_buttons
+    actions = (window.preference_actions.import_action, window.preference_actions.export_action)
+    started, finished = threading.Event(), threading.Event()
+    registry.start(DATA_RESOURCE, _looping_job(started, finished))
+    assert not any(action.isEnabled() for action in actions)
+    assert not any(button.isEnabled() for button in buttons)
+    registry.cancel(DATA_RESOURCE)
+    qtbot.waitUntil(lambda: all(action.isEnabled() for action in actions), timeout=5_000)
+    assert all(button.isEnabled() for button in buttons)
+
+
+def test_a_refused_network_connection_is_shown(qtbot, window):
+    attempt = RefusedAttempt(operation="socket.connect", target="192.0.2.1 port 443", thread="worker")
+    window.network_refused.emit(attempt)
+    assert "192.0.2.1 port 443" in window.statusBar().currentMessage()
+    assert "offline" in window.statusBar().currentMessage()
+
+
+# ------------------------------------------------------------------------------------------- menus
+
+
+def test_about_names_version_data_and_log_folders(monkeypatch, window, app_home):
+    shown: list[str] = []
+    monkeypatch.setattr(QMessageBox, "about", lambda parent, title, text: shown.append(text))
+    window.about_action.trigger()
+    assert __version__ in shown[0]
+    assert str(app_home.data_dir) in shown[0] and str(app_home.log_dir) in shown[0]
+
+
+def test_open_data_folder_opens_the_folder(monkeypatch, window, app_home):
+    opened: list[QUrl] = []
+    monkeypatch.setattr(
+        "desktop_dpo.gui.main_window.QDesktopServices.openUrl", lambda url: opened.append(url) or True
+    )
+    window.open_data_folder_action.trigger()
+    assert [url.toLocalFile() for url in opened] == [str(app_home.data_dir)]
+
+
+# ------------------------------------------------------------------------------------------- closing
+
+
+def test_closing_with_a_job_running_stops_the_job_when_the_person_says_yes(
+    qtbot, monkeypatch, window, registry
+):
+    started, finished = threading.Event(), threading.Event()
+    thread = registry.start("train", _looping_job(started, finished))
+    assert started.wait(5)
+    asked: list[str] = []
+
+    def answer_yes(parent, title, text, *args):
+        asked.append(text)
+        return QMessageBox.StandardButton.Yes
+
+    monkeypatch.setattr(QMessageBox, "question", answer_yes)
+    assert window.close()
+    assert asked and asked[0].startswith("A job is running: stop it and quit?")
+    assert finished.is_set(), "the job's cleanup (finally) did not run"
+    assert thread.isFinished()
+    assert thread.outcome == "cancelled"
+    assert not window.isVisible()
+
+
+def test_closing_with_a_job_running_keeps_everything_when_the_person_says_no(
+    qtbot, monkeypatch, window, registry
+):
+    started, finished = threading.Event(), threading.Event()
+    thread = registry.start("train", _looping_job(started, finished))
+    assert started.wait(5)
+    monkeypatch.setattr(QMessageBox, "question", lambda *args: QMessageBox.StandardButton.No)
+    assert not window.close()
+    qtbot.wait(200)  # the job keeps going meanwhile
+    assert window.isVisible()
+    assert thread.isRunning() and not finished.is_set()
+    assert registry.running() == ["train"]
+    registry.cancel("train")
+    qtbot.waitUntil(lambda: registry.running() == [], timeout=5_000)
+    assert finished.is_set()
+
+
+def test_closing_with_no_job_running_asks_nothing(monkeypatch, window):
+    monkeypatch.setattr(QMessageBox, "question", lambda *args: pytest.fail("asked although no job runs"))
+    assert window.close()
+    assert not window.isVisible()
