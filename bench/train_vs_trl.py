@@ -1,36 +1,40 @@
 """Training: our DPO job against TRL's ``DPOTrainer`` on the same work, and against a bare loop (the floor).
 
-The work: a Llama built from a config (hidden 256, 4 layers, random weights) with a SentencePiece
-tokenizer trained here, 64 preference pairs of varied lengths (15 to ~250 tokens per sequence), LoRA
-r=8 / alpha=16 on all linear layers, batch 4, max length 256, fp32 on the CPU, 2 torch threads, two
-epochs (32 optimizer steps), β=0.1, lr 1e-4 cosine with 10% warm-up, gradient clipping at 1.0,
-no gradient checkpointing in any arm, no dropout.
+The work: a Llama built from a config (hidden 256, 4 layers, 4 heads, MLP 688, Llama's 32000-token
+vocabulary, random weights) with a SentencePiece tokenizer trained here, 64 preference pairs of varied
+lengths (prompt + response from 44 to 253 tokens), LoRA r=8 / alpha=16 on all linear layers,
+batch 4, max length 256, fp32 on the CPU, 2 torch threads, denormals flushed to zero (our job does
+this on the CPU; every arm here does it too), two epochs (32 optimizer steps), β=0.1, lr 1e-4 cosine
+with 10% warm-up, gradient clipping at 1.0, no gradient checkpointing in any arm, no dropout.
 
 Arms, each in its own fresh process (so peak RSS is the arm's own), repeated and alternated:
 
-- ``ours``: the real job, ``desktop_dpo.core.dpo.train.train``, driven through a SQLite store like the
-  CLI does (pairs, run, prompt split, reference cache, events, checkpoint-free since the run is short).
+- ``ours``: the real job, ``desktop_dpo.core.dpo.train.train``, driven through a SQLite store as the
+  CLI drives it (pairs, run, prompt split, reference cache, events persisted; no checkpoint falls due).
 - ``trl``: ``DPOTrainer`` with ``bf16=False``, ``gradient_checkpointing=False``, ``use_cpu=True``,
-  ``report_to=[]``, ``precompute_ref_log_probs=True`` (chosen: both arms then compute the reference
-  log-probs once before training, which is the fair and the faster setting for TRL), the same
-  LoRA config through ``peft_config`` (so its reference is the adapter switched off, like ours),
-  the same seed and the same first batches (the dataset in our epoch-0 order, sequential sampler).
+  ``report_to=[]`` and ``precompute_ref_log_probs=True`` (chosen: both arms then compute the reference
+  log-probs once before training, the fair and the faster setting for TRL); the same LoRA config
+  through ``peft_config`` (so its reference is the adapter switched off, like ours); the same seed and
+  the same batches (the dataset in our epoch order, sequential sampler). The arm checks, after its
+  timings, that TRL trained on exactly our token ids from exactly our initial adapter.
 - ``floor``: the same micro-batches through the same model and LoRA with a trivial loss, backward and
   AdamW step, and nothing else (no reference, no metrics, no clipping, no schedule, no database).
 
-The adapter starts random on both DPO arms (``init_lora_weights=False``, same seed; the TRL arm checks
-the initial weights are identical), so the step-0 loss is not the uninformative ln 2.
+The adapter starts random on both DPO arms (``init_lora_weights=False``, same seed), so the step-0
+loss is not the uninformative ln 2.
 
 Headline keys (medians over the rounds):
 
-- ``throughput_ratio``: our training pairs/s ÷ TRL's (higher is better); time from the first to the
-  last optimizer step, reference precompute excluded on both sides.
+- ``throughput_ratio``: our training pairs/s ÷ TRL's (higher is better); from the first to the last
+  optimizer step, reference precompute excluded on both sides.
 - ``precompute_ratio``: our reference precompute seconds ÷ TRL's (lower is better).
 - ``memory_ratio``: our peak RSS ÷ TRL's peak RSS, whole process (lower is better).
-- ``floor_ratio``: our pairs/s ÷ the floor's pairs/s (1.0 = no overhead beyond forward + backward).
+- ``floor_ratio``: our pairs/s ÷ the floor's pairs/s (1.0 = nothing spent beyond forward + backward).
 - ``step0_loss_delta``: |our loss − TRL's loss| on the first step (same adapter, same batch).
+- ``cpu_throughput_ratio`` (extra): like ``throughput_ratio`` but from the CPU seconds each process
+  spent training, which other load on a shared machine disturbs less than wall time.
 
-Run from the repository root:  python bench/train_vs_trl.py [--rounds 2]
+Run from the repository root:  python bench/train_vs_trl.py [--rounds 2]   (about 10 minutes on 2 cores)
 Last line:  train_vs_trl: throughput_ratio=.. precompute_ratio=.. memory_ratio=.. floor_ratio=.. step0_loss_delta=..
 """
 
@@ -65,6 +69,9 @@ BETA = 0.1
 WARMUP_RATIO = 0.1
 GRADIENT_CHECKPOINTING = False  # the same in every arm
 ARMS = ("ours", "trl", "floor")
+# Llama's own vocabulary size (LlamaConfig's default). The tokenizer trained here uses the first 4000 ids;
+# the rest are rows a real model has too (most small models spend a third or more of their weights there).
+VOCAB = 32000
 
 
 # --------------------------------------------------------------------------------------------------
@@ -113,7 +120,7 @@ def build_work(folder: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     torch.manual_seed(SEED)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+        vocab_size=VOCAB, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     )  # fmt: skip
@@ -185,14 +192,14 @@ def arm_ours(work: Path, scratch: Path) -> dict:
     steps: list[StepMetrics] = []
 
     def on_event(event: object) -> None:
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         if isinstance(event, Started):
-            marks["train_start"] = now
+            marks["train_start"], marks["cpu_start"] = now, cpu
         elif isinstance(event, ReferenceReady):
             marks["precompute_s"] = event.seconds
         elif isinstance(event, StepMetrics):
             steps.append(event)
-            marks["train_end"] = now
+            marks["train_end"], marks["cpu_end"] = now, cpu
 
     started = time.perf_counter()
     drive_training(store, run_id, cancel=CancelToken(), on_event=on_event)
@@ -201,6 +208,7 @@ def arm_ours(work: Path, scratch: Path) -> dict:
     train_s = marks["train_end"] - marks["train_start"]
     return {
         "train_s": train_s,
+        "train_cpu_s": marks["cpu_end"] - marks["cpu_start"],
         "pairs_per_s": PAIRS * EPOCHS / train_s,
         "precompute_s": marks["precompute_s"],
         "total_s": total,
@@ -240,6 +248,7 @@ def arm_trl(work: Path, scratch: Path) -> dict:
     from trl import DPOConfig, DPOTrainer
 
     torch.set_num_threads(THREADS)
+    torch.set_flush_denormal(True)  # the same numeric setting as our job on the CPU: compare like with like
     baseline = _peak_rss_mb()
     rows = _ordered_rows(work)
     tokenizer = AutoTokenizer.from_pretrained(work / "model")
@@ -269,9 +278,10 @@ def arm_trl(work: Path, scratch: Path) -> dict:
     class Timer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
             marks.setdefault("train_start", time.perf_counter())
+            marks.setdefault("cpu_start", time.process_time())
 
         def on_step_end(self, args, state, control, **kwargs):
-            marks["train_end"] = time.perf_counter()
+            marks["train_end"], marks["cpu_end"] = time.perf_counter(), time.process_time()
 
     DPOTrainer._precompute_ref_logps = timed_precompute
     started = time.perf_counter()
@@ -315,6 +325,7 @@ def arm_trl(work: Path, scratch: Path) -> dict:
     )
     return {
         "train_s": train_s,
+        "train_cpu_s": marks["cpu_end"] - marks["cpu_start"],
         "pairs_per_s": PAIRS * EPOCHS / train_s,
         "precompute_s": marks["precompute_s"],
         "total_s": total,
@@ -360,7 +371,7 @@ def arm_floor(work: Path, scratch: Path) -> dict:
     )
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     steps = 0
     for _, _, indices in _plan(len(tokenized), config, 0, 0):
         for batch_indices in _length_batches(indices, tokenized, BATCH):
@@ -373,6 +384,7 @@ def arm_floor(work: Path, scratch: Path) -> dict:
     train_s = time.perf_counter() - started
     return {
         "train_s": train_s,
+        "train_cpu_s": time.process_time() - cpu,
         "pairs_per_s": PAIRS * EPOCHS / train_s,
         "peak_rss_mb": _peak_rss_mb(),
         "baseline_rss_mb": baseline,
@@ -461,7 +473,8 @@ def main() -> None:
         f"precompute_ratio={median('ours', 'precompute_s') / median('trl', 'precompute_s'):.2f} "
         f"memory_ratio={median('ours', 'peak_rss_mb') / median('trl', 'peak_rss_mb'):.2f} "
         f"floor_ratio={median('ours', 'pairs_per_s') / median('floor', 'pairs_per_s'):.2f} "
-        f"step0_loss_delta={delta:.1e}"
+        f"step0_loss_delta={delta:.1e} "
+        f"cpu_throughput_ratio={median('trl', 'train_cpu_s') / median('ours', 'train_cpu_s'):.2f}"
     )
 
 

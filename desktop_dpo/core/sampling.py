@@ -134,7 +134,9 @@ def gguf_for_model(
         yield from convert_hf_to_gguf(source, partial, outtype=outtype)
         cancel.raise_if_cancelled()
         if not partial.is_file():
-            raise ModelError(f"Converting {model.name} to GGUF produced no file. Details are in the log file.")
+            raise ModelError(
+                f"Converting {model.name} to GGUF produced no file. Details are in the log file."
+            )
         os.replace(partial, target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -255,7 +257,11 @@ def sample_pair(
     if len(seeds) != 2 or seeds[0] == seeds[1]:
         raise DesktopDpoError("A pair needs two different seeds.")
     path_a = yield from gguf_for_model(model_a, paths, cancel)
-    path_b = path_a if model_b is None or model_b.id == model_a.id else (yield from gguf_for_model(model_b, paths, cancel))
+    path_b = (
+        path_a
+        if model_b is None or model_b.id == model_a.id
+        else (yield from gguf_for_model(model_b, paths, cancel))
+    )
     cancel.raise_if_cancelled()
 
     if path_b == path_a:
@@ -320,7 +326,9 @@ def read_prompt_file(path: str | Path) -> PromptFile:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise DesktopDpoError(f"Cannot read {path}: {exc.strerror or exc}. Check that the file exists.") from exc
+        raise DesktopDpoError(
+            f"Cannot read {path}: {exc.strerror or exc}. Check that the file exists."
+        ) from exc
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

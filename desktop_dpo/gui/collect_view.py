@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QEvent, QObject, QSettings, Qt, Signal, Slot
-from PySide6.QtGui import QFont, QKeyEvent, QKeySequence, QShortcut, QShowEvent
+from PySide6.QtGui import QKeyEvent, QKeySequence, QShortcut, QShowEvent
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -61,6 +61,7 @@ from desktop_dpo.core.llm.llamacpp import GenerationResult, ResponseFinished, To
 from desktop_dpo.core.sampling import GgufCopyMade, read_prompt_file, sample_pair
 from desktop_dpo.core.store import ModelRow, PromptRow, Store
 from desktop_dpo.gui.response_edit_dialog import ResponseEditDialog
+from desktop_dpo.gui.response_pane import SIDE_NAMES, ResponsePane
 from desktop_dpo.gui.sampling_settings_panel import SamplingSettingsPanel
 from desktop_dpo.workers.job_worker import JobRegistry, JobThread
 
@@ -89,7 +90,6 @@ NEXT_PROMPT_SHORTCUT = "Alt+N"
 PROMPT_FILE_FILTER = "Prompt files (*.txt *.jsonl *.json);;All files (*)"
 STATUS_MESSAGE_MS = 8000
 SETTINGS_KEY = "collect/sampling"
-SIDE_NAMES = ("Left", "Right")
 GENERATION_SIDES = ("a", "b")  # generation index -> the name the database uses
 
 # Styles of this view's own widgets; the app style sheet (resources/style.qss) supplies the rest
@@ -157,7 +157,7 @@ def describe_result(result: GenerationResult) -> str:
     """One line under an answer: length, time and why it ended."""
     ending = {
         "stop": "finished",
-        "length": "hit the token limit",
+        "length": "reached the token limit",
         "cancelled": "stopped",
     }.get(result.finish_reason, result.finish_reason)
     return f"{result.completion_tokens} tokens · {result.seconds:.1f} s · {ending}"
@@ -198,77 +198,6 @@ class SavedVerdict:
     pair: ShownPair
     choice: str
     was_queued: bool  # the prompt was in the queue; undo puts it back
-
-
-class ResponsePane(QFrame):
-    """One answer: a header (side name, status, rewrite badge, Edit button) over the streaming text."""
-
-    def __init__(self, side: int, parent: QWidget | None = None):
-        super().__init__(parent)
-        self.setObjectName("responsePane")
-        self.side = side
-        self.title = QLabel(SIDE_NAMES[side])
-        self.title.setObjectName("paneTitle")
-        self.status = QLabel("")
-        self.status.setObjectName("paneStatus")
-        self.badge = QLabel("✎ Your rewrite")
-        self.badge.setObjectName("paneBadge")
-        self.badge.setToolTip("You rewrote this answer; the rewrite is saved with your verdict, the original is kept")
-        self.badge.setVisible(False)
-        self.edit_button = QPushButton("Edit…")
-        self.edit_button.setObjectName("secondaryButton")
-        self.edit_button.setToolTip(f"Rewrite the {SIDE_NAMES[side].lower()} answer into the one you wanted")
-        self.text = QPlainTextEdit()
-        self.text.setObjectName("responseText")
-        self.text.setReadOnly(True)
-        self.text.setFrameShape(QFrame.Shape.NoFrame)
-        self.text.setTextInteractionFlags(
-            Qt.TextInteractionFlag.TextSelectableByMouse | Qt.TextInteractionFlag.TextSelectableByKeyboard
-        )
-        font = QFont(self.text.font())
-        font.setPointSizeF(font.pointSizeF() + 1.5)
-        self.text.setFont(font)
-        self.text.document().setDocumentMargin(12)
-        self.text.setPlaceholderText("The answer appears here.")
-
-        head = QHBoxLayout()
-        head.setContentsMargins(14, 10, 10, 8)
-        head.setSpacing(8)
-        head.addWidget(self.title)
-        head.addWidget(self.badge)
-        head.addStretch(1)
-        head.addWidget(self.status)
-        head.addWidget(self.edit_button)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 4)
-        layout.setSpacing(0)
-        layout.addLayout(head)
-        layout.addWidget(self.text, 1)
-
-    def shown_text(self) -> str:
-        """The text on screen."""
-        return self.text.toPlainText()
-
-    def set_text(self, text: str) -> None:
-        """Replace the text."""
-        self.text.setPlainText(text)
-
-    def append(self, text: str) -> None:
-        """Add streamed text at the end, following it only if the person was already at the bottom."""
-        bar = self.text.verticalScrollBar()
-        following = bar.value() >= bar.maximum() - 4
-        cursor = self.text.textCursor()
-        cursor.movePosition(cursor.MoveOperation.End)
-        cursor.insertText(text)
-        if following:
-            bar.setValue(bar.maximum())
-
-    def set_chosen(self, chosen: bool) -> None:
-        """Outline the pane of the answer the person preferred."""
-        if self.property("chosen") != chosen:
-            self.setProperty("chosen", chosen)
-            self.style().unpolish(self)
-            self.style().polish(self)
 
 
 class _UndoKeyFilter(QObject):
@@ -336,6 +265,7 @@ class CollectView(QWidget):
         self._job: JobThread | None = None
         self._loaded_prompt: PromptRow | None = None  # the queued prompt in the editor, if any
         self._queue_count = 0
+        self._sampling_text = ""
         self.edit_dialog: ResponseEditDialog | None = None
 
         self._build()
@@ -385,12 +315,16 @@ class CollectView(QWidget):
         self.model_combo.setToolTip("The model both answers are sampled from")
         self.model_combo.currentIndexChanged.connect(self._on_model_combo_changed)
         self.other_model_check = QCheckBox("B from another model")
-        self.other_model_check.setToolTip("Sample the second answer from a different model (e.g. base against aligned)")
+        self.other_model_check.setToolTip(
+            "Sample the second answer from a different model (e.g. base against aligned)"
+        )
         self.other_model_check.toggled.connect(self._on_other_model_toggled)
         self.model_b_combo = QComboBox()
         self.model_b_combo.setObjectName("modelCombo")
         self.model_b_combo.setMinimumContentsLength(18)
-        self.model_b_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.model_b_combo.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
         self.model_b_combo.setToolTip("The model of the second answer")
         self.model_b_combo.setVisible(False)
         self.model_b_combo.currentIndexChanged.connect(lambda _index: self._update_actions())
@@ -435,7 +369,7 @@ class CollectView(QWidget):
         self.prompt_edit.setPlaceholderText("Ask the model something. Ctrl+Enter samples two answers.")
         self.prompt_edit.setTabChangesFocus(True)
         self.prompt_edit.setMinimumHeight(64)
-        self.prompt_edit.setMaximumHeight(120)
+        self.prompt_edit.setMaximumHeight(104)
         self.prompt_edit.textChanged.connect(self._on_prompt_text_changed)
         card_layout.addWidget(self.prompt_edit)
         self.prompt_note = QLabel()
@@ -455,7 +389,9 @@ class CollectView(QWidget):
         self.load_prompts_button.clicked.connect(self._on_load_prompts_clicked)
         self.next_prompt_button = QPushButton("Next prompt")
         self.next_prompt_button.setObjectName("secondaryButton")
-        self.next_prompt_button.setToolTip(f"Put the next queued prompt in the editor ({NEXT_PROMPT_SHORTCUT})")
+        self.next_prompt_button.setToolTip(
+            f"Put the next queued prompt in the editor ({NEXT_PROMPT_SHORTCUT})"
+        )
         self.next_prompt_button.clicked.connect(self.next_prompt)
         self.stop_button = QPushButton(f"Stop  ({STOP_SHORTCUT})")
         self.stop_button.setObjectName("secondaryButton")
@@ -507,7 +443,9 @@ class CollectView(QWidget):
         self.activity_bar.setMaximumHeight(10)
         self.activity_bar.setTextVisible(False)
         self.activity_bar.setVisible(False)
-        activity = QHBoxLayout()
+        self.activity_row = QWidget()
+        self.activity_row.setVisible(False)
+        activity = QHBoxLayout(self.activity_row)
         activity.setContentsMargins(2, 0, 2, 0)
         activity.addWidget(self.activity_text, 1)
         activity.addWidget(self.activity_bar)
@@ -553,7 +491,7 @@ class CollectView(QWidget):
         layout.addLayout(header)
         layout.addWidget(card)
         layout.addWidget(self.banner)
-        layout.addLayout(activity)
+        layout.addWidget(self.activity_row)
         layout.addLayout(answers, 1)
         layout.addWidget(bar)
 
@@ -600,7 +538,9 @@ class CollectView(QWidget):
         self._model = next((m for m in models if m.id == self.model_combo.currentData()), None)
         index_b = self.model_b_combo.findData(current_b) if current_b is not None else -1
         if index_b < 0:  # by default, B comes from the first other model
-            index_b = next((i for i, m in enumerate(models) if self._model is None or m.id != self._model.id), 0)
+            index_b = next(
+                (i for i, m in enumerate(models) if self._model is None or m.id != self._model.id), 0
+            )
         self.model_b_combo.setCurrentIndex(index_b)
         self.other_model_check.setEnabled(len(models) > 1)
         self._update_actions()
@@ -687,7 +627,9 @@ class CollectView(QWidget):
         loaded = self._loaded_prompt
         turns = 0 if loaded is None else sum(1 for m in loaded.messages if m["role"] != "system") - 1
         if loaded is not None and turns > 0 and self._editors_match(loaded):
-            self.prompt_note.setText(f"From the queue, with {turns} earlier turn{'s' if turns != 1 else ''} of conversation.")
+            self.prompt_note.setText(
+                f"From the queue, with {turns} earlier turn{'s' if turns != 1 else ''} of conversation."
+            )
             self.prompt_note.setVisible(True)
         else:
             self.prompt_note.setVisible(False)
@@ -708,14 +650,18 @@ class CollectView(QWidget):
         count = len(prompt_file.prompts)
         self.clear_error()
         self.refresh_counts()
-        self.notify(f"Queued {count} prompt{'s' if count != 1 else ''} from {path.name} ({prompt_file.describe()}).")
+        self.notify(
+            f"Queued {count} prompt{'s' if count != 1 else ''} from {path.name} ({prompt_file.describe()})."
+        )
         if not self.prompt_edit.toPlainText().strip() and self._pair is None:
             self.next_prompt()
         return count
 
     @Slot()
     def _on_load_prompts_clicked(self) -> None:
-        name, _filter = QFileDialog.getOpenFileName(self, "Load prompts", str(Path.home()), PROMPT_FILE_FILTER)
+        name, _filter = QFileDialog.getOpenFileName(
+            self, "Load prompts", str(Path.home()), PROMPT_FILE_FILTER
+        )
         if name:
             self.load_prompt_file(name)
 
@@ -804,7 +750,12 @@ class CollectView(QWidget):
             pane.status.setText("Waiting…")
             pane.badge.setVisible(False)
             pane.set_chosen(False)
-        self.activity_text.setText(f"Sampling two answers from {model_a.name}" + (f" and {model_b.name}" if model_b else "") + "…")
+        self._sampling_text = (
+            f"Writing two answers with {model_a.name}"
+            + (f" and {model_b.name}" if model_b else "")
+            + "… Esc stops."
+        )
+        self._set_activity(self._sampling_text)
         self._update_actions()
         return True
 
@@ -813,7 +764,7 @@ class CollectView(QWidget):
         """Stop sampling at the next token (the partial answers stay on screen, but cannot be judged)."""
         if self._job is not None:
             self._job.cancel()
-            self.activity_text.setText("Stopping…")
+            self._set_activity("Stopping…")
 
     def _pane_for(self, generation: int) -> ResponsePane:
         assert self._pair is not None
@@ -825,6 +776,8 @@ class CollectView(QWidget):
             return
         pair = self._pair
         if isinstance(event, TokenEvent):
+            if not any(pair.texts) and self._sampling_text:
+                self._set_activity(self._sampling_text)  # past "Loading …": the answers are coming
             pair.texts[event.seq] += event.text
             pane = self._pane_for(event.seq)
             if event.text:
@@ -841,13 +794,14 @@ class CollectView(QWidget):
         elif isinstance(event, Progress):
             fraction = event.fraction
             self.activity_bar.setVisible(True)
+            self.activity_row.setVisible(True)
             self.activity_bar.setRange(0, 0 if fraction is None else 1000)
             if fraction is not None:
                 self.activity_bar.setValue(int(fraction * 1000))
             if event.message:
-                self.activity_text.setText(event.message)
+                self._set_activity(event.message)
         elif isinstance(event, Log):
-            self.activity_text.setText(event.message)
+            self._set_activity(event.message)
             self.notify(event.message)
 
     def _finish_generation(self, generation: int, result: GenerationResult) -> None:
@@ -871,7 +825,9 @@ class CollectView(QWidget):
                     self._finish_generation(generation, result)
         self.activity_bar.setVisible(False)
         if self._pair is not None and self._pair.complete:
-            self.activity_text.setText("Which answer is better? Alt+1 left · Alt+2 right · Alt+3 tie · Alt+4 both bad.")
+            self._set_activity(
+                "Which answer is better? Alt+1 left · Alt+2 right · Alt+3 tie · Alt+4 both bad."
+            )
         self._update_actions()
 
     @Slot(str)
@@ -879,7 +835,7 @@ class CollectView(QWidget):
         if self.sender() is not self._job:
             return
         self._job = None
-        self.activity_text.clear()
+        self._set_activity("")
         self.activity_bar.setVisible(False)
         for pane in self.panes:
             if not pane.status.text() or pane.status.text().startswith(("Waiting", "Writing")):
@@ -893,7 +849,7 @@ class CollectView(QWidget):
             return
         self._job = None
         self.activity_bar.setVisible(False)
-        self.activity_text.setText("Stopped. Sample again for a pair you can judge.")
+        self._set_activity("Stopped. Sample again for a pair you can judge.")
         for pane in self.panes:
             pane.status.setText("Stopped")
         self.notify("Sampling stopped.")
@@ -962,16 +918,17 @@ class CollectView(QWidget):
         chosen_side = {"left": 0, "right": 1}.get(choice)
         for pane in self.panes:
             pane.set_chosen(pane.side == chosen_side)
-            pane.status.setText("Preferred" if pane.side == chosen_side else "")
+            if chosen_side is not None:
+                pane.status.setText("✓ Preferred" if pane.side == chosen_side else "")
         label = CHOICE_LABELS[choice]
+        self.refresh_counts()
         self.feedback.setText(f"Saved: {label}.")
-        self.activity_text.setText(
+        self._set_activity(
             "Saved. Ctrl+Enter samples another pair"
-            + (f", {NEXT_PROMPT_SHORTCUT} takes the next prompt" if self._queue_count - was_queued > 0 else "")
+            + (f", {NEXT_PROMPT_SHORTCUT} takes the next prompt" if self._queue_count else "")
             + "; Ctrl+Z undoes the verdict."
         )
         self.notify(f"Saved: {label}.")
-        self.refresh_counts()
         self.pairs_changed.emit()
         return comparison_id
 
@@ -996,7 +953,7 @@ class CollectView(QWidget):
             self._show_prompt_row(prompt)
         self._show_pair(saved.pair)
         self.feedback.setText("Verdict undone.")
-        self.activity_text.setText("Judge the pair again.")
+        self._set_activity("Judge the pair again.")
         self.notify(f"Undid the verdict “{CHOICE_LABELS[saved.choice]}”.")
         self.refresh_counts()
         self.pairs_changed.emit()
@@ -1048,7 +1005,7 @@ class CollectView(QWidget):
             pair.edit = (generation, text)
         self._show_pair(pair)
         if pair.edit is not None:
-            self.activity_text.setText("Rewrite kept: now give your verdict; it is saved with the rewrite.")
+            self._set_activity("Rewrite kept: now give your verdict; it is saved with the rewrite.")
 
     # ---------------------------------------------------------------- state of the buttons
 
@@ -1088,6 +1045,15 @@ class CollectView(QWidget):
         self.other_model_check.setEnabled(not streaming and self.model_b_combo.count() > 1)
 
     # ---------------------------------------------------------------- messages
+
+    def _set_activity(self, text: str) -> None:
+        """The line between the prompt and the answers: what is happening, or what to do next."""
+        self.activity_text.setText(text)
+        self.activity_row.setVisible(bool(text))
+
+    def activity(self) -> str:
+        """The activity line's text."""
+        return self.activity_text.text()
 
     def show_error(self, message: str) -> None:
         """Show a problem in words, in the view's banner and the status bar."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtWidgets import (
     QDoubleSpinBox,
-    QFormLayout,
     QFrame,
     QGridLayout,
     QHBoxLayout,
@@ -73,9 +72,9 @@ class SamplingSettingsPanel(QWidget):
         self.body = QFrame()
         self.body.setObjectName("samplingBody")
         grid = QGridLayout(self.body)
-        grid.setContentsMargins(22, 4, 0, 0)
-        grid.setHorizontalSpacing(18)
-        grid.setVerticalSpacing(4)
+        grid.setContentsMargins(22, 4, 0, 2)
+        grid.setHorizontalSpacing(10)
+        grid.setVerticalSpacing(6)
         fields = [
             ("Temperature", self.temperature),
             ("Top-p", self.top_p),
@@ -85,13 +84,20 @@ class SamplingSettingsPanel(QWidget):
             ("Max tokens", self.max_tokens),
         ]
         # Three columns of label + box: the whole form fits in two rows.
-        for index, (label, box) in enumerate(fields):
-            form = QFormLayout()
-            form.setContentsMargins(0, 0, 0, 0)
-            form.addRow(label, box)
-            grid.addLayout(form, index // 3, index % 3)
-        grid.addWidget(self.reset_button, 0, 3, 2, 1, Qt.AlignmentFlag.AlignTop)
-        grid.setColumnStretch(4, 1)
+        for index, (text, box) in enumerate(fields):
+            row, column = divmod(index, 3)
+            label = QLabel(text)
+            label.setObjectName("samplingLabel")
+            label.setBuddy(box)
+            label.setToolTip(box.toolTip())
+            box.setMinimumWidth(88)
+            grid.addWidget(
+                label, row, 3 * column, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
+            )
+            grid.addWidget(box, row, 3 * column + 1)
+            grid.setColumnMinimumWidth(3 * column + 2, 14)
+        grid.addWidget(self.reset_button, 0, 9, 2, 1, Qt.AlignmentFlag.AlignTop)
+        grid.setColumnStretch(10, 1)
         self.body.setVisible(False)
 
         layout = QVBoxLayout(self)

@@ -1,7 +1,9 @@
 """llama.cpp inference: reproducible streaming, pairs decoded together, cancel, stop strings, UTF-8.
 
-The model is the tiny random-weight test model converted to GGUF, so these tests check mechanics (seeds,
-streaming, cutting, counting), not the quality of the text.
+The model is a tiny Llama with random weights, written here as a Q8_0 GGUF from its config (no torch, no
+converter: well under a second), so these tests check mechanics (seeds, streaming, cutting, counting),
+not the quality of the text. Q8_0 like the quantized models people run, whose matrix products do not
+depend on how many rows a batch has (see the pair test).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from desktop_dpo.config import SamplingSettings
@@ -25,7 +28,9 @@ from desktop_dpo.core.llm.llamacpp import (
     Utf8Stream,
 )
 
-SAMPLED = SamplingSettings(temperature=1.0, top_p=0.95, top_k=40, min_p=0.0, repeat_penalty=1.1, max_tokens=24)
+SAMPLED = SamplingSettings(
+    temperature=1.0, top_p=0.95, top_k=40, min_p=0.0, repeat_penalty=1.1, max_tokens=24
+)
 GREEDY = dataclasses.replace(SAMPLED, temperature=0.0)
 PROMPT = "User: Tell me about tea.\nAssistant:"
 
@@ -103,9 +108,89 @@ def test_response_text_with_stop_string_and_multibyte_characters():
 # ---------------------------------------------------------------------------------------------------------
 
 
+def write_tiny_llama_gguf(path: Path, *, seed: int = 0) -> Path:
+    """A 2-layer Llama (width 64, 4 heads, 2 KV heads) with random Q8_0 weights and a SentencePiece-style
+    vocabulary: control tokens, the 256 byte-fallback tokens and a few word pieces (296 tokens)."""
+    import gguf
+    from gguf.quants import quantize
+
+    rng = np.random.default_rng(seed)
+    pieces = [
+        "▁",
+        "▁the",
+        "▁a",
+        "er",
+        "in",
+        "é",
+        "€",
+        "\n",
+        "User",
+        ":",
+        "▁Assistant",
+        *"abcdefghijklmnopqrstuvwxyz",
+    ]
+    tokens = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)), *pieces]
+    types = [2, 3, 3, *[6] * 256, *[1] * len(pieces)]  # unknown, control, control, bytes, normal
+    scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))]
+    n_vocab, width, layers, ffn, heads, kv_heads = len(tokens), 64, 2, 128, 4, 2
+    head = width // heads
+
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_context_length(256)
+    writer.add_embedding_length(width)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_dimension_count(head)
+    writer.add_vocab_size(n_vocab)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_add_bos_token(True)
+
+    def matrix(name: str, rows: int, cols: int, scale: float = 0.2) -> None:
+        weights = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
+        q8 = gguf.GGMLQuantizationType.Q8_0
+        writer.add_tensor(name, quantize(weights, q8), raw_dtype=q8)
+
+    def norm(name: str) -> None:
+        writer.add_tensor(name, np.ones(width, dtype=np.float32))
+
+    matrix("token_embd.weight", n_vocab, width, scale=1.0)
+    for i in range(layers):
+        norm(f"blk.{i}.attn_norm.weight")
+        matrix(f"blk.{i}.attn_q.weight", width, width)
+        matrix(f"blk.{i}.attn_k.weight", kv_heads * head, width)
+        matrix(f"blk.{i}.attn_v.weight", kv_heads * head, width)
+        matrix(f"blk.{i}.attn_output.weight", width, width)
+        norm(f"blk.{i}.ffn_norm.weight")
+        matrix(f"blk.{i}.ffn_gate.weight", ffn, width)
+        matrix(f"blk.{i}.ffn_up.weight", ffn, width)
+        matrix(f"blk.{i}.ffn_down.weight", width, ffn)
+    norm("output_norm.weight")
+    matrix("output.weight", n_vocab, width, scale=0.5)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 @pytest.fixture(scope="module")
-def engine(tiny_gguf: Path):
-    with LlamaCppEngine(tiny_gguf, n_ctx=128, n_threads=1, event_interval_s=0) as engine:
+def tiny_q8_gguf(tmp_path_factory) -> Path:
+    return write_tiny_llama_gguf(tmp_path_factory.mktemp("tiny_q8_gguf") / "tiny-llama-q8_0.gguf")
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_q8_gguf: Path):
+    with LlamaCppEngine(tiny_q8_gguf, n_ctx=128, n_threads=1, event_interval_s=0) as engine:
         yield engine
 
 
@@ -167,7 +252,9 @@ def test_max_tokens_is_respected(engine):
 
 def test_cancel_stops_at_the_next_token_and_keeps_the_text(engine):
     cancel = CancelToken()
-    job = engine.generate(PROMPT, dataclasses.replace(SAMPLED, max_tokens=60), seed=5, cancel=cancel, ignore_eos=True)
+    job = engine.generate(
+        PROMPT, dataclasses.replace(SAMPLED, max_tokens=60), seed=5, cancel=cancel, ignore_eos=True
+    )
     first = next(job)
     second = next(job)
     cancel.cancel()
@@ -187,6 +274,15 @@ def test_cancel_stops_both_responses_of_a_pair(engine):
     _, (a, b) = drive(job)
     assert a.finish_reason == b.finish_reason == "cancelled"
     assert a.completion_tokens == b.completion_tokens == 1
+
+
+def test_cancel_before_the_prompt_is_evaluated_returns_empty_cancelled_results(engine):
+    cancel = CancelToken()
+    cancel.cancel()
+    events, (a, b) = drive(engine.generate_pair(PROMPT, SAMPLED, seeds=(1, 2), cancel=cancel))
+    assert [e.seq for e in events if isinstance(e, ResponseFinished)] == [0, 1]
+    assert (a.finish_reason, a.completion_tokens, a.text) == ("cancelled", 0, "")
+    assert b.finish_reason == "cancelled"
 
 
 def test_stop_strings_are_trimmed_and_never_streamed(engine):
@@ -218,9 +314,9 @@ def test_template_that_writes_bos_does_not_double_it(engine, monkeypatch):
     assert bos and tokens[0] == bos[0] and tokens[1] != bos[0]
 
 
-def test_events_are_batched_when_an_interval_is_set(tiny_gguf):
+def test_events_are_batched_when_an_interval_is_set(tiny_q8_gguf):
     settings = dataclasses.replace(SAMPLED, max_tokens=30)
-    with LlamaCppEngine(tiny_gguf, n_ctx=128, n_threads=1, event_interval_s=3600) as slow_events:
+    with LlamaCppEngine(tiny_q8_gguf, n_ctx=128, n_threads=1, event_interval_s=3600) as slow_events:
         events, result = drive(slow_events.generate(PROMPT, settings, seed=9, ignore_eos=True))
     tokens = [e for e in events if isinstance(e, TokenEvent)]
     # The first token is shown at once; the rest arrive together when the response ends.
@@ -243,8 +339,8 @@ def test_one_generation_at_a_time_per_engine(engine):
     assert result.completion_tokens > 0
 
 
-def test_close_frees_the_model_and_it_loads_again(tiny_gguf):
-    engine = LlamaCppEngine(tiny_gguf, n_ctx=64, n_threads=1)
+def test_close_frees_the_model_and_it_loads_again(tiny_q8_gguf):
+    engine = LlamaCppEngine(tiny_q8_gguf, n_ctx=64, n_threads=1)
     assert not engine.loaded  # loading waits for first use
     _, before = drive(engine.generate(PROMPT, GREEDY, seed=1))
     engine.close()
@@ -268,11 +364,11 @@ def test_missing_or_broken_model_file_is_explained(tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def test_gguf_info_agrees_with_the_gguf_package_reader(tiny_gguf):
+def test_gguf_info_agrees_with_the_gguf_package_reader(tiny_q8_gguf):
     from gguf import GGUFReader
 
-    info = read_gguf_info(tiny_gguf)
-    reader = GGUFReader(tiny_gguf)
+    info = read_gguf_info(tiny_q8_gguf)
+    reader = GGUFReader(tiny_q8_gguf)
     architecture = reader.fields["general.architecture"].contents()
     assert info["architecture"] == architecture
     assert info["parameter_count"] == sum(int(t.n_elements) for t in reader.tensors)
@@ -282,7 +378,7 @@ def test_gguf_info_agrees_with_the_gguf_package_reader(tiny_gguf):
     assert info["file_type"] == "Q8_0" and "Q8_0" in info["tensor_types"]
     assert info["has_chat_template"] is False and info["chat_template"] is None
     assert info["bos_token"] == reader.fields["tokenizer.ggml.tokens"].contents()[info["bos_token_id"]]
-    assert info["file_size_bytes"] == tiny_gguf.stat().st_size
+    assert info["file_size_bytes"] == tiny_q8_gguf.stat().st_size
 
 
 def test_gguf_info_reads_a_chat_template(tmp_path):
@@ -304,17 +400,12 @@ def test_gguf_info_reads_a_chat_template(tmp_path):
     assert (info["context_length"], info["parameter_count"], info["bos_token"]) == (2048, 0, "<s>")
 
 
-def test_gguf_info_refuses_other_and_truncated_files(tmp_path, tiny_gguf):
+def test_gguf_info_refuses_other_and_truncated_files(tmp_path, tiny_q8_gguf):
     other = tmp_path / "notes.gguf"
     other.write_text("hello, this is not a model at all")
     with pytest.raises(ModelError, match="not a GGUF"):
         read_gguf_info(other)
     truncated = tmp_path / "truncated.gguf"
-    truncated.write_bytes(tiny_gguf.read_bytes()[:200])
+    truncated.write_bytes(tiny_q8_gguf.read_bytes()[:200])
     with pytest.raises(ModelError, match="damaged"):
         read_gguf_info(truncated)
-
-
-@pytest.fixture(scope="module")
-def tiny_gguf():  # DEV ONLY
-    return Path("/tmp/llm_dev/tiny8.gguf")

@@ -43,7 +43,9 @@ def test_default_layout_is_user_assistant_with_both_stop_markers():
 def test_generated_answer_appended_to_the_prompt_matches_the_rendered_history():
     prompt, _ = render_prompt(CONVERSATION[:2])
     answer = " Hello!"  # what the model writes after "Assistant:"
-    history, _ = render_prompt([*CONVERSATION[:2], {"role": "assistant", "content": answer}], add_generation_prompt=False)
+    history, _ = render_prompt(
+        [*CONVERSATION[:2], {"role": "assistant", "content": answer}], add_generation_prompt=False
+    )
     assert history == prompt + answer + "\n"
 
 

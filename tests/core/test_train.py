@@ -31,6 +31,8 @@ from desktop_dpo.core.dpo.train import (
     TrainWarning,
     drive_training,
     latest_checkpoint,
+    persist_event,
+    persist_outcome,
     presets_for_memory,
     smaller_settings,
 )
@@ -243,6 +245,31 @@ def test_stop_then_resume_ends_like_an_uninterrupted_run(store, tmp_path, model_
     # The metrics of every step are there once, and equal the uninterrupted run's.
     losses = [m["loss"] for _, m in store.run_metrics(run_id)]
     assert losses == pytest.approx([s.loss for s in of_type(reference_events, StepMetrics)], abs=1e-6)
+
+
+def test_closing_the_job_at_an_event_checkpoints_like_the_gui_worker_stop(store, tmp_path, model_dirs, uninterrupted):
+    """The GUI worker stops a job by closing the generator right after an event (``JobThread.run``)."""
+    reference_run, _ = uninterrupted
+    add_pairs(store)
+    run_id = new_run(store, tmp_path, model_dirs[0], BASE)
+    job = train_module.train(store, run_id, cancel=CancelToken())
+    for event in job:
+        persist_event(store, run_id, event)
+        if isinstance(event, StepMetrics) and event.step == 5:
+            job.close()  # GeneratorExit at the yield: no more events can come out
+            break
+    persist_outcome(store, run_id, JobCancelled("Stopped as you asked."))
+
+    stopped = store.get_run(run_id)
+    assert stopped.status == "stopped" and stopped.step == 5
+    assert latest_checkpoint(Path(stopped.checkpoint_dir)).name == "step-0000005"
+    drive(store, run_id)
+    run = store.get_run(run_id)
+    assert run.status == "completed"
+    ours, theirs = adapter_weights(run.adapter_path), adapter_weights(reference_run.adapter_path)
+    assert all(torch.equal(ours[name], theirs[name]) for name in ours)
+    # Asking a completed run to train again changes nothing and reports the same adapter.
+    assert of_type(drive(store, run_id), Finished)[0].adapter_path == run.adapter_path
 
 
 def test_crash_mid_run_leaves_database_intact_and_run_resumable(

@@ -10,8 +10,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import Qt, QUrl
-from PySide6.QtWidgets import QFileDialog, QMessageBox
+from PySide6.QtCore import QEvent, Qt, QUrl
+from PySide6.QtWidgets import QApplication, QFileDialog, QMessageBox
 
 from desktop_dpo import __version__
 from desktop_dpo.core.jobs import Log
@@ -52,14 +52,24 @@ def registry():
 
 @pytest.fixture
 def make_window(qtbot, gui_store, registry, app_home):
+    windows: list[MainWindow] = []
+
     def make() -> MainWindow:
         window = MainWindow(store=gui_store, registry=registry, paths=app_home)
-        qtbot.addWidget(window)
+        windows.append(window)
         window.show()
         qtbot.waitExposed(window)
         return window
 
-    return make
+    yield make
+    # Not qtbot.addWidget: it closes windows before fixtures end, possibly while a job is still finishing
+    # (a job reports success just before its thread ends), and the window would then ask about it.
+    assert registry.cancel_all_and_wait(10_000)
+    QApplication.processEvents()  # what the finished threads queued, while the store is still open
+    for window in windows:
+        window.close()
+        window.deleteLater()
+    QApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
 
 
 @pytest.fixture

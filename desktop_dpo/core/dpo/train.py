@@ -536,11 +536,13 @@ def persist_outcome(store: Store, run_id: int, error: BaseException | None) -> N
     if isinstance(error, DesktopDpoError):
         message = str(error)
     elif isinstance(error, MemoryError):
-        message = (
-            "The computer ran out of memory. Close other programs or choose smaller settings, then resume."
-        )
+        message = "The computer ran out of memory. Close other programs or choose smaller settings, then resume."
     else:
-        message = f"Training stopped on an unexpected error ({type(error).__name__}: {error}). Details are in the log."
+        log.error("Training run %s failed", run_id, exc_info=error)
+        message = (
+            f"Training stopped on an unexpected error ({type(error).__name__}: {error}). Details are in the "
+            "log. Resuming continues from the last finished step that was saved."
+        )
     store.update_run(run_id, status="failed", error=message)
 
 

@@ -85,7 +85,9 @@ class _Cursor:
             start = self.offset
             self.skip_array(item_type, count)
             return _LongArray(item_type, count, start)
-        raise ModelError(f"{self.path} has a metadata value of unknown type {value_type}; it may need a newer app.")
+        raise ModelError(
+            f"{self.path} has a metadata value of unknown type {value_type}; it may need a newer app."
+        )
 
     def skip_array(self, item_type: int, count: int) -> None:
         if item_type in _SCALARS:
@@ -125,7 +127,9 @@ def read_gguf_info(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise ModelError(f"The model file {path} was not found. Choose the file again or re-register the model.")
+        raise ModelError(
+            f"The model file {path} was not found. Choose the file again or re-register the model."
+        )
     size = path.stat().st_size
     with path.open("rb") as handle:
         if size < 24 or handle.read(4) != _MAGIC:

@@ -9,11 +9,17 @@ then each step is one ``llama_decode`` of a batch holding the next token of ever
 context keeps one KV stream per sequence (``kv_unified = False``): with a shared stream the two responses'
 cells interleave, attention sums in another order and the logits drift from those of a single response
 (by up to 0.8 on the demo model); with a stream each, a pair is bit-for-bit two single generations with the
-same seeds, so a pick can be reproduced from its seed alone.
+same seeds, so a pick can be reproduced from its seed alone. (Measured on the CPU with quantized weights,
+whose matrix products do not depend on the number of rows in a batch. With F16/F32 weights, and on GPUs,
+llama.cpp may sum a 2-row batch in another order: logits then differ by ~1e-6, which can flip
+a sampled token; greedy decoding is unaffected.)
 
 Text is assembled from token pieces by :class:`ResponseText`: bytes become characters only when complete
 (a token may end in the middle of a UTF-8 character), and text that could be the start of a stop string is
 held back until it is known not to be one, so the person never sees a stop marker flash up and vanish.
+
+Every job evaluates its whole prompt again (no reuse of a cached prefix): evaluating a prompt in other
+chunks can change the logits in the last bits, and a response must be reproducible from its seed.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core.errors import DesktopDpoError, ModelError
@@ -39,7 +45,7 @@ log = logging.getLogger(__name__)
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
-Prompt = Union[str, Sequence[Message]]
+Prompt = str | Sequence[Message]
 """Raw text (for a base model, tokenized as is) or a conversation (rendered with the model's template)."""
 
 # Seeds are drawn below 2**31 so they fit any integer column; llama.cpp reads 0xFFFFFFFF as "random".
@@ -382,7 +388,9 @@ class LlamaCppEngine:
             ctx_params.swa_full = True
             if self.flash_attn is not None:
                 ctx_params.flash_attn_type = (
-                    llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+                    llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+                    if self.flash_attn
+                    else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
                 )
             try:
                 ctx = _internals.LlamaContext(model=model, params=ctx_params, verbose=False)
@@ -451,7 +459,9 @@ class LlamaCppEngine:
         capacity = len(data) + 8
         while True:
             buffer = (self._lib.llama_token * capacity)()
-            n = self._lib.llama_tokenize(self._model.vocab, data, len(data), buffer, capacity, add, parse_special)
+            n = self._lib.llama_tokenize(
+                self._model.vocab, data, len(data), buffer, capacity, add, parse_special
+            )
             if n >= 0:
                 return list(buffer[:n])
             capacity = -n
@@ -561,7 +571,9 @@ class LlamaCppEngine:
         cancel = cancel or CancelToken()
         picked = [self.draw_seed() if s is None else _check_seed(s) for s in seeds]
         if not self._busy.acquire(blocking=False):
-            raise DesktopDpoError("This model is already writing a response; wait for it to finish or stop it.")
+            raise DesktopDpoError(
+                "This model is already writing a response; wait for it to finish or stop it."
+            )
         streams: list[_Stream] = []
         try:
             self.load()
@@ -597,7 +609,7 @@ class LlamaCppEngine:
                     seconds=stream.finished_at - start,
                     finish_reason=stream.finish_reason or "cancelled",
                     seed=stream.seed,
-                    settings=recorded,
+                    settings=dict(recorded),
                     prompt_seconds=prompt_seconds,
                 )
 
@@ -605,10 +617,10 @@ class LlamaCppEngine:
             lib.llama_memory_clear(memory, True)
             for offset in range(0, n_prompt, self.n_batch):
                 if cancel.cancelled:
-                    now = time.perf_counter()
                     for stream in streams:
-                        stream.finish_reason, stream.finished_at = "cancelled", now
-                    return [result(stream, now - start) for stream in streams]
+                        self._end(stream, "cancelled")
+                        yield ResponseFinished(stream.index, result(stream, stream.finished_at - start))
+                    return [result(stream, stream.finished_at - start) for stream in streams]
                 chunk = tokens[offset : offset + self.n_batch]
                 self._fill_batch([(token, offset + i, 0) for i, token in enumerate(chunk)], last_only=True)
                 self._decode()
@@ -649,8 +661,6 @@ class LlamaCppEngine:
                     yield from self._flush(live)
                     for stream in ended:
                         yield ResponseFinished(stream.index, result(stream, prompt_seconds))
-                        if stream.index > 0:
-                            lib.llama_memory_seq_rm(memory, stream.index, -1, -1)  # free its cells
                     live = [stream for stream in live if not stream.finish_reason]
                 if not live:
                     break
@@ -723,7 +733,11 @@ class LlamaCppEngine:
             lib.llama_sampler_chain_add(chain, sampler)
 
         if settings.repeat_penalty != 1.0:
-            add(lib.llama_sampler_init_penalties(self.n_vocab, PENALTY_LAST_N, settings.repeat_penalty, 0.0, 0.0))
+            add(
+                lib.llama_sampler_init_penalties(
+                    self.n_vocab, PENALTY_LAST_N, settings.repeat_penalty, 0.0, 0.0
+                )
+            )
         if settings.temperature <= 0:
             add(lib.llama_sampler_init_greedy())
             return chain

@@ -151,7 +151,9 @@ def _compile(template: str) -> Any:
         sort_keys: bool = False,
     ) -> str:
         # Jinja's own tojson escapes HTML characters; chat templates expect plain JSON (as in transformers).
-        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+        return json.dumps(
+            value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+        )
 
     def strftime_now(fmt: str) -> str:
         return datetime.now().strftime(fmt)

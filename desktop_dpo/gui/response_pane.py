@@ -1,0 +1,89 @@
+"""One answer of a pair on screen: a header (side, rewrite badge, Edit button), the text, and a status line.
+
+The text is read-only and proportional (answers are prose, not code), selectable for copying, and follows
+the stream only while the person has not scrolled up to read.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QFont
+from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget
+
+SIDE_NAMES = ("Left", "Right")  # screen side 0 and 1
+
+
+class ResponsePane(QFrame):
+    """One answer: a header (side name, status, rewrite badge, Edit button) over the streaming text."""
+
+    def __init__(self, side: int, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("responsePane")
+        self.side = side
+        self.title = QLabel(SIDE_NAMES[side])
+        self.title.setObjectName("paneTitle")
+        self.status = QLabel("")
+        self.status.setObjectName("paneStatus")
+        self.badge = QLabel("✎ Your rewrite")
+        self.badge.setObjectName("paneBadge")
+        self.badge.setToolTip(
+            "You rewrote this answer; the rewrite is saved with your verdict, the original is kept"
+        )
+        self.badge.setVisible(False)
+        self.edit_button = QPushButton("Edit…")
+        self.edit_button.setObjectName("secondaryButton")
+        self.edit_button.setToolTip(f"Rewrite the {SIDE_NAMES[side].lower()} answer into the one you wanted")
+        self.text = QPlainTextEdit()
+        self.text.setObjectName("responseText")
+        self.text.setReadOnly(True)
+        self.text.setFrameShape(QFrame.Shape.NoFrame)
+        self.text.setTextInteractionFlags(
+            Qt.TextInteractionFlag.TextSelectableByMouse | Qt.TextInteractionFlag.TextSelectableByKeyboard
+        )
+        font = QFont(self.text.font())
+        font.setPointSizeF(font.pointSizeF() + 1.5)
+        self.text.setFont(font)
+        self.text.document().setDocumentMargin(12)
+        self.text.setPlaceholderText("The answer appears here.")
+
+        head = QHBoxLayout()
+        head.setContentsMargins(14, 10, 10, 8)
+        head.setSpacing(8)
+        head.addWidget(self.title)
+        head.addWidget(self.badge)
+        head.addStretch(1)
+        head.addWidget(self.edit_button)
+        foot = QHBoxLayout()
+        foot.setContentsMargins(14, 4, 14, 8)
+        foot.addWidget(self.status, 1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addLayout(head)
+        layout.addWidget(self.text, 1)
+        layout.addLayout(foot)
+
+    def shown_text(self) -> str:
+        """The text on screen."""
+        return self.text.toPlainText()
+
+    def set_text(self, text: str) -> None:
+        """Replace the text."""
+        self.text.setPlainText(text)
+
+    def append(self, text: str) -> None:
+        """Add streamed text at the end, following it only if the person was already at the bottom."""
+        bar = self.text.verticalScrollBar()
+        following = bar.value() >= bar.maximum() - 4
+        cursor = self.text.textCursor()
+        cursor.movePosition(cursor.MoveOperation.End)
+        cursor.insertText(text)
+        if following:
+            bar.setValue(bar.maximum())
+
+    def set_chosen(self, chosen: bool) -> None:
+        """Outline the pane of the answer the person preferred."""
+        if self.property("chosen") != chosen:
+            self.setProperty("chosen", chosen)
+            self.style().unpolish(self)
+            self.style().polish(self)

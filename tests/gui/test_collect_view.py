@@ -1,0 +1,332 @@
+"""The Collect view, driven through its real widgets and keys, sampling from a tiny GGUF in llama.cpp."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import threading
+
+import pytest
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QApplication, QMainWindow
+
+from desktop_dpo.config import SamplingSettings
+from desktop_dpo.core.llm.engine_pool import EnginePool
+from desktop_dpo.core.llm.llamacpp import TokenEvent
+from desktop_dpo.core.models import register_model
+from desktop_dpo.core.sampling import GGUF_COPY_INFO_KEY
+from desktop_dpo.core.store import Store
+from desktop_dpo.gui import collect_view
+from desktop_dpo.gui.collect_view import CollectView, verdict_for
+from desktop_dpo.workers.job_worker import JobRegistry
+
+WAIT_MS = 60_000  # generous: the machine is shared; nothing here asserts on time
+
+
+class FixedSide(random.Random):
+    """Decides the side shown on the left: generation A when ``a_left``, else B."""
+
+    def __init__(self, a_left: bool):
+        super().__init__(0)
+        self.a_left = a_left
+
+    def random(self) -> float:
+        return 0.1 if self.a_left else 0.9
+
+
+@pytest.fixture
+def registry():
+    jobs = JobRegistry()
+    yield jobs
+    jobs.cancel_all_and_wait(30_000)
+
+
+@pytest.fixture
+def pool():
+    engines = EnginePool()
+    yield engines
+    engines.close_all()
+
+
+@pytest.fixture
+def gui_store(app_home):
+    store = Store.open(app_home.db_path)
+    yield store
+    store.close()
+
+
+def make_view(qtbot, gui_store, registry, pool, app_home, *, a_left=True, max_tokens=8) -> CollectView:
+    view = CollectView(store=gui_store, registry=registry, pool=pool, paths=app_home, rng=FixedSide(a_left))
+    qtbot.addWidget(view)
+    view.set_sampling_settings(SamplingSettings(max_tokens=max_tokens))
+    view.resize(1000, 700)
+    view.show()
+    view.activateWindow()
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is view.window())
+    view.prompt_edit.setFocus()
+    return view
+
+
+@pytest.fixture
+def view(qtbot, gui_store, registry, pool, app_home, tiny_gguf) -> CollectView:
+    register_model(gui_store, tiny_gguf, name="tiny")
+    return make_view(qtbot, gui_store, registry, pool, app_home)
+
+
+def key(qtbot, view, combo: str) -> None:
+    """Press a shortcut the way a person does: with the focus in the prompt editor."""
+    names = {"Ctrl": Qt.KeyboardModifier.ControlModifier, "Alt": Qt.KeyboardModifier.AltModifier}
+    *mods, last = combo.split("+")
+    modifiers = Qt.KeyboardModifier.NoModifier
+    for mod in mods:
+        modifiers |= names[mod]
+    keys = {"Return": Qt.Key.Key_Return, "Esc": Qt.Key.Key_Escape}
+    qt_key = keys.get(last) or getattr(Qt.Key, f"Key_{last}")
+    qtbot.keyClick(view.prompt_edit, qt_key, modifiers)
+
+
+def sample_and_wait(qtbot, view, prompt: str | None = "Tell me about tea.") -> None:
+    if prompt is not None:
+        view.prompt_edit.clear()
+        qtbot.keyClicks(view.prompt_edit, prompt)
+    key(qtbot, view, "Ctrl+Return")
+    qtbot.waitUntil(lambda: view.verdict_buttons["left"].isEnabled(), timeout=WAIT_MS)
+
+
+def shown(view) -> tuple[str, str]:
+    return view.panes[0].shown_text(), view.panes[1].shown_text()
+
+
+# ------------------------------------------------------------------------------------------- judging
+
+
+@pytest.mark.parametrize("a_left", [True, False], ids=["A-left", "A-right"])
+def test_right_better_key_saves_the_pair_as_shown(
+    qtbot, gui_store, registry, pool, app_home, tiny_gguf, a_left
+):
+    model = register_model(gui_store, tiny_gguf, name="tiny")
+    view = make_view(qtbot, gui_store, registry, pool, app_home, a_left=a_left)
+    view.sampling_panel.temperature.setValue(0.7)
+    for button in view.verdict_buttons.values():
+        assert not button.isEnabled()
+
+    sample_and_wait(qtbot, view)
+    left, right = shown(view)
+    key(qtbot, view, "Alt+2")
+
+    (saved,) = gui_store.comparison_views()
+    comparison = saved.comparison
+    assert comparison.a_shown_left is a_left
+    assert comparison.verdict == ("b" if a_left else "a")  # the generation that was on the right
+    assert (saved.text_a, saved.text_b) == ((left, right) if a_left else (right, left))
+    assert saved.messages == [{"role": "user", "content": "Tell me about tea."}]
+    assert saved.model_a_id == saved.model_b_id == model.id
+    gen_a = gui_store.get_generation(comparison.generation_a_id)
+    gen_b = gui_store.get_generation(comparison.generation_b_id)
+    assert gen_a.seed is not None and gen_b.seed is not None and gen_a.seed != gen_b.seed
+    assert gen_a.sampling["temperature"] == 0.7 and gen_a.sampling["max_tokens"] == 8
+    assert 1 <= gen_a.completion_tokens <= 8 and gen_a.finish_reason in ("stop", "length")
+    assert gen_b.seconds is not None and gen_b.prompt_tokens > 0
+    assert view.pairs_label.text() == "1 usable pair"
+    assert not view.verdict_buttons["left"].isEnabled(), "a saved pair cannot be judged twice"
+
+
+def test_verdict_maps_screen_sides_to_generations():
+    assert [verdict_for(c, True) for c in ("left", "right", "tie", "both_bad", "skip")] == [
+        "a", "b", "tie", "both_bad", "skip",
+    ]  # fmt: skip
+    assert [verdict_for(c, False) for c in ("left", "right")] == ["b", "a"]
+
+
+def test_sample_button_and_skip(qtbot, view, gui_store):
+    assert not view.sample_button.isEnabled(), "nothing to sample without a prompt"
+    qtbot.keyClicks(view.prompt_edit, "Name a colour.")
+    qtbot.mouseClick(view.sample_button, Qt.MouseButton.LeftButton)
+    assert not view.sample_button.isEnabled(), "one generation per model at a time"
+    qtbot.waitUntil(lambda: view.verdict_buttons["skip"].isEnabled(), timeout=WAIT_MS)
+    key(qtbot, view, "Alt+0")
+    (saved,) = gui_store.comparison_views()
+    assert saved.comparison.verdict == "skip"
+    assert gui_store.count_usable_pairs() == 0
+    assert view.pairs_label.text() == "0 usable pairs"
+
+
+def test_undo_removes_the_verdict_and_restores_the_pair(qtbot, view, gui_store):
+    sample_and_wait(qtbot, view)
+    before = shown(view)
+    key(qtbot, view, "Alt+1")
+    assert gui_store.count_comparisons() == 1
+
+    # Typing after the verdict: Ctrl+Z first undoes the typing, then the verdict.
+    qtbot.keyClicks(view.prompt_edit, "!")
+    key(qtbot, view, "Ctrl+Z")
+    assert view.prompt_edit.toPlainText() == "Tell me about tea."
+    assert gui_store.count_comparisons() == 1
+    key(qtbot, view, "Ctrl+Z")
+
+    assert gui_store.count_comparisons() == 0
+    assert shown(view) == before
+    assert view.verdict_buttons["left"].isEnabled()
+    assert view.pairs_label.text() == "0 usable pairs"
+
+    key(qtbot, view, "Alt+3")  # judged again: the same two generations, a new verdict
+    (saved,) = gui_store.comparison_views()
+    assert saved.comparison.verdict == "tie"
+    assert (saved.text_a, saved.text_b) == before  # A was shown on the left
+    assert gui_store.table_counts()["generations"] == 2, "undo and re-judge must not duplicate answers"
+
+
+def test_edit_stores_the_rewrite_with_the_verdict(qtbot, gui_store, registry, pool, app_home, tiny_gguf):
+    register_model(gui_store, tiny_gguf, name="tiny")
+    view = make_view(qtbot, gui_store, registry, pool, app_home, a_left=False)
+    sample_and_wait(qtbot, view)
+    left_original = view.panes[0].shown_text()
+
+    qtbot.mouseClick(view.panes[0].edit_button, Qt.MouseButton.LeftButton)
+    dialog = view.edit_dialog
+    assert dialog is not None and dialog.text() == left_original
+    dialog.set_text("Tea is a drink made by steeping leaves in hot water.")
+    dialog.accept()
+    assert view.panes[0].shown_text() == "Tea is a drink made by steeping leaves in hot water."
+    assert view.panes[0].badge.isVisible()
+    key(qtbot, view, "Alt+1")
+
+    (saved,) = gui_store.comparison_views()
+    assert saved.comparison.edited_text == "Tea is a drink made by steeping leaves in hot water."
+    assert saved.comparison.edited_side == "b"  # B was on the left
+    assert saved.text_b == left_original, "the original answer is kept"
+    assert saved.comparison.verdict == "b"
+
+
+# ------------------------------------------------------------------------------------------- stop and errors
+
+
+def test_stop_cancels_mid_stream(qtbot, gui_store, registry, pool, app_home, tiny_gguf, monkeypatch):
+    register_model(gui_store, tiny_gguf, name="tiny")
+    view = make_view(qtbot, gui_store, registry, pool, app_home, max_tokens=4000)
+    first_token = threading.Event()
+    stop_pressed = threading.Event()
+    real_sample_pair = collect_view.sample_pair
+
+    def held_at_first_token(*args, **kwargs):
+        # The real job, paused in its worker thread after the first token until Stop was pressed: a tiny
+        # model would otherwise finish before any key could be pressed.
+        job = real_sample_pair(*args, **kwargs)
+        try:
+            while True:
+                try:
+                    event = next(job)
+                except StopIteration as stop:
+                    return stop.value
+                yield event
+                if isinstance(event, TokenEvent) and not first_token.is_set():
+                    first_token.set()
+                    stop_pressed.wait(WAIT_MS / 1000)
+        finally:
+            job.close()
+
+    monkeypatch.setattr(collect_view, "sample_pair", held_at_first_token)
+    qtbot.keyClicks(view.prompt_edit, "Tell me a long story.")
+    key(qtbot, view, "Ctrl+Return")
+    qtbot.waitUntil(first_token.is_set, timeout=WAIT_MS)
+    assert view.stop_button.isEnabled()
+    assert not view.verdict_buttons["left"].isEnabled(), "no verdict before both answers are complete"
+    key(qtbot, view, "Esc")
+    stop_pressed.set()
+
+    qtbot.waitUntil(lambda: view.sample_button.isEnabled(), timeout=WAIT_MS)
+    assert [pane.status.text() for pane in view.panes] == ["Stopped", "Stopped"]
+    assert not view.verdict_buttons["left"].isEnabled(), "a stopped pair cannot be judged"
+    assert gui_store.count_comparisons() == 0
+    # The model is free again: the next pair samples normally.
+    view.set_sampling_settings(SamplingSettings(max_tokens=4))
+    sample_and_wait(qtbot, view, prompt=None)
+
+
+def test_missing_model_file_is_explained(qtbot, gui_store, registry, pool, app_home, tiny_gguf, tmp_path):
+    copy = tmp_path / "gone.gguf"
+    shutil.copyfile(tiny_gguf, copy)
+    register_model(gui_store, copy, name="gone")
+    window = QMainWindow()
+    qtbot.addWidget(window)
+    view = CollectView(store=gui_store, registry=registry, pool=pool, paths=app_home)
+    window.setCentralWidget(view)
+    window.show()
+    copy.unlink()
+
+    view.set_prompt("Hello?")
+    with qtbot.waitSignal(view.status_message, timeout=WAIT_MS, check_params_cb=lambda text: "moved" in text):
+        qtbot.mouseClick(view.sample_button, Qt.MouseButton.LeftButton)
+    assert "moved or deleted" in view.error_text() and str(copy) in view.error_text()
+    assert "moved or deleted" in window.statusBar().currentMessage()
+    qtbot.waitUntil(lambda: view.sample_button.isEnabled(), timeout=WAIT_MS)
+    assert not view.verdict_buttons["left"].isEnabled()
+
+
+# ------------------------------------------------------------------------------------------- the queue
+
+
+def test_prompt_queue_from_a_text_file(qtbot, view, gui_store, tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("Write a haiku\nabout rain.\n\nList three fruits.\n\nName a river.\n", encoding="utf-8")
+    assert view.load_prompt_file(path) == 3
+    assert view.queue_label.text() == "3 queued"
+    assert view.prompt_edit.toPlainText() == "Write a haiku\nabout rain.", "an empty editor takes the first"
+
+    key(qtbot, view, "Alt+N")
+    assert view.prompt_edit.toPlainText() == "List three fruits."
+    sample_and_wait(qtbot, view, prompt=None)
+    key(qtbot, view, "Alt+1")
+    assert [p.text for p in gui_store.queued_prompts()] == ["Write a haiku\nabout rain.", "Name a river."]
+    assert view.queue_label.text() == "2 queued"
+
+    key(qtbot, view, "Ctrl+Z")  # undo puts the prompt back in the queue
+    assert len(gui_store.queued_prompts()) == 3
+
+
+def test_queued_conversation_keeps_its_turns(qtbot, view, gui_store, tmp_path):
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Name a colour."},
+    ]
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(json.dumps({"messages": conversation}) + "\n", encoding="utf-8")
+    view.load_prompt_file(path)
+    assert view.prompt_edit.toPlainText() == "Name a colour."
+    assert view.system_edit.toPlainText() == "Be brief."
+    assert view.prompt_note.isVisibleTo(view)
+    sample_and_wait(qtbot, view, prompt=None)
+    key(qtbot, view, "Alt+2")
+    (saved,) = gui_store.comparison_views()
+    assert saved.messages == conversation
+    assert gui_store.queued_prompts() == []
+
+
+def test_bad_prompt_file_is_explained_and_queues_nothing(qtbot, view, gui_store, tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "fine"}\n{"prompt": 3}\n', encoding="utf-8")
+    assert view.load_prompt_file(path) == 0
+    assert "line 2" in view.error_text()
+    assert gui_store.queued_prompts() == []
+
+
+# ------------------------------------------------------------------------------------------- two models
+
+
+def test_b_from_another_model(qtbot, gui_store, registry, pool, app_home, tiny_gguf, tiny_model_dir):
+    model_a = register_model(gui_store, tiny_gguf, name="tiny gguf")
+    model_b = register_model(gui_store, tiny_model_dir, name="tiny hf")
+    view = make_view(qtbot, gui_store, registry, pool, app_home)
+    view.set_model(model_a)
+    view.other_model_check.setChecked(True)
+    view.model_b_combo.setCurrentIndex(view.model_b_combo.findData(model_b.id))
+
+    sample_and_wait(qtbot, view)
+    key(qtbot, view, "Alt+1")
+    (saved,) = gui_store.comparison_views()
+    assert (saved.model_a_id, saved.model_b_id) == (model_a.id, model_b.id)
+    # The HF model was converted to GGUF for llama.cpp, and the view recorded the copy on the model.
+    assert gui_store.get_model(model_b.id).info[GGUF_COPY_INFO_KEY].endswith(".gguf")
