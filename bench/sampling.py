@@ -15,9 +15,14 @@ Arms (every response has a fixed length: end-of-generation tokens are ignored wh
     streams in a JobThread (the GUI's worker), after the model was loaded. idle_stall_ms is the same
     measurement with nothing running: the machine's own noise.
 
-Arms (a) and (b) alternate and repeat; medians are compared. Everything runs with --threads (2).
+Arms (a) and (b) run in rounds, the three runs of a round back to back in rotating order; each ratio is
+the median over rounds of that round's ratio (runs next to each other share the load of other processes
+on a shared machine). hf_ratio uses our speed measured right before and after the transformers child.
+Everything runs with --threads (2). loadavg (1-minute load at the start and the end) tells how busy the
+machine was: llama.cpp's threads wait for each other at every step, so on a machine whose cores are all
+taken by other processes its speed collapses and the ratios say little.
 
-Run from the repository root:  python bench/sampling.py [--model FILE.gguf] [--tokens 64] [--repeats 5]
+Run from the repository root:  python bench/sampling.py [--model FILE.gguf] [--tokens 64] [--repeats 7]
 The model defaults to the demo model (Gemma 3 270M Q4_K_M) when its package is installed, else to the
 tiny random-weight Llama of the tests (mechanics only).
 Last line:  sampling: plumbing_ratio=.. pair_ratio=.. hf_ratio=.. max_stall_ms=.. (and more keys)
@@ -274,7 +279,7 @@ def main() -> None:
     parser.add_argument("--model", help="GGUF file (default: the demo model)")
     parser.add_argument("--hf-dir", help="HF folder with the same weights for the transformers arm")
     parser.add_argument("--tokens", type=int, default=64, help="tokens per response (default 64)")
-    parser.add_argument("--repeats", type=int, default=5, help="measured runs per llama.cpp arm (default 5)")
+    parser.add_argument("--repeats", type=int, default=7, help="rounds of the llama.cpp arms (default 7)")
     parser.add_argument("--hf-tokens", type=int, default=24, help="tokens per transformers run (default 24)")
     parser.add_argument("--hf-repeats", type=int, default=2, help="transformers runs (default 2)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for every arm (default 2)")
@@ -291,6 +296,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dpo-sampling-") as tmp:
         model = find_model(args, Path(tmp))
         print(f"model: {model.name}, {args.tokens} tokens per response, {args.threads} threads", flush=True)
+        load_before = os.getloadavg()[0]
 
         import llama_cpp
 
@@ -309,7 +315,7 @@ def main() -> None:
             prompt_tokens = engine.tokenize(PROMPT)
             # A seed with which llama-cpp-python (which stops at end-of-generation) writes the full length.
             seed = 1
-            for candidate in range(1, 30):
+            for candidate in range(1, 11):
                 _, n, _ = time_llama(llm, prompt_tokens, settings, candidate)
                 if n == args.tokens:
                     seed = candidate
@@ -321,26 +327,28 @@ def main() -> None:
             same_text = int(ours_text.replace("\ufffd", "") == peer_text)
             print(f"seed {seed}; same text as llama-cpp-python: {bool(same_text)}", flush=True)
 
+            # Rounds: the three arms back to back (order rotated), so that each round's ratios compare runs
+            # made under the same load from other processes; the headline takes the median round.
             ours_tps: list[float] = []
-            peer_tps: list[float] = []
-            single_s: list[float] = []
-            pair_s: list[float] = []
+            plumbing: list[float] = []
+            pairs: list[float] = []
             arms = ["ours", "peer", "pair"]
             for index in range(args.repeats):
+                times: dict[str, float] = {}
                 for arm in arms[index % 3 :] + arms[: index % 3]:
                     if arm == "ours":
-                        seconds, n, _ = time_ours(engine, settings, seed)
-                        ours_tps.append(n / seconds)
-                        single_s.append(seconds)
+                        times[arm], n, _ = time_ours(engine, settings, seed)
+                        ours_tps.append(n / times[arm])
                     elif arm == "peer":
-                        seconds, n, _ = time_llama(llm, prompt_tokens, settings, seed)
-                        peer_tps.append(n / seconds)
+                        times[arm], n, _ = time_llama(llm, prompt_tokens, settings, seed)
+                        times[arm] *= args.tokens / n  # seconds for the full length, if it ended early
                     else:
-                        seconds, n = time_ours_pair(engine, settings, (seed, seed + 1))
-                        pair_s.append(seconds)
+                        times[arm], _ = time_ours_pair(engine, settings, (seed, seed + 1))
+                plumbing.append(times["peer"] / times["ours"])
+                pairs.append(times["pair"] / times["ours"])
                 print(
-                    f"run {index + 1}: ours {ours_tps[-1]:.1f} tok/s, llama-cpp-python {peer_tps[-1]:.1f} tok/s, "
-                    f"single {single_s[-1]:.2f} s, pair {pair_s[-1]:.2f} s",
+                    f"round {index + 1}: ours {times['ours']:.2f} s, llama-cpp-python {times['peer']:.2f} s, "
+                    f"pair {times['pair']:.2f} s -> plumbing {plumbing[-1]:.2f}, pair {pairs[-1]:.2f}",
                     flush=True,
                 )
         finally:
@@ -351,30 +359,29 @@ def main() -> None:
         for _ in range(3):
             stall, events = measure_stalls(engine, settings)
             stalls.append(stall)
-        pair_ms = int(statistics.median(pair_s) * 1000)
-        idle_stall, _ = measure_stalls(None, settings, idle_ms=pair_ms)
+        idle_stall, _ = measure_stalls(None, settings, idle_ms=3000)
         print(
             f"event loop: max gap {', '.join(f'{s:.1f}' for s in stalls)} ms while a pair streams "
             f"({events} events), {idle_stall:.1f} ms idle",
             flush=True,
         )
+
+        # transformers, with our speed measured just before and after it (same load conditions).
+        around = [args.tokens / time_ours(engine, settings, seed)[0]]
+        hf_tps = run_hf(model, args.hf_dir, prompt_tokens, settings, args)
+        around.append(args.tokens / time_ours(engine, settings, seed)[0])
         engine.close()
 
-        hf_tps = run_hf(model, args.hf_dir, prompt_tokens, settings, args)
-
-    ours = statistics.median(ours_tps)
-    peer = statistics.median(peer_tps)
-    plumbing_ratio = ours / peer
-    pair_ratio = statistics.median(pair_s) / statistics.median(single_s)
-    # On a shared machine other processes only ever slow a run down: the fastest run of each arm is the
-    # least disturbed estimate, given next to the medians.
-    plumbing_best = max(ours_tps) / max(peer_tps)
-    pair_best = min(pair_s) / min(single_s)
+    plumbing_ratio = statistics.median(plumbing)
+    pair_ratio = statistics.median(pairs)
+    hf_ratio = statistics.mean(around) / hf_tps
     print(
-        f"sampling: plumbing_ratio={plumbing_ratio:.2f} pair_ratio={pair_ratio:.2f} hf_ratio={ours / hf_tps:.1f} "
-        f"max_stall_ms={max(stalls):.1f} plumbing_ratio_best={plumbing_best:.2f} pair_ratio_best={pair_best:.2f} "
-        f"ours_tok_s={ours:.1f} llama_cpp_python_tok_s={peer:.1f} hf_tok_s={hf_tps:.2f} "
-        f"idle_stall_ms={idle_stall:.1f} same_text={same_text} tokens={args.tokens} threads={args.threads}"
+        f"sampling: plumbing_ratio={plumbing_ratio:.2f} pair_ratio={pair_ratio:.2f} hf_ratio={hf_ratio:.1f} "
+        f"max_stall_ms={max(stalls):.1f} plumbing_ratio_range={min(plumbing):.2f}-{max(plumbing):.2f} "
+        f"pair_ratio_range={min(pairs):.2f}-{max(pairs):.2f} ours_tok_s={statistics.median(ours_tps):.1f} "
+        f"ours_best_tok_s={max(ours_tps):.1f} hf_tok_s={hf_tps:.2f} idle_stall_ms={idle_stall:.1f} "
+        f"same_text={same_text} tokens={args.tokens} threads={args.threads} "
+        f"loadavg={load_before:.1f}-{os.getloadavg()[0]:.1f}"
     )
 
 

@@ -15,6 +15,7 @@ from desktop_dpo.core.store import Store
 # The network guard for the whole session (a non-root conftest may not use pytest_plugins, so its hook
 # lives in this namespace). If this file needs its own pytest_configure, call this one from it.
 from tests.plugins.network_guard import pytest_configure  # noqa: F401
+from tests.plugins.tiny_model import tiny_gguf, tiny_model_dir  # noqa: F401
 
 
 @pytest.fixture

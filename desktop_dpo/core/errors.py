@@ -47,3 +47,7 @@ class ModelError(DesktopDpoError):
 
 class JobCancelled(DesktopDpoError):
     """A long job stopped because the person asked it to."""
+
+
+class ExportError(DesktopDpoError):
+    """A model cannot be converted, merged or written as GGUF."""

@@ -126,12 +126,13 @@ def gguf_for_model(
 
     yield Log(f"Converting {model.name} to GGUF for llama.cpp (once; the copy is kept for next time)…")
     target.parent.mkdir(parents=True, exist_ok=True)
-    # A private folder per conversion: two jobs converting the same model at once never share a file,
-    # and the last to finish replaces an identical copy.
+    # A private folder per conversion: two jobs of this process converting the same model at once never
+    # share a file (the converter's own temporary name is per process), and the last one to finish
+    # replaces an identical copy.
     work = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
     try:
         partial = work / target.name
-        yield from convert_hf_to_gguf(source, partial, outtype=outtype)
+        yield from convert_hf_to_gguf(source, partial, outtype=outtype, cancel=cancel)
         cancel.raise_if_cancelled()
         if not partial.is_file():
             raise ModelError(

@@ -3,7 +3,8 @@ on disk, and the trainable copy of a GGUF.
 
 Model folders and GGUF files are written by hand here (a safetensors header is 8 bytes and some JSON; the
 gguf package's writer makes tiny GGUFs), so most tests need neither torch nor a real model. The trainable
-copy uses the tiny model fixture and the project's own HF -> GGUF converter.
+copy uses the tiny model fixtures (``tiny_model_dir``, ``tiny_gguf``: tests/plugins/tiny_model.py, made with
+the project's own HF -> GGUF converter).
 """
 
 from __future__ import annotations
@@ -654,3 +655,99 @@ def test_trainable_copy_does_not_overwrite_another_folder(tmp_path):
     with pytest.raises(ModelError, match="already exists and is not a trainable copy"):
         _run(make_trainable_copy(write_gguf(tmp_path / "m.gguf"), out))
     assert (out / "notes.txt").read_text() == "keep me"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Trainable copy of a real (tiny) GGUF, made by llama.cpp's converter
+# ---------------------------------------------------------------------------------------------------------
+
+_TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Café, naïve, Zürich: 12 + 30 = 42!",
+    "A story about a dragon 🐉 and a knight.",
+]
+
+
+def test_trainable_copy_is_the_original_model_in_bf16(tiny_model_dir, tiny_gguf, tmp_path, memory_store):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "models" / "tiny-trainable"
+    result, events = _run(make_trainable_copy(tiny_gguf, out))
+    assert result == out
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert progress[-1].fraction == 1.0
+    assert [p.done for p in progress] == sorted(p.done for p in progress)
+    assert [p.name for p in out.parent.iterdir()] == ["tiny-trainable"]  # no temporary folder left
+
+    info = inspect_model(out)
+    assert info.kind == "hf" and info.trainable and info.dtype == "BF16" and info.architecture == "llama"
+    assert info.parameter_count == inspect_model(tiny_gguf).parameter_count
+    assert info.chat_template == inspect_model(tiny_model_dir).chat_template
+
+    # Every weight is the original's, rounded to bf16: the GGUF round trip loses nothing else.
+    original = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    copy = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    original_weights = original.state_dict()
+    copy_weights = copy.state_dict()
+    assert copy_weights.keys() == original_weights.keys()
+    for name, tensor in copy_weights.items():
+        torch.testing.assert_close(tensor, original_weights[name].to(torch.bfloat16).float(), rtol=0, atol=0)
+
+    # The tokenizer splits text exactly as the original does, and gives the text back.
+    original_tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    copy_tokenizer = AutoTokenizer.from_pretrained(out)
+    assert (copy_tokenizer.bos_token, copy_tokenizer.eos_token) == ("<s>", "</s>")
+    for text in _TEXTS:
+        ids = copy_tokenizer(text).input_ids
+        assert ids == original_tokenizer(text).input_ids
+        assert copy_tokenizer.decode(ids, skip_special_tokens=True) == text
+
+    # Same predictions: the copy's logits are those of the original with its weights rounded to bf16, and
+    # within that rounding of the fp32 original's.
+    ids = torch.tensor([original_tokenizer(_TEXTS[0]).input_ids])
+    with torch.no_grad():
+        expected = original(ids).logits
+        got = copy(ids).logits
+        for parameter in original.parameters():
+            parameter.copy_(parameter.to(torch.bfloat16).float())
+        rounded = original(ids).logits
+    torch.testing.assert_close(got, rounded, rtol=1e-5, atol=1e-5)
+    assert (got - expected).abs().max() < 0.02 * expected.abs().max()
+
+    # Registered as a model of its own, with the GGUF as its parent.
+    gguf_row = register_model(memory_store, tiny_gguf)
+    row = register_model(memory_store, out, name="tiny (trainable)", parent_model_id=gguf_row.id)
+    assert row.kind == "hf" and row.parent_model_id == gguf_row.id
+
+    # Asked again for the same GGUF: the finished copy is reused, not rebuilt.
+    marker = out / TRAINABLE_COPY_MARKER
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
+    again, _ = _run(make_trainable_copy(tiny_gguf, out))
+    assert again == out and (out / "model.safetensors").stat().st_mtime_ns == stamp
+    assert json.loads(marker.read_text())["source_fingerprint"] == fingerprint(tiny_gguf)
+
+
+@pytest.mark.parametrize("stop_after", [0, 1, 2, 3])
+def test_stopping_a_trainable_copy_leaves_no_partial_folder(tiny_gguf, tmp_path, stop_after):
+    token = CancelToken()
+    out = tmp_path / "models" / "tiny-trainable"
+    job = make_trainable_copy(tiny_gguf, out, cancel=token)
+    for event in job:
+        if isinstance(event, Progress) and event.done == stop_after:
+            token.cancel()
+            break
+    with pytest.raises(JobCancelled):
+        _run(job)
+    assert list(out.parent.iterdir()) == []
+
+
+def test_an_abandoned_trainable_copy_cleans_up(tiny_gguf, tmp_path):
+    out = tmp_path / "models" / "tiny-trainable"
+    job = make_trainable_copy(tiny_gguf, out)
+    for event in job:
+        if isinstance(event, Progress) and event.done == 3:  # weights loaded, temporary folder in use
+            break
+    assert any(p.name.startswith(".tiny-trainable.partial-") for p in out.parent.iterdir())
+    job.close()  # the driver went away (e.g. the app closed)
+    assert list(out.parent.iterdir()) == []

@@ -22,6 +22,11 @@ from desktop_dpo.core.sampling import (
     read_prompt_file,
     sample_pair,
 )
+from tests.plugins import tiny_model as _tiny_model_plugin
+
+# The session's tiny model (an HF folder) and its GGUF, from tests/plugins/tiny_model.py.
+tiny_model_dir = _tiny_model_plugin.tiny_model_dir
+tiny_gguf = _tiny_model_plugin.tiny_gguf
 
 MESSAGES = [{"role": "user", "content": "Tell me about tea."}]
 SETTINGS = SamplingSettings(max_tokens=6)

@@ -20,6 +20,11 @@ from desktop_dpo.core.store import Store
 from desktop_dpo.gui import collect_view
 from desktop_dpo.gui.collect_view import CollectView, verdict_for
 from desktop_dpo.workers.job_worker import JobRegistry
+from tests.plugins import tiny_model as _tiny_model_plugin
+
+# The session's tiny model (an HF folder) and its GGUF, from tests/plugins/tiny_model.py.
+tiny_model_dir = _tiny_model_plugin.tiny_model_dir
+tiny_gguf = _tiny_model_plugin.tiny_gguf
 
 WAIT_MS = 60_000  # generous: the machine is shared; nothing here asserts on time
 
