@@ -17,14 +17,14 @@ Arms (every response has a fixed length: end-of-generation tokens are ignored wh
 
 Arms (a) and (b) run in rounds, the three runs of a round back to back in rotating order; each ratio is
 the median over rounds of that round's ratio (runs next to each other share the load of other processes
-on a shared machine). hf_ratio uses our speed measured right before and after the transformers child.
+on a shared machine). hf_ratio uses our speed measured right before and after the transformers child (3 runs each, median).
 Everything runs with --threads (2). loadavg (1-minute load at the start and the end) tells how busy the
 machine was: llama.cpp's threads wait for each other at every step, so on a machine whose cores are all
 taken by other processes its speed collapses and the ratios say little.
 
 Run from the repository root:  python bench/sampling.py [--model FILE.gguf] [--tokens 64] [--repeats 7]
 The model defaults to the demo model (Gemma 3 270M Q4_K_M) when its package is installed, else to the
-tiny random-weight Llama of the tests (mechanics only).
+tiny random-weight Llama of tests/plugins/tiny_model.py as Q8_0 (mechanics only).
 Last line:  sampling: plumbing_ratio=.. pair_ratio=.. hf_ratio=.. max_stall_ms=.. (and more keys)
 """
 
@@ -76,10 +76,12 @@ def find_model(args: argparse.Namespace, workdir: Path) -> Path:
     package = demo_package()
     if package is None:
         # Mechanics only: a tiny random-weight Llama says nothing about real speeds.
-        from tests.core.test_llamacpp import write_tiny_llama_gguf
+        from desktop_dpo.core.export.gguf import convert_hf_to_gguf
+        from tests.plugins.tiny_model import build_tiny_model
 
         print("demo model not installed: measuring the tiny test model (pass --model for real figures)")
-        return write_tiny_llama_gguf(workdir / "tiny-llama-q8_0.gguf")
+        folder = build_tiny_model(workdir / "tiny-llama")
+        return drive(convert_hf_to_gguf(folder, workdir / "tiny-llama-q8_0.gguf", outtype="q8_0"))
     print("unpacking the demo model ...", flush=True)
     return drive(install_demo_model(workdir, package))
 
@@ -367,14 +369,14 @@ def main() -> None:
         )
 
         # transformers, with our speed measured just before and after it (same load conditions).
-        around = [args.tokens / time_ours(engine, settings, seed)[0]]
+        around = [args.tokens / time_ours(engine, settings, seed)[0] for _ in range(3)]
         hf_tps = run_hf(model, args.hf_dir, prompt_tokens, settings, args)
-        around.append(args.tokens / time_ours(engine, settings, seed)[0])
+        around += [args.tokens / time_ours(engine, settings, seed)[0] for _ in range(3)]
         engine.close()
 
     plumbing_ratio = statistics.median(plumbing)
     pair_ratio = statistics.median(pairs)
-    hf_ratio = statistics.mean(around) / hf_tps
+    hf_ratio = statistics.median(around) / hf_tps
     print(
         f"sampling: plumbing_ratio={plumbing_ratio:.2f} pair_ratio={pair_ratio:.2f} hf_ratio={hf_ratio:.1f} "
         f"max_stall_ms={max(stalls):.1f} plumbing_ratio_range={min(plumbing):.2f}-{max(plumbing):.2f} "

@@ -18,6 +18,7 @@ from PySide6.QtWidgets import QApplication, QMessageBox
 from desktop_dpo import __version__
 from desktop_dpo.config import APP_NAME, AppPaths
 from desktop_dpo.core.errors import StoreError
+from desktop_dpo.core.llm.engine_pool import EnginePool
 from desktop_dpo.core.offline import add_refusal_listener, remove_refusal_listener
 from desktop_dpo.core.store import Store
 from desktop_dpo.gui.main_window import MainWindow
@@ -101,7 +102,8 @@ def run_gui(paths: AppPaths) -> int:
         return _refuse_to_start("desktop-dpo cannot open its database", str(exc))
 
     registry = JobRegistry()
-    window = MainWindow(store=store, registry=registry, paths=paths)
+    pool = EnginePool()
+    window = MainWindow(store=store, registry=registry, paths=paths, pool=pool)
     # Refusals can happen in any thread; the signal carries them to the GUI thread.
     refusal_listener = window.network_refused.emit
     add_refusal_listener(refusal_listener)
@@ -115,6 +117,7 @@ def run_gui(paths: AppPaths) -> int:
         remove_refusal_listener(refusal_listener)
         # The window asked before closing; this only covers a quit that bypassed it.
         registry.cancel_all_and_wait()
+        pool.close_all()
         store.close()
         log.info("desktop-dpo stopped")
 

@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
 
 from desktop_dpo import __version__
 from desktop_dpo.config import AppPaths
+from desktop_dpo.core.llm.engine_pool import EnginePool
 from desktop_dpo.core.offline import RefusedAttempt
 from desktop_dpo.core.store import Store
 from desktop_dpo.gui.placeholder_view import PlaceholderView
@@ -70,12 +71,20 @@ class MainWindow(QMainWindow):
     network_refused = Signal(object)
 
     def __init__(
-        self, *, store: Store, registry: JobRegistry, paths: AppPaths, parent: QWidget | None = None
+        self,
+        *,
+        store: Store,
+        registry: JobRegistry,
+        paths: AppPaths,
+        pool: EnginePool | None = None,
+        parent: QWidget | None = None,
     ):
         super().__init__(parent)
         self.store = store
         self.registry = registry
         self.paths = paths
+        # Loaded llama.cpp engines, shared by Collect and Chat; the composition root closes them at exit.
+        self.pool = pool if pool is not None else EnginePool()
         # Kept in the data folder, not ~/.config: nothing is written outside the app's folders.
         self._settings = QSettings(str(paths.data_dir / "window.ini"), QSettings.Format.IniFormat)
 
@@ -178,18 +187,11 @@ class MainWindow(QMainWindow):
                 ],
             )
         if key == "collect":
-            return PlaceholderView(
-                "Collect",
-                "Write a prompt, read two sampled answers side by side and pick the better one.",
-                [
-                    "Two answers from llama.cpp, sampled in the background while you read.",
-                    "Pick A or B, call it a tie, mark both bad, skip, or rewrite one into the answer you wanted.",
-                    "Keyboard shortcuts for every choice, so a pick takes a second.",
-                    "Every pick is saved to the database the moment you make it, and can be undone.",
-                    "A queue of prompts to work through, imported from a text or JSONL file.",
-                ],
-                loop_step="Collect",
-            )
+            from desktop_dpo.gui.collect_view import CollectView
+
+            view = CollectView(store=self.store, registry=self.registry, pool=self.pool, paths=self.paths)
+            view.pairs_changed.connect(self.refresh_status)
+            return view
         if key == "train":
             return PlaceholderView(
                 "Train",

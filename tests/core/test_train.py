@@ -247,7 +247,9 @@ def test_stop_then_resume_ends_like_an_uninterrupted_run(store, tmp_path, model_
     assert losses == pytest.approx([s.loss for s in of_type(reference_events, StepMetrics)], abs=1e-6)
 
 
-def test_closing_the_job_at_an_event_checkpoints_like_the_gui_worker_stop(store, tmp_path, model_dirs, uninterrupted):
+def test_closing_the_job_at_an_event_checkpoints_like_the_gui_worker_stop(
+    store, tmp_path, model_dirs, uninterrupted
+):
     """The GUI worker stops a job by closing the generator right after an event (``JobThread.run``)."""
     reference_run, _ = uninterrupted
     add_pairs(store)

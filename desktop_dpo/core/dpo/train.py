@@ -536,7 +536,9 @@ def persist_outcome(store: Store, run_id: int, error: BaseException | None) -> N
     if isinstance(error, DesktopDpoError):
         message = str(error)
     elif isinstance(error, MemoryError):
-        message = "The computer ran out of memory. Close other programs or choose smaller settings, then resume."
+        message = (
+            "The computer ran out of memory. Close other programs or choose smaller settings, then resume."
+        )
     else:
         log.error("Training run %s failed", run_id, exc_info=error)
         message = (
