@@ -491,7 +491,9 @@ class Store:
             return
         if version > 0 and self.path is not None and backups_dir is not None:
             self.last_backup = backup_database(self._conn, self.path, backups_dir, version)
-            log.info("Backed up the database to %s before migrating %d -> %d", self.last_backup, version, target)
+            log.info(
+                "Backed up the database to %s before migrating %d -> %d", self.last_backup, version, target
+            )
         try:
             # All pending migrations in one transaction: a failure leaves the file at its old version,
             # never at an intermediate one that no released desktop-dpo produced.
@@ -663,7 +665,9 @@ class Store:
 
     # ---------------------------------------------------------------- prompts
 
-    def add_prompt(self, messages: Sequence[dict[str, str]], *, source: str = "user", queued: bool = False) -> int:
+    def add_prompt(
+        self, messages: Sequence[dict[str, str]], *, source: str = "user", queued: bool = False
+    ) -> int:
         """Store a prompt (a list of ``{role, content}`` messages); an identical one is reused."""
         if not messages:
             raise StoreError("A prompt needs at least one message.")
@@ -701,7 +705,9 @@ class Store:
     def list_prompts(self) -> list[PromptRow]:
         return [self._prompt(r) for r in self._rows("SELECT * FROM prompts ORDER BY id")]
 
-    def queue_prompts(self, prompts: Iterable[Sequence[dict[str, str]]], *, source: str = "queue") -> list[int]:
+    def queue_prompts(
+        self, prompts: Iterable[Sequence[dict[str, str]]], *, source: str = "queue"
+    ) -> list[int]:
         """Add prompts to the work queue in one transaction. Returns their ids in order."""
         with self.atomic():
             return [self.add_prompt(p, source=source, queued=True) for p in prompts]
@@ -834,8 +840,12 @@ class Store:
         """Prompt + two generations + the comparison, in one transaction. Returns the comparison id."""
         with self.atomic():
             prompt_id = self.add_prompt(messages, source=source)
-            gen_a = self.add_generation(prompt_id=prompt_id, text=text_a, model_id=model_a_id, **(generation_meta_a or {}))
-            gen_b = self.add_generation(prompt_id=prompt_id, text=text_b, model_id=model_b_id, **(generation_meta_b or {}))
+            gen_a = self.add_generation(
+                prompt_id=prompt_id, text=text_a, model_id=model_a_id, **(generation_meta_a or {})
+            )
+            gen_b = self.add_generation(
+                prompt_id=prompt_id, text=text_b, model_id=model_b_id, **(generation_meta_b or {})
+            )
             return self.add_comparison(
                 prompt_id=prompt_id,
                 generation_a_id=gen_a,
@@ -1144,7 +1154,9 @@ class Store:
                 "conversations", {"model_id": model_id, "title": title, "created_at": now, "updated_at": now}
             )
 
-    def add_message(self, conversation_id: int, role: str, content: str, meta: dict[str, Any] | None = None) -> int:
+    def add_message(
+        self, conversation_id: int, role: str, content: str, meta: dict[str, Any] | None = None
+    ) -> int:
         """Append a message to a conversation."""
         now = _now()
         with self.atomic():
@@ -1174,6 +1186,10 @@ class Store:
 
     def conversation_messages(self, conversation_id: int) -> list[MessageRow]:
         return [
-            MessageRow(r["id"], r["conversation_id"], r["role"], r["content"], _loads(r["meta"], {}), r["created_at"])
-            for r in self._rows("SELECT * FROM messages WHERE conversation_id=? ORDER BY id", (conversation_id,))
+            MessageRow(
+                r["id"], r["conversation_id"], r["role"], r["content"], _loads(r["meta"], {}), r["created_at"]
+            )
+            for r in self._rows(
+                "SELECT * FROM messages WHERE conversation_id=? ORDER BY id", (conversation_id,)
+            )
         ]

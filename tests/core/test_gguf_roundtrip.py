@@ -106,7 +106,7 @@ def test_stop_during_conversion_leaves_nothing(tiny_model_dir, tmp_path):
 
 def test_a_folder_without_weights_is_refused_with_a_reason(tmp_path):
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(ExportError, match="no .safetensors weights"):
+    with pytest.raises(ExportError, match=r"no \.safetensors weights"):
         _drain(convert_hf_to_gguf(tmp_path, tmp_path / "x.gguf"))
 
 

@@ -1,4 +1,4 @@
-"""The training job, end to end on a tiny Llama built from a config: it learns, it stops and resumes
+"""The training job, end to end on the tiny Llama built from a config (``tiny_model_dir``): it learns, it stops and resumes
 exactly, it survives a crash and an out-of-memory error, and it computes reference log-probs once.
 
 Every test drives the job the way the CLI and the GUI worker do (events persisted with
@@ -8,7 +8,6 @@ status, step and metrics in the database, the adapter on disk, the messages.
 
 from __future__ import annotations
 
-import io
 import math
 import sqlite3
 from pathlib import Path
@@ -57,38 +56,14 @@ def rejected_text(topic: str) -> str:
 
 # The learnable preference: chosen answers are always the warm "Yes, gladly ... thank you" kind,
 # rejected ones the curt "No ... go away" kind, whatever the topic. A held-out prompt has an unseen topic.
-CORPUS = [f"User: Tell me about {t}.\nAssistant:{chosen_text(t)}\n{rejected_text(t)}" for t in TOPICS]
 
 
 @pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory) -> tuple[Path, Path]:
-    """Two tiny Llamas (different random weights) sharing one SentencePiece tokenizer trained here."""
-    import sentencepiece as spm
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
+def model_dirs(tiny_model_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """The shared tiny Llama, and a second one with other random weights (a previous round's model)."""
+    from tests.plugins.tiny_model import build_tiny_model
 
-    root = tmp_path_factory.mktemp("tiny_models")
-    proto = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS * 10), model_writer=proto, vocab_size=400, model_type="bpe",
-        byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
-        num_threads=1, minloglevel=2,
-    )  # fmt: skip
-    folders = []
-    for seed in (0, 1):
-        folder = root / f"tiny-{seed}"
-        folder.mkdir()
-        (folder / "tokenizer.model").write_bytes(proto.getvalue())
-        tokenizer = LlamaTokenizer.from_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        torch.manual_seed(seed)
-        config = LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        )  # fmt: skip
-        LlamaForCausalLM(config).save_pretrained(folder)
-        folders.append(folder)
-    return folders[0], folders[1]
+    return tiny_model_dir, build_tiny_model(tmp_path_factory.mktemp("other") / "tiny-other", seed=1)
 
 
 BASE = TrainConfig(
@@ -111,17 +86,22 @@ def add_pairs(store, topics=TOPICS) -> list[int]:
 
 
 def new_run(
-    store, tmp_path: Path, model_dir: Path, config: TrainConfig, *, reference="adapter_off", name="r"
+    store,
+    tmp_path: Path,
+    model_dir: Path,
+    config: TrainConfig,
+    *,
+    reference="adapter_off",
+    name="r",
+    other_model=None,
 ) -> int:
     model_id = store.add_model(
         name=model_dir.name, path=str(model_dir), kind="hf", fingerprint=f"fp-{model_dir.name}"
     )
     ids = [v.comparison.id for v in store.comparison_views()]
     if reference == "previous":
-        other = model_dir.parent / "tiny-1"
-        reference = (
-            f"model:{store.add_model(name='other', path=str(other), kind='hf', fingerprint='fp-tiny-1')}"
-        )
+        other = store.add_model(name="other", path=str(other_model), kind="hf", fingerprint="fp-other")
+        reference = f"model:{other}"
     return store.create_run(
         name=name,
         base_model_id=model_id,
@@ -371,7 +351,9 @@ def test_reference_logps_are_computed_once_and_reused(store, tmp_path, model_dir
     assert (second.cached, second.computed, scored["pairs"]) == (16, 0, 16)  # a second run: all hits
 
     # Another reference model (a previous round's): every value is new.
-    third_id = new_run(store, tmp_path, model_dirs[0], config, reference="previous", name="c")
+    third_id = new_run(
+        store, tmp_path, model_dirs[0], config, reference="previous", name="c", other_model=model_dirs[1]
+    )
     third = of_type(drive(store, third_id), ReferenceReady)[0]
     assert (third.cached, third.computed, scored["pairs"]) == (0, 16, 32)
     assert store.get_run(third_id).status == "completed"

@@ -300,7 +300,7 @@ class ReferenceReady:
 
     cached: int
     computed: int
-    seconds: float
+    seconds: float  # spent computing (and caching) the missing ones, model loading excluded
 
 
 @dataclass(frozen=True)
@@ -674,11 +674,25 @@ def _save_adapter_atomic(model: Any, target: Path) -> None:
 
 def _model_folder(model: ModelRow) -> Path:
     """The Hugging Face folder to train from: the model itself, or the trainable copy of a GGUF."""
+    folder: Path | None = None
     if model.kind == "hf":
-        return Path(model.path)
-    for key in ("trainable_path", "trainable_copy", "hf_path"):
-        if model.info.get(key):
-            return Path(model.info[key])
+        folder = Path(model.path)
+    else:
+        folder = next(
+            (
+                Path(model.info[k])
+                for k in ("trainable_path", "trainable_copy", "hf_path")
+                if model.info.get(k)
+            ),
+            None,
+        )
+    if folder is not None:
+        if not (folder / "config.json").is_file():
+            raise ModelError(
+                f"The files of {model.name} are no longer in {folder} (moved or deleted?). Put them back, or "
+                "register the model again in the Models view."
+            )
+        return folder
     raise ModelError(
         f"{model.name} is a GGUF file without a trainable copy yet. Make a trainable copy in the Models view "
         "(it is done once), then start training again."
@@ -880,8 +894,9 @@ def _torch_settings(config: TrainConfig, device: str) -> Iterator[None]:
     threads = torch.get_num_threads()
     if config.threads > 0:
         torch.set_num_threads(config.threads)
-    # Denormal floats (tiny values deep in the softmax backward) make CPU kernels several times slower;
-    # flushing them to zero changes no result that matters, and GPUs do the same.
+    # Arithmetic on denormal floats (tiny values, e.g. far down a softmax's backward) is slow on CPUs;
+    # flushing them to zero, as GPUs do, took about a fifth off the CPU time of a training step in
+    # bench/train_vs_trl.py and changes no result that matters.
     flush = device == "cpu" and torch.set_flush_denormal(True)
     try:
         yield
@@ -921,7 +936,7 @@ def train(
     session = _Session(store, run, TrainConfig.from_dict(run.config), cancel, _run_dir(run, runs_dir))
     with _torch_settings(session.config, session.device):
         yield from session.load_pairs()
-        yield from session.load_model()
+        yield from session.tokenize()
         yield from session.prepare_reference()
         yield from session.prepare_optimizer(resume)
         yield from session.loop()
@@ -978,8 +993,8 @@ class _Session:
             )
         self.cancel.raise_if_cancelled()
 
-    def load_model(self) -> Iterator[object]:
-        """Tokenizer, token ids of every pair, and the reference identity (the model is loaded later)."""
+    def tokenize(self) -> Iterator[object]:
+        """The base model's tokenizer and the token ids of every pair (training pairs first)."""
         from transformers import AutoTokenizer
 
         from desktop_dpo.core.dpo import data as dpo_data
@@ -1035,7 +1050,7 @@ class _Session:
         ]
         self.reference = self.store.get_reference_logps(self.keys)
         missing = [i for i, key in enumerate(self.keys) if key not in self.reference]
-        started = time.perf_counter()
+        self.reference_seconds = 0.0
         if missing and not adapter_off:
             yield Loading(f"Loading the reference model {reference_row.name}")
             reference_model = _load_causal_lm(_model_folder(reference_row), self.quantization, self.device)
@@ -1051,12 +1066,13 @@ class _Session:
         yield ReferenceReady(
             cached=len(self.pairs) - len(missing),
             computed=len(missing),
-            seconds=time.perf_counter() - started,
+            seconds=self.reference_seconds,
         )
 
     def _fill_reference(self, model: Any, missing: Sequence[int], *, adapter_off: bool) -> Iterator[Loading]:
         done = 0
         yield Loading("Computing reference log-probabilities", 0, len(missing))
+        started = time.perf_counter()
         try:
             for batch_indices, values in _compute_reference(
                 model,
@@ -1072,7 +1088,9 @@ class _Session:
                 self.store.put_reference_logps(new)  # cached batch by batch: a stop loses nothing
                 self.reference.update(new)
                 done += len(batch_indices)
+                self.reference_seconds += time.perf_counter() - started
                 yield Loading("Computing reference log-probabilities", done, len(missing))
+                started = time.perf_counter()
         except Exception as exc:
             if _is_out_of_memory(exc):
                 _free_memory(self.device)
@@ -1103,9 +1121,8 @@ class _Session:
             self.saved_step = self.step
             if self.offset >= self.n_train:
                 self.epoch, self.offset = self.epoch + 1, 0
-            for (
-                group
-            ) in self.optimizer.param_groups:  # the schedule peaks at this run's lr, even if it changed
+            # The schedule peaks at this run's lr, even if the settings changed since the checkpoint.
+            for group in self.optimizer.param_groups:
                 group["initial_lr"] = self.config.lr
         self.total_steps = self.step + steps_remaining(self.n_train, self.config, self.epoch, self.offset)
         total, config = self.total_steps, self.config

@@ -139,7 +139,9 @@ def convert_hf_to_gguf(
             raise ExportError(_explain_failure(output, model_dir))
         with temp.open("rb") as handle:
             if handle.read(4) != b"GGUF":
-                raise ExportError(f"The converter wrote something that is not a GGUF file for {model_dir.name}.")
+                raise ExportError(
+                    f"The converter wrote something that is not a GGUF file for {model_dir.name}."
+                )
             os.fsync(handle.fileno())
         os.replace(temp, out_path)
         done = True
