@@ -8,7 +8,10 @@ rows a batch has (see the pair tests).
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import random
+from collections import deque
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from desktop_dpo.core.errors import DesktopDpoError, ModelError
 from desktop_dpo.core.jobs import CancelToken
 from desktop_dpo.core.llm.gguf_info import read_gguf_info
 from desktop_dpo.core.llm.llamacpp import (
+    PENALTY_LAST_N,
     GenerationResult,
     LlamaCppEngine,
     ResponseFinished,
@@ -25,6 +29,7 @@ from desktop_dpo.core.llm.llamacpp import (
     StopStringFilter,
     TokenEvent,
     Utf8Stream,
+    _RepeatPenalty,
 )
 from tests.plugins.tiny_model import CHAT_TEMPLATE
 
@@ -179,6 +184,60 @@ def test_pair_equals_single_decodes_greedily_on_float_weights(tiny_gguf):
     # differ by ~1e-6, which can flip a sampled token, so for float weights the guarantee is greedy only.
     with LlamaCppEngine(tiny_gguf, n_ctx=128, n_threads=1) as float_engine:
         assert_pair_equals_singles(float_engine, GREEDY)
+
+
+def test_repeat_penalty_is_bit_identical_to_llama_cpps_penalty_sampler():
+    import llama_cpp
+
+    rng = random.Random(0)
+    n_vocab = 1000
+    logits = [rng.uniform(-8.0, 8.0) for _ in range(n_vocab)]
+    history = [rng.randrange(0, 80) for _ in range(150)]  # repeats, and more than the 64-token window
+
+    sampler = llama_cpp.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, 1.3, 0.0, 0.0)
+    for token in history:
+        llama_cpp.llama_sampler_accept(sampler, token)
+    data = (llama_cpp.llama_token_data * n_vocab)()
+    for i, value in enumerate(logits):
+        data[i].id, data[i].logit, data[i].p = i, value, 0.0
+    candidates = llama_cpp.llama_token_data_array(
+        data=ctypes.cast(data, llama_cpp.llama_token_data_p), size=n_vocab, selected=-1, sorted=False
+    )
+    llama_cpp.llama_sampler_apply(sampler, ctypes.byref(candidates))
+    llama_cpp.llama_sampler_free(sampler)
+    expected = [data[i].logit for i in range(n_vocab)]
+
+    row = (ctypes.c_float * n_vocab)(*logits)
+    _RepeatPenalty(1.3).apply(row, deque(history, maxlen=PENALTY_LAST_N))
+    assert list(row) == expected
+    assert list(row) != list((ctypes.c_float * n_vocab)(*logits))  # it did change something
+
+
+def test_sampling_matches_llama_cpp_pythons_own_completion(tiny_q8_gguf):
+    # The oracle: llama-cpp-python's high-level API, same file, seed and settings, draws the same tokens.
+    import llama_cpp
+
+    settings = dataclasses.replace(SAMPLED, max_tokens=40, repeat_penalty=1.3, min_p=0.05)
+    with LlamaCppEngine(tiny_q8_gguf, n_ctx=128, n_threads=1, flash_attn=False) as ours:
+        prompt = ours.tokenize(PROMPT)
+        _, mine = drive(ours.generate(PROMPT, settings, seed=7))
+    llm = llama_cpp.Llama(str(tiny_q8_gguf), n_ctx=128, n_threads=1, n_threads_batch=1, verbose=False)
+    try:
+        theirs = llm.create_completion(
+            prompt,
+            max_tokens=settings.max_tokens,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            top_k=settings.top_k,
+            min_p=settings.min_p,
+            repeat_penalty=settings.repeat_penalty,
+            seed=7,
+        )
+    finally:
+        llm.close()
+    assert mine.completion_tokens == theirs["usage"]["completion_tokens"] > 10
+    # (It drops bytes that are not UTF-8 where ours shows a replacement mark.)
+    assert mine.text.replace("\ufffd", "") == theirs["choices"][0]["text"]
 
 
 def test_max_tokens_is_respected(engine):

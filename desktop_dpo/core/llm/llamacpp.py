@@ -31,6 +31,7 @@ import os
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,6 +269,28 @@ class _Stream:
     unsent: list[str] = field(default_factory=list)
     finish_reason: FinishReason | None = None
     finished_at: float = 0.0
+    recent: deque[int] = field(default_factory=lambda: deque(maxlen=PENALTY_LAST_N))  # for the repeat penalty
+
+
+class _RepeatPenalty:
+    """llama.cpp's repeat penalty, applied to the logits row in place before the sampler chain runs.
+
+    Same arithmetic as llama.cpp's ``penalties`` sampler (positive logits of recent tokens divided by the
+    penalty, negative ones multiplied), but it touches only the <= 64 recent tokens, where the sampler
+    looks up every entry of the vocabulary in a hash map: 1.6 ms per token on Gemma's 262,144 entries,
+    6-9% of a decoding step on 2 CPU cores. Results are bit-identical: the penalty is the same float32,
+    and a float32 product or quotient computed in double precision and rounded once to float32 is the
+    correctly rounded float32 result (53 >= 2 * 24 + 2 bits).
+    """
+
+    def __init__(self, penalty: float):
+        self.penalty = ctypes.c_float(penalty).value  # the float32 llama.cpp would use
+
+    def apply(self, logits: Any, recent: deque[int]) -> None:
+        """Penalise each distinct token of ``recent`` in ``logits`` (a ctypes float pointer to one row)."""
+        for token in set(recent):
+            value = logits[token]
+            logits[token] = value * self.penalty if value <= 0 else value / self.penalty
 
 
 class LlamaCppEngine:
@@ -633,12 +656,16 @@ class LlamaCppEngine:
 
             # 3. One token per running response per step.
             vocab = self._model.vocab
+            penalty = _RepeatPenalty(settings.repeat_penalty) if settings.repeat_penalty != 1.0 else None
             live = list(streams)
             last_flush = float("-inf")
             while live:
                 step: list[tuple[int, int, int]] = []
                 for stream in live:
+                    if penalty is not None and stream.recent:
+                        penalty.apply(lib.llama_get_logits_ith(ctx, stream.row), stream.recent)
                     token = lib.llama_sampler_sample(stream.sampler, ctx, stream.row)
+                    stream.recent.append(token)
                     if not ignore_eos and lib.llama_vocab_is_eog(vocab, token):
                         self._end(stream, "stop")
                         continue
@@ -720,11 +747,12 @@ class LlamaCppEngine:
             )
 
     def _make_sampler(self, settings: SamplingSettings, seed: int) -> Any:
-        """A sampler chain in llama-cpp-python's order: penalties, top-k, top-p, min-p, temperature, draw.
+        """A sampler chain in llama-cpp-python's order: (penalties,) top-k, top-p, min-p, temperature, draw.
 
-        Steps that would change nothing (top_k 0, top_p 1, min_p 0, repeat_penalty 1) are left out: each
-        costs a pass over the whole vocabulary (262,144 entries for Gemma) per token. Temperature 0 is
-        greedy decoding.
+        The repeat penalty, first in that order, is applied to the logits just before the chain runs
+        (:class:`_RepeatPenalty`), with the same result. Steps that would change nothing (top_k 0, top_p 1,
+        min_p 0) are left out: each costs a pass over the whole vocabulary per token. Temperature 0 is
+        greedy decoding (after the penalty, as in llama-cpp-python).
         """
         lib = self._lib
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
@@ -732,12 +760,6 @@ class LlamaCppEngine:
         def add(sampler: Any) -> None:
             lib.llama_sampler_chain_add(chain, sampler)
 
-        if settings.repeat_penalty != 1.0:
-            add(
-                lib.llama_sampler_init_penalties(
-                    self.n_vocab, PENALTY_LAST_N, settings.repeat_penalty, 0.0, 0.0
-                )
-            )
         if settings.temperature <= 0:
             add(lib.llama_sampler_init_greedy())
             return chain
