@@ -147,15 +147,17 @@ print("REPORT " + json.dumps(report))
     assert report["pairs"].startswith("2 pairs collected")
 
 
-def test_every_view_has_a_sidebar_entry_and_a_page_that_says_what_it_will_do(window):
+def test_every_view_has_a_sidebar_entry_and_a_page_that_works_or_says_what_it_will_do(window):
     labels = [window.nav.item(row).text() for row in range(window.nav.count())]
     assert labels == ["Models", "Collect", "Train", "Export", "Chat", "Data"]
     for spec in VIEWS:
         page = window.view(spec.key)
-        assert isinstance(page, PlaceholderView)
-        assert page.title == spec.label
-        assert page.planned, f"{spec.label} says nothing about what it will do"
+        if isinstance(page, PlaceholderView):  # a view still to come says what it will do
+            assert page.title == spec.label
+            assert page.planned, f"{spec.label} says nothing about what it will do"
         assert not window.nav.item(labels.index(spec.label)).icon().isNull()
+    # The views already built are the real thing, not placeholders.
+    assert not isinstance(window.view("collect"), PlaceholderView)
 
 
 # ------------------------------------------------------------------------------------------- navigation
