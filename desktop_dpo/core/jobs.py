@@ -64,3 +64,17 @@ class Log:
 
 Job = Generator[Any, None, Any]
 """A job: yields progress events; its return value is the result."""
+
+
+def run_job(job: Job) -> tuple[Any, list[Any]]:
+    """Drive a job to its end on the calling thread: ``(result, every event it yielded)``.
+
+    For headless callers with nothing to show meanwhile (tests, scripts); the CLI and the GUI drive
+    jobs event by event instead.
+    """
+    events: list[Any] = []
+    while True:
+        try:
+            events.append(next(job))
+        except StopIteration as stop:
+            return stop.value, events

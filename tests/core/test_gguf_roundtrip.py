@@ -7,7 +7,7 @@ import pytest
 
 from desktop_dpo.core.errors import ExportError, JobCancelled
 from desktop_dpo.core.export.gguf import convert_hf_to_gguf
-from desktop_dpo.core.jobs import CancelToken, Progress
+from desktop_dpo.core.jobs import CancelToken, Progress, run_job
 
 TEXTS = [
     "Hello world",
@@ -15,15 +15,6 @@ TEXTS = [
     "Café, naïve, Zürich, 日本語 and an emoji 🙂",
     "tabs\tand\nnew lines  double  spaces",
 ]
-
-
-def _drain(job):
-    events = []
-    while True:
-        try:
-            events.append(next(job))
-        except StopIteration as stop:
-            return stop.value, events
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +35,7 @@ def hf_tokenizer(tiny_model_dir):
 
 def test_conversion_reports_progress_and_writes_a_gguf(tiny_model_dir, tmp_path):
     out = tmp_path / "nested" / "tiny-f16.gguf"
-    path, events = _drain(convert_hf_to_gguf(tiny_model_dir, out, outtype="f16"))
+    path, events = run_job(convert_hf_to_gguf(tiny_model_dir, out, outtype="f16"))
     assert path == out and out.read_bytes()[:4] == b"GGUF"
     progress = [e for e in events if isinstance(e, Progress)]
     assert progress[-1].fraction == 1.0
@@ -100,14 +91,14 @@ def test_stop_during_conversion_leaves_nothing(tiny_model_dir, tmp_path):
     next(job)  # the converter process has started
     token.cancel()
     with pytest.raises(JobCancelled):
-        _drain(job)
+        run_job(job)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_folder_without_weights_is_refused_with_a_reason(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ExportError, match=r"no \.safetensors weights"):
-        _drain(convert_hf_to_gguf(tmp_path, tmp_path / "x.gguf"))
+        run_job(convert_hf_to_gguf(tmp_path, tmp_path / "x.gguf"))
 
 
 def test_not_enough_disk_space_is_refused_before_writing(tiny_model_dir, tmp_path, monkeypatch):
@@ -117,5 +108,5 @@ def test_not_enough_disk_space_is_refused_before_writing(tiny_model_dir, tmp_pat
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda _path: usage(10**9, 10**9, 1024))
     with pytest.raises(ExportError, match="Not enough free disk space"):
-        _drain(convert_hf_to_gguf(tiny_model_dir, tmp_path / "full.gguf"))
+        run_job(convert_hf_to_gguf(tiny_model_dir, tmp_path / "full.gguf"))
     assert list(tmp_path.iterdir()) == []

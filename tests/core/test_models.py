@@ -19,7 +19,7 @@ import pytest
 
 from desktop_dpo.core import models
 from desktop_dpo.core.errors import JobCancelled, ModelError
-from desktop_dpo.core.jobs import CancelToken, Progress
+from desktop_dpo.core.jobs import CancelToken, Progress, run_job
 from desktop_dpo.core.models import (
     SUPPORTED_ARCHITECTURES,
     TRAINABLE_COPY_MARKER,
@@ -103,15 +103,6 @@ def write_gguf(
     writer.write_tensors_to_file()
     writer.close()
     return path
-
-
-def _run(job):
-    events = []
-    while True:
-        try:
-            events.append(next(job))
-        except StopIteration as stop:
-            return stop.value, events
 
 
 def _error(path: Path, **kwargs) -> str:
@@ -626,7 +617,7 @@ def test_supported_architectures_cover_the_common_small_models():
 
 def test_trainable_copy_refuses_a_gguf_transformers_cannot_read(tmp_path):
     with pytest.raises(ModelError, match=r"'mamba' GGUF.*still chat"):
-        _run(make_trainable_copy(write_gguf(tmp_path / "m.gguf", arch="mamba"), tmp_path / "copy"))
+        run_job(make_trainable_copy(write_gguf(tmp_path / "m.gguf", arch="mamba"), tmp_path / "copy"))
     assert not (tmp_path / "copy").exists()
 
 
@@ -634,11 +625,11 @@ def test_trainable_copy_checks_memory_and_disk_first(tmp_path, monkeypatch):
     gguf_file = write_gguf(tmp_path / "m.gguf")
     monkeypatch.setattr(models, "available_memory_bytes", lambda: 1024)
     with pytest.raises(ModelError, match=r"needs about .* GiB of free memory .* Close other programs"):
-        _run(make_trainable_copy(gguf_file, tmp_path / "copies" / "m"))
+        run_job(make_trainable_copy(gguf_file, tmp_path / "copies" / "m"))
     monkeypatch.setattr(models, "available_memory_bytes", lambda: 64 * 1024**3)
     monkeypatch.setattr(models.shutil, "disk_usage", lambda _path: _Usage(free=0))
     with pytest.raises(ModelError, match=r"free disk space in .* Free some space"):
-        _run(make_trainable_copy(gguf_file, tmp_path / "copies" / "m"))
+        run_job(make_trainable_copy(gguf_file, tmp_path / "copies" / "m"))
     assert list((tmp_path / "copies").iterdir()) == []
 
 
@@ -653,7 +644,7 @@ def test_trainable_copy_does_not_overwrite_another_folder(tmp_path):
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
     with pytest.raises(ModelError, match="already exists and is not a trainable copy"):
-        _run(make_trainable_copy(write_gguf(tmp_path / "m.gguf"), out))
+        run_job(make_trainable_copy(write_gguf(tmp_path / "m.gguf"), out))
     assert (out / "notes.txt").read_text() == "keep me"
 
 
@@ -673,7 +664,7 @@ def test_trainable_copy_is_the_original_model_in_bf16(tiny_model_dir, tiny_gguf,
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "models" / "tiny-trainable"
-    result, events = _run(make_trainable_copy(tiny_gguf, out))
+    result, events = run_job(make_trainable_copy(tiny_gguf, out))
     assert result == out
     progress = [e for e in events if isinstance(e, Progress)]
     assert progress[-1].fraction == 1.0
@@ -723,7 +714,7 @@ def test_trainable_copy_is_the_original_model_in_bf16(tiny_model_dir, tiny_gguf,
     # Asked again for the same GGUF: the finished copy is reused, not rebuilt.
     marker = out / TRAINABLE_COPY_MARKER
     stamp = (out / "model.safetensors").stat().st_mtime_ns
-    again, _ = _run(make_trainable_copy(tiny_gguf, out))
+    again, _ = run_job(make_trainable_copy(tiny_gguf, out))
     assert again == out and (out / "model.safetensors").stat().st_mtime_ns == stamp
     assert json.loads(marker.read_text())["source_fingerprint"] == fingerprint(tiny_gguf)
 
@@ -738,7 +729,7 @@ def test_stopping_a_trainable_copy_leaves_no_partial_folder(tiny_gguf, tmp_path,
             token.cancel()
             break
     with pytest.raises(JobCancelled):
-        _run(job)
+        run_job(job)
     assert list(out.parent.iterdir()) == []
 
 

@@ -169,11 +169,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def tiny_gguf(tiny_model_dir, tmp_path_factory) -> Path:
     """The tiny model as an F32 GGUF (converted once per session with llama.cpp's converter)."""
     from desktop_dpo.core.export.gguf import convert_hf_to_gguf
+    from desktop_dpo.core.jobs import run_job
 
     out = tmp_path_factory.mktemp("tiny-gguf") / "tiny-llama-f32.gguf"
-    job = convert_hf_to_gguf(tiny_model_dir, out, outtype="f32")
-    while True:
-        try:
-            next(job)
-        except StopIteration as stop:
-            return stop.value
+    path, _events = run_job(convert_hf_to_gguf(tiny_model_dir, out, outtype="f32"))
+    return path
