@@ -1,0 +1,381 @@
+"""Merge a LoRA adapter into a full-precision copy of its base, one safetensors shard at a time.
+
+peft's ``merge_and_unload`` needs the whole model in memory (in fp32 on a CPU, four bytes a weight) and
+then ``save_pretrained`` holds a second copy while it serialises. Merging is simpler than that: LoRA adds
+a low-rank update to some weight matrices (Hu et al. 2021, Eq. 3)::
+
+    W' = W + (α / r) · B @ A            (α / √r with rank-stabilised LoRA, Kalajdzievski 2023)
+
+so each base tensor can be read, updated and written on its own. :func:`merge_adapter` streams the base
+model shard by shard: peak memory is about one shard of the base plus the adapter, whatever the model's
+size. The update is computed in fp32 and the result stored in bf16 or fp16 (never in 4 bits: a QLoRA run
+trains against an NF4 copy of the base, but the merged model starts from the full-precision weights).
+
+The folder is written under a hidden temporary name next to the destination and renamed into place only
+when complete (after a free-space check), so a stop, a crash or a full disk never leaves a half model under
+the final name. The tokenizer, chat template and generation config are copied with the weights.
+
+torch and safetensors are imported inside functions: the GUI imports this module for its event types.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from desktop_dpo.core.errors import ExportError
+from desktop_dpo.core.jobs import CancelToken, Job, Progress
+
+if TYPE_CHECKING:
+    import torch
+
+# Files of a model folder that are not weights and travel with a merged model.
+_COPIED_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "vocab.json",
+    "merges.txt",
+)
+MERGE_DTYPES = ("bfloat16", "float16")
+_SPACE_MARGIN = 64 * 1024 * 1024
+_PEFT_PREFIX = "base_model.model."
+
+
+@dataclass(frozen=True)
+class LoraUpdate:
+    """The low-rank update of one base weight: ``W += scale · B @ A``."""
+
+    lora_a: str  # key of A (r × in) in the adapter file
+    lora_b: str  # key of B (out × r) in the adapter file
+    scale: float  # α / r (or α / √r for rank-stabilised LoRA)
+    fan_in_fan_out: bool  # the base stores the weight transposed (GPT-2 style Conv1D)
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    """What merging an adapter into a base does, worked out from headers alone (nothing loaded)."""
+
+    updates: dict[str, LoraUpdate]  # base weight key -> its update
+    replacements: dict[str, str]  # base key -> adapter key of a fully trained copy (modules_to_save)
+    shards: list[Path]  # the base's safetensors files, in order
+    output_bytes: int  # size of the merged weights in the target dtype
+
+
+def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
+    """The adapter's ``adapter_config.json``, checked to be a LoRA the merge understands.
+
+    Raises:
+        ExportError: not a peft LoRA adapter folder, or a variant (DoRA, other PEFT types) that cannot be
+            merged into plain weights here.
+    """
+    adapter_dir = Path(adapter_dir)
+    config_file = adapter_dir / "adapter_config.json"
+    if not config_file.is_file():
+        raise ExportError(
+            f"{adapter_dir} is not a LoRA adapter folder (it has no adapter_config.json). Choose the adapter "
+            "folder of a finished training run."
+        )
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ExportError(f"The adapter's settings in {config_file} cannot be read ({exc}).") from exc
+    if not isinstance(config, dict):
+        raise ExportError(f"The adapter's settings in {config_file} are not a JSON object.")
+    peft_type = str(config.get("peft_type", "LORA")).upper()
+    if peft_type != "LORA":
+        raise ExportError(f"This adapter is of type {peft_type}; only LoRA adapters can be merged.")
+    if config.get("use_dora"):
+        raise ExportError(
+            "This adapter uses DoRA, which desktop-dpo cannot merge yet; train with plain LoRA."
+        )
+    if not (adapter_dir / "adapter_model.safetensors").is_file():
+        raise ExportError(
+            f"The adapter in {adapter_dir} has no adapter_model.safetensors (pickle adapters are not loaded)."
+        )
+    return config
+
+
+def _base_key(adapter_key: str, marker: str) -> str:
+    """``base_model.model.model.layers.0.q_proj.lora_A.weight`` -> ``model.layers.0.q_proj.weight``."""
+    module = adapter_key[: adapter_key.index(marker)]
+    if module.startswith(_PEFT_PREFIX):
+        module = module[len(_PEFT_PREFIX) :]
+    return f"{module}.weight"
+
+
+def _pattern_value(module: str, patterns: dict[str, Any], default: float) -> float:
+    """peft's ``rank_pattern`` / ``alpha_pattern``: a key matches a module whose name ends with it."""
+    for key, value in patterns.items():
+        if module == key or re.fullmatch(rf"(.*\.)?{key}", module):
+            return float(value)
+    return default
+
+
+def _shard_files(base_dir: Path) -> list[Path]:
+    index = base_dir / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+            raise ExportError(f"The shard index {index} cannot be read ({exc}).") from exc
+        return [base_dir / name for name in dict.fromkeys(weight_map.values())]
+    single = base_dir / "model.safetensors"
+    if single.is_file():
+        return [single]
+    shards = sorted(base_dir.glob("*.safetensors"))
+    if not shards:
+        raise ExportError(f"{base_dir} has no safetensors weights to merge into.")
+    return shards
+
+
+def plan_merge(base_dir: str | Path, adapter_dir: str | Path, dtype: str = "bfloat16") -> MergePlan:
+    """Match every LoRA pair of the adapter to the base weight it updates (headers only).
+
+    Raises:
+        ExportError: the adapter does not fit this base (a weight it updates is missing or of another
+            shape), or either folder is unreadable.
+    """
+    from safetensors import safe_open
+
+    base_dir, adapter_dir = Path(base_dir), Path(adapter_dir)
+    if dtype not in MERGE_DTYPES:
+        raise ExportError(f"Merged weights are stored as {' or '.join(MERGE_DTYPES)}, not {dtype!r}.")
+    config = read_adapter_config(adapter_dir)
+    r = float(config.get("r", 8))
+    alpha = float(config.get("lora_alpha", r))
+    rank_pattern = config.get("rank_pattern") or {}
+    alpha_pattern = config.get("alpha_pattern") or {}
+    fan_in_fan_out = bool(config.get("fan_in_fan_out", False))
+    shards = _shard_files(base_dir)
+
+    base_shapes: dict[str, tuple[int, ...]] = {}
+    for shard in shards:
+        try:
+            with safe_open(str(shard), framework="pt") as handle:
+                for key in handle.keys():  # noqa: SIM118 (safe_open has keys(), not iteration)
+                    base_shapes[key] = tuple(handle.get_slice(key).get_shape())
+        except Exception as exc:  # safetensors raises its own error types for damaged files
+            raise ExportError(f"The base model's weights in {shard.name} cannot be read ({exc}).") from exc
+
+    adapter_file = adapter_dir / "adapter_model.safetensors"
+    try:
+        with safe_open(str(adapter_file), framework="pt") as handle:
+            adapter_shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+    except Exception as exc:
+        raise ExportError(f"The adapter's weights in {adapter_file} cannot be read ({exc}).") from exc
+
+    updates: dict[str, LoraUpdate] = {}
+    replacements: dict[str, str] = {}
+    for key in adapter_shapes:
+        if ".lora_A." in key:
+            base_key = _base_key(key, ".lora_A.")
+            b_key = key.replace(".lora_A.", ".lora_B.")
+            if b_key not in adapter_shapes:
+                raise ExportError(f"The adapter is incomplete: {key} has no matching lora_B weight.")
+            if base_key not in base_shapes:
+                raise ExportError(
+                    f"The adapter updates {base_key}, which this base model does not have: it was trained on "
+                    "another model. Export it with the base it was trained on."
+                )
+            module = base_key[: -len(".weight")]
+            rank = _pattern_value(module, rank_pattern, r)
+            module_alpha = _pattern_value(module, alpha_pattern, alpha)
+            scale = module_alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
+            out_features, in_features = adapter_shapes[b_key][0], adapter_shapes[key][1]
+            expected = (in_features, out_features) if fan_in_fan_out else (out_features, in_features)
+            if base_shapes[base_key] != expected:
+                raise ExportError(
+                    f"The adapter's update of {base_key} has shape {expected} but the base weight is "
+                    f"{base_shapes[base_key]}: the adapter was trained on another model."
+                )
+            updates[base_key] = LoraUpdate(key, b_key, scale, fan_in_fan_out)
+        elif ".modules_to_save." in key:
+            module = key[: key.index(".modules_to_save.")]
+            if module.startswith(_PEFT_PREFIX):
+                module = module[len(_PEFT_PREFIX) :]
+            base_key = f"{module}.{key.rsplit('.', 1)[-1]}"
+            if base_key in base_shapes:
+                replacements[base_key] = key
+        elif ".lora_B." not in key and not key.endswith(".lora_magnitude_vector"):
+            # A trained copy saved under the plain module name (peft's modules_to_save on save).
+            plain = key[len(_PEFT_PREFIX) :] if key.startswith(_PEFT_PREFIX) else key
+            if plain in base_shapes and adapter_shapes[key] == base_shapes[plain]:
+                replacements[plain] = key
+    if not updates and not replacements:
+        raise ExportError(f"The adapter in {adapter_dir} changes no weight of the base model.")
+    item = 2  # bf16 and fp16 both take two bytes
+    output_bytes = sum(math.prod(shape) * item for shape in base_shapes.values())
+    return MergePlan(updates=updates, replacements=replacements, shards=shards, output_bytes=output_bytes)
+
+
+def _merged_tensor(
+    weight: torch.Tensor, update: LoraUpdate | None, adapter: dict[str, torch.Tensor], dtype: torch.dtype
+) -> torch.Tensor:
+    """One base tensor with its LoRA update added in fp32, stored as ``dtype`` (contiguous, for saving)."""
+    import torch
+
+    if not weight.is_floating_point():
+        return weight.contiguous()
+    if update is None:
+        return weight.to(dtype).contiguous()
+    delta = adapter[update.lora_b].to(torch.float32) @ adapter[update.lora_a].to(torch.float32)
+    if update.fan_in_fan_out:
+        delta = delta.T
+    merged = weight.to(torch.float32).add_(delta, alpha=update.scale)
+    return merged.to(dtype).contiguous()
+
+
+def _copy_side_files(base_dir: Path, out_dir: Path, dtype: str) -> None:
+    for name in _COPIED_FILES:
+        source = base_dir / name
+        if source.is_file():
+            shutil.copy2(source, out_dir / name)
+    config_file = out_dir / "config.json"
+    if config_file.is_file():
+        # The weights now are bf16/fp16 and no longer quantized: say so, or loaders would try to.
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        config.pop("quantization_config", None)
+        config["torch_dtype"] = dtype
+        if "dtype" in config:
+            config["dtype"] = dtype
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def _fsync_files(files: Iterable[Path]) -> None:
+    for file in files:
+        with file.open("rb") as handle:
+            os.fsync(handle.fileno())
+
+
+def merge_adapter(
+    base_dir: str | Path,
+    adapter_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    dtype: str = "bfloat16",
+    cancel: CancelToken | None = None,
+) -> Job:
+    """Merge a LoRA adapter into its full-precision base and save the result as a model folder (a job).
+
+    Args:
+        base_dir: the Hugging Face folder the adapter was trained on (a GGUF model's trainable copy).
+        adapter_dir: a peft LoRA adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``).
+        out_dir: the merged model's folder; must not exist yet (or be empty).
+        dtype: "bfloat16" (default; the dtype of trainable copies) or "float16".
+        cancel: checked between tensors; a stop leaves nothing behind.
+
+    Yields :class:`Progress` in tensors merged. Returns ``out_dir``. Peak memory is about the largest shard
+    of the base (in ``dtype``) plus the adapter.
+
+    Raises:
+        ExportError: the adapter does not belong to this base, the disk is too full, or a folder cannot be
+            written (the message says which and what to do).
+        JobCancelled: stopped as asked.
+    """
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    cancel = cancel or CancelToken()
+    base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir).absolute()
+    yield Progress(0, 0, "Reading the adapter and the base model")
+    plan = plan_merge(base_dir, adapter_dir, dtype)
+    if out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+    if out_dir.exists():
+        raise ExportError(f"{out_dir} already exists. Choose another folder, or remove that one first.")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(out_dir.parent).free
+    if free < plan.output_bytes + _SPACE_MARGIN:
+        raise ExportError(
+            f"Not enough free disk space in {out_dir.parent}: the merged model needs about "
+            f"{plan.output_bytes / 1e6:.0f} MB and {free / 1e6:.0f} MB are free. Free some space or choose "
+            "another folder."
+        )
+    target_dtype = getattr(torch, dtype)
+    adapter = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    work = out_dir.parent / f".{out_dir.name}.merging-{uuid.uuid4().hex[:8]}"
+    for stale in out_dir.parent.glob(f".{out_dir.name}.merging-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # a crashed merge's leftovers
+    total = sum(1 for _ in _all_keys(plan.shards))
+    done = 0
+    merged_count = 0
+    try:
+        work.mkdir()
+        written: list[Path] = []
+        weight_map: dict[str, str] = {}
+        for shard in plan.shards:
+            tensors: dict[str, torch.Tensor] = {}
+            with safe_open(str(shard), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                for key in handle.keys():  # noqa: SIM118
+                    cancel.raise_if_cancelled()
+                    if key in plan.replacements:
+                        tensors[key] = adapter[plan.replacements[key]].to(target_dtype).contiguous()
+                    else:
+                        update = plan.updates.get(key)
+                        tensors[key] = _merged_tensor(handle.get_tensor(key), update, adapter, target_dtype)
+                        merged_count += update is not None
+                    weight_map[key] = shard.name
+                    done += 1
+                    if done % 16 == 0 or done == total:
+                        yield Progress(done, total, f"Merging {shard.name}")
+            shard_out = work / shard.name
+            save_file(tensors, str(shard_out), metadata={**metadata, "format": "pt"})
+            written.append(shard_out)
+            del tensors
+        if len(plan.shards) > 1:
+            index = {"metadata": {"total_size": plan.output_bytes}, "weight_map": weight_map}
+            (work / "model.safetensors.index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
+        _copy_side_files(base_dir, work, dtype)
+        (work / "desktop_dpo_merge.json").write_text(
+            json.dumps(
+                {
+                    "base": str(base_dir),
+                    "adapter": str(adapter_dir),
+                    "dtype": dtype,
+                    "lora_weights_merged": merged_count,
+                    "replaced_weights": len(plan.replacements),
+                },
+                indent=2,
+            ),
+            encoding="utf-8",
+        )
+        cancel.raise_if_cancelled()
+        _fsync_files(written)
+        os.replace(work, out_dir)
+    except OSError as exc:
+        if exc.errno == 28:
+            raise ExportError(
+                f"The disk filled up while writing the merged model in {out_dir.parent}; nothing was kept. "
+                "Free some space and export again."
+            ) from exc
+        raise
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    yield Progress(total, total, f"Merged {merged_count} weights into {out_dir.name}")
+    return out_dir
+
+
+def _all_keys(shards: Iterable[Path]) -> Iterable[str]:
+    from safetensors import safe_open
+
+    for shard in shards:
+        with safe_open(str(shard), framework="pt") as handle:
+            yield from handle.keys()
