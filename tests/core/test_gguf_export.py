@@ -1,0 +1,156 @@
+"""Quantizing, writing metadata into, and describing exported GGUF files (tiny model, llama.cpp's tools)."""
+
+from __future__ import annotations
+
+import errno
+import json
+from collections import namedtuple
+
+import pytest
+
+from desktop_dpo.core.errors import ExportError, JobCancelled
+from desktop_dpo.core.export import gguf as gguf_export
+from desktop_dpo.core.export.gguf import (
+    QUANTIZATIONS,
+    STOP_STRINGS_KEY,
+    llama_cpp_command,
+    modelfile_text,
+    quantize_gguf,
+    read_gguf_metadata,
+    write_gguf_metadata,
+)
+from desktop_dpo.core.jobs import CancelToken, run_job
+from desktop_dpo.core.llm.gguf_info import read_gguf_info
+from desktop_dpo.core.llm.templates import DEFAULT_STOP_STRINGS, DEFAULT_TEMPLATE
+
+
+def _greedy(path, prompt: str, n: int = 12) -> str:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), n_ctx=256, n_threads=2, verbose=False, seed=0)
+    try:
+        out = llm.create_completion(prompt, max_tokens=n, temperature=0.0)
+        return out["choices"][0]["text"]
+    finally:
+        llm.close()
+
+
+@pytest.mark.parametrize("quantization", ["F16", "Q8_0", "Q4_K_M"])
+def test_quantized_file_loads_in_llama_cpp_and_reports_its_type(tiny_gguf, tmp_path, quantization):
+    out, events = run_job(quantize_gguf(tiny_gguf, tmp_path / f"tiny.{quantization}.gguf", quantization))
+    assert out.is_file() and not list(tmp_path.glob(".*partial*"))
+    info = read_gguf_info(out)
+    assert info["file_type"] == quantization
+    assert out.stat().st_size < tiny_gguf.stat().st_size  # smaller than the F32 source
+    assert isinstance(_greedy(out, "The quick brown fox"), str)
+    assert events[-1].message.startswith(f"Wrote {out.name}")
+
+
+def test_f16_quantization_keeps_greedy_output(tiny_gguf, tmp_path):
+    out, _ = run_job(quantize_gguf(tiny_gguf, tmp_path / "tiny.F16.gguf", "F16"))
+    prompt = "Paris is the capital of"
+    assert _greedy(out, prompt) == _greedy(tiny_gguf, prompt)
+
+
+def test_metadata_carries_template_stops_and_provenance_through_quantization(tiny_gguf, tmp_path):
+    provenance = {
+        "desktop_dpo.base_model": "tiny-llama",
+        "desktop_dpo.base_fingerprint": "abc123",
+        "desktop_dpo.run_id": 7,
+        "desktop_dpo.pairs": 64,
+        "desktop_dpo.settings": json.dumps({"beta": 0.1, "lr": 5e-5}),
+        "desktop_dpo.created": "2026-12-01T07:00:00Z",
+        STOP_STRINGS_KEY: list(DEFAULT_STOP_STRINGS),
+    }
+    tagged, _ = run_job(
+        write_gguf_metadata(tiny_gguf, tmp_path / "tagged.gguf", provenance, chat_template=DEFAULT_TEMPLATE)
+    )
+    quantized, _ = run_job(quantize_gguf(tagged, tmp_path / "tagged.Q8_0.gguf", "Q8_0"))
+    for path in (tagged, quantized):
+        meta = read_gguf_metadata(path)  # the gguf package's reader
+        assert meta["tokenizer.chat_template"] == DEFAULT_TEMPLATE
+        assert meta[STOP_STRINGS_KEY] == list(DEFAULT_STOP_STRINGS)
+        assert meta["desktop_dpo.run_id"] == 7 and meta["desktop_dpo.pairs"] == 64
+        assert json.loads(meta["desktop_dpo.settings"]) == {"beta": 0.1, "lr": 5e-5}
+        assert meta["desktop_dpo.base_fingerprint"] == "abc123"
+        assert meta["general.architecture"] == "llama"
+    # The tensors were copied unchanged: the tagged file answers exactly like the original.
+    assert _greedy(tagged, "Water boils at") == _greedy(tiny_gguf, "Water boils at")
+
+
+def test_a_file_that_is_not_gguf_is_refused_in_words(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a model at all" * 10)
+    with pytest.raises(ExportError, match="not a readable GGUF"):
+        run_job(write_gguf_metadata(bad, tmp_path / "out.gguf", {"a": "b"}))
+    assert not (tmp_path / "out.gguf").exists()
+
+
+def test_unknown_quantization_is_refused(tiny_gguf, tmp_path):
+    with pytest.raises(ExportError, match="Q4_K_M"):
+        run_job(quantize_gguf(tiny_gguf, tmp_path / "x.gguf", "Q3_WHATEVER"))
+
+
+def test_stop_during_quantization_keeps_nothing(tiny_gguf, tmp_path):
+    cancel = CancelToken()
+    job = quantize_gguf(tiny_gguf, tmp_path / "tiny.Q4_K_M.gguf", "Q4_K_M", cancel=cancel)
+    next(job)
+    cancel.cancel()
+    with pytest.raises(JobCancelled):
+        for _ in job:
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_full_disk_is_refused_before_writing(monkeypatch, tiny_gguf, tmp_path):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(gguf_export.shutil, "disk_usage", lambda _p: usage(10**9, 10**9, 4096))
+    for job in (
+        quantize_gguf(tiny_gguf, tmp_path / "q.gguf", "Q8_0"),
+        write_gguf_metadata(tiny_gguf, tmp_path / "m.gguf", {"k": "v"}),
+    ):
+        with pytest.raises(ExportError, match="Not enough free disk space"):
+            run_job(job)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_filling_up_while_writing_metadata_keeps_nothing(monkeypatch, tiny_gguf, tmp_path):
+    from gguf import GGUFWriter
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(GGUFWriter, "write_tensor_data", full)
+    with pytest.raises(ExportError, match="disk filled up"):
+        run_job(write_gguf_metadata(tiny_gguf, tmp_path / "m.gguf", {"k": "v"}))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_modelfile_for_a_base_model_spells_out_the_layout_and_stops():
+    text = modelfile_text(
+        "aligned.Q4_K_M.gguf", uses_default_template=True, stop_strings=list(DEFAULT_STOP_STRINGS)
+    )
+    assert text.startswith("FROM ./aligned.Q4_K_M.gguf\n")
+    assert 'TEMPLATE """' in text and "User: {{ .Content }}" in text
+    assert 'PARAMETER stop "\\nUser:"' in text and 'PARAMETER stop "\\nAssistant:"' in text
+
+
+def test_modelfile_for_a_model_with_its_own_template_lets_ollama_read_it():
+    text = modelfile_text("chat.Q8_0.gguf", uses_default_template=False, stop_strings=[])
+    assert "TEMPLATE" not in text and "PARAMETER stop" not in text
+
+
+def test_llama_cpp_command_line_names_the_file_and_uses_the_stored_template():
+    assert (
+        llama_cpp_command("a.gguf", uses_default_template=False, stop_strings=[])
+        == "llama-cli -m a.gguf -cnv --jinja"
+    )
+    base = llama_cpp_command("b.gguf", uses_default_template=True, stop_strings=["\nUser:"])
+    assert "--jinja" not in base and '-r "User:"' in base
+
+
+def test_every_offered_quantization_is_a_llama_cpp_file_type():
+    import llama_cpp
+
+    for name, (constant, _size) in QUANTIZATIONS.items():
+        assert isinstance(getattr(llama_cpp, constant), int), name
