@@ -719,6 +719,7 @@ def register_model(
     allow_pickle: bool = False,
     name: str | None = None,
     parent_model_id: int | None = None,
+    run_id: int | None = None,
 ) -> ModelRow:
     """Inspect, fingerprint and record a model (or update the entry with the same path). Returns its row.
 
@@ -729,6 +730,7 @@ def register_model(
         allow_pickle: the person accepted pickle-only weights for this model (see :func:`inspect_model`).
         name: what to call it (e.g. a discovered model's label); default: the name in its metadata.
         parent_model_id: the model it was made from (a trainable copy's GGUF, an aligned model's base).
+        run_id: the training run that made it (an aligned model), so its lineage can be shown.
 
     Raises:
         ModelError: the model cannot be used (the message says why and what to do).
@@ -742,6 +744,7 @@ def register_model(
         source=source,
         info=info.to_dict(),
         parent_model_id=parent_model_id,
+        run_id=run_id,
     )
     row = store.get_model(model_id)
     assert row is not None  # just written in this thread

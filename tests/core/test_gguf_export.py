@@ -60,7 +60,8 @@ def test_metadata_carries_template_stops_and_provenance_through_quantization(tin
         "desktop_dpo.pairs": 64,
         "desktop_dpo.settings": json.dumps({"beta": 0.1, "lr": 5e-5}),
         "desktop_dpo.created": "2026-12-01T07:00:00Z",
-        STOP_STRINGS_KEY: list(DEFAULT_STOP_STRINGS),
+        STOP_STRINGS_KEY: json.dumps(DEFAULT_STOP_STRINGS),
+        "desktop_dpo.tags": ["dpo", "lora"],
     }
     tagged, _ = run_job(
         write_gguf_metadata(tiny_gguf, tmp_path / "tagged.gguf", provenance, chat_template=DEFAULT_TEMPLATE)
@@ -69,7 +70,8 @@ def test_metadata_carries_template_stops_and_provenance_through_quantization(tin
     for path in (tagged, quantized):
         meta = read_gguf_metadata(path)  # the gguf package's reader
         assert meta["tokenizer.chat_template"] == DEFAULT_TEMPLATE
-        assert meta[STOP_STRINGS_KEY] == list(DEFAULT_STOP_STRINGS)
+        assert json.loads(meta[STOP_STRINGS_KEY]) == list(DEFAULT_STOP_STRINGS)
+        assert meta["desktop_dpo.tags"] == ["dpo", "lora"]
         assert meta["desktop_dpo.run_id"] == 7 and meta["desktop_dpo.pairs"] == 64
         assert json.loads(meta["desktop_dpo.settings"]) == {"beta": 0.1, "lr": 5e-5}
         assert meta["desktop_dpo.base_fingerprint"] == "abc123"

@@ -280,7 +280,7 @@ def quantize_gguf(
 
 # Keys of this app's provenance in an exported GGUF's header (read back with the gguf package's reader).
 META_PREFIX = "desktop_dpo."
-STOP_STRINGS_KEY = f"{META_PREFIX}stop_strings"
+STOP_STRINGS_KEY = f"{META_PREFIX}stop_strings"  # a JSON list of strings (a GGUF array may not be empty)
 _COPY_CHUNK = 64 * 1024 * 1024
 
 
@@ -295,6 +295,8 @@ def _value_type(value: Any) -> tuple[Any, Any, Any | None]:
     if isinstance(value, float):
         return value, GGUFValueType.FLOAT64, None
     if isinstance(value, (list, tuple)):
+        if not value:
+            raise ExportError("An empty list cannot be written into a GGUF header; write it as JSON text.")
         return [str(v) for v in value], GGUFValueType.ARRAY, GGUFValueType.STRING
     return str(value), GGUFValueType.STRING, None
 

@@ -1,0 +1,363 @@
+"""Export a finished training run: merge → F16 GGUF with metadata → quantize → parity → Modelfiles.
+
+One job (a generator, see ``core/jobs.py``) turns a run's LoRA adapter into files that run anywhere
+llama.cpp runs::
+
+    run's adapter + its full-precision base ──merge (shard by shard)──► merged/ (bf16 safetensors)
+    merged/ ──llama.cpp converter──► F16 GGUF ──header: template, stops, provenance──► <name>.F16.gguf
+    <name>.F16.gguf ──llama.cpp quantizer──► <name>.Q4_K_M.gguf, <name>.Q8_0.gguf ...
+    parity check (tokenizers, logits vs F16, perplexity per file, trained policy vs merged)
+    next to each file: <file>.Modelfile (Ollama) and the llama.cpp command line in RUN.txt
+
+Everything is written inside a hidden work folder next to the destination, which is renamed to its final
+name only when the whole export is complete, after a free-space check: a stop, a crash or a full disk
+never leaves a broken file (or half an export) under the final name. The job writes no database rows;
+its driver calls :func:`persist_export` with its own store connection when it yields
+:class:`ExportFinished` (the exported files are registered as an aligned model and as export rows).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from desktop_dpo import __version__
+from desktop_dpo.core.errors import ExportError
+from desktop_dpo.core.export.gguf import (
+    DEFAULT_QUANTIZATION,
+    QUANTIZATIONS,
+    STOP_STRINGS_KEY,
+    convert_hf_to_gguf,
+    llama_cpp_command,
+    modelfile_text,
+    quantize_gguf,
+    write_gguf_metadata,
+)
+from desktop_dpo.core.jobs import CancelToken, Job, Log, Progress
+
+if TYPE_CHECKING:
+    from desktop_dpo.core.export.parity import ParityReport
+    from desktop_dpo.core.store import ModelRow, RunRow, Store
+
+MERGED_FOLDER = "merged"
+_SPACE_MARGIN = 256 * 1024 * 1024
+_HASH_CHUNK = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """What an export writes. Every field has the default a person gets from the Export view."""
+
+    quantizations: tuple[str, ...] = (
+        DEFAULT_QUANTIZATION,
+    )  # file types to write (F16, Q8_0, Q5_K_M, Q4_K_M)
+    destination: str | None = None  # folder that receives the export folder (None: the app's exports folder)
+    name: str | None = None  # the export folder's and files' name (None: from the run and base model)
+    merge_dtype: str = "bfloat16"  # the merged model's weights ("bfloat16" or "float16")
+    parity: bool = True  # run the parity check (a few seconds for small models)
+
+
+@dataclass(frozen=True)
+class ExportedFile:
+    """One GGUF of an export."""
+
+    quantization: str  # "Q4_K_M", "F16" ...
+    path: str  # final path (after the export folder was moved into place)
+    sha256: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class ExportFinished:
+    """The export is complete and in its final folder; the driver persists it (:func:`persist_export`)."""
+
+    run_id: int
+    folder: str  # the export folder
+    merged_dir: str  # the merged Hugging Face folder inside it
+    files: tuple[ExportedFile, ...]
+    parity: dict[str, Any] = field(default_factory=dict)  # ParityReport.to_dict(), or {} when skipped
+    parity_lines: tuple[str, ...] = ()  # the report in sentences
+    metadata: dict[str, Any] = field(default_factory=dict)  # what went into each file's header
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._").lower() or "model"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _parameter_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+
+
+def export_folder_name(run: RunRow, base: ModelRow) -> str:
+    """The default name of a run's export: base model and run, file-system safe (``gemma-3-270m-run-3``)."""
+    return f"{_slug(base.name)}-run-{run.id}"
+
+
+def _heldout_pairs(store: Store, run: RunRow) -> list[Any]:
+    from desktop_dpo.core.dpo.data import pairs_from_comparisons
+
+    views = store.comparison_views(ids=run.comparison_ids, include_deleted=True)
+    pairs = pairs_from_comparisons(views)
+    heldout = {p.id for p in store.list_prompts() if p.split == "heldout"}
+    return [pair for pair in pairs if pair.prompt_id in heldout]
+
+
+def _uses_default_template(merged_dir: Path) -> bool:
+    from desktop_dpo.core.models import inspect_model
+
+    return inspect_model(merged_dir).uses_default_template
+
+
+def export_run(
+    store: Store,
+    run_id: int,
+    settings: ExportSettings,
+    exports_dir: Path,
+    *,
+    cancel: CancelToken | None = None,
+) -> Job:
+    """Export a completed run (a job; yields Progress/Log events, then :class:`ExportFinished`, and returns it).
+
+    Args:
+        store: the driver thread's store (only read).
+        run_id: a completed run with an adapter.
+        settings: which files, where, under what name.
+        exports_dir: the default parent folder (``AppPaths.exports_dir``) when ``settings.destination`` is None.
+        cancel: checked between stages and inside each (merge, convert, quantize); nothing is kept on stop.
+
+    Raises:
+        ExportError: the run cannot be exported yet, or a stage failed (the message says why and what to do).
+        JobCancelled: stopped as asked.
+    """
+    from desktop_dpo.core.dpo.train import TrainConfig, _model_folder
+    from desktop_dpo.core.export.merge import merge_adapter
+
+    cancel = cancel or CancelToken()
+    quantizations = tuple(dict.fromkeys(q.upper() for q in settings.quantizations))
+    if not quantizations:
+        raise ExportError("Choose at least one file type to export (Q4_K_M is a good default).")
+    unknown = [q for q in quantizations if q not in QUANTIZATIONS]
+    if unknown:
+        raise ExportError(f"Unknown file type {unknown[0]}; choose from {', '.join(QUANTIZATIONS)}.")
+    run = store.get_run(run_id)
+    if run is None:
+        raise ExportError(f"There is no training run {run_id}.")
+    if run.status != "completed" or not run.adapter_path or not Path(run.adapter_path).is_dir():
+        raise ExportError(
+            f"Run {run.id} ({run.name}) has no finished adapter yet (status: {run.status}). Finish or resume "
+            "the training first."
+        )
+    base = store.get_model(run.base_model_id) if run.base_model_id is not None else None
+    if base is None:
+        raise ExportError(f"The base model of run {run.id} is no longer registered; register it again first.")
+    try:
+        base_dir = _model_folder(base)
+    except Exception as exc:
+        raise ExportError(str(exc)) from exc
+    config = TrainConfig.from_dict(run.config)
+
+    parent = Path(settings.destination) if settings.destination else exports_dir
+    name = _slug(settings.name) if settings.name else export_folder_name(run, base)
+    final = parent / name
+    if final.exists():
+        raise ExportError(f"{final} already exists. Choose another name or folder, or remove the old export.")
+    parent.mkdir(parents=True, exist_ok=True)
+    weights = _parameter_bytes(base_dir)
+    parameters = weights / 2 if weights else 0  # bf16 trainable copies: two bytes a weight
+    needed = int(parameters * (2 + 2 + 2 + sum(QUANTIZATIONS[q][1] for q in quantizations if q != "F16")))
+    free = shutil.disk_usage(parent).free
+    if free < needed + _SPACE_MARGIN:
+        raise ExportError(
+            f"Not enough free disk space in {parent}: this export needs about {needed / 1e9:.2f} GB (merged "
+            f"model, F16 GGUF and the quantized files) and {free / 1e9:.2f} GB are free. Free some space or "
+            "choose another folder."
+        )
+
+    work = parent / f".{name}.exporting-{uuid.uuid4().hex[:8]}"
+    for stale in parent.glob(f".{name}.exporting-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # a crashed export's leftovers
+    try:
+        work.mkdir()
+        yield Log(f"Merging the adapter of run {run.id} into {base.name}…")
+        merged = yield from merge_adapter(
+            base_dir, Path(run.adapter_path), work / MERGED_FOLDER, dtype=settings.merge_dtype, cancel=cancel
+        )
+        cancel.raise_if_cancelled()
+        raw_f16 = work / f".{name}.raw.F16.gguf"
+        yield Log("Converting the merged model to GGUF…")
+        yield from convert_hf_to_gguf(merged, raw_f16, outtype="f16", cancel=cancel)
+
+        default_template = _uses_default_template(merged)
+        from desktop_dpo.core.llm.templates import DEFAULT_STOP_STRINGS, DEFAULT_TEMPLATE
+
+        stops = list(DEFAULT_STOP_STRINGS) if default_template else []
+        metadata: dict[str, Any] = {
+            "general.name": f"{base.name} (aligned, run {run.id})",
+            "general.description": (
+                f"{base.name} aligned with DPO on {len(run.comparison_ids)} of your preference pairs by "
+                f"desktop-dpo {__version__}."
+            ),
+            "general.base_model.count": 1,
+            "general.base_model.0.name": base.name,
+            "desktop_dpo.version": __version__,
+            "desktop_dpo.base_model": base.name,
+            "desktop_dpo.base_fingerprint": base.fingerprint,
+            "desktop_dpo.run_id": run.id,
+            "desktop_dpo.run_name": run.name,
+            "desktop_dpo.reference": run.reference,
+            "desktop_dpo.settings": json.dumps(config.to_dict(), sort_keys=True),
+            "desktop_dpo.pairs": len(run.comparison_ids),
+            "desktop_dpo.created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "desktop_dpo.uses_default_template": default_template,
+            STOP_STRINGS_KEY: json.dumps(stops),  # JSON text: a GGUF array may not be empty
+        }
+        f16 = work / f"{name}.F16.gguf"
+        yield from write_gguf_metadata(
+            raw_f16,
+            f16,
+            metadata,
+            chat_template=DEFAULT_TEMPLATE if default_template else None,
+            cancel=cancel,
+        )
+        raw_f16.unlink()
+
+        files: dict[str, Path] = {}
+        for quantization in quantizations:
+            if quantization == "F16":
+                files["F16"] = f16
+                continue
+            yield Log(f"Quantizing to {quantization}…")
+            files[quantization] = yield from quantize_gguf(
+                f16, work / f"{name}.{quantization}.gguf", quantization, cancel=cancel
+            )
+
+        report: ParityReport | None = None
+        if settings.parity:
+            from desktop_dpo.core.export.parity import parity_check
+
+            yield Log("Checking that the exported files answer like the trained model…")
+            adapter_info = _adapter_info(Path(run.adapter_path))
+            policy = {
+                "base_dir": base_dir,
+                "adapter_dir": Path(run.adapter_path),
+                "pairs": _heldout_pairs(store, run),
+                "quantization": adapter_info.get("quantization", "none"),
+                "max_length": config.max_length,
+                "max_prompt_length": config.max_prompt_length,
+            }
+            report = yield from parity_check(
+                merged, f16, {q: p for q, p in files.items() if q != "F16"}, policy=policy, cancel=cancel
+            )
+            (work / "parity.json").write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
+        if "F16" not in quantizations:
+            f16.unlink()
+
+        run_lines = [f"# {base.name}, aligned by desktop-dpo (run {run.id})", ""]
+        for quantization, path in files.items():
+            modelfile = path.with_name(f"{path.name}.Modelfile")
+            modelfile.write_text(
+                modelfile_text(path.name, uses_default_template=default_template, stop_strings=stops),
+                encoding="utf-8",
+            )
+            run_lines += [
+                f"## {quantization}",
+                f"llama.cpp:  {llama_cpp_command(path.name, uses_default_template=default_template, stop_strings=stops)}",
+                f"Ollama:     ollama create {name}-{quantization.lower()} -f {modelfile.name}",
+                f"            ollama run {name}-{quantization.lower()}",
+                "LM Studio:  copy the .gguf file into a folder under ~/.lmstudio/models/",
+                "",
+            ]
+        (work / "RUN.txt").write_text("\n".join(run_lines), encoding="utf-8")
+        cancel.raise_if_cancelled()
+        yield Progress(0, 0, "Computing checksums")
+        hashed = {q: (_sha256(p), p.stat().st_size) for q, p in files.items()}
+        os.replace(work, final)
+    except OSError as exc:
+        if exc.errno == 28:
+            raise ExportError(
+                f"The disk filled up while exporting to {parent}; nothing was kept. Free some space and try again."
+            ) from exc
+        raise
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+
+    finished = ExportFinished(
+        run_id=run.id,
+        folder=str(final),
+        merged_dir=str(final / MERGED_FOLDER),
+        files=tuple(
+            ExportedFile(
+                quantization=q, path=str(final / p.name), sha256=hashed[q][0], size_bytes=hashed[q][1]
+            )
+            for q, p in files.items()
+        ),
+        parity=report.to_dict() if report is not None else {},
+        parity_lines=tuple(report.lines()) if report is not None else (),
+        metadata=metadata,
+    )
+    yield finished
+    return finished
+
+
+def _adapter_info(adapter_dir: Path) -> dict[str, Any]:
+    """What training wrote next to the adapter (``desktop_dpo_run.json``), or {} for an imported adapter."""
+    try:
+        data = json.loads((adapter_dir / "desktop_dpo_run.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def persist_export(store: Store, finished: ExportFinished, *, register_as: str | None = None) -> list[int]:
+    """Record an export: each file as an export row, and the first file registered as an aligned model.
+
+    ``register_as`` picks which file becomes the registered model (default: the first, i.e. the preferred
+    quantization). The aligned model's parent is the run's base model, so its lineage is visible. Returns the
+    ids of the registered models (one).
+    """
+    from desktop_dpo.core.models import register_model
+
+    run = store.get_run(finished.run_id)
+    base_id = run.base_model_id if run is not None else None
+    chosen = next((f for f in finished.files if f.quantization == register_as), finished.files[0])
+    with store.atomic():
+        model = register_model(
+            store,
+            chosen.path,
+            source="aligned",
+            name=f"{finished.metadata.get('desktop_dpo.base_model', 'model')} · run {finished.run_id} · "
+            f"{chosen.quantization}",
+            parent_model_id=base_id,
+            run_id=finished.run_id,
+        )
+        # The merged folder is this model's trainable form: the next round trains from it (train looks for hf_path).
+        store.update_model_info(model.id, hf_path=finished.merged_dir, export_folder=finished.folder)
+        for file in finished.files:
+            store.add_export(
+                path=file.path,
+                quantization=file.quantization,
+                sha256=file.sha256,
+                size_bytes=file.size_bytes,
+                run_id=finished.run_id,
+                model_id=model.id if file is chosen else None,
+                parity=finished.parity,
+                meta={**finished.metadata, "folder": finished.folder, "merged_dir": finished.merged_dir},
+            )
+    return [model.id]
