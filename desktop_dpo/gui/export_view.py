@@ -1,0 +1,556 @@
+"""The Export view: pick a finished run, choose file types and a folder, export, read the parity report.
+
+The export runs as a job on the resource ``"export"`` (:mod:`desktop_dpo.workers.export_worker`): the merge,
+conversion, quantization and parity check happen in a worker thread with its own database connection,
+which also records the result (export rows, the aligned model registered). This view only shows progress
+and what came out; the window stays responsive throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import time
+from pathlib import Path
+
+from PySide6.QtCore import Qt, QUrl, Signal, Slot
+from PySide6.QtGui import QDesktopServices, QGuiApplication, QShowEvent
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFrame,
+    QGridLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QMainWindow,
+    QProgressBar,
+    QPushButton,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop_dpo.config import AppPaths
+from desktop_dpo.core.errors import DesktopDpoError
+from desktop_dpo.core.export.gguf import DEFAULT_QUANTIZATION, QUANTIZATIONS, llama_cpp_command
+from desktop_dpo.core.export.pipeline import ExportFinished, ExportSettings, export_folder_name
+from desktop_dpo.core.jobs import Log, Progress
+from desktop_dpo.core.store import ExportRow, RunRow, Store
+from desktop_dpo.gui.message_banner import MessageBanner
+from desktop_dpo.workers.export_worker import EXPORT_RESOURCE, ExportRecorded, export_job
+from desktop_dpo.workers.job_worker import JobRegistry, JobThread
+
+log = logging.getLogger(__name__)
+
+STATUS_MESSAGE_MS = 8000
+# What each file type is for, in one line (shown next to its checkbox).
+QUANTIZATION_NOTES = {
+    "F16": "full 16-bit weights: the reference, largest file",
+    "Q8_0": "8-bit: indistinguishable from F16, half its size",
+    "Q5_K_M": "5-bit: a little smaller, still very close",
+    "Q4_K_M": "4-bit: the usual choice, small and fast, slight quality cost",
+}
+
+STYLE = """
+#fieldLabel { color: #475569; font-size: 12px; font-weight: 600; }
+#exportNote, #activityText, #runDetails { color: #64748b; font-size: 12px; }
+#parityBadge { border-radius: 8px; padding: 2px 10px; font-size: 12px; font-weight: 600; }
+#parityBadge[passed="true"] { background: #ecfdf5; color: #047857; border: 1px solid #a7f3d0; }
+#parityBadge[passed="false"] { background: #fff7ed; color: #9a3412; border: 1px solid #fed7aa; }
+#parityLine { color: #1e293b; font-size: 13px; }
+#emptyState { color: #334155; font-size: 14px; }
+"""
+
+
+def _human_bytes(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
+
+
+class ExportView(QWidget):
+    """Export a finished training run as GGUF files, with a parity check; list past exports.
+
+    Signals:
+        models_changed(): an export registered a new (aligned) model.
+        model_chosen(object): the person wants to chat with an exported model (a ``ModelRow``).
+    """
+
+    models_changed = Signal()
+    model_chosen = Signal(object)
+
+    def __init__(
+        self, *, store: Store, registry: JobRegistry, paths: AppPaths, parent: QWidget | None = None
+    ):
+        super().__init__(parent)
+        self.setObjectName("pageArea")
+        self.setStyleSheet(STYLE)
+        self.store = store
+        self.registry = registry
+        self.paths = paths
+        self._job: JobThread | None = None
+        self._runs: list[RunRow] = []
+        self._build()
+        registry.changed.connect(self._update_actions)
+        self.refresh()
+
+    # ---------------------------------------------------------------- building
+
+    def _build(self) -> None:
+        title = QLabel("Export")
+        title.setObjectName("pageTitle")
+        summary = QLabel(
+            "Merge a trained adapter into its base and write GGUF files for llama.cpp, Ollama or LM Studio."
+        )
+        summary.setObjectName("pageSummary")
+        summary.setWordWrap(True)
+
+        self.empty_label = QLabel(
+            "Export needs a finished training run. Collect some pairs, train in Train, then come back here."
+        )
+        self.empty_label.setObjectName("emptyState")
+        self.empty_label.setWordWrap(True)
+
+        # -- what to export
+        card = QFrame()
+        card.setObjectName("card")
+        grid = QGridLayout(card)
+        grid.setContentsMargins(16, 14, 16, 14)
+        grid.setHorizontalSpacing(12)
+        grid.setVerticalSpacing(8)
+        self.run_combo = QComboBox()
+        self.run_combo.setToolTip("The finished training run whose adapter is exported")
+        self.run_combo.currentIndexChanged.connect(self._on_run_changed)
+        self.run_details = QLabel()
+        self.run_details.setObjectName("runDetails")
+        self.run_details.setWordWrap(True)
+        grid.addWidget(self._field("Run"), 0, 0)
+        grid.addWidget(self.run_combo, 0, 1, 1, 2)
+        grid.addWidget(self.run_details, 1, 1, 1, 2)
+
+        self.quant_checks: dict[str, QCheckBox] = {}
+        types = QVBoxLayout()
+        types.setSpacing(2)
+        for name in QUANTIZATIONS:
+            check = QCheckBox(name)
+            check.setChecked(name == DEFAULT_QUANTIZATION)
+            check.toggled.connect(self._update_actions)
+            self.quant_checks[name] = check
+            types.addWidget(check)
+        grid.addWidget(self._field("Files"), 2, 0)
+        grid.addLayout(types, 2, 1, 1, 2)
+
+        self.destination_edit = QLineEdit(str(self.paths.exports_dir))
+        self.destination_edit.setToolTip("The export gets its own folder inside this one")
+        browse = QPushButton("Browse…")
+        browse.setObjectName("secondaryButton")
+        browse.clicked.connect(self._on_browse_clicked)
+        grid.addWidget(self._field("Folder"), 3, 0)
+        grid.addWidget(self.destination_edit, 3, 1)
+        grid.addWidget(browse, 3, 2)
+        self.name_edit = QLineEdit()
+        self.name_edit.setToolTip("Name of the export folder and of its files")
+        grid.addWidget(self._field("Name"), 4, 0)
+        grid.addWidget(self.name_edit, 4, 1, 1, 2)
+        self.parity_check = QCheckBox("Check that the files answer like the trained model (parity check)")
+        self.parity_check.setChecked(True)
+        grid.addWidget(self.parity_check, 5, 1, 1, 2)
+        grid.setColumnStretch(1, 1)
+
+        self.export_button = QPushButton("Export")
+        self.export_button.setObjectName("primaryButton")
+        self.export_button.clicked.connect(self.start_export)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setObjectName("secondaryButton")
+        self.stop_button.setToolTip("Stop the export; nothing half-written is kept")
+        self.stop_button.clicked.connect(self.stop)
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(False)
+        self.progress.setMaximumHeight(10)
+        self.progress.setVisible(False)
+        self.activity = QLabel()
+        self.activity.setObjectName("activityText")
+        actions = QHBoxLayout()
+        actions.addWidget(self.activity, 1)
+        actions.addWidget(self.progress, 1)
+        actions.addWidget(self.stop_button)
+        actions.addWidget(self.export_button)
+        grid.addLayout(actions, 6, 0, 1, 3)
+        self.form_card = card
+
+        self.banner = MessageBanner()
+
+        # -- the parity report of the last export
+        self.report_card = QFrame()
+        self.report_card.setObjectName("card")
+        report = QVBoxLayout(self.report_card)
+        report.setContentsMargins(16, 12, 16, 12)
+        head = QHBoxLayout()
+        heading = QLabel("Parity report")
+        heading.setObjectName("cardHeading")
+        self.parity_badge = QLabel()
+        self.parity_badge.setObjectName("parityBadge")
+        head.addWidget(heading)
+        head.addWidget(self.parity_badge)
+        head.addStretch(1)
+        report.addLayout(head)
+        self.report_lines = QLabel()
+        self.report_lines.setObjectName("parityLine")
+        self.report_lines.setWordWrap(True)
+        self.report_lines.setTextFormat(Qt.TextFormat.PlainText)
+        report.addWidget(self.report_lines)
+        self.report_card.setVisible(False)
+
+        # -- past exports
+        self.exports_tree = QTreeWidget()
+        self.exports_tree.setHeaderLabels(["File", "Type", "Size", "Run", "Exported"])
+        self.exports_tree.setRootIsDecorated(False)
+        self.exports_tree.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.exports_tree.header().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.exports_tree.itemSelectionChanged.connect(self._update_actions)
+        self.open_button = QPushButton("Open folder")
+        self.open_button.setObjectName("secondaryButton")
+        self.open_button.clicked.connect(self._on_open_folder_clicked)
+        self.copy_button = QPushButton("Copy llama.cpp command")
+        self.copy_button.setObjectName("secondaryButton")
+        self.copy_button.clicked.connect(self._on_copy_command_clicked)
+        self.chat_button = QPushButton("Chat with it")
+        self.chat_button.setObjectName("secondaryButton")
+        self.chat_button.clicked.connect(self._on_chat_clicked)
+        exports_head = QHBoxLayout()
+        past = QLabel("Exported files")
+        past.setObjectName("cardHeading")
+        exports_head.addWidget(past)
+        exports_head.addStretch(1)
+        for button in (self.open_button, self.copy_button, self.chat_button):
+            exports_head.addWidget(button)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(24, 20, 24, 16)
+        layout.setSpacing(10)
+        layout.addWidget(title)
+        layout.addWidget(summary)
+        layout.addWidget(self.empty_label)
+        layout.addWidget(card)
+        layout.addWidget(self.banner)
+        layout.addWidget(self.report_card)
+        layout.addLayout(exports_head)
+        layout.addWidget(self.exports_tree, 1)
+
+    @staticmethod
+    def _field(text: str) -> QLabel:
+        label = QLabel(text)
+        label.setObjectName("fieldLabel")
+        return label
+
+    # ---------------------------------------------------------------- data
+
+    def refresh(self) -> None:
+        """Re-read the finished runs and the past exports."""
+        current = self.run_combo.currentData()
+        self._runs = [r for r in self.store.list_runs() if r.status == "completed" and r.adapter_path]
+        self.run_combo.blockSignals(True)
+        self.run_combo.clear()
+        for run in reversed(self._runs):  # newest first
+            base = self.store.get_model(run.base_model_id) if run.base_model_id is not None else None
+            accuracy = run.final_metrics.get("rewards/accuracies")
+            parts = [f"Run {run.id} · {run.name}", base.name if base else "base model gone"]
+            parts.append(f"{len(run.comparison_ids)} pairs")
+            if accuracy is not None:
+                parts.append(f"accuracy {accuracy:.0%}")
+            self.run_combo.addItem("  ·  ".join(parts), run.id)
+        index = self.run_combo.findData(current) if current is not None else -1
+        self.run_combo.setCurrentIndex(max(index, 0) if self._runs else -1)
+        self.run_combo.blockSignals(False)
+        has_runs = bool(self._runs)
+        self.empty_label.setVisible(not has_runs)
+        self.form_card.setEnabled(has_runs or self._job is not None)
+        self._on_run_changed()
+        self._fill_exports()
+        self._update_actions()
+
+    def selected_run(self) -> RunRow | None:
+        """The run the Export button exports."""
+        run_id = self.run_combo.currentData()
+        return next((r for r in self._runs if r.id == run_id), None)
+
+    def select_run(self, run_id: int) -> None:
+        """Choose the run to export (e.g. from the Train view's "Export" button)."""
+        self.refresh()
+        index = self.run_combo.findData(run_id)
+        if index >= 0:
+            self.run_combo.setCurrentIndex(index)
+
+    @Slot()
+    def _on_run_changed(self, _index: int = 0) -> None:
+        run = self.selected_run()
+        if run is None:
+            self.run_details.clear()
+            self.name_edit.setPlaceholderText("")
+            for name, check in self.quant_checks.items():
+                check.setText(f"{name} — {QUANTIZATION_NOTES[name]}")
+            return
+        base = self.store.get_model(run.base_model_id) if run.base_model_id is not None else None
+        parameters = (base.info.get("parameter_count") if base else None) or 0
+        for name, check in self.quant_checks.items():
+            size = f" (about {_human_bytes(parameters * QUANTIZATIONS[name][1])})" if parameters else ""
+            check.setText(f"{name} — {QUANTIZATION_NOTES[name]}{size}")
+        config = run.config
+        metrics = run.final_metrics
+        bits = [
+            f"β {config.get('beta')}",
+            f"lr {config.get('lr')}",
+            f"{config.get('epochs')} epochs",
+            f"LoRA r {config.get('lora_r')}",
+            f"{run.step} steps",
+        ]
+        if "rewards/margins" in metrics:
+            bits.append(f"final margin {metrics['rewards/margins']:.2f}")
+        self.run_details.setText(f"Base: {base.name if base else 'not registered'} · " + " · ".join(bits))
+        if base is not None:
+            self.name_edit.setPlaceholderText(export_folder_name(run, base))
+
+    def _fill_exports(self) -> None:
+        self.exports_tree.clear()
+        for export in reversed(self.store.list_exports()):
+            item = QTreeWidgetItem(
+                [
+                    Path(export.path).name,
+                    export.quantization,
+                    _human_bytes(export.size_bytes),
+                    str(export.run_id or ""),
+                    time.strftime("%Y-%m-%d %H:%M", time.localtime(export.created_at)),
+                ]
+            )
+            item.setToolTip(0, export.path)
+            item.setData(0, Qt.ItemDataRole.UserRole, export.id)
+            self.exports_tree.addTopLevelItem(item)
+
+    def _selected_export(self) -> ExportRow | None:
+        items = self.exports_tree.selectedItems()
+        if not items:
+            return None
+        export_id = items[0].data(0, Qt.ItemDataRole.UserRole)
+        return next((e for e in self.store.list_exports() if e.id == export_id), None)
+
+    # ---------------------------------------------------------------- exporting
+
+    def chosen_quantizations(self) -> tuple[str, ...]:
+        """The file types ticked, in the order offered (the first becomes the registered model)."""
+        ticked = [name for name, check in self.quant_checks.items() if check.isChecked()]
+        # The preferred type first: Q4_K_M (the usual choice) before the larger reference files.
+        ticked.sort(key=lambda name: (name != DEFAULT_QUANTIZATION, name))
+        return tuple(ticked)
+
+    @Slot()
+    def start_export(self) -> bool:
+        """Start exporting the selected run. Returns False (and says why) when it cannot start."""
+        run = self.selected_run()
+        if run is None or not self.export_button.isEnabled():
+            return False
+        settings = ExportSettings(
+            quantizations=self.chosen_quantizations(),
+            destination=self.destination_edit.text().strip() or None,
+            name=self.name_edit.text().strip() or None,
+            parity=self.parity_check.isChecked(),
+        )
+
+        def connect(thread: JobThread) -> None:
+            thread.event.connect(self._on_job_event)
+            thread.succeeded.connect(self._on_job_succeeded)
+            thread.failed.connect(self._on_job_failed)
+            thread.cancelled.connect(self._on_job_cancelled)
+
+        try:
+            self._job = self.registry.start(
+                EXPORT_RESOURCE,
+                export_job(self.paths.db_path, run.id, settings, self.paths.exports_dir),
+                connect=connect,
+            )
+        except DesktopDpoError as exc:
+            self.banner.show_message(str(exc))
+            return False
+        self.banner.clear()
+        self.report_card.setVisible(False)
+        self.progress.setRange(0, 0)
+        self.progress.setVisible(True)
+        self.activity.setText(f"Exporting run {run.id}… (the window stays usable; Stop keeps nothing)")
+        self._update_actions()
+        return True
+
+    @Slot()
+    def stop(self) -> None:
+        """Stop the export at the next step; nothing half-written is kept."""
+        if self._job is not None:
+            self._job.cancel()
+            self.activity.setText("Stopping…")
+
+    @Slot(object)
+    def _on_job_event(self, event: object) -> None:
+        if self.sender() is not self._job:
+            return
+        if isinstance(event, Progress):
+            fraction = event.fraction
+            self.progress.setRange(0, 0 if fraction is None else 1000)
+            if fraction is not None:
+                self.progress.setValue(int(fraction * 1000))
+            if event.message:
+                self.activity.setText(event.message)
+        elif isinstance(event, Log):
+            self.activity.setText(event.message)
+        elif isinstance(event, ExportFinished):
+            self.show_report(event)
+
+    def show_report(self, finished: ExportFinished) -> None:
+        """Show the parity report of an export."""
+        passed = bool(finished.parity) and self._parity_passed(finished.parity)
+        if finished.parity:
+            self.parity_badge.setText("Answers like the trained model" if passed else "Check the differences")
+        else:
+            self.parity_badge.setText("Parity check skipped")
+        self.parity_badge.setProperty("passed", passed)
+        self.parity_badge.style().unpolish(self.parity_badge)
+        self.parity_badge.style().polish(self.parity_badge)
+        files = "\n".join(
+            f"{f.quantization}: {f.path}  ({_human_bytes(f.size_bytes)})" for f in finished.files
+        )
+        self.report_lines.setText("\n".join([*finished.parity_lines, "", files]).strip())
+        self.report_card.setVisible(True)
+
+    @staticmethod
+    def _parity_passed(parity: dict) -> bool:
+        return (
+            parity.get("tokenizer_texts", 0) > 0
+            and parity.get("tokenizer_identical") == parity.get("tokenizer_texts")
+            and (parity.get("top1_agreement") or 0.0) >= 0.99
+        )
+
+    def report_text(self) -> str:
+        """The parity report on screen ("" when none)."""
+        return self.report_lines.text() if not self.report_card.isHidden() else ""
+
+    @Slot(object)
+    def _on_job_succeeded(self, result: object) -> None:
+        if self.sender() is not self._job:
+            return
+        self._job = None
+        self.progress.setVisible(False)
+        if isinstance(result, ExportRecorded):
+            model = self.store.get_model(result.model_id)
+            self.activity.setText(
+                f"Exported to {result.finished.folder}. Registered as “{model.name if model else result.model_id}”: "
+                "chat with it, or evaluate it against the base."
+            )
+            self._notify(f"Export finished: {result.finished.folder}")
+        self.refresh()
+        self.models_changed.emit()
+
+    @Slot(str)
+    def _on_job_failed(self, message: str) -> None:
+        if self.sender() is not self._job:
+            return
+        self._job = None
+        self.progress.setVisible(False)
+        self.activity.setText("The export failed; nothing half-written was kept.")
+        self.banner.show_message(message)
+        self._update_actions()
+
+    @Slot()
+    def _on_job_cancelled(self) -> None:
+        if self.sender() is not self._job:
+            return
+        self._job = None
+        self.progress.setVisible(False)
+        self.activity.setText("Export stopped; nothing was kept.")
+        self._update_actions()
+
+    # ---------------------------------------------------------------- actions on past exports
+
+    @Slot()
+    def _on_browse_clicked(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Export into", self.destination_edit.text())
+        if folder:
+            self.destination_edit.setText(folder)
+
+    @Slot()
+    def _on_open_folder_clicked(self) -> None:
+        export = self._selected_export()
+        if export is None:
+            return
+        folder = Path(export.path).parent
+        if not QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder))):
+            self.banner.show_message(
+                f"No file manager could be opened. The files are in:\n{folder}", tone="info"
+            )
+
+    def llama_cpp_command(self) -> str:
+        """The command line that chats with the selected export in llama.cpp ("" when none)."""
+        export = self._selected_export()
+        if export is None:
+            return ""
+        default = bool(export.meta.get("desktop_dpo.uses_default_template"))
+        stops = json.loads(export.meta.get("desktop_dpo.stop_strings", "[]") or "[]")
+        return llama_cpp_command(
+            subprocess.list2cmdline([export.path]), uses_default_template=default, stop_strings=stops
+        )
+
+    @Slot()
+    def _on_copy_command_clicked(self) -> None:
+        command = self.llama_cpp_command()
+        if command:
+            QGuiApplication.clipboard().setText(command)
+            self._notify("Copied the llama.cpp command line.")
+
+    @Slot()
+    def _on_chat_clicked(self) -> None:
+        export = self._selected_export()
+        if export is None:
+            return
+        model = next((m for m in self.store.list_models() if m.path == export.path), None)
+        if model is None:
+            self.banner.show_message(
+                f"{Path(export.path).name} is not a registered model any more. Add it again in Models to chat.",
+                tone="info",
+            )
+            return
+        self.model_chosen.emit(model)
+
+    # ---------------------------------------------------------------- state
+
+    @Slot()
+    def _update_actions(self) -> None:
+        running = self._job is not None
+        busy = self.registry.is_busy(EXPORT_RESOURCE)
+        self.export_button.setEnabled(
+            not busy and self.selected_run() is not None and bool(self.chosen_quantizations())
+        )
+        self.export_button.setToolTip(
+            "An export is already running" if busy else "Merge, convert, quantize and check the selected run"
+        )
+        self.stop_button.setEnabled(running)
+        for widget in (self.run_combo, self.destination_edit, self.name_edit, self.parity_check):
+            widget.setEnabled(not running)
+        for check in self.quant_checks.values():
+            check.setEnabled(not running)
+        selected = self._selected_export() is not None
+        for button in (self.open_button, self.copy_button, self.chat_button):
+            button.setEnabled(selected)
+
+    def _notify(self, text: str) -> None:
+        window = self.window()
+        if window is not self and isinstance(window, QMainWindow):
+            window.statusBar().showMessage(text, STATUS_MESSAGE_MS)
+
+    def showEvent(self, event: QShowEvent) -> None:  # Qt override
+        # A run may have finished in the Train view while this one was hidden.
+        if self._job is None:
+            self.refresh()
+        super().showEvent(event)

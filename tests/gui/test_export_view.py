@@ -1,0 +1,158 @@
+"""The Export view, driven through its widgets: export a trained run of the tiny model, stop one, refuse one."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QApplication
+
+from desktop_dpo.core.dpo.train import TrainConfig, drive_training
+from desktop_dpo.core.jobs import CancelToken
+from desktop_dpo.core.models import register_model
+from desktop_dpo.core.store import Store
+from desktop_dpo.gui.export_view import ExportView
+from desktop_dpo.workers.job_worker import JobRegistry
+
+WAIT_MS = 120_000  # generous: the machine is shared; nothing here asserts on time
+CONFIG = TrainConfig(
+    lr=5e-3, epochs=1, batch_size=2, grad_accum=1, max_length=48, max_prompt_length=24, lora_r=4, lora_alpha=8,
+    checkpoint_every=100, eval_every=100, heldout_fraction=0.25, seed=5, threads=1, quantization="none",
+    device="cpu",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained_db(tiny_model_dir, tmp_path_factory) -> Path:
+    """A database with one completed run of the tiny model (trained once for the module)."""
+    folder = tmp_path_factory.mktemp("export-view")
+    store = Store.open(folder / "desktop-dpo.sqlite")
+    for i, topic in enumerate(["owls", "tea", "snow", "maps", "bells", "kites", "ferns", "dunes"]):
+        store.record_pair(
+            messages=[{"role": "user", "content": f"Tell me about {topic}."}],
+            text_a=f" Gladly! {topic} are lovely." if i % 2 else f" No. {topic} bore me.",
+            text_b=f" No. {topic} bore me." if i % 2 else f" Gladly! {topic} are lovely.",
+            verdict="a" if i % 2 else "b",
+        )
+    base = register_model(store, tiny_model_dir, name="tiny")
+    run_id = store.create_run(
+        name="first",
+        base_model_id=base.id,
+        config=CONFIG.to_dict(),
+        comparison_ids=[v.comparison.id for v in store.comparison_views()],
+        checkpoint_dir=str(folder / "run"),
+    )
+    drive_training(store, run_id, cancel=CancelToken())
+    store.close()
+    return folder / "desktop-dpo.sqlite"
+
+
+@pytest.fixture
+def registry():
+    jobs = JobRegistry()
+    yield jobs
+    jobs.cancel_all_and_wait(60_000)
+
+
+@pytest.fixture
+def view_store(app_home, trained_db):
+    shutil.copy2(trained_db, app_home.db_path)
+    store = Store.open(app_home.db_path)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def view(qtbot, view_store, registry, app_home) -> ExportView:
+    widget = ExportView(store=view_store, registry=registry, paths=app_home)
+    qtbot.addWidget(widget)
+    widget.resize(1000, 760)
+    widget.show()
+    return widget
+
+
+def test_export_writes_the_files_shows_the_parity_report_and_registers_the_model(
+    qtbot, view, view_store, app_home
+):
+    assert view.run_combo.count() == 1 and "Run 1 · first" in view.run_combo.currentText()
+    assert view.quant_checks["Q4_K_M"].isChecked()  # the usual choice is ticked by default
+    view.quant_checks["Q4_K_M"].setChecked(False)
+    view.quant_checks["Q8_0"].setChecked(True)
+    view.quant_checks["F16"].setChecked(True)
+    assert view.chosen_quantizations() == ("F16", "Q8_0")
+
+    with qtbot.waitSignal(view.models_changed, timeout=WAIT_MS):
+        qtbot.mouseClick(view.export_button, Qt.MouseButton.LeftButton)
+        assert not view.export_button.isEnabled() and view.stop_button.isEnabled()
+
+    folder = app_home.exports_dir / "tiny-run-1"
+    assert (folder / "tiny-run-1.Q8_0.gguf").is_file() and (folder / "tiny-run-1.F16.gguf").is_file()
+    assert "Tokenizers agree" in view.report_text()
+    assert "Answers like the trained model" in view.parity_badge.text()
+    assert view.exports_tree.topLevelItemCount() == 2
+    assert "Registered as" in view.activity.text()
+    aligned = [m for m in view_store.list_models() if m.source == "aligned"]
+    assert len(aligned) == 1 and aligned[0].run_id == 1
+
+    # A past export can be chatted with and run from a terminal.
+    view.exports_tree.setCurrentItem(view.exports_tree.topLevelItem(0))
+    assert "llama-cli -m" in view.llama_cpp_command() and "--jinja" in view.llama_cpp_command()
+    chosen = []
+    view.model_chosen.connect(chosen.append)
+    exported_paths = {view.exports_tree.topLevelItem(i).toolTip(0) for i in range(2)}
+    registered = next(i for i in range(2) if view.exports_tree.topLevelItem(i).toolTip(0) == aligned[0].path)
+    assert aligned[0].path in exported_paths
+    view.exports_tree.setCurrentItem(view.exports_tree.topLevelItem(registered))
+    qtbot.mouseClick(view.chat_button, Qt.MouseButton.LeftButton)
+    assert [m.id for m in chosen] == [aligned[0].id]
+
+
+def test_exporting_under_an_existing_name_is_refused_in_the_banner(qtbot, view, app_home):
+    (app_home.exports_dir / "tiny-run-1").mkdir(parents=True)
+    qtbot.mouseClick(view.export_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: view.banner.message() != "", timeout=WAIT_MS)
+    assert "already exists" in view.banner.message()
+    assert view.export_button.isEnabled()
+    assert view.exports_tree.topLevelItemCount() == 0
+
+
+def test_stop_keeps_nothing_and_the_database_unchanged(qtbot, view, view_store, app_home):
+    before = view_store.table_counts()
+    view.start_export()
+    qtbot.waitUntil(
+        lambda: "Converting" in view.activity.text() or "Writing" in view.activity.text(), timeout=WAIT_MS
+    )
+    qtbot.mouseClick(view.stop_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: view._job is None, timeout=WAIT_MS)
+    assert "stopped" in view.activity.text().lower()
+    assert list(app_home.exports_dir.iterdir()) == []
+    assert view_store.table_counts() == before
+
+
+def test_with_no_finished_run_the_view_says_what_it_needs(qtbot, registry, app_home):
+    store = Store.open(app_home.db_path)
+    try:
+        view = ExportView(store=store, registry=registry, paths=app_home)
+        qtbot.addWidget(view)
+        view.show()
+        assert view.empty_label.isVisible() and "needs a finished training run" in view.empty_label.text()
+        assert not view.export_button.isEnabled()
+        assert not view.start_export()
+    finally:
+        store.close()
+
+
+def test_the_window_stays_responsive_while_exporting(qtbot, view):
+    ticks = []
+    from PySide6.QtCore import QTimer
+
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(1))
+    timer.start(20)
+    with qtbot.waitSignal(view.models_changed, timeout=WAIT_MS):
+        view.start_export()
+    timer.stop()
+    QApplication.processEvents()
+    assert len(ticks) > 3  # the event loop kept running while the worker merged, converted and quantized
