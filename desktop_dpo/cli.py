@@ -3,6 +3,8 @@
     desktop-dpo                       open the window (same as ``desktop-dpo gui``)
     desktop-dpo data import FILE      add the pairs of a TRL preference file (JSONL) to the database
     desktop-dpo data export FILE      write every pair as TRL JSONL (--format standard|conversational)
+    desktop-dpo train                 DPO-train a LoRA adapter on your picks (``--resume RUN_ID``)
+    desktop-dpo export --run N        merge a run's adapter and write GGUF files, with a parity check
     desktop-dpo info                  folders, database contents and library versions
 
 ``--home DIR`` keeps every file the app writes under DIR (sets ``DESKTOP_DPO_HOME``).
@@ -24,7 +26,7 @@ from desktop_dpo.core.errors import DesktopDpoError, StoreError
 
 # Imported here, before the GUI path imports Qt: PySide6 inspects every module imported after it, which
 # makes later imports slower. The store needs no ML library, so lock_down() still precedes all of those.
-from desktop_dpo.core.store import Store
+from desktop_dpo.core.store import ModelRow, Store
 
 if TYPE_CHECKING:
     from desktop_dpo.core.preference_io import ExportResult, ImportResult
@@ -122,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_export.set_defaults(command_handler=_run_data_export)
 
     _add_train_parser(commands, common)
+    _add_export_parser(commands, common)
+    _add_cluster_parsers(commands, data_commands, common)
 
     info = commands.add_parser("info", parents=[common], help="show folders, database contents and versions")
     info.set_defaults(command_handler=_run_info)
@@ -357,20 +361,17 @@ def _cmd_train(args: argparse.Namespace, paths: AppPaths) -> int:
     import signal
     import threading
 
-    from desktop_dpo.core.dpo.data import pairs_from_comparisons
-    from desktop_dpo.core.dpo.train import TrainConfig, default_config, drive_training
+    from desktop_dpo.core.dpo.runs import create_run_for_model, model_pair_ids, resume_settings
+    from desktop_dpo.core.dpo.train import default_config, drive_training
     from desktop_dpo.core.errors import DesktopDpoError, JobCancelled
     from desktop_dpo.core.jobs import CancelToken
 
     try:
         with _open_store(paths) as store:
             if args.resume is not None:
-                run = store.get_run(args.resume)
-                if run is None:
+                if store.get_run(args.resume) is None:
                     return _fail(f"There is no training run {args.resume}; `desktop-dpo info` counts them.")
-                config = TrainConfig.from_dict(run.config).replace(**_train_overrides(args))
-                store.update_run(run.id, config=config.to_dict())
-                run_id = run.id
+                run_id = resume_settings(store, args.resume, _train_overrides(args)).id
             else:
                 models = store.list_models()
                 model = next((m for m in models if str(m.id) == args.model), None) or next(
@@ -379,24 +380,16 @@ def _cmd_train(args: argparse.Namespace, paths: AppPaths) -> int:
                 if model is None:
                     return _fail(f"No registered model is called {args.model!r}; give its id or exact name.")
                 # Pairs sampled from this model, plus imported ones whose model is unknown.
-                views = [
-                    v
-                    for v in store.comparison_views()
-                    if v.model_a_id in (model.id, None) and v.model_b_id in (model.id, None)
-                ]
-                comparison_ids = sorted({pair.comparison_id for pair in pairs_from_comparisons(views)})
+                comparison_ids = model_pair_ids(store, model.id)
                 if not comparison_ids:
                     return _fail(
                         f"{model.name} has no usable pairs yet: pick A or B in some comparisons first."
                     )
                 config = default_config().replace(**_train_overrides(args))
-                run_id = store.create_run(
-                    name=args.name or f"{model.name} ({len(comparison_ids)} pairs)",
-                    base_model_id=model.id,
-                    config=config.to_dict(),
+                run_id = create_run_for_model(
+                    store, model, config, name=args.name, reference=args.reference,
                     comparison_ids=comparison_ids,
-                    reference=args.reference,
-                )
+                )  # fmt: skip
             print(f"Run {run_id}", file=sys.stderr)
             token = CancelToken()
             previous = None
@@ -421,6 +414,230 @@ def _cmd_train(args: argparse.Namespace, paths: AppPaths) -> int:
         return EXIT_FAILED
     except DesktopDpoError as exc:
         return _fail(str(exc))
+    return EXIT_OK
+
+
+def _add_export_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from desktop_dpo.core.export.gguf import DEFAULT_QUANTIZATION, QUANTIZATIONS
+
+    export = commands.add_parser(
+        "export",
+        parents=[common],
+        help="merge a finished run's adapter and write GGUF files (with a parity check)",
+        description="Merge the LoRA adapter of a finished training run into its base, convert it to GGUF, "
+        "quantize it, check that the files answer like the trained model, and register the result as a model. "
+        "Next to each file: an Ollama Modelfile and the llama.cpp command line.",
+    )
+    export.add_argument("--run", type=int, required=True, metavar="RUN_ID", help="the finished run to export")
+    export.add_argument(
+        "--quant",
+        action="append",
+        choices=tuple(QUANTIZATIONS),
+        metavar="TYPE",
+        help=f"file type, repeat for several: {', '.join(QUANTIZATIONS)} (default: {DEFAULT_QUANTIZATION})",
+    )
+    export.add_argument("--out", type=Path, metavar="DIR", help="folder that receives the export folder")
+    export.add_argument("--name", help="name of the export folder and files (default: base model and run)")
+    export.add_argument("--no-parity", action="store_true", help="skip the parity check")
+    export.set_defaults(command_handler=_cmd_export)
+
+
+class _StageProgress:
+    """Progress lines for jobs that yield ``Progress`` and ``Log`` events (export, conversion)."""
+
+    def __init__(self, stream=None, width: int = 24):
+        self.stream = stream or sys.stderr
+        self.width = width
+        self.message = ""
+
+    def __call__(self, event: object) -> None:
+        from desktop_dpo.core.jobs import Log, Progress
+
+        if isinstance(event, Log):
+            self.stream.write(("\n" if self.message else "") + event.message + "\n")
+            self.message = ""
+        elif isinstance(event, Progress):
+            bar = ""
+            if event.fraction is not None:
+                filled = int(self.width * event.fraction)
+                bar = f"[{'#' * filled}{'.' * (self.width - filled)}] "
+            self.stream.write(f"\r{bar}{event.message[:70]:<70}")
+            self.message = event.message
+        self.stream.flush()
+
+
+def _cmd_export(args: argparse.Namespace, paths: AppPaths) -> int:
+    """``desktop-dpo export --run N``: the export pipeline with progress, then where the files are."""
+    from desktop_dpo.core.errors import JobCancelled
+    from desktop_dpo.core.export.gguf import DEFAULT_QUANTIZATION
+    from desktop_dpo.core.export.pipeline import ExportFinished, ExportSettings, export_run, persist_export
+    from desktop_dpo.core.jobs import CancelToken
+
+    settings = ExportSettings(
+        quantizations=tuple(args.quant or (DEFAULT_QUANTIZATION,)),
+        destination=str(args.out.expanduser().resolve()) if args.out else None,
+        name=args.name,
+        parity=not args.no_parity,
+    )
+    progress = _StageProgress()
+    try:
+        paths.ensure()
+        with _open_store(paths) as store:
+            finished: ExportFinished | None = None
+            for event in export_run(store, args.run, settings, paths.exports_dir, cancel=CancelToken()):
+                if isinstance(event, ExportFinished):
+                    finished = event
+                else:
+                    progress(event)
+            assert finished is not None
+            (model_id,) = persist_export(store, finished)
+    except JobCancelled:
+        print("\nStopped; nothing was kept.", file=sys.stderr)
+        return EXIT_FAILED
+    except DesktopDpoError as exc:
+        return _fail(str(exc))
+    print("", file=sys.stderr)
+    for line in finished.parity_lines:
+        print(line)
+    for file in finished.files:
+        print(f"{file.quantization}: {file.path} ({file.size_bytes / 1e6:.1f} MB)")
+    print(f"Registered as model {model_id}; how to run it: {Path(finished.folder) / 'RUN.txt'}")
+    return EXIT_OK
+
+
+# -------------------------------------------------------------------------------- outgrowing one machine
+
+
+def _add_cluster_parsers(
+    commands: argparse._SubParsersAction,
+    data_commands: argparse._SubParsersAction,
+    common: argparse.ArgumentParser,
+) -> None:
+    """``data export-trl``, ``import-adapter`` and ``import-model``: train elsewhere, bring the result back."""
+    export_trl = data_commands.add_parser(
+        "export-trl",
+        parents=[common],
+        help="write the usable pairs, a TRL training script and an accelerate config to a folder",
+        description="Write what a training run here would train on as a folder that trains elsewhere: the "
+        "usable pairs (TRL conversational JSONL, train and held-out split by prompt), train_dpo.py (TRL "
+        "DPOTrainer + peft LoRA with the same settings), accelerate_config.yaml (multi-GPU, bf16) and a "
+        "README with the commands. Bring the adapter back with `desktop-dpo import-adapter`.",
+    )
+    export_trl.add_argument("folder", type=Path, metavar="FOLDER")
+    which = export_trl.add_mutually_exclusive_group()
+    which.add_argument(
+        "--model", metavar="ID_OR_NAME", help="the base model: its pairs only, as a run of it would take"
+    )
+    which.add_argument(
+        "--run", type=int, metavar="RUN_ID", help="a run's snapshot of pairs, settings and base model"
+    )
+    export_trl.set_defaults(command_handler=_cmd_export_trl)
+
+    adapter = commands.add_parser(
+        "import-adapter",
+        parents=[common],
+        help="register a LoRA adapter trained elsewhere as a finished run",
+        description="Register a peft LoRA adapter (adapter_config.json + adapter_model.safetensors) trained "
+        "elsewhere as a finished run of a registered base model, so it can be exported, chatted with and "
+        "evaluated. An adapter that does not fit the base is refused.",
+    )
+    adapter.add_argument("folder", type=Path, metavar="FOLDER")
+    adapter.add_argument("--base", required=True, metavar="ID_OR_NAME", help="the model it was trained from")
+    adapter.add_argument("--name", help="name of the run")
+    adapter.set_defaults(command_handler=_cmd_import_adapter)
+
+    model = commands.add_parser(
+        "import-model",
+        parents=[common],
+        help="register a merged model trained elsewhere (Hugging Face folder)",
+        description="Register a full model trained and merged elsewhere (a Hugging Face folder with "
+        "safetensors) as a model with source 'imported'. The folder stays where it is.",
+    )
+    model.add_argument("folder", type=Path, metavar="FOLDER")
+    model.add_argument("--name", help="what to call it")
+    model.add_argument("--base", metavar="ID_OR_NAME", help="the model it was made from")
+    model.set_defaults(command_handler=_cmd_import_model)
+
+
+def _find_model(store: Store, id_or_name: str) -> ModelRow | None:
+    models = store.list_models()
+    return next((m for m in models if str(m.id) == id_or_name), None) or next(
+        (m for m in models if m.name == id_or_name), None
+    )
+
+
+def _no_model(id_or_name: str) -> int:
+    return _fail(
+        f"No registered model is called {id_or_name!r}; give its id or exact name (see the Models view)."
+    )
+
+
+def _cmd_export_trl(args: argparse.Namespace, paths: AppPaths) -> int:
+    """``desktop-dpo data export-trl FOLDER``: pairs + train_dpo.py + accelerate config + README."""
+    from desktop_dpo.core.cluster import README_FILE, export_trl
+    from desktop_dpo.core.dpo.train import TrainConfig
+
+    try:
+        with _open_store(paths) as store:
+            model, config, comparison_ids = None, TrainConfig(), None
+            if args.run is not None:
+                run = store.get_run(args.run)
+                if run is None:
+                    return _fail(f"There is no training run {args.run}; `desktop-dpo info` counts them.")
+                config = TrainConfig.from_dict(run.config)
+                comparison_ids = list(run.comparison_ids)
+                model = store.get_model(run.base_model_id) if run.base_model_id is not None else None
+            elif args.model is not None:
+                model = _find_model(store, args.model)
+                if model is None:
+                    return _no_model(args.model)
+            result = export_trl(store, args.folder, model=model, config=config, comparison_ids=comparison_ids)
+    except DesktopDpoError as exc:
+        return _fail(str(exc))
+    print(
+        f"Wrote {_plural(result.train_pairs, 'pair')} to train on ({_plural(result.train_prompts, 'prompt')}) "
+        f"and {result.heldout_pairs} held out ({_plural(result.heldout_prompts, 'prompt')}) to {result.folder}."
+    )
+    print(
+        f"How to train them with TRL and accelerate, and bring the adapter back: {Path(result.folder) / README_FILE}"
+    )
+    return EXIT_OK
+
+
+def _cmd_import_adapter(args: argparse.Namespace, paths: AppPaths) -> int:
+    """``desktop-dpo import-adapter FOLDER --base N``: an adapter trained elsewhere becomes a finished run."""
+    from desktop_dpo.core.cluster import import_adapter
+
+    try:
+        paths.ensure()
+        with _open_store(paths) as store:
+            base = _find_model(store, args.base)
+            if base is None:
+                return _no_model(args.base)
+            run = import_adapter(store, paths, args.folder, base.id, name=args.name)
+    except DesktopDpoError as exc:
+        return _fail(str(exc))
+    print(f"Imported as run {run.id} ({run.name}); adapter copied to {run.adapter_path}.")
+    print(f"Export it with: desktop-dpo export --run {run.id}")
+    return EXIT_OK
+
+
+def _cmd_import_model(args: argparse.Namespace, paths: AppPaths) -> int:
+    """``desktop-dpo import-model FOLDER``: a model merged elsewhere, registered with source "imported"."""
+    from desktop_dpo.core.cluster import import_model
+
+    try:
+        with _open_store(paths) as store:
+            base_id = None
+            if args.base is not None:
+                base = _find_model(store, args.base)
+                if base is None:
+                    return _no_model(args.base)
+                base_id = base.id
+            model = import_model(store, args.folder, name=args.name, base_model_id=base_id)
+    except DesktopDpoError as exc:
+        return _fail(str(exc))
+    print(f"Registered {model.name} as model {model.id} ({model.path}).")
     return EXIT_OK
 
 

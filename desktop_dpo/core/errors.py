@@ -51,3 +51,7 @@ class JobCancelled(DesktopDpoError):
 
 class ExportError(DesktopDpoError):
     """A model cannot be converted, merged or written as GGUF."""
+
+
+class ConverterRefused(ExportError):
+    """llama.cpp's converter cannot read this model (its tokenizer or architecture): no retry will help."""

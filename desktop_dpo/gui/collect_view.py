@@ -20,7 +20,7 @@ Ctrl+Z             undo the last verdict (while typing, Ctrl+Z first undoes the 
 Alt+N              next prompt from the queue
 =================  ===================================================================================
 
-The verdict keys use Alt because the main window's View menu owns Ctrl+1 … Ctrl+6 (two shortcuts on one
+The verdict keys use Alt because the main window's View menu owns Ctrl+1 … Ctrl+7 (two shortcuts on one
 key would both be refused by Qt as ambiguous).
 """
 
@@ -58,7 +58,7 @@ from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.jobs import Log, Progress
 from desktop_dpo.core.llm.engine_pool import EnginePool
 from desktop_dpo.core.llm.llamacpp import GenerationResult, ResponseFinished, TokenEvent
-from desktop_dpo.core.sampling import GgufCopyMade, read_prompt_file, sample_pair
+from desktop_dpo.core.sampling import ModelInfoLearned, read_prompt_file, sample_pair
 from desktop_dpo.core.store import ModelRow, PromptRow, Store
 from desktop_dpo.gui.response_edit_dialog import ResponseEditDialog
 from desktop_dpo.gui.response_pane import SIDE_NAMES, ResponsePane
@@ -785,7 +785,7 @@ class CollectView(QWidget):
             pane.status.setText(f"Writing… {event.n_tokens} tokens")
         elif isinstance(event, ResponseFinished):
             self._finish_generation(event.seq, event.result)
-        elif isinstance(event, GgufCopyMade):
+        elif isinstance(event, ModelInfoLearned):
             # The job writes no rows; its driver (this view, on the GUI thread's connection) records the copy.
             try:
                 self.store.update_model_info(event.model_id, **event.info)

@@ -41,7 +41,7 @@ from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.export.gguf import DEFAULT_QUANTIZATION, QUANTIZATIONS, llama_cpp_command
 from desktop_dpo.core.export.pipeline import ExportFinished, ExportSettings, export_folder_name
 from desktop_dpo.core.jobs import Log, Progress
-from desktop_dpo.core.store import ExportRow, RunRow, Store
+from desktop_dpo.core.store import ExportRow, ModelRow, RunRow, Store
 from desktop_dpo.gui.message_banner import MessageBanner
 from desktop_dpo.workers.export_worker import EXPORT_RESOURCE, ExportRecorded, export_job
 from desktop_dpo.workers.job_worker import JobRegistry, JobThread
@@ -82,10 +82,12 @@ class ExportView(QWidget):
     Signals:
         models_changed(): an export registered a new (aligned) model.
         model_chosen(object): the person wants to chat with an exported model (a ``ModelRow``).
+        evaluate_requested(object): the person wants to compare an exported model with its base, blind.
     """
 
     models_changed = Signal()
     model_chosen = Signal(object)
+    evaluate_requested = Signal(object)
 
     def __init__(
         self, *, store: Store, registry: JobRegistry, paths: AppPaths, parent: QWidget | None = None
@@ -225,12 +227,16 @@ class ExportView(QWidget):
         self.chat_button = QPushButton("Chat with it")
         self.chat_button.setObjectName("secondaryButton")
         self.chat_button.clicked.connect(self._on_chat_clicked)
+        self.evaluate_button = QPushButton("Evaluate against base")
+        self.evaluate_button.setObjectName("secondaryButton")
+        self.evaluate_button.setToolTip("Blind A/B: does the aligned model answer better than its base?")
+        self.evaluate_button.clicked.connect(self._on_evaluate_clicked)
         exports_head = QHBoxLayout()
         past = QLabel("Exported files")
         past.setObjectName("cardHeading")
         exports_head.addWidget(past)
         exports_head.addStretch(1)
-        for button in (self.open_button, self.copy_button, self.chat_button):
+        for button in (self.open_button, self.copy_button, self.chat_button, self.evaluate_button):
             exports_head.addWidget(button)
 
         layout = QVBoxLayout(self)
@@ -509,19 +515,39 @@ class ExportView(QWidget):
             QGuiApplication.clipboard().setText(command)
             self._notify("Copied the llama.cpp command line.")
 
-    @Slot()
-    def _on_chat_clicked(self) -> None:
+    def _selected_model(self) -> ModelRow | None:
+        """The registered model of the selected export (None, with a note, when it is not registered)."""
         export = self._selected_export()
         if export is None:
-            return
-        model = next((m for m in self.store.list_models() if m.path == export.path), None)
+            return None
+        models = self.store.list_models()
+        # The file itself, or the file of the same export that was registered (one per export).
+        model = next((m for m in models if m.path == export.path), None) or next(
+            (
+                m
+                for m in models
+                if export.meta.get("folder") and m.info.get("export_folder") == export.meta["folder"]
+            ),
+            None,
+        )
         if model is None:
             self.banner.show_message(
-                f"{Path(export.path).name} is not a registered model any more. Add it again in Models to chat.",
+                f"{Path(export.path).name} is not a registered model any more. Add it again in Models first.",
                 tone="info",
             )
-            return
-        self.model_chosen.emit(model)
+        return model
+
+    @Slot()
+    def _on_chat_clicked(self) -> None:
+        model = self._selected_model()
+        if model is not None:
+            self.model_chosen.emit(model)
+
+    @Slot()
+    def _on_evaluate_clicked(self) -> None:
+        model = self._selected_model()
+        if model is not None:
+            self.evaluate_requested.emit(model)
 
     # ---------------------------------------------------------------- state
 
@@ -541,7 +567,7 @@ class ExportView(QWidget):
         for check in self.quant_checks.values():
             check.setEnabled(not running)
         selected = self._selected_export() is not None
-        for button in (self.open_button, self.copy_button, self.chat_button):
+        for button in (self.open_button, self.copy_button, self.chat_button, self.evaluate_button):
             button.setEnabled(selected)
 
     def _notify(self, text: str) -> None:

@@ -30,8 +30,7 @@ from desktop_dpo import __version__
 from desktop_dpo.config import AppPaths
 from desktop_dpo.core.llm.engine_pool import EnginePool
 from desktop_dpo.core.offline import RefusedAttempt
-from desktop_dpo.core.store import Store
-from desktop_dpo.gui.placeholder_view import PlaceholderView
+from desktop_dpo.core.store import ModelRow, Store
 from desktop_dpo.gui.preference_file_actions import PreferenceFileActions
 from desktop_dpo.gui.resource_files import resource_icon
 from desktop_dpo.workers.job_worker import JobRegistry
@@ -58,6 +57,7 @@ VIEWS = (
     ViewSpec("export", "Export", "icons/export.svg", "Export the aligned model as GGUF"),
     ViewSpec("chat", "Chat", "icons/chat.svg", "Talk to a model; compare blind against the base"),
     ViewSpec("data", "Data", "icons/data.svg", "Browse, import and export your preferences"),
+    ViewSpec("storage", "Storage", "icons/storage.svg", "What the app keeps on disk; free space safely"),
 )
 
 
@@ -98,6 +98,8 @@ class MainWindow(QMainWindow):
         self.preference_actions.message.connect(self._show_message)
         self.preference_actions.data_changed.connect(self.refresh_status)
 
+        # The model picked with "Use this model", handed to Collect and Chat when they are built.
+        self._chosen_model: ModelRow | None = None
         self.nav = QListWidget()
         self.pages = QStackedWidget()
         self._view_keys: list[str] = []
@@ -176,74 +178,61 @@ class MainWindow(QMainWindow):
     def _make_view(self, key: str) -> QWidget:
         """The widget for one sidebar entry. Each placeholder is replaced by its real view as it is built."""
         if key == "models":
-            return PlaceholderView(
-                "Models",
-                "Choose the model you align, chat with and sample answers from. Everything stays on this computer.",
-                [
-                    "Add a Hugging Face folder (safetensors) or a single GGUF file from disk.",
-                    "See the models already on this computer: the Hugging Face cache, LM Studio and Ollama.",
-                    "Start with the built-in demo model (Gemma 3 270M) when you have none.",
-                    "Pick the default model that Collect, Train and Chat open with.",
-                ],
-            )
+            from desktop_dpo.gui.models_view import ModelsView
+
+            models_view = ModelsView(store=self.store, registry=self.registry, paths=self.paths)
+            models_view.models_changed.connect(self._on_models_changed)
+            models_view.model_chosen.connect(self._on_model_chosen)
+            return models_view
         if key == "collect":
             from desktop_dpo.gui.collect_view import CollectView
 
             view = CollectView(store=self.store, registry=self.registry, pool=self.pool, paths=self.paths)
             view.pairs_changed.connect(self.refresh_status)
+            if self._chosen_model is not None:
+                view.set_model(self._chosen_model)
             return view
         if key == "train":
-            return PlaceholderView(
-                "Train",
-                "Turn your picks into a better model with QLoRA-DPO, in the background.",
-                [
-                    "Direct Preference Optimization with LoRA adapters on a 4-bit base (GPU or CPU).",
-                    "Live plots of loss, preference accuracy and reward margin while it trains.",
-                    "Stop at any time and resume later from the last checkpoint.",
-                    "Held-out prompts kept aside, so the numbers show learning, not memorising.",
-                ],
-                loop_step="Train",
-            )
+            from desktop_dpo.gui.train_view import TrainView
+
+            view = TrainView(store=self.store, registry=self.registry, paths=self.paths)
+            view.runs_changed.connect(self.refresh_status)
+            return view
         if key == "export":
-            return PlaceholderView(
-                "Export",
-                "Merge the trained adapter and export a GGUF file for llama.cpp, Ollama or LM Studio.",
-                [
-                    "Merge into a full-precision copy of the base model.",
-                    "Convert to GGUF and quantize (Q4_K_M, Q8_0, F16 ...).",
-                    "A parity check that the exported file answers like the trained model.",
-                    "A Modelfile for Ollama and the training details written into the file's metadata.",
-                ],
-                loop_step="Export",
-            )
+            from desktop_dpo.gui.export_view import ExportView
+
+            export_view = ExportView(store=self.store, registry=self.registry, paths=self.paths)
+            export_view.models_changed.connect(self._on_models_changed)
+            export_view.model_chosen.connect(self._on_chat_requested)
+            export_view.evaluate_requested.connect(self._on_evaluate_requested)
+            return export_view
         if key == "chat":
-            return PlaceholderView(
-                "Chat",
-                "Talk to any registered model, and check blind whether the aligned one really got better.",
-                [
-                    "Streaming answers from llama.cpp, with conversations saved for later.",
-                    "Blind A/B: the aligned model against its base, sides shuffled, names hidden.",
-                    "A win rate with a confidence interval, so one lucky answer does not fool you.",
-                    "Sample the next round of pairs from the model you just aligned.",
-                ],
-                loop_step="Chat",
-            )
+            from desktop_dpo.gui.chat_page import ChatPage
+
+            chat = ChatPage(store=self.store, registry=self.registry, pool=self.pool, paths=self.paths)
+            chat.models_requested.connect(lambda: self.show_view("models"))
+            if self._chosen_model is not None:
+                chat.set_model(self._chosen_model)
+            return chat
         if key == "data":
-            return PlaceholderView(
-                "Data",
-                "Everything you have judged, in one table: search it, fix it, take it elsewhere.",
-                [
-                    "Browse and search every pick with its prompt and both answers.",
-                    "Change a verdict, edit a rewrite, delete a pick or bring it back.",
-                    "Import and export TRL preference files (standard or conversational JSONL), so the "
-                    "same data trains with TRL on a bigger machine.",
-                ],
-                actions=[self.preference_actions.import_action, self.preference_actions.export_action],
-                note=(
-                    "The same works from a terminal: <code>desktop-dpo data import FILE</code> and "
-                    "<code>desktop-dpo data export FILE --format conversational</code>"
-                ),
+            from desktop_dpo.gui.data_view import DataView
+
+            data_view = DataView(
+                store=self.store,
+                import_action=self.preference_actions.import_action,
+                export_action=self.preference_actions.export_action,
             )
+            data_view.data_changed.connect(self.refresh_status)
+            data_view.collect_requested.connect(lambda: self.show_view("collect"))
+            # An import finished on its worker's connection: read the table again.
+            self.preference_actions.data_changed.connect(data_view.refresh)
+            return data_view
+        if key == "storage":
+            from desktop_dpo.gui.storage_view import StorageView
+
+            storage = StorageView(store=self.store, registry=self.registry, paths=self.paths)
+            storage.storage_changed.connect(self._on_models_changed)
+            return storage
         raise ValueError(f"Unknown view {key!r}")
 
     def _build_menus(self) -> None:
@@ -325,6 +314,44 @@ class MainWindow(QMainWindow):
             return
         self.view(self._view_keys[row])
         self.pages.setCurrentIndex(row)
+        self.refresh_status()
+
+    # ---------------------------------------------------------------- models shared by the views
+
+    @Slot(object)
+    def _on_model_chosen(self, model: ModelRow) -> None:
+        """The person chose a model in Models: Collect and Chat sample from it from now on (built or not)."""
+        self._chosen_model = model
+        for key in ("collect", "chat"):
+            view = self._views.get(key)
+            if view is not None:
+                view.set_model(model)  # type: ignore[attr-defined]
+        self._show_message(f"Collect and Chat now use {model.name}.")
+
+    @Slot(object)
+    def _on_chat_requested(self, model: ModelRow) -> None:
+        """The person wants to chat with an exported model: open Chat on it."""
+        self._on_model_chosen(model)
+        self.show_view("chat")
+
+    @Slot(object)
+    def _on_evaluate_requested(self, aligned: ModelRow) -> None:
+        """Evaluate an exported model against the model it was trained from, blind."""
+        base = self.store.get_model(aligned.parent_model_id) if aligned.parent_model_id is not None else None
+        if base is None:
+            self._show_message(f"The base model of {aligned.name} is no longer registered; add it in Models.")
+            return
+        page = self.view("chat")
+        page.evaluate_models(base, aligned)  # type: ignore[attr-defined]
+        self.show_view("chat")
+
+    @Slot()
+    def _on_models_changed(self) -> None:
+        """A model was added, removed or changed: views that list models read them again."""
+        for view in self._views.values():
+            refresh_models = getattr(view, "refresh_models", None)
+            if callable(refresh_models):
+                refresh_models()
         self.refresh_status()
 
     # ---------------------------------------------------------------- status bar

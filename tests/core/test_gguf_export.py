@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 from collections import namedtuple
 
@@ -13,11 +12,11 @@ from desktop_dpo.core.export import gguf as gguf_export
 from desktop_dpo.core.export.gguf import (
     QUANTIZATIONS,
     STOP_STRINGS_KEY,
+    convert_hf_to_gguf,
     llama_cpp_command,
     modelfile_text,
     quantize_gguf,
     read_gguf_metadata,
-    write_gguf_metadata,
 )
 from desktop_dpo.core.jobs import CancelToken, run_job
 from desktop_dpo.core.llm.gguf_info import read_gguf_info
@@ -52,7 +51,7 @@ def test_f16_quantization_keeps_greedy_output(tiny_gguf, tmp_path):
     assert _greedy(out, prompt) == _greedy(tiny_gguf, prompt)
 
 
-def test_metadata_carries_template_stops_and_provenance_through_quantization(tiny_gguf, tmp_path):
+def test_metadata_written_with_the_conversion_survives_quantization(tiny_model_dir, tmp_path):
     provenance = {
         "desktop_dpo.base_model": "tiny-llama",
         "desktop_dpo.base_fingerprint": "abc123",
@@ -60,32 +59,41 @@ def test_metadata_carries_template_stops_and_provenance_through_quantization(tin
         "desktop_dpo.pairs": 64,
         "desktop_dpo.settings": json.dumps({"beta": 0.1, "lr": 5e-5}),
         "desktop_dpo.created": "2026-12-01T07:00:00Z",
+        "desktop_dpo.uses_default_template": True,
         STOP_STRINGS_KEY: json.dumps(DEFAULT_STOP_STRINGS),
         "desktop_dpo.tags": ["dpo", "lora"],
+        "general.name": "tiny, aligned",  # replaces the name the converter writes
     }
     tagged, _ = run_job(
-        write_gguf_metadata(tiny_gguf, tmp_path / "tagged.gguf", provenance, chat_template=DEFAULT_TEMPLATE)
+        convert_hf_to_gguf(
+            tiny_model_dir,
+            tmp_path / "tagged.gguf",
+            outtype="f16",
+            metadata=provenance,
+            chat_template=DEFAULT_TEMPLATE,
+        )
     )
     quantized, _ = run_job(quantize_gguf(tagged, tmp_path / "tagged.Q8_0.gguf", "Q8_0"))
     for path in (tagged, quantized):
         meta = read_gguf_metadata(path)  # the gguf package's reader
-        assert meta["tokenizer.chat_template"] == DEFAULT_TEMPLATE
+        assert meta["tokenizer.chat_template"] == DEFAULT_TEMPLATE  # the model's own template replaced
         assert json.loads(meta[STOP_STRINGS_KEY]) == list(DEFAULT_STOP_STRINGS)
         assert meta["desktop_dpo.tags"] == ["dpo", "lora"]
         assert meta["desktop_dpo.run_id"] == 7 and meta["desktop_dpo.pairs"] == 64
+        assert meta["desktop_dpo.uses_default_template"] is True
         assert json.loads(meta["desktop_dpo.settings"]) == {"beta": 0.1, "lr": 5e-5}
         assert meta["desktop_dpo.base_fingerprint"] == "abc123"
+        assert meta["general.name"] == "tiny, aligned"
         assert meta["general.architecture"] == "llama"
-    # The tensors were copied unchanged: the tagged file answers exactly like the original.
-    assert _greedy(tagged, "Water boils at") == _greedy(tiny_gguf, "Water boils at")
+    # The extra fields change nothing else: the file answers exactly like a plain conversion.
+    plain, _ = run_job(convert_hf_to_gguf(tiny_model_dir, tmp_path / "plain.gguf", outtype="f16"))
+    assert _greedy(tagged, "Water boils at") == _greedy(plain, "Water boils at")
 
 
-def test_a_file_that_is_not_gguf_is_refused_in_words(tmp_path):
-    bad = tmp_path / "bad.gguf"
-    bad.write_bytes(b"not a model at all" * 10)
-    with pytest.raises(ExportError, match="not a readable GGUF"):
-        run_job(write_gguf_metadata(bad, tmp_path / "out.gguf", {"a": "b"}))
-    assert not (tmp_path / "out.gguf").exists()
+def test_an_empty_list_cannot_go_into_a_header_and_is_refused_before_converting(tiny_model_dir, tmp_path):
+    with pytest.raises(ExportError, match="empty list"):
+        run_job(convert_hf_to_gguf(tiny_model_dir, tmp_path / "x.gguf", metadata={"desktop_dpo.tags": []}))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unknown_quantization_is_refused(tiny_gguf, tmp_path):
@@ -107,24 +115,8 @@ def test_stop_during_quantization_keeps_nothing(tiny_gguf, tmp_path):
 def test_full_disk_is_refused_before_writing(monkeypatch, tiny_gguf, tmp_path):
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(gguf_export.shutil, "disk_usage", lambda _p: usage(10**9, 10**9, 4096))
-    for job in (
-        quantize_gguf(tiny_gguf, tmp_path / "q.gguf", "Q8_0"),
-        write_gguf_metadata(tiny_gguf, tmp_path / "m.gguf", {"k": "v"}),
-    ):
-        with pytest.raises(ExportError, match="Not enough free disk space"):
-            run_job(job)
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_disk_filling_up_while_writing_metadata_keeps_nothing(monkeypatch, tiny_gguf, tmp_path):
-    from gguf import GGUFWriter
-
-    def full(*_a, **_k):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(GGUFWriter, "write_tensor_data", full)
-    with pytest.raises(ExportError, match="disk filled up"):
-        run_job(write_gguf_metadata(tiny_gguf, tmp_path / "m.gguf", {"k": "v"}))
+    with pytest.raises(ExportError, match="Not enough free disk space"):
+        run_job(quantize_gguf(tiny_gguf, tmp_path / "q.gguf", "Q8_0"))
     assert list(tmp_path.iterdir()) == []
 
 

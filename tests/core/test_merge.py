@@ -194,12 +194,23 @@ def test_not_enough_free_space_is_refused_up_front(monkeypatch, tiny_model_dir, 
 def test_disk_filling_up_mid_merge_keeps_nothing_under_the_final_name(
     monkeypatch, tiny_model_dir, adapter, tmp_path
 ):
-    import safetensors.torch
+    written = []
 
-    def full_disk(*_args, **_kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def full_disk(self, tensor):
+        if len(written) == 5:  # a few tensors in: the file is half written
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(tensor.numel())
 
-    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    monkeypatch.setattr(merge._SafetensorsStream, "write", full_disk)
     with pytest.raises(ExportError, match="disk filled up"):
         run_job(merge_adapter(tiny_model_dir, adapter, tmp_path / "merged"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_streamed_file_is_a_valid_safetensors_file_with_metadata(tiny_model_dir, adapter, tmp_path):
+    from safetensors import safe_open
+
+    out, _ = run_job(merge_adapter(tiny_model_dir, adapter, tmp_path / "merged"))
+    with safe_open(str(out / "model.safetensors"), framework="pt") as handle:
+        assert handle.metadata()["format"] == "pt"
+        assert {handle.get_slice(k).get_dtype() for k in handle.keys()} == {"BF16"}  # noqa: SIM118

@@ -18,7 +18,6 @@ from desktop_dpo.core.jobs import Log
 from desktop_dpo.core.offline import RefusedAttempt
 from desktop_dpo.core.store import Store
 from desktop_dpo.gui.main_window import VIEWS, MainWindow
-from desktop_dpo.gui.placeholder_view import PlaceholderView
 from desktop_dpo.gui.preference_file_actions import DATA_RESOURCE, EXPORT_FILTERS
 from desktop_dpo.workers.job_worker import JobRegistry
 
@@ -147,17 +146,67 @@ print("REPORT " + json.dumps(report))
     assert report["pairs"].startswith("2 pairs collected")
 
 
-def test_every_view_has_a_sidebar_entry_and_a_page_that_works_or_says_what_it_will_do(window):
+def test_every_view_has_a_sidebar_entry_an_icon_and_its_real_page(window):
+    from desktop_dpo.gui.chat_page import ChatPage
+    from desktop_dpo.gui.collect_view import CollectView
+    from desktop_dpo.gui.data_view import DataView
+    from desktop_dpo.gui.export_view import ExportView
+    from desktop_dpo.gui.models_view import ModelsView
+    from desktop_dpo.gui.storage_view import StorageView
+    from desktop_dpo.gui.train_view import TrainView
+
     labels = [window.nav.item(row).text() for row in range(window.nav.count())]
-    assert labels == ["Models", "Collect", "Train", "Export", "Chat", "Data"]
+    assert labels == ["Models", "Collect", "Train", "Export", "Chat", "Data", "Storage"]
+    expected = {
+        "models": ModelsView,
+        "collect": CollectView,
+        "train": TrainView,
+        "export": ExportView,
+        "chat": ChatPage,
+        "data": DataView,
+        "storage": StorageView,
+    }
     for spec in VIEWS:
-        page = window.view(spec.key)
-        if isinstance(page, PlaceholderView):  # a view still to come says what it will do
-            assert page.title == spec.label
-            assert page.planned, f"{spec.label} says nothing about what it will do"
         assert not window.nav.item(labels.index(spec.label)).icon().isNull()
-    # The views already built are the real thing, not placeholders.
-    assert not isinstance(window.view("collect"), PlaceholderView)
+        if spec.key in expected:
+            assert isinstance(window.view(spec.key), expected[spec.key]), spec.key
+
+
+def test_using_a_model_from_models_hands_it_to_collect_and_chat(qtbot, window, gui_store, tiny_gguf):
+    from desktop_dpo.core.models import register_model
+
+    first = register_model(gui_store, tiny_gguf, name="first")
+    copy = tiny_gguf.parent / "second.gguf"
+    if not copy.exists():
+        copy.write_bytes(tiny_gguf.read_bytes())
+    second = register_model(gui_store, copy, name="second")
+    window.view("collect")  # built before the choice
+    models = window.view("models")
+    models.refresh()
+    assert models.select_model(second.id)
+    models.use_selected()
+    assert window.view("collect").current_model().id == second.id
+    assert window.view("chat").chat.current_model().id == second.id  # built after the choice
+    assert "now use second" in window.statusBar().currentMessage()
+    assert first.id != second.id
+
+
+def test_evaluating_an_exported_model_opens_the_blind_comparison_on_it_and_its_base(
+    qtbot, window, gui_store, tiny_gguf
+):
+    from desktop_dpo.core.models import register_model
+
+    base = register_model(gui_store, tiny_gguf, name="base")
+    copy = tiny_gguf.parent / "aligned-copy.gguf"
+    if not copy.exists():
+        copy.write_bytes(tiny_gguf.read_bytes())
+    aligned = register_model(gui_store, copy, name="aligned", source="aligned", parent_model_id=base.id)
+    window.view("export").evaluate_requested.emit(aligned)
+    assert window.current_view() == "chat"
+    page = window.view("chat")
+    assert page.currentWidget() is page.evaluate
+    assert page.evaluate.base_combo.currentData() == base.id
+    assert page.evaluate.aligned_combo.currentData() == aligned.id
 
 
 # ------------------------------------------------------------------------------------------- navigation
@@ -238,12 +287,38 @@ def test_import_from_the_data_view_adds_pairs_and_updates_the_counts(
     monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *args, **kwargs: (str(source), ""))
     window = make_window()
     window.show_view("data")
-    import_button = next(b for b in window.view("data").action_buttons if b.text().startswith("Import"))
-    qtbot.mouseClick(import_button, Qt.MouseButton.LeftButton)
+    data_view = window.view("data")
+    assert data_view.model.rowCount() == 1
+    qtbot.mouseClick(data_view.import_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: window.status_pairs.text().startswith("3 pairs collected"), timeout=10_000)
     assert window.status_pairs.text() == "3 pairs collected · 3 usable for training"
     assert "Imported 2 pairs from prefs.jsonl" in window.statusBar().currentMessage()
     assert gui_store.count_usable_pairs() == 3  # the GUI's own connection sees the worker's commit
+    # The table re-reads the database: the imported pairs are listed, and the view's counts agree.
+    qtbot.waitUntil(lambda: data_view.model.rowCount() == 3, timeout=10_000)
+    assert data_view.counts_text() == "3 comparisons · 3 usable for training"
+
+
+def test_deleting_in_the_data_view_updates_the_status_bar(qtbot, gui_store, make_window):
+    _record_pairs(gui_store, ["a", "b", "tie"])
+    window = make_window()
+    window.show_view("data")
+    data_view = window.view("data")
+    data_view.select_ids(data_view.model.ids()[:2])  # the two newest: the tie and the "b"
+    window.activateWindow()
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is window)
+    data_view.table.setFocus()
+    qtbot.keyClick(data_view.table, Qt.Key.Key_Delete)
+    assert window.status_pairs.text() == "1 pair collected · 1 usable for training"
+    assert "Deleted 2 comparisons" in window.statusBar().currentMessage()
+
+
+def test_the_empty_data_view_leads_to_collect(qtbot, window):
+    window.show_view("data")
+    data_view = window.view("data")
+    assert data_view.is_empty_state()
+    qtbot.mouseClick(data_view.collect_button, Qt.MouseButton.LeftButton)
+    assert window.current_view() == "collect"
 
 
 def test_a_bad_file_is_refused_with_its_line_numbers(qtbot, monkeypatch, window, tmp_path, gui_store):

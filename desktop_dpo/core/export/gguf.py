@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from desktop_dpo.core.errors import ExportError, JobCancelled
+from desktop_dpo.core.errors import ConverterRefused, ExportError, JobCancelled
 from desktop_dpo.core.jobs import CancelToken, Job, Progress
 
 OUTTYPES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32}  # output bytes per weight
@@ -61,21 +61,48 @@ def estimate_gguf_bytes(model_dir: Path, outtype: str) -> int:
     return int(params * OUTTYPES[outtype]) + 2 * 1024 * 1024
 
 
-def _explain_failure(output: str, model_dir: Path) -> str:
+def _explain_failure(output: str, model_dir: Path) -> ExportError:
+    """The error for a failed conversion, in words; a model the converter cannot read is ConverterRefused."""
     tail = "\n".join(output.strip().splitlines()[-6:])
-    if "is not supported" in output or "NotImplementedError" in output:
-        return (
-            f"llama.cpp's converter does not support the architecture of {model_dir.name}. "
-            "Choose a model of a supported family (Llama, Mistral, Qwen, Gemma, Phi ...)."
-        )
     if "No space left" in output:
-        return "The disk filled up while writing the GGUF. Free some space and try again; nothing was kept."
-    if "pre-tokenizer" in output or "BPE pre-tokenizer" in output:
-        return (
+        return ExportError(
+            "The disk filled up while writing the GGUF. Free some space and try again; nothing was kept."
+        )
+    # Before the architecture check: an unknown pre-tokenizer is raised as NotImplementedError too.
+    if "pre-tokenizer" in output:
+        return ConverterRefused(
             f"llama.cpp's converter does not recognise the tokenizer of {model_dir.name} (an unknown BPE "
             "pre-tokenizer). This model cannot be converted with this version of the converter."
         )
-    return f"Converting {model_dir.name} to GGUF failed:\n{tail}"
+    if "is not supported" in output or "NotImplementedError" in output:
+        return ConverterRefused(
+            f"llama.cpp's converter does not support the architecture of {model_dir.name}. "
+            "Choose a model of a supported family (Llama, Mistral, Qwen, Gemma, Phi ...)."
+        )
+    return ExportError(f"Converting {model_dir.name} to GGUF failed:\n{tail}")
+
+
+# Runs the converter in a child process with extra header fields: they are added to the converter's own
+# GGUFWriter just before it writes the header, so the file is written once, complete. argv[1] is a JSON
+# file of [key, value, type, sub type] entries; the rest is the converter's command line.
+_CONVERT_CHILD = """
+import json, runpy, sys
+import gguf
+from gguf.gguf_writer import GGUFValue
+with open(sys.argv.pop(1), encoding="utf-8") as handle:
+    extra = json.load(handle)
+write_header = gguf.GGUFWriter.write_header_to_file
+def write_header_with_extra(self, *args, **kwargs):
+    for key, value, kind, sub in extra:
+        kind = gguf.GGUFValueType[kind]
+        sub = gguf.GGUFValueType[sub] if sub else None
+        for kv in self.kv_data:
+            kv[key] = GGUFValue(value, kind, sub)
+    return write_header(self, *args, **kwargs)
+gguf.GGUFWriter.write_header_to_file = write_header_with_extra
+sys.argv[0] = "convert_hf_to_gguf"
+runpy.run_module("convert_hf_to_gguf", run_name="__main__")
+"""
 
 
 def convert_hf_to_gguf(
@@ -83,12 +110,22 @@ def convert_hf_to_gguf(
     out_path: str | Path,
     *,
     outtype: str = "f16",
+    metadata: dict[str, Any] | None = None,
+    chat_template: str | None = None,
     cancel: CancelToken | None = None,
 ) -> Job:
     """Convert a Hugging Face model folder to one GGUF file (a job; returns the final Path).
 
     Yields :class:`Progress` by bytes written. ``outtype``: f32, f16, bf16 or q8_0 (the converter's own
-    types; K-quants come from quantizing an F16 file). On stop or failure nothing is left behind.
+    types; K-quants come from quantizing an F16 file). ``metadata`` adds header fields (str, int, float,
+    bool or a non-empty list of str; a key the converter writes too is replaced) and ``chat_template``
+    replaces the model's template; both are written with the file, which the quantizer then carries into
+    every quantized file. On stop or failure nothing is left behind.
+
+    Raises:
+        ConverterRefused: the converter cannot read this model (tokenizer or architecture).
+        ExportError: any other failure (disk, space, a crash), in words.
+        JobCancelled: stopped as asked.
     """
     cancel = cancel or CancelToken()
     model_dir = Path(model_dir)
@@ -103,8 +140,17 @@ def convert_hf_to_gguf(
     _check_free_space(out_path.parent, expected, "the GGUF")
     temp = out_path.with_name(f".{out_path.name}.{os.getpid()}.partial")
     yield Progress(0, expected, f"Converting {model_dir.name} to {outtype.upper()} GGUF")
+    extra = dict(metadata or {})
+    if chat_template is not None:
+        extra["tokenizer.chat_template"] = chat_template
+    fields_file = out_path.with_name(f".{out_path.name}.{os.getpid()}.fields.json")
+    entries = []
+    for key, raw in extra.items():
+        value, kind, sub = _value_type(raw)
+        entries.append([key, value, kind.name, sub.name if sub is not None else None])
+    fields_file.write_text(json.dumps(entries), encoding="utf-8")
     command = [
-        sys.executable, "-m", "convert_hf_to_gguf", str(model_dir),
+        sys.executable, "-c", _CONVERT_CHILD, str(fields_file), str(model_dir),
         "--outfile", str(temp), "--outtype", outtype,
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
@@ -114,10 +160,11 @@ def convert_hf_to_gguf(
             command, temp, expected, f"Writing {out_path.name}", cancel, "Conversion", env=env
         )
         if returncode != 0 or not temp.exists():
-            raise ExportError(_explain_failure(output, model_dir))
+            raise _explain_failure(output, model_dir)
         _finish_file(temp, out_path)
         done = True
     finally:
+        fields_file.unlink(missing_ok=True)
         if not done and temp.exists():
             temp.unlink()
     size = out_path.stat().st_size
@@ -275,13 +322,12 @@ def quantize_gguf(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Metadata: chat template, stop strings and provenance written into the GGUF header
+# Metadata: chat template, stop strings and provenance in the GGUF header (written by convert_hf_to_gguf)
 # ---------------------------------------------------------------------------------------------------------
 
 # Keys of this app's provenance in an exported GGUF's header (read back with the gguf package's reader).
 META_PREFIX = "desktop_dpo."
 STOP_STRINGS_KEY = f"{META_PREFIX}stop_strings"  # a JSON list of strings (a GGUF array may not be empty)
-_COPY_CHUNK = 64 * 1024 * 1024
 
 
 def _value_type(value: Any) -> tuple[Any, Any, Any | None]:
@@ -299,89 +345,6 @@ def _value_type(value: Any) -> tuple[Any, Any, Any | None]:
             raise ExportError("An empty list cannot be written into a GGUF header; write it as JSON text.")
         return [str(v) for v in value], GGUFValueType.ARRAY, GGUFValueType.STRING
     return str(value), GGUFValueType.STRING, None
-
-
-def write_gguf_metadata(
-    source: str | Path,
-    target: str | Path,
-    fields: dict[str, Any],
-    *,
-    chat_template: str | None = None,
-    cancel: CancelToken | None = None,
-) -> Job:
-    """Copy a GGUF with extra header fields (a job; returns the final Path).
-
-    ``fields`` maps keys (e.g. ``desktop_dpo.run_id``, ``general.description``) to str, int, float, bool or a
-    list of str; a key already in the header is replaced. ``chat_template`` replaces the model's template
-    (a base model gets the layout it was trained with). Tensor data is copied unchanged, a chunk at a time.
-
-    Raises:
-        ExportError: the source is not a readable GGUF, or there is not enough space.
-        JobCancelled: stopped as asked; nothing is kept.
-    """
-    from gguf import GGUFReader, GGUFValueType, GGUFWriter, Keys
-
-    cancel = cancel or CancelToken()
-    source, target = Path(source), Path(target)
-    try:
-        reader = GGUFReader(str(source))
-    except Exception as exc:  # the reader raises ValueError and friends on damaged files
-        raise ExportError(f"{source} is not a readable GGUF file ({exc}).") from exc
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _check_free_space(target.parent, source.stat().st_size, target.name)
-    arch_field = reader.fields[Keys.General.ARCHITECTURE]
-    temp = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    done = False
-    try:
-        writer = GGUFWriter(str(temp), str(arch_field.contents()))
-        replaced = set(fields) | ({Keys.Tokenizer.CHAT_TEMPLATE} if chat_template is not None else set())
-        for field in reader.fields.values():
-            if (
-                field.name == Keys.General.ARCHITECTURE
-                or field.name.startswith("GGUF.")
-                or field.name in replaced
-            ):
-                continue
-            value_type = field.types[0]
-            sub_type = field.types[-1] if value_type == GGUFValueType.ARRAY else None
-            if field.name == Keys.General.ALIGNMENT:
-                writer.data_alignment = int(field.contents())
-            writer.add_key_value(field.name, field.contents(), value_type, sub_type=sub_type)
-        if chat_template is not None:
-            writer.add_chat_template(chat_template)
-        for key, raw in fields.items():
-            value, value_type, sub_type = _value_type(raw)
-            writer.add_key_value(key, value, value_type, sub_type=sub_type)
-        total = 0
-        for tensor in reader.tensors:
-            total += int(tensor.n_bytes)
-            writer.add_tensor_info(
-                tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes, tensor.tensor_type
-            )
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        written = 0
-        for tensor in reader.tensors:
-            cancel.raise_if_cancelled()
-            writer.write_tensor_data(tensor.data, tensor_endianess=reader.endianess)
-            written += int(tensor.n_bytes)
-            yield Progress(written, total, f"Writing the metadata of {target.name}")
-        writer.close()
-        del reader
-        _finish_file(temp, target)
-        done = True
-    except OSError as exc:
-        if exc.errno == 28:
-            raise ExportError(
-                f"The disk filled up while writing {target.name}; nothing was kept. Free some space and "
-                "export again."
-            ) from exc
-        raise
-    finally:
-        if not done and temp.exists():
-            temp.unlink()
-    return target
 
 
 def read_gguf_metadata(path: str | Path) -> dict[str, Any]:

@@ -7,8 +7,9 @@ a low-rank update to some weight matrices (Hu et al. 2021, Eq. 3)::
     W' = W + (α / r) · B @ A            (α / √r with rank-stabilised LoRA, Kalajdzievski 2023)
 
 so each base tensor can be read, updated and written on its own. :func:`merge_adapter` streams the base
-model shard by shard: peak memory is about one shard of the base plus the adapter, whatever the model's
-size. The update is computed in fp32 and the result stored in bf16 or fp16 (never in 4 bits: a QLoRA run
+model shard by shard and tensor by tensor (the output file's header is written first, then each merged
+tensor as it is made): peak memory is about the largest single tensor in fp32 plus the adapter, whatever
+the model's size. The update is computed in fp32 and the result stored in bf16 or fp16 (never in 4 bits: a QLoRA run
 trains against an NF4 copy of the base, but the merged model starts from the full-precision weights).
 
 The folder is written under a hidden temporary name next to the destination and renamed into place only
@@ -25,6 +26,7 @@ import math
 import os
 import re
 import shutil
+import struct
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -54,6 +56,13 @@ _COPIED_FILES = (
 MERGE_DTYPES = ("bfloat16", "float16")
 _SPACE_MARGIN = 64 * 1024 * 1024
 _PEFT_PREFIX = "base_model.model."
+
+
+FLOAT16_MAX = 65504.0
+
+
+class Float16RangeError(ExportError):
+    """A merged weight is too large for float16 (merge in bfloat16 instead)."""
 
 
 @dataclass(frozen=True)
@@ -150,8 +159,6 @@ def plan_merge(base_dir: str | Path, adapter_dir: str | Path, dtype: str = "bflo
         ExportError: the adapter does not fit this base (a weight it updates is missing or of another
             shape), or either folder is unreadable.
     """
-    from safetensors import safe_open
-
     base_dir, adapter_dir = Path(base_dir), Path(adapter_dir)
     if dtype not in MERGE_DTYPES:
         raise ExportError(f"Merged weights are stored as {' or '.join(MERGE_DTYPES)}, not {dtype!r}.")
@@ -165,19 +172,12 @@ def plan_merge(base_dir: str | Path, adapter_dir: str | Path, dtype: str = "bflo
 
     base_shapes: dict[str, tuple[int, ...]] = {}
     for shard in shards:
-        try:
-            with safe_open(str(shard), framework="pt") as handle:
-                for key in handle.keys():  # noqa: SIM118 (safe_open has keys(), not iteration)
-                    base_shapes[key] = tuple(handle.get_slice(key).get_shape())
-        except Exception as exc:  # safetensors raises its own error types for damaged files
-            raise ExportError(f"The base model's weights in {shard.name} cannot be read ({exc}).") from exc
+        with _SafetensorsFile(shard) as handle:
+            for key in handle.keys():  # noqa: SIM118 (keys() is in file order)
+                base_shapes[key] = handle.shape(key)
 
-    adapter_file = adapter_dir / "adapter_model.safetensors"
-    try:
-        with safe_open(str(adapter_file), framework="pt") as handle:
-            adapter_shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
-    except Exception as exc:
-        raise ExportError(f"The adapter's weights in {adapter_file} cannot be read ({exc}).") from exc
+    with _SafetensorsFile(adapter_dir / "adapter_model.safetensors") as handle:
+        adapter_shapes = {key: handle.shape(key) for key in handle.keys()}  # noqa: SIM118
 
     updates: dict[str, LoraUpdate] = {}
     replacements: dict[str, str] = {}
@@ -231,13 +231,151 @@ def _merged_tensor(
 
     if not weight.is_floating_point():
         return weight.contiguous()
-    if update is None:
-        return weight.to(dtype).contiguous()
-    delta = adapter[update.lora_b].to(torch.float32) @ adapter[update.lora_a].to(torch.float32)
-    if update.fan_in_fan_out:
-        delta = delta.T
-    merged = weight.to(torch.float32).add_(delta, alpha=update.scale)
+    merged = weight.to(torch.float32)
+    if update is not None:
+        delta = adapter[update.lora_b].to(torch.float32) @ adapter[update.lora_a].to(torch.float32)
+        merged = merged.add_(delta.T if update.fan_in_fan_out else delta, alpha=update.scale)
+    if dtype == torch.float16 and merged.numel() and float(merged.abs().max()) > FLOAT16_MAX:
+        raise Float16RangeError("A weight of the merged model is too large for float16.")
     return merged.to(dtype).contiguous()
+
+
+# safetensors' names of the torch dtypes a model folder holds.
+_SAFETENSORS_DTYPES = {
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "float64": "F64",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
+_TORCH_DTYPES = {code: name for name, code in _SAFETENSORS_DTYPES.items()}
+_DTYPE_BYTES = {
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "F64": 8,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
+
+
+class _SafetensorsFile:
+    """One safetensors file read a tensor at a time with plain reads.
+
+    ``safetensors.safe_open`` memory-maps the file, and every page a merge touches then counts as this
+    process's memory until the map closes: the whole shard by the end. Reading each tensor into its own
+    buffer keeps only the tensor being merged.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.handle = path.open("rb")
+            (length,) = struct.unpack("<Q", self.handle.read(8))
+            header = json.loads(self.handle.read(length).decode("utf-8"))
+            if not isinstance(header, dict):
+                raise ValueError("the header is not a JSON object")
+        except (OSError, struct.error, UnicodeDecodeError, ValueError) as exc:
+            raise ExportError(
+                f"The weights in {path.name} cannot be read ({exc}); the file may be damaged. Copy it again."
+            ) from exc
+        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+        self.entries: dict[str, dict[str, Any]] = dict(
+            sorted(header.items(), key=lambda item: item[1]["data_offsets"][0])
+        )
+        self.data_start = 8 + length
+
+    def __enter__(self) -> _SafetensorsFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.close()
+
+    def keys(self) -> list[str]:
+        """Tensor names in the order their bytes appear in the file."""
+        return list(self.entries)
+
+    def dtype(self, key: str) -> str:
+        """The stored dtype, as safetensors names it ("BF16", "F32" ...)."""
+        return str(self.entries[key]["dtype"])
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(int(n) for n in self.entries[key]["shape"])
+
+    def tensor(self, key: str) -> torch.Tensor:
+        """One tensor, read from disk into memory of its own."""
+        import torch
+
+        begin, end = self.entries[key]["data_offsets"]
+        self.handle.seek(self.data_start + begin)
+        buffer = bytearray(end - begin)
+        if self.handle.readinto(buffer) != len(buffer):
+            raise ExportError(f"{self.path.name} ends early: the file is incomplete. Copy it again.")
+        dtype = getattr(torch, _TORCH_DTYPES[self.dtype(key)])
+        if not buffer:
+            return torch.empty(self.shape(key), dtype=dtype)
+        return torch.frombuffer(buffer, dtype=dtype).reshape(self.shape(key))
+
+
+class _SafetensorsStream:
+    """Write a safetensors file one tensor at a time (``safetensors.save_file`` needs them all in memory).
+
+    The format: an 8-byte little-endian header length, the JSON header (each tensor's dtype, shape and
+    byte offsets into the data that follows), padded with spaces to a multiple of 8, then the raw
+    little-endian bytes of each tensor in header order. The header is written first from ``layout``
+    (key, safetensors dtype, shape), so the tensors can then be produced and written one by one.
+    """
+
+    def __init__(self, path: Path, layout: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str]):
+        self.layout = layout
+        self.index = 0
+        header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+        offset = 0
+        for key, dtype, shape in layout:
+            size = math.prod(shape) * _DTYPE_BYTES[dtype]
+            header[key] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+            offset += size
+        encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        encoded += b" " * (-len(encoded) % 8)
+        self.out = path.open("wb")
+        self.out.write(len(encoded).to_bytes(8, "little"))
+        self.out.write(encoded)
+
+    def write(self, tensor: torch.Tensor) -> None:
+        """Write the next tensor of the layout (it must have the layout's dtype and shape)."""
+        import torch
+
+        key, dtype, shape = self.layout[self.index]
+        if (
+            _SAFETENSORS_DTYPES.get(str(tensor.dtype).removeprefix("torch.")) != dtype
+            or tuple(tensor.shape) != shape
+        ):
+            raise ExportError(f"Internal error: {key} came out as {tensor.dtype} {tuple(tensor.shape)}.")
+        flat = tensor.contiguous().reshape(-1)
+        if flat.numel():
+            self.out.write(flat.view(torch.uint8).numpy().data)
+        self.index += 1
+
+    def finish(self) -> None:
+        """Check every tensor was written, flush to disk and close."""
+        if self.index != len(self.layout):
+            raise ExportError(f"Internal error: {self.index} of {len(self.layout)} tensors were written.")
+        self.out.flush()
+        os.fsync(self.out.fileno())
+        self.out.close()
+
+    def close(self) -> None:
+        """Close without finishing (after an error or a stop; the caller removes the file)."""
+        self.out.close()
 
 
 def _copy_side_files(base_dir: Path, out_dir: Path, dtype: str) -> None:
@@ -254,12 +392,6 @@ def _copy_side_files(base_dir: Path, out_dir: Path, dtype: str) -> None:
         if "dtype" in config:
             config["dtype"] = dtype
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
-
-
-def _fsync_files(files: Iterable[Path]) -> None:
-    for file in files:
-        with file.open("rb") as handle:
-            os.fsync(handle.fileno())
 
 
 def merge_adapter(
@@ -279,8 +411,8 @@ def merge_adapter(
         dtype: "bfloat16" (default; the dtype of trainable copies) or "float16".
         cancel: checked between tensors; a stop leaves nothing behind.
 
-    Yields :class:`Progress` in tensors merged. Returns ``out_dir``. Peak memory is about the largest shard
-    of the base (in ``dtype``) plus the adapter.
+    Yields :class:`Progress` in tensors merged. Returns ``out_dir``. Peak memory is about the largest tensor
+    of the base in fp32 plus the adapter.
 
     Raises:
         ExportError: the adapter does not belong to this base, the disk is too full, or a folder cannot be
@@ -288,8 +420,7 @@ def merge_adapter(
         JobCancelled: stopped as asked.
     """
     import torch
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     cancel = cancel or CancelToken()
     base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir).absolute()
@@ -308,6 +439,7 @@ def merge_adapter(
             "another folder."
         )
     target_dtype = getattr(torch, dtype)
+    out_code = _SAFETENSORS_DTYPES[dtype]
     adapter = load_file(str(adapter_dir / "adapter_model.safetensors"))
     work = out_dir.parent / f".{out_dir.name}.merging-{uuid.uuid4().hex[:8]}"
     for stale in out_dir.parent.glob(f".{out_dir.name}.merging-*"):
@@ -317,28 +449,33 @@ def merge_adapter(
     merged_count = 0
     try:
         work.mkdir()
-        written: list[Path] = []
         weight_map: dict[str, str] = {}
         for shard in plan.shards:
-            tensors: dict[str, torch.Tensor] = {}
-            with safe_open(str(shard), framework="pt") as handle:
-                metadata = handle.metadata() or {}
-                for key in handle.keys():  # noqa: SIM118
-                    cancel.raise_if_cancelled()
-                    if key in plan.replacements:
-                        tensors[key] = adapter[plan.replacements[key]].to(target_dtype).contiguous()
-                    else:
-                        update = plan.updates.get(key)
-                        tensors[key] = _merged_tensor(handle.get_tensor(key), update, adapter, target_dtype)
-                        merged_count += update is not None
-                    weight_map[key] = shard.name
-                    done += 1
-                    if done % 16 == 0 or done == total:
-                        yield Progress(done, total, f"Merging {shard.name}")
             shard_out = work / shard.name
-            save_file(tensors, str(shard_out), metadata={**metadata, "format": "pt"})
-            written.append(shard_out)
-            del tensors
+            with _SafetensorsFile(shard) as handle:
+                keys = handle.keys()
+                layout = []
+                for key in keys:
+                    stored = handle.dtype(key)
+                    floating = stored in ("F32", "F16", "BF16", "F64")
+                    layout.append((key, out_code if floating else stored, handle.shape(key)))
+                stream = _SafetensorsStream(shard_out, layout, {**handle.metadata, "format": "pt"})
+                try:
+                    for key in keys:
+                        cancel.raise_if_cancelled()
+                        if key in plan.replacements:
+                            stream.write(adapter[plan.replacements[key]].to(target_dtype))
+                        else:
+                            update = plan.updates.get(key)
+                            stream.write(_merged_tensor(handle.tensor(key), update, adapter, target_dtype))
+                            merged_count += update is not None
+                        weight_map[key] = shard.name
+                        done += 1
+                        if done % 16 == 0 or done == total:
+                            yield Progress(done, total, f"Merging {shard.name}")
+                    stream.finish()
+                finally:
+                    stream.close()
         if len(plan.shards) > 1:
             index = {"metadata": {"total_size": plan.output_bytes}, "weight_map": weight_map}
             (work / "model.safetensors.index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
@@ -357,7 +494,6 @@ def merge_adapter(
             encoding="utf-8",
         )
         cancel.raise_if_cancelled()
-        _fsync_files(written)
         os.replace(work, out_dir)
     except OSError as exc:
         if exc.errno == 28:
@@ -374,8 +510,6 @@ def merge_adapter(
 
 
 def _all_keys(shards: Iterable[Path]) -> Iterable[str]:
-    from safetensors import safe_open
-
     for shard in shards:
-        with safe_open(str(shard), framework="pt") as handle:
+        with _SafetensorsFile(shard) as handle:
             yield from handle.keys()

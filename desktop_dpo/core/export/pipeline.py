@@ -36,10 +36,10 @@ from desktop_dpo.core.export.gguf import (
     QUANTIZATIONS,
     STOP_STRINGS_KEY,
     convert_hf_to_gguf,
+    estimate_gguf_bytes,
     llama_cpp_command,
     modelfile_text,
     quantize_gguf,
-    write_gguf_metadata,
 )
 from desktop_dpo.core.jobs import CancelToken, Job, Log, Progress
 
@@ -61,7 +61,9 @@ class ExportSettings:
     )  # file types to write (F16, Q8_0, Q5_K_M, Q4_K_M)
     destination: str | None = None  # folder that receives the export folder (None: the app's exports folder)
     name: str | None = None  # the export folder's and files' name (None: from the run and base model)
-    merge_dtype: str = "bfloat16"  # the merged model's weights ("bfloat16" or "float16")
+    # The merged model's weights: float16 keeps three more bits than bfloat16 and is what the F16 GGUF
+    # stores, so the converter copies it as it is; a weight beyond float16's range falls back to bfloat16.
+    merge_dtype: str = "float16"
     parity: bool = True  # run the parity check (a few seconds for small models)
 
 
@@ -98,10 +100,6 @@ def _sha256(path: Path) -> str:
         while chunk := handle.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _parameter_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
 
 
 def export_folder_name(run: RunRow, base: ModelRow) -> str:
@@ -146,7 +144,7 @@ def export_run(
         JobCancelled: stopped as asked.
     """
     from desktop_dpo.core.dpo.train import TrainConfig, _model_folder
-    from desktop_dpo.core.export.merge import merge_adapter
+    from desktop_dpo.core.export.merge import Float16RangeError, merge_adapter
 
     cancel = cancel or CancelToken()
     quantizations = tuple(dict.fromkeys(q.upper() for q in settings.quantizations))
@@ -178,9 +176,8 @@ def export_run(
     if final.exists():
         raise ExportError(f"{final} already exists. Choose another name or folder, or remove the old export.")
     parent.mkdir(parents=True, exist_ok=True)
-    weights = _parameter_bytes(base_dir)
-    parameters = weights / 2 if weights else 0  # bf16 trainable copies: two bytes a weight
-    needed = int(parameters * (2 + 2 + 2 + sum(QUANTIZATIONS[q][1] for q in quantizations if q != "F16")))
+    f16_bytes = estimate_gguf_bytes(base_dir, "f16")  # two bytes a weight: the merged folder is as large
+    needed = int(f16_bytes * (2 + sum(QUANTIZATIONS[q][1] / 2 for q in quantizations if q != "F16")))
     free = shutil.disk_usage(parent).free
     if free < needed + _SPACE_MARGIN:
         raise ExportError(
@@ -195,14 +192,20 @@ def export_run(
     try:
         work.mkdir()
         yield Log(f"Merging the adapter of run {run.id} into {base.name}…")
-        merged = yield from merge_adapter(
-            base_dir, Path(run.adapter_path), work / MERGED_FOLDER, dtype=settings.merge_dtype, cancel=cancel
-        )
+        try:
+            merged = yield from merge_adapter(
+                base_dir,
+                Path(run.adapter_path),
+                work / MERGED_FOLDER,
+                dtype=settings.merge_dtype,
+                cancel=cancel,
+            )
+        except Float16RangeError as exc:
+            yield Log(f"{exc} Merging in bfloat16 instead.", level="warning")
+            merged = yield from merge_adapter(
+                base_dir, Path(run.adapter_path), work / MERGED_FOLDER, dtype="bfloat16", cancel=cancel
+            )
         cancel.raise_if_cancelled()
-        raw_f16 = work / f".{name}.raw.F16.gguf"
-        yield Log("Converting the merged model to GGUF…")
-        yield from convert_hf_to_gguf(merged, raw_f16, outtype="f16", cancel=cancel)
-
         default_template = _uses_default_template(merged)
         from desktop_dpo.core.llm.templates import DEFAULT_STOP_STRINGS, DEFAULT_TEMPLATE
 
@@ -228,14 +231,16 @@ def export_run(
             STOP_STRINGS_KEY: json.dumps(stops),  # JSON text: a GGUF array may not be empty
         }
         f16 = work / f"{name}.F16.gguf"
-        yield from write_gguf_metadata(
-            raw_f16,
+        yield Log("Converting the merged model to GGUF…")
+        # The header (template, stops, provenance) is written with the file; the quantizer carries it over.
+        yield from convert_hf_to_gguf(
+            merged,
             f16,
-            metadata,
+            outtype="f16",
+            metadata=metadata,
             chat_template=DEFAULT_TEMPLATE if default_template else None,
             cancel=cancel,
         )
-        raw_f16.unlink()
 
         files: dict[str, Path] = {}
         for quantization in quantizations:

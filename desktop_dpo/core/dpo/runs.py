@@ -1,0 +1,122 @@
+"""Making and resuming training runs: which pairs a new run takes, how they will split, what it is called.
+
+The CLI (``desktop-dpo train``) and the Train view both start runs through these functions, so a run
+made either way holds the same snapshot of pairs for the same model and settings. No torch here: the
+GUI calls these on its own thread to show counts before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from desktop_dpo.core.dpo.data import pairs_from_comparisons, split_by_prompt
+from desktop_dpo.core.dpo.train import TrainConfig, TrainingError
+from desktop_dpo.core.store import ModelRow, RunRow, Store
+
+# Fewer pairs than this teach a model next to nothing and make the held-out numbers meaningless; the
+# Train view says so instead of starting (the CLI, for scripts and experiments, allows any number).
+MIN_TRAIN_PAIRS = 8
+
+# Where a GGUF model's trainable copy (an HF folder made once in the Models view) is noted in its info;
+# the same keys train.py reads when it loads the model.
+_TRAINABLE_COPY_KEYS = ("trainable_path", "trainable_copy", "hf_path")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a new run of a model would train on, before it is made."""
+
+    comparison_ids: list[int]  # the snapshot a run made now would fix
+    pairs: int  # preference pairs from those comparisons (an edit can give more than one)
+    prompts: int  # distinct prompts behind the pairs
+    heldout_prompts: int  # prompts the split keeps out of training
+    heldout_pairs: int  # pairs of those prompts
+    train_pairs: int  # pairs left to train on
+
+
+def trainable_reason(model: ModelRow) -> str | None:
+    """None when ``model`` can be trained as it is registered, else a sentence saying what to do."""
+    if model.kind == "hf" or any(model.info.get(key) for key in _TRAINABLE_COPY_KEYS):
+        return None
+    return (
+        f"{model.name} is a GGUF file without a trainable copy yet. Make one in the Models view "
+        "(it is done once), then train here."
+    )
+
+
+def model_pair_ids(store: Store, model_id: int) -> list[int]:
+    """Comparisons that give usable pairs for ``model_id``: sampled from it, or imported (model unknown).
+
+    A pair sampled from another model says what that model wrote, not this one; imported pairs name no
+    model, so they count for every model.
+    """
+    views = [
+        view
+        for view in store.comparison_views()
+        if view.model_a_id in (model_id, None) and view.model_b_id in (model_id, None)
+    ]
+    return sorted({pair.comparison_id for pair in pairs_from_comparisons(views)})
+
+
+def plan_run(store: Store, model_id: int, config: TrainConfig) -> RunPlan:
+    """How a run of ``model_id`` with ``config`` would split its pairs (prompts keep a split once fixed)."""
+    ids = model_pair_ids(store, model_id)
+    pairs = pairs_from_comparisons(store.comparison_views(ids=ids)) if ids else []
+    prompt_ids = sorted({pair.prompt_id for pair in pairs})
+    existing = {pid: row.split for pid in prompt_ids if (row := store.get_prompt(pid)) and row.split}
+    splits = split_by_prompt(prompt_ids, config.heldout_fraction, config.seed, existing)
+    heldout = {pid for pid, split in splits.items() if split == "heldout"}
+    heldout_pairs = sum(1 for pair in pairs if pair.prompt_id in heldout)
+    return RunPlan(
+        comparison_ids=ids,
+        pairs=len(pairs),
+        prompts=len(prompt_ids),
+        heldout_prompts=len(heldout),
+        heldout_pairs=heldout_pairs,
+        train_pairs=len(pairs) - heldout_pairs,
+    )
+
+
+def create_run_for_model(
+    store: Store,
+    model: ModelRow,
+    config: TrainConfig,
+    *,
+    name: str | None = None,
+    reference: str = "adapter_off",
+    comparison_ids: Sequence[int] | None = None,
+) -> int:
+    """Make a run of ``model`` over its usable pairs as they are now (the snapshot is fixed). Returns its id.
+
+    Raises:
+        TrainingError: the model has no usable pairs yet.
+    """
+    ids = list(comparison_ids) if comparison_ids is not None else model_pair_ids(store, model.id)
+    if not ids:
+        raise TrainingError(f"{model.name} has no usable pairs yet: pick A or B in some comparisons first.")
+    return store.create_run(
+        name=name or f"{model.name} ({len(ids)} pairs)",
+        base_model_id=model.id,
+        config=config.validated().to_dict(),
+        comparison_ids=ids,
+        reference=reference,
+    )
+
+
+def resume_settings(store: Store, run_id: int, changes: dict[str, Any] | None = None) -> RunRow:
+    """Prepare ``run_id`` to be resumed, with some settings changed (stored in the run). Returns the run.
+
+    Raises:
+        TrainingError: there is no such run, or the changed settings cannot work.
+    """
+    run = store.get_run(run_id)
+    if run is None:
+        raise TrainingError(f"There is no training run {run_id}.")
+    if changes:
+        config = TrainConfig.from_dict(run.config).replace(**changes)
+        store.update_run(run.id, config=config.to_dict())
+        run = store.get_run(run_id)
+        assert run is not None
+    return run

@@ -1,0 +1,182 @@
+"""The transcript of a conversation: one read-only document with a block per message.
+
+Every message is a frame of its own in one :class:`QTextDocument` (the person's on the right, tinted; the
+model's on the left, white), with a small header line. Text is only ever inserted as plain text through a
+cursor, so a reply containing ``<b>`` or markdown is shown exactly as written. A streaming reply grows by
+inserting at a cursor kept at its end: one token costs an insertion, never a re-layout of the whole
+conversation, however long it is. The view follows the stream only while the person has not scrolled up
+to read.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtGui import QColor, QFont, QTextBlockFormat, QTextCharFormat, QTextCursor, QTextFrameFormat
+from PySide6.QtWidgets import QFrame, QTextEdit, QWidget
+
+# Bubble colours (slate and indigo, as in resources/style.qss).
+USER_BACKGROUND = "#eef2ff"
+USER_BORDER = "#c7d2fe"
+ASSISTANT_BACKGROUND = "#ffffff"
+ASSISTANT_BORDER = "#e2e8f0"
+HEADER_COLOUR = "#64748b"
+TEXT_COLOUR = "#1e293b"
+NOTE_COLOUR = "#b45309"
+# Space on the side a bubble does not lean to (pixels).
+INDENT = 72
+
+
+class ChatTranscript(QTextEdit):
+    """Messages as blocks; the last one may be a reply that is still being written."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("chatTranscript")
+        self.setReadOnly(True)
+        self.setAcceptRichText(False)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setUndoRedoEnabled(False)  # a transcript is written, never undone; the stack would only grow
+        font = QFont(self.font())
+        font.setPointSizeF(font.pointSizeF() + 1.5)
+        self.document().setDefaultFont(font)
+        self.document().setDocumentMargin(14)
+        self._starts: list[int] = []  # document position where each message's block begins
+        self._reply: QTextCursor | None = None  # end of the reply being written
+        self._reply_text: list[str] = []
+        self._reply_header = ""
+
+    # ---------------------------------------------------------------- formats
+
+    def _header_format(self) -> QTextCharFormat:
+        fmt = QTextCharFormat()
+        fmt.setForeground(QColor(HEADER_COLOUR))
+        fmt.setFontWeight(QFont.Weight.DemiBold)
+        fmt.setFontPointSize(max(7.0, self.document().defaultFont().pointSizeF() - 2.5))
+        return fmt
+
+    def _body_format(self) -> QTextCharFormat:
+        fmt = QTextCharFormat()
+        fmt.setForeground(QColor(TEXT_COLOUR))
+        return fmt
+
+    def _note_format(self) -> QTextCharFormat:
+        fmt = self._header_format()
+        fmt.setForeground(QColor(NOTE_COLOUR))
+        fmt.setFontItalic(True)
+        return fmt
+
+    @staticmethod
+    def _frame_format(role: str) -> QTextFrameFormat:
+        fmt = QTextFrameFormat()
+        user = role == "user"
+        fmt.setBackground(QColor(USER_BACKGROUND if user else ASSISTANT_BACKGROUND))
+        fmt.setBorder(1)
+        fmt.setBorderBrush(QColor(USER_BORDER if user else ASSISTANT_BORDER))
+        fmt.setBorderStyle(QTextFrameFormat.BorderStyle.BorderStyle_Solid)
+        fmt.setPadding(10)
+        fmt.setTopMargin(4)
+        fmt.setBottomMargin(4)
+        fmt.setLeftMargin(INDENT if user else 0)
+        fmt.setRightMargin(0 if user else INDENT)
+        return fmt
+
+    # ---------------------------------------------------------------- writing
+
+    def _following(self) -> bool:
+        bar = self.verticalScrollBar()
+        return bar.value() >= bar.maximum() - 4
+
+    def _follow(self, following: bool) -> None:
+        if following:
+            bar = self.verticalScrollBar()
+            bar.setValue(bar.maximum())
+
+    def _open_block(self, role: str, header: str) -> QTextCursor:
+        """A new message block at the end; returns a cursor where its text goes."""
+        cursor = QTextCursor(self.document())
+        cursor.movePosition(QTextCursor.MoveOperation.End)
+        self._starts.append(cursor.position())
+        frame = cursor.insertFrame(self._frame_format(role))
+        inner = frame.firstCursorPosition()
+        inner.insertText(header, self._header_format())
+        body = QTextBlockFormat()
+        body.setTopMargin(3)
+        inner.insertBlock(body, self._body_format())
+        return inner
+
+    def add_message(self, role: str, text: str, header: str, note: str = "") -> None:
+        """Append a finished message (``note``: a short remark under it, e.g. that it was stopped)."""
+        following = self._following()
+        cursor = self._open_block(role, header)
+        cursor.insertText(text, self._body_format())
+        if note:
+            cursor.insertBlock(QTextBlockFormat(), self._note_format())
+            cursor.insertText(note, self._note_format())
+        self._follow(following)
+
+    def begin_reply(self, header: str) -> None:
+        """Open the block of a reply that will stream in."""
+        following = self._following()
+        self._reply = self._open_block("assistant", header)
+        self._reply_text = []
+        self._reply_header = header
+        self._follow(following)
+
+    def append_to_reply(self, text: str) -> None:
+        """Add streamed text to the reply being written (one insertion; the rest of the document stays)."""
+        if self._reply is None or not text:
+            return
+        following = self._following()
+        self._reply.insertText(text, self._body_format())
+        self._reply_text.append(text)
+        self._follow(following)
+
+    def finish_reply(self, text: str | None = None, note: str = "") -> None:
+        """Close the reply. ``text``: the reply as saved, when it differs from what streamed in."""
+        if self._reply is None:
+            return
+        if text is not None and text.strip() != self.reply_text().strip():
+            # The saved text is the record: show exactly that (e.g. held-back text released at the end).
+            start = self._starts[-1]
+            self._remove_from(start)
+            self._starts.pop()
+            self._reply = None
+            self.add_message("assistant", text, self._reply_header, note)
+            return
+        if note:
+            self._reply.insertBlock(QTextBlockFormat(), self._note_format())
+            self._reply.insertText(note, self._note_format())
+        self._reply = None
+
+    def reply_text(self) -> str:
+        """What has streamed into the reply being written ("" when none)."""
+        return "".join(self._reply_text)
+
+    @property
+    def writing(self) -> bool:
+        """True while a reply is open."""
+        return self._reply is not None
+
+    def remove_last(self) -> None:
+        """Remove the last message's block (a reply being replaced, or one that failed)."""
+        if not self._starts:
+            return
+        self._remove_from(self._starts.pop())
+        self._reply = None
+        self._reply_text = []
+
+    def _remove_from(self, start: int) -> None:
+        cursor = QTextCursor(self.document())
+        cursor.setPosition(start)
+        cursor.movePosition(QTextCursor.MoveOperation.End, QTextCursor.MoveMode.KeepAnchor)
+        cursor.removeSelectedText()
+
+    def clear_messages(self) -> None:
+        """Empty the transcript."""
+        self.document().clear()
+        self._starts = []
+        self._reply = None
+        self._reply_text = []
+
+    def message_count(self) -> int:
+        """Blocks shown (a reply being written included)."""
+        return len(self._starts)

@@ -1,0 +1,1070 @@
+"""The Chat view: talk to a registered model, with every conversation saved.
+
+A reply streams from llama.cpp in a background job (:func:`desktop_dpo.core.chat.chat_reply`, on the job
+resource ``generate:<model id>``, shared with Collect: while one view generates with a model, the other
+cannot start on it and says why). The GUI never waits on a model.
+
+What is saved, and when: the person's message the moment it is sent; the reply when it ends, with the
+model, seed, sampling settings, tokens and seconds in its meta. A reply stopped with Esc keeps the text
+written so far and is marked ``stopped``. Regenerate replaces the last reply: the old one is deleted in the
+same transaction that saves the new one, so a regeneration that fails loses nothing. While a reply is
+being written, the conversation cannot be switched, renamed or deleted (stop it first: Esc).
+
+Keyboard: Ctrl+Enter sends, Esc stops the reply, F2 renames the selected conversation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from PySide6.QtCore import QSettings, Qt, Signal, Slot
+from PySide6.QtGui import QKeySequence, QShortcut, QShowEvent
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QMainWindow,
+    QMessageBox,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QStackedWidget,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop_dpo.config import AppPaths, SamplingSettings
+from desktop_dpo.core.chat import (
+    UNTITLED,
+    HistoryTrimmed,
+    chat_reply,
+    conversation_title,
+    draw_seed,
+    reply_meta,
+)
+from desktop_dpo.core.errors import DesktopDpoError
+from desktop_dpo.core.jobs import Log, Progress
+from desktop_dpo.core.llm.engine_pool import EnginePool
+from desktop_dpo.core.llm.llamacpp import GenerationResult, ResponseFinished, TokenEvent
+from desktop_dpo.core.sampling import ModelInfoLearned
+from desktop_dpo.core.store import MessageRow, ModelRow, Store
+from desktop_dpo.gui.chat_transcript import ChatTranscript
+from desktop_dpo.gui.sampling_settings_panel import SamplingSettingsPanel
+from desktop_dpo.workers.job_worker import JobRegistry, JobThread
+
+log = logging.getLogger(__name__)
+
+SEND_SHORTCUTS = ("Ctrl+Return", "Ctrl+Enter")
+STOP_SHORTCUT = "Esc"
+RENAME_SHORTCUT = "F2"
+STATUS_MESSAGE_MS = 8000
+SETTINGS_KEY = "chat/sampling"
+EMPTY_TITLE = "Pick a model and say hello…"
+NO_MODEL_TITLE = "No models yet"
+
+# Styles of this view's own widgets; the app style sheet (resources/style.qss) supplies the rest
+# (#pageTitle, #pageSummary, #card, #primaryButton, #secondaryButton).
+STYLE = """
+#chatSidebarPanel { background: #ffffff; border-right: 1px solid #e2e8f0; }
+#chatListTitle { color: #0f172a; font-size: 14px; font-weight: 700; }
+#conversationList { background: transparent; border: none; outline: none; font-size: 13px; color: #334155; }
+#conversationList::item { padding: 7px 8px; margin: 1px 0; border-radius: 6px; }
+#conversationList::item:hover { background: #f1f5f9; }
+#conversationList::item:selected { background: #eef2ff; color: #3730a3; }
+#conversationList:disabled { color: #94a3b8; }
+#chatListEmpty, #composerNote, #activityText { color: #64748b; font-size: 12px; }
+#fieldLabel { color: #475569; font-size: 12px; font-weight: 600; }
+#messageEditor, #systemEditor {
+    background: #ffffff; border: 1px solid #cbd5e1; border-radius: 8px; padding: 4px; font-size: 14px;
+}
+#messageEditor:focus, #systemEditor:focus { border-color: #818cf8; }
+#chatTranscript { background: #f8fafc; border: 1px solid #e2e8f0; border-radius: 10px; }
+#chatEmpty { background: #ffffff; border: 1px dashed #cbd5e1; border-radius: 10px; }
+#chatEmptyTitle { color: #0f172a; font-size: 18px; font-weight: 600; }
+#chatEmptyText { color: #64748b; font-size: 13px; }
+#chatBanner { background: #fef2f2; border: 1px solid #fecaca; border-radius: 8px; }
+#chatBannerText { color: #991b1b; font-size: 13px; }
+#composerNote[busy="true"] { color: #b45309; }
+QToolButton#samplingToggle, QToolButton#systemToggle {
+    border: none; color: #334155; font-size: 12px; font-weight: 600; padding: 2px 0;
+}
+"""
+
+
+def describe_reply(result: GenerationResult) -> str:
+    """One line about a finished reply: length, time and how it ended."""
+    ending = {"stop": "finished", "length": "reached the token limit", "cancelled": "stopped"}.get(
+        result.finish_reason, result.finish_reason
+    )
+    return f"{result.completion_tokens} tokens · {result.seconds:.1f} s · {ending}"
+
+
+def _header(message: MessageRow) -> str:
+    if message.role == "user":
+        return "You"
+    model = message.meta.get("model")
+    return f"Assistant · {model}" if model else "Assistant"
+
+
+def _note(message: MessageRow) -> str:
+    if message.role == "assistant" and message.meta.get("stopped"):
+        tokens = message.meta.get("completion_tokens")
+        return f"Stopped after {tokens} tokens" if tokens else "Stopped"
+    return ""
+
+
+@dataclass
+class PendingReply:
+    """The reply being written (the GUI thread's record of what the job streamed so far)."""
+
+    conversation_id: int
+    model: ModelRow
+    seed: int
+    settings: SamplingSettings
+    replacing: MessageRow | None  # the answer Regenerate replaces once this one is saved
+    started: float  # time.monotonic() when it was asked for
+    text: str = ""
+    n_tokens: int = 0
+    result: GenerationResult | None = None  # from ResponseFinished, when it arrived
+    dropped: int = 0  # earlier messages left out to fit the context
+
+
+class ChatView(QWidget):
+    """Conversations with a model, streamed and saved.
+
+    Args:
+        store: the GUI thread's database connection.
+        registry: the job registry (replies run on resource ``generate:<model id>``).
+        pool: the engine pool shared with the other views (models stay loaded between replies).
+        paths: the app's folders (GGUF copies of Hugging Face models, settings).
+        rng: draws the sampler seed of each reply (tests pass a seeded one).
+
+    Signals:
+        status_message(str): a line for the status bar.
+        models_requested(): the person asked to add a model (the window shows the Models view).
+        conversations_changed(): a conversation was created, renamed, deleted or written to.
+    """
+
+    status_message = Signal(str)
+    models_requested = Signal()
+    conversations_changed = Signal()
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        registry: JobRegistry,
+        pool: EnginePool,
+        paths: AppPaths,
+        rng: random.Random | None = None,
+        parent: QWidget | None = None,
+    ):
+        super().__init__(parent)
+        self.setObjectName("pageArea")
+        self.setStyleSheet(STYLE)
+        self.store = store
+        self.registry = registry
+        self.pool = pool
+        self.paths = paths
+        self._rng = rng or random.SystemRandom()
+        self._settings = QSettings(str(paths.data_dir / "window.ini"), QSettings.Format.IniFormat)
+
+        self._model: ModelRow | None = None
+        self._conversation_id: int | None = None
+        self._messages: list[MessageRow] = []
+        self._job: JobThread | None = None
+        self._reply: PendingReply | None = None
+        self._model_count = 0
+
+        self._build()
+        self._build_shortcuts()
+        registry.changed.connect(self._on_registry_changed)
+        self._restore_sampling_settings()
+        self.refresh_models()
+        self.refresh_conversations()
+        conversations = self.store.list_conversations()
+        if conversations:  # carry on where the person left off
+            self.open_conversation(conversations[0].id)
+        self._show_page()
+        self._update_actions()
+
+    # ---------------------------------------------------------------- building
+
+    def _build(self) -> None:
+        # -- the list of conversations, on the left
+        side = QFrame()
+        side.setObjectName("chatSidebarPanel")
+        side.setFixedWidth(204)
+        side_layout = QVBoxLayout(side)
+        side_layout.setContentsMargins(12, 20, 12, 14)
+        side_layout.setSpacing(8)
+        list_title = QLabel("Conversations")
+        list_title.setObjectName("chatListTitle")
+        self.new_button = QPushButton("New chat")
+        self.new_button.setObjectName("secondaryButton")
+        self.new_button.setToolTip("Start a new conversation (it is saved with your first message)")
+        self.new_button.clicked.connect(self.new_conversation)
+        side_layout.addWidget(list_title)
+        side_layout.addWidget(self.new_button)
+        self.conversation_list = QListWidget()
+        self.conversation_list.setObjectName("conversationList")
+        self.conversation_list.setFrameShape(QFrame.Shape.NoFrame)
+        self.conversation_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.conversation_list.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.conversation_list.setEditTriggers(
+            QListWidget.EditTrigger.DoubleClicked | QListWidget.EditTrigger.EditKeyPressed
+        )
+        self.conversation_list.currentItemChanged.connect(self._on_conversation_current_changed)
+        self.conversation_list.itemChanged.connect(self._on_conversation_item_changed)
+        side_layout.addWidget(self.conversation_list, 1)
+        self.list_empty = QLabel("Your conversations appear here.")
+        self.list_empty.setObjectName("chatListEmpty")
+        self.list_empty.setWordWrap(True)
+        side_layout.addWidget(self.list_empty)
+        self.rename_button = QPushButton("Rename")
+        self.rename_button.setObjectName("secondaryButton")
+        self.rename_button.setToolTip(
+            f"Rename the selected conversation ({RENAME_SHORTCUT}, or double-click it)"
+        )
+        self.rename_button.clicked.connect(self._on_rename_clicked)
+        self.delete_button = QPushButton("Delete…")
+        self.delete_button.setObjectName("secondaryButton")
+        self.delete_button.setToolTip("Delete the selected conversation and its messages (asks first)")
+        self.delete_button.clicked.connect(self._on_delete_clicked)
+        list_actions = QHBoxLayout()
+        list_actions.setSpacing(8)
+        list_actions.addWidget(self.rename_button, 1)
+        list_actions.addWidget(self.delete_button, 1)
+        side_layout.addLayout(list_actions)
+
+        # -- header: title, model
+        title = QLabel("Chat")
+        title.setObjectName("pageTitle")
+        summary = QLabel("Talk to a model on this computer. Every conversation is saved.")
+        summary.setObjectName("pageSummary")
+        self.model_combo = QComboBox()
+        self.model_combo.setObjectName("modelCombo")
+        self.model_combo.setMinimumContentsLength(18)
+        self.model_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.model_combo.setToolTip("The model that answers")
+        self.model_combo.currentIndexChanged.connect(self._on_model_combo_changed)
+        model_label = QLabel("Model")
+        model_label.setObjectName("fieldLabel")
+        summary.setWordWrap(True)
+        top = QHBoxLayout()
+        top.setSpacing(10)
+        top.addWidget(title, 1)
+        top.addWidget(model_label, 0, Qt.AlignmentFlag.AlignVCenter)
+        top.addWidget(self.model_combo, 0, Qt.AlignmentFlag.AlignVCenter)
+        header = QVBoxLayout()
+        header.setSpacing(2)
+        header.addLayout(top)
+        header.addWidget(summary)
+
+        # -- settings card: system prompt and sampling
+        card = QFrame()
+        card.setObjectName("card")
+        card_layout = QVBoxLayout(card)
+        card_layout.setContentsMargins(16, 8, 16, 8)
+        card_layout.setSpacing(6)
+        self.system_toggle = QToolButton()
+        self.system_toggle.setObjectName("systemToggle")
+        self.system_toggle.setText("System prompt")
+        self.system_toggle.setCheckable(True)
+        self.system_toggle.setArrowType(Qt.ArrowType.RightArrow)
+        self.system_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.system_toggle.setToolTip("Optional instructions the model reads before the conversation")
+        self.system_toggle.toggled.connect(self._on_system_toggled)
+        self.system_summary = QLabel()
+        self.system_summary.setObjectName("activityText")
+        # One-line summaries give way when the window is narrow (clipped, never widening the view).
+        self.system_summary.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        system_head = QHBoxLayout()
+        system_head.setSpacing(8)
+        system_head.addWidget(self.system_toggle)
+        system_head.addWidget(self.system_summary, 1)
+        card_layout.addLayout(system_head)
+        self.system_edit = QPlainTextEdit()
+        self.system_edit.setObjectName("systemEditor")
+        self.system_edit.setPlaceholderText(
+            "Optional: e.g. “You are a concise assistant.” Saved with the conversation when you send."
+        )
+        self.system_edit.setFixedHeight(58)
+        self.system_edit.setTabChangesFocus(True)
+        self.system_edit.setVisible(False)
+        self.system_edit.textChanged.connect(self._on_system_text_changed)
+        card_layout.addWidget(self.system_edit)
+        self.sampling_panel = SamplingSettingsPanel()
+        self.sampling_panel.changed.connect(self._on_sampling_changed)
+        self.sampling_panel.summary.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        card_layout.addWidget(self.sampling_panel)
+
+        # -- error banner
+        self.banner = QFrame()
+        self.banner.setObjectName("chatBanner")
+        self.banner_text = QLabel()
+        self.banner_text.setObjectName("chatBannerText")
+        self.banner_text.setWordWrap(True)
+        self.banner_text.setTextFormat(Qt.TextFormat.PlainText)
+        self.banner_text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        banner_close = QToolButton()
+        banner_close.setText("✕")
+        banner_close.setAutoRaise(True)
+        banner_close.setToolTip("Dismiss")
+        banner_close.clicked.connect(self.clear_error)
+        banner_layout = QHBoxLayout(self.banner)
+        banner_layout.setContentsMargins(12, 8, 8, 8)
+        banner_layout.addWidget(self.banner_text, 1)
+        banner_layout.addWidget(banner_close, 0, Qt.AlignmentFlag.AlignTop)
+        self.banner.setVisible(False)
+
+        # -- the transcript, or what to do when there is none yet
+        self.transcript = ChatTranscript()
+        self.empty_state = QFrame()
+        self.empty_state.setObjectName("chatEmpty")
+        self.empty_title = QLabel(EMPTY_TITLE)
+        self.empty_title.setObjectName("chatEmptyTitle")
+        self.empty_title.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.empty_text = QLabel()
+        self.empty_text.setObjectName("chatEmptyText")
+        self.empty_text.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.empty_text.setWordWrap(True)
+        self.models_button = QPushButton("Go to Models")
+        self.models_button.setObjectName("primaryButton")
+        self.models_button.setToolTip("Add a model (a GGUF file or a Hugging Face folder) or the demo model")
+        self.models_button.clicked.connect(self.models_requested)
+        empty_layout = QVBoxLayout(self.empty_state)
+        empty_layout.setContentsMargins(24, 24, 24, 24)
+        empty_layout.setSpacing(8)
+        empty_layout.addStretch(1)
+        empty_layout.addWidget(self.empty_title)
+        empty_layout.addWidget(self.empty_text)
+        empty_layout.addSpacing(6)
+        empty_layout.addWidget(self.models_button, 0, Qt.AlignmentFlag.AlignHCenter)
+        empty_layout.addStretch(2)
+        self.pages = QStackedWidget()
+        self.pages.addWidget(self.empty_state)
+        self.pages.addWidget(self.transcript)
+
+        # -- activity line
+        self.activity_text = QLabel()
+        self.activity_text.setObjectName("activityText")
+        self.activity_bar = QProgressBar()
+        self.activity_bar.setMaximumWidth(220)
+        self.activity_bar.setMaximumHeight(10)
+        self.activity_bar.setTextVisible(False)
+        self.activity_bar.setVisible(False)
+        self.activity_row = QWidget()
+        activity = QHBoxLayout(self.activity_row)
+        activity.setContentsMargins(2, 0, 2, 0)
+        activity.addWidget(self.activity_text, 1)
+        activity.addWidget(self.activity_bar)
+        self.activity_row.setVisible(False)
+
+        # -- the composer
+        composer = QFrame()
+        composer.setObjectName("card")
+        composer_layout = QVBoxLayout(composer)
+        composer_layout.setContentsMargins(10, 8, 10, 8)
+        composer_layout.setSpacing(8)
+        self.input_edit = QPlainTextEdit()
+        self.input_edit.setObjectName("messageEditor")
+        self.input_edit.setPlaceholderText("Write a message. Ctrl+Enter sends.")
+        self.input_edit.setTabChangesFocus(True)
+        self.input_edit.setMinimumHeight(52)
+        self.input_edit.setMaximumHeight(84)
+        self.input_edit.textChanged.connect(self._on_input_text_changed)
+        composer_layout.addWidget(self.input_edit)
+        self.note = QLabel()
+        self.note.setObjectName("composerNote")
+        self.note.setWordWrap(True)
+        self.regenerate_button = QPushButton("Regenerate")
+        self.regenerate_button.setObjectName("secondaryButton")
+        self.regenerate_button.setToolTip("Write the last reply again (it replaces the one shown)")
+        self.regenerate_button.clicked.connect(self.regenerate)
+        self.stop_button = QPushButton(f"Stop ({STOP_SHORTCUT})")
+        self.stop_button.setObjectName("secondaryButton")
+        self.stop_button.setToolTip("Stop the reply at the next token (the text so far is kept)")
+        self.stop_button.clicked.connect(self.stop)
+        self.send_button = QPushButton("Send")  # Ctrl+Enter: said by the editor and the tooltip
+        self.send_button.setObjectName("primaryButton")
+        self.send_button.clicked.connect(self.send)
+        actions = QHBoxLayout()
+        actions.setSpacing(8)
+        actions.addWidget(self.note, 1)
+        actions.addWidget(self.regenerate_button)
+        actions.addWidget(self.stop_button)
+        actions.addWidget(self.send_button)
+        composer_layout.addLayout(actions)
+
+        content = QVBoxLayout()
+        content.setContentsMargins(18, 18, 18, 14)
+        content.setSpacing(10)
+        content.addLayout(header)
+        content.addWidget(card)
+        content.addWidget(self.banner)
+        content.addWidget(self.pages, 1)
+        content.addWidget(self.activity_row)
+        content.addWidget(composer)
+
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(side)
+        layout.addLayout(content, 1)
+
+    def _build_shortcuts(self) -> None:
+        def shortcut(keys: str, slot: Any) -> QShortcut:
+            item = QShortcut(QKeySequence(keys), self)
+            # Anywhere in this view, the message editor included; not while another view is on screen.
+            item.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+            item.activated.connect(slot)
+            return item
+
+        self.shortcuts: dict[str, QShortcut] = {}
+        for keys in SEND_SHORTCUTS:
+            self.shortcuts[keys] = shortcut(keys, self.send)
+        # Esc only while a reply is written: otherwise it stays with the editors (e.g. to cancel a rename).
+        self.shortcuts["stop"] = shortcut(STOP_SHORTCUT, self.stop)
+        self.shortcuts["rename"] = shortcut(RENAME_SHORTCUT, self._on_rename_clicked)
+
+    # ---------------------------------------------------------------- models
+
+    def refresh_models(self) -> None:
+        """Re-read the registered models into the picker (keeping the selection when it still exists)."""
+        models = self.store.list_models()
+        self._model_count = len(models)
+        current = self._model.id if self._model is not None else None
+        if current is None:
+            default = self.store.default_model()
+            current = default.id if default is not None else None
+        combo = self.model_combo
+        combo.blockSignals(True)
+        combo.clear()
+        for model in models:
+            kind = "GGUF" if model.kind == "gguf" else "Hugging Face"
+            combo.addItem(f"{model.name}  ·  {kind}", model.id)
+            combo.setItemData(combo.count() - 1, model.path, Qt.ItemDataRole.ToolTipRole)
+        if not models:
+            combo.addItem("No model yet: add one in Models", None)
+        index = combo.findData(current) if current is not None else -1
+        combo.setCurrentIndex(max(index, 0))
+        combo.blockSignals(False)
+        self._model = next((m for m in models if m.id == combo.currentData()), None)
+        self._show_page()
+        self._update_actions()
+
+    @Slot(object)
+    def set_model(self, model: ModelRow | None) -> None:
+        """Answer with ``model`` from now on (e.g. the model chosen in the Models view)."""
+        self._model = model
+        self.refresh_models()
+
+    def current_model(self) -> ModelRow | None:
+        """The model that answers the next message."""
+        return self._model
+
+    @Slot(int)
+    def _on_model_combo_changed(self, _index: int) -> None:
+        model_id = self.model_combo.currentData()
+        self._model = self.store.get_model(model_id) if model_id is not None else None
+        self._update_actions()
+
+    def _resource(self, model: ModelRow | None = None) -> str | None:
+        model = model or self._model
+        return f"generate:{model.id}" if model is not None else None
+
+    # ---------------------------------------------------------------- conversations
+
+    def refresh_conversations(self) -> None:
+        """Re-read the list of conversations (newest first), keeping the open one selected."""
+        rows = self.store.list_conversations()
+        names = {m.id: m.name for m in self.store.list_models()}
+        widget = self.conversation_list
+        widget.blockSignals(True)
+        widget.clear()
+        for row in rows:
+            item = QListWidgetItem(row.title or UNTITLED)
+            item.setData(Qt.ItemDataRole.UserRole, row.id)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEditable)
+            when = time.strftime("%d %b %Y, %H:%M", time.localtime(row.updated_at))
+            model = names.get(row.model_id) if row.model_id is not None else None
+            item.setToolTip(f"{row.title or UNTITLED}\n{model + ' · ' if model else ''}last message {when}")
+            widget.addItem(item)
+            if row.id == self._conversation_id:
+                widget.setCurrentItem(item)
+        if self._conversation_id is None:
+            widget.setCurrentItem(None)
+        widget.blockSignals(False)
+        self.list_empty.setVisible(not rows)
+        self._update_actions()
+
+    def conversation_id(self) -> int | None:
+        """The conversation on screen (None for a new chat not yet sent)."""
+        return self._conversation_id
+
+    def messages(self) -> list[MessageRow]:
+        """The open conversation's saved messages, system prompt first."""
+        return list(self._messages)
+
+    def open_conversation(self, conversation_id: int) -> bool:
+        """Show a saved conversation. Refused (False) while a reply is being written."""
+        if self._streaming:
+            self.notify("Stop the reply first (Esc), then switch conversations.")
+            self._select_item(self._conversation_id)  # the selection stays on the conversation being written
+            return False
+        conversation = self.store.get_conversation(conversation_id)
+        if conversation is None:
+            self.refresh_conversations()
+            return False
+        self._conversation_id = conversation_id
+        self._messages = self.store.conversation_messages(conversation_id)
+        system = next((m.content for m in self._messages if m.role == "system"), "")
+        self.system_edit.blockSignals(True)
+        self.system_edit.setPlainText(system)
+        self.system_edit.blockSignals(False)
+        self._on_system_text_changed()
+        if conversation.model_id is not None and self.model_combo.findData(conversation.model_id) >= 0:
+            self.model_combo.setCurrentIndex(self.model_combo.findData(conversation.model_id))
+        self._render_transcript()
+        # Not a rebuild of the list: this may run inside the list's own currentItemChanged signal.
+        self._select_item(conversation_id)
+        self.clear_error()
+        self._set_activity("")
+        self._update_actions()
+        return True
+
+    @Slot()
+    def new_conversation(self) -> bool:
+        """Start a new conversation (saved when the first message is sent). Refused while writing."""
+        if self._streaming:
+            self.notify("Stop the reply first (Esc), then start a new chat.")
+            return False
+        self._conversation_id = None
+        self._messages = []
+        self.transcript.clear_messages()
+        self._select_item(None)
+        self.clear_error()
+        self._set_activity("")
+        self._show_page()
+        self._update_actions()
+        self.input_edit.setFocus()
+        return True
+
+    def rename_conversation(self, conversation_id: int, title: str) -> bool:
+        """Give a conversation a new title (an empty one is refused)."""
+        title = " ".join(title.split())
+        conversation = self.store.get_conversation(conversation_id)
+        if conversation is None:
+            return False
+        if not title:
+            self._set_item_title(conversation_id, conversation.title or UNTITLED)
+            return False
+        try:
+            self.store.rename_conversation(conversation_id, title)
+        except DesktopDpoError as exc:
+            self.show_error(f"The conversation was not renamed: {exc}")
+            self._set_item_title(conversation_id, conversation.title or UNTITLED)
+            return False
+        # In place (the order does not change): this may run inside the list's own itemChanged signal.
+        self._set_item_title(conversation_id, title)
+        self.conversations_changed.emit()
+        return True
+
+    def _item(self, conversation_id: int | None) -> QListWidgetItem | None:
+        widget = self.conversation_list
+        for row in range(widget.count()):
+            item = widget.item(row)
+            if item.data(Qt.ItemDataRole.UserRole) == conversation_id:
+                return item
+        return None
+
+    def _select_item(self, conversation_id: int | None) -> None:
+        widget = self.conversation_list
+        widget.blockSignals(True)
+        widget.setCurrentItem(self._item(conversation_id))
+        widget.blockSignals(False)
+
+    def _set_item_title(self, conversation_id: int, title: str) -> None:
+        item = self._item(conversation_id)
+        if item is not None and item.text() != title:
+            self.conversation_list.blockSignals(True)
+            item.setText(title)
+            self.conversation_list.blockSignals(False)
+
+    def delete_conversation(self, conversation_id: int, *, confirm: bool = True) -> bool:
+        """Delete a conversation and its messages, after asking (unless ``confirm`` is False)."""
+        if self._streaming and conversation_id == self._conversation_id:
+            self.notify("Stop the reply first (Esc), then delete the conversation.")
+            return False
+        conversation = self.store.get_conversation(conversation_id)
+        if conversation is None:
+            return False
+        if confirm:
+            count = sum(1 for m in self.store.conversation_messages(conversation_id) if m.role != "system")
+            answer = QMessageBox.question(
+                self,
+                "Delete conversation",
+                f"Delete “{conversation.title or UNTITLED}” and its {count} message{'s' if count != 1 else ''}?"
+                "\n\nThis cannot be undone.",
+                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                QMessageBox.StandardButton.No,
+            )
+            if answer != QMessageBox.StandardButton.Yes:
+                return False
+        try:
+            self.store.delete_conversation(conversation_id)
+        except DesktopDpoError as exc:
+            self.show_error(f"The conversation was not deleted: {exc}")
+            return False
+        if conversation_id == self._conversation_id:
+            self.new_conversation()
+        self.refresh_conversations()
+        self.notify(f"Deleted “{conversation.title or UNTITLED}”.")
+        self.conversations_changed.emit()
+        return True
+
+    def _selected_conversation(self) -> int | None:
+        item = self.conversation_list.currentItem()
+        return item.data(Qt.ItemDataRole.UserRole) if item is not None else None
+
+    @Slot(object, object)
+    def _on_conversation_current_changed(self, current: QListWidgetItem | None, _previous: object) -> None:
+        if current is None:
+            return
+        conversation_id = current.data(Qt.ItemDataRole.UserRole)
+        if conversation_id != self._conversation_id:
+            self.open_conversation(conversation_id)
+
+    @Slot(object)
+    def _on_conversation_item_changed(self, item: QListWidgetItem) -> None:
+        conversation_id = item.data(Qt.ItemDataRole.UserRole)
+        conversation = self.store.get_conversation(conversation_id)
+        if conversation is not None and item.text() != conversation.title:
+            self.rename_conversation(conversation_id, item.text())
+
+    @Slot()
+    def _on_rename_clicked(self) -> None:
+        item = self.conversation_list.currentItem()
+        if item is not None and self.rename_button.isEnabled():
+            self.conversation_list.editItem(item)
+
+    @Slot()
+    def _on_delete_clicked(self) -> None:
+        conversation_id = self._selected_conversation()
+        if conversation_id is not None:
+            self.delete_conversation(conversation_id)
+
+    # ---------------------------------------------------------------- the transcript
+
+    def _render_transcript(self) -> None:
+        """Show the open conversation's messages (once per opening: streaming only appends)."""
+        self.transcript.clear_messages()
+        for message in self._messages:
+            if message.role != "system":  # the system prompt is shown in its editor
+                self.transcript.add_message(message.role, message.content, _header(message), _note(message))
+        self._show_page()
+        bar = self.transcript.verticalScrollBar()
+        bar.setValue(bar.maximum())
+
+    def _show_page(self) -> None:
+        if not hasattr(self, "pages"):
+            return
+        has_models = self._model_count > 0
+        self.empty_title.setText(EMPTY_TITLE if has_models else NO_MODEL_TITLE)
+        self.empty_text.setText(
+            "Write a message below and press Ctrl+Enter. Conversations are saved on this computer."
+            if has_models
+            else "Add a model in Models (a GGUF file, a Hugging Face folder or the demo model), then come "
+            "back here to chat with it."
+        )
+        self.models_button.setVisible(not has_models)
+        showing = self.transcript.message_count() > 0 or self._streaming
+        self.pages.setCurrentWidget(self.transcript if showing else self.empty_state)
+
+    def transcript_text(self) -> str:
+        """Everything the transcript shows, as plain text."""
+        return self.transcript.toPlainText()
+
+    # ---------------------------------------------------------------- sending and replies
+
+    @property
+    def _streaming(self) -> bool:
+        return self._job is not None
+
+    @property
+    def reply(self) -> PendingReply | None:
+        """The reply being written, if any."""
+        return self._reply
+
+    def set_message(self, text: str) -> None:
+        """Put ``text`` in the message editor."""
+        self.input_edit.setPlainText(text)
+        cursor = self.input_edit.textCursor()
+        cursor.movePosition(cursor.MoveOperation.End)
+        self.input_edit.setTextCursor(cursor)
+
+    @Slot()
+    def send(self) -> bool:
+        """Save the message in the editor and ask the model for a reply. False when it cannot (the view
+        says why)."""
+        if not self.send_button.isEnabled():
+            return False
+        model = self._model
+        assert model is not None
+        text = self.input_edit.toPlainText().strip()
+        system = self.system_edit.toPlainText().strip()
+        try:
+            with self.store.atomic():
+                conversation_id = self._conversation_id
+                if conversation_id is None:
+                    conversation_id = self.store.create_conversation(model.id, conversation_title(text))
+                else:
+                    conversation = self.store.get_conversation(conversation_id)
+                    if conversation is not None and conversation.model_id != model.id:
+                        self.store.set_conversation_model(conversation_id, model.id)
+                saved_system = next((m.content for m in self._messages if m.role == "system"), "")
+                if system != saved_system:
+                    self.store.set_system_prompt(conversation_id, system)
+                self.store.add_message(conversation_id, "user", text)
+        except DesktopDpoError as exc:
+            self.show_error(f"Your message was not sent: {exc}")
+            return False
+        self._conversation_id = conversation_id
+        self._messages = self.store.conversation_messages(conversation_id)
+        self.input_edit.clear()
+        self.transcript.add_message("user", text, "You")
+        self.refresh_conversations()
+        self.conversations_changed.emit()
+        return self._start_reply(replacing=None)
+
+    def _answerable(self) -> MessageRow | bool:
+        """What Regenerate acts on: the last answer (to replace), True (the last message is the person's,
+        unanswered), or False (nothing to do)."""
+        turns = [m for m in self._messages if m.role != "system"]
+        if not turns:
+            return False
+        if turns[-1].role == "user":
+            return True
+        if turns[-1].role == "assistant" and len(turns) >= 2 and turns[-2].role == "user":
+            return turns[-1]
+        return False
+
+    @Slot()
+    def regenerate(self) -> bool:
+        """Write the last reply again; the new reply replaces the old one when it is saved."""
+        if not self.regenerate_button.isEnabled():
+            return False
+        target = self._answerable()
+        if target is False:
+            return False
+        replacing = target if isinstance(target, MessageRow) else None
+        return self._start_reply(replacing=replacing)
+
+    def _start_reply(self, *, replacing: MessageRow | None) -> bool:
+        model = self._model
+        conversation_id = self._conversation_id
+        assert model is not None and conversation_id is not None
+        history = [m for m in self._messages if replacing is None or m.id != replacing.id]
+        messages = [{"role": m.role, "content": m.content} for m in history]
+        settings = self.sampling_panel.settings()
+        seed = draw_seed(self._rng)
+        pool, paths = self.pool, self.paths
+
+        def factory(token: Any) -> Any:
+            return chat_reply(pool, model, paths, messages, settings, seed, token)
+
+        def connect(thread: JobThread) -> None:
+            thread.event.connect(self._on_job_event)
+            thread.succeeded.connect(self._on_job_succeeded)
+            thread.failed.connect(self._on_job_failed)
+            thread.cancelled.connect(self._on_job_cancelled)
+
+        try:
+            # Signals are queued to this thread, so they arrive after self._job is set below.
+            thread = self.registry.start(f"generate:{model.id}", factory, connect=connect)
+        except DesktopDpoError as exc:
+            self.show_error(str(exc))
+            return False
+        self._job = thread
+        self._reply = PendingReply(
+            conversation_id=conversation_id,
+            model=model,
+            seed=seed,
+            settings=settings,
+            replacing=replacing,
+            started=time.monotonic(),
+        )
+        if replacing is not None:
+            self.transcript.remove_last()  # the old answer makes way; it stays saved until the new one is
+        self.transcript.begin_reply(f"Assistant · {model.name}")
+        self.clear_error()
+        self._show_page()
+        self._set_activity(f"{model.name} is writing… Esc stops.")
+        self._update_actions()
+        return True
+
+    @Slot()
+    def stop(self) -> None:
+        """Stop the reply at the next token; the text written so far is saved, marked stopped."""
+        if self._job is not None:
+            self._job.cancel()
+            self._set_activity("Stopping…")
+
+    @Slot(object)
+    def _on_job_event(self, event: object) -> None:
+        reply = self._reply
+        if self.sender() is not self._job or reply is None:
+            return
+        if isinstance(event, TokenEvent):
+            text = event.text
+            if not reply.text:
+                text = text.lstrip()  # the reply's first characters: no leading blank line or space
+            if text:
+                reply.text += text
+                self.transcript.append_to_reply(text)
+            reply.n_tokens = event.n_tokens
+            self._set_activity(f"{reply.model.name} is writing… {event.n_tokens} tokens · Esc stops.")
+        elif isinstance(event, ResponseFinished):
+            reply.result = event.result
+        elif isinstance(event, HistoryTrimmed):
+            reply.dropped = event.dropped
+            self.notify(
+                f"The {event.dropped} oldest messages were left out so the conversation fits "
+                f"{reply.model.name}'s context of {event.n_ctx} tokens."
+            )
+        elif isinstance(event, ModelInfoLearned):
+            # A GGUF copy was made, or llama.cpp refused the model (it then runs in transformers). The job
+            # writes no rows: its driver (this view, on the GUI thread's connection) records it.
+            try:
+                self.store.update_model_info(event.model_id, **event.info)
+            except DesktopDpoError as exc:
+                log.warning("Could not record what was learned about model %s: %s", event.model_id, exc)
+        elif isinstance(event, Progress):
+            fraction = event.fraction
+            self.activity_bar.setVisible(True)
+            self.activity_bar.setRange(0, 0 if fraction is None else 1000)
+            if fraction is not None:
+                self.activity_bar.setValue(int(fraction * 1000))
+            if event.message:
+                self._set_activity(event.message)
+        elif isinstance(event, Log):
+            self._set_activity(event.message)
+            self.notify(event.message)
+
+    @Slot(object)
+    def _on_job_succeeded(self, result: object) -> None:
+        if self.sender() is not self._job or self._reply is None:
+            return
+        if not isinstance(result, GenerationResult):
+            result = self._reply.result
+        self._finish_reply(result if isinstance(result, GenerationResult) else self._stopped_result())
+
+    @Slot()
+    def _on_job_cancelled(self) -> None:
+        if self.sender() is not self._job or self._reply is None:
+            return
+        # The job was closed at a token boundary: what streamed is the reply (its own result, if it got as
+        # far as reporting one, is exact).
+        result = self._reply.result
+        self._finish_reply(result if result is not None else self._stopped_result())
+
+    def _stopped_result(self) -> GenerationResult:
+        reply = self._reply
+        assert reply is not None
+        return GenerationResult(
+            text=reply.text,
+            prompt_tokens=0,
+            completion_tokens=reply.n_tokens,
+            seconds=time.monotonic() - reply.started,
+            finish_reason="cancelled",
+            seed=reply.seed,
+            settings=reply.settings.to_dict(),
+        )
+
+    def _finish_reply(self, result: GenerationResult) -> None:
+        reply = self._reply
+        assert reply is not None
+        self._job = None
+        self._reply = None
+        self.activity_bar.setVisible(False)
+        text = result.text.strip()
+        stopped = result.finish_reason == "cancelled"
+        if not text:
+            self.transcript.remove_last()
+            if reply.replacing is not None:
+                self._render_transcript()  # nothing replaces the old answer: it is back
+            self._set_activity(
+                "Stopped before the reply began; nothing was saved."
+                if stopped
+                else "The model wrote nothing."
+            )
+            self._show_page()
+            self._update_actions()
+            return
+        meta = reply_meta(result, reply.model, dropped=reply.dropped)
+        if stopped and not meta["prompt_tokens"]:
+            meta["prompt_tokens"] = None  # not reported by a job closed mid-reply
+        try:
+            with self.store.atomic():
+                if reply.replacing is not None:
+                    self.store.delete_message(reply.replacing.id)
+                self.store.add_message(reply.conversation_id, "assistant", text, meta)
+        except DesktopDpoError as exc:
+            self.show_error(f"The reply could not be saved: {exc}")
+        tokens = result.completion_tokens
+        self.transcript.finish_reply(text, note=f"Stopped after {tokens} tokens" if stopped else "")
+        self._messages = self.store.conversation_messages(reply.conversation_id)
+        self._set_activity(describe_reply(result))
+        self.notify("Reply stopped; the text so far was saved." if stopped else "Reply saved.")
+        self.refresh_conversations()
+        self.conversations_changed.emit()
+        self._update_actions()
+
+    @Slot(str)
+    def _on_job_failed(self, message: str) -> None:
+        reply = self._reply
+        if self.sender() is not self._job or reply is None:
+            return
+        self._job = None
+        self._reply = None
+        self.activity_bar.setVisible(False)
+        self.transcript.remove_last()
+        if reply.replacing is not None:
+            self._render_transcript()  # the old answer is still saved: show it again
+        self._set_activity("No reply. Your message is saved; press Regenerate to try again.")
+        self.show_error(message)
+        self._show_page()
+        self._update_actions()
+
+    @Slot()
+    def _on_registry_changed(self) -> None:
+        self._update_actions()
+
+    # ---------------------------------------------------------------- state of the buttons
+
+    def _update_actions(self) -> None:
+        if not hasattr(self, "shortcuts"):
+            return  # still building
+        streaming = self._streaming
+        model = self._model
+        resource = self._resource()
+        busy = not streaming and resource is not None and self.registry.is_busy(resource)
+        has_text = bool(self.input_edit.toPlainText().strip())
+        note = ""
+        if model is None:
+            note = "Add a model in Models first."
+        elif busy:
+            note = (
+                f"{model.name} is busy with another job (Collect may be sampling from it); "
+                "Send comes back when it finishes."
+            )
+        ready = model is not None and not streaming and not busy
+        self.send_button.setEnabled(ready and has_text)
+        self.send_button.setToolTip(
+            note or ("Write a message first." if not has_text else "Send the message (Ctrl+Enter)")
+        )
+        self.regenerate_button.setEnabled(ready and self._answerable() is not False)
+        self.stop_button.setEnabled(streaming)
+        self.shortcuts["stop"].setEnabled(streaming)
+        self.note.setText(note)
+        if self.note.property("busy") != busy:
+            self.note.setProperty("busy", busy)
+            self.note.style().unpolish(self.note)
+            self.note.style().polish(self.note)
+        # Switching conversations (or models) while a reply is written is not allowed: stop it first.
+        self.conversation_list.setEnabled(not streaming)
+        self.conversation_list.setToolTip(
+            "Stop the reply first (Esc) to switch conversations" if streaming else ""
+        )
+        self.new_button.setEnabled(not streaming)
+        has_selection = self.conversation_list.currentItem() is not None
+        self.rename_button.setEnabled(not streaming and has_selection)
+        self.delete_button.setEnabled(not streaming and has_selection)
+        self.model_combo.setEnabled(not streaming and self._model_count > 0)
+
+    # ---------------------------------------------------------------- system prompt, input
+
+    @Slot(bool)
+    def _on_system_toggled(self, shown: bool) -> None:
+        self.system_edit.setVisible(shown)
+        self.system_toggle.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
+
+    @Slot()
+    def _on_system_text_changed(self) -> None:
+        text = " ".join(self.system_edit.toPlainText().split())
+        self.system_summary.setText(
+            (text[:80] + "…" if len(text) > 80 else text) if text else "none (optional)"
+        )
+
+    @Slot()
+    def _on_input_text_changed(self) -> None:
+        self._update_actions()
+
+    # ---------------------------------------------------------------- messages
+
+    def _set_activity(self, text: str) -> None:
+        self.activity_text.setText(text)
+        self.activity_row.setVisible(bool(text))
+
+    def activity(self) -> str:
+        """The activity line's text."""
+        return self.activity_text.text()
+
+    def show_error(self, message: str) -> None:
+        """Show a problem in words, in the view's banner and the status bar."""
+        self.banner_text.setText(message)
+        self.banner.setVisible(True)
+        self.notify(message.splitlines()[0] if message else "")
+
+    @Slot()
+    def clear_error(self) -> None:
+        """Hide the banner."""
+        self.banner.setVisible(False)
+        self.banner_text.clear()
+
+    def error_text(self) -> str:
+        """The problem shown in the banner ("" when none)."""
+        return self.banner_text.text() if self.banner.isVisibleTo(self) else ""
+
+    def notify(self, text: str) -> None:
+        """A line for the status bar."""
+        self.status_message.emit(text)
+        window = self.window()
+        if window is not self and isinstance(window, QMainWindow):
+            window.statusBar().showMessage(text, STATUS_MESSAGE_MS)
+
+    # ---------------------------------------------------------------- settings
+
+    def _restore_sampling_settings(self) -> None:
+        raw = self._settings.value(SETTINGS_KEY)
+        settings = SamplingSettings()
+        if isinstance(raw, str):
+            try:
+                settings = SamplingSettings(**json.loads(raw))
+            except (ValueError, TypeError):
+                log.info("Ignoring unreadable saved sampling settings: %r", raw)
+        self.sampling_panel.set_settings(settings)
+
+    @Slot(object)
+    def _on_sampling_changed(self, settings: SamplingSettings) -> None:
+        self._settings.setValue(SETTINGS_KEY, json.dumps(settings.to_dict()))
+
+    def set_sampling_settings(self, settings: SamplingSettings) -> None:
+        """Use ``settings`` for the next replies (also shown in the sampling panel)."""
+        self.sampling_panel.set_settings(settings)
+
+    def showEvent(self, event: QShowEvent) -> None:  # Qt override
+        # Models may have been added or removed in other views while this one was hidden.
+        self.refresh_models()
+        super().showEvent(event)

@@ -1,0 +1,321 @@
+"""The Data view's table model: one row per comparison, read from the store's summaries.
+
+Each refresh runs one query (``Store.comparison_summaries``) that returns short previews made in SQL, so
+tens of thousands of comparisons cost a few megabytes and a fraction of a second, and the model never
+holds whole conversations. Everything a cell shows is worked out when Qt asks for it. Sorting happens
+here (a key per column, Python's sort), so no proxy model is needed and ids stay easy to find.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QModelIndex,
+    QObject,
+    QPersistentModelIndex,
+    Qt,
+    Signal,
+)
+from PySide6.QtGui import QColor, QFont
+
+from desktop_dpo.core.store import ComparisonSummary, Store
+
+# A verdict names a generation (A or B), never a screen side.
+VERDICT_WORDS = {"a": "A better", "b": "B better", "tie": "Tie", "both_bad": "Both bad", "skip": "Skip"}
+SOURCE_WORDS = {"collect": "Collected", "import": "Imported"}
+
+# The verdict filter: key -> (label, keyword arguments for Store.comparison_summaries).
+VERDICT_FILTERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "all": ("All verdicts", {}),
+    "usable": ("Usable for training", {"usable": True}),
+    "a": ("A better", {"verdicts": ["a"]}),
+    "b": ("B better", {"verdicts": ["b"]}),
+    "tie": ("Tie", {"verdicts": ["tie"]}),
+    "both_bad": ("Both bad", {"verdicts": ["both_bad"]}),
+    "skip": ("Skip", {"verdicts": ["skip"]}),
+    "edited": ("Edited", {"edited": True}),
+}
+
+MUTED = QColor("#94a3b8")
+DELETED = QColor("#b91c1c")
+NONE_SHOWN = "—"  # a cell with nothing to show (no chosen response for a tie, a pair never shown)
+TOOLTIP_CHARS = 400  # a tooltip shows this much of a text; the store is asked for one more to know "cut"
+
+
+def verdict_words(summary: ComparisonSummary) -> str:
+    """The verdict as a person reads it: "A better", "Tie", "Edited · B better" ..."""
+    words = VERDICT_WORDS.get(summary.verdict, summary.verdict)
+    return f"Edited · {words}" if summary.edited else words
+
+
+def shown_side_words(a_shown_left: bool | None) -> str:
+    """Which screen side generation A was shown on."""
+    if a_shown_left is None:
+        return NONE_SHOWN
+    return "Left" if a_shown_left else "Right"
+
+
+def one_line(text: str) -> str:
+    """Text on one line (a table cell): runs of whitespace, newlines included, become one space."""
+    return " ".join(text.split())
+
+
+def format_date(timestamp: float) -> str:
+    """A comparison's local date and time, to the minute."""
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
+
+
+def format_day(timestamp: float) -> str:
+    """A comparison's local date (the table's Date column; its tooltip has the time)."""
+    return time.strftime("%Y-%m-%d", time.localtime(timestamp))
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    title: str
+    width: int  # initial width in pixels (the prompt column stretches)
+    sort_key: Callable[[ComparisonSummary], Any]
+    tooltip: str
+
+
+COLUMNS = (
+    Column("id", "#", 52, lambda s: s.id, "The comparison's number"),
+    Column("date", "Date", 96, lambda s: (s.created_at, s.id), "When it was judged or imported"),
+    Column("prompt", "Prompt", 260, lambda s: one_line(s.prompt).casefold(), "The last user message"),
+    Column("verdict", "Verdict", 120, verdict_words, "Which response was better (A and B are the samples)"),
+    Column("chosen", "Chosen", 180, lambda s: one_line(s.chosen).casefold(), "The response training prefers"),
+    Column(
+        "rejected", "Rejected", 180, lambda s: one_line(s.rejected).casefold(), "The response training avoids"
+    ),
+    Column("source", "Source", 84, lambda s: s.source, "Judged in Collect, or imported from a file"),
+    Column(
+        "shown",
+        "A shown",
+        74,
+        lambda s: shown_side_words(s.a_shown_left),
+        "The screen side response A appeared on (— for imported pairs, never shown)",
+    ),
+    Column("deleted", "Deleted", 74, lambda s: s.deleted, "Deleted comparisons are kept, but not trained on"),
+)
+COLUMN_INDEX = {column.key: index for index, column in enumerate(COLUMNS)}
+
+
+class ComparisonTableModel(QAbstractTableModel):
+    """Comparisons of one :class:`Store` as table rows, filtered by search text, verdict and deleted state.
+
+    Signals:
+        reloaded(): the rows were read again from the store (filters changed or :meth:`reload`).
+    """
+
+    reloaded = Signal()
+
+    def __init__(self, store: Store, parent: QObject | None = None):
+        super().__init__(parent)
+        self._store = store
+        self._rows: list[ComparisonSummary] = []
+        self._row_of: dict[int, int] = {}  # comparison id -> row
+        self._search = ""
+        self._verdict_filter = "all"
+        self._include_deleted = False
+        self._sort_column = COLUMN_INDEX["id"]
+        self._sort_order = Qt.SortOrder.DescendingOrder  # newest first
+
+    # ---------------------------------------------------------------- filters and loading
+
+    @property
+    def include_deleted(self) -> bool:
+        return self._include_deleted
+
+    def set_filters(
+        self, *, search: str = "", verdict_filter: str = "all", include_deleted: bool = False
+    ) -> None:
+        """Show the comparisons that match, read from the store now."""
+        if verdict_filter not in VERDICT_FILTERS:
+            raise ValueError(f"Unknown verdict filter {verdict_filter!r}")
+        self._search = search.strip()
+        self._verdict_filter = verdict_filter
+        self._include_deleted = include_deleted
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the rows again (one query), keeping the sort order."""
+        rows = self._store.comparison_summaries(
+            include_deleted=self._include_deleted,
+            search=self._search or None,
+            preview_chars=TOOLTIP_CHARS + 1,
+            **VERDICT_FILTERS[self._verdict_filter][1],
+        )
+        self.beginResetModel()
+        self._rows = rows
+        self._sort_rows()
+        self.endResetModel()
+        self.reloaded.emit()
+
+    def refresh_ids(self, ids: Iterable[int]) -> None:
+        """Re-read some rows after a change (verdict, note, deleted): in place, or gone when no longer shown."""
+        ids = [i for i in ids if i in self._row_of]
+        if not ids:
+            return
+        # Filters other than "deleted" are not applied here: a row whose verdict was just changed stays in
+        # sight until the next refresh, rather than vanishing under the person's cursor.
+        fresh = {
+            s.id: s
+            for s in self._store.comparison_summaries(
+                ids=ids, include_deleted=True, preview_chars=TOOLTIP_CHARS + 1
+            )
+        }
+        gone = [i for i in ids if i not in fresh or (fresh[i].deleted and not self._include_deleted)]
+        for comparison_id, summary in fresh.items():
+            row = self._row_of.get(comparison_id)
+            if row is not None and comparison_id not in gone:
+                self._rows[row] = summary
+                self.dataChanged.emit(self.index(row, 0), self.index(row, len(COLUMNS) - 1))
+        self._remove_ids(gone)
+
+    def _remove_ids(self, ids: Iterable[int]) -> None:
+        # Remove from the bottom up, in contiguous runs, so each beginRemoveRows range stays valid.
+        rows = sorted((self._row_of[i] for i in ids if i in self._row_of), reverse=True)
+        while rows:
+            last = first = rows.pop(0)
+            while rows and rows[0] == first - 1:
+                first = rows.pop(0)
+            self.beginRemoveRows(QModelIndex(), first, last)
+            del self._rows[first : last + 1]
+            self.endRemoveRows()
+        self._reindex()
+
+    def _reindex(self) -> None:
+        self._row_of = {summary.id: row for row, summary in enumerate(self._rows)}
+
+    # ---------------------------------------------------------------- lookups
+
+    def summary(self, row: int) -> ComparisonSummary:
+        """The comparison shown in ``row``."""
+        return self._rows[row]
+
+    def row_of(self, comparison_id: int) -> int | None:
+        """The row showing a comparison, or None when it is not shown."""
+        return self._row_of.get(comparison_id)
+
+    def ids(self) -> list[int]:
+        """Comparison ids in row order."""
+        return [summary.id for summary in self._rows]
+
+    # ---------------------------------------------------------------- QAbstractTableModel
+
+    def rowCount(self, parent: QModelIndex | QPersistentModelIndex | None = None) -> int:  # Qt override
+        return 0 if parent is not None and parent.isValid() else len(self._rows)
+
+    def columnCount(self, parent: QModelIndex | QPersistentModelIndex | None = None) -> int:  # Qt override
+        return 0 if parent is not None and parent.isValid() else len(COLUMNS)
+
+    def headerData(  # Qt override
+        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
+    ) -> Any:
+        if orientation != Qt.Orientation.Horizontal or not 0 <= section < len(COLUMNS):
+            return None
+        if role == Qt.ItemDataRole.DisplayRole:
+            return COLUMNS[section].title
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return COLUMNS[section].tooltip
+        return None
+
+    def data(
+        self, index: QModelIndex | QPersistentModelIndex, role: int = Qt.ItemDataRole.DisplayRole
+    ) -> Any:  # Qt override
+        if not index.isValid() or not 0 <= index.row() < len(self._rows):
+            return None
+        summary = self._rows[index.row()]
+        key = COLUMNS[index.column()].key
+        if role == Qt.ItemDataRole.DisplayRole:
+            return self._display(summary, key)
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return self._tooltip(summary, key)
+        if role == Qt.ItemDataRole.UserRole:
+            return summary.id
+        if role == Qt.ItemDataRole.ForegroundRole:
+            if key == "deleted" and summary.deleted:
+                return DELETED
+            if summary.deleted or self._display(summary, key) == NONE_SHOWN:
+                return MUTED
+            return None
+        if role == Qt.ItemDataRole.FontRole and summary.deleted and key == "prompt":
+            font = QFont()
+            font.setStrikeOut(True)
+            return font
+        if role == Qt.ItemDataRole.TextAlignmentRole and key == "id":
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        return None
+
+    def _display(self, summary: ComparisonSummary, key: str) -> str:
+        if key == "id":
+            return str(summary.id)
+        if key == "date":
+            return format_day(summary.created_at)
+        if key == "prompt":
+            return one_line(summary.prompt)
+        if key == "verdict":
+            return verdict_words(summary) + (" ✎" if summary.has_note else "")
+        if key in ("chosen", "rejected"):
+            return one_line(getattr(summary, key)) or NONE_SHOWN
+        if key == "source":
+            return SOURCE_WORDS.get(summary.source, summary.source.capitalize())
+        if key == "shown":
+            return shown_side_words(summary.a_shown_left)
+        if key == "deleted":
+            return "Deleted" if summary.deleted else ""
+        raise KeyError(key)
+
+    def _tooltip(self, summary: ComparisonSummary, key: str) -> str | None:
+        if key in ("prompt", "chosen", "rejected"):
+            text = getattr(summary, key)
+            if not text and key != "prompt":
+                return f"{VERDICT_WORDS.get(summary.verdict, summary.verdict)}: no response chosen"
+            shown = text[:TOOLTIP_CHARS] + ("…" if len(text) > TOOLTIP_CHARS else "")
+            if key == "prompt" and summary.turns > 1:
+                # The table shows the last user message; say that there is more before it.
+                return f"The last of {summary.turns} messages (select the row to read them all):\n\n{shown}"
+            return shown
+        if key == "verdict" and summary.has_note:
+            return "Has a note (select the row to read it)"
+        if key == "shown" and summary.a_shown_left is None:
+            return "Imported pairs were never shown side by side"
+        if key == "date":
+            return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(summary.created_at))
+        return None
+
+    def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:  # Qt override
+        if not 0 <= column < len(COLUMNS):
+            return
+        self._sort_column, self._sort_order = column, order
+        self.layoutAboutToBeChanged.emit()
+        old_ids = [summary.id for summary in self._rows]
+        self._sort_rows()
+        # Selection and current index follow their comparisons to the rows they move to.
+        moved_from, moved_to = [], []
+        for index in self.persistentIndexList():
+            comparison_id = old_ids[index.row()] if index.row() < len(old_ids) else None
+            new_row = self._row_of.get(comparison_id) if comparison_id is not None else None
+            moved_from.append(index)
+            moved_to.append(self.index(new_row, index.column()) if new_row is not None else QModelIndex())
+        self.changePersistentIndexList(moved_from, moved_to)
+        self.layoutChanged.emit()
+
+    def _sort_rows(self) -> None:
+        key = COLUMNS[self._sort_column].sort_key
+        descending = self._sort_order == Qt.SortOrder.DescendingOrder
+        # Ties keep id order (sort is stable, and the store returns rows by id).
+        self._rows.sort(key=lambda s: s.id)
+        self._rows.sort(key=key, reverse=descending)
+        self._reindex()
+
+    def flags(self, index: QModelIndex | QPersistentModelIndex) -> Qt.ItemFlag:  # Qt override
+        if not index.isValid():
+            return Qt.ItemFlag.NoItemFlags
+        return Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable

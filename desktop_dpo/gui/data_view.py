@@ -1,0 +1,1032 @@
+"""The Data view: every comparison in one table, to search, read in full, fix, delete and take elsewhere.
+
+The table is a :class:`ComparisonTableModel` on the GUI thread's store connection: one query per refresh,
+short previews made in SQL, so tens of thousands of comparisons scroll without a widget per row. The
+panel under the table reads the selected comparison in full (prompt with its system prompt and earlier
+turns, both responses, the person's rewrite, the note, model and sampling settings) with a few
+single-row queries.
+
+Every change is written at once: a verdict chosen in the panel, a note when its field is left (Enter or
+a click elsewhere), a deletion the moment it is asked for. Deleting is a soft delete (rows stay, so
+training runs keep their lineage) and can be undone straight away; with "Show deleted" ticked, deleted
+rows can be restored at any time. Import and export are the main window's actions, running as jobs.
+
+Keyboard:
+
+=============  ==========================================================
+Delete         delete the selected comparisons (focus in the table)
+Ctrl+Z         undo the last deletion (outside text fields)
+Ctrl+F         search
+=============  ==========================================================
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from PySide6.QtCore import (
+    QEvent,
+    QItemSelection,
+    QItemSelectionModel,
+    QObject,
+    QSize,
+    Qt,
+    QTimer,
+    Signal,
+    Slot,
+)
+from PySide6.QtGui import QAction, QKeySequence, QResizeEvent, QShortcut, QShowEvent
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFrame,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QMainWindow,
+    QPlainTextEdit,
+    QPushButton,
+    QSizePolicy,
+    QSplitter,
+    QStackedWidget,
+    QTableView,
+    QTextBrowser,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop_dpo.core.errors import DesktopDpoError
+from desktop_dpo.core.store import ComparisonView, GenerationRow, Store
+from desktop_dpo.gui.comparison_table_model import (
+    COLUMN_INDEX,
+    COLUMNS,
+    SOURCE_WORDS,
+    VERDICT_FILTERS,
+    VERDICT_WORDS,
+    ComparisonTableModel,
+    format_date,
+    shown_side_words,
+)
+
+log = logging.getLogger(__name__)
+
+TEXT_COLUMNS = ("prompt", "chosen", "rejected")  # share the table's spare width
+TEXT_COLUMN_MIN_WIDTH = 90  # below this the table scrolls sideways instead
+TABLE_MIN_HEIGHT = 130  # the header and about three rows, however short the window
+PROMPT_MAX_HEIGHT = 150  # pixels; a longer conversation scrolls in its box
+SEARCH_DELAY_MS = 300  # typing pauses this long before the search runs (one query, not one per key)
+STATUS_MESSAGE_MS = 8000
+ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
+SAMPLING_NAMES = (  # key in the stored settings -> how the detail panel names it
+    ("temperature", "temperature"),
+    ("top_p", "top-p"),
+    ("top_k", "top-k"),
+    ("min_p", "min-p"),
+    ("repeat_penalty", "repeat penalty"),
+    ("max_tokens", "max tokens"),
+)
+
+# Styles of this view's own widgets; the app style sheet (resources/style.qss) supplies the rest
+# (#pageTitle, #pageSummary, #card, #primaryButton, #secondaryButton).
+STYLE = """
+#dataPill {
+    background: #eef2ff; color: #3730a3; border: 1px solid #c7d2fe; border-radius: 9px;
+    padding: 2px 10px; font-size: 12px; font-weight: 600;
+}
+#dataMatches, #detailMeta, #detailPlaceholder, #emptyText, #tableEmpty { color: #64748b; font-size: 12px; }
+#emptyText { font-size: 13px; }
+#emptyTitle { color: #0f172a; font-size: 17px; font-weight: 600; }
+#fieldLabel { color: #475569; font-size: 12px; font-weight: 600; }
+QLineEdit#searchBox, QLineEdit#noteEdit {
+    background: #ffffff; border: 1px solid #cbd5e1; border-radius: 7px; padding: 5px 8px; font-size: 13px;
+}
+QLineEdit#searchBox:focus, QLineEdit#noteEdit:focus { border-color: #818cf8; }
+QTableView#comparisonTable {
+    background: #ffffff; alternate-background-color: #f8fafc; border: 1px solid #e2e8f0; border-radius: 10px;
+    gridline-color: #f1f5f9; selection-background-color: #e0e7ff; selection-color: #1e1b4b; font-size: 13px;
+}
+QTableView#comparisonTable QHeaderView::section {
+    background: #f8fafc; color: #475569; border: none; border-bottom: 1px solid #e2e8f0;
+    padding: 5px 8px; font-size: 12px; font-weight: 600;
+}
+#dataBanner { background: #fef2f2; border: 1px solid #fecaca; border-radius: 8px; }
+#dataBannerText { color: #991b1b; font-size: 13px; }
+#dataNotice { background: #ecfdf5; border: 1px solid #a7f3d0; border-radius: 8px; }
+#dataNoticeText { color: #065f46; font-size: 13px; }
+#detailTitle { color: #0f172a; font-size: 14px; font-weight: 700; }
+#promptText { background: #f8fafc; border: 1px solid #e2e8f0; border-radius: 8px; color: #1e293b; }
+#detailPane { background: #ffffff; border: 1px solid #e2e8f0; border-radius: 8px; }
+#detailPane[chosen="true"] { border: 2px solid #4f46e5; }
+#paneTitle { color: #0f172a; font-size: 13px; font-weight: 700; }
+#paneBadge {
+    color: #3730a3; background: #eef2ff; border-radius: 8px; padding: 1px 8px; font-size: 11px; font-weight: 600;
+}
+#paneBadge[tone="rewrite"] { color: #92400e; background: #fef3c7; }
+#paneText { background: #ffffff; border: none; border-top: 1px solid #f1f5f9; color: #1e293b; font-size: 13px; }
+"""
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def describe_generation(
+    generation: GenerationRow | None, model_name: str | None, *, full: bool = False
+) -> str:
+    """A line under a response: model, temperature, top-p, length and time, as far as known.
+
+    ``full`` lists every stored sampling setting and the seed as well (the line's tooltip), one per line.
+    """
+    if generation is None:
+        return ""
+    settings = generation.sampling or {}
+    parts: list[str] = [model_name] if model_name else []
+    shown = SAMPLING_NAMES if full else SAMPLING_NAMES[:2]
+    parts += [f"{label} {settings[key]}" for key, label in shown if key in settings]
+    if full and generation.seed is not None:
+        parts.append(f"seed {generation.seed}")
+    if generation.completion_tokens is not None:
+        length = _plural(generation.completion_tokens, "token")
+        parts.append(f"{length} in {generation.seconds:.1f} s" if generation.seconds is not None else length)
+    if not parts:
+        return "Model and sampling settings unknown"
+    return "\n".join(parts) if full else " · ".join(parts)
+
+
+def prompt_html(messages: Sequence[dict[str, str]]) -> str:
+    """The whole conversation before the responses, each message under its role, as rich text."""
+    blocks = []
+    for message in messages:
+        role = ROLE_NAMES.get(message["role"], message["role"].capitalize())
+        body = html.escape(message["content"]).replace("\n", "<br>")
+        blocks.append(
+            f'<p style="margin:0 0 8px 0"><span style="color:#6366f1;font-weight:600">{role}</span><br>{body}</p>'
+        )
+    return "".join(blocks)
+
+
+class _PromptBrowser(QTextBrowser):
+    """The conversation before the responses: as tall as its text, up to a limit, and shrinking first when
+    the panel is short (then it scrolls), so the responses keep their room."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self._fitted = 40
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Maximum)
+
+    def fit_to_contents(self) -> None:
+        document = self.document()
+        document.setTextWidth(max(self.viewport().width(), 200))
+        frame = 2 * self.frameWidth() + 4
+        fitted = int(min(max(document.size().height() + frame, 40), PROMPT_MAX_HEIGHT))
+        if fitted != self._fitted:
+            self._fitted = fitted
+            self.updateGeometry()
+
+    def sizeHint(self) -> QSize:  # Qt override
+        return QSize(super().sizeHint().width(), self._fitted)
+
+    def minimumSizeHint(self) -> QSize:  # Qt override
+        return QSize(super().minimumSizeHint().width(), 36)
+
+
+class _TextPane(QFrame):
+    """A titled, read-only text: one response, or the person's rewrite of one."""
+
+    def __init__(self, title: str, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("detailPane")
+        self.title = QLabel(title)
+        self.title.setObjectName("paneTitle")
+        self.badge = QLabel()
+        self.badge.setObjectName("paneBadge")
+        self.badge.setVisible(False)
+        self.meta = QLabel()
+        self.meta.setObjectName("detailMeta")
+        self.meta.setWordWrap(True)
+        self.meta.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.text = QPlainTextEdit()
+        self.text.setObjectName("paneText")
+        self.text.setReadOnly(True)
+        self.text.setMinimumHeight(44)
+        # Whatever height is left, not a preferred one: the conversation above gets its room first.
+        self.text.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Ignored)
+        head = QHBoxLayout()
+        head.setSpacing(8)
+        head.addWidget(self.title)
+        head.addWidget(self.badge)
+        head.addStretch(1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(10, 8, 10, 8)
+        layout.setSpacing(4)
+        layout.addLayout(head)
+        layout.addWidget(self.meta)
+        layout.addWidget(self.text, 1)
+
+    def show_text(
+        self, text: str, *, badge: str = "", chosen: bool = False, meta: str = "", meta_tip: str = ""
+    ) -> None:
+        self.text.setPlainText(text)
+        self.badge.setText(badge)
+        self.badge.setVisible(bool(badge))
+        self.meta.setText(meta)
+        self.meta.setToolTip(meta_tip)
+        self.meta.setVisible(bool(meta))
+        if self.property("chosen") != chosen:
+            self.setProperty("chosen", chosen)
+            # Re-apply the style sheet so the #detailPane[chosen="true"] rule follows the property.
+            self.style().unpolish(self)
+            self.style().polish(self)
+
+
+class ComparisonDetail(QFrame):
+    """The selected comparison in full, with its verdict and note editable.
+
+    Signals:
+        verdict_chosen(int, str): the person chose a verdict for comparison ``id``.
+        note_edited(int, str): the person finished editing the note of comparison ``id``.
+    """
+
+    verdict_chosen = Signal(int, str)
+    note_edited = Signal(int, str)
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("card")
+        self.comparison_id: int | None = None
+        self._shown_note = ""
+
+        self.placeholder = QLabel("Select a comparison to read it in full, change its verdict or add a note.")
+        self.placeholder.setObjectName("detailPlaceholder")
+        self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.placeholder.setWordWrap(True)
+
+        self.title = QLabel()
+        self.title.setObjectName("detailTitle")
+        self.meta = QLabel()
+        self.meta.setObjectName("detailMeta")
+        self.meta.setWordWrap(True)
+        self.meta.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.prompt_text = _PromptBrowser()
+        self.prompt_text.setObjectName("promptText")
+        self.prompt_text.setOpenLinks(False)
+        self.panes = {"a": _TextPane("Response A"), "b": _TextPane("Response B")}
+        self.edit_pane = _TextPane("Your rewrite")
+        for pane in (*self.panes.values(), self.edit_pane):
+            pane.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Expanding)
+
+        self.verdict_combo = QComboBox()
+        self.verdict_combo.setObjectName("verdictCombo")
+        for verdict, words in VERDICT_WORDS.items():
+            self.verdict_combo.addItem(words, verdict)
+        self.verdict_combo.setToolTip("Change the verdict (saved at once)")
+        self.verdict_combo.activated.connect(self._on_verdict_combo_activated)
+        self.note_edit = QLineEdit()
+        self.note_edit.setObjectName("noteEdit")
+        self.note_edit.setPlaceholderText(
+            "Add a note: why, what was wrong… (saved when you press Enter or leave)"
+        )
+        self.note_edit.editingFinished.connect(self._on_note_editing_finished)
+
+        head = QHBoxLayout()
+        head.setSpacing(10)
+        head.addWidget(self.title)
+        head.addWidget(self.meta, 1)
+        responses = QHBoxLayout()
+        responses.setSpacing(10)
+        responses.addWidget(self.panes["a"], 1)
+        responses.addWidget(self.panes["b"], 1)
+        responses.addWidget(self.edit_pane, 1)
+        controls = QHBoxLayout()
+        controls.setSpacing(8)
+        verdict_label = QLabel("Verdict")
+        verdict_label.setObjectName("fieldLabel")
+        note_label = QLabel("Note")
+        note_label.setObjectName("fieldLabel")
+        controls.addWidget(verdict_label)
+        controls.addWidget(self.verdict_combo)
+        controls.addSpacing(10)
+        controls.addWidget(note_label)
+        controls.addWidget(self.note_edit, 1)
+
+        content = QWidget()
+        layout = QVBoxLayout(content)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(6)
+        layout.addLayout(head)
+        layout.addWidget(self.prompt_text)
+        layout.addLayout(responses, 1)
+        layout.addLayout(controls)
+
+        self.stack = QStackedWidget()
+        self.stack.addWidget(self.placeholder)
+        self.stack.addWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(14, 10, 14, 10)
+        outer.addWidget(self.stack)
+
+    def show_comparison(
+        self,
+        view: ComparisonView,
+        generations: tuple[GenerationRow | None, GenerationRow | None],
+        model_names: tuple[str | None, str | None],
+    ) -> None:
+        """Show ``view`` in full (a note still being typed for the previous one is saved first)."""
+        self.flush_note()
+        comparison = view.comparison
+        self.comparison_id = comparison.id
+        self.title.setText(f"Comparison #{comparison.id}")
+        facts = [format_date(comparison.created_at), SOURCE_WORDS.get(comparison.source, comparison.source)]
+        if comparison.a_shown_left is not None:
+            facts.append(f"A was shown on the {shown_side_words(comparison.a_shown_left).lower()}")
+        if comparison.deleted:
+            facts.append("deleted (not trained on)")
+        self.meta.setText(" · ".join(facts))
+        self.prompt_text.setHtml(prompt_html(view.messages))
+        self._fit_prompt_height()
+
+        verdict = comparison.verdict
+        badges = {"a": "", "b": ""}
+        if verdict in ("a", "b"):
+            badges[verdict] = "✓ Better"
+        elif verdict == "tie":
+            badges = {"a": "Tie", "b": "Tie"}
+        elif verdict == "both_bad":
+            badges = {"a": "Bad", "b": "Bad"}
+        texts = {"a": view.text_a, "b": view.text_b}
+        for index, side in enumerate(("a", "b")):
+            generation, name = generations[index], model_names[index]
+            meta = describe_generation(generation, name)
+            tip = describe_generation(generation, name, full=True)
+            if comparison.source == "import" and generation is not None and not generation.sampling:
+                meta = tip = "Imported: model and sampling settings unknown"
+            self.panes[side].show_text(
+                texts[side], badge=badges[side], chosen=verdict == side, meta=meta, meta_tip=tip
+            )
+        edited = comparison.edited_text is not None and comparison.edited_side in ("a", "b")
+        self.edit_pane.setVisible(edited)
+        if edited:
+            side = comparison.edited_side
+            assert side is not None
+            self.edit_pane.title.setText(f"Rewrite of {side.upper()}")
+            self.edit_pane.show_text(
+                comparison.edited_text or "",
+                badge="✓ Chosen",
+                meta=f"Yours: trained as preferred over the original {side.upper()}",
+            )
+            self.edit_pane.badge.setProperty("tone", "rewrite")
+            self.edit_pane.badge.style().unpolish(self.edit_pane.badge)
+            self.edit_pane.badge.style().polish(self.edit_pane.badge)
+
+        index = self.verdict_combo.findData(verdict)
+        self.verdict_combo.setCurrentIndex(max(index, 0))
+        self._shown_note = comparison.note or ""
+        self.note_edit.setText(self._shown_note)
+        self.stack.setCurrentIndex(1)
+
+    def _fit_prompt_height(self) -> None:
+        self.prompt_text.fit_to_contents()
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # Qt override
+        super().resizeEvent(event)
+        if self.comparison_id is not None:
+            self._fit_prompt_height()  # a narrower panel wraps the conversation onto more lines
+
+    def clear(self, message: str | None = None) -> None:
+        """Show the placeholder (nothing selected, or several rows)."""
+        self.flush_note()
+        self.comparison_id = None
+        self._shown_note = ""
+        if message:
+            self.placeholder.setText(message)
+        self.stack.setCurrentIndex(0)
+
+    def flush_note(self) -> None:
+        """Report a note that was changed but not yet saved."""
+        if self.comparison_id is not None and self.note_edit.text().strip() != self._shown_note.strip():
+            self._shown_note = self.note_edit.text()
+            self.note_edited.emit(self.comparison_id, self.note_edit.text().strip())
+
+    @Slot(int)
+    def _on_verdict_combo_activated(self, index: int) -> None:
+        if self.comparison_id is not None:
+            self.verdict_chosen.emit(self.comparison_id, self.verdict_combo.itemData(index))
+
+    @Slot()
+    def _on_note_editing_finished(self) -> None:
+        self.flush_note()
+
+
+class DataView(QWidget):
+    """Browse, search, fix, delete and restore comparisons; import and export preference files.
+
+    Args:
+        store: the GUI thread's database connection.
+        import_action, export_action: the main window's "Import/Export Preferences…" actions (they run jobs
+            and are disabled while one runs); the view's buttons trigger them and follow their state.
+
+    Signals:
+        data_changed(): the view changed comparisons (counts should be re-read).
+        status_message(str): a line for the status bar (also shown in the window's status bar).
+        collect_requested(): the person asked to go and collect pairs (from the empty state).
+    """
+
+    data_changed = Signal()
+    status_message = Signal(str)
+    collect_requested = Signal()
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        import_action: QAction,
+        export_action: QAction,
+        parent: QWidget | None = None,
+    ):
+        super().__init__(parent)
+        self.setObjectName("pageArea")
+        self.setStyleSheet(STYLE)
+        self.store = store
+        self.model = ComparisonTableModel(store, self)
+        self._undo_batches: list[list[int]] = []  # ids of each deletion, most recent last
+        self._splitter_placed = False
+        self._loaded_stamp: tuple[int, int] | None = None  # the store's change stamp at the last refresh
+
+        self._search_timer = QTimer(self)
+        self._search_timer.setSingleShot(True)
+        self._search_timer.setInterval(SEARCH_DELAY_MS)
+        self._search_timer.timeout.connect(self.apply_filters)
+
+        self._build(import_action, export_action)
+        self._build_shortcuts()
+        self.refresh()
+
+    # ---------------------------------------------------------------- building
+
+    def _build(self, import_action: QAction, export_action: QAction) -> None:
+        title = QLabel("Data")
+        title.setObjectName("pageTitle")
+        summary = QLabel("Everything you have judged: search it, fix it, take it elsewhere.")
+        summary.setObjectName("pageSummary")
+        self.counts_label = QLabel()
+        self.counts_label.setObjectName("dataPill")
+        self.counts_label.setToolTip(
+            "Comparisons not deleted; usable ones give training a chosen and a rejected response"
+        )
+        summary.setWordWrap(True)
+        self.import_button = self._button_for(import_action, primary=True, text="Import…")
+        self.export_button = self._button_for(export_action, primary=False, text="Export…")
+        self.action_buttons = [self.import_button, self.export_button]
+        title_row = QHBoxLayout()
+        title_row.setSpacing(12)
+        title_row.addWidget(title)
+        title_row.addWidget(self.counts_label, 0, Qt.AlignmentFlag.AlignVCenter)
+        title_row.addStretch(1)
+        title_row.addWidget(self.import_button, 0, Qt.AlignmentFlag.AlignVCenter)
+        title_row.addWidget(self.export_button, 0, Qt.AlignmentFlag.AlignVCenter)
+        header = QVBoxLayout()
+        header.setSpacing(2)
+        header.addLayout(title_row)
+        header.addWidget(summary)
+
+        # -- filters and row actions
+        self.search_edit = QLineEdit()
+        self.search_edit.setObjectName("searchBox")
+        self.search_edit.setPlaceholderText("Search prompts, answers, rewrites and notes")
+        self.search_edit.setToolTip(
+            "Finds the words anywhere in a prompt, either answer, a rewrite or a note (Ctrl+F)"
+        )
+        self.search_edit.setClearButtonEnabled(True)
+        self.search_edit.textChanged.connect(self._on_search_text_changed)
+        self.search_edit.returnPressed.connect(self.apply_filters)
+        self.verdict_filter = QComboBox()
+        self.verdict_filter.setObjectName("verdictFilter")
+        for key, (label, _kwargs) in VERDICT_FILTERS.items():
+            self.verdict_filter.addItem(label, key)
+        self.verdict_filter.setToolTip("Show only comparisons with this verdict")
+        self.verdict_filter.currentIndexChanged.connect(lambda _index: self.apply_filters())
+        self.show_deleted_check = QCheckBox("Show deleted")
+        self.show_deleted_check.setToolTip("Also list deleted comparisons, to read or restore them")
+        self.show_deleted_check.toggled.connect(lambda _checked: self.apply_filters())
+        self.matches_label = QLabel()
+        self.matches_label.setObjectName("dataMatches")
+        self.delete_button = QPushButton("Delete")
+        self.delete_button.setObjectName("secondaryButton")
+        self.delete_button.setToolTip("Delete the selected comparisons (Delete); Ctrl+Z brings them back")
+        self.delete_button.clicked.connect(self.delete_selected)
+        self.restore_button = QPushButton("Restore")
+        self.restore_button.setObjectName("secondaryButton")
+        self.restore_button.setToolTip("Bring the selected deleted comparisons back")
+        self.restore_button.clicked.connect(self.restore_selected)
+        filters = QHBoxLayout()
+        filters.setSpacing(8)
+        filters.addWidget(self.search_edit, 3)
+        filters.addWidget(self.verdict_filter)
+        filters.addWidget(self.show_deleted_check)
+        filters.addWidget(self.matches_label, 1)
+        filters.addWidget(self.restore_button)
+        filters.addWidget(self.delete_button)
+
+        # -- error banner and the undo notice
+        self.banner, self.banner_text = self._message_frame("dataBanner", "dataBannerText", self.clear_error)
+        self.notice, self.notice_text = self._message_frame("dataNotice", "dataNoticeText", self._hide_notice)
+        self.undo_button = QPushButton("Undo  Ctrl+Z")
+        self.undo_button.setObjectName("secondaryButton")
+        self.undo_button.setToolTip("Bring back the comparisons just deleted (Ctrl+Z)")
+        self.undo_button.clicked.connect(self.undo_delete)
+        notice_layout = self.notice.layout()
+        assert isinstance(notice_layout, QHBoxLayout)
+        notice_layout.insertWidget(1, self.undo_button, 0, Qt.AlignmentFlag.AlignVCenter)
+
+        # -- the table and the detail panel
+        self.table = QTableView()
+        self.table.setObjectName("comparisonTable")
+        self.table.setModel(self.model)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setAlternatingRowColors(True)
+        self.table.setShowGrid(False)
+        self.table.setWordWrap(False)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.table.setHorizontalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
+        self.table.setVerticalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
+        self.table.verticalHeader().setVisible(False)
+        # Fixed row heights: Qt never measures 20 000 rows' contents.
+        self.table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
+        self.table.verticalHeader().setDefaultSectionSize(28)
+        header_view = self.table.horizontalHeader()
+        header_view.setHighlightSections(False)
+        header_view.setDefaultAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
+        for index, column in enumerate(COLUMNS):
+            self.table.setColumnWidth(index, column.width)
+        # The texts share the width the short columns leave (see _fit_text_columns); all can be dragged.
+        self._table_viewport = self.table.viewport()
+        self._table_viewport.installEventFilter(self)
+        self.table.setSortingEnabled(True)
+        self.table.sortByColumn(COLUMN_INDEX["id"], Qt.SortOrder.DescendingOrder)  # newest first
+        self.table.selectionModel().selectionChanged.connect(self._on_table_selection_changed)
+
+        self.table.setMinimumHeight(TABLE_MIN_HEIGHT)
+        self.table_empty = QLabel()
+        self.table_empty.setObjectName("tableEmpty")
+        self.table_empty.setVisible(False)
+        self.detail = ComparisonDetail()
+        self.detail.verdict_chosen.connect(self._on_detail_verdict_chosen)
+        self.detail.note_edited.connect(self._on_detail_note_edited)
+        table_box = QWidget()
+        table_layout = QVBoxLayout(table_box)
+        table_layout.setContentsMargins(0, 0, 0, 0)
+        table_layout.setSpacing(4)
+        table_layout.addWidget(self.table_empty)
+        table_layout.addWidget(self.table, 1)
+        self.splitter = QSplitter(Qt.Orientation.Vertical)
+        self.splitter.setChildrenCollapsible(False)
+        self.splitter.addWidget(table_box)
+        self.splitter.addWidget(self.detail)
+        self.splitter.setStretchFactor(0, 1)
+        self.splitter.setStretchFactor(1, 1)
+
+        table_page = QWidget()
+        table_page_layout = QVBoxLayout(table_page)
+        table_page_layout.setContentsMargins(0, 0, 0, 0)
+        table_page_layout.setSpacing(8)
+        table_page_layout.addLayout(filters)
+        table_page_layout.addWidget(self.banner)
+        table_page_layout.addWidget(self.notice)
+        table_page_layout.addWidget(self.splitter, 1)
+
+        self.pages = QStackedWidget()
+        self.empty_page = self._build_empty_page(import_action)
+        self.pages.addWidget(self.empty_page)
+        self.pages.addWidget(table_page)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(24, 20, 24, 16)
+        layout.setSpacing(12)
+        layout.addLayout(header)
+        layout.addWidget(self.pages, 1)
+        # A centred card gets its size hint, which does not wrap the text for the card's width: say how tall
+        # the text is once this view's style (its font size) applies.
+        self.empty_text.ensurePolished()
+        card_width = self.empty_text.parentWidget().width() if self.empty_text.parentWidget() else 540
+        self.empty_text.setMinimumHeight(self.empty_text.heightForWidth(card_width - 48))
+
+    def _build_empty_page(self, import_action: QAction) -> QWidget:
+        card = QFrame()
+        card.setObjectName("card")
+        card.setFixedWidth(540)
+        title = QLabel("No comparisons yet")
+        title.setObjectName("emptyTitle")
+        self.empty_text = QLabel(
+            "Judge pairs of answers in <b>Collect</b>, or import a TRL preference file (JSON Lines, "
+            "standard or conversational). Every pick then appears here, to search, fix or export."
+        )
+        self.empty_text.setObjectName("emptyText")
+        self.empty_text.setWordWrap(True)
+        self.collect_button = QPushButton("Go to Collect")
+        self.collect_button.setObjectName("primaryButton")
+        self.collect_button.clicked.connect(self.collect_requested)
+        self.empty_import_button = self._button_for(import_action, primary=False)
+        buttons = QHBoxLayout()
+        buttons.setSpacing(8)
+        buttons.addWidget(self.collect_button)
+        buttons.addWidget(self.empty_import_button)
+        buttons.addStretch(1)
+        card_layout = QVBoxLayout(card)
+        card_layout.setContentsMargins(24, 20, 24, 20)
+        card_layout.setSpacing(10)
+        card_layout.addWidget(title)
+        card_layout.addWidget(self.empty_text)
+        card_layout.addLayout(buttons)
+        page = QWidget()
+        page_layout = QVBoxLayout(page)
+        page_layout.setContentsMargins(0, 40, 0, 0)
+        page_layout.addWidget(card, 0, Qt.AlignmentFlag.AlignHCenter)
+        page_layout.addStretch(1)
+        return page
+
+    @staticmethod
+    def _message_frame(frame_name: str, text_name: str, on_close: Any) -> tuple[QFrame, QLabel]:
+        frame = QFrame()
+        frame.setObjectName(frame_name)
+        text = QLabel()
+        text.setObjectName(text_name)
+        text.setWordWrap(True)
+        text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        close = QToolButton()
+        close.setText("✕")
+        close.setAutoRaise(True)
+        close.setToolTip("Dismiss")
+        close.clicked.connect(on_close)
+        layout = QHBoxLayout(frame)
+        layout.setContentsMargins(12, 6, 8, 6)
+        layout.addWidget(text, 1)
+        layout.addWidget(close, 0, Qt.AlignmentFlag.AlignVCenter)
+        frame.setVisible(False)
+        return frame, text
+
+    @staticmethod
+    def _button_for(action: QAction, *, primary: bool, text: str | None = None) -> QPushButton:
+        button = QPushButton(text or action.text().replace("&", ""))
+        button.setObjectName("primaryButton" if primary else "secondaryButton")
+        shortcut = action.shortcut().toString(QKeySequence.SequenceFormat.NativeText)
+        button.setToolTip(f"{action.toolTip()} ({shortcut})" if shortcut else action.toolTip())
+        button.setEnabled(action.isEnabled())
+        button.clicked.connect(action.trigger)
+        # Follow the action: disabled while an import or export runs.
+        action.enabledChanged.connect(button.setEnabled)
+        return button
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # Qt override
+        if event.type() == QEvent.Type.Resize and watched is self._table_viewport:
+            self._fit_text_columns()
+        return False
+
+    def _fit_text_columns(self) -> None:
+        others = sum(
+            self.table.columnWidth(i)
+            for i, column in enumerate(COLUMNS)
+            if column.key not in TEXT_COLUMNS and not self.table.isColumnHidden(i)
+        )
+        spare = self.table.viewport().width() - others
+        # The prompt gets a bigger share: it is what a person looks rows up by.
+        shares = {"prompt": 0.4, "chosen": 0.3, "rejected": 0.3}
+        for key, share in shares.items():
+            self.table.setColumnWidth(COLUMN_INDEX[key], max(TEXT_COLUMN_MIN_WIDTH, int(spare * share)))
+
+    def _build_shortcuts(self) -> None:
+        self.delete_shortcut = QShortcut(QKeySequence(QKeySequence.StandardKey.Delete), self.table)
+        self.delete_shortcut.setContext(Qt.ShortcutContext.WidgetShortcut)  # never while typing a search
+        self.delete_shortcut.activated.connect(self.delete_selected)
+        # Text fields keep Ctrl+Z for their own typing; elsewhere in the view it undoes a deletion.
+        self.undo_shortcut = QShortcut(QKeySequence(QKeySequence.StandardKey.Undo), self)
+        self.undo_shortcut.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        self.undo_shortcut.activated.connect(self.undo_delete)
+        self.search_shortcut = QShortcut(QKeySequence(QKeySequence.StandardKey.Find), self)
+        self.search_shortcut.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        self.search_shortcut.activated.connect(self._on_search_shortcut_activated)
+
+    # ---------------------------------------------------------------- loading and filtering
+
+    @Slot()
+    def refresh(self) -> None:
+        """Read the comparisons again (after an import, or when another view changed them)."""
+        self._search_timer.stop()
+        selected, current = self.selected_ids(), self._current_id()
+        try:
+            self._loaded_stamp = self.store.change_stamp()
+            self.model.set_filters(
+                search=self.search_edit.text(),
+                verdict_filter=self.verdict_filter.currentData(),
+                include_deleted=self.show_deleted_check.isChecked(),
+            )
+        except DesktopDpoError as exc:
+            self.show_error(f"The comparisons could not be read: {exc}")
+            return
+        if self.table.isColumnHidden(COLUMN_INDEX["deleted"]) == self.model.include_deleted:
+            self.table.setColumnHidden(COLUMN_INDEX["deleted"], not self.model.include_deleted)
+            self._fit_text_columns()
+        self.select_ids(selected, current=current)
+        self._update_counts()
+        self._show_current_detail()
+        self._update_actions()
+
+    @Slot()
+    def apply_filters(self) -> None:
+        """Run the search and filters now (typing waits a moment first)."""
+        self.refresh()
+
+    @Slot(str)
+    def _on_search_text_changed(self, _text: str) -> None:
+        self._search_timer.start()  # restarts: the search runs once typing pauses
+
+    @Slot()
+    def _on_search_shortcut_activated(self) -> None:
+        self.search_edit.setFocus(Qt.FocusReason.ShortcutFocusReason)
+        self.search_edit.selectAll()
+
+    def _update_counts(self) -> None:
+        try:
+            total = self.store.count_comparisons()
+            everything = self.store.count_comparisons(include_deleted=True)
+            usable = self.store.count_usable_pairs()
+        except DesktopDpoError as exc:
+            self.show_error(f"The comparisons could not be counted: {exc}")
+            return
+        self.counts_label.setText(f"{_plural(total, 'comparison')} · {usable} usable for training")
+        deleted = everything - total
+        shown = self.model.rowCount()
+        filtered = bool(self.search_edit.text().strip()) or self.verdict_filter.currentData() != "all"
+        if filtered:
+            self.matches_label.setText(f"{shown} matching")
+        elif deleted and not self.model.include_deleted:
+            self.matches_label.setText(f"{deleted} deleted, not shown")
+        elif deleted:
+            self.matches_label.setText(f"including {deleted} deleted")
+        else:
+            self.matches_label.setText("")
+        self.pages.setCurrentWidget(self.empty_page if everything == 0 else self.pages.widget(1))
+        if shown:
+            self.table_empty.setVisible(False)
+        else:
+            if filtered:
+                self.table_empty.setText("No comparison matches the search and filter.")
+            else:
+                self.table_empty.setText("Every comparison is deleted: tick “Show deleted” to see them.")
+            self.table_empty.setVisible(True)
+
+    def counts_text(self) -> str:
+        """What the counts pill says, e.g. "12 comparisons · 9 usable for training"."""
+        return self.counts_label.text()
+
+    def is_empty_state(self) -> bool:
+        """True while the page says there is nothing yet and what to do about it."""
+        return self.pages.currentWidget() is self.empty_page
+
+    # ---------------------------------------------------------------- selection
+
+    def selected_ids(self) -> list[int]:
+        """Ids of the selected comparisons, in table order."""
+        rows = sorted(index.row() for index in self.table.selectionModel().selectedRows())
+        return [self.model.summary(row).id for row in rows]
+
+    def _current_id(self) -> int | None:
+        index = self.table.currentIndex()
+        return self.model.summary(index.row()).id if index.isValid() else None
+
+    def select_ids(self, ids: Sequence[int], *, current: int | None = None) -> None:
+        """Select the rows showing ``ids`` (those not shown are ignored); ``current`` gets the focus."""
+        selection = QItemSelection()
+        rows = [row for i in ids if (row := self.model.row_of(i)) is not None]
+        for row in rows:
+            selection.select(self.model.index(row, 0), self.model.index(row, len(COLUMNS) - 1))
+        selection_model = self.table.selectionModel()
+        current_row = self.model.row_of(current) if current is not None else None
+        if current_row is None and rows:
+            current_row = rows[0]
+        if current_row is not None:
+            selection_model.setCurrentIndex(
+                self.model.index(current_row, 0), QItemSelectionModel.SelectionFlag.NoUpdate
+            )
+            self.table.scrollTo(self.model.index(current_row, 0))
+        selection_model.select(
+            selection,
+            QItemSelectionModel.SelectionFlag.ClearAndSelect | QItemSelectionModel.SelectionFlag.Rows,
+        )
+        if not rows:
+            selection_model.clearCurrentIndex()
+        self._show_current_detail()
+        self._update_actions()
+
+    @Slot()
+    def _on_table_selection_changed(self) -> None:
+        self._show_current_detail()
+        self._update_actions()
+
+    def _show_current_detail(self) -> None:
+        selected = self.selected_ids()
+        # One comparison at a time: with several selected, a verdict box would seem to change them all.
+        shown_id = selected[0] if len(selected) == 1 else None
+        if shown_id is None:
+            if len(selected) > 1:
+                self.detail.clear(f"{len(selected)} comparisons selected. Delete removes them all.")
+            else:
+                self.detail.clear("Select a comparison to read it in full, change its verdict or add a note.")
+            return
+        self._show_detail(shown_id)
+
+    def _show_detail(self, comparison_id: int) -> None:
+        try:
+            views = self.store.comparison_views(ids=[comparison_id], include_deleted=True)
+            if not views:
+                self.detail.clear("This comparison is no longer in the database.")
+                return
+            view = views[0]
+            generations = (
+                self.store.get_generation(view.comparison.generation_a_id),
+                self.store.get_generation(view.comparison.generation_b_id),
+            )
+            names: list[str | None] = []
+            for model_id in (view.model_a_id, view.model_b_id):
+                model = self.store.get_model(model_id) if model_id is not None else None
+                names.append(model.name if model is not None else None)
+        except DesktopDpoError as exc:
+            self.show_error(f"The comparison could not be read: {exc}")
+            return
+        self.detail.show_comparison(view, generations, (names[0], names[1]))
+
+    def _update_actions(self) -> None:
+        rows = [index.row() for index in self.table.selectionModel().selectedRows()]
+        summaries = [self.model.summary(row) for row in rows]
+        self.delete_button.setEnabled(any(not s.deleted for s in summaries))
+        self.restore_button.setVisible(self.model.include_deleted)
+        self.restore_button.setEnabled(any(s.deleted for s in summaries))
+        self.undo_button.setEnabled(bool(self._undo_batches))
+
+    # ---------------------------------------------------------------- deleting, undoing, restoring
+
+    @Slot()
+    def delete_selected(self) -> list[int]:
+        """Soft-delete the selected comparisons (undo brings them back). Returns their ids."""
+        rows = sorted(index.row() for index in self.table.selectionModel().selectedRows())
+        ids = [self.model.summary(row).id for row in rows if not self.model.summary(row).deleted]
+        if not ids:
+            return []
+        self.detail.flush_note()
+        try:
+            self.store.set_comparisons_deleted(ids, True)
+        except DesktopDpoError as exc:
+            self.show_error(f"Nothing was deleted: {exc}")
+            return []
+        self._undo_batches.append(ids)
+        next_row = rows[0]
+        self.model.refresh_ids(ids)
+        if self.model.include_deleted:
+            self.select_ids(ids)
+        elif self.model.rowCount():
+            # Keep going from where the deleted rows were, as a mail client does.
+            self.select_ids([self.model.summary(min(next_row, self.model.rowCount() - 1)).id])
+        else:
+            self.select_ids([])
+        self._show_notice(
+            f"Deleted {_plural(len(ids), 'comparison')}. They are kept but no longer trained on or exported."
+        )
+        self._after_change(f"Deleted {_plural(len(ids), 'comparison')}. Ctrl+Z brings them back.")
+        return ids
+
+    @Slot()
+    def undo_delete(self) -> list[int]:
+        """Bring back the comparisons of the last deletion. Returns their ids."""
+        if not self._undo_batches:
+            return []
+        ids = self._undo_batches[-1]
+        try:
+            self.store.set_comparisons_deleted(ids, False)
+        except DesktopDpoError as exc:
+            self.show_error(f"The deletion could not be undone: {exc}")
+            return []
+        self._undo_batches.pop()
+        self.refresh()
+        self.select_ids(ids)
+        self._hide_notice()
+        self._after_change(f"Restored {_plural(len(ids), 'comparison')}.")
+        return ids
+
+    @Slot()
+    def restore_selected(self) -> list[int]:
+        """Restore the selected deleted comparisons (shown with "Show deleted"). Returns their ids."""
+        rows = sorted(index.row() for index in self.table.selectionModel().selectedRows())
+        ids = [self.model.summary(row).id for row in rows if self.model.summary(row).deleted]
+        if not ids:
+            return []
+        try:
+            self.store.set_comparisons_deleted(ids, False)
+        except DesktopDpoError as exc:
+            self.show_error(f"Nothing was restored: {exc}")
+            return []
+        # A restored comparison is no longer part of a deletion that could be undone.
+        self._undo_batches = [[i for i in batch if i not in ids] for batch in self._undo_batches]
+        self._undo_batches = [batch for batch in self._undo_batches if batch]
+        self.model.refresh_ids(ids)
+        self._show_current_detail()
+        self._hide_notice()
+        self._after_change(f"Restored {_plural(len(ids), 'comparison')}.")
+        return ids
+
+    # ---------------------------------------------------------------- verdict and note
+
+    @Slot(int, str)
+    def _on_detail_verdict_chosen(self, comparison_id: int, verdict: str) -> None:
+        try:
+            self.store.update_comparison(comparison_id, verdict=verdict)
+        except DesktopDpoError as exc:
+            self.show_error(f"The verdict was not changed: {exc}")
+            return
+        self.model.refresh_ids([comparison_id])
+        if self.detail.comparison_id == comparison_id:
+            self._show_detail(comparison_id)
+        self._after_change(f"Comparison #{comparison_id}: now “{VERDICT_WORDS[verdict]}”.")
+
+    @Slot(int, str)
+    def _on_detail_note_edited(self, comparison_id: int, note: str) -> None:
+        try:
+            self.store.update_comparison(comparison_id, note=note)
+        except DesktopDpoError as exc:
+            self.show_error(f"The note was not saved: {exc}")
+            return
+        self.model.refresh_ids([comparison_id])
+        self._after_change(f"Saved the note of comparison #{comparison_id}.")
+
+    def set_verdict(self, verdict: str) -> None:
+        """Choose ``verdict`` for the comparison in the panel, as the verdict box does."""
+        index = self.detail.verdict_combo.findData(verdict)
+        self.detail.verdict_combo.setCurrentIndex(index)
+        self.detail.verdict_combo.activated.emit(index)
+
+    def _after_change(self, message: str) -> None:
+        self._update_counts()
+        self._update_actions()
+        self.notify(message)
+        self.data_changed.emit()
+
+    # ---------------------------------------------------------------- messages
+
+    def _show_notice(self, text: str) -> None:
+        self.notice_text.setText(text)
+        self.notice.setVisible(True)
+        self._update_actions()
+
+    @Slot()
+    def _hide_notice(self) -> None:
+        self.notice.setVisible(False)
+
+    def notice_visible(self) -> bool:
+        """True while the "Deleted … Undo" notice is on screen."""
+        return self.notice.isVisibleTo(self)
+
+    def show_error(self, message: str) -> None:
+        """Show a problem in words, in the view's banner and the status bar."""
+        self.banner_text.setText(message)
+        self.banner.setVisible(True)
+        self.notify(message.splitlines()[0] if message else "")
+
+    @Slot()
+    def clear_error(self) -> None:
+        """Hide the banner."""
+        self.banner.setVisible(False)
+        self.banner_text.clear()
+
+    def error_text(self) -> str:
+        """The problem shown in the banner ("" when none)."""
+        return self.banner_text.text() if self.banner.isVisibleTo(self) else ""
+
+    def notify(self, text: str) -> None:
+        """A line for the status bar."""
+        self.status_message.emit(text)
+        window = self.window()
+        if window is not self and isinstance(window, QMainWindow):
+            window.statusBar().showMessage(text, STATUS_MESSAGE_MS)
+
+    def showEvent(self, event: QShowEvent) -> None:  # Qt override
+        # Pairs may have been judged in Collect (or imported) while this view was hidden; re-read the table
+        # only then: it may be tens of thousands of rows.
+        if not event.spontaneous() and self.store.change_stamp() != self._loaded_stamp:
+            self.refresh()
+        super().showEvent(event)
+        if not self._splitter_placed:
+            self._splitter_placed = True
+            # Once laid out: the table smaller than the detail (the person may drag it after).
+            QTimer.singleShot(0, self._place_splitter)
+
+    @Slot()
+    def _place_splitter(self) -> None:
+        total = sum(self.splitter.sizes())
+        if total > 0:
+            self.splitter.setSizes([int(total * 0.4), total - int(total * 0.4)])

@@ -1,0 +1,929 @@
+"""The Evaluate tab: is the aligned model really better than its base? Judge them blind, side by side.
+
+"Next prompt" takes the next evaluation prompt (held out from training, or never trained on:
+:func:`desktop_dpo.core.evaluate.evaluation_prompts`) and has both models answer it with the same seed and
+settings (:func:`~desktop_dpo.core.evaluate.sample_evaluation_pair`, on the job resource
+``generate:<aligned model id>``). Which model appears on the left is random for every prompt, and nothing
+on screen says which is which until the vote: not the pane titles, and not the order the answers arrive in
+(the base model answers first, so both answers are shown only once both are complete). After the vote the
+panes say which model wrote them, and the vote is stored as "aligned", "base", "tie" or "both bad"
+(``Store.add_evaluation_vote``, with the side the aligned answer was shown on).
+
+The summary under the answers counts the votes of this pair of models at these settings, with the 95%
+Wilson interval of the aligned model's win rate; ties and "both bad" are counted apart.
+
+Keyboard (anywhere in the tab):
+
+=================  ===================================================================================
+Alt+N              next prompt: sample both answers
+Esc                stop sampling
+Alt+1 / Alt+2      left / right answer is better
+Alt+3 / Alt+4      tie / both bad
+=================  ===================================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QSettings, Qt, Signal, Slot
+from PySide6.QtGui import QKeySequence, QShortcut, QShowEvent
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop_dpo.config import AppPaths, SamplingSettings
+from desktop_dpo.core.errors import DesktopDpoError
+from desktop_dpo.core.evaluate import (
+    ALIGNED_SEQ,
+    BASE_SEQ,
+    PERSON,
+    EvaluationSummary,
+    add_evaluation_prompts,
+    check_comparable,
+    default_models,
+    draw_seed,
+    evaluation_prompts,
+    evaluation_settings,
+    sample_evaluation_pair,
+)
+from desktop_dpo.core.jobs import Log, Progress
+from desktop_dpo.core.llm.engine_pool import EnginePool
+from desktop_dpo.core.llm.llamacpp import GenerationResult, ResponseFinished, TokenEvent
+from desktop_dpo.core.sampling import ModelInfoLearned
+from desktop_dpo.core.store import EvaluationRow, ModelRow, PromptRow, Store
+from desktop_dpo.gui.response_pane import SIDE_NAMES, ResponsePane
+from desktop_dpo.gui.sampling_settings_panel import SamplingSettingsPanel
+from desktop_dpo.workers.job_worker import JobRegistry, JobThread
+
+log = logging.getLogger(__name__)
+
+CHOICES = ("left", "right", "tie", "both_bad")
+VOTE_SHORTCUTS = {"left": "Alt+1", "right": "Alt+2", "tie": "Alt+3", "both_bad": "Alt+4"}
+CHOICE_LABELS = {"left": "Left is better", "right": "Right is better", "tie": "Tie", "both_bad": "Both bad"}
+CHOICE_TIPS = {
+    "left": "The left answer is better",
+    "right": "The right answer is better",
+    "tie": "Both answers are about as good",
+    "both_bad": "Neither answer is acceptable",
+}
+NEXT_SHORTCUT = "Alt+N"
+STOP_SHORTCUT = "Esc"
+PROMPT_FILE_FILTER = "Prompt files (*.txt *.jsonl *.json);;All files (*)"
+STATUS_MESSAGE_MS = 8000
+SETTINGS_KEY = "evaluate/sampling"
+CONCLUSIONS = {
+    "better": "The aligned model is better: the whole interval is above 50%.",
+    "worse": "The aligned model is worse: the whole interval is below 50%.",
+    "unclear": "Not clear yet: the interval still includes 50%. More votes narrow it.",
+}
+
+# This tab's own widgets; the app style sheet (resources/style.qss) supplies #pageTitle, #card, buttons.
+STYLE = """
+#evaluatePill {
+    background: #eef2ff; color: #3730a3; border: 1px solid #c7d2fe; border-radius: 9px;
+    padding: 2px 10px; font-size: 12px; font-weight: 600;
+}
+#fieldLabel { color: #475569; font-size: 12px; font-weight: 600; }
+#promptsNote, #samplingSummary, #activityText, #paneStatus { color: #64748b; font-size: 12px; }
+#shownPrompt {
+    background: #f8fafc; border: 1px solid #e2e8f0; border-radius: 8px; color: #0f172a; font-size: 14px;
+}
+#evaluateBanner { background: #fef2f2; border: 1px solid #fecaca; border-radius: 8px; }
+#evaluateBannerText { color: #991b1b; font-size: 13px; }
+#responsePane { background: #ffffff; border: 1px solid #e2e8f0; border-radius: 10px; }
+#responsePane[chosen="true"] { border: 2px solid #4f46e5; }
+#paneTitle { color: #0f172a; font-size: 14px; font-weight: 700; }
+#paneTitle[role="aligned"] { color: #4338ca; }
+#paneTitle[role="base"] { color: #475569; }
+#responseText { background: #ffffff; border: none; border-top: 1px solid #f1f5f9; color: #1e293b; }
+#voteBar { background: #ffffff; border: 1px solid #e2e8f0; border-radius: 10px; }
+QPushButton#voteButton {
+    background: #f8fafc; color: #1e293b; border: 1px solid #cbd5e1; border-radius: 7px;
+    padding: 7px 12px; font-size: 13px;
+}
+QPushButton#voteButton:hover { background: #eef2ff; border-color: #a5b4fc; }
+QPushButton#voteButton:disabled { color: #94a3b8; background: #f8fafc; border-color: #e2e8f0; }
+QPushButton#voteButton[main="true"] { font-weight: 600; }
+#voteFeedback { color: #047857; font-size: 12px; }
+#summaryCard { background: #ffffff; border: 1px solid #e2e8f0; border-radius: 10px; }
+#summarySentence { color: #0f172a; font-size: 14px; font-weight: 600; }
+#summaryConclusion { color: #475569; font-size: 12px; }
+#summaryConclusion[verdict="better"] { color: #047857; }
+#summaryConclusion[verdict="worse"] { color: #b91c1c; }
+QToolButton#samplingToggle { border: none; color: #334155; font-size: 12px; font-weight: 600; padding: 2px 0; }
+"""
+
+
+def vote_for_choice(choice: str, aligned_shown_left: bool) -> str:
+    """The vote stored for a choice made on screen: "left"/"right" become the model shown on that side."""
+    if choice == "left":
+        return "aligned" if aligned_shown_left else "base"
+    if choice == "right":
+        return "base" if aligned_shown_left else "aligned"
+    if choice in ("tie", "both_bad"):
+        return choice
+    raise ValueError(f"Unknown choice {choice!r}")
+
+
+def _set_role(title: QLabel, role: str) -> None:
+    """Colour a pane's title by the model it revealed ("" before the vote)."""
+    if title.property("role") != role:
+        title.setProperty("role", role)
+        title.style().unpolish(title)
+        title.style().polish(title)
+
+
+def _describe(result: GenerationResult) -> str:
+    ending = {"stop": "finished", "length": "reached the token limit", "cancelled": "stopped"}.get(
+        result.finish_reason, result.finish_reason
+    )
+    return f"{result.completion_tokens} tokens · {ending}"
+
+
+@dataclass
+class ShownEvaluationPair:
+    """The prompt on screen and its two answers. Index 0 is the base model's answer, 1 the aligned one's."""
+
+    prompt: PromptRow
+    base: ModelRow
+    aligned: ModelRow
+    seed: int
+    aligned_shown_left: bool
+    settings: SamplingSettings
+    results: tuple[GenerationResult, GenerationResult] | None = None  # (base, aligned) once both are done
+    vote: str | None = None  # once voted
+
+    def side_of(self, seq: int) -> int:
+        """The screen side (0 left, 1 right) of the base (seq 0) or aligned (seq 1) answer."""
+        aligned_side = 0 if self.aligned_shown_left else 1
+        return aligned_side if seq == ALIGNED_SEQ else 1 - aligned_side
+
+
+class EvaluateView(QWidget):
+    """Blind A/B votes between an aligned model and its base, with a running win rate.
+
+    Args:
+        store: the GUI thread's database connection.
+        registry: the job registry (sampling runs on ``generate:<aligned model id>``).
+        pool: the engine pool shared with the other views.
+        paths: the app's folders.
+        rng: decides the side of the aligned answer and the seeds (tests pass a seeded one).
+
+    Signals:
+        status_message(str): a line for the status bar.
+        voted(object): a vote was stored (the :class:`EvaluationSummary` after it).
+    """
+
+    status_message = Signal(str)
+    voted = Signal(object)
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        registry: JobRegistry,
+        pool: EnginePool,
+        paths: AppPaths,
+        rng: random.Random | None = None,
+        parent: QWidget | None = None,
+    ):
+        super().__init__(parent)
+        self.setObjectName("pageArea")
+        self.setStyleSheet(STYLE)
+        self.store = store
+        self.registry = registry
+        self.pool = pool
+        self.paths = paths
+        self._rng = rng or random.Random()
+        self._settings = QSettings(str(paths.data_dir / "window.ini"), QSettings.Format.IniFormat)
+        self._pair: ShownEvaluationPair | None = None
+        self._job: JobThread | None = None
+        self._evaluation: EvaluationRow | None = None
+        self._prompts: list[PromptRow] = []
+        self._voted_prompt_ids: set[int] = set()
+        self._tokens = [0, 0]
+
+        self._build()
+        self._build_shortcuts()
+        registry.changed.connect(self._on_registry_changed)
+        self._restore_sampling_settings()
+        self.refresh_models()
+        self._show_empty_panes()
+
+    # ---------------------------------------------------------------- building
+
+    def _build(self) -> None:
+        title = QLabel("Evaluate")
+        title.setObjectName("pageTitle")
+        subtitle = QLabel(
+            "Judge the aligned model against its base, blind: the sides are revealed after your vote."
+        )
+        subtitle.setObjectName("pageSummary")
+        subtitle.setWordWrap(True)
+        self.votes_label = QLabel()
+        self.votes_label.setObjectName("evaluatePill")
+        self.votes_label.setToolTip("Votes given for this pair of models at these settings")
+        header = QHBoxLayout()
+        names = QVBoxLayout()
+        names.setSpacing(2)
+        names.addWidget(title)
+        names.addWidget(subtitle)
+        header.addLayout(names, 1)
+        header.addWidget(self.votes_label, 0, Qt.AlignmentFlag.AlignTop)
+
+        card = QFrame()
+        card.setObjectName("card")
+        card_layout = QVBoxLayout(card)
+        card_layout.setContentsMargins(16, 12, 16, 10)
+        card_layout.setSpacing(8)
+        self.base_combo = QComboBox()
+        self.aligned_combo = QComboBox()
+        for combo, tip in (
+            (self.base_combo, "The model the aligned model was trained from"),
+            (self.aligned_combo, "The model to evaluate (by default the newest aligned model)"),
+        ):
+            combo.setObjectName("modelCombo")
+            combo.setMinimumContentsLength(18)
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setToolTip(tip)
+            combo.currentIndexChanged.connect(self._on_model_combo_changed)
+        base_label = QLabel("Base")
+        base_label.setObjectName("fieldLabel")
+        aligned_label = QLabel("Aligned")
+        aligned_label.setObjectName("fieldLabel")
+        models_row = QHBoxLayout()
+        models_row.setSpacing(10)
+        models_row.addWidget(base_label)
+        models_row.addWidget(self.base_combo, 1)
+        models_row.addSpacing(12)
+        models_row.addWidget(aligned_label)
+        models_row.addWidget(self.aligned_combo, 1)
+        card_layout.addLayout(models_row)
+
+        self.prompts_note = QLabel()
+        self.prompts_note.setObjectName("promptsNote")
+        self.prompts_note.setWordWrap(True)
+        self.load_prompts_button = QPushButton("Load prompts…")
+        self.load_prompts_button.setObjectName("secondaryButton")
+        self.load_prompts_button.setToolTip(
+            "Add evaluation prompts from a file (text: one per line or separated by blank lines; JSONL: "
+            '{"prompt": "..."} per line). Prompts already used to train are left out.'
+        )
+        self.load_prompts_button.clicked.connect(self._on_load_prompts_clicked)
+        self.stop_button = QPushButton(f"Stop  ({STOP_SHORTCUT})")
+        self.stop_button.setObjectName("secondaryButton")
+        self.stop_button.setToolTip("Stop sampling")
+        self.stop_button.clicked.connect(self.stop)
+        self.next_button = QPushButton(f"Next prompt  ({NEXT_SHORTCUT})")
+        self.next_button.setObjectName("primaryButton")
+        self.next_button.clicked.connect(self.next_prompt)
+        actions = QHBoxLayout()
+        actions.setSpacing(8)
+        actions.addWidget(self.prompts_note, 1)
+        actions.addWidget(self.load_prompts_button)
+        actions.addWidget(self.stop_button)
+        actions.addWidget(self.next_button)
+        card_layout.addLayout(actions)
+        line = QFrame()
+        line.setFrameShape(QFrame.Shape.HLine)
+        line.setStyleSheet("color: #e2e8f0;")
+        card_layout.addWidget(line)
+        self.sampling_panel = SamplingSettingsPanel()
+        self.sampling_panel.changed.connect(self._on_sampling_changed)
+        card_layout.addWidget(self.sampling_panel)
+
+        self.banner = QFrame()
+        self.banner.setObjectName("evaluateBanner")
+        self.banner_text = QLabel()
+        self.banner_text.setObjectName("evaluateBannerText")
+        self.banner_text.setWordWrap(True)
+        self.banner_text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        banner_close = QToolButton()
+        banner_close.setText("✕")
+        banner_close.setAutoRaise(True)
+        banner_close.setToolTip("Dismiss")
+        banner_close.clicked.connect(self.clear_error)
+        banner_layout = QHBoxLayout(self.banner)
+        banner_layout.setContentsMargins(12, 8, 8, 8)
+        banner_layout.addWidget(self.banner_text, 1)
+        banner_layout.addWidget(banner_close, 0, Qt.AlignmentFlag.AlignTop)
+        self.banner.setVisible(False)
+
+        self.activity_text = QLabel()
+        self.activity_text.setObjectName("activityText")
+        self.activity_bar = QProgressBar()
+        self.activity_bar.setMaximumWidth(220)
+        self.activity_bar.setMaximumHeight(10)
+        self.activity_bar.setTextVisible(False)
+        self.activity_bar.setVisible(False)
+        self.activity_row = QWidget()
+        self.activity_row.setVisible(False)
+        activity = QHBoxLayout(self.activity_row)
+        activity.setContentsMargins(2, 0, 2, 0)
+        activity.addWidget(self.activity_text, 1)
+        activity.addWidget(self.activity_bar)
+
+        self.prompt_view = QPlainTextEdit()
+        self.prompt_view.setObjectName("shownPrompt")
+        self.prompt_view.setReadOnly(True)
+        self.prompt_view.setMaximumHeight(56)
+        self.prompt_view.setPlaceholderText(
+            "Next prompt shows an evaluation prompt here, with two answers below."
+        )
+
+        self.panes = (ResponsePane(0), ResponsePane(1))
+        answers = QHBoxLayout()
+        answers.setSpacing(12)
+        for pane in self.panes:
+            pane.edit_button.setVisible(False)  # an evaluation judges the answers as written
+            pane.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Expanding)
+            answers.addWidget(pane, 1)
+
+        bar = QFrame()
+        bar.setObjectName("voteBar")
+        bar_layout = QHBoxLayout(bar)
+        bar_layout.setContentsMargins(10, 8, 10, 8)
+        bar_layout.setSpacing(8)
+        self.vote_buttons: dict[str, QPushButton] = {}
+        for choice in CHOICES:
+            keys = VOTE_SHORTCUTS[choice]
+            button = QPushButton(f"{CHOICE_LABELS[choice]}   {keys}")
+            button.setObjectName("voteButton")
+            button.setProperty("main", choice in ("left", "right"))
+            button.setToolTip(f"{CHOICE_TIPS[choice]} ({keys})")
+            button.clicked.connect(lambda _checked=False, c=choice: self.vote(c))
+            self.vote_buttons[choice] = button
+            bar_layout.addWidget(button, 2 if choice in ("left", "right") else 1)
+        bar_layout.addSpacing(6)
+        self.feedback = QLabel()
+        self.feedback.setObjectName("voteFeedback")
+        self.feedback.setWordWrap(True)
+        bar_layout.addWidget(self.feedback, 1)
+
+        summary = QFrame()
+        summary.setObjectName("summaryCard")
+        summary_layout = QVBoxLayout(summary)
+        summary_layout.setContentsMargins(14, 10, 14, 10)
+        summary_layout.setSpacing(2)
+        self.summary_text = QLabel()
+        self.summary_text.setObjectName("summarySentence")
+        self.summary_text.setWordWrap(True)
+        self.summary_text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.conclusion_text = QLabel()
+        self.conclusion_text.setObjectName("summaryConclusion")
+        self.conclusion_text.setWordWrap(True)
+        summary_layout.addWidget(self.summary_text)
+        summary_layout.addWidget(self.conclusion_text)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(24, 20, 24, 16)
+        layout.setSpacing(10)
+        layout.addLayout(header)
+        layout.addWidget(card)
+        layout.addWidget(self.banner)
+        layout.addWidget(self.activity_row)
+        layout.addWidget(self.prompt_view)
+        layout.addLayout(answers, 1)
+        layout.addWidget(bar)
+        layout.addWidget(summary)
+
+    def _build_shortcuts(self) -> None:
+        def shortcut(keys: str, slot: Any) -> QShortcut:
+            item = QShortcut(QKeySequence(keys), self)
+            item.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+            item.activated.connect(slot)
+            return item
+
+        self.shortcuts: dict[str, QShortcut] = {
+            "next": shortcut(NEXT_SHORTCUT, self.next_prompt),
+            "stop": shortcut(STOP_SHORTCUT, self.stop),
+        }
+        for choice in CHOICES:
+            self.shortcuts[choice] = shortcut(VOTE_SHORTCUTS[choice], lambda c=choice: self.vote(c))
+
+    # ---------------------------------------------------------------- models and the evaluation
+
+    def refresh_models(self) -> None:
+        """Re-read the registered models (keeping the choice; by default the newest aligned model and its
+        base)."""
+        models = self.store.list_models()
+        current = (self.base_combo.currentData(), self.aligned_combo.currentData())
+        default_base, default_aligned = default_models(models)
+        wanted = (
+            current[0] if current[0] is not None else (default_base.id if default_base else None),
+            current[1] if current[1] is not None else (default_aligned.id if default_aligned else None),
+        )
+        for combo, model_id in zip((self.base_combo, self.aligned_combo), wanted, strict=True):
+            combo.blockSignals(True)
+            combo.clear()
+            if not models:
+                combo.addItem("No model yet: add one in Models", None)
+            for model in models:
+                mark = "  · aligned" if model.source == "aligned" else ""
+                combo.addItem(f"{model.name}{mark}", model.id)
+                combo.setItemData(combo.count() - 1, model.path, Qt.ItemDataRole.ToolTipRole)
+            index = combo.findData(model_id) if model_id is not None else -1
+            combo.setCurrentIndex(max(index, 0))
+            combo.blockSignals(False)
+        self._on_models_chosen()
+
+    def set_models(self, base: ModelRow, aligned: ModelRow) -> None:
+        """Evaluate ``aligned`` against ``base`` (e.g. right after an export)."""
+        self.refresh_models()
+        for combo, model in ((self.base_combo, base), (self.aligned_combo, aligned)):
+            combo.blockSignals(True)
+            combo.setCurrentIndex(max(combo.findData(model.id), 0))
+            combo.blockSignals(False)
+        self._on_models_chosen()
+
+    def models(self) -> tuple[ModelRow | None, ModelRow | None]:
+        """The chosen ``(base, aligned)`` models."""
+        base_id, aligned_id = self.base_combo.currentData(), self.aligned_combo.currentData()
+        return (
+            self.store.get_model(base_id) if base_id is not None else None,
+            self.store.get_model(aligned_id) if aligned_id is not None else None,
+        )
+
+    @Slot(int)
+    def _on_model_combo_changed(self, _index: int) -> None:
+        self._on_models_chosen()
+
+    def _on_models_chosen(self) -> None:
+        pair = self._pair
+        chosen = (self.base_combo.currentData(), self.aligned_combo.currentData())
+        if (
+            pair is not None
+            and pair.vote is None
+            and not self._streaming
+            and chosen != (pair.base.id, pair.aligned.id)
+        ):
+            self._pair = None  # an unjudged pair of other models is no longer what is being evaluated
+            self._show_empty_panes()
+            self._set_activity("")
+        self._find_evaluation()
+        self.refresh_prompts()
+
+    def _find_evaluation(self) -> None:
+        """The evaluation the next vote joins: the newest one of these models, judged by a person, at these
+        sampling settings (a vote at other settings would measure something else). Made at the first vote."""
+        base, aligned = self.models()
+        self._evaluation = None
+        if base is not None and aligned is not None:
+            wanted = evaluation_settings(self.sampling_panel.settings())
+            for evaluation in self.store.list_evaluations(base_model_id=base.id, aligned_model_id=aligned.id):
+                if (
+                    evaluation.settings.get("judge") == PERSON
+                    and evaluation.settings.get("sampling") == wanted["sampling"]
+                ):
+                    self._evaluation = evaluation
+                    break
+        votes = self.store.evaluation_votes(self._evaluation.id) if self._evaluation else []
+        self._voted_prompt_ids = {v.prompt_id for v in votes if v.prompt_id is not None}
+        self._show_summary()
+
+    def evaluation(self) -> EvaluationRow | None:
+        """The evaluation votes are going to (None before the first vote for these models and settings)."""
+        return self._evaluation
+
+    def summary(self) -> EvaluationSummary:
+        """The votes so far for these models at these settings."""
+        if self._evaluation is None:
+            return EvaluationSummary.from_counts(wins=0, losses=0)
+        return self.store.evaluation_summary(self._evaluation.id)
+
+    def _show_summary(self) -> None:
+        summary = self.summary()
+        self.summary_text.setText(summary.sentence() + ".")
+        if summary.total == 0:
+            self.conclusion_text.setText(
+                "Vote on a few dozen prompts: the win rate comes with a 95% interval that narrows as you go."
+            )
+            verdict = "none"
+        else:
+            verdict = summary.conclusion()
+            self.conclusion_text.setText(CONCLUSIONS[verdict])
+        self.conclusion_text.setProperty("verdict", verdict)
+        self.conclusion_text.style().unpolish(self.conclusion_text)
+        self.conclusion_text.style().polish(self.conclusion_text)
+        self.votes_label.setText(f"{summary.total} vote{'s' if summary.total != 1 else ''}")
+
+    # ---------------------------------------------------------------- prompts
+
+    def refresh_prompts(self) -> None:
+        """Re-read the evaluation prompts (a training run may have claimed some since)."""
+        self._prompts = evaluation_prompts(self.store)
+        left = len(self._remaining_prompts())
+        total = len(self._prompts)
+        if total == 0:
+            self.prompts_note.setText("No evaluation prompt yet: load some from a file.")
+        else:
+            self.prompts_note.setText(
+                f"{total} evaluation prompt{'s' if total != 1 else ''} (held out or never trained on) · "
+                f"{left} not judged yet"
+            )
+        self._update_actions()
+
+    def _remaining_prompts(self) -> list[PromptRow]:
+        return [p for p in self._prompts if p.id not in self._voted_prompt_ids]
+
+    def remaining_prompts(self) -> list[PromptRow]:
+        """Evaluation prompts without a vote for these models and settings, in the order they come."""
+        return list(self._remaining_prompts())
+
+    def load_prompt_file(self, path: str | Path) -> int:
+        """Add evaluation prompts from a file; returns how many it held (problems are shown in the banner)."""
+        path = Path(path)
+        try:
+            ids = add_evaluation_prompts(self.store, path)
+        except DesktopDpoError as exc:
+            self.show_error(str(exc))
+            return 0
+        self.clear_error()
+        self.refresh_prompts()
+        usable = len({p.id for p in self._prompts} & set(ids))
+        skipped = len(set(ids)) - usable
+        self.notify(
+            f"Added {usable} evaluation prompt{'s' if usable != 1 else ''} from {path.name}"
+            + (f"; {skipped} left out: used to train" if skipped else "")
+            + "."
+        )
+        return usable
+
+    @Slot()
+    def _on_load_prompts_clicked(self) -> None:
+        name, _filter = QFileDialog.getOpenFileName(
+            self, "Load evaluation prompts", str(Path.home()), PROMPT_FILE_FILTER
+        )
+        if name:
+            self.load_prompt_file(name)
+
+    def _choose_prompt(self) -> PromptRow | None:
+        remaining = self._remaining_prompts()
+        if not remaining:
+            return None
+        current = self._pair.prompt.id if self._pair is not None else None
+        order = [p.id for p in self._prompts]
+        if current in order:  # the one after the prompt on screen (a skipped prompt comes round again)
+            position = order.index(current)
+            later = [p for p in remaining if order.index(p.id) > position]
+            return later[0] if later else remaining[0]
+        return remaining[0]
+
+    # ---------------------------------------------------------------- sampling
+
+    @property
+    def _streaming(self) -> bool:
+        return self._job is not None
+
+    @property
+    def pair(self) -> ShownEvaluationPair | None:
+        """The prompt on screen with its answers (None before the first)."""
+        return self._pair
+
+    @Slot()
+    def next_prompt(self) -> bool:
+        """Sample both models' answers to the next evaluation prompt. Returns False when it cannot start
+        (why is shown in the view)."""
+        if not self.next_button.isEnabled():
+            return False
+        base, aligned = self.models()
+        assert base is not None and aligned is not None
+        try:
+            check_comparable(base, aligned, self.paths)
+        except DesktopDpoError as exc:
+            self.show_error(str(exc))
+            return False
+        self.refresh_prompts()
+        prompt = self._choose_prompt()
+        if prompt is None:
+            self.notify("Every evaluation prompt has a vote. Load more prompts to go on.")
+            return False
+        settings = self.sampling_panel.settings()
+        seed = draw_seed(self._rng)
+        pair = ShownEvaluationPair(
+            prompt=prompt,
+            base=base,
+            aligned=aligned,
+            seed=seed,
+            aligned_shown_left=self._rng.random() < 0.5,
+            settings=settings,
+        )
+        pool, paths, messages = self.pool, self.paths, [dict(m) for m in prompt.messages]
+        connected = threading.Event()
+
+        def factory(token: Any) -> Any:
+            connected.wait(10.0)  # until the signals below are connected (a quick failure is not lost)
+            return sample_evaluation_pair(pool, base, aligned, paths, messages, settings, seed, token)
+
+        try:
+            thread = self.registry.start(f"generate:{aligned.id}", factory)
+        except DesktopDpoError as exc:
+            self.show_error(str(exc))
+            return False
+        thread.event.connect(self._on_job_event)
+        thread.succeeded.connect(self._on_job_succeeded)
+        thread.failed.connect(self._on_job_failed)
+        thread.cancelled.connect(self._on_job_cancelled)
+        self._job = thread
+        connected.set()
+
+        self._pair = pair
+        self._tokens = [0, 0]
+        self.clear_error()
+        self.feedback.clear()
+        self.prompt_view.setPlainText(prompt.text)
+        for pane in self.panes:
+            pane.title.setText(SIDE_NAMES[pane.side])
+            _set_role(pane.title, "")
+            pane.set_text("")
+            pane.text.setPlaceholderText("")
+            pane.status.setText("Writing…")
+            pane.set_chosen(False)
+        self._set_activity("Writing both answers… They appear together, so their order gives nothing away.")
+        self._update_actions()
+        return True
+
+    @Slot()
+    def stop(self) -> None:
+        """Stop sampling (a stopped pair cannot be judged; the prompt comes round again)."""
+        if self._job is not None:
+            self._job.cancel()
+            self._set_activity("Stopping…")
+
+    @Slot(object)
+    def _on_job_event(self, event: object) -> None:
+        if self.sender() is not self._job or self._pair is None:
+            return
+        if isinstance(event, TokenEvent):
+            # Counted, not shown: which answer streams first would tell which model wrote it.
+            self._tokens[event.seq] = event.n_tokens
+            self._set_activity(f"Writing both answers… {sum(self._tokens)} tokens so far.")
+        elif isinstance(event, ResponseFinished):
+            pass  # both are shown together when the job succeeds
+        elif isinstance(event, ModelInfoLearned):
+            # The job writes no rows; this view, its driver, records the copy on the GUI thread's connection.
+            try:
+                self.store.update_model_info(event.model_id, **event.info)
+            except DesktopDpoError as exc:
+                log.warning("Could not record the GGUF copy of model %s: %s", event.model_id, exc)
+        elif isinstance(event, Progress):
+            fraction = event.fraction
+            self.activity_bar.setVisible(True)
+            self.activity_bar.setRange(0, 0 if fraction is None else 1000)
+            if fraction is not None:
+                self.activity_bar.setValue(int(fraction * 1000))
+            if event.message:
+                self._set_activity(event.message)
+        elif isinstance(event, Log):
+            self._set_activity(event.message)
+            self.notify(event.message)
+
+    @Slot(object)
+    def _on_job_succeeded(self, results: object) -> None:
+        if self.sender() is not self._job:
+            return
+        self._job = None
+        self.activity_bar.setVisible(False)
+        pair = self._pair
+        if pair is not None and isinstance(results, tuple) and len(results) == 2:
+            pair.results = (results[BASE_SEQ], results[ALIGNED_SEQ])
+            for seq, result in enumerate(pair.results):
+                pane = self.panes[pair.side_of(seq)]
+                pane.set_text(result.text)
+                pane.status.setText(_describe(result))
+            self._set_activity(
+                "Which answer is better? Alt+1 left · Alt+2 right · Alt+3 tie · Alt+4 both bad."
+            )
+        self._update_actions()
+
+    @Slot(str)
+    def _on_job_failed(self, message: str) -> None:
+        if self.sender() is not self._job:
+            return
+        self._job = None
+        self._pair = None
+        self.activity_bar.setVisible(False)
+        self._set_activity("")
+        for pane in self.panes:
+            pane.status.setText("Failed")
+        self.show_error(message)
+        self._update_actions()
+
+    @Slot()
+    def _on_job_cancelled(self) -> None:
+        if self.sender() is not self._job:
+            return
+        self._job = None
+        self.activity_bar.setVisible(False)
+        if self._pair is not None:
+            self._pair.results = None
+        for pane in self.panes:
+            pane.status.setText("Stopped")
+        self._set_activity("Stopped. Next prompt samples again.")
+        self.notify("Sampling stopped.")
+        self._update_actions()
+
+    @Slot()
+    def _on_registry_changed(self) -> None:
+        self._update_actions()
+
+    # ---------------------------------------------------------------- voting
+
+    @Slot(str)
+    def vote(self, choice: str) -> int | None:
+        """Store the vote for the pair on screen (``choice``: "left", "right", "tie" or "both_bad"), then
+        reveal which model wrote which answer. Returns the vote's id, or None when there is nothing to judge."""
+        pair = self._pair
+        if pair is None or pair.results is None or pair.vote is not None or self._streaming:
+            return None
+        vote = vote_for_choice(choice, pair.aligned_shown_left)
+        base_result, aligned_result = pair.results
+        try:
+            with self.store.atomic():
+                if self._evaluation is None:
+                    quantization = check_comparable(pair.base, pair.aligned, self.paths)
+                    evaluation_id = self.store.create_evaluation(
+                        name=f"{pair.aligned.name} against {pair.base.name}",
+                        base_model_id=pair.base.id,
+                        aligned_model_id=pair.aligned.id,
+                        quantization=quantization,
+                        settings={**evaluation_settings(pair.settings), "judge": PERSON},
+                    )
+                else:
+                    evaluation_id = self._evaluation.id
+                vote_id = self.store.add_evaluation_vote(
+                    evaluation_id,
+                    prompt_id=pair.prompt.id,
+                    base_text=base_result.text,
+                    aligned_text=aligned_result.text,
+                    vote=vote,
+                    judge=PERSON,
+                    aligned_shown_left=pair.aligned_shown_left,
+                    seed=pair.seed,
+                )
+        except DesktopDpoError as exc:
+            self.show_error(f"The vote was not saved: {exc}")
+            return None
+        self._evaluation = self.store.get_evaluation(evaluation_id)
+        self._voted_prompt_ids.add(pair.prompt.id)
+        pair.vote = vote
+        self._reveal(pair, choice)
+        self._show_summary()
+        self.refresh_prompts()
+        summary = self.summary()
+        self.voted.emit(summary)
+        self.notify(f"Saved: {CHOICE_LABELS[choice]}.")
+        return vote_id
+
+    def _reveal(self, pair: ShownEvaluationPair, choice: str) -> None:
+        aligned_side = pair.side_of(ALIGNED_SEQ)
+        for pane in self.panes:
+            model, role = (pair.aligned, "aligned") if pane.side == aligned_side else (pair.base, "base")
+            pane.title.setText(f"{SIDE_NAMES[pane.side]}: {role} · {model.name}")
+            _set_role(pane.title, role)
+        chosen_side = {"left": 0, "right": 1}.get(choice)
+        for pane in self.panes:
+            pane.set_chosen(pane.side == chosen_side)
+        if chosen_side is not None:
+            winner = "aligned" if chosen_side == aligned_side else "base"
+            self.feedback.setText(f"Saved: {SIDE_NAMES[chosen_side].lower()}, the {winner} model.")
+        else:
+            self.feedback.setText(f"Saved: {CHOICE_LABELS[choice].lower()}.")
+        self._set_activity(
+            f"The aligned model was on the {SIDE_NAMES[aligned_side].lower()}. {NEXT_SHORTCUT} for the next prompt."
+        )
+
+    def _show_empty_panes(self) -> None:
+        for pane in self.panes:
+            pane.title.setText(SIDE_NAMES[pane.side])
+            _set_role(pane.title, "")
+            pane.set_text("")
+            pane.status.clear()
+            pane.set_chosen(False)
+        self.prompt_view.clear()
+        self.panes[0].text.setPlaceholderText("One model's answer appears here…")
+        self.panes[1].text.setPlaceholderText(
+            "…and the other's here. Which is which is revealed after your vote."
+        )
+
+    # ---------------------------------------------------------------- state of the buttons
+
+    def _update_actions(self) -> None:
+        if not hasattr(self, "vote_buttons"):
+            return  # still building
+        base, aligned = self.base_combo.currentData(), self.aligned_combo.currentData()
+        streaming = self._streaming
+        busy = any(m is not None and self.registry.is_busy(f"generate:{m}") for m in (base, aligned))
+        reason = ""
+        if base is None or aligned is None:
+            reason = "Add a model in Models first."
+        elif base == aligned:
+            reason = "Choose two different models: the aligned one and its base."
+        elif streaming:
+            reason = "Sampling…"
+        elif busy:
+            reason = "A model is busy with another job; wait for it to finish."
+        elif not self._remaining_prompts():
+            reason = (
+                "Every evaluation prompt has a vote; load more prompts."
+                if self._prompts
+                else "No evaluation prompt yet: load some from a file."
+            )
+        self.next_button.setEnabled(not reason)
+        self.next_button.setToolTip(
+            reason or f"Both models answer the next evaluation prompt ({NEXT_SHORTCUT})"
+        )
+        self.stop_button.setEnabled(streaming)
+        judgeable = (
+            self._pair is not None
+            and self._pair.results is not None
+            and self._pair.vote is None
+            and not streaming
+        )
+        for button in self.vote_buttons.values():
+            button.setEnabled(judgeable)
+        self.base_combo.setEnabled(not streaming)
+        self.aligned_combo.setEnabled(not streaming)
+        self.sampling_panel.setEnabled(not streaming)
+
+    # ---------------------------------------------------------------- messages
+
+    def _set_activity(self, text: str) -> None:
+        self.activity_text.setText(text)
+        self.activity_row.setVisible(bool(text))
+
+    def activity(self) -> str:
+        """The activity line's text."""
+        return self.activity_text.text()
+
+    def show_error(self, message: str) -> None:
+        """Show a problem in words, in the view's banner and the status bar."""
+        self.banner_text.setText(message)
+        self.banner.setVisible(True)
+        self.notify(message.splitlines()[0] if message else "")
+
+    @Slot()
+    def clear_error(self) -> None:
+        """Hide the banner."""
+        self.banner.setVisible(False)
+        self.banner_text.clear()
+
+    def error_text(self) -> str:
+        """The problem shown in the banner ("" when none)."""
+        return self.banner_text.text() if self.banner.isVisibleTo(self) else ""
+
+    def notify(self, text: str) -> None:
+        """A line for the status bar."""
+        self.status_message.emit(text)
+        window = self.window()
+        if window is not self and isinstance(window, QMainWindow):
+            window.statusBar().showMessage(text, STATUS_MESSAGE_MS)
+
+    # ---------------------------------------------------------------- settings
+
+    def _restore_sampling_settings(self) -> None:
+        raw = self._settings.value(SETTINGS_KEY)
+        settings = SamplingSettings()
+        if isinstance(raw, str):
+            try:
+                settings = SamplingSettings(**json.loads(raw))
+            except (ValueError, TypeError):
+                log.info("Ignoring unreadable saved evaluation settings: %r", raw)
+        self.sampling_panel.set_settings(settings)
+
+    @Slot(object)
+    def _on_sampling_changed(self, settings: SamplingSettings) -> None:
+        self._settings.setValue(SETTINGS_KEY, json.dumps(settings.to_dict()))
+        self._find_evaluation()
+        self.refresh_prompts()
+
+    def set_sampling_settings(self, settings: SamplingSettings) -> None:
+        """Sample the next pairs with ``settings`` (also shown in the sampling panel)."""
+        self.sampling_panel.set_settings(settings)
+        self._find_evaluation()
+        self.refresh_prompts()
+
+    def showEvent(self, event: QShowEvent) -> None:  # Qt override
+        # Models, prompts and splits may have changed in other views while this one was hidden.
+        if not self._streaming:
+            self.refresh_models()
+        super().showEvent(event)

@@ -1,0 +1,1252 @@
+"""The Models view: the models the app knows, the ones already on this computer, and what each can do.
+
+A person adds a Hugging Face folder or a GGUF file, or one that the Hugging Face hub, LM Studio or Ollama
+already downloaded (listed under "On this computer"), and then picks the model Collect and Chat use, the
+default the app opens with, or removes one from the list (its files stay where they are).
+
+Everything that reads a disk runs as a job (:class:`~desktop_dpo.workers.job_worker.JobThread`), so a slow
+or network disk never freezes the window:
+
+- registering reads headers and fingerprints the weights (:func:`inspect_for_registration`, resource
+  ``register-model``); the view, on the GUI thread's store, writes the row from what the job returns.
+- the scan for models on this computer (:func:`~desktop_dpo.core.models.discover_local_models`) runs in a
+  :class:`JobThread` of its own when the view is first shown and on "Rescan". It is not a registry job: it
+  lists folders in milliseconds and holds no model, so it is not shown as running nor asked about at quit.
+- a GGUF that training cannot load gets a trainable copy (:func:`~desktop_dpo.core.models.make_trainable_copy`,
+  resource ``trainable-copy``) with a progress bar and a Stop button; the view records the copy's folder
+  under the model's info key ``trainable_copy``, where training looks for it.
+
+A folder whose weights are only pickle files (which can run code when loaded) is registered only after
+the person says yes to a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from PySide6.QtCore import QCoreApplication, QEvent, QObject, Qt, Signal, Slot
+from PySide6.QtGui import QFont, QKeySequence, QShortcut, QShowEvent
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QFrame,
+    QGridLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QMainWindow,
+    QMessageBox,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QSplitter,
+    QStackedWidget,
+    QTableWidget,
+    QTableWidgetItem,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop_dpo.config import AppPaths
+from desktop_dpo.core.errors import DesktopDpoError, ModelError
+from desktop_dpo.core.jobs import CancelToken, Job, Log, Progress
+from desktop_dpo.core.lineage import model_lineage
+from desktop_dpo.core.llm.templates import DEFAULT_STOP_STRINGS, DEFAULT_TEMPLATE
+from desktop_dpo.core.models import (
+    DiscoveredModel,
+    ModelInfo,
+    ModelSearchDirs,
+    discover_local_models,
+    fingerprint,
+    inspect_model,
+    is_trainable_copy_of,
+    make_trainable_copy,
+)
+from desktop_dpo.core.store import ModelRow, Store
+from desktop_dpo.workers.job_worker import JobRegistry, JobThread
+
+log = logging.getLogger(__name__)
+
+REGISTER_RESOURCE = "register-model"
+SCAN_JOB_NAME = "scan-models"
+COPY_RESOURCE = "trainable-copy"
+# The info key training reads for a GGUF's trainable copy (core/dpo/train.py, _model_folder).
+TRAINABLE_COPY_KEY = "trainable_copy"
+STATUS_MESSAGE_MS = 8000
+# Quitting waits this long for a scan of folders to end instead of asking about it (a scan takes
+# milliseconds; only a hanging network disk would reach this).
+SCAN_WAIT_ON_CLOSE_MS = 3000
+
+KIND_LABELS = {"hf": "Hugging Face", "gguf": "GGUF"}
+SOURCE_LABELS = {
+    "user": "yours",
+    "hf_cache": "HF cache",
+    "lmstudio": "LM Studio",
+    "ollama": "Ollama",
+    "aligned": "aligned",
+    "demo": "demo",
+    "imported": "imported",
+}
+OWN_TEMPLATE_LABEL = "own template"
+DEFAULT_TEMPLATE_LABEL = "default User:/Assistant: template (base model)"
+TRAINABLE_AS_IS = "trainable as is"
+NEEDS_COPY = "needs a trainable copy"
+COPY_READY = "trainable copy ready"
+CHAT_ONLY = "chat only (cannot be trained)"
+EMPTY_STATE_TEXT = (
+    "Add a Hugging Face folder or a GGUF file to start. A Hugging Face folder holds config.json and "
+    ".safetensors weights; a GGUF file is what llama.cpp, LM Studio and Ollama use. Models already on this "
+    "computer are listed below: add one with a click."
+)
+GGUF_FILE_FILTER = "GGUF models (*.gguf);;All files (*)"
+PICKLE_QUESTION = (
+    "{name} stores its weights only as pickle files. Loading a pickle file can run any code that was put "
+    "into it, with your permissions: only allow this for a model from a source you trust.\n\n"
+    "Add it with its pickle weights?"
+)
+
+# What the default template makes of a conversation, shown above its Jinja text.
+DEFAULT_LAYOUT_EXAMPLE = (
+    'A conversation is laid out like this (the model writes its answer after the last "Assistant:"):\n\n'
+    "User: Tell me about tea.\nAssistant: Tea is a drink made from leaves.\nUser: Is it healthy?\n"
+    "Assistant:\n\nThe template:\n"
+)
+
+COLUMNS = ("Name", "Format", "Architecture", "Size", "Context", "Chat template", "Training", "Source")
+# Columns whose text wraps onto a second line, and the text each must fit without breaking a word: the
+# table then fits the window's default width without a horizontal scroll bar.
+WRAPPED_COLUMNS = {
+    "Format": "Hugging Face ·",
+    "Size": "1.5B parameters",
+    "Chat template": "default User:/Assistant:",
+    "Training": "needs a trainable",
+}
+DISCOVERED_COLUMNS = ("Model", "Found in", "Size", "")
+
+# Styles of this view's own widgets; the app style sheet (resources/style.qss) supplies the rest
+# (#pageTitle, #pageSummary, #card, #primaryButton, #secondaryButton).
+STYLE = """
+#cardHeading { color: #0f172a; font-size: 14px; font-weight: 600; }
+#cardNote, #activityText, #fieldLabel { color: #64748b; font-size: 12px; }
+#fieldLabel { font-weight: 600; }
+#fieldValue { color: #1e293b; font-size: 12px; }
+QLineEdit#fieldValue { background: transparent; border: none; padding: 0; }
+#detailsName { color: #0f172a; font-size: 16px; font-weight: 700; }
+#modelsBanner { background: #fef2f2; border: 1px solid #fecaca; border-radius: 8px; }
+#modelsBannerText { color: #991b1b; font-size: 13px; }
+#emptyState { background: #ffffff; border: 1px dashed #cbd5e1; border-radius: 10px; }
+#emptyTitle { color: #0f172a; font-size: 16px; font-weight: 600; }
+#emptyText { color: #475569; font-size: 13px; }
+QTableWidget#modelTable, QTableWidget#discoveredTable {
+    background: #ffffff; border: 1px solid #e2e8f0; border-radius: 8px; gridline-color: #f1f5f9;
+    selection-background-color: #eef2ff; selection-color: #1e1b4b; font-size: 12px;
+}
+QTableWidget#modelTable QHeaderView::section, QTableWidget#discoveredTable QHeaderView::section {
+    background: #f8fafc; color: #475569; border: none; border-bottom: 1px solid #e2e8f0;
+    padding: 5px 6px; font-size: 11px; font-weight: 600;
+}
+#templateText {
+    background: #f8fafc; border: 1px solid #e2e8f0; border-radius: 6px; color: #334155;
+    font-family: monospace; font-size: 11px;
+}
+QPushButton#addButton {
+    background: #eef2ff; color: #3730a3; border: 1px solid #c7d2fe; border-radius: 5px;
+    padding: 2px 10px; font-size: 12px;
+}
+QPushButton#addButton:hover { background: #e0e7ff; }
+QPushButton#addButton:disabled { background: #f1f5f9; color: #94a3b8; border-color: #e2e8f0; }
+"""
+
+
+# --------------------------------------------------------------------------------------------------------
+# What the view shows, as plain functions of a model row
+# --------------------------------------------------------------------------------------------------------
+
+
+def human_size(size_bytes: int | None) -> str:
+    """Bytes in decimal units, as file managers show them: "812 KB", "1.6 GB"."""
+    if size_bytes is None:
+        return "—"
+    value = float(size_bytes)
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if value < 1000:
+            return f"{value:.0f} {unit}" if unit in ("bytes", "KB") or value >= 100 else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"
+
+
+def human_count(count: int | None) -> str:
+    """A parameter count as model cards write it: "270M", "1.5B", "6.2K"."""
+    if not count:
+        return "—"
+    for divisor, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if count >= divisor:
+            value = count / divisor
+            return f"{value:.0f}{suffix}" if value >= 100 else f"{value:.1f}{suffix}".replace(".0", "")
+    return str(count)
+
+
+def template_label(model: ModelRow) -> str:
+    """Whether the model brings its own chat template or gets the app's default layout."""
+    return OWN_TEMPLATE_LABEL if model.info.get("has_chat_template") else DEFAULT_TEMPLATE_LABEL
+
+
+# An exported (aligned) model's merged full-precision folder, recorded by the export (core/export/pipeline.py).
+MERGED_FOLDER_KEY = "hf_path"
+
+
+def trainable_copy_of(model: ModelRow) -> Path | None:
+    """The finished trainable copy recorded for a GGUF model (None when none is recorded or it is gone)."""
+    if model.kind != "gguf":
+        return None
+    merged = model.info.get(MERGED_FOLDER_KEY)
+    if merged and (Path(merged) / "config.json").is_file():
+        return Path(merged)  # an exported model: training reads the merged folder it was made from
+    recorded = model.info.get(TRAINABLE_COPY_KEY)
+    if not recorded:
+        return None
+    folder = Path(recorded)
+    return folder if is_trainable_copy_of(folder, model.fingerprint) else None
+
+
+def training_status(model: ModelRow) -> str:
+    """Whether training can load the model as it is, needs a trainable copy first, has one, or cannot."""
+    if model.kind == "hf":
+        return TRAINABLE_AS_IS
+    if trainable_copy_of(model) is not None:
+        return COPY_READY
+    return NEEDS_COPY if model.info.get("can_make_trainable_copy") else CHAT_ONLY
+
+
+def format_label(model: ModelRow) -> str:
+    """Kind and weight storage: "GGUF · Q4_K_M", "Hugging Face · BF16", "… · F16 · pickle"."""
+    parts = [KIND_LABELS.get(model.kind, model.kind)]
+    if model.info.get("dtype"):
+        parts.append(str(model.info["dtype"]))
+    if model.info.get("weights_format") == "pickle":
+        parts.append("pickle")
+    return " · ".join(parts)
+
+
+def size_label(model: ModelRow) -> str:
+    """Parameters and bytes on disk, on two lines: "270M parameters" / "253 MB"."""
+    count = model.info.get("parameter_count")
+    size = human_size(model.info.get("size_bytes"))
+    return f"{human_count(count)} parameters\n{size}" if count else size
+
+
+def trainable_copy_dir(paths: AppPaths, model: ModelRow) -> Path:
+    """Where the trainable copy of a GGUF model goes: one folder per GGUF content, in the app's models folder."""
+    return paths.models_dir / f"{model.fingerprint[:16]}-trainable"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Jobs (run in worker threads; they read files and return plain objects, the view writes the rows)
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InspectedModel:
+    """A model read and fingerprinted, ready to be recorded by the view."""
+
+    info: ModelInfo
+    fingerprint: str
+    source: str  # the store's source value: user | hf_cache | lmstudio | ollama ...
+    name: str | None  # the name to record (a discovered model's label), None for the model's own
+
+
+@dataclass(frozen=True)
+class PickleConsentNeeded:
+    """The folder is usable only with its pickle weights: the person must say yes first."""
+
+    path: str
+    name: str  # what the question calls the model
+    reason: str  # core's refusal, shown when the person says no
+    source: str
+    label: str | None  # the name to record if they say yes
+
+
+def inspect_for_registration(
+    path: str | Path, *, source: str, name: str | None, allow_pickle: bool, cancel: CancelToken
+) -> Job:
+    """Read a model's headers and fingerprint it (a job). Returns :class:`InspectedModel`, or
+    :class:`PickleConsentNeeded` when only allowing its pickle weights would make it usable.
+
+    Raises:
+        ModelError: the model cannot be used, in words the person can act on.
+    """
+    path = Path(path)
+    yield Progress(0, 2, f"Reading {path.name}")
+    try:
+        info = inspect_model(path, allow_pickle=allow_pickle)
+    except ModelError as refusal:
+        if allow_pickle:
+            raise
+        try:
+            # Header reads only: asking again tells "pickle weights" from every other refusal.
+            with_pickle = inspect_model(path, allow_pickle=True)
+        except ModelError:
+            raise refusal from None
+        return PickleConsentNeeded(str(path), name or with_pickle.name, str(refusal), source, name)
+    cancel.raise_if_cancelled()
+    yield Progress(1, 2, f"Fingerprinting {info.name}")
+    return InspectedModel(info, fingerprint(info.path), source, name)
+
+
+def scan_for_models(search_dirs: ModelSearchDirs | None) -> Job:
+    """List the models already on this computer (a job returning ``list[DiscoveredModel]``)."""
+    yield Progress(0, 0, "Looking for models on this computer")
+    return discover_local_models(search_dirs)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The view
+# --------------------------------------------------------------------------------------------------------
+
+
+def _item(text: str, tooltip: str = "") -> QTableWidgetItem:
+    item = QTableWidgetItem(text)
+    item.setFlags(Qt.ItemFlag.ItemIsSelectable | Qt.ItemFlag.ItemIsEnabled)
+    if tooltip:
+        item.setToolTip(tooltip)
+    return item
+
+
+class ModelsView(QWidget):
+    """Register, inspect, choose and remove models; find the ones on this computer; make trainable copies.
+
+    Args:
+        store: the GUI thread's database connection.
+        registry: the job registry (resources ``register-model`` and ``trainable-copy``).
+        paths: the app's folders (trainable copies go under ``paths.models_dir``).
+        search_dirs: where to look for models on this computer (default: the standard folders).
+
+    Signals:
+        models_changed(): a model was added, removed or given a trainable copy, or the default changed.
+        model_chosen(object): the person chose a model (a :class:`ModelRow`) with "Use this model".
+        status_message(str): a line for the status bar.
+    """
+
+    models_changed = Signal()
+    model_chosen = Signal(object)
+    status_message = Signal(str)
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        registry: JobRegistry,
+        paths: AppPaths,
+        search_dirs: ModelSearchDirs | None = None,
+        parent: QWidget | None = None,
+    ):
+        super().__init__(parent)
+        self.setObjectName("pageArea")
+        self.setStyleSheet(STYLE)
+        self.store = store
+        self.registry = registry
+        self.paths = paths
+        self.search_dirs = search_dirs
+
+        self._models: list[ModelRow] = []
+        self._discovered: list[DiscoveredModel] = []
+        self._scanned = False  # the first show starts a scan
+        self._scan_thread: JobThread | None = None
+        self._register_thread: JobThread | None = None
+        self._copy_thread: JobThread | None = None
+        self._copy_model_id: int | None = None
+        self._watched_window: QWidget | None = None
+
+        self._build()
+        registry.changed.connect(self._on_registry_changed)
+        self.refresh()
+
+    # ---------------------------------------------------------------- building
+
+    def _build(self) -> None:
+        title = QLabel("Models")
+        title.setObjectName("pageTitle")
+        summary = QLabel("Models you align, chat with and sample from. Everything stays on this computer.")
+        summary.setObjectName("pageSummary")
+        summary.setWordWrap(True)
+        self.add_folder_button = QPushButton("Add folder…")
+        self.add_folder_button.setObjectName("secondaryButton")
+        self.add_folder_button.setToolTip(
+            "Add a Hugging Face model folder (config.json and .safetensors weights)"
+        )
+        self.add_folder_button.clicked.connect(self._on_add_folder_clicked)
+        self.add_gguf_button = QPushButton("Add GGUF file…")
+        self.add_gguf_button.setObjectName("secondaryButton")
+        self.add_gguf_button.setToolTip("Add a single .gguf file (llama.cpp, LM Studio, Ollama)")
+        self.add_gguf_button.clicked.connect(self._on_add_gguf_clicked)
+        header = QHBoxLayout()
+        header.setSpacing(8)
+        names = QVBoxLayout()
+        names.setSpacing(2)
+        names.addWidget(title)
+        names.addWidget(summary)
+        header.addLayout(names, 1)
+        header.addWidget(self.add_folder_button, 0, Qt.AlignmentFlag.AlignTop)
+        header.addWidget(self.add_gguf_button, 0, Qt.AlignmentFlag.AlignTop)
+
+        # -- error banner and the activity line (registration, trainable copy)
+        self.banner = QFrame()
+        self.banner.setObjectName("modelsBanner")
+        self.banner_text = QLabel()
+        self.banner_text.setObjectName("modelsBannerText")
+        self.banner_text.setWordWrap(True)
+        self.banner_text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        banner_close = QToolButton()
+        banner_close.setText("✕")
+        banner_close.setAutoRaise(True)
+        banner_close.setToolTip("Dismiss")
+        banner_close.clicked.connect(self.clear_error)
+        banner_layout = QHBoxLayout(self.banner)
+        banner_layout.setContentsMargins(12, 8, 8, 8)
+        banner_layout.addWidget(self.banner_text, 1)
+        banner_layout.addWidget(banner_close, 0, Qt.AlignmentFlag.AlignTop)
+        self.banner.setVisible(False)
+
+        self.activity_text = QLabel()
+        self.activity_text.setObjectName("activityText")
+        self.activity_bar = QProgressBar()
+        self.activity_bar.setMaximumWidth(220)
+        self.activity_bar.setMaximumHeight(10)
+        self.activity_bar.setTextVisible(False)
+        self.activity_bar.setVisible(False)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setObjectName("secondaryButton")
+        self.stop_button.setToolTip("Stop making the trainable copy (nothing half-made is kept)")
+        self.stop_button.setVisible(False)
+        self.stop_button.clicked.connect(self.stop_trainable_copy)
+        self.activity_row = QWidget()
+        self.activity_row.setVisible(False)
+        activity = QHBoxLayout(self.activity_row)
+        activity.setContentsMargins(2, 0, 2, 0)
+        activity.addWidget(self.activity_text, 1)
+        activity.addWidget(self.activity_bar)
+        activity.addWidget(self.stop_button)
+
+        # -- registered models: a table, or an empty state that says what to do
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setObjectName("modelTable")
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setShowGrid(False)
+        self.table.setAlternatingRowColors(False)
+        self.table.setWordWrap(True)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.table.setHorizontalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
+        self.table.setVerticalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
+        head = self.table.horizontalHeader()
+        head.setHighlightSections(False)
+        head.setMinimumSectionSize(48)
+        metrics = self.table.fontMetrics()
+        for column, title in enumerate(COLUMNS):
+            if title == "Name":
+                head.setSectionResizeMode(column, QHeaderView.ResizeMode.Stretch)
+            elif title in WRAPPED_COLUMNS:
+                head.setSectionResizeMode(column, QHeaderView.ResizeMode.Interactive)
+                head.resizeSection(column, metrics.horizontalAdvance(WRAPPED_COLUMNS[title]) + 20)
+            else:
+                head.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
+        # Wrapped cells need their rows re-measured when a column gets narrower or wider.
+        head.sectionResized.connect(lambda *_args: self.table.resizeRowsToContents())
+        self.table.itemSelectionChanged.connect(self._on_table_selection_changed)
+        self.table.itemDoubleClicked.connect(lambda _item: self.use_selected())
+        # Keys on the list: Enter uses the selected model, Delete removes it from the list (after asking).
+        for keys, slot in ((("Return", "Enter"), self.use_selected), (("Delete",), self.remove_selected)):
+            for key in keys:
+                shortcut = QShortcut(QKeySequence(key), self.table)
+                shortcut.setContext(Qt.ShortcutContext.WidgetShortcut)
+                shortcut.activated.connect(slot)
+
+        self.empty_state = QFrame()
+        self.empty_state.setObjectName("emptyState")
+        empty_title = QLabel("No models yet")
+        empty_title.setObjectName("emptyTitle")
+        self.empty_text = QLabel(EMPTY_STATE_TEXT)
+        self.empty_text.setObjectName("emptyText")
+        self.empty_text.setWordWrap(True)
+        self.empty_folder_button = QPushButton("Add a Hugging Face folder…")
+        self.empty_folder_button.setObjectName("primaryButton")
+        self.empty_folder_button.setToolTip(self.add_folder_button.toolTip())
+        self.empty_folder_button.clicked.connect(self._on_add_folder_clicked)
+        self.empty_gguf_button = QPushButton("Add a GGUF file…")
+        self.empty_gguf_button.setObjectName("secondaryButton")
+        self.empty_gguf_button.setToolTip(self.add_gguf_button.toolTip())
+        self.empty_gguf_button.clicked.connect(self._on_add_gguf_clicked)
+        empty_buttons = QHBoxLayout()
+        empty_buttons.addWidget(self.empty_folder_button)
+        empty_buttons.addWidget(self.empty_gguf_button)
+        empty_buttons.addStretch(1)
+        empty_layout = QVBoxLayout(self.empty_state)
+        empty_layout.setContentsMargins(24, 20, 24, 20)
+        empty_layout.setSpacing(10)
+        empty_layout.addStretch(1)
+        empty_layout.addWidget(empty_title)
+        empty_layout.addWidget(self.empty_text)
+        empty_layout.addLayout(empty_buttons)
+        empty_layout.addStretch(1)
+
+        self.models_stack = QStackedWidget()
+        self.models_stack.addWidget(self.empty_state)
+        self.models_stack.addWidget(self.table)
+
+        # -- details of the selected model, with what can be done with it
+        self.details = self._build_details()
+        # -- models found on this computer
+        self.discovered_card = self._build_discovered()
+
+        lower = QSplitter(Qt.Orientation.Horizontal)
+        lower.setChildrenCollapsible(False)
+        lower.addWidget(self.details)
+        lower.addWidget(self.discovered_card)
+        lower.setStretchFactor(0, 1)
+        lower.setStretchFactor(1, 1)
+        lower.setSizes([10_000, 10_000])  # half each, whatever the panels' preferred sizes
+        self.splitter = QSplitter(Qt.Orientation.Vertical)
+        self.splitter.setChildrenCollapsible(False)
+        self.splitter.addWidget(self.models_stack)
+        self.splitter.addWidget(lower)
+        self.splitter.setStretchFactor(0, 1)
+        self.splitter.setStretchFactor(1, 1)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(24, 20, 24, 16)
+        layout.setSpacing(10)
+        layout.addLayout(header)
+        layout.addWidget(self.banner)
+        layout.addWidget(self.activity_row)
+        layout.addWidget(self.splitter, 1)
+
+    def _build_details(self) -> QFrame:
+        card = QFrame()
+        card.setObjectName("card")
+        layout = QVBoxLayout(card)
+        layout.setContentsMargins(16, 12, 16, 12)
+        layout.setSpacing(8)
+        self.details_name = QLabel("Select a model to see its details")
+        self.details_name.setObjectName("detailsName")
+        self.details_name.setWordWrap(True)
+        layout.addWidget(self.details_name)
+
+        grid = QGridLayout()
+        grid.setHorizontalSpacing(12)
+        grid.setVerticalSpacing(4)
+        self.detail_values: dict[str, QLabel | QLineEdit] = {}
+        for row, (key, label) in enumerate(
+            (
+                ("path", "Path"),
+                ("fingerprint", "Fingerprint"),
+                ("training", "Training"),
+                ("lineage", "Lineage"),
+                ("template", "Chat template"),
+            )
+        ):
+            name = QLabel(label)
+            name.setObjectName("fieldLabel")
+            value: QLabel | QLineEdit
+            if key in ("path", "fingerprint"):
+                # One line that scrolls: a long path or a hash has no spaces to wrap at; it can be copied.
+                value = QLineEdit()
+                value.setReadOnly(True)
+                value.setFrame(False)
+            else:
+                value = QLabel()
+                value.setWordWrap(True)
+                value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            value.setObjectName("fieldValue")
+            value.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+            grid.addWidget(name, row, 0, Qt.AlignmentFlag.AlignTop)
+            grid.addWidget(value, row, 1)
+            self.detail_values[key] = value
+        grid.setColumnStretch(1, 1)
+        layout.addLayout(grid)
+
+        self.template_text = QPlainTextEdit()
+        self.template_text.setObjectName("templateText")
+        self.template_text.setReadOnly(True)
+        self.template_text.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
+        self.template_text.setMinimumHeight(48)
+        layout.addWidget(self.template_text, 1)
+
+        self.use_button = QPushButton("Use this model")
+        self.use_button.setObjectName("primaryButton")
+        self.use_button.setToolTip("Collect and Chat use this model from now on (Enter in the list)")
+        self.use_button.clicked.connect(self.use_selected)
+        self.default_button = QPushButton("Set as default")
+        self.default_button.setObjectName("secondaryButton")
+        self.default_button.setToolTip("The model the app opens with")
+        self.default_button.clicked.connect(self.set_selected_default)
+        self.copy_button = QPushButton("Make trainable copy")
+        self.copy_button.setObjectName("secondaryButton")
+        self.copy_button.clicked.connect(self.make_trainable_copy_of_selected)
+        self.remove_button = QPushButton("Remove from list")
+        self.remove_button.setObjectName("secondaryButton")
+        self.remove_button.setToolTip("Forget this model; its files and your comparisons stay (Delete)")
+        self.remove_button.clicked.connect(self.remove_selected)
+        # Two rows, so the panel can share the width with "On this computer".
+        buttons = QGridLayout()
+        buttons.setHorizontalSpacing(8)
+        buttons.setVerticalSpacing(6)
+        buttons.addWidget(self.use_button, 0, 0)
+        buttons.addWidget(self.default_button, 0, 1)
+        buttons.addWidget(self.copy_button, 1, 0)
+        buttons.addWidget(self.remove_button, 1, 1)
+        buttons.setColumnStretch(2, 1)
+        layout.addLayout(buttons)
+        return card
+
+    def _build_discovered(self) -> QFrame:
+        card = QFrame()
+        card.setObjectName("card")
+        layout = QVBoxLayout(card)
+        layout.setContentsMargins(16, 12, 16, 12)
+        layout.setSpacing(6)
+        heading = QLabel("On this computer")
+        heading.setObjectName("cardHeading")
+        self.rescan_button = QPushButton("Rescan")
+        self.rescan_button.setObjectName("secondaryButton")
+        self.rescan_button.setToolTip("Look again in the Hugging Face cache, LM Studio and Ollama folders")
+        self.rescan_button.clicked.connect(self.rescan)
+        top = QHBoxLayout()
+        top.addWidget(heading, 1)
+        top.addWidget(self.rescan_button)
+        layout.addLayout(top)
+        self.discovered_note = QLabel("Models in the Hugging Face cache, LM Studio and Ollama.")
+        self.discovered_note.setObjectName("cardNote")
+        self.discovered_note.setWordWrap(True)
+        # Room for two lines: a wrapped label inside a splitter otherwise gets the height of one.
+        self.discovered_note.setMinimumHeight(2 * self.discovered_note.fontMetrics().lineSpacing() + 4)
+        layout.addWidget(self.discovered_note)
+        self.discovered_table = QTableWidget(0, len(DISCOVERED_COLUMNS))
+        self.discovered_table.setObjectName("discoveredTable")
+        self.discovered_table.setHorizontalHeaderLabels(DISCOVERED_COLUMNS)
+        self.discovered_table.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        self.discovered_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.discovered_table.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.discovered_table.verticalHeader().setVisible(False)
+        self.discovered_table.setShowGrid(False)
+        self.discovered_table.setWordWrap(False)
+        self.discovered_table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        head = self.discovered_table.horizontalHeader()
+        head.setHighlightSections(False)
+        head.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        head.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        layout.addWidget(self.discovered_table, 1)
+        layout.addStretch(0)  # takes the room while the table is hidden (nothing found)
+        return card
+
+    # ---------------------------------------------------------------- registered models
+
+    def refresh(self) -> None:
+        """Re-read the registered models (keeping the selection when the model is still there)."""
+        selected = self.selected_model()
+        self._models = self.store.list_models()
+        self.table.blockSignals(True)
+        self.table.setRowCount(len(self._models))
+        bold = QFont(self.table.font())
+        bold.setBold(True)
+        for row, model in enumerate(self._models):
+            info = model.info
+            name = f"{model.name}  ★ default" if model.is_default else model.name
+            cells = [
+                _item(name, model.path),
+                _item(format_label(model)),
+                _item(str(info.get("architecture") or "—")),
+                _item(size_label(model)),
+                _item(f"{info['context_length']:,}" if info.get("context_length") else "—"),
+                _item(template_label(model)),
+                _item(training_status(model)),
+                _item(SOURCE_LABELS.get(model.source, model.source)),
+            ]
+            cells[0].setData(Qt.ItemDataRole.UserRole, model.id)
+            if model.is_default:
+                cells[0].setFont(bold)
+            for column, cell in enumerate(cells):
+                self.table.setItem(row, column, cell)
+        self.table.blockSignals(False)
+        self.table.resizeRowsToContents()
+        self.models_stack.setCurrentWidget(self.table if self._models else self.empty_state)
+        # Nothing to detail before the first model: the models on this computer take the room.
+        self.details.setVisible(bool(self._models))
+        keep = selected.id if selected is not None else None
+        if keep is None or not self.select_model(keep):
+            if self._models:
+                self.table.selectRow(0)
+            else:
+                self.table.clearSelection()
+        self._show_details()
+        self._fill_discovered()
+        self._update_actions()
+
+    def models(self) -> list[ModelRow]:
+        """The registered models, as listed."""
+        return list(self._models)
+
+    def row_texts(self, model_id: int) -> dict[str, str]:
+        """What the table shows for one model, by column title (tests and accessibility read it)."""
+        for row, model in enumerate(self._models):
+            if model.id == model_id:
+                return {title: self.table.item(row, c).text() for c, title in enumerate(COLUMNS)}
+        raise KeyError(model_id)
+
+    def select_model(self, model_id: int) -> bool:
+        """Select a model in the table. False when it is not listed."""
+        for row, model in enumerate(self._models):
+            if model.id == model_id:
+                self.table.selectRow(row)
+                return True
+        return False
+
+    def selected_model(self) -> ModelRow | None:
+        """The model selected in the table, or None."""
+        rows = self.table.selectionModel().selectedRows() if self.table.selectionModel() else []
+        if not rows or rows[0].row() >= len(self._models):
+            return None
+        return self._models[rows[0].row()]
+
+    @Slot()
+    def _on_table_selection_changed(self) -> None:
+        self._show_details()
+        self._update_actions()
+
+    def _show_details(self) -> None:
+        model = self.selected_model()
+        values = self.detail_values
+        if model is None:
+            self.details_name.setText(
+                "Select a model to see its details" if self._models else "No model selected"
+            )
+            for value in values.values():
+                value.clear()
+            self.template_text.clear()
+            self.template_text.setPlaceholderText("The chat template of the selected model appears here.")
+            return
+        info = model.info
+        facts = [
+            KIND_LABELS.get(model.kind, model.kind),
+            str(info.get("architecture") or "unknown architecture"),
+        ]
+        if info.get("parameter_count"):
+            facts.append(f"{human_count(info['parameter_count'])} parameters")
+        self.details_name.setText(f"{model.name}  ·  {'  ·  '.join(facts)}")
+        for key, text in (("path", model.path), ("fingerprint", model.fingerprint)):
+            field = values[key]
+            field.setText(text)
+            field.setToolTip(text)
+            if isinstance(field, QLineEdit):
+                field.setCursorPosition(0)  # show the beginning; the rest scrolls
+        status = training_status(model)
+        copy = trainable_copy_of(model)
+        if copy is not None:
+            status += f": {copy}"
+        elif status == NEEDS_COPY:
+            status += " (made once, then training uses it)"
+        values["training"].setText(status)
+        steps = model_lineage(self.store, model.id)
+        if len(steps) > 1:
+            values["lineage"].setText(
+                "\n".join(f"{'→ ' if i else ''}{step.describe()}" for i, step in enumerate(steps))
+            )
+        else:
+            values["lineage"].setText("An original model: no round of alignment made it.")
+        if info.get("has_chat_template"):
+            values["template"].setText("The model's own chat template:")
+            self.template_text.setPlainText(str(info.get("chat_template") or ""))
+        else:
+            stops = ", ".join(repr(s) for s in DEFAULT_STOP_STRINGS)
+            values["template"].setText(
+                f"None of its own: the {DEFAULT_TEMPLATE_LABEL} is used, stopping at {stops}."
+            )
+            self.template_text.setPlainText(DEFAULT_LAYOUT_EXAMPLE + DEFAULT_TEMPLATE)
+
+    # ---------------------------------------------------------------- adding
+
+    @Slot()
+    def _on_add_folder_clicked(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Add a Hugging Face model folder", str(Path.home()))
+        if folder:
+            self.add_model_path(folder)
+
+    @Slot()
+    def _on_add_gguf_clicked(self) -> None:
+        name, _filter = QFileDialog.getOpenFileName(
+            self, "Add a GGUF file", str(Path.home()), GGUF_FILE_FILTER
+        )
+        if name:
+            self.add_model_path(name)
+
+    def add_model_path(
+        self, path: str | Path, *, source: str = "user", name: str | None = None, allow_pickle: bool = False
+    ) -> bool:
+        """Register the model at ``path`` in a job (an HF folder or a GGUF file). Returns False when it could
+        not start; the outcome (the model in the list, or why not in the banner) follows when the job ends."""
+        if self.registry.is_busy(REGISTER_RESOURCE):
+            self._wait_if_finishing(self._register_thread)
+
+        def factory(token: CancelToken) -> Job:
+            return inspect_for_registration(
+                path, source=source, name=name, allow_pickle=allow_pickle, cancel=token
+            )
+
+        def connect(thread: JobThread) -> None:
+            thread.succeeded.connect(self._on_register_succeeded)
+            thread.failed.connect(self._on_register_failed)
+            thread.cancelled.connect(self._on_register_cancelled)
+
+        try:
+            self._register_thread = self.registry.start(REGISTER_RESOURCE, factory, connect=connect)
+        except DesktopDpoError as exc:
+            self.show_error(str(exc))
+            return False
+        self.clear_error()
+        self._set_activity(f"Reading {Path(path).name}…", busy=True)
+        self._update_actions()
+        return True
+
+    @Slot(object)
+    def _on_register_succeeded(self, result: object) -> None:
+        if self.sender() is not self._register_thread:
+            return
+        self._set_activity("")
+        if isinstance(result, PickleConsentNeeded):
+            answer = QMessageBox.question(
+                self,
+                "Allow pickle weights?",
+                PICKLE_QUESTION.format(name=result.name),
+                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                QMessageBox.StandardButton.No,
+            )
+            if answer == QMessageBox.StandardButton.Yes:
+                self.add_model_path(result.path, source=result.source, name=result.label, allow_pickle=True)
+            else:
+                self.show_error(f"Not added. {result.reason}")
+            return
+        assert isinstance(result, InspectedModel)
+        info = result.info
+        try:
+            model_id = self.store.add_model(
+                name=result.name or info.name,
+                path=info.path,
+                kind=info.kind,
+                fingerprint=result.fingerprint,
+                source=result.source,
+                info=info.to_dict(),
+            )
+        except DesktopDpoError as exc:
+            self.show_error(f"{info.name} was not added: {exc}")
+            return
+        self.refresh()
+        self.select_model(model_id)
+        self.notify(f"Added {result.name or info.name}.")
+        self.models_changed.emit()
+
+    @Slot(str)
+    def _on_register_failed(self, message: str) -> None:
+        if self.sender() is not self._register_thread:
+            return
+        self._set_activity("")
+        self.show_error(message)
+        self._update_actions()
+
+    @Slot()
+    def _on_register_cancelled(self) -> None:
+        if self.sender() is self._register_thread:
+            self._set_activity("")
+            self._update_actions()
+
+    # ---------------------------------------------------------------- on this computer
+
+    @Slot()
+    def rescan(self) -> bool:
+        """Look for models on this computer again (in a worker thread). False when a scan is running."""
+        self._scanned = True
+        if self._scan_thread is not None:
+            return False
+        search_dirs = self.search_dirs
+        # Not a registry job: a scan lists folders in milliseconds and holds no model, so it is neither shown
+        # as a running job nor asked about at quit (the window waits for it instead, see eventFilter). The
+        # application owns the thread, so it outlives this view if the view goes first.
+        thread = JobThread(
+            SCAN_JOB_NAME, lambda _token: scan_for_models(search_dirs), QCoreApplication.instance()
+        )
+        thread.succeeded.connect(self._on_scan_succeeded)
+        thread.failed.connect(self._on_scan_failed)
+        thread.finished.connect(self._on_scan_finished)
+        thread.finished.connect(thread.deleteLater)
+        self._scan_thread = thread
+        thread.start()
+        self.discovered_note.setText("Looking in the Hugging Face cache, LM Studio and Ollama folders…")
+        self._update_actions()
+        return True
+
+    def is_scanning(self) -> bool:
+        """True while the scan for models on this computer runs."""
+        return self._scan_thread is not None
+
+    @Slot()
+    def _on_scan_finished(self) -> None:
+        if self.sender() is self._scan_thread:
+            self._scan_thread = None
+            self._update_actions()
+
+    @Slot(object)
+    def _on_scan_succeeded(self, found: object) -> None:
+        if self.sender() is not self._scan_thread:
+            return
+        self._discovered = list(found) if isinstance(found, list) else []
+        count = len(self._discovered)
+        if count:
+            self.discovered_note.setText(
+                f"{count} model{'s' if count != 1 else ''} in the Hugging Face cache, LM Studio and Ollama."
+            )
+        else:
+            self.discovered_note.setText(
+                "No models in the Hugging Face cache, LM Studio or Ollama folders. Add a folder or a GGUF file "
+                "above."
+            )
+        self._fill_discovered()
+        self._update_actions()
+
+    @Slot(str)
+    def _on_scan_failed(self, message: str) -> None:
+        if self.sender() is self._scan_thread:
+            self.discovered_note.setText(f"Could not look for models: {message}")
+            self._update_actions()
+
+    def discovered(self) -> list[DiscoveredModel]:
+        """The models found on this computer by the last scan."""
+        return list(self._discovered)
+
+    def _fill_discovered(self) -> None:
+        registered = {Path(m.path) for m in self._models}
+        table = self.discovered_table
+        table.setRowCount(len(self._discovered))
+        table.setVisible(bool(self._discovered))
+        busy = self.registry.is_busy(REGISTER_RESOURCE)
+        for row, found in enumerate(self._discovered):
+            kind = KIND_LABELS.get(found.kind, found.kind)
+            table.setItem(row, 0, _item(found.label, f"{kind}: {found.path}"))
+            table.setItem(row, 1, _item(SOURCE_LABELS.get(found.source, found.source)))
+            table.setItem(row, 2, _item(human_size(found.size_bytes)))
+            added = found.path.absolute() in registered or found.path in registered
+            button = QPushButton("Added" if added else "Add")
+            button.setObjectName("addButton")
+            button.setEnabled(not added and not busy)
+            button.setToolTip(f"Add {found.label} to your models" if not added else "Already in your models")
+            button.clicked.connect(lambda _checked=False, index=row: self.add_discovered(index))
+            table.setCellWidget(row, 3, button)
+
+    def add_button_for(self, label: str) -> QPushButton:
+        """The Add button of a model found on this computer (by its label)."""
+        for row, found in enumerate(self._discovered):
+            if found.label == label:
+                widget = self.discovered_table.cellWidget(row, 3)
+                assert isinstance(widget, QPushButton)
+                return widget
+        raise KeyError(label)
+
+    def add_discovered(self, index: int) -> bool:
+        """Register a model found on this computer, under its label and where it was found."""
+        found = self._discovered[index]
+        return self.add_model_path(found.path, source=found.source, name=found.label)
+
+    # ---------------------------------------------------------------- choosing, default, removing
+
+    @Slot()
+    def use_selected(self) -> None:
+        """Tell the other views to use the selected model."""
+        model = self.selected_model()
+        if model is None:
+            return
+        self.model_chosen.emit(model)
+        self.notify(f"Collect and Chat now use {model.name}.")
+
+    @Slot()
+    def set_selected_default(self) -> None:
+        """Make the selected model the one the app opens with."""
+        model = self.selected_model()
+        if model is None:
+            return
+        try:
+            self.store.set_default_model(model.id)
+        except DesktopDpoError as exc:
+            self.show_error(f"The default was not changed: {exc}")
+            return
+        self.refresh()
+        self.notify(f"{model.name} is now the default model.")
+        self.models_changed.emit()
+
+    @Slot()
+    def remove_selected(self) -> bool:
+        """Forget the selected model after asking (its files and the comparisons made with it stay)."""
+        model = self.selected_model()
+        if model is None or not self.remove_button.isEnabled():
+            return False
+        answer = QMessageBox.question(
+            self,
+            "Remove from list",
+            f"Remove {model.name} from your models?\n\nIts files stay where they are ({model.path}), and the "
+            "answers and comparisons made with it are kept. You can add it again later.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
+        if answer != QMessageBox.StandardButton.Yes:
+            return False
+        try:
+            self.store.remove_model(model.id)
+        except DesktopDpoError as exc:
+            self.show_error(f"{model.name} was not removed: {exc}")
+            return False
+        self.refresh()
+        self.notify(f"Removed {model.name} from the list; its files were not touched.")
+        self.models_changed.emit()
+        return True
+
+    # ---------------------------------------------------------------- trainable copy
+
+    @Slot()
+    def make_trainable_copy_of_selected(self) -> bool:
+        """Start making a trainable copy of the selected GGUF (a job with progress and Stop)."""
+        model = self.selected_model()
+        if model is None or not self.copy_button.isEnabled():
+            return False
+        out_dir = trainable_copy_dir(self.paths, model)
+        gguf_path = model.path
+
+        def factory(token: CancelToken) -> Job:
+            return make_trainable_copy(gguf_path, out_dir, cancel=token)
+
+        def connect(thread: JobThread) -> None:
+            thread.event.connect(self._on_copy_event)
+            thread.succeeded.connect(self._on_copy_succeeded)
+            thread.failed.connect(self._on_copy_failed)
+            thread.cancelled.connect(self._on_copy_cancelled)
+
+        if self.registry.is_busy(COPY_RESOURCE):
+            self._wait_if_finishing(self._copy_thread)
+        try:
+            self._copy_thread = self.registry.start(COPY_RESOURCE, factory, connect=connect)
+        except DesktopDpoError as exc:
+            self.show_error(str(exc))
+            return False
+        self._copy_model_id = model.id
+        self.clear_error()
+        self._set_activity(f"Making a trainable copy of {model.name}…", busy=True)
+        self.activity_bar.setRange(0, 1000)
+        self.activity_bar.setValue(0)
+        self.stop_button.setVisible(True)
+        self.stop_button.setEnabled(True)
+        self._update_actions()
+        return True
+
+    @Slot()
+    def stop_trainable_copy(self) -> None:
+        """Stop the trainable copy at its next step; nothing half-made is kept."""
+        if self._copy_thread is not None:
+            self._copy_thread.cancel()
+            self.stop_button.setEnabled(False)
+            self._set_activity("Stopping…", busy=True)
+
+    @Slot(object)
+    def _on_copy_event(self, event: object) -> None:
+        if self.sender() is not self._copy_thread:
+            return
+        if isinstance(event, Progress):
+            fraction = event.fraction
+            self.activity_bar.setRange(0, 0 if fraction is None else 1000)
+            if fraction is not None:
+                self.activity_bar.setValue(int(fraction * 1000))
+            if event.message and self.stop_button.isEnabled():
+                model = self.store.get_model(self._copy_model_id) if self._copy_model_id else None
+                name = model.name if model is not None else "the model"
+                step = event.message[:1].lower() + event.message[1:]
+                self.activity_text.setText(f"Making a trainable copy of {name}: {step}…")
+        elif isinstance(event, Log):
+            self.notify(event.message)
+
+    def _end_copy(self) -> ModelRow | None:
+        model = self.store.get_model(self._copy_model_id) if self._copy_model_id is not None else None
+        self._copy_thread = None
+        self._copy_model_id = None
+        self.stop_button.setVisible(False)
+        self._set_activity("")
+        return model
+
+    @Slot(object)
+    def _on_copy_succeeded(self, out_dir: object) -> None:
+        if self.sender() is not self._copy_thread:
+            return
+        model_id = self._copy_model_id
+        model = self._end_copy()
+        if model is None or model_id is None:
+            self.show_error(f"The trainable copy is in {out_dir}, but its model was removed meanwhile.")
+            self._update_actions()
+            return
+        try:
+            # The job writes no rows; its driver records the copy where training looks for it.
+            self.store.update_model_info(model_id, **{TRAINABLE_COPY_KEY: str(out_dir)})
+        except DesktopDpoError as exc:
+            self.show_error(f"The trainable copy was made in {out_dir} but could not be recorded: {exc}")
+            self._update_actions()
+            return
+        self.refresh()
+        self.notify(f"Trainable copy of {model.name} ready: training can use it now.")
+        self.models_changed.emit()
+
+    @Slot(str)
+    def _on_copy_failed(self, message: str) -> None:
+        if self.sender() is not self._copy_thread:
+            return
+        model = self._end_copy()
+        name = model.name if model is not None else "the model"
+        self.show_error(f"No trainable copy of {name} was made. {message}")
+        self._update_actions()
+
+    @Slot()
+    def _on_copy_cancelled(self) -> None:
+        if self.sender() is not self._copy_thread:
+            return
+        model = self._end_copy()
+        self.notify(f"Stopped: no trainable copy of {model.name if model else 'the model'} was kept.")
+        self._update_actions()
+
+    # ---------------------------------------------------------------- state of the buttons
+
+    def _update_actions(self) -> None:
+        if not hasattr(self, "remove_button"):
+            return  # still building
+        registering = self.registry.is_busy(REGISTER_RESOURCE)
+        for button in (
+            self.add_folder_button,
+            self.add_gguf_button,
+            self.empty_folder_button,
+            self.empty_gguf_button,
+        ):
+            button.setEnabled(not registering)
+        for row in range(self.discovered_table.rowCount()):
+            widget = self.discovered_table.cellWidget(row, 3)
+            if isinstance(widget, QPushButton):
+                widget.setEnabled(widget.text() == "Add" and not registering)
+        self.rescan_button.setEnabled(self._scan_thread is None)
+
+        model = self.selected_model()
+        has = model is not None
+        self.use_button.setEnabled(has)
+        self.default_button.setEnabled(has and model is not None and not model.is_default)
+        copying = self.registry.is_busy(COPY_RESOURCE) or self._copy_thread is not None
+        status = training_status(model) if model is not None else ""
+        copy_reason = ""
+        if model is None:
+            copy_reason = "Select a model first."
+        elif status == TRAINABLE_AS_IS:
+            copy_reason = "This model is a Hugging Face folder: training loads it as it is."
+        elif status == COPY_READY:
+            copy_reason = "The trainable copy is ready."
+        elif status == CHAT_ONLY:
+            copy_reason = (
+                f"transformers cannot turn a '{model.info.get('architecture')}' GGUF back into a trainable "
+                "model. You can still chat with it."
+            )
+        elif copying:
+            copy_reason = "A trainable copy is being made; wait for it or stop it."
+        self.copy_button.setEnabled(not copy_reason)
+        self.copy_button.setToolTip(
+            copy_reason
+            or "Dequantize this GGUF once into a folder training can load (bf16 safetensors, in the app's data folder)"
+        )
+        busy_reason = ""
+        if model is not None and (
+            self.registry.is_busy(f"generate:{model.id}") or (copying and self._copy_model_id == model.id)
+        ):
+            busy_reason = "A job is using this model; wait for it to finish."
+        self.remove_button.setEnabled(has and not busy_reason)
+        self.remove_button.setToolTip(
+            busy_reason or "Forget this model; its files and your comparisons stay (Delete)"
+        )
+
+    @Slot()
+    def _on_registry_changed(self) -> None:
+        self._update_actions()
+
+    def _wait_if_finishing(self, thread: JobThread | None) -> None:
+        """A job that already reported its outcome ends within moments: let it, so the next one can start."""
+        if thread is not None and thread.outcome is not None:
+            thread.wait(2000)
+
+    # ---------------------------------------------------------------- messages
+
+    def _set_activity(self, text: str, *, busy: bool = False) -> None:
+        self.activity_text.setText(text)
+        self.activity_row.setVisible(bool(text))
+        self.activity_bar.setVisible(busy)
+        if busy and not self.stop_button.isVisible():
+            self.activity_bar.setRange(0, 0)  # no progress to show: a busy indicator
+
+    def activity(self) -> str:
+        """The activity line's text ("" when nothing runs)."""
+        return self.activity_text.text() if self.activity_row.isVisibleTo(self) else ""
+
+    def show_error(self, message: str) -> None:
+        """Show a problem in words, in the view's banner and the status bar."""
+        self.banner_text.setText(message)
+        self.banner.setVisible(True)
+        self.notify(message.splitlines()[0] if message else "")
+
+    @Slot()
+    def clear_error(self) -> None:
+        """Hide the banner."""
+        self.banner.setVisible(False)
+        self.banner_text.clear()
+
+    def error_text(self) -> str:
+        """The problem shown in the banner ("" when none)."""
+        return self.banner_text.text() if self.banner.isVisibleTo(self) else ""
+
+    def notify(self, text: str) -> None:
+        """A line for the status bar."""
+        self.status_message.emit(text)
+        window = self.window()
+        if window is not self and isinstance(window, QMainWindow):
+            window.statusBar().showMessage(text, STATUS_MESSAGE_MS)
+
+    # ---------------------------------------------------------------- showing and closing
+
+    def showEvent(self, event: QShowEvent) -> None:  # Qt override
+        super().showEvent(event)
+        window = self.window()
+        if window is not self and window is not self._watched_window:
+            # See eventFilter: quitting waits for a scan in progress.
+            window.installEventFilter(self)
+            self._watched_window = window
+        # Models may have been added elsewhere (an aligned model after an export) while this view was hidden.
+        self.refresh()
+        if not self._scanned:
+            self.rescan()
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # Qt override
+        # The window is closing: a scan still running is given a moment to end, so that its thread never
+        # outlives the application.
+        if event.type() == QEvent.Type.Close and watched is self._watched_window:
+            thread = self._scan_thread
+            if thread is not None and thread.isRunning():
+                thread.cancel()
+                thread.wait(SCAN_WAIT_ON_CLOSE_MS)
+        return False
+
+    def details_texts(self) -> dict[str, str]:
+        """What the details panel shows: its heading, each field, and the template box."""
+        return {key: label.text() for key, label in self.detail_values.items()} | {
+            "name": self.details_name.text(),
+            "template_text": self.template_text.toPlainText(),
+        }

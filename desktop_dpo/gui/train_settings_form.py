@@ -1,0 +1,279 @@
+"""The form for a run's :class:`TrainConfig`: basic fields in view, advanced ones folded, one line of help each.
+
+The help lines say in words what each setting does to the run (they follow the comments on
+``TrainConfig``'s fields). The form holds a base config (the device's preset) and changes only the
+fields it shows, so settings without a field keep the preset's value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtGui import QValidator
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QGridLayout,
+    QLabel,
+    QLineEdit,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop_dpo.core.dpo.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One setting on the form."""
+
+    name: str  # the TrainConfig field
+    label: str
+    help: str  # one line, in words
+    advanced: bool = False
+    choices: tuple[str, ...] = ()  # a str field with fixed values
+    minimum: float = 0
+    maximum: float = 1_000_000
+    step: float = 1
+    decimals: int = 2  # float fields
+    scientific: bool = False  # float fields shown as 1e-04 (learning rates)
+
+
+FIELDS = (
+    FieldSpec("beta", "β (beta)", "β — how tightly the model is held to where it started: higher = smaller, "
+              "safer changes", minimum=0.01, maximum=10, step=0.05, decimals=3),
+    FieldSpec("lr", "Learning rate", "How big each update is: too high and the model forgets how to write, "
+              "too low and nothing changes", minimum=1e-7, maximum=1e-1, scientific=True),
+    FieldSpec("epochs", "Epochs", "How many times training reads every pair", minimum=1, maximum=100),
+    FieldSpec("batch_size", "Batch size", "Pairs per forward pass: larger is faster but needs more memory",
+              minimum=1, maximum=256),
+    # advanced
+    FieldSpec("loss_type", "Loss", "sigmoid is standard DPO; ipo and hinge are variants that push less hard "
+              "on pairs already learned", advanced=True, choices=("sigmoid", "ipo", "hinge")),
+    FieldSpec("label_smoothing", "Label smoothing", "The share of your picks you think may be wrong "
+              "(conservative DPO; sigmoid loss only)", advanced=True, maximum=0.49, step=0.05),
+    FieldSpec("grad_accum", "Gradient accumulation", "Passes added up before each update: pairs per update "
+              "= batch size × this", advanced=True, minimum=1, maximum=1024),
+    FieldSpec("warmup_ratio", "Warm-up", "Share of the run during which the learning rate climbs from 0 to "
+              "its peak", advanced=True, maximum=0.99, step=0.05),
+    FieldSpec("scheduler", "Schedule", "How the learning rate falls after warm-up (both end at 0)",
+              advanced=True, choices=("cosine", "linear")),
+    FieldSpec("max_grad_norm", "Gradient clip", "Updates are clipped to this size, so one odd batch cannot "
+              "wreck the model", advanced=True, minimum=0.01, maximum=100, step=0.1),
+    FieldSpec("weight_decay", "Weight decay", "Pulls the adapter's weights towards zero (0 = off)",
+              advanced=True, maximum=1, step=0.01, decimals=3),
+    FieldSpec("lora_r", "LoRA rank", "How much change the adapter can hold (and its size on disk)",
+              advanced=True, minimum=1, maximum=1024),
+    FieldSpec("lora_alpha", "LoRA alpha", "Scale of the adapter: its change is multiplied by alpha ÷ rank",
+              advanced=True, minimum=1, maximum=4096),
+    FieldSpec("lora_dropout", "LoRA dropout", "Randomly drops adapter inputs while training, against "
+              "memorising", advanced=True, maximum=0.9, step=0.05),
+    FieldSpec("target_modules", "Target layers", "Layers that get an adapter: all-linear, or layer names "
+              "separated by commas", advanced=True),
+    FieldSpec("max_length", "Maximum length", "Tokens per example (prompt + answer); longer answers are cut, "
+              "and you are told", advanced=True, minimum=16, maximum=131072, step=64),
+    FieldSpec("max_prompt_length", "Maximum prompt length", "Prompt tokens kept (older turns are dropped "
+              "first)", advanced=True, minimum=8, maximum=131072, step=64),
+    FieldSpec("quantization", "Quantization", "nf4 = 4-bit base (QLoRA, far less GPU memory); none = full "
+              "precision (faster on a CPU); auto = nf4 on a GPU only", advanced=True,
+              choices=("auto", "nf4", "none")),
+    FieldSpec("gradient_checkpointing", "Gradient checkpointing", "Recompute activations instead of keeping "
+              "them: much less memory, about 30% slower", advanced=True),
+    FieldSpec("device", "Device", "Where training runs: auto takes the GPU when there is one", advanced=True,
+              choices=("auto", "cuda", "mps", "cpu")),
+    FieldSpec("threads", "CPU threads", "Threads torch may use on the CPU (0 = its default)", advanced=True,
+              maximum=512),
+    FieldSpec("checkpoint_every", "Checkpoint every", "Steps between saved checkpoints (a stop always saves "
+              "one too)", advanced=True, minimum=1, maximum=100000),
+    FieldSpec("eval_every", "Held-out check every", "Steps between measurements on the held-out prompts "
+              "(also at the start and the end)", advanced=True, minimum=1, maximum=100000),
+    FieldSpec("heldout_fraction", "Held-out share", "Share of prompts kept out of training, to see whether "
+              "the model generalises rather than memorises", advanced=True, maximum=0.9, step=0.05),
+    FieldSpec("seed", "Seed", "Same seed, settings and pairs give the same run", advanced=True,
+              maximum=2**31 - 1),
+)  # fmt: skip
+
+_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+
+
+class ScientificSpinBox(QDoubleSpinBox):
+    """A spin box for small positive numbers shown as ``1e-04``; the arrows multiply or divide by 2."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setDecimals(12)
+
+    def textFromValue(self, value: float) -> str:  # Qt override
+        return f"{value:.3g}"
+
+    def valueFromText(self, text: str) -> float:  # Qt override
+        try:
+            return float(text)
+        except ValueError:
+            return self.value()
+
+    def validate(self, text: str, pos: int) -> object:  # Qt override
+        try:
+            value = float(text)
+        except ValueError:
+            return QValidator.State.Intermediate, text, pos
+        ok = self.minimum() <= value <= self.maximum()
+        return (QValidator.State.Acceptable if ok else QValidator.State.Intermediate), text, pos
+
+    def stepBy(self, steps: int) -> None:  # Qt override
+        self.setValue(self.value() * (2.0**steps))
+
+
+class TrainSettingsForm(QWidget):
+    """Edit a :class:`TrainConfig`. ``touched`` turns True once the person changes a field.
+
+    Signals:
+        changed(): a field changed (by the person or by ``set_settings``).
+    """
+
+    changed = Signal()
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self._base = TrainConfig()
+        self._loading = False
+        self.touched = False
+        self.editors: dict[str, QWidget] = {}
+        self.help_labels: dict[str, QLabel] = {}
+
+        basic = QWidget()
+        basic_grid = self._grid(basic)
+        self.advanced = QWidget()
+        self.advanced.setObjectName("advancedSettings")
+        advanced_grid = self._grid(self.advanced)
+        rows = {basic_grid: 0, advanced_grid: 0}
+        for spec in FIELDS:
+            grid = advanced_grid if spec.advanced else basic_grid
+            self._add_field(grid, rows[grid], spec)
+            rows[grid] += 2
+
+        self.advanced_toggle = QToolButton()
+        self.advanced_toggle.setObjectName("advancedToggle")
+        self.advanced_toggle.setText("Advanced settings")
+        self.advanced_toggle.setCheckable(True)
+        self.advanced_toggle.setArrowType(Qt.ArrowType.RightArrow)
+        self.advanced_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.advanced_toggle.setToolTip("Loss, schedule, LoRA shape, lengths, memory, device, bookkeeping")
+        self.advanced_toggle.toggled.connect(self._on_advanced_toggled)
+        self.advanced.setVisible(False)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(6)
+        layout.addWidget(basic)
+        layout.addWidget(self.advanced_toggle, 0, Qt.AlignmentFlag.AlignLeft)
+        layout.addWidget(self.advanced)
+        layout.addStretch(1)  # rows stay together at the top however tall the scroll area is
+        self.set_settings(self._base)
+
+    @staticmethod
+    def _grid(widget: QWidget) -> QGridLayout:
+        grid = QGridLayout(widget)
+        grid.setContentsMargins(0, 0, 0, 0)
+        grid.setHorizontalSpacing(10)
+        grid.setVerticalSpacing(2)
+        grid.setColumnStretch(1, 1)
+        return grid
+
+    def _add_field(self, grid: QGridLayout, row: int, spec: FieldSpec) -> None:
+        kind = _TYPES[spec.name]
+        editor: QWidget
+        if kind == "bool":
+            editor = QCheckBox()
+            editor.toggled.connect(self._on_field_edited)
+        elif spec.choices:
+            editor = QComboBox()
+            editor.addItems(list(spec.choices))
+            editor.currentIndexChanged.connect(self._on_field_edited)
+        elif kind == "str":
+            editor = QLineEdit()
+            editor.textEdited.connect(self._on_field_edited)
+        elif kind == "int":
+            editor = QSpinBox()
+            editor.setRange(int(spec.minimum), int(spec.maximum))
+            editor.setSingleStep(int(spec.step))
+            editor.valueChanged.connect(self._on_field_edited)
+        else:
+            editor = ScientificSpinBox() if spec.scientific else QDoubleSpinBox()
+            if not spec.scientific:
+                editor.setDecimals(spec.decimals)
+                editor.setSingleStep(spec.step)
+            editor.setRange(spec.minimum, spec.maximum)
+            editor.valueChanged.connect(self._on_field_edited)
+        editor.setObjectName(f"setting_{spec.name}")
+        editor.setToolTip(spec.help)
+        label = QLabel(spec.label)
+        label.setObjectName("settingLabel")
+        label.setBuddy(editor)
+        help_label = QLabel(spec.help)
+        help_label.setObjectName("settingHelp")
+        help_label.setWordWrap(True)
+        grid.addWidget(label, row, 0)
+        grid.addWidget(editor, row, 1)
+        grid.addWidget(help_label, row + 1, 0, 1, 2)
+        grid.setRowMinimumHeight(row + 1, 0)
+        self.editors[spec.name] = editor
+        self.help_labels[spec.name] = help_label
+
+    # ---------------------------------------------------------------- values
+
+    def set_settings(self, config: TrainConfig) -> None:
+        """Show ``config`` (fields without an editor keep its values). Does not count as the person's edit."""
+        self._base = config
+        self._loading = True
+        try:
+            for name, editor in self.editors.items():
+                value = getattr(config, name)
+                if isinstance(editor, QCheckBox):
+                    editor.setChecked(bool(value))
+                elif isinstance(editor, QComboBox):
+                    editor.setCurrentIndex(max(0, editor.findText(str(value))))
+                elif isinstance(editor, QLineEdit):
+                    editor.setText(str(value))
+                elif isinstance(editor, QSpinBox):
+                    editor.setValue(int(value))
+                elif isinstance(editor, QDoubleSpinBox):
+                    editor.setValue(float(value))
+        finally:
+            self._loading = False
+        self.changed.emit()
+
+    def values(self) -> dict[str, object]:
+        """What the editors show, by field name (not validated)."""
+        values: dict[str, object] = {}
+        for name, editor in self.editors.items():
+            if isinstance(editor, QCheckBox):
+                values[name] = editor.isChecked()
+            elif isinstance(editor, QComboBox):
+                values[name] = editor.currentText()
+            elif isinstance(editor, QLineEdit):
+                values[name] = editor.text().strip()
+            elif isinstance(editor, QSpinBox | QDoubleSpinBox):
+                values[name] = editor.value()
+        return values
+
+    def settings(self) -> TrainConfig:
+        """The config on the form. Raises ``TrainingError`` naming what cannot work."""
+        return self._base.replace(**self.values())
+
+    @Slot()
+    def _on_field_edited(self, *_args: object) -> None:
+        if self._loading:
+            return
+        self.touched = True
+        self.changed.emit()
+
+    @Slot(bool)
+    def _on_advanced_toggled(self, shown: bool) -> None:
+        self.advanced.setVisible(shown)
+        self.advanced_toggle.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)

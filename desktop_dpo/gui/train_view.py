@@ -1,0 +1,1016 @@
+"""The Train view: choose a base model and settings, train QLoRA-DPO in the background, watch it learn.
+
+One training run at a time, on the job resource ``"train"`` (:mod:`desktop_dpo.workers.training_worker`):
+the worker thread opens its own database connection and persists every event before the view sees it,
+so what the plots show is already saved. Collecting may go on meanwhile (generation has its own resources).
+
+- The settings start from a preset for the detected device. Detection imports torch, so it runs as a
+  small job when the view is first shown; until it reports, a "Detecting your GPU…" note stays up.
+- Stop asks the run to stop at the next step boundary, where it checkpoints; Resume continues a stopped,
+  failed or interrupted run from its newest checkpoint, to the same total step count.
+- Running out of memory is explained, with "Resume with smaller settings" (``smaller_settings``).
+- Past runs list every run; selecting one shows its stored curves and settings. A run the database
+  says is "running" while no job here trains it (the app was killed) is shown as interrupted.
+
+pyqtgraph is imported by :mod:`desktop_dpo.gui.metrics_plots`, which this module imports: the view is
+built the first time it is shown, never at start-up. No torch, transformers or peft here.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from typing import Any
+
+from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtGui import QBrush, QColor, QShowEvent
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QFrame,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QMainWindow,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QSplitter,
+    QToolButton,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop_dpo.config import AppPaths
+from desktop_dpo.core.dpo.runs import (
+    MIN_TRAIN_PAIRS,
+    RunPlan,
+    create_run_for_model,
+    plan_run,
+    resume_settings,
+    trainable_reason,
+)
+from desktop_dpo.core.dpo.train import (
+    Checkpointed,
+    DeviceInfo,
+    EvalMetrics,
+    Finished,
+    Loading,
+    ReferenceReady,
+    Started,
+    StepMetrics,
+    TrainConfig,
+    TrainingError,
+    TrainWarning,
+    presets_for_memory,
+    smaller_settings,
+)
+from desktop_dpo.core.errors import DesktopDpoError
+from desktop_dpo.core.store import ModelRow, RunRow, Store
+from desktop_dpo.gui.metrics_plots import MetricsPlots
+from desktop_dpo.gui.train_settings_form import TrainSettingsForm
+from desktop_dpo.workers.job_worker import JobRegistry, JobThread
+from desktop_dpo.workers.training_worker import (
+    DEVICE_RESOURCE,
+    TRAIN_RESOURCE,
+    DevicePreset,
+    OutOfMemory,
+    device_preset_job,
+    training_job,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS_MESSAGE_MS = 8000
+INTERRUPTED = "interrupted"  # shown for a run left "running" in the database with no job training it
+RESUMABLE = ("stopped", "failed", "pending", INTERRUPTED)
+STATUS_LABELS = {
+    "pending": "not started",
+    "running": "training",
+    "stopped": "stopped",
+    "failed": "failed",
+    "completed": "completed",
+    INTERRUPTED: "interrupted — resume",
+}
+STATUS_COLOURS = {"failed": "#b91c1c", INTERRUPTED: "#b45309", "completed": "#047857", "running": "#4338ca"}
+RUN_COLUMNS = ("Run", "Base model", "Status", "Steps", "Pairs", "Final metrics")
+COLUMN_STATUS = 2
+
+STYLE = """
+#trainPill {
+    background: #eef2ff; color: #3730a3; border: 1px solid #c7d2fe; border-radius: 9px;
+    padding: 2px 10px; font-size: 12px; font-weight: 600;
+}
+#fieldLabel, #settingLabel { color: #334155; font-size: 12px; font-weight: 600; }
+#settingHelp { color: #64748b; font-size: 11px; padding-bottom: 6px; }
+#presetNote, #pairsNote, #startReason, #runDetail, #runDetails { color: #64748b; font-size: 12px; }
+#startReason[blocking="true"] { color: #b45309; }
+#modelNote { color: #b45309; font-size: 12px; }
+#runHeadline { color: #0f172a; font-size: 15px; font-weight: 700; }
+#cardHeading { color: #0f172a; font-size: 14px; font-weight: 700; }
+#trainBanner { background: #fef2f2; border: 1px solid #fecaca; border-radius: 8px; }
+#trainBannerText { color: #991b1b; font-size: 13px; }
+#warningBanner { background: #fffbeb; border: 1px solid #fcd34d; border-radius: 8px; }
+#warningBannerText { color: #92400e; font-size: 13px; }
+#runsTree { background: #ffffff; border: 1px solid #e2e8f0; border-radius: 8px; font-size: 12px; }
+QToolButton#advancedToggle { border: none; color: #334155; font-size: 12px; font-weight: 600; padding: 2px 0; }
+QScrollArea#settingsScroll { background: transparent; border: none; }
+QScrollArea#settingsScroll > QWidget > QWidget { background: transparent; }
+"""
+
+
+def format_duration(seconds: float) -> str:
+    """``1h05m``, ``3m07s`` or ``42s``: an ETA a person reads at a glance."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def summarise_metrics(metrics: dict[str, Any]) -> str:
+    """A run's final reward accuracy (train, held-out) and margin in one short line ("" when none)."""
+    parts = []
+    if "train/rewards/accuracies" in metrics:
+        parts.append(f"acc {metrics['train/rewards/accuracies']:.2f}")
+    if "heldout/rewards/accuracies" in metrics:
+        parts.append(f"held-out {metrics['heldout/rewards/accuracies']:.2f}")
+    if "train/rewards/margins" in metrics:
+        parts.append(f"margin {metrics['train/rewards/margins']:.2f}")
+    return " · ".join(parts)
+
+
+def describe_settings(config: dict[str, Any]) -> str:
+    """A run's settings as ``name = value`` lines, for a tooltip or the details panel."""
+    return "\n".join(f"{name} = {value}" for name, value in sorted(config.items()))
+
+
+class TrainView(QWidget):
+    """Start, watch, stop and resume training runs; browse past ones.
+
+    Args:
+        store: the GUI thread's database connection (the training job opens its own).
+        registry: the job registry (training runs on ``"train"``; device detection on its own resource).
+        paths: the app's folders (the database file, the runs folder).
+
+    Signals:
+        status_message(str): a line for the status bar.
+        runs_changed(): a run was made, or changed status.
+    """
+
+    status_message = Signal(str)
+    runs_changed = Signal()
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        registry: JobRegistry,
+        paths: AppPaths,
+        parent: QWidget | None = None,
+    ):
+        super().__init__(parent)
+        self.setObjectName("pageArea")
+        self.setStyleSheet(STYLE)
+        self.store = store
+        self.registry = registry
+        self.paths = paths
+
+        self._job: JobThread | None = None
+        self._live_run_id: int | None = None  # the run our job trains
+        self._shown_run_id: int | None = None  # the run whose curves the plots show
+        self._phase = "idle"  # idle | loading | training | stopping
+        self._device_job: JobThread | None = None
+        self.preset: DevicePreset | None = None
+        self._plan: RunPlan | None = None
+        self._plan_key: tuple[object, ...] = ()
+        self._suggested: dict[int, TrainConfig] = {}  # run id -> smaller settings after running out of memory
+        self._warnings: list[str] = []
+        self._step_text = ""
+
+        self._build()
+        registry.changed.connect(self._on_registry_changed)
+        self.refresh_models()
+        self.refresh_runs()
+        self._set_idle()
+        self._update_actions()
+
+    # ---------------------------------------------------------------- building
+
+    def _build(self) -> None:
+        title = QLabel("Train")
+        title.setObjectName("pageTitle")
+        summary = QLabel(
+            "Turn your picks into a better model with QLoRA-DPO. Training runs in the background."
+        )
+        summary.setObjectName("pageSummary")
+        summary.setWordWrap(True)
+        self.pairs_pill = QLabel()
+        self.pairs_pill.setObjectName("trainPill")
+        self.pairs_pill.setToolTip("Pairs the chosen model can train on: sampled from it, or imported")
+        header = QHBoxLayout()
+        names = QVBoxLayout()
+        names.setSpacing(2)
+        names.addWidget(title)
+        names.addWidget(summary)
+        header.addLayout(names, 1)
+        header.addWidget(self.pairs_pill, 0, Qt.AlignmentFlag.AlignTop)
+
+        # -- banners: a failure (red, with an action) and training warnings (amber)
+        self.banner, self.banner_text, self.banner_action = self._banner("trainBanner", "trainBannerText")
+        self.banner_action.setText("Resume with smaller settings")
+        self.banner_action.clicked.connect(self._on_banner_action_clicked)
+        self.banner.setVisible(False)
+        self.warning_banner, self.warning_text, warning_action = self._banner(
+            "warningBanner", "warningBannerText"
+        )
+        warning_action.setVisible(False)
+        self.warning_banner.setVisible(False)
+
+        # -- left: a new run (model, pairs, settings, Start)
+        new_card = QFrame()
+        new_card.setObjectName("card")
+        new_layout = QVBoxLayout(new_card)
+        new_layout.setContentsMargins(16, 14, 16, 12)
+        new_layout.setSpacing(8)
+        heading = QLabel("New run")
+        heading.setObjectName("cardHeading")
+        new_layout.addWidget(heading)
+        model_label = QLabel("Base model")
+        model_label.setObjectName("fieldLabel")
+        self.model_combo = QComboBox()
+        self.model_combo.setObjectName("modelCombo")
+        self.model_combo.setMinimumContentsLength(16)
+        self.model_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.model_combo.setToolTip("The model to align: the run trains a LoRA adapter on top of it")
+        self.model_combo.currentIndexChanged.connect(self._on_model_combo_changed)
+        model_row = QHBoxLayout()
+        model_row.addWidget(model_label)
+        model_row.addWidget(self.model_combo, 1)
+        new_layout.addLayout(model_row)
+        self.model_note = QLabel()
+        self.model_note.setObjectName("modelNote")
+        self.model_note.setWordWrap(True)
+        self.model_note.setVisible(False)
+        new_layout.addWidget(self.model_note)
+        self.pairs_note = QLabel()
+        self.pairs_note.setObjectName("pairsNote")
+        self.pairs_note.setWordWrap(True)
+        new_layout.addWidget(self.pairs_note)
+        self.preset_note = QLabel("Detecting your GPU…")
+        self.preset_note.setObjectName("presetNote")
+        self.preset_note.setWordWrap(True)
+        new_layout.addWidget(self.preset_note)
+
+        self.settings_form = TrainSettingsForm()
+        self.settings_form.changed.connect(self._on_settings_changed)
+        scroll = QScrollArea()
+        scroll.setObjectName("settingsScroll")
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setWidget(self.settings_form)
+        new_layout.addWidget(scroll, 1)
+
+        self.start_reason = QLabel()
+        self.start_reason.setObjectName("startReason")
+        self.start_reason.setWordWrap(True)
+        new_layout.addWidget(self.start_reason)
+        self.start_button = QPushButton("Start training")
+        self.start_button.setObjectName("primaryButton")
+        self.start_button.clicked.connect(self.start)
+        new_layout.addWidget(self.start_button)
+        new_card.setMinimumWidth(300)
+        new_card.setMaximumWidth(370)
+
+        # -- right, top: the run on screen (status, progress, plots)
+        run_card = QFrame()
+        run_card.setObjectName("card")
+        run_layout = QVBoxLayout(run_card)
+        run_layout.setContentsMargins(16, 14, 16, 12)
+        run_layout.setSpacing(6)
+        self.run_headline = QLabel()
+        self.run_headline.setObjectName("runHeadline")
+        self.run_headline.setWordWrap(True)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setObjectName("secondaryButton")
+        self.stop_button.setToolTip("Stop at the end of the current step; it is saved and can be resumed")
+        self.stop_button.clicked.connect(self.stop)
+        top = QHBoxLayout()
+        top.addWidget(self.run_headline, 1)
+        top.addWidget(self.stop_button, 0, Qt.AlignmentFlag.AlignTop)
+        run_layout.addLayout(top)
+        self.run_detail = QLabel()
+        self.run_detail.setObjectName("runDetail")
+        self.run_detail.setWordWrap(True)
+        run_layout.addWidget(self.run_detail)
+        self.progress = QProgressBar()
+        self.progress.setObjectName("trainProgress")
+        self.progress.setTextVisible(True)
+        self.progress.setFormat("step %v of %m")
+        self.progress.setMaximumHeight(16)
+        run_layout.addWidget(self.progress)
+        self.plots = MetricsPlots()
+        run_layout.addWidget(self.plots, 1)
+
+        # -- right, bottom: past runs
+        runs_card = QFrame()
+        runs_card.setObjectName("card")
+        runs_layout = QVBoxLayout(runs_card)
+        runs_layout.setContentsMargins(16, 12, 16, 12)
+        runs_layout.setSpacing(6)
+        runs_heading = QLabel("Runs")
+        runs_heading.setObjectName("cardHeading")
+        self.resume_button = QPushButton("Resume")
+        self.resume_button.setObjectName("secondaryButton")
+        self.resume_button.clicked.connect(self._on_resume_clicked)
+        self.smaller_button = QPushButton("Resume with smaller settings")
+        self.smaller_button.setObjectName("secondaryButton")
+        self.smaller_button.clicked.connect(self._on_smaller_clicked)
+        runs_head = QHBoxLayout()
+        runs_head.addWidget(runs_heading, 1)
+        runs_head.addWidget(self.smaller_button)
+        runs_head.addWidget(self.resume_button)
+        runs_layout.addLayout(runs_head)
+        self.runs_tree = QTreeWidget()
+        self.runs_tree.setObjectName("runsTree")
+        self.runs_tree.setColumnCount(len(RUN_COLUMNS))
+        self.runs_tree.setHeaderLabels(list(RUN_COLUMNS))
+        self.runs_tree.setRootIsDecorated(False)
+        self.runs_tree.setUniformRowHeights(True)
+        self.runs_tree.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.runs_tree.setAlternatingRowColors(False)
+        header_view = self.runs_tree.header()
+        header_view.setStretchLastSection(True)
+        for column in range(len(RUN_COLUMNS) - 1):
+            header_view.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
+        self.runs_tree.currentItemChanged.connect(self._on_run_selected)
+        runs_layout.addWidget(self.runs_tree, 1)
+        self.run_details = QLabel()
+        self.run_details.setObjectName("runDetails")
+        self.run_details.setWordWrap(True)
+        self.run_details.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.run_details.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        details_scroll = QScrollArea()
+        details_scroll.setObjectName("settingsScroll")
+        details_scroll.setWidgetResizable(True)
+        details_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        details_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        details_scroll.setMaximumHeight(
+            76
+        )  # a long error or several warnings scroll; the list keeps its room
+        details_scroll.setWidget(self.run_details)
+        runs_layout.addWidget(details_scroll)
+
+        right = QSplitter(Qt.Orientation.Vertical)
+        right.setChildrenCollapsible(False)
+        right.addWidget(run_card)
+        right.addWidget(runs_card)
+        right.setStretchFactor(0, 3)
+        right.setStretchFactor(1, 2)
+
+        body = QHBoxLayout()
+        body.setSpacing(12)
+        body.addWidget(new_card)
+        body.addWidget(right, 1)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(24, 20, 24, 16)
+        layout.setSpacing(10)
+        layout.addLayout(header)
+        layout.addWidget(self.banner)
+        layout.addWidget(self.warning_banner)
+        layout.addLayout(body, 1)
+
+    def _banner(self, frame_name: str, text_name: str) -> tuple[QFrame, QLabel, QPushButton]:
+        frame = QFrame()
+        frame.setObjectName(frame_name)
+        text = QLabel()
+        text.setObjectName(text_name)
+        text.setWordWrap(True)
+        text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        text.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        action = QPushButton()
+        action.setObjectName("secondaryButton")
+        close = QToolButton()
+        close.setText("✕")
+        close.setAutoRaise(True)
+        close.setToolTip("Dismiss")
+        close.clicked.connect(lambda: frame.setVisible(False))
+        row = QHBoxLayout(frame)
+        row.setContentsMargins(12, 8, 8, 8)
+        row.addWidget(text, 1)
+        row.addWidget(action, 0, Qt.AlignmentFlag.AlignVCenter)
+        row.addWidget(close, 0, Qt.AlignmentFlag.AlignTop)
+        return frame, text, action
+
+    # ---------------------------------------------------------------- models and pairs
+
+    def refresh_models(self) -> None:
+        """Re-read the registered models (keeping the selection when it still exists)."""
+        current = self.model_combo.currentData()
+        if current is None:
+            default = self.store.default_model()
+            current = default.id if default is not None else None
+        models = self.store.list_models()
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        for model in models:
+            needs_copy = trainable_reason(model) is not None
+            kind = "GGUF, needs a trainable copy" if needs_copy else (
+                "GGUF" if model.kind == "gguf" else "Hugging Face"
+            )  # fmt: skip
+            self.model_combo.addItem(f"{model.name}  ·  {kind}", model.id)
+            self.model_combo.setItemData(
+                self.model_combo.count() - 1, model.path, Qt.ItemDataRole.ToolTipRole
+            )
+        if not models:
+            self.model_combo.addItem("No model yet: add one in Models", None)
+        index = self.model_combo.findData(current) if current is not None else -1
+        self.model_combo.setCurrentIndex(max(index, 0))
+        self.model_combo.blockSignals(False)
+        self._on_model_combo_changed(self.model_combo.currentIndex())
+
+    def current_model(self) -> ModelRow | None:
+        """The base model a new run would train."""
+        model_id = self.model_combo.currentData()
+        return self.store.get_model(model_id) if model_id is not None else None
+
+    def set_model(self, model_id: int) -> None:
+        """Choose the base model for the next run."""
+        index = self.model_combo.findData(model_id)
+        if index < 0:
+            self.refresh_models()
+            index = self.model_combo.findData(model_id)
+        self.model_combo.setCurrentIndex(max(index, 0))
+
+    @Slot(int)
+    def _on_model_combo_changed(self, _index: int) -> None:
+        model = self.current_model()
+        reason = trainable_reason(model) if model is not None else None
+        self.model_note.setText(reason or "")
+        self.model_note.setVisible(bool(reason))
+        self.refresh_plan()
+
+    def refresh_plan(self) -> None:
+        """Re-count the chosen model's usable pairs and how the split would keep some prompts held out."""
+        model = self.current_model()
+        self._plan = None
+        if model is not None:
+            try:
+                self._plan = plan_run(self.store, model.id, self._split_config())
+            except DesktopDpoError as exc:
+                log.warning("Could not count the pairs of model %s: %s", model.id, exc)
+        self._plan_key = self._current_plan_key()
+        plan = self._plan
+        pairs = plan.pairs if plan is not None else 0
+        self.pairs_pill.setText(f"{pairs} usable pair{'s' if pairs != 1 else ''}")
+        if model is None:
+            self.pairs_note.setText("Add a model in Models, then collect pairs of its answers in Collect.")
+        elif plan is None or plan.pairs == 0:
+            self.pairs_note.setText(
+                f"No usable pairs for {model.name} yet: pick the better answer in Collect "
+                f"(train needs at least {MIN_TRAIN_PAIRS})."
+            )
+        else:
+            self.pairs_note.setText(
+                f"{plan.pairs} usable pair{'s' if plan.pairs != 1 else ''} from {plan.prompts} "
+                f"prompt{'s' if plan.prompts != 1 else ''}. {plan.heldout_prompts} "
+                f"prompt{'s' if plan.heldout_prompts != 1 else ''} ({plan.heldout_pairs} "
+                f"pair{'s' if plan.heldout_pairs != 1 else ''}) held out to check that the model "
+                f"generalises; {plan.train_pairs} to train on."
+            )
+        self._update_actions()
+
+    # ---------------------------------------------------------------- settings and the device preset
+
+    def set_settings(self, config: TrainConfig) -> None:
+        """Put ``config`` on the form as the person's choice (a device preset arriving later keeps it)."""
+        self.settings_form.set_settings(config)
+        self.settings_form.touched = True
+
+    def settings(self) -> TrainConfig:
+        """The settings on the form (raises ``TrainingError`` when they cannot work)."""
+        return self.settings_form.settings()
+
+    def _split_config(self) -> TrainConfig:
+        try:
+            return self.settings_form.settings()
+        except TrainingError:
+            return TrainConfig()
+
+    def _current_plan_key(self) -> tuple[object, ...]:
+        # Only the model, the held-out share and the seed change the counts: other edits skip the query.
+        config = self._split_config()
+        return (self.model_combo.currentData(), config.heldout_fraction, config.seed)
+
+    @Slot()
+    def _on_settings_changed(self) -> None:
+        if not hasattr(self, "runs_tree"):
+            return  # still building
+        if self._current_plan_key() != self._plan_key:
+            self.refresh_plan()
+        else:
+            self._update_actions()
+
+    def detect_device(self) -> None:
+        """Start detecting the device (once): its preset fills the form unless the person already edited it."""
+        if self.preset is not None or self._device_job is not None:
+            return
+        try:
+            self._device_job = self.registry.start(
+                DEVICE_RESOURCE, device_preset_job, connect=self._connect_device_job
+            )
+        except DesktopDpoError as exc:
+            log.warning("Device detection did not start: %s", exc)
+
+    def _connect_device_job(self, thread: JobThread) -> None:
+        thread.succeeded.connect(self._on_device_detected)
+        thread.failed.connect(self._on_device_failed)
+        thread.cancelled.connect(self._on_device_cancelled)
+
+    @Slot(object)
+    def _on_device_detected(self, preset: object) -> None:
+        self._device_job = None
+        if not isinstance(preset, DevicePreset):
+            return
+        self.preset = preset
+        device = preset.device
+        if device.kind == "cuda" and device.memory_bytes:
+            where = f"{device.name} ({device.memory_bytes / 1024**3:.0f} GB)"
+            how = "4-bit base (QLoRA)"
+        else:
+            where = device.name
+            how = "full precision, which is faster than 4-bit on this device"
+        note = f"Settings for {where}: {how}, {preset.config.pairs_per_step} pairs per update."
+        if self.settings_form.touched:
+            note += " Your changes were kept."
+        else:
+            self.settings_form.set_settings(preset.config)
+        self.preset_note.setText(note)
+
+    @Slot()
+    def _on_device_cancelled(self) -> None:
+        self._on_device_failed("")
+
+    @Slot(str)
+    def _on_device_failed(self, message: str) -> None:
+        self._device_job = None
+        # torch could not say: the CPU preset is safe anywhere.
+        self.preset = DevicePreset(DeviceInfo("cpu", "the CPU", None), presets_for_memory(None))
+        if not self.settings_form.touched:
+            self.settings_form.set_settings(self.preset.config)
+        self.preset_note.setText(
+            "Could not detect a GPU"
+            + (f" ({message})" if message else "")
+            + "; settings for the CPU are shown."
+        )
+
+    # ---------------------------------------------------------------- starting, stopping, resuming
+
+    def start_blocker(self) -> str:
+        """Why Start is disabled ("" when it is not)."""
+        model = self.current_model()
+        if model is None:
+            return "Add a model in Models first."
+        reason = trainable_reason(model)
+        if reason:
+            return reason
+        if self.registry.is_busy(TRAIN_RESOURCE):
+            return "A run is training: one training run at a time. Stop it or wait for it to finish."
+        try:
+            self.settings_form.settings()
+        except TrainingError as exc:
+            return str(exc)
+        plan = self._plan
+        have = plan.pairs if plan is not None else 0
+        if have < MIN_TRAIN_PAIRS:
+            return (
+                f"Train needs at least {MIN_TRAIN_PAIRS} usable pairs; {model.name} has {have}. "
+                "Pick the better answer of more pairs in Collect."
+            )
+        if plan is not None and plan.train_pairs < 1:
+            return "Every pair is held out: lower the held-out share or collect pairs for more prompts."
+        return ""
+
+    @Slot()
+    def start(self) -> int | None:
+        """Make a run of the chosen model over its pairs as they are now, and train it. Returns its id."""
+        if self.start_blocker():
+            self._update_actions()
+            return None
+        model = self.current_model()
+        assert model is not None
+        try:
+            run_id = create_run_for_model(self.store, model, self.settings_form.settings())
+        except DesktopDpoError as exc:
+            self.show_error(str(exc))
+            return None
+        return run_id if self._start_job(run_id) else None
+
+    def resume(self, run_id: int, changes: TrainConfig | None = None) -> bool:
+        """Continue run ``run_id`` from its newest checkpoint (with other settings, when given)."""
+        if self.registry.is_busy(TRAIN_RESOURCE):
+            self.show_error("A run is training: one training run at a time. Stop it first.")
+            return False
+        try:
+            resume_settings(self.store, run_id, changes.to_dict() if changes is not None else None)
+        except DesktopDpoError as exc:
+            self.show_error(str(exc))
+            return False
+        self._suggested.pop(run_id, None)
+        return self._start_job(run_id)
+
+    def resume_with_smaller_settings(self, run_id: int) -> bool:
+        """Resume a run that ran out of memory with the settings the failure suggested."""
+        suggested = self.suggested_settings(run_id)
+        if suggested is None:
+            return False
+        return self.resume(run_id, suggested)
+
+    def suggested_settings(self, run_id: int) -> TrainConfig | None:
+        """Smaller settings for a run that ran out of memory (None for any other run)."""
+        if run_id in self._suggested:
+            return self._suggested[run_id]
+        run = self.store.get_run(run_id)
+        if run is None or run.status != "failed" or "out of memory" not in (run.error or ""):
+            return None
+        try:
+            config = TrainConfig.from_dict(run.config)
+        except TrainingError:
+            return None
+        smaller = smaller_settings(config)
+        return smaller if smaller != config else None
+
+    def _start_job(self, run_id: int) -> bool:
+        factory = training_job(self.paths.db_path, run_id, runs_dir=self.paths.runs_dir)
+        try:
+            self._job = self.registry.start(TRAIN_RESOURCE, factory, connect=self._connect_job)
+        except DesktopDpoError as exc:
+            self.show_error(str(exc))
+            return False
+        self._live_run_id = run_id
+        self._warnings = []
+        self.warning_banner.setVisible(False)
+        self.clear_error()
+        run = self.store.get_run(run_id)
+        self._phase = "loading"
+        self.run_headline.setText("Loading torch and the model…")
+        self.run_detail.setText(f"{run.name if run else f'Run {run_id}'}: getting ready to train.")
+        self.progress.setRange(0, 0)  # busy until the run knows its step count
+        self.refresh_runs(select=run_id)
+        self._show_run_curves(run_id)
+        self.notify("Training started.")
+        self.runs_changed.emit()
+        self._update_actions()
+        return True
+
+    def _connect_job(self, thread: JobThread) -> None:
+        thread.event.connect(self._on_job_event)
+        thread.succeeded.connect(self._on_job_succeeded)
+        thread.failed.connect(self._on_job_failed)
+        thread.cancelled.connect(self._on_job_cancelled)
+
+    @Slot()
+    def stop(self) -> None:
+        """Ask the run to stop at the next step boundary (it checkpoints there and can be resumed)."""
+        if self._job is None:
+            return
+        self._job.cancel()
+        self._phase = "stopping"
+        self.run_headline.setText("Stopping at the end of this step…")
+        self._update_actions()
+
+    def phase(self) -> str:
+        """What the live run is doing: idle, loading, training or stopping."""
+        return self._phase
+
+    # ---------------------------------------------------------------- the live run's events
+
+    @Slot(object)
+    def _on_job_event(self, event: object) -> None:
+        if self.sender() is not self._job:
+            return
+        run_id = self._live_run_id
+        shown = run_id is not None and run_id == self._shown_run_id
+        if isinstance(event, Loading):
+            if self._phase != "stopping":
+                self._phase = "loading"
+                self.run_headline.setText("Loading torch and the model…")
+            count = f" ({event.done} of {event.total})" if event.total else ""
+            self.run_detail.setText(f"{event.stage}{count}…")
+            if event.total:
+                self.progress.setRange(0, event.total)
+                self.progress.setFormat("%v of %m")
+                self.progress.setValue(event.done)
+        elif isinstance(event, ReferenceReady):
+            self.run_detail.setText(
+                f"Reference scores ready: {event.cached} from the cache, {event.computed} computed."
+            )
+        elif isinstance(event, Started):
+            if self._phase != "stopping":
+                self._phase = "training"
+                run = self.store.get_run(run_id) if run_id is not None else None
+                self.run_headline.setText(f"Training {run.name if run else ''}".strip())
+            self.progress.setRange(0, event.total_steps)
+            self.progress.setFormat("step %v of %m")
+            self.progress.setValue(event.start_step)
+            resumed = f", resumed at step {event.start_step}" if event.start_step else ""
+            self._step_text = (
+                f"On {event.device} ({'4-bit NF4' if event.quantization == 'nf4' else 'full precision'}): "
+                f"{event.train_pairs} pairs to train on, {event.heldout_pairs} held out{resumed}."
+            )
+            self.run_detail.setText(self._step_text)
+            if shown and run_id is not None:
+                self._show_run_curves(run_id)  # a resumed run: its earlier steps first
+            self.refresh_runs(select=None)
+        elif isinstance(event, StepMetrics):
+            self.progress.setRange(0, event.total_steps)
+            self.progress.setFormat("step %v of %m")
+            self.progress.setValue(event.step)
+            self.run_detail.setText(
+                f"Step {event.step} of {event.total_steps} · ETA {format_duration(event.eta_s)} · "
+                f"{event.tokens_per_s:,.0f} tokens/s · loss {event.loss:.3f} · "
+                f"accuracy {event.rewards_accuracies:.2f}"
+            )
+            if shown:
+                self.plots.add_train_point(event.step, event.as_metrics())
+            self._update_run_row(run_id, steps=event.step, total=event.total_steps)
+        elif isinstance(event, EvalMetrics):
+            if shown:
+                self.plots.add_heldout_point(event.step, event.as_metrics())
+        elif isinstance(event, TrainWarning):
+            self._add_warning(event.message)
+        elif isinstance(event, Checkpointed):
+            self.notify(f"Checkpoint saved at step {event.step}.")
+        elif isinstance(event, OutOfMemory):
+            self._suggested[event.run_id] = event.suggested
+        elif isinstance(event, Finished):
+            self.progress.setValue(self.progress.maximum())
+
+    def _add_warning(self, message: str) -> None:
+        if message in self._warnings:
+            return
+        self._warnings.append(message)
+        self.warning_text.setText("\n\n".join(f"⚠ {m}" for m in self._warnings))
+        self.warning_banner.setVisible(True)
+        self.notify(message)
+
+    def warnings(self) -> list[str]:
+        """Training warnings shown for the live (or last) run."""
+        return list(self._warnings)
+
+    def _end_job(self) -> int | None:
+        run_id = self._live_run_id
+        self._job = None
+        self._live_run_id = None
+        self._phase = "idle"
+        return run_id
+
+    @Slot(object)
+    def _on_job_succeeded(self, result: object) -> None:
+        if self.sender() is not self._job:
+            return
+        run_id = self._end_job()
+        run = self.store.get_run(run_id) if run_id is not None else None
+        self.run_headline.setText(f"Finished {run.name if run else ''}".strip())
+        final = summarise_metrics(run.final_metrics) if run else ""
+        adapter = result.adapter_path if isinstance(result, Finished) else ""
+        self.run_detail.setText(
+            (f"{final}. " if final else "") + "The adapter is saved: export it in Export."
+        )
+        self.run_detail.setToolTip(f"Adapter: {adapter}" if adapter else "")
+        self.progress.setValue(self.progress.maximum())
+        self.notify("Training finished.")
+        self._after_job(run_id)
+
+    @Slot(str)
+    def _on_job_failed(self, message: str) -> None:
+        if self.sender() is not self._job:
+            return
+        run_id = self._end_job()
+        self.run_headline.setText("Training stopped on a problem")
+        self.run_detail.setText("Finished steps are saved: fix the cause, then resume the run from the list.")
+        self.progress.setRange(0, max(1, self.progress.maximum()))
+        self.show_error(message, run_id=run_id)
+        self._after_job(run_id)
+
+    @Slot()
+    def _on_job_cancelled(self) -> None:
+        if self.sender() is not self._job:
+            return
+        run_id = self._end_job()
+        run = self.store.get_run(run_id) if run_id is not None else None
+        step = run.step if run is not None else 0
+        self.run_headline.setText(f"Stopped at step {step}")
+        self.run_detail.setText("Saved. Select the run below and press Resume to continue from there.")
+        self.progress.setRange(0, max(1, self.progress.maximum()))
+        self.notify(f"Training stopped at step {step}; it can be resumed.")
+        self._after_job(run_id)
+
+    def _after_job(self, run_id: int | None) -> None:
+        self.refresh_runs(select=run_id)
+        self.refresh_plan()
+        self.runs_changed.emit()
+        self._update_actions()
+
+    def _set_idle(self) -> None:
+        self.run_headline.setText("No run training")
+        self.run_detail.setText("Choose a base model and settings, then press Start training.")
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+
+    # ---------------------------------------------------------------- past runs
+
+    def display_status(self, run: RunRow) -> str:
+        """A run's status as this view shows it: "running" without a live job here is "interrupted"."""
+        if run.status == "running" and not (run.id == self._live_run_id and self._job is not None):
+            return INTERRUPTED
+        return run.status
+
+    def refresh_runs(self, select: int | None = None) -> None:
+        """Re-read the runs list (keeping the selection, or selecting ``select``)."""
+        keep = select if select is not None else self.selected_run_id()
+        models = {m.id: m.name for m in self.store.list_models()}
+        self.runs_tree.blockSignals(True)
+        self.runs_tree.clear()
+        chosen: QTreeWidgetItem | None = None
+        for run in self.store.list_runs():
+            status = self.display_status(run)
+            steps = f"{run.step} / {run.total_steps}" if run.total_steps else str(run.step)
+            item = QTreeWidgetItem(
+                [
+                    run.name,
+                    models.get(run.base_model_id, "(removed)") if run.base_model_id is not None else "—",
+                    STATUS_LABELS.get(status, status),
+                    steps,
+                    str(len(run.comparison_ids)),
+                    summarise_metrics(run.final_metrics) or "—",
+                ]
+            )
+            item.setData(0, Qt.ItemDataRole.UserRole, run.id)
+            item.setData(COLUMN_STATUS, Qt.ItemDataRole.UserRole, status)
+            if status in STATUS_COLOURS:
+                item.setForeground(COLUMN_STATUS, QBrush(QColor(STATUS_COLOURS[status])))
+            tip = describe_settings(run.config)
+            for column in range(len(RUN_COLUMNS)):
+                item.setToolTip(column, tip)
+            if run.error:
+                item.setToolTip(COLUMN_STATUS, run.error)
+            self.runs_tree.addTopLevelItem(item)
+            if run.id == keep:
+                chosen = item
+        self.runs_tree.blockSignals(False)
+        if chosen is not None:
+            self.runs_tree.setCurrentItem(chosen)
+        self._show_run_details(self.selected_run_id())
+        self._update_actions()
+
+    def _update_run_row(self, run_id: int | None, *, steps: int, total: int) -> None:
+        item = self._run_item(run_id)
+        if item is not None:
+            item.setText(3, f"{steps} / {total}")
+
+    def _run_item(self, run_id: int | None) -> QTreeWidgetItem | None:
+        for index in range(self.runs_tree.topLevelItemCount()):
+            item = self.runs_tree.topLevelItem(index)
+            if item.data(0, Qt.ItemDataRole.UserRole) == run_id:
+                return item
+        return None
+
+    def run_status_text(self, run_id: int) -> str:
+        """The status column of a run, as shown ("" when it is not listed)."""
+        item = self._run_item(run_id)
+        return item.text(COLUMN_STATUS) if item is not None else ""
+
+    def selected_run_id(self) -> int | None:
+        """The run selected in the list."""
+        item = self.runs_tree.currentItem()
+        return item.data(0, Qt.ItemDataRole.UserRole) if item is not None else None
+
+    def select_run(self, run_id: int) -> None:
+        """Select a run in the list (its curves and settings are shown)."""
+        item = self._run_item(run_id)
+        if item is not None:
+            self.runs_tree.setCurrentItem(item)
+
+    @Slot(object, object)
+    def _on_run_selected(self, current: QTreeWidgetItem | None, _previous: object) -> None:
+        run_id = current.data(0, Qt.ItemDataRole.UserRole) if current is not None else None
+        if run_id is not None:
+            self._show_run_curves(run_id)
+        self._show_run_details(run_id)
+        self._update_actions()
+
+    def _show_run_curves(self, run_id: int) -> None:
+        self._shown_run_id = run_id
+        self.plots.show_history(
+            self.store.run_metrics(run_id, split="train"), self.store.run_metrics(run_id, split="heldout")
+        )
+
+    def _show_run_details(self, run_id: int | None) -> None:
+        run = self.store.get_run(run_id) if run_id is not None else None
+        if run is None:
+            self.run_details.setText("Select a run to see its curves and settings.")
+            return
+        config = run.config
+        keys = ("beta", "lr", "epochs", "batch_size", "grad_accum", "lora_r", "max_length", "quantization")
+        settings = ", ".join(f"{k} {config[k]}" for k in keys if k in config)
+        lines = [f"<b>{html.escape(run.name)}</b> · {html.escape(settings)} (hover a row for every setting)"]
+        final = summarise_metrics(run.final_metrics)
+        if final:
+            lines.append(f"Final: {html.escape(final)}")
+        if run.error:
+            lines.append(f"<span style='color:#991b1b'>{html.escape(run.error)}</span>")
+        warnings = [m["message"] for _, row in self.store.run_metrics(run.id, split="warning")
+                    for m in row.get("messages", [])]  # fmt: skip
+        lines.extend(f"<span style='color:#92400e'>⚠ {html.escape(w)}</span>" for w in warnings)
+        self.run_details.setText("<br>".join(lines))
+
+    @Slot()
+    def _on_resume_clicked(self) -> None:
+        run_id = self.selected_run_id()
+        if run_id is not None:
+            self.resume(run_id)
+
+    @Slot()
+    def _on_smaller_clicked(self) -> None:
+        run_id = self.selected_run_id()
+        if run_id is not None:
+            self.resume_with_smaller_settings(run_id)
+
+    @Slot()
+    def _on_banner_action_clicked(self) -> None:
+        run_id = self.banner_action.property("run_id")
+        if isinstance(run_id, int):
+            self.resume_with_smaller_settings(run_id)
+
+    # ---------------------------------------------------------------- state of the buttons
+
+    def _update_actions(self) -> None:
+        if not hasattr(self, "runs_tree"):
+            return  # still building
+        blocker = self.start_blocker()
+        self.start_button.setEnabled(not blocker)
+        self.start_button.setToolTip(blocker or "Make a run of these pairs and settings, and train it")
+        self.start_reason.setText(blocker)
+        self.start_reason.setVisible(bool(blocker))
+        self.start_reason.setProperty("blocking", bool(blocker))
+        self.stop_button.setEnabled(self._job is not None and self._phase != "stopping")
+        busy = self.registry.is_busy(TRAIN_RESOURCE)
+        item = self.runs_tree.currentItem()
+        status = item.data(COLUMN_STATUS, Qt.ItemDataRole.UserRole) if item is not None else None
+        run_id = self.selected_run_id()
+        self.resume_button.setEnabled(not busy and status in RESUMABLE)
+        self.resume_button.setToolTip(
+            "Continue the selected run from its last checkpoint"
+            if status in RESUMABLE
+            else "Select a stopped, failed or interrupted run to resume it"
+        )
+        smaller = run_id is not None and not busy and self.suggested_settings(run_id) is not None
+        self.smaller_button.setVisible(smaller)
+        self.banner_action.setEnabled(not busy)
+
+    @Slot()
+    def _on_registry_changed(self) -> None:
+        self._update_actions()
+
+    # ---------------------------------------------------------------- messages
+
+    def show_error(self, message: str, run_id: int | None = None) -> None:
+        """Show a problem in words in the banner (with "Resume with smaller settings" after running out
+        of memory)."""
+        self.banner_text.setText(message)
+        smaller = run_id is not None and self.suggested_settings(run_id) is not None
+        self.banner_action.setVisible(smaller)
+        self.banner_action.setProperty("run_id", run_id if smaller else None)
+        self.banner.setVisible(True)
+        self.notify(message.splitlines()[0] if message else "")
+
+    @Slot()
+    def clear_error(self) -> None:
+        """Hide the banner."""
+        self.banner.setVisible(False)
+        self.banner_text.clear()
+
+    def error_text(self) -> str:
+        """The problem shown in the banner ("" when none)."""
+        return self.banner_text.text() if self.banner.isVisibleTo(self) else ""
+
+    def notify(self, text: str) -> None:
+        """A line for the status bar."""
+        self.status_message.emit(text)
+        window = self.window()
+        if window is not self and isinstance(window, QMainWindow):
+            window.statusBar().showMessage(text, STATUS_MESSAGE_MS)
+
+    def showEvent(self, event: QShowEvent) -> None:  # Qt override
+        # Models, pairs and runs may have changed in other views (or the CLI) while this one was hidden.
+        self.refresh_models()
+        self.refresh_runs()
+        self.detect_device()
+        super().showEvent(event)

@@ -1,0 +1,86 @@
+"""Making and resuming runs (core/dpo/runs.py): which pairs a model's run takes and how they split."""
+
+from __future__ import annotations
+
+import pytest
+
+from desktop_dpo.core.dpo.runs import (
+    create_run_for_model,
+    model_pair_ids,
+    plan_run,
+    resume_settings,
+    trainable_reason,
+)
+from desktop_dpo.core.dpo.train import TrainConfig, TrainingError
+
+
+def pair(store, topic: str, verdict: str = "a", model_id: int | None = None) -> int:
+    return store.record_pair(
+        messages=[{"role": "user", "content": f"About {topic}?"}],
+        text_a=f"Yes, {topic}.",
+        text_b=f"No {topic}.",
+        verdict=verdict,
+        model_a_id=model_id,
+        model_b_id=model_id,
+    )
+
+
+def test_a_models_pairs_are_its_own_samples_and_imported_ones(memory_store):
+    store = memory_store
+    mine = store.add_model(name="mine", path="/m", kind="hf", fingerprint="m")
+    other = store.add_model(name="other", path="/o", kind="hf", fingerprint="o")
+    own = pair(store, "tea", model_id=mine)
+    imported = pair(store, "maps")
+    pair(store, "owls", model_id=other)  # what another model wrote teaches this one nothing
+    pair(store, "cats", verdict="tie", model_id=mine)  # a tie gives no pair
+
+    assert model_pair_ids(store, mine) == [own, imported]
+    run_id = create_run_for_model(store, store.get_model(mine), TrainConfig(epochs=3))
+    run = store.get_run(run_id)
+    assert run.comparison_ids == [own, imported] and run.name == "mine (2 pairs)"
+    assert run.config["epochs"] == 3 and run.base_model_id == mine
+
+    nothing = store.add_model(name="empty", path="/e", kind="gguf", fingerprint="e")
+    store.set_comparisons_deleted([imported])
+    with pytest.raises(TrainingError, match="empty has no usable pairs"):
+        create_run_for_model(store, store.get_model(nothing), TrainConfig())
+
+
+def test_plan_counts_the_prompts_the_split_holds_out(memory_store):
+    store = memory_store
+    model = store.add_model(name="m", path="/m", kind="hf", fingerprint="m")
+    for i in range(20):
+        pair(store, f"topic {i}")
+    plan = plan_run(store, model, TrainConfig(heldout_fraction=0.25))
+    assert (plan.pairs, plan.prompts, plan.heldout_prompts, plan.train_pairs) == (20, 20, 5, 15)
+    assert plan_run(store, model, TrainConfig(heldout_fraction=0.0)).heldout_prompts == 0
+    # A split once fixed by a run is kept: all prompts fixed as train stay train.
+    store.set_prompt_splits({p.id: "train" for p in store.list_prompts()})
+    assert plan_run(store, model, TrainConfig(heldout_fraction=0.25)).heldout_prompts == 0
+
+
+def test_only_gguf_models_without_a_trainable_copy_are_refused(memory_store):
+    store = memory_store
+    hf = store.get_model(store.add_model(name="hf", path="/h", kind="hf", fingerprint="h"))
+    gguf = store.get_model(store.add_model(name="g", path="/g.gguf", kind="gguf", fingerprint="g"))
+    copied = store.get_model(
+        store.add_model(
+            name="c", path="/c.gguf", kind="gguf", fingerprint="c", info={"trainable_path": "/copy"}
+        )
+    )
+    assert trainable_reason(hf) is None and trainable_reason(copied) is None
+    assert "without a trainable copy" in trainable_reason(gguf) and "Models view" in trainable_reason(gguf)
+
+
+def test_resume_settings_change_the_stored_config_or_refuse(memory_store):
+    store = memory_store
+    model = store.add_model(name="m", path="/m", kind="hf", fingerprint="m")
+    pair(store, "tea")
+    run_id = create_run_for_model(store, store.get_model(model), TrainConfig())
+    assert resume_settings(store, run_id, {"batch_size": 1}).config["batch_size"] == 1
+    assert store.get_run(run_id).config["batch_size"] == 1
+    with pytest.raises(TrainingError, match="learning rate must be positive"):
+        resume_settings(store, run_id, {"lr": 0.0})
+    assert store.get_run(run_id).config["lr"] == TrainConfig().lr  # refused: nothing changed
+    with pytest.raises(TrainingError, match="no training run 42"):
+        resume_settings(store, 42)

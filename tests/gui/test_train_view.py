@@ -1,0 +1,338 @@
+"""The Train view, driven through its real widgets, training the tiny Llama (``tiny_model_dir``) for real.
+
+Runs are kept tiny (a dozen pairs, 64 tokens, one or two epochs). Where a test must act in the middle of
+a run (stop it, count timer ticks while it trains), the run is held at a known step by a
+``threading.Event`` inside the model's forward pass, so nothing depends on how fast this machine is.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtWidgets import QApplication
+
+from desktop_dpo.core.dpo import train as train_module
+from desktop_dpo.core.dpo.runs import MIN_TRAIN_PAIRS
+from desktop_dpo.core.dpo.train import TrainConfig
+from desktop_dpo.core.models import register_model
+from desktop_dpo.core.store import Store
+from desktop_dpo.gui.train_view import TrainView
+from desktop_dpo.workers.job_worker import JobRegistry
+from desktop_dpo.workers.training_worker import TRAIN_RESOURCE
+from tests.plugins import tiny_model as _tiny_model_plugin
+
+tiny_model_dir = _tiny_model_plugin.tiny_model_dir
+tiny_gguf = _tiny_model_plugin.tiny_gguf
+
+WAIT_MS = 180_000  # generous: the machine is shared; nothing here asserts on time
+TOPICS = ["apples", "rivers", "trains", "music", "winter", "cats", "maps", "bread", "stars", "clocks",
+          "boats", "roses"]  # fmt: skip
+TINY = TrainConfig(
+    lr=1e-2, epochs=1, batch_size=2, grad_accum=1, max_length=64, max_prompt_length=32, lora_r=4,
+    lora_alpha=8, lora_dropout=0.0, checkpoint_every=100, eval_every=2, heldout_fraction=0.25, seed=7,
+    threads=1, quantization="none", device="cpu",
+)  # fmt: skip
+
+
+@pytest.fixture
+def gui_store(app_home):
+    store = Store.open(app_home.db_path)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def registry(gui_store):
+    jobs = JobRegistry()
+    yield jobs
+    jobs.cancel_all_and_wait(60_000)
+    QApplication.processEvents()  # the jobs' last signals reach the view while its store is still open
+
+
+@pytest.fixture
+def model(gui_store, tiny_model_dir):
+    return register_model(gui_store, tiny_model_dir, name="tiny")
+
+
+def add_pairs(store: Store, topics=TOPICS) -> None:
+    for topic in topics:
+        store.record_pair(
+            messages=[{"role": "user", "content": f"Tell me about {topic}."}],
+            text_a=f" Yes, gladly! {topic} are lovely, thank you.",
+            text_b=f" No. {topic} bore me, go away.",
+            verdict="a",
+        )
+
+
+def make_view(qtbot, gui_store, registry, app_home, config: TrainConfig | None = TINY) -> TrainView:
+    view = TrainView(store=gui_store, registry=registry, paths=app_home)
+    qtbot.addWidget(view)
+    view.resize(1100, 760)
+    view.show()
+    # The device preset fills the form once detected; the test's settings go on after it.
+    qtbot.waitUntil(lambda: view.preset is not None, timeout=WAIT_MS)
+    if config is not None:
+        view.set_settings(config)
+    return view
+
+
+def click(qtbot, button) -> None:
+    assert button.isEnabled(), button.toolTip()
+    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+
+
+def wait_for_end(qtbot, view: TrainView, registry: JobRegistry) -> None:
+    qtbot.waitUntil(lambda: view.phase() == "idle" and not registry.is_busy(TRAIN_RESOURCE), timeout=WAIT_MS)
+
+
+class HoldAtStep:
+    """Holds the run inside the forward pass of step ``step`` until ``release()`` (one pass per step)."""
+
+    def __init__(self, monkeypatch, step: int):
+        self.reached, self.go = threading.Event(), threading.Event()
+        self.calls = 0
+        real = train_module._policy_logps
+
+        def held(model, batch):
+            self.calls += 1
+            if self.calls == step:
+                self.reached.set()
+                self.go.wait(WAIT_MS / 1000)
+            return real(model, batch)
+
+        monkeypatch.setattr(train_module, "_policy_logps", held)
+
+    def release(self) -> None:
+        self.go.set()
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def test_too_few_pairs_disable_start_and_say_how_many_are_needed(qtbot, gui_store, registry, app_home, model):
+    add_pairs(gui_store, TOPICS[: MIN_TRAIN_PAIRS - 1])
+    view = make_view(qtbot, gui_store, registry, app_home)
+
+    assert not view.start_button.isEnabled()
+    reason = view.start_reason.text()
+    assert f"at least {MIN_TRAIN_PAIRS} usable pairs" in reason and f"has {MIN_TRAIN_PAIRS - 1}" in reason
+    assert view.start_reason.isVisible()
+    assert view.pairs_pill.text() == f"{MIN_TRAIN_PAIRS - 1} usable pairs"
+
+    add_pairs(gui_store, ["tea"])  # collected meanwhile, e.g. in Collect: shown when the view comes back
+    view.hide()
+    view.show()
+    assert view.start_button.isEnabled() and not view.start_reason.isVisible()
+    # 8 prompts, a quarter held out: 2 prompts (2 pairs) kept aside, 6 to train on.
+    assert (
+        "2 prompts (2 pairs) held out" in view.pairs_note.text() and "6 to train on" in view.pairs_note.text()
+    )
+
+
+def test_a_gguf_without_a_trainable_copy_points_to_models(qtbot, gui_store, registry, app_home, tiny_gguf):
+    register_model(gui_store, tiny_gguf, name="tiny-gguf")
+    add_pairs(gui_store)
+    view = make_view(qtbot, gui_store, registry, app_home)
+
+    assert "needs a trainable copy" in view.model_combo.currentText()
+    assert view.model_note.isVisible() and "Models view" in view.model_note.text()
+    assert not view.start_button.isEnabled() and "trainable copy" in view.start_reason.text()
+
+
+def test_settings_start_from_the_detected_device_and_keep_the_persons_changes(
+    qtbot, gui_store, registry, app_home, model
+):
+    view = TrainView(store=gui_store, registry=registry, paths=app_home)
+    qtbot.addWidget(view)
+    assert view.preset_note.text() == "Detecting your GPU…"  # until the detection job reports
+    view.settings_form.editors["epochs"].setValue(5)  # the person edits before detection ends
+    view.show()
+    qtbot.waitUntil(lambda: view.preset is not None, timeout=WAIT_MS)
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert view.preset.device.kind == expected
+    assert (
+        view.preset_note.text().startswith("Settings for ")
+        and "Your changes were kept" in view.preset_note.text()
+    )
+    assert view.settings().epochs == 5
+    # Every field has a line of help; the advanced ones are folded away until asked for.
+    assert "higher = smaller, safer changes" in view.settings_form.help_labels["beta"].text()
+    assert not view.settings_form.editors["lora_r"].isVisible()
+    view.settings_form.advanced_toggle.click()
+    assert view.settings_form.editors["lora_r"].isVisible()
+    assert view.settings_form.help_labels["heldout_fraction"].text()
+
+
+def test_a_run_trains_in_the_background_with_live_plots_and_ends_in_the_list(
+    qtbot, gui_store, registry, app_home, model, monkeypatch
+):
+    add_pairs(gui_store)
+    view = make_view(qtbot, gui_store, registry, app_home)
+    hold = HoldAtStep(monkeypatch, step=3)
+    ticks = {"while_training": 0}
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(
+        lambda: ticks.__setitem__("while_training", ticks["while_training"] + (view.phase() == "training"))
+    )
+    timer.start()
+
+    click(qtbot, view.start_button)
+    assert view.phase() == "loading" and view.run_headline.text() == "Loading torch and the model…"
+    assert not view.start_button.isEnabled() and "one training run at a time" in view.start_reason.text()
+    assert view.stop_button.isEnabled()
+
+    assert hold.reached.wait(WAIT_MS / 1000)
+    # The run is held inside step 3 in its thread: the GUI thread keeps running meanwhile.
+    qtbot.waitUntil(lambda: len(view.plots.points("loss")) == 2, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: ticks["while_training"] > 0, timeout=WAIT_MS)
+    assert view.phase() == "training"
+    assert "Step 2 of 5" in view.run_detail.text() and "ETA" in view.run_detail.text()
+    assert "tokens/s" in view.run_detail.text()
+    assert view.progress.value() == 2 and view.progress.maximum() == 5
+    hold.release()
+
+    wait_for_end(qtbot, view, registry)
+    timer.stop()
+    (run,) = gui_store.list_runs()
+    assert run.status == "completed" and run.step == run.total_steps == 5  # 9 training pairs, 2 per step
+    assert [x for x, _ in view.plots.points("loss")] == [1, 2, 3, 4, 5]
+    assert [x for x, _ in view.plots.points("rewards/accuracies", "heldout")] == [0, 2, 4, 5]
+    assert len(view.plots.points("rewards/margins")) == 5
+    assert view.run_headline.text().startswith("Finished")
+    assert view.run_status_text(run.id) == "completed"
+    item = view.runs_tree.topLevelItem(0)
+    assert item.text(3) == "5 / 5" and item.text(4) == "12"
+    assert item.text(5).startswith("acc ") and "held-out " in item.text(5) and "margin" in item.text(5)
+    assert "Final: acc" in view.run_details.text()
+    assert "beta = 0.1" in item.toolTip(0)  # every setting on hover
+    assert view.start_button.isEnabled()
+
+
+def test_selecting_a_past_run_shows_its_stored_curves(qtbot, gui_store, registry, app_home, model):
+    add_pairs(gui_store)
+    view = make_view(qtbot, gui_store, registry, app_home)
+    click(qtbot, view.start_button)
+    wait_for_end(qtbot, view, registry)
+    first = gui_store.list_runs()[0].id
+    view.set_settings(TINY.replace(epochs=2))
+    click(qtbot, view.start_button)
+    wait_for_end(qtbot, view, registry)
+    assert len(view.plots.points("loss")) == 10
+
+    view.select_run(first)
+    stored = gui_store.run_metrics(first)
+    assert view.plots.points("loss") == [(float(step), m["loss"]) for step, m in stored]
+    assert len(view.plots.points("rewards/accuracies", "heldout")) == 4
+    assert "epochs 1" in view.run_details.text()
+
+
+def test_stop_mid_run_then_resume_completes_at_the_same_step_count(
+    qtbot, gui_store, registry, app_home, model, monkeypatch
+):
+    add_pairs(gui_store)
+    view = make_view(qtbot, gui_store, registry, app_home, TINY.replace(epochs=2))
+    hold = HoldAtStep(monkeypatch, step=3)
+    click(qtbot, view.start_button)
+    assert hold.reached.wait(WAIT_MS / 1000)
+
+    click(qtbot, view.stop_button)  # asked while step 3 runs: it stops at the end of step 3
+    assert view.run_headline.text() == "Stopping at the end of this step…"
+    hold.release()
+    wait_for_end(qtbot, view, registry)
+
+    (run,) = gui_store.list_runs()
+    assert run.status == "stopped" and run.step == 3 and run.total_steps == 10
+    assert view.run_headline.text() == "Stopped at step 3"
+    assert view.run_status_text(run.id) == "stopped"
+    view.select_run(run.id)
+    click(qtbot, view.resume_button)
+    assert not view.resume_button.isEnabled() and not view.start_button.isEnabled()
+    wait_for_end(qtbot, view, registry)
+
+    run = gui_store.get_run(run.id)
+    assert run.status == "completed" and run.step == run.total_steps == 10
+    assert [step for step, _ in gui_store.run_metrics(run.id)] == list(range(1, 11))
+    assert [x for x, _ in view.plots.points("loss")] == list(range(1, 11))  # earlier steps, then the rest
+
+
+def test_out_of_memory_is_explained_and_resumes_with_smaller_settings(
+    qtbot, gui_store, registry, app_home, model, monkeypatch
+):
+    add_pairs(gui_store)
+    view = make_view(qtbot, gui_store, registry, app_home, TINY.replace(batch_size=1, grad_accum=2))
+    real = train_module._policy_logps
+    calls = {"n": 0}
+
+    def out_of_memory_in_step_2(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:  # two forward passes per step: the first of step 2
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(model, batch)
+
+    monkeypatch.setattr(train_module, "_policy_logps", out_of_memory_in_step_2)
+    click(qtbot, view.start_button)
+    wait_for_end(qtbot, view, registry)
+
+    message = view.error_text()
+    assert "ran out of memory at step 2" in message and "gradient checkpointing" in message
+    assert view.banner_action.isVisible() and view.banner_action.text() == "Resume with smaller settings"
+    (run,) = gui_store.list_runs()
+    assert run.status == "failed" and run.step == 1 and not run.config["gradient_checkpointing"]
+    assert view.smaller_button.isVisible()
+
+    monkeypatch.setattr(train_module, "_policy_logps", real)
+    click(qtbot, view.banner_action)
+    assert not view.error_text()
+    wait_for_end(qtbot, view, registry)
+
+    run = gui_store.get_run(run.id)
+    assert run.status == "completed" and run.step == run.total_steps
+    assert run.config["gradient_checkpointing"]  # the suggested smaller settings were applied
+    assert not view.smaller_button.isVisible()
+
+
+def test_a_training_warning_is_shown_in_words(qtbot, gui_store, registry, app_home, model):
+    add_pairs(gui_store)
+    gui_store.record_pair(
+        messages=[{"role": "user", "content": "Tell me a long story."}],
+        text_a=" Once upon a time" + " there was a very long tale" * 40 + ".",
+        text_b=" No.",
+        verdict="a",
+    )
+    view = make_view(qtbot, gui_store, registry, app_home)
+    click(qtbot, view.start_button)
+    wait_for_end(qtbot, view, registry)
+
+    assert view.warning_banner.isVisible()
+    (warning,) = view.warnings()
+    assert "1 of 13 pairs were truncated" in warning and "raise the maximum length" in warning
+    assert view.warning_text.text() == "\n\n".join(f"⚠ {w}" for w in view.warnings())
+
+
+def test_a_run_left_running_by_a_killed_app_shows_as_interrupted_and_resumes(
+    qtbot, gui_store, registry, app_home, model
+):
+    add_pairs(gui_store)
+    ids = [v.comparison.id for v in gui_store.comparison_views()]
+    run_id = gui_store.create_run(
+        name="killed", base_model_id=model.id, config=TINY.to_dict(), comparison_ids=ids
+    )
+    gui_store.update_run(run_id, status="running", step=2, total_steps=5)  # the app died mid-run
+
+    view = make_view(qtbot, gui_store, registry, app_home)
+    assert view.run_status_text(run_id) == "interrupted — resume"
+    view.select_run(run_id)
+    click(qtbot, view.resume_button)
+    assert view.run_status_text(run_id) == "training"
+    wait_for_end(qtbot, view, registry)
+
+    run = gui_store.get_run(run_id)
+    assert run.status == "completed" and run.step == 5
+    assert view.run_status_text(run_id) == "completed"
+    assert Path(run.adapter_path, "adapter_model.safetensors").is_file()
