@@ -39,6 +39,7 @@ from PySide6.QtWidgets import (
 from desktop_dpo.config import AppPaths
 from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.export.gguf import DEFAULT_QUANTIZATION, QUANTIZATIONS, llama_cpp_command
+from desktop_dpo.core.export.parity import ParityReport
 from desktop_dpo.core.export.pipeline import ExportFinished, ExportSettings, export_folder_name
 from desktop_dpo.core.jobs import Log, Progress
 from desktop_dpo.core.store import ExportRow, ModelRow, RunRow, Store
@@ -217,7 +218,7 @@ class ExportView(QWidget):
         self.exports_tree.setRootIsDecorated(False)
         self.exports_tree.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.exports_tree.header().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        self.exports_tree.itemSelectionChanged.connect(self._update_actions)
+        self.exports_tree.itemSelectionChanged.connect(self._on_export_selected)
         self.open_button = QPushButton("Open folder")
         self.open_button.setObjectName("secondaryButton")
         self.open_button.clicked.connect(self._on_open_folder_clicked)
@@ -416,20 +417,37 @@ class ExportView(QWidget):
             self.show_report(event)
 
     def show_report(self, finished: ExportFinished) -> None:
-        """Show the parity report of an export."""
-        passed = bool(finished.parity) and self._parity_passed(finished.parity)
-        if finished.parity:
+        """Show the parity report of an export that just finished."""
+        files = [(f.quantization, f.path, f.size_bytes) for f in finished.files]
+        self._show_parity(finished.parity, list(finished.parity_lines), files)
+
+    def _show_parity(self, parity: dict, lines: list[str], files: list[tuple[str, str, int]]) -> None:
+        passed = bool(parity) and self._parity_passed(parity)
+        if parity:
             self.parity_badge.setText("Answers like the trained model" if passed else "Check the differences")
         else:
             self.parity_badge.setText("Parity check skipped")
         self.parity_badge.setProperty("passed", passed)
         self.parity_badge.style().unpolish(self.parity_badge)
         self.parity_badge.style().polish(self.parity_badge)
-        files = "\n".join(
-            f"{f.quantization}: {f.path}  ({_human_bytes(f.size_bytes)})" for f in finished.files
-        )
-        self.report_lines.setText("\n".join([*finished.parity_lines, "", files]).strip())
+        listed = "\n".join(f"{kind}: {path}  ({_human_bytes(size)})" for kind, path, size in files)
+        self.report_lines.setText("\n".join([*lines, "", listed]).strip())
         self.report_card.setVisible(True)
+
+    @Slot()
+    def _on_export_selected(self) -> None:
+        """A past export selected: show the parity report stored with it."""
+        export = self._selected_export()
+        if export is not None and self._job is None:
+            known = set(ParityReport.__dataclass_fields__)
+            report = ParityReport(**{k: v for k, v in export.parity.items() if k in known})
+            folder = export.meta.get("folder")
+            siblings = [
+                e for e in self.store.list_exports(export.run_id) if folder and e.meta.get("folder") == folder
+            ]
+            files = [(e.quantization, e.path, e.size_bytes) for e in siblings or [export]]
+            self._show_parity(export.parity, report.lines() if export.parity else [], files)
+        self._update_actions()
 
     @staticmethod
     def _parity_passed(parity: dict) -> bool:

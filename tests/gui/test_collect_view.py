@@ -103,6 +103,12 @@ def shown(view) -> tuple[str, str]:
     return view.panes[0].shown_text(), view.panes[1].shown_text()
 
 
+def as_shown(*texts: str) -> tuple[str, ...]:
+    """What a Qt text box shows of saved texts: a carriage return (the tiny random model writes some)
+    starts a new line there, while the database keeps the text exactly as generated."""
+    return tuple(text.replace("\r\n", "\n").replace("\r", "\n").replace("\u2029", "\n") for text in texts)
+
+
 # ------------------------------------------------------------------------------------------- judging
 
 
@@ -124,7 +130,7 @@ def test_right_better_key_saves_the_pair_as_shown(
     comparison = saved.comparison
     assert comparison.a_shown_left is a_left
     assert comparison.verdict == ("b" if a_left else "a")  # the generation that was on the right
-    assert (saved.text_a, saved.text_b) == ((left, right) if a_left else (right, left))
+    assert as_shown(saved.text_a, saved.text_b) == ((left, right) if a_left else (right, left))
     assert saved.messages == [{"role": "user", "content": "Tell me about tea."}]
     assert saved.model_a_id == saved.model_b_id == model.id
     gen_a = gui_store.get_generation(comparison.generation_a_id)
@@ -178,7 +184,7 @@ def test_undo_removes_the_verdict_and_restores_the_pair(qtbot, view, gui_store):
     key(qtbot, view, "Alt+3")  # judged again: the same two generations, a new verdict
     (saved,) = gui_store.comparison_views()
     assert saved.comparison.verdict == "tie"
-    assert (saved.text_a, saved.text_b) == before  # A was shown on the left
+    assert as_shown(saved.text_a, saved.text_b) == before  # A was shown on the left
     assert gui_store.table_counts()["generations"] == 2, "undo and re-judge must not duplicate answers"
 
 
@@ -200,7 +206,7 @@ def test_edit_stores_the_rewrite_with_the_verdict(qtbot, gui_store, registry, po
     (saved,) = gui_store.comparison_views()
     assert saved.comparison.edited_text == "Tea is a drink made by steeping leaves in hot water."
     assert saved.comparison.edited_side == "b"  # B was on the left
-    assert saved.text_b == left_original, "the original answer is kept"
+    assert as_shown(saved.text_b) == (left_original,), "the original answer is kept"
     assert saved.comparison.verdict == "b"
 
 

@@ -108,6 +108,15 @@ def test_export_writes_the_files_shows_the_parity_report_and_registers_the_model
     qtbot.mouseClick(view.chat_button, Qt.MouseButton.LeftButton)
     assert [m.id for m in chosen] == [aligned[0].id]
 
+    # Another day: the parity report of a past export is there when the person selects it.
+    later = ExportView(store=view_store, registry=view.registry, paths=app_home)
+    qtbot.addWidget(later)
+    later.show()
+    assert later.report_text() == ""
+    later.exports_tree.setCurrentItem(later.exports_tree.topLevelItem(0))
+    assert "Tokenizers agree" in later.report_text() and "Q8_0: " in later.report_text()
+    assert "Answers like the trained model" in later.parity_badge.text()
+
 
 def test_exporting_under_an_existing_name_is_refused_in_the_banner(qtbot, view, app_home):
     (app_home.exports_dir / "tiny-run-1").mkdir(parents=True)
