@@ -110,6 +110,9 @@ def run_gui(paths: AppPaths) -> int:
     previous_hook = sys.excepthook
     sys.excepthook = _make_excepthook(window)
     window.show()
+    # The welcome card is placed before the first paint; the demo model (if it must be unpacked) starts
+    # copying in a job once the event loop runs, so start-up does not wait for it.
+    window.start_first_run()
     try:
         return app.exec()
     finally:

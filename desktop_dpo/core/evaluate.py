@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 from desktop_dpo.config import AppPaths, SamplingSettings
 from desktop_dpo.core.errors import DesktopDpoError
-from desktop_dpo.core.jobs import CancelToken, Job, Progress
-from desktop_dpo.core.llm.llamacpp import MAX_SEED, GenerationResult, ResponseFinished, TokenEvent
+from desktop_dpo.core.jobs import CancelToken, Progress
+from desktop_dpo.core.llm.llamacpp import MAX_SEED, GenerationResult
 from desktop_dpo.core.sampling import (
     DEFAULT_N_CTX,
     GGUF_COPY_OUTTYPE,
@@ -43,6 +43,7 @@ from desktop_dpo.core.sampling import (
     gguf_refusal,
     model_engine,
     read_prompt_file,
+    with_seq,
 )
 
 if TYPE_CHECKING:
@@ -276,21 +277,6 @@ def draw_seed(rng: random.Random | None = None) -> int:
     return (rng or random.SystemRandom()).randrange(0, MAX_SEED)
 
 
-def _relabelled(job: Job, seq: int) -> Generator[Any, None, Any]:
-    """Pass a single response's events through as response ``seq``; return its result."""
-    try:
-        while True:
-            try:
-                event = next(job)
-            except StopIteration as stop:
-                return stop.value
-            if isinstance(event, (TokenEvent, ResponseFinished)):
-                event = dataclasses.replace(event, seq=seq)
-            yield event
-    finally:
-        job.close()  # a stopped evaluation frees the engine now, not at garbage collection
-
-
 def _answer(
     pool: EnginePool,
     model: ModelRow,
@@ -303,7 +289,7 @@ def _answer(
     n_ctx: int,
 ) -> Generator[Any, None, GenerationResult]:
     with (yield from model_engine(pool, model, paths, cancel, n_ctx=n_ctx)) as engine:
-        result = yield from _relabelled(engine.generate(messages, settings, seed=seed, cancel=cancel), seq)
+        result = yield from with_seq(engine.generate(messages, settings, seed=seed, cancel=cancel), seq)
     cancel.raise_if_cancelled()
     return result
 

@@ -369,7 +369,7 @@ def model_engine(
     return (yield from _acquire(pool, runner))
 
 
-def _with_seq(job: Job, seq: int) -> Generator[Any, None, Any]:
+def with_seq(job: Job, seq: int) -> Generator[Any, None, Any]:
     """Pass a single-response job's events through, relabelled as response ``seq``; return its result."""
     try:
         while True:
@@ -409,7 +409,7 @@ def _single(
     cancel: CancelToken,
 ) -> Generator[Any, None, GenerationResult]:
     with (yield from _acquire(pool, runner)) as engine:
-        result = yield from _with_seq(engine.generate(messages, settings, seed=seed, cancel=cancel), seq)
+        result = yield from with_seq(engine.generate(messages, settings, seed=seed, cancel=cancel), seq)
     return result
 
 

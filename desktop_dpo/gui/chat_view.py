@@ -31,10 +31,8 @@ from PySide6.QtWidgets import (
     QLabel,
     QListWidget,
     QListWidgetItem,
-    QMainWindow,
     QMessageBox,
     QPlainTextEdit,
-    QProgressBar,
     QPushButton,
     QSizePolicy,
     QStackedWidget,
@@ -59,7 +57,9 @@ from desktop_dpo.core.llm.llamacpp import GenerationResult, ResponseFinished, To
 from desktop_dpo.core.sampling import ModelInfoLearned
 from desktop_dpo.core.store import MessageRow, ModelRow, Store
 from desktop_dpo.gui.chat_transcript import ChatTranscript
+from desktop_dpo.gui.message_banner import MessageBanner
 from desktop_dpo.gui.sampling_settings_panel import SamplingSettingsPanel
+from desktop_dpo.gui.view_messages import ActivityLine, ViewMessages
 from desktop_dpo.workers.job_worker import JobRegistry, JobThread
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,6 @@ log = logging.getLogger(__name__)
 SEND_SHORTCUTS = ("Ctrl+Return", "Ctrl+Enter")
 STOP_SHORTCUT = "Esc"
 RENAME_SHORTCUT = "F2"
-STATUS_MESSAGE_MS = 8000
 SETTINGS_KEY = "chat/sampling"
 EMPTY_TITLE = "Pick a model and say hello…"
 NO_MODEL_TITLE = "No models yet"
@@ -92,8 +91,6 @@ STYLE = """
 #chatEmpty { background: #ffffff; border: 1px dashed #cbd5e1; border-radius: 10px; }
 #chatEmptyTitle { color: #0f172a; font-size: 18px; font-weight: 600; }
 #chatEmptyText { color: #64748b; font-size: 13px; }
-#chatBanner { background: #fef2f2; border: 1px solid #fecaca; border-radius: 8px; }
-#chatBannerText { color: #991b1b; font-size: 13px; }
 #composerNote[busy="true"] { color: #b45309; }
 QToolButton#samplingToggle, QToolButton#systemToggle {
     border: none; color: #334155; font-size: 12px; font-weight: 600; padding: 2px 0;
@@ -139,7 +136,7 @@ class PendingReply:
     dropped: int = 0  # earlier messages left out to fit the context
 
 
-class ChatView(QWidget):
+class ChatView(ViewMessages, QWidget):
     """Conversations with a model, streamed and saved.
 
     Args:
@@ -310,23 +307,7 @@ class ChatView(QWidget):
         card_layout.addWidget(self.sampling_panel)
 
         # -- error banner
-        self.banner = QFrame()
-        self.banner.setObjectName("chatBanner")
-        self.banner_text = QLabel()
-        self.banner_text.setObjectName("chatBannerText")
-        self.banner_text.setWordWrap(True)
-        self.banner_text.setTextFormat(Qt.TextFormat.PlainText)
-        self.banner_text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        banner_close = QToolButton()
-        banner_close.setText("✕")
-        banner_close.setAutoRaise(True)
-        banner_close.setToolTip("Dismiss")
-        banner_close.clicked.connect(self.clear_error)
-        banner_layout = QHBoxLayout(self.banner)
-        banner_layout.setContentsMargins(12, 8, 8, 8)
-        banner_layout.addWidget(self.banner_text, 1)
-        banner_layout.addWidget(banner_close, 0, Qt.AlignmentFlag.AlignTop)
-        self.banner.setVisible(False)
+        self.banner = MessageBanner()
 
         # -- the transcript, or what to do when there is none yet
         self.transcript = ChatTranscript()
@@ -357,19 +338,7 @@ class ChatView(QWidget):
         self.pages.addWidget(self.transcript)
 
         # -- activity line
-        self.activity_text = QLabel()
-        self.activity_text.setObjectName("activityText")
-        self.activity_bar = QProgressBar()
-        self.activity_bar.setMaximumWidth(220)
-        self.activity_bar.setMaximumHeight(10)
-        self.activity_bar.setTextVisible(False)
-        self.activity_bar.setVisible(False)
-        self.activity_row = QWidget()
-        activity = QHBoxLayout(self.activity_row)
-        activity.setContentsMargins(2, 0, 2, 0)
-        activity.addWidget(self.activity_text, 1)
-        activity.addWidget(self.activity_bar)
-        self.activity_row.setVisible(False)
+        self.activity_row = ActivityLine()
 
         # -- the composer
         composer = QFrame()
@@ -851,11 +820,7 @@ class ChatView(QWidget):
             except DesktopDpoError as exc:
                 log.warning("Could not record what was learned about model %s: %s", event.model_id, exc)
         elif isinstance(event, Progress):
-            fraction = event.fraction
-            self.activity_bar.setVisible(True)
-            self.activity_bar.setRange(0, 0 if fraction is None else 1000)
-            if fraction is not None:
-                self.activity_bar.setValue(int(fraction * 1000))
+            self.activity_row.show_progress(event.fraction)
             if event.message:
                 self._set_activity(event.message)
         elif isinstance(event, Log):
@@ -897,7 +862,7 @@ class ChatView(QWidget):
         assert reply is not None
         self._job = None
         self._reply = None
-        self.activity_bar.setVisible(False)
+        self.activity_row.hide_progress()
         text = result.text.strip()
         stopped = result.finish_reason == "cancelled"
         if not text:
@@ -938,7 +903,7 @@ class ChatView(QWidget):
             return
         self._job = None
         self._reply = None
-        self.activity_bar.setVisible(False)
+        self.activity_row.hide_progress()
         self.transcript.remove_last()
         if reply.replacing is not None:
             self._render_transcript()  # the old answer is still saved: show it again
@@ -1010,39 +975,6 @@ class ChatView(QWidget):
     @Slot()
     def _on_input_text_changed(self) -> None:
         self._update_actions()
-
-    # ---------------------------------------------------------------- messages
-
-    def _set_activity(self, text: str) -> None:
-        self.activity_text.setText(text)
-        self.activity_row.setVisible(bool(text))
-
-    def activity(self) -> str:
-        """The activity line's text."""
-        return self.activity_text.text()
-
-    def show_error(self, message: str) -> None:
-        """Show a problem in words, in the view's banner and the status bar."""
-        self.banner_text.setText(message)
-        self.banner.setVisible(True)
-        self.notify(message.splitlines()[0] if message else "")
-
-    @Slot()
-    def clear_error(self) -> None:
-        """Hide the banner."""
-        self.banner.setVisible(False)
-        self.banner_text.clear()
-
-    def error_text(self) -> str:
-        """The problem shown in the banner ("" when none)."""
-        return self.banner_text.text() if self.banner.isVisibleTo(self) else ""
-
-    def notify(self, text: str) -> None:
-        """A line for the status bar."""
-        self.status_message.emit(text)
-        window = self.window()
-        if window is not self and isinstance(window, QMainWindow):
-            window.statusBar().showMessage(text, STATUS_MESSAGE_MS)
 
     # ---------------------------------------------------------------- settings
 

@@ -43,9 +43,7 @@ from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
     QLabel,
-    QMainWindow,
     QPlainTextEdit,
-    QProgressBar,
     QPushButton,
     QSizePolicy,
     QToolButton,
@@ -60,9 +58,11 @@ from desktop_dpo.core.llm.engine_pool import EnginePool
 from desktop_dpo.core.llm.llamacpp import GenerationResult, ResponseFinished, TokenEvent
 from desktop_dpo.core.sampling import ModelInfoLearned, read_prompt_file, sample_pair
 from desktop_dpo.core.store import ModelRow, PromptRow, Store
+from desktop_dpo.gui.message_banner import MessageBanner
 from desktop_dpo.gui.response_edit_dialog import ResponseEditDialog
 from desktop_dpo.gui.response_pane import SIDE_NAMES, ResponsePane
 from desktop_dpo.gui.sampling_settings_panel import SamplingSettingsPanel
+from desktop_dpo.gui.view_messages import ActivityLine, ViewMessages
 from desktop_dpo.workers.job_worker import JobRegistry, JobThread
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,8 @@ log = logging.getLogger(__name__)
 CHOICES = ("left", "right", "tie", "both_bad", "skip")
 VERDICT_SHORTCUTS = {"left": "Alt+1", "right": "Alt+2", "tie": "Alt+3", "both_bad": "Alt+4", "skip": "Alt+0"}
 CHOICE_LABELS = {
-    "left": "Left is better",
-    "right": "Right is better",
+    "left": "Left better",
+    "right": "Right better",
     "tie": "Tie",
     "both_bad": "Both bad",
     "skip": "Skip",
@@ -88,7 +88,6 @@ SAMPLE_SHORTCUTS = ("Ctrl+Return", "Ctrl+Enter")
 STOP_SHORTCUT = "Esc"
 NEXT_PROMPT_SHORTCUT = "Alt+N"
 PROMPT_FILE_FILTER = "Prompt files (*.txt *.jsonl *.json);;All files (*)"
-STATUS_MESSAGE_MS = 8000
 SETTINGS_KEY = "collect/sampling"
 GENERATION_SIDES = ("a", "b")  # generation index -> the name the database uses
 
@@ -106,8 +105,6 @@ STYLE = """
 }
 #promptEditor:focus, #systemEditor:focus { border-color: #818cf8; }
 #promptNote, #samplingSummary, #activityText, #paneStatus { color: #64748b; font-size: 12px; }
-#collectBanner { background: #fef2f2; border: 1px solid #fecaca; border-radius: 8px; }
-#collectBannerText { color: #991b1b; font-size: 13px; }
 #responsePane { background: #ffffff; border: 1px solid #e2e8f0; border-radius: 10px; }
 #responsePane[chosen="true"] { border: 2px solid #4f46e5; }
 #paneTitle { color: #0f172a; font-size: 14px; font-weight: 700; }
@@ -118,7 +115,7 @@ STYLE = """
 #verdictBar { background: #ffffff; border: 1px solid #e2e8f0; border-radius: 10px; }
 QPushButton#verdictButton {
     background: #f8fafc; color: #1e293b; border: 1px solid #cbd5e1; border-radius: 7px;
-    padding: 7px 12px; font-size: 13px;
+    padding: 7px 10px; font-size: 13px;
 }
 QPushButton#verdictButton:hover { background: #eef2ff; border-color: #a5b4fc; }
 QPushButton#verdictButton:disabled { color: #94a3b8; background: #f8fafc; border-color: #e2e8f0; }
@@ -220,7 +217,7 @@ class _UndoKeyFilter(QObject):
         return False
 
 
-class CollectView(QWidget):
+class CollectView(ViewMessages, QWidget):
     """Sample pairs, judge them, save the verdicts.
 
     Args:
@@ -419,36 +416,8 @@ class CollectView(QWidget):
         card_layout.addWidget(self.sampling_panel)
 
         # -- error banner and activity line
-        self.banner = QFrame()
-        self.banner.setObjectName("collectBanner")
-        self.banner_text = QLabel()
-        self.banner_text.setObjectName("collectBannerText")
-        self.banner_text.setWordWrap(True)
-        self.banner_text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        banner_close = QToolButton()
-        banner_close.setText("✕")
-        banner_close.setAutoRaise(True)
-        banner_close.setToolTip("Dismiss")
-        banner_close.clicked.connect(self.clear_error)
-        banner_layout = QHBoxLayout(self.banner)
-        banner_layout.setContentsMargins(12, 8, 8, 8)
-        banner_layout.addWidget(self.banner_text, 1)
-        banner_layout.addWidget(banner_close, 0, Qt.AlignmentFlag.AlignTop)
-        self.banner.setVisible(False)
-
-        self.activity_text = QLabel()
-        self.activity_text.setObjectName("activityText")
-        self.activity_bar = QProgressBar()
-        self.activity_bar.setMaximumWidth(220)
-        self.activity_bar.setMaximumHeight(10)
-        self.activity_bar.setTextVisible(False)
-        self.activity_bar.setVisible(False)
-        self.activity_row = QWidget()
-        self.activity_row.setVisible(False)
-        activity = QHBoxLayout(self.activity_row)
-        activity.setContentsMargins(2, 0, 2, 0)
-        activity.addWidget(self.activity_text, 1)
-        activity.addWidget(self.activity_bar)
+        self.banner = MessageBanner()
+        self.activity_row = ActivityLine()
 
         # -- the two answers, in equal panes
         self.panes = (ResponsePane(0), ResponsePane(1))
@@ -478,6 +447,8 @@ class CollectView(QWidget):
         bar_layout.addSpacing(6)
         self.feedback = QLabel()
         self.feedback.setObjectName("verdictFeedback")
+        # A note, not a reason to widen the window: it is elided by the space it gets.
+        self.feedback.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         bar_layout.addWidget(self.feedback, 1)
         self.undo_button = QPushButton("Undo   Ctrl+Z")
         self.undo_button.setObjectName("secondaryButton")
@@ -792,12 +763,7 @@ class CollectView(QWidget):
             except DesktopDpoError as exc:
                 log.warning("Could not record the GGUF copy of model %s: %s", event.model_id, exc)
         elif isinstance(event, Progress):
-            fraction = event.fraction
-            self.activity_bar.setVisible(True)
-            self.activity_row.setVisible(True)
-            self.activity_bar.setRange(0, 0 if fraction is None else 1000)
-            if fraction is not None:
-                self.activity_bar.setValue(int(fraction * 1000))
+            self.activity_row.show_progress(event.fraction)
             if event.message:
                 self._set_activity(event.message)
         elif isinstance(event, Log):
@@ -812,7 +778,7 @@ class CollectView(QWidget):
         if pane.shown_text() != result.text:  # the result is the record: show exactly what is saved
             pane.set_text(result.text)
         pane.status.setText(describe_result(result))
-        self.activity_bar.setVisible(False)
+        self.activity_row.hide_progress()
 
     @Slot(object)
     def _on_job_succeeded(self, results: object) -> None:
@@ -823,7 +789,7 @@ class CollectView(QWidget):
             for generation, result in enumerate(results):
                 if self._pair.results[generation] is None:
                     self._finish_generation(generation, result)
-        self.activity_bar.setVisible(False)
+        self.activity_row.hide_progress()
         if self._pair is not None and self._pair.complete:
             self._set_activity(
                 "Which answer is better? Alt+1 left · Alt+2 right · Alt+3 tie · Alt+4 both bad."
@@ -836,7 +802,7 @@ class CollectView(QWidget):
             return
         self._job = None
         self._set_activity("")
-        self.activity_bar.setVisible(False)
+        self.activity_row.hide_progress()
         for pane in self.panes:
             if not pane.status.text() or pane.status.text().startswith(("Waiting", "Writing")):
                 pane.status.setText("Failed")
@@ -848,7 +814,7 @@ class CollectView(QWidget):
         if self.sender() is not self._job:
             return
         self._job = None
-        self.activity_bar.setVisible(False)
+        self.activity_row.hide_progress()
         self._set_activity("Stopped. Sample again for a pair you can judge.")
         for pane in self.panes:
             pane.status.setText("Stopped")
@@ -1043,40 +1009,6 @@ class CollectView(QWidget):
         self.model_combo.setEnabled(not streaming)
         self.model_b_combo.setEnabled(not streaming)
         self.other_model_check.setEnabled(not streaming and self.model_b_combo.count() > 1)
-
-    # ---------------------------------------------------------------- messages
-
-    def _set_activity(self, text: str) -> None:
-        """The line between the prompt and the answers: what is happening, or what to do next."""
-        self.activity_text.setText(text)
-        self.activity_row.setVisible(bool(text))
-
-    def activity(self) -> str:
-        """The activity line's text."""
-        return self.activity_text.text()
-
-    def show_error(self, message: str) -> None:
-        """Show a problem in words, in the view's banner and the status bar."""
-        self.banner_text.setText(message)
-        self.banner.setVisible(True)
-        self.notify(message.splitlines()[0] if message else "")
-
-    @Slot()
-    def clear_error(self) -> None:
-        """Hide the banner."""
-        self.banner.setVisible(False)
-        self.banner_text.clear()
-
-    def error_text(self) -> str:
-        """The problem shown in the banner ("" when none)."""
-        return self.banner_text.text() if self.banner.isVisibleTo(self) else ""
-
-    def notify(self, text: str) -> None:
-        """A line for the status bar."""
-        self.status_message.emit(text)
-        window = self.window()
-        if window is not self and isinstance(window, QMainWindow):
-            window.statusBar().showMessage(text, STATUS_MESSAGE_MS)
 
     # ---------------------------------------------------------------- settings
 

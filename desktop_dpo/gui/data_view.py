@@ -25,7 +25,6 @@ from __future__ import annotations
 import html
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 from PySide6.QtCore import (
     QEvent,
@@ -48,7 +47,6 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
-    QMainWindow,
     QPlainTextEdit,
     QPushButton,
     QSizePolicy,
@@ -56,7 +54,6 @@ from PySide6.QtWidgets import (
     QStackedWidget,
     QTableView,
     QTextBrowser,
-    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -73,6 +70,8 @@ from desktop_dpo.gui.comparison_table_model import (
     format_date,
     shown_side_words,
 )
+from desktop_dpo.gui.message_banner import MessageBanner
+from desktop_dpo.gui.view_messages import ViewMessages
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +80,6 @@ TEXT_COLUMN_MIN_WIDTH = 90  # below this the table scrolls sideways instead
 TABLE_MIN_HEIGHT = 130  # the header and about three rows, however short the window
 PROMPT_MAX_HEIGHT = 150  # pixels; a longer conversation scrolls in its box
 SEARCH_DELAY_MS = 300  # typing pauses this long before the search runs (one query, not one per key)
-STATUS_MESSAGE_MS = 8000
 ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
 SAMPLING_NAMES = (  # key in the stored settings -> how the detail panel names it
     ("temperature", "temperature"),
@@ -115,10 +113,6 @@ QTableView#comparisonTable QHeaderView::section {
     background: #f8fafc; color: #475569; border: none; border-bottom: 1px solid #e2e8f0;
     padding: 5px 8px; font-size: 12px; font-weight: 600;
 }
-#dataBanner { background: #fef2f2; border: 1px solid #fecaca; border-radius: 8px; }
-#dataBannerText { color: #991b1b; font-size: 13px; }
-#dataNotice { background: #ecfdf5; border: 1px solid #a7f3d0; border-radius: 8px; }
-#dataNoticeText { color: #065f46; font-size: 13px; }
 #detailTitle { color: #0f172a; font-size: 14px; font-weight: 700; }
 #promptText { background: #f8fafc; border: 1px solid #e2e8f0; border-radius: 8px; color: #1e293b; }
 #detailPane { background: #ffffff; border: 1px solid #e2e8f0; border-radius: 8px; }
@@ -423,7 +417,7 @@ class ComparisonDetail(QFrame):
         self.flush_note()
 
 
-class DataView(QWidget):
+class DataView(ViewMessages, QWidget):
     """Browse, search, fix, delete and restore comparisons; import and export preference files.
 
     Args:
@@ -534,15 +528,13 @@ class DataView(QWidget):
         filters.addWidget(self.delete_button)
 
         # -- error banner and the undo notice
-        self.banner, self.banner_text = self._message_frame("dataBanner", "dataBannerText", self.clear_error)
-        self.notice, self.notice_text = self._message_frame("dataNotice", "dataNoticeText", self._hide_notice)
+        self.banner = MessageBanner()
+        self.notice = MessageBanner()
         self.undo_button = QPushButton("Undo  Ctrl+Z")
         self.undo_button.setObjectName("secondaryButton")
         self.undo_button.setToolTip("Bring back the comparisons just deleted (Ctrl+Z)")
         self.undo_button.clicked.connect(self.undo_delete)
-        notice_layout = self.notice.layout()
-        assert isinstance(notice_layout, QHBoxLayout)
-        notice_layout.insertWidget(1, self.undo_button, 0, Qt.AlignmentFlag.AlignVCenter)
+        self.notice.add_action(self.undo_button)
 
         # -- the table and the detail panel
         self.table = QTableView()
@@ -651,26 +643,6 @@ class DataView(QWidget):
         page_layout.addWidget(card, 0, Qt.AlignmentFlag.AlignHCenter)
         page_layout.addStretch(1)
         return page
-
-    @staticmethod
-    def _message_frame(frame_name: str, text_name: str, on_close: Any) -> tuple[QFrame, QLabel]:
-        frame = QFrame()
-        frame.setObjectName(frame_name)
-        text = QLabel()
-        text.setObjectName(text_name)
-        text.setWordWrap(True)
-        text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        close = QToolButton()
-        close.setText("✕")
-        close.setAutoRaise(True)
-        close.setToolTip("Dismiss")
-        close.clicked.connect(on_close)
-        layout = QHBoxLayout(frame)
-        layout.setContentsMargins(12, 6, 8, 6)
-        layout.addWidget(text, 1)
-        layout.addWidget(close, 0, Qt.AlignmentFlag.AlignVCenter)
-        frame.setVisible(False)
-        return frame, text
 
     @staticmethod
     def _button_for(action: QAction, *, primary: bool, text: str | None = None) -> QPushButton:
@@ -979,8 +951,7 @@ class DataView(QWidget):
     # ---------------------------------------------------------------- messages
 
     def _show_notice(self, text: str) -> None:
-        self.notice_text.setText(text)
-        self.notice.setVisible(True)
+        self.notice.show_message(text, tone="success")
         self._update_actions()
 
     @Slot()
@@ -990,29 +961,6 @@ class DataView(QWidget):
     def notice_visible(self) -> bool:
         """True while the "Deleted … Undo" notice is on screen."""
         return self.notice.isVisibleTo(self)
-
-    def show_error(self, message: str) -> None:
-        """Show a problem in words, in the view's banner and the status bar."""
-        self.banner_text.setText(message)
-        self.banner.setVisible(True)
-        self.notify(message.splitlines()[0] if message else "")
-
-    @Slot()
-    def clear_error(self) -> None:
-        """Hide the banner."""
-        self.banner.setVisible(False)
-        self.banner_text.clear()
-
-    def error_text(self) -> str:
-        """The problem shown in the banner ("" when none)."""
-        return self.banner_text.text() if self.banner.isVisibleTo(self) else ""
-
-    def notify(self, text: str) -> None:
-        """A line for the status bar."""
-        self.status_message.emit(text)
-        window = self.window()
-        if window is not self and isinstance(window, QMainWindow):
-            window.statusBar().showMessage(text, STATUS_MESSAGE_MS)
 
     def showEvent(self, event: QShowEvent) -> None:  # Qt override
         # Pairs may have been judged in Collect (or imported) while this view was hidden; re-read the table

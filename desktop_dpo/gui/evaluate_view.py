@@ -40,12 +40,9 @@ from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
     QLabel,
-    QMainWindow,
     QPlainTextEdit,
-    QProgressBar,
     QPushButton,
     QSizePolicy,
-    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -70,15 +67,17 @@ from desktop_dpo.core.llm.engine_pool import EnginePool
 from desktop_dpo.core.llm.llamacpp import GenerationResult, ResponseFinished, TokenEvent
 from desktop_dpo.core.sampling import ModelInfoLearned
 from desktop_dpo.core.store import EvaluationRow, ModelRow, PromptRow, Store
+from desktop_dpo.gui.message_banner import MessageBanner
 from desktop_dpo.gui.response_pane import SIDE_NAMES, ResponsePane
 from desktop_dpo.gui.sampling_settings_panel import SamplingSettingsPanel
+from desktop_dpo.gui.view_messages import ActivityLine, ViewMessages
 from desktop_dpo.workers.job_worker import JobRegistry, JobThread
 
 log = logging.getLogger(__name__)
 
 CHOICES = ("left", "right", "tie", "both_bad")
 VOTE_SHORTCUTS = {"left": "Alt+1", "right": "Alt+2", "tie": "Alt+3", "both_bad": "Alt+4"}
-CHOICE_LABELS = {"left": "Left is better", "right": "Right is better", "tie": "Tie", "both_bad": "Both bad"}
+CHOICE_LABELS = {"left": "Left better", "right": "Right better", "tie": "Tie", "both_bad": "Both bad"}
 CHOICE_TIPS = {
     "left": "The left answer is better",
     "right": "The right answer is better",
@@ -88,13 +87,17 @@ CHOICE_TIPS = {
 NEXT_SHORTCUT = "Alt+N"
 STOP_SHORTCUT = "Esc"
 PROMPT_FILE_FILTER = "Prompt files (*.txt *.jsonl *.json);;All files (*)"
-STATUS_MESSAGE_MS = 8000
 SETTINGS_KEY = "evaluate/sampling"
 CONCLUSIONS = {
     "better": "The aligned model is better: the whole interval is above 50%.",
     "worse": "The aligned model is worse: the whole interval is below 50%.",
     "unclear": "Not clear yet: the interval still includes 50%. More votes narrow it.",
 }
+
+NEEDS_ALIGNED = (
+    "Evaluate needs an aligned model: export a trained run first (collect pairs, train in Train, then "
+    "export in Export). It then compares that model with its base here."
+)
 
 # This tab's own widgets; the app style sheet (resources/style.qss) supplies #pageTitle, #card, buttons.
 STYLE = """
@@ -104,11 +107,10 @@ STYLE = """
 }
 #fieldLabel { color: #475569; font-size: 12px; font-weight: 600; }
 #promptsNote, #samplingSummary, #activityText, #paneStatus { color: #64748b; font-size: 12px; }
+#needsNote { color: #b45309; font-size: 12px; }
 #shownPrompt {
     background: #f8fafc; border: 1px solid #e2e8f0; border-radius: 8px; color: #0f172a; font-size: 14px;
 }
-#evaluateBanner { background: #fef2f2; border: 1px solid #fecaca; border-radius: 8px; }
-#evaluateBannerText { color: #991b1b; font-size: 13px; }
 #responsePane { background: #ffffff; border: 1px solid #e2e8f0; border-radius: 10px; }
 #responsePane[chosen="true"] { border: 2px solid #4f46e5; }
 #paneTitle { color: #0f172a; font-size: 14px; font-weight: 700; }
@@ -178,7 +180,7 @@ class ShownEvaluationPair:
         return aligned_side if seq == ALIGNED_SEQ else 1 - aligned_side
 
 
-class EvaluateView(QWidget):
+class EvaluateView(ViewMessages, QWidget):
     """Blind A/B votes between an aligned model and its base, with a running win rate.
 
     Args:
@@ -221,6 +223,7 @@ class EvaluateView(QWidget):
         self._prompts: list[PromptRow] = []
         self._voted_prompt_ids: set[int] = set()
         self._tokens = [0, 0]
+        self._has_aligned = False  # an exported (aligned) model is registered: the usual thing to evaluate
 
         self._build()
         self._build_shortcuts()
@@ -278,6 +281,12 @@ class EvaluateView(QWidget):
         models_row.addWidget(aligned_label)
         models_row.addWidget(self.aligned_combo, 1)
         card_layout.addLayout(models_row)
+        # On screen, not only in a tooltip: without an aligned model there is nothing to evaluate yet.
+        self.needs_note = QLabel(NEEDS_ALIGNED)
+        self.needs_note.setObjectName("needsNote")
+        self.needs_note.setWordWrap(True)
+        self.needs_note.setVisible(False)
+        card_layout.addWidget(self.needs_note)
 
         self.prompts_note = QLabel()
         self.prompts_note.setObjectName("promptsNote")
@@ -311,36 +320,8 @@ class EvaluateView(QWidget):
         self.sampling_panel.changed.connect(self._on_sampling_changed)
         card_layout.addWidget(self.sampling_panel)
 
-        self.banner = QFrame()
-        self.banner.setObjectName("evaluateBanner")
-        self.banner_text = QLabel()
-        self.banner_text.setObjectName("evaluateBannerText")
-        self.banner_text.setWordWrap(True)
-        self.banner_text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        banner_close = QToolButton()
-        banner_close.setText("✕")
-        banner_close.setAutoRaise(True)
-        banner_close.setToolTip("Dismiss")
-        banner_close.clicked.connect(self.clear_error)
-        banner_layout = QHBoxLayout(self.banner)
-        banner_layout.setContentsMargins(12, 8, 8, 8)
-        banner_layout.addWidget(self.banner_text, 1)
-        banner_layout.addWidget(banner_close, 0, Qt.AlignmentFlag.AlignTop)
-        self.banner.setVisible(False)
-
-        self.activity_text = QLabel()
-        self.activity_text.setObjectName("activityText")
-        self.activity_bar = QProgressBar()
-        self.activity_bar.setMaximumWidth(220)
-        self.activity_bar.setMaximumHeight(10)
-        self.activity_bar.setTextVisible(False)
-        self.activity_bar.setVisible(False)
-        self.activity_row = QWidget()
-        self.activity_row.setVisible(False)
-        activity = QHBoxLayout(self.activity_row)
-        activity.setContentsMargins(2, 0, 2, 0)
-        activity.addWidget(self.activity_text, 1)
-        activity.addWidget(self.activity_bar)
+        self.banner = MessageBanner()
+        self.activity_row = ActivityLine()
 
         self.prompt_view = QPlainTextEdit()
         self.prompt_view.setObjectName("shownPrompt")
@@ -428,6 +409,8 @@ class EvaluateView(QWidget):
         models = self.store.list_models()
         current = (self.base_combo.currentData(), self.aligned_combo.currentData())
         default_base, default_aligned = default_models(models)
+        # Exported here, or trained elsewhere and imported (desktop-dpo cluster import).
+        self._has_aligned = any(m.source in ("aligned", "imported") for m in models)
         wanted = (
             current[0] if current[0] is not None else (default_base.id if default_base else None),
             current[1] if current[1] is not None else (default_aligned.id if default_aligned else None),
@@ -686,11 +669,7 @@ class EvaluateView(QWidget):
             except DesktopDpoError as exc:
                 log.warning("Could not record the GGUF copy of model %s: %s", event.model_id, exc)
         elif isinstance(event, Progress):
-            fraction = event.fraction
-            self.activity_bar.setVisible(True)
-            self.activity_bar.setRange(0, 0 if fraction is None else 1000)
-            if fraction is not None:
-                self.activity_bar.setValue(int(fraction * 1000))
+            self.activity_row.show_progress(event.fraction)
             if event.message:
                 self._set_activity(event.message)
         elif isinstance(event, Log):
@@ -702,7 +681,7 @@ class EvaluateView(QWidget):
         if self.sender() is not self._job:
             return
         self._job = None
-        self.activity_bar.setVisible(False)
+        self.activity_row.hide_progress()
         pair = self._pair
         if pair is not None and isinstance(results, tuple) and len(results) == 2:
             pair.results = (results[BASE_SEQ], results[ALIGNED_SEQ])
@@ -721,7 +700,7 @@ class EvaluateView(QWidget):
             return
         self._job = None
         self._pair = None
-        self.activity_bar.setVisible(False)
+        self.activity_row.hide_progress()
         self._set_activity("")
         for pane in self.panes:
             pane.status.setText("Failed")
@@ -733,7 +712,7 @@ class EvaluateView(QWidget):
         if self.sender() is not self._job:
             return
         self._job = None
-        self.activity_bar.setVisible(False)
+        self.activity_row.hide_progress()
         if self._pair is not None:
             self._pair.results = None
         for pane in self.panes:
@@ -834,8 +813,11 @@ class EvaluateView(QWidget):
         streaming = self._streaming
         busy = any(m is not None and self.registry.is_busy(f"generate:{m}") for m in (base, aligned))
         reason = ""
+        self.needs_note.setVisible(not self._has_aligned)
         if base is None or aligned is None:
             reason = "Add a model in Models first."
+        elif base == aligned and not self._has_aligned:
+            reason = NEEDS_ALIGNED  # one model so far (the demo, say): nothing to compare it with yet
         elif base == aligned:
             reason = "Choose two different models: the aligned one and its base."
         elif streaming:
@@ -864,39 +846,6 @@ class EvaluateView(QWidget):
         self.base_combo.setEnabled(not streaming)
         self.aligned_combo.setEnabled(not streaming)
         self.sampling_panel.setEnabled(not streaming)
-
-    # ---------------------------------------------------------------- messages
-
-    def _set_activity(self, text: str) -> None:
-        self.activity_text.setText(text)
-        self.activity_row.setVisible(bool(text))
-
-    def activity(self) -> str:
-        """The activity line's text."""
-        return self.activity_text.text()
-
-    def show_error(self, message: str) -> None:
-        """Show a problem in words, in the view's banner and the status bar."""
-        self.banner_text.setText(message)
-        self.banner.setVisible(True)
-        self.notify(message.splitlines()[0] if message else "")
-
-    @Slot()
-    def clear_error(self) -> None:
-        """Hide the banner."""
-        self.banner.setVisible(False)
-        self.banner_text.clear()
-
-    def error_text(self) -> str:
-        """The problem shown in the banner ("" when none)."""
-        return self.banner_text.text() if self.banner.isVisibleTo(self) else ""
-
-    def notify(self, text: str) -> None:
-        """A line for the status bar."""
-        self.status_message.emit(text)
-        window = self.window()
-        if window is not self and isinstance(window, QMainWindow):
-            window.statusBar().showMessage(text, STATUS_MESSAGE_MS)
 
     # ---------------------------------------------------------------- settings
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QSettings, QSize, Qt, QUrl, Signal, Slot
 from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QKeySequence
@@ -28,12 +29,16 @@ from PySide6.QtWidgets import (
 
 from desktop_dpo import __version__
 from desktop_dpo.config import AppPaths
+from desktop_dpo.core import demo_model
 from desktop_dpo.core.llm.engine_pool import EnginePool
 from desktop_dpo.core.offline import RefusedAttempt
 from desktop_dpo.core.store import ModelRow, Store
 from desktop_dpo.gui.preference_file_actions import PreferenceFileActions
 from desktop_dpo.gui.resource_files import resource_icon
 from desktop_dpo.workers.job_worker import JobRegistry
+
+if TYPE_CHECKING:
+    from desktop_dpo.gui.first_run import FirstRun
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +109,7 @@ class MainWindow(QMainWindow):
         self.pages = QStackedWidget()
         self._view_keys: list[str] = []
         self._views: dict[str, QWidget] = {}
+        self.first_run: FirstRun | None = None  # see start_first_run()
         self._build_central()
         self._build_menus()
         self._build_status_bar()
@@ -264,6 +270,13 @@ class MainWindow(QMainWindow):
         self.about_action.setMenuRole(QAction.MenuRole.AboutRole)
         self.about_action.triggered.connect(self._on_about_triggered)
         help_menu.addAction(self.about_action)
+        self.terms_action: QAction | None = None
+        self.terms_dialog: QWidget | None = None
+        if demo_model.demo_package() is not None:  # the Gemma terms come with the demo model package
+            self.terms_action = QAction("Gemma terms of use…", self)
+            self.terms_action.setToolTip("The terms of use of the bundled demo model, Gemma 3 270M")
+            self.terms_action.triggered.connect(self._on_terms_triggered)
+            help_menu.addAction(self.terms_action)
 
     def _build_status_bar(self) -> None:
         bar = self.statusBar()
@@ -407,6 +420,12 @@ class MainWindow(QMainWindow):
     def _on_about_triggered(self) -> None:
         QMessageBox.about(self, "About desktop-dpo", self.about_text())
 
+    @Slot()
+    def _on_terms_triggered(self) -> None:
+        from desktop_dpo.gui.terms_dialog import open_terms_dialog
+
+        self.terms_dialog = open_terms_dialog(demo_model.demo_package(), self)
+
     def about_text(self) -> str:
         """Version and where the files are (rich text for the About box)."""
         return (
@@ -417,6 +436,21 @@ class MainWindow(QMainWindow):
             f"<b>Database:</b> {self.paths.db_path}<br>"
             f"<b>Logs:</b> {self.paths.log_dir}</p>"
         )
+
+    # ---------------------------------------------------------------- first run
+
+    def start_first_run(self) -> bool:
+        """Greet an empty database (a welcome card on Collect) and, when the bundled demo model is installed
+        but not registered (or its file is gone), unpack and register it as the default model in a job.
+        Called once the window is shown; a second call does nothing. Returns True when the job will run."""
+        if self.first_run is not None:
+            return False
+        from desktop_dpo.gui.first_run import FirstRun
+
+        self.first_run = FirstRun(self)
+        self.first_run.message.connect(self._show_message)
+        self.first_run.demo_model_ready.connect(self._on_models_changed)
+        return self.first_run.start()
 
     # ---------------------------------------------------------------- closing
 
@@ -450,8 +484,13 @@ class MainWindow(QMainWindow):
         geometry = self._settings.value("window/geometry")
         if geometry is not None:
             self.restoreGeometry(geometry)
-        key = self._settings.value("window/view", "models")
-        self.show_view(key if key in self._view_keys else "models")
+        key = self._settings.value("window/view")
+        if key not in self._view_keys:
+            # First start: Collect, where the welcome card greets an empty database, unless there are pairs
+            # already but no model to collect with.
+            has_model = self.store.default_model() is not None
+            key = "collect" if has_model or self.store.count_comparisons() == 0 else "models"
+        self.show_view(key)
 
     def _save_settings(self) -> None:
         self._settings.setValue("window/geometry", self.saveGeometry())

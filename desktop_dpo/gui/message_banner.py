@@ -10,6 +10,10 @@ STYLE = """
 #messageBanner[tone="info"] { background: #eff6ff; border-color: #bfdbfe; }
 #messageBannerText { color: #991b1b; font-size: 13px; }
 #messageBanner[tone="info"] #messageBannerText { color: #1e3a8a; }
+#messageBanner[tone="warning"] { background: #fffbeb; border-color: #fcd34d; }
+#messageBanner[tone="warning"] #messageBannerText { color: #92400e; }
+#messageBanner[tone="success"] { background: #ecfdf5; border-color: #a7f3d0; }
+#messageBanner[tone="success"] #messageBannerText { color: #065f46; }
 """
 
 
@@ -30,17 +34,22 @@ class MessageBanner(QFrame):
         close.setAutoRaise(True)
         close.setToolTip("Dismiss")
         close.clicked.connect(self.clear)
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(12, 8, 8, 8)
-        layout.addWidget(self.text, 1)
-        layout.addWidget(close, 0, Qt.AlignmentFlag.AlignTop)
+        self._layout = QHBoxLayout(self)
+        self._layout.setContentsMargins(12, 8, 8, 8)
+        self._layout.addWidget(self.text, 1)
+        self._layout.addWidget(close, 0, Qt.AlignmentFlag.AlignTop)
         self.setVisible(False)
 
+    def add_action(self, widget: QWidget) -> None:
+        """Put ``widget`` (a button that acts on the message, such as Undo) between the text and the ✕."""
+        self._layout.insertWidget(self._layout.count() - 1, widget, 0, Qt.AlignmentFlag.AlignVCenter)
+
     def show_message(self, message: str, *, tone: str = "error") -> None:
-        """Show ``message``; ``tone`` is "error" (red) or "info" (blue)."""
+        """Show ``message``; ``tone`` is "error" (red), "warning" (amber), "success" (green) or "info" (blue)."""
         self.setProperty("tone", tone)
-        self.style().unpolish(self)
-        self.style().polish(self)
+        for widget in (self, self.text):  # the text's colour follows the tone too: re-read both styles
+            widget.style().unpolish(widget)
+            widget.style().polish(widget)
         self.text.setText(message)
         self.setVisible(True)
 

@@ -37,17 +37,14 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
-    QMainWindow,
     QMessageBox,
     QPlainTextEdit,
-    QProgressBar,
     QPushButton,
     QSizePolicy,
     QSplitter,
     QStackedWidget,
     QTableWidget,
     QTableWidgetItem,
-    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -68,6 +65,8 @@ from desktop_dpo.core.models import (
     make_trainable_copy,
 )
 from desktop_dpo.core.store import ModelRow, Store
+from desktop_dpo.gui.message_banner import MessageBanner
+from desktop_dpo.gui.view_messages import ActivityLine, ViewMessages
 from desktop_dpo.workers.job_worker import JobRegistry, JobThread
 
 log = logging.getLogger(__name__)
@@ -77,7 +76,6 @@ SCAN_JOB_NAME = "scan-models"
 COPY_RESOURCE = "trainable-copy"
 # The info key training reads for a GGUF's trainable copy (core/dpo/train.py, _model_folder).
 TRAINABLE_COPY_KEY = "trainable_copy"
-STATUS_MESSAGE_MS = 8000
 # Quitting waits this long for a scan of folders to end instead of asking about it (a scan takes
 # milliseconds; only a hanging network disk would reach this).
 SCAN_WAIT_ON_CLOSE_MS = 3000
@@ -137,8 +135,6 @@ STYLE = """
 #fieldValue { color: #1e293b; font-size: 12px; }
 QLineEdit#fieldValue { background: transparent; border: none; padding: 0; }
 #detailsName { color: #0f172a; font-size: 16px; font-weight: 700; }
-#modelsBanner { background: #fef2f2; border: 1px solid #fecaca; border-radius: 8px; }
-#modelsBannerText { color: #991b1b; font-size: 13px; }
 #emptyState { background: #ffffff; border: 1px dashed #cbd5e1; border-radius: 10px; }
 #emptyTitle { color: #0f172a; font-size: 16px; font-weight: 600; }
 #emptyText { color: #475569; font-size: 13px; }
@@ -317,7 +313,7 @@ def _item(text: str, tooltip: str = "") -> QTableWidgetItem:
     return item
 
 
-class ModelsView(QWidget):
+class ModelsView(ViewMessages, QWidget):
     """Register, inspect, choose and remove models; find the ones on this computer; make trainable copies.
 
     Args:
@@ -395,42 +391,14 @@ class ModelsView(QWidget):
         header.addWidget(self.add_gguf_button, 0, Qt.AlignmentFlag.AlignTop)
 
         # -- error banner and the activity line (registration, trainable copy)
-        self.banner = QFrame()
-        self.banner.setObjectName("modelsBanner")
-        self.banner_text = QLabel()
-        self.banner_text.setObjectName("modelsBannerText")
-        self.banner_text.setWordWrap(True)
-        self.banner_text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        banner_close = QToolButton()
-        banner_close.setText("✕")
-        banner_close.setAutoRaise(True)
-        banner_close.setToolTip("Dismiss")
-        banner_close.clicked.connect(self.clear_error)
-        banner_layout = QHBoxLayout(self.banner)
-        banner_layout.setContentsMargins(12, 8, 8, 8)
-        banner_layout.addWidget(self.banner_text, 1)
-        banner_layout.addWidget(banner_close, 0, Qt.AlignmentFlag.AlignTop)
-        self.banner.setVisible(False)
-
-        self.activity_text = QLabel()
-        self.activity_text.setObjectName("activityText")
-        self.activity_bar = QProgressBar()
-        self.activity_bar.setMaximumWidth(220)
-        self.activity_bar.setMaximumHeight(10)
-        self.activity_bar.setTextVisible(False)
-        self.activity_bar.setVisible(False)
+        self.banner = MessageBanner()
         self.stop_button = QPushButton("Stop")
         self.stop_button.setObjectName("secondaryButton")
         self.stop_button.setToolTip("Stop making the trainable copy (nothing half-made is kept)")
         self.stop_button.setVisible(False)
         self.stop_button.clicked.connect(self.stop_trainable_copy)
-        self.activity_row = QWidget()
-        self.activity_row.setVisible(False)
-        activity = QHBoxLayout(self.activity_row)
-        activity.setContentsMargins(2, 0, 2, 0)
-        activity.addWidget(self.activity_text, 1)
-        activity.addWidget(self.activity_bar)
-        activity.addWidget(self.stop_button)
+        self.activity_row = ActivityLine()
+        self.activity_row.add_widget(self.stop_button)
 
         # -- registered models: a table, or an empty state that says what to do
         self.table = QTableWidget(0, len(COLUMNS))
@@ -538,6 +506,18 @@ class ModelsView(QWidget):
         self.details_name.setObjectName("detailsName")
         self.details_name.setWordWrap(True)
         layout.addWidget(self.details_name)
+        # Only for the bundled demo model: the terms it is used under, shown offline in a dialog.
+        self.terms_note = QLabel(
+            'Gemma 3 is provided under the <a href="terms">Gemma Terms of Use</a>; they also apply to '
+            "models you train from it."
+        )
+        self.terms_note.setObjectName("cardNote")
+        self.terms_note.setWordWrap(True)
+        self.terms_note.setOpenExternalLinks(False)
+        self.terms_note.linkActivated.connect(self._on_terms_link_activated)
+        self.terms_note.setVisible(False)
+        layout.addWidget(self.terms_note)
+        self.terms_dialog: QWidget | None = None
 
         grid = QGridLayout()
         grid.setHorizontalSpacing(12)
@@ -723,6 +703,7 @@ class ModelsView(QWidget):
     def _show_details(self) -> None:
         model = self.selected_model()
         values = self.detail_values
+        self.terms_note.setVisible(model is not None and model.source == "demo")
         if model is None:
             self.details_name.setText(
                 "Select a model to see its details" if self._models else "No model selected"
@@ -769,6 +750,18 @@ class ModelsView(QWidget):
                 f"None of its own: the {DEFAULT_TEMPLATE_LABEL} is used, stopping at {stops}."
             )
             self.template_text.setPlainText(DEFAULT_LAYOUT_EXAMPLE + DEFAULT_TEMPLATE)
+
+    @Slot(str)
+    def _on_terms_link_activated(self, _link: str) -> None:
+        from desktop_dpo.core import demo_model
+        from desktop_dpo.gui.terms_dialog import open_terms_dialog
+
+        self.terms_dialog = open_terms_dialog(demo_model.demo_package(), self)
+        if self.terms_dialog is None:
+            self.show_error(
+                "The Gemma terms come with the demo model package, which is not installed. They are "
+                "published at https://ai.google.dev/gemma/terms."
+            )
 
     # ---------------------------------------------------------------- adding
 
@@ -1043,8 +1036,7 @@ class ModelsView(QWidget):
         self._copy_model_id = model.id
         self.clear_error()
         self._set_activity(f"Making a trainable copy of {model.name}…", busy=True)
-        self.activity_bar.setRange(0, 1000)
-        self.activity_bar.setValue(0)
+        self.activity_row.show_progress(0.0)
         self.stop_button.setVisible(True)
         self.stop_button.setEnabled(True)
         self._update_actions()
@@ -1063,15 +1055,12 @@ class ModelsView(QWidget):
         if self.sender() is not self._copy_thread:
             return
         if isinstance(event, Progress):
-            fraction = event.fraction
-            self.activity_bar.setRange(0, 0 if fraction is None else 1000)
-            if fraction is not None:
-                self.activity_bar.setValue(int(fraction * 1000))
+            self.activity_row.show_progress(event.fraction)
             if event.message and self.stop_button.isEnabled():
                 model = self.store.get_model(self._copy_model_id) if self._copy_model_id else None
                 name = model.name if model is not None else "the model"
                 step = event.message[:1].lower() + event.message[1:]
-                self.activity_text.setText(f"Making a trainable copy of {name}: {step}…")
+                self.activity_row.set_text(f"Making a trainable copy of {name}: {step}…")
         elif isinstance(event, Log):
             self.notify(event.message)
 
@@ -1187,38 +1176,10 @@ class ModelsView(QWidget):
     # ---------------------------------------------------------------- messages
 
     def _set_activity(self, text: str, *, busy: bool = False) -> None:
-        self.activity_text.setText(text)
-        self.activity_row.setVisible(bool(text))
-        self.activity_bar.setVisible(busy)
+        super()._set_activity(text)
+        self.activity_row.bar.setVisible(busy)
         if busy and not self.stop_button.isVisible():
-            self.activity_bar.setRange(0, 0)  # no progress to show: a busy indicator
-
-    def activity(self) -> str:
-        """The activity line's text ("" when nothing runs)."""
-        return self.activity_text.text() if self.activity_row.isVisibleTo(self) else ""
-
-    def show_error(self, message: str) -> None:
-        """Show a problem in words, in the view's banner and the status bar."""
-        self.banner_text.setText(message)
-        self.banner.setVisible(True)
-        self.notify(message.splitlines()[0] if message else "")
-
-    @Slot()
-    def clear_error(self) -> None:
-        """Hide the banner."""
-        self.banner.setVisible(False)
-        self.banner_text.clear()
-
-    def error_text(self) -> str:
-        """The problem shown in the banner ("" when none)."""
-        return self.banner_text.text() if self.banner.isVisibleTo(self) else ""
-
-    def notify(self, text: str) -> None:
-        """A line for the status bar."""
-        self.status_message.emit(text)
-        window = self.window()
-        if window is not self and isinstance(window, QMainWindow):
-            window.statusBar().showMessage(text, STATUS_MESSAGE_MS)
+            self.activity_row.show_progress(None)  # no progress to show: a busy indicator
 
     # ---------------------------------------------------------------- showing and closing
 

@@ -1,23 +1,34 @@
-"""Finding the files in ``resources/`` (icons, style sheet) from a checkout or an installed package.
+"""Finding the files in ``resources/`` (icons, style sheet) from a checkout, an installed package or a bundle.
 
 The folder lives at the repository root; an installed package may carry a copy inside
-``desktop_dpo/resources``. A missing file is not an error: the app falls back to the platform look.
+``desktop_dpo/resources``; the standalone app (PyInstaller, see packaging/) unpacks it as ``resources/``
+in its bundle folder, ``sys._MEIPASS``. A missing file is not an error: the app falls back to the
+platform look.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from PySide6.QtGui import QIcon
 
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
-# First match wins: a copy shipped inside the package, then the checkout's resources/ folder.
-_CANDIDATES = (_PACKAGE_DIR / "resources", _PACKAGE_DIR.parent / "resources")
+
+
+def _candidate_dirs() -> list[Path]:
+    # First match wins: the bundle's copy when frozen, a copy shipped inside the package, then the
+    # checkout's resources/ folder. Read at call time: sys._MEIPASS exists only in a bundle.
+    candidates = [_PACKAGE_DIR / "resources", _PACKAGE_DIR.parent / "resources"]
+    bundle = getattr(sys, "_MEIPASS", None)
+    if getattr(sys, "frozen", False) and bundle:
+        candidates.insert(0, Path(bundle) / "resources")
+    return candidates
 
 
 def resources_dir() -> Path | None:
-    """The folder holding icons and the style sheet, or None when neither location has it."""
-    for folder in _CANDIDATES:
+    """The folder holding icons and the style sheet, or None when no location has it."""
+    for folder in _candidate_dirs():
         if folder.is_dir():
             return folder
     return None

@@ -23,12 +23,10 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
-    QMainWindow,
     QMessageBox,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
-    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -46,12 +44,13 @@ from desktop_dpo.core.storage import (
     total_size,
 )
 from desktop_dpo.core.store import Store
+from desktop_dpo.gui.message_banner import MessageBanner
+from desktop_dpo.gui.view_messages import ActivityLine, ViewMessages
 from desktop_dpo.workers.job_worker import JobRegistry, JobThread
 
 log = logging.getLogger(__name__)
 
 RESOURCE = "storage"
-STATUS_MESSAGE_MS = 8000
 COLUMNS = ("What", "Size", "What it is for", "Can it go?")
 COLUMN_WHAT, COLUMN_SIZE, COLUMN_FOR, COLUMN_STATUS = range(len(COLUMNS))
 ITEM_ROLE = Qt.ItemDataRole.UserRole  # the StorageItem of a row, on its first cell
@@ -69,8 +68,6 @@ QTableWidget#storageTable QHeaderView::section {
     background: #f8fafc; color: #475569; border: none; border-bottom: 1px solid #e2e8f0;
     padding: 5px 8px; font-size: 12px; font-weight: 600;
 }
-#storageBanner { background: #fef2f2; border: 1px solid #fecaca; border-radius: 8px; }
-#storageBannerText { color: #991b1b; font-size: 13px; }
 """
 
 
@@ -98,7 +95,7 @@ class _SizeItem(QTableWidgetItem):
         return self.size < other.size if isinstance(other, _SizeItem) else super().__lt__(other)
 
 
-class StorageView(QWidget):
+class StorageView(ViewMessages, QWidget):
     """What the app keeps on disk, with sizes, and a clean-up of what may go.
 
     Args:
@@ -219,25 +216,8 @@ class StorageView(QWidget):
         card_layout.addWidget(self.table, 1)
         card_layout.addLayout(actions)
 
-        self.banner = QFrame()
-        self.banner.setObjectName("storageBanner")
-        self.banner_text = QLabel()
-        self.banner_text.setObjectName("storageBannerText")
-        self.banner_text.setWordWrap(True)
-        self.banner_text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        banner_close = QToolButton()
-        banner_close.setText("✕")
-        banner_close.setAutoRaise(True)
-        banner_close.setToolTip("Dismiss")
-        banner_close.clicked.connect(self.clear_error)
-        banner_layout = QHBoxLayout(self.banner)
-        banner_layout.setContentsMargins(12, 8, 8, 8)
-        banner_layout.addWidget(self.banner_text, 1)
-        banner_layout.addWidget(banner_close, 0, Qt.AlignmentFlag.AlignTop)
-        self.banner.setVisible(False)
-
-        self.activity_text = QLabel()
-        self.activity_text.setObjectName("activityText")
+        self.banner = MessageBanner()
+        self.activity_row = ActivityLine()
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(24, 20, 24, 16)
@@ -245,7 +225,7 @@ class StorageView(QWidget):
         layout.addLayout(header)
         layout.addWidget(self.banner)
         layout.addWidget(card, 1)
-        layout.addWidget(self.activity_text)
+        layout.addWidget(self.activity_row)
 
     # ---------------------------------------------------------------- the list
 
@@ -470,38 +450,6 @@ class StorageView(QWidget):
             self._rescan_pending = False
             self.scan()
         self._update_actions()
-
-    # ---------------------------------------------------------------- messages
-
-    def _set_activity(self, text: str) -> None:
-        self.activity_text.setText(text)
-
-    def activity(self) -> str:
-        """The activity line's text."""
-        return self.activity_text.text()
-
-    def show_error(self, message: str) -> None:
-        """Show a problem in words, in the banner and the status bar."""
-        self.banner_text.setText(message)
-        self.banner.setVisible(True)
-        self.notify(message.splitlines()[0] if message else "")
-
-    @Slot()
-    def clear_error(self) -> None:
-        """Hide the banner."""
-        self.banner.setVisible(False)
-        self.banner_text.clear()
-
-    def error_text(self) -> str:
-        """The problem shown in the banner ("" when none)."""
-        return self.banner_text.text() if self.banner.isVisibleTo(self) else ""
-
-    def notify(self, text: str) -> None:
-        """A line for the status bar."""
-        self.status_message.emit(text)
-        window = self.window()
-        if window is not self and isinstance(window, QMainWindow):
-            window.statusBar().showMessage(text, STATUS_MESSAGE_MS)
 
     def showEvent(self, event: QShowEvent) -> None:  # Qt override
         # Measured when first shown, not at start-up: the window opens at once whatever the folders hold.

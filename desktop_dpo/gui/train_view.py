@@ -31,13 +31,10 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
-    QMainWindow,
     QProgressBar,
     QPushButton,
     QScrollArea,
-    QSizePolicy,
     QSplitter,
-    QToolButton,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
@@ -69,9 +66,12 @@ from desktop_dpo.core.dpo.train import (
     smaller_settings,
 )
 from desktop_dpo.core.errors import DesktopDpoError
+from desktop_dpo.core.lineage import model_lineage
 from desktop_dpo.core.store import ModelRow, RunRow, Store
+from desktop_dpo.gui.message_banner import MessageBanner
 from desktop_dpo.gui.metrics_plots import MetricsPlots
 from desktop_dpo.gui.train_settings_form import TrainSettingsForm
+from desktop_dpo.gui.view_messages import ViewMessages
 from desktop_dpo.workers.job_worker import JobRegistry, JobThread
 from desktop_dpo.workers.training_worker import (
     DEVICE_RESOURCE,
@@ -84,7 +84,6 @@ from desktop_dpo.workers.training_worker import (
 
 log = logging.getLogger(__name__)
 
-STATUS_MESSAGE_MS = 8000
 INTERRUPTED = "interrupted"  # shown for a run left "running" in the database with no job training it
 RESUMABLE = ("stopped", "failed", "pending", INTERRUPTED)
 STATUS_LABELS = {
@@ -111,10 +110,6 @@ STYLE = """
 #modelNote { color: #b45309; font-size: 12px; }
 #runHeadline { color: #0f172a; font-size: 15px; font-weight: 700; }
 #cardHeading { color: #0f172a; font-size: 14px; font-weight: 700; }
-#trainBanner { background: #fef2f2; border: 1px solid #fecaca; border-radius: 8px; }
-#trainBannerText { color: #991b1b; font-size: 13px; }
-#warningBanner { background: #fffbeb; border: 1px solid #fcd34d; border-radius: 8px; }
-#warningBannerText { color: #92400e; font-size: 13px; }
 #runsTree { background: #ffffff; border: 1px solid #e2e8f0; border-radius: 8px; font-size: 12px; }
 QToolButton#advancedToggle { border: none; color: #334155; font-size: 12px; font-weight: 600; padding: 2px 0; }
 QScrollArea#settingsScroll { background: transparent; border: none; }
@@ -149,7 +144,7 @@ def describe_settings(config: dict[str, Any]) -> str:
     return "\n".join(f"{name} = {value}" for name, value in sorted(config.items()))
 
 
-class TrainView(QWidget):
+class TrainView(ViewMessages, QWidget):
     """Start, watch, stop and resume training runs; browse past ones.
 
     Args:
@@ -221,15 +216,12 @@ class TrainView(QWidget):
         header.addWidget(self.pairs_pill, 0, Qt.AlignmentFlag.AlignTop)
 
         # -- banners: a failure (red, with an action) and training warnings (amber)
-        self.banner, self.banner_text, self.banner_action = self._banner("trainBanner", "trainBannerText")
-        self.banner_action.setText("Resume with smaller settings")
+        self.banner = MessageBanner()
+        self.banner_action = QPushButton("Resume with smaller settings")
+        self.banner_action.setObjectName("secondaryButton")
         self.banner_action.clicked.connect(self._on_banner_action_clicked)
-        self.banner.setVisible(False)
-        self.warning_banner, self.warning_text, warning_action = self._banner(
-            "warningBanner", "warningBannerText"
-        )
-        warning_action.setVisible(False)
-        self.warning_banner.setVisible(False)
+        self.banner.add_action(self.banner_action)
+        self.warning_banner = MessageBanner()
 
         # -- left: a new run (model, pairs, settings, Start)
         new_card = QFrame()
@@ -257,6 +249,21 @@ class TrainView(QWidget):
         self.model_note.setWordWrap(True)
         self.model_note.setVisible(False)
         new_layout.addWidget(self.model_note)
+        # Rounds: a model made by an earlier run can be held near itself or near an earlier model.
+        self.reference_label = QLabel("Reference")
+        self.reference_label.setObjectName("fieldLabel")
+        self.reference_combo = QComboBox()
+        self.reference_combo.setObjectName("referenceCombo")
+        self.reference_combo.setToolTip(
+            "What DPO holds the model near while it learns your picks: the model itself as it is now "
+            "(the usual choice for a next round), or an earlier model of its lineage (e.g. the original base)"
+        )
+        reference_row = QHBoxLayout()
+        reference_row.addWidget(self.reference_label)
+        reference_row.addWidget(self.reference_combo, 1)
+        new_layout.addLayout(reference_row)
+        self.reference_label.setVisible(False)
+        self.reference_combo.setVisible(False)
         self.pairs_note = QLabel()
         self.pairs_note.setObjectName("pairsNote")
         self.pairs_note.setWordWrap(True)
@@ -386,28 +393,6 @@ class TrainView(QWidget):
         layout.addWidget(self.warning_banner)
         layout.addLayout(body, 1)
 
-    def _banner(self, frame_name: str, text_name: str) -> tuple[QFrame, QLabel, QPushButton]:
-        frame = QFrame()
-        frame.setObjectName(frame_name)
-        text = QLabel()
-        text.setObjectName(text_name)
-        text.setWordWrap(True)
-        text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        text.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-        action = QPushButton()
-        action.setObjectName("secondaryButton")
-        close = QToolButton()
-        close.setText("✕")
-        close.setAutoRaise(True)
-        close.setToolTip("Dismiss")
-        close.clicked.connect(lambda: frame.setVisible(False))
-        row = QHBoxLayout(frame)
-        row.setContentsMargins(12, 8, 8, 8)
-        row.addWidget(text, 1)
-        row.addWidget(action, 0, Qt.AlignmentFlag.AlignVCenter)
-        row.addWidget(close, 0, Qt.AlignmentFlag.AlignTop)
-        return frame, text, action
-
     # ---------------------------------------------------------------- models and pairs
 
     def refresh_models(self) -> None:
@@ -454,7 +439,32 @@ class TrainView(QWidget):
         reason = trainable_reason(model) if model is not None else None
         self.model_note.setText(reason or "")
         self.model_note.setVisible(bool(reason))
+        self._fill_references(model)
         self.refresh_plan()
+
+    def _fill_references(self, model: ModelRow | None) -> None:
+        """The reference choices of a model: itself (adapter off), or an earlier model of its lineage."""
+        self.reference_combo.clear()
+        steps = model_lineage(self.store, model.id) if model is not None else []
+        if model is not None:
+            self.reference_combo.addItem(f"{model.name} as it is now (adapter off)", "adapter_off")
+        for step in reversed(steps[:-1]):  # nearest ancestor first
+            made_by = "the original model" if step.run_id is None else f"made by run {step.run_id}"
+            self.reference_combo.addItem(f"{step.name} ({made_by})", f"model:{step.model_id}")
+        earlier = len(steps) > 1
+        self.reference_label.setVisible(earlier)
+        self.reference_combo.setVisible(earlier)
+
+    def reference(self) -> str:
+        """The reference of a new run: "adapter_off" or "model:<id>" (see core/dpo/train.py)."""
+        return self.reference_combo.currentData() or "adapter_off"
+
+    def set_reference(self, reference: str) -> bool:
+        """Choose the reference of the next run; False when the chosen model offers no such choice."""
+        index = self.reference_combo.findData(reference)
+        if index >= 0:
+            self.reference_combo.setCurrentIndex(index)
+        return index >= 0
 
     def refresh_plan(self) -> None:
         """Re-count the chosen model's usable pairs and how the split would keep some prompts held out."""
@@ -606,7 +616,9 @@ class TrainView(QWidget):
         model = self.current_model()
         assert model is not None
         try:
-            run_id = create_run_for_model(self.store, model, self.settings_form.settings())
+            run_id = create_run_for_model(
+                self.store, model, self.settings_form.settings(), reference=self.reference()
+            )
         except DesktopDpoError as exc:
             self.show_error(str(exc))
             return None
@@ -756,8 +768,7 @@ class TrainView(QWidget):
         if message in self._warnings:
             return
         self._warnings.append(message)
-        self.warning_text.setText("\n\n".join(f"⚠ {m}" for m in self._warnings))
-        self.warning_banner.setVisible(True)
+        self.warning_banner.show_message("\n\n".join(f"⚠ {m}" for m in self._warnings), tone="warning")
         self.notify(message)
 
     def warnings(self) -> list[str]:
@@ -984,29 +995,10 @@ class TrainView(QWidget):
     def show_error(self, message: str, run_id: int | None = None) -> None:
         """Show a problem in words in the banner (with "Resume with smaller settings" after running out
         of memory)."""
-        self.banner_text.setText(message)
         smaller = run_id is not None and self.suggested_settings(run_id) is not None
         self.banner_action.setVisible(smaller)
         self.banner_action.setProperty("run_id", run_id if smaller else None)
-        self.banner.setVisible(True)
-        self.notify(message.splitlines()[0] if message else "")
-
-    @Slot()
-    def clear_error(self) -> None:
-        """Hide the banner."""
-        self.banner.setVisible(False)
-        self.banner_text.clear()
-
-    def error_text(self) -> str:
-        """The problem shown in the banner ("" when none)."""
-        return self.banner_text.text() if self.banner.isVisibleTo(self) else ""
-
-    def notify(self, text: str) -> None:
-        """A line for the status bar."""
-        self.status_message.emit(text)
-        window = self.window()
-        if window is not self and isinstance(window, QMainWindow):
-            window.statusBar().showMessage(text, STATUS_MESSAGE_MS)
+        super().show_error(message)
 
     def showEvent(self, event: QShowEvent) -> None:  # Qt override
         # Models, pairs and runs may have changed in other views (or the CLI) while this one was hidden.

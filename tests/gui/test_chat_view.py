@@ -11,7 +11,6 @@ from PySide6.QtCore import QEvent, Qt
 from PySide6.QtWidgets import QApplication, QMainWindow, QMessageBox
 
 from desktop_dpo.config import SamplingSettings
-from desktop_dpo.core.llm.engine_pool import EnginePool
 from desktop_dpo.core.llm.llamacpp import GenerationResult, ResponseFinished, TokenEvent
 from desktop_dpo.core.llm.templates import ChatTemplateError
 from desktop_dpo.core.models import register_model
@@ -21,35 +20,9 @@ from desktop_dpo.gui import chat_view
 from desktop_dpo.gui.chat_view import EMPTY_TITLE, NO_MODEL_TITLE, ChatView
 from desktop_dpo.gui.collect_view import CollectView
 from desktop_dpo.gui.main_window import MainWindow
-from desktop_dpo.workers.job_worker import JobRegistry
-from tests.plugins import tiny_model as _tiny_model_plugin
-
-tiny_model_dir = _tiny_model_plugin.tiny_model_dir
-tiny_gguf = _tiny_model_plugin.tiny_gguf
+from tests.gui.conftest import held_after_first_token, show_active
 
 WAIT_MS = 60_000  # generous: the machine is shared; nothing here asserts on time
-
-
-@pytest.fixture
-def registry():
-    jobs = JobRegistry()
-    yield jobs
-    assert jobs.cancel_all_and_wait(30_000), "a test left a job that would not stop"
-    QApplication.processEvents()
-
-
-@pytest.fixture
-def pool():
-    engines = EnginePool()
-    yield engines
-    engines.close_all()
-
-
-@pytest.fixture
-def gui_store(app_home):
-    store = Store.open(app_home.db_path)
-    yield store
-    store.close()
 
 
 @pytest.fixture
@@ -59,12 +32,8 @@ def model(gui_store, tiny_gguf):
 
 def make_view(qtbot, gui_store, registry, pool, app_home, *, max_tokens=8, seed=0) -> ChatView:
     view = ChatView(store=gui_store, registry=registry, pool=pool, paths=app_home, rng=random.Random(seed))
-    qtbot.addWidget(view)
     view.set_sampling_settings(SamplingSettings(max_tokens=max_tokens))
-    view.resize(1100, 760)
-    view.show()
-    view.activateWindow()
-    qtbot.waitUntil(lambda: QApplication.activeWindow() is view.window())
+    show_active(qtbot, view, 1100, 760)
     view.input_edit.setFocus()
     return view
 
@@ -110,27 +79,11 @@ class Gate:
         self.first_text = threading.Event()
         self.release = threading.Event()
         real = chat_view.chat_reply
+        held = held_after_first_token(real, self.first_text, self.release, visible=True)
 
         def gated(*args, **kwargs):
             self.received.append([dict(m) for m in args[3]])
-            job = real(*args, **kwargs)
-            try:
-                while True:
-                    try:
-                        event = next(job)
-                    except StopIteration as stop:
-                        return stop.value
-                    yield event
-                    if (
-                        self.hold
-                        and isinstance(event, TokenEvent)
-                        and event.text.strip()
-                        and not self.first_text.is_set()
-                    ):
-                        self.first_text.set()
-                        self.release.wait(WAIT_MS / 1000)
-            finally:
-                job.close()
+            return (yield from (held if self.hold else real)(*args, **kwargs))
 
         monkeypatch.setattr(chat_view, "chat_reply", gated)
 

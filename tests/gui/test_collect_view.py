@@ -3,72 +3,27 @@
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import threading
 
 import pytest
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QApplication, QMainWindow
+from PySide6.QtWidgets import QMainWindow
 
 from desktop_dpo.config import SamplingSettings
-from desktop_dpo.core.llm.engine_pool import EnginePool
-from desktop_dpo.core.llm.llamacpp import TokenEvent
 from desktop_dpo.core.models import register_model
 from desktop_dpo.core.sampling import GGUF_COPY_INFO_KEY
-from desktop_dpo.core.store import Store
 from desktop_dpo.gui import collect_view
 from desktop_dpo.gui.collect_view import CollectView, verdict_for
-from desktop_dpo.workers.job_worker import JobRegistry
-from tests.plugins import tiny_model as _tiny_model_plugin
-
-# The session's tiny model (an HF folder) and its GGUF, from tests/plugins/tiny_model.py.
-tiny_model_dir = _tiny_model_plugin.tiny_model_dir
-tiny_gguf = _tiny_model_plugin.tiny_gguf
+from tests.gui.conftest import FixedSide, held_after_first_token, show_active
 
 WAIT_MS = 60_000  # generous: the machine is shared; nothing here asserts on time
 
 
-class FixedSide(random.Random):
-    """Decides the side shown on the left: generation A when ``a_left``, else B."""
-
-    def __init__(self, a_left: bool):
-        super().__init__(0)
-        self.a_left = a_left
-
-    def random(self) -> float:
-        return 0.1 if self.a_left else 0.9
-
-
-@pytest.fixture
-def registry():
-    jobs = JobRegistry()
-    yield jobs
-    jobs.cancel_all_and_wait(30_000)
-
-
-@pytest.fixture
-def pool():
-    engines = EnginePool()
-    yield engines
-    engines.close_all()
-
-
-@pytest.fixture
-def gui_store(app_home):
-    store = Store.open(app_home.db_path)
-    yield store
-    store.close()
-
-
 def make_view(qtbot, gui_store, registry, pool, app_home, *, a_left=True, max_tokens=8) -> CollectView:
     view = CollectView(store=gui_store, registry=registry, pool=pool, paths=app_home, rng=FixedSide(a_left))
-    qtbot.addWidget(view)
     view.set_sampling_settings(SamplingSettings(max_tokens=max_tokens))
-    view.resize(1000, 700)
-    view.show()
-    view.activateWindow()
-    qtbot.waitUntil(lambda: QApplication.activeWindow() is view.window())
+    show_active(qtbot, view, 1000, 700)
     view.prompt_edit.setFocus()
     return view
 
@@ -218,26 +173,8 @@ def test_stop_cancels_mid_stream(qtbot, gui_store, registry, pool, app_home, tin
     view = make_view(qtbot, gui_store, registry, pool, app_home, max_tokens=4000)
     first_token = threading.Event()
     stop_pressed = threading.Event()
-    real_sample_pair = collect_view.sample_pair
-
-    def held_at_first_token(*args, **kwargs):
-        # The real job, paused in its worker thread after the first token until Stop was pressed: a tiny
-        # model would otherwise finish before any key could be pressed.
-        job = real_sample_pair(*args, **kwargs)
-        try:
-            while True:
-                try:
-                    event = next(job)
-                except StopIteration as stop:
-                    return stop.value
-                yield event
-                if isinstance(event, TokenEvent) and not first_token.is_set():
-                    first_token.set()
-                    stop_pressed.wait(WAIT_MS / 1000)
-        finally:
-            job.close()
-
-    monkeypatch.setattr(collect_view, "sample_pair", held_at_first_token)
+    held = held_after_first_token(collect_view.sample_pair, first_token, stop_pressed)
+    monkeypatch.setattr(collect_view, "sample_pair", held)
     qtbot.keyClicks(view.prompt_edit, "Tell me a long story.")
     key(qtbot, view, "Ctrl+Return")
     qtbot.waitUntil(first_token.is_set, timeout=WAIT_MS)

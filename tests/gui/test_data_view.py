@@ -12,7 +12,6 @@ from desktop_dpo.core.store import Store
 from desktop_dpo.gui.comparison_table_model import COLUMN_INDEX
 from desktop_dpo.gui.data_view import DataView
 from desktop_dpo.gui.preference_file_actions import PreferenceFileActions
-from desktop_dpo.workers.job_worker import JobRegistry
 
 WAIT_MS = 10_000  # generous: the machine is shared; nothing here asserts on time
 SAMPLING = {
@@ -23,20 +22,6 @@ SAMPLING = {
     "repeat_penalty": 1.1,
     "max_tokens": 64,
 }
-
-
-@pytest.fixture
-def gui_store(app_home):
-    store = Store.open(app_home.db_path, backups_dir=app_home.backups_dir)
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def registry():
-    jobs = JobRegistry()
-    yield jobs
-    assert jobs.cancel_all_and_wait(10_000), "a test left a job that would not stop"
 
 
 @pytest.fixture
@@ -279,7 +264,7 @@ def test_deleting_two_rows_with_the_delete_key_and_undoing_it(qtbot, make_view, 
     assert tea not in shown_ids(view) and colour not in shown_ids(view)
     assert gui_store.count_usable_pairs() == 2
     assert view.counts_text() == "3 comparisons · 2 usable for training"
-    assert view.notice_visible() and "Deleted 2 comparisons" in view.notice_text.text()
+    assert view.notice_visible() and "Deleted 2 comparisons" in view.notice.message()
     with Store.open(app_home.db_path) as other:  # soft delete: still in the file, marked deleted
         assert deleted_in_db(other, [tea, colour]) == [True, True]
         assert other.count_comparisons(include_deleted=True) == 5

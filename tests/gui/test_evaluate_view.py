@@ -3,60 +3,21 @@ weights as the "aligned" model, both answering in llama.cpp."""
 
 from __future__ import annotations
 
-import random
 import shutil
 import threading
 
 import pytest
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QApplication, QLabel, QPlainTextEdit
+from PySide6.QtWidgets import QLabel, QPlainTextEdit
 
 from desktop_dpo.config import SamplingSettings
-from desktop_dpo.core.llm.engine_pool import EnginePool
-from desktop_dpo.core.llm.llamacpp import TokenEvent
 from desktop_dpo.core.models import register_model
 from desktop_dpo.core.store import Store
 from desktop_dpo.gui import evaluate_view
 from desktop_dpo.gui.evaluate_view import EvaluateView, vote_for_choice
-from desktop_dpo.workers.job_worker import JobRegistry
-from tests.plugins import tiny_model as _tiny_model_plugin
-
-tiny_model_dir = _tiny_model_plugin.tiny_model_dir
-tiny_gguf = _tiny_model_plugin.tiny_gguf
+from tests.gui.conftest import FixedSide, held_after_first_token, show_active
 
 WAIT_MS = 60_000  # generous: the machine is shared; nothing here asserts on time
-
-
-class FixedSide(random.Random):
-    """Shows the aligned answer on the left when ``aligned_left`` (seeds still come from a seeded rng)."""
-
-    def __init__(self, aligned_left: bool):
-        super().__init__(0)
-        self.aligned_left = aligned_left
-
-    def random(self) -> float:
-        return 0.1 if self.aligned_left else 0.9
-
-
-@pytest.fixture
-def registry():
-    jobs = JobRegistry()
-    yield jobs
-    jobs.cancel_all_and_wait(30_000)
-
-
-@pytest.fixture
-def pool():
-    engines = EnginePool()
-    yield engines
-    engines.close_all()
-
-
-@pytest.fixture
-def gui_store(app_home):
-    store = Store.open(app_home.db_path)
-    yield store
-    store.close()
 
 
 @pytest.fixture(scope="session")
@@ -94,12 +55,8 @@ def make_view(qtbot, gui_store, registry, pool, app_home, *, aligned_left=True) 
     view = EvaluateView(
         store=gui_store, registry=registry, pool=pool, paths=app_home, rng=FixedSide(aligned_left)
     )
-    qtbot.addWidget(view)
     view.set_sampling_settings(SamplingSettings(temperature=0.8, max_tokens=10))
-    view.resize(1100, 780)
-    view.show()
-    view.activateWindow()
-    qtbot.waitUntil(lambda: QApplication.activeWindow() is view.window())
+    show_active(qtbot, view, 1100, 780)
     view.prompt_view.setFocus()
     return view
 
@@ -258,26 +215,8 @@ def test_stop_leaves_nothing_to_judge_and_the_prompt_comes_round_again(
     view.set_sampling_settings(SamplingSettings(max_tokens=4000))
     first_token = threading.Event()
     stop_pressed = threading.Event()
-    real_job = evaluate_view.sample_evaluation_pair
-
-    def held_at_first_token(*args, **kwargs):
-        # The real job, paused in its worker thread after the first token until Esc was pressed: the tiny
-        # model would otherwise finish before a key could be pressed.
-        job = real_job(*args, **kwargs)
-        try:
-            while True:
-                try:
-                    event = next(job)
-                except StopIteration as stop:
-                    return stop.value
-                yield event
-                if isinstance(event, TokenEvent) and not first_token.is_set():
-                    first_token.set()
-                    stop_pressed.wait(WAIT_MS / 1000)
-        finally:
-            job.close()
-
-    monkeypatch.setattr(evaluate_view, "sample_evaluation_pair", held_at_first_token)
+    held = held_after_first_token(evaluate_view.sample_evaluation_pair, first_token, stop_pressed)
+    monkeypatch.setattr(evaluate_view, "sample_evaluation_pair", held)
     key(qtbot, view, "Alt+N")
     qtbot.waitUntil(first_token.is_set, timeout=WAIT_MS)
     assert view.stop_button.isEnabled() and not view.next_button.isEnabled()

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QEvent, Qt, QUrl
+from PySide6.QtCore import Qt, QUrl
 from PySide6.QtWidgets import QApplication, QFileDialog, QMessageBox
 
 from desktop_dpo import __version__
@@ -19,7 +19,6 @@ from desktop_dpo.core.offline import RefusedAttempt
 from desktop_dpo.core.store import Store
 from desktop_dpo.gui.main_window import VIEWS, MainWindow
 from desktop_dpo.gui.preference_file_actions import DATA_RESOURCE, EXPORT_FILTERS
-from desktop_dpo.workers.job_worker import JobRegistry
 
 REPO = Path(__file__).resolve().parents[2]
 HEAVY_MODULES = ("torch", "transformers", "peft", "llama_cpp", "bitsandbytes", "trl")
@@ -33,42 +32,6 @@ def _record_pairs(store: Store, verdicts: list[str]) -> None:
             text_b=f"Answer B{index}.",
             verdict=verdict,
         )
-
-
-@pytest.fixture
-def gui_store(app_home):
-    store = Store.open(app_home.db_path, backups_dir=app_home.backups_dir)
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def registry():
-    jobs = JobRegistry()
-    yield jobs
-    assert jobs.cancel_all_and_wait(10_000), "a test left a job that would not stop"
-
-
-@pytest.fixture
-def make_window(qtbot, gui_store, registry, app_home):
-    windows: list[MainWindow] = []
-
-    def make() -> MainWindow:
-        window = MainWindow(store=gui_store, registry=registry, paths=app_home)
-        windows.append(window)
-        window.show()
-        qtbot.waitExposed(window)
-        return window
-
-    yield make
-    # Not qtbot.addWidget: it closes windows before fixtures end, possibly while a job is still finishing
-    # (a job reports success just before its thread ends), and the window would then ask about it.
-    assert registry.cancel_all_and_wait(10_000)
-    QApplication.processEvents()  # what the finished threads queued, while the store is still open
-    for window in windows:
-        window.close()
-        window.deleteLater()
-    QApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
 
 
 @pytest.fixture
@@ -213,7 +176,7 @@ def test_evaluating_an_exported_model_opens_the_blind_comparison_on_it_and_its_b
 
 
 def test_clicking_the_sidebar_switches_views(qtbot, window):
-    assert window.current_view() == "models"  # first start
+    assert window.current_view() == "collect"  # first start on an empty database: the welcome card is there
     for row, spec in enumerate(VIEWS):
         rect = window.nav.visualItemRect(window.nav.item(row))
         qtbot.mouseClick(window.nav.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())

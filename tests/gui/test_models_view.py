@@ -29,27 +29,9 @@ from desktop_dpo.gui.models_view import (
 )
 from desktop_dpo.workers.job_worker import JobRegistry
 from tests.core.test_models import write_gguf, write_hf_folder
-from tests.plugins import tiny_model as _tiny_model_plugin
-
-tiny_model_dir = _tiny_model_plugin.tiny_model_dir
-tiny_gguf = _tiny_model_plugin.tiny_gguf
 
 WAIT_MS = 60_000  # generous: the machine is shared; nothing here asserts on time
 COPY_WAIT_MS = 300_000  # the first trainable copy imports transformers and torch
-
-
-@pytest.fixture
-def registry():
-    jobs = JobRegistry()
-    yield jobs
-    assert jobs.cancel_all_and_wait(60_000), "a test left a job that would not stop"
-
-
-@pytest.fixture
-def gui_store(app_home):
-    store = Store.open(app_home.db_path)
-    yield store
-    store.close()
 
 
 @pytest.fixture
@@ -445,7 +427,7 @@ def test_trainable_copy_is_made_and_recorded(qtbot, view, changes, gui_store, ap
     view.select_model(model.id)
     assert view.row_texts(model.id)["Training"] == NEEDS_COPY
     progress: list[int] = []
-    view.activity_bar.valueChanged.connect(progress.append)
+    view.activity_row.bar.valueChanged.connect(progress.append)
 
     qtbot.mouseClick(view.copy_button, Qt.MouseButton.LeftButton)
     assert view.stop_button.isVisible() and view.stop_button.isEnabled()
@@ -526,6 +508,7 @@ def test_main_window_shows_the_models_view_and_waits_for_a_scan_when_closing(
     registry = JobRegistry()
     window = MainWindow(store=gui_store, registry=registry, paths=app_home)
     window.show()
+    window.show_view("models")  # a new database opens on Collect
     view = window.view("models")
     assert isinstance(view, ModelsView)
     assert window.current_view() == "models"

@@ -17,13 +17,6 @@ WAIT_MS = 60_000  # generous: the machine is shared; nothing here asserts on tim
 
 
 @pytest.fixture
-def registry():
-    jobs = JobRegistry()
-    yield jobs
-    jobs.cancel_all_and_wait(30_000)
-
-
-@pytest.fixture
 def view(qtbot, home, registry) -> StorageView:  # noqa: F811
     widget = StorageView(store=home.store, registry=registry, paths=home.paths)
     qtbot.addWidget(widget)

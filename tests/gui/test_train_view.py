@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtWidgets import QApplication
 
 from desktop_dpo.core.dpo import train as train_module
 from desktop_dpo.core.dpo.runs import MIN_TRAIN_PAIRS
@@ -23,10 +22,6 @@ from desktop_dpo.core.store import Store
 from desktop_dpo.gui.train_view import TrainView
 from desktop_dpo.workers.job_worker import JobRegistry
 from desktop_dpo.workers.training_worker import TRAIN_RESOURCE
-from tests.plugins import tiny_model as _tiny_model_plugin
-
-tiny_model_dir = _tiny_model_plugin.tiny_model_dir
-tiny_gguf = _tiny_model_plugin.tiny_gguf
 
 WAIT_MS = 180_000  # generous: the machine is shared; nothing here asserts on time
 TOPICS = ["apples", "rivers", "trains", "music", "winter", "cats", "maps", "bread", "stars", "clocks",
@@ -36,21 +31,6 @@ TINY = TrainConfig(
     lora_alpha=8, lora_dropout=0.0, checkpoint_every=100, eval_every=2, heldout_fraction=0.25, seed=7,
     threads=1, quantization="none", device="cpu",
 )  # fmt: skip
-
-
-@pytest.fixture
-def gui_store(app_home):
-    store = Store.open(app_home.db_path)
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def registry(gui_store):
-    jobs = JobRegistry()
-    yield jobs
-    jobs.cancel_all_and_wait(60_000)
-    QApplication.processEvents()  # the jobs' last signals reach the view while its store is still open
 
 
 @pytest.fixture
@@ -312,7 +292,7 @@ def test_a_training_warning_is_shown_in_words(qtbot, gui_store, registry, app_ho
     assert view.warning_banner.isVisible()
     (warning,) = view.warnings()
     assert "1 of 13 pairs were truncated" in warning and "raise the maximum length" in warning
-    assert view.warning_text.text() == "\n\n".join(f"⚠ {w}" for w in view.warnings())
+    assert view.warning_banner.message() == "\n\n".join(f"⚠ {w}" for w in view.warnings())
 
 
 def test_a_run_left_running_by_a_killed_app_shows_as_interrupted_and_resumes(
@@ -336,3 +316,36 @@ def test_a_run_left_running_by_a_killed_app_shows_as_interrupted_and_resumes(
     assert run.status == "completed" and run.step == 5
     assert view.run_status_text(run_id) == "completed"
     assert Path(run.adapter_path, "adapter_model.safetensors").is_file()
+
+
+def test_a_next_round_can_be_held_near_itself_or_near_the_original_model(
+    qtbot, gui_store, registry, app_home, model, tiny_model_dir, tmp_path
+):
+    import shutil
+
+    add_pairs(gui_store)
+    first = gui_store.create_run(
+        name="round 1", base_model_id=model.id, config=TINY.to_dict(), comparison_ids=[]
+    )
+    merged = tmp_path / "tiny-run-1-merged"
+    shutil.copytree(tiny_model_dir, merged)  # stands in for the merged model of round 1
+    aligned = register_model(
+        gui_store, merged, name="tiny · run 1", source="aligned", parent_model_id=model.id, run_id=first
+    )
+    view = make_view(qtbot, gui_store, registry, app_home)
+
+    view.set_model(model.id)
+    assert not view.reference_combo.isVisible()  # an original model has nothing earlier to be held near
+    view.set_model(aligned.id)
+    assert view.reference_combo.isVisible()
+    choices = [view.reference_combo.itemText(i) for i in range(view.reference_combo.count())]
+    assert choices == ["tiny · run 1 as it is now (adapter off)", "tiny (the original model)"]
+    assert view.reference() == "adapter_off"
+    assert view.set_reference(f"model:{model.id}")
+
+    run_id = view.start()
+    assert run_id is not None
+    assert gui_store.get_run(run_id).reference == f"model:{model.id}"
+    assert gui_store.get_run(run_id).base_model_id == aligned.id
+    wait_for_end(qtbot, view, registry)
+    assert gui_store.get_run(run_id).status == "completed"

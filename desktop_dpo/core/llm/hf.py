@@ -66,6 +66,8 @@ from desktop_dpo.core.llm.llamacpp import (
     ResponseText,
     TokenEvent,
     _check_seed,
+    pair_seeds,
+    response_room,
 )
 from desktop_dpo.core.llm.templates import Message, render_prompt
 
@@ -384,17 +386,7 @@ class HfEngine:
         ``(result_0, result_1)``. Greedy responses equal ``generate`` with the same seed; sampled ones do
         too except in rare draws (see the module docstring). Seeds default to two different drawn seeds.
         """
-        chosen: list[int | None]
-        if seeds is None:
-            first = self.draw_seed()
-            second = self.draw_seed()
-            while second == first:
-                second = self.draw_seed()
-            chosen = [first, second]
-        else:
-            chosen = list(seeds)
-            if len(chosen) != 2:
-                raise ValueError("generate_pair needs exactly two seeds")
+        chosen = pair_seeds(seeds, self.draw_seed)
         results = yield from self._run(prompt, settings, chosen, stop, cancel, ignore_eos)
         return results[0], results[1]
 
@@ -434,17 +426,7 @@ class HfEngine:
             tokens, template_stops = self.prompt_tokens(prompt)
             stops = list(dict.fromkeys([*template_stops, *stop]))
             n_prompt = len(tokens)
-            room = self.n_ctx - n_prompt
-            if n_prompt == 0:
-                raise DesktopDpoError("The prompt is empty: write something first.")
-            if room < 1:
-                raise ModelError(
-                    f"The prompt is {n_prompt} tokens long and fills the model's context of {self.n_ctx} "
-                    "tokens. Shorten the conversation, or load the model with a larger context."
-                )
-            if settings.max_tokens < 1:
-                raise ValueError(f"max_tokens must be at least 1, got {settings.max_tokens}")
-            max_new = min(settings.max_tokens, room)
+            max_new = response_room(n_prompt, self.n_ctx, settings.max_tokens)
             recorded = {**settings.to_dict(), "stop": stops}
             if ignore_eos:
                 recorded["ignore_eos"] = True

@@ -32,7 +32,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -567,17 +567,7 @@ class LlamaCppEngine:
         settings, seed=seeds[k])`` token for token. Other arguments as in :meth:`generate`; seeds default
         to two different drawn seeds.
         """
-        chosen: list[int | None]
-        if seeds is None:
-            first = self.draw_seed()
-            second = self.draw_seed()
-            while second == first:
-                second = self.draw_seed()
-            chosen = [first, second]
-        else:
-            chosen = list(seeds)
-            if len(chosen) != 2:
-                raise ValueError("generate_pair needs exactly two seeds")
+        chosen = pair_seeds(seeds, self.draw_seed)
         results = yield from self._run(prompt, settings, chosen, stop, cancel, ignore_eos)
         return results[0], results[1]
 
@@ -605,17 +595,7 @@ class LlamaCppEngine:
             tokens, template_stops = self.prompt_tokens(prompt)
             stops = list(dict.fromkeys([*template_stops, *stop]))
             n_prompt = len(tokens)
-            room = self.n_ctx - n_prompt
-            if n_prompt == 0:
-                raise DesktopDpoError("The prompt is empty: write something first.")
-            if room < 1:
-                raise ModelError(
-                    f"The prompt is {n_prompt} tokens long and fills the model's context of {self.n_ctx} "
-                    "tokens. Shorten the conversation, or load the model with a larger context."
-                )
-            if settings.max_tokens < 1:
-                raise ValueError(f"max_tokens must be at least 1, got {settings.max_tokens}")
-            max_new = min(settings.max_tokens, room)
+            max_new = response_room(n_prompt, self.n_ctx, settings.max_tokens)
             recorded = {**settings.to_dict(), "stop": stops}
             if ignore_eos:
                 recorded["ignore_eos"] = True
@@ -778,3 +758,42 @@ def _check_seed(seed: int) -> int:
     if not 0 <= int(seed) <= 0xFFFFFFFE:
         raise ValueError(f"seed must be between 0 and {0xFFFFFFFE}, got {seed}")
     return int(seed)
+
+
+def pair_seeds(seeds: Sequence[int] | None, draw_seed: Callable[[], int]) -> list[int | None]:
+    """The seeds of a pair's two responses: ``seeds`` as given, or two different ones from ``draw_seed``.
+
+    Raises:
+        ValueError: ``seeds`` is not two seeds.
+    """
+    if seeds is None:
+        first = draw_seed()
+        second = draw_seed()
+        while second == first:
+            second = draw_seed()
+        return [first, second]
+    chosen: list[int | None] = list(seeds)
+    if len(chosen) != 2:
+        raise ValueError("generate_pair needs exactly two seeds")
+    return chosen
+
+
+def response_room(n_prompt: int, n_ctx: int, max_tokens: int) -> int:
+    """How many tokens a response may have after a prompt of ``n_prompt`` tokens in a context of ``n_ctx``.
+
+    Raises:
+        DesktopDpoError: the prompt is empty.
+        ModelError: the prompt fills the context (nothing is left for a response).
+        ValueError: ``max_tokens`` is below 1.
+    """
+    room = n_ctx - n_prompt
+    if n_prompt == 0:
+        raise DesktopDpoError("The prompt is empty: write something first.")
+    if room < 1:
+        raise ModelError(
+            f"The prompt is {n_prompt} tokens long and fills the model's context of {n_ctx} "
+            "tokens. Shorten the conversation, or load the model with a larger context."
+        )
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+    return min(max_tokens, room)

@@ -1,0 +1,102 @@
+"""The messages section of a view: its error banner, its activity line and its notes for the status bar.
+
+Every view tells the person the same three things the same way: a problem, in words, in a dismissable banner
+(:class:`~desktop_dpo.gui.message_banner.MessageBanner`); what is happening, or what to do next, in a line
+with a small progress bar (:class:`ActivityLine`); and short notes for the window's status bar, also sent as
+the view's ``status_message`` signal so a window (or a test) can follow them.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import SignalInstance
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QMainWindow, QProgressBar, QWidget
+
+from desktop_dpo.gui.message_banner import MessageBanner
+
+STATUS_MESSAGE_MS = 8000  # how long a note stays in the status bar
+
+
+class ActivityLine(QWidget):
+    """What is happening, or what to do next, with a small progress bar; hidden while it says nothing."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.label = QLabel()
+        self.label.setObjectName("activityText")  # the views' style sheets colour it
+        self.bar = QProgressBar()
+        self.bar.setMaximumWidth(220)
+        self.bar.setMaximumHeight(10)
+        self.bar.setTextVisible(False)
+        self.bar.setVisible(False)
+        self._layout = QHBoxLayout(self)
+        self._layout.setContentsMargins(2, 0, 2, 0)
+        self._layout.addWidget(self.label, 1)
+        self._layout.addWidget(self.bar)
+        self.setVisible(False)
+
+    def add_widget(self, widget: QWidget) -> None:
+        """Put ``widget`` (a Stop button, say) at the end of the line."""
+        self._layout.addWidget(widget)
+
+    def set_text(self, text: str) -> None:
+        """Say ``text``; an empty text hides the line."""
+        self.label.setText(text)
+        self.setVisible(bool(text))
+
+    def text(self) -> str:
+        """The line's text."""
+        return self.label.text()
+
+    def show_progress(self, fraction: float | None) -> None:
+        """Show the bar at ``fraction`` (0 to 1), or as a busy indicator when the amount is not known."""
+        self.bar.setVisible(True)
+        self.setVisible(True)
+        self.bar.setRange(0, 0 if fraction is None else 1000)
+        if fraction is not None:
+            self.bar.setValue(int(fraction * 1000))
+
+    def hide_progress(self) -> None:
+        """Hide the bar (the text stays)."""
+        self.bar.setVisible(False)
+
+
+class ViewMessages:
+    """Mixin for a view (``class SomeView(ViewMessages, QWidget)``) that owns ``show_error`` and friends.
+
+    The view declares ``status_message = Signal(str)``, builds ``self.banner = MessageBanner()`` (and, if it
+    says what it is doing, ``self.activity_row = ActivityLine()``) and places them in its layout.
+    """
+
+    banner: MessageBanner
+    activity_row: ActivityLine
+    status_message: SignalInstance
+
+    def _set_activity(self, text: str) -> None:
+        """The view's activity line: what is happening, or what to do next ("" hides it)."""
+        self.activity_row.set_text(text)
+
+    def activity(self) -> str:
+        """The activity line's text."""
+        return self.activity_row.text()
+
+    def show_error(self, message: str) -> None:
+        """Show a problem in words, in the view's banner and the status bar."""
+        self.banner.show_message(message)
+        self.notify(message.splitlines()[0] if message else "")
+
+    def clear_error(self) -> None:
+        """Hide the banner."""
+        self.banner.clear()
+
+    def error_text(self) -> str:
+        """The problem shown in the banner ("" when none, or when the banner's page is not on screen)."""
+        assert isinstance(self, QWidget)
+        return self.banner.text.text() if self.banner.isVisibleTo(self) else ""
+
+    def notify(self, text: str) -> None:
+        """A line for the status bar."""
+        assert isinstance(self, QWidget)
+        self.status_message.emit(text)
+        window = self.window()
+        if window is not self and isinstance(window, QMainWindow):
+            window.statusBar().showMessage(text, STATUS_MESSAGE_MS)
