@@ -35,7 +35,7 @@ from desktop_dpo import __version__
 from desktop_dpo.config import AppPaths
 from desktop_dpo.core.dpo.data import pairs_from_comparisons, split_by_prompt
 from desktop_dpo.core.dpo.runs import model_pair_ids
-from desktop_dpo.core.dpo.train import TrainConfig, TrainingError, _model_folder
+from desktop_dpo.core.dpo.train import TrainConfig, TrainingError, training_folder
 from desktop_dpo.core.errors import DesktopDpoError, ExportError
 from desktop_dpo.core.export.merge import plan_merge, read_adapter_config
 from desktop_dpo.core.models import register_model
@@ -215,7 +215,7 @@ def _model_summary(model: ModelRow | None) -> dict[str, Any] | None:
 def _base_folder_hint(model: ModelRow) -> str:
     """The Hugging Face folder the cluster needs (a GGUF model trains from its trainable copy)."""
     try:
-        return str(_model_folder(model))
+        return str(training_folder(model))
     except DesktopDpoError:
         return model.path
 
@@ -519,7 +519,7 @@ def import_adapter(
         adapter_config = read_adapter_config(adapter_dir)
     except ExportError as exc:
         raise ClusterError(str(exc)) from exc
-    base_dir = _model_folder(base)  # ModelError: a GGUF without a trainable copy (says what to do)
+    base_dir = training_folder(base)  # ModelError: a GGUF without a trainable copy (says what to do)
     try:
         plan_merge(base_dir, adapter_dir)
     except ExportError as exc:

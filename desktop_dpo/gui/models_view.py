@@ -74,7 +74,7 @@ log = logging.getLogger(__name__)
 REGISTER_RESOURCE = "register-model"
 SCAN_JOB_NAME = "scan-models"
 COPY_RESOURCE = "trainable-copy"
-# The info key training reads for a GGUF's trainable copy (core/dpo/train.py, _model_folder).
+# The info key training reads for a GGUF's trainable copy (core/dpo/train.py, training_folder).
 TRAINABLE_COPY_KEY = "trainable_copy"
 # Quitting waits this long for a scan of folders to end instead of asking about it (a scan takes
 # milliseconds; only a hanging network disk would reach this).

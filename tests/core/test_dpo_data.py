@@ -12,7 +12,11 @@ import torch
 from desktop_dpo.core.dpo.data import (
     PreferencePair,
     TokenizedPair,
+    batch_tokens,
     collate,
+    collate_for,
+    collate_shared,
+    head_token_logps,
     pairs_from_comparisons,
     reference_cache_key,
     render_prompt_text,
@@ -417,6 +421,125 @@ def test_half_precision_logits_are_scored_in_fp32_with_the_right_gradient():
     (grad_ours,) = torch.autograd.grad(ours.sum(), logits)
     (grad_reference,) = torch.autograd.grad(reference.sum(), logits)
     torch.testing.assert_close(grad_ours, grad_reference)
+
+
+# --------------------------------------------------------------------------------------------------
+# the fast paths: each prompt once (shared layout) and the fused LM head
+# --------------------------------------------------------------------------------------------------
+
+
+def test_shared_layout_puts_each_prompt_once_and_hides_the_chosen_response_from_the_rejected_one():
+    pairs = [tp_([1, 10, 11], [20, 2], [30, 31, 2]), tp_([1, 12], [21, 2], [33, 2])]
+    batch = collate_shared(pairs, pad_id=0)
+    # The longer pair fills its row; the shorter one gets its own row (it does not fit beside it).
+    assert batch["input_ids"].tolist() == [[1, 10, 11, 20, 2, 30, 31, 2], [1, 12, 21, 2, 33, 2, 0, 0]]
+    # The rejected response continues from the end of the prompt, as in its own sequence.
+    assert batch["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 3, 4, 5]
+    mask = batch["attention_mask"][0, 0]
+    assert mask[5].tolist() == [True, True, True, False, False, True, False, False]  # 30 sees the prompt
+    assert mask[3].tolist() == [True, True, True, True, False, False, False, False]  # 20: causal
+    assert batch["attention_mask"][1, 0, 7].tolist() == [False] * 7 + [True]  # padding sees itself only
+    # Every response token is scored once, predicted by the token before it in its own sequence.
+    assert sorted(batch["labels"].tolist()) == sorted([20, 2, 30, 31, 2, 21, 2, 33, 2])
+    chosen_lengths, rejected_lengths = response_lengths(batch)
+    assert chosen_lengths.tolist() == [2, 2] and rejected_lengths.tolist() == [3, 2]
+    assert batch_tokens(batch) == batch_tokens(collate(pairs, pad_id=0)) == 2 * 3 + 2 + 3 + 2 * 2 + 2 + 2
+
+
+def test_short_pairs_share_a_row_so_little_padding_is_left():
+    pairs = [tp_([1, 40], [50, 51, 52, 53, 54, 55, 2], [60, 61, 62, 63, 2])] + [
+        tp_([1, 41], [52, 2], [61, 2]) for _ in range(2)
+    ]
+    shared, padded = collate_shared(pairs, pad_id=0), collate(pairs, pad_id=0)
+    assert shared["input_ids"].shape == (2, 14)  # the two short pairs (6 tokens each) share one row
+    # 26 tokens in the pairs themselves: 2 padding positions left, against 22 in the padded layout.
+    assert (shared["input_ids"].numel(), padded["input_ids"].numel()) == (28, 54)
+
+
+@pytest.fixture()
+def frozen_head_lm(tiny_lm):
+    """The tiny LM with its LM head frozen (as under LoRA): the fused head applies; the rest trains."""
+    import copy
+
+    model = copy.deepcopy(tiny_lm).train()
+    model.lm_head.weight.requires_grad_(False)
+    return model
+
+
+MIXED_PAIRS = [
+    *PAIRS,
+    tp_([1, 44, 45, 46, 47, 48], [57, 2], [64, 65, 66, 67, 68, 69, 70, 2]),
+    tp_([1], [58, 59, 2], [71, 2]),
+    tp_([1, 49], [3, 2], [72, 73, 74, 2]),
+]
+
+
+def _values_and_grads(model, batch, average=False):
+    model.zero_grad()
+    chosen, rejected = sequence_logps(model, batch, average=average)
+    weights = torch.arange(1.0, 1.0 + chosen.shape[0])
+    ((chosen * weights).sum() - (rejected * weights.flip(0)).sum()).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return torch.cat([chosen, rejected]).detach(), grads
+
+
+@pytest.mark.parametrize("average", [False, True])
+def test_shared_layout_and_fused_head_give_the_textbook_log_probs_and_gradients(frozen_head_lm, average):
+    model = frozen_head_lm
+    textbook = torch.cat(sequence_logps_textbook(model, collate(MIXED_PAIRS, pad_id=0), average))
+    model.zero_grad()
+    (textbook * torch.cat([torch.arange(1.0, 6.0), -torch.arange(5.0, 0.0, -1.0)])).sum().backward()
+    expected_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    assert "label_seq" in collate_for(model, MIXED_PAIRS, pad_id=0)  # this model takes the shared layout
+    for batch in (collate_shared(MIXED_PAIRS, pad_id=0), collate(MIXED_PAIRS, pad_id=0)):
+        values, grads = _values_and_grads(model, batch, average)
+        torch.testing.assert_close(values, textbook.detach(), atol=1e-5, rtol=1e-5)
+        assert grads.keys() == expected_grads.keys() and "lm_head.weight" not in grads
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, expected_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def sequence_logps_textbook(model, batch, average):
+    """Full log-softmax over the model's own logits, summed (or averaged) over the response tokens."""
+    logprobs = torch.log_softmax(
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, -1
+    )
+    totals = []
+    for row in range(batch["input_ids"].shape[0]):
+        positions = [t for t in batch["loss_mask"][row].nonzero().flatten().tolist() if t > 0]
+        total = sum(logprobs[row, t - 1, batch["input_ids"][row, t]] for t in positions)
+        totals.append(total / len(positions) if average else total)
+    return torch.stack(totals).chunk(2)
+
+
+def test_fused_head_equals_log_softmax_with_its_gradient():
+    torch.manual_seed(2)
+    head = torch.nn.Linear(8, 50, bias=True).requires_grad_(False)
+    hidden = torch.randn(5, 8, requires_grad=True)
+    rows = torch.tensor([0, 0, 1, 3, 4, 4, 2])  # a row may predict several tokens (the shared prompt end)
+    labels = torch.tensor([3, 7, 49, 0, 10, 10, 5])
+    ours = head_token_logps(hidden, head, rows, labels)
+    expected = torch.log_softmax(head(hidden), -1)[rows, labels]
+    torch.testing.assert_close(ours, expected)
+    weights = torch.linspace(-1.0, 2.0, 7)
+    (grad_ours,) = torch.autograd.grad((ours * weights).sum(), hidden)
+    (grad_expected,) = torch.autograd.grad((expected * weights).sum(), hidden)
+    torch.testing.assert_close(grad_ours, grad_expected)
+
+
+def test_a_model_whose_head_trains_or_cannot_be_checked_keeps_the_padded_layout(tiny_lm):
+    class PlainForward(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, use_cache=False):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+    for model in (tiny_lm, PlainForward(tiny_lm)):  # head trains / no decoder to reach
+        batch = collate_for(model, PAIRS, pad_id=0)
+        assert "loss_mask" in batch and "label_seq" not in batch
 
 
 # --------------------------------------------------------------------------------------------------

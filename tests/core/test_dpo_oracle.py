@@ -21,6 +21,8 @@ import torch
 from desktop_dpo.core.dpo.data import (
     PreferencePair,
     collate,
+    collate_for,
+    collate_shared,
     render_prompt_text,
     render_response_text,
     resolve_chat_template,
@@ -188,20 +190,25 @@ def test_loss_logps_rewards_and_gradients_equal_trl(model_dir, tmp_path, loss_ty
     assert torch.equal(batch["attention_mask"], trl_batch["attention_mask"])
     assert torch.equal(batch["loss_mask"], trl_batch["completion_mask"])
 
-    # 3. Same numbers, for each pair alone and for the whole (padded) batch.
+    # 3. Same numbers, for each pair alone and for the whole batch, in both our layouts: padded rows
+    #    (TRL's) and each prompt once (what training uses where the model allows it, as this one does).
+    assert "label_seq" in collate_for(model, ours, pad_id=tokenizer.pad_token_id)
     for rows, pairs in [([r], [p]) for r, p in zip(trl_rows, ours, strict=True)] + [(trl_rows, ours)]:
         theirs = trl_numbers(trainer, rows)
         trl_grads = lora_grads(model)
-        mine = our_numbers(model, collate(pairs, pad_id=tokenizer.pad_token_id), loss_type, ipo_lengths)
-        keys = ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"]
-        if not (loss_type == "ipo" and not ipo_lengths):  # fed averages, our IPO reports per-token rewards
-            keys += ["logps/chosen", "logps/rejected"]
-        else:
-            keys = ["loss"]
-        deltas = {key: abs(mine[key] - theirs[key]) for key in keys}
-        assert max(deltas.values()) < TOL, (deltas, mine, theirs)
-        for name, grad in lora_grads(model).items():
-            torch.testing.assert_close(grad, trl_grads[name], atol=TOL, rtol=TOL, msg=name)
+        for layout in (collate, collate_shared):
+            mine = our_numbers(model, layout(pairs, pad_id=tokenizer.pad_token_id), loss_type, ipo_lengths)
+            keys = ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"]
+            if not (
+                loss_type == "ipo" and not ipo_lengths
+            ):  # fed averages, our IPO reports per-token rewards
+                keys += ["logps/chosen", "logps/rejected"]
+            else:
+                keys = ["loss"]
+            deltas = {key: abs(mine[key] - theirs[key]) for key in keys}
+            assert max(deltas.values()) < TOL, (layout.__name__, deltas, mine, theirs)
+            for name, grad in lora_grads(model).items():
+                torch.testing.assert_close(grad, trl_grads[name], atol=TOL, rtol=TOL, msg=name)
 
     # The comparison means something: the adapter moved the policy away from the reference.
     if loss_type == "sigmoid":

@@ -3,8 +3,16 @@
 The path a preference takes::
 
     ComparisonView (store) --pairs_from_comparisons--> PreferencePair (text)
-        --tokenize_pair--> TokenizedPair (token ids) --collate--> batch ([2B, T] tensors)
+        --tokenize_pair--> TokenizedPair (token ids) --collate_for--> batch
         --sequence_logps--> log π(y|x) for chosen and rejected ([B] each) --> loss.py
+
+Two batch layouts give the same log-probabilities: :func:`collate` pads chosen and rejected into 2B rows
+(TRL's layout, the one the oracle test compares against), and :func:`collate_shared` puts each prompt
+once, followed by both responses, with pairs packed into rows (what training uses: the prompt is
+computed once and almost no padding is). :func:`collate_for` picks the shared layout where the model
+scores it correctly (checked once per model). The LM head runs only where a response token is
+predicted, and on a plain frozen head through :func:`head_token_logps`, which never keeps
+[tokens, vocab] logits for the backward pass.
 
 Prompts are rendered with the same template the sampler used (``core/llm/templates.py``): the model's own
 chat template when its tokenizer has one, else the project's ``User:``/``Assistant:`` layout. So the
@@ -15,10 +23,13 @@ torch is imported lazily: the GUI may import this module (for :class:`Preference
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Sequence
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -489,18 +500,301 @@ def collate(pairs: Sequence[TokenizedPair], pad_id: int) -> dict[str, torch.Tens
 
 
 def response_lengths(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Response token counts ([B] chosen, [B] rejected) of a :func:`collate` batch (for IPO)."""
+    """Response token counts ([B] chosen, [B] rejected) of a :func:`collate` or :func:`collate_shared` batch
+    (for IPO)."""
+    if "response_lengths" in batch:
+        return batch["response_lengths"].chunk(2, dim=0)
     return batch["loss_mask"].sum(dim=1).chunk(2, dim=0)
+
+
+def batch_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens of the 2B sequences of a batch, padding excluded, counted as :func:`collate` lays them out
+    (a shared prompt counts for both of its sequences, so the figure does not depend on the layout)."""
+    if "sequence_tokens" in batch:
+        return int(batch["sequence_tokens"])
+    return int(batch["attention_mask"].sum())
+
+
+def collate_shared(pairs: Sequence[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
+    """B pairs with each prompt computed once: one segment ``prompt + chosen + rejected`` per pair, packed into rows.
+
+    In a segment the rejected tokens attend to the prompt and to earlier rejected tokens, never to the chosen
+    ones, and their positions continue from the end of the prompt (``position_ids``): each response sees
+    exactly what it sees in its own :func:`collate` row, so the log-probabilities are the same, but the prompt
+    goes through the model once instead of twice. Segments are packed first-fit-decreasing into rows no longer
+    than the longest segment (a row may hold several short pairs, each attending only within itself), so
+    almost no padding is left and no row is longer than the longest pair needs.
+
+    Returns a dict of tensors (R rows of width L, N scored tokens)::
+
+        input_ids        [R, L]  (padding = pad_id)
+        position_ids     [R, L]
+        attention_mask   [R, 1, L, L] bool, True where a query (row) may attend a key (column); a padding
+                         position attends itself only, so no softmax row is empty
+        keep             [R, L] bool: positions whose hidden state predicts a response token (each once: the
+                         last prompt token predicts the first token of both responses)
+        label_rows       [N] index of the predicting position among the kept ones (row-major order)
+        labels           [N] the predicted tokens
+        label_seq        [N] the sequence each token belongs to: i = chosen of pair i, B + i = its rejected
+        scored_lengths   [2B] scored tokens per sequence (what ``average=True`` divides by)
+        response_lengths [2B] response tokens per sequence (:func:`response_lengths`)
+        sequence_tokens  []  tokens of the 2B sequences (:func:`batch_tokens`)
+    """
+    import torch
+
+    if not pairs:
+        raise ValueError("Cannot collate an empty list of pairs.")
+    sizes = [len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs]
+    width = max(sizes)
+    # First-fit decreasing: the longest pairs open rows, shorter ones fill the gaps.
+    free: list[int] = []  # room left in each row
+    place: dict[int, tuple[int, int]] = {}  # pair -> (row, offset)
+    for i in sorted(range(len(pairs)), key=lambda i: -sizes[i]):
+        row = next((r for r, room in enumerate(free) if room >= sizes[i]), None)
+        if row is None:
+            free.append(width)
+            row = len(free) - 1
+        place[i] = (row, width - free[row])
+        free[row] -= sizes[i]
+
+    n_rows, n_pairs = len(free), len(pairs)
+    input_ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((n_rows, width), dtype=torch.long)
+    mask = torch.eye(width, dtype=torch.bool).repeat(n_rows, 1, 1)  # padding attends itself
+    keep = torch.zeros((n_rows, width), dtype=torch.bool)
+    scored: list[tuple[int, int, int, int]] = []  # (row, predicting column, token, sequence)
+    response_lengths_ = [0] * (2 * n_pairs)
+    for i, pair in enumerate(pairs):
+        row, at = place[i]
+        n_prompt, n_chosen, n_rejected = len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids)
+        size, rejected_at = sizes[i], n_prompt + n_chosen
+        input_ids[row, at : at + size] = torch.tensor(
+            [*pair.prompt_ids, *pair.chosen_ids, *pair.rejected_ids], dtype=torch.long
+        )
+        position_ids[row, at : at + size] = torch.tensor(
+            [*range(rejected_at), *range(n_prompt, n_prompt + n_rejected)], dtype=torch.long
+        )
+        block = torch.ones((size, size), dtype=torch.bool).tril_()
+        block[rejected_at:, n_prompt:rejected_at] = False  # the rejected response never sees the chosen one
+        mask[row, at : at + size, at : at + size] = block
+        # Token t of a response is predicted by the position before it in its own sequence; for the
+        # first rejected token that is the last prompt token (its sequence skips the chosen response).
+        for j, token in enumerate(pair.chosen_ids):
+            if n_prompt + j - 1 >= 0:
+                scored.append((row, at + n_prompt + j - 1, token, i))
+        for j, token in enumerate(pair.rejected_ids):
+            before = n_prompt - 1 if j == 0 else rejected_at + j - 1
+            if before >= 0:
+                scored.append((row, at + before, token, n_pairs + i))
+        response_lengths_[i], response_lengths_[n_pairs + i] = n_chosen, n_rejected
+    rows = torch.tensor([s[0] for s in scored], dtype=torch.long)
+    columns = torch.tensor([s[1] for s in scored], dtype=torch.long)
+    keep[rows, columns] = True
+    kept_index = (keep.flatten().cumsum(0) - 1).view(n_rows, width)
+    label_seq = torch.tensor([s[3] for s in scored], dtype=torch.long)
+    return {
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "attention_mask": mask.unsqueeze(1),
+        "keep": keep,
+        "label_rows": kept_index[rows, columns],
+        "labels": torch.tensor([s[2] for s in scored], dtype=torch.long),
+        "label_seq": label_seq,
+        "scored_lengths": torch.bincount(label_seq, minlength=2 * n_pairs),
+        "response_lengths": torch.tensor(response_lengths_, dtype=torch.long),
+        "sequence_tokens": torch.tensor(
+            sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+        ),
+    }
+
+
+def collate_for(model: Any, pairs: Sequence[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
+    """The fastest batch layout ``model`` scores correctly: :func:`collate_shared` where it can, else
+    :func:`collate`. Either goes to :func:`sequence_logps` and gives the same log-probabilities."""
+    batch = None
+    if _shared_layout_ok(model):
+        batch = collate_shared(pairs, pad_id)
+        window = getattr(_base_model(model).config, "sliding_window", None)
+        if isinstance(window, int) and batch["input_ids"].shape[1] > window:
+            batch = None  # a custom mask replaces the sliding window: only safe while rows fit in it
+    return batch if batch is not None else collate(pairs, pad_id)
+
+
+def _base_model(model: Any) -> Any:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _accepts_logits_to_keep(model: Any) -> bool:
     import inspect
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
     try:
-        return "logits_to_keep" in inspect.signature(base.forward).parameters
+        return "logits_to_keep" in inspect.signature(_base_model(model).forward).parameters
     except (TypeError, ValueError):
         return False
+
+
+# What the probes below found out about a model object (weak keys: a freed model leaves no trace).
+_FUSED_HEAD_OK: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+_SHARED_LAYOUT_OK: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def _probing(model: Any) -> Iterator[None]:
+    """No dropout, no gradients, no RNG use: a probe changes nothing a run depends on."""
+    import torch
+
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(training)
+
+
+def _decoder_and_head(model: Any) -> tuple[Any, Any] | None:
+    """The model's decoder stack and its plain, frozen linear LM head, when ``lm_head(decoder(x))`` is
+    exactly what the model computes (checked once per model on a few tokens: models that scale or cap
+    their logits, or put an adapter on the head, take the generic path)."""
+    import torch
+
+    base = _base_model(model)
+    if not (
+        callable(getattr(base, "get_decoder", None))
+        and callable(getattr(base, "get_output_embeddings", None))
+    ):
+        return None
+    decoder, head = base.get_decoder(), base.get_output_embeddings()
+    if decoder is None or decoder is base or type(head) is not torch.nn.Linear:
+        return None
+    if head.weight.requires_grad or (head.bias is not None and head.bias.requires_grad):
+        return None  # the fused head computes gradients for its input only
+    ok = _FUSED_HEAD_OK.get(model)
+    if ok is None:
+        ids = torch.arange(1, 9, device=head.weight.device).remainder(head.weight.shape[0])[None]
+        try:
+            with _probing(model):
+                expected = model(input_ids=ids, use_cache=False).logits.float()
+                got = head(decoder(input_ids=ids, use_cache=False).last_hidden_state).float()
+            ok = expected.shape == got.shape and bool(torch.allclose(got, expected, rtol=1e-3, atol=1e-3))
+        except Exception:  # any model this does not fit takes the generic path
+            log.debug("Fused LM head not used for %s", type(base).__name__, exc_info=True)
+            ok = False
+        _FUSED_HEAD_OK[model] = ok
+    return (decoder, head) if ok else None
+
+
+def _shared_layout_ok(model: Any) -> bool:
+    """Whether ``model`` scores a :func:`collate_shared` batch as it scores :func:`collate` (checked once on
+    two small pairs): it needs the fused head path, an attention that takes a custom 4D mask (sdpa, eager)
+    and positions from ``position_ids``."""
+    import torch
+
+    parts = _decoder_and_head(model)
+    if parts is None:
+        return False
+    if getattr(_base_model(model).config, "_attn_implementation", None) not in ("sdpa", "eager"):
+        return False
+    ok = _SHARED_LAYOUT_OK.get(model)
+    if ok is None:
+        vocab = parts[1].weight.shape[0]
+        pairs = [
+            TokenizedPair(
+                0, 0, tuple(t % vocab for t in p), tuple(t % vocab for t in c), tuple(t % vocab for t in r)
+            )
+            for p, c, r in [((1, 5, 6, 7), (8, 9, 10), (11, 12)), ((1, 13), (14, 15), (16, 17, 18, 19, 20))]
+        ]
+        device = parts[1].weight.device
+        try:
+            with _probing(model):
+                shared = {k: v.to(device) for k, v in collate_shared(pairs, 0).items()}
+                padded = {k: v.to(device) for k, v in collate(pairs, 0).items()}
+                expected = torch.cat(sequence_logps(model, padded))
+                got = torch.cat(sequence_logps(model, shared))
+            ok = bool(torch.allclose(got, expected, rtol=1e-3, atol=1e-3))
+        except Exception:
+            log.debug(
+                "Shared-prompt layout not used for %s", type(_base_model(model)).__name__, exc_info=True
+            )
+            ok = False
+        _SHARED_LAYOUT_OK[model] = ok
+    return ok
+
+
+@functools.cache
+def _fused_head_function() -> Any:
+    """The autograd function behind :func:`head_token_logps` (built on first use: torch loads lazily)."""
+    import torch
+    import torch.nn.functional as F
+
+    class FusedHeadTokenLogps(torch.autograd.Function):
+        """log softmax(h·Wᵀ + b)[label] for selected (row, label) pairs, never keeping [rows, vocab] logits.
+
+        The gradient with respect to h is computed in the forward pass, chunk by chunk, while each chunk's
+        softmax is at hand: d log p(y | h) / dh = W[y] − Σ_v p_v W[v] = W[y] − E, with E = softmax·W, an
+        [rows, hidden] matrix. The backward pass then only scales and adds small rows. Same matrix products
+        as autograd through the logits (one forward, one for the gradient), but none of the [rows, vocab]
+        temporaries it allocates and walks through (zeros for the gather's and the slices' gradients,
+        logsumexp's several passes): about a third of a step at a 32k vocabulary.
+        """
+
+        @staticmethod
+        def forward(
+            ctx: Any,
+            hidden: torch.Tensor,
+            weight: torch.Tensor,
+            bias: torch.Tensor | None,
+            rows: torch.Tensor,
+            labels: torch.Tensor,
+        ) -> torch.Tensor:
+            wants_grad = ctx.needs_input_grad[0]
+            n_rows, vocab = hidden.shape[0], weight.shape[0]
+            chunk = max(1, _LOGSUMEXP_CHUNK_ELEMENTS // max(1, vocab))
+            out = torch.empty(rows.shape[0], dtype=torch.float32, device=hidden.device)
+            expected = torch.empty_like(hidden) if wants_grad else None
+            for start in range(0, n_rows, chunk):
+                stop = min(start + chunk, n_rows)
+                logp = torch.log_softmax(F.linear(hidden[start:stop], weight, bias).float(), dim=-1)
+                here = ((rows >= start) & (rows < stop)).nonzero().squeeze(-1)
+                out[here] = logp[rows[here] - start, labels[here]]
+                if expected is not None:
+                    expected[start:stop] = logp.exp_().to(weight.dtype) @ weight
+                del logp
+            if expected is not None:
+                ctx.save_for_backward(expected, weight, rows, labels)
+            return out
+
+        @staticmethod
+        def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+            expected, weight, rows, labels = ctx.saved_tensors
+            grad = grad_out.float()
+            per_row = torch.zeros(expected.shape[0], dtype=torch.float32, device=grad.device).index_add_(
+                0, rows, grad
+            )
+            grad_hidden = expected.float() * -per_row[:, None]
+            grad_hidden.index_add_(0, rows, weight[labels].float() * grad[:, None])
+            return grad_hidden.to(expected.dtype), None, None, None, None
+
+    return FusedHeadTokenLogps
+
+
+def head_token_logps(
+    hidden: torch.Tensor, head: Any, rows: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Log-probabilities ([N], fp32) of ``labels`` ([N]) at hidden states ``hidden[rows]`` under a frozen
+    linear LM head, in fp32, at most ~64 MiB of logits at a time and none kept for the backward pass.
+
+    Args:
+        hidden: [M, H] final hidden states of the positions to score (any float dtype; may need gradients).
+        head: a ``torch.nn.Linear`` whose weight (and bias) need no gradient.
+        rows: [N] index into ``hidden`` for each label (a row may be used by several labels).
+        labels: [N] token ids.
+    """
+    import torch
+
+    if rows.shape[0] == 0:
+        return hidden.new_zeros(0, dtype=torch.float32)
+    return _fused_head_function().apply(hidden, head.weight, head.bias, rows, labels)
 
 
 def _token_logps_chunk(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -539,17 +833,21 @@ def selected_token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
 def sequence_logps(
     model: Any, batch: dict[str, torch.Tensor], *, average: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """log π(y|x) of the chosen and the rejected responses of a :func:`collate` batch.
+    """log π(y|x) of the chosen and the rejected responses of a :func:`collate` or :func:`collate_shared` batch.
 
     The logit at position t predicts token t + 1 (shift by one), so response token t is scored by
-    the logit at t − 1. Only those positions reach the LM head (``logits_to_keep`` with a boolean
-    mask where the model supports it): prompt and padding never cost a [vocab]-wide row. Each token's
-    log-probability is ``logit[token] − logsumexp(logits)`` in fp32 (:func:`selected_token_logps`).
+    the hidden state at t − 1. Only those positions reach the LM head: prompt and padding never cost a
+    [vocab]-wide row. Each token's log-probability is ``log_softmax(logits)[token]`` in fp32. Where the
+    model allows it (a plain frozen linear head, checked once per model) the decoder's hidden states go
+    through :func:`head_token_logps`, which keeps no [tokens, vocab] tensor for the backward pass;
+    otherwise the model's own logits (``logits_to_keep`` with a boolean mask where supported) go
+    through :func:`selected_token_logps`. Both give the same values.
 
     Args:
         model: a causal LM (a PEFT model too; the adapter state at call time decides policy vs
             reference).
-        batch: ``input_ids``, ``attention_mask``, ``loss_mask``, each [2B, T].
+        batch: from :func:`collate` (``input_ids``, ``attention_mask``, ``loss_mask``, each [2B, T]) or
+            from :func:`collate_shared` / :func:`collate_for` (each prompt once).
         average: False: sum over response tokens (DPO, hinge). True: mean per response token (what
             IPO uses as TRL computes it).
 
@@ -558,6 +856,8 @@ def sequence_logps(
     """
     import torch
 
+    if "label_seq" in batch:
+        return _shared_sequence_logps(model, batch, average=average)
     input_ids = batch["input_ids"]
     device = input_ids.device
     attention_mask = batch["attention_mask"].to(device)
@@ -566,24 +866,68 @@ def sequence_logps(
     target_mask[:, :-1] = batch["loss_mask"].to(device)[:, 1:].bool()
     labels = input_ids[:, 1:][target_mask[:, :-1]]  # [N], row-major like the mask
 
-    logits = None
-    if _accepts_logits_to_keep(model):
-        out = model(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=target_mask
-        )
-        if out.logits.dim() == 2 and out.logits.shape[0] == labels.shape[0]:
-            logits = out.logits  # [N, V]
-    if logits is None:  # the model ignores a boolean logits_to_keep: select after the full forward
-        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        logits = out.logits[target_mask]  # [N, V]
-
-    token_logps = selected_token_logps(logits, labels)  # [N] fp32
+    parts = _decoder_and_head(model)
+    if parts is not None:
+        decoder, head = parts
+        hidden = decoder(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state
+        rows = torch.arange(labels.shape[0], device=device)
+        token_logps = head_token_logps(hidden[target_mask], head, rows, labels)  # [N] fp32
+    else:
+        logits = None
+        if _accepts_logits_to_keep(model):
+            out = model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                use_cache=False,
+                logits_to_keep=target_mask,
+            )
+            if out.logits.dim() == 2 and out.logits.shape[0] == labels.shape[0]:
+                logits = out.logits  # [N, V]
+        if logits is None:  # the model ignores a boolean logits_to_keep: select after the full forward
+            out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            logits = out.logits[target_mask]  # [N, V]
+        token_logps = selected_token_logps(logits, labels)  # [N] fp32
     row_of_token = target_mask.nonzero()[:, 0]
     totals = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=device).index_add(
         0, row_of_token, token_logps
     )  # [2B]
     if average:
         totals = totals / target_mask.sum(dim=1).clamp(min=1).to(totals.dtype)
+    chosen, rejected = totals.chunk(2, dim=0)
+    return chosen, rejected
+
+
+def _shared_sequence_logps(
+    model: Any, batch: dict[str, torch.Tensor], *, average: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sequence_logps` of a :func:`collate_shared` batch."""
+    import torch
+
+    parts = _decoder_and_head(model)
+    if parts is None:
+        raise ValueError("This model cannot score a shared-prompt batch; build batches with collate_for().")
+    decoder, head = parts
+    device = batch["input_ids"].device
+    mask = batch["attention_mask"].to(device)
+    if getattr(_base_model(model).config, "_attn_implementation", None) == "eager":
+        # Eager attention adds its mask to the scores: 0 where allowed, the dtype's minimum elsewhere.
+        dtype = head.weight.dtype
+        mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, torch.finfo(dtype).min)
+    hidden = decoder(
+        input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"].to(device),
+        use_cache=False,
+    ).last_hidden_state  # fmt: skip
+    token_logps = head_token_logps(
+        hidden[batch["keep"].to(device)], head, batch["label_rows"].to(device), batch["labels"].to(device)
+    )
+    n_sequences = batch["response_lengths"].shape[0]
+    totals = torch.zeros(n_sequences, dtype=torch.float32, device=device).index_add(
+        0, batch["label_seq"].to(device), token_logps
+    )  # [2B]
+    if average:
+        totals = totals / batch["scored_lengths"].to(device).clamp(min=1).to(totals.dtype)
     chosen, rejected = totals.chunk(2, dim=0)
     return chosen, rejected
 

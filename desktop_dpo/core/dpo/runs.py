@@ -12,16 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from desktop_dpo.core.dpo.data import pairs_from_comparisons, split_by_prompt
-from desktop_dpo.core.dpo.train import TrainConfig, TrainingError
+from desktop_dpo.core.dpo.train import TRAINABLE_FOLDER_KEYS, TrainConfig, TrainingError
 from desktop_dpo.core.store import ModelRow, RunRow, Store
 
 # Fewer pairs than this teach a model next to nothing and make the held-out numbers meaningless; the
 # Train view says so instead of starting (the CLI, for scripts and experiments, allows any number).
 MIN_TRAIN_PAIRS = 8
-
-# Where a GGUF model's trainable copy (an HF folder made once in the Models view) is noted in its info;
-# the same keys train.py reads when it loads the model.
-_TRAINABLE_COPY_KEYS = ("trainable_path", "trainable_copy", "hf_path")
 
 
 @dataclass(frozen=True)
@@ -38,7 +34,7 @@ class RunPlan:
 
 def trainable_reason(model: ModelRow) -> str | None:
     """None when ``model`` can be trained as it is registered, else a sentence saying what to do."""
-    if model.kind == "hf" or any(model.info.get(key) for key in _TRAINABLE_COPY_KEYS):
+    if model.kind == "hf" or any(model.info.get(key) for key in TRAINABLE_FOLDER_KEYS):
         return None
     return (
         f"{model.name} is a GGUF file without a trainable copy yet. Make one in the Models view "

@@ -143,7 +143,7 @@ def export_run(
         ExportError: the run cannot be exported yet, or a stage failed (the message says why and what to do).
         JobCancelled: stopped as asked.
     """
-    from desktop_dpo.core.dpo.train import TrainConfig, _model_folder
+    from desktop_dpo.core.dpo.train import TrainConfig, training_folder
     from desktop_dpo.core.export.merge import Float16RangeError, merge_adapter
 
     cancel = cancel or CancelToken()
@@ -165,7 +165,7 @@ def export_run(
     if base is None:
         raise ExportError(f"The base model of run {run.id} is no longer registered; register it again first.")
     try:
-        base_dir = _model_folder(base)
+        base_dir = training_folder(base)
     except Exception as exc:
         raise ExportError(str(exc)) from exc
     config = TrainConfig.from_dict(run.config)
