@@ -1,0 +1,116 @@
+"""Efficacy: does the whole loop make the demo model better by the rule it was taught with?
+
+Runs the full demo (``desktop_dpo.core.demo_loop.run_demo`` with its default settings, not the quick
+version) in a private, empty home folder: unpack the demo model, make its trainable copy, sample answers
+to the training prompts and keep the rule's best against its worst, train, export Q4_K_M, then answer
+the held-out prompts with the base (Q4_K_M) and the aligned model (Q4_K_M), same seed and settings per
+prompt, judged blind by the same rule ("the shorter answer wins, but an answer under 8 words or
+repeating itself loses").
+
+The figure is the aligned model's win rate over the decisive votes (ties and "both bad" are counted
+apart) with its 95% Wilson interval. Goal: win rate ≥ 80% with the interval's lower bound above 50%.
+
+No peer arm: the base model is the comparison, inside the same run. The whole run takes the better part
+of an hour on 2 shared cores (sampling and training dominate); ``--keep DIR`` keeps the home folder
+(database, pairs, run, export) to look at afterwards. Votes and settings go to ``bench/out/efficacy.json``.
+
+Run from the repository root:  python bench/efficacy.py [--seed 0] [--keep DIR]
+Last line:  efficacy: win_rate=.. ci_low=.. ci_high=.. n=.. ties=..
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent / "out" / "efficacy.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=0, help="the demo's seed (split, samples, evaluation)")
+    parser.add_argument("--keep", type=Path, help="use this folder as the home and keep it")
+    args = parser.parse_args()
+
+    from desktop_dpo.core.offline import lock_down
+
+    lock_down()
+    from desktop_dpo.config import AppPaths
+    from desktop_dpo.core.demo_loop import DemoSettings, DemoStage, PairPicked, run_demo
+    from desktop_dpo.core.evaluate import EvaluationVoted
+    from desktop_dpo.core.jobs import Log
+    from desktop_dpo.core.store import Store
+
+    home = args.keep or Path(tempfile.mkdtemp(prefix="efficacy-"))
+    paths = AppPaths(data_dir=home / "data", log_dir=home / "logs").ensure()
+    settings = DemoSettings(seed=args.seed)
+    start = time.perf_counter()
+    stage_start = start
+    stage_times: dict[str, float] = {}
+    current = None
+
+    def note(text: str) -> None:
+        print(f"[{time.perf_counter() - start:6.0f} s] {text}", file=sys.stderr, flush=True)
+
+    with Store.open(paths.db_path) as store:
+        job = run_demo(store, paths, settings)
+        while True:
+            try:
+                event = next(job)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            name = type(event).__name__
+            if isinstance(event, DemoStage):
+                now = time.perf_counter()
+                if current is not None:
+                    stage_times[current] = now - stage_start
+                current, stage_start = event.stage, now
+                note(f"{event.number}/{event.total} {event.title}")
+            elif isinstance(event, PairPicked) and event.done % 10 == 0:
+                note(f"  {event.done}/{event.total} prompts sampled, {event.kept_so_far} pairs")
+            elif isinstance(event, EvaluationVoted):
+                note(f"  vote {event.vote}")
+            elif name in ("Started", "EvalMetrics", "Finished", "TrainWarning"):
+                note(f"  {event}")
+            elif isinstance(event, Log):
+                note(f"  {event.message}")
+        stage_times[str(current)] = time.perf_counter() - stage_start
+
+    summary = result.summary
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(
+        json.dumps(
+            {
+                "settings": result.settings,
+                "pairs": result.pairs,
+                "skipped_prompts": result.skipped_prompts,
+                "gguf": result.gguf_path,
+                "stage_seconds": {k: round(v, 1) for k, v in stage_times.items()},
+                "summary": summary.sentence(),
+                "votes": [
+                    {"vote": v.vote, "seed": v.seed, "base": v.base.text, "aligned": v.aligned.text}
+                    for v in result.votes
+                ],
+            },
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
+    print(summary.sentence())
+    print(
+        f"pairs={result.pairs} skipped_prompts={result.skipped_prompts} seconds={time.perf_counter() - start:.0f}"
+    )
+    rate = summary.win_rate if summary.win_rate is not None else 0.0
+    print(
+        f"efficacy: win_rate={rate:.3f} ci_low={summary.ci_low:.3f} ci_high={summary.ci_high:.3f} "
+        f"n={summary.n_decisive} ties={summary.ties} both_bad={summary.both_bad}"
+    )
+
+
+if __name__ == "__main__":
+    main()
