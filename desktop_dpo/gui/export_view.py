@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
+import shlex
 import time
 from pathlib import Path
 
@@ -75,6 +75,12 @@ def _human_bytes(size: float) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     return f"{size:.1f} GB"
+
+
+def _report(parity: dict) -> ParityReport:
+    """A stored parity dict as a report (keys an older version wrote and this one no longer knows are skipped)."""
+    known = set(ParityReport.__dataclass_fields__)
+    return ParityReport(**{key: value for key, value in parity.items() if key in known})
 
 
 class ExportView(QWidget):
@@ -422,7 +428,7 @@ class ExportView(QWidget):
         self._show_parity(finished.parity, list(finished.parity_lines), files)
 
     def _show_parity(self, parity: dict, lines: list[str], files: list[tuple[str, str, int]]) -> None:
-        passed = bool(parity) and self._parity_passed(parity)
+        passed = bool(parity) and _report(parity).passed
         if parity:
             self.parity_badge.setText("Answers like the trained model" if passed else "Check the differences")
         else:
@@ -439,8 +445,7 @@ class ExportView(QWidget):
         """A past export selected: show the parity report stored with it."""
         export = self._selected_export()
         if export is not None and self._job is None:
-            known = set(ParityReport.__dataclass_fields__)
-            report = ParityReport(**{k: v for k, v in export.parity.items() if k in known})
+            report = _report(export.parity)
             folder = export.meta.get("folder")
             siblings = [
                 e for e in self.store.list_exports(export.run_id) if folder and e.meta.get("folder") == folder
@@ -448,14 +453,6 @@ class ExportView(QWidget):
             files = [(e.quantization, e.path, e.size_bytes) for e in siblings or [export]]
             self._show_parity(export.parity, report.lines() if export.parity else [], files)
         self._update_actions()
-
-    @staticmethod
-    def _parity_passed(parity: dict) -> bool:
-        return (
-            parity.get("tokenizer_texts", 0) > 0
-            and parity.get("tokenizer_identical") == parity.get("tokenizer_texts")
-            and (parity.get("top1_agreement") or 0.0) >= 0.99
-        )
 
     def report_text(self) -> str:
         """The parity report on screen ("" when none)."""
@@ -522,9 +519,7 @@ class ExportView(QWidget):
             return ""
         default = bool(export.meta.get("desktop_dpo.uses_default_template"))
         stops = json.loads(export.meta.get("desktop_dpo.stop_strings", "[]") or "[]")
-        return llama_cpp_command(
-            subprocess.list2cmdline([export.path]), uses_default_template=default, stop_strings=stops
-        )
+        return llama_cpp_command(shlex.quote(export.path), uses_default_template=default, stop_strings=stops)
 
     @Slot()
     def _on_copy_command_clicked(self) -> None:
