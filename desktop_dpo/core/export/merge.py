@@ -28,7 +28,6 @@ import re
 import shutil
 import struct
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -83,6 +82,7 @@ class MergePlan:
     replacements: dict[str, str]  # base key -> adapter key of a fully trained copy (modules_to_save)
     shards: list[Path]  # the base's safetensors files, in order
     output_bytes: int  # size of the merged weights in the target dtype
+    tensor_count: int  # tensors in the base (every one is read and written once)
 
 
 def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
@@ -220,7 +220,13 @@ def plan_merge(base_dir: str | Path, adapter_dir: str | Path, dtype: str = "bflo
         raise ExportError(f"The adapter in {adapter_dir} changes no weight of the base model.")
     item = 2  # bf16 and fp16 both take two bytes
     output_bytes = sum(math.prod(shape) * item for shape in base_shapes.values())
-    return MergePlan(updates=updates, replacements=replacements, shards=shards, output_bytes=output_bytes)
+    return MergePlan(
+        updates=updates,
+        replacements=replacements,
+        shards=shards,
+        output_bytes=output_bytes,
+        tensor_count=len(base_shapes),
+    )
 
 
 def _merged_tensor(
@@ -444,7 +450,7 @@ def merge_adapter(
     work = out_dir.parent / f".{out_dir.name}.merging-{uuid.uuid4().hex[:8]}"
     for stale in out_dir.parent.glob(f".{out_dir.name}.merging-*"):
         shutil.rmtree(stale, ignore_errors=True)  # a crashed merge's leftovers
-    total = sum(1 for _ in _all_keys(plan.shards))
+    total = plan.tensor_count
     done = 0
     merged_count = 0
     try:
@@ -507,9 +513,3 @@ def merge_adapter(
             shutil.rmtree(work, ignore_errors=True)
     yield Progress(total, total, f"Merged {merged_count} weights into {out_dir.name}")
     return out_dir
-
-
-def _all_keys(shards: Iterable[Path]) -> Iterable[str]:
-    for shard in shards:
-        with _SafetensorsFile(shard) as handle:
-            yield from handle.keys()
