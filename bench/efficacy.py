@@ -69,7 +69,8 @@ def main() -> None:
                 now = time.perf_counter()
                 if current is not None:
                     stage_times[current] = now - stage_start
-                current, stage_start = event.stage, now
+                current = f"{event.stage}-{event.round}" if event.round else event.stage
+                stage_start = now
                 note(f"{event.number}/{event.total} {event.title}")
             elif isinstance(event, PairPicked) and event.done % 10 == 0:
                 note(f"  {event.done}/{event.total} prompts sampled, {event.kept_so_far} pairs")

@@ -655,9 +655,9 @@ def _add_demo_parser(commands: argparse._SubParsersAction, common: argparse.Argu
         parents=[common],
         help="run the whole loop on the demo model, judged by a rule instead of a person",
         description="Sample answers from the demo model (Gemma 3 270M), pick pairs by a rule (the shorter "
-        "answer wins, but an answer under 8 words or repeating itself loses), train, export Q4_K_M, and "
-        "evaluate the aligned model against the base blind, by the same rule, on held-out prompts. Prints "
-        "where the GGUF is and the win rate with its 95%% interval. Ctrl-C stops cleanly; what was done "
+        "answer wins, but an answer under 8 words or repeating itself loses), train and export Q4_K_M; go "
+        "round again from the aligned model (--quick: once); then evaluate it against the base blind, by the "
+        "same rule, on held-out prompts. Prints where the GGUF is and the win rate with its 95%% interval. Ctrl-C stops cleanly; what was done "
         "stays in the database. The full demo takes tens of minutes on 2 cores; --quick a few.",
     )
     demo.add_argument(
@@ -761,7 +761,12 @@ def _cmd_demo(args: argparse.Namespace, paths: AppPaths) -> int:
             signal.signal(signal.SIGINT, previous)
     print("", file=sys.stderr)
     print(
-        f"Pairs: {result.pairs} picked by the rule ({result.skipped_prompts} prompts gave none); run {result.run_id}"
+        f"Pairs: {result.pairs} picked by the rule ({result.skipped_prompts} prompts gave none); "
+        + (
+            f"runs {', '.join(map(str, result.run_ids))}"
+            if len(result.run_ids) > 1
+            else f"run {result.run_id}"
+        )
     )
     print(f"Aligned model (Q4_K_M): {result.gguf_path}")
     example = next((v for v in result.votes if v.vote == "aligned"), None)

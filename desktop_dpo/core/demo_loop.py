@@ -5,21 +5,31 @@ version of it. Each stage reuses the job the app runs for the same work::
 
     1 model      the demo GGUF unpacked and registered (core/first_run.py)
     2 copy       its trainable copy, dequantized once (core/models.make_trainable_copy)
-    3 pairs      k answers per training prompt (core/sampling.sample_pair, ⌈k/2⌉ calls), judged by the
-                 rule; the best against the worst is stored as a pair (:func:`pick_pair`)
-    4 train      DPO on those pairs from the trainable copy (core/dpo/train.drive_training)
-    5 export     merged and quantized to Q4_K_M (core/export/pipeline.export_run)
-    6 evaluate   base Q4_K_M against aligned Q4_K_M on held-out prompts, same seed and settings per
-                 prompt, judged blind by the same rule (core/evaluate.run_rule_evaluation)
+    then, once per round (two in the full demo: "and goes round again"):
+    3 pairs      k answers per training prompt from the current model (core/sampling.sample_pair, ⌈k/2⌉
+                 calls), judged by the rule; the best against the worst of each kind is stored
+                 (:func:`pick_pairs`)
+    4 train      DPO (with an SFT term on the chosen answers) on those pairs from the current model
+    5 export     merged and quantized to Q4_K_M on the base's own grid (core/export/pipeline.export_run,
+                 core/export/grid.py); the exported model is the next round's current model
+    and last:
+    6 evaluate   base Q4_K_M against the last aligned Q4_K_M on held-out prompts, same seed and settings
+                 per prompt, judged blind by the same rule (core/evaluate.run_rule_evaluation)
 
 The rule stands in for a person and is one that an empty or degenerate answer cannot satisfy
 (:class:`~desktop_dpo.core.evaluate.ShorterWinsRule`: the shorter answer wins, but one under 8 words
 or repeating itself loses), so a model cannot win by saying nothing.
 
-Why best against worst of several samples: with two samples per prompt most pairs differ by a few words,
-and DPO on them memorised the training prompts without moving the held-out win rate (53–56% in an earlier
-round, ARCHITECTURE.md). The extremes of four samples differ in the way the rule cares about (a brief
-answer against an empty, echoed or rambling one): a sharper signal per pair.
+Why these pairs and settings (measured with ``bench/efficacy.py``; ARCHITECTURE.md has the history):
+
+- Best against the worst *of each kind*, from eight samples: the shortest good answer against the
+  longest one and against the shortest degenerate one. Against degenerate answers only, the model learnt
+  "longer" (most rejected answers were too short); against the longest only, it learnt never to stop.
+- An SFT term on the chosen answers (``sft_weight``, RPO): DPO alone made the chosen answers less likely
+  too, and the model did not write more answers like them.
+- A second round sampled from the first round's model: its own failures are what the rule then rejects.
+- The Q4_K_M export keeps the update only because it is rounded onto the base's grid; quantized from
+  scratch, the trained model answered like the base (win rates of 50–62% whatever the training).
 
 The demo is the driver of its stages, so unlike a single job it writes rows: with the store it is given
 (the calling thread's connection) it records the model, the pairs, the run's events, the export and the
@@ -66,6 +76,7 @@ PAIR_SOURCE = "demo"  # the source of the demo's prompts and comparisons
 EVAL_SOURCE = "demo-eval"  # the source of its held-out evaluation prompts
 MIN_EVAL_PROMPTS = 50  # fewer held-out prompts give an interval too wide to say anything (full demo)
 STAGES = ("model", "copy", "pairs", "train", "export", "evaluate")
+ROUND_STAGES = ("pairs", "train", "export")  # repeated once per round
 STAGE_TITLES = {
     "model": "Demo model",
     "copy": "Trainable copy",
@@ -94,6 +105,7 @@ DEMO_TRAIN_CHANGES: Mapping[str, Any] = MappingProxyType(
         "heldout_fraction": 0.1,
         "eval_every": 10,
         "checkpoint_every": 1000,
+        "sft_weight": 1.0,
     }
 )
 
@@ -125,7 +137,8 @@ class DemoSettings:
     prompts: tuple[str, ...] = ()  # every demo prompt (empty: resources/demo_prompts.txt)
     eval_prompt_count: int = 60  # prompts held out for the blind evaluation (never sampled for pairs)
     train_prompt_count: int | None = None  # prompts sampled for pairs (None: all the others)
-    samples_per_prompt: int = 4  # answers sampled per training prompt; the best against the worst is kept
+    samples_per_prompt: int = 8  # answers sampled per training prompt; the best against the worst kept
+    rounds: int = 2  # sample → pick → train → export, each round from the model the last one made
     sampling: SamplingSettings = field(
         default_factory=lambda: SamplingSettings(temperature=1.0, max_tokens=48)
     )  # how pair answers are sampled: hot enough for varied answers, short enough to be quick
@@ -149,6 +162,7 @@ class DemoSettings:
             "eval_prompt_count": 6,
             "train_prompt_count": 10,
             "samples_per_prompt": 2,
+            "rounds": 1,
             "sampling": SamplingSettings(temperature=1.0, max_tokens=32),
             "eval_sampling": SamplingSettings(temperature=0.7, max_tokens=32),
             # One epoch, a pair per forward pass and a step per two pairs: a few real steps.
@@ -168,6 +182,8 @@ class DemoSettings:
         """Self, or a :class:`DesktopDpoError` naming the first setting that cannot work."""
         if self.samples_per_prompt < 2:
             raise DesktopDpoError("A pair needs at least 2 samples per prompt.")
+        if self.rounds < 1:
+            raise DesktopDpoError("The demo needs at least one round.")
         if self.eval_prompt_count < self.min_eval_prompts:
             raise DesktopDpoError(
                 f"The evaluation needs at least {self.min_eval_prompts} held-out prompts, not "
@@ -192,6 +208,7 @@ class DemoSettings:
             "eval_prompt_count": self.eval_prompt_count,
             "train_prompt_count": self.train_prompt_count,
             "samples_per_prompt": self.samples_per_prompt,
+            "rounds": self.rounds,
             "sampling": self.sampling.to_dict(),
             "eval_sampling": self.evaluation_sampling.to_dict(),
             "train": self.train_config().to_dict(),
@@ -205,27 +222,35 @@ class DemoSettings:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def pick_pair(texts: Sequence[str], rule: Rule) -> tuple[int, int] | None:
-    """The sharpest pair among several answers to one prompt: ``(best, worst)`` indices, or None.
+def pick_pairs(texts: Sequence[str], rule: Rule) -> list[tuple[int, int]]:
+    """The sharpest pairs among several answers to one prompt: ``[(best, other), ...]`` indices.
 
-    Best: the shortest answer the rule does not call degenerate. Worst: a degenerate answer when there
-    is one (the shortest of them: an empty or echoed answer is the failure the rule most wants gone),
-    else the longest. None when every answer is degenerate (nothing to prefer) or the rule calls the best
-    and the worst a tie (equal lengths): such a prompt teaches nothing and is skipped.
+    Best: the shortest answer the rule does not call degenerate. It is paired with the worst answer of
+    each kind the rule rejects, when there is one:
+
+    - the longest answer that is not too short (rambling or looping): teaches where to stop;
+    - the shortest degenerate answer (empty, echoed, a few words): teaches not to stop too soon.
+
+    Empty when every answer is degenerate (nothing to prefer) or no other answer is judged worse than
+    the best (equal lengths): such a prompt teaches nothing and is skipped. Every pair returned is one
+    :func:`judge_by_rule` prefers ``best`` in.
     """
     if len(texts) < 2:
-        return None
+        return []
     degenerate = [rule.degenerate(text) for text in texts]
     words = [len(answer_words(text)) for text in texts]
     good = [i for i in range(len(texts)) if not degenerate[i]]
     if not good:
-        return None
+        return []
     best = min(good, key=lambda i: (words[i], i))
-    bad = [i for i in range(len(texts)) if degenerate[i]]
-    worst = min(bad, key=lambda i: (words[i], i)) if bad else max(good, key=lambda i: (words[i], -i))
-    if worst == best or judge_by_rule(texts[best], texts[worst], rule) != "a":
-        return None
-    return best, worst
+    candidates = []
+    long_enough = [i for i in range(len(texts)) if i != best and words[i] >= rule.min_words]
+    if long_enough:
+        candidates.append(max(long_enough, key=lambda i: (words[i], -i)))
+    bad = [i for i in range(len(texts)) if degenerate[i] and i not in candidates]
+    if bad:
+        candidates.append(min(bad, key=lambda i: (words[i], i)))
+    return [(best, other) for other in candidates if judge_by_rule(texts[best], texts[other], rule) == "a"]
 
 
 def split_demo_prompts(
@@ -266,16 +291,17 @@ class DemoStage:
     number: int
     total: int
     title: str
+    round: int = 0  # 1-based round of a pairs/train/export stage (0: not a round's stage)
 
 
 @dataclass(frozen=True)
 class PairPicked:
-    """One training prompt sampled and judged; ``kept`` says whether it gave a pair."""
+    """One training prompt sampled and judged; ``pairs`` says how many pairs it gave (0: skipped)."""
 
     prompt: str
-    kept: bool
+    pairs: int
     chosen_words: int | None  # words of the preferred answer (None when skipped)
-    rejected_words: int | None
+    rejected_words: tuple[int, ...]  # words of each answer it was preferred to
     done: int  # prompts sampled so far
     total: int
     kept_so_far: int
@@ -289,13 +315,14 @@ class DemoResult:
     export_folder: str
     base_model_id: int
     aligned_model_id: int
-    run_id: int
+    run_id: int  # the last round's run
     evaluation_id: int
-    pairs: int  # pairs stored and trained on (before the run's own held-out split)
-    skipped_prompts: int  # training prompts that gave no pair (all degenerate, or a tie)
+    pairs: int  # pairs stored and trained on over all rounds (before each run's own held-out split)
+    skipped_prompts: int  # training prompts that gave no pair (all degenerate, or a tie), all rounds
     summary: EvaluationSummary
     votes: tuple[EvaluationVoted, ...]  # every vote, in prompt order (to show examples)
     settings: dict[str, Any]  # DemoSettings.to_dict()
+    run_ids: tuple[int, ...] = ()  # every round's run, in order
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -411,9 +438,9 @@ def collect_pairs(
 ) -> Generator[Any, None, tuple[list[int], int]]:
     """Sample ``settings.samples_per_prompt`` answers of ``model`` per prompt and store the rule's pick (a job).
 
-    For each prompt: the answers are judged by ``settings.rule`` and :func:`pick_pair`'s best against
-    worst is recorded as a comparison (preferred = A), with the model, seed and sampling of each answer;
-    a prompt with no pair is skipped. Yields ``Progress`` and a :class:`PairPicked` per prompt. Returns
+    For each prompt: the answers are judged by ``settings.rule`` and each of :func:`pick_pairs`'s pairs is
+    recorded as a comparison (preferred = A), with the model, seed and sampling of each answer; a prompt
+    with no pair is skipped. Yields ``Progress`` and a :class:`PairPicked` per prompt. Returns
     ``(comparison ids, prompts skipped)``.
 
     Raises:
@@ -434,11 +461,11 @@ def collect_pairs(
             ),
             store,
         )
-        picked = pick_pair([r.text for r in results], settings.rule)
-        if picked is None:
+        picked = pick_pairs([r.text for r in results], settings.rule)
+        if not picked:
             skipped += 1
-        else:
-            best, worst = results[picked[0]], results[picked[1]]
+        for best_index, worst_index in picked:
+            best, worst = results[best_index], results[worst_index]
             comparison_ids.append(
                 store.record_pair(
                     messages=messages,
@@ -455,9 +482,9 @@ def collect_pairs(
             )
         yield PairPicked(
             prompt=prompt,
-            kept=picked is not None,
-            chosen_words=len(answer_words(results[picked[0]].text)) if picked else None,
-            rejected_words=len(answer_words(results[picked[1]].text)) if picked else None,
+            pairs=len(picked),
+            chosen_words=len(answer_words(results[picked[0][0]].text)) if picked else None,
+            rejected_words=tuple(len(answer_words(results[worst].text)) for _, worst in picked),
             done=index + 1,
             total=len(prompts),
             kept_so_far=len(comparison_ids),
@@ -581,6 +608,15 @@ def _recording_votes(
         yield event
 
 
+def demo_plan(rounds: int) -> list[tuple[str, int]]:
+    """The stages of a demo of ``rounds`` rounds, in order: ``(stage, round)`` (round 0 outside the rounds)."""
+    return (
+        [("model", 0), ("copy", 0)]
+        + [(name, r) for r in range(1, rounds + 1) for name in ROUND_STAGES]
+        + [("evaluate", 0)]
+    )
+
+
 def run_demo(
     store: Store,
     paths: AppPaths,
@@ -589,7 +625,8 @@ def run_demo(
 ) -> Generator[Any, None, DemoResult]:
     """The whole loop on the demo model (a job that records its work with ``store``; returns a :class:`DemoResult`).
 
-    Yields a :class:`DemoStage` as each of the six stages begins, then that stage's events: ``Progress``
+    Yields a :class:`DemoStage` as each stage begins (:func:`demo_plan`: the three stages of a round once
+    per round), then that stage's events: ``Progress``
     and ``Log`` (unpacking, copying, exporting, evaluating), :class:`PairPicked` per training prompt, the
     training job's events (``core/dpo/train.py``) and :class:`EvaluationVoted` per held-out prompt.
     Per-token events are not passed on.
@@ -615,12 +652,18 @@ def run_demo(
         settings.prompts, settings.eval_prompt_count, settings.train_prompt_count, settings.seed
     )
     paths.ensure()
-    total = len(STAGES)
+    plan = demo_plan(settings.rounds)
+    stage_numbers = {step: number for number, step in enumerate(plan, start=1)}
 
-    def stage(name: str) -> DemoStage:
-        return DemoStage(name, STAGES.index(name) + 1, total, STAGE_TITLES[name])
+    def stage(name: str, round_number: int = 0) -> DemoStage:
+        title = STAGE_TITLES[name]
+        if round_number and settings.rounds > 1:
+            title = f"{title} (round {round_number} of {settings.rounds})"
+        number = stage_numbers[(name, round_number)]
+        return DemoStage(name, number, len(plan), title, round=round_number)
 
     pool = EnginePool(max_loaded=2)
+    comparison_count, skipped, run_ids = 0, 0, []
     try:
         yield stage("model")
         base = yield from _prepare_model(store, paths, cancel)
@@ -629,22 +672,26 @@ def run_demo(
         yield stage("copy")
         base = yield from _prepare_copy(store, paths, base, cancel)
         cancel.raise_if_cancelled()
+        eval_rows = _evaluation_prompts(store, held_out)  # stored first: a stop still leaves them out of training
 
-        yield stage("pairs")
-        eval_rows = _evaluation_prompts(
-            store, held_out
-        )  # stored first: a stop still leaves them out of training
-        comparison_ids, skipped = yield from collect_pairs(
-            store, pool, paths, base, train_prompts, settings, cancel
-        )
-        pool.close_all()  # frees the base's context while training needs the memory
+        current = base  # the model each round samples from and trains; its export is the next one's
+        for round_number in range(1, settings.rounds + 1):
+            yield stage("pairs", round_number)
+            comparison_ids, round_skipped = yield from collect_pairs(
+                store, pool, paths, current, train_prompts, settings, cancel
+            )
+            comparison_count += len(comparison_ids)
+            skipped += round_skipped
+            pool.close_all()  # frees the sampler's context while training needs the memory
 
-        yield stage("train")
-        run_id = yield from _train(store, paths, base, comparison_ids, settings, cancel)
-        cancel.raise_if_cancelled()
+            yield stage("train", round_number)
+            run_id = yield from _train(store, paths, current, comparison_ids, settings, cancel)
+            run_ids.append(run_id)
+            cancel.raise_if_cancelled()
 
-        yield stage("export")
-        aligned, gguf, folder = yield from _export(store, paths, run_id, settings, cancel)
+            yield stage("export", round_number)
+            current, gguf, folder = yield from _export(store, paths, run_id, settings, cancel)
+        aligned = current
 
         yield stage("evaluate")
         evaluation_id, summary, votes = yield from _evaluate(
@@ -659,9 +706,10 @@ def run_demo(
         aligned_model_id=aligned.id,
         run_id=run_id,
         evaluation_id=evaluation_id,
-        pairs=len(comparison_ids),
+        pairs=comparison_count,
         skipped_prompts=skipped,
         summary=summary,
         votes=tuple(votes),
         settings=settings.to_dict(),
+        run_ids=tuple(run_ids),
     )

@@ -57,6 +57,8 @@ FIELDS = (
               "on pairs already learned", advanced=True, choices=("sigmoid", "ipo", "hinge")),
     FieldSpec("label_smoothing", "Label smoothing", "The share of your picks you think may be wrong "
               "(conservative DPO; sigmoid loss only)", advanced=True, maximum=0.49, step=0.05),
+    FieldSpec("sft_weight", "SFT weight", "Also trains the model to write the answers you chose, not only to "
+              "prefer them (RPO; 0 = off, 1 = as much)", advanced=True, maximum=10, step=0.1),
     FieldSpec("grad_accum", "Gradient accumulation", "Passes added up before each update: pairs per update "
               "= batch size × this", advanced=True, minimum=1, maximum=1024),
     FieldSpec("warmup_ratio", "Warm-up", "Share of the run during which the learning rate climbs from 0 to "

@@ -14,7 +14,8 @@ from desktop_dpo.core.demo_loop import (
     DemoSettings,
     PairPicked,
     collect_pairs,
-    pick_pair,
+    demo_plan,
+    pick_pairs,
     read_demo_prompts,
     run_demo,
     sample_answers,
@@ -33,43 +34,42 @@ LONGEST = LONGER + " It is popular in many countries, often with milk or lemon, 
 LOOP = "the cat sat on the mat " * 4
 
 
-# ------------------------------------------------------------------------------------------- pick_pair
+# ------------------------------------------------------------------------------------------- pick_pairs
 
 
-def test_the_best_is_the_shortest_good_answer_and_the_worst_a_degenerate_one():
-    texts = [LONGER, "", SHORT, LONGEST]
-    assert pick_pair(texts, RULE) == (2, 1)
+def test_the_best_is_paired_with_the_longest_and_with_the_shortest_degenerate_answer():
+    texts = [LONGER, "", SHORT, LONGEST, "Yes, tea."]
+    assert pick_pairs(texts, RULE) == [(2, 3), (2, 1)]
 
 
-def test_without_a_degenerate_answer_the_longest_is_the_worst():
-    assert pick_pair([LONGER, LONGEST, SHORT], RULE) == (2, 1)
+def test_without_a_degenerate_answer_only_the_longest_is_rejected():
+    assert pick_pairs([LONGER, LONGEST, SHORT], RULE) == [(2, 1)]
 
 
-def test_among_degenerate_answers_the_shortest_is_rejected():
-    # An empty answer is worse than a looping one: it is the failure a person notices first.
-    assert pick_pair([LOOP, SHORT, "Yes."], RULE) == (1, 2)
+def test_a_looping_answer_is_the_long_one_and_the_empty_one_still_rejected():
+    # The loop is the longest answer; the empty answer is the failure a person notices first.
+    assert pick_pairs([LOOP, SHORT, "Yes."], RULE) == [(1, 0), (1, 2)]
 
 
-def test_the_picked_pair_is_one_the_rule_itself_prefers():
+def test_every_picked_pair_is_one_the_rule_itself_prefers():
     rng = random.Random(5)
     pool = [SHORT, LONGER, LONGEST, LOOP, "", "No.", "Tea is nice, I think, and so is coffee."]
     for _ in range(200):
         texts = rng.sample(pool, rng.randint(2, 5))
-        picked = pick_pair(texts, RULE)
-        if picked is not None:
-            assert judge_by_rule(texts[picked[0]], texts[picked[1]], RULE) == "a"
+        for best, other in pick_pairs(texts, RULE):
+            assert judge_by_rule(texts[best], texts[other], RULE) == "a"
 
 
 def test_a_prompt_whose_answers_are_all_degenerate_gives_no_pair():
-    assert pick_pair(["", "Yes.", LOOP], RULE) is None
+    assert pick_pairs(["", "Yes.", LOOP], RULE) == []
 
 
 def test_answers_of_equal_length_give_no_pair():
-    assert pick_pair([SHORT, SHORT.replace("leaves", "plants")], RULE) is None
+    assert pick_pairs([SHORT, SHORT.replace("leaves", "plants")], RULE) == []
 
 
 def test_a_single_answer_gives_no_pair():
-    assert pick_pair([SHORT], RULE) is None
+    assert pick_pairs([SHORT], RULE) == []
 
 
 # ------------------------------------------------------------------------------------------- prompts and settings
@@ -109,6 +109,15 @@ def test_the_full_demo_refuses_an_evaluation_too_small_to_say_anything():
 def test_a_missing_prompt_file_is_reported_with_its_path(tmp_path):
     with pytest.raises(DesktopDpoError, match="Cannot read the demo prompts"):
         read_demo_prompts(tmp_path / "gone.txt")
+
+
+def test_each_round_samples_trains_and_exports_and_one_evaluation_ends_the_demo():
+    plan = demo_plan(2)
+    assert plan[:2] == [("model", 0), ("copy", 0)] and plan[-1] == ("evaluate", 0)
+    assert plan[2:-1] == [(s, r) for r in (1, 2) for s in ("pairs", "train", "export")]
+    assert DemoSettings().rounds == 2 and DemoSettings.quick().rounds == 1
+    with pytest.raises(DesktopDpoError, match="at least one round"):
+        DemoSettings(rounds=0).validated()
 
 
 def test_quick_training_changes_apply_on_top_of_the_demo_preset():
@@ -151,7 +160,8 @@ def test_collected_pairs_are_the_rules_picks_with_their_model_and_seeds(app_home
 
     picked = [e for e in events if isinstance(e, PairPicked)]
     assert [e.done for e in picked] == [1, 2, 3, 4, 5]
-    assert len(ids) + skipped == len(prompts) and sum(e.kept for e in picked) == len(ids) > 0
+    assert sum(e.pairs for e in picked) == len(ids) > 0
+    assert skipped == sum(e.pairs == 0 for e in picked) < len(prompts)
     for view in store.comparison_views(ids=ids):
         assert view.comparison.verdict == "a"
         assert judge_by_rule(view.text_a, view.text_b, rule) == "a"

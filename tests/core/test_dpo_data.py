@@ -215,9 +215,10 @@ def test_prompt_is_rendered_as_for_sampling_and_responses_end_with_eos():
     tp = tokenize_pair(tok, p, chat_template=None, max_length=256, max_prompt_length=128)
     rendered = render_prompt_text(p.messages, tok, None)  # the text the sampler sends to llama.cpp
     assert tok.decode(tp.prompt_ids) == "<s>" + rendered
-    # The default layout writes "Assistant: <text>" and its generation prompt ends at the colon.
-    assert tok.decode(tp.chosen_ids) == " Paris.</s>"
-    assert tok.decode(tp.rejected_ids) == " Lyon, I think.</s>"
+    # The default layout writes "Assistant: <text>\n" and its generation prompt ends at the colon; the
+    # newline is how the model ends its turn there, so it stays before the EOS.
+    assert tok.decode(tp.chosen_ids) == " Paris.\n</s>"
+    assert tok.decode(tp.rejected_ids) == " Lyon, I think.\n</s>"
     assert not tp.truncated and not tp.prompt_truncated
 
 
@@ -231,7 +232,7 @@ def test_a_typed_edit_lines_up_with_a_sampled_answer():
         tok, pair(chosen="Paris.\n"), chat_template=None, max_length=256, max_prompt_length=128
     )
     assert typed.chosen_ids == sampled.chosen_ids
-    assert tok.decode(typed.chosen_ids) == " Paris.</s>"
+    assert tok.decode(typed.chosen_ids) == " Paris.\n</s>"
 
 
 def test_bos_is_never_doubled_when_the_template_writes_it():
@@ -260,7 +261,7 @@ def test_a_response_that_does_not_fit_is_cut_but_flagged_and_counted(caplog):
     cut, whole = result.pairs
     assert cut.truncated and not whole.truncated
     assert len(cut.prompt_ids) + len(cut.chosen_ids) == prompt_len + 50  # filled up to max_length, no further
-    assert tok.decode(cut.rejected_ids) == " Lyon, I think.</s>"  # the other response is untouched
+    assert tok.decode(cut.rejected_ids) == " Lyon, I think.\n</s>"  # the other response is untouched
     assert result.truncated == 1
     assert "1 of 2 pairs were truncated" in result.truncation_message()
     assert "1 of 2 pairs were truncated" in caplog.text
@@ -281,7 +282,7 @@ def test_older_turns_are_dropped_before_any_response_is_cut():
     assert "And the capital of Italy?" in prompt and "Be brief." in prompt
     assert "AAAA" not in prompt and "BBBB" not in prompt
     assert tp.prompt_truncated and not tp.truncated
-    assert tok.decode(tp.chosen_ids) == " Rome.</s>"
+    assert tok.decode(tp.chosen_ids) == " Rome.\n</s>"
 
 
 def test_a_last_turn_longer_than_the_prompt_budget_keeps_its_end_and_bos():

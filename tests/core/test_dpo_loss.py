@@ -20,7 +20,7 @@ import math
 import pytest
 import torch
 
-from desktop_dpo.core.dpo.loss import LOSS_TYPES, DpoLossOutput, dpo_metrics, preference_loss
+from desktop_dpo.core.dpo.loss import LOSS_TYPES, DpoLossOutput, dpo_metrics, preference_loss, with_sft_term
 
 BETA = 0.5
 
@@ -156,3 +156,17 @@ def test_settings_that_would_be_silently_ignored_are_refused(batch, kwargs, mess
 
 def test_every_loss_type_is_covered():
     assert set(LOSS_TYPES) == {"sigmoid", "ipo", "hinge"}
+
+
+def test_the_sft_term_adds_the_chosen_answers_per_token_nll(batch):
+    # chosen lengths [2, 4] -> NLL per token = [1/2, 2/4] = [0.5, 0.5]; weight 0.4 adds 0.2 to each pair.
+    policy_chosen = batch["policy_chosen_logps"].clone().requires_grad_()
+    dpo = preference_loss(**{**batch, "policy_chosen_logps": policy_chosen}, beta=BETA)
+    out = with_sft_term(dpo, policy_chosen, torch.tensor([2, 4]), 0.4)
+    torch.testing.assert_close(out.losses, torch.tensor([0.3132616875 + 0.2, 0.9740769842 + 0.2]))
+    torch.testing.assert_close(out.chosen_rewards, dpo.chosen_rewards)  # rewards are DPO's, untouched
+    out.losses.sum().backward()
+    # DPO's pull (-0.1344707107, -0.3112296656) plus the term's -w / length = (-0.2, -0.1).
+    torch.testing.assert_close(policy_chosen.grad, torch.tensor([-0.3344707107, -0.4112296656]))
+    with pytest.raises(ValueError, match="negative"):
+        with_sft_term(dpo, policy_chosen, torch.tensor([2, 4]), -1.0)

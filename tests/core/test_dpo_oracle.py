@@ -30,7 +30,7 @@ from desktop_dpo.core.dpo.data import (
     sequence_logps,
     tokenize_pair,
 )
-from desktop_dpo.core.dpo.loss import dpo_metrics, preference_loss
+from desktop_dpo.core.dpo.loss import dpo_metrics, preference_loss, with_sft_term
 
 torch.set_num_threads(1)
 
@@ -90,7 +90,9 @@ def model_dir(tmp_path_factory) -> Path:
     return folder
 
 
-def trl_trainer(model_dir: Path, output_dir: Path, loss_type: str, dataset_rows: list[dict]):
+def trl_trainer(
+    model_dir: Path, output_dir: Path, loss_type: str | list[str], dataset_rows: list[dict], **config: object
+):
     """TRL's DPOTrainer on a fresh copy of the tiny model, fp32 on the CPU, with a perturbed LoRA adapter."""
     from datasets import Dataset
     from peft import LoraConfig
@@ -103,6 +105,7 @@ def trl_trainer(model_dir: Path, output_dir: Path, loss_type: str, dataset_rows:
         output_dir=str(output_dir), beta=BETA, loss_type=loss_type, per_device_train_batch_size=len(dataset_rows),
         bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True, report_to="none",
         max_length=None, seed=0, dataloader_num_workers=0, save_strategy="no", dataset_num_proc=None,
+        **config,
     )  # fmt: skip
     lora = LoraConfig(
         r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"],
@@ -250,3 +253,35 @@ def test_default_layout_equals_trl_on_plain_text(model_dir, tmp_path):
     )
     assert abs(mine["loss"] - theirs["loss"]) < TOL
     assert abs(mine["rewards/margins"] - theirs["rewards/margins"]) < TOL
+
+
+def test_the_sft_term_equals_trl_sigmoid_plus_sft(model_dir, tmp_path):
+    """DPO plus an SFT term on the chosen answer (RPO, ``TrainConfig.sft_weight``) is TRL's
+    ``loss_type=["sigmoid", "sft"]`` with ``loss_weights=[1, w]``: same loss and LoRA gradients for each
+    pair (TRL averages the SFT term over the batch's tokens, we over each answer's, so one pair at a time)."""
+    weight = 0.7
+    trainer = trl_trainer(
+        model_dir, tmp_path, ["sigmoid", "sft"], conversational_rows(PAIRS), loss_weights=[1.0, weight]
+    )
+    tokenizer, model = trainer.processing_class, trainer.model
+    template = resolve_chat_template(tokenizer)
+    for p, row in zip(PAIRS, (trainer.train_dataset[i] for i in range(len(PAIRS))), strict=True):
+        theirs = trl_numbers(trainer, [row])
+        trl_grads = lora_grads(model)
+        mine = tokenize_pair(tokenizer, p, chat_template=template, max_length=256, max_prompt_length=128)
+        batch = collate_shared([mine], pad_id=tokenizer.pad_token_id)
+        model.zero_grad()
+        with torch.no_grad(), model.disable_adapter():
+            reference = sequence_logps(model, batch)
+        policy = sequence_logps(model, batch)
+        dpo = preference_loss(*policy, *reference, beta=BETA)
+        chosen_lengths, _ = response_lengths(batch)
+        out = with_sft_term(dpo, policy[0], chosen_lengths, weight)
+        out.losses.mean().backward()
+        # The term is really there: it adds w times the chosen answer's per-token NLL.
+        nll = (-policy[0] / chosen_lengths).item()
+        assert out.losses.item() == pytest.approx(dpo.losses.item() + weight * nll, abs=1e-6)
+        assert nll > 0.1
+        assert abs(out.losses.item() - theirs["loss"]) < TOL
+        for name, grad in lora_grads(model).items():
+            torch.testing.assert_close(grad, trl_grads[name], atol=TOL, rtol=TOL, msg=name)

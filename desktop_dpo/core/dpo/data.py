@@ -218,17 +218,30 @@ def render_response_text(
     *,
     prompt_text: str | None = None,
 ) -> str:
-    """The response as the template writes it right after the generation prompt, without the template's
-    end-of-turn (an EOS token takes its place).
+    """The response as the template writes it right after the generation prompt, up to where the model
+    ends its turn (an EOS token is appended after it).
 
     This is what makes a stored answer and a person's edit line up with what the model generates: the
     default layout writes ``Assistant: <text>`` with the text trimmed, while the generation prompt ends
     at ``Assistant:``; so " Paris." (as sampled) and "Paris." (as typed) both become " Paris.".
+
+    How the turn ends: a template with an end-of-turn token of its own has it replaced by the EOS token
+    (as TRL does). The default layout ends a turn with a newline, and that newline is kept: a base model
+    ends its answer by writing it (the sampler stops at the speaker marker after it, and the model's EOS
+    is all but never sampled there). Without it, training would never see the token that ends an answer
+    at inference, so preferring longer or shorter answers could not teach the model where to stop; the
+    Gemma demo stopped after three words just as often after training as before.
+
     When the template renders the prompt alone differently from the start of the whole conversation,
     the response is used as stored. ``prompt_text`` saves rendering the prompt again when the caller
     has it (:func:`render_prompt_text` of the same arguments).
     """
-    from desktop_dpo.core.llm.templates import ChatTemplateError, render_prompt
+    from desktop_dpo.core.llm.templates import (
+        DEFAULT_TEMPLATE,
+        DEFAULT_TURN_END,
+        ChatTemplateError,
+        render_prompt,
+    )
 
     if prompt_text is None:
         prompt_text = render_prompt_text(messages, tokenizer, chat_template)
@@ -247,7 +260,13 @@ def render_response_text(
     continuation = full[len(prompt_text) :]
     content = response.strip()
     at = continuation.find(content)
-    return response if at < 0 else continuation[: at + len(content)]
+    if at < 0:
+        return response
+    end = at + len(content)
+    uses_default = not chat_template or chat_template.strip() == DEFAULT_TEMPLATE
+    if uses_default and continuation[end:].startswith(DEFAULT_TURN_END):
+        end += len(DEFAULT_TURN_END)
+    return continuation[:end]
 
 
 def _adds_bos(tokenizer: Any) -> bool:

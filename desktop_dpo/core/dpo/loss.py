@@ -124,6 +124,30 @@ def preference_loss(
     )
 
 
+def with_sft_term(
+    output: DpoLossOutput,
+    policy_chosen_logps: torch.Tensor,
+    chosen_lengths: torch.Tensor,
+    weight: float,
+) -> DpoLossOutput:
+    """``output`` with an SFT term on the chosen responses added to each pair's loss (RPO).
+
+    ``L = L_pref + w · NLL(y_w)``, the NLL being the chosen response's mean per-token negative
+    log-likelihood, ``−log π_θ(y_w|x) / |y_w|`` (Pang et al. 2024, "Iterative Reasoning Preference
+    Optimization", Eq. 3; TRL's ``loss_type=["sigmoid", "sft"]`` with ``loss_weights=[1, w]``, which
+    averages over the tokens of the whole batch instead: the same for a batch of one pair).
+
+    Why: DPO alone can satisfy its margin by making the rejected answers unlikely while the chosen ones
+    fall too ("chosen_falling"), and then the model does not write answers like the chosen ones more
+    often. The SFT term holds the chosen answers up. ``policy_chosen_logps`` is summed over the response
+    tokens, with gradient; ``chosen_lengths`` [B] counts them. The rewards are unchanged.
+    """
+    if weight < 0:
+        raise ValueError(f"The SFT weight must not be negative, got {weight}.")
+    nll = -policy_chosen_logps / chosen_lengths.to(policy_chosen_logps.dtype).clamp(min=1.0)
+    return output._replace(losses=output.losses + weight * nll)
+
+
 def dpo_metrics(
     output: DpoLossOutput,
     *,

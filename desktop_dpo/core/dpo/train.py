@@ -86,6 +86,7 @@ class TrainConfig:
     beta: float = 0.1  # β: how strongly the policy is held near the reference (higher = smaller changes)
     loss_type: str = "sigmoid"  # "sigmoid" (DPO), "ipo" or "hinge"; see core/dpo/loss.py
     label_smoothing: float = 0.0  # assumed share of wrongly judged pairs (conservative DPO); sigmoid only
+    sft_weight: float = 0.0  # weight of an SFT term on the chosen answers (RPO; TRL's "sft" loss); 0 = off
     # optimisation
     lr: float = 1e-4  # peak learning rate of the LoRA weights (AdamW)
     epochs: int = 2  # passes over the training pairs
@@ -165,6 +166,8 @@ class TrainConfig:
                 problems.append(f"{name.replace('_', ' ')} must be at least 1")
         if self.beta <= 0:
             problems.append("beta must be positive")
+        if not 0 <= self.sft_weight <= 10:
+            problems.append("SFT weight must lie in [0, 10]")
         if self.lr <= 0:
             problems.append("learning rate must be positive")
         if not 0 <= self.warmup_ratio < 1:
@@ -1239,11 +1242,11 @@ class _Session:
     def _loss(
         self, batch: dict[str, torch.Tensor], indices: Sequence[int], chosen: Any, rejected: Any
     ) -> Any:
-        """DPO loss of a batch against the cached reference log-probs."""
+        """DPO loss of a batch against the cached reference log-probs (plus the SFT term when it is on)."""
         import torch
 
         from desktop_dpo.core.dpo.data import response_lengths
-        from desktop_dpo.core.dpo.loss import preference_loss
+        from desktop_dpo.core.dpo.loss import preference_loss, with_sft_term
 
         values = [self.reference[self.keys[i]] for i in indices]
         ref_chosen = torch.tensor([v[0] for v in values], dtype=torch.float32, device=self.device)
@@ -1251,7 +1254,7 @@ class _Session:
         lengths: dict[str, Any] = {}
         if self.config.loss_type == "ipo":  # TRL's length-normalised IPO (see loss.py)
             lengths = dict(zip(("chosen_lengths", "rejected_lengths"), response_lengths(batch), strict=True))
-        return preference_loss(
+        output = preference_loss(
             chosen,
             rejected,
             ref_chosen,
@@ -1261,6 +1264,10 @@ class _Session:
             label_smoothing=self.config.label_smoothing,
             **lengths,
         )
+        if not self.config.sft_weight:
+            return output
+        chosen_lengths, _ = response_lengths(batch)
+        return with_sft_term(output, chosen, chosen_lengths, self.config.sft_weight)
 
     def forward_backward(self, indices: Sequence[int]) -> dict[str, Any]:
         """Gradients of one optimizer step, accumulated over its micro-batches (chosen + rejected fused).

@@ -122,6 +122,43 @@ def _uses_default_template(merged_dir: Path) -> bool:
     return inspect_model(merged_dir).uses_default_template
 
 
+def _keep_update_on_base_grid(
+    quantized: Path, f16: Path, base: ModelRow, quantization: str, cancel: CancelToken
+) -> Job:
+    """When the model was trained from a quantized GGUF, put the quantized file on that GGUF's grid.
+
+    Quantizing again would round the trained weights back onto the base's grid points and erase the
+    update (``core/export/grid.py``); this moves the base's integers by stochastic rounding instead.
+    Nothing to do for a base that is not a GGUF, or a file type that shares no tensor type with it.
+    """
+    if base.kind != "gguf":
+        return
+    source = Path(base.path)
+    if not source.is_file():
+        yield Log(
+            f"{base.name}'s GGUF file is no longer at {source}, so {quantization} was quantized from scratch: "
+            "an update smaller than its rounding step may be lost. Put the file back and export again to "
+            "keep it.",
+            level="warning",
+        )
+        return
+    from desktop_dpo.core.export.grid import patch_onto_base_grid
+
+    cancel.raise_if_cancelled()
+    yield Log(f"Keeping the update at {quantization}: rounding it onto {base.name}'s own grid…")
+    try:
+        report = patch_onto_base_grid(quantized, f16, source, seed=0)
+    except ValueError as exc:
+        yield Log(f"{exc} {quantization} was kept as the quantizer wrote it.", level="warning")
+        return
+    if report.tensors_moved:
+        share = report.integers_changed / max(1, report.integers_total)
+        yield Log(
+            f"{quantization}: {report.tensors_moved} tensors on {base.name}'s grid, {share:.1%} of their "
+            "weights moved by one step to carry the update."
+        )
+
+
 def export_run(
     store: Store,
     run_id: int,
@@ -251,6 +288,7 @@ def export_run(
             files[quantization] = yield from quantize_gguf(
                 f16, work / f"{name}.{quantization}.gguf", quantization, cancel=cancel
             )
+            yield from _keep_update_on_base_grid(files[quantization], f16, base, quantization, cancel)
 
         report: ParityReport | None = None
         if settings.parity:
