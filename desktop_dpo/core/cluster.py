@@ -57,6 +57,7 @@ SCRIPT_SETTINGS = (
     "beta",
     "loss_type",
     "label_smoothing",
+    "sft_weight",
     "lr",
     "epochs",
     "batch_size",
@@ -261,7 +262,7 @@ def readme_text(model: ModelRow | None, train_pairs: int, heldout_pairs: int, co
   measure generalisation. Split by prompt as desktop-dpo splits them; TRL's conversational format.
 - `{SCRIPT_FILE}`: TRL's `DPOTrainer` with a peft LoRA adapter and the settings desktop-dpo would use.
   Each can be changed on the command line (`python {SCRIPT_FILE} --help`):
-  - β {config.beta}, {config.loss_type} loss, label smoothing {config.label_smoothing}
+  - β {config.beta}, {config.loss_type} loss, label smoothing {config.label_smoothing}, SFT weight {config.sft_weight}
   - learning rate {config.lr}, {config.scheduler} schedule after a warm-up over {config.warmup_ratio:.0%} of the steps, {config.epochs} epoch(s)
   - {config.batch_size} pair(s) per batch × {config.grad_accum} accumulation = {config.pairs_per_step} pairs per step
   - LoRA r {config.lora_r}, alpha {config.lora_alpha}, dropout {config.lora_dropout}, targets {config.target_modules}
@@ -391,6 +392,8 @@ def main(argv=None):
         "output_dir": args.output_dir,
         "beta": args.beta,
         "loss_type": [args.loss_type] if loss_is_list else args.loss_type,
+        # desktop-dpo's SFT term on the chosen answers (RPO) is TRL's "sft" loss added with its weight.
+        **({"loss_type": [args.loss_type, "sft"], "loss_weights": [1.0, args.sft_weight]} if args.sft_weight else {}),
         "label_smoothing": args.label_smoothing,
         "learning_rate": args.lr,
         "num_train_epochs": args.epochs,

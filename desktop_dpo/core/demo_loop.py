@@ -23,7 +23,7 @@ or repeating itself loses), so a model cannot win by saying nothing.
 Why these pairs and settings (measured with ``bench/efficacy.py``; ARCHITECTURE.md has the history):
 
 - Best against the worst *of each kind*, from eight samples: the shortest good answer against the
-  longest one and against the shortest degenerate one. Against degenerate answers only, the model learnt
+  longest one, the shortest degenerate one and the near miss (the longest one under the minimum). Against degenerate answers only, the model learnt
   "longer" (most rejected answers were too short); against the longest only, it learnt never to stop.
 - An SFT term on the chosen answers (``sft_weight``, RPO): DPO alone made the chosen answers less likely
   too, and the model did not write more answers like them.
@@ -229,7 +229,9 @@ def pick_pairs(texts: Sequence[str], rule: Rule) -> list[tuple[int, int]]:
     each kind the rule rejects, when there is one:
 
     - the longest answer that is not too short (rambling or looping): teaches where to stop;
-    - the shortest degenerate answer (empty, echoed, a few words): teaches not to stop too soon.
+    - the shortest degenerate answer (empty, echoed, a few words): teaches not to stop too soon;
+    - the longest answer under the rule's minimum (the near miss, often one word short): teaches where
+      that minimum lies. A model that learnt to be brief lands just under it most often.
 
     Empty when every answer is degenerate (nothing to prefer) or no other answer is judged worse than
     the best (equal lengths): such a prompt teaches nothing and is skipped. Every pair returned is one
@@ -250,6 +252,9 @@ def pick_pairs(texts: Sequence[str], rule: Rule) -> list[tuple[int, int]]:
     bad = [i for i in range(len(texts)) if degenerate[i] and i not in candidates]
     if bad:
         candidates.append(min(bad, key=lambda i: (words[i], i)))
+    too_short = [i for i in bad if words[i] < rule.min_words and i not in candidates]
+    if too_short:
+        candidates.append(max(too_short, key=lambda i: (words[i], -i)))
     return [(best, other) for other in candidates if judge_by_rule(texts[best], texts[other], rule) == "a"]
 
 

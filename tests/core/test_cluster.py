@@ -30,7 +30,8 @@ from desktop_dpo.core.store import Store
 
 TRAIN_TIMEOUT_S = 900  # generous: two shared cores; nothing asserts on time
 CONFIG = TrainConfig(
-    heldout_fraction=0.25, max_length=96, max_prompt_length=48, lora_r=4, lora_alpha=8, beta=0.2
+    heldout_fraction=0.25, max_length=96, max_prompt_length=48, lora_r=4, lora_alpha=8, beta=0.2,
+    sft_weight=0.5,  # the script runs TRL's "sigmoid" + "sft" losses, as our SFT term
 )
 
 
@@ -154,7 +155,7 @@ def test_the_script_trains_with_trl_and_its_adapter_imports_as_a_finished_run(
     assert Path(run.adapter_path).parent.parent == app_home.runs_dir  # copied in: independent of `out`
     assert (Path(run.adapter_path) / "adapter_model.safetensors").is_file()
     assert (run.config["lora_r"], run.config["lora_alpha"], run.config["beta"]) == (4, 8, 0.2)
-    assert run.config["heldout_fraction"] == 0.25 and run.step == 2
+    assert run.config["heldout_fraction"] == 0.25 and run.config["sft_weight"] == 0.5 and run.step == 2
     assert run.comparison_ids == list(exported.comparison_ids)
     assert home_store.get_run(run.id) == run
     # Export merges it: the plan matches every LoRA pair to a weight of the tiny base.

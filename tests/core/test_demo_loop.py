@@ -37,9 +37,9 @@ LOOP = "the cat sat on the mat " * 4
 # ------------------------------------------------------------------------------------------- pick_pairs
 
 
-def test_the_best_is_paired_with_the_longest_and_with_the_shortest_degenerate_answer():
-    texts = [LONGER, "", SHORT, LONGEST, "Yes, tea."]
-    assert pick_pairs(texts, RULE) == [(2, 3), (2, 1)]
+def test_the_best_is_paired_with_the_longest_the_shortest_degenerate_and_the_near_miss():
+    texts = [LONGER, "", SHORT, LONGEST, "Yes, tea.", "Tea is a drink, made from leaves."]  # 7 words
+    assert pick_pairs(texts, RULE) == [(2, 3), (2, 1), (2, 5)]
 
 
 def test_without_a_degenerate_answer_only_the_longest_is_rejected():

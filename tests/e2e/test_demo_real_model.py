@@ -105,3 +105,33 @@ def test_the_aligned_gguf_answers_in_a_llama_cpp_chat(demo_run):
     finally:
         pool.close_all()
     assert result.text.strip() and result.completion_tokens > 0
+
+
+def test_the_aligned_q4_k_m_is_the_base_grid_with_the_update_rounded_onto_it(demo_run):
+    """Quantized from scratch, the trained weights would round back onto the base's grid points and the
+    update would be lost; the export keeps the base's scales and moves only integers."""
+    import numpy as np
+    from gguf import GGUFReader
+
+    from desktop_dpo.core.export.grid import FORMATS
+
+    paths, status, _, _ = demo_run
+    assert status == cli.EXIT_OK
+    with Store.open(paths.db_path) as store:
+        aligned = next(m for m in store.list_models() if m.source == "aligned")
+        base = next(m for m in store.list_models() if m.source == "demo")
+    base_tensors = {t.name: t for t in GGUFReader(base.path).tensors}
+    checked = moved = 0
+    for tensor in GGUFReader(aligned.path).tensors:
+        fmt = FORMATS.get(tensor.tensor_type.name)
+        start = base_tensors[tensor.name]
+        if fmt is None or not tensor.name.startswith("blk."):
+            continue
+        assert start.tensor_type == tensor.tensor_type  # the base's types, tensor by tensor
+        mine = np.asarray(tensor.data).reshape(-1, fmt.block_bytes)
+        theirs = np.asarray(start.data).reshape(-1, fmt.block_bytes)
+        q, _ = fmt.unpack(mine)
+        assert np.array_equal(fmt.pack(theirs, q), mine)  # same scales: only the integers differ
+        moved += int(np.count_nonzero(q != fmt.unpack(theirs)[0]))
+        checked += q.size
+    assert checked and 0 < moved / checked < 0.5
