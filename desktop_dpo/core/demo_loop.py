@@ -677,7 +677,8 @@ def run_demo(
         yield stage("copy")
         base = yield from _prepare_copy(store, paths, base, cancel)
         cancel.raise_if_cancelled()
-        eval_rows = _evaluation_prompts(store, held_out)  # stored first: a stop still leaves them out of training
+        # Stored first: a stop still leaves them out of training.
+        eval_rows = _evaluation_prompts(store, held_out)
 
         current = base  # the model each round samples from and trains; its export is the next one's
         for round_number in range(1, settings.rounds + 1):

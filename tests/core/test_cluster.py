@@ -30,7 +30,12 @@ from desktop_dpo.core.store import Store
 
 TRAIN_TIMEOUT_S = 900  # generous: two shared cores; nothing asserts on time
 CONFIG = TrainConfig(
-    heldout_fraction=0.25, max_length=96, max_prompt_length=48, lora_r=4, lora_alpha=8, beta=0.2,
+    heldout_fraction=0.25,
+    max_length=96,
+    max_prompt_length=48,
+    lora_r=4,
+    lora_alpha=8,
+    beta=0.2,
     sft_weight=0.5,  # the script runs TRL's "sigmoid" + "sft" losses, as our SFT term
 )
 

@@ -173,7 +173,11 @@ FORMATS: dict[str, GridFormat] = {
 
 
 def round_onto_grid(
-    blocks: np.ndarray, base_weights: np.ndarray, target_weights: np.ndarray, fmt: GridFormat, rng: np.random.Generator
+    blocks: np.ndarray,
+    base_weights: np.ndarray,
+    target_weights: np.ndarray,
+    fmt: GridFormat,
+    rng: np.random.Generator,
 ) -> tuple[np.ndarray, int]:
     """``blocks`` (the base's, [n, block_bytes]) with their integers moved towards ``target_weights``.
 
@@ -226,7 +230,9 @@ def patch_onto_base_grid(
         fmt = FORMATS.get(tensor.tensor_type.name)
         source, start = merged.get(tensor.name), base.get(tensor.name)
         if source is None:
-            raise ValueError(f"{merged_path} has no tensor {tensor.name}: it is not the model that was quantized.")
+            raise ValueError(
+                f"{merged_path} has no tensor {tensor.name}: it is not the model that was quantized."
+            )
         if (
             fmt is None
             or start is None
