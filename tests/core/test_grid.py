@@ -147,5 +147,7 @@ def test_a_file_that_is_not_the_quantized_model_is_refused(tiny_gguf, tmp_path):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    before = other.read_bytes()
     with pytest.raises(ValueError, match="has no tensor"):
         patch_onto_base_grid(other, tmp_path / "empty.gguf", base)
+    assert other.read_bytes() == before  # refused before anything was written

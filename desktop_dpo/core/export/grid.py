@@ -224,15 +224,14 @@ def patch_onto_base_grid(
     out = GGUFReader(quantized_path, "r+")
     merged = {t.name: t for t in GGUFReader(merged_path).tensors}
     base = {t.name: t for t in GGUFReader(base_path).tensors}
+    missing = next((t.name for t in out.tensors if t.name not in merged), None)
+    if missing is not None:  # checked before any write: a refused file is left as it was
+        raise ValueError(f"{merged_path} has no tensor {missing}: it is not the model that was quantized.")
     rng = np.random.default_rng(seed)
     moved = kept = changed = total = 0
     for tensor in out.tensors:
         fmt = FORMATS.get(tensor.tensor_type.name)
-        source, start = merged.get(tensor.name), base.get(tensor.name)
-        if source is None:
-            raise ValueError(
-                f"{merged_path} has no tensor {tensor.name}: it is not the model that was quantized."
-            )
+        source, start = merged[tensor.name], base.get(tensor.name)
         if (
             fmt is None
             or start is None
