@@ -42,7 +42,7 @@ def main() -> None:
     from desktop_dpo.config import AppPaths
     from desktop_dpo.core.demo_loop import DemoSettings, DemoStage, PairPicked, run_demo
     from desktop_dpo.core.evaluate import EvaluationVoted
-    from desktop_dpo.core.jobs import Log
+    from desktop_dpo.core.jobs import Log, drive
     from desktop_dpo.core.store import Store
 
     home = args.keep or Path(tempfile.mkdtemp(prefix="efficacy-"))
@@ -56,31 +56,28 @@ def main() -> None:
     def note(text: str) -> None:
         print(f"[{time.perf_counter() - start:6.0f} s] {text}", file=sys.stderr, flush=True)
 
+    def on_event(event: object) -> None:
+        nonlocal current, stage_start
+        name = type(event).__name__
+        if isinstance(event, DemoStage):
+            now = time.perf_counter()
+            if current is not None:
+                stage_times[current] = now - stage_start
+            current = f"{event.stage}-{event.round}" if event.round else event.stage
+            stage_start = now
+            note(f"{event.number}/{event.total} {event.title}")
+        elif isinstance(event, PairPicked) and event.done % 10 == 0:
+            note(f"  {event.done}/{event.total} prompts sampled, {event.kept_so_far} pairs")
+        elif isinstance(event, EvaluationVoted):
+            note(f"  vote {event.vote}")
+        elif name in ("Started", "EvalMetrics", "Finished", "TrainWarning"):
+            note(f"  {event}")
+        elif isinstance(event, Log):
+            note(f"  {event.message}")
+
     with Store.open(paths.db_path) as store:
-        job = run_demo(store, paths, settings)
-        while True:
-            try:
-                event = next(job)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            name = type(event).__name__
-            if isinstance(event, DemoStage):
-                now = time.perf_counter()
-                if current is not None:
-                    stage_times[current] = now - stage_start
-                current = f"{event.stage}-{event.round}" if event.round else event.stage
-                stage_start = now
-                note(f"{event.number}/{event.total} {event.title}")
-            elif isinstance(event, PairPicked) and event.done % 10 == 0:
-                note(f"  {event.done}/{event.total} prompts sampled, {event.kept_so_far} pairs")
-            elif isinstance(event, EvaluationVoted):
-                note(f"  vote {event.vote}")
-            elif name in ("Started", "EvalMetrics", "Finished", "TrainWarning"):
-                note(f"  {event}")
-            elif isinstance(event, Log):
-                note(f"  {event.message}")
-        stage_times[str(current)] = time.perf_counter() - stage_start
+        result = drive(run_demo(store, paths, settings), on_event)
+    stage_times[str(current)] = time.perf_counter() - stage_start
 
     summary = result.summary
     OUT.parent.mkdir(parents=True, exist_ok=True)

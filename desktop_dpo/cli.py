@@ -722,7 +722,7 @@ def _cmd_demo(args: argparse.Namespace, paths: AppPaths) -> int:
     from desktop_dpo.core.demo_loop import DemoSettings, run_demo
     from desktop_dpo.core.demo_model import demo_package
     from desktop_dpo.core.errors import JobCancelled
-    from desktop_dpo.core.jobs import CancelToken
+    from desktop_dpo.core.jobs import CancelToken, drive
 
     if demo_package() is None:
         return _fail(
@@ -743,13 +743,7 @@ def _cmd_demo(args: argparse.Namespace, paths: AppPaths) -> int:
     progress = _DemoProgress()
     try:
         with _open_store(paths) as store:
-            job = run_demo(store, paths, settings, cancel=token)
-            while True:
-                try:
-                    progress(next(job))
-                except StopIteration as finished:
-                    result = finished.value
-                    break
+            result = drive(run_demo(store, paths, settings, cancel=token), progress)
     except JobCancelled:
         print("\nStopped. The pairs and runs made so far are kept in the database.", file=sys.stderr)
         return EXIT_FAILED

@@ -42,7 +42,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -64,7 +64,7 @@ from desktop_dpo.core.evaluate import (
 )
 from desktop_dpo.core.jobs import CancelToken, Log, Progress
 from desktop_dpo.core.llm.llamacpp import MAX_SEED, GenerationResult, ResponseFinished, TokenEvent
-from desktop_dpo.core.sampling import ModelInfoLearned
+from desktop_dpo.core.sampling import ModelInfoLearned, generation_meta
 
 if TYPE_CHECKING:
     from desktop_dpo.core.dpo.train import TrainConfig
@@ -75,7 +75,6 @@ DEMO_PROMPTS_FILE = Path(__file__).resolve().parents[2] / "resources" / "demo_pr
 PAIR_SOURCE = "demo"  # the source of the demo's prompts and comparisons
 EVAL_SOURCE = "demo-eval"  # the source of its held-out evaluation prompts
 MIN_EVAL_PROMPTS = 50  # fewer held-out prompts give an interval too wide to say anything (full demo)
-STAGES = ("model", "copy", "pairs", "train", "export", "evaluate")
 ROUND_STAGES = ("pairs", "train", "export")  # repeated once per round
 STAGE_TITLES = {
     "model": "Demo model",
@@ -292,7 +291,7 @@ def split_demo_prompts(
 class DemoStage:
     """A stage begins (``number`` of ``total``, 1-based)."""
 
-    stage: str  # one of STAGES
+    stage: str  # a key of STAGE_TITLES
     number: int
     total: int
     title: str
@@ -335,8 +334,13 @@ class DemoResult:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _quiet(job: Generator[Any, None, Any], store: Store) -> Generator[Any, None, Any]:
-    """Pass a sub-job's events through, minus per-token events; record what it learned about models."""
+def _quiet(
+    job: Generator[Any, None, Any], store: Store, on_event: Callable[[Any], object] | None = None
+) -> Generator[Any, None, Any]:
+    """Pass a sub-job's events through, minus per-token events; record what it learned about models.
+
+    ``on_event`` sees every event passed on before the caller does (the evaluation stores its votes so).
+    """
     while True:
         try:
             event = next(job)
@@ -346,6 +350,8 @@ def _quiet(job: Generator[Any, None, Any], store: Store) -> Generator[Any, None,
             store.update_model_info(event.model_id, **event.info)
         if isinstance(event, (TokenEvent, ResponseFinished)):
             continue  # hundreds per answer: a progress display needs none of them
+        if on_event is not None:
+            on_event(event)
         yield event
 
 
@@ -390,17 +396,6 @@ def _prepare_copy(
     row = store.get_model(model.id)
     assert row is not None
     return row
-
-
-def _generation_meta(result: GenerationResult) -> dict[str, Any]:
-    return {
-        "sampling": result.settings,
-        "seed": result.seed,
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.completion_tokens,
-        "seconds": result.seconds,
-        "finish_reason": result.finish_reason,
-    }
 
 
 def sample_answers(
@@ -479,8 +474,8 @@ def collect_pairs(
                     verdict="a",
                     model_a_id=model.id,
                     model_b_id=model.id,
-                    generation_meta_a=_generation_meta(best),
-                    generation_meta_b=_generation_meta(worst),
+                    generation_meta_a=generation_meta(best),
+                    generation_meta_b=generation_meta(worst),
                     note=f"picked by rule {settings.rule.name} from {len(results)} samples",
                     source=PAIR_SOURCE,
                 )
@@ -592,25 +587,14 @@ def _evaluate(
     job = run_rule_evaluation(
         pool, base, aligned, paths, prompts, sampling, settings.rule, settings.seed, cancel, n_ctx=DEMO_N_CTX
     )
-    summary: EvaluationSummary = yield from _quiet(_recording_votes(job, store, evaluation_id, votes), store)
-    return evaluation_id, summary, votes
 
-
-def _recording_votes(
-    job: Generator[Any, None, EvaluationSummary],
-    store: Store,
-    evaluation_id: int,
-    votes: list[EvaluationVoted],
-) -> Generator[Any, None, EvaluationSummary]:
-    while True:
-        try:
-            event = next(job)
-        except StopIteration as stop:
-            return stop.value
+    def record(event: object) -> None:
         if isinstance(event, EvaluationVoted):
             record_vote(store, evaluation_id, event)
             votes.append(event)
-        yield event
+
+    summary: EvaluationSummary = yield from _quiet(job, store, record)
+    return evaluation_id, summary, votes
 
 
 def demo_plan(rounds: int) -> list[tuple[str, int]]:

@@ -8,7 +8,7 @@ drives it persists what it yields (each thread with its own database connection)
 from __future__ import annotations
 
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,15 +66,24 @@ Job = Generator[Any, None, Any]
 """A job: yields progress events; its return value is the result."""
 
 
+def drive(job: Job, on_event: Callable[[Any], object]) -> Any:
+    """Drive a job to its end on the calling thread, handing each event to ``on_event``; return its result.
+
+    For a headless caller that shows progress as it goes (the CLI, a bench); the GUI runs jobs in a
+    worker thread instead (``workers/job_worker.py``).
+    """
+    while True:
+        try:
+            event = next(job)
+        except StopIteration as stop:
+            return stop.value
+        on_event(event)
+
+
 def run_job(job: Job) -> tuple[Any, list[Any]]:
     """Drive a job to its end on the calling thread: ``(result, every event it yielded)``.
 
-    For headless callers with nothing to show meanwhile (tests, scripts); the CLI and the GUI drive
-    jobs event by event instead.
+    For headless callers with nothing to show meanwhile (tests, scripts).
     """
     events: list[Any] = []
-    while True:
-        try:
-            events.append(next(job))
-        except StopIteration as stop:
-            return stop.value, events
+    return drive(job, events.append), events

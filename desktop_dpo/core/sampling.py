@@ -271,6 +271,18 @@ def hf_engine_key(model_dir: str | Path, n_ctx: int) -> str:
     return f"transformers:{Path(model_dir).resolve()}|n_ctx={n_ctx}"
 
 
+def generation_meta(result: GenerationResult) -> dict[str, Any]:
+    """What ``Store.record_pair`` keeps of each sampled answer, so it can be reproduced."""
+    return {
+        "sampling": result.settings,
+        "seed": result.seed,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "seconds": round(result.seconds, 3),
+        "finish_reason": result.finish_reason,
+    }
+
+
 def draw_seed_pair(rng: random.Random | None = None) -> tuple[int, int]:
     """Two different sampler seeds (two equal seeds would give the same answer twice)."""
     rng = rng or random.SystemRandom()

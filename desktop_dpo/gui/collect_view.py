@@ -56,7 +56,7 @@ from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.jobs import Log, Progress
 from desktop_dpo.core.llm.engine_pool import EnginePool
 from desktop_dpo.core.llm.llamacpp import GenerationResult, ResponseFinished, TokenEvent
-from desktop_dpo.core.sampling import ModelInfoLearned, read_prompt_file, sample_pair
+from desktop_dpo.core.sampling import ModelInfoLearned, generation_meta, read_prompt_file, sample_pair
 from desktop_dpo.core.store import ModelRow, PromptRow, Store
 from desktop_dpo.gui.message_banner import MessageBanner
 from desktop_dpo.gui.response_edit_dialog import ResponseEditDialog
@@ -136,18 +136,6 @@ def verdict_for(choice: str, a_shown_left: bool) -> str:
     if choice in CHOICES:
         return choice
     raise ValueError(f"Unknown choice {choice!r}")
-
-
-def generation_meta(result: GenerationResult) -> dict[str, Any]:
-    """What ``Store.add_generation`` keeps of a result, so the answer can be reproduced."""
-    return {
-        "sampling": result.settings,
-        "seed": result.seed,
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.completion_tokens,
-        "seconds": round(result.seconds, 3),
-        "finish_reason": result.finish_reason,
-    }
 
 
 def describe_result(result: GenerationResult) -> str:

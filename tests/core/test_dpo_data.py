@@ -387,15 +387,18 @@ def test_padding_does_not_change_a_pairs_log_probs(tiny_lm):
     torch.testing.assert_close(alone[1], batched[1][:1], atol=1e-5, rtol=1e-5)
 
 
+class PlainForward(torch.nn.Module):
+    """A model without ``logits_to_keep`` and without a decoder to reach: only input ids and a mask."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, attention_mask, use_cache=False):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+
 def test_a_model_without_logits_to_keep_gets_the_same_values(tiny_lm):
-    class PlainForward(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids, attention_mask, use_cache=False):
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask)
-
     batch = collate(PAIRS, pad_id=0)
     with torch.no_grad():
         torch.testing.assert_close(
@@ -530,14 +533,6 @@ def test_fused_head_equals_log_softmax_with_its_gradient():
 
 
 def test_a_model_whose_head_trains_or_cannot_be_checked_keeps_the_padded_layout(tiny_lm):
-    class PlainForward(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids, attention_mask, use_cache=False):
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask)
-
     for model in (tiny_lm, PlainForward(tiny_lm)):  # head trains / no decoder to reach
         batch = collate_for(model, PAIRS, pad_id=0)
         assert "loss_mask" in batch and "label_seq" not in batch

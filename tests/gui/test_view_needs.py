@@ -4,39 +4,15 @@ a new person, with the demo model only or with no model at all, is never left at
 from __future__ import annotations
 
 import pytest
-from PySide6.QtCore import QEvent, Qt
-from PySide6.QtWidgets import QApplication
+from PySide6.QtCore import Qt
 
 from desktop_dpo.core.models import register_model
-from desktop_dpo.core.store import Store
 from desktop_dpo.gui.evaluate_view import NEEDS_ALIGNED
-from desktop_dpo.gui.main_window import MainWindow
-from desktop_dpo.workers.job_worker import JobRegistry
-from tests.plugins import tiny_model as _tiny_model_plugin
-
-tiny_model_dir = _tiny_model_plugin.tiny_model_dir
-tiny_gguf = _tiny_model_plugin.tiny_gguf
 
 
 @pytest.fixture
-def gui_store(app_home):
-    store = Store.open(app_home.db_path, backups_dir=app_home.backups_dir)
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def window(qtbot, gui_store, app_home):
-    registry = JobRegistry()
-    window = MainWindow(store=gui_store, registry=registry, paths=app_home)
-    window.show()
-    qtbot.waitExposed(window)
-    yield window
-    assert registry.cancel_all_and_wait(60_000)
-    QApplication.processEvents()
-    window.close()
-    window.deleteLater()
-    QApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+def window(make_window):
+    return make_window()
 
 
 def test_collect_without_a_model_points_to_models(window):

@@ -237,10 +237,10 @@ def render_response_text(
     has it (:func:`render_prompt_text` of the same arguments).
     """
     from desktop_dpo.core.llm.templates import (
-        DEFAULT_TEMPLATE,
         DEFAULT_TURN_END,
         ChatTemplateError,
         render_prompt,
+        uses_default_template,
     )
 
     if prompt_text is None:
@@ -263,8 +263,7 @@ def render_response_text(
     if at < 0:
         return response
     end = at + len(content)
-    uses_default = not chat_template or chat_template.strip() == DEFAULT_TEMPLATE
-    if uses_default and continuation[end:].startswith(DEFAULT_TURN_END):
+    if uses_default_template(chat_template) and continuation[end:].startswith(DEFAULT_TURN_END):
         end += len(DEFAULT_TURN_END)
     return continuation[:end]
 

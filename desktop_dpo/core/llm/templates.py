@@ -64,6 +64,12 @@ class ChatTemplateError(DesktopDpoError):
     """A conversation cannot be rendered with the model's chat template."""
 
 
+def uses_default_template(chat_template: str | None) -> bool:
+    """Whether ``chat_template`` means the default layout: none at all, or :data:`DEFAULT_TEMPLATE` itself
+    (which an export writes into the GGUF of a model trained on it)."""
+    return not chat_template or chat_template.strip() == DEFAULT_TEMPLATE
+
+
 def render_prompt(
     messages: Sequence[Message],
     chat_template: str | None = None,
@@ -91,7 +97,7 @@ def render_prompt(
             templates insist on alternating user/assistant turns).
     """
     checked = _check_messages(messages)
-    uses_default = not chat_template or chat_template.strip() == DEFAULT_TEMPLATE
+    uses_default = uses_default_template(chat_template)
     template = DEFAULT_TEMPLATE if uses_default else str(chat_template)
     compiled = _compile(template)
     try:
