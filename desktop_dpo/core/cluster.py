@@ -38,6 +38,7 @@ from desktop_dpo.core.dpo.runs import model_pair_ids
 from desktop_dpo.core.dpo.train import TrainConfig, TrainingError, training_folder
 from desktop_dpo.core.errors import DesktopDpoError, ExportError
 from desktop_dpo.core.export.merge import plan_merge, read_adapter_config
+from desktop_dpo.core.export_target import check_export_target
 from desktop_dpo.core.models import register_model
 from desktop_dpo.core.preference_io import export_preferences, write_text_atomically
 from desktop_dpo.core.store import ModelRow, RunRow, Store
@@ -107,6 +108,7 @@ def export_trl(
     model: ModelRow | None = None,
     config: TrainConfig | None = None,
     comparison_ids: list[int] | None = None,
+    paths: AppPaths | None = None,
 ) -> TrlExport:
     """Write the usable pairs, a TRL training script and its accelerate config to ``folder``.
 
@@ -117,6 +119,7 @@ def export_trl(
             here would; None takes every usable pair.
         config: the settings to train with (default: :class:`TrainConfig`'s defaults).
         comparison_ids: exactly these comparisons (a run's snapshot) instead of the model's pairs.
+        paths: the app's folders, whose files an export never replaces (default :meth:`AppPaths.default`).
 
     The prompt split is the one our runs use (:func:`split_by_prompt`, same seed and fraction; a prompt
     keeps a split once made) and it is recorded (``Store.set_prompt_splits``), so a held-out prompt stays
@@ -124,9 +127,15 @@ def export_trl(
 
     Raises:
         ClusterError: there are no usable pairs, or the folder cannot be written.
+        ProtectedFileError: a file of the export would replace the database, an SQLite file or a file the
+            app keeps in its folders; nothing was written and no split was recorded.
     """
     config = (config or TrainConfig()).validated()
     folder = Path(folder).expanduser().absolute()
+    # Every file first, before the splits are recorded or an old held-out file is removed: a refused
+    # export changes nothing.
+    for name in (TRAIN_FILE, HELDOUT_FILE, SCRIPT_FILE, ACCELERATE_FILE, README_FILE, MANIFEST_FILE):
+        check_export_target(folder / name, database=store.path, paths=paths)
     if comparison_ids is None:
         comparison_ids = model_pair_ids(store, model.id) if model is not None else None
     views = store.comparison_views(ids=comparison_ids)
@@ -159,7 +168,7 @@ def export_trl(
             continue
         # The app's own TRL writer (conversational: multi-turn prompts and system prompts are kept).
         result = export_preferences(
-            store, target, file_format="conversational", comparison_ids=by_split[split]
+            store, target, file_format="conversational", comparison_ids=by_split[split], paths=paths
         )
         counts[split] = result.written
         written.append(str(target))

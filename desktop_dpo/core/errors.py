@@ -37,6 +37,30 @@ class ImportFormatError(DesktopDpoError):
         )
 
 
+class ProtectedFileError(DesktopDpoError):
+    """An export would replace the app's database, a file in its data or log folder, or any SQLite file.
+
+    Nothing was written; the message names the file and asks for another name.
+    """
+
+
+class DuplicatePairsFound(DesktopDpoError):
+    """Some pairs of a preference file are already stored; nothing was imported, so the person can choose.
+
+    ``duplicates`` of the file's ``total`` pairs are exact repeats (same prompt, chosen and rejected) of
+    stored pairs or of earlier lines of the same file.
+    """
+
+    def __init__(self, path: str, duplicates: int, total: int):
+        self.path = path
+        self.duplicates = duplicates
+        self.total = total
+        super().__init__(
+            f"{duplicates} of {total} pairs in {path} are already in your data; nothing was imported. "
+            "Import again to skip them, or import them anyway."
+        )
+
+
 class NetworkBlockedError(DesktopDpoError, ConnectionRefusedError):
     """desktop-dpo never uses the network; a connection beyond this machine was refused."""
 
@@ -55,3 +79,21 @@ class ExportError(DesktopDpoError):
 
 class ConverterRefused(ExportError):
     """llama.cpp's converter cannot read this model (its tokenizer or architecture): no retry will help."""
+
+
+class ModelCodeRefused(ModelError, ExportError):
+    """A model folder names code of its own to run (an ``auto_map``, a ``.py`` file a config points to), and
+    desktop-dpo never runs code from model folders. Raised at registration and, for a folder changed since,
+    before or during its conversion to GGUF; nothing of the model's code ran and nothing was written."""
+
+
+class EngineCrashed(ModelError):
+    """The process running a model ended (a native crash, killed for memory) or stopped responding.
+
+    Only that child process ended: the window, the database and every pick are untouched. ``how`` says
+    what happened in a few words ("a segmentation fault (signal 11)", "it stopped responding").
+    """
+
+    def __init__(self, message: str, how: str = "it crashed"):
+        super().__init__(message)
+        self.how = how

@@ -29,8 +29,12 @@ Every prompt message and every chosen response must hold some text; a rejected r
 
 Import is all or nothing: every line is checked first, and a file with any bad line raises
 :class:`ImportFormatError` naming each bad line; otherwise all pairs are written in one transaction.
+A pair that is already stored, or repeats an earlier line of the file (same prompt, chosen and rejected,
+exactly), is a duplicate: skipped and counted by default, so importing a file twice does not double it;
+the caller may import duplicates anyway, or be told of them before anything is written.
 Export writes exactly the pairs training would use (:func:`pairs_from_comparisons`), and checks each line
-with the importer's own rules, so an exported file always imports back to the same pairs.
+with the importer's own rules, so an exported file always imports back to the same pairs. It never
+replaces the database or another file the app keeps (:func:`~desktop_dpo.core.export_target.check_export_target`).
 """
 
 from __future__ import annotations
@@ -42,13 +46,17 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from desktop_dpo.config import AppPaths
 from desktop_dpo.core.dpo.data import PreferencePair, pairs_from_comparisons
-from desktop_dpo.core.errors import DesktopDpoError, ImportFormatError
-from desktop_dpo.core.store import Store
+from desktop_dpo.core.errors import DesktopDpoError, DuplicatePairsFound, ImportFormatError
+from desktop_dpo.core.export_target import check_export_target
+from desktop_dpo.core.store import PairKey, Store, messages_key, pair_key
 
 FORMATS = ("standard", "conversational")
+DUPLICATE_CHOICES = ("skip", "import", "ask")  # what import_preferences does with pairs already stored
+DuplicateChoice = Literal["skip", "import", "ask"]
 ROLES = ("system", "user", "assistant")
 # Characters that some line readers (str.splitlines, JavaScript) take for line breaks. JSON allows them
 # raw inside strings; written escaped, a file stays one pair per line for every reader.
@@ -69,6 +77,8 @@ class ImportResult:
     comparison_ids: tuple[int, ...]  # the new comparisons, in file order
     identical_skipped: int  # pairs whose chosen equals rejected: they teach nothing and were not saved
     blank_lines: int  # empty lines, ignored
+    duplicates_skipped: int = 0  # pairs already stored or repeated in the file: not saved again
+    duplicates_imported: int = 0  # such pairs saved anyway, because the person asked for it
 
 
 @dataclass(frozen=True)
@@ -348,22 +358,54 @@ def read_preference_file(path: str | Path) -> tuple[str, list[ParsedPair], int]:
     return file_format[0], pairs, blank
 
 
-def import_preferences(store: Store, path: str | Path) -> ImportResult:
+def import_preferences(
+    store: Store, path: str | Path, *, duplicates: DuplicateChoice = "skip"
+) -> ImportResult:
     """Import a TRL preference JSONL file (standard or conversational) into ``store``.
 
     All or nothing: every line is checked before anything is written, and a file with bad lines raises
     :class:`ImportFormatError` listing each one; the pairs are then saved in one transaction. Each pair
     becomes a comparison with ``source="import"``, generation A = chosen, B = rejected, verdict "a",
     model and seed unknown. Pairs whose chosen equals rejected are skipped (they teach nothing).
+
+    A duplicate is a pair whose prompt, chosen and rejected texts equal, exactly, a pair the store
+    already gives training (a live comparison's verdict or edit) or an earlier line of the file.
+    ``duplicates`` says what happens to them:
+
+    - ``"skip"``: not saved, counted in ``ImportResult.duplicates_skipped``;
+    - ``"import"``: saved like the others, counted in ``ImportResult.duplicates_imported``;
+    - ``"ask"``: if there is any, nothing is saved and :class:`DuplicatePairsFound` gives their count,
+      so the caller can ask the person and import again with ``"skip"`` or ``"import"``.
+
+    The check and the writes happen in the same transaction, so a pair saved by another window meanwhile
+    is still seen.
     """
+    if duplicates not in DUPLICATE_CHOICES:
+        raise ValueError(
+            f"Unknown duplicates choice {duplicates!r}; expected one of {', '.join(DUPLICATE_CHOICES)}."
+        )
     file_format, pairs, blank = read_preference_file(path)
     ids: list[int] = []
     identical = 0
+    repeated = 0
     with store.atomic():
+        seen: set[PairKey] = store.stored_pair_keys(messages_key(p.messages) for p in pairs)
+        to_save: list[ParsedPair] = []
         for pair in pairs:
             if pair.chosen == pair.rejected:
                 identical += 1
                 continue
+            key = pair_key(pair.messages, pair.chosen, pair.rejected)
+            if key in seen:
+                repeated += 1
+                if duplicates != "import":
+                    continue
+            seen.add(key)
+            to_save.append(pair)
+        if repeated and duplicates == "ask":
+            # Raised inside the transaction, which then rolls back: nothing was written anyway.
+            raise DuplicatePairsFound(str(path), repeated, len(pairs) - identical)
+        for pair in to_save:
             ids.append(
                 store.record_pair(
                     messages=pair.messages,
@@ -380,6 +422,8 @@ def import_preferences(store: Store, path: str | Path) -> ImportResult:
         comparison_ids=tuple(ids),
         identical_skipped=identical,
         blank_lines=blank,
+        duplicates_skipped=0 if duplicates == "import" else repeated,
+        duplicates_imported=repeated if duplicates == "import" else 0,
     )
 
 
@@ -446,6 +490,7 @@ def export_preferences(
     file_format: str = "conversational",
     explicit_prompt: bool = True,
     comparison_ids: Sequence[int] | None = None,
+    paths: AppPaths | None = None,
 ) -> ExportResult:
     """Write the usable pairs of ``store`` (or of ``comparison_ids``) as a TRL preference JSONL file.
 
@@ -454,11 +499,14 @@ def export_preferences(
     (and against the other response unless the verdict named it); ties, "both bad", skips and deleted
     comparisons give nothing. A pair the chosen format cannot hold (a multi-turn prompt in the standard
     format, an empty prompt or chosen text) is left out and listed in ``ExportResult.skipped``.
-    The file is replaced atomically; raises :class:`PreferenceFileError` when there is nothing to write.
+    The file is replaced atomically; raises :class:`PreferenceFileError` when there is nothing to write,
+    and :class:`~desktop_dpo.core.errors.ProtectedFileError` when ``path`` is the database, an SQLite file
+    or an existing file in the app's folders (``paths``, default :meth:`AppPaths.default`).
     """
     if file_format not in FORMATS:
         raise ValueError(f"Unknown format {file_format!r}; expected one of {', '.join(FORMATS)}.")
     path = Path(path)
+    check_export_target(path, database=store.path, paths=paths)
     views = store.comparison_views(ids=comparison_ids)
     lines: list[str] = []
     skipped: list[tuple[int, str]] = []

@@ -69,6 +69,15 @@ def messages_key(messages: Sequence[dict[str, str]]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+PairKey = tuple[str, str, str]
+"""``(messages_key(prompt), chosen, rejected)``: what makes two preference pairs the same pair."""
+
+
+def pair_key(messages: Sequence[dict[str, str]], chosen: str, rejected: str) -> PairKey:
+    """The identity of a preference pair: the same prompt, the same chosen and rejected texts, exactly."""
+    return messages_key(messages), chosen, rejected
+
+
 # --------------------------------------------------------------------------------------------------
 # Rows handed to callers: plain frozen dataclasses, safe to pass between threads in signals.
 # --------------------------------------------------------------------------------------------------
@@ -1067,6 +1076,44 @@ class Store:
         """Undo a pick just made: remove the comparison row (its generations stay for reuse)."""
         with self.atomic():
             self._conn.execute("DELETE FROM comparisons WHERE id=?", (comparison_id,))
+
+    # Every pair training takes from a comparison, as (prompt key, chosen, rejected); the same rules as
+    # desktop_dpo.core.dpo.data.pairs_from_comparisons: the verdict pair, then an edit over the response
+    # it rewrites, then the edit over the other response unless the verdict named that one.
+    _STORED_PAIRS_SQL = """
+        WITH c AS (
+            SELECT p.messages_key AS k, c.verdict, c.edited_text AS e, c.edited_side AS side,
+                   ga.text AS ta, gb.text AS tb
+            FROM comparisons c
+            JOIN prompts p ON p.id = c.prompt_id
+            JOIN generations ga ON ga.id = c.generation_a_id
+            JOIN generations gb ON gb.id = c.generation_b_id
+            WHERE c.deleted = 0 AND p.messages_key IN ({keys})
+        )
+        SELECT k, CASE verdict WHEN 'a' THEN ta ELSE tb END, CASE verdict WHEN 'a' THEN tb ELSE ta END
+            FROM c WHERE verdict IN ('a', 'b')
+        UNION
+        SELECT k, e, CASE side WHEN 'a' THEN ta ELSE tb END
+            FROM c WHERE e IS NOT NULL AND side IN ('a', 'b')
+        UNION
+        SELECT k, e, CASE side WHEN 'a' THEN tb ELSE ta END
+            FROM c WHERE e IS NOT NULL AND side IN ('a', 'b') AND verdict != (CASE side WHEN 'a' THEN 'b' ELSE 'a' END)
+    """
+    _KEYS_PER_QUERY = 500  # below SQLite's oldest limit on bound parameters (999)
+
+    def stored_pair_keys(self, prompt_keys: Iterable[str]) -> set[PairKey]:
+        """The pairs already stored for these prompts (``messages_key`` values), as :func:`pair_key` values.
+
+        Only live comparisons count: a deleted pair brought back by an import is new data again, and
+        skipping it would leave the person's file unimported for no reason they can see.
+        """
+        keys = sorted(set(prompt_keys))
+        found: set[PairKey] = set()
+        for start in range(0, len(keys), self._KEYS_PER_QUERY):
+            chunk = keys[start : start + self._KEYS_PER_QUERY]
+            sql = self._STORED_PAIRS_SQL.format(keys=", ".join("?" for _ in chunk))
+            found.update((k, chosen, rejected) for k, chosen, rejected in self._conn.execute(sql, chunk))
+        return found
 
     def count_usable_pairs(self) -> int:
         """Comparisons that give DPO a chosen and a rejected response (a/b verdicts or edits)."""

@@ -2,24 +2,31 @@
 
 A file may hold thousands of pairs, so the work runs on a worker thread with its own database
 connection; the actions are disabled while a data job runs (one job per resource).
+
+An import first runs asking about duplicates: when some pairs of the file are already stored, nothing is
+written and the person is asked "Skip them / Import anyway / Cancel" (window-modal, so the GUI thread
+keeps running); the answer starts the import again with that choice (the file is read a second time
+only then).
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, Signal, Slot
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import QFileDialog, QMessageBox, QWidget
+from PySide6.QtWidgets import QAbstractButton, QFileDialog, QMessageBox, QWidget
 
+from desktop_dpo.core.errors import DuplicatePairsFound
 from desktop_dpo.core.jobs import CancelToken, Log
 from desktop_dpo.core.store import Store
 from desktop_dpo.workers.job_worker import JobRegistry, JobThread
 
 if TYPE_CHECKING:
-    from desktop_dpo.core.preference_io import ExportResult, ImportResult
+    from desktop_dpo.core.preference_io import DuplicateChoice, ExportResult, ImportResult
 
 DATA_RESOURCE = "data"  # the JobRegistry resource: one import or export at a time
 FILE_FILTER = "Preference files (*.jsonl *.json);;All files (*)"
@@ -30,16 +37,33 @@ EXPORT_FILTERS = {
 }
 
 
+@dataclass(frozen=True)
+class DuplicatesFound:
+    """An import that stopped before writing because some pairs are already stored: ask the person."""
+
+    source: Path
+    duplicates: int  # pairs of the file already stored (or repeated in it)
+    total: int  # pairs of the file that would be imported
+
+
 def import_job(
-    db_path: Path, backups_dir: Path, source: Path, token: CancelToken
+    db_path: Path, backups_dir: Path, source: Path, token: CancelToken, duplicates: DuplicateChoice = "ask"
 ) -> Generator[Any, None, Any]:
-    """Import ``source`` into the database, on the calling (worker) thread's own connection."""
+    """Import ``source`` into the database, on the calling (worker) thread's own connection.
+
+    Returns the ``ImportResult``, or :class:`DuplicatesFound` (nothing written) when ``duplicates`` is
+    "ask" and some pairs are already stored.
+    """
     from desktop_dpo.core.preference_io import import_preferences
 
     yield Log(f"Importing {source.name}…")
     token.raise_if_cancelled()
     with Store.open(db_path, backups_dir=backups_dir) as store:
-        return import_preferences(store, source)
+        try:
+            return import_preferences(store, source, duplicates=duplicates)
+        except DuplicatePairsFound as found:
+            # A question for the person, not a failure: handed back as a plain result.
+            return DuplicatesFound(source, found.duplicates, found.total)
 
 
 def export_job(
@@ -60,6 +84,9 @@ class PreferenceFileActions(QObject):
     Signals:
         message(str): a line for the status bar.
         data_changed(): an import added pairs (counts should be re-read).
+
+    ``duplicates_question`` is the open "already in your data" question, if any (window-modal, so the
+    GUI thread keeps running while it waits for an answer).
     """
 
     message = Signal(str)
@@ -71,6 +98,7 @@ class PreferenceFileActions(QObject):
         self._db_path = db_path
         self._backups_dir = backups_dir
         self._parent_widget = parent_widget
+        self.duplicates_question: QMessageBox | None = None
 
         self.import_action = QAction("&Import Preferences…", parent_widget)
         self.import_action.setShortcut(QKeySequence("Ctrl+I"))
@@ -84,17 +112,28 @@ class PreferenceFileActions(QObject):
 
     # ---------------------------------------------------------------- starting jobs
 
-    def start_import(self, source: Path) -> None:
-        """Import ``source`` in the background (what the action does after its file dialog)."""
+    def start_import(self, source: Path, duplicates: DuplicateChoice = "ask") -> None:
+        """Import ``source`` in the background (what the action does after its file dialog).
+
+        ``duplicates``: "ask" (pairs already stored: ask the person first), "skip" or "import".
+        """
+
+        def on_succeeded(result: ImportResult | DuplicatesFound) -> None:
+            if isinstance(result, DuplicatesFound):
+                self._ask_about_duplicates(result)
+            else:
+                self._on_import_succeeded(source, result)
 
         def connect(thread: JobThread) -> None:
             thread.event.connect(self._on_job_event)
-            thread.succeeded.connect(lambda result: self._on_import_succeeded(source, result))
+            thread.succeeded.connect(on_succeeded)
             thread.failed.connect(lambda message: self._on_job_failed("Import failed", message))
             thread.cancelled.connect(lambda: self.message.emit("Import stopped; nothing was imported."))
 
         self._registry.start(
-            DATA_RESOURCE, lambda token: import_job(self._db_path, self._backups_dir, source, token), connect
+            DATA_RESOURCE,
+            lambda token: import_job(self._db_path, self._backups_dir, source, token, duplicates),
+            connect,
         )
 
     def start_export(self, target: Path, fmt: str) -> None:
@@ -146,10 +185,64 @@ class PreferenceFileActions(QObject):
         if isinstance(event, Log):
             self.message.emit(event.message)
 
+    def _ask_about_duplicates(self, found: DuplicatesFound) -> None:
+        box = QMessageBox(
+            QMessageBox.Icon.Question,
+            "Some pairs are already in your data",
+            f"{found.duplicates} of {_plural(found.total, 'pair')} in {found.source.name} "
+            f"{'is' if found.duplicates == 1 else 'are'} already in your data.",
+            QMessageBox.StandardButton.NoButton,
+            self._parent_widget,
+        )
+        box.setInformativeText(
+            "Skip them to import only the new pairs, or import them anyway to have them twice "
+            "(training then weighs them double)."
+        )
+        skip = box.addButton("Skip Them", QMessageBox.ButtonRole.AcceptRole)
+        anyway = box.addButton("Import Anyway", QMessageBox.ButtonRole.ActionRole)
+        cancel = box.addButton(QMessageBox.StandardButton.Cancel)
+        box.setDefaultButton(skip)
+        box.setEscapeButton(cancel)  # Escape and closing the box cancel: nothing is imported
+        choices: dict[QAbstractButton, DuplicateChoice] = {skip: "skip", anyway: "import"}
+
+        def on_clicked(button: QAbstractButton) -> None:
+            self.duplicates_question = None
+            box.deleteLater()
+            choice = choices.get(button)
+            if choice is None:
+                self.message.emit(f"Import of {found.source.name} cancelled; nothing was imported.")
+            else:
+                self._when_data_idle(lambda: self.start_import(found.source, choice))
+
+        box.buttonClicked.connect(on_clicked)
+        self.duplicates_question = box
+        box.open()  # window-modal, without a nested event loop: the answer arrives as a signal
+
+    def _when_data_idle(self, start: Callable[[], None]) -> None:
+        """Call ``start`` now, or once the data job still running has ended (one data job at a time).
+
+        The question about duplicates is asked as soon as the checking job answers, and that job may not
+        have ended yet when the answer comes.
+        """
+        if not self._registry.is_busy(DATA_RESOURCE):
+            start()
+            return
+
+        def on_registry_changed() -> None:
+            if not self._registry.is_busy(DATA_RESOURCE):
+                self._registry.changed.disconnect(on_registry_changed)
+                start()
+
+        self._registry.changed.connect(on_registry_changed)
+
     def _on_import_succeeded(self, source: Path, result: ImportResult) -> None:
         text = f"Imported {_plural(result.imported, 'pair')} from {source.name}."
         if result.identical_skipped:
             text += f" Skipped {_plural(result.identical_skipped, 'pair')} with identical answers."
+        if result.duplicates_skipped:
+            text += f" {_plural(result.duplicates_skipped, 'duplicate')} skipped (already in your data)."
+        if result.duplicates_imported:
+            text += f" {_plural(result.duplicates_imported, 'duplicate')} imported anyway."
         self.message.emit(text)
         self.data_changed.emit()
 

@@ -374,6 +374,7 @@ def test_custom_code_is_refused_with_the_reason(tmp_path):
     )
     message = _error(folder)
     assert "custom code" in message and "never runs code" in message
+    assert "config.json has an auto_map (AutoModelForCausalLM: modeling_x.X)" in message
 
 
 def test_prequantized_folder_is_refused(tmp_path):

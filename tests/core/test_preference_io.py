@@ -9,7 +9,7 @@ import pytest
 
 from desktop_dpo.core import preference_io
 from desktop_dpo.core.dpo.data import pairs_from_comparisons
-from desktop_dpo.core.errors import ImportFormatError
+from desktop_dpo.core.errors import DuplicatePairsFound, ImportFormatError, ProtectedFileError
 from desktop_dpo.core.preference_io import (
     ExportResult,
     PreferenceFileError,
@@ -129,6 +129,95 @@ def test_identical_pairs_are_skipped_and_counted(memory_store, tmp_path):
     result = import_preferences(memory_store, path)
     assert (result.imported, result.identical_skipped) == (1, 1)
     assert pairs_in(memory_store) == [([user("p")], "better", "worse")]
+
+
+def standard_file(path: Path, pairs: list[tuple[str, str, str]]) -> Path:
+    return write_lines(path, [dumps({"prompt": p, "chosen": c, "rejected": r}) for p, c, r in pairs])
+
+
+THREE_PAIRS = [("Sky?", "Blue.", "Red."), ("Grass?", "Green.", "Blue."), ("Snow?", "White.", "Black.")]
+
+
+def test_importing_the_same_file_twice_skips_every_pair_the_second_time(memory_store, tmp_path):
+    path = standard_file(tmp_path / "prefs.jsonl", THREE_PAIRS)
+    first = import_preferences(memory_store, path)
+    assert (first.imported, first.duplicates_skipped) == (3, 0)
+
+    second = import_preferences(memory_store, path)
+    assert (second.imported, second.duplicates_skipped, second.comparison_ids) == (0, 3, ())
+    assert memory_store.count_comparisons() == 3
+    assert pairs_in(memory_store) == [([user(p)], c, r) for p, c, r in THREE_PAIRS]
+
+
+def test_a_pair_repeated_within_the_file_is_imported_once(memory_store, tmp_path):
+    path = standard_file(tmp_path / "repeats.jsonl", [THREE_PAIRS[0], THREE_PAIRS[1], THREE_PAIRS[0]])
+    result = import_preferences(memory_store, path)
+    assert (result.imported, result.duplicates_skipped) == (2, 1)
+    assert pairs_in(memory_store) == [([user(p)], c, r) for p, c, r in THREE_PAIRS[:2]]
+
+
+def test_only_an_exact_repeat_is_a_duplicate(memory_store, tmp_path):
+    import_preferences(memory_store, standard_file(tmp_path / "first.jsonl", [("Sky?", "Blue.", "Red.")]))
+    near_misses = [
+        ("Sky?", "Blue.", "Red. "),  # one more space
+        ("Sky?", "Red.", "Blue."),  # the other way round
+        ("Sky ?", "Blue.", "Red."),  # another prompt
+        ("sky?", "Blue.", "Red."),  # letter case counts
+    ]
+    result = import_preferences(memory_store, standard_file(tmp_path / "second.jsonl", near_misses))
+    assert (result.imported, result.duplicates_skipped) == (4, 0)
+    assert memory_store.count_comparisons() == 5
+
+
+def test_a_standard_pair_and_the_same_pair_as_chat_messages_are_duplicates(memory_store, tmp_path):
+    import_preferences(memory_store, standard_file(tmp_path / "standard.jsonl", [("Sky?", "Blue.", "Red.")]))
+    chat = write_lines(
+        tmp_path / "chat.jsonl",
+        [dumps({"prompt": [user("Sky?")], "chosen": [assistant("Blue.")], "rejected": [assistant("Red.")]})],
+    )
+    result = import_preferences(memory_store, chat)
+    assert (result.imported, result.duplicates_skipped) == (0, 1)
+
+
+def test_pairs_picked_in_collect_count_as_already_in_the_data(memory_store, tmp_path):
+    """A pick of B over A is the pair (B chosen, A rejected), whichever side the file names first."""
+    memory_store.record_pair(messages=[user("Sky?")], text_a="Red.", text_b="Blue.", verdict="b")
+    memory_store.record_pair(messages=[user("Grass?")], text_a="Green.", text_b="Blue.", verdict="tie")
+    result = import_preferences(memory_store, standard_file(tmp_path / "prefs.jsonl", THREE_PAIRS))
+    # A tie gives training no pair, so Grass? is new; Sky? is already there.
+    assert (result.imported, result.duplicates_skipped) == (2, 1)
+
+
+def test_a_deleted_pair_imported_again_comes_back(memory_store, tmp_path):
+    path = standard_file(tmp_path / "prefs.jsonl", THREE_PAIRS[:1])
+    (deleted,) = import_preferences(memory_store, path).comparison_ids
+    memory_store.set_comparisons_deleted([deleted])
+    result = import_preferences(memory_store, path)
+    assert (result.imported, result.duplicates_skipped) == (1, 0)
+    assert memory_store.count_comparisons() == 1  # the live one; the deleted one stays deleted
+
+
+def test_import_anyway_saves_the_duplicates_too(memory_store, tmp_path):
+    path = standard_file(tmp_path / "prefs.jsonl", THREE_PAIRS)
+    import_preferences(memory_store, path)
+    result = import_preferences(memory_store, path, duplicates="import")
+    assert (result.imported, result.duplicates_skipped, result.duplicates_imported) == (3, 0, 3)
+    assert memory_store.count_comparisons() == 6
+
+
+def test_asking_about_duplicates_imports_nothing_and_says_how_many(store, tmp_path):
+    import_preferences(store, standard_file(tmp_path / "old.jsonl", THREE_PAIRS[:2]))
+    mixed = standard_file(tmp_path / "mixed.jsonl", THREE_PAIRS)
+    with pytest.raises(DuplicatePairsFound) as raised:
+        import_preferences(store, mixed, duplicates="ask")
+    assert (raised.value.duplicates, raised.value.total) == (2, 3)
+    assert "2 of 3 pairs" in str(raised.value) and "nothing was imported" in str(raised.value)
+    assert store.count_comparisons() == 2  # the new pair was not written either: all or nothing
+
+    assert import_preferences(store, mixed, duplicates="skip").imported == 1
+    fresh = standard_file(tmp_path / "fresh.jsonl", [("Rain?", "Wet.", "Dry.")])
+    assert import_preferences(store, fresh, duplicates="ask").imported == 1  # nothing to ask about
+    assert store.count_comparisons() == 4
 
 
 def test_a_file_with_bad_lines_imports_nothing_and_names_every_bad_line(store, tmp_path):
@@ -408,6 +497,84 @@ def test_export_replaces_the_file_atomically(collected, tmp_path, monkeypatch):
     result = export_preferences(collected, path)
     assert path.read_text(encoding="utf-8").count("\n") == result.written
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prefs.jsonl"]
+
+
+def test_exporting_then_importing_into_the_same_database_adds_nothing(collected, tmp_path):
+    """Every pair training takes (verdicts and edits) is recognised when it comes back."""
+    path = tmp_path / "all.jsonl"
+    written = export_preferences(collected, path).written
+    before = pairs_in(collected)
+    result = import_preferences(collected, path)
+    assert (result.imported, result.duplicates_skipped) == (0, written)
+    assert pairs_in(collected) == before
+
+
+# --------------------------------------------------------------------------------------------------
+# Export targets: never the database or another file the app keeps
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def app_store(app_home):
+    """The app's own database (in a private home) with one pair, as the CLI and the window open it."""
+    with Store.open(app_home.db_path, backups_dir=app_home.backups_dir) as s:
+        s.record_pair(messages=[user("Sky?")], text_a="Blue.", text_b="Red.", verdict="a")
+    s = Store.open(app_home.db_path, backups_dir=app_home.backups_dir)
+    yield s
+    s.close()
+
+
+def files_in(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("suffix", ["", "-wal", "-shm"])
+def test_exporting_onto_the_database_is_refused_and_leaves_it_byte_identical(app_store, app_home, suffix):
+    target = app_home.db_path.with_name(app_home.db_path.name + suffix)
+    before = files_in(app_home.data_dir)
+    with pytest.raises(ProtectedFileError, match=r"is the app's database; .*choose another file name"):
+        export_preferences(app_store, target)
+    assert files_in(app_home.data_dir) == before
+    assert pairs_in(app_store) == [([user("Sky?")], "Blue.", "Red.")]
+
+
+def test_exporting_through_a_link_to_the_database_is_refused(app_store, app_home, tmp_path):
+    link = tmp_path / "prefs.jsonl"
+    link.symlink_to(app_home.db_path)
+    before = app_home.db_path.read_bytes()
+    with pytest.raises(ProtectedFileError, match="app's database"):
+        export_preferences(app_store, link)
+    assert app_home.db_path.read_bytes() == before and link.is_symlink()
+
+
+def test_exporting_onto_any_sqlite_file_is_refused_whatever_its_name(app_store, tmp_path):
+    other = tmp_path / "notes.jsonl"  # a database, whatever the name says
+    with Store.open(other) as elsewhere:
+        elsewhere.record_pair(messages=[user("Q")], text_a="A", text_b="B", verdict="a")
+    before = other.read_bytes()
+    with pytest.raises(ProtectedFileError, match="is an SQLite database"):
+        export_preferences(app_store, other)
+    assert other.read_bytes() == before
+
+
+def test_a_file_the_app_keeps_is_refused_but_a_new_file_in_its_folders_is_written(app_store, app_home):
+    kept = app_home.models_dir / "tiny" / "config.json"
+    kept.parent.mkdir(parents=True)
+    kept.write_text("{}", encoding="utf-8")
+    log = app_home.log_file
+    log.write_text("started\n", encoding="utf-8")
+    for target, folder in ((kept, "data folder"), (log, "log folder"), (app_home.models_dir, "data folder")):
+        with pytest.raises(ProtectedFileError, match=f"already exists in desktop-dpo's {folder}"):
+            export_preferences(app_store, target)
+    assert kept.read_text(encoding="utf-8") == "{}" and log.read_text(encoding="utf-8") == "started\n"
+
+    new = app_home.exports_dir / "prefs.jsonl"
+    assert export_preferences(app_store, new, file_format="standard").written == 1
+    assert json.loads(new.read_text(encoding="utf-8")) == {
+        "prompt": "Sky?",
+        "chosen": "Blue.",
+        "rejected": "Red.",
+    }
 
 
 def test_nothing_to_export_is_an_error_and_leaves_the_file_alone(memory_store, tmp_path):

@@ -129,3 +129,35 @@ def test_the_change_stamp_moves_on_any_write_by_either_connection_and_not_on_rea
 
         record(worker, "Q2", "x", "y")  # another connection commits (an import on a worker thread)
         assert gui.change_stamp() != stamp
+
+
+def test_stored_pairs_are_the_pairs_training_takes_from_live_comparisons(memory_store):
+    """What an import compares against: picks either way, edits, never ties or deleted rows."""
+    from desktop_dpo.core.dpo.data import pairs_from_comparisons
+    from desktop_dpo.core.store import messages_key, pair_key
+
+    s = memory_store
+    record(s, "Name a colour.", "Blue.", "Grey.", "a")
+    record(s, "Name a fruit.", "Stone.", "Apple.", "b")
+    record(s, "Name a bird.", "Crow.", "Raven.", "tie")
+    record(s, "Name a tree.", "Oak.", "Rock.", "a", edited_text="An oak.", edited_side="b")
+    record(s, "Name a stone.", "Flint.", "Wood.", "tie", edited_text="Granite.", edited_side="a")
+    s.set_comparisons_deleted([record(s, "Name a fish.", "Trout.", "Boot.", "a")])
+    prompts = ["colour", "fruit", "bird", "tree", "stone", "fish", "cloud"]
+    keys = [messages_key([{"role": "user", "content": f"Name a {p}."}]) for p in prompts]
+
+    stored = s.stored_pair_keys(keys)
+    training = {
+        pair_key(p.messages, p.chosen, p.rejected) for p in pairs_from_comparisons(s.comparison_views())
+    }
+    assert stored == training
+    assert {(chosen, rejected) for _, chosen, rejected in stored} == {
+        ("Blue.", "Grey."),
+        ("Apple.", "Stone."),
+        ("Oak.", "Rock."),  # the verdict pair of the edited comparison
+        ("An oak.", "Rock."),  # the rewrite over the response it rewrote (the verdict named the other)
+        ("Granite.", "Flint."),
+        ("Granite.", "Wood."),
+    }
+    assert s.stored_pair_keys(keys[:1]) == {(keys[0], "Blue.", "Grey.")}
+    assert s.stored_pair_keys([]) == set()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QApplication, QFileDialog, QMainWindow
+from PySide6.QtWidgets import QApplication, QFileDialog, QMainWindow, QMessageBox
 
 from desktop_dpo.core.store import Store
 from desktop_dpo.gui.comparison_table_model import COLUMN_INDEX
@@ -400,3 +400,108 @@ def test_import_adds_to_what_is_shown_and_keeps_the_selection(
     assert view.selected_ids() == [seeded["colour"]]
     assert view.detail.comparison_id == seeded["colour"]
     assert view.counts_text() == "7 comparisons · 6 usable for training"
+
+
+# ------------------------------------------------------------------------------------------- duplicates, export target
+
+
+def import_file(qtbot, monkeypatch, view: DataView, source) -> None:
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *args, **kwargs: (str(source), ""))
+    qtbot.mouseClick(view.import_button, Qt.MouseButton.LeftButton)
+
+
+def duplicates_question(qtbot, actions: PreferenceFileActions) -> QMessageBox:
+    qtbot.waitUntil(
+        lambda: actions.duplicates_question is not None and actions.duplicates_question.isVisible(),
+        timeout=WAIT_MS,
+    )
+    assert actions.duplicates_question is not None
+    return actions.duplicates_question
+
+
+def button(box: QMessageBox, text: str):
+    return next(b for b in box.buttons() if b.text().replace("&", "") == text)
+
+
+def status_text(view: DataView) -> str:
+    return view.window().statusBar().currentMessage()
+
+
+@pytest.fixture
+def imported_three(qtbot, monkeypatch, make_view, tmp_path):
+    """The Data view after importing three pairs, and a second file holding those three and two more."""
+    view, actions = make_view()
+    import_file(qtbot, monkeypatch, view, write_pairs(tmp_path / "prefs.jsonl", 3))
+    qtbot.waitUntil(lambda: len(shown_ids(view)) == 3, timeout=WAIT_MS)
+    qtbot.waitUntil(view.import_button.isEnabled, timeout=WAIT_MS)  # the import job has ended
+    return view, actions, write_pairs(tmp_path / "more.jsonl", 5)
+
+
+def test_importing_pairs_already_there_asks_and_skip_them_imports_only_the_new_ones(
+    qtbot, monkeypatch, imported_three
+):
+    view, actions, more = imported_three
+    import_file(qtbot, monkeypatch, view, more)
+    box = duplicates_question(qtbot, actions)
+    assert box.text() == "3 of 5 pairs in more.jsonl are already in your data."
+    # The order of the buttons follows the platform's layout; what they say does not.
+    assert {b.text().replace("&", "") for b in box.buttons()} == {"Skip Them", "Import Anyway", "Cancel"}
+    assert box.defaultButton() is button(box, "Skip Them")
+    assert len(shown_ids(view)) == 3  # nothing is written while the question is open
+
+    qtbot.mouseClick(button(box, "Skip Them"), Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: len(shown_ids(view)) == 5, timeout=WAIT_MS)
+    assert sorted(cell(view, i, "prompt") for i in shown_ids(view)) == [
+        f"Imported question {i}?" for i in range(5)
+    ]
+    qtbot.waitUntil(lambda: "3 duplicates skipped" in status_text(view), timeout=WAIT_MS)
+    assert "Imported 2 pairs from more.jsonl" in status_text(view)
+    assert actions.duplicates_question is None
+
+
+def test_importing_pairs_already_there_and_choosing_import_anyway_keeps_both_copies(
+    qtbot, monkeypatch, imported_three
+):
+    view, actions, more = imported_three
+    import_file(qtbot, monkeypatch, view, more)
+    box = duplicates_question(qtbot, actions)
+    qtbot.mouseClick(button(box, "Import Anyway"), Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: len(shown_ids(view)) == 8, timeout=WAIT_MS)
+    assert view.counts_text() == "8 comparisons · 8 usable for training"
+    prompts = sorted(cell(view, i, "prompt") for i in shown_ids(view))
+    assert prompts.count("Imported question 0?") == 2 and prompts.count("Imported question 4?") == 1
+    qtbot.waitUntil(lambda: "3 duplicates imported anyway" in status_text(view), timeout=WAIT_MS)
+
+
+def test_cancelling_the_duplicates_question_imports_nothing(qtbot, monkeypatch, imported_three):
+    view, actions, more = imported_three
+    import_file(qtbot, monkeypatch, view, more)
+    box = duplicates_question(qtbot, actions)
+    qtbot.mouseClick(box.button(QMessageBox.StandardButton.Cancel), Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: "nothing was imported" in status_text(view), timeout=WAIT_MS)
+    view.refresh()
+    assert len(shown_ids(view)) == 3
+    assert view.import_button.isEnabled()  # ready for another import
+
+
+def test_exporting_onto_the_database_shows_why_and_leaves_it_untouched(
+    qtbot, monkeypatch, make_view, seeded, app_home
+):
+    view, _actions = make_view()
+    database = app_home.db_path
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *args, **kwargs: (str(database), ""))
+    warnings: list[tuple[str, str]] = []
+    monkeypatch.setattr(
+        QMessageBox, "warning", lambda parent, title, text, *a: warnings.append((title, text))
+    )
+    companions = [database.with_name(database.name + s) for s in ("", "-wal")]
+    before = [p.read_bytes() for p in companions]
+
+    qtbot.mouseClick(view.export_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: bool(warnings), timeout=WAIT_MS)
+    ((title, text),) = warnings
+    assert title == "Export failed"
+    assert f"{database} is the app's database" in text and "choose another file name" in text
+    assert [p.read_bytes() for p in companions] == before
+    view.refresh()
+    assert view.counts_text() == "5 comparisons · 4 usable for training"

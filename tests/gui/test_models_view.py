@@ -198,7 +198,7 @@ def _truncated_gguf(tmp_path: Path) -> Path:
         (_missing, "nothing is there"),
         (_empty_folder, "holds no model weights"),
         (_bert, "'bert' model, which desktop-dpo cannot train"),
-        (_custom_code, "never runs code that comes with a model"),
+        (_custom_code, "never runs code from model folders"),
         (_truncated_gguf, "incomplete"),
     ],
     ids=["missing", "no-weights", "unsupported-architecture", "trust-remote-code", "truncated-gguf"],

