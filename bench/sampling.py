@@ -1,19 +1,31 @@
 """Sampling: our llama.cpp streaming path against its peers, on one GGUF model, load time excluded.
 
+"Ours" is the path the app uses: ``SupervisedLlamaEngine``, llama.cpp in a supervised child process whose
+events are pickled over a pipe to this process. The peer, llama-cpp-python's ``Llama``, runs in this process.
+
 Arms (every response has a fixed length: end-of-generation tokens are ignored where the arm allows it):
 
-(a) plumbing_ratio = our single streaming response's tokens/s ÷ llama-cpp-python's own
-    ``Llama.create_completion`` on the same file, same context settings, same sampler settings and seed
-    (its KV cache is reset before each call so it evaluates the prompt too, as ours does). Goal >= 0.9.
-    Both draw the same tokens (same sampler chain): the script checks that the texts are identical.
+(a) plumbing_ratio = our single streaming response's tokens/s (child process in the path) ÷ llama-cpp-python's
+    own in-process ``Llama.create_completion`` on the same file, same context settings, same sampler
+    settings and seed (its KV cache is reset before each call so it evaluates the prompt too, as ours does).
+    Goal >= 0.9. Both draw the same tokens (same sampler chain): the script checks that the texts are
+    identical.
 (b) pair_ratio = time until both responses of a pair are complete ÷ time for one response alone (ours
-    both). Goal <= 1.3.
+    both, through the child). Goal <= 1.3.
 (c) hf_ratio = our tokens/s ÷ ``transformers`` ``generate`` tokens/s on the same weights (dequantized
     from the GGUF with ``gguf_file=``, or an HF folder given with --hf-dir), fp32, same thread count, in
     its own process so that torch's threads never compete with the llama.cpp arms.
 (d) max_stall_ms = the longest gap between ticks of a 5 ms QTimer in a QCoreApplication while a pair
-    streams in a JobThread (the GUI's worker), after the model was loaded. idle_stall_ms is the same
-    measurement with nothing running: the machine's own noise.
+    streams from the child in a JobThread (the GUI's worker), after the model was loaded. idle_stall_ms is
+    the same measurement with nothing running: the machine's own noise.
+(e) child_start_ms = time to start the child and load the model in it (until it answers "loaded", its
+    warm-up decode included); load_ratio = that ÷ an in-process ``LlamaCppEngine.load()`` of the same file
+    (the app's path before the child), medians of alternated runs after the file is in the page cache.
+
+Load mode, like for like: llama.cpp's normal mode crashes on some CPUs (AMX repacking of quantized weights,
+see desktop_dpo/core/llm/load_modes.py). Unless --mode says which, a throwaway child process first loads
+the model in the normal mode and decodes once; if it crashes, both arms (our child and the in-process peer)
+run in safe mode (no extra buffer types), else both in the normal mode. The headline says which: mode=.
 
 Arms (a) and (b) run in rounds, the three runs of a round back to back in rotating order; each ratio is
 the median over rounds of that round's ratio (runs next to each other share the load of other processes
@@ -31,15 +43,18 @@ Last line:  sampling: plumbing_ratio=.. pair_ratio=.. hf_ratio=.. max_stall_ms=.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import logging
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +68,7 @@ offline.lock_down()  # before llama_cpp, torch or transformers are imported
 
 from desktop_dpo.config import SamplingSettings  # noqa: E402
 from desktop_dpo.core.llm.llamacpp import LlamaCppEngine  # noqa: E402
+from desktop_dpo.core.llm.supervised import SupervisedLlamaEngine  # noqa: E402
 
 PROMPT = "Once upon a time, in a small village by the sea,"
 N_CTX = 1024
@@ -87,18 +103,138 @@ def find_model(args: argparse.Namespace, workdir: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Load mode: the normal one where it works, else safe mode for both arms
+# ---------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _without_extra_bufts() -> Iterator[None]:
+    """While active, ``llama_cpp.Llama`` loads without llama.cpp's extra buffer types (AMX / CPU repacking):
+    the safe mode of ``LlamaCppEngine(safe_mode=True)``, for the in-process peer."""
+    import llama_cpp.llama as high_level
+
+    low_level = high_level.llama_cpp
+    original = low_level.llama_model_default_params
+
+    def safe() -> Any:
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    low_level.llama_model_default_params = safe
+    try:
+        yield
+    finally:
+        low_level.llama_model_default_params = original
+
+
+def open_llama(model: Path, *, safe: bool, **kwargs: Any) -> Any:
+    """``llama_cpp.Llama(model, **kwargs)``, in safe mode when ``safe``."""
+    import llama_cpp
+
+    with _without_extra_bufts() if safe else contextlib.nullcontext():
+        return llama_cpp.Llama(str(model), verbose=False, **kwargs)
+
+
+def probe_child(spec: dict[str, Any]) -> None:
+    """Runs in a throwaway child: load in the normal mode, decode a batch and one token (where llama.cpp's
+    repacked weights are first used, and crash on CPUs that cannot take them); print "probe ok"."""
+    import llama_cpp
+
+    llm = open_llama(
+        Path(spec["model"]),
+        safe=False,
+        n_ctx=256,
+        n_batch=spec["n_batch"],
+        n_gpu_layers=-1 if llama_cpp.llama_supports_gpu_offload() else 0,  # as the normal mode loads
+        n_threads=spec["threads"],
+        n_threads_batch=spec["threads"],
+        flash_attn=spec["flash_attn"],
+    )
+    tokens = llm.tokenize(PROMPT.encode("utf-8"))[:8]
+    llm.eval(tokens)
+    llm.eval(tokens[:1])
+    llm.close()
+    print("probe ok", flush=True)
+
+
+def detect_mode(model: Path, args: argparse.Namespace, n_batch: int) -> tuple[str, str]:
+    """The load mode both arms use, and why."""
+    if args.mode != "auto":
+        return args.mode, "asked for with --mode"
+    spec = {
+        "model": str(model),
+        "threads": args.threads,
+        "flash_attn": args.flash_attn == "on",
+        "n_batch": n_batch,
+    }
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--probe-child", json.dumps(spec)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    except subprocess.TimeoutExpired:
+        return "safe", "the normal-mode probe hung"
+    if proc.returncode == 0 and "probe ok" in proc.stdout:
+        return "normal", "the normal-mode probe loaded and decoded"
+    if proc.returncode < 0:
+        how = f"signal {-proc.returncode}"
+        with contextlib.suppress(ValueError):
+            how = f"{signal.Signals(-proc.returncode).name}, {how}"
+    else:
+        last = proc.stderr.strip().splitlines()[-1:] or [""]
+        how = f"exit code {proc.returncode}: {last[0][:200]}"
+    return "safe", f"the normal-mode probe crashed ({how})"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# (e) load: child start vs in-process
+# ---------------------------------------------------------------------------------------------------------
+
+
+def time_loads(
+    model: Path, engine_kwargs: dict[str, Any], mode: str, repeats: int
+) -> tuple[SupervisedLlamaEngine, list[float], list[float]]:
+    """Alternated loads: (the last child engine, still loaded; child start seconds; in-process seconds)."""
+    child_s: list[float] = []
+    inproc_s: list[float] = []
+    engine: SupervisedLlamaEngine | None = None
+    for index in range(repeats):
+        for arm in ("child", "inproc") if index % 2 == 0 else ("inproc", "child"):
+            if arm == "inproc":
+                start = time.perf_counter()
+                local = LlamaCppEngine(model, safe_mode=mode == "safe", **engine_kwargs).load()
+                inproc_s.append(time.perf_counter() - start)
+                local.close()
+            else:
+                if engine is not None:
+                    engine.close()
+                start = time.perf_counter()
+                engine = SupervisedLlamaEngine(model, mode=mode, **engine_kwargs).load()  # type: ignore[arg-type]
+                child_s.append(time.perf_counter() - start)
+    assert engine is not None
+    return engine, child_s, inproc_s
+
+
+# ---------------------------------------------------------------------------------------------------------
 # (a) and (b)
 # ---------------------------------------------------------------------------------------------------------
 
 
-def time_ours(engine: LlamaCppEngine, settings: SamplingSettings, seed: int) -> tuple[float, int, str]:
+def time_ours(engine: SupervisedLlamaEngine, settings: SamplingSettings, seed: int) -> tuple[float, int, str]:
     start = time.perf_counter()
     result = drive(engine.generate(PROMPT, settings, seed=seed, ignore_eos=True))
     return time.perf_counter() - start, result.completion_tokens, result.text
 
 
 def time_ours_pair(
-    engine: LlamaCppEngine, settings: SamplingSettings, seeds: tuple[int, int]
+    engine: SupervisedLlamaEngine, settings: SamplingSettings, seeds: tuple[int, int]
 ) -> tuple[float, int]:
     start = time.perf_counter()
     first, second = drive(engine.generate_pair(PROMPT, settings, seeds=seeds, ignore_eos=True))
@@ -220,7 +356,7 @@ def run_hf(
 
 
 def measure_stalls(
-    engine: LlamaCppEngine | None, settings: SamplingSettings, idle_ms: int = 0
+    engine: SupervisedLlamaEngine | None, settings: SamplingSettings, idle_ms: int = 0
 ) -> tuple[float, int]:
     """Largest gap (ms) between 5 ms timer ticks while a pair streams (engine given) or while idle for
     ``idle_ms``; and how many events reached the event loop."""
@@ -286,32 +422,55 @@ def main() -> None:
     parser.add_argument("--hf-repeats", type=int, default=2, help="transformers runs (default 2)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for every arm (default 2)")
     parser.add_argument("--flash-attn", choices=["on", "off"], default="on", help="for ours and the peer")
+    parser.add_argument(
+        "--mode",
+        choices=["auto", "normal", "safe"],
+        default="auto",
+        help="llama.cpp load mode of both arms (default auto: normal unless a probe child crashes in it)",
+    )
+    parser.add_argument("--load-repeats", type=int, default=3, help="loads of each kind for load_ratio")
     parser.add_argument("--hf-child", help=argparse.SUPPRESS)
+    parser.add_argument("--probe-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.hf_child:
         hf_child(json.loads(args.hf_child))
+        return
+    if args.probe_child:
+        probe_child(json.loads(args.probe_child))
         return
 
     logging.getLogger("desktop_dpo.llama_cpp").setLevel(logging.ERROR)  # llama.cpp's load-time warnings
     settings = SamplingSettings(max_tokens=args.tokens)
     flash_attn = args.flash_attn == "on"
-    with tempfile.TemporaryDirectory(prefix="dpo-sampling-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="dpo-sampling-") as tmp, contextlib.ExitStack() as cleanup:
         model = find_model(args, Path(tmp))
         print(f"model: {model.name}, {args.tokens} tokens per response, {args.threads} threads", flush=True)
         load_before = os.getloadavg()[0]
 
-        import llama_cpp
+        engine_kwargs: dict[str, Any] = {"n_ctx": N_CTX, "n_threads": args.threads, "flash_attn": flash_attn}
+        n_batch = LlamaCppEngine(model, **engine_kwargs).n_batch
+        mode, why = detect_mode(model, args, n_batch)  # also brings the file into the page cache
+        print(f"load mode: {mode} ({why})", flush=True)
 
-        engine = LlamaCppEngine(model, n_ctx=N_CTX, n_threads=args.threads, flash_attn=flash_attn).load()
-        llm = llama_cpp.Llama(
-            str(model),
+        engine, child_s, inproc_s = time_loads(model, engine_kwargs, mode, args.load_repeats)
+        cleanup.callback(engine.close)  # the child ends before its model's folder is removed
+        child_start_ms = statistics.median(child_s) * 1000.0
+        load_ratio = statistics.median(child_s) / statistics.median(inproc_s)
+        print(
+            f"load: child start + load {', '.join(f'{x * 1000:.0f}' for x in child_s)} ms, in-process "
+            f"{', '.join(f'{x * 1000:.0f}' for x in inproc_s)} ms (child pid {engine.pid}, {engine.mode} mode)",
+            flush=True,
+        )
+        llm = open_llama(
+            model,
+            safe=mode == "safe",
             n_ctx=N_CTX,
             n_batch=engine.n_batch,
             n_threads=args.threads,
             n_threads_batch=args.threads,
-            n_gpu_layers=-1 if llama_cpp.llama_supports_gpu_offload() else 0,
+            # The layers the child offloads (0 without a GPU; fewer in safe mode on a GPU).
+            n_gpu_layers=engine.gpu_layers,
             flash_attn=flash_attn,
-            verbose=False,
         )
         try:
             prompt_tokens = engine.tokenize(PROMPT)
@@ -372,7 +531,6 @@ def main() -> None:
         around = [args.tokens / time_ours(engine, settings, seed)[0] for _ in range(3)]
         hf_tps = run_hf(model, args.hf_dir, prompt_tokens, settings, args)
         around += [args.tokens / time_ours(engine, settings, seed)[0] for _ in range(3)]
-        engine.close()
 
     plumbing_ratio = statistics.median(plumbing)
     pair_ratio = statistics.median(pairs)
@@ -383,6 +541,7 @@ def main() -> None:
         f"pair_ratio_range={min(pairs):.2f}-{max(pairs):.2f} ours_tok_s={statistics.median(ours_tps):.1f} "
         f"ours_best_tok_s={max(ours_tps):.1f} hf_tok_s={hf_tps:.2f} idle_stall_ms={idle_stall:.1f} "
         f"same_text={same_text} tokens={args.tokens} threads={args.threads} "
+        f"child_start_ms={child_start_ms:.0f} load_ratio={load_ratio:.2f} mode={mode} "
         f"loadavg={load_before:.1f}-{os.getloadavg()[0]:.1f}"
     )
 

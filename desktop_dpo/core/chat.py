@@ -180,6 +180,9 @@ def chat_reply(
     seed = draw_seed() if seed is None else seed
     with (yield from model_engine(pool, model, paths, cancel)) as engine:
         prompt = [{"role": m["role"], "content": m["content"]} for m in messages]
+        load_job = getattr(engine, "load_job", None)
+        if callable(load_job):  # a model in a child process knows its context once the child has loaded it
+            yield from load_job(cancel)
         n_ctx = int(getattr(engine, "n_ctx", 0) or 0)
         count = getattr(engine, "prompt_tokens", None)
         # An engine that cannot count its prompt (none so far) gets the whole conversation.

@@ -56,6 +56,9 @@ from desktop_dpo.core.llm.llamacpp import (
     ResponseFinished,
     TokenEvent,
 )
+from desktop_dpo.core.llm.load_modes import LoadModeMemory
+from desktop_dpo.core.llm.supervised import SupervisedLlamaEngine
+from desktop_dpo.core.models import refuse_model_code
 
 if TYPE_CHECKING:
     from desktop_dpo.core.llm.engine_pool import EnginePool
@@ -77,7 +80,7 @@ GGUF_REFUSED_INFO_KEY = "gguf_refused"
 # The file beside where the GGUF copy would be that says the converter refused these contents.
 GGUF_REFUSED_FILE = "gguf-refused.json"
 
-Engine = LlamaCppEngine | HfEngine
+Engine = SupervisedLlamaEngine | LlamaCppEngine | HfEngine
 """What :func:`model_engine` gives: both kinds have the same interface (generate, generate_pair, render)."""
 
 
@@ -136,13 +139,15 @@ def gguf_copy_path(model: ModelRow, paths: AppPaths, outtype: str = GGUF_COPY_OU
 
 
 def _check_folder(model: ModelRow) -> Path:
-    """The Hugging Face folder of ``model``; ModelError when it is gone."""
+    """The Hugging Face folder of ``model``; ModelError when it is gone or now names code of its own."""
     source = Path(model.path)
     if not source.is_dir():
         raise ModelError(
             f"The folder of {model.name} is no longer at {source}: it was moved or deleted. "
             "Put it back, or add it again in Models."
         )
+    # The folder may have changed since it was added: whatever engine runs it, no code of its own runs.
+    refuse_model_code(source)
     return source
 
 
@@ -302,10 +307,14 @@ class _Runner:
     loading: str  # the Log line shown while it loads
 
 
-def _gguf_runner(model: ModelRow, gguf_path: Path, n_ctx: int) -> _Runner:
+def _gguf_runner(model: ModelRow, gguf_path: Path, n_ctx: int, paths: AppPaths) -> _Runner:
+    # The engine's child process starts, and loads the model, in the job's first generation: a crash while
+    # loading is then retried in safe mode with a Log line the person sees (supervised.py).
     return _Runner(
         key=engine_key(gguf_path, n_ctx),
-        load=lambda: LlamaCppEngine(gguf_path, n_ctx=n_ctx).load(),
+        load=lambda: SupervisedLlamaEngine(
+            gguf_path, n_ctx=n_ctx, memory=LoadModeMemory.in_folder(paths.data_dir)
+        ),
         loading=f"Loading {model.name}…",
     )
 
@@ -340,11 +349,11 @@ def _runner(
                     level="warning",
                 )
             else:
-                return _gguf_runner(model, path, n_ctx)
+                return _gguf_runner(model, path, n_ctx, paths)
         _check_folder(model)
         return _hf_runner(model, n_ctx)
     path = yield from gguf_for_model(model, paths, cancel)
-    return _gguf_runner(model, path, n_ctx)
+    return _gguf_runner(model, path, n_ctx, paths)
 
 
 def _acquire(pool: EnginePool, runner: _Runner) -> Generator[Any, None, AbstractContextManager[Engine]]:

@@ -824,8 +824,7 @@ class ChatView(ViewMessages, QWidget):
             if event.message:
                 self._set_activity(event.message)
         elif isinstance(event, Log):
-            self._set_activity(event.message)
-            self.notify(event.message)
+            self.show_log(event.message, event.level)
 
     @Slot(object)
     def _on_job_succeeded(self, result: object) -> None:

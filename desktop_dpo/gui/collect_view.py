@@ -755,8 +755,7 @@ class CollectView(ViewMessages, QWidget):
             if event.message:
                 self._set_activity(event.message)
         elif isinstance(event, Log):
-            self._set_activity(event.message)
-            self.notify(event.message)
+            self.show_log(event.message, event.level)
 
     def _finish_generation(self, generation: int, result: GenerationResult) -> None:
         assert self._pair is not None

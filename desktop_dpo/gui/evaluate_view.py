@@ -673,8 +673,7 @@ class EvaluateView(ViewMessages, QWidget):
             if event.message:
                 self._set_activity(event.message)
         elif isinstance(event, Log):
-            self._set_activity(event.message)
-            self.notify(event.message)
+            self.show_log(event.message, event.level)
 
     @Slot(object)
     def _on_job_succeeded(self, results: object) -> None:

@@ -84,6 +84,14 @@ class ViewMessages:
         self.banner.show_message(message)
         self.notify(message.splitlines()[0] if message else "")
 
+    def show_log(self, message: str, level: str = "info") -> None:
+        """A job's ``Log`` line: on the activity line and the status bar; a warning (the model crashed and is
+        retried in safe mode) stays in the banner too, in amber, so the person sees what happened."""
+        self._set_activity(message)
+        self.notify(message)
+        if level == "warning":
+            self.banner.show_message(message, tone="warning")
+
     def clear_error(self) -> None:
         """Hide the banner."""
         self.banner.clear()

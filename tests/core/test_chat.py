@@ -137,7 +137,7 @@ def test_a_conversation_longer_than_the_context_loses_its_oldest_turns(store, ap
     settings = SamplingSettings(max_tokens=16)
 
     # Sent as is, the conversation does not fit the tiny model's context at all.
-    engine = LlamaCppEngine(tiny_gguf, n_ctx=4096).load()
+    engine = LlamaCppEngine(tiny_gguf, n_ctx=4096, safe_mode=True).load()
     try:
         with pytest.raises(ModelError, match="fills the model's context"):
             run_job(engine.generate(messages, settings, seed=1))

@@ -24,9 +24,9 @@ from desktop_dpo.core.llm.templates import DEFAULT_STOP_STRINGS, DEFAULT_TEMPLAT
 
 
 def _greedy(path, prompt: str, n: int = 12) -> str:
-    from llama_cpp import Llama
+    from tests.plugins.llama_oracle import safe_llama
 
-    llm = Llama(model_path=str(path), n_ctx=256, n_threads=2, verbose=False, seed=0)
+    llm = safe_llama(model_path=str(path), n_ctx=256, n_threads=2, verbose=False, seed=0)
     try:
         out = llm.create_completion(prompt, max_tokens=n, temperature=0.0)
         return out["choices"][0]["text"]

@@ -19,9 +19,9 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def llama(tiny_gguf):
-    import llama_cpp
+    from tests.plugins.llama_oracle import safe_llama
 
-    model = llama_cpp.Llama(model_path=str(tiny_gguf), n_ctx=256, n_threads=1, verbose=False, logits_all=True)
+    model = safe_llama(model_path=str(tiny_gguf), n_ctx=256, n_threads=1, verbose=False, logits_all=True)
     yield model
     model.close()
 

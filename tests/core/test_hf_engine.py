@@ -21,6 +21,7 @@ from desktop_dpo.core.jobs import CancelToken, Log
 from desktop_dpo.core.llm.engine_pool import EnginePool
 from desktop_dpo.core.llm.hf import HfEngine, _Detokenizer
 from desktop_dpo.core.llm.llamacpp import LlamaCppEngine, ResponseFinished, TokenEvent
+from desktop_dpo.core.llm.supervised import SupervisedLlamaEngine
 from desktop_dpo.core.llm.templates import DEFAULT_STOP_STRINGS
 from desktop_dpo.core.models import register_model
 from desktop_dpo.core.sampling import (
@@ -221,7 +222,7 @@ def test_a_model_that_converts_still_runs_in_llama_cpp(store, app_home, tiny_mod
     assert any(isinstance(e, GgufCopyMade) for e in events)
     assert not any(isinstance(e, GgufRefused) for e in events)
     with holder as running:
-        assert isinstance(running, LlamaCppEngine)
+        assert isinstance(running, SupervisedLlamaEngine)  # llama.cpp, in its supervised child process
     assert pool.loaded() == [engine_key(gguf_copy_path(model, app_home), 64)]
 
 
@@ -272,7 +273,10 @@ def test_prompts_are_rendered_and_tokenized_as_llama_cpp_does(tiny_model_dir, ti
         {"role": "assistant", "content": "Hello!"},
         {"role": "user", "content": "Name a colour, café 😀"},
     ]
-    with HfEngine(tiny_model_dir, n_ctx=128) as hf, LlamaCppEngine(tiny_gguf, n_ctx=128) as llama:
+    with (
+        HfEngine(tiny_model_dir, n_ctx=128) as hf,
+        LlamaCppEngine(tiny_gguf, n_ctx=128, safe_mode=True) as llama,
+    ):
         assert hf.render(conversation) == llama.render(conversation)
         assert hf.prompt_tokens(conversation) == llama.prompt_tokens(conversation)
         raw = "Once upon a time <|user|> there was"

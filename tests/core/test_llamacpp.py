@@ -4,6 +4,10 @@ The model is the tiny random-weight Llama of ``tests/plugins/tiny_model.py`` con
 tests check mechanics (seeds, streaming, cutting, counting), not the quality of the text. Most use its
 Q8_0 conversion: quantized like the models people run, whose matrix products do not depend on how many
 rows a batch has (see the pair tests).
+
+The engine runs in this process here, in safe mode (no AMX or CPU repack buffers), because what is tested is
+decoding, and the normal mode crashes the whole process on AVX-512 + AMX CPUs. In the app the engine runs in
+a supervised child that tries the normal mode first: ``test_supervised_engine.py``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from desktop_dpo.core.llm.llamacpp import (
     Utf8Stream,
     _RepeatPenalty,
 )
+from tests.plugins.llama_oracle import safe_llama
 from tests.plugins.tiny_model import CHAT_TEMPLATE
 
 SAMPLED = SamplingSettings(
@@ -124,7 +129,7 @@ def tiny_q8_gguf(tiny_model_dir: Path, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def engine(tiny_q8_gguf: Path):
-    with LlamaCppEngine(tiny_q8_gguf, n_ctx=128, n_threads=1, event_interval_s=0) as engine:
+    with LlamaCppEngine(tiny_q8_gguf, n_ctx=128, n_threads=1, event_interval_s=0, safe_mode=True) as engine:
         yield engine
 
 
@@ -182,7 +187,7 @@ def test_pair_decoded_together_equals_two_single_decodes(engine, settings):
 def test_pair_equals_single_decodes_greedily_on_float_weights(tiny_gguf):
     # With F32 (and F16) weights llama.cpp sums a 2-row batch in another order than a 1-row one: logits
     # differ by ~1e-6, which can flip a sampled token, so for float weights the guarantee is greedy only.
-    with LlamaCppEngine(tiny_gguf, n_ctx=128, n_threads=1) as float_engine:
+    with LlamaCppEngine(tiny_gguf, n_ctx=128, n_threads=1, safe_mode=True) as float_engine:
         assert_pair_equals_singles(float_engine, GREEDY)
 
 
@@ -215,13 +220,12 @@ def test_repeat_penalty_is_bit_identical_to_llama_cpps_penalty_sampler():
 
 def test_sampling_matches_llama_cpp_pythons_own_completion(tiny_q8_gguf):
     # The oracle: llama-cpp-python's high-level API, same file, seed and settings, draws the same tokens.
-    import llama_cpp
 
     settings = dataclasses.replace(SAMPLED, max_tokens=40, repeat_penalty=1.3, min_p=0.05)
-    with LlamaCppEngine(tiny_q8_gguf, n_ctx=128, n_threads=1, flash_attn=False) as ours:
+    with LlamaCppEngine(tiny_q8_gguf, n_ctx=128, n_threads=1, flash_attn=False, safe_mode=True) as ours:
         prompt = ours.tokenize(PROMPT)
         _, mine = drive(ours.generate(PROMPT, settings, seed=7))
-    llm = llama_cpp.Llama(str(tiny_q8_gguf), n_ctx=128, n_threads=1, n_threads_batch=1, verbose=False)
+    llm = safe_llama(str(tiny_q8_gguf), n_ctx=128, n_threads=1, n_threads_batch=1, verbose=False)
     try:
         theirs = llm.create_completion(
             prompt,
@@ -324,7 +328,9 @@ def test_model_without_a_template_gets_the_plain_layout_and_its_stop_strings(eng
 
 def test_events_are_batched_when_an_interval_is_set(tiny_q8_gguf):
     settings = dataclasses.replace(SAMPLED, max_tokens=30)
-    with LlamaCppEngine(tiny_q8_gguf, n_ctx=128, n_threads=1, event_interval_s=3600) as slow_events:
+    with LlamaCppEngine(
+        tiny_q8_gguf, n_ctx=128, n_threads=1, event_interval_s=3600, safe_mode=True
+    ) as slow_events:
         events, result = drive(slow_events.generate(PROMPT, settings, seed=9, ignore_eos=True))
     tokens = [e for e in events if isinstance(e, TokenEvent)]
     # The first token is shown at once; the rest arrive together when the response ends.
@@ -348,7 +354,7 @@ def test_one_generation_at_a_time_per_engine(engine):
 
 
 def test_close_frees_the_model_and_it_loads_again(tiny_q8_gguf):
-    engine = LlamaCppEngine(tiny_q8_gguf, n_ctx=64, n_threads=1)
+    engine = LlamaCppEngine(tiny_q8_gguf, n_ctx=64, n_threads=1, safe_mode=True)
     assert not engine.loaded  # loading waits for first use
     _, before = drive(engine.generate(PROMPT, GREEDY, seed=1))
     engine.close()

@@ -103,7 +103,7 @@ def test_hf_model_is_converted_once_then_reused(store, app_home, tiny_model_dir,
     assert not any(isinstance(e, GgufCopyMade) for e in events)
 
     # The copy runs in llama.cpp.
-    with LlamaCppEngine(second, n_ctx=64) as engine:
+    with LlamaCppEngine(second, n_ctx=64, safe_mode=True) as engine:
         _, result = drive(engine.generate(MESSAGES, SETTINGS, seed=1))
     assert result.completion_tokens >= 1
 

@@ -67,7 +67,7 @@ def trained(tiny_model_dir, tmp_path_factory):
 
 
 def test_train_merge_export_chat_and_parity(trained, tmp_path):
-    from llama_cpp import Llama
+    from tests.plugins.llama_oracle import safe_llama
 
     home, run_id = trained
     store = Store.open(home / "db.sqlite")
@@ -93,7 +93,7 @@ def test_train_merge_export_chat_and_parity(trained, tmp_path):
 
         # llama.cpp loads and generates with each file.
         for file in finished.files:
-            llm = Llama(model_path=file.path, n_ctx=256, n_threads=1, verbose=False)
+            llm = safe_llama(model_path=file.path, n_ctx=256, n_threads=1, verbose=False)
             try:
                 text = llm.create_completion("Tell me about owls.", max_tokens=8, temperature=0.0)
                 assert text["choices"][0]["finish_reason"] in ("stop", "length")

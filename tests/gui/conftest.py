@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable, Generator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from PySide6.QtCore import QEvent
 from PySide6.QtWidgets import QApplication, QWidget
 
 from desktop_dpo.core.llm.engine_pool import EnginePool
+from desktop_dpo.core.llm.llama_child import FAULT_ENV
 from desktop_dpo.core.llm.llamacpp import TokenEvent
 from desktop_dpo.core.store import Store
 from desktop_dpo.workers.job_worker import JobRegistry
@@ -30,6 +32,16 @@ def show_active(qtbot, widget: QWidget, width: int, height: int) -> None:
     widget.show()
     widget.activateWindow()
     qtbot.waitUntil(lambda: QApplication.activeWindow() is widget.window())
+
+
+def hold_the_model_child(monkeypatch, folder: Path) -> Callable[[], None]:
+    """Make the model's child process (started from now on) pause every answer after its first token until
+    the returned function is called. The app's llama.cpp runs in a child that would otherwise write the
+    whole answer while the test holds the job in the window's process."""
+    marker = folder / "hold-the-model"
+    marker.write_text("held")
+    monkeypatch.setenv(FAULT_ENV, f"hold:{marker}")
+    return lambda: marker.unlink(missing_ok=True)
 
 
 def held_after_first_token(

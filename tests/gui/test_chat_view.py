@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import shutil
 import threading
+from pathlib import Path
 
 import pytest
 from PySide6.QtCore import QEvent, Qt
@@ -20,7 +21,7 @@ from desktop_dpo.gui import chat_view
 from desktop_dpo.gui.chat_view import EMPTY_TITLE, NO_MODEL_TITLE, ChatView
 from desktop_dpo.gui.collect_view import CollectView
 from desktop_dpo.gui.main_window import MainWindow
-from tests.gui.conftest import held_after_first_token, show_active
+from tests.gui.conftest import held_after_first_token, hold_the_model_child, show_active
 
 WAIT_MS = 60_000  # generous: the machine is shared; nothing here asserts on time
 
@@ -73,11 +74,13 @@ class Gate:
     """Wraps the real chat job: records the messages it was given and, when held, pauses it in its worker
     thread after the first visible text until released (a tiny model would otherwise finish at once)."""
 
-    def __init__(self, monkeypatch, *, hold: bool):
+    def __init__(self, monkeypatch, *, hold: bool, child_folder: Path | None = None):
         self.hold = hold
         self.received: list[list[dict[str, str]]] = []
         self.first_text = threading.Event()
         self.release = threading.Event()
+        # The model's child holds after its first text as well, until the stop reaches it (or this is called).
+        self.release_child = hold_the_model_child(monkeypatch, child_folder) if child_folder else lambda: None
         real = chat_view.chat_reply
         held = held_after_first_token(real, self.first_text, self.release, visible=True)
 
@@ -151,13 +154,11 @@ def test_second_message_sends_the_first_exchange_and_the_system_prompt(qtbot, vi
     assert view.transcript.message_count() == 4, "the system prompt is in its editor, not in the transcript"
 
 
-def test_stop_keeps_the_partial_reply_marked_stopped(qtbot, view, gui_store, monkeypatch):
-    import llama_cpp
-
-    # The tiny random model can draw its end token among the first few dozen tokens, before the stop arrives;
-    # here it never ends on its own, so what is asserted is the stop, not a race with the end token.
-    monkeypatch.setattr(llama_cpp, "llama_vocab_is_eog", lambda _vocab, _token: False)
-    gate = Gate(monkeypatch, hold=True)
+def test_stop_keeps_the_partial_reply_marked_stopped(qtbot, view, gui_store, monkeypatch, tmp_path, pool):
+    # The model's child pauses after the first token too, so the stop lands mid-answer, not after the tiny
+    # model has written (or ended) its whole reply.
+    gate = Gate(monkeypatch, hold=True, child_folder=tmp_path)
+    pool.close_all()  # the view may have loaded its model already: the next child starts held
     view.set_sampling_settings(SamplingSettings(max_tokens=400))
     qtbot.keyClicks(view.input_edit, "Tell me a long story.")
     press(qtbot, view.input_edit, "Ctrl+Return")
@@ -167,8 +168,9 @@ def test_stop_keeps_the_partial_reply_marked_stopped(qtbot, view, gui_store, mon
     gate.release.set()
 
     qtbot.waitUntil(lambda: idle(view), timeout=WAIT_MS)
+    gate.release_child()
     (_user, answer) = gui_store.conversation_messages(view.conversation_id())
-    assert answer.meta["stopped"] is True and answer.meta["finish_reason"] == "cancelled"
+    assert answer.meta["stopped"] is True and answer.meta["finish_reason"] == "cancelled", answer.meta
     assert answer.content and answer.content in view.transcript_text()
     assert 1 <= answer.meta["completion_tokens"] < 400
     assert answer.meta["settings"]["max_tokens"] == 400 and isinstance(answer.meta["seed"], int)

@@ -15,7 +15,7 @@ from desktop_dpo.core.models import register_model
 from desktop_dpo.core.sampling import GGUF_COPY_INFO_KEY
 from desktop_dpo.gui import collect_view
 from desktop_dpo.gui.collect_view import CollectView, verdict_for
-from tests.gui.conftest import FixedSide, held_after_first_token, show_active
+from tests.gui.conftest import FixedSide, held_after_first_token, hold_the_model_child, show_active
 
 WAIT_MS = 60_000  # generous: the machine is shared; nothing here asserts on time
 
@@ -168,8 +168,11 @@ def test_edit_stores_the_rewrite_with_the_verdict(qtbot, gui_store, registry, po
 # ------------------------------------------------------------------------------------------- stop and errors
 
 
-def test_stop_cancels_mid_stream(qtbot, gui_store, registry, pool, app_home, tiny_gguf, monkeypatch):
+def test_stop_cancels_mid_stream(
+    qtbot, gui_store, registry, pool, app_home, tiny_gguf, monkeypatch, tmp_path
+):
     register_model(gui_store, tiny_gguf, name="tiny")
+    release_child = hold_the_model_child(monkeypatch, tmp_path)  # the stop lands mid-answer in the child too
     view = make_view(qtbot, gui_store, registry, pool, app_home, max_tokens=4000)
     first_token = threading.Event()
     stop_pressed = threading.Event()
@@ -184,6 +187,7 @@ def test_stop_cancels_mid_stream(qtbot, gui_store, registry, pool, app_home, tin
     stop_pressed.set()
 
     qtbot.waitUntil(lambda: view.sample_button.isEnabled(), timeout=WAIT_MS)
+    release_child()
     assert [pane.status.text() for pane in view.panes] == ["Stopped", "Stopped"]
     assert not view.verdict_buttons["left"].isEnabled(), "a stopped pair cannot be judged"
     assert gui_store.count_comparisons() == 0

@@ -119,27 +119,18 @@ class ParityReport:
 
 
 def _open_llama(gguf_path: Path) -> Any:
-    from llama_cpp import Llama
+    """The GGUF in a supervised llama.cpp child (a native crash there is an error here, not the end of
+    the app); not loaded yet: the caller runs its ``load_job()``."""
+    from desktop_dpo.core.llm.supervised import SupervisedLlamaEngine
 
-    from desktop_dpo.core.llm.llamacpp import default_thread_count
-
-    return Llama(
-        model_path=str(gguf_path),
-        n_ctx=1024,
-        n_batch=1024,
-        n_threads=default_thread_count(),
-        logits_all=True,
-        verbose=False,
-    )
+    return SupervisedLlamaEngine(gguf_path, n_ctx=1024, n_batch=1024)
 
 
 def _gguf_logits(llm: Any, ids: Sequence[int]) -> Any:
-    """Next-token logits [len(ids), vocab] of a llama.cpp model over ``ids`` (a fresh context each time)."""
+    """Next-token logits [len(ids), vocab] of a llama.cpp model over ``ids`` (a fresh sequence each time)."""
     import numpy as np
 
-    llm.reset()
-    llm.eval(list(ids))
-    return np.array(llm.scores[: len(ids)], dtype=np.float64)
+    return np.asarray(llm.logits(list(ids)), dtype=np.float64)
 
 
 def _perplexity(logits: Any, ids: Sequence[int]) -> tuple[float, int]:
@@ -175,7 +166,7 @@ def _hf_ids(tokenizer: Any, text: str, *, special_in_text: bool) -> list[int]:
 
 
 def _llama_ids(llm: Any, text: str, *, special_in_text: bool) -> list[int]:
-    return list(llm.tokenize(text.encode("utf-8"), add_bos=not special_in_text, special=True))
+    return list(llm.tokenize(text, add_bos=not special_in_text, parse_special=True))
 
 
 def policy_vs_merged(
@@ -282,6 +273,7 @@ def parity_check(
         texts.append((chat, True))
     llm = _open_llama(f16_gguf)
     try:
+        yield from llm.load_job(cancel)
         hf_ids = [_hf_ids(tokenizer, text, special_in_text=special) for text, special in texts]
         mismatches = [
             text[:60]
@@ -326,6 +318,7 @@ def parity_check(
         yield Progress(stage, stages, f"Parity: perplexity of {name}")
         llm = _open_llama(Path(path))
         try:
+            yield from llm.load_job(cancel)
             nll = count = 0.0
             for ids in plain_ids:
                 total_nll, n = _perplexity(_gguf_logits(llm, ids), ids)

@@ -310,6 +310,14 @@ class LlamaCppEngine:
         n_batch: prompt tokens evaluated per ``llama_decode`` call (cancel is checked between calls).
         event_interval_s: at most one TokenEvent per response per this many seconds (tokens arriving in
             between are merged into one event), to keep GUI overhead low; 0 = an event per token.
+        safe_mode: load without llama.cpp's extra buffer types (the AMX and CPU weight-repack buffers, whose
+            loading crashes on some CPUs) and, on a GPU, offload half as many layers. Slower; the app turns
+            it on for a model only after the normal mode crashed (``load_modes.py``).
+        on_decode: called after every ``llama_decode`` that returned (the supervising parent's sign of
+            progress while a long prompt is evaluated); None = nothing.
+
+    In the app this class runs only inside a child process (``llama_child.py``): a native crash there
+    cannot take the window down. Tests and benches may use it directly.
     """
 
     def __init__(
@@ -323,8 +331,12 @@ class LlamaCppEngine:
         flash_attn: bool | None = None,
         n_batch: int = 512,
         event_interval_s: float = 0.03,
+        safe_mode: bool = False,
+        on_decode: Callable[[], None] | None = None,
     ):
         self.model_path = Path(model_path)
+        self.safe_mode = safe_mode
+        self.on_decode = on_decode
         self.requested_n_ctx = n_ctx
         self.n_threads = n_threads or default_thread_count()
         self.n_gpu_layers = n_gpu_layers
@@ -346,6 +358,7 @@ class LlamaCppEngine:
         self.eos_text = ""
         self._bos_id = -1
         self._add_bos = False
+        self.loaded_gpu_layers = 0  # layers llama.cpp was asked to offload, once loaded
 
     # -- life cycle ------------------------------------------------------------------------------------
 
@@ -375,10 +388,15 @@ class LlamaCppEngine:
         llama_cpp.llama_backend_init()
 
         model_params = llama_cpp.llama_model_default_params()
+        offloads = bool(llama_cpp.llama_supports_gpu_offload())
         if self.n_gpu_layers is None:
-            model_params.n_gpu_layers = -1 if llama_cpp.llama_supports_gpu_offload() else 0
+            model_params.n_gpu_layers = -1 if offloads else 0
         else:
             model_params.n_gpu_layers = self.n_gpu_layers
+        if self.safe_mode:
+            model_params.use_extra_bufts = False
+            if offloads and model_params.n_gpu_layers != 0:
+                model_params.n_gpu_layers = self._safe_gpu_layers(model_params.n_gpu_layers)
         try:
             # verbose=True: otherwise llama-cpp-python silences loading by redirecting the process's stdout and
             # stderr (not thread-safe); llama.cpp's messages go to our log router either way.
@@ -435,13 +453,24 @@ class LlamaCppEngine:
         self._add_bos = bool(model.add_bos_token())
         self.bos_text = self._token_text(self._bos_id)
         self.eos_text = self._token_text(model.token_eos())
+        self.loaded_gpu_layers = model_params.n_gpu_layers
         log.info(
-            "Loaded %s (%d tokens of context per response, %d threads, %d GPU layers)",
+            "Loaded %s (%d tokens of context per response, %d threads, %d GPU layers%s)",
             self.model_path.name,
             self.n_ctx,
             self.n_threads,
             model_params.n_gpu_layers,
+            ", safe mode" if self.safe_mode else "",
         )
+
+    def _safe_gpu_layers(self, requested: int) -> int:
+        """Half the layers asked for (all = the file's block count + the output layer), at least 0."""
+        if requested >= 0:
+            return requested // 2
+        from desktop_dpo.core.llm.gguf_info import read_gguf_info
+
+        blocks = read_gguf_info(self.model_path).get("block_count")
+        return (int(blocks) + 1) // 2 if isinstance(blocks, int) and blocks > 0 else 0
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Free the context and the model. A generation still running (or a job left suspended) must end
@@ -725,6 +754,44 @@ class LlamaCppEngine:
                 f"llama.cpp stopped while generating (llama_decode returned {code}): the context may be full "
                 "or memory short. Try a shorter prompt or fewer tokens."
             )
+        if self.on_decode is not None:
+            self.on_decode()
+
+    def logits(self, tokens: Sequence[int]) -> Any:
+        """Next-token logits of every position of ``tokens``: a float32 numpy array [len(tokens), n_vocab].
+
+        A fresh sequence each call (row t predicts token t + 1); the parity check compares these with
+        transformers' logits of the same ids.
+
+        Raises:
+            ModelError: the tokens do not fit the context.
+        """
+        import numpy as np
+
+        if not self._busy.acquire(blocking=False):
+            raise DesktopDpoError("This model is already writing a response; wait for it to finish.")
+        try:
+            self.load()
+            ids = list(tokens)
+            if not ids:
+                return np.zeros((0, self.n_vocab), dtype=np.float32)
+            if len(ids) > self.n_ctx:
+                raise ModelError(
+                    f"{len(ids)} tokens do not fit the context of {self.n_ctx}; load the model with a larger one."
+                )
+            lib, ctx = self._lib, self._ctx.ctx
+            lib.llama_memory_clear(self._ctx.memory, True)
+            out = np.empty((len(ids), self.n_vocab), dtype=np.float32)
+            for offset in range(0, len(ids), self.n_batch):
+                chunk = ids[offset : offset + self.n_batch]
+                self._fill_batch([(token, offset + i, 0) for i, token in enumerate(chunk)], last_only=False)
+                self._decode()
+                for i in range(len(chunk)):
+                    row = lib.llama_get_logits_ith(ctx, i)
+                    out[offset + i] = np.ctypeslib.as_array(row, shape=(self.n_vocab,))
+            return out
+        finally:
+            self._busy.release()
 
     def _make_sampler(self, settings: SamplingSettings, seed: int) -> Any:
         """A sampler chain in llama-cpp-python's order: (penalties,) top-k, top-p, min-p, temperature, draw.

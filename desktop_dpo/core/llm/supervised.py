@@ -1,0 +1,557 @@
+"""llama.cpp in a supervised child process: a native crash becomes a message, never a dead window.
+
+:class:`SupervisedLlamaEngine` has the interface of :class:`~desktop_dpo.core.llm.llamacpp.LlamaCppEngine`
+(``load``, ``generate``, ``generate_pair``, ``tokenize``, ``logits``, ``close``) and the same events, but the
+model lives in a child process (``llama_child.py``), one per model, as LM Studio and Ollama run theirs. The
+parent keeps the window, the database and every pick; the child holds only the model.
+
+What the supervisor does, like a notebook's kernel manager:
+- **A crash** (segfault, abort, killed for memory) ends the child; the parent reads the end of its pipe and
+  raises :class:`~desktop_dpo.core.errors.EngineCrashed` with what happened in words. A crash while
+  *loading* in the normal mode is retried at once in safe mode (``load_modes.py``), and a job says so with
+  a ``Log`` line; after any crash in the normal mode, the model loads in safe mode from then on, and that is
+  remembered per model file, llama.cpp version and CPU, so the next start goes straight to it.
+- **A hang** (no token, no finished decode and no answer for ``hang_timeout_s``) is a crash too: the child
+  is killed.
+- **Cancel** reaches the child at once (a frame read by its listening thread); the answer comes back at the
+  next token boundary. A child that has not answered a second later is killed. **Closing** ends the child
+  within a second, and a child whose parent dies exits by itself (its end of the pipe closes).
+
+Streaming costs little: events are the engine's own (merged every ``event_interval_s``), pickled over a
+pipe; ``bench/sampling.py`` measures it against in-process llama.cpp.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import contextlib
+import logging
+import os
+import queue
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Generator, Sequence
+from pathlib import Path
+from typing import Any
+
+from desktop_dpo.config import SamplingSettings
+from desktop_dpo.core import errors
+from desktop_dpo.core.errors import DesktopDpoError, EngineCrashed, JobCancelled, ModelError
+from desktop_dpo.core.jobs import CancelToken, Job, Log, drive
+from desktop_dpo.core.llm.llama_child import read_frame, write_frame
+from desktop_dpo.core.llm.llamacpp import MAX_SEED, Prompt, _check_seed, pair_seeds
+from desktop_dpo.core.llm.load_modes import LoadMode, LoadModeMemory
+
+log = logging.getLogger(__name__)
+child_log = logging.getLogger("desktop_dpo.llama_child")
+
+# How long to wait for a child that was asked to stop (close, or cancel) before killing it.
+STOP_GRACE_S = 1.0
+# A generating child that sends nothing (no token, no finished decode) for this long is taken for hung.
+HANG_TIMEOUT_S = 120.0
+# The same while it loads: reading a large file from a slow disk takes long, and sends nothing meanwhile.
+LOAD_TIMEOUT_S = 600.0
+_POLL_S = 0.05  # how often a waiting job looks at its cancel token
+_EOF = object()  # the reader thread's last item: the child's pipe is closed
+
+_live_children: weakref.WeakSet[_Child] = weakref.WeakSet()
+
+
+def _kill_live_children() -> None:
+    for child in list(_live_children):
+        child.kill()
+
+
+atexit.register(_kill_live_children)
+
+
+def describe_exit(returncode: int | None) -> str:
+    """How a child ended, in words: "a segmentation fault (signal 11)", "exit code 3", ..."""
+    if returncode is None:
+        return "no answer"
+    if returncode < 0:
+        number = -returncode
+        names = {
+            signal.SIGSEGV: "a segmentation fault",
+            signal.SIGABRT: "an abort",
+            signal.SIGKILL: "being killed (often: out of memory)",
+            signal.SIGILL: "an illegal instruction (a build for another CPU)",
+            signal.SIGFPE: "an arithmetic fault",
+        }
+        if hasattr(signal, "SIGBUS"):
+            names[signal.SIGBUS] = "a bus error"
+        try:
+            label = names.get(signal.Signals(number), signal.Signals(number).name)
+        except ValueError:
+            label = "a signal"
+        return f"{label} (signal {number})"
+    return f"exit code {returncode}"
+
+
+class _Child:
+    """One child process and the thread that reads its frames (internal; the training child uses it too).
+
+    ``module`` is what the child runs (``python -m module``): it speaks in frames on its stdout and
+    exits when its stdin closes. ``logger`` receives the child's stderr lines.
+    """
+
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        *,
+        module: str = "desktop_dpo.core.llm.llama_child",
+        logger: logging.Logger | None = None,
+    ) -> None:
+        command = [sys.executable, "-m", module]
+        self._log = logger or child_log
+        thread_name = module.rsplit(".", 1)[-1].replace("_", "-")
+        environment = dict(os.environ if env is None else env)
+        # The child imports this package: make sure it finds the same one, even when run from a checkout.
+        package_root = str(Path(__file__).resolve().parents[3])
+        environment["PYTHONPATH"] = os.pathsep.join(
+            p for p in (package_root, environment.get("PYTHONPATH", "")) if p
+        )
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=environment,
+            # Its own session: a Ctrl-C in the terminal reaches the app, which then stops the child in order.
+            start_new_session=sys.platform != "win32",
+        )
+        self.frames: queue.Queue[Any] = queue.Queue()
+        self._write_lock = threading.Lock()
+        threading.Thread(target=self._read_frames, name=f"{thread_name}-frames", daemon=True).start()
+        threading.Thread(target=self._read_stderr, name=f"{thread_name}-stderr", daemon=True).start()
+        _live_children.add(self)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _read_frames(self) -> None:
+        stream = self.process.stdout
+        assert stream is not None
+        try:
+            while True:
+                self.frames.put(read_frame(stream))
+        except Exception:  # EOF, or a frame cut short by a crash
+            pass
+        self.frames.put(_EOF)
+
+    def _read_stderr(self) -> None:
+        stream = self.process.stderr
+        assert stream is not None
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", errors="replace").rstrip()
+            if line:
+                self.stderr_tail.append(line)
+                self._log.debug("[pid %d] %s", self.process.pid, line)
+
+    def send(self, message: object) -> bool:
+        """Send a frame; False when the child is already gone."""
+        stdin = self.process.stdin
+        if stdin is None:
+            return False
+        try:
+            write_frame(stdin, message, self._write_lock)
+        except (BrokenPipeError, OSError, ValueError):
+            return False
+        return True
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def wait_exit(self, timeout_s: float) -> int | None:
+        """The exit status, waiting up to ``timeout_s``; None if it still runs."""
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> None:
+        """End the child now (idempotent)."""
+        with contextlib.suppress(OSError):
+            if self.process.poll() is None:
+                self.process.kill()
+        with contextlib.suppress(Exception):
+            self.process.wait(timeout=5)
+        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+            with contextlib.suppress(Exception):
+                if stream is not None:
+                    stream.close()
+        _live_children.discard(self)
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Ask the child to exit; kill it if it has not within ``grace_s``."""
+        if self.alive():
+            self.send(("close",))
+            with contextlib.suppress(OSError, ValueError):
+                if self.process.stdin is not None:
+                    self.process.stdin.close()  # EOF: the child exits even if it missed the frame
+            self.wait_exit(grace_s)
+        self.kill()
+
+
+class SupervisedLlamaEngine:
+    """One GGUF model in llama.cpp, in a child process the app supervises.
+
+    Args:
+        model_path: the .gguf file.
+        n_ctx, n_threads, n_gpu_layers, flash_attn, n_batch, event_interval_s: as for
+            :class:`~desktop_dpo.core.llm.llamacpp.LlamaCppEngine`.
+        seed: where seeds come from when a call gives none (None: random; an int: a reproducible series).
+        memory: the remembered load modes (``LoadModeMemory.in_folder(paths.data_dir)``); None: start in
+            the normal mode each time and remember nothing.
+        mode: force a load mode ("normal" or "safe") instead of the remembered one.
+        hang_timeout_s: a child that sends nothing (no token, no decode, no answer) for this long while
+            generating is taken for hung, and killed (None: :data:`HANG_TIMEOUT_S`).
+        load_timeout_s: the same while it loads the model (None: :data:`LOAD_TIMEOUT_S`).
+        env: environment of the child (None: this process's).
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        n_gpu_layers: int | None = None,
+        seed: int | None = None,
+        flash_attn: bool | None = None,
+        n_batch: int = 512,
+        event_interval_s: float = 0.03,
+        memory: LoadModeMemory | None = None,
+        mode: LoadMode | None = None,
+        hang_timeout_s: float | None = None,
+        load_timeout_s: float | None = None,
+        env: dict[str, str] | None = None,
+    ):
+        self.model_path = Path(model_path)
+        self._engine_kwargs: dict[str, Any] = {
+            "model_path": str(self.model_path),
+            "n_ctx": n_ctx,
+            "n_threads": n_threads,
+            "n_gpu_layers": n_gpu_layers,
+            "flash_attn": flash_attn,
+            "n_batch": n_batch,
+            "event_interval_s": event_interval_s,
+        }
+        self.memory = memory
+        self.forced_mode = mode
+        self.hang_timeout_s = hang_timeout_s if hang_timeout_s is not None else HANG_TIMEOUT_S
+        self.load_timeout_s = load_timeout_s if load_timeout_s is not None else LOAD_TIMEOUT_S
+        self.env = env
+        self._seed_source: random.Random = random.SystemRandom() if seed is None else random.Random(seed)
+        self._busy = threading.Lock()
+        self._load_lock = threading.Lock()
+        self._child: _Child | None = None
+        self._next_request = 0
+        self._crashed_in_normal_mode = False
+        self.mode: LoadMode | None = None  # the mode the running child loaded with
+        self.n_ctx = 0
+        self.n_vocab = 0
+        self.n_batch = n_batch
+        self.n_threads = n_threads or 0
+        self.chat_template: str | None = None
+        self.bos_text = ""
+        self.eos_text = ""
+        self.gpu_layers = 0
+
+    # -- life cycle ------------------------------------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        """True while a child holds the model."""
+        return self._child is not None and self._child.alive()
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id while it runs (tests and diagnostics)."""
+        return self._child.pid if self._child is not None else None
+
+    def load(self, on_event: Callable[[Any], object] | None = None) -> SupervisedLlamaEngine:
+        """Start the child and load the model (idempotent; slow: call it off the GUI thread).
+
+        ``on_event`` receives the ``Log`` lines of a crash and retry. Raises as :meth:`load_job`.
+        """
+        drive(self.load_job(), on_event or (lambda _event: None))
+        return self
+
+    def load_job(self, cancel: CancelToken | None = None) -> Generator[Any, None, None]:
+        """Load the model if no child holds it (a job step): yields ``Log`` lines when a load crashes and is
+        retried in safe mode.
+
+        Raises:
+            EngineCrashed: the child crashed or hung even in safe mode.
+            ModelError: llama.cpp refused the file (damaged, unknown architecture, not enough memory).
+        """
+        with self._load_lock:
+            if self.loaded:
+                return
+            self._discard_child()
+            mode = self._first_mode()
+            try:
+                self._start(mode, cancel)
+            except EngineCrashed as crash:
+                if mode == "safe":
+                    raise
+                self._crashed_in_normal_mode = True
+                yield Log(
+                    f"The model crashed while loading ({crash.how}); trying again in safe mode "
+                    "(slower, without llama.cpp's CPU repacking or some GPU layers)…",
+                    level="warning",
+                )
+                self._start("safe", cancel)
+                if self.memory is not None:
+                    self.memory.remember(self.model_path, "safe", f"crashed while loading: {crash.how}")
+                yield Log(f"{self.model_path.name} loaded in safe mode; it will start that way from now on.")
+
+    def _first_mode(self) -> LoadMode:
+        if self.forced_mode is not None:
+            return self.forced_mode
+        if self._crashed_in_normal_mode:
+            return "safe"
+        return self.memory.mode_for(self.model_path) if self.memory is not None else "normal"
+
+    def _start(self, mode: LoadMode, cancel: CancelToken | None) -> None:
+        if not self.model_path.is_file():
+            raise ModelError(f"The model file {self.model_path} was not found. Choose the file again.")
+        child = _Child(self.env)
+        self._child = child
+        child.send(("load", {**self._engine_kwargs, "safe_mode": mode == "safe"}))
+        try:
+            frame = self._wait(child, self.load_timeout_s, cancel, doing="loading")
+        except BaseException:
+            self._discard_child()
+            raise
+        if frame is None:
+            self._discard_child()
+            raise JobCancelled("Stopped as you asked.")
+        if frame[0] == "error":
+            self._discard_child()
+            raise _rebuild_error(frame[2], frame[3])
+        info = frame[1]
+        self.mode = mode
+        self.n_ctx = info["n_ctx"]
+        self.n_vocab = info["n_vocab"]
+        self.n_batch = info["n_batch"]
+        self.n_threads = info["n_threads"]
+        self.chat_template = info["chat_template"]
+        self.bos_text = info["bos_text"]
+        self.eos_text = info["eos_text"]
+        self.gpu_layers = info["gpu_layers"]
+        log.info("%s runs in llama.cpp child process %d (%s mode)", self.model_path.name, child.pid, mode)
+
+    def close(self, timeout_s: float = STOP_GRACE_S) -> None:
+        """End the child (within ``timeout_s``): a generation still running is stopped."""
+        child, self._child = self._child, None
+        if child is not None:
+            child.stop(timeout_s)
+
+    def _discard_child(self) -> None:
+        child, self._child = self._child, None
+        if child is not None:
+            child.kill()
+
+    def __enter__(self) -> SupervisedLlamaEngine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- requests --------------------------------------------------------------------------------------
+
+    def draw_seed(self) -> int:
+        """A seed for one response (random, or the next of the engine's reproducible series)."""
+        return self._seed_source.randrange(0, MAX_SEED)
+
+    def generate(
+        self,
+        prompt: Prompt,
+        settings: SamplingSettings | None = None,
+        *,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        cancel: CancelToken | None = None,
+        ignore_eos: bool = False,
+    ) -> Job:
+        """Stream one response (a job), exactly as ``LlamaCppEngine.generate``; a crash raises
+        :class:`~desktop_dpo.core.errors.EngineCrashed`."""
+        picked = self.draw_seed() if seed is None else _check_seed(seed)
+        kwargs = {"prompt": prompt, "settings": settings, "seed": picked, "stop": tuple(stop)}
+        if ignore_eos:
+            kwargs["ignore_eos"] = True
+        return (yield from self._request("generate", kwargs, cancel, doing="writing the answer"))
+
+    def generate_pair(
+        self,
+        prompt: Prompt,
+        settings: SamplingSettings | None = None,
+        *,
+        seeds: tuple[int, int] | None = None,
+        stop: Sequence[str] = (),
+        cancel: CancelToken | None = None,
+        ignore_eos: bool = False,
+    ) -> Job:
+        """Stream two responses decoded together (a job), exactly as ``LlamaCppEngine.generate_pair``."""
+        chosen = pair_seeds(seeds, self.draw_seed)
+        picked = tuple(self.draw_seed() if s is None else _check_seed(s) for s in chosen)
+        kwargs = {"prompt": prompt, "settings": settings, "seeds": picked, "stop": tuple(stop)}
+        if ignore_eos:
+            kwargs["ignore_eos"] = True
+        return (yield from self._request("generate_pair", kwargs, cancel, doing="writing the answers"))
+
+    def tokenize(self, text: str, *, add_bos: bool | None = None, parse_special: bool = False) -> list[int]:
+        """Token ids of ``text``, as ``LlamaCppEngine.tokenize``."""
+        kwargs = {"text": text, "add_bos": add_bos, "parse_special": parse_special}
+        return drive(self._request("tokenize", kwargs, None, doing="reading the text"), lambda _e: None)
+
+    def prompt_tokens(self, prompt: Prompt) -> tuple[list[int], list[str]]:
+        """Tokens of a prompt and the stop strings its layout needs, as ``LlamaCppEngine.prompt_tokens``."""
+        return drive(self._request("prompt_tokens", {"prompt": prompt}, None, doing="reading the conversation"),
+                     lambda _e: None)  # fmt: skip
+
+    def logits(self, tokens: Sequence[int]) -> Any:
+        """Next-token logits of every position, as ``LlamaCppEngine.logits`` (float32 [len, n_vocab])."""
+        kwargs = {"tokens": list(tokens)}
+        return drive(self._request("logits", kwargs, None, doing="scoring the text"), lambda _e: None)
+
+    def _request(
+        self, name: str, kwargs: dict[str, Any], cancel: CancelToken | None, *, doing: str
+    ) -> Generator[Any, None, Any]:
+        if not self._busy.acquire(blocking=False):
+            raise DesktopDpoError(
+                "This model is already writing a response; wait for it to finish or stop it."
+            )
+        cancel = cancel or CancelToken()
+        finished = False
+        child: _Child | None = None
+        request_id = 0
+        try:
+            yield from self.load_job(cancel)
+            child = self._child
+            assert child is not None
+            self._next_request += 1
+            request_id = self._next_request
+            child.send((name, request_id, kwargs))
+            cancel_sent = False
+            while True:
+                frame = self._wait(
+                    child,
+                    STOP_GRACE_S if cancel_sent else self.hang_timeout_s,
+                    None if cancel_sent else cancel,
+                    doing="stopping" if cancel_sent else doing,
+                )
+                if frame is None:  # the cancel token was set: tell the child, keep reading its answer
+                    child.send(("cancel", request_id))
+                    cancel_sent = True
+                    continue
+                kind = frame[0]
+                if kind == "event":
+                    yield frame[2]
+                elif kind == "done":
+                    finished = True
+                    return frame[2]
+                elif kind == "error":
+                    finished = True
+                    raise _rebuild_error(frame[2], frame[3])
+        except EngineCrashed:
+            finished = True
+            if cancel.cancelled and child is not None and self._child is child:
+                # Asked to stop, and the child did not within the grace period (a long decode): it was
+                # ended; that is the stop the person wanted, not a crash of the model.
+                self._discard_child()
+                raise JobCancelled("Stopped as you asked.") from None
+            self._after_crash()
+            raise
+        finally:
+            if not finished and child is not None:
+                # The job was closed mid-way (the person stopped it, or the app quits): stop the request,
+                # and end a child that does not answer within the grace period.
+                self._abandon(child, request_id)
+            self._busy.release()
+
+    def _wait(self, child: _Child, timeout_s: float, cancel: CancelToken | None, *, doing: str) -> Any:
+        """The child's next frame other than a tick. None when ``cancel`` was set first.
+
+        Raises:
+            EngineCrashed: the child ended, or sent nothing for ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if cancel is not None and cancel.cancelled:
+                return None
+            try:
+                frame = child.frames.get(timeout=_POLL_S if cancel is not None else min(timeout_s, 1.0))
+            except queue.Empty:
+                if time.monotonic() < deadline:
+                    continue
+                child.kill()
+                raise EngineCrashed(
+                    f"The model stopped responding while {doing} (nothing for {timeout_s:.0f} s), so it was "
+                    "stopped. Nothing you saved is lost. Try again: it restarts in safe mode.",
+                    how="it stopped responding",
+                ) from None
+            if frame is _EOF:
+                returncode = child.wait_exit(2.0)
+                how = describe_exit(returncode)
+                tail = " | ".join(list(child.stderr_tail)[-3:])
+                log.error(
+                    "llama.cpp child %d ended while %s: %s. Last output: %s", child.pid, doing, how, tail
+                )
+                child.kill()
+                raise EngineCrashed(
+                    f"The model crashed while {doing} ({how}). Nothing you saved is lost. "
+                    "Try again: it restarts in safe mode.",
+                    how=how,
+                )
+            if frame[0] == "tick":
+                deadline = time.monotonic() + timeout_s
+                continue
+            return frame
+
+    def _after_crash(self) -> None:
+        """A crash after loading: the next load goes to safe mode (and, in the normal mode, remember it)."""
+        crashed_mode = self.mode
+        self._discard_child()
+        if crashed_mode == "normal" and self.forced_mode is None:
+            self._crashed_in_normal_mode = True
+            if self.memory is not None:
+                self.memory.remember(self.model_path, "safe", "crashed or hung while generating")
+
+    def _abandon(self, child: _Child, request_id: int) -> None:
+        child.send(("cancel", request_id))
+        deadline = time.monotonic() + STOP_GRACE_S
+        while time.monotonic() < deadline:
+            try:
+                frame = child.frames.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if frame is _EOF:
+                break
+            if frame[0] in ("done", "error") and frame[1] == request_id:
+                return  # it stopped in time; the child stays loaded for the next job
+        if self._child is child:
+            self._discard_child()
+        else:
+            child.kill()
+
+
+def _rebuild_error(kind: str, message: str) -> Exception:
+    """The child's error as the parent raises it: our own classes by name, ValueError, else ModelError."""
+    if kind == "ValueError":
+        return ValueError(message)
+    cls = getattr(errors, kind, None)
+    if isinstance(cls, type) and issubclass(cls, DesktopDpoError) and cls is not EngineCrashed:
+        with contextlib.suppress(TypeError):
+            return cls(message)
+    return ModelError(message)
