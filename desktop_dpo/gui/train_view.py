@@ -4,8 +4,12 @@ One training run at a time, on the job resource ``"train"`` (:mod:`desktop_dpo.w
 the worker thread opens its own database connection and persists every event before the view sees it,
 so what the plots show is already saved. Collecting may go on meanwhile (generation has its own resources).
 
-- The settings start from a preset for the detected device. Detection imports torch, so it runs as a
-  small job when the view is first shown; until it reports, a "Detecting your GPU…" note stays up.
+- The settings start from a preset for the detected device and the chosen model (its free GPU memory and
+  the model's size, see ``core/dpo/train.py``'s ``preset_for``). Detection imports torch, so it runs as a
+  small job when the view is first shown and again when another model is chosen; until it reports, a
+  "Detecting your GPU…" note stays up. The note says why the preset is what it is.
+- Starting a run first releases the llama.cpp models the app holds (``EnginePool.close_all``, in the
+  training job's thread), so their GPU memory goes to training.
 - Stop asks the run to stop at the next step boundary, where it checkpoints; Resume continues a stopped,
   failed or interrupted run from its newest checkpoint, to the same total step count.
 - Running out of memory is explained, with "Resume with smaller settings" (``smaller_settings``).
@@ -18,6 +22,7 @@ built the first time it is shown, never at start-up. No torch, transformers or p
 
 from __future__ import annotations
 
+import functools
 import html
 import logging
 from typing import Any
@@ -62,11 +67,12 @@ from desktop_dpo.core.dpo.train import (
     TrainConfig,
     TrainingError,
     TrainWarning,
-    presets_for_memory,
+    preset_for,
     smaller_settings,
 )
 from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.lineage import model_lineage
+from desktop_dpo.core.llm.engine_pool import EnginePool
 from desktop_dpo.core.store import ModelRow, RunRow, Store
 from desktop_dpo.gui.message_banner import MessageBanner
 from desktop_dpo.gui.metrics_plots import MetricsPlots
@@ -151,6 +157,7 @@ class TrainView(ViewMessages, QWidget):
         store: the GUI thread's database connection (the training job opens its own).
         registry: the job registry (training runs on ``"train"``; device detection on its own resource).
         paths: the app's folders (the database file, the runs folder).
+        pool: the app's loaded inference engines; released before a run starts (None: nothing to release).
 
     Signals:
         status_message(str): a line for the status bar.
@@ -166,6 +173,7 @@ class TrainView(ViewMessages, QWidget):
         store: Store,
         registry: JobRegistry,
         paths: AppPaths,
+        pool: EnginePool | None = None,
         parent: QWidget | None = None,
     ):
         super().__init__(parent)
@@ -174,6 +182,7 @@ class TrainView(ViewMessages, QWidget):
         self.store = store
         self.registry = registry
         self.paths = paths
+        self.pool = pool
 
         self._job: JobThread | None = None
         self._live_run_id: int | None = None  # the run our job trains
@@ -181,6 +190,7 @@ class TrainView(ViewMessages, QWidget):
         self._phase = "idle"  # idle | loading | training | stopping
         self._device_job: JobThread | None = None
         self.preset: DevicePreset | None = None
+        self._detecting_for: int | None = None  # the model id the running detection sizes the preset for
         self._plan: RunPlan | None = None
         self._plan_key: tuple[object, ...] = ()
         self._suggested: dict[int, TrainConfig] = {}  # run id -> smaller settings after running out of memory
@@ -441,6 +451,8 @@ class TrainView(ViewMessages, QWidget):
         self.model_note.setVisible(bool(reason))
         self._fill_references(model)
         self.refresh_plan()
+        if self.preset is not None:  # detected before: size the preset for this model (once shown)
+            self.detect_device()
 
     def _fill_references(self, model: ModelRow | None) -> None:
         """The reference choices of a model: itself (adapter off), or an earlier model of its lineage."""
@@ -528,13 +540,19 @@ class TrainView(ViewMessages, QWidget):
             self._update_actions()
 
     def detect_device(self) -> None:
-        """Start detecting the device (once): its preset fills the form unless the person already edited it."""
-        if self.preset is not None or self._device_job is not None:
-            return
+        """Detect the device and size its preset for the chosen model (once per model): the preset fills the
+        form unless the person already edited it."""
+        model = self.current_model()
+        model_id = model.id if model is not None else None
+        if self._device_job is not None or (self.preset is not None and self.preset.model_id == model_id):
+            return  # a detection under way re-checks the model when it reports
         try:
             self._device_job = self.registry.start(
-                DEVICE_RESOURCE, device_preset_job, connect=self._connect_device_job
+                DEVICE_RESOURCE,
+                functools.partial(device_preset_job, model=model),
+                connect=self._connect_device_job,
             )
+            self._detecting_for = model_id
         except DesktopDpoError as exc:
             log.warning("Device detection did not start: %s", exc)
 
@@ -550,18 +568,18 @@ class TrainView(ViewMessages, QWidget):
             return
         self.preset = preset
         device = preset.device
+        where = device.name
         if device.kind == "cuda" and device.memory_bytes:
             where = f"{device.name} ({device.memory_bytes / 1024**3:.0f} GB)"
-            how = "4-bit base (QLoRA)"
-        else:
-            where = device.name
-            how = "full precision, which is faster than 4-bit on this device"
-        note = f"Settings for {where}: {how}, {preset.config.pairs_per_step} pairs per update."
+        note = f"Settings for {where}: {preset.reason}"
         if self.settings_form.touched:
             note += " Your changes were kept."
         else:
             self.settings_form.set_settings(preset.config)
         self.preset_note.setText(note)
+        current = self.current_model()
+        if (current.id if current is not None else None) != preset.model_id:
+            self.detect_device()  # the model changed while detecting
 
     @Slot()
     def _on_device_cancelled(self) -> None:
@@ -571,7 +589,10 @@ class TrainView(ViewMessages, QWidget):
     def _on_device_failed(self, message: str) -> None:
         self._device_job = None
         # torch could not say: the CPU preset is safe anywhere.
-        self.preset = DevicePreset(DeviceInfo("cpu", "the CPU", None), presets_for_memory(None))
+        cpu = preset_for(None, None, None)
+        self.preset = DevicePreset(
+            DeviceInfo("cpu", "the CPU", None), cpu.config, reason=cpu.reason, model_id=self._detecting_for
+        )
         if not self.settings_form.touched:
             self.settings_form.set_settings(self.preset.config)
         self.preset_note.setText(
@@ -659,7 +680,15 @@ class TrainView(ViewMessages, QWidget):
         return smaller if smaller != config else None
 
     def _start_job(self, run_id: int) -> bool:
-        factory = training_job(self.paths.db_path, run_id, runs_dir=self.paths.runs_dir)
+        # Every loaded llama.cpp model is released before the run loads its base model, so its (GPU) memory
+        # goes to training: what a person pressing Start expects. close_all runs in the training job's
+        # thread, never here, and waits for a generation under way (a pair streaming in Collect ends and is
+        # kept); Collect, Chat and Evaluate load their model again on their next use. Releasing only idle
+        # engines would leave exactly the one in use holding the memory the run needs.
+        release = self.pool.close_all if self.pool is not None else None
+        factory = training_job(
+            self.paths.db_path, run_id, runs_dir=self.paths.runs_dir, release_engines=release
+        )
         try:
             self._job = self.registry.start(TRAIN_RESOURCE, factory, connect=self._connect_job)
         except DesktopDpoError as exc:

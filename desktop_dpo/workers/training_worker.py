@@ -1,39 +1,46 @@
-"""The training run the GUI drives on the job resource ``"train"``: persisted event by event, on its own connection.
+"""The training run the GUI drives on the job resource ``"train"``: in a supervised child process.
 
 :func:`training_job` gives a :data:`~desktop_dpo.workers.job_worker.JobFactory` for
-``JobRegistry.start("train", ...)``. In the worker thread it opens its own :class:`Store` on the
-database file (a connection is never shared between threads), drives
-:func:`desktop_dpo.core.dpo.train.train`, writes what each event means with ``persist_event`` *before*
-passing the event on (a crash or a quit loses at most the step under way), records a stop or a failure
-with ``persist_outcome``, and closes its store however the job ends.
+``JobRegistry.start("train", ...)``. The run itself trains in a child process
+(:func:`desktop_dpo.core.dpo.train_child.train_in_child`): a native fault in bitsandbytes or a crash in a
+step ends that process, not the window. The child opens its own :class:`Store` on the database file and
+records each event with ``persist_event`` *before* passing it on (a crash or a quit loses at most the step
+under way) and how the run ended with ``persist_outcome``; this worker thread only relays the events. If
+the child dies, the run is recorded as failed with a message that says so and where Resume continues.
 
 A stop from the GUI arrives as ``close()`` on this generator (``JobThread`` closes a job at the first
-event after ``cancel()``): the training job is closed in turn, which checkpoints at that step boundary,
-and the run is recorded as stopped.
+event after ``cancel()``): the child is told at once, finishes the step under way, checkpoints at that
+boundary and records the run as stopped; closing waits for that.
 
-:func:`device_preset_job` detects the device and its preset settings off the GUI thread (it imports torch).
+:func:`device_preset_job` detects the device and sizes its preset for the chosen model off the GUI thread
+(it imports torch and reads the model's safetensors headers).
+
+Before a run starts, ``release_engines`` (the GUI passes its ``EnginePool.close_all``) runs here, in the
+worker thread: the llama.cpp models the app holds for Collect, Chat and Evaluate give their memory back
+before training loads the base model (see :func:`drive_training_run`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from desktop_dpo.core.dpo.train import (
     DeviceInfo,
-    Finished,
     Loading,
     TrainConfig,
     TrainingOutOfMemoryError,
-    default_config,
+    default_preset,
     detect_device,
-    persist_event,
+    model_shape,
     persist_outcome,
-    train,
+    training_folder,
 )
-from desktop_dpo.core.errors import JobCancelled
+from desktop_dpo.core.dpo.train_child import train_in_child
+from desktop_dpo.core.errors import DesktopDpoError, JobCancelled
 from desktop_dpo.core.jobs import CancelToken, Job
-from desktop_dpo.core.store import Store
+from desktop_dpo.core.store import ModelRow, Store
 from desktop_dpo.workers.job_worker import JobFactory
 
 TRAIN_RESOURCE = "train"  # one training run at a time
@@ -55,10 +62,21 @@ class DevicePreset:
 
     device: DeviceInfo
     config: TrainConfig
+    reason: str = ""  # why these settings, in words (free memory, model size, 4-bit or not)
+    fits: bool = True  # False: even the smallest settings are estimated not to fit the free GPU memory
+    model_id: int | None = None  # the model the preset was sized for (None: a typical model)
+
+
+RELEASING = "Releasing the models loaded for Collect, Chat and Evaluate (their memory goes to training)"
 
 
 def training_job(
-    db_path: str | Path, run_id: int, *, resume: bool = True, runs_dir: Path | None = None
+    db_path: str | Path,
+    run_id: int,
+    *,
+    resume: bool = True,
+    runs_dir: Path | None = None,
+    release_engines: Callable[[], None] | None = None,
 ) -> JobFactory:
     """A factory for ``JobRegistry.start(TRAIN_RESOURCE, ...)`` that trains run ``run_id``.
 
@@ -67,55 +85,90 @@ def training_job(
         run_id: a run made with ``Store.create_run`` (see ``core/dpo/runs.py``).
         resume: continue from the run's newest checkpoint when it has one.
         runs_dir: where the run's folder goes when it has none yet (the app's runs folder).
+        release_engines: called in the worker thread before the model loads, e.g. ``EnginePool.close_all``.
     """
     path = Path(db_path)
 
     def factory(cancel: CancelToken) -> Job:
-        return drive_training_run(path, run_id, cancel=cancel, resume=resume, runs_dir=runs_dir)
+        return drive_training_run(
+            path, run_id, cancel=cancel, resume=resume, runs_dir=runs_dir, release_engines=release_engines
+        )
 
     return factory
 
 
 def drive_training_run(
-    db_path: Path, run_id: int, *, cancel: CancelToken, resume: bool = True, runs_dir: Path | None = None
+    db_path: Path,
+    run_id: int,
+    *,
+    cancel: CancelToken,
+    resume: bool = True,
+    runs_dir: Path | None = None,
+    release_engines: Callable[[], None] | None = None,
 ) -> Job:
-    """Train ``run_id`` as a job, persisting every event before yielding it. Returns :class:`Finished`.
+    """Train ``run_id`` as a job, in a child process that records every event before it is yielded.
+    Returns :class:`Finished`.
 
-    Raises whatever the training job raises (after recording it in the run row). A
+    ``release_engines`` runs first (it may wait for a generation under way to end), announced by a
+    :class:`Loading` event, so the inference engines' memory is free before the base model loads.
+
+    Raises whatever the training job raises (recorded in the run row by then), and
+    :class:`~desktop_dpo.core.dpo.train_child.TrainingCrashed` when the training process died. A
     :class:`TrainingOutOfMemoryError` is preceded by an :class:`OutOfMemory` event carrying its
     suggested settings, since a failure reaches the GUI as a message only.
     """
+    if release_engines is not None:
+        try:
+            yield Loading(RELEASING)
+            release_engines()
+            cancel.raise_if_cancelled()
+        except BaseException as exc:
+            # Stopped (or failed) before the child started: nobody else records it.
+            _record_outcome(
+                db_path,
+                run_id,
+                JobCancelled("Stopped as you asked.") if isinstance(exc, GeneratorExit) else exc,
+            )
+            raise
+    try:
+        # ``yield from`` passes a close() on to the child's job, which stops the child at a step boundary.
+        return (yield from train_in_child(db_path, run_id, cancel=cancel, resume=resume, runs_dir=runs_dir))
+    except TrainingOutOfMemoryError as exc:
+        yield OutOfMemory(run_id=run_id, message=str(exc), suggested=exc.suggested)
+        raise
+
+
+def _record_outcome(db_path: Path, run_id: int, error: BaseException) -> None:
+    """Record how a run ended before its training process started, on this thread's own connection."""
     store = Store.open(db_path)
     try:
-        job = train(store, run_id, cancel=cancel, resume=resume, runs_dir=runs_dir)
-        finished: Finished | None = None
-        try:
-            for event in job:
-                persist_event(store, run_id, event)
-                if isinstance(event, Finished):
-                    finished = event
-                yield event
-        except GeneratorExit:
-            # Closed at a yield, i.e. at an event boundary: closing the training job checkpoints there.
-            job.close()
-            if finished is None:
-                persist_outcome(store, run_id, JobCancelled("Stopped as you asked."))
-            raise
-        except TrainingOutOfMemoryError as exc:
-            persist_outcome(store, run_id, exc)
-            yield OutOfMemory(run_id=run_id, message=str(exc), suggested=exc.suggested)
-            raise
-        except BaseException as exc:
-            persist_outcome(store, run_id, exc)
-            raise
-        return finished
+        if store.get_run(run_id) is not None:
+            persist_outcome(store, run_id, error)
     finally:
         store.close()
 
 
-def device_preset_job(cancel: CancelToken) -> Job:
-    """Detect the device (imports torch) and return a :class:`DevicePreset`; a factory for the registry."""
+def device_preset_job(cancel: CancelToken, model: ModelRow | None = None) -> Job:
+    """Detect the device (imports torch) and size a :class:`DevicePreset` for ``model``.
+
+    A factory for the registry (bind ``model`` with ``functools.partial``). The model's size comes from
+    the headers of its trainable folder; a model without one (a GGUF not yet copied) is sized as a
+    typical model, and the preset's reason says so.
+    """
     yield Loading("Detecting your GPU")
     cancel.raise_if_cancelled()
     device = detect_device()
-    return DevicePreset(device=device, config=default_config(device))
+    shape = None
+    if model is not None:
+        try:
+            shape = model_shape(training_folder(model))
+        except DesktopDpoError:
+            shape = None  # not trainable yet: the view says why; a typical size stands in
+    preset = default_preset(device, shape)
+    return DevicePreset(
+        device=device,
+        config=preset.config,
+        reason=preset.reason,
+        fits=preset.fits,
+        model_id=model.id if model is not None else None,
+    )

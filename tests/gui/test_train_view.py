@@ -1,8 +1,9 @@
 """The Train view, driven through its real widgets, training the tiny Llama (``tiny_model_dir``) for real.
 
-Runs are kept tiny (a dozen pairs, 64 tokens, one or two epochs). Where a test must act in the middle of
-a run (stop it, count timer ticks while it trains), the run is held at a known step by a
-``threading.Event`` inside the model's forward pass, so nothing depends on how fast this machine is.
+Runs are kept tiny (a dozen pairs, 64 tokens, one or two epochs) and train, as in the app, in their own
+child process. Where a test must act in the middle of a run (stop it, count timer ticks while it trains),
+the run is held at a known step inside that process (a file it waits on, see ``train_child.FAULT_ENV``),
+so nothing depends on how fast this machine is.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import pytest
 import torch
 from PySide6.QtCore import Qt, QTimer
 
-from desktop_dpo.core.dpo import train as train_module
 from desktop_dpo.core.dpo.runs import MIN_TRAIN_PAIRS
 from desktop_dpo.core.dpo.train import TrainConfig
+from desktop_dpo.core.dpo.train_child import FAULT_ENV
+from desktop_dpo.core.llm.engine_pool import EnginePool
 from desktop_dpo.core.models import register_model
 from desktop_dpo.core.store import Store
 from desktop_dpo.gui.train_view import TrainView
+from desktop_dpo.workers import training_worker
 from desktop_dpo.workers.job_worker import JobRegistry
 from desktop_dpo.workers.training_worker import TRAIN_RESOURCE
 
@@ -48,8 +51,10 @@ def add_pairs(store: Store, topics=TOPICS) -> None:
         )
 
 
-def make_view(qtbot, gui_store, registry, app_home, config: TrainConfig | None = TINY) -> TrainView:
-    view = TrainView(store=gui_store, registry=registry, paths=app_home)
+def make_view(
+    qtbot, gui_store, registry, app_home, config: TrainConfig | None = TINY, pool: EnginePool | None = None
+) -> TrainView:
+    view = TrainView(store=gui_store, registry=registry, paths=app_home, pool=pool)
     qtbot.addWidget(view)
     view.resize(1100, 760)
     view.show()
@@ -70,24 +75,18 @@ def wait_for_end(qtbot, view: TrainView, registry: JobRegistry) -> None:
 
 
 class HoldAtStep:
-    """Holds the run inside the forward pass of step ``step`` until ``release()`` (one pass per step)."""
+    """Holds the run, in its training process, at the start of step ``step`` until ``release()``."""
 
-    def __init__(self, monkeypatch, step: int):
-        self.reached, self.go = threading.Event(), threading.Event()
-        self.calls = 0
-        real = train_module._policy_logps
+    def __init__(self, monkeypatch, tmp_path: Path, step: int):
+        self.path = tmp_path / f"hold-at-step-{step}"
+        self.path.touch()  # the training process waits while this file exists
+        monkeypatch.setenv(FAULT_ENV, f"hold:{step}:{self.path}")
 
-        def held(model, batch):
-            self.calls += 1
-            if self.calls == step:
-                self.reached.set()
-                self.go.wait(WAIT_MS / 1000)
-            return real(model, batch)
-
-        monkeypatch.setattr(train_module, "_policy_logps", held)
+    def wait_until_reached(self, qtbot) -> None:
+        qtbot.waitUntil(lambda: Path(f"{self.path}.reached").exists(), timeout=WAIT_MS)
 
     def release(self) -> None:
-        self.go.set()
+        self.path.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -149,11 +148,11 @@ def test_settings_start_from_the_detected_device_and_keep_the_persons_changes(
 
 
 def test_a_run_trains_in_the_background_with_live_plots_and_ends_in_the_list(
-    qtbot, gui_store, registry, app_home, model, monkeypatch
+    qtbot, gui_store, registry, app_home, model, monkeypatch, tmp_path
 ):
     add_pairs(gui_store)
     view = make_view(qtbot, gui_store, registry, app_home)
-    hold = HoldAtStep(monkeypatch, step=3)
+    hold = HoldAtStep(monkeypatch, tmp_path, step=3)
     ticks = {"while_training": 0}
     timer = QTimer()
     timer.setInterval(10)
@@ -167,8 +166,8 @@ def test_a_run_trains_in_the_background_with_live_plots_and_ends_in_the_list(
     assert not view.start_button.isEnabled() and "one training run at a time" in view.start_reason.text()
     assert view.stop_button.isEnabled()
 
-    assert hold.reached.wait(WAIT_MS / 1000)
-    # The run is held inside step 3 in its thread: the GUI thread keeps running meanwhile.
+    hold.wait_until_reached(qtbot)
+    # The run is held inside step 3 in its process: the GUI thread keeps running meanwhile.
     qtbot.waitUntil(lambda: len(view.plots.points("loss")) == 2, timeout=WAIT_MS)
     qtbot.waitUntil(lambda: ticks["while_training"] > 0, timeout=WAIT_MS)
     assert view.phase() == "training"
@@ -213,13 +212,13 @@ def test_selecting_a_past_run_shows_its_stored_curves(qtbot, gui_store, registry
 
 
 def test_stop_mid_run_then_resume_completes_at_the_same_step_count(
-    qtbot, gui_store, registry, app_home, model, monkeypatch
+    qtbot, gui_store, registry, app_home, model, monkeypatch, tmp_path
 ):
     add_pairs(gui_store)
     view = make_view(qtbot, gui_store, registry, app_home, TINY.replace(epochs=2))
-    hold = HoldAtStep(monkeypatch, step=3)
+    hold = HoldAtStep(monkeypatch, tmp_path, step=3)
     click(qtbot, view.start_button)
-    assert hold.reached.wait(WAIT_MS / 1000)
+    hold.wait_until_reached(qtbot)
 
     click(qtbot, view.stop_button)  # asked while step 3 runs: it stops at the end of step 3
     assert view.run_headline.text() == "Stopping at the end of this step…"
@@ -246,16 +245,7 @@ def test_out_of_memory_is_explained_and_resumes_with_smaller_settings(
 ):
     add_pairs(gui_store)
     view = make_view(qtbot, gui_store, registry, app_home, TINY.replace(batch_size=1, grad_accum=2))
-    real = train_module._policy_logps
-    calls = {"n": 0}
-
-    def out_of_memory_in_step_2(model, batch):
-        calls["n"] += 1
-        if calls["n"] == 3:  # two forward passes per step: the first of step 2
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(model, batch)
-
-    monkeypatch.setattr(train_module, "_policy_logps", out_of_memory_in_step_2)
+    monkeypatch.setenv(FAULT_ENV, "oom:2")  # torch's CUDA out-of-memory error, inside step 2
     click(qtbot, view.start_button)
     wait_for_end(qtbot, view, registry)
 
@@ -266,7 +256,7 @@ def test_out_of_memory_is_explained_and_resumes_with_smaller_settings(
     assert run.status == "failed" and run.step == 1 and not run.config["gradient_checkpointing"]
     assert view.smaller_button.isVisible()
 
-    monkeypatch.setattr(train_module, "_policy_logps", real)
+    monkeypatch.delenv(FAULT_ENV)
     click(qtbot, view.banner_action)
     assert not view.error_text()
     wait_for_end(qtbot, view, registry)
@@ -275,6 +265,34 @@ def test_out_of_memory_is_explained_and_resumes_with_smaller_settings(
     assert run.status == "completed" and run.step == run.total_steps
     assert run.config["gradient_checkpointing"]  # the suggested smaller settings were applied
     assert not view.smaller_button.isVisible()
+
+
+def test_a_crash_in_training_is_explained_the_window_lives_and_resume_completes(
+    qtbot, gui_store, registry, app_home, model, monkeypatch
+):
+    add_pairs(gui_store)
+    view = make_view(qtbot, gui_store, registry, app_home, TINY.replace(checkpoint_every=1))
+    monkeypatch.setenv(FAULT_ENV, "segv:3")  # a real segmentation fault in the training process, in step 3
+    click(qtbot, view.start_button)
+    wait_for_end(qtbot, view, registry)
+
+    assert view.error_text() == (
+        "Training crashed (a segmentation fault (signal 11)) at step 3. Your pairs and the checkpoint at "
+        "step 2 are safe: Resume continues from there."
+    )
+    assert view.isVisible() and view.run_headline.text() == "Training stopped on a problem"
+    (run,) = gui_store.list_runs()
+    assert run.status == "failed" and run.step == 2
+    assert view.start_button.isEnabled()  # the window goes on: another run could start at once
+
+    monkeypatch.delenv(FAULT_ENV)
+    view.select_run(run.id)
+    click(qtbot, view.resume_button)
+    wait_for_end(qtbot, view, registry)
+    run = gui_store.get_run(run.id)
+    assert run.status == "completed" and run.step == run.total_steps == 5
+    assert [step for step, _ in gui_store.run_metrics(run.id)] == [1, 2, 3, 4, 5]
+    assert not view.error_text()
 
 
 def test_a_training_warning_is_shown_in_words(qtbot, gui_store, registry, app_home, model):
@@ -349,3 +367,79 @@ def test_a_next_round_can_be_held_near_itself_or_near_the_original_model(
     assert gui_store.get_run(run_id).base_model_id == aligned.id
     wait_for_end(qtbot, view, registry)
     assert gui_store.get_run(run_id).status == "completed"
+
+
+class FakeEngine:
+    """Stands in for a loaded llama.cpp model: notes when it is closed, and on which thread."""
+
+    def __init__(self, name: str, log: list[tuple[str, bool]]):
+        self.name, self.log = name, log
+
+    def close(self) -> None:
+        self.log.append((f"close {self.name}", threading.current_thread() is threading.main_thread()))
+
+
+def test_starting_a_run_first_releases_every_loaded_model_off_the_gui_thread(
+    qtbot, gui_store, registry, app_home, model, monkeypatch
+):
+    add_pairs(gui_store)
+    log: list[tuple[str, bool]] = []  # (what, on the GUI thread)
+    pool = EnginePool()
+    with pool.acquire("chat.gguf", lambda: FakeEngine("chat", log)):
+        pass  # loaded for Chat earlier, idle now
+    generating, finish = threading.Event(), threading.Event()
+
+    def collect_a_pair() -> None:  # Collect is streaming a pair when the person presses Start
+        with pool.acquire("collect.gguf", lambda: FakeEngine("collect", log)):
+            generating.set()
+            finish.wait(WAIT_MS / 1000)
+            log.append(("pair done", False))
+
+    threading.Thread(target=collect_a_pair, daemon=True).start()
+    assert generating.wait(10)
+    real_train = training_worker.train_in_child
+
+    def train_in_child(*args, **kwargs):
+        log.append(("training starts its process", threading.current_thread() is threading.main_thread()))
+        return (yield from real_train(*args, **kwargs))
+
+    monkeypatch.setattr(training_worker, "train_in_child", train_in_child)
+    view = make_view(qtbot, gui_store, registry, app_home, pool=pool)
+
+    click(qtbot, view.start_button)
+    qtbot.waitUntil(lambda: ("close chat", False) in log, timeout=WAIT_MS)
+    # The pair under way is not cut short: the run waits for it, and says what it waits for.
+    # (the event saying so crosses threads: it shows once the GUI thread has handled it)
+    qtbot.waitUntil(
+        lambda: "Releasing the models loaded for Collect" in view.run_detail.text(), timeout=WAIT_MS
+    )
+    assert view.phase() == "loading" and view.stop_button.isEnabled()
+    finish.set()
+    wait_for_end(qtbot, view, registry)
+
+    assert [what for what, _ in log] == [
+        "close chat",
+        "pair done",
+        "close collect",
+        "training starts its process",
+    ]
+    assert not any(on_gui_thread for _, on_gui_thread in log)
+    assert pool.loaded() == []
+    (run,) = gui_store.list_runs()
+    assert run.status == "completed"
+
+
+def test_the_preset_is_sized_for_the_chosen_model_and_says_why(
+    qtbot, gui_store, registry, app_home, model, tmp_path
+):
+    from tests.plugins.tiny_model import build_tiny_model
+
+    other = register_model(gui_store, build_tiny_model(tmp_path / "wider", hidden=128), name="wider")
+    view = make_view(qtbot, gui_store, registry, app_home, config=None)
+    assert view.preset.model_id == view.current_model().id
+    expected = "full precision" if not torch.cuda.is_available() else "base"
+    assert view.preset_note.text().startswith("Settings for ") and expected in view.preset_note.text()
+
+    view.set_model(other.id)  # another model: the preset is sized again, off the GUI thread
+    qtbot.waitUntil(lambda: view.preset.model_id == other.id, timeout=WAIT_MS)
+    assert view.settings() == view.preset.config  # untouched form: the new preset fills it

@@ -35,7 +35,9 @@ import math
 import os
 import random
 import shutil
+import struct
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,71 +189,265 @@ class DeviceInfo:
 
     kind: str  # "cuda", "mps" or "cpu"
     name: str  # e.g. "NVIDIA GeForce RTX 3060" or "CPU (8 threads)"
-    memory_bytes: int | None  # GPU memory; None on the CPU
+    memory_bytes: int | None  # the GPU's total memory; None on the CPU
+    free_bytes: int | None = None  # GPU memory free when detected (others' use subtracted); None on the CPU
 
 
 def detect_device() -> DeviceInfo:
-    """The best device torch can use: a CUDA GPU, Apple's MPS, else the CPU. Imports torch."""
+    """The best device torch can use: a CUDA GPU, Apple's MPS, else the CPU. Imports torch.
+
+    On CUDA it is the device training will load onto (torch's current device), with its free memory
+    as the driver reports it now: other programs, and models this app holds in llama.cpp, are already
+    subtracted.
+    """
     import torch
 
     if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        return DeviceInfo("cuda", props.name, int(props.total_memory))
+        index = torch.cuda.current_device()
+        free, total = torch.cuda.mem_get_info(index)
+        return DeviceInfo("cuda", torch.cuda.get_device_name(index), int(total), int(free))
     mps = getattr(torch.backends, "mps", None)
     if mps is not None and mps.is_available():
         return DeviceInfo("mps", "Apple GPU (MPS)", None)
     return DeviceInfo("cpu", f"CPU ({torch.get_num_threads()} threads)", None)
 
 
-def presets_for_memory(gpu_bytes: int | None) -> TrainConfig:
-    """Settings that fit the detected GPU memory, or the CPU preset when ``gpu_bytes`` is None.
+@dataclass(frozen=True)
+class ModelShape:
+    """The three numbers training memory depends on (beyond the settings)."""
 
-    Sized for the models this app is for (up to ~3B parameters in NF4): memory goes first to the
-    4-bit base, then to activations, which grow with batch size × sequence length; gradient
-    checkpointing trades ~30% speed for most of the activation memory. The effective batch
-    (pairs per optimizer step) stays at 16 pairs everywhere, so the presets differ in speed, not in
-    what they learn. On the CPU, full precision is faster than NF4 (no dequantisation per matmul)
-    and RAM is usually not the limit, so no quantization and no checkpointing.
+    params: int  # parameters of the base model, embeddings included
+    hidden_size: int  # width of the residual stream
+    layers: int  # decoder layers
+    known: bool = True  # False: the model could not be read and a typical shape stands in for it
+
+
+# Assumed when the model is not known (e.g. the CLI's defaults): a Llama 3.2 3B-like model, the
+# largest this app is sized for, so the preset errs on the side of fitting.
+TYPICAL_SHAPE = ModelShape(params=3_200_000_000, hidden_size=3072, layers=28, known=False)
+
+
+def _safetensors_params(path: Path) -> int:
+    """Parameters in a .safetensors file, from its header alone (8-byte length, then JSON)."""
+    with path.open("rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+    return sum(math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__")
+
+
+def model_shape(folder: Path) -> ModelShape | None:
+    """Parameter count (safetensors headers; else estimated from config.json), width and depth of a
+    Hugging Face model folder; None when its config cannot be read. Reads no weights.
     """
-    if gpu_bytes is None:
-        return TrainConfig(
-            quantization="none",
-            batch_size=2,
-            grad_accum=8,
-            max_length=512,
-            max_prompt_length=256,
-            lora_r=16,
-            lora_alpha=32,
-            gradient_checkpointing=False,
-            device="cpu",
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    text = config.get("text_config") or config  # multimodal folders (Gemma 3) keep the LM's shape there
+    hidden, layers = text.get("hidden_size"), text.get("num_hidden_layers")
+    if not isinstance(hidden, int) or not isinstance(layers, int) or hidden < 1 or layers < 1:
+        return None
+    try:
+        params = sum(_safetensors_params(path) for path in sorted(folder.glob("*.safetensors")))
+    except (OSError, ValueError, KeyError, struct.error):
+        params = 0
+    if params == 0:
+        # Each decoder layer holds ~12·h² weights (attention 4·h², MLP ~8·h²), plus the embeddings.
+        vocab = int(text.get("vocab_size") or 32000)
+        tied = bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", False)))
+        params = 12 * layers * hidden * hidden + vocab * hidden * (1 if tied else 2)
+    return ModelShape(params=params, hidden_size=hidden, layers=layers)
+
+
+# The memory estimate behind the presets (bytes). Rough by design: the preset picks a starting
+# point, and running out of memory anyway ends in "Resume with smaller settings".
+HEADROOM_BYTES = 1 * GIB  # cuBLAS and bitsandbytes workspaces, allocator fragmentation
+NF4_BYTES_PER_PARAM = 0.55  # 4 bits + double-quantized scales (~0.52), embeddings and norms kept in 16 bits
+BF16_BYTES_PER_PARAM = 2.0
+LORA_STATE_BYTES = 16  # per LoRA weight: fp32 weight, its gradient and AdamW's two moments
+# Activations kept for the backward pass, per token, hidden unit and layer, in 16 bits: 34 bytes
+# (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models", eq. 1,
+# without the 5·a·s/h attention-score term: scaled-dot-product attention never stores the scores).
+ACTIVATION_BYTES = 34
+CHECKPOINT_BYTES = 2  # with gradient checkpointing only each layer's 16-bit input is kept (+ one layer's 34)
+PRESET_PAIRS_PER_STEP = 16  # every preset learns from the same number of pairs per optimizer step
+
+
+def training_memory(
+    shape: ModelShape,
+    *,
+    quantization: str,
+    batch_size: int,
+    max_length: int,
+    max_prompt_length: int,
+    gradient_checkpointing: bool,
+    lora_r: int,
+) -> int:
+    """Estimated GPU bytes of a training step (without ``HEADROOM_BYTES``): weights + LoRA state + activations.
+
+    - base weights: ``params × 0.55`` bytes in NF4, ``params × 2`` in bf16;
+    - LoRA on all linear layers adds ``r·(d_in + d_out)`` per ``d_in × d_out`` matrix, about
+      ``2·r·params / h`` weights, 16 bytes each;
+    - activations per pair: each pair is one packed row ``prompt + chosen + rejected``, at most
+      ``p + 2·(L - p)`` tokens; each token keeps ``34·h`` bytes per layer, or with checkpointing ``2·h``
+      per layer plus ``34·h`` for the one layer being recomputed.
+    """
+    weights = shape.params * (NF4_BYTES_PER_PARAM if quantization == "nf4" else BF16_BYTES_PER_PARAM)
+    lora = 2 * lora_r * shape.params / shape.hidden_size * LORA_STATE_BYTES
+    tokens = max_prompt_length + 2 * (max_length - max_prompt_length)
+    if gradient_checkpointing:
+        per_token = shape.hidden_size * (CHECKPOINT_BYTES * shape.layers + ACTIVATION_BYTES)
+    else:
+        per_token = shape.hidden_size * ACTIVATION_BYTES * shape.layers
+    return int(weights + lora + batch_size * tokens * per_token)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Settings for a device and a model, and why, in words a person can check."""
+
+    config: TrainConfig
+    reason: str  # e.g. "4-bit base (QLoRA): a 16-bit copy of the 7.0B-parameter model does not fit ..."
+    fits: bool = True  # False: even the smallest settings are estimated not to fit the free memory
+    estimated_bytes: int | None = None  # the estimate of the chosen settings (GPU only)
+
+
+CPU_PRESET = TrainConfig(
+    quantization="none",
+    batch_size=2,
+    grad_accum=8,
+    max_length=512,
+    max_prompt_length=256,
+    lora_r=16,
+    lora_alpha=32,
+    gradient_checkpointing=False,
+    device="cpu",
+)
+
+
+def _size_words(shape: ModelShape) -> str:
+    count = f"{shape.params / 1e9:.1f}B" if shape.params >= 1e9 else f"{shape.params / 1e6:.0f}M"
+    return f"the {count}-parameter model" if shape.known else f"a typical {count}-parameter model"
+
+
+def preset_for(free_bytes: int | None, total_bytes: int | None, shape: ModelShape | None) -> Preset:
+    """Settings that fit ``free_bytes`` of GPU memory for a model of ``shape``; the CPU preset when
+    ``free_bytes`` is None. A pure function: the numbers in, a preset and its reason out.
+
+    The rule, first choice first (each must fit ``free_bytes - HEADROOM_BYTES`` by
+    :func:`training_memory`, at 1024 tokens with a 512-token prompt):
+
+    1. a 16-bit (bf16) base with LoRA, no checkpointing: exact weights and no dequantization per matmul;
+    2. a 4-bit NF4 base (QLoRA), no checkpointing;
+    3. NF4 with gradient checkpointing (~30% slower, most activation memory saved);
+    4. NF4 with checkpointing at 512 tokens (prompt 256).
+
+    The batch is the largest of 16, 8, 4, 2, 1 pairs that fits, and gradient accumulation makes up 16
+    pairs per update in every preset, so presets differ in speed and memory, not in what they learn.
+    A pair is already ~1,500 tokens at this length, enough to keep a GPU busy, so a bf16 base at a small
+    batch beats NF4 at a large one. When nothing fits, the smallest settings are returned with
+    ``fits=False`` and a reason that says what to free. LoRA rank 16 (alpha 32) everywhere.
+    On the CPU: full precision (faster than dequantizing NF4 there), no checkpointing, 512 tokens.
+    """
+    if free_bytes is None:
+        return Preset(
+            CPU_PRESET,
+            "full precision, which is faster than 4-bit on the CPU; "
+            f"{CPU_PRESET.pairs_per_step} pairs per update.",
         )
-    if gpu_bytes < 7 * GIB:  # 4-6 GB cards
-        batch, length, rank, ckpt = 1, 512, 8, True
-    elif gpu_bytes < 13 * GIB:  # 8-12 GB
-        batch, length, rank, ckpt = 2, 1024, 16, True
-    elif gpu_bytes < 25 * GIB:  # 16-24 GB
-        batch, length, rank, ckpt = 4, 1024, 16, False
-    elif gpu_bytes < 49 * GIB:  # 32-48 GB
-        batch, length, rank, ckpt = 8, 2048, 32, False
-    else:  # 80 GB and more
-        batch, length, rank, ckpt = 16, 2048, 64, False
-    return TrainConfig(
-        quantization="nf4",
+    shape = shape or TYPICAL_SHAPE
+    usable = free_bytes - HEADROOM_BYTES
+    rank = 16
+    candidates = (("none", False, 1024), ("nf4", False, 1024), ("nf4", True, 1024), ("nf4", True, 512))
+    for quantization, checkpointing, length in candidates:
+        for batch in (16, 8, 4, 2, 1):
+            need = training_memory(
+                shape, quantization=quantization, batch_size=batch, max_length=length,
+                max_prompt_length=length // 2, gradient_checkpointing=checkpointing, lora_r=rank,
+            )  # fmt: skip
+            if need <= usable:
+                return _gpu_preset(
+                    free_bytes,
+                    total_bytes,
+                    shape,
+                    quantization,
+                    checkpointing,
+                    length,
+                    batch,
+                    need,
+                    fits=True,
+                )
+    need = training_memory(
+        shape, quantization="nf4", batch_size=1, max_length=512, max_prompt_length=256,
+        gradient_checkpointing=True, lora_r=rank,
+    )  # fmt: skip
+    return _gpu_preset(free_bytes, total_bytes, shape, "nf4", True, 512, 1, need, fits=False)
+
+
+def _gpu_preset(
+    free_bytes: int,
+    total_bytes: int | None,
+    shape: ModelShape,
+    quantization: str,
+    checkpointing: bool,
+    length: int,
+    batch: int,
+    need: int,
+    *,
+    fits: bool,
+) -> Preset:
+    config = TrainConfig(
+        quantization=quantization,
         batch_size=batch,
-        grad_accum=max(1, 16 // batch),
+        grad_accum=max(1, PRESET_PAIRS_PER_STEP // batch),
         max_length=length,
         max_prompt_length=length // 2,
-        lora_r=rank,
-        lora_alpha=2 * rank,
-        gradient_checkpointing=ckpt,
+        lora_r=16,
+        lora_alpha=32,
+        gradient_checkpointing=checkpointing,
         device="cuda",
+    )
+    free = f"{free_bytes / GIB:.1f} GB free"
+    if total_bytes and free_bytes < 0.9 * total_bytes:
+        free += f" of {total_bytes / GIB:.1f} GB (other programs use the rest)"
+    size = _size_words(shape)
+    if quantization == "none":
+        how = f"a 16-bit base: {size} fits in {free}"
+    else:
+        how = f"a 4-bit base (QLoRA): a 16-bit copy of {size} would not leave room to train in {free}"
+        if checkpointing:
+            how += "; gradient checkpointing on (slower, much less memory)"
+        if length < 1024:
+            how += f"; sequences cut at {length} tokens"
+    estimate = (need + HEADROOM_BYTES) / GIB
+    if not fits:
+        return Preset(
+            config,
+            f"{how}. Even these smallest settings need about {estimate:.1f} GB: close programs that use "
+            "the GPU or choose a smaller model.",
+            fits=False,
+            estimated_bytes=need + HEADROOM_BYTES,
+        )
+    per_pass = f"{batch} pair{'s' if batch != 1 else ''} per pass"
+    return Preset(
+        config,
+        f"{how}; {per_pass}, {config.pairs_per_step} pairs per update (about {estimate:.1f} GB in use).",
+        estimated_bytes=need + HEADROOM_BYTES,
     )
 
 
-def default_config(device: DeviceInfo | None = None) -> TrainConfig:
-    """The preset for this machine (detects the device when not given)."""
+def default_preset(device: DeviceInfo | None = None, shape: ModelShape | None = None) -> Preset:
+    """The preset for this machine and model (detects the device when not given)."""
     device = device or detect_device()
-    return presets_for_memory(device.memory_bytes if device.kind == "cuda" else None)
+    if device.kind != "cuda":
+        return preset_for(None, None, shape)
+    free = device.free_bytes if device.free_bytes is not None else device.memory_bytes
+    return preset_for(free, device.memory_bytes, shape)
+
+
+def default_config(device: DeviceInfo | None = None, shape: ModelShape | None = None) -> TrainConfig:
+    """The preset's settings for this machine and model (detects the device when not given)."""
+    return default_preset(device, shape).config
 
 
 def smaller_settings(config: TrainConfig) -> TrainConfig:
@@ -734,6 +930,7 @@ def load_causal_lm(folder: Path, quantization: str, device: str) -> Any:
     ``quantization`` is "nf4" (bitsandbytes, QLoRA's base) or "none"; ``device`` "cpu", "cuda" or "mps".
     Raises ModelError when the folder cannot be loaded.
     """
+    import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     dtype = _compute_dtype(device)
@@ -745,7 +942,8 @@ def load_causal_lm(folder: Path, quantization: str, device: str) -> Any:
             bnb_4bit_compute_dtype=dtype,
             bnb_4bit_use_double_quant=True,  # quantize the scales too: ~0.4 bit per weight saved
         )
-        kwargs["device_map"] = {"": 0} if device == "cuda" else {"": device}
+        # On CUDA, torch's current device: the one detect_device measured the free memory of.
+        kwargs["device_map"] = {"": torch.cuda.current_device()} if device == "cuda" else {"": device}
     try:
         model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
     except (OSError, ValueError) as exc:
@@ -889,13 +1087,14 @@ def _out_of_memory_message(config: TrainConfig, device: str, where: str, saved_s
 
 
 def _free_memory(device: str) -> None:
+    """Collect what is no longer referenced and hand torch's cached GPU blocks back to the driver."""
     import gc
 
     import torch
 
     gc.collect()
     if device == "cuda":
-        torch.cuda.empty_cache()
+        torch.cuda.empty_cache()  # else the caching allocator keeps them, invisible to llama.cpp
 
 
 @contextlib.contextmanager
@@ -946,15 +1145,39 @@ def train(
         yield finished
         return finished
     session = _Session(store, run, TrainConfig.from_dict(run.config), cancel, _run_dir(run, runs_dir))
-    with _torch_settings(session.config, session.device):
-        yield from session.load_pairs()
-        yield from session.tokenize()
-        yield from session.prepare_reference()
-        yield from session.prepare_optimizer(resume)
-        yield from session.loop()
-        finished = session.finish()
+    try:
+        with _torch_settings(session.config, session.device):
+            yield from session.load_pairs()
+            yield from session.tokenize()
+            yield from session.prepare_reference()
+            yield from session.prepare_optimizer(resume)
+            yield from session.loop()
+            finished = session.finish()
+    except BaseException as exc:
+        _drop_frame_locals(exc)
+        raise
+    finally:
+        session.release()  # however the run ends: the GPU is shared (llama.cpp, other programs)
     yield finished
     return finished
+
+
+def _drop_frame_locals(exc: BaseException) -> None:
+    """Clear the local variables of the finished frames an error passed through (and of its causes).
+
+    A traceback keeps every frame it passed through alive, locals included: after a failed step that is
+    the step's activations and autograd graph, which hold the model's weights, for as long as anyone
+    keeps the error (the driver shows it, logs it, records it). Line numbers stay for the log.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)  # frames still running are skipped
+        pending.extend((current.__cause__, current.__context__))
 
 
 class _Session:
@@ -1401,6 +1624,16 @@ class _Session:
         )
         self.saved_step = self.step
         return path
+
+    def release(self) -> None:
+        """Drop the model, the optimizer and the schedule, and give their memory back to the device now.
+
+        Runs at the end of every run (finished, stopped, failed): on a GPU shared with llama.cpp and other
+        programs the memory must be free when the run ends, not when Python's collector gets round to it.
+        """
+        for name in ("model", "optimizer", "scheduler", "params"):
+            self.__dict__.pop(name, None)
+        _free_memory(self.device)
 
     def finish(self) -> Finished:
         """Write the adapter (atomically) with a note of its origin; drop the checkpoints."""

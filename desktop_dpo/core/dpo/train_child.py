@@ -1,0 +1,419 @@
+"""Training in a supervised child process: a native fault or a crash in a step becomes a message, never a dead window.
+
+Measured (``tests/core/test_train.py``): a segfault inside bitsandbytes during a training step run in a
+worker thread kills the whole process, window included, with no exception and no ``finally``. So the app
+trains in a child process (``python -m desktop_dpo.core.dpo.train_child``), as llama.cpp runs in one
+(``core/llm/supervised.py``), and :func:`train_in_child` is the job the GUI worker drives: it yields the
+same events as :func:`~desktop_dpo.core.dpo.train.train` and returns the same :class:`Finished`.
+
+Who records what:
+- **The child** opens its own :class:`Store` on the database file (SQLite's WAL serves two processes, each
+  with its own connection) and records exactly what a driver records in process: every event with
+  ``persist_event`` *before* sending it on, and how the run ended with ``persist_outcome``. A crash in the
+  child so loses at most the step under way, as before.
+- **The parent** records only what the child cannot: its own death. The run is marked failed with a
+  message in words (what happened, at which step, which checkpoint Resume continues from), and the job
+  raises :class:`TrainingCrashed` with that message.
+
+Protocol (frames of ``llama_child.write_frame``: a 4-byte length and a pickle): the parent sends
+``("train", kwargs)`` once and ``("cancel",)`` at any moment; the child answers ``("event", event)`` for
+each event, then ``("done", finished)`` or ``("error", kind, message, data)``, and exits. A cancel sets the
+job's cancel token, so the step under way ends, a checkpoint is written at that boundary and the run is
+recorded as stopped, exactly as a stop in process. When the parent's end of the pipe closes (the app
+quit or died) the child exits at once: it never outlives the app, and the run, left "running", shows as
+interrupted and resumes from its last checkpoint.
+
+Start-up costs one Python process that imports torch, transformers and peft, for every run: measured on a
+2-core machine, a tiny run took 6.8-7.9 s in the child against 0.4 s in a process that had already
+imported torch (a fresh ``import torch, transformers, peft`` alone took 6.2 s); the first event arrives
+after 1.2-1.9 s. Small next to any real run, and the price of a window that survives a native fault.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import logging
+import os
+import pickle
+import queue
+import sys
+import threading
+import time
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from desktop_dpo.core import errors
+from desktop_dpo.core.dpo import train as train_module
+from desktop_dpo.core.dpo.train import (
+    Checkpointed,
+    Finished,
+    Loading,
+    Started,
+    StepMetrics,
+    TrainConfig,
+    TrainingError,
+    TrainingOutOfMemoryError,
+    persist_event,
+    persist_outcome,
+)
+from desktop_dpo.core.errors import DesktopDpoError
+from desktop_dpo.core.jobs import CancelToken
+from desktop_dpo.core.llm.llama_child import read_frame, take_over_pipes, write_frame
+
+# The process wrapper and exit words are shared with the llama.cpp child (one supervisor, two children).
+from desktop_dpo.core.llm.supervised import _EOF, _Child, describe_exit
+
+log = logging.getLogger(__name__)
+child_log = logging.getLogger("desktop_dpo.train_child")
+
+CHILD_MODULE = "desktop_dpo.core.dpo.train_child"
+# After a stop, the child finishes the step under way and writes a checkpoint; a step of a large model on
+# a CPU takes minutes. A child that has not ended this long after a stop is killed (its last checkpoint
+# stays, and Resume continues from it).
+STOP_TIMEOUT_S = 600.0
+_POLL_S = 0.05  # how often the parent looks at its cancel token while it waits for the child
+
+# Set in tests only, through the environment the parent passes on: makes the training child fail at a
+# given step, in the middle of its forward and backward pass. "KIND:STEP" or "hold:STEP:PATH". Kinds:
+# "segv" (a real native fault: reads address 0, as a bad bitsandbytes kernel would), "oom" (torch's CUDA
+# out-of-memory error, which the job turns into smaller settings), and "hold", no fault: the step waits
+# while PATH exists (at most three minutes), after creating PATH + ".reached", so a test can act mid-step.
+FAULT_ENV = "DESKTOP_DPO_INJECT_TRAIN_FAULT"
+
+
+class TrainingCrashed(TrainingError):
+    """The training process ended without a word (a native fault, killed for memory); ``how`` says how."""
+
+    def __init__(self, message: str, how: str = ""):
+        super().__init__(message)
+        self.how = how
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The parent's side: the job the GUI worker drives
+# ---------------------------------------------------------------------------------------------------------
+
+
+def train_in_child(
+    db_path: str | Path,
+    run_id: int,
+    *,
+    cancel: CancelToken,
+    resume: bool = True,
+    runs_dir: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> Generator[object, None, Finished]:
+    """Train ``run_id`` in a child process (a job): yields the child's events, returns :class:`Finished`.
+
+    The child records every event and the outcome in the database before the parent sees it (see the
+    module docstring); whoever drives this job records nothing more.
+
+    A stop (``cancel`` set, or this generator closed at a yield, as ``JobThread`` does) reaches the child
+    at once; the step under way finishes, a checkpoint is written and the run is recorded as stopped.
+    Closing waits for that (up to :data:`STOP_TIMEOUT_S`).
+
+    Args:
+        db_path: the database file; the child opens its own connection to it.
+        run_id, resume, runs_dir: as for :func:`~desktop_dpo.core.dpo.train.train`.
+        cancel: the job's cancel token.
+        env: the child's environment (None: this process's).
+
+    Raises:
+        TrainingCrashed: the child died (signal, exit) before it finished; the run is recorded as failed
+            with the same message.
+        TrainingOutOfMemoryError: with its ``suggested`` smaller settings, as in process.
+        JobCancelled: stopped as asked, before or between steps.
+        TrainingError, ModelError, ...: the job's own errors, rebuilt from the child's words.
+    """
+    path = Path(db_path)
+    started_at = time.perf_counter()
+    try:
+        child = _Child(env, module=CHILD_MODULE, logger=child_log)
+    except OSError as exc:
+        message = f"The training process could not start ({exc}). Nothing was changed; try again."
+        _record_failure(path, run_id, message)
+        raise TrainingError(message) from exc
+    log.info("Training run %s in child process %d", run_id, child.pid)
+    progress = _Progress()
+    finished_cleanly = False
+    cancel_sent = False
+    try:
+        child.send(
+            ("train", {"db_path": str(path), "run_id": run_id, "resume": resume, "runs_dir": runs_dir})
+        )
+        while True:
+            if cancel.cancelled and not cancel_sent:
+                child.send(("cancel",))  # the step under way ends, then a checkpoint; the events go on
+                cancel_sent = True
+            try:
+                frame = child.frames.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+            if frame is _EOF:
+                finished_cleanly = True  # nothing left to stop
+                raise _crashed(child, path, run_id, progress)
+            kind = frame[0]
+            if kind == "event":
+                event = frame[1]
+                if progress.first_event_s is None:
+                    progress.first_event_s = time.perf_counter() - started_at
+                    log.info("The training child answered after %.1f s", progress.first_event_s)
+                progress.observe(event)
+                yield event
+            elif kind == "done":
+                finished_cleanly = True
+                return frame[1]
+            elif kind == "error":
+                finished_cleanly = True
+                raise _rebuild_error(frame[1], frame[2], frame[3])
+    finally:
+        if not finished_cleanly:
+            # Closed at a yield (the person pressed Stop, or the app quits): the child checkpoints at the
+            # end of the step under way and records the stop itself. Wait for that; a crash meanwhile is
+            # recorded as any crash.
+            _stop(child, path, run_id, progress)
+        elif child.wait_exit(5.0) is None:
+            child.kill()
+        child.kill()  # idempotent: closes the pipes, forgets the child
+
+
+class _Progress:
+    """What the parent knows of the run from the events it relayed: enough to say where a crash happened."""
+
+    def __init__(self) -> None:
+        self.stage = "starting"
+        self.step: int | None = None  # steps done (None: not started)
+        self.checkpoint_step = 0  # the newest checkpoint written (0: none)
+        self.first_event_s: float | None = None
+
+    def observe(self, event: object) -> None:
+        if isinstance(event, Loading):
+            self.stage = event.stage
+        elif isinstance(event, Started):
+            self.step = event.start_step
+            self.checkpoint_step = event.start_step  # a resumed run starts from a checkpoint of that step
+        elif isinstance(event, StepMetrics):
+            self.step = event.step
+        elif isinstance(event, Checkpointed):
+            self.checkpoint_step = event.step
+
+    def crash_message(self, how: str) -> str:
+        if self.step is None:
+            return (
+                f"Training crashed ({how}) before its first step, while: {self.stage}. Your pairs are safe. "
+                "Try again with Resume; if it crashes again, try smaller settings or the CPU."
+            )
+        if self.checkpoint_step:
+            return (
+                f"Training crashed ({how}) at step {self.step + 1}. Your pairs and the checkpoint at step "
+                f"{self.checkpoint_step} are safe: Resume continues from there."
+            )
+        return (
+            f"Training crashed ({how}) at step {self.step + 1}. Your pairs are safe, but no checkpoint was "
+            "written yet: Resume starts the run again from the beginning."
+        )
+
+
+def _crashed(child: _Child, db_path: Path, run_id: int, progress: _Progress) -> TrainingCrashed:
+    """The child ended without a last word: record the run as failed, and say how in words."""
+    how = describe_exit(child.wait_exit(5.0))
+    tail = " | ".join(list(child.stderr_tail)[-5:])
+    log.error("Training child %d of run %s ended: %s. Last output: %s", child.pid, run_id, how, tail)
+    message = progress.crash_message(how)
+    _record_failure(db_path, run_id, message)
+    return TrainingCrashed(message, how=how)
+
+
+def _stop(child: _Child, db_path: Path, run_id: int, progress: _Progress) -> None:
+    """Ask the child to stop and wait for its last word; kill it after :data:`STOP_TIMEOUT_S`."""
+    child.send(("cancel",))
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            frame = child.frames.get(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+        except queue.Empty:
+            continue
+        if frame is _EOF:
+            _crashed(child, db_path, run_id, progress)  # recorded; the stop itself goes on as a stop
+            return
+        if frame[0] == "event":
+            progress.observe(frame[1])  # already recorded by the child; nobody is listening any more
+        elif frame[0] in ("done", "error"):
+            child.wait_exit(5.0)
+            return
+    log.error("Training child %d did not stop within %.0f s; it was ended", child.pid, STOP_TIMEOUT_S)
+    child.kill()
+    _record_failure(
+        db_path,
+        run_id,
+        f"Training did not stop within {STOP_TIMEOUT_S:.0f} s, so it was ended. Your pairs are safe"
+        + (
+            f" and Resume continues from the checkpoint at step {progress.checkpoint_step}."
+            if progress.checkpoint_step
+            else "; Resume starts the run again from the beginning."
+        ),
+    )
+
+
+def _record_failure(db_path: Path, run_id: int, message: str) -> None:
+    """Mark the run failed with ``message`` on a connection of this thread's own."""
+    from desktop_dpo.core.store import Store
+
+    try:
+        store = Store.open(db_path)
+    except Exception:
+        log.exception("Could not record the crash of training run %s", run_id)
+        return
+    try:
+        if store.get_run(run_id) is not None:
+            store.update_run(run_id, status="failed", error=message)
+    finally:
+        store.close()
+
+
+def _rebuild_error(kind: str, message: str, data: dict[str, Any]) -> Exception:
+    """The child's error as the parent raises it: the same class where it is one of ours."""
+    if kind == "TrainingOutOfMemoryError":
+        return TrainingOutOfMemoryError(message, TrainConfig.from_dict(data["suggested"]))
+    cls = getattr(train_module, kind, None) or getattr(errors, kind, None)
+    if isinstance(cls, type) and issubclass(cls, DesktopDpoError):
+        with contextlib.suppress(TypeError):  # a class whose constructor takes more than the message
+            return cls(message)
+    return TrainingError(message)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The child's side
+# ---------------------------------------------------------------------------------------------------------
+
+
+class _Faults:
+    """The fault this child was asked to simulate (tests only; see :data:`FAULT_ENV`)."""
+
+    def __init__(self, spec: str) -> None:
+        kind, _, rest = spec.partition(":")
+        step, _, hold_path = rest.partition(":")
+        self.kind = kind
+        self.step = int(step) if step else 0
+        self.hold_path = Path(hold_path) if hold_path else None
+
+    def install(self) -> None:
+        """Wrap the training step so the fault fires inside step :attr:`step`."""
+        if not self.kind:
+            return
+        real = train_module._Session.forward_backward
+        faults = self
+
+        def forward_backward(session: Any, indices: Any) -> dict[str, Any]:
+            if session.step + 1 == faults.step:  # session.step counts finished steps
+                faults.fire()
+            return real(session, indices)
+
+        train_module._Session.forward_backward = forward_backward  # type: ignore[method-assign]
+
+    def fire(self) -> None:
+        if self.kind == "segv":
+            import ctypes
+
+            faulthandler.disable()  # a real native crash, without Python's report
+            ctypes.string_at(0)  # reads address 0: SIGSEGV in native code
+        elif self.kind == "oom":
+            import torch
+
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        elif self.kind == "hold" and self.hold_path is not None:
+            Path(f"{self.hold_path}.reached").touch()
+            deadline = time.monotonic() + 180
+            while self.hold_path.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+
+class _TrainingChild:
+    """Serves one training request: runs the job, records it, streams its events."""
+
+    def __init__(self, inbox: BinaryIO, outbox: BinaryIO) -> None:
+        self.inbox = inbox
+        self.outbox = outbox
+        self.out_lock = threading.Lock()
+        self.cancel = CancelToken()
+        self.requests: queue.Queue[dict[str, Any]] = queue.Queue()
+
+    def send(self, message: object) -> None:
+        write_frame(self.outbox, message, self.out_lock)
+
+    def listen(self) -> None:
+        """Reader thread: take the request, apply a stop at once; exit the process when the parent is gone."""
+        while True:
+            try:
+                frame = read_frame(self.inbox)
+            except (EOFError, OSError, pickle.UnpicklingError):
+                # The app quit or died: never outlive it. The run, left "running", shows as interrupted and
+                # resumes from its last checkpoint; SQLite's journal keeps the database whole.
+                os._exit(0)
+            if frame[0] == "cancel":
+                self.cancel.cancel()
+            elif frame[0] == "train":
+                self.requests.put(frame[1])
+
+    def serve(self) -> None:
+        threading.Thread(target=self.listen, name="train-child-listen", daemon=True).start()
+        request = self.requests.get()
+        self.train(**request)
+
+    def train(self, db_path: str, run_id: int, resume: bool, runs_dir: Path | None) -> None:
+        from desktop_dpo.core.store import Store
+
+        try:
+            store = Store.open(Path(db_path))
+        except BaseException as exc:
+            self.send(("error", *_error_words(exc, None)))
+            return
+        try:
+            finished: Finished | None = None
+            try:
+                for event in train_module.train(
+                    store, run_id, cancel=self.cancel, resume=resume, runs_dir=runs_dir
+                ):
+                    # Recorded before it is sent: what the parent shows is already in the database.
+                    persist_event(store, run_id, event)
+                    if isinstance(event, Finished):
+                        finished = event
+                    self.send(("event", event))
+                if finished is None:  # cannot happen: the job either finishes or raises
+                    raise TrainingError("Training ended without an adapter.")
+            except BaseException as exc:
+                persist_outcome(store, run_id, exc)
+                run = store.get_run(run_id)
+                self.send(("error", *_error_words(exc, run.error if run is not None else None)))
+                return
+            self.send(("done", finished))
+        finally:
+            store.close()
+
+
+def _error_words(exc: BaseException, recorded: str | None) -> tuple[str, str, dict[str, Any]]:
+    """(kind, message, data) the parent rebuilds the error from; ``recorded``: the run row's message."""
+    if isinstance(exc, TrainingOutOfMemoryError):
+        return "TrainingOutOfMemoryError", str(exc), {"suggested": exc.suggested.to_dict()}
+    if isinstance(exc, DesktopDpoError):
+        return type(exc).__name__, str(exc), {}
+    # Not one of ours (a bug, MemoryError): the words persist_outcome recorded in the run, or its own.
+    return (
+        "TrainingError",
+        recorded or f"Training stopped on an unexpected error ({type(exc).__name__}: {exc}).",
+        {},
+    )
+
+
+def main() -> None:
+    """Entry point of the child: take the frame pipe over from stdout, then train as the parent asks."""
+    inbox, outbox = take_over_pipes()  # before torch and transformers are imported
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    _Faults(os.environ.get(FAULT_ENV, "")).install()
+    _TrainingChild(inbox, outbox).serve()
+
+
+if __name__ == "__main__":
+    main()
