@@ -5,7 +5,7 @@
     desktop-dpo data export FILE      write every pair as TRL JSONL (--format standard|conversational)
     desktop-dpo train                 DPO-train a LoRA adapter on your picks (``--resume RUN_ID``)
     desktop-dpo export --run N        merge a run's adapter and write GGUF files, with a parity check
-    desktop-dpo info                  folders, database contents and library versions
+    desktop-dpo info                  folders, database contents, library versions and hardware
     desktop-dpo demo                  the whole loop on the demo model, judged by a rule (``--quick``)
 
 ``--home DIR`` keeps every file the app writes under DIR (sets ``DESKTOP_DPO_HOME``).
@@ -104,15 +104,22 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="add the pairs of a TRL preference file (JSONL, standard or conversational)",
         description="Add the pairs of a TRL preference file (JSONL, standard or conversational) to the "
-        "database. A file with bad lines is refused as a whole; the message lists them.",
+        "database. A file with bad lines is refused as a whole; the message lists them. Pairs already in "
+        "the database, or repeated in the file (same prompt, chosen and rejected), are skipped and counted.",
     )
     data_import.add_argument("file", type=Path, metavar="FILE")
+    data_import.add_argument(
+        "--allow-duplicates",
+        action="store_true",
+        help="import pairs that are already in the database (or repeated in the file) again",
+    )
     data_import.set_defaults(command_handler=_run_data_import)
     data_export = data_commands.add_parser(
         "export",
         parents=[common],
         help="write every usable pair as TRL preference JSONL",
-        description="Write every usable pair (a preferred and a rejected answer) as TRL preference JSONL.",
+        description="Write every usable pair (a preferred and a rejected answer) as TRL preference JSONL. "
+        "FILE may not be the database, another SQLite file, or an existing file in the app's folders.",
     )
     data_export.add_argument("file", type=Path, metavar="FILE")
     data_export.add_argument(
@@ -129,7 +136,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_parsers(commands, data_commands, common)
     _add_demo_parser(commands, common)
 
-    info = commands.add_parser("info", parents=[common], help="show folders, database contents and versions")
+    info = commands.add_parser(
+        "info", parents=[common], help="show folders, database contents, versions and the hardware"
+    )
+    info.add_argument(
+        "--no-hardware",
+        action="store_true",
+        help="leave out the hardware checks (they take a few seconds: torch and llama.cpp are loaded to ask)",
+    )
+    info.add_argument(
+        "--forget-safe-mode",
+        action="store_true",
+        help="forget which models crashed llama.cpp here, so that each loads in the normal mode again",
+    )
     info.set_defaults(command_handler=_run_info)
     return parser
 
@@ -159,7 +178,9 @@ def _run_data_import(args: argparse.Namespace, paths: AppPaths) -> int:
 
     try:
         with _open_store(paths) as store:
-            result = import_preferences(store, args.file)
+            result = import_preferences(
+                store, args.file, duplicates="import" if args.allow_duplicates else "skip"
+            )
     except DesktopDpoError as exc:
         return _fail(str(exc))
     print(describe_import(result))
@@ -171,7 +192,7 @@ def _run_data_export(args: argparse.Namespace, paths: AppPaths) -> int:
 
     try:
         with _open_store(paths) as store:
-            result = export_preferences(store, args.file, file_format=args.format)
+            result = export_preferences(store, args.file, file_format=args.format, paths=paths)
     except DesktopDpoError as exc:
         return _fail(str(exc))
     except OSError as exc:
@@ -223,6 +244,23 @@ def _run_info(args: argparse.Namespace, paths: AppPaths) -> int:
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"{label + ':':<{width + 2}}{value}")
+    if getattr(args, "forget_safe_mode", False):
+        from desktop_dpo.core.hardware import forget_safe_mode
+
+        dropped = forget_safe_mode(paths)
+        print()
+        print(
+            f"Safe mode forgotten ({dropped} remembered load{'s' if dropped != 1 else ''}): every model "
+            "loads in the normal mode next time."
+            if dropped
+            else "Safe mode was off for every model: nothing to forget."
+        )
+    if not getattr(args, "no_hardware", False):
+        # The libraries are asked in child processes: a native crash there becomes a line of the report.
+        from desktop_dpo.core.hardware import probe_hardware, render_report
+
+        print("\nHardware", flush=True)
+        print(render_report(probe_hardware(paths)))
     return status
 
 
@@ -593,7 +631,9 @@ def _cmd_export_trl(args: argparse.Namespace, paths: AppPaths) -> int:
                 model = _find_model(store, args.model)
                 if model is None:
                     return _no_model(args.model)
-            result = export_trl(store, args.folder, model=model, config=config, comparison_ids=comparison_ids)
+            result = export_trl(
+                store, args.folder, model=model, config=config, comparison_ids=comparison_ids, paths=paths
+            )
     except DesktopDpoError as exc:
         return _fail(str(exc))
     print(
@@ -796,6 +836,13 @@ def describe_import(result: ImportResult) -> str:
     text = f"Imported {_plural(result.imported, 'pair')} from {result.path} ({result.format} format)."
     if result.identical_skipped:
         text += f" Skipped {_plural(result.identical_skipped, 'pair')} whose chosen and rejected answers are identical."
+    if result.duplicates_skipped:
+        text += (
+            f" {_plural(result.duplicates_skipped, 'duplicate')} skipped (already in your data or repeated "
+            "in the file; --allow-duplicates imports them)."
+        )
+    if result.duplicates_imported:
+        text += f" {_plural(result.duplicates_imported, 'duplicate')} imported anyway, as asked."
     return text
 
 

@@ -144,3 +144,111 @@ def test_info_on_a_fresh_home_creates_nothing(home, lock_down_calls, capsys):
     assert cli.main(["--home", str(home), "info"]) == 0
     assert "no database yet" in capsys.readouterr().out
     assert not _paths(home).db_path.exists()
+
+
+def _write_pairs(path: Path, pairs: list[tuple[str, str, str]]) -> Path:
+    path.write_text(
+        "".join(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n" for p, c, r in pairs),
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_importing_a_file_twice_skips_the_duplicates_unless_allowed(home, lock_down_calls, tmp_path, capsys):
+    source = _write_pairs(tmp_path / "in.jsonl", [("Sky?", "Blue.", "Red."), ("Grass?", "Green.", "Blue.")])
+    assert cli.main(["--home", str(home), "data", "import", str(source)]) == 0
+    assert "Imported 2 pairs" in capsys.readouterr().out
+
+    assert cli.main(["--home", str(home), "data", "import", str(source)]) == 0
+    out = capsys.readouterr().out
+    assert "Imported 0 pairs" in out and "2 duplicates skipped" in out and "--allow-duplicates" in out
+    with Store.open(_paths(home).db_path) as store:
+        assert store.count_comparisons() == 2
+
+    assert cli.main(["--home", str(home), "data", "import", str(source), "--allow-duplicates"]) == 0
+    out = capsys.readouterr().out
+    assert "Imported 2 pairs" in out and "2 duplicates imported anyway" in out
+    with Store.open(_paths(home).db_path) as store:
+        assert store.count_comparisons() == 4
+
+
+def test_exporting_onto_the_database_fails_and_leaves_it_byte_identical(
+    home, lock_down_calls, tmp_path, capsys
+):
+    source = _write_pairs(tmp_path / "in.jsonl", [("Sky?", "Blue.", "Red.")])
+    assert cli.main(["--home", str(home), "data", "import", str(source)]) == 0
+    database = _paths(home).db_path
+    before = database.read_bytes()
+    assert before.startswith(b"SQLite format 3\x00")
+
+    assert cli.main(["--home", str(home), "data", "export", str(database)]) == cli.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert f"{database} is the app's database" in err and "choose another file name" in err
+    assert database.read_bytes() == before
+    with Store.open(database) as store:
+        assert store.count_usable_pairs() == 1
+
+    copy = tmp_path / "backup.sqlite"  # any SQLite file, not only the app's
+    copy.write_bytes(before)
+    assert cli.main(["--home", str(home), "data", "export", str(copy)]) == cli.EXIT_FAILED
+    assert "is an SQLite database" in capsys.readouterr().err
+    assert copy.read_bytes() == before
+
+
+def test_exporting_for_a_cluster_never_replaces_a_file_in_the_data_folder(
+    home, lock_down_calls, tmp_path, capsys
+):
+    source = _write_pairs(tmp_path / "in.jsonl", [(f"Question {i}?", "Yes.", "No.") for i in range(12)])
+    assert cli.main(["--home", str(home), "data", "import", str(source)]) == 0
+    folder = _paths(home).exports_dir / "cluster"
+    assert cli.main(["--home", str(home), "data", "export-trl", str(folder)]) == 0  # new files: fine
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    database_before = _paths(home).db_path.read_bytes()
+
+    assert cli.main(["--home", str(home), "data", "export-trl", str(folder)]) == cli.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "already exists in desktop-dpo's data folder" in err and "choose a new file name" in err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert _paths(home).db_path.read_bytes() == database_before
+
+
+def test_info_shows_the_hardware_in_words(home, lock_down_calls, capsys):
+    """The real probe: llama.cpp and torch are asked in child processes, and answer."""
+    from desktop_dpo.core.llm.load_modes import cpu_description
+
+    assert cli.main(["--home", str(home), "info"]) == 0
+    out = capsys.readouterr().out
+    hardware = out.split("\nHardware\n", 1)[1]
+    rows = dict(line.split(":", 1) for line in hardware.splitlines() if ":" in line)
+    rows = {label: value.strip() for label, value in rows.items()}
+    name, flags = cpu_description()
+    assert rows["CPU"].startswith(name)
+    features = rows["CPU features"].split(", ")
+    if "avx2" in flags:
+        assert "AVX2" in features, rows["CPU features"]
+    if "amx_int8" in flags:
+        assert "AMX_INT8" in features, rows["CPU features"]
+    assert rows["llama.cpp"].startswith("0.") and "backends: " in rows["llama.cpp"]
+    assert "CPU" in rows["llama.cpp"]
+    assert rows["GPU offload"].startswith(("yes", "no"))
+    assert rows["torch"][0].isdigit() and "build)" in rows["torch"]
+    assert rows["bitsandbytes"][0].isdigit()
+    assert rows["Safe mode"] == "off: every model loads normally"
+    assert not _paths(home).data_dir.exists()  # asking writes nothing
+
+
+def test_info_forgets_safe_mode_and_can_leave_out_the_hardware(home, lock_down_calls, capsys, tmp_path):
+    from desktop_dpo.core.llm.load_modes import LoadModeMemory
+
+    model = tmp_path / "demo.gguf"
+    model.write_bytes(b"GGUF")
+    memory = LoadModeMemory.in_folder(_paths(home).data_dir)
+    memory.remember(model, "safe", "crashed while loading (signal 11, SIGSEGV)")
+    assert cli.main(["--home", str(home), "info", "--no-hardware", "--forget-safe-mode"]) == 0
+    out = capsys.readouterr().out
+    assert "Safe mode forgotten (1 remembered load): every model loads in the normal mode next time." in out
+    assert "Hardware" not in out
+    assert memory.records() == []
+    assert cli.main(["--home", str(home), "info", "--no-hardware", "--forget-safe-mode"]) == 0
+    assert "Safe mode was off for every model: nothing to forget." in capsys.readouterr().out

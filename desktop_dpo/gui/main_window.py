@@ -201,7 +201,7 @@ class MainWindow(QMainWindow):
         if key == "train":
             from desktop_dpo.gui.train_view import TrainView
 
-            view = TrainView(store=self.store, registry=self.registry, paths=self.paths)
+            view = TrainView(store=self.store, registry=self.registry, paths=self.paths, pool=self.pool)
             view.runs_changed.connect(self.refresh_status)
             return view
         if key == "export":
@@ -270,6 +270,11 @@ class MainWindow(QMainWindow):
         self.about_action.setMenuRole(QAction.MenuRole.AboutRole)
         self.about_action.triggered.connect(self._on_about_triggered)
         help_menu.addAction(self.about_action)
+        self.diagnostics_action = QAction("&Diagnostics…", self)
+        self.diagnostics_action.setToolTip("What llama.cpp, torch and bitsandbytes see on this computer")
+        self.diagnostics_action.triggered.connect(self._on_diagnostics_triggered)
+        help_menu.addAction(self.diagnostics_action)
+        self.diagnostics_dialog: QWidget | None = None
         self.terms_action: QAction | None = None
         self.terms_dialog: QWidget | None = None
         if demo_model.demo_package() is not None:  # the Gemma terms come with the demo model package
@@ -419,6 +424,22 @@ class MainWindow(QMainWindow):
     @Slot()
     def _on_about_triggered(self) -> None:
         QMessageBox.about(self, "About desktop-dpo", self.about_text())
+
+    @Slot()
+    def _on_diagnostics_triggered(self) -> None:
+        dialog = self.diagnostics_dialog
+        if dialog is not None and dialog.isVisible():  # one at a time: it runs a probe
+            dialog.raise_()
+            dialog.activateWindow()
+            return
+        from desktop_dpo.gui.diagnostics_dialog import open_diagnostics_dialog
+
+        self.diagnostics_dialog = open_diagnostics_dialog(self.paths, self.registry, self)
+        self.diagnostics_dialog.destroyed.connect(self._on_diagnostics_destroyed)
+
+    @Slot()
+    def _on_diagnostics_destroyed(self) -> None:
+        self.diagnostics_dialog = None
 
     @Slot()
     def _on_terms_triggered(self) -> None:
