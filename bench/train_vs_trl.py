@@ -67,7 +67,8 @@ Headline keys (medians over the rounds):
 - extras: ``fused_floor_ratio`` (our time ÷ the fused floor's), ``memory_ratio_precompute`` (against
   ``trl_pre``), ``cpu_throughput_ratio`` / ``cpu_precompute_ratio`` / ``cpu_floor_ratio`` (the same
   ratios from the CPU seconds of each process, which load on a shared machine disturbs less than wall
-  time), ``vocab``, ``rounds``.
+  time), ``tokens_identical`` (every TRL round trained on exactly our token ids from our initial adapter),
+  ``vocab``, ``rounds``.
 
 Where the time goes (measured 2026-12-01 on the shared 2-core machine, so shares are rough):
 
@@ -305,20 +306,34 @@ def arm_ours(work: Path, scratch: Path) -> dict:
 
 
 def _ordered_rows(work: Path) -> list[dict]:
-    """The pairs as TRL standard rows, in our epoch-0 order (so both arms start on the same batch)."""
+    """The pairs as TRL standard rows, in our epoch-0 order (so both arms start on the same batch).
+
+    Each text is what our job trains on, rendered by the same functions our tokenisation uses (as
+    tests/core/test_dpo_oracle.py does): the prompt with its generation prompt, and each answer as the
+    default layout writes it, ending with the newline that ends a base model's turn. TRL appends the EOS
+    after it, so both sides train ``answer + "\n" + EOS``; the plain stored answers would give TRL
+    ``. </s>`` where we train ``.\n </s>``.
+    """
     from transformers import AutoTokenizer
 
-    from desktop_dpo.core.dpo.data import render_prompt_text
+    from desktop_dpo.core.dpo.data import render_prompt_text, render_response_text
 
     tokenizer = AutoTokenizer.from_pretrained(work / "model")
-    return [
-        {
-            "prompt": render_prompt_text(pair["messages"], tokenizer, None),
-            "chosen": pair["chosen"],
-            "rejected": pair["rejected"],
-        }
-        for pair in _pairs_in_order(work)
-    ]
+    rows = []
+    for pair in _pairs_in_order(work):
+        prompt = render_prompt_text(pair["messages"], tokenizer, None)
+        rows.append(
+            {
+                "prompt": prompt,
+                **{
+                    key: render_response_text(
+                        pair["messages"], pair[key], tokenizer, None, prompt_text=prompt
+                    )
+                    for key in ("chosen", "rejected")
+                },
+            }
+        )
+    return rows
 
 
 def _pairs_in_order(work: Path) -> list[dict]:
@@ -581,10 +596,14 @@ def main() -> None:
             print(f"round {round_index + 1} {arm:7s} {shown}", file=sys.stderr)
             if round_index == 0 and arm == "trl":
                 delta = abs(results["ours"][0]["step0_loss"] - result["step0_loss"])
-                if delta > STEP0_TOLERANCE:
+                same_input = result["tokens_identical"] and result["adapter_identical"]
+                if delta > STEP0_TOLERANCE or not same_input:
+                    what = "step-0 losses disagree" if delta > STEP0_TOLERANCE else "TRL got other input"
                     raise SystemExit(
-                        f"step-0 losses disagree (ours {results['ours'][0]['step0_loss']:.6f}, TRL "
-                        f"{result['step0_loss']:.6f}): the arms do not do the same work; no timing reported"
+                        f"{what} (ours {results['ours'][0]['step0_loss']:.6f}, TRL "
+                        f"{result['step0_loss']:.6f}; tokens_identical: {result['tokens_identical']}, "
+                        f"adapter_identical: {result['adapter_identical']}): the arms do not do the same "
+                        "work; no timing reported"
                     )
 
     def median(arm: str, key: str) -> float:
@@ -627,7 +646,7 @@ def main() -> None:
         f"cpu_throughput_ratio={median('trl', 'cpu_s') / median('ours', 'cpu_s'):.2f} "
         f"cpu_precompute_ratio={median('trl_pre', 'cpu_s') / median('ours', 'cpu_s'):.2f} "
         f"cpu_floor_ratio={median('ours', 'cpu_s') / median('floor', 'cpu_s'):.2f} "
-        f"vocab={args.vocab} rounds={len(results['ours'])}"
+        f"tokens_identical={trl_checks} vocab={args.vocab} rounds={len(results['ours'])}"
     )
 
 
