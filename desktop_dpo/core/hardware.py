@@ -46,13 +46,14 @@ from desktop_dpo.core.llm.load_modes import (
     llama_cpp_version,
 )
 
-# The commands of the README's "With an NVIDIA GPU (CUDA)" section; {torch} is the installed torch version.
+# The commands of the README's "With an NVIDIA GPU (CUDA)" section; {torch} and {llama} are the installed
+# versions, so a rebuild keeps the version the app was tested with (the README pins it with constraints.txt).
 TORCH_CUDA_COMMAND = "pip install torch=={torch} --index-url https://download.pytorch.org/whl/cu128"
 LLAMA_CUDA_COMMAND = (
-    'CMAKE_ARGS="-DGGML_CUDA=on" pip install --no-cache-dir --force-reinstall llama-cpp-python'
+    'CMAKE_ARGS="-DGGML_CUDA=on" pip install --no-cache-dir --force-reinstall llama-cpp-python=={llama}'
 )
 LLAMA_METAL_COMMAND = (
-    'CMAKE_ARGS="-DGGML_METAL=on" pip install --no-cache-dir --force-reinstall llama-cpp-python'
+    'CMAKE_ARGS="-DGGML_METAL=on" pip install --no-cache-dir --force-reinstall llama-cpp-python=={llama}'
 )
 FORGET_SAFE_MODE_COMMAND = "desktop-dpo info --forget-safe-mode"
 AMX_NOTE = (
@@ -341,7 +342,7 @@ class HardwareReport:
                 HardwareWarning(
                     f"llama.cpp {llama.version} was built without CUDA, so sampling and chat run on the CPU "
                     f"although this computer has an NVIDIA GPU ({gpu_name}). Build it again with CUDA:",
-                    LLAMA_CUDA_COMMAND,
+                    LLAMA_CUDA_COMMAND.format(llama=llama.version),
                 )
             )
         if self.apple_silicon and llama is not None and not llama.has_metal:
@@ -349,7 +350,7 @@ class HardwareReport:
                 HardwareWarning(
                     f"llama.cpp {llama.version} was built without Metal, so sampling and chat do not use "
                     "this Mac's GPU. Build it again with Metal:",
-                    LLAMA_METAL_COMMAND,
+                    LLAMA_METAL_COMMAND.format(llama=llama.version),
                 )
             )
         return found

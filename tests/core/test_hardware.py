@@ -45,7 +45,10 @@ AMX_SYSTEM_INFO = (
 OLD_SYSTEM_INFO = "AVX = 1 | AVX_VNNI = 0 | AVX2 = 1 | AVX512 = 0 | FMA = 1 | NEON = 0 | "
 
 TORCH_CUDA = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
-LLAMA_CUDA = 'CMAKE_ARGS="-DGGML_CUDA=on" pip install --no-cache-dir --force-reinstall llama-cpp-python'
+# The installed version is pinned, so the rebuild keeps the version the app was tested with.
+LLAMA_CUDA = (
+    'CMAKE_ARGS="-DGGML_CUDA=on" pip install --no-cache-dir --force-reinstall llama-cpp-python==0.3.36'
+)
 
 
 def _answer(**facts: object) -> str:
@@ -169,7 +172,7 @@ def test_apple_silicon_without_metal_gets_the_metal_build_command():
     [warning] = _report(system="Darwin", machine="arm64").warnings()
     assert (
         warning.command
-        == 'CMAKE_ARGS="-DGGML_METAL=on" pip install --no-cache-dir --force-reinstall llama-cpp-python'
+        == 'CMAKE_ARGS="-DGGML_METAL=on" pip install --no-cache-dir --force-reinstall llama-cpp-python==0.3.36'
     )
     metal = _llama("Metal : EMBED_LIBRARY = 1 | CPU : NEON = 1 | ARM_FMA = 1 |", ("Metal", "BLAS", "CPU"))
     assert _report(system="Darwin", machine="arm64", llama_cpp=metal).warnings() == []

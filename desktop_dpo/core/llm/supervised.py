@@ -505,7 +505,8 @@ class SupervisedLlamaEngine:
                 returncode = child.wait_exit(2.0)
                 how = describe_exit(returncode)
                 tail = " | ".join(list(child.stderr_tail)[-3:])
-                log.error(
+                # The log file keeps the details; the person reads the EngineCrashed message (or a Log line).
+                log.info(
                     "llama.cpp child %d ended while %s: %s. Last output: %s", child.pid, doing, how, tail
                 )
                 child.kill()
