@@ -163,9 +163,45 @@ def _run_gui(args: argparse.Namespace, paths: AppPaths) -> int:
     return run_gui(paths)
 
 
+def data_folder_problem(paths: AppPaths) -> str | None:
+    """Why the data folder cannot hold the database (a file in its place, read-only), or None."""
+    existing = paths.data_dir
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        return (
+            f"{existing} is a file, not a folder, so the data folder {paths.data_dir} cannot be made there. "
+            "Give --home a folder (it is created when missing), or move the file away."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return (
+            f"The data folder {existing} is read-only: desktop-dpo keeps its database there and must write "
+            "to it. Make it writable, or choose another folder with --home DIR."
+        )
+    return None
+
+
 def _open_store(paths: AppPaths) -> Store:
-    paths.ensure()
+    problem = data_folder_problem(paths)
+    if problem is not None:
+        raise StoreError(problem)
+    try:
+        paths.ensure()
+    except OSError as exc:
+        raise StoreError(
+            f"Cannot make the app's folders under {paths.data_dir}: {exc.strerror or exc}. Make it writable, "
+            "or choose another folder with --home DIR."
+        ) from exc
     return Store.open(paths.db_path, backups_dir=paths.backups_dir)
+
+
+def _open_store_for_reading(paths: AppPaths) -> Store:
+    """The store for read-only work (export): opened read-only when the database or its folder cannot be
+    written (a read-only mount, a copy from another user), so reading never needs write access."""
+    db = paths.db_path
+    if db.is_file() and not (os.access(db, os.W_OK) and os.access(db.parent, os.W_OK)):
+        return Store.open(db, backups_dir=paths.backups_dir, read_only=True)
+    return _open_store(paths)
 
 
 def _fail(message: str) -> int:
@@ -191,7 +227,7 @@ def _run_data_export(args: argparse.Namespace, paths: AppPaths) -> int:
     from desktop_dpo.core.preference_io import export_preferences
 
     try:
-        with _open_store(paths) as store:
+        with _open_store_for_reading(paths) as store:
             result = export_preferences(store, args.file, file_format=args.format, paths=paths)
     except DesktopDpoError as exc:
         return _fail(str(exc))
@@ -217,7 +253,11 @@ def _run_info(args: argparse.Namespace, paths: AppPaths) -> int:
         ("Logs", str(paths.log_dir)),
     ]
     status = EXIT_OK
-    if not paths.db_path.exists():
+    problem = data_folder_problem(paths) if not paths.db_path.is_file() else None
+    if problem is not None:
+        rows.append(("Contents", problem))
+        status = EXIT_FAILED
+    elif not paths.db_path.exists():
         rows.append(("Contents", "no database yet (it is created when the app first opens)"))
     else:
         try:
@@ -401,18 +441,26 @@ def _cmd_train(args: argparse.Namespace, paths: AppPaths) -> int:
     import signal
     import threading
 
+    from desktop_dpo.core.dpo.run_lock import RunBusyError, run_is_busy
     from desktop_dpo.core.dpo.runs import create_run_for_model, model_pair_ids, resume_settings
-    from desktop_dpo.core.dpo.train import default_config, drive_training
+    from desktop_dpo.core.dpo.train import default_config, drive_training, parse_reference, run_folder
     from desktop_dpo.core.errors import DesktopDpoError, JobCancelled
     from desktop_dpo.core.jobs import CancelToken
 
     try:
         with _open_store(paths) as store:
             if args.resume is not None:
-                if store.get_run(args.resume) is None:
+                run = store.get_run(args.resume)
+                if run is None:
                     return _fail(f"There is no training run {args.resume}; `desktop-dpo info` counts them.")
+                # Asked before its settings change: the run belongs to the process training it.
+                if run_is_busy(run_folder(run, paths.runs_dir)):
+                    return _fail(str(RunBusyError.for_run(run.id)))
                 run_id = resume_settings(store, args.resume, _train_overrides(args)).id
             else:
+                # Settings first: a typo is reported before anything else is looked at or made.
+                parse_reference(args.reference)
+                config = default_config().replace(**_train_overrides(args))
                 models = store.list_models()
                 model = next((m for m in models if str(m.id) == args.model), None) or next(
                     (m for m in models if m.name == args.model), None
@@ -425,7 +473,6 @@ def _cmd_train(args: argparse.Namespace, paths: AppPaths) -> int:
                     return _fail(
                         f"{model.name} has no usable pairs yet: pick A or B in some comparisons first."
                     )
-                config = default_config().replace(**_train_overrides(args))
                 run_id = create_run_for_model(
                     store, model, config, name=args.name, reference=args.reference,
                     comparison_ids=comparison_ids,
@@ -521,7 +568,6 @@ def _cmd_export(args: argparse.Namespace, paths: AppPaths) -> int:
     )
     progress = _StageProgress()
     try:
-        paths.ensure()
         with _open_store(paths) as store:
             finished: ExportFinished | None = None
             for event in export_run(store, args.run, settings, paths.exports_dir, cancel=CancelToken()):
@@ -651,7 +697,6 @@ def _cmd_import_adapter(args: argparse.Namespace, paths: AppPaths) -> int:
     from desktop_dpo.core.cluster import import_adapter
 
     try:
-        paths.ensure()
         with _open_store(paths) as store:
             base = _find_model(store, args.base)
             if base is None:

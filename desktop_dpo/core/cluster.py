@@ -42,6 +42,7 @@ from desktop_dpo.core.export_target import check_export_target
 from desktop_dpo.core.models import register_model
 from desktop_dpo.core.preference_io import export_preferences, write_text_atomically
 from desktop_dpo.core.store import ModelRow, RunRow, Store
+from desktop_dpo.core.tensor_file import DamagedTensorFileError, check_tensor_file
 
 TRAIN_FILE = "train.jsonl"
 HELDOUT_FILE = "heldout.jsonl"
@@ -531,6 +532,13 @@ def import_adapter(
         adapter_config = read_adapter_config(adapter_dir)
     except ExportError as exc:
         raise ClusterError(str(exc)) from exc
+    # The headers can be whole while the data behind them is cut short: read every tensor before the run
+    # is recorded as finished, so a broken copy is refused here and not by the export later.
+    try:
+        check_tensor_file(adapter_dir / "adapter_model.safetensors", f"The adapter in {adapter_dir}")
+    except DamagedTensorFileError as exc:
+        raise ClusterError(f"{exc} Nothing was imported.") from exc
+
     base_dir = training_folder(base)  # ModelError: a GGUF without a trainable copy (says what to do)
     try:
         plan_merge(base_dir, adapter_dir)

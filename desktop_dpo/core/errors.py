@@ -20,6 +20,17 @@ class NewerSchemaError(StoreError):
     """The database was made by a newer version of desktop-dpo."""
 
 
+class DatabaseBusy(StoreError):
+    """Another window or program kept the database locked for longer than the wait; nothing was changed.
+
+    Waiting and trying again helps, so a window may offer "Try again".
+    """
+
+
+class DatabaseDamaged(StoreError):
+    """SQLite found a damaged page; the message names the backups folder and its newest copy."""
+
+
 class ImportFormatError(DesktopDpoError):
     """A preference file has bad lines; nothing was imported.
 

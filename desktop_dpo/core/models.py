@@ -440,7 +440,7 @@ def _safetensors_files(folder: Path) -> list[Path]:
         weight_map = data.get("weight_map") if isinstance(data, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
             raise ModelError(f"{index} is damaged (no weight_map). Download or copy the model again.")
-        shards = sorted({str(v) for v in weight_map.values()})
+        shards = sorted({shard_file_name(folder, index, v) for v in weight_map.values()})
         missing = [name for name in shards if not (folder / name).is_file()]
         if missing:
             raise ModelError(
@@ -452,6 +452,35 @@ def _safetensors_files(folder: Path) -> list[Path]:
     return sorted(
         p for p in folder.glob("*.safetensors") if p.name != "adapter_model.safetensors" and p.is_file()
     )
+
+
+def shard_file_name(folder: Path, index: Path, name: Any) -> str:
+    """A file name from a shard index (``model.safetensors.index.json``), checked to be a file of ``folder``.
+
+    A model's files name only files beside them: a path that leads out of the folder (``../../etc/passwd``,
+    an absolute path) would make the app read whatever file a crafted model points at.
+
+    Raises:
+        ModelError: the name is not a plain relative path inside ``folder``.
+    """
+    text = name if isinstance(name, str) else ""
+    candidate = Path(text)
+    inside = (
+        bool(text)
+        and "\0" not in text
+        and not candidate.is_absolute()
+        and not candidate.drive
+        and ".." not in candidate.parts
+        and ".." not in Path(text.replace("\\", "/")).parts
+    )
+    # (The name alone decides: a Hugging Face cache snapshot's files are links into its blobs folder.)
+    if not inside:
+        raise ModelError(
+            f"{index.name} in {folder.name} names a weight file outside the model folder ({str(name)[:200]!r}). "
+            "A model's files may only name files in its own folder; download the model again from a source "
+            "you trust."
+        )
+    return text
 
 
 def _pickle_files(folder: Path) -> list[Path]:
@@ -555,7 +584,13 @@ def _hf_chat_template(folder: Path) -> str | None:
     """The folder's own chat template, in transformers' order of precedence."""
     jinja = folder / "chat_template.jinja"
     if jinja.is_file():
-        text = jinja.read_text(encoding="utf-8")
+        try:
+            text = jinja.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ModelError(
+                f"{folder.name} cannot be read: its chat_template.jinja is not UTF-8 text (byte {exc.start:,} "
+                "is not valid UTF-8). Save the template as UTF-8, or download or copy the model again."
+            ) from exc
         return text or None
     for name in ("chat_template.json", "tokenizer_config.json"):
         file = folder / name
@@ -833,7 +868,7 @@ def _gguf_data_end(file: Path) -> int:
                 tensor_offset, offset = unpack("Q", offset)
                 block, type_size = sizes.get(tensor_type, (1, 0))
                 data_end = max(data_end, tensor_offset + elements // block * type_size)
-        except struct.error as exc:
+        except (struct.error, OverflowError) as exc:
             raise ModelError(
                 f"{file.name} is damaged: its header ends early (the file may be incomplete). Download or copy "
                 "it again."

@@ -40,13 +40,14 @@ replaces the database or another file the app keeps (:func:`~desktop_dpo.core.ex
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from desktop_dpo.config import AppPaths
 from desktop_dpo.core.dpo.data import PreferencePair, pairs_from_comparisons
@@ -124,6 +125,18 @@ def _is_empty(text: str) -> bool:
     return not text.strip()
 
 
+def _surrogate_problem(text: str, where: str) -> str | None:
+    """A reason when ``text`` holds a lone surrogate (JSON allows ``"\\ud800"``; no text encoding does)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (
+            f"{where} holds a lone surrogate escape (\\u{ord(text[exc.start]):04x} at character "
+            f"{exc.start + 1}), which is half of a character: remove it or give both halves"
+        )
+    return None
+
+
 def _check_messages(value: Any, key: str, problems: list[str]) -> list[dict[str, str]] | None:
     """Validate a list of ``{role, content}`` messages; append reasons to ``problems``.
 
@@ -155,6 +168,9 @@ def _check_messages(value: Any, key: str, problems: list[str]) -> list[dict[str,
             ok = False
         if not isinstance(content, str):
             problems.append(f"{where} content must be a string, not {_type_name(content)}")
+            ok = False
+        elif (surrogate := _surrogate_problem(content, f"{where} content")) is not None:
+            problems.append(surrogate)
             ok = False
         elif _is_empty(content) and not (key == "rejected" and index == len(value)):
             problems.append(f"{where} has empty content")
@@ -193,6 +209,11 @@ def _check_standard(obj: dict[str, Any], problems: list[str]) -> tuple[list[dict
     for key in ("prompt", "chosen", "rejected"):
         if key in obj and not isinstance(obj[key], str):
             problems.append(f'"{key}" must be a string in the standard format, not {_type_name(obj[key])}')
+    if problems:
+        return None
+    for key in ("prompt", "chosen", "rejected"):
+        if (surrogate := _surrogate_problem(obj[key], f'"{key}"')) is not None:
+            problems.append(surrogate)
     if problems:
         return None
     for key in ("prompt", "chosen"):  # an empty rejected response is allowed (see _check_messages)
@@ -286,7 +307,20 @@ def _check_pair(obj: Any) -> tuple[str | None, tuple[list[dict[str, str]], str, 
 # --------------------------------------------------------------------------------------------------
 
 
-def _read_bytes(path: Path) -> bytes:
+# Generous caps that still bound memory: the importer keeps every checked pair in memory until the one
+# transaction that saves them, so a file is held several times over as Python objects. The largest public
+# preference sets (Anthropic HH, UltraFeedback) are a few hundred MiB as JSONL; one pair is rarely above a
+# few MiB. Without the caps, `/dev/zero` or an endless pipe is read until the process runs out of memory.
+MAX_LINE_BYTES = 64 * 1024 * 1024  # one pair (one line)
+MAX_FILE_BYTES = 1024 * 1024 * 1024  # a whole file (or stream)
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # also the start of UTF-32 little-endian's mark
+
+
+def _size_text(size: int) -> str:
+    return f"{size / (1024 * 1024 * 1024):g} GiB" if size >= 1024**3 else f"{size / (1024 * 1024):g} MiB"
+
+
+def _open_preference_file(path: Path) -> BinaryIO:
     if not path.exists():
         raise PreferenceFileError(f"{path} does not exist. Check the file name and folder.")
     if path.is_dir():
@@ -294,43 +328,110 @@ def _read_bytes(path: Path) -> bytes:
             f"{path} is a folder. Choose a .jsonl file with one preference pair per line."
         )
     try:
-        return path.read_bytes()
+        handle = path.open("rb")
+        size = os.fstat(handle.fileno()).st_size
     except OSError as exc:
         raise PreferenceFileError(f"Cannot read {path}: {exc}. Check that the file is readable.") from exc
+    if size > MAX_FILE_BYTES:  # a regular file: refuse at once; a stream is counted while it is read
+        handle.close()
+        raise _too_large(path)
+    return handle
+
+
+def _too_large(path: Path) -> PreferenceFileError:
+    return PreferenceFileError(
+        f"{path} is larger than {_size_text(MAX_FILE_BYTES)}; nothing was imported. Split it into smaller "
+        "files (one pair per line, so any line boundary will do) and import them one by one."
+    )
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """``(line number, bytes without the newline)`` read one line at a time, within the size caps.
+
+    Splits on "\n" only: str.splitlines() also breaks at U+2028, U+0085 and others, which JSON allows raw
+    inside strings. A UTF-8 byte-order mark (as some Windows editors write) is dropped; a UTF-16 file is
+    refused with a message, since every line of it would otherwise be reported as bad.
+    """
+    total = 0
+    with _open_preference_file(path) as handle:
+        for number in itertools.count(1):
+            try:
+                raw = handle.readline(MAX_LINE_BYTES + 1)
+            except OSError as exc:
+                raise PreferenceFileError(
+                    f"Cannot read {path} (line {number}): {exc}. Check that the file is readable."
+                ) from exc
+            if not raw:
+                return
+            total += len(raw)
+            if total > MAX_FILE_BYTES:
+                raise _too_large(path)
+            if len(raw) > MAX_LINE_BYTES:
+                raise PreferenceFileError(
+                    f"Line {number} of {path} is longer than {_size_text(MAX_LINE_BYTES)}; nothing was "
+                    "imported. A preference file holds one JSON object per line: check that this is "
+                    "the right file (a JSONL file, not a single big JSON document or a binary file)."
+                )
+            if number == 1:
+                if raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]
+                elif _looks_like_utf16(raw):
+                    raise PreferenceFileError(
+                        f"{path} is saved as UTF-16 text; desktop-dpo reads UTF-8. Open it in a text editor, "
+                        'save it as UTF-8 ("Save as" > Encoding: UTF-8) and import it again.'
+                    )
+            yield number, raw.removesuffix(b"\n")
+
+
+def _looks_like_utf16(line: bytes) -> bool:
+    """A UTF-16 mark, or mostly-ASCII text with a NUL byte in every other place (UTF-16 without a mark)."""
+    if line.startswith(_UTF16_BOMS):
+        return True
+    sample = line[:4096]
+    if len(sample) < 4:
+        return False
+    return max(sample[0::2].count(0), sample[1::2].count(0)) >= len(sample) // 4
+
+
+def _decode_json(raw: bytes) -> tuple[Any, str | None]:
+    """``(value, None)``, or ``(None, reason)`` when the line is not JSON this importer can take."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"not valid UTF-8 text (byte {exc.start + 1} of the line)"
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as exc:
+        return None, f"invalid JSON ({exc.msg} at column {exc.colno})"
+    except RecursionError:
+        return None, "JSON nested too deeply (lists or objects inside each other thousands of levels deep)"
+    except ValueError as exc:  # Python's cap on digits when it turns a long number into an int
+        if "digits" in str(exc):
+            return None, (
+                "a number with thousands of digits; no preference pair holds one (write it as a string)"
+            )
+        return None, f"invalid JSON ({exc})"
 
 
 def read_preference_file(path: str | Path) -> tuple[str, list[ParsedPair], int]:
     """Parse and check a whole preference file without touching any database.
 
     Returns ``(format, pairs, blank_lines)``. Raises :class:`ImportFormatError` listing every bad line
-    (1-based numbers) and :class:`PreferenceFileError` for a missing, unreadable or empty file.
+    (1-based numbers) and :class:`PreferenceFileError` for a missing, unreadable, empty, UTF-16 or too
+    large file (over ``MAX_FILE_BYTES``, or a line over ``MAX_LINE_BYTES``).
     """
     path = Path(path)
-    data = _read_bytes(path)
-    if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark, as some Windows editors write
-        data = data[3:]
     problems: list[tuple[int, str]] = []
     pairs: list[ParsedPair] = []
     blank = 0
     file_format: tuple[str, int] | None = None  # the format of the first line that shows one
-    # Split on "\n" only: str.splitlines() also breaks at U+2028, U+0085 and others, which JSON allows
-    # raw inside strings.
-    chunks = data.split(b"\n")
-    if chunks and not chunks[-1]:
-        chunks.pop()  # the end of the last line, not a blank line
-    for number, raw in enumerate(chunks, start=1):
+    for number, raw in _lines(path):
         if not raw.strip(b" \t\r"):
             blank += 1
             continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            problems.append((number, f"not valid UTF-8 text (byte {exc.start + 1} of the line)"))
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            problems.append((number, f"invalid JSON ({exc.msg} at column {exc.colno})"))
+        obj, reason = _decode_json(raw)
+        if reason is not None:
+            problems.append((number, reason))
             continue
         line_format, pair, reasons = _check_pair(obj)
         if line_format is not None:
@@ -388,7 +489,8 @@ def import_preferences(
     ids: list[int] = []
     identical = 0
     repeated = 0
-    with store.atomic():
+    # A locked, damaged or full database becomes a message; the one transaction means nothing is half-saved.
+    with store.explained_errors("nothing was imported"), store.atomic():
         seen: set[PairKey] = store.stored_pair_keys(messages_key(p.messages) for p in pairs)
         to_save: list[ParsedPair] = []
         for pair in pairs:

@@ -13,6 +13,7 @@ Durability rules (a pick must never be lost):
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -20,12 +21,19 @@ import logging
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from desktop_dpo.core.errors import NewerSchemaError, NotADatabaseError, StoreError
+from desktop_dpo.core.errors import (
+    DatabaseBusy,
+    DatabaseDamaged,
+    NewerSchemaError,
+    NotADatabaseError,
+    StoreError,
+)
 
 if TYPE_CHECKING:
     # Imported on first use (Store.db): sqlite-utils imports pandas and numpy whenever they are installed
@@ -506,6 +514,59 @@ def backup_database(conn: sqlite3.Connection, db_path: Path, backups_dir: Path, 
     return target
 
 
+def newest_backup(backups_dir: Path) -> Path | None:
+    """The most recent copy in ``backups_dir`` (by modification time), or None."""
+    try:
+        copies = [p for p in backups_dir.glob("*.sqlite") if p.is_file()]
+    except OSError:
+        return None
+    return max(copies, key=lambda p: p.stat().st_mtime, default=None)
+
+
+def explain_sqlite_error(
+    exc: BaseException,
+    path: Path | str | None,
+    *,
+    backups_dir: Path | None = None,
+    outcome: str = "nothing was changed",
+    busy_timeout_s: float = 30.0,
+) -> StoreError:
+    """The :class:`StoreError` a person can act on for a SQLite (or OS) error met on the database at ``path``.
+
+    ``outcome`` says what that means for the work at hand ("nothing was imported").
+    """
+    text = str(exc).lower()
+    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "database or disk is full" in text:
+        return StoreError(
+            f"The disk holding the database {path} is full; {outcome} (the work is one transaction and "
+            "was rolled back, so nothing is half-written). Free some space on that disk and try again."
+        )
+    if "database is locked" in text or "database is busy" in text or "database table is locked" in text:
+        return DatabaseBusy(
+            f"Another desktop-dpo window or another program is writing to the database {path} and did not "
+            f"finish within {busy_timeout_s:g} s; {outcome}. Wait for its work (an import, a training run) "
+            "to end, or close the other window, then try again."
+        )
+    if "malformed" in text or "not a database" in text:
+        where = backups_dir or (Path(path).parent / "backups" if path else None)
+        newest = newest_backup(where) if where else None
+        copy = (
+            f"The newest backup is {newest} ({time.strftime('%Y-%m-%d %H:%M', time.localtime(newest.stat().st_mtime))})."
+            if newest
+            else "There is no backup in it yet."
+        )
+        return DatabaseDamaged(
+            f"The database {path} is damaged (SQLite says: {exc}); {outcome}. Backups are kept in {where}. "
+            f"{copy} Quit desktop-dpo, move the damaged file aside and copy a backup in its place."
+        )
+    if "readonly" in text or "read-only" in text:
+        return StoreError(
+            f"The database {path} (or its folder) is read-only; {outcome}. Make the folder and the file "
+            "writable, or copy the data folder somewhere you can write to and use --home."
+        )
+    return StoreError(f"The database {path} cannot be used ({exc}); {outcome}.")
+
+
 class Store:
     """One SQLite connection for the calling thread, with every query the app needs.
 
@@ -524,6 +585,9 @@ class Store:
         self._migrations = list(migrations)
         self.last_backup: Path | None = None
         self._savepoints = 0  # a counter, so nested atomic() blocks get distinct savepoint names
+        self.backups_dir: Path | None = None  # named in the message for a damaged database
+        self.busy_timeout_s = 30.0  # how long a write waits for another connection
+        self.read_only = False  # opened with Store.open(read_only=True)
 
     @functools.cached_property
     def db(self) -> sqlite_utils.Database:
@@ -541,14 +605,25 @@ class Store:
         *,
         backups_dir: Path | None = None,
         migrations: Sequence[Callable[[sqlite_utils.Database], None]] = MIGRATIONS,
+        busy_timeout_s: float = 30.0,
+        read_only: bool = False,
     ) -> Store:
         """Open (creating or migrating) the database at ``path`` for the calling thread.
 
         Raises :class:`NotADatabaseError` for a file that is not SQLite (left untouched) and
-        :class:`NewerSchemaError` for a database made by a newer desktop-dpo.
+        :class:`NewerSchemaError` for a database made by a newer desktop-dpo. ``busy_timeout_s`` is how
+        long a write waits for another connection's transaction before :class:`DatabaseBusy`.
+        ``read_only`` opens an existing, current database for reading only (export from a read-only
+        folder or file): nothing is created, migrated or written, and writes fail.
         """
         memory = str(path) == ":memory:"
         db_path = None if memory else Path(path)
+        backups = backups_dir or (db_path.parent / "backups" if db_path else None)
+        if read_only:
+            if db_path is None or not db_path.is_file():
+                raise StoreError(f"There is no database at {path} to read.")
+            check_is_sqlite(db_path)
+            return cls._open_read_only(db_path, backups, migrations, busy_timeout_s)
         if db_path is not None:
             check_is_sqlite(db_path)
             try:
@@ -556,25 +631,101 @@ class Store:
             except OSError as exc:
                 raise StoreError(f"Cannot create the folder for the database {db_path}: {exc}") from exc
         try:
-            conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
+            conn = sqlite3.connect(str(path), timeout=busy_timeout_s, isolation_level=None)
         except sqlite3.Error as exc:
             raise StoreError(f"Cannot open the database {path}: {exc}") from exc
         store = cls(conn, db_path, migrations)
+        store.backups_dir = backups
+        store.busy_timeout_s = busy_timeout_s
         try:
             store._configure()
-            store._migrate(backups_dir or (db_path.parent / "backups" if db_path else None))
+            store._migrate(backups)
         except sqlite3.DatabaseError as exc:
             conn.close()
-            if "not a database" in str(exc) or "malformed" in str(exc):
+            if "not a database" in str(exc):
                 raise NotADatabaseError(
                     f"{path} is damaged or not a desktop-dpo database ({exc}). It was left untouched. "
                     "Restore a copy from the backups folder or choose another file."
                 ) from exc
-            raise StoreError(f"Cannot open the database {path}: {exc}") from exc
+            if "unable to open database file" in str(exc) and db_path is not None:
+                raise StoreError(
+                    f"Cannot open the database {path} for writing: the file or its folder "
+                    f"{db_path.parent} is read-only (SQLite says: {exc}). Make them writable, or copy the "
+                    "data folder somewhere you can write to and use --home."
+                ) from exc
+            raise store.explain(exc, "it was not opened and nothing was changed") from exc
         except Exception:
             conn.close()
             raise
         return store
+
+    @classmethod
+    def _open_read_only(
+        cls,
+        db_path: Path,
+        backups_dir: Path | None,
+        migrations: Sequence[Callable[[sqlite_utils.Database], None]],
+        busy_timeout_s: float,
+    ) -> Store:
+        uri = "file:" + urllib.parse.quote(str(db_path.resolve()))
+        last: sqlite3.Error | None = None
+        # mode=ro needs the WAL's -shm file, or a folder it may create it in; in a read-only folder without
+        # one, no writer can be at work (it would have made one), so the file is read as immutable.
+        for query in ("?mode=ro", "?mode=ro&immutable=1"):
+            try:
+                conn = sqlite3.connect(uri + query, uri=True, timeout=busy_timeout_s, isolation_level=None)
+            except sqlite3.Error as exc:
+                last = exc
+                continue
+            try:
+                version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            except sqlite3.Error as exc:
+                conn.close()
+                last = exc
+                continue
+            if version != len(migrations):
+                conn.close()
+                newer = version > len(migrations)
+                raise (NewerSchemaError if newer else StoreError)(
+                    f"The database {db_path} is read-only and at schema {version}; this desktop-dpo "
+                    f"reads schema {len(migrations)}. "
+                    + (
+                        "Update desktop-dpo to read it."
+                        if newer
+                        else "Open it once where it can be written, so desktop-dpo can upgrade it."
+                    )
+                )
+            store = cls(conn, db_path, migrations)
+            store.backups_dir = backups_dir
+            store.busy_timeout_s = busy_timeout_s
+            store.read_only = True
+            return store
+        raise explain_sqlite_error(
+            last or sqlite3.OperationalError("unable to open database file"),
+            db_path,
+            backups_dir=backups_dir,
+            outcome="it cannot be read either",
+            busy_timeout_s=busy_timeout_s,
+        )
+
+    def explain(self, exc: BaseException, outcome: str = "nothing was changed") -> StoreError:
+        """:func:`explain_sqlite_error` for this store's file, backups folder and wait."""
+        return explain_sqlite_error(
+            exc, self.path, backups_dir=self.backups_dir, outcome=outcome, busy_timeout_s=self.busy_timeout_s
+        )
+
+    @contextlib.contextmanager
+    def explained_errors(self, outcome: str = "nothing was changed") -> Iterator[None]:
+        """Turn a SQLite error (locked, damaged, disk full) inside the block into a :class:`StoreError`
+        whose message says what happened and what the person can do; ``outcome`` says what it meant."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise self.explain(exc, outcome) from exc
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            raise self.explain(exc, outcome) from exc
 
     def _configure(self) -> None:
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
@@ -589,7 +740,7 @@ class Store:
         self._conn.execute("PRAGMA foreign_keys=ON")
         # FULL: a committed pick survives a power cut, not only a killed process.
         self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA busy_timeout=30000")
+        self._conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_s * 1000)}")
 
     def _migrate(self, backups_dir: Path | None) -> None:
         version = self.schema_version

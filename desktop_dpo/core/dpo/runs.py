@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from desktop_dpo.core.dpo.data import pairs_from_comparisons, split_by_prompt
-from desktop_dpo.core.dpo.train import TRAINABLE_FOLDER_KEYS, TrainConfig, TrainingError
+from desktop_dpo.core.dpo.train import TRAINABLE_FOLDER_KEYS, TrainConfig, TrainingError, parse_reference
 from desktop_dpo.core.store import ModelRow, RunRow, Store
 
 # Fewer pairs than this teach a model next to nothing and make the held-out numbers meaningless; the
@@ -89,6 +89,12 @@ def create_run_for_model(
     Raises:
         TrainingError: the model has no usable pairs yet.
     """
+    reference_id = parse_reference(reference)  # TrainingError: neither adapter_off nor model:<id>
+    if reference_id is not None and store.get_model(reference_id) is None:
+        raise TrainingError(
+            f"The reference model:{reference_id} is not a registered model; give the id of one in the Models "
+            "view (`desktop-dpo info` counts them), or adapter_off."
+        )
     ids = list(comparison_ids) if comparison_ids is not None else model_pair_ids(store, model.id)
     if not ids:
         raise TrainingError(f"{model.name} has no usable pairs yet: pick A or B in some comparisons first.")

@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 import shutil
 import struct
@@ -43,8 +44,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from desktop_dpo.core.dpo.run_lock import RunBusyError, RunLock
 from desktop_dpo.core.errors import DesktopDpoError, JobCancelled, ModelError
 from desktop_dpo.core.jobs import CancelToken, Job
+from desktop_dpo.core.tensor_file import check_tensor_file
 
 if TYPE_CHECKING:
     import torch
@@ -147,6 +150,11 @@ class TrainConfig:
     def validated(self) -> TrainConfig:
         """Self, or a :class:`TrainingError` naming the first setting that cannot work."""
         problems = []
+        # NaN passes every comparison below unnoticed (nan <= 0 is False), and inf is no setting either.
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                problems.append(f"{item.name.replace('_', ' ')} must be a number, not {value}")
         if self.loss_type not in ("sigmoid", "ipo", "hinge"):
             problems.append(f"loss type must be sigmoid, ipo or hinge, not {self.loss_type!r}")
         if self.scheduler not in ("cosine", "linear"):
@@ -686,6 +694,28 @@ class TrainingWatch:
 # --------------------------------------------------------------------------------------------------
 
 
+REFERENCE_ADAPTER_OFF = "adapter_off"  # the base with the run's adapter switched off
+_REFERENCE_MODEL_PREFIX = "model:"  # "model:<id>": a registered model (a previous round's)
+
+
+def parse_reference(reference: str) -> int | None:
+    """The model id of a ``model:<id>`` reference, or None for ``adapter_off``.
+
+    Raises:
+        TrainingError: anything else (the message lists what is accepted).
+    """
+    if reference == REFERENCE_ADAPTER_OFF:
+        return None
+    if reference.startswith(_REFERENCE_MODEL_PREFIX):
+        number = reference[len(_REFERENCE_MODEL_PREFIX) :]
+        if number.isascii() and number.isdigit():
+            return int(number)
+    raise TrainingError(
+        f"The reference {reference!r} is not one desktop-dpo knows: give adapter_off (the base model) or "
+        "model:<id> with the id of a registered model (a previous round's), e.g. model:3."
+    )
+
+
 def persist_event(store: Store, run_id: int, event: object) -> None:
     """Write what an event means to the run's row and metrics. Events that change nothing are ignored."""
     if isinstance(event, Started):
@@ -727,8 +757,8 @@ def persist_event(store: Store, run_id: int, event: object) -> None:
 
 def persist_outcome(store: Store, run_id: int, error: BaseException | None) -> None:
     """Record how the job ended when it did not finish: stopped (resumable) or failed (with the reason)."""
-    if error is None:
-        return
+    if error is None or isinstance(error, RunBusyError):
+        return  # busy: the run belongs to the process training it, which records how it ends
     if isinstance(error, JobCancelled):
         store.update_run(run_id, status="stopped", error=None)
         return
@@ -1144,7 +1174,13 @@ def train(
         finished = Finished(adapter_path=run.adapter_path, metrics=dict(run.final_metrics), step=run.step)
         yield finished
         return finished
-    session = _Session(store, run, TrainConfig.from_dict(run.config), cancel, _run_dir(run, runs_dir))
+    run_dir = run_folder(run, runs_dir)
+    lock = RunLock(run_dir, run.id)  # RunBusyError: another process trains this run now
+    try:
+        session = _Session(store, run, TrainConfig.from_dict(run.config), cancel, run_dir)
+    except BaseException:
+        lock.release()
+        raise
     try:
         with _torch_settings(session.config, session.device):
             yield from session.load_pairs()
@@ -1158,6 +1194,7 @@ def train(
         raise
     finally:
         session.release()  # however the run ends: the GPU is shared (llama.cpp, other programs)
+        lock.release()
     yield finished
     return finished
 
@@ -1269,10 +1306,9 @@ class _Session:
         """
         from desktop_dpo.core.dpo import data as dpo_data
 
-        adapter_off = not self.run.reference.startswith("model:")
-        reference_row = (
-            self.base if adapter_off else _get_model(self.store, int(self.run.reference.split(":", 1)[1]))
-        )
+        reference_id = parse_reference(self.run.reference)
+        adapter_off = reference_id is None
+        reference_row = self.base if reference_id is None else _get_model(self.store, reference_id)
         # How the reference weights were loaded changes its numbers, so it is part of the cache key.
         dtype = str(_compute_dtype(self.device)).removeprefix("torch.")
         loaded_as = f"nf4-{dtype}" if self.quantization == "nf4" else dtype
@@ -1639,6 +1675,7 @@ class _Session:
         """Write the adapter (atomically) with a note of its origin; drop the checkpoints."""
         adapter_dir = self.run_dir / "adapter"
         _save_adapter_atomic(self.model, adapter_dir)
+        check_tensor_file(adapter_dir / _ADAPTER_WEIGHTS, "the adapter this run wrote")
         _write_adapter_info(adapter_dir, self.run, self.config, self.base, self.quantization)
         shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
         metrics: dict[str, float] = {}
@@ -1665,7 +1702,8 @@ def _get_model(store: Store, model_id: int | None) -> ModelRow:
     return model
 
 
-def _run_dir(run: RunRow, runs_dir: Path | None) -> Path:
+def run_folder(run: RunRow, runs_dir: Path | None) -> Path:
+    """The folder of run ``run`` (its checkpoints, adapter and training lock)."""
     if run.checkpoint_dir:
         return Path(run.checkpoint_dir)
     if runs_dir is None:
@@ -1720,7 +1758,17 @@ def _load_checkpoint(
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    state = torch.load(path / _STATE_FILE, map_location="cpu", weights_only=True)
+    damaged = TrainingError(
+        f"The checkpoint at {path} is damaged or was not written by desktop-dpo; start the run again "
+        f"(desktop-dpo train --resume RUN_ID --restart) or delete {path}."
+    )
+    try:
+        # weights_only refuses any pickle that would run code; a refusal is a damaged file to the person.
+        state = torch.load(path / _STATE_FILE, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, OSError) as exc:
+        raise damaged from exc
+    if not isinstance(state, dict):
+        raise damaged
     if state.get("format") != CHECKPOINT_FORMAT:
         raise TrainingError(f"The checkpoint {path} was written by another version; start a new run.")
     saved = state.get("config", {})
@@ -1732,8 +1780,12 @@ def _load_checkpoint(
         )
     if state.get("n_train") != n_train:
         log.warning("The run's pairs changed since its checkpoint (%s -> %s)", state.get("n_train"), n_train)
+    check_tensor_file(path / _ADAPTER_WEIGHTS, f"the checkpoint at {path}")
     set_peft_model_state_dict(model, load_file(str(path / _ADAPTER_WEIGHTS)))
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise damaged from exc
     return state
 
 

@@ -88,6 +88,21 @@ def _explain_failure(output: str, model_dir: Path) -> ExportError:
 _CODE_REFUSED_EXIT = 86
 _CODE_REFUSED_LINE = "desktop-dpo refused to run code from the model folder: "
 
+# First lines of every child below: the parent holds the other end of the child's stdin, so EOF there
+# means the parent has ended, however it ended (kill -9 included). The child then leaves at once instead of
+# running on as an orphan that keeps writing its temporary file (what the llama child does too). The working
+# folder leaves the import path first, as in _CODE_GUARD below.
+_PARENT_WATCH = """
+import sys as _sys_w
+_sys_w.path[:] = [_p for _p in _sys_w.path if _p not in ("", ".")]
+import os as _os_w, threading as _threading_w
+def _watch_parent():  # os.read, not sys.stdin: a buffered reader's lock breaks interpreter shutdown
+    while _os_w.read(0, 65536):
+        pass
+    _os_w._exit(70)
+_threading_w.Thread(target=_watch_parent, name="parent-watch", daemon=True).start()
+"""
+
 # Shuts every door transformers has to a model folder's own module, in the converter's process, before the
 # converter imports anything. For some tokenizers (HybridDNA, StableLM without tokenizer.json, InternS1 ...)
 # the converter itself calls AutoTokenizer.from_pretrained(folder, trust_remote_code=True), so its own
@@ -149,7 +164,8 @@ def _code_refused(output: str, model_dir: Path) -> ModelCodeRefused:
 # GGUFWriter just before it writes the header, so the file is written once, complete. argv[1] is a JSON
 # file of [key, value, type, sub type] entries; the rest is the converter's command line.
 _CONVERT_CHILD = (
-    _CODE_GUARD
+    _PARENT_WATCH
+    + _CODE_GUARD
     + """
 import json, runpy, sys
 import gguf
@@ -261,7 +277,9 @@ DEFAULT_QUANTIZATION = "Q4_K_M"
 
 # Runs in a child process: the quantizer is one long C call that cannot be interrupted from Python, and a
 # child can be ended at once when the person stops the export (its memory goes back to the system, too).
-_QUANTIZE_CHILD = """
+_QUANTIZE_CHILD = (
+    _PARENT_WATCH
+    + """
 import sys
 import llama_cpp
 source, target, ftype_name, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -271,6 +289,7 @@ params.nthread = threads
 status = llama_cpp.llama_model_quantize(source.encode(), target.encode(), params)
 sys.exit(0 if status == 0 else 3)
 """
+)
 
 
 def _tensor_elements(gguf_path: Path) -> int:
@@ -296,7 +315,10 @@ def _run_child(
     log_path = temp.with_name(temp.name + ".log")
     try:
         with log_path.open("w+", encoding="utf-8", errors="replace") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+            # stdin stays open and unused: when this process ends, the child reads EOF and ends too.
+            process = subprocess.Popen(
+                command, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env
+            )
             try:
                 while process.poll() is None:
                     if cancel.wait(_POLL_S):
@@ -313,6 +335,8 @@ def _run_child(
                 if process.poll() is None:
                     process.kill()
                     process.wait()
+                if process.stdin is not None:
+                    process.stdin.close()
             log.seek(0)
             output = log.read()
     finally:

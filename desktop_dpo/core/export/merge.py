@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from desktop_dpo.core.errors import ExportError
+from desktop_dpo.core.errors import ExportError, ModelError
 from desktop_dpo.core.jobs import CancelToken, Job, Progress
 
 if TYPE_CHECKING:
@@ -108,6 +108,7 @@ def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
     peft_type = str(config.get("peft_type", "LORA")).upper()
     if peft_type != "LORA":
         raise ExportError(f"This adapter is of type {peft_type}; only LoRA adapters can be merged.")
+    _check_lora_settings(config, config_file)
     if config.get("use_dora"):
         raise ExportError(
             "This adapter uses DoRA, which desktop-dpo cannot merge yet; train with plain LoRA."
@@ -117,6 +118,51 @@ def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
             f"The adapter in {adapter_dir} has no adapter_model.safetensors (pickle adapters are not loaded)."
         )
     return config
+
+
+def _check_lora_settings(config: dict[str, Any], config_file: Path) -> None:
+    """Check the LoRA fields the merge and the run settings use, naming the first one that is wrong.
+
+    Raises:
+        ExportError: ``r`` is not a whole number from 1 up, ``lora_alpha`` not a number, ``lora_dropout``
+            not a number from 0 to 1, ``rank_pattern``/``alpha_pattern`` not a mapping of module names to
+            such numbers, or ``target_modules`` not a name or a list of names.
+    """
+
+    def refuse(field: str, value: Any, wanted: str) -> ExportError:
+        shown = json.dumps(value)[:80]
+        return ExportError(
+            f"The adapter's settings in {config_file} are damaged: {field} is {shown}, but it must be {wanted}. "
+            "Copy the adapter folder again from where it was trained."
+        )
+
+    def is_rank(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 1 << 16
+
+    def is_number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    if "r" in config and not is_rank(config["r"]):
+        raise refuse("r", config["r"], "a whole number from 1 (the LoRA rank)")
+    if "lora_alpha" in config and not (is_number(config["lora_alpha"]) and config["lora_alpha"] > 0):
+        raise refuse("lora_alpha", config["lora_alpha"], "a number above 0")
+    dropout = config.get("lora_dropout", 0.0)
+    if not (is_number(dropout) and 0 <= dropout < 1):
+        raise refuse("lora_dropout", dropout, "a number from 0 up to (not including) 1")
+    for field, check, wanted in (
+        ("rank_pattern", is_rank, "whole numbers from 1"),
+        ("alpha_pattern", lambda v: is_number(v) and v > 0, "numbers above 0"),
+    ):
+        patterns = config.get(field)
+        if patterns is None:
+            continue
+        if not isinstance(patterns, dict) or not all(check(v) for v in patterns.values()):
+            raise refuse(field, patterns, f"a mapping of module names to {wanted}")
+    targets = config.get("target_modules")
+    if targets is not None and not (
+        isinstance(targets, str) or (isinstance(targets, list) and all(isinstance(t, str) for t in targets))
+    ):
+        raise refuse("target_modules", targets, "a module name or a list of module names")
 
 
 def _base_key(adapter_key: str, marker: str) -> str:
@@ -142,7 +188,17 @@ def _shard_files(base_dir: Path) -> list[Path]:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
             raise ExportError(f"The shard index {index} cannot be read ({exc}).") from exc
-        return [base_dir / name for name in dict.fromkeys(weight_map.values())]
+        if not isinstance(weight_map, dict):
+            raise ExportError(
+                f"The shard index {index} cannot be read (its weight_map is not a JSON object)."
+            )
+        from desktop_dpo.core.models import shard_file_name
+
+        try:
+            names = [shard_file_name(base_dir, index, name) for name in dict.fromkeys(weight_map.values())]
+        except ModelError as exc:
+            raise ExportError(str(exc)) from exc
+        return [base_dir / name for name in names]
     single = base_dir / "model.safetensors"
     if single.is_file():
         return [single]
@@ -274,6 +330,25 @@ _DTYPE_BYTES = {
 }
 
 
+# safetensors itself refuses headers above 100 MB.
+_MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+
+
+def _checked_offsets(item: tuple[str, Any], data_size: int) -> tuple[int, int]:
+    """A header entry's ``data_offsets``, checked to lie within the file's data (else ValueError)."""
+    name, entry = item
+    try:
+        begin, end = (int(o) for o in entry["data_offsets"])
+        dtype, shape = str(entry["dtype"]), [int(n) for n in entry["shape"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"the entry of {name[:100]} is not a tensor description") from exc
+    if not 0 <= begin <= end <= data_size:
+        raise ValueError(f"{name[:100]} lies beyond the end of the file (it may be incomplete)")
+    if dtype in _DTYPE_BYTES and math.prod(shape) * _DTYPE_BYTES[dtype] != end - begin:
+        raise ValueError(f"{name[:100]} takes {end - begin:,} bytes, not what its shape {shape} needs")
+    return begin, end
+
+
 class _SafetensorsFile:
     """One safetensors file read a tensor at a time with plain reads.
 
@@ -286,25 +361,35 @@ class _SafetensorsFile:
         self.path = path
         try:
             self.handle = path.open("rb")
+            size = os.fstat(self.handle.fileno()).st_size
             (length,) = struct.unpack("<Q", self.handle.read(8))
+            if length > min(size - 8, _MAX_SAFETENSORS_HEADER):
+                raise ValueError(
+                    f"its header claims {length:,} bytes, but the file holds {max(size - 8, 0):,} after the length"
+                )
             header = json.loads(self.handle.read(length).decode("utf-8"))
             if not isinstance(header, dict):
                 raise ValueError("the header is not a JSON object")
-        except (OSError, struct.error, UnicodeDecodeError, ValueError) as exc:
+            self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+            self.entries: dict[str, dict[str, Any]] = dict(
+                sorted(header.items(), key=lambda item: _checked_offsets(item, size - 8 - length)[0])
+            )
+        except (OSError, struct.error, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            self.close()
             raise ExportError(
                 f"The weights in {path.name} cannot be read ({exc}); the file may be damaged. Copy it again."
             ) from exc
-        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
-        self.entries: dict[str, dict[str, Any]] = dict(
-            sorted(header.items(), key=lambda item: item[1]["data_offsets"][0])
-        )
         self.data_start = 8 + length
 
     def __enter__(self) -> _SafetensorsFile:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.handle.close()
+        self.close()
+
+    def close(self) -> None:
+        if getattr(self, "handle", None) is not None:
+            self.handle.close()
 
     def keys(self) -> list[str]:
         """Tensor names in the order their bytes appear in the file."""

@@ -18,6 +18,7 @@ its driver calls :func:`persist_export` with its own store connection when it yi
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -42,6 +43,7 @@ from desktop_dpo.core.export.gguf import (
     quantize_gguf,
 )
 from desktop_dpo.core.jobs import CancelToken, Job, Log, Progress
+from desktop_dpo.core.tensor_file import check_tensor_file
 
 if TYPE_CHECKING:
     from desktop_dpo.core.export.parity import ParityReport
@@ -212,7 +214,18 @@ def export_run(
     final = parent / name
     if final.exists():
         raise ExportError(f"{final} already exists. Choose another name or folder, or remove the old export.")
-    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = parent / f".{name}.exporting-probe-{uuid.uuid4().hex[:8]}"
+        probe.mkdir()  # a read-only folder or mount is found now, not after the merge
+        probe.rmdir()
+    except OSError as exc:
+        raise ExportError(
+            f"Cannot write the export into {parent}: {exc.strerror or exc}. Choose a folder you can write to "
+            "(--out DIR), or make this one writable."
+        ) from exc
+    # The adapter is read whole now: a damaged one is refused before minutes of merging.
+    check_tensor_file(Path(run.adapter_path) / "adapter_model.safetensors", f"The adapter of run {run.id}")
     f16_bytes = estimate_gguf_bytes(base_dir, "f16")  # two bytes a weight: the merged folder is as large
     needed = int(f16_bytes * (2 + sum(QUANTIZATIONS[q][1] / 2 for q in quantizations if q != "F16")))
     free = shutil.disk_usage(parent).free
@@ -332,6 +345,11 @@ def export_run(
         hashed = {q: (_sha256(p), p.stat().st_size) for q, p in files.items()}
         os.replace(work, final)
     except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise ExportError(
+                f"Cannot write the export into {parent}: {exc.strerror}; nothing was kept. Choose a folder "
+                "you can write to (--out DIR)."
+            ) from exc
         if exc.errno == 28:
             raise ExportError(
                 f"The disk filled up while exporting to {parent}; nothing was kept. Free some space and try again."

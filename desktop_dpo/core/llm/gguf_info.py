@@ -37,6 +37,16 @@ _ARRAY = 9
 # Arrays up to this length are decoded into the metadata; longer ones (vocabularies, merges, scores) are
 # only counted.
 _SMALL_ARRAY = 64
+# Arrays of arrays are allowed by the format but unused; deeper nesting than this only comes from a damaged
+# (or crafted) file.
+_MAX_ARRAY_DEPTH = 8
+# ggml tensors have at most 4 dimensions.
+_MAX_TENSOR_DIMS = 8
+
+
+def damaged_header(path: Path, detail: str) -> ModelError:
+    """The error for a GGUF whose header cannot be right, saying what is wrong with it."""
+    return ModelError(f"{path.name}: the file's header is damaged: {detail}. Download or copy it again.")
 
 
 class _Cursor:
@@ -48,10 +58,13 @@ class _Cursor:
         self.offset = 0
         self.path = path
 
+    def remaining(self) -> int:
+        return len(self.buffer) - self.offset
+
     def unpack(self, fmt: str) -> Any:
         try:
             (value,) = struct.unpack_from(self.order + fmt, self.buffer, self.offset)
-        except struct.error as exc:
+        except (struct.error, OverflowError) as exc:
             raise ModelError(
                 f"{self.path} is damaged: its header ends early (the file may be incomplete). Copy or export "
                 "it again."
@@ -60,36 +73,50 @@ class _Cursor:
         return value
 
     def string(self) -> str:
-        length = self.unpack("Q")
+        length = self._string_length()
         raw = self.buffer[self.offset : self.offset + length]
-        if len(raw) != length:
-            raise ModelError(f"{self.path} is damaged: its header ends early. Copy or export it again.")
         self.offset += length
         return raw.decode("utf-8", errors="replace")
 
     def skip_string(self) -> None:
-        length = self.unpack("Q")  # (not `offset += unpack()`: unpack moves the offset itself)
+        length = self._string_length()  # (not `offset += ...`: reading the length moves the offset itself)
         self.offset += length
 
-    def value(self, value_type: int) -> Any:
+    def _string_length(self) -> int:
+        length = self.unpack("Q")
+        if length > self.remaining():
+            raise damaged_header(
+                self.path, f"it gives a text {length:,} bytes long, more than the {self.remaining():,} left"
+            )
+        return int(length)
+
+    def value(self, value_type: int, depth: int = 0) -> Any:
         """Read one value; an array comes back as a list when short, else as ``_LongArray``."""
         if value_type == _STRING:
             return self.string()
         if value_type in _SCALARS:
             return self.unpack(_SCALARS[value_type])
         if value_type == _ARRAY:
+            if depth >= _MAX_ARRAY_DEPTH:
+                raise damaged_header(self.path, f"it nests arrays more than {_MAX_ARRAY_DEPTH} deep")
             item_type = self.unpack("I")
             count = self.unpack("Q")
+            # Every element takes at least one byte (a string or an array at least 8).
+            smallest = struct.calcsize(_SCALARS[item_type]) if item_type in _SCALARS else 8
+            if count * smallest > self.remaining():
+                raise damaged_header(
+                    self.path, f"it gives an array of {count:,} items, more than the rest of the file holds"
+                )
             if count <= _SMALL_ARRAY:
-                return [self.value(item_type) for _ in range(count)]
+                return [self.value(item_type, depth + 1) for _ in range(count)]
             start = self.offset
-            self.skip_array(item_type, count)
+            self.skip_array(item_type, count, depth + 1)
             return _LongArray(item_type, count, start)
         raise ModelError(
             f"{self.path} has a metadata value of unknown type {value_type}; it may need a newer app."
         )
 
-    def skip_array(self, item_type: int, count: int) -> None:
+    def skip_array(self, item_type: int, count: int, depth: int) -> None:
         if item_type in _SCALARS:
             self.offset += count * struct.calcsize(_SCALARS[item_type])
         elif item_type == _STRING:
@@ -97,7 +124,7 @@ class _Cursor:
                 self.skip_string()
         else:  # arrays of arrays do not occur in practice, but the format allows them
             for _ in range(count):
-                self.value(item_type)
+                self.value(item_type, depth)
 
 
 class _LongArray:
@@ -135,7 +162,11 @@ def read_gguf_info(path: str | Path) -> dict[str, Any]:
         if size < 24 or handle.read(4) != _MAGIC:
             raise ModelError(f"{path} is not a GGUF model file. Choose a .gguf file (llama.cpp's format).")
         with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
-            return _parse(buffer, path, size)
+            try:
+                return _parse(buffer, path, size)
+            except (struct.error, OverflowError, ValueError, IndexError, MemoryError, RecursionError) as exc:
+                # The checks in _Cursor name what is wrong; this is the net under them.
+                raise damaged_header(path, f"it cannot be parsed ({type(exc).__name__})") from exc
 
 
 def _parse(buffer: mmap.mmap, path: Path, size: int) -> dict[str, Any]:
@@ -160,6 +191,8 @@ def _parse(buffer: mmap.mmap, path: Path, size: int) -> dict[str, Any]:
     for _ in range(tensor_count):
         cursor.skip_string()  # tensor name
         n_dims = cursor.unpack("I")
+        if n_dims > _MAX_TENSOR_DIMS:
+            raise damaged_header(path, f"a tensor has {n_dims:,} dimensions")
         elements = 1
         for _ in range(n_dims):
             elements *= cursor.unpack("Q")

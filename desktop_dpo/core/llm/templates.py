@@ -13,9 +13,12 @@ lazily, so the GUI may import this module at startup.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -64,6 +67,69 @@ class ChatTemplateError(DesktopDpoError):
     """A conversation cannot be rendered with the model's chat template."""
 
 
+class ChatTemplateTooCostly(ChatTemplateError):
+    """A chat template ran past its rendering budget (time, steps or text) and was stopped."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# RENDERING BUDGET. A chat template comes with the model, so it is untrusted code: the sandbox keeps it from
+# reaching the system, and these limits keep it from hanging the app or filling memory. Real templates loop
+# once over the messages and render in milliseconds; these bounds are far above that.
+# ---------------------------------------------------------------------------------------------------------
+_RENDER_SECONDS = 5.0  # wall-clock time one rendering may take
+_MAX_STEPS = 1_000_000  # loop iterations over range(), calls and intercepted operators, together
+_MIN_OUTPUT_CHARS = 1_000_000  # text a rendering may produce, plus _OUTPUT_PER_INPUT_CHAR x the messages
+_OUTPUT_PER_INPUT_CHAR = 4
+_MAX_POWER_BITS = 1 << 16  # largest integer ``a ** b`` may build
+
+
+@dataclass
+class _RenderBudget:
+    """What one rendering may still spend; checked by the sandbox's hooks as the template runs."""
+
+    deadline: float  # time.monotonic() after which the rendering stops
+    max_chars: int  # longest text (the output, or any string or list the template builds)
+    steps: int = 0  # steps taken so far
+
+    def tick(self) -> None:
+        self.steps += 1
+        if self.steps > _MAX_STEPS:
+            raise ChatTemplateTooCostly(_too_slow_message(f"after {_MAX_STEPS:,} steps"))
+        if self.steps % 1024 == 0 and time.monotonic() > self.deadline:
+            raise ChatTemplateTooCostly(_too_slow_message(f"after {_RENDER_SECONDS:g} seconds"))
+
+    def check_size(self, value: Any) -> None:
+        if isinstance(value, (str, bytes, list, tuple, dict)) and len(value) > self.max_chars:
+            raise ChatTemplateTooCostly(_too_long_message(self.max_chars))
+
+
+# The budget of the rendering under way in this thread (None while a template is only being compiled).
+_BUDGET: contextvars.ContextVar[_RenderBudget | None] = contextvars.ContextVar(
+    "chat_template_budget", default=None
+)
+
+
+def _current_budget() -> _RenderBudget:
+    budget = _BUDGET.get()
+    # Compiling folds constant expressions ("'x' * 3") by running them: bound those too.
+    return budget or _RenderBudget(deadline=time.monotonic() + _RENDER_SECONDS, max_chars=_MIN_OUTPUT_CHARS)
+
+
+def _too_slow_message(when: str) -> str:
+    return (
+        f"The model's chat template was stopped {when}: it loops far more than rendering a conversation "
+        "needs. Choose another model, or remove the template so the plain User:/Assistant: layout is used."
+    )
+
+
+def _too_long_message(limit: int) -> str:
+    return (
+        f"The model's chat template was stopped: it builds more than {limit:,} characters of text for this "
+        "conversation. Choose another model, or remove the template so the plain User:/Assistant: layout is "
+        "used."
+    )
+
+
 def uses_default_template(chat_template: str | None) -> bool:
     """Whether ``chat_template`` means the default layout: none at all, or :data:`DEFAULT_TEMPLATE` itself
     (which an export writes into the GGUF of a model trained on it)."""
@@ -100,18 +166,37 @@ def render_prompt(
     uses_default = uses_default_template(chat_template)
     template = DEFAULT_TEMPLATE if uses_default else str(chat_template)
     compiled = _compile(template)
+    input_chars = sum(len(m["content"]) for m in checked) + len(bos) + len(eos)
+    budget = _RenderBudget(
+        deadline=time.monotonic() + _RENDER_SECONDS,
+        max_chars=_MIN_OUTPUT_CHARS + _OUTPUT_PER_INPUT_CHAR * input_chars,
+    )
+    token = _BUDGET.set(budget)
     try:
-        text = compiled.render(
+        parts: list[str] = []
+        length = 0
+        # Piece by piece, so that a template printing in a loop is stopped as its text grows.
+        for part in compiled.generate(
             messages=checked,
             bos_token=bos,
             eos_token=eos,
             add_generation_prompt=add_generation_prompt,
-        )
+        ):
+            length += len(part)
+            if length > budget.max_chars:
+                raise ChatTemplateTooCostly(_too_long_message(budget.max_chars))
+            budget.tick()
+            parts.append(part)
+        text = "".join(parts)
+    except ChatTemplateError:
+        raise
     except Exception as exc:  # jinja2.TemplateError and whatever a template's own code raises
         raise ChatTemplateError(
             f"The model's chat template could not render this conversation ({exc}). Check the order of the "
             "turns (many models expect user and assistant to alternate, some accept no system message)."
         ) from exc
+    finally:
+        _BUDGET.reset(token)
     stops = list(DEFAULT_STOP_STRINGS) if uses_default else ([eos] if eos else [])
     return text, stops
 
@@ -138,7 +223,38 @@ def _compile(template: str) -> Any:
     """Compile a chat template in a sandbox configured like transformers' (cached: templates repeat)."""
     import jinja2
     import jinja2.ext
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
+
+    class _BudgetedSandbox(ImmutableSandboxedEnvironment):
+        # Every call a template makes, and the operators that can build huge values, go through the budget.
+        intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+        def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+            budget = _current_budget()
+            budget.tick()
+            _check_counts(budget, args, kwargs)
+            result = super().call(context, obj, *args, **kwargs)
+            budget.check_size(result)
+            return result
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            budget = _current_budget()
+            budget.tick()
+            if operator == "*":
+                _check_repeat(budget, left, right)
+                _check_repeat(budget, right, left)
+            if (
+                operator == "**"
+                and _is_int(left)
+                and _is_int(right)
+                and right > 0
+                and abs(left) > 1
+                and left.bit_length() * right > _MAX_POWER_BITS
+            ):
+                raise ChatTemplateTooCostly(_too_long_message(budget.max_chars))
+            result = super().call_binop(context, operator, left, right)
+            budget.check_size(result)
+            return result
 
     class _GenerationTag(jinja2.ext.Extension):
         # HF templates may mark assistant text with {% generation %}...{% endgeneration %} (for training
@@ -167,16 +283,88 @@ def _compile(template: str) -> Any:
     def strftime_now(fmt: str) -> str:
         return datetime.now().strftime(fmt)
 
-    env = ImmutableSandboxedEnvironment(
+    def budgeted_range(*args: int) -> _CountedRange:
+        return _CountedRange(safe_range(*args))  # safe_range refuses more than 100,000 items
+
+    env = _BudgetedSandbox(
         trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
     )
     env.filters["tojson"] = tojson
+    env.filters = {name: _budgeted_filter(function) for name, function in env.filters.items()}
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now
+    env.globals["range"] = budgeted_range
     try:
         return env.from_string(template)
-    except jinja2.TemplateSyntaxError as exc:
+    except ChatTemplateError:
+        raise
+    except Exception as exc:  # TemplateSyntaxError, and RecursionError/MemoryError for absurd nesting
         raise ChatTemplateError(
             f"The model's chat template is not valid Jinja ({exc}). Choose another model, or remove the "
             "template so the plain User:/Assistant: layout is used."
         ) from exc
+
+
+class _CountedRange:
+    """``range()`` for templates: each item a loop takes costs one step of the rendering budget."""
+
+    def __init__(self, items: range):
+        self._items = items
+
+    def __iter__(self) -> Iterator[int]:
+        budget = _current_budget()
+        for item in self._items:
+            budget.tick()
+            yield item
+
+    def __reversed__(self) -> Iterator[int]:
+        return iter(_CountedRange(self._items[::-1]))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: Any) -> Any:
+        item = self._items[index]
+        return _CountedRange(item) if isinstance(item, range) else item
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._items
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_repeat(budget: _RenderBudget, sequence: Any, times: Any) -> None:
+    """Refuse ``'x' * n`` or ``[0] * n`` that would build more than the budget allows, before building it."""
+    if (
+        isinstance(sequence, (str, bytes, list, tuple))
+        and _is_int(times)
+        and len(sequence) * times > budget.max_chars
+    ):
+        raise ChatTemplateTooCostly(_too_long_message(budget.max_chars))
+
+
+def _check_counts(budget: _RenderBudget, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Refuse a width or count argument larger than the text a rendering may build ("x".ljust(10**9))."""
+    for value in (*args, *kwargs.values()):
+        if _is_int(value) and value > budget.max_chars:
+            raise ChatTemplateTooCostly(_too_long_message(budget.max_chars))
+
+
+def _budgeted_filter(function: Any) -> Any:
+    """A Jinja filter that checks its count arguments and the size of what it returns."""
+
+    # The value filtered (after the context or environment some filters take first) may be any number.
+    options_start = 2 if getattr(function, "jinja_pass_arg", None) else 1
+
+    @functools.wraps(function)
+    def budgeted(*args: Any, **kwargs: Any) -> Any:
+        budget = _current_budget()
+        budget.tick()
+        _check_counts(budget, args[options_start:], kwargs)
+        result = function(*args, **kwargs)
+        budget.check_size(result)
+        return result
+
+    return budgeted
