@@ -313,7 +313,13 @@ class SupervisedLlamaEngine:
                 self._start("safe", cancel)
                 if self.memory is not None:
                     self.memory.remember(self.model_path, "safe", f"crashed while loading: {crash.how}")
-                yield Log(f"{self.model_path.name} loaded in safe mode; it will start that way from now on.")
+                # A warning again, so the banner ends on what happened and what it means, not on "trying".
+                later = " it will start that way from now on." if self.memory is not None else ""
+                yield Log(
+                    f"The model crashed while loading ({crash.how}) and now runs in safe mode (slower, without "
+                    f"llama.cpp's CPU repacking or some GPU layers); your picks are safe.{later}",
+                    level="warning",
+                )
 
     def _first_mode(self) -> LoadMode:
         if self.forced_mode is not None:
