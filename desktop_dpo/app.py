@@ -8,8 +8,6 @@ import logging
 import sys
 import traceback
 from collections.abc import Callable
-from logging.handlers import RotatingFileHandler
-from pathlib import Path
 from types import TracebackType
 
 from PySide6.QtCore import Qt
@@ -23,38 +21,13 @@ from desktop_dpo.core.offline import add_refusal_listener, remove_refusal_listen
 from desktop_dpo.core.store import Store
 from desktop_dpo.gui.main_window import MainWindow
 from desktop_dpo.gui.resource_files import read_style_sheet, resource_icon
+from desktop_dpo.log_files import LOG_FILE_BYTES, LOG_FILE_COUNT, configure_logging  # noqa: F401 - re-exported
 from desktop_dpo.workers.job_worker import JobRegistry, describe_error
 
 log = logging.getLogger(__name__)
 
-LOG_FILE_BYTES = 5 * 1024 * 1024
-LOG_FILE_COUNT = 5
-LOG_FORMAT = "%(asctime)s %(levelname)-7s %(threadName)s %(name)s: %(message)s"
 # Exit status when the app cannot start (database refused, folders not writable): not a crash.
 EXIT_CANNOT_START = 2
-# Marks the handlers this module adds, so a second call replaces them instead of doubling every line.
-_HANDLER_TAG = "_desktop_dpo_handler"
-
-
-def configure_logging(log_file: Path, *, stderr_level: int = logging.WARNING) -> None:
-    """Log to a rotating file (5 MB × 5, everything from INFO) and to stderr (warnings and errors)."""
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if getattr(h, _HANDLER_TAG, False)]:
-        root.removeHandler(handler)
-        handler.close()
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    formatter = logging.Formatter(LOG_FORMAT)
-    file_handler = RotatingFileHandler(
-        log_file, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_COUNT, encoding="utf-8"
-    )
-    file_handler.setLevel(logging.INFO)
-    stderr_handler = logging.StreamHandler(sys.stderr)
-    stderr_handler.setLevel(stderr_level)
-    for handler in (file_handler, stderr_handler):
-        handler.setFormatter(formatter)
-        setattr(handler, _HANDLER_TAG, True)
-        root.addHandler(handler)
-    root.setLevel(min(root.level or logging.INFO, logging.INFO))
 
 
 def create_application(argv: list[str] | None = None) -> QApplication:

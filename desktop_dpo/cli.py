@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from desktop_dpo import __version__
 from desktop_dpo.config import APP_NAME, HOME_ENV, AppPaths
-from desktop_dpo.core.errors import DesktopDpoError, StoreError
+from desktop_dpo.core.errors import DatabaseBusy, DesktopDpoError, StoreError
 
 # Imported here, before the GUI path imports Qt: PySide6 inspects every module imported after it, which
 # makes later imports slower. The store needs no ML library, so lock_down() still precedes all of those.
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the command ran and failed (bad file, database refused ...); the message says why
+IMPORT_WAIT_S = 30.0  # how long data import waits for another writer (Store.open's busy timeout)
 MAX_LISTED = 20  # problems listed one per line before "... and N more"
 # Distributions whose versions `info` reports; read from package metadata, so nothing heavy is imported.
 REPORTED_DISTRIBUTIONS = (
@@ -69,8 +70,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = AppPaths.default()
     command = getattr(args, "command_handler", None) or _run_gui
     if command is not _run_gui:
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        _log_for_command(paths)
     return int(command(args, paths))
+
+
+def _log_for_command(paths: AppPaths) -> None:
+    """Warnings on the terminal, and the details (a converter's output, a crash's last words) in the app's
+    log file, which messages point to; a data folder that cannot hold a log (read-only, a file) keeps the
+    terminal only, and the command itself explains the folder."""
+    from desktop_dpo.log_files import configure_logging
+
+    console = "%(levelname)s %(name)s: %(message)s"
+    try:
+        configure_logging(paths.log_file, stderr_format=console)
+    except OSError:
+        logging.basicConfig(level=logging.WARNING, format=console)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-duplicates",
         action="store_true",
         help="import pairs that are already in the database (or repeated in the file) again",
+    )
+    data_import.add_argument(
+        "--wait",
+        type=_wait_seconds,
+        default=IMPORT_WAIT_S,
+        metavar="SECONDS",
+        help="how long to wait while another window or program is writing to the database "
+        "(default: %(default)g)",
     )
     data_import.set_defaults(command_handler=_run_data_import)
     data_export = data_commands.add_parser(
@@ -181,7 +203,7 @@ def data_folder_problem(paths: AppPaths) -> str | None:
     return None
 
 
-def _open_store(paths: AppPaths) -> Store:
+def _open_store(paths: AppPaths, *, busy_timeout_s: float = IMPORT_WAIT_S) -> Store:
     problem = data_folder_problem(paths)
     if problem is not None:
         raise StoreError(problem)
@@ -192,7 +214,7 @@ def _open_store(paths: AppPaths) -> Store:
             f"Cannot make the app's folders under {paths.data_dir}: {exc.strerror or exc}. Make it writable, "
             "or choose another folder with --home DIR."
         ) from exc
-    return Store.open(paths.db_path, backups_dir=paths.backups_dir)
+    return Store.open(paths.db_path, backups_dir=paths.backups_dir, busy_timeout_s=busy_timeout_s)
 
 
 def _open_store_for_reading(paths: AppPaths) -> Store:
@@ -209,14 +231,28 @@ def _fail(message: str) -> int:
     return EXIT_FAILED
 
 
+def _wait_seconds(text: str) -> float:
+    """--wait: a number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (0 <= value < 1e9):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds from 0 up")
+    return value
+
+
 def _run_data_import(args: argparse.Namespace, paths: AppPaths) -> int:
     from desktop_dpo.core.preference_io import import_preferences
 
     try:
-        with _open_store(paths) as store:
+        with _open_store(paths, busy_timeout_s=args.wait) as store:
             result = import_preferences(
                 store, args.file, duplicates="import" if args.allow_duplicates else "skip"
             )
+    except DatabaseBusy as exc:
+        longer = max(300, int(args.wait) * 10)
+        return _fail(f"{exc} To wait longer, run it again with --wait {longer}.")
     except DesktopDpoError as exc:
         return _fail(str(exc))
     print(describe_import(result))

@@ -18,6 +18,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -523,6 +524,61 @@ def newest_backup(backups_dir: Path) -> Path | None:
     return max(copies, key=lambda p: p.stat().st_mtime, default=None)
 
 
+def database_holders(path: Path | str, *, limit: int = 5) -> list[str]:
+    """The other processes that have the database at ``path`` open (or its -wal, -shm or -journal file), as
+    a person knows them: "desktop-dpo (pid 1234)", "sqlite3 (pid 99)".
+
+    Linux only: reads the links in /proc/*/fd. Elsewhere, or when nothing can be seen (another user's
+    processes), an empty list. This process is left out: its own connections are not "another program".
+    At most ``limit`` names; a last entry says how many more there are.
+    """
+    proc = Path("/proc")
+    if str(path) == ":memory:" or not (proc / "self" / "fd").is_dir():
+        return []
+    base = Path(path).resolve()
+    targets = {str(base)} | {f"{base}{suffix}" for suffix in ("-wal", "-shm", "-journal")}
+    me = os.getpid()
+    found: list[str] = []
+    try:
+        pids = sorted(int(entry.name) for entry in os.scandir(proc) if entry.name.isdigit())
+    except OSError:
+        return []
+    for pid in pids:
+        if pid == me:
+            continue
+        try:
+            fds = os.listdir(proc / str(pid) / "fd")
+        except OSError:  # gone already, or another user's process
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(proc / str(pid) / "fd" / fd) in targets:
+                    found.append(f"{_process_name(pid)} (pid {pid})")
+                    break
+            except OSError:
+                continue
+    if len(found) > limit:
+        return [*found[:limit], f"{len(found) - limit} more"]
+    return found
+
+
+def _process_name(pid: int) -> str:
+    """ "desktop-dpo" for a desktop-dpo process (a window, the CLI, ``python -m desktop_dpo``), else its
+    command name from /proc."""
+    proc = Path("/proc") / str(pid)
+    try:
+        argv = (proc / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        argv = []
+    words = [os.path.basename(arg.decode("utf-8", "replace")) for arg in argv[:3]]
+    if any(word in ("desktop-dpo", "desktop-dpo.exe", "desktop_dpo") for word in words):
+        return "desktop-dpo"
+    try:
+        return (proc / "comm").read_text(encoding="utf-8", errors="replace").strip() or "a program"
+    except OSError:
+        return "a program"
+
+
 def explain_sqlite_error(
     exc: BaseException,
     path: Path | str | None,
@@ -542,6 +598,13 @@ def explain_sqlite_error(
             "was rolled back, so nothing is half-written). Free some space on that disk and try again."
         )
     if "database is locked" in text or "database is busy" in text or "database table is locked" in text:
+        holders = database_holders(path) if path is not None else []
+        if holders:
+            return DatabaseBusy(
+                f"Another program is writing to the database {path} and did not finish within "
+                f"{busy_timeout_s:g} s; {outcome}. The database is open in {', '.join(holders)}. Wait for "
+                "its work (an import, a training run) to end, or close that window or program, then try again."
+            )
         return DatabaseBusy(
             f"Another desktop-dpo window or another program is writing to the database {path} and did not "
             f"finish within {busy_timeout_s:g} s; {outcome}. Wait for its work (an import, a training run) "

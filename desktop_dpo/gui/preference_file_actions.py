@@ -7,6 +7,9 @@ An import first runs asking about duplicates: when some pairs of the file are al
 written and the person is asked "Skip them / Import anyway / Cancel" (window-modal, so the GUI thread
 keeps running); the answer starts the import again with that choice (the file is read a second time
 only then).
+
+An import that meets a database kept locked by another window or program (longer than the wait) shows why,
+who holds it where that can be seen, and offers "Try Again"; nothing was imported.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QAbstractButton, QFileDialog, QMessageBox, QWidget
 
-from desktop_dpo.core.errors import DuplicatePairsFound
+from desktop_dpo.core.errors import DatabaseBusy, DuplicatePairsFound
 from desktop_dpo.core.jobs import CancelToken, Log
 from desktop_dpo.core.store import Store
 from desktop_dpo.workers.job_worker import JobRegistry, JobThread
@@ -46,24 +49,43 @@ class DuplicatesFound:
     total: int  # pairs of the file that would be imported
 
 
+@dataclass(frozen=True)
+class DatabaseWasBusy:
+    """An import that found the database locked by another window or program: nothing was written."""
+
+    source: Path
+    duplicates: DuplicateChoice  # the choice the import ran with, kept for "Try Again"
+    message: str  # why, and who holds the database where that can be seen
+
+
 def import_job(
-    db_path: Path, backups_dir: Path, source: Path, token: CancelToken, duplicates: DuplicateChoice = "ask"
+    db_path: Path,
+    backups_dir: Path,
+    source: Path,
+    token: CancelToken,
+    duplicates: DuplicateChoice = "ask",
+    busy_timeout_s: float = 30.0,
 ) -> Generator[Any, None, Any]:
     """Import ``source`` into the database, on the calling (worker) thread's own connection.
 
-    Returns the ``ImportResult``, or :class:`DuplicatesFound` (nothing written) when ``duplicates`` is
-    "ask" and some pairs are already stored.
+    Returns the ``ImportResult``; :class:`DuplicatesFound` (nothing written) when ``duplicates`` is
+    "ask" and some pairs are already stored; :class:`DatabaseWasBusy` (nothing written) when another
+    writer kept the database locked for longer than ``busy_timeout_s``.
     """
     from desktop_dpo.core.preference_io import import_preferences
 
     yield Log(f"Importing {source.name}…")
     token.raise_if_cancelled()
-    with Store.open(db_path, backups_dir=backups_dir) as store:
-        try:
-            return import_preferences(store, source, duplicates=duplicates)
-        except DuplicatePairsFound as found:
-            # A question for the person, not a failure: handed back as a plain result.
-            return DuplicatesFound(source, found.duplicates, found.total)
+    try:
+        with Store.open(db_path, backups_dir=backups_dir, busy_timeout_s=busy_timeout_s) as store:
+            try:
+                return import_preferences(store, source, duplicates=duplicates)
+            except DuplicatePairsFound as found:
+                # A question for the person, not a failure: handed back as a plain result.
+                return DuplicatesFound(source, found.duplicates, found.total)
+    except DatabaseBusy as busy:
+        # Also a question ("Try Again?"), so handed back as a plain result too.
+        return DatabaseWasBusy(source, duplicates, str(busy))
 
 
 def export_job(
@@ -86,19 +108,30 @@ class PreferenceFileActions(QObject):
         data_changed(): an import added pairs (counts should be re-read).
 
     ``duplicates_question`` is the open "already in your data" question, if any (window-modal, so the
-    GUI thread keeps running while it waits for an answer).
+    GUI thread keeps running while it waits for an answer); ``busy_question`` the open "the database is
+    busy: Try Again?" message. ``busy_timeout_s`` is how long an import waits for another writer.
     """
 
     message = Signal(str)
     data_changed = Signal()
 
-    def __init__(self, *, registry: JobRegistry, db_path: Path, backups_dir: Path, parent_widget: QWidget):
+    def __init__(
+        self,
+        *,
+        registry: JobRegistry,
+        db_path: Path,
+        backups_dir: Path,
+        parent_widget: QWidget,
+        busy_timeout_s: float = 30.0,
+    ):
         super().__init__(parent_widget)
         self._registry = registry
         self._db_path = db_path
         self._backups_dir = backups_dir
         self._parent_widget = parent_widget
         self.duplicates_question: QMessageBox | None = None
+        self.busy_question: QMessageBox | None = None
+        self.busy_timeout_s = busy_timeout_s
 
         self.import_action = QAction("&Import Preferences…", parent_widget)
         self.import_action.setShortcut(QKeySequence("Ctrl+I"))
@@ -118,9 +151,11 @@ class PreferenceFileActions(QObject):
         ``duplicates``: "ask" (pairs already stored: ask the person first), "skip" or "import".
         """
 
-        def on_succeeded(result: ImportResult | DuplicatesFound) -> None:
+        def on_succeeded(result: ImportResult | DuplicatesFound | DatabaseWasBusy) -> None:
             if isinstance(result, DuplicatesFound):
                 self._ask_about_duplicates(result)
+            elif isinstance(result, DatabaseWasBusy):
+                self._offer_to_try_again(result)
             else:
                 self._on_import_succeeded(source, result)
 
@@ -132,7 +167,9 @@ class PreferenceFileActions(QObject):
 
         self._registry.start(
             DATA_RESOURCE,
-            lambda token: import_job(self._db_path, self._backups_dir, source, token, duplicates),
+            lambda token: import_job(
+                self._db_path, self._backups_dir, source, token, duplicates, self.busy_timeout_s
+            ),
             connect,
         )
 
@@ -217,6 +254,32 @@ class PreferenceFileActions(QObject):
         box.buttonClicked.connect(on_clicked)
         self.duplicates_question = box
         box.open()  # window-modal, without a nested event loop: the answer arrives as a signal
+
+    def _offer_to_try_again(self, busy: DatabaseWasBusy) -> None:
+        self.message.emit(f"Import of {busy.source.name} failed: the database is busy; nothing was imported.")
+        box = QMessageBox(
+            QMessageBox.Icon.Warning,
+            "Import failed",
+            busy.message,
+            QMessageBox.StandardButton.NoButton,
+            self._parent_widget,
+        )
+        again = box.addButton("Try Again", QMessageBox.ButtonRole.AcceptRole)
+        cancel = box.addButton(QMessageBox.StandardButton.Cancel)
+        box.setDefaultButton(again)
+        box.setEscapeButton(cancel)  # Escape and closing the box: nothing is imported
+
+        def on_clicked(button: QAbstractButton) -> None:
+            self.busy_question = None
+            box.deleteLater()
+            if button is again:
+                self._when_data_idle(lambda: self.start_import(busy.source, busy.duplicates))
+            else:
+                self.message.emit(f"Import of {busy.source.name} cancelled; nothing was imported.")
+
+        box.buttonClicked.connect(on_clicked)
+        self.busy_question = box
+        box.open()  # window-modal, like the duplicates question
 
     def _when_data_idle(self, start: Callable[[], None]) -> None:
         """Call ``start`` now, or once the data job still running has ended (one data job at a time).

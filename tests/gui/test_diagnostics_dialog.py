@@ -9,11 +9,15 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication
 
 from desktop_dpo.core import hardware
-from desktop_dpo.core.llm.load_modes import LoadModeMemory
+from desktop_dpo.core.llm.load_modes import LoadModeMemory, llama_cpp_version
 from desktop_dpo.gui.diagnostics_dialog import CHECKING_TEXT, DiagnosticsDialog
 
 TORCH_CUDA = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
-LLAMA_CUDA = 'CMAKE_ARGS="-DGGML_CUDA=on" pip install --no-cache-dir --force-reinstall llama-cpp-python'
+# The rebuild keeps the installed version (the probe's own answer here).
+LLAMA_CUDA = (
+    'CMAKE_ARGS="-DGGML_CUDA=on" pip install --no-cache-dir --force-reinstall '
+    f"llama-cpp-python=={llama_cpp_version()}"
+)
 AMX_SYSTEM_INFO = "CPU : AVX2 = 1 | AVX512 = 1 | AMX_INT8 = 1 | REPACK = 1 |"
 REPORT_WAIT_MS = 60_000  # the probe children start a Python each; the machine is shared
 

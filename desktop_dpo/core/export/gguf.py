@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +23,8 @@ from typing import Any
 from desktop_dpo.core.errors import ConverterRefused, ExportError, JobCancelled, ModelCodeRefused
 from desktop_dpo.core.jobs import CancelToken, Job, Progress
 from desktop_dpo.core.models import model_code_refusal, refuse_model_code
+
+log = logging.getLogger(__name__)
 
 OUTTYPES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32}  # output bytes per weight
 _POLL_S = 0.2
@@ -64,8 +68,11 @@ def estimate_gguf_bytes(model_dir: Path, outtype: str) -> int:
 
 
 def _explain_failure(output: str, model_dir: Path) -> ExportError:
-    """The error for a failed conversion, in words; a model the converter cannot read is ConverterRefused."""
-    tail = "\n".join(output.strip().splitlines()[-6:])
+    """The error for a failed conversion, in words; a model the converter cannot read is ConverterRefused.
+
+    The converter's own output (a traceback, most often) goes to the log, never into the message.
+    """
+    log.info("llama.cpp's converter failed on %s; its output:\n%s", model_dir, output.strip() or "(none)")
     if "No space left" in output:
         return ExportError(
             "The disk filled up while writing the GGUF. Free some space and try again; nothing was kept."
@@ -81,7 +88,31 @@ def _explain_failure(output: str, model_dir: Path) -> ExportError:
             f"llama.cpp's converter does not support the architecture of {model_dir.name}. "
             "Choose a model of a supported family (Llama, Mistral, Qwen, Gemma, Phi ...)."
         )
-    return ExportError(f"Converting {model_dir.name} to GGUF failed:\n{tail}")
+    return ExportError(
+        f"llama.cpp's converter could not convert {model_dir.name} to GGUF{_converter_said(output)}. Its "
+        "architecture or tokenizer may not be supported by this converter, or the folder may be incomplete "
+        "(a weights or tokenizer file missing or damaged): check the folder, or choose a model of a "
+        "supported family. Nothing was kept; details are in the log."
+    )
+
+
+# The last line of a Python traceback: the exception's (dotted) name, then its message if it has one.
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b(:.*)?$")
+
+
+def _converter_said(output: str) -> str:
+    """' (the converter said: KeyError: ...)' from the converter's output, or "" when it printed nothing.
+
+    The last line that names an exception is the one a person can read; without one, the last line
+    (``Killed``). Cut to 300 characters: a message holds a sentence, not a dump.
+    """
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    said = next((line for line in reversed(lines) if _EXCEPTION_LINE.match(line)), lines[-1] if lines else "")
+    if not said:
+        return ""
+    if len(said) > 300:
+        said = said[:297] + "..."
+    return f" (the converter said: {said})"
 
 
 # The converter child's exit status, and the start of the line it prints, when a model asked it to run code.

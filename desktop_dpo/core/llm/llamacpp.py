@@ -538,8 +538,11 @@ class LlamaCppEngine:
             # Raw text is the person's own: never read "<bos>" written in it as a control token.
             return self.tokenize(prompt, parse_special=False), []
         text, stops = self.render(prompt)
-        tokens = self.tokenize(text, parse_special=True)
-        # Most templates write the BOS token themselves; the tokenizer may have added one as well.
+        # Most templates write the BOS token themselves: then the tokenizer must not add one as well. Asked
+        # to add one anyway, llama.cpp warns "the final prompt starts with 2 BOS tokens" while tokenizing,
+        # so dropping the duplicate afterwards is too late for the warning.
+        writes_bos = bool(self.bos_text) and text.startswith(self.bos_text)
+        tokens = self.tokenize(text, add_bos=False if writes_bos else None, parse_special=True)
         if len(tokens) >= 2 and tokens[0] == tokens[1] == self._bos_id:
             tokens = tokens[1:]
         return tokens, stops
