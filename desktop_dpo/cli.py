@@ -779,8 +779,8 @@ def _add_demo_parser(commands: argparse._SubParsersAction, common: argparse.Argu
         "answer wins, but an answer under 8 words or repeating itself loses), train and export Q4_K_M; go "
         "round again from the aligned model (--quick: once); then evaluate it against the base blind, by the "
         "same rule, on held-out prompts. Prints where the GGUF is and the win rate with its 95% interval. Ctrl-C stops cleanly; what was done "
-        "stays in the database. On 2 CPU cores the full demo takes about 30 minutes and --quick 5 to 8 "
-        "(7.5 measured with other work running).",
+        "stays in the database. On 2 quiet CPU cores the full demo takes about 30 minutes and --quick about "
+        "2.5 (7.5 with other work running beside it).",
     )
     demo.add_argument(
         "--quick",
