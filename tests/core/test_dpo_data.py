@@ -237,7 +237,11 @@ def test_a_typed_edit_lines_up_with_a_sampled_answer():
 
 def test_bos_is_never_doubled_when_the_template_writes_it():
     tok = CharTokenizer()
-    template = "{{ bos_token }}{% for m in messages %}[{{ m['content'] }}]{% endfor %}{% if add_generation_prompt %}>{% endif %}"
+    # (an assistant turn starts with ">", the generation prompt, as in real templates)
+    template = (
+        "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'assistant' %}>{% endif %}[{{ m['content'] }}]"
+        "{% endfor %}{% if add_generation_prompt %}>{% endif %}"
+    )
     tp = tokenize_pair(tok, pair(), chat_template=template, max_length=256, max_prompt_length=128)
     assert tok.decode(tp.prompt_ids) == "<s>[Capital of France?]>"
     # A tokenizer that adds no BOS of its own gets none from us either.

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "heldout")
 # Bumped whenever the way a pair becomes token ids changes, so no stale cached reference is reused.
-_CACHE_KEY_VERSION = 1
+_CACHE_KEY_VERSION = 2  # 2: templated answers end as the template ends them, without EOS
 # Rows of [N, vocab] logits upcast to fp32 at once: about 64 MiB per chunk whatever the vocabulary.
 _LOGSUMEXP_CHUNK_ELEMENTS = 1 << 24
 
@@ -218,33 +218,62 @@ def render_response_text(
     *,
     prompt_text: str | None = None,
 ) -> str:
-    """The response as the template writes it right after the generation prompt, up to where the model
-    ends its turn (an EOS token is appended after it).
+    """The response as the template writes it right after the generation prompt: the text the model is
+    trained to write for that answer.
 
-    This is what makes a stored answer and a person's edit line up with what the model generates: the
-    default layout writes ``Assistant: <text>`` with the text trimmed, while the generation prompt ends
-    at ``Assistant:``; so " Paris." (as sampled) and "Paris." (as typed) both become " Paris.".
+    A model with its own chat template: everything the template renders after the prompt for the
+    assistant turn, exactly as TRL's ``DPOTrainer`` takes it for conversational data (the whole
+    conversation rendered, minus the rendered prompt). That is the answer as the template writes it
+    (its own whitespace included, unless the template trims it, as Gemma's and Llama 3's do), the
+    template's own end-of-turn marker (``<|im_end|>``, ``<end_of_turn>``, ``<|eot_id|>``, ``</s>`` ...),
+    and whatever the template writes after it (ChatML's and Gemma's newline). No EOS is added: the
+    end-of-turn marker is the token the model writes to stop, and the one the engines stop on; Gemma's
+    ``<eos>`` never follows an answer, so training it there would teach the model a token it never
+    writes and leave ``<end_of_turn>`` untrained. When the template renders the prompt alone
+    differently from the start of the whole conversation, the text after their common beginning is
+    returned (:func:`tokenize_pair` then works on tokens, as TRL does).
 
-    How the turn ends: a template with an end-of-turn token of its own has it replaced by the EOS token
-    (as TRL does). The default layout ends a turn with a newline, and that newline is kept: a base model
-    ends its answer by writing it (the sampler stops at the speaker marker after it, and the model's EOS
-    is all but never sampled there). Without it, training would never see the token that ends an answer
-    at inference, so preferring longer or shorter answers could not teach the model where to stop; the
-    Gemma demo stopped after three words just as often after training as before.
+    The default ``User:``/``Assistant:`` layout (a base model without a template) writes
+    ``Assistant: <text>`` with the text trimmed, while the generation prompt ends at ``Assistant:``; so
+    " Paris." (as sampled) and "Paris." (as typed) both become " Paris.". The turn ends with the newline
+    the layout writes after the answer, kept here, and :func:`tokenize_pair` puts EOS after it: a base
+    model ends its answer by writing that newline (the sampler stops at the speaker marker after it, and
+    the model's EOS is all but never sampled there). Without it, training would never see the token that
+    ends an answer at inference, so preferring longer or shorter answers could not teach the model where
+    to stop; the Gemma demo stopped after three words just as often after training as before.
 
-    When the template renders the prompt alone differently from the start of the whole conversation,
-    the response is used as stored. ``prompt_text`` saves rendering the prompt again when the caller
-    has it (:func:`render_prompt_text` of the same arguments).
+    ``prompt_text`` saves rendering the prompt again when the caller has it (:func:`render_prompt_text`
+    of the same arguments).
     """
-    from desktop_dpo.core.llm.templates import (
-        DEFAULT_TURN_END,
-        ChatTemplateError,
-        render_prompt,
-        uses_default_template,
-    )
+    from desktop_dpo.core.llm.templates import DEFAULT_TURN_END, uses_default_template
 
     if prompt_text is None:
         prompt_text = render_prompt_text(messages, tokenizer, chat_template)
+    full = _render_conversation_text(messages, response, tokenizer, chat_template)
+    if full is None:
+        return response
+    if not uses_default_template(chat_template):
+        return full[_common_prefix_length(prompt_text, full) :]
+    if not full.startswith(prompt_text):
+        return response
+    continuation = full[len(prompt_text) :]
+    content = response.strip()
+    at = continuation.find(content)
+    if at < 0:
+        return response
+    end = at + len(content)
+    if continuation[end:].startswith(DEFAULT_TURN_END):
+        end += len(DEFAULT_TURN_END)
+    return continuation[:end]
+
+
+def _render_conversation_text(
+    messages: Sequence[dict[str, str]], response: str, tokenizer: Any, chat_template: str | None
+) -> str | None:
+    """The whole conversation with ``response`` as the assistant's last turn, or None when the template
+    refuses it."""
+    from desktop_dpo.core.llm.templates import ChatTemplateError, render_prompt
+
     try:
         full, _stop_strings = render_prompt(
             [*messages, {"role": "assistant", "content": response}],
@@ -254,18 +283,29 @@ def render_response_text(
             add_generation_prompt=False,
         )
     except ChatTemplateError:
-        return response
-    if not full.startswith(prompt_text):
-        return response
-    continuation = full[len(prompt_text) :]
-    content = response.strip()
-    at = continuation.find(content)
-    if at < 0:
-        return response
-    end = at + len(content)
-    if uses_default_template(chat_template) and continuation[end:].startswith(DEFAULT_TURN_END):
-        end += len(DEFAULT_TURN_END)
-    return continuation[:end]
+        return None
+    return full
+
+
+def _sequence_text(
+    messages: Sequence[dict[str, str]],
+    response: str,
+    tokenizer: Any,
+    chat_template: str | None,
+    prompt_text: str,
+) -> str:
+    """The text of prompt + response that :func:`tokenize_pair` tokenises: with a template of the model's
+    own, the whole conversation as the template renders it (TRL's text, to the character); with the
+    default layout, the prompt followed by :func:`render_response_text`."""
+    from desktop_dpo.core.llm.templates import uses_default_template
+
+    if not uses_default_template(chat_template):
+        full = _render_conversation_text(messages, response, tokenizer, chat_template)
+        if full is not None:
+            return full
+    return prompt_text + render_response_text(
+        messages, response, tokenizer, chat_template, prompt_text=prompt_text
+    )
 
 
 def _adds_bos(tokenizer: Any) -> bool:
@@ -287,7 +327,7 @@ def _encode(tokenizer: Any, text: str, add_bos: bool) -> list[int]:
     return ids
 
 
-def _common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+def _common_prefix_length(a: Sequence[Any], b: Sequence[Any]) -> int:
     n = 0
     for x, y in zip(a, b, strict=False):
         if x != y:
@@ -303,8 +343,11 @@ class TokenizedPair:
     comparison_id: int
     prompt_id: int
     prompt_ids: tuple[int, ...]  # the rendered prompt, ending with the generation prompt
-    chosen_ids: tuple[int, ...]  # chosen response + EOS (the EOS is lost only when ``truncated``)
-    rejected_ids: tuple[int, ...]  # rejected response + EOS
+    # The response as the model writes it, up to and including how its turn ends (the template's
+    # end-of-turn marker and what follows it, or the default layout's newline + EOS); the end is lost
+    # only when ``truncated``.
+    chosen_ids: tuple[int, ...]
+    rejected_ids: tuple[int, ...]
     truncated: bool = False  # a response was cut to fit max_length: reported, never silent
     prompt_truncated: bool = False  # older turns were dropped (or the prompt cut from the left)
 
@@ -349,11 +392,18 @@ def tokenize_pair(
 
     Rendering: ``chat_template`` (pass :func:`resolve_chat_template` of the tokenizer; None = default
     layout) renders the prompt with its generation prompt, as the sampler did. Each response is written
-    as the template writes an assistant turn (:func:`render_response_text`), tokenised in context
-    (prompt text + response text) and taken from where that diverges from the tokenised prompt, the
-    way TRL's ``DPOTrainer`` does it, so a token merging across the boundary is scored as part of the
-    response. An EOS token replaces the template's end-of-turn, so the model learns where an answer
-    ends (llama.cpp stops on EOS, and on the default layout's stop strings).
+    as the template writes an assistant turn (:func:`render_response_text`), tokenised in context and
+    taken from where that diverges from the tokenised prompt, the way TRL's ``DPOTrainer`` does it, so
+    a token merging across the boundary is scored as part of the response. With a template of the
+    model's own, the context is the whole conversation as the template renders it, and the response
+    ends as the template ends an assistant turn (its end-of-turn marker and what it writes after it,
+    no EOS): the same ids as TRL's for conversational data. With the default layout the response ends
+    with the layout's newline and an EOS token, so the model learns where an answer ends (llama.cpp
+    stops on EOS, and on the default layout's stop strings).
+
+    One difference from TRL: when the tokenizer puts BOS in front of plain text and the template does
+    not write it, the prompt starts with BOS (TRL's conversational ids have none). llama.cpp puts it
+    there when the model generates, so training sees the text the model sees.
 
     Truncation, in this order (nothing is cut without a flag):
 
@@ -367,7 +417,8 @@ def tokenize_pair(
        answer is usually where the preference shows, and the count tells the person to raise
        ``max_length`` if it is large.
 
-    Raises :class:`PairTokenizationError` when the tokenizer has no EOS token and ``ValueError`` for
+    Raises :class:`PairTokenizationError` when the default layout is used and the tokenizer has no EOS
+    token, and ``ValueError`` for
     lengths that leave no room for a response.
     """
     if max_prompt_length < 1 or max_length <= max_prompt_length:
@@ -375,8 +426,11 @@ def tokenize_pair(
             f"max_length ({max_length}) must be larger than max_prompt_length ({max_prompt_length}) >= 1, "
             "so every response keeps at least one token."
         )
+    from desktop_dpo.core.llm.templates import uses_default_template
+
+    # Only the default layout ends an answer with EOS; a template writes its own end of turn.
     eos_id = tokenizer.eos_token_id
-    if eos_id is None:
+    if eos_id is None and uses_default_template(chat_template):
         raise PairTokenizationError(
             "The model's tokenizer has no end-of-sequence token, so responses cannot be marked as finished. "
             "Choose a model whose tokenizer defines one."
@@ -396,14 +450,12 @@ def tokenize_pair(
         prompt_ids = _encode(tokenizer, prompt_text, add_bos)
         prompt_truncated = True
 
-    chosen_text = render_response_text(
-        messages, pair.chosen, tokenizer, chat_template, prompt_text=prompt_text
+    full_chosen = _encode(
+        tokenizer, _sequence_text(messages, pair.chosen, tokenizer, chat_template, prompt_text), add_bos
     )
-    rejected_text = render_response_text(
-        messages, pair.rejected, tokenizer, chat_template, prompt_text=prompt_text
+    full_rejected = _encode(
+        tokenizer, _sequence_text(messages, pair.rejected, tokenizer, chat_template, prompt_text), add_bos
     )
-    full_chosen = _encode(tokenizer, prompt_text + chosen_text, add_bos)
-    full_rejected = _encode(tokenizer, prompt_text + rejected_text, add_bos)
     # Where prompt and prompt+response stop agreeing; equal to len(prompt_ids) unless a token merges
     # across the boundary, in which case that merged token belongs to the response (as in TRL).
     shared = min(
@@ -413,8 +465,9 @@ def tokenize_pair(
     if shared < len(prompt_ids):
         log.debug("Prompt tokens %s merge with the response; scored as response.", prompt_ids[shared:])
     prompt_ids = prompt_ids[:shared]
-    chosen_ids = [*full_chosen[shared:], eos_id]
-    rejected_ids = [*full_rejected[shared:], eos_id]
+    end = [eos_id] if uses_default_template(chat_template) else []
+    chosen_ids = [*full_chosen[shared:], *end]
+    rejected_ids = [*full_rejected[shared:], *end]
 
     if len(prompt_ids) > max_prompt_length:
         keep_bos = tokenizer.bos_token_id is not None and prompt_ids[:1] == [tokenizer.bos_token_id]
