@@ -75,7 +75,7 @@ def wait_for_end(qtbot, view: TrainView, registry: JobRegistry) -> None:
 
 
 class HoldAtStep:
-    """Holds the run, in its training process, at the start of step ``step`` until ``release()``."""
+    """Holds the run, in its training process, at the start of step ``step`` until ``release()`` or a stop."""
 
     def __init__(self, monkeypatch, tmp_path: Path, step: int):
         self.path = tmp_path / f"hold-at-step-{step}"
@@ -222,8 +222,8 @@ def test_stop_mid_run_then_resume_completes_at_the_same_step_count(
 
     click(qtbot, view.stop_button)  # asked while step 3 runs: it stops at the end of step 3
     assert view.run_headline.text() == "Stopping at the end of this step…"
+    wait_for_end(qtbot, view, registry)  # the stop itself ends the hold in the training process
     hold.release()
-    wait_for_end(qtbot, view, registry)
 
     (run,) = gui_store.list_runs()
     assert run.status == "stopped" and run.step == 3 and run.total_steps == 10

@@ -40,7 +40,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -298,6 +298,7 @@ class _Faults:
         self.kind = kind
         self.step = int(step) if step else 0
         self.hold_path = Path(hold_path) if hold_path else None
+        self.stopped: Callable[[], bool] = lambda: False  # set once the child that can be stopped exists
 
     def install(self) -> None:
         """Wrap the training step so the fault fires inside step :attr:`step`."""
@@ -326,7 +327,8 @@ class _Faults:
         elif self.kind == "hold" and self.hold_path is not None:
             Path(f"{self.hold_path}.reached").touch()
             deadline = time.monotonic() + 180
-            while self.hold_path.exists() and time.monotonic() < deadline:
+            # A stop ends the hold too, so a test's Stop lands in this step however the race goes.
+            while self.hold_path.exists() and not self.stopped() and time.monotonic() < deadline:
                 time.sleep(0.01)
 
 
@@ -411,8 +413,11 @@ def main() -> None:
     """Entry point of the child: take the frame pipe over from stdout, then train as the parent asks."""
     inbox, outbox = take_over_pipes()  # before torch and transformers are imported
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    _Faults(os.environ.get(FAULT_ENV, "")).install()
-    _TrainingChild(inbox, outbox).serve()
+    faults = _Faults(os.environ.get(FAULT_ENV, ""))
+    faults.install()
+    child = _TrainingChild(inbox, outbox)
+    faults.stopped = lambda: child.cancel.cancelled
+    child.serve()
 
 
 if __name__ == "__main__":
