@@ -15,7 +15,7 @@ from desktop_dpo.core.models import register_model
 from desktop_dpo.core.store import Store
 from desktop_dpo.gui import evaluate_view
 from desktop_dpo.gui.evaluate_view import EvaluateView, vote_for_choice
-from tests.gui.conftest import FixedSide, held_after_first_token, show_active
+from tests.gui.conftest import FixedSide, held_after_first_token, hold_the_model_child, show_active
 
 WAIT_MS = 60_000  # generous: the machine is shared; nothing here asserts on time
 
@@ -208,9 +208,10 @@ def test_models_at_different_quantizations_are_explained(
 
 
 def test_stop_leaves_nothing_to_judge_and_the_prompt_comes_round_again(
-    qtbot, gui_store, registry, pool, app_home, models, monkeypatch
+    qtbot, gui_store, registry, pool, app_home, models, monkeypatch, tmp_path
 ):
     add_prompts(gui_store, "Tell me a long story.")
+    release_child = hold_the_model_child(monkeypatch, tmp_path)  # the stop lands mid-answer in the child too
     view = make_view(qtbot, gui_store, registry, pool, app_home)
     view.set_sampling_settings(SamplingSettings(max_tokens=4000))
     first_token = threading.Event()
@@ -224,6 +225,7 @@ def test_stop_leaves_nothing_to_judge_and_the_prompt_comes_round_again(
     qtbot.keyClick(view.prompt_view, Qt.Key.Key_Escape)
     stop_pressed.set()
     qtbot.waitUntil(lambda: view.next_button.isEnabled(), timeout=WAIT_MS)
+    release_child()
 
     assert all(not b.isEnabled() for b in view.vote_buttons.values())
     assert [p.status.text() for p in view.panes] == ["Stopped", "Stopped"]
