@@ -314,7 +314,7 @@ class SupervisedLlamaEngine:
                 if self.memory is not None:
                     self.memory.remember(self.model_path, "safe", f"crashed while loading: {crash.how}")
                 # A warning again, so the banner ends on what happened and what it means, not on "trying".
-                later = " it will start that way from now on." if self.memory is not None else ""
+                later = " It will start that way from now on." if self.memory is not None else ""
                 yield Log(
                     f"The model crashed while loading ({crash.how}) and now runs in safe mode (slower, without "
                     f"llama.cpp's CPU repacking or some GPU layers); your picks are safe.{later}",
