@@ -54,7 +54,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +66,7 @@ from desktop_dpo.core import offline  # noqa: E402
 offline.lock_down()  # before llama_cpp, torch or transformers are imported
 
 from desktop_dpo.config import SamplingSettings  # noqa: E402
-from desktop_dpo.core.llm.llamacpp import LlamaCppEngine  # noqa: E402
+from desktop_dpo.core.llm.llamacpp import LlamaCppEngine, high_level_safe_mode  # noqa: E402
 from desktop_dpo.core.llm.supervised import SupervisedLlamaEngine  # noqa: E402
 
 PROMPT = "Once upon a time, in a small village by the sea,"
@@ -107,32 +106,11 @@ def find_model(args: argparse.Namespace, workdir: Path) -> Path:
 # ---------------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _without_extra_bufts() -> Iterator[None]:
-    """While active, ``llama_cpp.Llama`` loads without llama.cpp's extra buffer types (AMX / CPU repacking):
-    the safe mode of ``LlamaCppEngine(safe_mode=True)``, for the in-process peer."""
-    import llama_cpp.llama as high_level
-
-    low_level = high_level.llama_cpp
-    original = low_level.llama_model_default_params
-
-    def safe() -> Any:
-        params = original()
-        params.use_extra_bufts = False
-        return params
-
-    low_level.llama_model_default_params = safe
-    try:
-        yield
-    finally:
-        low_level.llama_model_default_params = original
-
-
 def open_llama(model: Path, *, safe: bool, **kwargs: Any) -> Any:
     """``llama_cpp.Llama(model, **kwargs)``, in safe mode when ``safe``."""
     import llama_cpp
 
-    with _without_extra_bufts() if safe else contextlib.nullcontext():
+    with high_level_safe_mode() if safe else contextlib.nullcontext():
         return llama_cpp.Llama(str(model), verbose=False, **kwargs)
 
 

@@ -9,33 +9,14 @@ mode after a crash: ``tests/core/test_supervised_engine.py`` tests that path wit
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
-
-@contextlib.contextmanager
-def _safe_default_params() -> Iterator[None]:
-    import llama_cpp.llama as high_level
-
-    low_level = high_level.llama_cpp
-    original = low_level.llama_model_default_params
-
-    def safe() -> Any:
-        params = original()
-        params.use_extra_bufts = False
-        return params
-
-    low_level.llama_model_default_params = safe
-    try:
-        yield
-    finally:
-        low_level.llama_model_default_params = original
+from desktop_dpo.core.llm.llamacpp import high_level_safe_mode
 
 
 def safe_llama(*args: Any, **kwargs: Any) -> Any:
     """``llama_cpp.Llama(*args, **kwargs)`` without the extra buffer types (AMX / CPU repacking)."""
     from llama_cpp import Llama
 
-    with _safe_default_params():
+    with high_level_safe_mode():
         return Llama(*args, **kwargs)

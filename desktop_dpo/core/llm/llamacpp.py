@@ -25,6 +25,7 @@ chunks can change the logits in the last bits, and a response must be reproducib
 from __future__ import annotations
 
 import codecs
+import contextlib
 import ctypes
 import logging
 import os
@@ -32,7 +33,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -214,6 +215,28 @@ def default_thread_count() -> int:
     except AttributeError:  # not on Linux
         available = os.cpu_count() or 1
     return available if available <= 4 else available // 2
+
+
+@contextlib.contextmanager
+def high_level_safe_mode() -> Iterator[None]:
+    """While active, llama-cpp-python's own ``llama_cpp.Llama`` loads in the engine's safe mode (without
+    llama.cpp's extra buffer types: AMX / CPU repacking). The app never uses ``Llama``; a bench's peer and a
+    test's oracle do, and must not crash the process on CPUs where the normal mode does."""
+    import llama_cpp.llama as high_level
+
+    low_level = high_level.llama_cpp
+    original = low_level.llama_model_default_params
+
+    def safe() -> Any:
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    low_level.llama_model_default_params = safe
+    try:
+        yield
+    finally:
+        low_level.llama_model_default_params = original
 
 
 class _LlamaLogRouter:
