@@ -19,6 +19,7 @@ from desktop_dpo.core.chat import (
 from desktop_dpo.core.errors import DesktopDpoError, ModelError
 from desktop_dpo.core.jobs import CancelToken, run_job
 from desktop_dpo.core.llm.engine_pool import EnginePool
+from desktop_dpo.core.llm.llama_child import FAULT_ENV
 from desktop_dpo.core.llm.llamacpp import GenerationResult, LlamaCppEngine, ResponseFinished, TokenEvent
 from desktop_dpo.core.models import register_model
 from desktop_dpo.core.sampling import GgufCopyMade
@@ -155,7 +156,10 @@ def test_a_conversation_longer_than_the_context_loses_its_oldest_turns(store, ap
     assert result.completion_tokens >= 1
 
 
-def test_stopped_reply_keeps_its_text_and_says_so(store, app_home, tiny_gguf, pool):
+def test_stopped_reply_keeps_its_text_and_says_so(store, app_home, tiny_gguf, pool, tmp_path, monkeypatch):
+    # The model's child pauses after its first text until the stop reaches it (see test_sampling).
+    (tmp_path / "hold").write_text("held")
+    monkeypatch.setenv(FAULT_ENV, f"hold:{tmp_path / 'hold'}")
     model = register_model(store, tiny_gguf, name="tiny")
     cancel = CancelToken()
     job = chat_reply(

@@ -11,6 +11,7 @@ from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core.errors import DesktopDpoError, ImportFormatError, JobCancelled, ModelError
 from desktop_dpo.core.jobs import CancelToken, Log
 from desktop_dpo.core.llm.engine_pool import EnginePool
+from desktop_dpo.core.llm.llama_child import FAULT_ENV
 from desktop_dpo.core.llm.llamacpp import LlamaCppEngine, ResponseFinished, TokenEvent
 from desktop_dpo.core.models import register_model
 from desktop_dpo.core.sampling import (
@@ -189,8 +190,12 @@ def test_stopping_a_pair_keeps_the_text_so_far(store, app_home, tiny_gguf, pool)
 
 
 def test_stopping_the_first_of_two_models_does_not_start_the_second(
-    store, app_home, tiny_gguf, pool, tmp_path
+    store, app_home, tiny_gguf, pool, tmp_path, monkeypatch
 ):
+    # The model's child pauses after its first text until the stop reaches it, so the stop lands mid-answer
+    # however fast the tiny model writes.
+    (tmp_path / "hold").write_text("held")
+    monkeypatch.setenv(FAULT_ENV, f"hold:{tmp_path / 'hold'}")
     other = tmp_path / "other.gguf"
     shutil.copyfile(tiny_gguf, other)
     model_a = register_model(store, tiny_gguf)
