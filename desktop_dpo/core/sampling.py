@@ -26,6 +26,7 @@ the converter are imported inside the functions that need them), so the GUI may 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -58,6 +59,7 @@ from desktop_dpo.core.llm.llamacpp import (
 )
 from desktop_dpo.core.llm.load_modes import LoadModeMemory
 from desktop_dpo.core.llm.supervised import SupervisedLlamaEngine
+from desktop_dpo.core.llm.template_choice import chosen_template, require_usable_template
 from desktop_dpo.core.models import refuse_model_code
 
 if TYPE_CHECKING:
@@ -265,15 +267,22 @@ def _remember_refusal(model: ModelRow, paths: AppPaths, reason: str) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def engine_key(gguf_path: str | Path, n_ctx: int) -> str:
-    """The engine pool's key for a model file loaded with ``n_ctx`` tokens of context per response."""
-    return f"{Path(gguf_path).resolve()}|n_ctx={n_ctx}"
+def engine_key(gguf_path: str | Path, n_ctx: int, chat_template: str | None = None) -> str:
+    """The engine pool's key for a model file loaded with ``n_ctx`` tokens of context per response (and a
+    chat template chosen in place of the file's: another template, another engine)."""
+    return f"{Path(gguf_path).resolve()}|n_ctx={n_ctx}{_template_part(chat_template)}"
 
 
-def hf_engine_key(model_dir: str | Path, n_ctx: int) -> str:
+def hf_engine_key(model_dir: str | Path, n_ctx: int, chat_template: str | None = None) -> str:
     """The engine pool's key for a Hugging Face folder run in transformers (never equal to a GGUF's key:
     those start with the file's absolute path)."""
-    return f"transformers:{Path(model_dir).resolve()}|n_ctx={n_ctx}"
+    return f"transformers:{Path(model_dir).resolve()}|n_ctx={n_ctx}{_template_part(chat_template)}"
+
+
+def _template_part(chat_template: str | None) -> str:
+    if chat_template is None:
+        return ""
+    return "|template=" + hashlib.sha256(chat_template.encode("utf-8")).hexdigest()[:16]
 
 
 def generation_meta(result: GenerationResult) -> dict[str, Any]:
@@ -310,10 +319,14 @@ class _Runner:
 def _gguf_runner(model: ModelRow, gguf_path: Path, n_ctx: int, paths: AppPaths) -> _Runner:
     # The engine's child process starts, and loads the model, in the job's first generation: a crash while
     # loading is then retried in safe mode with a Log line the person sees (supervised.py).
+    template = chosen_template(model)
     return _Runner(
-        key=engine_key(gguf_path, n_ctx),
+        key=engine_key(gguf_path, n_ctx, template),
         load=lambda: SupervisedLlamaEngine(
-            gguf_path, n_ctx=n_ctx, memory=LoadModeMemory.in_folder(paths.data_dir)
+            gguf_path,
+            n_ctx=n_ctx,
+            memory=LoadModeMemory.in_folder(paths.data_dir),
+            chat_template=template,
         ),
         loading=f"Loading {model.name}…",
     )
@@ -321,9 +334,10 @@ def _gguf_runner(model: ModelRow, gguf_path: Path, n_ctx: int, paths: AppPaths) 
 
 def _hf_runner(model: ModelRow, n_ctx: int) -> _Runner:
     folder = Path(model.path)
+    template = chosen_template(model)
     return _Runner(
-        key=hf_engine_key(folder, n_ctx),
-        load=lambda: HfEngine(folder, n_ctx=n_ctx).load(),
+        key=hf_engine_key(folder, n_ctx, template),
+        load=lambda: HfEngine(folder, n_ctx=n_ctx, chat_template=template).load(),
         loading=f"Loading {model.name} in transformers (slower: llama.cpp's converter cannot read it)…",
     )
 
@@ -332,7 +346,10 @@ def _runner(
     model: ModelRow, paths: AppPaths, cancel: CancelToken | None, n_ctx: int
 ) -> Generator[Any, None, _Runner]:
     """The engine that runs ``model``: its GGUF in llama.cpp, made first if needed (a job step); or, for a
-    Hugging Face folder the converter refuses, the folder in transformers."""
+    Hugging Face folder the converter refuses, the folder in transformers. Either renders conversations
+    with the template chosen for the model, else the file's own; a model that needs a template chosen
+    first (a broken one, a GGUF without one) is refused with a message that says so."""
+    require_usable_template(model)
     if model.kind == "hf":
         refused = gguf_refusal(model, paths)
         if refused is None:

@@ -303,7 +303,8 @@ def test_conversation_is_rendered_with_the_models_template(engine):
     messages = [{"role": "user", "content": "Tell me about tea."}]
     text, stops = engine.render(messages)
     assert text == "<s><|user|>\nTell me about tea.<|end|>\n<|assistant|>\n"
-    assert stops == ["</s>"]  # its end-of-turn token <|end|> ends a response by id
+    # Its end-of-turn token <|end|> ends a response by id; its text too, should the model write it as text.
+    assert stops == ["<|end|>", "</s>"]
     tokens, _ = engine.prompt_tokens(messages)
     bos = engine.tokenize("", add_bos=True)
     user_marker = engine.tokenize("<|user|>", add_bos=False, parse_special=True)
@@ -312,7 +313,7 @@ def test_conversation_is_rendered_with_the_models_template(engine):
     assert len(user_marker) == 1 and tokens[1] == user_marker[0]
     _, result = drive(engine.generate(messages, GREEDY, seed=1))
     assert result.prompt_tokens == len(tokens)
-    assert result.settings["stop"] == ["</s>"]
+    assert result.settings["stop"] == ["<|end|>", "</s>"]
 
 
 def test_model_without_a_template_gets_the_plain_layout_and_its_stop_strings(engine, monkeypatch):

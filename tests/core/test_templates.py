@@ -68,8 +68,9 @@ def test_model_template_is_rendered_with_its_tokens_and_tags():
         "<start_of_turn>user\nBye?<end_of_turn>\n"
         "<start_of_turn>model\n"
     )
-    # The end-of-turn token is recognised by id while decoding; EOS text is the only stop string.
-    assert stops == ["<eos>"]
+    # The engines stop on the end-of-turn token by id; its text (a model may write it as plain text) and
+    # EOS are the stop strings.
+    assert stops == ["<end_of_turn>", "<eos>"]
 
 
 def test_same_rendering_as_transformers_apply_chat_template():

@@ -117,9 +117,9 @@ def test_train_merge_export_chat_and_parity(trained, tmp_path):
         assert meta["desktop_dpo.run_id"] == run_id and meta["desktop_dpo.pairs"] == len(TOPICS)
         assert meta["desktop_dpo.base_model"] == "tiny-base"
         assert json.loads(meta["desktop_dpo.settings"])["lora_r"] == 4
-        assert (
-            json.loads(meta[STOP_STRINGS_KEY]) == []
-        )  # own template: it ends turns with its end-of-turn token
+        # Its own template ends a turn with <|end|>: the stop strings every engine uses for it, EOS after.
+        assert json.loads(meta[STOP_STRINGS_KEY]) == ["<|end|>", "</s>"]
+        assert 'PARAMETER stop "<|end|>"' in (folder / f"{stem}.Q8_0.gguf.Modelfile").read_text()
         modelfile = (folder / f"{stem}.Q8_0.gguf.Modelfile").read_text()
         assert modelfile.startswith(f"FROM ./{stem}.Q8_0.gguf") and "TEMPLATE" not in modelfile
         assert f"llama-cli -m {stem}.Q8_0.gguf -cnv --jinja" in (folder / "RUN.txt").read_text()

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from desktop_dpo.core.dpo.run_lock import RunBusyError, RunLock
 from desktop_dpo.core.errors import DesktopDpoError, JobCancelled, ModelError
 from desktop_dpo.core.jobs import CancelToken, Job
+from desktop_dpo.core.llm.template_choice import require_usable_template, template_for
 from desktop_dpo.core.tensor_file import check_tensor_file
 
 if TYPE_CHECKING:
@@ -882,6 +883,27 @@ def _write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+# The chat template a run trained with, saved with its adapter: the export writes it into the merged model
+# and the GGUF header, whatever template the base model is given later.
+TRAINED_TEMPLATE_FILE = "chat_template.jinja"
+
+
+def write_trained_template(adapter_dir: Path, chat_template: str | None) -> None:
+    """Save the template the adapter was trained with (the plain layout's own text when it had none)."""
+    from desktop_dpo.core.llm.templates import DEFAULT_TEMPLATE
+
+    (adapter_dir / TRAINED_TEMPLATE_FILE).write_text(chat_template or DEFAULT_TEMPLATE, encoding="utf-8")
+
+
+def trained_template(adapter_dir: Path) -> str | None:
+    """The template an adapter was trained with, or None for an adapter saved before it was recorded."""
+    try:
+        text = (adapter_dir / TRAINED_TEMPLATE_FILE).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if text.strip() else None
+
+
 def _save_adapter_atomic(model: Any, target: Path) -> None:
     """``save_pretrained`` into a temporary folder, then swap it in: never a half-written adapter."""
     tmp = target.with_name(f".{target.name}.tmp")
@@ -1282,7 +1304,10 @@ class _Session:
             raise ModelError(f"Cannot load the tokenizer in {self.folder}: {exc}") from exc
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = 0 if pad_id is None else pad_id  # padding is masked out everywhere; any id will do
-        self.chat_template = dpo_data.resolve_chat_template(tokenizer)
+        # The template the model is used with everywhere (the person's choice, else the tokenizer's own):
+        # training renders each pair exactly as the engines rendered it when it was sampled.
+        require_usable_template(self.base)
+        self.chat_template = template_for(self.base, own=dpo_data.resolve_chat_template(tokenizer))
         tokenized = dpo_data.tokenize_pairs(
             tokenizer,
             [*self.train_text, *self.heldout_text],
@@ -1677,6 +1702,7 @@ class _Session:
         _save_adapter_atomic(self.model, adapter_dir)
         check_tensor_file(adapter_dir / _ADAPTER_WEIGHTS, "the adapter this run wrote")
         _write_adapter_info(adapter_dir, self.run, self.config, self.base, self.quantization)
+        write_trained_template(adapter_dir, self.chat_template)
         shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
         metrics: dict[str, float] = {}
         if self.last_train is not None:

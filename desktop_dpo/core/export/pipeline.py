@@ -118,10 +118,32 @@ def _heldout_pairs(store: Store, run: RunRow) -> list[Any]:
     return [pair for pair in pairs if pair.prompt_id in heldout]
 
 
-def _uses_default_template(merged_dir: Path) -> bool:
+def _settle_template(merged_dir: Path, adapter_dir: Path, base: ModelRow) -> tuple[str, list[str]]:
+    """The template the run trained with, written into the merged folder, and its stop strings.
+
+    The adapter records the template it was trained with (``train.write_trained_template``); an adapter
+    saved before that was recorded gets the base model's template (the person's choice, else its own).
+    The merged folder then carries it as ``chat_template.jinja`` (in place of one in tokenizer_config.json),
+    so its tokenizer, the GGUF converter and the next round of training all see the same template.
+    """
+    from desktop_dpo.core.dpo.train import TRAINED_TEMPLATE_FILE, trained_template
+    from desktop_dpo.core.llm.template_choice import template_for
+    from desktop_dpo.core.llm.templates import DEFAULT_TEMPLATE, stop_strings
     from desktop_dpo.core.models import inspect_model
 
-    return inspect_model(merged_dir).uses_default_template
+    merged = inspect_model(merged_dir)
+    template = (
+        trained_template(adapter_dir) or template_for(base, own=merged.chat_template) or DEFAULT_TEMPLATE
+    )
+    (merged_dir / TRAINED_TEMPLATE_FILE).write_text(template, encoding="utf-8")
+    config_file = merged_dir / "tokenizer_config.json"
+    if config_file.is_file():
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        if isinstance(config, dict) and "chat_template" in config:
+            del config["chat_template"]
+            config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+    (merged_dir / "chat_template.json").unlink(missing_ok=True)
+    return template, stop_strings(template, merged.bos_token or "", merged.eos_token or "")
 
 
 def _keep_update_on_base_grid(
@@ -256,10 +278,10 @@ def export_run(
                 base_dir, Path(run.adapter_path), work / MERGED_FOLDER, dtype="bfloat16", cancel=cancel
             )
         cancel.raise_if_cancelled()
-        default_template = _uses_default_template(merged)
-        from desktop_dpo.core.llm.templates import DEFAULT_STOP_STRINGS, DEFAULT_TEMPLATE
+        template, stops = _settle_template(merged, Path(run.adapter_path), base)
+        from desktop_dpo.core.llm.templates import uses_default_template
 
-        stops = list(DEFAULT_STOP_STRINGS) if default_template else []
+        default_template = uses_default_template(template)
         metadata: dict[str, Any] = {
             "general.name": f"{base.name} (aligned, run {run.id})",
             "general.description": (
@@ -288,7 +310,7 @@ def export_run(
             f16,
             outtype="f16",
             metadata=metadata,
-            chat_template=DEFAULT_TEMPLATE if default_template else None,
+            chat_template=template,
             cancel=cancel,
         )
 

@@ -69,7 +69,7 @@ from desktop_dpo.core.llm.llamacpp import (
     pair_seeds,
     response_room,
 )
-from desktop_dpo.core.llm.templates import Message, render_prompt
+from desktop_dpo.core.llm.templates import Message, end_of_turn_marker, render_prompt
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +177,8 @@ class HfEngine:
         batch_pairs: decode a pair as one batch of two rows (True) or as two interleaved single rows that
             share the prompt's pass (False); None: batched on a GPU, interleaved on the CPU (see the
             module docstring for why).
+        chat_template: the template conversations are rendered with, in place of the tokenizer's (the
+            person's choice for the model); None = the tokenizer's.
     """
 
     def __init__(
@@ -188,8 +190,10 @@ class HfEngine:
         seed: int | None = None,
         event_interval_s: float = 0.03,
         batch_pairs: bool | None = None,
+        chat_template: str | None = None,
     ):
         self.model_dir = Path(model_dir)
+        self.template_override = chat_template
         self.batch_pairs = batch_pairs
         self.requested_n_ctx = n_ctx
         self.requested_device = device
@@ -274,7 +278,8 @@ class HfEngine:
             if isinstance(trained, int) and trained > 0
             else self.requested_n_ctx
         )
-        self.chat_template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+        own = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+        self.chat_template = self.template_override if self.template_override is not None else own
         self.bos_text = tokenizer.bos_token or ""
         self.eos_text = tokenizer.eos_token or ""
         self._bos_id = tokenizer.bos_token_id
@@ -292,6 +297,13 @@ class HfEngine:
                 eog.add(source)
             elif isinstance(source, (list, tuple)):
                 eog.update(int(x) for x in source)
+        # The template's end-of-turn marker, when it is one token (ChatML's <|im_end|> where EOS is another
+        # token; a known template picked for the model): decoded text skips special tokens, so only its id
+        # can stop the answer there, as llama.cpp stops on end-of-generation tokens.
+        marker = end_of_turn_marker(self.chat_template, self.bos_text, self.eos_text)
+        marker_ids = tokenizer.encode(marker, add_special_tokens=False) if marker else []
+        if len(marker_ids) == 1:
+            eog.add(int(marker_ids[0]))
         self._eog_ids = frozenset(eog)
         self._model, self._tokenizer, self.device = model, tokenizer, device
         log.info("Loaded %s in transformers (%s, %s, %d tokens of context)", name, device, dtype, self.n_ctx)

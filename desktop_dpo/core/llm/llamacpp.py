@@ -41,7 +41,7 @@ from typing import Any, Literal
 from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core.errors import DesktopDpoError, ModelError
 from desktop_dpo.core.jobs import CancelToken, Job
-from desktop_dpo.core.llm.templates import Message, render_prompt
+from desktop_dpo.core.llm.templates import Message, end_of_turn_marker, render_prompt
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +338,8 @@ class LlamaCppEngine:
             it on for a model only after the normal mode crashed (``load_modes.py``).
         on_decode: called after every ``llama_decode`` that returned (the supervising parent's sign of
             progress while a long prompt is evaluated); None = nothing.
+        chat_template: the template conversations are rendered with, in place of the file's own (the
+            person's choice for the model, ``template_choice.chosen_template``); None = the file's.
 
     In the app this class runs only inside a child process (``llama_child.py``): a native crash there
     cannot take the window down. Tests and benches may use it directly.
@@ -356,8 +358,10 @@ class LlamaCppEngine:
         event_interval_s: float = 0.03,
         safe_mode: bool = False,
         on_decode: Callable[[], None] | None = None,
+        chat_template: str | None = None,
     ):
         self.model_path = Path(model_path)
+        self.template_override = chat_template
         self.safe_mode = safe_mode
         self.on_decode = on_decode
         self.requested_n_ctx = n_ctx
@@ -380,6 +384,7 @@ class LlamaCppEngine:
         self.bos_text = ""
         self.eos_text = ""
         self._bos_id = -1
+        self._turn_end_id = -1  # the template's end-of-turn token, when llama.cpp does not end on it itself
         self._add_bos = False
         self.loaded_gpu_layers = 0  # layers llama.cpp was asked to offload, once loaded
 
@@ -471,12 +476,18 @@ class LlamaCppEngine:
         self.n_ctx = llama_cpp.llama_n_ctx_seq(ctx.ctx)
         self.n_vocab = model.n_vocab()
         template = llama_cpp.llama_model_chat_template(model.model, None)
-        self.chat_template = template.decode("utf-8") if template else None
+        own = template.decode("utf-8") if template else None
+        self.chat_template = self.template_override if self.template_override is not None else own
         self._bos_id = model.token_bos()
         self._add_bos = bool(model.add_bos_token())
         self.bos_text = self._token_text(self._bos_id)
         self.eos_text = self._token_text(model.token_eos())
         self.loaded_gpu_layers = model_params.n_gpu_layers
+        # The template's end-of-turn marker, when it is one token llama.cpp does not already end on (a known
+        # template the person picked): only its id can stop the answer, as control tokens have no text.
+        marker = end_of_turn_marker(self.chat_template, self.bos_text, self.eos_text)
+        marker_ids = self._tokenize(marker, add_bos=False, parse_special=True) if marker else []
+        self._turn_end_id = marker_ids[0] if len(marker_ids) == 1 else -1
         log.info(
             "Loaded %s (%d tokens of context per response, %d threads, %d GPU layers%s)",
             self.model_path.name,
@@ -529,6 +540,9 @@ class LlamaCppEngine:
         """Token ids of ``text``. ``add_bos`` None = as the model asks; ``parse_special`` turns written
         control tokens (``<start_of_turn>``) into their ids, which rendered chat templates need."""
         self.load()
+        return self._tokenize(text, add_bos=add_bos, parse_special=parse_special)
+
+    def _tokenize(self, text: str, *, add_bos: bool | None, parse_special: bool) -> list[int]:
         data = text.encode("utf-8")
         add = self._add_bos if add_bos is None else add_bos
         capacity = len(data) + 8
@@ -701,7 +715,9 @@ class LlamaCppEngine:
                         penalty.apply(lib.llama_get_logits_ith(ctx, stream.row), stream.recent)
                     token = lib.llama_sampler_sample(stream.sampler, ctx, stream.row)
                     stream.recent.append(token)
-                    if not ignore_eos and lib.llama_vocab_is_eog(vocab, token):
+                    if not ignore_eos and (
+                        lib.llama_vocab_is_eog(vocab, token) or token == self._turn_end_id
+                    ):
                         self._end(stream, "stop")
                         continue
                     stream.n_tokens += 1

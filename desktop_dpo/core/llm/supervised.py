@@ -216,6 +216,8 @@ class SupervisedLlamaEngine:
             generating is taken for hung, and killed (None: :data:`HANG_TIMEOUT_S`).
         load_timeout_s: the same while it loads the model (None: :data:`LOAD_TIMEOUT_S`).
         env: environment of the child (None: this process's).
+        chat_template: the template conversations are rendered with, in place of the file's own (None: the
+            file's), as ``LlamaCppEngine``'s.
     """
 
     def __init__(
@@ -234,10 +236,12 @@ class SupervisedLlamaEngine:
         hang_timeout_s: float | None = None,
         load_timeout_s: float | None = None,
         env: dict[str, str] | None = None,
+        chat_template: str | None = None,
     ):
         self.model_path = Path(model_path)
         self._engine_kwargs: dict[str, Any] = {
             "model_path": str(self.model_path),
+            "chat_template": chat_template,
             "n_ctx": n_ctx,
             "n_threads": n_threads,
             "n_gpu_layers": n_gpu_layers,

@@ -154,17 +154,29 @@ def render_prompt(
         add_generation_prompt: end with the opening of an assistant turn (for generating a reply).
 
     Returns:
-        ``(text, stop_strings)``. The default layout stops on both speaker markers; a model with its own
-        template stops on its end-of-turn token, which the engine recognises by id, so its list holds only
-        ``eos`` (useful when a converted model's EOS token is rendered as text).
+        ``(text, stop_strings)``: :func:`stop_strings` of the template. The default layout stops on both
+        speaker markers; a template stops on its end-of-turn marker and ``eos`` (the engines also stop on
+        end-of-turn tokens by id; the strings catch a marker the model writes as plain text, as a base
+        model given a known template does).
 
     Raises:
         ChatTemplateError: a message is malformed, or the template refused the conversation (many
             templates insist on alternating user/assistant turns).
     """
+    text = render_text(messages, chat_template, bos, eos, add_generation_prompt)
+    return text, stop_strings(chat_template, bos, eos)
+
+
+def render_text(
+    messages: Sequence[Message],
+    chat_template: str | None = None,
+    bos: str = "",
+    eos: str = "",
+    add_generation_prompt: bool = True,
+) -> str:
+    """The text of :func:`render_prompt`, without the stop strings (same arguments, same errors)."""
     checked = _check_messages(messages)
-    uses_default = uses_default_template(chat_template)
-    template = DEFAULT_TEMPLATE if uses_default else str(chat_template)
+    template = DEFAULT_TEMPLATE if uses_default_template(chat_template) else str(chat_template)
     compiled = _compile(template)
     input_chars = sum(len(m["content"]) for m in checked) + len(bos) + len(eos)
     budget = _RenderBudget(
@@ -187,7 +199,7 @@ def render_prompt(
                 raise ChatTemplateTooCostly(_too_long_message(budget.max_chars))
             budget.tick()
             parts.append(part)
-        text = "".join(parts)
+        return "".join(parts)
     except ChatTemplateError:
         raise
     except Exception as exc:  # jinja2.TemplateError and whatever a template's own code raises
@@ -197,8 +209,76 @@ def render_prompt(
         ) from exc
     finally:
         _BUDGET.reset(token)
-    stops = list(DEFAULT_STOP_STRINGS) if uses_default else ([eos] if eos else [])
-    return text, stops
+
+
+# A turn's text no template trims or rewrites, to find where the template ends an assistant turn.
+_ANSWER_PROBE = "Answer-9f3c."
+
+
+def turn_end(chat_template: str | None, bos: str = "", eos: str = "") -> str:
+    """The text a template writes right after an assistant's answer, up to the next turn: ChatML's
+    ``"<|im_end|>\\n"``, Gemma's ``"<end_of_turn>\\n"``, Llama 3's ``"<|eot_id|>"``, Mistral's ``"</s>"``, the
+    default layout's ``"\\n"``. "" when the template cannot render a one-exchange conversation."""
+    return _turn_end(chat_template or "", bos, eos)
+
+
+@functools.lru_cache(maxsize=64)
+def _turn_end(chat_template: str, bos: str, eos: str) -> str:
+    exchange = [{"role": "user", "content": "Question?"}, {"role": "assistant", "content": _ANSWER_PROBE}]
+    try:
+        one = render_text(exchange, chat_template, bos, eos, add_generation_prompt=False)
+        two = render_text(
+            [*exchange, {"role": "user", "content": "Next?"}],
+            chat_template,
+            bos,
+            eos,
+            add_generation_prompt=False,
+        )
+    except ChatTemplateError:
+        return ""
+    at = one.rfind(_ANSWER_PROBE)
+    if at < 0:
+        return ""
+    after = one[at + len(_ANSWER_PROBE) :]
+    # Some templates end the whole text differently from a turn (Phi-3 writes EOS after the last one):
+    # keep only what the conversation with a further turn also has after the answer.
+    then = two[at + len(_ANSWER_PROBE) :] if two.startswith(one[: at + len(_ANSWER_PROBE)]) else after
+    common = _common_prefix(after, then)
+    if common < len(after) and common < len(then) and not after[:common].isspace():
+        # Both go on and differ mid-word ("<|end|>", newline, "<|endoftext|>" vs "<|user|>"): end at the
+        # last whitespace, not inside the word that differs.
+        last_space = max(after.rfind(c, 0, common) for c in " \n\t")
+        common = last_space + 1 if last_space >= 0 else common
+    return after[:common]
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def end_of_turn_marker(chat_template: str | None, bos: str = "", eos: str = "") -> str:
+    """The marker that ends an assistant turn in a template (``<|im_end|>``, ``<end_of_turn>``,
+    ``<|eot_id|>``, ``</s>``, ``<|end|>``): :func:`turn_end` without the whitespace around it. "" for the
+    default layout (its turns end with a newline) and for a template that writes nothing after an answer."""
+    if uses_default_template(chat_template):
+        return ""
+    words = turn_end(chat_template, bos, eos).split()
+    return words[0] if words else ""
+
+
+def stop_strings(chat_template: str | None, bos: str = "", eos: str = "") -> list[str]:
+    """Where a response ends, as text: the one list every engine, the export's GGUF header and Modelfile
+    use. The default layout: both speaker markers (a base model goes on with the dialogue). A template:
+    its end-of-turn marker, then ``eos``."""
+    if uses_default_template(chat_template):
+        return list(DEFAULT_STOP_STRINGS)
+    marker = end_of_turn_marker(chat_template, bos, eos)
+    return [s for s in dict.fromkeys((marker, eos)) if s]
 
 
 def _check_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
