@@ -39,6 +39,8 @@ from desktop_dpo.core.dpo.train import TrainConfig, TrainingError, training_fold
 from desktop_dpo.core.errors import DesktopDpoError, ExportError
 from desktop_dpo.core.export.merge import plan_merge, read_adapter_config
 from desktop_dpo.core.export_target import check_export_target
+from desktop_dpo.core.llm.template_choice import template_for
+from desktop_dpo.core.llm.templates import DEFAULT_TEMPLATE
 from desktop_dpo.core.models import register_model
 from desktop_dpo.core.preference_io import export_preferences, write_text_atomically
 from desktop_dpo.core.store import ModelRow, RunRow, Store
@@ -50,6 +52,7 @@ SCRIPT_FILE = "train_dpo.py"
 ACCELERATE_FILE = "accelerate_config.yaml"
 README_FILE = "README.md"
 MANIFEST_FILE = "desktop_dpo_export.json"
+TEMPLATE_FILE = "chat_template.jinja"  # the template the script trains with (the model's in desktop-dpo)
 # Written by train_dpo.py next to the adapter: the settings it trained with and the pairs (from the manifest).
 TRAINING_FILE = "desktop_dpo_training.json"
 # Files of an adapter folder that are copied into the app's runs folder on import (small; nothing pickled).
@@ -195,6 +198,10 @@ def export_trl(
         README_FILE: readme_text(model, counts["train"], counts["heldout"], config),
         MANIFEST_FILE: json.dumps(manifest, indent=2, sort_keys=True) + "\n",
     }
+    if (
+        model is not None
+    ):  # the template the pairs were sampled with (the person's choice, else the model's own)
+        texts[TEMPLATE_FILE] = template_for(model) or DEFAULT_TEMPLATE
     try:
         for name, text in texts.items():
             write_text_atomically(folder / name, text)
@@ -352,6 +359,11 @@ def parse_args(argv=None):
     parser.add_argument("--train_file", default=str(HERE / "train.jsonl"))
     parser.add_argument("--eval_file", default=str(HERE / "heldout.jsonl"))
     parser.add_argument("--output_dir", default=str(HERE / "adapter"))
+    parser.add_argument(
+        "--chat_template_file",
+        default=str(HERE / "chat_template.jinja"),
+        help="the chat template desktop-dpo sampled and trains with (none: the tokenizer's own)",
+    )
     parser.add_argument("--max_steps", type=int, default=-1, help="stop after this many steps (-1: all epochs)")
     parser.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is there")
     for name, value in SETTINGS.items():
@@ -378,6 +390,9 @@ def main(argv=None):
     bf16 = use_cuda and torch.cuda.is_bf16_supported()
 
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
+    if Path(args.chat_template_file).is_file():
+        # The template the pairs were sampled with in desktop-dpo (the one chosen for the model there).
+        tokenizer.chat_template = Path(args.chat_template_file).read_text(encoding="utf-8")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(

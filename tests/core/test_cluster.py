@@ -16,6 +16,7 @@ from desktop_dpo.core.cluster import (
     MANIFEST_FILE,
     README_FILE,
     SCRIPT_FILE,
+    TEMPLATE_FILE,
     TRAIN_FILE,
     ClusterError,
     export_trl,
@@ -25,6 +26,7 @@ from desktop_dpo.core.cluster import (
 from desktop_dpo.core.dpo.train import TrainConfig
 from desktop_dpo.core.errors import ModelError
 from desktop_dpo.core.export.merge import plan_merge
+from desktop_dpo.core.llm.template_choice import KNOWN_TEMPLATES, TemplateChoice, set_template_choice
 from desktop_dpo.core.models import register_model
 from desktop_dpo.core.store import Store
 
@@ -121,6 +123,13 @@ def test_export_writes_split_pairs_a_script_an_accelerate_config_and_a_readme(ho
     manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
     assert manifest["base_model"]["fingerprint"] == tiny.fingerprint
     assert len(manifest["comparison_ids"]) == 12
+    # The script trains with the template the pairs were sampled with: the model's own here...
+    assert (folder / TEMPLATE_FILE).read_text(encoding="utf-8") == tiny.info["chat_template"]
+    assert "tokenizer.chat_template = Path(args.chat_template_file).read_text" in script
+    # ... and the one the person chose for the model, once chosen.
+    set_template_choice(home_store, tiny.id, TemplateChoice("known", name="chatml"))
+    export_trl(home_store, folder, model=home_store.get_model(tiny.id), config=CONFIG)
+    assert (folder / TEMPLATE_FILE).read_text(encoding="utf-8") == KNOWN_TEMPLATES["chatml"].text
 
 
 def test_export_without_usable_pairs_says_what_to_do(home_store, tiny, tmp_path):

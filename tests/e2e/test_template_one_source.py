@@ -19,9 +19,11 @@ from desktop_dpo.core.export.gguf import STOP_STRINGS_KEY, read_gguf_metadata
 from desktop_dpo.core.export.pipeline import ExportSettings, export_run, persist_export
 from desktop_dpo.core.jobs import CancelToken, run_job
 from desktop_dpo.core.llm.engine_pool import EnginePool
+from desktop_dpo.core.llm.hf import HfEngine
 from desktop_dpo.core.llm.template_choice import (
     KNOWN_TEMPLATES,
     TemplateChoice,
+    chosen_template,
     set_template_choice,
     template_for,
 )
@@ -64,6 +66,10 @@ def test_the_chosen_template_is_used_by_sampling_chat_training_and_export(tiny_m
         )
         assert stops == stop_strings(CHATML, bos, eos) and stops[0] == "<|im_end|>"
         assert a.settings["stop"] == b.settings["stop"] == stops
+
+        # transformers' engine (a folder llama.cpp's converter cannot read) renders it the same way.
+        with HfEngine(tiny_model_dir, n_ctx=128, chat_template=chosen_template(base)) as hf:
+            assert hf.render(MESSAGES) == (prompt, stops)
 
         # Chat: the same engine, the same template and stop strings.
         reply, _ = run_job(chat_reply(pool, base, app_home, MESSAGES, SETTINGS, seed=3))
