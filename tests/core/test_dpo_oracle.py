@@ -93,7 +93,9 @@ def model_dir(tmp_path_factory) -> Path:
 def trl_trainer(
     model_dir: Path, output_dir: Path, loss_type: str | list[str], dataset_rows: list[dict], **config: object
 ):
-    """TRL's DPOTrainer on a fresh copy of the tiny model, fp32 on the CPU, with a perturbed LoRA adapter."""
+    """TRL's DPOTrainer on a fresh copy of the tiny model, fp32 on the CPU, with a perturbed LoRA adapter.
+
+    No truncation unless ``config`` sets ``max_length`` (TRL's default would cut at 1024 tokens)."""
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -104,8 +106,8 @@ def trl_trainer(
     args = DPOConfig(
         output_dir=str(output_dir), beta=BETA, loss_type=loss_type, per_device_train_batch_size=len(dataset_rows),
         bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True, report_to="none",
-        max_length=None, seed=0, dataloader_num_workers=0, save_strategy="no", dataset_num_proc=None,
-        **config,
+        seed=0, dataloader_num_workers=0, save_strategy="no", dataset_num_proc=None,
+        **{"max_length": None, **config},
     )  # fmt: skip
     lora = LoraConfig(
         r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"],
@@ -222,31 +224,43 @@ def test_loss_logps_rewards_and_gradients_equal_trl(model_dir, tmp_path, loss_ty
 def test_default_layout_equals_trl_on_plain_text(model_dir, tmp_path):
     """A model without a chat template: we render the User:/Assistant: layout; TRL gets that text as a plain
     prompt and the responses as that layout writes them (TRL's "standard" format, to which it appends the EOS
-    text). Same ids, same loss."""
+    text). Same ids, same loss. An empty or whitespace-only answer ends its turn as every answer does, with the
+    layout's newline and EOS: it teaches the model to stop at once, with the tokens it stops with."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.chat_template = None
+    pairs = [
+        *PAIRS,
+        PreferencePair(4, 4, [{"role": "user", "content": "Say nothing."}], "", " The cat sat on the mat."),
+        PreferencePair(5, 5, [{"role": "user", "content": "Two plus two?"}], "Four.", "   \n"),
+    ]
     rows = [
         {
             "prompt": render_prompt_text(p.messages, tokenizer, None),
             "chosen": render_response_text(p.messages, p.chosen, tokenizer, None),
             "rejected": render_response_text(p.messages, p.rejected, tokenizer, None),
         }
-        for p in PAIRS
+        for p in pairs
     ]
     trainer = trl_trainer(model_dir, tmp_path, "sigmoid", rows)
     trainer.processing_class.chat_template = None
     ours = [
-        tokenize_pair(tokenizer, p, chat_template=None, max_length=256, max_prompt_length=128) for p in PAIRS
+        tokenize_pair(tokenizer, p, chat_template=None, max_length=256, max_prompt_length=128) for p in pairs
     ]
-    trl_rows = [trainer.train_dataset[i] for i in range(len(PAIRS))]
+    trl_rows = [trainer.train_dataset[i] for i in range(len(pairs))]
     for mine, theirs in zip(ours, trl_rows, strict=True):
         assert (list(mine.prompt_ids), list(mine.chosen_ids), list(mine.rejected_ids)) == (
             theirs["prompt_ids"],
             theirs["chosen_ids"],
             theirs["rejected_ids"],
         )
+    # The empty and the whitespace-only answer: the layout's " " then its turn end, the newline and EOS that
+    # end " Paris is the capital of France." too (not EOS alone, a token a base model never writes there).
+    turn_end = ours[0].chosen_ids[-2:]
+    assert tokenizer.convert_ids_to_tokens(list(turn_end)) == ["<0x0A>", tokenizer.eos_token]
+    for empty in (ours[3].chosen_ids, ours[4].rejected_ids):
+        assert empty[-2:] == turn_end and len(empty) == 3, tokenizer.convert_ids_to_tokens(list(empty))
     theirs = trl_numbers(trainer, trl_rows)
     mine = our_numbers(
         trainer.model, collate(ours, pad_id=trainer.processing_class.pad_token_id), "sigmoid", False

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from desktop_dpo.core.errors import DesktopDpoError
+from desktop_dpo.core.llm.templates import common_prefix_length
 from desktop_dpo.core.store import ComparisonView
 
 if TYPE_CHECKING:
@@ -43,7 +44,13 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "heldout")
 # Bumped whenever the way a pair becomes token ids changes, so no stale cached reference is reused.
-_CACHE_KEY_VERSION = 2  # 2: templated answers end as the template ends them, without EOS
+_CACHE_KEY_VERSION = 3  # 2: templated answers end as the template ends them, without EOS;
+# 3: an empty answer in the default layout keeps its turn end (" \n" + EOS, was EOS alone), and a template
+# that writes the earlier turns differently once an answer follows trains on the prompt the model was shown
+
+# How far before an answer its turn may start, and how much of the prompt's end is compared (_answer_turn).
+_TURN_START_SEARCH = 64
+_ENDING_COMPARED = 256
 # Rows of [N, vocab] logits upcast to fp32 at once: about 64 MiB per chunk whatever the vocabulary.
 _LOGSUMEXP_CHUNK_ELEMENTS = 1 << 24
 
@@ -229,13 +236,21 @@ def render_response_text(
     and whatever the template writes after it (ChatML's and Gemma's newline). No EOS is added: the
     end-of-turn marker is the token the model writes to stop, and the one the engines stop on; Gemma's
     ``<eos>`` never follows an answer, so training it there would teach the model a token it never
-    writes and leave ``<end_of_turn>`` untrained. When the template renders the prompt alone
-    differently from the start of the whole conversation, the text after their common beginning is
-    returned (:func:`tokenize_pair` then works on tokens, as TRL does).
+    writes and leave ``<end_of_turn>`` untrained.
+
+    Some templates write the earlier turns differently once an answer follows: Mistral 7B Instruct
+    v0.3's puts the system message into the last user turn only while that turn is the last message, so
+    the whole conversation has no system message at all. TRL then takes everything after the common
+    beginning as the completion: the last user turn (without the system message) and the answer, so the
+    model would be trained to write the person's question, in a context it is never shown. Here the
+    answer's turn is taken from the whole conversation instead (:func:`_answer_turn`: from the end of the
+    text that ends like the prompt, up to the end) and :func:`tokenize_pair` puts it after the prompt as
+    the sampler rendered it: the model is trained on what it was shown and what it wrote.
 
     The default ``User:``/``Assistant:`` layout (a base model without a template) writes
     ``Assistant: <text>`` with the text trimmed, while the generation prompt ends at ``Assistant:``; so
-    " Paris." (as sampled) and "Paris." (as typed) both become " Paris.". The turn ends with the newline
+    " Paris." (as sampled) and "Paris." (as typed) both become " Paris.", and an empty or whitespace-only
+    answer becomes " " (the space the layout writes before any answer). The turn ends with the newline
     the layout writes after the answer, kept here, and :func:`tokenize_pair` puts EOS after it: a base
     model ends its answer by writing that newline (the sampler stops at the speaker marker after it, and
     the model's EOS is all but never sampled there). Without it, training would never see the token that
@@ -253,12 +268,14 @@ def render_response_text(
     if full is None:
         return response
     if not uses_default_template(chat_template):
-        return full[_common_prefix_length(prompt_text, full) :]
+        return _answer_turn(messages, response, tokenizer, chat_template, prompt_text, full)
     if not full.startswith(prompt_text):
         return response
     continuation = full[len(prompt_text) :]
     content = response.strip()
-    at = continuation.find(content)
+    # Look for the answer after the space the layout writes before it: an empty answer is found wherever
+    # the search starts, and there it keeps the layout's space and turn end, like any other answer.
+    at = continuation.find(content, len(continuation) - len(continuation.lstrip(" ")))
     if at < 0:
         return response
     end = at + len(content)
@@ -287,6 +304,43 @@ def _render_conversation_text(
     return full
 
 
+def _answer_turn(
+    messages: Sequence[dict[str, str]],
+    response: str,
+    tokenizer: Any,
+    chat_template: str,
+    prompt_text: str,
+    full: str,
+) -> str:
+    """The assistant's turn as the template writes it in ``full`` (the whole conversation, ``response`` last),
+    from where the prompt ends: ``full`` minus ``prompt_text`` when ``full`` starts with it (every usual
+    template; TRL's completion, to the character).
+
+    Otherwise the template wrote the earlier turns differently once an answer followed (Mistral v0.3 and a
+    system message). Where the answer's own text starts is found by rendering the conversation with another
+    answer (one that differs from the first character on); the turn starts at or shortly before it, after
+    the text of ``full`` that ends most like the prompt does (Mistral: after ``[/INST]``, so the space the
+    template writes before the answer stays in the turn; the later start on a tie). When the other answer
+    cannot be rendered, everything after the common beginning is returned (TRL's completion).
+    """
+    if full.startswith(prompt_text):
+        return full[len(prompt_text) :]
+    diverge = common_prefix_length(prompt_text, full)
+    probe = "Z" if response.strip().startswith("Q") else "Q"
+    other = _render_conversation_text(messages, probe, tokenizer, chat_template)
+    if other is None:
+        return full[diverge:]
+    answer_at = max(diverge, common_prefix_length(full, other))
+    best, best_match = answer_at, -1
+    # What a template writes between the prompt and the answer is short (" ", "", a newline): look a few
+    # dozen characters back, comparing endings over a few hundred, so a long turn costs no more.
+    for start in range(answer_at, max(diverge, answer_at - _TURN_START_SEARCH) - 1, -1):
+        match = _common_ending_length(prompt_text, full, start, limit=_ENDING_COMPARED)
+        if match > best_match:
+            best, best_match = start, match
+    return full[best:]
+
+
 def _sequence_text(
     messages: Sequence[dict[str, str]],
     response: str,
@@ -294,15 +348,9 @@ def _sequence_text(
     chat_template: str | None,
     prompt_text: str,
 ) -> str:
-    """The text of prompt + response that :func:`tokenize_pair` tokenises: with a template of the model's
-    own, the whole conversation as the template renders it (TRL's text, to the character); with the
-    default layout, the prompt followed by :func:`render_response_text`."""
-    from desktop_dpo.core.llm.templates import uses_default_template
-
-    if not uses_default_template(chat_template):
-        full = _render_conversation_text(messages, response, tokenizer, chat_template)
-        if full is not None:
-            return full
+    """The text of prompt + response that :func:`tokenize_pair` tokenises: the prompt as the sampler rendered
+    it followed by :func:`render_response_text`. With a usual template that is the whole conversation as the
+    template renders it (TRL's text, to the character)."""
     return prompt_text + render_response_text(
         messages, response, tokenizer, chat_template, prompt_text=prompt_text
     )
@@ -327,11 +375,10 @@ def _encode(tokenizer: Any, text: str, add_bos: bool) -> list[int]:
     return ids
 
 
-def _common_prefix_length(a: Sequence[Any], b: Sequence[Any]) -> int:
+def _common_ending_length(a: str, b: str, b_end: int, limit: int) -> int:
+    """How many characters (at most ``limit``) ``a`` and ``b[:b_end]`` have in common at their end."""
     n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
+    while n < limit and n < len(a) and n < b_end and a[-1 - n] == b[b_end - 1 - n]:
         n += 1
     return n
 
@@ -395,15 +442,22 @@ def tokenize_pair(
     as the template writes an assistant turn (:func:`render_response_text`), tokenised in context and
     taken from where that diverges from the tokenised prompt, the way TRL's ``DPOTrainer`` does it, so
     a token merging across the boundary is scored as part of the response. With a template of the
-    model's own, the context is the whole conversation as the template renders it, and the response
-    ends as the template ends an assistant turn (its end-of-turn marker and what it writes after it,
-    no EOS): the same ids as TRL's for conversational data. With the default layout the response ends
-    with the layout's newline and an EOS token, so the model learns where an answer ends (llama.cpp
-    stops on EOS, and on the default layout's stop strings).
+    model's own, the context is (for every usual template) the whole conversation as the template renders
+    it, and the response ends as the template ends an assistant turn (its end-of-turn marker and what it
+    writes after it, no EOS): the same ids as TRL's for conversational data. With the default layout the
+    response ends with the layout's newline and an EOS token, so the model learns where an answer ends
+    (llama.cpp stops on EOS, and on the default layout's stop strings).
 
-    One difference from TRL: when the tokenizer puts BOS in front of plain text and the template does
-    not write it, the prompt starts with BOS (TRL's conversational ids have none). llama.cpp puts it
-    there when the model generates, so training sees the text the model sees.
+    Differences from TRL, each so that training sees the text the model sees when it generates:
+
+    - When the tokenizer puts BOS in front of plain text and the template does not write it, the prompt
+      starts with BOS (TRL's conversational ids have none). llama.cpp puts it there.
+    - When the template writes the earlier turns differently once an answer follows (Mistral v0.3 with a
+      system message: see :func:`render_response_text`), the prompt is the one the sampler rendered and
+      the response only the answer's turn; TRL would drop the system message and score the person's last
+      question as if the model had written it.
+    - Truncation (below) keeps the last turn and the start of the answers where TRL keeps the start of
+      the whole sequence, and flags every cut.
 
     Truncation, in this order (nothing is cut without a flag):
 
@@ -459,8 +513,8 @@ def tokenize_pair(
     # Where prompt and prompt+response stop agreeing; equal to len(prompt_ids) unless a token merges
     # across the boundary, in which case that merged token belongs to the response (as in TRL).
     shared = min(
-        _common_prefix_length(prompt_ids, full_chosen),
-        _common_prefix_length(prompt_ids, full_rejected),
+        common_prefix_length(prompt_ids, full_chosen),
+        common_prefix_length(prompt_ids, full_rejected),
     )
     if shared < len(prompt_ids):
         log.debug("Prompt tokens %s merge with the response; scored as response.", prompt_ids[shared:])

@@ -243,7 +243,7 @@ def _turn_end(chat_template: str, bos: str, eos: str) -> str:
     # Some templates end the whole text differently from a turn (Phi-3 writes EOS after the last one):
     # keep only what the conversation with a further turn also has after the answer.
     then = two[at + len(_ANSWER_PROBE) :] if two.startswith(one[: at + len(_ANSWER_PROBE)]) else after
-    common = _common_prefix(after, then)
+    common = common_prefix_length(after, then)
     if common < len(after) and common < len(then) and not after[:common].isspace():
         # Both go on and differ mid-word ("<|end|>", newline, "<|endoftext|>" vs "<|user|>"): end at the
         # last whitespace, not inside the word that differs.
@@ -252,7 +252,8 @@ def _turn_end(chat_template: str, bos: str, eos: str) -> str:
     return after[:common]
 
 
-def _common_prefix(a: str, b: str) -> int:
+def common_prefix_length(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """How many leading items (characters, token ids) ``a`` and ``b`` have in common."""
     n = 0
     for x, y in zip(a, b, strict=False):
         if x != y:
