@@ -191,6 +191,7 @@ class ComparisonSummary:
     created_at: float
     prompt: str  # the last user message, cut to the preview length
     turns: int  # messages in the prompt: system prompt and earlier turns included
+    user_turns: int  # the person's messages in the prompt: the turn of a conversation the responses answer
     verdict: str
     edited_side: str | None  # "a" or "b" when the person rewrote that response
     chosen: str  # preview of the response DPO would prefer ("" for tie, both bad, skip)
@@ -1353,6 +1354,8 @@ class Store:
     # The last user message of a prompt, found in SQL so that a summary never loads whole conversations.
     _LAST_USER_SQL = """(SELECT json_extract(m.value, '$.content') FROM json_each(p.messages) m
                         WHERE json_extract(m.value, '$.role') = 'user' ORDER BY m.key DESC LIMIT 1)"""
+    _USER_TURNS_SQL = """(SELECT COUNT(*) FROM json_each(p.messages) m
+                         WHERE json_extract(m.value, '$.role') = 'user')"""
 
     def comparison_summaries(
         self,
@@ -1405,6 +1408,7 @@ class Store:
             SELECT c.id, c.created_at, c.verdict, c.edited_side, c.source, c.a_shown_left, c.deleted,
                    COALESCE(c.note, '') != '' AS has_note,
                    json_array_length(p.messages) AS turns,
+                   {self._USER_TURNS_SQL} AS user_turns,
                    substr(COALESCE({self._LAST_USER_SQL}, ''), 1, ?) AS prompt,
                    substr(COALESCE(CASE WHEN c.edited_text IS NOT NULL THEN c.edited_text
                                         WHEN c.verdict = 'a' THEN ga.text
@@ -1432,9 +1436,10 @@ class Store:
                 deleted=bool(row[6]),
                 has_note=bool(row[7]),
                 turns=int(row[8] or 0),
-                prompt=row[9],
-                chosen=row[10],
-                rejected=row[11],
+                user_turns=int(row[9] or 0),
+                prompt=row[10],
+                chosen=row[11],
+                rejected=row[12],
             )
             for row in self._conn.execute(sql, params).fetchall()
         ]

@@ -24,9 +24,12 @@ class ChatPage(QTabWidget):
 
     Signals:
         models_requested(): the person has no model yet and wants to add one.
+        compare_requested(object, object): judge two answers to a chat message in Collect (the messages up
+            to and including it, and the conversation's model or None); see ``ChatView.compare_requested``.
     """
 
     models_requested = Signal()
+    compare_requested = Signal(object, object)
 
     def __init__(
         self,
@@ -50,6 +53,7 @@ class ChatPage(QTabWidget):
             "Compare an aligned model with its base on prompts it never trained on, names hidden",
         )
         self.chat.models_requested.connect(self.models_requested)
+        self.chat.compare_requested.connect(self.compare_requested)
 
     def set_model(self, model: ModelRow | None) -> None:
         """Chat with ``model`` from now on."""

@@ -10,6 +10,9 @@ to read.
 
 from __future__ import annotations
 
+from bisect import bisect_right
+
+from PySide6.QtCore import QPoint
 from PySide6.QtGui import QColor, QFont, QTextBlockFormat, QTextCharFormat, QTextCursor, QTextFrameFormat
 from PySide6.QtWidgets import QFrame, QTextEdit, QWidget
 
@@ -23,22 +26,30 @@ TEXT_COLOUR = "#1e293b"
 NOTE_COLOUR = "#b45309"
 # Space on the side a bubble does not lean to (pixels).
 INDENT = 72
+COMPACT_INDENT = 48
 
 
 class ChatTranscript(QTextEdit):
-    """Messages as blocks; the last one may be a reply that is still being written."""
+    """Messages as blocks; the last one may be a reply that is still being written.
 
-    def __init__(self, parent: QWidget | None = None):
+    ``compact``: tighter bubbles with the header on the text's first line, for a transcript that shares the
+    screen with other work (the earlier turns of a conversation in Collect).
+    """
+
+    def __init__(self, parent: QWidget | None = None, *, compact: bool = False):
         super().__init__(parent)
         self.setObjectName("chatTranscript")
         self.setReadOnly(True)
         self.setAcceptRichText(False)
         self.setFrameShape(QFrame.Shape.NoFrame)
         self.setUndoRedoEnabled(False)  # a transcript is written, never undone; the stack would only grow
+        self._compact = compact
+        self._padding = 5 if compact else 10
+        self._indent = COMPACT_INDENT if compact else INDENT
         font = QFont(self.font())
-        font.setPointSizeF(font.pointSizeF() + 1.5)
+        font.setPointSizeF(font.pointSizeF() + (0.5 if compact else 1.5))
         self.document().setDefaultFont(font)
-        self.document().setDocumentMargin(14)
+        self.document().setDocumentMargin(6 if compact else 14)
         self._starts: list[int] = []  # document position where each message's block begins
         self._reply: QTextCursor | None = None  # end of the reply being written
         self._reply_text: list[str] = []
@@ -64,19 +75,18 @@ class ChatTranscript(QTextEdit):
         fmt.setFontItalic(True)
         return fmt
 
-    @staticmethod
-    def _frame_format(role: str) -> QTextFrameFormat:
+    def _frame_format(self, role: str) -> QTextFrameFormat:
         fmt = QTextFrameFormat()
         user = role == "user"
         fmt.setBackground(QColor(USER_BACKGROUND if user else ASSISTANT_BACKGROUND))
         fmt.setBorder(1)
         fmt.setBorderBrush(QColor(USER_BORDER if user else ASSISTANT_BORDER))
         fmt.setBorderStyle(QTextFrameFormat.BorderStyle.BorderStyle_Solid)
-        fmt.setPadding(10)
-        fmt.setTopMargin(4)
-        fmt.setBottomMargin(4)
-        fmt.setLeftMargin(INDENT if user else 0)
-        fmt.setRightMargin(0 if user else INDENT)
+        fmt.setPadding(self._padding)
+        fmt.setTopMargin(2 if self._compact else 4)
+        fmt.setBottomMargin(2 if self._compact else 4)
+        fmt.setLeftMargin(self._indent if user else 0)
+        fmt.setRightMargin(0 if user else self._indent)
         return fmt
 
     # ---------------------------------------------------------------- writing
@@ -94,9 +104,17 @@ class ChatTranscript(QTextEdit):
         """A new message block at the end; returns a cursor where its text goes."""
         cursor = QTextCursor(self.document())
         cursor.movePosition(QTextCursor.MoveOperation.End)
+        if self._compact:
+            # Qt keeps an empty line between frames; here it would cost a line per message.
+            spacer = QTextBlockFormat()
+            spacer.setLineHeight(1, QTextBlockFormat.LineHeightTypes.FixedHeight.value)
+            cursor.setBlockFormat(spacer)
         self._starts.append(cursor.position())
         frame = cursor.insertFrame(self._frame_format(role))
         inner = frame.firstCursorPosition()
+        if self._compact:
+            inner.insertText(header + "   ", self._header_format())  # the text follows on the same line
+            return inner
         inner.insertText(header, self._header_format())
         body = QTextBlockFormat()
         body.setTopMargin(3)
@@ -180,3 +198,17 @@ class ChatTranscript(QTextEdit):
     def message_count(self) -> int:
         """Blocks shown (a reply being written included)."""
         return len(self._starts)
+
+    def message_at(self, point: QPoint) -> int | None:
+        """The index (in the order added) of the message shown at ``point`` (viewport coordinates), or
+        None when there is none."""
+        if not self._starts:
+            return None
+        position = self.cursorForPosition(point).position()
+        index = bisect_right(self._starts, position) - 1
+        return index if index >= 0 else None
+
+    def scroll_to_end(self) -> None:
+        """Show the last message."""
+        bar = self.verticalScrollBar()
+        bar.setValue(bar.maximum())

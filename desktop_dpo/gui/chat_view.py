@@ -10,6 +10,9 @@ written so far and is marked ``stopped``. Regenerate replaces the last reply: th
 same transaction that saves the new one, so a regeneration that fails loses nothing. While a reply is
 being written, the conversation cannot be switched, renamed or deleted (stop it first: Esc).
 
+Any of the person's messages can go to Collect (right-click it, or "Compare in Collect" for the last one):
+Collect opens on the conversation up to and including that message, to sample and judge two answers to it.
+
 Keyboard: Ctrl+Enter sends, Esc stops the reply, F2 renames the selected conversation.
 """
 
@@ -22,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from PySide6.QtCore import QSettings, Qt, Signal, Slot
+from PySide6.QtCore import QPoint, QSettings, Qt, Signal, Slot
 from PySide6.QtGui import QKeySequence, QShortcut, QShowEvent
 from PySide6.QtWidgets import (
     QComboBox,
@@ -31,6 +34,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QListWidget,
     QListWidgetItem,
+    QMenu,
     QMessageBox,
     QPlainTextEdit,
     QPushButton,
@@ -150,11 +154,15 @@ class ChatView(ViewMessages, QWidget):
         status_message(str): a line for the status bar.
         models_requested(): the person asked to add a model (the window shows the Models view).
         conversations_changed(): a conversation was created, renamed, deleted or written to.
+        compare_requested(object, object): the person wants two answers to one of their messages judged in
+            Collect: the messages up to and including it (system prompt first; role/content dicts), and the
+            model of the conversation (a ModelRow, or None).
     """
 
     status_message = Signal(str)
     models_requested = Signal()
     conversations_changed = Signal()
+    compare_requested = Signal(object, object)
 
     def __init__(
         self,
@@ -182,6 +190,7 @@ class ChatView(ViewMessages, QWidget):
         self._job: JobThread | None = None
         self._reply: PendingReply | None = None
         self._model_count = 0
+        self.transcript_menu: QMenu | None = None  # the transcript's context menu while it is open
 
         self._build()
         self._build_shortcuts()
@@ -311,6 +320,8 @@ class ChatView(ViewMessages, QWidget):
 
         # -- the transcript, or what to do when there is none yet
         self.transcript = ChatTranscript()
+        self.transcript.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.transcript.customContextMenuRequested.connect(self._on_transcript_menu_requested)
         self.empty_state = QFrame()
         self.empty_state.setObjectName("chatEmpty")
         self.empty_title = QLabel(EMPTY_TITLE)
@@ -361,6 +372,13 @@ class ChatView(ViewMessages, QWidget):
         self.regenerate_button.setObjectName("secondaryButton")
         self.regenerate_button.setToolTip("Write the last reply again (it replaces the one shown)")
         self.regenerate_button.clicked.connect(self.regenerate)
+        self.compare_button = QPushButton("Compare in Collect")
+        self.compare_button.setObjectName("secondaryButton")
+        self.compare_button.setToolTip(
+            "Judge two answers to your last message in Collect, with the conversation before it as the "
+            "prompt (right-click any of your messages to compare answers to an earlier one)"
+        )
+        self.compare_button.clicked.connect(self._on_compare_clicked)
         self.stop_button = QPushButton(f"Stop ({STOP_SHORTCUT})")
         self.stop_button.setObjectName("secondaryButton")
         self.stop_button.setToolTip("Stop the reply at the next token (the text so far is kept)")
@@ -371,6 +389,7 @@ class ChatView(ViewMessages, QWidget):
         actions = QHBoxLayout()
         actions.setSpacing(8)
         actions.addWidget(self.note, 1)
+        actions.addWidget(self.compare_button)
         actions.addWidget(self.regenerate_button)
         actions.addWidget(self.stop_button)
         actions.addWidget(self.send_button)
@@ -645,6 +664,70 @@ class ChatView(ViewMessages, QWidget):
         self._show_page()
         bar = self.transcript.verticalScrollBar()
         bar.setValue(bar.maximum())
+
+    def _turn_messages(self) -> list[MessageRow]:
+        """The saved messages in the order the transcript shows them (the system prompt is not shown)."""
+        return [m for m in self._messages if m.role != "system"]
+
+    def conversation_up_to(self, message_id: int) -> list[dict[str, str]]:
+        """The open conversation's saved messages up to and including ``message_id``, system prompt first."""
+        messages: list[dict[str, str]] = []
+        for message in self._messages:
+            messages.append({"role": message.role, "content": message.content})
+            if message.id == message_id:
+                return messages
+        raise ValueError(f"Message {message_id} is not in the open conversation.")
+
+    def compare_in_collect(self, message_id: int) -> bool:
+        """Ask for Collect on the conversation up to the person's message ``message_id`` (False when it is
+        not one of their messages)."""
+        message = next((m for m in self._messages if m.id == message_id), None)
+        if message is None or message.role != "user":
+            return False
+        self.compare_requested.emit(self.conversation_up_to(message_id), self._model)
+        return True
+
+    def _last_user_message(self) -> MessageRow | None:
+        return next((m for m in reversed(self._messages) if m.role == "user"), None)
+
+    @Slot()
+    def _on_compare_clicked(self) -> None:
+        message = self._last_user_message()
+        if message is not None:
+            self.compare_in_collect(message.id)
+
+    def message_at(self, point: QPoint) -> MessageRow | None:
+        """The saved message shown at ``point`` in the transcript's viewport (None: none, or the reply
+        being written)."""
+        index = self.transcript.message_at(point)
+        turns = self._turn_messages()
+        if index is None or index >= len(turns):
+            return None
+        if self._reply is not None and index == self.transcript.message_count() - 1:
+            return None  # the reply being written (Regenerate's old answer is still in the list)
+        return turns[index]
+
+    def build_transcript_menu(self, point: QPoint) -> QMenu:
+        """The transcript's context menu at ``point``: copying, and for one of the person's messages,
+        comparing two answers to it in Collect."""
+        menu = self.transcript.createStandardContextMenu(point)
+        message = self.message_at(point)
+        if message is not None and message.role == "user":
+            menu.addSeparator()
+            action = menu.addAction("Compare two answers to this message in Collect")
+            action.setObjectName("compareInCollect")
+            action.setToolTip("Collect opens with the conversation up to this message as the prompt")
+            message_id = message.id
+            action.triggered.connect(lambda _checked=False: self.compare_in_collect(message_id))
+        return menu
+
+    @Slot(QPoint)
+    def _on_transcript_menu_requested(self, point: QPoint) -> None:
+        menu = self.build_transcript_menu(point)
+        menu.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        menu.destroyed.connect(lambda _obj=None: setattr(self, "transcript_menu", None))
+        self.transcript_menu = menu
+        menu.popup(self.transcript.viewport().mapToGlobal(point))
 
     def _show_page(self) -> None:
         if not hasattr(self, "pages"):
@@ -939,6 +1022,7 @@ class ChatView(ViewMessages, QWidget):
             note or ("Write a message first." if not has_text else "Send the message (Ctrl+Enter)")
         )
         self.regenerate_button.setEnabled(ready and self._answerable() is not False)
+        self.compare_button.setEnabled(self._last_user_message() is not None)
         self.stop_button.setEnabled(streaming)
         self.shortcuts["stop"].setEnabled(streaming)
         self.note.setText(note)

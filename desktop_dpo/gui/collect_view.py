@@ -8,6 +8,12 @@ screen side to generation A or B before it is saved; ``a_shown_left`` keeps the 
 Every verdict is committed to the database the moment it is given (``Store.record_pair``) and can be
 undone at once: the comparison row goes and the pair comes back on screen, ready to be judged again.
 
+Conversations: after a verdict, Continue makes the chosen answer (or the person's rewrite) the assistant's
+turn. The earlier turns are shown above the prompt editor, the person writes the next user message, and
+the next pair answers the whole conversation, which is the prompt saved with its verdict (training reads
+it as it is). A conversation also comes from a queued prompt file or from Chat (``open_conversation``);
+New conversation goes back to a single prompt. The system prompt stays with the conversation.
+
 Keyboard (all of them work while typing in the prompt):
 
 =================  ===================================================================================
@@ -18,6 +24,7 @@ Alt+3 / Alt+4      tie / both bad
 Alt+0              skip (saved as a skip; the prompt leaves the queue)
 Ctrl+Z             undo the last verdict (while typing, Ctrl+Z first undoes the typing)
 Alt+N              next prompt from the queue
+Alt+C              continue the conversation with the chosen answer (after a verdict)
 =================  ===================================================================================
 
 The verdict keys use Alt because the main window's View menu owns Ctrl+1 … Ctrl+7 (two shortcuts on one
@@ -34,7 +41,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QEvent, QObject, QSettings, Qt, Signal, Slot
+from PySide6.QtCore import QEvent, QObject, QSettings, QSize, Qt, Signal, Slot
 from PySide6.QtGui import QKeyEvent, QKeySequence, QShortcut, QShowEvent
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -58,6 +65,7 @@ from desktop_dpo.core.llm.engine_pool import EnginePool
 from desktop_dpo.core.llm.llamacpp import GenerationResult, ResponseFinished, TokenEvent
 from desktop_dpo.core.sampling import ModelInfoLearned, generation_meta, read_prompt_file, sample_pair
 from desktop_dpo.core.store import ModelRow, PromptRow, Store
+from desktop_dpo.gui.chat_transcript import ChatTranscript
 from desktop_dpo.gui.message_banner import MessageBanner
 from desktop_dpo.gui.response_edit_dialog import ResponseEditDialog
 from desktop_dpo.gui.response_pane import SIDE_NAMES, ResponsePane
@@ -87,6 +95,12 @@ CHOICE_TIPS = {
 SAMPLE_SHORTCUTS = ("Ctrl+Return", "Ctrl+Enter")
 STOP_SHORTCUT = "Esc"
 NEXT_PROMPT_SHORTCUT = "Alt+N"
+CONTINUE_SHORTCUT = "Alt+C"
+HISTORY_MAX_HEIGHT = 180  # pixels; a longer conversation scrolls in its box (the answers keep their room)
+HISTORY_MIN_HEIGHT = 64
+PROMPT_MAX_HEIGHT = 104  # the prompt editor's height when it holds the whole prompt
+NEXT_MESSAGE_MAX_HEIGHT = 64  # under earlier turns: about three lines, the turns and answers need the room
+SYSTEM_PREVIEW_CHARS = 30  # of a folded system prompt, after the toggle's name
 PROMPT_FILE_FILTER = "Prompt files (*.txt *.jsonl *.json);;All files (*)"
 SETTINGS_KEY = "collect/sampling"
 GENERATION_SIDES = ("a", "b")  # generation index -> the name the database uses
@@ -104,7 +118,8 @@ STYLE = """
     background: #ffffff; border: 1px solid #cbd5e1; border-radius: 8px; padding: 4px; font-size: 14px;
 }
 #promptEditor:focus, #systemEditor:focus { border-color: #818cf8; }
-#promptNote, #samplingSummary, #activityText, #paneStatus { color: #64748b; font-size: 12px; }
+#chatTranscript { background: #f8fafc; border: 1px solid #e2e8f0; border-radius: 8px; }
+#samplingSummary, #activityText, #paneStatus { color: #64748b; font-size: 12px; }
 #responsePane { background: #ffffff; border: 1px solid #e2e8f0; border-radius: 10px; }
 #responsePane[chosen="true"] { border: 2px solid #4f46e5; }
 #paneTitle { color: #0f172a; font-size: 14px; font-weight: 700; }
@@ -175,6 +190,50 @@ class ShownPair:
 
 
 @dataclass(frozen=True)
+class Turn:
+    """An earlier message of the conversation on screen."""
+
+    role: str  # "user", "assistant" (or "system", for a system message inside a loaded conversation)
+    content: str
+    label: str = ""  # how it came to be, in a few words ("your rewrite", "chosen: left")
+
+    def message(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+def split_conversation(messages: list[dict[str, str]]) -> tuple[str, list[dict[str, str]], str]:
+    """A prompt's messages as the editors hold them: (leading system message, earlier messages, last user
+    message). ``system + earlier + [last]`` gives the messages back."""
+    rest = [dict(m) for m in messages]
+    system = rest.pop(0)["content"] if rest and rest[0]["role"] == "system" else ""
+    last = rest.pop()["content"] if rest and rest[-1]["role"] == "user" else ""
+    return system, rest, last
+
+
+def continuation_for(pair: ShownPair, choice: str) -> tuple[str, str] | None:
+    """The answer that continues a judged conversation, and a few words on which one it is.
+
+    The answer chosen on screen (your rewrite, if you rewrote that one); without a choice of side, your
+    rewrite; for a tie without a rewrite, the left answer (both were as good). None when the verdict left
+    no acceptable answer: both bad or skipped, without a rewrite.
+    """
+    rewrite = pair.edit[1].strip() if pair.edit is not None else ""
+    if choice in ("left", "right"):
+        side = 0 if choice == "left" else 1
+        generation = pair.generation_on(side)
+        if rewrite and pair.edit is not None and pair.edit[0] == generation:
+            return rewrite, "your rewrite"
+        text = pair.texts[generation].strip()
+        return (text, f"chosen: {SIDE_NAMES[side].lower()}") if text else None
+    if rewrite:
+        return rewrite, "your rewrite"
+    if choice == "tie":
+        text = pair.texts[pair.generation_on(0)].strip()
+        return (text, "a tie: the left answer") if text else None
+    return None
+
+
+@dataclass(frozen=True)
 class SavedVerdict:
     """The last verdict, kept so that it can be undone."""
 
@@ -203,6 +262,29 @@ class _UndoKeyFilter(QObject):
             event.ignore()  # not claimed by the editor: the shortcut map gets the key
             return True
         return False
+
+
+class _HistoryTranscript(ChatTranscript):
+    """The earlier turns above the prompt editor: as tall as they are, up to a limit, then scrolling."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent, compact=True)
+        self._fitted = HISTORY_MIN_HEIGHT
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Maximum)
+        self.document().documentLayout().documentSizeChanged.connect(lambda _size: self.fit_to_contents())
+
+    def fit_to_contents(self) -> None:
+        height = self.document().size().height() + 2 * self.frameWidth() + 2
+        fitted = int(min(max(height, HISTORY_MIN_HEIGHT), HISTORY_MAX_HEIGHT))
+        if fitted != self._fitted:
+            self._fitted = fitted
+            self.updateGeometry()
+
+    def sizeHint(self) -> QSize:  # Qt override
+        return QSize(super().sizeHint().width(), self._fitted)
+
+    def minimumSizeHint(self) -> QSize:  # Qt override
+        return QSize(super().minimumSizeHint().width(), HISTORY_MIN_HEIGHT)
 
 
 class CollectView(ViewMessages, QWidget):
@@ -248,7 +330,11 @@ class CollectView(ViewMessages, QWidget):
         self._pair: ShownPair | None = None
         self._last_saved: SavedVerdict | None = None
         self._job: JobThread | None = None
-        self._loaded_prompt: PromptRow | None = None  # the queued prompt in the editor, if any
+        self._loaded_prompt: PromptRow | None = None  # the stored prompt in the editors, if any
+        self._history: list[Turn] = []  # the conversation before the prompt editor's message
+        self._history_source = ""  # where that conversation came from, in words ("" when written here)
+        self._continuable = False  # the last verdict can still continue the conversation
+        self._continued = False  # ... and it no longer can because it did
         self._queue_count = 0
         self._sampling_text = ""
         self.edit_dialog: ResponseEditDialog | None = None
@@ -269,6 +355,7 @@ class CollectView(ViewMessages, QWidget):
         title.setObjectName("pageTitle")
         summary = QLabel("Write a prompt, read two answers side by side, and pick the better one.")
         summary.setObjectName("pageSummary")
+        summary.setWordWrap(True)  # beside the queue's buttons in a narrow window
         self.pairs_label = QLabel()
         self.pairs_label.setObjectName("collectPill")
         self.pairs_label.setToolTip("Pairs that can train: one answer chosen, or an answer you rewrote")
@@ -283,8 +370,6 @@ class CollectView(ViewMessages, QWidget):
         names.addWidget(title)
         names.addWidget(summary)
         header.addLayout(names, 1)
-        header.addWidget(self.queue_label, 0, Qt.AlignmentFlag.AlignTop)
-        header.addWidget(self.pairs_label, 0, Qt.AlignmentFlag.AlignTop)
 
         # -- the prompt card: model, prompt, actions, sampling settings
         card = QFrame()
@@ -341,26 +426,34 @@ class CollectView(ViewMessages, QWidget):
         self.system_edit.setVisible(False)
         self.system_edit.textChanged.connect(self._on_prompt_text_changed)
 
-        prompt_label = QLabel("Prompt")
-        prompt_label.setObjectName("fieldLabel")
+        self.prompt_label = QLabel("Prompt")
+        self.prompt_label.setObjectName("fieldLabel")
+        # In a conversation it says where the conversation stands; in a narrow window it wraps.
+        self.prompt_label.setWordWrap(True)
+        self.prompt_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.new_conversation_button = QPushButton("New conversation")
+        self.new_conversation_button.setObjectName("secondaryButton")
+        self.new_conversation_button.setVisible(False)
+        self.new_conversation_button.clicked.connect(self.new_conversation)
         prompt_head = QHBoxLayout()
-        prompt_head.addWidget(prompt_label)
-        prompt_head.addStretch(1)
+        prompt_head.setSpacing(10)
+        prompt_head.addWidget(self.prompt_label, 1)
+        prompt_head.addWidget(self.new_conversation_button)
         prompt_head.addWidget(self.system_toggle)
         card_layout.addLayout(prompt_head)
         card_layout.addWidget(self.system_edit)
+        self.history_view = _HistoryTranscript()
+        self.history_view.setToolTip("The conversation so far: both answers below continue it")
+        self.history_view.setVisible(False)
+        card_layout.addWidget(self.history_view)
         self.prompt_edit = QPlainTextEdit()
         self.prompt_edit.setObjectName("promptEditor")
         self.prompt_edit.setPlaceholderText("Ask the model something. Ctrl+Enter samples two answers.")
         self.prompt_edit.setTabChangesFocus(True)
         self.prompt_edit.setMinimumHeight(64)
-        self.prompt_edit.setMaximumHeight(104)
+        self.prompt_edit.setMaximumHeight(PROMPT_MAX_HEIGHT)
         self.prompt_edit.textChanged.connect(self._on_prompt_text_changed)
         card_layout.addWidget(self.prompt_edit)
-        self.prompt_note = QLabel()
-        self.prompt_note.setObjectName("promptNote")
-        self.prompt_note.setVisible(False)
-        card_layout.addWidget(self.prompt_note)
         undo_filter = _UndoKeyFilter(self)
         self.prompt_edit.installEventFilter(undo_filter)
         self.system_edit.installEventFilter(undo_filter)
@@ -386,22 +479,27 @@ class CollectView(ViewMessages, QWidget):
         self.sample_button.setObjectName("primaryButton")
         self.sample_button.setToolTip("Sample two answers to the prompt (Ctrl+Enter)")
         self.sample_button.clicked.connect(self.sample)
-        actions = QHBoxLayout()
-        actions.setSpacing(8)
-        actions.addWidget(self.load_prompts_button)
-        actions.addWidget(self.next_prompt_button)
-        actions.addStretch(1)
-        actions.addWidget(self.stop_button)
-        actions.addWidget(self.sample_button)
-        card_layout.addLayout(actions)
+        # The queue's buttons sit with its count in the page header, so the card keeps its height for the
+        # conversation and the answers get theirs.
+        for widget in (self.queue_label, self.load_prompts_button, self.next_prompt_button, self.pairs_label):
+            header.addWidget(widget, 0, Qt.AlignmentFlag.AlignTop)
 
-        line = QFrame()
-        line.setFrameShape(QFrame.Shape.HLine)
-        line.setStyleSheet("color: #e2e8f0;")
-        card_layout.addWidget(line)
         self.sampling_panel = SamplingSettingsPanel()
         self.sampling_panel.changed.connect(self._on_sampling_changed)
-        card_layout.addWidget(self.sampling_panel)
+        # The settings' summary wraps beside the buttons rather than widening the view.
+        self.sampling_panel.summary.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.sampling_panel.summary.setWordWrap(True)
+        actions = QHBoxLayout()
+        actions.setSpacing(8)
+        # After a verdict the next step is either a new pair (Sample) or the next turn (Continue): side by side.
+        self.continue_button = QPushButton(f"Continue  ({CONTINUE_SHORTCUT})")
+        self.continue_button.setObjectName("secondaryButton")
+        self.continue_button.clicked.connect(self.continue_conversation)
+        actions.addWidget(self.sampling_panel, 1)
+        actions.addWidget(self.continue_button, 0, Qt.AlignmentFlag.AlignTop)
+        actions.addWidget(self.stop_button, 0, Qt.AlignmentFlag.AlignTop)
+        actions.addWidget(self.sample_button, 0, Qt.AlignmentFlag.AlignTop)
+        card_layout.addLayout(actions)
 
         # -- error banner and activity line
         self.banner = MessageBanner()
@@ -468,6 +566,7 @@ class CollectView(ViewMessages, QWidget):
             self.shortcuts[keys] = shortcut(keys, self.sample)
         self.shortcuts["stop"] = shortcut(STOP_SHORTCUT, self.stop)
         self.shortcuts["next"] = shortcut(NEXT_PROMPT_SHORTCUT, self.next_prompt)
+        self.shortcuts["continue"] = shortcut(CONTINUE_SHORTCUT, self.continue_conversation)
         self.shortcuts["undo"] = shortcut(QKeySequence(QKeySequence.StandardKey.Undo), self.undo_last_verdict)
         for choice in CHOICES:
             self.shortcuts[choice] = shortcut(VERDICT_SHORTCUTS[choice], lambda c=choice: self.judge(c))
@@ -540,59 +639,244 @@ class CollectView(ViewMessages, QWidget):
     # ---------------------------------------------------------------- prompt
 
     def prompt_messages(self) -> list[dict[str, str]]:
-        """The conversation the next pair answers: the editors' text (a queued conversation keeps its
-        earlier turns while its last prompt is unchanged)."""
-        system = self.system_edit.toPlainText().strip()
-        user = self.prompt_edit.toPlainText().strip()
+        """The conversation the next pair answers: the system prompt, the earlier turns and the message in
+        the editor (a stored prompt shown unchanged is given back exactly as stored)."""
         loaded = self._loaded_prompt
         if loaded is not None and self._editors_match(loaded):
             return [dict(m) for m in loaded.messages]
+        system = self.system_edit.toPlainText().strip()
+        user = self.prompt_edit.toPlainText().strip()
         head = [{"role": "system", "content": system}] if system else []
-        return [*head, {"role": "user", "content": user}]
+        return [*head, *(turn.message() for turn in self._history), {"role": "user", "content": user}]
+
+    def history(self) -> list[dict[str, str]]:
+        """The earlier turns of the conversation on screen (without the system prompt), oldest first."""
+        return [turn.message() for turn in self._history]
 
     def _editors_match(self, prompt: PromptRow) -> bool:
-        system = next((m["content"] for m in prompt.messages if m["role"] == "system"), "")
+        system, earlier, last = split_conversation(prompt.messages)
         return (
-            self.prompt_edit.toPlainText().strip() == prompt.text.strip()
+            self.prompt_edit.toPlainText().strip() == last.strip()
             and self.system_edit.toPlainText().strip() == system.strip()
+            and self.history() == earlier
         )
 
     def set_prompt(self, prompt: str, system: str = "") -> None:
-        """Put a prompt (and optional system prompt) in the editors."""
+        """Put a prompt (and optional system prompt) in the editors: a single turn, no earlier ones."""
         self._loaded_prompt = None
+        self._set_history([], source="")
         self._fill_editors(prompt, system)
 
     def _fill_editors(self, prompt: str, system: str) -> None:
         self.system_edit.setPlainText(system)
-        if system and not self.system_toggle.isChecked():
-            self.system_toggle.setChecked(True)
+        if system and not self._history and not self.system_toggle.isChecked():
+            self.system_toggle.setChecked(True)  # in a conversation it stays folded: the turns need the room
         self.prompt_edit.setPlainText(prompt)
         cursor = self.prompt_edit.textCursor()
         cursor.movePosition(cursor.MoveOperation.End)
         self.prompt_edit.setTextCursor(cursor)
 
-    def _show_prompt_row(self, prompt: PromptRow) -> None:
+    def _show_prompt_row(self, prompt: PromptRow, *, source: str | None = None) -> None:
+        system, earlier, last = split_conversation(prompt.messages)
+        self._set_history(earlier, source=source)
         self._loaded_prompt = prompt
-        system = next((m["content"] for m in prompt.messages if m["role"] == "system"), "")
-        self._fill_editors(prompt.text, system)
+        self._fill_editors(last, system)
+
+    def _set_history(self, messages: list[dict[str, str]], *, source: str | None) -> None:
+        """Show ``messages`` as the earlier turns. Turns already shown keep their labels; ``source`` says
+        where the conversation came from (None: where the shown one came from)."""
+        kept = []
+        for turn, message in zip(self._history, messages, strict=False):
+            if turn.message() != message:
+                break
+            kept.append(turn)
+        self._history = kept + [Turn(m["role"], m["content"]) for m in messages[len(kept) :]]
+        if source is not None:
+            self._history_source = source
+        if not self._history:
+            self._history_source = ""
+        self._render_history()
+
+    def _render_history(self) -> None:
+        view = self.history_view
+        view.clear_messages()
+        number = 0
+        for turn in self._history:
+            if turn.role == "user":
+                number += 1
+                header = f"You · turn {number}"
+            elif turn.role == "assistant":
+                header = f"Assistant · turn {max(number, 1)}" + (f" · {turn.label}" if turn.label else "")
+            else:
+                header = turn.role.capitalize()
+            view.add_message(turn.role, turn.content, header)
+        view.setVisible(bool(self._history))
+        self.prompt_edit.setMaximumHeight(NEXT_MESSAGE_MAX_HEIGHT if self._history else PROMPT_MAX_HEIGHT)
+        view.fit_to_contents()
+        view.scroll_to_end()
+        self._update_prompt_label()
+        self._update_actions()
+
+    def _next_turn(self) -> int:
+        """The number of the turn the prompt editor's message opens."""
+        return sum(1 for turn in self._history if turn.role == "user") + 1
+
+    def _update_prompt_label(self) -> None:
+        if not self._history:
+            self.prompt_label.setText("Prompt")
+            self.prompt_edit.setPlaceholderText("Ask the model something. Ctrl+Enter samples two answers.")
+            return
+        source = f" {self._history_source}" if self._history_source else ""
+        self.prompt_label.setText(f"Turn {self._next_turn()} of a conversation{source}")
+        self.prompt_edit.setPlaceholderText(
+            "Write your next message. Ctrl+Enter samples two answers that continue the conversation."
+        )
 
     @Slot(bool)
     def _on_system_toggled(self, shown: bool) -> None:
         self.system_edit.setVisible(shown)
         self.system_toggle.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
+        self._update_system_toggle()
+
+    def _update_system_toggle(self) -> None:
+        """A folded system prompt still shows that it is there: its beginning follows the toggle's name."""
+        text = " ".join(self.system_edit.toPlainText().split())
+        if text and not self.system_toggle.isChecked():
+            preview = text if len(text) <= SYSTEM_PREVIEW_CHARS else text[: SYSTEM_PREVIEW_CHARS - 1] + "…"
+            self.system_toggle.setText(f"System prompt: {preview}")
+            self.system_toggle.setToolTip(f"The system prompt, read before the conversation:\n{text}")
+        else:
+            self.system_toggle.setText("System prompt")
+            self.system_toggle.setToolTip("Optional instructions given to the model before your prompt")
 
     @Slot()
     def _on_prompt_text_changed(self) -> None:
-        loaded = self._loaded_prompt
-        turns = 0 if loaded is None else sum(1 for m in loaded.messages if m["role"] != "system") - 1
-        if loaded is not None and turns > 0 and self._editors_match(loaded):
-            self.prompt_note.setText(
-                f"From the queue, with {turns} earlier turn{'s' if turns != 1 else ''} of conversation."
-            )
-            self.prompt_note.setVisible(True)
-        else:
-            self.prompt_note.setVisible(False)
+        if self.sender() is self.system_edit:
+            self._update_system_toggle()
         self._update_actions()
+
+    # ---------------------------------------------------------------- conversations
+
+    def _continue_state(self) -> tuple[bool, str]:
+        """Whether Continue can run now, and its tooltip (what it does, or why not)."""
+        saved = self._last_saved
+        if self._streaming:
+            return False, "Sampling…"
+        if saved is None or self._pair is not None or not self._continuable:
+            if saved is not None and self._pair is None and self._continued:
+                return False, "Already continued: write your next message, then Ctrl+Enter."
+            if saved is not None and self._pair is None:
+                return (
+                    False,
+                    "The conversation changed since that verdict: judge a pair in this one to continue it.",
+                )
+            return False, (
+                "Give a verdict first: Continue then makes the answer you chose the assistant's turn, "
+                "and you write the next message."
+            )
+        answer = continuation_for(saved.pair, saved.choice)
+        if answer is None:
+            if saved.choice == "skip":
+                return False, "A skipped pair has no chosen answer to continue with (Ctrl+Z undoes the skip)."
+            return False, (
+                "Both answers were bad, so there is no answer to continue with: undo (Ctrl+Z), rewrite "
+                "one with Edit…, and judge again to continue with your own."
+            )
+        which = {
+            "your rewrite": "your rewrite",
+            "a tie: the left answer": "the left answer (a tie)",
+        }.get(answer[1], "the answer you chose")
+        return True, (
+            f"Continue the conversation ({CONTINUE_SHORTCUT}): {which} becomes the assistant's turn, and "
+            "you write the next message. A tie continues with the left answer; both bad needs a rewrite."
+        )
+
+    @Slot()
+    def continue_conversation(self) -> bool:
+        """After a verdict: the judged prompt and the chosen answer (or the rewrite) become earlier turns,
+        and the editor waits for the next user message. Returns False when there is nothing to continue
+        with (the Continue button's tooltip says why)."""
+        if not self._continue_state()[0]:
+            return False
+        saved = self._last_saved
+        assert saved is not None
+        answer = continuation_for(saved.pair, saved.choice)
+        assert answer is not None
+        text, label = answer
+        _system, earlier, question = split_conversation(saved.pair.messages)
+        self._set_history(earlier, source=None)  # the turns before the judged one, labels kept
+        self._history += [Turn("user", question), Turn("assistant", text, label)]
+        self._loaded_prompt = None
+        self._continuable = False
+        self._continued = True
+        self.system_toggle.setChecked(False)  # it stays with the conversation, folded to one line
+        if self.prompt_edit.toPlainText().strip() == question.strip():
+            self.prompt_edit.clear()  # otherwise the person already started the next message: keep it
+        self._render_history()
+        self._show_empty_panes()
+        self.feedback.setText("Continued.")
+        self._set_activity(
+            f"Write your message for turn {self._next_turn()}, then Ctrl+Enter samples two answers to it."
+        )
+        self.notify(f"The conversation goes on: write your message for turn {self._next_turn()}.")
+        self.prompt_edit.setFocus()
+        self._update_actions()
+        return True
+
+    def _conversation_locked(self) -> str:
+        """Why the conversation cannot be replaced now ("" when it can)."""
+        if self._streaming:
+            return "Collect is sampling a pair: stop it (Esc) or wait, then try again."
+        if self._pair is not None and self._pair.complete:
+            return "Judge (or skip) the pair on screen first, then try again."
+        return ""
+
+    @Slot()
+    def new_conversation(self) -> bool:
+        """Forget the earlier turns: the next pair answers the editor's message alone."""
+        reason = self._conversation_locked()
+        if reason:
+            self.notify(reason)
+            return False
+        self._loaded_prompt = None
+        self._continuable = False
+        if self._pair is not None:  # a stopped pair, which cannot be judged
+            self._pair = None
+            self._show_empty_panes()
+        self._set_history([], source="")
+        self.prompt_edit.setFocus()
+        self.notify("New conversation: the next pair answers your prompt alone.")
+        return True
+
+    def open_conversation(self, messages: list[dict[str, str]], *, model: ModelRow | None = None) -> bool:
+        """Put a conversation that ends with a user message in the view (e.g. from Chat): its earlier turns
+        above, its last message in the editor, ready to sample. ``model``: sample from it. Returns False
+        (and says why) when a pair is being sampled or waits for a verdict."""
+        system, earlier, question = split_conversation(messages)
+        if not question.strip():
+            raise ValueError("A conversation to compare answers on must end with a user message.")
+        reason = self._conversation_locked()
+        if reason:
+            self.show_error(f"The conversation from Chat was not opened. {reason}")
+            return False
+        if model is not None:
+            self.set_model(model)
+        self._loaded_prompt = None
+        self._continuable = False
+        self._pair = None
+        self._set_history(earlier, source="from Chat")
+        if earlier:
+            self.system_toggle.setChecked(False)  # folded to one line: the turns need the room
+        self._fill_editors(question, system)
+        self._show_empty_panes()
+        self.clear_error()
+        self.feedback.clear()
+        self._set_activity(
+            f"From Chat: Ctrl+Enter samples two answers to your message (turn {self._next_turn()})."
+        )
+        self.prompt_edit.setFocus()
+        self._update_actions()
+        return True
 
     # ---------------------------------------------------------------- the prompt queue
 
@@ -612,7 +896,7 @@ class CollectView(ViewMessages, QWidget):
         self.notify(
             f"Queued {count} prompt{'s' if count != 1 else ''} from {path.name} ({prompt_file.describe()})."
         )
-        if not self.prompt_edit.toPlainText().strip() and self._pair is None:
+        if not self.prompt_edit.toPlainText().strip() and self._pair is None and not self._history:
             self.next_prompt()
         return count
 
@@ -639,7 +923,7 @@ class CollectView(ViewMessages, QWidget):
         if self._loaded_prompt is not None:
             later = [p for p in queued if p.id > self._loaded_prompt.id]
             chosen = later[0] if later else queued[0]
-        self._show_prompt_row(chosen)
+        self._show_prompt_row(chosen, source="from the queue")
         self.prompt_edit.setFocus()
         self._update_actions()
 
@@ -696,6 +980,7 @@ class CollectView(ViewMessages, QWidget):
         connected.set()
 
         self._last_saved = None  # a new pair on screen: the previous verdict stays (fix it in Data)
+        self._continuable = False
         self._pair = ShownPair(
             messages=messages,
             model_ids=(model_a.id, (model_b or model_a).id),
@@ -864,6 +1149,7 @@ class CollectView(ViewMessages, QWidget):
 
         saved_pair = replace(pair, generation_ids=(comparison.generation_a_id, comparison.generation_b_id))
         self._last_saved = SavedVerdict(comparison_id, prompt_id, saved_pair, choice, was_queued)
+        self._continuable, self._continued = True, False
         self._pair = None
         # Ctrl+Z now undoes this verdict rather than the typing that led to it.
         self.prompt_edit.document().clearUndoRedoStacks()
@@ -879,6 +1165,7 @@ class CollectView(ViewMessages, QWidget):
         self._set_activity(
             "Saved. Ctrl+Enter samples another pair"
             + (f", {NEXT_PROMPT_SHORTCUT} takes the next prompt" if self._queue_count else "")
+            + (f", {CONTINUE_SHORTCUT} continues the conversation" if self._continue_state()[0] else "")
             + "; Ctrl+Z undoes the verdict."
         )
         self.notify(f"Saved: {label}.")
@@ -901,9 +1188,10 @@ class CollectView(ViewMessages, QWidget):
             self.show_error(f"The verdict could not be undone: {exc}")
             return False
         self._last_saved = None
+        self._continuable = False
         self._pair = saved.pair
         if prompt is not None:
-            self._show_prompt_row(prompt)
+            self._show_prompt_row(prompt)  # the conversation as it was when the pair was judged
         self._show_pair(saved.pair)
         self.feedback.setText("Verdict undone.")
         self._set_activity("Judge the pair again.")
@@ -926,7 +1214,10 @@ class CollectView(ViewMessages, QWidget):
         for pane in self.panes:
             pane.set_text("")
             pane.status.clear()
-        self.panes[0].text.setPlaceholderText("Two answers to your prompt appear here, side by side.")
+            pane.badge.setVisible(False)
+            pane.set_chosen(False)
+        what = "your next message" if self._history else "your prompt"
+        self.panes[0].text.setPlaceholderText(f"Two answers to {what} appear here, side by side.")
         self.panes[1].text.setPlaceholderText("Which side shows which sample is random for every pair.")
 
     # ---------------------------------------------------------------- rewriting an answer
@@ -979,7 +1270,7 @@ class CollectView(ViewMessages, QWidget):
         elif busy or busy_b:
             reason = "The model is busy with another job; wait for it to finish."
         elif not has_prompt:
-            reason = "Write a prompt first."
+            reason = "Write your next message first." if self._history else "Write a prompt first."
         self.sample_button.setEnabled(not reason)
         self.sample_button.setToolTip(reason or "Sample two answers to the prompt (Ctrl+Enter)")
         self.stop_button.setEnabled(streaming)
@@ -989,6 +1280,19 @@ class CollectView(ViewMessages, QWidget):
         for pane in self.panes:
             pane.edit_button.setEnabled(judgeable)
         self.undo_button.setEnabled(self._last_saved is not None and self._pair is None and not streaming)
+        can_continue, continue_tip = self._continue_state()
+        self.continue_button.setEnabled(can_continue)
+        self.continue_button.setToolTip(continue_tip)
+        self.new_conversation_button.setVisible(bool(self._history))
+        locked = self._conversation_locked()
+        self.new_conversation_button.setEnabled(not locked)
+        if locked:
+            self.new_conversation_button.setToolTip(locked)
+        else:
+            self.new_conversation_button.setToolTip(
+                "Forget the earlier turns: the next pair answers your message alone (the text you are "
+                "writing and the system prompt stay)"
+            )
         self.next_prompt_button.setEnabled(self._queue_count > 0 and not streaming)
         self.next_prompt_button.setText(
             f"Next prompt ({self._queue_count})" if self._queue_count else "Next prompt"

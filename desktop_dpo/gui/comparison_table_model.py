@@ -87,7 +87,13 @@ class Column:
 COLUMNS = (
     Column("id", "#", 52, lambda s: s.id, "The comparison's number"),
     Column("date", "Date", 96, lambda s: (s.created_at, s.id), "When it was judged or imported"),
-    Column("prompt", "Prompt", 260, lambda s: one_line(s.prompt).casefold(), "The last user message"),
+    Column(
+        "prompt",
+        "Prompt",
+        260,
+        lambda s: one_line(s.prompt).casefold(),
+        "The last user message (“Turn 3 ·”: the third message of a conversation, trained with the turns before it)",
+    ),
     Column("verdict", "Verdict", 120, verdict_words, "Which response was better (A and B are the samples)"),
     Column("chosen", "Chosen", 180, lambda s: one_line(s.chosen).casefold(), "The response training prefers"),
     Column(
@@ -259,7 +265,8 @@ class ComparisonTableModel(QAbstractTableModel):
         if key == "date":
             return format_day(summary.created_at)
         if key == "prompt":
-            return one_line(summary.prompt)
+            text = one_line(summary.prompt)
+            return f"Turn {summary.user_turns} · {text}" if summary.user_turns > 1 else text
         if key == "verdict":
             return verdict_words(summary) + (" ✎" if summary.has_note else "")
         if key in ("chosen", "rejected"):
@@ -278,6 +285,11 @@ class ComparisonTableModel(QAbstractTableModel):
             if not text and key != "prompt":
                 return f"{VERDICT_WORDS.get(summary.verdict, summary.verdict)}: no response chosen"
             shown = text[:TOOLTIP_CHARS] + ("…" if len(text) > TOOLTIP_CHARS else "")
+            if key == "prompt" and summary.user_turns > 1:
+                return (
+                    f"Turn {summary.user_turns} of a conversation, the last of {summary.turns} messages "
+                    f"(select the row to read them all):\n\n{shown}"
+                )
             if key == "prompt" and summary.turns > 1:
                 # The table shows the last user message; say that there is more before it.
                 return f"The last of {summary.turns} messages (select the row to read them all):\n\n{shown}"

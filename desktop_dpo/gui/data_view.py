@@ -78,9 +78,10 @@ log = logging.getLogger(__name__)
 TEXT_COLUMNS = ("prompt", "chosen", "rejected")  # share the table's spare width
 TEXT_COLUMN_MIN_WIDTH = 90  # below this the table scrolls sideways instead
 TABLE_MIN_HEIGHT = 130  # the header and about three rows, however short the window
-PROMPT_MAX_HEIGHT = 150  # pixels; a longer conversation scrolls in its box
+PROMPT_MAX_HEIGHT = 170  # pixels; a longer conversation scrolls in its box
 SEARCH_DELAY_MS = 300  # typing pauses this long before the search runs (one query, not one per key)
 ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
+ROLE_COLOURS = {"system": "#b45309", "user": "#4f46e5", "assistant": "#0f766e"}  # amber, indigo, teal
 SAMPLING_NAMES = (  # key in the stored settings -> how the detail panel names it
     ("temperature", "temperature"),
     ("top_p", "top-p"),
@@ -153,14 +154,32 @@ def describe_generation(
     return "\n".join(parts) if full else " · ".join(parts)
 
 
+def user_turns(messages: Sequence[dict[str, str]]) -> int:
+    """How many of the person's messages a prompt holds: the turn of the conversation the responses answer."""
+    return sum(1 for message in messages if message["role"] == "user")
+
+
 def prompt_html(messages: Sequence[dict[str, str]]) -> str:
-    """The whole conversation before the responses, each message under its role, as rich text."""
+    """The whole conversation before the responses, each message after its role (and, in a conversation,
+    its turn), as rich text; the message the responses answer is marked."""
+    in_conversation = user_turns(messages) > 1
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
     blocks = []
-    for message in messages:
-        role = ROLE_NAMES.get(message["role"], message["role"].capitalize())
+    turn = 0
+    for index, message in enumerate(messages):
+        role = message["role"]
+        name = ROLE_NAMES.get(role, role.capitalize())
+        if role == "user":
+            turn += 1
+        if in_conversation and role in ("user", "assistant"):
+            name += f" · turn {max(turn, 1)}"
+        if index == last_user and in_conversation:
+            name += " · answered below"
+        colour = ROLE_COLOURS.get(role, "#475569")
         body = html.escape(message["content"]).replace("\n", "<br>")
         blocks.append(
-            f'<p style="margin:0 0 8px 0"><span style="color:#6366f1;font-weight:600">{role}</span><br>{body}</p>'
+            f'<p style="margin:0 0 6px 0"><span style="color:{colour};font-weight:600">{name}</span>'
+            f"&nbsp;&nbsp;{body}</p>"
         )
     return "".join(blocks)
 
@@ -188,6 +207,17 @@ class _PromptBrowser(QTextBrowser):
 
     def minimumSizeHint(self) -> QSize:  # Qt override
         return QSize(super().minimumSizeHint().width(), 36)
+
+    def show_end(self) -> None:
+        """Scroll to the last message (the one the responses answer), now and once the box has its new
+        height."""
+        self._scroll_to_end()
+        QTimer.singleShot(0, self._scroll_to_end)
+
+    @Slot()
+    def _scroll_to_end(self) -> None:
+        bar = self.verticalScrollBar()
+        bar.setValue(bar.maximum())
 
 
 class _TextPane(QFrame):
@@ -341,9 +371,13 @@ class ComparisonDetail(QFrame):
             facts.append(f"A was shown on the {shown_side_words(comparison.a_shown_left).lower()}")
         if comparison.deleted:
             facts.append("deleted (not trained on)")
+        turns = user_turns(view.messages)
+        if turns > 1:
+            facts.append(f"turn {turns} of a conversation, trained with the earlier turns as its prompt")
         self.meta.setText(" · ".join(facts))
         self.prompt_text.setHtml(prompt_html(view.messages))
         self._fit_prompt_height()
+        self.prompt_text.show_end()
 
         verdict = comparison.verdict
         badges = {"a": "", "b": ""}

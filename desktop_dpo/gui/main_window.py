@@ -217,6 +217,7 @@ class MainWindow(QMainWindow):
 
             chat = ChatPage(store=self.store, registry=self.registry, pool=self.pool, paths=self.paths)
             chat.models_requested.connect(lambda: self.show_view("models"))
+            chat.compare_requested.connect(self._on_compare_requested)
             if self._chosen_model is not None:
                 chat.set_model(self._chosen_model)
             return chat
@@ -351,6 +352,16 @@ class MainWindow(QMainWindow):
         """The person wants to chat with an exported model: open Chat on it."""
         self._on_model_chosen(model)
         self.show_view("chat")
+
+    @Slot(object, object)
+    def _on_compare_requested(self, messages: list[dict[str, str]], model: ModelRow | None) -> None:
+        """A chat message goes to Collect: Collect opens on the conversation up to it, ready to sample."""
+        collect = self.view("collect")
+        opened = collect.open_conversation(messages, model=model)  # type: ignore[attr-defined]
+        self.show_view("collect")  # refused or not: Collect says why it did not take the conversation
+        if opened:
+            turn = sum(1 for m in messages if m["role"] == "user")
+            self._show_message(f"Collect: two answers to turn {turn} of the chat, ready to sample.")
 
     @Slot(object)
     def _on_evaluate_requested(self, aligned: ModelRow) -> None:

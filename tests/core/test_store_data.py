@@ -50,6 +50,7 @@ def test_the_prompt_is_the_last_user_message_and_previews_are_cut(memory_store):
     (row,) = memory_store.comparison_summaries(preview_chars=50)
     assert row.id == cid
     assert row.turns == 4
+    assert row.user_turns == 2  # the second turn of a conversation (the system prompt is not a turn)
     assert row.prompt == ("And now a long question? " * 40)[:50]
     assert row.chosen == long_answer[:50] and row.rejected == "short"
     with pytest.raises(ValueError):

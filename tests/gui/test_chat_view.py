@@ -421,3 +421,68 @@ def test_chat_with_a_hugging_face_model_records_its_gguf_copy(
     assert [role for role, _ in turns(gui_store, view.conversation_id())] == ["user", "assistant"]
     # The job converted the folder for llama.cpp, and the view recorded the copy on the model.
     assert gui_store.get_model(model.id).info[GGUF_COPY_INFO_KEY].endswith(".gguf")
+
+
+# ------------------------------------------------------------------------------------------- to Collect
+
+
+def point_of(transcript, text: str):
+    """Where ``text`` is shown in the transcript (viewport coordinates), as a right-click would land."""
+    found = transcript.document().find(text)
+    assert not found.isNull(), f"{text!r} is not in the transcript"
+    return transcript.cursorRect(found).center()
+
+
+def test_any_message_of_the_person_goes_to_collect_with_the_conversation_up_to_it(
+    qtbot, make_window, gui_store, model
+):
+    window = make_window()
+    window.show_view("chat")
+    chat = window.view("chat").chat
+    chat.set_sampling_settings(SamplingSettings(max_tokens=8))
+    chat.system_toggle.setChecked(True)
+    chat.system_edit.setPlainText("Be brief.")
+    window.activateWindow()
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is window)
+    chat.input_edit.setFocus()
+    assert not chat.compare_button.isEnabled(), "no message to compare answers to yet"
+    send(qtbot, chat, "Hello there, friend.")
+    send(qtbot, chat, "Name a colour now.")
+    system, first, reply, second, _last_reply = [
+        {"role": role, "content": content} for role, content in turns(gui_store, chat.conversation_id())
+    ]
+
+    # A reply of the model has nothing to compare: only the person's messages offer it.
+    menu = chat.build_transcript_menu(point_of(chat.transcript, "Assistant · tiny"))  # its header
+    assert "compareInCollect" not in [action.objectName() for action in menu.actions()]
+    assert any("Copy" in action.text() for action in menu.actions()), "the usual menu is still there"
+    menu.deleteLater()
+
+    # Right-click the first message: Collect opens on it, a single turn with the system prompt.
+    chat.transcript.customContextMenuRequested.emit(point_of(chat.transcript, "Hello there, friend."))
+    menu = chat.transcript_menu
+    assert menu is not None
+    next(action for action in menu.actions() if action.objectName() == "compareInCollect").trigger()
+    menu.close()
+    assert window.current_view() == "collect"
+    collect = window.view("collect")
+    assert collect.prompt_messages() == [system, first]
+    assert collect.history() == []
+
+    # The button takes the last message, with the exchange before it as earlier turns.
+    window.show_view("chat")
+    qtbot.mouseClick(chat.compare_button, Qt.MouseButton.LeftButton)
+    assert window.current_view() == "collect"
+    assert collect.history() == [first, reply]
+    assert collect.prompt_edit.toPlainText() == "Name a colour now."
+    assert collect.history_view.isVisibleTo(collect)
+    assert "Hello there, friend." in collect.history_view.toPlainText()
+    assert collect.current_model().id == model.id
+    assert "turn 2" in window.statusBar().currentMessage()
+
+    collect.set_sampling_settings(SamplingSettings(max_tokens=8))
+    assert collect.sample()
+    qtbot.waitUntil(lambda: collect.verdict_buttons["left"].isEnabled(), timeout=WAIT_MS)
+    collect.judge("left")
+    (saved,) = gui_store.comparison_views()
+    assert saved.messages == [system, first, reply, second]

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QMainWindow
+from PySide6.QtWidgets import QApplication, QMainWindow
 
 from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core.models import register_model
@@ -52,6 +52,18 @@ def sample_and_wait(qtbot, view, prompt: str | None = "Tell me about tea.") -> N
         qtbot.keyClicks(view.prompt_edit, prompt)
     key(qtbot, view, "Ctrl+Return")
     qtbot.waitUntil(lambda: view.verdict_buttons["left"].isEnabled(), timeout=WAIT_MS)
+
+
+def rewrite(qtbot, view, side: int, text: str) -> None:
+    """Rewrite the answer on screen side ``side`` in the edit dialog, then get back to the view as a person
+    does (without a window manager, nothing gives the view its focus back when the dialog closes)."""
+    view.open_edit(side)
+    view.edit_dialog.set_text(text)
+    view.edit_dialog.accept()
+    qtbot.waitUntil(lambda: view.edit_dialog is None)
+    view.activateWindow()
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is view.window())
+    view.prompt_edit.setFocus()
 
 
 def shown(view) -> tuple[str, str]:
@@ -249,7 +261,11 @@ def test_queued_conversation_keeps_its_turns(qtbot, view, gui_store, tmp_path):
     view.load_prompt_file(path)
     assert view.prompt_edit.toPlainText() == "Name a colour."
     assert view.system_edit.toPlainText() == "Be brief."
-    assert view.prompt_note.isVisibleTo(view)
+    # The earlier turns are shown above the editor, and the person sees where they came from.
+    assert view.history() == conversation[1:3]
+    assert view.history_view.isVisibleTo(view)
+    assert "Hello!" in view.history_view.toPlainText()
+    assert view.prompt_label.text() == "Turn 2 of a conversation from the queue"
     sample_and_wait(qtbot, view, prompt=None)
     key(qtbot, view, "Alt+2")
     (saved,) = gui_store.comparison_views()
@@ -282,3 +298,153 @@ def test_b_from_another_model(qtbot, gui_store, registry, pool, app_home, tiny_g
     assert (saved.model_a_id, saved.model_b_id) == (model_a.id, model_b.id)
     # The HF model was converted to GGUF for llama.cpp, and the view recorded the copy on the model.
     assert gui_store.get_model(model_b.id).info[GGUF_COPY_INFO_KEY].endswith(".gguf")
+
+
+# ------------------------------------------------------------------------------------------- conversations
+
+
+def test_continue_builds_a_three_turn_conversation_saved_with_every_turn(qtbot, view, gui_store):
+    continue_button = view.continue_button
+    view.system_toggle.setChecked(True)
+    view.system_edit.setPlainText("Be brief.")
+    view.prompt_edit.setFocus()
+    assert not continue_button.isEnabled(), "nothing to continue before a verdict"
+    key(qtbot, view, "Alt+C")
+    assert view.history() == []
+
+    # Turn 1: the left answer is better, and the conversation goes on with it.
+    sample_and_wait(qtbot, view, "Tell me about tea.")
+    assert not continue_button.isEnabled(), "a pair waiting for its verdict cannot be continued"
+    left_1 = view.pair.texts[0]  # A is shown on the left
+    key(qtbot, view, "Alt+1")
+    assert continue_button.isEnabled()
+    assert "becomes the assistant's turn" in continue_button.toolTip()
+    key(qtbot, view, "Alt+C")
+    assert view.history() == [
+        {"role": "user", "content": "Tell me about tea."},
+        {"role": "assistant", "content": left_1.strip()},
+    ]
+    assert view.prompt_edit.toPlainText() == "", "the editor waits for the next message"
+    assert view.history_view.isVisibleTo(view) and "Tell me about tea." in view.history_view.toPlainText()
+    assert "Turn 2 of a conversation" in view.prompt_label.text()
+    assert view.system_edit.toPlainText() == "Be brief.", "the system prompt stays with the conversation"
+    assert "Be brief." in view.system_toggle.text(), "folded, it still shows"
+    assert not continue_button.isEnabled(), "one turn continues once"
+
+    # Turn 2: the person rewrites the right answer and prefers the rewrite.
+    sample_and_wait(qtbot, view, "And coffee?")
+    rewrite(qtbot, view, 1, "Coffee is made from roasted beans.")
+    key(qtbot, view, "Alt+2")
+    qtbot.mouseClick(continue_button, Qt.MouseButton.LeftButton)
+    assert view.history()[2:] == [
+        {"role": "user", "content": "And coffee?"},
+        {"role": "assistant", "content": "Coffee is made from roasted beans."},
+    ]
+    assert "your rewrite" in view.history_view.toPlainText()
+
+    # Turn 3: a new pair on the whole conversation.
+    sample_and_wait(qtbot, view, "Which one is stronger?")
+    key(qtbot, view, "Alt+3")
+
+    first, second, third = gui_store.comparison_views()
+    system = {"role": "system", "content": "Be brief."}
+    assert first.messages == [system, {"role": "user", "content": "Tell me about tea."}]
+    assert second.messages == [system, *view.history()[:2], {"role": "user", "content": "And coffee?"}]
+    assert third.messages == [
+        system,
+        {"role": "user", "content": "Tell me about tea."},
+        {"role": "assistant", "content": first.text_a.strip()},  # what was chosen on turn 1
+        {"role": "user", "content": "And coffee?"},
+        {"role": "assistant", "content": "Coffee is made from roasted beans."},  # the rewrite on turn 2
+        {"role": "user", "content": "Which one is stronger?"},
+    ]
+    assert second.comparison.edited_text == "Coffee is made from roasted beans."
+    # A tie continues with the left answer.
+    assert continue_button.isEnabled() and "left answer" in continue_button.toolTip()
+
+
+def test_both_bad_gives_nothing_to_continue_with_until_an_answer_is_rewritten(qtbot, view, gui_store):
+    sample_and_wait(qtbot, view, "Name a colour.")
+    key(qtbot, view, "Alt+4")
+    assert not view.continue_button.isEnabled()
+    assert "rewrite" in view.continue_button.toolTip()
+    key(qtbot, view, "Alt+C")
+    assert view.history() == []
+
+    key(qtbot, view, "Ctrl+Z")  # the pair is back: rewrite one answer, then both originals are bad
+    rewrite(qtbot, view, 0, "Blue.")
+    key(qtbot, view, "Alt+4")
+    assert view.continue_button.isEnabled()
+    key(qtbot, view, "Alt+C")
+    assert view.history() == [
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Blue."},
+    ]
+    (saved,) = gui_store.comparison_views()
+    assert saved.comparison.verdict == "both_bad" and saved.comparison.edited_text == "Blue."
+
+
+def test_undo_after_continue_takes_back_the_verdict_and_the_turn(qtbot, view, gui_store):
+    sample_and_wait(qtbot, view, "Tell me about tea.")
+    turn_1 = [
+        {"role": "user", "content": "Tell me about tea."},
+        {"role": "assistant", "content": view.pair.texts[0].strip()},
+    ]
+    key(qtbot, view, "Alt+1")
+    key(qtbot, view, "Alt+C")
+    sample_and_wait(qtbot, view, "And coffee?")
+    before = shown(view)
+    key(qtbot, view, "Alt+2")
+    key(qtbot, view, "Alt+C")
+    assert len(view.history()) == 4
+
+    key(qtbot, view, "Ctrl+Z")
+    assert gui_store.count_comparisons() == 1, "only the last verdict is undone"
+    assert view.history() == turn_1, "turn 1 stays"
+    assert view.prompt_edit.toPlainText() == "And coffee?"
+    assert shown(view) == before and view.verdict_buttons["left"].isEnabled()
+
+    key(qtbot, view, "Alt+1")  # judged again, on the same conversation
+    _first, second = gui_store.comparison_views()
+    assert second.messages == [*turn_1, {"role": "user", "content": "And coffee?"}]
+    assert second.comparison.verdict == "a"
+
+
+def test_new_conversation_goes_back_to_a_single_prompt(qtbot, view, gui_store):
+    sample_and_wait(qtbot, view, "Tell me about tea.")
+    key(qtbot, view, "Alt+1")
+    key(qtbot, view, "Alt+C")
+    assert view.new_conversation_button.isVisible()
+    qtbot.keyClicks(view.prompt_edit, "What is a river?")
+    qtbot.mouseClick(view.new_conversation_button, Qt.MouseButton.LeftButton)
+    assert view.history() == [] and not view.history_view.isVisibleTo(view)
+    assert view.prompt_edit.toPlainText() == "What is a river?", "the draft stays"
+    assert view.prompt_label.text() == "Prompt" and not view.new_conversation_button.isVisible()
+
+    sample_and_wait(qtbot, view, prompt=None)
+    key(qtbot, view, "Alt+1")
+    assert gui_store.comparison_views()[-1].messages == [{"role": "user", "content": "What is a river?"}]
+
+
+def test_a_conversation_from_elsewhere_opens_ready_to_sample(qtbot, view, gui_store):
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Name a colour."},
+    ]
+    sample_and_wait(qtbot, view, "Tell me about tea.")
+    assert not view.open_conversation(conversation), "a pair waiting for its verdict is never thrown away"
+    assert "Judge" in view.error_text()
+    key(qtbot, view, "Alt+1")
+
+    assert view.open_conversation(conversation)
+    assert view.history() == conversation[1:3]
+    assert view.prompt_edit.toPlainText() == "Name a colour."
+    assert view.system_edit.toPlainText() == "Be brief."
+    assert "from Chat" in view.prompt_label.text()
+    assert view.prompt_messages() == conversation
+    assert not view.continue_button.isEnabled(), "the earlier verdict belongs to another conversation"
+    sample_and_wait(qtbot, view, prompt=None)
+    key(qtbot, view, "Alt+2")
+    assert gui_store.comparison_views()[-1].messages == conversation

@@ -130,7 +130,7 @@ def test_rows_show_prompt_verdict_and_texts_and_the_counts(make_view, seeded):
     assert cell(view, seeded["tea"], "verdict") == "A better"
     assert cell(view, seeded["tea"], "chosen") == "Steep it at 80 °C for two minutes."
     assert cell(view, seeded["tea"], "rejected") == "Boil it for ten minutes."
-    assert cell(view, seeded["hello"], "prompt") == "Say hello properly."
+    assert cell(view, seeded["hello"], "prompt") == "Turn 2 · Say hello properly."  # a conversation
     assert cell(view, seeded["import"], "source") == "Imported"
     assert view.table.isColumnHidden(COLUMN_INDEX["deleted"])  # only shown with "Show deleted"
 
@@ -179,6 +179,52 @@ def test_the_detail_panel_shows_the_whole_comparison(qtbot, make_view, seeded):
     click_row(qtbot, view, seeded["import"])
     assert detail.panes["a"].meta.text().startswith("Imported")
     assert "A was shown" not in detail.meta.text()
+
+
+def test_a_later_turn_of_a_conversation_shows_every_earlier_turn(qtbot, make_view, gui_store):
+    conversation = [
+        {"role": "system", "content": "You are a concise tea expert."},
+        {"role": "user", "content": "How do I brew green tea?"},
+        {"role": "assistant", "content": "At 80 °C for two minutes."},
+        {"role": "user", "content": "How often can I re-steep it?"},
+        {"role": "assistant", "content": "Twice, a little longer each time."},
+        {"role": "user", "content": "Milk or sugar?"},
+    ]
+    third = record(gui_store, "", "Neither.", "Both, lots.", "a", messages=conversation)
+    single = record(gui_store, "Name a colour.", "Blue.", "Stone.", "a")
+    view, _actions = make_view()
+    assert cell(view, third, "prompt") == "Turn 3 · Milk or sugar?"
+    assert cell(view, single, "prompt") == "Name a colour.", "a single prompt has no marker"
+    row = view.model.row_of(third)
+    tip = view.model.data(view.model.index(row, COLUMN_INDEX["prompt"]), Qt.ItemDataRole.ToolTipRole)
+    assert tip.startswith("Turn 3 of a conversation") and tip.endswith("Milk or sugar?")
+
+    click_row(qtbot, view, third)
+    detail = view.detail
+    shown = detail.prompt_text.toPlainText()
+    lines = [
+        "System  You are a concise tea expert.",
+        "User · turn 1  How do I brew green tea?",
+        "Assistant · turn 1  At 80 °C for two minutes.",
+        "User · turn 2  How often can I re-steep it?",
+        "Assistant · turn 2  Twice, a little longer each time.",
+        "User · turn 3 · answered below  Milk or sugar?",
+    ]
+    assert [line.replace("\xa0", " ") for line in shown.splitlines() if line.strip()] == lines
+    assert "turn 3 of a conversation" in detail.meta.text()
+
+    click_row(qtbot, view, single)
+    assert "turn" not in detail.prompt_text.toPlainText() and "conversation" not in detail.meta.text()
+
+    # A long conversation scrolls in its box, and opens on the message the responses answer.
+    long_turns = [{"role": "user", "content": "Tell me everything."}]
+    long_turns += [{"role": "assistant", "content": "\n".join(f"Fact {i}." for i in range(30))}]
+    long_turns += [{"role": "user", "content": "Now in one line?"}]
+    long = record(gui_store, "", "Tea is good.", "No.", "a", messages=long_turns)
+    view.refresh()
+    click_row(qtbot, view, long)
+    bar = detail.prompt_text.verticalScrollBar()
+    qtbot.waitUntil(lambda: bar.maximum() > 0 and bar.value() == bar.maximum())
 
 
 def test_pairs_judged_while_the_view_was_hidden_are_there_when_it_is_shown_again(
