@@ -5,6 +5,12 @@ with the chat template's markers as user-defined symbols so transformers and lla
 same way. llama.cpp's converter refuses unknown BPE tokenizers (it recognises them by a hash), but it
 reads a SentencePiece ``tokenizer.model`` directly, so this one converts.
 
+The chat format is a :class:`TinyChat`: :data:`TINY_CHAT` (``<|user|>`` … ``<|end|>``, BOS ``<s>``, EOS
+``</s>``) by default; an instruct-style model passes another one (ChatML with EOS ``<|im_end|>`` and no BOS,
+as Qwen2.5-Instruct ships it). The model stays Llama-shaped: transformers 5 loads the tokenizer of any
+``model_type: qwen2`` folder as its byte-level ``Qwen2Tokenizer``, whatever the folder holds, and a byte-level
+BPE trained here is one the converter refuses.
+
 Importable by benchmarks: ``build_tiny_model(out_dir, hidden=256, layers=4)``.
 """
 
@@ -13,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -26,6 +33,23 @@ CHAT_TEMPLATE = (
 )
 SPECIAL_MARKERS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 
+
+@dataclass(frozen=True)
+class TinyChat:
+    """The chat format of a tiny model: its template, its special tokens and their roles."""
+
+    template: str  # the Jinja chat template written into tokenizer_config.json and chat_template.jinja
+    specials: tuple[str, ...]  # control symbols of the SentencePiece model (never produced by plain text)
+    bos: str | None  # BOS token text; None = no BOS, and none added in front of text (as Qwen2.5 ships)
+    eos: str  # EOS token text
+    pad: str  # padding token text
+    corpus: tuple[str, ...] = ()  # extra lines for the tokenizer's training text (the template's own words)
+
+
+TINY_CHAT = TinyChat(
+    template=CHAT_TEMPLATE, specials=tuple(SPECIAL_MARKERS), bos="<s>", eos="</s>", pad="</s>"
+)
+
 _CORPUS = """\
 The quick brown fox jumps over the lazy dog. A helpful assistant answers questions clearly and kindly.
 Paris is the capital of France. Water boils at one hundred degrees Celsius at sea level.
@@ -38,11 +62,11 @@ Good answers are short, kind and correct. Bad answers ramble, repeat themselves 
 """
 
 
-def train_tokenizer(out_dir: Path, vocab_size: int = 512) -> None:
+def train_tokenizer(out_dir: Path, vocab_size: int = 512, chat: TinyChat = TINY_CHAT) -> None:
     """Train a SentencePiece BPE model on the built-in corpus and write the tokenizer files."""
     import sentencepiece as spm
 
-    lines = [line for line in _CORPUS.splitlines() if line.strip()]
+    lines = [line for line in [*_CORPUS.splitlines(), *chat.corpus] if line.strip()]
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(lines * 20),
@@ -56,7 +80,7 @@ def train_tokenizer(out_dir: Path, vocab_size: int = 512) -> None:
         eos_id=2,
         pad_id=-1,
         # Control symbols: llama.cpp parses them as special tokens; plain text never produces them.
-        control_symbols=SPECIAL_MARKERS,
+        control_symbols=list(chat.specials),
         normalization_rule_name="identity",
         split_digits=True,
         remove_extra_whitespaces=False,
@@ -68,15 +92,15 @@ def train_tokenizer(out_dir: Path, vocab_size: int = 512) -> None:
         json.dumps(
             {
                 "tokenizer_class": "LlamaTokenizer",
-                "add_bos_token": True,
+                "add_bos_token": chat.bos is not None,
                 "add_eos_token": False,
-                "bos_token": "<s>",
-                "eos_token": "</s>",
+                "bos_token": chat.bos,
+                "eos_token": chat.eos,
                 "unk_token": "<unk>",
-                "pad_token": "</s>",
+                "pad_token": chat.pad,
                 "model_max_length": 512,
-                "chat_template": CHAT_TEMPLATE,
-                "additional_special_tokens": SPECIAL_MARKERS,
+                "chat_template": chat.template,
+                "additional_special_tokens": list(chat.specials),
             },
             indent=2,
         )
@@ -94,6 +118,7 @@ def build_tiny_model(
     vocab: int = 512,
     max_positions: int = 512,
     seed: int = 0,
+    chat: TinyChat = TINY_CHAT,
 ) -> Path:
     """Write a random-weight Llama model (safetensors), its tokenizer and chat template to ``out_dir``."""
     import torch
@@ -101,8 +126,8 @@ def build_tiny_model(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    train_tokenizer(out, vocab)
-    _match_llama_cpp_spacing(out)
+    train_tokenizer(out, vocab, chat)
+    _match_llama_cpp_spacing(out, chat)
     tokenizer = AutoTokenizer.from_pretrained(str(out))
     torch.manual_seed(seed)
     config = LlamaConfig(
@@ -117,7 +142,7 @@ def build_tiny_model(
         tie_word_embeddings=False,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     model = LlamaForCausalLM(config)
     with torch.no_grad():  # larger random weights: distinct, confident next-token distributions
@@ -128,7 +153,7 @@ def build_tiny_model(
     return out
 
 
-def _match_llama_cpp_spacing(out: Path) -> None:
+def _match_llama_cpp_spacing(out: Path, chat: TinyChat = TINY_CHAT) -> None:
     """Make transformers split text exactly as llama.cpp's SentencePiece tokenizer does.
 
     llama.cpp adds the "▁" space prefix at the start of every text fragment (after each special token
@@ -151,9 +176,12 @@ def _match_llama_cpp_spacing(out: Path) -> None:
     config_path = out / "tokenizer_config.json"
     config = json.loads(config_path.read_text())
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    config["chat_template"] = CHAT_TEMPLATE
+    # Saving drops the flag. Without it the converter writes none, and llama.cpp then puts BOS in front of
+    # every SentencePiece prompt, where transformers puts none (Qwen2.5 ships "add_bos_token": false).
+    config["add_bos_token"] = chat.bos is not None
+    config["chat_template"] = chat.template
     config_path.write_text(json.dumps(config, indent=2))
-    (out / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    (out / "chat_template.jinja").write_text(chat.template)
 
 
 @pytest.fixture(scope="session")
