@@ -148,3 +148,21 @@ def test_every_offered_quantization_is_a_llama_cpp_file_type():
 
     for name, (constant, _size) in QUANTIZATIONS.items():
         assert isinstance(getattr(llama_cpp, constant), int), name
+
+
+def test_the_header_puts_bos_where_transformers_does(tiny_gguf, tmp_path):
+    """llama.cpp adds BOS to a prompt exactly when the model's tokenizer does (what training sees), even when
+    the tokenizer's config lost the flag, as one saved by transformers 5 does."""
+    from tests.e2e.test_instruct_loop import CHATML
+    from tests.plugins.tiny_model import build_tiny_model
+
+    assert (
+        read_gguf_metadata(tiny_gguf)["tokenizer.ggml.add_bos_token"] is True
+    )  # "<s>" in front, as transformers
+    folder = build_tiny_model(tmp_path / "no-bos", chat=CHATML)  # Qwen2.5-style: no BOS
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config.pop("add_bos_token")
+    config_file.write_text(json.dumps(config), encoding="utf-8")
+    out, _events = run_job(convert_hf_to_gguf(folder, tmp_path / "no-bos.gguf", outtype="f32"))
+    assert read_gguf_metadata(out)["tokenizer.ggml.add_bos_token"] is False

@@ -203,6 +203,16 @@ import gguf
 from gguf.gguf_writer import GGUFValue
 with open(sys.argv.pop(1), encoding="utf-8") as handle:
     extra = json.load(handle)
+if not any(key == "tokenizer.ggml.add_bos_token" for key, *_ in extra):
+    # Whether llama.cpp puts BOS in front of a prompt must be what transformers (and so training) does. A
+    # tokenizer saved by transformers 5 drops add_bos_token from its config; without the flag llama.cpp adds
+    # BOS to every SentencePiece prompt, also where the tokenizer adds none (Qwen2.5-style, no BOS).
+    from transformers import AutoTokenizer
+    _tokenizer = AutoTokenizer.from_pretrained(sys.argv[1], local_files_only=True, trust_remote_code=False)
+    _ids = _tokenizer("a", add_special_tokens=True)["input_ids"]
+    _adds_bos = _tokenizer.bos_token_id is not None and bool(_ids) and _ids[0] == _tokenizer.bos_token_id
+    extra.append(["tokenizer.ggml.add_bos_token", bool(_adds_bos), "BOOL", None])
+    del _tokenizer
 write_header = gguf.GGUFWriter.write_header_to_file
 def write_header_with_extra(self, *args, **kwargs):
     for key, value, kind, sub in extra:
