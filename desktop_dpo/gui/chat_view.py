@@ -63,6 +63,7 @@ from desktop_dpo.core.store import MessageRow, ModelRow, Store
 from desktop_dpo.gui.chat_transcript import ChatTranscript
 from desktop_dpo.gui.message_banner import MessageBanner
 from desktop_dpo.gui.sampling_settings_panel import SamplingSettingsPanel
+from desktop_dpo.gui.template_editor import ensure_template_chosen, template_needed_message
 from desktop_dpo.gui.view_messages import ActivityLine, ViewMessages
 from desktop_dpo.workers.job_worker import JobRegistry, JobThread
 
@@ -772,8 +773,14 @@ class ChatView(ViewMessages, QWidget):
         says why)."""
         if not self.send_button.isEnabled():
             return False
-        model = self._model
-        assert model is not None
+        assert self._model is not None
+        # The row as stored now, with a usable chat template (a model that needs one chosen first opens the
+        # template editor; cancelled, the message stays in the editor and nothing is sent).
+        model = ensure_template_chosen(self, self.store, self._model)
+        if model is None:
+            self.show_error(template_needed_message(self._model))
+            return False
+        self._model = model
         text = self.input_edit.toPlainText().strip()
         system = self.system_edit.toPlainText().strip()
         try:

@@ -70,6 +70,7 @@ from desktop_dpo.gui.message_banner import MessageBanner
 from desktop_dpo.gui.response_edit_dialog import ResponseEditDialog
 from desktop_dpo.gui.response_pane import SIDE_NAMES, ResponsePane
 from desktop_dpo.gui.sampling_settings_panel import SamplingSettingsPanel
+from desktop_dpo.gui.template_editor import ensure_template_chosen, template_needed_message
 from desktop_dpo.gui.view_messages import ActivityLine, ViewMessages
 from desktop_dpo.workers.job_worker import JobRegistry, JobThread
 
@@ -953,8 +954,18 @@ class CollectView(ViewMessages, QWidget):
         shown in the view)."""
         if not self.sample_button.isEnabled():
             return False
-        model_a = self._model
-        assert model_a is not None
+        assert self._model is not None
+        # The rows as stored now (a template chosen in Models since), each with a usable chat template: a
+        # model that needs one chosen first opens the template editor; cancelled, nothing starts.
+        model_a = ensure_template_chosen(self, self.store, self._model)
+        if model_a is None:
+            self.show_error(template_needed_message(self._model))
+            return False
+        self._model = model_a
+        model_b = self._model_b()
+        if model_b is not None and ensure_template_chosen(self, self.store, model_b) is None:
+            self.show_error(template_needed_message(model_b))
+            return False
         model_b = self._model_b()
         messages = self.prompt_messages()
         settings = self.sampling_panel.settings()

@@ -70,6 +70,7 @@ from desktop_dpo.core.store import EvaluationRow, ModelRow, PromptRow, Store
 from desktop_dpo.gui.message_banner import MessageBanner
 from desktop_dpo.gui.response_pane import SIDE_NAMES, ResponsePane
 from desktop_dpo.gui.sampling_settings_panel import SamplingSettingsPanel
+from desktop_dpo.gui.template_editor import ensure_template_chosen, template_needed_message
 from desktop_dpo.gui.view_messages import ActivityLine, ViewMessages
 from desktop_dpo.workers.job_worker import JobRegistry, JobThread
 
@@ -589,6 +590,13 @@ class EvaluateView(ViewMessages, QWidget):
         if not self.next_button.isEnabled():
             return False
         base, aligned = self.models()
+        assert base is not None and aligned is not None
+        # A model without a usable chat template is not sampled with a guessed one: the person chooses.
+        for model in (base, aligned):
+            if ensure_template_chosen(self, self.store, model) is None:
+                self.show_error(template_needed_message(model))
+                return False
+        base, aligned = self.models()  # as stored now, with the template just chosen
         assert base is not None and aligned is not None
         try:
             check_comparable(base, aligned, self.paths)

@@ -18,6 +18,11 @@ or network disk never freezes the window:
 
 A folder whose weights are only pickle files (which can run code when loaded) is registered only after
 the person says yes to a warning.
+
+Each model's details say which chat template it is used with; "Chat template…" opens the editor
+(:mod:`desktop_dpo.gui.template_editor`), where a known template can be picked or the template edited. A
+model that cannot be used until a template is chosen (a GGUF without one, a broken one) is marked in the
+list and gets an amber notice with "Choose a template…".
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PySide6.QtCore import QCoreApplication, QEvent, QObject, Qt, Signal, Slot
-from PySide6.QtGui import QFont, QKeySequence, QShortcut, QShowEvent
+from PySide6.QtGui import QBrush, QColor, QFont, QKeySequence, QShortcut, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
@@ -53,7 +58,8 @@ from desktop_dpo.config import AppPaths
 from desktop_dpo.core.errors import DesktopDpoError, ModelError
 from desktop_dpo.core.jobs import CancelToken, Job, Log, Progress
 from desktop_dpo.core.lineage import model_lineage
-from desktop_dpo.core.llm.templates import DEFAULT_STOP_STRINGS, DEFAULT_TEMPLATE
+from desktop_dpo.core.llm.template_choice import TemplateStatus, template_status
+from desktop_dpo.core.llm.templates import uses_default_template
 from desktop_dpo.core.models import (
     DiscoveredModel,
     ModelInfo,
@@ -66,6 +72,14 @@ from desktop_dpo.core.models import (
 )
 from desktop_dpo.core.store import ModelRow, Store
 from desktop_dpo.gui.message_banner import MessageBanner
+from desktop_dpo.gui.template_editor import (
+    NEEDS_CHOICE_COLOUR,
+    TemplateNotice,
+    describe_template,
+    open_template_editor,
+    shown_template,
+    template_column_text,
+)
 from desktop_dpo.gui.view_messages import ActivityLine, ViewMessages
 from desktop_dpo.workers.job_worker import JobRegistry, JobThread
 
@@ -187,9 +201,9 @@ def human_count(count: int | None) -> str:
     return str(count)
 
 
-def template_label(model: ModelRow) -> str:
-    """Whether the model brings its own chat template or gets the app's default layout."""
-    return OWN_TEMPLATE_LABEL if model.info.get("has_chat_template") else DEFAULT_TEMPLATE_LABEL
+def template_label(model: ModelRow, status: TemplateStatus | None = None) -> str:
+    """The model's own chat template, the app's default layout, the person's choice, or "needs a choice"."""
+    return template_column_text(model, OWN_TEMPLATE_LABEL, DEFAULT_TEMPLATE_LABEL, status)
 
 
 # An exported (aligned) model's merged full-precision folder, recorded by the export (core/export/pipeline.py).
@@ -323,7 +337,8 @@ class ModelsView(ViewMessages, QWidget):
         search_dirs: where to look for models on this computer (default: the standard folders).
 
     Signals:
-        models_changed(): a model was added, removed or given a trainable copy, or the default changed.
+        models_changed(): a model was added, removed or given a trainable copy, the default changed, or its
+            chat template.
         model_chosen(object): the person chose a model (a :class:`ModelRow`) with "Use this model".
         status_message(str): a line for the status bar.
     """
@@ -547,10 +562,28 @@ class ModelsView(ViewMessages, QWidget):
             value.setObjectName("fieldValue")
             value.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
             grid.addWidget(name, row, 0, Qt.AlignmentFlag.AlignTop)
-            grid.addWidget(value, row, 1)
             self.detail_values[key] = value
+            if key != "template":
+                grid.addWidget(value, row, 1)
+                continue
+            # The template's words, and beside them (not in a column of its own) the button to change it.
+            self.template_button = QPushButton("Chat template…")
+            self.template_button.setObjectName("secondaryButton")
+            self.template_button.setToolTip(
+                "See the template, pick a known one (ChatML, Llama 3, Gemma…) or edit it"
+            )
+            self.template_button.clicked.connect(self.edit_template_of_selected)
+            cell = QHBoxLayout()
+            cell.setSpacing(8)
+            cell.addWidget(value, 1)
+            cell.addWidget(self.template_button, 0, Qt.AlignmentFlag.AlignTop)
+            grid.addLayout(cell, row, 1)
         grid.setColumnStretch(1, 1)
         layout.addLayout(grid)
+        # A model that cannot be used until a template is chosen says so, with the way out.
+        self.template_notice = TemplateNotice()
+        self.template_notice.choose_requested.connect(self.edit_template_of_selected)
+        layout.addWidget(self.template_notice)
 
         self.template_text = QPlainTextEdit()
         self.template_text.setObjectName("templateText")
@@ -558,6 +591,7 @@ class ModelsView(ViewMessages, QWidget):
         self.template_text.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
         self.template_text.setMinimumHeight(48)
         layout.addWidget(self.template_text, 1)
+        layout.addStretch(0)  # takes the room while the template box is hidden (a model without one)
 
         self.use_button = QPushButton("Use this model")
         self.use_button.setObjectName("primaryButton")
@@ -645,7 +679,7 @@ class ModelsView(ViewMessages, QWidget):
                 _item(str(info.get("architecture") or "—")),
                 _item(size_label(model)),
                 _item(f"{info['context_length']:,}" if info.get("context_length") else "—"),
-                _item(template_label(model)),
+                self._template_item(model),
                 _item(training_status(model)),
                 _item(SOURCE_LABELS.get(model.source, model.source)),
             ]
@@ -668,6 +702,17 @@ class ModelsView(ViewMessages, QWidget):
         self._show_details()
         self._fill_discovered()
         self._update_actions()
+
+    @staticmethod
+    def _template_item(model: ModelRow) -> QTableWidgetItem:
+        status = template_status(model)  # renders the model's own template once (bounded by a budget)
+        item = _item(template_label(model, status), status.message)
+        if status.needs_choice:  # amber, as the notice in its details: the model waits for the person
+            item.setForeground(QBrush(QColor(NEEDS_CHOICE_COLOUR)))
+            font = QFont(item.font())
+            font.setBold(True)
+            item.setFont(font)
+        return item
 
     def models(self) -> list[ModelRow]:
         """The registered models, as listed."""
@@ -712,6 +757,8 @@ class ModelsView(ViewMessages, QWidget):
                 value.clear()
             self.template_text.clear()
             self.template_text.setPlaceholderText("The chat template of the selected model appears here.")
+            self.template_text.setVisible(True)
+            self.template_notice.show_status(None)
             return
         info = model.info
         facts = [
@@ -741,15 +788,18 @@ class ModelsView(ViewMessages, QWidget):
             )
         else:
             values["lineage"].setText("An original model: no round of alignment made it.")
-        if info.get("has_chat_template"):
-            values["template"].setText("The model's own chat template:")
-            self.template_text.setPlainText(str(info.get("chat_template") or ""))
-        else:
-            stops = ", ".join(repr(s) for s in DEFAULT_STOP_STRINGS)
-            values["template"].setText(
-                f"None of its own: the {DEFAULT_TEMPLATE_LABEL} is used, stopping at {stops}."
-            )
-            self.template_text.setPlainText(DEFAULT_LAYOUT_EXAMPLE + DEFAULT_TEMPLATE)
+        status = template_status(model)
+        self.template_notice.show_status(status)
+        # The notice says it in full; the field then only names the problem.
+        values["template"].setText(
+            "None that works yet: choose one (below)."
+            if status.needs_choice
+            else describe_template(model, status)
+        )
+        template = shown_template(model, status)
+        example = DEFAULT_LAYOUT_EXAMPLE if template and uses_default_template(template) else ""
+        self.template_text.setPlainText(example + template)
+        self.template_text.setVisible(bool(template))  # none at all: the notice takes the room
 
     @Slot(str)
     def _on_terms_link_activated(self, _link: str) -> None:
@@ -762,6 +812,28 @@ class ModelsView(ViewMessages, QWidget):
                 "The Gemma terms come with the demo model package, which is not installed. They are "
                 "published at https://ai.google.dev/gemma/terms."
             )
+
+    # ---------------------------------------------------------------- chat template
+
+    @Slot()
+    def edit_template_of_selected(self) -> bool:
+        """Open the chat-template editor for the selected model. True when the person stored a choice."""
+        model = self.selected_model()
+        if model is None:
+            return False
+        status = template_status(model)
+        saved = open_template_editor(
+            self, self.store, model, reason=status.message if status.needs_choice else ""
+        )
+        if saved is None:
+            return False
+        self.refresh()
+        now = template_status(saved)
+        self.notify(
+            f"{saved.name}: {now.message} Collect, Chat, training and the export use it from the next answer."
+        )
+        self.models_changed.emit()  # Collect and Chat re-read the model, so their next sample uses it
+        return True
 
     # ---------------------------------------------------------------- adding
 
@@ -1132,6 +1204,7 @@ class ModelsView(ViewMessages, QWidget):
         model = self.selected_model()
         has = model is not None
         self.use_button.setEnabled(has)
+        self.template_button.setEnabled(has)
         self.default_button.setEnabled(has and model is not None and not model.is_default)
         copying = self.registry.is_busy(COPY_RESOURCE) or self._copy_thread is not None
         status = training_status(model) if model is not None else ""
@@ -1210,4 +1283,5 @@ class ModelsView(ViewMessages, QWidget):
         return {key: label.text() for key, label in self.detail_values.items()} | {
             "name": self.details_name.text(),
             "template_text": self.template_text.toPlainText(),
+            "template_notice": self.template_notice.message(),
         }

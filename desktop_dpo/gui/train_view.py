@@ -76,6 +76,7 @@ from desktop_dpo.core.llm.engine_pool import EnginePool
 from desktop_dpo.core.store import ModelRow, RunRow, Store
 from desktop_dpo.gui.message_banner import MessageBanner
 from desktop_dpo.gui.metrics_plots import MetricsPlots
+from desktop_dpo.gui.template_editor import ensure_template_chosen, template_needed_message
 from desktop_dpo.gui.train_settings_form import TrainSettingsForm
 from desktop_dpo.gui.view_messages import ViewMessages
 from desktop_dpo.workers.job_worker import JobRegistry, JobThread
@@ -634,8 +635,13 @@ class TrainView(ViewMessages, QWidget):
         if self.start_blocker():
             self._update_actions()
             return None
-        model = self.current_model()
-        assert model is not None
+        chosen = self.current_model()
+        assert chosen is not None
+        # Training renders every pair with the model's chat template: a missing or broken one is chosen now.
+        model = ensure_template_chosen(self, self.store, chosen)
+        if model is None:
+            self.show_error(template_needed_message(chosen))
+            return None
         try:
             run_id = create_run_for_model(
                 self.store, model, self.settings_form.settings(), reference=self.reference()
@@ -649,6 +655,11 @@ class TrainView(ViewMessages, QWidget):
         """Continue run ``run_id`` from its newest checkpoint (with other settings, when given)."""
         if self.registry.is_busy(TRAIN_RESOURCE):
             self.show_error("A run is training: one training run at a time. Stop it first.")
+            return False
+        run = self.store.get_run(run_id)
+        base = self.store.get_model(run.base_model_id) if run and run.base_model_id is not None else None
+        if base is not None and ensure_template_chosen(self, self.store, base) is None:
+            self.show_error(template_needed_message(base))
             return False
         try:
             resume_settings(self.store, run_id, changes.to_dict() if changes is not None else None)

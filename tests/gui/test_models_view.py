@@ -157,7 +157,9 @@ def test_adding_the_tiny_folder_and_gguf_shows_what_they_are(
 def test_a_base_model_is_labelled_with_the_default_template_and_its_stop_strings(
     qtbot, view, gui_store, tmp_path
 ):
-    base = write_gguf(tmp_path / "base.gguf", name="Base model")
+    # A Hugging Face folder without a template is a base model (a GGUF without one needs a choice instead:
+    # tests/gui/test_template_editor.py).
+    base = write_hf_folder(tmp_path / "base-model")
     add_and_wait(qtbot, view, base)
     model = model_by_path(gui_store, base)
     assert view.row_texts(model.id)["Chat template"] == DEFAULT_TEMPLATE_LABEL
@@ -166,6 +168,7 @@ def test_a_base_model_is_labelled_with_the_default_template_and_its_stop_strings
     assert details["template_text"].endswith(DEFAULT_TEMPLATE)
     assert "User: Tell me about tea.\nAssistant:" in details["template_text"]
     assert r"'\nUser:'" in details["template"] and r"'\nAssistant:'" in details["template"]
+    assert details["template_notice"] == ""
 
 
 def _missing(tmp_path: Path) -> Path:
@@ -471,7 +474,8 @@ def test_stopping_a_trainable_copy_keeps_nothing_half_made(
     assert list(app_home.models_dir.iterdir()) == []
     assert "trainable_copy" not in gui_store.get_model(model.id).info
     assert view.row_texts(model.id)["Training"] == NEEDS_COPY
-    assert view.copy_button.isEnabled(), "it can be started again"
+    # It can be started again once the stopped job's thread has ended (a moment after it said "cancelled").
+    qtbot.waitUntil(view.copy_button.isEnabled, timeout=WAIT_MS)
     assert view.error_text() == ""
 
 
