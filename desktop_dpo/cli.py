@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from desktop_dpo import __version__
+from desktop_dpo.cli_template import add_template_parser
 from desktop_dpo.config import APP_NAME, HOME_ENV, AppPaths
 from desktop_dpo.core.errors import DatabaseBusy, DesktopDpoError, StoreError
 
@@ -157,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export_parser(commands, common)
     _add_cluster_parsers(commands, data_commands, common)
     _add_demo_parser(commands, common)
+    add_template_parser(commands, common)
 
     info = commands.add_parser(
         "info", parents=[common], help="show folders, database contents, versions and the hardware"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 # Before anything imports Qt or an ML library.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -23,6 +24,23 @@ def app_home(tmp_path, monkeypatch) -> AppPaths:
     """A private app home: every file the app writes goes under tmp_path."""
     monkeypatch.setenv(HOME_ENV, str(tmp_path / "home"))
     return AppPaths.default().ensure()
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A private home for the command line (``--home``); monkeypatch restores DESKTOP_DPO_HOME, which --home
+    sets for the whole process."""
+    monkeypatch.setenv(HOME_ENV, str(tmp_path / "unused-default"))
+    return (tmp_path / "home").resolve()
+
+
+@pytest.fixture
+def lock_down_calls(monkeypatch) -> list[str]:
+    """Record lock_down() instead of running it: the real one changes this process's environment for good
+    (tests/core/test_offline.py covers it). Records which command ran by then (none should have)."""
+    calls: list[str] = []
+    monkeypatch.setattr("desktop_dpo.core.offline.lock_down", lambda: calls.append("lock_down"))
+    return calls
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from desktop_dpo import cli
-from desktop_dpo.config import HOME_ENV, AppPaths
+from desktop_dpo.config import AppPaths
 from desktop_dpo.core import preference_io
 from desktop_dpo.core.cluster import ClusterError, import_adapter
 from desktop_dpo.core.dpo import train as train_module
@@ -71,25 +71,13 @@ from tests.core.test_models import write_gguf, write_hf_folder, write_safetensor
 REPO = Path(__file__).resolve().parents[1]
 MIN_ROWS = 40  # issue 12: "docs/bad-inputs.md has at least 40 rows"
 
-pytestmark = pytest.mark.usefixtures("watch_cases")
+# lock_down() changes this process's environment for good: recorded instead (tests/core/test_offline.py covers it).
+pytestmark = pytest.mark.usefixtures("watch_cases", "lock_down_calls")
 
 PAIRS = [
     {"prompt": "The sky is", "chosen": " blue.", "rejected": " green."},
     {"prompt": "Grass is", "chosen": " green.", "rejected": " purple."},
 ]
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    """A private home; monkeypatch restores DESKTOP_DPO_HOME, which --home sets for the whole process."""
-    monkeypatch.setenv(HOME_ENV, str(tmp_path / "unused-default"))
-    return (tmp_path / "home").resolve()
-
-
-@pytest.fixture(autouse=True)
-def no_lock_down(monkeypatch):
-    """lock_down() changes this process's environment for good; tests/core/test_offline.py covers it."""
-    monkeypatch.setattr("desktop_dpo.core.offline.lock_down", lambda: None)
 
 
 def _paths(home: Path) -> AppPaths:

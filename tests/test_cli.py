@@ -17,22 +17,6 @@ from desktop_dpo.core.store import Store
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    """A private home; monkeypatch restores DESKTOP_DPO_HOME, which --home sets for the whole process."""
-    monkeypatch.setenv(HOME_ENV, str(tmp_path / "unused-default"))
-    return tmp_path / "home"
-
-
-@pytest.fixture
-def lock_down_calls(monkeypatch) -> list[str]:
-    """Record lock_down() instead of running it: the real one changes this process's environment for good
-    (tests/core/test_offline.py covers it). Records which command ran by then (none should have)."""
-    calls: list[str] = []
-    monkeypatch.setattr("desktop_dpo.core.offline.lock_down", lambda: calls.append("lock_down"))
-    return calls
-
-
 def _paths(home: Path) -> AppPaths:
     return AppPaths(data_dir=home / "data", log_dir=home / "logs")
 

@@ -9,24 +9,14 @@ from pathlib import Path
 import pytest
 
 from desktop_dpo import cli
-from desktop_dpo.config import HOME_ENV, AppPaths
+from desktop_dpo.config import AppPaths
 from desktop_dpo.core.cluster import ACCELERATE_FILE, HELDOUT_FILE, README_FILE, SCRIPT_FILE, TRAIN_FILE
 from desktop_dpo.core.models import register_model
 from desktop_dpo.core.store import Store
 from tests.core.test_cluster import write_adapter
 
-
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    """A private home; monkeypatch restores DESKTOP_DPO_HOME, which --home sets for the whole process."""
-    monkeypatch.setenv(HOME_ENV, str(tmp_path / "unused-default"))
-    return (tmp_path / "home").resolve()
-
-
-@pytest.fixture(autouse=True)
-def no_lock_down(monkeypatch):
-    # The real lock_down changes this process's environment for good (tests/core/test_offline.py covers it).
-    monkeypatch.setattr("desktop_dpo.core.offline.lock_down", lambda: None)
+# lock_down() changes this process's environment for good: recorded instead (tests/core/test_offline.py covers it).
+pytestmark = pytest.mark.usefixtures("lock_down_calls")
 
 
 def paths_of(home: Path) -> AppPaths:

@@ -21,6 +21,7 @@ Standard library only (plus jinja2, lazily, through ``templates``): the GUI impo
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -230,6 +231,17 @@ def check_template(template: str, bos: str = "<s>", eos: str = "</s>") -> str:
     return text
 
 
+@functools.lru_cache(maxsize=64)
+def _template_problem(template: str, bos: str, eos: str) -> str | None:
+    """Why ``template`` cannot render the sample conversation, or None. Cached: the Models view asks for
+    every model on each refresh, on the GUI thread, and a template's answer never changes."""
+    try:
+        check_template(template, bos, eos)
+    except ChatTemplateError as exc:
+        return str(exc)
+    return None
+
+
 StatusKind = Literal["chosen", "own", "plain", "missing", "broken"]
 
 
@@ -250,12 +262,11 @@ def template_status(model: ModelRow) -> TemplateStatus:
     own = model.info.get("chat_template")
     bos, eos = str(model.info.get("bos_token") or ""), str(model.info.get("eos_token") or "")
     if isinstance(own, str) and own.strip() and not uses_default_template(own):
-        try:
-            check_template(own, bos, eos)
-        except ChatTemplateError as exc:
+        problem = _template_problem(own, bos, eos)
+        if problem is not None:
             return TemplateStatus(
                 "broken",
-                f"Its own chat template does not work: {exc} Pick a known template or edit it.",
+                f"Its own chat template does not work: {problem} Pick a known template or edit it.",
                 needs_choice=True,
             )
         return TemplateStatus("own", "Its own chat template.", needs_choice=False)
@@ -283,7 +294,10 @@ def require_usable_template(model: ModelRow) -> None:
     """Raise :class:`TemplateChoiceNeeded` when ``model`` needs a template chosen before it can be used."""
     status = template_status(model)
     if status.needs_choice:
-        raise TemplateChoiceNeeded(f"{model.name}: {status.message} (Models → Chat template)")
+        raise TemplateChoiceNeeded(
+            f"{model.name}: {status.message} (Models → Chat template, or in a terminal: "
+            f"desktop-dpo template {model.id} --use NAME)"
+        )
 
 
 def marker_hint(template: str | None, bos: str = "", eos: str = "") -> str:
