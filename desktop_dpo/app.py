@@ -11,7 +11,7 @@ from collections.abc import Callable
 from types import TracebackType
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QApplication, QMessageBox
+from PySide6.QtWidgets import QApplication
 
 from desktop_dpo import __version__
 from desktop_dpo.config import APP_NAME, AppPaths
@@ -32,7 +32,14 @@ EXIT_CANNOT_START = 2
 
 def create_application(argv: list[str] | None = None) -> QApplication:
     """The QApplication with the app's name, icon and style sheet (reuses one that already exists)."""
-    app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv[:1])
+    app = QApplication.instance()
+    if app is None:
+        # Fusion + light scheme: the style sheet assumes light backgrounds, whatever the desktop's theme.
+        # Fusion is asked for on the command line: asking the application for its style from Python costs
+        # ~10 ms of start-up (PySide builds QStyle's enums), and setting it again costs as much.
+        app = QApplication([*(argv if argv is not None else sys.argv[:1]), "-style", "Fusion"])
+    elif app.style().name().lower() != "fusion":
+        app.setStyle("Fusion")
     assert isinstance(app, QApplication)
     app.setApplicationName(APP_NAME)
     app.setOrganizationName(APP_NAME)
@@ -40,16 +47,14 @@ def create_application(argv: list[str] | None = None) -> QApplication:
     # Matches resources/<id>.desktop, so desktop shells group the window with its launcher.
     app.setDesktopFileName("io.github.desktop_dpo")
     app.setWindowIcon(resource_icon("desktop-dpo.svg"))
-    # Fusion + light scheme: the style sheet assumes light backgrounds, whatever the desktop's theme.
-    # (Fusion is often the default already; setting it again costs ~10 ms of start-up.)
-    if app.style().name().lower() != "fusion":
-        app.setStyle("Fusion")
     app.styleHints().setColorScheme(Qt.ColorScheme.Light)
     app.setStyleSheet(read_style_sheet())
     return app
 
 
 def _refuse_to_start(title: str, message: str) -> int:
+    from PySide6.QtWidgets import QMessageBox  # only when something went wrong
+
     log.error("%s: %s", title, message)
     QMessageBox.critical(None, title, message)
     return EXIT_CANNOT_START
@@ -104,6 +109,8 @@ def _make_excepthook(
     """Errors escaping a slot: log them with the traceback and tell the person, instead of only stderr."""
 
     def hook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        from PySide6.QtWidgets import QMessageBox
+
         log.error("Unhandled error:\n%s", "".join(traceback.format_exception(kind, exc, tb)))
         QMessageBox.warning(
             window, "Something went wrong", f"{describe_error(exc)}\n\nLog file: {window.paths.log_file}"

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from desktop_dpo import __version__
-from desktop_dpo.cli_template import add_template_parser
 from desktop_dpo.config import APP_NAME, HOME_ENV, AppPaths
 from desktop_dpo.core.errors import DatabaseBusy, DesktopDpoError, StoreError
 
@@ -90,6 +89,10 @@ def _log_for_command(paths: AppPaths) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (separate so tests and ``--help`` output can inspect it)."""
+    # Here, not at the top: the window opens without building any parser, and the template command pulls in
+    # the template modules, which start-up does not need.
+    from desktop_dpo.cli_template import add_template_parser
+
     # --home is accepted before or after the subcommand; SUPPRESS keeps a later default from erasing it.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -867,7 +870,7 @@ def _cmd_demo(args: argparse.Namespace, paths: AppPaths) -> int:
     progress = _DemoProgress()
     try:
         with _open_store(paths) as store:
-            result = drive(run_demo(store, paths, settings, cancel=token), progress)
+            result = drive(run_demo(store, paths, settings, cancel=token), progress, token)
     except JobCancelled:
         print("\nStopped. The pairs and runs made so far are kept in the database.", file=sys.stderr)
         return EXIT_FAILED

@@ -21,6 +21,7 @@ from desktop_dpo.core.llm.template_choice import (
     template_for,
     template_status,
 )
+from desktop_dpo.core.model_files import special_tokens
 
 
 def add_template_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -69,7 +70,7 @@ def run_template(args: argparse.Namespace, paths: AppPaths) -> int:
     except DesktopDpoError as exc:
         return _fail(str(exc))
     status = template_status(model)
-    bos, eos = str(model.info.get("bos_token") or ""), str(model.info.get("eos_token") or "")
+    bos, eos = special_tokens(model)
     template = template_for(model)
     print(f"{model.name} (model {model.id}): {status.message}")
     if status.needs_choice:

@@ -1502,12 +1502,12 @@ def _alive(pid: int) -> bool:
 
 
 @case(
-    "opens Storage after a killed export left a hidden `.NAME.exporting-*` folder",
+    "opens Storage after a killed export left its hidden `.NAME.PID-HEX.partial` folder",
     "Leftover of a stopped job",
 )
 def test_opening_storage_after_a_killed_export_offers_its_hidden_folder_for_removal(home):
     paths = paths_of(home)
-    leftover = paths.exports_dir / ".tiny-run-1.exporting-1a2b3c4d"
+    leftover = paths.exports_dir / ".tiny-run-1.4242-1a2b3c4d.partial"
     (leftover / "merged").mkdir(parents=True)
     (leftover / "merged" / "model.safetensors").write_bytes(b"\0" * 4096)
     old = time.time() - LEFTOVER_QUIET_S - 60

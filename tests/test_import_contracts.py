@@ -79,3 +79,54 @@ def test_qt_import_checker_sees_widget_imports(tmp_path):
         encoding="utf-8",
     )
     assert _qt_imports(sample) - WORKERS_ALLOWED_QT == {"PySide6.QtGui", "PySide6.QtWidgets"}
+
+
+FIRST_RUN = REPO / "desktop_dpo" / "gui" / "first_run.py"
+
+
+def _window_uses(tree: ast.AST) -> set[str]:
+    """The attributes read on ``self.window`` (how FirstRun reaches the main window)."""
+    return {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Attribute)
+        and node.value.attr == "window"
+        and isinstance(node.value.value, ast.Name)
+        and node.value.value.id == "self"
+    }
+
+
+def _protocol_members(tree: ast.AST, name: str) -> set[str]:
+    cls = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == name)
+    return {
+        item.target.id if isinstance(item, ast.AnnAssign) else item.name
+        for item in cls.body
+        if (isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name))
+        or isinstance(item, ast.FunctionDef)
+    }
+
+
+def test_first_run_uses_only_the_windows_public_api():
+    # The contract keeps first_run from importing main_window; this keeps it from reaching past the API
+    # it declares (FirstRunHost) to the window's widgets, which no import would show.
+    tree = ast.parse(FIRST_RUN.read_text(encoding="utf-8"), filename=str(FIRST_RUN))
+    allowed = _protocol_members(tree, "FirstRunHost")
+    used = _window_uses(tree)
+    assert used, "FirstRun no longer uses self.window: update this check"
+    assert used - allowed == set(), f"first_run reaches past FirstRunHost: {sorted(used - allowed)}"
+
+
+def test_the_window_api_checker_sees_a_reach_into_internals():
+    tree = ast.parse(
+        "class FirstRunHost:\n"
+        "    store: object\n"
+        "    def view(self, key): ...\n"
+        "class FirstRun:\n"
+        "    def go(self):\n"
+        "        self.window.view('collect')\n"
+        "        self.window.pages.widget(1)\n"
+        "        other.window.nav\n"
+    )
+    assert _protocol_members(tree, "FirstRunHost") == {"store", "view"}
+    assert _window_uses(tree) == {"view", "pages"}

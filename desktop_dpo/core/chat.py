@@ -16,7 +16,6 @@ Only the standard library and this package's light modules are imported here, so
 
 from __future__ import annotations
 
-import random
 import re
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from desktop_dpo.config import AppPaths, SamplingSettings
 from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.jobs import CancelToken
-from desktop_dpo.core.llm.llamacpp import MAX_SEED, GenerationResult
+from desktop_dpo.core.llm.generation import GenerationResult, draw_seed
 from desktop_dpo.core.sampling import model_engine
 
 if TYPE_CHECKING:
@@ -112,11 +111,6 @@ def reply_budget(n_ctx: int, max_tokens: int) -> int:
     the history out (the engine then shortens the reply to the room that is left).
     """
     return max(1, n_ctx - min(max_tokens, n_ctx // 2))
-
-
-def draw_seed(rng: random.Random | None = None) -> int:
-    """A sampler seed for one reply (kept with the reply, so that it can be reproduced)."""
-    return (rng or random.SystemRandom()).randrange(0, MAX_SEED)
 
 
 def reply_meta(result: GenerationResult, model: ModelRow | None, *, dropped: int = 0) -> dict[str, Any]:

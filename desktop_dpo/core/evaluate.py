@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from desktop_dpo.config import AppPaths, SamplingSettings
 from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.jobs import CancelToken, Progress
-from desktop_dpo.core.llm.llamacpp import MAX_SEED, GenerationResult
+from desktop_dpo.core.llm.generation import GenerationResult, draw_seed
 from desktop_dpo.core.sampling import (
     DEFAULT_N_CTX,
     GGUF_COPY_OUTTYPE,
@@ -178,6 +178,14 @@ class EvaluationSummary:
         )
 
 
+def evaluation_summary(store: Store, evaluation_id: int) -> EvaluationSummary:
+    """The summary of an evaluation's stored votes (the store counts them; the interval is computed here)."""
+    counts = store.evaluation_vote_counts(evaluation_id)
+    return EvaluationSummary.from_counts(
+        wins=counts["aligned"], losses=counts["base"], ties=counts["tie"], both_bad=counts["both_bad"]
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The evaluation prompts
 # ---------------------------------------------------------------------------------------------------------
@@ -270,11 +278,6 @@ def check_comparable(base_model: ModelRow, aligned_model: ModelRow, paths: AppPa
             f"{base_q}, or choose a base model at {aligned_q}."
         )
     return base_q or aligned_q
-
-
-def draw_seed(rng: random.Random | None = None) -> int:
-    """A sampler seed for one evaluation prompt (both models use it)."""
-    return (rng or random.SystemRandom()).randrange(0, MAX_SEED)
 
 
 def _answer(

@@ -11,12 +11,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from desktop_dpo.core.demo_model import DEMO_DISPLAY_NAME, DemoPackage, install_demo_model
 from desktop_dpo.core.errors import ModelError
 from desktop_dpo.core.jobs import CancelToken, Job, Progress
-from desktop_dpo.core.models import ModelInfo, fingerprint, inspect_model
 from desktop_dpo.core.store import ModelRow, Store
+
+if TYPE_CHECKING:
+    # The registry is imported by the job, not here: the window checks demo_model_needed() at start-up.
+    from desktop_dpo.core.models import ModelInfo
 
 DEMO_SOURCE = "demo"
 # Where the terms were published; relative links in the saved page are shown against it.
@@ -36,16 +40,19 @@ def registered_demo_model(store: Store) -> ModelRow | None:
     return next((m for m in store.list_models() if m.source == DEMO_SOURCE), None)
 
 
-def demo_model_needed(store: Store, package: DemoPackage | None) -> bool:
-    """True when the demo package is installed but no demo model with its file on disk is registered.
+def demo_model_missing(store: Store) -> bool:
+    """True when no demo model with its file on disk is registered.
 
     A demo model registered earlier whose file has gone (deleted by hand, a cleaned data folder) counts as
     missing, so the next start unpacks it again.
     """
-    if package is None:
-        return False
     registered = registered_demo_model(store)
     return registered is None or not Path(registered.path).is_file()
+
+
+def demo_model_needed(store: Store, package: DemoPackage | None) -> bool:
+    """True when the demo package is installed but the demo model is missing (:func:`demo_model_missing`)."""
+    return package is not None and demo_model_missing(store)
 
 
 def prepare_demo_model(models_dir: Path, package: DemoPackage, *, cancel: CancelToken | None = None) -> Job:
@@ -63,6 +70,8 @@ def prepare_demo_model(models_dir: Path, package: DemoPackage, *, cancel: Cancel
     cancel.raise_if_cancelled()
     total = package.total_bytes
     yield Progress(total, total, "Reading the demo model")
+    from desktop_dpo.core.models import fingerprint, inspect_model
+
     info = inspect_model(path)
     return DemoModelReady(info=info, fingerprint=fingerprint(info.path))
 

@@ -1,8 +1,29 @@
 """Long work as generators: typed progress events and a cooperative cancel token.
 
-A job is a generator that yields small frozen dataclasses and calls ``cancel.raise_if_cancelled()``
-between steps. The same generator drives a progress bar in the CLI and a worker in the GUI; whoever
-drives it persists what it yields (each thread with its own database connection).
+A job is a generator that yields small frozen dataclasses and returns its result. The same generator
+drives a progress bar in the CLI and a worker in the GUI; whoever drives it persists what it yields (each
+thread with its own database connection).
+
+**The cancel rule.** A job stops by raising :class:`~desktop_dpo.core.errors.JobCancelled` once its
+:class:`CancelToken` is set. It may notice the token itself (``cancel.raise_if_cancelled()`` between
+steps); :func:`drive`, the one driver, also checks the token after every event and, when it is set, throws
+``JobCancelled`` into the generator at the ``yield`` where it waits. Either way the same exception unwinds
+the job, so its clean-up (``except JobCancelled``, ``finally``) runs once, the same way, in the driver's
+thread, and may still yield a last event (a checkpoint) before it re-raises. ``close()`` (``GeneratorExit``)
+is not a stop: it only abandons a generator nobody drives any more. For example::
+
+    def count_to(n: int, cancel: CancelToken) -> Job:
+        try:
+            for i in range(n):
+                cancel.raise_if_cancelled()  # noticed here, or thrown in at the yield below
+                yield Progress(i, n)
+            return n
+        except JobCancelled:
+            yield Log(f"Stopped at {i}.")  # clean-up: seen by on_event like any event
+            raise
+
+    token = CancelToken()
+    drive(count_to(10, token), lambda event: token.cancel(), token)  # raises JobCancelled after Progress(0)
 """
 
 from __future__ import annotations
@@ -13,6 +34,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from desktop_dpo.core.errors import JobCancelled
+
+STOPPED_MESSAGE = "Stopped as you asked."  # what a job stopped by its token says
 
 
 class CancelToken:
@@ -33,7 +56,7 @@ class CancelToken:
     def raise_if_cancelled(self) -> None:
         """Raise :class:`JobCancelled` if a stop was requested."""
         if self._event.is_set():
-            raise JobCancelled("Stopped as you asked.")
+            raise JobCancelled(STOPPED_MESSAGE)
 
     def wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds``, waking early on cancel. Returns True if cancelled."""
@@ -66,18 +89,36 @@ Job = Generator[Any, None, Any]
 """A job: yields progress events; its return value is the result."""
 
 
-def drive(job: Job, on_event: Callable[[Any], object]) -> Any:
+def drive(job: Job, on_event: Callable[[Any], object], cancel: CancelToken | None = None) -> Any:
     """Drive a job to its end on the calling thread, handing each event to ``on_event``; return its result.
 
-    For a headless caller that shows progress as it goes (the CLI, a bench); the GUI runs jobs in a
-    worker thread instead (``workers/job_worker.py``).
+    The one place the cancel rule (module docstring) is applied: after each event, when ``cancel`` is set,
+    ``JobCancelled`` is thrown into the job once; the events its clean-up yields still reach ``on_event``,
+    and whatever it raises then comes out of here (``JobCancelled`` for a job that stopped as asked). When
+    ``on_event`` raises, the job is abandoned (closed now, in this thread) and the error goes on.
+
+    ``JobThread`` (the GUI's worker, ``workers/job_worker.py``) runs every GUI job through it; so do
+    ``desktop-dpo demo``, the benches and the tests.
     """
+    thrown = False
+    try:
+        event = next(job)
+    except StopIteration as stop:
+        return stop.value
     while True:
         try:
-            event = next(job)
+            on_event(event)
+        except BaseException:
+            job.close()
+            raise
+        try:
+            if cancel is not None and cancel.cancelled and not thrown:
+                thrown = True
+                event = job.throw(JobCancelled(STOPPED_MESSAGE))
+            else:
+                event = next(job)
         except StopIteration as stop:
             return stop.value
-        on_event(event)
 
 
 def run_job(job: Job) -> tuple[Any, list[Any]]:

@@ -31,7 +31,6 @@ import os
 import re
 import shutil
 import struct
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,13 @@ from typing import TYPE_CHECKING, Any
 from desktop_dpo.core.errors import ModelCodeRefused, ModelError
 from desktop_dpo.core.jobs import CancelToken, Job, Log, Progress
 from desktop_dpo.core.llm.gguf_info import read_gguf_info
+from desktop_dpo.core.model_files import (
+    FINGERPRINTED_FILES,
+    TRAINABLE_COPY_MARKER,
+    atomic_output,
+    is_trainable_copy_of,
+    remove_partial_outputs,
+)
 
 if TYPE_CHECKING:
     from desktop_dpo.core.store import ModelRow, Store
@@ -84,23 +90,6 @@ GGUF_TRAINABLE_ARCHITECTURES: dict[str, str] = {
     "starcoder2": "starcoder2",
 }
 
-# Files that decide how a model behaves besides its weights; they are small and hashed whole.
-_METADATA_FILES: tuple[str, ...] = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer.model",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "chat_template.json",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "model.safetensors.index.json",
-    "pytorch_model.bin.index.json",
-)
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 # Pickle files a training checkpoint keeps beside its weights.
 _NOT_WEIGHTS = ("training_args", "optimizer", "scheduler", "rng_state", "scaler")
@@ -121,8 +110,6 @@ _FINGERPRINT_VERSION = b"desktop-dpo fingerprint v1\n"
 
 OLLAMA_MODEL_MEDIA_TYPE = "application/vnd.ollama.image.model"
 _SHARD_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
-# Marker written into a finished trainable copy: which GGUF it came from.
-TRAINABLE_COPY_MARKER = "desktop_dpo_source.json"
 # Memory needed to make a trainable copy: every weight dequantized in fp32 (4 bytes) plus its bf16 copy
 # (2 bytes), and room for the tokenizer and the interpreter.
 _COPY_BYTES_PER_PARAMETER = 6
@@ -228,7 +215,7 @@ def fingerprint(path: str | Path) -> str:
         return digest.hexdigest()
     if not path.is_dir():
         raise ModelError(f"No model at {path}: nothing is there. Check the path, or choose the model again.")
-    for name in _METADATA_FILES:
+    for name in FINGERPRINTED_FILES:
         file = path / name
         if file.is_file():
             digest.update(f"file {name}\n".encode())
@@ -385,7 +372,7 @@ def _inspect_hf_folder(folder: Path, *, allow_pickle: bool) -> ModelInfo:
 
     chat_template = _hf_chat_template(folder)
     bos, eos = _hf_special_tokens(folder)
-    metadata_size = sum(_size(folder / name) for name in _METADATA_FILES)
+    metadata_size = sum(_size(folder / name) for name in FINGERPRINTED_FILES)
     return ModelInfo(
         kind="hf",
         path=str(folder),
@@ -1092,16 +1079,6 @@ def available_memory_bytes() -> int | None:
         return None
 
 
-def is_trainable_copy_of(copy_dir: Path, gguf_fingerprint: str) -> bool:
-    """Whether ``copy_dir`` is a finished trainable copy of the GGUF with that fingerprint."""
-    marker = copy_dir / TRAINABLE_COPY_MARKER
-    try:
-        data = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("source_fingerprint") == gguf_fingerprint
-
-
 def make_trainable_copy(
     gguf_path: str | Path, out_dir: str | Path, *, cancel: CancelToken | None = None
 ) -> Job:
@@ -1152,11 +1129,10 @@ def make_trainable_copy(
     yield from _check_resources(info.name, parameters, out_dir)
     cancel.raise_if_cancelled()
 
-    partial = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
-    # Leftovers of a crash (a stop or failure cleans up after itself below) are ours to remove.
-    for stale in out_dir.parent.glob(f".{out_dir.name}.partial-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    try:
+    # Leftovers of a crash (a stop or failure cleans up after itself) are ours to remove.
+    remove_partial_outputs(out_dir)
+    # Any failure, cancel or abandoned job (GeneratorExit) leaves nothing half-written.
+    with atomic_output(out_dir) as partial:
         partial.mkdir()
         yield Progress(1, stages, "Reading the tokenizer")
         tokenizer = _load_gguf_tokenizer(gguf)
@@ -1181,11 +1157,6 @@ def make_trainable_copy(
         )
         cancel.raise_if_cancelled()
         yield Progress(4, stages, "Moving the copy into place")
-        os.replace(partial, out_dir)
-    finally:
-        # Any failure, cancel or abandoned job (GeneratorExit) leaves nothing half-written.
-        if partial.exists():
-            shutil.rmtree(partial, ignore_errors=True)
     yield Progress(stages, stages, "Trainable copy ready")
     return out_dir
 

@@ -39,11 +39,9 @@ replaces the database or another file the app keeps (:func:`~desktop_dpo.core.ex
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +51,7 @@ from desktop_dpo.config import AppPaths
 from desktop_dpo.core.dpo.data import PreferencePair, pairs_from_comparisons
 from desktop_dpo.core.errors import DesktopDpoError, DuplicatePairsFound, ImportFormatError
 from desktop_dpo.core.export_target import check_export_target
+from desktop_dpo.core.model_files import atomic_output
 from desktop_dpo.core.store import PairKey, Store, messages_key, pair_key
 
 FORMATS = ("standard", "conversational")
@@ -564,25 +563,8 @@ def write_text_atomically(path: Path, text: str) -> None:
     (a rename within one file system is atomic), and the folder entry is synced where the OS allows.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(text.encode("utf-8"))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-    # Make the rename itself durable (POSIX; Windows cannot open a folder this way and needs no sync).
-    if hasattr(os, "O_DIRECTORY"):
-        with contextlib.suppress(OSError):
-            dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+    with atomic_output(path) as temp:
+        temp.write_bytes(text.encode("utf-8"))
 
 
 def export_preferences(

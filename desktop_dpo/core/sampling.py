@@ -26,17 +26,11 @@ the converter are imported inside the functions that need them), so the GUI may 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
-import random
 import re
-import shutil
-import tempfile
 from collections.abc import Callable, Generator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,41 +43,34 @@ from desktop_dpo.core.errors import (
     ModelError,
 )
 from desktop_dpo.core.jobs import CancelToken, Job, Log
-from desktop_dpo.core.llm.hf import HfEngine
-from desktop_dpo.core.llm.llamacpp import (
-    MAX_SEED,
+from desktop_dpo.core.llm.generation import (
+    Engine,
     GenerationResult,
-    LlamaCppEngine,
     ResponseFinished,
     TokenEvent,
+    draw_seed_pair,
 )
-from desktop_dpo.core.llm.load_modes import LoadModeMemory
-from desktop_dpo.core.llm.supervised import SupervisedLlamaEngine
 from desktop_dpo.core.llm.template_choice import chosen_template, require_usable_template
-from desktop_dpo.core.models import refuse_model_code
+from desktop_dpo.core.model_files import (
+    GGUF_COPY_INFO_KEY,
+    GGUF_COPY_OUTTYPE,
+    GGUF_COPY_OUTTYPE_KEY,
+    GGUF_REFUSED_FILE,
+    GGUF_REFUSED_INFO_KEY,
+    atomic_output,
+    gguf_copy_path,
+)
 
+# The engines, the model registry and importlib.metadata are imported where they are used: the window
+# imports this module at start-up (Collect, the welcome card's prompt file) and pays for no engine there.
 if TYPE_CHECKING:
     from desktop_dpo.core.llm.engine_pool import EnginePool
     from desktop_dpo.core.store import ModelRow
 
 # Tokens of context per response (prompt + answer); LlamaCppEngine caps it at the model's trained length.
 DEFAULT_N_CTX = 4096
-# Type of the GGUF copy made of a Hugging Face model (see the module docstring).
-GGUF_COPY_OUTTYPE = "q8_0"
-# Key of a model's info holding the path of its GGUF copy (written by the driver from GgufCopyMade).
-GGUF_COPY_INFO_KEY = "gguf_copy"
 
 Messages = Sequence[Mapping[str, str]]
-
-
-# Key of a model's info recording that llama.cpp's converter refused it (written by the driver from
-# GgufRefused): {"reason": the converter's refusal, "fingerprint": of the contents it refused}.
-GGUF_REFUSED_INFO_KEY = "gguf_refused"
-# The file beside where the GGUF copy would be that says the converter refused these contents.
-GGUF_REFUSED_FILE = "gguf-refused.json"
-
-Engine = SupervisedLlamaEngine | LlamaCppEngine | HfEngine
-"""What :func:`model_engine` gives: both kinds have the same interface (generate, generate_pair, render)."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +95,7 @@ class GgufCopyMade(ModelInfoLearned):
     @property
     def info(self) -> dict[str, Any]:
         """Keys to merge into the model's info (``Store.update_model_info(model_id, **info)``)."""
-        return {GGUF_COPY_INFO_KEY: self.path, f"{GGUF_COPY_INFO_KEY}_outtype": self.outtype}
+        return {GGUF_COPY_INFO_KEY: self.path, GGUF_COPY_OUTTYPE_KEY: self.outtype}
 
 
 @dataclass(frozen=True)
@@ -129,17 +116,6 @@ class GgufRefused(ModelInfoLearned):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _file_name_part(text: str) -> str:
-    # Fingerprints and names become folder and file names: keep them portable (Windows forbids ":" etc.).
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "model"
-
-
-def gguf_copy_path(model: ModelRow, paths: AppPaths, outtype: str = GGUF_COPY_OUTTYPE) -> Path:
-    """Where the GGUF copy of the Hugging Face model ``model`` lives (whether or not it exists yet)."""
-    folder = paths.models_dir / _file_name_part(model.fingerprint)
-    return folder / f"{_file_name_part(Path(model.path).name)}.{outtype.lower()}.gguf"
-
-
 def _check_folder(model: ModelRow) -> Path:
     """The Hugging Face folder of ``model``; ModelError when it is gone or now names code of its own."""
     source = Path(model.path)
@@ -148,6 +124,8 @@ def _check_folder(model: ModelRow) -> Path:
             f"The folder of {model.name} is no longer at {source}: it was moved or deleted. "
             "Put it back, or add it again in Models."
         )
+    from desktop_dpo.core.models import refuse_model_code
+
     # The folder may have changed since it was added: whatever engine runs it, no code of its own runs.
     refuse_model_code(source)
     return source
@@ -190,21 +168,15 @@ def gguf_for_model(
 
     yield Log(f"Converting {model.name} to GGUF for llama.cpp (once; the copy is kept for next time)…")
     target.parent.mkdir(parents=True, exist_ok=True)
-    # A private folder per conversion: two jobs of this process converting the same model at once never
-    # share a file (the converter's own temporary name is per process), and the last one to finish
-    # replaces an identical copy.
-    work = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
-    try:
-        partial = work / target.name
+    # A temporary name per conversion: two jobs converting the same model at once never share a file, and
+    # the last one to finish replaces an identical copy.
+    with atomic_output(target) as partial:
         yield from convert_hf_to_gguf(source, partial, outtype=outtype, cancel=cancel)
         cancel.raise_if_cancelled()
         if not partial.is_file():
             raise ModelError(
                 f"Converting {model.name} to GGUF produced no file. Details are in the log file."
             )
-        os.replace(partial, target)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     yield GgufCopyMade(model_id=model.id, path=str(target), outtype=outtype)
     return target
 
@@ -221,6 +193,8 @@ def converter_refused(error: ExportError) -> bool:
 
 
 def _converter_version() -> str:
+    from importlib import metadata
+
     try:
         return metadata.version("convert-hf-to-gguf")
     except metadata.PackageNotFoundError:
@@ -253,11 +227,10 @@ def _remember_refusal(model: ModelRow, paths: AppPaths, reason: str) -> None:
     marker = gguf_copy_path(model, paths).parent / GGUF_REFUSED_FILE
     try:
         marker.parent.mkdir(parents=True, exist_ok=True)
-        partial = marker.with_name(f".{marker.name}.{os.getpid()}.partial")
-        partial.write_text(
-            json.dumps({"reason": reason, "converter": _converter_version()}, indent=2), encoding="utf-8"
-        )
-        os.replace(partial, marker)
+        with atomic_output(marker) as partial:
+            partial.write_text(
+                json.dumps({"reason": reason, "converter": _converter_version()}, indent=2), encoding="utf-8"
+            )
     except OSError:
         pass  # only a shortcut: without it the conversion is tried (and refused) again next time
 
@@ -282,6 +255,8 @@ def hf_engine_key(model_dir: str | Path, n_ctx: int, chat_template: str | None =
 def _template_part(chat_template: str | None) -> str:
     if chat_template is None:
         return ""
+    import hashlib  # here: the window imports this module at start-up, and hashes nothing there
+
     return "|template=" + hashlib.sha256(chat_template.encode("utf-8")).hexdigest()[:16]
 
 
@@ -297,16 +272,6 @@ def generation_meta(result: GenerationResult) -> dict[str, Any]:
     }
 
 
-def draw_seed_pair(rng: random.Random | None = None) -> tuple[int, int]:
-    """Two different sampler seeds (two equal seeds would give the same answer twice)."""
-    rng = rng or random.SystemRandom()
-    first = rng.randrange(0, MAX_SEED)
-    second = rng.randrange(0, MAX_SEED)
-    while second == first:
-        second = rng.randrange(0, MAX_SEED)
-    return first, second
-
-
 @dataclass(frozen=True)
 class _Runner:
     """How to get the engine of one model from the pool (internal)."""
@@ -319,6 +284,9 @@ class _Runner:
 def _gguf_runner(model: ModelRow, gguf_path: Path, n_ctx: int, paths: AppPaths) -> _Runner:
     # The engine's child process starts, and loads the model, in the job's first generation: a crash while
     # loading is then retried in safe mode with a Log line the person sees (supervised.py).
+    from desktop_dpo.core.llm.load_modes import LoadModeMemory
+    from desktop_dpo.core.llm.supervised import SupervisedLlamaEngine
+
     template = chosen_template(model)
     return _Runner(
         key=engine_key(gguf_path, n_ctx, template),
@@ -333,6 +301,8 @@ def _gguf_runner(model: ModelRow, gguf_path: Path, n_ctx: int, paths: AppPaths) 
 
 
 def _hf_runner(model: ModelRow, n_ctx: int) -> _Runner:
+    from desktop_dpo.core.llm.hf import HfEngine
+
     folder = Path(model.path)
     template = chosen_template(model)
     return _Runner(
@@ -501,7 +471,7 @@ def sample_pair(
 
     if runner_b.key == runner_a.key:
         with (yield from _acquire(pool, runner_a)) as engine:
-            # (Closing this job closes the engine's generator too: `yield from` passes close() on.)
+            # (A stop thrown into this job reaches the engine's generator too: `yield from` passes it on.)
             result_a, result_b = yield from engine.generate_pair(
                 messages, settings, seeds=(seeds[0], seeds[1]), cancel=cancel
             )

@@ -11,14 +11,14 @@ and whether it may be removed (with the reason when not). The rules:
 - an exported file (or merged folder) of a registered aligned model: not removable until that model is
   removed in the Models view;
 - the database, the current log, a registered model's own file: never;
-- orphans (in the app's folders, known to nothing in the store) and leftovers of a crashed job
-  (``.*.partial*``, ``.*.merging-*``, ``.*.exporting-*``, ``.converting-*``, ``.*.tmp``): removable,
+- orphans (in the app's folders, known to nothing in the store) and leftovers of a crashed job (what
+  ``model_files.atomic_output`` was writing, named as ``model_files.is_partial_output`` recognises): removable,
   unless written in the last minutes (a job may still be writing it).
 
 :func:`remove_items` is the clean-up job. It scans again before deleting (the store may have changed
 since the list was shown), deletes only what is removable now, never follows a symbolic link (a link is
 removed, its target is not touched), never deletes anything outside the app's folders, and updates the
-rows that pointed at what it removed (a model's ``gguf_copy`` key, a run's ``adapter_path``, export rows),
+rows that pointed at what it removed (a model's GGUF copy key, a run's ``adapter_path``, export rows),
 so a copy is re-made on demand instead of being looked for.
 """
 
@@ -34,7 +34,16 @@ from pathlib import Path
 
 from desktop_dpo.config import AppPaths
 from desktop_dpo.core.jobs import CancelToken, Job, Progress
-from desktop_dpo.core.sampling import GGUF_COPY_INFO_KEY, gguf_copy_path
+from desktop_dpo.core.model_files import (
+    EXPORT_FOLDER_KEY,
+    GGUF_COPY_INFO_KEY,
+    GGUF_COPY_OUTTYPE_KEY,
+    MERGED_FOLDER_KEY,
+    TRAINABLE_COPY_KEY,
+    gguf_copy_path,
+    is_partial_output,
+    trainable_copy_dir,
+)
 from desktop_dpo.core.store import ExportRow, ModelRow, RunRow, Store
 
 KIND_LABELS = {
@@ -52,15 +61,8 @@ KIND_LABELS = {
     "leftover": "Leftover of a stopped job",
     "other": "Other",
 }
-# Info keys that hold a model's trainable copy (a Hugging Face folder made from a GGUF); see core/dpo/runs.py.
-TRAINABLE_COPY_KEYS = ("trainable_copy", "trainable_path")
 # A leftover younger than this may still be written by a job that is running now: it is not offered.
 LEFTOVER_QUIET_S = 10 * 60
-# Hidden names our jobs write before renaming into place (see models.py, merge.py, pipeline.py, gguf.py,
-# sampling.py, train.py); one left behind is a crashed job's.
-_LEFTOVER_MARKERS = (".partial", ".merging-", ".exporting-", ".importing-")
-_LEFTOVER_PREFIXES = (".converting-",)
-_LEFTOVER_SUFFIXES = (".tmp", ".old")
 _DATABASE_SUFFIXES = ("", "-wal", "-shm", "-journal")
 
 
@@ -173,17 +175,6 @@ def _within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def is_leftover_name(name: str) -> bool:
-    """Whether a file name is one of the hidden names our jobs write before renaming into place."""
-    if not name.startswith("."):
-        return False
-    return (
-        any(marker in name for marker in _LEFTOVER_MARKERS)
-        or name.startswith(_LEFTOVER_PREFIXES)
-        or name.endswith(_LEFTOVER_SUFFIXES)
-    )
-
-
 def _is_real_dir(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink()
 
@@ -294,7 +285,7 @@ class _Scan:
         for entry in _children(data):
             if entry in known or entry.name in database_names:
                 continue
-            if is_leftover_name(entry.name):
+            if is_partial_output(entry):
                 self.leftover(entry)
             else:
                 # Window settings and anything else put here: small, and not ours to judge.
@@ -326,7 +317,7 @@ class _Scan:
     def scan_models(self) -> None:
         busy_bases = {run.base_model_id for run in self.runs if run.status == "running"}
         for entry in _children(self.paths.models_dir):
-            if is_leftover_name(entry.name):
+            if is_partial_output(entry):
                 self.leftover(entry)
                 continue
             where = _norm(entry)
@@ -342,7 +333,7 @@ class _Scan:
                     model_ids=tuple(m.id for m in own),
                 )
                 continue
-            trainable = [m for m in self.models if self._is_trainable_copy(m, where, entry.name)]
+            trainable = [m for m in self.models if self._is_trainable_copy(m, where)]
             if trainable:
                 names = ", ".join(m.name for m in trainable)
                 ids = tuple(m.id for m in trainable)
@@ -388,11 +379,12 @@ class _Scan:
                 continue
             self.orphan(entry, "models")
 
-    def _is_trainable_copy(self, model: ModelRow, where: str, name: str) -> bool:
-        if any(model.info.get(key) and _norm(model.info[key]) == where for key in TRAINABLE_COPY_KEYS):
+    def _is_trainable_copy(self, model: ModelRow, where: str) -> bool:
+        recorded = model.info.get(TRAINABLE_COPY_KEY)
+        if recorded and _norm(recorded) == where:
             return True
-        # The folder the Models view makes (gui/models_view.py: trainable_copy_dir), recorded or not.
-        return model.kind == "gguf" and name == f"{model.fingerprint[:16]}-trainable"
+        # The folder the Models view and the demo make, recorded or not.
+        return model.kind == "gguf" and where == _norm(trainable_copy_dir(self.paths, model))
 
     def _is_gguf_copy(self, model: ModelRow, where: str) -> bool:
         if model.kind != "hf":
@@ -403,7 +395,7 @@ class _Scan:
         return _norm(gguf_copy_path(model, self.paths).parent) == where
 
     def _nested_leftovers(self, folder: Path) -> list[Path]:
-        found = [child for child in _children(folder) if is_leftover_name(child.name)]
+        found = [child for child in _children(folder) if is_partial_output(child)]
         for child in found:
             self.leftover(child)
         return found
@@ -420,7 +412,7 @@ class _Scan:
     def scan_runs(self) -> None:
         by_dir = {self._run_dir(run): run for run in self.runs}
         for entry in _children(self.paths.runs_dir):
-            if is_leftover_name(entry.name):
+            if is_partial_output(entry):
                 self.leftover(entry)
                 continue
             run = by_dir.get(_norm(entry))
@@ -428,7 +420,7 @@ class _Scan:
                 self.orphan(entry, "runs")
                 continue
             for child in _children(entry):
-                if is_leftover_name(child.name):
+                if is_partial_output(child):
                     self.leftover(child)
                 elif child.name == "checkpoints" and _is_real_dir(child):
                     self._checkpoints(run, child)
@@ -497,7 +489,7 @@ class _Scan:
 
     def scan_exports(self) -> None:
         for entry in _children(self.paths.exports_dir):
-            if is_leftover_name(entry.name):
+            if is_partial_output(entry):
                 self.leftover(entry)
                 continue
             where = _norm(entry)
@@ -509,7 +501,7 @@ class _Scan:
                 self._export_file(entry, rows)
             else:
                 for child in _children(entry):
-                    if is_leftover_name(child.name):
+                    if is_partial_output(child):
                         self.leftover(child)
                     elif _is_real_dir(child) and (child / "config.json").exists():
                         self._merged(child, rows)
@@ -518,7 +510,7 @@ class _Scan:
                 # Notes (RUN.txt, Modelfiles, reports) are small and go with their export folder.
 
     def _model_refers_to(self, model: ModelRow, where: str) -> bool:
-        candidates = [model.path, *(model.info.get(k) for k in ("hf_path", "export_folder"))]
+        candidates = [model.path, *(model.info.get(k) for k in (MERGED_FOLDER_KEY, EXPORT_FOLDER_KEY))]
         return any(isinstance(c, str) and c and _within(_norm(c), where) for c in candidates)
 
     def _export_file(self, file: Path, rows: Sequence[ExportRow]) -> None:
@@ -643,17 +635,13 @@ def _update_store(store: Store, item: StorageItem) -> None:
     """Make the rows that pointed at a deleted item stop pointing at it."""
     if item.kind == "gguf_copy":
         for model_id in item.model_ids:
-            store.remove_model_info_keys(model_id, GGUF_COPY_INFO_KEY, f"{GGUF_COPY_INFO_KEY}_outtype")
+            store.remove_model_info_keys(model_id, GGUF_COPY_INFO_KEY, GGUF_COPY_OUTTYPE_KEY)
     elif item.kind == "trainable_copy":
         for model_id in item.model_ids:
             model = store.get_model(model_id)
-            if model is not None:
-                keys = [
-                    k
-                    for k in TRAINABLE_COPY_KEYS
-                    if model.info.get(k) and _norm(model.info[k]) == _norm(item.path)
-                ]
-                store.remove_model_info_keys(model_id, *keys)
+            recorded = model.info.get(TRAINABLE_COPY_KEY) if model is not None else None
+            if recorded and _norm(recorded) == _norm(item.path):
+                store.remove_model_info_keys(model_id, TRAINABLE_COPY_KEY)
     elif item.kind == "run_adapter" and item.run_id is not None:
         store.update_run(item.run_id, adapter_path=None)
     elif item.kind == "run_checkpoints" and item.run_id is not None:
@@ -730,29 +718,10 @@ def remove_items(
     return CleanupResult(removed=tuple(removed), skipped=tuple(skipped), bytes_freed=freed)
 
 
-# --------------------------------------------------------------------------------------------------
-# The same, on a connection of the calling thread's own (what a worker thread runs)
-# --------------------------------------------------------------------------------------------------
-
-
-def scan_job(db_path: str | Path, paths: AppPaths, cancel: CancelToken | None = None) -> Job:
-    """:func:`scan_storage` as a job that opens (and closes) its own connection to ``db_path``.
+def scan_job(store: Store, paths: AppPaths, cancel: CancelToken | None = None) -> Job:
+    """:func:`scan_storage` as a job, on the store of the thread that runs it (a worker's own).
 
     Yields one :class:`Progress`; returns the list of :class:`StorageItem`.
     """
     yield Progress(0, 0, "Measuring what desktop-dpo keeps…")
-    with Store.open(db_path) as store:
-        return scan_storage(store, paths)
-
-
-def cleanup_job(
-    db_path: str | Path,
-    paths: AppPaths,
-    items: Sequence[StorageItem],
-    cancel: CancelToken | None = None,
-    *,
-    confirm_no_resume: bool = False,
-) -> Job:
-    """:func:`remove_items` as a job that opens (and closes) its own connection to ``db_path``."""
-    with Store.open(db_path) as store:
-        return (yield from remove_items(store, paths, items, cancel, confirm_no_resume=confirm_no_resume))
+    return scan_storage(store, paths)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -37,11 +36,10 @@ from desktop_dpo.core.errors import (
 )
 
 if TYPE_CHECKING:
-    # Imported on first use (Store.db): sqlite-utils imports pandas and numpy whenever they are installed
-    # (~0.6 s here), which would otherwise delay the window at every start.
+    # Imported on first use (Store.db, for table_counts): sqlite-utils imports pandas and numpy whenever
+    # they are installed (~0.4 s here), which would otherwise delay the window at every start. Migrations
+    # take the plain sqlite3 connection, so even the first start (which creates the schema) never imports it.
     import sqlite_utils
-
-    from desktop_dpo.core.evaluate import EvaluationSummary
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +72,8 @@ def _loads(value: str | None, default: Any = None) -> Any:
 
 def messages_key(messages: Sequence[dict[str, str]]) -> str:
     """Stable hash of a conversation, used to find a prompt that already exists."""
+    import hashlib  # here: loading OpenSSL costs start-up ~2 ms, and the window opens without hashing
+
     canonical = _dumps([{"role": m["role"], "content": m["content"]} for m in messages])
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -293,7 +293,7 @@ class EvaluationVoteRow:
 # --------------------------------------------------------------------------------------------------
 
 
-def _migration_1(db: sqlite_utils.Database) -> None:
+def _migration_1(db: sqlite3.Connection) -> None:
     """The first schema: models, prompts, generations, comparisons, runs, exports, caches, chat."""
     db.execute(
         """
@@ -441,7 +441,7 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idx_messages_conversation ON messages(conversation_id)")
 
 
-def _migration_2(db: sqlite_utils.Database) -> None:
+def _migration_2(db: sqlite3.Connection) -> None:
     """Blind A/B evaluations of an aligned model against its base, and their votes."""
     db.execute(
         """
@@ -474,7 +474,7 @@ def _migration_2(db: sqlite_utils.Database) -> None:
 
 
 # Each entry takes the schema from version i to i + 1. Append only; never edit a released one.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -641,7 +641,7 @@ class Store:
         self,
         conn: sqlite3.Connection,
         path: Path | None,
-        migrations: Sequence[Callable[[sqlite_utils.Database], None]] = MIGRATIONS,
+        migrations: Sequence[Callable[[sqlite3.Connection], None]] = MIGRATIONS,
     ):
         self._conn = conn
         self.path = path
@@ -655,7 +655,7 @@ class Store:
 
     @functools.cached_property
     def db(self) -> sqlite_utils.Database:
-        """sqlite-utils' view of this connection (migrations, table counts), made on first use."""
+        """sqlite-utils' view of this connection (table counts), made on first use."""
         import sqlite_utils
 
         return sqlite_utils.Database(self._conn)
@@ -668,7 +668,7 @@ class Store:
         path: str | Path,
         *,
         backups_dir: Path | None = None,
-        migrations: Sequence[Callable[[sqlite_utils.Database], None]] = MIGRATIONS,
+        migrations: Sequence[Callable[[sqlite3.Connection], None]] = MIGRATIONS,
         busy_timeout_s: float = 30.0,
         read_only: bool = False,
     ) -> Store:
@@ -728,7 +728,7 @@ class Store:
         cls,
         db_path: Path,
         backups_dir: Path | None,
-        migrations: Sequence[Callable[[sqlite_utils.Database], None]],
+        migrations: Sequence[Callable[[sqlite3.Connection], None]],
         busy_timeout_s: float,
     ) -> Store:
         uri = "file:" + urllib.parse.quote(str(db_path.resolve()))
@@ -821,7 +821,7 @@ class Store:
             # never at an intermediate one that no released desktop-dpo produced.
             with self.atomic():
                 for index in range(version, target):
-                    self._migrations[index](self.db)
+                    self._migrations[index](self._conn)
                     # PRAGMA user_version is transactional: it commits or rolls back with the migration.
                     self._conn.execute(f"PRAGMA user_version = {index + 1}")
         except Exception as exc:
@@ -1829,20 +1829,19 @@ class Store:
             )
         ]
 
-    def evaluation_summary(self, evaluation_id: int) -> EvaluationSummary:
-        """Wins, losses, ties and both-bad of the aligned model, with the Wilson interval of its win rate."""
-        # Imported here: core.evaluate builds on the store, not the other way round.
-        from desktop_dpo.core.evaluate import EvaluationSummary
+    def evaluation_vote_counts(self, evaluation_id: int) -> dict[str, int]:
+        """How many votes of each kind an evaluation has: every one of ``EVALUATION_VOTES``, 0 included.
 
+        Counts only: ``core.evaluate.evaluation_summary`` turns them into a summary with its interval (the
+        store builds no domain types; an import-linter contract keeps it below them).
+        """
         counts = dict.fromkeys(EVALUATION_VOTES, 0)
         for vote, count in self._conn.execute(
             "SELECT vote, COUNT(*) FROM evaluation_votes WHERE evaluation_id=? GROUP BY vote",
             (evaluation_id,),
         ).fetchall():
             counts[vote] = int(count)
-        return EvaluationSummary.from_counts(
-            wins=counts["aligned"], losses=counts["base"], ties=counts["tie"], both_bad=counts["both_bad"]
-        )
+        return counts
 
     # ---------------------------------------------------------------- storage (clean-up of files on disk)
 

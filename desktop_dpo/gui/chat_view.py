@@ -51,13 +51,12 @@ from desktop_dpo.core.chat import (
     HistoryTrimmed,
     chat_reply,
     conversation_title,
-    draw_seed,
     reply_meta,
 )
 from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.jobs import Log, Progress
 from desktop_dpo.core.llm.engine_pool import EnginePool
-from desktop_dpo.core.llm.llamacpp import GenerationResult, ResponseFinished, TokenEvent
+from desktop_dpo.core.llm.generation import GenerationResult, ResponseFinished, TokenEvent, draw_seed
 from desktop_dpo.core.sampling import ModelInfoLearned
 from desktop_dpo.core.store import MessageRow, ModelRow, Store
 from desktop_dpo.gui.chat_transcript import ChatTranscript
@@ -65,7 +64,8 @@ from desktop_dpo.gui.message_banner import MessageBanner
 from desktop_dpo.gui.sampling_settings_panel import SamplingSettingsPanel
 from desktop_dpo.gui.template_editor import ensure_template_chosen, template_needed_message
 from desktop_dpo.gui.view_messages import ActivityLine, ViewMessages
-from desktop_dpo.workers.job_worker import JobRegistry, JobThread
+from desktop_dpo.workers.job_op import JobOp
+from desktop_dpo.workers.job_worker import JobRegistry
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class ChatView(ViewMessages, QWidget):
         self._model: ModelRow | None = None
         self._conversation_id: int | None = None
         self._messages: list[MessageRow] = []
-        self._job: JobThread | None = None
+        self._replying: JobOp | None = None
         self._reply: PendingReply | None = None
         self._model_count = 0
         self.transcript_menu: QMenu | None = None  # the transcript's context menu while it is open
@@ -753,7 +753,7 @@ class ChatView(ViewMessages, QWidget):
 
     @property
     def _streaming(self) -> bool:
-        return self._job is not None
+        return self._replying is not None and self._replying.active
 
     @property
     def reply(self) -> PendingReply | None:
@@ -843,19 +843,11 @@ class ChatView(ViewMessages, QWidget):
         def factory(token: Any) -> Any:
             return chat_reply(pool, model, paths, messages, settings, seed, token)
 
-        def connect(thread: JobThread) -> None:
-            thread.event.connect(self._on_job_event)
-            thread.succeeded.connect(self._on_job_succeeded)
-            thread.failed.connect(self._on_job_failed)
-            thread.cancelled.connect(self._on_job_cancelled)
-
-        try:
-            # Signals are queued to this thread, so they arrive after self._job is set below.
-            thread = self.registry.start(f"generate:{model.id}", factory, connect=connect)
-        except DesktopDpoError as exc:
-            self.show_error(str(exc))
+        self._replying = self.start_job(
+            JobOp(self.registry, factory, owner=self).resource(f"generate:{model.id}").slots("reply")
+        )
+        if self._replying is None:
             return False
-        self._job = thread
         self._reply = PendingReply(
             conversation_id=conversation_id,
             model=model,
@@ -876,14 +868,13 @@ class ChatView(ViewMessages, QWidget):
     @Slot()
     def stop(self) -> None:
         """Stop the reply at the next token; the text written so far is saved, marked stopped."""
-        if self._job is not None:
-            self._job.cancel()
+        if self._replying is not None and self._replying.active:
+            self._replying.cancel()
             self._set_activity("Stopping…")
 
-    @Slot(object)
-    def _on_job_event(self, event: object) -> None:
+    def _on_reply_event(self, event: object) -> None:
         reply = self._reply
-        if self.sender() is not self._job or reply is None:
+        if reply is None:
             return
         if isinstance(event, TokenEvent):
             text = event.text
@@ -916,19 +907,17 @@ class ChatView(ViewMessages, QWidget):
         elif isinstance(event, Log):
             self.show_log(event.message, event.level)
 
-    @Slot(object)
-    def _on_job_succeeded(self, result: object) -> None:
-        if self.sender() is not self._job or self._reply is None:
+    def _on_reply_succeeded(self, result: object) -> None:
+        if self._reply is None:
             return
         if not isinstance(result, GenerationResult):
             result = self._reply.result
         self._finish_reply(result if isinstance(result, GenerationResult) else self._stopped_result())
 
-    @Slot()
-    def _on_job_cancelled(self) -> None:
-        if self.sender() is not self._job or self._reply is None:
+    def _on_reply_cancelled(self) -> None:
+        if self._reply is None:
             return
-        # The job was closed at a token boundary: what streamed is the reply (its own result, if it got as
+        # The job was stopped at a token boundary: what streamed is the reply (its own result, if it got as
         # far as reporting one, is exact).
         result = self._reply.result
         self._finish_reply(result if result is not None else self._stopped_result())
@@ -949,7 +938,6 @@ class ChatView(ViewMessages, QWidget):
     def _finish_reply(self, result: GenerationResult) -> None:
         reply = self._reply
         assert reply is not None
-        self._job = None
         self._reply = None
         self.activity_row.hide_progress()
         text = result.text.strip()
@@ -968,7 +956,7 @@ class ChatView(ViewMessages, QWidget):
             return
         meta = reply_meta(result, reply.model, dropped=reply.dropped)
         if stopped and not meta["prompt_tokens"]:
-            meta["prompt_tokens"] = None  # not reported by a job closed mid-reply
+            meta["prompt_tokens"] = None  # not reported by a job stopped mid-reply
         try:
             with self.store.atomic():
                 if reply.replacing is not None:
@@ -985,12 +973,10 @@ class ChatView(ViewMessages, QWidget):
         self.conversations_changed.emit()
         self._update_actions()
 
-    @Slot(str)
-    def _on_job_failed(self, message: str) -> None:
+    def _on_reply_failed(self, message: str) -> None:
         reply = self._reply
-        if self.sender() is not self._job or reply is None:
+        if reply is None:
             return
-        self._job = None
         self._reply = None
         self.activity_row.hide_progress()
         self.transcript.remove_last()

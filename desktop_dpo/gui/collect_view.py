@@ -36,17 +36,15 @@ from __future__ import annotations
 import json
 import logging
 import random
-import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import QEvent, QObject, QSettings, QSize, Qt, Signal, Slot
+from PySide6.QtCore import QEvent, QObject, QSettings, Qt, Signal, Slot
 from PySide6.QtGui import QKeyEvent, QKeySequence, QShortcut, QShowEvent
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QFileDialog,
     QFrame,
     QHBoxLayout,
     QLabel,
@@ -62,17 +60,21 @@ from desktop_dpo.config import AppPaths, SamplingSettings
 from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.jobs import Log, Progress
 from desktop_dpo.core.llm.engine_pool import EnginePool
-from desktop_dpo.core.llm.llamacpp import GenerationResult, ResponseFinished, TokenEvent
+from desktop_dpo.core.llm.generation import GenerationResult, ResponseFinished, TokenEvent
 from desktop_dpo.core.sampling import ModelInfoLearned, generation_meta, read_prompt_file, sample_pair
 from desktop_dpo.core.store import ModelRow, PromptRow, Store
-from desktop_dpo.gui.chat_transcript import ChatTranscript
 from desktop_dpo.gui.message_banner import MessageBanner
-from desktop_dpo.gui.response_edit_dialog import ResponseEditDialog
 from desktop_dpo.gui.response_pane import SIDE_NAMES, ResponsePane
 from desktop_dpo.gui.sampling_settings_panel import SamplingSettingsPanel
-from desktop_dpo.gui.template_editor import ensure_template_chosen, template_needed_message
 from desktop_dpo.gui.view_messages import ActivityLine, ViewMessages
-from desktop_dpo.workers.job_worker import JobRegistry, JobThread
+from desktop_dpo.workers.job_op import JobOp
+from desktop_dpo.workers.job_worker import JobRegistry
+
+if TYPE_CHECKING:
+    # Imported when used: the rewrite dialog, the template editor and the conversation's transcript are not
+    # on screen at start-up.
+    from desktop_dpo.gui.chat_transcript import FittedTranscript
+    from desktop_dpo.gui.response_edit_dialog import ResponseEditDialog
 
 log = logging.getLogger(__name__)
 
@@ -265,29 +267,6 @@ class _UndoKeyFilter(QObject):
         return False
 
 
-class _HistoryTranscript(ChatTranscript):
-    """The earlier turns above the prompt editor: as tall as they are, up to a limit, then scrolling."""
-
-    def __init__(self, parent: QWidget | None = None):
-        super().__init__(parent, compact=True)
-        self._fitted = HISTORY_MIN_HEIGHT
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Maximum)
-        self.document().documentLayout().documentSizeChanged.connect(lambda _size: self.fit_to_contents())
-
-    def fit_to_contents(self) -> None:
-        height = self.document().size().height() + 2 * self.frameWidth() + 2
-        fitted = int(min(max(height, HISTORY_MIN_HEIGHT), HISTORY_MAX_HEIGHT))
-        if fitted != self._fitted:
-            self._fitted = fitted
-            self.updateGeometry()
-
-    def sizeHint(self) -> QSize:  # Qt override
-        return QSize(super().sizeHint().width(), self._fitted)
-
-    def minimumSizeHint(self) -> QSize:  # Qt override
-        return QSize(super().minimumSizeHint().width(), HISTORY_MIN_HEIGHT)
-
-
 class CollectView(ViewMessages, QWidget):
     """Sample pairs, judge them, save the verdicts.
 
@@ -330,7 +309,7 @@ class CollectView(ViewMessages, QWidget):
         self._model: ModelRow | None = None
         self._pair: ShownPair | None = None
         self._last_saved: SavedVerdict | None = None
-        self._job: JobThread | None = None
+        self._sampling: JobOp | None = None
         self._loaded_prompt: PromptRow | None = None  # the stored prompt in the editors, if any
         self._history: list[Turn] = []  # the conversation before the prompt editor's message
         self._history_source = ""  # where that conversation came from, in words ("" when written here)
@@ -443,10 +422,10 @@ class CollectView(ViewMessages, QWidget):
         prompt_head.addWidget(self.system_toggle)
         card_layout.addLayout(prompt_head)
         card_layout.addWidget(self.system_edit)
-        self.history_view = _HistoryTranscript()
-        self.history_view.setToolTip("The conversation so far: both answers below continue it")
-        self.history_view.setVisible(False)
-        card_layout.addWidget(self.history_view)
+        # The earlier turns of a conversation go between the system prompt and the prompt editor; that
+        # transcript is built with the first conversation (see history_view), not at start-up.
+        self._card_layout = card_layout
+        self._history_view: FittedTranscript | None = None
         self.prompt_edit = QPlainTextEdit()
         self.prompt_edit.setObjectName("promptEditor")
         self.prompt_edit.setPlaceholderText("Ask the model something. Ctrl+Enter samples two answers.")
@@ -698,7 +677,27 @@ class CollectView(ViewMessages, QWidget):
             self._history_source = ""
         self._render_history()
 
+    @property
+    def history_view(self) -> FittedTranscript:
+        """The earlier turns above the prompt editor (hidden without any; built the first time it is needed)."""
+        if self._history_view is None:
+            from desktop_dpo.gui.chat_transcript import FittedTranscript
+
+            view = FittedTranscript(min_height=HISTORY_MIN_HEIGHT, max_height=HISTORY_MAX_HEIGHT)
+            view.setToolTip("The conversation so far: both answers below continue it")
+            view.setVisible(False)
+            self._card_layout.insertWidget(self._card_layout.indexOf(self.prompt_edit), view)
+            self._history_view = view
+        return self._history_view
+
     def _render_history(self) -> None:
+        if self._history or self._history_view is not None:  # no conversation yet: nothing to build
+            self._fill_history_view()
+        self.prompt_edit.setMaximumHeight(NEXT_MESSAGE_MAX_HEIGHT if self._history else PROMPT_MAX_HEIGHT)
+        self._update_prompt_label()
+        self._update_actions()
+
+    def _fill_history_view(self) -> None:
         view = self.history_view
         view.clear_messages()
         number = 0
@@ -712,11 +711,8 @@ class CollectView(ViewMessages, QWidget):
                 header = turn.role.capitalize()
             view.add_message(turn.role, turn.content, header)
         view.setVisible(bool(self._history))
-        self.prompt_edit.setMaximumHeight(NEXT_MESSAGE_MAX_HEIGHT if self._history else PROMPT_MAX_HEIGHT)
         view.fit_to_contents()
         view.scroll_to_end()
-        self._update_prompt_label()
-        self._update_actions()
 
     def _next_turn(self) -> int:
         """The number of the turn the prompt editor's message opens."""
@@ -903,6 +899,8 @@ class CollectView(ViewMessages, QWidget):
 
     @Slot()
     def _on_load_prompts_clicked(self) -> None:
+        from PySide6.QtWidgets import QFileDialog  # here: PySide builds its enums on first use
+
         name, _filter = QFileDialog.getOpenFileName(
             self, "Load prompts", str(Path.home()), PROMPT_FILE_FILTER
         )
@@ -941,7 +939,7 @@ class CollectView(ViewMessages, QWidget):
 
     @property
     def _streaming(self) -> bool:
-        return self._job is not None
+        return self._sampling is not None and self._sampling.active
 
     @property
     def pair(self) -> ShownPair | None:
@@ -955,6 +953,8 @@ class CollectView(ViewMessages, QWidget):
         if not self.sample_button.isEnabled():
             return False
         assert self._model is not None
+        from desktop_dpo.gui.template_editor import ensure_template_chosen, template_needed_message
+
         # The rows as stored now (a template chosen in Models since), each with a usable chat template: a
         # model that needs one chosen first opens the template editor; cancelled, nothing starts.
         model_a = ensure_template_chosen(self, self.store, self._model)
@@ -970,25 +970,15 @@ class CollectView(ViewMessages, QWidget):
         messages = self.prompt_messages()
         settings = self.sampling_panel.settings()
         pool, paths = self.pool, self.paths
-        connected = threading.Event()
 
         def factory(token: Any) -> Any:
-            # Wait until the signals below are connected: a job that fails at once (a missing file) would
-            # otherwise report before anyone listens.
-            connected.wait(10.0)
             return sample_pair(pool, model_a, model_b, paths, messages, settings, None, token)
 
-        try:
-            thread = self.registry.start(f"generate:{model_a.id}", factory)
-        except DesktopDpoError as exc:
-            self.show_error(str(exc))
+        self._sampling = self.start_job(
+            JobOp(self.registry, factory, owner=self).resource(f"generate:{model_a.id}").slots("sample")
+        )
+        if self._sampling is None:
             return False
-        thread.event.connect(self._on_job_event)
-        thread.succeeded.connect(self._on_job_succeeded)
-        thread.failed.connect(self._on_job_failed)
-        thread.cancelled.connect(self._on_job_cancelled)
-        self._job = thread
-        connected.set()
 
         self._last_saved = None  # a new pair on screen: the previous verdict stays (fix it in Data)
         self._continuable = False
@@ -1017,17 +1007,16 @@ class CollectView(ViewMessages, QWidget):
     @Slot()
     def stop(self) -> None:
         """Stop sampling at the next token (the partial answers stay on screen, but cannot be judged)."""
-        if self._job is not None:
-            self._job.cancel()
+        if self._sampling is not None and self._sampling.active:
+            self._sampling.cancel()
             self._set_activity("Stopping…")
 
     def _pane_for(self, generation: int) -> ResponsePane:
         assert self._pair is not None
         return self.panes[self._pair.side_of(generation)]
 
-    @Slot(object)
-    def _on_job_event(self, event: object) -> None:
-        if self.sender() is not self._job or self._pair is None:
+    def _on_sample_event(self, event: object) -> None:
+        if self._pair is None:
             return
         pair = self._pair
         if isinstance(event, TokenEvent):
@@ -1063,11 +1052,7 @@ class CollectView(ViewMessages, QWidget):
         pane.status.setText(describe_result(result))
         self.activity_row.hide_progress()
 
-    @Slot(object)
-    def _on_job_succeeded(self, results: object) -> None:
-        if self.sender() is not self._job:
-            return
-        self._job = None
+    def _on_sample_succeeded(self, results: object) -> None:
         if self._pair is not None and isinstance(results, tuple):
             for generation, result in enumerate(results):
                 if self._pair.results[generation] is None:
@@ -1079,11 +1064,7 @@ class CollectView(ViewMessages, QWidget):
             )
         self._update_actions()
 
-    @Slot(str)
-    def _on_job_failed(self, message: str) -> None:
-        if self.sender() is not self._job:
-            return
-        self._job = None
+    def _on_sample_failed(self, message: str) -> None:
         self._set_activity("")
         self.activity_row.hide_progress()
         for pane in self.panes:
@@ -1092,11 +1073,7 @@ class CollectView(ViewMessages, QWidget):
         self.show_error(message)
         self._update_actions()
 
-    @Slot()
-    def _on_job_cancelled(self) -> None:
-        if self.sender() is not self._job:
-            return
-        self._job = None
+    def _on_sample_cancelled(self) -> None:
         self.activity_row.hide_progress()
         self._set_activity("Stopped. Sample again for a pair you can judge.")
         for pane in self.panes:
@@ -1235,6 +1212,8 @@ class CollectView(ViewMessages, QWidget):
 
     def open_edit(self, side: int) -> ResponseEditDialog | None:
         """Open the rewrite dialog for screen side ``side`` (0 left, 1 right); non-blocking."""
+        from desktop_dpo.gui.response_edit_dialog import ResponseEditDialog
+
         pair = self._pair
         if pair is None or self._streaming or not pair.complete:
             return None

@@ -39,7 +39,8 @@ from desktop_dpo.core.hardware import (
     safe_mode_records,
 )
 from desktop_dpo.core.jobs import CancelToken, Job
-from desktop_dpo.workers.job_worker import JobRegistry, JobThread
+from desktop_dpo.workers.job_op import JobOp
+from desktop_dpo.workers.job_worker import JobRegistry
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ class DiagnosticsDialog(QDialog):
         self.paths = paths
         self.registry = registry
         self.report: HardwareReport | None = None
-        self.job: JobThread | None = None
+        self.job: JobOp | None = None
         self.warning_cards: list[WarningCard] = []
         self.report_rows: list[tuple[str, str]] = []
         self.safe_mode_labels: list[QLabel] = []
@@ -261,13 +262,10 @@ class DiagnosticsDialog(QDialog):
         def factory(token: CancelToken) -> Job:
             return hardware_report_job(paths, cancel=token)
 
-        def connect(thread: JobThread) -> None:
-            thread.succeeded.connect(self._on_job_succeeded)
-            thread.failed.connect(self._on_job_failed)
-            self.job = thread
-
         try:
-            self.registry.start(HARDWARE_RESOURCE, factory, connect=connect)
+            self.job = (
+                JobOp(self.registry, factory, owner=self).resource(HARDWARE_RESOURCE).slots("probe").start()
+            )
         except DesktopDpoError:
             self._set_status("The hardware is being checked in another window already.", "error")
             self.busy.setVisible(False)
@@ -276,24 +274,17 @@ class DiagnosticsDialog(QDialog):
 
     def stop(self) -> None:
         """Stop the probe, if it runs (its children are killed), and wait for its thread."""
-        thread, self.job = self.job, None
-        if thread is not None and thread.isRunning():
-            thread.cancel()
-            thread.wait(STOP_WAIT_MS)
+        probe, self.job = self.job, None
+        if probe is not None:
+            probe.drop()  # what it still reports is for nobody
+            probe.cancel()
+            probe.wait(STOP_WAIT_MS)
 
-    @Slot(object)
-    def _on_job_succeeded(self, report: object) -> None:
-        if self.sender() is not self.job:
-            return
-        self.job = None
+    def _on_probe_succeeded(self, report: object) -> None:
         assert isinstance(report, HardwareReport)
         self.show_report(report)
 
-    @Slot(str)
-    def _on_job_failed(self, message: str) -> None:
-        if self.sender() is not self.job:
-            return
-        self.job = None
+    def _on_probe_failed(self, message: str) -> None:
         self.busy.setVisible(False)
         self._set_status(f"The hardware could not be checked: {message}", "error")
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,14 +56,14 @@ from desktop_dpo.core.evaluate import (
     add_evaluation_prompts,
     check_comparable,
     default_models,
-    draw_seed,
     evaluation_prompts,
     evaluation_settings,
+    evaluation_summary,
     sample_evaluation_pair,
 )
 from desktop_dpo.core.jobs import Log, Progress
 from desktop_dpo.core.llm.engine_pool import EnginePool
-from desktop_dpo.core.llm.llamacpp import GenerationResult, ResponseFinished, TokenEvent
+from desktop_dpo.core.llm.generation import GenerationResult, ResponseFinished, TokenEvent, draw_seed
 from desktop_dpo.core.sampling import ModelInfoLearned
 from desktop_dpo.core.store import EvaluationRow, ModelRow, PromptRow, Store
 from desktop_dpo.gui.message_banner import MessageBanner
@@ -72,7 +71,8 @@ from desktop_dpo.gui.response_pane import SIDE_NAMES, ResponsePane
 from desktop_dpo.gui.sampling_settings_panel import SamplingSettingsPanel
 from desktop_dpo.gui.template_editor import ensure_template_chosen, template_needed_message
 from desktop_dpo.gui.view_messages import ActivityLine, ViewMessages
-from desktop_dpo.workers.job_worker import JobRegistry, JobThread
+from desktop_dpo.workers.job_op import JobOp
+from desktop_dpo.workers.job_worker import JobRegistry
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ class EvaluateView(ViewMessages, QWidget):
         self._rng = rng or random.Random()
         self._settings = QSettings(str(paths.data_dir / "window.ini"), QSettings.Format.IniFormat)
         self._pair: ShownEvaluationPair | None = None
-        self._job: JobThread | None = None
+        self._sampling: JobOp | None = None
         self._evaluation: EvaluationRow | None = None
         self._prompts: list[PromptRow] = []
         self._voted_prompt_ids: set[int] = set()
@@ -492,7 +492,7 @@ class EvaluateView(ViewMessages, QWidget):
         """The votes so far for these models at these settings."""
         if self._evaluation is None:
             return EvaluationSummary.from_counts(wins=0, losses=0)
-        return self.store.evaluation_summary(self._evaluation.id)
+        return evaluation_summary(self.store, self._evaluation.id)
 
     def _show_summary(self) -> None:
         summary = self.summary()
@@ -576,7 +576,7 @@ class EvaluateView(ViewMessages, QWidget):
 
     @property
     def _streaming(self) -> bool:
-        return self._job is not None
+        return self._sampling is not None and self._sampling.active
 
     @property
     def pair(self) -> ShownEvaluationPair | None:
@@ -619,23 +619,15 @@ class EvaluateView(ViewMessages, QWidget):
             settings=settings,
         )
         pool, paths, messages = self.pool, self.paths, [dict(m) for m in prompt.messages]
-        connected = threading.Event()
 
         def factory(token: Any) -> Any:
-            connected.wait(10.0)  # until the signals below are connected (a quick failure is not lost)
             return sample_evaluation_pair(pool, base, aligned, paths, messages, settings, seed, token)
 
-        try:
-            thread = self.registry.start(f"generate:{aligned.id}", factory)
-        except DesktopDpoError as exc:
-            self.show_error(str(exc))
+        self._sampling = self.start_job(
+            JobOp(self.registry, factory, owner=self).resource(f"generate:{aligned.id}").slots("sample")
+        )
+        if self._sampling is None:
             return False
-        thread.event.connect(self._on_job_event)
-        thread.succeeded.connect(self._on_job_succeeded)
-        thread.failed.connect(self._on_job_failed)
-        thread.cancelled.connect(self._on_job_cancelled)
-        self._job = thread
-        connected.set()
 
         self._pair = pair
         self._tokens = [0, 0]
@@ -656,13 +648,12 @@ class EvaluateView(ViewMessages, QWidget):
     @Slot()
     def stop(self) -> None:
         """Stop sampling (a stopped pair cannot be judged; the prompt comes round again)."""
-        if self._job is not None:
-            self._job.cancel()
+        if self._sampling is not None and self._sampling.active:
+            self._sampling.cancel()
             self._set_activity("Stopping…")
 
-    @Slot(object)
-    def _on_job_event(self, event: object) -> None:
-        if self.sender() is not self._job or self._pair is None:
+    def _on_sample_event(self, event: object) -> None:
+        if self._pair is None:
             return
         if isinstance(event, TokenEvent):
             # Counted, not shown: which answer streams first would tell which model wrote it.
@@ -683,11 +674,7 @@ class EvaluateView(ViewMessages, QWidget):
         elif isinstance(event, Log):
             self.show_log(event.message, event.level)
 
-    @Slot(object)
-    def _on_job_succeeded(self, results: object) -> None:
-        if self.sender() is not self._job:
-            return
-        self._job = None
+    def _on_sample_succeeded(self, results: object) -> None:
         self.activity_row.hide_progress()
         pair = self._pair
         if pair is not None and isinstance(results, tuple) and len(results) == 2:
@@ -701,11 +688,7 @@ class EvaluateView(ViewMessages, QWidget):
             )
         self._update_actions()
 
-    @Slot(str)
-    def _on_job_failed(self, message: str) -> None:
-        if self.sender() is not self._job:
-            return
-        self._job = None
+    def _on_sample_failed(self, message: str) -> None:
         self._pair = None
         self.activity_row.hide_progress()
         self._set_activity("")
@@ -714,11 +697,7 @@ class EvaluateView(ViewMessages, QWidget):
         self.show_error(message)
         self._update_actions()
 
-    @Slot()
-    def _on_job_cancelled(self) -> None:
-        if self.sender() is not self._job:
-            return
-        self._job = None
+    def _on_sample_cancelled(self) -> None:
         self.activity_row.hide_progress()
         if self._pair is not None:
             self._pair.results = None

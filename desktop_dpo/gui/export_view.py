@@ -27,8 +27,6 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QLineEdit,
-    QMainWindow,
-    QProgressBar,
     QPushButton,
     QTreeWidget,
     QTreeWidgetItem,
@@ -37,19 +35,20 @@ from PySide6.QtWidgets import (
 )
 
 from desktop_dpo.config import AppPaths
-from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.export.gguf import DEFAULT_QUANTIZATION, QUANTIZATIONS, llama_cpp_command
 from desktop_dpo.core.export.parity import ParityReport
 from desktop_dpo.core.export.pipeline import ExportFinished, ExportSettings, export_folder_name
 from desktop_dpo.core.jobs import Log, Progress
+from desktop_dpo.core.model_files import EXPORT_FOLDER_KEY
 from desktop_dpo.core.store import ExportRow, ModelRow, RunRow, Store
 from desktop_dpo.gui.message_banner import MessageBanner
+from desktop_dpo.gui.view_messages import ActivityLine, ViewMessages
 from desktop_dpo.workers.export_worker import EXPORT_RESOURCE, ExportRecorded, export_job
-from desktop_dpo.workers.job_worker import JobRegistry, JobThread
+from desktop_dpo.workers.job_op import JobOp
+from desktop_dpo.workers.job_worker import JobRegistry
 
 log = logging.getLogger(__name__)
 
-STATUS_MESSAGE_MS = 8000
 # What each file type is for, in one line (shown next to its checkbox).
 QUANTIZATION_NOTES = {
     "F16": "full 16-bit weights: the reference, largest file",
@@ -83,15 +82,17 @@ def _report(parity: dict) -> ParityReport:
     return ParityReport(**{key: value for key, value in parity.items() if key in known})
 
 
-class ExportView(QWidget):
+class ExportView(ViewMessages, QWidget):
     """Export a finished training run as GGUF files, with a parity check; list past exports.
 
     Signals:
         models_changed(): an export registered a new (aligned) model.
         model_chosen(object): the person wants to chat with an exported model (a ``ModelRow``).
         evaluate_requested(object): the person wants to compare an exported model with its base, blind.
+        status_message(str): a line for the status bar.
     """
 
+    status_message = Signal(str)
     models_changed = Signal()
     model_chosen = Signal(object)
     evaluate_requested = Signal(object)
@@ -105,7 +106,7 @@ class ExportView(QWidget):
         self.store = store
         self.registry = registry
         self.paths = paths
-        self._job: JobThread | None = None
+        self._export: JobOp | None = None
         self._runs: list[RunRow] = []
         self._build()
         registry.changed.connect(self._update_actions)
@@ -181,15 +182,9 @@ class ExportView(QWidget):
         self.stop_button.setObjectName("secondaryButton")
         self.stop_button.setToolTip("Stop the export; nothing half-written is kept")
         self.stop_button.clicked.connect(self.stop)
-        self.progress = QProgressBar()
-        self.progress.setTextVisible(False)
-        self.progress.setMaximumHeight(10)
-        self.progress.setVisible(False)
-        self.activity = QLabel()
-        self.activity.setObjectName("activityText")
+        self.activity_row = ActivityLine()
         actions = QHBoxLayout()
-        actions.addWidget(self.activity, 1)
-        actions.addWidget(self.progress, 1)
+        actions.addWidget(self.activity_row, 1)
         actions.addWidget(self.stop_button)
         actions.addWidget(self.export_button)
         grid.addLayout(actions, 6, 0, 1, 3)
@@ -285,7 +280,7 @@ class ExportView(QWidget):
         self.run_combo.blockSignals(False)
         has_runs = bool(self._runs)
         self.empty_label.setVisible(not has_runs)
-        self.form_card.setEnabled(has_runs or self._job is not None)
+        self.form_card.setEnabled(has_runs or self.exporting())
         self._on_run_changed()
         self._fill_exports()
         self._update_actions()
@@ -375,50 +370,44 @@ class ExportView(QWidget):
             name=self.name_edit.text().strip() or None,
             parity=self.parity_check.isChecked(),
         )
-
-        def connect(thread: JobThread) -> None:
-            thread.event.connect(self._on_job_event)
-            thread.succeeded.connect(self._on_job_succeeded)
-            thread.failed.connect(self._on_job_failed)
-            thread.cancelled.connect(self._on_job_cancelled)
-
-        try:
-            self._job = self.registry.start(
-                EXPORT_RESOURCE,
-                export_job(self.paths.db_path, run.id, settings, self.paths.exports_dir),
-                connect=connect,
+        self._export = self.start_job(
+            JobOp(
+                self.registry,
+                export_job(run.id, settings, self.paths.exports_dir),
+                store=self.paths.db_path,
+                owner=self,
             )
-        except DesktopDpoError as exc:
-            self.banner.show_message(str(exc))
+            .resource(EXPORT_RESOURCE)
+            .slots("export")
+        )
+        if self._export is None:
             return False
-        self.banner.clear()
+        self.clear_error()
         self.report_card.setVisible(False)
-        self.progress.setRange(0, 0)
-        self.progress.setVisible(True)
-        self.activity.setText(f"Exporting run {run.id}… (the window stays usable; Stop keeps nothing)")
+        self.activity_row.show_progress(None)
+        self._set_activity(f"Exporting run {run.id}… (the window stays usable; Stop keeps nothing)")
         self._update_actions()
         return True
+
+    def exporting(self) -> bool:
+        """True while an export started here runs."""
+        return self._export is not None and self._export.active
 
     @Slot()
     def stop(self) -> None:
         """Stop the export at the next step; nothing half-written is kept."""
-        if self._job is not None:
-            self._job.cancel()
-            self.activity.setText("Stopping…")
+        export = self._export
+        if export is not None and export.active:
+            export.cancel()
+            self._set_activity("Stopping…")
 
-    @Slot(object)
-    def _on_job_event(self, event: object) -> None:
-        if self.sender() is not self._job:
-            return
+    def _on_export_event(self, event: object) -> None:
         if isinstance(event, Progress):
-            fraction = event.fraction
-            self.progress.setRange(0, 0 if fraction is None else 1000)
-            if fraction is not None:
-                self.progress.setValue(int(fraction * 1000))
+            self.activity_row.show_progress(event.fraction)
             if event.message:
-                self.activity.setText(event.message)
+                self._set_activity(event.message)
         elif isinstance(event, Log):
-            self.activity.setText(event.message)
+            self.show_log(event.message, event.level)
         elif isinstance(event, ExportFinished):
             self.show_report(event)
 
@@ -444,7 +433,7 @@ class ExportView(QWidget):
     def _on_export_selected(self) -> None:
         """A past export selected: show the parity report stored with it."""
         export = self._selected_export()
-        if export is not None and self._job is None:
+        if export is not None and not self.exporting():
             report = _report(export.parity)
             folder = export.meta.get("folder")
             siblings = [
@@ -458,39 +447,27 @@ class ExportView(QWidget):
         """The parity report on screen ("" when none)."""
         return self.report_lines.text() if not self.report_card.isHidden() else ""
 
-    @Slot(object)
-    def _on_job_succeeded(self, result: object) -> None:
-        if self.sender() is not self._job:
-            return
-        self._job = None
-        self.progress.setVisible(False)
+    def _on_export_succeeded(self, result: object) -> None:
+        self.activity_row.hide_progress()
         if isinstance(result, ExportRecorded):
             model = self.store.get_model(result.model_id)
-            self.activity.setText(
+            self._set_activity(
                 f"Exported to {result.finished.folder}. Registered as “{model.name if model else result.model_id}”: "
                 "chat with it, or evaluate it against the base."
             )
-            self._notify(f"Export finished: {result.finished.folder}")
+            self.notify(f"Export finished: {result.finished.folder}")
         self.refresh()
         self.models_changed.emit()
 
-    @Slot(str)
-    def _on_job_failed(self, message: str) -> None:
-        if self.sender() is not self._job:
-            return
-        self._job = None
-        self.progress.setVisible(False)
-        self.activity.setText("The export failed; nothing half-written was kept.")
-        self.banner.show_message(message)
+    def _on_export_failed(self, message: str) -> None:
+        self.activity_row.hide_progress()
+        self._set_activity("The export failed; nothing half-written was kept.")
+        self.show_error(message)
         self._update_actions()
 
-    @Slot()
-    def _on_job_cancelled(self) -> None:
-        if self.sender() is not self._job:
-            return
-        self._job = None
-        self.progress.setVisible(False)
-        self.activity.setText("Export stopped; nothing was kept.")
+    def _on_export_cancelled(self) -> None:
+        self.activity_row.hide_progress()
+        self._set_activity("Export stopped; nothing was kept.")
         self._update_actions()
 
     # ---------------------------------------------------------------- actions on past exports
@@ -526,7 +503,7 @@ class ExportView(QWidget):
         command = self.llama_cpp_command()
         if command:
             QGuiApplication.clipboard().setText(command)
-            self._notify("Copied the llama.cpp command line.")
+            self.notify("Copied the llama.cpp command line.")
 
     def _selected_model(self) -> ModelRow | None:
         """The registered model of the selected export (None, with a note, when it is not registered)."""
@@ -539,7 +516,7 @@ class ExportView(QWidget):
             (
                 m
                 for m in models
-                if export.meta.get("folder") and m.info.get("export_folder") == export.meta["folder"]
+                if export.meta.get("folder") and m.info.get(EXPORT_FOLDER_KEY) == export.meta["folder"]
             ),
             None,
         )
@@ -566,7 +543,7 @@ class ExportView(QWidget):
 
     @Slot()
     def _update_actions(self) -> None:
-        running = self._job is not None
+        running = self.exporting()
         busy = self.registry.is_busy(EXPORT_RESOURCE)
         self.export_button.setEnabled(
             not busy and self.selected_run() is not None and bool(self.chosen_quantizations())
@@ -583,13 +560,8 @@ class ExportView(QWidget):
         for button in (self.open_button, self.copy_button, self.chat_button, self.evaluate_button):
             button.setEnabled(selected)
 
-    def _notify(self, text: str) -> None:
-        window = self.window()
-        if window is not self and isinstance(window, QMainWindow):
-            window.statusBar().showMessage(text, STATUS_MESSAGE_MS)
-
     def showEvent(self, event: QShowEvent) -> None:  # Qt override
         # A run may have finished in the Train view while this one was hidden.
-        if self._job is None:
+        if not self.exporting():
             self.refresh()
         super().showEvent(event)

@@ -4,15 +4,18 @@
 ``demo-model`` (the GUI thread never copies or reads the model) and records the result on the window's
 store when the job succeeds. While the database has no pairs, a :class:`WelcomeCard` sits at the top of
 the Collect page; it goes as soon as the first pair is saved (or imported), or when the person closes it.
+
+It uses the main window only through :class:`FirstRunHost`, the window's public API (an import-linter
+contract keeps this module from importing ``main_window``).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from PySide6.QtCore import QEvent, QObject, QTimer, Signal, Slot
+from PySide6.QtCore import QObject, QTimer, Signal, SignalInstance, Slot
 from PySide6.QtWidgets import QVBoxLayout, QWidget
 
 from desktop_dpo.core import demo_model
@@ -21,7 +24,7 @@ from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.first_run import (
     DEMO_SOURCE,
     DemoModelReady,
-    demo_model_needed,
+    demo_model_missing,
     prepare_demo_model,
     record_demo_model,
 )
@@ -30,10 +33,12 @@ from desktop_dpo.core.sampling import read_prompt_file
 from desktop_dpo.core.store import ModelRow
 from desktop_dpo.gui.resource_files import resource_file
 from desktop_dpo.gui.welcome_card import WelcomeCard
-from desktop_dpo.workers.job_worker import JobThread
+from desktop_dpo.workers.job_op import JobOp
+from desktop_dpo.workers.job_worker import JobRegistry
 
 if TYPE_CHECKING:
-    from desktop_dpo.gui.main_window import MainWindow
+    from desktop_dpo.config import AppPaths
+    from desktop_dpo.core.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +64,32 @@ def _count_prompts(path: Path | None) -> int:
         return 0
 
 
+class FirstRunHost(Protocol):
+    """What the first run uses of the main window: its public API, nothing more."""
+
+    store: Store
+    registry: JobRegistry
+    paths: AppPaths
+    view_changed: SignalInstance  # (str) the key of the view now on screen
+    pairs_changed: SignalInstance  # () pairs were saved, undone, deleted or imported
+    closing: SignalInstance  # () the window is closing, before it asks about running jobs
+
+    def view(self, key: str) -> QWidget: ...
+
+    def show_view(self, key: str) -> None: ...
+
+    def add_above_view(self, key: str, widget: QWidget) -> None: ...
+
+
 class FirstRun(QObject):
     """Greets an empty database and sets up the bundled demo model once.
 
     Args:
-        window: the main window (its store, job registry, paths, views and status bar).
+        window: the main window, through its public API (:class:`FirstRunHost`).
+        parent: the QObject that owns this one (the main window).
 
     Signals:
-        job_started(object): the demo job's :class:`JobThread`, before it runs (connect to it here).
+        job_started(object): the demo job's worker thread, before it runs (a test acts inside it through it).
         demo_model_ready(object): the demo model's :class:`ModelRow`, registered as the default.
         failed(str): why the demo model could not be set up.
         message(str): a line for the status bar.
@@ -77,17 +100,23 @@ class FirstRun(QObject):
     failed = Signal(str)
     message = Signal(str)
 
-    def __init__(self, window: MainWindow):
-        super().__init__(window)
+    def __init__(self, window: FirstRunHost, parent: QObject | None = None):
+        super().__init__(parent)
         self.window = window
-        # Looked up through the module, so that one stand-in (tests) reaches every caller.
-        self.package: DemoPackage | None = demo_model.demo_package()
+        self._package: DemoPackage | None = None  # see package
         self.card: WelcomeCard | None = None
         self.holder: QWidget | None = None  # the card with the page's margins, in the Collect page
-        self.job: JobThread | None = None
+        self.job: JobOp | None = None
         self.outcome: str | None = None  # "succeeded" | "failed" | "cancelled" once the demo job ended
         self._shown_percent = -1
-        self._watched_collect: QWidget | None = None
+
+    @property
+    def package(self) -> DemoPackage | None:
+        """The installed demo package (None without the ``demo`` extra), looked up the first time it is used."""
+        if self._package is None:
+            # Through the module, so that one stand-in (tests) reaches every caller.
+            self._package = demo_model.demo_package()
+        return self._package
 
     # ---------------------------------------------------------------- starting
 
@@ -96,12 +125,14 @@ class FirstRun(QObject):
         missing. Returns True when the demo job will run (it starts ``START_DELAY_MS`` later, so the window
         paints first)."""
         store = self.window.store
-        needed = demo_model_needed(store, self.package)
+        # Whether the package is installed is enough here (finding it imports nothing); where its files are
+        # is looked up when the job starts.
+        needed = demo_model.demo_installed() and demo_model_missing(store)
         if store.count_comparisons(include_deleted=True) == 0:
             self._show_card(unpacking=needed)
         if needed:
-            # See eventFilter: quitting stops the unpacking without asking.
-            self.window.installEventFilter(self)
+            # See _on_window_closing: quitting stops the unpacking without asking.
+            self.window.closing.connect(self._on_window_closing)
             QTimer.singleShot(START_DELAY_MS, self._start_job)
         return needed
 
@@ -124,13 +155,11 @@ class FirstRun(QObject):
         margins.addWidget(card)
         card.dismissed.connect(holder.hide)
         self.holder = holder
-        # The Collect page's slot: the card sits above the view, whether the view is built yet or not.
-        slot = self.window.pages.widget(self.window.view_keys().index("collect"))
-        slot.layout().insertWidget(0, holder)
+        # The card sits above the Collect view, whether the view is built yet or not.
+        self.window.add_above_view("collect", holder)
         holder.show()  # now, not when the layout next gets round to it: the window may be on screen already
-        self.window.nav.currentRowChanged.connect(self._on_view_changed)
-        self.window.preference_actions.data_changed.connect(self.refresh)
-        self._on_view_changed()
+        self.window.view_changed.connect(self._on_view_changed)
+        self.window.pairs_changed.connect(self.refresh)
 
     def _show_model_state(self) -> None:
         card = self.card
@@ -182,15 +211,10 @@ class FirstRun(QObject):
         if self.window.store.count_comparisons(include_deleted=True) > 0:
             self.holder.hide()
 
-    @Slot()
-    def _on_view_changed(self, _row: int = -1) -> None:
-        if self.window.current_view() != "collect":
-            return
-        collect = self.window.view("collect")  # built by now: it is on screen
-        if collect is not self._watched_collect:
-            collect.pairs_changed.connect(self.refresh)  # type: ignore[attr-defined]
-            self._watched_collect = collect
-        self.refresh()
+    @Slot(str)
+    def _on_view_changed(self, key: str) -> None:
+        if key == "collect":  # pairs may have come from elsewhere (another process) since it was last shown
+            self.refresh()
 
     def card_visible(self) -> bool:
         """True while the welcome card is shown (on the Collect page)."""
@@ -198,16 +222,14 @@ class FirstRun(QObject):
 
     # ---------------------------------------------------------------- the demo job
 
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # Qt override
-        # The window is closing: unpacking stops at its next block, before the window asks about running
-        # jobs. Nothing is lost (the file only gets its name once complete) and it starts again next time,
-        # so there is nothing to ask the person.
-        if event.type() == QEvent.Type.Close and watched is self.window:
-            thread = self.job
-            if thread is not None and thread.isRunning():
-                thread.cancel()
-                thread.wait(STOP_WAIT_MS)
-        return False
+    @Slot()
+    def _on_window_closing(self) -> None:
+        # Unpacking stops at its next block, before the window asks about running jobs. Nothing is lost
+        # (the file only gets its name once complete) and it starts again next time, so there is nothing to
+        # ask the person.
+        if self.job is not None:
+            self.job.cancel()
+            self.job.wait(STOP_WAIT_MS)
 
     @Slot()
     def _start_job(self) -> None:
@@ -218,24 +240,17 @@ class FirstRun(QObject):
         def factory(token: CancelToken) -> Job:
             return prepare_demo_model(models_dir, package, cancel=token)
 
-        def connect(thread: JobThread) -> None:
-            thread.event.connect(self._on_job_event)
-            thread.succeeded.connect(self._on_job_succeeded)
-            thread.failed.connect(self._on_job_failed)
-            thread.cancelled.connect(self._on_job_cancelled)
-            self.job = thread
-            self.job_started.emit(thread)
-
+        op = JobOp(self.window.registry, factory, owner=self).resource(DEMO_RESOURCE).slots("demo")
         try:
-            self.window.registry.start(DEMO_RESOURCE, factory, connect=connect)
+            self.job_started.emit(op.thread)
+            self.job = op.start()
         except DesktopDpoError as exc:  # one already runs (a second window on the same registry)
             log.info("Demo model not started: %s", exc)
             return
         log.info("Unpacking the demo model into %s", models_dir)
 
-    @Slot(object)
-    def _on_job_event(self, event: object) -> None:
-        if self.sender() is not self.job or not isinstance(event, Progress):
+    def _on_demo_event(self, event: object) -> None:
+        if not isinstance(event, Progress):
             return
         fraction = event.fraction
         if self.card is not None:
@@ -247,11 +262,7 @@ class FirstRun(QObject):
                 f"Unpacking the demo model… {percent}%" if percent >= 0 else "Unpacking the demo model…"
             )
 
-    @Slot(object)
-    def _on_job_succeeded(self, ready: object) -> None:
-        if self.sender() is not self.job:
-            return
-        self.job = None
+    def _on_demo_succeeded(self, ready: object) -> None:
         assert isinstance(ready, DemoModelReady)
         try:
             model: ModelRow = record_demo_model(self.window.store, ready)
@@ -264,11 +275,7 @@ class FirstRun(QObject):
         self.message.emit(f"The demo model is ready: {model.name}.")
         self.demo_model_ready.emit(model)
 
-    @Slot(str)
-    def _on_job_failed(self, message: str) -> None:
-        if self.sender() is not self.job:
-            return
-        self.job = None
+    def _on_demo_failed(self, message: str) -> None:
         self._fail(message)
 
     def _fail(self, message: str) -> None:
@@ -278,11 +285,7 @@ class FirstRun(QObject):
         self.message.emit(f"The demo model could not be set up: {message}")
         self.failed.emit(message)
 
-    @Slot()
-    def _on_job_cancelled(self) -> None:
-        if self.sender() is not self.job:
-            return
-        self.job = None
+    def _on_demo_cancelled(self) -> None:
         self.outcome = "cancelled"
         if self.card is not None:
             self.card.set_model_stopped()

@@ -11,8 +11,8 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QSettings, QSize, Qt, QUrl, Signal, Slot
-from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QKeySequence
+from PySide6.QtCore import QSettings, QSize, Qt, Signal, Slot
+from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
     QFrame,
@@ -21,7 +21,6 @@ from PySide6.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QMainWindow,
-    QMessageBox,
     QStackedWidget,
     QVBoxLayout,
     QWidget,
@@ -38,7 +37,12 @@ from desktop_dpo.gui.resource_files import resource_icon
 from desktop_dpo.workers.job_worker import JobRegistry
 
 if TYPE_CHECKING:
+    from PySide6.QtGui import QCloseEvent
+
     from desktop_dpo.gui.first_run import FirstRun
+
+# Message boxes and the desktop services are imported where they are used: PySide builds a Qt class's
+# enums the first time Python touches it, and the window touches none of these before its first paint.
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +73,22 @@ VIEWS = (
 class MainWindow(QMainWindow):
     """Sidebar + stacked views, menu bar and status bar (database, pairs collected, running jobs).
 
+    Its public API, which other parts of the GUI use (``FirstRun`` uses nothing else, see
+    ``first_run.FirstRunHost``): ``store``, ``registry``, ``paths``, ``view_keys()``, ``current_view()``,
+    ``view(key)``, ``show_view(key)``, ``add_above_view(key, widget)`` and the signals below.
+
     Signals:
         network_refused(object): a :class:`RefusedAttempt`; may be emitted from any thread.
+        view_changed(str): the key of the view now on screen.
+        pairs_changed(): pairs were saved, undone, deleted or imported in this window.
+        closing(): the window is closing, before it asks about running jobs (work that needs no question,
+            such as unpacking the demo model, stops here).
     """
 
     network_refused = Signal(object)
+    view_changed = Signal(str)
+    pairs_changed = Signal()
+    closing = Signal()
 
     def __init__(
         self,
@@ -101,12 +116,12 @@ class MainWindow(QMainWindow):
             registry=registry, db_path=paths.db_path, backups_dir=paths.backups_dir, parent_widget=self
         )
         self.preference_actions.message.connect(self._show_message)
-        self.preference_actions.data_changed.connect(self.refresh_status)
+        self.preference_actions.data_changed.connect(self._on_pairs_changed)
 
         # The model picked with "Use this model", handed to Collect and Chat when they are built.
         self._chosen_model: ModelRow | None = None
-        self.nav = QListWidget()
-        self.pages = QStackedWidget()
+        self.nav: QListWidget  # the sidebar, built by _build_central
+        self.pages: QStackedWidget  # one slot per sidebar entry, in the same order
         self._view_keys: list[str] = []
         self._views: dict[str, QWidget] = {}
         self.first_run: FirstRun | None = None  # see start_first_run()
@@ -124,7 +139,11 @@ class MainWindow(QMainWindow):
     # ---------------------------------------------------------------- building
 
     def _build_central(self) -> None:
-        sidebar = QFrame()
+        # Every widget is created inside its parent: a widget reparented later is styled a second time, and
+        # the window is built at every start.
+        central = QWidget(self)
+        self.setCentralWidget(central)
+        sidebar = QFrame(central)
         sidebar.setObjectName("sidebar")
         sidebar.setFixedWidth(212)
         side = QVBoxLayout(sidebar)
@@ -134,13 +153,13 @@ class MainWindow(QMainWindow):
         brand = QHBoxLayout()
         brand.setContentsMargins(18, 0, 18, 0)
         brand.setSpacing(10)
-        logo = QLabel()
+        logo = QLabel(sidebar)
         logo.setPixmap(resource_icon("desktop-dpo.svg").pixmap(QSize(34, 34)))
         names = QVBoxLayout()
         names.setSpacing(0)
-        title = QLabel("desktop-dpo")
+        title = QLabel("desktop-dpo", sidebar)
         title.setObjectName("sidebarTitle")
-        subtitle = QLabel("Align a model, offline")
+        subtitle = QLabel("Align a model, offline", sidebar)
         subtitle.setObjectName("sidebarSubtitle")
         names.addWidget(title)
         names.addWidget(subtitle)
@@ -149,11 +168,13 @@ class MainWindow(QMainWindow):
         side.addLayout(brand)
         side.addSpacing(18)
 
+        self.nav = QListWidget(sidebar)
         self.nav.setObjectName("navList")
         self.nav.setIconSize(QSize(20, 20))
         self.nav.setFrameShape(QFrame.Shape.NoFrame)
         self.nav.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.nav.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        self.pages = QStackedWidget(central)
         for spec in VIEWS:
             item = QListWidgetItem(resource_icon(spec.icon), spec.label)
             item.setToolTip(spec.tooltip)
@@ -161,53 +182,55 @@ class MainWindow(QMainWindow):
             self.nav.addItem(item)
             # An empty slot per view: a view is built the first time it is shown, so the window opens
             # without paying for views nobody has looked at yet.
-            slot = QWidget()
+            slot = QWidget(self.pages)
             slot_layout = QVBoxLayout(slot)
             slot_layout.setContentsMargins(0, 0, 0, 0)
             self.pages.addWidget(slot)
             self._view_keys.append(spec.key)
         side.addWidget(self.nav, 1)
 
-        footer = QLabel(f"Version {__version__} · offline")
+        footer = QLabel(f"Version {__version__} · offline", sidebar)
         footer.setObjectName("sidebarFooter")
         footer.setContentsMargins(20, 0, 20, 0)
         side.addWidget(footer)
 
-        central = QWidget()
         row = QHBoxLayout(central)
         row.setContentsMargins(0, 0, 0, 0)
         row.setSpacing(0)
         row.addWidget(sidebar)
         row.addWidget(self.pages, 1)
-        self.setCentralWidget(central)
 
-    def _make_view(self, key: str) -> QWidget:
-        """The widget for one sidebar entry. Each placeholder is replaced by its real view as it is built."""
+    def _make_view(self, key: str, slot: QWidget) -> QWidget:
+        """The widget for one sidebar entry, built inside its (so far empty) slot of the stack."""
         if key == "models":
             from desktop_dpo.gui.models_view import ModelsView
 
-            models_view = ModelsView(store=self.store, registry=self.registry, paths=self.paths)
+            models_view = ModelsView(store=self.store, registry=self.registry, paths=self.paths, parent=slot)
             models_view.models_changed.connect(self._on_models_changed)
             models_view.model_chosen.connect(self._on_model_chosen)
             return models_view
         if key == "collect":
             from desktop_dpo.gui.collect_view import CollectView
 
-            view = CollectView(store=self.store, registry=self.registry, pool=self.pool, paths=self.paths)
-            view.pairs_changed.connect(self.refresh_status)
+            view = CollectView(
+                store=self.store, registry=self.registry, pool=self.pool, paths=self.paths, parent=slot
+            )
+            view.pairs_changed.connect(self._on_pairs_changed)
             if self._chosen_model is not None:
                 view.set_model(self._chosen_model)
             return view
         if key == "train":
             from desktop_dpo.gui.train_view import TrainView
 
-            view = TrainView(store=self.store, registry=self.registry, paths=self.paths, pool=self.pool)
+            view = TrainView(
+                store=self.store, registry=self.registry, paths=self.paths, pool=self.pool, parent=slot
+            )
             view.runs_changed.connect(self.refresh_status)
             return view
         if key == "export":
             from desktop_dpo.gui.export_view import ExportView
 
-            export_view = ExportView(store=self.store, registry=self.registry, paths=self.paths)
+            export_view = ExportView(store=self.store, registry=self.registry, paths=self.paths, parent=slot)
             export_view.models_changed.connect(self._on_models_changed)
             export_view.model_chosen.connect(self._on_chat_requested)
             export_view.evaluate_requested.connect(self._on_evaluate_requested)
@@ -215,7 +238,9 @@ class MainWindow(QMainWindow):
         if key == "chat":
             from desktop_dpo.gui.chat_page import ChatPage
 
-            chat = ChatPage(store=self.store, registry=self.registry, pool=self.pool, paths=self.paths)
+            chat = ChatPage(
+                store=self.store, registry=self.registry, pool=self.pool, paths=self.paths, parent=slot
+            )
             chat.models_requested.connect(lambda: self.show_view("models"))
             chat.compare_requested.connect(self._on_compare_requested)
             if self._chosen_model is not None:
@@ -228,8 +253,9 @@ class MainWindow(QMainWindow):
                 store=self.store,
                 import_action=self.preference_actions.import_action,
                 export_action=self.preference_actions.export_action,
+                parent=slot,
             )
-            data_view.data_changed.connect(self.refresh_status)
+            data_view.data_changed.connect(self._on_pairs_changed)
             data_view.collect_requested.connect(lambda: self.show_view("collect"))
             # An import finished on its worker's connection: read the table again.
             self.preference_actions.data_changed.connect(data_view.refresh)
@@ -237,7 +263,7 @@ class MainWindow(QMainWindow):
         if key == "storage":
             from desktop_dpo.gui.storage_view import StorageView
 
-            storage = StorageView(store=self.store, registry=self.registry, paths=self.paths)
+            storage = StorageView(store=self.store, registry=self.registry, paths=self.paths, parent=slot)
             storage.storage_changed.connect(self._on_models_changed)
             return storage
         raise ValueError(f"Unknown view {key!r}")
@@ -278,7 +304,7 @@ class MainWindow(QMainWindow):
         self.diagnostics_dialog: QWidget | None = None
         self.terms_action: QAction | None = None
         self.terms_dialog: QWidget | None = None
-        if demo_model.demo_package() is not None:  # the Gemma terms come with the demo model package
+        if demo_model.demo_installed():  # the Gemma terms come with the demo model package
             self.terms_action = QAction("Gemma terms of use…", self)
             self.terms_action.setToolTip("The terms of use of the bundled demo model, Gemma 3 270M")
             self.terms_action.triggered.connect(self._on_terms_triggered)
@@ -287,16 +313,18 @@ class MainWindow(QMainWindow):
     def _build_status_bar(self) -> None:
         bar = self.statusBar()
         bar.setSizeGripEnabled(False)
-        self.status_jobs = QLabel()
+        self.status_jobs = QLabel(bar)
         self.status_jobs.setObjectName("statusJobs")
-        self.status_pairs = QLabel()
+        # Set before the first polish, so refresh_status() re-polishes it only when a job starts or ends.
+        self.status_jobs.setProperty("busy", False)
+        self.status_pairs = QLabel(bar)
         self.status_pairs.setObjectName("statusPairs")
-        self.status_database = QLabel()
+        self.status_database = QLabel(bar)
         self.status_database.setObjectName("statusDatabase")
         self.status_database.setToolTip(f"Database: {self.paths.db_path}")
         for index, label in enumerate((self.status_jobs, self.status_pairs, self.status_database)):
             if index:
-                separator = QFrame()
+                separator = QFrame(bar)
                 separator.setObjectName("statusSeparator")  # a 1-pixel rule, coloured by the style sheet
                 separator.setFixedWidth(1)
                 bar.addPermanentWidget(separator)
@@ -318,7 +346,7 @@ class MainWindow(QMainWindow):
         if existing is not None:
             return existing
         slot = self.pages.widget(self._view_keys.index(key))
-        view = self._make_view(key)
+        view = self._make_view(key, slot)
         slot.layout().addWidget(view)
         self._views[key] = view
         return view
@@ -327,13 +355,21 @@ class MainWindow(QMainWindow):
         """Bring a view to the front (the sidebar follows)."""
         self.nav.setCurrentRow(self._view_keys.index(key))
 
+    def add_above_view(self, key: str, widget: QWidget) -> None:
+        """Put a widget at the top of a view's page, above the view, whether the view is built yet or not
+        (the welcome card on Collect)."""
+        slot = self.pages.widget(self._view_keys.index(key))
+        slot.layout().insertWidget(0, widget)
+
     @Slot(int)
     def _on_nav_row_changed(self, row: int) -> None:
         if row < 0:
             return
-        self.view(self._view_keys[row])
+        key = self._view_keys[row]
+        self.view(key)
         self.pages.setCurrentIndex(row)
         self.refresh_status()
+        self.view_changed.emit(key)
 
     # ---------------------------------------------------------------- models shared by the views
 
@@ -408,6 +444,11 @@ class MainWindow(QMainWindow):
         return path if len(path) <= limit else f"{path[:16]}…{path[-(limit - 17) :]}"
 
     @Slot()
+    def _on_pairs_changed(self) -> None:
+        self.refresh_status()
+        self.pairs_changed.emit()
+
+    @Slot()
     def _on_registry_changed(self) -> None:
         # A finished job may have written pairs (an import, a collect session), so re-count too.
         self.refresh_status()
@@ -424,6 +465,10 @@ class MainWindow(QMainWindow):
 
     @Slot()
     def _on_open_data_folder_triggered(self) -> None:
+        from PySide6.QtCore import QUrl
+        from PySide6.QtGui import QDesktopServices
+        from PySide6.QtWidgets import QMessageBox
+
         self.paths.data_dir.mkdir(parents=True, exist_ok=True)
         if not QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.paths.data_dir))):
             QMessageBox.information(
@@ -434,6 +479,8 @@ class MainWindow(QMainWindow):
 
     @Slot()
     def _on_about_triggered(self) -> None:
+        from PySide6.QtWidgets import QMessageBox
+
         QMessageBox.about(self, "About desktop-dpo", self.about_text())
 
     @Slot()
@@ -479,7 +526,7 @@ class MainWindow(QMainWindow):
             return False
         from desktop_dpo.gui.first_run import FirstRun
 
-        self.first_run = FirstRun(self)
+        self.first_run = FirstRun(self, parent=self)
         self.first_run.message.connect(self._show_message)
         self.first_run.demo_model_ready.connect(self._on_models_changed)
         return self.first_run.start()
@@ -487,8 +534,11 @@ class MainWindow(QMainWindow):
     # ---------------------------------------------------------------- closing
 
     def closeEvent(self, event: QCloseEvent) -> None:  # Qt override
+        self.closing.emit()
         running = self.registry.running()
         if running:
+            from PySide6.QtWidgets import QMessageBox
+
             answer = QMessageBox.question(
                 self,
                 "Quit desktop-dpo",

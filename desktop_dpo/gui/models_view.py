@@ -4,14 +4,15 @@ A person adds a Hugging Face folder or a GGUF file, or one that the Hugging Face
 already downloaded (listed under "On this computer"), and then picks the model Collect and Chat use, the
 default the app opens with, or removes one from the list (its files stay where they are).
 
-Everything that reads a disk runs as a job (:class:`~desktop_dpo.workers.job_worker.JobThread`), so a slow
-or network disk never freezes the window:
+Everything that reads a disk runs as a job (a :class:`~desktop_dpo.workers.job_op.JobOp`), so a slow or
+network disk never freezes the window:
 
 - registering reads headers and fingerprints the weights (:func:`inspect_for_registration`, resource
   ``register-model``); the view, on the GUI thread's store, writes the row from what the job returns.
-- the scan for models on this computer (:func:`~desktop_dpo.core.models.discover_local_models`) runs in a
-  :class:`JobThread` of its own when the view is first shown and on "Rescan". It is not a registry job: it
-  lists folders in milliseconds and holds no model, so it is not shown as running nor asked about at quit.
+- the scan for models on this computer (:func:`~desktop_dpo.core.models.discover_local_models`, resource
+  ``scan-models``) runs when the view is first shown and on "Rescan". It is a quiet job: it lists folders in
+  milliseconds and holds no model, so it is not shown as running nor asked about at quit (quitting waits
+  for it instead).
 - a GGUF that training cannot load gets a trainable copy (:func:`~desktop_dpo.core.models.make_trainable_copy`,
   resource ``trainable-copy``) with a progress bar and a Stop button; the view records the copy's folder
   under the model's info key ``trainable_copy``, where training looks for it.
@@ -31,7 +32,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from PySide6.QtCore import QCoreApplication, QEvent, QObject, Qt, Signal, Slot
+from PySide6.QtCore import QEvent, QObject, Qt, Signal, Slot
 from PySide6.QtGui import QBrush, QColor, QFont, QKeySequence, QShortcut, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -60,6 +61,12 @@ from desktop_dpo.core.jobs import CancelToken, Job, Log, Progress
 from desktop_dpo.core.lineage import model_lineage
 from desktop_dpo.core.llm.template_choice import TemplateStatus, template_status
 from desktop_dpo.core.llm.templates import uses_default_template
+from desktop_dpo.core.model_files import (
+    CAN_MAKE_TRAINABLE_COPY_KEY,
+    TRAINABLE_COPY_KEY,
+    find_training_folder,
+    trainable_copy_dir,
+)
 from desktop_dpo.core.models import (
     DiscoveredModel,
     ModelInfo,
@@ -67,7 +74,6 @@ from desktop_dpo.core.models import (
     discover_local_models,
     fingerprint,
     inspect_model,
-    is_trainable_copy_of,
     make_trainable_copy,
 )
 from desktop_dpo.core.store import ModelRow, Store
@@ -81,15 +87,14 @@ from desktop_dpo.gui.template_editor import (
     template_column_text,
 )
 from desktop_dpo.gui.view_messages import ActivityLine, ViewMessages
-from desktop_dpo.workers.job_worker import JobRegistry, JobThread
+from desktop_dpo.workers.job_op import JobOp
+from desktop_dpo.workers.job_worker import JobRegistry
 
 log = logging.getLogger(__name__)
 
 REGISTER_RESOURCE = "register-model"
-SCAN_JOB_NAME = "scan-models"
+SCAN_RESOURCE = "scan-models"
 COPY_RESOURCE = "trainable-copy"
-# The info key training reads for a GGUF's trainable copy (core/dpo/train.py, training_folder).
-TRAINABLE_COPY_KEY = "trainable_copy"
 # Quitting waits this long for a scan of folders to end instead of asking about it (a scan takes
 # milliseconds; only a hanging network disk would reach this).
 SCAN_WAIT_ON_CLOSE_MS = 3000
@@ -206,22 +211,10 @@ def template_label(model: ModelRow, status: TemplateStatus | None = None) -> str
     return template_column_text(model, OWN_TEMPLATE_LABEL, DEFAULT_TEMPLATE_LABEL, status)
 
 
-# An exported (aligned) model's merged full-precision folder, recorded by the export (core/export/pipeline.py).
-MERGED_FOLDER_KEY = "hf_path"
-
-
 def trainable_copy_of(model: ModelRow) -> Path | None:
-    """The finished trainable copy recorded for a GGUF model (None when none is recorded or it is gone)."""
-    if model.kind != "gguf":
-        return None
-    merged = model.info.get(MERGED_FOLDER_KEY)
-    if merged and (Path(merged) / "config.json").is_file():
-        return Path(merged)  # an exported model: training reads the merged folder it was made from
-    recorded = model.info.get(TRAINABLE_COPY_KEY)
-    if not recorded:
-        return None
-    folder = Path(recorded)
-    return folder if is_trainable_copy_of(folder, model.fingerprint) else None
+    """The folder training loads for a GGUF model (an exported model's merged folder, or a finished trainable
+    copy); None when it has none ready."""
+    return find_training_folder(model) if model.kind == "gguf" else None
 
 
 def training_status(model: ModelRow) -> str:
@@ -230,7 +223,7 @@ def training_status(model: ModelRow) -> str:
         return TRAINABLE_AS_IS
     if trainable_copy_of(model) is not None:
         return COPY_READY
-    return NEEDS_COPY if model.info.get("can_make_trainable_copy") else CHAT_ONLY
+    return NEEDS_COPY if model.info.get(CAN_MAKE_TRAINABLE_COPY_KEY) else CHAT_ONLY
 
 
 def format_label(model: ModelRow) -> str:
@@ -248,11 +241,6 @@ def size_label(model: ModelRow) -> str:
     count = model.info.get("parameter_count")
     size = human_size(model.info.get("size_bytes"))
     return f"{human_count(count)} parameters\n{size}" if count else size
-
-
-def trainable_copy_dir(paths: AppPaths, model: ModelRow) -> Path:
-    """Where the trainable copy of a GGUF model goes: one folder per GGUF content, in the app's models folder."""
-    return paths.models_dir / f"{model.fingerprint[:16]}-trainable"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -367,9 +355,9 @@ class ModelsView(ViewMessages, QWidget):
         self._models: list[ModelRow] = []
         self._discovered: list[DiscoveredModel] = []
         self._scanned = False  # the first show starts a scan
-        self._scan_thread: JobThread | None = None
-        self._register_thread: JobThread | None = None
-        self._copy_thread: JobThread | None = None
+        self._scan: JobOp | None = None
+        self._register: JobOp | None = None
+        self._copy: JobOp | None = None
         self._copy_model_id: int | None = None
         self._watched_window: QWidget | None = None
 
@@ -856,33 +844,23 @@ class ModelsView(ViewMessages, QWidget):
     ) -> bool:
         """Register the model at ``path`` in a job (an HF folder or a GGUF file). Returns False when it could
         not start; the outcome (the model in the list, or why not in the banner) follows when the job ends."""
-        if self.registry.is_busy(REGISTER_RESOURCE):
-            self._wait_if_finishing(self._register_thread)
 
         def factory(token: CancelToken) -> Job:
             return inspect_for_registration(
                 path, source=source, name=name, allow_pickle=allow_pickle, cancel=token
             )
 
-        def connect(thread: JobThread) -> None:
-            thread.succeeded.connect(self._on_register_succeeded)
-            thread.failed.connect(self._on_register_failed)
-            thread.cancelled.connect(self._on_register_cancelled)
-
-        try:
-            self._register_thread = self.registry.start(REGISTER_RESOURCE, factory, connect=connect)
-        except DesktopDpoError as exc:
-            self.show_error(str(exc))
+        self._register = self.start_job(
+            JobOp(self.registry, factory, owner=self).resource(REGISTER_RESOURCE).slots("register")
+        )
+        if self._register is None:
             return False
         self.clear_error()
         self._set_activity(f"Reading {Path(path).name}…", busy=True)
         self._update_actions()
         return True
 
-    @Slot(object)
     def _on_register_succeeded(self, result: object) -> None:
-        if self.sender() is not self._register_thread:
-            return
         self._set_activity("")
         if isinstance(result, PickleConsentNeeded):
             answer = QMessageBox.question(
@@ -916,19 +894,14 @@ class ModelsView(ViewMessages, QWidget):
         self.notify(f"Added {result.name or info.name}.")
         self.models_changed.emit()
 
-    @Slot(str)
     def _on_register_failed(self, message: str) -> None:
-        if self.sender() is not self._register_thread:
-            return
         self._set_activity("")
         self.show_error(message)
         self._update_actions()
 
-    @Slot()
     def _on_register_cancelled(self) -> None:
-        if self.sender() is self._register_thread:
-            self._set_activity("")
-            self._update_actions()
+        self._set_activity("")
+        self._update_actions()
 
     # ---------------------------------------------------------------- on this computer
 
@@ -936,39 +909,32 @@ class ModelsView(ViewMessages, QWidget):
     def rescan(self) -> bool:
         """Look for models on this computer again (in a worker thread). False when a scan is running."""
         self._scanned = True
-        if self._scan_thread is not None:
+        if self.is_scanning():
             return False
         search_dirs = self.search_dirs
-        # Not a registry job: a scan lists folders in milliseconds and holds no model, so it is neither shown
-        # as a running job nor asked about at quit (the window waits for it instead, see eventFilter). The
-        # application owns the thread, so it outlives this view if the view goes first.
-        thread = JobThread(
-            SCAN_JOB_NAME, lambda _token: scan_for_models(search_dirs), QCoreApplication.instance()
-        )
-        thread.succeeded.connect(self._on_scan_succeeded)
-        thread.failed.connect(self._on_scan_failed)
-        thread.finished.connect(self._on_scan_finished)
-        thread.finished.connect(thread.deleteLater)
-        self._scan_thread = thread
-        thread.start()
+        # Quiet: a scan lists folders in milliseconds and holds no model, so it is neither shown as a running
+        # job nor asked about at quit (the window waits for it instead, see eventFilter).
+        try:
+            self._scan = (
+                JobOp(self.registry, lambda _token: scan_for_models(search_dirs), owner=self)
+                .resource(SCAN_RESOURCE)
+                .quiet()
+                .slots("scan")
+                .on_cancelled(self._update_actions)
+                .start()
+            )
+        except DesktopDpoError as exc:  # a scan of another Models view (a second window) still runs
+            self.discovered_note.setText(str(exc))
+            return False
         self.discovered_note.setText("Looking in the Hugging Face cache, LM Studio and Ollama folders…")
         self._update_actions()
         return True
 
     def is_scanning(self) -> bool:
         """True while the scan for models on this computer runs."""
-        return self._scan_thread is not None
+        return self._scan is not None and self._scan.active
 
-    @Slot()
-    def _on_scan_finished(self) -> None:
-        if self.sender() is self._scan_thread:
-            self._scan_thread = None
-            self._update_actions()
-
-    @Slot(object)
     def _on_scan_succeeded(self, found: object) -> None:
-        if self.sender() is not self._scan_thread:
-            return
         self._discovered = list(found) if isinstance(found, list) else []
         count = len(self._discovered)
         if count:
@@ -983,11 +949,9 @@ class ModelsView(ViewMessages, QWidget):
         self._fill_discovered()
         self._update_actions()
 
-    @Slot(str)
     def _on_scan_failed(self, message: str) -> None:
-        if self.sender() is self._scan_thread:
-            self.discovered_note.setText(f"Could not look for models: {message}")
-            self._update_actions()
+        self.discovered_note.setText(f"Could not look for models: {message}")
+        self._update_actions()
 
     def discovered(self) -> list[DiscoveredModel]:
         """The models found on this computer by the last scan."""
@@ -1092,18 +1056,10 @@ class ModelsView(ViewMessages, QWidget):
         def factory(token: CancelToken) -> Job:
             return make_trainable_copy(gguf_path, out_dir, cancel=token)
 
-        def connect(thread: JobThread) -> None:
-            thread.event.connect(self._on_copy_event)
-            thread.succeeded.connect(self._on_copy_succeeded)
-            thread.failed.connect(self._on_copy_failed)
-            thread.cancelled.connect(self._on_copy_cancelled)
-
-        if self.registry.is_busy(COPY_RESOURCE):
-            self._wait_if_finishing(self._copy_thread)
-        try:
-            self._copy_thread = self.registry.start(COPY_RESOURCE, factory, connect=connect)
-        except DesktopDpoError as exc:
-            self.show_error(str(exc))
+        self._copy = self.start_job(
+            JobOp(self.registry, factory, owner=self).resource(COPY_RESOURCE).slots("copy")
+        )
+        if self._copy is None:
             return False
         self._copy_model_id = model.id
         self.clear_error()
@@ -1117,15 +1073,12 @@ class ModelsView(ViewMessages, QWidget):
     @Slot()
     def stop_trainable_copy(self) -> None:
         """Stop the trainable copy at its next step; nothing half-made is kept."""
-        if self._copy_thread is not None:
-            self._copy_thread.cancel()
+        if self._copy is not None and self._copy.active:
+            self._copy.cancel()
             self.stop_button.setEnabled(False)
             self._set_activity("Stopping…", busy=True)
 
-    @Slot(object)
     def _on_copy_event(self, event: object) -> None:
-        if self.sender() is not self._copy_thread:
-            return
         if isinstance(event, Progress):
             self.activity_row.show_progress(event.fraction)
             if event.message and self.stop_button.isEnabled():
@@ -1138,16 +1091,12 @@ class ModelsView(ViewMessages, QWidget):
 
     def _end_copy(self) -> ModelRow | None:
         model = self.store.get_model(self._copy_model_id) if self._copy_model_id is not None else None
-        self._copy_thread = None
         self._copy_model_id = None
         self.stop_button.setVisible(False)
         self._set_activity("")
         return model
 
-    @Slot(object)
     def _on_copy_succeeded(self, out_dir: object) -> None:
-        if self.sender() is not self._copy_thread:
-            return
         model_id = self._copy_model_id
         model = self._end_copy()
         if model is None or model_id is None:
@@ -1165,19 +1114,13 @@ class ModelsView(ViewMessages, QWidget):
         self.notify(f"Trainable copy of {model.name} ready: training can use it now.")
         self.models_changed.emit()
 
-    @Slot(str)
     def _on_copy_failed(self, message: str) -> None:
-        if self.sender() is not self._copy_thread:
-            return
         model = self._end_copy()
         name = model.name if model is not None else "the model"
         self.show_error(f"No trainable copy of {name} was made. {message}")
         self._update_actions()
 
-    @Slot()
     def _on_copy_cancelled(self) -> None:
-        if self.sender() is not self._copy_thread:
-            return
         model = self._end_copy()
         self.notify(f"Stopped: no trainable copy of {model.name if model else 'the model'} was kept.")
         self._update_actions()
@@ -1199,14 +1142,14 @@ class ModelsView(ViewMessages, QWidget):
             widget = self.discovered_table.cellWidget(row, 3)
             if isinstance(widget, QPushButton):
                 widget.setEnabled(widget.text() == "Add" and not registering)
-        self.rescan_button.setEnabled(self._scan_thread is None)
+        self.rescan_button.setEnabled(not self.is_scanning())
 
         model = self.selected_model()
         has = model is not None
         self.use_button.setEnabled(has)
         self.template_button.setEnabled(has)
         self.default_button.setEnabled(has and model is not None and not model.is_default)
-        copying = self.registry.is_busy(COPY_RESOURCE) or self._copy_thread is not None
+        copying = self.registry.is_busy(COPY_RESOURCE) or (self._copy is not None and self._copy.active)
         status = training_status(model) if model is not None else ""
         copy_reason = ""
         if model is None:
@@ -1241,11 +1184,6 @@ class ModelsView(ViewMessages, QWidget):
     def _on_registry_changed(self) -> None:
         self._update_actions()
 
-    def _wait_if_finishing(self, thread: JobThread | None) -> None:
-        """A job that already reported its outcome ends within moments: let it, so the next one can start."""
-        if thread is not None and thread.outcome is not None:
-            thread.wait(2000)
-
     # ---------------------------------------------------------------- messages
 
     def _set_activity(self, text: str, *, busy: bool = False) -> None:
@@ -1271,11 +1209,10 @@ class ModelsView(ViewMessages, QWidget):
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # Qt override
         # The window is closing: a scan still running is given a moment to end, so that its thread never
         # outlives the application.
-        if event.type() == QEvent.Type.Close and watched is self._watched_window:
-            thread = self._scan_thread
-            if thread is not None and thread.isRunning():
-                thread.cancel()
-                thread.wait(SCAN_WAIT_ON_CLOSE_MS)
+        scan = self._scan
+        if event.type() == QEvent.Type.Close and watched is self._watched_window and scan is not None:
+            scan.cancel()
+            scan.wait(SCAN_WAIT_ON_CLOSE_MS)
         return False
 
     def details_texts(self) -> dict[str, str]:

@@ -21,15 +21,21 @@ from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, Signal, Slot
 from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import QAbstractButton, QFileDialog, QMessageBox, QWidget
+from PySide6.QtWidgets import QWidget
 
 from desktop_dpo.core.errors import DatabaseBusy, DuplicatePairsFound
 from desktop_dpo.core.jobs import CancelToken, Log
 from desktop_dpo.core.store import Store
-from desktop_dpo.workers.job_worker import JobRegistry, JobThread
+from desktop_dpo.workers.job_op import JobOp
+from desktop_dpo.workers.job_worker import JobRegistry
 
 if TYPE_CHECKING:
+    from PySide6.QtWidgets import QAbstractButton, QMessageBox
+
     from desktop_dpo.core.preference_io import DuplicateChoice, ExportResult, ImportResult
+
+# The dialogs and message boxes are imported where they open: the main window builds these actions at
+# start-up, and PySide builds a Qt class's enums the first time Python touches it.
 
 DATA_RESOURCE = "data"  # the JobRegistry resource: one import or export at a time
 FILE_FILTER = "Preference files (*.jsonl *.json);;All files (*)"
@@ -159,39 +165,43 @@ class PreferenceFileActions(QObject):
             else:
                 self._on_import_succeeded(source, result)
 
-        def connect(thread: JobThread) -> None:
-            thread.event.connect(self._on_job_event)
-            thread.succeeded.connect(on_succeeded)
-            thread.failed.connect(lambda message: self._on_job_failed("Import failed", message))
-            thread.cancelled.connect(lambda: self.message.emit("Import stopped; nothing was imported."))
-
-        self._registry.start(
-            DATA_RESOURCE,
-            lambda token: import_job(
+        def factory(token: CancelToken) -> Generator[Any, None, Any]:
+            return import_job(
                 self._db_path, self._backups_dir, source, token, duplicates, self.busy_timeout_s
-            ),
-            connect,
+            )
+
+        (
+            JobOp(self._registry, factory, owner=self)
+            .resource(DATA_RESOURCE)
+            .on_event(self._on_data_event)
+            .on_success(on_succeeded)
+            .on_failure(lambda message: self._on_data_failed("Import failed", message))
+            .on_cancelled(lambda: self.message.emit("Import stopped; nothing was imported."))
+            .start()
         )
 
     def start_export(self, target: Path, fmt: str) -> None:
         """Export to ``target`` in the background (what the action does after its file dialog)."""
 
-        def connect(thread: JobThread) -> None:
-            thread.event.connect(self._on_job_event)
-            thread.succeeded.connect(lambda result: self._on_export_succeeded(target, fmt, result))
-            thread.failed.connect(lambda message: self._on_job_failed("Export failed", message))
-            thread.cancelled.connect(lambda: self.message.emit("Export stopped."))
+        def factory(token: CancelToken) -> Generator[Any, None, Any]:
+            return export_job(self._db_path, self._backups_dir, target, fmt, token)
 
-        self._registry.start(
-            DATA_RESOURCE,
-            lambda token: export_job(self._db_path, self._backups_dir, target, fmt, token),
-            connect,
+        (
+            JobOp(self._registry, factory, owner=self)
+            .resource(DATA_RESOURCE)
+            .on_event(self._on_data_event)
+            .on_success(lambda result: self._on_export_succeeded(target, fmt, result))
+            .on_failure(lambda message: self._on_data_failed("Export failed", message))
+            .on_cancelled(lambda: self.message.emit("Export stopped."))
+            .start()
         )
 
     # ---------------------------------------------------------------- slots
 
     @Slot()
     def _on_import_triggered(self) -> None:
+        from PySide6.QtWidgets import QFileDialog
+
         name, _filter = QFileDialog.getOpenFileName(
             self._parent_widget, "Import preferences", str(Path.home()), FILE_FILTER
         )
@@ -200,6 +210,8 @@ class PreferenceFileActions(QObject):
 
     @Slot()
     def _on_export_triggered(self) -> None:
+        from PySide6.QtWidgets import QFileDialog
+
         filters = ";;".join(EXPORT_FILTERS)
         name, chosen = QFileDialog.getSaveFileName(
             self._parent_widget, "Export preferences", str(Path.home() / "preferences.jsonl"), filters
@@ -217,12 +229,13 @@ class PreferenceFileActions(QObject):
         self.import_action.setEnabled(idle)
         self.export_action.setEnabled(idle)
 
-    @Slot(object)
-    def _on_job_event(self, event: object) -> None:
+    def _on_data_event(self, event: object) -> None:
         if isinstance(event, Log):
             self.message.emit(event.message)
 
     def _ask_about_duplicates(self, found: DuplicatesFound) -> None:
+        from PySide6.QtWidgets import QMessageBox
+
         box = QMessageBox(
             QMessageBox.Icon.Question,
             "Some pairs are already in your data",
@@ -256,6 +269,8 @@ class PreferenceFileActions(QObject):
         box.open()  # window-modal, without a nested event loop: the answer arrives as a signal
 
     def _offer_to_try_again(self, busy: DatabaseWasBusy) -> None:
+        from PySide6.QtWidgets import QMessageBox
+
         self.message.emit(f"Import of {busy.source.name} failed: the database is busy; nothing was imported.")
         box = QMessageBox(
             QMessageBox.Icon.Warning,
@@ -310,6 +325,8 @@ class PreferenceFileActions(QObject):
         self.data_changed.emit()
 
     def _on_export_succeeded(self, target: Path, fmt: str, result: ExportResult) -> None:
+        from PySide6.QtWidgets import QMessageBox
+
         self.message.emit(f"Wrote {_plural(result.written, 'pair')} to {target} ({fmt}).")
         if result.skipped:
             reasons = "\n".join(f"• comparison {cid}: {reason}" for cid, reason in result.skipped[:10])
@@ -322,7 +339,9 @@ class PreferenceFileActions(QObject):
                 f"{reasons}{more}",
             )
 
-    def _on_job_failed(self, title: str, message: str) -> None:
+    def _on_data_failed(self, title: str, message: str) -> None:
+        from PySide6.QtWidgets import QMessageBox
+
         self.message.emit(title)
         QMessageBox.warning(self._parent_widget, title, message)
 

@@ -19,6 +19,7 @@ class ResponsePane(QFrame):
     def __init__(self, side: int, parent: QWidget | None = None):
         super().__init__(parent)
         self.setObjectName("responsePane")
+        self.setProperty("chosen", False)  # before the first polish: set_chosen(False) then re-styles nothing
         self.side = side
         self.title = QLabel(SIDE_NAMES[side])
         self.title.setObjectName("paneTitle")

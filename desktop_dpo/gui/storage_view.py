@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtGui import QBrush, QColor, QShowEvent
@@ -32,21 +31,21 @@ from PySide6.QtWidgets import (
 )
 
 from desktop_dpo.config import AppPaths
-from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.jobs import Progress
 from desktop_dpo.core.storage import (
     CleanupResult,
     Removing,
     StorageItem,
-    cleanup_job,
     human_size,
+    remove_items,
     scan_job,
     total_size,
 )
 from desktop_dpo.core.store import Store
 from desktop_dpo.gui.message_banner import MessageBanner
 from desktop_dpo.gui.view_messages import ActivityLine, ViewMessages
-from desktop_dpo.workers.job_worker import JobRegistry, JobThread
+from desktop_dpo.workers.job_op import JobOp, StoreJobFactory
+from desktop_dpo.workers.job_worker import JobRegistry
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +124,8 @@ class StorageView(ViewMessages, QWidget):
         self.confirm: Callable[[QWidget, str, str], bool] = ask_yes_no
         self.items: list[StorageItem] = []
         self.last_result: CleanupResult | None = None
-        self._job: JobThread | None = None
         self._scanned_once = False
         self._result_message = ""  # what the last clean-up freed
-        self._rescan_pending = False  # rescan once the finished job has let go of the resource
         self._filling = False
         self._build()
         registry.changed.connect(self._on_registry_changed)
@@ -336,28 +333,22 @@ class StorageView(ViewMessages, QWidget):
 
     # ---------------------------------------------------------------- jobs
 
-    def _start(self, factory: Callable[[Any], Any], on_succeeded: Callable[[object], None]) -> bool:
-        def connect(thread: JobThread) -> None:
-            thread.event.connect(self._on_job_event)
-            thread.succeeded.connect(on_succeeded)
-            thread.failed.connect(self._on_job_failed)
-            thread.cancelled.connect(self._on_job_cancelled)
-            self._job = thread
-
-        try:
-            self.registry.start(RESOURCE, factory, connect=connect)
-        except DesktopDpoError as exc:
-            self.show_error(str(exc))
-            return False
+    def _start(self, factory: StoreJobFactory, on_succeeded: Callable[[object], None]) -> bool:
+        started = self.start_job(
+            JobOp(self.registry, factory, store=self.db_path, owner=self)
+            .resource(RESOURCE)
+            .slots("storage")
+            .on_success(on_succeeded)
+        )
         self._update_actions()
-        return True
+        return started is not None
 
     @Slot()
     def scan(self) -> bool:
         """Measure the app's folders again (a job). False when another storage job is running."""
-        db_path, paths = self.db_path, self.paths
+        paths = self.paths
         self._scanned_once = True
-        return self._start(lambda token: scan_job(db_path, paths, token), self._on_scan_succeeded)
+        return self._start(lambda store, token: scan_job(store, paths, token), self._on_scan_succeeded)
 
     @Slot()
     def clean_up(self) -> bool:
@@ -376,38 +367,29 @@ class StorageView(ViewMessages, QWidget):
         text += "\n\nCopies are made again when needed; nothing a model, a run or an export needs is deleted."
         if not self.confirm(self, "Clean up", text):
             return False
-        db_path, paths = self.db_path, self.paths
+        paths = self.paths
         confirm_no_resume = self.resume_check.isChecked()
         self.clear_error()
         self._set_activity(f"Removing {len(chosen)} item(s)…")
         return self._start(
-            lambda token: cleanup_job(db_path, paths, chosen, token, confirm_no_resume=confirm_no_resume),
+            lambda store, token: remove_items(
+                store, paths, chosen, token, confirm_no_resume=confirm_no_resume
+            ),
             self._on_cleanup_succeeded,
         )
 
-    @Slot(object)
-    def _on_job_event(self, event: object) -> None:
-        if self.sender() is not self._job:
-            return
+    def _on_storage_event(self, event: object) -> None:
         if isinstance(event, Removing):
             self._set_activity(f"Removing {event.done + 1} of {event.total}: {event.path}")
         elif isinstance(event, Progress) and event.message:
             self._set_activity(event.message)
 
-    @Slot(object)
     def _on_scan_succeeded(self, items: object) -> None:
-        if self.sender() is not self._job:
-            return
-        self._job = None
         self._fill(list(items) if isinstance(items, list) else [])
         self._set_activity(self._result_message)  # what the last clean-up did stays in view
         self._update_actions()
 
-    @Slot(object)
     def _on_cleanup_succeeded(self, result: object) -> None:
-        if self.sender() is not self._job:
-            return
-        self._job = None
         if isinstance(result, CleanupResult):
             self.last_result = result
             message = f"Freed {human_size(result.bytes_freed)} ({len(result.removed)} item(s) removed)."
@@ -419,36 +401,19 @@ class StorageView(ViewMessages, QWidget):
                 self.show_error(f"{len(result.skipped)} item(s) were left in place:\n{lines}")
             if result.removed:
                 self.storage_changed.emit()
-        self._rescan_later()  # the list as it is now
+        self.scan()  # the list as it is now
 
-    @Slot(str)
-    def _on_job_failed(self, message: str) -> None:
-        if self.sender() is not self._job:
-            return
-        self._job = None
+    def _on_storage_failed(self, message: str) -> None:
         self._set_activity("")
         self.show_error(message)
         self._update_actions()
 
-    @Slot()
-    def _on_job_cancelled(self) -> None:
-        if self.sender() is not self._job:
-            return
-        self._job = None
+    def _on_storage_cancelled(self) -> None:
         self._set_activity("Stopped.")
-        self._rescan_later()
-
-    def _rescan_later(self) -> None:
-        # The job's thread still holds the resource while it delivers its result; the registry says when
-        # it is free (changed), and the scan starts then.
-        self._rescan_pending = True
-        self._on_registry_changed()
+        self.scan()  # the list as it is now
 
     @Slot()
     def _on_registry_changed(self) -> None:
-        if self._rescan_pending and not self.registry.is_busy(RESOURCE):
-            self._rescan_pending = False
-            self.scan()
         self._update_actions()
 
     def showEvent(self, event: QShowEvent) -> None:  # Qt override

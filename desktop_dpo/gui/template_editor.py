@@ -66,6 +66,7 @@ from desktop_dpo.core.llm.templates import (
     stop_strings,
     uses_default_template,
 )
+from desktop_dpo.core.model_files import CHAT_TEMPLATE_KEY, recorded_chat_template, special_tokens
 from desktop_dpo.core.store import ModelRow, Store
 
 OWN = "own"  # the option "The model's own"
@@ -113,11 +114,6 @@ QPlainTextEdit#templatePreview { background: #f1f5f9; }
 # --------------------------------------------------------------------------------------------------------
 
 
-def _tokens(model: ModelRow) -> tuple[str, str]:
-    """The model's BOS and EOS token texts, as its files name them ("" when they do not)."""
-    return str(model.info.get("bos_token") or ""), str(model.info.get("eos_token") or "")
-
-
 def _quoted(strings: list[str]) -> str:
     return ", ".join(repr(s) for s in strings)
 
@@ -129,7 +125,7 @@ def describe_template(model: ModelRow, status: TemplateStatus | None = None) -> 
     status = status or template_status(model)
     if status.needs_choice:
         return status.message
-    bos, eos = _tokens(model)
+    bos, eos = special_tokens(model)
     return f"{status.message} {ending_sentence(template_for(model), bos, eos)}"
 
 
@@ -162,7 +158,7 @@ def shown_template(model: ModelRow, status: TemplateStatus | None = None) -> str
     if status.kind == "missing":
         return ""
     if status.kind == "broken":
-        return str(model.info.get("chat_template") or "")
+        return str(model.info.get(CHAT_TEMPLATE_KEY) or "")
     return template_for(model) or DEFAULT_TEMPLATE
 
 
@@ -316,9 +312,8 @@ class TemplateEditorDialog(QDialog):
         self.store = store
         self.model = model
         self.saved_model: ModelRow | None = None  # the row after Save / "Use the model's own"
-        self._bos, self._eos = _tokens(model)
-        own = model.info.get("chat_template")
-        self._own: str | None = own if isinstance(own, str) and own.strip() else None
+        self._bos, self._eos = special_tokens(model)
+        self._own: str | None = recorded_chat_template(model)
         self._own_error = ""
         if self._own is not None and not uses_default_template(self._own):
             try:

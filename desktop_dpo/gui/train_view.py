@@ -79,7 +79,8 @@ from desktop_dpo.gui.metrics_plots import MetricsPlots
 from desktop_dpo.gui.template_editor import ensure_template_chosen, template_needed_message
 from desktop_dpo.gui.train_settings_form import TrainSettingsForm
 from desktop_dpo.gui.view_messages import ViewMessages
-from desktop_dpo.workers.job_worker import JobRegistry, JobThread
+from desktop_dpo.workers.job_op import JobOp
+from desktop_dpo.workers.job_worker import JobRegistry
 from desktop_dpo.workers.training_worker import (
     DEVICE_RESOURCE,
     TRAIN_RESOURCE,
@@ -185,11 +186,11 @@ class TrainView(ViewMessages, QWidget):
         self.paths = paths
         self.pool = pool
 
-        self._job: JobThread | None = None
+        self._training: JobOp | None = None
         self._live_run_id: int | None = None  # the run our job trains
         self._shown_run_id: int | None = None  # the run whose curves the plots show
         self._phase = "idle"  # idle | loading | training | stopping
-        self._device_job: JobThread | None = None
+        self._detecting: JobOp | None = None
         self.preset: DevicePreset | None = None
         self._detecting_for: int | None = None  # the model id the running detection sizes the preset for
         self._plan: RunPlan | None = None
@@ -545,26 +546,23 @@ class TrainView(ViewMessages, QWidget):
         form unless the person already edited it."""
         model = self.current_model()
         model_id = model.id if model is not None else None
-        if self._device_job is not None or (self.preset is not None and self.preset.model_id == model_id):
+        detecting = self._detecting is not None and self._detecting.active
+        if detecting or (self.preset is not None and self.preset.model_id == model_id):
             return  # a detection under way re-checks the model when it reports
         try:
-            self._device_job = self.registry.start(
-                DEVICE_RESOURCE,
-                functools.partial(device_preset_job, model=model),
-                connect=self._connect_device_job,
+            self._detecting = (
+                JobOp(self.registry, functools.partial(device_preset_job, model=model), owner=self)
+                .resource(DEVICE_RESOURCE)
+                .on_success(self._on_device_detected)
+                .on_failure(self._on_device_failed)
+                .on_cancelled(self._on_device_cancelled)
+                .start()
             )
             self._detecting_for = model_id
         except DesktopDpoError as exc:
             log.warning("Device detection did not start: %s", exc)
 
-    def _connect_device_job(self, thread: JobThread) -> None:
-        thread.succeeded.connect(self._on_device_detected)
-        thread.failed.connect(self._on_device_failed)
-        thread.cancelled.connect(self._on_device_cancelled)
-
-    @Slot(object)
     def _on_device_detected(self, preset: object) -> None:
-        self._device_job = None
         if not isinstance(preset, DevicePreset):
             return
         self.preset = preset
@@ -582,13 +580,10 @@ class TrainView(ViewMessages, QWidget):
         if (current.id if current is not None else None) != preset.model_id:
             self.detect_device()  # the model changed while detecting
 
-    @Slot()
     def _on_device_cancelled(self) -> None:
         self._on_device_failed("")
 
-    @Slot(str)
     def _on_device_failed(self, message: str) -> None:
-        self._device_job = None
         # torch could not say: the CPU preset is safe anywhere.
         cpu = preset_for(None, None, None)
         self.preset = DevicePreset(
@@ -700,10 +695,10 @@ class TrainView(ViewMessages, QWidget):
         factory = training_job(
             self.paths.db_path, run_id, runs_dir=self.paths.runs_dir, release_engines=release
         )
-        try:
-            self._job = self.registry.start(TRAIN_RESOURCE, factory, connect=self._connect_job)
-        except DesktopDpoError as exc:
-            self.show_error(str(exc))
+        self._training = self.start_job(
+            JobOp(self.registry, factory, owner=self).resource(TRAIN_RESOURCE).slots("training")
+        )
+        if self._training is None:
             return False
         self._live_run_id = run_id
         self._warnings = []
@@ -721,18 +716,13 @@ class TrainView(ViewMessages, QWidget):
         self._update_actions()
         return True
 
-    def _connect_job(self, thread: JobThread) -> None:
-        thread.event.connect(self._on_job_event)
-        thread.succeeded.connect(self._on_job_succeeded)
-        thread.failed.connect(self._on_job_failed)
-        thread.cancelled.connect(self._on_job_cancelled)
-
     @Slot()
     def stop(self) -> None:
         """Ask the run to stop at the next step boundary (it checkpoints there and can be resumed)."""
-        if self._job is None:
+        training = self._training
+        if training is None or not training.active:
             return
-        self._job.cancel()
+        training.cancel()
         self._phase = "stopping"
         self.run_headline.setText("Stopping at the end of this step…")
         self._update_actions()
@@ -741,12 +731,13 @@ class TrainView(ViewMessages, QWidget):
         """What the live run is doing: idle, loading, training or stopping."""
         return self._phase
 
+    def training(self) -> bool:
+        """True while a run started here trains (until how it ended is shown)."""
+        return self._training is not None and self._training.active
+
     # ---------------------------------------------------------------- the live run's events
 
-    @Slot(object)
-    def _on_job_event(self, event: object) -> None:
-        if self.sender() is not self._job:
-            return
+    def _on_training_event(self, event: object) -> None:
         run_id = self._live_run_id
         shown = run_id is not None and run_id == self._shown_run_id
         if isinstance(event, Loading):
@@ -817,15 +808,11 @@ class TrainView(ViewMessages, QWidget):
 
     def _end_job(self) -> int | None:
         run_id = self._live_run_id
-        self._job = None
         self._live_run_id = None
         self._phase = "idle"
         return run_id
 
-    @Slot(object)
-    def _on_job_succeeded(self, result: object) -> None:
-        if self.sender() is not self._job:
-            return
+    def _on_training_succeeded(self, result: object) -> None:
         run_id = self._end_job()
         run = self.store.get_run(run_id) if run_id is not None else None
         self.run_headline.setText(f"Finished {run.name if run else ''}".strip())
@@ -839,10 +826,7 @@ class TrainView(ViewMessages, QWidget):
         self.notify("Training finished.")
         self._after_job(run_id)
 
-    @Slot(str)
-    def _on_job_failed(self, message: str) -> None:
-        if self.sender() is not self._job:
-            return
+    def _on_training_failed(self, message: str) -> None:
         run_id = self._end_job()
         self.run_headline.setText("Training stopped on a problem")
         self.run_detail.setText("Finished steps are saved: fix the cause, then resume the run from the list.")
@@ -850,10 +834,7 @@ class TrainView(ViewMessages, QWidget):
         self.show_error(message, run_id=run_id)
         self._after_job(run_id)
 
-    @Slot()
-    def _on_job_cancelled(self) -> None:
-        if self.sender() is not self._job:
-            return
+    def _on_training_cancelled(self) -> None:
         run_id = self._end_job()
         run = self.store.get_run(run_id) if run_id is not None else None
         step = run.step if run is not None else 0
@@ -879,7 +860,7 @@ class TrainView(ViewMessages, QWidget):
 
     def display_status(self, run: RunRow) -> str:
         """A run's status as this view shows it: "running" without a live job here is "interrupted"."""
-        if run.status == "running" and not (run.id == self._live_run_id and self._job is not None):
+        if run.status == "running" and not (run.id == self._live_run_id and self.training()):
             return INTERRUPTED
         return run.status
 
@@ -1011,7 +992,7 @@ class TrainView(ViewMessages, QWidget):
         self.start_reason.setText(blocker)
         self.start_reason.setVisible(bool(blocker))
         self.start_reason.setProperty("blocking", bool(blocker))
-        self.stop_button.setEnabled(self._job is not None and self._phase != "stopping")
+        self.stop_button.setEnabled(self.training() and self._phase != "stopping")
         busy = self.registry.is_busy(TRAIN_RESOURCE)
         item = self.runs_tree.currentItem()
         status = item.data(COLUMN_STATUS, Qt.ItemDataRole.UserRole) if item is not None else None

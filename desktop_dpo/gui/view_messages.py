@@ -11,7 +11,9 @@ from __future__ import annotations
 from PySide6.QtCore import SignalInstance
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QMainWindow, QProgressBar, QWidget
 
+from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.gui.message_banner import MessageBanner
+from desktop_dpo.workers.job_op import JobOp
 
 STATUS_MESSAGE_MS = 8000  # how long a note stays in the status bar
 
@@ -91,6 +93,15 @@ class ViewMessages:
         self.notify(message)
         if level == "warning":
             self.banner.show_message(message, tone="warning")
+
+    def start_job(self, op: JobOp) -> JobOp | None:
+        """Start ``op`` (a :class:`~desktop_dpo.workers.job_op.JobOp`); None when a job already holds its
+        resource, with why in the banner."""
+        try:
+            return op.start()
+        except DesktopDpoError as exc:
+            self.show_error(str(exc))
+            return None
 
     def clear_error(self) -> None:
         """Hide the banner."""

@@ -8,8 +8,6 @@ signals.
 
 from __future__ import annotations
 
-import html
-
 from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtGui import QTextDocument
 from PySide6.QtWidgets import (
@@ -50,6 +48,15 @@ QProgressBar#welcomeProgress {
 }
 QProgressBar#welcomeProgress::chunk { background: #6366f1; border-radius: 3px; }
 """
+
+
+def _restyle(widget: QWidget) -> None:
+    """Apply the style sheet again after a property or name its rules select on changed. A widget that was
+    never polished is left alone: its first polish reads them anyway (and the card is built at start-up,
+    where asking for the style from Python costs a few milliseconds the first time)."""
+    if widget.testAttribute(Qt.WidgetAttribute.WA_WState_Polished):
+        widget.style().unpolish(widget)
+        widget.style().polish(widget)
 
 
 class WelcomeCard(QFrame):
@@ -113,7 +120,8 @@ class WelcomeCard(QFrame):
         self.starter_button.setToolTip(
             "Queue the prompts that ship with the app and put the first one in Collect"
         )
-        self.starter_button.setVisible(starter_count > 0)
+        if not starter_count:  # hidden only: setVisible(True) here would show it as a window of its own
+            self.starter_button.setVisible(False)
         self.starter_button.clicked.connect(self.starter_requested)
         self.write_button = QPushButton("Write my own prompt")
         self.write_button.setObjectName("secondaryButton")
@@ -167,19 +175,19 @@ class WelcomeCard(QFrame):
         self.text.setText(problem or WELCOME_TEXT)
         for label, label_tone in ((self.model_text, tone), (self.text, "error" if problem else "")):
             label.setProperty("tone", label_tone)
-            label.style().unpolish(label)
-            label.style().polish(label)
+            _restyle(label)
 
     def _set_emphasis(self, *, model_first: bool) -> None:
         """The main button is the next step: adding a model when there is none, else the starter prompts."""
         self.add_model_button.setObjectName("primaryButton" if model_first else "secondaryButton")
         self.starter_button.setObjectName("secondaryButton" if model_first else "primaryButton")
         for button in (self.add_model_button, self.starter_button):
-            button.style().unpolish(button)
-            button.style().polish(button)
+            _restyle(button)
 
     def set_model_ready(self, name: str, *, demo: bool = False) -> None:
         """A model is there: collecting can start (a demo model links to its terms)."""
+        import html  # here, not at the top: the first screen of a new database (no model yet) escapes nothing
+
         self.progress.setVisible(False)
         terms = ' · <a href="terms">Gemma terms of use</a>' if demo else ""
         self._set_state(f"✓ Ready: <b>{html.escape(name)}</b>{terms}", tone="ready")

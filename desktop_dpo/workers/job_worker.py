@@ -14,9 +14,13 @@ from typing import Any
 from PySide6.QtCore import QObject, QThread, Signal
 
 from desktop_dpo.core.errors import DesktopDpoError, JobCancelled
-from desktop_dpo.core.jobs import CancelToken, Job
+from desktop_dpo.core.jobs import CancelToken, Job, drive
 
 log = logging.getLogger(__name__)
+
+# A job that already reported how it ended is only leaving its thread: a new job on its resource waits
+# for that (moments) instead of being refused.
+FINISHING_WAIT_MS = 2000
 
 JobFactory = Callable[[CancelToken], Job]
 """Builds the generator inside the worker thread (so heavy imports happen there too)."""
@@ -43,6 +47,8 @@ class JobThread(QThread):
         succeeded(object): the generator's return value.
         failed(str): a message a person can act on.
         cancelled(): the job stopped at a step boundary after ``cancel()``.
+
+    Views start and follow jobs through :class:`~desktop_dpo.workers.job_op.JobOp`, which connects them.
     """
 
     event = Signal(object)
@@ -64,18 +70,9 @@ class JobThread(QThread):
 
     def run(self) -> None:  # Qt override: runs in the worker thread
         try:
-            job = self._factory(self.token)
-            result: Any = None
-            while True:
-                try:
-                    item = next(job)
-                except StopIteration as stop:
-                    result = stop.value
-                    break
-                self.event.emit(item)
-                if self.token.cancelled:
-                    job.close()  # runs the job's finally blocks in this thread
-                    raise JobCancelled("Stopped as you asked.")
+            # drive applies the cancel rule: after cancel(), JobCancelled is thrown into the job at its next
+            # event, so its clean-up runs here, in the worker thread.
+            result: Any = drive(self._factory(self.token), self.event.emit, self.token)
         except JobCancelled:
             self.outcome = "cancelled"
             self.cancelled.emit()
@@ -91,6 +88,10 @@ class JobThread(QThread):
 class JobRegistry(QObject):
     """Keeps the running jobs, one per resource ("train", "generate:<model>", ...).
 
+    A *quiet* job (a scan of folders that ends in moments) holds its resource and is stopped and waited
+    for by :meth:`cancel_all_and_wait` like any other, but :meth:`running` leaves it out: the window
+    neither names it in the status bar nor asks about it before closing.
+
     Signals:
         changed(): a job started or finished (buttons re-check whether they may start one).
     """
@@ -100,6 +101,7 @@ class JobRegistry(QObject):
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
         self._jobs: dict[str, JobThread] = {}
+        self._quiet: set[str] = set()
 
     def is_busy(self, resource: str) -> bool:
         """True while a job holds ``resource``."""
@@ -107,27 +109,32 @@ class JobRegistry(QObject):
         return thread is not None and thread.isRunning()
 
     def running(self) -> list[str]:
-        """Resources held by running jobs."""
-        return [name for name, thread in self._jobs.items() if thread.isRunning()]
+        """Resources held by running jobs, quiet ones left out (what the window names and asks about)."""
+        return [name for name, thread in self._jobs.items() if thread.isRunning() and name not in self._quiet]
 
-    def start(
-        self, resource: str, factory: JobFactory, connect: Callable[[JobThread], None] | None = None
-    ) -> JobThread:
-        """Start a job on ``resource``. Raises if one already runs there (one job per resource).
+    def start(self, thread: JobThread, *, quiet: bool = False) -> JobThread:
+        """Start ``thread`` on its resource (``thread.name``). Raises if a job already runs there (one that
+        already reported how it ended is waited for instead, up to :data:`FINISHING_WAIT_MS`).
 
-        ``connect(thread)`` is called before the thread starts: connect the thread's signals there. A
-        signal emitted before anyone is connected is lost, and a quick job (a file that fails to parse)
-        can emit ``failed`` before ``start()`` even returns.
+        Connect the thread's signals before calling this (:class:`~desktop_dpo.workers.job_op.JobOp`
+        does): a signal emitted before anyone is connected is lost, and a quick job (a file that fails
+        to parse) can emit ``failed`` before ``start()`` even returns.
         """
+        resource = thread.name
+        current = self._jobs.get(resource)
+        if current is not None and current.isRunning() and current.outcome is not None:
+            current.wait(FINISHING_WAIT_MS)
         if self.is_busy(resource):
             raise DesktopDpoError(
                 f"A {resource.split(':')[0]} job is already running; wait for it or stop it."
             )
-        thread = JobThread(resource, factory, self)
+        thread.setParent(self)
         self._jobs[resource] = thread
+        if quiet:
+            self._quiet.add(resource)
+        else:
+            self._quiet.discard(resource)
         thread.finished.connect(lambda: self._on_thread_finished(resource, thread))
-        if connect is not None:
-            connect(thread)
         thread.start()
         self.changed.emit()
         return thread
@@ -135,6 +142,7 @@ class JobRegistry(QObject):
     def _on_thread_finished(self, resource: str, thread: JobThread) -> None:
         if self._jobs.get(resource) is thread:
             del self._jobs[resource]
+            self._quiet.discard(resource)
         thread.deleteLater()
         self.changed.emit()
 

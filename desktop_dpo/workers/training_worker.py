@@ -1,16 +1,18 @@
 """The training run the GUI drives on the job resource ``"train"``: in a supervised child process.
 
-:func:`training_job` gives a :data:`~desktop_dpo.workers.job_worker.JobFactory` for
-``JobRegistry.start("train", ...)``. The run itself trains in a child process
-(:func:`desktop_dpo.core.dpo.train_child.train_in_child`): a native fault in bitsandbytes or a crash in a
-step ends that process, not the window. The child opens its own :class:`Store` on the database file and
-records each event with ``persist_event`` *before* passing it on (a crash or a quit loses at most the step
-under way) and how the run ended with ``persist_outcome``; this worker thread only relays the events. If
-the child dies, the run is recorded as failed with a message that says so and where Resume continues.
+:func:`training_job` gives a :data:`~desktop_dpo.workers.job_worker.JobFactory` for a
+:class:`~desktop_dpo.workers.job_op.JobOp` on the resource ``"train"``. The run itself trains in a child
+process (:func:`desktop_dpo.core.dpo.train_child.train_in_child`): a native fault in bitsandbytes or a
+crash in a step ends that process, not the window. The child opens its own :class:`Store` on the database
+file and records each event with ``persist_event`` *before* passing it on (a crash or a quit loses at most
+the step under way) and how the run ended with ``persist_outcome``; this worker thread only relays the
+events. If the child dies, the run is recorded as failed with a message that says so and where Resume
+continues.
 
-A stop from the GUI arrives as ``close()`` on this generator (``JobThread`` closes a job at the first
-event after ``cancel()``): the child is told at once, finishes the step under way, checkpoints at that
-boundary and records the run as stopped; closing waits for that.
+A stop from the GUI arrives as ``JobCancelled`` thrown into this generator at the first event after
+``cancel()`` (``JobThread`` drives it with :func:`~desktop_dpo.core.jobs.drive`): the child is told at once,
+finishes the step under way, checkpoints at that boundary and records the run as stopped; the stop waits
+for that.
 
 :func:`device_preset_job` detects the device and sizes its preset for the chosen model off the GUI thread
 (it imports torch and reads the model's safetensors headers).
@@ -38,7 +40,7 @@ from desktop_dpo.core.dpo.train import (
     training_folder,
 )
 from desktop_dpo.core.dpo.train_child import train_in_child
-from desktop_dpo.core.errors import DesktopDpoError, JobCancelled
+from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.jobs import CancelToken, Job
 from desktop_dpo.core.store import ModelRow, Store
 from desktop_dpo.workers.job_worker import JobFactory
@@ -78,7 +80,7 @@ def training_job(
     runs_dir: Path | None = None,
     release_engines: Callable[[], None] | None = None,
 ) -> JobFactory:
-    """A factory for ``JobRegistry.start(TRAIN_RESOURCE, ...)`` that trains run ``run_id``.
+    """A factory for ``JobOp(registry, ...).resource(TRAIN_RESOURCE)`` that trains run ``run_id``.
 
     Args:
         db_path: the database file; the job opens its own connection to it in the worker thread.
@@ -122,16 +124,14 @@ def drive_training_run(
             yield Loading(RELEASING)
             release_engines()
             cancel.raise_if_cancelled()
-        except BaseException as exc:
-            # Stopped (or failed) before the child started: nobody else records it.
-            _record_outcome(
-                db_path,
-                run_id,
-                JobCancelled("Stopped as you asked.") if isinstance(exc, GeneratorExit) else exc,
-            )
+        except Exception as exc:
+            # Stopped (JobCancelled, noticed here or thrown in at the yield) or failed before the child
+            # started: nobody else records it.
+            _record_outcome(db_path, run_id, exc)
             raise
     try:
-        # ``yield from`` passes a close() on to the child's job, which stops the child at a step boundary.
+        # ``yield from`` passes a thrown JobCancelled on to the child's job, which stops the child at a step
+        # boundary.
         return (yield from train_in_child(db_path, run_id, cancel=cancel, resume=resume, runs_dir=runs_dir))
     except TrainingOutOfMemoryError as exc:
         yield OutOfMemory(run_id=run_id, message=str(exc), suggested=exc.suggested)
@@ -151,7 +151,7 @@ def _record_outcome(db_path: Path, run_id: int, error: BaseException) -> None:
 def device_preset_job(cancel: CancelToken, model: ModelRow | None = None) -> Job:
     """Detect the device (imports torch) and size a :class:`DevicePreset` for ``model``.
 
-    A factory for the registry (bind ``model`` with ``functools.partial``). The model's size comes from
+    A factory for a ``JobOp`` (bind ``model`` with ``functools.partial``). The model's size comes from
     the headers of its trainable folder; a model without one (a GGUF not yet copied) is sized as a
     typical model, and the preset's reason says so.
     """

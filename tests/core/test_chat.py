@@ -19,8 +19,9 @@ from desktop_dpo.core.chat import (
 from desktop_dpo.core.errors import DesktopDpoError, ModelError
 from desktop_dpo.core.jobs import CancelToken, run_job
 from desktop_dpo.core.llm.engine_pool import EnginePool
+from desktop_dpo.core.llm.generation import GenerationResult, ResponseFinished, TokenEvent
 from desktop_dpo.core.llm.llama_child import FAULT_ENV
-from desktop_dpo.core.llm.llamacpp import GenerationResult, LlamaCppEngine, ResponseFinished, TokenEvent
+from desktop_dpo.core.llm.llamacpp import LlamaCppEngine
 from desktop_dpo.core.models import register_model
 from desktop_dpo.core.sampling import GgufCopyMade
 from tests.plugins import tiny_model as _tiny_model_plugin

@@ -19,6 +19,7 @@ from desktop_dpo.core.evaluate import (
     check_comparable,
     default_models,
     evaluation_prompts,
+    evaluation_summary,
     judge_by_rule,
     model_quantization,
     record_vote,
@@ -30,7 +31,7 @@ from desktop_dpo.core.evaluate import (
 )
 from desktop_dpo.core.jobs import CancelToken, Progress, run_job
 from desktop_dpo.core.llm.engine_pool import EnginePool
-from desktop_dpo.core.llm.llamacpp import ResponseFinished, TokenEvent
+from desktop_dpo.core.llm.generation import ResponseFinished, TokenEvent
 from desktop_dpo.core.models import register_model
 
 SETTINGS = SamplingSettings(temperature=0.8, max_tokens=12)
@@ -110,6 +111,24 @@ def test_summary_of_votes_with_both_bad_and_no_decisive_vote():
 def test_conclusion_follows_the_interval_not_the_rate():
     assert EvaluationSummary.from_counts(wins=6, losses=4).conclusion() == "unclear"  # 60%, CI 31–83%
     assert EvaluationSummary.from_counts(wins=5, losses=45).conclusion() == "worse"
+
+
+def test_the_summary_of_an_evaluation_counts_its_stored_votes(store):
+    base = store.add_model(name="base", path="/m/base.gguf", kind="gguf", fingerprint="f1")
+    aligned = store.add_model(name="aligned", path="/m/aligned.gguf", kind="gguf", fingerprint="f2")
+    evaluation_id = store.create_evaluation(name="e", base_model_id=base, aligned_model_id=aligned)
+    other = store.create_evaluation(name="other", base_model_id=base, aligned_model_id=aligned)
+    for vote in ["aligned"] * 8 + ["base"] * 2 + ["tie"] * 3 + ["both_bad"]:
+        store.add_evaluation_vote(evaluation_id, prompt_id=None, base_text="b", aligned_text="a", vote=vote)
+    store.add_evaluation_vote(other, prompt_id=None, base_text="b", aligned_text="a", vote="base")
+
+    summary = evaluation_summary(store, evaluation_id)
+    assert (summary.wins, summary.losses, summary.ties, summary.both_bad) == (8, 2, 3, 1)
+    assert summary.n_decisive == 10 and summary.win_rate == pytest.approx(0.8)
+    assert (summary.ci_low, summary.ci_high) == pytest.approx((0.49016, 0.94331), abs=1e-4)  # 8 of 10
+    assert evaluation_summary(store, other).losses == 1, "each evaluation counts its own votes"
+    empty = store.create_evaluation(name="empty", base_model_id=base, aligned_model_id=aligned)
+    assert evaluation_summary(store, empty).sentence() == "No votes yet"
 
 
 # ------------------------------------------------------------------------------------------- the rule judge
@@ -304,7 +323,7 @@ def test_rule_evaluation_votes_on_every_prompt_and_the_driver_stores_them(store,
     assert {v.vote for v in voted} <= {"tie", "both_bad"}
     assert all(v.judge == "shorter_wins" and v.base.seed == v.aligned.seed == v.seed for v in voted)
     assert [p.done for p in events if isinstance(p, Progress)] == [0, 1, 2, 3]
-    assert summary == store.evaluation_summary(evaluation_id)
+    assert summary == evaluation_summary(store, evaluation_id)
     assert summary.total == 3 and summary.n_decisive == 0
 
     again, _ = run_job(

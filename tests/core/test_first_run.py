@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from desktop_dpo.core.demo_model import DEMO_DISPLAY_NAME, DemoPackage, demo_package
+from desktop_dpo.core.demo_model import DEMO_DISPLAY_NAME, DemoPackage, demo_installed, demo_package
 from desktop_dpo.core.errors import ModelError
 from desktop_dpo.core.first_run import (
     DEMO_SOURCE,
@@ -119,3 +119,10 @@ def test_the_shipped_gemma_terms_are_shown_without_the_web_page_around_them():
 def test_a_package_without_terms_says_where_they_are(fake_package):
     with pytest.raises(ModelError, match=r"ai\.google\.dev/gemma/terms"):
         demo_terms_html(fake_package)
+
+
+def test_installed_says_what_the_package_lookup_finds(monkeypatch):
+    # The window asks demo_installed() at start-up (it imports nothing) and demo_package() only later.
+    assert demo_installed() == (demo_package() is not None)
+    monkeypatch.setattr("desktop_dpo.core.demo_model.DEMO_PACKAGE", "no_such_demo_package_here")
+    assert not demo_installed() and demo_package() is None

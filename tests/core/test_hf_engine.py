@@ -19,8 +19,9 @@ from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core.errors import DesktopDpoError, ExportError, ModelError
 from desktop_dpo.core.jobs import CancelToken, Log
 from desktop_dpo.core.llm.engine_pool import EnginePool
+from desktop_dpo.core.llm.generation import ResponseFinished, TokenEvent
 from desktop_dpo.core.llm.hf import HfEngine, _Detokenizer
-from desktop_dpo.core.llm.llamacpp import LlamaCppEngine, ResponseFinished, TokenEvent
+from desktop_dpo.core.llm.llamacpp import LlamaCppEngine
 from desktop_dpo.core.llm.supervised import SupervisedLlamaEngine
 from desktop_dpo.core.llm.templates import DEFAULT_STOP_STRINGS
 from desktop_dpo.core.models import register_model

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from desktop_dpo.core.errors import JobCancelled
-from desktop_dpo.core.jobs import CancelToken, Progress, drive, run_job
+from desktop_dpo.core.jobs import CancelToken, Log, Progress, drive, run_job
 
 
 def counting(n: int, cancel: CancelToken | None = None):
@@ -34,3 +34,70 @@ def test_a_handler_that_stops_the_job_ends_it_with_job_cancelled():
     with pytest.raises(JobCancelled):
         drive(counting(5, token), stop_after_first)
     assert len(seen) == 1
+
+
+def cleaning_up(cancel: CancelToken, record: list[str], *, notices: bool):
+    """Counts to 10; on a stop, yields a last event from its clean-up, records it once, re-raises."""
+    try:
+        for i in range(10):
+            if notices:
+                cancel.raise_if_cancelled()
+            yield Progress(i, 10)
+        return "done"
+    except JobCancelled:
+        record.append("clean-up")
+        yield Log("checkpointed")
+        raise
+    except GeneratorExit:
+        record.append("closed")
+        raise
+    finally:
+        record.append("finally")
+
+
+@pytest.mark.parametrize("notices", [True, False], ids=["job-checks-token", "job-ignores-token"])
+def test_a_set_token_stops_the_job_with_job_cancelled_whether_it_checks_the_token_or_not(notices):
+    token = CancelToken()
+    record: list[str] = []
+    seen: list[object] = []
+
+    def stop_at_the_second_event(event):
+        seen.append(event)
+        if len(seen) == 2:
+            token.cancel()
+
+    with pytest.raises(JobCancelled, match="Stopped as you asked"):
+        drive(cleaning_up(token, record, notices=notices), stop_at_the_second_event, token)
+    # The same clean-up runs once either way, and the event it yields still reaches the caller; no
+    # GeneratorExit is involved in a stop.
+    assert record == ["clean-up", "finally"]
+    assert [type(e).__name__ for e in seen] == ["Progress", "Progress", "Log"]
+    assert seen[-1] == Log("checkpointed")
+
+
+def test_the_token_is_thrown_in_once_even_while_the_clean_up_yields():
+    token = CancelToken()
+    token.cancel()  # set before the first event: the job runs to its first yield, then stops there
+
+    def clean_up_yields_twice():
+        try:
+            yield Progress(0, 1)
+        except JobCancelled:
+            yield Log("saving")
+            yield Log("saved")
+            return "stopped cleanly"
+
+    seen: list[object] = []
+    assert drive(clean_up_yields_twice(), seen.append, token) == "stopped cleanly"
+    assert seen == [Progress(0, 1), Log("saving"), Log("saved")]
+
+
+def test_a_handler_that_raises_abandons_the_job_at_once():
+    record: list[str] = []
+
+    def broken_handler(_event):
+        raise RuntimeError("the display went away")
+
+    with pytest.raises(RuntimeError, match="display went away"):
+        drive(cleaning_up(CancelToken(), record, notices=True), broken_handler, CancelToken())
+    assert record == ["closed", "finally"]  # closed now, in this thread, not at garbage collection

@@ -23,18 +23,9 @@ import pytest
 from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core.errors import DesktopDpoError, ModelError
 from desktop_dpo.core.jobs import CancelToken
+from desktop_dpo.core.llm.generation import PENALTY_LAST_N, GenerationResult, ResponseFinished, TokenEvent
 from desktop_dpo.core.llm.gguf_info import read_gguf_info
-from desktop_dpo.core.llm.llamacpp import (
-    PENALTY_LAST_N,
-    GenerationResult,
-    LlamaCppEngine,
-    ResponseFinished,
-    ResponseText,
-    StopStringFilter,
-    TokenEvent,
-    Utf8Stream,
-    _RepeatPenalty,
-)
+from desktop_dpo.core.llm.llamacpp import LlamaCppEngine, _RepeatPenalty
 from tests.plugins.llama_oracle import safe_llama
 from tests.plugins.tiny_model import CHAT_TEMPLATE
 
@@ -57,60 +48,6 @@ def drive(job) -> tuple[list[object], object]:
 
 def streamed_text(events, seq: int = 0) -> str:
     return "".join(e.text for e in events if isinstance(e, TokenEvent) and e.seq == seq)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Text assembly (no model)
-# ---------------------------------------------------------------------------------------------------------
-
-
-def test_utf8_characters_split_across_tokens_come_out_whole():
-    text = "né € 😀!"
-    data = text.encode("utf-8")
-    stream = Utf8Stream()
-    out = [stream.feed(data[i : i + 1]) for i in range(len(data))]  # one byte per "token"
-    assert "".join(out) == text
-    # While a character's bytes are incomplete nothing is shown, and never half a character.
-    euro = data.index("€".encode())
-    assert out[euro : euro + 3] == ["", "", "€"]
-    assert all("\ufffd" not in piece for piece in out)
-
-
-def test_invalid_bytes_become_a_replacement_mark_without_swallowing_good_text():
-    stream = Utf8Stream()
-    assert stream.feed(b"a\x80b") == "a\ufffdb"
-    assert stream.feed(b"\xe2\x82") == "" and stream.has_partial
-    assert stream.feed(b"\xac") == "€" and not stream.has_partial
-
-
-def test_stop_string_spanning_tokens_is_cut_and_never_shown():
-    stops = StopStringFilter(["\nUser:", "\nAssistant:"])
-    shown = [stops.feed(piece) for piece in [" Hello", " there.\nUs", "er: and more"]]
-    assert shown == [" Hello", " there.", ""]
-    assert stops.stopped
-    assert stops.feed("ignored") == ""
-
-
-def test_text_that_only_looked_like_a_stop_string_is_released():
-    stops = StopStringFilter(["\nUser:"])
-    assert stops.feed("Hi\nU") == "Hi"  # "\nU" might begin "\nUser:"
-    assert stops.feed("nder the sea") == "\nUnder the sea"
-    assert stops.feed(" end\nUse") == " end"
-    assert stops.flush() == "\nUse"  # the response ended another way: the held text is the person's
-    assert not stops.stopped
-
-
-def test_earliest_stop_string_wins():
-    stops = StopStringFilter(["END", "\n"])
-    assert stops.feed("one\ntwo END") == "one"
-
-
-def test_response_text_with_stop_string_and_multibyte_characters():
-    text = ResponseText(["€€"])
-    data = "prix: 5€ puis €€ fin".encode()
-    shown = [text.add(data[i : i + 2]) for i in range(0, len(data), 2)]
-    assert "".join(shown) == "prix: 5€ puis "
-    assert text.text == "prix: 5€ puis " and text.stopped
 
 
 # ---------------------------------------------------------------------------------------------------------

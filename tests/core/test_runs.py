@@ -12,6 +12,7 @@ from desktop_dpo.core.dpo.runs import (
     trainable_reason,
 )
 from desktop_dpo.core.dpo.train import TrainConfig, TrainingError
+from desktop_dpo.core.model_files import TRAINABLE_COPY_KEY, TRAINABLE_COPY_MARKER
 
 
 def pair(store, topic: str, verdict: str = "a", model_id: int | None = None) -> int:
@@ -59,17 +60,29 @@ def test_plan_counts_the_prompts_the_split_holds_out(memory_store):
     assert plan_run(store, model, TrainConfig(heldout_fraction=0.25)).heldout_prompts == 0
 
 
-def test_only_gguf_models_without_a_trainable_copy_are_refused(memory_store):
+def test_only_gguf_models_without_a_trainable_copy_are_refused(memory_store, tmp_path):
     store = memory_store
     hf = store.get_model(store.add_model(name="hf", path="/h", kind="hf", fingerprint="h"))
     gguf = store.get_model(store.add_model(name="g", path="/g.gguf", kind="gguf", fingerprint="g"))
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "config.json").write_text("{}", encoding="utf-8")
+    (copy / TRAINABLE_COPY_MARKER).write_text('{"source_fingerprint": "c"}', encoding="utf-8")
     copied = store.get_model(
         store.add_model(
-            name="c", path="/c.gguf", kind="gguf", fingerprint="c", info={"trainable_path": "/copy"}
+            name="c", path="/c.gguf", kind="gguf", fingerprint="c", info={TRAINABLE_COPY_KEY: str(copy)}
+        )
+    )
+    # A copy recorded but made from other contents of its GGUF (fingerprint "d") is no copy of this one.
+    stale = store.get_model(
+        store.add_model(
+            name="d", path="/d.gguf", kind="gguf", fingerprint="d", info={TRAINABLE_COPY_KEY: str(copy)}
         )
     )
     assert trainable_reason(hf) is None and trainable_reason(copied) is None
-    assert "without a trainable copy" in trainable_reason(gguf) and "Models view" in trainable_reason(gguf)
+    for refused in (gguf, stale):
+        reason = trainable_reason(refused)
+        assert "without a trainable copy" in reason and "Models view" in reason
 
 
 def test_resume_settings_change_the_stored_config_or_refuse(memory_store):

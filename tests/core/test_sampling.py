@@ -11,8 +11,9 @@ from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core.errors import DesktopDpoError, ImportFormatError, JobCancelled, ModelError
 from desktop_dpo.core.jobs import CancelToken, Log
 from desktop_dpo.core.llm.engine_pool import EnginePool
+from desktop_dpo.core.llm.generation import ResponseFinished, TokenEvent
 from desktop_dpo.core.llm.llama_child import FAULT_ENV
-from desktop_dpo.core.llm.llamacpp import LlamaCppEngine, ResponseFinished, TokenEvent
+from desktop_dpo.core.llm.llamacpp import LlamaCppEngine
 from desktop_dpo.core.models import register_model
 from desktop_dpo.core.sampling import (
     GGUF_COPY_INFO_KEY,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from desktop_dpo.core.jobs import run_job
-from desktop_dpo.core.sampling import GGUF_COPY_INFO_KEY, gguf_copy_path
+from desktop_dpo.core.model_files import GGUF_COPY_INFO_KEY, gguf_copy_path
 from desktop_dpo.core.storage import (
     LEFTOVER_QUIET_S,
     CleanupResult,
@@ -85,8 +85,8 @@ def home(app_home, tmp_path) -> Home:
     p["model_orphan"] = paths.models_dir / "gone-model-fp"
     write(p["model_orphan"] / "x.q8_0.gguf", 50)
     (p["model_orphan"] / "link").symlink_to(outside / "precious.txt")  # removed as a link only
-    p["old_partial"] = write(paths.models_dir / ".x.partial-1234", 40, old=True)
-    p["young_partial"] = write(paths.models_dir / ".y.partial-5678", 30)
+    p["old_partial"] = write(paths.models_dir / ".x.1234-abcdef12.partial", 40, old=True)
+    p["young_partial"] = write(paths.models_dir / ".y.5678-0123abcd.partial", 30)
 
     # Runs: 1 completed and exported, 2 stopped, 3 completed not exported, 4 running.
     def make_run(name: str, status: str, *, checkpoints: int = 0, adapter: int = 0) -> int:
@@ -106,7 +106,9 @@ def home(app_home, tmp_path) -> Home:
     ids["run_stopped"] = make_run("stopped", "stopped", checkpoints=300)
     ids["run_done"] = make_run("done", "completed", adapter=400)
     ids["run_live"] = make_run("live", "running", checkpoints=500)
-    p["ckpt_tmp"] = write(paths.runs_dir / "run-0002" / "checkpoints" / ".step-0000009.tmp" / "w", 60)
+    p["ckpt_tmp"] = write(
+        paths.runs_dir / "run-0002" / "checkpoints" / ".step-0000009.99-abcdef12.partial" / "w", 60
+    )
     age_tree(p["ckpt_tmp"].parent)
     p["run_orphan"] = paths.runs_dir / "run-0099"
     write(p["run_orphan"] / "adapter" / "adapter_model.safetensors", 70)
@@ -144,7 +146,7 @@ def home(app_home, tmp_path) -> Home:
         path=str(p["q8"]), quantization="Q8_0", sha256="b", size_bytes=900, run_id=1
     )
     p["export_orphan"] = write(paths.exports_dir / "forgotten.gguf", 120)
-    p["export_leftover"] = paths.exports_dir / ".other.exporting-abcd1234"
+    p["export_leftover"] = paths.exports_dir / ".other.99-abcd1234.partial"
     write(p["export_leftover"] / "merged" / "model.safetensors", 130)
     age_tree(p["export_leftover"])
 
@@ -191,7 +193,7 @@ def test_every_kept_thing_is_listed_with_what_it_is_and_whether_it_may_go(home):
     stopped = item(runs / "run-0002" / "checkpoints")
     assert (stopped.removable, stopped.needs_confirmation) == (False, True)
     assert "run 2 can still be resumed" in stopped.reason.lower()
-    assert stopped.size_bytes == 312  # its leftover .tmp is an item of its own, not counted twice
+    assert stopped.size_bytes == 312  # its leftover partial folder is an item of its own, not counted twice
     assert item(p["ckpt_tmp"].parent).kind == "leftover"
     unexported = item(runs / "run-0003" / "adapter")
     assert (unexported.removable, unexported.run_id) == (True, ids["run_done"])

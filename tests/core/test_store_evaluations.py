@@ -1,4 +1,4 @@
-"""The evaluations tables: an evaluation and its votes round-trip, the summary counts them, bad votes are
+"""The evaluations tables: an evaluation and its votes round-trip, the store counts them, bad votes are
 refused without losing what is saved, and a schema-1 database upgrades to 2 with nothing lost."""
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def test_an_evaluation_and_its_votes_round_trip(store):
     )
 
 
-def test_the_summary_counts_each_kind_of_vote(store):
+def test_the_store_counts_each_kind_of_vote(store):
     base, aligned = _models(store)
     evaluation_id = store.create_evaluation(name="e", base_model_id=base, aligned_model_id=aligned)
     other = store.create_evaluation(name="other", base_model_id=base, aligned_model_id=aligned)
@@ -75,13 +75,12 @@ def test_the_summary_counts_each_kind_of_vote(store):
         store.add_evaluation_vote(evaluation_id, prompt_id=None, base_text="b", aligned_text="a", vote=vote)
     store.add_evaluation_vote(other, prompt_id=None, base_text="b", aligned_text="a", vote="base")
 
-    summary = store.evaluation_summary(evaluation_id)
-    assert (summary.wins, summary.losses, summary.ties, summary.both_bad) == (8, 2, 3, 1)
-    assert summary.n_decisive == 10 and summary.win_rate == pytest.approx(0.8)
-    assert (summary.ci_low, summary.ci_high) == pytest.approx((0.49016, 0.94331), abs=1e-4)  # 8 of 10
-    assert store.evaluation_summary(other).losses == 1, "each evaluation counts its own votes"
+    assert store.evaluation_vote_counts(evaluation_id) == {"aligned": 8, "base": 2, "tie": 3, "both_bad": 1}
+    assert store.evaluation_vote_counts(other) == {"aligned": 0, "base": 1, "tie": 0, "both_bad": 0}, (
+        "each evaluation counts its own votes"
+    )
     empty = store.create_evaluation(name="empty", base_model_id=base, aligned_model_id=aligned)
-    assert store.evaluation_summary(empty).sentence() == "No votes yet"
+    assert store.evaluation_vote_counts(empty) == {"aligned": 0, "base": 0, "tie": 0, "both_bad": 0}
 
 
 def test_list_evaluations_newest_first_and_by_model(store):
@@ -115,7 +114,7 @@ def test_removing_a_model_keeps_its_evaluations_votes(store):
     store.add_evaluation_vote(evaluation_id, prompt_id=None, base_text="b", aligned_text="a", vote="aligned")
     store.remove_model(aligned)
     assert store.get_evaluation(evaluation_id).aligned_model_id is None
-    assert store.evaluation_summary(evaluation_id).wins == 1
+    assert store.evaluation_vote_counts(evaluation_id)["aligned"] == 1
 
 
 def test_a_schema_1_database_upgrades_to_2_with_nothing_lost(tmp_path):
@@ -156,7 +155,7 @@ def test_a_schema_1_database_upgrades_to_2_with_nothing_lost(tmp_path):
         upgraded.add_evaluation_vote(
             evaluation_id, prompt_id=None, base_text="b", aligned_text="a", vote="tie"
         )
-        assert upgraded.evaluation_summary(evaluation_id).ties == 1
+        assert upgraded.evaluation_vote_counts(evaluation_id)["tie"] == 1
 
     assert backup is not None and backup.parent == tmp_path / "backups" and ".v1." in backup.name
     copy = sqlite3.connect(backup)

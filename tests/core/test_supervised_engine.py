@@ -22,10 +22,11 @@ import pytest
 from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core.errors import EngineCrashed, JobCancelled, ModelError
 from desktop_dpo.core.jobs import CancelToken, Log
+from desktop_dpo.core.llm.generation import ResponseFinished, TokenEvent
 from desktop_dpo.core.llm.llama_child import FAULT_ENV
-from desktop_dpo.core.llm.llamacpp import LlamaCppEngine, ResponseFinished, TokenEvent
+from desktop_dpo.core.llm.llamacpp import LlamaCppEngine
 from desktop_dpo.core.llm.load_modes import LoadModeMemory, cpu_signature
-from desktop_dpo.core.llm.supervised import SupervisedLlamaEngine, describe_exit
+from desktop_dpo.core.llm.supervised import SupervisedLlamaEngine
 from tests.core.test_llamacpp import drive
 
 SETTINGS = SamplingSettings(temperature=1.0, top_p=0.95, top_k=40, repeat_penalty=1.1, max_tokens=24)
@@ -283,10 +284,3 @@ def test_the_child_never_outlives_a_killed_app(tiny_q8_gguf, tmp_path):
         wait_gone(child_pid, 1.0)
     finally:
         app.kill()
-
-
-def test_exits_are_described_in_words():
-    assert describe_exit(-11) == "a segmentation fault (signal 11)"
-    assert describe_exit(-9) == "being killed (often: out of memory) (signal 9)"
-    assert describe_exit(-6) == "an abort (signal 6)"
-    assert describe_exit(3) == "exit code 3"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from desktop_dpo.core.llm.template_choice import (
-    CHOICE_KEY,
     KNOWN_TEMPLATES,
     TemplateChoice,
     TemplateChoiceNeeded,
@@ -25,6 +24,7 @@ from desktop_dpo.core.llm.templates import (
     stop_strings,
     turn_end,
 )
+from desktop_dpo.core.model_files import TEMPLATE_CHOICE_KEY
 from desktop_dpo.core.store import Store
 from tests.core.test_dpo_templates_oracle import GEMMA3_TEMPLATE, LLAMA3_TEMPLATE, QWEN25_TEMPLATE
 
@@ -152,7 +152,9 @@ def test_a_choice_is_stored_per_model_and_used_everywhere(store):
     assert template_for(store.get_model(first)) == custom, "a refused edit changes nothing"
     # Back to its own.
     set_template_choice(store, first, None)
-    assert CHOICE_KEY not in store.get_model(first).info and template_for(store.get_model(first)) == own
+    assert (
+        TEMPLATE_CHOICE_KEY not in store.get_model(first).info and template_for(store.get_model(first)) == own
+    )
 
 
 def test_a_broken_own_template_needs_a_choice_and_engines_refuse_it(store):
@@ -183,5 +185,5 @@ def test_a_gguf_without_template_needs_a_choice_but_a_base_folder_and_the_demo_d
 
 def test_a_choice_this_version_cannot_read_is_ignored(store):
     model_id = add(store, template=KNOWN_TEMPLATES["gemma"].text)
-    store.update_model_info(model_id, **{CHOICE_KEY: {"kind": "known", "name": "no-such-template"}})
+    store.update_model_info(model_id, **{TEMPLATE_CHOICE_KEY: {"kind": "known", "name": "no-such-template"}})
     assert template_for(store.get_model(model_id)) == KNOWN_TEMPLATES["gemma"].text

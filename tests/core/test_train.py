@@ -17,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from desktop_dpo.core import jobs
 from desktop_dpo.core.dpo import train as train_module
 from desktop_dpo.core.dpo.train import (
     Checkpointed,
@@ -226,20 +227,29 @@ def test_stop_then_resume_ends_like_an_uninterrupted_run(store, tmp_path, model_
     assert losses == pytest.approx([s.loss for s in of_type(reference_events, StepMetrics)], abs=1e-6)
 
 
-def test_closing_the_job_at_an_event_checkpoints_like_the_gui_worker_stop(
+def test_a_stop_thrown_in_at_an_event_checkpoints_like_the_gui_worker_stop(
     store, tmp_path, model_dirs, uninterrupted
 ):
-    """The GUI worker stops a job by closing the generator right after an event (``JobThread.run``)."""
+    """The GUI worker stops a job with ``jobs.drive``: right after an event, ``JobCancelled`` is thrown in at
+    the yield where the job waits (``JobThread.run``); the job does not check the token there itself."""
     reference_run, _ = uninterrupted
     add_pairs(store)
     run_id = new_run(store, tmp_path, model_dirs[0], BASE)
-    job = train_module.train(store, run_id, cancel=CancelToken())
-    for event in job:
+    token = CancelToken()
+    events: list[object] = []
+
+    def on_event(event: object) -> None:
         persist_event(store, run_id, event)
+        events.append(event)
         if isinstance(event, StepMetrics) and event.step == 5:
-            job.close()  # GeneratorExit at the yield: no more events can come out
-            break
-    persist_outcome(store, run_id, JobCancelled("Stopped as you asked."))
+            token.cancel()
+
+    with pytest.raises(JobCancelled) as stopped_by:
+        jobs.drive(train_module.train(store, run_id, cancel=token), on_event, token)
+    persist_outcome(store, run_id, stopped_by.value)
+    # The clean-up is the one a noticed stop runs: the checkpoint of step 5 is announced like any other.
+    assert of_type(events, Checkpointed)[-1].step == 5
+    assert not [e for e in events if isinstance(e, StepMetrics) and e.step > 5]
 
     stopped = store.get_run(run_id)
     assert stopped.status == "stopped" and stopped.step == 5

@@ -35,7 +35,7 @@ from desktop_dpo.core.export.gguf import STOP_STRINGS_KEY, read_gguf_metadata
 from desktop_dpo.core.export.pipeline import ExportSettings, export_run, persist_export
 from desktop_dpo.core.jobs import CancelToken, run_job
 from desktop_dpo.core.llm.engine_pool import EnginePool
-from desktop_dpo.core.llm.llamacpp import GenerationResult
+from desktop_dpo.core.llm.generation import GenerationResult
 from desktop_dpo.core.llm.supervised import SupervisedLlamaEngine
 from desktop_dpo.core.models import register_model
 from desktop_dpo.core.sampling import GgufCopyMade, generation_meta, model_engine, sample_pair

@@ -16,8 +16,8 @@ from PySide6.QtCore import QEvent
 from PySide6.QtWidgets import QApplication, QWidget
 
 from desktop_dpo.core.llm.engine_pool import EnginePool
+from desktop_dpo.core.llm.generation import TokenEvent
 from desktop_dpo.core.llm.llama_child import FAULT_ENV
-from desktop_dpo.core.llm.llamacpp import TokenEvent
 from desktop_dpo.core.store import Store
 from desktop_dpo.workers.job_worker import JobRegistry
 

@@ -12,7 +12,7 @@ from PySide6.QtCore import QEvent, Qt
 from PySide6.QtWidgets import QApplication, QMainWindow, QMessageBox
 
 from desktop_dpo.config import SamplingSettings
-from desktop_dpo.core.llm.llamacpp import GenerationResult, ResponseFinished, TokenEvent
+from desktop_dpo.core.llm.generation import GenerationResult, ResponseFinished, TokenEvent
 from desktop_dpo.core.llm.templates import ChatTemplateError
 from desktop_dpo.core.models import register_model
 from desktop_dpo.core.sampling import GGUF_COPY_INFO_KEY
@@ -21,6 +21,7 @@ from desktop_dpo.gui import chat_view
 from desktop_dpo.gui.chat_view import EMPTY_TITLE, NO_MODEL_TITLE, ChatView
 from desktop_dpo.gui.collect_view import CollectView
 from desktop_dpo.gui.main_window import MainWindow
+from desktop_dpo.workers.job_op import JobOp
 from tests.gui.conftest import held_after_first_token, hold_the_model_child, show_active
 
 WAIT_MS = 60_000  # generous: the machine is shared; nothing here asserts on time
@@ -311,7 +312,7 @@ def test_send_waits_while_collect_samples_from_the_same_model(
 
     qtbot.keyClicks(view.input_edit, "Hello?")
     assert view.send_button.isEnabled()
-    registry.start(f"generate:{model.id}", collect_job)
+    JobOp(registry, collect_job).resource(f"generate:{model.id}").start()
     qtbot.waitUntil(holding.is_set, timeout=WAIT_MS)
     assert not view.send_button.isEnabled()
     assert "busy" in view.note.text() and "Collect" in view.note.text()

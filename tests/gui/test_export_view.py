@@ -92,7 +92,7 @@ def test_export_writes_the_files_shows_the_parity_report_and_registers_the_model
     assert "Tokenizers agree" in view.report_text()
     assert "Answers like the trained model" in view.parity_badge.text()
     assert view.exports_tree.topLevelItemCount() == 2
-    assert "Registered as" in view.activity.text()
+    assert "Registered as" in view.activity()
     aligned = [m for m in view_store.list_models() if m.source == "aligned"]
     assert len(aligned) == 1 and aligned[0].run_id == 1
 
@@ -120,9 +120,13 @@ def test_export_writes_the_files_shows_the_parity_report_and_registers_the_model
 
 def test_exporting_under_an_existing_name_is_refused_in_the_banner(qtbot, view, app_home):
     (app_home.exports_dir / "tiny-run-1").mkdir(parents=True)
+    notes: list[str] = []
+    view.status_message.connect(notes.append)
     qtbot.mouseClick(view.export_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: view.banner.message() != "", timeout=WAIT_MS)
     assert "already exists" in view.banner.message()
+    assert any("already exists" in note for note in notes)  # the status bar hears it, as from every view
+    assert "failed" in view.activity()
     assert view.export_button.isEnabled()
     assert view.exports_tree.topLevelItemCount() == 0
 
@@ -130,12 +134,10 @@ def test_exporting_under_an_existing_name_is_refused_in_the_banner(qtbot, view, 
 def test_stop_keeps_nothing_and_the_database_unchanged(qtbot, view, view_store, app_home):
     before = view_store.table_counts()
     view.start_export()
-    qtbot.waitUntil(
-        lambda: "Converting" in view.activity.text() or "Writing" in view.activity.text(), timeout=WAIT_MS
-    )
+    qtbot.waitUntil(lambda: "Converting" in view.activity() or "Writing" in view.activity(), timeout=WAIT_MS)
     qtbot.mouseClick(view.stop_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: view._job is None, timeout=WAIT_MS)
-    assert "stopped" in view.activity.text().lower()
+    qtbot.waitUntil(lambda: not view.exporting(), timeout=WAIT_MS)
+    assert "stopped" in view.activity().lower()
     assert list(app_home.exports_dir.iterdir()) == []
     assert view_store.table_counts() == before
 

@@ -25,6 +25,7 @@ REAL_PACKAGE_WAIT_MS = 300_000  # ~250 MB copied and hashed on a shared disk
 def use_package(monkeypatch, package: DemoPackage | None) -> None:
     """The demo package every caller sees (the main window, the first run, the Models view)."""
     monkeypatch.setattr(demo_model, "demo_package", lambda: package)
+    monkeypatch.setattr(demo_model, "demo_installed", lambda: package is not None)
 
 
 @pytest.fixture
@@ -283,3 +284,23 @@ def test_the_demo_models_details_link_to_its_terms(qtbot, make_window, gui_store
     assert isinstance(models.terms_dialog, TermsDialog) and models.terms_dialog.isVisible()
     assert "Section 1: DEFINITIONS" in models.terms_dialog.terms_plain_text()
     models.terms_dialog.close()
+
+
+def test_the_main_window_offers_everything_the_first_run_uses(make_window):
+    from PySide6.QtCore import SignalInstance
+
+    from desktop_dpo.gui.first_run import FirstRunHost
+
+    window = make_window()
+    signals = {name for name, kind in FirstRunHost.__annotations__.items() if kind == "SignalInstance"}
+    assert signals == {"view_changed", "pairs_changed", "closing"}
+    for name in FirstRunHost.__annotations__:
+        assert hasattr(window, name), name
+    for name in signals:
+        assert isinstance(getattr(window, name), SignalInstance), name
+    methods = [
+        name for name, value in vars(FirstRunHost).items() if callable(value) and not name.startswith("_")
+    ]
+    assert sorted(methods) == ["add_above_view", "show_view", "view"]
+    for name in methods:
+        assert callable(getattr(window, name)), name

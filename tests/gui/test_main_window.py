@@ -11,17 +11,35 @@ from pathlib import Path
 
 import pytest
 from PySide6.QtCore import Qt, QUrl
+from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import QApplication, QFileDialog, QMessageBox
 
 from desktop_dpo import __version__
+from desktop_dpo.config import HOME_ENV
 from desktop_dpo.core.jobs import Log
 from desktop_dpo.core.offline import RefusedAttempt
 from desktop_dpo.core.store import Store
 from desktop_dpo.gui.main_window import VIEWS, MainWindow
 from desktop_dpo.gui.preference_file_actions import DATA_RESOURCE, EXPORT_FILTERS
+from desktop_dpo.workers.job_op import JobOp
 
 REPO = Path(__file__).resolve().parents[2]
 HEAVY_MODULES = ("torch", "transformers", "peft", "llama_cpp", "bitsandbytes", "trl")
+# Nor what the first screen of a new database (Collect and the welcome card) does not need: the data
+# libraries sqlite-utils pulls in, the plots, template rendering, the engines, the model registry and the
+# template editor (docs/ARCHITECTURE.md, "Start-up").
+FIRST_SCREEN_SKIPS = (
+    "numpy",
+    "pandas",
+    "sqlite_utils",
+    "pyqtgraph",
+    "jinja2",
+    "desktop_dpo.core.llm.llamacpp",
+    "desktop_dpo.core.llm.supervised",
+    "desktop_dpo.core.llm.hf",
+    "desktop_dpo.core.models",
+    "desktop_dpo.gui.template_editor",
+)
 
 
 def _record_pairs(store: Store, verdicts: list[str]) -> None:
@@ -61,14 +79,24 @@ def _looping_job(started: threading.Event, finished: threading.Event):
 # ------------------------------------------------------------------------------------------- opening
 
 
-def test_window_opens_without_importing_ml_libraries(tmp_path):
-    """The real entry point, in a fresh interpreter: the window is on screen, and no ML library is loaded.
+@pytest.mark.parametrize(
+    ("verdicts", "view", "skipped"),
+    [
+        ([], "collect", HEAVY_MODULES + FIRST_SCREEN_SKIPS),  # a new database: the welcome card on Collect
+        (["a", "b"], "models", HEAVY_MODULES),  # pairs but no model: Models
+    ],
+    ids=["new database", "pairs without a model"],
+)
+def test_window_opens_without_importing_ml_libraries(tmp_path, verdicts, view, skipped):
+    """The real entry point, in a fresh interpreter: the window is on screen, and no ML library is loaded
+    (nor, on a new database's first screen, anything else that screen does not need).
 
     (A subprocess, because other tests in this process import torch.)
     """
     home = tmp_path / "home"
-    with Store.open(home / "data" / "desktop-dpo.sqlite") as store:
-        _record_pairs(store, ["a", "b"])
+    if verdicts:  # otherwise the very first start: the window creates the database (without sqlite-utils)
+        with Store.open(home / "data" / "desktop-dpo.sqlite") as store:
+            _record_pairs(store, verdicts)
     script = f"""
 import json, sys
 import desktop_dpo.cli
@@ -81,19 +109,23 @@ def exec_once(app):
     shown = [w for w in QApplication.topLevelWidgets() if w.isVisible() and type(w).__name__ == "MainWindow"]
     report["shown"] = [w.windowTitle() for w in shown]
     report["pairs"] = shown[0].status_pairs.text() if shown else None
-    report["heavy"] = sorted(set({HEAVY_MODULES!r}) & set(sys.modules))
+    report["view"] = shown[0].current_view() if shown else None
+    report["heavy"] = sorted(set({skipped!r}) & set(sys.modules))
     for w in shown:
         w.close()
+    app.setStyleSheet("")  # the style under the style sheet
+    report["style"] = QApplication.style().name().lower()
     return 0
 
 QApplication.exec = exec_once
-report["exit"] = desktop_dpo.cli.main(["--home", sys.argv[1]])
+report["exit"] = desktop_dpo.cli.main([])  # as a desktop launcher starts it
 print("REPORT " + json.dumps(report))
 """
-    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    # A desktop that asks for another style: the app's style sheet assumes Fusion.
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "QT_STYLE_OVERRIDE": "Windows", HOME_ENV: str(home)}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     proc = subprocess.run(
-        [sys.executable, "-c", script, str(home)],
+        [sys.executable, "-c", script],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -106,7 +138,9 @@ print("REPORT " + json.dumps(report))
     assert report["exit"] == 0
     assert report["shown"] == ["desktop-dpo"]
     assert report["heavy"] == [], f"the window imported {report['heavy']} at start-up"
-    assert report["pairs"].startswith("2 pairs collected")
+    assert report["pairs"].startswith(f"{len(verdicts)} pairs collected")
+    assert report["view"] == view
+    assert report["style"] == "fusion"
 
 
 def test_every_view_has_a_sidebar_entry_an_icon_and_its_real_page(window):
@@ -223,7 +257,7 @@ def test_status_bar_counts_pairs_collected_before_start(gui_store, make_window):
 
 def test_status_bar_names_a_running_job(qtbot, window, registry):
     started, finished = threading.Event(), threading.Event()
-    registry.start("train", _looping_job(started, finished))
+    JobOp(registry, _looping_job(started, finished)).resource("train").start()
     qtbot.waitUntil(lambda: window.status_jobs.text() == "Running: train")
     registry.cancel("train")
     qtbot.waitUntil(lambda: window.status_jobs.text() == "No jobs running")
@@ -325,7 +359,7 @@ def test_import_and_export_are_disabled_while_a_data_job_runs(qtbot, window, reg
     buttons = window.view("data").action_buttons
     actions = (window.preference_actions.import_action, window.preference_actions.export_action)
     started, finished = threading.Event(), threading.Event()
-    registry.start(DATA_RESOURCE, _looping_job(started, finished))
+    JobOp(registry, _looping_job(started, finished)).resource(DATA_RESOURCE).start()
     assert not any(action.isEnabled() for action in actions)
     assert not any(button.isEnabled() for button in buttons)
     registry.cancel(DATA_RESOURCE)
@@ -353,9 +387,7 @@ def test_about_names_version_data_and_log_folders(monkeypatch, window, app_home)
 
 def test_open_data_folder_opens_the_folder(monkeypatch, window, app_home):
     opened: list[QUrl] = []
-    monkeypatch.setattr(
-        "desktop_dpo.gui.main_window.QDesktopServices.openUrl", lambda url: opened.append(url) or True
-    )
+    monkeypatch.setattr(QDesktopServices, "openUrl", lambda url: opened.append(url) or True)
     window.open_data_folder_action.trigger()
     assert [url.toLocalFile() for url in opened] == [str(app_home.data_dir)]
 
@@ -367,7 +399,7 @@ def test_closing_with_a_job_running_stops_the_job_when_the_person_says_yes(
     qtbot, monkeypatch, window, registry
 ):
     started, finished = threading.Event(), threading.Event()
-    thread = registry.start("train", _looping_job(started, finished))
+    thread = JobOp(registry, _looping_job(started, finished)).resource("train").start().thread
     assert started.wait(5)
     asked: list[str] = []
 
@@ -388,7 +420,7 @@ def test_closing_with_a_job_running_keeps_everything_when_the_person_says_no(
     qtbot, monkeypatch, window, registry
 ):
     started, finished = threading.Event(), threading.Event()
-    thread = registry.start("train", _looping_job(started, finished))
+    thread = JobOp(registry, _looping_job(started, finished)).resource("train").start().thread
     assert started.wait(5)
     monkeypatch.setattr(QMessageBox, "question", lambda *args: QMessageBox.StandardButton.No)
     assert not window.close()

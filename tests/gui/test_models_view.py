@@ -14,6 +14,7 @@ from PySide6.QtWidgets import QMessageBox, QToolButton
 
 from desktop_dpo.core import models as core_models
 from desktop_dpo.core.llm.templates import DEFAULT_TEMPLATE
+from desktop_dpo.core.model_files import is_partial_output
 from desktop_dpo.core.models import TRAINABLE_COPY_MARKER, ModelSearchDirs, fingerprint, register_model
 from desktop_dpo.core.store import Store
 from desktop_dpo.gui import models_view
@@ -466,7 +467,7 @@ def test_stopping_a_trainable_copy_keeps_nothing_half_made(
     monkeypatch.setattr(core_models, "_load_gguf_tokenizer", held_load)
     qtbot.mouseClick(view.copy_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(inside.is_set, timeout=WAIT_MS)
-    assert [p.name for p in app_home.models_dir.iterdir() if ".partial-" in p.name], "the copy was under way"
+    assert [p for p in app_home.models_dir.iterdir() if is_partial_output(p)], "the copy was under way"
 
     qtbot.mouseClick(view.stop_button, Qt.MouseButton.LeftButton)
     release.set()

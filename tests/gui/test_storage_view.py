@@ -10,6 +10,7 @@ from PySide6.QtCore import Qt
 from desktop_dpo.core.sampling import GGUF_COPY_INFO_KEY
 from desktop_dpo.core.storage import human_size, scan_storage, total_size
 from desktop_dpo.gui.storage_view import COLUMN_SIZE, RESOURCE, StorageView
+from desktop_dpo.workers.job_op import JobOp
 from desktop_dpo.workers.job_worker import JobRegistry
 from tests.core.test_storage import home  # noqa: F401 (the fake app home fixture)
 
@@ -108,7 +109,7 @@ def test_buttons_wait_while_a_storage_job_runs(qtbot, view, registry):
 
     view.select_all_removable()
     assert view.clean_button.isEnabled()
-    registry.start(RESOURCE, blocking)
+    JobOp(registry, blocking).resource(RESOURCE).start()
     qtbot.waitUntil(lambda: not view.clean_button.isEnabled(), timeout=WAIT_MS)
     assert not view.rescan_button.isEnabled() and not view.select_button.isEnabled()
     assert view.scan() is False

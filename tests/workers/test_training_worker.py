@@ -16,7 +16,8 @@ from PySide6.QtCore import Qt
 from desktop_dpo.core.dpo.train import StepMetrics, TrainConfig, latest_checkpoint
 from desktop_dpo.core.dpo.train_child import FAULT_ENV
 from desktop_dpo.core.store import Store
-from desktop_dpo.workers.job_worker import JobRegistry
+from desktop_dpo.workers.job_op import JobOp
+from desktop_dpo.workers.job_worker import JobRegistry, JobThread
 from desktop_dpo.workers.training_worker import (
     DEVICE_RESOURCE,
     TRAIN_RESOURCE,
@@ -108,7 +109,9 @@ class Recorder:
 
 
 def run_to_end(qtbot, registry, db_path, run_id, recorder: Recorder) -> None:
-    registry.start(TRAIN_RESOURCE, training_job(db_path, run_id), connect=recorder.connect)
+    thread = JobThread(TRAIN_RESOURCE, training_job(db_path, run_id))
+    recorder.connect(thread)  # before it starts, as JobOp does (and a direct connection into its thread)
+    registry.start(thread)
     qtbot.waitUntil(
         lambda: recorder.outcome is not None and not registry.is_busy(TRAIN_RESOURCE), timeout=WAIT_MS
     )
@@ -183,7 +186,7 @@ def test_a_run_that_cannot_start_fails_with_a_message(qtbot, registry, db):
 
 def test_device_detection_reports_a_preset_for_this_machine(qtbot, registry):
     results: list[object] = []
-    registry.start(DEVICE_RESOURCE, device_preset_job, connect=lambda t: t.succeeded.connect(results.append))
+    JobOp(registry, device_preset_job).resource(DEVICE_RESOURCE).on_success(results.append).start()
     qtbot.waitUntil(lambda: bool(results), timeout=WAIT_MS)
     (preset,) = results
     assert isinstance(preset, DevicePreset)

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from desktop_dpo.core.dpo.data import pairs_from_comparisons, split_by_prompt
-from desktop_dpo.core.dpo.train import TRAINABLE_FOLDER_KEYS, TrainConfig, TrainingError, parse_reference
+from desktop_dpo.core.dpo.train import TrainConfig, TrainingError, parse_reference
+from desktop_dpo.core.model_files import find_training_folder
 from desktop_dpo.core.store import ModelRow, RunRow, Store
 
 # Fewer pairs than this teach a model next to nothing and make the held-out numbers meaningless; the
@@ -33,8 +34,12 @@ class RunPlan:
 
 
 def trainable_reason(model: ModelRow) -> str | None:
-    """None when ``model`` can be trained as it is registered, else a sentence saying what to do."""
-    if model.kind == "hf" or any(model.info.get(key) for key in TRAINABLE_FOLDER_KEYS):
+    """None when ``model`` can be trained as it is registered, else a sentence saying what to do.
+
+    A Hugging Face model can; a GGUF when training has a folder to load for it (its merged folder or a
+    finished trainable copy: :func:`~desktop_dpo.core.model_files.find_training_folder`).
+    """
+    if model.kind == "hf" or find_training_folder(model) is not None:
         return None
     return (
         f"{model.name} is a GGUF file without a trainable copy yet. Make one in the Models view "

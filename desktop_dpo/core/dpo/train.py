@@ -32,7 +32,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import pickle
 import random
 import shutil
@@ -48,6 +47,7 @@ from desktop_dpo.core.dpo.run_lock import RunBusyError, RunLock
 from desktop_dpo.core.errors import DesktopDpoError, JobCancelled, ModelError
 from desktop_dpo.core.jobs import CancelToken, Job
 from desktop_dpo.core.llm.template_choice import require_usable_template, template_for
+from desktop_dpo.core.model_files import atomic_output, training_folder
 from desktop_dpo.core.tensor_file import check_tensor_file
 
 if TYPE_CHECKING:
@@ -860,27 +860,9 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return path if (path / _STATE_FILE).is_file() and (path / _ADAPTER_WEIGHTS).is_file() else None
 
 
-def _fsync_tree(folder: Path) -> None:
-    """Flush every file of a folder and the folder itself (a checkpoint survives a power cut)."""
-    for path in folder.iterdir():
-        if path.is_file():
-            with path.open("rb") as handle:
-                os.fsync(handle.fileno())
-    with contextlib.suppress(OSError):  # not every platform can fsync a folder
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 # The chat template a run trained with, saved with its adapter: the export writes it into the merged model
@@ -906,53 +888,13 @@ def trained_template(adapter_dir: Path) -> str | None:
 
 def _save_adapter_atomic(model: Any, target: Path) -> None:
     """``save_pretrained`` into a temporary folder, then swap it in: never a half-written adapter."""
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    _fsync_tree(tmp)
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_output(target) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
 
 
 # --------------------------------------------------------------------------------------------------
 # Model loading
 # --------------------------------------------------------------------------------------------------
-
-
-# Keys of a GGUF model's info naming the Hugging Face folder training loads instead: the trainable copy the
-# Models view makes, or the merged folder an export keeps (an aligned model's next round trains from it).
-TRAINABLE_FOLDER_KEYS = ("trainable_path", "trainable_copy", "hf_path")
-
-
-def training_folder(model: ModelRow) -> Path:
-    """The Hugging Face folder to train from: the model itself, or the trainable copy of a GGUF.
-
-    Raises:
-        ModelError: the folder is gone, or a GGUF has no trainable copy yet (the message says what to do).
-    """
-    folder: Path | None = None
-    if model.kind == "hf":
-        folder = Path(model.path)
-    else:
-        folder = next(
-            (Path(model.info[k]) for k in TRAINABLE_FOLDER_KEYS if model.info.get(k)),
-            None,
-        )
-    if folder is not None:
-        if not (folder / "config.json").is_file():
-            raise ModelError(
-                f"The files of {model.name} are no longer in {folder} (moved or deleted?). Put them back, or "
-                "register the model again in the Models view."
-            )
-        return folder
-    raise ModelError(
-        f"{model.name} is a GGUF file without a trainable copy yet. Make a trainable copy in the Models view "
-        "(it is done once), then start training again."
-    )
 
 
 def _resolve_device(config: TrainConfig) -> str:
@@ -1498,12 +1440,11 @@ class _Session:
                 if self.saved_step != self.step:
                     yield Checkpointed(step=self.step, path=str(self.save()))
                 self.cancel.raise_if_cancelled()
-        except GeneratorExit:
-            # The driver closed the job at a yield, i.e. at a step boundary: keep what was learned.
-            if self.step > (self.saved_step or 0) and self.step < self.total_steps:
-                self.save()
-            raise
         except JobCancelled:
+            # Stopped at a step boundary: noticed above (checkpointed there already), or thrown in by the
+            # driver at one of the yields (jobs.drive). Either way, keep what was learned.
+            if self.step > (self.saved_step or 0) and self.step < self.total_steps:
+                yield Checkpointed(step=self.step, path=str(self.save()))
             raise
         except BaseException as exc:
             if not updating and self.step > (self.saved_step or 0):
@@ -1753,22 +1694,18 @@ def _save_checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     name = f"step-{state['step']:07d}"
     final = folder / name
-    tmp = folder / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    torch.save(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            **state,
-        },
-        tmp / _STATE_FILE,
-    )
-    _fsync_tree(tmp)
-    if final.exists():  # the same step written again (e.g. stopped right after a resume)
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    # An existing folder of the same step (stopped right after a resume) is replaced.
+    with atomic_output(final) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        torch.save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                **state,
+            },
+            tmp / _STATE_FILE,
+        )
     _write_text_atomic(folder / _LATEST_FILE, name)
     for old in folder.iterdir():
         if old.is_dir() and old.name != name:

@@ -3,8 +3,9 @@
 Measured (``tests/core/test_train.py``): a segfault inside bitsandbytes during a training step run in a
 worker thread kills the whole process, window included, with no exception and no ``finally``. So the app
 trains in a child process (``python -m desktop_dpo.core.dpo.train_child``), as llama.cpp runs in one
-(``core/llm/supervised.py``), and :func:`train_in_child` is the job the GUI worker drives: it yields the
-same events as :func:`~desktop_dpo.core.dpo.train.train` and returns the same :class:`Finished`.
+(``core/llm/supervised.py``; both through ``core/child_process.py``), and :func:`train_in_child` is the job
+the GUI worker drives: it yields the same events as :func:`~desktop_dpo.core.dpo.train.train` and returns
+the same :class:`Finished`.
 
 Who records what:
 - **The child** opens its own :class:`Store` on the database file (SQLite's WAL serves two processes, each
@@ -15,7 +16,7 @@ Who records what:
   message in words (what happened, at which step, which checkpoint Resume continues from), and the job
   raises :class:`TrainingCrashed` with that message.
 
-Protocol (frames of ``llama_child.write_frame``: a 4-byte length and a pickle): the parent sends
+Protocol (frames of ``core/child_process.py``: a 4-byte length and a pickle): the parent sends
 ``("train", kwargs)`` once and ``("cancel",)`` at any moment; the child answers ``("event", event)`` for
 each event, then ``("done", finished)`` or ``("error", kind, message, data)``, and exits. A cancel sets the
 job's cancel token, so the step under way ends, a checkpoint is written at that boundary and the run is
@@ -45,6 +46,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from desktop_dpo.core import errors
+from desktop_dpo.core.child_process import (
+    PIPE_CLOSED,
+    ChildProcess,
+    describe_exit,
+    read_frame,
+    take_over_pipes,
+    write_frame,
+)
 from desktop_dpo.core.dpo import train as train_module
 from desktop_dpo.core.dpo.train import (
     Checkpointed,
@@ -60,10 +69,6 @@ from desktop_dpo.core.dpo.train import (
 )
 from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.jobs import CancelToken
-from desktop_dpo.core.llm.llama_child import read_frame, take_over_pipes, write_frame
-
-# The process wrapper and exit words are shared with the llama.cpp child (one supervisor, two children).
-from desktop_dpo.core.llm.supervised import _EOF, _Child, describe_exit
 
 log = logging.getLogger(__name__)
 child_log = logging.getLogger("desktop_dpo.train_child")
@@ -110,8 +115,8 @@ def train_in_child(
     The child records every event and the outcome in the database before the parent sees it (see the
     module docstring); whoever drives this job records nothing more.
 
-    A stop (``cancel`` set, or this generator closed at a yield, as ``JobThread`` does) reaches the child
-    at once; the step under way finishes, a checkpoint is written and the run is recorded as stopped.
+    A stop (``cancel`` set, or ``JobCancelled`` thrown in at a yield by :func:`~desktop_dpo.core.jobs.drive`)
+    reaches the child at once; the step under way finishes, a checkpoint is written and the run is recorded as stopped.
     Closing waits for that (up to :data:`STOP_TIMEOUT_S`).
 
     Args:
@@ -130,7 +135,7 @@ def train_in_child(
     path = Path(db_path)
     started_at = time.perf_counter()
     try:
-        child = _Child(env, module=CHILD_MODULE, logger=child_log)
+        child = ChildProcess(CHILD_MODULE, env, logger=child_log)
     except OSError as exc:
         message = f"The training process could not start ({exc}). Nothing was changed; try again."
         _record_failure(path, run_id, message)
@@ -151,7 +156,7 @@ def train_in_child(
                 frame = child.frames.get(timeout=_POLL_S)
             except queue.Empty:
                 continue
-            if frame is _EOF:
+            if frame is PIPE_CLOSED:
                 finished_cleanly = True  # nothing left to stop
                 raise _crashed(child, path, run_id, progress)
             kind = frame[0]
@@ -170,9 +175,9 @@ def train_in_child(
                 raise _rebuild_error(frame[1], frame[2], frame[3])
     finally:
         if not finished_cleanly:
-            # Closed at a yield (the person pressed Stop, or the app quits): the child checkpoints at the
-            # end of the step under way and records the stop itself. Wait for that; a crash meanwhile is
-            # recorded as any crash.
+            # Stopped at a yield (the person pressed Stop, or the app quits) or abandoned: the child
+            # checkpoints at the end of the step under way and records the stop itself. Wait for that; a
+            # crash meanwhile is recorded as any crash.
             _stop(child, path, run_id, progress)
         elif child.wait_exit(5.0) is None:
             child.kill()
@@ -216,7 +221,7 @@ class _Progress:
         )
 
 
-def _crashed(child: _Child, db_path: Path, run_id: int, progress: _Progress) -> TrainingCrashed:
+def _crashed(child: ChildProcess, db_path: Path, run_id: int, progress: _Progress) -> TrainingCrashed:
     """The child ended without a last word: record the run as failed, and say how in words."""
     how = describe_exit(child.wait_exit(5.0))
     tail = " | ".join(list(child.stderr_tail)[-5:])
@@ -226,7 +231,7 @@ def _crashed(child: _Child, db_path: Path, run_id: int, progress: _Progress) -> 
     return TrainingCrashed(message, how=how)
 
 
-def _stop(child: _Child, db_path: Path, run_id: int, progress: _Progress) -> None:
+def _stop(child: ChildProcess, db_path: Path, run_id: int, progress: _Progress) -> None:
     """Ask the child to stop and wait for its last word; kill it after :data:`STOP_TIMEOUT_S`."""
     child.send(("cancel",))
     deadline = time.monotonic() + STOP_TIMEOUT_S
@@ -235,7 +240,7 @@ def _stop(child: _Child, db_path: Path, run_id: int, progress: _Progress) -> Non
             frame = child.frames.get(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
         except queue.Empty:
             continue
-        if frame is _EOF:
+        if frame is PIPE_CLOSED:
             _crashed(child, db_path, run_id, progress)  # recorded; the stop itself goes on as a stop
             return
         if frame[0] == "event":

@@ -22,6 +22,7 @@ from typing import Any
 
 from desktop_dpo.core.errors import ConverterRefused, ExportError, JobCancelled, ModelCodeRefused
 from desktop_dpo.core.jobs import CancelToken, Job, Progress
+from desktop_dpo.core.model_files import atomic_output, partial_path
 from desktop_dpo.core.models import model_code_refusal, refuse_model_code
 
 log = logging.getLogger(__name__)
@@ -265,37 +266,33 @@ def convert_hf_to_gguf(
     expected = estimate_gguf_bytes(model_dir, outtype)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _check_free_space(out_path.parent, expected, "the GGUF")
-    temp = out_path.with_name(f".{out_path.name}.{os.getpid()}.partial")
     yield Progress(0, expected, f"Converting {model_dir.name} to {outtype.upper()} GGUF")
     extra = dict(metadata or {})
     if chat_template is not None:
         extra["tokenizer.chat_template"] = chat_template
-    fields_file = out_path.with_name(f".{out_path.name}.{os.getpid()}.fields.json")
+    fields_file = partial_path(out_path.with_name(f"{out_path.name}.fields.json"))
     entries = []
     for key, raw in extra.items():
         value, kind, sub = _value_type(raw)
         entries.append([key, value, kind.name, sub.name if sub is not None else None])
     fields_file.write_text(json.dumps(entries), encoding="utf-8")
-    command = [
-        sys.executable, "-c", _CONVERT_CHILD, str(fields_file), str(model_dir),
-        "--outfile", str(temp), "--outtype", outtype,
-    ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    done = False
     try:
-        returncode, output = yield from _run_child(
-            command, temp, expected, f"Writing {out_path.name}", cancel, "Conversion", env=env
-        )
-        if returncode == _CODE_REFUSED_EXIT or _CODE_REFUSED_LINE in output:
-            raise _code_refused(output, model_dir)
-        if returncode != 0 or not temp.exists():
-            raise _explain_failure(output, model_dir)
-        _finish_file(temp, out_path)
-        done = True
+        with atomic_output(out_path) as temp:
+            command = [
+                sys.executable, "-c", _CONVERT_CHILD, str(fields_file), str(model_dir),
+                "--outfile", str(temp), "--outtype", outtype,
+            ]  # fmt: skip
+            returncode, output = yield from _run_child(
+                command, temp, expected, f"Writing {out_path.name}", cancel, "Conversion", env=env
+            )
+            if returncode == _CODE_REFUSED_EXIT or _CODE_REFUSED_LINE in output:
+                raise _code_refused(output, model_dir)
+            if returncode != 0 or not temp.exists():
+                raise _explain_failure(output, model_dir)
+            _check_gguf(temp, out_path)
     finally:
         fields_file.unlink(missing_ok=True)
-        if not done and temp.exists():
-            temp.unlink()
     size = out_path.stat().st_size
     yield Progress(size, size, f"Wrote {out_path.name} ({size / 1e6:.1f} MB)")
     return out_path
@@ -353,7 +350,7 @@ def _run_child(
     Yields :class:`Progress` by bytes written; on cancel ends the child and raises ``JobCancelled``
     (the caller removes ``temp``). Returns ``(exit status, everything the child printed)``.
     """
-    log_path = temp.with_name(temp.name + ".log")
+    log_path = partial_path(temp.with_name(f"{temp.name}.log"))
     try:
         with log_path.open("w+", encoding="utf-8", errors="replace") as log:
             # stdin stays open and unused: when this process ends, the child reads EOF and ends too.
@@ -395,15 +392,13 @@ def _check_free_space(folder: Path, needed: int, what: str) -> None:
         )
 
 
-def _finish_file(temp: Path, target: Path) -> None:
-    """Check a written GGUF, flush it to disk and move it under its final name."""
+def _check_gguf(temp: Path, target: Path) -> None:
+    """Refuse a written file that is not a GGUF (atomic_output then keeps nothing)."""
     with temp.open("rb") as handle:
         if handle.read(4) != b"GGUF":
             raise ExportError(
                 f"{target.name} came out as something that is not a GGUF file; nothing was kept."
             )
-        os.fsync(handle.fileno())
-    os.replace(temp, target)
 
 
 def quantize_gguf(
@@ -434,11 +429,9 @@ def quantize_gguf(
     expected = int(_tensor_elements(source) * bytes_per_weight) + 1024 * 1024
     target.parent.mkdir(parents=True, exist_ok=True)
     _check_free_space(target.parent, expected, f"the {quantization} file")
-    temp = target.with_name(f".{target.name}.{os.getpid()}.partial")
     threads = threads or max(1, os.cpu_count() or 1)
-    command = [sys.executable, "-c", _QUANTIZE_CHILD, str(source), str(temp), ftype_name, str(threads)]
-    done = False
-    try:
+    with atomic_output(target) as temp:
+        command = [sys.executable, "-c", _QUANTIZE_CHILD, str(source), str(temp), ftype_name, str(threads)]
         yield Progress(0, expected, f"Quantizing to {quantization}")
         returncode, output = yield from _run_child(
             command, temp, expected, f"Quantizing to {quantization}", cancel, "Quantizing"
@@ -448,11 +441,7 @@ def quantize_gguf(
             raise ExportError(f"Quantizing to {quantization} failed (exit status {returncode}):\n{tail}")
         if not temp.exists():
             raise ExportError(f"Quantizing to {quantization} wrote no file. Details are in the log file.")
-        _finish_file(temp, target)
-        done = True
-    finally:
-        if not done and temp.exists():
-            temp.unlink()
+        _check_gguf(temp, target)
     size = target.stat().st_size
     yield Progress(size, size, f"Wrote {target.name} ({size / 1e6:.1f} MB)")
     return target

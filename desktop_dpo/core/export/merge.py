@@ -27,31 +27,17 @@ import os
 import re
 import shutil
 import struct
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from desktop_dpo.core.errors import ExportError, ModelError
 from desktop_dpo.core.jobs import CancelToken, Job, Progress
+from desktop_dpo.core.model_files import CONFIG_AND_TOKENIZER_FILES, atomic_output, remove_partial_outputs
 
 if TYPE_CHECKING:
     import torch
 
-# Files of a model folder that are not weights and travel with a merged model.
-_COPIED_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer.model",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "chat_template.json",
-    "vocab.json",
-    "merges.txt",
-)
 MERGE_DTYPES = ("bfloat16", "float16")
 _SPACE_MARGIN = 64 * 1024 * 1024
 _PEFT_PREFIX = "base_model.model."
@@ -470,7 +456,7 @@ class _SafetensorsStream:
 
 
 def _copy_side_files(base_dir: Path, out_dir: Path, dtype: str) -> None:
-    for name in _COPIED_FILES:
+    for name in CONFIG_AND_TOKENIZER_FILES:
         source = base_dir / name
         if source.is_file():
             shutil.copy2(source, out_dir / name)
@@ -510,7 +496,6 @@ def merge_adapter(
             written (the message says which and what to do).
         JobCancelled: stopped as asked.
     """
-    import torch
     from safetensors.torch import load_file
 
     cancel = cancel or CancelToken()
@@ -529,63 +514,27 @@ def merge_adapter(
             f"{plan.output_bytes / 1e6:.0f} MB and {free / 1e6:.0f} MB are free. Free some space or choose "
             "another folder."
         )
-    target_dtype = getattr(torch, dtype)
-    out_code = _SAFETENSORS_DTYPES[dtype]
     adapter = load_file(str(adapter_dir / "adapter_model.safetensors"))
-    work = out_dir.parent / f".{out_dir.name}.merging-{uuid.uuid4().hex[:8]}"
-    for stale in out_dir.parent.glob(f".{out_dir.name}.merging-*"):
-        shutil.rmtree(stale, ignore_errors=True)  # a crashed merge's leftovers
-    total = plan.tensor_count
-    done = 0
-    merged_count = 0
+    remove_partial_outputs(out_dir)  # a crashed merge's leftovers
     try:
-        work.mkdir()
-        weight_map: dict[str, str] = {}
-        for shard in plan.shards:
-            shard_out = work / shard.name
-            with _SafetensorsFile(shard) as handle:
-                keys = handle.keys()
-                layout = []
-                for key in keys:
-                    stored = handle.dtype(key)
-                    floating = stored in ("F32", "F16", "BF16", "F64")
-                    layout.append((key, out_code if floating else stored, handle.shape(key)))
-                stream = _SafetensorsStream(shard_out, layout, {**handle.metadata, "format": "pt"})
-                try:
-                    for key in keys:
-                        cancel.raise_if_cancelled()
-                        if key in plan.replacements:
-                            stream.write(adapter[plan.replacements[key]].to(target_dtype))
-                        else:
-                            update = plan.updates.get(key)
-                            stream.write(_merged_tensor(handle.tensor(key), update, adapter, target_dtype))
-                            merged_count += update is not None
-                        weight_map[key] = shard.name
-                        done += 1
-                        if done % 16 == 0 or done == total:
-                            yield Progress(done, total, f"Merging {shard.name}")
-                    stream.finish()
-                finally:
-                    stream.close()
-        if len(plan.shards) > 1:
-            index = {"metadata": {"total_size": plan.output_bytes}, "weight_map": weight_map}
-            (work / "model.safetensors.index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
-        _copy_side_files(base_dir, work, dtype)
-        (work / "desktop_dpo_merge.json").write_text(
-            json.dumps(
-                {
-                    "base": str(base_dir),
-                    "adapter": str(adapter_dir),
-                    "dtype": dtype,
-                    "lora_weights_merged": merged_count,
-                    "replaced_weights": len(plan.replacements),
-                },
-                indent=2,
-            ),
-            encoding="utf-8",
-        )
-        cancel.raise_if_cancelled()
-        os.replace(work, out_dir)
+        with atomic_output(out_dir) as work:
+            work.mkdir()
+            merged_count = yield from _write_merged_shards(plan, adapter, work, dtype, cancel)
+            _copy_side_files(base_dir, work, dtype)
+            (work / "desktop_dpo_merge.json").write_text(
+                json.dumps(
+                    {
+                        "base": str(base_dir),
+                        "adapter": str(adapter_dir),
+                        "dtype": dtype,
+                        "lora_weights_merged": merged_count,
+                        "replaced_weights": len(plan.replacements),
+                    },
+                    indent=2,
+                ),
+                encoding="utf-8",
+            )
+            cancel.raise_if_cancelled()
     except OSError as exc:
         if exc.errno == 28:
             raise ExportError(
@@ -593,8 +542,49 @@ def merge_adapter(
                 "Free some space and export again."
             ) from exc
         raise
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
-    yield Progress(total, total, f"Merged {merged_count} weights into {out_dir.name}")
+    yield Progress(plan.tensor_count, plan.tensor_count, f"Merged {merged_count} weights into {out_dir.name}")
     return out_dir
+
+
+def _write_merged_shards(
+    plan: MergePlan, adapter: dict[str, Any], work: Path, dtype: str, cancel: CancelToken
+) -> Job:
+    """Write each base shard, merged, into ``work`` (and the index of a sharded model); returns how many
+    weights got a LoRA update. Yields :class:`Progress` in tensors."""
+    import torch
+
+    target_dtype = getattr(torch, dtype)
+    out_code = _SAFETENSORS_DTYPES[dtype]
+    total = plan.tensor_count
+    done = 0
+    merged_count = 0
+    weight_map: dict[str, str] = {}
+    for shard in plan.shards:
+        with _SafetensorsFile(shard) as handle:
+            keys = handle.keys()
+            layout = []
+            for key in keys:
+                stored = handle.dtype(key)
+                floating = stored in ("F32", "F16", "BF16", "F64")
+                layout.append((key, out_code if floating else stored, handle.shape(key)))
+            stream = _SafetensorsStream(work / shard.name, layout, {**handle.metadata, "format": "pt"})
+            try:
+                for key in keys:
+                    cancel.raise_if_cancelled()
+                    if key in plan.replacements:
+                        stream.write(adapter[plan.replacements[key]].to(target_dtype))
+                    else:
+                        update = plan.updates.get(key)
+                        stream.write(_merged_tensor(handle.tensor(key), update, adapter, target_dtype))
+                        merged_count += update is not None
+                    weight_map[key] = shard.name
+                    done += 1
+                    if done % 16 == 0 or done == total:
+                        yield Progress(done, total, f"Merging {shard.name}")
+                stream.finish()
+            finally:
+                stream.close()
+    if len(plan.shards) > 1:
+        index = {"metadata": {"total_size": plan.output_bytes}, "weight_map": weight_map}
+        (work / "model.safetensors.index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
+    return merged_count

@@ -21,11 +21,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import os
 import re
 import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +41,14 @@ from desktop_dpo.core.export.gguf import (
     quantize_gguf,
 )
 from desktop_dpo.core.jobs import CancelToken, Job, Log, Progress
+from desktop_dpo.core.model_files import (
+    EXPORT_FOLDER_KEY,
+    MERGED_FOLDER_KEY,
+    atomic_output,
+    partial_path,
+    remove_partial_outputs,
+    training_folder,
+)
 from desktop_dpo.core.tensor_file import check_tensor_file
 
 if TYPE_CHECKING:
@@ -204,7 +210,7 @@ def export_run(
         ExportError: the run cannot be exported yet, or a stage failed (the message says why and what to do).
         JobCancelled: stopped as asked.
     """
-    from desktop_dpo.core.dpo.train import TrainConfig, training_folder
+    from desktop_dpo.core.dpo.train import TrainConfig
     from desktop_dpo.core.export.merge import Float16RangeError, merge_adapter
 
     cancel = cancel or CancelToken()
@@ -238,7 +244,7 @@ def export_run(
         raise ExportError(f"{final} already exists. Choose another name or folder, or remove the old export.")
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        probe = parent / f".{name}.exporting-probe-{uuid.uuid4().hex[:8]}"
+        probe = partial_path(final)
         probe.mkdir()  # a read-only folder or mount is found now, not after the merge
         probe.rmdir()
     except OSError as exc:
@@ -258,114 +264,112 @@ def export_run(
             "choose another folder."
         )
 
-    work = parent / f".{name}.exporting-{uuid.uuid4().hex[:8]}"
-    for stale in parent.glob(f".{name}.exporting-*"):
-        shutil.rmtree(stale, ignore_errors=True)  # a crashed export's leftovers
+    remove_partial_outputs(final)  # a crashed export's leftovers
     try:
-        work.mkdir()
-        yield Log(f"Merging the adapter of run {run.id} into {base.name}…")
-        try:
-            merged = yield from merge_adapter(
-                base_dir,
-                Path(run.adapter_path),
-                work / MERGED_FOLDER,
-                dtype=settings.merge_dtype,
+        with atomic_output(final) as work:
+            work.mkdir()
+            yield Log(f"Merging the adapter of run {run.id} into {base.name}…")
+            try:
+                merged = yield from merge_adapter(
+                    base_dir,
+                    Path(run.adapter_path),
+                    work / MERGED_FOLDER,
+                    dtype=settings.merge_dtype,
+                    cancel=cancel,
+                )
+            except Float16RangeError as exc:
+                yield Log(f"{exc} Merging in bfloat16 instead.", level="warning")
+                merged = yield from merge_adapter(
+                    base_dir, Path(run.adapter_path), work / MERGED_FOLDER, dtype="bfloat16", cancel=cancel
+                )
+            cancel.raise_if_cancelled()
+            template, stops = _settle_template(merged, Path(run.adapter_path), base)
+            from desktop_dpo.core.llm.templates import uses_default_template
+
+            default_template = uses_default_template(template)
+            metadata: dict[str, Any] = {
+                "general.name": f"{base.name} (aligned, run {run.id})",
+                "general.description": (
+                    f"{base.name} aligned with DPO on {len(run.comparison_ids)} of your preference pairs by "
+                    f"desktop-dpo {__version__}."
+                ),
+                "general.base_model.count": 1,
+                "general.base_model.0.name": base.name,
+                "desktop_dpo.version": __version__,
+                "desktop_dpo.base_model": base.name,
+                "desktop_dpo.base_fingerprint": base.fingerprint,
+                "desktop_dpo.run_id": run.id,
+                "desktop_dpo.run_name": run.name,
+                "desktop_dpo.reference": run.reference,
+                "desktop_dpo.settings": json.dumps(config.to_dict(), sort_keys=True),
+                "desktop_dpo.pairs": len(run.comparison_ids),
+                "desktop_dpo.created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "desktop_dpo.uses_default_template": default_template,
+                STOP_STRINGS_KEY: json.dumps(stops),  # JSON text: a GGUF array may not be empty
+            }
+            f16 = work / f"{name}.F16.gguf"
+            yield Log("Converting the merged model to GGUF…")
+            # The header (template, stops, provenance) is written with the file; the quantizer carries it over.
+            yield from convert_hf_to_gguf(
+                merged,
+                f16,
+                outtype="f16",
+                metadata=metadata,
+                chat_template=template,
                 cancel=cancel,
             )
-        except Float16RangeError as exc:
-            yield Log(f"{exc} Merging in bfloat16 instead.", level="warning")
-            merged = yield from merge_adapter(
-                base_dir, Path(run.adapter_path), work / MERGED_FOLDER, dtype="bfloat16", cancel=cancel
-            )
-        cancel.raise_if_cancelled()
-        template, stops = _settle_template(merged, Path(run.adapter_path), base)
-        from desktop_dpo.core.llm.templates import uses_default_template
 
-        default_template = uses_default_template(template)
-        metadata: dict[str, Any] = {
-            "general.name": f"{base.name} (aligned, run {run.id})",
-            "general.description": (
-                f"{base.name} aligned with DPO on {len(run.comparison_ids)} of your preference pairs by "
-                f"desktop-dpo {__version__}."
-            ),
-            "general.base_model.count": 1,
-            "general.base_model.0.name": base.name,
-            "desktop_dpo.version": __version__,
-            "desktop_dpo.base_model": base.name,
-            "desktop_dpo.base_fingerprint": base.fingerprint,
-            "desktop_dpo.run_id": run.id,
-            "desktop_dpo.run_name": run.name,
-            "desktop_dpo.reference": run.reference,
-            "desktop_dpo.settings": json.dumps(config.to_dict(), sort_keys=True),
-            "desktop_dpo.pairs": len(run.comparison_ids),
-            "desktop_dpo.created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "desktop_dpo.uses_default_template": default_template,
-            STOP_STRINGS_KEY: json.dumps(stops),  # JSON text: a GGUF array may not be empty
-        }
-        f16 = work / f"{name}.F16.gguf"
-        yield Log("Converting the merged model to GGUF…")
-        # The header (template, stops, provenance) is written with the file; the quantizer carries it over.
-        yield from convert_hf_to_gguf(
-            merged,
-            f16,
-            outtype="f16",
-            metadata=metadata,
-            chat_template=template,
-            cancel=cancel,
-        )
+            files: dict[str, Path] = {}
+            for quantization in quantizations:
+                if quantization == "F16":
+                    files["F16"] = f16
+                    continue
+                yield Log(f"Quantizing to {quantization}…")
+                files[quantization] = yield from quantize_gguf(
+                    f16, work / f"{name}.{quantization}.gguf", quantization, cancel=cancel
+                )
+                yield from _keep_update_on_base_grid(files[quantization], f16, base, quantization, cancel)
 
-        files: dict[str, Path] = {}
-        for quantization in quantizations:
-            if quantization == "F16":
-                files["F16"] = f16
-                continue
-            yield Log(f"Quantizing to {quantization}…")
-            files[quantization] = yield from quantize_gguf(
-                f16, work / f"{name}.{quantization}.gguf", quantization, cancel=cancel
-            )
-            yield from _keep_update_on_base_grid(files[quantization], f16, base, quantization, cancel)
+            report: ParityReport | None = None
+            if settings.parity:
+                from desktop_dpo.core.export.parity import parity_check
 
-        report: ParityReport | None = None
-        if settings.parity:
-            from desktop_dpo.core.export.parity import parity_check
+                yield Log("Checking that the exported files answer like the trained model…")
+                adapter_info = _adapter_info(Path(run.adapter_path))
+                policy = {
+                    "base_dir": base_dir,
+                    "adapter_dir": Path(run.adapter_path),
+                    "pairs": _heldout_pairs(store, run),
+                    "quantization": adapter_info.get("quantization", "none"),
+                    "max_length": config.max_length,
+                    "max_prompt_length": config.max_prompt_length,
+                }
+                report = yield from parity_check(
+                    merged, f16, {q: p for q, p in files.items() if q != "F16"}, policy=policy, cancel=cancel
+                )
+                (work / "parity.json").write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
+            if "F16" not in quantizations:
+                f16.unlink()
 
-            yield Log("Checking that the exported files answer like the trained model…")
-            adapter_info = _adapter_info(Path(run.adapter_path))
-            policy = {
-                "base_dir": base_dir,
-                "adapter_dir": Path(run.adapter_path),
-                "pairs": _heldout_pairs(store, run),
-                "quantization": adapter_info.get("quantization", "none"),
-                "max_length": config.max_length,
-                "max_prompt_length": config.max_prompt_length,
-            }
-            report = yield from parity_check(
-                merged, f16, {q: p for q, p in files.items() if q != "F16"}, policy=policy, cancel=cancel
-            )
-            (work / "parity.json").write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
-        if "F16" not in quantizations:
-            f16.unlink()
-
-        run_lines = [f"# {base.name}, aligned by desktop-dpo (run {run.id})", ""]
-        for quantization, path in files.items():
-            modelfile = path.with_name(f"{path.name}.Modelfile")
-            modelfile.write_text(
-                modelfile_text(path.name, uses_default_template=default_template, stop_strings=stops),
-                encoding="utf-8",
-            )
-            run_lines += [
-                f"## {quantization}",
-                f"llama.cpp:  {llama_cpp_command(path.name, uses_default_template=default_template, stop_strings=stops)}",
-                f"Ollama:     ollama create {name}-{quantization.lower()} -f {modelfile.name}",
-                f"            ollama run {name}-{quantization.lower()}",
-                "LM Studio:  copy the .gguf file into a folder under ~/.lmstudio/models/",
-                "",
-            ]
-        (work / "RUN.txt").write_text("\n".join(run_lines), encoding="utf-8")
-        cancel.raise_if_cancelled()
-        yield Progress(0, 0, "Computing checksums")
-        hashed = {q: (_sha256(p), p.stat().st_size) for q, p in files.items()}
-        os.replace(work, final)
+            run_lines = [f"# {base.name}, aligned by desktop-dpo (run {run.id})", ""]
+            for quantization, path in files.items():
+                modelfile = path.with_name(f"{path.name}.Modelfile")
+                modelfile.write_text(
+                    modelfile_text(path.name, uses_default_template=default_template, stop_strings=stops),
+                    encoding="utf-8",
+                )
+                run_lines += [
+                    f"## {quantization}",
+                    f"llama.cpp:  {llama_cpp_command(path.name, uses_default_template=default_template, stop_strings=stops)}",
+                    f"Ollama:     ollama create {name}-{quantization.lower()} -f {modelfile.name}",
+                    f"            ollama run {name}-{quantization.lower()}",
+                    "LM Studio:  copy the .gguf file into a folder under ~/.lmstudio/models/",
+                    "",
+                ]
+            (work / "RUN.txt").write_text("\n".join(run_lines), encoding="utf-8")
+            cancel.raise_if_cancelled()
+            yield Progress(0, 0, "Computing checksums")
+            hashed = {q: (_sha256(p), p.stat().st_size) for q, p in files.items()}
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise ExportError(
@@ -377,9 +381,6 @@ def export_run(
                 f"The disk filled up while exporting to {parent}; nothing was kept. Free some space and try again."
             ) from exc
         raise
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
 
     finished = ExportFinished(
         run_id=run.id,
@@ -430,8 +431,10 @@ def persist_export(store: Store, finished: ExportFinished, *, register_as: str |
             parent_model_id=base_id,
             run_id=finished.run_id,
         )
-        # The merged folder is this model's trainable form: the next round trains from it (train looks for hf_path).
-        store.update_model_info(model.id, hf_path=finished.merged_dir, export_folder=finished.folder)
+        # The merged folder is this model's trainable form: the next round trains from it (model_files.training_folder).
+        store.update_model_info(
+            model.id, **{MERGED_FOLDER_KEY: finished.merged_dir, EXPORT_FOLDER_KEY: finished.folder}
+        )
         for file in finished.files:
             store.add_export(
                 path=file.path,

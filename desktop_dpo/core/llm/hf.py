@@ -3,15 +3,15 @@
 llama.cpp runs every model it can (:mod:`desktop_dpo.core.llm.llamacpp`): it is many times faster on a CPU.
 Some Hugging Face folders cannot become a GGUF, most often because the converter does not know their BPE
 tokenizer; :func:`desktop_dpo.core.sampling.model_engine` then runs them here. :class:`HfEngine` has the
-interface of :class:`~desktop_dpo.core.llm.llamacpp.LlamaCppEngine` (``load``, ``close``, ``render``,
-``generate``, ``generate_pair``), yields the same events and returns the same results, so nothing above the
-engine knows which one it talks to.
+interface of :class:`~desktop_dpo.core.llm.llamacpp.LlamaCppEngine` (the
+:class:`~desktop_dpo.core.llm.generation.Engine` protocol, and ``render``), yields the same events and
+returns the same results, so nothing above the engine knows which one it talks to.
 
 Same behaviour as the llama.cpp engine:
 
 - prompts are rendered by :func:`~desktop_dpo.core.llm.templates.render_prompt` (the model's template, or
   the default ``User:``/``Assistant:`` layout with its stop strings);
-- text is assembled by :class:`~desktop_dpo.core.llm.llamacpp.ResponseText` (complete characters only,
+- text is assembled by :class:`~desktop_dpo.core.llm.generation.ResponseText` (complete characters only,
   cut at the first stop string, a possible stop string held back until it is known not to be one);
 - sampling follows llama-cpp-python's order: repeat penalty over the last 64 generated tokens, top-k,
   top-p, min-p, temperature, then a draw from each response's own seeded generator. Temperature 0 is
@@ -56,7 +56,7 @@ from typing import Any
 from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core.errors import DesktopDpoError, ModelError
 from desktop_dpo.core.jobs import CancelToken, Job
-from desktop_dpo.core.llm.llamacpp import (
+from desktop_dpo.core.llm.generation import (
     MAX_SEED,
     PENALTY_LAST_N,
     FinishReason,
@@ -65,7 +65,7 @@ from desktop_dpo.core.llm.llamacpp import (
     ResponseFinished,
     ResponseText,
     TokenEvent,
-    _check_seed,
+    check_seed,
     pair_seeds,
     response_room,
 )
@@ -424,7 +424,7 @@ class HfEngine:
     ) -> Generator[TokenEvent | ResponseFinished, None, list[GenerationResult]]:
         settings = settings or SamplingSettings()
         cancel = cancel or CancelToken()
-        picked = [self.draw_seed() if s is None else _check_seed(s) for s in seeds]
+        picked = [self.draw_seed() if s is None else check_seed(s) for s in seeds]
         if not self._busy.acquire(blocking=False):
             raise DesktopDpoError(
                 "This model is already writing a response; wait for it to finish or stop it."

@@ -5,9 +5,9 @@ with no exception and no ``finally``. So llama.cpp runs here, one model per chil
 database and every pick stay in the parent (``supervised.py``), which sees the crash as the end of this
 process and says so in words.
 
-Protocol: frames on a pipe, each a 4-byte big-endian length and a pickle. The parent sends
-``("load", kwargs)`` once, then requests ``(name, request_id, kwargs)`` one at a time, ``("cancel",
-request_id)`` at any moment, and ``("close",)``. The child answers ``("loaded", info)``, and for a request
+Protocol: frames on a pipe, each a 4-byte big-endian length and a pickle (``core/child_process.py``). The
+parent sends ``("load", kwargs)`` once, then requests ``(name, request_id, kwargs)`` one at a time,
+``("cancel", request_id)`` at any moment, and ``("close",)``. The child answers ``("loaded", info)``, and for a request
 its events ``("event", request_id, event)``, ``("tick",)`` when a decode returned (proof of progress while
 a long prompt is evaluated), then ``("done", request_id, value)`` or ``("error", request_id, kind,
 message)``.
@@ -23,13 +23,13 @@ import contextlib
 import faulthandler
 import os
 import pickle
-import struct
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from desktop_dpo.core.child_process import read_frame, take_over_pipes, write_frame
 
 # Set in tests only, through the environment the parent passes on: makes this child fail the way native
 # code fails on other hardware. "KIND" or "KIND:PATH", where a PATH makes the fault happen once (the file
@@ -39,38 +39,7 @@ from typing import Any, BinaryIO
 # visible text while PATH exists (a test's Stop then lands mid-answer, however fast the model).
 FAULT_ENV = "DESKTOP_DPO_INJECT_LLAMA_FAULT"
 
-_HEADER = struct.Struct(">I")
 TICK_INTERVAL_S = 0.5  # at most one "tick" frame per this many seconds
-
-
-def write_frame(stream: BinaryIO, message: object, lock: threading.Lock | None = None) -> None:
-    """Write one frame (length + pickle) and flush it."""
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    if lock is None:
-        stream.write(_HEADER.pack(len(data)) + data)
-        stream.flush()
-        return
-    with lock:
-        stream.write(_HEADER.pack(len(data)) + data)
-        stream.flush()
-
-
-def read_frame(stream: BinaryIO) -> Any:
-    """Read one frame; raises EOFError when the other side has closed the pipe."""
-    header = _read_exactly(stream, _HEADER.size)
-    (length,) = _HEADER.unpack(header)
-    return pickle.loads(_read_exactly(stream, length))
-
-
-def _read_exactly(stream: BinaryIO, size: int) -> bytes:
-    parts: list[bytes] = []
-    while size:
-        chunk = stream.read(size)
-        if not chunk:
-            raise EOFError
-        parts.append(chunk)
-        size -= len(chunk)
-    return b"".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -212,7 +181,7 @@ class _Child:
 
     def run(self, name: str, request_id: int, kwargs: dict[str, Any]) -> Any:
         from desktop_dpo.core.jobs import CancelToken
-        from desktop_dpo.core.llm.llamacpp import TokenEvent
+        from desktop_dpo.core.llm.generation import TokenEvent
 
         engine = self.engine
         if name == "tokenize":
@@ -273,25 +242,6 @@ def _error_kind(exc: BaseException) -> str:
     if isinstance(exc, errors.DesktopDpoError) and getattr(errors, name, None) is type(exc):
         return name
     return "ValueError" if isinstance(exc, ValueError) else "ModelError"
-
-
-def take_over_pipes() -> tuple[BinaryIO, BinaryIO]:
-    """Set up a supervised child process; returns its frame pipes ``(inbox, outbox)``.
-
-    The frames go out on a copy of stdout, and file descriptor 1 is pointed at stderr, so whatever native code
-    prints goes to the parent's log, never into a frame. faulthandler leaves a Python traceback in that log
-    when native code crashes, and the network is locked down before anything heavy is imported. Shared by
-    every supervised child (this one, training's).
-    """
-    outbox = os.fdopen(os.dup(1), "wb", buffering=0)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    faulthandler.enable()
-
-    from desktop_dpo.core import offline
-
-    offline.lock_down()
-    return os.fdopen(os.dup(0), "rb", buffering=0), outbox
 
 
 def main() -> None:

@@ -1,7 +1,6 @@
 """Inference with llama.cpp: streaming responses, pairs decoded together, cancel at any token.
 
-The plain dataclasses at the top (events and results) import nothing heavy, so the GUI can import them at
-startup; ``llama_cpp`` is imported the first time an engine loads its model, in the thread that loads it.
+``llama_cpp`` is imported the first time an engine loads its model, in the thread that loads it.
 
 How a pair is decoded: the prompt is evaluated once, for sequence 0; its KV cache is copied to sequence 1;
 then each step is one ``llama_decode`` of a batch holding the next token of every response still running
@@ -14,9 +13,9 @@ whose matrix products do not depend on the number of rows in a batch. With F16/F
 llama.cpp may sum a 2-row batch in another order: logits then differ by ~1e-6, which can flip
 a sampled token; greedy decoding is unaffected.)
 
-Text is assembled from token pieces by :class:`ResponseText`: bytes become characters only when complete
-(a token may end in the middle of a UTF-8 character), and text that could be the start of a stop string is
-held back until it is known not to be one, so the person never sees a stop marker flash up and vanish.
+Text is assembled from token pieces by :class:`~desktop_dpo.core.llm.generation.ResponseText` (complete
+characters only, a possible stop string held back until it is known not to be one); the events, results and
+seeds are those of every engine (``generation.py``).
 
 Every job evaluates its whole prompt again (no reuse of a cached prefix): evaluating a prompt in other
 chunks can change the logits in the last bits, and a response must be reproducible from its seed.
@@ -24,7 +23,6 @@ chunks can change the logits in the last bits, and a response must be reproducib
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import ctypes
 import logging
@@ -36,167 +34,27 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core.errors import DesktopDpoError, ModelError
 from desktop_dpo.core.jobs import CancelToken, Job
+from desktop_dpo.core.llm.generation import (
+    MAX_SEED,
+    PENALTY_LAST_N,
+    FinishReason,
+    GenerationResult,
+    Prompt,
+    ResponseFinished,
+    ResponseText,
+    TokenEvent,
+    check_seed,
+    pair_seeds,
+    response_room,
+)
 from desktop_dpo.core.llm.templates import Message, end_of_turn_marker, render_prompt
 
 log = logging.getLogger(__name__)
-
-FinishReason = Literal["stop", "length", "cancelled"]
-
-Prompt = str | Sequence[Message]
-"""Raw text (for a base model, tokenized as is) or a conversation (rendered with the model's template)."""
-
-# Seeds are drawn below 2**31 so they fit any integer column; llama.cpp reads 0xFFFFFFFF as "random".
-MAX_SEED = 2**31 - 1
-# How many recent tokens the repeat penalty looks at (llama.cpp's and llama-cpp-python's default).
-PENALTY_LAST_N = 64
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Events and results (plain data; safe to import anywhere)
-# ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TokenEvent:
-    """New text of one response while it streams. Several tokens may arrive in one event."""
-
-    seq: int  # which response: 0 for a single response, 0 or 1 in a pair
-    text: str  # text to append: complete characters only, never part of a stop string (may be "")
-    n_tokens: int  # tokens generated so far in this response
-
-
-@dataclass(frozen=True)
-class GenerationResult:
-    """One finished response, with what is needed to reproduce it (seed and settings)."""
-
-    text: str  # the response as it follows the prompt (a leading space is kept); stop string removed
-    prompt_tokens: int  # tokens in the prompt, as the model saw it (template and BOS included)
-    completion_tokens: int  # tokens generated (an end-of-generation token is not counted)
-    seconds: float  # from the start of the prompt's evaluation until this response finished
-    finish_reason: FinishReason  # "stop": end token or stop string; "length": max_tokens; "cancelled"
-    seed: int  # seed of this response's sampler
-    settings: dict[str, Any]  # SamplingSettings.to_dict() plus "stop" (and "ignore_eos" when set)
-    prompt_seconds: float = 0.0  # part of ``seconds`` spent evaluating the prompt
-
-    @property
-    def tokens_per_second(self) -> float:
-        """Decoding speed of this response (prompt evaluation excluded); 0 when nothing was generated."""
-        decode = self.seconds - self.prompt_seconds
-        return self.completion_tokens / decode if decode > 0 and self.completion_tokens else 0.0
-
-
-@dataclass(frozen=True)
-class ResponseFinished:
-    """One response of a job is complete; in a pair the other one may still be streaming."""
-
-    seq: int
-    result: GenerationResult
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Streaming text: token bytes -> characters the person may see
-# ---------------------------------------------------------------------------------------------------------
-
-
-class Utf8Stream:
-    """Bytes in, complete characters out. Invalid bytes become U+FFFD; a character split across tokens
-    comes out whole once its last byte arrives."""
-
-    def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def feed(self, data: bytes) -> str:
-        """Decode ``data``; bytes of a character not yet complete are kept for the next call."""
-        return self._decoder.decode(data)
-
-    @property
-    def has_partial(self) -> bool:
-        """True while the start of a multi-byte character waits for its remaining bytes."""
-        return bool(self._decoder.getstate()[0])
-
-
-class StopStringFilter:
-    """Cuts a stream of text at the first stop string, even when a stop string spans several tokens.
-
-    Text that might be the beginning of a stop string is held back until the next text shows whether it
-    is; everything returned is final.
-    """
-
-    def __init__(self, stops: Sequence[str]):
-        self._stops = tuple(dict.fromkeys(s for s in stops if s))  # drop empties and duplicates
-        self._held = ""
-        self.stopped = False
-
-    def feed(self, text: str) -> str:
-        """Add text; return the part that is now certain to belong to the response."""
-        if self.stopped:
-            return ""
-        buffer = self._held + text
-        cut = min((i for i in (buffer.find(s) for s in self._stops) if i >= 0), default=-1)
-        if cut >= 0:
-            self.stopped = True
-            self._held = ""
-            return buffer[:cut]
-        keep = self._longest_stop_prefix_suffix(buffer)
-        self._held = buffer[len(buffer) - keep :]
-        return buffer[: len(buffer) - keep]
-
-    def flush(self) -> str:
-        """The response ended without a stop string: release the text held back."""
-        held, self._held = self._held, ""
-        return held
-
-    def _longest_stop_prefix_suffix(self, buffer: str) -> int:
-        # Length of the longest end of `buffer` that is the beginning of some stop string (and not all of it:
-        # whole stop strings were looked for before).
-        best = 0
-        for stop in self._stops:
-            for length in range(min(len(stop) - 1, len(buffer)), best, -1):
-                if buffer.endswith(stop[:length]):
-                    best = length
-                    break
-        return best
-
-
-class ResponseText:
-    """Assembles one response from token pieces: complete characters only, cut at the first stop string."""
-
-    def __init__(self, stops: Sequence[str] = ()):
-        self._utf8 = Utf8Stream()
-        self._filter = StopStringFilter(stops)
-        self._parts: list[str] = []
-
-    def add(self, piece: bytes) -> str:
-        """Add one token's bytes; return the text that became final (often all of it, sometimes "")."""
-        text = self._filter.feed(self._utf8.feed(piece))
-        if text:
-            self._parts.append(text)
-        return text
-
-    @property
-    def stopped(self) -> bool:
-        """True once a stop string appeared; nothing more is added after it."""
-        return self._filter.stopped
-
-    def finish(self) -> str:
-        """The response ended for another reason (end token, length, cancel): release held-back text.
-
-        An incomplete character at the very end is dropped rather than shown as a replacement mark.
-        """
-        tail = self._filter.flush()
-        if tail:
-            self._parts.append(tail)
-        return tail
-
-    @property
-    def text(self) -> str:
-        """The response so far."""
-        return "".join(self._parts)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -651,7 +509,7 @@ class LlamaCppEngine:
     ) -> Generator[TokenEvent | ResponseFinished, None, list[GenerationResult]]:
         settings = settings or SamplingSettings()
         cancel = cancel or CancelToken()
-        picked = [self.draw_seed() if s is None else _check_seed(s) for s in seeds]
+        picked = [self.draw_seed() if s is None else check_seed(s) for s in seeds]
         if not self._busy.acquire(blocking=False):
             raise DesktopDpoError(
                 "This model is already writing a response; wait for it to finish or stop it."
@@ -861,48 +719,3 @@ class LlamaCppEngine:
         add(lib.llama_sampler_init_temp(settings.temperature))
         add(lib.llama_sampler_init_dist(seed))
         return chain
-
-
-def _check_seed(seed: int) -> int:
-    if not 0 <= int(seed) <= 0xFFFFFFFE:
-        raise ValueError(f"seed must be between 0 and {0xFFFFFFFE}, got {seed}")
-    return int(seed)
-
-
-def pair_seeds(seeds: Sequence[int] | None, draw_seed: Callable[[], int]) -> list[int | None]:
-    """The seeds of a pair's two responses: ``seeds`` as given, or two different ones from ``draw_seed``.
-
-    Raises:
-        ValueError: ``seeds`` is not two seeds.
-    """
-    if seeds is None:
-        first = draw_seed()
-        second = draw_seed()
-        while second == first:
-            second = draw_seed()
-        return [first, second]
-    chosen: list[int | None] = list(seeds)
-    if len(chosen) != 2:
-        raise ValueError("generate_pair needs exactly two seeds")
-    return chosen
-
-
-def response_room(n_prompt: int, n_ctx: int, max_tokens: int) -> int:
-    """How many tokens a response may have after a prompt of ``n_prompt`` tokens in a context of ``n_ctx``.
-
-    Raises:
-        DesktopDpoError: the prompt is empty.
-        ModelError: the prompt fills the context (nothing is left for a response).
-        ValueError: ``max_tokens`` is below 1.
-    """
-    room = n_ctx - n_prompt
-    if n_prompt == 0:
-        raise DesktopDpoError("The prompt is empty: write something first.")
-    if room < 1:
-        raise ModelError(
-            f"The prompt is {n_prompt} tokens long and fills the model's context of {n_ctx} "
-            "tokens. Shorten the conversation, or load the model with a larger context."
-        )
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
-    return min(max_tokens, room)

@@ -18,15 +18,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import platform
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Literal
+
+from desktop_dpo.core.model_files import atomic_output
 
 LoadMode = Literal["normal", "safe"]
 LOAD_MODES: tuple[LoadMode, ...] = ("normal", "safe")
@@ -204,12 +204,5 @@ class LoadModeMemory:
     def _write(self, records: dict[str, LoadModeRecord]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps({"records": [asdict(r) for r in records.values()]}, indent=1, sort_keys=True)
-        fd, temp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.replace(temp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
+        with atomic_output(self.path) as temp:
+            temp.write_text(text, encoding="utf-8")

@@ -1,9 +1,10 @@
 """llama.cpp in a supervised child process: a native crash becomes a message, never a dead window.
 
 :class:`SupervisedLlamaEngine` has the interface of :class:`~desktop_dpo.core.llm.llamacpp.LlamaCppEngine`
-(``load``, ``generate``, ``generate_pair``, ``tokenize``, ``logits``, ``close``) and the same events, but the
-model lives in a child process (``llama_child.py``), one per model, as LM Studio and Ollama run theirs. The
-parent keeps the window, the database and every pick; the child holds only the model.
+(the :class:`~desktop_dpo.core.llm.generation.Engine` protocol, ``load_job`` and ``logits``) and the same
+events, but the model lives in a child process (``llama_child.py``, started and watched through
+``core/child_process.py``), one per model, as LM Studio and Ollama run theirs. The parent keeps the window,
+the database and every pick; the child holds only the model.
 
 What the supervisor does, like a notebook's kernel manager:
 - **A crash** (segfault, abort, killed for memory) ends the child; the parent reads the end of its pipe and
@@ -23,182 +24,33 @@ pipe; ``bench/sampling.py`` measures it against in-process llama.cpp.
 
 from __future__ import annotations
 
-import atexit
-import collections
 import contextlib
 import logging
-import os
 import queue
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
-import weakref
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
 from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core import errors
+from desktop_dpo.core.child_process import PIPE_CLOSED, STOP_GRACE_S, ChildProcess, describe_exit
 from desktop_dpo.core.errors import DesktopDpoError, EngineCrashed, JobCancelled, ModelError
 from desktop_dpo.core.jobs import CancelToken, Job, Log, drive
-from desktop_dpo.core.llm.llama_child import read_frame, write_frame
-from desktop_dpo.core.llm.llamacpp import MAX_SEED, Prompt, _check_seed, pair_seeds
+from desktop_dpo.core.llm.generation import MAX_SEED, Prompt, check_seed, pair_seeds
 from desktop_dpo.core.llm.load_modes import LoadMode, LoadModeMemory
 
 log = logging.getLogger(__name__)
 child_log = logging.getLogger("desktop_dpo.llama_child")
 
-# How long to wait for a child that was asked to stop (close, or cancel) before killing it.
-STOP_GRACE_S = 1.0
 # A generating child that sends nothing (no token, no finished decode) for this long is taken for hung.
 HANG_TIMEOUT_S = 120.0
 # The same while it loads: reading a large file from a slow disk takes long, and sends nothing meanwhile.
 LOAD_TIMEOUT_S = 600.0
 _POLL_S = 0.05  # how often a waiting job looks at its cancel token
-_EOF = object()  # the reader thread's last item: the child's pipe is closed
-
-_live_children: weakref.WeakSet[_Child] = weakref.WeakSet()
-
-
-def _kill_live_children() -> None:
-    for child in list(_live_children):
-        child.kill()
-
-
-atexit.register(_kill_live_children)
-
-
-def describe_exit(returncode: int | None) -> str:
-    """How a child ended, in words: "a segmentation fault (signal 11)", "exit code 3", ..."""
-    if returncode is None:
-        return "no answer"
-    if returncode < 0:
-        number = -returncode
-        names = {
-            signal.SIGSEGV: "a segmentation fault",
-            signal.SIGABRT: "an abort",
-            signal.SIGKILL: "being killed (often: out of memory)",
-            signal.SIGILL: "an illegal instruction (a build for another CPU)",
-            signal.SIGFPE: "an arithmetic fault",
-        }
-        if hasattr(signal, "SIGBUS"):
-            names[signal.SIGBUS] = "a bus error"
-        try:
-            label = names.get(signal.Signals(number), signal.Signals(number).name)
-        except ValueError:
-            label = "a signal"
-        return f"{label} (signal {number})"
-    return f"exit code {returncode}"
-
-
-class _Child:
-    """One child process and the thread that reads its frames (internal; the training child uses it too).
-
-    ``module`` is what the child runs (``python -m module``): it speaks in frames on its stdout and
-    exits when its stdin closes. ``logger`` receives the child's stderr lines.
-    """
-
-    def __init__(
-        self,
-        env: dict[str, str] | None = None,
-        *,
-        module: str = "desktop_dpo.core.llm.llama_child",
-        logger: logging.Logger | None = None,
-    ) -> None:
-        command = [sys.executable, "-m", module]
-        self._log = logger or child_log
-        thread_name = module.rsplit(".", 1)[-1].replace("_", "-")
-        environment = dict(os.environ if env is None else env)
-        # The child imports this package: make sure it finds the same one, even when run from a checkout.
-        package_root = str(Path(__file__).resolve().parents[3])
-        environment["PYTHONPATH"] = os.pathsep.join(
-            p for p in (package_root, environment.get("PYTHONPATH", "")) if p
-        )
-        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
-        self.process = subprocess.Popen(
-            command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=environment,
-            # Its own session: a Ctrl-C in the terminal reaches the app, which then stops the child in order.
-            start_new_session=sys.platform != "win32",
-        )
-        self.frames: queue.Queue[Any] = queue.Queue()
-        self._write_lock = threading.Lock()
-        threading.Thread(target=self._read_frames, name=f"{thread_name}-frames", daemon=True).start()
-        threading.Thread(target=self._read_stderr, name=f"{thread_name}-stderr", daemon=True).start()
-        _live_children.add(self)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def _read_frames(self) -> None:
-        stream = self.process.stdout
-        assert stream is not None
-        try:
-            while True:
-                self.frames.put(read_frame(stream))
-        except Exception:  # EOF, or a frame cut short by a crash
-            pass
-        self.frames.put(_EOF)
-
-    def _read_stderr(self) -> None:
-        stream = self.process.stderr
-        assert stream is not None
-        for raw in iter(stream.readline, b""):
-            line = raw.decode("utf-8", errors="replace").rstrip()
-            if line:
-                self.stderr_tail.append(line)
-                self._log.debug("[pid %d] %s", self.process.pid, line)
-
-    def send(self, message: object) -> bool:
-        """Send a frame; False when the child is already gone."""
-        stdin = self.process.stdin
-        if stdin is None:
-            return False
-        try:
-            write_frame(stdin, message, self._write_lock)
-        except (BrokenPipeError, OSError, ValueError):
-            return False
-        return True
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def wait_exit(self, timeout_s: float) -> int | None:
-        """The exit status, waiting up to ``timeout_s``; None if it still runs."""
-        try:
-            return self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def kill(self) -> None:
-        """End the child now (idempotent)."""
-        with contextlib.suppress(OSError):
-            if self.process.poll() is None:
-                self.process.kill()
-        with contextlib.suppress(Exception):
-            self.process.wait(timeout=5)
-        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
-            with contextlib.suppress(Exception):
-                if stream is not None:
-                    stream.close()
-        _live_children.discard(self)
-
-    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
-        """Ask the child to exit; kill it if it has not within ``grace_s``."""
-        if self.alive():
-            self.send(("close",))
-            with contextlib.suppress(OSError, ValueError):
-                if self.process.stdin is not None:
-                    self.process.stdin.close()  # EOF: the child exits even if it missed the frame
-            self.wait_exit(grace_s)
-        self.kill()
+CHILD_MODULE = "desktop_dpo.core.llm.llama_child"  # what the child runs (python -m)
 
 
 class SupervisedLlamaEngine:
@@ -257,7 +109,7 @@ class SupervisedLlamaEngine:
         self._seed_source: random.Random = random.SystemRandom() if seed is None else random.Random(seed)
         self._busy = threading.Lock()
         self._load_lock = threading.Lock()
-        self._child: _Child | None = None
+        self._child: ChildProcess | None = None
         self._next_request = 0
         self._crashed_in_normal_mode = False
         self.mode: LoadMode | None = None  # the mode the running child loaded with
@@ -335,7 +187,7 @@ class SupervisedLlamaEngine:
     def _start(self, mode: LoadMode, cancel: CancelToken | None) -> None:
         if not self.model_path.is_file():
             raise ModelError(f"The model file {self.model_path} was not found. Choose the file again.")
-        child = _Child(self.env)
+        child = ChildProcess(CHILD_MODULE, self.env, logger=child_log)
         self._child = child
         child.send(("load", {**self._engine_kwargs, "safe_mode": mode == "safe"}))
         try:
@@ -396,7 +248,7 @@ class SupervisedLlamaEngine:
     ) -> Job:
         """Stream one response (a job), exactly as ``LlamaCppEngine.generate``; a crash raises
         :class:`~desktop_dpo.core.errors.EngineCrashed`."""
-        picked = self.draw_seed() if seed is None else _check_seed(seed)
+        picked = self.draw_seed() if seed is None else check_seed(seed)
         kwargs = {"prompt": prompt, "settings": settings, "seed": picked, "stop": tuple(stop)}
         if ignore_eos:
             kwargs["ignore_eos"] = True
@@ -414,7 +266,7 @@ class SupervisedLlamaEngine:
     ) -> Job:
         """Stream two responses decoded together (a job), exactly as ``LlamaCppEngine.generate_pair``."""
         chosen = pair_seeds(seeds, self.draw_seed)
-        picked = tuple(self.draw_seed() if s is None else _check_seed(s) for s in chosen)
+        picked = tuple(self.draw_seed() if s is None else check_seed(s) for s in chosen)
         kwargs = {"prompt": prompt, "settings": settings, "seeds": picked, "stop": tuple(stop)}
         if ignore_eos:
             kwargs["ignore_eos"] = True
@@ -444,7 +296,7 @@ class SupervisedLlamaEngine:
             )
         cancel = cancel or CancelToken()
         finished = False
-        child: _Child | None = None
+        child: ChildProcess | None = None
         request_id = 0
         try:
             yield from self.load_job(cancel)
@@ -485,12 +337,12 @@ class SupervisedLlamaEngine:
             raise
         finally:
             if not finished and child is not None:
-                # The job was closed mid-way (the person stopped it, or the app quits): stop the request,
-                # and end a child that does not answer within the grace period.
+                # The job stopped mid-way (JobCancelled thrown in at a yield) or was abandoned: stop the
+                # request, and end a child that does not answer within the grace period.
                 self._abandon(child, request_id)
             self._busy.release()
 
-    def _wait(self, child: _Child, timeout_s: float, cancel: CancelToken | None, *, doing: str) -> Any:
+    def _wait(self, child: ChildProcess, timeout_s: float, cancel: CancelToken | None, *, doing: str) -> Any:
         """The child's next frame other than a tick. None when ``cancel`` was set first.
 
         Raises:
@@ -511,7 +363,7 @@ class SupervisedLlamaEngine:
                     "stopped. Nothing you saved is lost. Try again: it restarts in safe mode.",
                     how="it stopped responding",
                 ) from None
-            if frame is _EOF:
+            if frame is PIPE_CLOSED:
                 returncode = child.wait_exit(2.0)
                 how = describe_exit(returncode)
                 tail = " | ".join(list(child.stderr_tail)[-3:])
@@ -539,7 +391,7 @@ class SupervisedLlamaEngine:
             if self.memory is not None:
                 self.memory.remember(self.model_path, "safe", "crashed or hung while generating")
 
-    def _abandon(self, child: _Child, request_id: int) -> None:
+    def _abandon(self, child: ChildProcess, request_id: int) -> None:
         child.send(("cancel", request_id))
         deadline = time.monotonic() + STOP_GRACE_S
         while time.monotonic() < deadline:
@@ -547,7 +399,7 @@ class SupervisedLlamaEngine:
                 frame = child.frames.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 break
-            if frame is _EOF:
+            if frame is PIPE_CLOSED:
                 break
             if frame[0] in ("done", "error") and frame[1] == request_id:
                 return  # it stopped in time; the child stays loaded for the next job

@@ -8,7 +8,7 @@ evaluation), training and the export use; a model without a choice uses the temp
   layout. Each renders an ordinary conversation (an optional system message, then alternating user and
   assistant turns) to the same text as the template those models ship; ``tests/core/test_template_choice.py``
   holds each to the shipped template, copied verbatim.
-- The choice is stored per model in its registry row (``info[CHOICE_KEY]``), so it survives restarts.
+- The choice is stored per model in its registry row (``info[TEMPLATE_CHOICE_KEY]``), so it survives restarts.
 - :func:`template_status` says whether a model can be used as it is. A model whose own template is broken
   (not valid Jinja, or it fails on an ordinary conversation), or a GGUF file with no template at all (a
   conversion that lost it: the app cannot tell which layout the model was trained on), needs a choice
@@ -33,13 +33,16 @@ from desktop_dpo.core.llm.templates import (
     render_text,
     uses_default_template,
 )
+from desktop_dpo.core.model_files import (
+    CHAT_TEMPLATE_KEY,
+    TEMPLATE_CHOICE_KEY,
+    recorded_chat_template,
+    special_tokens,
+)
 
 if TYPE_CHECKING:
     from desktop_dpo.core.store import ModelRow, Store
 
-CHOICE_KEY = (
-    "chat_template_choice"  # in a model's info: {"kind": "known", "name": ...} or {"kind": "custom", ...}
-)
 # Models whose layout the app knows even without a template: the bundled demo (a base model trained on the
 # plain layout) and models this app exported (their GGUF carries the template they were trained with).
 _KNOWN_LAYOUT_SOURCES = ("demo", "aligned")
@@ -157,7 +160,7 @@ class TemplateChoice:
 
 def template_choice(model: ModelRow) -> TemplateChoice | None:
     """The choice stored for ``model``, or None when it uses its own template (or has made none)."""
-    return TemplateChoice.from_dict(model.info.get(CHOICE_KEY))
+    return TemplateChoice.from_dict(model.info.get(TEMPLATE_CHOICE_KEY))
 
 
 def chosen_template(model: ModelRow) -> str | None:
@@ -178,8 +181,7 @@ def template_for(model: ModelRow, own: str | None = None) -> str | None:
         return chosen
     if own is not None:
         return own
-    recorded = model.info.get("chat_template")
-    return recorded if isinstance(recorded, str) and recorded.strip() else None
+    return recorded_chat_template(model)
 
 
 def set_template_choice(store: Store, model_id: int, choice: TemplateChoice | None) -> None:
@@ -189,11 +191,11 @@ def set_template_choice(store: Store, model_id: int, choice: TemplateChoice | No
         ChatTemplateError: a custom template that cannot render a sample conversation.
     """
     if choice is None:
-        store.remove_model_info_keys(model_id, CHOICE_KEY)
+        store.remove_model_info_keys(model_id, TEMPLATE_CHOICE_KEY)
         return
     if choice.kind == "custom":
         check_template(choice.text)
-    store.update_model_info(model_id, **{CHOICE_KEY: choice.to_dict()})
+    store.update_model_info(model_id, **{TEMPLATE_CHOICE_KEY: choice.to_dict()})
 
 
 # A conversation every template must be able to render: what an edit is checked with, and what the Models
@@ -259,8 +261,8 @@ def template_status(model: ModelRow) -> TemplateStatus:
     choice = template_choice(model)
     if choice is not None:
         return TemplateStatus("chosen", f"{choice.describe()}.", needs_choice=False)
-    own = model.info.get("chat_template")
-    bos, eos = str(model.info.get("bos_token") or ""), str(model.info.get("eos_token") or "")
+    own = model.info.get(CHAT_TEMPLATE_KEY)
+    bos, eos = special_tokens(model)
     if isinstance(own, str) and own.strip() and not uses_default_template(own):
         problem = _template_problem(own, bos, eos)
         if problem is not None:
