@@ -236,7 +236,7 @@ def _start_peak_window() -> float:
 
 
 def our_config():
-    from desktop_dpo.core.dpo.train import TrainConfig
+    from desktop_dpo.core.dpo.config import TrainConfig
 
     return TrainConfig(
         beta=BETA, lr=LR, epochs=EPOCHS, batch_size=BATCH, grad_accum=1, warmup_ratio=WARMUP_RATIO,
@@ -250,7 +250,8 @@ def our_config():
 def arm_ours(work: Path, scratch: Path) -> dict:
     import torch
 
-    from desktop_dpo.core.dpo.train import Loading, ReferenceReady, Started, StepMetrics, drive_training
+    from desktop_dpo.core.dpo.events import Loading, ReferenceReady, Started, StepMetrics
+    from desktop_dpo.core.dpo.train import drive_training
     from desktop_dpo.core.jobs import CancelToken
     from desktop_dpo.core.store import Store
 
@@ -338,7 +339,7 @@ def _ordered_rows(work: Path) -> list[dict]:
 
 def _pairs_in_order(work: Path) -> list[dict]:
     """Our pairs with the prompt kept as messages, in our epoch-0 order."""
-    from desktop_dpo.core.dpo.train import epoch_order
+    from desktop_dpo.core.dpo.schedule import epoch_order
 
     pairs = json.loads((work / "pairs.json").read_text())
     return [pairs[i] for i in epoch_order(len(pairs), SEED, 0)]
@@ -401,7 +402,7 @@ def arm_trl(work: Path, scratch: Path, precompute: bool) -> dict:
     train_s = marks["train_end"] - marks["train_start"]
     # Checks, after the peak was read: the same token ids and the same initial adapter as ours.
     from desktop_dpo.core.dpo import data as dpo_data
-    from desktop_dpo.core.dpo.train import _attach_lora
+    from desktop_dpo.core.dpo.modeling import attach_lora
 
     ours_tokens = dpo_data.tokenize_pairs(
         tokenizer,
@@ -420,7 +421,7 @@ def arm_trl(work: Path, scratch: Path, precompute: bool) -> dict:
         and list(ours.rejected_ids) == theirs[i]["rejected_ids"]
         for i, ours in enumerate(ours_tokens)
     )
-    ours_model = _attach_lora(
+    ours_model = attach_lora(
         AutoModelForCausalLM.from_pretrained(work / "model", dtype=torch.float32), our_config(), "none"
     )
     ours_lora = {n: p for n, p in ours_model.named_parameters() if "lora_" in n}
@@ -456,7 +457,9 @@ def arm_floor(work: Path, scratch: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from desktop_dpo.core.dpo import data as dpo_data
-    from desktop_dpo.core.dpo.train import _attach_lora, _length_batches, _plan
+    from desktop_dpo.core.dpo.data import length_batches
+    from desktop_dpo.core.dpo.modeling import attach_lora
+    from desktop_dpo.core.dpo.schedule import plan_steps
 
     torch.set_num_threads(THREADS)
     torch.set_flush_denormal(True)  # as our job does on the CPU: the floor runs under the same settings
@@ -469,7 +472,7 @@ def arm_floor(work: Path, scratch: Path) -> dict:
     tokenized = dpo_data.tokenize_pairs(
         tokenizer, pairs, chat_template=None, max_length=MAX_LENGTH, max_prompt_length=MAX_PROMPT_LENGTH
     ).pairs
-    model = _attach_lora(
+    model = attach_lora(
         AutoModelForCausalLM.from_pretrained(work / "model", dtype=torch.float32), config, "none"
     )
     baseline = _start_peak_window()
@@ -478,9 +481,9 @@ def arm_floor(work: Path, scratch: Path) -> dict:
     # All data work before the clock starts: the padded [2B, T] rows (chosen and rejected, as TRL and our
     # `collate` lay them out), the positions whose logits predict a response token, and those tokens.
     steps: list[list[tuple[dict, torch.Tensor, torch.Tensor]]] = []
-    for _, _, indices in _plan(len(tokenized), config, 0, 0):
+    for _, _, indices in plan_steps(len(tokenized), config, 0, 0):
         micro = []
-        for batch_indices in _length_batches(indices, tokenized, BATCH):
+        for batch_indices in length_batches(indices, tokenized, BATCH):
             batch = dpo_data.collate([tokenized[i] for i in batch_indices], tokenizer.eos_token_id)
             keep = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
             keep[:, :-1] = batch["loss_mask"][:, 1:].bool()

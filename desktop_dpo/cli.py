@@ -9,15 +9,24 @@
     desktop-dpo demo                  the whole loop on the demo model, judged by a rule (``--quick``)
 
 ``--home DIR`` keeps every file the app writes under DIR (sets ``DESKTOP_DPO_HOME``).
+
+Layout: :func:`build_parser` and the ``_add_*_parser`` functions build the parsers; each command is a
+handler ``_cmd_<command>(args, paths) -> exit status`` (``cli_template.py`` holds ``template``'s); what a
+running job shows on the terminal is in ``cli_progress.py``. A command that runs a job drives the recorded
+job the window and the demo drive (``jobs.drive``) with the token of :func:`stop_on_ctrl_c`: Ctrl-C stops
+it cleanly, prints "Stopped. ..." and exits with :data:`EXIT_STOPPED`; a second Ctrl-C aborts at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,14 +37,17 @@ from desktop_dpo.core.errors import DatabaseBusy, DesktopDpoError, StoreError
 # Imported here, before the GUI path imports Qt: PySide6 inspects every module imported after it, which
 # makes later imports slower. The store needs no ML library, so lock_down() still precedes all of those.
 from desktop_dpo.core.store import ModelRow, Store
+from desktop_dpo.core.wording import plural
 
 if TYPE_CHECKING:
+    from desktop_dpo.core.jobs import CancelToken
     from desktop_dpo.core.preference_io import ExportResult, ImportResult
 
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the command ran and failed (bad file, database refused ...); the message says why
+EXIT_STOPPED = 130  # stopped cleanly by Ctrl-C (128 + SIGINT, as a shell reports an interrupted command)
 IMPORT_WAIT_S = 30.0  # how long data import waits for another writer (Store.open's busy timeout)
 MAX_LISTED = 20  # problems listed one per line before "... and N more"
 # Distributions whose versions `info` reports; read from package metadata, so nothing heavy is imported.
@@ -62,14 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not arguments:
         # How a desktop launcher starts the app: open the window without building every subcommand's
         # parser first (start-up time is what a person notices here).
-        return int(_run_gui(argparse.Namespace(), AppPaths.default()))
+        return int(_cmd_gui(argparse.Namespace(), AppPaths.default()))
     args = build_parser().parse_args(arguments)
     if getattr(args, "home", None):
         # Through the environment, so worker threads and child processes see the same folders.
         os.environ[HOME_ENV] = str(Path(args.home).expanduser().resolve())
     paths = AppPaths.default()
-    command = getattr(args, "command_handler", None) or _run_gui
-    if command is not _run_gui:
+    command = getattr(args, "command_handler", None) or _cmd_gui
+    if command is not _cmd_gui:
         _log_for_command(paths)
     return int(command(args, paths))
 
@@ -112,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     gui = commands.add_parser("gui", parents=[common], help="open the window (the default)")
-    gui.set_defaults(command_handler=_run_gui)
+    gui.set_defaults(command_handler=_cmd_gui)
 
     data = commands.add_parser("data", parents=[common], help="import or export preference pairs")
     # No metavar: a missing action is then reported as "required: {import,export}", naming the choices.
@@ -139,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long to wait while another window or program is writing to the database "
         "(default: %(default)g)",
     )
-    data_import.set_defaults(command_handler=_run_data_import)
+    data_import.set_defaults(command_handler=_cmd_data_import)
     data_export = data_commands.add_parser(
         "export",
         parents=[common],
@@ -155,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="conversational: lists of chat messages (keeps multi-turn prompts); standard: "
         "prompt/chosen/rejected strings, single-turn prompts only (default: %(default)s)",
     )
-    data_export.set_defaults(command_handler=_run_data_export)
+    data_export.set_defaults(command_handler=_cmd_data_export)
 
     _add_train_parser(commands, common)
     _add_export_parser(commands, common)
@@ -176,14 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="forget which models crashed llama.cpp here, so that each loads in the normal mode again",
     )
-    info.set_defaults(command_handler=_run_info)
+    info.set_defaults(command_handler=_cmd_info)
     return parser
 
 
 # -------------------------------------------------------------------------------- commands
 
 
-def _run_gui(args: argparse.Namespace, paths: AppPaths) -> int:
+def _cmd_gui(args: argparse.Namespace, paths: AppPaths) -> int:
     # Imported here: the headless commands never load Qt widgets.
     from desktop_dpo.app import run_gui
 
@@ -236,6 +248,40 @@ def _fail(message: str) -> int:
     return EXIT_FAILED
 
 
+@contextlib.contextmanager
+def stop_on_ctrl_c(stopping: str = "Stopping ...") -> Iterator[CancelToken]:
+    """A :class:`~desktop_dpo.core.jobs.CancelToken` that Ctrl-C sets, for the job a command drives.
+
+    The first Ctrl-C (SIGINT) sets the token, says ``stopping`` and hands SIGINT back to Python's default:
+    ``jobs.drive`` then stops the job cleanly (its clean-up runs: a checkpoint, a temporary folder removed,
+    the run recorded as stopped), while a second Ctrl-C raises ``KeyboardInterrupt`` at once. The handler
+    that was there before is put back on leaving. Signal handlers belong to the main thread: elsewhere the
+    token is only a token.
+    """
+    from desktop_dpo.core.jobs import CancelToken
+
+    token = CancelToken()
+    if threading.current_thread() is not threading.main_thread():
+        yield token
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        token.cancel()
+        print(f"\n{stopping} (Ctrl-C again aborts at once)", file=sys.stderr, flush=True)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, stop)
+    try:
+        yield token
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stopped(message: str) -> int:
+    print(f"\nStopped. {message}", file=sys.stderr)
+    return EXIT_STOPPED
+
+
 def _wait_seconds(text: str) -> float:
     """--wait: a number of seconds, 0 or more."""
     try:
@@ -247,7 +293,7 @@ def _wait_seconds(text: str) -> float:
     return value
 
 
-def _run_data_import(args: argparse.Namespace, paths: AppPaths) -> int:
+def _cmd_data_import(args: argparse.Namespace, paths: AppPaths) -> int:
     from desktop_dpo.core.preference_io import import_preferences
 
     try:
@@ -264,7 +310,7 @@ def _run_data_import(args: argparse.Namespace, paths: AppPaths) -> int:
     return EXIT_OK
 
 
-def _run_data_export(args: argparse.Namespace, paths: AppPaths) -> int:
+def _cmd_data_export(args: argparse.Namespace, paths: AppPaths) -> int:
     from desktop_dpo.core.preference_io import export_preferences
 
     try:
@@ -282,7 +328,7 @@ def _run_data_export(args: argparse.Namespace, paths: AppPaths) -> int:
     return EXIT_OK
 
 
-def _run_info(args: argparse.Namespace, paths: AppPaths) -> int:
+def _cmd_info(args: argparse.Namespace, paths: AppPaths) -> int:
     import platform
 
     from desktop_dpo.core.offline import guard_installed
@@ -341,7 +387,11 @@ def _run_info(args: argparse.Namespace, paths: AppPaths) -> int:
         from desktop_dpo.core.hardware import probe_hardware, render_report
 
         print("\nHardware", flush=True)
-        print(render_report(probe_hardware(paths)))
+        with stop_on_ctrl_c() as stop:
+            report = probe_hardware(paths, cancel=stop)
+        if stop.cancelled:
+            return _stopped("The hardware checks were left unfinished.")
+        print(render_report(report))
     return status
 
 
@@ -419,74 +469,16 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, object]:
     return changes
 
 
-def _format_seconds(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
-
-
-class _TrainProgress:
-    """A one-line progress bar with ETA on stderr; setup stages, evaluations and warnings as lines."""
-
-    def __init__(self, stream=None, width: int = 24):
-        self.stream = stream or sys.stderr
-        self.width = width
-        self.bar_shown = False
-
-    def _line(self, text: str) -> None:
-        if self.bar_shown:
-            self.stream.write("\n")
-            self.bar_shown = False
-        self.stream.write(text + "\n")
-        self.stream.flush()
-
-    def __call__(self, event: object) -> None:
-        from desktop_dpo.core.dpo import train as t
-
-        if isinstance(event, t.Loading):
-            count = f" ({event.done}/{event.total})" if event.total else ""
-            if not event.total or event.done in (0, event.total):
-                self._line(f"{event.stage}{count}")
-        elif isinstance(event, t.Started):
-            self._line(
-                f"Training on {event.device} ({event.quantization}): {event.train_pairs} pairs, "
-                f"{event.heldout_pairs} held out, step {event.start_step} of {event.total_steps}"
-            )
-        elif isinstance(event, t.ReferenceReady):
-            self._line(f"Reference log-probabilities: {event.cached} cached, {event.computed} computed")
-        elif isinstance(event, t.StepMetrics):
-            done = int(self.width * event.step / max(1, event.total_steps))
-            bar = "#" * done + "." * (self.width - done)
-            self.stream.write(
-                f"\r[{bar}] step {event.step}/{event.total_steps} loss {event.loss:.4f} "
-                f"acc {event.rewards_accuracies:.2f} margin {event.rewards_margins:.3f} "
-                f"ETA {_format_seconds(event.eta_s)}  "
-            )
-            self.stream.flush()
-            self.bar_shown = True
-        elif isinstance(event, t.EvalMetrics):
-            self._line(
-                f"held-out after step {event.step}: accuracy {event.accuracy:.2f}, margin {event.margins:.3f}, "
-                f"loss {event.loss:.4f} ({event.pairs} pairs)"
-            )
-        elif isinstance(event, t.TrainWarning):
-            self._line(f"warning: {event.message}")
-        elif isinstance(event, t.Checkpointed):
-            self._line(f"checkpoint at step {event.step}: {event.path}")
-        elif isinstance(event, t.Finished):
-            self._line(f"Finished: adapter in {event.adapter_path}")
-
-
 def _cmd_train(args: argparse.Namespace, paths: AppPaths) -> int:
     """``desktop-dpo train``: a new run from a model's usable pairs, or ``--resume RUN_ID``."""
-    import signal
-    import threading
-
+    from desktop_dpo.cli_progress import TrainProgress
+    from desktop_dpo.core.dpo.checkpoint import run_folder
+    from desktop_dpo.core.dpo.config import default_config, parse_reference
     from desktop_dpo.core.dpo.run_lock import RunBusyError, run_is_busy
     from desktop_dpo.core.dpo.runs import create_run_for_model, model_pair_ids, resume_settings
-    from desktop_dpo.core.dpo.train import default_config, drive_training, parse_reference, run_folder
-    from desktop_dpo.core.errors import DesktopDpoError, JobCancelled
-    from desktop_dpo.core.jobs import CancelToken
+    from desktop_dpo.core.dpo.train import recorded_training
+    from desktop_dpo.core.errors import JobCancelled
+    from desktop_dpo.core.jobs import drive
 
     try:
         with _open_store(paths) as store:
@@ -519,27 +511,13 @@ def _cmd_train(args: argparse.Namespace, paths: AppPaths) -> int:
                     comparison_ids=comparison_ids,
                 )  # fmt: skip
             print(f"Run {run_id}", file=sys.stderr)
-            token = CancelToken()
-            previous = None
-            if threading.current_thread() is threading.main_thread():
-
-                def stop(signum, frame):  # first Ctrl-C: stop cleanly at the step boundary
-                    token.cancel()
-                    print("\nStopping after this step (Ctrl-C again aborts at once) ...", file=sys.stderr)
-                    signal.signal(signal.SIGINT, signal.default_int_handler)
-
-                previous = signal.signal(signal.SIGINT, stop)
-            try:
-                drive_training(
-                    store, run_id, cancel=token, resume=not args.restart, runs_dir=paths.runs_dir,
-                    on_event=_TrainProgress(),
-                )  # fmt: skip
-            finally:
-                if previous is not None:
-                    signal.signal(signal.SIGINT, previous)
+            with stop_on_ctrl_c("Stopping after this step") as stop:
+                job = recorded_training(
+                    store, run_id, cancel=stop, resume=not args.restart, runs_dir=paths.runs_dir
+                )
+                drive(job, TrainProgress(), stop)
     except JobCancelled:
-        print(f"Stopped. Continue with: desktop-dpo train --resume {run_id}", file=sys.stderr)
-        return EXIT_FAILED
+        return _stopped(f"Continue with: desktop-dpo train --resume {run_id}")
     except DesktopDpoError as exc:
         return _fail(str(exc))
     return EXIT_OK
@@ -570,36 +548,13 @@ def _add_export_parser(commands: argparse._SubParsersAction, common: argparse.Ar
     export.set_defaults(command_handler=_cmd_export)
 
 
-class _StageProgress:
-    """Progress lines for jobs that yield ``Progress`` and ``Log`` events (export, conversion)."""
-
-    def __init__(self, stream=None, width: int = 24):
-        self.stream = stream or sys.stderr
-        self.width = width
-        self.message = ""
-
-    def __call__(self, event: object) -> None:
-        from desktop_dpo.core.jobs import Log, Progress
-
-        if isinstance(event, Log):
-            self.stream.write(("\n" if self.message else "") + event.message + "\n")
-            self.message = ""
-        elif isinstance(event, Progress):
-            bar = ""
-            if event.fraction is not None:
-                filled = int(self.width * event.fraction)
-                bar = f"[{'#' * filled}{'.' * (self.width - filled)}] "
-            self.stream.write(f"\r{bar}{event.message[:70]:<70}")
-            self.message = event.message
-        self.stream.flush()
-
-
 def _cmd_export(args: argparse.Namespace, paths: AppPaths) -> int:
-    """``desktop-dpo export --run N``: the export pipeline with progress, then where the files are."""
+    """``desktop-dpo export --run N``: the recorded export with progress, then where the files are."""
+    from desktop_dpo.cli_progress import StageProgress
     from desktop_dpo.core.errors import JobCancelled
     from desktop_dpo.core.export.gguf import DEFAULT_QUANTIZATION
-    from desktop_dpo.core.export.pipeline import ExportFinished, ExportSettings, export_run, persist_export
-    from desktop_dpo.core.jobs import CancelToken
+    from desktop_dpo.core.export.pipeline import ExportRecorded, ExportSettings, recorded_export
+    from desktop_dpo.core.jobs import drive
 
     settings = ExportSettings(
         quantizations=tuple(args.quant or (DEFAULT_QUANTIZATION,)),
@@ -607,22 +562,15 @@ def _cmd_export(args: argparse.Namespace, paths: AppPaths) -> int:
         name=args.name,
         parity=not args.no_parity,
     )
-    progress = _StageProgress()
     try:
-        with _open_store(paths) as store:
-            finished: ExportFinished | None = None
-            for event in export_run(store, args.run, settings, paths.exports_dir, cancel=CancelToken()):
-                if isinstance(event, ExportFinished):
-                    finished = event
-                else:
-                    progress(event)
-            assert finished is not None
-            (model_id,) = persist_export(store, finished)
+        with _open_store(paths) as store, stop_on_ctrl_c() as stop:
+            job = recorded_export(store, args.run, settings, paths.exports_dir, cancel=stop)
+            recorded: ExportRecorded = drive(job, StageProgress(), stop)
     except JobCancelled:
-        print("\nStopped; nothing was kept.", file=sys.stderr)
-        return EXIT_FAILED
+        return _stopped("Nothing was kept.")
     except DesktopDpoError as exc:
         return _fail(str(exc))
+    finished, model_id = recorded.finished, recorded.model_id
     print("", file=sys.stderr)
     for line in finished.parity_lines:
         print(line)
@@ -702,7 +650,7 @@ def _no_model(id_or_name: str) -> int:
 def _cmd_export_trl(args: argparse.Namespace, paths: AppPaths) -> int:
     """``desktop-dpo data export-trl FOLDER``: pairs + train_dpo.py + accelerate config + README."""
     from desktop_dpo.core.cluster import README_FILE, export_trl
-    from desktop_dpo.core.dpo.train import TrainConfig
+    from desktop_dpo.core.dpo.config import TrainConfig
 
     try:
         with _open_store(paths) as store:
@@ -724,8 +672,8 @@ def _cmd_export_trl(args: argparse.Namespace, paths: AppPaths) -> int:
     except DesktopDpoError as exc:
         return _fail(str(exc))
     print(
-        f"Wrote {_plural(result.train_pairs, 'pair')} to train on ({_plural(result.train_prompts, 'prompt')}) "
-        f"and {result.heldout_pairs} held out ({_plural(result.heldout_prompts, 'prompt')}) to {result.folder}."
+        f"Wrote {plural(result.train_pairs, 'pair')} to train on ({plural(result.train_prompts, 'prompt')}) "
+        f"and {result.heldout_pairs} held out ({plural(result.heldout_prompts, 'prompt')}) to {result.folder}."
     )
     print(
         f"How to train them with TRL and accelerate, and bring the adapter back: {Path(result.folder) / README_FILE}"
@@ -796,60 +744,13 @@ def _add_demo_parser(commands: argparse._SubParsersAction, common: argparse.Argu
     demo.set_defaults(command_handler=_cmd_demo)
 
 
-class _DemoProgress:
-    """Stage headers, a bar per stage and the training progress of ``desktop-dpo train``."""
-
-    def __init__(self, stream=None, width: int = 24):
-        self.stream = stream or sys.stderr
-        self.width = width
-        self.train = _TrainProgress(self.stream, width)
-        self.stages = _StageProgress(self.stream, width)
-        self.stage = ""
-        self.votes: dict[str, int] = {}
-        self.votes_total = 0
-
-    def _bar(self, done: int, total: int, text: str) -> None:
-        filled = int(self.width * done / max(1, total))
-        self.stream.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {text[:70]:<70}")
-        self.stream.flush()
-
-    def __call__(self, event: object) -> None:
-        from desktop_dpo.core.demo_loop import DemoStage, PairPicked
-        from desktop_dpo.core.dpo import train as t
-        from desktop_dpo.core.evaluate import EvaluationVoted
-        from desktop_dpo.core.jobs import Log, Progress
-
-        if isinstance(event, DemoStage):
-            self.stage = event.stage
-            self.stream.write(f"\n== {event.number}/{event.total} {event.title}\n")
-            self.stages.message = ""
-            self.train.bar_shown = False
-        elif isinstance(event, PairPicked):
-            self._bar(
-                event.done, event.total, f"{event.done}/{event.total} prompts, {event.kept_so_far} pairs kept"
-            )
-        elif isinstance(event, EvaluationVoted):
-            self.votes[event.vote] = self.votes.get(event.vote, 0) + 1
-            tally = ", ".join(f"{vote} {count}" for vote, count in sorted(self.votes.items()))
-            self._bar(sum(self.votes.values()), self.votes_total, tally)
-        elif isinstance(event, Progress) and self.stage in ("pairs", "evaluate"):
-            self.votes_total = int(event.total)  # the bars above say more than "prompt i of n"
-        elif isinstance(event, (Progress, Log)):
-            self.stages(event)
-        elif isinstance(event, (t.Loading, t.Started, t.ReferenceReady, t.StepMetrics, t.EvalMetrics,
-                                t.TrainWarning, t.Checkpointed, t.Finished)):  # fmt: skip
-            self.train(event)
-
-
 def _cmd_demo(args: argparse.Namespace, paths: AppPaths) -> int:
     """``desktop-dpo demo``: run_demo with progress; then the GGUF's path and the win rate."""
-    import signal
-    import threading
-
+    from desktop_dpo.cli_progress import DemoProgress
     from desktop_dpo.core.demo_loop import DemoSettings, run_demo
     from desktop_dpo.core.demo_model import demo_package
     from desktop_dpo.core.errors import JobCancelled
-    from desktop_dpo.core.jobs import CancelToken, drive
+    from desktop_dpo.core.jobs import drive
 
     if demo_package() is None:
         return _fail(
@@ -857,29 +758,14 @@ def _cmd_demo(args: argparse.Namespace, paths: AppPaths) -> int:
             "(from a checkout) or pip install 'desktop-dpo[demo]', then run desktop-dpo demo again."
         )
     settings = DemoSettings.quick(seed=args.seed) if args.quick else DemoSettings(seed=args.seed)
-    token = CancelToken()
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-
-        def stop(signum, frame):  # first Ctrl-C: stop at the next step; a second one aborts at once
-            token.cancel()
-            print("\nStopping (Ctrl-C again aborts at once) ...", file=sys.stderr)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-
-        previous = signal.signal(signal.SIGINT, stop)
-    progress = _DemoProgress()
     try:
-        with _open_store(paths) as store:
-            result = drive(run_demo(store, paths, settings, cancel=token), progress, token)
+        with _open_store(paths) as store, stop_on_ctrl_c() as stop:
+            result = drive(run_demo(store, paths, settings, cancel=stop), DemoProgress(), stop)
     except JobCancelled:
-        print("\nStopped. The pairs and runs made so far are kept in the database.", file=sys.stderr)
-        return EXIT_FAILED
+        return _stopped("The pairs and runs made so far are kept in the database.")
     except DesktopDpoError as exc:
         print("", file=sys.stderr)
         return _fail(str(exc))
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
     print("", file=sys.stderr)
     print(
         f"Pairs: {result.pairs} picked by the rule ({result.skipped_prompts} prompts gave none); "
@@ -914,31 +800,27 @@ def installed_version(distributions: Sequence[str]) -> str:
     return "not installed"
 
 
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
-
-
 def describe_import(result: ImportResult) -> str:
     """One sentence about what an import did."""
-    text = f"Imported {_plural(result.imported, 'pair')} from {result.path} ({result.format} format)."
+    text = f"Imported {plural(result.imported, 'pair')} from {result.path} ({result.format} format)."
     if result.identical_skipped:
-        text += f" Skipped {_plural(result.identical_skipped, 'pair')} whose chosen and rejected answers are identical."
+        text += f" Skipped {plural(result.identical_skipped, 'pair')} whose chosen and rejected answers are identical."
     if result.duplicates_skipped:
         text += (
-            f" {_plural(result.duplicates_skipped, 'duplicate')} skipped (already in your data or repeated "
+            f" {plural(result.duplicates_skipped, 'duplicate')} skipped (already in your data or repeated "
             "in the file; --allow-duplicates imports them)."
         )
     if result.duplicates_imported:
-        text += f" {_plural(result.duplicates_imported, 'duplicate')} imported anyway, as asked."
+        text += f" {plural(result.duplicates_imported, 'duplicate')} imported anyway, as asked."
     return text
 
 
 def describe_export(result: ExportResult) -> str:
     """One sentence about what an export wrote."""
     text = (
-        f"Wrote {_plural(result.written, 'pair')} from {_plural(result.comparisons, 'comparison')} "
+        f"Wrote {plural(result.written, 'pair')} from {plural(result.comparisons, 'comparison')} "
         f"to {result.path} ({result.format} format)."
     )
     if result.skipped:
-        text += f" Left out {_plural(len(result.skipped), 'pair')} this format cannot hold:"
+        text += f" Left out {plural(len(result.skipped), 'pair')} this format cannot hold:"
     return text

@@ -42,10 +42,10 @@ def add_template_parser(commands: argparse._SubParsersAction, common: argparse.A
     )
     choice.add_argument("--file", type=Path, metavar="FILE", help="a Jinja chat template of your own")
     choice.add_argument("--own", action="store_true", help="go back to the model's own template")
-    template.set_defaults(command_handler=run_template)
+    template.set_defaults(command_handler=_cmd_template)
 
 
-def run_template(args: argparse.Namespace, paths: AppPaths) -> int:
+def _cmd_template(args: argparse.Namespace, paths: AppPaths) -> int:
     """Show the model's template, after storing the choice asked for."""
     from desktop_dpo.cli import EXIT_OK, _fail, _find_model, _no_model, _open_store
 

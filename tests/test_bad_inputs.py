@@ -40,9 +40,11 @@ from desktop_dpo import cli
 from desktop_dpo.config import AppPaths
 from desktop_dpo.core import preference_io
 from desktop_dpo.core.cluster import ClusterError, import_adapter
-from desktop_dpo.core.dpo import train as train_module
+from desktop_dpo.core.dpo import checkpoint as checkpoint_module
+from desktop_dpo.core.dpo.checkpoint import run_folder
+from desktop_dpo.core.dpo.config import TrainConfig, TrainingError
 from desktop_dpo.core.dpo.run_lock import LOCK_FILE, RunBusyError, RunLock
-from desktop_dpo.core.dpo.train import TrainConfig, TrainingError, drive_training, run_folder
+from desktop_dpo.core.dpo.train import drive_training
 from desktop_dpo.core.errors import (
     DatabaseBusy,
     DesktopDpoError,
@@ -1301,12 +1303,12 @@ def test_resuming_from_a_checkpoint_pickle_that_is_not_ours_says_it_is_damaged(t
     # A pickle of an arbitrary class: weights_only refuses to load it (it could run code).
     torch.save({"format": 1, "payload": Path("/etc")}, checkpoint / "training_state.pt")
     with pytest.raises(TrainingError) as caught:
-        train_module._load_checkpoint(checkpoint, None, None, TrainConfig(), 4)
+        checkpoint_module.load_checkpoint(checkpoint, None, None, TrainConfig(), 4)
     message = shows(str(caught.value), whole=True)
     assert f"delete {checkpoint}" in message and "UnpicklingError" not in message
     (checkpoint / "training_state.pt").write_bytes(b"\x80\x04garbage")
     with pytest.raises(TrainingError) as caught:
-        train_module._load_checkpoint(checkpoint, None, None, TrainConfig(), 4)
+        checkpoint_module.load_checkpoint(checkpoint, None, None, TrainConfig(), 4)
     shows(str(caught.value), whole=True)
     assert checkpoint.is_dir()  # nothing removed behind the person's back
 

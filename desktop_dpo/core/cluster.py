@@ -32,9 +32,9 @@ from typing import Any
 
 from desktop_dpo import __version__
 from desktop_dpo.config import AppPaths
+from desktop_dpo.core.dpo.config import TrainConfig, TrainingError
 from desktop_dpo.core.dpo.data import pairs_from_comparisons, split_by_prompt
 from desktop_dpo.core.dpo.runs import model_pair_ids
-from desktop_dpo.core.dpo.train import TrainConfig, TrainingError
 from desktop_dpo.core.errors import DesktopDpoError, ExportError
 from desktop_dpo.core.export.merge import plan_merge, read_adapter_config
 from desktop_dpo.core.export_target import check_export_target

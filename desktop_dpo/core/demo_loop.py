@@ -32,8 +32,9 @@ Why these pairs and settings (measured with ``bench/efficacy.py``; ARCHITECTURE.
   scratch, the trained model answered like the base (win rates of 50–62% whatever the training).
 
 The demo is the driver of its stages, so unlike a single job it writes rows: with the store it is given
-(the calling thread's connection) it records the model, the pairs, the run's events, the export and the
-votes, exactly as the app's views would. It yields small events for a progress display and returns a
+(the calling thread's connection) it records the model, the pairs and the votes, and it runs the recorded
+jobs the CLI and the GUI run for the rest (``train.recorded_training``, ``pipeline.recorded_export``,
+``sampling.record_model_info``), so the run's events and the export are recorded by the same code. It yields small events for a progress display and returns a
 :class:`DemoResult`.
 """
 
@@ -65,10 +66,10 @@ from desktop_dpo.core.evaluate import (
 from desktop_dpo.core.jobs import CancelToken, Log, Progress
 from desktop_dpo.core.llm.generation import MAX_SEED, GenerationResult, ResponseFinished, TokenEvent
 from desktop_dpo.core.model_files import TRAINABLE_COPY_KEY, trainable_copy_dir
-from desktop_dpo.core.sampling import ModelInfoLearned, generation_meta
+from desktop_dpo.core.sampling import generation_meta, record_model_info
 
 if TYPE_CHECKING:
-    from desktop_dpo.core.dpo.train import TrainConfig
+    from desktop_dpo.core.dpo.config import TrainConfig
     from desktop_dpo.core.llm.engine_pool import EnginePool
     from desktop_dpo.core.store import ModelRow, PromptRow, Store
 
@@ -125,7 +126,7 @@ def read_demo_prompts(path: str | Path = DEMO_PROMPTS_FILE) -> tuple[str, ...]:
 
 def demo_train_config(base: TrainConfig | None = None) -> TrainConfig:
     """The demo's training settings: ``base`` (default: this machine's preset) with :data:`DEMO_TRAIN_CHANGES`."""
-    from desktop_dpo.core.dpo.train import default_config
+    from desktop_dpo.core.dpo.config import default_config
 
     return (base or default_config()).replace(**DEMO_TRAIN_CHANGES)
 
@@ -338,22 +339,30 @@ class DemoResult:
 def _quiet(
     job: Generator[Any, None, Any], store: Store, on_event: Callable[[Any], object] | None = None
 ) -> Generator[Any, None, Any]:
-    """Pass a sub-job's events through, minus per-token events; record what it learned about models.
+    """Pass a sub-job's events through, minus per-token events, recorded as Collect records them
+    (``sampling.record_model_info``); a stop thrown in reaches the sub-job (the cancel rule).
 
     ``on_event`` sees every event passed on before the caller does (the evaluation stores its votes so).
     """
+    job = record_model_info(store, job)
+    thrown: BaseException | None = None
     while True:
         try:
-            event = next(job)
+            event = job.throw(thrown) if thrown is not None else next(job)
         except StopIteration as stop:
             return stop.value
-        if isinstance(event, ModelInfoLearned):
-            store.update_model_info(event.model_id, **event.info)
+        thrown = None
         if isinstance(event, (TokenEvent, ResponseFinished)):
             continue  # hundreds per answer: a progress display needs none of them
         if on_event is not None:
             on_event(event)
-        yield event
+        try:
+            yield event
+        except GeneratorExit:
+            job.close()
+            raise
+        except BaseException as exc:  # JobCancelled from the driver: the sub-job's clean-up runs
+            thrown = exc
 
 
 def _prepare_model(store: Store, paths: AppPaths, cancel: CancelToken) -> Generator[Any, None, ModelRow]:
@@ -497,10 +506,10 @@ def _train(
     settings: DemoSettings,
     cancel: CancelToken,
 ) -> Generator[Any, None, int]:
-    """A run over the demo's pairs, driven like ``drive_training`` but streamed: each event is persisted,
-    then yielded, so a progress bar moves while it trains."""
+    """A run over the demo's pairs: the recorded job ``desktop-dpo train`` runs (``train.recorded_training``)."""
+    from desktop_dpo.core.dpo.config import TrainingError
     from desktop_dpo.core.dpo.runs import create_run_for_model
-    from desktop_dpo.core.dpo.train import TrainingError, persist_event, persist_outcome, train
+    from desktop_dpo.core.dpo.train import recorded_training
 
     if not comparison_ids:
         raise TrainingError(
@@ -514,34 +523,25 @@ def _train(
         name=f"demo ({len(comparison_ids)} pairs)",
         comparison_ids=comparison_ids,
     )
-    try:
-        for event in train(store, run_id, cancel=cancel, runs_dir=paths.runs_dir):
-            persist_event(store, run_id, event)
-            yield event
-    except BaseException as exc:
-        persist_outcome(store, run_id, exc)  # the run row says stopped or failed, and why
-        raise
+    # Each event is stored before it is passed on; the run row says completed, stopped or failed, and why.
+    yield from recorded_training(store, run_id, cancel=cancel, runs_dir=paths.runs_dir)
     return run_id
 
 
 def _export(
     store: Store, paths: AppPaths, run_id: int, settings: DemoSettings, cancel: CancelToken
 ) -> Generator[Any, None, tuple[ModelRow, str, str]]:
-    from desktop_dpo.core.export.pipeline import ExportFinished, ExportSettings, export_run, persist_export
+    """The recorded export ``desktop-dpo export`` runs (``pipeline.recorded_export``), of Q4_K_M only."""
+    from desktop_dpo.core.export.pipeline import ExportSettings, recorded_export
 
     export_settings = ExportSettings(quantizations=("Q4_K_M",), parity=settings.parity)
-    finished: ExportFinished | None = None
-    for event in export_run(store, run_id, export_settings, paths.exports_dir, cancel=cancel):
-        if isinstance(event, ExportFinished):
-            finished = event
-        else:
-            yield event
-    if finished is None:  # export_run either finishes or raises
-        raise DesktopDpoError("The export ended without a file.")
+    recorded = yield from recorded_export(
+        store, run_id, export_settings, paths.exports_dir, cancel=cancel, register_as="Q4_K_M"
+    )
+    finished = recorded.finished
     for line in finished.parity_lines:
         yield Log(line)
-    (model_id,) = persist_export(store, finished, register_as="Q4_K_M")
-    aligned = store.get_model(model_id)
+    aligned = store.get_model(recorded.model_id)
     assert aligned is not None
     gguf = next(f.path for f in finished.files if f.quantization == "Q4_K_M")
     return aligned, gguf, finished.folder

@@ -45,6 +45,7 @@ from desktop_dpo.core.sampling import (
     read_prompt_file,
     with_seq,
 )
+from desktop_dpo.core.wording import plural
 
 if TYPE_CHECKING:
     from desktop_dpo.core.llm.engine_pool import EnginePool
@@ -100,10 +101,6 @@ def wilson_interval(wins: int, n: int, z: float = Z_95) -> tuple[float, float]:
 
 def _percent(value: float) -> str:
     return f"{value * 100:.0f}%"
-
-
-def _plural(count: int, one: str, many: str | None = None) -> str:
-    return f"{count} {one if count == 1 else (many or one + 's')}"
 
 
 @dataclass(frozen=True)
@@ -163,7 +160,7 @@ class EvaluationSummary:
     def sentence(self) -> str:
         """The summary in words, e.g. "The aligned model won 41 of 50 decisive votes (82%, 95% CI 69–90%);
         6 ties"."""
-        others = [_plural(self.ties, "tie")]
+        others = [plural(self.ties, "tie")]
         if self.both_bad:
             others.append(f"{self.both_bad} both bad")
         if self.n_decisive == 0:
@@ -172,7 +169,7 @@ class EvaluationSummary:
             return f"No decisive votes yet; {'; '.join(others)}"
         assert self.win_rate is not None
         return (
-            f"The aligned model won {self.wins} of {_plural(self.n_decisive, 'decisive vote')} "
+            f"The aligned model won {self.wins} of {plural(self.n_decisive, 'decisive vote')} "
             f"({_percent(self.win_rate)}, 95% CI {self.ci_low * 100:.0f}–{_percent(self.ci_high)}); "
             + "; ".join(others)
         )

@@ -97,8 +97,8 @@ def drive(job: Job, on_event: Callable[[Any], object], cancel: CancelToken | Non
     and whatever it raises then comes out of here (``JobCancelled`` for a job that stopped as asked). When
     ``on_event`` raises, the job is abandoned (closed now, in this thread) and the error goes on.
 
-    ``JobThread`` (the GUI's worker, ``workers/job_worker.py``) runs every GUI job through it; so do
-    ``desktop-dpo demo``, the benches and the tests.
+    ``JobThread`` (the GUI's worker, ``workers/job_worker.py``) runs every GUI job through it; so do the
+    CLI's commands (``desktop-dpo train``, ``export``, ``demo``), the training child, the benches and the tests.
     """
     thrown = False
     try:
@@ -117,6 +117,37 @@ def drive(job: Job, on_event: Callable[[Any], object], cancel: CancelToken | Non
                 event = job.throw(JobCancelled(STOPPED_MESSAGE))
             else:
                 event = next(job)
+        except StopIteration as stop:
+            return stop.value
+
+
+def recorded(job: Job, record: Callable[[Any], object]) -> Job:
+    """``yield from job``, with ``record(event)`` called on each event before it is passed on.
+
+    How a *recorded job* writes its rows (``train.record_training``, ``sampling.record_model_info``): the
+    record is in the database before any driver sees the event. A stop thrown in (the cancel rule above)
+    reaches ``job`` at the ``yield`` where it waits, and the events its clean-up yields are recorded too;
+    closing this generator closes ``job``.
+    """
+    try:
+        event = next(job)
+    except StopIteration as stop:
+        return stop.value
+    while True:
+        record(event)
+        try:
+            yield event
+        except GeneratorExit:
+            job.close()
+            raise
+        except BaseException as exc:  # thrown in by the driver (JobCancelled): the job's clean-up runs
+            try:
+                event = job.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+            continue
+        try:
+            event = next(job)
         except StopIteration as stop:
             return stop.value
 

@@ -11,9 +11,10 @@ events and results, several times slower on a CPU). The refusal is remembered tw
 not tried again for the same contents and converter: a small file beside where the copy would be, and an
 event for the model's info. :func:`model_engine` is where every job gets its engine, of either kind.
 
-This module writes no database rows: the job yields :class:`GgufCopyMade` or :class:`GgufRefused` (both
-:class:`ModelInfoLearned`), and whoever drives it records them
-(``Store.update_model_info(model_id, **event.info)``).
+The jobs yield what they learn about a model as :class:`GgufCopyMade` or :class:`GgufRefused` (both
+:class:`ModelInfoLearned`); :func:`record_model_info` is the one place that records them
+(``Store.update_model_info``) on the store its driver hands it. Collect, Chat, Evaluate and the demo run
+their sampling jobs (:func:`sample_pair`, ``chat.chat_reply``, ``evaluate.sample_evaluation_pair``) through it.
 
 A pair from one model is decoded together (``generate_pair``: the prompt evaluated once, both answers
 advancing step by step), whichever engine runs it. A pair from two different models streams A, then B, from
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 from collections.abc import Callable, Generator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -42,7 +44,7 @@ from desktop_dpo.core.errors import (
     ImportFormatError,
     ModelError,
 )
-from desktop_dpo.core.jobs import CancelToken, Job, Log
+from desktop_dpo.core.jobs import CancelToken, Job, Log, recorded
 from desktop_dpo.core.llm.generation import (
     Engine,
     GenerationResult,
@@ -65,7 +67,9 @@ from desktop_dpo.core.model_files import (
 # imports this module at start-up (Collect, the welcome card's prompt file) and pays for no engine there.
 if TYPE_CHECKING:
     from desktop_dpo.core.llm.engine_pool import EnginePool
-    from desktop_dpo.core.store import ModelRow
+    from desktop_dpo.core.store import ModelRow, Store
+
+log = logging.getLogger(__name__)
 
 # Tokens of context per response (prompt + answer); LlamaCppEngine caps it at the model's trained length.
 DEFAULT_N_CTX = 4096
@@ -109,6 +113,21 @@ class GgufRefused(ModelInfoLearned):
     def info(self) -> dict[str, Any]:
         """Keys to merge into the model's info (``Store.update_model_info(model_id, **info)``)."""
         return {GGUF_REFUSED_INFO_KEY: {"reason": self.reason, "fingerprint": self.fingerprint}}
+
+
+def record_model_info(store: Store, job: Job) -> Job:
+    """``job``, recorded on ``store`` (a recorded job): what it learns about a model is written to the model's
+    info before the event is passed on. A failed write is logged, not raised: the answers matter more, and
+    the next job learns the same again."""
+
+    def record(event: object) -> None:
+        if isinstance(event, ModelInfoLearned):
+            try:
+                store.update_model_info(event.model_id, **event.info)
+            except DesktopDpoError as exc:
+                log.warning("Could not record what was learned about model %s: %s", event.model_id, exc)
+
+    return recorded(job, record)
 
 
 # ---------------------------------------------------------------------------------------------------------

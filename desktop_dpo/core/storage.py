@@ -45,6 +45,7 @@ from desktop_dpo.core.model_files import (
     trainable_copy_dir,
 )
 from desktop_dpo.core.store import ExportRow, ModelRow, RunRow, Store
+from desktop_dpo.core.wording import human_size
 
 KIND_LABELS = {
     "database": "Database",
@@ -108,16 +109,6 @@ class CleanupResult:
     removed: tuple[str, ...]  # paths deleted
     skipped: tuple[tuple[str, str], ...]  # (path, why it was left) for requested items not deleted
     bytes_freed: int
-
-
-def human_size(size: int | float) -> str:
-    """Bytes in the units a person reads: "0 B", "812 KB", "1.4 GB" (powers of 1000, as file managers show)."""
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" or value >= 100 else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} TB"  # not reached
 
 
 # --------------------------------------------------------------------------------------------------

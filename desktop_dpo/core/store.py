@@ -12,6 +12,7 @@ Durability rules (a pick must never be lost):
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import functools
@@ -25,7 +26,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from desktop_dpo.core.errors import (
     DatabaseBusy,
@@ -652,6 +653,31 @@ class Store:
         self.backups_dir: Path | None = None  # named in the message for a damaged database
         self.busy_timeout_s = 30.0  # how long a write waits for another connection
         self.read_only = False  # opened with Store.open(read_only=True)
+        self._held: Path | None = None  # the file counted in _files_in_use until close()
+
+    # The database files this process has connections to, with how many. SQLite's locks on a file are POSIX
+    # locks, which belong to the process: closing *any* descriptor of the file drops all of them, those of
+    # every other connection included. Another process (the training child) then takes the file for
+    # unused, and this process's connections read a WAL index rebuilt under them (SQLITE_IOERR_SHORT_READ,
+    # "disk I/O error"; measured with a worker store opened while a training child wrote). So the header
+    # check below, which opens and closes the file, runs only when no connection here has it open yet.
+    _files_in_use: ClassVar[collections.Counter[Path]] = collections.Counter()
+    _files_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    @classmethod
+    def _check_file(cls, db_path: Path) -> None:
+        """``check_is_sqlite``, unless a connection of this process has the file open (it was checked then)."""
+        with cls._files_lock:
+            in_use = cls._files_in_use[db_path.resolve()] > 0
+        if not in_use:
+            check_is_sqlite(db_path)
+
+    def _hold(self) -> Store:
+        if self.path is not None:
+            self._held = self.path.resolve()
+            with self._files_lock:
+                self._files_in_use[self._held] += 1
+        return self
 
     @functools.cached_property
     def db(self) -> sqlite_utils.Database:
@@ -686,10 +712,10 @@ class Store:
         if read_only:
             if db_path is None or not db_path.is_file():
                 raise StoreError(f"There is no database at {path} to read.")
-            check_is_sqlite(db_path)
-            return cls._open_read_only(db_path, backups, migrations, busy_timeout_s)
+            cls._check_file(db_path)
+            return cls._open_read_only(db_path, backups, migrations, busy_timeout_s)._hold()
         if db_path is not None:
-            check_is_sqlite(db_path)
+            cls._check_file(db_path)
             try:
                 db_path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -721,7 +747,7 @@ class Store:
         except Exception:
             conn.close()
             raise
-        return store
+        return store._hold()
 
     @classmethod
     def _open_read_only(
@@ -841,6 +867,12 @@ class Store:
     def close(self) -> None:
         """Close the connection (checkpointing the WAL when this is the last one)."""
         self._conn.close()
+        if self._held is not None:
+            with self._files_lock:
+                self._files_in_use[self._held] -= 1
+                if self._files_in_use[self._held] <= 0:
+                    del self._files_in_use[self._held]
+            self._held = None
 
     def __enter__(self) -> Store:
         return self

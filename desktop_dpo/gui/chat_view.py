@@ -18,7 +18,6 @@ Keyboard: Ctrl+Enter sends, Esc stops the reply, F2 renames the selected convers
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -26,9 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from PySide6.QtCore import QPoint, QSettings, Qt, Signal, Slot
-from PySide6.QtGui import QKeySequence, QShortcut, QShowEvent
+from PySide6.QtGui import QShortcut, QShowEvent
 from PySide6.QtWidgets import (
-    QComboBox,
     QFrame,
     QHBoxLayout,
     QLabel,
@@ -57,13 +55,22 @@ from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.jobs import Log, Progress
 from desktop_dpo.core.llm.engine_pool import EnginePool
 from desktop_dpo.core.llm.generation import GenerationResult, ResponseFinished, TokenEvent, draw_seed
-from desktop_dpo.core.sampling import ModelInfoLearned
+from desktop_dpo.core.sampling import record_model_info
 from desktop_dpo.core.store import MessageRow, ModelRow, Store
+from desktop_dpo.gui import widgets
 from desktop_dpo.gui.chat_transcript import ChatTranscript
 from desktop_dpo.gui.message_banner import MessageBanner
 from desktop_dpo.gui.sampling_settings_panel import SamplingSettingsPanel
 from desktop_dpo.gui.template_editor import ensure_template_chosen, template_needed_message
 from desktop_dpo.gui.view_messages import ActivityLine, ViewMessages
+from desktop_dpo.gui.widgets import (
+    ModelCombo,
+    field_label,
+    make_page,
+    set_style_property,
+    title_block,
+    view_shortcut,
+)
 from desktop_dpo.workers.job_op import JobOp
 from desktop_dpo.workers.job_worker import JobRegistry
 
@@ -75,32 +82,6 @@ RENAME_SHORTCUT = "F2"
 SETTINGS_KEY = "chat/sampling"
 EMPTY_TITLE = "Pick a model and say hello…"
 NO_MODEL_TITLE = "No models yet"
-
-# Styles of this view's own widgets; the app style sheet (resources/style.qss) supplies the rest
-# (#pageTitle, #pageSummary, #card, #primaryButton, #secondaryButton).
-STYLE = """
-#chatSidebarPanel { background: #ffffff; border-right: 1px solid #e2e8f0; }
-#chatListTitle { color: #0f172a; font-size: 14px; font-weight: 700; }
-#conversationList { background: transparent; border: none; outline: none; font-size: 13px; color: #334155; }
-#conversationList::item { padding: 7px 8px; margin: 1px 0; border-radius: 6px; }
-#conversationList::item:hover { background: #f1f5f9; }
-#conversationList::item:selected { background: #eef2ff; color: #3730a3; }
-#conversationList:disabled { color: #94a3b8; }
-#chatListEmpty, #composerNote, #activityText { color: #64748b; font-size: 12px; }
-#fieldLabel { color: #475569; font-size: 12px; font-weight: 600; }
-#messageEditor, #systemEditor {
-    background: #ffffff; border: 1px solid #cbd5e1; border-radius: 8px; padding: 4px; font-size: 14px;
-}
-#messageEditor:focus, #systemEditor:focus { border-color: #818cf8; }
-#chatTranscript { background: #f8fafc; border: 1px solid #e2e8f0; border-radius: 10px; }
-#chatEmpty { background: #ffffff; border: 1px dashed #cbd5e1; border-radius: 10px; }
-#chatEmptyTitle { color: #0f172a; font-size: 18px; font-weight: 600; }
-#chatEmptyText { color: #64748b; font-size: 13px; }
-#composerNote[busy="true"] { color: #b45309; }
-QToolButton#samplingToggle, QToolButton#systemToggle {
-    border: none; color: #334155; font-size: 12px; font-weight: 600; padding: 2px 0;
-}
-"""
 
 
 def describe_reply(result: GenerationResult) -> str:
@@ -176,8 +157,7 @@ class ChatView(ViewMessages, QWidget):
         parent: QWidget | None = None,
     ):
         super().__init__(parent)
-        self.setObjectName("pageArea")
-        self.setStyleSheet(STYLE)
+        make_page(self, "chat")
         self.store = store
         self.registry = registry
         self.pool = pool
@@ -196,7 +176,7 @@ class ChatView(ViewMessages, QWidget):
         self._build()
         self._build_shortcuts()
         registry.changed.connect(self._on_registry_changed)
-        self._restore_sampling_settings()
+        self.sampling_panel.remember(self._settings, SETTINGS_KEY)
         self.refresh_models()
         self.refresh_conversations()
         conversations = self.store.list_conversations()
@@ -255,23 +235,13 @@ class ChatView(ViewMessages, QWidget):
         side_layout.addLayout(list_actions)
 
         # -- header: title, model
-        title = QLabel("Chat")
-        title.setObjectName("pageTitle")
-        summary = QLabel("Talk to a model on this computer. Every conversation is saved.")
-        summary.setObjectName("pageSummary")
-        self.model_combo = QComboBox()
-        self.model_combo.setObjectName("modelCombo")
-        self.model_combo.setMinimumContentsLength(18)
-        self.model_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        self.model_combo.setToolTip("The model that answers")
+        title, summary = title_block("Chat", "Talk to a model on this computer. Every conversation is saved.")
+        self.model_combo = ModelCombo("The model that answers")
         self.model_combo.currentIndexChanged.connect(self._on_model_combo_changed)
-        model_label = QLabel("Model")
-        model_label.setObjectName("fieldLabel")
-        summary.setWordWrap(True)
         top = QHBoxLayout()
         top.setSpacing(10)
         top.addWidget(title, 1)
-        top.addWidget(model_label, 0, Qt.AlignmentFlag.AlignVCenter)
+        top.addWidget(field_label("Model"), 0, Qt.AlignmentFlag.AlignVCenter)
         top.addWidget(self.model_combo, 0, Qt.AlignmentFlag.AlignVCenter)
         header = QVBoxLayout()
         header.setSpacing(2)
@@ -279,11 +249,7 @@ class ChatView(ViewMessages, QWidget):
         header.addWidget(summary)
 
         # -- settings card: system prompt and sampling
-        card = QFrame()
-        card.setObjectName("card")
-        card_layout = QVBoxLayout(card)
-        card_layout.setContentsMargins(16, 8, 16, 8)
-        card_layout.setSpacing(6)
+        card, card_layout = widgets.card((16, 8, 16, 8), 6)
         self.system_toggle = QToolButton()
         self.system_toggle.setObjectName("systemToggle")
         self.system_toggle.setText("System prompt")
@@ -312,7 +278,6 @@ class ChatView(ViewMessages, QWidget):
         self.system_edit.textChanged.connect(self._on_system_text_changed)
         card_layout.addWidget(self.system_edit)
         self.sampling_panel = SamplingSettingsPanel()
-        self.sampling_panel.changed.connect(self._on_sampling_changed)
         self.sampling_panel.summary.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         card_layout.addWidget(self.sampling_panel)
 
@@ -353,11 +318,7 @@ class ChatView(ViewMessages, QWidget):
         self.activity_row = ActivityLine()
 
         # -- the composer
-        composer = QFrame()
-        composer.setObjectName("card")
-        composer_layout = QVBoxLayout(composer)
-        composer_layout.setContentsMargins(10, 8, 10, 8)
-        composer_layout.setSpacing(8)
+        composer, composer_layout = widgets.card((10, 8, 10, 8))
         self.input_edit = QPlainTextEdit()
         self.input_edit.setObjectName("messageEditor")
         self.input_edit.setPlaceholderText("Write a message. Ctrl+Enter sends.")
@@ -414,11 +375,7 @@ class ChatView(ViewMessages, QWidget):
 
     def _build_shortcuts(self) -> None:
         def shortcut(keys: str, slot: Any) -> QShortcut:
-            item = QShortcut(QKeySequence(keys), self)
-            # Anywhere in this view, the message editor included; not while another view is on screen.
-            item.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
-            item.activated.connect(slot)
-            return item
+            return view_shortcut(self, keys, slot)
 
         self.shortcuts: dict[str, QShortcut] = {}
         for keys in SEND_SHORTCUTS:
@@ -437,19 +394,8 @@ class ChatView(ViewMessages, QWidget):
         if current is None:
             default = self.store.default_model()
             current = default.id if default is not None else None
-        combo = self.model_combo
-        combo.blockSignals(True)
-        combo.clear()
-        for model in models:
-            kind = "GGUF" if model.kind == "gguf" else "Hugging Face"
-            combo.addItem(f"{model.name}  ·  {kind}", model.id)
-            combo.setItemData(combo.count() - 1, model.path, Qt.ItemDataRole.ToolTipRole)
-        if not models:
-            combo.addItem("No model yet: add one in Models", None)
-        index = combo.findData(current) if current is not None else -1
-        combo.setCurrentIndex(max(index, 0))
-        combo.blockSignals(False)
-        self._model = next((m for m in models if m.id == combo.currentData()), None)
+        self.model_combo.fill(models, current)
+        self._model = self.model_combo.chosen(models)
         self._show_page()
         self._update_actions()
 
@@ -840,11 +786,13 @@ class ChatView(ViewMessages, QWidget):
         seed = draw_seed(self._rng)
         pool, paths = self.pool, self.paths
 
-        def factory(token: Any) -> Any:
-            return chat_reply(pool, model, paths, messages, settings, seed, token)
+        def factory(store: Store, token: Any) -> Any:
+            return record_model_info(store, chat_reply(pool, model, paths, messages, settings, seed, token))
 
         self._replying = self.start_job(
-            JobOp(self.registry, factory, owner=self).resource(f"generate:{model.id}").slots("reply")
+            JobOp(self.registry, factory, store=paths.db_path, owner=self)
+            .resource(f"generate:{model.id}")
+            .slots("reply")
         )
         if self._replying is None:
             return False
@@ -893,13 +841,6 @@ class ChatView(ViewMessages, QWidget):
                 f"The {event.dropped} oldest messages were left out so the conversation fits "
                 f"{reply.model.name}'s context of {event.n_ctx} tokens."
             )
-        elif isinstance(event, ModelInfoLearned):
-            # A GGUF copy was made, or llama.cpp refused the model (it then runs in transformers). The job
-            # writes no rows: its driver (this view, on the GUI thread's connection) records it.
-            try:
-                self.store.update_model_info(event.model_id, **event.info)
-            except DesktopDpoError as exc:
-                log.warning("Could not record what was learned about model %s: %s", event.model_id, exc)
         elif isinstance(event, Progress):
             self.activity_row.show_progress(event.fraction)
             if event.message:
@@ -1019,10 +960,7 @@ class ChatView(ViewMessages, QWidget):
         self.stop_button.setEnabled(streaming)
         self.shortcuts["stop"].setEnabled(streaming)
         self.note.setText(note)
-        if self.note.property("busy") != busy:
-            self.note.setProperty("busy", busy)
-            self.note.style().unpolish(self.note)
-            self.note.style().polish(self.note)
+        set_style_property(self.note, "busy", busy)
         # Switching conversations (or models) while a reply is written is not allowed: stop it first.
         self.conversation_list.setEnabled(not streaming)
         self.conversation_list.setToolTip(
@@ -1053,20 +991,6 @@ class ChatView(ViewMessages, QWidget):
         self._update_actions()
 
     # ---------------------------------------------------------------- settings
-
-    def _restore_sampling_settings(self) -> None:
-        raw = self._settings.value(SETTINGS_KEY)
-        settings = SamplingSettings()
-        if isinstance(raw, str):
-            try:
-                settings = SamplingSettings(**json.loads(raw))
-            except (ValueError, TypeError):
-                log.info("Ignoring unreadable saved sampling settings: %r", raw)
-        self.sampling_panel.set_settings(settings)
-
-    @Slot(object)
-    def _on_sampling_changed(self, settings: SamplingSettings) -> None:
-        self._settings.setValue(SETTINGS_KEY, json.dumps(settings.to_dict()))
 
     def set_sampling_settings(self, settings: SamplingSettings) -> None:
         """Use ``settings`` for the next replies (also shown in the sampling panel)."""

@@ -33,7 +33,6 @@ key would both be refused by Qt as ambiguous).
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import dataclass, field, replace
@@ -44,7 +43,6 @@ from PySide6.QtCore import QEvent, QObject, QSettings, Qt, Signal, Slot
 from PySide6.QtGui import QKeyEvent, QKeySequence, QShortcut, QShowEvent
 from PySide6.QtWidgets import (
     QCheckBox,
-    QComboBox,
     QFrame,
     QHBoxLayout,
     QLabel,
@@ -61,12 +59,14 @@ from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.jobs import Log, Progress
 from desktop_dpo.core.llm.engine_pool import EnginePool
 from desktop_dpo.core.llm.generation import GenerationResult, ResponseFinished, TokenEvent
-from desktop_dpo.core.sampling import ModelInfoLearned, generation_meta, read_prompt_file, sample_pair
+from desktop_dpo.core.sampling import generation_meta, read_prompt_file, record_model_info, sample_pair
 from desktop_dpo.core.store import ModelRow, PromptRow, Store
+from desktop_dpo.gui import widgets
 from desktop_dpo.gui.message_banner import MessageBanner
 from desktop_dpo.gui.response_pane import SIDE_NAMES, ResponsePane
 from desktop_dpo.gui.sampling_settings_panel import SamplingSettingsPanel
 from desktop_dpo.gui.view_messages import ActivityLine, ViewMessages
+from desktop_dpo.gui.widgets import ModelCombo, field_label, make_page, page_header, page_pill, view_shortcut
 from desktop_dpo.workers.job_op import JobOp
 from desktop_dpo.workers.job_worker import JobRegistry
 
@@ -107,42 +107,6 @@ SYSTEM_PREVIEW_CHARS = 30  # of a folded system prompt, after the toggle's name
 PROMPT_FILE_FILTER = "Prompt files (*.txt *.jsonl *.json);;All files (*)"
 SETTINGS_KEY = "collect/sampling"
 GENERATION_SIDES = ("a", "b")  # generation index -> the name the database uses
-
-# Styles of this view's own widgets; the app style sheet (resources/style.qss) supplies the rest
-# (#pageTitle, #card, #primaryButton, #secondaryButton).
-STYLE = """
-#collectPill {
-    background: #eef2ff; color: #3730a3; border: 1px solid #c7d2fe; border-radius: 9px;
-    padding: 2px 10px; font-size: 12px; font-weight: 600;
-}
-#collectPill[muted="true"] { background: #f1f5f9; color: #475569; border-color: #e2e8f0; }
-#fieldLabel { color: #475569; font-size: 12px; font-weight: 600; }
-#promptEditor, #systemEditor {
-    background: #ffffff; border: 1px solid #cbd5e1; border-radius: 8px; padding: 4px; font-size: 14px;
-}
-#promptEditor:focus, #systemEditor:focus { border-color: #818cf8; }
-#chatTranscript { background: #f8fafc; border: 1px solid #e2e8f0; border-radius: 8px; }
-#samplingSummary, #activityText, #paneStatus { color: #64748b; font-size: 12px; }
-#responsePane { background: #ffffff; border: 1px solid #e2e8f0; border-radius: 10px; }
-#responsePane[chosen="true"] { border: 2px solid #4f46e5; }
-#paneTitle { color: #0f172a; font-size: 14px; font-weight: 700; }
-#paneBadge {
-    color: #92400e; background: #fef3c7; border-radius: 8px; padding: 1px 8px; font-size: 11px; font-weight: 600;
-}
-#responseText { background: #ffffff; border: none; border-top: 1px solid #f1f5f9; color: #1e293b; }
-#verdictBar { background: #ffffff; border: 1px solid #e2e8f0; border-radius: 10px; }
-QPushButton#verdictButton {
-    background: #f8fafc; color: #1e293b; border: 1px solid #cbd5e1; border-radius: 7px;
-    padding: 7px 10px; font-size: 13px;
-}
-QPushButton#verdictButton:hover { background: #eef2ff; border-color: #a5b4fc; }
-QPushButton#verdictButton:disabled { color: #94a3b8; background: #f8fafc; border-color: #e2e8f0; }
-QPushButton#verdictButton[main="true"] { font-weight: 600; }
-#verdictFeedback { color: #047857; font-size: 12px; }
-QToolButton#samplingToggle, QToolButton#systemToggle {
-    border: none; color: #334155; font-size: 12px; font-weight: 600; padding: 2px 0;
-}
-"""
 
 
 def verdict_for(choice: str, a_shown_left: bool) -> str:
@@ -297,8 +261,7 @@ class CollectView(ViewMessages, QWidget):
         parent: QWidget | None = None,
     ):
         super().__init__(parent)
-        self.setObjectName("pageArea")
-        self.setStyleSheet(STYLE)
+        make_page(self, "collect")
         self.store = store
         self.registry = registry
         self.pool = pool
@@ -324,65 +287,37 @@ class CollectView(ViewMessages, QWidget):
         registry.changed.connect(self._on_registry_changed)
         self.refresh_models()
         self.refresh_counts()
-        self._restore_sampling_settings()
+        self.sampling_panel.remember(self._settings, SETTINGS_KEY)
         self._show_empty_panes()
         self._update_actions()
 
     # ---------------------------------------------------------------- building
 
     def _build(self) -> None:
-        title = QLabel("Collect")
-        title.setObjectName("pageTitle")
-        summary = QLabel("Write a prompt, read two answers side by side, and pick the better one.")
-        summary.setObjectName("pageSummary")
-        summary.setWordWrap(True)  # beside the queue's buttons in a narrow window
-        self.pairs_label = QLabel()
-        self.pairs_label.setObjectName("collectPill")
-        self.pairs_label.setToolTip("Pairs that can train: one answer chosen, or an answer you rewrote")
-        self.queue_label = QLabel()
-        self.queue_label.setObjectName("collectPill")
+        self.pairs_label = page_pill("Pairs that can train: one answer chosen, or an answer you rewrote")
+        self.queue_label = page_pill("Prompts waiting in the queue (Load prompts…, then Next prompt)")
         self.queue_label.setProperty("muted", True)
-        self.queue_label.setToolTip("Prompts waiting in the queue (Load prompts…, then Next prompt)")
-        header = QHBoxLayout()
-        header.setSpacing(8)
-        names = QVBoxLayout()
-        names.setSpacing(2)
-        names.addWidget(title)
-        names.addWidget(summary)
-        header.addLayout(names, 1)
+        # The summary wraps beside the queue's buttons in a narrow window.
+        header = page_header(
+            "Collect", "Write a prompt, read two answers side by side, and pick the better one.", spacing=8
+        )
 
         # -- the prompt card: model, prompt, actions, sampling settings
-        card = QFrame()
-        card.setObjectName("card")
-        card_layout = QVBoxLayout(card)
-        card_layout.setContentsMargins(16, 14, 16, 12)
-        card_layout.setSpacing(8)
+        card, card_layout = widgets.card()
 
-        self.model_combo = QComboBox()
-        self.model_combo.setObjectName("modelCombo")
-        self.model_combo.setMinimumContentsLength(24)
-        self.model_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        self.model_combo.setToolTip("The model both answers are sampled from")
+        self.model_combo = ModelCombo("The model both answers are sampled from", min_length=24)
         self.model_combo.currentIndexChanged.connect(self._on_model_combo_changed)
         self.other_model_check = QCheckBox("B from another model")
         self.other_model_check.setToolTip(
             "Sample the second answer from a different model (e.g. base against aligned)"
         )
         self.other_model_check.toggled.connect(self._on_other_model_toggled)
-        self.model_b_combo = QComboBox()
-        self.model_b_combo.setObjectName("modelCombo")
-        self.model_b_combo.setMinimumContentsLength(18)
-        self.model_b_combo.setSizeAdjustPolicy(
-            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
-        )
-        self.model_b_combo.setToolTip("The model of the second answer")
+        self.model_b_combo = ModelCombo("The model of the second answer")
         self.model_b_combo.setVisible(False)
         self.model_b_combo.currentIndexChanged.connect(lambda _index: self._update_actions())
-        model_label = QLabel("Model")
-        model_label.setObjectName("fieldLabel")
         model_row = QHBoxLayout()
         model_row.setSpacing(10)
-        model_row.addWidget(model_label)
+        model_row.addWidget(field_label("Model"))
         model_row.addWidget(self.model_combo, 2)
         model_row.addSpacing(8)
         model_row.addWidget(self.other_model_check)
@@ -465,7 +400,6 @@ class CollectView(ViewMessages, QWidget):
             header.addWidget(widget, 0, Qt.AlignmentFlag.AlignTop)
 
         self.sampling_panel = SamplingSettingsPanel()
-        self.sampling_panel.changed.connect(self._on_sampling_changed)
         # The settings' summary wraps beside the buttons rather than widening the view.
         self.sampling_panel.summary.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.sampling_panel.summary.setWordWrap(True)
@@ -534,12 +468,7 @@ class CollectView(ViewMessages, QWidget):
 
     def _build_shortcuts(self) -> None:
         def shortcut(keys: str | QKeySequence, slot: Any) -> QShortcut:
-            sequence = keys if isinstance(keys, QKeySequence) else QKeySequence(keys)
-            item = QShortcut(sequence, self)
-            # Anywhere in this view, including the prompt editor; not while another view is on screen.
-            item.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
-            item.activated.connect(slot)
-            return item
+            return view_shortcut(self, keys, slot)
 
         self.shortcuts: dict[str, QShortcut] = {}
         for keys in SAMPLE_SHORTCUTS:
@@ -560,26 +489,12 @@ class CollectView(ViewMessages, QWidget):
         if current is None:
             default = self.store.default_model()
             current = default.id if default is not None else None
-        current_b = self.model_b_combo.currentData()
-        for combo in (self.model_combo, self.model_b_combo):
-            combo.blockSignals(True)
-            combo.clear()
-            for model in models:
-                kind = "GGUF" if model.kind == "gguf" else "Hugging Face"
-                combo.addItem(f"{model.name}  ·  {kind}", model.id)
-                combo.setItemData(combo.count() - 1, model.path, Qt.ItemDataRole.ToolTipRole)
-            combo.blockSignals(False)
-        if not models:
-            self.model_combo.addItem("No model yet: add one in Models", None)
-        index = self.model_combo.findData(current) if current is not None else -1
-        self.model_combo.setCurrentIndex(max(index, 0))
-        self._model = next((m for m in models if m.id == self.model_combo.currentData()), None)
-        index_b = self.model_b_combo.findData(current_b) if current_b is not None else -1
-        if index_b < 0:  # by default, B comes from the first other model
-            index_b = next(
-                (i for i, m in enumerate(models) if self._model is None or m.id != self._model.id), 0
-            )
-        self.model_b_combo.setCurrentIndex(index_b)
+        current_b = self.model_b_combo.model_id()
+        self.model_combo.fill(models, current)
+        self._model = self.model_combo.chosen(models)
+        if current_b not in {m.id for m in models}:  # by default, B comes from the first other model
+            current_b = next((m.id for m in models if self._model is None or m.id != self._model.id), None)
+        self.model_b_combo.fill(models, current_b, placeholder=False)
         self.other_model_check.setEnabled(len(models) > 1)
         self._update_actions()
 
@@ -971,11 +886,14 @@ class CollectView(ViewMessages, QWidget):
         settings = self.sampling_panel.settings()
         pool, paths = self.pool, self.paths
 
-        def factory(token: Any) -> Any:
-            return sample_pair(pool, model_a, model_b, paths, messages, settings, None, token)
+        def factory(store: Store, token: Any) -> Any:
+            job = sample_pair(pool, model_a, model_b, paths, messages, settings, None, token)
+            return record_model_info(store, job)
 
         self._sampling = self.start_job(
-            JobOp(self.registry, factory, owner=self).resource(f"generate:{model_a.id}").slots("sample")
+            JobOp(self.registry, factory, store=paths.db_path, owner=self)
+            .resource(f"generate:{model_a.id}")
+            .slots("sample")
         )
         if self._sampling is None:
             return False
@@ -1029,12 +947,6 @@ class CollectView(ViewMessages, QWidget):
             pane.status.setText(f"Writing… {event.n_tokens} tokens")
         elif isinstance(event, ResponseFinished):
             self._finish_generation(event.seq, event.result)
-        elif isinstance(event, ModelInfoLearned):
-            # The job writes no rows; its driver (this view, on the GUI thread's connection) records the copy.
-            try:
-                self.store.update_model_info(event.model_id, **event.info)
-            except DesktopDpoError as exc:
-                log.warning("Could not record the GGUF copy of model %s: %s", event.model_id, exc)
         elif isinstance(event, Progress):
             self.activity_row.show_progress(event.fraction)
             if event.message:
@@ -1292,20 +1204,6 @@ class CollectView(ViewMessages, QWidget):
         self.other_model_check.setEnabled(not streaming and self.model_b_combo.count() > 1)
 
     # ---------------------------------------------------------------- settings
-
-    def _restore_sampling_settings(self) -> None:
-        raw = self._settings.value(SETTINGS_KEY)
-        settings = SamplingSettings()
-        if isinstance(raw, str):
-            try:
-                settings = SamplingSettings(**json.loads(raw))
-            except (ValueError, TypeError):
-                log.info("Ignoring unreadable saved sampling settings: %r", raw)
-        self.sampling_panel.set_settings(settings)
-
-    @Slot(object)
-    def _on_sampling_changed(self, settings: SamplingSettings) -> None:
-        self._settings.setValue(SETTINGS_KEY, json.dumps(settings.to_dict()))
 
     def set_sampling_settings(self, settings: SamplingSettings) -> None:
         """Use ``settings`` for the next pairs (also shown in the sampling panel)."""

@@ -60,6 +60,7 @@ from PySide6.QtWidgets import (
 
 from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.store import ComparisonView, GenerationRow, Store
+from desktop_dpo.core.wording import plural
 from desktop_dpo.gui.comparison_table_model import (
     COLUMN_INDEX,
     COLUMNS,
@@ -72,6 +73,7 @@ from desktop_dpo.gui.comparison_table_model import (
 )
 from desktop_dpo.gui.message_banner import MessageBanner
 from desktop_dpo.gui.view_messages import ViewMessages
+from desktop_dpo.gui.widgets import make_page, page_pill, title_block
 
 log = logging.getLogger(__name__)
 
@@ -91,45 +93,6 @@ SAMPLING_NAMES = (  # key in the stored settings -> how the detail panel names i
     ("max_tokens", "max tokens"),
 )
 
-# Styles of this view's own widgets; the app style sheet (resources/style.qss) supplies the rest
-# (#pageTitle, #pageSummary, #card, #primaryButton, #secondaryButton).
-STYLE = """
-#dataPill {
-    background: #eef2ff; color: #3730a3; border: 1px solid #c7d2fe; border-radius: 9px;
-    padding: 2px 10px; font-size: 12px; font-weight: 600;
-}
-#dataMatches, #detailMeta, #detailPlaceholder, #emptyText, #tableEmpty { color: #64748b; font-size: 12px; }
-#emptyText { font-size: 13px; }
-#emptyTitle { color: #0f172a; font-size: 17px; font-weight: 600; }
-#fieldLabel { color: #475569; font-size: 12px; font-weight: 600; }
-QLineEdit#searchBox, QLineEdit#noteEdit {
-    background: #ffffff; border: 1px solid #cbd5e1; border-radius: 7px; padding: 5px 8px; font-size: 13px;
-}
-QLineEdit#searchBox:focus, QLineEdit#noteEdit:focus { border-color: #818cf8; }
-QTableView#comparisonTable {
-    background: #ffffff; alternate-background-color: #f8fafc; border: 1px solid #e2e8f0; border-radius: 10px;
-    gridline-color: #f1f5f9; selection-background-color: #e0e7ff; selection-color: #1e1b4b; font-size: 13px;
-}
-QTableView#comparisonTable QHeaderView::section {
-    background: #f8fafc; color: #475569; border: none; border-bottom: 1px solid #e2e8f0;
-    padding: 5px 8px; font-size: 12px; font-weight: 600;
-}
-#detailTitle { color: #0f172a; font-size: 14px; font-weight: 700; }
-#promptText { background: #f8fafc; border: 1px solid #e2e8f0; border-radius: 8px; color: #1e293b; }
-#detailPane { background: #ffffff; border: 1px solid #e2e8f0; border-radius: 8px; }
-#detailPane[chosen="true"] { border: 2px solid #4f46e5; }
-#paneTitle { color: #0f172a; font-size: 13px; font-weight: 700; }
-#paneBadge {
-    color: #3730a3; background: #eef2ff; border-radius: 8px; padding: 1px 8px; font-size: 11px; font-weight: 600;
-}
-#paneBadge[tone="rewrite"] { color: #92400e; background: #fef3c7; }
-#paneText { background: #ffffff; border: none; border-top: 1px solid #f1f5f9; color: #1e293b; font-size: 13px; }
-"""
-
-
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
-
 
 def describe_generation(
     generation: GenerationRow | None, model_name: str | None, *, full: bool = False
@@ -147,7 +110,7 @@ def describe_generation(
     if full and generation.seed is not None:
         parts.append(f"seed {generation.seed}")
     if generation.completion_tokens is not None:
-        length = _plural(generation.completion_tokens, "token")
+        length = plural(generation.completion_tokens, "token")
         parts.append(f"{length} in {generation.seconds:.1f} s" if generation.seconds is not None else length)
     if not parts:
         return "Model and sampling settings unknown"
@@ -478,8 +441,7 @@ class DataView(ViewMessages, QWidget):
         parent: QWidget | None = None,
     ):
         super().__init__(parent)
-        self.setObjectName("pageArea")
-        self.setStyleSheet(STYLE)
+        make_page(self, "data")
         self.store = store
         self.model = ComparisonTableModel(store, self)
         self._undo_batches: list[list[int]] = []  # ids of each deletion, most recent last
@@ -498,16 +460,12 @@ class DataView(ViewMessages, QWidget):
     # ---------------------------------------------------------------- building
 
     def _build(self, import_action: QAction, export_action: QAction) -> None:
-        title = QLabel("Data")
-        title.setObjectName("pageTitle")
-        summary = QLabel("Everything you have judged: search it, fix it, take it elsewhere.")
-        summary.setObjectName("pageSummary")
-        self.counts_label = QLabel()
-        self.counts_label.setObjectName("dataPill")
-        self.counts_label.setToolTip(
+        title, summary = title_block(
+            "Data", "Everything you have judged: search it, fix it, take it elsewhere."
+        )
+        self.counts_label = page_pill(
             "Comparisons not deleted; usable ones give training a chosen and a rejected response"
         )
-        summary.setWordWrap(True)
         self.import_button = self._button_for(import_action, primary=True, text="Import…")
         self.export_button = self._button_for(export_action, primary=False, text="Export…")
         self.action_buttons = [self.import_button, self.export_button]
@@ -766,7 +724,7 @@ class DataView(ViewMessages, QWidget):
         except DesktopDpoError as exc:
             self.show_error(f"The comparisons could not be counted: {exc}")
             return
-        self.counts_label.setText(f"{_plural(total, 'comparison')} · {usable} usable for training")
+        self.counts_label.setText(f"{plural(total, 'comparison')} · {usable} usable for training")
         deleted = everything - total
         shown = self.model.rowCount()
         filtered = bool(self.search_edit.text().strip()) or self.verdict_filter.currentData() != "all"
@@ -902,9 +860,9 @@ class DataView(ViewMessages, QWidget):
         else:
             self.select_ids([])
         self._show_notice(
-            f"Deleted {_plural(len(ids), 'comparison')}. They are kept but no longer trained on or exported."
+            f"Deleted {plural(len(ids), 'comparison')}. They are kept but no longer trained on or exported."
         )
-        self._after_change(f"Deleted {_plural(len(ids), 'comparison')}. Ctrl+Z brings them back.")
+        self._after_change(f"Deleted {plural(len(ids), 'comparison')}. Ctrl+Z brings them back.")
         return ids
 
     @Slot()
@@ -922,7 +880,7 @@ class DataView(ViewMessages, QWidget):
         self.refresh()
         self.select_ids(ids)
         self._hide_notice()
-        self._after_change(f"Restored {_plural(len(ids), 'comparison')}.")
+        self._after_change(f"Restored {plural(len(ids), 'comparison')}.")
         return ids
 
     @Slot()
@@ -943,7 +901,7 @@ class DataView(ViewMessages, QWidget):
         self.model.refresh_ids(ids)
         self._show_current_detail()
         self._hide_notice()
-        self._after_change(f"Restored {_plural(len(ids), 'comparison')}.")
+        self._after_change(f"Restored {plural(len(ids), 'comparison')}.")
         return ids
 
     # ---------------------------------------------------------------- verdict and note

@@ -48,42 +48,6 @@ HARDWARE_RESOURCE = "hardware"
 STOP_WAIT_MS = 5_000  # a cancel kills the probe children within a tenth of a second; this bounds the rest
 CHECKING_TEXT = "Checking your hardware…"
 
-STYLE = """
-QDialog#diagnosticsDialog, #diagnosticsContent { background: #f8fafc; }
-QScrollArea#diagnosticsScroll { background: transparent; border: none; }
-#diagTitle { color: #0f172a; font-size: 18px; font-weight: 600; }
-#diagSummary { color: #475569; font-size: 13px; }
-#diagStatus { color: #334155; font-size: 13px; }
-#diagStatus[tone="error"] { color: #991b1b; }
-#diagStatus[tone="ok"] { color: #065f46; }
-#diagStatus[tone="warning"] { color: #92400e; font-weight: 600; }
-QProgressBar#diagBusy { border: none; background: #e2e8f0; border-radius: 2px; max-height: 4px; }
-QProgressBar#diagBusy::chunk { background: #6366f1; border-radius: 2px; }
-#diagCard { background: #ffffff; border: 1px solid #e2e8f0; border-radius: 10px; }
-#diagCardHeading { color: #0f172a; font-size: 14px; font-weight: 600; }
-#diagLabel { color: #64748b; font-size: 12px; font-weight: 600; }
-#diagValue { color: #1e293b; font-size: 13px; }
-#diagNote { color: #475569; font-size: 12px; }
-#hardwareWarning { background: #fffbeb; border: 1px solid #fcd34d; border-radius: 10px; }
-#hardwareWarningText { color: #92400e; font-size: 13px; }
-#hardwareWarningIcon { color: #d97706; font-size: 18px; }
-QLineEdit#hardwareCommand {
-    background: #1e293b; color: #f8fafc; border: 1px solid #0f172a; border-radius: 6px; padding: 5px 8px;
-    selection-background-color: #6366f1;
-}
-#safeModeRecord { color: #1e293b; font-size: 13px; }
-QPushButton#primaryButton, QPushButton#secondaryButton, QPushButton#copyCommandButton {
-    border-radius: 6px; padding: 6px 14px; font-size: 13px;
-}
-QPushButton#primaryButton { background: #4f46e5; color: #ffffff; border: 1px solid #4338ca; }
-QPushButton#primaryButton:hover { background: #4338ca; }
-QPushButton#secondaryButton, QPushButton#copyCommandButton {
-    background: #ffffff; color: #1e293b; border: 1px solid #cbd5e1;
-}
-QPushButton#secondaryButton:hover, QPushButton#copyCommandButton:hover { background: #f1f5f9; }
-QPushButton#secondaryButton:disabled { color: #94a3b8; border-color: #e2e8f0; }
-"""
-
 
 def _label(text: str, name: str, *, selectable: bool = False) -> QLabel:
     label = QLabel(text)
@@ -158,7 +122,6 @@ class DiagnosticsDialog(QDialog):
         super().__init__(parent)
         self.setObjectName("diagnosticsDialog")
         self.setWindowTitle("Diagnostics")
-        self.setStyleSheet(STYLE)
         self.resize(900, 720)
         self.paths = paths
         self.registry = registry

@@ -24,7 +24,6 @@ Alt+3 / Alt+4      tie / both bad
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import dataclass
@@ -32,9 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QSettings, Qt, Signal, Slot
-from PySide6.QtGui import QKeySequence, QShortcut, QShowEvent
+from PySide6.QtGui import QShortcut, QShowEvent
 from PySide6.QtWidgets import (
-    QComboBox,
     QFileDialog,
     QFrame,
     QHBoxLayout,
@@ -64,13 +62,24 @@ from desktop_dpo.core.evaluate import (
 from desktop_dpo.core.jobs import Log, Progress
 from desktop_dpo.core.llm.engine_pool import EnginePool
 from desktop_dpo.core.llm.generation import GenerationResult, ResponseFinished, TokenEvent, draw_seed
-from desktop_dpo.core.sampling import ModelInfoLearned
+from desktop_dpo.core.sampling import record_model_info
 from desktop_dpo.core.store import EvaluationRow, ModelRow, PromptRow, Store
+from desktop_dpo.gui import widgets
 from desktop_dpo.gui.message_banner import MessageBanner
 from desktop_dpo.gui.response_pane import SIDE_NAMES, ResponsePane
 from desktop_dpo.gui.sampling_settings_panel import SamplingSettingsPanel
 from desktop_dpo.gui.template_editor import ensure_template_chosen, template_needed_message
 from desktop_dpo.gui.view_messages import ActivityLine, ViewMessages
+from desktop_dpo.gui.widgets import (
+    ModelCombo,
+    card_separator,
+    field_label,
+    make_page,
+    page_header,
+    page_pill,
+    set_style_property,
+    view_shortcut,
+)
 from desktop_dpo.workers.job_op import JobOp
 from desktop_dpo.workers.job_worker import JobRegistry
 
@@ -100,41 +109,6 @@ NEEDS_ALIGNED = (
     "export in Export). It then compares that model with its base here."
 )
 
-# This tab's own widgets; the app style sheet (resources/style.qss) supplies #pageTitle, #card, buttons.
-STYLE = """
-#evaluatePill {
-    background: #eef2ff; color: #3730a3; border: 1px solid #c7d2fe; border-radius: 9px;
-    padding: 2px 10px; font-size: 12px; font-weight: 600;
-}
-#fieldLabel { color: #475569; font-size: 12px; font-weight: 600; }
-#promptsNote, #samplingSummary, #activityText, #paneStatus { color: #64748b; font-size: 12px; }
-#needsNote { color: #b45309; font-size: 12px; }
-#shownPrompt {
-    background: #f8fafc; border: 1px solid #e2e8f0; border-radius: 8px; color: #0f172a; font-size: 14px;
-}
-#responsePane { background: #ffffff; border: 1px solid #e2e8f0; border-radius: 10px; }
-#responsePane[chosen="true"] { border: 2px solid #4f46e5; }
-#paneTitle { color: #0f172a; font-size: 14px; font-weight: 700; }
-#paneTitle[role="aligned"] { color: #4338ca; }
-#paneTitle[role="base"] { color: #475569; }
-#responseText { background: #ffffff; border: none; border-top: 1px solid #f1f5f9; color: #1e293b; }
-#voteBar { background: #ffffff; border: 1px solid #e2e8f0; border-radius: 10px; }
-QPushButton#voteButton {
-    background: #f8fafc; color: #1e293b; border: 1px solid #cbd5e1; border-radius: 7px;
-    padding: 7px 12px; font-size: 13px;
-}
-QPushButton#voteButton:hover { background: #eef2ff; border-color: #a5b4fc; }
-QPushButton#voteButton:disabled { color: #94a3b8; background: #f8fafc; border-color: #e2e8f0; }
-QPushButton#voteButton[main="true"] { font-weight: 600; }
-#voteFeedback { color: #047857; font-size: 12px; }
-#summaryCard { background: #ffffff; border: 1px solid #e2e8f0; border-radius: 10px; }
-#summarySentence { color: #0f172a; font-size: 14px; font-weight: 600; }
-#summaryConclusion { color: #475569; font-size: 12px; }
-#summaryConclusion[verdict="better"] { color: #047857; }
-#summaryConclusion[verdict="worse"] { color: #b91c1c; }
-QToolButton#samplingToggle { border: none; color: #334155; font-size: 12px; font-weight: 600; padding: 2px 0; }
-"""
-
 
 def vote_for_choice(choice: str, aligned_shown_left: bool) -> str:
     """The vote stored for a choice made on screen: "left"/"right" become the model shown on that side."""
@@ -149,10 +123,12 @@ def vote_for_choice(choice: str, aligned_shown_left: bool) -> str:
 
 def _set_role(title: QLabel, role: str) -> None:
     """Colour a pane's title by the model it revealed ("" before the vote)."""
-    if title.property("role") != role:
-        title.setProperty("role", role)
-        title.style().unpolish(title)
-        title.style().polish(title)
+    set_style_property(title, "role", role)
+
+
+def _describe_model(model: ModelRow) -> str:
+    """A model in the pickers: its name, and whether it is an aligned one."""
+    return f"{model.name}  · aligned" if model.source == "aligned" else model.name
 
 
 def _describe(result: GenerationResult) -> str:
@@ -210,8 +186,7 @@ class EvaluateView(ViewMessages, QWidget):
         parent: QWidget | None = None,
     ):
         super().__init__(parent)
-        self.setObjectName("pageArea")
-        self.setStyleSheet(STYLE)
+        make_page(self, "evaluate")
         self.store = store
         self.registry = registry
         self.pool = pool
@@ -229,57 +204,33 @@ class EvaluateView(ViewMessages, QWidget):
         self._build()
         self._build_shortcuts()
         registry.changed.connect(self._on_registry_changed)
-        self._restore_sampling_settings()
+        self.sampling_panel.remember(self._settings, SETTINGS_KEY)
         self.refresh_models()
         self._show_empty_panes()
 
     # ---------------------------------------------------------------- building
 
     def _build(self) -> None:
-        title = QLabel("Evaluate")
-        title.setObjectName("pageTitle")
-        subtitle = QLabel(
-            "Judge the aligned model against its base, blind: the sides are revealed after your vote."
+        self.votes_label = page_pill("Votes given for this pair of models at these settings")
+        header = page_header(
+            "Evaluate",
+            "Judge the aligned model against its base, blind: the sides are revealed after your vote.",
+            self.votes_label,
         )
-        subtitle.setObjectName("pageSummary")
-        subtitle.setWordWrap(True)
-        self.votes_label = QLabel()
-        self.votes_label.setObjectName("evaluatePill")
-        self.votes_label.setToolTip("Votes given for this pair of models at these settings")
-        header = QHBoxLayout()
-        names = QVBoxLayout()
-        names.setSpacing(2)
-        names.addWidget(title)
-        names.addWidget(subtitle)
-        header.addLayout(names, 1)
-        header.addWidget(self.votes_label, 0, Qt.AlignmentFlag.AlignTop)
 
-        card = QFrame()
-        card.setObjectName("card")
-        card_layout = QVBoxLayout(card)
-        card_layout.setContentsMargins(16, 12, 16, 10)
-        card_layout.setSpacing(8)
-        self.base_combo = QComboBox()
-        self.aligned_combo = QComboBox()
-        for combo, tip in (
-            (self.base_combo, "The model the aligned model was trained from"),
-            (self.aligned_combo, "The model to evaluate (by default the newest aligned model)"),
-        ):
-            combo.setObjectName("modelCombo")
-            combo.setMinimumContentsLength(18)
-            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-            combo.setToolTip(tip)
+        card, card_layout = widgets.card((16, 12, 16, 10))
+        self.base_combo = ModelCombo("The model the aligned model was trained from", describe=_describe_model)
+        self.aligned_combo = ModelCombo(
+            "The model to evaluate (by default the newest aligned model)", describe=_describe_model
+        )
+        for combo in (self.base_combo, self.aligned_combo):
             combo.currentIndexChanged.connect(self._on_model_combo_changed)
-        base_label = QLabel("Base")
-        base_label.setObjectName("fieldLabel")
-        aligned_label = QLabel("Aligned")
-        aligned_label.setObjectName("fieldLabel")
         models_row = QHBoxLayout()
         models_row.setSpacing(10)
-        models_row.addWidget(base_label)
+        models_row.addWidget(field_label("Base"))
         models_row.addWidget(self.base_combo, 1)
         models_row.addSpacing(12)
-        models_row.addWidget(aligned_label)
+        models_row.addWidget(field_label("Aligned"))
         models_row.addWidget(self.aligned_combo, 1)
         card_layout.addLayout(models_row)
         # On screen, not only in a tooltip: without an aligned model there is nothing to evaluate yet.
@@ -313,10 +264,7 @@ class EvaluateView(ViewMessages, QWidget):
         actions.addWidget(self.stop_button)
         actions.addWidget(self.next_button)
         card_layout.addLayout(actions)
-        line = QFrame()
-        line.setFrameShape(QFrame.Shape.HLine)
-        line.setStyleSheet("color: #e2e8f0;")
-        card_layout.addWidget(line)
+        card_layout.addWidget(card_separator())
         self.sampling_panel = SamplingSettingsPanel()
         self.sampling_panel.changed.connect(self._on_sampling_changed)
         card_layout.addWidget(self.sampling_panel)
@@ -390,10 +338,7 @@ class EvaluateView(ViewMessages, QWidget):
 
     def _build_shortcuts(self) -> None:
         def shortcut(keys: str, slot: Any) -> QShortcut:
-            item = QShortcut(QKeySequence(keys), self)
-            item.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
-            item.activated.connect(slot)
-            return item
+            return view_shortcut(self, keys, slot)
 
         self.shortcuts: dict[str, QShortcut] = {
             "next": shortcut(NEXT_SHORTCUT, self.next_prompt),
@@ -417,17 +362,7 @@ class EvaluateView(ViewMessages, QWidget):
             current[1] if current[1] is not None else (default_aligned.id if default_aligned else None),
         )
         for combo, model_id in zip((self.base_combo, self.aligned_combo), wanted, strict=True):
-            combo.blockSignals(True)
-            combo.clear()
-            if not models:
-                combo.addItem("No model yet: add one in Models", None)
-            for model in models:
-                mark = "  · aligned" if model.source == "aligned" else ""
-                combo.addItem(f"{model.name}{mark}", model.id)
-                combo.setItemData(combo.count() - 1, model.path, Qt.ItemDataRole.ToolTipRole)
-            index = combo.findData(model_id) if model_id is not None else -1
-            combo.setCurrentIndex(max(index, 0))
-            combo.blockSignals(False)
+            combo.fill(models, model_id)
         self._on_models_chosen()
 
     def set_models(self, base: ModelRow, aligned: ModelRow) -> None:
@@ -505,9 +440,7 @@ class EvaluateView(ViewMessages, QWidget):
         else:
             verdict = summary.conclusion()
             self.conclusion_text.setText(CONCLUSIONS[verdict])
-        self.conclusion_text.setProperty("verdict", verdict)
-        self.conclusion_text.style().unpolish(self.conclusion_text)
-        self.conclusion_text.style().polish(self.conclusion_text)
+        set_style_property(self.conclusion_text, "verdict", verdict)
         self.votes_label.setText(f"{summary.total} vote{'s' if summary.total != 1 else ''}")
 
     # ---------------------------------------------------------------- prompts
@@ -620,11 +553,14 @@ class EvaluateView(ViewMessages, QWidget):
         )
         pool, paths, messages = self.pool, self.paths, [dict(m) for m in prompt.messages]
 
-        def factory(token: Any) -> Any:
-            return sample_evaluation_pair(pool, base, aligned, paths, messages, settings, seed, token)
+        def factory(store: Store, token: Any) -> Any:
+            job = sample_evaluation_pair(pool, base, aligned, paths, messages, settings, seed, token)
+            return record_model_info(store, job)
 
         self._sampling = self.start_job(
-            JobOp(self.registry, factory, owner=self).resource(f"generate:{aligned.id}").slots("sample")
+            JobOp(self.registry, factory, store=self.paths.db_path, owner=self)
+            .resource(f"generate:{aligned.id}")
+            .slots("sample")
         )
         if self._sampling is None:
             return False
@@ -661,12 +597,6 @@ class EvaluateView(ViewMessages, QWidget):
             self._set_activity(f"Writing both answers… {sum(self._tokens)} tokens so far.")
         elif isinstance(event, ResponseFinished):
             pass  # both are shown together when the job succeeds
-        elif isinstance(event, ModelInfoLearned):
-            # The job writes no rows; this view, its driver, records the copy on the GUI thread's connection.
-            try:
-                self.store.update_model_info(event.model_id, **event.info)
-            except DesktopDpoError as exc:
-                log.warning("Could not record the GGUF copy of model %s: %s", event.model_id, exc)
         elif isinstance(event, Progress):
             self.activity_row.show_progress(event.fraction)
             if event.message:
@@ -835,19 +765,8 @@ class EvaluateView(ViewMessages, QWidget):
 
     # ---------------------------------------------------------------- settings
 
-    def _restore_sampling_settings(self) -> None:
-        raw = self._settings.value(SETTINGS_KEY)
-        settings = SamplingSettings()
-        if isinstance(raw, str):
-            try:
-                settings = SamplingSettings(**json.loads(raw))
-            except (ValueError, TypeError):
-                log.info("Ignoring unreadable saved evaluation settings: %r", raw)
-        self.sampling_panel.set_settings(settings)
-
     @Slot(object)
-    def _on_sampling_changed(self, settings: SamplingSettings) -> None:
-        self._settings.setValue(SETTINGS_KEY, json.dumps(settings.to_dict()))
+    def _on_sampling_changed(self, _settings: SamplingSettings) -> None:
         self._find_evaluation()
         self.refresh_prompts()
 

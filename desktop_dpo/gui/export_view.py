@@ -37,13 +37,20 @@ from PySide6.QtWidgets import (
 from desktop_dpo.config import AppPaths
 from desktop_dpo.core.export.gguf import DEFAULT_QUANTIZATION, QUANTIZATIONS, llama_cpp_command
 from desktop_dpo.core.export.parity import ParityReport
-from desktop_dpo.core.export.pipeline import ExportFinished, ExportSettings, export_folder_name
+from desktop_dpo.core.export.pipeline import (
+    ExportFinished,
+    ExportRecorded,
+    ExportSettings,
+    export_folder_name,
+)
 from desktop_dpo.core.jobs import Log, Progress
 from desktop_dpo.core.model_files import EXPORT_FOLDER_KEY
 from desktop_dpo.core.store import ExportRow, ModelRow, RunRow, Store
+from desktop_dpo.core.wording import human_size
 from desktop_dpo.gui.message_banner import MessageBanner
 from desktop_dpo.gui.view_messages import ActivityLine, ViewMessages
-from desktop_dpo.workers.export_worker import EXPORT_RESOURCE, ExportRecorded, export_job
+from desktop_dpo.gui.widgets import make_page, title_block
+from desktop_dpo.workers.export_worker import EXPORT_RESOURCE, export_job
 from desktop_dpo.workers.job_op import JobOp
 from desktop_dpo.workers.job_worker import JobRegistry
 
@@ -56,24 +63,6 @@ QUANTIZATION_NOTES = {
     "Q5_K_M": "5-bit: a little smaller, still very close",
     "Q4_K_M": "4-bit: the usual choice, small and fast, slight quality cost",
 }
-
-STYLE = """
-#fieldLabel { color: #475569; font-size: 12px; font-weight: 600; }
-#exportNote, #activityText, #runDetails { color: #64748b; font-size: 12px; }
-#parityBadge { border-radius: 8px; padding: 2px 10px; font-size: 12px; font-weight: 600; }
-#parityBadge[passed="true"] { background: #ecfdf5; color: #047857; border: 1px solid #a7f3d0; }
-#parityBadge[passed="false"] { background: #fff7ed; color: #9a3412; border: 1px solid #fed7aa; }
-#parityLine { color: #1e293b; font-size: 13px; }
-#emptyState { color: #334155; font-size: 14px; }
-"""
-
-
-def _human_bytes(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} GB"
 
 
 def _report(parity: dict) -> ParityReport:
@@ -101,8 +90,7 @@ class ExportView(ViewMessages, QWidget):
         self, *, store: Store, registry: JobRegistry, paths: AppPaths, parent: QWidget | None = None
     ):
         super().__init__(parent)
-        self.setObjectName("pageArea")
-        self.setStyleSheet(STYLE)
+        make_page(self, "export")
         self.store = store
         self.registry = registry
         self.paths = paths
@@ -115,13 +103,10 @@ class ExportView(ViewMessages, QWidget):
     # ---------------------------------------------------------------- building
 
     def _build(self) -> None:
-        title = QLabel("Export")
-        title.setObjectName("pageTitle")
-        summary = QLabel(
-            "Merge a trained adapter into its base and write GGUF files for llama.cpp, Ollama or LM Studio."
+        title, summary = title_block(
+            "Export",
+            "Merge a trained adapter into its base and write GGUF files for llama.cpp, Ollama or LM Studio.",
         )
-        summary.setObjectName("pageSummary")
-        summary.setWordWrap(True)
 
         self.empty_label = QLabel(
             "Export needs a finished training run. Collect some pairs, train in Train, then come back here."
@@ -309,7 +294,7 @@ class ExportView(ViewMessages, QWidget):
         base = self.store.get_model(run.base_model_id) if run.base_model_id is not None else None
         parameters = (base.info.get("parameter_count") if base else None) or 0
         for name, check in self.quant_checks.items():
-            size = f" (about {_human_bytes(parameters * QUANTIZATIONS[name][1])})" if parameters else ""
+            size = f" (about {human_size(parameters * QUANTIZATIONS[name][1])})" if parameters else ""
             check.setText(f"{name} — {QUANTIZATION_NOTES[name]}{size}")
         config = run.config
         metrics = run.final_metrics
@@ -333,7 +318,7 @@ class ExportView(ViewMessages, QWidget):
                 [
                     Path(export.path).name,
                     export.quantization,
-                    _human_bytes(export.size_bytes),
+                    human_size(export.size_bytes),
                     str(export.run_id or ""),
                     time.strftime("%Y-%m-%d %H:%M", time.localtime(export.created_at)),
                 ]
@@ -425,7 +410,7 @@ class ExportView(ViewMessages, QWidget):
         self.parity_badge.setProperty("passed", passed)
         self.parity_badge.style().unpolish(self.parity_badge)
         self.parity_badge.style().polish(self.parity_badge)
-        listed = "\n".join(f"{kind}: {path}  ({_human_bytes(size)})" for kind, path, size in files)
+        listed = "\n".join(f"{kind}: {path}  ({human_size(size)})" for kind, path, size in files)
         self.report_lines.setText("\n".join([*lines, "", listed]).strip())
         self.report_card.setVisible(True)
 

@@ -5,17 +5,6 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Slot
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QToolButton, QWidget
 
-STYLE = """
-#messageBanner { background: #fef2f2; border: 1px solid #fecaca; border-radius: 8px; }
-#messageBanner[tone="info"] { background: #eff6ff; border-color: #bfdbfe; }
-#messageBannerText { color: #991b1b; font-size: 13px; }
-#messageBanner[tone="info"] #messageBannerText { color: #1e3a8a; }
-#messageBanner[tone="warning"] { background: #fffbeb; border-color: #fcd34d; }
-#messageBanner[tone="warning"] #messageBannerText { color: #92400e; }
-#messageBanner[tone="success"] { background: #ecfdf5; border-color: #a7f3d0; }
-#messageBanner[tone="success"] #messageBannerText { color: #065f46; }
-"""
-
 
 class MessageBanner(QFrame):
     """Hidden until :meth:`show_message`; the ✕ hides it again. Text is plain and selectable."""
@@ -23,7 +12,6 @@ class MessageBanner(QFrame):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.setObjectName("messageBanner")
-        self.setStyleSheet(STYLE)
         self.text = QLabel()
         self.text.setObjectName("messageBannerText")
         self.text.setWordWrap(True)

@@ -92,7 +92,6 @@ class MetricsPlots(QWidget):
             "every check"
         )
         self.legend.setObjectName("plotLegend")
-        self.legend.setStyleSheet("color: #475569; font-size: 11px;")
         row = QHBoxLayout()
         row.setContentsMargins(0, 0, 0, 0)
         row.setSpacing(8)

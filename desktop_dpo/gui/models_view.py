@@ -77,6 +77,8 @@ from desktop_dpo.core.models import (
     make_trainable_copy,
 )
 from desktop_dpo.core.store import ModelRow, Store
+from desktop_dpo.core.wording import human_size
+from desktop_dpo.gui import widgets
 from desktop_dpo.gui.message_banner import MessageBanner
 from desktop_dpo.gui.template_editor import (
     NEEDS_CHOICE_COLOUR,
@@ -87,6 +89,7 @@ from desktop_dpo.gui.template_editor import (
     template_column_text,
 )
 from desktop_dpo.gui.view_messages import ActivityLine, ViewMessages
+from desktop_dpo.gui.widgets import make_page, page_header
 from desktop_dpo.workers.job_op import JobOp
 from desktop_dpo.workers.job_worker import JobRegistry
 
@@ -145,54 +148,10 @@ WRAPPED_COLUMNS = {
 }
 DISCOVERED_COLUMNS = ("Model", "Found in", "Size", "")
 
-# Styles of this view's own widgets; the app style sheet (resources/style.qss) supplies the rest
-# (#pageTitle, #pageSummary, #card, #primaryButton, #secondaryButton).
-STYLE = """
-#cardHeading { color: #0f172a; font-size: 14px; font-weight: 600; }
-#cardNote, #activityText, #fieldLabel { color: #64748b; font-size: 12px; }
-#fieldLabel { font-weight: 600; }
-#fieldValue { color: #1e293b; font-size: 12px; }
-QLineEdit#fieldValue { background: transparent; border: none; padding: 0; }
-#detailsName { color: #0f172a; font-size: 16px; font-weight: 700; }
-#emptyState { background: #ffffff; border: 1px dashed #cbd5e1; border-radius: 10px; }
-#emptyTitle { color: #0f172a; font-size: 16px; font-weight: 600; }
-#emptyText { color: #475569; font-size: 13px; }
-QTableWidget#modelTable, QTableWidget#discoveredTable {
-    background: #ffffff; border: 1px solid #e2e8f0; border-radius: 8px; gridline-color: #f1f5f9;
-    selection-background-color: #eef2ff; selection-color: #1e1b4b; font-size: 12px;
-}
-QTableWidget#modelTable QHeaderView::section, QTableWidget#discoveredTable QHeaderView::section {
-    background: #f8fafc; color: #475569; border: none; border-bottom: 1px solid #e2e8f0;
-    padding: 5px 6px; font-size: 11px; font-weight: 600;
-}
-#templateText {
-    background: #f8fafc; border: 1px solid #e2e8f0; border-radius: 6px; color: #334155;
-    font-family: monospace; font-size: 11px;
-}
-QPushButton#addButton {
-    background: #eef2ff; color: #3730a3; border: 1px solid #c7d2fe; border-radius: 5px;
-    padding: 2px 10px; font-size: 12px;
-}
-QPushButton#addButton:hover { background: #e0e7ff; }
-QPushButton#addButton:disabled { background: #f1f5f9; color: #94a3b8; border-color: #e2e8f0; }
-"""
-
 
 # --------------------------------------------------------------------------------------------------------
 # What the view shows, as plain functions of a model row
 # --------------------------------------------------------------------------------------------------------
-
-
-def human_size(size_bytes: int | None) -> str:
-    """Bytes in decimal units, as file managers show them: "812 KB", "1.6 GB"."""
-    if size_bytes is None:
-        return "—"
-    value = float(size_bytes)
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if value < 1000:
-            return f"{value:.0f} {unit}" if unit in ("bytes", "KB") or value >= 100 else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} TB"
 
 
 def human_count(count: int | None) -> str:
@@ -345,8 +304,7 @@ class ModelsView(ViewMessages, QWidget):
         parent: QWidget | None = None,
     ):
         super().__init__(parent)
-        self.setObjectName("pageArea")
-        self.setStyleSheet(STYLE)
+        make_page(self, "models")
         self.store = store
         self.registry = registry
         self.paths = paths
@@ -368,11 +326,6 @@ class ModelsView(ViewMessages, QWidget):
     # ---------------------------------------------------------------- building
 
     def _build(self) -> None:
-        title = QLabel("Models")
-        title.setObjectName("pageTitle")
-        summary = QLabel("Models you align, chat with and sample from. Everything stays on this computer.")
-        summary.setObjectName("pageSummary")
-        summary.setWordWrap(True)
         self.add_folder_button = QPushButton("Add folder…")
         self.add_folder_button.setObjectName("secondaryButton")
         self.add_folder_button.setToolTip(
@@ -383,15 +336,13 @@ class ModelsView(ViewMessages, QWidget):
         self.add_gguf_button.setObjectName("secondaryButton")
         self.add_gguf_button.setToolTip("Add a single .gguf file (llama.cpp, LM Studio, Ollama)")
         self.add_gguf_button.clicked.connect(self._on_add_gguf_clicked)
-        header = QHBoxLayout()
-        header.setSpacing(8)
-        names = QVBoxLayout()
-        names.setSpacing(2)
-        names.addWidget(title)
-        names.addWidget(summary)
-        header.addLayout(names, 1)
-        header.addWidget(self.add_folder_button, 0, Qt.AlignmentFlag.AlignTop)
-        header.addWidget(self.add_gguf_button, 0, Qt.AlignmentFlag.AlignTop)
+        header = page_header(
+            "Models",
+            "Models you align, chat with and sample from. Everything stays on this computer.",
+            self.add_folder_button,
+            self.add_gguf_button,
+            spacing=8,
+        )
 
         # -- error banner and the activity line (registration, trainable copy)
         self.banner = MessageBanner()
@@ -500,11 +451,7 @@ class ModelsView(ViewMessages, QWidget):
         layout.addWidget(self.splitter, 1)
 
     def _build_details(self) -> QFrame:
-        card = QFrame()
-        card.setObjectName("card")
-        layout = QVBoxLayout(card)
-        layout.setContentsMargins(16, 12, 16, 12)
-        layout.setSpacing(8)
+        card, layout = widgets.card((16, 12, 16, 12))
         self.details_name = QLabel("Select a model to see its details")
         self.details_name.setObjectName("detailsName")
         self.details_name.setWordWrap(True)
@@ -609,11 +556,7 @@ class ModelsView(ViewMessages, QWidget):
         return card
 
     def _build_discovered(self) -> QFrame:
-        card = QFrame()
-        card.setObjectName("card")
-        layout = QVBoxLayout(card)
-        layout.setContentsMargins(16, 12, 16, 12)
-        layout.setSpacing(6)
+        card, layout = widgets.card((16, 12, 16, 12), 6)
         heading = QLabel("On this computer")
         heading.setObjectName("cardHeading")
         self.rescan_button = QPushButton("Rescan")

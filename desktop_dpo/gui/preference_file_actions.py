@@ -26,6 +26,7 @@ from PySide6.QtWidgets import QWidget
 from desktop_dpo.core.errors import DatabaseBusy, DuplicatePairsFound
 from desktop_dpo.core.jobs import CancelToken, Log
 from desktop_dpo.core.store import Store
+from desktop_dpo.core.wording import plural
 from desktop_dpo.workers.job_op import JobOp
 from desktop_dpo.workers.job_worker import JobRegistry
 
@@ -239,7 +240,7 @@ class PreferenceFileActions(QObject):
         box = QMessageBox(
             QMessageBox.Icon.Question,
             "Some pairs are already in your data",
-            f"{found.duplicates} of {_plural(found.total, 'pair')} in {found.source.name} "
+            f"{found.duplicates} of {plural(found.total, 'pair')} in {found.source.name} "
             f"{'is' if found.duplicates == 1 else 'are'} already in your data.",
             QMessageBox.StandardButton.NoButton,
             self._parent_widget,
@@ -314,28 +315,28 @@ class PreferenceFileActions(QObject):
         self._registry.changed.connect(on_registry_changed)
 
     def _on_import_succeeded(self, source: Path, result: ImportResult) -> None:
-        text = f"Imported {_plural(result.imported, 'pair')} from {source.name}."
+        text = f"Imported {plural(result.imported, 'pair')} from {source.name}."
         if result.identical_skipped:
-            text += f" Skipped {_plural(result.identical_skipped, 'pair')} with identical answers."
+            text += f" Skipped {plural(result.identical_skipped, 'pair')} with identical answers."
         if result.duplicates_skipped:
-            text += f" {_plural(result.duplicates_skipped, 'duplicate')} skipped (already in your data)."
+            text += f" {plural(result.duplicates_skipped, 'duplicate')} skipped (already in your data)."
         if result.duplicates_imported:
-            text += f" {_plural(result.duplicates_imported, 'duplicate')} imported anyway."
+            text += f" {plural(result.duplicates_imported, 'duplicate')} imported anyway."
         self.message.emit(text)
         self.data_changed.emit()
 
     def _on_export_succeeded(self, target: Path, fmt: str, result: ExportResult) -> None:
         from PySide6.QtWidgets import QMessageBox
 
-        self.message.emit(f"Wrote {_plural(result.written, 'pair')} to {target} ({fmt}).")
+        self.message.emit(f"Wrote {plural(result.written, 'pair')} to {target} ({fmt}).")
         if result.skipped:
             reasons = "\n".join(f"• comparison {cid}: {reason}" for cid, reason in result.skipped[:10])
             more = f"\n… and {len(result.skipped) - 10} more" if len(result.skipped) > 10 else ""
             QMessageBox.information(
                 self._parent_widget,
                 "Some pairs were left out",
-                f"Wrote {_plural(result.written, 'pair')} to {target}. "
-                f"{_plural(len(result.skipped), 'pair')} cannot be written in the {fmt} format:\n\n"
+                f"Wrote {plural(result.written, 'pair')} to {target}. "
+                f"{plural(len(result.skipped), 'pair')} cannot be written in the {fmt} format:\n\n"
                 f"{reasons}{more}",
             )
 
@@ -344,7 +345,3 @@ class PreferenceFileActions(QObject):
 
         self.message.emit(title)
         QMessageBox.warning(self._parent_widget, title, message)
-
-
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"

@@ -6,7 +6,10 @@ has a spin box whose tooltip explains it in the words of ``config.py``.
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Signal, Slot
+import json
+import logging
+
+from PySide6.QtCore import QSettings, Qt, Signal, Slot
 from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QFrame,
@@ -21,6 +24,8 @@ from PySide6.QtWidgets import (
 )
 
 from desktop_dpo.config import SamplingSettings
+
+log = logging.getLogger(__name__)
 
 
 class SamplingSettingsPanel(QWidget):
@@ -149,6 +154,25 @@ class SamplingSettingsPanel(QWidget):
         finally:
             self._building = False
         self._on_value_changed()
+
+    def remember(self, saved: QSettings, key: str) -> None:
+        """Show the settings saved under ``key`` in ``saved`` (the defaults when there are none, or when they
+        cannot be read), and save them there whenever they change."""
+        self._saved = (saved, key)
+        self.changed.connect(self._on_changed_save)
+        raw = saved.value(key)
+        settings = SamplingSettings()
+        if isinstance(raw, str):
+            try:
+                settings = SamplingSettings(**json.loads(raw))
+            except (ValueError, TypeError):
+                log.info("Ignoring unreadable saved sampling settings %s: %r", key, raw)
+        self.set_settings(settings)
+
+    @Slot(object)
+    def _on_changed_save(self, settings: SamplingSettings) -> None:
+        saved, key = self._saved
+        saved.setValue(key, json.dumps(settings.to_dict()))
 
     def set_expanded(self, expanded: bool) -> None:
         """Open or close the form."""

@@ -18,7 +18,6 @@ from PySide6.QtGui import QBrush, QColor, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
-    QFrame,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -36,14 +35,16 @@ from desktop_dpo.core.storage import (
     CleanupResult,
     Removing,
     StorageItem,
-    human_size,
     remove_items,
     scan_job,
     total_size,
 )
 from desktop_dpo.core.store import Store
+from desktop_dpo.core.wording import human_size
+from desktop_dpo.gui import widgets
 from desktop_dpo.gui.message_banner import MessageBanner
 from desktop_dpo.gui.view_messages import ActivityLine, ViewMessages
+from desktop_dpo.gui.widgets import make_page, page_header
 from desktop_dpo.workers.job_op import JobOp, StoreJobFactory
 from desktop_dpo.workers.job_worker import JobRegistry
 
@@ -54,20 +55,6 @@ COLUMNS = ("What", "Size", "What it is for", "Can it go?")
 COLUMN_WHAT, COLUMN_SIZE, COLUMN_FOR, COLUMN_STATUS = range(len(COLUMNS))
 ITEM_ROLE = Qt.ItemDataRole.UserRole  # the StorageItem of a row, on its first cell
 MUTED = QColor("#64748b")
-
-STYLE = """
-#storageTotal { color: #0f172a; font-size: 14px; font-weight: 600; }
-#storageFreeable { color: #047857; font-size: 13px; }
-#storageSelected, #activityText { color: #64748b; font-size: 12px; }
-QTableWidget#storageTable {
-    background: #ffffff; alternate-background-color: #f8fafc; border: 1px solid #e2e8f0; border-radius: 10px;
-    gridline-color: #f1f5f9; selection-background-color: #e0e7ff; selection-color: #1e1b4b; font-size: 13px;
-}
-QTableWidget#storageTable QHeaderView::section {
-    background: #f8fafc; color: #475569; border: none; border-bottom: 1px solid #e2e8f0;
-    padding: 5px 8px; font-size: 12px; font-weight: 600;
-}
-"""
 
 
 def ask_yes_no(parent: QWidget, title: str, text: str) -> bool:
@@ -114,8 +101,7 @@ class StorageView(ViewMessages, QWidget):
         self, *, store: Store, registry: JobRegistry, paths: AppPaths, parent: QWidget | None = None
     ):
         super().__init__(parent)
-        self.setObjectName("pageArea")
-        self.setStyleSheet(STYLE)
+        make_page(self, "storage")
         self.store = store
         self.registry = registry
         self.paths = paths
@@ -134,25 +120,16 @@ class StorageView(ViewMessages, QWidget):
     # ---------------------------------------------------------------- building
 
     def _build(self) -> None:
-        title = QLabel("Storage")
-        title.setObjectName("pageTitle")
-        summary = QLabel(
-            "What desktop-dpo keeps on this computer, and what can go. Copies are made again when needed; "
-            "what a model, a run or an export still needs stays."
-        )
-        summary.setObjectName("pageSummary")
-        summary.setWordWrap(True)
         self.rescan_button = QPushButton("Rescan")
         self.rescan_button.setObjectName("secondaryButton")
         self.rescan_button.setToolTip("Measure the app's folders again")
         self.rescan_button.clicked.connect(self.scan)
-        header = QHBoxLayout()
-        names = QVBoxLayout()
-        names.setSpacing(2)
-        names.addWidget(title)
-        names.addWidget(summary)
-        header.addLayout(names, 1)
-        header.addWidget(self.rescan_button, 0, Qt.AlignmentFlag.AlignTop)
+        header = page_header(
+            "Storage",
+            "What desktop-dpo keeps on this computer, and what can go. Copies are made again when needed; "
+            "what a model, a run or an export still needs stays.",
+            self.rescan_button,
+        )
 
         self.total_label = QLabel("Measuring…")
         self.total_label.setObjectName("storageTotal")
@@ -204,11 +181,7 @@ class StorageView(ViewMessages, QWidget):
         actions.addWidget(self.select_button)
         actions.addWidget(self.clean_button)
 
-        card = QFrame()
-        card.setObjectName("card")
-        card_layout = QVBoxLayout(card)
-        card_layout.setContentsMargins(14, 12, 14, 12)
-        card_layout.setSpacing(10)
+        card, card_layout = widgets.card((14, 12, 14, 12), 10)
         card_layout.addLayout(totals)
         card_layout.addWidget(self.table, 1)
         card_layout.addLayout(actions)

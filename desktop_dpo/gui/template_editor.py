@@ -78,36 +78,6 @@ PREVIEW_BOS, PREVIEW_EOS = "<s>", "</s>"
 NEEDS_CHOICE_LABEL = "⚠ needs a choice"
 NEEDS_CHOICE_COLOUR = "#b45309"  # amber, as the views' other notes that ask for an action
 
-STYLE = """
-QDialog#templateEditor { background: #f8fafc; }
-#editorTitle { color: #0f172a; font-size: 17px; font-weight: 600; }
-#editorSummary, #editorNow { color: #475569; font-size: 12px; }
-#optionsCard, #textCard { background: #ffffff; border: 1px solid #e2e8f0; border-radius: 10px; }
-QScrollArea#optionsScroll { background: transparent; border: none; }
-#optionsList { background: #ffffff; }
-#sectionHeading { color: #0f172a; font-size: 13px; font-weight: 600; }
-#sectionHint { color: #64748b; font-size: 11px; }
-#sectionHint[editing="true"] { color: #4338ca; font-weight: 600; }
-QRadioButton#templateOption { color: #1e293b; font-size: 13px; spacing: 8px; }
-QRadioButton#templateOption:disabled { color: #94a3b8; }
-#optionNote { color: #64748b; font-size: 11px; margin-left: 24px; }
-#optionNote[tone="error"] { color: #b91c1c; }
-QPlainTextEdit#templateSource, QPlainTextEdit#templatePreview {
-    border: 1px solid #e2e8f0; border-radius: 6px; color: #1e293b; font-size: 12px;
-    selection-background-color: #c7d2fe; selection-color: #1e1b4b;
-}
-QPlainTextEdit#templateSource { background: #f8fafc; }
-QPlainTextEdit#templateSource[editing="true"] { background: #ffffff; border: 1px solid #818cf8; }
-QPlainTextEdit#templatePreview { background: #f1f5f9; }
-#renderError {
-    background: #fef2f2; border: 1px solid #fecaca; border-radius: 6px; color: #991b1b; font-size: 12px;
-    padding: 6px 8px;
-}
-#stopLine { color: #334155; font-size: 12px; }
-#templateNotice { background: #fffbeb; border: 1px solid #fcd34d; border-radius: 8px; }
-#templateNoticeText { color: #92400e; font-size: 12px; }
-"""
-
 
 # --------------------------------------------------------------------------------------------------------
 # Words for the Models view
@@ -250,7 +220,6 @@ class TemplateNotice(QFrame):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.setObjectName("templateNotice")
-        self.setStyleSheet(STYLE)
         icon = QLabel("⚠")
         icon.setObjectName("templateNoticeText")
         self.text = QLabel()
@@ -308,7 +277,6 @@ class TemplateEditorDialog(QDialog):
         super().__init__(parent)
         self.setObjectName("templateEditor")
         self.setWindowTitle(f"Chat template · {model.name}")
-        self.setStyleSheet(STYLE)
         self.store = store
         self.model = model
         self.saved_model: ModelRow | None = None  # the row after Save / "Use the model's own"

@@ -21,14 +21,6 @@ from desktop_dpo.core.demo_model import DemoPackage
 from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.first_run import demo_notice_text, demo_terms_html
 
-STYLE = """
-#termsIntro { color: #334155; font-size: 13px; }
-#termsLink { color: #475569; font-size: 12px; }
-QTextBrowser#termsText, QTextBrowser#noticeText {
-    background: #ffffff; border: 1px solid #e2e8f0; border-radius: 8px; padding: 6px;
-}
-"""
-
 
 class TermsDialog(QDialog):
     """The Gemma terms in one tab, the package's NOTICE in another. Non-modal when opened with ``show()``."""
@@ -36,7 +28,6 @@ class TermsDialog(QDialog):
     def __init__(self, package: DemoPackage, parent: QWidget | None = None):
         super().__init__(parent)
         self.setWindowTitle("Gemma terms of use")
-        self.setStyleSheet(STYLE)
         self.resize(760, 620)
 
         intro = QLabel(

@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop_dpo.core.dpo.train import TrainConfig
+from desktop_dpo.core.dpo.config import TrainConfig
 
 
 @dataclass(frozen=True)

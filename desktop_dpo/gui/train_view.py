@@ -5,7 +5,7 @@ the worker thread opens its own database connection and persists every event bef
 so what the plots show is already saved. Collecting may go on meanwhile (generation has its own resources).
 
 - The settings start from a preset for the detected device and the chosen model (its free GPU memory and
-  the model's size, see ``core/dpo/train.py``'s ``preset_for``). Detection imports torch, so it runs as a
+  the model's size, see ``core/dpo/config.py``'s ``preset_for``). Detection imports torch, so it runs as a
   small job when the view is first shown and again when another model is chosen; until it reports, a
   "Detecting your GPU…" note stays up. The note says why the preset is what it is.
 - Starting a run first releases the llama.cpp models the app holds (``EnginePool.close_all``, in the
@@ -47,6 +47,17 @@ from PySide6.QtWidgets import (
 )
 
 from desktop_dpo.config import AppPaths
+from desktop_dpo.core.dpo.config import DeviceInfo, TrainConfig, TrainingError, preset_for, smaller_settings
+from desktop_dpo.core.dpo.events import (
+    Checkpointed,
+    EvalMetrics,
+    Finished,
+    Loading,
+    ReferenceReady,
+    Started,
+    StepMetrics,
+    TrainWarning,
+)
 from desktop_dpo.core.dpo.runs import (
     MIN_TRAIN_PAIRS,
     RunPlan,
@@ -54,21 +65,6 @@ from desktop_dpo.core.dpo.runs import (
     plan_run,
     resume_settings,
     trainable_reason,
-)
-from desktop_dpo.core.dpo.train import (
-    Checkpointed,
-    DeviceInfo,
-    EvalMetrics,
-    Finished,
-    Loading,
-    ReferenceReady,
-    Started,
-    StepMetrics,
-    TrainConfig,
-    TrainingError,
-    TrainWarning,
-    preset_for,
-    smaller_settings,
 )
 from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.lineage import model_lineage
@@ -79,6 +75,15 @@ from desktop_dpo.gui.metrics_plots import MetricsPlots
 from desktop_dpo.gui.template_editor import ensure_template_chosen, template_needed_message
 from desktop_dpo.gui.train_settings_form import TrainSettingsForm
 from desktop_dpo.gui.view_messages import ViewMessages
+from desktop_dpo.gui.widgets import (
+    ModelCombo,
+    card,
+    field_label,
+    make_page,
+    model_kind,
+    page_header,
+    page_pill,
+)
 from desktop_dpo.workers.job_op import JobOp
 from desktop_dpo.workers.job_worker import JobRegistry
 from desktop_dpo.workers.training_worker import (
@@ -105,24 +110,6 @@ STATUS_LABELS = {
 STATUS_COLOURS = {"failed": "#b91c1c", INTERRUPTED: "#b45309", "completed": "#047857", "running": "#4338ca"}
 RUN_COLUMNS = ("Run", "Base model", "Status", "Steps", "Pairs", "Final metrics")
 COLUMN_STATUS = 2
-
-STYLE = """
-#trainPill {
-    background: #eef2ff; color: #3730a3; border: 1px solid #c7d2fe; border-radius: 9px;
-    padding: 2px 10px; font-size: 12px; font-weight: 600;
-}
-#fieldLabel, #settingLabel { color: #334155; font-size: 12px; font-weight: 600; }
-#settingHelp { color: #64748b; font-size: 11px; padding-bottom: 6px; }
-#presetNote, #pairsNote, #startReason, #runDetail, #runDetails { color: #64748b; font-size: 12px; }
-#startReason[blocking="true"] { color: #b45309; }
-#modelNote { color: #b45309; font-size: 12px; }
-#runHeadline { color: #0f172a; font-size: 15px; font-weight: 700; }
-#cardHeading { color: #0f172a; font-size: 14px; font-weight: 700; }
-#runsTree { background: #ffffff; border: 1px solid #e2e8f0; border-radius: 8px; font-size: 12px; }
-QToolButton#advancedToggle { border: none; color: #334155; font-size: 12px; font-weight: 600; padding: 2px 0; }
-QScrollArea#settingsScroll { background: transparent; border: none; }
-QScrollArea#settingsScroll > QWidget > QWidget { background: transparent; }
-"""
 
 
 def format_duration(seconds: float) -> str:
@@ -152,6 +139,12 @@ def describe_settings(config: dict[str, Any]) -> str:
     return "\n".join(f"{name} = {value}" for name, value in sorted(config.items()))
 
 
+def _describe_model(model: ModelRow) -> str:
+    """A model in the base-model picker: its name and kind, and whether it still needs a trainable copy."""
+    kind = "GGUF, needs a trainable copy" if trainable_reason(model) is not None else model_kind(model)
+    return f"{model.name}  ·  {kind}"
+
+
 class TrainView(ViewMessages, QWidget):
     """Start, watch, stop and resume training runs; browse past ones.
 
@@ -179,8 +172,7 @@ class TrainView(ViewMessages, QWidget):
         parent: QWidget | None = None,
     ):
         super().__init__(parent)
-        self.setObjectName("pageArea")
-        self.setStyleSheet(STYLE)
+        make_page(self, "train")
         self.store = store
         self.registry = registry
         self.paths = paths
@@ -209,23 +201,12 @@ class TrainView(ViewMessages, QWidget):
     # ---------------------------------------------------------------- building
 
     def _build(self) -> None:
-        title = QLabel("Train")
-        title.setObjectName("pageTitle")
-        summary = QLabel(
-            "Turn your picks into a better model with QLoRA-DPO. Training runs in the background."
+        self.pairs_pill = page_pill("Pairs the chosen model can train on: sampled from it, or imported")
+        header = page_header(
+            "Train",
+            "Turn your picks into a better model with QLoRA-DPO. Training runs in the background.",
+            self.pairs_pill,
         )
-        summary.setObjectName("pageSummary")
-        summary.setWordWrap(True)
-        self.pairs_pill = QLabel()
-        self.pairs_pill.setObjectName("trainPill")
-        self.pairs_pill.setToolTip("Pairs the chosen model can train on: sampled from it, or imported")
-        header = QHBoxLayout()
-        names = QVBoxLayout()
-        names.setSpacing(2)
-        names.addWidget(title)
-        names.addWidget(summary)
-        header.addLayout(names, 1)
-        header.addWidget(self.pairs_pill, 0, Qt.AlignmentFlag.AlignTop)
 
         # -- banners: a failure (red, with an action) and training warnings (amber)
         self.banner = MessageBanner()
@@ -236,24 +217,18 @@ class TrainView(ViewMessages, QWidget):
         self.warning_banner = MessageBanner()
 
         # -- left: a new run (model, pairs, settings, Start)
-        new_card = QFrame()
-        new_card.setObjectName("card")
-        new_layout = QVBoxLayout(new_card)
-        new_layout.setContentsMargins(16, 14, 16, 12)
-        new_layout.setSpacing(8)
+        new_card, new_layout = card()
         heading = QLabel("New run")
         heading.setObjectName("cardHeading")
         new_layout.addWidget(heading)
-        model_label = QLabel("Base model")
-        model_label.setObjectName("fieldLabel")
-        self.model_combo = QComboBox()
-        self.model_combo.setObjectName("modelCombo")
-        self.model_combo.setMinimumContentsLength(16)
-        self.model_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        self.model_combo.setToolTip("The model to align: the run trains a LoRA adapter on top of it")
+        self.model_combo = ModelCombo(
+            "The model to align: the run trains a LoRA adapter on top of it",
+            min_length=16,
+            describe=_describe_model,
+        )
         self.model_combo.currentIndexChanged.connect(self._on_model_combo_changed)
         model_row = QHBoxLayout()
-        model_row.addWidget(model_label)
+        model_row.addWidget(field_label("Base model"))
         model_row.addWidget(self.model_combo, 1)
         new_layout.addLayout(model_row)
         self.model_note = QLabel()
@@ -307,11 +282,7 @@ class TrainView(ViewMessages, QWidget):
         new_card.setMaximumWidth(370)
 
         # -- right, top: the run on screen (status, progress, plots)
-        run_card = QFrame()
-        run_card.setObjectName("card")
-        run_layout = QVBoxLayout(run_card)
-        run_layout.setContentsMargins(16, 14, 16, 12)
-        run_layout.setSpacing(6)
+        run_card, run_layout = card(spacing=6)
         self.run_headline = QLabel()
         self.run_headline.setObjectName("runHeadline")
         self.run_headline.setWordWrap(True)
@@ -337,11 +308,7 @@ class TrainView(ViewMessages, QWidget):
         run_layout.addWidget(self.plots, 1)
 
         # -- right, bottom: past runs
-        runs_card = QFrame()
-        runs_card.setObjectName("card")
-        runs_layout = QVBoxLayout(runs_card)
-        runs_layout.setContentsMargins(16, 12, 16, 12)
-        runs_layout.setSpacing(6)
+        runs_card, runs_layout = card((16, 12, 16, 12), 6)
         runs_heading = QLabel("Runs")
         runs_heading.setObjectName("cardHeading")
         self.resume_button = QPushButton("Resume")
@@ -413,23 +380,7 @@ class TrainView(ViewMessages, QWidget):
         if current is None:
             default = self.store.default_model()
             current = default.id if default is not None else None
-        models = self.store.list_models()
-        self.model_combo.blockSignals(True)
-        self.model_combo.clear()
-        for model in models:
-            needs_copy = trainable_reason(model) is not None
-            kind = "GGUF, needs a trainable copy" if needs_copy else (
-                "GGUF" if model.kind == "gguf" else "Hugging Face"
-            )  # fmt: skip
-            self.model_combo.addItem(f"{model.name}  ·  {kind}", model.id)
-            self.model_combo.setItemData(
-                self.model_combo.count() - 1, model.path, Qt.ItemDataRole.ToolTipRole
-            )
-        if not models:
-            self.model_combo.addItem("No model yet: add one in Models", None)
-        index = self.model_combo.findData(current) if current is not None else -1
-        self.model_combo.setCurrentIndex(max(index, 0))
-        self.model_combo.blockSignals(False)
+        self.model_combo.fill(self.store.list_models(), current)
         self._on_model_combo_changed(self.model_combo.currentIndex())
 
     def current_model(self) -> ModelRow | None:
@@ -470,7 +421,7 @@ class TrainView(ViewMessages, QWidget):
         self.reference_combo.setVisible(earlier)
 
     def reference(self) -> str:
-        """The reference of a new run: "adapter_off" or "model:<id>" (see core/dpo/train.py)."""
+        """The reference of a new run: "adapter_off" or "model:<id>" (see core/dpo/config.py)."""
         return self.reference_combo.currentData() or "adapter_off"
 
     def set_reference(self, reference: str) -> bool:
@@ -692,11 +643,11 @@ class TrainView(ViewMessages, QWidget):
         # kept); Collect, Chat and Evaluate load their model again on their next use. Releasing only idle
         # engines would leave exactly the one in use holding the memory the run needs.
         release = self.pool.close_all if self.pool is not None else None
-        factory = training_job(
-            self.paths.db_path, run_id, runs_dir=self.paths.runs_dir, release_engines=release
-        )
+        factory = training_job(run_id, runs_dir=self.paths.runs_dir, release_engines=release)
         self._training = self.start_job(
-            JobOp(self.registry, factory, owner=self).resource(TRAIN_RESOURCE).slots("training")
+            JobOp(self.registry, factory, store=self.paths.db_path, owner=self)
+            .resource(TRAIN_RESOURCE)
+            .slots("training")
         )
         if self._training is None:
             return False

@@ -33,22 +33,6 @@ WELCOME_TEXT = (
     "Everything stays on this computer."
 )
 
-STYLE = """
-#welcomeCard { background: #ffffff; border: 1px solid #c7d2fe; border-radius: 12px; }
-#welcomeTitle { color: #0f172a; font-size: 17px; font-weight: 600; }
-#welcomeText { color: #334155; font-size: 13px; }
-#welcomeText[tone="error"] { color: #991b1b; }
-#welcomeStep { color: #3730a3; background: #eef2ff; border-radius: 8px; padding: 2px 10px; font-size: 12px; }
-#welcomeArrow { color: #94a3b8; font-size: 13px; }
-#welcomeModel { color: #475569; font-size: 12px; }
-#welcomeModel[tone="error"] { color: #991b1b; }
-#welcomeModel[tone="ready"] { color: #047857; }
-QProgressBar#welcomeProgress {
-    border: none; background: #e2e8f0; border-radius: 3px; max-height: 6px; min-height: 6px; max-width: 320px;
-}
-QProgressBar#welcomeProgress::chunk { background: #6366f1; border-radius: 3px; }
-"""
-
 
 def _restyle(widget: QWidget) -> None:
     """Apply the style sheet again after a property or name its rules select on changed. A widget that was
@@ -82,7 +66,6 @@ class WelcomeCard(QFrame):
     def __init__(self, *, starter_count: int, parent: QWidget | None = None):
         super().__init__(parent)
         self.setObjectName("welcomeCard")
-        self.setStyleSheet(STYLE)
 
         # Three rows, so that the Collect page below keeps the room it needs (its own minimum height).
         title = QLabel("Welcome to desktop-dpo")

@@ -1,13 +1,13 @@
 """The training run the GUI drives on the job resource ``"train"``: in a supervised child process.
 
-:func:`training_job` gives a :data:`~desktop_dpo.workers.job_worker.JobFactory` for a
-:class:`~desktop_dpo.workers.job_op.JobOp` on the resource ``"train"``. The run itself trains in a child
-process (:func:`desktop_dpo.core.dpo.train_child.train_in_child`): a native fault in bitsandbytes or a
-crash in a step ends that process, not the window. The child opens its own :class:`Store` on the database
-file and records each event with ``persist_event`` *before* passing it on (a crash or a quit loses at most
-the step under way) and how the run ended with ``persist_outcome``; this worker thread only relays the
-events. If the child dies, the run is recorded as failed with a message that says so and where Resume
-continues.
+:func:`training_job` gives a :data:`~desktop_dpo.workers.job_op.StoreJobFactory` for a
+:class:`~desktop_dpo.workers.job_op.JobOp` with ``store=<database file>`` on the resource ``"train"``.
+The run itself trains in a child process (:func:`desktop_dpo.core.dpo.train_child.train_in_child`): a
+native fault in bitsandbytes or a crash in a step ends that process, not the window. This worker records
+the child's events on the store the op opened in its thread, with the recording code the CLI and the demo
+use (:func:`~desktop_dpo.core.dpo.train.record_training`): each event is written before it is passed on
+(a crash or a quit loses at most the step under way), and how the run ended, the child's death included
+(failed, with a message that says so and where Resume continues).
 
 A stop from the GUI arrives as ``JobCancelled`` thrown into this generator at the first event after
 ``cancel()`` (``JobThread`` drives it with :func:`~desktop_dpo.core.jobs.drive`): the child is told at once,
@@ -28,22 +28,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from desktop_dpo.core.dpo.train import (
+from desktop_dpo.core.dpo.config import (
     DeviceInfo,
-    Loading,
     TrainConfig,
     TrainingOutOfMemoryError,
     default_preset,
     detect_device,
     model_shape,
-    persist_outcome,
-    training_folder,
 )
+from desktop_dpo.core.dpo.events import Loading
+from desktop_dpo.core.dpo.train import record_training
 from desktop_dpo.core.dpo.train_child import train_in_child
 from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.jobs import CancelToken, Job
+from desktop_dpo.core.model_files import training_folder
 from desktop_dpo.core.store import ModelRow, Store
-from desktop_dpo.workers.job_worker import JobFactory
+from desktop_dpo.workers.job_op import StoreJobFactory
 
 TRAIN_RESOURCE = "train"  # one training run at a time
 DEVICE_RESOURCE = "detect-device"  # detecting the GPU never blocks training or collecting
@@ -73,34 +73,31 @@ RELEASING = "Releasing the models loaded for Collect, Chat and Evaluate (their m
 
 
 def training_job(
-    db_path: str | Path,
     run_id: int,
     *,
     resume: bool = True,
     runs_dir: Path | None = None,
     release_engines: Callable[[], None] | None = None,
-) -> JobFactory:
-    """A factory for ``JobOp(registry, ...).resource(TRAIN_RESOURCE)`` that trains run ``run_id``.
+) -> StoreJobFactory:
+    """A factory for ``JobOp(registry, ..., store=db_path).resource(TRAIN_RESOURCE)`` that trains ``run_id``.
 
     Args:
-        db_path: the database file; the job opens its own connection to it in the worker thread.
         run_id: a run made with ``Store.create_run`` (see ``core/dpo/runs.py``).
         resume: continue from the run's newest checkpoint when it has one.
         runs_dir: where the run's folder goes when it has none yet (the app's runs folder).
         release_engines: called in the worker thread before the model loads, e.g. ``EnginePool.close_all``.
     """
-    path = Path(db_path)
 
-    def factory(cancel: CancelToken) -> Job:
+    def factory(store: Store, cancel: CancelToken) -> Job:
         return drive_training_run(
-            path, run_id, cancel=cancel, resume=resume, runs_dir=runs_dir, release_engines=release_engines
+            store, run_id, cancel=cancel, resume=resume, runs_dir=runs_dir, release_engines=release_engines
         )
 
     return factory
 
 
 def drive_training_run(
-    db_path: Path,
+    store: Store,
     run_id: int,
     *,
     cancel: CancelToken,
@@ -108,7 +105,7 @@ def drive_training_run(
     runs_dir: Path | None = None,
     release_engines: Callable[[], None] | None = None,
 ) -> Job:
-    """Train ``run_id`` as a job, in a child process that records every event before it is yielded.
+    """Train ``run_id`` in a child process, recorded on ``store`` (this thread's own), as a job.
     Returns :class:`Finished`.
 
     ``release_engines`` runs first (it may wait for a generation under way to end), announced by a
@@ -119,33 +116,23 @@ def drive_training_run(
     :class:`TrainingOutOfMemoryError` is preceded by an :class:`OutOfMemory` event carrying its
     suggested settings, since a failure reaches the GUI as a message only.
     """
-    if release_engines is not None:
-        try:
+
+    def in_child() -> Job:
+        if release_engines is not None:
             yield Loading(RELEASING)
             release_engines()
             cancel.raise_if_cancelled()
-        except Exception as exc:
-            # Stopped (JobCancelled, noticed here or thrown in at the yield) or failed before the child
-            # started: nobody else records it.
-            _record_outcome(db_path, run_id, exc)
-            raise
-    try:
         # ``yield from`` passes a thrown JobCancelled on to the child's job, which stops the child at a step
         # boundary.
-        return (yield from train_in_child(db_path, run_id, cancel=cancel, resume=resume, runs_dir=runs_dir))
+        return (
+            yield from train_in_child(store.path, run_id, cancel=cancel, resume=resume, runs_dir=runs_dir)
+        )
+
+    try:
+        return (yield from record_training(store, run_id, in_child()))
     except TrainingOutOfMemoryError as exc:
         yield OutOfMemory(run_id=run_id, message=str(exc), suggested=exc.suggested)
         raise
-
-
-def _record_outcome(db_path: Path, run_id: int, error: BaseException) -> None:
-    """Record how a run ended before its training process started, on this thread's own connection."""
-    store = Store.open(db_path)
-    try:
-        if store.get_run(run_id) is not None:
-            persist_outcome(store, run_id, error)
-    finally:
-        store.close()
 
 
 def device_preset_job(cancel: CancelToken, model: ModelRow | None = None) -> Job:

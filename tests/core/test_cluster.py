@@ -23,7 +23,7 @@ from desktop_dpo.core.cluster import (
     import_adapter,
     import_model,
 )
-from desktop_dpo.core.dpo.train import TrainConfig
+from desktop_dpo.core.dpo.config import TrainConfig
 from desktop_dpo.core.errors import ModelError
 from desktop_dpo.core.export.merge import plan_merge
 from desktop_dpo.core.llm.template_choice import KNOWN_TEMPLATES, TemplateChoice, set_template_choice

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from desktop_dpo.core.errors import JobCancelled
-from desktop_dpo.core.jobs import CancelToken, Log, Progress, drive, run_job
+from desktop_dpo.core.jobs import CancelToken, Log, Progress, drive, recorded, run_job
 
 
 def counting(n: int, cancel: CancelToken | None = None):
@@ -101,3 +101,33 @@ def test_a_handler_that_raises_abandons_the_job_at_once():
     with pytest.raises(RuntimeError, match="display went away"):
         drive(cleaning_up(CancelToken(), record, notices=True), broken_handler, CancelToken())
     assert record == ["closed", "finally"]  # closed now, in this thread, not at garbage collection
+
+
+def test_a_recorded_job_records_each_event_before_the_driver_sees_it_and_passes_a_stop_on():
+    token = CancelToken()
+    record: list[str] = []
+    rows: list[object] = []  # what the recording wrote, in order
+    seen: list[tuple[object, int]] = []  # each event the driver saw, with the rows written by then
+
+    def stop_at_the_second_event(event):
+        seen.append((event, len(rows)))
+        if len(seen) == 2:
+            token.cancel()
+
+    job = recorded(cleaning_up(token, record, notices=False), rows.append)
+    with pytest.raises(JobCancelled):
+        drive(job, stop_at_the_second_event, token)
+    # The stop reached the inner job (its clean-up ran once, not a close), and the event of its clean-up was
+    # recorded like the others, each before the driver saw it.
+    assert record == ["clean-up", "finally"]
+    assert rows == [Progress(0, 10), Progress(1, 10), Log("checkpointed")]
+    assert [count for _, count in seen] == [1, 2, 3]
+    assert drive(recorded(counting(2), rows.append), lambda event: None) == "counted 2"  # and the result
+
+
+def test_closing_a_recorded_job_closes_the_job_it_records():
+    record: list[str] = []
+    job = recorded(cleaning_up(CancelToken(), record, notices=True), lambda event: None)
+    next(job)
+    job.close()
+    assert record == ["closed", "finally"]

@@ -17,20 +17,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from desktop_dpo.core import models
 from desktop_dpo.core.errors import JobCancelled, ModelError
 from desktop_dpo.core.jobs import CancelToken, Progress, run_job
-from desktop_dpo.core.model_files import is_partial_output
+from desktop_dpo.core.model_files import TRAINABLE_COPY_MARKER, is_partial_output
 from desktop_dpo.core.models import (
     SUPPORTED_ARCHITECTURES,
-    TRAINABLE_COPY_MARKER,
     DiscoveredModel,
     ModelSearchDirs,
     discover_local_models,
     fingerprint,
+    fingerprints,
     inspect_model,
     make_trainable_copy,
     register_model,
+    trainable_copy,
 )
 
 # ---------------------------------------------------------------------------------------------------------
@@ -178,7 +178,7 @@ def test_fingerprint_of_a_gguf_follows_its_contents_not_its_name(tmp_path):
 
 
 def _count_reads(monkeypatch) -> dict[str, int]:
-    """Make the models module count every byte it reads through open()."""
+    """Make the fingerprint module count every byte it reads through open()."""
     counter = {"bytes": 0}
     real_open = open
 
@@ -200,7 +200,7 @@ def _count_reads(monkeypatch) -> dict[str, int]:
         def __exit__(self, *exc):
             self._handle.close()
 
-    monkeypatch.setattr(models, "open", lambda *a, **k: Counting(real_open(*a, **k)), raising=False)
+    monkeypatch.setattr(fingerprints, "open", lambda *a, **k: Counting(real_open(*a, **k)), raising=False)
     return counter
 
 
@@ -625,11 +625,11 @@ def test_trainable_copy_refuses_a_gguf_transformers_cannot_read(tmp_path):
 
 def test_trainable_copy_checks_memory_and_disk_first(tmp_path, monkeypatch):
     gguf_file = write_gguf(tmp_path / "m.gguf")
-    monkeypatch.setattr(models, "available_memory_bytes", lambda: 1024)
+    monkeypatch.setattr(trainable_copy, "available_memory_bytes", lambda: 1024)
     with pytest.raises(ModelError, match=r"needs about .* GiB of free memory .* Close other programs"):
         run_job(make_trainable_copy(gguf_file, tmp_path / "copies" / "m"))
-    monkeypatch.setattr(models, "available_memory_bytes", lambda: 64 * 1024**3)
-    monkeypatch.setattr(models.shutil, "disk_usage", lambda _path: _Usage(free=0))
+    monkeypatch.setattr(trainable_copy, "available_memory_bytes", lambda: 64 * 1024**3)
+    monkeypatch.setattr(trainable_copy.shutil, "disk_usage", lambda _path: _Usage(free=0))
     with pytest.raises(ModelError, match=r"free disk space in .* Free some space"):
         run_job(make_trainable_copy(gguf_file, tmp_path / "copies" / "m"))
     assert list((tmp_path / "copies").iterdir()) == []

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from desktop_dpo.core.dpo.train import (
+from desktop_dpo.core.dpo.config import (
     CPU_PRESET,
     GIB,
     DeviceInfo,

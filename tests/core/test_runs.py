@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from desktop_dpo.core.dpo.config import TrainConfig, TrainingError
 from desktop_dpo.core.dpo.runs import (
     create_run_for_model,
     model_pair_ids,
@@ -11,7 +12,6 @@ from desktop_dpo.core.dpo.runs import (
     resume_settings,
     trainable_reason,
 )
-from desktop_dpo.core.dpo.train import TrainConfig, TrainingError
 from desktop_dpo.core.model_files import TRAINABLE_COPY_KEY, TRAINABLE_COPY_MARKER
 
 

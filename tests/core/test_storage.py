@@ -17,7 +17,6 @@ from desktop_dpo.core.storage import (
     LEFTOVER_QUIET_S,
     CleanupResult,
     StorageItem,
-    human_size,
     remove_items,
     scan_storage,
 )
@@ -324,11 +323,3 @@ def test_removing_the_aligned_model_first_frees_its_export_files(home):
     assert len(result.removed) == 3
     assert not export_folder.exists()  # only notes were left: the folder went with its files
     assert home.store.list_exports() == []
-
-
-def test_sizes_read_in_human_units():
-    assert human_size(0) == "0 B"
-    assert human_size(999) == "999 B"
-    assert human_size(1500) == "1.5 KB"
-    assert human_size(812_000) == "812 KB"
-    assert human_size(1_400_000_000) == "1.4 GB"

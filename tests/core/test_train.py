@@ -18,23 +18,21 @@ import torch
 from safetensors.torch import load_file
 
 from desktop_dpo.core import jobs
+from desktop_dpo.core.dpo import reference as reference_module
 from desktop_dpo.core.dpo import train as train_module
-from desktop_dpo.core.dpo.train import (
+from desktop_dpo.core.dpo.checkpoint import latest_checkpoint
+from desktop_dpo.core.dpo.config import TrainConfig, TrainingOutOfMemoryError
+from desktop_dpo.core.dpo.events import (
     Checkpointed,
     EvalMetrics,
     Finished,
     ReferenceReady,
     Started,
     StepMetrics,
-    TrainConfig,
-    TrainingOutOfMemoryError,
     TrainingWatch,
     TrainWarning,
-    drive_training,
-    latest_checkpoint,
-    persist_event,
-    persist_outcome,
 )
+from desktop_dpo.core.dpo.train import drive_training, persist_event, persist_outcome
 from desktop_dpo.core.errors import JobCancelled
 from desktop_dpo.core.jobs import CancelToken
 
@@ -339,14 +337,14 @@ def test_reference_logps_are_computed_once_and_reused(store, tmp_path, model_dir
     add_pairs(store, TOPICS[:16])
     config = BASE.replace(epochs=2, heldout_fraction=0.25, checkpoint_every=100)
     scored = {"pairs": 0}
-    real = train_module._compute_reference
+    real = reference_module.compute_reference
 
     def counting(model, pairs, indices, **kwargs):
         for batch_indices, values in real(model, pairs, indices, **kwargs):
             scored["pairs"] += len(batch_indices)
             yield batch_indices, values
 
-    monkeypatch.setattr(train_module, "_compute_reference", counting)
+    monkeypatch.setattr(reference_module, "compute_reference", counting)
 
     first = of_type(drive(store, new_run(store, tmp_path, model_dirs[0], config, name="a")), ReferenceReady)[
         0
@@ -433,7 +431,7 @@ def test_cli_train_runs_headless_with_a_progress_bar(tmp_path, model_dirs, capsy
 
 class WatchModels:
     """Weak references to the model each run trains (and one of its frozen base weights), and, at each of
-    the job's calls to ``_free_memory``, whether they were already gone then."""
+    the job's calls to ``free_memory``, whether they were already gone then."""
 
     def __init__(self, monkeypatch):
         # Imported before any run: importing bitsandbytes logs a caught ImportError, and pytest's log capture
@@ -442,7 +440,7 @@ class WatchModels:
 
         self.refs: list[weakref.ref] = []
         self.gone_when_freed: list[bool] = []
-        real_attach, real_free = train_module._attach_lora, train_module._free_memory
+        real_attach, real_free = train_module.attach_lora, train_module.free_memory
 
         def attach(model, config, quantization):
             peft_model = real_attach(model, config, quantization)
@@ -456,8 +454,8 @@ class WatchModels:
             real_free(device)  # collects first
             self.gone_when_freed.append(self.gone())
 
-        monkeypatch.setattr(train_module, "_attach_lora", attach)
-        monkeypatch.setattr(train_module, "_free_memory", free)
+        monkeypatch.setattr(train_module, "attach_lora", attach)
+        monkeypatch.setattr(train_module, "free_memory", free)
 
     def gone(self) -> bool:
         return bool(self.refs) and all(ref() is None for ref in self.refs)
@@ -513,7 +511,8 @@ def test_a_failed_run_releases_its_model_while_its_error_is_still_shown(
 NATIVE_FAULT_SCRIPT = """
 import ctypes, sys, threading, time
 from pathlib import Path
-from desktop_dpo.core.dpo.train import StepMetrics, drive_training
+from desktop_dpo.core.dpo.events import StepMetrics
+from desktop_dpo.core.dpo.train import drive_training, record_training
 from desktop_dpo.core.dpo.train_child import TrainingCrashed, train_in_child
 from desktop_dpo.core.jobs import CancelToken
 from desktop_dpo.core.store import Store
@@ -545,8 +544,9 @@ def work():
         store = Store.open(db_path)
         drive_training(store, run_id, cancel=CancelToken(), on_event=on_event)
         return
+    store = Store.open(db_path)  # the app's worker records what the child sends, on its own connection
     try:
-        for event in train_in_child(db_path, run_id, cancel=CancelToken()):
+        for event in record_training(store, run_id, train_in_child(db_path, run_id, cancel=CancelToken())):
             on_event(event)
     except TrainingCrashed as crash:
         print(f"shown: {crash}", flush=True)
@@ -626,6 +626,7 @@ def test_a_crashed_training_process_is_explained_and_resume_completes(
 ):
     """The app's path end to end: the run trains in a child process, which segfaults in step 2; the parent
     records the crash in words, and Resume (in a new child) continues from the step 1 checkpoint."""
+    from desktop_dpo.core.dpo.train import record_training
     from desktop_dpo.core.dpo.train_child import FAULT_ENV, TrainingCrashed, train_in_child
 
     add_pairs(store)
@@ -636,7 +637,7 @@ def test_a_crashed_training_process_is_explained_and_resume_completes(
     seen: list[object] = []
 
     with pytest.raises(TrainingCrashed) as crash:
-        for event in train_in_child(store.path, run_id, cancel=CancelToken()):
+        for event in record_training(store, run_id, train_in_child(store.path, run_id, cancel=CancelToken())):
             seen.append(event)
 
     message = str(crash.value)
@@ -654,7 +655,7 @@ def test_a_crashed_training_process_is_explained_and_resume_completes(
 
     monkeypatch.delenv(FAULT_ENV)
     resumed: list[object] = []
-    job = train_in_child(store.path, run_id, cancel=CancelToken())
+    job = record_training(store, run_id, train_in_child(store.path, run_id, cancel=CancelToken()))
     while True:
         try:
             resumed.append(next(job))

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from desktop_dpo.core.dpo.train import TrainConfig, drive_training
+from desktop_dpo.core.dpo.config import TrainConfig
+from desktop_dpo.core.dpo.train import drive_training
 from desktop_dpo.core.errors import ExportError, JobCancelled
 from desktop_dpo.core.export import pipeline
 from desktop_dpo.core.export.gguf import STOP_STRINGS_KEY, read_gguf_metadata

@@ -14,7 +14,8 @@ from pathlib import Path
 from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core.chat import chat_reply
 from desktop_dpo.core.dpo import data as dpo_data
-from desktop_dpo.core.dpo.train import TRAINED_TEMPLATE_FILE, drive_training
+from desktop_dpo.core.dpo.checkpoint import TRAINED_TEMPLATE_FILE
+from desktop_dpo.core.dpo.train import drive_training
 from desktop_dpo.core.export.gguf import STOP_STRINGS_KEY, read_gguf_metadata
 from desktop_dpo.core.export.pipeline import ExportSettings, export_run, persist_export
 from desktop_dpo.core.jobs import CancelToken, run_job

@@ -9,7 +9,8 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication
 
-from desktop_dpo.core.dpo.train import TrainConfig, drive_training
+from desktop_dpo.core.dpo.config import TrainConfig
+from desktop_dpo.core.dpo.train import drive_training
 from desktop_dpo.core.jobs import CancelToken
 from desktop_dpo.core.models import register_model
 from desktop_dpo.core.store import Store

@@ -12,11 +12,11 @@ import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QMessageBox, QToolButton
 
-from desktop_dpo.core import models as core_models
 from desktop_dpo.core.llm.templates import DEFAULT_TEMPLATE
-from desktop_dpo.core.model_files import is_partial_output
-from desktop_dpo.core.models import TRAINABLE_COPY_MARKER, ModelSearchDirs, fingerprint, register_model
+from desktop_dpo.core.model_files import TRAINABLE_COPY_MARKER, is_partial_output
+from desktop_dpo.core.models import ModelSearchDirs, fingerprint, register_model, trainable_copy
 from desktop_dpo.core.store import Store
+from desktop_dpo.core.wording import human_size
 from desktop_dpo.gui import models_view
 from desktop_dpo.gui.main_window import MainWindow
 from desktop_dpo.gui.models_view import (
@@ -26,7 +26,6 @@ from desktop_dpo.gui.models_view import (
     OWN_TEMPLATE_LABEL,
     ModelsView,
     human_count,
-    human_size,
 )
 from desktop_dpo.workers.job_worker import JobRegistry
 from tests.core.test_models import write_gguf, write_hf_folder
@@ -100,13 +99,7 @@ def test_a_new_person_is_told_what_to_do(view):
     assert "No models in the Hugging Face cache, LM Studio or Ollama" in view.discovered_note.text()
 
 
-def test_human_units():
-    assert [human_size(n) for n in (512, 812_000, 1_600_000_000, 45_300_000)] == [
-        "512 bytes",
-        "812 KB",
-        "1.6 GB",
-        "45.3 MB",
-    ]
+def test_parameter_counts_read_as_model_cards_write_them():
     assert [human_count(n) for n in (268_098_176, 1_500_000_000, 6_200, 7_000_000_000, None)] == [
         "268M",
         "1.5B",
@@ -457,14 +450,14 @@ def test_stopping_a_trainable_copy_keeps_nothing_half_made(
     refresh(qtbot, view)
     view.select_model(model.id)
     inside, release = threading.Event(), threading.Event()
-    real_load = core_models._load_gguf_tokenizer
+    real_load = trainable_copy._load_gguf_tokenizer
 
     def held_load(path):  # the copy waits here, its temporary folder already made, until the test lets it go
         inside.set()
         release.wait(60)
         return real_load(path)
 
-    monkeypatch.setattr(core_models, "_load_gguf_tokenizer", held_load)
+    monkeypatch.setattr(trainable_copy, "_load_gguf_tokenizer", held_load)
     qtbot.mouseClick(view.copy_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(inside.is_set, timeout=WAIT_MS)
     assert [p for p in app_home.models_dir.iterdir() if is_partial_output(p)], "the copy was under way"
@@ -486,7 +479,7 @@ def test_a_trainable_copy_that_cannot_be_made_says_why(
     model = register_model(gui_store, tiny_gguf, name="tiny")
     refresh(qtbot, view)
     view.select_model(model.id)
-    monkeypatch.setattr(core_models, "available_memory_bytes", lambda: 1024)
+    monkeypatch.setattr(trainable_copy, "available_memory_bytes", lambda: 1024)
     qtbot.mouseClick(view.copy_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: bool(view.error_text()), timeout=WAIT_MS)
     assert "No trainable copy of tiny was made" in view.error_text()

@@ -8,7 +8,8 @@ import pytest
 from PySide6.QtCore import Qt
 
 from desktop_dpo.core.sampling import GGUF_COPY_INFO_KEY
-from desktop_dpo.core.storage import human_size, scan_storage, total_size
+from desktop_dpo.core.storage import scan_storage, total_size
+from desktop_dpo.core.wording import human_size
 from desktop_dpo.gui.storage_view import COLUMN_SIZE, RESOURCE, StorageView
 from desktop_dpo.workers.job_op import JobOp
 from desktop_dpo.workers.job_worker import JobRegistry

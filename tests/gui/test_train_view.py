@@ -15,8 +15,8 @@ import pytest
 import torch
 from PySide6.QtCore import Qt, QTimer
 
+from desktop_dpo.core.dpo.config import TrainConfig
 from desktop_dpo.core.dpo.runs import MIN_TRAIN_PAIRS
-from desktop_dpo.core.dpo.train import TrainConfig
 from desktop_dpo.core.dpo.train_child import FAULT_ENV
 from desktop_dpo.core.llm.engine_pool import EnginePool
 from desktop_dpo.core.models import register_model

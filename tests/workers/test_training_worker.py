@@ -13,7 +13,9 @@ import pytest
 import torch
 from PySide6.QtCore import Qt
 
-from desktop_dpo.core.dpo.train import StepMetrics, TrainConfig, latest_checkpoint
+from desktop_dpo.core.dpo.checkpoint import latest_checkpoint
+from desktop_dpo.core.dpo.config import TrainConfig
+from desktop_dpo.core.dpo.events import StepMetrics
 from desktop_dpo.core.dpo.train_child import FAULT_ENV
 from desktop_dpo.core.store import Store
 from desktop_dpo.workers.job_op import JobOp
@@ -109,7 +111,14 @@ class Recorder:
 
 
 def run_to_end(qtbot, registry, db_path, run_id, recorder: Recorder) -> None:
-    thread = JobThread(TRAIN_RESOURCE, training_job(db_path, run_id))
+    def job(cancel):  # what JobOp(..., store=db_path) runs: a store of the worker thread's own
+        store = Store.open(db_path)
+        try:
+            return (yield from training_job(run_id)(store, cancel))
+        finally:
+            store.close()
+
+    thread = JobThread(TRAIN_RESOURCE, job)
     recorder.connect(thread)  # before it starts, as JobOp does (and a direct connection into its thread)
     registry.start(thread)
     qtbot.waitUntil(

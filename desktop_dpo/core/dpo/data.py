@@ -733,6 +733,21 @@ def collate_shared(pairs: Sequence[TokenizedPair], pad_id: int) -> dict[str, tor
     }
 
 
+def length_batches(indices: Sequence[int], pairs: Sequence[TokenizedPair], size: int) -> list[list[int]]:
+    """Split ``indices`` into batches of ``size``, grouping similar lengths (less padding, same sums)."""
+
+    def length(i: int) -> int:
+        return len(pairs[i].prompt_ids) + max(len(pairs[i].chosen_ids), len(pairs[i].rejected_ids))
+
+    ordered = sorted(indices, key=length)
+    return [ordered[start : start + size] for start in range(0, len(ordered), size)]
+
+
+def to_device(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
+    """Every tensor of a batch on ``device``."""
+    return {key: value.to(device) for key, value in batch.items()}
+
+
 def collate_for(model: Any, pairs: Sequence[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
     """The fastest batch layout ``model`` scores correctly: :func:`collate_shared` where it can, else
     :func:`collate`. Either goes to :func:`sequence_logps` and gives the same log-probabilities."""

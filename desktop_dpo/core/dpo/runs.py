@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from desktop_dpo.core.dpo.config import TrainConfig, TrainingError, parse_reference
 from desktop_dpo.core.dpo.data import pairs_from_comparisons, split_by_prompt
-from desktop_dpo.core.dpo.train import TrainConfig, TrainingError, parse_reference
 from desktop_dpo.core.model_files import find_training_folder
 from desktop_dpo.core.store import ModelRow, RunRow, Store
 

@@ -7,20 +7,20 @@ trains in a child process (``python -m desktop_dpo.core.dpo.train_child``), as l
 the GUI worker drives: it yields the same events as :func:`~desktop_dpo.core.dpo.train.train` and returns
 the same :class:`Finished`.
 
-Who records what:
-- **The child** opens its own :class:`Store` on the database file (SQLite's WAL serves two processes, each
-  with its own connection) and records exactly what a driver records in process: every event with
-  ``persist_event`` *before* sending it on, and how the run ended with ``persist_outcome``. A crash in the
-  child so loses at most the step under way, as before.
-- **The parent** records only what the child cannot: its own death. The run is marked failed with a
-  message in words (what happened, at which step, which checkpoint Resume continues from), and the job
-  raises :class:`TrainingCrashed` with that message.
+Who records what: the parent, as every driver does. :func:`train_in_child` writes no rows; the GUI's
+worker records it with :func:`~desktop_dpo.core.dpo.train.record_training`, the recording code the CLI
+and the demo run around the in-process job: each event the child sends is written (``persist_event``)
+before it is passed on, and how the run ended (``persist_outcome``), the child's death included: the job
+then raises :class:`TrainingCrashed` with a message in words (what happened, at which step, which
+checkpoint Resume continues from), and that is what the run row says. The child opens its own
+:class:`Store` on the database file (SQLite's WAL serves two processes) only for what the training job
+itself writes: the prompt split and the reference cache.
 
 Protocol (frames of ``core/child_process.py``: a 4-byte length and a pickle): the parent sends
 ``("train", kwargs)`` once and ``("cancel",)`` at any moment; the child answers ``("event", event)`` for
 each event, then ``("done", finished)`` or ``("error", kind, message, data)``, and exits. A cancel sets the
-job's cancel token, so the step under way ends, a checkpoint is written at that boundary and the run is
-recorded as stopped, exactly as a stop in process. When the parent's end of the pipe closes (the app
+job's cancel token, so the step under way ends and a checkpoint is written at that boundary; the parent
+relays those last events and the child's ``JobCancelled``, exactly as a stop in process. When the parent's end of the pipe closes (the app
 quit or died) the child exits at once: it never outlives the app, and the run, left "running", shows as
 interrupted and resumes from its last checkpoint.
 
@@ -55,20 +55,11 @@ from desktop_dpo.core.child_process import (
     write_frame,
 )
 from desktop_dpo.core.dpo import train as train_module
-from desktop_dpo.core.dpo.train import (
-    Checkpointed,
-    Finished,
-    Loading,
-    Started,
-    StepMetrics,
-    TrainConfig,
-    TrainingError,
-    TrainingOutOfMemoryError,
-    persist_event,
-    persist_outcome,
-)
-from desktop_dpo.core.errors import DesktopDpoError
-from desktop_dpo.core.jobs import CancelToken
+from desktop_dpo.core.dpo.config import TrainConfig, TrainingError, TrainingOutOfMemoryError
+from desktop_dpo.core.dpo.events import Checkpointed, Finished, Loading, Started, StepMetrics
+from desktop_dpo.core.dpo.train import failure_message
+from desktop_dpo.core.errors import DesktopDpoError, JobCancelled
+from desktop_dpo.core.jobs import CancelToken, drive
 
 log = logging.getLogger(__name__)
 child_log = logging.getLogger("desktop_dpo.train_child")
@@ -112,12 +103,14 @@ def train_in_child(
 ) -> Generator[object, None, Finished]:
     """Train ``run_id`` in a child process (a job): yields the child's events, returns :class:`Finished`.
 
-    The child records every event and the outcome in the database before the parent sees it (see the
-    module docstring); whoever drives this job records nothing more.
+    Writes no rows: record it with :func:`~desktop_dpo.core.dpo.train.record_training` (see the module
+    docstring).
 
     A stop (``cancel`` set, or ``JobCancelled`` thrown in at a yield by :func:`~desktop_dpo.core.jobs.drive`)
-    reaches the child at once; the step under way finishes, a checkpoint is written and the run is recorded as stopped.
-    Closing waits for that (up to :data:`STOP_TIMEOUT_S`).
+    reaches the child at once; the step under way finishes and a checkpoint is written. The events the
+    child sends meanwhile are still yielded, then its ``JobCancelled`` is raised here. A child that has
+    not ended :data:`STOP_TIMEOUT_S` after a stop is killed. Closing the generator at a yield waits for
+    the child the same way, with nobody to hand its last events to.
 
     Args:
         db_path: the database file; the child opens its own connection to it.
@@ -126,8 +119,7 @@ def train_in_child(
         env: the child's environment (None: this process's).
 
     Raises:
-        TrainingCrashed: the child died (signal, exit) before it finished; the run is recorded as failed
-            with the same message.
+        TrainingCrashed: the child died (signal, exit) before it finished.
         TrainingOutOfMemoryError: with its ``suggested`` smaller settings, as in process.
         JobCancelled: stopped as asked, before or between steps.
         TrainingError, ModelError, ...: the job's own errors, rebuilt from the child's words.
@@ -137,28 +129,37 @@ def train_in_child(
     try:
         child = ChildProcess(CHILD_MODULE, env, logger=child_log)
     except OSError as exc:
-        message = f"The training process could not start ({exc}). Nothing was changed; try again."
-        _record_failure(path, run_id, message)
-        raise TrainingError(message) from exc
+        raise TrainingError(
+            f"The training process could not start ({exc}). Nothing was changed; try again."
+        ) from exc
     log.info("Training run %s in child process %d", run_id, child.pid)
     progress = _Progress()
     finished_cleanly = False
-    cancel_sent = False
+    stop_deadline: float | None = None  # set once the child was told to stop
+
+    def stop() -> None:
+        nonlocal stop_deadline
+        if stop_deadline is None:
+            child.send(("cancel",))  # the step under way ends, then a checkpoint; the events go on
+            stop_deadline = time.monotonic() + STOP_TIMEOUT_S
+
     try:
         child.send(
             ("train", {"db_path": str(path), "run_id": run_id, "resume": resume, "runs_dir": runs_dir})
         )
         while True:
-            if cancel.cancelled and not cancel_sent:
-                child.send(("cancel",))  # the step under way ends, then a checkpoint; the events go on
-                cancel_sent = True
+            if cancel.cancelled:
+                stop()
+            if stop_deadline is not None and time.monotonic() > stop_deadline:
+                finished_cleanly = True
+                raise _stop_timed_out(child, progress)
             try:
                 frame = child.frames.get(timeout=_POLL_S)
             except queue.Empty:
                 continue
             if frame is PIPE_CLOSED:
                 finished_cleanly = True  # nothing left to stop
-                raise _crashed(child, path, run_id, progress)
+                raise _crashed(child, run_id, progress)
             kind = frame[0]
             if kind == "event":
                 event = frame[1]
@@ -166,7 +167,10 @@ def train_in_child(
                     progress.first_event_s = time.perf_counter() - started_at
                     log.info("The training child answered after %.1f s", progress.first_event_s)
                 progress.observe(event)
-                yield event
+                try:
+                    yield event
+                except JobCancelled:
+                    stop()  # the cancel rule: the child's last events and its JobCancelled follow
             elif kind == "done":
                 finished_cleanly = True
                 return frame[1]
@@ -175,10 +179,9 @@ def train_in_child(
                 raise _rebuild_error(frame[1], frame[2], frame[3])
     finally:
         if not finished_cleanly:
-            # Stopped at a yield (the person pressed Stop, or the app quits) or abandoned: the child
-            # checkpoints at the end of the step under way and records the stop itself. Wait for that; a
-            # crash meanwhile is recorded as any crash.
-            _stop(child, path, run_id, progress)
+            # Abandoned at a yield (closed) or failed here: the child checkpoints at the end of the step
+            # under way; wait for that.
+            _stop(child, run_id, progress)
         elif child.wait_exit(5.0) is None:
             child.kill()
         child.kill()  # idempotent: closes the pipes, forgets the child
@@ -221,18 +224,31 @@ class _Progress:
         )
 
 
-def _crashed(child: ChildProcess, db_path: Path, run_id: int, progress: _Progress) -> TrainingCrashed:
-    """The child ended without a last word: record the run as failed, and say how in words."""
+def _crashed(child: ChildProcess, run_id: int, progress: _Progress) -> TrainingCrashed:
+    """The child ended without a last word: say how, and where Resume continues, in words."""
     how = describe_exit(child.wait_exit(5.0))
     tail = " | ".join(list(child.stderr_tail)[-5:])
     log.error("Training child %d of run %s ended: %s. Last output: %s", child.pid, run_id, how, tail)
-    message = progress.crash_message(how)
-    _record_failure(db_path, run_id, message)
-    return TrainingCrashed(message, how=how)
+    return TrainingCrashed(progress.crash_message(how), how=how)
 
 
-def _stop(child: ChildProcess, db_path: Path, run_id: int, progress: _Progress) -> None:
-    """Ask the child to stop and wait for its last word; kill it after :data:`STOP_TIMEOUT_S`."""
+def _stop_timed_out(child: ChildProcess, progress: _Progress) -> TrainingError:
+    """The child did not stop within :data:`STOP_TIMEOUT_S`: end it, and say where Resume continues."""
+    log.error("Training child %d did not stop within %.0f s; it was ended", child.pid, STOP_TIMEOUT_S)
+    child.kill()
+    return TrainingError(
+        f"Training did not stop within {STOP_TIMEOUT_S:.0f} s, so it was ended. Your pairs are safe"
+        + (
+            f" and Resume continues from the checkpoint at step {progress.checkpoint_step}."
+            if progress.checkpoint_step
+            else "; Resume starts the run again from the beginning."
+        )
+    )
+
+
+def _stop(child: ChildProcess, run_id: int, progress: _Progress) -> None:
+    """Ask the child to stop and wait for its last word (nobody listens to it any more); kill it after
+    :data:`STOP_TIMEOUT_S`."""
     child.send(("cancel",))
     deadline = time.monotonic() + STOP_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -241,41 +257,14 @@ def _stop(child: ChildProcess, db_path: Path, run_id: int, progress: _Progress) 
         except queue.Empty:
             continue
         if frame is PIPE_CLOSED:
-            _crashed(child, db_path, run_id, progress)  # recorded; the stop itself goes on as a stop
+            _crashed(child, run_id, progress)  # logged; the stop itself goes on as a stop
             return
         if frame[0] == "event":
-            progress.observe(frame[1])  # already recorded by the child; nobody is listening any more
+            progress.observe(frame[1])
         elif frame[0] in ("done", "error"):
             child.wait_exit(5.0)
             return
-    log.error("Training child %d did not stop within %.0f s; it was ended", child.pid, STOP_TIMEOUT_S)
-    child.kill()
-    _record_failure(
-        db_path,
-        run_id,
-        f"Training did not stop within {STOP_TIMEOUT_S:.0f} s, so it was ended. Your pairs are safe"
-        + (
-            f" and Resume continues from the checkpoint at step {progress.checkpoint_step}."
-            if progress.checkpoint_step
-            else "; Resume starts the run again from the beginning."
-        ),
-    )
-
-
-def _record_failure(db_path: Path, run_id: int, message: str) -> None:
-    """Mark the run failed with ``message`` on a connection of this thread's own."""
-    from desktop_dpo.core.store import Store
-
-    try:
-        store = Store.open(db_path)
-    except Exception:
-        log.exception("Could not record the crash of training run %s", run_id)
-        return
-    try:
-        if store.get_run(run_id) is not None:
-            store.update_run(run_id, status="failed", error=message)
-    finally:
-        store.close()
+    _stop_timed_out(child, progress)
 
 
 def _rebuild_error(kind: str, message: str, data: dict[str, Any]) -> Exception:
@@ -373,45 +362,31 @@ class _TrainingChild:
         from desktop_dpo.core.store import Store
 
         try:
-            store = Store.open(Path(db_path))
+            store = Store.open(Path(db_path))  # for what the job itself writes (split, reference cache)
         except BaseException as exc:
-            self.send(("error", *_error_words(exc, None)))
+            self.send(("error", *_error_words(exc)))
             return
         try:
-            finished: Finished | None = None
-            try:
-                for event in train_module.train(
-                    store, run_id, cancel=self.cancel, resume=resume, runs_dir=runs_dir
-                ):
-                    # Recorded before it is sent: what the parent shows is already in the database.
-                    persist_event(store, run_id, event)
-                    if isinstance(event, Finished):
-                        finished = event
-                    self.send(("event", event))
-                if finished is None:  # cannot happen: the job either finishes or raises
-                    raise TrainingError("Training ended without an adapter.")
-            except BaseException as exc:
-                persist_outcome(store, run_id, exc)
-                run = store.get_run(run_id)
-                self.send(("error", *_error_words(exc, run.error if run is not None else None)))
-                return
-            self.send(("done", finished))
+            job = train_module.train(store, run_id, cancel=self.cancel, resume=resume, runs_dir=runs_dir)
+            finished = drive(job, lambda event: self.send(("event", event)), self.cancel)
+        except BaseException as exc:
+            if not isinstance(exc, (DesktopDpoError, MemoryError)):
+                child_log.error("Training run %s failed", run_id, exc_info=exc)
+            self.send(("error", *_error_words(exc)))
+            return
         finally:
             store.close()
+        self.send(("done", finished))
 
 
-def _error_words(exc: BaseException, recorded: str | None) -> tuple[str, str, dict[str, Any]]:
-    """(kind, message, data) the parent rebuilds the error from; ``recorded``: the run row's message."""
+def _error_words(exc: BaseException) -> tuple[str, str, dict[str, Any]]:
+    """(kind, message, data) the parent rebuilds the error from."""
     if isinstance(exc, TrainingOutOfMemoryError):
         return "TrainingOutOfMemoryError", str(exc), {"suggested": exc.suggested.to_dict()}
     if isinstance(exc, DesktopDpoError):
         return type(exc).__name__, str(exc), {}
-    # Not one of ours (a bug, MemoryError): the words persist_outcome recorded in the run, or its own.
-    return (
-        "TrainingError",
-        recorded or f"Training stopped on an unexpected error ({type(exc).__name__}: {exc}).",
-        {},
-    )
+    # Not one of ours (a bug, MemoryError): the words a run row gives it.
+    return "TrainingError", failure_message(exc), {}
 
 
 def main() -> None:

@@ -189,7 +189,7 @@ def policy_vs_merged(
     from transformers import AutoTokenizer
 
     from desktop_dpo.core.dpo import data as dpo_data
-    from desktop_dpo.core.dpo.train import load_causal_lm
+    from desktop_dpo.core.dpo.modeling import load_causal_lm
 
     pairs = list(pairs)[:MAX_PARITY_PAIRS]
     if not pairs:

@@ -11,9 +11,10 @@ llama.cpp runs::
 
 Everything is written inside a hidden work folder next to the destination, which is renamed to its final
 name only when the whole export is complete, after a free-space check: a stop, a crash or a full disk
-never leaves a broken file (or half an export) under the final name. The job writes no database rows;
-its driver calls :func:`persist_export` with its own store connection when it yields
-:class:`ExportFinished` (the exported files are registered as an aligned model and as export rows).
+never leaves a broken file (or half an export) under the final name. :func:`export_run` writes no database
+rows; :func:`recorded_export`, the job the CLI, the GUI's worker and the demo drive, runs it and then
+records the export with :func:`persist_export` on the store it is given (the driver thread's own): the
+exported files as export rows and as an aligned model. A stop or a failure records nothing.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class ExportedFile:
 
 @dataclass(frozen=True)
 class ExportFinished:
-    """The export is complete and in its final folder; the driver persists it (:func:`persist_export`)."""
+    """The export is complete and in its final folder; :func:`recorded_export` records it next."""
 
     run_id: int
     folder: str  # the export folder
@@ -132,7 +133,7 @@ def _settle_template(merged_dir: Path, adapter_dir: Path, base: ModelRow) -> tup
     The merged folder then carries it as ``chat_template.jinja`` (in place of one in tokenizer_config.json),
     so its tokenizer, the GGUF converter and the next round of training all see the same template.
     """
-    from desktop_dpo.core.dpo.train import TRAINED_TEMPLATE_FILE, trained_template
+    from desktop_dpo.core.dpo.checkpoint import TRAINED_TEMPLATE_FILE, trained_template
     from desktop_dpo.core.llm.template_choice import template_for
     from desktop_dpo.core.llm.templates import DEFAULT_TEMPLATE, stop_strings
     from desktop_dpo.core.models import inspect_model
@@ -210,7 +211,7 @@ def export_run(
         ExportError: the run cannot be exported yet, or a stage failed (the message says why and what to do).
         JobCancelled: stopped as asked.
     """
-    from desktop_dpo.core.dpo.train import TrainConfig
+    from desktop_dpo.core.dpo.config import TrainConfig
     from desktop_dpo.core.export.merge import Float16RangeError, merge_adapter
 
     cancel = cancel or CancelToken()
@@ -447,3 +448,33 @@ def persist_export(store: Store, finished: ExportFinished, *, register_as: str |
                 meta={**finished.metadata, "folder": finished.folder, "merged_dir": finished.merged_dir},
             )
     return [model.id]
+
+
+@dataclass(frozen=True)
+class ExportRecorded:
+    """The export is complete and in the database: ``model_id`` is the aligned model now registered."""
+
+    model_id: int
+    finished: ExportFinished
+
+
+def recorded_export(
+    store: Store,
+    run_id: int,
+    settings: ExportSettings,
+    exports_dir: Path,
+    *,
+    cancel: CancelToken,
+    register_as: str | None = None,
+) -> Job:
+    """Export ``run_id`` and record it on ``store`` (a recorded job): :func:`export_run`'s events, then
+    :func:`persist_export` and :class:`ExportRecorded`, which it also returns.
+
+    ``register_as``: as for :func:`persist_export`. ``desktop-dpo export``, the GUI's export worker and the
+    demo drive this job (``jobs.drive``).
+    """
+    finished = yield from export_run(store, run_id, settings, exports_dir, cancel=cancel)
+    (model_id,) = persist_export(store, finished, register_as=register_as)
+    recorded = ExportRecorded(model_id=model_id, finished=finished)
+    yield recorded
+    return recorded

@@ -1,0 +1,179 @@
+"""The pieces every page is built from: the page itself, its header, cards, labels, buttons and model pickers.
+
+Each view used to write these out by hand; they live here so that a page looks and behaves the same
+wherever it is. Their looks come from ``resources/style.qss`` through the object names set here (``pageArea``,
+``pageTitle``, ``pageSummary``, ``pagePill``, ``card``, ``cardSeparator``, ``fieldLabel``, ``modelCombo``); a page's own rules are scoped there by its ``page`` property.
+Light: the first screen imports this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtWidgets import (
+    QBoxLayout,
+    QComboBox,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop_dpo.core.store import ModelRow
+
+NO_MODEL_YET = "No model yet: add one in Models"
+
+
+def make_page(widget: QWidget, key: str) -> None:
+    """Mark ``widget`` as the page of view ``key``: the page background, and the ``page`` property that the
+    style sheet's rules for this view select on (``#pageArea[page="collect"] ...``)."""
+    widget.setObjectName("pageArea")
+    widget.setProperty("page", key)
+
+
+def set_style_property(widget: QWidget, name: str, value: Any) -> None:
+    """Set the dynamic property ``name`` that a style sheet rule selects on, and restyle ``widget`` when it
+    changed (Qt does not re-read a style sheet by itself when a property changes)."""
+    if widget.property(name) == value:
+        return
+    widget.setProperty(name, value)
+    widget.style().unpolish(widget)
+    widget.style().polish(widget)
+
+
+def styled_label(text: str, name: str, *, wrap: bool = False, tooltip: str = "") -> QLabel:
+    """A label styled by the object name ``name`` (``"fieldLabel"``, ``"pagePill"`` …)."""
+    label = QLabel(text)
+    label.setObjectName(name)
+    label.setWordWrap(wrap)
+    if tooltip:
+        label.setToolTip(tooltip)
+    return label
+
+
+def field_label(text: str) -> QLabel:
+    """The small bold label in front of a field ("Model", "Prompt" …)."""
+    return styled_label(text, "fieldLabel")
+
+
+def page_pill(tooltip: str) -> QLabel:
+    """A rounded count in a page's header ("5 usable pairs"); its text is set later."""
+    return styled_label("", "pagePill", tooltip=tooltip)
+
+
+def title_block(title: str, summary: str) -> tuple[QLabel, QLabel]:
+    """A page's title and its one-sentence summary (which wraps in a narrow window)."""
+    return styled_label(title, "pageTitle"), styled_label(summary, "pageSummary", wrap=True)
+
+
+def page_header(title: str, summary: str, *actions: QWidget, spacing: int | None = None) -> QHBoxLayout:
+    """The top of a page: title and summary on the left, then ``actions`` (pills, buttons) at the top right."""
+    header = QHBoxLayout()
+    if spacing is not None:
+        header.setSpacing(spacing)
+    names = QVBoxLayout()
+    names.setSpacing(2)
+    for label in title_block(title, summary):
+        names.addWidget(label)
+    header.addLayout(names, 1)
+    for widget in actions:
+        header.addWidget(widget, 0, Qt.AlignmentFlag.AlignTop)
+    return header
+
+
+def card(
+    margins: tuple[int, int, int, int] = (16, 14, 16, 12),
+    spacing: int = 8,
+    *,
+    layout: type[QBoxLayout] = QVBoxLayout,
+    name: str = "card",
+) -> tuple[QFrame, QBoxLayout]:
+    """A white rounded frame and its layout (``margins`` are left, top, right, bottom)."""
+    frame = QFrame()
+    frame.setObjectName(name)
+    inner = layout(frame)
+    inner.setContentsMargins(*margins)
+    inner.setSpacing(spacing)
+    return frame, inner
+
+
+def card_separator() -> QFrame:
+    """A thin horizontal line between two parts of a card."""
+    line = QFrame()
+    line.setObjectName("cardSeparator")
+    line.setFrameShape(QFrame.Shape.HLine)
+    return line
+
+
+def view_shortcut(view: QWidget, keys: str | QKeySequence, slot: Callable[..., Any]) -> QShortcut:
+    """A keyboard shortcut that works anywhere in ``view`` (its editors included), and not while another
+    view is on screen."""
+    item = QShortcut(QKeySequence(keys), view)
+    item.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+    item.activated.connect(slot)
+    return item
+
+
+def model_kind(model: ModelRow) -> str:
+    """How a model's file is named in a picker: ``GGUF`` or ``Hugging Face``."""
+    return "GGUF" if model.kind == "gguf" else "Hugging Face"
+
+
+def describe_model(model: ModelRow) -> str:
+    """A model in a picker: its name and kind."""
+    return f"{model.name}  ·  {model_kind(model)}"
+
+
+class ModelCombo(QComboBox):
+    """A picker of the registered models; the item data is the model id, the tooltip its path.
+
+    Args:
+        tooltip: what the chosen model is used for.
+        min_length: how many characters the box is wide at least.
+        describe: the text of a model's item (by default its name and kind).
+    """
+
+    def __init__(
+        self,
+        tooltip: str,
+        *,
+        min_length: int = 18,
+        describe: Callable[[ModelRow], str] = describe_model,
+        parent: QWidget | None = None,
+    ):
+        super().__init__(parent)
+        self.setObjectName("modelCombo")
+        self.setMinimumContentsLength(min_length)
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setToolTip(tooltip)
+        self._describe = describe
+
+    def fill(self, models: Sequence[ModelRow], wanted: int | None, *, placeholder: bool = True) -> None:
+        """Show ``models`` and select the one with id ``wanted`` (else the first), without emitting
+        ``currentIndexChanged``: the caller reads the choice itself. With no model, ``placeholder`` shows
+        where to add one (its data is None)."""
+        self.blockSignals(True)
+        try:
+            self.clear()
+            for model in models:
+                self.addItem(self._describe(model), model.id)
+                self.setItemData(self.count() - 1, model.path, Qt.ItemDataRole.ToolTipRole)
+            if not models and placeholder:
+                self.addItem(NO_MODEL_YET, None)
+            index = self.findData(wanted) if wanted is not None else -1
+            self.setCurrentIndex(max(index, 0))
+        finally:
+            self.blockSignals(False)
+
+    def model_id(self) -> int | None:
+        """The id of the chosen model (None: no model)."""
+        data = self.currentData()
+        return int(data) if data is not None else None
+
+    def chosen(self, models: Sequence[ModelRow]) -> ModelRow | None:
+        """The chosen model among ``models`` (the list it was filled with)."""
+        return next((m for m in models if m.id == self.currentData()), None)
