@@ -180,6 +180,7 @@ def arm_trl(work: Path, scratch: Path) -> dict:
     from trl import DPOConfig, DPOTrainer
 
     from desktop_dpo.core.dpo import data as dpo_data
+    from desktop_dpo.core.dpo import tokenizing
 
     cuda = torch.cuda.is_available()
     if not cuda:
@@ -232,7 +233,7 @@ def arm_trl(work: Path, scratch: Path) -> dict:
     trainer.train()
     peak = _peak_mb()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    ours_tokens = dpo_data.tokenize_pairs(
+    ours_tokens = tokenizing.tokenize_pairs(
         tokenizer,
         [
             dpo_data.PreferencePair(i, i, r["messages"], r["chosen"], r["rejected"])

@@ -163,7 +163,7 @@ def build_work(folder: Path, vocab_size: int = VOCAB) -> None:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaTokenizer
 
-    from desktop_dpo.core.dpo.data import render_prompt_text
+    from desktop_dpo.core.dpo.tokenizing import render_prompt_text
 
     rng = random.Random(SEED)
     vocab = _words(rng, 3000)
@@ -317,7 +317,7 @@ def _ordered_rows(work: Path) -> list[dict]:
     """
     from transformers import AutoTokenizer
 
-    from desktop_dpo.core.dpo.data import render_prompt_text, render_response_text
+    from desktop_dpo.core.dpo.tokenizing import render_prompt_text, render_response_text
 
     tokenizer = AutoTokenizer.from_pretrained(work / "model")
     rows = []
@@ -402,9 +402,10 @@ def arm_trl(work: Path, scratch: Path, precompute: bool) -> dict:
     train_s = marks["train_end"] - marks["train_start"]
     # Checks, after the peak was read: the same token ids and the same initial adapter as ours.
     from desktop_dpo.core.dpo import data as dpo_data
+    from desktop_dpo.core.dpo import tokenizing
     from desktop_dpo.core.dpo.modeling import attach_lora
 
-    ours_tokens = dpo_data.tokenize_pairs(
+    ours_tokens = tokenizing.tokenize_pairs(
         tokenizer,
         [
             dpo_data.PreferencePair(i, i, r["messages"], r["chosen"], r["rejected"])
@@ -456,8 +457,9 @@ def arm_floor(work: Path, scratch: Path) -> dict:
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from desktop_dpo.core.dpo import batches, logps, tokenizing
     from desktop_dpo.core.dpo import data as dpo_data
-    from desktop_dpo.core.dpo.data import length_batches
+    from desktop_dpo.core.dpo.batches import length_batches
     from desktop_dpo.core.dpo.modeling import attach_lora
     from desktop_dpo.core.dpo.schedule import plan_steps
 
@@ -469,7 +471,7 @@ def arm_floor(work: Path, scratch: Path) -> dict:
         dpo_data.PreferencePair(i, i, p["messages"], p["chosen"], p["rejected"])
         for i, p in enumerate(json.loads((work / "pairs.json").read_text()))
     ]
-    tokenized = dpo_data.tokenize_pairs(
+    tokenized = tokenizing.tokenize_pairs(
         tokenizer, pairs, chat_template=None, max_length=MAX_LENGTH, max_prompt_length=MAX_PROMPT_LENGTH
     ).pairs
     model = attach_lora(
@@ -484,7 +486,7 @@ def arm_floor(work: Path, scratch: Path) -> dict:
     for _, _, indices in plan_steps(len(tokenized), config, 0, 0):
         micro = []
         for batch_indices in length_batches(indices, tokenized, BATCH):
-            batch = dpo_data.collate([tokenized[i] for i in batch_indices], tokenizer.eos_token_id)
+            batch = batches.collate([tokenized[i] for i in batch_indices], tokenizer.eos_token_id)
             keep = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
             keep[:, :-1] = batch["loss_mask"][:, 1:].bool()
             micro.append((batch, keep, batch["input_ids"][:, 1:][keep[:, :-1]]))
@@ -498,7 +500,7 @@ def arm_floor(work: Path, scratch: Path) -> dict:
         F.cross_entropy(logits, labels, reduction="sum").backward()
 
     def fused(batch: dict, keep: torch.Tensor, labels: torch.Tensor) -> None:
-        chosen, rejected = dpo_data.sequence_logps(model, batch)
+        chosen, rejected = logps.sequence_logps(model, batch)
         (-(chosen.sum() + rejected.sum())).backward()
 
     wall = {"plain": 0.0, "fused": 0.0}

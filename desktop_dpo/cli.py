@@ -11,7 +11,8 @@
 ``--home DIR`` keeps every file the app writes under DIR (sets ``DESKTOP_DPO_HOME``).
 
 Layout: :func:`build_parser` and the ``_add_*_parser`` functions build the parsers; each command is a
-handler ``_cmd_<command>(args, paths) -> exit status`` (``cli_template.py`` holds ``template``'s); what a
+handler ``_cmd_<command>(args, paths) -> exit status`` (``cli_template.py`` holds ``template``'s,
+``cli_info.py`` ``info``'s); what a
 running job shows on the terminal is in ``cli_progress.py``. A command that runs a job drives the recorded
 job the window and the demo drive (``jobs.drive``) with the token of :func:`stop_on_ctrl_c`: Ctrl-C stops
 it cleanly, prints "Stopped. ..." and exits with :data:`EXIT_STOPPED`; a second Ctrl-C aborts at once.
@@ -50,17 +51,6 @@ EXIT_FAILED = 1  # the command ran and failed (bad file, database refused ...); 
 EXIT_STOPPED = 130  # stopped cleanly by Ctrl-C (128 + SIGINT, as a shell reports an interrupted command)
 IMPORT_WAIT_S = 30.0  # how long data import waits for another writer (Store.open's busy timeout)
 MAX_LISTED = 20  # problems listed one per line before "... and N more"
-# Distributions whose versions `info` reports; read from package metadata, so nothing heavy is imported.
-REPORTED_DISTRIBUTIONS = (
-    ("PySide6", ("PySide6-Essentials", "PySide6")),
-    ("torch", ("torch",)),
-    ("transformers", ("transformers",)),
-    ("peft", ("peft",)),
-    ("bitsandbytes", ("bitsandbytes",)),
-    ("llama-cpp-python", ("llama-cpp-python", "llama_cpp_python")),
-    ("sqlite-utils", ("sqlite-utils",)),
-    ("trl", ("trl",)),
-)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -103,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (separate so tests and ``--help`` output can inspect it)."""
     # Here, not at the top: the window opens without building any parser, and the template command pulls in
     # the template modules, which start-up does not need.
+    from desktop_dpo.cli_info import add_info_parser
     from desktop_dpo.cli_template import add_template_parser
 
     # --home is accepted before or after the subcommand; SUPPRESS keeps a later default from erasing it.
@@ -174,21 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_parsers(commands, data_commands, common)
     _add_demo_parser(commands, common)
     add_template_parser(commands, common)
-
-    info = commands.add_parser(
-        "info", parents=[common], help="show folders, database contents, versions and the hardware"
-    )
-    info.add_argument(
-        "--no-hardware",
-        action="store_true",
-        help="leave out the hardware checks (they take a few seconds: torch and llama.cpp are loaded to ask)",
-    )
-    info.add_argument(
-        "--forget-safe-mode",
-        action="store_true",
-        help="forget which models crashed llama.cpp here, so that each loads in the normal mode again",
-    )
-    info.set_defaults(command_handler=_cmd_info)
+    add_info_parser(commands, common)
     return parser
 
 
@@ -326,73 +303,6 @@ def _cmd_data_export(args: argparse.Namespace, paths: AppPaths) -> int:
     if len(result.skipped) > MAX_LISTED:
         print(f"  ... and {len(result.skipped) - MAX_LISTED} more")
     return EXIT_OK
-
-
-def _cmd_info(args: argparse.Namespace, paths: AppPaths) -> int:
-    import platform
-
-    from desktop_dpo.core.offline import guard_installed
-
-    rows: list[tuple[str, str]] = [
-        ("desktop-dpo", __version__),
-        ("Data folder", str(paths.data_dir)),
-        ("Database", str(paths.db_path)),
-        ("Logs", str(paths.log_dir)),
-    ]
-    status = EXIT_OK
-    problem = data_folder_problem(paths) if not paths.db_path.is_file() else None
-    if problem is not None:
-        rows.append(("Contents", problem))
-        status = EXIT_FAILED
-    elif not paths.db_path.exists():
-        rows.append(("Contents", "no database yet (it is created when the app first opens)"))
-    else:
-        try:
-            with _open_store(paths) as store:
-                counts = store.table_counts()
-                rows += [
-                    ("Schema", str(store.schema_version)),
-                    (
-                        "Pairs",
-                        f"{store.count_comparisons()} collected, {store.count_usable_pairs()} usable for training",
-                    ),
-                    ("Prompts", str(counts.get("prompts", 0))),
-                    ("Models", str(counts.get("models", 0))),
-                    ("Training runs", str(counts.get("runs", 0))),
-                    ("Exports", str(counts.get("exports", 0))),
-                ]
-        except StoreError as exc:
-            rows.append(("Contents", f"cannot be read: {exc}"))
-            status = EXIT_FAILED
-    rows.append(("Python", f"{platform.python_version()} ({sys.executable})"))
-    for label, names in REPORTED_DISTRIBUTIONS:
-        rows.append((label, installed_version(names)))
-    rows.append(("Network", "blocked beyond this computer" if guard_installed() else "NOT guarded"))
-    width = max(len(label) for label, _ in rows)
-    for label, value in rows:
-        print(f"{label + ':':<{width + 2}}{value}")
-    if getattr(args, "forget_safe_mode", False):
-        from desktop_dpo.core.hardware import forget_safe_mode
-
-        dropped = forget_safe_mode(paths)
-        print()
-        print(
-            f"Safe mode forgotten ({dropped} remembered load{'s' if dropped != 1 else ''}): every model "
-            "loads in the normal mode next time."
-            if dropped
-            else "Safe mode was off for every model: nothing to forget."
-        )
-    if not getattr(args, "no_hardware", False):
-        # The libraries are asked in child processes: a native crash there becomes a line of the report.
-        from desktop_dpo.core.hardware import probe_hardware, render_report
-
-        print("\nHardware", flush=True)
-        with stop_on_ctrl_c() as stop:
-            report = probe_hardware(paths, cancel=stop)
-        if stop.cancelled:
-            return _stopped("The hardware checks were left unfinished.")
-        print(render_report(report))
-    return status
 
 
 # -------------------------------------------------------------------------------- train
@@ -786,18 +696,6 @@ def _cmd_demo(args: argparse.Namespace, paths: AppPaths) -> int:
         )
     print(f"{result.summary.sentence()}.")
     return EXIT_OK
-
-
-def installed_version(distributions: Sequence[str]) -> str:
-    """Version of the first installed distribution of ``distributions``, without importing it."""
-    from importlib import metadata  # ~30 ms of email parsing modules: only `info` needs it
-
-    for name in distributions:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return "not installed"
 
 
 def describe_import(result: ImportResult) -> str:

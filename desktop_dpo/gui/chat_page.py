@@ -6,15 +6,14 @@ reply in Chat and a pair of answers in Evaluate, and only the tab on screen rece
 
 from __future__ import annotations
 
+from typing import Any
+
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QTabWidget, QWidget
 
-from desktop_dpo.config import AppPaths
-from desktop_dpo.core.llm.engine_pool import EnginePool
-from desktop_dpo.core.store import ModelRow, Store
+from desktop_dpo.core.store import ModelRow
 from desktop_dpo.gui.chat_view import ChatView
 from desktop_dpo.gui.evaluate_view import EvaluateView
-from desktop_dpo.workers.job_worker import JobRegistry
 
 CHAT_TAB, EVALUATE_TAB = 0, 1
 
@@ -31,20 +30,13 @@ class ChatPage(QTabWidget):
     models_requested = Signal()
     compare_requested = Signal(object, object)
 
-    def __init__(
-        self,
-        *,
-        store: Store,
-        registry: JobRegistry,
-        pool: EnginePool,
-        paths: AppPaths,
-        parent: QWidget | None = None,
-    ):
+    def __init__(self, *, parent: QWidget | None = None, **services: Any):
+        """``services`` are the views' own (``store``, ``registry``, ``pool``, ``paths``: see ``ModelWorkView``)."""
         super().__init__(parent)
         self.setObjectName("chatPage")
         self.setDocumentMode(True)
-        self.chat = ChatView(store=store, registry=registry, pool=pool, paths=paths)
-        self.evaluate = EvaluateView(store=store, registry=registry, pool=pool, paths=paths)
+        self.chat = ChatView(**services)
+        self.evaluate = EvaluateView(**services)
         self.addTab(self.chat, "Chat")
         self.addTab(self.evaluate, "Evaluate (blind A/B)")
         self.setTabToolTip(CHAT_TAB, "Talk to any registered model; conversations are kept")

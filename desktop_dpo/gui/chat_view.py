@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from PySide6.QtCore import QPoint, QSettings, Qt, Signal, Slot
+from PySide6.QtCore import QPoint, Qt, Signal, Slot
 from PySide6.QtGui import QShortcut, QShowEvent
 from PySide6.QtWidgets import (
     QFrame,
@@ -40,10 +40,9 @@ from PySide6.QtWidgets import (
     QStackedWidget,
     QToolButton,
     QVBoxLayout,
-    QWidget,
 )
 
-from desktop_dpo.config import AppPaths, SamplingSettings
+from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core.chat import (
     UNTITLED,
     HistoryTrimmed,
@@ -53,26 +52,24 @@ from desktop_dpo.core.chat import (
 )
 from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.jobs import Log, Progress
-from desktop_dpo.core.llm.engine_pool import EnginePool
 from desktop_dpo.core.llm.generation import GenerationResult, ResponseFinished, TokenEvent, draw_seed
 from desktop_dpo.core.sampling import record_model_info
 from desktop_dpo.core.store import MessageRow, ModelRow, Store
 from desktop_dpo.gui import widgets
 from desktop_dpo.gui.chat_transcript import ChatTranscript
 from desktop_dpo.gui.message_banner import MessageBanner
+from desktop_dpo.gui.model_work_view import ModelWorkView
 from desktop_dpo.gui.sampling_settings_panel import SamplingSettingsPanel
 from desktop_dpo.gui.template_editor import ensure_template_chosen, template_needed_message
-from desktop_dpo.gui.view_messages import ActivityLine, ViewMessages
+from desktop_dpo.gui.view_messages import ActivityLine
 from desktop_dpo.gui.widgets import (
     ModelCombo,
     field_label,
-    make_page,
     set_style_property,
     title_block,
     view_shortcut,
 )
 from desktop_dpo.workers.job_op import JobOp
-from desktop_dpo.workers.job_worker import JobRegistry
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +119,7 @@ class PendingReply:
     dropped: int = 0  # earlier messages left out to fit the context
 
 
-class ChatView(ViewMessages, QWidget):
+class ChatView(ModelWorkView):
     """Conversations with a model, streamed and saved.
 
     Args:
@@ -146,24 +143,11 @@ class ChatView(ViewMessages, QWidget):
     conversations_changed = Signal()
     compare_requested = Signal(object, object)
 
-    def __init__(
-        self,
-        *,
-        store: Store,
-        registry: JobRegistry,
-        pool: EnginePool,
-        paths: AppPaths,
-        rng: random.Random | None = None,
-        parent: QWidget | None = None,
-    ):
-        super().__init__(parent)
-        make_page(self, "chat")
-        self.store = store
-        self.registry = registry
-        self.pool = pool
-        self.paths = paths
-        self._rng = rng or random.SystemRandom()
-        self._settings = QSettings(str(paths.data_dir / "window.ini"), QSettings.Format.IniFormat)
+    PAGE = "chat"
+    DEFAULT_RNG = random.SystemRandom
+
+    def __init__(self, **services: Any):
+        super().__init__(**services)
 
         self._model: ModelRow | None = None
         self._conversation_id: int | None = None
@@ -175,7 +159,7 @@ class ChatView(ViewMessages, QWidget):
 
         self._build()
         self._build_shortcuts()
-        registry.changed.connect(self._on_registry_changed)
+        self.registry.changed.connect(self._on_registry_changed)
         self.sampling_panel.remember(self._settings, SETTINGS_KEY)
         self.refresh_models()
         self.refresh_conversations()
@@ -188,7 +172,34 @@ class ChatView(ViewMessages, QWidget):
     # ---------------------------------------------------------------- building
 
     def _build(self) -> None:
-        # -- the list of conversations, on the left
+        # -- error banner
+        self.banner = MessageBanner()
+        side = self._build_conversation_list()
+        header = self._build_header()
+        card = self._build_settings_card()
+        self.pages = self._build_pages()
+        # -- activity line
+        self.activity_row = ActivityLine()
+        composer = self._build_composer()
+
+        content = QVBoxLayout()
+        content.setContentsMargins(18, 18, 18, 14)
+        content.setSpacing(10)
+        content.addLayout(header)
+        content.addWidget(card)
+        content.addWidget(self.banner)
+        content.addWidget(self.pages, 1)
+        content.addWidget(self.activity_row)
+        content.addWidget(composer)
+
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(side)
+        layout.addLayout(content, 1)
+
+    def _build_conversation_list(self) -> QFrame:
+        """The list of conversations, on the left."""
         side = QFrame()
         side.setObjectName("chatSidebarPanel")
         side.setFixedWidth(204)
@@ -233,8 +244,10 @@ class ChatView(ViewMessages, QWidget):
         list_actions.addWidget(self.rename_button, 1)
         list_actions.addWidget(self.delete_button, 1)
         side_layout.addLayout(list_actions)
+        return side
 
-        # -- header: title, model
+    def _build_header(self) -> QVBoxLayout:
+        """Title and model."""
         title, summary = title_block("Chat", "Talk to a model on this computer. Every conversation is saved.")
         self.model_combo = ModelCombo("The model that answers")
         self.model_combo.currentIndexChanged.connect(self._on_model_combo_changed)
@@ -247,8 +260,10 @@ class ChatView(ViewMessages, QWidget):
         header.setSpacing(2)
         header.addLayout(top)
         header.addWidget(summary)
+        return header
 
-        # -- settings card: system prompt and sampling
+    def _build_settings_card(self) -> QFrame:
+        """The settings card: system prompt and sampling."""
         card, card_layout = widgets.card((16, 8, 16, 8), 6)
         self.system_toggle = QToolButton()
         self.system_toggle.setObjectName("systemToggle")
@@ -280,11 +295,10 @@ class ChatView(ViewMessages, QWidget):
         self.sampling_panel = SamplingSettingsPanel()
         self.sampling_panel.summary.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         card_layout.addWidget(self.sampling_panel)
+        return card
 
-        # -- error banner
-        self.banner = MessageBanner()
-
-        # -- the transcript, or what to do when there is none yet
+    def _build_pages(self) -> QStackedWidget:
+        """The transcript, or what to do when there is none yet."""
         self.transcript = ChatTranscript()
         self.transcript.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.transcript.customContextMenuRequested.connect(self._on_transcript_menu_requested)
@@ -310,14 +324,13 @@ class ChatView(ViewMessages, QWidget):
         empty_layout.addSpacing(6)
         empty_layout.addWidget(self.models_button, 0, Qt.AlignmentFlag.AlignHCenter)
         empty_layout.addStretch(2)
-        self.pages = QStackedWidget()
-        self.pages.addWidget(self.empty_state)
-        self.pages.addWidget(self.transcript)
+        pages = QStackedWidget()
+        pages.addWidget(self.empty_state)
+        pages.addWidget(self.transcript)
+        return pages
 
-        # -- activity line
-        self.activity_row = ActivityLine()
-
-        # -- the composer
+    def _build_composer(self) -> QFrame:
+        """The composer: the message editor and what can be done with it."""
         composer, composer_layout = widgets.card((10, 8, 10, 8))
         self.input_edit = QPlainTextEdit()
         self.input_edit.setObjectName("messageEditor")
@@ -356,22 +369,7 @@ class ChatView(ViewMessages, QWidget):
         actions.addWidget(self.stop_button)
         actions.addWidget(self.send_button)
         composer_layout.addLayout(actions)
-
-        content = QVBoxLayout()
-        content.setContentsMargins(18, 18, 18, 14)
-        content.setSpacing(10)
-        content.addLayout(header)
-        content.addWidget(card)
-        content.addWidget(self.banner)
-        content.addWidget(self.pages, 1)
-        content.addWidget(self.activity_row)
-        content.addWidget(composer)
-
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.setSpacing(0)
-        layout.addWidget(side)
-        layout.addLayout(content, 1)
+        return composer
 
     def _build_shortcuts(self) -> None:
         def shortcut(keys: str, slot: Any) -> QShortcut:

@@ -34,14 +34,14 @@ key would both be refused by Qt as ambiguous).
 from __future__ import annotations
 
 import logging
-import random
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import QEvent, QObject, QSettings, Qt, Signal, Slot
-from PySide6.QtGui import QKeyEvent, QKeySequence, QShortcut, QShowEvent
+from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtGui import QKeySequence, QShortcut, QShowEvent
 from PySide6.QtWidgets import (
+    QBoxLayout,
     QCheckBox,
     QFrame,
     QHBoxLayout,
@@ -51,24 +51,33 @@ from PySide6.QtWidgets import (
     QSizePolicy,
     QToolButton,
     QVBoxLayout,
-    QWidget,
 )
 
-from desktop_dpo.config import AppPaths, SamplingSettings
+from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.jobs import Log, Progress
-from desktop_dpo.core.llm.engine_pool import EnginePool
 from desktop_dpo.core.llm.generation import GenerationResult, ResponseFinished, TokenEvent
 from desktop_dpo.core.sampling import generation_meta, read_prompt_file, record_model_info, sample_pair
 from desktop_dpo.core.store import ModelRow, PromptRow, Store
 from desktop_dpo.gui import widgets
+from desktop_dpo.gui.collect_pair import (
+    CHOICES,
+    SavedVerdict,
+    ShownPair,
+    Turn,
+    continuation_for,
+    describe_result,
+    split_conversation,
+    verdict_for,
+)
+from desktop_dpo.gui.collect_verdict_bar import CHOICE_LABELS, VERDICT_SHORTCUTS, UndoKeyFilter, VerdictBar
 from desktop_dpo.gui.message_banner import MessageBanner
+from desktop_dpo.gui.model_work_view import ModelWorkView
 from desktop_dpo.gui.response_pane import SIDE_NAMES, ResponsePane
 from desktop_dpo.gui.sampling_settings_panel import SamplingSettingsPanel
-from desktop_dpo.gui.view_messages import ActivityLine, ViewMessages
-from desktop_dpo.gui.widgets import ModelCombo, field_label, make_page, page_header, page_pill, view_shortcut
+from desktop_dpo.gui.view_messages import ActivityLine
+from desktop_dpo.gui.widgets import ModelCombo, field_label, page_header, page_pill, view_shortcut
 from desktop_dpo.workers.job_op import JobOp
-from desktop_dpo.workers.job_worker import JobRegistry
 
 if TYPE_CHECKING:
     # Imported when used: the rewrite dialog, the template editor and the conversation's transcript are not
@@ -79,22 +88,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Choices on screen -> their key. "left"/"right" name screen sides; verdict_for() turns them into a/b.
-CHOICES = ("left", "right", "tie", "both_bad", "skip")
-VERDICT_SHORTCUTS = {"left": "Alt+1", "right": "Alt+2", "tie": "Alt+3", "both_bad": "Alt+4", "skip": "Alt+0"}
-CHOICE_LABELS = {
-    "left": "Left better",
-    "right": "Right better",
-    "tie": "Tie",
-    "both_bad": "Both bad",
-    "skip": "Skip",
-}
-CHOICE_TIPS = {
-    "left": "The left answer is better",
-    "right": "The right answer is better",
-    "tie": "Both answers are about as good",
-    "both_bad": "Neither answer is acceptable",
-    "skip": "Do not judge this pair (saved as a skip; a queued prompt leaves the queue)",
-}
 SAMPLE_SHORTCUTS = ("Ctrl+Return", "Ctrl+Enter")
 STOP_SHORTCUT = "Esc"
 NEXT_PROMPT_SHORTCUT = "Alt+N"
@@ -104,134 +97,11 @@ HISTORY_MIN_HEIGHT = 64
 PROMPT_MAX_HEIGHT = 104  # the prompt editor's height when it holds the whole prompt
 NEXT_MESSAGE_MAX_HEIGHT = 64  # under earlier turns: about three lines, the turns and answers need the room
 SYSTEM_PREVIEW_CHARS = 30  # of a folded system prompt, after the toggle's name
-PROMPT_FILE_FILTER = "Prompt files (*.txt *.jsonl *.json);;All files (*)"
 SETTINGS_KEY = "collect/sampling"
 GENERATION_SIDES = ("a", "b")  # generation index -> the name the database uses
 
 
-def verdict_for(choice: str, a_shown_left: bool) -> str:
-    """The verdict to store for a choice made on screen: "left"/"right" become the generation shown there."""
-    if choice == "left":
-        return "a" if a_shown_left else "b"
-    if choice == "right":
-        return "b" if a_shown_left else "a"
-    if choice in CHOICES:
-        return choice
-    raise ValueError(f"Unknown choice {choice!r}")
-
-
-def describe_result(result: GenerationResult) -> str:
-    """One line under an answer: length, time and why it ended."""
-    ending = {
-        "stop": "finished",
-        "length": "reached the token limit",
-        "cancelled": "stopped",
-    }.get(result.finish_reason, result.finish_reason)
-    return f"{result.completion_tokens} tokens · {result.seconds:.1f} s · {ending}"
-
-
-@dataclass
-class ShownPair:
-    """The pair on screen. Indexes 0 and 1 are generations A and B, never screen sides."""
-
-    messages: list[dict[str, str]]
-    model_ids: tuple[int, int]
-    a_shown_left: bool
-    texts: list[str] = field(default_factory=lambda: ["", ""])  # streamed so far
-    results: list[GenerationResult | None] = field(default_factory=lambda: [None, None])
-    edit: tuple[int, str] | None = None  # (generation, the person's rewrite of it)
-    generation_ids: tuple[int, int] | None = None  # rows already stored (a pair brought back by undo)
-
-    def generation_on(self, side: int) -> int:
-        """The generation shown on screen side ``side`` (0 left, 1 right)."""
-        return side if self.a_shown_left else 1 - side
-
-    def side_of(self, generation: int) -> int:
-        """The screen side (0 left, 1 right) showing ``generation``."""
-        return generation if self.a_shown_left else 1 - generation
-
-    @property
-    def complete(self) -> bool:
-        """Both answers finished on their own (a stopped answer cannot be judged)."""
-        return all(r is not None and r.finish_reason != "cancelled" for r in self.results)
-
-
-@dataclass(frozen=True)
-class Turn:
-    """An earlier message of the conversation on screen."""
-
-    role: str  # "user", "assistant" (or "system", for a system message inside a loaded conversation)
-    content: str
-    label: str = ""  # how it came to be, in a few words ("your rewrite", "chosen: left")
-
-    def message(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
-
-
-def split_conversation(messages: list[dict[str, str]]) -> tuple[str, list[dict[str, str]], str]:
-    """A prompt's messages as the editors hold them: (leading system message, earlier messages, last user
-    message). ``system + earlier + [last]`` gives the messages back."""
-    rest = [dict(m) for m in messages]
-    system = rest.pop(0)["content"] if rest and rest[0]["role"] == "system" else ""
-    last = rest.pop()["content"] if rest and rest[-1]["role"] == "user" else ""
-    return system, rest, last
-
-
-def continuation_for(pair: ShownPair, choice: str) -> tuple[str, str] | None:
-    """The answer that continues a judged conversation, and a few words on which one it is.
-
-    The answer chosen on screen (your rewrite, if you rewrote that one); without a choice of side, your
-    rewrite; for a tie without a rewrite, the left answer (both were as good). None when the verdict left
-    no acceptable answer: both bad or skipped, without a rewrite.
-    """
-    rewrite = pair.edit[1].strip() if pair.edit is not None else ""
-    if choice in ("left", "right"):
-        side = 0 if choice == "left" else 1
-        generation = pair.generation_on(side)
-        if rewrite and pair.edit is not None and pair.edit[0] == generation:
-            return rewrite, "your rewrite"
-        text = pair.texts[generation].strip()
-        return (text, f"chosen: {SIDE_NAMES[side].lower()}") if text else None
-    if rewrite:
-        return rewrite, "your rewrite"
-    if choice == "tie":
-        text = pair.texts[pair.generation_on(0)].strip()
-        return (text, "a tie: the left answer") if text else None
-    return None
-
-
-@dataclass(frozen=True)
-class SavedVerdict:
-    """The last verdict, kept so that it can be undone."""
-
-    comparison_id: int
-    prompt_id: int
-    pair: ShownPair
-    choice: str
-    was_queued: bool  # the prompt was in the queue; undo puts it back
-
-
-class _UndoKeyFilter(QObject):
-    """Lets Ctrl+Z reach the view's "undo verdict" shortcut from a text editor with nothing left to undo.
-
-    A text editor claims Ctrl+Z for itself; while it has typing to undo it keeps doing so, afterwards the
-    key undoes the last verdict (the view clears the editors' undo history when a verdict is saved).
-    """
-
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # Qt override
-        if (
-            event.type() == QEvent.Type.ShortcutOverride
-            and isinstance(event, QKeyEvent)
-            and event.matches(QKeySequence.StandardKey.Undo)
-            and isinstance(watched, QPlainTextEdit)
-            and not watched.document().isUndoAvailable()
-        ):
-            event.ignore()  # not claimed by the editor: the shortcut map gets the key
-            return True
-        return False
-
-
-class CollectView(ViewMessages, QWidget):
+class CollectView(ModelWorkView):
     """Sample pairs, judge them, save the verdicts.
 
     Args:
@@ -250,24 +120,10 @@ class CollectView(ViewMessages, QWidget):
     status_message = Signal(str)
     pairs_changed = Signal()
 
-    def __init__(
-        self,
-        *,
-        store: Store,
-        registry: JobRegistry,
-        pool: EnginePool,
-        paths: AppPaths,
-        rng: random.Random | None = None,
-        parent: QWidget | None = None,
-    ):
-        super().__init__(parent)
-        make_page(self, "collect")
-        self.store = store
-        self.registry = registry
-        self.pool = pool
-        self.paths = paths
-        self._rng = rng or random.Random()
-        self._settings = QSettings(str(paths.data_dir / "window.ini"), QSettings.Format.IniFormat)
+    PAGE = "collect"
+
+    def __init__(self, **services: Any):
+        super().__init__(**services)
 
         self._model: ModelRow | None = None
         self._pair: ShownPair | None = None
@@ -284,7 +140,7 @@ class CollectView(ViewMessages, QWidget):
 
         self._build()
         self._build_shortcuts()
-        registry.changed.connect(self._on_registry_changed)
+        self.registry.changed.connect(self._on_registry_changed)
         self.refresh_models()
         self.refresh_counts()
         self.sampling_panel.remember(self._settings, SETTINGS_KEY)
@@ -302,8 +158,31 @@ class CollectView(ViewMessages, QWidget):
             "Collect", "Write a prompt, read two answers side by side, and pick the better one.", spacing=8
         )
 
-        # -- the prompt card: model, prompt, actions, sampling settings
+        card = self._build_prompt_card(header)
+
+        # -- error banner and activity line
+        self.banner = MessageBanner()
+        self.activity_row = ActivityLine()
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(24, 20, 24, 16)
+        layout.setSpacing(10)
+        layout.addLayout(header)
+        layout.addWidget(card)
+        layout.addWidget(self.banner)
+        layout.addWidget(self.activity_row)
+        layout.addLayout(self._build_answers(), 1)
+        layout.addWidget(self._build_verdict_bar())
+
+    def _build_prompt_card(self, header: QHBoxLayout) -> QFrame:
+        """The prompt card: model, prompt, actions, sampling settings (the queue's buttons go in ``header``)."""
         card, card_layout = widgets.card()
+        self._build_model_row(card_layout)
+        self._build_prompt_editors(card_layout)
+        self._build_actions(card_layout, header)
+        return card
+
+    def _build_model_row(self, card_layout: QBoxLayout) -> None:
 
         self.model_combo = ModelCombo("The model both answers are sampled from", min_length=24)
         self.model_combo.currentIndexChanged.connect(self._on_model_combo_changed)
@@ -324,6 +203,8 @@ class CollectView(ViewMessages, QWidget):
         model_row.addWidget(self.model_b_combo, 1)
         model_row.addStretch(0)
         card_layout.addLayout(model_row)
+
+    def _build_prompt_editors(self, card_layout: QBoxLayout) -> None:
 
         self.system_toggle = QToolButton()
         self.system_toggle.setObjectName("systemToggle")
@@ -369,9 +250,11 @@ class CollectView(ViewMessages, QWidget):
         self.prompt_edit.setMaximumHeight(PROMPT_MAX_HEIGHT)
         self.prompt_edit.textChanged.connect(self._on_prompt_text_changed)
         card_layout.addWidget(self.prompt_edit)
-        undo_filter = _UndoKeyFilter(self)
+        undo_filter = UndoKeyFilter(self)
         self.prompt_edit.installEventFilter(undo_filter)
         self.system_edit.installEventFilter(undo_filter)
+
+    def _build_actions(self, card_layout: QBoxLayout, header: QHBoxLayout) -> None:
 
         self.load_prompts_button = QPushButton("Load prompts…")
         self.load_prompts_button.setObjectName("secondaryButton")
@@ -415,11 +298,8 @@ class CollectView(ViewMessages, QWidget):
         actions.addWidget(self.sample_button, 0, Qt.AlignmentFlag.AlignTop)
         card_layout.addLayout(actions)
 
-        # -- error banner and activity line
-        self.banner = MessageBanner()
-        self.activity_row = ActivityLine()
-
-        # -- the two answers, in equal panes
+    def _build_answers(self) -> QHBoxLayout:
+        """The two answers, in equal panes."""
         self.panes = (ResponsePane(0), ResponsePane(1))
         answers = QHBoxLayout()
         answers.setSpacing(12)
@@ -427,44 +307,15 @@ class CollectView(ViewMessages, QWidget):
             pane.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Expanding)
             pane.edit_button.clicked.connect(lambda _checked=False, side=pane.side: self.open_edit(side))
             answers.addWidget(pane, 1)
+        return answers
 
-        # -- the verdict bar
-        bar = QFrame()
-        bar.setObjectName("verdictBar")
-        bar_layout = QHBoxLayout(bar)
-        bar_layout.setContentsMargins(10, 8, 10, 8)
-        bar_layout.setSpacing(8)
-        self.verdict_buttons: dict[str, QPushButton] = {}
-        for choice in CHOICES:
-            key = VERDICT_SHORTCUTS[choice]
-            button = QPushButton(f"{CHOICE_LABELS[choice]}   {key}")
-            button.setObjectName("verdictButton")
-            button.setProperty("main", choice in ("left", "right"))
-            button.setToolTip(f"{CHOICE_TIPS[choice]} ({key})")
+    def _build_verdict_bar(self) -> VerdictBar:
+        bar = VerdictBar()
+        for choice, button in bar.buttons.items():
             button.clicked.connect(lambda _checked=False, c=choice: self.judge(c))
-            self.verdict_buttons[choice] = button
-            bar_layout.addWidget(button, 2 if choice in ("left", "right") else 1)
-        bar_layout.addSpacing(6)
-        self.feedback = QLabel()
-        self.feedback.setObjectName("verdictFeedback")
-        # A note, not a reason to widen the window: it is elided by the space it gets.
-        self.feedback.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        bar_layout.addWidget(self.feedback, 1)
-        self.undo_button = QPushButton("Undo   Ctrl+Z")
-        self.undo_button.setObjectName("secondaryButton")
-        self.undo_button.setToolTip("Take back the last verdict and judge the pair again (Ctrl+Z)")
-        self.undo_button.clicked.connect(self.undo_last_verdict)
-        bar_layout.addWidget(self.undo_button)
-
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(24, 20, 24, 16)
-        layout.setSpacing(10)
-        layout.addLayout(header)
-        layout.addWidget(card)
-        layout.addWidget(self.banner)
-        layout.addWidget(self.activity_row)
-        layout.addLayout(answers, 1)
-        layout.addWidget(bar)
+        bar.undo_button.clicked.connect(self.undo_last_verdict)
+        self.verdict_buttons, self.feedback, self.undo_button = bar.buttons, bar.feedback, bar.undo_button
+        return bar
 
     def _build_shortcuts(self) -> None:
         def shortcut(keys: str | QKeySequence, slot: Any) -> QShortcut:
@@ -814,11 +665,7 @@ class CollectView(ViewMessages, QWidget):
 
     @Slot()
     def _on_load_prompts_clicked(self) -> None:
-        from PySide6.QtWidgets import QFileDialog  # here: PySide builds its enums on first use
-
-        name, _filter = QFileDialog.getOpenFileName(
-            self, "Load prompts", str(Path.home()), PROMPT_FILE_FILTER
-        )
+        name = self._ask_prompt_file("Load prompts")
         if name:
             self.load_prompt_file(name)
 

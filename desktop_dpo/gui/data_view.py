@@ -481,43 +481,7 @@ class DataView(ViewMessages, QWidget):
         header.addLayout(title_row)
         header.addWidget(summary)
 
-        # -- filters and row actions
-        self.search_edit = QLineEdit()
-        self.search_edit.setObjectName("searchBox")
-        self.search_edit.setPlaceholderText("Search prompts, answers, rewrites and notes")
-        self.search_edit.setToolTip(
-            "Finds the words anywhere in a prompt, either answer, a rewrite or a note (Ctrl+F)"
-        )
-        self.search_edit.setClearButtonEnabled(True)
-        self.search_edit.textChanged.connect(self._on_search_text_changed)
-        self.search_edit.returnPressed.connect(self.apply_filters)
-        self.verdict_filter = QComboBox()
-        self.verdict_filter.setObjectName("verdictFilter")
-        for key, (label, _kwargs) in VERDICT_FILTERS.items():
-            self.verdict_filter.addItem(label, key)
-        self.verdict_filter.setToolTip("Show only comparisons with this verdict")
-        self.verdict_filter.currentIndexChanged.connect(lambda _index: self.apply_filters())
-        self.show_deleted_check = QCheckBox("Show deleted")
-        self.show_deleted_check.setToolTip("Also list deleted comparisons, to read or restore them")
-        self.show_deleted_check.toggled.connect(lambda _checked: self.apply_filters())
-        self.matches_label = QLabel()
-        self.matches_label.setObjectName("dataMatches")
-        self.delete_button = QPushButton("Delete")
-        self.delete_button.setObjectName("secondaryButton")
-        self.delete_button.setToolTip("Delete the selected comparisons (Delete); Ctrl+Z brings them back")
-        self.delete_button.clicked.connect(self.delete_selected)
-        self.restore_button = QPushButton("Restore")
-        self.restore_button.setObjectName("secondaryButton")
-        self.restore_button.setToolTip("Bring the selected deleted comparisons back")
-        self.restore_button.clicked.connect(self.restore_selected)
-        filters = QHBoxLayout()
-        filters.setSpacing(8)
-        filters.addWidget(self.search_edit, 3)
-        filters.addWidget(self.verdict_filter)
-        filters.addWidget(self.show_deleted_check)
-        filters.addWidget(self.matches_label, 1)
-        filters.addWidget(self.restore_button)
-        filters.addWidget(self.delete_button)
+        filters = self._build_filters()
 
         # -- error banner and the undo notice
         self.banner = MessageBanner()
@@ -529,35 +493,7 @@ class DataView(ViewMessages, QWidget):
         self.notice.add_action(self.undo_button)
 
         # -- the table and the detail panel
-        self.table = QTableView()
-        self.table.setObjectName("comparisonTable")
-        self.table.setModel(self.model)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.setAlternatingRowColors(True)
-        self.table.setShowGrid(False)
-        self.table.setWordWrap(False)
-        self.table.setTextElideMode(Qt.TextElideMode.ElideRight)
-        self.table.setHorizontalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
-        self.table.setVerticalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
-        self.table.verticalHeader().setVisible(False)
-        # Fixed row heights: Qt never measures 20 000 rows' contents.
-        self.table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
-        self.table.verticalHeader().setDefaultSectionSize(28)
-        header_view = self.table.horizontalHeader()
-        header_view.setHighlightSections(False)
-        header_view.setDefaultAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
-        for index, column in enumerate(COLUMNS):
-            self.table.setColumnWidth(index, column.width)
-        # The texts share the width the short columns leave (see _fit_text_columns); all can be dragged.
-        self._table_viewport = self.table.viewport()
-        self._table_viewport.installEventFilter(self)
-        self.table.setSortingEnabled(True)
-        self.table.sortByColumn(COLUMN_INDEX["id"], Qt.SortOrder.DescendingOrder)  # newest first
-        self.table.selectionModel().selectionChanged.connect(self._on_table_selection_changed)
-
-        self.table.setMinimumHeight(TABLE_MIN_HEIGHT)
+        self._build_table()
         self.table_empty = QLabel()
         self.table_empty.setObjectName("tableEmpty")
         self.table_empty.setVisible(False)
@@ -601,6 +537,78 @@ class DataView(ViewMessages, QWidget):
         self.empty_text.ensurePolished()
         card_width = self.empty_text.parentWidget().width() if self.empty_text.parentWidget() else 540
         self.empty_text.setMinimumHeight(self.empty_text.heightForWidth(card_width - 48))
+
+    def _build_filters(self) -> QHBoxLayout:
+        """Filters and row actions."""
+        self.search_edit = QLineEdit()
+        self.search_edit.setObjectName("searchBox")
+        self.search_edit.setPlaceholderText("Search prompts, answers, rewrites and notes")
+        self.search_edit.setToolTip(
+            "Finds the words anywhere in a prompt, either answer, a rewrite or a note (Ctrl+F)"
+        )
+        self.search_edit.setClearButtonEnabled(True)
+        self.search_edit.textChanged.connect(self._on_search_text_changed)
+        self.search_edit.returnPressed.connect(self.apply_filters)
+        self.verdict_filter = QComboBox()
+        self.verdict_filter.setObjectName("verdictFilter")
+        for key, (label, _kwargs) in VERDICT_FILTERS.items():
+            self.verdict_filter.addItem(label, key)
+        self.verdict_filter.setToolTip("Show only comparisons with this verdict")
+        self.verdict_filter.currentIndexChanged.connect(lambda _index: self.apply_filters())
+        self.show_deleted_check = QCheckBox("Show deleted")
+        self.show_deleted_check.setToolTip("Also list deleted comparisons, to read or restore them")
+        self.show_deleted_check.toggled.connect(lambda _checked: self.apply_filters())
+        self.matches_label = QLabel()
+        self.matches_label.setObjectName("dataMatches")
+        self.delete_button = QPushButton("Delete")
+        self.delete_button.setObjectName("secondaryButton")
+        self.delete_button.setToolTip("Delete the selected comparisons (Delete); Ctrl+Z brings them back")
+        self.delete_button.clicked.connect(self.delete_selected)
+        self.restore_button = QPushButton("Restore")
+        self.restore_button.setObjectName("secondaryButton")
+        self.restore_button.setToolTip("Bring the selected deleted comparisons back")
+        self.restore_button.clicked.connect(self.restore_selected)
+        filters = QHBoxLayout()
+        filters.setSpacing(8)
+        filters.addWidget(self.search_edit, 3)
+        filters.addWidget(self.verdict_filter)
+        filters.addWidget(self.show_deleted_check)
+        filters.addWidget(self.matches_label, 1)
+        filters.addWidget(self.restore_button)
+        filters.addWidget(self.delete_button)
+        return filters
+
+    def _build_table(self) -> None:
+        """The comparisons' table (``table``)."""
+        self.table = QTableView()
+        self.table.setObjectName("comparisonTable")
+        self.table.setModel(self.model)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setAlternatingRowColors(True)
+        self.table.setShowGrid(False)
+        self.table.setWordWrap(False)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.table.setHorizontalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
+        self.table.setVerticalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
+        self.table.verticalHeader().setVisible(False)
+        # Fixed row heights: Qt never measures 20 000 rows' contents.
+        self.table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
+        self.table.verticalHeader().setDefaultSectionSize(28)
+        header_view = self.table.horizontalHeader()
+        header_view.setHighlightSections(False)
+        header_view.setDefaultAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
+        for index, column in enumerate(COLUMNS):
+            self.table.setColumnWidth(index, column.width)
+        # The texts share the width the short columns leave (see _fit_text_columns); all can be dragged.
+        self._table_viewport = self.table.viewport()
+        self._table_viewport.installEventFilter(self)
+        self.table.setSortingEnabled(True)
+        self.table.sortByColumn(COLUMN_INDEX["id"], Qt.SortOrder.DescendingOrder)  # newest first
+        self.table.selectionModel().selectionChanged.connect(self._on_table_selection_changed)
+
+        self.table.setMinimumHeight(TABLE_MIN_HEIGHT)
 
     def _build_empty_page(self, import_action: QAction) -> QWidget:
         card = QFrame()

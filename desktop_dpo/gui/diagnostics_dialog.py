@@ -28,15 +28,13 @@ from PySide6.QtWidgets import (
 
 from desktop_dpo.config import AppPaths
 from desktop_dpo.core.errors import DesktopDpoError
-from desktop_dpo.core.hardware import (
+from desktop_dpo.core.hardware import forget_safe_mode, hardware_report_job, safe_mode_records
+from desktop_dpo.core.hardware_report import (
     FORGET_SAFE_MODE_COMMAND,
     HardwareReport,
     HardwareWarning,
     describe_safe_mode_record,
-    forget_safe_mode,
-    hardware_report_job,
     render_report,
-    safe_mode_records,
 )
 from desktop_dpo.core.jobs import CancelToken, Job
 from desktop_dpo.workers.job_op import JobOp

@@ -25,15 +25,13 @@ Alt+3 / Alt+4      tie / both bad
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QSettings, Qt, Signal, Slot
+from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtGui import QShortcut, QShowEvent
 from PySide6.QtWidgets import (
-    QFileDialog,
     QFrame,
     QHBoxLayout,
     QLabel,
@@ -41,10 +39,9 @@ from PySide6.QtWidgets import (
     QPushButton,
     QSizePolicy,
     QVBoxLayout,
-    QWidget,
 )
 
-from desktop_dpo.config import AppPaths, SamplingSettings
+from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.evaluate import (
     ALIGNED_SEQ,
@@ -60,28 +57,27 @@ from desktop_dpo.core.evaluate import (
     sample_evaluation_pair,
 )
 from desktop_dpo.core.jobs import Log, Progress
-from desktop_dpo.core.llm.engine_pool import EnginePool
 from desktop_dpo.core.llm.generation import GenerationResult, ResponseFinished, TokenEvent, draw_seed
 from desktop_dpo.core.sampling import record_model_info
 from desktop_dpo.core.store import EvaluationRow, ModelRow, PromptRow, Store
 from desktop_dpo.gui import widgets
+from desktop_dpo.gui.choice_bar import ChoiceBar
 from desktop_dpo.gui.message_banner import MessageBanner
+from desktop_dpo.gui.model_work_view import ModelWorkView
 from desktop_dpo.gui.response_pane import SIDE_NAMES, ResponsePane
 from desktop_dpo.gui.sampling_settings_panel import SamplingSettingsPanel
 from desktop_dpo.gui.template_editor import ensure_template_chosen, template_needed_message
-from desktop_dpo.gui.view_messages import ActivityLine, ViewMessages
+from desktop_dpo.gui.view_messages import ActivityLine
 from desktop_dpo.gui.widgets import (
     ModelCombo,
     card_separator,
     field_label,
-    make_page,
     page_header,
     page_pill,
     set_style_property,
     view_shortcut,
 )
 from desktop_dpo.workers.job_op import JobOp
-from desktop_dpo.workers.job_worker import JobRegistry
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +92,6 @@ CHOICE_TIPS = {
 }
 NEXT_SHORTCUT = "Alt+N"
 STOP_SHORTCUT = "Esc"
-PROMPT_FILE_FILTER = "Prompt files (*.txt *.jsonl *.json);;All files (*)"
 SETTINGS_KEY = "evaluate/sampling"
 CONCLUSIONS = {
     "better": "The aligned model is better: the whole interval is above 50%.",
@@ -157,7 +152,7 @@ class ShownEvaluationPair:
         return aligned_side if seq == ALIGNED_SEQ else 1 - aligned_side
 
 
-class EvaluateView(ViewMessages, QWidget):
+class EvaluateView(ModelWorkView):
     """Blind A/B votes between an aligned model and its base, with a running win rate.
 
     Args:
@@ -175,24 +170,10 @@ class EvaluateView(ViewMessages, QWidget):
     status_message = Signal(str)
     voted = Signal(object)
 
-    def __init__(
-        self,
-        *,
-        store: Store,
-        registry: JobRegistry,
-        pool: EnginePool,
-        paths: AppPaths,
-        rng: random.Random | None = None,
-        parent: QWidget | None = None,
-    ):
-        super().__init__(parent)
-        make_page(self, "evaluate")
-        self.store = store
-        self.registry = registry
-        self.pool = pool
-        self.paths = paths
-        self._rng = rng or random.Random()
-        self._settings = QSettings(str(paths.data_dir / "window.ini"), QSettings.Format.IniFormat)
+    PAGE = "evaluate"
+
+    def __init__(self, **services: Any):
+        super().__init__(**services)
         self._pair: ShownEvaluationPair | None = None
         self._sampling: JobOp | None = None
         self._evaluation: EvaluationRow | None = None
@@ -203,7 +184,7 @@ class EvaluateView(ViewMessages, QWidget):
 
         self._build()
         self._build_shortcuts()
-        registry.changed.connect(self._on_registry_changed)
+        self.registry.changed.connect(self._on_registry_changed)
         self.sampling_panel.remember(self._settings, SETTINGS_KEY)
         self.refresh_models()
         self._show_empty_panes()
@@ -218,6 +199,40 @@ class EvaluateView(ViewMessages, QWidget):
             self.votes_label,
         )
 
+        card = self._build_card()
+        self.banner = MessageBanner()
+        self.activity_row = ActivityLine()
+
+        self.prompt_view = QPlainTextEdit()
+        self.prompt_view.setObjectName("shownPrompt")
+        self.prompt_view.setReadOnly(True)
+        self.prompt_view.setMaximumHeight(56)
+        self.prompt_view.setPlaceholderText(
+            "Next prompt shows an evaluation prompt here, with two answers below."
+        )
+
+        self.panes = (ResponsePane(0), ResponsePane(1))
+        answers = QHBoxLayout()
+        answers.setSpacing(12)
+        for pane in self.panes:
+            pane.edit_button.setVisible(False)  # an evaluation judges the answers as written
+            pane.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Expanding)
+            answers.addWidget(pane, 1)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(24, 20, 24, 16)
+        layout.setSpacing(10)
+        layout.addLayout(header)
+        layout.addWidget(card)
+        layout.addWidget(self.banner)
+        layout.addWidget(self.activity_row)
+        layout.addWidget(self.prompt_view)
+        layout.addLayout(answers, 1)
+        layout.addWidget(self._build_vote_bar())
+        layout.addWidget(self._build_summary())
+
+    def _build_card(self) -> QFrame:
+        """The models, the prompts and the sampling settings."""
         card, card_layout = widgets.card((16, 12, 16, 10))
         self.base_combo = ModelCombo("The model the aligned model was trained from", describe=_describe_model)
         self.aligned_combo = ModelCombo(
@@ -268,47 +283,25 @@ class EvaluateView(ViewMessages, QWidget):
         self.sampling_panel = SamplingSettingsPanel()
         self.sampling_panel.changed.connect(self._on_sampling_changed)
         card_layout.addWidget(self.sampling_panel)
+        return card
 
-        self.banner = MessageBanner()
-        self.activity_row = ActivityLine()
-
-        self.prompt_view = QPlainTextEdit()
-        self.prompt_view.setObjectName("shownPrompt")
-        self.prompt_view.setReadOnly(True)
-        self.prompt_view.setMaximumHeight(56)
-        self.prompt_view.setPlaceholderText(
-            "Next prompt shows an evaluation prompt here, with two answers below."
+    def _build_vote_bar(self) -> ChoiceBar:
+        """The vote buttons under the answers, and what the last vote revealed."""
+        bar = ChoiceBar(
+            "vote",
+            CHOICES,
+            labels=CHOICE_LABELS,
+            shortcuts=VOTE_SHORTCUTS,
+            tips=CHOICE_TIPS,
+            wrap_feedback=True,
         )
-
-        self.panes = (ResponsePane(0), ResponsePane(1))
-        answers = QHBoxLayout()
-        answers.setSpacing(12)
-        for pane in self.panes:
-            pane.edit_button.setVisible(False)  # an evaluation judges the answers as written
-            pane.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Expanding)
-            answers.addWidget(pane, 1)
-
-        bar = QFrame()
-        bar.setObjectName("voteBar")
-        bar_layout = QHBoxLayout(bar)
-        bar_layout.setContentsMargins(10, 8, 10, 8)
-        bar_layout.setSpacing(8)
-        self.vote_buttons: dict[str, QPushButton] = {}
-        for choice in CHOICES:
-            keys = VOTE_SHORTCUTS[choice]
-            button = QPushButton(f"{CHOICE_LABELS[choice]}   {keys}")
-            button.setObjectName("voteButton")
-            button.setProperty("main", choice in ("left", "right"))
-            button.setToolTip(f"{CHOICE_TIPS[choice]} ({keys})")
+        for choice, button in bar.buttons.items():
             button.clicked.connect(lambda _checked=False, c=choice: self.vote(c))
-            self.vote_buttons[choice] = button
-            bar_layout.addWidget(button, 2 if choice in ("left", "right") else 1)
-        bar_layout.addSpacing(6)
-        self.feedback = QLabel()
-        self.feedback.setObjectName("voteFeedback")
-        self.feedback.setWordWrap(True)
-        bar_layout.addWidget(self.feedback, 1)
+        self.vote_buttons, self.feedback = bar.buttons, bar.feedback
+        return bar
 
+    def _build_summary(self) -> QFrame:
+        """The votes so far, in a sentence, and what they show."""
         summary = QFrame()
         summary.setObjectName("summaryCard")
         summary_layout = QVBoxLayout(summary)
@@ -323,18 +316,7 @@ class EvaluateView(ViewMessages, QWidget):
         self.conclusion_text.setWordWrap(True)
         summary_layout.addWidget(self.summary_text)
         summary_layout.addWidget(self.conclusion_text)
-
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(24, 20, 24, 16)
-        layout.setSpacing(10)
-        layout.addLayout(header)
-        layout.addWidget(card)
-        layout.addWidget(self.banner)
-        layout.addWidget(self.activity_row)
-        layout.addWidget(self.prompt_view)
-        layout.addLayout(answers, 1)
-        layout.addWidget(bar)
-        layout.addWidget(summary)
+        return summary
 
     def _build_shortcuts(self) -> None:
         def shortcut(keys: str, slot: Any) -> QShortcut:
@@ -487,9 +469,7 @@ class EvaluateView(ViewMessages, QWidget):
 
     @Slot()
     def _on_load_prompts_clicked(self) -> None:
-        name, _filter = QFileDialog.getOpenFileName(
-            self, "Load evaluation prompts", str(Path.home()), PROMPT_FILE_FILTER
-        )
+        name = self._ask_prompt_file("Load evaluation prompts")
         if name:
             self.load_prompt_file(name)
 

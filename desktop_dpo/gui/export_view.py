@@ -114,7 +114,25 @@ class ExportView(ViewMessages, QWidget):
         self.empty_label.setObjectName("emptyState")
         self.empty_label.setWordWrap(True)
 
-        # -- what to export
+        self.form_card = self._build_form_card()
+        self.banner = MessageBanner()
+        self.report_card = self._build_report_card()
+        exports_head = self._build_exports_list()
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(24, 20, 24, 16)
+        layout.setSpacing(10)
+        layout.addWidget(title)
+        layout.addWidget(summary)
+        layout.addWidget(self.empty_label)
+        layout.addWidget(self.form_card)
+        layout.addWidget(self.banner)
+        layout.addWidget(self.report_card)
+        layout.addLayout(exports_head)
+        layout.addWidget(self.exports_tree, 1)
+
+    def _build_form_card(self) -> QFrame:
+        """What to export: the run, the files, where, and the Export button."""
         card = QFrame()
         card.setObjectName("card")
         grid = QGridLayout(card)
@@ -173,11 +191,10 @@ class ExportView(ViewMessages, QWidget):
         actions.addWidget(self.stop_button)
         actions.addWidget(self.export_button)
         grid.addLayout(actions, 6, 0, 1, 3)
-        self.form_card = card
+        return card
 
-        self.banner = MessageBanner()
-
-        # -- the parity report of the last export
+    def _build_report_card(self) -> QFrame:
+        """The parity report of the last export."""
         self.report_card = QFrame()
         self.report_card.setObjectName("card")
         report = QVBoxLayout(self.report_card)
@@ -197,8 +214,10 @@ class ExportView(ViewMessages, QWidget):
         self.report_lines.setTextFormat(Qt.TextFormat.PlainText)
         report.addWidget(self.report_lines)
         self.report_card.setVisible(False)
+        return self.report_card
 
-        # -- past exports
+    def _build_exports_list(self) -> QHBoxLayout:
+        """Past exports (``exports_tree``) and what can be done with one; returns the list's heading row."""
         self.exports_tree = QTreeWidget()
         self.exports_tree.setHeaderLabels(["File", "Type", "Size", "Run", "Exported"])
         self.exports_tree.setRootIsDecorated(False)
@@ -225,18 +244,7 @@ class ExportView(ViewMessages, QWidget):
         exports_head.addStretch(1)
         for button in (self.open_button, self.copy_button, self.chat_button, self.evaluate_button):
             exports_head.addWidget(button)
-
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(24, 20, 24, 16)
-        layout.setSpacing(10)
-        layout.addWidget(title)
-        layout.addWidget(summary)
-        layout.addWidget(self.empty_label)
-        layout.addWidget(card)
-        layout.addWidget(self.banner)
-        layout.addWidget(self.report_card)
-        layout.addLayout(exports_head)
-        layout.addWidget(self.exports_tree, 1)
+        return exports_head
 
     @staticmethod
     def _field(text: str) -> QLabel:

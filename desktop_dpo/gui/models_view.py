@@ -355,6 +355,41 @@ class ModelsView(ViewMessages, QWidget):
         self.activity_row.add_widget(self.stop_button)
 
         # -- registered models: a table, or an empty state that says what to do
+        self.table = self._build_table()
+        self.empty_state = self._build_empty_state()
+        self.models_stack = QStackedWidget()
+        self.models_stack.addWidget(self.empty_state)
+        self.models_stack.addWidget(self.table)
+
+        # -- details of the selected model, with what can be done with it
+        self.details = self._build_details()
+        # -- models found on this computer
+        self.discovered_card = self._build_discovered()
+
+        lower = QSplitter(Qt.Orientation.Horizontal)
+        lower.setChildrenCollapsible(False)
+        lower.addWidget(self.details)
+        lower.addWidget(self.discovered_card)
+        lower.setStretchFactor(0, 1)
+        lower.setStretchFactor(1, 1)
+        lower.setSizes([10_000, 10_000])  # half each, whatever the panels' preferred sizes
+        self.splitter = QSplitter(Qt.Orientation.Vertical)
+        self.splitter.setChildrenCollapsible(False)
+        self.splitter.addWidget(self.models_stack)
+        self.splitter.addWidget(lower)
+        self.splitter.setStretchFactor(0, 1)
+        self.splitter.setStretchFactor(1, 1)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(24, 20, 24, 16)
+        layout.setSpacing(10)
+        layout.addLayout(header)
+        layout.addWidget(self.banner)
+        layout.addWidget(self.activity_row)
+        layout.addWidget(self.splitter, 1)
+
+    def _build_table(self) -> QTableWidget:
+        """The registered models, one row each."""
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setObjectName("modelTable")
         self.table.setHorizontalHeaderLabels(COLUMNS)
@@ -390,7 +425,10 @@ class ModelsView(ViewMessages, QWidget):
                 shortcut = QShortcut(QKeySequence(key), self.table)
                 shortcut.setContext(Qt.ShortcutContext.WidgetShortcut)
                 shortcut.activated.connect(slot)
+        return self.table
 
+    def _build_empty_state(self) -> QFrame:
+        """What to do when no model is registered yet."""
         self.empty_state = QFrame()
         self.empty_state.setObjectName("emptyState")
         empty_title = QLabel("No models yet")
@@ -418,37 +456,7 @@ class ModelsView(ViewMessages, QWidget):
         empty_layout.addWidget(self.empty_text)
         empty_layout.addLayout(empty_buttons)
         empty_layout.addStretch(1)
-
-        self.models_stack = QStackedWidget()
-        self.models_stack.addWidget(self.empty_state)
-        self.models_stack.addWidget(self.table)
-
-        # -- details of the selected model, with what can be done with it
-        self.details = self._build_details()
-        # -- models found on this computer
-        self.discovered_card = self._build_discovered()
-
-        lower = QSplitter(Qt.Orientation.Horizontal)
-        lower.setChildrenCollapsible(False)
-        lower.addWidget(self.details)
-        lower.addWidget(self.discovered_card)
-        lower.setStretchFactor(0, 1)
-        lower.setStretchFactor(1, 1)
-        lower.setSizes([10_000, 10_000])  # half each, whatever the panels' preferred sizes
-        self.splitter = QSplitter(Qt.Orientation.Vertical)
-        self.splitter.setChildrenCollapsible(False)
-        self.splitter.addWidget(self.models_stack)
-        self.splitter.addWidget(lower)
-        self.splitter.setStretchFactor(0, 1)
-        self.splitter.setStretchFactor(1, 1)
-
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(24, 20, 24, 16)
-        layout.setSpacing(10)
-        layout.addLayout(header)
-        layout.addWidget(self.banner)
-        layout.addWidget(self.activity_row)
-        layout.addWidget(self.splitter, 1)
+        return self.empty_state
 
     def _build_details(self) -> QFrame:
         card, layout = widgets.card((16, 12, 16, 12))

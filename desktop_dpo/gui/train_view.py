@@ -216,7 +216,29 @@ class TrainView(ViewMessages, QWidget):
         self.banner.add_action(self.banner_action)
         self.warning_banner = MessageBanner()
 
-        # -- left: a new run (model, pairs, settings, Start)
+        right = QSplitter(Qt.Orientation.Vertical)
+        right.setChildrenCollapsible(False)
+        new_card = self._build_new_run_card()
+        right.addWidget(self._build_run_card())
+        right.addWidget(self._build_runs_card())
+        right.setStretchFactor(0, 3)
+        right.setStretchFactor(1, 2)
+
+        body = QHBoxLayout()
+        body.setSpacing(12)
+        body.addWidget(new_card)
+        body.addWidget(right, 1)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(24, 20, 24, 16)
+        layout.setSpacing(10)
+        layout.addLayout(header)
+        layout.addWidget(self.banner)
+        layout.addWidget(self.warning_banner)
+        layout.addLayout(body, 1)
+
+    def _build_new_run_card(self) -> QFrame:
+        """Left: a new run (model, pairs, settings, Start)."""
         new_card, new_layout = card()
         heading = QLabel("New run")
         heading.setObjectName("cardHeading")
@@ -280,8 +302,10 @@ class TrainView(ViewMessages, QWidget):
         new_layout.addWidget(self.start_button)
         new_card.setMinimumWidth(300)
         new_card.setMaximumWidth(370)
+        return new_card
 
-        # -- right, top: the run on screen (status, progress, plots)
+    def _build_run_card(self) -> QFrame:
+        """Right, top: the run on screen (status, progress, plots)."""
         run_card, run_layout = card(spacing=6)
         self.run_headline = QLabel()
         self.run_headline.setObjectName("runHeadline")
@@ -306,8 +330,10 @@ class TrainView(ViewMessages, QWidget):
         run_layout.addWidget(self.progress)
         self.plots = MetricsPlots()
         run_layout.addWidget(self.plots, 1)
+        return run_card
 
-        # -- right, bottom: past runs
+    def _build_runs_card(self) -> QFrame:
+        """Right, bottom: past runs."""
         runs_card, runs_layout = card((16, 12, 16, 12), 6)
         runs_heading = QLabel("Runs")
         runs_heading.setObjectName("cardHeading")
@@ -351,26 +377,7 @@ class TrainView(ViewMessages, QWidget):
         )  # a long error or several warnings scroll; the list keeps its room
         details_scroll.setWidget(self.run_details)
         runs_layout.addWidget(details_scroll)
-
-        right = QSplitter(Qt.Orientation.Vertical)
-        right.setChildrenCollapsible(False)
-        right.addWidget(run_card)
-        right.addWidget(runs_card)
-        right.setStretchFactor(0, 3)
-        right.setStretchFactor(1, 2)
-
-        body = QHBoxLayout()
-        body.setSpacing(12)
-        body.addWidget(new_card)
-        body.addWidget(right, 1)
-
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(24, 20, 24, 16)
-        layout.setSpacing(10)
-        layout.addLayout(header)
-        layout.addWidget(self.banner)
-        layout.addWidget(self.warning_banner)
-        layout.addLayout(body, 1)
+        return runs_card
 
     # ---------------------------------------------------------------- models and pairs
 

@@ -4,7 +4,8 @@ each earlier turn as the assistant's message there."""
 
 from __future__ import annotations
 
-from desktop_dpo.core.dpo.data import pairs_from_comparisons, render_prompt_text, tokenize_pair
+from desktop_dpo.core.dpo.data import pairs_from_comparisons
+from desktop_dpo.core.dpo.tokenizing import render_prompt_text, tokenize_pair
 from tests.core.test_dpo_data import CharTokenizer
 
 CONVERSATION = [

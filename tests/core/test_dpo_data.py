@@ -9,24 +9,15 @@ import logging
 import pytest
 import torch
 
+from desktop_dpo.core.dpo.batches import batch_tokens, collate, collate_for, collate_shared, response_lengths
 from desktop_dpo.core.dpo.data import (
     PreferencePair,
-    TokenizedPair,
-    batch_tokens,
-    collate,
-    collate_for,
-    collate_shared,
-    head_token_logps,
     pairs_from_comparisons,
     reference_cache_key,
-    render_prompt_text,
-    response_lengths,
-    selected_token_logps,
-    sequence_logps,
     split_by_prompt,
-    tokenize_pair,
-    tokenize_pairs,
 )
+from desktop_dpo.core.dpo.logps import head_token_logps, selected_token_logps, sequence_logps
+from desktop_dpo.core.dpo.tokenizing import TokenizedPair, render_prompt_text, tokenize_pair, tokenize_pairs
 
 torch.set_num_threads(1)
 
@@ -258,7 +249,7 @@ def test_a_response_that_does_not_fit_is_cut_but_flagged_and_counted(caplog):
     prompt_len = len(
         tokenize_pair(tok, short, chat_template=None, max_length=256, max_prompt_length=128).prompt_ids
     )
-    with caplog.at_level(logging.WARNING, logger="desktop_dpo.core.dpo.data"):
+    with caplog.at_level(logging.WARNING, logger="desktop_dpo.core.dpo.tokenizing"):
         result = tokenize_pairs(
             tok, [long, short], chat_template=None, max_length=prompt_len + 50, max_prompt_length=prompt_len
         )

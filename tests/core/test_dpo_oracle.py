@@ -18,19 +18,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from desktop_dpo.core.dpo.data import (
-    PreferencePair,
-    collate,
-    collate_for,
-    collate_shared,
+from desktop_dpo.core.dpo.batches import collate, collate_for, collate_shared, response_lengths
+from desktop_dpo.core.dpo.data import PreferencePair
+from desktop_dpo.core.dpo.logps import sequence_logps
+from desktop_dpo.core.dpo.loss import dpo_metrics, preference_loss, with_sft_term
+from desktop_dpo.core.dpo.tokenizing import (
     render_prompt_text,
     render_response_text,
     resolve_chat_template,
-    response_lengths,
-    sequence_logps,
     tokenize_pair,
 )
-from desktop_dpo.core.dpo.loss import dpo_metrics, preference_loss, with_sft_term
 
 torch.set_num_threads(1)
 

@@ -55,11 +55,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from desktop_dpo.core.dpo.data import (
-    PreferencePair,
+from desktop_dpo.core.dpo.batches import collate, collate_shared
+from desktop_dpo.core.dpo.data import PreferencePair
+from desktop_dpo.core.dpo.tokenizing import (
     TokenizedPair,
-    collate,
-    collate_shared,
     render_prompt_text,
     render_response_text,
     resolve_chat_template,

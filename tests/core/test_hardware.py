@@ -13,7 +13,8 @@ import pytest
 from desktop_dpo.config import AppPaths
 from desktop_dpo.core import hardware
 from desktop_dpo.core.errors import JobCancelled
-from desktop_dpo.core.hardware import (
+from desktop_dpo.core.hardware import cpu_features_from, parse_system_info, probe_hardware
+from desktop_dpo.core.hardware_report import (
     BackendDevice,
     BitsAndBytesFacts,
     CudaDevice,
@@ -21,9 +22,6 @@ from desktop_dpo.core.hardware import (
     LlamaCppFacts,
     TorchFacts,
     Unavailable,
-    cpu_features_from,
-    parse_system_info,
-    probe_hardware,
     render_report,
 )
 from desktop_dpo.core.jobs import CancelToken

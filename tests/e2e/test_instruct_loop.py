@@ -25,12 +25,8 @@ import pytest
 from desktop_dpo.config import AppPaths, SamplingSettings
 from desktop_dpo.core.chat import chat_reply
 from desktop_dpo.core.dpo.config import TrainConfig
-from desktop_dpo.core.dpo.data import (
-    pairs_from_comparisons,
-    render_prompt_text,
-    resolve_chat_template,
-    tokenize_pair,
-)
+from desktop_dpo.core.dpo.data import pairs_from_comparisons
+from desktop_dpo.core.dpo.tokenizing import render_prompt_text, resolve_chat_template, tokenize_pair
 from desktop_dpo.core.dpo.train import drive_training
 from desktop_dpo.core.export.gguf import STOP_STRINGS_KEY, read_gguf_metadata
 from desktop_dpo.core.export.pipeline import ExportSettings, export_run, persist_export

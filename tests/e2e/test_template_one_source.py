@@ -13,7 +13,7 @@ from pathlib import Path
 
 from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core.chat import chat_reply
-from desktop_dpo.core.dpo import data as dpo_data
+from desktop_dpo.core.dpo import tokenizing
 from desktop_dpo.core.dpo.checkpoint import TRAINED_TEMPLATE_FILE
 from desktop_dpo.core.dpo.train import drive_training
 from desktop_dpo.core.export.gguf import STOP_STRINGS_KEY, read_gguf_metadata
@@ -81,7 +81,7 @@ def test_the_chosen_template_is_used_by_sampling_chat_training_and_export(tiny_m
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir), local_files_only=True)
-        assert dpo_data.render_prompt_text(MESSAGES, tokenizer, template_for(base)) == prompt
+        assert tokenizing.render_prompt_text(MESSAGES, tokenizer, template_for(base)) == prompt
         for i, topic in enumerate(TOPICS[:8]):
             store.record_pair(
                 messages=[{"role": "user", "content": f"Tell me about {topic}."}],

@@ -21,7 +21,7 @@ from desktop_dpo.core.dpo.modeling import compute_dtype, free_memory, is_out_of_
 from desktop_dpo.core.jobs import CancelToken
 
 if TYPE_CHECKING:
-    from desktop_dpo.core.dpo.data import TokenizedPair
+    from desktop_dpo.core.dpo.tokenizing import TokenizedPair
     from desktop_dpo.core.store import Store
 
 
@@ -36,11 +36,12 @@ def reference_keys(
 ) -> list[str]:
     """The cache key of each pair's reference values, for the reference model of ``fingerprint``."""
     from desktop_dpo.core.dpo import data as dpo_data
+    from desktop_dpo.core.dpo.tokenizing import template_hash
 
     # How the reference weights were loaded changes its numbers, so it is part of the cache key.
     dtype = str(compute_dtype(device)).removeprefix("torch.")
     loaded_as = f"nf4-{dtype}" if quantization == "nf4" else dtype
-    template = dpo_data.template_hash(chat_template)
+    template = template_hash(chat_template)
     return [
         dpo_data.reference_cache_key(pair, fingerprint, loaded_as, template, max_length) for pair in pairs
     ]
@@ -113,7 +114,8 @@ def compute_reference(
     """Reference log-probs of ``pairs[indices]``, one batch at a time (so each batch is cached at once)."""
     import torch
 
-    from desktop_dpo.core.dpo.data import collate_for, length_batches, sequence_logps, to_device
+    from desktop_dpo.core.dpo.batches import collate_for, length_batches, to_device
+    from desktop_dpo.core.dpo.logps import sequence_logps
 
     model.eval()
     for batch_indices in length_batches(indices, pairs, batch_size):

@@ -88,7 +88,8 @@ from desktop_dpo.core.model_files import training_folder
 if TYPE_CHECKING:
     import torch
 
-    from desktop_dpo.core.dpo.data import PreferencePair, TokenizedPair
+    from desktop_dpo.core.dpo.data import PreferencePair
+    from desktop_dpo.core.dpo.tokenizing import TokenizedPair
     from desktop_dpo.core.store import ModelRow, RunRow, Store
 
 log = logging.getLogger(__name__)
@@ -279,7 +280,7 @@ def train(
 
 def _policy_logps(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log π_θ of the chosen and rejected rows of a batch (a seam tests use to inject failures)."""
-    from desktop_dpo.core.dpo.data import sequence_logps
+    from desktop_dpo.core.dpo.logps import sequence_logps
 
     return sequence_logps(model, batch)
 
@@ -359,7 +360,7 @@ class _Session:
         """The base model's tokenizer and the token ids of every pair (training pairs first)."""
         from transformers import AutoTokenizer
 
-        from desktop_dpo.core.dpo import data as dpo_data
+        from desktop_dpo.core.dpo import tokenizing
 
         self.base = _get_model(self.store, self.run.base_model_id)
         self.folder = training_folder(self.base)
@@ -375,8 +376,8 @@ class _Session:
         # The template the model is used with everywhere (the person's choice, else the tokenizer's own):
         # training renders each pair exactly as the engines rendered it when it was sampled.
         require_usable_template(self.base)
-        self.chat_template = template_for(self.base, own=dpo_data.resolve_chat_template(tokenizer))
-        tokenized = dpo_data.tokenize_pairs(
+        self.chat_template = template_for(self.base, own=tokenizing.resolve_chat_template(tokenizer))
+        tokenized = tokenizing.tokenize_pairs(
             tokenizer,
             [*self.train_text, *self.heldout_text],
             chat_template=self.chat_template,
@@ -573,7 +574,7 @@ class _Session:
         """DPO loss of a batch against the cached reference log-probs (plus the SFT term when it is on)."""
         import torch
 
-        from desktop_dpo.core.dpo.data import response_lengths
+        from desktop_dpo.core.dpo.batches import response_lengths
         from desktop_dpo.core.dpo.loss import preference_loss, with_sft_term
 
         values = [self.reference[self.keys[i]] for i in indices]
@@ -600,12 +601,12 @@ class _Session:
     def forward_backward(self, indices: Sequence[int]) -> dict[str, Any]:
         """Gradients of one optimizer step, accumulated over its micro-batches (chosen + rejected fused).
 
-        Each micro-batch is laid out by :func:`~desktop_dpo.core.dpo.data.collate_for`: where the model
+        Each micro-batch is laid out by :func:`~desktop_dpo.core.dpo.batches.collate_for`: where the model
         allows it (checked once per model), each pair is one segment ``prompt + chosen + rejected`` (the
         rejected tokens masked from the chosen ones, positions restarting after the prompt), segments
         packed into rows, so the prompt goes through the model once and almost no padding does; the LM
         head runs only at positions that predict a response token, through the fused head
-        (:func:`~desktop_dpo.core.dpo.data.head_token_logps`), which never keeps [tokens, vocab]
+        (:func:`~desktop_dpo.core.dpo.logps.head_token_logps`), which never keeps [tokens, vocab]
         logits for the backward pass. The sums equal those of one padded batch of the same pairs.
 
         Where the time goes (``bench/train_vs_trl.py``'s work: 32k vocabulary, hidden 256, 4 layers, batch 4,
@@ -618,7 +619,7 @@ class _Session:
         """
         import torch
 
-        from desktop_dpo.core.dpo.data import batch_tokens, collate_for, length_batches, to_device
+        from desktop_dpo.core.dpo.batches import batch_tokens, collate_for, length_batches, to_device
 
         self.model.train()
         outputs, chosen_logps, rejected_logps, tokens = [], [], [], 0
@@ -682,7 +683,8 @@ class _Session:
         """The policy on the held-out pairs, without dropout or gradients (None when there are none)."""
         import torch
 
-        from desktop_dpo.core.dpo.data import collate_for, length_batches, sequence_logps, to_device
+        from desktop_dpo.core.dpo.batches import collate_for, length_batches, to_device
+        from desktop_dpo.core.dpo.logps import sequence_logps
 
         if not self.heldout:
             return None

@@ -146,7 +146,7 @@ def _perplexity(logits: Any, ids: Sequence[int]) -> tuple[float, int]:
 
 
 def _chat_text(tokenizer: Any) -> str | None:
-    from desktop_dpo.core.dpo.data import resolve_chat_template
+    from desktop_dpo.core.dpo.tokenizing import resolve_chat_template
     from desktop_dpo.core.llm.templates import render_prompt
 
     text, _stops = render_prompt(
@@ -188,17 +188,17 @@ def policy_vs_merged(
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from desktop_dpo.core.dpo import data as dpo_data
+    from desktop_dpo.core.dpo import batches, logps, tokenizing
     from desktop_dpo.core.dpo.modeling import load_causal_lm
 
     pairs = list(pairs)[:MAX_PARITY_PAIRS]
     if not pairs:
         return {"policy_pairs": 0}
     tokenizer = AutoTokenizer.from_pretrained(str(merged_dir), local_files_only=True, trust_remote_code=False)
-    tokenized = dpo_data.tokenize_pairs(
+    tokenized = tokenizing.tokenize_pairs(
         tokenizer,
         pairs,
-        chat_template=dpo_data.resolve_chat_template(tokenizer),
+        chat_template=tokenizing.resolve_chat_template(tokenizer),
         max_length=max_length,
         max_prompt_length=max_prompt_length,
     ).pairs
@@ -208,8 +208,8 @@ def policy_vs_merged(
         chosen, rejected = [], []
         with torch.no_grad():
             for start in range(0, len(tokenized), 4):
-                batch = dpo_data.collate(tokenized[start : start + 4], pad_id)
-                c, r = dpo_data.sequence_logps(model, batch)
+                batch = batches.collate(tokenized[start : start + 4], pad_id)
+                c, r = logps.sequence_logps(model, batch)
                 chosen.append(c.float())
                 rejected.append(r.float())
         return torch.cat(chosen), torch.cat(rejected)

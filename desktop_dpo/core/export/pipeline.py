@@ -190,31 +190,28 @@ def _keep_update_on_base_grid(
         )
 
 
-def export_run(
-    store: Store,
-    run_id: int,
-    settings: ExportSettings,
-    exports_dir: Path,
-    *,
-    cancel: CancelToken | None = None,
-) -> Job:
-    """Export a completed run (a job; yields Progress/Log events, then :class:`ExportFinished`, and returns it).
+@dataclass(frozen=True)
+class _ExportPlan:
+    """What an export works from, checked before anything is written (:func:`_plan_export`)."""
 
-    Args:
-        store: the driver thread's store (only read).
-        run_id: a completed run with an adapter.
-        settings: which files, where, under what name.
-        exports_dir: the default parent folder (``AppPaths.exports_dir``) when ``settings.destination`` is None.
-        cancel: checked between stages and inside each (merge, convert, quantize); nothing is kept on stop.
+    run: RunRow
+    base: ModelRow
+    base_dir: Path  # the base model's full-precision folder the adapter merges into
+    adapter_dir: Path
+    config: Any  # the run's TrainConfig
+    quantizations: tuple[str, ...]  # upper-case, no duplicates, all known
+    parent: Path  # the folder the export goes into
+    name: str  # the export folder's name (and the files' stem)
 
-    Raises:
-        ExportError: the run cannot be exported yet, or a stage failed (the message says why and what to do).
-        JobCancelled: stopped as asked.
-    """
+    @property
+    def final(self) -> Path:
+        return self.parent / self.name
+
+
+def _plan_export(store: Store, run_id: int, settings: ExportSettings, exports_dir: Path) -> _ExportPlan:
+    """Refuse, with what to do, an export that cannot work: nothing to export, an unwritable or full disk."""
     from desktop_dpo.core.dpo.config import TrainConfig
-    from desktop_dpo.core.export.merge import Float16RangeError, merge_adapter
 
-    cancel = cancel or CancelToken()
     quantizations = tuple(dict.fromkeys(q.upper() for q in settings.quantizations))
     if not quantizations:
         raise ExportError("Choose at least one file type to export (Q4_K_M is a good default).")
@@ -236,155 +233,247 @@ def export_run(
         base_dir = training_folder(base)
     except Exception as exc:
         raise ExportError(str(exc)) from exc
-    config = TrainConfig.from_dict(run.config)
+    plan = _ExportPlan(
+        run=run,
+        base=base,
+        base_dir=base_dir,
+        adapter_dir=Path(run.adapter_path),
+        config=TrainConfig.from_dict(run.config),
+        quantizations=quantizations,
+        parent=Path(settings.destination) if settings.destination else exports_dir,
+        name=_slug(settings.name) if settings.name else export_folder_name(run, base),
+    )
+    _check_destination(plan)
+    # The adapter is read whole now: a damaged one is refused before minutes of merging.
+    check_tensor_file(plan.adapter_dir / "adapter_model.safetensors", f"The adapter of run {run.id}")
+    _check_free_space(plan)
+    return plan
 
-    parent = Path(settings.destination) if settings.destination else exports_dir
-    name = _slug(settings.name) if settings.name else export_folder_name(run, base)
-    final = parent / name
-    if final.exists():
-        raise ExportError(f"{final} already exists. Choose another name or folder, or remove the old export.")
+
+def _check_destination(plan: _ExportPlan) -> None:
+    """The export folder is new and its parent writable (found now, not after the merge)."""
+    if plan.final.exists():
+        raise ExportError(
+            f"{plan.final} already exists. Choose another name or folder, or remove the old export."
+        )
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        probe = partial_path(final)
+        plan.parent.mkdir(parents=True, exist_ok=True)
+        probe = partial_path(plan.final)
         probe.mkdir()  # a read-only folder or mount is found now, not after the merge
         probe.rmdir()
     except OSError as exc:
         raise ExportError(
-            f"Cannot write the export into {parent}: {exc.strerror or exc}. Choose a folder you can write to "
-            "(--out DIR), or make this one writable."
+            f"Cannot write the export into {plan.parent}: {exc.strerror or exc}. Choose a folder you can write "
+            "to (--out DIR), or make this one writable."
         ) from exc
-    # The adapter is read whole now: a damaged one is refused before minutes of merging.
-    check_tensor_file(Path(run.adapter_path) / "adapter_model.safetensors", f"The adapter of run {run.id}")
-    f16_bytes = estimate_gguf_bytes(base_dir, "f16")  # two bytes a weight: the merged folder is as large
-    needed = int(f16_bytes * (2 + sum(QUANTIZATIONS[q][1] / 2 for q in quantizations if q != "F16")))
-    free = shutil.disk_usage(parent).free
+
+
+def _check_free_space(plan: _ExportPlan) -> None:
+    """Room for the merged folder, the F16 GGUF and every quantized file, with a margin."""
+    f16_bytes = estimate_gguf_bytes(plan.base_dir, "f16")  # two bytes a weight: the merged folder is as large
+    needed = int(f16_bytes * (2 + sum(QUANTIZATIONS[q][1] / 2 for q in plan.quantizations if q != "F16")))
+    free = shutil.disk_usage(plan.parent).free
     if free < needed + _SPACE_MARGIN:
         raise ExportError(
-            f"Not enough free disk space in {parent}: this export needs about {needed / 1e9:.2f} GB (merged "
+            f"Not enough free disk space in {plan.parent}: this export needs about {needed / 1e9:.2f} GB (merged "
             f"model, F16 GGUF and the quantized files) and {free / 1e9:.2f} GB are free. Free some space or "
             "choose another folder."
         )
 
+
+def _merge(plan: _ExportPlan, work: Path, dtype: str, cancel: CancelToken) -> Job:
+    """Merge the adapter into the base (``work/merged``); bfloat16 when float16 would overflow. Returns the folder."""
+    from desktop_dpo.core.export.merge import Float16RangeError, merge_adapter
+
+    yield Log(f"Merging the adapter of run {plan.run.id} into {plan.base.name}…")
+    try:
+        merged = yield from merge_adapter(
+            plan.base_dir, plan.adapter_dir, work / MERGED_FOLDER, dtype=dtype, cancel=cancel
+        )
+    except Float16RangeError as exc:
+        yield Log(f"{exc} Merging in bfloat16 instead.", level="warning")
+        merged = yield from merge_adapter(
+            plan.base_dir, plan.adapter_dir, work / MERGED_FOLDER, dtype="bfloat16", cancel=cancel
+        )
+    cancel.raise_if_cancelled()
+    return merged
+
+
+def _header_metadata(plan: _ExportPlan, stops: list[str], default_template: bool) -> dict[str, Any]:
+    """The GGUF header fields: a name and description, and where the model came from (``desktop_dpo.*``)."""
+    run, base = plan.run, plan.base
+    return {
+        "general.name": f"{base.name} (aligned, run {run.id})",
+        "general.description": (
+            f"{base.name} aligned with DPO on {len(run.comparison_ids)} of your preference pairs by "
+            f"desktop-dpo {__version__}."
+        ),
+        "general.base_model.count": 1,
+        "general.base_model.0.name": base.name,
+        "desktop_dpo.version": __version__,
+        "desktop_dpo.base_model": base.name,
+        "desktop_dpo.base_fingerprint": base.fingerprint,
+        "desktop_dpo.run_id": run.id,
+        "desktop_dpo.run_name": run.name,
+        "desktop_dpo.reference": run.reference,
+        "desktop_dpo.settings": json.dumps(plan.config.to_dict(), sort_keys=True),
+        "desktop_dpo.pairs": len(run.comparison_ids),
+        "desktop_dpo.created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "desktop_dpo.uses_default_template": default_template,
+        STOP_STRINGS_KEY: json.dumps(stops),  # JSON text: a GGUF array may not be empty
+    }
+
+
+def _convert(
+    plan: _ExportPlan, merged: Path, work: Path, metadata: dict[str, Any], template: str, cancel: CancelToken
+) -> Job:
+    """The merged folder as ``<name>.F16.gguf`` in ``work``. Returns its path."""
+    f16 = work / f"{plan.name}.F16.gguf"
+    yield Log("Converting the merged model to GGUF…")
+    # The header (template, stops, provenance) is written with the file; the quantizer carries it over.
+    yield from convert_hf_to_gguf(
+        merged, f16, outtype="f16", metadata=metadata, chat_template=template, cancel=cancel
+    )
+    return f16
+
+
+def _quantize(plan: _ExportPlan, f16: Path, work: Path, cancel: CancelToken) -> Job:
+    """Every chosen file type from the F16 file. Returns ``{quantization: path}`` in the chosen order."""
+    files: dict[str, Path] = {}
+    for quantization in plan.quantizations:
+        if quantization == "F16":
+            files["F16"] = f16
+            continue
+        yield Log(f"Quantizing to {quantization}…")
+        files[quantization] = yield from quantize_gguf(
+            f16, work / f"{plan.name}.{quantization}.gguf", quantization, cancel=cancel
+        )
+        yield from _keep_update_on_base_grid(files[quantization], f16, plan.base, quantization, cancel)
+    return files
+
+
+def _parity(
+    store: Store,
+    plan: _ExportPlan,
+    merged: Path,
+    f16: Path,
+    files: dict[str, Path],
+    work: Path,
+    cancel: CancelToken,
+) -> Job:
+    """Check the files answer like the trained model; writes ``parity.json``. Returns the report."""
+    from desktop_dpo.core.export.parity import parity_check
+
+    yield Log("Checking that the exported files answer like the trained model…")
+    adapter_info = _adapter_info(plan.adapter_dir)
+    policy = {
+        "base_dir": plan.base_dir,
+        "adapter_dir": plan.adapter_dir,
+        "pairs": _heldout_pairs(store, plan.run),
+        "quantization": adapter_info.get("quantization", "none"),
+        "max_length": plan.config.max_length,
+        "max_prompt_length": plan.config.max_prompt_length,
+    }
+    report = yield from parity_check(
+        merged, f16, {q: p for q, p in files.items() if q != "F16"}, policy=policy, cancel=cancel
+    )
+    (work / "parity.json").write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
+    return report
+
+
+def _write_run_notes(
+    plan: _ExportPlan, work: Path, files: dict[str, Path], default_template: bool, stops: list[str]
+) -> None:
+    """A ``<file>.Modelfile`` (Ollama) next to each file, and RUN.txt: how to run each in each tool."""
+    name = plan.name
+    run_lines = [f"# {plan.base.name}, aligned by desktop-dpo (run {plan.run.id})", ""]
+    for quantization, path in files.items():
+        modelfile = path.with_name(f"{path.name}.Modelfile")
+        modelfile.write_text(
+            modelfile_text(path.name, uses_default_template=default_template, stop_strings=stops),
+            encoding="utf-8",
+        )
+        run_lines += [
+            f"## {quantization}",
+            f"llama.cpp:  {llama_cpp_command(path.name, uses_default_template=default_template, stop_strings=stops)}",
+            f"Ollama:     ollama create {name}-{quantization.lower()} -f {modelfile.name}",
+            f"            ollama run {name}-{quantization.lower()}",
+            "LM Studio:  copy the .gguf file into a folder under ~/.lmstudio/models/",
+            "",
+        ]
+    (work / "RUN.txt").write_text("\n".join(run_lines), encoding="utf-8")
+
+
+def _export_write_error(exc: OSError, parent: Path) -> Exception:
+    """An OSError while writing the export, as an ExportError saying what to do (or itself if unforeseen)."""
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return ExportError(
+            f"Cannot write the export into {parent}: {exc.strerror}; nothing was kept. Choose a folder "
+            "you can write to (--out DIR)."
+        )
+    if exc.errno == 28:
+        return ExportError(
+            f"The disk filled up while exporting to {parent}; nothing was kept. Free some space and try again."
+        )
+    return exc
+
+
+def export_run(
+    store: Store,
+    run_id: int,
+    settings: ExportSettings,
+    exports_dir: Path,
+    *,
+    cancel: CancelToken | None = None,
+) -> Job:
+    """Export a completed run (a job; yields Progress/Log events, then :class:`ExportFinished`, and returns it).
+
+    The stages, each a function above: plan and refuse early (:func:`_plan_export`), merge, settle the chat
+    template, header metadata, convert to F16 GGUF, quantize, parity check, Modelfiles and RUN.txt, checksums.
+
+    Args:
+        store: the driver thread's store (only read).
+        run_id: a completed run with an adapter.
+        settings: which files, where, under what name.
+        exports_dir: the default parent folder (``AppPaths.exports_dir``) when ``settings.destination`` is None.
+        cancel: checked between stages and inside each (merge, convert, quantize); nothing is kept on stop.
+
+    Raises:
+        ExportError: the run cannot be exported yet, or a stage failed (the message says why and what to do).
+        JobCancelled: stopped as asked.
+    """
+    from desktop_dpo.core.llm.templates import uses_default_template
+
+    cancel = cancel or CancelToken()
+    plan = _plan_export(store, run_id, settings, exports_dir)
+    final = plan.final
     remove_partial_outputs(final)  # a crashed export's leftovers
     try:
         with atomic_output(final) as work:
             work.mkdir()
-            yield Log(f"Merging the adapter of run {run.id} into {base.name}…")
-            try:
-                merged = yield from merge_adapter(
-                    base_dir,
-                    Path(run.adapter_path),
-                    work / MERGED_FOLDER,
-                    dtype=settings.merge_dtype,
-                    cancel=cancel,
-                )
-            except Float16RangeError as exc:
-                yield Log(f"{exc} Merging in bfloat16 instead.", level="warning")
-                merged = yield from merge_adapter(
-                    base_dir, Path(run.adapter_path), work / MERGED_FOLDER, dtype="bfloat16", cancel=cancel
-                )
-            cancel.raise_if_cancelled()
-            template, stops = _settle_template(merged, Path(run.adapter_path), base)
-            from desktop_dpo.core.llm.templates import uses_default_template
-
+            merged = yield from _merge(plan, work, settings.merge_dtype, cancel)
+            template, stops = _settle_template(merged, plan.adapter_dir, plan.base)
             default_template = uses_default_template(template)
-            metadata: dict[str, Any] = {
-                "general.name": f"{base.name} (aligned, run {run.id})",
-                "general.description": (
-                    f"{base.name} aligned with DPO on {len(run.comparison_ids)} of your preference pairs by "
-                    f"desktop-dpo {__version__}."
-                ),
-                "general.base_model.count": 1,
-                "general.base_model.0.name": base.name,
-                "desktop_dpo.version": __version__,
-                "desktop_dpo.base_model": base.name,
-                "desktop_dpo.base_fingerprint": base.fingerprint,
-                "desktop_dpo.run_id": run.id,
-                "desktop_dpo.run_name": run.name,
-                "desktop_dpo.reference": run.reference,
-                "desktop_dpo.settings": json.dumps(config.to_dict(), sort_keys=True),
-                "desktop_dpo.pairs": len(run.comparison_ids),
-                "desktop_dpo.created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "desktop_dpo.uses_default_template": default_template,
-                STOP_STRINGS_KEY: json.dumps(stops),  # JSON text: a GGUF array may not be empty
-            }
-            f16 = work / f"{name}.F16.gguf"
-            yield Log("Converting the merged model to GGUF…")
-            # The header (template, stops, provenance) is written with the file; the quantizer carries it over.
-            yield from convert_hf_to_gguf(
-                merged,
-                f16,
-                outtype="f16",
-                metadata=metadata,
-                chat_template=template,
-                cancel=cancel,
-            )
-
-            files: dict[str, Path] = {}
-            for quantization in quantizations:
-                if quantization == "F16":
-                    files["F16"] = f16
-                    continue
-                yield Log(f"Quantizing to {quantization}…")
-                files[quantization] = yield from quantize_gguf(
-                    f16, work / f"{name}.{quantization}.gguf", quantization, cancel=cancel
-                )
-                yield from _keep_update_on_base_grid(files[quantization], f16, base, quantization, cancel)
-
+            metadata = _header_metadata(plan, stops, default_template)
+            f16 = yield from _convert(plan, merged, work, metadata, template, cancel)
+            files = yield from _quantize(plan, f16, work, cancel)
             report: ParityReport | None = None
             if settings.parity:
-                from desktop_dpo.core.export.parity import parity_check
-
-                yield Log("Checking that the exported files answer like the trained model…")
-                adapter_info = _adapter_info(Path(run.adapter_path))
-                policy = {
-                    "base_dir": base_dir,
-                    "adapter_dir": Path(run.adapter_path),
-                    "pairs": _heldout_pairs(store, run),
-                    "quantization": adapter_info.get("quantization", "none"),
-                    "max_length": config.max_length,
-                    "max_prompt_length": config.max_prompt_length,
-                }
-                report = yield from parity_check(
-                    merged, f16, {q: p for q, p in files.items() if q != "F16"}, policy=policy, cancel=cancel
-                )
-                (work / "parity.json").write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
-            if "F16" not in quantizations:
+                report = yield from _parity(store, plan, merged, f16, files, work, cancel)
+            if "F16" not in plan.quantizations:
                 f16.unlink()
-
-            run_lines = [f"# {base.name}, aligned by desktop-dpo (run {run.id})", ""]
-            for quantization, path in files.items():
-                modelfile = path.with_name(f"{path.name}.Modelfile")
-                modelfile.write_text(
-                    modelfile_text(path.name, uses_default_template=default_template, stop_strings=stops),
-                    encoding="utf-8",
-                )
-                run_lines += [
-                    f"## {quantization}",
-                    f"llama.cpp:  {llama_cpp_command(path.name, uses_default_template=default_template, stop_strings=stops)}",
-                    f"Ollama:     ollama create {name}-{quantization.lower()} -f {modelfile.name}",
-                    f"            ollama run {name}-{quantization.lower()}",
-                    "LM Studio:  copy the .gguf file into a folder under ~/.lmstudio/models/",
-                    "",
-                ]
-            (work / "RUN.txt").write_text("\n".join(run_lines), encoding="utf-8")
+            _write_run_notes(plan, work, files, default_template, stops)
             cancel.raise_if_cancelled()
             yield Progress(0, 0, "Computing checksums")
             hashed = {q: (_sha256(p), p.stat().st_size) for q, p in files.items()}
     except OSError as exc:
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise ExportError(
-                f"Cannot write the export into {parent}: {exc.strerror}; nothing was kept. Choose a folder "
-                "you can write to (--out DIR)."
-            ) from exc
-        if exc.errno == 28:
-            raise ExportError(
-                f"The disk filled up while exporting to {parent}; nothing was kept. Free some space and try again."
-            ) from exc
-        raise
+        error = _export_write_error(exc, plan.parent)
+        if error is exc:
+            raise
+        raise error from exc
 
     finished = ExportFinished(
-        run_id=run.id,
+        run_id=plan.run.id,
         folder=str(final),
         merged_dir=str(final / MERGED_FOLDER),
         files=tuple(

@@ -442,16 +442,7 @@ class HfEngine:
             recorded = {**settings.to_dict(), "stop": stops}
             if ignore_eos:
                 recorded["ignore_eos"] = True
-            streams = [
-                _Stream(
-                    index=k,
-                    seed=seed,
-                    generator=torch.Generator(device="cpu").manual_seed(seed),
-                    detokenizer=_Detokenizer(self._tokenizer, tokens),
-                    text=ResponseText(stops),
-                )
-                for k, seed in enumerate(picked)
-            ]
+            streams = self._new_streams(tokens, stops, picked)
 
             def result(stream: _Stream, prompt_seconds: float) -> GenerationResult:
                 return GenerationResult(
@@ -494,20 +485,7 @@ class HfEngine:
             live = list(streams)
             last_flush = float("-inf")
             while live:
-                step: list[int] = []  # the token each response feeds back (one per response in `live`)
-                for row, stream in zip(rows, live, strict=True):
-                    token = _sample(row.clone(), settings, penalty, stream.recent, stream.generator)
-                    step.append(token)
-                    stream.recent.append(token)
-                    if not ignore_eos and token in self._eog_ids:
-                        stream.end("stop")
-                        continue
-                    stream.n_tokens += 1
-                    stream.add_text(stream.detokenizer.add(token))
-                    if stream.text.stopped:
-                        stream.end("stop")
-                    elif stream.n_tokens >= max_new:
-                        stream.end("length")
+                step = self._sample_step(rows, live, settings, penalty, ignore_eos, max_new)
                 ended = [stream for stream in live if stream.finish_reason]
                 now = time.perf_counter()
                 if ended or now - last_flush >= self.event_interval_s:
@@ -535,19 +513,65 @@ class HfEngine:
                     for stream in live:
                         yield ResponseFinished(stream.index, result(stream, prompt_seconds))
                     break
-                if batched:
-                    ids = torch.tensor([[token] for token in step], dtype=torch.long, device=self.device)
-                    rows = list(self._forward(ids, cache).float().cpu())
-                else:
-                    rows = [
-                        self._forward(torch.tensor([[token]], dtype=torch.long, device=self.device), own)[0]
-                        .float()
-                        .cpu()
-                        for token, own in zip(step, caches, strict=True)
-                    ]
+                rows = self._next_rows(step, cache if batched else None, caches)
             return [result(stream, prompt_seconds) for stream in streams]
         finally:
             self._busy.release()
+
+    def _new_streams(self, tokens: list[int], stops: list[str], seeds: list[int]) -> list[_Stream]:
+        """One response in the making per seed, each with its own RNG and its own view of the text."""
+        import torch
+
+        return [
+            _Stream(
+                index=k,
+                seed=seed,
+                generator=torch.Generator(device="cpu").manual_seed(seed),
+                detokenizer=_Detokenizer(self._tokenizer, tokens),
+                text=ResponseText(stops),
+            )
+            for k, seed in enumerate(seeds)
+        ]
+
+    def _sample_step(
+        self,
+        rows: list[Any],
+        live: list[_Stream],
+        settings: SamplingSettings,
+        penalty: float | None,
+        ignore_eos: bool,
+        max_new: int,
+    ) -> list[int]:
+        """Draw one token for each running response from its logits row (``rows[k]`` is ``live[k]``'s); a
+        response that stops, hits a stop string or its length is ended. Returns the tokens to feed back."""
+        step: list[int] = []  # the token each response feeds back (one per response in `live`)
+        for row, stream in zip(rows, live, strict=True):
+            token = _sample(row.clone(), settings, penalty, stream.recent, stream.generator)
+            step.append(token)
+            stream.recent.append(token)
+            if not ignore_eos and token in self._eog_ids:
+                stream.end("stop")
+                continue
+            stream.n_tokens += 1
+            stream.add_text(stream.detokenizer.add(token))
+            if stream.text.stopped:
+                stream.end("stop")
+            elif stream.n_tokens >= max_new:
+                stream.end("length")
+        return step
+
+    def _next_rows(self, step: list[int], batched_cache: Any | None, caches: list[Any]) -> list[Any]:
+        """The next-token logits (fp32, CPU) of each running response after feeding ``step``: one batched pass
+        over ``batched_cache`` when the responses share it, else one pass per response over its own cache."""
+        import torch
+
+        if batched_cache is not None:
+            ids = torch.tensor([[token] for token in step], dtype=torch.long, device=self.device)
+            return list(self._forward(ids, batched_cache).float().cpu())
+        return [
+            self._forward(torch.tensor([[token]], dtype=torch.long, device=self.device), own)[0].float().cpu()
+            for token, own in zip(step, caches, strict=True)
+        ]
 
 
 def _flush(streams: list[_Stream]) -> Generator[TokenEvent, None, None]:

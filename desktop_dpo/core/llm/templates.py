@@ -54,7 +54,7 @@ DEFAULT_TEMPLATE = (
 # Stop strings of the default layout: a base model continues the dialogue with either speaker.
 DEFAULT_STOP_STRINGS: tuple[str, ...] = ("\nUser:", "\nAssistant:")
 # What ends a turn in the default layout: the newline before the next speaker marker. Training keeps it at
-# the end of each answer (core/dpo/data.render_response_text), as the model writes it when it stops.
+# the end of each answer (core/dpo/tokenizing.render_response_text), as the model writes it when it stops.
 DEFAULT_TURN_END = "\n"
 
 ROLES = ("system", "user", "assistant")

@@ -1,0 +1,117 @@
+"""What the Collect view judges: the pair on screen, the conversation before it, and the verdict kept for undo.
+
+Plain data and rules, no widgets: which generation a screen side shows (:class:`ShownPair`), the verdict
+stored for a choice made on screen (:func:`verdict_for`), and which answer continues a judged conversation
+(:func:`continuation_for`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from desktop_dpo.core.llm.generation import GenerationResult
+from desktop_dpo.gui.response_pane import SIDE_NAMES
+
+CHOICES = ("left", "right", "tie", "both_bad", "skip")
+
+
+def verdict_for(choice: str, a_shown_left: bool) -> str:
+    """The verdict to store for a choice made on screen: "left"/"right" become the generation shown there."""
+    if choice == "left":
+        return "a" if a_shown_left else "b"
+    if choice == "right":
+        return "b" if a_shown_left else "a"
+    if choice in CHOICES:
+        return choice
+    raise ValueError(f"Unknown choice {choice!r}")
+
+
+def describe_result(result: GenerationResult) -> str:
+    """One line under an answer: length, time and why it ended."""
+    ending = {
+        "stop": "finished",
+        "length": "reached the token limit",
+        "cancelled": "stopped",
+    }.get(result.finish_reason, result.finish_reason)
+    return f"{result.completion_tokens} tokens · {result.seconds:.1f} s · {ending}"
+
+
+@dataclass
+class ShownPair:
+    """The pair on screen. Indexes 0 and 1 are generations A and B, never screen sides."""
+
+    messages: list[dict[str, str]]
+    model_ids: tuple[int, int]
+    a_shown_left: bool
+    texts: list[str] = field(default_factory=lambda: ["", ""])  # streamed so far
+    results: list[GenerationResult | None] = field(default_factory=lambda: [None, None])
+    edit: tuple[int, str] | None = None  # (generation, the person's rewrite of it)
+    generation_ids: tuple[int, int] | None = None  # rows already stored (a pair brought back by undo)
+
+    def generation_on(self, side: int) -> int:
+        """The generation shown on screen side ``side`` (0 left, 1 right)."""
+        return side if self.a_shown_left else 1 - side
+
+    def side_of(self, generation: int) -> int:
+        """The screen side (0 left, 1 right) showing ``generation``."""
+        return generation if self.a_shown_left else 1 - generation
+
+    @property
+    def complete(self) -> bool:
+        """Both answers finished on their own (a stopped answer cannot be judged)."""
+        return all(r is not None and r.finish_reason != "cancelled" for r in self.results)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """An earlier message of the conversation on screen."""
+
+    role: str  # "user", "assistant" (or "system", for a system message inside a loaded conversation)
+    content: str
+    label: str = ""  # how it came to be, in a few words ("your rewrite", "chosen: left")
+
+    def message(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+def split_conversation(messages: list[dict[str, str]]) -> tuple[str, list[dict[str, str]], str]:
+    """A prompt's messages as the editors hold them: (leading system message, earlier messages, last user
+    message). ``system + earlier + [last]`` gives the messages back."""
+    rest = [dict(m) for m in messages]
+    system = rest.pop(0)["content"] if rest and rest[0]["role"] == "system" else ""
+    last = rest.pop()["content"] if rest and rest[-1]["role"] == "user" else ""
+    return system, rest, last
+
+
+def continuation_for(pair: ShownPair, choice: str) -> tuple[str, str] | None:
+    """The answer that continues a judged conversation, and a few words on which one it is.
+
+    The answer chosen on screen (your rewrite, if you rewrote that one); without a choice of side, your
+    rewrite; for a tie without a rewrite, the left answer (both were as good). None when the verdict left
+    no acceptable answer: both bad or skipped, without a rewrite.
+    """
+    rewrite = pair.edit[1].strip() if pair.edit is not None else ""
+    if choice in ("left", "right"):
+        side = 0 if choice == "left" else 1
+        generation = pair.generation_on(side)
+        if rewrite and pair.edit is not None and pair.edit[0] == generation:
+            return rewrite, "your rewrite"
+        text = pair.texts[generation].strip()
+        return (text, f"chosen: {SIDE_NAMES[side].lower()}") if text else None
+    if rewrite:
+        return rewrite, "your rewrite"
+    if choice == "tie":
+        text = pair.texts[pair.generation_on(0)].strip()
+        return (text, "a tie: the left answer") if text else None
+    return None
+
+
+@dataclass(frozen=True)
+class SavedVerdict:
+    """The last verdict, kept so that it can be undone."""
+
+    comparison_id: int
+    prompt_id: int
+    pair: ShownPair
+    choice: str
+    was_queued: bool  # the prompt was in the queue; undo puts it back
