@@ -36,13 +36,13 @@ from desktop_dpo.config import AppPaths, SamplingSettings
 from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.jobs import CancelToken, Progress
 from desktop_dpo.core.llm.generation import GenerationResult, draw_seed
+from desktop_dpo.core.prompt_files import read_prompt_file
 from desktop_dpo.core.sampling import (
     DEFAULT_N_CTX,
     GGUF_COPY_OUTTYPE,
     Messages,
     gguf_refusal,
     model_engine,
-    read_prompt_file,
     with_seq,
 )
 from desktop_dpo.core.wording import plural

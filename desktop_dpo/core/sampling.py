@@ -1,4 +1,5 @@
-"""What jobs sample from: the engine that runs a model, the GGUF file behind it, prompt files, the pair job.
+"""What jobs sample from: the engine that runs a model, the GGUF file behind it, the pair job (prompt files
+are read by ``prompt_files.py``).
 
 llama.cpp does all inference it can, so a model registered as a Hugging Face folder is converted to GGUF
 once (llama.cpp's own converter, Q8_0: half the size of F16 and indistinguishable from it in sampled text)
@@ -29,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 from collections.abc import Callable, Generator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -41,7 +41,6 @@ from desktop_dpo.core.errors import (
     ConverterRefused,
     DesktopDpoError,
     ExportError,
-    ImportFormatError,
     ModelError,
 )
 from desktop_dpo.core.jobs import CancelToken, Job, Log, recorded
@@ -63,8 +62,9 @@ from desktop_dpo.core.model_files import (
     gguf_copy_path,
 )
 
-# The engines, the model registry and importlib.metadata are imported where they are used: the window
-# imports this module at start-up (Collect, the welcome card's prompt file) and pays for no engine there.
+# The engines, the model registry and importlib.metadata are imported where they are used: Chat, Evaluate
+# and the jobs import this module, and pay for no engine until they sample. (The window's start-up does not
+# import it at all: Collect imports it when it starts a pair.)
 if TYPE_CHECKING:
     from desktop_dpo.core.llm.engine_pool import EnginePool
     from desktop_dpo.core.store import ModelRow, Store
@@ -504,120 +504,3 @@ def sample_pair(
         return result_a, result_b
     result_b = yield from _single(pool, runner_b, messages, settings, seeds[1], 1, cancel)
     return result_a, result_b
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Prompt files for the queue
-# ---------------------------------------------------------------------------------------------------------
-
-ROLES = ("system", "user", "assistant")
-
-
-@dataclass(frozen=True)
-class PromptFile:
-    """The prompts read from a file, ready for ``Store.queue_prompts``."""
-
-    prompts: list[list[dict[str, str]]]  # each a conversation ending with a user message
-    layout: str  # "lines" (a prompt per line), "blocks" (separated by blank lines) or "jsonl"
-
-    def describe(self) -> str:
-        """How the file was read, for the person (e.g. "one prompt per line")."""
-        return {
-            "lines": "one prompt per line",
-            "blocks": "prompts separated by blank lines",
-            "jsonl": "one JSON object per line",
-        }[self.layout]
-
-
-def read_prompt_file(path: str | Path) -> PromptFile:
-    """Read prompts to queue from a text or JSONL file.
-
-    - ``.jsonl`` / ``.json``: one JSON object per line, either ``{"prompt": "text"}`` (optionally with
-      ``"system": "text"``), ``{"prompt": [messages]}`` (TRL's prompt-only conversational format) or
-      ``{"messages": [{"role": ..., "content": ...}, ...]}``. A conversation must end with a user
-      message (the model writes the reply). Empty lines are ignored.
-    - any other file is text: prompts are separated by blank lines, so a prompt may span several lines;
-      a file with no blank line between its lines holds one prompt per line.
-
-    Raises:
-        ImportFormatError: some lines are not prompts (every bad line is listed; nothing is read).
-        DesktopDpoError: the file cannot be read, is not UTF-8 text, or holds no prompt.
-    """
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DesktopDpoError(
-            f"Cannot read {path}: {exc.strerror or exc}. Check that the file exists."
-        ) from exc
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DesktopDpoError(
-            f"{path.name} is not UTF-8 text (byte {exc.start} cannot be read). Save it as UTF-8 and load it again."
-        ) from exc
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if path.suffix.lower() in (".jsonl", ".json"):
-        prompts = _read_jsonl_prompts(str(path), text)
-        layout = "jsonl"
-    else:
-        blocks = [block.strip() for block in re.split(r"\n[ \t]*\n", text.strip())]
-        blocks = [block for block in blocks if block]
-        if len(blocks) <= 1:  # no blank line between prompts: a prompt per line
-            layout = "lines"
-            pieces = [line.strip() for line in text.split("\n") if line.strip()]
-        else:
-            layout = "blocks"
-            pieces = blocks
-        prompts = [[{"role": "user", "content": piece}] for piece in pieces]
-    if not prompts:
-        raise DesktopDpoError(f"{path.name} holds no prompt. Write one prompt per line and load it again.")
-    return PromptFile(prompts=prompts, layout=layout)
-
-
-def _read_jsonl_prompts(name: str, text: str) -> list[list[dict[str, str]]]:
-    prompts: list[list[dict[str, str]]] = []
-    problems: list[tuple[int, str]] = []
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append((number, f"not valid JSON ({exc.msg})"))
-            continue
-        try:
-            prompts.append(_prompt_from_json(obj))
-        except ValueError as exc:
-            problems.append((number, str(exc)))
-    if problems:
-        raise ImportFormatError(name, problems)
-    return prompts
-
-
-def _prompt_from_json(obj: Any) -> list[dict[str, str]]:
-    if not isinstance(obj, dict):
-        raise ValueError('expected an object such as {"prompt": "..."} or {"messages": [...]}')
-    value = obj.get("messages", obj.get("prompt"))
-    if isinstance(value, str):
-        if not value.strip():
-            raise ValueError("the prompt is empty")
-        system = obj.get("system")
-        if system is not None and not isinstance(system, str):
-            raise ValueError('"system" must be text')
-        head = [{"role": "system", "content": system}] if system and system.strip() else []
-        return [*head, {"role": "user", "content": value}]
-    if not isinstance(value, list) or not value:
-        raise ValueError('expected "prompt" (text or a list of messages) or "messages" (a list of messages)')
-    messages: list[dict[str, str]] = []
-    for index, message in enumerate(value, start=1):
-        if (
-            not isinstance(message, dict)
-            or message.get("role") not in ROLES
-            or not isinstance(message.get("content"), str)
-        ):
-            raise ValueError(f"message {index} needs a role (system, user or assistant) and a text content")
-        messages.append({"role": message["role"], "content": message["content"]})
-    if messages[-1]["role"] != "user" or not messages[-1]["content"].strip():
-        raise ValueError("the conversation must end with a user message for the model to answer")
-    return messages

@@ -58,7 +58,7 @@ from desktop_dpo.core.store import MessageRow, ModelRow, Store
 from desktop_dpo.gui import widgets
 from desktop_dpo.gui.chat_transcript import ChatTranscript
 from desktop_dpo.gui.message_banner import MessageBanner
-from desktop_dpo.gui.model_work_view import ModelWorkView
+from desktop_dpo.gui.model_work_view import SingleModelView
 from desktop_dpo.gui.sampling_settings_panel import SamplingSettingsPanel
 from desktop_dpo.gui.template_editor import ensure_template_chosen, template_needed_message
 from desktop_dpo.gui.view_messages import ActivityLine
@@ -119,7 +119,7 @@ class PendingReply:
     dropped: int = 0  # earlier messages left out to fit the context
 
 
-class ChatView(ModelWorkView):
+class ChatView(SingleModelView):
     """Conversations with a model, streamed and saved.
 
     Args:
@@ -388,24 +388,11 @@ class ChatView(ModelWorkView):
         """Re-read the registered models into the picker (keeping the selection when it still exists)."""
         models = self.store.list_models()
         self._model_count = len(models)
-        current = self._model.id if self._model is not None else None
-        if current is None:
-            default = self.store.default_model()
-            current = default.id if default is not None else None
+        current = self._preferred_model_id()
         self.model_combo.fill(models, current)
         self._model = self.model_combo.chosen(models)
         self._show_page()
         self._update_actions()
-
-    @Slot(object)
-    def set_model(self, model: ModelRow | None) -> None:
-        """Answer with ``model`` from now on (e.g. the model chosen in the Models view)."""
-        self._model = model
-        self.refresh_models()
-
-    def current_model(self) -> ModelRow | None:
-        """The model that answers the next message."""
-        return self._model
 
     @Slot(int)
     def _on_model_combo_changed(self, _index: int) -> None:

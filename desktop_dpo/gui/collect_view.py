@@ -57,7 +57,7 @@ from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.jobs import Log, Progress
 from desktop_dpo.core.llm.generation import GenerationResult, ResponseFinished, TokenEvent
-from desktop_dpo.core.sampling import generation_meta, read_prompt_file, record_model_info, sample_pair
+from desktop_dpo.core.prompt_files import read_prompt_file
 from desktop_dpo.core.store import ModelRow, PromptRow, Store
 from desktop_dpo.gui import widgets
 from desktop_dpo.gui.collect_pair import (
@@ -72,7 +72,7 @@ from desktop_dpo.gui.collect_pair import (
 )
 from desktop_dpo.gui.collect_verdict_bar import CHOICE_LABELS, VERDICT_SHORTCUTS, UndoKeyFilter, VerdictBar
 from desktop_dpo.gui.message_banner import MessageBanner
-from desktop_dpo.gui.model_work_view import ModelWorkView
+from desktop_dpo.gui.model_work_view import SingleModelView
 from desktop_dpo.gui.response_pane import SIDE_NAMES, ResponsePane
 from desktop_dpo.gui.sampling_settings_panel import SamplingSettingsPanel
 from desktop_dpo.gui.view_messages import ActivityLine
@@ -101,7 +101,7 @@ SETTINGS_KEY = "collect/sampling"
 GENERATION_SIDES = ("a", "b")  # generation index -> the name the database uses
 
 
-class CollectView(ModelWorkView):
+class CollectView(SingleModelView):
     """Sample pairs, judge them, save the verdicts.
 
     Args:
@@ -336,10 +336,7 @@ class CollectView(ModelWorkView):
     def refresh_models(self) -> None:
         """Re-read the registered models into the combo boxes (keeping the selection when it still exists)."""
         models = self.store.list_models()
-        current = self._model.id if self._model is not None else None
-        if current is None:
-            default = self.store.default_model()
-            current = default.id if default is not None else None
+        current = self._preferred_model_id()
         current_b = self.model_b_combo.model_id()
         self.model_combo.fill(models, current)
         self._model = self.model_combo.chosen(models)
@@ -348,16 +345,6 @@ class CollectView(ModelWorkView):
         self.model_b_combo.fill(models, current_b, placeholder=False)
         self.other_model_check.setEnabled(len(models) > 1)
         self._update_actions()
-
-    @Slot(object)
-    def set_model(self, model: ModelRow | None) -> None:
-        """Sample from ``model`` from now on (e.g. the model chosen in the Models view)."""
-        self._model = model
-        self.refresh_models()
-
-    def current_model(self) -> ModelRow | None:
-        """The model generation A comes from."""
-        return self._model
 
     def _model_b(self) -> ModelRow | None:
         """The model of generation B when it differs from A's, else None (one model, one context)."""
@@ -734,6 +721,9 @@ class CollectView(ModelWorkView):
         pool, paths = self.pool, self.paths
 
         def factory(store: Store, token: Any) -> Any:
+            # Here, not at the top: start-up does not import the sampling job (docs/ARCHITECTURE.md "Start-up").
+            from desktop_dpo.core.sampling import record_model_info, sample_pair
+
             job = sample_pair(pool, model_a, model_b, paths, messages, settings, None, token)
             return record_model_info(store, job)
 
@@ -856,6 +846,8 @@ class CollectView(ModelWorkView):
         verdict = verdict_for(choice, pair.a_shown_left)
         edited_text = pair.edit[1] if pair.edit else None
         edited_side = GENERATION_SIDES[pair.edit[0]] if pair.edit else None
+        from desktop_dpo.core.sampling import generation_meta  # not at start-up (see sample)
+
         results = [r for r in pair.results if r is not None]
         try:
             with self.store.atomic():

@@ -29,7 +29,7 @@ from desktop_dpo.core.first_run import (
     record_demo_model,
 )
 from desktop_dpo.core.jobs import CancelToken, Job, Progress
-from desktop_dpo.core.sampling import read_prompt_file
+from desktop_dpo.core.prompt_files import read_prompt_file
 from desktop_dpo.core.store import ModelRow
 from desktop_dpo.gui.resource_files import resource_file
 from desktop_dpo.gui.welcome_card import WelcomeCard

@@ -11,12 +11,12 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from PySide6.QtCore import QSettings
+from PySide6.QtCore import QSettings, Slot
 from PySide6.QtWidgets import QWidget
 
 from desktop_dpo.config import AppPaths
 from desktop_dpo.core.llm.engine_pool import EnginePool
-from desktop_dpo.core.store import Store
+from desktop_dpo.core.store import ModelRow, Store
 from desktop_dpo.gui.view_messages import ViewMessages
 from desktop_dpo.gui.widgets import make_page
 from desktop_dpo.workers.job_worker import JobRegistry
@@ -66,3 +66,31 @@ class ModelWorkView(ViewMessages, QWidget):
 
         name, _filter = QFileDialog.getOpenFileName(self, title, str(Path.home()), PROMPT_FILE_FILTER)
         return name
+
+
+class SingleModelView(ModelWorkView):
+    """A view that works with one chosen model (Collect's first model, Chat's): the choice is kept across
+    refreshes of the model list, and starts as the default model. Subclasses fill their picker in
+    ``refresh_models``."""
+
+    _model: ModelRow | None = None
+
+    def refresh_models(self) -> None:
+        raise NotImplementedError
+
+    @Slot(object)
+    def set_model(self, model: ModelRow | None) -> None:
+        """Work with ``model`` from now on (e.g. the model chosen in the Models view)."""
+        self._model = model
+        self.refresh_models()
+
+    def current_model(self) -> ModelRow | None:
+        """The model the next sample or reply comes from."""
+        return self._model
+
+    def _preferred_model_id(self) -> int | None:
+        """The model to select in the picker: the one chosen, else the default model."""
+        if self._model is not None:
+            return self._model.id
+        default = self.store.default_model()
+        return default.id if default is not None else None

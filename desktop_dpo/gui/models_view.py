@@ -38,15 +38,11 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
     QFrame,
-    QGridLayout,
     QHBoxLayout,
     QHeaderView,
     QLabel,
-    QLineEdit,
     QMessageBox,
-    QPlainTextEdit,
     QPushButton,
-    QSizePolicy,
     QSplitter,
     QStackedWidget,
     QTableWidget,
@@ -58,13 +54,9 @@ from PySide6.QtWidgets import (
 from desktop_dpo.config import AppPaths
 from desktop_dpo.core.errors import DesktopDpoError, ModelError
 from desktop_dpo.core.jobs import CancelToken, Job, Log, Progress
-from desktop_dpo.core.lineage import model_lineage
-from desktop_dpo.core.llm.template_choice import TemplateStatus, template_status
-from desktop_dpo.core.llm.templates import uses_default_template
+from desktop_dpo.core.llm.template_choice import template_status
 from desktop_dpo.core.model_files import (
-    CAN_MAKE_TRAINABLE_COPY_KEY,
     TRAINABLE_COPY_KEY,
-    find_training_folder,
     trainable_copy_dir,
 )
 from desktop_dpo.core.models import (
@@ -80,13 +72,21 @@ from desktop_dpo.core.store import ModelRow, Store
 from desktop_dpo.core.wording import human_size
 from desktop_dpo.gui import widgets
 from desktop_dpo.gui.message_banner import MessageBanner
+from desktop_dpo.gui.model_details_panel import (
+    CHAT_ONLY,
+    COPY_READY,
+    KIND_LABELS,
+    SOURCE_LABELS,
+    TRAINABLE_AS_IS,
+    ModelDetails,
+    format_label,
+    size_label,
+    template_label,
+    training_status,
+)
 from desktop_dpo.gui.template_editor import (
     NEEDS_CHOICE_COLOUR,
-    TemplateNotice,
-    describe_template,
     open_template_editor,
-    shown_template,
-    template_column_text,
 )
 from desktop_dpo.gui.view_messages import ActivityLine, ViewMessages
 from desktop_dpo.gui.widgets import make_page, page_header
@@ -102,22 +102,6 @@ COPY_RESOURCE = "trainable-copy"
 # milliseconds; only a hanging network disk would reach this).
 SCAN_WAIT_ON_CLOSE_MS = 3000
 
-KIND_LABELS = {"hf": "Hugging Face", "gguf": "GGUF"}
-SOURCE_LABELS = {
-    "user": "yours",
-    "hf_cache": "HF cache",
-    "lmstudio": "LM Studio",
-    "ollama": "Ollama",
-    "aligned": "aligned",
-    "demo": "demo",
-    "imported": "imported",
-}
-OWN_TEMPLATE_LABEL = "own template"
-DEFAULT_TEMPLATE_LABEL = "default User:/Assistant: template (base model)"
-TRAINABLE_AS_IS = "trainable as is"
-NEEDS_COPY = "needs a trainable copy"
-COPY_READY = "trainable copy ready"
-CHAT_ONLY = "chat only (cannot be trained)"
 EMPTY_STATE_TEXT = (
     "Add a Hugging Face folder or a GGUF file to start. A Hugging Face folder holds config.json and "
     ".safetensors weights; a GGUF file is what llama.cpp, LM Studio and Ollama use. Models already on this "
@@ -130,13 +114,6 @@ PICKLE_QUESTION = (
     "Add it with its pickle weights?"
 )
 
-# What the default template makes of a conversation, shown above its Jinja text.
-DEFAULT_LAYOUT_EXAMPLE = (
-    'A conversation is laid out like this (the model writes its answer after the last "Assistant:"):\n\n'
-    "User: Tell me about tea.\nAssistant: Tea is a drink made from leaves.\nUser: Is it healthy?\n"
-    "Assistant:\n\nThe template:\n"
-)
-
 COLUMNS = ("Name", "Format", "Architecture", "Size", "Context", "Chat template", "Training", "Source")
 # Columns whose text wraps onto a second line, and the text each must fit without breaking a word: the
 # table then fits the window's default width without a horizontal scroll bar.
@@ -147,59 +124,6 @@ WRAPPED_COLUMNS = {
     "Training": "needs a trainable",
 }
 DISCOVERED_COLUMNS = ("Model", "Found in", "Size", "")
-
-
-# --------------------------------------------------------------------------------------------------------
-# What the view shows, as plain functions of a model row
-# --------------------------------------------------------------------------------------------------------
-
-
-def human_count(count: int | None) -> str:
-    """A parameter count as model cards write it: "270M", "1.5B", "6.2K"."""
-    if not count:
-        return "—"
-    for divisor, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if count >= divisor:
-            value = count / divisor
-            return f"{value:.0f}{suffix}" if value >= 100 else f"{value:.1f}{suffix}".replace(".0", "")
-    return str(count)
-
-
-def template_label(model: ModelRow, status: TemplateStatus | None = None) -> str:
-    """The model's own chat template, the app's default layout, the person's choice, or "needs a choice"."""
-    return template_column_text(model, OWN_TEMPLATE_LABEL, DEFAULT_TEMPLATE_LABEL, status)
-
-
-def trainable_copy_of(model: ModelRow) -> Path | None:
-    """The folder training loads for a GGUF model (an exported model's merged folder, or a finished trainable
-    copy); None when it has none ready."""
-    return find_training_folder(model) if model.kind == "gguf" else None
-
-
-def training_status(model: ModelRow) -> str:
-    """Whether training can load the model as it is, needs a trainable copy first, has one, or cannot."""
-    if model.kind == "hf":
-        return TRAINABLE_AS_IS
-    if trainable_copy_of(model) is not None:
-        return COPY_READY
-    return NEEDS_COPY if model.info.get(CAN_MAKE_TRAINABLE_COPY_KEY) else CHAT_ONLY
-
-
-def format_label(model: ModelRow) -> str:
-    """Kind and weight storage: "GGUF · Q4_K_M", "Hugging Face · BF16", "… · F16 · pickle"."""
-    parts = [KIND_LABELS.get(model.kind, model.kind)]
-    if model.info.get("dtype"):
-        parts.append(str(model.info["dtype"]))
-    if model.info.get("weights_format") == "pickle":
-        parts.append("pickle")
-    return " · ".join(parts)
-
-
-def size_label(model: ModelRow) -> str:
-    """Parameters and bytes on disk, on two lines: "270M parameters" / "253 MB"."""
-    count = model.info.get("parameter_count")
-    size = human_size(model.info.get("size_bytes"))
-    return f"{human_count(count)} parameters\n{size}" if count else size
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -362,7 +286,26 @@ class ModelsView(ViewMessages, QWidget):
         self.models_stack.addWidget(self.table)
 
         # -- details of the selected model, with what can be done with it
-        self.details = self._build_details()
+        self.details = ModelDetails()
+        self.details.terms_requested.connect(self._on_terms_requested)
+        self.terms_dialog: QWidget | None = None
+        # The panel's parts, as the view's own (its buttons act on the selected model).
+        self.details_name = self.details.name
+        self.detail_values = self.details.values
+        self.template_notice = self.details.template_notice
+        self.template_text = self.details.template_text
+        self.terms_note = self.details.terms_note
+        self.template_button = self.details.template_button
+        self.use_button = self.details.use_button
+        self.default_button = self.details.default_button
+        self.copy_button = self.details.copy_button
+        self.remove_button = self.details.remove_button
+        self.template_notice.choose_requested.connect(self.edit_template_of_selected)
+        self.template_button.clicked.connect(self.edit_template_of_selected)
+        self.use_button.clicked.connect(self.use_selected)
+        self.default_button.clicked.connect(self.set_selected_default)
+        self.copy_button.clicked.connect(self.make_trainable_copy_of_selected)
+        self.remove_button.clicked.connect(self.remove_selected)
         # -- models found on this computer
         self.discovered_card = self._build_discovered()
 
@@ -457,111 +400,6 @@ class ModelsView(ViewMessages, QWidget):
         empty_layout.addLayout(empty_buttons)
         empty_layout.addStretch(1)
         return self.empty_state
-
-    def _build_details(self) -> QFrame:
-        card, layout = widgets.card((16, 12, 16, 12))
-        self.details_name = QLabel("Select a model to see its details")
-        self.details_name.setObjectName("detailsName")
-        self.details_name.setWordWrap(True)
-        layout.addWidget(self.details_name)
-        # Only for the bundled demo model: the terms it is used under, shown offline in a dialog.
-        self.terms_note = QLabel(
-            'Gemma 3 is provided under the <a href="terms">Gemma Terms of Use</a>; they also apply to '
-            "models you train from it."
-        )
-        self.terms_note.setObjectName("cardNote")
-        self.terms_note.setWordWrap(True)
-        self.terms_note.setOpenExternalLinks(False)
-        self.terms_note.linkActivated.connect(self._on_terms_link_activated)
-        self.terms_note.setVisible(False)
-        layout.addWidget(self.terms_note)
-        self.terms_dialog: QWidget | None = None
-
-        grid = QGridLayout()
-        grid.setHorizontalSpacing(12)
-        grid.setVerticalSpacing(4)
-        self.detail_values: dict[str, QLabel | QLineEdit] = {}
-        for row, (key, label) in enumerate(
-            (
-                ("path", "Path"),
-                ("fingerprint", "Fingerprint"),
-                ("training", "Training"),
-                ("lineage", "Lineage"),
-                ("template", "Chat template"),
-            )
-        ):
-            name = QLabel(label)
-            name.setObjectName("fieldLabel")
-            value: QLabel | QLineEdit
-            if key in ("path", "fingerprint"):
-                # One line that scrolls: a long path or a hash has no spaces to wrap at; it can be copied.
-                value = QLineEdit()
-                value.setReadOnly(True)
-                value.setFrame(False)
-            else:
-                value = QLabel()
-                value.setWordWrap(True)
-                value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-            value.setObjectName("fieldValue")
-            value.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-            grid.addWidget(name, row, 0, Qt.AlignmentFlag.AlignTop)
-            self.detail_values[key] = value
-            if key != "template":
-                grid.addWidget(value, row, 1)
-                continue
-            # The template's words, and beside them (not in a column of its own) the button to change it.
-            self.template_button = QPushButton("Chat template…")
-            self.template_button.setObjectName("secondaryButton")
-            self.template_button.setToolTip(
-                "See the template, pick a known one (ChatML, Llama 3, Gemma…) or edit it"
-            )
-            self.template_button.clicked.connect(self.edit_template_of_selected)
-            cell = QHBoxLayout()
-            cell.setSpacing(8)
-            cell.addWidget(value, 1)
-            cell.addWidget(self.template_button, 0, Qt.AlignmentFlag.AlignTop)
-            grid.addLayout(cell, row, 1)
-        grid.setColumnStretch(1, 1)
-        layout.addLayout(grid)
-        # A model that cannot be used until a template is chosen says so, with the way out.
-        self.template_notice = TemplateNotice()
-        self.template_notice.choose_requested.connect(self.edit_template_of_selected)
-        layout.addWidget(self.template_notice)
-
-        self.template_text = QPlainTextEdit()
-        self.template_text.setObjectName("templateText")
-        self.template_text.setReadOnly(True)
-        self.template_text.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
-        self.template_text.setMinimumHeight(48)
-        layout.addWidget(self.template_text, 1)
-        layout.addStretch(0)  # takes the room while the template box is hidden (a model without one)
-
-        self.use_button = QPushButton("Use this model")
-        self.use_button.setObjectName("primaryButton")
-        self.use_button.setToolTip("Collect and Chat use this model from now on (Enter in the list)")
-        self.use_button.clicked.connect(self.use_selected)
-        self.default_button = QPushButton("Set as default")
-        self.default_button.setObjectName("secondaryButton")
-        self.default_button.setToolTip("The model the app opens with")
-        self.default_button.clicked.connect(self.set_selected_default)
-        self.copy_button = QPushButton("Make trainable copy")
-        self.copy_button.setObjectName("secondaryButton")
-        self.copy_button.clicked.connect(self.make_trainable_copy_of_selected)
-        self.remove_button = QPushButton("Remove from list")
-        self.remove_button.setObjectName("secondaryButton")
-        self.remove_button.setToolTip("Forget this model; its files and your comparisons stay (Delete)")
-        self.remove_button.clicked.connect(self.remove_selected)
-        # Two rows, so the panel can share the width with "On this computer".
-        buttons = QGridLayout()
-        buttons.setHorizontalSpacing(8)
-        buttons.setVerticalSpacing(6)
-        buttons.addWidget(self.use_button, 0, 0)
-        buttons.addWidget(self.default_button, 0, 1)
-        buttons.addWidget(self.copy_button, 1, 0)
-        buttons.addWidget(self.remove_button, 1, 1)
-        buttons.setColumnStretch(2, 1)
-        layout.addLayout(buttons)
-        return card
 
     def _build_discovered(self) -> QFrame:
         card, layout = widgets.card((16, 12, 16, 12), 6)
@@ -685,63 +523,10 @@ class ModelsView(ViewMessages, QWidget):
         self._update_actions()
 
     def _show_details(self) -> None:
-        model = self.selected_model()
-        values = self.detail_values
-        self.terms_note.setVisible(model is not None and model.source == "demo")
-        if model is None:
-            self.details_name.setText(
-                "Select a model to see its details" if self._models else "No model selected"
-            )
-            for value in values.values():
-                value.clear()
-            self.template_text.clear()
-            self.template_text.setPlaceholderText("The chat template of the selected model appears here.")
-            self.template_text.setVisible(True)
-            self.template_notice.show_status(None)
-            return
-        info = model.info
-        facts = [
-            KIND_LABELS.get(model.kind, model.kind),
-            str(info.get("architecture") or "unknown architecture"),
-        ]
-        if info.get("parameter_count"):
-            facts.append(f"{human_count(info['parameter_count'])} parameters")
-        self.details_name.setText(f"{model.name}  ·  {'  ·  '.join(facts)}")
-        for key, text in (("path", model.path), ("fingerprint", model.fingerprint)):
-            field = values[key]
-            field.setText(text)
-            field.setToolTip(text)
-            if isinstance(field, QLineEdit):
-                field.setCursorPosition(0)  # show the beginning; the rest scrolls
-        status = training_status(model)
-        copy = trainable_copy_of(model)
-        if copy is not None:
-            status += f": {copy}"
-        elif status == NEEDS_COPY:
-            status += " (made once, then training uses it)"
-        values["training"].setText(status)
-        steps = model_lineage(self.store, model.id)
-        if len(steps) > 1:
-            values["lineage"].setText(
-                "\n".join(f"{'→ ' if i else ''}{step.describe()}" for i, step in enumerate(steps))
-            )
-        else:
-            values["lineage"].setText("An original model: no round of alignment made it.")
-        status = template_status(model)
-        self.template_notice.show_status(status)
-        # The notice says it in full; the field then only names the problem.
-        values["template"].setText(
-            "None that works yet: choose one (below)."
-            if status.needs_choice
-            else describe_template(model, status)
-        )
-        template = shown_template(model, status)
-        example = DEFAULT_LAYOUT_EXAMPLE if template and uses_default_template(template) else ""
-        self.template_text.setPlainText(example + template)
-        self.template_text.setVisible(bool(template))  # none at all: the notice takes the room
+        self.details.show_model(self.selected_model(), self.store, any_models=bool(self._models))
 
-    @Slot(str)
-    def _on_terms_link_activated(self, _link: str) -> None:
+    @Slot()
+    def _on_terms_requested(self) -> None:
         from desktop_dpo.core import demo_model
         from desktop_dpo.gui.terms_dialog import open_terms_dialog
 
@@ -1168,8 +953,4 @@ class ModelsView(ViewMessages, QWidget):
 
     def details_texts(self) -> dict[str, str]:
         """What the details panel shows: its heading, each field, and the template box."""
-        return {key: label.text() for key, label in self.detail_values.items()} | {
-            "name": self.details_name.text(),
-            "template_text": self.template_text.toPlainText(),
-            "template_notice": self.template_notice.message(),
-        }
+        return self.details.texts()

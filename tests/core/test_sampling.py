@@ -15,13 +15,13 @@ from desktop_dpo.core.llm.generation import ResponseFinished, TokenEvent
 from desktop_dpo.core.llm.llama_child import FAULT_ENV
 from desktop_dpo.core.llm.llamacpp import LlamaCppEngine
 from desktop_dpo.core.models import register_model
+from desktop_dpo.core.prompt_files import read_prompt_file
 from desktop_dpo.core.sampling import (
     GGUF_COPY_INFO_KEY,
     GgufCopyMade,
     engine_key,
     gguf_copy_path,
     gguf_for_model,
-    read_prompt_file,
     sample_pair,
 )
 from tests.plugins import tiny_model as _tiny_model_plugin

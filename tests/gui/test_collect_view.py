@@ -11,9 +11,9 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication, QMainWindow
 
 from desktop_dpo.config import SamplingSettings
+from desktop_dpo.core import sampling
 from desktop_dpo.core.models import register_model
 from desktop_dpo.core.sampling import GGUF_COPY_INFO_KEY
-from desktop_dpo.gui import collect_view
 from desktop_dpo.gui.collect_view import CollectView, verdict_for
 from tests.gui.conftest import FixedSide, held_after_first_token, hold_the_model_child, show_active
 
@@ -188,8 +188,9 @@ def test_stop_cancels_mid_stream(
     view = make_view(qtbot, gui_store, registry, pool, app_home, max_tokens=4000)
     first_token = threading.Event()
     stop_pressed = threading.Event()
-    held = held_after_first_token(collect_view.sample_pair, first_token, stop_pressed)
-    monkeypatch.setattr(collect_view, "sample_pair", held)
+    # The job is built from desktop_dpo.core.sampling when Collect starts a pair (imported there, not at start-up).
+    held = held_after_first_token(sampling.sample_pair, first_token, stop_pressed)
+    monkeypatch.setattr(sampling, "sample_pair", held)
     qtbot.keyClicks(view.prompt_edit, "Tell me a long story.")
     key(qtbot, view, "Ctrl+Return")
     qtbot.waitUntil(first_token.is_set, timeout=WAIT_MS)

@@ -38,6 +38,7 @@ FIRST_SCREEN_SKIPS = (
     "desktop_dpo.core.llm.supervised",
     "desktop_dpo.core.llm.hf",
     "desktop_dpo.core.models",
+    "desktop_dpo.core.sampling",  # Collect imports it when it starts a pair
     "desktop_dpo.gui.template_editor",
 )
 

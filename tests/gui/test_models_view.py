@@ -19,14 +19,14 @@ from desktop_dpo.core.store import Store
 from desktop_dpo.core.wording import human_size
 from desktop_dpo.gui import models_view
 from desktop_dpo.gui.main_window import MainWindow
-from desktop_dpo.gui.models_view import (
+from desktop_dpo.gui.model_details_panel import (
     COPY_READY,
     DEFAULT_TEMPLATE_LABEL,
     NEEDS_COPY,
     OWN_TEMPLATE_LABEL,
-    ModelsView,
     human_count,
 )
+from desktop_dpo.gui.models_view import ModelsView
 from desktop_dpo.workers.job_worker import JobRegistry
 from tests.core.test_models import write_gguf, write_hf_folder
 

@@ -1,0 +1,371 @@
+"""The Data view's detail panel: the selected comparison in full (the conversation with its system prompt and
+earlier turns, both responses, the person's rewrite, model and sampling settings), with its verdict and note
+editable. :class:`ComparisonDetail` emits what the person changed; the Data view writes it to the store."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+from PySide6.QtCore import (
+    QSize,
+    Qt,
+    QTimer,
+    Signal,
+    Slot,
+)
+from PySide6.QtGui import QResizeEvent
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QSizePolicy,
+    QStackedWidget,
+    QTextBrowser,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop_dpo.core.store import ComparisonView, GenerationRow
+from desktop_dpo.core.wording import plural
+from desktop_dpo.gui.comparison_table_model import (
+    SOURCE_WORDS,
+    VERDICT_WORDS,
+    format_date,
+    shown_side_words,
+)
+
+PROMPT_MAX_HEIGHT = 170  # pixels; a longer conversation scrolls in its box
+ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
+ROLE_COLOURS = {"system": "#b45309", "user": "#4f46e5", "assistant": "#0f766e"}  # amber, indigo, teal
+SAMPLING_NAMES = (  # key in the stored settings -> how the detail panel names it
+    ("temperature", "temperature"),
+    ("top_p", "top-p"),
+    ("top_k", "top-k"),
+    ("min_p", "min-p"),
+    ("repeat_penalty", "repeat penalty"),
+    ("max_tokens", "max tokens"),
+)
+
+
+def describe_generation(
+    generation: GenerationRow | None, model_name: str | None, *, full: bool = False
+) -> str:
+    """A line under a response: model, temperature, top-p, length and time, as far as known.
+
+    ``full`` lists every stored sampling setting and the seed as well (the line's tooltip), one per line.
+    """
+    if generation is None:
+        return ""
+    settings = generation.sampling or {}
+    parts: list[str] = [model_name] if model_name else []
+    shown = SAMPLING_NAMES if full else SAMPLING_NAMES[:2]
+    parts += [f"{label} {settings[key]}" for key, label in shown if key in settings]
+    if full and generation.seed is not None:
+        parts.append(f"seed {generation.seed}")
+    if generation.completion_tokens is not None:
+        length = plural(generation.completion_tokens, "token")
+        parts.append(f"{length} in {generation.seconds:.1f} s" if generation.seconds is not None else length)
+    if not parts:
+        return "Model and sampling settings unknown"
+    return "\n".join(parts) if full else " · ".join(parts)
+
+
+def user_turns(messages: Sequence[dict[str, str]]) -> int:
+    """How many of the person's messages a prompt holds: the turn of the conversation the responses answer."""
+    return sum(1 for message in messages if message["role"] == "user")
+
+
+def prompt_html(messages: Sequence[dict[str, str]]) -> str:
+    """The whole conversation before the responses, each message after its role (and, in a conversation,
+    its turn), as rich text; the message the responses answer is marked."""
+    in_conversation = user_turns(messages) > 1
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
+    blocks = []
+    turn = 0
+    for index, message in enumerate(messages):
+        role = message["role"]
+        name = ROLE_NAMES.get(role, role.capitalize())
+        if role == "user":
+            turn += 1
+        if in_conversation and role in ("user", "assistant"):
+            name += f" · turn {max(turn, 1)}"
+        if index == last_user and in_conversation:
+            name += " · answered below"
+        colour = ROLE_COLOURS.get(role, "#475569")
+        body = html.escape(message["content"]).replace("\n", "<br>")
+        blocks.append(
+            f'<p style="margin:0 0 6px 0"><span style="color:{colour};font-weight:600">{name}</span>'
+            f"&nbsp;&nbsp;{body}</p>"
+        )
+    return "".join(blocks)
+
+
+class _PromptBrowser(QTextBrowser):
+    """The conversation before the responses: as tall as its text, up to a limit, and shrinking first when
+    the panel is short (then it scrolls), so the responses keep their room."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self._fitted = 40
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Maximum)
+
+    def fit_to_contents(self) -> None:
+        document = self.document()
+        document.setTextWidth(max(self.viewport().width(), 200))
+        frame = 2 * self.frameWidth() + 4
+        fitted = int(min(max(document.size().height() + frame, 40), PROMPT_MAX_HEIGHT))
+        if fitted != self._fitted:
+            self._fitted = fitted
+            self.updateGeometry()
+
+    def sizeHint(self) -> QSize:  # Qt override
+        return QSize(super().sizeHint().width(), self._fitted)
+
+    def minimumSizeHint(self) -> QSize:  # Qt override
+        return QSize(super().minimumSizeHint().width(), 36)
+
+    def show_end(self) -> None:
+        """Scroll to the last message (the one the responses answer), now and once the box has its new
+        height."""
+        self._scroll_to_end()
+        QTimer.singleShot(0, self._scroll_to_end)
+
+    @Slot()
+    def _scroll_to_end(self) -> None:
+        bar = self.verticalScrollBar()
+        bar.setValue(bar.maximum())
+
+
+class _TextPane(QFrame):
+    """A titled, read-only text: one response, or the person's rewrite of one."""
+
+    def __init__(self, title: str, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("detailPane")
+        self.title = QLabel(title)
+        self.title.setObjectName("paneTitle")
+        self.badge = QLabel()
+        self.badge.setObjectName("paneBadge")
+        self.badge.setVisible(False)
+        self.meta = QLabel()
+        self.meta.setObjectName("detailMeta")
+        self.meta.setWordWrap(True)
+        self.meta.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.text = QPlainTextEdit()
+        self.text.setObjectName("paneText")
+        self.text.setReadOnly(True)
+        self.text.setMinimumHeight(44)
+        # Whatever height is left, not a preferred one: the conversation above gets its room first.
+        self.text.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Ignored)
+        head = QHBoxLayout()
+        head.setSpacing(8)
+        head.addWidget(self.title)
+        head.addWidget(self.badge)
+        head.addStretch(1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(10, 8, 10, 8)
+        layout.setSpacing(4)
+        layout.addLayout(head)
+        layout.addWidget(self.meta)
+        layout.addWidget(self.text, 1)
+
+    def show_text(
+        self, text: str, *, badge: str = "", chosen: bool = False, meta: str = "", meta_tip: str = ""
+    ) -> None:
+        self.text.setPlainText(text)
+        self.badge.setText(badge)
+        self.badge.setVisible(bool(badge))
+        self.meta.setText(meta)
+        self.meta.setToolTip(meta_tip)
+        self.meta.setVisible(bool(meta))
+        if self.property("chosen") != chosen:
+            self.setProperty("chosen", chosen)
+            # Re-apply the style sheet so the #detailPane[chosen="true"] rule follows the property.
+            self.style().unpolish(self)
+            self.style().polish(self)
+
+
+class ComparisonDetail(QFrame):
+    """The selected comparison in full, with its verdict and note editable.
+
+    Signals:
+        verdict_chosen(int, str): the person chose a verdict for comparison ``id``.
+        note_edited(int, str): the person finished editing the note of comparison ``id``.
+    """
+
+    verdict_chosen = Signal(int, str)
+    note_edited = Signal(int, str)
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("card")
+        self.comparison_id: int | None = None
+        self._shown_note = ""
+
+        self.placeholder = QLabel("Select a comparison to read it in full, change its verdict or add a note.")
+        self.placeholder.setObjectName("detailPlaceholder")
+        self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.placeholder.setWordWrap(True)
+
+        self.title = QLabel()
+        self.title.setObjectName("detailTitle")
+        self.meta = QLabel()
+        self.meta.setObjectName("detailMeta")
+        self.meta.setWordWrap(True)
+        self.meta.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.prompt_text = _PromptBrowser()
+        self.prompt_text.setObjectName("promptText")
+        self.prompt_text.setOpenLinks(False)
+        self.panes = {"a": _TextPane("Response A"), "b": _TextPane("Response B")}
+        self.edit_pane = _TextPane("Your rewrite")
+        for pane in (*self.panes.values(), self.edit_pane):
+            pane.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Expanding)
+
+        self.verdict_combo = QComboBox()
+        self.verdict_combo.setObjectName("verdictCombo")
+        for verdict, words in VERDICT_WORDS.items():
+            self.verdict_combo.addItem(words, verdict)
+        self.verdict_combo.setToolTip("Change the verdict (saved at once)")
+        self.verdict_combo.activated.connect(self._on_verdict_combo_activated)
+        self.note_edit = QLineEdit()
+        self.note_edit.setObjectName("noteEdit")
+        self.note_edit.setPlaceholderText(
+            "Add a note: why, what was wrong… (saved when you press Enter or leave)"
+        )
+        self.note_edit.editingFinished.connect(self._on_note_editing_finished)
+
+        head = QHBoxLayout()
+        head.setSpacing(10)
+        head.addWidget(self.title)
+        head.addWidget(self.meta, 1)
+        responses = QHBoxLayout()
+        responses.setSpacing(10)
+        responses.addWidget(self.panes["a"], 1)
+        responses.addWidget(self.panes["b"], 1)
+        responses.addWidget(self.edit_pane, 1)
+        controls = QHBoxLayout()
+        controls.setSpacing(8)
+        verdict_label = QLabel("Verdict")
+        verdict_label.setObjectName("fieldLabel")
+        note_label = QLabel("Note")
+        note_label.setObjectName("fieldLabel")
+        controls.addWidget(verdict_label)
+        controls.addWidget(self.verdict_combo)
+        controls.addSpacing(10)
+        controls.addWidget(note_label)
+        controls.addWidget(self.note_edit, 1)
+
+        content = QWidget()
+        layout = QVBoxLayout(content)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(6)
+        layout.addLayout(head)
+        layout.addWidget(self.prompt_text)
+        layout.addLayout(responses, 1)
+        layout.addLayout(controls)
+
+        self.stack = QStackedWidget()
+        self.stack.addWidget(self.placeholder)
+        self.stack.addWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(14, 10, 14, 10)
+        outer.addWidget(self.stack)
+
+    def show_comparison(
+        self,
+        view: ComparisonView,
+        generations: tuple[GenerationRow | None, GenerationRow | None],
+        model_names: tuple[str | None, str | None],
+    ) -> None:
+        """Show ``view`` in full (a note still being typed for the previous one is saved first)."""
+        self.flush_note()
+        comparison = view.comparison
+        self.comparison_id = comparison.id
+        self.title.setText(f"Comparison #{comparison.id}")
+        facts = [format_date(comparison.created_at), SOURCE_WORDS.get(comparison.source, comparison.source)]
+        if comparison.a_shown_left is not None:
+            facts.append(f"A was shown on the {shown_side_words(comparison.a_shown_left).lower()}")
+        if comparison.deleted:
+            facts.append("deleted (not trained on)")
+        turns = user_turns(view.messages)
+        if turns > 1:
+            facts.append(f"turn {turns} of a conversation, trained with the earlier turns as its prompt")
+        self.meta.setText(" · ".join(facts))
+        self.prompt_text.setHtml(prompt_html(view.messages))
+        self._fit_prompt_height()
+        self.prompt_text.show_end()
+
+        verdict = comparison.verdict
+        badges = {"a": "", "b": ""}
+        if verdict in ("a", "b"):
+            badges[verdict] = "✓ Better"
+        elif verdict == "tie":
+            badges = {"a": "Tie", "b": "Tie"}
+        elif verdict == "both_bad":
+            badges = {"a": "Bad", "b": "Bad"}
+        texts = {"a": view.text_a, "b": view.text_b}
+        for index, side in enumerate(("a", "b")):
+            generation, name = generations[index], model_names[index]
+            meta = describe_generation(generation, name)
+            tip = describe_generation(generation, name, full=True)
+            if comparison.source == "import" and generation is not None and not generation.sampling:
+                meta = tip = "Imported: model and sampling settings unknown"
+            self.panes[side].show_text(
+                texts[side], badge=badges[side], chosen=verdict == side, meta=meta, meta_tip=tip
+            )
+        edited = comparison.edited_text is not None and comparison.edited_side in ("a", "b")
+        self.edit_pane.setVisible(edited)
+        if edited:
+            side = comparison.edited_side
+            assert side is not None
+            self.edit_pane.title.setText(f"Rewrite of {side.upper()}")
+            self.edit_pane.show_text(
+                comparison.edited_text or "",
+                badge="✓ Chosen",
+                meta=f"Yours: trained as preferred over the original {side.upper()}",
+            )
+            self.edit_pane.badge.setProperty("tone", "rewrite")
+            self.edit_pane.badge.style().unpolish(self.edit_pane.badge)
+            self.edit_pane.badge.style().polish(self.edit_pane.badge)
+
+        index = self.verdict_combo.findData(verdict)
+        self.verdict_combo.setCurrentIndex(max(index, 0))
+        self._shown_note = comparison.note or ""
+        self.note_edit.setText(self._shown_note)
+        self.stack.setCurrentIndex(1)
+
+    def _fit_prompt_height(self) -> None:
+        self.prompt_text.fit_to_contents()
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # Qt override
+        super().resizeEvent(event)
+        if self.comparison_id is not None:
+            self._fit_prompt_height()  # a narrower panel wraps the conversation onto more lines
+
+    def clear(self, message: str | None = None) -> None:
+        """Show the placeholder (nothing selected, or several rows)."""
+        self.flush_note()
+        self.comparison_id = None
+        self._shown_note = ""
+        if message:
+            self.placeholder.setText(message)
+        self.stack.setCurrentIndex(0)
+
+    def flush_note(self) -> None:
+        """Report a note that was changed but not yet saved."""
+        if self.comparison_id is not None and self.note_edit.text().strip() != self._shown_note.strip():
+            self._shown_note = self.note_edit.text()
+            self.note_edited.emit(self.comparison_id, self.note_edit.text().strip())
+
+    @Slot(int)
+    def _on_verdict_combo_activated(self, index: int) -> None:
+        if self.comparison_id is not None:
+            self.verdict_chosen.emit(self.comparison_id, self.verdict_combo.itemData(index))
+
+    @Slot()
+    def _on_note_editing_finished(self) -> None:
+        self.flush_note()
