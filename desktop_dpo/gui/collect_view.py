@@ -712,10 +712,12 @@ class CollectView(SingleModelView):
             return False
         self._model = model_a
         model_b = self._model_b()
-        if model_b is not None and ensure_template_chosen(self, self.store, model_b) is None:
-            self.show_error(template_needed_message(model_b))
-            return False
-        model_b = self._model_b()
+        if model_b is not None:
+            checked = ensure_template_chosen(self, self.store, model_b)
+            if checked is None:
+                self.show_error(template_needed_message(model_b))
+                return False
+            model_b = checked
         messages = self.prompt_messages()
         settings = self.sampling_panel.settings()
         pool, paths = self.pool, self.paths
