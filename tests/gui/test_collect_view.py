@@ -52,6 +52,9 @@ def sample_and_wait(qtbot, view, prompt: str | None = "Tell me about tea.") -> N
         qtbot.keyClicks(view.prompt_edit, prompt)
     key(qtbot, view, "Ctrl+Return")
     qtbot.waitUntil(lambda: view.verdict_buttons["left"].isEnabled(), timeout=WAIT_MS)
+    # Both answers can be judged as soon as they are written; the job itself ends a moment later (on a busy
+    # machine, after the test's next key press), and Continue waits for that.
+    qtbot.waitUntil(lambda: not view.stop_button.isEnabled(), timeout=WAIT_MS)
 
 
 def rewrite(qtbot, view, side: int, text: str) -> None:
