@@ -4,13 +4,14 @@ main window. Nothing else wires these together; views receive what they need fro
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import traceback
 from collections.abc import Callable
 from types import TracebackType
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QApplication
 
 from desktop_dpo import __version__
@@ -91,6 +92,10 @@ def run_gui(paths: AppPaths) -> int:
     # The welcome card is placed before the first paint; the demo model (if it must be unpacked) starts
     # copying in a job once the event loop runs, so start-up does not wait for it.
     window.start_first_run()
+    if not gc.isenabled():
+        # The command line paused the collector for start-up (cli.start_window); it resumes once the event
+        # loop runs, that is after the first paint.
+        QTimer.singleShot(0, resume_collector)
     try:
         return app.exec()
     finally:
@@ -101,6 +106,13 @@ def run_gui(paths: AppPaths) -> int:
         pool.close_all()
         store.close()
         log.info("desktop-dpo stopped")
+
+
+def resume_collector() -> None:
+    """Turn the garbage collector back on after start-up. What start-up made (Qt's Python types and enums,
+    the modules, the window) lives as long as the app, so it is frozen first: later collections skip it."""
+    gc.freeze()
+    gc.enable()
 
 
 def _make_excepthook(

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
-from PySide6.QtCore import QPoint, QSize
+from PySide6.QtCore import QPoint
 from PySide6.QtGui import QColor, QFont, QTextBlockFormat, QTextCharFormat, QTextCursor, QTextFrameFormat
-from PySide6.QtWidgets import QFrame, QSizePolicy, QTextEdit, QWidget
+from PySide6.QtWidgets import QFrame, QTextEdit, QWidget
+
+from desktop_dpo.gui.widgets import FitsText
 
 # Bubble colours (slate and indigo, as in resources/style.qss).
 USER_BACKGROUND = "#eef2ff"
@@ -214,28 +216,11 @@ class ChatTranscript(QTextEdit):
         bar.setValue(bar.maximum())
 
 
-class FittedTranscript(ChatTranscript):
+class FittedTranscript(FitsText, ChatTranscript):
     """A compact transcript as tall as its messages, between ``min_height`` and ``max_height`` pixels, then
     scrolling (the earlier turns of a conversation above Collect's prompt editor)."""
 
     def __init__(self, *, min_height: int, max_height: int, parent: QWidget | None = None):
         super().__init__(parent, compact=True)
-        self._min_height = min_height
-        self._max_height = max_height
-        self._fitted = min_height
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Maximum)
+        self.fit_height(min_height, max_height)
         self.document().documentLayout().documentSizeChanged.connect(lambda _size: self.fit_to_contents())
-
-    def fit_to_contents(self) -> None:
-        """Take the height of the messages (within the limits)."""
-        height = self.document().size().height() + 2 * self.frameWidth() + 2
-        fitted = int(min(max(height, self._min_height), self._max_height))
-        if fitted != self._fitted:
-            self._fitted = fitted
-            self.updateGeometry()
-
-    def sizeHint(self) -> QSize:  # Qt override
-        return QSize(super().sizeHint().width(), self._fitted)
-
-    def minimumSizeHint(self) -> QSize:  # Qt override
-        return QSize(super().minimumSizeHint().width(), self._min_height)

@@ -30,35 +30,30 @@ from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
     QLabel,
-    QListWidget,
-    QListWidgetItem,
     QMenu,
-    QMessageBox,
     QPlainTextEdit,
-    QPushButton,
     QSizePolicy,
     QStackedWidget,
-    QToolButton,
     QVBoxLayout,
 )
 
 from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core.chat import (
-    UNTITLED,
     HistoryTrimmed,
     chat_reply,
     conversation_title,
     reply_meta,
 )
 from desktop_dpo.core.errors import DesktopDpoError
-from desktop_dpo.core.jobs import Log, Progress
 from desktop_dpo.core.llm.generation import GenerationResult, ResponseFinished, TokenEvent, draw_seed
 from desktop_dpo.core.sampling import record_model_info
 from desktop_dpo.core.store import MessageRow, ModelRow, Store
 from desktop_dpo.gui import widgets
+from desktop_dpo.gui.chat_conversation_list import RENAME_SHORTCUT, ConversationList
+from desktop_dpo.gui.chat_system_prompt import SystemPromptEditor
 from desktop_dpo.gui.chat_transcript import ChatTranscript
 from desktop_dpo.gui.message_banner import MessageBanner
-from desktop_dpo.gui.model_work_view import SingleModelView
+from desktop_dpo.gui.model_work_view import STOP_SHORTCUT, SingleModelView
 from desktop_dpo.gui.sampling_settings_panel import SamplingSettingsPanel
 from desktop_dpo.gui.template_editor import ensure_template_chosen, template_needed_message
 from desktop_dpo.gui.view_messages import ActivityLine
@@ -69,13 +64,10 @@ from desktop_dpo.gui.widgets import (
     title_block,
     view_shortcut,
 )
-from desktop_dpo.workers.job_op import JobOp
 
 log = logging.getLogger(__name__)
 
 SEND_SHORTCUTS = ("Ctrl+Return", "Ctrl+Enter")
-STOP_SHORTCUT = "Esc"
-RENAME_SHORTCUT = "F2"
 SETTINGS_KEY = "chat/sampling"
 EMPTY_TITLE = "Pick a model and say hello…"
 NO_MODEL_TITLE = "No models yet"
@@ -152,14 +144,12 @@ class ChatView(SingleModelView):
         self._model: ModelRow | None = None
         self._conversation_id: int | None = None
         self._messages: list[MessageRow] = []
-        self._replying: JobOp | None = None
         self._reply: PendingReply | None = None
         self._model_count = 0
         self.transcript_menu: QMenu | None = None  # the transcript's context menu while it is open
 
         self._build()
         self._build_shortcuts()
-        self.registry.changed.connect(self._on_registry_changed)
         self.sampling_panel.remember(self._settings, SETTINGS_KEY)
         self.refresh_models()
         self.refresh_conversations()
@@ -174,7 +164,7 @@ class ChatView(SingleModelView):
     def _build(self) -> None:
         # -- error banner
         self.banner = MessageBanner()
-        side = self._build_conversation_list()
+        self.conversation_panel = self._build_conversation_list()
         header = self._build_header()
         card = self._build_settings_card()
         self.pages = self._build_pages()
@@ -195,56 +185,27 @@ class ChatView(SingleModelView):
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(0)
-        layout.addWidget(side)
+        layout.addWidget(self.conversation_panel)
         layout.addLayout(content, 1)
 
-    def _build_conversation_list(self) -> QFrame:
-        """The list of conversations, on the left."""
-        side = QFrame()
-        side.setObjectName("chatSidebarPanel")
-        side.setFixedWidth(204)
-        side_layout = QVBoxLayout(side)
-        side_layout.setContentsMargins(12, 20, 12, 14)
-        side_layout.setSpacing(8)
-        list_title = QLabel("Conversations")
-        list_title.setObjectName("chatListTitle")
-        self.new_button = QPushButton("New chat")
-        self.new_button.setObjectName("secondaryButton")
-        self.new_button.setToolTip("Start a new conversation (it is saved with your first message)")
-        self.new_button.clicked.connect(self.new_conversation)
-        side_layout.addWidget(list_title)
-        side_layout.addWidget(self.new_button)
-        self.conversation_list = QListWidget()
-        self.conversation_list.setObjectName("conversationList")
-        self.conversation_list.setFrameShape(QFrame.Shape.NoFrame)
-        self.conversation_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.conversation_list.setTextElideMode(Qt.TextElideMode.ElideRight)
-        self.conversation_list.setEditTriggers(
-            QListWidget.EditTrigger.DoubleClicked | QListWidget.EditTrigger.EditKeyPressed
-        )
-        self.conversation_list.currentItemChanged.connect(self._on_conversation_current_changed)
-        self.conversation_list.itemChanged.connect(self._on_conversation_item_changed)
-        side_layout.addWidget(self.conversation_list, 1)
-        self.list_empty = QLabel("Your conversations appear here.")
-        self.list_empty.setObjectName("chatListEmpty")
-        self.list_empty.setWordWrap(True)
-        side_layout.addWidget(self.list_empty)
-        self.rename_button = QPushButton("Rename")
-        self.rename_button.setObjectName("secondaryButton")
-        self.rename_button.setToolTip(
-            f"Rename the selected conversation ({RENAME_SHORTCUT}, or double-click it)"
-        )
-        self.rename_button.clicked.connect(self._on_rename_clicked)
-        self.delete_button = QPushButton("Delete…")
-        self.delete_button.setObjectName("secondaryButton")
-        self.delete_button.setToolTip("Delete the selected conversation and its messages (asks first)")
-        self.delete_button.clicked.connect(self._on_delete_clicked)
-        list_actions = QHBoxLayout()
-        list_actions.setSpacing(8)
-        list_actions.addWidget(self.rename_button, 1)
-        list_actions.addWidget(self.delete_button, 1)
-        side_layout.addLayout(list_actions)
-        return side
+    def _build_conversation_list(self) -> ConversationList:
+        """The list of conversations, on the left (its widgets are the view's too, under their old names)."""
+        panel = ConversationList(self.store)
+        for signal, slot in (
+            (panel.new_requested, self.new_conversation),
+            (panel.open_requested, self._on_open_requested),
+            (panel.delete_requested, self.delete_conversation),
+            (panel.deleted, self._on_conversation_deleted),
+            (panel.changed, self.conversations_changed),
+            (panel.failed, self.show_error),
+            (panel.notice, self.notify),
+        ):
+            signal.connect(slot)
+        self.conversation_list = panel.list_widget
+        self.list_empty = panel.empty_label
+        self.new_button, self.rename_button = panel.new_button, panel.rename_button
+        self.delete_button = panel.delete_button
+        return panel
 
     def _build_header(self) -> QVBoxLayout:
         """Title and model."""
@@ -265,33 +226,12 @@ class ChatView(SingleModelView):
     def _build_settings_card(self) -> QFrame:
         """The settings card: system prompt and sampling."""
         card, card_layout = widgets.card((16, 8, 16, 8), 6)
-        self.system_toggle = QToolButton()
-        self.system_toggle.setObjectName("systemToggle")
-        self.system_toggle.setText("System prompt")
-        self.system_toggle.setCheckable(True)
-        self.system_toggle.setArrowType(Qt.ArrowType.RightArrow)
-        self.system_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-        self.system_toggle.setToolTip("Optional instructions the model reads before the conversation")
-        self.system_toggle.toggled.connect(self._on_system_toggled)
-        self.system_summary = QLabel()
-        self.system_summary.setObjectName("activityText")
+        self.system_prompt = SystemPromptEditor(spacing=card_layout.spacing())
+        self.system_toggle = self.system_prompt.toggle
+        self.system_summary = self.system_prompt.summary
+        self.system_edit = self.system_prompt.editor
+        card_layout.addWidget(self.system_prompt)
         # One-line summaries give way when the window is narrow (clipped, never widening the view).
-        self.system_summary.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        system_head = QHBoxLayout()
-        system_head.setSpacing(8)
-        system_head.addWidget(self.system_toggle)
-        system_head.addWidget(self.system_summary, 1)
-        card_layout.addLayout(system_head)
-        self.system_edit = QPlainTextEdit()
-        self.system_edit.setObjectName("systemEditor")
-        self.system_edit.setPlaceholderText(
-            "Optional: e.g. “You are a concise assistant.” Saved with the conversation when you send."
-        )
-        self.system_edit.setFixedHeight(58)
-        self.system_edit.setTabChangesFocus(True)
-        self.system_edit.setVisible(False)
-        self.system_edit.textChanged.connect(self._on_system_text_changed)
-        card_layout.addWidget(self.system_edit)
         self.sampling_panel = SamplingSettingsPanel()
         self.sampling_panel.summary.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         card_layout.addWidget(self.sampling_panel)
@@ -311,10 +251,12 @@ class ChatView(SingleModelView):
         self.empty_text.setObjectName("chatEmptyText")
         self.empty_text.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.empty_text.setWordWrap(True)
-        self.models_button = QPushButton("Go to Models")
-        self.models_button.setObjectName("primaryButton")
-        self.models_button.setToolTip("Add a model (a GGUF file or a Hugging Face folder) or the demo model")
-        self.models_button.clicked.connect(self.models_requested)
+        self.models_button = widgets.button(
+            "Go to Models",
+            self.models_requested,
+            tooltip="Add a model (a GGUF file or a Hugging Face folder) or the demo model",
+            name="primaryButton",
+        )
         empty_layout = QVBoxLayout(self.empty_state)
         empty_layout.setContentsMargins(24, 24, 24, 24)
         empty_layout.setSpacing(8)
@@ -343,32 +285,24 @@ class ChatView(SingleModelView):
         self.note = QLabel()
         self.note.setObjectName("composerNote")
         self.note.setWordWrap(True)
-        self.regenerate_button = QPushButton("Regenerate")
-        self.regenerate_button.setObjectName("secondaryButton")
-        self.regenerate_button.setToolTip("Write the last reply again (it replaces the one shown)")
-        self.regenerate_button.clicked.connect(self.regenerate)
-        self.compare_button = QPushButton("Compare in Collect")
-        self.compare_button.setObjectName("secondaryButton")
-        self.compare_button.setToolTip(
-            "Judge two answers to your last message in Collect, with the conversation before it as the "
-            "prompt (right-click any of your messages to compare answers to an earlier one)"
+        self.regenerate_button = widgets.button(
+            "Regenerate", self.regenerate, tooltip="Write the last reply again (it replaces the one shown)"
         )
-        self.compare_button.clicked.connect(self._on_compare_clicked)
-        self.stop_button = QPushButton(f"Stop ({STOP_SHORTCUT})")
-        self.stop_button.setObjectName("secondaryButton")
-        self.stop_button.setToolTip("Stop the reply at the next token (the text so far is kept)")
-        self.stop_button.clicked.connect(self.stop)
-        self.send_button = QPushButton("Send")  # Ctrl+Enter: said by the editor and the tooltip
-        self.send_button.setObjectName("primaryButton")
-        self.send_button.clicked.connect(self.send)
-        actions = QHBoxLayout()
-        actions.setSpacing(8)
-        actions.addWidget(self.note, 1)
-        actions.addWidget(self.compare_button)
-        actions.addWidget(self.regenerate_button)
-        actions.addWidget(self.stop_button)
-        actions.addWidget(self.send_button)
-        composer_layout.addLayout(actions)
+        self.compare_button = widgets.button(
+            "Compare in Collect",
+            self._on_compare_clicked,
+            tooltip="Judge two answers to your last message in Collect, with the conversation before it as "
+            "the prompt (right-click any of your messages to compare answers to an earlier one)",
+        )
+        self.stop_button = widgets.button(
+            f"Stop ({STOP_SHORTCUT})",
+            self.stop,
+            tooltip="Stop the reply at the next token (the text so far is kept)",
+        )
+        # Ctrl+Enter: said by the editor and the tooltip
+        self.send_button = widgets.button("Send", self.send, name="primaryButton")
+        buttons = (self.compare_button, self.regenerate_button, self.stop_button, self.send_button)
+        composer_layout.addLayout(self._actions_row(self.note, *buttons))
         return composer
 
     def _build_shortcuts(self) -> None:
@@ -380,7 +314,7 @@ class ChatView(SingleModelView):
             self.shortcuts[keys] = shortcut(keys, self.send)
         # Esc only while a reply is written: otherwise it stays with the editors (e.g. to cancel a rename).
         self.shortcuts["stop"] = shortcut(STOP_SHORTCUT, self.stop)
-        self.shortcuts["rename"] = shortcut(RENAME_SHORTCUT, self._on_rename_clicked)
+        self.shortcuts["rename"] = shortcut(RENAME_SHORTCUT, self.conversation_panel.edit_selected)
 
     # ---------------------------------------------------------------- models
 
@@ -408,25 +342,7 @@ class ChatView(SingleModelView):
 
     def refresh_conversations(self) -> None:
         """Re-read the list of conversations (newest first), keeping the open one selected."""
-        rows = self.store.list_conversations()
-        names = {m.id: m.name for m in self.store.list_models()}
-        widget = self.conversation_list
-        widget.blockSignals(True)
-        widget.clear()
-        for row in rows:
-            item = QListWidgetItem(row.title or UNTITLED)
-            item.setData(Qt.ItemDataRole.UserRole, row.id)
-            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEditable)
-            when = time.strftime("%d %b %Y, %H:%M", time.localtime(row.updated_at))
-            model = names.get(row.model_id) if row.model_id is not None else None
-            item.setToolTip(f"{row.title or UNTITLED}\n{model + ' · ' if model else ''}last message {when}")
-            widget.addItem(item)
-            if row.id == self._conversation_id:
-                widget.setCurrentItem(item)
-        if self._conversation_id is None:
-            widget.setCurrentItem(None)
-        widget.blockSignals(False)
-        self.list_empty.setVisible(not rows)
+        self.conversation_panel.refresh(self._conversation_id)
         self._update_actions()
 
     def conversation_id(self) -> int | None:
@@ -441,7 +357,8 @@ class ChatView(SingleModelView):
         """Show a saved conversation. Refused (False) while a reply is being written."""
         if self._streaming:
             self.notify("Stop the reply first (Esc), then switch conversations.")
-            self._select_item(self._conversation_id)  # the selection stays on the conversation being written
+            # The selection stays on the conversation being written.
+            self.conversation_panel.select(self._conversation_id)
             return False
         conversation = self.store.get_conversation(conversation_id)
         if conversation is None:
@@ -449,16 +366,12 @@ class ChatView(SingleModelView):
             return False
         self._conversation_id = conversation_id
         self._messages = self.store.conversation_messages(conversation_id)
-        system = next((m.content for m in self._messages if m.role == "system"), "")
-        self.system_edit.blockSignals(True)
-        self.system_edit.setPlainText(system)
-        self.system_edit.blockSignals(False)
-        self._on_system_text_changed()
+        self.system_prompt.set_text(next((m.content for m in self._messages if m.role == "system"), ""))
         if conversation.model_id is not None and self.model_combo.findData(conversation.model_id) >= 0:
             self.model_combo.setCurrentIndex(self.model_combo.findData(conversation.model_id))
         self._render_transcript()
         # Not a rebuild of the list: this may run inside the list's own currentItemChanged signal.
-        self._select_item(conversation_id)
+        self.conversation_panel.select(conversation_id)
         self.clear_error()
         self._set_activity("")
         self._update_actions()
@@ -473,7 +386,7 @@ class ChatView(SingleModelView):
         self._conversation_id = None
         self._messages = []
         self.transcript.clear_messages()
-        self._select_item(None)
+        self.conversation_panel.select(None)
         self.clear_error()
         self._set_activity("")
         self._show_page()
@@ -483,107 +396,26 @@ class ChatView(SingleModelView):
 
     def rename_conversation(self, conversation_id: int, title: str) -> bool:
         """Give a conversation a new title (an empty one is refused)."""
-        title = " ".join(title.split())
-        conversation = self.store.get_conversation(conversation_id)
-        if conversation is None:
-            return False
-        if not title:
-            self._set_item_title(conversation_id, conversation.title or UNTITLED)
-            return False
-        try:
-            self.store.rename_conversation(conversation_id, title)
-        except DesktopDpoError as exc:
-            self.show_error(f"The conversation was not renamed: {exc}")
-            self._set_item_title(conversation_id, conversation.title or UNTITLED)
-            return False
-        # In place (the order does not change): this may run inside the list's own itemChanged signal.
-        self._set_item_title(conversation_id, title)
-        self.conversations_changed.emit()
-        return True
-
-    def _item(self, conversation_id: int | None) -> QListWidgetItem | None:
-        widget = self.conversation_list
-        for row in range(widget.count()):
-            item = widget.item(row)
-            if item.data(Qt.ItemDataRole.UserRole) == conversation_id:
-                return item
-        return None
-
-    def _select_item(self, conversation_id: int | None) -> None:
-        widget = self.conversation_list
-        widget.blockSignals(True)
-        widget.setCurrentItem(self._item(conversation_id))
-        widget.blockSignals(False)
-
-    def _set_item_title(self, conversation_id: int, title: str) -> None:
-        item = self._item(conversation_id)
-        if item is not None and item.text() != title:
-            self.conversation_list.blockSignals(True)
-            item.setText(title)
-            self.conversation_list.blockSignals(False)
+        return self.conversation_panel.rename(conversation_id, title)
 
     def delete_conversation(self, conversation_id: int, *, confirm: bool = True) -> bool:
-        """Delete a conversation and its messages, after asking (unless ``confirm`` is False)."""
+        """Delete a conversation and its messages, after asking (unless ``confirm`` is False). Refused for
+        the one being written to."""
         if self._streaming and conversation_id == self._conversation_id:
             self.notify("Stop the reply first (Esc), then delete the conversation.")
             return False
-        conversation = self.store.get_conversation(conversation_id)
-        if conversation is None:
-            return False
-        if confirm:
-            count = sum(1 for m in self.store.conversation_messages(conversation_id) if m.role != "system")
-            answer = QMessageBox.question(
-                self,
-                "Delete conversation",
-                f"Delete “{conversation.title or UNTITLED}” and its {count} message{'s' if count != 1 else ''}?"
-                "\n\nThis cannot be undone.",
-                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-                QMessageBox.StandardButton.No,
-            )
-            if answer != QMessageBox.StandardButton.Yes:
-                return False
-        try:
-            self.store.delete_conversation(conversation_id)
-        except DesktopDpoError as exc:
-            self.show_error(f"The conversation was not deleted: {exc}")
-            return False
-        if conversation_id == self._conversation_id:
-            self.new_conversation()
-        self.refresh_conversations()
-        self.notify(f"Deleted “{conversation.title or UNTITLED}”.")
-        self.conversations_changed.emit()
-        return True
+        return self.conversation_panel.delete(conversation_id, confirm=confirm)
 
-    def _selected_conversation(self) -> int | None:
-        item = self.conversation_list.currentItem()
-        return item.data(Qt.ItemDataRole.UserRole) if item is not None else None
-
-    @Slot(object, object)
-    def _on_conversation_current_changed(self, current: QListWidgetItem | None, _previous: object) -> None:
-        if current is None:
-            return
-        conversation_id = current.data(Qt.ItemDataRole.UserRole)
+    @Slot(object)
+    def _on_open_requested(self, conversation_id: int) -> None:
         if conversation_id != self._conversation_id:
             self.open_conversation(conversation_id)
 
     @Slot(object)
-    def _on_conversation_item_changed(self, item: QListWidgetItem) -> None:
-        conversation_id = item.data(Qt.ItemDataRole.UserRole)
-        conversation = self.store.get_conversation(conversation_id)
-        if conversation is not None and item.text() != conversation.title:
-            self.rename_conversation(conversation_id, item.text())
-
-    @Slot()
-    def _on_rename_clicked(self) -> None:
-        item = self.conversation_list.currentItem()
-        if item is not None and self.rename_button.isEnabled():
-            self.conversation_list.editItem(item)
-
-    @Slot()
-    def _on_delete_clicked(self) -> None:
-        conversation_id = self._selected_conversation()
-        if conversation_id is not None:
-            self.delete_conversation(conversation_id)
+    def _on_conversation_deleted(self, conversation_id: int) -> None:
+        if conversation_id == self._conversation_id:
+            self.new_conversation()
+        self.refresh_conversations()
 
     # ---------------------------------------------------------------- the transcript
 
@@ -683,10 +515,6 @@ class ChatView(SingleModelView):
     # ---------------------------------------------------------------- sending and replies
 
     @property
-    def _streaming(self) -> bool:
-        return self._replying is not None and self._replying.active
-
-    @property
     def reply(self) -> PendingReply | None:
         """The reply being written, if any."""
         return self._reply
@@ -713,7 +541,7 @@ class ChatView(SingleModelView):
             return False
         self._model = model
         text = self.input_edit.toPlainText().strip()
-        system = self.system_edit.toPlainText().strip()
+        system = self.system_prompt.text()
         try:
             with self.store.atomic():
                 conversation_id = self._conversation_id
@@ -774,12 +602,7 @@ class ChatView(SingleModelView):
         def factory(store: Store, token: Any) -> Any:
             return record_model_info(store, chat_reply(pool, model, paths, messages, settings, seed, token))
 
-        self._replying = self.start_job(
-            JobOp(self.registry, factory, store=paths.db_path, owner=self)
-            .resource(f"generate:{model.id}")
-            .slots("reply")
-        )
-        if self._replying is None:
+        if not self._start_generation(factory, model, "reply"):
             return False
         self._reply = PendingReply(
             conversation_id=conversation_id,
@@ -797,13 +620,6 @@ class ChatView(SingleModelView):
         self._set_activity(f"{model.name} is writing… Esc stops.")
         self._update_actions()
         return True
-
-    @Slot()
-    def stop(self) -> None:
-        """Stop the reply at the next token; the text written so far is saved, marked stopped."""
-        if self._replying is not None and self._replying.active:
-            self._replying.cancel()
-            self._set_activity("Stopping…")
 
     def _on_reply_event(self, event: object) -> None:
         reply = self._reply
@@ -826,12 +642,8 @@ class ChatView(SingleModelView):
                 f"The {event.dropped} oldest messages were left out so the conversation fits "
                 f"{reply.model.name}'s context of {event.n_ctx} tokens."
             )
-        elif isinstance(event, Progress):
-            self.activity_row.show_progress(event.fraction)
-            if event.message:
-                self._set_activity(event.message)
-        elif isinstance(event, Log):
-            self.show_log(event.message, event.level)
+        else:
+            self.show_job_progress(event)
 
     def _on_reply_succeeded(self, result: object) -> None:
         if self._reply is None:
@@ -841,6 +653,7 @@ class ChatView(SingleModelView):
         self._finish_reply(result if isinstance(result, GenerationResult) else self._stopped_result())
 
     def _on_reply_cancelled(self) -> None:
+        """After Stop: the text written so far is saved, marked stopped."""
         if self._reply is None:
             return
         # The job was stopped at a token boundary: what streamed is the reply (its own result, if it got as
@@ -913,10 +726,6 @@ class ChatView(SingleModelView):
         self._show_page()
         self._update_actions()
 
-    @Slot()
-    def _on_registry_changed(self) -> None:
-        self._update_actions()
-
     # ---------------------------------------------------------------- state of the buttons
 
     def _update_actions(self) -> None:
@@ -947,29 +756,10 @@ class ChatView(SingleModelView):
         self.note.setText(note)
         set_style_property(self.note, "busy", busy)
         # Switching conversations (or models) while a reply is written is not allowed: stop it first.
-        self.conversation_list.setEnabled(not streaming)
-        self.conversation_list.setToolTip(
-            "Stop the reply first (Esc) to switch conversations" if streaming else ""
-        )
-        self.new_button.setEnabled(not streaming)
-        has_selection = self.conversation_list.currentItem() is not None
-        self.rename_button.setEnabled(not streaming and has_selection)
-        self.delete_button.setEnabled(not streaming and has_selection)
+        self.conversation_panel.set_writing(streaming)
         self.model_combo.setEnabled(not streaming and self._model_count > 0)
 
-    # ---------------------------------------------------------------- system prompt, input
-
-    @Slot(bool)
-    def _on_system_toggled(self, shown: bool) -> None:
-        self.system_edit.setVisible(shown)
-        self.system_toggle.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
-
-    @Slot()
-    def _on_system_text_changed(self) -> None:
-        text = " ".join(self.system_edit.toPlainText().split())
-        self.system_summary.setText(
-            (text[:80] + "…" if len(text) > 80 else text) if text else "none (optional)"
-        )
+    # ---------------------------------------------------------------- input
 
     @Slot()
     def _on_input_text_changed(self) -> None:

@@ -34,50 +34,35 @@ key would both be refused by Qt as ambiguous).
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtGui import QKeySequence, QShortcut, QShowEvent
-from PySide6.QtWidgets import (
-    QBoxLayout,
-    QCheckBox,
-    QFrame,
-    QHBoxLayout,
-    QLabel,
-    QPlainTextEdit,
-    QPushButton,
-    QSizePolicy,
-    QToolButton,
-    QVBoxLayout,
-)
+from PySide6.QtWidgets import QBoxLayout, QCheckBox, QFrame, QHBoxLayout, QSizePolicy
 
 from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core.errors import DesktopDpoError
-from desktop_dpo.core.jobs import Log, Progress
 from desktop_dpo.core.llm.generation import GenerationResult, ResponseFinished, TokenEvent
 from desktop_dpo.core.prompt_files import read_prompt_file
-from desktop_dpo.core.store import ModelRow, PromptRow, Store
+from desktop_dpo.core.store import ModelRow, Store
 from desktop_dpo.gui import widgets
 from desktop_dpo.gui.collect_pair import (
     CHOICES,
     SavedVerdict,
     ShownPair,
-    Turn,
     continuation_for,
     describe_result,
     split_conversation,
-    verdict_for,
+    verdict_for,  # noqa: F401 (imported from here too)
 )
-from desktop_dpo.gui.collect_verdict_bar import CHOICE_LABELS, VERDICT_SHORTCUTS, UndoKeyFilter, VerdictBar
-from desktop_dpo.gui.message_banner import MessageBanner
-from desktop_dpo.gui.model_work_view import SingleModelView
+from desktop_dpo.gui.collect_prompt_editor import CollectPromptEditor
+from desktop_dpo.gui.collect_verdict_bar import CHOICE_LABELS, VERDICT_SHORTCUTS, VerdictBar
+from desktop_dpo.gui.collect_verdicts import save_verdict, undo_verdict
+from desktop_dpo.gui.model_work_view import STOP_SHORTCUT, SingleModelView
 from desktop_dpo.gui.response_pane import SIDE_NAMES, ResponsePane
 from desktop_dpo.gui.sampling_settings_panel import SamplingSettingsPanel
-from desktop_dpo.gui.view_messages import ActivityLine
 from desktop_dpo.gui.widgets import ModelCombo, field_label, page_header, page_pill, view_shortcut
-from desktop_dpo.workers.job_op import JobOp
 
 if TYPE_CHECKING:
     # Imported when used: the rewrite dialog, the template editor and the conversation's transcript are not
@@ -89,27 +74,21 @@ log = logging.getLogger(__name__)
 
 # Choices on screen -> their key. "left"/"right" name screen sides; verdict_for() turns them into a/b.
 SAMPLE_SHORTCUTS = ("Ctrl+Return", "Ctrl+Enter")
-STOP_SHORTCUT = "Esc"
 NEXT_PROMPT_SHORTCUT = "Alt+N"
 CONTINUE_SHORTCUT = "Alt+C"
-HISTORY_MAX_HEIGHT = 180  # pixels; a longer conversation scrolls in its box (the answers keep their room)
-HISTORY_MIN_HEIGHT = 64
-PROMPT_MAX_HEIGHT = 104  # the prompt editor's height when it holds the whole prompt
-NEXT_MESSAGE_MAX_HEIGHT = 64  # under earlier turns: about three lines, the turns and answers need the room
-SYSTEM_PREVIEW_CHARS = 30  # of a folded system prompt, after the toggle's name
 SETTINGS_KEY = "collect/sampling"
-GENERATION_SIDES = ("a", "b")  # generation index -> the name the database uses
+SAMPLE_TIP = "Sample two answers to the prompt (Ctrl+Enter)"
+LOAD_PROMPTS_TIP = (
+    "Queue prompts from a file. Text: prompts separated by blank lines (a file without blank lines: one "
+    'prompt per line). JSONL: {"prompt": "..."} or {"messages": [...]} per line.'
+)
 
 
 class CollectView(SingleModelView):
     """Sample pairs, judge them, save the verdicts.
 
-    Args:
-        store: the GUI thread's database connection.
-        registry: the job registry (generation runs on resource ``generate:<model id>``).
-        pool: the engine pool shared with the other views (models stay loaded between pairs).
-        paths: the app's folders (GGUF copies of Hugging Face models, settings).
-        rng: decides which generation is shown on the left (tests pass a seeded one).
+    Takes the services of :class:`~desktop_dpo.gui.model_work_view.ModelWorkView` (models stay loaded between
+    pairs); its ``rng`` decides which generation is shown on the left.
 
     Signals:
         status_message(str): a line for the status bar (the view also shows it in its window's status
@@ -128,10 +107,6 @@ class CollectView(SingleModelView):
         self._model: ModelRow | None = None
         self._pair: ShownPair | None = None
         self._last_saved: SavedVerdict | None = None
-        self._sampling: JobOp | None = None
-        self._loaded_prompt: PromptRow | None = None  # the stored prompt in the editors, if any
-        self._history: list[Turn] = []  # the conversation before the prompt editor's message
-        self._history_source = ""  # where that conversation came from, in words ("" when written here)
         self._continuable = False  # the last verdict can still continue the conversation
         self._continued = False  # ... and it no longer can because it did
         self._queue_count = 0
@@ -140,7 +115,6 @@ class CollectView(SingleModelView):
 
         self._build()
         self._build_shortcuts()
-        self.registry.changed.connect(self._on_registry_changed)
         self.refresh_models()
         self.refresh_counts()
         self.sampling_panel.remember(self._settings, SETTINGS_KEY)
@@ -158,19 +132,7 @@ class CollectView(SingleModelView):
             "Collect", "Write a prompt, read two answers side by side, and pick the better one.", spacing=8
         )
 
-        card = self._build_prompt_card(header)
-
-        # -- error banner and activity line
-        self.banner = MessageBanner()
-        self.activity_row = ActivityLine()
-
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(24, 20, 24, 16)
-        layout.setSpacing(10)
-        layout.addLayout(header)
-        layout.addWidget(card)
-        layout.addWidget(self.banner)
-        layout.addWidget(self.activity_row)
+        layout = self._page_layout(header, self._build_prompt_card(header))
         layout.addLayout(self._build_answers(), 1)
         layout.addWidget(self._build_verdict_bar())
 
@@ -178,7 +140,14 @@ class CollectView(SingleModelView):
         """The prompt card: model, prompt, actions, sampling settings (the queue's buttons go in ``header``)."""
         card, card_layout = widgets.card()
         self._build_model_row(card_layout)
-        self._build_prompt_editors(card_layout)
+        editor = self.prompt_editor = CollectPromptEditor()
+        editor.changed.connect(self._update_actions)
+        editor.new_conversation_button.clicked.connect(self.new_conversation)
+        # The editor's widgets, under the names the view has always given them.
+        self.prompt_edit, self.system_edit = editor.prompt_edit, editor.system_edit
+        self.system_toggle, self.prompt_label = editor.system_toggle, editor.prompt_label
+        self.new_conversation_button = editor.new_conversation_button
+        card_layout.addWidget(editor)
         self._build_actions(card_layout, header)
         return card
 
@@ -204,79 +173,18 @@ class CollectView(SingleModelView):
         model_row.addStretch(0)
         card_layout.addLayout(model_row)
 
-    def _build_prompt_editors(self, card_layout: QBoxLayout) -> None:
-
-        self.system_toggle = QToolButton()
-        self.system_toggle.setObjectName("systemToggle")
-        self.system_toggle.setText("System prompt")
-        self.system_toggle.setCheckable(True)
-        self.system_toggle.setArrowType(Qt.ArrowType.RightArrow)
-        self.system_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-        self.system_toggle.setToolTip("Optional instructions given to the model before your prompt")
-        self.system_toggle.toggled.connect(self._on_system_toggled)
-        self.system_edit = QPlainTextEdit()
-        self.system_edit.setObjectName("systemEditor")
-        self.system_edit.setPlaceholderText("Optional: e.g. “You are a concise assistant.”")
-        self.system_edit.setFixedHeight(58)
-        self.system_edit.setTabChangesFocus(True)
-        self.system_edit.setVisible(False)
-        self.system_edit.textChanged.connect(self._on_prompt_text_changed)
-
-        self.prompt_label = QLabel("Prompt")
-        self.prompt_label.setObjectName("fieldLabel")
-        # In a conversation it says where the conversation stands; in a narrow window it wraps.
-        self.prompt_label.setWordWrap(True)
-        self.prompt_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        self.new_conversation_button = QPushButton("New conversation")
-        self.new_conversation_button.setObjectName("secondaryButton")
-        self.new_conversation_button.setVisible(False)
-        self.new_conversation_button.clicked.connect(self.new_conversation)
-        prompt_head = QHBoxLayout()
-        prompt_head.setSpacing(10)
-        prompt_head.addWidget(self.prompt_label, 1)
-        prompt_head.addWidget(self.new_conversation_button)
-        prompt_head.addWidget(self.system_toggle)
-        card_layout.addLayout(prompt_head)
-        card_layout.addWidget(self.system_edit)
-        # The earlier turns of a conversation go between the system prompt and the prompt editor; that
-        # transcript is built with the first conversation (see history_view), not at start-up.
-        self._card_layout = card_layout
-        self._history_view: FittedTranscript | None = None
-        self.prompt_edit = QPlainTextEdit()
-        self.prompt_edit.setObjectName("promptEditor")
-        self.prompt_edit.setPlaceholderText("Ask the model something. Ctrl+Enter samples two answers.")
-        self.prompt_edit.setTabChangesFocus(True)
-        self.prompt_edit.setMinimumHeight(64)
-        self.prompt_edit.setMaximumHeight(PROMPT_MAX_HEIGHT)
-        self.prompt_edit.textChanged.connect(self._on_prompt_text_changed)
-        card_layout.addWidget(self.prompt_edit)
-        undo_filter = UndoKeyFilter(self)
-        self.prompt_edit.installEventFilter(undo_filter)
-        self.system_edit.installEventFilter(undo_filter)
-
     def _build_actions(self, card_layout: QBoxLayout, header: QHBoxLayout) -> None:
 
-        self.load_prompts_button = QPushButton("Load prompts…")
-        self.load_prompts_button.setObjectName("secondaryButton")
-        self.load_prompts_button.setToolTip(
-            "Queue prompts from a file. Text: prompts separated by blank lines (a file without blank lines: "
-            'one prompt per line). JSONL: {"prompt": "..."} or {"messages": [...]} per line.'
+        self.load_prompts_button = widgets.button(
+            "Load prompts…", self._on_load_prompts_clicked, tooltip=LOAD_PROMPTS_TIP
         )
-        self.load_prompts_button.clicked.connect(self._on_load_prompts_clicked)
-        self.next_prompt_button = QPushButton("Next prompt")
-        self.next_prompt_button.setObjectName("secondaryButton")
-        self.next_prompt_button.setToolTip(
-            f"Put the next queued prompt in the editor ({NEXT_PROMPT_SHORTCUT})"
+        next_tip = f"Put the next queued prompt in the editor ({NEXT_PROMPT_SHORTCUT})"
+        self.next_prompt_button = widgets.button("Next prompt", self.next_prompt, tooltip=next_tip)
+        stop_tip = "Stop sampling at the next token"
+        self.stop_button = widgets.button(f"Stop  ({STOP_SHORTCUT})", self.stop, tooltip=stop_tip)
+        self.sample_button = widgets.button(
+            "Sample  (Ctrl+Enter)", self.sample, tooltip=SAMPLE_TIP, name="primaryButton"
         )
-        self.next_prompt_button.clicked.connect(self.next_prompt)
-        self.stop_button = QPushButton(f"Stop  ({STOP_SHORTCUT})")
-        self.stop_button.setObjectName("secondaryButton")
-        self.stop_button.setToolTip("Stop sampling at the next token")
-        self.stop_button.clicked.connect(self.stop)
-        self.sample_button = QPushButton("Sample  (Ctrl+Enter)")
-        self.sample_button.setObjectName("primaryButton")
-        self.sample_button.setToolTip("Sample two answers to the prompt (Ctrl+Enter)")
-        self.sample_button.clicked.connect(self.sample)
         # The queue's buttons sit with its count in the page header, so the card keeps its height for the
         # conversation and the answers get theirs.
         for widget in (self.queue_label, self.load_prompts_button, self.next_prompt_button, self.pairs_label):
@@ -286,17 +194,10 @@ class CollectView(SingleModelView):
         # The settings' summary wraps beside the buttons rather than widening the view.
         self.sampling_panel.summary.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.sampling_panel.summary.setWordWrap(True)
-        actions = QHBoxLayout()
-        actions.setSpacing(8)
         # After a verdict the next step is either a new pair (Sample) or the next turn (Continue): side by side.
-        self.continue_button = QPushButton(f"Continue  ({CONTINUE_SHORTCUT})")
-        self.continue_button.setObjectName("secondaryButton")
-        self.continue_button.clicked.connect(self.continue_conversation)
-        actions.addWidget(self.sampling_panel, 1)
-        actions.addWidget(self.continue_button, 0, Qt.AlignmentFlag.AlignTop)
-        actions.addWidget(self.stop_button, 0, Qt.AlignmentFlag.AlignTop)
-        actions.addWidget(self.sample_button, 0, Qt.AlignmentFlag.AlignTop)
-        card_layout.addLayout(actions)
+        self.continue_button = widgets.button(f"Continue  ({CONTINUE_SHORTCUT})", self.continue_conversation)
+        buttons = (self.continue_button, self.stop_button, self.sample_button)
+        card_layout.addLayout(self._actions_row(self.sampling_panel, *buttons, top=True))
 
     def _build_answers(self) -> QHBoxLayout:
         """The two answers, in equal panes."""
@@ -374,136 +275,20 @@ class CollectView(SingleModelView):
     def prompt_messages(self) -> list[dict[str, str]]:
         """The conversation the next pair answers: the system prompt, the earlier turns and the message in
         the editor (a stored prompt shown unchanged is given back exactly as stored)."""
-        loaded = self._loaded_prompt
-        if loaded is not None and self._editors_match(loaded):
-            return [dict(m) for m in loaded.messages]
-        system = self.system_edit.toPlainText().strip()
-        user = self.prompt_edit.toPlainText().strip()
-        head = [{"role": "system", "content": system}] if system else []
-        return [*head, *(turn.message() for turn in self._history), {"role": "user", "content": user}]
+        return self.prompt_editor.messages()
 
     def history(self) -> list[dict[str, str]]:
         """The earlier turns of the conversation on screen (without the system prompt), oldest first."""
-        return [turn.message() for turn in self._history]
-
-    def _editors_match(self, prompt: PromptRow) -> bool:
-        system, earlier, last = split_conversation(prompt.messages)
-        return (
-            self.prompt_edit.toPlainText().strip() == last.strip()
-            and self.system_edit.toPlainText().strip() == system.strip()
-            and self.history() == earlier
-        )
+        return self.prompt_editor.history()
 
     def set_prompt(self, prompt: str, system: str = "") -> None:
         """Put a prompt (and optional system prompt) in the editors: a single turn, no earlier ones."""
-        self._loaded_prompt = None
-        self._set_history([], source="")
-        self._fill_editors(prompt, system)
-
-    def _fill_editors(self, prompt: str, system: str) -> None:
-        self.system_edit.setPlainText(system)
-        if system and not self._history and not self.system_toggle.isChecked():
-            self.system_toggle.setChecked(True)  # in a conversation it stays folded: the turns need the room
-        self.prompt_edit.setPlainText(prompt)
-        cursor = self.prompt_edit.textCursor()
-        cursor.movePosition(cursor.MoveOperation.End)
-        self.prompt_edit.setTextCursor(cursor)
-
-    def _show_prompt_row(self, prompt: PromptRow, *, source: str | None = None) -> None:
-        system, earlier, last = split_conversation(prompt.messages)
-        self._set_history(earlier, source=source)
-        self._loaded_prompt = prompt
-        self._fill_editors(last, system)
-
-    def _set_history(self, messages: list[dict[str, str]], *, source: str | None) -> None:
-        """Show ``messages`` as the earlier turns. Turns already shown keep their labels; ``source`` says
-        where the conversation came from (None: where the shown one came from)."""
-        kept = []
-        for turn, message in zip(self._history, messages, strict=False):
-            if turn.message() != message:
-                break
-            kept.append(turn)
-        self._history = kept + [Turn(m["role"], m["content"]) for m in messages[len(kept) :]]
-        if source is not None:
-            self._history_source = source
-        if not self._history:
-            self._history_source = ""
-        self._render_history()
+        self.prompt_editor.set_prompt(prompt, system)
 
     @property
     def history_view(self) -> FittedTranscript:
         """The earlier turns above the prompt editor (hidden without any; built the first time it is needed)."""
-        if self._history_view is None:
-            from desktop_dpo.gui.chat_transcript import FittedTranscript
-
-            view = FittedTranscript(min_height=HISTORY_MIN_HEIGHT, max_height=HISTORY_MAX_HEIGHT)
-            view.setToolTip("The conversation so far: both answers below continue it")
-            view.setVisible(False)
-            self._card_layout.insertWidget(self._card_layout.indexOf(self.prompt_edit), view)
-            self._history_view = view
-        return self._history_view
-
-    def _render_history(self) -> None:
-        if self._history or self._history_view is not None:  # no conversation yet: nothing to build
-            self._fill_history_view()
-        self.prompt_edit.setMaximumHeight(NEXT_MESSAGE_MAX_HEIGHT if self._history else PROMPT_MAX_HEIGHT)
-        self._update_prompt_label()
-        self._update_actions()
-
-    def _fill_history_view(self) -> None:
-        view = self.history_view
-        view.clear_messages()
-        number = 0
-        for turn in self._history:
-            if turn.role == "user":
-                number += 1
-                header = f"You · turn {number}"
-            elif turn.role == "assistant":
-                header = f"Assistant · turn {max(number, 1)}" + (f" · {turn.label}" if turn.label else "")
-            else:
-                header = turn.role.capitalize()
-            view.add_message(turn.role, turn.content, header)
-        view.setVisible(bool(self._history))
-        view.fit_to_contents()
-        view.scroll_to_end()
-
-    def _next_turn(self) -> int:
-        """The number of the turn the prompt editor's message opens."""
-        return sum(1 for turn in self._history if turn.role == "user") + 1
-
-    def _update_prompt_label(self) -> None:
-        if not self._history:
-            self.prompt_label.setText("Prompt")
-            self.prompt_edit.setPlaceholderText("Ask the model something. Ctrl+Enter samples two answers.")
-            return
-        source = f" {self._history_source}" if self._history_source else ""
-        self.prompt_label.setText(f"Turn {self._next_turn()} of a conversation{source}")
-        self.prompt_edit.setPlaceholderText(
-            "Write your next message. Ctrl+Enter samples two answers that continue the conversation."
-        )
-
-    @Slot(bool)
-    def _on_system_toggled(self, shown: bool) -> None:
-        self.system_edit.setVisible(shown)
-        self.system_toggle.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
-        self._update_system_toggle()
-
-    def _update_system_toggle(self) -> None:
-        """A folded system prompt still shows that it is there: its beginning follows the toggle's name."""
-        text = " ".join(self.system_edit.toPlainText().split())
-        if text and not self.system_toggle.isChecked():
-            preview = text if len(text) <= SYSTEM_PREVIEW_CHARS else text[: SYSTEM_PREVIEW_CHARS - 1] + "…"
-            self.system_toggle.setText(f"System prompt: {preview}")
-            self.system_toggle.setToolTip(f"The system prompt, read before the conversation:\n{text}")
-        else:
-            self.system_toggle.setText("System prompt")
-            self.system_toggle.setToolTip("Optional instructions given to the model before your prompt")
-
-    @Slot()
-    def _on_prompt_text_changed(self) -> None:
-        if self.sender() is self.system_edit:
-            self._update_system_toggle()
-        self._update_actions()
+        return self.prompt_editor.history_view
 
     # ---------------------------------------------------------------- conversations
 
@@ -554,21 +339,14 @@ class CollectView(SingleModelView):
         assert answer is not None
         text, label = answer
         _system, earlier, question = split_conversation(saved.pair.messages)
-        self._set_history(earlier, source=None)  # the turns before the judged one, labels kept
-        self._history += [Turn("user", question), Turn("assistant", text, label)]
-        self._loaded_prompt = None
         self._continuable = False
         self._continued = True
-        self.system_toggle.setChecked(False)  # it stays with the conversation, folded to one line
-        if self.prompt_edit.toPlainText().strip() == question.strip():
-            self.prompt_edit.clear()  # otherwise the person already started the next message: keep it
-        self._render_history()
+        self.prompt_editor.continue_with(earlier, question, text, label)
         self._show_empty_panes()
         self.feedback.setText("Continued.")
-        self._set_activity(
-            f"Write your message for turn {self._next_turn()}, then Ctrl+Enter samples two answers to it."
-        )
-        self.notify(f"The conversation goes on: write your message for turn {self._next_turn()}.")
+        turn = self.prompt_editor.next_turn()
+        self._set_activity(f"Write your message for turn {turn}, then Ctrl+Enter samples two answers to it.")
+        self.notify(f"The conversation goes on: write your message for turn {turn}.")
         self.prompt_edit.setFocus()
         self._update_actions()
         return True
@@ -588,12 +366,11 @@ class CollectView(SingleModelView):
         if reason:
             self.notify(reason)
             return False
-        self._loaded_prompt = None
         self._continuable = False
         if self._pair is not None:  # a stopped pair, which cannot be judged
             self._pair = None
             self._show_empty_panes()
-        self._set_history([], source="")
+        self.prompt_editor.forget_history()
         self.prompt_edit.setFocus()
         self.notify("New conversation: the next pair answers your prompt alone.")
         return True
@@ -602,7 +379,7 @@ class CollectView(SingleModelView):
         """Put a conversation that ends with a user message in the view (e.g. from Chat): its earlier turns
         above, its last message in the editor, ready to sample. ``model``: sample from it. Returns False
         (and says why) when a pair is being sampled or waits for a verdict."""
-        system, earlier, question = split_conversation(messages)
+        _system, earlier, question = split_conversation(messages)
         if not question.strip():
             raise ValueError("A conversation to compare answers on must end with a user message.")
         reason = self._conversation_locked()
@@ -611,19 +388,16 @@ class CollectView(SingleModelView):
             return False
         if model is not None:
             self.set_model(model)
-        self._loaded_prompt = None
         self._continuable = False
         self._pair = None
-        self._set_history(earlier, source="from Chat")
+        self.prompt_editor.show_conversation(messages, source="from Chat")
         if earlier:
             self.system_toggle.setChecked(False)  # folded to one line: the turns need the room
-        self._fill_editors(question, system)
         self._show_empty_panes()
         self.clear_error()
         self.feedback.clear()
-        self._set_activity(
-            f"From Chat: Ctrl+Enter samples two answers to your message (turn {self._next_turn()})."
-        )
+        turn = self.prompt_editor.next_turn()
+        self._set_activity(f"From Chat: Ctrl+Enter samples two answers to your message (turn {turn}).")
         self.prompt_edit.setFocus()
         self._update_actions()
         return True
@@ -646,7 +420,7 @@ class CollectView(SingleModelView):
         self.notify(
             f"Queued {count} prompt{'s' if count != 1 else ''} from {path.name} ({prompt_file.describe()})."
         )
-        if not self.prompt_edit.toPlainText().strip() and self._pair is None and not self._history:
+        if not self.prompt_editor.has_message() and self._pair is None and not self.prompt_editor.turns:
             self.next_prompt()
         return count
 
@@ -667,11 +441,11 @@ class CollectView(SingleModelView):
             self.notify("The queue is empty. Load prompts from a file first.")
             self._update_actions()
             return
-        chosen = queued[0]
-        if self._loaded_prompt is not None:
-            later = [p for p in queued if p.id > self._loaded_prompt.id]
+        chosen, shown = queued[0], self.prompt_editor.loaded
+        if shown is not None:
+            later = [p for p in queued if p.id > shown.id]
             chosen = later[0] if later else queued[0]
-        self._show_prompt_row(chosen, source="from the queue")
+        self.prompt_editor.show_conversation(chosen.messages, source="from the queue", stored=chosen)
         self.prompt_edit.setFocus()
         self._update_actions()
 
@@ -687,10 +461,6 @@ class CollectView(SingleModelView):
     # ---------------------------------------------------------------- sampling
 
     @property
-    def _streaming(self) -> bool:
-        return self._sampling is not None and self._sampling.active
-
-    @property
     def pair(self) -> ShownPair | None:
         """The pair on screen (None after a verdict)."""
         return self._pair
@@ -702,22 +472,16 @@ class CollectView(SingleModelView):
         if not self.sample_button.isEnabled():
             return False
         assert self._model is not None
-        from desktop_dpo.gui.template_editor import ensure_template_chosen, template_needed_message
-
-        # The rows as stored now (a template chosen in Models since), each with a usable chat template: a
-        # model that needs one chosen first opens the template editor; cancelled, nothing starts.
-        model_a = ensure_template_chosen(self, self.store, self._model)
+        # The rows as stored now (a template chosen in Models since), each with a usable chat template.
+        model_a = self._with_template(self._model)
         if model_a is None:
-            self.show_error(template_needed_message(self._model))
             return False
         self._model = model_a
         model_b = self._model_b()
         if model_b is not None:
-            checked = ensure_template_chosen(self, self.store, model_b)
-            if checked is None:
-                self.show_error(template_needed_message(model_b))
+            model_b = self._with_template(model_b)
+            if model_b is None:
                 return False
-            model_b = checked
         messages = self.prompt_messages()
         settings = self.sampling_panel.settings()
         pool, paths = self.pool, self.paths
@@ -729,12 +493,7 @@ class CollectView(SingleModelView):
             job = sample_pair(pool, model_a, model_b, paths, messages, settings, None, token)
             return record_model_info(store, job)
 
-        self._sampling = self.start_job(
-            JobOp(self.registry, factory, store=paths.db_path, owner=self)
-            .resource(f"generate:{model_a.id}")
-            .slots("sample")
-        )
-        if self._sampling is None:
+        if not self._start_generation(factory, model_a, "sample"):
             return False
 
         self._last_saved = None  # a new pair on screen: the previous verdict stays (fix it in Data)
@@ -761,13 +520,6 @@ class CollectView(SingleModelView):
         self._update_actions()
         return True
 
-    @Slot()
-    def stop(self) -> None:
-        """Stop sampling at the next token (the partial answers stay on screen, but cannot be judged)."""
-        if self._sampling is not None and self._sampling.active:
-            self._sampling.cancel()
-            self._set_activity("Stopping…")
-
     def _pane_for(self, generation: int) -> ResponsePane:
         assert self._pair is not None
         return self.panes[self._pair.side_of(generation)]
@@ -786,12 +538,8 @@ class CollectView(SingleModelView):
             pane.status.setText(f"Writing… {event.n_tokens} tokens")
         elif isinstance(event, ResponseFinished):
             self._finish_generation(event.seq, event.result)
-        elif isinstance(event, Progress):
-            self.activity_row.show_progress(event.fraction)
-            if event.message:
-                self._set_activity(event.message)
-        elif isinstance(event, Log):
-            self.show_log(event.message, event.level)
+        else:
+            self.show_job_progress(event)
 
     def _finish_generation(self, generation: int, result: GenerationResult) -> None:
         assert self._pair is not None
@@ -825,15 +573,12 @@ class CollectView(SingleModelView):
         self._update_actions()
 
     def _on_sample_cancelled(self) -> None:
+        """After Stop: the partial answers stay on screen, but cannot be judged."""
         self.activity_row.hide_progress()
         self._set_activity("Stopped. Sample again for a pair you can judge.")
         for pane in self.panes:
             pane.status.setText("Stopped")
         self.notify("Sampling stopped.")
-        self._update_actions()
-
-    @Slot()
-    def _on_registry_changed(self) -> None:
         self._update_actions()
 
     # ---------------------------------------------------------------- judging
@@ -845,56 +590,14 @@ class CollectView(SingleModelView):
         pair = self._pair
         if pair is None or self._streaming or not pair.complete:
             return None
-        verdict = verdict_for(choice, pair.a_shown_left)
-        edited_text = pair.edit[1] if pair.edit else None
-        edited_side = GENERATION_SIDES[pair.edit[0]] if pair.edit else None
-        from desktop_dpo.core.sampling import generation_meta  # not at start-up (see sample)
-
-        results = [r for r in pair.results if r is not None]
         try:
-            with self.store.atomic():
-                if pair.generation_ids is not None:  # brought back by undo: its generations are stored
-                    prompt_id = self.store.add_prompt(pair.messages, source="collect")
-                    comparison_id = self.store.add_comparison(
-                        prompt_id=prompt_id,
-                        generation_a_id=pair.generation_ids[0],
-                        generation_b_id=pair.generation_ids[1],
-                        verdict=verdict,
-                        a_shown_left=pair.a_shown_left,
-                        edited_text=edited_text,
-                        edited_side=edited_side,
-                    )
-                else:
-                    comparison_id = self.store.record_pair(
-                        messages=pair.messages,
-                        text_a=results[0].text,
-                        text_b=results[1].text,
-                        verdict=verdict,
-                        model_a_id=pair.model_ids[0],
-                        model_b_id=pair.model_ids[1],
-                        a_shown_left=pair.a_shown_left,
-                        generation_meta_a=generation_meta(results[0]),
-                        generation_meta_b=generation_meta(results[1]),
-                        edited_text=edited_text,
-                        edited_side=edited_side,
-                    )
-                comparison = self.store.get_comparison(comparison_id)
-                assert comparison is not None
-                prompt_id = comparison.prompt_id
-                was_queued = any(p.id == prompt_id for p in self.store.queued_prompts())
-                if was_queued:  # a judged (or skipped) prompt leaves the queue
-                    self.store.dequeue_prompt(prompt_id)
+            self._last_saved = save_verdict(self.store, pair, choice)
         except DesktopDpoError as exc:
             self.show_error(f"The verdict was not saved: {exc}")
             return None
-
-        saved_pair = replace(pair, generation_ids=(comparison.generation_a_id, comparison.generation_b_id))
-        self._last_saved = SavedVerdict(comparison_id, prompt_id, saved_pair, choice, was_queued)
         self._continuable, self._continued = True, False
         self._pair = None
-        # Ctrl+Z now undoes this verdict rather than the typing that led to it.
-        self.prompt_edit.document().clearUndoRedoStacks()
-        self.system_edit.document().clearUndoRedoStacks()
+        self.prompt_editor.clear_undo()  # Ctrl+Z now undoes this verdict rather than the typing before it
         chosen_side = {"left": 0, "right": 1}.get(choice)
         for pane in self.panes:
             pane.set_chosen(pane.side == chosen_side)
@@ -911,7 +614,7 @@ class CollectView(SingleModelView):
         )
         self.notify(f"Saved: {label}.")
         self.pairs_changed.emit()
-        return comparison_id
+        return self._last_saved.comparison_id
 
     @Slot()
     def undo_last_verdict(self) -> bool:
@@ -920,11 +623,7 @@ class CollectView(SingleModelView):
         if saved is None or self._pair is not None or self._streaming:
             return False
         try:
-            with self.store.atomic():
-                self.store.delete_comparison_for_undo(saved.comparison_id)
-                if saved.was_queued:
-                    self.store.add_prompt(saved.pair.messages, queued=True)
-            prompt = self.store.get_prompt(saved.prompt_id)
+            prompt = undo_verdict(self.store, saved)
         except DesktopDpoError as exc:
             self.show_error(f"The verdict could not be undone: {exc}")
             return False
@@ -932,7 +631,8 @@ class CollectView(SingleModelView):
         self._continuable = False
         self._pair = saved.pair
         if prompt is not None:
-            self._show_prompt_row(prompt)  # the conversation as it was when the pair was judged
+            # The conversation as it was when the pair was judged.
+            self.prompt_editor.show_conversation(prompt.messages, source=None, stored=prompt)
         self._show_pair(saved.pair)
         self.feedback.setText("Verdict undone.")
         self._set_activity("Judge the pair again.")
@@ -957,7 +657,7 @@ class CollectView(SingleModelView):
             pane.status.clear()
             pane.badge.setVisible(False)
             pane.set_chosen(False)
-        what = "your next message" if self._history else "your prompt"
+        what = "your next message" if self.prompt_editor.turns else "your prompt"
         self.panes[0].text.setPlaceholderText(f"Two answers to {what} appear here, side by side.")
         self.panes[1].text.setPlaceholderText("Which side shows which sample is random for every pair.")
 
@@ -1004,7 +704,7 @@ class CollectView(SingleModelView):
         model_b = self._model_b() if self.other_model_check.isChecked() else None
         busy = resource is not None and self.registry.is_busy(resource)
         busy_b = model_b is not None and self.registry.is_busy(f"generate:{model_b.id}")
-        has_prompt = bool(self.prompt_edit.toPlainText().strip())
+        has_prompt = self.prompt_editor.has_message()
         reason = ""
         if self._model is None:
             reason = "Add a model in Models first."
@@ -1013,9 +713,9 @@ class CollectView(SingleModelView):
         elif busy or busy_b:
             reason = "The model is busy with another job; wait for it to finish."
         elif not has_prompt:
-            reason = "Write your next message first." if self._history else "Write a prompt first."
+            reason = "Write your next message first." if self.prompt_editor.turns else "Write a prompt first."
         self.sample_button.setEnabled(not reason)
-        self.sample_button.setToolTip(reason or "Sample two answers to the prompt (Ctrl+Enter)")
+        self.sample_button.setToolTip(reason or SAMPLE_TIP)
         self.stop_button.setEnabled(streaming)
         judgeable = self._pair is not None and not streaming and self._pair.complete
         for button in self.verdict_buttons.values():
@@ -1026,16 +726,7 @@ class CollectView(SingleModelView):
         can_continue, continue_tip = self._continue_state()
         self.continue_button.setEnabled(can_continue)
         self.continue_button.setToolTip(continue_tip)
-        self.new_conversation_button.setVisible(bool(self._history))
-        locked = self._conversation_locked()
-        self.new_conversation_button.setEnabled(not locked)
-        if locked:
-            self.new_conversation_button.setToolTip(locked)
-        else:
-            self.new_conversation_button.setToolTip(
-                "Forget the earlier turns: the next pair answers your message alone (the text you are "
-                "writing and the system prompt stay)"
-            )
+        self.prompt_editor.show_locked(self._conversation_locked())
         self.next_prompt_button.setEnabled(self._queue_count > 0 and not streaming)
         self.next_prompt_button.setText(
             f"Next prompt ({self._queue_count})" if self._queue_count else "Next prompt"

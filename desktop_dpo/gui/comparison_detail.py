@@ -7,25 +7,16 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
-from PySide6.QtCore import (
-    QSize,
-    Qt,
-    QTimer,
-    Signal,
-    Slot,
-)
+from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QResizeEvent
 from PySide6.QtWidgets import (
     QComboBox,
     QFrame,
-    QHBoxLayout,
-    QLabel,
     QLineEdit,
     QPlainTextEdit,
     QSizePolicy,
     QStackedWidget,
     QTextBrowser,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -36,6 +27,16 @@ from desktop_dpo.gui.comparison_table_model import (
     VERDICT_WORDS,
     format_date,
     shown_side_words,
+)
+from desktop_dpo.gui.widgets import (
+    STRETCH,
+    FitsText,
+    field_label,
+    hbox,
+    set_style_property,
+    styled_label,
+    text_label,
+    vbox,
 )
 
 PROMPT_MAX_HEIGHT = 170  # pixels; a longer conversation scrolls in its box
@@ -104,29 +105,17 @@ def prompt_html(messages: Sequence[dict[str, str]]) -> str:
     return "".join(blocks)
 
 
-class _PromptBrowser(QTextBrowser):
+class _PromptBrowser(FitsText, QTextBrowser):
     """The conversation before the responses: as tall as its text, up to a limit, and shrinking first when
     the panel is short (then it scrolls), so the responses keep their room."""
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
-        self._fitted = 40
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Maximum)
+        self.fit_height(40, PROMPT_MAX_HEIGHT, floor=36, padding=4)
 
     def fit_to_contents(self) -> None:
-        document = self.document()
-        document.setTextWidth(max(self.viewport().width(), 200))
-        frame = 2 * self.frameWidth() + 4
-        fitted = int(min(max(document.size().height() + frame, 40), PROMPT_MAX_HEIGHT))
-        if fitted != self._fitted:
-            self._fitted = fitted
-            self.updateGeometry()
-
-    def sizeHint(self) -> QSize:  # Qt override
-        return QSize(super().sizeHint().width(), self._fitted)
-
-    def minimumSizeHint(self) -> QSize:  # Qt override
-        return QSize(super().minimumSizeHint().width(), 36)
+        self.document().setTextWidth(max(self.viewport().width(), 200))
+        super().fit_to_contents()
 
     def show_end(self) -> None:
         """Scroll to the last message (the one the responses answer), now and once the box has its new
@@ -146,32 +135,18 @@ class _TextPane(QFrame):
     def __init__(self, title: str, parent: QWidget | None = None):
         super().__init__(parent)
         self.setObjectName("detailPane")
-        self.title = QLabel(title)
-        self.title.setObjectName("paneTitle")
-        self.badge = QLabel()
-        self.badge.setObjectName("paneBadge")
+        self.title = styled_label(title, "paneTitle")
+        self.badge = styled_label("", "paneBadge")
         self.badge.setVisible(False)
-        self.meta = QLabel()
-        self.meta.setObjectName("detailMeta")
-        self.meta.setWordWrap(True)
-        self.meta.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.meta = text_label("", "detailMeta", selectable=True, plain=False)
         self.text = QPlainTextEdit()
         self.text.setObjectName("paneText")
         self.text.setReadOnly(True)
         self.text.setMinimumHeight(44)
         # Whatever height is left, not a preferred one: the conversation above gets its room first.
         self.text.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Ignored)
-        head = QHBoxLayout()
-        head.setSpacing(8)
-        head.addWidget(self.title)
-        head.addWidget(self.badge)
-        head.addStretch(1)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(10, 8, 10, 8)
-        layout.setSpacing(4)
-        layout.addLayout(head)
-        layout.addWidget(self.meta)
-        layout.addWidget(self.text, 1)
+        head = hbox(self.title, self.badge, STRETCH, spacing=8)
+        vbox(head, self.meta, (self.text, 1), parent=self, margins=(10, 8, 10, 8), spacing=4)
 
     def show_text(
         self, text: str, *, badge: str = "", chosen: bool = False, meta: str = "", meta_tip: str = ""
@@ -182,11 +157,7 @@ class _TextPane(QFrame):
         self.meta.setText(meta)
         self.meta.setToolTip(meta_tip)
         self.meta.setVisible(bool(meta))
-        if self.property("chosen") != chosen:
-            self.setProperty("chosen", chosen)
-            # Re-apply the style sheet so the #detailPane[chosen="true"] rule follows the property.
-            self.style().unpolish(self)
-            self.style().polish(self)
+        set_style_property(self, "chosen", chosen)  # the #detailPane[chosen="true"] rule follows it
 
 
 class ComparisonDetail(QFrame):
@@ -206,17 +177,15 @@ class ComparisonDetail(QFrame):
         self.comparison_id: int | None = None
         self._shown_note = ""
 
-        self.placeholder = QLabel("Select a comparison to read it in full, change its verdict or add a note.")
-        self.placeholder.setObjectName("detailPlaceholder")
+        self.placeholder = styled_label(
+            "Select a comparison to read it in full, change its verdict or add a note.",
+            "detailPlaceholder",
+            wrap=True,
+        )
         self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.placeholder.setWordWrap(True)
 
-        self.title = QLabel()
-        self.title.setObjectName("detailTitle")
-        self.meta = QLabel()
-        self.meta.setObjectName("detailMeta")
-        self.meta.setWordWrap(True)
-        self.meta.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.title = styled_label("", "detailTitle")
+        self.meta = text_label("", "detailMeta", selectable=True, plain=False)
         self.prompt_text = _PromptBrowser()
         self.prompt_text.setObjectName("promptText")
         self.prompt_text.setOpenLinks(False)
@@ -238,42 +207,32 @@ class ComparisonDetail(QFrame):
         )
         self.note_edit.editingFinished.connect(self._on_note_editing_finished)
 
-        head = QHBoxLayout()
-        head.setSpacing(10)
-        head.addWidget(self.title)
-        head.addWidget(self.meta, 1)
-        responses = QHBoxLayout()
-        responses.setSpacing(10)
-        responses.addWidget(self.panes["a"], 1)
-        responses.addWidget(self.panes["b"], 1)
-        responses.addWidget(self.edit_pane, 1)
-        controls = QHBoxLayout()
-        controls.setSpacing(8)
-        verdict_label = QLabel("Verdict")
-        verdict_label.setObjectName("fieldLabel")
-        note_label = QLabel("Note")
-        note_label.setObjectName("fieldLabel")
-        controls.addWidget(verdict_label)
-        controls.addWidget(self.verdict_combo)
-        controls.addSpacing(10)
-        controls.addWidget(note_label)
-        controls.addWidget(self.note_edit, 1)
+        head = hbox(self.title, (self.meta, 1), spacing=10)
+        responses = hbox((self.panes["a"], 1), (self.panes["b"], 1), (self.edit_pane, 1), spacing=10)
+        controls = hbox(
+            field_label("Verdict"),
+            self.verdict_combo,
+            10,
+            field_label("Note"),
+            (self.note_edit, 1),
+            spacing=8,
+        )
 
         content = QWidget()
-        layout = QVBoxLayout(content)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.setSpacing(6)
-        layout.addLayout(head)
-        layout.addWidget(self.prompt_text)
-        layout.addLayout(responses, 1)
-        layout.addLayout(controls)
+        vbox(
+            head,
+            self.prompt_text,
+            (responses, 1),
+            controls,
+            parent=content,
+            margins=(0, 0, 0, 0),
+            spacing=6,
+        )
 
         self.stack = QStackedWidget()
         self.stack.addWidget(self.placeholder)
         self.stack.addWidget(content)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(14, 10, 14, 10)
-        outer.addWidget(self.stack)
+        vbox(self.stack, parent=self, margins=(14, 10, 14, 10))
 
     def show_comparison(
         self,
@@ -328,9 +287,7 @@ class ComparisonDetail(QFrame):
                 badge="✓ Chosen",
                 meta=f"Yours: trained as preferred over the original {side.upper()}",
             )
-            self.edit_pane.badge.setProperty("tone", "rewrite")
-            self.edit_pane.badge.style().unpolish(self.edit_pane.badge)
-            self.edit_pane.badge.style().polish(self.edit_pane.badge)
+            set_style_property(self.edit_pane.badge, "tone", "rewrite")
 
         index = self.verdict_combo.findData(verdict)
         self.verdict_combo.setCurrentIndex(max(index, 0))

@@ -40,7 +40,6 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
     QComboBox,
-    QFrame,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -49,7 +48,6 @@ from PySide6.QtWidgets import (
     QSplitter,
     QStackedWidget,
     QTableView,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -66,7 +64,17 @@ from desktop_dpo.gui.comparison_table_model import (
 )
 from desktop_dpo.gui.message_banner import MessageBanner
 from desktop_dpo.gui.view_messages import ViewMessages
-from desktop_dpo.gui.widgets import make_page, page_pill, title_block
+from desktop_dpo.gui.widgets import (
+    STRETCH,
+    button,
+    card,
+    hbox,
+    make_page,
+    page_pill,
+    styled_label,
+    title_block,
+    vbox,
+)
 
 log = logging.getLogger(__name__)
 
@@ -131,27 +139,25 @@ class DataView(ViewMessages, QWidget):
         self.import_button = self._button_for(import_action, primary=True, text="Import…")
         self.export_button = self._button_for(export_action, primary=False, text="Export…")
         self.action_buttons = [self.import_button, self.export_button]
-        title_row = QHBoxLayout()
-        title_row.setSpacing(12)
-        title_row.addWidget(title)
-        title_row.addWidget(self.counts_label, 0, Qt.AlignmentFlag.AlignVCenter)
-        title_row.addStretch(1)
-        title_row.addWidget(self.import_button, 0, Qt.AlignmentFlag.AlignVCenter)
-        title_row.addWidget(self.export_button, 0, Qt.AlignmentFlag.AlignVCenter)
-        header = QVBoxLayout()
-        header.setSpacing(2)
-        header.addLayout(title_row)
-        header.addWidget(summary)
+        centred = Qt.AlignmentFlag.AlignVCenter
+        title_row = hbox(
+            title,
+            (self.counts_label, 0, centred),
+            STRETCH,
+            (self.import_button, 0, centred),
+            (self.export_button, 0, centred),
+            spacing=12,
+        )
+        header = vbox(title_row, summary, spacing=2)
 
         filters = self._build_filters()
 
         # -- error banner and the undo notice
         self.banner = MessageBanner()
         self.notice = MessageBanner()
-        self.undo_button = QPushButton("Undo  Ctrl+Z")
-        self.undo_button.setObjectName("secondaryButton")
-        self.undo_button.setToolTip("Bring back the comparisons just deleted (Ctrl+Z)")
-        self.undo_button.clicked.connect(self.undo_delete)
+        self.undo_button = button(
+            "Undo  Ctrl+Z", self.undo_delete, tooltip="Bring back the comparisons just deleted (Ctrl+Z)"
+        )
         self.notice.add_action(self.undo_button)
 
         # -- the table and the detail panel
@@ -163,11 +169,7 @@ class DataView(ViewMessages, QWidget):
         self.detail.verdict_chosen.connect(self._on_detail_verdict_chosen)
         self.detail.note_edited.connect(self._on_detail_note_edited)
         table_box = QWidget()
-        table_layout = QVBoxLayout(table_box)
-        table_layout.setContentsMargins(0, 0, 0, 0)
-        table_layout.setSpacing(4)
-        table_layout.addWidget(self.table_empty)
-        table_layout.addWidget(self.table, 1)
+        vbox(self.table_empty, (self.table, 1), parent=table_box, margins=(0, 0, 0, 0), spacing=4)
         self.splitter = QSplitter(Qt.Orientation.Vertical)
         self.splitter.setChildrenCollapsible(False)
         self.splitter.addWidget(table_box)
@@ -176,24 +178,22 @@ class DataView(ViewMessages, QWidget):
         self.splitter.setStretchFactor(1, 1)
 
         table_page = QWidget()
-        table_page_layout = QVBoxLayout(table_page)
-        table_page_layout.setContentsMargins(0, 0, 0, 0)
-        table_page_layout.setSpacing(8)
-        table_page_layout.addLayout(filters)
-        table_page_layout.addWidget(self.banner)
-        table_page_layout.addWidget(self.notice)
-        table_page_layout.addWidget(self.splitter, 1)
+        vbox(
+            filters,
+            self.banner,
+            self.notice,
+            (self.splitter, 1),
+            parent=table_page,
+            margins=(0, 0, 0, 0),
+            spacing=8,
+        )
 
         self.pages = QStackedWidget()
         self.empty_page = self._build_empty_page(import_action)
         self.pages.addWidget(self.empty_page)
         self.pages.addWidget(table_page)
 
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(24, 20, 24, 16)
-        layout.setSpacing(12)
-        layout.addLayout(header)
-        layout.addWidget(self.pages, 1)
+        vbox(header, (self.pages, 1), parent=self, margins=(24, 20, 24, 16), spacing=12)
         # A centred card gets its size hint, which does not wrap the text for the card's width: say how tall
         # the text is once this view's style (its font size) applies.
         self.empty_text.ensurePolished()
@@ -222,23 +222,23 @@ class DataView(ViewMessages, QWidget):
         self.show_deleted_check.toggled.connect(lambda _checked: self.apply_filters())
         self.matches_label = QLabel()
         self.matches_label.setObjectName("dataMatches")
-        self.delete_button = QPushButton("Delete")
-        self.delete_button.setObjectName("secondaryButton")
-        self.delete_button.setToolTip("Delete the selected comparisons (Delete); Ctrl+Z brings them back")
-        self.delete_button.clicked.connect(self.delete_selected)
-        self.restore_button = QPushButton("Restore")
-        self.restore_button.setObjectName("secondaryButton")
-        self.restore_button.setToolTip("Bring the selected deleted comparisons back")
-        self.restore_button.clicked.connect(self.restore_selected)
-        filters = QHBoxLayout()
-        filters.setSpacing(8)
-        filters.addWidget(self.search_edit, 3)
-        filters.addWidget(self.verdict_filter)
-        filters.addWidget(self.show_deleted_check)
-        filters.addWidget(self.matches_label, 1)
-        filters.addWidget(self.restore_button)
-        filters.addWidget(self.delete_button)
-        return filters
+        self.delete_button = button(
+            "Delete",
+            self.delete_selected,
+            tooltip="Delete the selected comparisons (Delete); Ctrl+Z brings them back",
+        )
+        self.restore_button = button(
+            "Restore", self.restore_selected, tooltip="Bring the selected deleted comparisons back"
+        )
+        return hbox(
+            (self.search_edit, 3),
+            self.verdict_filter,
+            self.show_deleted_check,
+            (self.matches_label, 1),
+            self.restore_button,
+            self.delete_button,
+            spacing=8,
+        )
 
     def _build_table(self) -> None:
         """The comparisons' table (``table``)."""
@@ -273,50 +273,37 @@ class DataView(ViewMessages, QWidget):
         self.table.setMinimumHeight(TABLE_MIN_HEIGHT)
 
     def _build_empty_page(self, import_action: QAction) -> QWidget:
-        card = QFrame()
-        card.setObjectName("card")
-        card.setFixedWidth(540)
-        title = QLabel("No comparisons yet")
-        title.setObjectName("emptyTitle")
-        self.empty_text = QLabel(
+        self.empty_text = styled_label(
             "Judge pairs of answers in <b>Collect</b>, or import a TRL preference file (JSON Lines, "
-            "standard or conversational). Every pick then appears here, to search, fix or export."
+            "standard or conversational). Every pick then appears here, to search, fix or export.",
+            "emptyText",
+            wrap=True,
         )
-        self.empty_text.setObjectName("emptyText")
-        self.empty_text.setWordWrap(True)
-        self.collect_button = QPushButton("Go to Collect")
-        self.collect_button.setObjectName("primaryButton")
-        self.collect_button.clicked.connect(self.collect_requested)
+        self.collect_button = button("Go to Collect", self.collect_requested, name="primaryButton")
         self.empty_import_button = self._button_for(import_action, primary=False)
-        buttons = QHBoxLayout()
-        buttons.setSpacing(8)
-        buttons.addWidget(self.collect_button)
-        buttons.addWidget(self.empty_import_button)
-        buttons.addStretch(1)
-        card_layout = QVBoxLayout(card)
-        card_layout.setContentsMargins(24, 20, 24, 20)
-        card_layout.setSpacing(10)
-        card_layout.addWidget(title)
-        card_layout.addWidget(self.empty_text)
-        card_layout.addLayout(buttons)
+        buttons = hbox(self.collect_button, self.empty_import_button, STRETCH, spacing=8)
+        frame, frame_layout = card((24, 20, 24, 20), 10)
+        frame.setFixedWidth(540)
+        frame_layout.addWidget(styled_label("No comparisons yet", "emptyTitle"))
+        frame_layout.addWidget(self.empty_text)
+        frame_layout.addLayout(buttons)
         page = QWidget()
-        page_layout = QVBoxLayout(page)
-        page_layout.setContentsMargins(0, 40, 0, 0)
-        page_layout.addWidget(card, 0, Qt.AlignmentFlag.AlignHCenter)
-        page_layout.addStretch(1)
+        vbox((frame, 0, Qt.AlignmentFlag.AlignHCenter), STRETCH, parent=page, margins=(0, 40, 0, 0))
         return page
 
     @staticmethod
     def _button_for(action: QAction, *, primary: bool, text: str | None = None) -> QPushButton:
-        button = QPushButton(text or action.text().replace("&", ""))
-        button.setObjectName("primaryButton" if primary else "secondaryButton")
         shortcut = action.shortcut().toString(QKeySequence.SequenceFormat.NativeText)
-        button.setToolTip(f"{action.toolTip()} ({shortcut})" if shortcut else action.toolTip())
-        button.setEnabled(action.isEnabled())
-        button.clicked.connect(action.trigger)
+        item = button(
+            text or action.text().replace("&", ""),
+            action.trigger,
+            tooltip=f"{action.toolTip()} ({shortcut})" if shortcut else action.toolTip(),
+            name="primaryButton" if primary else "secondaryButton",
+        )
+        item.setEnabled(action.isEnabled())
         # Follow the action: disabled while an import or export runs.
-        action.enabledChanged.connect(button.setEnabled)
-        return button
+        action.enabledChanged.connect(item.setEnabled)
+        return item
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # Qt override
         if event.type() == QEvent.Type.Resize and watched is self._table_viewport:
@@ -576,27 +563,29 @@ class DataView(ViewMessages, QWidget):
 
     # ---------------------------------------------------------------- verdict and note
 
+    def _update_comparison(self, comparison_id: int, failure: str, **changes: str) -> bool:
+        """Write ``changes`` to comparison ``comparison_id`` and show its new row; False (with ``failure``
+        and the reason in the banner) when the store refused."""
+        try:
+            self.store.update_comparison(comparison_id, **changes)
+        except DesktopDpoError as exc:
+            self.show_error(f"{failure}: {exc}")
+            return False
+        self.model.refresh_ids([comparison_id])
+        return True
+
     @Slot(int, str)
     def _on_detail_verdict_chosen(self, comparison_id: int, verdict: str) -> None:
-        try:
-            self.store.update_comparison(comparison_id, verdict=verdict)
-        except DesktopDpoError as exc:
-            self.show_error(f"The verdict was not changed: {exc}")
+        if not self._update_comparison(comparison_id, "The verdict was not changed", verdict=verdict):
             return
-        self.model.refresh_ids([comparison_id])
         if self.detail.comparison_id == comparison_id:
             self._show_detail(comparison_id)
         self._after_change(f"Comparison #{comparison_id}: now “{VERDICT_WORDS[verdict]}”.")
 
     @Slot(int, str)
     def _on_detail_note_edited(self, comparison_id: int, note: str) -> None:
-        try:
-            self.store.update_comparison(comparison_id, note=note)
-        except DesktopDpoError as exc:
-            self.show_error(f"The note was not saved: {exc}")
-            return
-        self.model.refresh_ids([comparison_id])
-        self._after_change(f"Saved the note of comparison #{comparison_id}.")
+        if self._update_comparison(comparison_id, "The note was not saved", note=note):
+            self._after_change(f"Saved the note of comparison #{comparison_id}.")
 
     def set_verdict(self, verdict: str) -> None:
         """Choose ``verdict`` for the comparison in the panel, as the verdict box does."""

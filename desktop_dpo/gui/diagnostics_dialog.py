@@ -13,16 +13,13 @@ import logging
 from PySide6.QtCore import QEvent, QObject, Qt, Slot
 from PySide6.QtGui import QCloseEvent, QFontDatabase, QGuiApplication
 from PySide6.QtWidgets import (
+    QBoxLayout,
     QDialog,
     QFrame,
     QGridLayout,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QProgressBar,
-    QPushButton,
-    QScrollArea,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -37,6 +34,16 @@ from desktop_dpo.core.hardware_report import (
     render_report,
 )
 from desktop_dpo.core.jobs import CancelToken, Job
+from desktop_dpo.gui.widgets import (
+    STRETCH,
+    button,
+    card,
+    hbox,
+    scroll_area,
+    set_style_property,
+    text_label,
+    vbox,
+)
 from desktop_dpo.workers.job_op import JobOp
 from desktop_dpo.workers.job_worker import JobRegistry
 
@@ -47,24 +54,10 @@ STOP_WAIT_MS = 5_000  # a cancel kills the probe children within a tenth of a se
 CHECKING_TEXT = "Checking your hardware…"
 
 
-def _label(text: str, name: str, *, selectable: bool = False) -> QLabel:
-    label = QLabel(text)
-    label.setObjectName(name)
-    label.setWordWrap(True)
-    label.setTextFormat(Qt.TextFormat.PlainText)
-    if selectable:
-        label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-    return label
-
-
-def _card(heading: str) -> tuple[QFrame, QVBoxLayout]:
-    card = QFrame()
-    card.setObjectName("diagCard")
-    layout = QVBoxLayout(card)
-    layout.setContentsMargins(16, 14, 16, 14)
-    layout.setSpacing(8)
-    layout.addWidget(_label(heading, "diagCardHeading"))
-    return card, layout
+def _card(heading: str) -> tuple[QFrame, QBoxLayout]:
+    frame, layout = card((16, 14, 16, 14), 8, name="diagCard")
+    layout.addWidget(text_label(heading, "diagCardHeading"))
+    return frame, layout
 
 
 class WarningCard(QFrame):
@@ -74,33 +67,31 @@ class WarningCard(QFrame):
         super().__init__(parent)
         self.setObjectName("hardwareWarning")
         self.warning = warning
-        icon = _label("⚠", "hardwareWarningIcon")
+        icon = text_label("⚠", "hardwareWarningIcon")
         icon.setAlignment(Qt.AlignmentFlag.AlignTop)
-        self.text = _label(warning.message, "hardwareWarningText", selectable=True)
+        self.text = text_label(warning.message, "hardwareWarningText", selectable=True)
         self.command = QLineEdit(warning.command)
         self.command.setObjectName("hardwareCommand")
         self.command.setReadOnly(True)
         self.command.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
         self.command.setCursorPosition(0)
         self.command.setToolTip("Run this in a terminal, in the environment desktop-dpo is installed in")
-        self.copy_button = QPushButton("Copy")
-        self.copy_button.setObjectName("copyCommandButton")
-        self.copy_button.setToolTip("Copy the command to the clipboard")
-        self.copy_button.clicked.connect(self._on_copy_clicked)
+        self.copy_button = button(
+            "Copy",
+            self._on_copy_clicked,
+            tooltip="Copy the command to the clipboard",
+            name="copyCommandButton",
+        )
 
-        command_row = QHBoxLayout()
-        command_row.setSpacing(8)
-        command_row.addWidget(self.command, 1)
-        command_row.addWidget(self.copy_button)
-        body = QVBoxLayout()
-        body.setSpacing(8)
-        body.addWidget(self.text)
-        body.addLayout(command_row)
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(14, 12, 14, 12)
-        layout.setSpacing(10)
-        layout.addWidget(icon, 0, Qt.AlignmentFlag.AlignTop)
-        layout.addLayout(body, 1)
+        command_row = hbox((self.command, 1), self.copy_button, spacing=8)
+        body = vbox(self.text, command_row, spacing=8)
+        hbox(
+            (icon, 0, Qt.AlignmentFlag.AlignTop),
+            (body, 1),
+            parent=self,
+            margins=(14, 12, 14, 12),
+            spacing=10,
+        )
 
     @Slot()
     def _on_copy_clicked(self) -> None:
@@ -129,21 +120,20 @@ class DiagnosticsDialog(QDialog):
         self.report_rows: list[tuple[str, str]] = []
         self.safe_mode_labels: list[QLabel] = []
 
-        title = _label("Your hardware", "diagTitle")
-        summary = _label(
+        title = text_label("Your hardware", "diagTitle")
+        summary = text_label(
             "What llama.cpp, torch and bitsandbytes see on this computer, and what to change where they "
             "miss something. Nothing here leaves the computer.",
             "diagSummary",
         )
-        self.status_label = _label(CHECKING_TEXT, "diagStatus")
+        self.status_label = text_label(CHECKING_TEXT, "diagStatus")
         self.busy = QProgressBar()
         self.busy.setObjectName("diagBusy")
         self.busy.setRange(0, 0)  # busy: the probe does not know how far it is
         self.busy.setTextVisible(False)
 
         # Filled when the report arrives.
-        self.warnings_box = QVBoxLayout()
-        self.warnings_box.setSpacing(10)
+        self.warnings_box = vbox(spacing=10)
         self.report_card, report_layout = _card("What the libraries see")
         self.report_grid = QGridLayout()
         self.report_grid.setHorizontalSpacing(16)
@@ -153,62 +143,52 @@ class DiagnosticsDialog(QDialog):
         self.report_card.setVisible(False)
 
         self.safe_mode_card, safe_layout = _card("Safe mode")
-        self.safe_mode_text = _label("", "diagNote", selectable=True)
-        self.safe_mode_list = QVBoxLayout()
-        self.safe_mode_list.setSpacing(4)
-        self.forget_button = QPushButton("Forget")
-        self.forget_button.setObjectName("secondaryButton")
-        self.forget_button.setToolTip(
-            "Forget these crashes: each model loads in the normal mode again (if it crashes again, the app "
-            "falls back to safe mode by itself)"
+        self.safe_mode_text = text_label("", "diagNote", selectable=True)
+        self.safe_mode_list = vbox(spacing=4)
+        self.forget_button = button(
+            "Forget",
+            self._on_forget_clicked,
+            tooltip="Forget these crashes: each model loads in the normal mode again (if it crashes again, "
+            "the app falls back to safe mode by itself)",
         )
-        self.forget_button.clicked.connect(self._on_forget_clicked)
-        forget_row = QHBoxLayout()
-        forget_row.addStretch(1)
-        forget_row.addWidget(self.forget_button)
         safe_layout.addWidget(self.safe_mode_text)
         safe_layout.addLayout(self.safe_mode_list)
-        safe_layout.addLayout(forget_row)
+        safe_layout.addLayout(hbox(STRETCH, self.forget_button))
         self.safe_mode_card.setVisible(False)
 
         content = QWidget()
         content.setObjectName("diagnosticsContent")
-        column = QVBoxLayout(content)
-        column.setContentsMargins(0, 0, 6, 0)
-        column.setSpacing(12)
-        column.addLayout(self.warnings_box)
-        column.addWidget(self.report_card)
-        column.addWidget(self.safe_mode_card)
-        column.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setObjectName("diagnosticsScroll")
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setWidget(content)
+        vbox(
+            self.warnings_box,
+            self.report_card,
+            self.safe_mode_card,
+            STRETCH,
+            parent=content,
+            margins=(0, 0, 6, 0),
+            spacing=12,
+        )
+        scroll = scroll_area(content, "diagnosticsScroll")
 
-        self.copy_button = QPushButton("Copy report")
-        self.copy_button.setObjectName("secondaryButton")
-        self.copy_button.setToolTip("Copy the whole report as text, to paste into a bug report")
+        self.copy_button = button(
+            "Copy report",
+            self._on_copy_clicked,
+            tooltip="Copy the whole report as text, to paste into a bug report",
+        )
         self.copy_button.setEnabled(False)
-        self.copy_button.clicked.connect(self._on_copy_clicked)
-        self.close_button = QPushButton("Close")
-        self.close_button.setObjectName("primaryButton")
+        self.close_button = button("Close", self.close, name="primaryButton")
         self.close_button.setDefault(True)
-        self.close_button.clicked.connect(self.close)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.copy_button)
-        buttons.addStretch(1)
-        buttons.addWidget(self.close_button)
 
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(22, 20, 22, 18)
-        layout.setSpacing(10)
-        layout.addWidget(title)
-        layout.addWidget(summary)
-        layout.addWidget(self.status_label)
-        layout.addWidget(self.busy)
-        layout.addWidget(scroll, 1)
-        layout.addLayout(buttons)
+        vbox(
+            title,
+            summary,
+            self.status_label,
+            self.busy,
+            (scroll, 1),
+            hbox(self.copy_button, STRETCH, self.close_button),
+            parent=self,
+            margins=(22, 20, 22, 18),
+            spacing=10,
+        )
 
         if parent is not None:
             # The window is closing: stop the probe quietly rather than have the window ask about "a job".
@@ -267,11 +247,11 @@ class DiagnosticsDialog(QDialog):
         else:
             self._set_status("✓ Nothing to fix: the libraries use what this computer offers.", "ok")
 
-        for card in self.warning_cards:
-            card.deleteLater()
+        for warning_card in self.warning_cards:
+            warning_card.deleteLater()
         self.warning_cards = [WarningCard(warning) for warning in warnings]
-        for card in self.warning_cards:
-            self.warnings_box.addWidget(card)
+        for warning_card in self.warning_cards:
+            self.warnings_box.addWidget(warning_card)
 
         while self.report_grid.count():
             item = self.report_grid.takeAt(0)
@@ -279,10 +259,10 @@ class DiagnosticsDialog(QDialog):
                 item.widget().deleteLater()
         self.report_rows = report.lines(safe_mode=False)
         for row, (label, value) in enumerate(self.report_rows):
-            name = _label(label, "diagLabel")
+            name = text_label(label, "diagLabel")
             name.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignTop)
             self.report_grid.addWidget(name, row, 0)
-            self.report_grid.addWidget(_label(value, "diagValue", selectable=True), row, 1)
+            self.report_grid.addWidget(text_label(value, "diagValue", selectable=True), row, 1)
         self.report_card.setVisible(True)
         self._show_safe_mode()
         self.copy_button.setEnabled(True)
@@ -302,7 +282,9 @@ class DiagnosticsDialog(QDialog):
                 f"again; from a terminal: {FORGET_SAFE_MODE_COMMAND}"
             )
             for record in report.safe_mode:
-                label = _label("•  " + describe_safe_mode_record(record), "safeModeRecord", selectable=True)
+                label = text_label(
+                    "•  " + describe_safe_mode_record(record), "safeModeRecord", selectable=True
+                )
                 self.safe_mode_labels.append(label)
                 self.safe_mode_list.addWidget(label)
         else:
@@ -311,9 +293,7 @@ class DiagnosticsDialog(QDialog):
         self.safe_mode_card.setVisible(True)
 
     def _set_status(self, text: str, tone: str = "") -> None:
-        self.status_label.setProperty("tone", tone)
-        self.status_label.style().unpolish(self.status_label)
-        self.status_label.style().polish(self.status_label)
+        set_style_property(self.status_label, "tone", tone)
         self.status_label.setText(text)
 
     def report_text(self) -> str:

@@ -31,15 +31,7 @@ from typing import Any
 
 from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtGui import QShortcut, QShowEvent
-from PySide6.QtWidgets import (
-    QFrame,
-    QHBoxLayout,
-    QLabel,
-    QPlainTextEdit,
-    QPushButton,
-    QSizePolicy,
-    QVBoxLayout,
-)
+from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPlainTextEdit, QSizePolicy
 
 from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core.errors import DesktopDpoError
@@ -56,18 +48,14 @@ from desktop_dpo.core.evaluate import (
     evaluation_summary,
     sample_evaluation_pair,
 )
-from desktop_dpo.core.jobs import Log, Progress
 from desktop_dpo.core.llm.generation import GenerationResult, ResponseFinished, TokenEvent, draw_seed
 from desktop_dpo.core.sampling import record_model_info
 from desktop_dpo.core.store import EvaluationRow, ModelRow, PromptRow, Store
 from desktop_dpo.gui import widgets
 from desktop_dpo.gui.choice_bar import ChoiceBar
-from desktop_dpo.gui.message_banner import MessageBanner
-from desktop_dpo.gui.model_work_view import ModelWorkView
+from desktop_dpo.gui.model_work_view import STOP_SHORTCUT, ModelWorkView
 from desktop_dpo.gui.response_pane import SIDE_NAMES, ResponsePane
 from desktop_dpo.gui.sampling_settings_panel import SamplingSettingsPanel
-from desktop_dpo.gui.template_editor import ensure_template_chosen, template_needed_message
-from desktop_dpo.gui.view_messages import ActivityLine
 from desktop_dpo.gui.widgets import (
     ModelCombo,
     card_separator,
@@ -77,7 +65,6 @@ from desktop_dpo.gui.widgets import (
     set_style_property,
     view_shortcut,
 )
-from desktop_dpo.workers.job_op import JobOp
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +78,6 @@ CHOICE_TIPS = {
     "both_bad": "Neither answer is acceptable",
 }
 NEXT_SHORTCUT = "Alt+N"
-STOP_SHORTCUT = "Esc"
 SETTINGS_KEY = "evaluate/sampling"
 CONCLUSIONS = {
     "better": "The aligned model is better: the whole interval is above 50%.",
@@ -155,12 +141,8 @@ class ShownEvaluationPair:
 class EvaluateView(ModelWorkView):
     """Blind A/B votes between an aligned model and its base, with a running win rate.
 
-    Args:
-        store: the GUI thread's database connection.
-        registry: the job registry (sampling runs on ``generate:<aligned model id>``).
-        pool: the engine pool shared with the other views.
-        paths: the app's folders.
-        rng: decides the side of the aligned answer and the seeds (tests pass a seeded one).
+    Takes the services of :class:`~desktop_dpo.gui.model_work_view.ModelWorkView` (sampling runs on
+    ``generate:<aligned model id>``); its ``rng`` decides the side of the aligned answer and the seeds.
 
     Signals:
         status_message(str): a line for the status bar.
@@ -175,7 +157,6 @@ class EvaluateView(ModelWorkView):
     def __init__(self, **services: Any):
         super().__init__(**services)
         self._pair: ShownEvaluationPair | None = None
-        self._sampling: JobOp | None = None
         self._evaluation: EvaluationRow | None = None
         self._prompts: list[PromptRow] = []
         self._voted_prompt_ids: set[int] = set()
@@ -184,7 +165,6 @@ class EvaluateView(ModelWorkView):
 
         self._build()
         self._build_shortcuts()
-        self.registry.changed.connect(self._on_registry_changed)
         self.sampling_panel.remember(self._settings, SETTINGS_KEY)
         self.refresh_models()
         self._show_empty_panes()
@@ -200,9 +180,6 @@ class EvaluateView(ModelWorkView):
         )
 
         card = self._build_card()
-        self.banner = MessageBanner()
-        self.activity_row = ActivityLine()
-
         self.prompt_view = QPlainTextEdit()
         self.prompt_view.setObjectName("shownPrompt")
         self.prompt_view.setReadOnly(True)
@@ -219,13 +196,7 @@ class EvaluateView(ModelWorkView):
             pane.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Expanding)
             answers.addWidget(pane, 1)
 
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(24, 20, 24, 16)
-        layout.setSpacing(10)
-        layout.addLayout(header)
-        layout.addWidget(card)
-        layout.addWidget(self.banner)
-        layout.addWidget(self.activity_row)
+        layout = self._page_layout(header, card)
         layout.addWidget(self.prompt_view)
         layout.addLayout(answers, 1)
         layout.addWidget(self._build_vote_bar())
@@ -258,27 +229,18 @@ class EvaluateView(ModelWorkView):
         self.prompts_note = QLabel()
         self.prompts_note.setObjectName("promptsNote")
         self.prompts_note.setWordWrap(True)
-        self.load_prompts_button = QPushButton("Load prompts…")
-        self.load_prompts_button.setObjectName("secondaryButton")
-        self.load_prompts_button.setToolTip(
-            "Add evaluation prompts from a file (text: one per line or separated by blank lines; JSONL: "
-            '{"prompt": "..."} per line). Prompts already used to train are left out.'
+        self.load_prompts_button = widgets.button(
+            "Load prompts…",
+            self._on_load_prompts_clicked,
+            tooltip="Add evaluation prompts from a file (text: one per line or separated by blank lines; "
+            'JSONL: {"prompt": "..."} per line). Prompts already used to train are left out.',
         )
-        self.load_prompts_button.clicked.connect(self._on_load_prompts_clicked)
-        self.stop_button = QPushButton(f"Stop  ({STOP_SHORTCUT})")
-        self.stop_button.setObjectName("secondaryButton")
-        self.stop_button.setToolTip("Stop sampling")
-        self.stop_button.clicked.connect(self.stop)
-        self.next_button = QPushButton(f"Next prompt  ({NEXT_SHORTCUT})")
-        self.next_button.setObjectName("primaryButton")
-        self.next_button.clicked.connect(self.next_prompt)
-        actions = QHBoxLayout()
-        actions.setSpacing(8)
-        actions.addWidget(self.prompts_note, 1)
-        actions.addWidget(self.load_prompts_button)
-        actions.addWidget(self.stop_button)
-        actions.addWidget(self.next_button)
-        card_layout.addLayout(actions)
+        self.stop_button = widgets.button(f"Stop  ({STOP_SHORTCUT})", self.stop, tooltip="Stop sampling")
+        self.next_button = widgets.button(
+            f"Next prompt  ({NEXT_SHORTCUT})", self.next_prompt, name="primaryButton"
+        )
+        buttons = (self.load_prompts_button, self.stop_button, self.next_button)
+        card_layout.addLayout(self._actions_row(self.prompts_note, *buttons))
         card_layout.addWidget(card_separator())
         self.sampling_panel = SamplingSettingsPanel()
         self.sampling_panel.changed.connect(self._on_sampling_changed)
@@ -302,11 +264,7 @@ class EvaluateView(ModelWorkView):
 
     def _build_summary(self) -> QFrame:
         """The votes so far, in a sentence, and what they show."""
-        summary = QFrame()
-        summary.setObjectName("summaryCard")
-        summary_layout = QVBoxLayout(summary)
-        summary_layout.setContentsMargins(14, 10, 14, 10)
-        summary_layout.setSpacing(2)
+        summary, summary_layout = widgets.card((14, 10, 14, 10), 2, name="summaryCard")
         self.summary_text = QLabel()
         self.summary_text.setObjectName("summarySentence")
         self.summary_text.setWordWrap(True)
@@ -488,10 +446,6 @@ class EvaluateView(ModelWorkView):
     # ---------------------------------------------------------------- sampling
 
     @property
-    def _streaming(self) -> bool:
-        return self._sampling is not None and self._sampling.active
-
-    @property
     def pair(self) -> ShownEvaluationPair | None:
         """The prompt on screen with its answers (None before the first)."""
         return self._pair
@@ -505,10 +459,8 @@ class EvaluateView(ModelWorkView):
         base, aligned = self.models()
         assert base is not None and aligned is not None
         # A model without a usable chat template is not sampled with a guessed one: the person chooses.
-        for model in (base, aligned):
-            if ensure_template_chosen(self, self.store, model) is None:
-                self.show_error(template_needed_message(model))
-                return False
+        if any(self._with_template(model) is None for model in (base, aligned)):
+            return False
         base, aligned = self.models()  # as stored now, with the template just chosen
         assert base is not None and aligned is not None
         try:
@@ -537,12 +489,7 @@ class EvaluateView(ModelWorkView):
             job = sample_evaluation_pair(pool, base, aligned, paths, messages, settings, seed, token)
             return record_model_info(store, job)
 
-        self._sampling = self.start_job(
-            JobOp(self.registry, factory, store=self.paths.db_path, owner=self)
-            .resource(f"generate:{aligned.id}")
-            .slots("sample")
-        )
-        if self._sampling is None:
+        if not self._start_generation(factory, aligned, "sample"):
             return False
 
         self._pair = pair
@@ -561,13 +508,6 @@ class EvaluateView(ModelWorkView):
         self._update_actions()
         return True
 
-    @Slot()
-    def stop(self) -> None:
-        """Stop sampling (a stopped pair cannot be judged; the prompt comes round again)."""
-        if self._sampling is not None and self._sampling.active:
-            self._sampling.cancel()
-            self._set_activity("Stopping…")
-
     def _on_sample_event(self, event: object) -> None:
         if self._pair is None:
             return
@@ -575,14 +515,8 @@ class EvaluateView(ModelWorkView):
             # Counted, not shown: which answer streams first would tell which model wrote it.
             self._tokens[event.seq] = event.n_tokens
             self._set_activity(f"Writing both answers… {sum(self._tokens)} tokens so far.")
-        elif isinstance(event, ResponseFinished):
-            pass  # both are shown together when the job succeeds
-        elif isinstance(event, Progress):
-            self.activity_row.show_progress(event.fraction)
-            if event.message:
-                self._set_activity(event.message)
-        elif isinstance(event, Log):
-            self.show_log(event.message, event.level)
+        elif not isinstance(event, ResponseFinished):  # both are shown together when the job succeeds
+            self.show_job_progress(event)
 
     def _on_sample_succeeded(self, results: object) -> None:
         self.activity_row.hide_progress()
@@ -608,6 +542,7 @@ class EvaluateView(ModelWorkView):
         self._update_actions()
 
     def _on_sample_cancelled(self) -> None:
+        """After Stop: a stopped pair cannot be judged; the prompt comes round again."""
         self.activity_row.hide_progress()
         if self._pair is not None:
             self._pair.results = None
@@ -615,10 +550,6 @@ class EvaluateView(ModelWorkView):
             pane.status.setText("Stopped")
         self._set_activity("Stopped. Next prompt samples again.")
         self.notify("Sampling stopped.")
-        self._update_actions()
-
-    @Slot()
-    def _on_registry_changed(self) -> None:
         self._update_actions()
 
     # ---------------------------------------------------------------- voting

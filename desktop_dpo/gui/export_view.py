@@ -25,9 +25,7 @@ from PySide6.QtWidgets import (
     QGridLayout,
     QHBoxLayout,
     QHeaderView,
-    QLabel,
     QLineEdit,
-    QPushButton,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
@@ -43,13 +41,23 @@ from desktop_dpo.core.export.pipeline import (
     ExportSettings,
     export_folder_name,
 )
-from desktop_dpo.core.jobs import Log, Progress
 from desktop_dpo.core.model_files import EXPORT_FOLDER_KEY
 from desktop_dpo.core.store import ExportRow, ModelRow, RunRow, Store
 from desktop_dpo.core.wording import human_size
 from desktop_dpo.gui.message_banner import MessageBanner
-from desktop_dpo.gui.view_messages import ActivityLine, ViewMessages
-from desktop_dpo.gui.widgets import make_page, title_block
+from desktop_dpo.gui.page_view import PageView
+from desktop_dpo.gui.view_messages import ActivityLine
+from desktop_dpo.gui.widgets import (
+    STRETCH,
+    button,
+    field_label,
+    hbox,
+    set_style_property,
+    styled_label,
+    text_label,
+    title_block,
+    vbox,
+)
 from desktop_dpo.workers.export_worker import EXPORT_RESOURCE, export_job
 from desktop_dpo.workers.job_op import JobOp
 from desktop_dpo.workers.job_worker import JobRegistry
@@ -71,7 +79,7 @@ def _report(parity: dict) -> ParityReport:
     return ParityReport(**{key: value for key, value in parity.items() if key in known})
 
 
-class ExportView(ViewMessages, QWidget):
+class ExportView(PageView):
     """Export a finished training run as GGUF files, with a parity check; list past exports.
 
     Signals:
@@ -81,6 +89,8 @@ class ExportView(ViewMessages, QWidget):
         status_message(str): a line for the status bar.
     """
 
+    PAGE = "export"
+
     status_message = Signal(str)
     models_changed = Signal()
     model_chosen = Signal(object)
@@ -89,11 +99,7 @@ class ExportView(ViewMessages, QWidget):
     def __init__(
         self, *, store: Store, registry: JobRegistry, paths: AppPaths, parent: QWidget | None = None
     ):
-        super().__init__(parent)
-        make_page(self, "export")
-        self.store = store
-        self.registry = registry
-        self.paths = paths
+        super().__init__(store=store, registry=registry, paths=paths, parent=parent)
         self._export: JobOp | None = None
         self._runs: list[RunRow] = []
         self._build()
@@ -108,28 +114,30 @@ class ExportView(ViewMessages, QWidget):
             "Merge a trained adapter into its base and write GGUF files for llama.cpp, Ollama or LM Studio.",
         )
 
-        self.empty_label = QLabel(
-            "Export needs a finished training run. Collect some pairs, train in Train, then come back here."
+        self.empty_label = styled_label(
+            "Export needs a finished training run. Collect some pairs, train in Train, then come back here.",
+            "emptyState",
+            wrap=True,
         )
-        self.empty_label.setObjectName("emptyState")
-        self.empty_label.setWordWrap(True)
 
         self.form_card = self._build_form_card()
         self.banner = MessageBanner()
         self.report_card = self._build_report_card()
         exports_head = self._build_exports_list()
 
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(24, 20, 24, 16)
-        layout.setSpacing(10)
-        layout.addWidget(title)
-        layout.addWidget(summary)
-        layout.addWidget(self.empty_label)
-        layout.addWidget(self.form_card)
-        layout.addWidget(self.banner)
-        layout.addWidget(self.report_card)
-        layout.addLayout(exports_head)
-        layout.addWidget(self.exports_tree, 1)
+        vbox(
+            title,
+            summary,
+            self.empty_label,
+            self.form_card,
+            self.banner,
+            self.report_card,
+            exports_head,
+            (self.exports_tree, 1),
+            parent=self,
+            margins=(24, 20, 24, 16),
+            spacing=10,
+        )
 
     def _build_form_card(self) -> QFrame:
         """What to export: the run, the files, where, and the Export button."""
@@ -142,10 +150,8 @@ class ExportView(ViewMessages, QWidget):
         self.run_combo = QComboBox()
         self.run_combo.setToolTip("The finished training run whose adapter is exported")
         self.run_combo.currentIndexChanged.connect(self._on_run_changed)
-        self.run_details = QLabel()
-        self.run_details.setObjectName("runDetails")
-        self.run_details.setWordWrap(True)
-        grid.addWidget(self._field("Run"), 0, 0)
+        self.run_details = styled_label("", "runDetails", wrap=True)
+        grid.addWidget(field_label("Run"), 0, 0)
         grid.addWidget(self.run_combo, 0, 1, 1, 2)
         grid.addWidget(self.run_details, 1, 1, 1, 2)
 
@@ -158,38 +164,27 @@ class ExportView(ViewMessages, QWidget):
             check.toggled.connect(self._update_actions)
             self.quant_checks[name] = check
             types.addWidget(check)
-        grid.addWidget(self._field("Files"), 2, 0)
+        grid.addWidget(field_label("Files"), 2, 0)
         grid.addLayout(types, 2, 1, 1, 2)
 
         self.destination_edit = QLineEdit(str(self.paths.exports_dir))
         self.destination_edit.setToolTip("The export gets its own folder inside this one")
-        browse = QPushButton("Browse…")
-        browse.setObjectName("secondaryButton")
-        browse.clicked.connect(self._on_browse_clicked)
-        grid.addWidget(self._field("Folder"), 3, 0)
+        grid.addWidget(field_label("Folder"), 3, 0)
         grid.addWidget(self.destination_edit, 3, 1)
-        grid.addWidget(browse, 3, 2)
+        grid.addWidget(button("Browse…", self._on_browse_clicked), 3, 2)
         self.name_edit = QLineEdit()
         self.name_edit.setToolTip("Name of the export folder and of its files")
-        grid.addWidget(self._field("Name"), 4, 0)
+        grid.addWidget(field_label("Name"), 4, 0)
         grid.addWidget(self.name_edit, 4, 1, 1, 2)
         self.parity_check = QCheckBox("Check that the files answer like the trained model (parity check)")
         self.parity_check.setChecked(True)
         grid.addWidget(self.parity_check, 5, 1, 1, 2)
         grid.setColumnStretch(1, 1)
 
-        self.export_button = QPushButton("Export")
-        self.export_button.setObjectName("primaryButton")
-        self.export_button.clicked.connect(self.start_export)
-        self.stop_button = QPushButton("Stop")
-        self.stop_button.setObjectName("secondaryButton")
-        self.stop_button.setToolTip("Stop the export; nothing half-written is kept")
-        self.stop_button.clicked.connect(self.stop)
+        self.export_button = button("Export", self.start_export, name="primaryButton")
+        self.stop_button = button("Stop", self.stop, tooltip="Stop the export; nothing half-written is kept")
         self.activity_row = ActivityLine()
-        actions = QHBoxLayout()
-        actions.addWidget(self.activity_row, 1)
-        actions.addWidget(self.stop_button)
-        actions.addWidget(self.export_button)
+        actions = hbox((self.activity_row, 1), self.stop_button, self.export_button)
         grid.addLayout(actions, 6, 0, 1, 3)
         return card
 
@@ -197,22 +192,14 @@ class ExportView(ViewMessages, QWidget):
         """The parity report of the last export."""
         self.report_card = QFrame()
         self.report_card.setObjectName("card")
-        report = QVBoxLayout(self.report_card)
-        report.setContentsMargins(16, 12, 16, 12)
-        head = QHBoxLayout()
-        heading = QLabel("Parity report")
-        heading.setObjectName("cardHeading")
-        self.parity_badge = QLabel()
-        self.parity_badge.setObjectName("parityBadge")
-        head.addWidget(heading)
-        head.addWidget(self.parity_badge)
-        head.addStretch(1)
-        report.addLayout(head)
-        self.report_lines = QLabel()
-        self.report_lines.setObjectName("parityLine")
-        self.report_lines.setWordWrap(True)
-        self.report_lines.setTextFormat(Qt.TextFormat.PlainText)
-        report.addWidget(self.report_lines)
+        self.parity_badge = styled_label("", "parityBadge")
+        self.report_lines = text_label("", "parityLine")
+        vbox(
+            hbox(styled_label("Parity report", "cardHeading"), self.parity_badge, STRETCH),
+            self.report_lines,
+            parent=self.report_card,
+            margins=(16, 12, 16, 12),
+        )
         self.report_card.setVisible(False)
         return self.report_card
 
@@ -224,33 +211,22 @@ class ExportView(ViewMessages, QWidget):
         self.exports_tree.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.exports_tree.header().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.exports_tree.itemSelectionChanged.connect(self._on_export_selected)
-        self.open_button = QPushButton("Open folder")
-        self.open_button.setObjectName("secondaryButton")
-        self.open_button.clicked.connect(self._on_open_folder_clicked)
-        self.copy_button = QPushButton("Copy llama.cpp command")
-        self.copy_button.setObjectName("secondaryButton")
-        self.copy_button.clicked.connect(self._on_copy_command_clicked)
-        self.chat_button = QPushButton("Chat with it")
-        self.chat_button.setObjectName("secondaryButton")
-        self.chat_button.clicked.connect(self._on_chat_clicked)
-        self.evaluate_button = QPushButton("Evaluate against base")
-        self.evaluate_button.setObjectName("secondaryButton")
-        self.evaluate_button.setToolTip("Blind A/B: does the aligned model answer better than its base?")
-        self.evaluate_button.clicked.connect(self._on_evaluate_clicked)
-        exports_head = QHBoxLayout()
-        past = QLabel("Exported files")
-        past.setObjectName("cardHeading")
-        exports_head.addWidget(past)
-        exports_head.addStretch(1)
-        for button in (self.open_button, self.copy_button, self.chat_button, self.evaluate_button):
-            exports_head.addWidget(button)
-        return exports_head
-
-    @staticmethod
-    def _field(text: str) -> QLabel:
-        label = QLabel(text)
-        label.setObjectName("fieldLabel")
-        return label
+        self.open_button = button("Open folder", self._on_open_folder_clicked)
+        self.copy_button = button("Copy llama.cpp command", self._on_copy_command_clicked)
+        self.chat_button = button("Chat with it", self._on_chat_clicked)
+        self.evaluate_button = button(
+            "Evaluate against base",
+            self._on_evaluate_clicked,
+            tooltip="Blind A/B: does the aligned model answer better than its base?",
+        )
+        return hbox(
+            styled_label("Exported files", "cardHeading"),
+            STRETCH,
+            self.open_button,
+            self.copy_button,
+            self.chat_button,
+            self.evaluate_button,
+        )
 
     # ---------------------------------------------------------------- data
 
@@ -389,20 +365,13 @@ class ExportView(ViewMessages, QWidget):
     @Slot()
     def stop(self) -> None:
         """Stop the export at the next step; nothing half-written is kept."""
-        export = self._export
-        if export is not None and export.active:
-            export.cancel()
-            self._set_activity("Stopping…")
+        self.stop_job(self._export)
 
     def _on_export_event(self, event: object) -> None:
-        if isinstance(event, Progress):
-            self.activity_row.show_progress(event.fraction)
-            if event.message:
-                self._set_activity(event.message)
-        elif isinstance(event, Log):
-            self.show_log(event.message, event.level)
-        elif isinstance(event, ExportFinished):
+        if isinstance(event, ExportFinished):
             self.show_report(event)
+        else:
+            self.show_job_progress(event)
 
     def show_report(self, finished: ExportFinished) -> None:
         """Show the parity report of an export that just finished."""
@@ -415,9 +384,7 @@ class ExportView(ViewMessages, QWidget):
             self.parity_badge.setText("Answers like the trained model" if passed else "Check the differences")
         else:
             self.parity_badge.setText("Parity check skipped")
-        self.parity_badge.setProperty("passed", passed)
-        self.parity_badge.style().unpolish(self.parity_badge)
-        self.parity_badge.style().polish(self.parity_badge)
+        set_style_property(self.parity_badge, "passed", passed)
         listed = "\n".join(f"{kind}: {path}  ({human_size(size)})" for kind, path, size in files)
         self.report_lines.setText("\n".join([*lines, "", listed]).strip())
         self.report_card.setVisible(True)
@@ -550,8 +517,8 @@ class ExportView(ViewMessages, QWidget):
         for check in self.quant_checks.values():
             check.setEnabled(not running)
         selected = self._selected_export() is not None
-        for button in (self.open_button, self.copy_button, self.chat_button, self.evaluate_button):
-            button.setEnabled(selected)
+        for item in (self.open_button, self.copy_button, self.chat_button, self.evaluate_button):
+            item.setEnabled(selected)
 
     def showEvent(self, event: QShowEvent) -> None:  # Qt override
         # A run may have finished in the Train view while this one was hidden.

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Slot
-from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QToolButton, QWidget
+from PySide6.QtWidgets import QFrame, QWidget
+
+from desktop_dpo.gui.widgets import close_button, hbox, text_label
 
 
 class MessageBanner(QFrame):
@@ -12,20 +14,11 @@ class MessageBanner(QFrame):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.setObjectName("messageBanner")
-        self.text = QLabel()
-        self.text.setObjectName("messageBannerText")
-        self.text.setWordWrap(True)
-        self.text.setTextFormat(Qt.TextFormat.PlainText)
-        self.text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        close = QToolButton()
-        close.setText("✕")
-        close.setAutoRaise(True)
-        close.setToolTip("Dismiss")
-        close.clicked.connect(self.clear)
-        self._layout = QHBoxLayout(self)
-        self._layout.setContentsMargins(12, 8, 8, 8)
-        self._layout.addWidget(self.text, 1)
-        self._layout.addWidget(close, 0, Qt.AlignmentFlag.AlignTop)
+        self.text = text_label("", "messageBannerText", selectable=True)
+        close = close_button("Dismiss", self.clear)
+        self._layout = hbox(
+            (self.text, 1), (close, 0, Qt.AlignmentFlag.AlignTop), parent=self, margins=(12, 8, 8, 8)
+        )
         self.setVisible(False)
 
     def add_action(self, widget: QWidget) -> None:

@@ -14,7 +14,9 @@ from typing import Any
 
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QLabel, QWidget
+
+from desktop_dpo.gui.widgets import hbox, vbox
 
 TRAIN_COLOUR = "#4f46e5"  # indigo: training pairs, every step
 HELDOUT_COLOUR = "#ea580c"  # orange: held-out prompts, every evaluation
@@ -59,6 +61,21 @@ class _Curve:
         self.x: list[float] = []
         self.y: list[float] = []
 
+    @classmethod
+    def on(cls, plot: Any, colour: str, *, dot_size: int) -> _Curve:
+        """A new, empty curve in ``plot`` (a pyqtgraph ``PlotItem``): a line of ``colour`` with dots."""
+        return cls(
+            plot.plot(
+                [],
+                [],
+                pen=pg.mkPen(colour, width=2),
+                symbol="o",
+                symbolSize=dot_size,
+                symbolBrush=colour,
+                symbolPen=None,
+            )
+        )
+
     def clear(self) -> None:
         self.x.clear()
         self.y.clear()
@@ -79,6 +96,30 @@ class _Curve:
             self.item.setData(self.x, self.y)
 
 
+def _plot_widget(spec: PlotSpec) -> Any:
+    """An empty plot for ``spec``: its title, grid, axes and range, and no menu or buttons."""
+    widget = pg.PlotWidget(background="#ffffff")
+    widget.setObjectName("metricsPlot")
+    widget.setToolTip(spec.tooltip)
+    widget.setMinimumSize(180, 150)
+    widget.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+    item = widget.getPlotItem()
+    item.setTitle(f"<span style='color:#0f172a;font-size:10pt;font-weight:600'>{spec.title}</span>")
+    item.showGrid(x=True, y=True, alpha=0.15)
+    item.setContentsMargins(0, 0, 10, 0)  # room for the last tick label and the newest point
+    item.setMenuEnabled(False)
+    item.hideButtons()
+    for side in ("left", "bottom"):
+        axis = item.getAxis(side)
+        axis.setPen(pg.mkPen("#cbd5e1"))
+        axis.setTextPen(pg.mkPen("#475569"))
+    item.setLabel("bottom", "step", color="#64748b")
+    if spec.y_range is not None:
+        item.setYRange(*spec.y_range, padding=0.05)
+        item.getViewBox().setMouseEnabled(x=True, y=False)
+    return widget
+
+
 class MetricsPlots(QWidget):
     """Loss, reward accuracy and reward margin of one run, side by side; train and held-out curves in each."""
 
@@ -92,60 +133,23 @@ class MetricsPlots(QWidget):
             "every check"
         )
         self.legend.setObjectName("plotLegend")
-        row = QHBoxLayout()
-        row.setContentsMargins(0, 0, 0, 0)
-        row.setSpacing(8)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.setSpacing(2)
-        outer.addWidget(self.legend, 0, Qt.AlignmentFlag.AlignRight)
-        outer.addLayout(row, 1)
+        row = hbox(margins=(0, 0, 0, 0), spacing=8)
+        vbox(
+            (self.legend, 0, Qt.AlignmentFlag.AlignRight),
+            (row, 1),
+            parent=self,
+            margins=(0, 0, 0, 0),
+            spacing=2,
+        )
         self.widgets: dict[str, Any] = {}
         self.train: dict[str, _Curve] = {}
         self.heldout: dict[str, _Curve] = {}
         for spec in PLOTS:
-            widget = pg.PlotWidget(background="#ffffff")
-            widget.setObjectName("metricsPlot")
-            widget.setToolTip(spec.tooltip)
-            widget.setMinimumSize(180, 150)
-            widget.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+            widget = _plot_widget(spec)
             item = widget.getPlotItem()
-            item.setTitle(f"<span style='color:#0f172a;font-size:10pt;font-weight:600'>{spec.title}</span>")
-            item.showGrid(x=True, y=True, alpha=0.15)
-            item.setContentsMargins(0, 0, 10, 0)  # room for the last tick label and the newest point
-            item.setMenuEnabled(False)
-            item.hideButtons()
-            for side in ("left", "bottom"):
-                axis = item.getAxis(side)
-                axis.setPen(pg.mkPen("#cbd5e1"))
-                axis.setTextPen(pg.mkPen("#475569"))
-            item.setLabel("bottom", "step", color="#64748b")
-            if spec.y_range is not None:
-                item.setYRange(*spec.y_range, padding=0.05)
-                item.getViewBox().setMouseEnabled(x=True, y=False)
-            self.train[spec.key] = _Curve(
-                # Small dots too: the first step of a run is a single point, which a line alone never shows.
-                item.plot(
-                    [],
-                    [],
-                    pen=pg.mkPen(TRAIN_COLOUR, width=2),
-                    symbol="o",
-                    symbolSize=3,
-                    symbolBrush=TRAIN_COLOUR,
-                    symbolPen=None,
-                )
-            )
-            self.heldout[spec.key] = _Curve(
-                item.plot(
-                    [],
-                    [],
-                    pen=pg.mkPen(HELDOUT_COLOUR, width=2),
-                    symbol="o",
-                    symbolSize=6,
-                    symbolBrush=HELDOUT_COLOUR,
-                    symbolPen=None,
-                )
-            )
+            # Small dots too: the first step of a run is a single point, which a line alone never shows.
+            self.train[spec.key] = _Curve.on(item, TRAIN_COLOUR, dot_size=3)
+            self.heldout[spec.key] = _Curve.on(item, HELDOUT_COLOUR, dot_size=6)
             self.widgets[spec.key] = widget
             row.addWidget(widget, 1)
 

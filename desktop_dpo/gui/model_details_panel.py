@@ -10,13 +10,10 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QFrame,
     QGridLayout,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QPlainTextEdit,
-    QPushButton,
     QSizePolicy,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -35,6 +32,7 @@ from desktop_dpo.gui.template_editor import (
     shown_template,
     template_column_text,
 )
+from desktop_dpo.gui.widgets import button, field_label, hbox, styled_label, vbox
 
 KIND_LABELS = {"hf": "Hugging Face", "gguf": "GGUF"}
 SOURCE_LABELS = {
@@ -126,20 +124,16 @@ class ModelDetails(QFrame):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.setObjectName("card")
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(16, 12, 16, 12)
-        layout.setSpacing(8)
-        self.name = QLabel("Select a model to see its details")
-        self.name.setObjectName("detailsName")
-        self.name.setWordWrap(True)
+        layout = vbox(parent=self, margins=(16, 12, 16, 12), spacing=8)
+        self.name = styled_label("Select a model to see its details", "detailsName", wrap=True)
         layout.addWidget(self.name)
         # Only for the bundled demo model: the terms it is used under, shown offline in a dialog.
-        self.terms_note = QLabel(
+        self.terms_note = styled_label(
             'Gemma 3 is provided under the <a href="terms">Gemma Terms of Use</a>; they also apply to '
-            "models you train from it."
+            "models you train from it.",
+            "cardNote",
+            wrap=True,
         )
-        self.terms_note.setObjectName("cardNote")
-        self.terms_note.setWordWrap(True)
         self.terms_note.setOpenExternalLinks(False)
         self.terms_note.linkActivated.connect(self.terms_requested)
         self.terms_note.setVisible(False)
@@ -158,8 +152,7 @@ class ModelDetails(QFrame):
                 ("template", "Chat template"),
             )
         ):
-            name = QLabel(label)
-            name.setObjectName("fieldLabel")
+            name = field_label(label)
             value: QLabel | QLineEdit
             if key in ("path", "fingerprint"):
                 # One line that scrolls: a long path or a hash has no spaces to wrap at; it can be copied.
@@ -178,15 +171,11 @@ class ModelDetails(QFrame):
                 grid.addWidget(value, row, 1)
                 continue
             # The template's words, and beside them (not in a column of its own) the button to change it.
-            self.template_button = QPushButton("Chat template…")
-            self.template_button.setObjectName("secondaryButton")
-            self.template_button.setToolTip(
-                "See the template, pick a known one (ChatML, Llama 3, Gemma…) or edit it"
+            self.template_button = button(
+                "Chat template…",
+                tooltip="See the template, pick a known one (ChatML, Llama 3, Gemma…) or edit it",
             )
-            cell = QHBoxLayout()
-            cell.setSpacing(8)
-            cell.addWidget(value, 1)
-            cell.addWidget(self.template_button, 0, Qt.AlignmentFlag.AlignTop)
+            cell = hbox((value, 1), (self.template_button, 0, Qt.AlignmentFlag.AlignTop), spacing=8)
             grid.addLayout(cell, row, 1)
         grid.setColumnStretch(1, 1)
         layout.addLayout(grid)
@@ -202,17 +191,17 @@ class ModelDetails(QFrame):
         layout.addWidget(self.template_text, 1)
         layout.addStretch(0)  # takes the room while the template box is hidden (a model without one)
 
-        self.use_button = QPushButton("Use this model")
-        self.use_button.setObjectName("primaryButton")
-        self.use_button.setToolTip("Collect and Chat use this model from now on (Enter in the list)")
-        self.default_button = QPushButton("Set as default")
-        self.default_button.setObjectName("secondaryButton")
-        self.default_button.setToolTip("The model the app opens with")
-        self.copy_button = QPushButton("Make trainable copy")
-        self.copy_button.setObjectName("secondaryButton")
-        self.remove_button = QPushButton("Remove from list")
-        self.remove_button.setObjectName("secondaryButton")
-        self.remove_button.setToolTip("Forget this model; its files and your comparisons stay (Delete)")
+        # The Models view connects the buttons.
+        self.use_button = button(
+            "Use this model",
+            tooltip="Collect and Chat use this model from now on (Enter in the list)",
+            name="primaryButton",
+        )
+        self.default_button = button("Set as default", tooltip="The model the app opens with")
+        self.copy_button = button("Make trainable copy")
+        self.remove_button = button(
+            "Remove from list", tooltip="Forget this model; its files and your comparisons stay (Delete)"
+        )
         # Two rows, so the panel can share the width with "On this computer".
         buttons = QGridLayout()
         buttons.setHorizontalSpacing(8)

@@ -7,18 +7,15 @@ default the app opens with, or removes one from the list (its files stay where t
 Everything that reads a disk runs as a job (a :class:`~desktop_dpo.workers.job_op.JobOp`), so a slow or
 network disk never freezes the window:
 
-- registering reads headers and fingerprints the weights (:func:`inspect_for_registration`, resource
-  ``register-model``); the view, on the GUI thread's store, writes the row from what the job returns.
-- the scan for models on this computer (:func:`~desktop_dpo.core.models.discover_local_models`, resource
-  ``scan-models``) runs when the view is first shown and on "Rescan". It is a quiet job: it lists folders in
-  milliseconds and holds no model, so it is not shown as running nor asked about at quit (quitting waits
-  for it instead).
+- adding a model reads its headers and fingerprints its weights, then records it in the GUI thread's store
+  (:class:`~desktop_dpo.gui.model_registration.ModelRegistration`, resource ``register-model``; a folder
+  whose weights are only pickle files is added only after the person says yes to a warning).
+- the scan for models on this computer runs when the view is first shown and on "Rescan"
+  (:class:`~desktop_dpo.gui.discovered_models.DiscoveredModels`, resource ``scan-models``). It is a quiet
+  job, so quitting waits for it instead of asking about it.
 - a GGUF that training cannot load gets a trainable copy (:func:`~desktop_dpo.core.models.make_trainable_copy`,
   resource ``trainable-copy``) with a progress bar and a Stop button; the view records the copy's folder
   under the model's info key ``trainable_copy``, where training looks for it.
-
-A folder whose weights are only pickle files (which can run code when loaded) is registered only after
-the person says yes to a warning.
 
 Each model's details say which chat template it is used with; "Chat template…" opens the editor
 (:mod:`desktop_dpo.gui.template_editor`), where a known template can be picked or the template edited. A
@@ -29,19 +26,15 @@ list and gets an amber notice with "Choose a template…".
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 from PySide6.QtCore import QEvent, QObject, Qt, Signal, Slot
 from PySide6.QtGui import QBrush, QColor, QFont, QKeySequence, QShortcut, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
-    QFileDialog,
     QFrame,
     QHBoxLayout,
     QHeaderView,
-    QLabel,
-    QMessageBox,
     QPushButton,
     QSplitter,
     QStackedWidget,
@@ -52,30 +45,17 @@ from PySide6.QtWidgets import (
 )
 
 from desktop_dpo.config import AppPaths
-from desktop_dpo.core.errors import DesktopDpoError, ModelError
+from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.jobs import CancelToken, Job, Log, Progress
 from desktop_dpo.core.llm.template_choice import template_status
-from desktop_dpo.core.model_files import (
-    TRAINABLE_COPY_KEY,
-    trainable_copy_dir,
-)
-from desktop_dpo.core.models import (
-    DiscoveredModel,
-    ModelInfo,
-    ModelSearchDirs,
-    discover_local_models,
-    fingerprint,
-    inspect_model,
-    make_trainable_copy,
-)
+from desktop_dpo.core.model_files import TRAINABLE_COPY_KEY, trainable_copy_dir
+from desktop_dpo.core.models import DiscoveredModel, ModelSearchDirs, make_trainable_copy
 from desktop_dpo.core.store import ModelRow, Store
-from desktop_dpo.core.wording import human_size
-from desktop_dpo.gui import widgets
+from desktop_dpo.gui.discovered_models import DiscoveredModels, read_only_item
 from desktop_dpo.gui.message_banner import MessageBanner
 from desktop_dpo.gui.model_details_panel import (
     CHAT_ONLY,
     COPY_READY,
-    KIND_LABELS,
     SOURCE_LABELS,
     TRAINABLE_AS_IS,
     ModelDetails,
@@ -84,19 +64,17 @@ from desktop_dpo.gui.model_details_panel import (
     template_label,
     training_status,
 )
-from desktop_dpo.gui.template_editor import (
-    NEEDS_CHOICE_COLOUR,
-    open_template_editor,
-)
-from desktop_dpo.gui.view_messages import ActivityLine, ViewMessages
-from desktop_dpo.gui.widgets import make_page, page_header
+from desktop_dpo.gui.model_registration import ModelRegistration
+from desktop_dpo.gui.page_view import PageView
+from desktop_dpo.gui.storage_view import ask_yes_no
+from desktop_dpo.gui.template_editor import NEEDS_CHOICE_COLOUR, open_template_editor
+from desktop_dpo.gui.view_messages import ActivityLine
+from desktop_dpo.gui.widgets import button, page_header, styled_label
 from desktop_dpo.workers.job_op import JobOp
 from desktop_dpo.workers.job_worker import JobRegistry
 
 log = logging.getLogger(__name__)
 
-REGISTER_RESOURCE = "register-model"
-SCAN_RESOURCE = "scan-models"
 COPY_RESOURCE = "trainable-copy"
 # Quitting waits this long for a scan of folders to end instead of asking about it (a scan takes
 # milliseconds; only a hanging network disk would reach this).
@@ -106,12 +84,6 @@ EMPTY_STATE_TEXT = (
     "Add a Hugging Face folder or a GGUF file to start. A Hugging Face folder holds config.json and "
     ".safetensors weights; a GGUF file is what llama.cpp, LM Studio and Ollama use. Models already on this "
     "computer are listed below: add one with a click."
-)
-GGUF_FILE_FILTER = "GGUF models (*.gguf);;All files (*)"
-PICKLE_QUESTION = (
-    "{name} stores its weights only as pickle files. Loading a pickle file can run any code that was put "
-    "into it, with your permissions: only allow this for a model from a source you trust.\n\n"
-    "Add it with its pickle weights?"
 )
 
 COLUMNS = ("Name", "Format", "Architecture", "Size", "Context", "Chat template", "Training", "Source")
@@ -123,82 +95,19 @@ WRAPPED_COLUMNS = {
     "Chat template": "default User:/Assistant:",
     "Training": "needs a trainable",
 }
-DISCOVERED_COLUMNS = ("Model", "Found in", "Size", "")
 
 
-# --------------------------------------------------------------------------------------------------------
-# Jobs (run in worker threads; they read files and return plain objects, the view writes the rows)
-# --------------------------------------------------------------------------------------------------------
+def _split(orientation: Qt.Orientation, first: QWidget, second: QWidget) -> QSplitter:
+    """Two panels side by side (or one above the other) that share the room equally and never collapse."""
+    splitter = QSplitter(orientation)
+    splitter.setChildrenCollapsible(False)
+    for index, panel in enumerate((first, second)):
+        splitter.addWidget(panel)
+        splitter.setStretchFactor(index, 1)
+    return splitter
 
 
-@dataclass(frozen=True)
-class InspectedModel:
-    """A model read and fingerprinted, ready to be recorded by the view."""
-
-    info: ModelInfo
-    fingerprint: str
-    source: str  # the store's source value: user | hf_cache | lmstudio | ollama ...
-    name: str | None  # the name to record (a discovered model's label), None for the model's own
-
-
-@dataclass(frozen=True)
-class PickleConsentNeeded:
-    """The folder is usable only with its pickle weights: the person must say yes first."""
-
-    path: str
-    name: str  # what the question calls the model
-    reason: str  # core's refusal, shown when the person says no
-    source: str
-    label: str | None  # the name to record if they say yes
-
-
-def inspect_for_registration(
-    path: str | Path, *, source: str, name: str | None, allow_pickle: bool, cancel: CancelToken
-) -> Job:
-    """Read a model's headers and fingerprint it (a job). Returns :class:`InspectedModel`, or
-    :class:`PickleConsentNeeded` when only allowing its pickle weights would make it usable.
-
-    Raises:
-        ModelError: the model cannot be used, in words the person can act on.
-    """
-    path = Path(path)
-    yield Progress(0, 2, f"Reading {path.name}")
-    try:
-        info = inspect_model(path, allow_pickle=allow_pickle)
-    except ModelError as refusal:
-        if allow_pickle:
-            raise
-        try:
-            # Header reads only: asking again tells "pickle weights" from every other refusal.
-            with_pickle = inspect_model(path, allow_pickle=True)
-        except ModelError:
-            raise refusal from None
-        return PickleConsentNeeded(str(path), name or with_pickle.name, str(refusal), source, name)
-    cancel.raise_if_cancelled()
-    yield Progress(1, 2, f"Fingerprinting {info.name}")
-    return InspectedModel(info, fingerprint(info.path), source, name)
-
-
-def scan_for_models(search_dirs: ModelSearchDirs | None) -> Job:
-    """List the models already on this computer (a job returning ``list[DiscoveredModel]``)."""
-    yield Progress(0, 0, "Looking for models on this computer")
-    return discover_local_models(search_dirs)
-
-
-# --------------------------------------------------------------------------------------------------------
-# The view
-# --------------------------------------------------------------------------------------------------------
-
-
-def _item(text: str, tooltip: str = "") -> QTableWidgetItem:
-    item = QTableWidgetItem(text)
-    item.setFlags(Qt.ItemFlag.ItemIsSelectable | Qt.ItemFlag.ItemIsEnabled)
-    if tooltip:
-        item.setToolTip(tooltip)
-    return item
-
-
-class ModelsView(ViewMessages, QWidget):
+class ModelsView(PageView):
     """Register, inspect, choose and remove models; find the ones on this computer; make trainable copies.
 
     Args:
@@ -214,6 +123,8 @@ class ModelsView(ViewMessages, QWidget):
         status_message(str): a line for the status bar.
     """
 
+    PAGE = "models"
+
     models_changed = Signal()
     model_chosen = Signal(object)
     status_message = Signal(str)
@@ -227,21 +138,18 @@ class ModelsView(ViewMessages, QWidget):
         search_dirs: ModelSearchDirs | None = None,
         parent: QWidget | None = None,
     ):
-        super().__init__(parent)
-        make_page(self, "models")
-        self.store = store
-        self.registry = registry
-        self.paths = paths
+        super().__init__(store=store, registry=registry, paths=paths, parent=parent)
         self.search_dirs = search_dirs
 
         self._models: list[ModelRow] = []
-        self._discovered: list[DiscoveredModel] = []
-        self._scanned = False  # the first show starts a scan
-        self._scan: JobOp | None = None
-        self._register: JobOp | None = None
         self._copy: JobOp | None = None
         self._copy_model_id: int | None = None
         self._watched_window: QWidget | None = None
+        self.registration = ModelRegistration(store=store, registry=registry, parent=self)
+        self.registration.reading.connect(self._on_registration_reading)
+        self.registration.ended.connect(self._on_registration_ended)
+        self.registration.added.connect(self._on_model_added)
+        self.registration.refused.connect(self.show_error)
 
         self._build()
         registry.changed.connect(self._on_registry_changed)
@@ -250,16 +158,16 @@ class ModelsView(ViewMessages, QWidget):
     # ---------------------------------------------------------------- building
 
     def _build(self) -> None:
-        self.add_folder_button = QPushButton("Add folder…")
-        self.add_folder_button.setObjectName("secondaryButton")
-        self.add_folder_button.setToolTip(
-            "Add a Hugging Face model folder (config.json and .safetensors weights)"
+        self.add_folder_button = button(
+            "Add folder…",
+            self.registration.choose_folder,
+            tooltip="Add a Hugging Face model folder (config.json and .safetensors weights)",
         )
-        self.add_folder_button.clicked.connect(self._on_add_folder_clicked)
-        self.add_gguf_button = QPushButton("Add GGUF file…")
-        self.add_gguf_button.setObjectName("secondaryButton")
-        self.add_gguf_button.setToolTip("Add a single .gguf file (llama.cpp, LM Studio, Ollama)")
-        self.add_gguf_button.clicked.connect(self._on_add_gguf_clicked)
+        self.add_gguf_button = button(
+            "Add GGUF file…",
+            self.registration.choose_gguf,
+            tooltip="Add a single .gguf file (llama.cpp, LM Studio, Ollama)",
+        )
         header = page_header(
             "Models",
             "Models you align, chat with and sample from. Everything stays on this computer.",
@@ -270,11 +178,12 @@ class ModelsView(ViewMessages, QWidget):
 
         # -- error banner and the activity line (registration, trainable copy)
         self.banner = MessageBanner()
-        self.stop_button = QPushButton("Stop")
-        self.stop_button.setObjectName("secondaryButton")
-        self.stop_button.setToolTip("Stop making the trainable copy (nothing half-made is kept)")
+        self.stop_button = button(
+            "Stop",
+            self.stop_trainable_copy,
+            tooltip="Stop making the trainable copy (nothing half-made is kept)",
+        )
         self.stop_button.setVisible(False)
-        self.stop_button.clicked.connect(self.stop_trainable_copy)
         self.activity_row = ActivityLine()
         self.activity_row.add_widget(self.stop_button)
 
@@ -286,10 +195,26 @@ class ModelsView(ViewMessages, QWidget):
         self.models_stack.addWidget(self.table)
 
         # -- details of the selected model, with what can be done with it
+        self._build_details()
+        # -- models found on this computer (the panel's parts, as the view's own)
+        self.discovered_card = DiscoveredModels(self.registry, self.search_dirs)
+        self.discovered_card.add_requested.connect(self._on_discovered_add_requested)
+        self.rescan_button = self.discovered_card.rescan_button
+        self.discovered_note = self.discovered_card.note
+        self.discovered_table = self.discovered_card.table
+
+        lower = _split(Qt.Orientation.Horizontal, self.details, self.discovered_card)
+        lower.setSizes([10_000, 10_000])  # half each, whatever the panels' preferred sizes
+        self.splitter = _split(Qt.Orientation.Vertical, self.models_stack, lower)
+
+        self._page_column(header, self.banner, self.activity_row).addWidget(self.splitter, 1)
+
+    def _build_details(self) -> None:
+        """The selected model's panel; its buttons act on the selected model."""
         self.details = ModelDetails()
         self.details.terms_requested.connect(self._on_terms_requested)
         self.terms_dialog: QWidget | None = None
-        # The panel's parts, as the view's own (its buttons act on the selected model).
+        # The panel's parts, as the view's own.
         self.details_name = self.details.name
         self.detail_values = self.details.values
         self.template_notice = self.details.template_notice
@@ -306,30 +231,6 @@ class ModelsView(ViewMessages, QWidget):
         self.default_button.clicked.connect(self.set_selected_default)
         self.copy_button.clicked.connect(self.make_trainable_copy_of_selected)
         self.remove_button.clicked.connect(self.remove_selected)
-        # -- models found on this computer
-        self.discovered_card = self._build_discovered()
-
-        lower = QSplitter(Qt.Orientation.Horizontal)
-        lower.setChildrenCollapsible(False)
-        lower.addWidget(self.details)
-        lower.addWidget(self.discovered_card)
-        lower.setStretchFactor(0, 1)
-        lower.setStretchFactor(1, 1)
-        lower.setSizes([10_000, 10_000])  # half each, whatever the panels' preferred sizes
-        self.splitter = QSplitter(Qt.Orientation.Vertical)
-        self.splitter.setChildrenCollapsible(False)
-        self.splitter.addWidget(self.models_stack)
-        self.splitter.addWidget(lower)
-        self.splitter.setStretchFactor(0, 1)
-        self.splitter.setStretchFactor(1, 1)
-
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(24, 20, 24, 16)
-        layout.setSpacing(10)
-        layout.addLayout(header)
-        layout.addWidget(self.banner)
-        layout.addWidget(self.activity_row)
-        layout.addWidget(self.splitter, 1)
 
     def _build_table(self) -> QTableWidget:
         """The registered models, one row each."""
@@ -341,7 +242,6 @@ class ModelsView(ViewMessages, QWidget):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
         self.table.setShowGrid(False)
-        self.table.setAlternatingRowColors(False)
         self.table.setWordWrap(True)
         self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.table.setHorizontalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
@@ -374,19 +274,16 @@ class ModelsView(ViewMessages, QWidget):
         """What to do when no model is registered yet."""
         self.empty_state = QFrame()
         self.empty_state.setObjectName("emptyState")
-        empty_title = QLabel("No models yet")
-        empty_title.setObjectName("emptyTitle")
-        self.empty_text = QLabel(EMPTY_STATE_TEXT)
-        self.empty_text.setObjectName("emptyText")
-        self.empty_text.setWordWrap(True)
-        self.empty_folder_button = QPushButton("Add a Hugging Face folder…")
-        self.empty_folder_button.setObjectName("primaryButton")
-        self.empty_folder_button.setToolTip(self.add_folder_button.toolTip())
-        self.empty_folder_button.clicked.connect(self._on_add_folder_clicked)
-        self.empty_gguf_button = QPushButton("Add a GGUF file…")
-        self.empty_gguf_button.setObjectName("secondaryButton")
-        self.empty_gguf_button.setToolTip(self.add_gguf_button.toolTip())
-        self.empty_gguf_button.clicked.connect(self._on_add_gguf_clicked)
+        self.empty_text = styled_label(EMPTY_STATE_TEXT, "emptyText", wrap=True)
+        self.empty_folder_button = button(
+            "Add a Hugging Face folder…",
+            self.registration.choose_folder,
+            tooltip=self.add_folder_button.toolTip(),
+            name="primaryButton",
+        )
+        self.empty_gguf_button = button(
+            "Add a GGUF file…", self.registration.choose_gguf, tooltip=self.add_gguf_button.toolTip()
+        )
         empty_buttons = QHBoxLayout()
         empty_buttons.addWidget(self.empty_folder_button)
         empty_buttons.addWidget(self.empty_gguf_button)
@@ -395,47 +292,11 @@ class ModelsView(ViewMessages, QWidget):
         empty_layout.setContentsMargins(24, 20, 24, 20)
         empty_layout.setSpacing(10)
         empty_layout.addStretch(1)
-        empty_layout.addWidget(empty_title)
+        empty_layout.addWidget(styled_label("No models yet", "emptyTitle"))
         empty_layout.addWidget(self.empty_text)
         empty_layout.addLayout(empty_buttons)
         empty_layout.addStretch(1)
         return self.empty_state
-
-    def _build_discovered(self) -> QFrame:
-        card, layout = widgets.card((16, 12, 16, 12), 6)
-        heading = QLabel("On this computer")
-        heading.setObjectName("cardHeading")
-        self.rescan_button = QPushButton("Rescan")
-        self.rescan_button.setObjectName("secondaryButton")
-        self.rescan_button.setToolTip("Look again in the Hugging Face cache, LM Studio and Ollama folders")
-        self.rescan_button.clicked.connect(self.rescan)
-        top = QHBoxLayout()
-        top.addWidget(heading, 1)
-        top.addWidget(self.rescan_button)
-        layout.addLayout(top)
-        self.discovered_note = QLabel("Models in the Hugging Face cache, LM Studio and Ollama.")
-        self.discovered_note.setObjectName("cardNote")
-        self.discovered_note.setWordWrap(True)
-        # Room for two lines: a wrapped label inside a splitter otherwise gets the height of one.
-        self.discovered_note.setMinimumHeight(2 * self.discovered_note.fontMetrics().lineSpacing() + 4)
-        layout.addWidget(self.discovered_note)
-        self.discovered_table = QTableWidget(0, len(DISCOVERED_COLUMNS))
-        self.discovered_table.setObjectName("discoveredTable")
-        self.discovered_table.setHorizontalHeaderLabels(DISCOVERED_COLUMNS)
-        self.discovered_table.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
-        self.discovered_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.discovered_table.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-        self.discovered_table.verticalHeader().setVisible(False)
-        self.discovered_table.setShowGrid(False)
-        self.discovered_table.setWordWrap(False)
-        self.discovered_table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
-        head = self.discovered_table.horizontalHeader()
-        head.setHighlightSections(False)
-        head.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        head.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        layout.addWidget(self.discovered_table, 1)
-        layout.addStretch(0)  # takes the room while the table is hidden (nothing found)
-        return card
 
     # ---------------------------------------------------------------- registered models
 
@@ -451,14 +312,14 @@ class ModelsView(ViewMessages, QWidget):
             info = model.info
             name = f"{model.name}  ★ default" if model.is_default else model.name
             cells = [
-                _item(name, model.path),
-                _item(format_label(model)),
-                _item(str(info.get("architecture") or "—")),
-                _item(size_label(model)),
-                _item(f"{info['context_length']:,}" if info.get("context_length") else "—"),
+                read_only_item(name, model.path),
+                read_only_item(format_label(model)),
+                read_only_item(str(info.get("architecture") or "—")),
+                read_only_item(size_label(model)),
+                read_only_item(f"{info['context_length']:,}" if info.get("context_length") else "—"),
                 self._template_item(model),
-                _item(training_status(model)),
-                _item(SOURCE_LABELS.get(model.source, model.source)),
+                read_only_item(training_status(model)),
+                read_only_item(SOURCE_LABELS.get(model.source, model.source)),
             ]
             cells[0].setData(Qt.ItemDataRole.UserRole, model.id)
             if model.is_default:
@@ -477,13 +338,13 @@ class ModelsView(ViewMessages, QWidget):
             else:
                 self.table.clearSelection()
         self._show_details()
-        self._fill_discovered()
+        self.discovered_card.show_registered(Path(m.path) for m in self._models)
         self._update_actions()
 
     @staticmethod
     def _template_item(model: ModelRow) -> QTableWidgetItem:
         status = template_status(model)  # renders the model's own template once (bounded by a budget)
-        item = _item(template_label(model, status), status.message)
+        item = read_only_item(template_label(model, status), status.message)
         if status.needs_choice:  # amber, as the notice in its details: the model waits for the person
             item.setForeground(QBrush(QColor(NEEDS_CHOICE_COLOUR)))
             font = QFont(item.font())
@@ -561,169 +422,56 @@ class ModelsView(ViewMessages, QWidget):
 
     # ---------------------------------------------------------------- adding
 
-    @Slot()
-    def _on_add_folder_clicked(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Add a Hugging Face model folder", str(Path.home()))
-        if folder:
-            self.add_model_path(folder)
-
-    @Slot()
-    def _on_add_gguf_clicked(self) -> None:
-        name, _filter = QFileDialog.getOpenFileName(
-            self, "Add a GGUF file", str(Path.home()), GGUF_FILE_FILTER
-        )
-        if name:
-            self.add_model_path(name)
-
     def add_model_path(
         self, path: str | Path, *, source: str = "user", name: str | None = None, allow_pickle: bool = False
     ) -> bool:
         """Register the model at ``path`` in a job (an HF folder or a GGUF file). Returns False when it could
         not start; the outcome (the model in the list, or why not in the banner) follows when the job ends."""
+        return self.registration.add(path, source=source, name=name, allow_pickle=allow_pickle)
 
-        def factory(token: CancelToken) -> Job:
-            return inspect_for_registration(
-                path, source=source, name=name, allow_pickle=allow_pickle, cancel=token
-            )
-
-        self._register = self.start_job(
-            JobOp(self.registry, factory, owner=self).resource(REGISTER_RESOURCE).slots("register")
-        )
-        if self._register is None:
-            return False
+    @Slot(str)
+    def _on_registration_reading(self, text: str) -> None:
         self.clear_error()
-        self._set_activity(f"Reading {Path(path).name}…", busy=True)
+        self._set_activity(text, busy=True)
         self._update_actions()
-        return True
 
-    def _on_register_succeeded(self, result: object) -> None:
+    @Slot()
+    def _on_registration_ended(self) -> None:
         self._set_activity("")
-        if isinstance(result, PickleConsentNeeded):
-            answer = QMessageBox.question(
-                self,
-                "Allow pickle weights?",
-                PICKLE_QUESTION.format(name=result.name),
-                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-                QMessageBox.StandardButton.No,
-            )
-            if answer == QMessageBox.StandardButton.Yes:
-                self.add_model_path(result.path, source=result.source, name=result.label, allow_pickle=True)
-            else:
-                self.show_error(f"Not added. {result.reason}")
-            return
-        assert isinstance(result, InspectedModel)
-        info = result.info
-        try:
-            model_id = self.store.add_model(
-                name=result.name or info.name,
-                path=info.path,
-                kind=info.kind,
-                fingerprint=result.fingerprint,
-                source=result.source,
-                info=info.to_dict(),
-            )
-        except DesktopDpoError as exc:
-            self.show_error(f"{info.name} was not added: {exc}")
-            return
+        self._update_actions()
+
+    @Slot(int, str)
+    def _on_model_added(self, model_id: int, name: str) -> None:
         self.refresh()
         self.select_model(model_id)
-        self.notify(f"Added {result.name or info.name}.")
+        self.notify(f"Added {name}.")
         self.models_changed.emit()
-
-    def _on_register_failed(self, message: str) -> None:
-        self._set_activity("")
-        self.show_error(message)
-        self._update_actions()
-
-    def _on_register_cancelled(self) -> None:
-        self._set_activity("")
-        self._update_actions()
 
     # ---------------------------------------------------------------- on this computer
 
     @Slot()
     def rescan(self) -> bool:
         """Look for models on this computer again (in a worker thread). False when a scan is running."""
-        self._scanned = True
-        if self.is_scanning():
-            return False
-        search_dirs = self.search_dirs
-        # Quiet: a scan lists folders in milliseconds and holds no model, so it is neither shown as a running
-        # job nor asked about at quit (the window waits for it instead, see eventFilter).
-        try:
-            self._scan = (
-                JobOp(self.registry, lambda _token: scan_for_models(search_dirs), owner=self)
-                .resource(SCAN_RESOURCE)
-                .quiet()
-                .slots("scan")
-                .on_cancelled(self._update_actions)
-                .start()
-            )
-        except DesktopDpoError as exc:  # a scan of another Models view (a second window) still runs
-            self.discovered_note.setText(str(exc))
-            return False
-        self.discovered_note.setText("Looking in the Hugging Face cache, LM Studio and Ollama folders…")
-        self._update_actions()
-        return True
+        return self.discovered_card.rescan()
 
     def is_scanning(self) -> bool:
         """True while the scan for models on this computer runs."""
-        return self._scan is not None and self._scan.active
-
-    def _on_scan_succeeded(self, found: object) -> None:
-        self._discovered = list(found) if isinstance(found, list) else []
-        count = len(self._discovered)
-        if count:
-            self.discovered_note.setText(
-                f"{count} model{'s' if count != 1 else ''} in the Hugging Face cache, LM Studio and Ollama."
-            )
-        else:
-            self.discovered_note.setText(
-                "No models in the Hugging Face cache, LM Studio or Ollama folders. Add a folder or a GGUF file "
-                "above."
-            )
-        self._fill_discovered()
-        self._update_actions()
-
-    def _on_scan_failed(self, message: str) -> None:
-        self.discovered_note.setText(f"Could not look for models: {message}")
-        self._update_actions()
+        return self.discovered_card.is_scanning()
 
     def discovered(self) -> list[DiscoveredModel]:
         """The models found on this computer by the last scan."""
-        return list(self._discovered)
-
-    def _fill_discovered(self) -> None:
-        registered = {Path(m.path) for m in self._models}
-        table = self.discovered_table
-        table.setRowCount(len(self._discovered))
-        table.setVisible(bool(self._discovered))
-        busy = self.registry.is_busy(REGISTER_RESOURCE)
-        for row, found in enumerate(self._discovered):
-            kind = KIND_LABELS.get(found.kind, found.kind)
-            table.setItem(row, 0, _item(found.label, f"{kind}: {found.path}"))
-            table.setItem(row, 1, _item(SOURCE_LABELS.get(found.source, found.source)))
-            table.setItem(row, 2, _item(human_size(found.size_bytes)))
-            added = found.path.absolute() in registered or found.path in registered
-            button = QPushButton("Added" if added else "Add")
-            button.setObjectName("addButton")
-            button.setEnabled(not added and not busy)
-            button.setToolTip(f"Add {found.label} to your models" if not added else "Already in your models")
-            button.clicked.connect(lambda _checked=False, index=row: self.add_discovered(index))
-            table.setCellWidget(row, 3, button)
+        return self.discovered_card.discovered()
 
     def add_button_for(self, label: str) -> QPushButton:
         """The Add button of a model found on this computer (by its label)."""
-        for row, found in enumerate(self._discovered):
-            if found.label == label:
-                widget = self.discovered_table.cellWidget(row, 3)
-                assert isinstance(widget, QPushButton)
-                return widget
-        raise KeyError(label)
+        return self.discovered_card.add_button_for(label)
 
     def add_discovered(self, index: int) -> bool:
         """Register a model found on this computer, under its label and where it was found."""
-        found = self._discovered[index]
+        return self._on_discovered_add_requested(self.discovered()[index])
+
+    @Slot(object)
+    def _on_discovered_add_requested(self, found: DiscoveredModel) -> bool:
         return self.add_model_path(found.path, source=found.source, name=found.label)
 
     # ---------------------------------------------------------------- choosing, default, removing
@@ -758,15 +506,11 @@ class ModelsView(ViewMessages, QWidget):
         model = self.selected_model()
         if model is None or not self.remove_button.isEnabled():
             return False
-        answer = QMessageBox.question(
-            self,
-            "Remove from list",
+        question = (
             f"Remove {model.name} from your models?\n\nIts files stay where they are ({model.path}), and the "
-            "answers and comparisons made with it are kept. You can add it again later.",
-            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-            QMessageBox.StandardButton.No,
+            "answers and comparisons made with it are kept. You can add it again later."
         )
-        if answer != QMessageBox.StandardButton.Yes:
+        if not ask_yes_no(self, "Remove from list", question):
             return False
         try:
             self.store.remove_model(model.id)
@@ -864,21 +608,17 @@ class ModelsView(ViewMessages, QWidget):
     # ---------------------------------------------------------------- state of the buttons
 
     def _update_actions(self) -> None:
-        if not hasattr(self, "remove_button"):
+        if not hasattr(self, "discovered_card"):
             return  # still building
-        registering = self.registry.is_busy(REGISTER_RESOURCE)
-        for button in (
+        registering = self.registration.is_busy()
+        for add in (
             self.add_folder_button,
             self.add_gguf_button,
             self.empty_folder_button,
             self.empty_gguf_button,
         ):
-            button.setEnabled(not registering)
-        for row in range(self.discovered_table.rowCount()):
-            widget = self.discovered_table.cellWidget(row, 3)
-            if isinstance(widget, QPushButton):
-                widget.setEnabled(widget.text() == "Add" and not registering)
-        self.rescan_button.setEnabled(not self.is_scanning())
+            add.setEnabled(not registering)
+        self.discovered_card.update_buttons()
 
         model = self.selected_model()
         has = model is not None
@@ -939,16 +679,13 @@ class ModelsView(ViewMessages, QWidget):
             self._watched_window = window
         # Models may have been added elsewhere (an aligned model after an export) while this view was hidden.
         self.refresh()
-        if not self._scanned:
-            self.rescan()
+        self.discovered_card.scan_once()
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # Qt override
         # The window is closing: a scan still running is given a moment to end, so that its thread never
         # outlives the application.
-        scan = self._scan
-        if event.type() == QEvent.Type.Close and watched is self._watched_window and scan is not None:
-            scan.cancel()
-            scan.wait(SCAN_WAIT_ON_CLOSE_MS)
+        if event.type() == QEvent.Type.Close and watched is self._watched_window:
+            self.discovered_card.wait_for_scan(SCAN_WAIT_ON_CLOSE_MS)
         return False
 
     def details_texts(self) -> dict[str, str]:

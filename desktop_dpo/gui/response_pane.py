@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QFont
-from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QFrame, QPlainTextEdit, QWidget
+
+from desktop_dpo.gui.widgets import STRETCH, button, hbox, set_style_property, styled_label, vbox
 
 SIDE_NAMES = ("Left", "Right")  # screen side 0 and 1
 
@@ -21,19 +23,18 @@ class ResponsePane(QFrame):
         self.setObjectName("responsePane")
         self.setProperty("chosen", False)  # before the first polish: set_chosen(False) then re-styles nothing
         self.side = side
-        self.title = QLabel(SIDE_NAMES[side])
-        self.title.setObjectName("paneTitle")
-        self.status = QLabel("")
-        self.status.setObjectName("paneStatus")
-        self.badge = QLabel("✎ Your rewrite")
-        self.badge.setObjectName("paneBadge")
-        self.badge.setToolTip(
-            "You rewrote this answer; the rewrite is saved with your verdict, the original is kept"
+        self.title = styled_label(SIDE_NAMES[side], "paneTitle")
+        self.status = styled_label("", "paneStatus")
+        self.badge = styled_label(
+            "✎ Your rewrite",
+            "paneBadge",
+            tooltip="You rewrote this answer; the rewrite is saved with your verdict, the original is kept",
         )
         self.badge.setVisible(False)
-        self.edit_button = QPushButton("Edit…")
-        self.edit_button.setObjectName("secondaryButton")
-        self.edit_button.setToolTip(f"Rewrite the {SIDE_NAMES[side].lower()} answer into the one you wanted")
+        # Connected by the view that owns the pane.
+        self.edit_button = button(
+            "Edit…", tooltip=f"Rewrite the {SIDE_NAMES[side].lower()} answer into the one you wanted"
+        )
         self.text = QPlainTextEdit()
         self.text.setObjectName("responseText")
         self.text.setReadOnly(True)
@@ -47,22 +48,9 @@ class ResponsePane(QFrame):
         self.text.document().setDocumentMargin(12)
         self.text.setPlaceholderText("The answer appears here.")
 
-        head = QHBoxLayout()
-        head.setContentsMargins(14, 10, 10, 8)
-        head.setSpacing(8)
-        head.addWidget(self.title)
-        head.addWidget(self.badge)
-        head.addStretch(1)
-        head.addWidget(self.edit_button)
-        foot = QHBoxLayout()
-        foot.setContentsMargins(14, 4, 14, 8)
-        foot.addWidget(self.status, 1)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.setSpacing(0)
-        layout.addLayout(head)
-        layout.addWidget(self.text, 1)
-        layout.addLayout(foot)
+        head = hbox(self.title, self.badge, STRETCH, self.edit_button, margins=(14, 10, 10, 8), spacing=8)
+        foot = hbox((self.status, 1), margins=(14, 4, 14, 8))
+        vbox(head, (self.text, 1), foot, parent=self, margins=(0, 0, 0, 0), spacing=0)
 
     def shown_text(self) -> str:
         """The text on screen."""
@@ -84,7 +72,4 @@ class ResponsePane(QFrame):
 
     def set_chosen(self, chosen: bool) -> None:
         """Outline the pane of the answer the person preferred."""
-        if self.property("chosen") != chosen:
-            self.setProperty("chosen", chosen)
-            self.style().unpolish(self)
-            self.style().polish(self)
+        set_style_property(self, "chosen", chosen)

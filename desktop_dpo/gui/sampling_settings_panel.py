@@ -14,16 +14,12 @@ from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QFrame,
     QGridLayout,
-    QHBoxLayout,
-    QLabel,
-    QPushButton,
     QSpinBox,
-    QToolButton,
-    QVBoxLayout,
     QWidget,
 )
 
 from desktop_dpo.config import SamplingSettings
+from desktop_dpo.gui.widgets import FoldToggle, button, hbox, styled_label, vbox
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +38,16 @@ class SamplingSettingsPanel(QWidget):
         self.setObjectName("samplingPanel")
         self._building = True
 
-        self.toggle = QToolButton()
-        self.toggle.setObjectName("samplingToggle")
-        self.toggle.setText("Sampling")
-        self.toggle.setCheckable(True)
-        self.toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-        self.toggle.setArrowType(Qt.ArrowType.RightArrow)
-        self.toggle.setToolTip("Show or hide the sampling settings (stored with every answer)")
-        self.toggle.toggled.connect(self._on_toggle_toggled)
-        self.summary = QLabel()
-        self.summary.setObjectName("samplingSummary")
-
-        head = QHBoxLayout()
-        head.setContentsMargins(0, 0, 0, 0)
-        head.setSpacing(8)
-        head.addWidget(self.toggle)
-        head.addWidget(self.summary, 1)
+        self.body = QFrame()
+        self.body.setObjectName("samplingBody")
+        self.toggle = FoldToggle(
+            "Sampling",
+            self.body,
+            name="samplingToggle",
+            tooltip="Show or hide the sampling settings (stored with every answer)",
+        )
+        self.summary = styled_label("", "samplingSummary")
+        head = hbox(self.toggle, (self.summary, 1), margins=(0, 0, 0, 0), spacing=8)
 
         self.temperature = self._double(0.0, 2.0, 0.05, 2, "Randomness; 0 = always the most likely token")
         self.top_p = self._double(
@@ -69,13 +59,12 @@ class SamplingSettingsPanel(QWidget):
         )
         self.repeat_penalty = self._double(1.0, 2.0, 0.05, 2, "Above 1 discourages repeating recent tokens")
         self.max_tokens = self._int(1, 8192, "Stop each answer after this many new tokens")
-        self.reset_button = QPushButton("Defaults")
-        self.reset_button.setObjectName("secondaryButton")
-        self.reset_button.setToolTip("Back to the default sampling settings")
-        self.reset_button.clicked.connect(lambda: self.set_settings(SamplingSettings()))
+        self.reset_button = button(
+            "Defaults",
+            lambda: self.set_settings(SamplingSettings()),
+            tooltip="Back to the default sampling settings",
+        )
 
-        self.body = QFrame()
-        self.body.setObjectName("samplingBody")
         grid = QGridLayout(self.body)
         grid.setContentsMargins(22, 4, 0, 2)
         grid.setHorizontalSpacing(10)
@@ -91,10 +80,8 @@ class SamplingSettingsPanel(QWidget):
         # Three columns of label + box: the whole form fits in two rows.
         for index, (text, box) in enumerate(fields):
             row, column = divmod(index, 3)
-            label = QLabel(text)
-            label.setObjectName("samplingLabel")
+            label = styled_label(text, "samplingLabel", tooltip=box.toolTip())
             label.setBuddy(box)
-            label.setToolTip(box.toolTip())
             box.setMinimumWidth(88)
             grid.addWidget(
                 label, row, 3 * column, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
@@ -103,13 +90,8 @@ class SamplingSettingsPanel(QWidget):
             grid.setColumnMinimumWidth(3 * column + 2, 14)
         grid.addWidget(self.reset_button, 0, 9, 2, 1, Qt.AlignmentFlag.AlignTop)
         grid.setColumnStretch(10, 1)
-        self.body.setVisible(False)
 
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.setSpacing(4)
-        layout.addLayout(head)
-        layout.addWidget(self.body)
+        vbox(head, self.body, parent=self, margins=(0, 0, 0, 0), spacing=4)
 
         self._building = False
         self.set_settings(settings or SamplingSettings())
@@ -177,11 +159,6 @@ class SamplingSettingsPanel(QWidget):
     def set_expanded(self, expanded: bool) -> None:
         """Open or close the form."""
         self.toggle.setChecked(expanded)
-
-    @Slot(bool)
-    def _on_toggle_toggled(self, expanded: bool) -> None:
-        self.body.setVisible(expanded)
-        self.toggle.setArrowType(Qt.ArrowType.DownArrow if expanded else Qt.ArrowType.RightArrow)
 
     @Slot()
     def _on_value_changed(self) -> None:

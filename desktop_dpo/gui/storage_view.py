@@ -18,14 +18,10 @@ from PySide6.QtGui import QBrush, QColor, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
-    QHBoxLayout,
     QHeaderView,
-    QLabel,
     QMessageBox,
-    QPushButton,
     QTableWidget,
     QTableWidgetItem,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -43,8 +39,9 @@ from desktop_dpo.core.store import Store
 from desktop_dpo.core.wording import human_size
 from desktop_dpo.gui import widgets
 from desktop_dpo.gui.message_banner import MessageBanner
-from desktop_dpo.gui.view_messages import ActivityLine, ViewMessages
-from desktop_dpo.gui.widgets import make_page, page_header
+from desktop_dpo.gui.page_view import PageView
+from desktop_dpo.gui.view_messages import ActivityLine
+from desktop_dpo.gui.widgets import STRETCH, hbox, page_header, styled_label, vbox
 from desktop_dpo.workers.job_op import JobOp, StoreJobFactory
 from desktop_dpo.workers.job_worker import JobRegistry
 
@@ -81,7 +78,7 @@ class _SizeItem(QTableWidgetItem):
         return self.size < other.size if isinstance(other, _SizeItem) else super().__lt__(other)
 
 
-class StorageView(ViewMessages, QWidget):
+class StorageView(PageView):
     """What the app keeps on disk, with sizes, and a clean-up of what may go.
 
     Args:
@@ -94,17 +91,15 @@ class StorageView(ViewMessages, QWidget):
         storage_changed(): a clean-up removed files (other views may re-read models and runs).
     """
 
+    PAGE = "storage"
+
     status_message = Signal(str)
     storage_changed = Signal()
 
     def __init__(
         self, *, store: Store, registry: JobRegistry, paths: AppPaths, parent: QWidget | None = None
     ):
-        super().__init__(parent)
-        make_page(self, "storage")
-        self.store = store
-        self.registry = registry
-        self.paths = paths
+        super().__init__(store=store, registry=registry, paths=paths, parent=parent)
         self.db_path = store.path or paths.db_path
         # Asks before deleting; tests replace it. (parent, title, text) -> yes?
         self.confirm: Callable[[QWidget, str, str], bool] = ask_yes_no
@@ -120,10 +115,7 @@ class StorageView(ViewMessages, QWidget):
     # ---------------------------------------------------------------- building
 
     def _build(self) -> None:
-        self.rescan_button = QPushButton("Rescan")
-        self.rescan_button.setObjectName("secondaryButton")
-        self.rescan_button.setToolTip("Measure the app's folders again")
-        self.rescan_button.clicked.connect(self.scan)
+        self.rescan_button = widgets.button("Rescan", self.scan, tooltip="Measure the app's folders again")
         header = page_header(
             "Storage",
             "What desktop-dpo keeps on this computer, and what can go. Copies are made again when needed; "
@@ -131,15 +123,9 @@ class StorageView(ViewMessages, QWidget):
             self.rescan_button,
         )
 
-        self.total_label = QLabel("Measuring…")
-        self.total_label.setObjectName("storageTotal")
-        self.freeable_label = QLabel()
-        self.freeable_label.setObjectName("storageFreeable")
-        totals = QHBoxLayout()
-        totals.addWidget(self.total_label)
-        totals.addSpacing(12)
-        totals.addWidget(self.freeable_label)
-        totals.addStretch(1)
+        self.total_label = styled_label("Measuring…", "storageTotal")
+        self.freeable_label = styled_label("", "storageFreeable")
+        totals = hbox(self.total_label, 12, self.freeable_label, STRETCH)
 
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setObjectName("storageTable")
@@ -164,22 +150,17 @@ class StorageView(ViewMessages, QWidget):
             "Tick this only for runs you will not resume."
         )
         self.resume_check.toggled.connect(self._on_resume_toggled)
-        self.selected_label = QLabel()
-        self.selected_label.setObjectName("storageSelected")
-        self.select_button = QPushButton("Select all that can go")
-        self.select_button.setObjectName("secondaryButton")
-        self.select_button.clicked.connect(self.select_all_removable)
-        self.clean_button = QPushButton("Clean up…")
-        self.clean_button.setObjectName("primaryButton")
-        self.clean_button.setToolTip("Delete the ticked items (you are asked first)")
-        self.clean_button.clicked.connect(self.clean_up)
-        actions = QHBoxLayout()
-        actions.addWidget(self.resume_check)
-        actions.addStretch(1)
-        actions.addWidget(self.selected_label)
-        actions.addSpacing(8)
-        actions.addWidget(self.select_button)
-        actions.addWidget(self.clean_button)
+        self.selected_label = styled_label("", "storageSelected")
+        self.select_button = widgets.button("Select all that can go", self.select_all_removable)
+        self.clean_button = widgets.button(
+            "Clean up…",
+            self.clean_up,
+            tooltip="Delete the ticked items (you are asked first)",
+            name="primaryButton",
+        )
+        actions = hbox(
+            self.resume_check, STRETCH, self.selected_label, 8, self.select_button, self.clean_button
+        )
 
         card, card_layout = widgets.card((14, 12, 14, 12), 10)
         card_layout.addLayout(totals)
@@ -189,13 +170,15 @@ class StorageView(ViewMessages, QWidget):
         self.banner = MessageBanner()
         self.activity_row = ActivityLine()
 
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(24, 20, 24, 16)
-        layout.setSpacing(12)
-        layout.addLayout(header)
-        layout.addWidget(self.banner)
-        layout.addWidget(card, 1)
-        layout.addWidget(self.activity_row)
+        vbox(
+            header,
+            self.banner,
+            (card, 1),
+            self.activity_row,
+            parent=self,
+            margins=(24, 20, 24, 16),
+            spacing=12,
+        )
 
     # ---------------------------------------------------------------- the list
 

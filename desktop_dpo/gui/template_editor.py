@@ -36,15 +36,11 @@ from PySide6.QtWidgets import (
     QButtonGroup,
     QDialog,
     QFrame,
-    QHBoxLayout,
     QLabel,
     QPlainTextEdit,
-    QPushButton,
     QRadioButton,
-    QScrollArea,
     QSizePolicy,
     QSplitter,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -68,6 +64,17 @@ from desktop_dpo.core.llm.templates import (
 )
 from desktop_dpo.core.model_files import CHAT_TEMPLATE_KEY, recorded_chat_template, special_tokens
 from desktop_dpo.core.store import ModelRow, Store
+from desktop_dpo.gui.widgets import (
+    STRETCH,
+    BoxItem,
+    button,
+    hbox,
+    scroll_area,
+    set_style_property,
+    styled_label,
+    text_label,
+    vbox,
+)
 
 OWN = "own"  # the option "The model's own"
 EDIT = "custom"  # the option "Edit…"
@@ -198,9 +205,12 @@ def _monospace_editor(name: str) -> QPlainTextEdit:
     return editor
 
 
-def _repolish(widget: QWidget) -> None:
-    widget.style().unpolish(widget)
-    widget.style().polish(widget)
+def _section(heading: str, hint: QLabel, *items: BoxItem) -> QWidget:
+    """A part of the editor's text card: its heading, ``hint`` at the right, and ``items`` below."""
+    section = QWidget()
+    top = hbox(styled_label(heading, "sectionHeading"), STRETCH, hint)
+    vbox(top, *items, parent=section, margins=(0, 0, 0, 0), spacing=4)
+    return section
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -220,27 +230,23 @@ class TemplateNotice(QFrame):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.setObjectName("templateNotice")
-        icon = QLabel("⚠")
-        icon.setObjectName("templateNoticeText")
-        self.text = QLabel()
-        self.text.setObjectName("templateNoticeText")
-        self.text.setWordWrap(True)
-        self.text.setTextFormat(Qt.TextFormat.PlainText)
-        self.text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        icon = styled_label("⚠", "templateNoticeText")
+        self.text = text_label("", "templateNoticeText", selectable=True)
         self.text.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        self.choose_button = QPushButton("Choose a template…")
-        self.choose_button.setObjectName("primaryButton")
-        self.choose_button.setToolTip("Pick the template the model was trained with, or write one")
-        self.choose_button.clicked.connect(self.choose_requested)
-        text_column = QVBoxLayout()
-        text_column.setSpacing(6)
-        text_column.addWidget(self.text)
-        text_column.addWidget(self.choose_button, 0, Qt.AlignmentFlag.AlignLeft)
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(10, 8, 10, 8)
-        layout.setSpacing(8)
-        layout.addWidget(icon, 0, Qt.AlignmentFlag.AlignTop)
-        layout.addLayout(text_column, 1)
+        self.choose_button = button(
+            "Choose a template…",
+            self.choose_requested,
+            tooltip="Pick the template the model was trained with, or write one",
+            name="primaryButton",
+        )
+        text_column = vbox(self.text, (self.choose_button, 0, Qt.AlignmentFlag.AlignLeft), spacing=6)
+        hbox(
+            (icon, 0, Qt.AlignmentFlag.AlignTop),
+            (text_column, 1),
+            parent=self,
+            margins=(10, 8, 10, 8),
+            spacing=8,
+        )
         self.setVisible(False)
 
     def show_status(self, status: TemplateStatus | None) -> None:
@@ -303,23 +309,19 @@ class TemplateEditorDialog(QDialog):
     # ---------------------------------------------------------------- building
 
     def _build(self, reason: str) -> None:
-        title = QLabel(f"Chat template of {self.model.name}")
-        title.setObjectName("editorTitle")
-        title.setWordWrap(True)
-        summary = QLabel(
+        title = styled_label(f"Chat template of {self.model.name}", "editorTitle", wrap=True)
+        summary = styled_label(
             "How the model reads a conversation. Collect, Chat, training and the export use this template "
-            "from the next answer on, and the export writes it into the GGUF file."
+            "from the next answer on, and the export writes it into the GGUF file.",
+            "editorSummary",
+            wrap=True,
         )
-        summary.setObjectName("editorSummary")
-        summary.setWordWrap(True)
         self.notice = TemplateNotice()
         self.notice.choose_button.setVisible(False)  # the choice is right below
         if reason:
             self.notice.text.setText(reason)
             self.notice.setVisible(True)
-        self.now_label = QLabel(f"Used now: {self._status_words()}")
-        self.now_label.setObjectName("editorNow")
-        self.now_label.setWordWrap(True)
+        self.now_label = styled_label(f"Used now: {self._status_words()}", "editorNow", wrap=True)
         self.now_label.setVisible(not reason)
 
         body = QSplitter(Qt.Orientation.Horizontal)
@@ -330,65 +332,51 @@ class TemplateEditorDialog(QDialog):
         body.setStretchFactor(1, 1)
         body.setSizes([290, 10_000])
 
-        self.use_own_button = QPushButton("Use the model's own")
-        self.use_own_button.setObjectName("secondaryButton")
         has_choice = template_choice(self.model) is not None
-        self.use_own_button.setEnabled(has_choice)
-        self.use_own_button.setToolTip(
-            "Forget your choice: the template in the model's files is used again (the plain User:/Assistant: "
-            "layout when it has none)"
+        self.use_own_button = button(
+            "Use the model's own",
+            self.use_own,
+            tooltip="Forget your choice: the template in the model's files is used again (the plain "
+            "User:/Assistant: layout when it has none)"
             if has_choice
-            else "The model already uses its own template: you have chosen none."
+            else "The model already uses its own template: you have chosen none.",
         )
-        self.use_own_button.clicked.connect(self.use_own)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setObjectName("secondaryButton")
-        self.cancel_button.clicked.connect(self.reject)
-        self.save_button = QPushButton("Save")
-        self.save_button.setObjectName("primaryButton")
+        self.use_own_button.setEnabled(has_choice)
+        self.cancel_button = button("Cancel", self.reject)
+        self.save_button = button("Save", self.save, name="primaryButton")
         self.save_button.setDefault(True)
-        self.save_button.clicked.connect(self.save)
-        buttons = QHBoxLayout()
-        buttons.setSpacing(8)
-        buttons.addWidget(self.use_own_button)
-        buttons.addStretch(1)
-        buttons.addWidget(self.cancel_button)
-        buttons.addWidget(self.save_button)
+        buttons = hbox(self.use_own_button, STRETCH, self.cancel_button, self.save_button, spacing=8)
 
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(18, 14, 18, 14)
-        layout.setSpacing(8)
-        layout.addWidget(title)
-        layout.addWidget(summary)
-        layout.addWidget(self.notice)
-        layout.addWidget(self.now_label)
-        layout.addWidget(body, 1)
-        layout.addLayout(buttons)
+        vbox(
+            title,
+            summary,
+            self.notice,
+            self.now_label,
+            (body, 1),
+            buttons,
+            parent=self,
+            margins=(18, 14, 18, 14),
+            spacing=8,
+        )
 
     def _build_options(self) -> QWidget:
         card = QFrame()
         card.setObjectName("optionsCard")
         card.setMinimumWidth(230)
-        heading = QLabel("Use")
-        heading.setObjectName("sectionHeading")
+        heading = styled_label("Use", "sectionHeading")
         self.option_group = QButtonGroup(self)
         self.option_group.setExclusive(True)
         self.options: dict[str, QRadioButton] = {}
         self.option_notes: dict[str, QLabel] = {}
         listing = QWidget()
         listing.setObjectName("optionsList")
-        rows = QVBoxLayout(listing)
-        rows.setContentsMargins(0, 0, 0, 0)
-        rows.setSpacing(2)
+        rows = vbox(parent=listing, margins=(0, 0, 0, 0), spacing=2)
 
         def add(key: str, label: str, note: str, *, enabled: bool = True, error: bool = False) -> None:
             button = QRadioButton(label)
             button.setObjectName("templateOption")
             button.setEnabled(enabled)
-            note_label = QLabel(note)
-            note_label.setObjectName("optionNote")
-            note_label.setWordWrap(True)
-            note_label.setTextFormat(Qt.TextFormat.PlainText)
+            note_label = text_label(note, "optionNote")
             note_label.setProperty("tone", "error" if error else "")
             button.setToolTip(note)
             self.option_group.addButton(button)
@@ -417,80 +405,41 @@ class TemplateEditorDialog(QDialog):
         add(EDIT, "Edit…", "Start from the template shown and change it; checked as you type.")
         rows.addStretch(1)
 
-        scroll = QScrollArea()
-        scroll.setObjectName("optionsScroll")
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        scroll.setWidget(listing)
-        layout = QVBoxLayout(card)
-        layout.setContentsMargins(12, 10, 6, 10)
-        layout.setSpacing(6)
-        layout.addWidget(heading)
-        layout.addWidget(scroll, 1)
+        scroll = scroll_area(listing, "optionsScroll", sideways=False)
+        vbox(heading, (scroll, 1), parent=card, margins=(12, 10, 6, 10), spacing=6)
         return card
 
     def _build_text(self) -> QWidget:
         card = QFrame()
         card.setObjectName("textCard")
-        source_heading = QLabel("Template (Jinja)")
-        source_heading.setObjectName("sectionHeading")
-        self.mode_hint = QLabel()
-        self.mode_hint.setObjectName("sectionHint")
+        self.mode_hint = styled_label("", "sectionHint")
         self.editor = _monospace_editor("templateSource")
         self.editor.setReadOnly(True)
         self.editor.setPlaceholderText("Pick a template on the left, or Edit… to write one.")
         self.editor.textChanged.connect(self._on_text_changed)
         self._editor_highlighter = _PatternHighlighter(self.editor.document(), JINJA_RULES)
-        source_top = QHBoxLayout()
-        source_top.addWidget(source_heading)
-        source_top.addStretch(1)
-        source_top.addWidget(self.mode_hint)
-        source = QWidget()
-        source_layout = QVBoxLayout(source)
-        source_layout.setContentsMargins(0, 0, 0, 0)
-        source_layout.setSpacing(4)
-        source_layout.addLayout(source_top)
-        source_layout.addWidget(self.editor, 1)
+        source = _section("Template (Jinja)", self.mode_hint, (self.editor, 1))
 
-        preview_heading = QLabel("A sample conversation, as the model reads it")
-        preview_heading.setObjectName("sectionHeading")
-        preview_hint = QLabel("the model writes its answer at the end")
-        preview_hint.setObjectName("sectionHint")
         self.preview = _monospace_editor("templatePreview")
         self.preview.setReadOnly(True)
         self._preview_highlighter = _PatternHighlighter(self.preview.document(), PREVIEW_RULES)
-        self.error_label = QLabel()
-        self.error_label.setObjectName("renderError")
-        self.error_label.setWordWrap(True)
-        self.error_label.setTextFormat(Qt.TextFormat.PlainText)
-        self.error_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.error_label = text_label("", "renderError", selectable=True)
         self.error_label.setVisible(False)
-        self.stop_label = QLabel()
-        self.stop_label.setObjectName("stopLine")
-        self.stop_label.setWordWrap(True)
-        self.stop_label.setTextFormat(Qt.TextFormat.PlainText)
-        preview_top = QHBoxLayout()
-        preview_top.addWidget(preview_heading)
-        preview_top.addStretch(1)
-        preview_top.addWidget(preview_hint)
-        preview = QWidget()
-        preview_layout = QVBoxLayout(preview)
-        preview_layout.setContentsMargins(0, 0, 0, 0)
-        preview_layout.setSpacing(4)
-        preview_layout.addLayout(preview_top)
-        preview_layout.addWidget(self.error_label)
-        preview_layout.addWidget(self.preview, 1)
-        preview_layout.addWidget(self.stop_label)
+        self.stop_label = text_label("", "stopLine")
+        preview = _section(
+            "A sample conversation, as the model reads it",
+            styled_label("the model writes its answer at the end", "sectionHint"),
+            self.error_label,
+            (self.preview, 1),
+            self.stop_label,
+        )
 
         split = QSplitter(Qt.Orientation.Vertical)
         split.setChildrenCollapsible(False)
         split.addWidget(source)
         split.addWidget(preview)
         split.setSizes([10_000, 10_000])
-        layout = QVBoxLayout(card)
-        layout.setContentsMargins(12, 10, 12, 10)
-        layout.addWidget(split)
+        vbox(split, parent=card, margins=(12, 10, 12, 10))
         return card
 
     def _fit_to_screen(self) -> None:
@@ -602,13 +551,11 @@ class TemplateEditorDialog(QDialog):
         self.editor.setPlainText(text)
         self.editor.blockSignals(False)
         self.editor.setReadOnly(not editable)
-        self.editor.setProperty("editing", editable)
-        _repolish(self.editor)
+        set_style_property(self.editor, "editing", editable)
         self.mode_hint.setText(
             "editing: the preview follows as you type" if editable else "read-only: pick Edit… to change it"
         )
-        self.mode_hint.setProperty("editing", editable)
-        _repolish(self.mode_hint)
+        set_style_property(self.mode_hint, "editing", editable)
 
     @Slot()
     def _on_text_changed(self) -> None:

@@ -20,12 +20,11 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QSpinBox,
-    QToolButton,
-    QVBoxLayout,
     QWidget,
 )
 
 from desktop_dpo.core.dpo.config import TrainConfig
+from desktop_dpo.gui.widgets import STRETCH, FoldToggle, styled_label, vbox
 
 
 @dataclass(frozen=True)
@@ -44,6 +43,11 @@ class FieldSpec:
     scientific: bool = False  # float fields shown as 1e-04 (learning rates)
 
 
+def _advanced(*specs: FieldSpec) -> tuple[FieldSpec, ...]:
+    """``specs``, folded under "Advanced settings"."""
+    return tuple(dataclasses.replace(spec, advanced=True) for spec in specs)
+
+
 FIELDS = (
     FieldSpec("beta", "β (beta)", "β — how tightly the model is held to where it started: higher = smaller, "
               "safer changes", minimum=0.01, maximum=10, step=0.05, decimals=3),
@@ -52,52 +56,54 @@ FIELDS = (
     FieldSpec("epochs", "Epochs", "How many times training reads every pair", minimum=1, maximum=100),
     FieldSpec("batch_size", "Batch size", "Pairs per forward pass: larger is faster but needs more memory",
               minimum=1, maximum=256),
-    # advanced
-    FieldSpec("loss_type", "Loss", "sigmoid is standard DPO; ipo and hinge are variants that push less hard "
-              "on pairs already learned", advanced=True, choices=("sigmoid", "ipo", "hinge")),
-    FieldSpec("label_smoothing", "Label smoothing", "The share of your picks you think may be wrong "
-              "(conservative DPO; sigmoid loss only)", advanced=True, maximum=0.49, step=0.05),
-    FieldSpec("sft_weight", "SFT weight", "Also trains the model to write the answers you chose, not only to "
-              "prefer them (RPO; 0 = off, 1 = as much)", advanced=True, maximum=10, step=0.1),
-    FieldSpec("grad_accum", "Gradient accumulation", "Passes added up before each update: pairs per update "
-              "= batch size × this", advanced=True, minimum=1, maximum=1024),
-    FieldSpec("warmup_ratio", "Warm-up", "Share of the run during which the learning rate climbs from 0 to "
-              "its peak", advanced=True, maximum=0.99, step=0.05),
-    FieldSpec("scheduler", "Schedule", "How the learning rate falls after warm-up (both end at 0)",
-              advanced=True, choices=("cosine", "linear")),
-    FieldSpec("max_grad_norm", "Gradient clip", "Updates are clipped to this size, so one odd batch cannot "
-              "wreck the model", advanced=True, minimum=0.01, maximum=100, step=0.1),
-    FieldSpec("weight_decay", "Weight decay", "Pulls the adapter's weights towards zero (0 = off)",
-              advanced=True, maximum=1, step=0.01, decimals=3),
-    FieldSpec("lora_r", "LoRA rank", "How much change the adapter can hold (and its size on disk)",
-              advanced=True, minimum=1, maximum=1024),
-    FieldSpec("lora_alpha", "LoRA alpha", "Scale of the adapter: its change is multiplied by alpha ÷ rank",
-              advanced=True, minimum=1, maximum=4096),
-    FieldSpec("lora_dropout", "LoRA dropout", "Randomly drops adapter inputs while training, against "
-              "memorising", advanced=True, maximum=0.9, step=0.05),
-    FieldSpec("target_modules", "Target layers", "Layers that get an adapter: all-linear, or layer names "
-              "separated by commas", advanced=True),
-    FieldSpec("max_length", "Maximum length", "Tokens per example (prompt + answer); longer answers are cut, "
-              "and you are told", advanced=True, minimum=16, maximum=131072, step=64),
-    FieldSpec("max_prompt_length", "Maximum prompt length", "Prompt tokens kept (older turns are dropped "
-              "first)", advanced=True, minimum=8, maximum=131072, step=64),
-    FieldSpec("quantization", "Quantization", "nf4 = 4-bit base (QLoRA, far less GPU memory); none = full "
-              "precision (faster on a CPU); auto = nf4 on a GPU only", advanced=True,
-              choices=("auto", "nf4", "none")),
-    FieldSpec("gradient_checkpointing", "Gradient checkpointing", "Recompute activations instead of keeping "
-              "them: much less memory, about 30% slower", advanced=True),
-    FieldSpec("device", "Device", "Where training runs: auto takes the GPU when there is one", advanced=True,
-              choices=("auto", "cuda", "mps", "cpu")),
-    FieldSpec("threads", "CPU threads", "Threads torch may use on the CPU (0 = its default)", advanced=True,
-              maximum=512),
-    FieldSpec("checkpoint_every", "Checkpoint every", "Steps between saved checkpoints (a stop always saves "
-              "one too)", advanced=True, minimum=1, maximum=100000),
-    FieldSpec("eval_every", "Held-out check every", "Steps between measurements on the held-out prompts "
-              "(also at the start and the end)", advanced=True, minimum=1, maximum=100000),
-    FieldSpec("heldout_fraction", "Held-out share", "Share of prompts kept out of training, to see whether "
-              "the model generalises rather than memorises", advanced=True, maximum=0.9, step=0.05),
-    FieldSpec("seed", "Seed", "Same seed, settings and pairs give the same run", advanced=True,
-              maximum=2**31 - 1),
+    # folded under "Advanced settings"
+    *_advanced(
+        FieldSpec("loss_type", "Loss", "sigmoid is standard DPO; ipo and hinge are variants that push less hard "
+                  "on pairs already learned", choices=("sigmoid", "ipo", "hinge")),
+        FieldSpec("label_smoothing", "Label smoothing", "The share of your picks you think may be wrong "
+                  "(conservative DPO; sigmoid loss only)", maximum=0.49, step=0.05),
+        FieldSpec("sft_weight", "SFT weight", "Also trains the model to write the answers you chose, not only to "
+                  "prefer them (RPO; 0 = off, 1 = as much)", maximum=10, step=0.1),
+        FieldSpec("grad_accum", "Gradient accumulation", "Passes added up before each update: pairs per update "
+                  "= batch size × this", minimum=1, maximum=1024),
+        FieldSpec("warmup_ratio", "Warm-up", "Share of the run during which the learning rate climbs from 0 to "
+                  "its peak", maximum=0.99, step=0.05),
+        FieldSpec("scheduler", "Schedule", "How the learning rate falls after warm-up (both end at 0)",
+                  choices=("cosine", "linear")),
+        FieldSpec("max_grad_norm", "Gradient clip", "Updates are clipped to this size, so one odd batch cannot "
+                  "wreck the model", minimum=0.01, maximum=100, step=0.1),
+        FieldSpec("weight_decay", "Weight decay", "Pulls the adapter's weights towards zero (0 = off)",
+                  maximum=1, step=0.01, decimals=3),
+        FieldSpec("lora_r", "LoRA rank", "How much change the adapter can hold (and its size on disk)",
+                  minimum=1, maximum=1024),
+        FieldSpec("lora_alpha", "LoRA alpha", "Scale of the adapter: its change is multiplied by alpha ÷ rank",
+                  minimum=1, maximum=4096),
+        FieldSpec("lora_dropout", "LoRA dropout", "Randomly drops adapter inputs while training, against "
+                  "memorising", maximum=0.9, step=0.05),
+        FieldSpec("target_modules", "Target layers", "Layers that get an adapter: all-linear, or layer names "
+                  "separated by commas"),
+        FieldSpec("max_length", "Maximum length", "Tokens per example (prompt + answer); longer answers are cut, "
+                  "and you are told", minimum=16, maximum=131072, step=64),
+        FieldSpec("max_prompt_length", "Maximum prompt length", "Prompt tokens kept (older turns are dropped "
+                  "first)", minimum=8, maximum=131072, step=64),
+        FieldSpec("quantization", "Quantization", "nf4 = 4-bit base (QLoRA, far less GPU memory); none = full "
+                  "precision (faster on a CPU); auto = nf4 on a GPU only",
+                  choices=("auto", "nf4", "none")),
+        FieldSpec("gradient_checkpointing", "Gradient checkpointing", "Recompute activations instead of keeping "
+                  "them: much less memory, about 30% slower"),
+        FieldSpec("device", "Device", "Where training runs: auto takes the GPU when there is one",
+                  choices=("auto", "cuda", "mps", "cpu")),
+        FieldSpec("threads", "CPU threads", "Threads torch may use on the CPU (0 = its default)",
+                  maximum=512),
+        FieldSpec("checkpoint_every", "Checkpoint every", "Steps between saved checkpoints (a stop always saves "
+                  "one too)", minimum=1, maximum=100000),
+        FieldSpec("eval_every", "Held-out check every", "Steps between measurements on the held-out prompts "
+                  "(also at the start and the end)", minimum=1, maximum=100000),
+        FieldSpec("heldout_fraction", "Held-out share", "Share of prompts kept out of training, to see whether "
+                  "the model generalises rather than memorises", maximum=0.9, step=0.05),
+        FieldSpec("seed", "Seed", "Same seed, settings and pairs give the same run",
+                  maximum=2**31 - 1),
+    ),
 )  # fmt: skip
 
 _TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
@@ -159,23 +165,22 @@ class TrainSettingsForm(QWidget):
             self._add_field(grid, rows[grid], spec)
             rows[grid] += 2
 
-        self.advanced_toggle = QToolButton()
-        self.advanced_toggle.setObjectName("advancedToggle")
-        self.advanced_toggle.setText("Advanced settings")
-        self.advanced_toggle.setCheckable(True)
-        self.advanced_toggle.setArrowType(Qt.ArrowType.RightArrow)
-        self.advanced_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-        self.advanced_toggle.setToolTip("Loss, schedule, LoRA shape, lengths, memory, device, bookkeeping")
-        self.advanced_toggle.toggled.connect(self._on_advanced_toggled)
-        self.advanced.setVisible(False)
+        self.advanced_toggle = FoldToggle(
+            "Advanced settings",
+            self.advanced,
+            name="advancedToggle",
+            tooltip="Loss, schedule, LoRA shape, lengths, memory, device, bookkeeping",
+        )
 
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.setSpacing(6)
-        layout.addWidget(basic)
-        layout.addWidget(self.advanced_toggle, 0, Qt.AlignmentFlag.AlignLeft)
-        layout.addWidget(self.advanced)
-        layout.addStretch(1)  # rows stay together at the top however tall the scroll area is
+        vbox(
+            basic,
+            (self.advanced_toggle, 0, Qt.AlignmentFlag.AlignLeft),
+            self.advanced,
+            STRETCH,  # rows stay together at the top however tall the scroll area is
+            parent=self,
+            margins=(0, 0, 0, 0),
+            spacing=6,
+        )
         self.set_settings(self._base)
 
     @staticmethod
@@ -214,12 +219,9 @@ class TrainSettingsForm(QWidget):
             editor.valueChanged.connect(self._on_field_edited)
         editor.setObjectName(f"setting_{spec.name}")
         editor.setToolTip(spec.help)
-        label = QLabel(spec.label)
-        label.setObjectName("settingLabel")
+        label = styled_label(spec.label, "settingLabel")
         label.setBuddy(editor)
-        help_label = QLabel(spec.help)
-        help_label.setObjectName("settingHelp")
-        help_label.setWordWrap(True)
+        help_label = styled_label(spec.help, "settingHelp", wrap=True)
         grid.addWidget(label, row, 0)
         grid.addWidget(editor, row, 1)
         grid.addWidget(help_label, row + 1, 0, 1, 2)
@@ -274,8 +276,3 @@ class TrainSettingsForm(QWidget):
             return
         self.touched = True
         self.changed.emit()
-
-    @Slot(bool)
-    def _on_advanced_toggled(self, shown: bool) -> None:
-        self.advanced.setVisible(shown)
-        self.advanced_toggle.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)

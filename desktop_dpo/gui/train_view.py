@@ -16,48 +16,24 @@ so what the plots show is already saved. Collecting may go on meanwhile (generat
 - Past runs list every run; selecting one shows its stored curves and settings. A run the database
   says is "running" while no job here trains it (the app was killed) is shown as interrupted.
 
-pyqtgraph is imported by :mod:`desktop_dpo.gui.metrics_plots`, which this module imports: the view is
-built the first time it is shown, never at start-up. No torch, transformers or peft here.
+The run on screen and its curves are :mod:`desktop_dpo.gui.train_live_panel`'s, the list of past runs is
+:mod:`desktop_dpo.gui.train_runs_panel`'s; this module decides what they show. pyqtgraph is imported by
+:mod:`desktop_dpo.gui.metrics_plots`, which the live panel imports: the view is built the first time it is
+shown, never at start-up. No torch, transformers or peft here.
 """
 
 from __future__ import annotations
 
 import functools
-import html
 import logging
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal, Slot
-from PySide6.QtGui import QBrush, QColor, QShowEvent
-from PySide6.QtWidgets import (
-    QAbstractItemView,
-    QComboBox,
-    QFrame,
-    QHBoxLayout,
-    QHeaderView,
-    QLabel,
-    QProgressBar,
-    QPushButton,
-    QScrollArea,
-    QSplitter,
-    QTreeWidget,
-    QTreeWidgetItem,
-    QVBoxLayout,
-    QWidget,
-)
+from PySide6.QtGui import QShowEvent
+from PySide6.QtWidgets import QComboBox, QFrame, QHBoxLayout, QSplitter
 
-from desktop_dpo.config import AppPaths
+from desktop_dpo.core.dpo import events
 from desktop_dpo.core.dpo.config import DeviceInfo, TrainConfig, TrainingError, preset_for, smaller_settings
-from desktop_dpo.core.dpo.events import (
-    Checkpointed,
-    EvalMetrics,
-    Finished,
-    Loading,
-    ReferenceReady,
-    Started,
-    StepMetrics,
-    TrainWarning,
-)
 from desktop_dpo.core.dpo.runs import (
     MIN_TRAIN_PAIRS,
     RunPlan,
@@ -68,24 +44,30 @@ from desktop_dpo.core.dpo.runs import (
 )
 from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.lineage import model_lineage
-from desktop_dpo.core.llm.engine_pool import EnginePool
-from desktop_dpo.core.store import ModelRow, RunRow, Store
+from desktop_dpo.core.store import ModelRow, RunRow
 from desktop_dpo.gui.message_banner import MessageBanner
-from desktop_dpo.gui.metrics_plots import MetricsPlots
+from desktop_dpo.gui.page_view import PageView
 from desktop_dpo.gui.template_editor import ensure_template_chosen, template_needed_message
+from desktop_dpo.gui.train_live_panel import LOADING_HEADLINE, LiveRunPanel
+from desktop_dpo.gui.train_runs_panel import (
+    INTERRUPTED,
+    RunsPanel,
+    frameless_scroll,
+    stored_warnings,
+    summarise_metrics,
+)
 from desktop_dpo.gui.train_settings_form import TrainSettingsForm
-from desktop_dpo.gui.view_messages import ViewMessages
 from desktop_dpo.gui.widgets import (
     ModelCombo,
+    button,
     card,
     field_label,
-    make_page,
     model_kind,
     page_header,
     page_pill,
+    styled_label,
 )
 from desktop_dpo.workers.job_op import JobOp
-from desktop_dpo.workers.job_worker import JobRegistry
 from desktop_dpo.workers.training_worker import (
     DEVICE_RESOURCE,
     TRAIN_RESOURCE,
@@ -97,47 +79,6 @@ from desktop_dpo.workers.training_worker import (
 
 log = logging.getLogger(__name__)
 
-INTERRUPTED = "interrupted"  # shown for a run left "running" in the database with no job training it
-RESUMABLE = ("stopped", "failed", "pending", INTERRUPTED)
-STATUS_LABELS = {
-    "pending": "not started",
-    "running": "training",
-    "stopped": "stopped",
-    "failed": "failed",
-    "completed": "completed",
-    INTERRUPTED: "interrupted — resume",
-}
-STATUS_COLOURS = {"failed": "#b91c1c", INTERRUPTED: "#b45309", "completed": "#047857", "running": "#4338ca"}
-RUN_COLUMNS = ("Run", "Base model", "Status", "Steps", "Pairs", "Final metrics")
-COLUMN_STATUS = 2
-
-
-def format_duration(seconds: float) -> str:
-    """``1h05m``, ``3m07s`` or ``42s``: an ETA a person reads at a glance."""
-    seconds = max(0, round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
-def summarise_metrics(metrics: dict[str, Any]) -> str:
-    """A run's final reward accuracy (train, held-out) and margin in one short line ("" when none)."""
-    parts = []
-    if "train/rewards/accuracies" in metrics:
-        parts.append(f"acc {metrics['train/rewards/accuracies']:.2f}")
-    if "heldout/rewards/accuracies" in metrics:
-        parts.append(f"held-out {metrics['heldout/rewards/accuracies']:.2f}")
-    if "train/rewards/margins" in metrics:
-        parts.append(f"margin {metrics['train/rewards/margins']:.2f}")
-    return " · ".join(parts)
-
-
-def describe_settings(config: dict[str, Any]) -> str:
-    """A run's settings as ``name = value`` lines, for a tooltip or the details panel."""
-    return "\n".join(f"{name} = {value}" for name, value in sorted(config.items()))
-
 
 def _describe_model(model: ModelRow) -> str:
     """A model in the base-model picker: its name and kind, and whether it still needs a trainable copy."""
@@ -145,7 +86,7 @@ def _describe_model(model: ModelRow) -> str:
     return f"{model.name}  ·  {kind}"
 
 
-class TrainView(ViewMessages, QWidget):
+class TrainView(PageView):
     """Start, watch, stop and resume training runs; browse past ones.
 
     Args:
@@ -159,24 +100,14 @@ class TrainView(ViewMessages, QWidget):
         runs_changed(): a run was made, or changed status.
     """
 
+    PAGE = "train"
+
     status_message = Signal(str)
     runs_changed = Signal()
 
-    def __init__(
-        self,
-        *,
-        store: Store,
-        registry: JobRegistry,
-        paths: AppPaths,
-        pool: EnginePool | None = None,
-        parent: QWidget | None = None,
-    ):
-        super().__init__(parent)
-        make_page(self, "train")
-        self.store = store
-        self.registry = registry
-        self.paths = paths
-        self.pool = pool
+    def __init__(self, **services: Any):
+        """``services``: see :class:`~desktop_dpo.gui.page_view.PageView`."""
+        super().__init__(**services)
 
         self._training: JobOp | None = None
         self._live_run_id: int | None = None  # the run our job trains
@@ -189,13 +120,12 @@ class TrainView(ViewMessages, QWidget):
         self._plan_key: tuple[object, ...] = ()
         self._suggested: dict[int, TrainConfig] = {}  # run id -> smaller settings after running out of memory
         self._warnings: list[str] = []
-        self._step_text = ""
 
         self._build()
-        registry.changed.connect(self._on_registry_changed)
+        self.registry.changed.connect(self._on_registry_changed)
         self.refresh_models()
         self.refresh_runs()
-        self._set_idle()
+        self.live_panel.show_idle()
         self._update_actions()
 
     # ---------------------------------------------------------------- building
@@ -210,39 +140,46 @@ class TrainView(ViewMessages, QWidget):
 
         # -- banners: a failure (red, with an action) and training warnings (amber)
         self.banner = MessageBanner()
-        self.banner_action = QPushButton("Resume with smaller settings")
-        self.banner_action.setObjectName("secondaryButton")
-        self.banner_action.clicked.connect(self._on_banner_action_clicked)
+        self.banner_action = button("Resume with smaller settings", self._on_banner_action_clicked)
         self.banner.add_action(self.banner_action)
         self.warning_banner = MessageBanner()
 
-        right = QSplitter(Qt.Orientation.Vertical)
-        right.setChildrenCollapsible(False)
         new_card = self._build_new_run_card()
-        right.addWidget(self._build_run_card())
-        right.addWidget(self._build_runs_card())
-        right.setStretchFactor(0, 3)
-        right.setStretchFactor(1, 2)
-
         body = QHBoxLayout()
         body.setSpacing(12)
         body.addWidget(new_card)
-        body.addWidget(right, 1)
+        body.addWidget(self._build_right_side(), 1)
 
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(24, 20, 24, 16)
-        layout.setSpacing(10)
-        layout.addLayout(header)
-        layout.addWidget(self.banner)
-        layout.addWidget(self.warning_banner)
-        layout.addLayout(body, 1)
+        self._page_column(header, self.banner, self.warning_banner).addLayout(body, 1)
+
+    def _build_right_side(self) -> QSplitter:
+        """Right: the run on screen above the past runs. The view reaches their widgets by its own names."""
+        self.live_panel = LiveRunPanel(self.stop)
+        self.run_headline = self.live_panel.headline
+        self.stop_button = self.live_panel.stop_button
+        self.run_detail = self.live_panel.detail
+        self.progress = self.live_panel.progress
+        self.plots = self.live_panel.plots
+        self.runs_panel = RunsPanel()
+        self.runs_panel.run_selected.connect(self._on_run_selected)
+        self.runs_panel.resume_requested.connect(self.resume)
+        self.runs_panel.smaller_requested.connect(self.resume_with_smaller_settings)
+        self.runs_tree = self.runs_panel.tree
+        self.run_details = self.runs_panel.details
+        self.resume_button = self.runs_panel.resume_button
+        self.smaller_button = self.runs_panel.smaller_button
+        right = QSplitter(Qt.Orientation.Vertical)
+        right.setChildrenCollapsible(False)
+        right.addWidget(self.live_panel)
+        right.addWidget(self.runs_panel)
+        right.setStretchFactor(0, 3)
+        right.setStretchFactor(1, 2)
+        return right
 
     def _build_new_run_card(self) -> QFrame:
         """Left: a new run (model, pairs, settings, Start)."""
         new_card, new_layout = card()
-        heading = QLabel("New run")
-        heading.setObjectName("cardHeading")
-        new_layout.addWidget(heading)
+        new_layout.addWidget(styled_label("New run", "cardHeading"))
         self.model_combo = ModelCombo(
             "The model to align: the run trains a LoRA adapter on top of it",
             min_length=16,
@@ -253,14 +190,31 @@ class TrainView(ViewMessages, QWidget):
         model_row.addWidget(field_label("Base model"))
         model_row.addWidget(self.model_combo, 1)
         new_layout.addLayout(model_row)
-        self.model_note = QLabel()
-        self.model_note.setObjectName("modelNote")
-        self.model_note.setWordWrap(True)
+        self.model_note = styled_label("", "modelNote", wrap=True)
         self.model_note.setVisible(False)
         new_layout.addWidget(self.model_note)
-        # Rounds: a model made by an earlier run can be held near itself or near an earlier model.
-        self.reference_label = QLabel("Reference")
-        self.reference_label.setObjectName("fieldLabel")
+        new_layout.addLayout(self._build_reference_row())
+        self.pairs_note = styled_label("", "pairsNote", wrap=True)
+        new_layout.addWidget(self.pairs_note)
+        self.preset_note = styled_label("Detecting your GPU…", "presetNote", wrap=True)
+        new_layout.addWidget(self.preset_note)
+
+        self.settings_form = TrainSettingsForm()
+        self.settings_form.changed.connect(self._on_settings_changed)
+        new_layout.addWidget(frameless_scroll(self.settings_form), 1)
+
+        self.start_reason = styled_label("", "startReason", wrap=True)
+        new_layout.addWidget(self.start_reason)
+        self.start_button = button("Start training", self.start, name="primaryButton")
+        new_layout.addWidget(self.start_button)
+        new_card.setMinimumWidth(300)
+        new_card.setMaximumWidth(370)
+        return new_card
+
+    def _build_reference_row(self) -> QHBoxLayout:
+        """Rounds: a model made by an earlier run can be held near itself or near an earlier model (the row
+        shows only for such a model)."""
+        self.reference_label = field_label("Reference")
         self.reference_combo = QComboBox()
         self.reference_combo.setObjectName("referenceCombo")
         self.reference_combo.setToolTip(
@@ -270,114 +224,9 @@ class TrainView(ViewMessages, QWidget):
         reference_row = QHBoxLayout()
         reference_row.addWidget(self.reference_label)
         reference_row.addWidget(self.reference_combo, 1)
-        new_layout.addLayout(reference_row)
         self.reference_label.setVisible(False)
         self.reference_combo.setVisible(False)
-        self.pairs_note = QLabel()
-        self.pairs_note.setObjectName("pairsNote")
-        self.pairs_note.setWordWrap(True)
-        new_layout.addWidget(self.pairs_note)
-        self.preset_note = QLabel("Detecting your GPU…")
-        self.preset_note.setObjectName("presetNote")
-        self.preset_note.setWordWrap(True)
-        new_layout.addWidget(self.preset_note)
-
-        self.settings_form = TrainSettingsForm()
-        self.settings_form.changed.connect(self._on_settings_changed)
-        scroll = QScrollArea()
-        scroll.setObjectName("settingsScroll")
-        scroll.setWidgetResizable(True)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setWidget(self.settings_form)
-        new_layout.addWidget(scroll, 1)
-
-        self.start_reason = QLabel()
-        self.start_reason.setObjectName("startReason")
-        self.start_reason.setWordWrap(True)
-        new_layout.addWidget(self.start_reason)
-        self.start_button = QPushButton("Start training")
-        self.start_button.setObjectName("primaryButton")
-        self.start_button.clicked.connect(self.start)
-        new_layout.addWidget(self.start_button)
-        new_card.setMinimumWidth(300)
-        new_card.setMaximumWidth(370)
-        return new_card
-
-    def _build_run_card(self) -> QFrame:
-        """Right, top: the run on screen (status, progress, plots)."""
-        run_card, run_layout = card(spacing=6)
-        self.run_headline = QLabel()
-        self.run_headline.setObjectName("runHeadline")
-        self.run_headline.setWordWrap(True)
-        self.stop_button = QPushButton("Stop")
-        self.stop_button.setObjectName("secondaryButton")
-        self.stop_button.setToolTip("Stop at the end of the current step; it is saved and can be resumed")
-        self.stop_button.clicked.connect(self.stop)
-        top = QHBoxLayout()
-        top.addWidget(self.run_headline, 1)
-        top.addWidget(self.stop_button, 0, Qt.AlignmentFlag.AlignTop)
-        run_layout.addLayout(top)
-        self.run_detail = QLabel()
-        self.run_detail.setObjectName("runDetail")
-        self.run_detail.setWordWrap(True)
-        run_layout.addWidget(self.run_detail)
-        self.progress = QProgressBar()
-        self.progress.setObjectName("trainProgress")
-        self.progress.setTextVisible(True)
-        self.progress.setFormat("step %v of %m")
-        self.progress.setMaximumHeight(16)
-        run_layout.addWidget(self.progress)
-        self.plots = MetricsPlots()
-        run_layout.addWidget(self.plots, 1)
-        return run_card
-
-    def _build_runs_card(self) -> QFrame:
-        """Right, bottom: past runs."""
-        runs_card, runs_layout = card((16, 12, 16, 12), 6)
-        runs_heading = QLabel("Runs")
-        runs_heading.setObjectName("cardHeading")
-        self.resume_button = QPushButton("Resume")
-        self.resume_button.setObjectName("secondaryButton")
-        self.resume_button.clicked.connect(self._on_resume_clicked)
-        self.smaller_button = QPushButton("Resume with smaller settings")
-        self.smaller_button.setObjectName("secondaryButton")
-        self.smaller_button.clicked.connect(self._on_smaller_clicked)
-        runs_head = QHBoxLayout()
-        runs_head.addWidget(runs_heading, 1)
-        runs_head.addWidget(self.smaller_button)
-        runs_head.addWidget(self.resume_button)
-        runs_layout.addLayout(runs_head)
-        self.runs_tree = QTreeWidget()
-        self.runs_tree.setObjectName("runsTree")
-        self.runs_tree.setColumnCount(len(RUN_COLUMNS))
-        self.runs_tree.setHeaderLabels(list(RUN_COLUMNS))
-        self.runs_tree.setRootIsDecorated(False)
-        self.runs_tree.setUniformRowHeights(True)
-        self.runs_tree.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.runs_tree.setAlternatingRowColors(False)
-        header_view = self.runs_tree.header()
-        header_view.setStretchLastSection(True)
-        for column in range(len(RUN_COLUMNS) - 1):
-            header_view.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
-        self.runs_tree.currentItemChanged.connect(self._on_run_selected)
-        runs_layout.addWidget(self.runs_tree, 1)
-        self.run_details = QLabel()
-        self.run_details.setObjectName("runDetails")
-        self.run_details.setWordWrap(True)
-        self.run_details.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.run_details.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
-        details_scroll = QScrollArea()
-        details_scroll.setObjectName("settingsScroll")
-        details_scroll.setWidgetResizable(True)
-        details_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        details_scroll.setFrameShape(QFrame.Shape.NoFrame)
-        details_scroll.setMaximumHeight(
-            76
-        )  # a long error or several warnings scroll; the list keeps its room
-        details_scroll.setWidget(self.run_details)
-        runs_layout.addWidget(details_scroll)
-        return runs_card
+        return reference_row
 
     # ---------------------------------------------------------------- models and pairs
 
@@ -492,7 +341,7 @@ class TrainView(ViewMessages, QWidget):
 
     @Slot()
     def _on_settings_changed(self) -> None:
-        if not hasattr(self, "runs_tree"):
+        if not hasattr(self, "runs_panel"):
             return  # still building
         if self._current_plan_key() != self._plan_key:
             self.refresh_plan()
@@ -664,9 +513,7 @@ class TrainView(ViewMessages, QWidget):
         self.clear_error()
         run = self.store.get_run(run_id)
         self._phase = "loading"
-        self.run_headline.setText("Loading torch and the model…")
-        self.run_detail.setText(f"{run.name if run else f'Run {run_id}'}: getting ready to train.")
-        self.progress.setRange(0, 0)  # busy until the run knows its step count
+        self.live_panel.show_loading(run.name if run else f"Run {run_id}")
         self.refresh_runs(select=run_id)
         self._show_run_curves(run_id)
         self.notify("Training started.")
@@ -682,7 +529,7 @@ class TrainView(ViewMessages, QWidget):
             return
         training.cancel()
         self._phase = "stopping"
-        self.run_headline.setText("Stopping at the end of this step…")
+        self.live_panel.show_stopping()
         self._update_actions()
 
     def phase(self) -> str:
@@ -698,60 +545,27 @@ class TrainView(ViewMessages, QWidget):
     def _on_training_event(self, event: object) -> None:
         run_id = self._live_run_id
         shown = run_id is not None and run_id == self._shown_run_id
-        if isinstance(event, Loading):
+        self.live_panel.show_event(event, plot=shown)
+        if isinstance(event, events.Loading):
             if self._phase != "stopping":
                 self._phase = "loading"
-                self.run_headline.setText("Loading torch and the model…")
-            count = f" ({event.done} of {event.total})" if event.total else ""
-            self.run_detail.setText(f"{event.stage}{count}…")
-            if event.total:
-                self.progress.setRange(0, event.total)
-                self.progress.setFormat("%v of %m")
-                self.progress.setValue(event.done)
-        elif isinstance(event, ReferenceReady):
-            self.run_detail.setText(
-                f"Reference scores ready: {event.cached} from the cache, {event.computed} computed."
-            )
-        elif isinstance(event, Started):
+                self.run_headline.setText(LOADING_HEADLINE)
+        elif isinstance(event, events.Started):
             if self._phase != "stopping":
                 self._phase = "training"
                 run = self.store.get_run(run_id) if run_id is not None else None
                 self.run_headline.setText(f"Training {run.name if run else ''}".strip())
-            self.progress.setRange(0, event.total_steps)
-            self.progress.setFormat("step %v of %m")
-            self.progress.setValue(event.start_step)
-            resumed = f", resumed at step {event.start_step}" if event.start_step else ""
-            self._step_text = (
-                f"On {event.device} ({'4-bit NF4' if event.quantization == 'nf4' else 'full precision'}): "
-                f"{event.train_pairs} pairs to train on, {event.heldout_pairs} held out{resumed}."
-            )
-            self.run_detail.setText(self._step_text)
             if shown and run_id is not None:
                 self._show_run_curves(run_id)  # a resumed run: its earlier steps first
             self.refresh_runs(select=None)
-        elif isinstance(event, StepMetrics):
-            self.progress.setRange(0, event.total_steps)
-            self.progress.setFormat("step %v of %m")
-            self.progress.setValue(event.step)
-            self.run_detail.setText(
-                f"Step {event.step} of {event.total_steps} · ETA {format_duration(event.eta_s)} · "
-                f"{event.tokens_per_s:,.0f} tokens/s · loss {event.loss:.3f} · "
-                f"accuracy {event.rewards_accuracies:.2f}"
-            )
-            if shown:
-                self.plots.add_train_point(event.step, event.as_metrics())
-            self._update_run_row(run_id, steps=event.step, total=event.total_steps)
-        elif isinstance(event, EvalMetrics):
-            if shown:
-                self.plots.add_heldout_point(event.step, event.as_metrics())
-        elif isinstance(event, TrainWarning):
+        elif isinstance(event, events.StepMetrics):
+            self.runs_panel.set_steps(run_id, steps=event.step, total=event.total_steps)
+        elif isinstance(event, events.TrainWarning):
             self._add_warning(event.message)
-        elif isinstance(event, Checkpointed):
+        elif isinstance(event, events.Checkpointed):
             self.notify(f"Checkpoint saved at step {event.step}.")
         elif isinstance(event, OutOfMemory):
             self._suggested[event.run_id] = event.suggested
-        elif isinstance(event, Finished):
-            self.progress.setValue(self.progress.maximum())
 
     def _add_warning(self, message: str) -> None:
         if message in self._warnings:
@@ -773,22 +587,15 @@ class TrainView(ViewMessages, QWidget):
     def _on_training_succeeded(self, result: object) -> None:
         run_id = self._end_job()
         run = self.store.get_run(run_id) if run_id is not None else None
-        self.run_headline.setText(f"Finished {run.name if run else ''}".strip())
         final = summarise_metrics(run.final_metrics) if run else ""
-        adapter = result.adapter_path if isinstance(result, Finished) else ""
-        self.run_detail.setText(
-            (f"{final}. " if final else "") + "The adapter is saved: export it in Export."
-        )
-        self.run_detail.setToolTip(f"Adapter: {adapter}" if adapter else "")
-        self.progress.setValue(self.progress.maximum())
+        adapter = result.adapter_path if isinstance(result, events.Finished) else ""
+        self.live_panel.show_finished(run.name if run else "", final, adapter)
         self.notify("Training finished.")
         self._after_job(run_id)
 
     def _on_training_failed(self, message: str) -> None:
         run_id = self._end_job()
-        self.run_headline.setText("Training stopped on a problem")
-        self.run_detail.setText("Finished steps are saved: fix the cause, then resume the run from the list.")
-        self.progress.setRange(0, max(1, self.progress.maximum()))
+        self.live_panel.show_failed()
         self.show_error(message, run_id=run_id)
         self._after_job(run_id)
 
@@ -796,9 +603,7 @@ class TrainView(ViewMessages, QWidget):
         run_id = self._end_job()
         run = self.store.get_run(run_id) if run_id is not None else None
         step = run.step if run is not None else 0
-        self.run_headline.setText(f"Stopped at step {step}")
-        self.run_detail.setText("Saved. Select the run below and press Resume to continue from there.")
-        self.progress.setRange(0, max(1, self.progress.maximum()))
+        self.live_panel.show_stopped(step)
         self.notify(f"Training stopped at step {step}; it can be resumed.")
         self._after_job(run_id)
 
@@ -807,12 +612,6 @@ class TrainView(ViewMessages, QWidget):
         self.refresh_plan()
         self.runs_changed.emit()
         self._update_actions()
-
-    def _set_idle(self) -> None:
-        self.run_headline.setText("No run training")
-        self.run_detail.setText("Choose a base model and settings, then press Start training.")
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
 
     # ---------------------------------------------------------------- past runs
 
@@ -826,71 +625,24 @@ class TrainView(ViewMessages, QWidget):
         """Re-read the runs list (keeping the selection, or selecting ``select``)."""
         keep = select if select is not None else self.selected_run_id()
         models = {m.id: m.name for m in self.store.list_models()}
-        self.runs_tree.blockSignals(True)
-        self.runs_tree.clear()
-        chosen: QTreeWidgetItem | None = None
-        for run in self.store.list_runs():
-            status = self.display_status(run)
-            steps = f"{run.step} / {run.total_steps}" if run.total_steps else str(run.step)
-            item = QTreeWidgetItem(
-                [
-                    run.name,
-                    models.get(run.base_model_id, "(removed)") if run.base_model_id is not None else "—",
-                    STATUS_LABELS.get(status, status),
-                    steps,
-                    str(len(run.comparison_ids)),
-                    summarise_metrics(run.final_metrics) or "—",
-                ]
-            )
-            item.setData(0, Qt.ItemDataRole.UserRole, run.id)
-            item.setData(COLUMN_STATUS, Qt.ItemDataRole.UserRole, status)
-            if status in STATUS_COLOURS:
-                item.setForeground(COLUMN_STATUS, QBrush(QColor(STATUS_COLOURS[status])))
-            tip = describe_settings(run.config)
-            for column in range(len(RUN_COLUMNS)):
-                item.setToolTip(column, tip)
-            if run.error:
-                item.setToolTip(COLUMN_STATUS, run.error)
-            self.runs_tree.addTopLevelItem(item)
-            if run.id == keep:
-                chosen = item
-        self.runs_tree.blockSignals(False)
-        if chosen is not None:
-            self.runs_tree.setCurrentItem(chosen)
+        self.runs_panel.fill(self.store.list_runs(), models, self.display_status, keep)
         self._show_run_details(self.selected_run_id())
         self._update_actions()
 
-    def _update_run_row(self, run_id: int | None, *, steps: int, total: int) -> None:
-        item = self._run_item(run_id)
-        if item is not None:
-            item.setText(3, f"{steps} / {total}")
-
-    def _run_item(self, run_id: int | None) -> QTreeWidgetItem | None:
-        for index in range(self.runs_tree.topLevelItemCount()):
-            item = self.runs_tree.topLevelItem(index)
-            if item.data(0, Qt.ItemDataRole.UserRole) == run_id:
-                return item
-        return None
-
     def run_status_text(self, run_id: int) -> str:
         """The status column of a run, as shown ("" when it is not listed)."""
-        item = self._run_item(run_id)
-        return item.text(COLUMN_STATUS) if item is not None else ""
+        return self.runs_panel.status_text(run_id)
 
     def selected_run_id(self) -> int | None:
         """The run selected in the list."""
-        item = self.runs_tree.currentItem()
-        return item.data(0, Qt.ItemDataRole.UserRole) if item is not None else None
+        return self.runs_panel.selected_run_id()
 
     def select_run(self, run_id: int) -> None:
         """Select a run in the list (its curves and settings are shown)."""
-        item = self._run_item(run_id)
-        if item is not None:
-            self.runs_tree.setCurrentItem(item)
+        self.runs_panel.select(run_id)
 
-    @Slot(object, object)
-    def _on_run_selected(self, current: QTreeWidgetItem | None, _previous: object) -> None:
-        run_id = current.data(0, Qt.ItemDataRole.UserRole) if current is not None else None
+    @Slot(object)
+    def _on_run_selected(self, run_id: int | None) -> None:
         if run_id is not None:
             self._show_run_curves(run_id)
         self._show_run_details(run_id)
@@ -904,34 +656,7 @@ class TrainView(ViewMessages, QWidget):
 
     def _show_run_details(self, run_id: int | None) -> None:
         run = self.store.get_run(run_id) if run_id is not None else None
-        if run is None:
-            self.run_details.setText("Select a run to see its curves and settings.")
-            return
-        config = run.config
-        keys = ("beta", "lr", "epochs", "batch_size", "grad_accum", "lora_r", "max_length", "quantization")
-        settings = ", ".join(f"{k} {config[k]}" for k in keys if k in config)
-        lines = [f"<b>{html.escape(run.name)}</b> · {html.escape(settings)} (hover a row for every setting)"]
-        final = summarise_metrics(run.final_metrics)
-        if final:
-            lines.append(f"Final: {html.escape(final)}")
-        if run.error:
-            lines.append(f"<span style='color:#991b1b'>{html.escape(run.error)}</span>")
-        warnings = [m["message"] for _, row in self.store.run_metrics(run.id, split="warning")
-                    for m in row.get("messages", [])]  # fmt: skip
-        lines.extend(f"<span style='color:#92400e'>⚠ {html.escape(w)}</span>" for w in warnings)
-        self.run_details.setText("<br>".join(lines))
-
-    @Slot()
-    def _on_resume_clicked(self) -> None:
-        run_id = self.selected_run_id()
-        if run_id is not None:
-            self.resume(run_id)
-
-    @Slot()
-    def _on_smaller_clicked(self) -> None:
-        run_id = self.selected_run_id()
-        if run_id is not None:
-            self.resume_with_smaller_settings(run_id)
+        self.runs_panel.show_details(run, stored_warnings(self.store, run.id) if run is not None else ())
 
     @Slot()
     def _on_banner_action_clicked(self) -> None:
@@ -942,7 +667,7 @@ class TrainView(ViewMessages, QWidget):
     # ---------------------------------------------------------------- state of the buttons
 
     def _update_actions(self) -> None:
-        if not hasattr(self, "runs_tree"):
+        if not hasattr(self, "runs_panel"):
             return  # still building
         blocker = self.start_blocker()
         self.start_button.setEnabled(not blocker)
@@ -952,17 +677,9 @@ class TrainView(ViewMessages, QWidget):
         self.start_reason.setProperty("blocking", bool(blocker))
         self.stop_button.setEnabled(self.training() and self._phase != "stopping")
         busy = self.registry.is_busy(TRAIN_RESOURCE)
-        item = self.runs_tree.currentItem()
-        status = item.data(COLUMN_STATUS, Qt.ItemDataRole.UserRole) if item is not None else None
         run_id = self.selected_run_id()
-        self.resume_button.setEnabled(not busy and status in RESUMABLE)
-        self.resume_button.setToolTip(
-            "Continue the selected run from its last checkpoint"
-            if status in RESUMABLE
-            else "Select a stopped, failed or interrupted run to resume it"
-        )
         smaller = run_id is not None and not busy and self.suggested_settings(run_id) is not None
-        self.smaller_button.setVisible(smaller)
+        self.runs_panel.update_actions(busy=busy, smaller=smaller)
         self.banner_action.setEnabled(not busy)
 
     @Slot()

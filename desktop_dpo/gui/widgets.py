@@ -3,6 +3,10 @@
 Each view used to write these out by hand; they live here so that a page looks and behaves the same
 wherever it is. Their looks come from ``resources/style.qss`` through the object names set here (``pageArea``,
 ``pageTitle``, ``pageSummary``, ``pagePill``, ``card``, ``cardSeparator``, ``fieldLabel``, ``modelCombo``); a page's own rules are scoped there by its ``page`` property.
+The smaller parts are here too: :func:`vbox` and :func:`hbox` lay out a column or a row in one call,
+:func:`text_label` is a sentence (a message, an error) that wraps, :func:`close_button` the ✕ of a card or a
+banner, :func:`scroll_area` a frameless scroll area, :class:`FoldToggle` the arrow that opens a folded part,
+:class:`FitsText` a text box as tall as its text.
 Light: the first screen imports this module.
 """
 
@@ -11,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QSize, Qt, Slot
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QBoxLayout,
@@ -19,6 +23,11 @@ from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
     QLabel,
+    QLayout,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -58,6 +67,118 @@ def styled_label(text: str, name: str, *, wrap: bool = False, tooltip: str = "")
 def field_label(text: str) -> QLabel:
     """The small bold label in front of a field ("Model", "Prompt" …)."""
     return styled_label(text, "fieldLabel")
+
+
+def button(
+    text: str,
+    slot: Callable[..., Any] | None = None,
+    *,
+    tooltip: str = "",
+    name: str = "secondaryButton",
+) -> QPushButton:
+    """A push button styled by ``name`` (``"primaryButton"`` for a page's main action, ``"secondaryButton"``
+    for the others, ``"linkButton"`` …) that calls ``slot`` when clicked."""
+    item = QPushButton(text)
+    item.setObjectName(name)
+    if tooltip:
+        item.setToolTip(tooltip)
+    if slot is not None:
+        item.clicked.connect(slot)
+    return item
+
+
+def text_label(text: str, name: str, *, selectable: bool = False, plain: bool = True) -> QLabel:
+    """A label for a sentence or more (a message, an error, a value), styled by ``name``: it wraps, shows
+    ``text`` as written when ``plain`` (a ``<`` in a message or a path is never read as markup) and, when
+    ``selectable``, lets the person select it to copy."""
+    label = styled_label(text, name, wrap=True)
+    if plain:
+        label.setTextFormat(Qt.TextFormat.PlainText)
+    if selectable:
+        label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    return label
+
+
+def close_button(tooltip: str, slot: Callable[..., Any]) -> QToolButton:
+    """The flat ✕ at the corner of a card or a banner, calling ``slot`` when clicked."""
+    item = QToolButton()
+    item.setText("✕")
+    item.setAutoRaise(True)
+    item.setToolTip(tooltip)
+    item.clicked.connect(slot)
+    return item
+
+
+def scroll_area(widget: QWidget, name: str, *, sideways: bool = True) -> QScrollArea:
+    """A frameless scroll area styled by ``name`` around ``widget``, which it keeps as wide as itself;
+    ``sideways=False``: never a horizontal scroll bar."""
+    area = QScrollArea()
+    area.setObjectName(name)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    if not sideways:
+        area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    area.setWidget(widget)
+    return area
+
+
+class _Stretch:
+    """The type of :data:`STRETCH`."""
+
+
+STRETCH = _Stretch()  # an item of vbox/hbox: the free room goes here
+BoxItem = (
+    QWidget | QLayout | int | _Stretch | tuple[QWidget | QLayout, int] | tuple[QWidget, int, Qt.AlignmentFlag]
+)
+
+
+def _box(
+    box: QBoxLayout,
+    items: Sequence[BoxItem],
+    margins: tuple[int, int, int, int] | None,
+    spacing: int | None,
+) -> None:
+    if margins is not None:
+        box.setContentsMargins(*margins)
+    if spacing is not None:
+        box.setSpacing(spacing)
+    for item in items:
+        if isinstance(item, _Stretch):
+            box.addStretch(1)
+        elif isinstance(item, int):
+            box.addSpacing(item)
+        else:
+            part, *rest = item if isinstance(item, tuple) else (item,)
+            if isinstance(part, QLayout):
+                box.addLayout(part, *rest)
+            else:
+                box.addWidget(part, *rest)
+
+
+def vbox(
+    *items: BoxItem,
+    parent: QWidget | None = None,
+    margins: tuple[int, int, int, int] | None = None,
+    spacing: int | None = None,
+) -> QVBoxLayout:
+    """A column of ``items``, top to bottom, laid out on ``parent`` when given. An item is a widget or a
+    layout, ``(item, stretch)`` or ``(widget, stretch, alignment)``, :data:`STRETCH` (the free room) or
+    a number of pixels of space. ``margins`` (left, top, right, bottom) and ``spacing``: Qt's when None."""
+    box = QVBoxLayout(parent) if parent is not None else QVBoxLayout()
+    _box(box, items, margins, spacing)
+    return box
+
+
+def hbox(
+    *items: BoxItem,
+    parent: QWidget | None = None,
+    margins: tuple[int, int, int, int] | None = None,
+    spacing: int | None = None,
+) -> QHBoxLayout:
+    """A row of ``items``, left to right, laid out on ``parent`` when given (items as in :func:`vbox`)."""
+    box = QHBoxLayout(parent) if parent is not None else QHBoxLayout()
+    _box(box, items, margins, spacing)
+    return box
 
 
 def page_pill(tooltip: str) -> QLabel:
@@ -116,6 +237,58 @@ def view_shortcut(view: QWidget, keys: str | QKeySequence, slot: Callable[..., A
     item.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
     item.activated.connect(slot)
     return item
+
+
+class FoldToggle(QToolButton):
+    """A checkable "▸ text" button that folds ``body`` away: checked, the body shows and the arrow points
+    down. The body starts hidden."""
+
+    def __init__(self, text: str, body: QWidget, *, name: str, tooltip: str, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName(name)
+        self.setText(text)
+        self.setCheckable(True)
+        self.setArrowType(Qt.ArrowType.RightArrow)
+        self.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.setToolTip(tooltip)
+        self.body = body
+        body.setVisible(False)
+        self.toggled.connect(self._on_toggled)
+
+    @Slot(bool)
+    def _on_toggled(self, shown: bool) -> None:
+        self.body.setVisible(shown)
+        self.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
+
+
+class FitsText:
+    """Put in front of :class:`QTextEdit` (or a subclass) in a class's bases: the box asks for the height of
+    its text, between two limits, and scrolls beyond them. Call :meth:`fit_height` once from ``__init__``,
+    then :meth:`fit_to_contents` whenever the text or the width changed."""
+
+    def fit_height(self, low: int, high: int, *, floor: int | None = None, padding: int = 2) -> None:
+        """Between ``low`` and ``high`` pixels tall; shrinks to ``floor`` (``low`` by default) when the
+        window is short. ``padding``: pixels added to the text's height and the frame's."""
+        self._fit_limits = (low, high)
+        self._fit_floor = low if floor is None else floor
+        self._fit_padding = padding
+        self._fitted = low
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Maximum)
+
+    def fit_to_contents(self) -> None:
+        """Take the height of the text (within the limits)."""
+        frame = 2 * self.frameWidth() + self._fit_padding
+        low, high = self._fit_limits
+        fitted = int(min(max(self.document().size().height() + frame, low), high))
+        if fitted != self._fitted:
+            self._fitted = fitted
+            self.updateGeometry()
+
+    def sizeHint(self) -> QSize:  # Qt override
+        return QSize(super().sizeHint().width(), self._fitted)
+
+    def minimumSizeHint(self) -> QSize:  # Qt override
+        return QSize(super().minimumSizeHint().width(), self._fit_floor)
 
 
 def model_kind(model: ModelRow) -> str:

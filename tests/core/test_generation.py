@@ -9,29 +9,42 @@ from __future__ import annotations
 
 import inspect
 import random
+import threading
 import types
 import typing
 from pathlib import Path
 
 import pytest
 
+from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core.errors import DesktopDpoError, ModelError
+from desktop_dpo.core.jobs import CancelToken
 from desktop_dpo.core.llm.generation import (
     LARGEST_SEED,
     MAX_SEED,
     Engine,
+    GenerationRequest,
+    GenerationResult,
+    ResponseFinished,
+    ResponseRun,
+    ResponseStream,
     ResponseText,
     StopStringFilter,
+    TokenEvent,
     Utf8Stream,
     check_seed,
+    claim_engine,
     draw_seed,
     draw_seed_pair,
     pair_seeds,
     response_room,
+    seed_source,
 )
 from desktop_dpo.core.llm.hf import HfEngine
 from desktop_dpo.core.llm.llamacpp import LlamaCppEngine
 from desktop_dpo.core.llm.supervised import SupervisedLlamaEngine
+from desktop_dpo.core.llm.templates import turn_end_token
+from tests.plugins.tiny_model import CHAT_TEMPLATE
 
 # ---------------------------------------------------------------------------------------------------------
 # Text assembly
@@ -260,3 +273,144 @@ def test_an_engine_that_drifted_from_the_protocol_is_named_in_full(tmp_path: Pat
     assert "tokenize: 'add_bos' defaults to True, not None" in problems
     assert "tokenize: 'add_bos' is <class 'bool'>, not bool | None" in problems
     assert "draw_seed: extra parameter 'rng' without a default" in problems
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What the engines share: generate / generate_pair on an engine's _run, and one job's bookkeeping
+# ---------------------------------------------------------------------------------------------------------
+
+
+class ScriptedEngine(Engine):
+    """An engine whose model writes the same token pieces for every response: the shared part, alone."""
+
+    n_ctx = 64
+    chat_template = None
+    bos_text = ""
+    eos_text = ""
+
+    def __init__(self, pieces: list[bytes], seed: int | None = None):
+        self.pieces = pieces
+        self._seed_source = seed_source(seed)
+        self._busy = threading.Lock()
+
+    def prompt_tokens(self, prompt: object) -> tuple[list[int], list[str]]:
+        return [1, 2, 3], ["<end>"]
+
+    def _run(self, request: GenerationRequest):
+        claim_engine(self._busy)
+        try:
+            run = ResponseRun.begin(self, request)
+            streams = [
+                ResponseStream(index=k, seed=seed, text=ResponseText(run.stops))
+                for k, seed in enumerate(request.seeds)
+            ]
+            run.prompt_seconds = 0.0
+            live = list(streams)
+            for piece in self.pieces:
+                for stream in live:
+                    stream.n_tokens += 1
+                    stream.add(piece)
+                    if stream.text.stopped:
+                        stream.end("stop")
+                    elif stream.n_tokens >= run.max_new:
+                        stream.end("length")
+                yield from run.events(live, 0.0)
+                live = [stream for stream in live if not stream.finish_reason]
+                if live and request.cancel.cancelled:
+                    yield from run.cancel(live)
+                    live = []
+                if not live:
+                    break
+            for stream in live:  # the model ran out of pieces: an end token
+                stream.end("stop")
+            yield from run.events(live, 0.0)
+            return [run.result(stream) for stream in streams]
+        finally:
+            self._busy.release()
+
+
+def run_job(job) -> tuple[list[object], object]:
+    events = []
+    while True:
+        try:
+            events.append(next(job))
+        except StopIteration as done:
+            return events, done.value
+
+
+def test_generate_streams_text_cut_at_the_templates_stop_string_and_records_how():
+    engine = ScriptedEngine([b"Hel", b"lo \xe2\x82", b"\xac <e", b"nd> more"])
+    events, result = run_job(engine.generate("Hi", seed=5, stop=["STOP"]))
+    assert isinstance(result, GenerationResult)
+    assert (result.text, result.finish_reason, result.seed) == ("Hello € ", "stop", 5)
+    assert (result.prompt_tokens, result.completion_tokens) == (3, 4)
+    assert result.settings == {**SamplingSettings().to_dict(), "stop": ["<end>", "STOP"]}
+    texts = [e.text for e in events if isinstance(e, TokenEvent)]
+    assert "".join(texts) == "Hello € " and "\ufffd" not in "".join(texts)
+    assert events[-1] == ResponseFinished(0, result)
+
+
+def test_generate_pair_draws_two_different_seeds_from_the_engines_series():
+    pieces = [b"a", b"b", b"c"]
+    events, (first, second) = run_job(ScriptedEngine(pieces, seed=7).generate_pair("Hi"))
+    again = run_job(ScriptedEngine(pieces, seed=7).generate_pair("Hi"))[1]
+    assert first.seed != second.seed
+    assert (first.seed, second.seed) == (again[0].seed, again[1].seed)
+    assert {e.seq for e in events} == {0, 1}
+    assert [e.seq for e in events if isinstance(e, ResponseFinished)] == [0, 1]
+
+
+def test_length_cancel_and_bad_seeds_end_a_job_as_every_engine_does():
+    engine = ScriptedEngine([b"a", b"b", b"c", b"d"])
+    settings = SamplingSettings(max_tokens=2)
+    _, result = run_job(engine.generate("Hi", settings, seed=1, ignore_eos=True))
+    assert (result.text, result.finish_reason, result.settings["ignore_eos"]) == ("ab", "length", True)
+
+    cancel = CancelToken()
+    job = engine.generate("Hi", seed=1, cancel=cancel)
+    assert next(job) == TokenEvent(0, "a", 1)
+    cancel.cancel()
+    events, result = run_job(job)
+    # Stopped at the next token boundary: the text so far is kept.
+    assert (result.text, result.finish_reason, result.completion_tokens) == ("a", "cancelled", 1)
+    assert events == [ResponseFinished(0, result)]
+
+    with pytest.raises(ValueError, match="seed must be between"):
+        next(engine.generate("Hi", seed=-1))
+
+
+def test_an_engine_runs_one_job_at_a_time():
+    engine = ScriptedEngine([b"a", b"b"])
+    first = engine.generate("Hi", seed=1)
+    next(first)
+    with pytest.raises(DesktopDpoError, match="already writing"):
+        next(engine.generate("Hi", seed=2))
+    run_job(first)
+    assert run_job(engine.generate("Hi", seed=2))[1].text == "ab"  # the lock is free again
+
+
+def test_a_response_cancelled_during_its_prompt_counts_all_its_time_as_prompt_time():
+    run = ResponseRun(start=10.0, tokens=[1, 2], stops=[], max_new=5, recorded={"stop": []})
+    stream = ResponseStream(index=0, seed=3, text=ResponseText())
+    assert list(run.cancel([stream])) == [ResponseFinished(0, run.result(stream))]
+    result = run.result(stream)
+    assert result.finish_reason == "cancelled" and result.prompt_seconds == result.seconds
+    run.prompt_seconds = 1.0
+    assert run.result(stream).prompt_seconds == 1.0
+
+
+def test_the_templates_end_of_turn_marker_ends_an_answer_only_when_it_is_one_token():
+    vocab = {"<|end|>": [42]}
+    encoded: list[str] = []
+
+    def encode(text: str) -> list[int]:
+        encoded.append(text)
+        return vocab.get(text, [7, 8])
+
+    assert turn_end_token(CHAT_TEMPLATE, "<s>", "</s>", encode) == 42
+    assert encoded == ["<|end|>"]
+    vocab.clear()  # a tokenizer that spells the marker in several tokens
+    assert turn_end_token(CHAT_TEMPLATE, "<s>", "</s>", encode) is None
+    encoded.clear()
+    assert turn_end_token(None, "<s>", "</s>", encode) is None  # the default layout ends on text
+    assert encoded == []

@@ -10,6 +10,7 @@ from PySide6.QtWidgets import QApplication, QMessageBox
 
 from desktop_dpo import app as app_module
 from desktop_dpo.app import EXIT_CANNOT_START, LOG_FILE_BYTES, LOG_FILE_COUNT, configure_logging, run_gui
+from desktop_dpo.log_files import RotatingLogFile
 
 
 @pytest.fixture
@@ -77,3 +78,26 @@ def test_log_file_rotates_at_5_mb_keeping_5(tmp_path, restore_logging):
     logging.getLogger("desktop_dpo.test").info("hello from the test")
     ours[0].flush()
     assert "hello from the test" in log_file.read_text(encoding="utf-8")
+
+
+def test_log_file_is_set_aside_when_full_and_only_the_newest_backups_stay(tmp_path):
+    log_file = tmp_path / "app.log"
+    handler = RotatingLogFile(log_file, max_bytes=100, backup_count=2)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("desktop_dpo.test.rotation")
+    log.propagate = False
+    log.addHandler(handler)
+    try:
+        for number in range(12):  # 12 lines of 40 bytes: two fit in 100 bytes, so six files in all
+            log.warning("line %02d %s", number, "x" * 31)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["app.log", "app.log.1", "app.log.2"]
+    current = log_file.read_text(encoding="utf-8").splitlines()
+    newer, older = ((tmp_path / f"app.log.{n}").read_text(encoding="utf-8").splitlines() for n in (1, 2))
+    assert [line[:7] for line in current] == ["line 10", "line 11"]
+    assert [line[:7] for line in newer] == ["line 08", "line 09"]
+    assert [line[:7] for line in older] == ["line 06", "line 07"]
+    assert all(p.stat().st_size <= 100 for p in tmp_path.iterdir())

@@ -17,7 +17,7 @@ from desktop_dpo.core.model_files import TRAINABLE_COPY_MARKER, is_partial_outpu
 from desktop_dpo.core.models import ModelSearchDirs, fingerprint, register_model, trainable_copy
 from desktop_dpo.core.store import Store
 from desktop_dpo.core.wording import human_size
-from desktop_dpo.gui import models_view
+from desktop_dpo.gui import discovered_models, model_registration
 from desktop_dpo.gui.main_window import MainWindow
 from desktop_dpo.gui.model_details_panel import (
     COPY_READY,
@@ -253,14 +253,14 @@ def test_pickle_weights_are_added_only_when_the_person_says_yes(
 
 def test_a_slow_disk_does_not_freeze_the_window(qtbot, monkeypatch, view, gui_store, tiny_gguf):
     inside, release = threading.Event(), threading.Event()
-    real_fingerprint = models_view.fingerprint
+    real_fingerprint = model_registration.fingerprint
 
     def slow_fingerprint(path):  # reading the weights' headers from a slow disk
         inside.set()
         release.wait(60)
         return real_fingerprint(path)
 
-    monkeypatch.setattr(models_view, "fingerprint", slow_fingerprint)
+    monkeypatch.setattr(model_registration, "fingerprint", slow_fingerprint)
     assert view.add_model_path(tiny_gguf)
     qtbot.waitUntil(inside.is_set, timeout=WAIT_MS)
     # The window goes on answering meanwhile; adding another model waits for this one.
@@ -502,7 +502,7 @@ def test_main_window_shows_the_models_view_and_waits_for_a_scan_when_closing(
         ended.set()
         return []
 
-    monkeypatch.setattr(models_view, "discover_local_models", slow_disk)
+    monkeypatch.setattr(discovered_models, "discover_local_models", slow_disk)
     registry = JobRegistry()
     window = MainWindow(store=gui_store, registry=registry, paths=app_home)
     window.show()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from PySide6.QtCore import QSettings, Qt
+from PySide6.QtWidgets import QLabel, QTextEdit, QWidget
 
 from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core.store import Store
 from desktop_dpo.gui.sampling_settings_panel import SamplingSettingsPanel
-from desktop_dpo.gui.widgets import NO_MODEL_YET, ModelCombo
+from desktop_dpo.gui.widgets import NO_MODEL_YET, STRETCH, FitsText, FoldToggle, ModelCombo, hbox, vbox
 
 
 def _models(store: Store, names: list[str]):
@@ -59,3 +60,50 @@ def test_sampling_settings_are_saved_and_come_back(qtbot, tmp_path):
     qtbot.addWidget(unreadable)
     unreadable.remember(saved, "chat/sampling")
     assert unreadable.settings() == SamplingSettings()
+
+
+def test_a_box_lays_out_widgets_layouts_stretch_and_space_in_order(qtbot):
+    page = QWidget()
+    qtbot.addWidget(page)
+    first, second, third = QLabel("first"), QLabel("second"), QLabel("third")
+    row = hbox(second, STRETCH, 12, (third, 2, Qt.AlignmentFlag.AlignTop), spacing=5)
+    column = vbox(first, (row, 1), parent=page, margins=(1, 2, 3, 4), spacing=6)
+    assert page.layout() is column and first.parentWidget() is page and third.parentWidget() is page
+    assert column.itemAt(1).layout() is row and column.stretch(1) == 1
+    assert (column.contentsMargins().left(), column.contentsMargins().bottom(), column.spacing()) == (1, 4, 6)
+    assert [row.itemAt(i).widget() for i in (0, 3)] == [second, third]
+    assert row.itemAt(1).spacerItem() is not None and row.stretch(1) == 1  # the free room
+    assert row.itemAt(2).spacerItem().sizeHint().width() == 12  # a fixed space
+    assert row.stretch(3) == 2 and row.itemAt(3).alignment() == Qt.AlignmentFlag.AlignTop
+
+
+def test_a_fold_toggle_shows_its_body_and_turns_its_arrow(qtbot):
+    body = QWidget()
+    qtbot.addWidget(body)
+    toggle = FoldToggle("More", body, name="moreToggle", tooltip="Show more")
+    qtbot.addWidget(toggle)
+    assert body.isHidden() and toggle.arrowType() == Qt.ArrowType.RightArrow
+    toggle.click()
+    assert not body.isHidden() and toggle.arrowType() == Qt.ArrowType.DownArrow
+    toggle.click()
+    assert body.isHidden() and toggle.arrowType() == Qt.ArrowType.RightArrow
+
+
+class _Fitted(FitsText, QTextEdit):
+    def __init__(self):
+        super().__init__()
+        self.fit_height(40, 120, floor=30)
+
+
+def test_a_fitted_text_box_is_as_tall_as_its_text_within_its_limits(qtbot):
+    box = _Fitted()
+    qtbot.addWidget(box)
+    box.resize(300, 200)
+    box.show()
+    assert box.sizeHint().height() == 40 and box.minimumSizeHint().height() == 30
+    box.setPlainText("one line")
+    box.fit_to_contents()
+    assert box.sizeHint().height() == 40  # short text: the lower limit
+    box.setPlainText("\n".join(f"line {i}" for i in range(40)))
+    box.fit_to_contents()
+    assert box.sizeHint().height() == 120  # long text: the upper limit, then it scrolls

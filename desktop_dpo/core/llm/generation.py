@@ -1,4 +1,5 @@
-"""What every inference engine shares: events and results, seeds, streamed text, the :class:`Engine` protocol.
+"""What every inference engine shares: events and results, seeds, streamed text, the :class:`Engine` protocol,
+and the bookkeeping of one generation job.
 
 Three engines generate text in the app: :class:`~desktop_dpo.core.llm.llamacpp.LlamaCppEngine` (llama.cpp
 in this process: tests, benches and the child process),
@@ -6,7 +7,10 @@ in this process: tests, benches and the child process),
 every GGUF in the app) and :class:`~desktop_dpo.core.llm.hf.HfEngine` (transformers, for the Hugging Face
 folders llama.cpp's converter refuses). They yield the same events,
 return the same results and have the calls of :class:`Engine`, so nothing above them knows which one it
-talks to (``tests/core/test_generation.py`` holds all three to the protocol).
+talks to (``tests/core/test_generation.py`` holds all three to the protocol). They subclass :class:`Engine`
+and so share ``draw_seed``, ``generate`` and ``generate_pair``: each engine only decodes a
+:class:`GenerationRequest` in its ``_run``, where :class:`ResponseStream` and :class:`ResponseRun` keep the
+state, events and results every engine records the same way.
 
 Text is assembled from token pieces by :class:`ResponseText`: bytes become characters only when complete
 (a token may end in the middle of a UTF-8 character), and text that could be the start of a stop string is
@@ -20,17 +24,20 @@ from __future__ import annotations
 
 import codecs
 import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core.errors import DesktopDpoError, ModelError
 from desktop_dpo.core.jobs import CancelToken, Job
-from desktop_dpo.core.llm.templates import Message
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
+Message = Mapping[str, str]  # {"role": ..., "content": ...}
 Prompt = str | Sequence[Message]
 """Raw text (for a base model, tokenized as is) or a conversation (rendered with the model's template)."""
 
@@ -94,6 +101,9 @@ class Engine(Protocol):
 
     One generation at a time per engine: a second concurrent job raises
     :class:`~desktop_dpo.core.errors.DesktopDpoError`. The attributes are known once the model is loaded.
+
+    The three engines subclass it: ``draw_seed``, ``generate`` and ``generate_pair`` are written here once,
+    on top of the engine's ``_run`` and ``_seed_source``. Anything else with these calls is an engine too.
     """
 
     n_ctx: int  # tokens of context per response (prompt plus answer); 0 until loaded
@@ -123,8 +133,11 @@ class Engine(Protocol):
     def __exit__(self, *exc_info: object) -> None: ...
 
     def draw_seed(self) -> int:
-        """A seed for one response (random, or the next of the engine's reproducible series)."""
-        ...
+        """A seed for one response (random, or the next of the engine's reproducible series).
+
+        An engine that subclasses :class:`Engine` keeps its series in ``_seed_source`` (:func:`seed_source`).
+        """
+        return draw_seed(self._seed_source)  # the module's draw_seed (a method body does not see the class)
 
     def tokenize(self, text: str, *, add_bos: bool | None = None, parse_special: bool = False) -> list[int]:
         """Token ids of ``text``. ``add_bos`` None = as the model asks; ``parse_special`` turns written
@@ -145,10 +158,24 @@ class Engine(Protocol):
         cancel: CancelToken | None = None,
         ignore_eos: bool = False,
     ) -> Job:
-        """Stream one response (a job): yields :class:`TokenEvent` and a final :class:`ResponseFinished`,
-        returns the :class:`GenerationResult`. A cancel ends it at the next token, and the result says
-        "cancelled" and keeps the text so far."""
-        ...
+        """Stream one response (a job). Yields :class:`TokenEvent` and a final :class:`ResponseFinished`;
+        returns the :class:`GenerationResult`.
+
+        Args:
+            prompt: raw text (a base model continues it) or a conversation (rendered with the model's
+                template, whose stop strings are added to ``stop``).
+            settings: sampling settings (defaults: ``SamplingSettings()``); ``max_tokens`` caps the answer.
+            seed: the sampler's seed (None: drawn by :meth:`draw_seed`); same seed, same settings, same
+                prompt and model give the same text.
+            stop: strings that end the response; the first one found is removed with what follows it.
+            cancel: stops at the next token boundary; the result then says "cancelled" and keeps the text
+                generated so far (the job returns normally).
+            ignore_eos: go on past end-of-generation tokens (benchmarks: exactly ``max_tokens`` tokens
+                unless a stop string matches).
+        """
+        request = GenerationRequest.of(self, prompt, settings, [seed], stop, cancel, ignore_eos)
+        (result,) = yield from self._run(request)
+        return result
 
     def generate_pair(
         self,
@@ -160,14 +187,30 @@ class Engine(Protocol):
         cancel: CancelToken | None = None,
         ignore_eos: bool = False,
     ) -> Job:
-        """Stream two responses to one prompt (a job): events carry ``seq`` 0 or 1; returns
-        ``(result_0, result_1)``. Seeds default to two different drawn seeds."""
-        ...
+        """Stream two responses to one prompt (a job): events carry ``seq`` 0 or 1, and each response
+        yields :class:`ResponseFinished` when done (one may end long before the other). Returns
+        ``(result_0, result_1)``. Other arguments as in :meth:`generate`; seeds default to two different
+        drawn seeds. How close each response is to ``generate`` with its seed: the engine's docstring."""
+        chosen = pair_seeds(seeds, self.draw_seed)
+        request = GenerationRequest.of(self, prompt, settings, chosen, stop, cancel, ignore_eos)
+        results = yield from self._run(request)
+        return results[0], results[1]
+
+    def _run(self, request: GenerationRequest) -> Generator[Any, None, list[GenerationResult]]:
+        """The engine's own part of :meth:`generate` and :meth:`generate_pair`: decode one response per seed
+        of ``request`` (a job) and return their results in that order."""
+        raise NotImplementedError
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Seeds
 # ---------------------------------------------------------------------------------------------------------
+
+
+def seed_source(seed: int | None) -> random.Random:
+    """Where an engine's seeds come from: ``seed`` None = the operating system's randomness; an int = a
+    reproducible series (each result still records its own seed)."""
+    return random.SystemRandom() if seed is None else random.Random(seed)
 
 
 def draw_seed(rng: random.Random | None = None) -> int:
@@ -338,3 +381,164 @@ class ResponseText:
     def text(self) -> str:
         """The response so far."""
         return "".join(self._parts)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One generation job: what the engines record the same way
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What :meth:`Engine.generate` and :meth:`Engine.generate_pair` hand to an engine's ``_run``."""
+
+    prompt: Prompt
+    settings: SamplingSettings
+    seeds: list[int]  # one per response: the caller's (checked) or drawn
+    stop: Sequence[str]
+    cancel: CancelToken
+    ignore_eos: bool
+
+    @classmethod
+    def of(
+        cls,
+        engine: Engine,
+        prompt: Prompt,
+        settings: SamplingSettings | None,
+        seeds: Sequence[int | None],
+        stop: Sequence[str],
+        cancel: CancelToken | None,
+        ignore_eos: bool,
+    ) -> GenerationRequest:
+        """The request with defaults filled in: default settings, a fresh cancel token, and a seed drawn by
+        ``engine`` where ``seeds`` has None.
+
+        Raises:
+            ValueError: a seed is out of range (:func:`check_seed`).
+        """
+        picked = [engine.draw_seed() if s is None else check_seed(s) for s in seeds]
+        return cls(prompt, settings or SamplingSettings(), picked, stop, cancel or CancelToken(), ignore_eos)
+
+
+def claim_engine(busy: threading.Lock) -> None:
+    """Take an engine's lock for one job (the caller releases it).
+
+    Raises:
+        DesktopDpoError: the engine is already running a job.
+    """
+    if not busy.acquire(blocking=False):
+        raise DesktopDpoError("This model is already writing a response; wait for it to finish or stop it.")
+
+
+@dataclass
+class ResponseStream:
+    """One response while an engine decodes it: its text, what the next event carries, how it ended.
+
+    Engines subclass it with their own decoding state (sampler, position, detokenizer...).
+    """
+
+    index: int  # TokenEvent.seq
+    seed: int
+    text: ResponseText
+    n_tokens: int = 0
+    reported_tokens: int = 0  # n_tokens when the last TokenEvent was yielded
+    unsent: list[str] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+    finished_at: float = 0.0
+    recent: deque[int] = field(default_factory=lambda: deque(maxlen=PENALTY_LAST_N))  # for the repeat penalty
+
+    def add(self, piece: bytes) -> None:
+        """Add one token's bytes; the text that became final waits for the next event."""
+        shown = self.text.add(piece)
+        if shown:
+            self.unsent.append(shown)
+
+    def end(self, reason: FinishReason) -> None:
+        """Finish the response; text held back is released unless a stop string cut it."""
+        self.finish_reason = reason
+        self.finished_at = time.perf_counter()
+        if not self.text.stopped:  # an end token, the length limit or a cancel: nothing is held back now
+            tail = self.text.finish()
+            if tail:
+                self.unsent.append(tail)
+
+
+def pending_events(streams: Sequence[ResponseStream]) -> Iterator[TokenEvent]:
+    """A :class:`TokenEvent` for each response with text or tokens not yet reported (and mark them sent)."""
+    for stream in streams:
+        if stream.unsent or stream.n_tokens != stream.reported_tokens:
+            yield TokenEvent(stream.index, "".join(stream.unsent), stream.n_tokens)
+            stream.unsent.clear()
+            stream.reported_tokens = stream.n_tokens
+
+
+@dataclass
+class ResponseRun:
+    """One generation job under way: its prompt's tokens, the stop strings, the room for an answer, and the
+    results and events of its responses."""
+
+    start: float  # when the job began (perf_counter): a result's seconds count from here
+    tokens: list[int]  # the prompt's
+    stops: list[str]  # the template's stop strings, then the caller's
+    max_new: int  # tokens a response may have (:func:`response_room`)
+    recorded: dict[str, Any]  # GenerationResult.settings
+    prompt_seconds: float | None = None  # set once the prompt is evaluated
+    last_events: float = float("-inf")  # when :meth:`events` last yielded text
+
+    @classmethod
+    def begin(cls, engine: Engine, request: GenerationRequest) -> ResponseRun:
+        """Start the clock and read the prompt (with its layout's stop strings).
+
+        Raises:
+            DesktopDpoError, ModelError, ValueError: as :func:`response_room`.
+        """
+        start = time.perf_counter()
+        tokens, template_stops = engine.prompt_tokens(request.prompt)
+        stops = list(dict.fromkeys([*template_stops, *request.stop]))
+        max_new = response_room(len(tokens), engine.n_ctx, request.settings.max_tokens)
+        recorded = {**request.settings.to_dict(), "stop": stops}
+        if request.ignore_eos:
+            recorded["ignore_eos"] = True
+        return cls(start, tokens, stops, max_new, recorded)
+
+    @property
+    def n_prompt(self) -> int:
+        """Tokens in the prompt."""
+        return len(self.tokens)
+
+    def result(self, stream: ResponseStream) -> GenerationResult:
+        """The result of a finished response (one cancelled before the prompt was done: all prompt time)."""
+        prompt_seconds = self.prompt_seconds
+        if prompt_seconds is None:
+            prompt_seconds = stream.finished_at - self.start
+        return GenerationResult(
+            text=stream.text.text,
+            prompt_tokens=self.n_prompt,
+            completion_tokens=stream.n_tokens,
+            seconds=stream.finished_at - self.start,
+            finish_reason=stream.finish_reason or "cancelled",
+            seed=stream.seed,
+            settings=dict(self.recorded),
+            prompt_seconds=prompt_seconds,
+        )
+
+    def events(
+        self, live: Sequence[ResponseStream], interval_s: float
+    ) -> Iterator[TokenEvent | ResponseFinished]:
+        """After a decoding step: the new text of the ``live`` responses (at most once per ``interval_s``,
+        and whenever one ended), then a :class:`ResponseFinished` for each that ended."""
+        ended = [stream for stream in live if stream.finish_reason]
+        now = time.perf_counter()
+        if ended or now - self.last_events >= interval_s:
+            self.last_events = now
+            yield from pending_events(live)
+            for stream in ended:
+                yield ResponseFinished(stream.index, self.result(stream))
+
+    def cancel(self, live: Sequence[ResponseStream]) -> Iterator[TokenEvent | ResponseFinished]:
+        """End the ``live`` responses as cancelled: their last text, then a :class:`ResponseFinished` each."""
+        for stream in live:
+            stream.end("cancelled")
+        yield from pending_events(live)
+        for stream in live:
+            yield ResponseFinished(stream.index, self.result(stream))

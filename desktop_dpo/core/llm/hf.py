@@ -44,32 +44,29 @@ from __future__ import annotations
 
 import copy
 import logging
-import random
 import threading
 import time
 from collections import deque
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core.errors import DesktopDpoError, ModelError
-from desktop_dpo.core.jobs import CancelToken, Job
 from desktop_dpo.core.llm.generation import (
-    MAX_SEED,
-    PENALTY_LAST_N,
+    Engine,
     FinishReason,
+    GenerationRequest,
     GenerationResult,
     Prompt,
-    ResponseFinished,
+    ResponseRun,
+    ResponseStream,
     ResponseText,
-    TokenEvent,
-    check_seed,
-    pair_seeds,
-    response_room,
+    claim_engine,
+    seed_source,
 )
-from desktop_dpo.core.llm.templates import Message, end_of_turn_marker, render_prompt
+from desktop_dpo.core.llm.templates import Message, render_prompt, turn_end_token
 
 log = logging.getLogger(__name__)
 
@@ -113,38 +110,25 @@ class _Detokenizer:
         return after[len(before) :].rstrip("\ufffd") if len(after) > len(before) else ""
 
 
-@dataclass
-class _Stream:
-    """Mutable state of one response while it is decoded (internal)."""
+@dataclass(kw_only=True)
+class _Stream(ResponseStream):
+    """One response while it is decoded, with its sampling generator and detokenizer (internal); ``index`` is
+    also its row until another row is dropped."""
 
-    index: int  # TokenEvent.seq, and the response's row until another row is dropped
-    seed: int
     generator: Any  # torch.Generator seeded with ``seed``
     detokenizer: _Detokenizer
-    text: ResponseText
-    n_tokens: int = 0
-    reported_tokens: int = 0  # n_tokens when the last TokenEvent was yielded
-    unsent: list[str] = field(default_factory=list)
-    finish_reason: FinishReason | None = None
-    finished_at: float = 0.0
-    recent: deque[int] = field(default_factory=lambda: deque(maxlen=PENALTY_LAST_N))
 
     def add_text(self, text: str) -> None:
         """Pass decoded text through the stop-string filter; keep what became final for the next event."""
-        shown = self.text.add(text.encode("utf-8")) if text else ""
-        if shown:
-            self.unsent.append(shown)
+        if text:
+            self.add(text.encode("utf-8"))
 
     def end(self, reason: FinishReason) -> None:
-        """Finish the response; text held back is released unless a stop string cut it."""
-        self.finish_reason = reason
-        self.finished_at = time.perf_counter()
+        """Finish the response; the detokenizer's and the filter's held-back text is released unless a stop
+        string cut it."""
         if not self.text.stopped:
             self.add_text(self.detokenizer.finish())
-        if not self.text.stopped:
-            tail = self.text.finish()
-            if tail:
-                self.unsent.append(tail)
+        super().end(reason)
 
 
 def pick_device_and_dtype(device: str | None = None) -> tuple[str, Any]:
@@ -161,7 +145,7 @@ def pick_device_and_dtype(device: str | None = None) -> tuple[str, Any]:
     return chosen, torch.float32
 
 
-class HfEngine:
+class HfEngine(Engine):
     """One Hugging Face model folder in transformers, loaded on first use.
 
     The same interface as :class:`~desktop_dpo.core.llm.llamacpp.LlamaCppEngine`: one generation at a
@@ -198,7 +182,7 @@ class HfEngine:
         self.requested_n_ctx = n_ctx
         self.requested_device = device
         self.event_interval_s = event_interval_s
-        self._seed_source: random.Random = random.SystemRandom() if seed is None else random.Random(seed)
+        self._seed_source = seed_source(seed)
         self._busy = threading.Lock()
         self._load_lock = threading.Lock()
         self._model: Any = None
@@ -297,13 +281,15 @@ class HfEngine:
                 eog.add(source)
             elif isinstance(source, (list, tuple)):
                 eog.update(int(x) for x in source)
-        # The template's end-of-turn marker, when it is one token (ChatML's <|im_end|> where EOS is another
-        # token; a known template picked for the model): decoded text skips special tokens, so only its id
-        # can stop the answer there, as llama.cpp stops on end-of-generation tokens.
-        marker = end_of_turn_marker(self.chat_template, self.bos_text, self.eos_text)
-        marker_ids = tokenizer.encode(marker, add_special_tokens=False) if marker else []
-        if len(marker_ids) == 1:
-            eog.add(int(marker_ids[0]))
+        # The template's end-of-turn marker, when it is one token: decoded text skips special tokens.
+        turn_end = turn_end_token(
+            self.chat_template,
+            self.bos_text,
+            self.eos_text,
+            lambda marker: tokenizer.encode(marker, add_special_tokens=False),
+        )
+        if turn_end is not None:
+            eog.add(turn_end)
         self._eog_ids = frozenset(eog)
         self._model, self._tokenizer, self.device = model, tokenizer, device
         log.info("Loaded %s in transformers (%s, %s, %d tokens of context)", name, device, dtype, self.n_ctx)
@@ -361,46 +347,9 @@ class HfEngine:
         return self.tokenize(text, parse_special=True), stops
 
     # -- generation ------------------------------------------------------------------------------------
-
-    def draw_seed(self) -> int:
-        """A seed for one response (random, or the next of the engine's reproducible series)."""
-        return self._seed_source.randrange(0, MAX_SEED)
-
-    def generate(
-        self,
-        prompt: Prompt,
-        settings: SamplingSettings | None = None,
-        *,
-        seed: int | None = None,
-        stop: Sequence[str] = (),
-        cancel: CancelToken | None = None,
-        ignore_eos: bool = False,
-    ) -> Job:
-        """Stream one response (a job). Yields :class:`TokenEvent` and a final :class:`ResponseFinished`;
-        returns the :class:`GenerationResult`. Arguments as in ``LlamaCppEngine.generate``.
-        """
-        (result,) = yield from self._run(prompt, settings, [seed], stop, cancel, ignore_eos)
-        return result
-
-    def generate_pair(
-        self,
-        prompt: Prompt,
-        settings: SamplingSettings | None = None,
-        *,
-        seeds: tuple[int, int] | None = None,
-        stop: Sequence[str] = (),
-        cancel: CancelToken | None = None,
-        ignore_eos: bool = False,
-    ) -> Job:
-        """Stream two responses to one prompt, decoded as a batch of two sharing one prompt pass (a job).
-
-        Events carry ``seq`` 0 or 1; each response yields :class:`ResponseFinished` when done. Returns
-        ``(result_0, result_1)``. Greedy responses equal ``generate`` with the same seed; sampled ones do
-        too except in rare draws (see the module docstring). Seeds default to two different drawn seeds.
-        """
-        chosen = pair_seeds(seeds, self.draw_seed)
-        results = yield from self._run(prompt, settings, chosen, stop, cancel, ignore_eos)
-        return results[0], results[1]
+    # generate and generate_pair (Engine's) run _run. A pair is decoded as a batch of two sharing one prompt
+    # pass, or interleaved (module docstring): greedy responses equal generate with the same seed; sampled
+    # ones do too except in rare draws.
 
     def _batch_pairs(self) -> bool:
         return self.device.startswith("cuda") if self.batch_pairs is None else self.batch_pairs
@@ -413,62 +362,28 @@ class HfEngine:
             out = self._model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1, :]
 
-    def _run(
-        self,
-        prompt: Prompt,
-        settings: SamplingSettings | None,
-        seeds: list[int | None],
-        stop: Sequence[str],
-        cancel: CancelToken | None,
-        ignore_eos: bool,
-    ) -> Generator[TokenEvent | ResponseFinished, None, list[GenerationResult]]:
-        settings = settings or SamplingSettings()
-        cancel = cancel or CancelToken()
-        picked = [self.draw_seed() if s is None else check_seed(s) for s in seeds]
-        if not self._busy.acquire(blocking=False):
-            raise DesktopDpoError(
-                "This model is already writing a response; wait for it to finish or stop it."
-            )
+    def _run(self, request: GenerationRequest) -> Generator[Any, None, list[GenerationResult]]:
+        settings, cancel, ignore_eos = request.settings, request.cancel, request.ignore_eos
+        claim_engine(self._busy)
         try:
             self.load()
             import torch
             from transformers import DynamicCache
 
-            start = time.perf_counter()
-            tokens, template_stops = self.prompt_tokens(prompt)
-            stops = list(dict.fromkeys([*template_stops, *stop]))
-            n_prompt = len(tokens)
-            max_new = response_room(n_prompt, self.n_ctx, settings.max_tokens)
-            recorded = {**settings.to_dict(), "stop": stops}
-            if ignore_eos:
-                recorded["ignore_eos"] = True
-            streams = self._new_streams(tokens, stops, picked)
-
-            def result(stream: _Stream, prompt_seconds: float) -> GenerationResult:
-                return GenerationResult(
-                    text=stream.text.text,
-                    prompt_tokens=n_prompt,
-                    completion_tokens=stream.n_tokens,
-                    seconds=stream.finished_at - start,
-                    finish_reason=stream.finish_reason or "cancelled",
-                    seed=stream.seed,
-                    settings=dict(recorded),
-                    prompt_seconds=prompt_seconds,
-                )
+            run = ResponseRun.begin(self, request)
+            streams = self._new_streams(run.tokens, run.stops, request.seeds)
 
             # 1. The prompt, once, in chunks (a stop request is seen between chunks).
             cache = DynamicCache(config=self._model.config)
-            prompt_ids = torch.tensor([tokens], dtype=torch.long, device=self.device)
+            prompt_ids = torch.tensor([run.tokens], dtype=torch.long, device=self.device)
             logits = None
-            for offset in range(0, n_prompt, PROMPT_CHUNK):
+            for offset in range(0, run.n_prompt, PROMPT_CHUNK):
                 if cancel.cancelled:
-                    for stream in streams:
-                        stream.end("cancelled")
-                        yield ResponseFinished(stream.index, result(stream, stream.finished_at - start))
-                    return [result(stream, stream.finished_at - start) for stream in streams]
+                    yield from run.cancel(streams)
+                    return [run.result(stream) for stream in streams]
                 logits = self._forward(prompt_ids[:, offset : offset + PROMPT_CHUNK], cache)
             assert logits is not None
-            prompt_seconds = time.perf_counter() - start
+            run.prompt_seconds = time.perf_counter() - run.start
             # 2. The other response starts from a copy of the prompt's KV cache: a second row of the batch,
             # or (interleaved) a cache of its own.
             batched = len(streams) > 1 and self._batch_pairs()
@@ -483,18 +398,11 @@ class HfEngine:
             # 3. One token per running response per step; rows[k] holds live[k]'s next-token logits.
             penalty = settings.repeat_penalty if settings.repeat_penalty != 1.0 else None
             live = list(streams)
-            last_flush = float("-inf")
             while live:
-                step = self._sample_step(rows, live, settings, penalty, ignore_eos, max_new)
-                ended = [stream for stream in live if stream.finish_reason]
-                now = time.perf_counter()
-                if ended or now - last_flush >= self.event_interval_s:
-                    last_flush = now
-                    yield from _flush(live)
-                    for stream in ended:
-                        yield ResponseFinished(stream.index, result(stream, prompt_seconds))
-                if ended:
-                    keep = [k for k, stream in enumerate(live) if not stream.finish_reason]
+                step = self._sample_step(rows, live, settings, penalty, ignore_eos, run.max_new)
+                yield from run.events(live, self.event_interval_s)
+                keep = [k for k, stream in enumerate(live) if not stream.finish_reason]
+                if len(keep) < len(live):
                     if not keep:
                         break
                     if batched:
@@ -507,14 +415,10 @@ class HfEngine:
                     live = [live[k] for k in keep]
                 # The token boundary: after the events were taken, before the next forward pass.
                 if cancel.cancelled:
-                    for stream in live:
-                        stream.end("cancelled")
-                    yield from _flush(live)
-                    for stream in live:
-                        yield ResponseFinished(stream.index, result(stream, prompt_seconds))
+                    yield from run.cancel(live)
                     break
                 rows = self._next_rows(step, cache if batched else None, caches)
-            return [result(stream, prompt_seconds) for stream in streams]
+            return [run.result(stream) for stream in streams]
         finally:
             self._busy.release()
 
@@ -572,14 +476,6 @@ class HfEngine:
             self._forward(torch.tensor([[token]], dtype=torch.long, device=self.device), own)[0].float().cpu()
             for token, own in zip(step, caches, strict=True)
         ]
-
-
-def _flush(streams: list[_Stream]) -> Generator[TokenEvent, None, None]:
-    for stream in streams:
-        if stream.unsent or stream.n_tokens != stream.reported_tokens:
-            yield TokenEvent(stream.index, "".join(stream.unsent), stream.n_tokens)
-            stream.unsent.clear()
-            stream.reported_tokens = stream.n_tokens
 
 
 def _sample(

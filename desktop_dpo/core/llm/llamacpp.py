@@ -27,32 +27,28 @@ import contextlib
 import ctypes
 import logging
 import os
-import random
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core.errors import DesktopDpoError, ModelError
-from desktop_dpo.core.jobs import CancelToken, Job
 from desktop_dpo.core.llm.generation import (
-    MAX_SEED,
-    PENALTY_LAST_N,
-    FinishReason,
+    Engine,
+    GenerationRequest,
     GenerationResult,
     Prompt,
-    ResponseFinished,
+    ResponseRun,
+    ResponseStream,
     ResponseText,
-    TokenEvent,
-    check_seed,
-    pair_seeds,
-    response_room,
+    claim_engine,
+    seed_source,
 )
-from desktop_dpo.core.llm.templates import Message, end_of_turn_marker, render_prompt
+from desktop_dpo.core.llm.templates import Message, render_prompt, turn_end_token
 
 log = logging.getLogger(__name__)
 
@@ -135,22 +131,14 @@ class _LlamaLogRouter:
             lib.llama_log_set(cls._callback, ctypes.c_void_p(0))
 
 
-@dataclass
-class _Stream:
-    """Mutable state of one response while it is decoded (internal)."""
+@dataclass(kw_only=True)
+class _Stream(ResponseStream):
+    """One response while it is decoded, with its llama.cpp state (internal); ``index`` is also its sequence
+    id in the context."""
 
-    index: int  # sequence id in the llama.cpp context, and TokenEvent.seq
-    seed: int
     sampler: Any  # llama_sampler chain pointer
-    text: ResponseText
     pos: int  # position of the next token in the sequence
     row: int = -1  # logits row of the last decode that holds this response's next-token distribution
-    n_tokens: int = 0
-    reported_tokens: int = 0  # n_tokens when the last TokenEvent was yielded
-    unsent: list[str] = field(default_factory=list)
-    finish_reason: FinishReason | None = None
-    finished_at: float = 0.0
-    recent: deque[int] = field(default_factory=lambda: deque(maxlen=PENALTY_LAST_N))  # for the repeat penalty
 
 
 class _RepeatPenalty:
@@ -174,7 +162,7 @@ class _RepeatPenalty:
             logits[token] = value * self.penalty if value <= 0 else value / self.penalty
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(Engine):
     """One GGUF model in llama.cpp with a context for up to two sequences, loaded on first use.
 
     One generation at a time per engine (the engine pool holds a lock around each job; a second concurrent
@@ -228,7 +216,7 @@ class LlamaCppEngine:
         self.flash_attn = flash_attn
         self.n_batch = n_batch
         self.event_interval_s = event_interval_s
-        self._seed_source: random.Random = random.SystemRandom() if seed is None else random.Random(seed)
+        self._seed_source = seed_source(seed)
         self._busy = threading.Lock()
         self._load_lock = threading.Lock()
         self._lib: Any = None  # the llama_cpp module, once loaded
@@ -342,10 +330,14 @@ class LlamaCppEngine:
         self.eos_text = self._token_text(model.token_eos())
         self.loaded_gpu_layers = model_params.n_gpu_layers
         # The template's end-of-turn marker, when it is one token llama.cpp does not already end on (a known
-        # template the person picked): only its id can stop the answer, as control tokens have no text.
-        marker = end_of_turn_marker(self.chat_template, self.bos_text, self.eos_text)
-        marker_ids = self._tokenize(marker, add_bos=False, parse_special=True) if marker else []
-        self._turn_end_id = marker_ids[0] if len(marker_ids) == 1 else -1
+        # template the person picked): control tokens have no text.
+        turn_end = turn_end_token(
+            self.chat_template,
+            self.bos_text,
+            self.eos_text,
+            lambda marker: self._tokenize(marker, add_bos=False, parse_special=True),
+        )
+        self._turn_end_id = -1 if turn_end is None else turn_end
         log.info(
             "Loaded %s (%d tokens of context per response, %d threads, %d GPU layers%s)",
             self.model_path.name,
@@ -443,118 +435,33 @@ class LlamaCppEngine:
         return tokens, stops
 
     # -- generation ------------------------------------------------------------------------------------
+    # generate and generate_pair (Engine's) run _run. How a pair is decoded: the module docstring; response k
+    # of a pair equals generate(prompt, settings, seed=seeds[k]) token for token.
 
-    def draw_seed(self) -> int:
-        """A seed for one response (random, or the next of the engine's reproducible series)."""
-        return self._seed_source.randrange(0, MAX_SEED)
-
-    def generate(
-        self,
-        prompt: Prompt,
-        settings: SamplingSettings | None = None,
-        *,
-        seed: int | None = None,
-        stop: Sequence[str] = (),
-        cancel: CancelToken | None = None,
-        ignore_eos: bool = False,
-    ) -> Job:
-        """Stream one response (a job). Yields :class:`TokenEvent` and a final :class:`ResponseFinished`;
-        returns the :class:`GenerationResult`.
-
-        Args:
-            prompt: raw text (a base model continues it) or a conversation (rendered with the model's
-                template, whose stop strings are added to ``stop``).
-            settings: sampling settings (defaults: ``SamplingSettings()``); ``max_tokens`` caps the answer.
-            seed: the sampler's seed (None: drawn by :meth:`draw_seed`); same seed, same settings, same
-                prompt and model give the same text.
-            stop: strings that end the response; the first one found is removed with what follows it.
-            cancel: stops at the next token boundary; the result then says "cancelled" and keeps the text
-                generated so far (the job returns normally).
-            ignore_eos: go on past end-of-generation tokens (benchmarks: exactly ``max_tokens`` tokens
-                unless a stop string matches).
-        """
-        (result,) = yield from self._run(prompt, settings, [seed], stop, cancel, ignore_eos)
-        return result
-
-    def generate_pair(
-        self,
-        prompt: Prompt,
-        settings: SamplingSettings | None = None,
-        *,
-        seeds: tuple[int, int] | None = None,
-        stop: Sequence[str] = (),
-        cancel: CancelToken | None = None,
-        ignore_eos: bool = False,
-    ) -> Job:
-        """Stream two responses to one prompt, decoded together in one context (a job).
-
-        The prompt is evaluated once; every step decodes one token of each running response in one batch.
-        Events carry ``seq`` 0 or 1; each response yields :class:`ResponseFinished` when done (one may end
-        long before the other). Returns ``(result_0, result_1)``; response k equals ``generate(prompt,
-        settings, seed=seeds[k])`` token for token. Other arguments as in :meth:`generate`; seeds default
-        to two different drawn seeds.
-        """
-        chosen = pair_seeds(seeds, self.draw_seed)
-        results = yield from self._run(prompt, settings, chosen, stop, cancel, ignore_eos)
-        return results[0], results[1]
-
-    def _run(
-        self,
-        prompt: Prompt,
-        settings: SamplingSettings | None,
-        seeds: list[int | None],
-        stop: Sequence[str],
-        cancel: CancelToken | None,
-        ignore_eos: bool,
-    ) -> Generator[TokenEvent | ResponseFinished, None, list[GenerationResult]]:
-        settings = settings or SamplingSettings()
-        cancel = cancel or CancelToken()
-        picked = [self.draw_seed() if s is None else check_seed(s) for s in seeds]
-        if not self._busy.acquire(blocking=False):
-            raise DesktopDpoError(
-                "This model is already writing a response; wait for it to finish or stop it."
-            )
+    def _run(self, request: GenerationRequest) -> Generator[Any, None, list[GenerationResult]]:
+        settings, cancel, ignore_eos = request.settings, request.cancel, request.ignore_eos
+        claim_engine(self._busy)
         streams: list[_Stream] = []
         try:
             self.load()
             lib, ctx, memory = self._lib, self._ctx.ctx, self._ctx.memory
-            start = time.perf_counter()
-            tokens, template_stops = self.prompt_tokens(prompt)
-            stops = list(dict.fromkeys([*template_stops, *stop]))
-            n_prompt = len(tokens)
-            max_new = response_room(n_prompt, self.n_ctx, settings.max_tokens)
-            recorded = {**settings.to_dict(), "stop": stops}
-            if ignore_eos:
-                recorded["ignore_eos"] = True
+            run = ResponseRun.begin(self, request)
+            tokens, n_prompt = run.tokens, run.n_prompt
             streams = [
-                _Stream(index=k, seed=seed, sampler=None, text=ResponseText(stops), pos=n_prompt)
-                for k, seed in enumerate(picked)
+                _Stream(index=k, seed=seed, sampler=None, text=ResponseText(run.stops), pos=n_prompt)
+                for k, seed in enumerate(request.seeds)
             ]
-
-            def result(stream: _Stream, prompt_seconds: float) -> GenerationResult:
-                return GenerationResult(
-                    text=stream.text.text,
-                    prompt_tokens=n_prompt,
-                    completion_tokens=stream.n_tokens,
-                    seconds=stream.finished_at - start,
-                    finish_reason=stream.finish_reason or "cancelled",
-                    seed=stream.seed,
-                    settings=dict(recorded),
-                    prompt_seconds=prompt_seconds,
-                )
 
             # 1. The prompt, once, for sequence 0, in chunks (cancel is checked between chunks).
             lib.llama_memory_clear(memory, True)
             for offset in range(0, n_prompt, self.n_batch):
                 if cancel.cancelled:
-                    for stream in streams:
-                        self._end(stream, "cancelled")
-                        yield ResponseFinished(stream.index, result(stream, stream.finished_at - start))
-                    return [result(stream, stream.finished_at - start) for stream in streams]
+                    yield from run.cancel(streams)
+                    return [run.result(stream) for stream in streams]
                 chunk = tokens[offset : offset + self.n_batch]
                 self._fill_batch([(token, offset + i, 0) for i, token in enumerate(chunk)], last_only=True)
                 self._decode()
-            prompt_seconds = time.perf_counter() - start
+            run.prompt_seconds = time.perf_counter() - run.start
             # 2. The other response starts from a copy of the prompt's KV cache.
             for stream in streams[1:]:
                 lib.llama_memory_seq_cp(memory, 0, stream.index, -1, -1)
@@ -565,7 +472,6 @@ class LlamaCppEngine:
             vocab = self._model.vocab
             penalty = _RepeatPenalty(settings.repeat_penalty) if settings.repeat_penalty != 1.0 else None
             live = list(streams)
-            last_flush = float("-inf")
             while live:
                 step: list[tuple[int, int, int]] = []
                 for stream in live:
@@ -576,64 +482,35 @@ class LlamaCppEngine:
                     if not ignore_eos and (
                         lib.llama_vocab_is_eog(vocab, token) or token == self._turn_end_id
                     ):
-                        self._end(stream, "stop")
+                        stream.end("stop")
                         continue
                     stream.n_tokens += 1
-                    text = stream.text.add(self.token_piece(token))
-                    if text:
-                        stream.unsent.append(text)
+                    stream.add(self.token_piece(token))
                     if stream.text.stopped:
-                        self._end(stream, "stop")
-                    elif stream.n_tokens >= max_new:
-                        self._end(stream, "length")
+                        stream.end("stop")
+                    elif stream.n_tokens >= run.max_new:
+                        stream.end("length")
                     else:
                         step.append((token, stream.pos, stream.index))
                         stream.row = len(step) - 1
                         stream.pos += 1
-                ended = [stream for stream in live if stream.finish_reason]
-                now = time.perf_counter()
-                if ended or now - last_flush >= self.event_interval_s:
-                    last_flush = now
-                    yield from self._flush(live)
-                    for stream in ended:
-                        yield ResponseFinished(stream.index, result(stream, prompt_seconds))
-                    live = [stream for stream in live if not stream.finish_reason]
+                yield from run.events(live, self.event_interval_s)
+                live = [stream for stream in live if not stream.finish_reason]
                 if not live:
                     break
                 # The token boundary: after the events were taken, before the next decode.
                 if cancel.cancelled:
-                    for stream in live:
-                        self._end(stream, "cancelled")
-                    yield from self._flush(live)
-                    for stream in live:
-                        yield ResponseFinished(stream.index, result(stream, prompt_seconds))
+                    yield from run.cancel(live)
                     break
                 self._fill_batch(step, last_only=False)
                 self._decode()
-            return [result(stream, prompt_seconds) for stream in streams]
+            return [run.result(stream) for stream in streams]
         finally:
             for stream in streams:
                 if stream.sampler is not None:
                     self._lib.llama_sampler_free(stream.sampler)
                     stream.sampler = None
             self._busy.release()
-
-    @staticmethod
-    def _end(stream: _Stream, reason: FinishReason) -> None:
-        stream.finish_reason = reason
-        stream.finished_at = time.perf_counter()
-        if not stream.text.stopped:  # an end token, the length limit or a cancel: nothing is held back now
-            tail = stream.text.finish()
-            if tail:
-                stream.unsent.append(tail)
-
-    @staticmethod
-    def _flush(streams: list[_Stream]) -> Generator[TokenEvent, None, None]:
-        for stream in streams:
-            if stream.unsent or stream.n_tokens != stream.reported_tokens:
-                yield TokenEvent(stream.index, "".join(stream.unsent), stream.n_tokens)
-                stream.unsent.clear()
-                stream.reported_tokens = stream.n_tokens
 
     def _fill_batch(self, entries: list[tuple[int, int, int]], *, last_only: bool) -> None:
         """Put ``(token, position, sequence)`` entries in the batch; logits for every entry or the last."""

@@ -27,19 +27,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import random
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
-from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core import errors
 from desktop_dpo.core.child_process import PIPE_CLOSED, STOP_GRACE_S, ChildProcess, describe_exit
 from desktop_dpo.core.errors import DesktopDpoError, EngineCrashed, JobCancelled, ModelError
-from desktop_dpo.core.jobs import CancelToken, Job, Log, drive
-from desktop_dpo.core.llm.generation import MAX_SEED, Prompt, check_seed, pair_seeds
+from desktop_dpo.core.jobs import CancelToken, Log, drive
+from desktop_dpo.core.llm.generation import Engine, GenerationRequest, Prompt, claim_engine, seed_source
 from desktop_dpo.core.llm.load_modes import LoadMode, LoadModeMemory
 
 log = logging.getLogger(__name__)
@@ -53,7 +51,7 @@ _POLL_S = 0.05  # how often a waiting job looks at its cancel token
 CHILD_MODULE = "desktop_dpo.core.llm.llama_child"  # what the child runs (python -m)
 
 
-class SupervisedLlamaEngine:
+class SupervisedLlamaEngine(Engine):
     """One GGUF model in llama.cpp, in a child process the app supervises.
 
     Args:
@@ -106,7 +104,7 @@ class SupervisedLlamaEngine:
         self.hang_timeout_s = hang_timeout_s if hang_timeout_s is not None else HANG_TIMEOUT_S
         self.load_timeout_s = load_timeout_s if load_timeout_s is not None else LOAD_TIMEOUT_S
         self.env = env
-        self._seed_source: random.Random = random.SystemRandom() if seed is None else random.Random(seed)
+        self._seed_source = seed_source(seed)
         self._busy = threading.Lock()
         self._load_lock = threading.Lock()
         self._child: ChildProcess | None = None
@@ -232,45 +230,24 @@ class SupervisedLlamaEngine:
 
     # -- requests --------------------------------------------------------------------------------------
 
-    def draw_seed(self) -> int:
-        """A seed for one response (random, or the next of the engine's reproducible series)."""
-        return self._seed_source.randrange(0, MAX_SEED)
-
-    def generate(
-        self,
-        prompt: Prompt,
-        settings: SamplingSettings | None = None,
-        *,
-        seed: int | None = None,
-        stop: Sequence[str] = (),
-        cancel: CancelToken | None = None,
-        ignore_eos: bool = False,
-    ) -> Job:
-        """Stream one response (a job), exactly as ``LlamaCppEngine.generate``; a crash raises
-        :class:`~desktop_dpo.core.errors.EngineCrashed`."""
-        picked = self.draw_seed() if seed is None else check_seed(seed)
-        kwargs = {"prompt": prompt, "settings": settings, "seed": picked, "stop": tuple(stop)}
-        if ignore_eos:
+    def _run(self, request: GenerationRequest) -> Generator[Any, None, list[Any]]:
+        """``generate`` and ``generate_pair`` (Engine's), exactly as ``LlamaCppEngine``'s, run by the child; a
+        crash raises :class:`~desktop_dpo.core.errors.EngineCrashed`."""
+        pair = len(request.seeds) > 1
+        kwargs: dict[str, Any] = {
+            "prompt": request.prompt,
+            "settings": request.settings,
+            "stop": tuple(request.stop),
+        }
+        if pair:
+            kwargs["seeds"] = tuple(request.seeds)
+        else:
+            kwargs["seed"] = request.seeds[0]
+        if request.ignore_eos:
             kwargs["ignore_eos"] = True
-        return (yield from self._request("generate", kwargs, cancel, doing="writing the answer"))
-
-    def generate_pair(
-        self,
-        prompt: Prompt,
-        settings: SamplingSettings | None = None,
-        *,
-        seeds: tuple[int, int] | None = None,
-        stop: Sequence[str] = (),
-        cancel: CancelToken | None = None,
-        ignore_eos: bool = False,
-    ) -> Job:
-        """Stream two responses decoded together (a job), exactly as ``LlamaCppEngine.generate_pair``."""
-        chosen = pair_seeds(seeds, self.draw_seed)
-        picked = tuple(self.draw_seed() if s is None else check_seed(s) for s in chosen)
-        kwargs = {"prompt": prompt, "settings": settings, "seeds": picked, "stop": tuple(stop)}
-        if ignore_eos:
-            kwargs["ignore_eos"] = True
-        return (yield from self._request("generate_pair", kwargs, cancel, doing="writing the answers"))
+        name, doing = ("generate_pair", "writing the answers") if pair else ("generate", "writing the answer")
+        answer = yield from self._request(name, kwargs, request.cancel, doing=doing)
+        return list(answer) if pair else [answer]
 
     def tokenize(self, text: str, *, add_bos: bool | None = None, parse_special: bool = False) -> list[int]:
         """Token ids of ``text``, as ``LlamaCppEngine.tokenize``."""
@@ -290,10 +267,7 @@ class SupervisedLlamaEngine:
     def _request(
         self, name: str, kwargs: dict[str, Any], cancel: CancelToken | None, *, doing: str
     ) -> Generator[Any, None, Any]:
-        if not self._busy.acquire(blocking=False):
-            raise DesktopDpoError(
-                "This model is already writing a response; wait for it to finish or stop it."
-            )
+        claim_engine(self._busy)
         cancel = cancel or CancelToken()
         finished = False
         child: ChildProcess | None = None

@@ -17,12 +17,13 @@ import contextvars
 import functools
 import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from desktop_dpo.core.errors import DesktopDpoError
+from desktop_dpo.core.llm.generation import Message
 
 # ---------------------------------------------------------------------------------------------------------
 # DEFAULT TEMPLATE: used when a model has no chat template of its own (base models, e.g. the Gemma 270M demo).
@@ -59,7 +60,6 @@ DEFAULT_TURN_END = "\n"
 
 ROLES = ("system", "user", "assistant")
 
-Message = Mapping[str, str]
 """One turn of a conversation: ``{"role": "system" | "user" | "assistant", "content": str}`` (TRL's format)."""
 
 
@@ -270,6 +270,18 @@ def end_of_turn_marker(chat_template: str | None, bos: str = "", eos: str = "") 
         return ""
     words = turn_end(chat_template, bos, eos).split()
     return words[0] if words else ""
+
+
+def turn_end_token(
+    chat_template: str | None, bos: str, eos: str, encode: Callable[[str], Sequence[int]]
+) -> int | None:
+    """The id of the template's end-of-turn marker when ``encode`` (the model's tokenizer, control tokens
+    read as such) makes it one token; None otherwise. Decoded text has no control tokens, so only this id
+    can end an answer at the marker (ChatML's ``<|im_end|>`` where EOS is another token, a known template
+    picked for the model), as llama.cpp ends on its end-of-generation tokens."""
+    marker = end_of_turn_marker(chat_template, bos, eos)
+    ids = encode(marker) if marker else []
+    return int(ids[0]) if len(ids) == 1 else None
 
 
 def stop_strings(chat_template: str | None, bos: str = "", eos: str = "") -> list[str]:

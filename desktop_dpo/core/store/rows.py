@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 VERDICTS = ("a", "b", "tie", "both_bad", "skip")
 RUN_STATUSES = ("pending", "running", "stopped", "failed", "completed")
@@ -49,8 +48,7 @@ def pair_key(messages: Sequence[dict[str, str]], chosen: str, rejected: str) -> 
     return messages_key(messages), chosen, rejected
 
 
-@dataclass(frozen=True)
-class ModelRow:
+class ModelRow(NamedTuple):
     id: int
     name: str
     path: str
@@ -64,8 +62,7 @@ class ModelRow:
     is_default: bool
 
 
-@dataclass(frozen=True)
-class PromptRow:
+class PromptRow(NamedTuple):
     id: int
     messages: list[dict[str, str]]
     source: str
@@ -81,8 +78,7 @@ class PromptRow:
         return self.messages[-1]["content"] if self.messages else ""
 
 
-@dataclass(frozen=True)
-class GenerationRow:
+class GenerationRow(NamedTuple):
     id: int
     prompt_id: int
     model_id: int | None  # unknown for imported data
@@ -96,8 +92,7 @@ class GenerationRow:
     created_at: float
 
 
-@dataclass(frozen=True)
-class ComparisonRow:
+class ComparisonRow(NamedTuple):
     """A judgement of two generations of one prompt.
 
     ``verdict`` names a generation, not a screen side: "a" means generation A was better.
@@ -118,8 +113,7 @@ class ComparisonRow:
     deleted: bool
 
 
-@dataclass(frozen=True)
-class ComparisonView:
+class ComparisonView(NamedTuple):
     """A comparison joined with its prompt and both texts (for the Data view and exports)."""
 
     comparison: ComparisonRow
@@ -137,8 +131,7 @@ class ComparisonView:
         return ""
 
 
-@dataclass(frozen=True)
-class ComparisonSummary:
+class ComparisonSummary(NamedTuple):
     """One row of the Data view's table: a comparison with short previews instead of full texts.
 
     Made in SQL (``Store.comparison_summaries``) so that tens of thousands of rows stay small in memory.
@@ -163,8 +156,7 @@ class ComparisonSummary:
         return self.edited_side is not None
 
 
-@dataclass(frozen=True)
-class RunRow:
+class RunRow(NamedTuple):
     id: int
     name: str
     base_model_id: int | None
@@ -183,8 +175,7 @@ class RunRow:
     finished_at: float | None
 
 
-@dataclass(frozen=True)
-class ExportRow:
+class ExportRow(NamedTuple):
     id: int
     run_id: int | None
     model_id: int | None
@@ -197,8 +188,7 @@ class ExportRow:
     created_at: float
 
 
-@dataclass(frozen=True)
-class ConversationRow:
+class ConversationRow(NamedTuple):
     id: int
     model_id: int | None
     title: str
@@ -206,8 +196,7 @@ class ConversationRow:
     updated_at: float
 
 
-@dataclass(frozen=True)
-class MessageRow:
+class MessageRow(NamedTuple):
     id: int
     conversation_id: int
     role: str
@@ -216,8 +205,7 @@ class MessageRow:
     created_at: float
 
 
-@dataclass(frozen=True)
-class EvaluationRow:
+class EvaluationRow(NamedTuple):
     """One blind comparison of an aligned model against its base (many votes)."""
 
     id: int
@@ -229,8 +217,7 @@ class EvaluationRow:
     created_at: float
 
 
-@dataclass(frozen=True)
-class EvaluationVoteRow:
+class EvaluationVoteRow(NamedTuple):
     """One judged prompt of an evaluation. ``vote`` names a model, never a screen side."""
 
     id: int
