@@ -10,8 +10,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from desktop_dpo.core.errors import ModelError
 from desktop_dpo.core.jobs import CancelToken, Job, Progress
@@ -22,8 +22,7 @@ DEMO_DISPLAY_NAME = "Gemma 3 270M (demo, Q4_K_M)"
 _BLOCK = 4 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class DemoPackage:
+class DemoPackage(NamedTuple):
     """What the installed demo package offers."""
 
     file_name: str  # name of the assembled GGUF

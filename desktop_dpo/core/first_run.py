@@ -9,9 +9,8 @@ anything to do, so a second start costs two cheap checks and no job.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from desktop_dpo.core.demo_model import DEMO_DISPLAY_NAME, DemoPackage, install_demo_model
 from desktop_dpo.core.errors import ModelError
@@ -27,8 +26,7 @@ DEMO_SOURCE = "demo"
 GEMMA_TERMS_URL = "https://ai.google.dev/gemma/terms"
 
 
-@dataclass(frozen=True)
-class DemoModelReady:
+class DemoModelReady(NamedTuple):
     """The demo model in place, read and fingerprinted: ready to be recorded by the job's driver."""
 
     info: ModelInfo  # what inspect_model() read from the unpacked file's header

@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from desktop_dpo.core.errors import JobCancelled
 
@@ -63,8 +62,7 @@ class CancelToken:
         return self._event.wait(seconds)
 
 
-@dataclass(frozen=True)
-class Progress:
+class Progress(NamedTuple):
     """Generic progress: ``done`` of ``total`` units (total 0 = unknown), with a short message."""
 
     done: float
@@ -77,8 +75,7 @@ class Progress:
         return None if self.total <= 0 else min(1.0, self.done / self.total)
 
 
-@dataclass(frozen=True)
-class Log:
+class Log(NamedTuple):
     """A line worth showing to the person (status bar, CLI)."""
 
     message: str

@@ -32,9 +32,8 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 from desktop_dpo.core.errors import NetworkBlockedError
 
@@ -86,8 +85,7 @@ _IP_FAMILIES = frozenset((socket.AF_INET, socket.AF_INET6))
 _LOCALHOST_NAMES = frozenset(("localhost", "localhost."))
 
 
-@dataclass(frozen=True)
-class RefusedAttempt:
+class RefusedAttempt(NamedTuple):
     """One refused attempt to reach beyond this machine."""
 
     operation: str  # what was called, e.g. "socket.connect" or "socket.getaddrinfo"

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from desktop_dpo.core.errors import DesktopDpoError, ImportFormatError
 
 ROLES = ("system", "user", "assistant")
 
 
-@dataclass(frozen=True)
-class PromptFile:
+class PromptFile(NamedTuple):
     """The prompts read from a file, ready for ``Store.queue_prompts``."""
 
     prompts: list[list[dict[str, str]]]  # each a conversation ending with a user message

@@ -8,6 +8,7 @@ stored for a choice made on screen (:func:`verdict_for`), and which answer conti
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from desktop_dpo.core.llm.generation import GenerationResult
 from desktop_dpo.gui.response_pane import SIDE_NAMES
@@ -62,8 +63,7 @@ class ShownPair:
         return all(r is not None and r.finish_reason != "cancelled" for r in self.results)
 
 
-@dataclass(frozen=True)
-class Turn:
+class Turn(NamedTuple):
     """An earlier message of the conversation on screen."""
 
     role: str  # "user", "assistant" (or "system", for a system message inside a loaded conversation)
@@ -106,8 +106,7 @@ def continuation_for(pair: ShownPair, choice: str) -> tuple[str, str] | None:
     return None
 
 
-@dataclass(frozen=True)
-class SavedVerdict:
+class SavedVerdict(NamedTuple):
     """The last verdict, kept so that it can be undone."""
 
     comparison_id: int

@@ -8,8 +8,7 @@ boundary, never killing a thread.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from PySide6.QtCore import QSettings, QSize, Qt, Signal, Slot
 from PySide6.QtGui import QAction, QKeySequence
@@ -49,8 +48,7 @@ log = logging.getLogger(__name__)
 STATUS_MESSAGE_MS = 8000
 
 
-@dataclass(frozen=True)
-class ViewSpec:
+class ViewSpec(NamedTuple):
     """One entry of the sidebar."""
 
     key: str  # stable name used by tests, settings and show_view()

@@ -15,9 +15,8 @@ who holds it where that can be seen, and offers "Try Again"; nothing was importe
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from PySide6.QtCore import QObject, Signal, Slot
 from PySide6.QtGui import QAction, QKeySequence
@@ -47,8 +46,7 @@ EXPORT_FILTERS = {
 }
 
 
-@dataclass(frozen=True)
-class DuplicatesFound:
+class DuplicatesFound(NamedTuple):
     """An import that stopped before writing because some pairs are already stored: ask the person."""
 
     source: Path
@@ -56,8 +54,7 @@ class DuplicatesFound:
     total: int  # pairs of the file that would be imported
 
 
-@dataclass(frozen=True)
-class DatabaseWasBusy:
+class DatabaseWasBusy(NamedTuple):
     """An import that found the database locked by another window or program: nothing was written."""
 
     source: Path

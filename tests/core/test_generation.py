@@ -1,14 +1,19 @@
-"""What every engine shares: streamed text, seeds, the room for an answer, and the Engine protocol.
+"""What every engine shares: streamed text, seeds, the room for an answer, the Engine protocol and EngineBase.
 
 The three engines (llama.cpp in process, llama.cpp in a supervised child, transformers) are held to
 :class:`~desktop_dpo.core.llm.generation.Engine` here, by signature and by the attributes an unloaded engine
-has: a call written against the protocol (``sampling``, ``chat``, ``evaluate``) works on each of them.
+has: a call written against the protocol (``sampling``, ``chat``, ``evaluate``) works on each of them. The
+code they share is :class:`~desktop_dpo.core.llm.engine_base.EngineBase` and its helpers.
 """
 
 from __future__ import annotations
 
+import ast
 import inspect
 import random
+import subprocess
+import sys
+import textwrap
 import threading
 import types
 import typing
@@ -19,25 +24,28 @@ import pytest
 from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core.errors import DesktopDpoError, ModelError
 from desktop_dpo.core.jobs import CancelToken
-from desktop_dpo.core.llm.generation import (
-    LARGEST_SEED,
-    MAX_SEED,
-    Engine,
+from desktop_dpo.core.llm.engine_base import (
+    EngineBase,
     GenerationRequest,
-    GenerationResult,
-    ResponseFinished,
     ResponseRun,
     ResponseStream,
     ResponseText,
     StopStringFilter,
-    TokenEvent,
     Utf8Stream,
-    check_seed,
     claim_engine,
+    response_room,
+)
+from desktop_dpo.core.llm.generation import (
+    LARGEST_SEED,
+    MAX_SEED,
+    Engine,
+    GenerationResult,
+    ResponseFinished,
+    TokenEvent,
+    check_seed,
     draw_seed,
     draw_seed_pair,
     pair_seeds,
-    response_room,
     seed_source,
 )
 from desktop_dpo.core.llm.hf import HfEngine
@@ -240,6 +248,25 @@ def test_the_protocol_lists_what_the_app_calls():
     }
 
 
+def test_the_protocol_is_an_interface_and_engine_base_implements_its_shared_calls():
+    for name, declared in protocol_methods(Engine).items():
+        function = declared.fget if isinstance(declared, property) else declared
+        (definition,) = ast.parse(textwrap.dedent(inspect.getsource(function))).body
+        *docstring, last = definition.body
+        assert len(docstring) <= 1, f"Engine.{name} has code"
+        assert isinstance(last, ast.Expr) and isinstance(last.value, ast.Constant), f"Engine.{name} has code"
+        assert last.value.value is Ellipsis, f"Engine.{name}'s body is not ..."
+    for name in ("draw_seed", "generate", "generate_pair"):
+        assert _signature_problems(name, getattr(Engine, name), getattr(EngineBase, name), EngineBase) == []
+    assert all(issubclass(cls, EngineBase) for cls in ENGINES)
+
+
+def test_the_shared_types_load_without_the_engines_shared_code():
+    code = "import sys, desktop_dpo.core.llm.generation\nprint('desktop_dpo.core.llm.engine_base' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
 @pytest.mark.parametrize("cls", list(ENGINES), ids=lambda cls: cls.__name__)
 def test_every_engine_has_the_engine_protocol(cls: type, tmp_path: Path):
     engine = ENGINES[cls](tmp_path)
@@ -280,7 +307,7 @@ def test_an_engine_that_drifted_from_the_protocol_is_named_in_full(tmp_path: Pat
 # ---------------------------------------------------------------------------------------------------------
 
 
-class ScriptedEngine(Engine):
+class ScriptedEngine(EngineBase):
     """An engine whose model writes the same token pieces for every response: the shared part, alone."""
 
     n_ctx = 64

@@ -23,7 +23,8 @@ import pytest
 from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core.errors import DesktopDpoError, ModelError
 from desktop_dpo.core.jobs import CancelToken
-from desktop_dpo.core.llm.generation import PENALTY_LAST_N, GenerationResult, ResponseFinished, TokenEvent
+from desktop_dpo.core.llm.engine_base import PENALTY_LAST_N
+from desktop_dpo.core.llm.generation import GenerationResult, ResponseFinished, TokenEvent
 from desktop_dpo.core.llm.gguf_info import read_gguf_info
 from desktop_dpo.core.llm.llamacpp import LlamaCppEngine, _RepeatPenalty
 from tests.plugins.llama_oracle import safe_llama

@@ -11,7 +11,7 @@ Same behaviour as the llama.cpp engine:
 
 - prompts are rendered by :func:`~desktop_dpo.core.llm.templates.render_prompt` (the model's template, or
   the default ``User:``/``Assistant:`` layout with its stop strings);
-- text is assembled by :class:`~desktop_dpo.core.llm.generation.ResponseText` (complete characters only,
+- text is assembled by :class:`~desktop_dpo.core.llm.engine_base.ResponseText` (complete characters only,
   cut at the first stop string, a possible stop string held back until it is known not to be one);
 - sampling follows llama-cpp-python's order: repeat penalty over the last 64 generated tokens, top-k,
   top-p, min-p, temperature, then a draw from each response's own seeded generator. Temperature 0 is
@@ -54,18 +54,15 @@ from typing import Any
 
 from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core.errors import DesktopDpoError, ModelError
-from desktop_dpo.core.llm.generation import (
-    Engine,
-    FinishReason,
+from desktop_dpo.core.llm.engine_base import (
+    EngineBase,
     GenerationRequest,
-    GenerationResult,
-    Prompt,
     ResponseRun,
     ResponseStream,
     ResponseText,
     claim_engine,
-    seed_source,
 )
+from desktop_dpo.core.llm.generation import FinishReason, GenerationResult, Prompt, seed_source
 from desktop_dpo.core.llm.templates import Message, render_prompt, turn_end_token
 
 log = logging.getLogger(__name__)
@@ -145,7 +142,7 @@ def pick_device_and_dtype(device: str | None = None) -> tuple[str, Any]:
     return chosen, torch.float32
 
 
-class HfEngine(Engine):
+class HfEngine(EngineBase):
     """One Hugging Face model folder in transformers, loaded on first use.
 
     The same interface as :class:`~desktop_dpo.core.llm.llamacpp.LlamaCppEngine`: one generation at a
@@ -347,9 +344,9 @@ class HfEngine(Engine):
         return self.tokenize(text, parse_special=True), stops
 
     # -- generation ------------------------------------------------------------------------------------
-    # generate and generate_pair (Engine's) run _run. A pair is decoded as a batch of two sharing one prompt
-    # pass, or interleaved (module docstring): greedy responses equal generate with the same seed; sampled
-    # ones do too except in rare draws.
+    # generate and generate_pair (EngineBase's) run _run. A pair is decoded as a batch of two sharing one
+    # prompt pass, or interleaved (module docstring): greedy responses equal generate with the same seed;
+    # sampled ones do too except in rare draws.
 
     def _batch_pairs(self) -> bool:
         return self.device.startswith("cuda") if self.batch_pairs is None else self.batch_pairs

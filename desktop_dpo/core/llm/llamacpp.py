@@ -13,7 +13,7 @@ whose matrix products do not depend on the number of rows in a batch. With F16/F
 llama.cpp may sum a 2-row batch in another order: logits then differ by ~1e-6, which can flip
 a sampled token; greedy decoding is unaffected.)
 
-Text is assembled from token pieces by :class:`~desktop_dpo.core.llm.generation.ResponseText` (complete
+Text is assembled from token pieces by :class:`~desktop_dpo.core.llm.engine_base.ResponseText` (complete
 characters only, a possible stop string held back until it is known not to be one); the events, results and
 seeds are those of every engine (``generation.py``).
 
@@ -37,17 +37,15 @@ from typing import Any
 
 from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core.errors import DesktopDpoError, ModelError
-from desktop_dpo.core.llm.generation import (
-    Engine,
+from desktop_dpo.core.llm.engine_base import (
+    EngineBase,
     GenerationRequest,
-    GenerationResult,
-    Prompt,
     ResponseRun,
     ResponseStream,
     ResponseText,
     claim_engine,
-    seed_source,
 )
+from desktop_dpo.core.llm.generation import GenerationResult, Prompt, seed_source
 from desktop_dpo.core.llm.templates import Message, render_prompt, turn_end_token
 
 log = logging.getLogger(__name__)
@@ -162,7 +160,7 @@ class _RepeatPenalty:
             logits[token] = value * self.penalty if value <= 0 else value / self.penalty
 
 
-class LlamaCppEngine(Engine):
+class LlamaCppEngine(EngineBase):
     """One GGUF model in llama.cpp with a context for up to two sequences, loaded on first use.
 
     One generation at a time per engine (the engine pool holds a lock around each job; a second concurrent
@@ -435,8 +433,8 @@ class LlamaCppEngine(Engine):
         return tokens, stops
 
     # -- generation ------------------------------------------------------------------------------------
-    # generate and generate_pair (Engine's) run _run. How a pair is decoded: the module docstring; response k
-    # of a pair equals generate(prompt, settings, seed=seeds[k]) token for token.
+    # generate and generate_pair (EngineBase's) run _run. How a pair is decoded: the module docstring;
+    # response k of a pair equals generate(prompt, settings, seed=seeds[k]) token for token.
 
     def _run(self, request: GenerationRequest) -> Generator[Any, None, list[GenerationResult]]:
         settings, cancel, ignore_eos = request.settings, request.cancel, request.ignore_eos

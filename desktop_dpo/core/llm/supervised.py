@@ -37,7 +37,8 @@ from desktop_dpo.core import errors
 from desktop_dpo.core.child_process import PIPE_CLOSED, STOP_GRACE_S, ChildProcess, describe_exit
 from desktop_dpo.core.errors import DesktopDpoError, EngineCrashed, JobCancelled, ModelError
 from desktop_dpo.core.jobs import CancelToken, Log, drive
-from desktop_dpo.core.llm.generation import Engine, GenerationRequest, Prompt, claim_engine, seed_source
+from desktop_dpo.core.llm.engine_base import EngineBase, GenerationRequest, claim_engine
+from desktop_dpo.core.llm.generation import Prompt, seed_source
 from desktop_dpo.core.llm.load_modes import LoadMode, LoadModeMemory
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ _POLL_S = 0.05  # how often a waiting job looks at its cancel token
 CHILD_MODULE = "desktop_dpo.core.llm.llama_child"  # what the child runs (python -m)
 
 
-class SupervisedLlamaEngine(Engine):
+class SupervisedLlamaEngine(EngineBase):
     """One GGUF model in llama.cpp, in a child process the app supervises.
 
     Args:
@@ -231,8 +232,8 @@ class SupervisedLlamaEngine(Engine):
     # -- requests --------------------------------------------------------------------------------------
 
     def _run(self, request: GenerationRequest) -> Generator[Any, None, list[Any]]:
-        """``generate`` and ``generate_pair`` (Engine's), exactly as ``LlamaCppEngine``'s, run by the child; a
-        crash raises :class:`~desktop_dpo.core.errors.EngineCrashed`."""
+        """``generate`` and ``generate_pair`` (EngineBase's), exactly as ``LlamaCppEngine``'s, run by the
+        child; a crash raises :class:`~desktop_dpo.core.errors.EngineCrashed`."""
         pair = len(request.seeds) > 1
         kwargs: dict[str, Any] = {
             "prompt": request.prompt,
