@@ -114,12 +114,8 @@ class PendingReply:
 class ChatView(SingleModelView):
     """Conversations with a model, streamed and saved.
 
-    Args:
-        store: the GUI thread's database connection.
-        registry: the job registry (replies run on resource ``generate:<model id>``).
-        pool: the engine pool shared with the other views (models stay loaded between replies).
-        paths: the app's folders (GGUF copies of Hugging Face models, settings).
-        rng: draws the sampler seed of each reply (tests pass a seeded one).
+    Takes :class:`~desktop_dpo.gui.model_work_view.ModelWorkView`'s arguments: replies run on resource
+    ``generate:<model id>`` and ``rng`` draws the sampler seed of each reply (tests pass a seeded one).
 
     Signals:
         status_message(str): a line for the status bar.
