@@ -101,7 +101,8 @@ def run_gui(paths: AppPaths) -> int:
     finally:
         sys.excepthook = previous_hook
         remove_refusal_listener(refusal_listener)
-        # The window asked before closing; this only covers a quit that bypassed it.
+        # The window asked before closing and closed once its jobs had stopped, so this finds none; it only
+        # covers a quit that bypassed the window (blocking is harmless now: nothing is left to paint).
         registry.cancel_all_and_wait()
         pool.close_all()
         store.close()

@@ -516,13 +516,7 @@ def _train(
             "No training prompt gave a usable pair (every answer was degenerate, or they tied). Sample more "
             "answers per prompt, or at a higher temperature."
         )
-    run_id = create_run_for_model(
-        store,
-        model,
-        settings.train_config(),
-        name=f"demo ({len(comparison_ids)} pairs)",
-        comparison_ids=comparison_ids,
-    )
+    run_id = create_run_for_model(store, model, settings.train_config(), comparison_ids=comparison_ids)
     # Each event is stored before it is passed on; the run row says completed, stopped or failed, and why.
     yield from recorded_training(store, run_id, cancel=cancel, runs_dir=paths.runs_dir)
     return run_id

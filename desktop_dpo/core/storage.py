@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from desktop_dpo.config import AppPaths
+from desktop_dpo.core.dpo.runs import run_label
 from desktop_dpo.core.jobs import CancelToken, Job, Progress
 from desktop_dpo.core.model_files import (
     EXPORT_FOLDER_KEY,
@@ -423,7 +424,7 @@ class _Scan:
 
     def _checkpoints(self, run: RunRow, folder: Path) -> None:
         nested = self._nested_leftovers(folder)
-        used_by = f"Checkpoints of run {run.id} ({run.name}), step {run.step}"
+        used_by = f"Checkpoints of {run_label(run.id, run.name)}, step {run.step}"
         if run.status == "running":
             removable, reason, confirm = False, f"Run {run.id} is training now.", False
         elif run.status == "completed":
@@ -450,7 +451,7 @@ class _Scan:
         )
 
     def _adapter(self, run: RunRow, folder: Path) -> None:
-        used_by = f"The adapter of run {run.id} ({run.name}): what training made"
+        used_by = f"The adapter of {run_label(run.id, run.name)}: what training made"
         if run.status == "running":
             self.add(folder, "run_adapter", used_by, False, f"Run {run.id} is training now.", run_id=run.id)
             return

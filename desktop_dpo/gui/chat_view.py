@@ -48,6 +48,7 @@ from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.llm.generation import GenerationResult, ResponseFinished, TokenEvent, draw_seed
 from desktop_dpo.core.sampling import record_model_info
 from desktop_dpo.core.store import MessageRow, ModelRow, Store
+from desktop_dpo.core.wording import plural
 from desktop_dpo.gui import widgets
 from desktop_dpo.gui.chat_conversation_list import RENAME_SHORTCUT, ConversationList
 from desktop_dpo.gui.chat_system_prompt import SystemPromptEditor
@@ -78,7 +79,7 @@ def describe_reply(result: GenerationResult) -> str:
     ending = {"stop": "finished", "length": "reached the token limit", "cancelled": "stopped"}.get(
         result.finish_reason, result.finish_reason
     )
-    return f"{result.completion_tokens} tokens · {result.seconds:.1f} s · {ending}"
+    return f"{plural(result.completion_tokens, 'token')} · {result.seconds:.1f} s · {ending}"
 
 
 def _header(message: MessageRow) -> str:
@@ -91,7 +92,7 @@ def _header(message: MessageRow) -> str:
 def _note(message: MessageRow) -> str:
     if message.role == "assistant" and message.meta.get("stopped"):
         tokens = message.meta.get("completion_tokens")
-        return f"Stopped after {tokens} tokens" if tokens else "Stopped"
+        return f"Stopped after {plural(tokens, 'token')}" if tokens else "Stopped"
     return ""
 
 
@@ -629,7 +630,9 @@ class ChatView(SingleModelView):
                 reply.text += text
                 self.transcript.append_to_reply(text)
             reply.n_tokens = event.n_tokens
-            self._set_activity(f"{reply.model.name} is writing… {event.n_tokens} tokens · Esc stops.")
+            self._set_activity(
+                f"{reply.model.name} is writing… {plural(event.n_tokens, 'token')} · Esc stops."
+            )
         elif isinstance(event, ResponseFinished):
             reply.result = event.result
         elif isinstance(event, HistoryTrimmed):
@@ -700,7 +703,7 @@ class ChatView(SingleModelView):
         except DesktopDpoError as exc:
             self.show_error(f"The reply could not be saved: {exc}")
         tokens = result.completion_tokens
-        self.transcript.finish_reply(text, note=f"Stopped after {tokens} tokens" if stopped else "")
+        self.transcript.finish_reply(text, note=f"Stopped after {plural(tokens, 'token')}" if stopped else "")
         self._messages = self.store.conversation_messages(reply.conversation_id)
         self._set_activity(describe_reply(result))
         self.notify("Reply stopped; the text so far was saved." if stopped else "Reply saved.")

@@ -1,16 +1,22 @@
 """The row of choice buttons under two answers: Collect's verdicts and Evaluate's votes.
 
-The main choices (left, right) get twice the room of the others; each button shows its shortcut, and a note
-on the last choice follows them (``feedback``).
+The main choices (left, right) get twice the room of the others; each button shows its shortcut where the
+row has room for every shortcut (otherwise the shortcut is in the tooltip only, so no label is ever cut), and a
+note on the last choice follows them (``feedback``), wrapping rather than cut when the row is narrow.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QWidget
 
+if TYPE_CHECKING:
+    from PySide6.QtGui import QResizeEvent
+
 MAIN_CHOICES = ("left", "right")
+FEEDBACK_MIN_WIDTH = 90  # the note after the buttons wraps within at least this much room
 
 
 class ChoiceBar(QFrame):
@@ -21,8 +27,6 @@ class ChoiceBar(QFrame):
         choices: the choices, in order on screen.
         labels, shortcuts, tips: for each choice, its button's text, its key (shown on the button and in
             the tooltip) and its tooltip.
-        wrap_feedback: the note wraps (Evaluate's reveal); otherwise it is clipped by the room it gets, never
-            a reason to widen the window.
 
     The owner connects ``buttons`` (by choice).
     """
@@ -35,7 +39,6 @@ class ChoiceBar(QFrame):
         labels: Mapping[str, str],
         shortcuts: Mapping[str, str],
         tips: Mapping[str, str],
-        wrap_feedback: bool = False,
         parent: QWidget | None = None,
     ):
         super().__init__(parent)
@@ -44,9 +47,14 @@ class ChoiceBar(QFrame):
         self.bar_layout.setContentsMargins(10, 8, 10, 8)
         self.bar_layout.setSpacing(8)
         self.buttons: dict[str, QPushButton] = {}
+        # (button, label with its shortcut, label alone), in order: what _fit_labels switches between.
+        self._labels: list[tuple[QPushButton, str, str]] = []
         for choice in choices:
             key = shortcuts[choice]
             button = QPushButton(f"{labels[choice]}   {key}")
+            # Shrinks to its short label (see _fit_labels) instead of holding the row at its long one.
+            button.setSizePolicy(QSizePolicy.Policy.Preferred, button.sizePolicy().verticalPolicy())
+            self._labels.append((button, button.text(), labels[choice]))
             button.setObjectName(f"{kind}Button")
             button.setProperty("main", choice in MAIN_CHOICES)
             button.setToolTip(f"{tips[choice]} ({key})")
@@ -55,8 +63,34 @@ class ChoiceBar(QFrame):
         self.bar_layout.addSpacing(6)
         self.feedback = QLabel()
         self.feedback.setObjectName(f"{kind}Feedback")
-        if wrap_feedback:
-            self.feedback.setWordWrap(True)
-        else:
-            self.feedback.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.feedback.setWordWrap(True)
+        self.feedback.setMinimumWidth(FEEDBACK_MIN_WIDTH)
         self.bar_layout.addWidget(self.feedback, 1)
+
+    def add_button(self, button: QPushButton, short_text: str) -> None:
+        """Add ``button`` at the end of the row; ``short_text`` is its label where the row is narrow."""
+        button.setSizePolicy(QSizePolicy.Policy.Preferred, button.sizePolicy().verticalPolicy())
+        self._labels.append((button, button.text(), short_text))
+        self.bar_layout.addWidget(button)
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # Qt override
+        super().resizeEvent(event)
+        self._fit_labels()
+
+    def _fit_labels(self) -> None:
+        """Long labels (with the shortcut) where all of them fit in the row, short ones otherwise. A button
+        never gets less room than its short label needs, so the row's minimum is the short labels'."""
+        self.ensurePolished()
+        margins = self.bar_layout.contentsMargins()
+        room = self.width() - margins.left() - margins.right() - FEEDBACK_MIN_WIDTH
+        room -= self.bar_layout.spacing() * len(self._labels) + 6  # the gaps, and the spacing before the note
+        needed = 0
+        for button, long_text, short_text in self._labels:
+            button.ensurePolished()
+            metrics = button.fontMetrics()
+            padding = button.sizeHint().width() - metrics.horizontalAdvance(button.text())
+            button.setMinimumWidth(metrics.horizontalAdvance(short_text) + padding)
+            needed += metrics.horizontalAdvance(long_text) + padding
+        fits = needed <= room
+        for button, long_text, short_text in self._labels:
+            button.setText(long_text if fits else short_text)

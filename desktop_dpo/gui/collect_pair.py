@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from desktop_dpo.core.llm.generation import GenerationResult
+from desktop_dpo.core.wording import plural
 from desktop_dpo.gui.response_pane import SIDE_NAMES
 
 CHOICES = ("left", "right", "tie", "both_bad", "skip")
@@ -34,7 +35,7 @@ def describe_result(result: GenerationResult) -> str:
         "length": "reached the token limit",
         "cancelled": "stopped",
     }.get(result.finish_reason, result.finish_reason)
-    return f"{result.completion_tokens} tokens · {result.seconds:.1f} s · {ending}"
+    return f"{plural(result.completion_tokens, 'token')} · {result.seconds:.1f} s · {ending}"
 
 
 @dataclass

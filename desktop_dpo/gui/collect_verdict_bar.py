@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from PySide6.QtCore import QEvent, QObject
 from PySide6.QtGui import QKeyEvent, QKeySequence
-from PySide6.QtWidgets import QPlainTextEdit, QPushButton, QWidget
+from PySide6.QtWidgets import QPlainTextEdit, QWidget
 
 from desktop_dpo.gui.choice_bar import ChoiceBar
 from desktop_dpo.gui.collect_pair import CHOICES
+from desktop_dpo.gui.widgets import button
 
 VERDICT_SHORTCUTS = {"left": "Alt+1", "right": "Alt+2", "tie": "Alt+3", "both_bad": "Alt+4", "skip": "Alt+0"}
 CHOICE_LABELS = {
@@ -40,10 +41,10 @@ class VerdictBar(ChoiceBar):
             tips=CHOICE_TIPS,
             parent=parent,
         )
-        self.undo_button = QPushButton("Undo   Ctrl+Z")
-        self.undo_button.setObjectName("secondaryButton")
-        self.undo_button.setToolTip("Take back the last verdict and judge the pair again (Ctrl+Z)")
-        self.bar_layout.addWidget(self.undo_button)
+        self.undo_button = button(
+            "Undo   Ctrl+Z", tooltip="Take back the last verdict and judge the pair again (Ctrl+Z)"
+        )
+        self.add_button(self.undo_button, "Undo")
 
 
 class UndoKeyFilter(QObject):

@@ -46,6 +46,7 @@ from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.llm.generation import GenerationResult, ResponseFinished, TokenEvent
 from desktop_dpo.core.prompt_files import read_prompt_file
 from desktop_dpo.core.store import ModelRow, Store
+from desktop_dpo.core.wording import plural
 from desktop_dpo.gui import widgets
 from desktop_dpo.gui.collect_pair import (
     CHOICES,
@@ -134,7 +135,8 @@ class CollectView(SingleModelView):
 
         layout = self._page_layout(header, self._build_prompt_card(header))
         layout.addLayout(self._build_answers(), 1)
-        layout.addWidget(self._build_verdict_bar())
+        self.verdict_bar = self._build_verdict_bar()
+        layout.addWidget(self.verdict_bar)
 
     def _build_prompt_card(self, header: QHBoxLayout) -> QFrame:
         """The prompt card: model, prompt, actions, sampling settings (the queue's buttons go in ``header``)."""
@@ -518,6 +520,7 @@ class CollectView(SingleModelView):
         )
         self._set_activity(self._sampling_text)
         self._update_actions()
+        self._bring_into_view(self.verdict_bar)  # a short window: the answers and the verdicts come up
         return True
 
     def _pane_for(self, generation: int) -> ResponsePane:
@@ -535,7 +538,7 @@ class CollectView(SingleModelView):
             pane = self._pane_for(event.seq)
             if event.text:
                 pane.append(event.text)
-            pane.status.setText(f"Writing… {event.n_tokens} tokens")
+            pane.status.setText(f"Writing… {plural(event.n_tokens, 'token')}")
         elif isinstance(event, ResponseFinished):
             self._finish_generation(event.seq, event.result)
         else:
@@ -673,7 +676,7 @@ class CollectView(SingleModelView):
         generation = pair.generation_on(side)
         original = pair.texts[generation]
         current = pair.edit[1] if pair.edit and pair.edit[0] == generation else original
-        dialog = ResponseEditDialog(SIDE_NAMES[side], original, current, self)
+        dialog = ResponseEditDialog(SIDE_NAMES[side], original, current, pair.messages, self)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.accepted.connect(lambda: self._on_edit_accepted(pair, generation, dialog.text()))
         dialog.finished.connect(lambda _result: setattr(self, "edit_dialog", None))

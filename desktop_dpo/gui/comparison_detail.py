@@ -24,9 +24,9 @@ from desktop_dpo.core.store import ComparisonView, GenerationRow
 from desktop_dpo.core.wording import plural
 from desktop_dpo.gui.comparison_table_model import (
     SOURCE_WORDS,
-    VERDICT_WORDS,
     format_date,
-    shown_side_words,
+    verdict_choices,
+    verdict_tip,
 )
 from desktop_dpo.gui.widgets import (
     STRETCH,
@@ -105,17 +105,30 @@ def prompt_html(messages: Sequence[dict[str, str]]) -> str:
     return "".join(blocks)
 
 
-class _PromptBrowser(FitsText, QTextBrowser):
-    """The conversation before the responses: as tall as its text, up to a limit, and shrinking first when
-    the panel is short (then it scrolls), so the responses keep their room."""
+class PromptBrowser(FitsText, QTextBrowser):
+    """The conversation before the responses (see :func:`prompt_html`): as tall as its text, up to
+    ``max_height``, and shrinking first when the window is short (then it scrolls), so the responses keep
+    their room."""
 
-    def __init__(self, parent: QWidget | None = None):
+    def __init__(self, parent: QWidget | None = None, *, max_height: int = PROMPT_MAX_HEIGHT):
         super().__init__(parent)
-        self.fit_height(40, PROMPT_MAX_HEIGHT, floor=36, padding=4)
+        self.setOpenLinks(False)
+        self.fit_height(40, max_height, floor=36, padding=4)
+
+    def show_messages(self, messages: Sequence[dict[str, str]]) -> None:
+        """Show ``messages``, fitted to their height and scrolled to the last one."""
+        self.setHtml(prompt_html(messages))
+        self.fit_to_contents()
+        self.show_end()
 
     def fit_to_contents(self) -> None:
         self.document().setTextWidth(max(self.viewport().width(), 200))
         super().fit_to_contents()
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # Qt override
+        super().resizeEvent(event)
+        if event.size().width() != event.oldSize().width():
+            self.fit_to_contents()  # a narrower box wraps the conversation onto more lines
 
     def show_end(self) -> None:
         """Scroll to the last message (the one the responses answer), now and once the box has its new
@@ -186,18 +199,17 @@ class ComparisonDetail(QFrame):
 
         self.title = styled_label("", "detailTitle")
         self.meta = text_label("", "detailMeta", selectable=True, plain=False)
-        self.prompt_text = _PromptBrowser()
+        self.prompt_text = PromptBrowser()
         self.prompt_text.setObjectName("promptText")
-        self.prompt_text.setOpenLinks(False)
-        self.panes = {"a": _TextPane("Response A"), "b": _TextPane("Response B")}
+        # Keyed by generation; laid out in the order they were shown (see _place_panes).
+        self.panes = {"a": _TextPane("Answer A"), "b": _TextPane("Answer B")}
         self.edit_pane = _TextPane("Your rewrite")
         for pane in (*self.panes.values(), self.edit_pane):
             pane.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Expanding)
 
         self.verdict_combo = QComboBox()
         self.verdict_combo.setObjectName("verdictCombo")
-        for verdict, words in VERDICT_WORDS.items():
-            self.verdict_combo.addItem(words, verdict)
+        self._fill_verdict_combo(None)
         self.verdict_combo.setToolTip("Change the verdict (saved at once)")
         self.verdict_combo.activated.connect(self._on_verdict_combo_activated)
         self.note_edit = QLineEdit()
@@ -209,6 +221,7 @@ class ComparisonDetail(QFrame):
 
         head = hbox(self.title, (self.meta, 1), spacing=10)
         responses = hbox((self.panes["a"], 1), (self.panes["b"], 1), (self.edit_pane, 1), spacing=10)
+        self._responses = responses
         controls = hbox(
             field_label("Verdict"),
             self.verdict_combo,
@@ -246,17 +259,14 @@ class ComparisonDetail(QFrame):
         self.comparison_id = comparison.id
         self.title.setText(f"Comparison #{comparison.id}")
         facts = [format_date(comparison.created_at), SOURCE_WORDS.get(comparison.source, comparison.source)]
-        if comparison.a_shown_left is not None:
-            facts.append(f"A was shown on the {shown_side_words(comparison.a_shown_left).lower()}")
         if comparison.deleted:
             facts.append("deleted (not trained on)")
         turns = user_turns(view.messages)
         if turns > 1:
             facts.append(f"turn {turns} of a conversation, trained with the earlier turns as its prompt")
         self.meta.setText(" · ".join(facts))
-        self.prompt_text.setHtml(prompt_html(view.messages))
-        self._fit_prompt_height()
-        self.prompt_text.show_end()
+        self.prompt_text.show_messages(view.messages)
+        names = self._place_panes(comparison.a_shown_left, comparison.source)
 
         verdict = comparison.verdict
         badges = {"a": "", "b": ""}
@@ -272,7 +282,8 @@ class ComparisonDetail(QFrame):
             meta = describe_generation(generation, name)
             tip = describe_generation(generation, name, full=True)
             if comparison.source == "import" and generation is not None and not generation.sampling:
-                meta = tip = "Imported: model and sampling settings unknown"
+                role = "chosen" if side == "a" else "rejected"
+                meta = tip = f"Imported as {role}: model and sampling settings unknown"
             self.panes[side].show_text(
                 texts[side], badge=badges[side], chosen=verdict == side, meta=meta, meta_tip=tip
             )
@@ -281,19 +292,52 @@ class ComparisonDetail(QFrame):
         if edited:
             side = comparison.edited_side
             assert side is not None
-            self.edit_pane.title.setText(f"Rewrite of {side.upper()}")
+            name = names[side] if comparison.a_shown_left is None else f"the {names[side]}"
+            self.edit_pane.title.setText(f"Your rewrite of {name}")
             self.edit_pane.show_text(
                 comparison.edited_text or "",
                 badge="✓ Chosen",
-                meta=f"Yours: trained as preferred over the original {side.upper()}",
+                meta=f"Trained as preferred over the original {names[side]}",
             )
             set_style_property(self.edit_pane.badge, "tone", "rewrite")
 
+        self._fill_verdict_combo(comparison.a_shown_left, comparison.source)
         index = self.verdict_combo.findData(verdict)
         self.verdict_combo.setCurrentIndex(max(index, 0))
         self._shown_note = comparison.note or ""
         self.note_edit.setText(self._shown_note)
         self.stack.setCurrentIndex(1)
+
+    def _place_panes(self, a_shown_left: bool | None, source: str) -> dict[str, str]:
+        """Title the responses as the person saw them and lay them out in that order: left answer first.
+        Returns how each generation is named in a sentence ("left answer", "answer A")."""
+        if a_shown_left is None:
+            order = ("a", "b")
+            titles = {"a": "Answer A", "b": "Answer B"}
+            names = {"a": "answer A", "b": "answer B"}
+        else:
+            order = ("a", "b") if a_shown_left else ("b", "a")
+            titles = {order[0]: "Left answer", order[1]: "Right answer"}
+            names = {order[0]: "left answer", order[1]: "right answer"}
+        tip = verdict_tip(source, a_shown_left) or ""
+        for position, side in enumerate(order):
+            pane = self.panes[side]
+            pane.title.setText(titles[side])
+            pane.title.setToolTip(tip)
+            if self._responses.indexOf(pane) != position:
+                self._responses.removeWidget(pane)
+                self._responses.insertWidget(position, pane, 1)
+        return names
+
+    def _fill_verdict_combo(self, a_shown_left: bool | None, source: str = "collect") -> None:
+        """The verdicts in the words the person judged with: left and right when the pair was shown."""
+        self.verdict_combo.clear()
+        for words, verdict in verdict_choices(a_shown_left):
+            self.verdict_combo.addItem(words, verdict)
+            if verdict in ("a", "b") and (tip := verdict_tip(source, a_shown_left)):
+                self.verdict_combo.setItemData(
+                    self.verdict_combo.count() - 1, tip, Qt.ItemDataRole.ToolTipRole
+                )
 
     def _fit_prompt_height(self) -> None:
         self.prompt_text.fit_to_contents()

@@ -25,39 +25,91 @@ from PySide6.QtGui import QColor, QFont
 
 from desktop_dpo.core.store import ComparisonSummary, Store
 
-# A verdict names a generation (A or B), never a screen side.
-VERDICT_WORDS = {"a": "A better", "b": "B better", "tie": "Tie", "both_bad": "Both bad", "skip": "Skip"}
+# A verdict names a generation (A or B), never a screen side; the table and the detail panel say it the way
+# the person judged it: the side the better answer was shown on.
+SIDE_WORDS = {"left": "Left better", "right": "Right better"}
+# Pairs never shown side by side (imported, or saved without the side) keep A and B: for an imported pair,
+# A is the answer the file marked chosen and B the one it marked rejected.
+UNSHOWN_WORDS = {"a": "A better", "b": "B better"}
+VERDICT_WORDS = {"tie": "Tie", "both_bad": "Both bad", "skip": "Skipped"}  # verdicts that name no answer
 SOURCE_WORDS = {"collect": "Collected", "import": "Imported"}
+IMPORTED_TIP = (
+    "Imported pair, never shown side by side: A is the answer the file marked chosen, "
+    "B the one it marked rejected"
+)
+UNSHOWN_TIP = "Not judged side by side, so its answers are called A and B"
 
-# The verdict filter: key -> (label, keyword arguments for Store.comparison_summaries).
-VERDICT_FILTERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "all": ("All verdicts", {}),
-    "usable": ("Usable for training", {"usable": True}),
-    "a": ("A better", {"verdicts": ["a"]}),
-    "b": ("B better", {"verdicts": ["b"]}),
-    "tie": ("Tie", {"verdicts": ["tie"]}),
-    "both_bad": ("Both bad", {"verdicts": ["both_bad"]}),
-    "skip": ("Skip", {"verdicts": ["skip"]}),
-    "edited": ("Edited", {"edited": True}),
+
+def winning_side(verdict: str, a_shown_left: bool | None) -> str | None:
+    """The screen side ("left" or "right") of the answer a verdict prefers; None for a tie, both bad,
+    skipped, or a pair that was never shown side by side."""
+    if a_shown_left is None or verdict not in ("a", "b"):
+        return None
+    return "left" if (verdict == "a") == a_shown_left else "right"
+
+
+def verdict_name(verdict: str, a_shown_left: bool | None) -> str:
+    """A verdict in the words the person judged it with: "Left better", "Tie", "Skipped" ... ("A better"
+    for a pair never shown side by side)."""
+    side = winning_side(verdict, a_shown_left)
+    if side is not None:
+        return SIDE_WORDS[side]
+    return UNSHOWN_WORDS.get(verdict) or VERDICT_WORDS.get(verdict, verdict)
+
+
+def verdict_choices(a_shown_left: bool | None) -> list[tuple[str, str]]:
+    """(words, verdict) for each verdict a person can give a comparison, in the order a verdict box lists
+    them: the side shown first for a pair judged side by side."""
+    if a_shown_left is None:
+        better = [(UNSHOWN_WORDS["a"], "a"), (UNSHOWN_WORDS["b"], "b")]
+    else:
+        left, right = ("a", "b") if a_shown_left else ("b", "a")
+        better = [(SIDE_WORDS["left"], left), (SIDE_WORDS["right"], right)]
+    return better + [(words, verdict) for verdict, words in VERDICT_WORDS.items()]
+
+
+def verdict_tip(source: str, a_shown_left: bool | None) -> str | None:
+    """Why a pair's answers are called A and B (None when it was judged side by side)."""
+    if a_shown_left is not None:
+        return None
+    return IMPORTED_TIP if source == "import" else UNSHOWN_TIP
+
+
+def verdict_words(summary: ComparisonSummary) -> str:
+    """The verdict as a person reads it: "Left better", "Tie", "Edited · Right better" ..."""
+    words = verdict_name(summary.verdict, summary.a_shown_left)
+    return f"Edited · {words}" if summary.edited else words
+
+
+@dataclass(frozen=True)
+class VerdictFilter:
+    """One choice of the verdict filter."""
+
+    label: str
+    query: dict[str, Any]  # keyword arguments for Store.comparison_summaries
+    keep: Callable[[ComparisonSummary], bool] | None = None  # what SQL cannot tell: the side shown
+
+
+def _won_on(side: str) -> VerdictFilter:
+    return VerdictFilter(
+        SIDE_WORDS[side], {"verdicts": ["a", "b"]}, lambda s: winning_side(s.verdict, s.a_shown_left) == side
+    )
+
+
+VERDICT_FILTERS: dict[str, VerdictFilter] = {
+    "all": VerdictFilter("All verdicts", {}),
+    "usable": VerdictFilter("Usable for training", {"usable": True}),
+    "left": _won_on("left"),
+    "right": _won_on("right"),
+    **{verdict: VerdictFilter(words, {"verdicts": [verdict]}) for verdict, words in VERDICT_WORDS.items()},
+    "edited": VerdictFilter("Edited", {"edited": True}),
+    "imported": VerdictFilter("Imported", {}, lambda s: s.source == "import"),
 }
 
 MUTED = QColor("#94a3b8")
 DELETED = QColor("#b91c1c")
-NONE_SHOWN = "—"  # a cell with nothing to show (no chosen response for a tie, a pair never shown)
+NONE_SHOWN = "—"  # a cell with nothing to show (no chosen response for a tie)
 TOOLTIP_CHARS = 400  # a tooltip shows this much of a text; the store is asked for one more to know "cut"
-
-
-def verdict_words(summary: ComparisonSummary) -> str:
-    """The verdict as a person reads it: "A better", "Tie", "Edited · B better" ..."""
-    words = VERDICT_WORDS.get(summary.verdict, summary.verdict)
-    return f"Edited · {words}" if summary.edited else words
-
-
-def shown_side_words(a_shown_left: bool | None) -> str:
-    """Which screen side generation A was shown on."""
-    if a_shown_left is None:
-        return NONE_SHOWN
-    return "Left" if a_shown_left else "Right"
 
 
 def one_line(text: str) -> str:
@@ -94,19 +146,18 @@ COLUMNS = (
         lambda s: one_line(s.prompt).casefold(),
         "The last user message (“Turn 3 ·”: the third message of a conversation, trained with the turns before it)",
     ),
-    Column("verdict", "Verdict", 120, verdict_words, "Which response was better (A and B are the samples)"),
+    Column(
+        "verdict",
+        "Verdict",
+        120,
+        verdict_words,
+        "Which answer was better, by the side of the screen you saw it on",
+    ),
     Column("chosen", "Chosen", 180, lambda s: one_line(s.chosen).casefold(), "The response training prefers"),
     Column(
         "rejected", "Rejected", 180, lambda s: one_line(s.rejected).casefold(), "The response training avoids"
     ),
     Column("source", "Source", 84, lambda s: s.source, "Judged in Collect, or imported from a file"),
-    Column(
-        "shown",
-        "A shown",
-        74,
-        lambda s: shown_side_words(s.a_shown_left),
-        "The screen side response A appeared on (— for imported pairs, never shown)",
-    ),
     Column("deleted", "Deleted", 74, lambda s: s.deleted, "Deleted comparisons are kept, but not trained on"),
 )
 COLUMN_INDEX = {column.key: index for index, column in enumerate(COLUMNS)}
@@ -155,8 +206,11 @@ class ComparisonTableModel(QAbstractTableModel):
             include_deleted=self._include_deleted,
             search=self._search or None,
             preview_chars=TOOLTIP_CHARS + 1,
-            **VERDICT_FILTERS[self._verdict_filter][1],
+            **VERDICT_FILTERS[self._verdict_filter].query,
         )
+        keep = VERDICT_FILTERS[self._verdict_filter].keep
+        if keep is not None:
+            rows = [summary for summary in rows if keep(summary)]
         self.beginResetModel()
         self._rows = rows
         self._sort_rows()
@@ -273,8 +327,6 @@ class ComparisonTableModel(QAbstractTableModel):
             return one_line(getattr(summary, key)) or NONE_SHOWN
         if key == "source":
             return SOURCE_WORDS.get(summary.source, summary.source.capitalize())
-        if key == "shown":
-            return shown_side_words(summary.a_shown_left)
         if key == "deleted":
             return "Deleted" if summary.deleted else ""
         raise KeyError(key)
@@ -283,7 +335,7 @@ class ComparisonTableModel(QAbstractTableModel):
         if key in ("prompt", "chosen", "rejected"):
             text = getattr(summary, key)
             if not text and key != "prompt":
-                return f"{VERDICT_WORDS.get(summary.verdict, summary.verdict)}: no response chosen"
+                return f"{verdict_name(summary.verdict, summary.a_shown_left)}: no response chosen"
             shown = text[:TOOLTIP_CHARS] + ("…" if len(text) > TOOLTIP_CHARS else "")
             if key == "prompt" and summary.user_turns > 1:
                 return (
@@ -294,10 +346,13 @@ class ComparisonTableModel(QAbstractTableModel):
                 # The table shows the last user message; say that there is more before it.
                 return f"The last of {summary.turns} messages (select the row to read them all):\n\n{shown}"
             return shown
-        if key == "verdict" and summary.has_note:
-            return "Has a note (select the row to read it)"
-        if key == "shown" and summary.a_shown_left is None:
-            return "Imported pairs were never shown side by side"
+        if key == "verdict":
+            tips = [
+                verdict_tip(summary.source, summary.a_shown_left) if summary.verdict in ("a", "b") else None
+            ]
+            if summary.has_note:
+                tips.append("Has a note (select the row to read it)")
+            return "\n".join(tip for tip in tips if tip) or None
         if key == "date":
             return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(summary.created_at))
         return None

@@ -59,8 +59,8 @@ from desktop_dpo.gui.comparison_table_model import (
     COLUMN_INDEX,
     COLUMNS,
     VERDICT_FILTERS,
-    VERDICT_WORDS,
     ComparisonTableModel,
+    verdict_name,
 )
 from desktop_dpo.gui.message_banner import MessageBanner
 from desktop_dpo.gui.view_messages import ViewMessages
@@ -213,8 +213,8 @@ class DataView(ViewMessages, QWidget):
         self.search_edit.returnPressed.connect(self.apply_filters)
         self.verdict_filter = QComboBox()
         self.verdict_filter.setObjectName("verdictFilter")
-        for key, (label, _kwargs) in VERDICT_FILTERS.items():
-            self.verdict_filter.addItem(label, key)
+        for key, verdict_filter in VERDICT_FILTERS.items():
+            self.verdict_filter.addItem(verdict_filter.label, key)
         self.verdict_filter.setToolTip("Show only comparisons with this verdict")
         self.verdict_filter.currentIndexChanged.connect(lambda _index: self.apply_filters())
         self.show_deleted_check = QCheckBox("Show deleted")
@@ -457,7 +457,7 @@ class DataView(ViewMessages, QWidget):
         shown_id = selected[0] if len(selected) == 1 else None
         if shown_id is None:
             if len(selected) > 1:
-                self.detail.clear(f"{len(selected)} comparisons selected. Delete removes them all.")
+                self.detail.clear(f"{plural(len(selected), 'comparison')} selected. Delete removes them all.")
             else:
                 self.detail.clear("Select a comparison to read it in full, change its verdict or add a note.")
             return
@@ -580,7 +580,9 @@ class DataView(ViewMessages, QWidget):
             return
         if self.detail.comparison_id == comparison_id:
             self._show_detail(comparison_id)
-        self._after_change(f"Comparison #{comparison_id}: now “{VERDICT_WORDS[verdict]}”.")
+        row = self.model.row_of(comparison_id)
+        a_shown_left = self.model.summary(row).a_shown_left if row is not None else None
+        self._after_change(f"Comparison #{comparison_id}: now “{verdict_name(verdict, a_shown_left)}”.")
 
     @Slot(int, str)
     def _on_detail_note_edited(self, comparison_id: int, note: str) -> None:

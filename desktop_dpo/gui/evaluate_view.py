@@ -51,6 +51,7 @@ from desktop_dpo.core.evaluate import (
 from desktop_dpo.core.llm.generation import GenerationResult, ResponseFinished, TokenEvent, draw_seed
 from desktop_dpo.core.sampling import record_model_info
 from desktop_dpo.core.store import EvaluationRow, ModelRow, PromptRow, Store
+from desktop_dpo.core.wording import plural
 from desktop_dpo.gui import widgets
 from desktop_dpo.gui.choice_bar import ChoiceBar
 from desktop_dpo.gui.model_work_view import STOP_SHORTCUT, ModelWorkView
@@ -108,15 +109,17 @@ def _set_role(title: QLabel, role: str) -> None:
 
 
 def _describe_model(model: ModelRow) -> str:
-    """A model in the pickers: its name, and whether it is an aligned one."""
-    return f"{model.name}  · aligned" if model.source == "aligned" else model.name
+    """A model in the pickers: its name, and whether it is an aligned one (unless the name says so)."""
+    if model.source == "aligned" and "aligned" not in model.name.lower():
+        return f"{model.name}  · aligned"
+    return model.name
 
 
 def _describe(result: GenerationResult) -> str:
     ending = {"stop": "finished", "length": "reached the token limit", "cancelled": "stopped"}.get(
         result.finish_reason, result.finish_reason
     )
-    return f"{result.completion_tokens} tokens · {ending}"
+    return f"{plural(result.completion_tokens, 'token')} · {ending}"
 
 
 @dataclass
@@ -199,7 +202,8 @@ class EvaluateView(ModelWorkView):
         layout = self._page_layout(header, card)
         layout.addWidget(self.prompt_view)
         layout.addLayout(answers, 1)
-        layout.addWidget(self._build_vote_bar())
+        self.vote_bar = self._build_vote_bar()
+        layout.addWidget(self.vote_bar)
         layout.addWidget(self._build_summary())
 
     def _build_card(self) -> QFrame:
@@ -255,7 +259,6 @@ class EvaluateView(ModelWorkView):
             labels=CHOICE_LABELS,
             shortcuts=VOTE_SHORTCUTS,
             tips=CHOICE_TIPS,
-            wrap_feedback=True,
         )
         for choice, button in bar.buttons.items():
             button.clicked.connect(lambda _checked=False, c=choice: self.vote(c))
@@ -497,6 +500,7 @@ class EvaluateView(ModelWorkView):
         self.clear_error()
         self.feedback.clear()
         self.prompt_view.setPlainText(prompt.text)
+        self._bring_into_view(self.vote_bar)  # a short window: the answers and the votes come up
         for pane in self.panes:
             pane.title.setText(SIDE_NAMES[pane.side])
             _set_role(pane.title, "")

@@ -33,7 +33,13 @@ from PySide6.QtWidgets import (
 )
 
 from desktop_dpo.config import AppPaths
-from desktop_dpo.core.export.gguf import DEFAULT_QUANTIZATION, QUANTIZATIONS, llama_cpp_command
+from desktop_dpo.core.dpo.runs import run_label
+from desktop_dpo.core.export.gguf import (
+    DEFAULT_QUANTIZATION,
+    QUANTIZATIONS,
+    estimate_export_bytes,
+    llama_cpp_command,
+)
 from desktop_dpo.core.export.parity import ParityReport
 from desktop_dpo.core.export.pipeline import (
     ExportFinished,
@@ -43,19 +49,20 @@ from desktop_dpo.core.export.pipeline import (
 )
 from desktop_dpo.core.model_files import EXPORT_FOLDER_KEY
 from desktop_dpo.core.store import ExportRow, ModelRow, RunRow, Store
-from desktop_dpo.core.wording import human_size
+from desktop_dpo.core.wording import human_size, plural
 from desktop_dpo.gui.message_banner import MessageBanner
 from desktop_dpo.gui.page_view import PageView
 from desktop_dpo.gui.view_messages import ActivityLine
 from desktop_dpo.gui.widgets import (
     STRETCH,
+    FoldToggle,
     button,
     field_label,
     hbox,
+    page_header,
     set_style_property,
     styled_label,
     text_label,
-    title_block,
     vbox,
 )
 from desktop_dpo.workers.export_worker import EXPORT_RESOURCE, export_job
@@ -77,6 +84,35 @@ def _report(parity: dict) -> ParityReport:
     """A stored parity dict as a report (keys an older version wrote and this one no longer knows are skipped)."""
     known = set(ParityReport.__dataclass_fields__)
     return ParityReport(**{key: value for key, value in parity.items() if key in known})
+
+
+def parity_summary(parity: dict) -> str:
+    """The parity report in one sentence a person without the jargon understands ({} = check skipped)."""
+    if not parity:
+        return (
+            "The check was skipped, so nothing confirms that the files answer like the model you trained. "
+            "Try them in Chat before sharing them."
+        )
+    report = _report(parity)
+    texts = report.tokenizer_texts
+    if texts and report.tokenizer_identical < texts:
+        differ = texts - report.tokenizer_identical
+        return (
+            f"The exported files read some text differently from the model you trained ({differ} of "
+            f"{plural(texts, 'test text')}), so their answers may differ from what you saw in training."
+        )
+    if report.top1_agreement is None or not report.logits_tokens:
+        return "The exported files read text the same way as the model you trained; their answers were not compared."
+    same = round(report.top1_agreement * report.logits_tokens)
+    if report.passed:
+        return (
+            "The exported model answers like the one you trained: it picked the same next word "
+            f"{same} of {report.logits_tokens} times on the test texts, and reads text the same way."
+        )
+    return (
+        "The exported model does not always answer like the one you trained: it picked the same next word "
+        f"only {same} of {report.logits_tokens} times on the test texts. Try it in Chat before sharing it."
+    )
 
 
 class ExportView(PageView):
@@ -102,6 +138,7 @@ class ExportView(PageView):
         super().__init__(store=store, registry=registry, paths=paths, parent=parent)
         self._export: JobOp | None = None
         self._runs: list[RunRow] = []
+        self._size_estimates: dict[str, dict[str, int | None]] = {}  # base folder -> file type -> bytes
         self._build()
         registry.changed.connect(self._update_actions)
         self.refresh()
@@ -109,7 +146,7 @@ class ExportView(PageView):
     # ---------------------------------------------------------------- building
 
     def _build(self) -> None:
-        title, summary = title_block(
+        header = page_header(
             "Export",
             "Merge a trained adapter into its base and write GGUF files for llama.cpp, Ollama or LM Studio.",
         )
@@ -124,20 +161,15 @@ class ExportView(PageView):
         self.banner = MessageBanner()
         self.report_card = self._build_report_card()
         exports_head = self._build_exports_list()
+        self.exports_tree.setMinimumHeight(120)  # a few rows, even when the page scrolls
 
-        vbox(
-            title,
-            summary,
-            self.empty_label,
-            self.form_card,
-            self.banner,
-            self.report_card,
-            exports_head,
-            (self.exports_tree, 1),
-            parent=self,
-            margins=(24, 20, 24, 16),
-            spacing=10,
+        # The column scrolls in a short window (the report and a wrapped success line need their height)
+        # instead of squashing them into slivers.
+        column = self._page_column(
+            header, self.empty_label, self.form_card, self.banner, self.report_card, scroll=True
         )
+        column.addLayout(exports_head)
+        column.addWidget(self.exports_tree, 1)
 
     def _build_form_card(self) -> QFrame:
         """What to export: the run, the files, where, and the Export button."""
@@ -183,22 +215,39 @@ class ExportView(PageView):
 
         self.export_button = button("Export", self.start_export, name="primaryButton")
         self.stop_button = button("Stop", self.stop, tooltip="Stop the export; nothing half-written is kept")
+        grid.addLayout(hbox(STRETCH, self.stop_button, self.export_button), 6, 0, 1, 3)
+        # Its own row under the buttons, the card's whole width, wrapped: a long line (the folder of a
+        # finished export) never runs under the buttons or off the card.
         self.activity_row = ActivityLine()
-        actions = hbox((self.activity_row, 1), self.stop_button, self.export_button)
-        grid.addLayout(actions, 6, 0, 1, 3)
+        self.activity_row.label.setWordWrap(True)
+        self.activity_row.label.setTextFormat(Qt.TextFormat.PlainText)
+        self.activity_row.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        grid.addWidget(self.activity_row, 7, 0, 1, 3)
         return card
 
     def _build_report_card(self) -> QFrame:
-        """The parity report of the last export."""
+        """The parity report of the last export: one plain sentence, the files, the measurements folded."""
         self.report_card = QFrame()
         self.report_card.setObjectName("card")
         self.parity_badge = styled_label("", "parityBadge")
-        self.report_lines = text_label("", "parityLine")
+        self.report_summary = text_label("", "paritySummary", selectable=True)
+        self.report_files = text_label("", "parityFiles", selectable=True)
+        self.report_lines = text_label("", "parityLine", selectable=True)
+        self.details_toggle = FoldToggle(
+            "Technical details",
+            self.report_lines,
+            name="parityDetailsToggle",
+            tooltip="What was measured: token ids, next-token agreement, log-probabilities, perplexity",
+        )
         vbox(
-            hbox(styled_label("Parity report", "cardHeading"), self.parity_badge, STRETCH),
+            hbox(styled_label("Check of the exported files", "cardHeading"), self.parity_badge, STRETCH),
+            self.report_summary,
+            self.report_files,
+            hbox(self.details_toggle, STRETCH),
             self.report_lines,
             parent=self.report_card,
             margins=(16, 12, 16, 12),
+            spacing=6,
         )
         self.report_card.setVisible(False)
         return self.report_card
@@ -239,7 +288,7 @@ class ExportView(PageView):
         for run in reversed(self._runs):  # newest first
             base = self.store.get_model(run.base_model_id) if run.base_model_id is not None else None
             accuracy = run.final_metrics.get("rewards/accuracies")
-            parts = [f"Run {run.id} · {run.name}", base.name if base else "base model gone"]
+            parts = [run_label(run.id, run.name), base.name if base else "base model gone"]
             parts.append(f"{len(run.comparison_ids)} pairs")
             if accuracy is not None:
                 parts.append(f"accuracy {accuracy:.0%}")
@@ -276,24 +325,34 @@ class ExportView(PageView):
                 check.setText(f"{name} — {QUANTIZATION_NOTES[name]}")
             return
         base = self.store.get_model(run.base_model_id) if run.base_model_id is not None else None
-        parameters = (base.info.get("parameter_count") if base else None) or 0
+        sizes = self._file_sizes(base)
         for name, check in self.quant_checks.items():
-            size = f" (about {human_size(parameters * QUANTIZATIONS[name][1])})" if parameters else ""
+            size = f" (about {human_size(sizes[name])})" if sizes.get(name) else ""
             check.setText(f"{name} — {QUANTIZATION_NOTES[name]}{size}")
         config = run.config
         metrics = run.final_metrics
         bits = [
             f"β {config.get('beta')}",
             f"lr {config.get('lr')}",
-            f"{config.get('epochs')} epochs",
+            plural(int(config.get("epochs") or 0), "epoch"),
             f"LoRA r {config.get('lora_r')}",
-            f"{run.step} steps",
+            plural(run.step, "step"),
         ]
         if "rewards/margins" in metrics:
             bits.append(f"final margin {metrics['rewards/margins']:.2f}")
         self.run_details.setText(f"Base: {base.name if base else 'not registered'} · " + " · ".join(bits))
         if base is not None:
             self.name_edit.setPlaceholderText(export_folder_name(run, base))
+
+    def _file_sizes(self, base: ModelRow | None) -> dict[str, int | None]:
+        """About how large each file type of ``base`` comes out, from its tensors' shapes (read once per folder)."""
+        if base is None:
+            return {}
+        if base.path not in self._size_estimates:
+            self._size_estimates[base.path] = {
+                name: estimate_export_bytes(base.path, name) for name in QUANTIZATIONS
+            }
+        return self._size_estimates[base.path]
 
     def _fill_exports(self) -> None:
         self.exports_tree.clear()
@@ -383,10 +442,16 @@ class ExportView(PageView):
         if parity:
             self.parity_badge.setText("Answers like the trained model" if passed else "Check the differences")
         else:
-            self.parity_badge.setText("Parity check skipped")
+            self.parity_badge.setText("Check skipped")
         set_style_property(self.parity_badge, "passed", passed)
-        listed = "\n".join(f"{kind}: {path}  ({human_size(size)})" for kind, path, size in files)
-        self.report_lines.setText("\n".join([*lines, "", listed]).strip())
+        self.report_summary.setText(parity_summary(parity))
+        self.report_files.setText(
+            "\n".join(f"{kind}: {path}  ({human_size(size)})" for kind, path, size in files)
+        )
+        self.report_lines.setText("\n".join(lines))
+        self.details_toggle.setVisible(bool(lines))
+        if not lines:
+            self.details_toggle.setChecked(False)
         self.report_card.setVisible(True)
 
     @Slot()
@@ -404,20 +469,38 @@ class ExportView(PageView):
         self._update_actions()
 
     def report_text(self) -> str:
-        """The parity report on screen ("" when none)."""
-        return self.report_lines.text() if not self.report_card.isHidden() else ""
+        """The whole parity report, folded details included ("" when none is shown)."""
+        if self.report_card.isHidden():
+            return ""
+        parts = (self.report_summary.text(), self.report_lines.text(), self.report_files.text())
+        return "\n".join(part for part in parts if part)
 
     def _on_export_succeeded(self, result: object) -> None:
         self.activity_row.hide_progress()
+        self.refresh()
         if isinstance(result, ExportRecorded):
             model = self.store.get_model(result.model_id)
+            files = plural(len(result.finished.files), "file")
+            registered = (
+                model.path if model else (result.finished.files[0].path if result.finished.files else "")
+            )
+            named = f"Registered as “{model.name}”" if model else "Registered in Models"
             self._set_activity(
-                f"Exported to {result.finished.folder}. Registered as “{model.name if model else result.model_id}”: "
-                "chat with it, or evaluate it against the base."
+                f"Exported {files} to {result.finished.folder}. {named} and selected below: chat with it, or "
+                "evaluate it against the base."
             )
             self.notify(f"Export finished: {result.finished.folder}")
-        self.refresh()
+            self._select_export_file(registered)
         self.models_changed.emit()
+
+    def _select_export_file(self, path: str) -> None:
+        """Select the row of the file at ``path`` (the new export's registered file), so its actions are ready."""
+        for index in range(self.exports_tree.topLevelItemCount()):
+            item = self.exports_tree.topLevelItem(index)
+            if item.toolTip(0) == path:
+                self.exports_tree.setCurrentItem(item)
+                self.exports_tree.scrollToItem(item)
+                return
 
     def _on_export_failed(self, message: str) -> None:
         self.activity_row.hide_progress()

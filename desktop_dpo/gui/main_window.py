@@ -1,8 +1,9 @@
 """The main window: a sidebar of views, a menu bar and a status bar.
 
 Views get what they need injected (store, job registry, paths); nothing here is global. Closing the
-window while a job runs asks first; stopping means cancelling each job and waiting for it to reach a step
-boundary, never killing a thread.
+window while a job runs asks first; stopping means cancelling each job and letting it reach a step boundary,
+never killing a thread. Meanwhile the event loop runs on: the window stays painted and says it is stopping,
+and closes once the last job has ended.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from typing import TYPE_CHECKING, NamedTuple
 from PySide6.QtCore import QSettings, QSize, Qt, Signal, Slot
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
-    QApplication,
     QFrame,
     QHBoxLayout,
     QLabel,
@@ -31,6 +31,7 @@ from desktop_dpo.core import demo_model
 from desktop_dpo.core.llm.engine_pool import EnginePool
 from desktop_dpo.core.offline import RefusedAttempt
 from desktop_dpo.core.store import ModelRow, Store
+from desktop_dpo.core.wording import plural
 from desktop_dpo.gui.preference_file_actions import PreferenceFileActions
 from desktop_dpo.gui.resource_files import resource_icon
 from desktop_dpo.workers.job_worker import JobRegistry
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATUS_MESSAGE_MS = 8000
+WINDOW_TITLE = "desktop-dpo"
+STATUS_JOBS_MAX_PX = 340  # the running jobs' label in the status bar, at most
 
 
 class ViewSpec(NamedTuple):
@@ -106,7 +109,7 @@ class MainWindow(QMainWindow):
         # Kept in the data folder, not ~/.config: nothing is written outside the app's folders.
         self._settings = QSettings(str(paths.data_dir / "window.ini"), QSettings.Format.IniFormat)
 
-        self.setWindowTitle("desktop-dpo")
+        self.setWindowTitle(WINDOW_TITLE)
         self.setMinimumSize(QSize(820, 520))
         self.resize(QSize(1120, 720))
 
@@ -122,6 +125,8 @@ class MainWindow(QMainWindow):
         self.pages: QStackedWidget  # one slot per sidebar entry, in the same order
         self._view_keys: list[str] = []
         self._views: dict[str, QWidget] = {}
+        # The person chose to quit while jobs ran: they are stopping, and the window closes once they have.
+        self._quitting = False
         self.first_run: FirstRun | None = None  # see start_first_run()
         self._build_central()
         self._build_menus()
@@ -428,14 +433,24 @@ class MainWindow(QMainWindow):
             f"{pairs} {'pair' if pairs == 1 else 'pairs'} collected · {usable} usable for training"
         )
         self.status_database.setText(self._elided_path(str(self.paths.db_path)))
-        running = self.registry.running()
-        self.status_jobs.setText(f"Running: {', '.join(running)}" if running else "No jobs running")
-        busy = bool(running)
+        jobs = self._jobs_text()
+        # Many jobs at once would push the counts off the bar: the label is cut, its tooltip says it all.
+        metrics = self.status_jobs.fontMetrics()
+        self.status_jobs.setText(metrics.elidedText(jobs, Qt.TextElideMode.ElideRight, STATUS_JOBS_MAX_PX))
+        self.status_jobs.setToolTip(jobs)
+        busy = bool(self.registry.running()) or self._quitting
         if self.status_jobs.property("busy") != busy:
             self.status_jobs.setProperty("busy", busy)
             # Re-apply the style sheet so the #statusJobs[busy="true"] rule follows the property.
             self.status_jobs.style().unpolish(self.status_jobs)
             self.status_jobs.style().polish(self.status_jobs)
+
+    def _jobs_text(self) -> str:
+        """The status bar's word on the jobs: what each running one does, in words (never a resource id)."""
+        doing = self.registry.running_descriptions()
+        if self._quitting:
+            return f"Stopping: {', '.join(doing)}…" if doing else "Stopping…"
+        return " · ".join(f"{what}…" for what in doing) if doing else "No jobs running"
 
     @staticmethod
     def _elided_path(path: str, limit: int = 48) -> str:
@@ -450,6 +465,10 @@ class MainWindow(QMainWindow):
     def _on_registry_changed(self) -> None:
         # A finished job may have written pairs (an import, a collect session), so re-count too.
         self.refresh_status()
+        if self._quitting:
+            self.registry.cancel_all()  # a job started meanwhile (from a dialog) stops too
+            if self.registry.idle():
+                self.close()  # closeEvent accepts now
 
     @Slot(str)
     def _show_message(self, text: str) -> None:
@@ -532,31 +551,65 @@ class MainWindow(QMainWindow):
     # ---------------------------------------------------------------- closing
 
     def closeEvent(self, event: QCloseEvent) -> None:  # Qt override
-        self.closing.emit()
-        running = self.registry.running()
-        if running:
-            from PySide6.QtWidgets import QMessageBox
-
-            answer = QMessageBox.question(
-                self,
-                "Quit desktop-dpo",
-                "A job is running: stop it and quit?\n\nRunning: " + ", ".join(running),
-                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-                QMessageBox.StandardButton.No,
-            )
-            if answer != QMessageBox.StandardButton.Yes:
+        if self._quitting:
+            if not self.registry.idle():
+                # Asked again while stopping: no second question, just where things stand.
+                self.statusBar().showMessage(self._stopping_message())
                 event.ignore()
                 return
-            self.statusBar().showMessage("Stopping jobs…")
-            QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
-            try:
-                # Each job stops at its next step boundary; threads are never terminated.
-                self.registry.cancel_all_and_wait()
-            finally:
-                QApplication.restoreOverrideCursor()
-            log.info("Stopped %s before quitting", ", ".join(running))
+            log.info("Jobs stopped; quitting")
+        else:
+            self.closing.emit()
+            doing = self.registry.running_descriptions()
+            if doing:
+                if not self._confirm_stop(doing):
+                    event.ignore()
+                    return
+                if not self._stop_jobs_then_close():
+                    event.ignore()  # closes itself once they have stopped (_on_registry_changed)
+                    return
         self._save_settings()
         event.accept()
+
+    def _confirm_stop(self, doing: list[str]) -> bool:
+        """Ask whether to stop the running jobs (``doing``, in words) and quit. True for Yes."""
+        from PySide6.QtWidgets import QMessageBox
+
+        question = (
+            "A job is running: stop it and quit?"
+            if len(doing) == 1
+            else f"{plural(len(doing), 'job')} are running: stop them and quit?"
+        )
+        answer = QMessageBox.question(
+            self,
+            "Quit desktop-dpo",
+            question + "\n\n" + "\n".join(f"• {what}" for what in doing),
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
+        return answer == QMessageBox.StandardButton.Yes
+
+    def _stop_jobs_then_close(self) -> bool:
+        """Ask every job to stop and say so; the event loop runs on while they reach a step boundary (threads
+        are never terminated). True when none runs any more, so the window may close at once."""
+        self.registry.cancel_all()
+        if self.registry.idle():
+            return True
+        log.info("Stopping %s before quitting", ", ".join(self.registry.running()))
+        self._quitting = True
+        self.setWindowTitle(f"{WINDOW_TITLE} (stopping…)")
+        # Nothing new starts meanwhile; the window stays painted, and a second close only repeats the note.
+        self.centralWidget().setEnabled(False)
+        self.menuBar().setEnabled(False)
+        self.setCursor(Qt.CursorShape.BusyCursor)
+        self.statusBar().showMessage(self._stopping_message())
+        self.refresh_status()
+        return False
+
+    def _stopping_message(self) -> str:
+        """The status bar's note while the jobs stop before quitting: short, as the jobs label beside it names
+        them ("Stopping: Training…") and must fit too."""
+        return "Quitting…"
 
     # ---------------------------------------------------------------- settings
 

@@ -3,6 +3,12 @@
 Built on pyqtgraph, which is imported here and nowhere at start-up (the Train view, the only user, is built
 the first time it is shown). Each curve keeps its points in plain lists and gets one ``setData`` per new
 point: the plot items, axes and legends are made once, never rebuilt while a run trains.
+
+What a person reads stays readable however few the points: before any point the plots make way for a line
+saying what will appear there; the step axis has whole steps only and spans a few steps at least; a value
+axis spans at least its plot's ``min_span``, so a first step or a flat stretch (the loss sits at ln 2 at
+first) reads "0.68 … 0.70" rather than float noise such as "0.6931477 … 0.6931481". The titles are Qt
+labels above the plots (they wrap rather than being clipped when a window is narrow).
 """
 
 from __future__ import annotations
@@ -16,10 +22,16 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QLabel, QWidget
 
-from desktop_dpo.gui.widgets import hbox, vbox
+from desktop_dpo.gui.widgets import hbox, styled_label, vbox
 
 TRAIN_COLOUR = "#4f46e5"  # indigo: training pairs, every step
 HELDOUT_COLOUR = "#ea580c"  # orange: held-out prompts, every evaluation
+MIN_STEPS = 5  # the step axis spans at least this many steps, from step 0
+EMPTY_BEFORE_RUN = (
+    "Loss, reward accuracy and reward margin are drawn here step by step once a run trains. "
+    "Select a past run below to see its curves."
+)
+EMPTY_RUN = "No steps yet: this run's curves appear here after its first step."
 
 
 @dataclass(frozen=True)
@@ -30,6 +42,7 @@ class PlotSpec:
     title: str
     tooltip: str
     y_range: tuple[float, float] | None = None  # fixed range, or None to follow the data
+    min_span: float = 0.1  # the least the value axis spans when it follows the data
 
 
 PLOTS = (
@@ -81,7 +94,8 @@ class _Curve:
         self.y.clear()
         self.item.setData([], [])
 
-    def extend(self, points: Iterable[tuple[float, float]]) -> None:
+    def extend(self, points: Iterable[tuple[float, float]]) -> bool:
+        """Add the points after the last one; True when one was added."""
         added = False
         for x, y in points:
             # Steps only grow: a point at or before the last one is already drawn (a live event that
@@ -94,19 +108,30 @@ class _Curve:
                 added = True
         if added:
             self.item.setData(self.x, self.y)
+        return added
+
+
+class _StepAxis(pg.AxisItem):
+    """The step axis: ticks at whole steps only (a run has no step 0.5)."""
+
+    def tickSpacing(self, minVal: float, maxVal: float, size: float) -> list[tuple[float, float]]:
+        """pyqtgraph's tick levels, less those finer than one step."""
+        levels = [
+            (spacing, offset) for spacing, offset in super().tickSpacing(minVal, maxVal, size) if spacing >= 1
+        ]
+        return levels or [(1.0, 0.0)]
 
 
 def _plot_widget(spec: PlotSpec) -> Any:
-    """An empty plot for ``spec``: its title, grid, axes and range, and no menu or buttons."""
-    widget = pg.PlotWidget(background="#ffffff")
+    """An empty plot for ``spec``: grid, axes and range, and no menu, buttons or title (its label is above)."""
+    widget = pg.PlotWidget(background="#ffffff", axisItems={"bottom": _StepAxis("bottom")})
     widget.setObjectName("metricsPlot")
     widget.setToolTip(spec.tooltip)
-    widget.setMinimumSize(180, 150)
+    widget.setMinimumSize(110, 110)
     widget.setFocusPolicy(Qt.FocusPolicy.NoFocus)
     item = widget.getPlotItem()
-    item.setTitle(f"<span style='color:#0f172a;font-size:10pt;font-weight:600'>{spec.title}</span>")
     item.showGrid(x=True, y=True, alpha=0.15)
-    item.setContentsMargins(0, 0, 10, 0)  # room for the last tick label and the newest point
+    item.setContentsMargins(0, 4, 10, 0)  # room for the last tick label and the newest point
     item.setMenuEnabled(False)
     item.hideButtons()
     for side in ("left", "bottom"):
@@ -120,28 +145,51 @@ def _plot_widget(spec: PlotSpec) -> Any:
     return widget
 
 
+def _fit_ranges(item: Any, spec: PlotSpec, curves: Sequence[_Curve]) -> None:
+    """Give plot ``item`` readable ranges for the points of ``curves``: the step axis from 0 over at least
+    :data:`MIN_STEPS` steps; the value axis ``spec.y_range``, or the data's, at least ``spec.min_span`` wide."""
+    xs = [x for curve in curves for x in curve.x]
+    if not xs:
+        return
+    item.setXRange(0.0, max(max(xs), MIN_STEPS), padding=0.04)
+    if spec.y_range is not None:
+        return
+    ys = [y for curve in curves for y in curve.y]
+    low, high = min(ys), max(ys)
+    if high - low < spec.min_span:
+        middle = (low + high) / 2
+        item.setYRange(middle - spec.min_span / 2, middle + spec.min_span / 2, padding=0.05)
+    else:
+        item.getViewBox().enableAutoRange(y=True)
+
+
 class MetricsPlots(QWidget):
-    """Loss, reward accuracy and reward margin of one run, side by side; train and held-out curves in each."""
+    """Loss, reward accuracy and reward margin of one run, side by side; train and held-out curves in each.
+
+    Until a curve has a point, a line (``empty_note``) says what will be drawn instead of showing empty axes.
+    """
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         pg.setConfigOptions(antialias=True)
+        self.empty_note = styled_label(EMPTY_BEFORE_RUN, "plotsEmpty", wrap=True)
+        self.empty_note.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.content = QWidget()  # the legend and the plots, shown once there is a point to draw
         # One legend for the three plots, above them: a legend inside a plot covers the newest points.
-        self.legend = QLabel(
+        self.legend = styled_label(
             f"<span style='color:{TRAIN_COLOUR}'>━━</span> training pairs, every step"
             f"&nbsp;&nbsp;&nbsp;<span style='color:{HELDOUT_COLOUR}'>━●━</span> held-out prompts, "
-            "every check"
+            "every check",
+            "plotLegend",
+            wrap=True,
         )
-        self.legend.setObjectName("plotLegend")
+        self.legend.setAlignment(Qt.AlignmentFlag.AlignRight)
         row = hbox(margins=(0, 0, 0, 0), spacing=8)
-        vbox(
-            (self.legend, 0, Qt.AlignmentFlag.AlignRight),
-            (row, 1),
-            parent=self,
-            margins=(0, 0, 0, 0),
-            spacing=2,
-        )
+        vbox(self.legend, (row, 1), parent=self.content, margins=(0, 0, 0, 0), spacing=2)
+        vbox((self.empty_note, 1), (self.content, 1), parent=self, margins=(0, 0, 0, 0), spacing=0)
+        self.specs = {spec.key: spec for spec in PLOTS}
         self.widgets: dict[str, Any] = {}
+        self.titles: dict[str, QLabel] = {}
         self.train: dict[str, _Curve] = {}
         self.heldout: dict[str, _Curve] = {}
         for spec in PLOTS:
@@ -151,20 +199,43 @@ class MetricsPlots(QWidget):
             self.train[spec.key] = _Curve.on(item, TRAIN_COLOUR, dot_size=3)
             self.heldout[spec.key] = _Curve.on(item, HELDOUT_COLOUR, dot_size=6)
             self.widgets[spec.key] = widget
-            row.addWidget(widget, 1)
+            title = styled_label(spec.title, "plotTitle", wrap=True, tooltip=spec.tooltip)
+            title.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            self.titles[spec.key] = title
+            row.addLayout(vbox(title, (widget, 1), margins=(0, 0, 0, 0), spacing=2), 1)
+        self._show_empty(EMPTY_BEFORE_RUN)
 
     def clear(self) -> None:
-        """No run shown."""
+        """No run shown: the note says what will appear once a run trains."""
+        self._clear_curves()
+        self._show_empty(EMPTY_BEFORE_RUN)
+
+    def _clear_curves(self) -> None:
         for curve in (*self.train.values(), *self.heldout.values()):
             curve.clear()
+
+    def has_points(self) -> bool:
+        """True once a curve has a point (the plots are shown, not the note)."""
+        return any(curve.x for curve in (*self.train.values(), *self.heldout.values()))
+
+    def _show_empty(self, text: str) -> None:
+        self.empty_note.setText(text)
+        self._update_empty()
+
+    def _update_empty(self) -> None:
+        empty = not self.has_points()
+        self.empty_note.setVisible(empty)
+        self.content.setVisible(not empty)
 
     def show_history(
         self,
         train: Sequence[tuple[int, dict[str, Any]]],
         heldout: Sequence[tuple[int, dict[str, Any]]],
     ) -> None:
-        """Replace the curves with a stored run history (``Store.run_metrics``: ``(step, metrics)`` rows)."""
-        self.clear()
+        """Replace the curves with a stored run history (``Store.run_metrics``: ``(step, metrics)`` rows); a run
+        without steps yet shows a note that its curves come after its first step."""
+        self._clear_curves()
+        self.empty_note.setText(EMPTY_RUN)
         self._add(self.train, train)
         self._add(self.heldout, heldout)
 
@@ -176,10 +247,12 @@ class MetricsPlots(QWidget):
         """One held-out evaluation (``EvalMetrics.as_metrics()``)."""
         self._add(self.heldout, [(step, metrics)])
 
-    @staticmethod
-    def _add(curves: dict[str, _Curve], rows: Sequence[tuple[int, dict[str, Any]]]) -> None:
+    def _add(self, curves: dict[str, _Curve], rows: Sequence[tuple[int, dict[str, Any]]]) -> None:
         for key, curve in curves.items():
-            curve.extend((float(step), float(m[key])) for step, m in rows if key in m)
+            if curve.extend((float(step), float(m[key])) for step, m in rows if key in m):
+                item = self.widgets[key].getPlotItem()
+                _fit_ranges(item, self.specs[key], (self.train[key], self.heldout[key]))
+        self._update_empty()
 
     def points(self, key: str, split: str = "train") -> list[tuple[float, float]]:
         """The points of one curve (what is drawn), for tests and the details panel."""

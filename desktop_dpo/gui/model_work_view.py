@@ -69,7 +69,7 @@ class ModelWorkView(PageView):
         line, made here). The view adds the rest below."""
         self.banner = MessageBanner()
         self.activity_row = ActivityLine()
-        return self._page_column(header, card, self.banner, self.activity_row)
+        return self._page_column(header, card, self.banner, self.activity_row, scroll=True)
 
     @staticmethod
     def _actions_row(lead: QWidget, *buttons: QWidget, top: bool = False) -> QHBoxLayout:
@@ -109,7 +109,7 @@ class ModelWorkView(PageView):
         could not start (a job holds the model: the banner says so)."""
         self._generating = self.start_job(
             JobOp(self.registry, factory, store=self.paths.db_path, owner=self)
-            .resource(f"generate:{model.id}")
+            .resource(f"generate:{model.id}", describe=f"Writing answers with {model.name}")
             .slots(kind)
         )
         return self._generating is not None

@@ -170,7 +170,7 @@ class PreferenceFileActions(QObject):
 
         (
             JobOp(self._registry, factory, owner=self)
-            .resource(DATA_RESOURCE)
+            .resource(DATA_RESOURCE, describe="Importing preferences")
             .on_event(self._on_data_event)
             .on_success(on_succeeded)
             .on_failure(lambda message: self._on_data_failed("Import failed", message))
@@ -186,7 +186,7 @@ class PreferenceFileActions(QObject):
 
         (
             JobOp(self._registry, factory, owner=self)
-            .resource(DATA_RESOURCE)
+            .resource(DATA_RESOURCE, describe="Exporting preferences")
             .on_event(self._on_data_event)
             .on_success(lambda result: self._on_export_succeeded(target, fmt, result))
             .on_failure(lambda message: self._on_data_failed("Export failed", message))

@@ -1,7 +1,8 @@
 """One answer of a pair on screen: a header (side, rewrite badge, Edit button), the text, and a status line.
 
-The text is read-only and proportional (answers are prose, not code), selectable for copying, and follows
-the stream only while the person has not scrolled up to read.
+The text is read-only and proportional (answers are prose, not code) and selectable for copying. A streamed
+answer grows below what is on screen: the pane keeps showing its beginning (or wherever the person scrolled),
+so an answer is read from the start, never tail first.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class ResponsePane(QFrame):
         self.text.setFont(font)
         self.text.document().setDocumentMargin(12)
         self.text.setPlaceholderText("The answer appears here.")
+        # Room for a few lines of an answer however small the window; the page scrolls below that.
+        self.text.setMinimumHeight(6 * self.text.fontMetrics().lineSpacing())
 
         head = hbox(self.title, self.badge, STRETCH, self.edit_button, margins=(14, 10, 10, 8), spacing=8)
         foot = hbox((self.status, 1), margins=(14, 4, 14, 8))
@@ -61,14 +64,13 @@ class ResponsePane(QFrame):
         self.text.setPlainText(text)
 
     def append(self, text: str) -> None:
-        """Add streamed text at the end, following it only if the person was already at the bottom."""
+        """Add streamed text at the end, below what is on screen: the view stays where it was."""
         bar = self.text.verticalScrollBar()
-        following = bar.value() >= bar.maximum() - 4
-        cursor = self.text.textCursor()
+        position = bar.value()
+        cursor = self.text.textCursor()  # a copy: the widget's own cursor, and so the view, stay put
         cursor.movePosition(cursor.MoveOperation.End)
         cursor.insertText(text)
-        if following:
-            bar.setValue(bar.maximum())
+        bar.setValue(position)
 
     def set_chosen(self, chosen: bool) -> None:
         """Outline the pane of the answer the person preferred."""

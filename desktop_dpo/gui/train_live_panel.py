@@ -15,6 +15,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QProgressBar, QVBoxLayout, QWidget
 
 from desktop_dpo.core.dpo import events
+from desktop_dpo.core.wording import plural
 from desktop_dpo.gui.metrics_plots import MetricsPlots
 from desktop_dpo.gui.widgets import button, styled_label
 
@@ -38,7 +39,7 @@ def describe_start(event: events.Started) -> str:
     resumed = f", resumed at step {event.start_step}" if event.start_step else ""
     return (
         f"On {event.device} ({precision}): "
-        f"{event.train_pairs} pairs to train on, {event.heldout_pairs} held out{resumed}."
+        f"{plural(event.train_pairs, 'pair')} to train on, {event.heldout_pairs} held out{resumed}."
     )
 
 
@@ -86,17 +87,19 @@ class LiveRunPanel(QFrame):
     # ---------------------------------------------------------------- what the run is doing
 
     def show_idle(self) -> None:
-        """No run has trained since the view was made."""
+        """No run has trained since the view was made: no progress bar (there is no step to count yet)."""
         self.headline.setText("No run training")
         self.detail.setText("Choose a base model and settings, then press Start training.")
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
+        self.progress.setVisible(False)
 
     def show_loading(self, run_name: str) -> None:
         """Run ``run_name`` was started and gets ready to train (the bar is busy until it knows its steps)."""
         self.headline.setText(LOADING_HEADLINE)
         self.detail.setText(f"{run_name}: getting ready to train.")
         self.progress.setRange(0, 0)
+        self.progress.setVisible(True)
 
     def show_stopping(self) -> None:
         """Stop was pressed: the run stops at the end of its step."""

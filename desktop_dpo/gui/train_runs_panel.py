@@ -1,7 +1,8 @@
 """The Train view's past runs: every run in a list, and the stored settings, error and warnings of the one selected.
 
-A row shows a run's name, base model, status, steps, pairs and final metrics; hovering it shows every
-setting, and hovering the status of a failed run its error. The view decides how a run's status is shown (a
+A row shows a run's name, base model, status, steps, pairs and final metrics, in columns that share the list's
+width (nothing scrolls sideways; long names are shortened in the middle); hovering it shows the whole name and
+every setting, and hovering the status of a failed run its error. The view decides how a run's status is shown (a
 run the database says is "running" while no job of the view trains it is :data:`INTERRUPTED`) and when
 Resume may be pressed; :class:`RunsPanel` shows it. Plain helpers say a run's metrics and settings in words.
 """
@@ -12,7 +13,7 @@ import html
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtCore import QEvent, QModelIndex, QObject, QPersistentModelIndex, Qt, Signal, Slot
 from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -20,12 +21,15 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QScrollArea,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
+from desktop_dpo.core.dpo.runs import run_label
 from desktop_dpo.core.store import RunRow, Store
 from desktop_dpo.gui.widgets import button, styled_label
 
@@ -41,8 +45,9 @@ STATUS_LABELS = {
 }
 STATUS_COLOURS = {"failed": "#b91c1c", INTERRUPTED: "#b45309", "completed": "#047857", "running": "#4338ca"}
 RUN_COLUMNS = ("Run", "Base model", "Status", "Steps", "Pairs", "Final metrics")
-COLUMN_STATUS = 2
-COLUMN_STEPS = 3
+COLUMN_RUN, COLUMN_BASE, COLUMN_STATUS, COLUMN_STEPS, COLUMN_PAIRS, COLUMN_METRICS = range(len(RUN_COLUMNS))
+FITTED_COLUMNS = (COLUMN_STATUS, COLUMN_STEPS, COLUMN_PAIRS)  # always shown whole
+MIN_ROWS = 4  # runs the list shows at least, however short the window
 DETAIL_KEYS = ("beta", "lr", "epochs", "batch_size", "grad_accum", "lora_r", "max_length", "quantization")
 
 
@@ -72,7 +77,9 @@ def stored_warnings(store: Store, run_id: int) -> list[str]:
 def describe_run(run: RunRow, warnings: Sequence[str]) -> str:
     """The details of a selected run (rich text): its main settings, final metrics, error and warnings."""
     settings = ", ".join(f"{k} {run.config[k]}" for k in DETAIL_KEYS if k in run.config)
-    lines = [f"<b>{html.escape(run.name)}</b> · {html.escape(settings)} (hover a row for every setting)"]
+    lines = [
+        f"<b>{html.escape(run_label(run.id, run.name))}</b> · {html.escape(settings)} (hover a row for every setting)"
+    ]
     final = summarise_metrics(run.final_metrics)
     if final:
         lines.append(f"Final: {html.escape(final)}")
@@ -96,10 +103,11 @@ def frameless_scroll(widget: QWidget) -> QScrollArea:
 def _run_row(run: RunRow, model_names: dict[int, str], status: str) -> QTreeWidgetItem:
     """A run's row: the run id in column 0's data, the status as shown in the status column's data."""
     steps = f"{run.step} / {run.total_steps}" if run.total_steps else str(run.step)
+    base = model_names.get(run.base_model_id, "(removed)") if run.base_model_id is not None else "—"
     item = QTreeWidgetItem(
         [
-            run.name,
-            model_names.get(run.base_model_id, "(removed)") if run.base_model_id is not None else "—",
+            run_label(run.id, run.name),
+            base,
             STATUS_LABELS.get(status, status),
             steps,
             str(len(run.comparison_ids)),
@@ -110,12 +118,23 @@ def _run_row(run: RunRow, model_names: dict[int, str], status: str) -> QTreeWidg
     item.setData(COLUMN_STATUS, Qt.ItemDataRole.UserRole, status)
     if status in STATUS_COLOURS:
         item.setForeground(COLUMN_STATUS, QBrush(QColor(STATUS_COLOURS[status])))
-    tip = describe_settings(run.config)
+    tip = f"{run_label(run.id, run.name)}\nBase model: {base}\n\n{describe_settings(run.config)}"
     for column in range(len(RUN_COLUMNS)):
         item.setToolTip(column, tip)
     if run.error:
         item.setToolTip(COLUMN_STATUS, run.error)
     return item
+
+
+class _ElideMiddle(QStyledItemDelegate):
+    """Cells whose text, when too long, loses its middle rather than its end."""
+
+    def initStyleOption(
+        self, option: QStyleOptionViewItem, index: QModelIndex | QPersistentModelIndex
+    ) -> None:
+        """The usual options, eliding in the middle."""
+        super().initStyleOption(option, index)
+        option.textElideMode = Qt.TextElideMode.ElideMiddle
 
 
 class RunsPanel(QFrame):
@@ -145,6 +164,7 @@ class RunsPanel(QFrame):
         head.addWidget(self.resume_button)
         layout.addLayout(head)
         self.tree = self._build_tree()
+        self._fit_height()
         layout.addWidget(self.tree, 1)
         self.details = styled_label("", "runDetails", wrap=True)
         self.details.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -163,12 +183,48 @@ class RunsPanel(QFrame):
         tree.setUniformRowHeights(True)
         tree.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         tree.setAlternatingRowColors(False)
+        # Names keep their start ("Run 3 · Gemma…") and end (the date); the tooltip has them whole. The
+        # metrics are cut at their end: the held-out accuracy comes before the margin.
+        self._middle = _ElideMiddle(tree)
+        for column in (COLUMN_RUN, COLUMN_BASE):
+            tree.setItemDelegateForColumn(column, self._middle)
         header_view = tree.header()
-        header_view.setStretchLastSection(True)
-        for column in range(len(RUN_COLUMNS) - 1):
+        header_view.setStretchLastSection(False)
+        header_view.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        header_view.setSectionResizeMode(COLUMN_RUN, QHeaderView.ResizeMode.Stretch)
+        for column in FITTED_COLUMNS:
             header_view.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
+        self._viewport = tree.viewport()
+        self._viewport.installEventFilter(self)
         tree.currentItemChanged.connect(self._on_current_item_changed)
         return tree
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # Qt override
+        """Fit the columns again when the list changes width."""
+        if watched is self._viewport and event.type() == QEvent.Type.Resize:
+            self._fit_columns()
+        return super().eventFilter(watched, event)
+
+    def _fit_columns(self) -> None:
+        """Share the list's width so that nothing needs scrolling sideways: status, steps and pairs whole, the
+        metrics and the base model as much as they need up to a share of what is left (the held-out
+        accuracy at least), and the run's name the rest."""
+        tree, header_view = self.tree, self.tree.header()
+
+        def needed(column: int) -> int:
+            return max(tree.sizeHintForColumn(column), header_view.sectionSizeHint(column))
+
+        left = tree.viewport().width() - sum(needed(c) for c in FITTED_COLUMNS)
+        key = tree.fontMetrics().horizontalAdvance("acc 0.00 · held-out 0.00") + 16
+        header_view.resizeSection(COLUMN_METRICS, min(needed(COLUMN_METRICS), max(key, int(left * 0.4))))
+        header_view.resizeSection(COLUMN_BASE, min(needed(COLUMN_BASE), int(left * 0.25)))
+
+    def _fit_height(self) -> None:
+        """Tall enough for the header and :data:`MIN_ROWS` runs, whatever the font and the style's padding."""
+        tree = self.tree
+        row = tree.sizeHintForRow(0) if tree.topLevelItemCount() else tree.fontMetrics().height() + 8
+        frame = 2 * tree.frameWidth()
+        tree.setMinimumHeight(tree.header().sizeHint().height() + MIN_ROWS * row + frame + 2)
 
     # ---------------------------------------------------------------- the list
 
@@ -190,6 +246,8 @@ class RunsPanel(QFrame):
             if run.id == select:
                 chosen = item
         self.tree.blockSignals(False)
+        self._fit_height()
+        self._fit_columns()
         if chosen is not None:
             self.tree.setCurrentItem(chosen)
 

@@ -7,7 +7,8 @@ so what the plots show is already saved. Collecting may go on meanwhile (generat
 - The settings start from a preset for the detected device and the chosen model (its free GPU memory and
   the model's size, see ``core/dpo/config.py``'s ``preset_for``). Detection imports torch, so it runs as a
   small job when the view is first shown and again when another model is chosen; until it reports, a
-  "Detecting your GPU…" note stays up. The note says why the preset is what it is.
+  "Detecting your GPU…" note stays up and the form and Start are disabled (with the reason above Start), so
+  what the form shows is what runs. The note says why the preset is what it is.
 - Starting a run first releases the llama.cpp models the app holds (``EnginePool.close_all``, in the
   training job's thread), so their GPU memory goes to training.
 - Stop asks the run to stop at the next step boundary, where it checkpoints; Resume continues a stopped,
@@ -45,6 +46,7 @@ from desktop_dpo.core.dpo.runs import (
 from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.lineage import model_lineage
 from desktop_dpo.core.store import ModelRow, RunRow
+from desktop_dpo.core.wording import plural
 from desktop_dpo.gui.message_banner import MessageBanner
 from desktop_dpo.gui.page_view import PageView
 from desktop_dpo.gui.template_editor import ensure_template_chosen, template_needed_message
@@ -78,6 +80,9 @@ from desktop_dpo.workers.training_worker import (
 )
 
 log = logging.getLogger(__name__)
+
+# Why Start waits while the device is detected: the form is about to change to the settings that fit it.
+WAITING_FOR_PRESET = "Checking your GPU to choose settings that fit it: Start is ready in a moment."
 
 
 def _describe_model(model: ModelRow) -> str:
@@ -120,6 +125,7 @@ class TrainView(PageView):
         self._plan_key: tuple[object, ...] = ()
         self._suggested: dict[int, TrainConfig] = {}  # run id -> smaller settings after running out of memory
         self._warnings: list[str] = []
+        self._right_sized = False
 
         self._build()
         self.registry.changed.connect(self._on_registry_changed)
@@ -168,7 +174,7 @@ class TrainView(PageView):
         self.run_details = self.runs_panel.details
         self.resume_button = self.runs_panel.resume_button
         self.smaller_button = self.runs_panel.smaller_button
-        right = QSplitter(Qt.Orientation.Vertical)
+        right = self._right = QSplitter(Qt.Orientation.Vertical)
         right.setChildrenCollapsible(False)
         right.addWidget(self.live_panel)
         right.addWidget(self.runs_panel)
@@ -182,7 +188,7 @@ class TrainView(PageView):
         new_layout.addWidget(styled_label("New run", "cardHeading"))
         self.model_combo = ModelCombo(
             "The model to align: the run trains a LoRA adapter on top of it",
-            min_length=16,
+            min_length=16,  # the new-run card stays narrow: the curves beside it need the room
             describe=_describe_model,
         )
         self.model_combo.currentIndexChanged.connect(self._on_model_combo_changed)
@@ -299,7 +305,7 @@ class TrainView(PageView):
         self._plan_key = self._current_plan_key()
         plan = self._plan
         pairs = plan.pairs if plan is not None else 0
-        self.pairs_pill.setText(f"{pairs} usable pair{'s' if pairs != 1 else ''}")
+        self.pairs_pill.setText(plural(pairs, "usable pair"))
         if model is None:
             self.pairs_note.setText("Add a model in Models, then collect pairs of its answers in Collect.")
         elif plan is None or plan.pairs == 0:
@@ -309,11 +315,9 @@ class TrainView(PageView):
             )
         else:
             self.pairs_note.setText(
-                f"{plan.pairs} usable pair{'s' if plan.pairs != 1 else ''} from {plan.prompts} "
-                f"prompt{'s' if plan.prompts != 1 else ''}. {plan.heldout_prompts} "
-                f"prompt{'s' if plan.heldout_prompts != 1 else ''} ({plan.heldout_pairs} "
-                f"pair{'s' if plan.heldout_pairs != 1 else ''}) held out to check that the model "
-                f"generalises; {plan.train_pairs} to train on."
+                f"{plural(plan.pairs, 'usable pair')} from {plural(plan.prompts, 'prompt')}. "
+                f"{plural(plan.heldout_prompts, 'prompt')} ({plural(plan.heldout_pairs, 'pair')}) held out "
+                f"to check that the model generalises; {plan.train_pairs} to train on."
             )
         self._update_actions()
 
@@ -353,8 +357,7 @@ class TrainView(PageView):
         form unless the person already edited it."""
         model = self.current_model()
         model_id = model.id if model is not None else None
-        detecting = self._detecting is not None and self._detecting.active
-        if detecting or (self.preset is not None and self.preset.model_id == model_id):
+        if self.detecting() or (self.preset is not None and self.preset.model_id == model_id):
             return  # a detection under way re-checks the model when it reports
         try:
             self._detecting = (
@@ -366,8 +369,21 @@ class TrainView(PageView):
                 .start()
             )
             self._detecting_for = model_id
-        except DesktopDpoError as exc:
+        except DesktopDpoError as exc:  # another detection holds the resource: tried again once it ends
             log.warning("Device detection did not start: %s", exc)
+            return
+        if self.preset is not None and not self.settings_form.touched and model is not None:
+            self.preset_note.setText(f"Sizing the settings for {model.name}…")
+        self._update_actions()
+
+    def detecting(self) -> bool:
+        """True while the device detection (or the sizing of its preset for another model) runs."""
+        return self._detecting is not None and self._detecting.active
+
+    def _waiting_for_preset(self) -> bool:
+        """True while the form may still change to a preset: the first one has not arrived yet, or one for
+        another model is on its way to an untouched form."""
+        return self.preset is None or (self.detecting() and not self.settings_form.touched)
 
     def _on_device_detected(self, preset: object) -> None:
         if not isinstance(preset, DevicePreset):
@@ -386,6 +402,7 @@ class TrainView(PageView):
         current = self.current_model()
         if (current.id if current is not None else None) != preset.model_id:
             self.detect_device()  # the model changed while detecting
+        self._update_actions()
 
     def _on_device_cancelled(self) -> None:
         self._on_device_failed("")
@@ -403,6 +420,7 @@ class TrainView(PageView):
             + (f" ({message})" if message else "")
             + "; settings for the CPU are shown."
         )
+        self._update_actions()
 
     # ---------------------------------------------------------------- starting, stopping, resuming
 
@@ -416,6 +434,8 @@ class TrainView(PageView):
             return reason
         if self.registry.is_busy(TRAIN_RESOURCE):
             return "A run is training: one training run at a time. Stop it or wait for it to finish."
+        if self._waiting_for_preset():
+            return WAITING_FOR_PRESET
         try:
             self.settings_form.settings()
         except TrainingError as exc:
@@ -670,6 +690,7 @@ class TrainView(PageView):
         if not hasattr(self, "runs_panel"):
             return  # still building
         blocker = self.start_blocker()
+        self.settings_form.setEnabled(not self._waiting_for_preset())
         self.start_button.setEnabled(not blocker)
         self.start_button.setToolTip(blocker or "Make a run of these pairs and settings, and train it")
         self.start_reason.setText(blocker)
@@ -684,6 +705,8 @@ class TrainView(PageView):
 
     @Slot()
     def _on_registry_changed(self) -> None:
+        if self.preset is None and self.isVisible() and not self.registry.is_busy(DEVICE_RESOURCE):
+            self.detect_device()  # it could not start while another detection held the resource
         self._update_actions()
 
     # ---------------------------------------------------------------- messages
@@ -702,3 +725,7 @@ class TrainView(PageView):
         self.refresh_runs()
         self.detect_device()
         super().showEvent(event)
+        if not self._right_sized:  # once: the curves get the larger share, not what the size hints would give
+            self._right_sized = True
+            total = sum(self._right.sizes())
+            self._right.setSizes([total * 3 // 5, total - total * 3 // 5])

@@ -4,6 +4,10 @@ Every view tells the person the same three things the same way: a problem, in wo
 (:class:`~desktop_dpo.gui.message_banner.MessageBanner`); what is happening, or what to do next, in a line
 with a small progress bar (:class:`ActivityLine`); and short notes for the window's status bar, also sent as
 the view's ``status_message`` signal so a window (or a test) can follow them.
+
+A running job's ``Log`` line ("Loading Gemma…") is the one note that is not on a timer: it stays in the status
+bar while it is true, and goes as soon as the view's activity line moves on or the job that sent it ends, so
+the bar never keeps a finished job's progress.
 """
 
 from __future__ import annotations
@@ -73,9 +77,13 @@ class ViewMessages:
     banner: MessageBanner
     activity_row: ActivityLine
     status_message: SignalInstance
+    _job_line = ""  # the running job's Log line this view put in the status bar (see show_log)
+    _job_ops: tuple[JobOp, ...] = ()  # the ops start_job started, until their outcome reached the view
 
     def _set_activity(self, text: str) -> None:
         """The view's activity line: what is happening, or what to do next ("" hides it)."""
+        if text != self._job_line:
+            self._clear_job_line()  # the job is past what its Log line said
         self.activity_row.set_text(text)
 
     def activity(self) -> str:
@@ -89,9 +97,19 @@ class ViewMessages:
 
     def show_log(self, message: str, level: str = "info") -> None:
         """A job's ``Log`` line: on the activity line and the status bar; a warning (the model crashed and is
-        retried in safe mode) stays in the banner too, in amber, so the person sees what happened."""
+        retried in safe mode) stays in the banner too, in amber, so the person sees what happened.
+
+        While a job of :meth:`start_job` runs, the status bar keeps the line (however long the model takes
+        to load) until the activity line moves on or the job ends; otherwise it is a timed note."""
         self._set_activity(message)
-        self.notify(message)
+        if any(op.active for op in self._job_ops):
+            self.status_message.emit(message)
+            window = self._main_window()
+            if window is not None:
+                window.statusBar().showMessage(message)  # no timeout: _clear_job_line takes it away
+                self._job_line = message
+        else:
+            self.notify(message)
         if level == "warning":
             self.banner.show_message(message, tone="warning")
 
@@ -115,10 +133,29 @@ class ViewMessages:
         """Start ``op`` (a :class:`~desktop_dpo.workers.job_op.JobOp`); None when a job already holds its
         resource, with why in the banner."""
         try:
-            return op.start()
+            started = op.start()
         except DesktopDpoError as exc:
             self.show_error(str(exc))
             return None
+        self._job_ops = (*self._job_ops, started)
+        # A bound method of the view (a QWidget): queued to the GUI thread, after the job's outcome reached
+        # the view, and disconnected if the view goes first.
+        started.thread.finished.connect(self._on_view_job_finished)
+        return started
+
+    def _on_view_job_finished(self) -> None:
+        """A job of :meth:`start_job` ended: its Log line leaves the status bar, unless another job of the
+        view runs on (which owns the line now)."""
+        self._job_ops = tuple(op for op in self._job_ops if op.active)
+        if not self._job_ops:
+            self._clear_job_line()
+
+    def _clear_job_line(self) -> None:
+        """Take the job's Log line out of the status bar, if it is still what the bar says."""
+        line, self._job_line = self._job_line, ""
+        window = self._main_window()
+        if line and window is not None and window.statusBar().currentMessage() == line:
+            window.statusBar().clearMessage()
 
     def clear_error(self) -> None:
         """Hide the banner."""
@@ -131,8 +168,14 @@ class ViewMessages:
 
     def notify(self, text: str) -> None:
         """A line for the status bar."""
-        assert isinstance(self, QWidget)
         self.status_message.emit(text)
-        window = self.window()
-        if window is not self and isinstance(window, QMainWindow):
+        window = self._main_window()
+        if window is not None:
             window.statusBar().showMessage(text, STATUS_MESSAGE_MS)
+            self._job_line = ""  # replaced by this note
+
+    def _main_window(self) -> QMainWindow | None:
+        """The window whose status bar the view's notes go to (None for a view on its own)."""
+        assert isinstance(self, QWidget)
+        window = self.window()
+        return window if window is not self and isinstance(window, QMainWindow) else None

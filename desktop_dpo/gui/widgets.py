@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from PySide6.QtCore import QSize, Qt, Slot
-from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtGui import QFontMetrics, QKeySequence, QPaintEvent, QShortcut
 from PySide6.QtWidgets import (
     QBoxLayout,
     QComboBox,
@@ -27,6 +27,9 @@ from PySide6.QtWidgets import (
     QPushButton,
     QScrollArea,
     QSizePolicy,
+    QStyle,
+    QStyleOptionComboBox,
+    QStylePainter,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -301,8 +304,44 @@ def describe_model(model: ModelRow) -> str:
     return f"{model.name}  ·  {model_kind(model)}"
 
 
+def _shared_start(text: str, other: str) -> int:
+    """How many characters ``text`` and ``other`` share from their start."""
+    return next(
+        (i for i, (a, b) in enumerate(zip(text, other, strict=False)) if a != b), min(len(text), len(other))
+    )
+
+
+def elide_apart(text: str, others: Sequence[str], metrics: QFontMetrics, width: int) -> str:
+    """``text`` shortened to ``width`` pixels so that it still reads differently from each of ``others``.
+
+    Models are often named alike ("Gemma 3 270M …" and "Gemma 3 270M · aligned, run 3 …"): cutting the end
+    would leave them the same. The start that ``text`` shares with the most alike of ``others`` is shortened
+    instead ("Gemma 3…run 3 · Q4_K_M"); what comes after it is cut at its end only where even that is too wide.
+    """
+    if metrics.horizontalAdvance(text) <= width:
+        return text
+    shared = max((_shared_start(text, other) for other in others if other != text), default=0)
+    cut = text.rfind(" ", 0, shared) + 1  # the start of the word where they part
+    if cut > 0 and text[cut:].split(" ", 1)[0].strip(",·").isdigit():  # a number says more after its word
+        cut = text.rfind(" ", 0, cut - 1) + 1  # "run 3", not "3"
+    if cut == 0:  # differs from the first word on (or like no other): the middle is what can go
+        return metrics.elidedText(text, Qt.TextElideMode.ElideMiddle, width)
+    rest = text[cut:]
+    # Some of the start stays, so the family reads ("Gemma…"), at most a third of the room when space is short.
+    room = max(width - metrics.horizontalAdvance(rest), width // 3)
+    head = metrics.elidedText(text[:cut].rstrip(), Qt.TextElideMode.ElideRight, room)
+    head = head if head.endswith("…") else text[:cut]  # the whole start fits: only the rest is cut
+    return head + metrics.elidedText(
+        rest, Qt.TextElideMode.ElideRight, width - metrics.horizontalAdvance(head)
+    )
+
+
 class ModelCombo(QComboBox):
-    """A picker of the registered models; the item data is the model id, the tooltip its path.
+    """A picker of the registered models; the item data is the model id, the tooltip its full text and path.
+
+    Where the chosen model's text is too long for the box, the part it shares with the other models is
+    shortened, not its end (:func:`elide_apart`): an aligned model and its base stay told apart. The list
+    that opens is as wide as its longest text (up to a limit) and shortens texts in the middle beyond that.
 
     Args:
         tooltip: what the chosen model is used for.
@@ -310,11 +349,13 @@ class ModelCombo(QComboBox):
         describe: the text of a model's item (by default its name and kind).
     """
 
+    POPUP_MAX_WIDTH = 640  # pixels: the open list grows with its texts up to this
+
     def __init__(
         self,
         tooltip: str,
         *,
-        min_length: int = 18,
+        min_length: int = 28,
         describe: Callable[[ModelRow], str] = describe_model,
         parent: QWidget | None = None,
     ):
@@ -323,6 +364,7 @@ class ModelCombo(QComboBox):
         self.setMinimumContentsLength(min_length)
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.setToolTip(tooltip)
+        self.view().setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self._describe = describe
 
     def fill(self, models: Sequence[ModelRow], wanted: int | None, *, placeholder: bool = True) -> None:
@@ -333,14 +375,17 @@ class ModelCombo(QComboBox):
         try:
             self.clear()
             for model in models:
-                self.addItem(self._describe(model), model.id)
-                self.setItemData(self.count() - 1, model.path, Qt.ItemDataRole.ToolTipRole)
+                text = self._describe(model)
+                self.addItem(text, model.id)
+                self.setItemData(self.count() - 1, f"{text}\n{model.path}", Qt.ItemDataRole.ToolTipRole)
             if not models and placeholder:
                 self.addItem(NO_MODEL_YET, None)
             index = self.findData(wanted) if wanted is not None else -1
             self.setCurrentIndex(max(index, 0))
         finally:
             self.blockSignals(False)
+        view = self.view()
+        view.setMinimumWidth(min(view.sizeHintForColumn(0) + 2 * view.frameWidth() + 8, self.POPUP_MAX_WIDTH))
 
     def model_id(self) -> int | None:
         """The id of the chosen model (None: no model)."""
@@ -350,3 +395,26 @@ class ModelCombo(QComboBox):
     def chosen(self, models: Sequence[ModelRow]) -> ModelRow | None:
         """The chosen model among ``models`` (the list it was filled with)."""
         return next((m for m in models if m.id == self.currentData()), None)
+
+    def shown_text(self) -> str:
+        """The chosen item's text as the box shows it at its present width."""
+        option = QStyleOptionComboBox()
+        self.initStyleOption(option)
+        return self._shown_text(option)
+
+    def _shown_text(self, option: QStyleOptionComboBox) -> str:
+        field = self.style().subControlRect(
+            QStyle.ComplexControl.CC_ComboBox, option, QStyle.SubControl.SC_ComboBoxEditField, self
+        )
+        others = [self.itemText(i) for i in range(self.count()) if i != self.currentIndex()]
+        # A few pixels less than the field: the style pads the label inside it.
+        return elide_apart(option.currentText, others, self.fontMetrics(), max(field.width() - 4, 0))
+
+    def paintEvent(self, _event: QPaintEvent) -> None:  # Qt override
+        """QComboBox's own painting, with the text shortened by :func:`elide_apart`."""
+        painter = QStylePainter(self)
+        option = QStyleOptionComboBox()
+        self.initStyleOption(option)
+        painter.drawComplexControl(QStyle.ComplexControl.CC_ComboBox, option)
+        option.currentText = self._shown_text(option)
+        painter.drawControl(QStyle.ControlElement.CE_ComboBoxLabel, option)

@@ -27,9 +27,9 @@ What the op guarantees, so that a view writes no plumbing of its own:
 - **The worker's store.** With ``store=<database file>``, the factory is called as ``factory(store,
   cancel)`` with a :class:`~desktop_dpo.core.store.Store` opened in the worker thread, and that store is
   closed when the job ends, however it ends.
-- **The registry holds it.** One job per resource; the window names it in the status bar and asks before
-  closing while it runs, unless the op is :meth:`JobOp.quiet`. Cancel follows the one rule of
-  :func:`desktop_dpo.core.jobs.drive`.
+- **The registry holds it.** One job per resource; the window names it in the status bar (in words: what
+  the job does, never the resource) and asks before closing while it runs, unless the op is
+  :meth:`JobOp.quiet`. Cancel follows the one rule of :func:`desktop_dpo.core.jobs.drive`.
 """
 
 from __future__ import annotations
@@ -87,10 +87,16 @@ class JobOp:
 
     # ---------------------------------------------------------------- building
 
-    def resource(self, key: str) -> JobOp:
-        """The registry resource the job holds while it runs ("train", "generate:<model id>", ...)."""
+    def resource(self, key: str, *, describe: str = "") -> JobOp:
+        """The registry resource the job holds while it runs ("train", "generate:<model id>", ...).
+
+        The window never shows ``key``: it says what the job does, ``describe`` when given ("Writing
+        answers with Gemma"), else the resource's words (:func:`~desktop_dpo.workers.job_worker.
+        describe_resource`: "Training").
+        """
         self.key = key
         self.thread.name = key
+        self.thread.described_as = describe
         self.thread.setObjectName(key)
         return self
 

@@ -25,6 +25,30 @@ FINISHING_WAIT_MS = 2000
 JobFactory = Callable[[CancelToken], Job]
 """Builds the generator inside the worker thread (so heavy imports happen there too)."""
 
+# What a job on each resource does, in the words the window shows (status bar, quit question, "busy"
+# messages): the one place a resource id becomes text. Keyed by the resource up to its ``:``. A resource the
+# app starts jobs on must be listed here (tests/workers/test_job_op.py checks every ``*RESOURCE = "..."``);
+# ``JobOp.resource(key, describe=...)`` may say more (which model writes the answers).
+JOB_DESCRIPTIONS = {
+    "train": "Training",
+    "detect-device": "Detecting your GPU",
+    "export": "Exporting the aligned model",
+    "generate": "Writing answers",
+    "data": "Importing or exporting preferences",
+    "register-model": "Adding a model",
+    "scan-models": "Looking for models",
+    "trainable-copy": "Making a trainable copy of a model",
+    "demo-model": "Unpacking the demo model",
+    "hardware": "Gathering the diagnostics report",
+    "storage": "Measuring or freeing disk space",
+}
+UNKNOWN_JOB = "A background task"  # never a resource id on screen
+
+
+def describe_resource(resource: str) -> str:
+    """What a job on ``resource`` ("train", "generate:3", ...) does, for the person: "Training"."""
+    return JOB_DESCRIPTIONS.get(resource.split(":")[0], UNKNOWN_JOB)
+
 
 def describe_error(exc: BaseException) -> str:
     """A sentence for the person. Our own errors already are; others get their type named."""
@@ -49,6 +73,8 @@ class JobThread(QThread):
         cancelled(): the job stopped at a step boundary after ``cancel()``.
 
     Views start and follow jobs through :class:`~desktop_dpo.workers.job_op.JobOp`, which connects them.
+
+    ``name`` is the resource the job holds; :attr:`description` says what it does, in words.
     """
 
     event = Signal(object)
@@ -60,9 +86,15 @@ class JobThread(QThread):
         super().__init__(parent)
         self.setObjectName(name)
         self.name = name
+        self.described_as = ""  # what the job does, in words; "" = the resource's (describe_resource)
         self._factory = factory
         self.token = CancelToken()
         self.outcome: str | None = None  # "succeeded" | "failed" | "cancelled" once finished
+
+    @property
+    def description(self) -> str:
+        """What the job does, for the person ("Training", "Writing answers with Gemma")."""
+        return self.described_as or describe_resource(self.name)
 
     def cancel(self) -> None:
         """Ask the job to stop at its next step boundary (returns at once)."""
@@ -109,8 +141,16 @@ class JobRegistry(QObject):
         return thread is not None and thread.isRunning()
 
     def running(self) -> list[str]:
-        """Resources held by running jobs, quiet ones left out (what the window names and asks about)."""
+        """Resources held by running jobs, quiet ones left out (the jobs the window names and asks about)."""
         return [name for name, thread in self._jobs.items() if thread.isRunning() and name not in self._quiet]
+
+    def running_descriptions(self) -> list[str]:
+        """What the jobs of :meth:`running` do, in words: what the window shows ("Training", ...)."""
+        return [self._jobs[name].description for name in self.running()]
+
+    def idle(self) -> bool:
+        """True when no job runs, quiet ones included."""
+        return not any(thread.isRunning() for thread in self._jobs.values())
 
     def start(self, thread: JobThread, *, quiet: bool = False) -> JobThread:
         """Start ``thread`` on its resource (``thread.name``). Raises if a job already runs there (one that
@@ -124,10 +164,8 @@ class JobRegistry(QObject):
         current = self._jobs.get(resource)
         if current is not None and current.isRunning() and current.outcome is not None:
             current.wait(FINISHING_WAIT_MS)
-        if self.is_busy(resource):
-            raise DesktopDpoError(
-                f"A {resource.split(':')[0]} job is already running; wait for it or stop it."
-            )
+        if current is not None and self.is_busy(resource):
+            raise DesktopDpoError(f"{current.description} is already running; wait for it or stop it.")
         thread.setParent(self)
         self._jobs[resource] = thread
         if quiet:
@@ -152,11 +190,17 @@ class JobRegistry(QObject):
         if thread is not None:
             thread.cancel()
 
-    def cancel_all_and_wait(self, timeout_ms: int = -1) -> bool:
-        """Cancel every job and wait for each to reach a step boundary. True if all stopped."""
-        threads = list(self._jobs.values())
-        for thread in threads:
+    def cancel_all(self) -> None:
+        """Ask every job to stop (returns at once); :attr:`changed` follows as each one ends (see
+        :meth:`idle`). The window quits this way, its event loop running meanwhile."""
+        for thread in list(self._jobs.values()):
             thread.cancel()
+
+    def cancel_all_and_wait(self, timeout_ms: int = -1) -> bool:
+        """Cancel every job and wait for each to reach a step boundary (blocking: the app's last safety net
+        after its event loop ended, and tests). True if all stopped."""
+        threads = list(self._jobs.values())
+        self.cancel_all()
         ok = True
         for thread in threads:
             ok = (thread.wait() if timeout_ms < 0 else thread.wait(timeout_ms)) and ok

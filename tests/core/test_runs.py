@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
+
 import pytest
 
 from desktop_dpo.core.dpo.config import TrainConfig, TrainingError
@@ -10,8 +13,11 @@ from desktop_dpo.core.dpo.runs import (
     model_pair_ids,
     plan_run,
     resume_settings,
+    run_label,
+    run_name,
     trainable_reason,
 )
+from desktop_dpo.core.export.pipeline import aligned_model_name
 from desktop_dpo.core.model_files import TRAINABLE_COPY_KEY, TRAINABLE_COPY_MARKER
 
 
@@ -38,7 +44,7 @@ def test_a_models_pairs_are_its_own_samples_and_imported_ones(memory_store):
     assert model_pair_ids(store, mine) == [own, imported]
     run_id = create_run_for_model(store, store.get_model(mine), TrainConfig(epochs=3))
     run = store.get_run(run_id)
-    assert run.comparison_ids == [own, imported] and run.name == "mine (2 pairs)"
+    assert run.comparison_ids == [own, imported] and run.name.startswith(f"Run {run_id} · mine · 2 pairs · ")
     assert run.config["epochs"] == 3 and run.base_model_id == mine
 
     nothing = store.add_model(name="empty", path="/e", kind="gguf", fingerprint="e")
@@ -97,3 +103,35 @@ def test_resume_settings_change_the_stored_config_or_refuse(memory_store):
     assert store.get_run(run_id).config["lr"] == TrainConfig().lr  # refused: nothing changed
     with pytest.raises(TrainingError, match="no training run 42"):
         resume_settings(store, 42)
+
+
+def test_runs_of_one_model_are_named_apart_by_number_pairs_and_time(memory_store):
+    store = memory_store
+    demo = store.get_model(
+        store.add_model(name="Gemma 3 270M (demo, Q4_K_M)", path="/d.gguf", kind="hf", fingerprint="d")
+    )
+    for topic in ("tea", "maps", "owls"):
+        pair(store, topic)
+    first = store.get_run(create_run_for_model(store, demo, TrainConfig()))
+    second = store.get_run(create_run_for_model(store, demo, TrainConfig()))
+    named = store.get_run(create_run_for_model(store, demo, TrainConfig(), name="with a longer context"))
+
+    assert first.name != second.name
+    assert re.fullmatch(rf"Run {first.id} · Gemma 3 270M · 3 pairs · \d{{1,2}} \w{{3}} \d\d:\d\d", first.name)
+    assert second.name.startswith(f"Run {second.id} · ")
+    assert named.name == "with a longer context"  # a name the person gave stays
+    assert run_label(first.id, first.name) == first.name  # its number is not said twice
+    assert run_label(4, "with a longer context") == "Run 4 · with a longer context"
+    started = datetime(2024, 12, 5, 14, 2).timestamp()  # local time
+    assert run_name(7, "tiny", 1, started) == "Run 7 · tiny · 1 pair · 5 Dec 14:02"
+
+
+def test_an_aligned_model_is_named_after_its_base_and_its_run():
+    assert (
+        aligned_model_name("Gemma 3 270M (demo, Q4_K_M)", 3, "Q4_K_M")
+        == "Gemma 3 270M · aligned, run 3 · Q4_K_M"
+    )
+    # A next round trains the aligned model: its name says the new run, not both.
+    round_two = aligned_model_name("Gemma 3 270M · aligned, run 3 · Q4_K_M", 5, "Q8_0")
+    assert round_two == "Gemma 3 270M · aligned, run 5 · Q8_0"
+    assert aligned_model_name("My model (v2)", 1, "Q4_K_M") == "My model (v2) · aligned, run 1 · Q4_K_M"

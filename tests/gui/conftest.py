@@ -12,17 +12,51 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PySide6.QtCore import QEvent
-from PySide6.QtWidgets import QApplication, QWidget
+from PySide6.QtCore import QEvent, Qt
+from PySide6.QtWidgets import QAbstractButton, QApplication, QLabel, QWidget
 
 from desktop_dpo.core.llm.engine_pool import EnginePool
 from desktop_dpo.core.llm.generation import TokenEvent
 from desktop_dpo.core.llm.llama_child import FAULT_ENV
 from desktop_dpo.core.store import Store
+from desktop_dpo.gui.resource_files import read_style_sheet
 from desktop_dpo.workers.job_worker import JobRegistry
 
 JOB_STOP_MS = 60_000  # generous: the machine is shared; a job that has not stopped by then is a failure
 HOLD_S = 60  # a held job goes on by itself after this long, so a failing test cannot hang
+
+
+@pytest.fixture
+def app_style() -> Generator[None, None, None]:
+    """The app's style sheet (fonts, paddings and sizes as a person sees them), for this test only."""
+    app = QApplication.instance()
+    app.setStyleSheet(read_style_sheet())
+    yield
+    app.setStyleSheet("")
+
+
+def cut_texts(root: QWidget) -> list[str]:
+    """The texts on screen under ``root`` that do not fit: a one-line label or a button whose text is wider
+    than the room it has, or a widget that sticks out of its window's right edge."""
+    cut = []
+    right_edge = root.window().mapToGlobal(root.window().rect().topRight()).x()
+    for widget in root.findChildren(QWidget):
+        if not widget.isVisible():
+            continue
+        text = ""
+        if (
+            isinstance(widget, QLabel)
+            and not widget.wordWrap()
+            and widget.textFormat() != Qt.TextFormat.RichText
+        ):
+            text, room = widget.text(), widget.contentsRect().width()
+        elif isinstance(widget, QAbstractButton):
+            text, room = widget.text(), widget.width() - 8  # the button's frame and padding
+        if text and "<" not in text and widget.fontMetrics().horizontalAdvance(text) > room:
+            cut.append(f"{type(widget).__name__} {widget.objectName()!r}: {text!r}")
+        elif widget.mapToGlobal(widget.rect().topRight()).x() > right_edge + 1:
+            cut.append(f"{type(widget).__name__} {widget.objectName()!r} sticks out of the window")
+    return cut
 
 
 def show_active(qtbot, widget: QWidget, width: int, height: int) -> None:

@@ -12,10 +12,13 @@ from PySide6.QtWidgets import QApplication, QMainWindow
 
 from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core import sampling
+from desktop_dpo.core.llm.generation import GenerationResult
 from desktop_dpo.core.models import register_model
 from desktop_dpo.core.sampling import GGUF_COPY_INFO_KEY
+from desktop_dpo.gui.collect_pair import describe_result
 from desktop_dpo.gui.collect_view import CollectView, verdict_for
-from tests.gui.conftest import FixedSide, held_after_first_token, hold_the_model_child, show_active
+from desktop_dpo.gui.response_pane import ResponsePane
+from tests.gui.conftest import FixedSide, cut_texts, held_after_first_token, hold_the_model_child, show_active
 
 WAIT_MS = 60_000  # generous: the machine is shared; nothing here asserts on time
 
@@ -178,6 +181,55 @@ def test_edit_stores_the_rewrite_with_the_verdict(qtbot, gui_store, registry, po
     assert saved.comparison.edited_side == "b"  # B was on the left
     assert as_shown(saved.text_b) == (left_original,), "the original answer is kept"
     assert saved.comparison.verdict == "b"
+
+
+def test_the_rewrite_dialog_shows_the_prompt_being_answered(qtbot, view):
+    sample_and_wait(qtbot, view, "Tell me about tea.")
+    dialog = view.open_edit(1)
+    assert dialog is not None
+    qtbot.waitUntil(dialog.isVisible)
+    assert dialog.prompt_view.isVisible() and dialog.prompt_view.isReadOnly()
+    assert "Tell me about tea." in dialog.prompt_text()
+    assert dialog.prompt_label.text() == "The prompt you are answering"
+    assert dialog.prompt_view.geometry().bottom() < dialog.editor.geometry().top(), "above the editor"
+    assert dialog.text() == view.panes[1].shown_text()
+    dialog.reject()
+    qtbot.waitUntil(lambda: view.edit_dialog is None)
+
+
+def test_the_rewrite_dialog_shows_the_conversation_before_a_later_turn(qtbot, view):
+    view.system_toggle.setChecked(True)
+    view.system_edit.setPlainText("Be brief.")
+    view.prompt_edit.setFocus()
+    sample_and_wait(qtbot, view, "Tell me about tea.")
+    key(qtbot, view, "Alt+1")
+    key(qtbot, view, "Alt+C")
+    sample_and_wait(qtbot, view, "And coffee?")
+
+    dialog = view.open_edit(0)
+    qtbot.waitUntil(dialog.isVisible)
+    shown = dialog.prompt_text()
+    assert dialog.prompt_label.text() == "The conversation so far"
+    assert shown.index("Be brief.") < shown.index("Tell me about tea.") < shown.index("And coffee?")
+    chosen = " ".join(view.history()[1]["content"].split())  # the answer chosen on turn 1
+    assert chosen[:20] in " ".join(shown.split())
+    dialog.reject()
+    qtbot.waitUntil(lambda: view.edit_dialog is None)
+
+
+def test_an_answer_of_one_token_says_1_token(qtbot, gui_store, registry, pool, app_home, tiny_gguf):
+    def result(tokens: int) -> GenerationResult:
+        return GenerationResult("x", 3, tokens, 0.1, "stop", 1, {})
+
+    assert describe_result(result(1)) == "1 token · 0.1 s · finished"
+    assert describe_result(result(2)) == "2 tokens · 0.1 s · finished"
+
+    register_model(gui_store, tiny_gguf, name="tiny")
+    view = make_view(qtbot, gui_store, registry, pool, app_home, max_tokens=1)
+    sample_and_wait(qtbot, view)
+    for pane in view.panes:
+        status = pane.status.text()
+        assert status.startswith(("1 token ·", "0 tokens ·")), status
 
 
 # ------------------------------------------------------------------------------------------- stop and errors
@@ -452,3 +504,55 @@ def test_a_conversation_from_elsewhere_opens_ready_to_sample(qtbot, view, gui_st
     sample_and_wait(qtbot, view, prompt=None)
     key(qtbot, view, "Alt+2")
     assert gui_store.comparison_views()[-1].messages == conversation
+
+
+def test_a_streamed_answer_is_read_from_its_beginning(qtbot):
+    pane = ResponsePane(0)
+    show_active(qtbot, pane, 360, 260)
+    for number in range(60):
+        pane.append(f"Line {number} of a long answer.\n")
+    bar = pane.text.verticalScrollBar()
+    assert bar.maximum() > 0  # the answer is longer than the pane
+    assert bar.value() == 0  # ... and the pane still shows its first line
+    reading = bar.maximum() // 2
+    bar.setValue(reading)  # the person scrolls down to read on
+    for number in range(20):
+        pane.append(f"More {number}.\n")
+    assert bar.value() == reading < bar.maximum()  # it stays where they were, not at the tail
+
+
+def test_in_a_1024_by_640_window_nothing_is_cut_and_sampling_brings_the_answers_up(
+    qtbot, gui_store, registry, pool, app_home, tiny_gguf, app_style
+):
+    register_model(gui_store, tiny_gguf, name="tiny")
+    # The room Collect has in a 1024 x 640 window: less the sidebar, the menu bar and the status bar.
+    view = make_view(qtbot, gui_store, registry, pool, app_home)
+    view.resize(1024 - 212, 640 - 60)
+    qtbot.waitUntil(lambda: view.width() == 1024 - 212)
+    assert cut_texts(view) == []
+    assert view.page_scroll.horizontalScrollBar().maximum() == 0  # nothing wider than the page
+    assert view.panes[0].text.height() >= 4 * view.panes[0].text.fontMetrics().lineSpacing()
+
+    sample_and_wait(qtbot, view)
+    viewport = view.page_scroll.viewport()
+    bar_top = view.verdict_bar.mapTo(viewport, view.verdict_bar.rect().topLeft()).y()
+    assert (
+        bar_top >= 0 and bar_top + view.verdict_bar.height() <= viewport.height()
+    )  # the verdicts are on screen
+    assert view.panes[0].mapTo(viewport, view.panes[0].rect().bottomLeft()).y() > 0  # ... under the answers
+
+    key(qtbot, view, "Alt+1")
+    qtbot.waitUntil(lambda: view.feedback.text().startswith("Saved"))
+    assert view.feedback.heightForWidth(view.feedback.width()) <= view.feedback.height()  # wrapped, not cut
+    assert cut_texts(view) == []
+    # Too narrow for every button's shortcut: the buttons say what they do, the shortcut is in the tooltip.
+    assert "Alt+1" not in view.verdict_buttons["left"].text()
+    assert "Alt+1" in view.verdict_buttons["left"].toolTip()
+
+
+def test_a_wide_window_shows_the_shortcut_on_every_verdict_button(qtbot, view, app_style):
+    view.resize(1700, 900)
+    qtbot.waitUntil(lambda: view.width() == 1700)
+    assert view.verdict_buttons["left"].text() == "Left better   Alt+1"
+    assert view.undo_button.text() == "Undo   Ctrl+Z"
+    assert cut_texts(view) == []

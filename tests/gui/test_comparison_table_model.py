@@ -13,7 +13,10 @@ from desktop_dpo.gui.comparison_table_model import (
     MUTED,
     NONE_SHOWN,
     TOOLTIP_CHARS,
+    VERDICT_FILTERS,
     ComparisonTableModel,
+    verdict_choices,
+    verdict_name,
 )
 
 DISPLAY = Qt.ItemDataRole.DisplayRole
@@ -69,23 +72,21 @@ def test_each_row_shows_its_comparison_in_words(seeded):
     model.reload()
     assert model.rowCount() == 5 and model.columnCount() == len(COLUMNS)
     assert [model.headerData(i, Qt.Orientation.Horizontal) for i in range(len(COLUMNS))] == [
-        "#", "Date", "Prompt", "Verdict", "Chosen", "Rejected", "Source", "A shown", "Deleted",
+        "#", "Date", "Prompt", "Verdict", "Chosen", "Rejected", "Source", "Deleted",
     ]  # fmt: skip
     tea = ids["tea"]
     assert cell(model, tea, "id") == str(tea)
     assert cell(model, tea, "prompt") == "How do I brew green tea?"  # one line
-    assert cell(model, tea, "verdict") == "A better"
+    assert cell(model, tea, "verdict") == "Left better"  # A, shown on the left, was better
     assert (cell(model, tea, "chosen"), cell(model, tea, "rejected")) == ("Steep it at 80 °C.", "Boil it.")
     assert cell(model, tea, "source") == "Collected"
-    assert cell(model, tea, "shown") == "Left"
     assert cell(model, tea, "deleted") == ""
     assert len(cell(model, tea, "date")) == len("2026-12-01")
     assert len(cell(model, tea, "date", TOOLTIP)) == len("2026-12-01 06:41:07")  # the time, to the second
 
     colour = ids["colour"]
-    assert cell(model, colour, "verdict") == "B better"
+    assert cell(model, colour, "verdict") == "Left better"  # B was better, and B was shown on the left
     assert (cell(model, colour, "chosen"), cell(model, colour, "rejected")) == ("Blue.", "Stone.")
-    assert cell(model, colour, "shown") == "Right"
 
     haiku = ids["haiku"]
     assert cell(model, haiku, "verdict") == "Tie"
@@ -93,12 +94,12 @@ def test_each_row_shows_its_comparison_in_words(seeded):
     assert cell(model, haiku, "chosen", Qt.ItemDataRole.ForegroundRole) == MUTED
 
     edit = ids["edit"]
-    assert cell(model, edit, "verdict") == "Edited · B better ✎"  # ✎: it has a note
+    assert cell(model, edit, "verdict") == "Edited · Right better ✎"  # ✎: it has a note
     assert (cell(model, edit, "chosen"), cell(model, edit, "rejected")) == ("Hello there!", "Hi.")
 
     imported = ids["import"]
     assert cell(model, imported, "source") == "Imported"
-    assert cell(model, imported, "shown") == NONE_SHOWN
+    assert cell(model, imported, "verdict") == "A better"  # never shown: A is the file's chosen answer
     assert cell(model, imported, "id", Qt.ItemDataRole.UserRole) == imported
 
 
@@ -123,8 +124,9 @@ def test_tooltips_give_the_longer_story(memory_store):
     assert cell(model, chat, "rejected", TOOLTIP) == "No."
     assert cell(model, tie, "chosen", TOOLTIP) == "Tie: no response chosen"
     assert "note" in cell(model, tie, "verdict", TOOLTIP)
-    assert "never shown" in cell(model, imported, "shown", TOOLTIP)
-    assert model.headerData(COLUMN_INDEX["shown"], Qt.Orientation.Horizontal, TOOLTIP)
+    assert "never shown" in cell(model, imported, "verdict", TOOLTIP)
+    assert "chosen" in cell(model, imported, "verdict", TOOLTIP)
+    assert "side" in model.headerData(COLUMN_INDEX["verdict"], Qt.Orientation.Horizontal, TOOLTIP)
 
 
 def test_filters_search_verdicts_and_deleted_rows(seeded):
@@ -134,8 +136,12 @@ def test_filters_search_verdicts_and_deleted_rows(seeded):
     assert model.ids() == [ids["tea"]]
     model.set_filters(search="friendlier")  # found in the note
     assert model.ids() == [ids["edit"]]
-    model.set_filters(verdict_filter="b")
-    assert sorted(model.ids()) == sorted([ids["colour"], ids["edit"]])
+    model.set_filters(verdict_filter="right")
+    assert model.ids() == [ids["edit"]]
+    model.set_filters(verdict_filter="left")
+    assert sorted(model.ids()) == sorted([ids["tea"], ids["colour"]])
+    model.set_filters(verdict_filter="imported")
+    assert model.ids() == [ids["import"]]
     model.set_filters(verdict_filter="usable")
     assert sorted(model.ids()) == sorted([ids["tea"], ids["colour"], ids["edit"], ids["import"]])
     model.set_filters(verdict_filter="edited")
@@ -159,7 +165,7 @@ def test_refresh_ids_updates_rows_in_place_and_drops_deleted_ones(seeded):
     store.update_comparison(ids["haiku"], verdict="a")
     store.set_comparisons_deleted([ids["tea"], ids["colour"]])
     model.refresh_ids([ids["haiku"], ids["tea"], ids["colour"]])
-    assert cell(model, ids["haiku"], "verdict") == "A better"
+    assert cell(model, ids["haiku"], "verdict") == "Left better"
     assert model.row_of(ids["tea"]) is None and model.row_of(ids["colour"]) is None
     assert sorted(model.ids()) == sorted([ids["haiku"], ids["edit"], ids["import"]])
     assert all(model.row_of(i) == row for row, i in enumerate(model.ids()))
@@ -201,3 +207,64 @@ def test_a_selection_follows_its_comparison_when_the_table_is_sorted(seeded):
     assert [model.summary(i.row()).id for i in selection.selectedRows()] == [ids["colour"]]
     assert model.summary(pinned.row()).id == ids["haiku"]
     assert pinned.column() == COLUMN_INDEX["prompt"]
+
+
+# ------------------------------------------------------------------------------------------- verdicts as judged
+
+
+@pytest.mark.parametrize("a_shown_left", [True, False], ids=["A-left", "A-right"])
+def test_verdicts_read_as_the_side_the_person_chose(memory_store, a_shown_left):
+    """A verdict names a generation; the table says which side of the screen won, as the person saw it."""
+    left, right = ("a", "b") if a_shown_left else ("b", "a")
+    rows = {
+        verdict: record(memory_store, f"Q {verdict}?", "A.", "B.", verdict, a_shown_left=a_shown_left)
+        for verdict in ("a", "b", "tie", "both_bad", "skip")
+    }
+    model = ComparisonTableModel(memory_store)
+    model.reload()
+    assert cell(model, rows[left], "verdict") == "Left better"
+    assert cell(model, rows[right], "verdict") == "Right better"
+    assert [cell(model, rows[v], "verdict") for v in ("tie", "both_bad", "skip")] == [
+        "Tie", "Both bad", "Skipped",
+    ]  # fmt: skip
+    assert cell(model, rows["skip"], "chosen", TOOLTIP) == "Skipped: no response chosen"
+    shown = [cell(model, i, "verdict") for i in rows.values()]
+    assert not any(words.startswith(("A ", "B ")) for words in shown), "A and B were never on screen"
+    assert verdict_choices(a_shown_left) == [
+        ("Left better", left), ("Right better", right), ("Tie", "tie"), ("Both bad", "both_bad"),
+        ("Skipped", "skip"),
+    ]  # fmt: skip
+
+
+def test_pairs_never_shown_side_by_side_keep_a_and_b_and_say_why(memory_store):
+    imported = record(memory_store, "Q?", "Yes.", "No.", "b", source="import")
+    unrecorded = record(memory_store, "R?", "Yes.", "No.", "a")  # saved without the side shown
+    model = ComparisonTableModel(memory_store)
+    model.reload()
+    assert cell(model, imported, "verdict") == "B better"
+    assert "marked chosen" in cell(model, imported, "verdict", TOOLTIP)
+    assert cell(model, unrecorded, "verdict") == "A better"
+    assert "side by side" in cell(model, unrecorded, "verdict", TOOLTIP)
+    assert verdict_name("b", None) == "B better" and verdict_name("skip", None) == "Skipped"
+    assert [words for words, _verdict in verdict_choices(None)][:2] == ["A better", "B better"]
+
+
+def test_verdict_filters_and_sorting_use_the_words_on_screen(seeded):
+    store, _ids = seeded
+    model = ComparisonTableModel(store)
+    labels = [f.label for f in VERDICT_FILTERS.values()]
+    assert labels == [
+        "All verdicts", "Usable for training", "Left better", "Right better", "Tie", "Both bad", "Skipped",
+        "Edited", "Imported",
+    ]  # fmt: skip
+    for key, verdict_filter in VERDICT_FILTERS.items():
+        if verdict_filter.label in ("Left better", "Right better", "Tie", "Both bad", "Skipped"):
+            model.set_filters(verdict_filter=key, include_deleted=True)
+            words = {cell(model, i, "verdict").removeprefix("Edited · ").rstrip(" ✎") for i in model.ids()}
+            assert words <= {verdict_filter.label}, (key, words)
+
+    model.set_filters()
+    model.sort(COLUMN_INDEX["verdict"], Qt.SortOrder.AscendingOrder)
+    verdicts = [model.data(model.index(r, COLUMN_INDEX["verdict"])) for r in range(model.rowCount())]
+    assert verdicts == sorted(verdicts)
+    assert "Left better" in verdicts and "A better" in verdicts

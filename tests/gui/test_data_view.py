@@ -127,7 +127,7 @@ def test_rows_show_prompt_verdict_and_texts_and_the_counts(make_view, seeded):
     assert shown_ids(view) == sorted(seeded.values(), reverse=True)  # newest first
     assert view.counts_text() == "5 comparisons · 4 usable for training"
     assert cell(view, seeded["tea"], "prompt") == "How do I brew green tea?"
-    assert cell(view, seeded["tea"], "verdict") == "A better"
+    assert cell(view, seeded["tea"], "verdict") == "Right better"  # A won, and it was shown on the right
     assert cell(view, seeded["tea"], "chosen") == "Steep it at 80 °C for two minutes."
     assert cell(view, seeded["tea"], "rejected") == "Boil it for ten minutes."
     assert cell(view, seeded["hello"], "prompt") == "Turn 2 · Say hello properly."  # a conversation
@@ -141,7 +141,7 @@ def test_the_detail_panel_shows_the_whole_comparison(qtbot, make_view, seeded):
     click_row(qtbot, view, seeded["tea"])
     assert detail.comparison_id == seeded["tea"]
     assert detail.title.text() == f"Comparison #{seeded['tea']}"
-    assert "A was shown on the right" in detail.meta.text()
+    assert "A was shown" not in detail.meta.text()  # the answers are laid out as they were shown
     assert "How do I brew green tea?" in detail.prompt_text.toPlainText()
     assert detail.panes["a"].text.toPlainText() == "Steep it at 80 °C for two minutes."
     assert detail.panes["b"].text.toPlainText() == "Boil it for ten minutes."
@@ -154,7 +154,7 @@ def test_the_detail_panel_shows_the_whole_comparison(qtbot, make_view, seeded):
         and "max tokens 64" in detail.panes["a"].meta.toolTip()
     )
     assert not detail.edit_pane.isVisibleTo(detail)
-    assert detail.verdict_combo.currentText() == "A better"
+    assert detail.verdict_combo.currentText() == "Right better"
     assert detail.note_edit.text() == ""
 
     # A conversation: system prompt and earlier turns, the person's rewrite and note.
@@ -171,7 +171,7 @@ def test_the_detail_panel_shows_the_whole_comparison(qtbot, make_view, seeded):
         assert words in prompt
     assert prompt.index("polite pirate") < prompt.index("Greet me.") < prompt.index("Say hello properly.")
     assert detail.edit_pane.isVisibleTo(detail)
-    assert detail.edit_pane.title.text() == "Rewrite of A"
+    assert detail.edit_pane.title.text() == "Your rewrite of answer A"  # saved without the side shown
     assert detail.edit_pane.text.toPlainText() == "Hello, and welcome aboard!"
     assert detail.note_edit.text() == "The rewrite is friendlier."
     assert detail.panes["a"].meta.text() == "Model and sampling settings unknown"
@@ -285,7 +285,9 @@ def test_the_verdict_filter_shows_one_kind_of_verdict(make_view, seeded):
         return sorted(shown_ids(view))
 
     assert choose("Tie") == [seeded["haiku"]]
-    assert choose("B better") == [seeded["colour"]]
+    assert choose("Right better") == sorted([seeded["tea"], seeded["colour"]])
+    assert choose("Left better") == []
+    assert choose("Imported") == [seeded["import"]]
     assert choose("Edited") == [seeded["hello"]]
     assert choose("Usable for training") == sorted(
         [seeded["tea"], seeded["colour"], seeded["hello"], seeded["import"]]
@@ -382,6 +384,63 @@ def test_changing_the_verdict_persists_at_once(qtbot, make_view, seeded, gui_sto
     assert view.counts_text() == "5 comparisons · 5 usable for training"
     with Store.open(app_home.db_path) as reopened:
         assert reopened.get_comparison(haiku).verdict == "b"
+
+
+def combo_texts(combo) -> list[str]:
+    return [combo.itemText(i) for i in range(combo.count())]
+
+
+def test_verdicts_read_left_and_right_as_the_person_judged_them(qtbot, make_view, seeded, gui_store):
+    view, _actions = make_view()
+    detail, tea = view.detail, seeded["tea"]  # A won, shown on the right
+    messages: list[str] = []
+    view.status_message.connect(messages.append)
+    click_row(qtbot, view, tea)
+    left, right = detail.panes["b"], detail.panes["a"]
+    assert (left.title.text(), right.title.text()) == ("Left answer", "Right answer")
+    assert left.text.toPlainText() == "Boil it for ten minutes."
+    qtbot.waitUntil(lambda: left.isVisible() and left.x() < right.x(), timeout=WAIT_MS)  # as shown then
+    assert right.badge.text() == "✓ Better"
+    combo = detail.verdict_combo
+    assert combo_texts(combo) == ["Left better", "Right better", "Tie", "Both bad", "Skipped"]
+    assert combo.currentText() == "Right better"
+
+    combo.setFocus()
+    with qtbot.waitSignal(view.data_changed, timeout=WAIT_MS):
+        qtbot.keyClick(combo, Qt.Key.Key_Up)  # Right better -> Left better
+    assert cell(view, tea, "verdict") == "Left better"
+    assert gui_store.get_comparison(tea).verdict == "b"  # the generation that was on the left
+    assert cell(view, tea, "chosen") == "Boil it for ten minutes."
+    assert messages[-1] == f"Comparison #{tea}: now “Left better”."
+    assert left.badge.text() == "✓ Better" and not right.badge.isVisibleTo(detail)
+
+    click_row(qtbot, view, seeded["colour"])  # A shown on the left
+    assert detail.panes["a"].title.text() == "Left answer"
+    qtbot.waitUntil(lambda: detail.panes["a"].x() < detail.panes["b"].x(), timeout=WAIT_MS)
+    assert combo.currentText() == "Right better"  # B won, on the right
+
+    # An imported pair was never on screen: A and B, and a tooltip saying what they are.
+    click_row(qtbot, view, seeded["import"])
+    assert (detail.panes["a"].title.text(), detail.panes["b"].title.text()) == ("Answer A", "Answer B")
+    assert "marked chosen" in detail.panes["a"].title.toolTip()
+    assert detail.panes["b"].meta.text().startswith("Imported as rejected")
+    assert combo_texts(combo)[:2] == ["A better", "B better"] and combo.currentText() == "A better"
+    assert "marked chosen" in combo.itemData(0, Qt.ItemDataRole.ToolTipRole)
+    assert "never shown" in view.model.data(
+        view.model.index(view.model.row_of(seeded["import"]), COLUMN_INDEX["verdict"]),
+        Qt.ItemDataRole.ToolTipRole,
+    )
+
+
+def test_the_rewrite_of_a_side_shown_answer_is_named_by_its_side(qtbot, make_view, gui_store):
+    rewritten = record(
+        gui_store, "Say hi.", "Hi.", "Yo.", "b", a_shown_left=True, edited_text="Hello!", edited_side="a"
+    )
+    view, _actions = make_view()
+    click_row(qtbot, view, rewritten)
+    assert view.detail.edit_pane.title.text() == "Your rewrite of the left answer"
+    assert "original left answer" in view.detail.edit_pane.meta.text()
+    assert cell(view, rewritten, "verdict") == "Edited · Right better"
 
 
 def test_a_note_is_saved_when_the_field_is_left(qtbot, make_view, seeded, app_home):

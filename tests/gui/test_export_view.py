@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QPoint, QRect, Qt
 from PySide6.QtWidgets import QApplication
 
 from desktop_dpo.core.dpo.config import TrainConfig
@@ -96,6 +97,9 @@ def test_export_writes_the_files_shows_the_parity_report_and_registers_the_model
     assert "Registered as" in view.activity()
     aligned = [m for m in view_store.list_models() if m.source == "aligned"]
     assert len(aligned) == 1 and aligned[0].run_id == 1
+    # The registered file is selected at once: "Chat with it" works without a click on its row.
+    assert view.exports_tree.currentItem().toolTip(0) == aligned[0].path
+    assert view.chat_button.isEnabled() and view.evaluate_button.isEnabled()
 
     # A past export can be chatted with and run from a terminal.
     view.exports_tree.setCurrentItem(view.exports_tree.topLevelItem(0))
@@ -168,3 +172,68 @@ def test_the_window_stays_responsive_while_exporting(qtbot, view):
     timer.stop()
     QApplication.processEvents()
     assert len(ticks) > 3  # the event loop kept running while the worker merged, converted and quantized
+
+
+def _shown_bytes(text: str) -> float:
+    """The size a label shows ("about 134 KB") in bytes."""
+    number, unit = re.search(r"about ([\d.]+) (B|KB|MB|GB)", text).groups()
+    return float(number) * {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9}[unit]
+
+
+def test_a_finished_export_is_ready_to_chat_with_and_its_report_fits_a_small_window(qtbot, view, app_home):
+    view.resize(1024 - 212, 640)  # the smallest usual window, less the sidebar
+    estimate = _shown_bytes(view.quant_checks["Q4_K_M"].text())
+    chosen = []
+    view.model_chosen.connect(chosen.append)
+    with qtbot.waitSignal(view.models_changed, timeout=WAIT_MS):
+        qtbot.mouseClick(view.export_button, Qt.MouseButton.LeftButton)
+
+    # The new file is selected: every action on it is ready, no click on its row needed.
+    written = app_home.exports_dir / "tiny-run-1" / "tiny-run-1.Q4_K_M.gguf"
+    assert view.exports_tree.currentItem().toolTip(0) == str(written)
+    for action in (view.chat_button, view.evaluate_button, view.open_button, view.copy_button):
+        assert action.isEnabled(), action.text()
+    qtbot.mouseClick(view.chat_button, Qt.MouseButton.LeftButton)
+    assert [m.path for m in chosen] == [str(written)]
+
+    # The size offered before exporting was close to the file's (llama.cpp's mix of types, not a flat rate).
+    assert abs(estimate - written.stat().st_size) / written.stat().st_size < 0.15
+
+    # The success line wraps on a row of its own: all of it shows, and none of it runs under Stop or Export.
+    label = view.activity_row.label
+    text = label.text()
+    assert "Registered as" in text and str(written.parent) in text
+
+    def fits() -> bool:  # once the layout has settled (it is laid out again after the text changed)
+        needed = label.fontMetrics().boundingRect(
+            QRect(0, 0, label.width(), 10_000), Qt.TextFlag.TextWordWrap, text
+        )
+        return label.isVisible() and needed.width() <= label.width() and needed.height() <= label.height()
+
+    qtbot.waitUntil(fits, timeout=5_000)
+    # ... in the page as the window holds it: nothing asked the window to grow to show it all.
+    assert (view.width(), view.height()) == (1024 - 212, 640)
+    shown = QRect(label.mapTo(view, QPoint(0, 0)), label.size())
+    assert view.rect().contains(shown.topRight())
+    for button in (view.stop_button, view.export_button):
+        placed = QRect(button.mapTo(view, QPoint(0, 0)), button.size())
+        assert not shown.intersects(placed) and view.rect().contains(placed)
+
+    # The report leads with a sentence a person understands; the measurements are folded away.
+    assert view.report_summary.isVisible()
+    assert view.report_summary.text().startswith("The exported model answers like the one you trained")
+    assert re.search(r"same next word \d+ of \d+ times", view.report_summary.text())
+    assert view.details_toggle.isVisible() and not view.report_lines.isVisible()
+    assert "Tokenizers agree" not in view.report_summary.text()
+    qtbot.mouseClick(view.details_toggle, Qt.MouseButton.LeftButton)
+    assert view.report_lines.isVisible() and "Tokenizers agree" in view.report_lines.text()
+
+
+def test_a_skipped_check_says_so_in_plain_words_and_offers_no_details(qtbot, view):
+    view.parity_check.setChecked(False)
+    with qtbot.waitSignal(view.models_changed, timeout=WAIT_MS):
+        view.start_export()
+    assert view.report_summary.text().startswith("The check was skipped")
+    assert view.parity_badge.text() == "Check skipped"
+    assert not view.details_toggle.isVisible() and not view.report_lines.isVisible()
+    assert view.chat_button.isEnabled()

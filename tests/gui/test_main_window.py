@@ -4,24 +4,28 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import Qt, QUrl
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer, QUrl
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import QApplication, QFileDialog, QMessageBox
 
 from desktop_dpo import __version__
 from desktop_dpo.config import HOME_ENV
-from desktop_dpo.core.jobs import Log
+from desktop_dpo.core.errors import DesktopDpoError, JobCancelled
+from desktop_dpo.core.jobs import Log, Progress
 from desktop_dpo.core.offline import RefusedAttempt
 from desktop_dpo.core.store import Store
 from desktop_dpo.gui.main_window import VIEWS, MainWindow
 from desktop_dpo.gui.preference_file_actions import DATA_RESOURCE, EXPORT_FILTERS
 from desktop_dpo.workers.job_op import JobOp
+from tests.gui.conftest import HOLD_S, JOB_STOP_MS
 
 REPO = Path(__file__).resolve().parents[2]
 HEAVY_MODULES = ("torch", "transformers", "peft", "llama_cpp", "bitsandbytes", "trl")
@@ -259,10 +263,124 @@ def test_status_bar_counts_pairs_collected_before_start(gui_store, make_window):
 def test_status_bar_names_a_running_job(qtbot, window, registry):
     started, finished = threading.Event(), threading.Event()
     JobOp(registry, _looping_job(started, finished)).resource("train").start()
-    qtbot.waitUntil(lambda: window.status_jobs.text() == "Running: train")
+    qtbot.waitUntil(lambda: window.status_jobs.text() == "Training…")
     registry.cancel("train")
     qtbot.waitUntil(lambda: window.status_jobs.text() == "No jobs running")
     assert finished.is_set()
+
+
+def _every_resource() -> list[str]:
+    """Every resource the app starts jobs on (the constants of the modules that start them)."""
+    from desktop_dpo.gui.diagnostics_dialog import HARDWARE_RESOURCE
+    from desktop_dpo.gui.discovered_models import SCAN_RESOURCE
+    from desktop_dpo.gui.first_run import DEMO_RESOURCE
+    from desktop_dpo.gui.model_registration import REGISTER_RESOURCE
+    from desktop_dpo.gui.models_view import COPY_RESOURCE
+    from desktop_dpo.gui.storage_view import RESOURCE as STORAGE_RESOURCE
+    from desktop_dpo.workers.export_worker import EXPORT_RESOURCE
+    from desktop_dpo.workers.training_worker import DEVICE_RESOURCE, TRAIN_RESOURCE
+
+    return [
+        TRAIN_RESOURCE,
+        DEVICE_RESOURCE,
+        EXPORT_RESOURCE,
+        DATA_RESOURCE,
+        REGISTER_RESOURCE,
+        SCAN_RESOURCE,
+        COPY_RESOURCE,
+        DEMO_RESOURCE,
+        HARDWARE_RESOURCE,
+        STORAGE_RESOURCE,
+        "generate:1",
+        "generate:2",
+    ]
+
+
+def _resource_ids_in(text: str, resources: list[str]) -> list[str]:
+    """The resource ids (or their kind, "generate") that ``text`` shows as words of their own."""
+    ids = {*resources, *(r.split(":")[0] for r in resources)}
+    return sorted(r for r in ids if re.search(rf"(?<![\w-]){re.escape(r)}(?![\w-])", text))
+
+
+def test_status_bar_and_quit_question_say_what_jobs_do_never_their_resource(
+    qtbot, monkeypatch, window, registry
+):
+    resources = _every_resource()
+    finished = []
+    for resource in resources:
+        started, ended = threading.Event(), threading.Event()
+        finished.append(ended)
+        op = JobOp(registry, _looping_job(started, ended))
+        # The generation jobs say which model writes (as ModelWorkView does); the others use the registry's words.
+        op.resource(resource, describe="Writing answers with Gemma" if resource == "generate:1" else "")
+        if resource == "scan-models":
+            op.quiet()  # as the Models view starts it
+        op.start()
+        assert started.wait(5)
+    qtbot.waitUntil(lambda: "Writing answers with Gemma" in window.status_jobs.toolTip())
+    asked: list[str] = []
+    monkeypatch.setattr(
+        QMessageBox,
+        "question",
+        lambda parent, title, text, *a: asked.append(text) or QMessageBox.StandardButton.No,
+    )
+    assert not window.close()
+
+    # So many jobs do not fit the bar: the label is cut short, its tooltip names them all.
+    status, question = window.status_jobs.toolTip(), asked[0]
+    assert window.status_jobs.text().endswith("…") and len(window.status_jobs.text()) < len(status)
+    assert _resource_ids_in(window.status_jobs.text(), resources) == []
+    assert _resource_ids_in(status, resources) == [], status
+    assert _resource_ids_in(question, resources) == [], question
+    for words in ("Training", "Detecting your GPU", "Unpacking the demo model", "Writing answers with Gemma"):
+        assert words in status and f"• {words}" in question
+    assert "Looking for models" not in status + question  # the scan is quiet: neither named nor asked about
+    assert question.startswith("11 jobs are running: stop them and quit?")
+    # A job that cannot start says which job holds its resource, in words too.
+    with pytest.raises(DesktopDpoError, match=r"^Training is already running"):
+        JobOp(registry, _looping_job(threading.Event(), threading.Event())).resource("train").start()
+    registry.cancel_all()
+    qtbot.waitUntil(lambda: window.status_jobs.text() == "No jobs running", timeout=JOB_STOP_MS)
+    assert all(ended.is_set() for ended in finished)
+
+
+def test_a_finished_jobs_loading_line_leaves_the_status_bar(qtbot, window, registry):
+    """A job's Log line ("Loading Gemma…") stays in the status bar while it is true: until the job moves on
+    (the activity line says something else), or until the job ends."""
+    view = window.view("chat").chat  # any view with the messages section; the job is a stand-in
+    loaded, release = threading.Event(), threading.Event()
+
+    def generation(token):
+        yield Log("Loading Gemma…")
+        loaded.wait(HOLD_S)
+        yield Progress(1, 2, "Gemma is writing…")
+        release.wait(HOLD_S)
+        return "done"
+
+    def start(factory) -> JobOp:
+        op = JobOp(registry, factory, owner=view).resource("generate:1").on_event(view.show_job_progress)
+        return view.start_job(op)
+
+    bar = window.statusBar()
+    first = start(generation)
+    qtbot.waitUntil(lambda: bar.currentMessage() == "Loading Gemma…")
+    loaded.set()  # the model answers: the line is no longer true
+    qtbot.waitUntil(lambda: bar.currentMessage() == "")
+    assert view.activity() == "Gemma is writing…"
+    release.set()
+    qtbot.waitUntil(lambda: not first.active)
+
+    def loads_then_answers(token):
+        yield Log("Loading Gemma…")
+        release.wait(HOLD_S)
+        return "done"
+
+    release.clear()
+    second = start(loads_then_answers)
+    qtbot.waitUntil(lambda: bar.currentMessage() == "Loading Gemma…")
+    release.set()  # the job ends with the line still up: it goes with the job, not 8 seconds later
+    qtbot.waitUntil(lambda: not second.active)
+    qtbot.waitUntil(lambda: bar.currentMessage() == "", timeout=3_000)
 
 
 # ------------------------------------------------------------------------------------------- import / export
@@ -396,12 +514,8 @@ def test_open_data_folder_opens_the_folder(monkeypatch, window, app_home):
 # ------------------------------------------------------------------------------------------- closing
 
 
-def test_closing_with_a_job_running_stops_the_job_when_the_person_says_yes(
-    qtbot, monkeypatch, window, registry
-):
-    started, finished = threading.Event(), threading.Event()
-    thread = JobOp(registry, _looping_job(started, finished)).resource("train").start().thread
-    assert started.wait(5)
+def answer_yes_to_every_question(monkeypatch) -> list[str]:
+    """Answer Yes to every question box from now on; returns the list the questions' texts are added to."""
     asked: list[str] = []
 
     def answer_yes(parent, title, text, *args):
@@ -409,11 +523,23 @@ def test_closing_with_a_job_running_stops_the_job_when_the_person_says_yes(
         return QMessageBox.StandardButton.Yes
 
     monkeypatch.setattr(QMessageBox, "question", answer_yes)
-    assert window.close()
+    return asked
+
+
+def test_closing_with_a_job_running_stops_the_job_when_the_person_says_yes(
+    qtbot, monkeypatch, window, registry
+):
+    started, finished = threading.Event(), threading.Event()
+    thread = JobOp(registry, _looping_job(started, finished)).resource("train").start().thread
+    assert started.wait(5)
+    asked = answer_yes_to_every_question(monkeypatch)
+    window.close()  # returns at once: the window stays up, painted, until the job has stopped
+    assert thread.wait(JOB_STOP_MS)  # (the registry lets go of the thread once the event loop runs)
     assert asked and asked[0].startswith("A job is running: stop it and quit?")
     assert finished.is_set(), "the job's cleanup (finally) did not run"
     assert thread.isFinished()
     assert thread.outcome == "cancelled"
+    qtbot.waitUntil(lambda: not window.isVisible(), timeout=JOB_STOP_MS)
     assert not window.isVisible()
 
 
@@ -438,3 +564,74 @@ def test_closing_with_no_job_running_asks_nothing(monkeypatch, window):
     monkeypatch.setattr(QMessageBox, "question", lambda *args: pytest.fail("asked although no job runs"))
     assert window.close()
     assert not window.isVisible()
+
+
+def _slow_to_stop_job(started: threading.Event, finished: threading.Event, stop_s: float):
+    """A job that works until cancelled and then needs ``stop_s`` seconds to stop (a training step ending,
+    a checkpoint being written)."""
+
+    def factory(token):
+        def job():
+            started.set()
+            try:
+                while True:
+                    yield Log("working")
+                    token.wait(0.05)
+            except JobCancelled:
+                time.sleep(stop_s)  # the job's own slow clean-up, in its worker thread
+                raise
+            finally:
+                finished.set()
+
+        return job()
+
+    return factory
+
+
+def test_quitting_while_a_job_stops_keeps_the_window_alive_until_it_has(qtbot, monkeypatch, window, registry):
+    """After "Yes", the window is not frozen while the job takes its time to stop: the event loop runs (a
+    timer fires, the window repaints), the window says it is stopping, asks nothing more, and then closes."""
+    started, finished = threading.Event(), threading.Event()
+    outcomes: list[str] = []
+    op = JobOp(registry, _slow_to_stop_job(started, finished, 1.0)).resource("train")
+    op.on_cancelled(lambda: outcomes.append("cancelled")).start()
+    assert started.wait(5)
+    asked = answer_yes_to_every_question(monkeypatch)
+    ticks_while_stopping: list[bool] = []
+    timer = QTimer(window)
+    timer.setInterval(20)
+    timer.timeout.connect(lambda: ticks_while_stopping.append(window.isVisible() and not finished.is_set()))
+    paints = _PaintCounter()
+    window.statusBar().installEventFilter(paints)
+
+    assert not window.close()  # not yet: the job is stopping
+    timer.start()
+    assert window.isVisible() and registry.running() == ["train"]
+    assert "stopping" in window.windowTitle()
+    assert window.status_jobs.text() == "Stopping: Training…"
+    assert window.statusBar().currentMessage() == "Quitting…"
+    assert not window.centralWidget().isEnabled()  # nothing new starts meanwhile
+    paints.count = 0
+    # Closing again (the title bar's ×, Ctrl+Q) neither asks again nor stacks up.
+    assert not window.close() and not window.close()
+    assert len(asked) == 1
+
+    qtbot.waitUntil(lambda: not window.isVisible(), timeout=JOB_STOP_MS)
+    assert sum(ticks_while_stopping) >= 10, "the event loop stood still while the job stopped"
+    assert paints.count > 0, "the window did not repaint while the job stopped"
+    assert finished.is_set() and outcomes == ["cancelled"]
+    assert registry.idle() and registry.running() == []
+    assert len(asked) == 1
+
+
+class _PaintCounter(QObject):
+    """Counts the paint events of the widget it filters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # Qt override
+        if event.type() == QEvent.Type.Paint:
+            self.count += 1
+        return False

@@ -14,14 +14,21 @@ from pathlib import Path
 import pytest
 import torch
 from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QImage, QPainter
+from PySide6.QtWidgets import QApplication
 
+from desktop_dpo.core.dpo import events
 from desktop_dpo.core.dpo.config import TrainConfig
 from desktop_dpo.core.dpo.runs import MIN_TRAIN_PAIRS
 from desktop_dpo.core.dpo.train_child import FAULT_ENV
 from desktop_dpo.core.llm.engine_pool import EnginePool
 from desktop_dpo.core.models import register_model
 from desktop_dpo.core.store import Store
-from desktop_dpo.gui.train_view import TrainView
+from desktop_dpo.gui import train_view as train_view_module
+from desktop_dpo.gui.metrics_plots import EMPTY_BEFORE_RUN, EMPTY_RUN, PLOTS
+from desktop_dpo.gui.resource_files import read_style_sheet
+from desktop_dpo.gui.train_live_panel import describe_start
+from desktop_dpo.gui.train_view import WAITING_FOR_PRESET, TrainView
 from desktop_dpo.workers import training_worker
 from desktop_dpo.workers.job_worker import JobRegistry
 from desktop_dpo.workers.training_worker import TRAIN_RESOURCE
@@ -72,6 +79,45 @@ def click(qtbot, button) -> None:
 
 def wait_for_end(qtbot, view: TrainView, registry: JobRegistry) -> None:
     qtbot.waitUntil(lambda: view.phase() == "idle" and not registry.is_busy(TRAIN_RESOURCE), timeout=WAIT_MS)
+
+
+class HeldDetection:
+    """Holds the device detection in its worker thread until ``release()``: a GPU check that takes a while
+    (the first one imports torch). ``hold()`` holds the next one."""
+
+    def __init__(self, monkeypatch):
+        self.held = threading.Event()  # the detection has started and waits
+        self._release = threading.Event()
+        real = train_view_module.device_preset_job
+
+        def held_job(cancel, model=None):
+            self.held.set()
+            while not self._release.wait(0.02):
+                cancel.raise_if_cancelled()
+            return (yield from real(cancel, model=model))
+
+        monkeypatch.setattr(train_view_module, "device_preset_job", held_job)
+
+    def hold(self) -> None:
+        self.held.clear()
+        self._release.clear()
+
+    def release(self) -> None:
+        self._release.set()
+
+
+def add_flat_run(store: Store, model_id: int) -> int:
+    """A stored run whose first steps barely move the loss (it sits at ln 2): what a run's first steps look like."""
+    run_id = store.create_run(name="flat", base_model_id=model_id, config=TINY.to_dict(), comparison_ids=[])
+    store.update_run(run_id, status="stopped", step=2, total_steps=5)
+    for step, loss in ((1, 0.6931481), (2, 0.6931477)):
+        store.add_run_metrics(
+            run_id, step, {"loss": loss, "rewards/accuracies": 0.5, "rewards/margins": 3e-7}
+        )
+    store.add_run_metrics(
+        run_id, 0, {"loss": 0.6931472, "rewards/accuracies": 0.5, "rewards/margins": 0.0}, split="heldout"
+    )
+    return run_id
 
 
 class HoldAtStep:
@@ -128,7 +174,7 @@ def test_settings_start_from_the_detected_device_and_keep_the_persons_changes(
     view = TrainView(store=gui_store, registry=registry, paths=app_home)
     qtbot.addWidget(view)
     assert view.preset_note.text() == "Detecting your GPU…"  # until the detection job reports
-    view.settings_form.editors["epochs"].setValue(5)  # the person edits before detection ends
+    view.set_settings(TINY.replace(epochs=5))  # e.g. Resume's settings, put on the form before detection ends
     view.show()
     qtbot.waitUntil(lambda: view.preset is not None, timeout=WAIT_MS)
 
@@ -443,3 +489,191 @@ def test_the_preset_is_sized_for_the_chosen_model_and_says_why(
     view.set_model(other.id)  # another model: the preset is sized again, off the GUI thread
     qtbot.waitUntil(lambda: view.preset.model_id == other.id, timeout=WAIT_MS)
     assert view.settings() == view.preset.config  # untouched form: the new preset fills it
+
+
+def test_start_and_the_settings_wait_for_the_gpu_check_so_the_form_shows_what_runs(
+    qtbot, gui_store, registry, app_home, model, monkeypatch, tmp_path
+):
+    from tests.plugins.tiny_model import build_tiny_model
+
+    add_pairs(gui_store)
+    other = register_model(gui_store, build_tiny_model(tmp_path / "wider", hidden=128), name="wider")
+    detection = HeldDetection(monkeypatch)
+    view = TrainView(store=gui_store, registry=registry, paths=app_home)
+    qtbot.addWidget(view)
+    view.resize(1100, 760)
+    view.show()
+    try:
+        qtbot.waitUntil(detection.held.is_set, timeout=WAIT_MS)
+        assert view.preset_note.text() == "Detecting your GPU…"
+        # Generic settings are on the form until the preset comes: neither they nor Start can be used.
+        assert not view.settings_form.isEnabled()
+        assert not view.start_button.isEnabled()
+        assert view.start_reason.isVisible() and view.start_reason.text() == WAITING_FOR_PRESET
+        assert "Checking your GPU" in view.start_button.toolTip()
+        qtbot.mouseClick(view.start_button, Qt.MouseButton.LeftButton)
+        assert view.start() is None and gui_store.list_runs() == []
+    finally:
+        detection.release()
+    qtbot.waitUntil(lambda: view.preset is not None, timeout=WAIT_MS)
+    assert view.preset_note.text().startswith("Settings for ")
+    assert view.settings() == view.preset.config  # what the form shows is the preset, and what Start runs
+    assert view.settings_form.isEnabled() and view.start_button.isEnabled()
+    assert not view.start_reason.isVisible()
+
+    # Another model, form untouched: its own preset is on the way, so the form and Start wait for it.
+    detection.hold()
+    view.set_model(other.id)
+    try:
+        qtbot.waitUntil(detection.held.is_set, timeout=WAIT_MS)
+        assert view.preset_note.text() == "Sizing the settings for wider…"
+        assert not view.settings_form.isEnabled() and not view.start_button.isEnabled()
+        assert view.start_reason.text() == WAITING_FOR_PRESET
+    finally:
+        detection.release()
+    qtbot.waitUntil(lambda: view.preset.model_id == other.id, timeout=WAIT_MS)
+    assert view.settings_form.isEnabled() and view.start_reason.text() != WAITING_FOR_PRESET
+
+    # The person's own settings: a preset on its way changes nothing on the form, so nothing waits.
+    view.settings_form.editors["epochs"].setValue(5)
+    detection.hold()
+    view.set_model(model.id)
+    try:
+        qtbot.waitUntil(detection.held.is_set, timeout=WAIT_MS)
+        assert view.settings_form.isEnabled() and view.start_button.isEnabled()
+    finally:
+        detection.release()
+    qtbot.waitUntil(lambda: view.preset.model_id == model.id, timeout=WAIT_MS)
+    assert "Your changes were kept" in view.preset_note.text() and view.settings().epochs == 5
+
+
+def test_before_any_run_a_line_says_what_the_plots_will_show(qtbot, gui_store, registry, app_home, model):
+    view = make_view(qtbot, gui_store, registry, app_home)
+
+    assert view.plots.empty_note.isVisible() and view.plots.empty_note.text() == EMPTY_BEFORE_RUN
+    assert not any(plot.isVisible() for plot in view.plots.widgets.values())
+    assert not view.plots.legend.isVisible()
+    assert not view.progress.isVisible()  # no "step 0 of 1" before a run exists
+    assert view.run_headline.text() == "No run training"
+
+    run_id = gui_store.create_run(
+        name="new", base_model_id=model.id, config=TINY.to_dict(), comparison_ids=[]
+    )
+    view.refresh_runs()
+    view.select_run(run_id)  # a run without steps: its curves come after its first step
+    assert view.plots.empty_note.isVisible() and view.plots.empty_note.text() == EMPTY_RUN
+
+    flat = add_flat_run(gui_store, model.id)
+    view.refresh_runs()
+    view.select_run(flat)
+    assert not view.plots.empty_note.isVisible()
+    assert all(plot.isVisible() for plot in view.plots.widgets.values()) and view.plots.legend.isVisible()
+    assert not view.progress.isVisible()  # a past run's curves; no run is training
+
+
+def test_counts_read_as_words_one_pair_one_prompt(qtbot, gui_store, registry, app_home, model):
+    add_pairs(gui_store, TOPICS[:MIN_TRAIN_PAIRS])
+    view = make_view(qtbot, gui_store, registry, app_home, TINY.replace(heldout_fraction=0.1))
+    assert "1 prompt (1 pair) held out" in view.pairs_note.text()
+    started = events.Started("run", 0, 4, train_pairs=1, heldout_pairs=0, device="cpu", quantization="none")
+    assert describe_start(started) == "On cpu (full precision): 1 pair to train on, 0 held out."
+
+
+def drawn_tick_labels(axis) -> list[str]:
+    """The tick labels a pyqtgraph axis draws at its present size and range."""
+    image = QImage(10, 10, QImage.Format.Format_ARGB32)
+    painter = QPainter(image)
+    try:
+        _axis, _ticks, texts = axis.generateDrawSpecs(painter)
+    finally:
+        painter.end()
+    return [text for _rect, _flags, text in texts]
+
+
+def test_a_flat_first_stretch_reads_as_a_few_plain_ticks_not_float_noise(
+    qtbot, gui_store, registry, app_home, model
+):
+    view = make_view(qtbot, gui_store, registry, app_home)
+    run_id = add_flat_run(gui_store, model.id)  # losses 0.6931481 and 0.6931477
+    view.refresh_runs()
+    view.select_run(run_id)
+    QApplication.processEvents()
+
+    for key in ("loss", "rewards/margins"):
+        item = view.plots.widgets[key].getPlotItem()
+        low, high = item.getViewBox().viewRange()[1]
+        assert high - low >= 0.1
+        labels = drawn_tick_labels(item.getAxis("left"))
+        assert len(labels) >= 2 and all(len(label.lstrip("-")) <= 4 for label in labels), labels  # "0.70"
+    # Steps are whole: no tick at step 0.5, and the axis spans a few steps even after one or two.
+    item = view.plots.widgets["loss"].getPlotItem()
+    low, high = item.getViewBox().viewRange()[0]
+    assert low <= 0 and high >= 5
+    labels = drawn_tick_labels(item.getAxis("bottom"))
+    assert len(labels) >= 2 and all(label.isdigit() for label in labels), labels
+
+
+def test_at_1024_by_640_the_plots_keep_their_room_and_whole_titles(
+    qtbot, gui_store, model, make_window, app_style
+):
+    window = make_window()
+    window.resize(1024, 640)
+    window.show_view("train")
+    view = window.view("train")
+    qtbot.waitUntil(lambda: view.preset is not None, timeout=WAIT_MS)
+    run_id = add_flat_run(gui_store, model.id)
+    view.refresh_runs()
+    view.select_run(run_id)
+    QApplication.processEvents()
+
+    assert window.width() == 1024  # the view fits: it does not push the window wider
+    assert view.width() <= 1024 - 212
+    for spec in PLOTS:
+        title, plot = view.plots.titles[spec.key], view.plots.widgets[spec.key]
+        assert title.isVisible() and title.text() == spec.title
+        assert title.fontMetrics().horizontalAdvance(title.text()) <= title.contentsRect().width(), spec.title
+        right = title.mapTo(view, title.rect().bottomRight())
+        assert view.rect().contains(right)  # not cut off by the window's edge
+        assert plot.isVisible() and plot.width() >= 110 and plot.height() >= 110
+
+
+def test_the_runs_list_fits_the_window_and_tells_its_runs_apart(qtbot, gui_store, make_window):
+    from desktop_dpo.core.dpo.runs import create_run_for_model
+    from desktop_dpo.gui.train_runs_panel import COLUMN_METRICS, COLUMN_STATUS, INTERRUPTED, STATUS_LABELS
+
+    demo_name = "Gemma 3 270M (demo, Q4_K_M)"
+    demo = gui_store.get_model(gui_store.add_model(name=demo_name, path="/d", kind="hf", fingerprint="d"))
+    add_pairs(gui_store)
+    accuracies = {"train/rewards/accuracies": 0.75, "heldout/rewards/accuracies": 0.7}
+    final = {**accuracies, "train/rewards/margins": 0.42}
+    run_ids = []
+    # "running" with no job training it: shown as interrupted, the longest status
+    for status in ("completed", "failed", "stopped", "running", "completed", "pending"):
+        run_ids.append(create_run_for_model(gui_store, demo, TINY))
+        gui_store.update_run(run_ids[-1], status=status, step=120, total_steps=120, final_metrics=final)
+    window = make_window()
+    window.setStyleSheet(read_style_sheet())  # as the app looks
+    window.resize(1280, 800)
+    window.show_view("train")
+    view = window.findChild(TrainView)
+    tree = view.runs_tree
+    qtbot.waitUntil(lambda: tree.topLevelItemCount() == len(run_ids) and tree.viewport().width() > 0)
+
+    names = [tree.topLevelItem(i).text(0) for i in range(tree.topLevelItemCount())]
+    assert len(set(names)) == len(names)
+    assert sorted(int(name.split(" ")[1]) for name in names) == sorted(run_ids)  # "Run 3 · Gemma 3 270M · …"
+    header, width = tree.header(), tree.viewport().width()
+    assert tree.horizontalScrollBar().maximum() == 0  # nothing hides to the right
+    status_end = header.sectionViewportPosition(COLUMN_STATUS) + header.sectionSize(COLUMN_STATUS)
+    assert status_end <= width
+    longest = tree.fontMetrics().horizontalAdvance(STATUS_LABELS[INTERRUPTED])
+    assert header.sectionSize(COLUMN_STATUS) > longest  # "interrupted — resume" whole
+    assert header.sectionViewportPosition(COLUMN_METRICS) + header.sectionSize(COLUMN_METRICS) <= width
+    key_metric = tree.fontMetrics().horizontalAdvance("acc 0.75 · held-out 0.70")
+    assert header.sectionSize(COLUMN_METRICS) > key_metric  # cut, if at all, after the held-out accuracy
+    assert tree.viewport().height() >= 4 * tree.sizeHintForRow(0)  # at least four runs in view
+    splitter = view.runs_panel.parentWidget()
+    before = splitter.sizes()[1]
+    splitter.setSizes([10_000, 1])  # the curves dragged as tall as they go
+    qtbot.waitUntil(lambda: splitter.sizes()[1] < before)
+    assert tree.viewport().height() >= 4 * tree.sizeHintForRow(0)  # still four runs

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import QLabel, QTextEdit, QWidget
 
 from desktop_dpo.config import SamplingSettings
+from desktop_dpo.core.export.pipeline import aligned_model_name
 from desktop_dpo.core.store import Store
 from desktop_dpo.gui.sampling_settings_panel import SamplingSettingsPanel
 from desktop_dpo.gui.widgets import NO_MODEL_YET, STRETCH, FitsText, FoldToggle, ModelCombo, hbox, vbox
@@ -31,8 +33,50 @@ def test_the_model_picker_keeps_the_choice_when_it_is_filled_again(qtbot, gui_st
     combo.fill(_models(gui_store, ["gamma"]), combo.model_id())
     assert combo.chosen(gui_store.list_models()).name == "beta"  # still the person's choice
     tooltip = combo.itemData(combo.currentIndex(), Qt.ItemDataRole.ToolTipRole)
-    assert tooltip == "/models/beta.gguf"  # the path, on hover
+    assert tooltip == "beta  ·  GGUF\n/models/beta.gguf"  # the whole text and the path, on hover
     assert changes == []  # filling never looks like the person choosing
+
+
+@pytest.mark.parametrize("min_length", [16, None])  # as narrow as the Train view's, and the default
+def test_an_aligned_model_and_its_base_read_differently_in_a_narrow_picker(qtbot, gui_store, min_length):
+    base = gui_store.add_model(
+        name="Gemma 3 270M (demo, Q4_K_M)", path="/models/gemma.gguf", kind="gguf", fingerprint="base"
+    )
+    for run in (3, 4):  # two rounds of the same base, as the export registers them
+        gui_store.add_model(
+            name=aligned_model_name("Gemma 3 270M (demo, Q4_K_M)", run, "Q4_K_M"),
+            path=f"/exports/gemma-run-{run}/model.Q4_K_M.gguf",
+            kind="gguf",
+            fingerprint=f"run {run}",
+            source="aligned",
+            parent_model_id=base,
+        )
+    models = gui_store.list_models()
+    page = QWidget()
+    combo = ModelCombo("The model that answers", **({"min_length": min_length} if min_length else {}))
+    hbox(combo, STRETCH, parent=page)
+    qtbot.addWidget(page)
+    page.resize(combo.sizeHint().width(), 40)  # the picker no wider than it asks to be
+    page.show()
+    qtbot.waitExposed(page)
+    combo.fill(models, None)
+    texts = [combo.itemText(i) for i in range(combo.count())]
+    shown = []
+    for index in range(combo.count()):
+        combo.setCurrentIndex(index)
+        shown.append(combo.shown_text())
+        combo.repaint()  # paints the shortened text (no error on the way)
+    width = combo.width()
+    if min_length:
+        ends_cut = {combo.fontMetrics().elidedText(t, Qt.TextElideMode.ElideRight, width) for t in texts}
+        assert len(ends_cut) < len(texts)  # cut at their end, as a plain box does, they would read alike
+    assert len(set(shown)) == len(texts)  # as this box shows them, each reads differently
+    assert all(combo.fontMetrics().horizontalAdvance(text) <= width for text in shown)
+    assert "run 3" in shown[1] and "run 4" in shown[2] and "(demo" in shown[0]
+    assert all(text.startswith("Gem") for text in shown), shown  # the start, for the family
+    tooltips = [combo.itemData(i, Qt.ItemDataRole.ToolTipRole) for i in range(combo.count())]
+    assert tooltips[1].startswith("Gemma 3 270M · aligned, run 3 · Q4_K_M  ·  GGUF\n")  # whole, on hover
+    assert combo.view().minimumWidth() >= combo.view().sizeHintForColumn(0)  # the open list shows them whole
 
 
 def test_without_models_the_picker_says_where_to_add_one(qtbot):

@@ -3,8 +3,10 @@ stale jobs dropped, the worker's store opened and closed in its thread, held in 
 
 from __future__ import annotations
 
+import re
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from PySide6.QtCore import QObject, Qt
@@ -14,7 +16,7 @@ from desktop_dpo.core.errors import DesktopDpoError, JobCancelled, ModelError
 from desktop_dpo.core.jobs import CancelToken, Log, Progress
 from desktop_dpo.core.store import Store
 from desktop_dpo.workers.job_op import JobOp
-from desktop_dpo.workers.job_worker import JobRegistry
+from desktop_dpo.workers.job_worker import UNKNOWN_JOB, JobRegistry, describe_resource
 
 WAIT_MS = 10_000
 
@@ -282,3 +284,70 @@ def test_slots_finds_the_owners_slots_by_their_names(qtbot, registry):
     assert owner.heard == [("event", Progress(1, 2)), ("succeeded", 2)]
     with pytest.raises(ValueError, match="_on_cuont_"):  # a misspelt thing would never be heard
         JobOp(registry, counts, owner=owner).resource("count").slots("cuont")
+
+
+# ------------------------------------------------------------------------------------------- in words
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _resources_in_the_source() -> set[str]:
+    """Every resource the app names: its ``*RESOURCE = "..."`` constants and the ``generate:`` family."""
+    found = {"generate:1"}
+    for path in (REPO / "desktop_dpo").rglob("*.py"):
+        found |= set(re.findall(r'^\w*RESOURCE = "([^"]+)"', path.read_text(encoding="utf-8"), re.M))
+    return found
+
+
+def test_every_resource_the_app_uses_has_words_for_the_person():
+    resources = _resources_in_the_source()
+    assert {"train", "detect-device", "export", "demo-model", "generate:1"} <= resources
+    for resource in resources:
+        words = describe_resource(resource)
+        assert words != UNKNOWN_JOB, f"{resource!r} has no words in JOB_DESCRIPTIONS"
+        assert resource.split(":")[0] not in words.lower().split(), words
+    assert describe_resource("something-new") == UNKNOWN_JOB  # a forgotten one still shows no id
+
+
+def test_the_registry_says_what_its_jobs_do(qtbot, registry):
+    release = threading.Event()
+
+    def waits(_token: CancelToken):
+        release.wait(WAIT_MS / 1000)
+        return None
+        yield  # a generator
+
+    JobOp(registry, waits).resource("train").start()
+    JobOp(registry, waits).resource("generate:7", describe="Writing answers with Gemma").start()
+    JobOp(registry, waits).resource("scan-models").quiet().start()
+    assert registry.running_descriptions() == ["Training", "Writing answers with Gemma"]
+    with pytest.raises(DesktopDpoError) as refused:
+        JobOp(registry, waits).resource("generate:7").start()
+    assert str(refused.value) == "Writing answers with Gemma is already running; wait for it or stop it."
+    release.set()
+    qtbot.waitUntil(registry.idle, timeout=WAIT_MS)
+    assert registry.running_descriptions() == []
+
+
+def test_cancel_all_returns_at_once_and_the_registry_says_when_all_have_ended(qtbot, registry):
+    stopping = threading.Event()
+
+    def slow_to_stop(token: CancelToken):
+        try:
+            while True:
+                yield Progress(0, 1)
+                token.wait(0.05)
+        except JobCancelled:
+            stopping.set()
+            time.sleep(0.5)  # its clean-up takes a while
+            raise
+
+    JobOp(registry, slow_to_stop).resource("train").start()
+    JobOp(registry, slow_to_stop).resource("scan-models").quiet().start()
+    assert not registry.idle()
+    begun = time.monotonic()
+    registry.cancel_all()
+    assert time.monotonic() - begun < 0.2  # the GUI thread does not wait for the clean-up
+    assert not registry.idle()
+    qtbot.waitUntil(registry.idle, timeout=WAIT_MS)
+    assert stopping.is_set() and registry.running() == []

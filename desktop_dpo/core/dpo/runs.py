@@ -1,24 +1,32 @@
 """Making and resuming training runs: which pairs a new run takes, how they will split, what it is called.
 
 The CLI (``desktop-dpo train``) and the Train view both start runs through these functions, so a run
-made either way holds the same snapshot of pairs for the same model and settings. No torch here: the
-GUI calls these on its own thread to show counts before anything heavy is imported.
+made either way holds the same snapshot of pairs for the same model and settings, and the same kind of name
+(:func:`run_name`). No torch here: the GUI calls these on its own thread to show counts before anything
+heavy is imported.
 """
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from desktop_dpo.core.dpo.config import TrainConfig, TrainingError, parse_reference
 from desktop_dpo.core.dpo.data import pairs_from_comparisons, split_by_prompt
 from desktop_dpo.core.model_files import find_training_folder
 from desktop_dpo.core.store import ModelRow, RunRow, Store
+from desktop_dpo.core.wording import plural
 
 # Fewer pairs than this teach a model next to nothing and make the held-out numbers meaningless; the
 # Train view says so instead of starting (the CLI, for scripts and experiments, allows any number).
 MIN_TRAIN_PAIRS = 8
+
+# A closing note of a model file's quantization in its name: "(Q4_K_M)", "(demo, Q4_K_M)", "(F16)".
+_QUANTIZATION_NOTE = re.compile(r"\s*\((?:[^()]*,\s*)?(?:I?Q\d\w*|B?F16|F32)\)\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -103,13 +111,40 @@ def create_run_for_model(
     ids = list(comparison_ids) if comparison_ids is not None else model_pair_ids(store, model.id)
     if not ids:
         raise TrainingError(f"{model.name} has no usable pairs yet: pick A or B in some comparisons first.")
-    return store.create_run(
-        name=name or f"{model.name} ({len(ids)} pairs)",
-        base_model_id=model.id,
-        config=config.validated().to_dict(),
-        comparison_ids=ids,
-        reference=reference,
-    )
+    with store.atomic():
+        run_id = store.create_run(
+            name=name or "",
+            base_model_id=model.id,
+            config=config.validated().to_dict(),
+            comparison_ids=ids,
+            reference=reference,
+        )
+        if not name:  # the number is the run's id, known once it is stored
+            store.update_run(run_id, name=run_name(run_id, model.name, len(ids), time.time()))
+    return run_id
+
+
+def without_quantization_note(name: str) -> str:
+    """A model's name without a closing note of its file's quantization: ``Gemma 3 270M (demo, Q4_K_M)`` →
+    ``Gemma 3 270M``; other names as they are. Runs and aligned models are named without it: it tells of the
+    base's file, not of theirs."""
+    return _QUANTIZATION_NOTE.sub("", name).strip() or name
+
+
+def run_name(run_id: int, model_name: str, pairs: int, created: float) -> str:
+    """The name a run is given when the person gives none, the same from the GUI, the CLI and the demo:
+    its number, model, pairs and local start time (``Run 3 · Gemma 3 270M · 12 pairs · 5 Dec 14:02``).
+    The number is the one its exported model and folder carry ("run 3")."""
+    when = datetime.fromtimestamp(created)
+    model = without_quantization_note(model_name)
+    return f"Run {run_id} · {model} · {plural(pairs, 'pair')} · {when.day} {when:%b %H:%M}"
+
+
+def run_label(run_id: int, name: str) -> str:
+    """A run named with its number in front, once: ``Run 3 · round one``; a name made by :func:`run_name`
+    (which starts so) as it is."""
+    prefix = f"Run {run_id}"
+    return name if name == prefix or name.startswith(f"{prefix} ") else f"{prefix} · {name}"
 
 
 def resume_settings(store: Store, run_id: int, changes: dict[str, Any] | None = None) -> RunRow:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -42,21 +44,22 @@ def _weights_bytes(model_dir: Path) -> int:
     return sum(f.stat().st_size for f in files)
 
 
-def _parameter_count(model_dir: Path) -> int:
-    """Weights in the folder, from the safetensors headers (a few KB read per file)."""
-    total = 0
+def _safetensors_shapes(model_dir: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor of the folder: name -> shape (outermost first), from the safetensors headers (a few KB)."""
+    shapes: dict[str, tuple[int, ...]] = {}
     for file in model_dir.glob("*.safetensors"):
         with file.open("rb") as handle:
             size = int.from_bytes(handle.read(8), "little")
             header = json.loads(handle.read(size))
         for name, entry in header.items():
-            if name == "__metadata__":
-                continue
-            count = 1
-            for dim in entry["shape"]:
-                count *= int(dim)
-            total += count
-    return total
+            if name != "__metadata__":
+                shapes[name] = tuple(int(dim) for dim in entry["shape"])
+    return shapes
+
+
+def _parameter_count(model_dir: Path) -> int:
+    """Weights in the folder, from the safetensors headers (a few KB read per file)."""
+    return sum(math.prod(shape) for shape in _safetensors_shapes(model_dir).values())
 
 
 def estimate_gguf_bytes(model_dir: Path, outtype: str) -> int:
@@ -313,6 +316,107 @@ QUANTIZATIONS: dict[str, tuple[str, float]] = {
 }
 DEFAULT_QUANTIZATION = "Q4_K_M"
 
+# How llama.cpp stores a weight of each tensor type: (bytes a block takes, weights in a block).
+_BLOCKS: dict[str, tuple[int, int]] = {
+    "F32": (4, 1), "F16": (2, 1), "Q8_0": (34, 32), "Q5_0": (22, 32), "Q5_1": (24, 32),
+    "Q4_K": (144, 256), "Q5_K": (176, 256), "Q6_K": (210, 256),
+}  # fmt: skip
+# What each file type writes by default, and for the tensors it keeps at more bits (the output matrix,
+# half the attention-value and feed-forward-down matrices): llama.cpp's llama_tensor_get_type.
+_TYPE_MIX: dict[str, tuple[str, str]] = {
+    "F16": ("F16", "F16"), "Q8_0": ("Q8_0", "Q8_0"), "Q5_K_M": ("Q5_K", "Q6_K"), "Q4_K_M": ("Q4_K", "Q6_K"),
+}  # fmt: skip
+# A row whose length the K-quant block (256) does not divide falls back to a 32-weight type (Gemma's 640).
+_FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+# Hugging Face and GGUF names of the tensors the mix treats apart.
+_OUTPUT_NAMES = ("lm_head.weight", "output.weight")
+_EMBEDDING_NAMES = ("embed_tokens.weight", "token_embd.weight", "wte.weight", "word_embeddings.weight")
+_VALUE_NAMES = ("v_proj.weight", "attn_v.weight")
+_DOWN_NAMES = ("down_proj.weight", "ffn_down.weight")
+_FUSED_QKV_NAMES = ("qkv_proj.weight", "attn_qkv.weight", "query_key_value.weight")
+_HEADER_BYTES = 8 * 1024  # the GGUF header besides the vocabulary: settings, chat template, tensor table
+_BYTES_PER_TOKEN = 24  # a vocabulary entry in the header: its text, score and type (or a merge rule)
+
+
+def _named(name: str, names: tuple[str, ...]) -> bool:
+    """True when ``name`` is one of ``names`` or ends with ".<one of names>" (attn_output is not output)."""
+    return any(name == candidate or name.endswith("." + candidate) for candidate in names)
+
+
+def _more_bits(index: int, count: int) -> bool:
+    """llama.cpp's use_more_bits: the first and last eighth of the layers, and every third one between."""
+    return index < count // 8 or index >= 7 * count // 8 or (index - count // 8) % 3 == 2
+
+
+def _tensor_type(name: str, row: int, quantization: str, more_bits: bool, tied: bool) -> str:
+    """The type llama.cpp's quantizer writes one weight matrix in (``row``: its row length)."""
+    default, better = _TYPE_MIX[quantization]
+    kind = default
+    if _named(name, _OUTPUT_NAMES) or (tied and _named(name, _EMBEDDING_NAMES)):
+        kind = "Q8_0" if quantization != "F16" and row % 256 else better
+    elif _named(name, _FUSED_QKV_NAMES) and quantization == "Q4_K_M":
+        kind = "Q5_K"
+    elif more_bits and _named(name, _VALUE_NAMES + _DOWN_NAMES):
+        kind = better
+    if row % _BLOCKS[kind][1]:
+        kind = _FALLBACK.get(kind, "F16")
+        kind = kind if row % _BLOCKS[kind][1] == 0 else "F16"
+    return kind
+
+
+def estimate_quantized_bytes(tensors: Iterable[tuple[str, tuple[int, ...]]], quantization: str) -> int:
+    """How large a GGUF of ``quantization`` (one of :data:`QUANTIZATIONS`) will be, from the model's tensors.
+
+    ``tensors`` are (name, shape) pairs with the shape outermost first, as safetensors and torch give them
+    (Hugging Face or GGUF names). K-quant files are a mix, as llama.cpp writes them: the output matrix (the
+    embedding, when it doubles as the output) in Q6_K, or Q8_0 when its rows do not split into 256-weight
+    blocks; half the attention-value and feed-forward-down matrices in Q6_K; rows of a length 256 does not
+    divide in a 32-weight type; norms and biases in F32. The header's vocabulary is counted too.
+    """
+    shapes = [(name, tuple(shape)) for name, shape in tensors]
+    tied = not any(_named(name, _OUTPUT_NAMES) for name, _ in shapes)
+    counts = {
+        names: sum(1 for name, _ in shapes if _named(name, names)) for names in (_VALUE_NAMES, _DOWN_NAMES)
+    }
+    seen = dict.fromkeys(counts, 0)
+    total = _HEADER_BYTES
+    for name, shape in shapes:
+        if _named(name, _EMBEDDING_NAMES) and len(shape) == 2:
+            total += shape[0] * _BYTES_PER_TOKEN
+        if len(shape) < 2 or not name.endswith("weight"):
+            total += math.prod(shape) * 4  # written in F32 and never quantized
+            continue
+        group = next((names for names in counts if _named(name, names)), None)
+        more_bits = group is not None and _more_bits(seen[group], counts[group])
+        if group is not None:
+            seen[group] += 1
+        size, per_block = _BLOCKS[_tensor_type(name, shape[-1], quantization, more_bits, tied)]
+        total += math.prod(shape) // per_block * size
+    return total
+
+
+def estimate_export_bytes(model_dir: str | Path, quantization: str) -> int | None:
+    """How large the ``quantization`` file of a Hugging Face folder will be (None when its weights are unreadable).
+
+    Reads only the safetensors headers (a few KB): cheap enough to ask while a person picks a model.
+    """
+    try:
+        shapes = _safetensors_shapes(Path(model_dir))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return estimate_quantized_bytes(_layer_order(shapes), quantization) if shapes else None
+
+
+def _layer_order(shapes: dict[str, tuple[int, ...]]) -> list[tuple[str, tuple[int, ...]]]:
+    """The tensors in layer order (layer 2 before layer 10), as the converter writes them."""
+
+    def key(item: tuple[str, tuple[int, ...]]) -> tuple[int, str]:
+        match = re.search(r"\.(\d+)\.", item[0])
+        return (int(match.group(1)) if match else -1, item[0])
+
+    return sorted(shapes.items(), key=key)
+
+
 # Runs in a child process: the quantizer is one long C call that cannot be interrupted from Python, and a
 # child can be ended at once when the person stops the export (its memory goes back to the system, too).
 _QUANTIZE_CHILD = (
@@ -330,10 +434,11 @@ sys.exit(0 if status == 0 else 3)
 )
 
 
-def _tensor_elements(gguf_path: Path) -> int:
-    from desktop_dpo.core.llm.gguf_info import read_gguf_info
+def _gguf_shapes(gguf_path: Path) -> list[tuple[str, tuple[int, ...]]]:
+    """The tensors of a GGUF: (name, shape outermost first); a GGUF lists the row length first."""
+    from gguf import GGUFReader
 
-    return int(read_gguf_info(gguf_path).get("parameter_count") or 0)
+    return [(t.name, tuple(int(d) for d in reversed(t.shape))) for t in GGUFReader(str(gguf_path)).tensors]
 
 
 def _run_child(
@@ -425,8 +530,8 @@ def quantize_gguf(
         raise ExportError(f"Unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}.")
     if not source.is_file():
         raise ExportError(f"{source} does not exist: convert the model to GGUF first.")
-    ftype_name, bytes_per_weight = QUANTIZATIONS[quantization]
-    expected = int(_tensor_elements(source) * bytes_per_weight) + 1024 * 1024
+    ftype_name = QUANTIZATIONS[quantization][0]
+    expected = estimate_quantized_bytes(_gguf_shapes(source), quantization)
     target.parent.mkdir(parents=True, exist_ok=True)
     _check_free_space(target.parent, expected, f"the {quantization} file")
     threads = threads or max(1, os.cpu_count() or 1)

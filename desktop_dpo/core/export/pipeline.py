@@ -30,12 +30,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from desktop_dpo import __version__
+from desktop_dpo.core.dpo.runs import without_quantization_note
 from desktop_dpo.core.errors import ExportError
 from desktop_dpo.core.export.gguf import (
     DEFAULT_QUANTIZATION,
     QUANTIZATIONS,
     STOP_STRINGS_KEY,
     convert_hf_to_gguf,
+    estimate_export_bytes,
     estimate_gguf_bytes,
     llama_cpp_command,
     modelfile_text,
@@ -271,7 +273,14 @@ def _check_destination(plan: _ExportPlan) -> None:
 def _check_free_space(plan: _ExportPlan) -> None:
     """Room for the merged folder, the F16 GGUF and every quantized file, with a margin."""
     f16_bytes = estimate_gguf_bytes(plan.base_dir, "f16")  # two bytes a weight: the merged folder is as large
-    needed = int(f16_bytes * (2 + sum(QUANTIZATIONS[q][1] / 2 for q in plan.quantizations if q != "F16")))
+    needed = 2 * f16_bytes
+    for quantization in plan.quantizations:
+        if quantization != "F16":
+            # From the tensors' shapes, as llama.cpp picks each one's type; the flat rate when unreadable.
+            estimate = estimate_export_bytes(plan.base_dir, quantization)
+            needed += (
+                estimate if estimate is not None else int(f16_bytes * QUANTIZATIONS[quantization][1] / 2)
+            )
     free = shutil.disk_usage(plan.parent).free
     if free < needed + _SPACE_MARGIN:
         raise ExportError(
@@ -499,6 +508,19 @@ def _adapter_info(adapter_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+# An earlier round in a base model's name (``… · aligned, run 3 · Q4_K_M``), which an aligned model's name
+# says anew.
+_EARLIER_ROUND = re.compile(r"\s*·\s*aligned, run \d+\s*·\s*[^·]*$")
+
+
+def aligned_model_name(base_name: str, run_id: int, quantization: str) -> str:
+    """The name an exported model is registered under: its base, the run it came from and its file's
+    quantization (``Gemma 3 270M · aligned, run 3 · Q4_K_M``). The base's own quantization note and
+    earlier round are left out, so a next round's model is named the same way, not ever longer."""
+    base = _EARLIER_ROUND.sub("", without_quantization_note(base_name)).strip() or base_name
+    return f"{base} · aligned, run {run_id} · {quantization}"
+
+
 def persist_export(store: Store, finished: ExportFinished, *, register_as: str | None = None) -> list[int]:
     """Record an export: each file as an export row, and the first file registered as an aligned model.
 
@@ -516,8 +538,11 @@ def persist_export(store: Store, finished: ExportFinished, *, register_as: str |
             store,
             chosen.path,
             source="aligned",
-            name=f"{finished.metadata.get('desktop_dpo.base_model', 'model')} · run {finished.run_id} · "
-            f"{chosen.quantization}",
+            name=aligned_model_name(
+                str(finished.metadata.get("desktop_dpo.base_model", "model")),
+                finished.run_id,
+                chosen.quantization,
+            ),
             parent_model_id=base_id,
             run_id=finished.run_id,
         )
