@@ -65,7 +65,7 @@ from desktop_dpo.core.evaluate import (
 )
 from desktop_dpo.core.jobs import CancelToken, Log, Progress
 from desktop_dpo.core.llm.generation import MAX_SEED, GenerationResult, ResponseFinished, TokenEvent
-from desktop_dpo.core.model_files import TRAINABLE_COPY_KEY, trainable_copy_dir
+from desktop_dpo.core.model_files import trainable_copy_dir
 from desktop_dpo.core.sampling import generation_meta, record_model_info
 
 if TYPE_CHECKING:
@@ -392,15 +392,10 @@ def _prepare_model(store: Store, paths: AppPaths, cancel: CancelToken) -> Genera
 def _prepare_copy(
     store: Store, paths: AppPaths, model: ModelRow, cancel: CancelToken
 ) -> Generator[Any, None, ModelRow]:
-    from desktop_dpo.core.models import make_trainable_copy
+    from desktop_dpo.core.models import recorded_trainable_copy
 
-    # The folder the Models view uses for it too, so either reuses the other's copy.
-    out_dir = trainable_copy_dir(paths, model)
-    folder = yield from make_trainable_copy(model.path, out_dir, cancel=cancel)
-    store.update_model_info(model.id, **{TRAINABLE_COPY_KEY: str(folder)})
-    row = store.get_model(model.id)
-    assert row is not None
-    return row
+    # The folder the Models and Train views use for it too, so each reuses the others' copy.
+    return (yield from recorded_trainable_copy(store, model, trainable_copy_dir(paths, model), cancel=cancel))
 
 
 def sample_answers(

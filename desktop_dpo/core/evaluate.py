@@ -4,7 +4,7 @@ win rate with its confidence interval.
 An evaluation answers one question a person cares about after training: *did the aligned model really get
 better?* Each evaluation prompt is answered once by each model with the same seed and sampling settings (so
 the only difference is the weights), both at the same quantization (so the comparison does not also measure
-the quantization). A judge says which answer is better: the person, blind, in the Evaluate tab; or, for
+the quantization). A judge says which answer is better: the person, blind, in the Evaluate view; or, for
 headless runs, a rule (:func:`judge_by_rule`).
 
 Votes are counted as the aligned model's wins and losses; ties and "both bad" say nothing about which model
@@ -56,7 +56,7 @@ Z_95 = 1.959964
 # Which streamed response is which in an evaluation pair (the ``seq`` of its events).
 BASE_SEQ, ALIGNED_SEQ = 0, 1
 VOTES = ("aligned", "base", "tie", "both_bad")
-PERSON = "person"  # the judge of a vote given in the Evaluate tab
+PERSON = "person"  # the judge of a vote given in the Evaluate view
 PROMPT_SOURCE = "evaluate"  # the source of prompts added from an evaluation prompt file
 
 

@@ -27,7 +27,7 @@ Alt+N              next prompt from the queue
 Alt+C              continue the conversation with the chosen answer (after a verdict)
 =================  ===================================================================================
 
-The verdict keys use Alt because the main window's View menu owns Ctrl+1 … Ctrl+7 (two shortcuts on one
+The verdict keys use Alt because the main window's View menu owns Ctrl+1 … Ctrl+8 (two shortcuts on one
 key would both be refused by Qt as ambiguous).
 """
 
@@ -42,6 +42,7 @@ from PySide6.QtGui import QKeySequence, QShortcut, QShowEvent
 from PySide6.QtWidgets import QBoxLayout, QCheckBox, QFrame, QHBoxLayout, QSizePolicy
 
 from desktop_dpo.config import SamplingSettings
+from desktop_dpo.core.dpo.pair_counts import PAIRS_EXPLAINED, store_pair_counts, training_text, usable_text
 from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.llm.generation import GenerationResult, ResponseFinished, TokenEvent
 from desktop_dpo.core.prompt_files import read_prompt_file
@@ -58,7 +59,7 @@ from desktop_dpo.gui.collect_pair import (
     verdict_for,  # noqa: F401 (imported from here too)
 )
 from desktop_dpo.gui.collect_prompt_editor import CollectPromptEditor
-from desktop_dpo.gui.collect_verdict_bar import CHOICE_LABELS, VERDICT_SHORTCUTS, VerdictBar
+from desktop_dpo.gui.collect_verdict_bar import CHOICE_LABELS, VERDICT_SHORTCUTS, VerdictBar, undo_keys
 from desktop_dpo.gui.collect_verdicts import save_verdict, undo_verdict
 from desktop_dpo.gui.model_work_view import STOP_SHORTCUT, SingleModelView
 from desktop_dpo.gui.response_pane import SIDE_NAMES, ResponsePane
@@ -221,16 +222,17 @@ class CollectView(SingleModelView):
         return bar
 
     def _build_shortcuts(self) -> None:
-        def shortcut(keys: str | QKeySequence, slot: Any) -> QShortcut:
+        def shortcut(keys: str | list[QKeySequence], slot: Any) -> QShortcut:
             return view_shortcut(self, keys, slot)
 
         self.shortcuts: dict[str, QShortcut] = {}
-        for keys in SAMPLE_SHORTCUTS:
+        for keys in SAMPLE_SHORTCUTS:  # Return and the keypad's Enter
             self.shortcuts[keys] = shortcut(keys, self.sample)
         self.shortcuts["stop"] = shortcut(STOP_SHORTCUT, self.stop)
         self.shortcuts["next"] = shortcut(NEXT_PROMPT_SHORTCUT, self.next_prompt)
         self.shortcuts["continue"] = shortcut(CONTINUE_SHORTCUT, self.continue_conversation)
-        self.shortcuts["undo"] = shortcut(QKeySequence(QKeySequence.StandardKey.Undo), self.undo_last_verdict)
+        # Every Undo key of the platform (Ctrl+Z where it has none), as UndoKeyFilter lets through.
+        self.shortcuts["undo"] = shortcut(undo_keys(), self.undo_last_verdict)
         for choice in CHOICES:
             self.shortcuts[choice] = shortcut(VERDICT_SHORTCUTS[choice], lambda c=choice: self.judge(c))
 
@@ -453,9 +455,10 @@ class CollectView(SingleModelView):
 
     def refresh_counts(self) -> None:
         """Re-read the usable-pair and queue counts."""
-        usable = self.store.count_usable_pairs()
+        counts = store_pair_counts(self.store)
         self._queue_count = len(self.store.queued_prompts())
-        self.pairs_label.setText(f"{usable} usable pair{'s' if usable != 1 else ''}")
+        self.pairs_label.setText(usable_text(counts.usable))
+        self.pairs_label.setToolTip(f"{training_text(counts)}\n\n{PAIRS_EXPLAINED}")
         self.queue_label.setText(f"{self._queue_count} queued")
         self.queue_label.setVisible(self._queue_count > 0)
         self._update_actions()

@@ -51,6 +51,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from desktop_dpo.core.dpo.pair_counts import PAIRS_EXPLAINED, store_pair_counts, training_text
 from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.store import Store
 from desktop_dpo.core.wording import plural
@@ -133,9 +134,7 @@ class DataView(ViewMessages, QWidget):
         title, summary = title_block(
             "Data", "Everything you have judged: search it, fix it, take it elsewhere."
         )
-        self.counts_label = page_pill(
-            "Comparisons not deleted; usable ones give training a chosen and a rejected response"
-        )
+        self.counts_label = page_pill(PAIRS_EXPLAINED)  # the counts go in front once known
         self.import_button = self._button_for(import_action, primary=True, text="Import…")
         self.export_button = self._button_for(export_action, primary=False, text="Export…")
         self.action_buttons = [self.import_button, self.export_button]
@@ -377,11 +376,14 @@ class DataView(ViewMessages, QWidget):
         try:
             total = self.store.count_comparisons()
             everything = self.store.count_comparisons(include_deleted=True)
-            usable = self.store.count_usable_pairs()
+            counts = store_pair_counts(self.store)
         except DesktopDpoError as exc:
             self.show_error(f"The comparisons could not be counted: {exc}")
             return
-        self.counts_label.setText(f"{plural(total, 'comparison')} · {usable} usable for training")
+        self.counts_label.setText(f"{plural(total, 'comparison')} · {counts.usable} usable for training")
+        self.counts_label.setToolTip(
+            f"{plural(total, 'comparison')} not deleted: {training_text(counts)}.\n\n{PAIRS_EXPLAINED}"
+        )
         deleted = everything - total
         shown = self.model.rowCount()
         filtered = bool(self.search_edit.text().strip()) or self.verdict_filter.currentData() != "all"

@@ -1,18 +1,20 @@
-"""The Evaluate tab: is the aligned model really better than its base? Judge them blind, side by side.
+"""The Evaluate view: is the aligned model really better than its base? Judge them blind, side by side.
 
 "Next prompt" takes the next evaluation prompt (held out from training, or never trained on:
 :func:`desktop_dpo.core.evaluate.evaluation_prompts`) and has both models answer it with the same seed and
 settings (:func:`~desktop_dpo.core.evaluate.sample_evaluation_pair`, on the job resource
 ``generate:<aligned model id>``). Which model appears on the left is random for every prompt, and nothing
 on screen says which is which until the vote: not the pane titles, and not the order the answers arrive in
-(the base model answers first, so both answers are shown only once both are complete). After the vote the
-panes say which model wrote them, and the vote is stored as "aligned", "base", "tie" or "both bad"
-(``Store.add_evaluation_vote``, with the side the aligned answer was shown on).
+(the base model answers first, so both answers are shown only once both are complete; meanwhile both
+status lines count the tokens of the first and the second answer). After the vote the panes say which model
+wrote them, and the vote is stored as "aligned", "base", "tie" or "both bad" (``Store.add_evaluation_vote``,
+with the side the aligned answer was shown on). The sampling settings are Collect's until the person
+changes them here (then Evaluate keeps its own, and says when they differ from Collect's).
 
 The summary under the answers counts the votes of this pair of models at these settings, with the 95%
 Wilson interval of the aligned model's win rate; ties and "both bad" are counted apart.
 
-Keyboard (anywhere in the tab):
+Keyboard (anywhere in the view):
 
 =================  ===================================================================================
 Alt+N              next prompt: sample both answers
@@ -24,12 +26,13 @@ Alt+3 / Alt+4      tie / both bad
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtCore import QSettings, Qt, Signal, Slot
 from PySide6.QtGui import QShortcut, QShowEvent
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPlainTextEdit, QSizePolicy
 
@@ -54,6 +57,7 @@ from desktop_dpo.core.store import EvaluationRow, ModelRow, PromptRow, Store
 from desktop_dpo.core.wording import plural
 from desktop_dpo.gui import widgets
 from desktop_dpo.gui.choice_bar import ChoiceBar
+from desktop_dpo.gui.collect_view import SETTINGS_KEY as COLLECT_SETTINGS_KEY
 from desktop_dpo.gui.model_work_view import STOP_SHORTCUT, ModelWorkView
 from desktop_dpo.gui.response_pane import SIDE_NAMES, ResponsePane
 from desktop_dpo.gui.sampling_settings_panel import SamplingSettingsPanel
@@ -79,7 +83,16 @@ CHOICE_TIPS = {
     "both_bad": "Neither answer is acceptable",
 }
 NEXT_SHORTCUT = "Alt+N"
-SETTINGS_KEY = "evaluate/sampling"
+# Saved once the person changes them here (not "evaluate/sampling": older versions saved defaults there).
+SETTINGS_KEY = "evaluate/own_sampling"
+SAME_AS_COLLECT = "The same sampling settings as Collect: answers like the ones you judged there."
+OTHER_THAN_COLLECT = (
+    "Not Collect's sampling settings: these answers may differ from the ones you judged there."
+)
+COVER_TEXT = (
+    "Hidden while both answers are written: they appear together, so the order they are written in gives "
+    "nothing away. Which model wrote which is revealed after your vote."
+)
 CONCLUSIONS = {
     "better": "The aligned model is better: the whole interval is above 50%.",
     "worse": "The aligned model is worse: the whole interval is below 50%.",
@@ -113,6 +126,17 @@ def _describe_model(model: ModelRow) -> str:
     if model.source == "aligned" and "aligned" not in model.name.lower():
         return f"{model.name}  · aligned"
     return model.name
+
+
+def saved_sampling_settings(saved: QSettings, key: str) -> SamplingSettings | None:
+    """The sampling settings saved under ``key`` (as ``SamplingSettingsPanel.remember`` saves them), or None
+    when there are none or they cannot be read."""
+    raw = saved.value(key)
+    try:
+        return SamplingSettings(**json.loads(raw)) if isinstance(raw, str) else None
+    except (ValueError, TypeError):
+        log.info("Ignoring unreadable saved sampling settings %s: %r", key, raw)
+        return None
 
 
 def _describe(result: GenerationResult) -> str:
@@ -163,12 +187,15 @@ class EvaluateView(ModelWorkView):
         self._evaluation: EvaluationRow | None = None
         self._prompts: list[PromptRow] = []
         self._voted_prompt_ids: set[int] = set()
-        self._tokens = [0, 0]
+        self._tokens = [0, 0]  # tokens written so far, by seq (first the base answer, then the aligned one)
+        self._finished = [False, False]
+        self._own_settings = False  # the person chose settings here; otherwise Evaluate follows Collect's
+        self._following = False  # showing Collect's settings: not the person's choice
         self._has_aligned = False  # an exported (aligned) model is registered: the usual thing to evaluate
 
         self._build()
         self._build_shortcuts()
-        self.sampling_panel.remember(self._settings, SETTINGS_KEY)
+        self._start_settings()
         self.refresh_models()
         self._show_empty_panes()
 
@@ -249,6 +276,15 @@ class EvaluateView(ModelWorkView):
         self.sampling_panel = SamplingSettingsPanel()
         self.sampling_panel.changed.connect(self._on_sampling_changed)
         card_layout.addWidget(self.sampling_panel)
+        self.settings_note = QLabel(SAME_AS_COLLECT)
+        self.settings_note.setObjectName("cardNote")
+        self.settings_note.setWordWrap(True)
+        self.use_collect_button = widgets.button(
+            "Use Collect's settings",
+            self.use_collect_settings,
+            tooltip="Sample with the settings Collect uses, and follow them from now on",
+        )
+        card_layout.addLayout(self._actions_row(self.settings_note, self.use_collect_button))
         return card
 
     def _build_vote_bar(self) -> ChoiceBar:
@@ -497,6 +533,7 @@ class EvaluateView(ModelWorkView):
 
         self._pair = pair
         self._tokens = [0, 0]
+        self._finished = [False, False]
         self.clear_error()
         self.feedback.clear()
         self.prompt_view.setPlainText(prompt.text)
@@ -505,9 +542,9 @@ class EvaluateView(ModelWorkView):
             pane.title.setText(SIDE_NAMES[pane.side])
             _set_role(pane.title, "")
             pane.set_text("")
-            pane.text.setPlaceholderText("")
-            pane.status.setText("Writing…")
+            pane.text.setPlaceholderText(COVER_TEXT)
             pane.set_chosen(False)
+        self._show_writing_progress()
         self._set_activity("Writing both answers… They appear together, so their order gives nothing away.")
         self._update_actions()
         return True
@@ -518,9 +555,33 @@ class EvaluateView(ModelWorkView):
         if isinstance(event, TokenEvent):
             # Counted, not shown: which answer streams first would tell which model wrote it.
             self._tokens[event.seq] = event.n_tokens
-            self._set_activity(f"Writing both answers… {sum(self._tokens)} tokens so far.")
-        elif not isinstance(event, ResponseFinished):  # both are shown together when the job succeeds
+            self._show_writing_progress()
+        elif isinstance(event, ResponseFinished):  # both are shown together when the job succeeds
+            self._tokens[event.seq] = event.result.completion_tokens
+            self._finished[event.seq] = True
+            self._show_writing_progress()
+        else:
             self.show_job_progress(event)
+
+    def _show_writing_progress(self) -> None:
+        """Both panes' status line while the answers are written: how far the first and the second answer
+        are, in tokens (the same line on both sides, so it says nothing about which side is which)."""
+        pair = self._pair
+        if pair is None:
+            return
+        limit, (first, second) = pair.settings.max_tokens, (self._tokens[BASE_SEQ], self._tokens[ALIGNED_SEQ])
+        text = "Starting the first of the two answers…"
+        if self._finished[BASE_SEQ]:
+            then = (
+                f"writing the second: {second} of at most {limit} tokens"
+                if second
+                else "starting the second…"
+            )
+            text = f"First answer written ({plural(first, 'token')}) · {then}"
+        elif first:
+            text = f"Writing the first answer: {first} of at most {limit} tokens · then the second"
+        for pane in self.panes:
+            pane.status.setText(text)
 
     def _on_sample_succeeded(self, results: object) -> None:
         self.activity_row.hide_progress()
@@ -542,6 +603,7 @@ class EvaluateView(ModelWorkView):
         self._set_activity("")
         for pane in self.panes:
             pane.status.setText("Failed")
+            pane.text.setPlaceholderText("")
         self.show_error(message)
         self._update_actions()
 
@@ -552,6 +614,7 @@ class EvaluateView(ModelWorkView):
             self._pair.results = None
         for pane in self.panes:
             pane.status.setText("Stopped")
+            pane.text.setPlaceholderText("Stopped before both answers were written: nothing to judge.")
         self._set_activity("Stopped. Next prompt samples again.")
         self.notify("Sampling stopped.")
         self._update_actions()
@@ -677,22 +740,61 @@ class EvaluateView(ModelWorkView):
         self.base_combo.setEnabled(not streaming)
         self.aligned_combo.setEnabled(not streaming)
         self.sampling_panel.setEnabled(not streaming)
+        self.use_collect_button.setEnabled(not streaming)
 
     # ---------------------------------------------------------------- settings
 
+    def _collect_settings(self) -> SamplingSettings:
+        """The settings Collect samples with (its remembered ones; the defaults before it saved any)."""
+        return saved_sampling_settings(self._settings, COLLECT_SETTINGS_KEY) or SamplingSettings()
+
+    def _start_settings(self) -> None:
+        """Show the person's own Evaluate settings, or else Collect's."""
+        own = saved_sampling_settings(self._settings, SETTINGS_KEY)
+        self._own_settings = own is not None
+        self._show_settings(own if own is not None else self._collect_settings())
+
+    def _show_settings(self, settings: SamplingSettings) -> None:
+        """Put ``settings`` in the panel without taking them for the person's own choice."""
+        self._following = True
+        try:
+            self.sampling_panel.set_settings(settings)
+        finally:
+            self._following = False
+        self._show_settings_note()
+
+    def _show_settings_note(self) -> None:
+        differs = self.sampling_panel.settings() != self._collect_settings()
+        self.settings_note.setText(OTHER_THAN_COLLECT if differs else SAME_AS_COLLECT)
+        self.use_collect_button.setVisible(differs)
+
     @Slot(object)
-    def _on_sampling_changed(self, _settings: SamplingSettings) -> None:
+    def _on_sampling_changed(self, settings: SamplingSettings) -> None:
+        if not self._following:  # the person's choice: kept for the next start
+            self._own_settings = True
+            self._settings.setValue(SETTINGS_KEY, json.dumps(settings.to_dict()))
+            self._show_settings_note()
         self._find_evaluation()
         self.refresh_prompts()
 
     def set_sampling_settings(self, settings: SamplingSettings) -> None:
-        """Sample the next pairs with ``settings`` (also shown in the sampling panel)."""
+        """Sample the next pairs with ``settings`` (also shown in the sampling panel, and remembered)."""
         self.sampling_panel.set_settings(settings)
-        self._find_evaluation()
-        self.refresh_prompts()
+
+    @Slot()
+    def use_collect_settings(self) -> None:
+        """Sample with Collect's settings, and follow them from now on (the own ones are forgotten)."""
+        self._own_settings = False
+        self._settings.remove(SETTINGS_KEY)
+        self._show_settings(self._collect_settings())
 
     def showEvent(self, event: QShowEvent) -> None:  # Qt override
-        # Models, prompts and splits may have changed in other views while this one was hidden.
+        # Models, prompts and splits may have changed in other views while this one was hidden, and so may
+        # Collect's sampling settings, which this view follows until the person chooses its own.
         if not self._streaming:
+            if not self._own_settings and self.sampling_panel.settings() != self._collect_settings():
+                self._show_settings(self._collect_settings())
+            else:
+                self._show_settings_note()
             self.refresh_models()
         super().showEvent(event)

@@ -28,12 +28,14 @@ from PySide6.QtWidgets import (
 from desktop_dpo import __version__
 from desktop_dpo.config import AppPaths
 from desktop_dpo.core import demo_model
+from desktop_dpo.core.dpo.pair_counts import PAIRS_EXPLAINED, store_pair_counts, training_text
 from desktop_dpo.core.llm.engine_pool import EnginePool
 from desktop_dpo.core.offline import RefusedAttempt
 from desktop_dpo.core.store import ModelRow, Store
 from desktop_dpo.core.wording import plural
 from desktop_dpo.gui.preference_file_actions import PreferenceFileActions
 from desktop_dpo.gui.resource_files import resource_icon
+from desktop_dpo.gui.widgets import standard_keys
 from desktop_dpo.workers.job_worker import JobRegistry
 
 if TYPE_CHECKING:
@@ -65,7 +67,8 @@ VIEWS = (
     ViewSpec("collect", "Collect", "icons/collect.svg", "Judge two answers side by side"),
     ViewSpec("train", "Train", "icons/train.svg", "Train QLoRA-DPO on your picks"),
     ViewSpec("export", "Export", "icons/export.svg", "Export the aligned model as GGUF"),
-    ViewSpec("chat", "Chat", "icons/chat.svg", "Talk to a model; compare blind against the base"),
+    ViewSpec("chat", "Chat", "icons/chat.svg", "Talk to a model; every conversation is kept"),
+    ViewSpec("evaluate", "Evaluate", "icons/evaluate.svg", "Compare the aligned model with its base, blind"),
     ViewSpec("data", "Data", "icons/data.svg", "Browse, import and export your preferences"),
     ViewSpec("storage", "Storage", "icons/storage.svg", "What the app keeps on disk; free space safely"),
 )
@@ -239,9 +242,9 @@ class MainWindow(QMainWindow):
             export_view.evaluate_requested.connect(self._on_evaluate_requested)
             return export_view
         if key == "chat":
-            from desktop_dpo.gui.chat_page import ChatPage
+            from desktop_dpo.gui.chat_view import ChatView
 
-            chat = ChatPage(
+            chat = ChatView(
                 store=self.store, registry=self.registry, pool=self.pool, paths=self.paths, parent=slot
             )
             chat.models_requested.connect(lambda: self.show_view("models"))
@@ -249,6 +252,12 @@ class MainWindow(QMainWindow):
             if self._chosen_model is not None:
                 chat.set_model(self._chosen_model)
             return chat
+        if key == "evaluate":
+            from desktop_dpo.gui.evaluate_view import EvaluateView
+
+            return EvaluateView(
+                store=self.store, registry=self.registry, pool=self.pool, paths=self.paths, parent=slot
+            )
         if key == "data":
             from desktop_dpo.gui.data_view import DataView
 
@@ -282,7 +291,8 @@ class MainWindow(QMainWindow):
         file_menu.addAction(self.open_data_folder_action)
         file_menu.addSeparator()
         self.quit_action = QAction("&Quit", self)
-        self.quit_action.setShortcut(QKeySequence.StandardKey.Quit)
+        # Windows (and some desktops) bind no Quit key: Ctrl+Q there, as elsewhere (⌘Q on macOS).
+        self.quit_action.setShortcuts(standard_keys(QKeySequence.StandardKey.Quit, "Ctrl+Q"))
         self.quit_action.setMenuRole(QAction.MenuRole.QuitRole)
         # close() goes through closeEvent, so quitting asks about running jobs too.
         self.quit_action.triggered.connect(self.close)
@@ -409,9 +419,9 @@ class MainWindow(QMainWindow):
         if base is None:
             self._show_message(f"The base model of {aligned.name} is no longer registered; add it in Models.")
             return
-        page = self.view("chat")
-        page.evaluate_models(base, aligned)  # type: ignore[attr-defined]
-        self.show_view("chat")
+        evaluate = self.view("evaluate")
+        evaluate.set_models(base, aligned)  # type: ignore[attr-defined]
+        self.show_view("evaluate")
 
     @Slot()
     def _on_models_changed(self) -> None:
@@ -426,12 +436,13 @@ class MainWindow(QMainWindow):
 
     @Slot()
     def refresh_status(self) -> None:
-        """Re-read the counts shown in the status bar (cheap: two COUNT queries)."""
+        """Re-read the counts shown in the status bar (the usable ones as every view counts them)."""
         pairs = self.store.count_comparisons()
-        usable = self.store.count_usable_pairs()
+        counts = store_pair_counts(self.store)
         self.status_pairs.setText(
-            f"{pairs} {'pair' if pairs == 1 else 'pairs'} collected · {usable} usable for training"
+            f"{pairs} {'pair' if pairs == 1 else 'pairs'} collected · {counts.usable} usable for training"
         )
+        self.status_pairs.setToolTip(f"{training_text(counts)}\n\n{PAIRS_EXPLAINED}")
         self.status_database.setText(self._elided_path(str(self.paths.db_path)))
         jobs = self._jobs_text()
         # Many jobs at once would push the counts off the bar: the label is cut, its tooltip says it all.

@@ -13,9 +13,9 @@ network disk never freezes the window:
 - the scan for models on this computer runs when the view is first shown and on "Rescan"
   (:class:`~desktop_dpo.gui.discovered_models.DiscoveredModels`, resource ``scan-models``). It is a quiet
   job, so quitting waits for it instead of asking about it.
-- a GGUF that training cannot load gets a trainable copy (:func:`~desktop_dpo.core.models.make_trainable_copy`,
-  resource ``trainable-copy``) with a progress bar and a Stop button; the view records the copy's folder
-  under the model's info key ``trainable_copy``, where training looks for it.
+- a GGUF that training cannot load gets a trainable copy (:func:`~desktop_dpo.core.models.recorded_trainable_copy`,
+  resource ``trainable-copy``, which also records the copy's folder under the model's info key
+  ``trainable_copy``, where training looks for it) with a progress bar and a Stop button.
 
 Each model's details say which chat template it is used with; "Chat template…" opens the editor
 (:mod:`desktop_dpo.gui.template_editor`), where a known template can be picked or the template edited. A
@@ -48,8 +48,8 @@ from desktop_dpo.config import AppPaths
 from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.jobs import CancelToken, Job, Log, Progress
 from desktop_dpo.core.llm.template_choice import template_status
-from desktop_dpo.core.model_files import TRAINABLE_COPY_KEY, trainable_copy_dir
-from desktop_dpo.core.models import DiscoveredModel, ModelSearchDirs, make_trainable_copy
+from desktop_dpo.core.model_files import trainable_copy_dir
+from desktop_dpo.core.models import DiscoveredModel, ModelSearchDirs, recorded_trainable_copy
 from desktop_dpo.core.store import ModelRow, Store
 from desktop_dpo.gui.discovered_models import DiscoveredModels, read_only_item
 from desktop_dpo.gui.message_banner import MessageBanner
@@ -531,13 +531,14 @@ class ModelsView(PageView):
         if model is None or not self.copy_button.isEnabled():
             return False
         out_dir = trainable_copy_dir(self.paths, model)
-        gguf_path = model.path
 
-        def factory(token: CancelToken) -> Job:
-            return make_trainable_copy(gguf_path, out_dir, cancel=token)
+        def factory(store: Store, token: CancelToken) -> Job:
+            return recorded_trainable_copy(store, model, out_dir, cancel=token)
 
         self._copy = self.start_job(
-            JobOp(self.registry, factory, owner=self).resource(COPY_RESOURCE).slots("copy")
+            JobOp(self.registry, factory, store=self.paths.db_path, owner=self)
+            .resource(COPY_RESOURCE)
+            .slots("copy")
         )
         if self._copy is None:
             return False
@@ -576,20 +577,9 @@ class ModelsView(PageView):
         self._set_activity("")
         return model
 
-    def _on_copy_succeeded(self, out_dir: object) -> None:
-        model_id = self._copy_model_id
-        model = self._end_copy()
-        if model is None or model_id is None:
-            self.show_error(f"The trainable copy is in {out_dir}, but its model was removed meanwhile.")
-            self._update_actions()
-            return
-        try:
-            # The job writes no rows; its driver records the copy where training looks for it.
-            self.store.update_model_info(model_id, **{TRAINABLE_COPY_KEY: str(out_dir)})
-        except DesktopDpoError as exc:
-            self.show_error(f"The trainable copy was made in {out_dir} but could not be recorded: {exc}")
-            self._update_actions()
-            return
+    def _on_copy_succeeded(self, model: object) -> None:
+        self._end_copy()
+        assert isinstance(model, ModelRow)  # the job recorded the copy where training looks for it
         self.refresh()
         self.notify(f"Trainable copy of {model.name} ready: training can use it now.")
         self.models_changed.emit()

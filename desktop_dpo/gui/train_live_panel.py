@@ -15,7 +15,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QProgressBar, QVBoxLayout, QWidget
 
 from desktop_dpo.core.dpo import events
-from desktop_dpo.core.wording import plural
+from desktop_dpo.core.dpo.pair_counts import split_text
 from desktop_dpo.gui.metrics_plots import MetricsPlots
 from desktop_dpo.gui.widgets import button, styled_label
 
@@ -37,10 +37,7 @@ def describe_start(event: events.Started) -> str:
     """Where a run trains and on how many pairs, as it starts."""
     precision = "4-bit NF4" if event.quantization == "nf4" else "full precision"
     resumed = f", resumed at step {event.start_step}" if event.start_step else ""
-    return (
-        f"On {event.device} ({precision}): "
-        f"{plural(event.train_pairs, 'pair')} to train on, {event.heldout_pairs} held out{resumed}."
-    )
+    return f"On {event.device} ({precision}), {split_text(event.train_pairs, event.heldout_pairs)}{resumed}."
 
 
 def describe_step(event: events.StepMetrics) -> str:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from PySide6.QtCore import Qt, Signal, Slot
-from PySide6.QtGui import QValidator
+from PySide6.QtCore import QEvent, Qt, Signal, Slot
+from PySide6.QtGui import QShowEvent, QValidator
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -20,6 +20,8 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QSpinBox,
+    QStyle,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -153,15 +155,15 @@ class TrainSettingsForm(QWidget):
         self.touched = False
         self.editors: dict[str, QWidget] = {}
         self.help_labels: dict[str, QLabel] = {}
+        self._box: QVBoxLayout | None = None
 
         basic = QWidget()
-        basic_grid = self._grid(basic)
         self.advanced = QWidget()
         self.advanced.setObjectName("advancedSettings")
-        advanced_grid = self._grid(self.advanced)
-        rows = {basic_grid: 0, advanced_grid: 0}
+        self._grids = (self._grid(basic), self._grid(self.advanced))
+        rows = dict.fromkeys(self._grids, 0)
         for spec in FIELDS:
-            grid = advanced_grid if spec.advanced else basic_grid
+            grid = self._grids[spec.advanced]
             self._add_field(grid, rows[grid], spec)
             rows[grid] += 2
 
@@ -172,7 +174,7 @@ class TrainSettingsForm(QWidget):
             tooltip="Loss, schedule, LoRA shape, lengths, memory, device, bookkeeping",
         )
 
-        vbox(
+        self._box = vbox(
             basic,
             (self.advanced_toggle, 0, Qt.AlignmentFlag.AlignLeft),
             self.advanced,
@@ -181,16 +183,46 @@ class TrainSettingsForm(QWidget):
             margins=(0, 0, 0, 0),
             spacing=6,
         )
+        self._fit_columns()
         self.set_settings(self._base)
 
     @staticmethod
     def _grid(widget: QWidget) -> QGridLayout:
+        """Labels on the left (they take the room that is left, and wrap), editors in a column on the right."""
         grid = QGridLayout(widget)
         grid.setContentsMargins(0, 0, 0, 0)
         grid.setHorizontalSpacing(10)
         grid.setVerticalSpacing(2)
-        grid.setColumnStretch(1, 1)
+        grid.setColumnStretch(0, 1)
+        grid.setColumnStretch(1, 0)
         return grid
+
+    def _fit_columns(self) -> None:
+        """One editor column, as wide as the widest editor needs, in line in the basic and the advanced
+        settings; with scroll bars that float over the content (macOS), a margin keeps them off the fields.
+
+        The form is then never wider than its longest label's longest word beside that column, so it fits
+        the narrow new-run card: the help lines wrap within it, and nothing goes under the scroll bar.
+        """
+        width = max(editor.sizeHint().width() for editor in self.editors.values())
+        for grid in self._grids:
+            grid.setColumnMinimumWidth(1, width)
+        style = self.style()
+        floating = style.styleHint(QStyle.StyleHint.SH_ScrollBar_Transient, None, self)
+        bar = style.pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent, None, self) if floating else 0
+        if self._box is not None:
+            self._box.setContentsMargins(0, 0, bar, 0)
+
+    def showEvent(self, event: QShowEvent) -> None:  # Qt override
+        """Fit the columns to the editors as the style sheet draws them."""
+        self._fit_columns()
+        super().showEvent(event)
+
+    def changeEvent(self, event: QEvent) -> None:  # Qt override
+        """Fit the columns again when the style or the font changes."""
+        if event.type() in (QEvent.Type.StyleChange, QEvent.Type.FontChange) and self._box is not None:
+            self._fit_columns()
+        super().changeEvent(event)
 
     def _add_field(self, grid: QGridLayout, row: int, spec: FieldSpec) -> None:
         kind = _TYPES[spec.name]
@@ -219,9 +251,10 @@ class TrainSettingsForm(QWidget):
             editor.valueChanged.connect(self._on_field_edited)
         editor.setObjectName(f"setting_{spec.name}")
         editor.setToolTip(spec.help)
-        label = styled_label(spec.label, "settingLabel")
+        label = styled_label(spec.label, "settingLabel", wrap=True)  # a long name wraps in a narrow card
         label.setBuddy(editor)
         help_label = styled_label(spec.help, "settingHelp", wrap=True)
+        help_label.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)  # under its field
         grid.addWidget(label, row, 0)
         grid.addWidget(editor, row, 1)
         grid.addWidget(help_label, row + 1, 0, 1, 2)

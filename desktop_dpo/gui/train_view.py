@@ -35,21 +35,27 @@ from PySide6.QtWidgets import QComboBox, QFrame, QHBoxLayout, QSplitter
 
 from desktop_dpo.core.dpo import events
 from desktop_dpo.core.dpo.config import DeviceInfo, TrainConfig, TrainingError, preset_for, smaller_settings
+from desktop_dpo.core.dpo.pair_counts import (
+    PAIRS_EXPLAINED,
+    SPLIT_EXPLAINED,
+    PairCounts,
+    plan_text,
+    training_text,
+)
 from desktop_dpo.core.dpo.runs import (
     MIN_TRAIN_PAIRS,
     RunPlan,
     create_run_for_model,
     plan_run,
     resume_settings,
-    trainable_reason,
 )
 from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.lineage import model_lineage
 from desktop_dpo.core.store import ModelRow, RunRow
-from desktop_dpo.core.wording import plural
 from desktop_dpo.gui.message_banner import MessageBanner
 from desktop_dpo.gui.page_view import PageView
 from desktop_dpo.gui.template_editor import ensure_template_chosen, template_needed_message
+from desktop_dpo.gui.train_copy import TrainableCopy, model_training_note, needs_copy, start_button_words
 from desktop_dpo.gui.train_live_panel import LOADING_HEADLINE, LiveRunPanel
 from desktop_dpo.gui.train_runs_panel import (
     INTERRUPTED,
@@ -87,7 +93,7 @@ WAITING_FOR_PRESET = "Checking your GPU to choose settings that fit it: Start is
 
 def _describe_model(model: ModelRow) -> str:
     """A model in the base-model picker: its name and kind, and whether it still needs a trainable copy."""
-    kind = "GGUF, needs a trainable copy" if trainable_reason(model) is not None else model_kind(model)
+    kind = "GGUF, needs a trainable copy" if needs_copy(model) else model_kind(model)
     return f"{model.name}  ·  {kind}"
 
 
@@ -128,6 +134,14 @@ class TrainView(PageView):
         self._right_sized = False
 
         self._build()
+        # A GGUF base model gets its trainable copy here, on Start; the run starts once it is made.
+        self.copy = TrainableCopy(
+            self.store, self.registry, self.paths, self.start_job, self.live_panel, self
+        )
+        self.copy.succeeded.connect(self._on_copy_made)
+        self.copy.failed.connect(self._on_copy_ended)
+        self.copy.cancelled.connect(functools.partial(self._on_copy_ended, stopped=True))
+        self._after_copy: tuple[TrainConfig, str] | None = None  # the settings and reference Start was given
         self.registry.changed.connect(self._on_registry_changed)
         self.refresh_models()
         self.refresh_runs()
@@ -261,9 +275,9 @@ class TrainView(PageView):
     @Slot(int)
     def _on_model_combo_changed(self, _index: int) -> None:
         model = self.current_model()
-        reason = trainable_reason(model) if model is not None else None
-        self.model_note.setText(reason or "")
-        self.model_note.setVisible(bool(reason))
+        note = model_training_note(model)
+        self.model_note.setText(note)
+        self.model_note.setVisible(bool(note))
         self._fill_references(model)
         self.refresh_plan()
         if self.preset is not None:  # detected before: size the preset for this model (once shown)
@@ -304,8 +318,13 @@ class TrainView(PageView):
                 log.warning("Could not count the pairs of model %s: %s", model.id, exc)
         self._plan_key = self._current_plan_key()
         plan = self._plan
-        pairs = plan.pairs if plan is not None else 0
-        self.pairs_pill.setText(plural(pairs, "usable pair"))
+        counts = plan.counts if plan is not None else PairCounts(usable=0, pairs=0)
+        self.pairs_pill.setText(training_text(counts, why=False))
+        self.pairs_pill.setToolTip(
+            f"Usable pairs of the chosen model (sampled from it, or imported): {training_text(counts)}.\n\n"
+            f"{PAIRS_EXPLAINED}\n\n{SPLIT_EXPLAINED}"
+        )
+        self.pairs_note.setToolTip(f"{PAIRS_EXPLAINED}\n\n{SPLIT_EXPLAINED}")
         if model is None:
             self.pairs_note.setText("Add a model in Models, then collect pairs of its answers in Collect.")
         elif plan is None or plan.pairs == 0:
@@ -315,9 +334,7 @@ class TrainView(PageView):
             )
         else:
             self.pairs_note.setText(
-                f"{plural(plan.pairs, 'usable pair')} from {plural(plan.prompts, 'prompt')}. "
-                f"{plural(plan.heldout_prompts, 'prompt')} ({plural(plan.heldout_pairs, 'pair')}) held out "
-                f"to check that the model generalises; {plan.train_pairs} to train on."
+                plan_text(counts, plan.prompts, plan.train_pairs, plan.heldout_pairs, plan.heldout_prompts)
             )
         self._update_actions()
 
@@ -429,8 +446,7 @@ class TrainView(PageView):
         model = self.current_model()
         if model is None:
             return "Add a model in Models first."
-        reason = trainable_reason(model)
-        if reason:
+        if reason := self.copy.blocker(model):  # a GGUF that cannot be trained, or its copy under way
             return reason
         if self.registry.is_busy(TRAIN_RESOURCE):
             return "A run is training: one training run at a time. Stop it or wait for it to finish."
@@ -441,19 +457,23 @@ class TrainView(PageView):
         except TrainingError as exc:
             return str(exc)
         plan = self._plan
-        have = plan.pairs if plan is not None else 0
-        if have < MIN_TRAIN_PAIRS:
+        counts = plan.counts if plan is not None else PairCounts(usable=0, pairs=0)
+        if counts.pairs < MIN_TRAIN_PAIRS:  # training pairs: what a run learns from
+            unit = "usable" if counts.pairs == counts.usable else "training"
             return (
-                f"Train needs at least {MIN_TRAIN_PAIRS} usable pairs; {model.name} has {have}. "
-                "Pick the better answer of more pairs in Collect."
+                f"Train needs at least {MIN_TRAIN_PAIRS} {unit} pairs; {model.name} has "
+                f"{training_text(counts, why=False)}. Pick the better answer of more pairs in Collect."
             )
         if plan is not None and plan.train_pairs < 1:
-            return "Every pair is held out: lower the held-out share or collect pairs for more prompts."
+            return (
+                "Every training pair is held out: lower the held-out share or collect pairs for more prompts."
+            )
         return ""
 
     @Slot()
     def start(self) -> int | None:
-        """Make a run of the chosen model over its pairs as they are now, and train it. Returns its id."""
+        """Make a run of the chosen model over its pairs as they are now, and train it. Returns its id; None
+        when it did not start, or while the trainable copy a GGUF needs first is made (the run follows it)."""
         if self.start_blocker():
             self._update_actions()
             return None
@@ -464,14 +484,37 @@ class TrainView(PageView):
         if model is None:
             self.show_error(template_needed_message(chosen))
             return None
+        if needs_copy(model):
+            self._after_copy = (self.settings_form.settings(), self.reference())
+            if self.copy.start(model):
+                self.clear_error()
+                self._phase = "copying"
+            self._update_actions()
+            return None
+        return self._create_and_start(model, self.settings_form.settings(), self.reference())
+
+    def _create_and_start(self, model: ModelRow, config: TrainConfig, reference: str) -> int | None:
         try:
-            run_id = create_run_for_model(
-                self.store, model, self.settings_form.settings(), reference=self.reference()
-            )
+            run_id = create_run_for_model(self.store, model, config, reference=reference)
         except DesktopDpoError as exc:
             self.show_error(str(exc))
             return None
         return run_id if self._start_job(run_id) else None
+
+    def _on_copy_made(self, model_id: int) -> None:
+        self._phase = "idle"
+        settings, self._after_copy = self._after_copy, None
+        self.refresh_models()  # the picker no longer says the model needs a copy
+        model = self.store.get_model(model_id)
+        if model is not None and settings is not None:
+            self.notify(f"Trainable copy of {model.name} ready: starting the run.")
+            self._create_and_start(model, *settings)
+        self._update_actions()
+
+    def _on_copy_ended(self, message: str, stopped: bool = False) -> None:
+        self._phase, self._after_copy = "idle", None
+        (self.notify if stopped else self.show_error)(message)
+        self._update_actions()
 
     def resume(self, run_id: int, changes: TrainConfig | None = None) -> bool:
         """Continue run ``run_id`` from its newest checkpoint (with other settings, when given)."""
@@ -544,6 +587,10 @@ class TrainView(PageView):
     @Slot()
     def stop(self) -> None:
         """Ask the run to stop at the next step boundary (it checkpoints there and can be resumed)."""
+        if self.copy.active:
+            self.copy.stop()
+            self._update_actions()
+            return
         training = self._training
         if training is None or not training.active:
             return
@@ -553,7 +600,7 @@ class TrainView(PageView):
         self._update_actions()
 
     def phase(self) -> str:
-        """What the live run is doing: idle, loading, training or stopping."""
+        """What the live run is doing: idle, copying (a GGUF's trainable copy), loading, training or stopping."""
         return self._phase
 
     def training(self) -> bool:
@@ -687,16 +734,21 @@ class TrainView(PageView):
     # ---------------------------------------------------------------- state of the buttons
 
     def _update_actions(self) -> None:
-        if not hasattr(self, "runs_panel"):
+        if not hasattr(self, "copy"):
             return  # still building
         blocker = self.start_blocker()
-        self.settings_form.setEnabled(not self._waiting_for_preset())
+        copying = self.copy.active
+        self.settings_form.setEnabled(not self._waiting_for_preset() and not copying)
+        self.model_combo.setEnabled(not copying)
+        self.reference_combo.setEnabled(not copying)
+        start_text, start_tip = start_button_words(self.current_model())
+        self.start_button.setText(start_text)
         self.start_button.setEnabled(not blocker)
-        self.start_button.setToolTip(blocker or "Make a run of these pairs and settings, and train it")
+        self.start_button.setToolTip(blocker or start_tip)
         self.start_reason.setText(blocker)
         self.start_reason.setVisible(bool(blocker))
         self.start_reason.setProperty("blocking", bool(blocker))
-        self.stop_button.setEnabled(self.training() and self._phase != "stopping")
+        self.stop_button.setEnabled((self.training() and self._phase != "stopping") or self.copy.stoppable())
         busy = self.registry.is_busy(TRAIN_RESOURCE)
         run_id = self.selected_run_id()
         smaller = run_id is not None and not busy and self.suggested_settings(run_id) is not None

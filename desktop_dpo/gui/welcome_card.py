@@ -18,7 +18,7 @@ LOOP_STEPS = (
     ("Collect", "pick the better of two answers"),
     ("Train", "DPO learns from your picks"),
     ("Export", "a GGUF file of the result"),
-    ("Chat", "try it, or compare it blind"),
+    ("Evaluate", "compare it blind with the model it came from (or just chat with it in Chat)"),
 )
 
 WELCOME_TEXT = (

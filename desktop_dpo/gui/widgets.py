@@ -233,10 +233,23 @@ def card_separator() -> QFrame:
     return line
 
 
-def view_shortcut(view: QWidget, keys: str | QKeySequence, slot: Callable[..., Any]) -> QShortcut:
+def standard_keys(key: QKeySequence.StandardKey, fallback: str) -> list[QKeySequence]:
+    """Every key sequence this platform binds to ``key`` (Undo, Quit, …), or ``fallback`` where it binds none.
+
+    Some platforms leave a standard key without a binding (Windows has no Quit key), and a shortcut built from
+    it would be silently empty: ``fallback`` (e.g. "Ctrl+Q", which is ⌘Q on macOS) keeps it working there.
+    """
+    keys = [sequence for sequence in QKeySequence.keyBindings(key) if not sequence.isEmpty()]
+    return keys or [QKeySequence(fallback)]
+
+
+def view_shortcut(
+    view: QWidget, keys: str | QKeySequence | Sequence[QKeySequence], slot: Callable[..., Any]
+) -> QShortcut:
     """A keyboard shortcut that works anywhere in ``view`` (its editors included), and not while another
-    view is on screen."""
-    item = QShortcut(QKeySequence(keys), view)
+    view is on screen. ``keys`` is one key sequence or several (e.g. :func:`standard_keys`), all bound."""
+    item = QShortcut(view)
+    item.setKeys([QKeySequence(keys)] if isinstance(keys, str | QKeySequence) else list(keys))
     item.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
     item.activated.connect(slot)
     return item

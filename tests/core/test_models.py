@@ -19,7 +19,12 @@ import pytest
 
 from desktop_dpo.core.errors import JobCancelled, ModelError
 from desktop_dpo.core.jobs import CancelToken, Progress, run_job
-from desktop_dpo.core.model_files import TRAINABLE_COPY_MARKER, is_partial_output
+from desktop_dpo.core.model_files import (
+    TRAINABLE_COPY_KEY,
+    TRAINABLE_COPY_MARKER,
+    find_training_folder,
+    is_partial_output,
+)
 from desktop_dpo.core.models import (
     SUPPORTED_ARCHITECTURES,
     DiscoveredModel,
@@ -29,6 +34,7 @@ from desktop_dpo.core.models import (
     fingerprints,
     inspect_model,
     make_trainable_copy,
+    recorded_trainable_copy,
     register_model,
     trainable_copy,
 )
@@ -744,3 +750,19 @@ def test_an_abandoned_trainable_copy_cleans_up(tiny_gguf, tmp_path):
     assert [p for p in out.parent.iterdir() if is_partial_output(p)], "the copy was under way"
     job.close()  # the driver went away (e.g. the app closed)
     assert list(out.parent.iterdir()) == []
+
+
+def test_the_recorded_trainable_copy_is_where_training_looks_and_a_removed_model_is_said(
+    tiny_gguf, tmp_path, memory_store
+):
+    model = register_model(memory_store, tiny_gguf, name="tiny")
+    row, _events = run_job(recorded_trainable_copy(memory_store, model, tmp_path / "copies" / "tiny"))
+    assert row.info[TRAINABLE_COPY_KEY] == str(tmp_path / "copies" / "tiny")
+    assert find_training_folder(row) == tmp_path / "copies" / "tiny"  # training loads it, nobody else records
+
+    second = tmp_path / "second.gguf"
+    second.write_bytes(tiny_gguf.read_bytes())
+    other = register_model(memory_store, second, name="again")
+    memory_store.remove_model(other.id)
+    with pytest.raises(ModelError, match="removed meanwhile"):
+        run_job(recorded_trainable_copy(memory_store, other, tmp_path / "copies" / "again"))

@@ -35,6 +35,23 @@ def app_style() -> Generator[None, None, None]:
     app.setStyleSheet("")
 
 
+def hold_the_trainable_copy(monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """Make the next trainable copies wait, their temporary folder already made, until the test sets the second
+    event returned; the first is set when a copy is waiting."""
+    from desktop_dpo.core.models import trainable_copy
+
+    inside, release = threading.Event(), threading.Event()
+    real_load = trainable_copy._load_gguf_tokenizer
+
+    def held_load(path: Any) -> Any:
+        inside.set()
+        release.wait(HOLD_S)
+        return real_load(path)
+
+    monkeypatch.setattr(trainable_copy, "_load_gguf_tokenizer", held_load)
+    return inside, release
+
+
 def cut_texts(root: QWidget) -> list[str]:
     """The texts on screen under ``root`` that do not fit: a one-line label or a button whose text is wider
     than the room it has, or a widget that sticks out of its window's right edge."""

@@ -393,16 +393,15 @@ def test_no_models_points_to_the_models_view(qtbot, gui_store, registry, pool, a
         qtbot.mouseClick(view.models_button, Qt.MouseButton.LeftButton)
 
 
-def test_main_window_shows_the_chat_view_beside_the_blind_evaluation(qtbot, gui_store, registry, app_home):
+def test_main_window_shows_the_chat_view_on_its_own_page(qtbot, gui_store, registry, app_home):
     window = MainWindow(store=gui_store, registry=registry, paths=app_home)
     window.show()
     qtbot.waitExposed(window)
     try:
         window.show_view("chat")
-        page = window.view("chat")
-        assert [page.tabText(i) for i in range(page.count())] == ["Chat", "Evaluate (blind A/B)"]
-        chat = page.currentWidget()
-        assert isinstance(chat, ChatView)
+        chat = window.view("chat")
+        assert isinstance(chat, ChatView) and chat.isVisible()
+        assert not window.view("evaluate").isVisible(), "Evaluate has its own page in the sidebar"
         assert chat.pool is window.pool
         qtbot.mouseClick(chat.models_button, Qt.MouseButton.LeftButton)
         assert window.current_view() == "models"
@@ -439,7 +438,7 @@ def test_any_message_of_the_person_goes_to_collect_with_the_conversation_up_to_i
 ):
     window = make_window()
     window.show_view("chat")
-    chat = window.view("chat").chat
+    chat = window.view("chat")
     chat.set_sampling_settings(SamplingSettings(max_tokens=8))
     chat.system_toggle.setChecked(True)
     chat.system_edit.setPlainText("Be brief.")

@@ -1,4 +1,4 @@
-"""The Evaluate tab, driven through its widgets and keys: the tiny GGUF as the base, a copy with changed
+"""The Evaluate view, driven through its widgets and keys: the tiny GGUF as the base, a copy with changed
 weights as the "aligned" model, both answering in llama.cpp."""
 
 from __future__ import annotations
@@ -248,3 +248,67 @@ def test_a_missing_model_file_is_explained(qtbot, gui_store, registry, pool, app
     qtbot.waitUntil(lambda: view.next_button.isEnabled(), timeout=WAIT_MS)
     assert all(not b.isEnabled() for b in view.vote_buttons.values())
     assert gui_store.list_evaluations() == []
+
+
+def test_evaluate_starts_with_collects_sampling_settings_and_keeps_its_own_once_changed(
+    qtbot, gui_store, registry, pool, app_home
+):
+    from desktop_dpo.gui.collect_view import CollectView
+
+    collect = CollectView(store=gui_store, registry=registry, pool=pool, paths=app_home)
+    qtbot.addWidget(collect)
+    collects = SamplingSettings(temperature=0.7, max_tokens=80)
+    collect.set_sampling_settings(collects)  # remembered, as the person's change in Collect is
+
+    view = EvaluateView(store=gui_store, registry=registry, pool=pool, paths=app_home)
+    show_active(qtbot, view, 1100, 780)
+    assert view.sampling_panel.settings() == collects, "like with like: not the 256-token defaults"
+    assert "up to 80 tokens" in view.sampling_panel.summary.text()
+    assert "same sampling settings as collect" in visible_words(view)
+    assert not view.use_collect_button.isVisible()
+
+    view.sampling_panel.max_tokens.setValue(120)  # the person changes them here
+    assert "not collect's sampling settings" in visible_words(view)
+    assert view.use_collect_button.isVisible()
+    again = EvaluateView(store=gui_store, registry=registry, pool=pool, paths=app_home)
+    qtbot.addWidget(again)
+    assert again.sampling_panel.settings().max_tokens == 120, "the person's own choice is remembered"
+
+    qtbot.mouseClick(view.use_collect_button, Qt.MouseButton.LeftButton)
+    assert view.sampling_panel.settings() == collects
+    assert not view.use_collect_button.isVisible()
+    collect.set_sampling_settings(SamplingSettings(max_tokens=64))
+    view.hide()
+    view.show()  # back to Evaluate: it follows Collect again
+    assert view.sampling_panel.settings() == SamplingSettings(max_tokens=64)
+
+
+def test_while_a_pair_is_written_both_panes_show_progress_but_no_text(
+    qtbot, gui_store, registry, pool, app_home, models, monkeypatch, tmp_path
+):
+    add_prompts(gui_store, "Tell me a long story.")
+    release_child = hold_the_model_child(monkeypatch, tmp_path)
+    view = make_view(qtbot, gui_store, registry, pool, app_home)
+    view.set_sampling_settings(SamplingSettings(max_tokens=50))
+    first_token = threading.Event()
+    release = threading.Event()
+    held = held_after_first_token(evaluate_view.sample_evaluation_pair, first_token, release)
+    monkeypatch.setattr(evaluate_view, "sample_evaluation_pair", held)
+    try:
+        key(qtbot, view, "Alt+N")
+        statuses = [p.status.text() for p in view.panes]
+        assert all(statuses) and statuses[0] == statuses[1], "a sign of life at once, the same on both sides"
+        qtbot.waitUntil(lambda: "of at most 50 tokens" in view.panes[0].status.text(), timeout=WAIT_MS)
+
+        for pane in view.panes:
+            assert pane.status.isVisible() and "first answer" in pane.status.text().lower()
+            assert pane.status.text() == view.panes[0].status.text(), "progress says nothing about the sides"
+            assert pane.shown_text() == "" and "revealed after your vote" in pane.text.placeholderText()
+        assert all(not b.isEnabled() for b in view.vote_buttons.values())
+        assert [p.title.text() for p in view.panes] == ["Left", "Right"], "the sides stay unnamed"
+    finally:
+        release.set()
+        release_child()
+    qtbot.waitUntil(lambda: view.vote_buttons["left"].isEnabled(), timeout=WAIT_MS)
+    assert all(p.shown_text() for p in view.panes)
+    assert all("token" in p.status.text() and "of at most" not in p.status.text() for p in view.panes)

@@ -149,22 +149,24 @@ print("REPORT " + json.dumps(report))
 
 
 def test_every_view_has_a_sidebar_entry_an_icon_and_its_real_page(window):
-    from desktop_dpo.gui.chat_page import ChatPage
+    from desktop_dpo.gui.chat_view import ChatView
     from desktop_dpo.gui.collect_view import CollectView
     from desktop_dpo.gui.data_view import DataView
+    from desktop_dpo.gui.evaluate_view import EvaluateView
     from desktop_dpo.gui.export_view import ExportView
     from desktop_dpo.gui.models_view import ModelsView
     from desktop_dpo.gui.storage_view import StorageView
     from desktop_dpo.gui.train_view import TrainView
 
     labels = [window.nav.item(row).text() for row in range(window.nav.count())]
-    assert labels == ["Models", "Collect", "Train", "Export", "Chat", "Data", "Storage"]
+    assert labels == ["Models", "Collect", "Train", "Export", "Chat", "Evaluate", "Data", "Storage"]
     expected = {
         "models": ModelsView,
         "collect": CollectView,
         "train": TrainView,
         "export": ExportView,
-        "chat": ChatPage,
+        "chat": ChatView,
+        "evaluate": EvaluateView,
         "data": DataView,
         "storage": StorageView,
     }
@@ -188,7 +190,7 @@ def test_using_a_model_from_models_hands_it_to_collect_and_chat(qtbot, window, g
     assert models.select_model(second.id)
     models.use_selected()
     assert window.view("collect").current_model().id == second.id
-    assert window.view("chat").chat.current_model().id == second.id  # built after the choice
+    assert window.view("chat").current_model().id == second.id  # built after the choice
     assert "now use second" in window.statusBar().currentMessage()
     assert first.id != second.id
 
@@ -203,12 +205,21 @@ def test_evaluating_an_exported_model_opens_the_blind_comparison_on_it_and_its_b
     if not copy.exists():
         copy.write_bytes(tiny_gguf.read_bytes())
     aligned = register_model(gui_store, copy, name="aligned", source="aligned", parent_model_id=base.id)
-    window.view("export").evaluate_requested.emit(aligned)
-    assert window.current_view() == "chat"
-    page = window.view("chat")
-    assert page.currentWidget() is page.evaluate
-    assert page.evaluate.base_combo.currentData() == base.id
-    assert page.evaluate.aligned_combo.currentData() == aligned.id
+    gui_store.add_export(
+        path=aligned.path, quantization="F32", sha256="0" * 64, size_bytes=copy.stat().st_size
+    )
+    window.show_view("export")
+    export = window.view("export")
+    export.refresh()
+    export.exports_tree.setCurrentItem(export.exports_tree.topLevelItem(0))
+    assert export.evaluate_button.isEnabled()
+    qtbot.mouseClick(export.evaluate_button, Qt.MouseButton.LeftButton)
+    assert window.current_view() == "evaluate"
+    assert window.nav.currentItem().text() == "Evaluate"
+    evaluate = window.view("evaluate")
+    assert evaluate.isVisible()
+    assert evaluate.base_combo.currentData() == base.id
+    assert evaluate.aligned_combo.currentData() == aligned.id
 
 
 # ------------------------------------------------------------------------------------------- navigation
@@ -235,6 +246,9 @@ def test_view_menu_shortcuts_switch_views(window):
     train.trigger()
     assert window.current_view() == "train"
     assert window.nav.currentItem().text() == "Train"
+    shortcuts = {a.text(): a.shortcut().toString() for a in view_menu.actions()}
+    assert shortcuts == {spec.label: f"Ctrl+{n}" for n, spec in enumerate(VIEWS, 1)}
+    assert shortcuts["Evaluate"] == "Ctrl+6"
 
 
 def test_window_reopens_on_the_view_it_was_closed_on(make_window):
@@ -347,7 +361,7 @@ def test_status_bar_and_quit_question_say_what_jobs_do_never_their_resource(
 def test_a_finished_jobs_loading_line_leaves_the_status_bar(qtbot, window, registry):
     """A job's Log line ("Loading Gemma…") stays in the status bar while it is true: until the job moves on
     (the activity line says something else), or until the job ends."""
-    view = window.view("chat").chat  # any view with the messages section; the job is a stand-in
+    view = window.view("chat")  # any view with the messages section; the job is a stand-in
     loaded, release = threading.Event(), threading.Event()
 
     def generation(token):

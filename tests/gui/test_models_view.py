@@ -29,6 +29,7 @@ from desktop_dpo.gui.model_details_panel import (
 from desktop_dpo.gui.models_view import ModelsView
 from desktop_dpo.workers.job_worker import JobRegistry
 from tests.core.test_models import write_gguf, write_hf_folder
+from tests.gui.conftest import hold_the_trainable_copy
 
 WAIT_MS = 60_000  # generous: the machine is shared; nothing here asserts on time
 COPY_WAIT_MS = 300_000  # the first trainable copy imports transformers and torch
@@ -449,15 +450,7 @@ def test_stopping_a_trainable_copy_keeps_nothing_half_made(
     model = register_model(gui_store, tiny_gguf, name="tiny")
     refresh(qtbot, view)
     view.select_model(model.id)
-    inside, release = threading.Event(), threading.Event()
-    real_load = trainable_copy._load_gguf_tokenizer
-
-    def held_load(path):  # the copy waits here, its temporary folder already made, until the test lets it go
-        inside.set()
-        release.wait(60)
-        return real_load(path)
-
-    monkeypatch.setattr(trainable_copy, "_load_gguf_tokenizer", held_load)
+    inside, release = hold_the_trainable_copy(monkeypatch)
     qtbot.mouseClick(view.copy_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(inside.is_set, timeout=WAIT_MS)
     assert [p for p in app_home.models_dir.iterdir() if is_partial_output(p)], "the copy was under way"

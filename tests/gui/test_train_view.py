@@ -32,6 +32,7 @@ from desktop_dpo.gui.train_view import WAITING_FOR_PRESET, TrainView
 from desktop_dpo.workers import training_worker
 from desktop_dpo.workers.job_worker import JobRegistry
 from desktop_dpo.workers.training_worker import TRAIN_RESOURCE
+from tests.gui.conftest import hold_the_trainable_copy
 
 WAIT_MS = 180_000  # generous: the machine is shared; nothing here asserts on time
 TOPICS = ["apples", "rivers", "trains", "music", "winter", "cats", "maps", "bread", "stars", "clocks",
@@ -158,14 +159,19 @@ def test_too_few_pairs_disable_start_and_say_how_many_are_needed(qtbot, gui_stor
     )
 
 
-def test_a_gguf_without_a_trainable_copy_points_to_models(qtbot, gui_store, registry, app_home, tiny_gguf):
+def test_a_gguf_without_a_trainable_copy_is_offered_one_right_here(
+    qtbot, gui_store, registry, app_home, tiny_gguf
+):
     register_model(gui_store, tiny_gguf, name="tiny-gguf")
     add_pairs(gui_store)
     view = make_view(qtbot, gui_store, registry, app_home)
 
     assert "needs a trainable copy" in view.model_combo.currentText()
-    assert view.model_note.isVisible() and "Models view" in view.model_note.text()
-    assert not view.start_button.isEnabled() and "trainable copy" in view.start_reason.text()
+    note = view.model_note.text()
+    assert view.model_note.isVisible() and "Start makes it, then trains" in note
+    assert "Models" not in note, "no detour through the Models view"
+    assert view.start_button.text() == "Make a trainable copy and start"
+    assert view.start_button.isEnabled() and not view.start_reason.isVisible()
 
 
 def test_settings_start_from_the_detected_device_and_keep_the_persons_changes(
@@ -576,7 +582,7 @@ def test_counts_read_as_words_one_pair_one_prompt(qtbot, gui_store, registry, ap
     view = make_view(qtbot, gui_store, registry, app_home, TINY.replace(heldout_fraction=0.1))
     assert "1 prompt (1 pair) held out" in view.pairs_note.text()
     started = events.Started("run", 0, 4, train_pairs=1, heldout_pairs=0, device="cpu", quantization="none")
-    assert describe_start(started) == "On cpu (full precision): 1 pair to train on, 0 held out."
+    assert describe_start(started) == "On cpu (full precision), 1 training pair: 1 to train on, 0 held out."
 
 
 def drawn_tick_labels(axis) -> list[str]:
@@ -677,3 +683,187 @@ def test_the_runs_list_fits_the_window_and_tells_its_runs_apart(qtbot, gui_store
     splitter.setSizes([10_000, 1])  # the curves dragged as tall as they go
     qtbot.waitUntil(lambda: splitter.sizes()[1] < before)
     assert tree.viewport().height() >= 4 * tree.sizeHintForRow(0)  # still four runs
+
+
+# ------------------------------------------------------------------------ a GGUF's trainable copy, in Train
+
+
+COPY_WAIT_MS = 300_000  # the first trainable copy imports transformers and torch
+
+
+def test_start_on_a_gguf_makes_its_trainable_copy_here_then_trains(
+    qtbot, gui_store, registry, app_home, tiny_gguf
+):
+    from desktop_dpo.core.model_files import TRAINABLE_COPY_MARKER
+
+    model = register_model(gui_store, tiny_gguf, name="tiny-gguf")
+    add_pairs(gui_store)
+    view = make_view(qtbot, gui_store, registry, app_home)
+    progress: list[int] = []
+    view.progress.valueChanged.connect(progress.append)
+    notes: list[str] = []
+    view.status_message.connect(notes.append)
+
+    click(qtbot, view.start_button)
+    assert view.run_headline.text() == "Making a trainable copy of tiny-gguf…"
+    assert view.progress.isVisible() and view.stop_button.isEnabled()
+    assert "nothing half-made" in view.stop_button.toolTip()
+    assert not view.start_button.isEnabled() and "copy is being made" in view.start_reason.text()
+    assert not view.settings_form.isEnabled() and not view.model_combo.isEnabled()
+    qtbot.waitUntil(lambda: "Dequantizing the weights" in view.run_detail.text(), timeout=COPY_WAIT_MS)
+
+    # The copy made, the run starts by itself with the settings on the form.
+    qtbot.waitUntil(lambda: bool(gui_store.list_runs()), timeout=COPY_WAIT_MS)
+    assert "Trainable copy of tiny-gguf ready: starting the run." in notes
+    copy = Path(gui_store.get_model(model.id).info["trainable_copy"])
+    assert copy.parent == app_home.models_dir and (copy / TRAINABLE_COPY_MARKER).is_file()
+    assert progress and max(progress) == 1000, "the copy's progress was shown"
+    wait_for_end(qtbot, view, registry)
+    assert view.error_text() == "", view.error_text()
+    (run,) = gui_store.list_runs()
+    assert run.status == "completed" and run.base_model_id == model.id
+    assert TrainConfig.from_dict(run.config).max_length == TINY.max_length  # the form's settings
+    assert view.run_headline.text().startswith("Finished")
+    assert view.start_button.text() == "Start training" and not view.model_note.isVisible()
+    assert "needs a trainable copy" not in view.model_combo.currentText()
+
+
+def test_stop_during_the_trainable_copy_keeps_nothing_and_says_so(
+    qtbot, monkeypatch, gui_store, registry, app_home, tiny_gguf
+):
+    from desktop_dpo.core.model_files import is_partial_output
+
+    model = register_model(gui_store, tiny_gguf, name="tiny-gguf")
+    add_pairs(gui_store)
+    view = make_view(qtbot, gui_store, registry, app_home)
+    inside, release = hold_the_trainable_copy(monkeypatch)
+    notes: list[str] = []
+    view.status_message.connect(notes.append)
+    click(qtbot, view.start_button)
+    qtbot.waitUntil(inside.is_set, timeout=WAIT_MS)
+    assert [p for p in app_home.models_dir.iterdir() if is_partial_output(p)], "the copy was under way"
+
+    click(qtbot, view.stop_button)
+    assert not view.stop_button.isEnabled() and view.run_headline.text() == "Stopping the trainable copy…"
+    release.set()
+    qtbot.waitUntil(lambda: view.phase() == "idle", timeout=COPY_WAIT_MS)
+    assert list(app_home.models_dir.iterdir()) == [], "nothing half-made is kept"
+    assert "trainable_copy" not in gui_store.get_model(model.id).info
+    assert gui_store.list_runs() == [], "no run was started"
+    assert view.run_headline.text() == "Stopped before training"
+    assert "Nothing half-made was kept" in view.run_detail.text()
+    assert "Stopped: no trainable copy of tiny-gguf was kept, and no run was started." in notes
+    assert view.error_text() == "" and not view.stop_button.isEnabled() and not view.progress.isVisible()
+    # It can be started again once the stopped job's thread has ended.
+    qtbot.waitUntil(view.start_button.isEnabled, timeout=WAIT_MS)
+    assert view.start_button.text() == "Make a trainable copy and start"
+    assert view.settings_form.isEnabled() and view.model_combo.isEnabled()
+
+
+@pytest.mark.parametrize("size", [(1024, 640), (1280, 800)])
+def test_advanced_settings_fit_beside_the_scroll_bar_with_whole_help_and_spin_arrows(
+    qtbot, gui_store, make_window, app_style, size
+):
+    import contextlib
+
+    from PySide6.QtCore import QPoint, QRect
+    from PySide6.QtWidgets import QAbstractSpinBox, QLabel, QScrollArea, QStyle, QStyleOptionSpinBox
+
+    from tests.gui.conftest import cut_texts
+
+    window = make_window()
+    window.resize(*size)
+    window.show_view("train")
+    view = window.findChild(TrainView)
+    qtbot.waitUntil(lambda: view.preset is not None, timeout=WAIT_MS)
+    form = view.settings_form
+    click(qtbot, form.advanced_toggle)
+    scroll = next(area for area in view.findChildren(QScrollArea) if area.widget() is form)
+    bar, viewport = scroll.verticalScrollBar(), scroll.viewport()
+    qtbot.waitUntil(lambda: form.advanced.isVisible() and bar.isVisible())  # unfolded, the form scrolls
+
+    def cut_lines() -> list[str]:  # wrapped labels (help lines, long setting names) shorter than their text
+        return [label.text() for label in form.findChildren(QLabel)
+                if label.isVisible() and label.wordWrap() and label.heightForWidth(label.width()) > label.height()]  # fmt: skip
+
+    with contextlib.suppress(qtbot.TimeoutError):
+        qtbot.waitUntil(lambda: not cut_lines(), timeout=5_000)  # the layout settles at the new width
+    assert cut_lines() == []
+    assert cut_texts(view) == []
+    assert form.width() <= viewport.width()  # nothing wider than the column: the form is not cut on the right
+    bar_rect = QRect(bar.mapTo(scroll, QPoint(0, 0)), bar.size())
+    for name, editor in form.editors.items():
+        rect = QRect(editor.mapTo(scroll, QPoint(0, 0)), editor.size())
+        assert rect.right() < bar_rect.left() and not rect.intersects(bar_rect), name  # beside it, not under
+    for name, label in form.help_labels.items():
+        assert label.heightForWidth(label.width()) <= label.height(), name  # every line of the help shows
+        assert label.mapTo(scroll, QPoint(label.width(), 0)).x() <= bar_rect.left(), name
+
+    boxes = [editor for editor in form.editors.values() if isinstance(editor, QAbstractSpinBox)]
+    assert len(boxes) >= 10
+    for box in boxes:
+        option = QStyleOptionSpinBox()
+        box.initStyleOption(option)
+        for part in (QStyle.SubControl.SC_SpinBoxUp, QStyle.SubControl.SC_SpinBoxDown):
+            arrow = box.style().subControlRect(QStyle.ComplexControl.CC_SpinBox, option, part, box)
+            assert not arrow.isEmpty() and box.rect().contains(arrow), box.objectName()
+            right = box.mapTo(viewport, arrow.topRight()).x()
+            assert right < viewport.width(), box.objectName()  # in view, left of the scroll bar
+        image = box.grab().toImage()  # the up arrow is drawn: dark pixels on the light button
+        up = box.style().subControlRect(
+            QStyle.ComplexControl.CC_SpinBox, option, QStyle.SubControl.SC_SpinBoxUp, box
+        )
+        dark = [
+            (x, y)
+            for x in range(up.left(), up.right() + 1)
+            for y in range(up.top(), up.bottom() + 1)
+            if image.pixelColor(x, y).lightness() < 128
+        ]
+        assert dark, box.objectName()
+    # The scroll bar paints its groove and handle (a style rule for the form's background once made it
+    # transparent: a bare line with no handle).
+    image = bar.grab().toImage()
+    middle = [image.pixelColor(bar.width() // 2, y) for y in range(bar.width(), bar.height() - bar.width())]
+    painted = [colour for colour in middle if colour.alpha() == 255 and colour.lightness() > 128]
+    assert len(painted) > 0.8 * len(middle)
+
+
+def test_a_trainable_copy_that_cannot_be_made_says_why_and_starts_no_run(
+    qtbot, monkeypatch, gui_store, registry, app_home, tiny_gguf
+):
+    from desktop_dpo.core.models import trainable_copy
+
+    register_model(gui_store, tiny_gguf, name="tiny-gguf")
+    add_pairs(gui_store)
+    view = make_view(qtbot, gui_store, registry, app_home)
+    monkeypatch.setattr(trainable_copy, "available_memory_bytes", lambda: 1024)
+    click(qtbot, view.start_button)
+    qtbot.waitUntil(lambda: bool(view.error_text()), timeout=WAIT_MS)
+    assert "No trainable copy of tiny-gguf was made" in view.error_text()
+    assert "Close other programs" in view.error_text()
+    assert view.run_headline.text() == "No trainable copy was made" and view.phase() == "idle"
+    assert gui_store.list_runs() == [] and list(app_home.models_dir.iterdir()) == []
+
+
+def test_a_copy_made_in_models_meanwhile_holds_start_until_it_ends(
+    qtbot, gui_store, registry, app_home, tiny_gguf
+):
+    from desktop_dpo.gui.models_view import COPY_RESOURCE
+    from desktop_dpo.workers.job_op import JobOp
+
+    register_model(gui_store, tiny_gguf, name="tiny-gguf")
+    add_pairs(gui_store)
+    view = make_view(qtbot, gui_store, registry, app_home)
+    release = threading.Event()
+
+    def models_copy(cancel):  # the Models view's copy, on the same resource
+        while not release.wait(0.02):
+            cancel.raise_if_cancelled()
+        return None
+        yield
+
+    JobOp(registry, models_copy).resource(COPY_RESOURCE).start()
+    qtbot.waitUntil(lambda: not view.start_button.isEnabled())
+    assert "being made in Models" in view.start_reason.text() and view.start_reason.isVisible()
+    release.set()
+    qtbot.waitUntil(view.start_button.isEnabled, timeout=WAIT_MS)

@@ -25,7 +25,7 @@ def test_collect_without_a_model_points_to_models(window):
 
 def test_chat_without_a_model_leads_to_models(qtbot, window):
     window.show_view("chat")
-    chat = window.view("chat").chat
+    chat = window.view("chat")
     assert chat.models_button.isVisible()
     qtbot.mouseClick(chat.models_button, Qt.MouseButton.LeftButton)
     assert window.current_view() == "models"
@@ -33,10 +33,8 @@ def test_chat_without_a_model_leads_to_models(qtbot, window):
 
 def test_evaluate_with_only_the_demo_model_says_an_aligned_model_is_needed(window, gui_store, tiny_gguf):
     register_model(gui_store, tiny_gguf, source="demo", name="Gemma 3 270M (demo, Q4_K_M)")
-    window.show_view("chat")
-    page = window.view("chat")
-    page.setCurrentIndex(1)
-    evaluate = page.evaluate
+    window.show_view("evaluate")
+    evaluate = window.view("evaluate")
     assert evaluate.needs_note.isVisible()
     assert "Export a trained run first".lower() in evaluate.needs_note.text().lower()
     # Not "choose two different models": with one model there is nothing to choose yet.
@@ -49,8 +47,7 @@ def test_evaluate_says_nothing_of_the_kind_once_an_aligned_model_exists(
 ):
     base = register_model(gui_store, tiny_gguf, name="base")
     register_model(gui_store, tiny_model_dir, name="aligned", source="aligned", parent_model_id=base.id)
-    window.show_view("chat")
-    page = window.view("chat")
-    page.setCurrentIndex(1)
-    assert not page.evaluate.needs_note.isVisible()
-    assert page.evaluate.next_button.toolTip() != NEEDS_ALIGNED
+    window.show_view("evaluate")
+    evaluate = window.view("evaluate")
+    assert not evaluate.needs_note.isVisible()
+    assert evaluate.next_button.toolTip() != NEEDS_ALIGNED

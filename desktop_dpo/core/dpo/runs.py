@@ -17,6 +17,7 @@ from typing import Any
 
 from desktop_dpo.core.dpo.config import TrainConfig, TrainingError, parse_reference
 from desktop_dpo.core.dpo.data import pairs_from_comparisons, split_by_prompt
+from desktop_dpo.core.dpo.pair_counts import PairCounts, pair_counts
 from desktop_dpo.core.model_files import find_training_folder
 from desktop_dpo.core.store import ModelRow, RunRow, Store
 from desktop_dpo.core.wording import plural
@@ -39,6 +40,7 @@ class RunPlan:
     heldout_prompts: int  # prompts the split keeps out of training
     heldout_pairs: int  # pairs of those prompts
     train_pairs: int  # pairs left to train on
+    counts: PairCounts  # usable comparisons and training pairs, as every screen counts them (pair_counts.py)
 
 
 def trainable_reason(model: ModelRow) -> str | None:
@@ -85,6 +87,7 @@ def plan_run(store: Store, model_id: int, config: TrainConfig) -> RunPlan:
         heldout_prompts=len(heldout),
         heldout_pairs=heldout_pairs,
         train_pairs=len(pairs) - heldout_pairs,
+        counts=pair_counts(pairs),
     )
 
 

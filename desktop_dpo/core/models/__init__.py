@@ -36,7 +36,11 @@ from desktop_dpo.core.models.inspection import (
 )
 from desktop_dpo.core.models.model_code import find_model_code, model_code_refusal, refuse_model_code
 from desktop_dpo.core.models.registration import register_model
-from desktop_dpo.core.models.trainable_copy import available_memory_bytes, make_trainable_copy
+from desktop_dpo.core.models.trainable_copy import (
+    available_memory_bytes,
+    make_trainable_copy,
+    recorded_trainable_copy,
+)
 
 __all__ = [
     "GGUF_TRAINABLE_ARCHITECTURES",
@@ -52,6 +56,7 @@ __all__ = [
     "make_trainable_copy",
     "model_code_refusal",
     "read_safetensors_header",
+    "recorded_trainable_copy",
     "refuse_model_code",
     "register_model",
     "shard_file_name",

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from desktop_dpo.core.errors import ModelError
 from desktop_dpo.core.jobs import CancelToken, Job, Log, Progress
 from desktop_dpo.core.model_files import (
+    TRAINABLE_COPY_KEY,
     TRAINABLE_COPY_MARKER,
     atomic_output,
     is_trainable_copy_of,
@@ -24,7 +25,9 @@ from desktop_dpo.core.models.formats import GGUF_TRAINABLE_ARCHITECTURES
 from desktop_dpo.core.models.inspection import inspect_model
 
 if TYPE_CHECKING:
-    pass
+    from collections.abc import Generator
+
+    from desktop_dpo.core.store import ModelRow, Store
 
 # Memory needed to make a trainable copy: every weight dequantized in fp32 (4 bytes) plus its bf16 copy
 # (2 bytes), and room for the tokenizer and the interpreter.
@@ -51,6 +54,26 @@ def available_memory_bytes() -> int | None:
         return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
     except (AttributeError, ValueError, OSError):
         return None
+
+
+def recorded_trainable_copy(
+    store: Store, model: ModelRow, out_dir: str | Path, *, cancel: CancelToken | None = None
+) -> Generator[Any, None, ModelRow]:
+    """:func:`make_trainable_copy` of ``model``'s GGUF, then the copy recorded under the model's
+    ``trainable_copy`` info key, where training looks for it (a recorded job: the Models and Train views and
+    the demo run this one). Returns the model's row as stored now.
+
+    Raises:
+        ModelError: as :func:`make_trainable_copy`, or the model was removed while its copy was made (the
+            copy stays, and a model registered again from the same file finds it).
+    """
+    folder = yield from make_trainable_copy(model.path, out_dir, cancel=cancel)
+    if store.get_model(model.id) is None:
+        raise ModelError(f"The trainable copy is in {folder}, but its model was removed meanwhile.")
+    store.update_model_info(model.id, **{TRAINABLE_COPY_KEY: str(folder)})
+    row = store.get_model(model.id)
+    assert row is not None
+    return row
 
 
 def make_trainable_copy(
