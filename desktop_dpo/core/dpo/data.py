@@ -13,7 +13,6 @@ No torch: the GUI may import this module (for :class:`PreferencePair`) at start-
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Iterable
@@ -101,6 +100,8 @@ def pairs_from_comparisons(views: Iterable[ComparisonView]) -> list[PreferencePa
 def _split_rank(prompt_id: int, seed: int) -> str:
     # A hash, not random.Random: the order of a prompt depends on its id and the seed only, never on
     # which other prompts are present, so the same prompts always land on the same side.
+    import hashlib  # here: loading OpenSSL costs the window ~3 ms, and the counts on its first screen hash nothing
+
     return hashlib.sha256(f"desktop-dpo-split:{seed}:{prompt_id}".encode()).hexdigest()
 
 
@@ -184,4 +185,6 @@ def reference_cache_key(
         "max_length": int(max_length),
         "reduction": reduction,
     }
+    import hashlib
+
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
