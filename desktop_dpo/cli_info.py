@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from desktop_dpo import __version__
 from desktop_dpo.cli import EXIT_FAILED, EXIT_OK, _open_store, _stopped, data_folder_problem, stop_on_ctrl_c
 from desktop_dpo.config import AppPaths
+from desktop_dpo.core.dpo.pair_counts import store_pair_counts
 from desktop_dpo.core.errors import StoreError
 
 # Distributions whose versions `info` reports; read from package metadata, so nothing heavy is imported.
@@ -69,7 +70,9 @@ def cmd_info(args: argparse.Namespace, paths: AppPaths) -> int:
                     ("Schema", str(store.schema_version)),
                     (
                         "Pairs",
-                        f"{store.count_comparisons()} collected, {store.count_usable_pairs()} usable for training",
+                        # Counted as the window counts them (a pick between two identical answers trains nothing).
+                        f"{store.count_comparisons()} collected, "
+                        f"{store_pair_counts(store).usable} usable for training",
                     ),
                     ("Prompts", str(counts.get("prompts", 0))),
                     ("Models", str(counts.get("models", 0))),

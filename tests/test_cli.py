@@ -96,6 +96,10 @@ def test_info_shows_folders_counts_and_versions_without_importing_ml_libraries(t
     home = tmp_path / "home"
     with Store.open(_paths(home).db_path) as store:
         store.record_pair(messages=[{"role": "user", "content": "Q?"}], text_a="A", text_b="B", verdict="b")
+        # A pick between two identical answers gives training nothing: not usable, as the window counts it.
+        store.record_pair(
+            messages=[{"role": "user", "content": "R?"}], text_a="Same", text_b="Same", verdict="a"
+        )
     script = (
         "import sys, desktop_dpo.cli as c; code = c.main(['--home', sys.argv[1], 'info']); "
         "print('HEAVY', sorted({'torch', 'transformers', 'peft', 'llama_cpp', 'bitsandbytes', 'trl'} & set(sys.modules))); "
@@ -116,7 +120,7 @@ def test_info_shows_folders_counts_and_versions_without_importing_ml_libraries(t
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert f"Data folder:      {home.resolve() / 'data'}" in out
-    assert "Pairs:            1 collected, 1 usable for training" in out
+    assert "Pairs:            2 collected, 1 usable for training" in out
     assert "Network:          blocked beyond this computer" in out
     for library in ("PySide6", "torch", "transformers", "llama-cpp-python"):
         line = next(line for line in out.splitlines() if line.startswith(library + ":"))
