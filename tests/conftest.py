@@ -11,6 +11,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 import pytest
 
 from desktop_dpo.config import HOME_ENV, AppPaths
+from desktop_dpo.core.models import register_model
 from desktop_dpo.core.store import Store
 
 # The network guard for the whole session (a non-root conftest may not use pytest_plugins, so its hook
@@ -68,3 +69,22 @@ def pytest_sessionfinish(session, exitstatus):
     failed = len(reporter.stats.get("failed", [])) + len(reporter.stats.get("error", []))
     if passed == 0 and failed == 0 and exitstatus == 0:
         session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
+
+
+@pytest.fixture
+def home_with_pairs(monkeypatch, tmp_path, tiny_model_dir) -> Path:  # noqa: F811 - the fixture above
+    """A data folder (``DESKTOP_DPO_HOME``) with 8 usable pairs and the tiny model registered as "tiny": what
+    the CLI's train and export commands start from."""
+    monkeypatch.setattr("desktop_dpo.core.offline.lock_down", lambda: None)  # tests/core/test_offline.py
+    home = tmp_path / "home"
+    monkeypatch.setenv(HOME_ENV, str(home))
+    with Store.open(AppPaths.default().ensure().db_path) as store:
+        for topic in ["owls", "tea", "snow", "maps", "bells", "kites", "ferns", "dunes"]:
+            store.record_pair(
+                messages=[{"role": "user", "content": f"Tell me about {topic}."}],
+                text_a=f" Gladly! {topic} are lovely.",
+                text_b=f" No. {topic} bore me.",
+                verdict="a",
+            )
+        register_model(store, tiny_model_dir, name="tiny")
+    return home

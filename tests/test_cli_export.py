@@ -6,27 +6,15 @@ from pathlib import Path
 
 from desktop_dpo import cli
 from desktop_dpo.config import HOME_ENV, AppPaths
-from desktop_dpo.core.models import register_model
 from desktop_dpo.core.store import Store
 
 
 def test_train_then_export_writes_gguf_files_and_registers_the_aligned_model(
-    monkeypatch, tmp_path, tiny_model_dir, capsys
+    home_with_pairs, tmp_path, capsys
 ):
-    monkeypatch.setattr(
-        "desktop_dpo.core.offline.lock_down", lambda: None
-    )  # tests/core/test_offline.py covers it
-    monkeypatch.setenv(HOME_ENV, str(tmp_path / "home"))
-    paths = AppPaths.default().ensure()
+    paths = AppPaths.default()
     with Store.open(paths.db_path) as store:
-        for topic in ["owls", "tea", "snow", "maps", "bells", "kites", "ferns", "dunes"]:
-            store.record_pair(
-                messages=[{"role": "user", "content": f"Tell me about {topic}."}],
-                text_a=f" Gladly! {topic} are lovely.",
-                text_b=f" No. {topic} bore me.",
-                verdict="a",
-            )
-        model = register_model(store, tiny_model_dir, name="tiny")
+        model = next(m for m in store.list_models() if m.name == "tiny")
 
     train_args = [
         "train",

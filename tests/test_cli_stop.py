@@ -21,7 +21,6 @@ from desktop_dpo import cli
 from desktop_dpo.config import HOME_ENV, AppPaths
 from desktop_dpo.core.dpo.checkpoint import latest_checkpoint
 from desktop_dpo.core.dpo.run_lock import run_is_busy
-from desktop_dpo.core.models import register_model
 from desktop_dpo.core.store import Store
 
 WAIT_S = 300  # generous: the machine is shared; nothing here asserts on time
@@ -84,23 +83,6 @@ def _wait_for(condition, process: subprocess.Popen[str], what: str) -> None:
         assert process.poll() is None, f"desktop-dpo ended before {what}"
         assert time.monotonic() < deadline, f"no {what} within {WAIT_S} s"
         time.sleep(0.05)
-
-
-@pytest.fixture
-def home_with_pairs(monkeypatch, tmp_path, tiny_model_dir) -> Path:
-    monkeypatch.setattr("desktop_dpo.core.offline.lock_down", lambda: None)  # tests/core/test_offline.py
-    home = tmp_path / "home"
-    monkeypatch.setenv(HOME_ENV, str(home))
-    with Store.open(AppPaths.default().ensure().db_path) as store:
-        for topic in ["owls", "tea", "snow", "maps", "bells", "kites", "ferns", "dunes"]:
-            store.record_pair(
-                messages=[{"role": "user", "content": f"Tell me about {topic}."}],
-                text_a=f" Gladly! {topic} are lovely.",
-                text_b=f" No. {topic} bore me.",
-                verdict="a",
-            )
-        register_model(store, tiny_model_dir, name="tiny")
-    return home
 
 
 def test_ctrl_c_stops_training_at_a_step_with_a_checkpoint_and_the_run_resumable(home_with_pairs):
