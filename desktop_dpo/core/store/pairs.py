@@ -399,6 +399,34 @@ class PairQueries(StoreConnection):
         version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
         return version, self._conn.total_changes
 
+    def comparison_change_mark(self) -> int | None:
+        """The newest entry of the comparisons' change log (schema 3): 0 while it is empty.
+
+        None when this database keeps no log (a store opened with fewer migrations): then nothing can be
+        read as changed since a mark. Read a mark *before* what it should cover: a write committed after
+        it has a later mark, so it is reported again by :meth:`comparisons_changed_since` (never missed).
+        """
+        logged = self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'comparison_changes'"
+        ).fetchone()
+        if logged is None:
+            return None
+        return int(self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM comparison_changes").fetchone()[0])
+
+    def comparisons_changed_since(self, mark: int) -> tuple[list[int], list[ComparisonView]]:
+        """Comparisons written after ``mark`` (:meth:`comparison_change_mark`), by any connection.
+
+        Returns the ids of every comparison added, changed in what training reads (verdict, rewrite,
+        deleted or not; not the note) or removed since, and the views of those of them that are live
+        (not deleted, not removed), oldest first. A few rows after one verdict, however many there are.
+        """
+        changed = "SELECT comparison_id FROM comparison_changes WHERE seq > ?"
+        ids = sorted(int(row[0]) for row in self._conn.execute(changed, (mark,)))  # by the seq index
+        if not ids:
+            return [], []
+        sql = f"{self._VIEW_SQL} WHERE c.deleted = 0 AND c.id IN ({changed}) ORDER BY c.id"
+        return ids, [self._view(row) for row in self._rows(sql, (mark,))]
+
     # The last user message of a prompt, found in SQL so that a summary never loads whole conversations.
     _LAST_USER_SQL = """(SELECT json_extract(m.value, '$.content') FROM json_each(p.messages) m
                         WHERE json_extract(m.value, '$.role') = 'user' ORDER BY m.key DESC LIMIT 1)"""

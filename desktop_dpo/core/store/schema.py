@@ -220,6 +220,40 @@ def _migration_2(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX idx_evaluation_votes_evaluation ON evaluation_votes(evaluation_id)")
 
 
+def _migration_3(db: sqlite3.Connection) -> None:
+    """A log of which comparisons changed, written by triggers, so the pair counts recount only those.
+
+    One row per comparison ever written (inserted, changed in what training reads, or removed), with the
+    number of its newest change; ``seq`` only grows. Triggers, not the store's methods, write it, so every
+    connection's writes (an import job's too) are logged. Existing rows need no entry: a count starts by
+    reading everything, then follows the log.
+    """
+    db.execute(
+        """
+        CREATE TABLE comparison_changes (
+            comparison_id INTEGER PRIMARY KEY,
+            seq INTEGER NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX idx_comparison_changes_seq ON comparison_changes(seq)")
+    # The note and the time of a delete do not change what a comparison gives training: not logged.
+    read_by_training = (
+        "prompt_id, generation_a_id, generation_b_id, verdict, edited_text, edited_side, deleted"
+    )
+    next_seq = "(SELECT COALESCE(MAX(seq), 0) + 1 FROM comparison_changes)"
+    for name, event, row in (
+        ("inserted", "INSERT", "NEW"),
+        ("updated", f"UPDATE OF {read_by_training}", "NEW"),
+        ("removed", "DELETE", "OLD"),
+    ):
+        db.execute(
+            f"""
+            CREATE TRIGGER comparison_{name} AFTER {event} ON comparisons BEGIN
+                INSERT OR REPLACE INTO comparison_changes (comparison_id, seq) VALUES ({row}.id, {next_seq});
+            END"""
+        )
+
+
 # Each entry takes the schema from version i to i + 1. Append only; never edit a released one.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2, _migration_3]
 SCHEMA_VERSION = len(MIGRATIONS)
