@@ -11,7 +11,7 @@ import traceback
 from collections.abc import Callable
 from types import TracebackType
 
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
 
 from desktop_dpo import __version__
@@ -21,7 +21,8 @@ from desktop_dpo.core.llm.engine_pool import EnginePool
 from desktop_dpo.core.offline import add_refusal_listener, remove_refusal_listener
 from desktop_dpo.core.store import Store
 from desktop_dpo.gui.main_window import MainWindow
-from desktop_dpo.gui.resource_files import read_style_sheet, resource_icon
+from desktop_dpo.gui.resource_files import resource_icon
+from desktop_dpo.gui.theme import SYSTEM, install_theme, saved_choice
 from desktop_dpo.log_files import LOG_FILE_BYTES, LOG_FILE_COUNT, configure_logging  # noqa: F401 - re-exported
 from desktop_dpo.workers.job_worker import JobRegistry, describe_error
 
@@ -29,13 +30,17 @@ log = logging.getLogger(__name__)
 
 # Exit status when the app cannot start (database refused, folders not writable): not a crash.
 EXIT_CANNOT_START = 2
+COLLECT_EVERY_MS = 250  # how often the GUI thread runs the garbage collection that is due
 
 
-def create_application(argv: list[str] | None = None) -> QApplication:
-    """The QApplication with the app's name, icon and style sheet (reuses one that already exists)."""
+def create_application(argv: list[str] | None = None, appearance: str = SYSTEM) -> QApplication:
+    """The QApplication with the app's name, icon and look (reuses one that already exists).
+
+    ``appearance`` is "system" (follow the desktop's light or dark setting), "light" or "dark".
+    """
     app = QApplication.instance()
     if app is None:
-        # Fusion + light scheme: the style sheet assumes light backgrounds, whatever the desktop's theme.
+        # Fusion everywhere: the style sheet and the palettes of gui/theme.py are made for it.
         # Fusion is asked for on the command line: asking the application for its style from Python costs
         # ~10 ms of start-up (PySide builds QStyle's enums), and setting it again costs as much.
         app = QApplication([*(argv if argv is not None else sys.argv[:1]), "-style", "Fusion"])
@@ -48,8 +53,7 @@ def create_application(argv: list[str] | None = None) -> QApplication:
     # Matches resources/<id>.desktop, so desktop shells group the window with its launcher.
     app.setDesktopFileName("io.github.desktop_dpo")
     app.setWindowIcon(resource_icon("desktop-dpo.svg"))
-    app.styleHints().setColorScheme(Qt.ColorScheme.Light)
-    app.setStyleSheet(read_style_sheet())
+    install_theme(app, appearance)
     return app
 
 
@@ -67,7 +71,8 @@ def run_gui(paths: AppPaths) -> int:
     A database that cannot be opened (not SQLite, made by a newer version, unreadable) is explained in a
     message box and the app exits with status 2 instead of a traceback.
     """
-    app = create_application()
+    # The window's settings file is read before the window exists, so its first paint is in the right scheme.
+    app = create_application(appearance=saved_choice(str(paths.window_settings)))
     try:
         paths.ensure()
     except OSError as exc:
@@ -92,13 +97,13 @@ def run_gui(paths: AppPaths) -> int:
     # The welcome card is placed before the first paint; the demo model (if it must be unpacked) starts
     # copying in a job once the event loop runs, so start-up does not wait for it.
     window.start_first_run()
-    if not gc.isenabled():
-        # The command line paused the collector for start-up (cli.start_window); it resumes once the event
-        # loop runs, that is after the first paint.
-        QTimer.singleShot(0, resume_collector)
+    # The command line may have paused the collector for start-up (cli.start_window); from the first turn of
+    # the event loop, after the first paint, it collects on this thread only.
+    QTimer.singleShot(0, lambda: collect_on_gui_thread(app))
     try:
         return app.exec()
     finally:
+        gc.enable()
         sys.excepthook = previous_hook
         remove_refusal_listener(refusal_listener)
         # The window asked before closing and closed once its jobs had stopped, so this finds none; it only
@@ -109,11 +114,31 @@ def run_gui(paths: AppPaths) -> int:
         log.info("desktop-dpo stopped")
 
 
-def resume_collector() -> None:
-    """Turn the garbage collector back on after start-up. What start-up made (Qt's Python types and enums,
-    the modules, the window) lives as long as the app, so it is frozen first: later collections skip it."""
+def collect_on_gui_thread(app: QApplication) -> None:
+    """From now on, Python's garbage collector runs on the GUI thread only.
+
+    Left automatic, it runs in whichever thread happens to allocate, a job's worker thread too; if the
+    cycle it frees holds a Qt object (a closed dialog's wrapper, a lambda that captured a widget), that
+    object is destroyed off its thread, and the process dies in native code. So the automatic collector stays
+    off and a timer here runs what it would have run (:func:`collect_due_garbage`). What start-up made (Qt's
+    Python types and enums, the modules, the window) lives as long as the app: it is frozen first, so later
+    collections skip it.
+    """
     gc.freeze()
-    gc.enable()
+    gc.disable()
+    timer = QTimer(app)
+    timer.timeout.connect(collect_due_garbage)
+    timer.start(COLLECT_EVERY_MS)
+
+
+def collect_due_garbage() -> None:
+    """The collection Python's automatic collector would run now (the oldest generation past its threshold),
+    run on the calling thread."""
+    counts, thresholds = gc.get_count(), gc.get_threshold()
+    for generation in (2, 1, 0):
+        if counts[generation] > thresholds[generation]:
+            gc.collect(generation)
+            return
 
 
 def _make_excepthook(

@@ -83,8 +83,9 @@ def start_window(args: argparse.Namespace, paths: AppPaths) -> int:
 
     Start-up makes tens of thousands of objects that live as long as the app (the GUI modules, Qt's Python
     types and enums, the widgets), and the collector would scan them again and again while they are made:
-    about 8 ms of a 210 ms start (bench/startup.py). ``app.run_gui`` turns it back on once the event loop
-    runs; this turns it on in any case when the window's command returns.
+    about 8 ms of a 210 ms start (bench/startup.py). Once the event loop runs, ``app.run_gui`` has it collect
+    on the GUI thread only (``app.collect_on_gui_thread``); this turns it on in any case when the window's
+    command returns.
     """
     gc.disable()
     try:

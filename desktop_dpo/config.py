@@ -44,6 +44,11 @@ class AppPaths:
         return self.data_dir / "backups"
 
     @property
+    def window_settings(self) -> Path:
+        """The window's settings: size, last view, appearance, sampling settings (Qt's INI format)."""
+        return self.data_dir / "window.ini"
+
+    @property
     def log_file(self) -> Path:
         """The current log file (rotated by size)."""
         return self.log_dir / "desktop-dpo.log"

@@ -7,7 +7,8 @@ one, or when it has no finished run yet, the script first runs ``desktop-dpo dem
 bundled Gemma 3 270M demo model, real sampling, real training steps, a real export and a blind evaluation
 (a few minutes on two cores). Then it opens the app's real main window on that home, and for each view
 does what a person would before looking (samples a pair in Collect, sends a message in Chat, asks for an
-evaluation pair, selects the newest run and export) and saves ``<view>.png``.
+evaluation pair, selects the newest run and export) and saves ``<view>.png``; Collect, Train and Chat are
+shot once more in the dark scheme (``<view>-dark.png``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (1280, 820)
+DARK_VIEWS = ("collect", "train", "chat")  # also shot in the dark scheme (<view>-dark.png)
 WAIT_S = 600.0
 
 
@@ -65,6 +67,7 @@ def take_screenshots(home: Path, out: Path) -> list[Path]:
     from desktop_dpo.core.llm.engine_pool import EnginePool
     from desktop_dpo.core.store import Store
     from desktop_dpo.gui.main_window import MainWindow
+    from desktop_dpo.gui.theme import current_theme
     from desktop_dpo.workers.job_worker import JobRegistry
 
     os.environ[HOME_ENV] = str(home)
@@ -73,6 +76,8 @@ def take_screenshots(home: Path, out: Path) -> list[Path]:
     store = Store.open(paths.db_path, backups_dir=paths.backups_dir)
     registry, pool = JobRegistry(), EnginePool()
     window = MainWindow(store=store, registry=registry, paths=paths, pool=pool)
+    appearance = current_theme().choice  # put back at the end: the screenshots leave the home as it was
+    window.choose_appearance("light")
     window.resize(*SIZE)
     window.show()
     out.mkdir(parents=True, exist_ok=True)
@@ -118,8 +123,7 @@ def take_screenshots(home: Path, out: Path) -> list[Path]:
         shoot("export")
 
         window.show_view("chat")
-        page = window.view("chat")
-        chat = page.chat
+        chat = window.view("chat")
         if aligned is not None:
             chat.set_model(aligned)
         chat.new_conversation()
@@ -131,8 +135,8 @@ def take_screenshots(home: Path, out: Path) -> list[Path]:
             _wait(app, lambda: chat.reply is None)
         shoot("chat")
 
-        page.setCurrentIndex(1)
-        evaluate = page.evaluate
+        window.show_view("evaluate")
+        evaluate = window.view("evaluate")
         if evaluate.next_prompt():
             _wait(
                 app,
@@ -153,6 +157,13 @@ def take_screenshots(home: Path, out: Path) -> list[Path]:
         _wait(app, lambda: True)
         _wait(app, lambda: not registry.is_busy("storage"))
         shoot("storage")
+
+        # The same work in the dark scheme, for the views a person spends the most time in.
+        window.choose_appearance("dark")
+        for key in DARK_VIEWS:
+            window.show_view(key)
+            shoot(f"{key}-dark")
+        window.choose_appearance(appearance)
     finally:
         registry.cancel_all_and_wait()
         window.close()

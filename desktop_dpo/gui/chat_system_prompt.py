@@ -7,16 +7,17 @@ conversation (the view saves it with the next message sent, and shows a saved on
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Slot
+from PySide6.QtCore import Slot
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPlainTextEdit,
     QSizePolicy,
-    QToolButton,
     QVBoxLayout,
     QWidget,
 )
+
+from desktop_dpo.gui.widgets import FoldToggle
 
 SUMMARY_LENGTH = 80  # characters of the prompt shown on its collapsed line
 
@@ -30,14 +31,6 @@ class SystemPromptEditor(QWidget):
 
     def __init__(self, *, spacing: int = 6, parent: QWidget | None = None):
         super().__init__(parent)
-        self.toggle = QToolButton()
-        self.toggle.setObjectName("systemToggle")
-        self.toggle.setText("System prompt")
-        self.toggle.setCheckable(True)
-        self.toggle.setArrowType(Qt.ArrowType.RightArrow)
-        self.toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-        self.toggle.setToolTip("Optional instructions the model reads before the conversation")
-        self.toggle.toggled.connect(self._on_toggled)
         self.summary = QLabel()
         self.summary.setObjectName("activityText")
         # One-line summaries give way when the window is narrow (clipped, never widening the view).
@@ -49,8 +42,13 @@ class SystemPromptEditor(QWidget):
         )
         self.editor.setFixedHeight(58)
         self.editor.setTabChangesFocus(True)
-        self.editor.setVisible(False)
         self.editor.textChanged.connect(self._on_text_changed)
+        self.toggle = FoldToggle(
+            "System prompt",
+            self.editor,
+            name="systemToggle",
+            tooltip="Optional instructions the model reads before the conversation",
+        )
 
         head = QHBoxLayout()
         head.setSpacing(8)
@@ -72,11 +70,6 @@ class SystemPromptEditor(QWidget):
         self.editor.setPlainText(text)
         self.editor.blockSignals(False)
         self._on_text_changed()
-
-    @Slot(bool)
-    def _on_toggled(self, shown: bool) -> None:
-        self.editor.setVisible(shown)
-        self.toggle.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
 
     @Slot()
     def _on_text_changed(self) -> None:

@@ -13,12 +13,22 @@ from __future__ import annotations
 from bisect import bisect_right
 
 from PySide6.QtCore import QPoint
-from PySide6.QtGui import QColor, QFont, QTextBlockFormat, QTextCharFormat, QTextCursor, QTextFrameFormat
+from PySide6.QtGui import (
+    QColor,
+    QFont,
+    QTextBlockFormat,
+    QTextCharFormat,
+    QTextCursor,
+    QTextFormat,
+    QTextFrameFormat,
+)
 from PySide6.QtWidgets import QFrame, QTextEdit, QWidget
 
+from desktop_dpo.gui.theme import fill_colour, follow_scheme, text_colour
 from desktop_dpo.gui.widgets import FitsText
 
-# Bubble colours (slate and indigo, as in resources/style.qss).
+# Bubble colours (slate and indigo, as in resources/style.qss), in the light scheme: the scheme shown picks the
+# painted ones (gui/theme.py), and a transcript repaints its messages when the scheme changes.
 USER_BACKGROUND = "#eef2ff"
 USER_BORDER = "#c7d2fe"
 ASSISTANT_BACKGROUND = "#ffffff"
@@ -26,6 +36,9 @@ ASSISTANT_BORDER = "#e2e8f0"
 HEADER_COLOUR = "#64748b"
 TEXT_COLOUR = "#1e293b"
 NOTE_COLOUR = "#b45309"
+# Where a format keeps what to repaint it from: a text's light colour, a bubble's role.
+LIGHT_COLOUR_PROPERTY = QTextFormat.Property.UserProperty + 1
+ROLE_PROPERTY = QTextFormat.Property.UserProperty + 2
 # Space on the side a bubble does not lean to (pixels).
 INDENT = 72
 COMPACT_INDENT = 48
@@ -56,33 +69,37 @@ class ChatTranscript(QTextEdit):
         self._reply: QTextCursor | None = None  # end of the reply being written
         self._reply_text: list[str] = []
         self._reply_header = ""
+        follow_scheme(self, self._repaint_messages)
 
     # ---------------------------------------------------------------- formats
 
+    @staticmethod
+    def _coloured(fmt: QTextCharFormat, light: str) -> QTextCharFormat:
+        fmt.setForeground(QColor(text_colour(light)))
+        fmt.setProperty(LIGHT_COLOUR_PROPERTY, light)
+        return fmt
+
     def _header_format(self) -> QTextCharFormat:
-        fmt = QTextCharFormat()
-        fmt.setForeground(QColor(HEADER_COLOUR))
+        fmt = self._coloured(QTextCharFormat(), HEADER_COLOUR)
         fmt.setFontWeight(QFont.Weight.DemiBold)
         fmt.setFontPointSize(max(7.0, self.document().defaultFont().pointSizeF() - 2.5))
         return fmt
 
     def _body_format(self) -> QTextCharFormat:
-        fmt = QTextCharFormat()
-        fmt.setForeground(QColor(TEXT_COLOUR))
-        return fmt
+        return self._coloured(QTextCharFormat(), TEXT_COLOUR)
 
     def _note_format(self) -> QTextCharFormat:
-        fmt = self._header_format()
-        fmt.setForeground(QColor(NOTE_COLOUR))
+        fmt = self._coloured(self._header_format(), NOTE_COLOUR)
         fmt.setFontItalic(True)
         return fmt
 
     def _frame_format(self, role: str) -> QTextFrameFormat:
         fmt = QTextFrameFormat()
         user = role == "user"
-        fmt.setBackground(QColor(USER_BACKGROUND if user else ASSISTANT_BACKGROUND))
+        fmt.setProperty(ROLE_PROPERTY, role)
+        fmt.setBackground(QColor(fill_colour(USER_BACKGROUND if user else ASSISTANT_BACKGROUND)))
         fmt.setBorder(1)
-        fmt.setBorderBrush(QColor(USER_BORDER if user else ASSISTANT_BORDER))
+        fmt.setBorderBrush(QColor(fill_colour(USER_BORDER if user else ASSISTANT_BORDER)))
         fmt.setBorderStyle(QTextFrameFormat.BorderStyle.BorderStyle_Solid)
         fmt.setPadding(self._padding)
         fmt.setTopMargin(2 if self._compact else 4)
@@ -90,6 +107,28 @@ class ChatTranscript(QTextEdit):
         fmt.setLeftMargin(self._indent if user else 0)
         fmt.setRightMargin(0 if user else self._indent)
         return fmt
+
+    def _repaint_messages(self) -> None:
+        """Every bubble and text in the colours of the scheme now shown (the words stay as they are)."""
+        document = self.document()
+        for frame in document.rootFrame().childFrames():
+            role = frame.frameFormat().property(ROLE_PROPERTY)
+            if role:
+                frame.setFrameFormat(self._frame_format(role))
+        runs = []  # (start, end, light colour): collected first, as repainting splits the fragments
+        block = document.begin()
+        while block.isValid():
+            for fragment in block:
+                light = fragment.fragment().charFormat().property(LIGHT_COLOUR_PROPERTY)
+                if light:
+                    start = fragment.fragment().position()
+                    runs.append((start, start + fragment.fragment().length(), light))
+            block = block.next()
+        for start, end, light in runs:
+            cursor = QTextCursor(document)
+            cursor.setPosition(start)
+            cursor.setPosition(end, QTextCursor.MoveMode.KeepAnchor)
+            cursor.mergeCharFormat(self._coloured(QTextCharFormat(), light))
 
     # ---------------------------------------------------------------- writing
 

@@ -228,9 +228,10 @@ class ChatView(SingleModelView):
         self.system_summary = self.system_prompt.summary
         self.system_edit = self.system_prompt.editor
         card_layout.addWidget(self.system_prompt)
-        # One-line summaries give way when the window is narrow (clipped, never widening the view).
+        # The settings' summary wraps when the window is narrow (never widening the view, never cut).
         self.sampling_panel = SamplingSettingsPanel()
         self.sampling_panel.summary.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.sampling_panel.summary.setWordWrap(True)
         card_layout.addWidget(self.sampling_panel)
         return card
 

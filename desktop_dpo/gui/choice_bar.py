@@ -78,19 +78,32 @@ class ChoiceBar(QFrame):
         self._fit_labels()
 
     def _fit_labels(self) -> None:
-        """Long labels (with the shortcut) where all of them fit in the row, short ones otherwise. A button
-        never gets less room than its short label needs, so the row's minimum is the short labels'."""
+        """Long labels (with the shortcut) where every button gets room for its long one, short ones otherwise.
+        The row is shared as the layout shares it: a button without a stretch gets its own width, each one with
+        a stretch its part of what those leave (the main choices twice the others' part; the note after them
+        one part, but at least :data:`FEEDBACK_MIN_WIDTH`). A button never gets less room than its short
+        label needs, so the row's minimum is the short labels'."""
         self.ensurePolished()
-        margins = self.bar_layout.contentsMargins()
-        room = self.width() - margins.left() - margins.right() - FEEDBACK_MIN_WIDTH
-        room -= self.bar_layout.spacing() * len(self._labels) + 6  # the gaps, and the spacing before the note
-        needed = 0
+        layout = self.bar_layout
+        margins = layout.contentsMargins()
+        room = self.width() - margins.left() - margins.right()
+        room -= layout.spacing() * len(self._labels) + 6  # the gaps, and the spacing before the note
+        needs: list[tuple[int, int]] = []  # (the long label's width, the button's stretch)
         for button, long_text, short_text in self._labels:
             button.ensurePolished()
             metrics = button.fontMetrics()
             padding = button.sizeHint().width() - metrics.horizontalAdvance(button.text())
             button.setMinimumWidth(metrics.horizontalAdvance(short_text) + padding)
-            needed += metrics.horizontalAdvance(long_text) + padding
-        fits = needed <= room
+            needs.append(
+                (metrics.horizontalAdvance(long_text) + padding, layout.stretch(layout.indexOf(button)))
+            )
+        shared = room - sum(need for need, stretch in needs if not stretch)  # what the stretching ones share
+        parts = sum(stretch for _need, stretch in needs) + layout.stretch(layout.indexOf(self.feedback))
+        part = shared / max(parts, 1)
+        if part < FEEDBACK_MIN_WIDTH:  # the note keeps its minimum: the buttons share the rest
+            part = (shared - FEEDBACK_MIN_WIDTH) / max(parts - 1, 1)
+        fits = shared >= FEEDBACK_MIN_WIDTH and all(
+            need <= stretch * part for need, stretch in needs if stretch
+        )
         for button, long_text, short_text in self._labels:
             button.setText(long_text if fits else short_text)

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtCore import Signal, Slot
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QPlainTextEdit,
     QSizePolicy,
-    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -35,7 +34,10 @@ if TYPE_CHECKING:
 
 HISTORY_MAX_HEIGHT = 180  # pixels; a longer conversation scrolls in its box (the answers keep their room)
 HISTORY_MIN_HEIGHT = 64
+PROMPT_MIN_HEIGHT = 64
 PROMPT_MAX_HEIGHT = 104  # the prompt editor's height when it holds the whole prompt
+COMPACT_LINES = 2  # of the message editor while a pair is on screen (set_compact): the answers need the room
+COMPACT_PADDING = 20  # the editor's frame, padding and document margins around those lines
 NEXT_MESSAGE_MAX_HEIGHT = 64  # under earlier turns: about three lines, the turns and answers need the room
 SYSTEM_PREVIEW_CHARS = 30  # of a folded system prompt, after the toggle's name
 SYSTEM_TIP = "Optional instructions given to the model before your prompt"
@@ -62,27 +64,23 @@ class CollectPromptEditor(QWidget):
         self.source = ""  # where that conversation came from, in words ("" when written here)
         self.loaded: PromptRow | None = None  # the stored prompt in the editors, if any
         self._history_view: FittedTranscript | None = None
+        self._compact = False  # see set_compact
         self._layout = QVBoxLayout(self)
         self._layout.setContentsMargins(0, 0, 0, 0)
         self._layout.setSpacing(8)  # a card's spacing: the editor reads as part of it
         self._build()
 
     def _build(self) -> None:
-        self.system_toggle = QToolButton()
-        self.system_toggle.setObjectName("systemToggle")
-        self.system_toggle.setText("System prompt")
-        self.system_toggle.setCheckable(True)
-        self.system_toggle.setArrowType(Qt.ArrowType.RightArrow)
-        self.system_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-        self.system_toggle.setToolTip(SYSTEM_TIP)
-        self.system_toggle.toggled.connect(self._on_system_toggled)
         self.system_edit = QPlainTextEdit()
         self.system_edit.setObjectName("systemEditor")
         self.system_edit.setPlaceholderText("Optional: e.g. “You are a concise assistant.”")
         self.system_edit.setFixedHeight(58)
         self.system_edit.setTabChangesFocus(True)
-        self.system_edit.setVisible(False)
         self.system_edit.textChanged.connect(self._on_system_text_changed)
+        self.system_toggle = widgets.FoldToggle(
+            "System prompt", self.system_edit, name="systemToggle", tooltip=SYSTEM_TIP
+        )
+        self.system_toggle.toggled.connect(self._on_system_toggled)
 
         # In a conversation it says where the conversation stands; in a narrow window it wraps.
         self.prompt_label = widgets.styled_label("Prompt", "fieldLabel", wrap=True)
@@ -101,8 +99,7 @@ class CollectPromptEditor(QWidget):
         self.prompt_edit.setObjectName("promptEditor")
         self.prompt_edit.setPlaceholderText(PROMPT_PLACEHOLDER)
         self.prompt_edit.setTabChangesFocus(True)
-        self.prompt_edit.setMinimumHeight(64)
-        self.prompt_edit.setMaximumHeight(PROMPT_MAX_HEIGHT)
+        self._fit_prompt_height()
         self.prompt_edit.textChanged.connect(self.changed)
         self._layout.addWidget(self.prompt_edit)
         undo_filter = UndoKeyFilter(self)
@@ -222,9 +219,30 @@ class CollectPromptEditor(QWidget):
         """Show the turns as they are now, and what the message editor's message is."""
         if self.turns or self._history_view is not None:  # no conversation yet: nothing to build
             self._fill_history_view()
-        self.prompt_edit.setMaximumHeight(NEXT_MESSAGE_MAX_HEIGHT if self.turns else PROMPT_MAX_HEIGHT)
+        self._fit_prompt_height()
         self._update_prompt_label()
         self.changed.emit()
+
+    def set_compact(self, compact: bool) -> None:
+        """While a pair is on screen the message editor shrinks to a couple of lines (it scrolls), so that the
+        answers get the room; it takes its height back once the pair has gone."""
+        if compact != self._compact:
+            self._compact = compact
+            self._fit_prompt_height()
+
+    def is_compact(self) -> bool:
+        """True while the message editor is shrunk to a couple of lines (see :meth:`set_compact`)."""
+        return self._compact
+
+    def _fit_prompt_height(self) -> None:
+        editor = self.prompt_edit
+        if self._compact:
+            height = COMPACT_LINES * editor.fontMetrics().lineSpacing() + COMPACT_PADDING
+            editor.setMinimumHeight(height)
+            editor.setMaximumHeight(height)
+        else:
+            editor.setMinimumHeight(PROMPT_MIN_HEIGHT)
+            editor.setMaximumHeight(NEXT_MESSAGE_MAX_HEIGHT if self.turns else PROMPT_MAX_HEIGHT)
 
     def _fill_history_view(self) -> None:
         view = self.history_view
@@ -263,10 +281,8 @@ class CollectPromptEditor(QWidget):
     # ---------------------------------------------------------------- the system prompt
 
     @Slot(bool)
-    def _on_system_toggled(self, shown: bool) -> None:
-        self.system_edit.setVisible(shown)
-        self.system_toggle.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
-        self._update_system_toggle()
+    def _on_system_toggled(self, _shown: bool) -> None:
+        self._update_system_toggle()  # the fold itself is FoldToggle's
 
     def _update_system_toggle(self) -> None:
         """A folded system prompt still shows that it is there: its beginning follows the toggle's name."""

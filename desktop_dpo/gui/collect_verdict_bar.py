@@ -48,6 +48,11 @@ class VerdictBar(ChoiceBar):
             f"Undo   {keys}", tooltip=f"Take back the last verdict and judge the pair again ({keys})"
         )
         self.add_button(self.undo_button, "Undo")
+        # Every button at its own width (the note beside them takes the rest): shared out by stretch, a wide
+        # main button left "Both bad   Alt+4" too little room for its label in a 1280-wide window.
+        for index in range(self.bar_layout.count()):
+            if self.bar_layout.itemAt(index).widget() is not self.feedback:
+                self.bar_layout.setStretch(index, 0)
 
 
 def undo_keys() -> list[QKeySequence]:

@@ -96,10 +96,12 @@ class CollectView(SingleModelView):
         status_message(str): a line for the status bar (the view also shows it in its window's status
             bar when that window is a QMainWindow).
         pairs_changed(): a verdict was saved or undone (counts should be re-read).
+        pair_started(): a pair is being sampled (what sits above the view may fold to give the answers room).
     """
 
     status_message = Signal(str)
     pairs_changed = Signal()
+    pair_started = Signal()
 
     PAGE = "collect"
 
@@ -523,6 +525,7 @@ class CollectView(SingleModelView):
         )
         self._set_activity(self._sampling_text)
         self._update_actions()
+        self.pair_started.emit()
         self._bring_into_view(self.verdict_bar)  # a short window: the answers and the verdicts come up
         return True
 
@@ -733,6 +736,8 @@ class CollectView(SingleModelView):
         self.continue_button.setEnabled(can_continue)
         self.continue_button.setToolTip(continue_tip)
         self.prompt_editor.show_locked(self._conversation_locked())
+        # While a pair is on screen the prompt shrinks to a couple of lines: the answers get the room.
+        self.prompt_editor.set_compact(self._pair is not None)
         self.next_prompt_button.setEnabled(self._queue_count > 0 and not streaming)
         self.next_prompt_button.setText(
             f"Next prompt ({self._queue_count})" if self._queue_count else "Next prompt"

@@ -28,6 +28,7 @@ from desktop_dpo.gui.comparison_table_model import (
     verdict_choices,
     verdict_tip,
 )
+from desktop_dpo.gui.theme import follow_scheme, text_colour
 from desktop_dpo.gui.widgets import (
     STRETCH,
     FitsText,
@@ -96,7 +97,7 @@ def prompt_html(messages: Sequence[dict[str, str]]) -> str:
             name += f" · turn {max(turn, 1)}"
         if index == last_user and in_conversation:
             name += " · answered below"
-        colour = ROLE_COLOURS.get(role, "#475569")
+        colour = text_colour(ROLE_COLOURS.get(role, "#475569"))
         body = html.escape(message["content"]).replace("\n", "<br>")
         blocks.append(
             f'<p style="margin:0 0 6px 0"><span style="color:{colour};font-weight:600">{name}</span>'
@@ -114,9 +115,12 @@ class PromptBrowser(FitsText, QTextBrowser):
         super().__init__(parent)
         self.setOpenLinks(False)
         self.fit_height(40, max_height, floor=36, padding=4)
+        self._messages: Sequence[dict[str, str]] = ()
+        follow_scheme(self, lambda: self.show_messages(self._messages))
 
     def show_messages(self, messages: Sequence[dict[str, str]]) -> None:
         """Show ``messages``, fitted to their height and scrolled to the last one."""
+        self._messages = messages
         self.setHtml(prompt_html(messages))
         self.fit_to_contents()
         self.show_end()

@@ -24,6 +24,7 @@ from PySide6.QtCore import (
 from PySide6.QtGui import QColor, QFont
 
 from desktop_dpo.core.store import ComparisonSummary, Store
+from desktop_dpo.gui.theme import text_colour
 
 # A verdict names a generation (A or B), never a screen side; the table and the detail panel say it the way
 # the person judged it: the side the better answer was shown on.
@@ -106,8 +107,8 @@ VERDICT_FILTERS: dict[str, VerdictFilter] = {
     "imported": VerdictFilter("Imported", {}, lambda s: s.source == "import"),
 }
 
-MUTED = QColor("#94a3b8")
-DELETED = QColor("#b91c1c")
+MUTED = "#94a3b8"  # light-scheme colours; the scheme shown picks the painted one (gui/theme.py)
+DELETED = "#b91c1c"
 NONE_SHOWN = "—"  # a cell with nothing to show (no chosen response for a tie)
 TOOLTIP_CHARS = 400  # a tooltip shows this much of a text; the store is asked for one more to know "cut"
 
@@ -301,9 +302,9 @@ class ComparisonTableModel(QAbstractTableModel):
             return summary.id
         if role == Qt.ItemDataRole.ForegroundRole:
             if key == "deleted" and summary.deleted:
-                return DELETED
+                return QColor(text_colour(DELETED))
             if summary.deleted or self._display(summary, key) == NONE_SHOWN:
-                return MUTED
+                return QColor(text_colour(MUTED))
             return None
         if role == Qt.ItemDataRole.FontRole and summary.deleted and key == "prompt":
             font = QFont()

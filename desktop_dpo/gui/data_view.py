@@ -72,14 +72,18 @@ from desktop_dpo.gui.widgets import (
     hbox,
     make_page,
     page_pill,
+    standard_keys,
     styled_label,
     title_block,
     vbox,
+    view_shortcut,
 )
 
 log = logging.getLogger(__name__)
 
 TEXT_COLUMNS = ("prompt", "chosen", "rejected")  # share the table's spare width
+# The keys of Delete, Undo and Find where the platform binds none (see widgets.standard_keys).
+DELETE_FALLBACK, UNDO_FALLBACK, FIND_FALLBACK = "Del", "Ctrl+Z", "Ctrl+F"
 TEXT_COLUMN_MIN_WIDTH = 90  # below this the table scrolls sideways instead
 TABLE_MIN_HEIGHT = 130  # the header and about three rows, however short the window
 SEARCH_DELAY_MS = 300  # typing pauses this long before the search runs (one query, not one per key)
@@ -322,16 +326,20 @@ class DataView(ViewMessages, QWidget):
             self.table.setColumnWidth(COLUMN_INDEX[key], max(TEXT_COLUMN_MIN_WIDTH, int(spare * share)))
 
     def _build_shortcuts(self) -> None:
-        self.delete_shortcut = QShortcut(QKeySequence(QKeySequence.StandardKey.Delete), self.table)
+        # Every key the platform binds to Delete, Undo and Find, or the usual one where it binds none.
+        self.delete_shortcut = QShortcut(self.table)
+        self.delete_shortcut.setKeys(standard_keys(QKeySequence.StandardKey.Delete, DELETE_FALLBACK))
         self.delete_shortcut.setContext(Qt.ShortcutContext.WidgetShortcut)  # never while typing a search
         self.delete_shortcut.activated.connect(self.delete_selected)
         # Text fields keep Ctrl+Z for their own typing; elsewhere in the view it undoes a deletion.
-        self.undo_shortcut = QShortcut(QKeySequence(QKeySequence.StandardKey.Undo), self)
-        self.undo_shortcut.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
-        self.undo_shortcut.activated.connect(self.undo_delete)
-        self.search_shortcut = QShortcut(QKeySequence(QKeySequence.StandardKey.Find), self)
-        self.search_shortcut.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
-        self.search_shortcut.activated.connect(self._on_search_shortcut_activated)
+        self.undo_shortcut = view_shortcut(
+            self, standard_keys(QKeySequence.StandardKey.Undo, UNDO_FALLBACK), self.undo_delete
+        )
+        self.search_shortcut = view_shortcut(
+            self,
+            standard_keys(QKeySequence.StandardKey.Find, FIND_FALLBACK),
+            self._on_search_shortcut_activated,
+        )
 
     # ---------------------------------------------------------------- loading and filtering
 

@@ -26,13 +26,12 @@ Alt+3 / Alt+4      tie / both bad
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QSettings, Qt, Signal, Slot
+from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtGui import QShortcut, QShowEvent
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPlainTextEdit, QSizePolicy
 
@@ -60,7 +59,11 @@ from desktop_dpo.gui.choice_bar import ChoiceBar
 from desktop_dpo.gui.collect_view import SETTINGS_KEY as COLLECT_SETTINGS_KEY
 from desktop_dpo.gui.model_work_view import STOP_SHORTCUT, ModelWorkView
 from desktop_dpo.gui.response_pane import SIDE_NAMES, ResponsePane
-from desktop_dpo.gui.sampling_settings_panel import SamplingSettingsPanel
+from desktop_dpo.gui.sampling_settings_panel import (
+    SamplingSettingsPanel,
+    save_sampling_settings,
+    saved_sampling_settings,
+)
 from desktop_dpo.gui.widgets import (
     ModelCombo,
     card_separator,
@@ -126,17 +129,6 @@ def _describe_model(model: ModelRow) -> str:
     if model.source == "aligned" and "aligned" not in model.name.lower():
         return f"{model.name}  · aligned"
     return model.name
-
-
-def saved_sampling_settings(saved: QSettings, key: str) -> SamplingSettings | None:
-    """The sampling settings saved under ``key`` (as ``SamplingSettingsPanel.remember`` saves them), or None
-    when there are none or they cannot be read."""
-    raw = saved.value(key)
-    try:
-        return SamplingSettings(**json.loads(raw)) if isinstance(raw, str) else None
-    except (ValueError, TypeError):
-        log.info("Ignoring unreadable saved sampling settings %s: %r", key, raw)
-        return None
 
 
 def _describe(result: GenerationResult) -> str:
@@ -772,7 +764,7 @@ class EvaluateView(ModelWorkView):
     def _on_sampling_changed(self, settings: SamplingSettings) -> None:
         if not self._following:  # the person's choice: kept for the next start
             self._own_settings = True
-            self._settings.setValue(SETTINGS_KEY, json.dumps(settings.to_dict()))
+            save_sampling_settings(self._settings, SETTINGS_KEY, settings)
             self._show_settings_note()
         self._find_evaluation()
         self.refresh_prompts()

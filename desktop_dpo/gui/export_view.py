@@ -287,11 +287,15 @@ class ExportView(PageView):
         self.run_combo.clear()
         for run in reversed(self._runs):  # newest first
             base = self.store.get_model(run.base_model_id) if run.base_model_id is not None else None
-            accuracy = run.final_metrics.get("rewards/accuracies")
-            parts = [run_label(run.id, run.name), base.name if base else "base model gone"]
-            parts.append(f"{len(run.comparison_ids)} pairs")
+            metrics = run.final_metrics  # held-out accuracy says more than the pairs trained on
+            accuracy = metrics.get("heldout/rewards/accuracies", metrics.get("train/rewards/accuracies"))
+            measured = "held-out accuracy" if "heldout/rewards/accuracies" in metrics else "accuracy"
+            label = run_label(run.id, run.name)
+            # A run named by default says its model and pairs already: they are not said twice.
+            said = (base.name if base else "base model gone", plural(len(run.comparison_ids), "pair"))
+            parts = [label, *(part for part in said if part not in label)]
             if accuracy is not None:
-                parts.append(f"accuracy {accuracy:.0%}")
+                parts.append(f"{measured} {accuracy:.0%}")
             self.run_combo.addItem("  ·  ".join(parts), run.id)
         index = self.run_combo.findData(current) if current is not None else -1
         self.run_combo.setCurrentIndex(max(index, 0) if self._runs else -1)
@@ -333,9 +337,9 @@ class ExportView(PageView):
         metrics = run.final_metrics
         bits = [
             f"β {config.get('beta')}",
-            f"lr {config.get('lr')}",
+            f"learning rate {config.get('lr')}",  # the Train form's words
             plural(int(config.get("epochs") or 0), "epoch"),
-            f"LoRA r {config.get('lora_r')}",
+            f"LoRA rank {config.get('lora_r')}",
             plural(run.step, "step"),
         ]
         if "rewards/margins" in metrics:

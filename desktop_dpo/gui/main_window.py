@@ -12,14 +12,16 @@ import logging
 from typing import TYPE_CHECKING, NamedTuple
 
 from PySide6.QtCore import QSettings, QSize, Qt, Signal, Slot
-from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import (
+    QApplication,
     QFrame,
     QHBoxLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
     QMainWindow,
+    QMenu,
     QStackedWidget,
     QVBoxLayout,
     QWidget,
@@ -35,11 +37,12 @@ from desktop_dpo.core.store import ModelRow, Store
 from desktop_dpo.core.wording import plural
 from desktop_dpo.gui.preference_file_actions import PreferenceFileActions
 from desktop_dpo.gui.resource_files import resource_icon
+from desktop_dpo.gui.theme import APPEARANCE_KEY, CHOICE_LABELS, CHOICES, SYSTEM, current_theme, install_theme
 from desktop_dpo.gui.widgets import standard_keys
 from desktop_dpo.workers.job_worker import JobRegistry
 
 if TYPE_CHECKING:
-    from PySide6.QtGui import QCloseEvent
+    from PySide6.QtGui import QCloseEvent, QResizeEvent
 
     from desktop_dpo.gui.first_run import FirstRun
 
@@ -50,7 +53,9 @@ log = logging.getLogger(__name__)
 
 STATUS_MESSAGE_MS = 8000
 WINDOW_TITLE = "desktop-dpo"
-STATUS_JOBS_MAX_PX = 340  # the running jobs' label in the status bar, at most
+STATUS_JOBS_MAX_PX = 340  # room for the running jobs' words in the status bar (or more in a wide window)
+STATUS_GAPS_PX = 100  # the status bar's margins, the separators between its labels and their spacing
+STATUS_DATABASE_MIN_PX = 160  # the database's path in the status bar, at least (shortened in its middle)
 
 
 class ViewSpec(NamedTuple):
@@ -110,7 +115,7 @@ class MainWindow(QMainWindow):
         # Loaded llama.cpp engines, shared by Collect and Chat; the composition root closes them at exit.
         self.pool = pool if pool is not None else EnginePool()
         # Kept in the data folder, not ~/.config: nothing is written outside the app's folders.
-        self._settings = QSettings(str(paths.data_dir / "window.ini"), QSettings.Format.IniFormat)
+        self._settings = QSettings(str(paths.window_settings), QSettings.Format.IniFormat)
 
         self.setWindowTitle(WINDOW_TITLE)
         self.setMinimumSize(QSize(820, 520))
@@ -304,6 +309,8 @@ class MainWindow(QMainWindow):
             action.setShortcut(QKeySequence(f"Ctrl+{index + 1}"))
             action.triggered.connect(lambda _checked=False, key=spec.key: self.show_view(key))
             view_menu.addAction(action)
+        view_menu.addSeparator()
+        self._build_appearance_menu(view_menu.addMenu("&Appearance"))
 
         help_menu = self.menuBar().addMenu("&Help")
         self.about_action = QAction("&About desktop-dpo", self)
@@ -322,6 +329,26 @@ class MainWindow(QMainWindow):
             self.terms_action.setToolTip("The terms of use of the bundled demo model, Gemma 3 270M")
             self.terms_action.triggered.connect(self._on_terms_triggered)
             help_menu.addAction(self.terms_action)
+
+    def _build_appearance_menu(self, menu: QMenu) -> None:
+        """Match System, Light or Dark: one is checked, the choice is remembered for the next start."""
+        theme = current_theme()
+        chosen = theme.choice if theme is not None else SYSTEM
+        group = QActionGroup(self)
+        self.appearance_actions: dict[str, QAction] = {}
+        for choice in CHOICES:
+            action = QAction(CHOICE_LABELS[choice], group)
+            action.setCheckable(True)
+            action.setChecked(choice == chosen)
+            action.triggered.connect(lambda _checked=False, c=choice: self.choose_appearance(c))
+            menu.addAction(action)
+            self.appearance_actions[choice] = action
+
+    def choose_appearance(self, choice: str) -> None:
+        """Show the app in ``choice`` ("system", "light" or "dark") from now on, and at the next start."""
+        install_theme(QApplication.instance(), choice)
+        self.appearance_actions[choice].setChecked(True)
+        self._settings.setValue(APPEARANCE_KEY, choice)
 
     def _build_status_bar(self) -> None:
         bar = self.statusBar()
@@ -443,18 +470,32 @@ class MainWindow(QMainWindow):
             f"{pairs} {'pair' if pairs == 1 else 'pairs'} collected · {counts.usable} usable for training"
         )
         self.status_pairs.setToolTip(f"{training_text(counts)}\n\n{PAIRS_EXPLAINED}")
-        self.status_database.setText(self._elided_path(str(self.paths.db_path)))
-        jobs = self._jobs_text()
-        # Many jobs at once would push the counts off the bar: the label is cut, its tooltip says it all.
-        metrics = self.status_jobs.fontMetrics()
-        self.status_jobs.setText(metrics.elidedText(jobs, Qt.TextElideMode.ElideRight, STATUS_JOBS_MAX_PX))
-        self.status_jobs.setToolTip(jobs)
+        self.status_jobs.setToolTip(self._jobs_text())
         busy = bool(self.registry.running()) or self._quitting
         if self.status_jobs.property("busy") != busy:
             self.status_jobs.setProperty("busy", busy)
             # Re-apply the style sheet so the #statusJobs[busy="true"] rule follows the property.
             self.status_jobs.style().unpolish(self.status_jobs)
             self.status_jobs.style().polish(self.status_jobs)
+        self._fit_status_jobs()  # after the polish: a running job's words are bold
+
+    def _fit_status_jobs(self) -> None:
+        """The running jobs' words in the status bar, whole where the window has room: the database's path
+        gives way first (shortened in its middle, down to :data:`STATUS_DATABASE_MIN_PX`), then the words
+        (down to :data:`STATUS_JOBS_MAX_PX`; many jobs at once would push the counts off the bar). The
+        tooltips say it all."""
+        free = self.width() - self.status_pairs.sizeHint().width() - STATUS_GAPS_PX
+        jobs, metrics = self.status_jobs.toolTip(), self.status_jobs.fontMetrics()
+        room = max(STATUS_JOBS_MAX_PX, free - STATUS_DATABASE_MIN_PX)
+        self.status_jobs.setText(metrics.elidedText(jobs, Qt.TextElideMode.ElideRight, room))
+        path_room = max(STATUS_DATABASE_MIN_PX, free - metrics.horizontalAdvance(self.status_jobs.text()))
+        path_metrics = self.status_database.fontMetrics()
+        path = self._elided_path(str(self.paths.db_path))
+        self.status_database.setText(path_metrics.elidedText(path, Qt.TextElideMode.ElideMiddle, path_room))
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # Qt override
+        super().resizeEvent(event)
+        self._fit_status_jobs()
 
     def _jobs_text(self) -> str:
         """The status bar's word on the jobs: what each running one does, in words (never a resource id)."""
@@ -557,7 +598,11 @@ class MainWindow(QMainWindow):
         self.first_run = FirstRun(self, parent=self)
         self.first_run.message.connect(self._show_message)
         self.first_run.demo_model_ready.connect(self._on_models_changed)
-        return self.first_run.start()
+        started = self.first_run.start()
+        card = self.first_run.card
+        if card is not None:  # a pair on Collect folds the welcome to one line: the answers get the room
+            self.view("collect").pair_started.connect(lambda: card.set_compact(True))  # type: ignore[attr-defined]
+        return started
 
     # ---------------------------------------------------------------- closing
 

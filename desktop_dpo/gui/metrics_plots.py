@@ -22,6 +22,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QLabel, QWidget
 
+from desktop_dpo.gui.theme import fill_colour, follow_scheme, text_colour
 from desktop_dpo.gui.widgets import hbox, styled_label, vbox
 
 TRAIN_COLOUR = "#4f46e5"  # indigo: training pairs, every step
@@ -94,6 +95,11 @@ class _Curve:
         self.y.clear()
         self.item.setData([], [])
 
+    def paint(self, colour: str) -> None:
+        """Draw the line and its dots in ``colour``."""
+        self.item.setPen(pg.mkPen(colour, width=2))
+        self.item.setSymbolBrush(colour)
+
     def extend(self, points: Iterable[tuple[float, float]]) -> bool:
         """Add the points after the last one; True when one was added."""
         added = False
@@ -124,7 +130,7 @@ class _StepAxis(pg.AxisItem):
 
 def _plot_widget(spec: PlotSpec) -> Any:
     """An empty plot for ``spec``: grid, axes and range, and no menu, buttons or title (its label is above)."""
-    widget = pg.PlotWidget(background="#ffffff", axisItems={"bottom": _StepAxis("bottom")})
+    widget = pg.PlotWidget(axisItems={"bottom": _StepAxis("bottom")})
     widget.setObjectName("metricsPlot")
     widget.setToolTip(spec.tooltip)
     widget.setMinimumSize(110, 110)
@@ -134,15 +140,22 @@ def _plot_widget(spec: PlotSpec) -> Any:
     item.setContentsMargins(0, 4, 10, 0)  # room for the last tick label and the newest point
     item.setMenuEnabled(False)
     item.hideButtons()
-    for side in ("left", "bottom"):
-        axis = item.getAxis(side)
-        axis.setPen(pg.mkPen("#cbd5e1"))
-        axis.setTextPen(pg.mkPen("#475569"))
-    item.setLabel("bottom", "step", color="#64748b")
+    _paint_plot(widget)
     if spec.y_range is not None:
         item.setYRange(*spec.y_range, padding=0.05)
         item.getViewBox().setMouseEnabled(x=True, y=False)
     return widget
+
+
+def _paint_plot(widget: Any) -> None:
+    """The plot's background, axes and labels in the scheme shown (gui/theme.py)."""
+    widget.setBackground(fill_colour("#ffffff"))
+    item = widget.getPlotItem()
+    for side in ("left", "bottom"):
+        axis = item.getAxis(side)
+        axis.setPen(pg.mkPen(fill_colour("#cbd5e1")))
+        axis.setTextPen(pg.mkPen(text_colour("#475569")))
+    item.setLabel("bottom", "step", color=text_colour("#64748b"))
 
 
 def _fit_ranges(item: Any, spec: PlotSpec, curves: Sequence[_Curve]) -> None:
@@ -176,13 +189,7 @@ class MetricsPlots(QWidget):
         self.empty_note.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.content = QWidget()  # the legend and the plots, shown once there is a point to draw
         # One legend for the three plots, above them: a legend inside a plot covers the newest points.
-        self.legend = styled_label(
-            f"<span style='color:{TRAIN_COLOUR}'>━━</span> training pairs, every step"
-            f"&nbsp;&nbsp;&nbsp;<span style='color:{HELDOUT_COLOUR}'>━●━</span> held-out prompts, "
-            "every check",
-            "plotLegend",
-            wrap=True,
-        )
+        self.legend = styled_label("", "plotLegend", wrap=True)
         self.legend.setAlignment(Qt.AlignmentFlag.AlignRight)
         row = hbox(margins=(0, 0, 0, 0), spacing=8)
         vbox(self.legend, (row, 1), parent=self.content, margins=(0, 0, 0, 0), spacing=2)
@@ -203,7 +210,21 @@ class MetricsPlots(QWidget):
             title.setAlignment(Qt.AlignmentFlag.AlignCenter)
             self.titles[spec.key] = title
             row.addLayout(vbox(title, (widget, 1), margins=(0, 0, 0, 0), spacing=2), 1)
+        self._paint()
+        follow_scheme(self, self._paint)
         self._show_empty(EMPTY_BEFORE_RUN)
+
+    def _paint(self) -> None:
+        """The curves, the legend and the plots in the scheme shown."""
+        train, heldout = text_colour(TRAIN_COLOUR), text_colour(HELDOUT_COLOUR)
+        self.legend.setText(
+            f"<span style='color:{train}'>━━</span> training pairs, every step"
+            f"&nbsp;&nbsp;&nbsp;<span style='color:{heldout}'>━●━</span> held-out prompts, every check"
+        )
+        for key, widget in self.widgets.items():
+            _paint_plot(widget)
+            self.train[key].paint(train)
+            self.heldout[key].paint(heldout)
 
     def clear(self) -> None:
         """No run shown: the note says what will appear once a run trains."""

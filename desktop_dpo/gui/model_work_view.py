@@ -60,7 +60,7 @@ class ModelWorkView(PageView):
         super().__init__(store=store, registry=registry, paths=paths, pool=pool, parent=parent)
         self.pool: EnginePool = pool  # never None on these pages
         self._rng = rng or self.DEFAULT_RNG()
-        self._settings = QSettings(str(paths.data_dir / "window.ini"), QSettings.Format.IniFormat)
+        self._settings = QSettings(str(paths.window_settings), QSettings.Format.IniFormat)
         self._generating: JobOp | None = None  # the view's generation job (the last one started)
         self.registry.changed.connect(self._on_registry_changed)  # a model may have become free or busy
 

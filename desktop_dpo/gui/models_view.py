@@ -29,7 +29,7 @@ import logging
 from pathlib import Path
 
 from PySide6.QtCore import QEvent, QObject, Qt, Signal, Slot
-from PySide6.QtGui import QBrush, QColor, QFont, QKeySequence, QShortcut, QShowEvent
+from PySide6.QtGui import QFont, QKeySequence, QShortcut, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QFrame,
@@ -68,6 +68,7 @@ from desktop_dpo.gui.model_registration import ModelRegistration
 from desktop_dpo.gui.page_view import PageView
 from desktop_dpo.gui.storage_view import ask_yes_no
 from desktop_dpo.gui.template_editor import NEEDS_CHOICE_COLOUR, open_template_editor
+from desktop_dpo.gui.theme import colour_item_text, follow_scheme, recolour_items
 from desktop_dpo.gui.view_messages import ActivityLine
 from desktop_dpo.gui.widgets import button, page_header, styled_label
 from desktop_dpo.workers.job_op import JobOp
@@ -235,6 +236,7 @@ class ModelsView(PageView):
     def _build_table(self) -> QTableWidget:
         """The registered models, one row each."""
         self.table = QTableWidget(0, len(COLUMNS))
+        follow_scheme(self.table, lambda: recolour_items(self.table))
         self.table.setObjectName("modelTable")
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -346,7 +348,7 @@ class ModelsView(PageView):
         status = template_status(model)  # renders the model's own template once (bounded by a budget)
         item = read_only_item(template_label(model, status), status.message)
         if status.needs_choice:  # amber, as the notice in its details: the model waits for the person
-            item.setForeground(QBrush(QColor(NEEDS_CHOICE_COLOUR)))
+            colour_item_text(item, NEEDS_CHOICE_COLOUR)
             font = QFont(item.font())
             font.setBold(True)
             item.setFont(font)

@@ -1,4 +1,4 @@
-"""One answer of a pair on screen: a header (side, rewrite badge, Edit button), the text, and a status line.
+"""One answer of a pair on screen: a header (side, status, rewrite badge, Edit button) over the text.
 
 The text is read-only and proportional (answers are prose, not code) and selectable for copying. A streamed
 answer grows below what is on screen: the pane keeps showing its beginning (or wherever the person scrolled),
@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QFont
-from PySide6.QtWidgets import QFrame, QPlainTextEdit, QWidget
+from PySide6.QtWidgets import QFrame, QPlainTextEdit, QSizePolicy, QWidget
 
-from desktop_dpo.gui.widgets import STRETCH, button, hbox, set_style_property, styled_label, vbox
+from desktop_dpo.gui.widgets import button, hbox, set_style_property, styled_label, vbox
 
 SIDE_NAMES = ("Left", "Right")  # screen side 0 and 1
+MIN_LINES = 5  # of an answer, however short the window (the page scrolls below that)
 
 
 class ResponsePane(QFrame):
@@ -25,7 +26,9 @@ class ResponsePane(QFrame):
         self.setProperty("chosen", False)  # before the first polish: set_chosen(False) then re-styles nothing
         self.side = side
         self.title = styled_label(SIDE_NAMES[side], "paneTitle")
-        self.status = styled_label("", "paneStatus")
+        # In the header, beside the side's name, so that the text gets the pane's height; it wraps when narrow.
+        self.status = styled_label("", "paneStatus", wrap=True)
+        self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.badge = styled_label(
             "✎ Your rewrite",
             "paneBadge",
@@ -49,11 +52,12 @@ class ResponsePane(QFrame):
         self.text.document().setDocumentMargin(12)
         self.text.setPlaceholderText("The answer appears here.")
         # Room for a few lines of an answer however small the window; the page scrolls below that.
-        self.text.setMinimumHeight(6 * self.text.fontMetrics().lineSpacing())
+        self.text.setMinimumHeight(MIN_LINES * self.text.fontMetrics().lineSpacing())
 
-        head = hbox(self.title, self.badge, STRETCH, self.edit_button, margins=(14, 10, 10, 8), spacing=8)
-        foot = hbox((self.status, 1), margins=(14, 4, 14, 8))
-        vbox(head, (self.text, 1), foot, parent=self, margins=(0, 0, 0, 0), spacing=0)
+        head = hbox(
+            self.title, 4, (self.status, 1), self.badge, self.edit_button, margins=(14, 6, 8, 6), spacing=8
+        )
+        vbox(head, (self.text, 1), parent=self, margins=(0, 0, 0, 4), spacing=0)
 
     def shown_text(self) -> str:
         """The text on screen."""

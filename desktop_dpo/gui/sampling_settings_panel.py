@@ -24,6 +24,22 @@ from desktop_dpo.gui.widgets import FoldToggle, button, hbox, styled_label, vbox
 log = logging.getLogger(__name__)
 
 
+def saved_sampling_settings(saved: QSettings, key: str) -> SamplingSettings | None:
+    """The sampling settings saved under ``key`` (as :func:`save_sampling_settings` saves them), or None
+    when there are none or they cannot be read."""
+    raw = saved.value(key)
+    try:
+        return SamplingSettings(**json.loads(raw)) if isinstance(raw, str) else None
+    except (ValueError, TypeError):
+        log.info("Ignoring unreadable saved sampling settings %s: %r", key, raw)
+        return None
+
+
+def save_sampling_settings(saved: QSettings, key: str, settings: SamplingSettings) -> None:
+    """Save ``settings`` under ``key`` (read back by :func:`saved_sampling_settings`)."""
+    saved.setValue(key, json.dumps(settings.to_dict()))
+
+
 class SamplingSettingsPanel(QWidget):
     """Edits one :class:`SamplingSettings`.
 
@@ -142,19 +158,11 @@ class SamplingSettingsPanel(QWidget):
         cannot be read), and save them there whenever they change."""
         self._saved = (saved, key)
         self.changed.connect(self._on_changed_save)
-        raw = saved.value(key)
-        settings = SamplingSettings()
-        if isinstance(raw, str):
-            try:
-                settings = SamplingSettings(**json.loads(raw))
-            except (ValueError, TypeError):
-                log.info("Ignoring unreadable saved sampling settings %s: %r", key, raw)
-        self.set_settings(settings)
+        self.set_settings(saved_sampling_settings(saved, key) or SamplingSettings())
 
     @Slot(object)
     def _on_changed_save(self, settings: SamplingSettings) -> None:
-        saved, key = self._saved
-        saved.setValue(key, json.dumps(settings.to_dict()))
+        save_sampling_settings(*self._saved, settings)
 
     def set_expanded(self, expanded: bool) -> None:
         """Open or close the form."""

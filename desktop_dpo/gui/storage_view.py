@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 
 from PySide6.QtCore import Qt, Signal, Slot
-from PySide6.QtGui import QBrush, QColor, QShowEvent
+from PySide6.QtGui import QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -40,6 +40,7 @@ from desktop_dpo.core.wording import human_size
 from desktop_dpo.gui import widgets
 from desktop_dpo.gui.message_banner import MessageBanner
 from desktop_dpo.gui.page_view import PageView
+from desktop_dpo.gui.theme import colour_item_text, follow_scheme, recolour_items
 from desktop_dpo.gui.view_messages import ActivityLine
 from desktop_dpo.gui.widgets import STRETCH, hbox, page_header, styled_label, vbox
 from desktop_dpo.workers.job_op import JobOp, StoreJobFactory
@@ -51,7 +52,7 @@ RESOURCE = "storage"
 COLUMNS = ("What", "Size", "What it is for", "Can it go?")
 COLUMN_WHAT, COLUMN_SIZE, COLUMN_FOR, COLUMN_STATUS = range(len(COLUMNS))
 ITEM_ROLE = Qt.ItemDataRole.UserRole  # the StorageItem of a row, on its first cell
-MUTED = QColor("#64748b")
+MUTED = "#64748b"  # in the light scheme (gui/theme.py)
 
 
 def ask_yes_no(parent: QWidget, title: str, text: str) -> bool:
@@ -128,6 +129,7 @@ class StorageView(PageView):
         totals = hbox(self.total_label, 12, self.freeable_label, STRETCH)
 
         self.table = QTableWidget(0, len(COLUMNS))
+        follow_scheme(self.table, lambda: recolour_items(self.table))
         self.table.setObjectName("storageTable")
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.setAlternatingRowColors(True)
@@ -203,7 +205,7 @@ class StorageView(PageView):
             status = QTableWidgetItem(verdict + item.reason)
             status.setToolTip(item.reason)
             if not item.can_remove(confirm):
-                status.setForeground(QBrush(MUTED))
+                colour_item_text(status, MUTED)
             for column, cell in ((COLUMN_WHAT, what), (COLUMN_FOR, purpose), (COLUMN_STATUS, status)):
                 cell.setFlags(
                     flags

@@ -29,7 +29,6 @@ from PySide6.QtGui import (
     QGuiApplication,
     QSyntaxHighlighter,
     QTextCharFormat,
-    QTextDocument,
     QTextOption,
 )
 from PySide6.QtWidgets import (
@@ -64,6 +63,7 @@ from desktop_dpo.core.llm.templates import (
 )
 from desktop_dpo.core.model_files import CHAT_TEMPLATE_KEY, recorded_chat_template, special_tokens
 from desktop_dpo.core.store import ModelRow, Store
+from desktop_dpo.gui.theme import follow_scheme, text_colour
 from desktop_dpo.gui.widgets import (
     STRETCH,
     BoxItem,
@@ -145,17 +145,28 @@ def shown_template(model: ModelRow, status: TemplateStatus | None = None) -> str
 
 
 class _PatternHighlighter(QSyntaxHighlighter):
-    """Colours every match of a few regular expressions (within a line)."""
+    """Colours every match of a few regular expressions (within a line) in the editor ``shown_in``, in the
+    scheme shown (``rules`` name light-scheme colours)."""
 
-    def __init__(self, document: QTextDocument, rules: list[tuple[str, str, bool]]):
-        super().__init__(document)
+    def __init__(self, shown_in: QPlainTextEdit, rules: list[tuple[str, str, bool]]):
+        super().__init__(shown_in.document())
+        self._light_rules = [(re.compile(pattern), colour, bold) for pattern, colour, bold in rules]
         self._rules: list[tuple[re.Pattern[str], QTextCharFormat]] = []
-        for pattern, colour, bold in rules:
+        self._paint_rules()
+        follow_scheme(shown_in, self._on_scheme_changed)
+
+    def _paint_rules(self) -> None:
+        self._rules = []
+        for pattern, colour, bold in self._light_rules:
             form = QTextCharFormat()
-            form.setForeground(QColor(colour))
+            form.setForeground(QColor(text_colour(colour)))
             if bold:
                 form.setFontWeight(QFont.Weight.DemiBold)
-            self._rules.append((re.compile(pattern), form))
+            self._rules.append((pattern, form))
+
+    def _on_scheme_changed(self) -> None:
+        self._paint_rules()
+        self.rehighlight()
 
     def highlightBlock(self, text: str) -> None:  # Qt override
         for pattern, form in self._rules:
@@ -417,12 +428,12 @@ class TemplateEditorDialog(QDialog):
         self.editor.setReadOnly(True)
         self.editor.setPlaceholderText("Pick a template on the left, or Edit… to write one.")
         self.editor.textChanged.connect(self._on_text_changed)
-        self._editor_highlighter = _PatternHighlighter(self.editor.document(), JINJA_RULES)
+        self._editor_highlighter = _PatternHighlighter(self.editor, JINJA_RULES)
         source = _section("Template (Jinja)", self.mode_hint, (self.editor, 1))
 
         self.preview = _monospace_editor("templatePreview")
         self.preview.setReadOnly(True)
-        self._preview_highlighter = _PatternHighlighter(self.preview.document(), PREVIEW_RULES)
+        self._preview_highlighter = _PatternHighlighter(self.preview, PREVIEW_RULES)
         self.error_label = text_label("", "renderError", selectable=True)
         self.error_label.setVisible(False)
         self.stop_label = text_label("", "stopLine")

@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from PySide6.QtCore import QEvent, QModelIndex, QObject, QPersistentModelIndex, Qt, Signal, Slot
-from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QFrame,
@@ -31,6 +30,7 @@ from PySide6.QtWidgets import (
 
 from desktop_dpo.core.dpo.runs import run_label
 from desktop_dpo.core.store import RunRow, Store
+from desktop_dpo.gui.theme import colour_item_text, follow_scheme, recolour_items, text_colour
 from desktop_dpo.gui.widgets import button, styled_label
 
 INTERRUPTED = "interrupted"  # shown for a run left "running" in the database with no job training it
@@ -48,16 +48,27 @@ RUN_COLUMNS = ("Run", "Base model", "Status", "Steps", "Pairs", "Final metrics")
 COLUMN_RUN, COLUMN_BASE, COLUMN_STATUS, COLUMN_STEPS, COLUMN_PAIRS, COLUMN_METRICS = range(len(RUN_COLUMNS))
 FITTED_COLUMNS = (COLUMN_STATUS, COLUMN_STEPS, COLUMN_PAIRS)  # always shown whole
 MIN_ROWS = 4  # runs the list shows at least, however short the window
-DETAIL_KEYS = ("beta", "lr", "epochs", "batch_size", "grad_accum", "lora_r", "max_length", "quantization")
+# The main settings of a selected run, in the form's words (the TrainConfig field, what a person reads).
+DETAIL_KEYS = {
+    "beta": "β",
+    "lr": "learning rate",
+    "epochs": "epochs",
+    "batch_size": "batch size",
+    "grad_accum": "gradient accumulation",
+    "lora_r": "LoRA rank",
+    "max_length": "maximum length",
+    "quantization": "quantization",
+}
 
 
 def summarise_metrics(metrics: dict[str, Any]) -> str:
-    """A run's final reward accuracy (train, held-out) and margin in one short line ("" when none)."""
+    """A run's final reward accuracy (train, held-out) and margin in one short line ("" when none): the share
+    of pairs where the model favours the chosen answer, as a percentage."""
     parts = []
     if "train/rewards/accuracies" in metrics:
-        parts.append(f"acc {metrics['train/rewards/accuracies']:.2f}")
+        parts.append(f"accuracy {metrics['train/rewards/accuracies']:.0%}")
     if "heldout/rewards/accuracies" in metrics:
-        parts.append(f"held-out {metrics['heldout/rewards/accuracies']:.2f}")
+        parts.append(f"held-out {metrics['heldout/rewards/accuracies']:.0%}")
     if "train/rewards/margins" in metrics:
         parts.append(f"margin {metrics['train/rewards/margins']:.2f}")
     return " · ".join(parts)
@@ -76,7 +87,9 @@ def stored_warnings(store: Store, run_id: int) -> list[str]:
 
 def describe_run(run: RunRow, warnings: Sequence[str]) -> str:
     """The details of a selected run (rich text): its main settings, final metrics, error and warnings."""
-    settings = ", ".join(f"{k} {run.config[k]}" for k in DETAIL_KEYS if k in run.config)
+    settings = ", ".join(
+        f"{words} {run.config[key]}" for key, words in DETAIL_KEYS.items() if key in run.config
+    )
     lines = [
         f"<b>{html.escape(run_label(run.id, run.name))}</b> · {html.escape(settings)} (hover a row for every setting)"
     ]
@@ -84,8 +97,9 @@ def describe_run(run: RunRow, warnings: Sequence[str]) -> str:
     if final:
         lines.append(f"Final: {html.escape(final)}")
     if run.error:
-        lines.append(f"<span style='color:#991b1b'>{html.escape(run.error)}</span>")
-    lines.extend(f"<span style='color:#92400e'>⚠ {html.escape(w)}</span>" for w in warnings)
+        lines.append(f"<span style='color:{text_colour('#991b1b')}'>{html.escape(run.error)}</span>")
+    warning = text_colour("#92400e")
+    lines.extend(f"<span style='color:{warning}'>⚠ {html.escape(w)}</span>" for w in warnings)
     return "<br>".join(lines)
 
 
@@ -117,7 +131,7 @@ def _run_row(run: RunRow, model_names: dict[int, str], status: str) -> QTreeWidg
     item.setData(0, Qt.ItemDataRole.UserRole, run.id)
     item.setData(COLUMN_STATUS, Qt.ItemDataRole.UserRole, status)
     if status in STATUS_COLOURS:
-        item.setForeground(COLUMN_STATUS, QBrush(QColor(STATUS_COLOURS[status])))
+        colour_item_text(item, STATUS_COLOURS[status], COLUMN_STATUS)
     tip = f"{run_label(run.id, run.name)}\nBase model: {base}\n\n{describe_settings(run.config)}"
     for column in range(len(RUN_COLUMNS)):
         item.setToolTip(column, tip)
@@ -164,11 +178,14 @@ class RunsPanel(QFrame):
         head.addWidget(self.resume_button)
         layout.addLayout(head)
         self.tree = self._build_tree()
+        follow_scheme(self.tree, lambda: recolour_items(self.tree))
         self._fit_height()
         layout.addWidget(self.tree, 1)
         self.details = styled_label("", "runDetails", wrap=True)
         self.details.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.details.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        self._details_shown: tuple[RunRow | None, Sequence[str]] = (None, ())
+        follow_scheme(self.details, lambda: self.show_details(*self._details_shown))
         details_scroll = frameless_scroll(self.details)
         # A long error or several warnings scroll; the list keeps its room.
         details_scroll.setMaximumHeight(76)
@@ -210,14 +227,19 @@ class RunsPanel(QFrame):
         metrics and the base model as much as they need up to a share of what is left (the held-out
         accuracy at least), and the run's name the rest."""
         tree, header_view = self.tree, self.tree.header()
+        tree.setColumnHidden(COLUMN_BASE, False)  # measured whole (a hidden section's size hint is 0)
 
         def needed(column: int) -> int:
             return max(tree.sizeHintForColumn(column), header_view.sectionSizeHint(column))
 
         left = tree.viewport().width() - sum(needed(c) for c in FITTED_COLUMNS)
-        key = tree.fontMetrics().horizontalAdvance("acc 0.00 · held-out 0.00") + 16
+        key = tree.fontMetrics().horizontalAdvance("accuracy 100% · held-out 100%") + 16
         header_view.resizeSection(COLUMN_METRICS, min(needed(COLUMN_METRICS), max(key, int(left * 0.4))))
-        header_view.resizeSection(COLUMN_BASE, min(needed(COLUMN_BASE), int(left * 0.25)))
+        # The base model's names may be shortened (in the middle), its column's title never is: where the
+        # list is too narrow for the title, the column goes (a run's name and its details name the model).
+        base = min(needed(COLUMN_BASE), int(left * 0.25))
+        tree.setColumnHidden(COLUMN_BASE, base < header_view.sectionSizeHint(COLUMN_BASE))
+        header_view.resizeSection(COLUMN_BASE, base)
 
     def _fit_height(self) -> None:
         """Tall enough for the header and :data:`MIN_ROWS` runs, whatever the font and the style's padding."""
@@ -288,6 +310,7 @@ class RunsPanel(QFrame):
 
     def show_details(self, run: RunRow | None, warnings: Sequence[str] = ()) -> None:
         """Show the selected run's details, with its stored ``warnings`` (None: no run is selected)."""
+        self._details_shown = (run, warnings)
         if run is None:
             self.details.setText("Select a run to see its curves and settings.")
         else:

@@ -206,10 +206,10 @@ class TrainView(PageView):
             describe=_describe_model,
         )
         self.model_combo.currentIndexChanged.connect(self._on_model_combo_changed)
-        model_row = QHBoxLayout()
-        model_row.addWidget(field_label("Base model"))
-        model_row.addWidget(self.model_combo, 1)
-        new_layout.addLayout(model_row)
+        # The label above the box, not beside it: the box gets the card's width, so a model's name (or "No
+        # model yet: add one in Models") shows whole at every window size.
+        new_layout.addWidget(field_label("Base model"))
+        new_layout.addWidget(self.model_combo)
         self.model_note = styled_label("", "modelNote", wrap=True)
         self.model_note.setVisible(False)
         new_layout.addWidget(self.model_note)

@@ -30,6 +30,7 @@ class ActivityLine(QWidget):
         super().__init__(parent)
         self.label = QLabel()
         self.label.setObjectName("activityText")  # the views' style sheets colour it
+        self.label.setWordWrap(True)  # a long message wraps: it never widens the view past the window
         self.bar = QProgressBar()
         self.bar.setMaximumWidth(220)
         self.bar.setMaximumHeight(10)

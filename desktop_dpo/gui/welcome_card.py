@@ -4,15 +4,28 @@ One sentence on what the app does, the loop (Collect → Train → Export → Ch
 (ready, being unpacked, missing, or why it failed) and three ways to begin: the bundled starter prompts,
 a prompt of one's own, or adding a model. The card only shows and asks; whoever owns it acts on its
 signals.
+
+Once the person has begun (a button of the card clicked, or a pair on Collect, :meth:`WelcomeCard.set_compact`)
+the card folds to one line, the loop and where the model stands, so that the answers get the room; its arrow
+opens it again.
 """
 
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtGui import QTextDocument
-from PySide6.QtWidgets import QFrame, QLabel, QProgressBar, QWidget
+from PySide6.QtWidgets import QFrame, QLabel, QProgressBar, QSizePolicy, QWidget
 
-from desktop_dpo.gui.widgets import STRETCH, button, close_button, hbox, styled_label, text_label, vbox
+from desktop_dpo.gui.widgets import (
+    STRETCH,
+    FoldToggle,
+    button,
+    close_button,
+    hbox,
+    styled_label,
+    text_label,
+    vbox,
+)
 
 LOOP_STEPS = (
     ("Collect", "pick the better of two answers"),
@@ -60,7 +73,8 @@ class WelcomeCard(QFrame):
         super().__init__(parent)
         self.setObjectName("welcomeCard")
 
-        # Three rows, so that the Collect page below keeps the room it needs (its own minimum height).
+        # Three rows at first sight; one once the person has begun (set_compact), so that the Collect page
+        # below keeps the room it needs for the answers.
         self.step_labels = [
             styled_label(f"<b>{index + 1}</b> {name}", "welcomeStep", tooltip=f"{name}: {what}")
             for index, (name, what) in enumerate(LOOP_STEPS)
@@ -70,11 +84,27 @@ class WelcomeCard(QFrame):
             if steps:
                 steps.append(styled_label("→", "welcomeArrow"))
             steps.append(step)
-        top = hbox(
-            styled_label("Welcome to desktop-dpo", "welcomeTitle"),
+        self.title = styled_label("Welcome to desktop-dpo", "welcomeTitle")
+        # Folded, where the model stands follows the loop on the one line (the line below says it unfolded).
+        self.compact_status = styled_label("", "welcomeModel", wrap=True)
+        self.compact_status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.compact_status.setTextFormat(Qt.TextFormat.RichText)
+        self.compact_status.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)
+        self.compact_status.setOpenExternalLinks(False)
+        self.compact_status.linkActivated.connect(self._on_model_link_activated)
+        self.compact_status.setVisible(False)
+        self.body = QWidget()  # the sentence, the buttons and the model line: folded away by fold_toggle
+        self.fold_toggle = FoldToggle(
+            "", self.body, name="welcomeFold", tooltip="Show or hide the welcome's buttons and explanation"
+        )
+        self.fold_toggle.setAutoRaise(True)
+        self._top = top = hbox(
+            self.title,
             STRETCH,
             *steps,
+            (self.compact_status, 1),
             6,
+            self.fold_toggle,
             close_button("Hide this card", self._on_close_clicked),
             spacing=6,
         )
@@ -85,14 +115,14 @@ class WelcomeCard(QFrame):
         # Which of the starter and the add-model buttons is the main one follows the model (_set_emphasis).
         self.starter_button = button(
             f"Load the starter prompts ({starter_count})",
-            self.starter_requested,
+            self._on_starter_clicked,
             tooltip="Queue the prompts that ship with the app and put the first one in Collect",
         )
         if not starter_count:  # hidden only: setVisible(True) here would show it as a window of its own
             self.starter_button.setVisible(False)
         self.write_button = button(
             "Write my own prompt",
-            self.write_requested,
+            self._on_write_clicked,
             tooltip="Type a prompt in Collect; Ctrl+Enter samples two answers",
         )
         self.add_model_button = button(
@@ -118,7 +148,10 @@ class WelcomeCard(QFrame):
         bottom = hbox(
             self.starter_button, self.write_button, self.add_model_button, 10, (status, 1), spacing=8
         )
-        vbox(top, self.text, bottom, parent=self, margins=(16, 10, 10, 10), spacing=6)
+        vbox(self.text, bottom, parent=self.body, margins=(0, 0, 0, 0), spacing=6)
+        vbox(top, self.body, parent=self, margins=(16, 8, 10, 8), spacing=6)
+        self.fold_toggle.setChecked(True)  # open at first sight
+        self.fold_toggle.toggled.connect(self._on_fold_toggled)
         self.set_model_missing()
 
     # ---------------------------------------------------------------- where the model stands
@@ -126,8 +159,13 @@ class WelcomeCard(QFrame):
     def _set_state(self, model_line: str, *, tone: str = "", problem: str = "") -> None:
         """The model line (rich text) and, for a failure, the problem in place of the welcome sentence."""
         self.model_text.setText(model_line)
+        self.compact_status.setText(model_line)
         self.text.setText(problem or WELCOME_TEXT)
-        for label, label_tone in ((self.model_text, tone), (self.text, "error" if problem else "")):
+        for label, label_tone in (
+            (self.model_text, tone),
+            (self.compact_status, tone),
+            (self.text, "error" if problem else ""),
+        ):
             label.setProperty("tone", label_tone)
             _restyle(label)
 
@@ -191,7 +229,35 @@ class WelcomeCard(QFrame):
         self.starter_button.setText(f"Starter prompts queued ({count})")
         self.starter_button.setEnabled(False)
 
+    # ---------------------------------------------------------------- folded to one line
+
+    def set_compact(self, compact: bool) -> None:
+        """Fold the card to one line (the loop and where the model stands) or open it again; its arrow
+        does the same."""
+        self.fold_toggle.setChecked(not compact)
+
+    def is_compact(self) -> bool:
+        """True while the card is folded to one line."""
+        return not self.fold_toggle.isChecked()
+
+    @Slot(bool)
+    def _on_fold_toggled(self, shown: bool) -> None:
+        # Folded, the title gives its room to the model line (the loop still says what the app does).
+        self.title.setVisible(shown)
+        self.compact_status.setVisible(not shown)
+        self._top.setStretch(1, 1 if shown else 0)  # folded, the loop leads the line, not centred in it
+
     # ---------------------------------------------------------------- slots
+
+    @Slot()
+    def _on_starter_clicked(self) -> None:
+        self.set_compact(True)  # the person has begun: Collect gets the room
+        self.starter_requested.emit()
+
+    @Slot()
+    def _on_write_clicked(self) -> None:
+        self.set_compact(True)
+        self.write_requested.emit()
 
     @Slot(str)
     def _on_model_link_activated(self, link: str) -> None:

@@ -5,6 +5,7 @@ The tiny model fixtures (``tiny_model_dir``, ``tiny_gguf``) and ``app_home`` com
 
 from __future__ import annotations
 
+import gc
 import random
 import threading
 from collections.abc import Callable, Generator
@@ -13,8 +14,19 @@ from typing import Any
 
 import pytest
 from PySide6.QtCore import QEvent, Qt
-from PySide6.QtWidgets import QAbstractButton, QApplication, QLabel, QWidget
+from PySide6.QtWidgets import (
+    QAbstractButton,
+    QApplication,
+    QComboBox,
+    QHeaderView,
+    QLabel,
+    QStyle,
+    QStyleOptionComboBox,
+    QTabBar,
+    QWidget,
+)
 
+from desktop_dpo.app import collect_due_garbage
 from desktop_dpo.core.llm.engine_pool import EnginePool
 from desktop_dpo.core.llm.generation import TokenEvent
 from desktop_dpo.core.llm.llama_child import FAULT_ENV
@@ -24,6 +36,26 @@ from desktop_dpo.workers.job_worker import JobRegistry
 
 JOB_STOP_MS = 60_000  # generous: the machine is shared; a job that has not stopped by then is a failure
 HOLD_S = 60  # a held job goes on by itself after this long, so a failing test cannot hang
+
+
+@pytest.fixture(autouse=True)
+def collect_on_the_test_thread() -> Generator[None, None, None]:
+    """Python's collector runs on the test's (GUI) thread only, as in the app (``app.collect_on_gui_thread``):
+    left automatic, it may free a cycle holding a Qt object in a job's worker thread, and the whole test run
+    dies in native code."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    yield
+    collect_due_garbage()
+    if was_enabled:
+        gc.enable()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def collect_after_the_module() -> Generator[None, None, None]:
+    """What a module's windows left behind is freed here, on this thread, not later in another test's thread."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture
@@ -54,11 +86,17 @@ def hold_the_trainable_copy(monkeypatch) -> tuple[threading.Event, threading.Eve
 
 def cut_texts(root: QWidget) -> list[str]:
     """The texts on screen under ``root`` that do not fit: a one-line label or a button whose text is wider
-    than the room it has, or a widget that sticks out of its window's right edge."""
+    than the room it has, a wrapping label with a word wider than its lines, a label the code shortened to fit
+    ("…", the whole text in its tooltip), a combo box, tab or table header whose text Qt shortens, or a widget
+    that sticks out of its window's right edge."""
     cut = []
     right_edge = root.window().mapToGlobal(root.window().rect().topRight()).x()
     for widget in root.findChildren(QWidget):
         if not widget.isVisible():
+            continue
+        shortened = _shortened_text(widget)
+        if shortened:
+            cut.append(f"{type(widget).__name__} {widget.objectName()!r}: {shortened!r}")
             continue
         text = ""
         if (
@@ -67,6 +105,10 @@ def cut_texts(root: QWidget) -> list[str]:
             and widget.textFormat() != Qt.TextFormat.RichText
         ):
             text, room = widget.text(), widget.contentsRect().width()
+        elif isinstance(widget, QLabel) and widget.textFormat() != Qt.TextFormat.RichText:
+            # A label that wraps breaks its lines at spaces only: its longest word must fit on a line.
+            words = widget.text().split() or [""]
+            text, room = max(words, key=widget.fontMetrics().horizontalAdvance), widget.contentsRect().width()
         elif isinstance(widget, QAbstractButton):
             text, room = widget.text(), widget.width() - 8  # the button's frame and padding
         if text and "<" not in text and widget.fontMetrics().horizontalAdvance(text) > room:
@@ -74,6 +116,58 @@ def cut_texts(root: QWidget) -> list[str]:
         elif widget.mapToGlobal(widget.rect().topRight()).x() > right_edge + 1:
             cut.append(f"{type(widget).__name__} {widget.objectName()!r} sticks out of the window")
     return cut
+
+
+def _shortened_text(widget: QWidget) -> str:
+    """The text ``widget`` shows shortened, or "": a label elided by the code (it ends with "…" and its
+    tooltip holds the whole text, unless it shows the first items of a " · " list whole), a combo box's current
+    text wider than its text field, a tab narrower than its text, or a table header section narrower than its
+    title (only sections in view count)."""
+    if isinstance(widget, QLabel):
+        text, tip = widget.text(), widget.toolTip()
+        whole = text[:-1].rstrip()
+        elided = text.endswith("…") and whole and tip.startswith(whole) and len(tip) > len(text)
+        # Whole items of a list shown, the rest left to the tooltip (the status bar's running jobs): not cut.
+        return text if elided and not tip[len(text) :].startswith(" · ") else ""
+    if isinstance(widget, QComboBox) and not widget.isEditable() and widget.currentText():
+        option = QStyleOptionComboBox()
+        widget.initStyleOption(option)
+        field = widget.style().subControlRect(
+            QStyle.ComplexControl.CC_ComboBox, option, QStyle.SubControl.SC_ComboBoxEditField, widget
+        )
+        text = widget.currentText()
+        return text if widget.fontMetrics().horizontalAdvance(text) > field.width() else ""
+    if isinstance(widget, QTabBar):
+        cut = [
+            widget.tabText(i)
+            for i in range(widget.count())
+            if widget.isTabVisible(i) and widget.tabRect(i).width() < widget.tabSizeHint(i).width()
+        ]
+        return " | ".join(cut)
+    if isinstance(widget, QHeaderView) and widget.model() is not None:
+        cut = []
+        for section in range(widget.count()):
+            position = widget.sectionViewportPosition(section)
+            size = widget.sectionSize(section)
+            if widget.isSectionHidden(section) or position < 0 or position + size > widget.viewport().width():
+                continue  # hidden, or scrolled out of view: not cut
+            title = widget.model().headerData(section, widget.orientation())
+            if (
+                title
+                and widget.orientation() == Qt.Orientation.Horizontal
+                and size < _title_room(widget, section)
+            ):
+                cut.append(str(title))
+        return " | ".join(cut)
+    return ""
+
+
+def _title_room(header: QHeaderView, section: int) -> int:
+    """The width a header section needs to show its title whole: the title in the header's font, and the
+    section's padding (as a button's, see cut_texts). Not ``sectionSizeFromContents``: it measures with the
+    widget's font and its own margins on top of the style sheet's, a few pixels more than the title takes."""
+    title = str(header.model().headerData(section, header.orientation()))
+    return header.fontMetrics().horizontalAdvance(title) + 8
 
 
 def show_active(qtbot, widget: QWidget, width: int, height: int) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sqlite3
+import threading
 
 import pytest
+from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication, QMessageBox
 
 from desktop_dpo import app as app_module
@@ -101,3 +104,44 @@ def test_log_file_is_set_aside_when_full_and_only_the_newest_backups_stay(tmp_pa
     assert [line[:7] for line in newer] == ["line 08", "line 09"]
     assert [line[:7] for line in older] == ["line 06", "line 07"]
     assert all(p.stat().st_size <= 100 for p in tmp_path.iterdir())
+
+
+class _Cycle:
+    """Garbage only the cycle collector frees (it refers to itself); records the thread that freed it."""
+
+    def __init__(self, freed_on: list[int]):
+        self.me = self
+        self.freed_on = freed_on
+
+    def __del__(self) -> None:
+        self.freed_on.append(threading.get_ident())
+
+
+def test_garbage_made_in_a_worker_thread_is_freed_on_the_gui_thread(qapp, qtbot):
+    """A cycle holding a Qt object, freed in a job's thread, would destroy that object off its thread."""
+    enabled = gc.isenabled()
+    timers = set(qapp.findChildren(QTimer))
+    try:
+        gc.enable()  # as the app runs before (the tests' own fixture keeps it off)
+        app_module.collect_on_gui_thread(qapp)
+        assert not gc.isenabled()  # automatic collection, which runs on any thread, is off
+        freed_on: list[int] = []
+
+        def worker() -> None:
+            for _ in range(2000):  # far more than a collection's threshold of allocations
+                _Cycle(freed_on)
+                _ = [[] for _ in range(10)]
+
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join()
+        assert freed_on == []  # nothing was collected in the worker
+        qtbot.waitUntil(lambda: len(freed_on) > 0, timeout=5000)  # the GUI thread's timer collects it
+        assert set(freed_on) == {threading.get_ident()}
+    finally:
+        for timer in set(qapp.findChildren(QTimer)) - timers:
+            timer.stop()
+            timer.deleteLater()
+        gc.unfreeze()
+        if not enabled:
+            gc.disable()

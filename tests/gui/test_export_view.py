@@ -79,6 +79,10 @@ def test_export_writes_the_files_shows_the_parity_report_and_registers_the_model
     qtbot, view, view_store, app_home
 ):
     assert view.run_combo.count() == 1 and "Run 1 · first" in view.run_combo.currentText()
+    # How well the run learned, in words: the held-out accuracy when it had held-out pairs.
+    run = view_store.list_runs()[0]
+    measured = "held-out accuracy" if "heldout/rewards/accuracies" in run.final_metrics else "accuracy"
+    assert re.search(rf"·\s+{measured} \d+%$", view.run_combo.currentText()), view.run_combo.currentText()
     assert view.quant_checks["Q4_K_M"].isChecked()  # the usual choice is ticked by default
     view.quant_checks["Q4_K_M"].setChecked(False)
     view.quant_checks["Q8_0"].setChecked(True)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import pytest
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QKeySequence
+from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QApplication
 
 from desktop_dpo.core.models import register_model
 from desktop_dpo.gui.collect_view import CollectView
+from desktop_dpo.gui.data_view import DataView
 from desktop_dpo.gui.widgets import standard_keys
 from tests.gui.test_collect_view import WAIT_MS, key, make_view, sample_and_wait
 
@@ -104,3 +105,31 @@ def test_sample_with_ctrl_and_the_keypad_enter(qtbot, collect):
     assert not collect.sample_button.isEnabled(), "sampling started"
     qtbot.waitUntil(lambda: collect.verdict_buttons["left"].isEnabled(), timeout=WAIT_MS)
     qtbot.waitUntil(lambda: not collect.stop_button.isEnabled(), timeout=WAIT_MS)
+
+
+# ------------------------------------------------------------------------------------------- Data
+
+
+def data_view(qtbot, store) -> DataView:
+    view = DataView(store=store, import_action=QAction("Import"), export_action=QAction("Export"))
+    qtbot.addWidget(view)
+    return view
+
+
+def test_data_deletes_undoes_and_finds_with_the_platforms_keys(qtbot, gui_store):
+    view = data_view(qtbot, gui_store)
+    for shortcut, standard in (
+        (view.delete_shortcut, QKeySequence.StandardKey.Delete),
+        (view.undo_shortcut, QKeySequence.StandardKey.Undo),
+        (view.search_shortcut, QKeySequence.StandardKey.Find),
+    ):
+        assert shortcut.keys() == QKeySequence.keyBindings(standard)  # every binding of the platform
+
+
+def test_data_keeps_delete_undo_and_find_keys_with_no_standard_keys(qtbot, gui_store, no_standard_keys):
+    view = data_view(qtbot, gui_store)
+    shown = [
+        [shown_keys(keys) for keys in shortcut.keys()]  # noqa: SIM118 (a QShortcut)
+        for shortcut in (view.delete_shortcut, view.undo_shortcut, view.search_shortcut)
+    ]
+    assert shown == [["Del"], ["Ctrl+Z"], ["Ctrl+F"]]

@@ -8,6 +8,7 @@ so nothing depends on how fast this machine is.
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -239,7 +240,7 @@ def test_a_run_trains_in_the_background_with_live_plots_and_ends_in_the_list(
     assert view.run_status_text(run.id) == "completed"
     item = view.runs_tree.topLevelItem(0)
     assert item.text(3) == "5 / 5" and item.text(4) == "12"
-    assert item.text(5).startswith("acc ") and "held-out " in item.text(5) and "margin" in item.text(5)
+    assert re.fullmatch(r"accuracy \d+% · held-out \d+% · margin -?\d+\.\d\d", item.text(5)), item.text(5)
     assert "Final: acc" in view.run_details.text()
     assert "beta = 0.1" in item.toolTip(0)  # every setting on hover
     assert view.start_button.isEnabled()
@@ -675,7 +676,7 @@ def test_the_runs_list_fits_the_window_and_tells_its_runs_apart(qtbot, gui_store
     longest = tree.fontMetrics().horizontalAdvance(STATUS_LABELS[INTERRUPTED])
     assert header.sectionSize(COLUMN_STATUS) > longest  # "interrupted — resume" whole
     assert header.sectionViewportPosition(COLUMN_METRICS) + header.sectionSize(COLUMN_METRICS) <= width
-    key_metric = tree.fontMetrics().horizontalAdvance("acc 0.75 · held-out 0.70")
+    key_metric = tree.fontMetrics().horizontalAdvance("accuracy 75% · held-out 70%")
     assert header.sectionSize(COLUMN_METRICS) > key_metric  # cut, if at all, after the held-out accuracy
     assert tree.viewport().height() >= 4 * tree.sizeHintForRow(0)  # at least four runs in view
     splitter = view.runs_panel.parentWidget()
