@@ -64,6 +64,14 @@ Headline keys (medians over the rounds):
 - ``floor_ratio``: our time ÷ the floor's time (goal ≤ 1.1; below 1 means we do less work than a bare
   forward + backward: see below).
 - ``step0_loss_delta``: the largest |our step-0 loss − TRL's| over all rounds of both TRL arms.
+- ``orpo_time_ratio`` / ``simpo_time_ratio``: what the reference-free losses save against sigmoid DPO in
+  the same run: the ``orpo`` (``simpo``) arm's time (the same job with ``loss_type="orpo"`` (``"simpo"``),
+  λ 0.1 (β 2, γ 1): no reference pass, so its time is first to last step) ÷ the ``ours`` arm's time
+  (sigmoid DPO, its reference pass included). ``orpo_memory_ratio`` / ``simpo_memory_ratio``: the same for
+  the peak resident memory above the after-load baseline (for these arms taken at ``Started``, the first
+  event after the model and its adapter are loaded), each arm in its own process. ORPO scores the prompt
+  tokens too (its NLL term covers them, as TRL's does), which costs LM-head work DPO does not do.
+  ``orpo_cpu_time_ratio`` / ``simpo_cpu_time_ratio``: the same from CPU seconds (less disturbed by load).
 - extras: ``fused_floor_ratio`` (our time ÷ the fused floor's), ``memory_ratio_precompute`` (against
   ``trl_pre``), ``cpu_throughput_ratio`` / ``cpu_precompute_ratio`` / ``cpu_floor_ratio`` (the same
   ratios from the CPU seconds of each process, which load on a shared machine disturbs less than wall
@@ -135,7 +143,7 @@ LR = 1e-4
 BETA = 0.1
 WARMUP_RATIO = 0.1
 GRADIENT_CHECKPOINTING = False  # the same in every arm
-ARMS = ("ours", "trl", "trl_pre", "floor")
+ARMS = ("ours", "trl", "trl_pre", "floor", "orpo", "simpo")
 STEP0_TOLERANCE = 1e-4  # |our step-0 loss − TRL's| above this: the arms do different work
 # Llama's own vocabulary size (LlamaConfig's default). The tokenizer trained here uses the first 4000 ids;
 # the rest are rows a real model has too (most small models spend a third or more of their weights there).
@@ -235,10 +243,11 @@ def _start_peak_window() -> float:
     return baseline
 
 
-def our_config():
+def our_config(loss_type: str = "sigmoid"):
     from desktop_dpo.core.dpo.config import TrainConfig
 
     return TrainConfig(
+        loss_type=loss_type,
         beta=BETA, lr=LR, epochs=EPOCHS, batch_size=BATCH, grad_accum=1, warmup_ratio=WARMUP_RATIO,
         scheduler="cosine", max_grad_norm=1.0, max_length=MAX_LENGTH, max_prompt_length=MAX_PROMPT_LENGTH,
         lora_r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, init_lora_weights=False,
@@ -247,7 +256,7 @@ def our_config():
     )  # fmt: skip
 
 
-def arm_ours(work: Path, scratch: Path) -> dict:
+def arm_ours(work: Path, scratch: Path, loss_type: str = "sigmoid") -> dict:
     import torch
 
     from desktop_dpo.core.dpo.events import Loading, ReferenceReady, Started, StepMetrics
@@ -264,7 +273,7 @@ def arm_ours(work: Path, scratch: Path) -> dict:
         )
     ids = [view.comparison.id for view in store.comparison_views()]
     run_id = store.create_run(
-        name="bench", base_model_id=model_id, config=our_config().to_dict(), comparison_ids=ids,
+        name="bench", base_model_id=model_id, config=our_config(loss_type).to_dict(), comparison_ids=ids,
         checkpoint_dir=str(scratch / "run"),
     )  # fmt: skip
     marks: dict[str, float] = {}
@@ -280,6 +289,8 @@ def arm_ours(work: Path, scratch: Path) -> dict:
             marks["precompute_s"] = event.seconds
             marks["precompute_cpu_s"] = cpu - marks["cpu_reference_start"]
         elif isinstance(event, Started):
+            if "baseline_mb" not in marks:  # ORPO, SimPO: no reference pass; the model is loaded by now
+                marks["baseline_mb"] = _start_peak_window()
             marks["train_start"], marks["cpu_start"] = now, cpu
         elif isinstance(event, StepMetrics):
             steps.append(event)
@@ -292,10 +303,10 @@ def arm_ours(work: Path, scratch: Path) -> dict:
     store.close()
     train_s = marks["train_end"] - marks["train_start"]
     return {
-        "precompute_s": marks["precompute_s"],
+        "precompute_s": marks.get("precompute_s", 0.0),
         "train_s": train_s,
-        "time_s": marks["precompute_s"] + train_s,  # reference computed once + the training steps
-        "cpu_s": marks["precompute_cpu_s"] + marks["cpu_end"] - marks["cpu_start"],
+        "time_s": marks.get("precompute_s", 0.0) + train_s,  # reference computed once + the training steps
+        "cpu_s": marks.get("precompute_cpu_s", 0.0) + marks["cpu_end"] - marks["cpu_start"],
         "total_s": total,
         "baseline_mb": marks["baseline_mb"],
         "peak_mb": peak,
@@ -537,6 +548,8 @@ ARM_FUNCTIONS = {
     "trl": lambda work, scratch: arm_trl(work, scratch, precompute=False),
     "trl_pre": lambda work, scratch: arm_trl(work, scratch, precompute=True),
     "floor": arm_floor,
+    "orpo": lambda work, scratch: arm_ours(work, scratch, loss_type="orpo"),
+    "simpo": lambda work, scratch: arm_ours(work, scratch, loss_type="simpo"),
 }
 
 
@@ -631,7 +644,7 @@ def main() -> None:
             f"({median(arm, 'time_s') / (PAIRS * EPOCHS / BATCH):.3f} s/step)  peak above after-load "
             f"{median(arm, 'above_mb'):6.0f} MiB"
         )
-        if arm != "floor":
+        if arm in ("ours", "trl", "trl_pre"):
             line += f"  precompute {median(arm, 'precompute_s'):5.1f} s  step-0 loss {results[arm][0]['step0_loss']:.6f}"
         print(line)
     print(
@@ -651,6 +664,12 @@ def main() -> None:
         f"cpu_throughput_ratio={median('trl', 'cpu_s') / median('ours', 'cpu_s'):.2f} "
         f"cpu_precompute_ratio={median('trl_pre', 'cpu_s') / median('ours', 'cpu_s'):.2f} "
         f"cpu_floor_ratio={median('ours', 'cpu_s') / median('floor', 'cpu_s'):.2f} "
+        f"orpo_time_ratio={median('orpo', 'time_s') / median('ours', 'time_s'):.2f} "
+        f"orpo_memory_ratio={median('orpo', 'above_mb') / median('ours', 'above_mb'):.2f} "
+        f"simpo_time_ratio={median('simpo', 'time_s') / median('ours', 'time_s'):.2f} "
+        f"simpo_memory_ratio={median('simpo', 'above_mb') / median('ours', 'above_mb'):.2f} "
+        f"orpo_cpu_time_ratio={median('orpo', 'cpu_s') / median('ours', 'cpu_s'):.2f} "
+        f"simpo_cpu_time_ratio={median('simpo', 'cpu_s') / median('ours', 'cpu_s'):.2f} "
         f"tokens_identical={trl_checks} vocab={args.vocab} rounds={len(results['ours'])}"
     )
 

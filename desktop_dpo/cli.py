@@ -345,6 +345,8 @@ _TRAIN_OPTIONS: tuple[tuple[str, type, str], ...] = (
 
 
 def _add_train_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from desktop_dpo.core.dpo.config import LOSS_TYPES  # light: the window imports it at start-up too
+
     train = commands.add_parser(
         "train",
         parents=[common],
@@ -369,7 +371,14 @@ def _add_train_parser(commands: argparse._SubParsersAction, common: argparse.Arg
     )
     for name, kind, text in _TRAIN_OPTIONS:
         train.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None, help=text)
-    train.add_argument("--loss-type", dest="loss_type", choices=("sigmoid", "ipo", "hinge"), default=None)
+    train.add_argument(
+        "--loss-type",
+        dest="loss_type",
+        choices=LOSS_TYPES,
+        default=None,
+        help="sigmoid (DPO), ipo, hinge; kto (single labels: both-bad picks and rewrites too); orpo, simpo "
+        "(no reference model)",
+    )
     train.add_argument("--quantization", choices=("auto", "nf4", "none"), default=None, help="nf4 = QLoRA")
     train.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default=None)
     train.add_argument(
@@ -428,8 +437,9 @@ def _cmd_train(args: argparse.Namespace, paths: AppPaths) -> int:
                 )
                 if model is None:
                     return _fail(f"No registered model is called {args.model!r}; give its id or exact name.")
-                # Pairs sampled from this model, plus imported ones whose model is unknown.
-                comparison_ids = model_pair_ids(store, model.id)
+                # Pairs sampled from this model, plus imported ones whose model is unknown (and, for KTO, the
+                # picks that give single labels only).
+                comparison_ids = model_pair_ids(store, model.id, config.loss_type)
                 if not comparison_ids:
                     return _fail(
                         f"{model.name} has no usable pairs yet: pick A or B in some comparisons first."

@@ -71,6 +71,35 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
 
 
+def record_topic_pairs(store: Store, topics: list[str]) -> None:
+    """One pick per topic: a warm answer chosen over a curt one, the chosen one on side A and B in turn."""
+    for i, topic in enumerate(topics):
+        chosen, rejected = f" Yes, gladly! {topic} are lovely.", f" No. {topic} bore me."
+        store.record_pair(
+            messages=[{"role": "user", "content": f"Tell me about {topic}."}],
+            text_a=chosen if i % 2 == 0 else rejected,
+            text_b=rejected if i % 2 == 0 else chosen,
+            verdict="a" if i % 2 == 0 else "b",
+        )
+
+
+def train_to_the_end(store: Store, base_model_id: int, config: dict, checkpoint_dir: Path, name: str) -> int:
+    """A run over every comparison in ``store``, trained to the end (real steps on the tiny model); its id."""
+    from desktop_dpo.core.dpo.train import drive_training
+    from desktop_dpo.core.jobs import CancelToken
+
+    run_id = store.create_run(
+        name=name,
+        base_model_id=base_model_id,
+        config=config,
+        comparison_ids=[v.comparison.id for v in store.comparison_views()],
+        checkpoint_dir=str(checkpoint_dir),
+    )
+    drive_training(store, run_id, cancel=CancelToken())
+    assert store.get_run(run_id).status == "completed"
+    return run_id
+
+
 @pytest.fixture
 def home_with_pairs(monkeypatch, tmp_path, tiny_model_dir) -> Path:  # noqa: F811 - the fixture above
     """A data folder (``DESKTOP_DPO_HOME``) with 8 usable pairs and the tiny model registered as "tiny": what

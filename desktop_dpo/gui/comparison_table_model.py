@@ -181,6 +181,7 @@ class ComparisonTableModel(QAbstractTableModel):
         self._search = ""
         self._verdict_filter = "all"
         self._include_deleted = False
+        self._ids: frozenset[int] | None = None  # only these comparisons (a data check's finding), or all
         self._sort_column = COLUMN_INDEX["id"]
         self._sort_order = Qt.SortOrder.DescendingOrder  # newest first
 
@@ -190,15 +191,26 @@ class ComparisonTableModel(QAbstractTableModel):
     def include_deleted(self) -> bool:
         return self._include_deleted
 
+    @property
+    def id_filter(self) -> frozenset[int] | None:
+        """The only comparisons shown (None: no such filter)."""
+        return self._ids
+
     def set_filters(
-        self, *, search: str = "", verdict_filter: str = "all", include_deleted: bool = False
+        self,
+        *,
+        search: str = "",
+        verdict_filter: str = "all",
+        include_deleted: bool = False,
+        ids: Iterable[int] | None = None,
     ) -> None:
-        """Show the comparisons that match, read from the store now."""
+        """Show the comparisons that match, read from the store now; ``ids``: only these (None: any)."""
         if verdict_filter not in VERDICT_FILTERS:
             raise ValueError(f"Unknown verdict filter {verdict_filter!r}")
         self._search = search.strip()
         self._verdict_filter = verdict_filter
         self._include_deleted = include_deleted
+        self._ids = None if ids is None else frozenset(ids)
         self.reload()
 
     def reload(self) -> None:
@@ -212,6 +224,8 @@ class ComparisonTableModel(QAbstractTableModel):
         keep = VERDICT_FILTERS[self._verdict_filter].keep
         if keep is not None:
             rows = [summary for summary in rows if keep(summary)]
+        if self._ids is not None:  # here, not in SQL: a finding may name more ids than a query may bind
+            rows = [summary for summary in rows if summary.id in self._ids]
         self.beginResetModel()
         self._rows = rows
         self._sort_rows()

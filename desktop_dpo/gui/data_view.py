@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 from PySide6.QtCore import (
     QEvent,
@@ -51,6 +52,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from desktop_dpo.core.data_check import Finding
 from desktop_dpo.core.dpo.pair_counts import PAIRS_EXPLAINED, store_pair_counts, training_text
 from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.store import Store
@@ -63,6 +65,7 @@ from desktop_dpo.gui.comparison_table_model import (
     ComparisonTableModel,
     verdict_name,
 )
+from desktop_dpo.gui.data_check_panel import DataCheckPanel
 from desktop_dpo.gui.message_banner import MessageBanner
 from desktop_dpo.gui.view_messages import ViewMessages
 from desktop_dpo.gui.widgets import (
@@ -78,6 +81,7 @@ from desktop_dpo.gui.widgets import (
     vbox,
     view_shortcut,
 )
+from desktop_dpo.workers.job_worker import JobRegistry
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +100,8 @@ class DataView(ViewMessages, QWidget):
         store: the GUI thread's database connection.
         import_action, export_action: the main window's "Import/Export Preferences…" actions (they run jobs
             and are disabled while one runs); the view's buttons trigger them and follow their state.
+        registry, db_path: the job registry and database file the data check runs on, off the GUI thread
+            (without them it runs on ``store`` at once).
 
     Signals:
         data_changed(): the view changed comparisons (counts should be re-read).
@@ -113,11 +119,16 @@ class DataView(ViewMessages, QWidget):
         store: Store,
         import_action: QAction,
         export_action: QAction,
+        registry: JobRegistry | None = None,
+        db_path: Path | None = None,
         parent: QWidget | None = None,
     ):
         super().__init__(parent)
         make_page(self, "data")
         self.store = store
+        # "Check my data": a job on its own store when the registry and the database file are given
+        self.check_panel = DataCheckPanel(store, registry, db_path)
+        self._finding_ids: frozenset[int] | None = None  # the comparisons of the finding chosen, if one is
         self.model = ComparisonTableModel(store, self)
         self._undo_batches: list[list[int]] = []  # ids of each deletion, most recent last
         self._splitter_placed = False
@@ -141,12 +152,22 @@ class DataView(ViewMessages, QWidget):
         self.counts_label = page_pill(PAIRS_EXPLAINED)  # the counts go in front once known
         self.import_button = self._button_for(import_action, primary=True, text="Import…")
         self.export_button = self._button_for(export_action, primary=False, text="Export…")
+        self.check_button = button(
+            "Check my data",
+            self.open_check,
+            tooltip="Look for repeated or conflicting pairs, identical answers and a lean towards one side "
+            "or the longer answer",
+        )
+        self.check_panel.finding_chosen.connect(self._on_finding_chosen)
+        self.check_panel.show_all_requested.connect(self.show_all_pairs)
+        self.check_panel.closed.connect(self.show_all_pairs)
         self.action_buttons = [self.import_button, self.export_button]
         centred = Qt.AlignmentFlag.AlignVCenter
         title_row = hbox(
             title,
             (self.counts_label, 0, centred),
             STRETCH,
+            (self.check_button, 0, centred),
             (self.import_button, 0, centred),
             (self.export_button, 0, centred),
             spacing=12,
@@ -183,6 +204,7 @@ class DataView(ViewMessages, QWidget):
         table_page = QWidget()
         vbox(
             filters,
+            self.check_panel,
             self.banner,
             self.notice,
             (self.splitter, 1),
@@ -354,6 +376,7 @@ class DataView(ViewMessages, QWidget):
                 search=self.search_edit.text(),
                 verdict_filter=self.verdict_filter.currentData(),
                 include_deleted=self.show_deleted_check.isChecked(),
+                ids=self._finding_ids,  # a data check's finding stays chosen until "Show all comparisons"
             )
         except DesktopDpoError as exc:
             self.show_error(f"The comparisons could not be read: {exc}")
@@ -394,7 +417,11 @@ class DataView(ViewMessages, QWidget):
         )
         deleted = everything - total
         shown = self.model.rowCount()
-        filtered = bool(self.search_edit.text().strip()) or self.verdict_filter.currentData() != "all"
+        filtered = (
+            bool(self.search_edit.text().strip())
+            or self.verdict_filter.currentData() != "all"
+            or self.model.id_filter is not None
+        )
         if filtered:
             self.matches_label.setText(f"{shown} matching")
         elif deleted and not self.model.include_deleted:
@@ -609,7 +636,40 @@ class DataView(ViewMessages, QWidget):
         self._update_counts()
         self._update_actions()
         self.notify(message)
+        self.check_panel.data_changed()  # an open data check looks again
         self.data_changed.emit()
+
+    # ---------------------------------------------------------------- the data check
+
+    @Slot()
+    def open_check(self) -> None:
+        """Show the "Check my data" panel and check the data (off the GUI thread when it can)."""
+        self.check_panel.open()
+
+    @Slot(object)
+    def _on_finding_chosen(self, finding: Finding) -> None:
+        """List exactly the finding's comparisons: the search and the verdict filter are cleared."""
+        for widget in (self.search_edit, self.verdict_filter):
+            widget.blockSignals(True)
+        self.search_edit.clear()
+        self.verdict_filter.setCurrentIndex(0)
+        for widget in (self.search_edit, self.verdict_filter):
+            widget.blockSignals(False)
+        self._finding_ids = frozenset(finding.ids)
+        self.refresh()
+        total = sum(self.splitter.sizes())  # the pairs are what the person came for: the table gets more
+        if total > 0 and self.splitter.sizes()[0] < total * 0.55:
+            self.splitter.setSizes([int(total * 0.6), total - int(total * 0.6)])
+        self.notify(f"Showing the {plural(finding.count, 'comparison')} of “{finding.title}”.")
+
+    @Slot()
+    def show_all_pairs(self) -> None:
+        """Leave a data check's finding: list every comparison again."""
+        if self._finding_ids is None:
+            return
+        self.check_panel.clear_choice()
+        self._finding_ids = None
+        self.refresh()
 
     # ---------------------------------------------------------------- messages
 

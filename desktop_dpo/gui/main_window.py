@@ -237,6 +237,7 @@ class MainWindow(QMainWindow):
                 store=self.store, registry=self.registry, paths=self.paths, pool=self.pool, parent=slot
             )
             view.runs_changed.connect(self.refresh_status)
+            view.data_check_line.open_requested.connect(self.open_data_check)
             return view
         if key == "export":
             from desktop_dpo.gui.export_view import ExportView
@@ -270,6 +271,8 @@ class MainWindow(QMainWindow):
                 store=self.store,
                 import_action=self.preference_actions.import_action,
                 export_action=self.preference_actions.export_action,
+                registry=self.registry,
+                db_path=self.paths.db_path,
                 parent=slot,
             )
             data_view.data_changed.connect(self._on_pairs_changed)
@@ -369,6 +372,13 @@ class MainWindow(QMainWindow):
                 separator.setFixedWidth(1)
                 bar.addPermanentWidget(separator)
             bar.addPermanentWidget(label)
+        # A note on the left (a saved pick, a job's line) gets its share of the bar, and its whole text in
+        # the bar's tooltip.
+        bar.messageChanged.connect(self._on_status_message_changed)
+
+    def _on_status_message_changed(self, message: str) -> None:
+        self.statusBar().setToolTip(message)
+        self._fit_status_jobs()
 
     # ---------------------------------------------------------------- navigation
 
@@ -394,6 +404,11 @@ class MainWindow(QMainWindow):
     def show_view(self, key: str) -> None:
         """Bring a view to the front (the sidebar follows)."""
         self.nav.setCurrentRow(self._view_keys.index(key))
+
+    def open_data_check(self) -> None:
+        """Show the Data view with its data check open (Train's "Open the check")."""
+        self.show_view("data")
+        self.view("data").open_check()  # type: ignore[attr-defined]
 
     def add_above_view(self, key: str, widget: QWidget) -> None:
         """Put a widget at the top of a view's page, above the view, whether the view is built yet or not
@@ -486,6 +501,9 @@ class MainWindow(QMainWindow):
         tooltips say it all."""
         free = self.width() - self.status_pairs.sizeHint().width() - STATUS_GAPS_PX
         jobs, metrics = self.status_jobs.toolTip(), self.status_jobs.fontMetrics()
+        note = self.statusBar().currentMessage()
+        if note:  # the note on the left takes what it needs, up to half of what is free, before the path
+            free -= min(self.statusBar().fontMetrics().horizontalAdvance(note) + 24, free // 2)
         room = max(STATUS_JOBS_MAX_PX, free - STATUS_DATABASE_MIN_PX)
         self.status_jobs.setText(metrics.elidedText(jobs, Qt.TextElideMode.ElideRight, room))
         path_room = max(STATUS_DATABASE_MIN_PX, free - metrics.horizontalAdvance(self.status_jobs.text()))

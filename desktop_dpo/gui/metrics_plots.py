@@ -208,6 +208,9 @@ class MetricsPlots(QWidget):
             self.widgets[spec.key] = widget
             title = styled_label(spec.title, "plotTitle", wrap=True, tooltip=spec.tooltip)
             title.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            # A short title stays on one line: the plot's column is at least as wide (in the sheet's font).
+            title.ensurePolished()
+            title.setMinimumWidth(title.fontMetrics().horizontalAdvance(spec.title) + 6)
             self.titles[spec.key] = title
             row.addLayout(vbox(title, (widget, 1), margins=(0, 0, 0, 0), spacing=2), 1)
         self._paint()

@@ -32,7 +32,7 @@ from desktop_dpo.gui.template_editor import (
     shown_template,
     template_column_text,
 )
-from desktop_dpo.gui.widgets import button, field_label, hbox, styled_label, vbox
+from desktop_dpo.gui.widgets import button, field_label, hbox, scroll_area, styled_label, vbox
 
 KIND_LABELS = {"hf": "Hugging Face", "gguf": "GGUF"}
 SOURCE_LABELS = {
@@ -124,7 +124,10 @@ class ModelDetails(QFrame):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.setObjectName("card")
-        layout = vbox(parent=self, margins=(16, 12, 16, 12), spacing=8)
+        # The model's facts scroll when the window is short (each line keeps its height); the buttons stay.
+        self.body = QWidget()
+        self.body.setObjectName("detailsBody")
+        layout = vbox(parent=self.body, margins=(0, 0, 6, 0), spacing=8)
         self.name = styled_label("Select a model to see its details", "detailsName", wrap=True)
         layout.addWidget(self.name)
         # Only for the bundled demo model: the terms it is used under, shown offline in a dialog.
@@ -190,6 +193,8 @@ class ModelDetails(QFrame):
         self.template_text.setMinimumHeight(48)
         layout.addWidget(self.template_text, 1)
         layout.addStretch(0)  # takes the room while the template box is hidden (a model without one)
+        outer = vbox(parent=self, margins=(16, 12, 10, 12), spacing=8)
+        outer.addWidget(scroll_area(self.body, "detailsScroll", sideways=False), 1)
 
         # The Models view connects the buttons.
         self.use_button = button(
@@ -211,7 +216,7 @@ class ModelDetails(QFrame):
         buttons.addWidget(self.copy_button, 1, 0)
         buttons.addWidget(self.remove_button, 1, 1)
         buttons.setColumnStretch(2, 1)
-        layout.addLayout(buttons)
+        outer.addLayout(buttons)
 
     def show_model(self, model: ModelRow | None, store: Store, *, any_models: bool) -> None:
         """Show ``model`` (its lineage read from ``store``), or say that none is selected."""

@@ -88,6 +88,9 @@ EMPTY_STATE_TEXT = (
 )
 
 COLUMNS = ("Name", "Format", "Architecture", "Size", "Context", "Chat template", "Training", "Source")
+# In a narrow window these columns make way for the names, first to last (the details panel has them all).
+DROPPED_FIRST = ("Context", "Architecture", "Source", "Format", "Size")
+NAME_MIN_PX = 200
 # Columns whose text wraps onto a second line, and the text each must fit without breaking a word: the
 # table then fits the window's default width without a horizontal scroll bar.
 WRAPPED_COLUMNS = {
@@ -262,6 +265,7 @@ class ModelsView(PageView):
                 head.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
         # Wrapped cells need their rows re-measured when a column gets narrower or wider.
         head.sectionResized.connect(lambda *_args: self.table.resizeRowsToContents())
+        self.table.viewport().installEventFilter(self)  # see _fit_columns
         self.table.itemSelectionChanged.connect(self._on_table_selection_changed)
         self.table.itemDoubleClicked.connect(lambda _item: self.use_selected())
         # Keys on the list: Enter uses the selected model, Delete removes it from the list (after asking).
@@ -678,7 +682,22 @@ class ModelsView(PageView):
         # outlives the application.
         if event.type() == QEvent.Type.Close and watched is self._watched_window:
             self.discovered_card.wait_for_scan(SCAN_WAIT_ON_CLOSE_MS)
+        elif event.type() == QEvent.Type.Resize and watched is self.table.viewport():
+            self._fit_columns()
         return False
+
+    def _fit_columns(self) -> None:
+        """Keep the names readable in a narrow window: the columns the details panel also shows go first (in
+        :data:`DROPPED_FIRST` order) while the name would get less than :data:`NAME_MIN_PX`."""
+        table, head = self.table, self.table.horizontalHeader()
+        for title in DROPPED_FIRST:
+            table.setColumnHidden(COLUMNS.index(title), False)
+        others = [c for c in range(len(COLUMNS)) if COLUMNS[c] != "Name"]
+        for title in DROPPED_FIRST:
+            shown = sum(head.sectionSize(c) for c in others if not table.isColumnHidden(c))
+            if table.viewport().width() - shown >= NAME_MIN_PX:
+                break
+            table.setColumnHidden(COLUMNS.index(title), True)
 
     def details_texts(self) -> dict[str, str]:
         """What the details panel shows: its heading, each field, and the template box."""

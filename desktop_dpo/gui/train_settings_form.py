@@ -25,8 +25,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop_dpo.core.dpo.config import TrainConfig
-from desktop_dpo.gui.widgets import STRETCH, FoldToggle, styled_label, vbox
+from desktop_dpo.core.dpo.config import REFERENCE_FREE_LOSS_TYPES, TrainConfig
+from desktop_dpo.core.dpo.labels import KTO_EXPLAINED
+from desktop_dpo.gui.widgets import STRETCH, FoldToggle, button, styled_label, vbox
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,30 @@ class FieldSpec:
     step: float = 1
     decimals: int = 2  # float fields
     scientific: bool = False  # float fields shown as 1e-04 (learning rates)
+    choice_labels: tuple[str, ...] = ()  # what the person reads for each of ``choices`` (default: the value)
+
+
+LOSS_CHOICES = ("sigmoid", "ipo", "hinge", *REFERENCE_FREE_LOSS_TYPES, "kto")
+# Under the loss choice: what the chosen one does, in a sentence.
+LOSS_HELP = {
+    "sigmoid": "DPO, the standard: learns to prefer your chosen answers while held near where it started",
+    "ipo": "IPO: like DPO, but pushes less hard on pairs it has already learned",
+    "hinge": "Hinge: like DPO, but stops pushing once a pair is clearly learned",
+    "orpo": "ORPO: no copy of the starting model to hold it near, so less memory and time; also learns to "
+    "write your chosen answers",
+    "simpo": "SimPO: no copy of the starting model, so less memory and time; compares the answers' average "
+    "word by word, so a longer answer gets no head start",
+    "kto": "KTO: learns from each answer on its own, good or bad, so “both bad” picks and rewrites teach too",
+}
+# The settings that only some losses use, shown only when the chosen loss uses them.
+LOSS_SETTINGS = {
+    "beta": ("sigmoid", "ipo", "hinge", "kto"),
+    "label_smoothing": ("sigmoid",),
+    "sft_weight": ("sigmoid", "ipo", "hinge"),
+    "orpo_lambda": ("orpo",),
+    "simpo_beta": ("simpo",),
+    "simpo_gamma": ("simpo",),
+}
 
 
 def _advanced(*specs: FieldSpec) -> tuple[FieldSpec, ...]:
@@ -51,8 +76,9 @@ def _advanced(*specs: FieldSpec) -> tuple[FieldSpec, ...]:
 
 
 FIELDS = (
-    FieldSpec("beta", "β (beta)", "β — how tightly the model is held to where it started: higher = smaller, "
-              "safer changes", minimum=0.01, maximum=10, step=0.05, decimals=3),
+    FieldSpec("beta", "β (beta)", "How far the model may move from where it started: higher keeps it "
+              "closer (safer, learns less), lower lets it change more. 0.1 is the usual start; Find β "
+              "measures a few on your pairs", minimum=0.01, maximum=10, step=0.05, decimals=3),
     FieldSpec("lr", "Learning rate", "How big each update is: too high and the model forgets how to write, "
               "too low and nothing changes", minimum=1e-7, maximum=1e-1, scientific=True),
     FieldSpec("epochs", "Epochs", "How many times training reads every pair", minimum=1, maximum=100),
@@ -60,8 +86,15 @@ FIELDS = (
               minimum=1, maximum=256),
     # folded under "Advanced settings"
     *_advanced(
-        FieldSpec("loss_type", "Loss", "sigmoid is standard DPO; ipo and hinge are variants that push less hard "
-                  "on pairs already learned", choices=("sigmoid", "ipo", "hinge")),
+        FieldSpec("loss_type", "Loss", LOSS_HELP["sigmoid"], choices=LOSS_CHOICES,
+                  choice_labels=("DPO", "IPO", "Hinge", "ORPO", "SimPO", "KTO")),
+        FieldSpec("orpo_lambda", "ORPO weight (λ)", "How much the preference counts next to learning to write "
+                  "the chosen answers (0.1 is the paper's start; higher = the preference counts more)",
+                  minimum=0.001, maximum=10, step=0.05, decimals=3),
+        FieldSpec("simpo_beta", "SimPO β", "How sharply SimPO separates the two answers (2 to 2.5 is the "
+                  "paper's start)", minimum=0.01, maximum=50, step=0.1),
+        FieldSpec("simpo_gamma", "SimPO margin (γ)", "How far ahead the chosen answer must be before a pair "
+                  "counts as learned (about half of SimPO β is the paper's start)", maximum=50, step=0.1),
         FieldSpec("label_smoothing", "Label smoothing", "The share of your picks you think may be wrong "
                   "(conservative DPO; sigmoid loss only)", maximum=0.49, step=0.05),
         FieldSpec("sft_weight", "SFT weight", "Also trains the model to write the answers you chose, not only to "
@@ -147,6 +180,7 @@ class TrainSettingsForm(QWidget):
     """
 
     changed = Signal()
+    find_beta_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -155,6 +189,7 @@ class TrainSettingsForm(QWidget):
         self.touched = False
         self.editors: dict[str, QWidget] = {}
         self.help_labels: dict[str, QLabel] = {}
+        self._row_widgets: dict[str, list[QWidget]] = {}  # a field's label, editor and help line
         self._box: QVBoxLayout | None = None
 
         basic = QWidget()
@@ -165,7 +200,7 @@ class TrainSettingsForm(QWidget):
         for spec in FIELDS:
             grid = self._grids[spec.advanced]
             self._add_field(grid, rows[grid], spec)
-            rows[grid] += 2
+            rows[grid] += 3 if spec.name == "loss_type" else 2  # the loss: KTO's single-labels line too
 
         self.advanced_toggle = FoldToggle(
             "Advanced settings",
@@ -232,7 +267,9 @@ class TrainSettingsForm(QWidget):
             editor.toggled.connect(self._on_field_edited)
         elif spec.choices:
             editor = QComboBox()
-            editor.addItems(list(spec.choices))
+            for value, text in zip(spec.choices, spec.choice_labels or spec.choices, strict=True):
+                editor.addItem(text, value)
+
             editor.currentIndexChanged.connect(self._on_field_edited)
         elif kind == "str":
             editor = QLineEdit()
@@ -257,10 +294,19 @@ class TrainSettingsForm(QWidget):
         help_label.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)  # under its field
         grid.addWidget(label, row, 0)
         grid.addWidget(editor, row, 1)
-        grid.addWidget(help_label, row + 1, 0, 1, 2)
+        grid.addWidget(help_label, row + 1, 0, 1, 1 if spec.name == "beta" else 2)  # β: Find β beside it
         grid.setRowMinimumHeight(row + 1, 0)
         self.editors[spec.name] = editor
         self.help_labels[spec.name] = help_label
+        self._row_widgets[spec.name] = [label, editor, help_label]
+        if spec.name == "loss_type":  # what KTO's single labels add (set_single_labels), under the choice
+            self.single_labels_note = styled_label("", "settingHelp", wrap=True, tooltip=KTO_EXPLAINED)
+            grid.addWidget(self.single_labels_note, row + 2, 0, 1, 2)
+        if spec.name == "beta":  # measured on the person's pairs (gui/beta_search_dialog.py), under β's field
+            self.find_beta_button = button("Find β…", self.find_beta_requested.emit, name="linkButton")
+            self.find_beta_button.setToolTip("Short trainings at a few β, measured on your held-out pairs")
+            grid.addWidget(self.find_beta_button, row + 1, 1, Qt.AlignmentFlag.AlignTop)
+            self._row_widgets[spec.name].append(self.find_beta_button)
 
     # ---------------------------------------------------------------- values
 
@@ -274,7 +320,7 @@ class TrainSettingsForm(QWidget):
                 if isinstance(editor, QCheckBox):
                     editor.setChecked(bool(value))
                 elif isinstance(editor, QComboBox):
-                    editor.setCurrentIndex(max(0, editor.findText(str(value))))
+                    editor.setCurrentIndex(max(0, editor.findData(str(value))))
                 elif isinstance(editor, QLineEdit):
                     editor.setText(str(value))
                 elif isinstance(editor, QSpinBox):
@@ -283,7 +329,23 @@ class TrainSettingsForm(QWidget):
                     editor.setValue(float(value))
         finally:
             self._loading = False
+        self._show_loss_settings()
         self.changed.emit()
+
+    def _show_loss_settings(self) -> None:
+        """Only the settings the chosen loss uses are on the form (ORPO has no β, DPO no SimPO margin)."""
+        loss = self.editors["loss_type"].currentData()
+        self.help_labels["loss_type"].setText(LOSS_HELP.get(loss, ""))
+        for name, losses in LOSS_SETTINGS.items():
+            for widget in self._row_widgets[name]:
+                widget.setHidden(loss not in losses)
+        self.single_labels_note.setHidden(loss != "kto" or not self.single_labels_note.text())
+
+    def set_single_labels(self, text: str) -> None:
+        """The line shown under the loss choice while KTO is chosen: what single labels add to the chosen
+        model's pairs (``labels.single_labels_text``)."""
+        self.single_labels_note.setText(text)
+        self._show_loss_settings()
 
     def values(self) -> dict[str, object]:
         """What the editors show, by field name (not validated)."""
@@ -292,20 +354,30 @@ class TrainSettingsForm(QWidget):
             if isinstance(editor, QCheckBox):
                 values[name] = editor.isChecked()
             elif isinstance(editor, QComboBox):
-                values[name] = editor.currentText()
+                values[name] = editor.currentData()
             elif isinstance(editor, QLineEdit):
                 values[name] = editor.text().strip()
             elif isinstance(editor, QSpinBox | QDoubleSpinBox):
                 values[name] = editor.value()
         return values
 
+    def set_beta(self, beta: float) -> None:
+        """Put ``beta`` on the form, as the person's own edit (what "Use β" in Find β does)."""
+        self.editors["beta"].setValue(beta)
+
     def settings(self) -> TrainConfig:
-        """The config on the form. Raises ``TrainingError`` naming what cannot work."""
-        return self._base.replace(**self.values())
+        """The config on the form. Raises ``TrainingError`` naming what cannot work. A setting the chosen loss
+        does not use (hidden on the form) is off: label smoothing and the SFT weight belong to DPO."""
+        values = self.values()
+        for name in ("label_smoothing", "sft_weight"):
+            if values["loss_type"] not in LOSS_SETTINGS[name]:
+                values[name] = 0.0
+        return self._base.replace(**values)
 
     @Slot()
     def _on_field_edited(self, *_args: object) -> None:
         if self._loading:
             return
         self.touched = True
+        self._show_loss_settings()
         self.changed.emit()

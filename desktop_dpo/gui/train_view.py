@@ -52,6 +52,8 @@ from desktop_dpo.core.dpo.runs import (
 from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.lineage import model_lineage
 from desktop_dpo.core.store import ModelRow, RunRow
+from desktop_dpo.gui.beta_search_dialog import BetaSearchDialog, find_beta_blocker, open_find_beta
+from desktop_dpo.gui.data_check_panel import DataCheckLine
 from desktop_dpo.gui.message_banner import MessageBanner
 from desktop_dpo.gui.page_view import PageView
 from desktop_dpo.gui.template_editor import ensure_template_chosen, template_needed_message
@@ -163,6 +165,7 @@ class TrainView(PageView):
         self.banner_action = button("Resume with smaller settings", self._on_banner_action_clicked)
         self.banner.add_action(self.banner_action)
         self.warning_banner = MessageBanner()
+        self.data_check_line = DataCheckLine(self.store, self.registry, self.paths.db_path)
 
         new_card = self._build_new_run_card()
         body = QHBoxLayout()
@@ -170,7 +173,7 @@ class TrainView(PageView):
         body.addWidget(new_card)
         body.addWidget(self._build_right_side(), 1)
 
-        self._page_column(header, self.banner, self.warning_banner).addLayout(body, 1)
+        self._page_column(header, self.banner, self.warning_banner, self.data_check_line).addLayout(body, 1)
 
     def _build_right_side(self) -> QSplitter:
         """Right: the run on screen above the past runs. The view reaches their widgets by its own names."""
@@ -221,6 +224,7 @@ class TrainView(PageView):
 
         self.settings_form = TrainSettingsForm()
         self.settings_form.changed.connect(self._on_settings_changed)
+        self.settings_form.find_beta_requested.connect(self.find_beta)
         new_layout.addWidget(frameless_scroll(self.settings_form), 1)
 
         self.start_reason = styled_label("", "startReason", wrap=True)
@@ -317,7 +321,7 @@ class TrainView(PageView):
             except DesktopDpoError as exc:
                 log.warning("Could not count the pairs of model %s: %s", model.id, exc)
         self._plan_key = self._current_plan_key()
-        plan = self._plan
+        self.settings_form.set_single_labels(getattr(plan := self._plan, "single_labels", ""))  # KTO's line
         counts = plan.counts if plan is not None else PairCounts(usable=0, pairs=0)
         self.pairs_pill.setText(training_text(counts, why=False))
         self.pairs_pill.setToolTip(
@@ -356,9 +360,9 @@ class TrainView(PageView):
             return TrainConfig()
 
     def _current_plan_key(self) -> tuple[object, ...]:
-        # Only the model, the held-out share and the seed change the counts: other edits skip the query.
+        # Only the model, the held-out share, the seed and the loss (KTO's labels) change the counts.
         config = self._split_config()
-        return (self.model_combo.currentData(), config.heldout_fraction, config.seed)
+        return (self.model_combo.currentData(), config.heldout_fraction, config.seed, config.loss_type)
 
     @Slot()
     def _on_settings_changed(self) -> None:
@@ -585,6 +589,14 @@ class TrainView(PageView):
         return True
 
     @Slot()
+    def find_beta(self) -> BetaSearchDialog | None:
+        """Open Find β for the chosen model, its pairs and the form's settings; "Use β" sets the form's β."""
+        if find_beta_blocker(self.current_model(), self._plan, self.start_blocker()):
+            return None
+        release = self.pool.close_all if self.pool is not None else None
+        return open_find_beta(self, self.current_model(), self._plan, self.reference(), release)
+
+    @Slot()
     def stop(self) -> None:
         """Ask the run to stop at the next step boundary (it checkpoints there and can be resumed)."""
         if self.copy.active:
@@ -754,6 +766,11 @@ class TrainView(PageView):
         smaller = run_id is not None and not busy and self.suggested_settings(run_id) is not None
         self.runs_panel.update_actions(busy=busy, smaller=smaller)
         self.banner_action.setEnabled(not busy)
+        beta_blocker = find_beta_blocker(self.current_model(), self._plan, blocker)
+        self.settings_form.find_beta_button.setEnabled(not beta_blocker)
+        self.settings_form.find_beta_button.setToolTip(
+            beta_blocker or "Short trainings at a few β, measured on your held-out pairs"
+        )
 
     @Slot()
     def _on_registry_changed(self) -> None:

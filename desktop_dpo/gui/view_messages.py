@@ -101,8 +101,9 @@ class ViewMessages:
         retried in safe mode) stays in the banner too, in amber, so the person sees what happened.
 
         While a job of :meth:`start_job` runs, the status bar keeps the line (however long the model takes
-        to load) until the activity line moves on or the job ends; otherwise it is a timed note."""
-        self._set_activity(message)
+        to load) until the activity line moves on or the job ends; otherwise it is a timed note. A warning is
+        said once, in the banner: the activity line says only that the job goes on."""
+        self._set_activity("Carrying on (see the note above)…" if level == "warning" else message)
         if any(op.active for op in self._job_ops):
             self.status_message.emit(message)
             window = self._main_window()

@@ -41,6 +41,7 @@ JOB_DESCRIPTIONS = {
     "demo-model": "Unpacking the demo model",
     "hardware": "Gathering the diagnostics report",
     "storage": "Measuring or freeing disk space",
+    "data-check": "Checking your data",
 }
 UNKNOWN_JOB = "A background task"  # never a resource id on screen
 

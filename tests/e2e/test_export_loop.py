@@ -18,6 +18,7 @@ from desktop_dpo.core.export.pipeline import ExportFinished, ExportSettings, exp
 from desktop_dpo.core.jobs import CancelToken, run_job
 from desktop_dpo.core.models import register_model
 from desktop_dpo.core.store import Store
+from tests.conftest import record_topic_pairs, train_to_the_end
 
 TOPICS = [
     "apples",
@@ -45,24 +46,9 @@ def trained(tiny_model_dir, tmp_path_factory):
     """A completed run on the tiny HF model (a few real DPO steps), in its own database."""
     home = tmp_path_factory.mktemp("loop")
     store = Store.open(home / "db.sqlite")
-    for i, topic in enumerate(TOPICS):
-        chosen, rejected = f" Yes, gladly! {topic} are lovely.", f" No. {topic} bore me."
-        store.record_pair(
-            messages=[{"role": "user", "content": f"Tell me about {topic}."}],
-            text_a=chosen if i % 2 == 0 else rejected,
-            text_b=rejected if i % 2 == 0 else chosen,
-            verdict="a" if i % 2 == 0 else "b",
-        )
+    record_topic_pairs(store, TOPICS)
     base = register_model(store, tiny_model_dir, name="tiny-base")
-    run_id = store.create_run(
-        name="loop",
-        base_model_id=base.id,
-        config=CONFIG.to_dict(),
-        comparison_ids=[v.comparison.id for v in store.comparison_views()],
-        checkpoint_dir=str(home / "run"),
-    )
-    drive_training(store, run_id, cancel=CancelToken())
-    assert store.get_run(run_id).status == "completed"
+    run_id = train_to_the_end(store, base.id, CONFIG.to_dict(), home / "run", name="loop")
     store.close()
     return home, run_id
 

@@ -27,16 +27,16 @@ from desktop_dpo.core.chat import chat_reply
 from desktop_dpo.core.dpo.config import TrainConfig
 from desktop_dpo.core.dpo.data import pairs_from_comparisons
 from desktop_dpo.core.dpo.tokenizing import render_prompt_text, resolve_chat_template, tokenize_pair
-from desktop_dpo.core.dpo.train import drive_training
 from desktop_dpo.core.export.gguf import STOP_STRINGS_KEY, read_gguf_metadata
 from desktop_dpo.core.export.pipeline import ExportSettings, export_run, persist_export
-from desktop_dpo.core.jobs import CancelToken, run_job
+from desktop_dpo.core.jobs import run_job
 from desktop_dpo.core.llm.engine_pool import EnginePool
 from desktop_dpo.core.llm.generation import GenerationResult
 from desktop_dpo.core.llm.supervised import SupervisedLlamaEngine
 from desktop_dpo.core.models import register_model
 from desktop_dpo.core.sampling import GgufCopyMade, generation_meta, model_engine, sample_pair
 from desktop_dpo.core.store import ModelRow, Store
+from tests.conftest import train_to_the_end
 from tests.core.test_dpo_templates_oracle import QWEN25_TEMPLATE
 from tests.plugins.tiny_model import TinyChat, build_tiny_model
 
@@ -177,15 +177,9 @@ def loop(instruct_dir, tmp_path_factory):
                 verdict="b",
             )
 
-        run_id = store.create_run(
-            name="instruct",
-            base_model_id=base.id,
-            config=CONFIG.to_dict(),
-            comparison_ids=[v.comparison.id for v in store.comparison_views()],
-            checkpoint_dir=str(paths.runs_dir / "instruct"),
+        run_id = train_to_the_end(
+            store, base.id, CONFIG.to_dict(), paths.runs_dir / "instruct", name="instruct"
         )
-        drive_training(store, run_id, cancel=CancelToken())
-        assert store.get_run(run_id).status == "completed"
 
         export = ExportSettings(quantizations=("Q8_0",), destination=str(paths.exports_dir), parity=False)
         finished, _events = run_job(export_run(store, run_id, export, paths.exports_dir))

@@ -86,7 +86,8 @@ def hold_the_trainable_copy(monkeypatch) -> tuple[threading.Event, threading.Eve
 
 def cut_texts(root: QWidget) -> list[str]:
     """The texts on screen under ``root`` that do not fit: a one-line label or a button whose text is wider
-    than the room it has, a wrapping label with a word wider than its lines, a label the code shortened to fit
+    than the room it has, a label or button lower than its lines, a wrapping label with a word wider than its
+    lines, a label the code shortened to fit
     ("…", the whole text in its tooltip), a combo box, tab or table header whose text Qt shortens, or a widget
     that sticks out of its window's right edge."""
     cut = []
@@ -113,9 +114,29 @@ def cut_texts(root: QWidget) -> list[str]:
             text, room = widget.text(), widget.width() - 8  # the button's frame and padding
         if text and "<" not in text and widget.fontMetrics().horizontalAdvance(text) > room:
             cut.append(f"{type(widget).__name__} {widget.objectName()!r}: {text!r}")
+        elif _cut_at_the_bottom(widget):
+            cut.append(
+                f"{type(widget).__name__} {widget.objectName()!r} cut at its bottom: {_text_of(widget)!r}"
+            )
         elif widget.mapToGlobal(widget.rect().topRight()).x() > right_edge + 1:
             cut.append(f"{type(widget).__name__} {widget.objectName()!r} sticks out of the window")
     return cut
+
+
+def _text_of(widget: QWidget) -> str:
+    return widget.text() if isinstance(widget, (QLabel, QAbstractButton)) else ""
+
+
+def _cut_at_the_bottom(widget: QWidget) -> bool:
+    """A label or button lower than its text: a wrapping label whose lines need more height than it has, or
+    one line squeezed below the font's height."""
+    if not _text_of(widget):
+        return False
+    if isinstance(widget, QLabel) and widget.wordWrap():
+        room = widget.contentsRect()
+        margins = widget.height() - room.height()
+        return widget.heightForWidth(widget.width()) - margins > room.height() + 2
+    return widget.contentsRect().height() < widget.fontMetrics().height() - 2
 
 
 def _shortened_text(widget: QWidget) -> str:

@@ -284,6 +284,22 @@ def test_status_bar_names_a_running_job(qtbot, window, registry):
     assert finished.is_set()
 
 
+def test_a_note_in_the_status_bar_keeps_room_beside_long_job_words(qtbot, window, monkeypatch):
+    """At 1024 wide, two jobs with long names and a note: the note is readable, and whole in the tooltip."""
+    window.resize(1024, 640)
+    jobs = "Writing answers with Tiny Llama · aligned, run 1 · Q8_0 · Measuring what the app keeps"
+    monkeypatch.setattr(window, "_jobs_text", lambda: jobs)
+    window.refresh_status()
+    note = "The model crashed while loading (a segmentation fault) and now runs in safe mode."
+    bar = window.statusBar()
+    bar.showMessage(note)
+    # The note's room, left of the first label: the database's path gave way (the job words keep theirs).
+    qtbot.waitUntil(lambda: window.status_jobs.x() >= 150)
+    assert bar.toolTip() == note
+    assert window.status_jobs.toolTip() == jobs
+    assert window.status_database.text().count("…") == 1  # shortened in its middle, whole in its tooltip
+
+
 def _every_resource() -> list[str]:
     """Every resource the app starts jobs on (the constants of the modules that start them)."""
     from desktop_dpo.gui.diagnostics_dialog import HARDWARE_RESOURCE

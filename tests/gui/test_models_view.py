@@ -26,10 +26,10 @@ from desktop_dpo.gui.model_details_panel import (
     OWN_TEMPLATE_LABEL,
     human_count,
 )
-from desktop_dpo.gui.models_view import ModelsView
+from desktop_dpo.gui.models_view import COLUMNS, ModelsView
 from desktop_dpo.workers.job_worker import JobRegistry
 from tests.core.test_models import write_gguf, write_hf_folder
-from tests.gui.conftest import hold_the_trainable_copy
+from tests.gui.conftest import cut_texts, hold_the_trainable_copy
 
 WAIT_MS = 60_000  # generous: the machine is shared; nothing here asserts on time
 COPY_WAIT_MS = 300_000  # the first trainable copy imports transformers and torch
@@ -147,6 +147,27 @@ def test_adding_the_tiny_folder_and_gguf_shows_what_they_are(
     assert details["fingerprint"] == fingerprint(tiny_gguf) == gguf.fingerprint
     assert "<|assistant|>" in details["template_text"]
     assert view.copy_button.isEnabled()
+
+
+def test_in_a_small_window_names_stay_readable_and_the_details_scroll_whole(
+    qtbot, view, app_style, gui_store, tiny_model_dir, tiny_gguf
+):
+    """At 1024×640 (the page is ~790 px wide) the columns the details also show make way for the names, and
+    the details keep each line whole, scrolling when they need more height than the panel has."""
+    from desktop_dpo.gui.models_view import NAME_MIN_PX
+
+    add_and_wait(qtbot, view, tiny_model_dir, name="A model with a rather long name for a small window")
+    add_and_wait(qtbot, view, tiny_gguf)
+    view.resize(790, 580)
+    name_column = COLUMNS.index("Name")
+    qtbot.waitUntil(lambda: view.table.columnWidth(name_column) >= NAME_MIN_PX, timeout=WAIT_MS)
+    assert not view.table.horizontalScrollBar().isVisible()
+    assert view.table.isColumnHidden(COLUMNS.index("Context"))
+    assert not view.table.isColumnHidden(COLUMNS.index("Chat template"))  # what needs a choice stays
+    assert cut_texts(view) == []
+    view.resize(1700, 900)  # room again: every column is back
+    qtbot.waitUntil(lambda: not view.table.isColumnHidden(COLUMNS.index("Context")), timeout=WAIT_MS)
+    assert cut_texts(view) == []
 
 
 def test_a_base_model_is_labelled_with_the_default_template_and_its_stop_strings(

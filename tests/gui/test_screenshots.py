@@ -41,7 +41,6 @@ from PySide6.QtWidgets import QApplication, QFileDialog, QLabel, QWidget
 from desktop_dpo.config import AppPaths
 from desktop_dpo.core.dpo.config import TrainConfig
 from desktop_dpo.core.dpo.events import StepMetrics
-from desktop_dpo.core.dpo.train import drive_training
 from desktop_dpo.core.jobs import CancelToken, run_job
 from desktop_dpo.core.llm.generation import TokenEvent
 from desktop_dpo.core.models import register_model
@@ -49,6 +48,7 @@ from desktop_dpo.core.store import Store
 from desktop_dpo.gui.theme import DARK, LIGHT, current_theme, install_theme
 from desktop_dpo.workers import job_worker
 from desktop_dpo.workers.job_worker import JobRegistry
+from tests.conftest import record_topic_pairs, train_to_the_end
 from tests.gui.conftest import HOLD_S, JOB_STOP_MS, cut_texts, hold_the_trainable_copy
 
 SIZES = ((1024, 640), (1280, 800), (1920, 1080))
@@ -188,24 +188,12 @@ def finished_home(tiny_model_dir, tiny_gguf, tmp_path_factory) -> dict[str, Any]
 
     paths = home_at(tmp_path_factory.mktemp("screens"))
     with Store.open(paths.db_path, backups_dir=paths.backups_dir) as store:
-        for i, topic in enumerate(TOPICS):
-            chosen, rejected = f" Yes, gladly! {topic} are lovely.", f" No. {topic} bore me."
-            store.record_pair(
-                messages=[{"role": "user", "content": f"Tell me about {topic}."}],
-                text_a=chosen if i % 2 == 0 else rejected,
-                text_b=rejected if i % 2 == 0 else chosen,
-                verdict="a" if i % 2 == 0 else "b",
-            )
+        record_topic_pairs(store, TOPICS)
         base = register_model(store, tiny_model_dir, name="Tiny Llama")
         chat_model = register_model(store, tiny_gguf, name="Tiny Llama (GGUF)")
-        run_id = store.create_run(
-            name="Tiny Llama, first round",
-            base_model_id=base.id,
-            config=CONFIG.to_dict(),
-            comparison_ids=[v.comparison.id for v in store.comparison_views()],
-            checkpoint_dir=str(paths.runs_dir / "run-1"),
+        run_id = train_to_the_end(
+            store, base.id, CONFIG.to_dict(), paths.runs_dir / "run-1", name="Tiny Llama, first round"
         )
-        drive_training(store, run_id, cancel=CancelToken())
         settings = ExportSettings(quantizations=("Q8_0",), destination=str(paths.exports_dir))
         finished, _events = run_job(export_run(store, run_id, settings, paths.exports_dir))
         [aligned_id] = persist_export(store, finished)

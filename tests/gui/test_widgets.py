@@ -151,3 +151,30 @@ def test_a_fitted_text_box_is_as_tall_as_its_text_within_its_limits(qtbot):
     box.setPlainText("\n".join(f"line {i}" for i in range(40)))
     box.fit_to_contents()
     assert box.sizeHint().height() == 120  # long text: the upper limit, then it scrolls
+
+
+def test_a_warning_from_a_job_is_said_once_in_the_banner(qtbot):
+    """A model that crashed and is retried in safe mode: the long message in the amber banner, not again on
+    the activity line below it."""
+    from PySide6.QtCore import Signal
+
+    from desktop_dpo.gui.message_banner import MessageBanner
+    from desktop_dpo.gui.view_messages import ActivityLine, ViewMessages
+
+    class View(ViewMessages, QWidget):
+        status_message = Signal(str)
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.banner, self.activity_row = MessageBanner(), ActivityLine()
+            vbox(self.banner, self.activity_row, parent=self)
+
+    view = View()
+    qtbot.addWidget(view)
+    view.show()
+    crashed = "The model crashed while loading (a segmentation fault) and now runs in safe mode."
+    view.show_log(crashed, "warning")
+    assert view.banner.message() == crashed
+    assert crashed not in view.activity() and view.activity() != ""
+    view.show_log("Loading Tiny Llama…")  # an ordinary line goes on the activity line
+    assert view.activity() == "Loading Tiny Llama…"

@@ -35,15 +35,27 @@ class TrainingOutOfMemoryError(TrainingError):
         self.suggested = suggested
 
 
+# Losses that compare the two answers under the policy alone: no reference pass and no reference cache.
+REFERENCE_FREE_LOSS_TYPES = ("orpo", "simpo")
+LOSS_TYPES = ("sigmoid", "ipo", "hinge", "kto", *REFERENCE_FREE_LOSS_TYPES)  # kto: single labels (kto.py)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How a run trains. Stored as JSON in the run row; every field has a safe default."""
 
     # DPO
     beta: float = 0.1  # β: how strongly the policy is held near the reference (higher = smaller changes)
-    loss_type: str = "sigmoid"  # "sigmoid" (DPO), "ipo" or "hinge"; see core/dpo/loss.py
+    loss_type: str = "sigmoid"  # "sigmoid" (DPO), "ipo", "hinge" (loss.py), or "orpo", "simpo" (no reference)
     label_smoothing: float = 0.0  # assumed share of wrongly judged pairs (conservative DPO); sigmoid only
     sft_weight: float = 0.0  # weight of an SFT term on the chosen answers (RPO; TRL's "sft" loss); 0 = off
+    # reference-free losses (core/dpo/reference_free.py): no reference model at all
+    orpo_lambda: float = 0.1  # ORPO's λ: odds-ratio term weight next to the NLL (TRL's ORPOConfig.beta)
+    simpo_beta: float = 2.0  # SimPO's β, the reward scale (TRL's CPOConfig.beta)
+    simpo_gamma: float = 1.0  # SimPO's target reward margin γ (TRL's simpo_gamma; paper: γ/β ≈ 0.5)
+    # KTO (core/dpo/kto.py): weights of the desirable and undesirable answers; None = balanced for the data
+    desirable_weight: float | None = None  # λ_D
+    undesirable_weight: float | None = None  # λ_U
     # optimisation
     lr: float = 1e-4  # peak learning rate of the LoRA weights (AdamW)
     epochs: int = 2  # passes over the training pairs
@@ -99,6 +111,25 @@ class TrainConfig:
         """A copy with some fields changed (validated)."""
         return dataclasses.replace(self, **changes).validated()
 
+    def _reference_free_problems(self) -> list[str]:
+        """What cannot work in the ORPO and SimPO settings (each has its own β, and ORPO its own SFT term)."""
+        problems = []
+        if self.orpo_lambda <= 0:
+            problems.append("ORPO's λ must be positive")
+        if self.simpo_beta <= 0:
+            problems.append("SimPO's β must be positive")
+        if self.simpo_gamma < 0:
+            problems.append("SimPO's target margin γ must not be negative")
+        if self.loss_type in REFERENCE_FREE_LOSS_TYPES:
+            if self.label_smoothing:
+                problems.append(f"label smoothing applies to the sigmoid loss only, not to {self.loss_type}")
+            if self.sft_weight:
+                problems.append(
+                    f"the SFT weight applies to the DPO losses only, not to {self.loss_type}"
+                    + (" (ORPO has its own SFT term)" if self.loss_type == "orpo" else "")
+                )
+        return problems
+
     def validated(self) -> TrainConfig:
         """Self, or a :class:`TrainingError` naming the first setting that cannot work."""
         problems = []
@@ -107,8 +138,9 @@ class TrainConfig:
             value = getattr(self, item.name)
             if isinstance(value, float) and not math.isfinite(value):
                 problems.append(f"{item.name.replace('_', ' ')} must be a number, not {value}")
-        if self.loss_type not in ("sigmoid", "ipo", "hinge"):
-            problems.append(f"loss type must be sigmoid, ipo or hinge, not {self.loss_type!r}")
+        if self.loss_type not in LOSS_TYPES:
+            problems.append(f"loss type must be one of {', '.join(LOSS_TYPES)}, not {self.loss_type!r}")
+        problems += self._reference_free_problems()
         if self.scheduler not in ("cosine", "linear"):
             problems.append(f"scheduler must be cosine or linear, not {self.scheduler!r}")
         if self.quantization not in ("auto", "nf4", "none"):
@@ -128,6 +160,10 @@ class TrainConfig:
                 problems.append(f"{name.replace('_', ' ')} must be at least 1")
         if self.beta <= 0:
             problems.append("beta must be positive")
+        if any(w is not None and w <= 0 for w in (self.desirable_weight, self.undesirable_weight)):
+            problems.append("the desirable and undesirable weights must be positive")
+        if self.loss_type == "kto" and (self.label_smoothing or self.sft_weight):
+            problems.append("label smoothing and the SFT weight apply to the DPO losses only, not to kto")
         if not 0 <= self.sft_weight <= 10:
             problems.append("SFT weight must lie in [0, 10]")
         if self.lr <= 0:

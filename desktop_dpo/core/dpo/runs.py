@@ -17,6 +17,7 @@ from typing import Any
 
 from desktop_dpo.core.dpo.config import TrainConfig, TrainingError, parse_reference
 from desktop_dpo.core.dpo.data import pairs_from_comparisons, split_by_prompt
+from desktop_dpo.core.dpo.labels import count_comparison_labels, labels_from_comparisons, single_labels_text
 from desktop_dpo.core.dpo.pair_counts import PairCounts, pair_counts
 from desktop_dpo.core.model_files import find_training_folder
 from desktop_dpo.core.store import ModelRow, RunRow, Store
@@ -41,6 +42,7 @@ class RunPlan:
     heldout_pairs: int  # pairs of those prompts
     train_pairs: int  # pairs left to train on
     counts: PairCounts  # usable comparisons and training pairs, as every screen counts them (pair_counts.py)
+    single_labels: str = ""  # a KTO run: what single labels add, in a sentence (labels.single_labels_text)
 
 
 def trainable_reason(model: ModelRow) -> str | None:
@@ -57,8 +59,9 @@ def trainable_reason(model: ModelRow) -> str | None:
     )
 
 
-def model_pair_ids(store: Store, model_id: int) -> list[int]:
-    """Comparisons that give usable pairs for ``model_id``: sampled from it, or imported (model unknown).
+def model_pair_ids(store: Store, model_id: int, loss_type: str = "sigmoid") -> list[int]:
+    """Comparisons that give usable pairs for ``model_id``: sampled from it, or imported (model unknown). For a
+    ``"kto"`` run, those that give single labels too (a "both bad" pick: ``labels.py``).
 
     A pair sampled from another model says what that model wrote, not this one; imported pairs name no
     model, so they count for every model.
@@ -68,18 +71,22 @@ def model_pair_ids(store: Store, model_id: int) -> list[int]:
         for view in store.comparison_views()
         if view.model_a_id in (model_id, None) and view.model_b_id in (model_id, None)
     ]
-    return sorted({pair.comparison_id for pair in pairs_from_comparisons(views)})
+    labelled = {x.comparison_id for x in labels_from_comparisons(views)} if loss_type == "kto" else set()
+    return sorted({x.comparison_id for x in pairs_from_comparisons(views)} | labelled)
 
 
 def plan_run(store: Store, model_id: int, config: TrainConfig) -> RunPlan:
     """How a run of ``model_id`` with ``config`` would split its pairs (prompts keep a split once fixed)."""
-    ids = model_pair_ids(store, model_id)
+    ids = model_pair_ids(store, model_id, config.loss_type)
     pairs = pairs_from_comparisons(store.comparison_views(ids=ids)) if ids else []
     prompt_ids = sorted({pair.prompt_id for pair in pairs})
     existing = {pid: row.split for pid in prompt_ids if (row := store.get_prompt(pid)) and row.split}
     splits = split_by_prompt(prompt_ids, config.heldout_fraction, config.seed, existing)
     heldout = {pid for pid, split in splits.items() if split == "heldout"}
     heldout_pairs = sum(1 for pair in pairs if pair.prompt_id in heldout)
+    single_labels = ""
+    if config.loss_type == "kto" and ids:  # the same labels the run will train on
+        single_labels = single_labels_text(count_comparison_labels(store.comparison_views(ids=ids)))
     return RunPlan(
         comparison_ids=ids,
         pairs=len(pairs),
@@ -88,6 +95,7 @@ def plan_run(store: Store, model_id: int, config: TrainConfig) -> RunPlan:
         heldout_pairs=heldout_pairs,
         train_pairs=len(pairs) - heldout_pairs,
         counts=pair_counts(pairs),
+        single_labels=single_labels,
     )
 
 
@@ -111,7 +119,9 @@ def create_run_for_model(
             f"The reference model:{reference_id} is not a registered model; give the id of one in the Models "
             "view (`desktop-dpo info` counts them), or adapter_off."
         )
-    ids = list(comparison_ids) if comparison_ids is not None else model_pair_ids(store, model.id)
+    if comparison_ids is None:
+        comparison_ids = model_pair_ids(store, model.id, config.loss_type)
+    ids = list(comparison_ids)
     if not ids:
         raise TrainingError(f"{model.name} has no usable pairs yet: pick A or B in some comparisons first.")
     with store.atomic():

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from desktop_dpo.core.dpo import kto_batches
 from desktop_dpo.core.dpo.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -49,6 +50,7 @@ from desktop_dpo.core.dpo.checkpoint import (
     write_adapter,
 )
 from desktop_dpo.core.dpo.config import (
+    REFERENCE_FREE_LOSS_TYPES,
     TrainConfig,
     TrainingError,
     TrainingOutOfMemoryError,
@@ -336,7 +338,7 @@ class _Session:
 
         yield Loading("Reading the run's pairs")
         views = self.store.comparison_views(ids=self.run.comparison_ids, include_deleted=True)
-        pairs = dpo_data.pairs_from_comparisons(views)
+        pairs = kto_batches.training_texts(self.config, views)  # single labels for KTO (labels.py)
         if not pairs:
             raise TrainingError(
                 "This run has no usable pairs: pick A or B (or rewrite a response) in some comparisons, "
@@ -377,13 +379,7 @@ class _Session:
         # training renders each pair exactly as the engines rendered it when it was sampled.
         require_usable_template(self.base)
         self.chat_template = template_for(self.base, own=tokenizing.resolve_chat_template(tokenizer))
-        tokenized = tokenizing.tokenize_pairs(
-            tokenizer,
-            [*self.train_text, *self.heldout_text],
-            chat_template=self.chat_template,
-            max_length=self.config.max_length,
-            max_prompt_length=self.config.max_prompt_length,
-        )
+        tokenized, self.config = kto_batches.tokenize_run(tokenizer, self)  # KTO's weights filled in
         self.pairs = tokenized.pairs  # training pairs first, then held-out ones
         self.n_train = len(self.train_text)
         self.heldout = list(range(self.n_train, len(self.pairs)))
@@ -397,7 +393,14 @@ class _Session:
 
         Adapter off: the policy model with its adapter disabled, loaded once for both roles. A previous
         round's model: loaded alone, used, freed before the policy is loaded (never two models at once).
+        ORPO and SimPO need no reference: only the policy is prepared (no pass, no cache rows).
         """
+        if self.config.loss_type in REFERENCE_FREE_LOSS_TYPES:
+            yield Loading("Preparing the adapter")
+            self.model = attach_lora(
+                load_causal_lm(self.folder, self.quantization, self.device), self.config, self.quantization
+            )
+            return
         reference_id = parse_reference(self.run.reference)
         adapter_off = reference_id is None
         reference_row = self.base if reference_id is None else _get_model(self.store, reference_id)
@@ -571,8 +574,19 @@ class _Session:
     def _loss(
         self, batch: dict[str, torch.Tensor], indices: Sequence[int], chosen: Any, rejected: Any
     ) -> Any:
-        """DPO loss of a batch against the cached reference log-probs (plus the SFT term when it is on)."""
+        """DPO loss of a batch against the cached reference log-probs (plus the SFT term when it is on); ORPO
+        and SimPO from the policy alone (``reference_free.py``; ORPO's batch from :meth:`_scored`)."""
         import torch
+
+        if self.config.loss_type == "kto":  # "rejected" holds the mismatched answers (kto_batches.py)
+            return kto_batches.session_kto_loss(self, indices, chosen, rejected)
+        if self.config.loss_type in REFERENCE_FREE_LOSS_TYPES:
+            from desktop_dpo.core.dpo.reference_free import reference_free_outputs
+
+            beta = self.config.orpo_lambda if self.config.loss_type == "orpo" else self.config.simpo_beta
+            return reference_free_outputs(
+                self.config.loss_type, (chosen, rejected), batch, beta=beta, gamma=self.config.simpo_gamma
+            )
 
         from desktop_dpo.core.dpo.batches import response_lengths
         from desktop_dpo.core.dpo.loss import preference_loss, with_sft_term
@@ -620,6 +634,7 @@ class _Session:
         import torch
 
         from desktop_dpo.core.dpo.batches import batch_tokens, collate_for, length_batches, to_device
+        from desktop_dpo.core.dpo.reference_free import scored_batch
 
         self.model.train()
         outputs, chosen_logps, rejected_logps, tokens = [], [], [], 0
@@ -627,13 +642,14 @@ class _Session:
             pairs = [self.pairs[i] for i in batch_indices]
             batch = to_device(collate_for(self.model, pairs, self.pad_id), self.device)
             tokens += batch_tokens(batch)
+            batch = scored_batch(batch, self.config.loss_type)  # ORPO scores the prompt tokens too
             chosen, rejected = _policy_logps(self.model, batch)
             output = self._loss(batch, batch_indices, chosen, rejected)
             # Sum over pairs ÷ pairs in the step: the gradient of one batch holding all of them.
             (output.losses.sum() / len(indices)).backward()
             outputs.append(output)
-            chosen_logps.append(chosen.detach())
-            rejected_logps.append(rejected.detach())
+            chosen_logps.append(chosen[: len(pairs)].detach())  # ORPO's scored batch adds prompt sums after
+            rejected_logps.append(rejected[: len(pairs)].detach())
         merged = type(outputs[0])(*(torch.cat(parts) for parts in zip(*outputs, strict=True)))
         return {
             "output": merged,
@@ -655,9 +671,10 @@ class _Session:
         self.scheduler.step()
 
     def step_metrics(self, result: dict[str, Any], epoch: float, seconds: float, eta: float) -> StepMetrics:
+        from desktop_dpo.core.dpo.kto import kto_metrics
         from desktop_dpo.core.dpo.loss import dpo_metrics
 
-        metrics = dpo_metrics(
+        metrics = (kto_metrics if self.config.loss_type == "kto" else dpo_metrics)(
             result["output"],
             policy_chosen_logps=result["chosen_logps"],
             policy_rejected_logps=result["rejected_logps"],
@@ -685,6 +702,7 @@ class _Session:
 
         from desktop_dpo.core.dpo.batches import collate_for, length_batches, to_device
         from desktop_dpo.core.dpo.logps import sequence_logps
+        from desktop_dpo.core.dpo.reference_free import scored_batch
 
         if not self.heldout:
             return None
@@ -694,7 +712,10 @@ class _Session:
             for batch_indices in length_batches(self.heldout, self.pairs, self.config.batch_size * 2):
                 pairs = [self.pairs[i] for i in batch_indices]
                 batch = to_device(collate_for(self.model, pairs, self.pad_id), self.device)
+                batch = scored_batch(batch, self.config.loss_type)
                 outputs.append(self._loss(batch, batch_indices, *sequence_logps(self.model, batch)))
+        if self.config.loss_type == "kto":
+            return kto_batches.heldout_metrics(outputs, step=self.step, examples=len(self.heldout))
         losses = torch.cat([o.losses for o in outputs]).float()
         chosen = torch.cat([o.chosen_rewards for o in outputs]).float()
         rejected = torch.cat([o.rejected_rewards for o in outputs]).float()

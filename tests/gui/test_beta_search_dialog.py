@@ -1,0 +1,79 @@
+"""Find β (``gui/beta_search_dialog.py``): progress while it runs, results as a plot and a table, a
+recommendation in words, and "Use β" puts that β on the Train view's form."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from desktop_dpo.core.models.registration import register_model
+from desktop_dpo.gui.beta_search_dialog import BetaSearchDialog
+from desktop_dpo.gui.train_settings_form import TrainSettingsForm
+from tests.core.test_train import BASE, add_pairs
+
+pytestmark = pytest.mark.usefixtures("app_style")
+SCREENSHOT = os.environ.get("DESKTOP_DPO_FIND_BETA_SHOT", "")  # where to save the finished dialog, if set
+
+
+def test_find_beta_shows_progress_results_and_a_recommendation_and_sets_the_form(
+    qtbot, gui_store, registry, app_home, tiny_model_dir
+):
+    add_pairs(gui_store)
+    model = register_model(gui_store, tiny_model_dir, name="tiny")
+    ids = [v.comparison.id for v in gui_store.comparison_views()]
+    form = TrainSettingsForm()
+    qtbot.addWidget(form)
+    form.set_settings(BASE)
+    assert form.help_labels["beta"].text().startswith("How far the model may move from where it started")
+    assert form.find_beta_button.text() == "Find β…"
+    dialog = BetaSearchDialog(registry, app_home.db_path, model, ids, BASE, betas=(0.03, 0.3, 1.0), steps=6)
+    dialog.beta_chosen.connect(form.set_beta)
+    qtbot.addWidget(dialog)
+    dialog.show()
+    assert not dialog.use_button.isEnabled() and dialog.table.rowCount() == 0
+
+    dialog.start_button.click()
+
+    assert dialog.progress.isVisible() and dialog.stop_button.isEnabled()
+    assert not dialog.start_button.isEnabled()
+    qtbot.waitUntil(lambda: "β = 0.03: step" in dialog.status.text(), timeout=60_000)
+    qtbot.waitUntil(lambda: dialog.table.rowCount() == 1, timeout=60_000)  # a row as each β is done
+    qtbot.waitUntil(lambda: dialog.recommendation.isVisible(), timeout=60_000)
+
+    assert not dialog.progress.isVisible() and not dialog.stop_button.isEnabled()
+    assert dialog.status.text() == "Done: 3 short trainings, measured on 9 held-out pairs."
+    cells = [[dialog.table.item(r, c).text() for c in range(3)] for r in range(3)]
+    assert [row[0] for row in cells] == ["0.03", "0.3", "1  (recommended)"]
+    assert all(row[1].endswith("%") and float(row[2]) > 0 for row in cells)
+    assert dialog.recommendation.text().startswith("Use β = 1: it ranked 100% of the held-out pairs right")
+    assert "moving the model least from where it started" in dialog.recommendation.text()
+    assert len(dialog.points.data) == 3 and len(dialog.pick_point.data) == 1  # the plot, the pick ringed
+    assert dialog.use_button.text() == "Use β = 1" and dialog.use_button.isEnabled()
+    if SCREENSHOT:
+        dialog.grab().save(SCREENSHOT)
+
+    dialog.table.selectRow(1)  # the person may prefer another row
+    assert dialog.use_button.text() == "Use β = 0.3"
+    dialog.use_button.click()
+
+    assert form.settings().beta == pytest.approx(0.3) and form.touched
+    assert not dialog.isVisible()
+
+
+def test_stop_keeps_what_was_measured_and_says_so(qtbot, gui_store, registry, app_home, tiny_model_dir):
+    add_pairs(gui_store)
+    model = register_model(gui_store, tiny_model_dir, name="tiny")
+    ids = [v.comparison.id for v in gui_store.comparison_views()]
+    dialog = BetaSearchDialog(registry, app_home.db_path, model, ids, BASE, betas=(0.1, 1.0), steps=400)
+    qtbot.addWidget(dialog)
+    dialog.show()
+    dialog.start_button.click()
+    qtbot.waitUntil(lambda: "step 2 of 400" in dialog.status.text(), timeout=60_000)
+
+    dialog.stop_button.click()
+
+    assert dialog.status.text() == "Stopping…"
+    qtbot.waitUntil(lambda: dialog.start_button.isEnabled(), timeout=60_000)
+    assert dialog.status.text() == "Stopped. Start again to measure every β."
+    assert dialog.table.rowCount() == 0 and not dialog.use_button.isEnabled()
