@@ -7,8 +7,9 @@ one, or when it has no finished run yet, the script first runs ``desktop-dpo dem
 bundled Gemma 3 270M demo model, real sampling, real training steps, a real export and a blind evaluation
 (a few minutes on two cores). Then it opens the app's real main window on that home, and for each view
 does what a person would before looking (samples a pair in Collect, sends a message in Chat, asks for an
-evaluation pair, selects the newest run and export) and saves ``<view>.png``; Collect, Train and Chat are
-shot once more in the dark scheme (``<view>-dark.png``).
+evaluation pair, selects the newest run and export) and saves ``<view>.png``, the data check
+(``data-check.png``) and, with ``--find-beta``, Find β after its short trainings (``find-beta.png``); Collect, Train
+and Chat are shot once more in the dark scheme (``<view>-dark.png``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 SIZE = (1280, 820)
 DARK_VIEWS = ("collect", "train", "chat")  # also shot in the dark scheme (<view>-dark.png)
 WAIT_S = 600.0
+FIND_BETA_WAIT_S = 3600.0  # 4 × 16 steps of the demo model: over 10 minutes on two CPU cores
 
 
 def _wait(app, done: Callable[[], bool], timeout_s: float = WAIT_S) -> None:
@@ -56,16 +58,20 @@ def _ensure_content(home: Path) -> None:
     subprocess.run(command, check=True)
 
 
-def take_screenshots(home: Path, out: Path) -> list[Path]:
-    """Open the main window on ``home`` and save one PNG per view into ``out``."""
+def take_screenshots(home: Path, out: Path, *, find_beta: bool = False) -> list[Path]:
+    """Open the main window on ``home`` and save one PNG per view into ``out`` (and the data check; and Find β
+    when ``find_beta``)."""
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from desktop_dpo.core.offline import lock_down
 
     lock_down()
+    from PySide6.QtWidgets import QWidget
+
     from desktop_dpo.app import create_application
     from desktop_dpo.config import HOME_ENV, AppPaths
     from desktop_dpo.core.llm.engine_pool import EnginePool
     from desktop_dpo.core.store import Store
+    from desktop_dpo.gui.beta_search_dialog import find_beta_blocker
     from desktop_dpo.gui.main_window import MainWindow
     from desktop_dpo.gui.theme import current_theme
     from desktop_dpo.workers.job_worker import JobRegistry
@@ -83,12 +89,15 @@ def take_screenshots(home: Path, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     saved: list[Path] = []
 
-    def shoot(key: str) -> None:
+    def shoot_widget(widget: QWidget, key: str) -> None:
         _wait(app, lambda: True)
         path = out / f"{key}.png"
-        window.grab().save(str(path))
+        widget.grab().save(str(path))
         saved.append(path)
         print(f"saved {path}", file=sys.stderr)
+
+    def shoot(key: str) -> None:
+        shoot_widget(window, key)
 
     try:
         demo = next((m for m in store.list_models() if m.source == "demo"), None) or store.default_model()
@@ -115,6 +124,17 @@ def take_screenshots(home: Path, out: Path) -> list[Path]:
         if runs:
             train.select_run(runs[-1].id)
         shoot("train")
+        if find_beta:  # short trainings at four β on the demo's pairs: minutes on a CPU
+            if demo is not None:
+                train.set_model(demo.id)
+            _wait(app, lambda: train.preset is not None)  # Start (and Find β) wait for the device preset
+            print(f"Find β: {find_beta_blocker(train.current_model(), train._plan, train.start_blocker()) or 'ready'}",
+                  file=sys.stderr)  # fmt: skip
+            dialog = train.find_beta()
+            if dialog is not None and dialog.start():
+                _wait(app, lambda: not dialog.running(), timeout_s=FIND_BETA_WAIT_S)
+                shoot_widget(dialog, "find-beta")
+                dialog.close()
 
         window.show_view("export")
         export = window.view("export")
@@ -152,6 +172,9 @@ def take_screenshots(home: Path, out: Path) -> list[Path]:
         if data.table.model().rowCount():
             data.table.selectRow(0)
         shoot("data")
+        data.open_check()
+        _wait(app, lambda: not registry.is_busy("data-check:data"))
+        shoot("data-check")
 
         window.show_view("storage")  # scans when first shown
         _wait(app, lambda: True)
@@ -176,10 +199,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, help="an app home with real work in it (default: a fresh one)")
     parser.add_argument("--out", type=Path, default=REPO / "resources" / "screenshots")
+    parser.add_argument("--find-beta", action="store_true", help="also run Find β (minutes) and shoot it")
     args = parser.parse_args()
     home = args.home or Path(tempfile.mkdtemp(prefix="desktop-dpo-screenshots-"))
     _ensure_content(home.resolve())
-    paths = take_screenshots(home.resolve(), args.out.resolve())
+    paths = take_screenshots(home.resolve(), args.out.resolve(), find_beta=args.find_beta)
     print(f"{len(paths)} screenshots in {args.out}")
 
 

@@ -52,6 +52,7 @@ SCRIPT_FILE = "train_dpo.py"
 ACCELERATE_FILE = "accelerate_config.yaml"
 README_FILE = "README.md"
 MANIFEST_FILE = "desktop_dpo_export.json"
+DPO_TRAINER_LOSSES = ("sigmoid", "ipo", "hinge")  # the losses the exported DPOTrainer script can train
 TEMPLATE_FILE = "chat_template.jinja"  # the template the script trains with (the model's in desktop-dpo)
 # Written by train_dpo.py next to the adapter: the settings it trained with and the pairs (from the manifest).
 TRAINING_FILE = "desktop_dpo_training.json"
@@ -135,6 +136,11 @@ def export_trl(
             app keeps in its folders; nothing was written and no split was recorded.
     """
     config = (config or TrainConfig()).validated()
+    if config.loss_type not in DPO_TRAINER_LOSSES:
+        raise ClusterError(
+            f"The cluster export writes a script for TRL's DPOTrainer, which has no {config.loss_type.upper()} "
+            "loss: choose DPO, IPO or hinge for a run to train elsewhere."
+        )
     folder = Path(folder).expanduser().absolute()
     # Every file first, before the splits are recorded or an old held-out file is removed: a refused
     # export changes nothing.

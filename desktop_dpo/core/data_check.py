@@ -25,6 +25,10 @@ The rules, chosen to be cheap (one pass and a few dictionaries, linear in the da
 - **Prompts with a single pair.** Prompts with exactly one usable pair (A or B better, or a rewrite): a
   suggestion, not a problem (``Finding.suggestion``).
 - Identical answers are left out of the bias counts: neither is longer, and neither could really win.
+- **Agreement with yourself.** Re-asked pairs (``core/reask.py``) are left out of every rule above (a
+  repeat is the same pair on purpose) and counted on their own: how often the second verdict matched the
+  first, with its Wilson interval. Below :data:`~desktop_dpo.core.reask.LOW_AGREEMENT` over enough repeats,
+  a finding suggests cDPO label smoothing of the ε that agreement implies (``reask.suggested_smoothing``).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from desktop_dpo.core.jobs import CancelToken, Job, Progress
+from desktop_dpo.core.reask import repeat_agreement, suggested_smoothing
 from desktop_dpo.core.store import ComparisonView
 from desktop_dpo.core.wording import plural
 
@@ -109,6 +114,8 @@ class DataCheck:
     findings: tuple[Finding, ...] = ()
     position: Rate | None = None  # how often the left answer won (None: no pair decided side by side)
     length: Rate | None = None  # how often the longer answer won (None: no decided pair of unequal lengths)
+    agreement: Rate | None = None  # re-asked pairs given the same verdict again (None: none re-asked yet)
+    label_smoothing: float | None = None  # the smoothing suggested for a low agreement (None: none)
     problems: tuple[Finding, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -353,9 +360,42 @@ def _single_pair_prompts(pairs: Sequence[_Pair]) -> Finding | None:
     )
 
 
+def agreement_text(measured: Rate) -> str:
+    """E.g. ``You agreed with yourself on 17 of 20 repeated pairs (85%; 95% interval 64–95%).``"""
+    what = "repeated pair" if measured.total == 1 else "repeated pairs"
+    return (
+        f"You agreed with yourself on {measured.hits} of {measured.total} {what} ({measured.share:.0%}; "
+        f"95% interval {measured.low * 100:.0f}–{measured.high * 100:.0f}%)."
+    )
+
+
+def _agreement(views: Sequence[ComparisonView]) -> tuple[Rate | None, float | None, Finding | None]:
+    """The agreement on re-asked pairs, the label smoothing it suggests, and the finding when it is low."""
+    agreement = repeat_agreement(views)
+    if not agreement.total:
+        return None, None, None
+    measured = rate(agreement.agreed, agreement.total)
+    smoothing = suggested_smoothing(agreement.agreed, agreement.total)
+    if smoothing is None:
+        return measured, None, None
+    finding = Finding(
+        "low_agreement",
+        "Your verdicts on repeated pairs often differ",
+        f"Now and then Collect shows an earlier pair again, sides swapped. {agreement_text(measured)} "
+        f"That is as if about {smoothing:.0%} of your picks were flipped by chance: train with label "
+        f"smoothing {smoothing:.2f} so the model trusts each pick a little less, and look again at the "
+        f"{plural(len(agreement.disagreeing_ids), 'comparison')} where your two verdicts differ.",
+        agreement.disagreeing_ids,
+    )
+    return measured, smoothing, finding
+
+
 def check_views(views: Sequence[ComparisonView]) -> DataCheck:
     """Check these comparisons (deleted ones should be left out by the caller)."""
-    live = [_Pair(view) for view in views if not view.comparison.deleted]
+    agreement, smoothing, agreement_finding = _agreement(views)
+    live = [
+        _Pair(view) for view in views if not view.comparison.deleted and view.comparison.repeat_of is None
+    ]
     decided = [pair for pair in live if pair.verdict in DECIDED and not pair.identical]
     same_pair = {finding.key: finding for finding in _same_pair_findings(live)}
     position, position_finding = _position_bias(decided)
@@ -367,10 +407,18 @@ def check_views(views: Sequence[ComparisonView]) -> DataCheck:
         same_pair.get("near_duplicates"),
         position_finding,
         length_finding,
+        agreement_finding,
         _single_pair_prompts(live),
     )
     findings = tuple(finding for finding in ordered if finding is not None)
-    return DataCheck(checked=len(live), findings=findings, position=position, length=length)
+    return DataCheck(
+        checked=len(live),
+        findings=findings,
+        position=position,
+        length=length,
+        agreement=agreement,
+        label_smoothing=smoothing,
+    )
 
 
 def check_data(store: ComparisonSource) -> DataCheck:

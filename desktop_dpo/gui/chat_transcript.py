@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
-from PySide6.QtCore import QPoint
+from PySide6.QtCore import QPoint, Signal
 from PySide6.QtGui import (
     QColor,
     QFont,
@@ -50,6 +50,8 @@ class ChatTranscript(QTextEdit):
     ``compact``: tighter bubbles with the header on the text's first line, for a transcript that shares the
     screen with other work (the earlier turns of a conversation in Collect).
     """
+
+    messages_changed = Signal()  # a message was added, removed or finished, or the transcript emptied
 
     def __init__(self, parent: QWidget | None = None, *, compact: bool = False):
         super().__init__(parent)
@@ -171,6 +173,7 @@ class ChatTranscript(QTextEdit):
             cursor.insertBlock(QTextBlockFormat(), self._note_format())
             cursor.insertText(note, self._note_format())
         self._follow(following)
+        self.messages_changed.emit()
 
     def begin_reply(self, header: str) -> None:
         """Open the block of a reply that will stream in."""
@@ -179,6 +182,7 @@ class ChatTranscript(QTextEdit):
         self._reply_text = []
         self._reply_header = header
         self._follow(following)
+        self.messages_changed.emit()
 
     def append_to_reply(self, text: str) -> None:
         """Add streamed text to the reply being written (one insertion; the rest of the document stays)."""
@@ -205,6 +209,7 @@ class ChatTranscript(QTextEdit):
             self._reply.insertBlock(QTextBlockFormat(), self._note_format())
             self._reply.insertText(note, self._note_format())
         self._reply = None
+        self.messages_changed.emit()
 
     def reply_text(self) -> str:
         """What has streamed into the reply being written ("" when none)."""
@@ -222,6 +227,7 @@ class ChatTranscript(QTextEdit):
         self._remove_from(self._starts.pop())
         self._reply = None
         self._reply_text = []
+        self.messages_changed.emit()
 
     def _remove_from(self, start: int) -> None:
         cursor = QTextCursor(self.document())
@@ -235,6 +241,7 @@ class ChatTranscript(QTextEdit):
         self._starts = []
         self._reply = None
         self._reply_text = []
+        self.messages_changed.emit()
 
     def message_count(self) -> int:
         """Blocks shown (a reply being written included)."""

@@ -51,6 +51,7 @@ from desktop_dpo.core.store import MessageRow, ModelRow, Store
 from desktop_dpo.core.wording import plural
 from desktop_dpo.gui import widgets
 from desktop_dpo.gui.chat_conversation_list import RENAME_SHORTCUT, ConversationList
+from desktop_dpo.gui.chat_reply_thumbs import ReplyThumbs
 from desktop_dpo.gui.chat_system_prompt import SystemPromptEditor
 from desktop_dpo.gui.chat_transcript import ChatTranscript
 from desktop_dpo.gui.message_banner import MessageBanner
@@ -240,6 +241,8 @@ class ChatView(SingleModelView):
         self.transcript = ChatTranscript()
         self.transcript.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.transcript.customContextMenuRequested.connect(self._on_transcript_menu_requested)
+        self.reply_thumbs = ReplyThumbs(self.transcript, lambda: self.store)  # 👍/👎 on each reply
+        self.reply_thumbs.failed.connect(self.show_error)
         self.empty_state = QFrame()
         self.empty_state.setObjectName("chatEmpty")
         self.empty_title = QLabel(EMPTY_TITLE)
@@ -384,6 +387,7 @@ class ChatView(SingleModelView):
         self._conversation_id = None
         self._messages = []
         self.transcript.clear_messages()
+        self.reply_thumbs.show_for([])
         self.conversation_panel.select(None)
         self.clear_error()
         self._set_activity("")
@@ -423,6 +427,7 @@ class ChatView(SingleModelView):
         for message in self._messages:
             if message.role != "system":  # the system prompt is shown in its editor
                 self.transcript.add_message(message.role, message.content, _header(message), _note(message))
+        self.reply_thumbs.show_for(self._turn_messages())
         self._show_page()
         bar = self.transcript.verticalScrollBar()
         bar.setValue(bar.maximum())
@@ -706,6 +711,7 @@ class ChatView(SingleModelView):
         tokens = result.completion_tokens
         self.transcript.finish_reply(text, note=f"Stopped after {plural(tokens, 'token')}" if stopped else "")
         self._messages = self.store.conversation_messages(reply.conversation_id)
+        self.reply_thumbs.show_for(self._turn_messages())
         self._set_activity(describe_reply(result))
         self.notify("Reply stopped; the text so far was saved." if stopped else "Reply saved.")
         self.refresh_conversations()

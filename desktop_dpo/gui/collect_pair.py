@@ -49,6 +49,7 @@ class ShownPair:
     results: list[GenerationResult | None] = field(default_factory=lambda: [None, None])
     edit: tuple[int, str] | None = None  # (generation, the person's rewrite of it)
     generation_ids: tuple[int, int] | None = None  # rows already stored (a pair brought back by undo)
+    repeat_of: int | None = None  # an earlier pair shown again, sides swapped (core/reask.py): its comparison
 
     def generation_on(self, side: int) -> int:
         """The generation shown on screen side ``side`` (0 left, 1 right)."""

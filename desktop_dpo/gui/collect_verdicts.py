@@ -30,7 +30,7 @@ def save_verdict(store: Store, pair: ShownPair, choice: str) -> SavedVerdict:
 
     results = [r for r in pair.results if r is not None]
     with store.atomic():
-        if pair.generation_ids is not None:  # brought back by undo: its generations are stored
+        if pair.generation_ids is not None:  # brought back by undo, or re-asked: its generations are stored
             prompt_id = store.add_prompt(pair.messages, source="collect")
             comparison_id = store.add_comparison(
                 prompt_id=prompt_id,
@@ -40,6 +40,7 @@ def save_verdict(store: Store, pair: ShownPair, choice: str) -> SavedVerdict:
                 a_shown_left=pair.a_shown_left,
                 edited_text=edited_text,
                 edited_side=edited_side,
+                repeat_of=pair.repeat_of,
             )
         else:
             comparison_id = store.record_pair(

@@ -49,6 +49,7 @@ from desktop_dpo.core.prompt_files import read_prompt_file
 from desktop_dpo.core.store import ModelRow, Store
 from desktop_dpo.core.wording import plural
 from desktop_dpo.gui import widgets
+from desktop_dpo.gui.collect_own_answer import OwnAnswer
 from desktop_dpo.gui.collect_pair import (
     CHOICES,
     SavedVerdict,
@@ -59,6 +60,7 @@ from desktop_dpo.gui.collect_pair import (
     verdict_for,  # noqa: F401 (imported from here too)
 )
 from desktop_dpo.gui.collect_prompt_editor import CollectPromptEditor
+from desktop_dpo.gui.collect_reask import Reasker
 from desktop_dpo.gui.collect_verdict_bar import CHOICE_LABELS, VERDICT_SHORTCUTS, VerdictBar, undo_keys
 from desktop_dpo.gui.collect_verdicts import save_verdict, undo_verdict
 from desktop_dpo.gui.model_work_view import STOP_SHORTCUT, SingleModelView
@@ -110,6 +112,7 @@ class CollectView(SingleModelView):
 
         self._model: ModelRow | None = None
         self._pair: ShownPair | None = None
+        self.reasker = Reasker()  # now and then an earlier pair again, sides swapped (collect_reask.py)
         self._last_saved: SavedVerdict | None = None
         self._continuable = False  # the last verdict can still continue the conversation
         self._continued = False  # ... and it no longer can because it did
@@ -192,7 +195,9 @@ class CollectView(SingleModelView):
         )
         # The queue's buttons sit with its count in the page header, so the card keeps its height for the
         # conversation and the answers get theirs.
-        for widget in (self.queue_label, self.load_prompts_button, self.next_prompt_button, self.pairs_label):
+        self.own_answer = OwnAnswer(self)  # "Write my own answer…" (collect_own_answer.py)
+        queue = (self.queue_label, self.load_prompts_button, self.next_prompt_button)
+        for widget in (*queue, self.own_answer.button, self.pairs_label):
             header.addWidget(widget, 0, Qt.AlignmentFlag.AlignTop)
 
         self.sampling_panel = SamplingSettingsPanel()
@@ -489,6 +494,8 @@ class CollectView(SingleModelView):
             model_b = self._with_template(model_b)
             if model_b is None:
                 return False
+        if (repeat := self.reasker.repeat_now(self.store, model_a.id, self.prompt_editor)) is not None:
+            return self._show_repeat(repeat)
         messages = self.prompt_messages()
         settings = self.sampling_panel.settings()
         pool, paths = self.pool, self.paths
@@ -527,6 +534,17 @@ class CollectView(SingleModelView):
         self._update_actions()
         self.pair_started.emit()
         self._bring_into_view(self.verdict_bar)  # a short window: the answers and the verdicts come up
+        return True
+
+    def _show_repeat(self, pair: ShownPair) -> bool:
+        """An earlier pair again, sides swapped, shown as a new pair is once written (nothing says so)."""
+        self._last_saved, self._continuable, self._pair = None, False, pair
+        self.clear_error()
+        self.feedback.clear()
+        self._show_pair(pair)
+        self._on_sample_succeeded(None)  # "Which answer is better? …"
+        self.pair_started.emit()
+        self._bring_into_view(self.verdict_bar)
         return True
 
     def _pane_for(self, generation: int) -> ResponsePane:
@@ -604,8 +622,10 @@ class CollectView(SingleModelView):
         except DesktopDpoError as exc:
             self.show_error(f"The verdict was not saved: {exc}")
             return None
-        self._continuable, self._continued = True, False
+        self._continuable, self._continued = pair.repeat_of is None, False
         self._pair = None
+        if pair.repeat_of is not None:
+            self.reasker.restore(self.prompt_editor)  # the person's own prompt back in the editor
         self.prompt_editor.clear_undo()  # Ctrl+Z now undoes this verdict rather than the typing before it
         chosen_side = {"left": 0, "right": 1}.get(choice)
         for pane in self.panes:
@@ -745,6 +765,7 @@ class CollectView(SingleModelView):
         self.model_combo.setEnabled(not streaming)
         self.model_b_combo.setEnabled(not streaming)
         self.other_model_check.setEnabled(not streaming and self.model_b_combo.count() > 1)
+        self.own_answer.update_enabled()
 
     # ---------------------------------------------------------------- settings
 

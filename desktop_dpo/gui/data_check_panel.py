@@ -7,6 +7,9 @@ without a job registry (a bare host) it runs at once on the given store.
 - :class:`DataCheckPanel` (Data view): what the check found, each finding in plain words with what to do
   and a "Show in the table" button, which filters the table to the finding's comparisons; "Show all
   comparisons" goes back.
+- The agreement on re-asked pairs is a line under the rates; when it is low, its finding has a button that
+  sets the label smoothing it suggests in Train's advanced settings (``label_smoothing_chosen``, wired by the
+  main window to :func:`use_label_smoothing`).
 - :class:`DataCheckLine` (Train view): "2 findings in your data: see Data ▸ Check my data", with a button
   that opens the panel; hidden when the check finds no problem (a suggestion is no problem).
 """
@@ -14,12 +17,13 @@ without a job registry (a bare host) it runs at once on the given store.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QResizeEvent, QShowEvent
 from PySide6.QtWidgets import QFrame, QPushButton, QScrollArea, QVBoxLayout, QWidget
 
-from desktop_dpo.core.data_check import DataCheck, Finding, Rate, check_data, data_check_job
+from desktop_dpo.core.data_check import DataCheck, Finding, Rate, agreement_text, check_data, data_check_job
 from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.store import Store
 from desktop_dpo.core.wording import plural
@@ -36,6 +40,9 @@ from desktop_dpo.gui.widgets import (
 )
 from desktop_dpo.workers.job_op import JobOp
 from desktop_dpo.workers.job_worker import JobRegistry
+
+if TYPE_CHECKING:
+    from desktop_dpo.core.dpo.config import TrainConfig
 
 CHECK_RESOURCE = "data-check"  # one per asker: "data-check:data", "data-check:train"
 CHECK_WORDS = "Checking your data"
@@ -136,7 +143,36 @@ def rates_text(check: DataCheck) -> str:
     if check.length is not None:
         parts.append(f"the longer answer won {_rate_words(check.length, 'decided pair', 'decided pairs')}")
     text = "; ".join(parts)
-    return text[:1].upper() + text[1:] + "." if text else ""
+    text = text[:1].upper() + text[1:] + "." if text else ""
+    if check.agreement is not None:  # how consistent the person's own verdicts are (re-asked pairs)
+        text = f"{text} {agreement_text(check.agreement)}".strip()
+    return text
+
+
+class SettingsHost(Protocol):
+    """What :func:`use_label_smoothing` needs of the Train view."""
+
+    def settings(self) -> TrainConfig: ...
+
+    def set_settings(self, config: TrainConfig) -> None: ...
+
+
+def use_label_smoothing(train: SettingsHost, smoothing: float) -> str:
+    """Set ``smoothing`` as the label smoothing on the Train view's form; returns what to tell the person.
+
+    Label smoothing is the sigmoid (DPO) loss's (cDPO): another loss is switched to it, and the message
+    says so.
+    """
+    config = train.settings()
+    switched = config.loss_type != "sigmoid"
+    train.set_settings(config.replace(loss_type="sigmoid", label_smoothing=smoothing))
+    form = getattr(train, "settings_form", None)
+    toggle = getattr(form, "advanced_toggle", None)
+    if toggle is not None:
+        toggle.setChecked(True)  # unfolded: the person sees the value set
+    return f"Label smoothing set to {smoothing:.2f} in Train ▸ Advanced settings" + (
+        " (with the DPO loss: label smoothing belongs to it)." if switched else "."
+    )
 
 
 def _rate_words(measured: Rate, one: str, many: str) -> str:
@@ -152,11 +188,13 @@ class FindingRow(QFrame):
 
     Signals:
         chosen(Finding): the person asked to see the finding's comparisons.
+        smoothing_chosen(float): the person asked to train with the label smoothing a low agreement suggests.
     """
 
     chosen = Signal(object)
+    smoothing_chosen = Signal(float)
 
-    def __init__(self, finding: Finding, parent: QWidget | None = None):
+    def __init__(self, finding: Finding, parent: QWidget | None = None, *, smoothing: float | None = None):
         super().__init__(parent)
         self.setObjectName("dataFinding")
         self.finding = finding
@@ -170,8 +208,16 @@ class FindingRow(QFrame):
             tooltip=f"List only {'this comparison' if finding.count == 1 else f'these {finding.count} comparisons'} "
             "in the table below",
         )
+        self.smoothing_button: QPushButton | None = None
+        if smoothing is not None:
+            self.smoothing_button = button(
+                f"Train with label smoothing {smoothing:.2f}",
+                lambda: self.smoothing_chosen.emit(smoothing),
+                tooltip="Set it in Train ▸ Advanced settings (with the DPO loss) and go to Train",
+            )
+        actions = [self.smoothing_button] if self.smoothing_button is not None else []
         vbox(
-            hbox(self.title, self.size_label, STRETCH, self.show_button, spacing=8),
+            hbox(self.title, self.size_label, STRETCH, *actions, self.show_button, spacing=8),
             self.advice,
             parent=self,
             margins=(10, 6, 10, 8),
@@ -190,8 +236,10 @@ class DataCheckPanel(QFrame):
         finding_chosen(Finding): show only this finding's comparisons.
         show_all_requested(): show every comparison again.
         closed(): the person closed the panel (the view shows every comparison again).
+        label_smoothing_chosen(float): train with this label smoothing (a low agreement's suggestion).
     """
 
+    label_smoothing_chosen = Signal(float)
     finding_chosen = Signal(object)
     show_all_requested = Signal()
     closed = Signal()
@@ -301,8 +349,10 @@ class DataCheckPanel(QFrame):
             row.deleteLater()
         self.rows = []
         for finding in check.findings:
-            row = FindingRow(finding, self.findings_box)
+            smoothing = check.label_smoothing if finding.key == "low_agreement" else None
+            row = FindingRow(finding, self.findings_box, smoothing=smoothing)
             row.chosen.connect(self._on_row_chosen)
+            row.smoothing_chosen.connect(self.label_smoothing_chosen)
             row.set_selected(finding.key == self.chosen_key)
             self.findings_layout.addWidget(row)
             row.show()  # now, not when the layout gets round to it: the height below counts shown rows only

@@ -107,11 +107,13 @@ class DataView(ViewMessages, QWidget):
         data_changed(): the view changed comparisons (counts should be re-read).
         status_message(str): a line for the status bar (also shown in the window's status bar).
         collect_requested(): the person asked to go and collect pairs (from the empty state).
+        label_smoothing_chosen(float): train with this label smoothing (the data check's suggestion).
     """
 
     data_changed = Signal()
     status_message = Signal(str)
     collect_requested = Signal()
+    label_smoothing_chosen = Signal(float)
 
     def __init__(
         self,
@@ -161,6 +163,7 @@ class DataView(ViewMessages, QWidget):
         self.check_panel.finding_chosen.connect(self._on_finding_chosen)
         self.check_panel.show_all_requested.connect(self.show_all_pairs)
         self.check_panel.closed.connect(self.show_all_pairs)
+        self.check_panel.label_smoothing_chosen.connect(self.label_smoothing_chosen)
         self.action_buttons = [self.import_button, self.export_button]
         centred = Qt.AlignmentFlag.AlignVCenter
         title_row = hbox(

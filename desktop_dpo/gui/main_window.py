@@ -277,6 +277,7 @@ class MainWindow(QMainWindow):
             )
             data_view.data_changed.connect(self._on_pairs_changed)
             data_view.collect_requested.connect(lambda: self.show_view("collect"))
+            data_view.label_smoothing_chosen.connect(self._use_label_smoothing)
             # An import finished on its worker's connection: read the table again.
             self.preference_actions.data_changed.connect(data_view.refresh)
             return data_view
@@ -543,6 +544,15 @@ class MainWindow(QMainWindow):
     @Slot(str)
     def _show_message(self, text: str) -> None:
         self.statusBar().showMessage(text, STATUS_MESSAGE_MS)
+
+    @Slot(float)
+    def _use_label_smoothing(self, smoothing: float) -> None:
+        """The data check's suggestion taken: set it on Train's form and go there."""
+        from desktop_dpo.gui.data_check_panel import use_label_smoothing
+
+        message = use_label_smoothing(self.view("train"), smoothing)  # type: ignore[arg-type]
+        self.show_view("train")
+        self._show_message(message)
 
     @Slot(object)
     def _on_network_refused(self, attempt: RefusedAttempt) -> None:

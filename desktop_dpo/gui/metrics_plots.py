@@ -9,11 +9,17 @@ saying what will appear there; the step axis has whole steps only and spans a fe
 axis spans at least its plot's ``min_span``, so a first step or a flat stretch (the loss sits at ln 2 at
 first) reads "0.68 … 0.70" rather than float noise such as "0.6931477 … 0.6931481". The titles are Qt
 labels above the plots (they wrap rather than being clipped when a window is narrow).
+
+A run with an SFT start (``core/dpo/sft_phase.py``) shows its two phases on one step axis: the supervised steps
+first (1 … S, the loss plot's teal "SFT" curve: the mean token NLL of the person's written answers), then the
+preference steps after them (S + 1 …), every plot shifted alike so the steps line up. A dashed line marks where
+the preference phase starts.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +33,7 @@ from desktop_dpo.gui.widgets import hbox, styled_label, vbox
 
 TRAIN_COLOUR = "#4f46e5"  # indigo: training pairs, every step
 HELDOUT_COLOUR = "#ea580c"  # orange: held-out prompts, every evaluation
+SFT_COLOUR = "#0d9488"  # teal: the supervised phase (SFT start), before the preference phase
 MIN_STEPS = 5  # the step axis spans at least this many steps, from step 0
 EMPTY_BEFORE_RUN = (
     "Loss, reward accuracy and reward margin are drawn here step by step once a run trains. "
@@ -199,12 +206,20 @@ class MetricsPlots(QWidget):
         self.titles: dict[str, QLabel] = {}
         self.train: dict[str, _Curve] = {}
         self.heldout: dict[str, _Curve] = {}
+        self.sft_steps = 0  # steps of the supervised phase: the preference steps are drawn after them
+        self.boundaries: dict[str, Any] = {}  # per plot, the dashed line where the preference phase starts
         for spec in PLOTS:
             widget = _plot_widget(spec)
             item = widget.getPlotItem()
             # Small dots too: the first step of a run is a single point, which a line alone never shows.
             self.train[spec.key] = _Curve.on(item, TRAIN_COLOUR, dot_size=3)
             self.heldout[spec.key] = _Curve.on(item, HELDOUT_COLOUR, dot_size=6)
+            boundary = pg.InfiniteLine(
+                angle=90, movable=False, pen=pg.mkPen(SFT_COLOUR, style=Qt.PenStyle.DashLine)
+            )
+            boundary.setVisible(False)
+            item.addItem(boundary)
+            self.boundaries[spec.key] = boundary
             self.widgets[spec.key] = widget
             title = styled_label(spec.title, "plotTitle", wrap=True, tooltip=spec.tooltip)
             title.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -213,21 +228,30 @@ class MetricsPlots(QWidget):
             title.setMinimumWidth(title.fontMetrics().horizontalAdvance(spec.title) + 6)
             self.titles[spec.key] = title
             row.addLayout(vbox(title, (widget, 1), margins=(0, 0, 0, 0), spacing=2), 1)
+        self.sft = _Curve.on(
+            self.widgets["loss"].getPlotItem(), SFT_COLOUR, dot_size=3
+        )  # the SFT phase's loss
         self._paint()
         follow_scheme(self, self._paint)
         self._show_empty(EMPTY_BEFORE_RUN)
 
     def _paint(self) -> None:
         """The curves, the legend and the plots in the scheme shown."""
-        train, heldout = text_colour(TRAIN_COLOUR), text_colour(HELDOUT_COLOUR)
+        train, heldout, sft = text_colour(TRAIN_COLOUR), text_colour(HELDOUT_COLOUR), text_colour(SFT_COLOUR)
+        first = (
+            f"<span style='color:{sft}'>━━</span> SFT: learning your written answers, then "
+            if self.sft_steps
+            else ""
+        )
         self.legend.setText(
-            f"<span style='color:{train}'>━━</span> training pairs, every step"
+            f"{first}<span style='color:{train}'>━━</span> training pairs, every step"
             f"&nbsp;&nbsp;&nbsp;<span style='color:{heldout}'>━●━</span> held-out prompts, every check"
         )
         for key, widget in self.widgets.items():
             _paint_plot(widget)
             self.train[key].paint(train)
             self.heldout[key].paint(heldout)
+        self.sft.paint(sft)
 
     def clear(self) -> None:
         """No run shown: the note says what will appear once a run trains."""
@@ -235,12 +259,23 @@ class MetricsPlots(QWidget):
         self._show_empty(EMPTY_BEFORE_RUN)
 
     def _clear_curves(self) -> None:
-        for curve in (*self.train.values(), *self.heldout.values()):
+        for curve in (*self.train.values(), *self.heldout.values(), self.sft):
             curve.clear()
+        self._set_sft_steps(0)
 
     def has_points(self) -> bool:
         """True once a curve has a point (the plots are shown, not the note)."""
-        return any(curve.x for curve in (*self.train.values(), *self.heldout.values()))
+        return any(curve.x for curve in (*self.train.values(), *self.heldout.values(), self.sft))
+
+    def _set_sft_steps(self, steps: int) -> None:
+        """The supervised phase has ``steps`` steps: the preference steps are drawn after them."""
+        if steps == self.sft_steps:
+            return
+        self.sft_steps = steps
+        for boundary in self.boundaries.values():
+            boundary.setPos(steps + 0.5)
+            boundary.setVisible(steps > 0)
+        self._paint()
 
     def _show_empty(self, text: str) -> None:
         self.empty_note.setText(text)
@@ -255,13 +290,22 @@ class MetricsPlots(QWidget):
         self,
         train: Sequence[tuple[int, dict[str, Any]]],
         heldout: Sequence[tuple[int, dict[str, Any]]],
+        sft: Sequence[tuple[int, dict[str, Any]]] = (),
     ) -> None:
-        """Replace the curves with a stored run history (``Store.run_metrics``: ``(step, metrics)`` rows); a run
-        without steps yet shows a note that its curves come after its first step."""
+        """Replace the curves with a stored run history (``Store.run_metrics``: ``(step, metrics)`` rows, ``sft``
+        the supervised phase's); a run without steps yet shows a note that its curves come after its first step."""
         self._clear_curves()
         self.empty_note.setText(EMPTY_RUN)
+        if sft:
+            self._set_sft_steps(max(step for step, _ in sft))
+            self._add_sft(sft)
         self._add(self.train, train)
         self._add(self.heldout, heldout)
+
+    def add_sft_point(self, step: int, total_steps: int, metrics: dict[str, Any]) -> None:
+        """One step of the supervised phase (``SftStepMetrics.as_metrics()``), of ``total_steps``."""
+        self._set_sft_steps(total_steps)
+        self._add_sft([(step, metrics)])
 
     def add_train_point(self, step: int, metrics: dict[str, Any]) -> None:
         """One optimizer step (``StepMetrics.as_metrics()``)."""
@@ -271,14 +315,28 @@ class MetricsPlots(QWidget):
         """One held-out evaluation (``EvalMetrics.as_metrics()``)."""
         self._add(self.heldout, [(step, metrics)])
 
-    def _add(self, curves: dict[str, _Curve], rows: Sequence[tuple[int, dict[str, Any]]]) -> None:
-        for key, curve in curves.items():
-            if curve.extend((float(step), float(m[key])) for step, m in rows if key in m):
-                item = self.widgets[key].getPlotItem()
-                _fit_ranges(item, self.specs[key], (self.train[key], self.heldout[key]))
+    def _add_sft(self, rows: Sequence[tuple[int, dict[str, Any]]]) -> None:
+        if self.sft.extend((float(step), float(m["loss"])) for step, m in rows if "loss" in m):
+            self._fit("loss")
         self._update_empty()
 
+    def _add(self, curves: dict[str, _Curve], rows: Sequence[tuple[int, dict[str, Any]]]) -> None:
+        shift = self.sft_steps  # preference steps come after the supervised phase's
+        for key, curve in curves.items():
+            if curve.extend((float(step + shift), float(m[key])) for step, m in rows if key in m):
+                self._fit(key)
+        self._update_empty()
+
+    def _fit(self, key: str) -> None:
+        curves = (self.train[key], self.heldout[key], *((self.sft,) if key == "loss" else ()))
+        _fit_ranges(self.widgets[key].getPlotItem(), self.specs[key], curves)
+
     def points(self, key: str, split: str = "train") -> list[tuple[float, float]]:
-        """The points of one curve (what is drawn), for tests and the details panel."""
-        curve = (self.train if split == "train" else self.heldout)[key]
+        """The points of one curve (what is drawn; ``split`` "train", "heldout" or "sft", the loss only), for
+        tests and the details panel."""
+        curve = self.sft if split == "sft" else (self.train if split == "train" else self.heldout)[key]
         return list(zip(curve.x, curve.y, strict=True))
+
+    def legend_text(self) -> str:
+        """The legend as a person reads it (no markup)."""
+        return re.sub(r"<[^>]+>", "", self.legend.text()).replace("&nbsp;", " ")

@@ -57,6 +57,7 @@ DARK_TEXT = {
     "#4f46e5": "#a5b4fc",
     "#7c3aed": "#c4b5fd",  # violet (template statements)
     "#0f766e": "#5eead4",  # teal
+    "#0d9488": "#2dd4bf",  # teal: the SFT phase's curve
     "#047857": "#34d399",  # green: done, better
     "#065f46": "#6ee7b7",
     "#991b1b": "#fca5a5",  # red: errors

@@ -122,6 +122,12 @@ class LiveRunPanel(QFrame):
             self.detail.setText(describe_step(event))
             if plot:
                 self.plots.add_train_point(event.step, event.as_metrics())
+        elif isinstance(event, events.SftStepMetrics):  # the SFT start, before the preference steps
+            self._set_progress(event.step, event.total_steps, "Learning your written answers: %v of %m")
+            self.detail.setText(f"Learning your written answers: step {event.step} of {event.total_steps}, "
+                                f"loss {event.loss:.3f}.")  # fmt: skip
+            if plot:
+                self.plots.add_sft_point(event.step, event.total_steps, event.as_metrics())
         elif isinstance(event, events.EvalMetrics):
             if plot:
                 self.plots.add_heldout_point(event.step, event.as_metrics())

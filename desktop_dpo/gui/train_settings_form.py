@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop_dpo.core.dpo.config import REFERENCE_FREE_LOSS_TYPES, TrainConfig
+from desktop_dpo.core.dpo.config import REFERENCE_FREE_LOSS_TYPES, SFT_PHASES, TrainConfig
 from desktop_dpo.core.dpo.labels import KTO_EXPLAINED
 from desktop_dpo.gui.widgets import STRETCH, FoldToggle, button, styled_label, vbox
 
@@ -99,6 +99,12 @@ FIELDS = (
                   "(conservative DPO; sigmoid loss only)", maximum=0.49, step=0.05),
         FieldSpec("sft_weight", "SFT weight", "Also trains the model to write the answers you chose, not only to "
                   "prefer them (RPO; 0 = off, 1 = as much)", maximum=10, step=0.1),
+        FieldSpec("sft_phase", "Learn by example first", "Before learning from your choices, the model first "
+                  "learns to write the answers you wrote or rewrote yourself (and, if you like, the ones you "
+                  "chose). Helps a base model most", choices=SFT_PHASES,
+                  choice_labels=("Off", "Written answers", "Written + chosen")),
+        FieldSpec("sft_epochs", "Example passes", "How many times that first stage reads your written answers",
+                  minimum=1, maximum=100),
         FieldSpec("grad_accum", "Gradient accumulation", "Passes added up before each update: pairs per update "
                   "= batch size × this", minimum=1, maximum=1024),
         FieldSpec("warmup_ratio", "Warm-up", "Share of the run during which the learning rate climbs from 0 to "

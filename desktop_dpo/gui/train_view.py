@@ -31,7 +31,7 @@ from typing import Any
 
 from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtGui import QShowEvent
-from PySide6.QtWidgets import QComboBox, QFrame, QHBoxLayout, QSplitter
+from PySide6.QtWidgets import QFrame, QHBoxLayout, QSplitter
 
 from desktop_dpo.core.dpo import events
 from desktop_dpo.core.dpo.config import DeviceInfo, TrainConfig, TrainingError, preset_for, smaller_settings
@@ -50,7 +50,6 @@ from desktop_dpo.core.dpo.runs import (
     resume_settings,
 )
 from desktop_dpo.core.errors import DesktopDpoError
-from desktop_dpo.core.lineage import model_lineage
 from desktop_dpo.core.store import ModelRow, RunRow
 from desktop_dpo.gui.beta_search_dialog import BetaSearchDialog, find_beta_blocker, open_find_beta
 from desktop_dpo.gui.data_check_panel import DataCheckLine
@@ -59,6 +58,7 @@ from desktop_dpo.gui.page_view import PageView
 from desktop_dpo.gui.template_editor import ensure_template_chosen, template_needed_message
 from desktop_dpo.gui.train_copy import TrainableCopy, model_training_note, needs_copy, start_button_words
 from desktop_dpo.gui.train_live_panel import LOADING_HEADLINE, LiveRunPanel
+from desktop_dpo.gui.train_reference_row import ReferenceChoice
 from desktop_dpo.gui.train_runs_panel import (
     INTERRUPTED,
     RunsPanel,
@@ -216,7 +216,9 @@ class TrainView(PageView):
         self.model_note = styled_label("", "modelNote", wrap=True)
         self.model_note.setVisible(False)
         new_layout.addWidget(self.model_note)
-        new_layout.addLayout(self._build_reference_row())
+        self.reference_row = ReferenceChoice()  # a next round's reference (train_reference_row.py)
+        self.reference_combo, self.reference_label = self.reference_row.combo, self.reference_row.label
+        new_layout.addWidget(self.reference_row)
         self.pairs_note = styled_label("", "pairsNote", wrap=True)
         new_layout.addWidget(self.pairs_note)
         self.preset_note = styled_label("Detecting your GPU…", "presetNote", wrap=True)
@@ -234,23 +236,6 @@ class TrainView(PageView):
         new_card.setMinimumWidth(300)
         new_card.setMaximumWidth(370)
         return new_card
-
-    def _build_reference_row(self) -> QHBoxLayout:
-        """Rounds: a model made by an earlier run can be held near itself or near an earlier model (the row
-        shows only for such a model)."""
-        self.reference_label = field_label("Reference")
-        self.reference_combo = QComboBox()
-        self.reference_combo.setObjectName("referenceCombo")
-        self.reference_combo.setToolTip(
-            "What DPO holds the model near while it learns your picks: the model itself as it is now "
-            "(the usual choice for a next round), or an earlier model of its lineage (e.g. the original base)"
-        )
-        reference_row = QHBoxLayout()
-        reference_row.addWidget(self.reference_label)
-        reference_row.addWidget(self.reference_combo, 1)
-        self.reference_label.setVisible(False)
-        self.reference_combo.setVisible(False)
-        return reference_row
 
     # ---------------------------------------------------------------- models and pairs
 
@@ -282,34 +267,18 @@ class TrainView(PageView):
         note = model_training_note(model)
         self.model_note.setText(note)
         self.model_note.setVisible(bool(note))
-        self._fill_references(model)
+        self.reference_row.fill(self.store, model)
         self.refresh_plan()
         if self.preset is not None:  # detected before: size the preset for this model (once shown)
             self.detect_device()
 
-    def _fill_references(self, model: ModelRow | None) -> None:
-        """The reference choices of a model: itself (adapter off), or an earlier model of its lineage."""
-        self.reference_combo.clear()
-        steps = model_lineage(self.store, model.id) if model is not None else []
-        if model is not None:
-            self.reference_combo.addItem(f"{model.name} as it is now (adapter off)", "adapter_off")
-        for step in reversed(steps[:-1]):  # nearest ancestor first
-            made_by = "the original model" if step.run_id is None else f"made by run {step.run_id}"
-            self.reference_combo.addItem(f"{step.name} ({made_by})", f"model:{step.model_id}")
-        earlier = len(steps) > 1
-        self.reference_label.setVisible(earlier)
-        self.reference_combo.setVisible(earlier)
-
     def reference(self) -> str:
         """The reference of a new run: "adapter_off" or "model:<id>" (see core/dpo/config.py)."""
-        return self.reference_combo.currentData() or "adapter_off"
+        return self.reference_row.reference()
 
     def set_reference(self, reference: str) -> bool:
         """Choose the reference of the next run; False when the chosen model offers no such choice."""
-        index = self.reference_combo.findData(reference)
-        if index >= 0:
-            self.reference_combo.setCurrentIndex(index)
-        return index >= 0
+        return self.reference_row.set_reference(reference)
 
     def refresh_plan(self) -> None:
         """Re-count the chosen model's usable pairs and how the split would keep some prompts held out."""
@@ -368,6 +337,7 @@ class TrainView(PageView):
     def _on_settings_changed(self) -> None:
         if not hasattr(self, "runs_panel"):
             return  # still building
+        self.reference_row.set_loss(self.settings_form.editors["loss_type"].currentData())
         if self._current_plan_key() != self._plan_key:
             self.refresh_plan()
         else:
@@ -730,7 +700,7 @@ class TrainView(PageView):
     def _show_run_curves(self, run_id: int) -> None:
         self._shown_run_id = run_id
         self.plots.show_history(
-            self.store.run_metrics(run_id, split="train"), self.store.run_metrics(run_id, split="heldout")
+            *(self.store.run_metrics(run_id, split=s) for s in ("train", "heldout", "sft"))
         )
 
     def _show_run_details(self, run_id: int | None) -> None:

@@ -37,6 +37,7 @@ from desktop_dpo.core.dpo.config import (
     model_shape,
 )
 from desktop_dpo.core.dpo.events import Loading
+from desktop_dpo.core.dpo.sft_phase import is_base_model
 from desktop_dpo.core.dpo.train import record_training
 from desktop_dpo.core.dpo.train_child import train_in_child
 from desktop_dpo.core.errors import DesktopDpoError
@@ -151,7 +152,7 @@ def device_preset_job(cancel: CancelToken, model: ModelRow | None = None) -> Job
             shape = model_shape(training_folder(model))
         except DesktopDpoError:
             shape = None  # not trainable yet: the view says why; a typical size stands in
-    preset = default_preset(device, shape)
+    preset = default_preset(device, shape, base_model=model is not None and is_base_model(model))
     return DevicePreset(
         device=device,
         config=preset.config,

@@ -138,6 +138,22 @@ def test_export_without_usable_pairs_says_what_to_do(home_store, tiny, tmp_path)
     assert not (tmp_path / "empty" / SCRIPT_FILE).exists()
 
 
+@pytest.mark.parametrize("loss_type", ["orpo", "simpo", "kto"])
+def test_a_loss_the_dpo_script_cannot_train_is_refused_before_anything_is_written(
+    home_store, tiny, tmp_path, loss_type
+):
+    folder = tmp_path / "elsewhere"
+    with pytest.raises(ClusterError, match="choose DPO, IPO or hinge"):
+        export_trl(
+            home_store,
+            folder,
+            model=tiny,
+            config=CONFIG.replace(loss_type=loss_type, sft_weight=0.0, label_smoothing=0.0),
+        )
+    assert not folder.exists()
+    assert all(row.split is None for row in home_store.list_prompts())  # no split recorded either
+
+
 def test_the_script_trains_with_trl_and_its_adapter_imports_as_a_finished_run(
     home_store, tiny, app_home, tiny_model_dir, tmp_path
 ):

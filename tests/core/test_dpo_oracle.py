@@ -87,6 +87,27 @@ def model_dir(tmp_path_factory) -> Path:
     return folder
 
 
+def perturbed_lora():
+    """The oracles' LoRA adapter: rank 4 on attention and up_proj, initialised with B != 0, so the policy
+    already differs from where it started (a zero B would hide a wrong reference or a wrong gradient)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"],
+        init_lora_weights=False,
+    )  # fmt: skip
+
+
+def cpu_trainer_args(output_dir: Path, batch: int, seed: int = 0) -> dict:
+    """What every TRL oracle trainer is given: fp32 on the CPU, one batch of ``batch`` rows, nothing saved or
+    reported, no truncation (TRL's default would cut at 1024 tokens)."""
+    return dict(
+        output_dir=str(output_dir), per_device_train_batch_size=batch, bf16=False, fp16=False,
+        gradient_checkpointing=False, use_cpu=True, report_to="none", seed=seed, dataloader_num_workers=0,
+        save_strategy="no", dataset_num_proc=None, max_length=None,
+    )  # fmt: skip
+
+
 def trl_trainer(
     model_dir: Path, output_dir: Path, loss_type: str | list[str], dataset_rows: list[dict], **config: object
 ):
@@ -94,22 +115,15 @@ def trl_trainer(
 
     No truncation unless ``config`` sets ``max_length`` (TRL's default would cut at 1024 tokens)."""
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     args = DPOConfig(
-        output_dir=str(output_dir), beta=BETA, loss_type=loss_type, per_device_train_batch_size=len(dataset_rows),
-        bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True, report_to="none",
-        seed=0, dataloader_num_workers=0, save_strategy="no", dataset_num_proc=None,
-        **{"max_length": None, **config},
-    )  # fmt: skip
-    lora = LoraConfig(
-        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"],
-        init_lora_weights=False,  # B != 0: the policy already differs from the reference
-    )  # fmt: skip
+        beta=BETA, loss_type=loss_type, **{**cpu_trainer_args(output_dir, len(dataset_rows)), **config}
+    )
+    lora = perturbed_lora()
     return DPOTrainer(
         model=model,
         args=args,

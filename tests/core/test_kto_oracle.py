@@ -21,7 +21,13 @@ from desktop_dpo.core.dpo.kto_batches import tokenize_labels
 from desktop_dpo.core.dpo.labels import SingleLabel
 from desktop_dpo.core.dpo.logps import sequence_logps
 from desktop_dpo.core.dpo.tokenizing import resolve_chat_template
-from tests.core.test_dpo_oracle import BETA, lora_grads, model_dir  # noqa: F401 (a fixture)
+from tests.core.test_dpo_oracle import (  # noqa: F401  (model_dir: fixture)
+    BETA,
+    cpu_trainer_args,
+    lora_grads,
+    model_dir,
+    perturbed_lora,
+)
 
 torch.set_num_threads(1)
 
@@ -58,7 +64,6 @@ def kto_trainer(folder, output_dir, desirable_weight: float, undesirable_weight:
     """TRL's KTOTrainer on a fresh copy of the tiny model, fp32 on the CPU, with a perturbed LoRA adapter
     (``seed`` draws it: with 1, the batch [0, 1] has a mismatched log-ratio above z0's clamp at 0)."""
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import KTOConfig, KTOTrainer
 
@@ -71,15 +76,10 @@ def kto_trainer(folder, output_dir, desirable_weight: float, undesirable_weight:
         for x in LABELS
     ]
     args = KTOConfig(
-        output_dir=str(output_dir), beta=BETA, per_device_train_batch_size=len(rows), bf16=False, fp16=False,
-        gradient_checkpointing=False, use_cpu=True, report_to="none", seed=seed, dataloader_num_workers=0,
-        save_strategy="no", dataset_num_proc=None, max_length=None,
-        desirable_weight=desirable_weight, undesirable_weight=undesirable_weight,
+        beta=BETA, desirable_weight=desirable_weight, undesirable_weight=undesirable_weight,
+        **cpu_trainer_args(output_dir, len(rows), seed),
     )  # fmt: skip
-    lora = LoraConfig(
-        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"],
-        init_lora_weights=False,
-    )  # fmt: skip
+    lora = perturbed_lora()
     return KTOTrainer(
         model=AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32),
         args=args,

@@ -24,7 +24,14 @@ from desktop_dpo.core.dpo.reference_free import (
     with_prompt_scoring,
 )
 from desktop_dpo.core.dpo.tokenizing import resolve_chat_template, tokenize_pair
-from tests.core.test_dpo_oracle import PAIRS, conversational_rows, lora_grads, model_dir  # noqa: F401
+from tests.core.test_dpo_oracle import (  # noqa: F401  (model_dir: fixture)
+    PAIRS,
+    conversational_rows,
+    cpu_trainer_args,
+    lora_grads,
+    model_dir,
+    perturbed_lora,
+)
 
 torch.set_num_threads(1)
 
@@ -37,7 +44,6 @@ def trl_trainer(folder: Path, output_dir: Path, loss_type: str):
     """TRL's ORPOTrainer ("orpo") or CPOTrainer with loss_type="simpo" ("simpo") on a fresh copy of the tiny
     model, fp32 on the CPU, with a perturbed LoRA adapter."""
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl.experimental.cpo import CPOConfig, CPOTrainer
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
@@ -45,21 +51,13 @@ def trl_trainer(folder: Path, output_dir: Path, loss_type: str):
     tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.pad_token = tokenizer.eos_token  # as DPOTrainer does; the ORPO/CPO collators need one
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    common = dict(
-        output_dir=str(output_dir), per_device_train_batch_size=len(PAIRS), bf16=False, fp16=False,
-        gradient_checkpointing=False, use_cpu=True, report_to="none", seed=0, dataloader_num_workers=0,
-        save_strategy="no", dataset_num_proc=None, max_length=256,
-        remove_unused_columns=False,
-    )  # fmt: skip
+    common = {**cpu_trainer_args(output_dir, len(PAIRS)), "max_length": 256, "remove_unused_columns": False}
     if loss_type == "orpo":
         args, trainer_class = ORPOConfig(beta=LAMBDA, **common), ORPOTrainer
     else:
         args = CPOConfig(loss_type="simpo", beta=SIMPO_BETA, simpo_gamma=SIMPO_GAMMA, cpo_alpha=0.0, **common)
         trainer_class = CPOTrainer
-    lora = LoraConfig(
-        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"],
-        init_lora_weights=False,
-    )  # fmt: skip
+    lora = perturbed_lora()
     return trainer_class(
         model=model,
         args=args,

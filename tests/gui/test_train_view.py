@@ -412,6 +412,11 @@ def test_a_next_round_can_be_held_near_itself_or_near_the_original_model(
     choices = [view.reference_combo.itemText(i) for i in range(view.reference_combo.count())]
     assert choices == ["tiny · run 1 as it is now (adapter off)", "tiny (the original model)"]
     assert view.reference() == "adapter_off"
+    loss = view.settings_form.editors["loss_type"]
+    loss.setCurrentIndex(loss.findData("orpo"))  # a loss with no reference: nothing to choose
+    assert not view.reference_combo.isVisible()
+    loss.setCurrentIndex(loss.findData("sigmoid"))
+    assert view.reference_combo.isVisible()
     assert view.set_reference(f"model:{model.id}")
 
     run_id = view.start()

@@ -37,6 +37,7 @@ class TrainingOutOfMemoryError(TrainingError):
 
 # Losses that compare the two answers under the policy alone: no reference pass and no reference cache.
 REFERENCE_FREE_LOSS_TYPES = ("orpo", "simpo")
+SFT_PHASES = ("off", "rewrites", "rewrites_and_chosen")  # what the supervised phase trains on (sft_phase.py)
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "kto", *REFERENCE_FREE_LOSS_TYPES)  # kto: single labels (kto.py)
 
 
@@ -49,6 +50,10 @@ class TrainConfig:
     loss_type: str = "sigmoid"  # "sigmoid" (DPO), "ipo", "hinge" (loss.py), or "orpo", "simpo" (no reference)
     label_smoothing: float = 0.0  # assumed share of wrongly judged pairs (conservative DPO); sigmoid only
     sft_weight: float = 0.0  # weight of an SFT term on the chosen answers (RPO; TRL's "sft" loss); 0 = off
+    # SFT start (core/dpo/sft_phase.py): a supervised phase on demonstrations before the preference phase,
+    # training the same adapter; "off", "rewrites" (the person's edited answers) or "rewrites_and_chosen"
+    sft_phase: str = "off"
+    sft_epochs: int = 1  # passes over the demonstrations in the supervised phase
     # reference-free losses (core/dpo/reference_free.py): no reference model at all
     orpo_lambda: float = 0.1  # ORPO's λ: odds-ratio term weight next to the NLL (TRL's ORPOConfig.beta)
     simpo_beta: float = 2.0  # SimPO's β, the reward scale (TRL's CPOConfig.beta)
@@ -141,6 +146,10 @@ class TrainConfig:
         if self.loss_type not in LOSS_TYPES:
             problems.append(f"loss type must be one of {', '.join(LOSS_TYPES)}, not {self.loss_type!r}")
         problems += self._reference_free_problems()
+        if self.sft_phase not in SFT_PHASES:
+            problems.append(f"the SFT phase must be one of {', '.join(SFT_PHASES)}, not {self.sft_phase!r}")
+        if self.sft_epochs < 1:
+            problems.append("SFT epochs must be at least 1")
         if self.scheduler not in ("cosine", "linear"):
             problems.append(f"scheduler must be cosine or linear, not {self.scheduler!r}")
         if self.quantization not in ("auto", "nf4", "none"):
@@ -432,13 +441,28 @@ def _gpu_preset(
     )
 
 
-def default_preset(device: DeviceInfo | None = None, shape: ModelShape | None = None) -> Preset:
-    """The preset for this machine and model (detects the device when not given)."""
+def default_preset(
+    device: DeviceInfo | None = None, shape: ModelShape | None = None, *, base_model: bool = False
+) -> Preset:
+    """The preset for this machine and model (detects the device when not given).
+
+    ``base_model``: the model has no chat template of its own (``sft_phase.is_base_model``): the preset then
+    starts with a supervised phase on the rewrites (``sft_phase = "rewrites"``), the SFT start a base model
+    needs before DPO; an instruct model already follows instructions and goes straight to the preference phase.
+    """
     device = device or detect_device()
     if device.kind != "cuda":
-        return preset_for(None, None, shape)
-    free = device.free_bytes if device.free_bytes is not None else device.memory_bytes
-    return preset_for(free, device.memory_bytes, shape)
+        preset = preset_for(None, None, shape)
+    else:
+        free = device.free_bytes if device.free_bytes is not None else device.memory_bytes
+        preset = preset_for(free, device.memory_bytes, shape)
+    if not base_model:
+        return preset
+    return dataclasses.replace(
+        preset,
+        config=preset.config.replace(sft_phase="rewrites"),
+        reason=f"{preset.reason} A base model: it first learns from your rewritten answers, then your choices.",
+    )
 
 
 def default_config(device: DeviceInfo | None = None, shape: ModelShape | None = None) -> TrainConfig:

@@ -53,7 +53,9 @@ def pairs_from_comparisons(views: Iterable[ComparisonView]) -> list[PreferencePa
     """Turn judged comparisons into preference pairs, in input order.
 
     - Verdict "a" or "b": the named generation is chosen, the other rejected.
-    - "tie", "both_bad", "skip" give no verdict pair; deleted comparisons give nothing at all.
+    - "tie", "both_bad", "skip" give no verdict pair; deleted comparisons give nothing at all. A re-asked
+      pair (``repeat_of``) gives no verdict pair either: it measures the person's consistency, and the original
+      already trains (once); a rewrite made on it still trains, as it is new work.
     - An edit (the person rewrote one response into what they wanted) adds the edited text as chosen
       against the unedited original, and against the other response as well unless the verdict
       named that other response (the person judged it better than the original, and we do not
@@ -69,7 +71,7 @@ def pairs_from_comparisons(views: Iterable[ComparisonView]) -> list[PreferencePa
             continue
         texts = {"a": view.text_a, "b": view.text_b}
         candidates: list[tuple[str, str, str]] = []  # (chosen, rejected, origin)
-        if comparison.verdict in ("a", "b"):
+        if comparison.verdict in ("a", "b") and comparison.repeat_of is None:
             candidates.append((texts[comparison.verdict], texts[_other(comparison.verdict)], "verdict"))
         if comparison.edited_text is not None and comparison.edited_side in ("a", "b"):
             side = comparison.edited_side

@@ -87,6 +87,36 @@ class StepMetrics:
 
 
 @dataclass(frozen=True)
+class SftStepMetrics:
+    """One optimizer step of a run's supervised phase (``sft_phase.py``), before the preference steps.
+
+    Stored under the metrics split ``"sft"`` with its own step numbers (1 to ``total_steps``), so the
+    preference phase's steps keep theirs; :meth:`as_metrics` says the phase too.
+    """
+
+    step: int  # supervised steps done, 1-based
+    total_steps: int  # supervised steps of the run
+    epoch: float  # fractional passes over the demonstrations
+    loss: float  # mean token NLL of the step's demonstrations (TRL's SFTTrainer loss)
+    lr: float
+    grad_norm: float
+    tokens_per_s: float
+    eta_s: float  # estimated seconds to the end of the supervised phase
+
+    def as_metrics(self) -> dict[str, float | str]:
+        """TRL-named dict for the run history and the plots, with ``phase`` = ``"sft"``."""
+        return {
+            "phase": "sft",
+            "epoch": self.epoch,
+            "loss": self.loss,
+            "learning_rate": self.lr,
+            "grad_norm": self.grad_norm,
+            "tokens_per_s": self.tokens_per_s,
+            "eta_s": self.eta_s,
+        }
+
+
+@dataclass(frozen=True)
 class EvalMetrics:
     """The policy on the held-out pairs (prompts never trained on) after ``step`` steps."""
 

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from desktop_dpo.core.dpo.config import TrainConfig
 from desktop_dpo.core.dpo.data import PreferencePair, pairs_from_comparisons
 from desktop_dpo.core.dpo.events import EvalMetrics
-from desktop_dpo.core.dpo.labels import SingleLabel, labels_from_comparisons
+from desktop_dpo.core.dpo.labels import SingleLabel, labels_from_comparisons, labels_from_replies
 from desktop_dpo.core.dpo.tokenizing import TokenizedPair, TokenizedPairs, tokenize_pair, tokenize_pairs
-from desktop_dpo.core.store import ComparisonView
+from desktop_dpo.core.store import ComparisonView, RunRow, Store
 
 if TYPE_CHECKING:
     import torch
@@ -153,11 +153,20 @@ def tokenize_labels(
 
 
 def training_texts(
-    config: TrainConfig, views: Iterable[ComparisonView]
+    config: TrainConfig,
+    views: Iterable[ComparisonView],
+    store: Store | None = None,
+    run: RunRow | None = None,
 ) -> list[PreferencePair] | list[SingleLabel]:
-    """What a run with ``config`` learns from: single labels for KTO, preference pairs for every other loss."""
+    """What a run with ``config`` learns from: single labels for KTO, preference pairs for every other loss.
+
+    A KTO run (given its ``store`` and ``run``) also learns from the chat replies rated in its snapshot
+    (``run.reply_label_ids``: :func:`~desktop_dpo.core.dpo.labels.labels_from_replies`), after the labels of
+    its comparisons.
+    """
     if config.loss_type == "kto":
-        return labels_from_comparisons(views)
+        replies = store.reply_labels(ids=run.reply_label_ids) if store and run and run.reply_label_ids else []
+        return [*labels_from_comparisons(views), *labels_from_replies(replies)]
     return pairs_from_comparisons(views)
 
 

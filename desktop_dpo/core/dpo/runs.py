@@ -17,7 +17,12 @@ from typing import Any
 
 from desktop_dpo.core.dpo.config import TrainConfig, TrainingError, parse_reference
 from desktop_dpo.core.dpo.data import pairs_from_comparisons, split_by_prompt
-from desktop_dpo.core.dpo.labels import count_comparison_labels, labels_from_comparisons, single_labels_text
+from desktop_dpo.core.dpo.labels import (
+    count_labels,
+    labels_from_comparisons,
+    labels_from_replies,
+    single_labels_text,
+)
 from desktop_dpo.core.dpo.pair_counts import PairCounts, pair_counts
 from desktop_dpo.core.model_files import find_training_folder
 from desktop_dpo.core.store import ModelRow, RunRow, Store
@@ -43,6 +48,7 @@ class RunPlan:
     train_pairs: int  # pairs left to train on
     counts: PairCounts  # usable comparisons and training pairs, as every screen counts them (pair_counts.py)
     single_labels: str = ""  # a KTO run: what single labels add, in a sentence (labels.single_labels_text)
+    reply_label_ids: tuple[int, ...] = ()  # a KTO run: the rated chat replies of the model it would take
 
 
 def trainable_reason(model: ModelRow) -> str | None:
@@ -75,6 +81,16 @@ def model_pair_ids(store: Store, model_id: int, loss_type: str = "sigmoid") -> l
     return sorted({x.comparison_id for x in pairs_from_comparisons(views)} | labelled)
 
 
+def model_reply_label_ids(store: Store, model_id: int, loss_type: str = "sigmoid") -> list[int]:
+    """Chat replies ``model_id`` wrote that the person rated with a thumb: what a ``"kto"`` run of it also
+    learns from (none for the other losses, which learn from pairs). A reply of another model says what
+    that model wrote, not this one."""
+    if loss_type != "kto":
+        return []
+    labels = labels_from_replies(store.reply_labels(model_id=model_id))
+    return [x.reply_label_id for x in labels if x.reply_label_id is not None]
+
+
 def plan_run(store: Store, model_id: int, config: TrainConfig) -> RunPlan:
     """How a run of ``model_id`` with ``config`` would split its pairs (prompts keep a split once fixed)."""
     ids = model_pair_ids(store, model_id, config.loss_type)
@@ -85,8 +101,11 @@ def plan_run(store: Store, model_id: int, config: TrainConfig) -> RunPlan:
     heldout = {pid for pid, split in splits.items() if split == "heldout"}
     heldout_pairs = sum(1 for pair in pairs if pair.prompt_id in heldout)
     single_labels = ""
-    if config.loss_type == "kto" and ids:  # the same labels the run will train on
-        single_labels = single_labels_text(count_comparison_labels(store.comparison_views(ids=ids)))
+    reply_ids = model_reply_label_ids(store, model_id, config.loss_type)
+    if config.loss_type == "kto" and (ids or reply_ids):  # the same labels the run will train on
+        labels = labels_from_comparisons(store.comparison_views(ids=ids)) if ids else []
+        labels += labels_from_replies(store.reply_labels(ids=reply_ids))
+        single_labels = single_labels_text(count_labels(labels))
     return RunPlan(
         comparison_ids=ids,
         pairs=len(pairs),
@@ -96,6 +115,7 @@ def plan_run(store: Store, model_id: int, config: TrainConfig) -> RunPlan:
         train_pairs=len(pairs) - heldout_pairs,
         counts=pair_counts(pairs),
         single_labels=single_labels,
+        reply_label_ids=tuple(reply_ids),
     )
 
 
@@ -107,8 +127,12 @@ def create_run_for_model(
     name: str | None = None,
     reference: str = "adapter_off",
     comparison_ids: Sequence[int] | None = None,
+    reply_label_ids: Sequence[int] | None = None,
 ) -> int:
     """Make a run of ``model`` over its usable pairs as they are now (the snapshot is fixed). Returns its id.
+
+    A KTO run's snapshot also fixes the chat replies of ``model`` rated so far (``reply_label_ids``, by
+    default :func:`model_reply_label_ids`).
 
     Raises:
         TrainingError: the model has no usable pairs yet.
@@ -122,7 +146,9 @@ def create_run_for_model(
     if comparison_ids is None:
         comparison_ids = model_pair_ids(store, model.id, config.loss_type)
     ids = list(comparison_ids)
-    if not ids:
+    if reply_label_ids is None:
+        reply_label_ids = model_reply_label_ids(store, model.id, config.loss_type)
+    if not ids and not reply_label_ids:
         raise TrainingError(f"{model.name} has no usable pairs yet: pick A or B in some comparisons first.")
     with store.atomic():
         run_id = store.create_run(
@@ -131,6 +157,7 @@ def create_run_for_model(
             config=config.validated().to_dict(),
             comparison_ids=ids,
             reference=reference,
+            reply_label_ids=reply_label_ids,
         )
         if not name:  # the number is the run's id, known once it is stored
             store.update_run(run_id, name=run_name(run_id, model.name, len(ids), time.time()))

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from desktop_dpo.core.dpo import kto_batches
+from desktop_dpo.core.dpo import kto_batches, sft_phase
 from desktop_dpo.core.dpo.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -79,11 +79,12 @@ from desktop_dpo.core.dpo.modeling import (
     resolve_quantization,
     torch_settings,
 )
+from desktop_dpo.core.dpo.recording import failure_message, persist_event, persist_outcome, record_training
 from desktop_dpo.core.dpo.reference import fill_reference, reference_keys
-from desktop_dpo.core.dpo.run_lock import RunBusyError, RunLock
+from desktop_dpo.core.dpo.run_lock import RunLock
 from desktop_dpo.core.dpo.schedule import lr_factor, plan_steps, steps_remaining
-from desktop_dpo.core.errors import DesktopDpoError, JobCancelled, ModelError
-from desktop_dpo.core.jobs import STOPPED_MESSAGE, CancelToken, Job, drive, recorded
+from desktop_dpo.core.errors import JobCancelled, ModelError
+from desktop_dpo.core.jobs import CancelToken, Job, drive
 from desktop_dpo.core.llm.template_choice import require_usable_template, template_for
 from desktop_dpo.core.model_files import training_folder
 
@@ -96,106 +97,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# --------------------------------------------------------------------------------------------------
-# Persisting what the job yields (called by the driver, with the driver's own store connection)
-# --------------------------------------------------------------------------------------------------
-
-
-def persist_event(store: Store, run_id: int, event: object) -> None:
-    """Write what an event means to the run's row and metrics. Events that change nothing are ignored."""
-    if isinstance(event, Started):
-        run = store.get_run(run_id)
-        store.update_run(
-            run_id,
-            status="running",
-            step=event.start_step,
-            total_steps=event.total_steps,
-            checkpoint_dir=event.run_dir,
-            error=None,
-            finished_at=None,
-            **({"started_at": time.time()} if run is not None and run.started_at is None else {}),
-        )
-    elif isinstance(event, StepMetrics):
-        with store.atomic():
-            store.add_run_metrics(run_id, event.step, event.as_metrics(), split="train")
-            store.update_run(run_id, step=event.step, total_steps=event.total_steps)
-    elif isinstance(event, EvalMetrics):
-        store.add_run_metrics(run_id, event.step, event.as_metrics(), split="heldout")
-    elif isinstance(event, TrainWarning):
-        # Several warnings can land on one step: keep them all under that step.
-        earlier = dict(store.run_metrics(run_id, split="warning")).get(event.step, {})
-        messages = [*earlier.get("messages", []), {"kind": event.kind, "message": event.message}]
-        store.add_run_metrics(run_id, event.step, {"messages": messages}, split="warning")
-    elif isinstance(event, Checkpointed):
-        store.update_run(run_id, step=event.step)
-    elif isinstance(event, Finished):
-        store.update_run(
-            run_id,
-            status="completed",
-            step=event.step,
-            adapter_path=event.adapter_path,
-            final_metrics=event.metrics,
-            finished_at=time.time(),
-            error=None,
-        )
-
-
-def persist_outcome(store: Store, run_id: int, error: BaseException | None) -> None:
-    """Record how the job ended when it did not finish: stopped (resumable) or failed (with the reason)."""
-    if error is None or isinstance(error, RunBusyError):
-        return  # busy: the run belongs to the process training it, which records how it ends
-    if isinstance(error, JobCancelled):
-        store.update_run(run_id, status="stopped", error=None)
-        return
-    if not isinstance(error, (DesktopDpoError, MemoryError)):
-        log.error("Training run %s failed", run_id, exc_info=error)
-    store.update_run(run_id, status="failed", error=failure_message(error))
-
-
-def failure_message(error: BaseException) -> str:
-    """What a failed run's row says about ``error``: our messages as they are, anything else in words."""
-    if isinstance(error, DesktopDpoError):
-        return str(error)
-    if isinstance(error, MemoryError):
-        return "The computer ran out of memory. Close other programs or choose smaller settings, then resume."
-    return (
-        f"Training stopped on an unexpected error ({type(error).__name__}: {error}). Details are in the "
-        "log. Resuming continues from the last finished step that was saved."
-    )
-
-
-def record_training(store: Store, run_id: int, job: Job) -> Job:
-    """The training job ``job`` of run ``run_id``, recorded on ``store`` (a recorded job; returns :class:`Finished`).
-
-    Each event is written with :func:`persist_event` before it is passed on, and however the job ends the
-    run row says so (completed, stopped or failed with the reason) before the error goes on. ``job`` is
-    :func:`train` in this process (:func:`recorded_training`: the CLI, the demo) or
-    ``train_child.train_in_child``, whose events come from the training process (the GUI's worker): the
-    same rows either way, written by whoever drives this job, on its own connection.
-    """
-    finished: Finished | None = None
-
-    def record(event: object) -> None:
-        nonlocal finished
-        persist_event(store, run_id, event)
-        if isinstance(event, Finished):
-            finished = event
-
-    try:
-        result = yield from recorded(job, record)
-    except BaseException as exc:
-        # A stop after the run finished changes nothing; a job abandoned at a yield (closed, never thrown
-        # into) stopped at a step boundary as a stop does.
-        if finished is None and store.get_run(run_id) is not None:
-            persist_outcome(
-                store, run_id, JobCancelled(STOPPED_MESSAGE) if isinstance(exc, GeneratorExit) else exc
-            )
-        raise
-    if not isinstance(result, Finished):  # cannot happen: the job either finishes or raises
-        error = TrainingError("Training ended without an adapter.")
-        persist_outcome(store, run_id, error)
-        raise error
-    return result
+# The recording functions live in recording.py; the drivers import them from here as well.
+__all__ = [
+    "drive_training",
+    "failure_message",
+    "persist_event",
+    "persist_outcome",
+    "record_training",
+    "recorded_training",
+    "train",
+]
 
 
 def recorded_training(
@@ -266,6 +177,7 @@ def train(
         with torch_settings(session.config, session.device):
             yield from session.load_pairs()
             yield from session.tokenize()
+            yield from sft_phase.SftPhase(session).run(resume)  # the SFT start, when it is on
             yield from session.prepare_reference()
             yield from session.prepare_optimizer(resume)
             yield from session.loop()
@@ -313,7 +225,8 @@ class _Session:
         self.keys: list[str] = []  # reference cache key of each pair
         self.reference: dict[str, tuple[float, float]] = {}
         self.reference_seconds = 0.0  # spent computing the missing ones
-        self.model: Any = None  # the base with its LoRA adapter (peft)
+        self.model: Any = None  # the base with its LoRA adapter (peft); sft_phase.py may have trained it
+        self.sft_id: str | None = None  # id of the finished SFT phase: the reference is then π_SFT
         # prepare_optimizer: AdamW on the LoRA weights, the schedule, the watch for failure shapes
         self.params: list[Any] = []
         self.optimizer: Any = None
@@ -338,7 +251,7 @@ class _Session:
 
         yield Loading("Reading the run's pairs")
         views = self.store.comparison_views(ids=self.run.comparison_ids, include_deleted=True)
-        pairs = kto_batches.training_texts(self.config, views)  # single labels for KTO (labels.py)
+        pairs = kto_batches.training_texts(self.config, views, self.store, self.run)  # KTO: labels.py
         if not pairs:
             raise TrainingError(
                 "This run has no usable pairs: pick A or B (or rewrite a response) in some comparisons, "
@@ -393,20 +306,20 @@ class _Session:
 
         Adapter off: the policy model with its adapter disabled, loaded once for both roles. A previous
         round's model: loaded alone, used, freed before the policy is loaded (never two models at once).
-        ORPO and SimPO need no reference: only the policy is prepared (no pass, no cache rows).
+        After an SFT phase (``sft_phase.py``) with no previous round's model: π_SFT, the policy as that phase
+        left it (adapter on), cached under keys of its own. ORPO and SimPO need no reference: only the policy is prepared (no pass, no cache rows).
         """
         if self.config.loss_type in REFERENCE_FREE_LOSS_TYPES:
-            yield Loading("Preparing the adapter")
-            self.model = attach_lora(
-                load_causal_lm(self.folder, self.quantization, self.device), self.config, self.quantization
-            )
+            yield from self._attach_adapter()
             return
         reference_id = parse_reference(self.run.reference)
-        adapter_off = reference_id is None
+        # After an SFT phase the reference is π_SFT (the adapter on, now), as the DPO paper prescribes.
+        sft_id = self.sft_id if reference_id is None else None
+        adapter_off = reference_id is None and sft_id is None
         reference_row = self.base if reference_id is None else _get_model(self.store, reference_id)
         self.keys = reference_keys(
             self.pairs,
-            reference_row.fingerprint,
+            sft_phase.reference_fingerprint(reference_row.fingerprint, sft_id),
             device=self.device,
             quantization=self.quantization,
             chat_template=self.chat_template,
@@ -414,23 +327,27 @@ class _Session:
         )
         self.reference = self.store.get_reference_logps(self.keys)
         missing = [i for i, key in enumerate(self.keys) if key not in self.reference]
-        if missing and not adapter_off:
+        if missing and reference_id is not None:
             yield Loading(f"Loading the reference model {reference_row.name}")
             reference_model = load_causal_lm(training_folder(reference_row), self.quantization, self.device)
             yield from self._fill_reference(reference_model, missing, adapter_off=False)
             del reference_model
             free_memory(self.device)
-        yield Loading("Preparing the adapter")
-        self.model = attach_lora(
-            load_causal_lm(self.folder, self.quantization, self.device), self.config, self.quantization
-        )
-        if missing and adapter_off:
-            yield from self._fill_reference(self.model, missing, adapter_off=True)
+        yield from self._attach_adapter()
+        if missing and reference_id is None:
+            yield from self._fill_reference(self.model, missing, adapter_off=adapter_off)
         yield ReferenceReady(
             cached=len(self.pairs) - len(missing),
             computed=len(missing),
             seconds=self.reference_seconds,
         )
+
+    def _attach_adapter(self) -> Iterator[Loading]:
+        if self.model is None:  # else the SFT phase loaded it
+            yield Loading("Preparing the adapter")
+            self.model = attach_lora(
+                load_causal_lm(self.folder, self.quantization, self.device), self.config, self.quantization
+            )
 
     def _fill_reference(self, model: Any, missing: Sequence[int], *, adapter_off: bool) -> Iterator[Loading]:
         self.reference_seconds += yield from fill_reference(
@@ -776,6 +693,7 @@ class _Session:
             chat_template=self.chat_template,
         )
         remove_checkpoints(self.run_dir)
+        sft_phase.remove_sft_adapter(self.run_dir)
         metrics: dict[str, float] = {}
         if self.last_train is not None:
             metrics.update({f"train/{k}": v for k, v in self.last_train.as_metrics().items()})

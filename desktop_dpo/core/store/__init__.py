@@ -16,7 +16,7 @@ One module per job:
 - ``rows.py``: the row dataclasses handed to callers, the allowed values, the pair key;
 - the queries, one mixin per table group, combined into :class:`Store` here: ``models.py``, ``pairs.py``
   (prompts, generations, comparisons), ``runs.py`` (runs, metrics, reference log-probs), ``exports.py``,
-  ``chat.py``, ``evaluations.py``, ``cleanup.py`` (what the clean-up of files on disk changes).
+  ``chat.py``, ``reply_labels.py`` (thumbs on chat replies), ``evaluations.py``, ``cleanup.py`` (what the clean-up of files on disk changes).
 
 This ``__init__`` is the package's public face: import from ``desktop_dpo.core.store``.
 """
@@ -38,6 +38,7 @@ from desktop_dpo.core.store.files import (
 )
 from desktop_dpo.core.store.models import ModelQueries
 from desktop_dpo.core.store.pairs import PairQueries
+from desktop_dpo.core.store.reply_labels import ReplyLabelQueries
 from desktop_dpo.core.store.rows import (
     EVALUATION_VOTES,
     RUN_STATUSES,
@@ -54,6 +55,7 @@ from desktop_dpo.core.store.rows import (
     ModelRow,
     PairKey,
     PromptRow,
+    ReplyLabelRow,
     RunRow,
     messages_key,
     pair_key,
@@ -80,6 +82,7 @@ __all__ = [
     "ModelRow",
     "PairKey",
     "PromptRow",
+    "ReplyLabelRow",
     "RunRow",
     "Store",
     "StoreConnection",
@@ -101,6 +104,7 @@ class Store(
     ChatQueries,
     EvaluationQueries,
     CleanupQueries,
+    ReplyLabelQueries,
     StoreConnection,
 ):
     """One SQLite connection for the calling thread, with every query the app needs.

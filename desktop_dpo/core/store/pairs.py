@@ -167,8 +167,12 @@ class PairQueries(StoreConnection):
         edited_side: str | None = None,
         note: str | None = None,
         source: str = "collect",
+        repeat_of: int | None = None,
     ) -> int:
-        """Save a judgement. Committed before returning: a crash right after cannot lose it."""
+        """Save a judgement. Committed before returning: a crash right after cannot lose it.
+
+        ``repeat_of``: the comparison this verdict repeats (the same two answers shown again, sides swapped).
+        """
         if verdict not in VERDICTS:
             raise StoreError(f"Unknown verdict {verdict!r}; expected one of {', '.join(VERDICTS)}.")
         if (edited_text is None) != (edited_side is None):
@@ -187,6 +191,7 @@ class PairQueries(StoreConnection):
                     "note": note,
                     "source": source,
                     "created_at": timestamp(),
+                    **({"repeat_of": repeat_of} if repeat_of is not None else {}),
                 },
             )
 
@@ -242,6 +247,7 @@ class PairQueries(StoreConnection):
             source=row["source"],
             created_at=row["created_at"],
             deleted=bool(row["deleted"]),
+            repeat_of=row.get("repeat_of"),
         )
 
     def get_comparison(self, comparison_id: int) -> ComparisonRow | None:

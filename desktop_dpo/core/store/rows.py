@@ -111,6 +111,7 @@ class ComparisonRow(NamedTuple):
     source: str  # collect | import
     created_at: float
     deleted: bool
+    repeat_of: int | None = None  # a re-asked pair: the comparison it repeats, shown with its sides swapped
 
 
 class ComparisonView(NamedTuple):
@@ -173,6 +174,22 @@ class RunRow(NamedTuple):
     created_at: float
     started_at: float | None
     finished_at: float | None
+    reply_label_ids: tuple[int, ...] = ()  # the rated chat replies this run uses (KTO), fixed at creation
+
+
+class ReplyLabelRow(NamedTuple):
+    """A thumb up (desirable) or down on one chat reply, with the conversation up to it as its prompt."""
+
+    id: int
+    message_id: int | None  # None once the message itself is gone (the label stays)
+    conversation_id: int | None
+    prompt_id: int  # the prompt row with the same messages: its train/held-out split is the label's
+    messages: list[dict[str, str]]  # the conversation up to the reply: [{role, content}, ...]
+    reply: str
+    model_id: int | None  # the model that wrote the reply
+    desirable: bool
+    created_at: float
+    deleted: bool
 
 
 class ExportRow(NamedTuple):

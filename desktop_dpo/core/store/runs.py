@@ -28,12 +28,16 @@ class RunQueries(StoreConnection):
         comparison_ids: Sequence[int],
         reference: str = "adapter_off",
         checkpoint_dir: str | None = None,
+        reply_label_ids: Sequence[int] = (),
     ) -> int:
-        """Create a run with its data snapshot fixed now (later picks do not change it)."""
+        """Create a run with its data snapshot fixed now (later picks and thumbs do not change it)."""
+        replies = sorted(int(i) for i in reply_label_ids)
+        extra = {"reply_label_ids": to_json(replies)} if replies else {}  # a schema before 4 has no column
         with self.atomic():
             return self._insert(
                 "runs",
                 {
+                    **extra,
                     "name": name,
                     "base_model_id": base_model_id,
                     "reference": reference,
@@ -84,6 +88,7 @@ class RunQueries(StoreConnection):
             created_at=row["created_at"],
             started_at=row["started_at"],
             finished_at=row["finished_at"],
+            reply_label_ids=tuple(from_json(row.get("reply_label_ids"), [])),
         )
 
     def get_run(self, run_id: int) -> RunRow | None:

@@ -254,6 +254,45 @@ def _migration_3(db: sqlite3.Connection) -> None:
         )
 
 
+def _migration_4(db: sqlite3.Connection) -> None:
+    """Thumbs up or down on chat replies, re-asked pairs, and the replies a run trains on.
+
+    - ``reply_labels``: one row per rated chat reply (a thumb taken back sets ``deleted``, so a run that
+      trained on it keeps its lineage). The conversation up to the reply is kept as its prompt (``messages``,
+      and ``prompt_id``, the prompt row with the same messages, which fixes its train/held-out split), with
+      the reply's text and the model that wrote it: the label stays what it was when given, whatever later
+      happens to the conversation.
+    - ``comparisons.repeat_of``: a verdict given on an earlier pair shown again with its sides swapped (the
+      person's own consistency); training reads the original only.
+    - ``runs.reply_label_ids``: the rated replies a run trains on, fixed when it is made (as ``comparison_ids``).
+
+    Existing rows keep every value: columns are only added, with defaults that mean "none".
+    """
+    db.execute(
+        """
+        CREATE TABLE reply_labels (
+            id INTEGER PRIMARY KEY,
+            message_id INTEGER UNIQUE REFERENCES messages(id) ON DELETE SET NULL,
+            conversation_id INTEGER REFERENCES conversations(id) ON DELETE SET NULL,
+            prompt_id INTEGER NOT NULL REFERENCES prompts(id),
+            messages TEXT NOT NULL,
+            reply TEXT NOT NULL,
+            model_id INTEGER REFERENCES models(id) ON DELETE SET NULL,
+            desirable INTEGER NOT NULL CHECK (desirable IN (0, 1)),
+            created_at REAL NOT NULL,
+            deleted INTEGER NOT NULL DEFAULT 0
+        )"""
+    )
+    db.execute("CREATE INDEX idx_reply_labels_conversation ON reply_labels(conversation_id)")
+    db.execute("ALTER TABLE comparisons ADD COLUMN repeat_of INTEGER REFERENCES comparisons(id)")
+    db.execute("ALTER TABLE runs ADD COLUMN reply_label_ids TEXT NOT NULL DEFAULT '[]'")
+
+
 # Each entry takes the schema from version i to i + 1. Append only; never edit a released one.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1, _migration_2, _migration_3]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _migration_1,
+    _migration_2,
+    _migration_3,
+    _migration_4,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
