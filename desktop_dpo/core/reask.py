@@ -7,8 +7,9 @@ consistent the person's own verdicts are ("Noisy or inconsistent preferences deg
 - **Stored.** The verdict is a comparison of the same two stored answers with ``repeat_of`` naming the
   original; its ``a_shown_left`` is the original's swapped. Verdicts name answers, not sides, so a repeat
   agrees when its verdict equals the original's.
-- **Not trained on twice.** Training and every pair count skip repeats (``pairs_from_comparisons``,
-  ``labels_from_comparisons``): the original trains, once, whatever the repeat said.
+- **Not trained on twice.** Training and every pair count skip a repeat's verdict (``pairs_from_comparisons``,
+  ``labels_from_comparisons``): the original trains, once, whatever the repeat said. A rewrite typed on a
+  repeat is new work, and trains.
 - **Label smoothing.** If each verdict were flipped independently with probability ε, two verdicts on the
   same pair would agree with probability ``a = (1 − ε)² + ε² = 1 − 2ε(1 − ε)``; solving for ε gives
   ``ε = (1 − √(2a − 1)) / 2`` (for ``a ≥ ½``). That ε is cDPO's label smoothing (Mitchell 2023, "A note on
