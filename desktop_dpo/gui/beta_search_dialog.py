@@ -40,6 +40,7 @@ from desktop_dpo.core.dpo.runs import RunPlan
 from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.jobs import CancelToken, Job, Progress
 from desktop_dpo.core.store import ModelRow, Store
+from desktop_dpo.core.wording import plural
 from desktop_dpo.gui.theme import fill_colour, text_colour
 from desktop_dpo.gui.train_copy import needs_copy
 from desktop_dpo.gui.widgets import STRETCH, button, hbox, text_label, vbox
@@ -236,7 +237,8 @@ class BetaSearchDialog(QDialog):
         self._set_running(False)
         self.progress.setVisible(False)
         self._say(
-            f"Done: {len(result.results)} short trainings, measured on {result.heldout_pairs} held-out pairs."
+            f"Done: {plural(len(result.results), 'short training')}, measured on "
+            f"{plural(result.heldout_pairs, 'held-out pair')}."
         )
         self.recommendation.setText(result.recommendation())
         self.recommendation.setVisible(True)

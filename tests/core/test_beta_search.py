@@ -13,6 +13,7 @@ from desktop_dpo.core.dpo.beta_search import (
     BetaResult,
     beta_search,
     recommend,
+    recommendation_text,
     search_in_child,
 )
 from desktop_dpo.core.dpo.config import TrainingError
@@ -90,6 +91,12 @@ def test_recommendation_prefers_the_least_kl_within_a_few_points_of_the_best():
         BetaResult(beta=0.3, accuracy=0.70, kl=0.05, loss=0.3, steps=1),
     ]
     assert recommend(results).beta == 0.1
+    words = recommendation_text(results, recommend(results), heldout_pairs=9)
+    assert (
+        words.startswith("Use β = 0.1:") and "With 9 held-out pairs, one pair is 11% of the accuracy" in words
+    )
+    one = recommendation_text(results, recommend(results), heldout_pairs=1)
+    assert "With one held-out pair, the accuracy is all or nothing" in one and "1 held-out pairs" not in one
 
 
 def test_the_search_runs_in_a_child_process(store, tiny_model_dir):

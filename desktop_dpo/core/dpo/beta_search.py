@@ -123,9 +123,11 @@ def recommendation_text(results: Sequence[BetaResult], chosen: BetaResult, heldo
             " No β ranked the held-out pairs well in a short run, so collecting more pairs will help more "
             "than another β."
         )
-    if heldout_pairs < 20:
+    if heldout_pairs == 1:
+        text += " With one held-out pair, the accuracy is all or nothing: collect more prompts to trust it."
+    elif heldout_pairs < 20:
         text += (
-            f" With {heldout_pairs} held-out pairs, one pair is {1 / max(heldout_pairs, 1):.0%} of the "
+            f" With {heldout_pairs} held-out pairs, one pair is {1 / heldout_pairs:.0%} of the "
             "accuracy: treat small differences as noise."
         )
     return text
