@@ -34,7 +34,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0, help="the demo's seed (split, samples, evaluation)")
     parser.add_argument("--keep", type=Path, help="use this folder as the home and keep it")
+    parser.add_argument(
+        "--workflow",
+        choices=("demo", "person"),
+        default="demo",
+        help="demo: eight answers per prompt, best against worst; person: two shown, one pick each",
+    )
+    parser.add_argument("--picks", type=int, default=150, help="person: the pick budget over all rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="person: rounds (a point of the curve each)")
+    parser.add_argument(
+        "--rules", default="shorter_wins,speaks_to_you", help="person: the rules to run, comma-separated"
+    )
+    parser.add_argument(
+        "--arms",
+        default="random,selected",
+        help="person: random pairs, selected pairs or both (comma-separated)",
+    )
     args = parser.parse_args()
+    if args.workflow == "person":
+        from person_workflow import run_person_bench
+
+        run_person_bench(args)
+        return
 
     from desktop_dpo.core.offline import lock_down
 

@@ -5,7 +5,8 @@ yields and writes to stderr (stdout keeps the results a script may read). Events
 ignored, so a recorded job's own events (``ExportRecorded``) pass silently.
 
 - :class:`TrainProgress`: ``desktop-dpo train``: a one-line bar with loss, accuracy and ETA; setup stages,
-  held-out evaluations, warnings and checkpoints as lines.
+  held-out evaluations, warnings and checkpoints as lines. A run with an SFT start shows that phase first, on a
+  bar of its own that says so ("SFT step 3/10 · NLL 2.3100"), its held-out NLL as lines.
 - :class:`StageProgress`: jobs that yield ``Progress`` and ``Log`` (``desktop-dpo export``).
 - :class:`DemoProgress`: ``desktop-dpo demo``: a header per stage, a bar per stage, the two above inside.
 """
@@ -68,6 +69,19 @@ class TrainProgress:
             )
             self.stream.flush()
             self.bar_shown = True
+        elif isinstance(event, t.SftStepMetrics):  # the SFT start, before the preference phase
+            self.stream.write(
+                f"\r{_bar(event.step, event.total_steps, self.width)} SFT step {event.step}/{event.total_steps} "
+                f"· NLL {event.loss:.4f} · ETA {format_seconds(event.eta_s)}  "
+            )
+            self.stream.flush()
+            self.bar_shown = True
+        elif isinstance(event, t.SftEvalMetrics):
+            when = f"after SFT step {event.step}" if event.step else "before the first SFT step"
+            self._line(
+                f"SFT held-out NLL {when}: {event.loss:.4f} ({event.demonstrations} written answers to held-out "
+                "prompts)"
+            )
         elif isinstance(event, t.EvalMetrics):
             self._line(
                 f"held-out after step {event.step}: accuracy {event.accuracy:.2f}, margin {event.margins:.3f}, "
@@ -144,5 +158,6 @@ class DemoProgress:
         elif isinstance(event, (Progress, Log)):
             self.stages(event)
         elif isinstance(event, (t.Loading, t.Started, t.ReferenceReady, t.StepMetrics, t.EvalMetrics,
-                                t.TrainWarning, t.Checkpointed, t.Finished)):  # fmt: skip
+                                t.SftStepMetrics, t.SftEvalMetrics, t.TrainWarning, t.Checkpointed,
+                                t.Finished)):  # fmt: skip
             self.train(event)

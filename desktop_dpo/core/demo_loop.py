@@ -41,9 +41,8 @@ jobs the CLI and the GUI run for the rest (``train.recorded_training``, ``pipeli
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -64,7 +63,7 @@ from desktop_dpo.core.evaluate import (
     run_rule_evaluation,
 )
 from desktop_dpo.core.jobs import CancelToken, Log, Progress
-from desktop_dpo.core.llm.generation import MAX_SEED, GenerationResult, ResponseFinished, TokenEvent
+from desktop_dpo.core.llm.generation import GenerationResult, ResponseFinished, TokenEvent
 from desktop_dpo.core.model_files import trainable_copy_dir
 from desktop_dpo.core.sampling import generation_meta, record_model_info
 
@@ -336,7 +335,7 @@ class DemoResult:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _quiet(
+def quiet_job(
     job: Generator[Any, None, Any], store: Store, on_event: Callable[[Any], object] | None = None
 ) -> Generator[Any, None, Any]:
     """Pass a sub-job's events through, minus per-token events, recorded as Collect records them
@@ -365,7 +364,7 @@ def _quiet(
             thrown = exc
 
 
-def _prepare_model(store: Store, paths: AppPaths, cancel: CancelToken) -> Generator[Any, None, ModelRow]:
+def prepare_model(store: Store, paths: AppPaths, cancel: CancelToken) -> Generator[Any, None, ModelRow]:
     from desktop_dpo.core.demo_model import demo_package
     from desktop_dpo.core.first_run import (
         demo_model_needed,
@@ -389,7 +388,7 @@ def _prepare_model(store: Store, paths: AppPaths, cancel: CancelToken) -> Genera
     return model
 
 
-def _prepare_copy(
+def prepare_copy(
     store: Store, paths: AppPaths, model: ModelRow, cancel: CancelToken
 ) -> Generator[Any, None, ModelRow]:
     from desktop_dpo.core.models import recorded_trainable_copy
@@ -412,19 +411,16 @@ def sample_answers(
 ) -> Generator[Any, None, list[GenerationResult]]:
     """``count`` answers of ``model`` to ``messages`` (a job), two at a time in one context, all seeds different.
 
-    Seeds come from ``rng``, so a demo with the same seed samples the same answers.
+    Seeds come from ``rng``, so a demo with the same seed samples the same answers. ``sampling.sample_answers``
+    (Collect samples its answers there too), with the demo's context length.
     """
-    from desktop_dpo.core.sampling import sample_pair
+    from desktop_dpo.core import sampling
 
-    seeds = rng.sample(range(MAX_SEED), 2 * math.ceil(count / 2))
-    results: list[GenerationResult] = []
-    for k in range(0, len(seeds), 2):
-        pair = yield from sample_pair(
-            pool, model, None, paths, messages, settings, (seeds[k], seeds[k + 1]), cancel, n_ctx=n_ctx
+    return (
+        yield from sampling.sample_answers(
+            pool, model, paths, messages, settings, count, rng, cancel, n_ctx=n_ctx
         )
-        cancel.raise_if_cancelled()
-        results.extend(pair)
-    return results[:count]
+    )
 
 
 def collect_pairs(
@@ -455,7 +451,7 @@ def collect_pairs(
         cancel.raise_if_cancelled()
         yield Progress(index, len(prompts), f"Prompt {index + 1} of {len(prompts)}")
         messages = [{"role": "user", "content": prompt}]
-        results = yield from _quiet(
+        results = yield from quiet_job(
             sample_answers(
                 pool, model, paths, messages, settings.sampling, settings.samples_per_prompt, rng, cancel
             ),
@@ -493,7 +489,7 @@ def collect_pairs(
     return comparison_ids, skipped
 
 
-def _train(
+def train_round(
     store: Store,
     paths: AppPaths,
     model: ModelRow,
@@ -517,7 +513,7 @@ def _train(
     return run_id
 
 
-def _export(
+def export_round(
     store: Store, paths: AppPaths, run_id: int, settings: DemoSettings, cancel: CancelToken
 ) -> Generator[Any, None, tuple[ModelRow, str, str]]:
     """The recorded export ``desktop-dpo export`` runs (``pipeline.recorded_export``), of Q4_K_M only."""
@@ -536,7 +532,7 @@ def _export(
     return aligned, gguf, finished.folder
 
 
-def _evaluation_prompts(store: Store, texts: Sequence[str]) -> list[PromptRow]:
+def store_evaluation_prompts(store: Store, texts: Sequence[str]) -> list[PromptRow]:
     ids = [store.add_prompt([{"role": "user", "content": text}], source=EVAL_SOURCE) for text in texts]
     rows = [store.get_prompt(pid) for pid in ids]
     trained = [row.text for row in rows if row is not None and row.split == "train"]
@@ -549,7 +545,7 @@ def _evaluation_prompts(store: Store, texts: Sequence[str]) -> list[PromptRow]:
     return [row for row in rows if row is not None]
 
 
-def _evaluate(
+def evaluate_round(
     store: Store,
     pool: EnginePool,
     paths: AppPaths,
@@ -558,7 +554,10 @@ def _evaluate(
     prompts: list[PromptRow],
     settings: DemoSettings,
     cancel: CancelToken,
+    base_answers: MutableMapping[Any, GenerationResult] | None = None,
 ) -> Generator[Any, None, tuple[int, EvaluationSummary, list[EvaluationVoted]]]:
+    """The blind evaluation of ``aligned`` against ``base`` by the rule, stored with its votes (a job);
+    ``base_answers`` as in :func:`~desktop_dpo.core.evaluate.run_rule_evaluation`."""
     quantization = check_comparable(base, aligned, paths)
     sampling = settings.evaluation_sampling
     evaluation_id = store.create_evaluation(
@@ -570,7 +569,17 @@ def _evaluate(
     )
     votes: list[EvaluationVoted] = []
     job = run_rule_evaluation(
-        pool, base, aligned, paths, prompts, sampling, settings.rule, settings.seed, cancel, n_ctx=DEMO_N_CTX
+        pool,
+        base,
+        aligned,
+        paths,
+        prompts,
+        sampling,
+        settings.rule,
+        settings.seed,
+        cancel,
+        n_ctx=DEMO_N_CTX,
+        base_answers=base_answers,
     )
 
     def record(event: object) -> None:
@@ -578,7 +587,7 @@ def _evaluate(
             record_vote(store, evaluation_id, event)
             votes.append(event)
 
-    summary: EvaluationSummary = yield from _quiet(job, store, record)
+    summary: EvaluationSummary = yield from quiet_job(job, store, record)
     return evaluation_id, summary, votes
 
 
@@ -640,14 +649,14 @@ def run_demo(
     comparison_count, skipped, run_ids = 0, 0, []
     try:
         yield stage("model")
-        base = yield from _prepare_model(store, paths, cancel)
+        base = yield from prepare_model(store, paths, cancel)
         cancel.raise_if_cancelled()
 
         yield stage("copy")
-        base = yield from _prepare_copy(store, paths, base, cancel)
+        base = yield from prepare_copy(store, paths, base, cancel)
         cancel.raise_if_cancelled()
         # Stored first: a stop still leaves them out of training.
-        eval_rows = _evaluation_prompts(store, held_out)
+        eval_rows = store_evaluation_prompts(store, held_out)
 
         current = base  # the model each round samples from and trains; its export is the next one's
         for round_number in range(1, settings.rounds + 1):
@@ -660,16 +669,16 @@ def run_demo(
             pool.close_all()  # frees the sampler's context while training needs the memory
 
             yield stage("train", round_number)
-            run_id = yield from _train(store, paths, current, comparison_ids, settings, cancel)
+            run_id = yield from train_round(store, paths, current, comparison_ids, settings, cancel)
             run_ids.append(run_id)
             cancel.raise_if_cancelled()
 
             yield stage("export", round_number)
-            current, gguf, folder = yield from _export(store, paths, run_id, settings, cancel)
+            current, gguf, folder = yield from export_round(store, paths, run_id, settings, cancel)
         aligned = current
 
         yield stage("evaluate")
-        evaluation_id, summary, votes = yield from _evaluate(
+        evaluation_id, summary, votes = yield from evaluate_round(
             store, pool, paths, base, aligned, eval_rows, settings, cancel
         )
     finally:

@@ -24,10 +24,11 @@ Jobs here write no database rows: :func:`run_rule_evaluation` yields :class:`Eva
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import random
 import re
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Generator, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -305,8 +306,13 @@ def sample_evaluation_pair(
     cancel: CancelToken | None = None,
     *,
     n_ctx: int = DEFAULT_N_CTX,
+    base_answer: GenerationResult | None = None,
 ) -> Generator[Any, None, tuple[GenerationResult, GenerationResult]]:
     """Answer ``messages`` with the base model, then the aligned model (a job), with the same seed and settings.
+
+    ``base_answer``: the base model's answer with this seed and these settings, known already (a headless
+    evaluation repeated against several aligned models: the same model, seed and settings give the same
+    answer); the base model is then not asked again.
 
     Yields :class:`TokenEvent` and :class:`ResponseFinished` with ``seq`` 0 for the base model and 1 for
     the aligned one, ``Log`` lines while a model loads and, for a Hugging Face model seen for the first
@@ -323,7 +329,9 @@ def sample_evaluation_pair(
     """
     cancel = cancel or CancelToken()
     check_comparable(base_model, aligned_model, paths)
-    base = yield from _answer(pool, base_model, paths, messages, settings, seed, BASE_SEQ, cancel, n_ctx)
+    base = base_answer or (
+        yield from _answer(pool, base_model, paths, messages, settings, seed, BASE_SEQ, cancel, n_ctx)
+    )
     aligned = yield from _answer(
         pool, aligned_model, paths, messages, settings, seed, ALIGNED_SEQ, cancel, n_ctx
     )
@@ -383,13 +391,65 @@ class ShorterWinsRule:
             len(words) < self.min_words or repeated_ngram_share(words, self.ngram) > self.max_repeated_share
         )
 
+    def prefer(self, text_a: str, text_b: str) -> str:
+        """Of two answers neither of which is degenerate: "a" or "b" (the one with fewer words), or "tie"."""
+        length_a, length_b = len(answer_words(text_a)), len(answer_words(text_b))
+        if length_a == length_b:
+            return "tie"
+        return "a" if length_a < length_b else "b"
+
     def to_dict(self) -> dict[str, Any]:
         """The rule as plain data (an evaluation's settings)."""
         return dataclasses.asdict(self)
 
 
-Rule = ShorterWinsRule
-"""The rules a headless evaluation can judge with."""
+SECOND_PERSON = frozenset({"you", "your", "yours", "yourself", "yourselves", "you're", "you've", "you'll"})
+
+
+@dataclass(frozen=True)
+class SpeaksToYouRule:
+    """The answer that speaks to the reader wins: the larger share of its words are "you", "your" and
+    the like. A taste of voice, not of length: a short answer that says "you" once beats a long one that
+    never does, and two answers with the same share tie. An answer under ``min_words`` words or repeating
+    itself loses (as in :class:`ShorterWinsRule`), so a model cannot win by saying "you" and stopping.
+    """
+
+    name: str = "speaks_to_you"
+    min_words: int = 8
+    ngram: int = 4
+    max_repeated_share: float = 0.2
+
+    def degenerate(self, text: str) -> bool:
+        """True when the answer loses whatever the other one is: too short or repeating itself."""
+        words = answer_words(text)
+        return (
+            len(words) < self.min_words or repeated_ngram_share(words, self.ngram) > self.max_repeated_share
+        )
+
+    def share(self, text: str) -> float:
+        """The share of the answer's words that address the reader (0 for an answer with no words)."""
+        words = answer_words(text)
+        return sum(1 for w in words if w in SECOND_PERSON) / len(words) if words else 0.0
+
+    def prefer(self, text_a: str, text_b: str) -> str:
+        """Of two answers neither of which is degenerate: the one with the larger :meth:`share`, or "tie"."""
+        share_a, share_b = self.share(text_a), self.share(text_b)
+        if math.isclose(share_a, share_b, abs_tol=1e-9):
+            return "tie"
+        return "a" if share_a > share_b else "b"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The rule as plain data (an evaluation's settings)."""
+        return dataclasses.asdict(self)
+
+
+Rule = ShorterWinsRule | SpeaksToYouRule
+"""The rules a headless evaluation can judge with: each names itself, says which answers are degenerate
+(they lose whatever the other answer is) and which of two others it prefers."""
+RULES: dict[str, type[ShorterWinsRule] | type[SpeaksToYouRule]] = {
+    "shorter_wins": ShorterWinsRule,
+    "speaks_to_you": SpeaksToYouRule,
+}
 
 
 def judge_by_rule(text_a: str, text_b: str, rule: Rule) -> str:
@@ -399,10 +459,7 @@ def judge_by_rule(text_a: str, text_b: str, rule: Rule) -> str:
         return "both_bad"
     if bad_a != bad_b:
         return "b" if bad_a else "a"
-    length_a, length_b = len(answer_words(text_a)), len(answer_words(text_b))
-    if length_a == length_b:
-        return "tie"
-    return "a" if length_a < length_b else "b"
+    return rule.prefer(text_a, text_b)
 
 
 def vote_for(verdict: str, aligned_is_a: bool) -> str:
@@ -455,8 +512,13 @@ def run_rule_evaluation(
     cancel: CancelToken | None = None,
     *,
     n_ctx: int = DEFAULT_N_CTX,
+    base_answers: MutableMapping[tuple[str, str, int, str], GenerationResult] | None = None,
 ) -> Generator[Any, None, EvaluationSummary]:
     """Answer every prompt with both models and judge the answers by ``rule`` (a job, for the CLI and demos).
+
+    ``base_answers``, when given, keeps the base model's answers by (base model fingerprint, prompt, seed,
+    settings) across evaluations (a curve of rounds against one base): the same model, seed and settings
+    give the same answer, so a known one is not sampled again.
 
     Prompt i is answered by both models with the i-th seed drawn from ``random.Random(seed)``, so a run
     can be repeated exactly. Yields a :class:`Progress` before each prompt, the sampling events of
@@ -481,6 +543,12 @@ def run_rule_evaluation(
         cancel.raise_if_cancelled()
         yield Progress(index, len(prompts), f"Prompt {index + 1} of {len(prompts)}")
         prompt_seed = draw_seed(seeds)
+        key = (
+            base_model.fingerprint,
+            json.dumps(prompt.messages),
+            prompt_seed,
+            json.dumps(settings.to_dict()),
+        )
         base, aligned = yield from sample_evaluation_pair(
             pool,
             base_model,
@@ -491,7 +559,10 @@ def run_rule_evaluation(
             prompt_seed,
             cancel,
             n_ctx=n_ctx,
+            base_answer=base_answers.get(key) if base_answers is not None else None,
         )
+        if base_answers is not None:
+            base_answers[key] = base
         vote = vote_for(judge_by_rule(aligned.text, base.text, rule), aligned_is_a=True)
         votes.append(vote)
         yield EvaluationVoted(prompt.id, base, aligned, vote, rule.name, prompt_seed)

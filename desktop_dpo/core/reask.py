@@ -25,7 +25,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from desktop_dpo.core.store import ComparisonView
+from desktop_dpo.core.store import ComparisonView, Store
 
 REASK_EVERY = 20  # one new pair in this many is a repeat (on average)
 MIN_JUDGED = 10  # judged pairs needed before any is repeated
@@ -61,6 +61,18 @@ def pick_repeat(views: Sequence[ComparisonView], rng: random.Random) -> Comparis
     return rng.choice(candidates) if candidates else None
 
 
+def pick_repeat_in(store: Store, rng: random.Random) -> ComparisonView | None:
+    """:func:`pick_repeat` done by the store in SQL (``Store.repeat_candidate_counts`` and
+    ``repeat_candidate``, the same rules as :func:`repeat_candidates`): two counts and one row, where
+    :func:`pick_repeat` needs every comparison with its texts (about a second at 20,000, on the GUI thread).
+    ``rng`` draws which candidate, uniformly, so a seeded one still picks the same pair."""
+    judged, candidates = store.repeat_candidate_counts()
+    if judged < MIN_JUDGED or not candidates:
+        return None
+    # None when another connection changed the candidates between the count and the pick: no repeat now.
+    return store.repeat_candidate(rng.randrange(candidates))
+
+
 def choose_repeat(
     views: Sequence[ComparisonView], rng: random.Random, *, last_was_repeat: bool
 ) -> ComparisonView | None:
@@ -87,11 +99,20 @@ def repeat_agreement(views: Sequence[ComparisonView]) -> Agreement:
         if original is None or "skip" in (original.verdict, repeat.verdict):
             continue
         total += 1
-        if original.verdict == repeat.verdict:
+        if agrees(original.verdict, repeat.verdict):
             agreed += 1
         else:
             disagreeing += [original.id, repeat.id]
     return Agreement(agreed, total, tuple(sorted(disagreeing)))
+
+
+def agrees(original_verdict: str | None, repeat_verdict: str) -> bool | None:
+    """Whether a repeat's verdict agrees with the first one (verdicts name answers, not sides, so the same
+    verdict is the same answer); None when the pair counts for nothing: the original is gone (None) or
+    either verdict is a skip."""
+    if original_verdict is None or "skip" in (original_verdict, repeat_verdict):
+        return None
+    return original_verdict == repeat_verdict
 
 
 def flip_probability(agreement: float) -> float:

@@ -30,6 +30,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
+import random
 from collections.abc import Callable, Generator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -504,3 +506,60 @@ def sample_pair(
         return result_a, result_b
     result_b = yield from _single(pool, runner_b, messages, settings, seeds[1], 1, cancel)
     return result_a, result_b
+
+
+def sample_answers(
+    pool: EnginePool,
+    model: ModelRow,
+    paths: AppPaths,
+    messages: Messages,
+    settings: SamplingSettings,
+    count: int,
+    rng: random.Random,
+    cancel: CancelToken | None = None,
+    *,
+    n_ctx: int = DEFAULT_N_CTX,
+) -> Generator[Any, None, list[GenerationResult]]:
+    """``count`` answers of ``model`` to ``messages`` (a job), two at a time in one context (``sample_pair``,
+    one model: decoded together), all seeds different and drawn from ``rng`` (a seeded one samples the same
+    answers again). Streamed events carry ``seq`` = the answer's index (0 … ``count`` − 1, an odd count's
+    spare answer left out of the results). Collect's pair selection and the demo sample their answers here.
+
+    Raises:
+        as :func:`sample_pair`; JobCancelled: stopped (between two pairs, or the pair stopped mid-way).
+    """
+    from desktop_dpo.core.llm.generation import MAX_SEED
+
+    cancel = cancel or CancelToken()
+    seeds = rng.sample(range(MAX_SEED), 2 * math.ceil(count / 2))
+    results: list[GenerationResult] = []
+    for k in range(0, len(seeds), 2):
+        job = sample_pair(
+            pool, model, None, paths, messages, settings, (seeds[k], seeds[k + 1]), cancel, n_ctx=n_ctx
+        )
+        pair = yield from _relabelled(job, k)
+        cancel.raise_if_cancelled()
+        results.extend(pair)
+    return results[:count]
+
+
+def _relabelled(job: Generator[Any, None, Any], offset: int) -> Generator[Any, None, Any]:
+    """``job``'s events with their ``seq`` moved up by ``offset``; a stop thrown in reaches ``job``."""
+    thrown: BaseException | None = None
+    try:
+        while True:
+            try:
+                event = job.throw(thrown) if thrown is not None else next(job)
+            except StopIteration as stop:
+                return stop.value
+            thrown = None
+            if isinstance(event, (TokenEvent, ResponseFinished)):
+                event = dataclasses.replace(event, seq=event.seq + offset)
+            try:
+                yield event
+            except GeneratorExit:
+                raise
+            except BaseException as exc:  # JobCancelled from the driver: the sub-job's clean-up runs
+                thrown = exc
+    finally:
+        job.close()

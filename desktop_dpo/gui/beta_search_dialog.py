@@ -6,6 +6,10 @@ one model at a time on the GPU, and the models loaded for Collect, Chat and Eval
 as Start does. Each β that is done becomes a point on a plot of held-out accuracy against how far the model
 moved from where it started (KL per token), and a row of the table; at the end, a recommendation in words
 and a button that puts that β (or the row the person selects) on the form. Nothing becomes a run.
+
+Each point's "β …" label is placed in the plot's pixels (:func:`label_rects`): under its point, above it where
+there is no room under (a β that ranked 0% sits on the bottom edge), and moved in from the sides, so no label is
+ever cut off; the labels are placed again whenever the plot's size or range changes.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtCore import QPointF, QRectF, QSizeF, Qt, Signal, Slot
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QDialog,
@@ -51,6 +55,25 @@ BETA_IN_WORDS = "β is how far the model may move from where it started: higher 
 POINT_COLOUR = "#4f46e5"  # indigo, as the training curves
 PICK_COLOUR = "#ea580c"  # orange: the recommended β
 COLUMNS = ("β", "Held-out accuracy", "Moved from the start (KL per token)")
+LABEL_GAP = 9.0  # pixels from a point's centre to its label: clear of the point (11 px) and the ring (17 px)
+
+
+def label_rects(
+    points: Sequence[QPointF], sizes: Sequence[QSizeF], area: QRectF, gap: float = LABEL_GAP
+) -> list[QRectF]:
+    """Where each point's label goes, in pixels (y down): centred under its point, ``gap`` from its centre;
+    above it when it would cross the bottom of ``area``; then moved sideways (and, in a plot too small for
+    either, up or down) to lie inside ``area`` whole. ``points`` and ``sizes`` pair up, one label each."""
+    rects = []
+    for point, size in zip(points, sizes, strict=True):
+        top = point.y() + gap
+        if top + size.height() > area.bottom():  # no room under the point: above it
+            top = point.y() - gap - size.height()
+        left = point.x() - size.width() / 2
+        left = min(max(left, area.left()), area.right() - size.width())
+        top = min(max(top, area.top()), area.bottom() - size.height())
+        rects.append(QRectF(QPointF(left, top), size))
+    return rects
 
 
 def beta_search_job(
@@ -144,6 +167,7 @@ class BetaSearchDialog(QDialog):
             parent=self, spacing=8,
         )  # fmt: skip
         self.resize(680, 640)
+        self.setMinimumSize(520, 600)  # smaller, the table would cover the plot's lower part
 
     def _build_plot(self) -> Any:
         pg.setConfigOptions(antialias=True)
@@ -165,6 +189,7 @@ class BetaSearchDialog(QDialog):
             axis.enableAutoSIPrefix(False)  # "0.12", never "120 (x0.001)"
             item.setLabel(side, words, color=text_colour("#64748b"))
         item.setYRange(0, 100, padding=0.05)
+        item.getViewBox().setMouseEnabled(x=False, y=False)  # a small overview: nothing to pan or zoom
         plot.setToolTip(
             "Up is better ranking of your held-out pairs; left is closer to where the model started."
         )
@@ -175,6 +200,9 @@ class BetaSearchDialog(QDialog):
         item.addItem(self.points)
         item.addItem(self.pick_point)
         self.point_labels: list[Any] = []
+        box = item.getViewBox()
+        box.sigResized.connect(self._place_labels)
+        box.sigRangeChanged.connect(self._place_labels)
         return plot
 
     # ---------------------------------------------------------------- the job
@@ -285,20 +313,37 @@ class BetaSearchDialog(QDialog):
         self.point_labels = []
         self.points.setData([r.kl for r in self.results], [100 * r.accuracy for r in self.results])
         for result in self.results:
-            label = pg.TextItem(
-                f"β {result.beta:g}", color=text_colour("#334155"), anchor=(0.5, -0.5)
-            )  # under
-            label.setPos(result.kl, 100 * result.accuracy)
+            label = pg.TextItem(f"β {result.beta:g}", color=text_colour("#334155"), anchor=(0, 0))
             item.addItem(label)
             self.point_labels.append(label)
         if self.results:  # from 0: the distance from the start reads as a distance
-            item.setXRange(0, max(r.kl for r in self.results) * 1.15, padding=0)
+            right = max(r.kl for r in self.results) * 1.15 or 1.0
+            # A little room left of 0, so that a β that barely moved the model shows its whole point.
+            item.setXRange(-0.03 * right, right, padding=0)
+        self._place_labels()
         pick = self.outcome.recommended if self.outcome is not None else None
         self.pick_point.setData([pick.kl] if pick else [], [100 * pick.accuracy] if pick else [])
         for row in range(self.table.rowCount()):
             cell = self.table.item(row, 0)
             beta = cell.data(Qt.ItemDataRole.UserRole)
             cell.setText(f"{beta:g}  (recommended)" if pick and beta == pick.beta else f"{beta:g}")
+
+    def label_layout(self) -> tuple[QRectF, list[QRectF]]:
+        """The plot's area and each point's label rectangle, in the scene's pixels (:func:`label_rects`)."""
+        box = self.plot.getPlotItem().getViewBox()
+        points = [box.mapViewToScene(QPointF(r.kl, 100 * r.accuracy)) for r in self.results]
+        sizes = [label.boundingRect().size() for label in self.point_labels]
+        area = box.sceneBoundingRect()
+        return area, label_rects(points, sizes, area)
+
+    @Slot()
+    def _place_labels(self) -> None:
+        """Put each label where :func:`label_rects` says (its top-left corner, in the plot's values)."""
+        if len(self.point_labels) != len(self.results):
+            return  # between a new result and its label
+        box = self.plot.getPlotItem().getViewBox()
+        for label, rect in zip(self.point_labels, self.label_layout()[1], strict=True):
+            label.setPos(box.mapSceneToView(rect.topLeft()))
 
     def _select(self, beta: float) -> None:
         for row in range(self.table.rowCount()):

@@ -2,7 +2,7 @@
 
 Plain data and rules, no widgets: which generation a screen side shows (:class:`ShownPair`), the verdict
 stored for a choice made on screen (:func:`verdict_for`), and which answer continues a judged conversation
-(:func:`continuation_for`).
+(:func:`continuation_for`) and whether Continue can now (:func:`continue_state`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from desktop_dpo.core.wording import plural
 from desktop_dpo.gui.response_pane import SIDE_NAMES
 
 CHOICES = ("left", "right", "tie", "both_bad", "skip")
+CONTINUE_SHORTCUT = "Alt+C"
 
 
 def verdict_for(choice: str, a_shown_left: bool) -> str:
@@ -50,6 +51,7 @@ class ShownPair:
     edit: tuple[int, str] | None = None  # (generation, the person's rewrite of it)
     generation_ids: tuple[int, int] | None = None  # rows already stored (a pair brought back by undo)
     repeat_of: int | None = None  # an earlier pair shown again, sides swapped (core/reask.py): its comparison
+    why: str = ""  # why these two answers of several were shown (collect_selection.py); "" when not chosen
 
     def generation_on(self, side: int) -> int:
         """The generation shown on screen side ``side`` (0 left, 1 right)."""
@@ -116,3 +118,41 @@ class SavedVerdict(NamedTuple):
     pair: ShownPair
     choice: str
     was_queued: bool  # the prompt was in the queue; undo puts it back
+
+
+def continue_state(
+    saved: SavedVerdict | None, streaming: bool, pair_on_screen: bool, continuable: bool, continued: bool
+) -> tuple[bool, str]:
+    """Whether Collect's Continue can run now, and its tooltip (what it does, or why not): ``saved`` is the
+    last verdict, ``pair_on_screen`` a pair waits (or is being written), ``continuable`` the last verdict
+    can still continue the conversation, ``continued`` it no longer can because it did."""
+    if streaming:
+        return False, "Sampling…"
+    if saved is None or pair_on_screen or not continuable:
+        if saved is not None and not pair_on_screen and continued:
+            return False, "Already continued: write your next message, then Ctrl+Enter."
+        if saved is not None and not pair_on_screen:
+            return (
+                False,
+                "The conversation changed since that verdict: judge a pair in this one to continue it.",
+            )
+        return False, (
+            "Give a verdict first: Continue then makes the answer you chose the assistant's turn, "
+            "and you write the next message."
+        )
+    answer = continuation_for(saved.pair, saved.choice)
+    if answer is None:
+        if saved.choice == "skip":
+            return False, "A skipped pair has no chosen answer to continue with (Ctrl+Z undoes the skip)."
+        return False, (
+            "Both answers were bad, so there is no answer to continue with: undo (Ctrl+Z), rewrite "
+            "one with Edit…, and judge again to continue with your own."
+        )
+    which = {
+        "your rewrite": "your rewrite",
+        "a tie: the left answer": "the left answer (a tie)",
+    }.get(answer[1], "the answer you chose")
+    return True, (
+        f"Continue the conversation ({CONTINUE_SHORTCUT}): {which} becomes the assistant's turn, and "
+        "you write the next message. A tie continues with the left answer; both bad needs a rewrite."
+    )

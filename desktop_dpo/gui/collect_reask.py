@@ -1,5 +1,6 @@
 """Re-asking in Collect: now and then the next pair is an earlier judged one, its sides swapped, shown as any
-new pair is (nothing says it is a repeat). When and which: :mod:`desktop_dpo.core.reask`.
+new pair is (nothing says it is a repeat; its stored answers are written out at the pace of a sampled pair,
+:mod:`desktop_dpo.gui.collect_reveal`). When and which: :mod:`desktop_dpo.core.reask`, the pair picked in SQL.
 
 The repeat answers its own prompt, so the prompt editor shows that conversation while it is on screen; the
 person's own prompt (what they were about to sample) is kept and put back once the repeat is judged.
@@ -11,7 +12,7 @@ import random
 from typing import Protocol
 
 from desktop_dpo.core.llm.generation import GenerationResult
-from desktop_dpo.core.reask import due, pick_repeat
+from desktop_dpo.core.reask import due, pick_repeat_in
 from desktop_dpo.core.store import ComparisonView, GenerationRow, PromptRow, Store
 from desktop_dpo.gui.collect_pair import ShownPair
 
@@ -76,8 +77,8 @@ class Reasker:
         """The pair to show instead of sampling a new one, or None (sample as asked). A repeat's conversation
         goes into ``editor``; the person's is kept for :meth:`restore`."""
         repeat = None
-        if due(self.rng, last_was_repeat=self.last_was_repeat):  # cheap; the pairs are read only when due
-            chosen = pick_repeat(store.comparison_views(), self.rng)
+        if due(self.rng, last_was_repeat=self.last_was_repeat):  # cheap; the store is asked only when due
+            chosen = pick_repeat_in(store, self.rng)  # in SQL: one row read, on the GUI thread
             repeat = repeat_pair(store, chosen, model_id) if chosen is not None else None
         self.last_was_repeat = repeat is not None
         if repeat is not None:

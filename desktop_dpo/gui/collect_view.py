@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtGui import QKeySequence, QShortcut, QShowEvent
-from PySide6.QtWidgets import QBoxLayout, QCheckBox, QFrame, QHBoxLayout, QSizePolicy
+from PySide6.QtWidgets import QBoxLayout, QCheckBox, QFrame, QHBoxLayout, QSizePolicy, QVBoxLayout
 
 from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core.dpo.pair_counts import PAIRS_EXPLAINED, store_pair_counts, training_text, usable_text
@@ -52,15 +52,19 @@ from desktop_dpo.gui import widgets
 from desktop_dpo.gui.collect_own_answer import OwnAnswer
 from desktop_dpo.gui.collect_pair import (
     CHOICES,
+    CONTINUE_SHORTCUT,
     SavedVerdict,
     ShownPair,
     continuation_for,
+    continue_state,
     describe_result,
     split_conversation,
     verdict_for,  # noqa: F401 (imported from here too)
 )
 from desktop_dpo.gui.collect_prompt_editor import CollectPromptEditor
 from desktop_dpo.gui.collect_reask import Reasker
+from desktop_dpo.gui.collect_reveal import Reveal
+from desktop_dpo.gui.collect_selection import PairSelection
 from desktop_dpo.gui.collect_verdict_bar import CHOICE_LABELS, VERDICT_SHORTCUTS, VerdictBar, undo_keys
 from desktop_dpo.gui.collect_verdicts import save_verdict, undo_verdict
 from desktop_dpo.gui.model_work_view import STOP_SHORTCUT, SingleModelView
@@ -79,7 +83,6 @@ log = logging.getLogger(__name__)
 # Choices on screen -> their key. "left"/"right" name screen sides; verdict_for() turns them into a/b.
 SAMPLE_SHORTCUTS = ("Ctrl+Return", "Ctrl+Enter")
 NEXT_PROMPT_SHORTCUT = "Alt+N"
-CONTINUE_SHORTCUT = "Alt+C"
 SETTINGS_KEY = "collect/sampling"
 SAMPLE_TIP = "Sample two answers to the prompt (Ctrl+Enter)"
 LOAD_PROMPTS_TIP = (
@@ -113,6 +116,14 @@ class CollectView(SingleModelView):
         self._model: ModelRow | None = None
         self._pair: ShownPair | None = None
         self.reasker = Reasker()  # now and then an earlier pair again, sides swapped (collect_reask.py)
+        self.reveal = Reveal(self)  # ... its stored answers written out as new ones are (collect_reveal.py)
+        self.reveal.event.connect(self._on_sample_event)
+        # A selected repeat is then compared as a chosen pair is (collect_selection.py); any other is done.
+        self.reveal.finished.connect(
+            lambda: self.selection.repeat_written() or self._on_sample_succeeded(None)
+        )
+        self.reveal.stopped.connect(self._on_repeat_stopped)
+        self.selection = PairSelection(self)  # 4 answers, the 2 that teach the most shown, and why
         self._last_saved: SavedVerdict | None = None
         self._continuable = False  # the last verdict can still continue the conversation
         self._continued = False  # ... and it no longer can because it did
@@ -204,13 +215,15 @@ class CollectView(SingleModelView):
         # The settings' summary wraps beside the buttons rather than widening the view.
         self.sampling_panel.summary.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.sampling_panel.summary.setWordWrap(True)
+        self.sampling_panel.add_option(self.selection.option)
         # After a verdict the next step is either a new pair (Sample) or the next turn (Continue): side by side.
         self.continue_button = widgets.button(f"Continue  ({CONTINUE_SHORTCUT})", self.continue_conversation)
         buttons = (self.continue_button, self.stop_button, self.sample_button)
         card_layout.addLayout(self._actions_row(self.sampling_panel, *buttons, top=True))
 
-    def _build_answers(self) -> QHBoxLayout:
-        """The two answers, in equal panes."""
+    def _build_answers(self) -> QVBoxLayout:
+        """The two answers, in equal panes, and close under them why this pair (hidden unless it was chosen
+        from several: collect_selection.py), which takes little of the answers' room."""
         self.panes = (ResponsePane(0), ResponsePane(1))
         answers = QHBoxLayout()
         answers.setSpacing(12)
@@ -218,7 +231,7 @@ class CollectView(SingleModelView):
             pane.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Expanding)
             pane.edit_button.clicked.connect(lambda _checked=False, side=pane.side: self.open_edit(side))
             answers.addWidget(pane, 1)
-        return answers
+        return widgets.vbox((answers, 1), self.selection.line, margins=(0, 0, 0, 0), spacing=2)
 
     def _build_verdict_bar(self) -> VerdictBar:
         bar = VerdictBar()
@@ -271,6 +284,7 @@ class CollectView(SingleModelView):
     def _on_model_combo_changed(self, _index: int) -> None:
         model_id = self.model_combo.currentData()
         self._model = self.store.get_model(model_id) if model_id is not None else None
+        self.selection.release()  # the last run's model judged the previous model's answers
         self._update_actions()
 
     @Slot(bool)
@@ -305,36 +319,9 @@ class CollectView(SingleModelView):
 
     def _continue_state(self) -> tuple[bool, str]:
         """Whether Continue can run now, and its tooltip (what it does, or why not)."""
-        saved = self._last_saved
-        if self._streaming:
-            return False, "Sampling…"
-        if saved is None or self._pair is not None or not self._continuable:
-            if saved is not None and self._pair is None and self._continued:
-                return False, "Already continued: write your next message, then Ctrl+Enter."
-            if saved is not None and self._pair is None:
-                return (
-                    False,
-                    "The conversation changed since that verdict: judge a pair in this one to continue it.",
-                )
-            return False, (
-                "Give a verdict first: Continue then makes the answer you chose the assistant's turn, "
-                "and you write the next message."
-            )
-        answer = continuation_for(saved.pair, saved.choice)
-        if answer is None:
-            if saved.choice == "skip":
-                return False, "A skipped pair has no chosen answer to continue with (Ctrl+Z undoes the skip)."
-            return False, (
-                "Both answers were bad, so there is no answer to continue with: undo (Ctrl+Z), rewrite "
-                "one with Edit…, and judge again to continue with your own."
-            )
-        which = {
-            "your rewrite": "your rewrite",
-            "a tie: the left answer": "the left answer (a tie)",
-        }.get(answer[1], "the answer you chose")
-        return True, (
-            f"Continue the conversation ({CONTINUE_SHORTCUT}): {which} becomes the assistant's turn, and "
-            "you write the next message. A tie continues with the left answer; both bad needs a rewrite."
+        on_screen = self._pair is not None
+        return continue_state(
+            self._last_saved, self._streaming, on_screen, self._continuable, self._continued
         )
 
     @Slot()
@@ -494,8 +481,12 @@ class CollectView(SingleModelView):
             model_b = self._with_template(model_b)
             if model_b is None:
                 return False
+        also = f" and {model_b.name}" if model_b else ""
+        select = self.selection.applies(model_b)  # 4 answers, 2 shown (collect_selection.py)
+        writing = f"Writing two answers with {model_a.name}{also}… Esc stops."
+        writing = self.selection.writing_line(model_a) if select else writing
         if (repeat := self.reasker.repeat_now(self.store, model_a.id, self.prompt_editor)) is not None:
-            return self._show_repeat(repeat)
+            return self._show_repeat(repeat, writing, select)
         messages = self.prompt_messages()
         settings = self.sampling_panel.settings()
         pool, paths = self.pool, self.paths
@@ -507,16 +498,20 @@ class CollectView(SingleModelView):
             job = sample_pair(pool, model_a, model_b, paths, messages, settings, None, token)
             return record_model_info(store, job)
 
-        if not self._start_generation(factory, model_a, "sample"):
+        if select:
+            started = self.selection.sample(model_a, messages, settings)
+        else:
+            started = self._start_generation(factory, model_a, "sample")
+        if not started:
             return False
+        sides = self._rng.random() < 0.5
+        pair = ShownPair(messages, (model_a.id, (model_b or model_a).id), sides)
+        return self._begin_pair(pair, writing, select)
 
-        self._last_saved = None  # a new pair on screen: the previous verdict stays (fix it in Data)
-        self._continuable = False
-        self._pair = ShownPair(
-            messages=messages,
-            model_ids=(model_a.id, (model_b or model_a).id),
-            a_shown_left=self._rng.random() < 0.5,
-        )
+    def _begin_pair(self, pair: ShownPair, writing: str, selected: bool) -> bool:
+        """``pair`` on screen, its answers on their way: empty panes, "Waiting…", and ``writing`` below."""
+        # A new pair on screen: the previous verdict stays (fix it in Data), and can no longer be undone.
+        self._last_saved, self._continuable, self._pair = None, False, pair
         self.clear_error()
         self.feedback.clear()
         for pane in self.panes:
@@ -525,27 +520,43 @@ class CollectView(SingleModelView):
             pane.status.setText("Waiting…")
             pane.badge.setVisible(False)
             pane.set_chosen(False)
-        self._sampling_text = (
-            f"Writing two answers with {model_a.name}"
-            + (f" and {model_b.name}" if model_b else "")
-            + "… Esc stops."
-        )
-        self._set_activity(self._sampling_text)
+        self.selection.begin(pair, selected)
+        self._sampling_text = writing
+        self._set_activity(writing)
         self._update_actions()
         self.pair_started.emit()
         self._bring_into_view(self.verdict_bar)  # a short window: the answers and the verdicts come up
         return True
 
-    def _show_repeat(self, pair: ShownPair) -> bool:
-        """An earlier pair again, sides swapped, shown as a new pair is once written (nothing says so)."""
-        self._last_saved, self._continuable, self._pair = None, False, pair
-        self.clear_error()
-        self.feedback.clear()
-        self._show_pair(pair)
-        self._on_sample_succeeded(None)  # "Which answer is better? …"
-        self.pair_started.emit()
-        self._bring_into_view(self.verdict_bar)
-        return True
+    def _show_repeat(self, pair: ShownPair, writing: str, selected: bool) -> bool:
+        """An earlier pair again, sides swapped, written out as a new pair is, at the pace of the last one
+        (collect_reveal.py; ``selected``: as a pair chosen from several is): its panes and buttons go as
+        they do while sampling, and nothing says so."""
+        stored = [result for result in pair.results if result is not None]
+        pair.texts, pair.results = ["", ""], [None, None]  # filled as the answers come, as when sampled
+        if selected:
+            self.selection.show_repeat(stored)
+        else:
+            self.reveal.start(stored)
+        return self._begin_pair(pair, writing, selected)
+
+    def _on_repeat_stopped(self) -> None:
+        """Stop while a repeat is written: as a stopped pair, and the person's own prompt is back."""
+        self.reasker.restore(self.prompt_editor)
+        self._on_sample_cancelled()
+
+    @property
+    def _streaming(self) -> bool:
+        """A pair is being written: by a sampling job, or a repeat played back (``reveal``)."""
+        return super()._streaming or self.reveal.active
+
+    @Slot()
+    def stop(self) -> None:
+        """Stop writing the pair at the next token (a repeat's at once)."""
+        if self.reveal.active:
+            self.reveal.stop()
+        else:
+            super().stop()
 
     def _pane_for(self, generation: int) -> ResponsePane:
         assert self._pair is not None
@@ -553,6 +564,9 @@ class CollectView(SingleModelView):
 
     def _on_sample_event(self, event: object) -> None:
         if self._pair is None:
+            return
+        if self.selection.active:  # several answers written: progress only, then the two chosen
+            self.selection.on_event(event)
             return
         pair = self._pair
         if isinstance(event, TokenEvent):
@@ -570,6 +584,8 @@ class CollectView(SingleModelView):
 
     def _finish_generation(self, generation: int, result: GenerationResult) -> None:
         assert self._pair is not None
+        if self._pair.repeat_of is None:
+            self.reveal.pace.observe(result)  # the pace a repeat is written at
         self._pair.results[generation] = result
         self._pair.texts[generation] = result.text
         pane = self._pane_for(generation)
@@ -679,6 +695,7 @@ class CollectView(SingleModelView):
             pane.badge.setVisible(rewritten)
             pane.status.setText(describe_result(result) if result is not None else "")
             pane.set_chosen(False)
+        self.selection.show(pair)
 
     def _show_empty_panes(self) -> None:
         for pane in self.panes:
@@ -686,6 +703,7 @@ class CollectView(SingleModelView):
             pane.status.clear()
             pane.badge.setVisible(False)
             pane.set_chosen(False)
+        self.selection.show(None)
         what = "your next message" if self.prompt_editor.turns else "your prompt"
         self.panes[0].text.setPlaceholderText(f"Two answers to {what} appear here, side by side.")
         self.panes[1].text.setPlaceholderText("Which side shows which sample is random for every pair.")

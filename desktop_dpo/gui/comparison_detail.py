@@ -1,6 +1,9 @@
 """The Data view's detail panel: the selected comparison in full (the conversation with its system prompt and
 earlier turns, both responses, the person's rewrite, model and sampling settings), with its verdict and note
-editable. :class:`ComparisonDetail` emits what the person changed; the Data view writes it to the store."""
+editable. :class:`ComparisonDetail` emits what the person changed; the Data view writes it to the store.
+
+A re-asked pair (``repeat_of``, core/reask.py) says so, whether it agreed with the first verdict, and that
+its verdict never trains: Collect never told the person it was a repeat, so this is where they learn it."""
 
 from __future__ import annotations
 
@@ -20,13 +23,16 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop_dpo.core.store import ComparisonView, GenerationRow
+from desktop_dpo.core.reask import agrees
+from desktop_dpo.core.store import ComparisonRow, ComparisonView, GenerationRow
 from desktop_dpo.core.wording import plural
 from desktop_dpo.gui.comparison_table_model import (
     SOURCE_WORDS,
     format_date,
     verdict_choices,
+    verdict_name,
     verdict_tip,
+    winning_side,
 )
 from desktop_dpo.gui.theme import follow_scheme, text_colour
 from desktop_dpo.gui.widgets import (
@@ -74,6 +80,36 @@ def describe_generation(
     if not parts:
         return "Model and sampling settings unknown"
     return "\n".join(parts) if full else " · ".join(parts)
+
+
+def repeat_text(comparison: ComparisonRow, original: ComparisonRow | None) -> str:
+    """What the detail panel says of a re-asked pair: which pair it repeats, whether the person chose the same
+    answer both times, and that it never trains ("" for a comparison that is no repeat)."""
+    if comparison.repeat_of is None:
+        return ""
+    first = f"#{comparison.repeat_of}"
+    lines = [
+        f"A re-asked pair: the answers of {first}, shown again with their sides swapped, without saying so."
+    ]
+    live = original if original is not None and not original.deleted else None
+    agreement = agrees(live.verdict if live else None, comparison.verdict)
+    if live is None:
+        lines.append(f"The first verdict ({first}) was deleted: there is nothing to agree with.")
+    else:
+        side = winning_side(live.verdict, comparison.a_shown_left)  # on this pair's screen
+        words = verdict_name(live.verdict, live.a_shown_left)
+        then = f"you preferred the answer now on the {side}" if side else f"you said “{words}”"
+        if agreement is None:
+            lines.append(f"A skip neither agrees nor disagrees (the first time, {then}).")
+        elif agreement:
+            lines.append(f"It agrees with your first verdict: the first time too, {then}.")
+        else:
+            lines.append(f"It disagrees with your first verdict: the first time, {then}.")
+    lines.append(
+        "A repeat's verdict never trains (the first one does, once): it only measures how consistent your "
+        "verdicts are." + (" Your rewrite here is new work, and trains." if comparison.edited_text else "")
+    )
+    return "\n".join(lines)
 
 
 def user_turns(messages: Sequence[dict[str, str]]) -> int:
@@ -203,6 +239,8 @@ class ComparisonDetail(QFrame):
 
         self.title = styled_label("", "detailTitle")
         self.meta = text_label("", "detailMeta", selectable=True, plain=False)
+        self.repeat_note = text_label("", "detailMeta", selectable=True)  # a re-asked pair (repeat_text)
+        self.repeat_note.setVisible(False)
         self.prompt_text = PromptBrowser()
         self.prompt_text.setObjectName("promptText")
         # Keyed by generation; laid out in the order they were shown (see _place_panes).
@@ -238,6 +276,7 @@ class ComparisonDetail(QFrame):
         content = QWidget()
         vbox(
             head,
+            self.repeat_note,
             self.prompt_text,
             (responses, 1),
             controls,
@@ -256,8 +295,10 @@ class ComparisonDetail(QFrame):
         view: ComparisonView,
         generations: tuple[GenerationRow | None, GenerationRow | None],
         model_names: tuple[str | None, str | None],
+        original: ComparisonRow | None = None,
     ) -> None:
-        """Show ``view`` in full (a note still being typed for the previous one is saved first)."""
+        """Show ``view`` in full (a note still being typed for the previous one is saved first); ``original``:
+        the comparison a repeat re-asks (None when it is gone, or ``view`` is no repeat)."""
         self.flush_note()
         comparison = view.comparison
         self.comparison_id = comparison.id
@@ -269,6 +310,8 @@ class ComparisonDetail(QFrame):
         if turns > 1:
             facts.append(f"turn {turns} of a conversation, trained with the earlier turns as its prompt")
         self.meta.setText(" · ".join(facts))
+        self.repeat_note.setText(repeat_text(comparison, original))
+        self.repeat_note.setVisible(comparison.repeat_of is not None)
         self.prompt_text.show_messages(view.messages)
         names = self._place_panes(comparison.a_shown_left, comparison.source)
 

@@ -23,6 +23,7 @@ from PySide6.QtCore import (
 )
 from PySide6.QtGui import QColor, QFont
 
+from desktop_dpo.core.reask import agrees
 from desktop_dpo.core.store import ComparisonSummary, Store
 from desktop_dpo.gui.theme import text_colour
 
@@ -82,6 +83,33 @@ def verdict_words(summary: ComparisonSummary) -> str:
     return f"Edited · {words}" if summary.edited else words
 
 
+def repeat_words(summary: ComparisonSummary) -> str:
+    """A re-asked pair's mark (core/reask.py): "Repeat of #12, disagrees" ("" for any other comparison).
+    Agreeing is choosing the same answer, wherever it was shown; with a skip, or the first verdict
+    deleted, there is nothing to agree with."""
+    if summary.repeat_of is None:
+        return ""
+    agreement = agrees(summary.original_verdict, summary.verdict)
+    how = "" if agreement is None else (", agrees" if agreement else ", disagrees")
+    return f"Repeat of #{summary.repeat_of}{how}"
+
+
+def repeat_tip(summary: ComparisonSummary) -> str:
+    """The verdict cell's words on a repeat ("" for any other comparison)."""
+    if summary.repeat_of is None:
+        return ""
+    agreement = agrees(summary.original_verdict, summary.verdict)
+    how = {
+        True: "You chose the same answer as the first time.",
+        False: "You chose differently from the first time.",
+        None: "Nothing to compare: a skip, or the first verdict was deleted.",
+    }[agreement]
+    return (
+        f"Re-asked: the answers of #{summary.repeat_of}, shown again with their sides swapped. {how} "
+        "A repeat's verdict never trains; it measures how consistent your verdicts are."
+    )
+
+
 @dataclass(frozen=True)
 class VerdictFilter:
     """One choice of the verdict filter."""
@@ -105,6 +133,7 @@ VERDICT_FILTERS: dict[str, VerdictFilter] = {
     **{verdict: VerdictFilter(words, {"verdicts": [verdict]}) for verdict, words in VERDICT_WORDS.items()},
     "edited": VerdictFilter("Edited", {"edited": True}),
     "imported": VerdictFilter("Imported", {}, lambda s: s.source == "import"),
+    "repeats": VerdictFilter("Re-asked", {}, lambda s: s.repeat_of is not None),
 }
 
 MUTED = "#94a3b8"  # light-scheme colours; the scheme shown picks the painted one (gui/theme.py)
@@ -337,7 +366,12 @@ class ComparisonTableModel(QAbstractTableModel):
             text = one_line(summary.prompt)
             return f"Turn {summary.user_turns} · {text}" if summary.user_turns > 1 else text
         if key == "verdict":
-            return verdict_words(summary) + (" ✎" if summary.has_note else "")
+            repeat = repeat_words(summary)
+            return (
+                verdict_words(summary)
+                + (f" · {repeat}" if repeat else "")
+                + (" ✎" if summary.has_note else "")
+            )
         if key in ("chosen", "rejected"):
             return one_line(getattr(summary, key)) or NONE_SHOWN
         if key == "source":
@@ -365,6 +399,7 @@ class ComparisonTableModel(QAbstractTableModel):
             tips = [
                 verdict_tip(summary.source, summary.a_shown_left) if summary.verdict in ("a", "b") else None
             ]
+            tips.append(repeat_tip(summary))
             if summary.has_note:
                 tips.append("Has a note (select the row to read it)")
             return "\n".join(tip for tip in tips if tip) or None

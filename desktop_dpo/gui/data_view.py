@@ -518,10 +518,12 @@ class DataView(ViewMessages, QWidget):
             for model_id in (view.model_a_id, view.model_b_id):
                 model = self.store.get_model(model_id) if model_id is not None else None
                 names.append(model.name if model is not None else None)
+            repeat_of = view.comparison.repeat_of
+            original = self.store.get_comparison(repeat_of) if repeat_of is not None else None
         except DesktopDpoError as exc:
             self.show_error(f"The comparison could not be read: {exc}")
             return
-        self.detail.show_comparison(view, generations, (names[0], names[1]))
+        self.detail.show_comparison(view, generations, (names[0], names[1]), original)
 
     def _update_actions(self) -> None:
         rows = [index.row() for index in self.table.selectionModel().selectedRows()]

@@ -13,7 +13,12 @@ labels above the plots (they wrap rather than being clipped when a window is nar
 A run with an SFT start (``core/dpo/sft_phase.py``) shows its two phases on one step axis: the supervised steps
 first (1 … S, the loss plot's teal "SFT" curve: the mean token NLL of the person's written answers), then the
 preference steps after them (S + 1 …), every plot shifted alike so the steps line up. A dashed line marks where
-the preference phase starts.
+the preference phase starts. The same NLL on the written answers to held-out prompts (``SftEvalMetrics``, before
+the first step, now and then, and at the end) is a dashed teal line with large dots there.
+
+A KTO run stores its KL reference point z0 every step (``StepMetrics.kl``, ``core/dpo/kto.py``): a fourth plot,
+"KL reference point z0", appears beside the three once a point of it is drawn, so a run of any other loss (which
+stores none) never shows it.
 """
 
 from __future__ import annotations
@@ -74,27 +79,40 @@ PLOTS = (
 )
 
 
+# KTO only: shown once a run's metrics hold "kl" (no other loss stores it).
+KL_PLOT = PlotSpec(
+    "kl",
+    "KL reference point z0",
+    "KTO's reference point z0: how far the model has moved from where it started (a KL divergence, estimated "
+    "each step from answers put after other prompts). An answer counts as good or bad against it; it starts "
+    "at 0 and grows as the model moves",
+)
+
+
 class _Curve:
     """A line whose points grow one at a time."""
 
-    def __init__(self, item: Any):
+    def __init__(self, item: Any, style: Qt.PenStyle = Qt.PenStyle.SolidLine):
         self.item = item
+        self.style = style
         self.x: list[float] = []
         self.y: list[float] = []
 
     @classmethod
-    def on(cls, plot: Any, colour: str, *, dot_size: int) -> _Curve:
-        """A new, empty curve in ``plot`` (a pyqtgraph ``PlotItem``): a line of ``colour`` with dots."""
+    def on(cls, plot: Any, colour: str, *, dot_size: int, dashed: bool = False) -> _Curve:
+        """A new, empty curve in ``plot`` (a pyqtgraph ``PlotItem``): a line of ``colour`` (``dashed``) with dots."""
+        style = Qt.PenStyle.DashLine if dashed else Qt.PenStyle.SolidLine
         return cls(
             plot.plot(
                 [],
                 [],
-                pen=pg.mkPen(colour, width=2),
+                pen=pg.mkPen(colour, width=2, style=style),
                 symbol="o",
                 symbolSize=dot_size,
                 symbolBrush=colour,
                 symbolPen=None,
-            )
+            ),
+            style,
         )
 
     def clear(self) -> None:
@@ -104,7 +122,7 @@ class _Curve:
 
     def paint(self, colour: str) -> None:
         """Draw the line and its dots in ``colour``."""
-        self.item.setPen(pg.mkPen(colour, width=2))
+        self.item.setPen(pg.mkPen(colour, width=2, style=self.style))
         self.item.setSymbolBrush(colour)
 
     def extend(self, points: Iterable[tuple[float, float]]) -> bool:
@@ -183,6 +201,43 @@ def _fit_ranges(item: Any, spec: PlotSpec, curves: Sequence[_Curve]) -> None:
         item.getViewBox().enableAutoRange(y=True)
 
 
+def _plot_title(spec: PlotSpec) -> QLabel:
+    """The label above a plot: its title, centred, on one line when it is short."""
+    title = styled_label(spec.title, "plotTitle", wrap=True, tooltip=spec.tooltip)
+    title.setAlignment(Qt.AlignmentFlag.AlignCenter)
+    # A short title stays on one line: the plot's column is at least as wide (in the sheet's font).
+    title.ensurePolished()
+    title.setMinimumWidth(title.fontMetrics().horizontalAdvance(spec.title) + 6)
+    return title
+
+
+class _ReferencePointPlot(QWidget):
+    """KTO's z0 per step (:data:`KL_PLOT`): a title and a plot of one training curve, shown only once it has
+    a point (a run of another loss stores no ``kl``, so it stays hidden there)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.widget = _plot_widget(KL_PLOT)
+        self.title = _plot_title(KL_PLOT)
+        self.curve = _Curve.on(self.widget.getPlotItem(), TRAIN_COLOUR, dot_size=3)
+        vbox(self.title, (self.widget, 1), parent=self, margins=(0, 0, 0, 0), spacing=2)
+        self.setVisible(False)
+
+    def clear(self) -> None:
+        self.curve.clear()
+        self.setVisible(False)
+
+    def extend(self, rows: Sequence[tuple[int, dict[str, Any]]], shift: int) -> None:
+        """Add the ``kl`` of each ``(step, metrics)`` row, drawn at ``step + shift``."""
+        if self.curve.extend((float(step + shift), float(m["kl"])) for step, m in rows if "kl" in m):
+            _fit_ranges(self.widget.getPlotItem(), KL_PLOT, (self.curve,))
+            self.setVisible(True)
+
+    def paint(self, colour: str) -> None:
+        _paint_plot(self.widget)
+        self.curve.paint(colour)
+
+
 class MetricsPlots(QWidget):
     """Loss, reward accuracy and reward margin of one run, side by side; train and held-out curves in each.
 
@@ -221,16 +276,16 @@ class MetricsPlots(QWidget):
             item.addItem(boundary)
             self.boundaries[spec.key] = boundary
             self.widgets[spec.key] = widget
-            title = styled_label(spec.title, "plotTitle", wrap=True, tooltip=spec.tooltip)
-            title.setAlignment(Qt.AlignmentFlag.AlignCenter)
-            # A short title stays on one line: the plot's column is at least as wide (in the sheet's font).
-            title.ensurePolished()
-            title.setMinimumWidth(title.fontMetrics().horizontalAdvance(spec.title) + 6)
-            self.titles[spec.key] = title
+            title = self.titles[spec.key] = _plot_title(spec)
             row.addLayout(vbox(title, (widget, 1), margins=(0, 0, 0, 0), spacing=2), 1)
+        self.reference_point = _ReferencePointPlot()  # KTO's z0, after the three
+        row.addWidget(self.reference_point, 1)
         self.sft = _Curve.on(
             self.widgets["loss"].getPlotItem(), SFT_COLOUR, dot_size=3
         )  # the SFT phase's loss
+        self.sft_heldout = _Curve.on(
+            self.widgets["loss"].getPlotItem(), SFT_COLOUR, dot_size=6, dashed=True
+        )  # the same NLL on the held-out prompts' written answers
         self._paint()
         follow_scheme(self, self._paint)
         self._show_empty(EMPTY_BEFORE_RUN)
@@ -238,8 +293,11 @@ class MetricsPlots(QWidget):
     def _paint(self) -> None:
         """The curves, the legend and the plots in the scheme shown."""
         train, heldout, sft = text_colour(TRAIN_COLOUR), text_colour(HELDOUT_COLOUR), text_colour(SFT_COLOUR)
+        sft_heldout = (
+            f" (<span style='color:{sft}'>╌●╌</span> on held-out prompts)" if self.sft_heldout.x else ""
+        )
         first = (
-            f"<span style='color:{sft}'>━━</span> SFT: learning your written answers, then "
+            f"<span style='color:{sft}'>━━</span> SFT: learning your written answers{sft_heldout}, then "
             if self.sft_steps
             else ""
         )
@@ -252,6 +310,8 @@ class MetricsPlots(QWidget):
             self.train[key].paint(train)
             self.heldout[key].paint(heldout)
         self.sft.paint(sft)
+        self.sft_heldout.paint(sft)
+        self.reference_point.paint(train)
 
     def clear(self) -> None:
         """No run shown: the note says what will appear once a run trains."""
@@ -259,13 +319,15 @@ class MetricsPlots(QWidget):
         self._show_empty(EMPTY_BEFORE_RUN)
 
     def _clear_curves(self) -> None:
-        for curve in (*self.train.values(), *self.heldout.values(), self.sft):
+        for curve in (*self.train.values(), *self.heldout.values(), self.sft, self.sft_heldout):
             curve.clear()
+        self.reference_point.clear()
         self._set_sft_steps(0)
 
     def has_points(self) -> bool:
         """True once a curve has a point (the plots are shown, not the note)."""
-        return any(curve.x for curve in (*self.train.values(), *self.heldout.values(), self.sft))
+        curves = (*self.train.values(), *self.heldout.values(), self.sft, self.sft_heldout)
+        return any(curve.x for curve in curves)
 
     def _set_sft_steps(self, steps: int) -> None:
         """The supervised phase has ``steps`` steps: the preference steps are drawn after them."""
@@ -291,15 +353,19 @@ class MetricsPlots(QWidget):
         train: Sequence[tuple[int, dict[str, Any]]],
         heldout: Sequence[tuple[int, dict[str, Any]]],
         sft: Sequence[tuple[int, dict[str, Any]]] = (),
+        sft_heldout: Sequence[tuple[int, dict[str, Any]]] = (),
     ) -> None:
         """Replace the curves with a stored run history (``Store.run_metrics``: ``(step, metrics)`` rows, ``sft``
-        the supervised phase's); a run without steps yet shows a note that its curves come after its first step."""
+        the supervised phase's, ``sft_heldout`` its held-out NLL); a run without steps yet shows a note that its
+        curves come after its first step."""
         self._clear_curves()
         self.empty_note.setText(EMPTY_RUN)
         if sft:
             self._set_sft_steps(max(step for step, _ in sft))
             self._add_sft(sft)
+        self.add_sft_heldout_points(sft_heldout)
         self._add(self.train, train)
+        self.reference_point.extend(train, self.sft_steps)
         self._add(self.heldout, heldout)
 
     def add_sft_point(self, step: int, total_steps: int, metrics: dict[str, Any]) -> None:
@@ -307,9 +373,19 @@ class MetricsPlots(QWidget):
         self._set_sft_steps(total_steps)
         self._add_sft([(step, metrics)])
 
+    def add_sft_heldout_points(self, rows: Sequence[tuple[int, dict[str, Any]]]) -> None:
+        """Held-out checks of the supervised phase (``SftEvalMetrics.as_metrics()`` rows), at their SFT steps."""
+        first = not self.sft_heldout.x
+        if self.sft_heldout.extend((float(step), float(m["loss"])) for step, m in rows if "loss" in m):
+            self._fit("loss")
+            if first:
+                self._paint()  # the legend names the new line
+        self._update_empty()
+
     def add_train_point(self, step: int, metrics: dict[str, Any]) -> None:
-        """One optimizer step (``StepMetrics.as_metrics()``)."""
+        """One optimizer step (``StepMetrics.as_metrics()``; a KTO run's ``kl`` on the z0 plot)."""
         self._add(self.train, [(step, metrics)])
+        self.reference_point.extend([(step, metrics)], self.sft_steps)
 
     def add_heldout_point(self, step: int, metrics: dict[str, Any]) -> None:
         """One held-out evaluation (``EvalMetrics.as_metrics()``)."""
@@ -328,13 +404,22 @@ class MetricsPlots(QWidget):
         self._update_empty()
 
     def _fit(self, key: str) -> None:
-        curves = (self.train[key], self.heldout[key], *((self.sft,) if key == "loss" else ()))
+        curves = (
+            self.train[key],
+            self.heldout[key],
+            *((self.sft, self.sft_heldout) if key == "loss" else ()),
+        )
         _fit_ranges(self.widgets[key].getPlotItem(), self.specs[key], curves)
 
     def points(self, key: str, split: str = "train") -> list[tuple[float, float]]:
-        """The points of one curve (what is drawn; ``split`` "train", "heldout" or "sft", the loss only), for
-        tests and the details panel."""
-        curve = self.sft if split == "sft" else (self.train if split == "train" else self.heldout)[key]
+        """The points of one curve (what is drawn; ``split`` "train", "heldout", or "sft" or "sft_heldout" for the
+        loss only; ``key`` "kl": KTO's z0, training steps only), for tests and the details panel."""
+        if key == KL_PLOT.key:
+            return list(zip(self.reference_point.curve.x, self.reference_point.curve.y, strict=True))
+        if split in ("sft", "sft_heldout"):
+            curve = self.sft if split == "sft" else self.sft_heldout
+        else:
+            curve = (self.train if split == "train" else self.heldout)[key]
         return list(zip(curve.x, curve.y, strict=True))
 
     def legend_text(self) -> str:

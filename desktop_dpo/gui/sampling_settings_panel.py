@@ -106,6 +106,7 @@ class SamplingSettingsPanel(QWidget):
             grid.setColumnMinimumWidth(3 * column + 2, 14)
         grid.addWidget(self.reset_button, 0, 9, 2, 1, Qt.AlignmentFlag.AlignTop)
         grid.setColumnStretch(10, 1)
+        self._grid = grid
 
         vbox(head, self.body, parent=self, margins=(0, 0, 0, 0), spacing=4)
 
@@ -163,6 +164,10 @@ class SamplingSettingsPanel(QWidget):
     @Slot(object)
     def _on_changed_save(self, settings: SamplingSettings) -> None:
         save_sampling_settings(*self._saved, settings)
+
+    def add_option(self, option: QWidget) -> None:
+        """Put a view's own setting (a check box) in the form, on a row of its own below the values."""
+        self._grid.addWidget(option, self._grid.rowCount(), 0, 1, 9)
 
     def set_expanded(self, expanded: bool) -> None:
         """Open or close the form."""

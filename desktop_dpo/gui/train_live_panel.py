@@ -128,6 +128,9 @@ class LiveRunPanel(QFrame):
                                 f"loss {event.loss:.3f}.")  # fmt: skip
             if plot:
                 self.plots.add_sft_point(event.step, event.total_steps, event.as_metrics())
+        elif isinstance(event, events.SftEvalMetrics):  # the SFT start on held-out prompts' written answers
+            if plot:
+                self.plots.add_sft_heldout_points([(event.step, event.as_metrics())])
         elif isinstance(event, events.EvalMetrics):
             if plot:
                 self.plots.add_heldout_point(event.step, event.as_metrics())

@@ -85,14 +85,17 @@ def stored_warnings(store: Store, run_id: int) -> list[str]:
             for m in row.get("messages", [])]  # fmt: skip
 
 
-def describe_run(run: RunRow, warnings: Sequence[str]) -> str:
-    """The details of a selected run (rich text): its main settings, final metrics, error and warnings."""
+def describe_run(run: RunRow, warnings: Sequence[str], progress: str | None = None) -> str:
+    """The details of a selected run (rich text): its main settings, what it did in the person's terms
+    (``progress``, ``core/dpo/run_progress.py``), final metrics, error and warnings."""
     settings = ", ".join(
         f"{words} {run.config[key]}" for key, words in DETAIL_KEYS.items() if key in run.config
     )
     lines = [
         f"<b>{html.escape(run_label(run.id, run.name))}</b> · {html.escape(settings)} (hover a row for every setting)"
     ]
+    if progress:
+        lines.append(f"<b>{html.escape(progress)}</b>")
     final = summarise_metrics(run.final_metrics)
     if final:
         lines.append(f"Final: {html.escape(final)}")
@@ -184,7 +187,7 @@ class RunsPanel(QFrame):
         self.details = styled_label("", "runDetails", wrap=True)
         self.details.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.details.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
-        self._details_shown: tuple[RunRow | None, Sequence[str]] = (None, ())
+        self._details_shown: tuple[RunRow | None, Sequence[str], str | None] = (None, (), None)
         follow_scheme(self.details, lambda: self.show_details(*self._details_shown))
         details_scroll = frameless_scroll(self.details)
         # A long error or several warnings scroll; the list keeps its room.
@@ -308,13 +311,16 @@ class RunsPanel(QFrame):
         if item is not None:
             self.tree.setCurrentItem(item)
 
-    def show_details(self, run: RunRow | None, warnings: Sequence[str] = ()) -> None:
-        """Show the selected run's details, with its stored ``warnings`` (None: no run is selected)."""
-        self._details_shown = (run, warnings)
+    def show_details(
+        self, run: RunRow | None, warnings: Sequence[str] = (), progress: str | None = None
+    ) -> None:
+        """Show the selected run's details, with its stored ``warnings`` and what it did in the person's terms
+        (``progress``) (None: no run is selected)."""
+        self._details_shown = (run, warnings, progress)
         if run is None:
             self.details.setText("Select a run to see its curves and settings.")
         else:
-            self.details.setText(describe_run(run, warnings))
+            self.details.setText(describe_run(run, warnings, progress))
 
     def update_actions(self, *, busy: bool, smaller: bool) -> None:
         """Resume is for a stopped, failed or interrupted run while nothing trains (``busy``: a run trains);

@@ -42,6 +42,7 @@ from desktop_dpo.core.dpo.pair_counts import (
     plan_text,
     training_text,
 )
+from desktop_dpo.core.dpo.run_progress import progress_text
 from desktop_dpo.core.dpo.runs import (
     MIN_TRAIN_PAIRS,
     RunPlan,
@@ -49,6 +50,7 @@ from desktop_dpo.core.dpo.runs import (
     plan_run,
     resume_settings,
 )
+from desktop_dpo.core.dpo.train_readiness import LabelPlan, data_blocker, label_plan_text, plan_labels
 from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.store import ModelRow, RunRow
 from desktop_dpo.gui.beta_search_dialog import BetaSearchDialog, find_beta_blocker, open_find_beta
@@ -130,6 +132,7 @@ class TrainView(PageView):
         self.preset: DevicePreset | None = None
         self._detecting_for: int | None = None  # the model id the running detection sizes the preset for
         self._plan: RunPlan | None = None
+        self._labels: LabelPlan | None = None  # a KTO run: its labelled answers (train_readiness.py)
         self._plan_key: tuple[object, ...] = ()
         self._suggested: dict[int, TrainConfig] = {}  # run id -> smaller settings after running out of memory
         self._warnings: list[str] = []
@@ -282,11 +285,13 @@ class TrainView(PageView):
 
     def refresh_plan(self) -> None:
         """Re-count the chosen model's usable pairs and how the split would keep some prompts held out."""
-        model = self.current_model()
-        self._plan = None
+        model, config = self.current_model(), self._split_config()
+        self._plan = self._labels = None
         if model is not None:
             try:
-                self._plan = plan_run(self.store, model.id, self._split_config())
+                self._plan = plan_run(self.store, model.id, config)
+                if config.loss_type == "kto":  # KTO learns from labelled answers, pairs or not
+                    self._labels = plan_labels(self.store, self._plan, config)
             except DesktopDpoError as exc:
                 log.warning("Could not count the pairs of model %s: %s", model.id, exc)
         self._plan_key = self._current_plan_key()
@@ -300,6 +305,8 @@ class TrainView(PageView):
         self.pairs_note.setToolTip(f"{PAIRS_EXPLAINED}\n\n{SPLIT_EXPLAINED}")
         if model is None:
             self.pairs_note.setText("Add a model in Models, then collect pairs of its answers in Collect.")
+        elif self._labels is not None:
+            self.pairs_note.setText(label_plan_text(self._labels, model.name))
         elif plan is None or plan.pairs == 0:
             self.pairs_note.setText(
                 f"No usable pairs for {model.name} yet: pick the better answer in Collect "
@@ -430,19 +437,8 @@ class TrainView(PageView):
             self.settings_form.settings()
         except TrainingError as exc:
             return str(exc)
-        plan = self._plan
-        counts = plan.counts if plan is not None else PairCounts(usable=0, pairs=0)
-        if counts.pairs < MIN_TRAIN_PAIRS:  # training pairs: what a run learns from
-            unit = "usable" if counts.pairs == counts.usable else "training"
-            return (
-                f"Train needs at least {MIN_TRAIN_PAIRS} {unit} pairs; {model.name} has "
-                f"{training_text(counts, why=False)}. Pick the better answer of more pairs in Collect."
-            )
-        if plan is not None and plan.train_pairs < 1:
-            return (
-                "Every training pair is held out: lower the held-out share or collect pairs for more prompts."
-            )
-        return ""
+        # Enough to learn from: training pairs, or for KTO labelled answers (train_readiness.py).
+        return data_blocker(model.name, self._plan, self._labels)
 
     @Slot()
     def start(self) -> int | None:
@@ -700,12 +696,15 @@ class TrainView(PageView):
     def _show_run_curves(self, run_id: int) -> None:
         self._shown_run_id = run_id
         self.plots.show_history(
-            *(self.store.run_metrics(run_id, split=s) for s in ("train", "heldout", "sft"))
+            *(self.store.run_metrics(run_id, split=s) for s in ("train", "heldout", "sft", "sft_heldout"))
         )
 
     def _show_run_details(self, run_id: int | None) -> None:
         run = self.store.get_run(run_id) if run_id is not None else None
-        self.runs_panel.show_details(run, stored_warnings(self.store, run.id) if run is not None else ())
+        if run is None:
+            self.runs_panel.show_details(None)
+            return
+        self.runs_panel.show_details(run, stored_warnings(self.store, run.id), progress_text(self.store, run))
 
     @Slot()
     def _on_banner_action_clicked(self) -> None:

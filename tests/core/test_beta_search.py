@@ -106,3 +106,67 @@ def test_the_search_runs_in_a_child_process(store, tiny_model_dir):
     result, events = run_job(search_in_child(store.path, request, cancel=CancelToken()))
     assert [r.beta for r in result.results] == [0.1, 1.0]
     assert sum(isinstance(e, BetaMeasured) for e in events) == 2
+
+
+def test_with_the_sft_start_each_beta_starts_from_one_shared_sft_phase(
+    store, tiny_model_dir, monkeypatch, tmp_path
+):
+    """The real run would train on the written answers first, then compare against π_SFT: so does the search,
+    with that phase run once for every β (it does not depend on β), in a folder deleted after."""
+    import tempfile
+
+    import torch
+
+    from desktop_dpo.core.dpo import beta_search as search_module
+    from desktop_dpo.core.dpo import sft_phase
+    from tests.core.test_sft_train import add_rewrites
+
+    add_rewrites(store)  # 16 prompts whose chosen answer the person rewrote
+    model_id = store.add_model(name="tiny", path=str(tiny_model_dir), kind="hf", fingerprint="fp-tiny")
+    ids = [v.comparison.id for v in store.comparison_views()]
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    ends, starts = [], []  # π_SFT as the phase kept it; the LoRA weights each β's steps start from
+    finish, train_steps = sft_phase.SftPhase._finish, search_module._train_steps
+
+    def kept(phase):
+        ends.append(
+            {n: p.detach().clone() for n, p in phase.session.model.named_parameters() if p.requires_grad}
+        )
+        return (yield from finish(phase))
+
+    def started(session, steps):
+        starts.append({n: p.detach().clone() for n, p in session.model.named_parameters() if p.requires_grad})
+        return train_steps(session, steps)
+
+    monkeypatch.setattr(sft_phase.SftPhase, "_finish", kept)
+    monkeypatch.setattr(search_module, "_train_steps", started)
+    config = BASE.replace(sft_phase="rewrites", sft_epochs=2)
+    betas = (0.1, 1.0)
+    result, events = run_job(
+        beta_search(store, model_id, ids, config, cancel=CancelToken(), betas=betas, steps=4)
+    )
+
+    assert len(ends) == 1 and len(starts) == len(betas)  # one supervised phase, shared by both β
+    sft_steps = [
+        e for e in events if isinstance(e, Progress) and "Learning your written answers" in e.message
+    ]
+    assert sft_steps and sft_steps[-1].done == sft_steps[-1].total
+    for start in starts:  # each β from π_SFT, not from the fresh adapter (its lora_B would be all zeros)
+        assert all(torch.equal(start[name], ends[0][name]) for name in start)
+        assert any(name.endswith("lora_B.default.weight") and start[name].abs().sum() > 0 for name in start)
+    for r in result.results:  # KL from π_SFT: it moved, but from where the preference phase starts
+        assert math.isfinite(r.kl) and r.kl > 0 and math.isfinite(r.accuracy)
+    assert store.list_runs() == [] and list(temp.iterdir()) == []  # nothing recorded, no folder left
+
+    # The same search without the SFT start measures something else: its start and its reference differ.
+    monkeypatch.setattr(sft_phase.SftPhase, "_finish", finish)
+    off, _ = run_job(
+        beta_search(
+            store, model_id, ids, config.replace(sft_phase="off"), cancel=CancelToken(), betas=betas, steps=4
+        )
+    )
+    assert len(ends) == 1  # no supervised phase this time
+    measured = [[v for r in found.results for v in (r.loss, r.kl)] for found in (off, result)]
+    assert measured[0] != pytest.approx(measured[1], rel=0.05)

@@ -12,9 +12,11 @@ from desktop_dpo.core.errors import DesktopDpoError, JobCancelled
 from desktop_dpo.core.evaluate import (
     ALIGNED_SEQ,
     BASE_SEQ,
+    RULES,
     EvaluationSummary,
     EvaluationVoted,
     ShorterWinsRule,
+    SpeaksToYouRule,
     add_evaluation_prompts,
     check_comparable,
     default_models,
@@ -179,6 +181,26 @@ def test_the_thresholds_are_the_rules_and_exactly_at_them_is_fine():
     assert not RULE.degenerate(" ".join(words))
 
 
+def test_the_rule_that_speaks_to_you_prefers_the_reader_addressed_answer_whatever_its_length():
+    rule = SpeaksToYouRule()
+    to_you = "You can brew tea by pouring hot water over the leaves."  # 11 words, 1 "you"
+    long_to_you = (
+        "If you want a good cup, warm your pot first, then pour the water over the leaves and wait a while, "
+        "and you will taste the difference."
+    )  # 26 words, 3 of them "you"/"your"
+    plain = "Tea is brewed by pouring hot water over the dried leaves of the plant."  # no "you"
+    assert judge_by_rule(to_you, plain, rule) == "a"
+    assert judge_by_rule(plain, long_to_you, rule) == "b"  # the longer answer wins here: not a length rule
+    assert judge_by_rule(long_to_you, to_you, rule) == "a"  # 3/26 > 1/11
+    assert (
+        judge_by_rule(plain, "Coffee is brewed by pouring hot water over ground roasted beans.", rule)
+        == "tie"
+    )
+    assert judge_by_rule("You you you.", plain, rule) == "b"  # too short: saying "you" and stopping loses
+    assert judge_by_rule("", "", rule) == "both_bad"
+    assert RULES[rule.name] is SpeaksToYouRule and RULES[RULE.name] is ShorterWinsRule
+
+
 def test_a_verdict_becomes_a_vote_for_a_model():
     assert [vote_for(v, True) for v in ("a", "b", "tie", "both_bad")] == [
         "aligned",
@@ -333,6 +355,31 @@ def test_rule_evaluation_votes_on_every_prompt_and_the_driver_stores_them(store,
     stored = store.evaluation_votes(evaluation_id)
     assert [(v.prompt_id, v.vote, v.seed) for v in stored] == [(v.prompt_id, v.vote, v.seed) for v in voted]
     assert all(v.aligned_shown_left is None for v in stored), "a rule is shown nothing"
+
+
+def test_a_repeated_evaluation_reuses_the_base_answers_it_was_given(store, app_home, pool, two_models):
+    base, aligned = two_models
+    for text in ("one", "two"):
+        store.add_prompt([{"role": "user", "content": f"Say {text}."}])
+    prompts = evaluation_prompts(store)
+    known = {}
+
+    def evaluate(seed):
+        job = run_rule_evaluation(
+            pool, base, aligned, app_home, prompts, SETTINGS, seed=seed, n_ctx=64, base_answers=known
+        )
+        summary, events = run_job(job)
+        base_tokens = [e for e in events if isinstance(e, TokenEvent) and e.seq == BASE_SEQ]
+        return summary, [e for e in events if isinstance(e, EvaluationVoted)], base_tokens
+
+    first, voted, base_tokens = evaluate(3)
+    assert base_tokens and len(known) == 2
+    again, voted_again, base_tokens_again = evaluate(3)
+    assert base_tokens_again == [], "the base model answered these prompts with these seeds already"
+    assert again == first
+    assert [v.base.text for v in voted_again] == [v.base.text for v in voted]
+    _, _, other_seed = evaluate(4)  # another seed is another answer: sampled, and kept too
+    assert other_seed and len(known) == 4
 
 
 def test_rule_evaluation_without_prompts_says_what_to_do(app_home, pool, two_models):

@@ -103,3 +103,23 @@ def test_mismatched_answers_come_from_other_prompts():
     # One prompt holding most answers: as few same-prompt pairings as the data allows.
     crowded = [1, 1, 1, 1, 2]
     assert sorted(mismatched_sources(crowded)) == list(range(5))
+
+
+def test_a_kto_run_stores_its_reference_point_z0_every_step(store, tmp_path, tiny_model_dir):
+    add_pairs(store, TOPICS[:6])  # 12 labelled answers
+    config = BASE.replace(loss_type="kto", epochs=2, lr=1e-2, heldout_fraction=0.2)
+    run_id = new_run(store, tmp_path, tiny_model_dir, config)
+
+    steps = of_type(drive(store, run_id), StepMetrics)
+
+    stored = store.run_metrics(run_id, split="train")
+    assert [step for step, _ in stored] == [s.step for s in steps] and len(stored) >= 2
+    # z0 is a KL divergence: never negative; at the first step the fresh adapter is the reference (z0 = 0).
+    assert all(math.isfinite(m["kl"]) and m["kl"] >= 0 for _, m in stored)
+    assert stored[0][1]["kl"] == pytest.approx(0.0, abs=1e-4)
+    assert [m["kl"] for _, m in stored] == pytest.approx([s.kl for s in steps])
+    assert store.get_run(run_id).final_metrics["train/kl"] == pytest.approx(stored[-1][1]["kl"])
+    # The other losses have no reference point: nothing stored under "kl".
+    dpo = new_run(store, tmp_path, tiny_model_dir, config.replace(loss_type="sigmoid", epochs=1), name="dpo")
+    drive(store, dpo)
+    assert all("kl" not in m for _, m in store.run_metrics(dpo, split="train"))

@@ -18,8 +18,11 @@ from desktop_dpo.core.dpo.runs import model_pair_ids, plan_run
 from desktop_dpo.core.reask import (
     MIN_JUDGED,
     REASK_EVERY,
+    agrees,
     choose_repeat,
     flip_probability,
+    pick_repeat,
+    pick_repeat_in,
     repeat_agreement,
     repeat_candidates,
     suggested_smoothing,
@@ -144,3 +147,61 @@ def test_a_rewrite_made_on_a_repeated_pair_still_trains(memory_store):
     assert all(p.chosen == " A far better answer, written by hand." for p in from_repeat)
     labels = [x for x in labels_from_comparisons(views) if x.comparison_id == again]
     assert [(x.origin, x.desirable) for x in labels] == [("rewrite", True)]
+
+
+def mixed_store(store: Store) -> list[int]:
+    """Every kind of comparison the candidate rules tell apart; returns the judged originals' ids."""
+    ids = judged(store, 14)
+    store.update_comparison(ids[4], verdict="tie")
+    store.update_comparison(ids[5], verdict="both_bad")
+    store.update_comparison(ids[6], verdict="skip")  # skipped: no verdict to repeat
+    store.record_pair(  # imported: never shown side by side
+        messages=[{"role": "user", "content": "Imported?"}], text_a="x", text_b="y", verdict="a"
+    )
+    repeat(store, ids[0], "a")  # re-asked: not again
+    store.set_comparisons_deleted([repeat(store, ids[1], "b")])  # its repeat deleted: may be re-asked
+    repeat(store, ids[2], "a")
+    store.set_comparisons_deleted([ids[2]])  # a deleted original (with a live repeat)
+    store.set_comparisons_deleted([ids[3]])  # a deleted original
+    repeat(store, ids[7], "skip")  # a skipped repeat is still a repeat
+    return ids
+
+
+def test_the_store_picks_repeats_by_the_same_rules_as_the_spec(memory_store):
+    ids = mixed_store(memory_store)
+    spec = repeat_candidates(memory_store.comparison_views())
+    assert [v.comparison.id for v in spec] == [ids[1], *ids[4:6], *ids[8:]]  # worked by hand
+    assert [v.comparison.id for v in spec] == [
+        v.comparison.id for v in repeat_candidates(memory_store.comparison_views(include_deleted=True))
+    ]
+
+    assert memory_store.repeat_candidate_ids() == [v.comparison.id for v in spec]
+    # Judged: the 14 less two deleted and one skipped; re-asked already: ids[0] and ids[7].
+    assert memory_store.repeat_candidate_counts() == (11, 9) and len(spec) == 9
+    # Each candidate is one index away, with its texts, and nothing past the last.
+    assert [memory_store.repeat_candidate(i) for i in range(len(spec))] == spec
+    assert memory_store.repeat_candidate(len(spec)) is None
+
+    # The same draw of the same generator picks the same pair as the spec does from every comparison.
+    for seed in range(20):
+        from_sql = pick_repeat_in(memory_store, random.Random(seed))
+        assert from_sql == pick_repeat(memory_store.comparison_views(), random.Random(seed))
+
+
+def test_the_store_picks_nothing_before_ten_judged_pairs_or_once_all_were_re_asked(memory_store):
+    ids = judged(memory_store, MIN_JUDGED - 1)
+    rng = random.Random(0)
+    assert pick_repeat_in(memory_store, rng) is None and memory_store.repeat_candidate_counts() == (9, 9)
+    ids += judged(memory_store, 1, start=50)
+    assert pick_repeat_in(memory_store, rng) is not None
+    for original in ids:
+        repeat(memory_store, original, "a")
+    assert memory_store.repeat_candidate_counts() == (MIN_JUDGED, 0)
+    assert pick_repeat_in(memory_store, rng) is None
+
+
+def test_agreement_is_the_same_answer_and_a_skip_counts_for_nothing():
+    assert agrees("a", "a") is True and agrees("tie", "tie") is True
+    assert agrees("a", "b") is False and agrees("tie", "both_bad") is False
+    assert agrees("a", "skip") is None and agrees("skip", "a") is None
+    assert agrees(None, "a") is None, "the original is deleted"

@@ -124,6 +124,14 @@ def test_runs_of_one_model_are_named_apart_by_number_pairs_and_time(memory_store
     assert run_label(4, "with a longer context") == "Run 4 · with a longer context"
     started = datetime(2024, 12, 5, 14, 2).timestamp()  # local time
     assert run_name(7, "tiny", 1, started) == "Run 7 · tiny · 1 pair · 5 Dec 14:02"
+    # A KTO run learning from chat ratings says so, alone or beside its pairs.
+    assert (
+        run_name(8, "tiny", 0, started, rated_replies=20) == "Run 8 · tiny · 20 rated replies · 5 Dec 14:02"
+    )
+    assert (
+        run_name(9, "tiny", 3, started, rated_replies=1)
+        == "Run 9 · tiny · 3 pairs + 1 rated reply · 5 Dec 14:02"
+    )
 
 
 def test_an_aligned_model_is_named_after_its_base_and_its_run():

@@ -169,7 +169,11 @@ def test_pair_from_two_models_streams_a_then_b(store, app_home, tiny_gguf, tiny_
     )
 
 
-def test_stopping_a_pair_keeps_the_text_so_far(store, app_home, tiny_gguf, pool):
+def test_stopping_a_pair_keeps_the_text_so_far(store, app_home, tiny_gguf, pool, tmp_path, monkeypatch):
+    # The model's child pauses after its first text until the stop reaches it: on a busy machine the tiny
+    # model would otherwise write all 50 tokens before the stop arrives.
+    (tmp_path / "hold").write_text("held")
+    monkeypatch.setenv(FAULT_ENV, f"hold:{tmp_path / 'hold'}")
     model = register_model(store, tiny_gguf)
     token = CancelToken()
 
@@ -185,6 +189,7 @@ def test_stopping_a_pair_keeps_the_text_so_far(store, app_home, tiny_gguf, pool)
     )
     assert {result_a.finish_reason, result_b.finish_reason} == {"cancelled"}
     assert result_a.completion_tokens < 50
+    (tmp_path / "hold").unlink()  # the child writes on without pausing again
     # The engine is free again at once.
     _, (again, _) = drive(sample_pair(pool, model, None, app_home, MESSAGES, SETTINGS, (1, 2), n_ctx=64))
     assert again.finish_reason in ("stop", "length")

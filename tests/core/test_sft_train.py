@@ -8,6 +8,7 @@ there and ends with the same adapter as an uninterrupted run.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,16 @@ import torch
 
 from desktop_dpo.core.dpo.checkpoint import latest_checkpoint
 from desktop_dpo.core.dpo.config import TrainConfig
-from desktop_dpo.core.dpo.events import Finished, ReferenceReady, SftStepMetrics, StepMetrics, TrainWarning
-from desktop_dpo.core.dpo.sft_phase import SFT_ADAPTER, demonstrations
+from desktop_dpo.core.dpo.events import (
+    Finished,
+    Loading,
+    ReferenceReady,
+    SftEvalMetrics,
+    SftStepMetrics,
+    StepMetrics,
+    TrainWarning,
+)
+from desktop_dpo.core.dpo.sft_phase import NO_HELDOUT_DEMONSTRATIONS, SFT_ADAPTER, demonstrations
 from desktop_dpo.core.dpo.train import drive_training
 from desktop_dpo.core.errors import JobCancelled
 from desktop_dpo.core.jobs import CancelToken
@@ -117,6 +126,49 @@ def test_no_demonstrations_skips_the_phase_with_a_warning(store, tmp_path, tiny_
     assert not of_type(events, SftStepMetrics)
 
 
+def test_the_heldout_demonstrations_nll_is_recorded_before_during_and_after_the_phase_and_falls(
+    store, tmp_path, tiny_model_dir
+):
+    add_rewrites(store)
+    run_id = new_run(store, tmp_path, tiny_model_dir, SFT.replace(eval_every=4))
+    events = drive(store, run_id)
+    assert store.get_run(run_id).status == "completed"
+    sft_steps = len(store.run_metrics(run_id, split="sft"))
+    rows = store.run_metrics(run_id, split="sft_heldout")
+    # Before the first step, every eval_every steps, and at the end; as the run's events said.
+    assert [s for s, _ in rows] == sorted({0, *range(4, sft_steps, 4), sft_steps})
+    assert [(e.step, e.loss) for e in of_type(events, SftEvalMetrics)] == [(s, m["loss"]) for s, m in rows]
+    heldout_prompts = {p.id for p in store.list_prompts() if p.split == "heldout"}
+    assert heldout_prompts and all(m["demonstrations"] == len(heldout_prompts) for _, m in rows)
+    nll = [m["loss"] for _, m in rows]
+    assert all(math.isfinite(v) and v > 0 for v in nll)
+    # The held-out answers are in the style the phase trains on: learning it lowers their NLL, which the
+    # training NLL alone could not show (it might only be memorising the training answers).
+    assert nll[-1] < 0.9 * nll[0]
+
+
+def test_no_heldout_demonstrations_says_so_and_records_no_heldout_nll(store, tmp_path, tiny_model_dir):
+    add_rewrites(store, TOPICS[:12])
+    for topic in TOPICS[12:16]:  # held out, and never rewritten
+        store.record_pair(
+            messages=[{"role": "user", "content": f"Tell me about {topic}."}],
+            text_a=chosen_text(topic), text_b=rejected_text(topic), verdict="a",
+        )  # fmt: skip
+    prompts = {p.text: p.id for p in store.list_prompts()}
+    store.set_prompt_splits(
+        {
+            pid: "heldout" if any(t in text for t in TOPICS[12:16]) else "train"
+            for text, pid in prompts.items()
+        }
+    )
+    run_id = new_run(store, tmp_path, tiny_model_dir, SFT)
+    events = drive(store, run_id)
+    assert store.get_run(run_id).status == "completed"
+    assert of_type(events, SftStepMetrics)  # the phase ran, on the training prompts' rewrites
+    assert NO_HELDOUT_DEMONSTRATIONS in [e.stage for e in of_type(events, Loading)]
+    assert not of_type(events, SftEvalMetrics) and store.run_metrics(run_id, split="sft_heldout") == []
+
+
 @pytest.fixture(scope="module")
 def uninterrupted_sft(tmp_path_factory, tiny_model_dir):
     from desktop_dpo.core.store import Store
@@ -207,3 +259,45 @@ def test_stop_in_the_preference_phase_resumes_there_with_the_sft_reference(
     ours, theirs = adapter_weights(run.adapter_path), adapter_weights(reference_run.adapter_path)
     for name in ours:
         assert torch.equal(ours[name], theirs[name]), name
+
+
+def test_a_crash_after_keeping_the_sft_adapter_resumes_in_the_preference_phase_like_an_uninterrupted_run(
+    store, tmp_path, tiny_model_dir, uninterrupted_sft, monkeypatch
+):
+    """The window between keeping ``sft-adapter`` and deleting the phase's checkpoints: a crash there leaves π_SFT
+    complete beside a stale mid-phase checkpoint. The resume skips the phase and ignores (drops) that checkpoint."""
+    from desktop_dpo.core.dpo import sft_phase
+    from desktop_dpo.core.dpo.sft_phase import sft_id
+
+    reference_run, reference_events, _ = uninterrupted_sft
+    add_rewrites(store)
+    run_id = new_run(store, tmp_path, tiny_model_dir, SFT)
+    run_dir = Path(store.get_run(run_id).checkpoint_dir)
+    remove = sft_phase.remove_checkpoints
+
+    def crash(folder: Path) -> None:
+        if (folder / SFT_ADAPTER).is_dir():  # the phase's end, after its adapter was kept
+            raise OSError("power cut")
+        remove(folder)
+
+    monkeypatch.setattr(sft_phase, "remove_checkpoints", crash)
+    with pytest.raises(OSError, match="power cut"):
+        drive(store, run_id)
+    monkeypatch.setattr(sft_phase, "remove_checkpoints", remove)
+    assert store.get_run(run_id).status == "failed"
+    assert sft_id(run_dir) is not None  # π_SFT kept whole, with its id ...
+    stale = latest_checkpoint(run_dir)
+    assert (
+        stale is not None and sft_phase._checkpoint_phase(stale) == "sft"
+    )  # ... beside a mid-phase checkpoint
+
+    events = drive(store, run_id)
+    assert not of_type(events, SftStepMetrics)  # the supervised phase is not run again
+    run = store.get_run(run_id)
+    assert run.status == "completed" and run.step == reference_run.step
+    dpo_losses = [m["loss"] for _, m in store.run_metrics(run_id)]
+    assert dpo_losses == pytest.approx([s.loss for s in of_type(reference_events, StepMetrics)], abs=1e-6)
+    ours, theirs = adapter_weights(run.adapter_path), adapter_weights(reference_run.adapter_path)
+    for name in ours:
+        assert torch.equal(ours[name], theirs[name]), name
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / SFT_ADAPTER).exists()

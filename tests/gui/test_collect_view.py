@@ -23,9 +23,14 @@ from tests.gui.conftest import FixedSide, cut_texts, held_after_first_token, hol
 WAIT_MS = 60_000  # generous: the machine is shared; nothing here asserts on time
 
 
-def make_view(qtbot, gui_store, registry, pool, app_home, *, a_left=True, max_tokens=8) -> CollectView:
+def make_view(
+    qtbot, gui_store, registry, pool, app_home, *, a_left=True, max_tokens=8, select=False
+) -> CollectView:
+    """Collect on the test's store; ``select``: "Show the most informative pair" on (these tests follow
+    two answers as they are written: off; test_collect_selection.py has it on)."""
     view = CollectView(store=gui_store, registry=registry, pool=pool, paths=app_home, rng=FixedSide(a_left))
     view.set_sampling_settings(SamplingSettings(max_tokens=max_tokens))
+    view.selection.option.setChecked(select)
     show_active(qtbot, view, 1000, 700)
     view.prompt_edit.setFocus()
     return view

@@ -255,7 +255,7 @@ def test_verdict_filters_and_sorting_use_the_words_on_screen(seeded):
     labels = [f.label for f in VERDICT_FILTERS.values()]
     assert labels == [
         "All verdicts", "Usable for training", "Left better", "Right better", "Tie", "Both bad", "Skipped",
-        "Edited", "Imported",
+        "Edited", "Imported", "Re-asked",
     ]  # fmt: skip
     for key, verdict_filter in VERDICT_FILTERS.items():
         if verdict_filter.label in ("Left better", "Right better", "Tie", "Both bad", "Skipped"):

@@ -12,6 +12,7 @@ from desktop_dpo.core.store import Store
 from desktop_dpo.gui.comparison_table_model import COLUMN_INDEX
 from desktop_dpo.gui.data_view import DataView
 from desktop_dpo.gui.preference_file_actions import PreferenceFileActions
+from tests.core.test_reask import repeat
 
 WAIT_MS = 10_000  # generous: the machine is shared; nothing here asserts on time
 SAMPLING = {
@@ -293,6 +294,47 @@ def test_the_verdict_filter_shows_one_kind_of_verdict(make_view, seeded):
         [seeded["tea"], seeded["colour"], seeded["hello"], seeded["import"]]
     )
     assert choose("All verdicts") == sorted(seeded.values())
+
+
+def test_a_re_asked_pair_is_marked_with_whether_it_agreed_and_that_it_never_trains(
+    qtbot, make_view, gui_store
+):
+    steep = record(gui_store, "Brew tea?", "Steep it.", "Boil it.", "a", a_shown_left=True)  # left better
+    colour = record(gui_store, "Name a colour.", "Stone.", "Blue.", "b", a_shown_left=True)
+    disagreeing = repeat(gui_store, steep, "b")  # B, now on the left: the other answer this time
+    agreeing = repeat(gui_store, colour, "b")
+    view, _actions = make_view()
+
+    assert cell(view, steep, "verdict") == "Left better", "the first verdict is not marked"
+    assert cell(view, disagreeing, "verdict") == f"Left better · Repeat of #{steep}, disagrees"
+    assert cell(view, agreeing, "verdict") == f"Left better · Repeat of #{colour}, agrees"
+    tip = view.model.data(
+        view.model.index(view.model.row_of(disagreeing), COLUMN_INDEX["verdict"]), Qt.ItemDataRole.ToolTipRole
+    )
+    assert "sides swapped" in tip and "never trains" in tip
+    assert view.counts_text() == "4 comparisons · 2 usable for training", "repeats are no pairs of their own"
+
+    click_row(qtbot, view, disagreeing)
+    note = view.detail.repeat_note
+    qtbot.waitUntil(note.isVisible)
+    assert f"A re-asked pair: the answers of #{steep}, shown again with their sides swapped" in note.text()
+    assert (
+        "It disagrees with your first verdict: the first time, you preferred the answer now on the right."
+        in note.text()
+    )
+    assert "A repeat's verdict never trains (the first one does, once)" in note.text()
+    click_row(qtbot, view, agreeing)
+    assert (
+        "It agrees with your first verdict: the first time too, you preferred the answer now on the left."
+        in note.text()
+    )
+    click_row(qtbot, view, steep)
+    assert not note.isVisible()
+
+    view.verdict_filter.setCurrentIndex(view.verdict_filter.findText("Re-asked"))
+    assert sorted(shown_ids(view)) == [disagreeing, agreeing]
+    view.verdict_filter.setCurrentIndex(view.verdict_filter.findText("Usable for training"))
+    assert sorted(shown_ids(view)) == [steep, colour]
 
 
 # ------------------------------------------------------------------------------------------- delete, undo, restore

@@ -5,10 +5,12 @@ eq. 3: max E[r(x, y)] − β·KL[π_θ(y|x) ‖ π_ref(y|x)]): how far the model
 higher keeps it closer. Its best value depends on the data, so :func:`beta_search` measures it:
 
     setup      as a run does (``train._Session``): the pairs, the held-out split, the token ids, the model
-               with a fresh LoRA adapter, and the reference log-probs, computed once (or read from the
+               with a fresh LoRA adapter, the run's SFT start when the settings have it (:func:`_sft_start`,
+               once: it does not depend on β), and the reference log-probs, computed once (or read from the
                reference cache, which the key shares across β: β is not part of it) and shared by every β
-    per β      the same fresh adapter, the same seed and data order, ``steps`` optimizer steps, then on the
-               held-out pairs: reward accuracy, and the KL from the start (:func:`kl_from_start`)
+    per β      the same start (the fresh adapter, or π_SFT after an SFT start), the same seed and data order,
+               ``steps`` optimizer steps, then on the held-out pairs: reward accuracy, and the KL from that
+               start (:func:`kl_from_start`)
     result     one :class:`BetaResult` per β and a recommendation (:func:`recommend`)
 
 Nothing is recorded as a run: no run row, no checkpoint, no adapter. What the search writes is data a run
@@ -20,6 +22,7 @@ desktop_dpo.core.dpo.beta_search``): a native fault in a step ends that process,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import queue
@@ -27,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -138,7 +141,11 @@ def recommendation_text(results: Sequence[BetaResult], chosen: BetaResult, heldo
 # --------------------------------------------------------------------------------------------------
 
 
-def kl_from_start(model: Any, batch: dict[str, torch.Tensor]) -> tuple[float, int]:
+def kl_from_start(
+    model: Any,
+    batch: dict[str, torch.Tensor],
+    start: Callable[[], contextlib.AbstractContextManager] | None = None,
+) -> tuple[float, int]:
     """Summed KL(π_θ ‖ π_start) over the answer tokens of a :func:`~desktop_dpo.core.dpo.batches.collate`
     batch, and how many tokens that is.
 
@@ -148,30 +155,58 @@ def kl_from_start(model: Any, batch: dict[str, torch.Tensor]) -> tuple[float, in
     Exact at each position, never negative, and zero before training; only the prefixes y<t are the
     data's answers rather than samples of π_θ (the sequence KL of Rafailov et al. 2023, eq. 3, would need
     sampling). Shapes: ``input_ids``, ``attention_mask``, ``loss_mask`` [R, T]; logits [R, T, V].
+
+    ``start``: a context in which ``model`` is the start, when that is not the adapter off (after an SFT
+    start, π_SFT: :func:`_start_weights`).
     """
     import torch
 
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     mask = batch["loss_mask"][:, 1:].bool()  # position t-1 predicts token t
     policy = torch.log_softmax(model(**inputs).logits[:, :-1][mask].float(), dim=-1)  # [N, V]
-    with model.disable_adapter():
-        start = torch.log_softmax(model(**inputs).logits[:, :-1][mask].float(), dim=-1)
-    kl = (policy.exp() * (policy - start)).sum(dim=-1)  # [N]
+    with model.disable_adapter() if start is None else start():
+        begun = torch.log_softmax(model(**inputs).logits[:, :-1][mask].float(), dim=-1)
+    kl = (policy.exp() * (policy - begun)).sum(dim=-1)  # [N]
     return kl.sum().item(), int(mask.sum().item())
 
 
-def _heldout_kl(session: Any) -> float:
-    """Mean :func:`kl_from_start` per answer token over the held-out pairs, chosen and rejected answers."""
+def _start_weights(
+    params: Sequence[Any], start: Sequence[Any]
+) -> Callable[[], contextlib.AbstractContextManager]:
+    """A context in which the LoRA weights ``params`` hold ``start`` (where each β began), put back after."""
+    import torch
+
+    @contextlib.contextmanager
+    def swapped() -> Iterator[None]:
+        now = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for param, value in zip(params, start, strict=True):
+                param.copy_(value)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for param, value in zip(params, now, strict=True):
+                    param.copy_(value)
+
+    return swapped
+
+
+def _heldout_kl(session: Any, start: Sequence[Any] | None = None) -> float:
+    """Mean :func:`kl_from_start` per answer token over the held-out pairs, chosen and rejected answers.
+
+    ``start``: the LoRA weights each β began from, when that is not the adapter off (after an SFT start)."""
     import torch
 
     from desktop_dpo.core.dpo.batches import collate, length_batches, to_device
 
     session.model.eval()
     total, tokens = 0.0, 0
+    swap = None if start is None else _start_weights(session.params, start)
     with torch.inference_mode():
         for indices in length_batches(session.heldout, session.pairs, session.config.batch_size):
             batch = to_device(collate([session.pairs[i] for i in indices], session.pad_id), session.device)
-            kl, n = kl_from_start(session.model, batch)
+            kl, n = kl_from_start(session.model, batch, swap)
             total, tokens = total + kl, tokens + n
     return total / max(tokens, 1)
 
@@ -226,6 +261,8 @@ def beta_search(
                     "settings, or collect pairs for more prompts."
                 )
             yield from session.tokenize()
+            if config.sft_phase != "off":
+                yield from _sft_start(session)  # π_SFT, and the reference is π_SFT, as in the run
             yield from session.prepare_reference()
             results = yield from _measure_all(session, config, list(betas), steps)
     except BaseException as exc:
@@ -241,14 +278,48 @@ def beta_search(
     )
 
 
+def _sft_start(session: Any) -> Iterator[object]:
+    """The run's SFT start (``sft_phase.py``), once for every β: the session's model is then π_SFT and its
+    ``sft_id`` set, so each β's short run starts where the real run's preference phase would, against π_SFT.
+
+    In a folder of its own (its checkpoints and ``sft-adapter``), deleted after: a search records nothing.
+    Its steps are reported as ``Progress``; no demonstrations: the run's warning, as a ``Loading`` line.
+    """
+    from desktop_dpo.core.dpo.events import Loading, SftStepMetrics, TrainWarning
+    from desktop_dpo.core.dpo.sft_phase import SftPhase
+
+    run_dir = session.run_dir
+    with tempfile.TemporaryDirectory(prefix="desktop-dpo-beta-sft-") as folder:
+        session.run_dir = Path(folder)
+        phase = SftPhase(session)
+        phase.config = phase.config.replace(checkpoint_every=10**9)  # nothing to resume: no checkpoints
+        try:
+            # Closed before its folder goes: a stop's checkpoint is written (and deleted) there, not elsewhere.
+            with contextlib.closing(phase.run(resume=False)) as job:
+                for event in job:
+                    if isinstance(event, SftStepMetrics):
+                        yield Progress(
+                            event.step,
+                            event.total_steps,
+                            f"Learning your written answers first: step {event.step} of {event.total_steps}",
+                        )
+                    elif isinstance(event, Loading):
+                        yield event
+                    elif isinstance(event, TrainWarning):  # no demonstrations: the search goes on without
+                        yield Loading(event.message)
+        finally:
+            session.run_dir = run_dir
+
+
 def _measure_all(
     session: Any, config: TrainConfig, betas: list[float], steps: int
 ) -> Generator[object, None, list[BetaResult]]:
-    """Each β from the same fresh adapter, seed and data order; a result per β."""
+    """Each β from the same start (the fresh adapter, or π_SFT), seed and data order; a result per β."""
     import torch
 
     session.params = [p for p in session.model.parameters() if p.requires_grad]
     start = [p.detach().clone() for p in session.params]
+    kl_start = start if session.sft_id is not None else None  # after an SFT start: KL from π_SFT
     results: list[BetaResult] = []
     total = len(betas) * steps
     for n, beta in enumerate(betas):
@@ -262,7 +333,11 @@ def _measure_all(
         yield Progress((n + 1) * steps, total, f"Measuring β = {beta:g} on the held-out pairs")
         evaluated = session.evaluate()
         result = BetaResult(
-            beta=beta, accuracy=evaluated.accuracy, kl=_heldout_kl(session), loss=evaluated.loss, steps=steps
+            beta=beta,
+            accuracy=evaluated.accuracy,
+            kl=_heldout_kl(session, kl_start),
+            loss=evaluated.loss,
+            steps=steps,
         )
         results.append(result)
         yield BetaMeasured(result=result, done=n + 1, total=len(betas))

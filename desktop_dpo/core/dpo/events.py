@@ -3,7 +3,9 @@
 In the order a run sees them: :class:`Loading` (setup), :class:`Started`, :class:`ReferenceReady`, then per
 optimizer step :class:`StepMetrics`, now and then :class:`EvalMetrics` (held-out pairs), :class:`TrainWarning`
 and :class:`Checkpointed`, and last :class:`Finished`. :class:`TrainingWatch` turns the step metrics into
-the warnings about known failure shapes. The driver records them (``train.persist_event``).
+the warnings about known failure shapes. The driver records them (``train.persist_event``). A run with an
+SFT start yields its steps first, between setup and :class:`Started`: :class:`SftStepMetrics` per step,
+now and then :class:`SftEvalMetrics` (the held-out prompts' demonstrations).
 
 Light on purpose: the GUI imports it at start-up.
 """
@@ -67,10 +69,11 @@ class StepMetrics:
     grad_norm: float  # total gradient norm before clipping
     tokens_per_s: float  # non-padding tokens through the model per second of this step
     eta_s: float  # estimated seconds to the end of the run
+    kl: float | None = None  # KTO: the KL reference point z0 (≥ 0, TRL's "kl"); None for the other losses
 
     def as_metrics(self) -> dict[str, float]:
-        """TRL-named dict for the run history and the plots."""
-        return {
+        """TRL-named dict for the run history and the plots (``kl`` only for a KTO run)."""
+        metrics = {
             "epoch": self.epoch,
             "loss": self.loss,
             "rewards/chosen": self.rewards_chosen,
@@ -84,6 +87,9 @@ class StepMetrics:
             "tokens_per_s": self.tokens_per_s,
             "eta_s": self.eta_s,
         }
+        if self.kl is not None:
+            metrics["kl"] = self.kl
+        return metrics
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,30 @@ class SftStepMetrics:
             "grad_norm": self.grad_norm,
             "tokens_per_s": self.tokens_per_s,
             "eta_s": self.eta_s,
+        }
+
+
+@dataclass(frozen=True)
+class SftEvalMetrics:
+    """The supervised phase's model on the held-out prompts' demonstrations after ``step`` supervised steps.
+
+    The same measure as :class:`SftStepMetrics`' loss (``sft_phase.sft_nll``: Σ answer-token NLL ÷ answer
+    tokens), on demonstrations the phase never trains on: at step 0, every ``eval_every`` steps and at the end.
+    Stored under the metrics split ``"sft_heldout"`` (step 0 included, as the held-out pairs' ``"heldout"``).
+    """
+
+    step: int  # supervised steps done (0: before the first)
+    loss: float  # mean token NLL of the held-out demonstrations' answers
+    demonstrations: int
+    tokens: int  # answer tokens scored
+
+    def as_metrics(self) -> dict[str, float | str]:
+        """The run history's row, with ``phase`` = ``"sft"``."""
+        return {
+            "phase": "sft",
+            "loss": self.loss,
+            "demonstrations": float(self.demonstrations),
+            "tokens": float(self.tokens),
         }
 
 

@@ -122,7 +122,8 @@ def kto_metrics(
     ``rewards/chosen`` and ``rewards/rejected`` average the rewards of the desirable and of the undesirable
     answers, ``rewards/margins`` is their difference (TRL's KTO metrics; a side the batch lacks counts 0).
     ``rewards/accuracies`` is KTO's own: the share of answers on the side of z0 their label asks for (a
-    desirable one with β·(r − z0) > 0, an undesirable one with < 0). ``kl`` is z0. ``policy_chosen_logps``
+    desirable one with β·(r − z0) > 0, an undesirable one with < 0). ``kl`` is z0 (each step stores it,
+    ``StepMetrics.kl``, and the Train view plots it). ``policy_chosen_logps``
     ([B], every labelled answer) gives ``logps/chosen`` and ``logps/rejected`` by label;
     ``policy_rejected_logps`` (the mismatched answers) is not reported.
     """

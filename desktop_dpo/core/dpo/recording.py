@@ -17,6 +17,7 @@ from desktop_dpo.core.dpo.events import (
     Checkpointed,
     EvalMetrics,
     Finished,
+    SftEvalMetrics,
     SftStepMetrics,
     Started,
     StepMetrics,
@@ -52,6 +53,8 @@ def persist_event(store: Store, run_id: int, event: object) -> None:
             store.update_run(run_id, step=event.step, total_steps=event.total_steps)
     elif isinstance(event, SftStepMetrics):  # the supervised phase: its own split and step numbers
         store.add_run_metrics(run_id, event.step, event.as_metrics(), split="sft")
+    elif isinstance(event, SftEvalMetrics):  # its held-out demonstrations, step 0 (before training) included
+        store.add_run_metrics(run_id, event.step, event.as_metrics(), split="sft_heldout")
     elif isinstance(event, EvalMetrics):
         store.add_run_metrics(run_id, event.step, event.as_metrics(), split="heldout")
     elif isinstance(event, TrainWarning):

@@ -160,7 +160,9 @@ def create_run_for_model(
             reply_label_ids=reply_label_ids,
         )
         if not name:  # the number is the run's id, known once it is stored
-            store.update_run(run_id, name=run_name(run_id, model.name, len(ids), time.time()))
+            store.update_run(
+                run_id, name=run_name(run_id, model.name, len(ids), time.time(), len(reply_label_ids))
+            )
     return run_id
 
 
@@ -171,13 +173,17 @@ def without_quantization_note(name: str) -> str:
     return _QUANTIZATION_NOTE.sub("", name).strip() or name
 
 
-def run_name(run_id: int, model_name: str, pairs: int, created: float) -> str:
+def run_name(run_id: int, model_name: str, pairs: int, created: float, rated_replies: int = 0) -> str:
     """The name a run is given when the person gives none, the same from the GUI, the CLI and the demo:
-    its number, model, pairs and local start time (``Run 3 · Gemma 3 270M · 12 pairs · 5 Dec 14:02``).
-    The number is the one its exported model and folder carry ("run 3")."""
+    its number, model, what it learns from and local start time (``Run 3 · Gemma 3 270M · 12 pairs · 5 Dec
+    14:02``). A KTO run that also learns from rated chat replies counts them (``12 pairs + 5 rated replies``;
+    ``20 rated replies`` alone). The number is the one its exported model and folder carry ("run 3")."""
     when = datetime.fromtimestamp(created)
     model = without_quantization_note(model_name)
-    return f"Run {run_id} · {model} · {plural(pairs, 'pair')} · {when.day} {when:%b %H:%M}"
+    parts = [plural(pairs, "pair")] if pairs or not rated_replies else []
+    if rated_replies:
+        parts.append(plural(rated_replies, "rated reply", "rated replies"))
+    return f"Run {run_id} · {model} · {' + '.join(parts)} · {when.day} {when:%b %H:%M}"
 
 
 def run_label(run_id: int, name: str) -> str:

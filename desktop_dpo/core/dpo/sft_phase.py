@@ -20,10 +20,20 @@ IPO, KTO, ORPO, SimPO) from there:
 - **Steps and metrics**: the phase has its own optimizer (AdamW, fresh, as a separate SFT run then DPO run
   would have), learning-rate schedule and step numbers; each step yields :class:`SftStepMetrics`, stored under
   the metrics split ``"sft"``. The run row's step counts the preference phase only.
+- **Held-out NLL** (:meth:`SftPhase._evaluate`): the same mean answer-token NLL on the demonstrations of the
+  prompts the preference phase holds out (never trained on), without dropout, before the first step, every
+  ``eval_every`` steps and at the end, as the preference phase checks its held-out pairs;
+  :class:`SftEvalMetrics`, stored under the split ``"sft_heldout"``. No held-out prompt with a demonstration:
+  a line says so and nothing is measured.
 - **Resume is exact** in either phase: a checkpoint written during this phase says ``phase = "sft"`` and holds
   this phase's optimizer, schedule, RNG and position; when the phase ends its adapter is kept in the run's
-  folder (``sft-adapter``, with the phase's id) until the run finishes, so a resume in the preference phase
-  skips this phase, and can still compute a missing reference value from π_SFT.
+  folder (``sft-adapter``, with the phase's id and the RNG state it ended with) until the run finishes, so a
+  resume in the preference phase skips this phase, can still compute a missing reference value from π_SFT, and
+  (with no preference checkpoint yet) starts the preference steps with the same dropout masks.
+- **Crash-safe end**: ``sft-adapter`` is written whole with its id or not at all (``atomic_output``), then the
+  phase's checkpoints are deleted. A crash between the two leaves π_SFT beside a stale mid-phase checkpoint;
+  the resume trusts ``sft-adapter`` and drops that checkpoint (:func:`drop_stale_checkpoints`), so the
+  preference phase starts from π_SFT, as in an uninterrupted run, never from the stale checkpoint.
 
 torch is imported inside functions: ``train.py`` imports this module at start-up.
 """
@@ -53,7 +63,7 @@ from desktop_dpo.core.dpo.checkpoint import (
 )
 from desktop_dpo.core.dpo.config import TrainConfig, TrainingOutOfMemoryError, smaller_settings
 from desktop_dpo.core.dpo.data import PreferencePair
-from desktop_dpo.core.dpo.events import Loading, SftStepMetrics, TrainWarning
+from desktop_dpo.core.dpo.events import Loading, SftEvalMetrics, SftStepMetrics, TrainWarning
 from desktop_dpo.core.dpo.modeling import (
     attach_lora,
     free_memory,
@@ -75,6 +85,11 @@ log = logging.getLogger(__name__)
 
 SFT_ADAPTER = "sft-adapter"  # the run folder's copy of the adapter at the end of the phase
 SFT_ID_FILE = "sft_id.txt"  # inside it: the phase's id, part of the reference cache key
+SFT_RNG_FILE = "rng_state.pt"  # inside it: the RNG state at the phase's end (the preference phase's start)
+NO_HELDOUT_DEMONSTRATIONS = (
+    "No held-out prompt has a written answer, so the supervised start is measured on "
+    "its training answers only"
+)
 
 
 def demonstrations(
@@ -197,6 +212,21 @@ def remove_sft_adapter(run_dir: Path) -> None:
     shutil.rmtree(run_dir / SFT_ADAPTER, ignore_errors=True)
 
 
+def drop_stale_checkpoints(run_dir: Path) -> None:
+    """Delete what is left of the supervised phase's checkpoints once its end is kept (``sft-adapter``).
+
+    A crash after ``sft-adapter`` was written and before the phase's checkpoints were deleted leaves a stale
+    mid-phase checkpoint (or, mid-delete, a half-deleted one): the preference phase would load it as its own.
+    A preference-phase checkpoint (written only after they were deleted) is kept.
+    """
+    if not (run_dir / "checkpoints").exists():
+        return
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None or _checkpoint_phase(checkpoint) == "sft":
+        log.info("Dropping the supervised phase's stale checkpoints in %s", run_dir)
+        remove_checkpoints(run_dir)
+
+
 def _checkpoint_phase(path: Path) -> str | None:
     """The phase a checkpoint was written in ("sft", or None for the preference phase)."""
     import torch
@@ -206,6 +236,17 @@ def _checkpoint_phase(path: Path) -> str | None:
     except Exception:  # a damaged checkpoint is reported when it is loaded for real
         return None
     return state.get("phase") if isinstance(state, dict) else None
+
+
+def _restore_rng(folder: Path) -> None:
+    """Put back the RNG state the phase ended with (an ``sft-adapter`` written before it was kept has none)."""
+    import torch
+
+    try:
+        state = torch.load(folder / SFT_RNG_FILE, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        return
+    set_rng_state(state)
 
 
 class SftPhase:
@@ -221,6 +262,7 @@ class SftPhase:
         config: TrainConfig = session.config
         self.config = config.replace(epochs=config.sft_epochs)  # plan_steps and the schedule read .epochs
         self.pairs: list[TokenizedPair] = []
+        self.heldout_pairs: list[TokenizedPair] = []  # the held-out prompts' demonstrations, never trained on
         self.optimizer: Any = None
         self.scheduler: Any = None
         self.step, self.epoch, self.offset, self.total_steps = 0, 0, 0, 0
@@ -240,8 +282,10 @@ class SftPhase:
             remove_sft_adapter(run_dir)
             remove_checkpoints(run_dir)
         elif sft_id(run_dir) is not None:  # done before the stop: π_SFT comes back from the run's folder
+            drop_stale_checkpoints(run_dir)  # a crash right after the phase's end was kept
             yield from self._attach()
             self._load_adapter(run_dir / SFT_ADAPTER)
+            _restore_rng(run_dir / SFT_ADAPTER)  # a preference checkpoint, if any, sets its own later
             session.sft_id = sft_id(run_dir)
             return
         elif checkpoint is not None and _checkpoint_phase(checkpoint) != "sft":
@@ -257,13 +301,18 @@ class SftPhase:
                 step=session.run.step,
             )
             return
-        yield from self._tokenize(demos)
+        heldout = demonstrations(views, session.config.sft_phase, {p.prompt_id for p in session.heldout_text})
+        yield from self._tokenize(demos, heldout)
+        if not self.heldout_pairs:
+            yield Loading(NO_HELDOUT_DEMONSTRATIONS)
         yield from self._attach()
         self._prepare(checkpoint if resume else None)
         yield from self._loop()
         yield from self._finish()
 
-    def _tokenize(self, demos: Sequence[PreferencePair]) -> Iterator[object]:
+    def _tokenize(
+        self, demos: Sequence[PreferencePair], heldout: Sequence[PreferencePair]
+    ) -> Iterator[object]:
         from transformers import AutoTokenizer
 
         session = self.session
@@ -271,12 +320,15 @@ class SftPhase:
         tokenizer = AutoTokenizer.from_pretrained(
             str(session.folder), local_files_only=True, trust_remote_code=False
         )
-        self.pairs = tokenize_demonstrations(
-            tokenizer,
-            demos,
-            chat_template=session.chat_template,
-            max_length=session.config.max_length,
-            max_prompt_length=session.config.max_prompt_length,
+        self.pairs, self.heldout_pairs = (
+            tokenize_demonstrations(
+                tokenizer,
+                found,
+                chat_template=session.chat_template,
+                max_length=session.config.max_length,
+                max_prompt_length=session.config.max_prompt_length,
+            )
+            for found in (demos, heldout)
         )
 
     def _attach(self) -> Iterator[object]:
@@ -343,12 +395,39 @@ class SftPhase:
             total += loss.item()
         return total, seen
 
+    def _evaluate(self) -> Iterator[SftEvalMetrics]:
+        """The held-out demonstrations' mean answer-token NLL now (:func:`sft_nll`'s measure: Σ NLL ÷ answer
+        tokens), without dropout or gradients; nothing when there are none."""
+        import torch
+
+        from desktop_dpo.core.dpo.batches import collate_for, length_batches, to_device
+
+        session = self.session
+        if not self.heldout_pairs:
+            return
+        session.model.eval()
+        total, tokens = 0.0, 0
+        indices = range(len(self.heldout_pairs))
+        with torch.inference_mode():
+            for batch_indices in length_batches(indices, self.heldout_pairs, self.config.batch_size * 2):
+                pairs = [self.heldout_pairs[i] for i in batch_indices]
+                batch = to_device(collate_for(session.model, pairs, session.pad_id), session.device)
+                nll, counts = sft_nll(session.model, batch)
+                total += nll.double().sum().item()
+                tokens += int(counts.sum().item())
+        if tokens:
+            yield SftEvalMetrics(
+                step=self.step, loss=total / tokens, demonstrations=len(self.heldout_pairs), tokens=tokens
+            )
+
     def _loop(self) -> Iterator[object]:
         import torch
 
         session = self.session
         params = [p for p in session.model.parameters() if p.requires_grad]
         started_at, steps_here, updating = time.perf_counter(), 0, False
+        if self.step == 0:  # where the phase starts from (a resume measured it before its stop)
+            yield from self._evaluate()
         try:
             for epoch, offset_after, indices in plan_steps(
                 len(self.pairs), self.config, self.epoch, self.offset
@@ -379,6 +458,8 @@ class SftPhase:
                     tokens_per_s=tokens / max(now - started, 1e-9),
                     eta_s=(now - started_at) / steps_here * (self.total_steps - self.step),
                 )
+                if self.step % self.config.eval_every == 0 or self.step == self.total_steps:
+                    yield from self._evaluate()
                 if self.step % self.config.checkpoint_every == 0 and self.step < self.total_steps:
                     self._save()
             if self.step < self.total_steps:  # left on a stop request
@@ -428,12 +509,20 @@ class SftPhase:
         self.saved_step = self.step
 
     def _finish(self) -> Iterator[object]:
-        """Keep π_SFT in the run's folder (with a new id), drop the phase's checkpoints and optimizer."""
+        """Keep π_SFT in the run's folder (with a new id), drop the phase's checkpoints and optimizer.
+
+        In this order, each step crash-safe: ``sft-adapter`` appears whole with its id (``atomic_output``: a
+        crash before the rename leaves the checkpoints, and the resume finishes the phase from them), then
+        the checkpoints go (a crash before that: :func:`drop_stale_checkpoints` on the resume).
+        """
+        import torch
+
         session = self.session
         yield Loading("Supervised start done; keeping its adapter")
         phase_id = uuid.uuid4().hex
         with atomic_output(session.run_dir / SFT_ADAPTER) as tmp:
             session.model.save_pretrained(str(tmp), safe_serialization=True)
+            torch.save(rng_state(), tmp / SFT_RNG_FILE)
             (tmp / SFT_ID_FILE).write_text(phase_id, encoding="utf-8")
         remove_checkpoints(session.run_dir)
         session.sft_id = phase_id

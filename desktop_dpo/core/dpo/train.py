@@ -611,6 +611,7 @@ class _Session:
             grad_norm=result["grad_norm"],
             tokens_per_s=result["tokens"] / max(seconds, 1e-9),
             eta_s=eta,
+            kl=metrics.get("kl"),  # KTO's z0 (kto_metrics), stored and plotted; the other losses have none
         )
 
     def evaluate(self) -> EvalMetrics | None:

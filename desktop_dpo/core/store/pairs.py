@@ -395,6 +395,39 @@ class PairQueries(StoreConnection):
         sql = "SELECT COUNT(*) FROM comparisons" + ("" if include_deleted else " WHERE deleted=0")
         return int(self._conn.execute(sql).fetchone()[0])
 
+    # The comparisons Collect may re-ask (core/reask.py's repeat_candidates is the spec, tested against
+    # these): judged, that is live, shown side by side, not skipped and not itself a repeat ...
+    _JUDGED_SQL = (
+        "c.deleted = 0 AND c.repeat_of IS NULL AND c.verdict != 'skip' AND c.a_shown_left IS NOT NULL"
+    )
+    # ... and not re-asked already (by a live repeat). Not correlated: SQLite builds the set once.
+    _NOT_REPEATED_SQL = (
+        "c.id NOT IN (SELECT repeat_of FROM comparisons WHERE repeat_of IS NOT NULL AND deleted = 0)"
+    )
+    _CANDIDATES_SQL = (
+        f"SELECT c.id FROM comparisons c WHERE {_JUDGED_SQL} AND {_NOT_REPEATED_SQL} ORDER BY c.id"
+    )
+
+    def repeat_candidate_counts(self) -> tuple[int, int]:
+        """(judged comparisons, those of them with no live repeat yet): see :func:`core.reask.pick_repeat`."""
+        sql = (
+            f"SELECT COUNT(*), COALESCE(SUM({self._NOT_REPEATED_SQL}), 0) FROM comparisons c "
+            f"WHERE {self._JUDGED_SQL}"
+        )
+        judged, candidates = self._conn.execute(sql).fetchone()
+        return int(judged), int(candidates)
+
+    def repeat_candidate_ids(self) -> list[int]:
+        """Every comparison that can be re-asked, oldest first."""
+        return [int(row[0]) for row in self._conn.execute(self._CANDIDATES_SQL)]
+
+    def repeat_candidate(self, index: int) -> ComparisonView | None:
+        """The ``index``-th comparison that can be re-asked (oldest first), with its texts; None past the last.
+        Only its texts are read, whatever the number of comparisons."""
+        row = self._conn.execute(f"{self._CANDIDATES_SQL} LIMIT 1 OFFSET ?", (index,)).fetchone()
+        views = self.comparison_views(ids=[int(row[0])]) if row is not None else []
+        return views[0] if views else None
+
     def change_stamp(self) -> tuple[int, int]:
         """A value that differs after any committed write, by this connection or another one.
 
@@ -454,7 +487,7 @@ class PairQueries(StoreConnection):
 
         Filters combine with AND: ``search`` (prompt, both texts, the edit and the note; LIKE wildcards in
         it are taken literally), ``verdicts``, ``edited`` (has a rewrite or not), ``usable`` (gives DPO a
-        pair: verdict A or B, or an edit; as :meth:`count_usable_pairs` counts) and ``ids``.
+        pair: verdict A or B on a pair not re-asked, or an edit) and ``ids``.
         Chosen and rejected follow training: an edit is chosen over the response it rewrites; otherwise
         the response the verdict names is chosen over the other.
         """
@@ -477,8 +510,8 @@ class PairQueries(StoreConnection):
             params += list(verdicts)
         if edited is not None:
             clauses.append("c.edited_text IS NOT NULL" if edited else "c.edited_text IS NULL")
-        if usable is not None:
-            test = "(c.verdict IN ('a', 'b') OR c.edited_text IS NOT NULL)"
+        if usable is not None:  # a repeat's verdict never trains (core/reask.py); a rewrite made on it does
+            test = "((c.verdict IN ('a', 'b') AND c.repeat_of IS NULL) OR c.edited_text IS NOT NULL)"
             clauses.append(test if usable else f"NOT {test}")
         if ids is not None:
             if not ids:
@@ -498,11 +531,13 @@ class PairQueries(StoreConnection):
                    substr(COALESCE(CASE WHEN c.edited_text IS NOT NULL
                                             THEN (CASE c.edited_side WHEN 'a' THEN ga.text ELSE gb.text END)
                                         WHEN c.verdict = 'a' THEN gb.text
-                                        WHEN c.verdict = 'b' THEN ga.text END, ''), 1, ?) AS rejected
+                                        WHEN c.verdict = 'b' THEN ga.text END, ''), 1, ?) AS rejected,
+                   c.repeat_of, CASE WHEN o.deleted = 0 THEN o.verdict END AS original_verdict
             FROM comparisons c
             JOIN prompts p ON p.id = c.prompt_id
             JOIN generations ga ON ga.id = c.generation_a_id
             JOIN generations gb ON gb.id = c.generation_b_id
+            LEFT JOIN comparisons o ON o.id = c.repeat_of
             {where}
             ORDER BY c.id
         """
@@ -522,6 +557,8 @@ class PairQueries(StoreConnection):
                 prompt=row[10],
                 chosen=row[11],
                 rejected=row[12],
+                repeat_of=row[13],
+                original_verdict=row[14],
             )
             for row in self._conn.execute(sql, params).fetchall()
         ]

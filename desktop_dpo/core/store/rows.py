@@ -151,6 +151,8 @@ class ComparisonSummary(NamedTuple):
     a_shown_left: bool | None  # None for imported pairs (never shown)
     deleted: bool
     has_note: bool
+    repeat_of: int | None = None  # an earlier comparison shown again, sides swapped (core/reask.py)
+    original_verdict: str | None = None  # a repeat's first verdict (None when that one is deleted)
 
     @property
     def edited(self) -> bool:

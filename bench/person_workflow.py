@@ -1,0 +1,207 @@
+"""``bench/efficacy.py --workflow person``: what a person gets from a budget of picks, with and without
+pair selection, for each rule, in one run.
+
+Each (rule, arm) runs ``desktop_dpo.core.person_loop.run_person`` in a home folder of its own (the demo
+model is unpacked once and copied in): ``random`` shows two answers as they come, ``selected`` samples
+four and shows the pair ``pair_selection`` chooses. Each round adds a point to the curve (win rate of the
+current model over the base on the held-out prompts, judged blind by the same rule, against picks so
+far). Ties and "both bad" picks count against the budget: they are the person's time too.
+
+Prints, per arm, the curve and a headline:
+    efficacy: workflow=person rule=.. arm=.. picks=.. win_rate=.. ci_low=.. ci_high=.. n=.. ties=.. both_bad=..
+and per rule the selection's gain at the full budget:
+    selection: rule=.. picks=.. win_selected=.. win_random=.. gain=..
+Writes bench/out/person_workflow.json and the curve as bench/out/person_curve.svg.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+OUT = Path(__file__).resolve().parent / "out"
+ARMS = {"random": False, "selected": True}
+
+
+def _note(start: float, text: str) -> None:
+    print(f"[{time.perf_counter() - start:6.0f} s] {text}", file=sys.stderr, flush=True)
+
+
+def _share_demo_files(source: Path, target: Path) -> None:
+    """Copies the unpacked demo model and its trainable copy from the first arm's home (saves minutes)."""
+    for sub in ("models",):
+        if (source / sub).exists() and not (target / sub).exists():
+            shutil.copytree(source / sub, target / sub)
+
+
+BASE_ANSWERS: dict[Any, Any] = {}  # the base model's evaluation answers, shared by every arm and round
+
+
+def run_arm(home: Path, rule_name: str, selection: bool, args: Any, start: float) -> dict[str, Any]:
+    """One (rule, arm): the person loop in ``home``; returns its report."""
+    from desktop_dpo.config import AppPaths
+    from desktop_dpo.core.demo_loop import DemoSettings
+    from desktop_dpo.core.evaluate import RULES
+    from desktop_dpo.core.jobs import Log, drive
+    from desktop_dpo.core.person_loop import PersonSettings, PickMade, RoundMeasured, run_person
+    from desktop_dpo.core.store import Store
+
+    paths = AppPaths(data_dir=home / "data", log_dir=home / "logs").ensure()
+    demo = DemoSettings(seed=args.seed, rule=RULES[rule_name]())
+    person = PersonSettings(picks=args.picks, rounds=args.rounds, selection=selection)
+    arm = "selected" if selection else "random"
+
+    def on_event(event: object) -> None:
+        if isinstance(event, PickMade) and event.done % 25 == 0:
+            _note(start, f"  {rule_name}/{arm}: {event.done}/{event.total} picks")
+        elif isinstance(event, RoundMeasured):
+            _note(
+                start, f"  {rule_name}/{arm} round {event.round}: {event.summary.sentence()} {event.seconds}"
+            )
+        elif isinstance(event, Log):
+            _note(start, f"  {event.message}")
+
+    with Store.open(paths.db_path) as store:
+        result = drive(run_person(store, paths, demo, person, base_answers=BASE_ANSWERS), on_event)
+    return {
+        "rule": rule_name,
+        "arm": arm,
+        "verdicts": result.verdicts,
+        "hows": result.hows,
+        "curve": [
+            {
+                "round": point.round,
+                "picks": point.picks,
+                "pairs": point.pairs,
+                "win_rate": point.summary.win_rate,
+                "ci_low": point.summary.ci_low,
+                "ci_high": point.summary.ci_high,
+                "n": point.summary.n_decisive,
+                "ties": point.summary.ties,
+                "both_bad": point.summary.both_bad,
+                "seconds": point.seconds,
+            }
+            for point in result.curve
+        ],
+        "settings": result.settings,
+    }
+
+
+def curve_svg(reports: list[dict[str, Any]], width: int = 520, height: int = 300) -> str:
+    """The curves (win rate against picks, one line per rule and arm, with the 95% intervals as bars) as SVG."""
+    left, right, top, bottom = 48, 150, 16, 36
+    plot_w, plot_h = width - left - right, height - top - bottom
+    max_picks = max(p["picks"] for r in reports for p in r["curve"])
+
+    def x(picks: float) -> float:
+        return left + plot_w * picks / max_picks
+
+    def y(rate: float) -> float:
+        return top + plot_h * (1 - rate)
+
+    colors = {"shorter_wins": "#2f6db5", "speaks_to_you": "#c0552b"}
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+        'font-size="11">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+    ]
+    for rate in (0.0, 0.5, 0.8, 1.0):
+        dash = ' stroke-dasharray="4 3"' if rate in (0.5, 0.8) else ""
+        parts.append(
+            f'<line x1="{left}" x2="{left + plot_w}" y1="{y(rate):.1f}" y2="{y(rate):.1f}" stroke="#bbb"{dash}/>'
+        )
+        parts.append(f'<text x="{left - 6}" y="{y(rate) + 4:.1f}" text-anchor="end">{rate:.0%}</text>')
+    for picks in sorted({p["picks"] for r in reports for p in r["curve"]}):
+        parts.append(f'<text x="{x(picks):.1f}" y="{top + plot_h + 16}" text-anchor="middle">{picks}</text>')
+    parts.append(f'<text x="{left + plot_w / 2}" y="{height - 4}" text-anchor="middle">picks</text>')
+    for index, report in enumerate(reports):
+        color = colors.get(report["rule"], "#555")
+        dash = "" if report["arm"] == "selected" else ' stroke-dasharray="5 3"'
+        points = [(x(p["picks"]), y(p["win_rate"] or 0.0), p) for p in report["curve"]]
+        path = " ".join(f"{px:.1f},{py:.1f}" for px, py, _ in points)
+        parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"{dash}/>')
+        for px, py, p in points:
+            offset = (index - len(reports) / 2) * 3
+            parts.append(
+                f'<line x1="{px + offset:.1f}" x2="{px + offset:.1f}" y1="{y(p["ci_low"]):.1f}" '
+                f'y2="{y(p["ci_high"]):.1f}" stroke="{color}" stroke-opacity="0.5"/>'
+            )
+            parts.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{color}"/>')
+        label_y = top + 14 + 16 * index
+        parts.append(
+            f'<line x1="{left + plot_w + 10}" x2="{left + plot_w + 30}" y1="{label_y - 4}" y2="{label_y - 4}" '
+            f'stroke="{color}" stroke-width="2"{dash}/>'
+        )
+        parts.append(f'<text x="{left + plot_w + 34}" y="{label_y}">{report["rule"]}, {report["arm"]}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def pick_costs(reports: list[dict[str, Any]], rule: str) -> tuple[float, float]:
+    """What showing a selected pair costs against two answers as they come, per pick, over every round:
+    ``(sampling 4 answers ÷ sampling 2, sampling 4 and scoring them ÷ sampling 2)``."""
+
+    def seconds(arm: str, part: str) -> float:
+        report = next(r for r in reports if r["rule"] == rule and r["arm"] == arm)
+        return sum(point["seconds"].get(part, 0.0) for point in report["curve"])
+
+    plain = seconds("random", "picks") or float("nan")
+    selected, scoring = seconds("selected", "picks"), seconds("selected", "scoring")
+    return (selected - scoring) / plain, selected / plain
+
+
+def run_person_bench(args: Any) -> None:
+    """Runs every (rule, arm) asked for, prints the headlines and writes the report and the plot."""
+    from desktop_dpo.core.offline import lock_down
+
+    lock_down()
+    rules = [name.strip() for name in args.rules.split(",") if name.strip()]
+    arms = [name.strip() for name in args.arms.split(",") if name.strip()]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise SystemExit(f"Unknown arm {unknown[0]!r}: choose from {', '.join(ARMS)}.")
+    root = args.keep or Path(tempfile.mkdtemp(prefix="efficacy-person-"))
+    start = time.perf_counter()
+    reports: list[dict[str, Any]] = []
+    first_home: Path | None = None
+    for rule in rules:
+        for arm in arms:
+            home = root / f"{rule}-{arm}"
+            home.mkdir(parents=True, exist_ok=True)
+            if first_home is not None:
+                _share_demo_files(first_home / "data", home / "data")
+            _note(start, f"{rule}, {arm} pairs")
+            reports.append(run_arm(home, rule, ARMS[arm], args, start))
+            first_home = first_home or home
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "person_workflow.json").write_text(json.dumps(reports, indent=2), encoding="utf-8")
+    (OUT / "person_curve.svg").write_text(curve_svg(reports), encoding="utf-8")
+    for report in reports:
+        for point in report["curve"]:
+            print(
+                f"curve: rule={report['rule']} arm={report['arm']} picks={point['picks']} "
+                f"win_rate={point['win_rate'] or 0:.3f} ci_low={point['ci_low']:.3f} n={point['n']}"
+            )
+    by_key = {(r["rule"], r["arm"]): r["curve"][-1] for r in reports}
+    for rule in rules:
+        if (rule, "selected") in by_key and (rule, "random") in by_key:
+            chosen, plain = by_key[(rule, "selected")], by_key[(rule, "random")]
+            costs = pick_costs(reports, rule)
+            print(
+                f"selection: rule={rule} picks={chosen['picks']} win_selected={chosen['win_rate'] or 0:.3f} "
+                f"win_random={plain['win_rate'] or 0:.3f} gain={(chosen['win_rate'] or 0) - (plain['win_rate'] or 0):+.3f} "
+                f"k4_sampling_ratio={costs[0]:.2f} k4_pick_ratio={costs[1]:.2f}"
+            )
+    print(f"seconds={time.perf_counter() - start:.0f}")
+    for report in reports:
+        last = report["curve"][-1]
+        print(
+            f"efficacy: workflow=person rule={report['rule']} arm={report['arm']} picks={last['picks']} "
+            f"win_rate={last['win_rate'] or 0:.3f} ci_low={last['ci_low']:.3f} ci_high={last['ci_high']:.3f} "
+            f"n={last['n']} ties={last['ties']} both_bad={last['both_bad']}"
+        )

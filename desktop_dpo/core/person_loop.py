@@ -1,0 +1,298 @@
+"""The loop as a person runs it, headless: two answers shown per prompt, one pick, a budget of picks.
+
+The demo (``demo_loop.py``) has a luxury a person does not: eight answers per prompt and the rule's best
+played against the worst of each kind. Here each prompt costs one pick, as in Collect:
+
+    1 model, copy    as in the demo (the bundled Gemma 3 270M and its trainable copy)
+    then, once per round (``rounds`` rounds share ``picks`` picks as evenly as they can):
+    2 picks      per training prompt, the pair Collect would show from the current model, judged by the
+                 rule as a person judges: left better, right better, tie or both bad. Every verdict
+                 counts against the budget; only a winner gives a training pair.
+                 - ``selection`` off: two answers, shown as they come (Collect without selection);
+                 - ``selection`` on: ``candidates`` answers and the pair ``pair_selection.choose_pair``
+                   picks: the most different before the first run, then the smallest implicit-reward
+                   margin under the run that made the current model (``dpo/implicit_reward.py``).
+    3 train      the round's pairs, from the current model (the Train view's run of that model: the pairs
+                 sampled from it), with the demo's settings
+    4 export     Q4_K_M on the base's grid: the next round's current model
+    5 evaluate   base against the current model on the held-out prompts, judged blind by the same rule:
+                 one point of the curve (win rate against picks so far)
+
+Prompts are taken in a seeded order and never repeat until every training prompt was asked once. The
+rule stands in for a person with one consistent taste; the selection is not told which rule it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections import Counter
+from collections.abc import Generator, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from desktop_dpo.core.demo_loop import (
+    DemoSettings,
+    evaluate_round,
+    export_round,
+    prepare_copy,
+    prepare_model,
+    quiet_job,
+    read_demo_prompts,
+    sample_answers,
+    split_demo_prompts,
+    store_evaluation_prompts,
+    train_round,
+)
+from desktop_dpo.core.errors import DesktopDpoError
+from desktop_dpo.core.evaluate import EvaluationSummary, judge_by_rule
+from desktop_dpo.core.jobs import CancelToken, Log, Progress
+from desktop_dpo.core.pair_selection import PairChoice, choose_pair
+from desktop_dpo.core.sampling import generation_meta
+
+if TYPE_CHECKING:
+    from desktop_dpo.config import AppPaths
+    from desktop_dpo.core.llm.engine_pool import EnginePool
+    from desktop_dpo.core.llm.generation import GenerationResult
+    from desktop_dpo.core.store import ModelRow, Store
+
+PERSON_SOURCE = "person"  # the source of the comparisons a person-workflow run records
+
+
+@dataclass(frozen=True)
+class PersonSettings:
+    """How the simulated person works: a budget of picks over rounds, with or without pair selection."""
+
+    picks: int = 150
+    rounds: int = 3
+    selection: bool = True
+    candidates: int = 4  # answers sampled per prompt when selecting (2 without selection)
+
+    def validated(self) -> PersonSettings:
+        """Self, or a :class:`DesktopDpoError` naming the setting that cannot work."""
+        if self.rounds < 1 or self.picks < self.rounds:
+            raise DesktopDpoError(f"{self.picks} picks cannot be spread over {self.rounds} rounds.")
+        if self.candidates < 2:
+            raise DesktopDpoError("Choosing a pair needs at least 2 answers per prompt.")
+        return self
+
+    def round_budgets(self) -> list[int]:
+        """Picks per round: ``picks`` spread as evenly as they go, the later rounds taking any extra."""
+        return [
+            self.picks * (r + 1) // self.rounds - self.picks * r // self.rounds for r in range(self.rounds)
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain data (for a report)."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class PickMade:
+    """One pick: the verdict the rule gave on the pair shown, and how that pair was chosen."""
+
+    round: int
+    done: int  # picks so far, all rounds
+    total: int
+    verdict: str  # "a" (left better), "b", "tie" or "both_bad"
+    how: str  # PairChoice.how: "only" (no selection), "different" or "margin"
+
+
+@dataclass(frozen=True)
+class RoundMeasured:
+    """A round ended: the current model against the base, after ``picks`` picks in all."""
+
+    round: int
+    picks: int
+    pairs: int  # training pairs this round gave (picks with a winner)
+    run_id: int | None  # None: no pick had a winner, so nothing was trained
+    summary: EvaluationSummary
+    seconds: dict[
+        str, float
+    ]  # the round's time per stage: picks, scoring (part of picks), train, export, evaluate
+
+
+@dataclass(frozen=True)
+class PersonResult:
+    """A person-workflow run: the curve and where the picks went."""
+
+    curve: tuple[RoundMeasured, ...]
+    verdicts: dict[str, int]  # picks per verdict, all rounds
+    hows: dict[str, int]  # picks per PairChoice.how
+    settings: dict[str, Any]
+
+    @property
+    def final(self) -> EvaluationSummary:
+        """The last round's evaluation."""
+        return self.curve[-1].summary
+
+
+def _scorer(store: Store, run_id: int | None) -> Any:
+    if run_id is None:
+        return None
+    from desktop_dpo.core.dpo.implicit_reward import ImplicitRewardScorer
+
+    return ImplicitRewardScorer.for_run(store, run_id)
+
+
+def show_pair(
+    pool: EnginePool,
+    model: ModelRow,
+    paths: AppPaths,
+    messages: list[dict[str, str]],
+    demo: DemoSettings,
+    person: PersonSettings,
+    rng: random.Random,
+    cancel: CancelToken,
+    scorer: Any = None,
+    run_label: str = "the last run",
+) -> Generator[Any, None, tuple[GenerationResult, GenerationResult, PairChoice, float]]:
+    """The two answers Collect would show for ``messages`` (a job): ``(left, right, choice, scoring seconds)``."""
+    count = person.candidates if person.selection else 2
+    results = yield from sample_answers(pool, model, paths, messages, demo.sampling, count, rng, cancel)
+    texts = [r.text for r in results]
+    scoring = 0.0
+    rewards = None
+    if person.selection and scorer is not None:
+        start = time.perf_counter()
+        rewards = scorer.rewards(messages, texts)
+        scoring = time.perf_counter() - start
+    choice = choose_pair(texts, rewards, run_label) if person.selection else choose_pair(texts[:2])
+    return results[choice.first], results[choice.second], choice, scoring
+
+
+def _record_pick(
+    store: Store,
+    model: ModelRow,
+    messages: list[dict[str, str]],
+    left: Any,
+    right: Any,
+    verdict: str,
+    how: str,
+) -> int:
+    return store.record_pair(
+        messages=messages,
+        text_a=left.text,
+        text_b=right.text,
+        verdict=verdict,
+        model_a_id=model.id,
+        model_b_id=model.id,
+        a_shown_left=True,
+        generation_meta_a=generation_meta(left),
+        generation_meta_b=generation_meta(right),
+        note=f"person workflow: pair chosen by {how}",
+        source=PERSON_SOURCE,
+    )
+
+
+def _prompt_cycle(prompts: Sequence[str], seed: int) -> Generator[str, None, None]:
+    order = list(prompts)
+    rng = random.Random(f"desktop-dpo-person-prompts:{seed}")
+    while True:
+        rng.shuffle(order)
+        yield from order
+
+
+def run_person(
+    store: Store,
+    paths: AppPaths,
+    demo: DemoSettings | None = None,
+    person: PersonSettings | None = None,
+    cancel: CancelToken | None = None,
+    base_answers: MutableMapping[Any, Any] | None = None,
+) -> Generator[Any, None, PersonResult]:
+    """The person's loop on the demo model (a job recording its work with ``store``): see the module doc.
+
+    ``base_answers`` keeps the base model's evaluation answers between rounds (and between runs given the
+    same mapping: a bench's arms); by default, between this run's rounds.
+
+    Yields ``Progress``, ``Log``, :class:`PickMade` per pick, the training and export jobs' events and
+    :class:`RoundMeasured` per round. Returns a :class:`PersonResult`.
+
+    Raises:
+        ModelError, TrainingError, ExportError, DesktopDpoError: as :func:`~desktop_dpo.core.demo_loop.run_demo`.
+        JobCancelled: stopped; what was recorded so far stays.
+    """
+    from desktop_dpo.core.dpo.runs import run_label
+    from desktop_dpo.core.llm.engine_pool import EnginePool
+
+    demo = (demo or DemoSettings()).validated()
+    person = (person or PersonSettings()).validated()
+    if not demo.prompts:
+        demo = dataclasses.replace(demo, prompts=read_demo_prompts())
+    cancel = cancel or CancelToken()
+    train_prompts, held_out = split_demo_prompts(demo.prompts, demo.eval_prompt_count, None, demo.seed)
+    paths.ensure()
+    pool = EnginePool(max_loaded=2)
+    rng = random.Random(f"desktop-dpo-person-samples:{demo.seed}")
+    prompts = _prompt_cycle(train_prompts, demo.seed)
+    verdicts: Counter[str] = Counter()
+    hows: Counter[str] = Counter()
+    curve: list[RoundMeasured] = []
+    done = 0
+    base_answers = {} if base_answers is None else base_answers
+    try:
+        base = yield from prepare_model(store, paths, cancel)
+        base = yield from prepare_copy(store, paths, base, cancel)
+        eval_rows = store_evaluation_prompts(store, held_out)
+        current, last_run = base, None
+        for round_number, budget in enumerate(person.round_budgets(), start=1):
+            seconds: Counter[str] = Counter()
+            start = time.perf_counter()
+            scorer = _scorer(store, last_run) if person.selection else None
+            label = run_label(last_run, store.get_run(last_run).name) if last_run is not None else ""
+            ids: list[int] = []
+            try:
+                for _ in range(budget):
+                    cancel.raise_if_cancelled()
+                    yield Progress(done, person.picks, f"Pick {done + 1} of {person.picks}")
+                    messages = [{"role": "user", "content": next(prompts)}]
+                    left, right, choice, scoring = yield from quiet_job(
+                        show_pair(pool, current, paths, messages, demo, person, rng, cancel, scorer, label),
+                        store,
+                    )
+                    seconds["scoring"] += scoring
+                    verdict = judge_by_rule(left.text, right.text, demo.rule)
+                    verdicts[verdict] += 1
+                    hows[choice.how] += 1
+                    done += 1
+                    comparison = _record_pick(store, current, messages, left, right, verdict, choice.how)
+                    if verdict in ("a", "b"):
+                        ids.append(comparison)
+                    yield PickMade(round_number, done, person.picks, verdict, choice.how)
+            finally:
+                if scorer is not None:
+                    scorer.close()
+            pool.close_all()  # frees the sampler's context while training needs the memory
+            seconds["picks"] = time.perf_counter() - start
+            run_id = None
+            if ids:
+                start = time.perf_counter()
+                run_id = yield from train_round(store, paths, current, ids, demo, cancel)
+                seconds["train"] = time.perf_counter() - start
+                start = time.perf_counter()
+                current, _gguf, _folder = yield from export_round(store, paths, run_id, demo, cancel)
+                seconds["export"] = time.perf_counter() - start
+                last_run = run_id
+            else:
+                yield Log(f"Round {round_number}: no pick had a winner; nothing to train on.")
+            start = time.perf_counter()
+            _evaluation, summary, _votes = yield from evaluate_round(
+                store, pool, paths, base, current, eval_rows, demo, cancel, base_answers
+            )
+            pool.close_all()
+            seconds["evaluate"] = time.perf_counter() - start
+            measured = RoundMeasured(
+                round_number, done, len(ids), run_id, summary, {k: round(v, 1) for k, v in seconds.items()}
+            )
+            curve.append(measured)
+            yield measured
+    finally:
+        pool.close_all()
+    return PersonResult(
+        curve=tuple(curve),
+        verdicts=dict(verdicts),
+        hows=dict(hows),
+        settings={"demo": demo.to_dict(), "person": person.to_dict()},
+    )

@@ -1,0 +1,76 @@
+"""Which two of several sampled answers Collect shows (core/pair_selection.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from desktop_dpo.core.pair_selection import (
+    MIN_DIFFERENCE,
+    choose_pair,
+    most_different,
+    smallest_margin,
+    word_distance,
+)
+
+ANSWERS = [
+    "Water boils at one hundred degrees at sea level, lower up a mountain.",  # 0
+    "Water boils at one hundred degrees at sea level, lower up the mountain.",  # 1: nearly 0
+    "Bring the pot to a rolling boil, then add salt and the pasta.",  # 2
+    "I do not know. Ask someone who cooks more than I do, they will tell you.",  # 3
+]
+
+
+def test_word_distance_counts_shared_words_not_order() -> None:
+    assert word_distance("the cat sat", "sat the cat") == 0.0
+    assert word_distance("the cat", "a dog") == 1.0
+    assert word_distance("", "") == 0.0
+    # "the the cat" and "the cat": 2 of 3 words shared.
+    assert word_distance("The the cat", "the cat") == pytest.approx(1 / 3)
+
+
+def test_smallest_margin_picks_the_pair_the_model_is_least_sure_between() -> None:
+    # Hand-worked margins: |0.9 - (-1.2)| = 2.1 (0,2), |0.9 - 0.5| = 0.4 (0,3), |-1.2 - 0.5| = 1.7 (2,3),
+    # |0.95 - 0.5| = 0.45 (1,3), ... The smallest of all is (0,1) at 0.05, but those two answers are
+    # nearly the same text, so the smallest among distinct pairs, (0,3) at 0.4, is shown.
+    rewards = [0.9, 0.95, -1.2, 0.5]
+    assert word_distance(ANSWERS[0], ANSWERS[1]) < MIN_DIFFERENCE
+    choice = smallest_margin(ANSWERS, rewards, "Run 3")
+    assert (choice.first, choice.second) == (0, 3)
+    assert choice.how == "margin"
+    assert choice.margin == pytest.approx(0.4)
+    assert choice.considered == 4
+    assert "Run 3 is least sure between these two" in choice.reason
+    assert "0.40" in choice.reason
+
+
+def test_smallest_margin_without_distinct_pairs_still_chooses() -> None:
+    texts = ["a b c d e", "a b c d e", "a b c d e f"]
+    choice = smallest_margin(texts, [0.0, 0.3, 0.31])
+    assert (choice.first, choice.second) == (1, 2)
+
+
+def test_equal_margins_prefer_the_more_different_pair() -> None:
+    choice = smallest_margin(ANSWERS, [0.0, 0.0, 1.0, 1.0])
+    # (0,1) margin 0 but too alike; (2,3) margin 0 and distinct.
+    assert (choice.first, choice.second) == (2, 3)
+
+
+def test_before_any_run_the_most_different_pair_is_shown() -> None:
+    choice = choose_pair(ANSWERS)
+    assert choice.how == "different"
+    assert {choice.first, choice.second} != {0, 1}
+    best = max(word_distance(ANSWERS[i], ANSWERS[j]) for i in range(4) for j in range(i + 1, 4))
+    assert choice.distance == best
+    assert "differ the most" in choice.reason
+
+
+def test_two_answers_are_shown_as_they_come_with_no_reason() -> None:
+    choice = most_different(ANSWERS[:2])
+    assert (choice.first, choice.second, choice.how, choice.reason) == (0, 1, "only", "")
+
+
+def test_bad_input_is_refused_with_a_reason() -> None:
+    with pytest.raises(ValueError, match="at least two"):
+        choose_pair(["only one"])
+    with pytest.raises(ValueError, match="3 answers but 2 rewards"):
+        choose_pair(ANSWERS[:3], [0.1, 0.2])

@@ -1,0 +1,89 @@
+"""The person's workflow (core/person_loop.py): a pick budget over rounds, and the pair Collect would show."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from desktop_dpo.config import SamplingSettings
+from desktop_dpo.core.demo_loop import DemoSettings
+from desktop_dpo.core.errors import DesktopDpoError
+from desktop_dpo.core.jobs import CancelToken, run_job
+from desktop_dpo.core.llm.engine_pool import EnginePool
+from desktop_dpo.core.models import register_model
+from desktop_dpo.core.pair_selection import choose_pair
+from desktop_dpo.core.person_loop import PersonSettings, show_pair
+
+
+def test_the_budget_is_spread_over_the_rounds_and_adds_up():
+    assert PersonSettings(picks=150, rounds=3).round_budgets() == [50, 50, 50]
+    assert PersonSettings(picks=100, rounds=3).round_budgets() == [33, 33, 34]
+    assert sum(PersonSettings(picks=7, rounds=2).round_budgets()) == 7
+
+
+def test_settings_that_cannot_work_are_refused():
+    with pytest.raises(DesktopDpoError, match="2 picks cannot be spread over 3 rounds"):
+        PersonSettings(picks=2, rounds=3).validated()
+    with pytest.raises(DesktopDpoError, match="at least 2 answers"):
+        PersonSettings(candidates=1).validated()
+
+
+@pytest.fixture
+def pool():
+    engines = EnginePool()
+    yield engines
+    engines.close_all()
+
+
+class RecordingScorer:
+    """Stands in for a run's implicit rewards: one per answer, made up, and records what it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[list[str]] = []
+
+    def rewards(self, messages, texts):
+        self.asked.append(list(texts))
+        return [0.0, 3.0, 0.1, 5.0][: len(texts)]
+
+
+MESSAGES = [{"role": "user", "content": "Tell me about tea."}]
+DEMO = DemoSettings(sampling=SamplingSettings(temperature=1.0, max_tokens=8))
+
+
+def test_without_selection_two_answers_are_sampled_and_shown(app_home, store, tiny_gguf, pool):
+    model = register_model(store, tiny_gguf, name="tiny")
+    scorer = RecordingScorer()
+    person = PersonSettings(selection=False)
+    (left, right, choice, _), _ = run_job(
+        show_pair(pool, model, app_home, MESSAGES, DEMO, person, random.Random(3), CancelToken(), scorer)
+    )
+    assert choice.how == "only" and scorer.asked == []
+    assert left.seed != right.seed
+
+
+def test_with_selection_four_answers_are_scored_and_the_least_sure_pair_shown(
+    app_home, store, tiny_gguf, pool
+):
+    model = register_model(store, tiny_gguf, name="tiny")
+    scorer = RecordingScorer()
+    person = PersonSettings(selection=True, candidates=4)
+    (left, right, choice, _), _ = run_job(
+        show_pair(
+            pool, model, app_home, MESSAGES, DEMO, person, random.Random(3), CancelToken(), scorer, "Run 1"
+        )
+    )
+    [texts] = scorer.asked
+    assert len(texts) == 4
+    assert choice == choose_pair(texts, [0.0, 3.0, 0.1, 5.0], "Run 1")
+    assert (left.text, right.text) == (texts[choice.first], texts[choice.second])
+    assert choice.how == "margin" and "Run 1" in choice.reason
+
+
+def test_before_any_run_the_selection_shows_the_most_different_pair(app_home, store, tiny_gguf, pool):
+    model = register_model(store, tiny_gguf, name="tiny")
+    person = PersonSettings(selection=True, candidates=4)
+    (*_, choice, _), _ = run_job(
+        show_pair(pool, model, app_home, MESSAGES, DEMO, person, random.Random(3), CancelToken())
+    )
+    assert choice.how == "different" and choice.considered == 4
