@@ -28,11 +28,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from desktop_dpo.core.dpo.pair_counts import PairCounts, count_pairs, store_pair_counts  # noqa: E402
+from desktop_dpo.core.dpo.pair_counts import count_pairs, store_pair_counts  # noqa: E402
 from desktop_dpo.core.store import Store  # noqa: E402
 
 VERDICTS = ["a"] * 6 + ["b"] * 6 + ["tie", "both_bad", "skip"]
@@ -71,7 +72,7 @@ def fill(store: Store, comparisons: int, rng: random.Random) -> None:
     store.set_comparisons_deleted(rng.sample(ids, comparisons // 50))
 
 
-def timed_ms(call: object) -> tuple[float, PairCounts]:
+def timed_ms(call: object) -> tuple[float, Any]:
     """Run ``call`` once: milliseconds and its result."""
     start = time.perf_counter()
     result = call()  # type: ignore[operator]

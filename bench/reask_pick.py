@@ -24,13 +24,12 @@ import random
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pair_counts import judge  # noqa: E402  (bench/ is the script's folder)
+from pair_counts import judge, timed_ms  # noqa: E402  (bench/ is the script's folder)
 
 from desktop_dpo.core.reask import pick_repeat, pick_repeat_in  # noqa: E402
 from desktop_dpo.core.store import Store  # noqa: E402
@@ -53,13 +52,6 @@ def fill(store: Store, comparisons: int, rng: random.Random) -> None:
                 repeat_of=original_id,
             )
     store.set_comparisons_deleted(rng.sample(ids, comparisons // 50))
-
-
-def timed_ms(call: object) -> tuple[float, object]:
-    """Run ``call`` once: milliseconds and its result."""
-    start = time.perf_counter()
-    result = call()  # type: ignore[operator]
-    return (time.perf_counter() - start) * 1000, result
 
 
 def main() -> None:

@@ -62,7 +62,7 @@ from desktop_dpo.core.evaluate import (
     record_vote,
     run_rule_evaluation,
 )
-from desktop_dpo.core.jobs import CancelToken, Log, Progress
+from desktop_dpo.core.jobs import CancelToken, Log, Progress, relayed
 from desktop_dpo.core.llm.generation import GenerationResult, ResponseFinished, TokenEvent
 from desktop_dpo.core.model_files import trainable_copy_dir
 from desktop_dpo.core.sampling import generation_meta, record_model_info
@@ -339,29 +339,19 @@ def quiet_job(
     job: Generator[Any, None, Any], store: Store, on_event: Callable[[Any], object] | None = None
 ) -> Generator[Any, None, Any]:
     """Pass a sub-job's events through, minus per-token events, recorded as Collect records them
-    (``sampling.record_model_info``); a stop thrown in reaches the sub-job (the cancel rule).
+    (``sampling.record_model_info``); a stop thrown in reaches the sub-job (the cancel rule, ``jobs.relayed``).
 
     ``on_event`` sees every event passed on before the caller does (the evaluation stores its votes so).
     """
-    job = record_model_info(store, job)
-    thrown: BaseException | None = None
-    while True:
-        try:
-            event = job.throw(thrown) if thrown is not None else next(job)
-        except StopIteration as stop:
-            return stop.value
-        thrown = None
+
+    def passed(event: Any) -> Any:
         if isinstance(event, (TokenEvent, ResponseFinished)):
-            continue  # hundreds per answer: a progress display needs none of them
+            return None  # hundreds per answer: a progress display needs none of them
         if on_event is not None:
             on_event(event)
-        try:
-            yield event
-        except GeneratorExit:
-            job.close()
-            raise
-        except BaseException as exc:  # JobCancelled from the driver: the sub-job's clean-up runs
-            thrown = exc
+        return event
+
+    return relayed(record_model_info(store, job), passed)
 
 
 def prepare_model(store: Store, paths: AppPaths, cancel: CancelToken) -> Generator[Any, None, ModelRow]:

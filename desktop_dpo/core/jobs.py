@@ -118,35 +118,50 @@ def drive(job: Job, on_event: Callable[[Any], object], cancel: CancelToken | Non
             return stop.value
 
 
-def recorded(job: Job, record: Callable[[Any], object]) -> Job:
-    """``yield from job``, with ``record(event)`` called on each event before it is passed on.
+def relayed(job: Job, change: Callable[[Any], Any]) -> Job:
+    """``yield from job``, with each event given to ``change`` first: what it returns is passed on in the
+    event's place, and None passes nothing (the event is dropped).
 
-    How a *recorded job* writes its rows (``train.record_training``, ``sampling.record_model_info``): the
-    record is in the database before any driver sees the event. A stop thrown in (the cancel rule above)
-    reaches ``job`` at the ``yield`` where it waits, and the events its clean-up yields are recorded too;
-    closing this generator closes ``job``.
+    A stop thrown in (the cancel rule above) reaches ``job`` at the ``yield`` where it waits, and the events
+    its clean-up yields are changed too; closing this generator closes ``job``.
     """
     try:
         event = next(job)
     except StopIteration as stop:
         return stop.value
     while True:
-        record(event)
-        try:
-            yield event
-        except GeneratorExit:
-            job.close()
-            raise
-        except BaseException as exc:  # thrown in by the driver (JobCancelled): the job's clean-up runs
+        passed = change(event)
+        if passed is not None:
             try:
-                event = job.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-            continue
+                yield passed
+            except GeneratorExit:
+                job.close()
+                raise
+            except BaseException as exc:  # thrown in by the driver (JobCancelled): the job's clean-up runs
+                try:
+                    event = job.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+                continue
         try:
             event = next(job)
         except StopIteration as stop:
             return stop.value
+
+
+def recorded(job: Job, record: Callable[[Any], object]) -> Job:
+    """``yield from job``, with ``record(event)`` called on each event before it is passed on (:func:`relayed`).
+
+    How a *recorded job* writes its rows (``train.record_training``, ``sampling.record_model_info``): the
+    record is in the database before any driver sees the event, and the events a stop's clean-up yields are
+    recorded too.
+    """
+
+    def record_and_pass(event: Any) -> Any:
+        record(event)
+        return event
+
+    return relayed(job, record_and_pass)
 
 
 def run_job(job: Job) -> tuple[Any, list[Any]]:

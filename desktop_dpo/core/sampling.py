@@ -45,7 +45,7 @@ from desktop_dpo.core.errors import (
     ExportError,
     ModelError,
 )
-from desktop_dpo.core.jobs import CancelToken, Job, Log, recorded
+from desktop_dpo.core.jobs import CancelToken, Job, Log, recorded, relayed
 from desktop_dpo.core.llm.generation import (
     Engine,
     GenerationResult,
@@ -544,22 +544,11 @@ def sample_answers(
 
 
 def _relabelled(job: Generator[Any, None, Any], offset: int) -> Generator[Any, None, Any]:
-    """``job``'s events with their ``seq`` moved up by ``offset``; a stop thrown in reaches ``job``."""
-    thrown: BaseException | None = None
-    try:
-        while True:
-            try:
-                event = job.throw(thrown) if thrown is not None else next(job)
-            except StopIteration as stop:
-                return stop.value
-            thrown = None
-            if isinstance(event, (TokenEvent, ResponseFinished)):
-                event = dataclasses.replace(event, seq=event.seq + offset)
-            try:
-                yield event
-            except GeneratorExit:
-                raise
-            except BaseException as exc:  # JobCancelled from the driver: the sub-job's clean-up runs
-                thrown = exc
-    finally:
-        job.close()
+    """``job``'s events with their ``seq`` moved up by ``offset`` (:func:`~desktop_dpo.core.jobs.relayed`)."""
+
+    def moved(event: Any) -> Any:
+        if isinstance(event, (TokenEvent, ResponseFinished)):
+            return dataclasses.replace(event, seq=event.seq + offset)
+        return event
+
+    return relayed(job, moved)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from desktop_dpo.core.errors import JobCancelled
-from desktop_dpo.core.jobs import CancelToken, Log, Progress, drive, recorded, run_job
+from desktop_dpo.core.jobs import CancelToken, Log, Progress, drive, recorded, relayed, run_job
 
 
 def counting(n: int, cancel: CancelToken | None = None):
@@ -128,6 +128,42 @@ def test_a_recorded_job_records_each_event_before_the_driver_sees_it_and_passes_
 def test_closing_a_recorded_job_closes_the_job_it_records():
     record: list[str] = []
     job = recorded(cleaning_up(CancelToken(), record, notices=True), lambda event: None)
+    next(job)
+    job.close()
+    assert record == ["closed", "finally"]
+
+
+def test_a_relayed_job_passes_changed_events_drops_none_and_a_stop_still_reaches_it():
+    token = CancelToken()
+    record: list[str] = []
+    seen: list[object] = []
+
+    def only_even_steps_and_lines(event):
+        if isinstance(event, Progress):
+            return None if event.done % 2 else Log(f"step {event.done}")
+        return Log(event.message.upper())
+
+    def stop_at_the_second_seen(event):
+        seen.append(event)
+        if len(seen) == 2:
+            token.cancel()
+
+    with pytest.raises(JobCancelled):
+        drive(
+            relayed(cleaning_up(token, record, notices=False), only_even_steps_and_lines),
+            stop_at_the_second_seen,
+            token,
+        )
+    # Progress 1 was dropped, so the stop came at Progress 2; the inner job's clean-up ran and its event
+    # was changed like the others.
+    assert seen == [Log("step 0"), Log("step 2"), Log("CHECKPOINTED")]
+    assert record == ["clean-up", "finally"]
+    assert drive(relayed(counting(3), lambda event: None), lambda event: None) == "counted 3"  # the result
+
+
+def test_closing_a_relayed_job_closes_the_job_it_relays():
+    record: list[str] = []
+    job = relayed(cleaning_up(CancelToken(), record, notices=True), lambda event: event)
     next(job)
     job.close()
     assert record == ["closed", "finally"]
