@@ -50,6 +50,12 @@ def main() -> None:
         default="random,selected",
         help="person: random pairs, selected pairs or both (comma-separated)",
     )
+    parser.add_argument(
+        "--before-run",
+        default="different",
+        choices=("different", "similar"),
+        help="person, selected pairs: before the first run, the most different pair or the closest that differ",
+    )
     args = parser.parse_args()
     if args.workflow == "person":
         from person_workflow import run_person_bench

@@ -53,7 +53,9 @@ def run_arm(home: Path, rule_name: str, selection: bool, args: Any, start: float
 
     paths = AppPaths(data_dir=home / "data", log_dir=home / "logs").ensure()
     demo = DemoSettings(seed=args.seed, rule=RULES[rule_name]())
-    person = PersonSettings(picks=args.picks, rounds=args.rounds, selection=selection)
+    person = PersonSettings(
+        picks=args.picks, rounds=args.rounds, selection=selection, before_run=args.before_run
+    )
     arm = "selected" if selection else "random"
 
     def on_event(event: object) -> None:

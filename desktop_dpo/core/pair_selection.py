@@ -70,6 +70,11 @@ def reason_for(
             f"Of {considered} answers, these two differ the most: before the first training run, a clear "
             "difference teaches the most."
         )
+    if how == "similar":
+        return (
+            f"Of {considered} answers, these two are the closest that still differ: a small difference shows "
+            "exactly what you prefer."
+        )
     return ""
 
 
@@ -90,6 +95,29 @@ def most_different(texts: Sequence[str]) -> PairChoice:
     if len(texts) == 2:
         return PairChoice(i, j, "only", None, distance, 2, "")
     return PairChoice(i, j, "different", None, distance, len(texts), reason_for("different", len(texts)))
+
+
+def closest_distinct(texts: Sequence[str]) -> PairChoice:
+    """The two answers with the smallest :func:`word_distance` of at least :data:`MIN_DIFFERENCE` (a minimal
+    pair: what differs is what the pick is about); :func:`most_different` when no pair is that far apart.
+
+    Raises:
+        ValueError: fewer than two answers.
+    """
+    if len(texts) < 2:
+        raise ValueError("Choosing a pair needs at least two answers.")
+    distinct = [
+        (distance, i, j)
+        for i, j in _pairs(len(texts))
+        if (distance := word_distance(texts[i], texts[j])) >= MIN_DIFFERENCE
+    ]
+    if len(texts) == 2 or not distinct:
+        return most_different(texts)
+    distance, i, j = min(distinct)
+    return PairChoice(i, j, "similar", None, distance, len(texts), reason_for("similar", len(texts)))
+
+
+BEFORE_A_RUN = {"different": most_different, "similar": closest_distinct}  # choose_pair's before_run
 
 
 def smallest_margin(
@@ -119,16 +147,22 @@ def smallest_margin(
 
 
 def choose_pair(
-    texts: Sequence[str], rewards: Sequence[float] | None = None, run_label: str = "the last run"
+    texts: Sequence[str],
+    rewards: Sequence[float] | None = None,
+    run_label: str = "the last run",
+    before_run: str = "different",
 ) -> PairChoice:
     """The pair to show: :func:`smallest_margin` when ``rewards`` (one per answer, from the model's last
-    run) are known, else :func:`most_different`. Two answers are shown as they are.
+    run) are known, else the rule ``before_run`` names in :data:`BEFORE_A_RUN` (:func:`most_different`, or
+    :func:`closest_distinct`). Two answers are shown as they are.
 
     Raises:
-        ValueError: fewer than two answers, or not one reward per answer.
+        ValueError: fewer than two answers, not one reward per answer, or an unknown ``before_run``.
     """
-    if len(texts) == 2 and rewards is None:
-        return most_different(texts)
+    if before_run not in BEFORE_A_RUN:
+        raise ValueError(
+            f"No rule {before_run!r} for choosing a pair before a run: {', '.join(BEFORE_A_RUN)}."
+        )
     if rewards is not None:
         return smallest_margin(texts, rewards, run_label)
-    return most_different(texts)
+    return BEFORE_A_RUN[before_run](texts)

@@ -68,6 +68,7 @@ class PersonSettings:
     rounds: int = 3
     selection: bool = True
     candidates: int = 4  # answers sampled per prompt when selecting (2 without selection)
+    before_run: str = "different"  # how a pair is chosen before the first run (pair_selection.BEFORE_A_RUN)
 
     def validated(self) -> PersonSettings:
         """Self, or a :class:`DesktopDpoError` naming the setting that cannot work."""
@@ -158,7 +159,11 @@ def show_pair(
         start = time.perf_counter()
         rewards = scorer.rewards(messages, texts)
         scoring = time.perf_counter() - start
-    choice = choose_pair(texts, rewards, run_label) if person.selection else choose_pair(texts[:2])
+    choice = (
+        choose_pair(texts, rewards, run_label, person.before_run)
+        if person.selection
+        else choose_pair(texts[:2])
+    )
     return results[choice.first], results[choice.second], choice, scoring
 
 

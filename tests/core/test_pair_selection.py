@@ -74,3 +74,22 @@ def test_bad_input_is_refused_with_a_reason() -> None:
         choose_pair(["only one"])
     with pytest.raises(ValueError, match="3 answers but 2 rewards"):
         choose_pair(ANSWERS[:3], [0.1, 0.2])
+
+
+def test_the_closest_pair_that_still_differs_is_a_minimal_pair():
+    # (0,1) are nearly the same answer (under MIN_DIFFERENCE): the closest of the other pairs is shown.
+    distinct = [
+        (word_distance(ANSWERS[i], ANSWERS[j]), i, j)
+        for i in range(4)
+        for j in range(i + 1, 4)
+        if word_distance(ANSWERS[i], ANSWERS[j]) >= MIN_DIFFERENCE
+    ]
+    choice = choose_pair(ANSWERS, before_run="similar")
+    assert (choice.distance, choice.first, choice.second) == min(distinct)
+    assert {choice.first, choice.second} != {0, 1}
+    assert choice.how == "similar" and "closest that still differ" in choice.reason
+    # When every pair is too alike to compare, the most different of them is shown.
+    alike = ["a b c d e f g h i j", "a b c d e f g h i k", "a b c d e f g h i j"]
+    assert choose_pair(alike, before_run="similar").how == "different"
+    with pytest.raises(ValueError, match="No rule 'longest'"):
+        choose_pair(ANSWERS, before_run="longest")
