@@ -52,9 +52,16 @@ def main() -> None:
     )
     parser.add_argument(
         "--before-run",
-        default="different",
-        choices=("different", "similar"),
-        help="person, selected pairs: before the first run, the most different pair or the closest that differ",
+        default="as_they_come",
+        choices=("as_they_come", "different", "similar"),
+        help="person, selected pairs: before the first run, two answers as they come (the app's rule), the "
+        "most different of 4, or the closest of 4 that differ",
+    )
+    parser.add_argument(
+        "--after-run",
+        default="surest",
+        choices=("surest", "least_sure"),
+        help="person, selected pairs: after a run, the pair it is surest about (the app's rule) or least sure",
     )
     args = parser.parse_args()
     if args.workflow == "person":

@@ -3,7 +3,8 @@ pair selection, for each rule, in one run.
 
 Each (rule, arm) runs ``desktop_dpo.core.person_loop.run_person`` in a home folder of its own (the demo
 model is unpacked once and copied in): ``random`` shows two answers as they come, ``selected`` samples
-four and shows the pair ``pair_selection`` chooses. Each round adds a point to the curve (win rate of the
+two as they come before the first run (so round 1 is the same in both arms: a check that the run is
+repeatable), then four and the pair ``pair_selection`` chooses. Each round adds a point to the curve (win rate of the
 current model over the base on the held-out prompts, judged blind by the same rule, against picks so
 far). Ties and "both bad" picks count against the budget: they are the person's time too.
 
@@ -54,7 +55,11 @@ def run_arm(home: Path, rule_name: str, selection: bool, args: Any, start: float
     paths = AppPaths(data_dir=home / "data", log_dir=home / "logs").ensure()
     demo = DemoSettings(seed=args.seed, rule=RULES[rule_name]())
     person = PersonSettings(
-        picks=args.picks, rounds=args.rounds, selection=selection, before_run=args.before_run
+        picks=args.picks,
+        rounds=args.rounds,
+        selection=selection,
+        before_run=args.before_run,
+        after_run=args.after_run,
     )
     arm = "selected" if selection else "random"
 
@@ -145,12 +150,13 @@ def curve_svg(reports: list[dict[str, Any]], width: int = 520, height: int = 300
 
 
 def pick_costs(reports: list[dict[str, Any]], rule: str) -> tuple[float, float]:
-    """What showing a selected pair costs against two answers as they come, per pick, over every round:
-    ``(sampling 4 answers ÷ sampling 2, sampling 4 and scoring them ÷ sampling 2)``."""
+    """What showing a selected pair costs against two answers as they come, per pick, over the rounds after
+    the first (before a run both arms sample 2): ``(sampling 4 answers ÷ sampling 2, sampling 4 and scoring
+    them ÷ sampling 2)``."""
 
     def seconds(arm: str, part: str) -> float:
         report = next(r for r in reports if r["rule"] == rule and r["arm"] == arm)
-        return sum(point["seconds"].get(part, 0.0) for point in report["curve"])
+        return sum(point["seconds"].get(part, 0.0) for point in report["curve"] if point["round"] > 1)
 
     plain = seconds("random", "picks") or float("nan")
     selected, scoring = seconds("selected", "picks"), seconds("selected", "scoring")

@@ -5,15 +5,23 @@ equally poor ones, or a difference the model already knows. So Collect samples `
 background and shows two of them:
 
 - **After a training run** (the model's last run is known): the pair whose *implicit-reward margin* under
-  that run's adapter is smallest, ``|r(x, y_i) − r(x, y_j)|`` with ``r = β·(log π_θ − log π_ref)``
-  (``core/dpo/implicit_reward.py``): the two answers the model is least sure between. That is active
-  preference learning's uncertainty rule (Muldrew et al. 2024, "Active Preference Learning for Large
-  Language Models": the preference model's predictive entropy, ``σ(r_i − r_j)`` closest to ½). Pairs
-  whose answers are nearly the same text are left out first (:data:`MIN_DIFFERENCE`): the model is
-  unsure between them only because they are the same answer, and a pick between them is a tie.
-- **Before the first run** (no adapter to ask): the two answers that differ the most in their words
-  (:func:`word_distance`). A clear difference is the easiest pick and, for a base model that has learnt
-  nothing of the person yet, the most informative one.
+  that run's adapter is largest, ``|r(x, y_i) − r(x, y_j)|`` with ``r = β·(log π_θ − log π_ref)``
+  (``core/dpo/implicit_reward.py``): the two answers the run is surest which is better
+  (:func:`largest_margin`). Where the run is right, the pick confirms the widest contrast it knows of the
+  person's taste (the demo's best-against-worst pairs, found without the rule); where it is wrong, the
+  pick corrects it where it is most wrong, and DPO's loss weighs that pair the most. That is the
+  "preference certainty" rule of active preference learning (Muldrew et al. 2024, "Active Preference
+  Learning for Large Language Models"), and it is what beat random pairs in ``bench/efficacy.py
+  --workflow person`` (docs/ARCHITECTURE.md, the decisions table). The opposite, the pair the run is
+  least sure between (:func:`smallest_margin`, ``after_run="least_sure"``), is kept for the bench: it
+  drew near-equal answers, more ties and "both bad", and fell behind random.
+  Pairs whose answers are nearly the same text are left out first (:data:`MIN_DIFFERENCE`): a pick
+  between them is a tie, and their margin says nothing of the person.
+- **Before the first run** (no adapter to ask): two answers as they come (:func:`as_they_come`). Nothing is
+  known of the person yet, and the rules that pick by the text alone taught the wrong thing in the bench:
+  the most different pair (:func:`most_different`) set long good answers against degenerate short ones,
+  so round 1 taught "longer"; the closest pair that differs (:func:`closest_distinct`) gave more "both
+  bad". Both stay as ``before_run`` options for the bench.
 
 The person still sees two answers and makes one pick; :attr:`PairChoice.reason` is the line Collect
 shows to say why this pair. No Qt, no torch.
@@ -36,8 +44,8 @@ class PairChoice(NamedTuple):
 
     first: int
     second: int
-    how: str  # "margin": least sure under a run; "different": most different words; "only": two answers
-    margin: float | None  # the implicit-reward margin |r_first − r_second| ("margin" only)
+    how: str  # "surest" / "margin" (least sure) under a run; "as_they_come", "different", "similar"; "only"
+    margin: float | None  # the implicit-reward margin |r_first − r_second| ("surest" and "margin" only)
     distance: float  # the two answers' word distance, 0 (same words) to 1 (no word in common)
     considered: int  # how many answers it chose from
     reason: str  # one line for the person
@@ -64,6 +72,16 @@ def reason_for(
         return (
             f"Of {considered} answers, {run_label} is least sure between these two (reward gap "
             f"{margin or 0.0:.2f}): your pick here teaches it the most."
+        )
+    if how == "surest":
+        return (
+            f"Of {considered} answers, {run_label} is surest which of these two is better (reward gap "
+            f"{margin or 0.0:.2f}): your pick confirms what it learnt or corrects it where it is most wrong."
+        )
+    if how == "as_they_come":
+        return (
+            "No training run yet, so nothing to choose by: two answers as they come. After your first run, "
+            "Collect shows the pair that run is surest about."
         )
     if how == "different":
         return (
@@ -117,7 +135,52 @@ def closest_distinct(texts: Sequence[str]) -> PairChoice:
     return PairChoice(i, j, "similar", None, distance, len(texts), reason_for("similar", len(texts)))
 
 
-BEFORE_A_RUN = {"different": most_different, "similar": closest_distinct}  # choose_pair's before_run
+def as_they_come(texts: Sequence[str]) -> PairChoice:
+    """The first two answers, as sampled (nothing to choose by before a run).
+
+    Raises:
+        ValueError: fewer than two answers.
+    """
+    if len(texts) < 2:
+        raise ValueError("Choosing a pair needs at least two answers.")
+    distance = word_distance(texts[0], texts[1])
+    return PairChoice(
+        0, 1, "as_they_come", None, distance, len(texts), reason_for("as_they_come", len(texts))
+    )
+
+
+# choose_pair's before_run: how a pair is chosen while the model has no run to ask
+BEFORE_A_RUN = {"as_they_come": as_they_come, "different": most_different, "similar": closest_distinct}
+
+
+def _margins(texts: Sequence[str], rewards: Sequence[float]) -> list[tuple[float, float, int, int]]:
+    """``(margin, word distance, i, j)`` per pair, only the pairs at least :data:`MIN_DIFFERENCE` apart
+    when there are any."""
+    if len(texts) < 2:
+        raise ValueError("Choosing a pair needs at least two answers.")
+    if len(rewards) != len(texts):
+        raise ValueError(f"{len(texts)} answers but {len(rewards)} rewards.")
+    scored = [
+        (abs(rewards[i] - rewards[j]), word_distance(texts[i], texts[j]), i, j) for i, j in _pairs(len(texts))
+    ]
+    return [row for row in scored if row[1] >= MIN_DIFFERENCE] or scored
+
+
+def largest_margin(
+    texts: Sequence[str], rewards: Sequence[float], run_label: str = "the last run"
+) -> PairChoice:
+    """The pair of answers whose implicit rewards are furthest apart (the model surest which is better),
+    among pairs at least :data:`MIN_DIFFERENCE` apart in their words; among all pairs when none is.
+
+    ``rewards[i]`` is answer ``i``'s implicit reward under ``run_label``'s adapter. On equal margins the
+    more different pair wins, then the earliest.
+
+    Raises:
+        ValueError: fewer than two answers, or not one reward per answer.
+    """
+    margin, distance, i, j = max(_margins(texts, rewards), key=lambda row: (row[0], row[1], -row[2], -row[3]))
+    reason = reason_for("surest", len(texts), margin, run_label)
+    return PairChoice(i, j, "surest", margin, distance, len(texts), reason)
 
 
 def smallest_margin(
@@ -132,37 +195,38 @@ def smallest_margin(
     Raises:
         ValueError: fewer than two answers, or not one reward per answer.
     """
-    if len(texts) < 2:
-        raise ValueError("Choosing a pair needs at least two answers.")
-    if len(rewards) != len(texts):
-        raise ValueError(f"{len(texts)} answers but {len(rewards)} rewards.")
-    scored = [
-        (abs(rewards[i] - rewards[j]), -word_distance(texts[i], texts[j]), i, j)
-        for i, j in _pairs(len(texts))
-    ]
-    distinct = [row for row in scored if -row[1] >= MIN_DIFFERENCE]
-    margin, negative_distance, i, j = min(distinct or scored)
+    margin, distance, i, j = min(_margins(texts, rewards), key=lambda row: (row[0], -row[1], row[2], row[3]))
     reason = reason_for("margin", len(texts), margin, run_label)
-    return PairChoice(i, j, "margin", margin, -negative_distance, len(texts), reason)
+    return PairChoice(i, j, "margin", margin, distance, len(texts), reason)
+
+
+# choose_pair's after_run: how a pair is chosen by the rewards under the model's last run
+AFTER_A_RUN = {"surest": largest_margin, "least_sure": smallest_margin}
+
+
+def check_rules(before_run: str, after_run: str) -> None:
+    """Raises ValueError naming the choices when ``before_run`` is not in :data:`BEFORE_A_RUN` or
+    ``after_run`` not in :data:`AFTER_A_RUN`."""
+    for name, rules, when in ((before_run, BEFORE_A_RUN, "before"), (after_run, AFTER_A_RUN, "after")):
+        if name not in rules:
+            raise ValueError(f"No rule {name!r} for choosing a pair {when} a run: {', '.join(rules)}.")
 
 
 def choose_pair(
     texts: Sequence[str],
     rewards: Sequence[float] | None = None,
     run_label: str = "the last run",
-    before_run: str = "different",
+    before_run: str = "as_they_come",
+    after_run: str = "surest",
 ) -> PairChoice:
-    """The pair to show: :func:`smallest_margin` when ``rewards`` (one per answer, from the model's last
-    run) are known, else the rule ``before_run`` names in :data:`BEFORE_A_RUN` (:func:`most_different`, or
-    :func:`closest_distinct`). Two answers are shown as they are.
+    """The pair to show: the rule ``after_run`` names in :data:`AFTER_A_RUN` when ``rewards`` (one per
+    answer, from the model's last run) are known, else the rule ``before_run`` names in
+    :data:`BEFORE_A_RUN`. Two answers are shown as they are.
 
     Raises:
-        ValueError: fewer than two answers, not one reward per answer, or an unknown ``before_run``.
+        ValueError: fewer than two answers, not one reward per answer, or an unknown rule.
     """
-    if before_run not in BEFORE_A_RUN:
-        raise ValueError(
-            f"No rule {before_run!r} for choosing a pair before a run: {', '.join(BEFORE_A_RUN)}."
-        )
+    check_rules(before_run, after_run)
     if rewards is not None:
-        return smallest_margin(texts, rewards, run_label)
+        return AFTER_A_RUN[after_run](texts, rewards, run_label)
     return BEFORE_A_RUN[before_run](texts)

@@ -9,9 +9,11 @@ played against the worst of each kind. Here each prompt costs one pick, as in Co
                  rule as a person judges: left better, right better, tie or both bad. Every verdict
                  counts against the budget; only a winner gives a training pair.
                  - ``selection`` off: two answers, shown as they come (Collect without selection);
-                 - ``selection`` on: ``candidates`` answers and the pair ``pair_selection.choose_pair``
-                   picks: the most different before the first run, then the smallest implicit-reward
-                   margin under the run that made the current model (``dpo/implicit_reward.py``).
+                 - ``selection`` on: before the first run, two answers as they come (nothing to choose
+                   by: the same draws as without selection, so round 1 is the same in both); after it,
+                   ``candidates`` answers and the pair ``pair_selection.choose_pair`` picks: the largest
+                   implicit-reward margin under the run that made the current model
+                   (``dpo/implicit_reward.py``), or, with ``after_run="least_sure"``, the smallest.
     3 train      the round's pairs, from the current model (the Train view's run of that model: the pairs
                  sampled from it), with the demo's settings
     4 export     Q4_K_M on the base's grid: the next round's current model
@@ -48,7 +50,7 @@ from desktop_dpo.core.demo_loop import (
 from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.evaluate import EvaluationSummary, judge_by_rule
 from desktop_dpo.core.jobs import CancelToken, Log, Progress
-from desktop_dpo.core.pair_selection import PairChoice, choose_pair
+from desktop_dpo.core.pair_selection import PairChoice, check_rules, choose_pair, most_different
 from desktop_dpo.core.sampling import generation_meta
 
 if TYPE_CHECKING:
@@ -68,7 +70,10 @@ class PersonSettings:
     rounds: int = 3
     selection: bool = True
     candidates: int = 4  # answers sampled per prompt when selecting (2 without selection)
-    before_run: str = "different"  # how a pair is chosen before the first run (pair_selection.BEFORE_A_RUN)
+    before_run: str = (
+        "as_they_come"  # how a pair is chosen before the first run (pair_selection.BEFORE_A_RUN)
+    )
+    after_run: str = "surest"  # how a pair is chosen by the last run's rewards (pair_selection.AFTER_A_RUN)
 
     def validated(self) -> PersonSettings:
         """Self, or a :class:`DesktopDpoError` naming the setting that cannot work."""
@@ -76,6 +81,10 @@ class PersonSettings:
             raise DesktopDpoError(f"{self.picks} picks cannot be spread over {self.rounds} rounds.")
         if self.candidates < 2:
             raise DesktopDpoError("Choosing a pair needs at least 2 answers per prompt.")
+        try:
+            check_rules(self.before_run, self.after_run)
+        except ValueError as exc:
+            raise DesktopDpoError(str(exc)) from None
         return self
 
     def round_budgets(self) -> list[int]:
@@ -97,7 +106,7 @@ class PickMade:
     done: int  # picks so far, all rounds
     total: int
     verdict: str  # "a" (left better), "b", "tie" or "both_bad"
-    how: str  # PairChoice.how: "only" (no selection), "different" or "margin"
+    how: str  # PairChoice.how: "only" (no selection), "as_they_come", "surest", "margin", ...
 
 
 @dataclass(frozen=True)
@@ -150,7 +159,8 @@ def show_pair(
     run_label: str = "the last run",
 ) -> Generator[Any, None, tuple[GenerationResult, GenerationResult, PairChoice, float]]:
     """The two answers Collect would show for ``messages`` (a job): ``(left, right, choice, scoring seconds)``."""
-    count = person.candidates if person.selection else 2
+    choosing = person.selection and (scorer is not None or person.before_run != "as_they_come")
+    count = person.candidates if choosing else 2
     results = yield from sample_answers(pool, model, paths, messages, demo.sampling, count, rng, cancel)
     texts = [r.text for r in results]
     scoring = 0.0
@@ -160,9 +170,9 @@ def show_pair(
         rewards = scorer.rewards(messages, texts)
         scoring = time.perf_counter() - start
     choice = (
-        choose_pair(texts, rewards, run_label, person.before_run)
+        choose_pair(texts, rewards, run_label, person.before_run, person.after_run)
         if person.selection
-        else choose_pair(texts[:2])
+        else most_different(texts)
     )
     return results[choice.first], results[choice.second], choice, scoring
 

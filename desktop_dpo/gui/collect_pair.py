@@ -51,7 +51,7 @@ class ShownPair:
     edit: tuple[int, str] | None = None  # (generation, the person's rewrite of it)
     generation_ids: tuple[int, int] | None = None  # rows already stored (a pair brought back by undo)
     repeat_of: int | None = None  # an earlier pair shown again, sides swapped (core/reask.py): its comparison
-    why: str = ""  # why these two answers of several were shown (collect_selection.py); "" when not chosen
+    why: str = ""  # why these two answers were shown (collect_selection.py); "" when there is nothing to say
 
     def generation_on(self, side: int) -> int:
         """The generation shown on screen side ``side`` (0 left, 1 right)."""

@@ -7,10 +7,14 @@ other), then, still in the worker thread, picks two of them with :func:`~desktop
 choose_pair`, the rule the headless loop uses (``person_loop.show_pair``):
 
 - after a training run of the model (``implicit_reward.latest_scoring_run``): the pair whose implicit-reward
-  margin under that run's adapter is smallest, the two the model is least sure between;
-- before the first run: the two that differ the most;
+  margin under that run's adapter is largest, the two the run is surest which is better (the person's pick
+  confirms it, or corrects it where it is most wrong: the rule that beat random pairs in
+  ``bench/efficacy.py --workflow person``, see docs/ARCHITECTURE.md);
+- before the first run there is nothing to choose by: :meth:`PairSelection.applies` is False, two answers
+  are written as they come (as with the setting off), and the line says so
+  (:meth:`PairSelection.plain_line`);
 - the run cannot be loaded (its adapter deleted, out of memory) or a run is training (its memory is
-  training's): the two that differ the most, and the line says why. Collecting never waits on the run.
+  training's): the first two of the answers, and the line says why. Collecting never waits on the run.
 
 The person sees the two as any pair (sides random, verdict buttons once they are there); while the answers
 are written both panes say how far it got, and a muted line between the answers and the verdicts says why
@@ -42,7 +46,7 @@ from PySide6.QtWidgets import QCheckBox, QSizePolicy
 from desktop_dpo.core.errors import JobCancelled
 from desktop_dpo.core.jobs import CancelToken
 from desktop_dpo.core.llm.generation import GenerationResult, ResponseFinished, TokenEvent
-from desktop_dpo.core.pair_selection import choose_pair, most_different, reason_for
+from desktop_dpo.core.pair_selection import choose_pair, reason_for
 from desktop_dpo.core.wording import plural
 from desktop_dpo.gui.widgets import styled_label
 from desktop_dpo.workers.job_op import JobOp
@@ -146,10 +150,9 @@ class ScorerCache:
         return scorer
 
 
-def _fell_back(texts: Sequence[str], reason: str, problem: str = "") -> tuple[int, int, str, str]:
-    """The two that differ the most (a repeat's two as they are), with ``reason``."""
-    first, second = (0, 1) if len(texts) == 2 else most_different(texts)[:2]
-    return first, second, reason, problem
+def _fell_back(reason: str, problem: str = "") -> tuple[int, int, str, str]:
+    """The first two answers, as they came (a repeat's two as they are), with ``reason``."""
+    return 0, 1, reason, problem
 
 
 def _scored(
@@ -159,7 +162,7 @@ def _scored(
         choice = choose_pair(texts, rewards, label)
         return choice.first, choice.second, choice.reason, ""
     # A repeat's two answers: the line a chosen pair of `considered` would have, with their own gap.
-    return 0, 1, reason_for("margin", considered, abs(rewards[0] - rewards[1]), label), ""
+    return 0, 1, reason_for("surest", considered, abs(rewards[0] - rewards[1]), label), ""
 
 
 def choose(
@@ -181,12 +184,12 @@ def choose(
 
     run_id = latest_scoring_run(store, model_id)
     run = store.get_run(run_id) if run_id is not None else None
-    if run is None:
-        return _fell_back(texts, reason_for("different", considered))
+    if run is None:  # deleted since the pair started
+        return _fell_back(reason_for("as_they_come", considered))
     label = run_label(run.id, run.name)
-    different = f"so these two of {considered} answers are shown because they differ the most."
+    unchosen = f"so these are two of the {considered} answers as they came."
     if cache.training:
-        return _fell_back(texts, f"{label} is not loaded while a run trains, {different}")
+        return _fell_back(f"{label} is not loaded while a run trains, {unchosen}")
     if not cache.holds(run.id):
         yield Choosing(f"Loading {label} to compare the answers…")
     failed = f"{label} could not be loaded to compare the answers"
@@ -202,7 +205,7 @@ def choose(
         log.warning("%s: %s", failed, exc, exc_info=not isinstance(exc, (OSError, MemoryError)))
         from desktop_dpo.workers.job_worker import describe_error
 
-        return _fell_back(texts, f"{failed}, {different}", describe_error(exc))
+        return _fell_back(f"{failed}, {unchosen}", describe_error(exc))
     cancel.raise_if_cancelled()
     return _scored(texts, rewards, considered, label)
 
@@ -277,9 +280,18 @@ class PairSelection(QObject):
         if app is not None:
             app.aboutToQuit.connect(self.release)
 
-    def applies(self, model_b: ModelRow | None) -> bool:
-        """The next pair is selected: the setting is on and both answers come from one model."""
-        return self.option.isChecked() and model_b is None
+    def applies(self, model: ModelRow, model_b: ModelRow | None) -> bool:
+        """The next pair is selected: the setting is on, both answers come from ``model``, and it has a
+        finished run to compare them with (a quick query of the store)."""
+        from desktop_dpo.core.dpo.implicit_reward import latest_scoring_run  # no torch at import
+
+        on = self.option.isChecked() and model_b is None
+        return on and latest_scoring_run(self.view.store, model.id) is not None
+
+    def plain_line(self, model_b: ModelRow | None) -> str:
+        """The line for a pair :meth:`applies` turned down: before the model's first run, why its two answers
+        are shown as they come; "" with the setting off or for two models."""
+        return reason_for("as_they_come", 2) if self.option.isChecked() and model_b is None else ""
 
     @staticmethod
     def writing_line(model: ModelRow) -> str:

@@ -482,10 +482,12 @@ class CollectView(SingleModelView):
             if model_b is None:
                 return False
         also = f" and {model_b.name}" if model_b else ""
-        select = self.selection.applies(model_b)  # 4 answers, 2 shown (collect_selection.py)
+        select = self.selection.applies(model_a, model_b)  # 4 answers, 2 shown (collect_selection.py)
         writing = f"Writing two answers with {model_a.name}{also}… Esc stops."
         writing = self.selection.writing_line(model_a) if select else writing
+        plain_line = "" if select else self.selection.plain_line(model_b)  # before a first run, says why
         if (repeat := self.reasker.repeat_now(self.store, model_a.id, self.prompt_editor)) is not None:
+            repeat.why = plain_line
             return self._show_repeat(repeat, writing, select)
         messages = self.prompt_messages()
         settings = self.sampling_panel.settings()
@@ -505,7 +507,7 @@ class CollectView(SingleModelView):
         if not started:
             return False
         sides = self._rng.random() < 0.5
-        pair = ShownPair(messages, (model_a.id, (model_b or model_a).id), sides)
+        pair = ShownPair(messages, (model_a.id, (model_b or model_a).id), sides, why=plain_line)
         return self._begin_pair(pair, writing, select)
 
     def _begin_pair(self, pair: ShownPair, writing: str, selected: bool) -> bool:

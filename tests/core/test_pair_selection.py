@@ -6,7 +6,9 @@ import pytest
 
 from desktop_dpo.core.pair_selection import (
     MIN_DIFFERENCE,
+    as_they_come,
     choose_pair,
+    largest_margin,
     most_different,
     smallest_margin,
     word_distance,
@@ -43,6 +45,28 @@ def test_smallest_margin_picks_the_pair_the_model_is_least_sure_between() -> Non
     assert "0.40" in choice.reason
 
 
+def test_largest_margin_picks_the_pair_the_model_is_surest_about() -> None:
+    # Same hand-worked rewards: (1,2) at |0.95 - (-1.2)| = 2.15 is the widest gap, just ahead of (0,2) at 2.1.
+    rewards = [0.9, 0.95, -1.2, 0.5]
+    choice = largest_margin(ANSWERS, rewards, "Run 3")
+    assert (choice.first, choice.second) == (1, 2)
+    assert choice.how == "surest" and choice.margin == pytest.approx(2.15)
+    assert "Run 3 is surest which of these two is better" in choice.reason and "2.15" in choice.reason
+    # choose_pair uses it after a run unless told to use the smallest margin.
+    assert choose_pair(ANSWERS, rewards, "Run 3") == choice
+    assert choose_pair(ANSWERS, rewards, "Run 3", after_run="least_sure") == smallest_margin(
+        ANSWERS, rewards, "Run 3"
+    )
+
+
+def test_largest_margin_leaves_out_answers_that_are_the_same_text() -> None:
+    # (0,1) are nearly the same answer: even with the widest gap, they are not a pair worth a pick.
+    rewards = [5.0, -5.0, 0.0, 1.0]
+    choice = largest_margin(ANSWERS, rewards)
+    assert (choice.first, choice.second) == (1, 3)  # |-5 - 1| = 6 beats (0,2) and (1,2) at 5
+    assert choice.distance >= MIN_DIFFERENCE
+
+
 def test_smallest_margin_without_distinct_pairs_still_chooses() -> None:
     texts = ["a b c d e", "a b c d e", "a b c d e f"]
     choice = smallest_margin(texts, [0.0, 0.3, 0.31])
@@ -55,8 +79,15 @@ def test_equal_margins_prefer_the_more_different_pair() -> None:
     assert (choice.first, choice.second) == (2, 3)
 
 
-def test_before_any_run_the_most_different_pair_is_shown() -> None:
-    choice = choose_pair(ANSWERS)
+def test_before_any_run_two_answers_are_shown_as_they_come() -> None:
+    choice = choose_pair(ANSWERS[:2])
+    assert (choice.first, choice.second, choice.how) == (0, 1, "as_they_come")
+    assert "No training run yet" in choice.reason
+    assert as_they_come(ANSWERS) == choose_pair(ANSWERS)
+
+
+def test_before_any_run_the_most_different_pair_can_be_shown() -> None:
+    choice = choose_pair(ANSWERS, before_run="different")
     assert choice.how == "different"
     assert {choice.first, choice.second} != {0, 1}
     best = max(word_distance(ANSWERS[i], ANSWERS[j]) for i in range(4) for j in range(i + 1, 4))
@@ -93,3 +124,5 @@ def test_the_closest_pair_that_still_differs_is_a_minimal_pair():
     assert choose_pair(alike, before_run="similar").how == "different"
     with pytest.raises(ValueError, match="No rule 'longest'"):
         choose_pair(ANSWERS, before_run="longest")
+    with pytest.raises(ValueError, match="No rule 'random' for choosing a pair after a run"):
+        choose_pair(ANSWERS, [0.0] * 4, after_run="random")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -27,6 +28,10 @@ def test_settings_that_cannot_work_are_refused():
         PersonSettings(picks=2, rounds=3).validated()
     with pytest.raises(DesktopDpoError, match="at least 2 answers"):
         PersonSettings(candidates=1).validated()
+    with pytest.raises(DesktopDpoError, match="No rule 'longest' for choosing a pair before a run"):
+        PersonSettings(before_run="longest").validated()
+    with pytest.raises(DesktopDpoError, match="No rule 'random' for choosing a pair after a run: surest"):
+        PersonSettings(after_run="random").validated()
 
 
 @pytest.fixture
@@ -62,9 +67,7 @@ def test_without_selection_two_answers_are_sampled_and_shown(app_home, store, ti
     assert left.seed != right.seed
 
 
-def test_with_selection_four_answers_are_scored_and_the_least_sure_pair_shown(
-    app_home, store, tiny_gguf, pool
-):
+def test_with_selection_four_answers_are_scored_and_the_surest_pair_shown(app_home, store, tiny_gguf, pool):
     model = register_model(store, tiny_gguf, name="tiny")
     scorer = RecordingScorer()
     person = PersonSettings(selection=True, candidates=4)
@@ -77,13 +80,29 @@ def test_with_selection_four_answers_are_scored_and_the_least_sure_pair_shown(
     assert len(texts) == 4
     assert choice == choose_pair(texts, [0.0, 3.0, 0.1, 5.0], "Run 1")
     assert (left.text, right.text) == (texts[choice.first], texts[choice.second])
-    assert choice.how == "margin" and "Run 1" in choice.reason
+    assert choice.how == "surest" and "Run 1" in choice.reason
+    assert {choice.first, choice.second} == {
+        0,
+        3,
+    } or choice.distance < 0.2  # 0 and 5.0, unless the same words
 
 
-def test_before_any_run_the_selection_shows_the_most_different_pair(app_home, store, tiny_gguf, pool):
+def test_before_any_run_the_selection_shows_two_answers_as_they_come(app_home, store, tiny_gguf, pool):
     model = register_model(store, tiny_gguf, name="tiny")
+    plain = PersonSettings(selection=False)
     person = PersonSettings(selection=True, candidates=4)
-    (*_, choice, _), _ = run_job(
+    (left, right, choice, _), _ = run_job(
         show_pair(pool, model, app_home, MESSAGES, DEMO, person, random.Random(3), CancelToken())
+    )
+    assert choice.how == "as_they_come" and choice.considered == 2
+    # The same two answers, from the same draws, as without selection: no run, nothing to choose by.
+    (plain_left, plain_right, _, _), _ = run_job(
+        show_pair(pool, model, app_home, MESSAGES, DEMO, plain, random.Random(3), CancelToken())
+    )
+    assert (left.text, left.seed, right.seed) == (plain_left.text, plain_left.seed, plain_right.seed)
+    # Asked to, it picks the most different of 4 instead.
+    different = dataclasses.replace(person, before_run="different")
+    (*_, choice, _), _ = run_job(
+        show_pair(pool, model, app_home, MESSAGES, DEMO, different, random.Random(3), CancelToken())
     )
     assert choice.how == "different" and choice.considered == 4

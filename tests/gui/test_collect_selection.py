@@ -1,5 +1,5 @@
-"""Collect shows the most informative pair: 4 answers written, the two the last run is least sure between shown
-(before any run, the two that differ the most), a line that says why, a setting that turns it off, and a repeat
+"""Collect shows the most informative pair: 4 answers written, the two the last run is surest about shown
+(before any run, two answers as they come), a line that says why, a setting that turns it off, and a repeat
 that goes through the same steps. The answers come from a tiny GGUF in llama.cpp; the run's scorer is a fake
 that records what it was asked and returns the rewards the test chose."""
 
@@ -21,7 +21,7 @@ from desktop_dpo.core.dpo.implicit_reward import ImplicitRewardScorer
 from desktop_dpo.core.jobs import CancelToken
 from desktop_dpo.core.llm.generation import GenerationResult, ResponseFinished, TokenEvent
 from desktop_dpo.core.models import register_model
-from desktop_dpo.core.pair_selection import choose_pair, most_different
+from desktop_dpo.core.pair_selection import choose_pair
 from desktop_dpo.core.store import Store
 from desktop_dpo.gui.collect_reveal import Pace
 from desktop_dpo.gui.collect_selection import OPTION_TIP
@@ -31,7 +31,7 @@ from tests.gui.test_collect_view import WAIT_MS, as_shown, key, make_view, shown
 from tests.gui.test_reask import DUE_SEED, judged
 from tests.gui.test_screenshots import SCREENSHOT_DIR_ENV
 
-REWARDS = [0.0, 50.0, 100.0, 50.1]  # answers 1 and 3 are the closest: the pair the run is least sure between
+REWARDS = [0.0, 50.0, 100.0, 50.1]  # answers 0 and 2 are the furthest apart: the pair the run is surest about
 SCREENSHOT_NAME = "collect-why-this-pair.png"  # resources/screenshots/ has the README's copy
 
 
@@ -138,7 +138,7 @@ def test_the_setting_is_on_by_default_and_remembered(qtbot, gui_store, registry,
     assert not fresh_off.selection.option.isChecked()
 
 
-def test_after_a_run_the_pair_it_is_least_sure_between_is_shown_and_saved(
+def test_after_a_run_the_pair_it_is_surest_about_is_shown_and_saved(
     qtbot, gui_store, registry, pool, app_home, tiny_gguf, scorer
 ):
     model = register_model(gui_store, tiny_gguf, name="tiny")
@@ -151,7 +151,7 @@ def test_after_a_run_the_pair_it_is_least_sure_between_is_shown_and_saved(
     assert len(texts) == 4 and watch.token_seqs <= {0, 1, 2, 3} and len(watch.token_seqs) > 2
     assert scorer.loads == 1 and scorer.calls == [texts], "the run compared the 4 answers, once loaded"
     choice = choose_pair(texts, REWARDS, "Run 1 · first")
-    assert (choice.first, choice.second) == (1, 3) or choice.distance < 0.2  # 1 and 3: unless the same words
+    assert (choice.first, choice.second) == (0, 2) or choice.distance < 0.2  # 0 and 2: unless the same words
     assert shown(view) == as_shown(texts[choice.first], texts[choice.second])  # A on the left (FixedSide)
     assert watch.texts_while_writing == {("", "")}, "no answer is shown before the two are chosen"
     phases = watch.phases()
@@ -162,7 +162,7 @@ def test_after_a_run_the_pair_it_is_least_sure_between_is_shown_and_saved(
     ]
     line = view.selection.line
     assert line.isVisible() and line.text() == choice.reason
-    assert "Run 1 · first is least sure between these two" in line.text()
+    assert "Run 1 · first is surest which of these two is better" in line.text()
 
     key(qtbot, view, "Alt+1")
     (saved,) = gui_store.comparison_views()
@@ -190,21 +190,39 @@ def test_after_a_run_the_pair_it_is_least_sure_between_is_shown_and_saved(
     qtbot.waitUntil(lambda: not op.active, timeout=WAIT_MS)
 
 
-def test_before_the_first_run_the_two_most_different_answers_are_shown(
+def test_before_the_first_run_two_answers_are_written_as_they_come_and_the_line_says_why(
     qtbot, gui_store, registry, pool, app_home, tiny_gguf, scorer
 ):
     register_model(gui_store, tiny_gguf, name="tiny")
     view = make_view(qtbot, gui_store, registry, pool, app_home, select=True)
+    streamed: set[int] = set()
+    real = view._on_sample_event
 
-    watch = sample_selected(qtbot, view)
+    def on_event(event: object) -> None:
+        real(event)
+        if isinstance(event, TokenEvent):
+            streamed.add(event.seq)
 
-    texts = watch.texts()
-    choice = most_different(texts)
-    assert shown(view) == as_shown(texts[choice.first], texts[choice.second])
-    assert view.selection.line.isVisible() and view.selection.line.text() == choice.reason
-    assert "differ the most" in choice.reason
+    view._on_sample_event = on_event  # the job's op finds the view's slot by this name
+    qtbot.keyClicks(view.prompt_edit, "Tell me about tea.")
+    key(qtbot, view, "Ctrl+Return")
+    qtbot.waitUntil(lambda: view.verdict_buttons["left"].isEnabled(), timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not view.stop_button.isEnabled(), timeout=WAIT_MS)
+
+    assert streamed == {0, 1}, "two answers, not four: nothing to choose by yet"
+    line = view.selection.line
+    assert line.isVisible() and line.text().startswith("No training run yet")
+    assert "After your first run, Collect shows the pair that run is surest about." in line.text()
     assert scorer.loads == 0 and scorer.calls == [], "no run: nothing loaded"
-    assert "Loading" not in " ".join(watch.phases())
+    key(qtbot, view, "Alt+1")
+    (saved,) = gui_store.comparison_views()
+    assert as_shown(saved.text_a, saved.text_b) == shown(view)
+    # With the setting off, no line.
+    view.selection.option.setChecked(False)
+    qtbot.keyClicks(view.prompt_edit, " Again.")
+    key(qtbot, view, "Ctrl+Return")
+    qtbot.waitUntil(lambda: view.verdict_buttons["left"].isEnabled(), timeout=WAIT_MS)
+    assert not line.isVisible()
 
 
 def test_with_the_setting_off_two_answers_are_written_as_they_come_and_nothing_is_compared(
@@ -255,16 +273,17 @@ def test_a_run_that_cannot_be_loaded_does_not_stop_collecting(
     watch = sample_selected(qtbot, view)
 
     texts = watch.texts()
-    choice = most_different(texts)
-    assert shown(view) == as_shown(texts[choice.first], texts[choice.second])
+    assert len(texts) == 4
+    assert shown(view) == as_shown(texts[0], texts[1]), "the first two, as they came"
     line = view.selection.line
     assert line.isVisible()
     assert line.text().startswith("Run 1 · first could not be loaded to compare the answers")
-    assert "differ the most" in line.text() and line.toolTip() == gone
+    assert line.text().endswith("so these are two of the 4 answers as they came.")
+    assert line.toolTip() == gone
     assert not view.banner.isVisible(), "nothing for the person to fix before the next pick"
     key(qtbot, view, "Alt+1")
     (saved,) = gui_store.comparison_views()
-    assert (saved.text_a, saved.text_b) == (texts[choice.first], texts[choice.second])
+    assert (saved.text_a, saved.text_b) == (texts[0], texts[1])
 
 
 def test_a_repeat_goes_through_the_steps_of_a_chosen_pair(
@@ -298,8 +317,8 @@ def test_a_repeat_goes_through_the_steps_of_a_chosen_pair(
     line = view.selection.line
     assert line.isVisible()
     assert line.text() == (
-        "Of 4 answers, Run 1 · first is least sure between these two (reward gap 50.00): your pick here "
-        "teaches it the most."
+        "Of 4 answers, Run 1 · first is surest which of these two is better (reward gap 50.00): your pick "
+        "confirms what it learnt or corrects it where it is most wrong."
     )
     assert all(pane.status.text().endswith("· finished") for pane in view.panes)
     key(qtbot, view, "Alt+2")
@@ -348,7 +367,7 @@ def test_the_why_line_fits_at_1024_by_640(
     assert collect.sample()
     qtbot.waitUntil(lambda: collect.verdict_buttons["left"].isEnabled(), timeout=WAIT_MS)
     line = collect.selection.line
-    assert line.isVisible() and "Run 1 · round one is least sure" in line.text()
+    assert line.isVisible() and "Run 1 · round one is surest which" in line.text()
     qtbot.waitUntil(lambda: cut_texts(window) == [], timeout=5000)
     for _ in range(3):
         QApplication.processEvents()
