@@ -37,7 +37,7 @@ import functools
 import math
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -294,6 +294,25 @@ def _identical_answers(pairs: Sequence[_Pair]) -> Finding | None:
     )
 
 
+def _bias(
+    first: list[_Pair],
+    second: list[_Pair],
+    names: tuple[str, str],
+    finding: Callable[[Rate, str, list[_Pair]], Finding],
+) -> tuple[Rate | None, Finding | None]:
+    """How often ``first`` won of ``first`` and ``second`` (the pairs split by which kind of answer won), and,
+    when enough pairs were decided and the interval leaves out ½, ``finding(rate, favoured kind's name,
+    its pairs)``."""
+    total = len(first) + len(second)
+    if not total:
+        return None, None
+    measured = rate(len(first), total)
+    if total < MIN_DECIDED_FOR_BIAS or not measured.excludes_half():
+        return measured, None
+    favoured, name = (first, names[0]) if measured.low > 0.5 else (second, names[1])
+    return measured, finding(measured, name, favoured)
+
+
 def _position_bias(decided: Sequence[_Pair]) -> tuple[Rate | None, Finding | None]:
     left: list[_Pair] = []
     right: list[_Pair] = []
@@ -301,21 +320,18 @@ def _position_bias(decided: Sequence[_Pair]) -> tuple[Rate | None, Finding | Non
         a_shown_left = pair.view.comparison.a_shown_left
         if a_shown_left is not None:
             (left if (pair.verdict == "a") == a_shown_left else right).append(pair)
-    shown = left + right
-    if not shown:
-        return None, None
-    measured = rate(len(left), len(shown))
-    if len(shown) < MIN_DECIDED_FOR_BIAS or not measured.excludes_half():
-        return measured, None
-    favoured, side = (left, "left") if measured.low > 0.5 else (right, "right")
-    return measured, Finding(
-        "position_bias",
-        f"The {side} answer wins too often",
-        f"The left answer won {measured.words()} of the pairs you judged side by side; by chance it would "
-        f"be about half, so the side may sway you: read the answers in full before picking, and check "
-        f"some of the {plural(len(favoured), 'pair')} the {side} side won.",
-        _ids(favoured),
-    )
+
+    def finding(measured: Rate, side: str, favoured: list[_Pair]) -> Finding:
+        return Finding(
+            "position_bias",
+            f"The {side} answer wins too often",
+            f"The left answer won {measured.words()} of the pairs you judged side by side; by chance it would "
+            f"be about half, so the side may sway you: read the answers in full before picking, and check "
+            f"some of the {plural(len(favoured), 'pair')} the {side} side won.",
+            _ids(favoured),
+        )
+
+    return _bias(left, right, ("left", "right"), finding)
 
 
 def _length_bias(decided: Sequence[_Pair]) -> tuple[Rate | None, Finding | None]:
@@ -325,21 +341,18 @@ def _length_bias(decided: Sequence[_Pair]) -> tuple[Rate | None, Finding | None]
         a, b = len(pair.spaced[0]), len(pair.spaced[1])
         if a != b:
             (longer_won if (a > b) == (pair.verdict == "a") else shorter_won).append(pair)
-    total = len(longer_won) + len(shorter_won)
-    if not total:
-        return None, None
-    measured = rate(len(longer_won), total)
-    if total < MIN_DECIDED_FOR_BIAS or not measured.excludes_half():
-        return measured, None
-    favoured, which = (longer_won, "longer") if measured.low > 0.5 else (shorter_won, "shorter")
-    return measured, Finding(
-        "length_bias",
-        f"The {which} answer usually wins",
-        f"The longer answer won {measured.words()} of the decided pairs. This may be a true preference, "
-        f"but the trained model will learn to write {which} answers either way: if length was not the "
-        "reason, check some of these pairs.",
-        _ids(favoured),
-    )
+
+    def finding(measured: Rate, which: str, favoured: list[_Pair]) -> Finding:
+        return Finding(
+            "length_bias",
+            f"The {which} answer usually wins",
+            f"The longer answer won {measured.words()} of the decided pairs. This may be a true preference, "
+            f"but the trained model will learn to write {which} answers either way: if length was not the "
+            "reason, check some of these pairs.",
+            _ids(favoured),
+        )
+
+    return _bias(longer_won, shorter_won, ("longer", "shorter"), finding)
 
 
 def _single_pair_prompts(pairs: Sequence[_Pair]) -> Finding | None:

@@ -108,39 +108,48 @@ def cpu_trainer_args(output_dir: Path, batch: int, seed: int = 0) -> dict:
     )  # fmt: skip
 
 
+def peft_trainer(trainer_class, model_dir: Path, args, rows: list[dict], pad_with_eos: bool = False):
+    """TRL's ``trainer_class`` with ``args`` on ``rows``, on a fresh copy of the tiny model in ``model_dir``, fp32
+    on the CPU, with the perturbed LoRA adapter (``pad_with_eos``: the tokenizer pads with its end token, as
+    DPOTrainer does; the ORPO and CPO collators need one)."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if pad_with_eos:
+        tokenizer.pad_token = tokenizer.eos_token
+    return trainer_class(
+        model=AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=perturbed_lora(),
+    )
+
+
 def trl_trainer(
     model_dir: Path, output_dir: Path, loss_type: str | list[str], dataset_rows: list[dict], **config: object
 ):
-    """TRL's DPOTrainer on a fresh copy of the tiny model, fp32 on the CPU, with a perturbed LoRA adapter.
-
-    No truncation unless ``config`` sets ``max_length`` (TRL's default would cut at 1024 tokens)."""
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """TRL's DPOTrainer (:func:`peft_trainer`). No truncation unless ``config`` sets ``max_length`` (TRL's
+    default would cut at 1024 tokens)."""
     from trl import DPOConfig, DPOTrainer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     args = DPOConfig(
         beta=BETA, loss_type=loss_type, **{**cpu_trainer_args(output_dir, len(dataset_rows)), **config}
     )
-    lora = perturbed_lora()
-    return DPOTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(dataset_rows),
-        processing_class=tokenizer,
-        peft_config=lora,
-    )
+    return peft_trainer(DPOTrainer, model_dir, args, dataset_rows)
 
 
-def trl_numbers(trainer, rows: list[dict]) -> dict[str, float]:
-    """Loss, metrics and LoRA gradients of one TRL forward/backward on ``rows`` (already tokenised by TRL)."""
+def trl_numbers(trainer, rows: list[dict], metrics: str | None = "_metrics") -> dict[str, float]:
+    """Loss and logged metrics (in the trainer's attribute ``metrics``; None: the loss only) of one TRL
+    forward/backward on ``rows`` (already tokenised by TRL); the LoRA gradients stay for ``lora_grads``."""
     trainer.model.train()
     trainer.model.zero_grad()
-    trainer._metrics["train"].clear()
+    logged = getattr(trainer, metrics)["train"] if metrics else {}
+    logged.clear()
     loss = trainer.compute_loss(trainer.model, trainer.data_collator(rows))
     loss.backward()
-    numbers = {key: values[-1] for key, values in trainer._metrics["train"].items()}
+    numbers = {key: values[-1] for key, values in logged.items()}
     numbers["loss"] = loss.item()
     return numbers
 

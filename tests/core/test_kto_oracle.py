@@ -26,7 +26,8 @@ from tests.core.test_dpo_oracle import (  # noqa: F401  (model_dir: fixture)
     cpu_trainer_args,
     lora_grads,
     model_dir,
-    perturbed_lora,
+    peft_trainer,
+    trl_numbers,
 )
 
 torch.set_num_threads(1)
@@ -63,8 +64,6 @@ METRICS = [
 def kto_trainer(folder, output_dir, desirable_weight: float, undesirable_weight: float, seed: int = 1):
     """TRL's KTOTrainer on a fresh copy of the tiny model, fp32 on the CPU, with a perturbed LoRA adapter
     (``seed`` draws it: with 1, the batch [0, 1] has a mismatched log-ratio above z0's clamp at 0)."""
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import KTOConfig, KTOTrainer
 
     rows = [
@@ -79,25 +78,7 @@ def kto_trainer(folder, output_dir, desirable_weight: float, undesirable_weight:
         beta=BETA, desirable_weight=desirable_weight, undesirable_weight=undesirable_weight,
         **cpu_trainer_args(output_dir, len(rows), seed),
     )  # fmt: skip
-    lora = perturbed_lora()
-    return KTOTrainer(
-        model=AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32),
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=AutoTokenizer.from_pretrained(folder),
-        peft_config=lora,
-    )
-
-
-def trl_numbers(trainer, rows: list[dict]) -> dict[str, float]:
-    trainer.model.train()
-    trainer.model.zero_grad()
-    trainer._metrics["train"].clear()
-    loss = trainer.compute_loss(trainer.model, trainer.data_collator(rows))
-    loss.backward()
-    numbers = {key: values[-1] for key, values in trainer._metrics["train"].items()}
-    numbers["loss"] = loss.item()
-    return numbers
+    return peft_trainer(KTOTrainer, folder, args, rows)
 
 
 def our_numbers(model, items, layout, weights: tuple[float, float]) -> dict[str, float]:

@@ -30,7 +30,8 @@ from tests.core.test_dpo_oracle import (  # noqa: F401  (model_dir: fixture)
     cpu_trainer_args,
     lora_grads,
     model_dir,
-    perturbed_lora,
+    peft_trainer,
+    trl_numbers,
 )
 
 torch.set_num_threads(1)
@@ -43,40 +44,16 @@ SIMPO_BETA, SIMPO_GAMMA = 2.0, 1.0
 def trl_trainer(folder: Path, output_dir: Path, loss_type: str):
     """TRL's ORPOTrainer ("orpo") or CPOTrainer with loss_type="simpo" ("simpo") on a fresh copy of the tiny
     model, fp32 on the CPU, with a perturbed LoRA adapter."""
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl.experimental.cpo import CPOConfig, CPOTrainer
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    tokenizer.pad_token = tokenizer.eos_token  # as DPOTrainer does; the ORPO/CPO collators need one
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     common = {**cpu_trainer_args(output_dir, len(PAIRS)), "max_length": 256, "remove_unused_columns": False}
     if loss_type == "orpo":
         args, trainer_class = ORPOConfig(beta=LAMBDA, **common), ORPOTrainer
     else:
         args = CPOConfig(loss_type="simpo", beta=SIMPO_BETA, simpo_gamma=SIMPO_GAMMA, cpo_alpha=0.0, **common)
         trainer_class = CPOTrainer
-    lora = perturbed_lora()
-    return trainer_class(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(conversational_rows(PAIRS)),
-        processing_class=tokenizer,
-        peft_config=lora,
-    )
-
-
-def trl_numbers(trainer, rows: list[dict]) -> dict[str, float]:
-    """Loss and logged metrics of one TRL forward/backward on ``rows`` (already tokenised by TRL)."""
-    trainer.model.train()
-    trainer.model.zero_grad()
-    trainer._stored_metrics["train"].clear()
-    loss = trainer.compute_loss(trainer.model, trainer.data_collator(rows))
-    loss.backward()
-    numbers = {key: values[-1] for key, values in trainer._stored_metrics["train"].items()}
-    numbers["loss"] = loss.item()
-    return numbers
+    return peft_trainer(trainer_class, folder, args, conversational_rows(PAIRS), pad_with_eos=True)
 
 
 def our_numbers(model, batch: dict[str, torch.Tensor], loss_type: str) -> dict[str, float]:
@@ -133,7 +110,7 @@ def test_loss_metrics_and_gradients_equal_trl(model_dir, tmp_path, loss_type):  
         keys += ["nll_loss", "log_odds_ratio", "log_odds_chosen"]
     deltas_seen = []
     for rows, pairs in [([r], [p]) for r, p in zip(trl_rows, ours, strict=True)] + [(trl_rows, ours)]:
-        theirs = trl_numbers(trainer, rows)
+        theirs = trl_numbers(trainer, rows, "_stored_metrics")
         trl_grads = lora_grads(model)
         for layout in (collate, collate_shared):
             mine = our_numbers(model, layout(pairs, pad_id=tokenizer.pad_token_id), loss_type)

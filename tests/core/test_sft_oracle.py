@@ -24,7 +24,8 @@ from tests.core.test_dpo_oracle import (  # noqa: F401  (model_dir: fixture)
     cpu_trainer_args,
     lora_grads,
     model_dir,
-    perturbed_lora,
+    peft_trainer,
+    trl_numbers,
 )
 
 torch.set_num_threads(1)
@@ -35,30 +36,10 @@ MAX_DIFFERENCE: dict[str, float] = {}
 
 def trl_sft_trainer(folder: Path, output_dir: Path, rows: list[dict]):
     """TRL's SFTTrainer on a fresh copy of the tiny model, fp32 on the CPU, with a perturbed LoRA adapter."""
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     torch.manual_seed(0)
-    args = SFTConfig(**cpu_trainer_args(output_dir, len(rows)))
-    lora = perturbed_lora()
-    return SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-        peft_config=lora,
-    )
-
-
-def trl_loss(trainer, rows: list[dict]) -> float:
-    trainer.model.train()
-    trainer.model.zero_grad()
-    loss = trainer.compute_loss(trainer.model, trainer.data_collator(rows))
-    loss.backward()
-    return loss.item()
+    return peft_trainer(SFTTrainer, folder, SFTConfig(**cpu_trainer_args(output_dir, len(rows))), rows)
 
 
 def test_sft_loss_and_gradients_equal_trl_sft_trainer(model_dir, tmp_path):  # noqa: F811
@@ -85,7 +66,7 @@ def test_sft_loss_and_gradients_equal_trl_sft_trainer(model_dir, tmp_path):  # n
     for trl_batch, batch_demos in [([r], [d]) for r, d in zip(trl_rows, ours, strict=True)] + [
         (trl_rows, ours)
     ]:
-        theirs = trl_loss(trainer, trl_batch)
+        theirs = trl_numbers(trainer, trl_batch, None)["loss"]
         trl_grads = lora_grads(model)
         for layout in (collate, collate_shared):
             model.zero_grad()

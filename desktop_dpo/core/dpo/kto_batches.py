@@ -21,7 +21,6 @@ start-up.
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -31,15 +30,20 @@ from desktop_dpo.core.dpo.config import TrainConfig
 from desktop_dpo.core.dpo.data import PreferencePair, pairs_from_comparisons
 from desktop_dpo.core.dpo.events import EvalMetrics
 from desktop_dpo.core.dpo.labels import SingleLabel, labels_from_comparisons, labels_from_replies
-from desktop_dpo.core.dpo.tokenizing import TokenizedPair, TokenizedPairs, tokenize_pair, tokenize_pairs
+from desktop_dpo.core.dpo.tokenizing import (
+    TokenizedPair,
+    TokenizedPairs,
+    counted_and_logged,
+    tokenize_pair,
+    tokenize_pairs,
+    truncation_sentence,
+)
 from desktop_dpo.core.store import ComparisonView, RunRow, Store
 
 if TYPE_CHECKING:
     import torch
 
     from desktop_dpo.core.dpo.kto import KtoLossOutput
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -80,15 +84,9 @@ class TokenizedLabels:
 
     def truncation_message(self) -> str | None:
         """A sentence for the run log, or None when nothing was cut."""
-        parts = []
-        if self.truncated:
-            parts.append(
-                f"{self.truncated} of {len(self.pairs)} answers were truncated (an answer did not fit in the "
-                "maximum length and was cut; raise the maximum length to keep whole answers)"
-            )
-        if self.prompt_truncated:
-            parts.append(f"{self.prompt_truncated} prompts were shortened (older turns dropped)")
-        return "; ".join(parts) + "." if parts else None
+        return truncation_sentence(
+            self.truncated, len(self.pairs), self.prompt_truncated, "answers", "an answer"
+        )
 
 
 def tokenize_labels(
@@ -141,15 +139,7 @@ def tokenize_labels(
                     desirable=label.desirable,
                 )
             )
-    tokenized = TokenizedLabels(
-        pairs=result,
-        truncated=sum(x.truncated for x in result),
-        prompt_truncated=sum(x.prompt_truncated for x in result),
-    )
-    message = tokenized.truncation_message()
-    if message:
-        log.warning(message)
-    return tokenized
+    return counted_and_logged(TokenizedLabels, result)
 
 
 def training_texts(

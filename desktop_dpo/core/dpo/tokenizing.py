@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from desktop_dpo.core.dpo.data import PreferencePair
 from desktop_dpo.core.errors import DesktopDpoError
@@ -399,17 +399,45 @@ class TokenizedPairs:
 
     def truncation_message(self) -> str | None:
         """A sentence for the run log, or None when nothing was cut."""
-        if not self.truncated and not self.prompt_truncated:
-            return None
-        parts = []
-        if self.truncated:
-            parts.append(
-                f"{self.truncated} of {len(self.pairs)} pairs were truncated (a response did not fit in the "
-                "maximum length and was cut; raise the maximum length to keep whole answers)"
-            )
-        if self.prompt_truncated:
-            parts.append(f"{self.prompt_truncated} prompts were shortened (older turns dropped)")
-        return "; ".join(parts) + "."
+        return truncation_sentence(self.truncated, len(self.pairs), self.prompt_truncated)
+
+
+def truncation_sentence(
+    truncated: int, total: int, prompt_truncated: int, items: str = "pairs", cut: str = "a response"
+) -> str | None:
+    """What was cut to fit, in a sentence for the run log (None when nothing was): ``truncated`` of ``total``
+    ``items`` with ``cut`` cut, ``prompt_truncated`` prompts shortened."""
+    parts = []
+    if truncated:
+        parts.append(
+            f"{truncated} of {total} {items} were truncated ({cut} did not fit in the maximum length and was "
+            "cut; raise the maximum length to keep whole answers)"
+        )
+    if prompt_truncated:
+        parts.append(f"{prompt_truncated} prompts were shortened (older turns dropped)")
+    return "; ".join(parts) + "." if parts else None
+
+
+class _Counts(Protocol):
+    def truncation_message(self) -> str | None: ...
+
+
+Counted = TypeVar("Counted", bound=_Counts)
+
+
+def counted_and_logged(make: Callable[..., Counted], items: list[Any]) -> Counted:
+    """``make(pairs=items, truncated=…, prompt_truncated=…)`` with the counts summed over ``items``; its
+    :meth:`truncation_message`, if any, logged as a warning (what :func:`tokenize_pairs` and KTO's
+    ``tokenize_labels`` return)."""
+    result = make(
+        pairs=items,
+        truncated=sum(item.truncated for item in items),
+        prompt_truncated=sum(item.prompt_truncated for item in items),
+    )
+    message = result.truncation_message()
+    if message:
+        log.warning(message)
+    return result
 
 
 def tokenize_pairs(
@@ -431,12 +459,4 @@ def tokenize_pairs(
         )
         for pair in pairs
     ]
-    result = TokenizedPairs(
-        pairs=tokenized,
-        truncated=sum(p.truncated for p in tokenized),
-        prompt_truncated=sum(p.prompt_truncated for p in tokenized),
-    )
-    message = result.truncation_message()
-    if message:
-        log.warning(message)
-    return result
+    return counted_and_logged(TokenizedPairs, tokenized)
