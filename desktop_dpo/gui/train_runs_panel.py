@@ -95,7 +95,7 @@ def describe_run(run: RunRow, warnings: Sequence[str], progress: str | None = No
         f"<b>{html.escape(run_label(run.id, run.name))}</b> · {html.escape(settings)} (hover a row for every setting)"
     ]
     if progress:
-        lines.append(f"<b>{html.escape(progress)}</b>")
+        lines.append(html.escape(progress))
     final = summarise_metrics(run.final_metrics)
     if final:
         lines.append(f"Final: {html.escape(final)}")
@@ -183,16 +183,17 @@ class RunsPanel(QFrame):
         self.tree = self._build_tree()
         follow_scheme(self.tree, lambda: recolour_items(self.tree))
         self._fit_height()
-        layout.addWidget(self.tree, 1)
+        layout.addWidget(self.tree, 2)
         self.details = styled_label("", "runDetails", wrap=True)
         self.details.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.details.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         self._details_shown: tuple[RunRow | None, Sequence[str], str | None] = (None, (), None)
         follow_scheme(self.details, lambda: self.show_details(*self._details_shown))
         details_scroll = frameless_scroll(self.details)
-        # A long error or several warnings scroll; the list keeps its room.
-        details_scroll.setMaximumHeight(76)
-        layout.addWidget(details_scroll)
+        # The list keeps room for MIN_ROWS runs; the details share what is left with it (what a round did,
+        # the final metrics, an error, warnings), and scroll only when even that is not enough.
+        details_scroll.setMinimumHeight(76)
+        layout.addWidget(details_scroll, 3)
 
     def _build_tree(self) -> QTreeWidget:
         tree = QTreeWidget()
