@@ -43,7 +43,9 @@ def main() -> None:
     parser.add_argument("--picks", type=int, default=150, help="person: the pick budget over all rounds")
     parser.add_argument("--rounds", type=int, default=3, help="person: rounds (a point of the curve each)")
     parser.add_argument(
-        "--rules", default="shorter_wins,speaks_to_you", help="person: the rules to run, comma-separated"
+        "--rules",
+        default="shorter_wins,speaks_to_you",
+        help="person: the rules to run, comma-separated (shorter_wins, speaks_to_you, plain_words)",
     )
     parser.add_argument(
         "--arms",

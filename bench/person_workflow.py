@@ -99,9 +99,11 @@ def run_arm(home: Path, rule_name: str, selection: bool, args: Any, start: float
     }
 
 
-def curve_svg(reports: list[dict[str, Any]], width: int = 520, height: int = 300) -> str:
-    """The curves (win rate against picks, one line per rule and arm, with the 95% intervals as bars) as SVG."""
-    left, right, top, bottom = 48, 150, 16, 36
+def curve_svg(reports: list[dict[str, Any]], width: int = 640, height: int = 300) -> str:
+    """The curves (win rate against picks, one line per rule and arm: solid selected, dashed random; the 95%
+    intervals as bars beside each point) as SVG, from 40% to 100%, with the 50% (no change) and 80% (the
+    goal) lines marked."""
+    left, right, top, bottom, floor = 48, 230, 28, 36, 0.4
     plot_w, plot_h = width - left - right, height - top - bottom
     max_picks = max(p["picks"] for r in reports for p in r["curve"])
 
@@ -109,42 +111,46 @@ def curve_svg(reports: list[dict[str, Any]], width: int = 520, height: int = 300
         return left + plot_w * picks / max_picks
 
     def y(rate: float) -> float:
-        return top + plot_h * (1 - rate)
+        return top + plot_h * (1 - (max(rate, floor) - floor) / (1 - floor))
 
-    colors = {"shorter_wins": "#2f6db5", "speaks_to_you": "#c0552b"}
+    colors = {"shorter_wins": "#2f6db5", "speaks_to_you": "#c0552b", "plain_words": "#3f8f4f"}
+    spare = ["#7a4fb0", "#555"]
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
         'font-size="11">',
         f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{left}" y="14">Win rate of the trained model over the base (held-out prompts, judged blind)</text>',
     ]
-    for rate in (0.0, 0.5, 0.8, 1.0):
-        dash = ' stroke-dasharray="4 3"' if rate in (0.5, 0.8) else ""
-        parts.append(
-            f'<line x1="{left}" x2="{left + plot_w}" y1="{y(rate):.1f}" y2="{y(rate):.1f}" stroke="#bbb"{dash}/>'
-        )
+    for rate in (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0):
+        marked = rate in (0.5, 0.8)
+        style = ' stroke="#888" stroke-dasharray="4 3"' if marked else ' stroke="#e3e3e3"'
+        parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(rate):.1f}" y2="{y(rate):.1f}"{style}/>')
         parts.append(f'<text x="{left - 6}" y="{y(rate) + 4:.1f}" text-anchor="end">{rate:.0%}</text>')
+    parts.append(f'<text x="{left + 4}" y="{y(0.8) - 4:.1f}" fill="#666">goal</text>')
+    parts.append(f'<text x="{left + 4}" y="{y(0.5) - 4:.1f}" fill="#666">no change</text>')
     for picks in sorted({p["picks"] for r in reports for p in r["curve"]}):
         parts.append(f'<text x="{x(picks):.1f}" y="{top + plot_h + 16}" text-anchor="middle">{picks}</text>')
     parts.append(f'<text x="{left + plot_w / 2}" y="{height - 4}" text-anchor="middle">picks</text>')
     for index, report in enumerate(reports):
-        color = colors.get(report["rule"], "#555")
+        color = colors.get(report["rule"]) or spare[index % len(spare)]
         dash = "" if report["arm"] == "selected" else ' stroke-dasharray="5 3"'
         points = [(x(p["picks"]), y(p["win_rate"] or 0.0), p) for p in report["curve"]]
         path = " ".join(f"{px:.1f},{py:.1f}" for px, py, _ in points)
         parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"{dash}/>')
         for px, py, p in points:
-            offset = (index - len(reports) / 2) * 3
+            offset = (index - (len(reports) - 1) / 2) * 4
             parts.append(
                 f'<line x1="{px + offset:.1f}" x2="{px + offset:.1f}" y1="{y(p["ci_low"]):.1f}" '
-                f'y2="{y(p["ci_high"]):.1f}" stroke="{color}" stroke-opacity="0.5"/>'
+                f'y2="{y(p["ci_high"]):.1f}" stroke="{color}" stroke-opacity="0.45" stroke-width="1.5"/>'
             )
             parts.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{color}"/>')
         label_y = top + 14 + 16 * index
         parts.append(
-            f'<line x1="{left + plot_w + 10}" x2="{left + plot_w + 30}" y1="{label_y - 4}" y2="{label_y - 4}" '
+            f'<line x1="{left + plot_w + 14}" x2="{left + plot_w + 34}" y1="{label_y - 4}" y2="{label_y - 4}" '
             f'stroke="{color}" stroke-width="2"{dash}/>'
         )
-        parts.append(f'<text x="{left + plot_w + 34}" y="{label_y}">{report["rule"]}, {report["arm"]}</text>')
+        label = f"{report['rule']}, {report['arm']} pairs"
+        parts.append(f'<text x="{left + plot_w + 38}" y="{label_y}">{label}</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
 

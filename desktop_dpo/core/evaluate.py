@@ -371,15 +371,11 @@ def repeated_ngram_share(words: Sequence[str], n: int = 4) -> float:
 
 
 @dataclass(frozen=True)
-class ShorterWinsRule:
-    """The shorter answer wins, but an answer under ``min_words`` words or repeating itself loses.
+class _GuardedRule:
+    """What every rule shares: an answer under ``min_words`` words or repeating itself loses whatever the
+    other answer is. "Repeating itself": more than ``max_repeated_share`` of its word ``ngram``-grams repeat
+    an earlier one (:func:`repeated_ngram_share`). An empty answer has no words, so it loses."""
 
-    "Repeating itself": more than ``max_repeated_share`` of its word ``ngram``-grams repeat an earlier one
-    (:func:`repeated_ngram_share`). Length is counted in words; equal lengths are a tie. An empty answer
-    has no words, so it loses.
-    """
-
-    name: str = "shorter_wins"  # stored as the judge of each vote it gives
     min_words: int = 8  # shorter answers say too little to be useful
     ngram: int = 4  # the n-grams repetition is measured on
     max_repeated_share: float = 0.2  # above this share of repeated n-grams an answer loops
@@ -391,40 +387,42 @@ class ShorterWinsRule:
             len(words) < self.min_words or repeated_ngram_share(words, self.ngram) > self.max_repeated_share
         )
 
-    def prefer(self, text_a: str, text_b: str) -> str:
-        """Of two answers neither of which is degenerate: "a" or "b" (the one with fewer words), or "tie"."""
-        length_a, length_b = len(answer_words(text_a)), len(answer_words(text_b))
-        if length_a == length_b:
-            return "tie"
-        return "a" if length_a < length_b else "b"
-
     def to_dict(self) -> dict[str, Any]:
         """The rule as plain data (an evaluation's settings)."""
         return dataclasses.asdict(self)
+
+
+def _larger(score_a: float, score_b: float, tolerance: float = 1e-9) -> str:
+    """ "a" or "b", whichever score is larger, or "tie" within ``tolerance``."""
+    if math.isclose(score_a, score_b, abs_tol=tolerance):
+        return "tie"
+    return "a" if score_a > score_b else "b"
+
+
+@dataclass(frozen=True)
+class ShorterWinsRule(_GuardedRule):
+    """The shorter answer wins (counted in words; equal lengths are a tie), but a degenerate one loses
+    (:class:`_GuardedRule`)."""
+
+    name: str = "shorter_wins"  # stored as the judge of each vote it gives
+
+    def prefer(self, text_a: str, text_b: str) -> str:
+        """Of two answers neither of which is degenerate: "a" or "b" (the one with fewer words), or "tie"."""
+        return _larger(-len(answer_words(text_a)), -len(answer_words(text_b)))
 
 
 SECOND_PERSON = frozenset({"you", "your", "yours", "yourself", "yourselves", "you're", "you've", "you'll"})
 
 
 @dataclass(frozen=True)
-class SpeaksToYouRule:
+class SpeaksToYouRule(_GuardedRule):
     """The answer that speaks to the reader wins: the larger share of its words are "you", "your" and
     the like. A taste of voice, not of length: a short answer that says "you" once beats a long one that
-    never does, and two answers with the same share tie. An answer under ``min_words`` words or repeating
-    itself loses (as in :class:`ShorterWinsRule`), so a model cannot win by saying "you" and stopping.
+    never does, and two answers with the same share tie. A degenerate answer loses (:class:`_GuardedRule`),
+    so a model cannot win by saying "you" and stopping.
     """
 
     name: str = "speaks_to_you"
-    min_words: int = 8
-    ngram: int = 4
-    max_repeated_share: float = 0.2
-
-    def degenerate(self, text: str) -> bool:
-        """True when the answer loses whatever the other one is: too short or repeating itself."""
-        words = answer_words(text)
-        return (
-            len(words) < self.min_words or repeated_ngram_share(words, self.ngram) > self.max_repeated_share
-        )
 
     def share(self, text: str) -> float:
         """The share of the answer's words that address the reader (0 for an answer with no words)."""
@@ -433,22 +431,36 @@ class SpeaksToYouRule:
 
     def prefer(self, text_a: str, text_b: str) -> str:
         """Of two answers neither of which is degenerate: the one with the larger :meth:`share`, or "tie"."""
-        share_a, share_b = self.share(text_a), self.share(text_b)
-        if math.isclose(share_a, share_b, abs_tol=1e-9):
-            return "tie"
-        return "a" if share_a > share_b else "b"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The rule as plain data (an evaluation's settings)."""
-        return dataclasses.asdict(self)
+        return _larger(self.share(text_a), self.share(text_b))
 
 
-Rule = ShorterWinsRule | SpeaksToYouRule
+@dataclass(frozen=True)
+class PlainWordsRule(_GuardedRule):
+    """The answer in plainer words wins: fewer letters per word on average. A taste of vocabulary, neither
+    of length nor of voice: a long answer in short words beats a short one in long words. Averages within
+    ``tie_letters`` of each other tie. A degenerate answer loses (:class:`_GuardedRule`).
+    """
+
+    name: str = "plain_words"
+    tie_letters: float = 0.1  # averages closer than this are the same to a reader
+
+    def letters_per_word(self, text: str) -> float:
+        """The answer's mean word length in characters (0 for an answer with no words)."""
+        words = answer_words(text)
+        return sum(len(w) for w in words) / len(words) if words else 0.0
+
+    def prefer(self, text_a: str, text_b: str) -> str:
+        """Of two answers neither of which is degenerate: the one with fewer letters per word, or "tie"."""
+        return _larger(-self.letters_per_word(text_a), -self.letters_per_word(text_b), self.tie_letters)
+
+
+Rule = ShorterWinsRule | SpeaksToYouRule | PlainWordsRule
 """The rules a headless evaluation can judge with: each names itself, says which answers are degenerate
 (they lose whatever the other answer is) and which of two others it prefers."""
-RULES: dict[str, type[ShorterWinsRule] | type[SpeaksToYouRule]] = {
+RULES: dict[str, type[ShorterWinsRule] | type[SpeaksToYouRule] | type[PlainWordsRule]] = {
     "shorter_wins": ShorterWinsRule,
     "speaks_to_you": SpeaksToYouRule,
+    "plain_words": PlainWordsRule,
 }
 
 

@@ -62,7 +62,10 @@ log = logging.getLogger(__name__)
 CANDIDATES = 4  # answers written per pair shown
 OPTION_KEY = "collect/most_informative_pair"
 OPTION_TEXT = "Show the most informative pair"
-OPTION_TIP = "Writes 4 answers and shows the two that teach the model the most. Off: 2 answers, shown as they are written."
+OPTION_TIP = (
+    "After a training run, writes 4 answers and shows the two that run is surest about: your pick confirms it "
+    "or corrects it where it is most wrong. Before the first run, and off: 2 answers, shown as they are written."
+)
 TRAIN_RESOURCE = "train"  # training_worker.TRAIN_RESOURCE (not imported: Collect is on the first screen)
 WRITING = f"Writing {CANDIDATES} answers to find the pair that teaches the most…"
 

@@ -15,6 +15,7 @@ from desktop_dpo.core.evaluate import (
     RULES,
     EvaluationSummary,
     EvaluationVoted,
+    PlainWordsRule,
     ShorterWinsRule,
     SpeaksToYouRule,
     add_evaluation_prompts,
@@ -199,6 +200,20 @@ def test_the_rule_that_speaks_to_you_prefers_the_reader_addressed_answer_whateve
     assert judge_by_rule("You you you.", plain, rule) == "b"  # too short: saying "you" and stopping loses
     assert judge_by_rule("", "", rule) == "both_bad"
     assert RULES[rule.name] is SpeaksToYouRule and RULES[RULE.name] is ShorterWinsRule
+
+
+def test_the_plain_words_rule_prefers_shorter_words_whatever_the_length_or_voice():
+    rule = PlainWordsRule()
+    plain_long = "Put the tea in a pot, pour hot water on it, wait a few minutes and then pour it out into your cup."  # 23 words, 3.1 letters each
+    fancy_short = "Steeping tea leaves extracts aromatic compounds, producing flavourful beverages."  # 9 words, 7.8 letters each
+    assert rule.letters_per_word(fancy_short) > 7.5 > 3.5 > rule.letters_per_word(plain_long)
+    assert judge_by_rule(fancy_short, plain_long, rule) == "b"  # the longer answer wins: not a length rule
+    assert judge_by_rule(plain_long, fancy_short, rule) == "a"
+    # Reordered words have the same average: a tie, as are averages within a tenth of a letter.
+    assert judge_by_rule(plain_long, " ".join(reversed(plain_long.split())), rule) == "tie"
+    assert judge_by_rule("Too short, say.", plain_long, rule) == "b"  # a degenerate answer loses
+    assert RULES[rule.name] is PlainWordsRule
+    assert rule.to_dict()["name"] == "plain_words" and rule.to_dict()["min_words"] == 8
 
 
 def test_a_verdict_becomes_a_vote_for_a_model():
