@@ -70,10 +70,10 @@ class PersonSettings:
     rounds: int = 3
     selection: bool = True
     candidates: int = 4  # answers sampled per prompt when selecting (2 without selection)
-    before_run: str = (
-        "as_they_come"  # how a pair is chosen before the first run (pair_selection.BEFORE_A_RUN)
-    )
-    after_run: str = "surest"  # how a pair is chosen by the last run's rewards (pair_selection.AFTER_A_RUN)
+    # How a pair is chosen before the first run, and by the last run's rewards after it (pair_selection's
+    # BEFORE_A_RUN and AFTER_A_RUN).
+    before_run: str = "as_they_come"
+    after_run: str = "surest"
 
     def validated(self) -> PersonSettings:
         """Self, or a :class:`DesktopDpoError` naming the setting that cannot work."""
