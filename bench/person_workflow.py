@@ -2,11 +2,11 @@
 pair selection, for each rule, in one run.
 
 Each (rule, arm) runs ``desktop_dpo.core.person_loop.run_person`` in a home folder of its own (the demo
-model is unpacked once and copied in): ``random`` shows two answers as they come, ``selected`` samples
-two as they come before the first run (so round 1 is the same in both arms: a check that the run is
-repeatable), then four and the pair ``pair_selection`` chooses. Each round adds a point to the curve (win rate of the
-current model over the base on the held-out prompts, judged blind by the same rule, against picks so
-far). Ties and "both bad" picks count against the budget: they are the person's time too.
+model is unpacked once and copied in): ``random`` shows two answers as they come; ``selected`` does too
+before the first run (so round 1 is the same in both arms: a check that the run is repeatable), then
+samples four and shows the pair ``pair_selection`` chooses. Each round adds a point to the curve (win rate
+of the current model over the base on the held-out prompts, judged blind by the same rule, against picks
+so far). Ties and "both bad" picks count against the budget: they are the person's time too.
 
 Prints, per arm, the curve and a headline:
     efficacy: workflow=person rule=.. arm=.. picks=.. win_rate=.. ci_low=.. ci_high=.. n=.. ties=.. both_bad=..
