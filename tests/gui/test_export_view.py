@@ -136,7 +136,8 @@ def test_exporting_under_an_existing_name_is_refused_in_the_banner(qtbot, view, 
     assert "already exists" in view.banner.message()
     assert any("already exists" in note for note in notes)  # the status bar hears it, as from every view
     assert "failed" in view.activity()
-    assert view.export_button.isEnabled()
+    # Export comes back once the job's thread has ended and let go of the export slot.
+    qtbot.waitUntil(view.export_button.isEnabled, timeout=WAIT_MS)
     assert view.exports_tree.topLevelItemCount() == 0
 
 
