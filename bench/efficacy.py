@@ -65,6 +65,12 @@ def main() -> None:
         choices=("surest", "least_sure"),
         help="person, selected pairs: after a run, the pair it is surest about (the app's rule) or least sure",
     )
+    parser.add_argument(
+        "--keep-choosing",
+        action="store_true",
+        help="person, selected pairs: choose by every run, also one that learnt from chosen pairs (the app "
+        "shows the round after such a run as it comes)",
+    )
     args = parser.parse_args()
     if args.workflow == "person":
         from person_workflow import run_person_bench

@@ -4,7 +4,8 @@ pair selection, for each rule, in one run.
 Each (rule, arm) runs ``desktop_dpo.core.person_loop.run_person`` in a home folder of its own (the demo
 model is unpacked once and copied in): ``random`` shows two answers as they come; ``selected`` does too
 before the first run (so round 1 is the same in both arms: a check that the run is repeatable), then
-samples four and shows the pair ``pair_selection`` chooses. Each round adds a point to the curve (win rate
+samples four and shows the pair ``pair_selection`` chooses, except after a run that learnt mostly from
+chosen pairs, when two come as they are again (``--keep-choosing`` chooses then too). Each round adds a point to the curve (win rate
 of the current model over the base on the held-out prompts, judged blind by the same rule, against picks
 so far). Ties and "both bad" picks count against the budget: they are the person's time too.
 
@@ -60,6 +61,7 @@ def run_arm(home: Path, rule_name: str, selection: bool, args: Any, start: float
         selection=selection,
         before_run=args.before_run,
         after_run=args.after_run,
+        alternate=not args.keep_choosing,
     )
     arm = "selected" if selection else "random"
 

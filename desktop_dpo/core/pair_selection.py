@@ -17,6 +17,14 @@ background and shows two of them:
   drew near-equal answers, more ties and "both bad", and fell behind random.
   Pairs whose answers are nearly the same text are left out first (:data:`MIN_DIFFERENCE`): a pick
   between them is a tie, and their margin says nothing of the person.
+- **After a run that learnt mostly from chosen pairs** (over half of its pairs were chosen, as recorded in
+  ``comparisons.chosen_by``): two answers as they come again (:func:`as_they_come_again`), so the rounds
+  alternate. A run trained on the pairs a run was surest about knows the person through that filter; its
+  own surest pairs then all turn on the difference it has learnt most, and choosing by them pushes the
+  model on past the person's taste. In the bench, round 3's surest pairs (under a run trained on round 2's
+  surest pairs) were all about length and took the model under the rule's floor (win 0.81 → 0.73), while
+  round 3 with pairs as they came from the same model kept the gain (0.80). Pairs as they come give the
+  next run the person's taste unfiltered, and the round after is chosen again (:func:`keeps_choosing`).
 - **Before the first run** (no adapter to ask): two answers as they come (:func:`as_they_come`). Nothing is
   known of the person yet, and the rules that pick by the text alone taught the wrong thing in the bench:
   the most different pair (:func:`most_different`) set long good answers against degenerate short ones,
@@ -36,6 +44,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 MIN_DIFFERENCE = 0.2  # word distance under which two answers count as the same answer (see module doc)
+CHOSEN_MAJORITY = 0.5  # a run that learnt from more than this share of chosen pairs does not choose (module doc)
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -44,11 +53,21 @@ class PairChoice(NamedTuple):
 
     first: int
     second: int
-    how: str  # "surest" / "margin" (least sure) under a run; "as_they_come", "different", "similar"; "only"
+    how: str  # "surest" / "margin" (least sure) under a run; "as_they_come", "different", "similar";
+    # "after_chosen" (as they come after a run that learnt from chosen pairs); "only" (just two answers)
     margin: float | None  # the implicit-reward margin |r_first − r_second| ("surest" and "margin" only)
     distance: float  # the two answers' word distance, 0 (same words) to 1 (no word in common)
     considered: int  # how many answers it chose from
     reason: str  # one line for the person
+
+    @property
+    def chosen_by(self) -> str | None:
+        """How the two were chosen from more answers, as a comparison records it (``chosen_by``): ``how``
+        when something chose them, None when they are the answers as they came."""
+        return None if self.how in UNCHOSEN else self.how
+
+
+UNCHOSEN = frozenset({"only", "as_they_come", "after_chosen"})  # PairChoice.how of pairs shown as they came
 
 
 def word_distance(a: str, b: str) -> float:
@@ -82,6 +101,11 @@ def reason_for(
         return (
             "No training run yet, so nothing to choose by: two answers as they come. After your first run, "
             "Collect shows the pair that run is surest about."
+        )
+    if how == "after_chosen":
+        return (
+            f"{run_label} learnt from pairs chosen by an earlier run, so these two answers come as they are: "
+            "the next run learns your taste unfiltered, and the round after shows chosen pairs again."
         )
     if how == "different":
         return (
@@ -147,6 +171,22 @@ def as_they_come(texts: Sequence[str]) -> PairChoice:
     return PairChoice(
         0, 1, "as_they_come", None, distance, len(texts), reason_for("as_they_come", len(texts))
     )
+
+
+def as_they_come_again(texts: Sequence[str], run_label: str = "the last run") -> PairChoice:
+    """The first two answers, as sampled, after ``run_label`` learnt mostly from chosen pairs (module doc).
+
+    Raises:
+        ValueError: fewer than two answers.
+    """
+    choice = as_they_come(texts)
+    return choice._replace(how="after_chosen", reason=reason_for("after_chosen", len(texts), None, run_label))
+
+
+def keeps_choosing(chosen_share: float) -> bool:
+    """Whether a run that learnt ``chosen_share`` (0 to 1) of its pairs from chosen ones (``Store.
+    chosen_share``) chooses the next pairs: only when at most :data:`CHOSEN_MAJORITY` were (module doc)."""
+    return chosen_share <= CHOSEN_MAJORITY
 
 
 # choose_pair's before_run: how a pair is chosen while the model has no run to ask

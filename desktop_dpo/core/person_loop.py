@@ -13,7 +13,9 @@ played against the worst of each kind. Here each prompt costs one pick, as in Co
                    by: the same draws as without selection, so round 1 is the same in both); after it,
                    ``candidates`` answers and the pair ``pair_selection.choose_pair`` picks: the largest
                    implicit-reward margin under the run that made the current model
-                   (``dpo/implicit_reward.py``), or, with ``after_run="least_sure"``, the smallest.
+                   (``dpo/implicit_reward.py``), or, with ``after_run="least_sure"``, the smallest; but
+                   after a run that learnt mostly from chosen pairs, two answers as they come again
+                   (``alternate``: the rounds alternate, ``pair_selection.keeps_choosing``).
     3 train      the round's pairs, from the current model (the Train view's run of that model: the pairs
                  sampled from it), with the demo's settings
     4 export     Q4_K_M on the base's grid: the next round's current model
@@ -50,7 +52,14 @@ from desktop_dpo.core.demo_loop import (
 from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.evaluate import EvaluationSummary, judge_by_rule
 from desktop_dpo.core.jobs import CancelToken, Log, Progress
-from desktop_dpo.core.pair_selection import PairChoice, check_rules, choose_pair, most_different
+from desktop_dpo.core.pair_selection import (
+    PairChoice,
+    as_they_come_again,
+    check_rules,
+    choose_pair,
+    keeps_choosing,
+    most_different,
+)
 from desktop_dpo.core.sampling import generation_meta
 
 if TYPE_CHECKING:
@@ -74,6 +83,9 @@ class PersonSettings:
     # BEFORE_A_RUN and AFTER_A_RUN).
     before_run: str = "as_they_come"
     after_run: str = "surest"
+    # After a run that learnt mostly from chosen pairs, show the next round's two answers as they come
+    # (pair_selection.keeps_choosing); False: choose by every run (the bench's --keep-choosing).
+    alternate: bool = True
 
     def validated(self) -> PersonSettings:
         """Self, or a :class:`DesktopDpoError` naming the setting that cannot work."""
@@ -157,23 +169,30 @@ def show_pair(
     cancel: CancelToken,
     scorer: Any = None,
     run_label: str = "the last run",
+    after_chosen: bool = False,
 ) -> Generator[Any, None, tuple[GenerationResult, GenerationResult, PairChoice, float]]:
-    """The two answers Collect would show for ``messages`` (a job): ``(left, right, choice, scoring seconds)``."""
-    choosing = person.selection and (scorer is not None or person.before_run != "as_they_come")
+    """The two answers Collect would show for ``messages`` (a job): ``(left, right, choice, scoring seconds)``.
+
+    ``scorer``: the last run's, to choose by; ``after_chosen``: that run learnt mostly from chosen pairs, so
+    two answers are shown as they come (``scorer`` unused)."""
+    after_chosen = person.selection and after_chosen
+    choosing = person.selection and not after_chosen
+    choosing = choosing and (scorer is not None or person.before_run != "as_they_come")
     count = person.candidates if choosing else 2
     results = yield from sample_answers(pool, model, paths, messages, demo.sampling, count, rng, cancel)
     texts = [r.text for r in results]
     scoring = 0.0
     rewards = None
-    if person.selection and scorer is not None:
+    if choosing and scorer is not None:
         start = time.perf_counter()
         rewards = scorer.rewards(messages, texts)
         scoring = time.perf_counter() - start
-    choice = (
-        choose_pair(texts, rewards, run_label, person.before_run, person.after_run)
-        if person.selection
-        else most_different(texts)
-    )
+    if after_chosen:
+        choice = as_they_come_again(texts, run_label)
+    elif person.selection:
+        choice = choose_pair(texts, rewards, run_label, person.before_run, person.after_run)
+    else:
+        choice = most_different(texts)
     return results[choice.first], results[choice.second], choice, scoring
 
 
@@ -184,7 +203,7 @@ def _record_pick(
     left: Any,
     right: Any,
     verdict: str,
-    how: str,
+    choice: PairChoice,
 ) -> int:
     return store.record_pair(
         messages=messages,
@@ -196,8 +215,9 @@ def _record_pick(
         a_shown_left=True,
         generation_meta_a=generation_meta(left),
         generation_meta_b=generation_meta(right),
-        note=f"person workflow: pair chosen by {how}",
+        note=f"person workflow: pair chosen by {choice.how}",
         source=PERSON_SOURCE,
+        chosen_by=choice.chosen_by,
     )
 
 
@@ -255,8 +275,15 @@ def run_person(
         for round_number, budget in enumerate(person.round_budgets(), start=1):
             seconds: Counter[str] = Counter()
             start = time.perf_counter()
-            scorer = _scorer(store, last_run) if person.selection else None
-            label = run_label(last_run, store.get_run(last_run).name) if last_run is not None else ""
+            run = store.get_run(last_run) if last_run is not None else None
+            label = run_label(run.id, run.name) if run is not None else ""
+            after_chosen = (
+                person.selection
+                and person.alternate
+                and run is not None
+                and not keeps_choosing(store.chosen_share(run.comparison_ids))
+            )
+            scorer = _scorer(store, last_run) if person.selection and not after_chosen else None
             ids: list[int] = []
             try:
                 for _ in range(budget):
@@ -264,7 +291,9 @@ def run_person(
                     yield Progress(done, person.picks, f"Pick {done + 1} of {person.picks}")
                     messages = [{"role": "user", "content": next(prompts)}]
                     left, right, choice, scoring = yield from quiet_job(
-                        show_pair(pool, current, paths, messages, demo, person, rng, cancel, scorer, label),
+                        show_pair(
+                            pool, current, paths, messages, demo, person, rng, cancel, scorer, label, after_chosen
+                        ),
                         store,
                     )
                     seconds["scoring"] += scoring
@@ -272,7 +301,7 @@ def run_person(
                     verdicts[verdict] += 1
                     hows[choice.how] += 1
                     done += 1
-                    comparison = _record_pick(store, current, messages, left, right, verdict, choice.how)
+                    comparison = _record_pick(store, current, messages, left, right, verdict, choice)
                     if verdict in ("a", "b"):
                         ids.append(comparison)
                     yield PickMade(round_number, done, person.picks, verdict, choice.how)

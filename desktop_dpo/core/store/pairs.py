@@ -168,10 +168,13 @@ class PairQueries(StoreConnection):
         note: str | None = None,
         source: str = "collect",
         repeat_of: int | None = None,
+        chosen_by: str | None = None,
     ) -> int:
         """Save a judgement. Committed before returning: a crash right after cannot lose it.
 
         ``repeat_of``: the comparison this verdict repeats (the same two answers shown again, sides swapped).
+        ``chosen_by``: how the two were chosen from more answers (``PairChoice.how``, e.g. "surest"); None
+        when they were shown as they came.
         """
         if verdict not in VERDICTS:
             raise StoreError(f"Unknown verdict {verdict!r}; expected one of {', '.join(VERDICTS)}.")
@@ -192,6 +195,7 @@ class PairQueries(StoreConnection):
                     "source": source,
                     "created_at": timestamp(),
                     **({"repeat_of": repeat_of} if repeat_of is not None else {}),
+                    **({"chosen_by": chosen_by} if chosen_by is not None else {}),
                 },
             )
 
@@ -211,6 +215,7 @@ class PairQueries(StoreConnection):
         edited_side: str | None = None,
         note: str | None = None,
         source: str = "collect",
+        chosen_by: str | None = None,
     ) -> int:
         """Prompt + two generations + the comparison, in one transaction. Returns the comparison id."""
         with self.atomic():
@@ -231,6 +236,7 @@ class PairQueries(StoreConnection):
                 edited_side=edited_side,
                 note=note,
                 source=source,
+                chosen_by=chosen_by,
             )
 
     def _comparison(self, row: dict[str, Any]) -> ComparisonRow:
@@ -248,6 +254,7 @@ class PairQueries(StoreConnection):
             created_at=row["created_at"],
             deleted=bool(row["deleted"]),
             repeat_of=row.get("repeat_of"),
+            chosen_by=row.get("chosen_by"),
         )
 
     def get_comparison(self, comparison_id: int) -> ComparisonRow | None:
@@ -390,6 +397,22 @@ class PairQueries(StoreConnection):
             "SELECT COUNT(*) FROM comparisons WHERE deleted=0 AND (verdict IN ('a','b') OR edited_text IS NOT NULL)"
         ).fetchone()
         return int(row[0])
+
+    def chosen_share(self, comparison_ids: Sequence[int]) -> float:
+        """The share of ``comparison_ids`` (a run's pairs) whose two answers were chosen from more
+        (``chosen_by`` set), deleted ones included: a run learnt from them. 0.0 for none."""
+        ids = sorted({int(i) for i in comparison_ids})
+        if not ids:
+            return 0.0
+        chosen = 0
+        for start in range(0, len(ids), 500):  # SQLite's limit on bound parameters
+            part = ids[start : start + 500]
+            sql = (
+                f"SELECT COUNT(*) FROM comparisons WHERE chosen_by IS NOT NULL "
+                f"AND id IN ({', '.join('?' * len(part))})"
+            )
+            chosen += int(self._conn.execute(sql, part).fetchone()[0])
+        return chosen / len(ids)
 
     def count_comparisons(self, *, include_deleted: bool = False) -> int:
         sql = "SELECT COUNT(*) FROM comparisons" + ("" if include_deleted else " WHERE deleted=0")

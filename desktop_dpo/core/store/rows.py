@@ -112,6 +112,7 @@ class ComparisonRow(NamedTuple):
     created_at: float
     deleted: bool
     repeat_of: int | None = None  # a re-asked pair: the comparison it repeats, shown with its sides swapped
+    chosen_by: str | None = None  # how the pair was chosen from more answers ("surest"); None: as they came
 
 
 class ComparisonView(NamedTuple):

@@ -288,11 +288,19 @@ def _migration_4(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN reply_label_ids TEXT NOT NULL DEFAULT '[]'")
 
 
+def _migration_5(db: sqlite3.Connection) -> None:
+    """``comparisons.chosen_by``: how the pair was chosen from several sampled answers ("surest": by the
+    model's last run, ``pair_selection``); NULL for a pair shown as its two answers came, as every earlier
+    pair was. Collect asks it of a run's pairs before choosing by that run (``Store.chosen_share``)."""
+    db.execute("ALTER TABLE comparisons ADD COLUMN chosen_by TEXT")
+
+
 # Each entry takes the schema from version i to i + 1. Append only; never edit a released one.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migration_1,
     _migration_2,
     _migration_3,
     _migration_4,
+    _migration_5,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
