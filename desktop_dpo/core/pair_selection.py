@@ -44,7 +44,9 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 MIN_DIFFERENCE = 0.2  # word distance under which two answers count as the same answer (see module doc)
-CHOSEN_MAJORITY = 0.5  # a run that learnt from more than this share of chosen pairs does not choose (module doc)
+CHOSEN_MAJORITY = (
+    0.5  # a run that learnt from more than this share of chosen pairs does not choose (module doc)
+)
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 

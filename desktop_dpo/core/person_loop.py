@@ -66,7 +66,7 @@ if TYPE_CHECKING:
     from desktop_dpo.config import AppPaths
     from desktop_dpo.core.llm.engine_pool import EnginePool
     from desktop_dpo.core.llm.generation import GenerationResult
-    from desktop_dpo.core.store import ModelRow, Store
+    from desktop_dpo.core.store import ModelRow, RunRow, Store
 
 PERSON_SOURCE = "person"  # the source of the comparisons a person-workflow run records
 
@@ -156,6 +156,14 @@ def _scorer(store: Store, run_id: int | None) -> Any:
     from desktop_dpo.core.dpo.implicit_reward import ImplicitRewardScorer
 
     return ImplicitRewardScorer.for_run(store, run_id)
+
+
+def shows_as_they_come_after(store: Store, person: PersonSettings, run: RunRow | None) -> bool:
+    """Whether the round after ``run`` (the current model's last) shows its two answers as they come because
+    that run learnt mostly from chosen pairs (``PersonSettings.alternate``, ``pair_selection.keeps_choosing``)."""
+    if not (person.selection and person.alternate and run is not None):
+        return False
+    return not keeps_choosing(store.chosen_share(run.comparison_ids))
 
 
 def show_pair(
@@ -277,12 +285,7 @@ def run_person(
             start = time.perf_counter()
             run = store.get_run(last_run) if last_run is not None else None
             label = run_label(run.id, run.name) if run is not None else ""
-            after_chosen = (
-                person.selection
-                and person.alternate
-                and run is not None
-                and not keeps_choosing(store.chosen_share(run.comparison_ids))
-            )
+            after_chosen = shows_as_they_come_after(store, person, run)
             scorer = _scorer(store, last_run) if person.selection and not after_chosen else None
             ids: list[int] = []
             try:
@@ -292,7 +295,17 @@ def run_person(
                     messages = [{"role": "user", "content": next(prompts)}]
                     left, right, choice, scoring = yield from quiet_job(
                         show_pair(
-                            pool, current, paths, messages, demo, person, rng, cancel, scorer, label, after_chosen
+                            pool,
+                            current,
+                            paths,
+                            messages,
+                            demo,
+                            person,
+                            rng,
+                            cancel,
+                            scorer,
+                            label,
+                            after_chosen,
                         ),
                         store,
                     )

@@ -52,6 +52,7 @@ class ShownPair:
     generation_ids: tuple[int, int] | None = None  # rows already stored (a pair brought back by undo)
     repeat_of: int | None = None  # an earlier pair shown again, sides swapped (core/reask.py): its comparison
     why: str = ""  # why these two answers were shown (collect_selection.py); "" when there is nothing to say
+    chosen_by: str | None = None  # how they were chosen from more answers ("surest"); None: as they came
 
     def generation_on(self, side: int) -> int:
         """The generation shown on screen side ``side`` (0 left, 1 right)."""

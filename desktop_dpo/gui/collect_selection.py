@@ -9,9 +9,11 @@ choose_pair`, the rule the headless loop uses (``person_loop.show_pair``):
 - after a training run of the model (``implicit_reward.latest_scoring_run``): the pair whose implicit-reward
   margin under that run's adapter is largest, the two the run is surest which is better (the person's pick
   confirms it, or corrects it where it is most wrong: the rule that beat random pairs in
-  ``bench/efficacy.py --workflow person``, see docs/ARCHITECTURE.md);
-- before the first run there is nothing to choose by: :meth:`PairSelection.applies` is False, two answers
-  are written as they come (as with the setting off), and the line says so
+  ``bench/efficacy.py --workflow person``, see docs/ARCHITECTURE.md). The pick records how its pair was
+  chosen (``comparisons.chosen_by``);
+- before the first run there is nothing to choose by, and after a run that learnt mostly from chosen pairs
+  the rounds alternate (``pair_selection.keeps_choosing``): :meth:`PairSelection.applies` is False, two
+  answers are written as they come (as with the setting off), and the line says why
   (:meth:`PairSelection.plain_line`);
 - the run cannot be loaded (its adapter deleted, out of memory) or a run is training (its memory is
   training's): the first two of the answers, and the line says why. Collecting never waits on the run.
@@ -38,7 +40,7 @@ import random
 import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from PySide6.QtCore import QCoreApplication, QObject, Slot
 from PySide6.QtWidgets import QCheckBox, QSizePolicy
@@ -46,7 +48,7 @@ from PySide6.QtWidgets import QCheckBox, QSizePolicy
 from desktop_dpo.core.errors import JobCancelled
 from desktop_dpo.core.jobs import CancelToken
 from desktop_dpo.core.llm.generation import GenerationResult, ResponseFinished, TokenEvent
-from desktop_dpo.core.pair_selection import choose_pair, reason_for
+from desktop_dpo.core.pair_selection import choose_pair, keeps_choosing, reason_for
 from desktop_dpo.core.wording import plural
 from desktop_dpo.gui.widgets import styled_label
 from desktop_dpo.workers.job_op import JobOp
@@ -64,7 +66,8 @@ OPTION_KEY = "collect/most_informative_pair"
 OPTION_TEXT = "Show the most informative pair"
 OPTION_TIP = (
     "After a training run, writes 4 answers and shows the two that run is surest about: your pick confirms it "
-    "or corrects it where it is most wrong. Before the first run, and off: 2 answers, shown as they are written."
+    "or corrects it where it is most wrong. Before the first run, after a run that learnt from such chosen "
+    "pairs (so the rounds alternate), and off: 2 answers, shown as they are written."
 )
 TRAIN_RESOURCE = "train"  # training_worker.TRAIN_RESOURCE (not imported: Collect is on the first screen)
 WRITING = f"Writing {CANDIDATES} answers to find the pair that teaches the most…"
@@ -90,6 +93,7 @@ class Chosen:
     results: tuple[GenerationResult, ...]
     reason: str
     problem: str = ""
+    chosen_by: str | None = None  # PairChoice.chosen_by of the pair shown; None when it fell back
 
 
 def load_scorer(store: Store, run_id: int) -> Any:
@@ -153,19 +157,28 @@ class ScorerCache:
         return scorer
 
 
-def _fell_back(reason: str, problem: str = "") -> tuple[int, int, str, str]:
+class Picked(NamedTuple):
+    """What :func:`choose` decided: the two answers to show (indices), the line, what went wrong with the
+    run if anything, and how the two were chosen (``PairChoice.chosen_by``; None when it fell back)."""
+
+    first: int
+    second: int
+    reason: str
+    problem: str = ""
+    chosen_by: str | None = None
+
+
+def _fell_back(reason: str, problem: str = "") -> Picked:
     """The first two answers, as they came (a repeat's two as they are), with ``reason``."""
-    return 0, 1, reason, problem
+    return Picked(0, 1, reason, problem)
 
 
-def _scored(
-    texts: Sequence[str], rewards: Sequence[float], considered: int, label: str
-) -> tuple[int, int, str, str]:
+def _scored(texts: Sequence[str], rewards: Sequence[float], considered: int, label: str) -> Picked:
     if len(texts) == considered:
         choice = choose_pair(texts, rewards, label)
-        return choice.first, choice.second, choice.reason, ""
+        return Picked(choice.first, choice.second, choice.reason, chosen_by=choice.chosen_by)
     # A repeat's two answers: the line a chosen pair of `considered` would have, with their own gap.
-    return 0, 1, reason_for("surest", considered, abs(rewards[0] - rewards[1]), label), ""
+    return Picked(0, 1, reason_for("surest", considered, abs(rewards[0] - rewards[1]), label))
 
 
 def choose(
@@ -176,8 +189,8 @@ def choose(
     texts: Sequence[str],
     cancel: CancelToken,
     considered: int = CANDIDATES,
-) -> Generator[Any, None, tuple[int, int, str, str]]:
-    """Which two of ``texts`` to show, and why (a job step): ``(first, second, line, problem)``.
+) -> Generator[Any, None, Picked]:
+    """Which two of ``texts`` to show, and why (a job step).
 
     ``texts``: the ``considered`` answers written, or a repeat's two (shown as they are, with the line a
     pair chosen from ``considered`` would have). Yields :class:`Choosing` while the run loads and compares.
@@ -230,10 +243,10 @@ def informative_pair(
 
     job = sample_answers(pool, model, paths, messages, settings, CANDIDATES, random.Random(), cancel)
     results = yield from record_model_info(store, job)
-    first, second, reason, problem = yield from choose(
-        store, cache, model.id, messages, [r.text for r in results], cancel
+    picked = yield from choose(store, cache, model.id, messages, [r.text for r in results], cancel)
+    return Chosen(
+        (results[picked.first], results[picked.second]), picked.reason, picked.problem, picked.chosen_by
     )
-    return Chosen((results[first], results[second]), reason, problem)
 
 
 def repeat_choice(
@@ -246,8 +259,8 @@ def repeat_choice(
     texts: list[str],
 ) -> Generator[Any, None, Chosen]:
     """The job after a repeat's answers are played back: compared as a real pair's are, worded alike."""
-    _first, _second, reason, problem = yield from choose(store, cache, model_id, messages, texts, cancel)
-    return Chosen((), reason, problem)
+    picked = yield from choose(store, cache, model_id, messages, texts, cancel)
+    return Chosen((), picked.reason, picked.problem)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -267,6 +280,7 @@ class PairSelection(QObject):
         self.view = view
         self.cache = ScorerCache()
         self.active = False  # a selected pair is being written or chosen
+        self._plain = ""  # why the last pair :meth:`applies` turned down comes as it is
         self._tokens: dict[int, int] = {}  # tokens of each answer so far
         self._written: dict[int, GenerationResult] = {}  # a repeat's answers as played back
         saved = view._settings.value(OPTION_KEY)
@@ -284,17 +298,31 @@ class PairSelection(QObject):
             app.aboutToQuit.connect(self.release)
 
     def applies(self, model: ModelRow, model_b: ModelRow | None) -> bool:
-        """The next pair is selected: the setting is on, both answers come from ``model``, and it has a
-        finished run to compare them with (a quick query of the store)."""
+        """The next pair is selected: the setting is on, both answers come from ``model``, it has a finished
+        run to compare them with, and that run did not learn mostly from chosen pairs (``pair_selection.
+        keeps_choosing``; quick queries of the store). Otherwise :meth:`plain_line` says why not."""
+        self._plain = ""
+        if not (self.option.isChecked() and model_b is None):
+            return False
         from desktop_dpo.core.dpo.implicit_reward import latest_scoring_run  # no torch at import
+        from desktop_dpo.core.dpo.runs import run_label
 
-        on = self.option.isChecked() and model_b is None
-        return on and latest_scoring_run(self.view.store, model.id) is not None
+        store = self.view.store
+        run_id = latest_scoring_run(store, model.id)
+        run = store.get_run(run_id) if run_id is not None else None
+        if run is None:
+            self._plain = reason_for("as_they_come", 2)
+            return False
+        if not keeps_choosing(store.chosen_share(run.comparison_ids)):
+            self._plain = reason_for("after_chosen", 2, run_label=run_label(run.id, run.name))
+            return False
+        return True
 
     def plain_line(self, model_b: ModelRow | None) -> str:
-        """The line for a pair :meth:`applies` turned down: before the model's first run, why its two answers
-        are shown as they come; "" with the setting off or for two models."""
-        return reason_for("as_they_come", 2) if self.option.isChecked() and model_b is None else ""
+        """The line for a pair :meth:`applies` turned down: why its two answers are shown as they come
+        (before the model's first run, or after a run that learnt from chosen pairs); "" with the setting
+        off or for two models."""
+        return self._plain if self.option.isChecked() and model_b is None else ""
 
     @staticmethod
     def writing_line(model: ModelRow) -> str:
@@ -414,6 +442,7 @@ class PairSelection(QObject):
         for generation, result in enumerate(results):
             view._finish_generation(generation, result)
         pair.why = chosen.reason
+        pair.chosen_by = chosen.chosen_by
         self.show(pair)
         self.line.setToolTip(chosen.problem)
         view._on_sample_succeeded(None)

@@ -41,6 +41,7 @@ def save_verdict(store: Store, pair: ShownPair, choice: str) -> SavedVerdict:
                 edited_text=edited_text,
                 edited_side=edited_side,
                 repeat_of=pair.repeat_of,
+                chosen_by=pair.chosen_by,
             )
         else:
             comparison_id = store.record_pair(
@@ -55,6 +56,7 @@ def save_verdict(store: Store, pair: ShownPair, choice: str) -> SavedVerdict:
                 generation_meta_b=generation_meta(results[1]),
                 edited_text=edited_text,
                 edited_side=edited_side,
+                chosen_by=pair.chosen_by,
             )
         comparison = store.get_comparison(comparison_id)
         assert comparison is not None

@@ -194,7 +194,7 @@ def test_a_schema_2_database_upgrades_with_every_row_and_then_recounts_only_chan
         before = old.table_counts()
         views_before = old.comparison_views(include_deleted=True)
     with Store.open(path) as upgraded:
-        assert upgraded.schema_version == SCHEMA_VERSION == 4
+        assert upgraded.schema_version == SCHEMA_VERSION >= 4
         assert upgraded.last_backup is not None and ".v2." in upgraded.last_backup.name
         after = upgraded.table_counts()
         assert {name: after[name] for name in before} == before, "every row of schema 2 is still there"

@@ -7,7 +7,9 @@ import pytest
 from desktop_dpo.core.pair_selection import (
     MIN_DIFFERENCE,
     as_they_come,
+    as_they_come_again,
     choose_pair,
+    keeps_choosing,
     largest_margin,
     most_different,
     smallest_margin,
@@ -126,3 +128,19 @@ def test_the_closest_pair_that_still_differs_is_a_minimal_pair():
         choose_pair(ANSWERS, before_run="longest")
     with pytest.raises(ValueError, match="No rule 'random' for choosing a pair after a run"):
         choose_pair(ANSWERS, [0.0] * 4, after_run="random")
+
+
+def test_the_rounds_alternate_after_a_run_that_learnt_mostly_from_chosen_pairs() -> None:
+    # A run trained on pairs as they came (or on a minority of chosen ones) chooses the next pairs ...
+    assert keeps_choosing(0.0) and keeps_choosing(0.5)
+    # ... one trained mostly on pairs a run chose does not: the next ones come as they are.
+    assert not keeps_choosing(0.51) and not keeps_choosing(1.0)
+    again = as_they_come_again(ANSWERS, "Run 4")
+    assert (again.first, again.second, again.how, again.considered) == (0, 1, "after_chosen", 4)
+    assert again.reason.startswith("Run 4 learnt from pairs chosen by an earlier run")
+    # What a pick records of its pair: chosen by a run, or as it came.
+    assert largest_margin(ANSWERS, [0.9, 0.95, -1.2, 0.5]).chosen_by == "surest"
+    assert smallest_margin(ANSWERS, [0.9, 0.95, -1.2, 0.5]).chosen_by == "margin"
+    assert most_different(ANSWERS).chosen_by == "different"
+    assert again.chosen_by is None and as_they_come(ANSWERS).chosen_by is None
+    assert most_different(ANSWERS[:2]).chosen_by is None  # "only": two answers, nothing chosen

@@ -14,7 +14,8 @@ from desktop_dpo.core.jobs import CancelToken, run_job
 from desktop_dpo.core.llm.engine_pool import EnginePool
 from desktop_dpo.core.models import register_model
 from desktop_dpo.core.pair_selection import choose_pair
-from desktop_dpo.core.person_loop import PersonSettings, show_pair
+from desktop_dpo.core.person_loop import PersonSettings, show_pair, shows_as_they_come_after
+from desktop_dpo.core.store import Store
 
 
 def test_the_budget_is_spread_over_the_rounds_and_adds_up():
@@ -106,3 +107,58 @@ def test_before_any_run_the_selection_shows_two_answers_as_they_come(app_home, s
         show_pair(pool, model, app_home, MESSAGES, DEMO, different, random.Random(3), CancelToken())
     )
     assert choice.how == "different" and choice.considered == 4
+
+
+def test_after_a_run_that_learnt_from_chosen_pairs_two_answers_come_as_they_are(
+    app_home, store, tiny_gguf, pool
+):
+    model = register_model(store, tiny_gguf, name="tiny")
+    scorer = RecordingScorer()
+    person = PersonSettings(selection=True, candidates=4)
+    (left, right, choice, scoring), _ = run_job(
+        show_pair(
+            pool,
+            model,
+            app_home,
+            MESSAGES,
+            DEMO,
+            person,
+            random.Random(3),
+            CancelToken(),
+            scorer,
+            "Run 2",
+            True,
+        )
+    )
+    assert choice.how == "after_chosen" and choice.considered == 2 and choice.chosen_by is None
+    assert choice.reason.startswith("Run 2 learnt from pairs chosen by an earlier run")
+    assert scorer.asked == [] and scoring == 0.0, "nothing compared"
+    plain = PersonSettings(selection=False)
+    (plain_left, plain_right, _, _), _ = run_job(
+        show_pair(pool, model, app_home, MESSAGES, DEMO, plain, random.Random(3), CancelToken())
+    )
+    assert (left.seed, right.seed, left.text) == (plain_left.seed, plain_right.seed, plain_left.text)
+
+
+def test_the_rounds_alternate_by_what_the_last_run_learnt_from(memory_store: Store):
+    def run_of(chosen: list[str | None]) -> int:
+        ids = [
+            memory_store.record_pair(
+                messages=[{"role": "user", "content": f"Q{n} of {len(chosen)}?"}],
+                text_a="a",
+                text_b="b",
+                verdict="a",
+                chosen_by=how,
+            )
+            for n, how in enumerate(chosen)
+        ]
+        return memory_store.create_run(name="r", base_model_id=None, config={}, comparison_ids=ids)
+
+    person = PersonSettings(selection=True)
+    as_they_came = memory_store.get_run(run_of([None, None, "surest"]))  # round 1's pairs, one chosen
+    chosen = memory_store.get_run(run_of(["surest", "surest", None]))  # round 2's, chosen by round 1's run
+    assert not shows_as_they_come_after(memory_store, person, None), "before a run: the before_run rule"
+    assert not shows_as_they_come_after(memory_store, person, as_they_came), "round 2 is chosen"
+    assert shows_as_they_come_after(memory_store, person, chosen), "round 3 comes as it is"
+    assert not shows_as_they_come_after(memory_store, dataclasses.replace(person, alternate=False), chosen)
+    assert not shows_as_they_come_after(memory_store, PersonSettings(selection=False), chosen)

@@ -689,3 +689,22 @@ def test_a_pick_survives_the_process_being_killed_right_after(tmp_path):
         assert (row.verdict, row.a_shown_left, row.note) == ("b", True, "picked just before the crash")
         (view,) = s.comparison_views()
         assert (view.prompt_text, view.text_a, view.text_b) == ("Will this survive?", "Yes.", "No.")
+
+
+def test_a_pick_remembers_how_its_pair_was_chosen_and_older_picks_came_as_they_are(tmp_path):
+    path = tmp_path / "prefs.sqlite"
+    with Store.open(path, migrations=MIGRATIONS[:4]) as old:  # before comparisons.chosen_by
+        earlier = [record(old, f"Old question {n}?", verdict="a") for n in range(3)]
+    with Store.open(path) as s:
+        assert [s.get_comparison(i).chosen_by for i in earlier] == [None] * 3, "as they came, as they did"
+        chosen = [record(s, f"New question {n}?", verdict="b", chosen_by="surest") for n in range(2)]
+        assert s.get_comparison(chosen[0]).chosen_by == "surest"
+        assert s.comparison_views(ids=chosen)[0].comparison.chosen_by == "surest"
+        # The share of a run's pairs that were chosen (what Collect asks before choosing by that run).
+        assert s.chosen_share(earlier) == 0.0 and s.chosen_share([]) == 0.0
+        assert s.chosen_share(chosen) == 1.0
+        assert s.chosen_share([*earlier, *chosen]) == pytest.approx(2 / 5)
+        s.set_comparisons_deleted([chosen[0]])  # a run learnt from it all the same
+        assert s.chosen_share([*chosen, earlier[0]]) == pytest.approx(2 / 3)
+        many = [record(s, f"Question {n}?", verdict="a", chosen_by="surest") for n in range(600)]
+        assert s.chosen_share([*many, *earlier]) == pytest.approx(600 / 603)  # over SQLite's 500 per query

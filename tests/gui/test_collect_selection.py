@@ -66,9 +66,13 @@ def scorer(monkeypatch) -> FakeScorer:
     return fake
 
 
-def finished_run(store: Store, model_id: int, name: str = "first") -> int:
-    """A completed run of ``model_id`` (its adapter is the fake's)."""
-    run_id = store.create_run(name=name, base_model_id=model_id, config={}, comparison_ids=[])
+def finished_run(
+    store: Store, model_id: int, name: str = "first", comparison_ids: list[int] | None = None
+) -> int:
+    """A completed run of ``model_id`` (its adapter is the fake's), trained on ``comparison_ids``."""
+    run_id = store.create_run(
+        name=name, base_model_id=model_id, config={}, comparison_ids=comparison_ids or []
+    )
     store.update_run(run_id, status="completed", finished_at=time.time())
     return run_id
 
@@ -167,6 +171,7 @@ def test_after_a_run_the_pair_it_is_surest_about_is_shown_and_saved(
     key(qtbot, view, "Alt+1")
     (saved,) = gui_store.comparison_views()
     assert (saved.text_a, saved.text_b) == (texts[choice.first], texts[choice.second])
+    assert saved.comparison.chosen_by == "surest", "the pick remembers its pair was chosen"
     seeds = {
         gui_store.get_generation(g).seed
         for g in (saved.comparison.generation_a_id, saved.comparison.generation_b_id)
@@ -217,6 +222,7 @@ def test_before_the_first_run_two_answers_are_written_as_they_come_and_the_line_
     key(qtbot, view, "Alt+1")
     (saved,) = gui_store.comparison_views()
     assert as_shown(saved.text_a, saved.text_b) == shown(view)
+    assert saved.comparison.chosen_by is None
     # With the setting off, no line.
     view.selection.option.setChecked(False)
     qtbot.keyClicks(view.prompt_edit, " Again.")
@@ -284,6 +290,49 @@ def test_a_run_that_cannot_be_loaded_does_not_stop_collecting(
     key(qtbot, view, "Alt+1")
     (saved,) = gui_store.comparison_views()
     assert (saved.text_a, saved.text_b) == (texts[0], texts[1])
+    assert saved.comparison.chosen_by is None, "nothing chose them"
+
+
+def test_after_a_run_that_learnt_from_chosen_pairs_the_next_pairs_come_as_they_are_then_chosen_again(
+    qtbot, gui_store, registry, pool, app_home, tiny_gguf, scorer
+):
+    model = register_model(gui_store, tiny_gguf, name="tiny")
+    view = make_view(qtbot, gui_store, registry, pool, app_home, select=True)
+    chosen = []
+    for number in range(3):  # two of three pairs chosen by an earlier run
+        chosen.append(
+            gui_store.record_pair(
+                messages=[{"role": "user", "content": f"Question {number}?"}],
+                text_a=f"A short answer {number}.",
+                text_b=f"A much longer answer to question {number}.",
+                verdict="a",
+                chosen_by="surest" if number < 2 else None,
+            )
+        )
+    finished_run(gui_store, model.id, "second", comparison_ids=chosen)
+
+    plain = sample_selected(qtbot, view)
+
+    assert plain.finished == {} and scorer.calls == [], (
+        "no selection job: two answers as they come, none compared"
+    )
+    assert all(pane.shown_text() for pane in view.panes)
+    line = view.selection.line
+    assert line.isVisible()
+    assert line.text() == (
+        "Run 1 · second learnt from pairs chosen by an earlier run, so these two answers come as they are: "
+        "the next run learns your taste unfiltered, and the round after shows chosen pairs again."
+    )
+    key(qtbot, view, "Alt+1")
+    unchosen = gui_store.comparison_views()[-1].comparison
+    assert unchosen.chosen_by is None
+    assert gui_store.chosen_share(chosen) == pytest.approx(2 / 3)
+
+    # The next run learns from those pairs as they came: the round after it is chosen again.
+    finished_run(gui_store, model.id, "third", comparison_ids=[unchosen.id, chosen[2]])
+    again = sample_selected(qtbot, view, "Name a colour.")
+    assert len(again.texts()) == 4 and scorer.calls == [again.texts()]
+    assert "Run 2 · third is surest which of these two is better" in line.text()
 
 
 def test_a_repeat_goes_through_the_steps_of_a_chosen_pair(
