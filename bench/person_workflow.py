@@ -158,13 +158,20 @@ def curve_svg(reports: list[dict[str, Any]], width: int = 640, height: int = 300
 
 
 def pick_costs(reports: list[dict[str, Any]], rule: str) -> tuple[float, float]:
-    """What showing a selected pair costs against two answers as they come, per pick, over the rounds after
-    the first (before a run both arms sample 2): ``(sampling 4 answers ÷ sampling 2, sampling 4 and scoring
-    them ÷ sampling 2)``."""
+    """What showing a selected pair costs against two answers as they come, per pick, over the rounds whose
+    pairs the selected arm chose (it scored answers; before a run, and in the round after a run that learnt
+    from chosen pairs, both arms sample 2): ``(sampling 4 answers ÷ sampling 2, sampling 4 and scoring them ÷
+    sampling 2)``."""
+
+    def report(arm: str) -> dict[str, Any]:
+        return next(r for r in reports if r["rule"] == rule and r["arm"] == arm)
+
+    chosen = {p["round"] for p in report("selected")["curve"] if p["seconds"].get("scoring", 0.0) > 0}
 
     def seconds(arm: str, part: str) -> float:
-        report = next(r for r in reports if r["rule"] == rule and r["arm"] == arm)
-        return sum(point["seconds"].get(part, 0.0) for point in report["curve"] if point["round"] > 1)
+        return sum(
+            point["seconds"].get(part, 0.0) for point in report(arm)["curve"] if point["round"] in chosen
+        )
 
     plain = seconds("random", "picks") or float("nan")
     selected, scoring = seconds("selected", "picks"), seconds("selected", "scoring")
