@@ -44,9 +44,8 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 MIN_DIFFERENCE = 0.2  # word distance under which two answers count as the same answer (see module doc)
-CHOSEN_MAJORITY = (
-    0.5  # a run that learnt from more than this share of chosen pairs does not choose (module doc)
-)
+# A run that learnt from more than this share of chosen pairs does not choose the next ones (module doc).
+CHOSEN_MAJORITY = 0.5
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
