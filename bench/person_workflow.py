@@ -5,9 +5,10 @@ Each (rule, arm) runs ``desktop_dpo.core.person_loop.run_person`` in a home fold
 model is unpacked once and copied in): ``random`` shows two answers as they come; ``selected`` does too
 before the first run (so round 1 is the same in both arms: a check that the run is repeatable), then
 samples four and shows the pair ``pair_selection`` chooses, except after a run that learnt mostly from
-chosen pairs, when two come as they are again (``--keep-choosing`` chooses then too). Each round adds a point to the curve (win rate
-of the current model over the base on the held-out prompts, judged blind by the same rule, against picks
-so far). Ties and "both bad" picks count against the budget: they are the person's time too.
+chosen pairs, when two come as they are again (``--keep-choosing`` chooses then too). Each round adds a
+point to the curve (win rate of the current model over the base on the held-out prompts, judged blind by
+the same rule, against picks so far). Ties and "both bad" picks count against the budget: they are the
+person's time too.
 
 Prints, per arm, the curve and a headline:
     efficacy: workflow=person rule=.. arm=.. picks=.. win_rate=.. ci_low=.. ci_high=.. n=.. ties=.. both_bad=..
