@@ -12,9 +12,8 @@ choose_pair`, the rule the headless loop uses (``person_loop.show_pair``):
   ``bench/efficacy.py --workflow person``, see docs/ARCHITECTURE.md). The pick records how its pair was
   chosen (``comparisons.chosen_by``);
 - before the first run there is nothing to choose by, and after a run that learnt mostly from chosen pairs
-  the rounds alternate (``pair_selection.keeps_choosing``): :meth:`PairSelection.applies` is False, two
-  answers are written as they come (as with the setting off), and the line says why
-  (:meth:`PairSelection.plain_line`);
+  the rounds alternate (``pair_selection.keeps_choosing``): :meth:`PairSelection.applies` says no, two
+  answers are written as they come (as with the setting off), and gives the line that says why;
 - the run cannot be loaded (its adapter deleted, out of memory) or a run is training (its memory is
   training's): the first two of the answers, and the line says why. Collecting never waits on the run.
 
@@ -280,7 +279,6 @@ class PairSelection(QObject):
         self.view = view
         self.cache = ScorerCache()
         self.active = False  # a selected pair is being written or chosen
-        self._plain = ""  # why the last pair :meth:`applies` turned down comes as it is
         self._tokens: dict[int, int] = {}  # tokens of each answer so far
         self._written: dict[int, GenerationResult] = {}  # a repeat's answers as played back
         saved = view._settings.value(OPTION_KEY)
@@ -297,13 +295,16 @@ class PairSelection(QObject):
         if app is not None:
             app.aboutToQuit.connect(self.release)
 
-    def applies(self, model: ModelRow, model_b: ModelRow | None) -> bool:
-        """The next pair is selected: the setting is on, both answers come from ``model``, it has a finished
-        run to compare them with, and that run did not learn mostly from chosen pairs (``pair_selection.
-        keeps_choosing``; quick queries of the store). Otherwise :meth:`plain_line` says why not."""
-        self._plain = ""
+    def applies(self, model: ModelRow, model_b: ModelRow | None) -> tuple[bool, str]:
+        """Whether the next pair is selected, and if not, the line that says why its two answers come as they
+        are ("" with the setting off or for two models).
+
+        Selected: the setting is on, both answers come from ``model``, it has a finished run to compare them
+        with, and that run did not learn mostly from chosen pairs (``pair_selection.keeps_choosing``; quick
+        queries of the store). Otherwise the line says which: before the model's first run, or after a run
+        that learnt from chosen pairs."""
         if not (self.option.isChecked() and model_b is None):
-            return False
+            return False, ""
         from desktop_dpo.core.dpo.implicit_reward import latest_scoring_run  # no torch at import
         from desktop_dpo.core.dpo.runs import run_label
 
@@ -311,18 +312,10 @@ class PairSelection(QObject):
         run_id = latest_scoring_run(store, model.id)
         run = store.get_run(run_id) if run_id is not None else None
         if run is None:
-            self._plain = reason_for("as_they_come", 2)
-            return False
+            return False, reason_for("as_they_come", 2)
         if not keeps_choosing(store.chosen_share(run.comparison_ids)):
-            self._plain = reason_for("after_chosen", 2, run_label=run_label(run.id, run.name))
-            return False
-        return True
-
-    def plain_line(self, model_b: ModelRow | None) -> str:
-        """The line for a pair :meth:`applies` turned down: why its two answers are shown as they come
-        (before the model's first run, or after a run that learnt from chosen pairs); "" with the setting
-        off or for two models."""
-        return self._plain if self.option.isChecked() and model_b is None else ""
+            return False, reason_for("after_chosen", 2, run_label=run_label(run.id, run.name))
+        return True, ""
 
     @staticmethod
     def writing_line(model: ModelRow) -> str:

@@ -482,10 +482,10 @@ class CollectView(SingleModelView):
             if model_b is None:
                 return False
         also = f" and {model_b.name}" if model_b else ""
-        select = self.selection.applies(model_a, model_b)  # 4 answers, 2 shown (collect_selection.py)
+        # 4 answers, 2 shown (collect_selection.py); if not, a line that may say why the 2 come as they are
+        select, plain_line = self.selection.applies(model_a, model_b)
         writing = f"Writing two answers with {model_a.name}{also}… Esc stops."
         writing = self.selection.writing_line(model_a) if select else writing
-        plain_line = "" if select else self.selection.plain_line(model_b)  # says why it comes as it is
         if (repeat := self.reasker.repeat_now(self.store, model_a.id, self.prompt_editor)) is not None:
             repeat.why = plain_line
             return self._show_repeat(repeat, writing, select)
