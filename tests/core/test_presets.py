@@ -25,6 +25,7 @@ from desktop_dpo.core.dpo.config import (
     DeviceInfo,
     ModelShape,
     default_preset,
+    detect_device,
     model_shape,
     preset_for,
     smaller_settings,
@@ -137,6 +138,15 @@ def test_the_cpu_gets_full_precision_and_the_device_decides():
     busy = DeviceInfo("cuda", "NVIDIA RTX 4090", memory_bytes=24 * GIB, free_bytes=6 * GIB)
     assert default_preset(busy, SEVEN_B) == preset_for(6 * GIB, 24 * GIB, SEVEN_B)
     assert default_preset(DeviceInfo("cpu", "CPU", None), SEVEN_B).config == CPU_PRESET
+
+
+@pytest.mark.parametrize(("threads", "name"), [(1, "CPU (1 thread)"), (6, "CPU (6 threads)")])
+def test_the_cpu_is_named_with_its_threads(monkeypatch, threads, name):
+    # Train's note reads "Settings for CPU (1 thread): …" on a one-core machine or VM.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    assert detect_device() == DeviceInfo("cpu", name, None)
 
 
 def test_out_of_memory_suggestion_keeps_the_pairs_per_step():

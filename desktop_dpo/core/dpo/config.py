@@ -214,7 +214,8 @@ def detect_device() -> DeviceInfo:
     mps = getattr(torch.backends, "mps", None)
     if mps is not None and mps.is_available():
         return DeviceInfo("mps", "Apple GPU (MPS)", None)
-    return DeviceInfo("cpu", f"CPU ({torch.get_num_threads()} threads)", None)
+    threads = torch.get_num_threads()
+    return DeviceInfo("cpu", f"CPU ({threads} thread{'' if threads == 1 else 's'})", None)
 
 
 @dataclass(frozen=True)
