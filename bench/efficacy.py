@@ -71,6 +71,12 @@ def main() -> None:
         help="person, selected pairs: choose by every run, also one that learnt from chosen pairs (the app "
         "shows the round after such a run as it comes)",
     )
+    parser.add_argument(
+        "--sft-weight",
+        type=float,
+        default=2.0,
+        help="person: the SFT term's weight in every round (the workflow's 2.0; the demo's is 1.0)",
+    )
     args = parser.parse_args()
     if args.workflow == "person":
         from person_workflow import run_person_bench

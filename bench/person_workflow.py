@@ -63,6 +63,7 @@ def run_arm(home: Path, rule_name: str, selection: bool, args: Any, start: float
         before_run=args.before_run,
         after_run=args.after_run,
         alternate=not args.keep_choosing,
+        sft_weight=args.sft_weight,
     )
     arm = "selected" if selection else "random"
 

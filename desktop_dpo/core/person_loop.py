@@ -17,7 +17,7 @@ played against the worst of each kind. Here each prompt costs one pick, as in Co
                    after a run that learnt mostly from chosen pairs, two answers as they come again
                    (``alternate``: the rounds alternate, ``pair_selection.keeps_choosing``).
     3 train      the round's pairs, from the current model (the Train view's run of that model: the pairs
-                 sampled from it), with the demo's settings
+                 sampled from it), with the demo's settings but a stronger SFT term (``sft_weight``)
     4 export     Q4_K_M on the base's grid: the next round's current model
     5 evaluate   base against the current model on the held-out prompts, judged blind by the same rule:
                  one point of the curve (win rate against picks so far)
@@ -86,6 +86,9 @@ class PersonSettings:
     # After a run that learnt mostly from chosen pairs, show the next round's two answers as they come
     # (pair_selection.keeps_choosing); False: choose by every run (the bench's --keep-choosing).
     alternate: bool = True
+    # The SFT term on the chosen answers, in every round (the demo's is 1.0). From 50 picks a round, the
+    # demo's weight let a round undo the last one: shorter_wins' third round fell back from 81% to 73%.
+    sft_weight: float = 2.0
 
     def validated(self) -> PersonSettings:
         """Self, or a :class:`DesktopDpoError` naming the setting that cannot work."""
@@ -97,7 +100,13 @@ class PersonSettings:
             check_rules(self.before_run, self.after_run)
         except ValueError as exc:
             raise DesktopDpoError(str(exc)) from None
+        if not 0 <= self.sft_weight <= 10:
+            raise DesktopDpoError(f"The SFT weight must be between 0 and 10, not {self.sft_weight}.")
         return self
+
+    def training(self, demo: DemoSettings) -> DemoSettings:
+        """``demo`` with this workflow's training: the demo's settings and its own SFT weight."""
+        return dataclasses.replace(demo, train_changes=(*demo.train_changes, ("sft_weight", self.sft_weight)))
 
     def round_budgets(self) -> list[int]:
         """Picks per round: ``picks`` spread as evenly as they go, the later rounds taking any extra."""
@@ -326,7 +335,7 @@ def run_person(
             run_id = None
             if ids:
                 start = time.perf_counter()
-                run_id = yield from train_round(store, paths, current, ids, demo, cancel)
+                run_id = yield from train_round(store, paths, current, ids, person.training(demo), cancel)
                 seconds["train"] = time.perf_counter() - start
                 start = time.perf_counter()
                 current, _gguf, _folder = yield from export_round(store, paths, run_id, demo, cancel)
@@ -351,5 +360,5 @@ def run_person(
         curve=tuple(curve),
         verdicts=dict(verdicts),
         hows=dict(hows),
-        settings={"demo": demo.to_dict(), "person": person.to_dict()},
+        settings={"demo": person.training(demo).to_dict(), "person": person.to_dict()},
     )
