@@ -77,6 +77,13 @@ def main() -> None:
         default=2.0,
         help="person: the SFT term's weight in every round (the workflow's 2.0; the demo's is 1.0)",
     )
+    parser.add_argument(
+        "--train",
+        default="workflow",
+        choices=("workflow", "app"),
+        help="person: train each round with the workflow's settings (the demo's, with --sft-weight) or with "
+        "what the Train view fills in for a new run on this machine (its preset, untouched)",
+    )
     args = parser.parse_args()
     if args.workflow == "person":
         from person_workflow import run_person_bench

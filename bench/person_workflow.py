@@ -8,7 +8,8 @@ samples four and shows the pair ``pair_selection`` chooses, except after a run t
 chosen pairs, when two come as they are again (``--keep-choosing`` chooses then too). Each round adds a
 point to the curve (win rate of the current model over the base on the held-out prompts, judged blind by
 the same rule, against picks so far). Ties and "both bad" picks count against the budget: they are the
-person's time too.
+person's time too. Each round trains with the workflow's settings (the demo's, with ``--sft-weight``), or
+with ``--train app`` with what the Train view fills in for a new run on this machine (its preset).
 
 Prints, per arm, the curve and a headline:
     efficacy: workflow=person rule=.. arm=.. picks=.. win_rate=.. ci_low=.. ci_high=.. n=.. ties=.. both_bad=..
@@ -19,6 +20,7 @@ Writes bench/out/person_workflow.json and the curve as bench/out/person_curve.sv
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -56,6 +58,12 @@ def run_arm(home: Path, rule_name: str, selection: bool, args: Any, start: float
 
     paths = AppPaths(data_dir=home / "data", log_dir=home / "logs").ensure()
     demo = DemoSettings(seed=args.seed, rule=RULES[rule_name]())
+    sft_weight = args.sft_weight
+    if args.train == "app":  # the Train view's form for a new run, as it comes: this machine's preset
+        from desktop_dpo.core.dpo.config import default_config
+
+        demo = dataclasses.replace(demo, train=default_config())
+        sft_weight = demo.train_config().sft_weight
     person = PersonSettings(
         picks=args.picks,
         rounds=args.rounds,
@@ -63,7 +71,7 @@ def run_arm(home: Path, rule_name: str, selection: bool, args: Any, start: float
         before_run=args.before_run,
         after_run=args.after_run,
         alternate=not args.keep_choosing,
-        sft_weight=args.sft_weight,
+        sft_weight=sft_weight,
     )
     arm = "selected" if selection else "random"
 
