@@ -74,8 +74,8 @@ def main() -> None:
     parser.add_argument(
         "--sft-weight",
         type=float,
-        default=2.0,
-        help="person: the SFT term's weight in every round (the workflow's 2.0; the demo's is 1.0)",
+        default=1.0,
+        help="person: the SFT term's weight in every round (the demo's: 1.0)",
     )
     parser.add_argument(
         "--train",

@@ -17,7 +17,7 @@ played against the worst of each kind. Here each prompt costs one pick, as in Co
                    after a run that learnt mostly from chosen pairs, two answers as they come again
                    (``alternate``: the rounds alternate, ``pair_selection.keeps_choosing``).
     3 train      the round's pairs, from the current model (the Train view's run of that model: the pairs
-                 sampled from it), with the demo's settings but a stronger SFT term (``sft_weight``)
+                 sampled from it), with the demo's settings (``sft_weight`` can change its SFT term)
     4 export     Q4_K_M on the base's grid: the next round's current model
     5 evaluate   base against the current model on the held-out prompts, judged blind by the same rule:
                  one point of the curve (win rate against picks so far)
@@ -86,9 +86,9 @@ class PersonSettings:
     # After a run that learnt mostly from chosen pairs, show the next round's two answers as they come
     # (pair_selection.keeps_choosing); False: choose by every run (the bench's --keep-choosing).
     alternate: bool = True
-    # The SFT term on the chosen answers, in every round (the demo's is 1.0). From 50 picks a round, the
-    # demo's weight let a round undo the last one: shorter_wins' third round fell back from 81% to 73%.
-    sft_weight: float = 2.0
+    # The SFT term on the chosen answers, in every round: the demo's 1.0. (2.0 lifted one third round of
+    # shorter_wins from 73% to 88%, but in every round it gave 69% → 73% → 69%: docs, the decisions table.)
+    sft_weight: float = 1.0
 
     def validated(self) -> PersonSettings:
         """Self, or a :class:`DesktopDpoError` naming the setting that cannot work."""

@@ -37,12 +37,12 @@ def test_settings_that_cannot_work_are_refused():
         PersonSettings(sft_weight=-1).validated()
 
 
-def test_every_round_trains_with_the_workflows_sft_term_on_the_demos_settings():
+def test_every_round_trains_with_the_demos_settings_and_the_workflows_sft_term():
     demo = DemoSettings(train_changes=(("epochs", 1),))
-    config = PersonSettings().training(demo).train_config()
+    assert PersonSettings().training(demo).train_config() == demo.train_config(), "the demo's, by default"
+    config = PersonSettings(sft_weight=2.0).training(demo).train_config()
     assert config.sft_weight == 2.0 and demo.train_config().sft_weight == 1.0, "the demo keeps its own"
     assert config.replace(sft_weight=1.0) == demo.train_config(), "nothing else changes"
-    assert PersonSettings(sft_weight=0.5).training(demo).train_config().sft_weight == 0.5
 
 
 @pytest.fixture
