@@ -80,9 +80,10 @@ def main() -> None:
     parser.add_argument(
         "--train",
         default="workflow",
-        choices=("workflow", "app"),
-        help="person: train each round with the workflow's settings (the demo's, with --sft-weight) or with "
-        "what the Train view fills in for a new run on this machine (its preset, untouched)",
+        choices=("workflow", "app", "preset"),
+        help="person: train each round with the workflow's settings (the demo's, with --sft-weight), with what "
+        "the Train view fills in for a new run on a round's picks on this machine (app), or with this "
+        "machine's preset alone (preset: the Train view before it sized runs on a few pairs)",
     )
     args = parser.parse_args()
     if args.workflow == "person":

@@ -9,7 +9,8 @@ chosen pairs, when two come as they are again (``--keep-choosing`` chooses then 
 point to the curve (win rate of the current model over the base on the held-out prompts, judged blind by
 the same rule, against picks so far). Ties and "both bad" picks count against the budget: they are the
 person's time too. Each round trains with the workflow's settings (the demo's, with ``--sft-weight``), or
-with ``--train app`` with what the Train view fills in for a new run on this machine (its preset).
+with ``--train app`` with what the Train view fills in for a new run on this machine (its preset, sized for a
+round's pairs; ``--train preset``: the preset alone).
 
 Prints, per arm, the curve and a headline:
     efficacy: workflow=person rule=.. arm=.. picks=.. win_rate=.. ci_low=.. ci_high=.. n=.. ties=.. both_bad=..
@@ -59,11 +60,14 @@ def run_arm(home: Path, rule_name: str, selection: bool, args: Any, start: float
     paths = AppPaths(data_dir=home / "data", log_dir=home / "logs").ensure()
     demo = DemoSettings(seed=args.seed, rule=RULES[rule_name]())
     sft_weight = args.sft_weight
-    if args.train == "app":  # the Train view's form for a new run, as it comes: this machine's preset
-        from desktop_dpo.core.dpo.config import default_config
+    if args.train != "workflow":  # the Train view's form for a new run, as it comes: this machine's preset
+        from desktop_dpo.core.dpo.config import default_config, sized_for_pairs
 
-        demo = dataclasses.replace(demo, train=default_config())
-        sft_weight = demo.train_config().sft_weight
+        train = default_config()
+        if args.train == "app":  # sized for a round's pairs (fewer than its picks), as the view sizes it
+            train, _why = sized_for_pairs(train, args.picks // args.rounds)
+        demo = dataclasses.replace(demo, train=train)
+        sft_weight = train.sft_weight
     person = PersonSettings(
         picks=args.picks,
         rounds=args.rounds,

@@ -332,6 +332,7 @@ _TRAIN_OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("grad_accum", int, "forward passes per optimizer step"),
     ("lr", float, "peak learning rate"),
     ("beta", float, "DPO beta: how strongly the model is held near the reference"),
+    ("sft_weight", float, "weight of an SFT term on the chosen answers (0 = off)"),
     ("orpo_lambda", float, "ORPO: weight of the preference next to learning the chosen answers"),
     ("simpo_beta", float, "SimPO: how sharply the two answers are separated"),
     ("simpo_gamma", float, "SimPO: the margin the chosen answer must lead by"),
@@ -413,9 +414,9 @@ def _cmd_train(args: argparse.Namespace, paths: AppPaths) -> int:
     """``desktop-dpo train``: a new run from a model's usable pairs, or ``--resume RUN_ID``."""
     from desktop_dpo.cli_progress import TrainProgress
     from desktop_dpo.core.dpo.checkpoint import run_folder
-    from desktop_dpo.core.dpo.config import default_config, parse_reference
+    from desktop_dpo.core.dpo.config import default_config, parse_reference, sized_for_pairs
     from desktop_dpo.core.dpo.run_lock import RunBusyError, run_is_busy
-    from desktop_dpo.core.dpo.runs import create_run_for_model, model_pair_ids, resume_settings
+    from desktop_dpo.core.dpo.runs import create_run_for_model, model_pair_ids, plan_run, resume_settings
     from desktop_dpo.core.dpo.train import recorded_training
     from desktop_dpo.core.errors import JobCancelled
     from desktop_dpo.core.jobs import drive
@@ -433,7 +434,8 @@ def _cmd_train(args: argparse.Namespace, paths: AppPaths) -> int:
             else:
                 # Settings first: a typo is reported before anything else is looked at or made.
                 parse_reference(args.reference)
-                config = default_config().replace(**_train_overrides(args))
+                preset, overrides = default_config(), _train_overrides(args)
+                config = preset.replace(**overrides)
                 models = store.list_models()
                 model = next((m for m in models if str(m.id) == args.model), None) or next(
                     (m for m in models if m.name == args.model), None
@@ -447,6 +449,12 @@ def _cmd_train(args: argparse.Namespace, paths: AppPaths) -> int:
                     return _fail(
                         f"{model.name} has no usable pairs yet: pick A or B in some comparisons first."
                     )
+                # As the Train view fills its form: the preset sized for the pairs, then the options given.
+                train_pairs = plan_run(store, model.id, config).train_pairs
+                sized, why = sized_for_pairs(preset.replace(loss_type=config.loss_type), train_pairs)
+                if why:
+                    config = sized.replace(**overrides)
+                    print(why, file=sys.stderr)
                 run_id = create_run_for_model(
                     store, model, config, name=args.name, reference=args.reference,
                     comparison_ids=comparison_ids,

@@ -35,3 +35,34 @@ def test_an_orpo_run_from_the_command_line_takes_its_weight_and_no_reference(hom
         assert run.status == "completed", run.error
         assert (run.config["loss_type"], run.config["orpo_lambda"]) == ("orpo", 0.3)
         assert store.table_counts().get("reference_logps", 0) == 0  # ORPO never computed a reference
+
+
+def test_a_dpo_run_on_a_few_picks_gets_the_settings_the_train_view_fills_in(home_with_pairs, capsys):
+    # 8 picks, 6 to train on: as in the Train view, an SFT term and a higher learning rate, each option given
+    # on the command line still winning (here the batch and the accumulation).
+    assert cli.main(["train", "--model", "tiny", "--epochs", "1", *TRAIN_OPTIONS]) == cli.EXIT_OK
+    err = capsys.readouterr().err
+    assert "With 6 training pairs, 8 pairs per update instead, a learning rate of 0.0002" in err
+    with Store.open(AppPaths.default().db_path) as store:
+        run = store.get_run(1)
+    assert run.status == "completed", run.error
+    assert (run.config["sft_weight"], run.config["lr"]) == (1.0, 2e-4)
+    assert (run.config["batch_size"], run.config["grad_accum"], run.config["epochs"]) == (2, 1, 1)
+    # Asked for, the command line's own learning rate and SFT weight are kept.
+    command = [
+        "train",
+        "--model",
+        "tiny",
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-3",
+        "--sft-weight",
+        "0",
+        *TRAIN_OPTIONS,
+    ]
+    assert cli.main(command) == cli.EXIT_OK
+    capsys.readouterr()
+    with Store.open(AppPaths.default().db_path) as store:
+        run = store.get_run(2)
+    assert (run.config["sft_weight"], run.config["lr"]) == (0.0, 1e-3)

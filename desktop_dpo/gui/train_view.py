@@ -34,7 +34,14 @@ from PySide6.QtGui import QShowEvent
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QSplitter
 
 from desktop_dpo.core.dpo import events
-from desktop_dpo.core.dpo.config import DeviceInfo, TrainConfig, TrainingError, preset_for, smaller_settings
+from desktop_dpo.core.dpo.config import (
+    DeviceInfo,
+    TrainConfig,
+    TrainingError,
+    preset_for,
+    sized_for_pairs,
+    smaller_settings,
+)
 from desktop_dpo.core.dpo.pair_counts import (
     PAIRS_EXPLAINED,
     SPLIT_EXPLAINED,
@@ -130,6 +137,7 @@ class TrainView(PageView):
         self._phase = "idle"  # idle | loading | training | stopping
         self._detecting: JobOp | None = None
         self.preset: DevicePreset | None = None
+        self._preset_note = ""  # why the preset's settings, before any change for the pairs
         self._detecting_for: int | None = None  # the model id the running detection sizes the preset for
         self._plan: RunPlan | None = None
         self._labels: LabelPlan | None = None  # a KTO run: its labelled answers (train_readiness.py)
@@ -316,24 +324,30 @@ class TrainView(PageView):
             self.pairs_note.setText(
                 plan_text(counts, plan.prompts, plan.train_pairs, plan.heldout_pairs, plan.heldout_prompts)
             )
+        if not self.detecting():  # more pairs since the preset came may mean other settings
+            self._fill_from_preset()
         self._update_actions()
 
     # ---------------------------------------------------------------- settings and the device preset
 
     def set_settings(self, config: TrainConfig) -> None:
         """Put ``config`` on the form as the person's choice (a device preset arriving later keeps it)."""
+        self.settings_form.touched = True  # first: what the form's change re-counts must not refill it
         self.settings_form.set_settings(config)
-        self.settings_form.touched = True
 
     def settings(self) -> TrainConfig:
         """The settings on the form (raises ``TrainingError`` when they cannot work)."""
         return self.settings_form.settings()
 
     def _split_config(self) -> TrainConfig:
+        return self._form_settings() or TrainConfig()
+
+    def _form_settings(self) -> TrainConfig | None:
+        """The settings on the form; None when they cannot work."""
         try:
             return self.settings_form.settings()
         except TrainingError:
-            return TrainConfig()
+            return None
 
     def _current_plan_key(self) -> tuple[object, ...]:
         # Only the model, the held-out share, the seed and the loss (KTO's labels) change the counts.
@@ -391,12 +405,8 @@ class TrainView(PageView):
         where = device.name
         if device.kind == "cuda" and device.memory_bytes:
             where = f"{device.name} ({device.memory_bytes / 1024**3:.0f} GB)"
-        note = f"Settings for {where}: {preset.reason}"
-        if self.settings_form.touched:
-            note += " Your changes were kept."
-        else:
-            self.settings_form.set_settings(preset.config)
-        self.preset_note.setText(note)
+        self._preset_note = f"Settings for {where}: {preset.reason}"
+        self._fill_from_preset()
         current = self.current_model()
         if (current.id if current is not None else None) != preset.model_id:
             self.detect_device()  # the model changed while detecting
@@ -411,14 +421,27 @@ class TrainView(PageView):
         self.preset = DevicePreset(
             DeviceInfo("cpu", "the CPU", None), cpu.config, reason=cpu.reason, model_id=self._detecting_for
         )
-        if not self.settings_form.touched:
-            self.settings_form.set_settings(self.preset.config)
-        self.preset_note.setText(
+        self._preset_note = (
             "Could not detect a GPU"
             + (f" ({message})" if message else "")
             + "; settings for the CPU are shown."
         )
+        self._fill_from_preset()
         self._update_actions()
+
+    def _fill_from_preset(self) -> None:
+        """The preset, sized for the chosen model's training pairs, on the form unless the person edited it;
+        the note says why (``sized_for_pairs``: a run on a few picks gets the settings that learn most)."""
+        if self.preset is None:
+            return
+        pairs = self._plan.train_pairs if self._plan is not None else None
+        config, sized = sized_for_pairs(self.preset.config, pairs)
+        note = f"{self._preset_note} {sized}" if sized else self._preset_note
+        if self.settings_form.touched:
+            note += " Your changes were kept."
+        elif config != self._form_settings():
+            self.settings_form.set_settings(config)
+        self.preset_note.setText(note)
 
     # ---------------------------------------------------------------- starting, stopping, resuming
 

@@ -28,6 +28,7 @@ from desktop_dpo.core.dpo.config import (
     detect_device,
     model_shape,
     preset_for,
+    sized_for_pairs,
     smaller_settings,
     training_memory,
 )
@@ -147,6 +148,27 @@ def test_the_cpu_is_named_with_its_threads(monkeypatch, threads, name):
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     assert detect_device() == DeviceInfo("cpu", name, None)
+
+
+def test_a_run_on_a_few_pairs_makes_more_updates_with_an_sft_term():
+    gpu = preset_for(20 * GIB, 24 * GIB, HALF_B).config
+    assert gpu.batch_size == 16
+    for preset in (CPU_PRESET, gpu):
+        sized, why = sized_for_pairs(preset, 45)
+        # 45 pairs at 16 per update were 3 updates an epoch: now 6, each larger, and the chosen answers learnt.
+        assert (sized.pairs_per_step, sized.lr, sized.sft_weight) == (8, 2e-4, 1.0)
+        assert sized.batch_size <= preset.batch_size, "never more memory than the preset"
+        assert why == (
+            "With 45 training pairs, 8 pairs per update instead, a learning rate of 0.0002 and an SFT term on "
+            "your chosen answers: they learn more from a few picks."
+        )
+        assert sized_for_pairs(preset, 399)[0] == sized
+    # Many pairs, none yet, an unknown count, or a loss without an SFT term: the preset as it is.
+    for pairs in (400, 5000, 0, None):
+        assert sized_for_pairs(CPU_PRESET, pairs) == (CPU_PRESET, "")
+    orpo = CPU_PRESET.replace(loss_type="orpo")
+    assert sized_for_pairs(orpo, 45) == (orpo, "")
+    assert sized_for_pairs(CPU_PRESET, 1)[1].startswith("With 1 training pair, ")
 
 
 def test_out_of_memory_suggestion_keeps_the_pairs_per_step():

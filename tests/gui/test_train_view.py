@@ -503,6 +503,47 @@ def test_the_preset_is_sized_for_the_chosen_model_and_says_why(
     assert view.settings() == view.preset.config  # untouched form: the new preset fills it
 
 
+def is_sized_for_a_few_pairs(shown: TrainConfig, preset: TrainConfig) -> bool:
+    """``shown`` is ``preset`` with 8 pairs per update, learning rate 2e-4 and an SFT term, nothing else."""
+    return (
+        (shown.pairs_per_step, shown.lr, shown.sft_weight) == (8, 2e-4, 1.0)
+        and shown.batch_size <= preset.batch_size
+        and shown.replace(
+            lr=preset.lr, sft_weight=0.0, batch_size=preset.batch_size, grad_accum=preset.grad_accum
+        )
+        == preset
+    )
+
+
+def test_a_run_on_a_few_picks_gets_the_settings_that_learn_more_from_them_and_says_so(
+    qtbot, gui_store, registry, app_home, model
+):
+    add_pairs(gui_store)  # 12 picks, one prompt held out
+    view = make_view(qtbot, gui_store, registry, app_home, config=None)
+    assert is_sized_for_a_few_pairs(view.settings(), view.preset.config)
+    note = view.preset_note.text()
+    assert note.startswith("Settings for ") and (
+        "With 11 training pairs, 8 pairs per update instead, a learning rate of 0.0002 and an SFT term on your"
+        in note
+    )
+    assert view.settings_form.editors["sft_weight"].value() == 1.0  # on the form, where it can be changed
+
+    # Hundreds of picks later the preset's own settings come back (the form was not touched).
+    add_pairs(gui_store, [f"topic number {n}" for n in range(450)])
+    view.hide()
+    view.show()
+    assert view.settings() == view.preset.config and "training pairs" not in view.preset_note.text()
+
+    # The person's own settings are never changed by the count.
+    view.settings_form.editors["epochs"].setValue(3)
+    with gui_store.db.conn:  # back to the 12 picks: the count alone would size the settings again
+        gui_store.db.execute("DELETE FROM comparisons WHERE id > 12")
+    view.hide()
+    view.show()
+    assert view.settings().epochs == 3 and view.settings().sft_weight == 0.0
+    assert "Your changes were kept" in view.preset_note.text()
+
+
 def test_start_and_the_settings_wait_for_the_gpu_check_so_the_form_shows_what_runs(
     qtbot, gui_store, registry, app_home, model, monkeypatch, tmp_path
 ):
@@ -529,7 +570,8 @@ def test_start_and_the_settings_wait_for_the_gpu_check_so_the_form_shows_what_ru
         detection.release()
     qtbot.waitUntil(lambda: view.preset is not None, timeout=WAIT_MS)
     assert view.preset_note.text().startswith("Settings for ")
-    assert view.settings() == view.preset.config  # what the form shows is the preset, and what Start runs
+    # What the form shows is the preset, for a run on a few pairs (see the test below), and what Start runs.
+    assert is_sized_for_a_few_pairs(view.settings(), view.preset.config)
     assert view.settings_form.isEnabled() and view.start_button.isEnabled()
     assert not view.start_reason.isVisible()
 

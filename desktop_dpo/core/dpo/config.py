@@ -471,6 +471,36 @@ def default_config(device: DeviceInfo | None = None, shape: ModelShape | None = 
     return default_preset(device, shape).config
 
 
+# Below this many training pairs a run takes the settings measured on a few picks (see sized_for_pairs).
+FEW_PAIRS = 400
+FEW_PAIRS_CHANGES: dict[str, Any] = {"lr": 2e-4, "sft_weight": 1.0}
+FEW_PAIRS_PER_UPDATE = 8
+
+
+def sized_for_pairs(config: TrainConfig, train_pairs: int | None) -> tuple[TrainConfig, str]:
+    """``config`` (a preset) for a run on ``train_pairs`` training pairs, and a sentence saying what changed
+    ("" when nothing did: many pairs, none yet, an unknown count, or a loss without an SFT term).
+
+    Fewer than :data:`FEW_PAIRS`: 8 pairs per update instead of 16 (twice the updates; the batch only ever
+    shrinks, so it still fits), a learning rate of 2e-4 and an SFT term on the chosen answers (weight 1). These
+    are the demo's settings, measured from 40 to 330 pairs a round (``bench/efficacy.py``); the preset alone
+    made 6 small updates of 45 pairs and learnt less from the same picks (docs/ARCHITECTURE.md, decisions).
+    """
+    if not train_pairs or train_pairs >= FEW_PAIRS or config.loss_type not in ("sigmoid", "ipo", "hinge"):
+        return config, ""
+    batch = min(config.batch_size, FEW_PAIRS_PER_UPDATE)
+    sized = config.replace(
+        batch_size=batch, grad_accum=max(1, FEW_PAIRS_PER_UPDATE // batch), **FEW_PAIRS_CHANGES
+    )
+    if sized == config:
+        return config, ""
+    return sized, (
+        f"With {train_pairs} training pair{'' if train_pairs == 1 else 's'}, {sized.pairs_per_step} pairs per "
+        f"update instead, a learning rate of {sized.lr:g} and an SFT term on your chosen answers: they learn "
+        "more from a few picks."
+    )
+
+
 def smaller_settings(config: TrainConfig) -> TrainConfig:
     """Settings that need less memory and learn the same: what to resume with after running out of memory.
 
