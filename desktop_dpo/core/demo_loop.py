@@ -49,6 +49,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from desktop_dpo.config import AppPaths, SamplingSettings
+from desktop_dpo.core.dpo.config import FEW_PAIRS_CHANGES, FEW_PAIRS_PER_UPDATE
 from desktop_dpo.core.errors import DesktopDpoError, ModelError
 from desktop_dpo.core.evaluate import (
     EvaluationSummary,
@@ -93,11 +94,11 @@ DEMO_N_CTX = 512
 # one line and the answers at most ``max_tokens`` long, so short sequences lose nothing and train faster.
 DEMO_TRAIN_CHANGES: Mapping[str, Any] = MappingProxyType(
     {
+        **FEW_PAIRS_CHANGES,  # the learning rate and the SFT term of a run on a few picks (dpo/config.py)
         "beta": 0.1,
-        "lr": 2e-4,
         "epochs": 2,
         "batch_size": 2,
-        "grad_accum": 4,
+        "grad_accum": FEW_PAIRS_PER_UPDATE // 2,
         "max_length": 160,
         "max_prompt_length": 48,
         "lora_r": 16,
@@ -105,7 +106,6 @@ DEMO_TRAIN_CHANGES: Mapping[str, Any] = MappingProxyType(
         "heldout_fraction": 0.1,
         "eval_every": 10,
         "checkpoint_every": 1000,
-        "sft_weight": 1.0,
     }
 )
 

@@ -14,8 +14,10 @@ import dataclasses
 import json
 import math
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from desktop_dpo.core.errors import DesktopDpoError
@@ -471,9 +473,10 @@ def default_config(device: DeviceInfo | None = None, shape: ModelShape | None = 
     return default_preset(device, shape).config
 
 
-# Below this many training pairs a run takes the settings measured on a few picks (see sized_for_pairs).
+# Below this many training pairs a run takes the settings measured on a few picks (see sized_for_pairs);
+# the demo, about 300 pairs a round, trains with them too (demo_loop.DEMO_TRAIN_CHANGES).
 FEW_PAIRS = 400
-FEW_PAIRS_CHANGES: dict[str, Any] = {"lr": 2e-4, "sft_weight": 1.0}
+FEW_PAIRS_CHANGES: Mapping[str, Any] = MappingProxyType({"lr": 2e-4, "sft_weight": 1.0})
 FEW_PAIRS_PER_UPDATE = 8
 
 
