@@ -414,7 +414,12 @@ def _cmd_train(args: argparse.Namespace, paths: AppPaths) -> int:
     """``desktop-dpo train``: a new run from a model's usable pairs, or ``--resume RUN_ID``."""
     from desktop_dpo.cli_progress import TrainProgress
     from desktop_dpo.core.dpo.checkpoint import run_folder
-    from desktop_dpo.core.dpo.config import default_config, parse_reference, sized_for_pairs
+    from desktop_dpo.core.dpo.config import (
+        default_config,
+        parse_reference,
+        sized_for_pairs,
+        sizing_sentence,
+    )
     from desktop_dpo.core.dpo.run_lock import RunBusyError, run_is_busy
     from desktop_dpo.core.dpo.runs import create_run_for_model, model_pair_ids, plan_run, resume_settings
     from desktop_dpo.core.dpo.train import recorded_training
@@ -452,9 +457,10 @@ def _cmd_train(args: argparse.Namespace, paths: AppPaths) -> int:
                 # As the Train view fills its form: the preset sized for the pairs, then the options given.
                 train_pairs = plan_run(store, model.id, config).train_pairs
                 sized, why = sized_for_pairs(preset.replace(loss_type=config.loss_type), train_pairs)
-                if why:
-                    config = sized.replace(**overrides)
-                    print(why, file=sys.stderr)
+                if why:  # the options given still win; say only what the sizing changed
+                    config, unsized = sized.replace(**overrides), config
+                    if why := sizing_sentence(unsized, config, train_pairs):
+                        print(why, file=sys.stderr)
                 run_id = create_run_for_model(
                     store, model, config, name=args.name, reference=args.reference,
                     comparison_ids=comparison_ids,

@@ -39,10 +39,14 @@ def test_an_orpo_run_from_the_command_line_takes_its_weight_and_no_reference(hom
 
 def test_a_dpo_run_on_a_few_picks_gets_the_settings_the_train_view_fills_in(home_with_pairs, capsys):
     # 8 picks, 6 to train on: as in the Train view, an SFT term and a higher learning rate, each option given
-    # on the command line still winning (here the batch and the accumulation).
+    # on the command line still winning (here the batch and the accumulation), and the note says only what
+    # the sizing changed: not the 8 pairs per update the options replaced.
     assert cli.main(["train", "--model", "tiny", "--epochs", "1", *TRAIN_OPTIONS]) == cli.EXIT_OK
     err = capsys.readouterr().err
-    assert "With 6 training pairs, 8 pairs per update instead, a learning rate of 0.0002" in err
+    assert (
+        "With 6 training pairs, a learning rate of 0.0002 instead of 0.0001 and an SFT term on your chosen "
+        "answers: they learn more from a few picks." in err
+    )
     with Store.open(AppPaths.default().db_path) as store:
         run = store.get_run(1)
     assert run.status == "completed", run.error
@@ -62,7 +66,7 @@ def test_a_dpo_run_on_a_few_picks_gets_the_settings_the_train_view_fills_in(home
         *TRAIN_OPTIONS,
     ]
     assert cli.main(command) == cli.EXIT_OK
-    capsys.readouterr()
+    assert "training pairs" not in capsys.readouterr().err  # nothing was left for the sizing to change
     with Store.open(AppPaths.default().db_path) as store:
         run = store.get_run(2)
     assert (run.config["sft_weight"], run.config["lr"]) == (0.0, 1e-3)

@@ -29,6 +29,7 @@ from desktop_dpo.core.dpo.config import (
     model_shape,
     preset_for,
     sized_for_pairs,
+    sizing_sentence,
     smaller_settings,
     training_memory,
 )
@@ -159,8 +160,8 @@ def test_a_run_on_a_few_pairs_makes_more_updates_with_an_sft_term():
         assert (sized.pairs_per_step, sized.lr, sized.sft_weight) == (8, 2e-4, 1.0)
         assert sized.batch_size <= preset.batch_size, "never more memory than the preset"
         assert why == (
-            "With 45 training pairs, 8 pairs per update instead, a learning rate of 0.0002 and an SFT term on "
-            "your chosen answers: they learn more from a few picks."
+            "With 45 training pairs, 8 pairs per update instead of 16, a learning rate of 0.0002 instead of "
+            "0.0001 and an SFT term on your chosen answers: they learn more from a few picks."
         )
         assert sized_for_pairs(preset, 399)[0] == sized
     # Many pairs, none yet, an unknown count, or a loss without an SFT term: the preset as it is.
@@ -169,6 +170,14 @@ def test_a_run_on_a_few_pairs_makes_more_updates_with_an_sft_term():
     orpo = CPU_PRESET.replace(loss_type="orpo")
     assert sized_for_pairs(orpo, 45) == (orpo, "")
     assert sized_for_pairs(CPU_PRESET, 1)[1].startswith("With 1 training pair, ")
+    # Options of the person's own (the command line's) win, and the sentence names only what sizing changed.
+    sized = sized_for_pairs(CPU_PRESET, 45)[0]
+    own = {"lr": 5e-5, "sft_weight": 0.0}
+    assert sizing_sentence(CPU_PRESET.replace(**own), sized.replace(**own), 45) == (
+        "With 45 training pairs, 8 pairs per update instead of 16: they learn more from a few picks."
+    )
+    mine = {"batch_size": 2, "grad_accum": 1, "lr": 5e-5, "sft_weight": 0.0}
+    assert sizing_sentence(CPU_PRESET.replace(**mine), sized.replace(**mine), 45) == ""
 
 
 def test_out_of_memory_suggestion_keeps_the_pairs_per_step():

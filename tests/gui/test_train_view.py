@@ -523,7 +523,7 @@ def test_a_run_on_a_few_picks_gets_the_settings_that_learn_more_from_them_and_sa
     assert is_sized_for_a_few_pairs(view.settings(), view.preset.config)
     note = view.preset_note.text()
     assert note.startswith("Settings for ") and (
-        "With 11 training pairs, 8 pairs per update instead, a learning rate of 0.0002 and an SFT term on your"
+        "With 11 training pairs, 8 pairs per update instead of 16, a learning rate of 0.0002 instead of 0.0001"
         in note
     )
     assert view.settings_form.editors["sft_weight"].value() == 1.0  # on the form, where it can be changed

@@ -497,11 +497,25 @@ def sized_for_pairs(config: TrainConfig, train_pairs: int | None) -> tuple[Train
     )
     if sized == config:
         return config, ""
-    return sized, (
-        f"With {train_pairs} training pair{'' if train_pairs == 1 else 's'}, {sized.pairs_per_step} pairs per "
-        f"update instead, a learning rate of {sized.lr:g} and an SFT term on your chosen answers: they learn "
-        "more from a few picks."
-    )
+    return sized, sizing_sentence(config, sized, train_pairs)
+
+
+def sizing_sentence(before: TrainConfig, after: TrainConfig, train_pairs: int) -> str:
+    """What sizing a run on ``train_pairs`` pairs changed from ``before`` to ``after`` (:func:`sized_for_pairs`),
+    as a sentence naming only the settings that changed; "" when none did (options given on the command
+    line can set all three)."""
+    changes = []
+    if after.pairs_per_step != before.pairs_per_step:
+        changes.append(f"{after.pairs_per_step} pairs per update instead of {before.pairs_per_step}")
+    if after.lr != before.lr:
+        changes.append(f"a learning rate of {after.lr:g} instead of {before.lr:g}")
+    if after.sft_weight != before.sft_weight and after.sft_weight > 0:
+        changes.append("an SFT term on your chosen answers")
+    if not changes:
+        return ""
+    listed = changes[0] if len(changes) == 1 else f"{', '.join(changes[:-1])} and {changes[-1]}"
+    pairs = f"{train_pairs} training pair{'' if train_pairs == 1 else 's'}"
+    return f"With {pairs}, {listed}: they learn more from a few picks."
 
 
 def smaller_settings(config: TrainConfig) -> TrainConfig:
