@@ -62,8 +62,9 @@ def main() -> None:
     parser.add_argument(
         "--after-run",
         default="surest",
-        choices=("surest", "least_sure"),
-        help="person, selected pairs: after a run, the pair it is surest about (the app's rule) or least sure",
+        choices=("surest", "least_sure", "favourites"),
+        help="person, selected pairs: after a run, the pair it is surest about (the app's rule), least sure, or "
+        "the two answers it likes most",
     )
     parser.add_argument(
         "--keep-choosing",

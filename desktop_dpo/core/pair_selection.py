@@ -14,7 +14,10 @@ background and shows two of them:
   Learning for Large Language Models"), and it is what beat random pairs in ``bench/efficacy.py
   --workflow person`` (docs/ARCHITECTURE.md, the decisions table). The opposite, the pair the run is
   least sure between (:func:`smallest_margin`, ``after_run="least_sure"``), is kept for the bench: it
-  drew near-equal answers, more ties and "both bad", and fell behind random.
+  drew near-equal answers, more ties and "both bad", and fell behind random. So is the pair of the two
+  answers the run likes most (:func:`favourites`, ``after_run="favourites"``): it showed the person where
+  the model was heading, but with ``shorter_wins`` its favourites fell under the rule's floor more often,
+  and it ended behind random in each of three seeds (docs/ARCHITECTURE.md).
   Pairs whose answers are nearly the same text are left out first (:data:`MIN_DIFFERENCE`): a pick
   between them is a tie, and their margin says nothing of the person.
 - **After a run that learnt mostly from chosen pairs** (over half of its pairs were chosen, as recorded in
@@ -97,6 +100,11 @@ def reason_for(
         return (
             f"Of {considered} answers, {run_label} is surest which of these two is better (reward gap "
             f"{margin or 0.0:.2f}): your pick confirms what it learnt or corrects it where it is most wrong."
+        )
+    if how == "favourites":
+        return (
+            f"Of {considered} answers, {run_label} likes these two the most: your pick tells it which way to "
+            "go from the answers it now writes."
         )
     if how == "as_they_come":
         return (
@@ -241,8 +249,25 @@ def smallest_margin(
     return PairChoice(i, j, "margin", margin, distance, len(texts), reason)
 
 
+def favourites(texts: Sequence[str], rewards: Sequence[float], run_label: str = "the last run") -> PairChoice:
+    """The two answers ``run_label`` likes most (the pair whose lower implicit reward is highest), among pairs
+    at least :data:`MIN_DIFFERENCE` apart in their words; among all pairs when none is. They are the kind of
+    answer the run's model now writes, so the pick refines where the model is going. On equal rewards the
+    more different pair wins, then the earliest.
+
+    Raises:
+        ValueError: fewer than two answers, or not one reward per answer.
+    """
+    margin, distance, i, j = max(
+        _margins(texts, rewards),
+        key=lambda row: (min(rewards[row[2]], rewards[row[3]]), row[1], -row[2], -row[3]),
+    )
+    reason = reason_for("favourites", len(texts), margin, run_label)
+    return PairChoice(i, j, "favourites", margin, distance, len(texts), reason)
+
+
 # choose_pair's after_run: how a pair is chosen by the rewards under the model's last run
-AFTER_A_RUN = {"surest": largest_margin, "least_sure": smallest_margin}
+AFTER_A_RUN = {"surest": largest_margin, "least_sure": smallest_margin, "favourites": favourites}
 
 
 def check_rules(before_run: str, after_run: str) -> None:

@@ -9,6 +9,7 @@ from desktop_dpo.core.pair_selection import (
     as_they_come,
     as_they_come_again,
     choose_pair,
+    favourites,
     keeps_choosing,
     largest_margin,
     most_different,
@@ -59,6 +60,20 @@ def test_largest_margin_picks_the_pair_the_model_is_surest_about() -> None:
     assert choose_pair(ANSWERS, rewards, "Run 3", after_run="least_sure") == smallest_margin(
         ANSWERS, rewards, "Run 3"
     )
+
+
+def test_favourites_are_the_two_answers_the_run_likes_most() -> None:
+    # Same hand-worked rewards: the two highest are 0 (0.9) and 1 (0.95), but they are nearly the same
+    # text; of the distinct pairs, (0,3) and (1,3) both have 0.5 as their lower reward and share no word,
+    # so the earlier, (0,3), is shown: gap |0.9 - 0.5| = 0.4.
+    rewards = [0.9, 0.95, -1.2, 0.5]
+    choice = favourites(ANSWERS, rewards, "Run 3")
+    assert (choice.first, choice.second) == (0, 3)
+    assert choice.how == "favourites" and choice.margin == pytest.approx(0.4)
+    assert "Run 3 likes these two the most" in choice.reason
+    assert choose_pair(ANSWERS, rewards, "Run 3", after_run="favourites") == choice
+    # The worst answer (2) is never shown with them, whatever the gap: the surest pair would show it.
+    assert 2 in (largest_margin(ANSWERS, rewards).first, largest_margin(ANSWERS, rewards).second)
 
 
 def test_largest_margin_leaves_out_answers_that_are_the_same_text() -> None:
