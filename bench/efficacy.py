@@ -79,6 +79,12 @@ def main() -> None:
         help="person: the SFT term's weight in every round (the demo's: 1.0)",
     )
     parser.add_argument(
+        "--loss",
+        default="sigmoid",
+        choices=("sigmoid", "kto"),
+        help='person: the loss of every round: DPO (the demo\'s) or KTO, which learns from "both bad" picks too',
+    )
+    parser.add_argument(
         "--train",
         default="workflow",
         choices=("workflow", "app", "preset"),

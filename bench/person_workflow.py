@@ -76,6 +76,7 @@ def run_arm(home: Path, rule_name: str, selection: bool, args: Any, start: float
         after_run=args.after_run,
         alternate=not args.keep_choosing,
         sft_weight=sft_weight,
+        loss_type=args.loss,
     )
     arm = "selected" if selection else "random"
 

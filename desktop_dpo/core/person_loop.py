@@ -7,7 +7,8 @@ played against the worst of each kind. Here each prompt costs one pick, as in Co
     then, once per round (``rounds`` rounds share ``picks`` picks as evenly as they can):
     2 picks      per training prompt, the pair Collect would show from the current model, judged by the
                  rule as a person judges: left better, right better, tie or both bad. Every verdict
-                 counts against the budget; only a winner gives a training pair.
+                 counts against the budget; only a winner gives a training pair (and, with
+                 ``loss_type="kto"``, a "both bad" pick two undesirable answers).
                  - ``selection`` off: two answers, shown as they come (Collect without selection);
                  - ``selection`` on: before the first run, two answers as they come (nothing to choose
                    by: the same draws as without selection, so round 1 is the same in both); after it,
@@ -69,6 +70,7 @@ if TYPE_CHECKING:
     from desktop_dpo.core.store import ModelRow, RunRow, Store
 
 PERSON_SOURCE = "person"  # the source of the comparisons a person-workflow run records
+PERSON_LOSSES = ("sigmoid", "kto")  # PersonSettings.loss_type
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,14 @@ class PersonSettings:
     # The SFT term on the chosen answers, in every round: the demo's 1.0. (2.0 lifted one third round of
     # shorter_wins from 73% to 88%, but in every round it gave 69% → 73% → 69%: docs, the decisions table.)
     sft_weight: float = 1.0
+    # The loss of every round: "sigmoid" (the demo's DPO) or "kto", which learns from single labels, so from
+    # "both bad" picks too (their two answers undesirable); KTO has no SFT term, so sft_weight is not used.
+    loss_type: str = "sigmoid"
+
+    def trains_on(self, verdict: str) -> bool:
+        """Whether a pick with ``verdict`` trains the round's run: a winner always; "both bad" with KTO (its two
+        answers undesirable), where with DPO it only costs the person's time; a tie never."""
+        return verdict in ("a", "b") or (verdict == "both_bad" and self.loss_type == "kto")
 
     def validated(self) -> PersonSettings:
         """Self, or a :class:`DesktopDpoError` naming the setting that cannot work."""
@@ -102,11 +112,20 @@ class PersonSettings:
             raise DesktopDpoError(str(exc)) from None
         if not 0 <= self.sft_weight <= 10:
             raise DesktopDpoError(f"The SFT weight must be between 0 and 10, not {self.sft_weight}.")
+        if self.loss_type not in PERSON_LOSSES:
+            raise DesktopDpoError(
+                f"No loss {self.loss_type!r} for the person workflow: {', '.join(PERSON_LOSSES)}."
+            )
         return self
 
     def training(self, demo: DemoSettings) -> DemoSettings:
-        """``demo`` with this workflow's training: the demo's settings and its own SFT weight."""
-        return dataclasses.replace(demo, train_changes=(*demo.train_changes, ("sft_weight", self.sft_weight)))
+        """``demo`` with this workflow's training: the demo's settings, its own SFT weight and its loss (KTO
+        without an SFT term, which it does not have)."""
+        if self.loss_type == "kto":
+            changes: tuple[tuple[str, Any], ...] = (("loss_type", "kto"), ("sft_weight", 0.0))
+        else:
+            changes = (("sft_weight", self.sft_weight),)
+        return dataclasses.replace(demo, train_changes=(*demo.train_changes, *changes))
 
     def round_budgets(self) -> list[int]:
         """Picks per round: ``picks`` spread as evenly as they go, the later rounds taking any extra."""
@@ -324,7 +343,7 @@ def run_person(
                     hows[choice.how] += 1
                     done += 1
                     comparison = _record_pick(store, current, messages, left, right, verdict, choice)
-                    if verdict in ("a", "b"):
+                    if person.trains_on(verdict):
                         ids.append(comparison)
                     yield PickMade(round_number, done, person.picks, verdict, choice.how)
             finally:

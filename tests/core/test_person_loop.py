@@ -45,6 +45,18 @@ def test_every_round_trains_with_the_demos_settings_and_the_workflows_sft_term()
     assert config.replace(sft_weight=1.0) == demo.train_config(), "nothing else changes"
 
 
+def test_with_kto_every_round_learns_from_both_bad_picks_too():
+    demo = DemoSettings(train_changes=(("epochs", 1),))
+    kto, dpo = PersonSettings(loss_type="kto"), PersonSettings()
+    config = kto.training(demo).train_config()  # validated: KTO refuses an SFT term
+    assert (config.loss_type, config.sft_weight) == ("kto", 0.0)
+    assert config.replace(loss_type="sigmoid", sft_weight=1.0) == demo.train_config(), "nothing else changes"
+    assert [v for v in ("a", "b", "tie", "both_bad") if kto.trains_on(v)] == ["a", "b", "both_bad"]
+    assert [v for v in ("a", "b", "tie", "both_bad") if dpo.trains_on(v)] == ["a", "b"]
+    with pytest.raises(DesktopDpoError, match="No loss 'orpo' for the person workflow: sigmoid, kto"):
+        PersonSettings(loss_type="orpo").validated()
+
+
 @pytest.fixture
 def pool():
     engines = EnginePool()
