@@ -72,8 +72,9 @@ def test_favourites_are_the_two_answers_the_run_likes_most() -> None:
     assert choice.how == "favourites" and choice.margin == pytest.approx(0.4)
     assert "Run 3 likes these two the most" in choice.reason
     assert choose_pair(ANSWERS, rewards, "Run 3", after_run="favourites") == choice
-    # The worst answer (2) is never shown with them, whatever the gap: the surest pair would show it.
-    assert 2 in (largest_margin(ANSWERS, rewards).first, largest_margin(ANSWERS, rewards).second)
+    # The run's worst answer (2) is not shown, where the surest pair (its best against its worst) shows it.
+    surest = largest_margin(ANSWERS, rewards)
+    assert 2 not in (choice.first, choice.second) and 2 in (surest.first, surest.second)
 
 
 def test_largest_margin_leaves_out_answers_that_are_the_same_text() -> None:
