@@ -1,10 +1,12 @@
-"""Numbers in the words a person reads: sizes of files and counts of things.
+"""Numbers and lists in the words a person reads: sizes of files, counts of things, lists of parts.
 
-One place for both, so that the CLI, the views and the core's own messages write "1.4 GB" and "3 pairs"
+One place for all three, so that the CLI, the views and the core's own messages write "1.4 GB" and "3 pairs"
 the same way. No imports beyond the standard library: the GUI uses it on its first screen.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 NO_SIZE = "—"  # what a size that is not known reads as
 
@@ -28,3 +30,10 @@ def human_size(size: float | None) -> str:
 def plural(count: int, one: str, many: str | None = None) -> str:
     """``count`` and the word for that many: "1 pair", "3 pairs", "2 replies" (``many`` when not ``one + s``)."""
     return f"{count} {one if count == 1 else (many or one + 's')}"
+
+
+def listed(parts: Sequence[str]) -> str:
+    """Parts as a sentence lists them: "a", "a and b", "a, b and c" ("" for none)."""
+    if len(parts) <= 1:
+        return "".join(parts)
+    return f"{', '.join(parts[:-1])} and {parts[-1]}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from desktop_dpo.core.wording import human_size, plural
+from desktop_dpo.core.wording import human_size, listed, plural
 
 
 def test_sizes_read_as_a_file_manager_writes_them():
@@ -23,3 +23,12 @@ def test_counts_take_the_plural_only_when_not_one():
     assert [plural(n, "pair") for n in (0, 1, 2)] == ["0 pairs", "1 pair", "2 pairs"]
     assert plural(3, "reply", "replies") == "3 replies"
     assert plural(1, "reply", "replies") == "1 reply"
+
+
+def test_parts_are_listed_as_a_sentence_lists_them():
+    assert [listed(parts) for parts in ([], ["a"], ["a", "b"], ["a", "b", "c"])] == [
+        "",
+        "a",
+        "a and b",
+        "a, b and c",
+    ]

@@ -21,6 +21,7 @@ from types import MappingProxyType
 from typing import Any
 
 from desktop_dpo.core.errors import DesktopDpoError
+from desktop_dpo.core.wording import listed, plural
 
 GIB = 1024**3
 
@@ -513,9 +514,9 @@ def sizing_sentence(before: TrainConfig, after: TrainConfig, train_pairs: int) -
         changes.append("an SFT term on your chosen answers")
     if not changes:
         return ""
-    listed = changes[0] if len(changes) == 1 else f"{', '.join(changes[:-1])} and {changes[-1]}"
-    pairs = f"{train_pairs} training pair{'' if train_pairs == 1 else 's'}"
-    return f"With {pairs}, {listed}: they learn more from a few picks."
+    return (
+        f"With {plural(train_pairs, 'training pair')}, {listed(changes)}: they learn more from a few picks."
+    )
 
 
 def smaller_settings(config: TrainConfig) -> TrainConfig:

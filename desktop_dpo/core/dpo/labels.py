@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from desktop_dpo.core.store import ComparisonView, ReplyLabelRow
-from desktop_dpo.core.wording import plural
+from desktop_dpo.core.wording import listed, plural
 
 ORIGINS = ("chosen", "rejected", "both_bad", "rewrite", "chat")
 
@@ -188,5 +188,4 @@ def single_labels_text(counts: LabelCounts) -> str:
             "Single labels add no examples yet: mark “both bad” answers, rewrite one, or rate replies in Chat "
             f"with 👍 or 👎 to give KTO more to learn from {why}."
         )
-    listed = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
-    return f"Single labels add {plural(counts.added, 'example')}: {listed} {why}."
+    return f"Single labels add {plural(counts.added, 'example')}: {listed(parts)} {why}."
