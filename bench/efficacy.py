@@ -85,6 +85,20 @@ def main() -> None:
         help='person: the loss of every round: DPO (the demo\'s) or KTO, which learns from "both bad" picks too',
     )
     parser.add_argument(
+        "--eval-draws",
+        type=int,
+        default=1,
+        help="person: answers per held-out prompt in each round's evaluation, each draw with its own seeds "
+        "(the interval counts prompts, not draws)",
+    )
+    parser.add_argument(
+        "--train-from",
+        default="current",
+        choices=("current", "base"),
+        help="person: each round trains the current model on the round's picks (the app's), or the base on "
+        "every pick so far",
+    )
+    parser.add_argument(
         "--train",
         default="workflow",
         choices=("workflow", "app", "preset"),

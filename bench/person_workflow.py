@@ -77,6 +77,8 @@ def run_arm(home: Path, rule_name: str, selection: bool, args: Any, start: float
         alternate=not args.keep_choosing,
         sft_weight=sft_weight,
         loss_type=args.loss,
+        train_from=args.train_from,
+        evaluation_draws=args.eval_draws,
     )
     arm = "selected" if selection else "random"
 

@@ -28,7 +28,7 @@ import json
 import math
 import random
 import re
-from collections.abc import Generator, Iterable, MutableMapping, Sequence
+from collections.abc import Generator, Hashable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,7 +66,7 @@ PROMPT_SOURCE = "evaluate"  # the source of prompts added from an evaluation pro
 # ---------------------------------------------------------------------------------------------------------
 
 
-def wilson_interval(wins: int, n: int, z: float = Z_95) -> tuple[float, float]:
+def wilson_interval(wins: float, n: float, z: float = Z_95) -> tuple[float, float]:
     """The Wilson score interval (Wilson 1927) of a win rate: ``wins`` out of ``n`` decisive votes.
 
     With p̂ = wins / n::
@@ -81,7 +81,8 @@ def wilson_interval(wins: int, n: int, z: float = Z_95) -> tuple[float, float]:
 
     Args:
         wins: votes the aligned model won, 0 ≤ wins ≤ n.
-        n: decisive votes (wins + losses). With none the interval is (0, 1): nothing is known yet.
+        n: decisive votes (wins + losses). With none the interval is (0, 1): nothing is known yet. Both may
+            be fractions: an effective count (:meth:`EvaluationSummary.from_prompt_votes`).
         z: the normal quantile of the confidence level (1.959964 for 95%).
 
     Raises:
@@ -144,6 +145,38 @@ class EvaluationSummary:
         return cls.from_counts(
             wins=counts["aligned"], losses=counts["base"], ties=counts["tie"], both_bad=counts["both_bad"]
         )
+
+    @classmethod
+    def from_prompt_votes(cls, votes: Iterable[tuple[Hashable, str]]) -> EvaluationSummary:
+        """The summary of votes given several to a prompt (``(prompt, vote)``: several draws of each answer).
+
+        The counts are every vote's; the interval is not. Two draws on one prompt agree more often than two
+        prompts do (a prompt one model answers well, it answers well again), so counting every vote as news
+        would narrow the interval for nothing. The interval is Wilson's on the effective number of decisive
+        votes: their count divided by the design effect, the variance of the win rate between prompts
+        (Σ (wins_i − p̂ · decisive_i)² / n², prompts as clusters) over a binomial's p̂ (1 − p̂) / n, at least 1.
+        With one vote a prompt it is :meth:`from_votes`'s; with draws that always agree (or every vote one
+        way), that of one draw."""
+        per_prompt: dict[Hashable, list[int]] = {}
+        every: list[str] = []
+        for prompt, vote in votes:
+            every.append(vote)
+            if vote in ("aligned", "base"):
+                counts = per_prompt.setdefault(prompt, [0, 0])
+                counts[0] += vote == "aligned"
+                counts[1] += 1
+        summary = cls.from_votes(every)
+        n = summary.n_decisive
+        if n == 0:
+            return summary
+        p_hat = summary.wins / n
+        if summary.wins in (0, n):  # no spread to measure: as if the draws always agreed
+            effect = n / len(per_prompt)
+        else:
+            between = sum((wins - p_hat * decisive) ** 2 for wins, decisive in per_prompt.values()) / n**2
+            effect = max(1.0, between / (p_hat * (1 - p_hat) / n))
+        low, high = wilson_interval(p_hat * n / effect, n / effect)
+        return dataclasses.replace(summary, ci_low=low, ci_high=high)
 
     @property
     def total(self) -> int:

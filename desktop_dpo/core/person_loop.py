@@ -18,7 +18,8 @@ played against the worst of each kind. Here each prompt costs one pick, as in Co
                    after a run that learnt mostly from chosen pairs, two answers as they come again
                    (``alternate``: the rounds alternate, ``pair_selection.keeps_choosing``).
     3 train      the round's pairs, from the current model (the Train view's run of that model: the pairs
-                 sampled from it), with the demo's settings (``sft_weight`` can change its SFT term)
+                 sampled from it), with the demo's settings (``sft_weight`` can change its SFT term); with
+                 ``train_from="base"``, the base on every pick so far instead
     4 export     Q4_K_M on the base's grid: the next round's current model
     5 evaluate   base against the current model on the held-out prompts, judged blind by the same rule:
                  one point of the curve (win rate against picks so far)
@@ -30,10 +31,11 @@ rule stands in for a person with one consistent taste; the selection is not told
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 import time
 from collections import Counter
-from collections.abc import Generator, MutableMapping, Sequence
+from collections.abc import Callable, Generator, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -67,10 +69,13 @@ if TYPE_CHECKING:
     from desktop_dpo.config import AppPaths
     from desktop_dpo.core.llm.engine_pool import EnginePool
     from desktop_dpo.core.llm.generation import GenerationResult
-    from desktop_dpo.core.store import ModelRow, RunRow, Store
+    from desktop_dpo.core.store import ModelRow, Store
 
 PERSON_SOURCE = "person"  # the source of the comparisons a person-workflow run records
 PERSON_LOSSES = ("sigmoid", "kto")  # PersonSettings.loss_type
+PERSON_TRAIN_FROM = ("current", "base")  # PersonSettings.train_from
+MAX_EVALUATION_DRAWS = 16  # PersonSettings.evaluation_draws
+DRAW_SEED_STEP = 7919  # evaluation draw d uses the demo's seed + d × this (draw 0: the demo's own)
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,13 @@ class PersonSettings:
     # The loss of every round: "sigmoid" (the demo's DPO) or "kto", which learns from single labels, so from
     # "both bad" picks too (their two answers undesirable); KTO has no SFT term, so sft_weight is not used.
     loss_type: str = "sigmoid"
+    # What each round trains: "current", the current model on the round's picks (the Train view's run of that
+    # model); "base", the base on every pick so far, so each round's model is one run away from the base.
+    train_from: str = "current"
+    # Each round's evaluation: how many answers each model gives per held-out prompt (each draw its own
+    # seeds), pooled with an interval that counts the prompts, not the draws (EvaluationSummary.
+    # from_prompt_votes). One is the demo's evaluation.
+    evaluation_draws: int = 1
 
     def trains_on(self, verdict: str) -> bool:
         """Whether a pick with ``verdict`` trains the round's run: a winner always; "both bad" with KTO (its two
@@ -110,8 +122,16 @@ class PersonSettings:
             check_rules(self.before_run, self.after_run)
         except ValueError as exc:
             raise DesktopDpoError(str(exc)) from None
+        if not 1 <= self.evaluation_draws <= MAX_EVALUATION_DRAWS:
+            raise DesktopDpoError(
+                f"Each held-out prompt is answered 1 to {MAX_EVALUATION_DRAWS} times, not {self.evaluation_draws}."
+            )
         if not 0 <= self.sft_weight <= 10:
             raise DesktopDpoError(f"The SFT weight must be between 0 and 10, not {self.sft_weight}.")
+        if self.train_from not in PERSON_TRAIN_FROM:
+            raise DesktopDpoError(
+                f"No way to train {self.train_from!r} for the person workflow: {', '.join(PERSON_TRAIN_FROM)}."
+            )
         if self.loss_type not in PERSON_LOSSES:
             raise DesktopDpoError(
                 f"No loss {self.loss_type!r} for the person workflow: {', '.join(PERSON_LOSSES)}."
@@ -126,6 +146,15 @@ class PersonSettings:
         else:
             changes = (("sft_weight", self.sft_weight),)
         return dataclasses.replace(demo, train_changes=(*demo.train_changes, *changes))
+
+    def round_training(
+        self, base: Any, current: Any, every_pick: Sequence[int], round_picks: Sequence[int]
+    ) -> tuple[Any, list[int]]:
+        """What a round trains (``train_from``): ``(model, comparison ids)``, the current model on the round's
+        picks, or the base on every pick so far (``every_pick``, this round's included)."""
+        if self.train_from == "base":
+            return base, list(every_pick)
+        return current, list(round_picks)
 
     def round_budgets(self) -> list[int]:
         """Picks per round: ``picks`` spread as evenly as they go, the later rounds taking any extra."""
@@ -186,12 +215,13 @@ def _scorer(store: Store, run_id: int | None) -> Any:
     return ImplicitRewardScorer.for_run(store, run_id)
 
 
-def shows_as_they_come_after(store: Store, person: PersonSettings, run: RunRow | None) -> bool:
-    """Whether the round after ``run`` (the current model's last) shows its two answers as they come because
-    that run learnt mostly from chosen pairs (``PersonSettings.alternate``, ``pair_selection.keeps_choosing``)."""
-    if not (person.selection and person.alternate and run is not None):
+def shows_as_they_come_after(store: Store, person: PersonSettings, picks: Sequence[int] | None) -> bool:
+    """Whether the round after the one whose training ``picks`` (comparison ids; None before a run) made the
+    current model shows its two answers as they come because those were mostly chosen pairs
+    (``PersonSettings.alternate``, ``pair_selection.keeps_choosing``)."""
+    if not (person.selection and person.alternate and picks):
         return False
-    return not keeps_choosing(store.chosen_share(run.comparison_ids))
+    return not keeps_choosing(store.chosen_share(list(picks)))
 
 
 def show_pair(
@@ -230,6 +260,25 @@ def show_pair(
     else:
         choice = most_different(texts)
     return results[choice.first], results[choice.second], choice, scoring
+
+
+def evaluate_draws(
+    evaluate: Callable[[DemoSettings], Generator[Any, None, tuple[int, EvaluationSummary, list[Any]]]],
+    demo: DemoSettings,
+    draws: int,
+) -> Generator[Any, None, EvaluationSummary]:
+    """``draws`` blind evaluations (a job; ``evaluate``: ``demo_loop.evaluate_round`` given all but its
+    settings), each with its own seeds (draw 0 the demo's), their votes pooled by prompt
+    (``EvaluationSummary.from_prompt_votes``); one draw: that evaluation's summary."""
+    votes: list[tuple[int, str]] = []
+    summary = None
+    for draw in range(draws):
+        _evaluation, summary, voted = yield from evaluate(
+            dataclasses.replace(demo, seed=demo.seed + DRAW_SEED_STEP * draw)
+        )
+        votes += [(vote.prompt_id, vote.vote) for vote in voted]
+    assert summary is not None, "validated: at least one draw"
+    return summary if draws == 1 else EvaluationSummary.from_prompt_votes(votes)
 
 
 def _record_pick(
@@ -308,12 +357,14 @@ def run_person(
         base = yield from prepare_copy(store, paths, base, cancel)
         eval_rows = store_evaluation_prompts(store, held_out)
         current, last_run = base, None
+        every_pick: list[int] = []  # the training picks of every round so far
+        last_picks: list[int] | None = None  # those of the round that made the current model
         for round_number, budget in enumerate(person.round_budgets(), start=1):
             seconds: Counter[str] = Counter()
             start = time.perf_counter()
             run = store.get_run(last_run) if last_run is not None else None
             label = run_label(run.id, run.name) if run is not None else ""
-            after_chosen = shows_as_they_come_after(store, person, run)
+            after_chosen = shows_as_they_come_after(store, person, last_picks)
             scorer = _scorer(store, last_run) if person.selection and not after_chosen else None
             ids: list[int] = []
             try:
@@ -352,19 +403,33 @@ def run_person(
             pool.close_all()  # frees the sampler's context while training needs the memory
             seconds["picks"] = time.perf_counter() - start
             run_id = None
+            every_pick += ids
             if ids:
                 start = time.perf_counter()
-                run_id = yield from train_round(store, paths, current, ids, person.training(demo), cancel)
+                trained, pairs = person.round_training(base, current, every_pick, ids)
+                run_id = yield from train_round(store, paths, trained, pairs, person.training(demo), cancel)
                 seconds["train"] = time.perf_counter() - start
                 start = time.perf_counter()
                 current, _gguf, _folder = yield from export_round(store, paths, run_id, demo, cancel)
                 seconds["export"] = time.perf_counter() - start
-                last_run = run_id
+                last_run, last_picks = run_id, ids
             else:
                 yield Log(f"Round {round_number}: no pick had a winner; nothing to train on.")
             start = time.perf_counter()
-            _evaluation, summary, _votes = yield from evaluate_round(
-                store, pool, paths, base, current, eval_rows, demo, cancel, base_answers
+            summary = yield from evaluate_draws(
+                functools.partial(
+                    evaluate_round,
+                    store,
+                    pool,
+                    paths,
+                    base,
+                    current,
+                    eval_rows,
+                    cancel=cancel,
+                    base_answers=base_answers,
+                ),
+                demo,
+                person.evaluation_draws,
             )
             pool.close_all()
             seconds["evaluate"] = time.perf_counter() - start

@@ -97,6 +97,29 @@ def test_summary_sentence_counts_ties_apart():
     assert summary.total == 56
 
 
+def test_several_draws_a_prompt_narrow_the_interval_only_by_what_they_add():
+    one_draw = [(p, "aligned") for p in range(8)] + [(8, "base"), (9, "base"), (10, "tie")]
+    summary = EvaluationSummary.from_prompt_votes(one_draw)
+    assert (summary.wins, summary.losses, summary.ties) == (8, 2, 1)
+    assert (summary.ci_low, summary.ci_high) == pytest.approx(wilson_interval(8, 10)), (
+        "one draw: plain Wilson"
+    )
+    # Four draws that always agree: 32 of 40 votes, but no more known than from the 10 prompts.
+    copies = EvaluationSummary.from_prompt_votes(one_draw * 4)
+    assert (copies.wins, copies.n_decisive, copies.win_rate) == (32, 40, 0.8)
+    assert (copies.ci_low, copies.ci_high) == pytest.approx(wilson_interval(8, 10))
+    assert copies.ci_low < wilson_interval(32, 40)[0] - 0.1
+    # Four draws that vary within each prompt the same way (3 won, 1 lost): nothing varies between the
+    # prompts, so the 40 votes count as 40.
+    varied = [(p, vote) for p in range(10) for vote in ("aligned", "aligned", "aligned", "base")]
+    summary = EvaluationSummary.from_prompt_votes(varied)
+    assert (summary.ci_low, summary.ci_high) == pytest.approx(wilson_interval(30, 40))
+    # Every vote one way: as wide as one draw's.
+    swept = EvaluationSummary.from_prompt_votes([(p, "aligned") for p in range(5)] * 3)
+    assert (swept.ci_low, swept.ci_high) == pytest.approx(wilson_interval(5, 5))
+    assert EvaluationSummary.from_prompt_votes([(1, "tie")]).n_decisive == 0
+
+
 def test_summary_of_votes_with_both_bad_and_no_decisive_vote():
     summary = EvaluationSummary.from_votes(["tie", "both_bad", "both_bad"])
     assert (summary.n_decisive, summary.ties, summary.both_bad) == (0, 1, 2)

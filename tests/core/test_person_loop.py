@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import shutil
 
 import pytest
 
 from desktop_dpo.config import SamplingSettings
-from desktop_dpo.core.demo_loop import DemoSettings
+from desktop_dpo.core.demo_loop import DemoSettings, evaluate_round, store_evaluation_prompts
 from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.jobs import CancelToken, run_job
 from desktop_dpo.core.llm.engine_pool import EnginePool
 from desktop_dpo.core.models import register_model
 from desktop_dpo.core.pair_selection import choose_pair
-from desktop_dpo.core.person_loop import PersonSettings, show_pair, shows_as_they_come_after
+from desktop_dpo.core.person_loop import PersonSettings, evaluate_draws, show_pair, shows_as_they_come_after
 from desktop_dpo.core.store import Store
 
 
@@ -35,6 +36,8 @@ def test_settings_that_cannot_work_are_refused():
         PersonSettings(after_run="random").validated()
     with pytest.raises(DesktopDpoError, match="SFT weight"):
         PersonSettings(sft_weight=-1).validated()
+    with pytest.raises(DesktopDpoError, match="answered 1 to 16 times, not 0"):
+        PersonSettings(evaluation_draws=0).validated()
 
 
 def test_every_round_trains_with_the_demos_settings_and_the_workflows_sft_term():
@@ -55,6 +58,17 @@ def test_with_kto_every_round_learns_from_both_bad_picks_too():
     assert [v for v in ("a", "b", "tie", "both_bad") if dpo.trains_on(v)] == ["a", "b"]
     with pytest.raises(DesktopDpoError, match="No loss 'orpo' for the person workflow: sigmoid, kto"):
         PersonSettings(loss_type="orpo").validated()
+
+
+def test_from_the_base_each_round_trains_the_base_on_every_pick_so_far():
+    every_pick, round_3 = [1, 2, 3, 4, 5, 6], [5, 6]
+    assert PersonSettings().round_training("base", "round 2's", every_pick, round_3) == ("round 2's", [5, 6])
+    from_base = PersonSettings(train_from="base")
+    assert from_base.round_training("base", "round 2's", every_pick, round_3) == ("base", every_pick)
+    with pytest.raises(
+        DesktopDpoError, match="No way to train 'parent' for the person workflow: current, base"
+    ):
+        PersonSettings(train_from="parent").validated()
 
 
 @pytest.fixture
@@ -162,6 +176,32 @@ def test_after_a_run_that_learnt_from_chosen_pairs_two_answers_come_as_they_are(
     assert (left.seed, right.seed, left.text) == (plain_left.seed, plain_right.seed, plain_left.text)
 
 
+def test_an_evaluation_of_several_draws_answers_each_prompt_once_a_draw_and_pools_the_votes(
+    app_home, store, tiny_gguf, tmp_path, pool
+):
+    base = register_model(store, tiny_gguf, name="base")
+    aligned = register_model(
+        store, shutil.copy(tiny_gguf, tmp_path / "copy.gguf"), name="copy", source="aligned"
+    )
+    prompts = store_evaluation_prompts(store, ["Say one.", "Say two."])
+    demo = dataclasses.replace(DEMO, seed=5)
+
+    def evaluate(settings):
+        return evaluate_round(store, pool, app_home, base, aligned, prompts, settings, CancelToken())
+
+    summary, _ = run_job(evaluate_draws(evaluate, demo, 3))
+    evaluations = store.list_evaluations()
+    assert len(evaluations) == 3 and summary.total == 6, "three draws of two prompts"
+    seeds = [{v.seed for v in store.evaluation_votes(e.id)} for e in evaluations]
+    assert len(set().union(*seeds)) == 6, "each draw answers with seeds of its own"
+    # A copy answers as the base does, so the votes can only be ties and both bad, in every draw.
+    assert summary.n_decisive == 0 and summary.ties + summary.both_bad == 6
+    one, _ = run_job(evaluate_draws(evaluate, demo, 1))
+    newest = store.list_evaluations()[0]  # newest first; the first draw is the oldest
+    assert {v.seed for v in store.evaluation_votes(newest.id)} == seeds[-1], "one draw: the first's seeds"
+    assert one.total == 2
+
+
 def test_the_rounds_alternate_by_what_the_last_run_learnt_from(memory_store: Store):
     def run_of(chosen: list[str | None]) -> int:
         ids = [
@@ -174,11 +214,11 @@ def test_the_rounds_alternate_by_what_the_last_run_learnt_from(memory_store: Sto
             )
             for n, how in enumerate(chosen)
         ]
-        return memory_store.create_run(name="r", base_model_id=None, config={}, comparison_ids=ids)
+        return ids
 
     person = PersonSettings(selection=True)
-    as_they_came = memory_store.get_run(run_of([None, None, "surest"]))  # round 1's pairs, one chosen
-    chosen = memory_store.get_run(run_of(["surest", "surest", None]))  # round 2's, chosen by round 1's run
+    as_they_came = run_of([None, None, "surest"])  # round 1's pairs, one chosen
+    chosen = run_of(["surest", "surest", None])  # round 2's, chosen by round 1's run
     assert not shows_as_they_come_after(memory_store, person, None), "before a run: the before_run rule"
     assert not shows_as_they_come_after(memory_store, person, as_they_came), "round 2 is chosen"
     assert shows_as_they_come_after(memory_store, person, chosen), "round 3 comes as it is"
