@@ -34,19 +34,18 @@ The rules, chosen to be cheap (one pass and a few dictionaries, linear in the da
 from __future__ import annotations
 
 import functools
-import math
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from desktop_dpo.core.evaluate import wilson_interval
 from desktop_dpo.core.jobs import CancelToken, Job, Progress
 from desktop_dpo.core.reask import repeat_agreement, suggested_smoothing
 from desktop_dpo.core.store import ComparisonView
 from desktop_dpo.core.wording import plural
 
-WILSON_Z = 1.959964  # the standard normal's 97.5 % quantile: a two-sided 95 % interval
 MIN_DECIDED_FOR_BIAS = 10  # below this many decided pairs, no bias finding (see the module docstring)
 DECIDED = ("a", "b")
 
@@ -128,22 +127,6 @@ class DataCheck:
         if not self.problems:
             return f"Checked {plural(self.checked, 'comparison')}: nothing needs your attention."
         return f"{plural(len(self.problems), 'finding')} in your data"
-
-
-def wilson_interval(hits: int, total: int, z: float = WILSON_Z) -> tuple[float, float]:
-    """The Wilson score interval of a binomial proportion (Wilson 1927), as fractions.
-
-    ``centre = (p + z²/2n) / (1 + z²/n)``, ``half = z·√(p(1−p)/n + z²/4n²) / (1 + z²/n)`` with ``p = hits/n``.
-    Unlike ``p ± z·√(p(1−p)/n)``, it stays within 0–1 and is honest for small ``n`` and ``p`` near 0 or 1.
-    """
-    if total <= 0:
-        return 0.0, 1.0
-    p = hits / total
-    z2 = z * z
-    denominator = 1 + z2 / total
-    centre = (p + z2 / (2 * total)) / denominator
-    half = z * math.sqrt(p * (1 - p) / total + z2 / (4 * total * total)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def rate(hits: int, total: int) -> Rate:

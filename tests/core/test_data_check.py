@@ -13,7 +13,6 @@ from desktop_dpo.core.data_check import (
     check_data,
     data_check_job,
     normalise,
-    wilson_interval,
 )
 from desktop_dpo.core.jobs import run_job
 from desktop_dpo.core.store import Store
@@ -82,17 +81,6 @@ def test_no_comparisons_no_findings(store: Store) -> None:
     check = check_data(store)
     assert (check.checked, check.findings, check.position, check.length) == (0, (), None, None)
     assert check.summary() == "No comparisons to check yet."
-
-
-def test_wilson_interval_by_hand() -> None:
-    # 18 of 20: p = 0.9, z² = 3.8415; centre = (0.9 + 3.8415/40) / (1 + 3.8415/20) = 0.99604 / 1.19207 = 0.8356;
-    # half = 1.96 · √(0.09/20 + 3.8415/1600) / 1.19207 = 1.96 · 0.08307 / 1.19207 = 0.1366 → 0.699 … 0.972.
-    low, high = wilson_interval(18, 20)
-    assert low == pytest.approx(0.6990, abs=1e-3)
-    assert high == pytest.approx(0.9721, abs=1e-3)
-    # 10 of 10: p = 1, half = centre - n/(n+z²): the lower bound is 10 / 13.8415 = 0.7225, the upper 1.
-    assert wilson_interval(10, 10) == (pytest.approx(0.7225, abs=1e-4), pytest.approx(1.0))
-    assert wilson_interval(0, 0) == (0.0, 1.0)
 
 
 def test_exact_duplicates_in_either_order(store: Store) -> None:
