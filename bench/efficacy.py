@@ -87,9 +87,10 @@ def main() -> None:
     parser.add_argument(
         "--eval-draws",
         type=int,
-        default=1,
+        default=4,
         help="person: answers per held-out prompt in each round's evaluation, each draw with its own seeds "
-        "(the interval counts prompts, not draws)",
+        "(the interval counts prompts, not draws); 1 is the demo's evaluation, whose ~50 votes a point "
+        "left ±12 points of noise",
     )
     parser.add_argument(
         "--train-from",
