@@ -7,10 +7,11 @@ before the first run (so round 1 is the same in both arms: a check that the run 
 samples four and shows the pair ``pair_selection`` chooses, except after a run that learnt mostly from
 chosen pairs, when two come as they are again (``--keep-choosing`` chooses then too). Each round adds a
 point to the curve (win rate of the current model over the base on the held-out prompts, judged blind by
-the same rule, against picks so far; ``--eval-draws`` answers each prompt that many times, 4 by default). Ties and "both bad" picks count against the budget: they are the
-person's time too. Each round trains with the workflow's settings (the demo's, with ``--sft-weight``), or
-with ``--train app`` with what the Train view fills in for a new run on this machine (its preset, sized for a
-round's pairs; ``--train preset``: the preset alone).
+the same rule, against picks so far; ``--eval-draws`` answers each prompt that many times, 4 by default).
+Ties and "both bad" picks count against the budget: they are the person's time too. Each round trains
+with the workflow's settings (the demo's, with ``--sft-weight``), or with ``--train app`` with what the
+Train view fills in for a new run on this machine (its preset, sized for a round's pairs; ``--train
+preset``: the preset alone).
 
 Prints, per arm, the curve and a headline:
     efficacy: workflow=person rule=.. arm=.. picks=.. win_rate=.. ci_low=.. ci_high=.. n=.. ties=.. both_bad=..
