@@ -73,6 +73,12 @@ def main() -> None:
         "shows the round after such a run as it comes)",
     )
     parser.add_argument(
+        "--per-token",
+        action="store_true",
+        help="person, selected pairs: choose by each answer's reward per token, not summed over its tokens "
+        "(the app's), so that a margin is less a difference in length",
+    )
+    parser.add_argument(
         "--sft-weight",
         type=float,
         default=1.0,

@@ -76,6 +76,7 @@ def run_arm(home: Path, rule_name: str, selection: bool, args: Any, start: float
         before_run=args.before_run,
         after_run=args.after_run,
         alternate=not args.keep_choosing,
+        reward_per_token=args.per_token,
         sft_weight=sft_weight,
         loss_type=args.loss,
         train_from=args.train_from,

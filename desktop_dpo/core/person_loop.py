@@ -93,6 +93,9 @@ class PersonSettings:
     # After a run that learnt mostly from chosen pairs, show the next round's two answers as they come
     # (pair_selection.keeps_choosing); False: choose by every run (the bench's --keep-choosing).
     alternate: bool = True
+    # The rewards a run chooses by: summed over each answer's tokens (DPO's, the app's), or per token (True:
+    # the bench's --per-token), so that a margin is less the two answers' difference in length.
+    reward_per_token: bool = False
     # The SFT term on the chosen answers, in every round: the demo's 1.0. (2.0 lifted one third round of
     # shorter_wins from 73% to 88%, but in every round it gave 69% → 73% → 69%: docs, the decisions table.)
     sft_weight: float = 1.0
@@ -251,7 +254,7 @@ def show_pair(
     rewards = None
     if choosing and scorer is not None:
         start = time.perf_counter()
-        rewards = scorer.rewards(messages, texts)
+        rewards = scorer.rewards(messages, texts, per_token=person.reward_per_token)
         scoring = time.perf_counter() - start
     if after_chosen:
         choice = as_they_come_again(texts, run_label)

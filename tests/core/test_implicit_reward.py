@@ -97,16 +97,21 @@ def scorer(store, tiny_model_dir, perturbed):
     scorer.close()
 
 
-def _loss_rewards(model, tokenizer, messages, chosen: str, rejected: str) -> tuple[float, float]:
-    """The oracle: the DPO loss code's chosen and rejected rewards for one pair, as training computes them
-    (training's tokenization of the pair, TRL's 2B-row batch, adapter on = policy, off = reference)."""
-    pair = tokenize_pair(
+def _tokenized(tokenizer, messages, chosen: str, rejected: str):
+    """One pair as training tokenizes it, with this file's limits."""
+    return tokenize_pair(
         tokenizer,
         PreferencePair(1, 1, messages, chosen, rejected),
         chat_template=resolve_chat_template(tokenizer),
         max_length=CONFIG.max_length,
         max_prompt_length=CONFIG.max_prompt_length,
     )
+
+
+def _loss_rewards(model, tokenizer, messages, chosen: str, rejected: str) -> tuple[float, float]:
+    """The oracle: the DPO loss code's chosen and rejected rewards for one pair, as training computes them
+    (training's tokenization of the pair, TRL's 2B-row batch, adapter on = policy, off = reference)."""
+    pair = _tokenized(tokenizer, messages, chosen, rejected)
     batch = collate([pair], tokenizer.pad_token_id)
     with torch.inference_mode():
         policy = sequence_logps(model, batch)
@@ -142,6 +147,21 @@ def test_a_perturbed_adapter_tells_answers_apart(scorer):
     rewards = scorer.rewards(QUESTION, ANSWERS)
     assert all(abs(r) > 1e-3 for r in rewards)
     assert len({round(r, 4) for r in rewards}) == len(ANSWERS)
+
+
+def test_per_token_rewards_are_each_answers_reward_spread_over_its_tokens(scorer, tiny_model_dir):
+    """A reward per token is the summed reward divided by the answer's scored tokens, as training tokenizes
+    the answer (the cut one counted to its cut, the empty one its end-of-turn token alone)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    summed = scorer.rewards(QUESTION, ANSWERS)
+    per_token = scorer.rewards(QUESTION, ANSWERS, per_token=True)
+    for answer, total, mean in zip(ANSWERS, summed, per_token, strict=True):
+        tokens = _tokenized(tokenizer, QUESTION, answer, answer).chosen_ids
+        assert mean * len(tokens) == pytest.approx(total, abs=TOL)
+    long_answer = 2  # cut at max_length: far more tokens than the others, so its sum says mostly "long"
+    assert abs(per_token[long_answer]) < abs(summed[long_answer]) / 10
 
 
 def test_a_zero_adapter_scores_every_answer_zero(store, tiny_model_dir, tmp_path):

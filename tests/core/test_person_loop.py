@@ -83,9 +83,11 @@ class RecordingScorer:
 
     def __init__(self) -> None:
         self.asked: list[list[str]] = []
+        self.per_token: list[bool] = []
 
-    def rewards(self, messages, texts):
+    def rewards(self, messages, texts, per_token=False):
         self.asked.append(list(texts))
+        self.per_token.append(per_token)
         return [0.0, 3.0, 0.1, 5.0][: len(texts)]
 
 
@@ -104,17 +106,20 @@ def test_without_selection_two_answers_are_sampled_and_shown(app_home, store, ti
     assert left.seed != right.seed
 
 
-def test_with_selection_four_answers_are_scored_and_the_surest_pair_shown(app_home, store, tiny_gguf, pool):
+@pytest.mark.parametrize("per_token", [False, True], ids=["summed rewards", "rewards per token"])
+def test_with_selection_four_answers_are_scored_and_the_surest_pair_shown(
+    app_home, store, tiny_gguf, pool, per_token
+):
     model = register_model(store, tiny_gguf, name="tiny")
     scorer = RecordingScorer()
-    person = PersonSettings(selection=True, candidates=4)
+    person = PersonSettings(selection=True, candidates=4, reward_per_token=per_token)
     (left, right, choice, _), _ = run_job(
         show_pair(
             pool, model, app_home, MESSAGES, DEMO, person, random.Random(3), CancelToken(), scorer, "Run 1"
         )
     )
     [texts] = scorer.asked
-    assert len(texts) == 4
+    assert len(texts) == 4 and scorer.per_token == [per_token]
     assert choice == choose_pair(texts, [0.0, 3.0, 0.1, 5.0], "Run 1")
     assert (left.text, right.text) == (texts[choice.first], texts[choice.second])
     assert choice.how == "surest" and "Run 1" in choice.reason

@@ -138,11 +138,16 @@ class ImplicitRewardScorer:
             device=device,
         )
 
-    def rewards(self, messages: list[dict[str, str]], texts: Sequence[str]) -> list[float]:
+    def rewards(
+        self, messages: list[dict[str, str]], texts: Sequence[str], per_token: bool = False
+    ) -> list[float]:
         """One implicit reward per answer in ``texts`` (in order) to the conversation ``messages``.
 
         All answers go through the model in one forward pass with the adapter on and one with it off (a few,
-        past twice the run's batch size). A zero adapter (B = 0) gives 0 for every answer.
+        past twice the run's batch size). A zero adapter (B = 0) gives 0 for every answer. ``per_token``:
+        the log-probabilities are averaged over each answer's tokens instead of summed, so a reward is per
+        token (a sum over more tokens is larger for the length alone: a margin between a long and a short
+        answer is then mostly their length).
 
         Raises:
             RuntimeError: the scorer was closed.
@@ -164,9 +169,9 @@ class ImplicitRewardScorer:
             for start in range(0, len(pairs), per_batch):
                 chunk, chunk_slots = pairs[start : start + per_batch], slots[start : start + per_batch]
                 batch = to_device(collate_for(self._model, chunk, self._pad_id), self.device)
-                on = torch.cat(sequence_logps(self._model, batch)).float().cpu()
+                on = torch.cat(sequence_logps(self._model, batch, average=per_token)).float().cpu()
                 with self._model.disable_adapter():
-                    off = torch.cat(sequence_logps(self._model, batch)).float().cpu()
+                    off = torch.cat(sequence_logps(self._model, batch, average=per_token)).float().cpu()
                 # Row i of a batch's log-probs is pair i's first answer, row len(chunk) + i its second.
                 for i, (first, second) in enumerate(chunk_slots):
                     for row, slot in ((i, first), (len(chunk) + i, second)):
