@@ -76,7 +76,7 @@ def main() -> None:
         "--per-token",
         action="store_true",
         help="person, selected pairs: choose by each answer's reward per token, not summed over its tokens "
-        "(the app's), so that a margin is less a difference in length",
+        "(the app's)",
     )
     parser.add_argument(
         "--sft-weight",

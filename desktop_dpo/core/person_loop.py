@@ -94,7 +94,8 @@ class PersonSettings:
     # (pair_selection.keeps_choosing); False: choose by every run (the bench's --keep-choosing).
     alternate: bool = True
     # The rewards a run chooses by: summed over each answer's tokens (DPO's, the app's), or per token (True:
-    # the bench's --per-token), so that a margin is less the two answers' difference in length.
+    # the bench's --per-token), which do not grow with an answer's length. Per token chose pairs further apart
+    # in length, not closer, and did no better (docs, the decisions table).
     reward_per_token: bool = False
     # The SFT term on the chosen answers, in every round: the demo's 1.0. (2.0 lifted one third round of
     # shorter_wins from 73% to 88%, but in every round it gave 69% → 73% → 69%: docs, the decisions table.)

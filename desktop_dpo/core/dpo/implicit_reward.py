@@ -145,9 +145,9 @@ class ImplicitRewardScorer:
 
         All answers go through the model in one forward pass with the adapter on and one with it off (a few,
         past twice the run's batch size). A zero adapter (B = 0) gives 0 for every answer. ``per_token``:
-        the log-probabilities are averaged over each answer's tokens instead of summed, so a reward is per
-        token (a sum over more tokens is larger for the length alone: a margin between a long and a short
-        answer is then mostly their length).
+        the log-probabilities are averaged over each answer's tokens instead of summed, a reward per token
+        that does not grow with the answer's length (the bench's ``--per-token``; Collect chooses by the
+        summed reward, DPO's own).
 
         Raises:
             RuntimeError: the scorer was closed.
