@@ -629,6 +629,29 @@ def test_trainable_copy_refuses_a_gguf_transformers_cannot_read(tmp_path):
     assert not (tmp_path / "copy").exists()
 
 
+def test_a_gguf_whose_tokenizer_transformers_cannot_build_is_refused_in_words(tmp_path, monkeypatch):
+    """The tokenizers library raises a bare Exception (not ValueError) for a vocabulary it cannot build, as
+    for a Gemma GGUF converted from a folder without tokenizer.model: the person reads what to do instead,
+    and nothing is left half-written."""
+    import transformers
+
+    def unbuildable(*_args, **_kwargs):
+        raise Exception("Error while initializing BPE: Token `\n` out of vocabulary")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", unbuildable)
+    with pytest.raises(ModelError) as caught:
+        run_job(make_trainable_copy(write_gguf(tmp_path / "m.gguf"), tmp_path / "copies" / "m"))
+    assert str(caught.value).startswith(
+        "transformers could not read the tokenizer of m.gguf, so it cannot be made trainable: Error while "
+        "initializing BPE"
+    )
+    assert str(caught.value).endswith(
+        "You can still chat with it; to train, add the Hugging Face folder it was made from in Models "
+        "(Add a Hugging Face folder…) and train that."
+    )
+    assert list((tmp_path / "copies").iterdir()) == []
+
+
 def test_trainable_copy_checks_memory_and_disk_first(tmp_path, monkeypatch):
     gguf_file = write_gguf(tmp_path / "m.gguf")
     monkeypatch.setattr(trainable_copy, "available_memory_bytes", lambda: 1024)

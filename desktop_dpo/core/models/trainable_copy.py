@@ -189,8 +189,15 @@ def _load_gguf_tokenizer(gguf: Path) -> Any:
     try:
         # An absolute gguf_file is read as a local file (an Ollama blob has no .gguf suffix).
         return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=str(gguf), local_files_only=True)
-    except (ValueError, OSError, KeyError, RuntimeError) as exc:
-        raise ModelError(f"transformers could not read the tokenizer of {gguf.name}: {exc}") from exc
+    # The tokenizers library raises a bare Exception for a vocabulary it cannot build: e.g. a Gemma GGUF
+    # written by llama.cpp's converter from a folder without SentencePiece's tokenizer.model, whose vocabulary
+    # transformers rebuilds as byte-level BPE ("Error while initializing BPE: Token ... out of vocabulary").
+    except Exception as exc:
+        raise ModelError(
+            f"transformers could not read the tokenizer of {gguf.name}, so it cannot be made trainable: {exc}. "
+            "You can still chat with it; to train, add the Hugging Face folder it was made from in Models "
+            "(Add a Hugging Face folder…) and train that."
+        ) from exc
 
 
 def _load_gguf_model(gguf: Path) -> Any:
