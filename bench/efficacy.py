@@ -106,6 +106,13 @@ def main() -> None:
         "every pick so far",
     )
     parser.add_argument(
+        "--working",
+        default="Q4_K_M",
+        choices=("Q4_K_M", "Q8_0"),
+        help="person: the file type each round exports and samples from, and the evaluation compares at "
+        "(the base as its trainable copy at Q8_0); Q4_K_M is the demo's",
+    )
+    parser.add_argument(
         "--train",
         default="workflow",
         choices=("workflow", "app", "preset"),

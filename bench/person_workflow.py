@@ -81,6 +81,7 @@ def run_arm(home: Path, rule_name: str, selection: bool, args: Any, start: float
         loss_type=args.loss,
         train_from=args.train_from,
         evaluation_draws=args.eval_draws,
+        working=args.working,
     )
     arm = "selected" if selection else "random"
 

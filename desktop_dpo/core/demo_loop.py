@@ -504,21 +504,27 @@ def train_round(
 
 
 def export_round(
-    store: Store, paths: AppPaths, run_id: int, settings: DemoSettings, cancel: CancelToken
+    store: Store,
+    paths: AppPaths,
+    run_id: int,
+    settings: DemoSettings,
+    cancel: CancelToken,
+    quantization: str = "Q4_K_M",
 ) -> Generator[Any, None, tuple[ModelRow, str, str]]:
-    """The recorded export ``desktop-dpo export`` runs (``pipeline.recorded_export``), of Q4_K_M only."""
+    """The recorded export ``desktop-dpo export`` runs (``pipeline.recorded_export``), of one file type
+    (the demo's Q4_K_M), registered as the aligned model."""
     from desktop_dpo.core.export.pipeline import ExportSettings, recorded_export
 
-    export_settings = ExportSettings(quantizations=("Q4_K_M",), parity=settings.parity)
+    export_settings = ExportSettings(quantizations=(quantization,), parity=settings.parity)
     recorded = yield from recorded_export(
-        store, run_id, export_settings, paths.exports_dir, cancel=cancel, register_as="Q4_K_M"
+        store, run_id, export_settings, paths.exports_dir, cancel=cancel, register_as=quantization
     )
     finished = recorded.finished
     for line in finished.parity_lines:
         yield Log(line)
     aligned = store.get_model(recorded.model_id)
     assert aligned is not None
-    gguf = next(f.path for f in finished.files if f.quantization == "Q4_K_M")
+    gguf = next(f.path for f in finished.files if f.quantization == quantization)
     return aligned, gguf, finished.folder
 
 

@@ -20,9 +20,11 @@ played against the worst of each kind. Here each prompt costs one pick, as in Co
     3 train      the round's pairs, from the current model (the Train view's run of that model: the pairs
                  sampled from it), with the demo's settings (``sft_weight`` can change its SFT term); with
                  ``train_from="base"``, the base on every pick so far instead
-    4 export     Q4_K_M on the base's grid: the next round's current model
+    4 export     Q4_K_M on the base's grid: the next round's current model; with ``working="Q8_0"``, Q8_0
+                 (the working model at the precision that keeps more of a short run's update)
     5 evaluate   base against the current model on the held-out prompts, judged blind by the same rule:
-                 one point of the curve (win rate against picks so far)
+                 one point of the curve (win rate against picks so far); the base at the working model's
+                 file type (at Q8_0: its trainable copy, which the app runs as a Q8_0 GGUF copy)
 
 Prompts are taken in a seeded order and never repeat until every training prompt was asked once. The
 rule stands in for a person with one consistent taste; the selection is not told which rule it is.
@@ -74,6 +76,7 @@ if TYPE_CHECKING:
 PERSON_SOURCE = "person"  # the source of the comparisons a person-workflow run records
 PERSON_LOSSES = ("sigmoid", "kto")  # PersonSettings.loss_type
 PERSON_TRAIN_FROM = ("current", "base")  # PersonSettings.train_from
+PERSON_WORKING = ("Q4_K_M", "Q8_0")  # PersonSettings.working
 MAX_EVALUATION_DRAWS = 16  # PersonSettings.evaluation_draws
 DRAW_SEED_STEP = 7919  # evaluation draw d uses the demo's seed + d × this (draw 0: the demo's own)
 
@@ -106,6 +109,10 @@ class PersonSettings:
     # What each round trains: "current", the current model on the round's picks (the Train view's run of that
     # model); "base", the base on every pick so far, so each round's model is one run away from the base.
     train_from: str = "current"
+    # The working model's file type: what each round exports and the next round samples from, and the
+    # precision both sides of the evaluation run at. "Q4_K_M" is the demo's (the base's own, the file people
+    # share); "Q8_0" (the bench's --working) rounds less of a short run's update away.
+    working: str = "Q4_K_M"
     # Each round's evaluation: how many answers each model gives per held-out prompt (each draw its own
     # seeds), pooled with an interval that counts the prompts, not the draws (EvaluationSummary.
     # from_prompt_votes). One is the demo's evaluation.
@@ -135,6 +142,10 @@ class PersonSettings:
         if self.train_from not in PERSON_TRAIN_FROM:
             raise DesktopDpoError(
                 f"No way to train {self.train_from!r} for the person workflow: {', '.join(PERSON_TRAIN_FROM)}."
+            )
+        if self.working not in PERSON_WORKING:
+            raise DesktopDpoError(
+                f"No working file type {self.working!r} for the person workflow: {', '.join(PERSON_WORKING)}."
             )
         if self.loss_type not in PERSON_LOSSES:
             raise DesktopDpoError(
@@ -209,6 +220,33 @@ class PersonResult:
     def final(self) -> EvaluationSummary:
         """The last round's evaluation."""
         return self.curve[-1].summary
+
+
+def base_at(store: Store, base: ModelRow, quantization: str) -> ModelRow:
+    """``base`` as a blind evaluation compares it with models exported at ``quantization``: itself at its own
+    file type; else its trainable copy, registered as a Hugging Face model, which the app runs as a GGUF copy
+    at Q8_0 (``sampling.gguf_for_model``), so both sides run at the same precision (``evaluate.check_comparable``).
+
+    Raises:
+        DesktopDpoError: ``quantization`` is neither the base's own nor the Q8_0 of a Hugging Face folder.
+        ModelError: the base has no trainable copy ready.
+    """
+    from desktop_dpo.core.model_files import GGUF_COPY_OUTTYPE, training_folder
+    from desktop_dpo.core.models.registration import register_model
+
+    own = str(base.info.get("dtype") or "").upper()
+    if quantization == own:
+        return base
+    if quantization != GGUF_COPY_OUTTYPE.upper():
+        raise DesktopDpoError(
+            f"{base.name} runs at {own or 'an unknown type'}, and no copy of it runs at {quantization}."
+        )
+    return register_model(
+        store,
+        training_folder(base),
+        name=f"{base.name} (trainable copy, {quantization})",
+        parent_model_id=base.id,
+    )
 
 
 def _scorer(store: Store, run_id: int | None) -> Any:
@@ -359,6 +397,7 @@ def run_person(
     try:
         base = yield from prepare_model(store, paths, cancel)
         base = yield from prepare_copy(store, paths, base, cancel)
+        compared = base_at(store, base, person.working)
         eval_rows = store_evaluation_prompts(store, held_out)
         current, last_run = base, None
         every_pick: list[int] = []  # the training picks of every round so far
@@ -414,7 +453,9 @@ def run_person(
                 run_id = yield from train_round(store, paths, trained, pairs, person.training(demo), cancel)
                 seconds["train"] = time.perf_counter() - start
                 start = time.perf_counter()
-                current, _gguf, _folder = yield from export_round(store, paths, run_id, demo, cancel)
+                current, _gguf, _folder = yield from export_round(
+                    store, paths, run_id, demo, cancel, person.working
+                )
                 seconds["export"] = time.perf_counter() - start
                 last_run, last_picks = run_id, ids
             else:
@@ -426,7 +467,7 @@ def run_person(
                     store,
                     pool,
                     paths,
-                    base,
+                    compared,
                     current,
                     eval_rows,
                     cancel=cancel,

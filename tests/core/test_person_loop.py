@@ -9,13 +9,20 @@ import shutil
 import pytest
 
 from desktop_dpo.config import SamplingSettings
-from desktop_dpo.core.demo_loop import DemoSettings, evaluate_round, store_evaluation_prompts
+from desktop_dpo.core.demo_loop import DemoSettings, evaluate_round, prepare_copy, store_evaluation_prompts
 from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.jobs import CancelToken, run_job
 from desktop_dpo.core.llm.engine_pool import EnginePool
+from desktop_dpo.core.llm.template_choice import template_for
 from desktop_dpo.core.models import register_model
 from desktop_dpo.core.pair_selection import choose_pair
-from desktop_dpo.core.person_loop import PersonSettings, evaluate_draws, show_pair, shows_as_they_come_after
+from desktop_dpo.core.person_loop import (
+    PersonSettings,
+    base_at,
+    evaluate_draws,
+    show_pair,
+    shows_as_they_come_after,
+)
 from desktop_dpo.core.store import Store
 
 
@@ -38,6 +45,8 @@ def test_settings_that_cannot_work_are_refused():
         PersonSettings(sft_weight=-1).validated()
     with pytest.raises(DesktopDpoError, match="answered 1 to 16 times, not 0"):
         PersonSettings(evaluation_draws=0).validated()
+    with pytest.raises(DesktopDpoError, match="No working file type 'Q2_K'"):
+        PersonSettings(working="Q2_K").validated()
 
 
 def test_every_round_trains_with_the_demos_settings_and_the_workflows_sft_term():
@@ -205,6 +214,34 @@ def test_an_evaluation_of_several_draws_answers_each_prompt_once_a_draw_and_pool
     newest = store.list_evaluations()[0]  # newest first; the first draw is the oldest
     assert {v.seed for v in store.evaluation_votes(newest.id)} == seeds[-1], "one draw: the first's seeds"
     assert one.total == 2
+
+
+def test_at_q8_0_the_base_is_compared_as_its_trainable_copy_at_q8_0(
+    app_home, store, tiny_gguf, tiny_model_dir, tmp_path, pool
+):
+    from desktop_dpo.core.export.gguf import convert_hf_to_gguf
+
+    base = register_model(store, tiny_gguf, name="base")  # an F32 GGUF, as the demo's is a Q4_K_M one
+    base, _ = run_job(prepare_copy(store, app_home, base, CancelToken()))
+    q8_file, _ = run_job(convert_hf_to_gguf(tiny_model_dir, tmp_path / "aligned-q8.gguf", outtype="q8_0"))
+    aligned = register_model(store, q8_file, name="aligned", source="aligned", parent_model_id=base.id)
+    prompts = store_evaluation_prompts(store, ["Say one."])
+
+    def evaluate(compared):
+        return run_job(evaluate_round(store, pool, app_home, compared, aligned, prompts, DEMO, CancelToken()))
+
+    with pytest.raises(DesktopDpoError, match="base runs at F32 and aligned at Q8_0"):
+        evaluate(base)
+    assert base_at(store, base, "F32").id == base.id, "at its own file type the base is itself"
+    compared = base_at(store, base, "Q8_0")
+    assert compared.kind == "hf" and compared.parent_model_id == base.id
+    assert template_for(compared) == template_for(base), "it answers in the base's own template"
+    (evaluation_id, _summary, votes), _ = evaluate(compared)
+    evaluation = store.get_evaluation(evaluation_id)
+    assert evaluation is not None and evaluation.quantization == "Q8_0" and len(votes) == 1
+    assert base_at(store, base, "Q8_0").id == compared.id, "the next round compares the same row"
+    with pytest.raises(DesktopDpoError, match="base runs at F32, and no copy of it runs at Q5_K_M"):
+        base_at(store, base, "Q5_K_M")
 
 
 def test_the_rounds_alternate_by_what_the_last_run_learnt_from(memory_store: Store):
