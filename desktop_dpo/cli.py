@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
@@ -479,7 +480,7 @@ def _cmd_train(args: argparse.Namespace, paths: AppPaths) -> int:
 
 
 def _add_export_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from desktop_dpo.core.export.gguf import DEFAULT_QUANTIZATION, QUANTIZATIONS
+    from desktop_dpo.core.export.gguf import DEFAULT_QUANTIZATION, QUANTIZATIONS, WORKING_QUANTIZATION
 
     export = commands.add_parser(
         "export",
@@ -495,7 +496,8 @@ def _add_export_parser(commands: argparse._SubParsersAction, common: argparse.Ar
         action="append",
         choices=tuple(QUANTIZATIONS),
         metavar="TYPE",
-        help=f"file type, repeat for several: {', '.join(QUANTIZATIONS)} (default: {DEFAULT_QUANTIZATION})",
+        help=f"file type, repeat for several: {', '.join(QUANTIZATIONS)} (default: {DEFAULT_QUANTIZATION} to share, "
+        f"and {WORKING_QUANTIZATION}, which the app goes on with, for a model up to about 3.5B parameters)",
     )
     export.add_argument("--out", type=Path, metavar="DIR", help="folder that receives the export folder")
     export.add_argument("--name", help="name of the export folder and files (default: base model and run)")
@@ -507,18 +509,27 @@ def _cmd_export(args: argparse.Namespace, paths: AppPaths) -> int:
     """``desktop-dpo export --run N``: the recorded export with progress, then where the files are."""
     from desktop_dpo.cli_progress import StageProgress
     from desktop_dpo.core.errors import JobCancelled
-    from desktop_dpo.core.export.gguf import DEFAULT_QUANTIZATION
-    from desktop_dpo.core.export.pipeline import ExportRecorded, ExportSettings, recorded_export
+    from desktop_dpo.core.export.pipeline import (
+        ExportRecorded,
+        ExportSettings,
+        default_quantizations,
+        estimated_file_sizes,
+        recorded_export,
+    )
     from desktop_dpo.core.jobs import drive
 
     settings = ExportSettings(
-        quantizations=tuple(args.quant or (DEFAULT_QUANTIZATION,)),
         destination=str(args.out.expanduser().resolve()) if args.out else None,
         name=args.name,
         parity=not args.no_parity,
     )
     try:
         with _open_store(paths) as store, stop_on_ctrl_c() as stop:
+            run = store.get_run(args.run)
+            base = store.get_model(run.base_model_id) if run and run.base_model_id is not None else None
+            quantizations = args.quant or (default_quantizations(estimated_file_sizes(base)) if base else ())
+            if quantizations:  # else the export's own check says what is wrong with the run
+                settings = dataclasses.replace(settings, quantizations=tuple(quantizations))
             job = recorded_export(store, args.run, settings, paths.exports_dir, cancel=stop)
             recorded: ExportRecorded = drive(job, StageProgress(), stop)
     except JobCancelled:

@@ -33,7 +33,7 @@ def test_train_then_export_writes_gguf_files_and_registers_the_aligned_model(
     capsys.readouterr()
 
     out = tmp_path / "exports"
-    status = cli.main(["export", "--run", "1", "--quant", "Q8_0", "--quant", "F16", "--out", str(out)])
+    status = cli.main(["export", "--run", "1", "--quant", "F16", "--quant", "Q8_0", "--out", str(out)])
     printed = capsys.readouterr()
     assert status == cli.EXIT_OK, printed.err
     folder = out / "tiny-run-1"
@@ -44,7 +44,7 @@ def test_train_then_export_writes_gguf_files_and_registers_the_aligned_model(
     with Store.open(paths.db_path) as store:
         aligned = store.get_model(2)
         assert aligned.source == "aligned" and aligned.parent_model_id == model.id and aligned.run_id == 1
-        assert Path(aligned.path).name == "tiny-run-1.Q8_0.gguf"  # the first type asked for
+        assert Path(aligned.path).name == "tiny-run-1.Q8_0.gguf"  # the file the app goes on with
         assert {e.quantization for e in store.list_exports(1)} == {"Q8_0", "F16"}
 
     # Exporting again under the same name is refused in words; nothing is overwritten.
@@ -52,6 +52,14 @@ def test_train_then_export_writes_gguf_files_and_registers_the_aligned_model(
     assert cli.main(["export", "--run", "1", "--out", str(out)]) == cli.EXIT_FAILED
     assert "already exists" in capsys.readouterr().err
     assert (folder / "tiny-run-1.Q8_0.gguf").stat().st_size == size
+
+    # By default: Q4_K_M to share and, for a model this small, Q8_0, which the app goes on with.
+    assert (
+        cli.main(["export", "--run", "1", "--out", str(out), "--name", "again", "--no-parity"]) == cli.EXIT_OK
+    )
+    assert sorted(p.name for p in (out / "again").glob("*.gguf")) == ["again.Q4_K_M.gguf", "again.Q8_0.gguf"]
+    with Store.open(paths.db_path) as store:
+        assert Path(store.get_model(3).path).name == "again.Q8_0.gguf"
 
 
 def test_exporting_a_run_that_does_not_exist_says_so(monkeypatch, tmp_path, capsys):

@@ -311,6 +311,46 @@ def check_comparable(base_model: ModelRow, aligned_model: ModelRow, paths: AppPa
     return base_q or aligned_q
 
 
+def base_at(store: Store, base: ModelRow, quantization: str) -> ModelRow:
+    """``base`` as a blind comparison runs it against a model at ``quantization``: itself at its own file type;
+    at Q8_0, its training folder (a GGUF's trainable copy) registered as a Hugging Face model, which the app
+    runs as a GGUF copy at Q8_0 (``sampling.gguf_for_model``), so both sides run at the same precision. The
+    row is registered once and found again after.
+
+    Raises:
+        DesktopDpoError: ``quantization`` is neither the base's own nor Q8_0.
+        ModelError: the base has no training folder ready (no trainable copy yet).
+    """
+    from desktop_dpo.core.model_files import training_folder
+    from desktop_dpo.core.models.registration import register_model
+
+    own = str(base.info.get("dtype") or "").upper()
+    if quantization == own or (base.kind == "hf" and quantization == GGUF_COPY_OUTTYPE.upper()):
+        return base  # a Hugging Face folder runs as its Q8_0 GGUF copy already
+    if quantization != GGUF_COPY_OUTTYPE.upper():
+        raise DesktopDpoError(
+            f"{base.name} runs at {own or 'an unknown type'}, and no copy of it runs at {quantization}."
+        )
+    return register_model(
+        store, training_folder(base), name=f"{base.name}, as {quantization}", parent_model_id=base.id
+    )
+
+
+def comparable_base(store: Store, base: ModelRow, aligned: ModelRow, paths: AppPaths) -> ModelRow:
+    """What ``aligned`` is compared with when ``base`` is chosen: ``base`` itself, unless ``aligned`` runs at
+    Q8_0 (the file an export goes on with) and ``base`` is a GGUF at another type whose trainable copy is
+    ready: then that copy at Q8_0 (:func:`base_at`), so the comparison measures the training, not the file
+    types. Otherwise ``base``, and :func:`check_comparable` says why a mismatch cannot be compared."""
+    from desktop_dpo.core.model_files import find_training_folder
+
+    base_q, aligned_q = model_quantization(base, paths), model_quantization(aligned, paths)
+    if base_q is None or base_q == aligned_q or aligned_q != GGUF_COPY_OUTTYPE.upper():
+        return base
+    if base.kind != "gguf" or find_training_folder(base) is None:
+        return base
+    return base_at(store, base, aligned_q)
+
+
 def _answer(
     pool: EnginePool,
     model: ModelRow,

@@ -55,7 +55,7 @@ from desktop_dpo.core.demo_loop import (
     train_round,
 )
 from desktop_dpo.core.errors import DesktopDpoError
-from desktop_dpo.core.evaluate import EvaluationSummary, judge_by_rule
+from desktop_dpo.core.evaluate import EvaluationSummary, base_at, judge_by_rule
 from desktop_dpo.core.jobs import CancelToken, Log, Progress
 from desktop_dpo.core.pair_selection import (
     PairChoice,
@@ -220,33 +220,6 @@ class PersonResult:
     def final(self) -> EvaluationSummary:
         """The last round's evaluation."""
         return self.curve[-1].summary
-
-
-def base_at(store: Store, base: ModelRow, quantization: str) -> ModelRow:
-    """``base`` as a blind evaluation compares it with models exported at ``quantization``: itself at its own
-    file type; else its trainable copy, registered as a Hugging Face model, which the app runs as a GGUF copy
-    at Q8_0 (``sampling.gguf_for_model``), so both sides run at the same precision (``evaluate.check_comparable``).
-
-    Raises:
-        DesktopDpoError: ``quantization`` is neither the base's own nor the Q8_0 of a Hugging Face folder.
-        ModelError: the base has no trainable copy ready.
-    """
-    from desktop_dpo.core.model_files import GGUF_COPY_OUTTYPE, training_folder
-    from desktop_dpo.core.models.registration import register_model
-
-    own = str(base.info.get("dtype") or "").upper()
-    if quantization == own:
-        return base
-    if quantization != GGUF_COPY_OUTTYPE.upper():
-        raise DesktopDpoError(
-            f"{base.name} runs at {own or 'an unknown type'}, and no copy of it runs at {quantization}."
-        )
-    return register_model(
-        store,
-        training_folder(base),
-        name=f"{base.name} (trainable copy, {quantization})",
-        parent_model_id=base.id,
-    )
 
 
 def _scorer(store: Store, run_id: int | None) -> Any:

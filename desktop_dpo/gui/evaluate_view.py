@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QShortcut, QShowEvent
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPlainTextEdit, QSizePolicy
 
@@ -44,6 +44,7 @@ from desktop_dpo.core.evaluate import (
     EvaluationSummary,
     add_evaluation_prompts,
     check_comparable,
+    comparable_base,
     default_models,
     evaluation_prompts,
     evaluation_settings,
@@ -166,10 +167,12 @@ class EvaluateView(ModelWorkView):
     Signals:
         status_message(str): a line for the status bar.
         voted(object): a vote was stored (the :class:`EvaluationSummary` after it).
+        models_changed(): a model was registered here (a GGUF base's trainable copy, to compare at Q8_0).
     """
 
     status_message = Signal(str)
     voted = Signal(object)
+    models_changed = Signal()
 
     PAGE = "evaluate"
 
@@ -326,6 +329,10 @@ class EvaluateView(ModelWorkView):
         models = self.store.list_models()
         current = (self.base_combo.currentData(), self.aligned_combo.currentData())
         default_base, default_aligned = default_models(models)
+        if current[0] is None and default_base is not None and default_aligned is not None:
+            default_base = self._comparable_base(default_base, default_aligned)
+            if default_base.id not in {m.id for m in models}:
+                models = self.store.list_models()
         # Exported here, or trained elsewhere and imported (desktop-dpo cluster import).
         self._has_aligned = any(m.source in ("aligned", "imported") for m in models)
         wanted = (
@@ -336,8 +343,23 @@ class EvaluateView(ModelWorkView):
             combo.fill(models, model_id)
         self._on_models_chosen()
 
+    def _comparable_base(self, base: ModelRow, aligned: ModelRow) -> ModelRow:
+        """``comparable_base``: a GGUF base's trainable copy when ``aligned`` runs at Q8_0 (registered the first
+        time: the other views are told), else ``base``, whose mismatch the first prompt then explains."""
+        try:
+            chosen = comparable_base(self.store, base, aligned, self.paths)
+        except DesktopDpoError:
+            return base
+        if chosen.id != base.id and chosen.id not in {
+            self.base_combo.itemData(i) for i in range(self.base_combo.count())
+        }:
+            QTimer.singleShot(0, self.models_changed.emit)  # after this view has filled its lists
+        return chosen
+
     def set_models(self, base: ModelRow, aligned: ModelRow) -> None:
-        """Evaluate ``aligned`` against ``base`` (e.g. right after an export)."""
+        """Evaluate ``aligned`` against ``base`` (e.g. right after an export), or against ``base`` at Q8_0 when
+        ``aligned`` runs at Q8_0 and ``base`` is a GGUF of another type (``evaluate.comparable_base``)."""
+        base = self._comparable_base(base, aligned)
         self.refresh_models()
         for combo, model in ((self.base_combo, base), (self.aligned_combo, aligned)):
             combo.blockSignals(True)

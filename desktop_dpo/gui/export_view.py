@@ -37,14 +37,18 @@ from desktop_dpo.core.dpo.runs import run_label
 from desktop_dpo.core.export.gguf import (
     DEFAULT_QUANTIZATION,
     QUANTIZATIONS,
-    estimate_export_bytes,
+    WORKING_ORDER,
+    WORKING_QUANTIZATION,
     llama_cpp_command,
+    working_quantization,
 )
 from desktop_dpo.core.export.parity import ParityReport
 from desktop_dpo.core.export.pipeline import (
     ExportFinished,
     ExportRecorded,
     ExportSettings,
+    default_quantizations,
+    estimated_file_sizes,
     export_folder_name,
 )
 from desktop_dpo.core.model_files import EXPORT_FOLDER_KEY
@@ -76,7 +80,7 @@ QUANTIZATION_NOTES = {
     "F16": "full 16-bit weights: the reference, largest file",
     "Q8_0": "8-bit: indistinguishable from F16, half its size",
     "Q5_K_M": "5-bit: a little smaller, still very close",
-    "Q4_K_M": "4-bit: the usual choice, small and fast, slight quality cost",
+    "Q4_K_M": "4-bit: the usual file to share, small and fast, slight quality cost",
 }
 
 
@@ -139,6 +143,7 @@ class ExportView(PageView):
         self._export: JobOp | None = None
         self._runs: list[RunRow] = []
         self._size_estimates: dict[str, dict[str, int | None]] = {}  # base folder -> file type -> bytes
+        self._files_chosen = False  # the person ticked a file type: a run's defaults no longer replace it
         self._build()
         registry.changed.connect(self._update_actions)
         self.refresh()
@@ -194,10 +199,16 @@ class ExportView(PageView):
             check = QCheckBox(name)
             check.setChecked(name == DEFAULT_QUANTIZATION)
             check.toggled.connect(self._update_actions)
+            check.toggled.connect(self._update_working_line)
+            check.clicked.connect(self._on_files_chosen)
             self.quant_checks[name] = check
             types.addWidget(check)
+        # Which file the app goes on with, and why (changes with the ticks).
+        self.working_line = styled_label("", "settingHelp", wrap=True)
+        types.addWidget(self.working_line)
         grid.addWidget(field_label("Files"), 2, 0)
         grid.addLayout(types, 2, 1, 1, 2)
+        self._update_working_line()
 
         self.destination_edit = QLineEdit(str(self.paths.exports_dir))
         self.destination_edit.setToolTip("The export gets its own folder inside this one")
@@ -333,6 +344,10 @@ class ExportView(PageView):
         for name, check in self.quant_checks.items():
             size = f" (about {human_size(sizes[name])})" if sizes.get(name) else ""
             check.setText(f"{name} — {QUANTIZATION_NOTES[name]}{size}")
+        if not self._files_chosen:
+            ticked = default_quantizations(sizes)
+            for name, check in self.quant_checks.items():
+                check.setChecked(name in ticked)
         config = run.config
         metrics = run.final_metrics
         bits = [
@@ -353,9 +368,7 @@ class ExportView(PageView):
         if base is None:
             return {}
         if base.path not in self._size_estimates:
-            self._size_estimates[base.path] = {
-                name: estimate_export_bytes(base.path, name) for name in QUANTIZATIONS
-            }
+            self._size_estimates[base.path] = estimated_file_sizes(base)
         return self._size_estimates[base.path]
 
     def _fill_exports(self) -> None:
@@ -384,11 +397,33 @@ class ExportView(PageView):
     # ---------------------------------------------------------------- exporting
 
     def chosen_quantizations(self) -> tuple[str, ...]:
-        """The file types ticked, in the order offered (the first becomes the registered model)."""
+        """The file types ticked, the one the app works with first (it becomes the registered model)."""
         ticked = [name for name, check in self.quant_checks.items() if check.isChecked()]
-        # The preferred type first: Q4_K_M (the usual choice) before the larger reference files.
-        ticked.sort(key=lambda name: (name != DEFAULT_QUANTIZATION, name))
+        ticked.sort(key=WORKING_ORDER.index)
         return tuple(ticked)
+
+    @Slot()
+    def _on_files_chosen(self) -> None:
+        self._files_chosen = True
+
+    @Slot()
+    def _update_working_line(self) -> None:
+        """Say which file the app goes on with (Collect, Chat and Evaluate run it) and which are to share."""
+        ticked = self.chosen_quantizations()
+        if not ticked:
+            self.working_line.setText("Tick at least one file type.")
+            return
+        working = working_quantization(ticked)
+        shared = [name for name in ticked if name != working]
+        line = f"The app goes on with {working}: Collect, Chat and Evaluate run it."
+        if shared:
+            line += f" {' and '.join(shared)} {'is' if len(shared) == 1 else 'are'} for sharing."
+        if working == DEFAULT_QUANTIZATION:
+            line += (
+                f" At 4 bits much of a short run's change is rounded away: tick {WORKING_QUANTIZATION} to go on "
+                "with what it learnt."
+            )
+        self.working_line.setText(line)
 
     @Slot()
     def start_export(self) -> bool:

@@ -261,9 +261,11 @@ class MainWindow(QMainWindow):
         if key == "evaluate":
             from desktop_dpo.gui.evaluate_view import EvaluateView
 
-            return EvaluateView(
+            evaluate = EvaluateView(
                 store=self.store, registry=self.registry, pool=self.pool, paths=self.paths, parent=slot
             )
+            evaluate.models_changed.connect(self._on_models_changed)
+            return evaluate
         if key == "data":
             from desktop_dpo.gui.data_view import DataView
 

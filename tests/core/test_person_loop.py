@@ -11,6 +11,7 @@ import pytest
 from desktop_dpo.config import SamplingSettings
 from desktop_dpo.core.demo_loop import DemoSettings, evaluate_round, prepare_copy, store_evaluation_prompts
 from desktop_dpo.core.errors import DesktopDpoError
+from desktop_dpo.core.evaluate import base_at, comparable_base
 from desktop_dpo.core.jobs import CancelToken, run_job
 from desktop_dpo.core.llm.engine_pool import EnginePool
 from desktop_dpo.core.llm.template_choice import template_for
@@ -18,7 +19,6 @@ from desktop_dpo.core.models import register_model
 from desktop_dpo.core.pair_selection import choose_pair
 from desktop_dpo.core.person_loop import (
     PersonSettings,
-    base_at,
     evaluate_draws,
     show_pair,
     shows_as_they_come_after,
@@ -240,6 +240,16 @@ def test_at_q8_0_the_base_is_compared_as_its_trainable_copy_at_q8_0(
     evaluation = store.get_evaluation(evaluation_id)
     assert evaluation is not None and evaluation.quantization == "Q8_0" and len(votes) == 1
     assert base_at(store, base, "Q8_0").id == compared.id, "the next round compares the same row"
+    # The Evaluate view's choice of base for this aligned model: the same copy; for a model at the base's own
+    # type, the base itself.
+    assert comparable_base(store, base, aligned, app_home).id == compared.id
+    same_type = register_model(
+        store, shutil.copy(tiny_gguf, tmp_path / "f32.gguf"), name="f32", source="aligned"
+    )
+    assert comparable_base(store, base, same_type, app_home).id == base.id
+    # A base without a trainable copy is left as it is: the comparison then says why it cannot run.
+    bare = register_model(store, shutil.copy(tiny_gguf, tmp_path / "bare.gguf"), name="bare")
+    assert comparable_base(store, bare, aligned, app_home).id == bare.id
     with pytest.raises(DesktopDpoError, match="base runs at F32, and no copy of it runs at Q5_K_M"):
         base_at(store, base, "Q5_K_M")
 

@@ -207,6 +207,39 @@ def test_models_at_different_quantizations_are_explained(
     assert gui_store.list_evaluations() == []
 
 
+def test_an_aligned_q8_0_is_compared_with_its_gguf_base_at_q8_0_through_the_trainable_copy(
+    qtbot, gui_store, registry, pool, app_home, tiny_gguf, tiny_model_dir, tmp_path
+):
+    # An export goes on with its Q8_0 file; the base it was trained from is a GGUF of another type (F32 here, the
+    # demo's Q4_K_M), so the comparison runs the base's trainable copy at Q8_0 instead of refusing.
+    from desktop_dpo.core.export.gguf import convert_hf_to_gguf
+    from desktop_dpo.core.jobs import run_job
+    from desktop_dpo.core.model_files import trainable_copy_dir
+    from desktop_dpo.core.models import recorded_trainable_copy
+
+    base = register_model(gui_store, tiny_gguf, name="tiny-gguf")
+    base, _ = run_job(recorded_trainable_copy(gui_store, base, trainable_copy_dir(app_home, base)))
+    q8_file, _ = run_job(convert_hf_to_gguf(tiny_model_dir, tmp_path / "aligned.Q8_0.gguf", outtype="q8_0"))
+    aligned = register_model(
+        gui_store, q8_file, name="tiny-aligned", source="aligned", parent_model_id=base.id
+    )
+    add_prompts(gui_store, "Tell me about tea.")
+    view = EvaluateView(store=gui_store, registry=registry, pool=pool, paths=app_home, rng=FixedSide(True))
+    with qtbot.waitSignal(view.models_changed, timeout=5_000, raising=False) as told:
+        pass  # told after the view has filled its lists
+    view.set_sampling_settings(SamplingSettings(temperature=0.8, max_tokens=10))
+    show_active(qtbot, view, 1100, 780)
+    view.prompt_view.setFocus()
+    chosen_base, chosen_aligned = view.models()
+    assert chosen_aligned.id == aligned.id
+    assert chosen_base.name == "tiny-gguf, as Q8_0" and chosen_base.parent_model_id == base.id
+    assert view.base_combo.currentText().startswith("tiny-gguf, as Q8_0")
+    assert told.signal_triggered, "the other views are told a model was registered"
+    next_and_wait(qtbot, view)
+    assert view.error_text() == ""
+    assert view.pair is not None and view.pair.base.id == chosen_base.id
+
+
 def test_stop_leaves_nothing_to_judge_and_the_prompt_comes_round_again(
     qtbot, gui_store, registry, pool, app_home, models, monkeypatch, tmp_path
 ):

@@ -83,11 +83,22 @@ def test_export_writes_the_files_shows_the_parity_report_and_registers_the_model
     run = view_store.list_runs()[0]
     measured = "held-out accuracy" if "heldout/rewards/accuracies" in run.final_metrics else "accuracy"
     assert re.search(rf"·\s+{measured} \d+%$", view.run_combo.currentText()), view.run_combo.currentText()
-    assert view.quant_checks["Q4_K_M"].isChecked()  # the usual choice is ticked by default
-    view.quant_checks["Q4_K_M"].setChecked(False)
-    view.quant_checks["Q8_0"].setChecked(True)
-    view.quant_checks["F16"].setChecked(True)
-    assert view.chosen_quantizations() == ("F16", "Q8_0")
+    # By default the file to share and, for a model this small, the 8-bit file the app goes on with.
+    assert view.chosen_quantizations() == ("Q8_0", "Q4_K_M")
+    assert view.working_line.text() == (
+        "The app goes on with Q8_0: Collect, Chat and Evaluate run it. Q4_K_M is for sharing."
+    )
+    view.quant_checks["Q8_0"].click()
+    assert view.chosen_quantizations() == ("Q4_K_M",)
+    assert "At 4 bits much of a short run's change is rounded away: tick Q8_0" in view.working_line.text()
+    view._on_run_changed()  # the run's defaults do not undo what the person ticked
+    assert view.chosen_quantizations() == ("Q4_K_M",)
+    view.quant_checks["Q4_K_M"].click()
+    assert view.working_line.text() == "Tick at least one file type." and not view.export_button.isEnabled()
+    view.quant_checks["Q8_0"].click()
+    view.quant_checks["F16"].click()
+    assert view.chosen_quantizations() == ("Q8_0", "F16")
+    assert view.working_line.text().endswith("F16 is for sharing.")
 
     with qtbot.waitSignal(view.models_changed, timeout=WAIT_MS):
         qtbot.mouseClick(view.export_button, Qt.MouseButton.LeftButton)
@@ -101,6 +112,7 @@ def test_export_writes_the_files_shows_the_parity_report_and_registers_the_model
     assert "Registered as" in view.activity()
     aligned = [m for m in view_store.list_models() if m.source == "aligned"]
     assert len(aligned) == 1 and aligned[0].run_id == 1
+    assert aligned[0].path.endswith(".Q8_0.gguf"), "the file the app goes on with is the registered model"
     # The registered file is selected at once: "Chat with it" works without a click on its row.
     assert view.exports_tree.currentItem().toolTip(0) == aligned[0].path
     assert view.chat_button.isEnabled() and view.evaluate_button.isEnabled()
@@ -187,14 +199,14 @@ def _shown_bytes(text: str) -> float:
 
 def test_a_finished_export_is_ready_to_chat_with_and_its_report_fits_a_small_window(qtbot, view, app_home):
     view.resize(1024 - 212, 640)  # the smallest usual window, less the sidebar
-    estimate = _shown_bytes(view.quant_checks["Q4_K_M"].text())
+    estimate = _shown_bytes(view.quant_checks["Q8_0"].text())
     chosen = []
     view.model_chosen.connect(chosen.append)
     with qtbot.waitSignal(view.models_changed, timeout=WAIT_MS):
         qtbot.mouseClick(view.export_button, Qt.MouseButton.LeftButton)
 
-    # The new file is selected: every action on it is ready, no click on its row needed.
-    written = app_home.exports_dir / "tiny-run-1" / "tiny-run-1.Q4_K_M.gguf"
+    # The new file the app goes on with is selected: every action on it is ready, no click on its row needed.
+    written = app_home.exports_dir / "tiny-run-1" / "tiny-run-1.Q8_0.gguf"
     assert view.exports_tree.currentItem().toolTip(0) == str(written)
     for action in (view.chat_button, view.evaluate_button, view.open_button, view.copy_button):
         assert action.isEnabled(), action.text()

@@ -314,7 +314,22 @@ QUANTIZATIONS: dict[str, tuple[str, float]] = {
     "Q5_K_M": ("LLAMA_FTYPE_MOSTLY_Q5_K_M", 0.75),
     "Q4_K_M": ("LLAMA_FTYPE_MOSTLY_Q4_K_M", 0.65),
 }
-DEFAULT_QUANTIZATION = "Q4_K_M"
+DEFAULT_QUANTIZATION = "Q4_K_M"  # the file to share: small and fast in llama.cpp, Ollama and LM Studio
+# Which of an export's files the app itself works with (registered as the aligned model: Collect, Chat and
+# Evaluate run it), the first of these that was written. Q8_0 answers like F16 at half its size; at 4 bits
+# much of a short run's update is rounded away (the person workflow: docs/ARCHITECTURE.md, decisions).
+WORKING_ORDER = ("Q8_0", "F16", "Q5_K_M", "Q4_K_M")
+WORKING_QUANTIZATION = WORKING_ORDER[0]
+# An export writes the working file beside the file to share by default while it comes to at most this (a
+# model of up to about 3.5 billion parameters); a larger model's Q8_0 costs too much disk and memory per round.
+WORKING_FILE_MAX_BYTES = 4 * 1024**3
+
+
+def working_quantization(quantizations: Iterable[str]) -> str:
+    """The file type among ``quantizations`` the app works with (:data:`WORKING_ORDER`)."""
+    written = list(quantizations)
+    return next((name for name in WORKING_ORDER if name in written), written[0])
+
 
 # How llama.cpp stores a weight of each tensor type: (bytes a block takes, weights in a block).
 _BLOCKS: dict[str, tuple[int, int]] = {

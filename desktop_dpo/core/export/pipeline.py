@@ -25,6 +25,7 @@ import json
 import re
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,18 +37,22 @@ from desktop_dpo.core.export.gguf import (
     DEFAULT_QUANTIZATION,
     QUANTIZATIONS,
     STOP_STRINGS_KEY,
+    WORKING_FILE_MAX_BYTES,
+    WORKING_QUANTIZATION,
     convert_hf_to_gguf,
     estimate_export_bytes,
     estimate_gguf_bytes,
     llama_cpp_command,
     modelfile_text,
     quantize_gguf,
+    working_quantization,
 )
 from desktop_dpo.core.jobs import CancelToken, Job, Log, Progress
 from desktop_dpo.core.model_files import (
     EXPORT_FOLDER_KEY,
     MERGED_FOLDER_KEY,
     atomic_output,
+    find_training_folder,
     partial_path,
     remove_partial_outputs,
     training_folder,
@@ -65,7 +70,8 @@ _HASH_CHUNK = 8 * 1024 * 1024
 
 @dataclass(frozen=True)
 class ExportSettings:
-    """What an export writes. Every field has the default a person gets from the Export view."""
+    """What an export writes. Every field but ``quantizations`` has the default a person gets from the Export
+    view, which ticks :func:`default_quantizations` (Q8_0 too, for a model up to a few billion parameters)."""
 
     quantizations: tuple[str, ...] = (
         DEFAULT_QUANTIZATION,
@@ -521,17 +527,36 @@ def aligned_model_name(base_name: str, run_id: int, quantization: str) -> str:
     return f"{base} · aligned, run {run_id} · {quantization}"
 
 
-def persist_export(store: Store, finished: ExportFinished, *, register_as: str | None = None) -> list[int]:
-    """Record an export: each file as an export row, and the first file registered as an aligned model.
+def estimated_file_sizes(base: ModelRow) -> dict[str, int | None]:
+    """About how large each file type of an export of a run on ``base`` comes out (None: cannot be told), from
+    the tensor table of the folder the export merges into: ``base``'s training folder (a GGUF's trainable copy
+    or merged folder), else its own folder. Reads a few KB: cheap enough while a person picks a run."""
+    folder = find_training_folder(base) or Path(base.path)
+    return {name: estimate_export_bytes(folder, name) for name in QUANTIZATIONS}
 
-    ``register_as`` picks which file becomes the registered model (default: the first, i.e. the preferred
-    quantization). The aligned model's parent is the run's base model, so its lineage is visible. Returns the
-    ids of the registered models (one).
+
+def default_quantizations(sizes: Mapping[str, int | None]) -> tuple[str, ...]:
+    """The files an export writes unless the person chooses others, given :func:`estimated_file_sizes`:
+    Q4_K_M, the file to share, and Q8_0, the one the app works with (``gguf.WORKING_ORDER``), while that comes
+    to at most ``WORKING_FILE_MAX_BYTES``; Q4_K_M alone for a larger model, or one whose size cannot be told."""
+    size = sizes.get(WORKING_QUANTIZATION)
+    if size is None or size > WORKING_FILE_MAX_BYTES:
+        return (DEFAULT_QUANTIZATION,)
+    return (DEFAULT_QUANTIZATION, WORKING_QUANTIZATION)
+
+
+def persist_export(store: Store, finished: ExportFinished, *, register_as: str | None = None) -> list[int]:
+    """Record an export: each file as an export row, and one file registered as an aligned model.
+
+    ``register_as`` picks which file becomes the registered model, the one the app works with (default: the
+    most faithful written, ``gguf.working_quantization``: Q8_0 over Q4_K_M). The aligned model's parent is the
+    run's base model, so its lineage is visible. Returns the ids of the registered models (one).
     """
     from desktop_dpo.core.models import register_model
 
     run = store.get_run(finished.run_id)
     base_id = run.base_model_id if run is not None else None
+    register_as = register_as or working_quantization(f.quantization for f in finished.files)
     chosen = next((f for f in finished.files if f.quantization == register_as), finished.files[0])
     with store.atomic():
         model = register_model(
