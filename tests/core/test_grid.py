@@ -151,3 +151,28 @@ def test_a_file_that_is_not_the_quantized_model_is_refused(tiny_gguf, tmp_path):
     with pytest.raises(ValueError, match="has no tensor"):
         patch_onto_base_grid(other, tmp_path / "empty.gguf", base)
     assert other.read_bytes() == before  # refused before anything was written
+
+
+def test_each_file_type_goes_onto_the_grid_of_the_nearest_gguf_of_that_type_in_the_lineage(memory_store):
+    from desktop_dpo.core.export.pipeline import grid_model
+
+    def add(name: str, kind: str, dtype: str, parent: int | None) -> int:
+        return memory_store.add_model(
+            name=name,
+            path=f"/m/{name}",
+            kind=kind,
+            fingerprint=name,
+            info={"dtype": dtype},
+            parent_model_id=parent,
+        )
+
+    demo = add("demo", "gguf", "Q4_K_M", None)  # the GGUF the lineage started from
+    round_1 = add("round-1", "gguf", "Q8_0", demo)  # the file the app went on with
+    round_2 = memory_store.get_model(add("round-2", "gguf", "Q8_0", round_1))
+    # Round 3's Q4_K_M goes onto the demo's grid (every round's update carried), its Q8_0 onto round 2's.
+    assert grid_model(memory_store, round_2, "Q4_K_M").name == "demo"
+    assert grid_model(memory_store, round_2, "Q8_0").name == "round-2"
+    # No GGUF of that type in the lineage: the base itself (its tensors of a matching type, if any).
+    assert grid_model(memory_store, round_2, "Q5_K_M").name == "round-2"
+    folder = memory_store.get_model(add("folder", "hf", "BF16", None))
+    assert grid_model(memory_store, folder, "Q4_K_M").name == "folder"

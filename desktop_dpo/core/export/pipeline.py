@@ -164,7 +164,8 @@ def _settle_template(merged_dir: Path, adapter_dir: Path, base: ModelRow) -> tup
 def _keep_update_on_base_grid(
     quantized: Path, f16: Path, base: ModelRow, quantization: str, cancel: CancelToken
 ) -> Job:
-    """When the model was trained from a quantized GGUF, put the quantized file on that GGUF's grid.
+    """When the model was trained from a quantized GGUF (``base``: :func:`grid_model`, that GGUF or the one of
+    this file type it was made from), put the quantized file on that GGUF's grid.
 
     Quantizing again would round the trained weights back onto the base's grid points and erase the
     update (``core/export/grid.py``); this moves the base's integers by stochastic rounding instead.
@@ -198,6 +199,24 @@ def _keep_update_on_base_grid(
         )
 
 
+def grid_model(store: Store, base: ModelRow, quantization: str) -> ModelRow:
+    """The model whose grid a ``quantization`` file of a run on ``base`` is put on: the nearest GGUF of that
+    file type in ``base``'s lineage (``base``, the model it was made from, and so on), else ``base``.
+
+    A round that went on with Q8_0 leaves a Q8_0 base for the next; its Q4_K_M file then goes onto the grid of
+    the Q4_K_M the lineage started from, carrying every round's update, instead of being quantized from scratch,
+    which would round small updates away.
+    """
+    seen: set[int] = set()
+    model: ModelRow | None = base
+    while model is not None and model.id not in seen:
+        if model.kind == "gguf" and str(model.info.get("dtype") or "").upper() == quantization:
+            return model
+        seen.add(model.id)
+        model = store.get_model(model.parent_model_id) if model.parent_model_id is not None else None
+    return base
+
+
 @dataclass(frozen=True)
 class _ExportPlan:
     """What an export works from, checked before anything is written (:func:`_plan_export`)."""
@@ -208,6 +227,7 @@ class _ExportPlan:
     adapter_dir: Path
     config: Any  # the run's TrainConfig
     quantizations: tuple[str, ...]  # upper-case, no duplicates, all known
+    grids: dict[str, ModelRow]  # per file type, the GGUF whose grid carries the update (:func:`grid_model`)
     parent: Path  # the folder the export goes into
     name: str  # the export folder's name (and the files' stem)
 
@@ -248,6 +268,7 @@ def _plan_export(store: Store, run_id: int, settings: ExportSettings, exports_di
         adapter_dir=Path(run.adapter_path),
         config=TrainConfig.from_dict(run.config),
         quantizations=quantizations,
+        grids={quantization: grid_model(store, base, quantization) for quantization in quantizations},
         parent=Path(settings.destination) if settings.destination else exports_dir,
         name=_slug(settings.name) if settings.name else export_folder_name(run, base),
     )
@@ -363,7 +384,9 @@ def _quantize(plan: _ExportPlan, f16: Path, work: Path, cancel: CancelToken) -> 
         files[quantization] = yield from quantize_gguf(
             f16, work / f"{plan.name}.{quantization}.gguf", quantization, cancel=cancel
         )
-        yield from _keep_update_on_base_grid(files[quantization], f16, plan.base, quantization, cancel)
+        yield from _keep_update_on_base_grid(
+            files[quantization], f16, plan.grids[quantization], quantization, cancel
+        )
     return files
 
 
