@@ -107,10 +107,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--working",
-        default="Q4_K_M",
+        default="Q8_0",
         choices=("Q4_K_M", "Q8_0"),
         help="person: the file type each round exports and samples from, and the evaluation compares at "
-        "(the base as its trainable copy at Q8_0); Q4_K_M is the demo's",
+        "(the base as its trainable copy at Q8_0): Q8_0 as the app goes on with it, or Q4_K_M, as it did before",
     )
     parser.add_argument(
         "--train",

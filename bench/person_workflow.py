@@ -8,7 +8,9 @@ samples four and shows the pair ``pair_selection`` chooses, except after a run t
 chosen pairs, when two come as they are again (``--keep-choosing`` chooses then too). Each round adds a
 point to the curve (win rate of the current model over the base on the held-out prompts, judged blind by
 the same rule, against picks so far; ``--eval-draws`` answers each prompt that many times, 4 by default).
-Ties and "both bad" picks count against the budget: they are the person's time too. Each round trains
+Ties and "both bad" picks count against the budget: they are the person's time too. Each round exports the
+file the app goes on with, Q8_0, and the evaluation runs both models at it (the base as its trainable copy at
+Q8_0; ``--working Q4_K_M``: as the app did before, on the base's own grid). Each round trains
 with the workflow's settings (the demo's, with ``--sft-weight``), or with ``--train app`` with what the
 Train view fills in for a new run on this machine (its preset, sized for a round's pairs; ``--train
 preset``: the preset alone).

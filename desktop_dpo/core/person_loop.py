@@ -20,11 +20,11 @@ played against the worst of each kind. Here each prompt costs one pick, as in Co
     3 train      the round's pairs, from the current model (the Train view's run of that model: the pairs
                  sampled from it), with the demo's settings (``sft_weight`` can change its SFT term); with
                  ``train_from="base"``, the base on every pick so far instead
-    4 export     Q4_K_M on the base's grid: the next round's current model; with ``working="Q8_0"``, Q8_0
-                 (the working model at the precision that keeps more of a short run's update)
+    4 export     the file the app goes on with (``working``: Q8_0, as the Export view for a model this size;
+                 ``"Q4_K_M"``, on the base's grid, as the app before): the next round's current model
     5 evaluate   base against the current model on the held-out prompts, judged blind by the same rule:
-                 one point of the curve (win rate against picks so far); the base at the working model's
-                 file type (at Q8_0: its trainable copy, which the app runs as a Q8_0 GGUF copy)
+                 one point of the curve (win rate against picks so far), at the working file type (at Q8_0
+                 the base is its trainable copy, which the app runs as a Q8_0 GGUF copy: evaluate.base_at)
 
 Prompts are taken in a seeded order and never repeat until every training prompt was asked once. The
 rule stands in for a person with one consistent taste; the selection is not told which rule it is.
@@ -109,10 +109,11 @@ class PersonSettings:
     # What each round trains: "current", the current model on the round's picks (the Train view's run of that
     # model); "base", the base on every pick so far, so each round's model is one run away from the base.
     train_from: str = "current"
-    # The working model's file type: what each round exports and the next round samples from, and the
-    # precision both sides of the evaluation run at. "Q4_K_M" is the demo's (the base's own, the file people
-    # share); "Q8_0" (the bench's --working) rounds less of a short run's update away.
-    working: str = "Q4_K_M"
+    # The file type the loop goes on with: what each round exports and the next round samples from, and the
+    # precision both sides of the evaluation run at. "Q8_0" is the app's (the Export view goes on with it for a
+    # model this size); "Q4_K_M" (the bench's --working Q4_K_M) is the demo's, the app's before, which rounded
+    # much of each run's update away (docs, the decisions table).
+    working: str = "Q8_0"
     # Each round's evaluation: how many answers each model gives per held-out prompt (each draw its own
     # seeds), pooled with an interval that counts the prompts, not the draws (EvaluationSummary.
     # from_prompt_votes). One is the demo's evaluation.
