@@ -314,8 +314,8 @@ def check_comparable(base_model: ModelRow, aligned_model: ModelRow, paths: AppPa
 def base_at(store: Store, base: ModelRow, quantization: str) -> ModelRow:
     """``base`` as a blind comparison runs it against a model at ``quantization``: itself at its own file type;
     at Q8_0, its training folder (a GGUF's trainable copy) registered as a Hugging Face model, which the app
-    runs as a GGUF copy at Q8_0 (``sampling.gguf_for_model``), so both sides run at the same precision. The
-    row is registered once and found again after.
+    runs as a GGUF copy at Q8_0 (``sampling.gguf_for_model``), so both sides run at the same precision. Asked
+    again, it registers the same folder again: the same row, brought up to date.
 
     Raises:
         DesktopDpoError: ``quantization`` is neither the base's own nor Q8_0.

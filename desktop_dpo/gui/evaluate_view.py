@@ -346,13 +346,12 @@ class EvaluateView(ModelWorkView):
     def _comparable_base(self, base: ModelRow, aligned: ModelRow) -> ModelRow:
         """``comparable_base``: a GGUF base's trainable copy when ``aligned`` runs at Q8_0 (registered the first
         time: the other views are told), else ``base``, whose mismatch the first prompt then explains."""
+        known = {model.id for model in self.store.list_models()}
         try:
             chosen = comparable_base(self.store, base, aligned, self.paths)
         except DesktopDpoError:
             return base
-        if chosen.id != base.id and chosen.id not in {
-            self.base_combo.itemData(i) for i in range(self.base_combo.count())
-        }:
+        if chosen.id not in known:
             QTimer.singleShot(0, self.models_changed.emit)  # after this view has filled its lists
         return chosen
 

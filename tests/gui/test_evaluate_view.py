@@ -238,6 +238,12 @@ def test_an_aligned_q8_0_is_compared_with_its_gguf_base_at_q8_0_through_the_trai
     next_and_wait(qtbot, view)
     assert view.error_text() == ""
     assert view.pair is not None and view.pair.base.id == chosen_base.id
+    # Another day: the copy is registered already, so nothing new is announced.
+    again = EvaluateView(store=gui_store, registry=registry, pool=pool, paths=app_home, rng=FixedSide(True))
+    qtbot.addWidget(again)
+    with qtbot.waitSignal(again.models_changed, timeout=500, raising=False) as told_again:
+        pass
+    assert again.models()[0].id == chosen_base.id and not told_again.signal_triggered
 
 
 def test_stop_leaves_nothing_to_judge_and_the_prompt_comes_round_again(
