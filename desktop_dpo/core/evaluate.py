@@ -37,6 +37,7 @@ from desktop_dpo.config import AppPaths, SamplingSettings
 from desktop_dpo.core.errors import DesktopDpoError
 from desktop_dpo.core.jobs import CancelToken, Progress
 from desktop_dpo.core.llm.generation import GenerationResult, draw_seed
+from desktop_dpo.core.model_files import find_training_folder, recorded_dtype, training_folder
 from desktop_dpo.core.prompt_files import read_prompt_file
 from desktop_dpo.core.sampling import (
     DEFAULT_N_CTX,
@@ -264,13 +265,11 @@ def model_quantization(model: ModelRow, paths: AppPaths) -> str | None:
     llama.cpp's converter cannot read it, in transformers at the folder's own dtype.
     """
     if model.kind == "gguf":
-        dtype = model.info.get("dtype")
-        return str(dtype).upper() if dtype else None
+        return recorded_dtype(model)
     if model.kind == "hf":
         if gguf_refusal(model, paths) is None:
             return GGUF_COPY_OUTTYPE.upper()
-        dtype = model.info.get("dtype")
-        return str(dtype).upper() if dtype else None
+        return recorded_dtype(model)
     return None
 
 
@@ -321,10 +320,9 @@ def base_at(store: Store, base: ModelRow, quantization: str) -> ModelRow:
         DesktopDpoError: ``quantization`` is neither the base's own nor Q8_0.
         ModelError: the base has no training folder ready (no trainable copy yet).
     """
-    from desktop_dpo.core.model_files import training_folder
     from desktop_dpo.core.models.registration import register_model
 
-    own = str(base.info.get("dtype") or "").upper()
+    own = recorded_dtype(base)
     if quantization == own or (base.kind == "hf" and quantization == GGUF_COPY_OUTTYPE.upper()):
         return base  # a Hugging Face folder runs as its Q8_0 GGUF copy already
     if quantization != GGUF_COPY_OUTTYPE.upper():
@@ -341,8 +339,6 @@ def comparable_base(store: Store, base: ModelRow, aligned: ModelRow, paths: AppP
     Q8_0 (the file an export goes on with) and ``base`` is a GGUF at another type whose trainable copy is
     ready: then that copy at Q8_0 (:func:`base_at`), so the comparison measures the training, not the file
     types. Otherwise ``base``, and :func:`check_comparable` says why a mismatch cannot be compared."""
-    from desktop_dpo.core.model_files import find_training_folder
-
     base_q, aligned_q = model_quantization(base, paths), model_quantization(aligned, paths)
     if base_q is None or base_q == aligned_q or aligned_q != GGUF_COPY_OUTTYPE.upper():
         return base

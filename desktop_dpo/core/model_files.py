@@ -164,6 +164,13 @@ def _is_ready(model: ModelRow, key: str | None, folder: Path) -> bool:
     return key != TRAINABLE_COPY_KEY or is_trainable_copy_of(folder, model.fingerprint)
 
 
+def recorded_dtype(model: ModelRow) -> str | None:
+    """The weight type the registry recorded for ``model`` (:data:`DTYPE_KEY`), upper-case: a GGUF's file type
+    ("Q4_K_M"), a folder's dtype ("BF16"); None when none was recorded."""
+    dtype = model.info.get(DTYPE_KEY)
+    return str(dtype).upper() if dtype else None
+
+
 def find_training_folder(model: ModelRow) -> Path | None:
     """The Hugging Face folder training loads for ``model``, or None when it has none ready.
 

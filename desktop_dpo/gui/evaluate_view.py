@@ -330,8 +330,9 @@ class EvaluateView(ModelWorkView):
         current = (self.base_combo.currentData(), self.aligned_combo.currentData())
         default_base, default_aligned = default_models(models)
         if current[0] is None and default_base is not None and default_aligned is not None:
-            default_base = self._comparable_base(default_base, default_aligned)
-            if default_base.id not in {m.id for m in models}:
+            known = {m.id for m in models}
+            default_base = self._comparable_base(default_base, default_aligned, known)
+            if default_base.id not in known:
                 models = self.store.list_models()
         # Exported here, or trained elsewhere and imported (desktop-dpo cluster import).
         self._has_aligned = any(m.source in ("aligned", "imported") for m in models)
@@ -343,10 +344,10 @@ class EvaluateView(ModelWorkView):
             combo.fill(models, model_id)
         self._on_models_chosen()
 
-    def _comparable_base(self, base: ModelRow, aligned: ModelRow) -> ModelRow:
-        """``comparable_base``: a GGUF base's trainable copy when ``aligned`` runs at Q8_0 (registered the first
-        time: the other views are told), else ``base``, whose mismatch the first prompt then explains."""
-        known = {model.id for model in self.store.list_models()}
+    def _comparable_base(self, base: ModelRow, aligned: ModelRow, known: set[int]) -> ModelRow:
+        """``comparable_base``: a GGUF base's trainable copy when ``aligned`` runs at Q8_0 (the other views are
+        told when it is not among the ``known`` model ids), else ``base``, whose mismatch the first prompt then
+        explains."""
         try:
             chosen = comparable_base(self.store, base, aligned, self.paths)
         except DesktopDpoError:
@@ -358,7 +359,7 @@ class EvaluateView(ModelWorkView):
     def set_models(self, base: ModelRow, aligned: ModelRow) -> None:
         """Evaluate ``aligned`` against ``base`` (e.g. right after an export), or against ``base`` at Q8_0 when
         ``aligned`` runs at Q8_0 and ``base`` is a GGUF of another type (``evaluate.comparable_base``)."""
-        base = self._comparable_base(base, aligned)
+        base = self._comparable_base(base, aligned, {m.id for m in self.store.list_models()})
         self.refresh_models()
         for combo, model in ((self.base_combo, base), (self.aligned_combo, aligned)):
             combo.blockSignals(True)

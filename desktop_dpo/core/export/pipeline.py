@@ -54,6 +54,7 @@ from desktop_dpo.core.model_files import (
     atomic_output,
     find_training_folder,
     partial_path,
+    recorded_dtype,
     remove_partial_outputs,
     training_folder,
 )
@@ -210,7 +211,7 @@ def grid_model(store: Store, base: ModelRow, quantization: str) -> ModelRow:
     seen: set[int] = set()
     model: ModelRow | None = base
     while model is not None and model.id not in seen:
-        if model.kind == "gguf" and str(model.info.get("dtype") or "").upper() == quantization:
+        if model.kind == "gguf" and recorded_dtype(model) == quantization:
             return model
         seen.add(model.id)
         model = store.get_model(model.parent_model_id) if model.parent_model_id is not None else None
