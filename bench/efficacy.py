@@ -62,9 +62,10 @@ def main() -> None:
     parser.add_argument(
         "--after-run",
         default="surest",
-        choices=("surest", "least_sure", "favourites"),
-        help="person, selected pairs: after a run, the pair it is surest about (the app's rule), least sure, or "
-        "the two answers it likes most",
+        choices=("surest", "least_sure", "favourites", "changed_mind"),
+        help="person, selected pairs: after a run, the pair it is surest about (the app's rule), least sure, "
+        "the two answers it likes most, or the pair it ordered most surely against the run before it (surest "
+        "after a first run)",
     )
     parser.add_argument(
         "--keep-choosing",

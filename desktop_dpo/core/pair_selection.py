@@ -101,6 +101,11 @@ def reason_for(
             f"Of {considered} answers, {run_label} is surest which of these two is better (reward gap "
             f"{margin or 0.0:.2f}): your pick confirms what it learnt or corrects it where it is most wrong."
         )
+    if how == "changed_mind":
+        return (
+            f"Of {considered} answers, {run_label} and the run before it disagree most about which of these "
+            "two is better: your pick says which of them learnt your taste."
+        )
     if how == "favourites":
         return (
             f"Of {considered} answers, {run_label} likes these two the most: your pick tells it which way to "
@@ -266,8 +271,46 @@ def favourites(texts: Sequence[str], rewards: Sequence[float], run_label: str = 
     return PairChoice(i, j, "favourites", margin, distance, len(texts), reason)
 
 
+def changed_mind(
+    texts: Sequence[str],
+    rewards: Sequence[float],
+    run_label: str = "the last run",
+    earlier: Sequence[float] | None = None,
+) -> PairChoice:
+    """The pair on which ``run_label`` reversed the run before it: of the pairs at least
+    :data:`MIN_DIFFERENCE` apart whose two answers the two runs order differently (``rewards``: under the last
+    run's adapter; ``earlier``: under the adapter of the run that made the model it trained from), the one
+    both are surest about, the larger ``min(|margin now|, |margin before|)``. The pick says which run learnt
+    the person's taste there. :func:`largest_margin` when the runs order every pair alike, or with no
+    ``earlier`` rewards (a first run). On equal margins the more different pair wins, then the earliest.
+
+    Raises:
+        ValueError: fewer than two answers, or not one reward per answer.
+    """
+    if earlier is None:
+        return largest_margin(texts, rewards, run_label)
+    if len(earlier) != len(texts):
+        raise ValueError(f"{len(texts)} answers but {len(earlier)} earlier rewards.")
+    reversed_pairs = [
+        (min(margin, abs(earlier[i] - earlier[j])), distance, i, j)
+        for margin, distance, i, j in _margins(texts, rewards)
+        if (rewards[i] - rewards[j]) * (earlier[i] - earlier[j]) < 0
+    ]
+    if not reversed_pairs:
+        return largest_margin(texts, rewards, run_label)
+    _score, distance, i, j = max(reversed_pairs, key=lambda row: (row[0], row[1], -row[2], -row[3]))
+    margin = abs(rewards[i] - rewards[j])
+    reason = reason_for("changed_mind", len(texts), margin, run_label)
+    return PairChoice(i, j, "changed_mind", margin, distance, len(texts), reason)
+
+
 # choose_pair's after_run: how a pair is chosen by the rewards under the model's last run
-AFTER_A_RUN = {"surest": largest_margin, "least_sure": smallest_margin, "favourites": favourites}
+AFTER_A_RUN = {
+    "surest": largest_margin,
+    "least_sure": smallest_margin,
+    "favourites": favourites,
+    "changed_mind": changed_mind,
+}
 
 
 def check_rules(before_run: str, after_run: str) -> None:
@@ -284,15 +327,19 @@ def choose_pair(
     run_label: str = "the last run",
     before_run: str = "as_they_come",
     after_run: str = "surest",
+    earlier: Sequence[float] | None = None,
 ) -> PairChoice:
     """The pair to show: the rule ``after_run`` names in :data:`AFTER_A_RUN` when ``rewards`` (one per
     answer, from the model's last run) are known, else the rule ``before_run`` names in
-    :data:`BEFORE_A_RUN`. Two answers are shown as they are.
+    :data:`BEFORE_A_RUN`. Two answers are shown as they are. ``earlier``: the rewards under the run before
+    the last one, for ``"changed_mind"`` (:func:`changed_mind`).
 
     Raises:
         ValueError: fewer than two answers, not one reward per answer, or an unknown rule.
     """
     check_rules(before_run, after_run)
     if rewards is not None:
+        if after_run == "changed_mind":
+            return changed_mind(texts, rewards, run_label, earlier)
         return AFTER_A_RUN[after_run](texts, rewards, run_label)
     return BEFORE_A_RUN[before_run](texts)

@@ -252,11 +252,13 @@ def show_pair(
     scorer: Any = None,
     run_label: str = "the last run",
     after_chosen: bool = False,
+    earlier_scorer: Any = None,
 ) -> Generator[Any, None, tuple[GenerationResult, GenerationResult, PairChoice, float]]:
     """The two answers Collect would show for ``messages`` (a job): ``(left, right, choice, scoring seconds)``.
 
     ``scorer``: the last run's, to choose by; ``after_chosen``: that run learnt mostly from chosen pairs, so
-    two answers are shown as they come (``scorer`` unused)."""
+    two answers are shown as they come (``scorer`` unused). ``earlier_scorer``: the run before the last one's,
+    for ``after_run="changed_mind"``."""
     after_chosen = person.selection and after_chosen
     choosing = person.selection and not after_chosen
     choosing = choosing and (scorer is not None or person.before_run != "as_they_come")
@@ -264,15 +266,17 @@ def show_pair(
     results = yield from sample_answers(pool, model, paths, messages, demo.sampling, count, rng, cancel)
     texts = [r.text for r in results]
     scoring = 0.0
-    rewards = None
+    rewards = earlier = None
     if choosing and scorer is not None:
         start = time.perf_counter()
         rewards = scorer.rewards(messages, texts, per_token=person.reward_per_token)
+        if earlier_scorer is not None:
+            earlier = earlier_scorer.rewards(messages, texts, per_token=person.reward_per_token)
         scoring = time.perf_counter() - start
     if after_chosen:
         choice = as_they_come_again(texts, run_label)
     elif person.selection:
-        choice = choose_pair(texts, rewards, run_label, person.before_run, person.after_run)
+        choice = choose_pair(texts, rewards, run_label, person.before_run, person.after_run, earlier)
     else:
         choice = most_different(texts)
     return results[choice.first], results[choice.second], choice, scoring
@@ -374,6 +378,7 @@ def run_person(
         compared = base_at(store, base, person.working)
         eval_rows = store_evaluation_prompts(store, held_out)
         current, last_run = base, None
+        earlier_run: int | None = None  # the run that made the model last_run trained from
         every_pick: list[int] = []  # the training picks of every round so far
         last_picks: list[int] | None = None  # those of the round that made the current model
         for round_number, budget in enumerate(person.round_budgets(), start=1):
@@ -383,6 +388,8 @@ def run_person(
             label = run_label(run.id, run.name) if run is not None else ""
             after_chosen = shows_as_they_come_after(store, person, last_picks)
             scorer = _scorer(store, last_run) if person.selection and not after_chosen else None
+            reversing = scorer is not None and person.after_run == "changed_mind"
+            earlier_scorer = _scorer(store, earlier_run) if reversing else None
             ids: list[int] = []
             try:
                 for _ in range(budget):
@@ -402,6 +409,7 @@ def run_person(
                             scorer,
                             label,
                             after_chosen,
+                            earlier_scorer,
                         ),
                         store,
                     )
@@ -415,8 +423,9 @@ def run_person(
                         ids.append(comparison)
                     yield PickMade(round_number, done, person.picks, verdict, choice.how)
             finally:
-                if scorer is not None:
-                    scorer.close()
+                for opened in (scorer, earlier_scorer):
+                    if opened is not None:
+                        opened.close()
             pool.close_all()  # frees the sampler's context while training needs the memory
             seconds["picks"] = time.perf_counter() - start
             run_id = None
@@ -431,6 +440,7 @@ def run_person(
                     store, paths, run_id, demo, cancel, person.working
                 )
                 seconds["export"] = time.perf_counter() - start
+                earlier_run = last_run if person.train_from == "current" else None
                 last_run, last_picks = run_id, ids
             else:
                 yield Log(f"Round {round_number}: no pick had a winner; nothing to train on.")

@@ -8,6 +8,7 @@ from desktop_dpo.core.pair_selection import (
     MIN_DIFFERENCE,
     as_they_come,
     as_they_come_again,
+    changed_mind,
     choose_pair,
     favourites,
     keeps_choosing,
@@ -75,6 +76,31 @@ def test_favourites_are_the_two_answers_the_run_likes_most() -> None:
     # The run's worst answer (2) is not shown, where the surest pair (its best against its worst) shows it.
     surest = largest_margin(ANSWERS, rewards)
     assert 2 not in (choice.first, choice.second) and 2 in (surest.first, surest.second)
+
+
+def test_changed_mind_picks_the_pair_the_last_run_reversed_most_surely() -> None:
+    # Same hand-worked rewards now; before, the run that made the model ordered them otherwise:
+    #   now    [0.9, 0.95, -1.2, 0.5]      before [-0.3, -0.2, 0.6, 0.4]
+    # Distinct pairs whose order the runs disagree on, with min(|gap now|, |gap before|):
+    #   (0,2) min(2.1, 0.9) = 0.9; (1,2) min(2.15, 0.8) = 0.8; (0,3) min(0.4, 0.7) = 0.4;
+    #   (1,3) min(0.45, 0.6) = 0.45; (2,3) min(1.7, 0.2) = 0.2. (0,1) is the same text, left out.
+    # The surest pair now, (1,2), is reversed less surely than (0,2), which is shown.
+    rewards, before = [0.9, 0.95, -1.2, 0.5], [-0.3, -0.2, 0.6, 0.4]
+    choice = changed_mind(ANSWERS, rewards, "Run 3", before)
+    assert (choice.first, choice.second) == (0, 2)
+    assert choice.how == "changed_mind" and choice.margin == pytest.approx(2.1)
+    assert choice.chosen_by == "changed_mind"
+    assert "Run 3 and the run before it disagree most" in choice.reason
+    assert choose_pair(ANSWERS, rewards, "Run 3", after_run="changed_mind", earlier=before) == choice
+    # Runs that order every pair alike, or a first run (nothing before it): the surest pair now.
+    assert changed_mind(ANSWERS, rewards, "Run 3", [2 * r for r in rewards]) == largest_margin(
+        ANSWERS, rewards, "Run 3"
+    )
+    assert choose_pair(ANSWERS, rewards, "Run 3", after_run="changed_mind") == largest_margin(
+        ANSWERS, rewards, "Run 3"
+    )
+    with pytest.raises(ValueError, match="4 answers but 3 earlier rewards"):
+        changed_mind(ANSWERS, rewards, "Run 3", before[:3])
 
 
 def test_largest_margin_leaves_out_answers_that_are_the_same_text() -> None:

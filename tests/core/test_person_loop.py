@@ -90,18 +90,24 @@ def pool():
 class RecordingScorer:
     """Stands in for a run's implicit rewards: one per answer, made up, and records what it was asked."""
 
-    def __init__(self) -> None:
+    def __init__(self, rewards: tuple[float, ...] = (0.0, 3.0, 0.1, 5.0)) -> None:
         self.asked: list[list[str]] = []
         self.per_token: list[bool] = []
+        self.given = list(rewards)
 
     def rewards(self, messages, texts, per_token=False):
         self.asked.append(list(texts))
         self.per_token.append(per_token)
-        return [0.0, 3.0, 0.1, 5.0][: len(texts)]
+        return self.given[: len(texts)]
 
 
 MESSAGES = [{"role": "user", "content": "Tell me about tea."}]
 DEMO = DemoSettings(sampling=SamplingSettings(temperature=1.0, max_tokens=8))
+
+
+def _showing(pool, model, app_home, person) -> tuple:
+    """show_pair's arguments before the scorer: MESSAGES from ``model``, seeded, not cancelled."""
+    return pool, model, app_home, MESSAGES, DEMO, person, random.Random(3), CancelToken()
 
 
 def test_without_selection_two_answers_are_sampled_and_shown(app_home, store, tiny_gguf, pool):
@@ -138,6 +144,23 @@ def test_with_selection_four_answers_are_scored_and_the_surest_pair_shown(
     } or choice.distance < 0.2  # 0 and 5.0, unless the same words
 
 
+def test_changed_mind_scores_the_answers_under_the_run_before_too(app_home, store, tiny_gguf, pool):
+    model = register_model(store, tiny_gguf, name="tiny")
+    last, before = RecordingScorer(), RecordingScorer((4.0, 0.0, 2.0, 1.0))
+    person = PersonSettings(selection=True, candidates=4, after_run="changed_mind")
+    (left, right, choice, _), _ = run_job(
+        show_pair(*_showing(pool, model, app_home, person), last, "Run 2", earlier_scorer=before)
+    )
+    # Both runs scored the same four answers; the pair is the one the two orders most surely disagree on.
+    assert last.asked == before.asked and len(last.asked[0]) == 4
+    texts = last.asked[0]
+    assert choice == choose_pair(
+        texts, [0.0, 3.0, 0.1, 5.0], "Run 2", after_run="changed_mind", earlier=[4.0, 0.0, 2.0, 1.0]
+    )
+    assert (left.text, right.text) == (texts[choice.first], texts[choice.second])
+    assert choice.how == "changed_mind" and "Run 2 and the run before it disagree most" in choice.reason
+
+
 def test_before_any_run_the_selection_shows_two_answers_as_they_come(app_home, store, tiny_gguf, pool):
     model = register_model(store, tiny_gguf, name="tiny")
     plain = PersonSettings(selection=False)
@@ -166,19 +189,7 @@ def test_after_a_run_that_learnt_from_chosen_pairs_two_answers_come_as_they_are(
     scorer = RecordingScorer()
     person = PersonSettings(selection=True, candidates=4)
     (left, right, choice, scoring), _ = run_job(
-        show_pair(
-            pool,
-            model,
-            app_home,
-            MESSAGES,
-            DEMO,
-            person,
-            random.Random(3),
-            CancelToken(),
-            scorer,
-            "Run 2",
-            True,
-        )
+        show_pair(*_showing(pool, model, app_home, person), scorer, "Run 2", True)
     )
     assert choice.how == "after_chosen" and choice.considered == 2 and choice.chosen_by is None
     assert choice.reason.startswith("Run 2 learnt from pairs chosen by an earlier run")
