@@ -65,7 +65,8 @@ def main() -> None:
         choices=("surest", "least_sure", "favourites", "changed_mind"),
         help="person, selected pairs: after a run, the pair it is surest about (the app's rule), least sure, "
         "the two answers it likes most, or the pair it ordered most surely against the run before it (surest "
-        "after a first run)",
+        "after a first run; with the rounds alternating, the round after a second run comes as it is, so use "
+        "it with --keep-choosing)",
     )
     parser.add_argument(
         "--keep-choosing",

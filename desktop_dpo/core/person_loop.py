@@ -14,7 +14,8 @@ played against the worst of each kind. Here each prompt costs one pick, as in Co
                    by: the same draws as without selection, so round 1 is the same in both); after it,
                    ``candidates`` answers and the pair ``pair_selection.choose_pair`` picks: the largest
                    implicit-reward margin under the run that made the current model
-                   (``dpo/implicit_reward.py``), or, with ``after_run="least_sure"``, the smallest; but
+                   (``dpo/implicit_reward.py``), or, with ``after_run="least_sure"``, the smallest (with
+                   ``"changed_mind"``, the answers are scored by the run before it too); but
                    after a run that learnt mostly from chosen pairs, two answers as they come again
                    (``alternate``: the rounds alternate, ``pair_selection.keeps_choosing``).
     3 train      the round's pairs, from the current model (the Train view's run of that model: the pairs
