@@ -390,9 +390,11 @@ def run_person(
             after_chosen = shows_as_they_come_after(store, person, last_picks)
             scorer = _scorer(store, last_run) if person.selection and not after_chosen else None
             reversing = scorer is not None and person.after_run == "changed_mind"
-            earlier_scorer = _scorer(store, earlier_run) if reversing else None
+            earlier_scorer = None
             ids: list[int] = []
             try:
+                # Loaded inside: if it fails, the finally still closes the last run's scorer.
+                earlier_scorer = _scorer(store, earlier_run) if reversing else None
                 for _ in range(budget):
                     cancel.raise_if_cancelled()
                     yield Progress(done, person.picks, f"Pick {done + 1} of {person.picks}")
