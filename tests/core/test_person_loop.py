@@ -151,7 +151,7 @@ def test_changed_mind_scores_the_answers_under_the_run_before_too(app_home, stor
     (left, right, choice, _), _ = run_job(
         show_pair(*_showing(pool, model, app_home, person), last, "Run 2", earlier_scorer=before)
     )
-    # Both runs scored the same four answers; the pair is the one the two orders most surely disagree on.
+    # Both runs scored the same four answers; the pair shown is the one their orders disagree on most surely.
     assert last.asked == before.asked and len(last.asked[0]) == 4
     texts = last.asked[0]
     assert choice == choose_pair(
