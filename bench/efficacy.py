@@ -122,7 +122,19 @@ def main() -> None:
         "the Train view fills in for a new run on a round's picks on this machine (app), or with this "
         "machine's preset alone (preset: the Train view before it sized runs on a few pairs)",
     )
+    parser.add_argument(
+        "--head-to-head",
+        type=Path,
+        metavar="DIR",
+        help="person: only compare the two arms' models of an earlier run kept in DIR (--keep DIR, both arms) "
+        "against each other, round by round, from the answers its evaluations recorded; nothing is sampled",
+    )
     args = parser.parse_args()
+    if args.head_to_head is not None:
+        from person_workflow import compare_kept
+
+        compare_kept(args.head_to_head, [name.strip() for name in args.rules.split(",") if name.strip()])
+        return
     if args.workflow == "person":
         from person_workflow import run_person_bench
 

@@ -17,8 +17,13 @@ preset``: the preset alone).
 
 Prints, per arm, the curve and a headline:
     efficacy: workflow=person rule=.. arm=.. picks=.. win_rate=.. ci_low=.. ci_high=.. n=.. ties=.. both_bad=..
-and per rule the selection's gain at the full budget:
-    selection: rule=.. picks=.. win_selected=.. win_random=.. gain=..
+and per rule, with both arms, the two arms' models against each other round by round (each held-out prompt
+and draw was answered with the same seed in both arms, so the pair is judged by the rule: less noise than two
+evaluations against the base, and it does not saturate near 100%; ``--head-to-head DIR`` prints it for a kept
+run):
+    head_to_head: rule=.. round=.. picks=.. selected_over_random=.. ci_low=.. ci_high=.. n=.. ties=.. both_bad=..
+and the selection's gain at the full budget:
+    selection: rule=.. picks=.. win_selected=.. win_random=.. gain=.. head_to_head=..
 Writes bench/out/person_workflow.json and the curve as bench/out/person_curve.svg.
 """
 
@@ -200,6 +205,85 @@ def pick_costs(reports: list[dict[str, Any]], rule: str) -> tuple[float, float]:
     return (selected - scoring) / plain, selected / plain
 
 
+def _final_answers(home: Path) -> list[dict[tuple[Any, ...], str]]:
+    """Each round's held-out answers of the model it trained, in ``home``'s store: per round (in order), the
+    answer text by (evaluation seed, prompt, sampler seed); the same key names the same draw in every arm."""
+    from desktop_dpo.config import AppPaths
+    from desktop_dpo.core.store import Store
+
+    paths = AppPaths(data_dir=home / "data", log_dir=home / "logs")
+    rounds: dict[int | None, dict[tuple[Any, ...], str]] = {}
+    with Store.open(paths.db_path) as store:
+        for evaluation in reversed(store.list_evaluations()):  # oldest first: round by round
+            answers = rounds.setdefault(evaluation.aligned_model_id, {})
+            for vote in store.evaluation_votes(evaluation.id):
+                prompt = store.get_prompt(vote.prompt_id) if vote.prompt_id is not None else None
+                key = (
+                    evaluation.settings.get("seed"),
+                    json.dumps(prompt.messages) if prompt else None,
+                    vote.seed,
+                )
+                answers[key] = vote.aligned_text
+    return list(rounds.values())
+
+
+def head_to_head(selected_home: Path, random_home: Path, rule_name: str) -> list[dict[str, Any]]:
+    """The two arms' models against each other, round by round, judged by the rule: each held-out prompt and
+    draw was answered with the same sampler seed by both arms' models (the evaluations against the base
+    recorded the answers), so the selected arm's answer and the random arm's form a pair, judged as the
+    evaluation judges (``aligned`` = the selected arm's model). Paired, so the base's own answers and their
+    draws are out of the comparison; a round both arms trained alike gives ties only (round 1, before a run)."""
+    from desktop_dpo.core.evaluate import RULES, EvaluationSummary, judge_by_rule, vote_for
+
+    rule = RULES[rule_name]()
+    report = []
+    for index, (chosen, plain) in enumerate(
+        zip(_final_answers(selected_home), _final_answers(random_home), strict=False), 1
+    ):
+        keys = [key for key in chosen if key in plain]
+        votes = [
+            (key[1], vote_for(judge_by_rule(chosen[key], plain[key], rule), aligned_is_a=True))
+            for key in keys
+        ]
+        summary = EvaluationSummary.from_prompt_votes(votes)
+        report.append(
+            {
+                "round": index,
+                "win_rate": summary.win_rate,
+                "ci_low": summary.ci_low,
+                "ci_high": summary.ci_high,
+                "n": summary.n_decisive,
+                "ties": summary.ties,
+                "both_bad": summary.both_bad,
+                "pairs": len(keys),
+            }
+        )
+    return report
+
+
+def print_head_to_head(rule: str, rounds: list[dict[str, Any]]) -> None:
+    """One line per round: how often the selected arm's model won against the random arm's."""
+    for point in rounds:
+        rate = "none" if point["win_rate"] is None else f"{point['win_rate']:.3f}"
+        spent = f" picks={point['picks']}" if "picks" in point else ""
+        print(
+            f"head_to_head: rule={rule} round={point['round']}{spent} selected_over_random={rate} "
+            f"ci_low={point['ci_low']:.3f} ci_high={point['ci_high']:.3f} n={point['n']} ties={point['ties']} "
+            f"both_bad={point['both_bad']}"
+        )
+
+
+def compare_kept(root: Path, rules: list[str]) -> None:
+    """``--head-to-head DIR``: the head-to-head of a kept run's arms (``--keep DIR`` of an earlier run, both
+    arms), from the answers its evaluations recorded; nothing is sampled or trained."""
+    for rule in rules:
+        selected, plain = root / f"{rule}-selected", root / f"{rule}-random"
+        if selected.exists() and plain.exists():
+            print_head_to_head(rule, head_to_head(selected, plain, rule))
+        else:
+            print(f"head_to_head: rule={rule} skipped: {root} has not both arms of it", file=sys.stderr)
+
+
 def run_person_bench(args: Any) -> None:
     """Runs every (rule, arm) asked for, prints the headlines and writes the report and the plot."""
     from desktop_dpo.core.offline import lock_down
@@ -223,25 +307,39 @@ def run_person_bench(args: Any) -> None:
             _note(start, f"{rule}, {arm} pairs")
             reports.append(run_arm(home, rule, ARMS[arm], args, start))
             first_home = first_home or home
+
+    def report(rule: str, arm: str) -> dict[str, Any] | None:
+        return next((r for r in reports if r["rule"] == rule and r["arm"] == arm), None)
+
+    for rule in rules:
+        chosen = report(rule, "selected")
+        if chosen is not None and report(rule, "random") is not None:
+            rounds = head_to_head(root / f"{rule}-selected", root / f"{rule}-random", rule)
+            for point, spent in zip(rounds, chosen["curve"], strict=False):
+                point["picks"] = spent["picks"]
+            chosen["head_to_head"] = rounds
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "person_workflow.json").write_text(json.dumps(reports, indent=2), encoding="utf-8")
     (OUT / "person_curve.svg").write_text(curve_svg(reports), encoding="utf-8")
-    for report in reports:
-        for point in report["curve"]:
+    for each in reports:
+        for point in each["curve"]:
             print(
-                f"curve: rule={report['rule']} arm={report['arm']} picks={point['picks']} "
+                f"curve: rule={each['rule']} arm={each['arm']} picks={point['picks']} "
                 f"win_rate={point['win_rate'] or 0:.3f} ci_low={point['ci_low']:.3f} n={point['n']}"
             )
-    by_key = {(r["rule"], r["arm"]): r["curve"][-1] for r in reports}
     for rule in rules:
-        if (rule, "selected") in by_key and (rule, "random") in by_key:
-            chosen, plain = by_key[(rule, "selected")], by_key[(rule, "random")]
-            costs = pick_costs(reports, rule)
-            print(
-                f"selection: rule={rule} picks={chosen['picks']} win_selected={chosen['win_rate'] or 0:.3f} "
-                f"win_random={plain['win_rate'] or 0:.3f} gain={(chosen['win_rate'] or 0) - (plain['win_rate'] or 0):+.3f} "
-                f"k4_sampling_ratio={costs[0]:.2f} k4_pick_ratio={costs[1]:.2f}"
-            )
+        chosen, plain = report(rule, "selected"), report(rule, "random")
+        if chosen is None or plain is None:
+            continue
+        print_head_to_head(rule, chosen["head_to_head"])
+        last, other, paired = chosen["curve"][-1], plain["curve"][-1], chosen["head_to_head"][-1]
+        costs = pick_costs(reports, rule)
+        print(
+            f"selection: rule={rule} picks={last['picks']} win_selected={last['win_rate'] or 0:.3f} "
+            f"win_random={other['win_rate'] or 0:.3f} gain={(last['win_rate'] or 0) - (other['win_rate'] or 0):+.3f} "
+            f"head_to_head={paired['win_rate'] or 0:.3f} "
+            f"k4_sampling_ratio={costs[0]:.2f} k4_pick_ratio={costs[1]:.2f}"
+        )
     print(f"seconds={time.perf_counter() - start:.0f}")
     for report in reports:
         last = report["curve"][-1]
