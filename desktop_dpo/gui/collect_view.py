@@ -70,7 +70,7 @@ from desktop_dpo.gui.collect_verdicts import save_verdict, undo_verdict
 from desktop_dpo.gui.model_work_view import STOP_SHORTCUT, SingleModelView
 from desktop_dpo.gui.response_pane import SIDE_NAMES, ResponsePane
 from desktop_dpo.gui.sampling_settings_panel import SamplingSettingsPanel
-from desktop_dpo.gui.widgets import ModelCombo, field_label, page_header, page_pill, view_shortcut
+from desktop_dpo.gui.widgets import ModelCombo, PageHeader, field_label, page_pill, view_shortcut
 
 if TYPE_CHECKING:
     # Imported when used: the rewrite dialog, the template editor and the conversation's transcript are not
@@ -145,8 +145,7 @@ class CollectView(SingleModelView):
         self.pairs_label = page_pill("Pairs that can train: one answer chosen, or an answer you rewrote")
         self.queue_label = page_pill("Prompts waiting in the queue (Load prompts…, then Next prompt)")
         self.queue_label.setProperty("muted", True)
-        # The summary wraps beside the queue's buttons in a narrow window.
-        header = page_header(
+        header = PageHeader(
             "Collect", "Write a prompt, read two answers side by side, and pick the better one.", spacing=8
         )
 
@@ -155,7 +154,7 @@ class CollectView(SingleModelView):
         self.verdict_bar = self._build_verdict_bar()
         layout.addWidget(self.verdict_bar)
 
-    def _build_prompt_card(self, header: QHBoxLayout) -> QFrame:
+    def _build_prompt_card(self, header: PageHeader) -> QFrame:
         """The prompt card: model, prompt, actions, sampling settings (the queue's buttons go in ``header``)."""
         card, card_layout = widgets.card()
         self._build_model_row(card_layout)
@@ -192,7 +191,7 @@ class CollectView(SingleModelView):
         model_row.addStretch(0)
         card_layout.addLayout(model_row)
 
-    def _build_actions(self, card_layout: QBoxLayout, header: QHBoxLayout) -> None:
+    def _build_actions(self, card_layout: QBoxLayout, header: PageHeader) -> None:
 
         self.load_prompts_button = widgets.button(
             "Load prompts…", self._on_load_prompts_clicked, tooltip=LOAD_PROMPTS_TIP
@@ -209,7 +208,7 @@ class CollectView(SingleModelView):
         self.own_answer = OwnAnswer(self)  # "Write my own answer…" (collect_own_answer.py)
         queue = (self.queue_label, self.load_prompts_button, self.next_prompt_button)
         for widget in (*queue, self.own_answer.button, self.pairs_label):
-            header.addWidget(widget, 0, Qt.AlignmentFlag.AlignTop)
+            header.add_action(widget)
 
         self.sampling_panel = SamplingSettingsPanel()
         # The settings' summary wraps beside the buttons rather than widening the view.

@@ -67,9 +67,9 @@ from desktop_dpo.gui.sampling_settings_panel import (
 )
 from desktop_dpo.gui.widgets import (
     ModelCombo,
+    PageHeader,
     card_separator,
     field_label,
-    page_header,
     page_pill,
     set_style_property,
     view_shortcut,
@@ -198,7 +198,7 @@ class EvaluateView(ModelWorkView):
 
     def _build(self) -> None:
         self.votes_label = page_pill("Votes given for this pair of models at these settings")
-        header = page_header(
+        header = PageHeader(
             "Evaluate",
             "Judge the aligned model against its base, blind: the sides are revealed after your vote.",
             self.votes_label,

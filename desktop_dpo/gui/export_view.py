@@ -60,10 +60,10 @@ from desktop_dpo.gui.view_messages import ActivityLine
 from desktop_dpo.gui.widgets import (
     STRETCH,
     FoldToggle,
+    PageHeader,
     button,
     field_label,
     hbox,
-    page_header,
     set_style_property,
     styled_label,
     text_label,
@@ -151,7 +151,7 @@ class ExportView(PageView):
     # ---------------------------------------------------------------- building
 
     def _build(self) -> None:
-        header = page_header(
+        header = PageHeader(
             "Export",
             "Merge a trained adapter into its base and write GGUF files for llama.cpp, Ollama or LM Studio.",
         )

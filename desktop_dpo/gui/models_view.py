@@ -70,7 +70,7 @@ from desktop_dpo.gui.storage_view import ask_yes_no
 from desktop_dpo.gui.template_editor import NEEDS_CHOICE_COLOUR, open_template_editor
 from desktop_dpo.gui.theme import colour_item_text, follow_scheme, recolour_items
 from desktop_dpo.gui.view_messages import ActivityLine
-from desktop_dpo.gui.widgets import button, page_header, styled_label
+from desktop_dpo.gui.widgets import PageHeader, button, styled_label
 from desktop_dpo.workers.job_op import JobOp
 from desktop_dpo.workers.job_worker import JobRegistry
 
@@ -172,7 +172,7 @@ class ModelsView(PageView):
             self.registration.choose_gguf,
             tooltip="Add a single .gguf file (llama.cpp, LM Studio, Ollama)",
         )
-        header = page_header(
+        header = PageHeader(
             "Models",
             "Models you align, chat with and sample from. Everything stays on this computer.",
             self.add_folder_button,

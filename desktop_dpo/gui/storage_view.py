@@ -42,7 +42,7 @@ from desktop_dpo.gui.message_banner import MessageBanner
 from desktop_dpo.gui.page_view import PageView
 from desktop_dpo.gui.theme import colour_item_text, follow_scheme, recolour_items
 from desktop_dpo.gui.view_messages import ActivityLine
-from desktop_dpo.gui.widgets import STRETCH, hbox, page_header, styled_label, vbox
+from desktop_dpo.gui.widgets import STRETCH, PageHeader, hbox, styled_label, vbox
 from desktop_dpo.workers.job_op import JobOp, StoreJobFactory
 from desktop_dpo.workers.job_worker import JobRegistry
 
@@ -117,7 +117,7 @@ class StorageView(PageView):
 
     def _build(self) -> None:
         self.rescan_button = widgets.button("Rescan", self.scan, tooltip="Measure the app's folders again")
-        header = page_header(
+        header = PageHeader(
             "Storage",
             "What desktop-dpo keeps on this computer, and what can go. Copies are made again when needed; "
             "what a model, a run or an export still needs stays.",

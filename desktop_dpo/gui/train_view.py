@@ -78,11 +78,11 @@ from desktop_dpo.gui.train_runs_panel import (
 from desktop_dpo.gui.train_settings_form import TrainSettingsForm
 from desktop_dpo.gui.widgets import (
     ModelCombo,
+    PageHeader,
     button,
     card,
     field_label,
     model_kind,
-    page_header,
     page_pill,
     styled_label,
 )
@@ -165,7 +165,7 @@ class TrainView(PageView):
 
     def _build(self) -> None:
         self.pairs_pill = page_pill("Pairs the chosen model can train on: sampled from it, or imported")
-        header = page_header(
+        header = PageHeader(
             "Train",
             "Turn your picks into a better model with QLoRA-DPO. Training runs in the background.",
             self.pairs_pill,

@@ -194,19 +194,27 @@ def title_block(title: str, summary: str) -> tuple[QLabel, QLabel]:
     return styled_label(title, "pageTitle"), styled_label(summary, "pageSummary", wrap=True)
 
 
-def page_header(title: str, summary: str, *actions: QWidget, spacing: int | None = None) -> QHBoxLayout:
-    """The top of a page: title and summary on the left, then ``actions`` (pills, buttons) at the top right."""
-    header = QHBoxLayout()
-    if spacing is not None:
-        header.setSpacing(spacing)
-    names = QVBoxLayout()
-    names.setSpacing(2)
-    for label in title_block(title, summary):
-        names.addWidget(label)
-    header.addLayout(names, 1)
-    for widget in actions:
-        header.addWidget(widget, 0, Qt.AlignmentFlag.AlignTop)
-    return header
+class PageHeader(QVBoxLayout):
+    """The top of a page: the title with ``actions`` (pills, buttons) at its right, and under both the
+    page's one-sentence summary, across the page's whole width, so that a narrow window (1024 pixels) keeps it
+    on a line or two instead of squeezing it into the gap the actions leave."""
+
+    def __init__(self, title: str, summary: str, *actions: QWidget, spacing: int | None = None):
+        super().__init__()
+        self.setSpacing(2)
+        self.row = QHBoxLayout()
+        if spacing is not None:
+            self.row.setSpacing(spacing)
+        self.title, self.summary = title_block(title, summary)
+        self.row.addWidget(self.title, 1, Qt.AlignmentFlag.AlignVCenter)
+        self.addLayout(self.row)
+        self.addWidget(self.summary)
+        for widget in actions:
+            self.add_action(widget)
+
+    def add_action(self, widget: QWidget) -> None:
+        """Put ``widget`` at the right end of the title's row."""
+        self.row.addWidget(widget, 0, Qt.AlignmentFlag.AlignVCenter)
 
 
 def card(

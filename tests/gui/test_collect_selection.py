@@ -404,6 +404,7 @@ def test_the_why_line_fits_at_1024_by_640(
         return results
 
     monkeypatch.setattr("desktop_dpo.core.sampling.sample_answers", written)
+    scorer.rewards_given = [0.4, 1.1, 2.7, 1.3]  # a run's rewards (β·log-ratios): answers 0 and 2 apart most
     window = make_window()
     window.show_view("collect")
     collect = window.view("collect")
@@ -417,6 +418,7 @@ def test_the_why_line_fits_at_1024_by_640(
     qtbot.waitUntil(lambda: collect.verdict_buttons["left"].isEnabled(), timeout=WAIT_MS)
     line = collect.selection.line
     assert line.isVisible() and "Run 1 · round one is surest which" in line.text()
+    assert "reward gap 2.30" in line.text()
     qtbot.waitUntil(lambda: cut_texts(window) == [], timeout=5000)
     for _ in range(3):
         QApplication.processEvents()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer, QUrl
 from PySide6.QtGui import QDesktopServices
-from PySide6.QtWidgets import QApplication, QFileDialog, QMessageBox
+from PySide6.QtWidgets import QApplication, QFileDialog, QLabel, QMessageBox
 
 from desktop_dpo import __version__
 from desktop_dpo.config import HOME_ENV
@@ -298,6 +298,22 @@ def test_a_note_in_the_status_bar_keeps_room_beside_long_job_words(qtbot, window
     assert bar.toolTip() == note
     assert window.status_jobs.toolTip() == jobs
     assert window.status_database.text().count("…") == 1  # shortened in its middle, whole in its tooltip
+
+
+@pytest.mark.parametrize("name", ["models", "collect", "train", "export", "evaluate", "storage"])
+def test_a_page_summary_runs_across_the_page_at_1024_by_640(qtbot, window, name):
+    """At the window's smallest size the summary under a page's title keeps to two lines: it runs under the
+    header's buttons too, instead of being squeezed into the gap they leave (Collect's made four)."""
+    window.resize(1024, 640)
+    window.show_view(name)
+    view = window.view(name)
+    summary = view.findChild(QLabel, "pageSummary")
+    qtbot.waitUntil(lambda: summary.isVisible() and summary.width() > 0)
+    qtbot.waitUntil(lambda: view.width() >= 700)
+    line = summary.fontMetrics().lineSpacing()
+    assert summary.width() > view.width() // 2, f"{name}: {summary.width()} of {view.width()} pixels"
+    assert summary.height() <= 2 * line + 4, f"{name}: {summary.height() // line} lines"
+    qtbot.waitUntil(window.registry.idle)  # Storage measures the folders when it is first shown
 
 
 def _every_resource() -> list[str]:
