@@ -4,26 +4,27 @@ A person makes one pick per pair, and most random pairs teach little: two near-i
 equally poor ones, or a difference the model already knows. So Collect samples ``k`` answers in the
 background and shows two of them:
 
-- **After a training run** (the model's last run is known): the pair whose *implicit-reward margin* under
-  that run's adapter is largest, ``|r(x, y_i) − r(x, y_j)|`` with ``r = β·(log π_θ − log π_ref)``
+- **After a training run** (the model's last run is known): the pair whose *implicit-reward margin* under that
+  run's adapter is largest, ``|r(x, y_i) − r(x, y_j)|`` with ``r = β·(log π_θ − log π_ref)``
   (``core/dpo/implicit_reward.py``): the two answers the run is surest which is better
   (:func:`largest_margin`). Where the run is right, the pick confirms the widest contrast it knows of the
-  person's taste (the demo's best-against-worst pairs, found without the rule); where it is wrong, the
-  pick corrects it where it is most wrong, and DPO's loss weighs that pair the most. That is the
-  "preference certainty" rule of active preference learning (Muldrew et al. 2024, "Active Preference
-  Learning for Large Language Models"), and it is what beat random pairs in ``bench/efficacy.py
-  --workflow person`` (docs/ARCHITECTURE.md, the decisions table). The opposite, the pair the run is
-  least sure between (:func:`smallest_margin`, ``after_run="least_sure"``), is kept for the bench: it
-  drew near-equal answers, more ties and "both bad", and fell behind random. So is the pair of the two
-  answers the run likes most (:func:`favourites`, ``after_run="favourites"``): it showed the person where
-  the model was heading, but with ``shorter_wins`` its favourites fell under the rule's floor more often,
-  and it ended behind random in each of three seeds (docs/ARCHITECTURE.md). So is the pair the last run
-  ordered most surely against the run before it (:func:`changed_mind`, ``after_run="changed_mind"``, a
-  query by a committee of two runs): where a run reversed its predecessor, the pick says which one learnt
-  the person's taste. In the third round of ``shorter_wins`` (seed 1) it gave 78%, where the surest pair
-  gave 81% and pairs as they come 80% (docs/ARCHITECTURE.md).
-  Pairs whose answers are nearly the same text are left out first (:data:`MIN_DIFFERENCE`): a pick
-  between them is a tie, and their margin says nothing of the person.
+  person's taste (the demo's best-against-worst pairs, found without the rule); where it is wrong, the pick
+  corrects it where it is most wrong, and DPO's loss weighs that pair the most. That is the "preference
+  certainty" rule of active preference learning (Muldrew et al. 2024, "Active Preference Learning for Large
+  Language Models"), and the best of the rules ``bench/efficacy.py --workflow person`` measured, though not
+  shown ahead of pairs as they come: met head to head after 150 picks, its model beat the random pairs' model
+  in 48% of votes over six runs of three tastes, one run from the next 36% to 68% (docs/ARCHITECTURE.md). The
+  opposite, the pair the run is least sure between (:func:`smallest_margin`, ``after_run="least_sure"``), is
+  kept for the bench: it drew near-equal answers, more ties and "both bad", and fell behind random. So is the
+  pair of the two answers the run likes most (:func:`favourites`, ``after_run="favourites"``): it showed the
+  person where the model was heading, but with ``shorter_wins`` its favourites fell under the rule's floor
+  more often, and it ended behind random in each of three seeds (docs/ARCHITECTURE.md). So is the pair the
+  last run ordered most surely against the run before it (:func:`changed_mind`, ``after_run="changed_mind"``,
+  a query by a committee of two runs): where a run reversed its predecessor, the pick says which one learnt
+  the person's taste. In the third round of ``shorter_wins`` (seed 1) it gave 78%, where the surest pair gave
+  81% and pairs as they come 80% (docs/ARCHITECTURE.md).
+  Pairs whose answers are nearly the same text are left out first (:data:`MIN_DIFFERENCE`): a pick between
+  them is a tie, and their margin says nothing of the person.
 - **After a run that learnt mostly from chosen pairs** (over half of its pairs were chosen, as recorded in
   ``comparisons.chosen_by``): two answers as they come again (:func:`as_they_come_again`), so the rounds
   alternate. A run trained on the pairs a run was surest about knows the person through that filter; its
