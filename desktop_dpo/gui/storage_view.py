@@ -291,13 +291,18 @@ class StorageView(PageView):
 
     # ---------------------------------------------------------------- jobs
 
-    def _start(self, factory: StoreJobFactory, on_succeeded: Callable[[object], None]) -> bool:
-        started = self.start_job(
+    def _start(
+        self, factory: StoreJobFactory, on_succeeded: Callable[[object], None], *, quiet: bool = False
+    ) -> bool:
+        """Start a storage job. A ``quiet`` one (the scan: it only reads sizes, and ends in moments) is
+        neither named in the status bar nor asked about before quitting; the clean-up, which deletes, is."""
+        op = (
             JobOp(self.registry, factory, store=self.db_path, owner=self)
             .resource(RESOURCE)
             .slots("storage")
             .on_success(on_succeeded)
         )
+        started = self.start_job(op.quiet() if quiet else op)
         self._update_actions()
         return started is not None
 
@@ -306,7 +311,9 @@ class StorageView(PageView):
         """Measure the app's folders again (a job). False when another storage job is running."""
         paths = self.paths
         self._scanned_once = True
-        return self._start(lambda store, token: scan_job(store, paths, token), self._on_scan_succeeded)
+        return self._start(
+            lambda store, token: scan_job(store, paths, token), self._on_scan_succeeded, quiet=True
+        )
 
     @Slot()
     def clean_up(self) -> bool:

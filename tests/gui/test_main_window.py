@@ -21,6 +21,7 @@ from desktop_dpo.config import HOME_ENV
 from desktop_dpo.core.errors import DesktopDpoError, JobCancelled
 from desktop_dpo.core.jobs import Log, Progress
 from desktop_dpo.core.offline import RefusedAttempt
+from desktop_dpo.core.storage import StorageItem
 from desktop_dpo.core.store import Store
 from desktop_dpo.gui.main_window import VIEWS, MainWindow
 from desktop_dpo.gui.preference_file_actions import DATA_RESOURCE, EXPORT_FILTERS
@@ -314,6 +315,58 @@ def test_a_page_summary_runs_across_the_page_at_1024_by_640(qtbot, window, name)
     assert summary.width() > view.width() // 2, f"{name}: {summary.width()} of {view.width()} pixels"
     assert summary.height() <= 2 * line + 4, f"{name}: {summary.height() // line} lines"
     qtbot.waitUntil(window.registry.idle)  # Storage measures the folders when it is first shown
+
+
+def test_quitting_while_storage_is_measured_asks_nothing_but_a_clean_up_is_asked_about(
+    qtbot, monkeypatch, window
+):
+    """Opening Storage measures the app's folders (it only reads): quitting then closes at once, with no
+    "A job is running" question about a scan the person never started. Deleting files is asked about."""
+    import desktop_dpo.gui.storage_view as storage_view
+
+    started, release = threading.Event(), threading.Event()
+
+    def slow_job(*args, **kwargs):
+        started.set()
+        release.wait(30)
+        return []
+        yield  # a generator
+
+    monkeypatch.setattr(storage_view, "scan_job", slow_job)
+    monkeypatch.setattr(storage_view, "remove_items", slow_job)
+    asked: list[str] = []
+    monkeypatch.setattr(
+        QMessageBox,
+        "question",
+        lambda parent, title, text, *a: asked.append(text) or QMessageBox.StandardButton.No,
+    )
+    view = window.view("storage")
+    window.show_view("storage")
+    assert started.wait(5) and window.registry.is_busy(storage_view.RESOURCE)
+    assert window.status_jobs.text() == "No jobs running"
+    assert window.close(), "the scan kept the window open"
+    assert asked == []
+    release.set()
+    qtbot.waitUntil(window.registry.idle, timeout=JOB_STOP_MS)
+
+    started.clear()
+    release.clear()
+    view.confirm = lambda *a: True
+    cache = StorageItem(
+        path="/nowhere/cache",
+        kind="cache",
+        size_bytes=2048,
+        used_by="a copy",
+        removable=True,
+        reason="made again",
+    )
+    view.checked_items = lambda: [cache]
+    window.show()
+    assert view.clean_up() and started.wait(5)
+    assert not window.close()
+    assert asked and asked[0].startswith("A job is running: stop it and quit?")
+    release.set()
+    qtbot.waitUntil(window.registry.idle, timeout=JOB_STOP_MS)
 
 
 def _every_resource() -> list[str]:
