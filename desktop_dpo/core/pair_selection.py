@@ -13,11 +13,11 @@ background and shows two of them:
   certainty" rule of active preference learning (Muldrew et al. 2024, "Active Preference Learning for Large
   Language Models"), and the best of the rules ``bench/efficacy.py --workflow person`` measured, though not
   shown ahead of pairs as they come: met head to head after 150 picks, its model beat the random pairs' model
-  in 48% of votes over six runs of three tastes, one run from the next 36% to 68% (docs/ARCHITECTURE.md). The
-  opposite, the pair the run is least sure between (:func:`smallest_margin`, ``after_run="least_sure"``), is
-  kept for the bench: it drew near-equal answers, more ties and "both bad", and fell behind random. So is the
-  pair of the two answers the run likes most (:func:`favourites`, ``after_run="favourites"``): it showed the
-  person where the model was heading, but with ``shorter_wins`` its favourites fell under the rule's floor
+  in 47% of votes over seven runs of three tastes, 36% to 68% from one run to the next (docs/ARCHITECTURE.md).
+  The opposite, the pair the run is least sure between (:func:`smallest_margin`, ``after_run="least_sure"``),
+  is kept for the bench: it drew near-equal answers, more ties and "both bad", and fell behind random. So is
+  the pair of the two answers the run likes most (:func:`favourites`, ``after_run="favourites"``): it showed
+  the person where the model was heading, but with ``shorter_wins`` its favourites fell under the rule's floor
   more often, and it ended behind random in each of three seeds (docs/ARCHITECTURE.md). So is the pair the
   last run ordered most surely against the run before it (:func:`changed_mind`, ``after_run="changed_mind"``,
   a query by a committee of two runs): where a run reversed its predecessor, the pick says which one learnt
