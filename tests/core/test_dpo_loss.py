@@ -20,7 +20,14 @@ import math
 import pytest
 import torch
 
-from desktop_dpo.core.dpo.loss import LOSS_TYPES, DpoLossOutput, dpo_metrics, preference_loss, with_sft_term
+from desktop_dpo.core.dpo.loss import (
+    LOSS_TYPES,
+    DpoLossOutput,
+    dpo_metrics,
+    heldout_accuracy,
+    preference_loss,
+    with_sft_term,
+)
 
 BETA = 0.5
 
@@ -137,6 +144,18 @@ def test_metrics_use_trl_names_and_batch_means(batch):
 def test_a_tie_in_rewards_is_not_counted_as_accurate():
     out = DpoLossOutput(torch.zeros(2), torch.tensor([0.0, 1.0]), torch.tensor([0.0, 0.0]))
     assert dpo_metrics(out)["rewards/accuracies"] == 0.5
+
+
+def test_held_out_float_noise_is_a_tie_not_a_ranking():
+    # Step 0 on a CPU whose kernels round the reference's batches differently from the policy's: the adapter
+    # is still the reference, yet one margin comes out at +1.7e-7. The held-out curve must start at 0% right.
+    chosen = torch.tensor([0.0, 0.0, 2e-7, 0.0])
+    rejected = torch.tensor([-1.7e-7, 1e-7, 0.0, 0.0])
+    assert dpo_metrics(DpoLossOutput(torch.zeros(4), chosen, rejected))["rewards/accuracies"] == 0.5  # as TRL
+    assert heldout_accuracy(chosen, rejected) == 0.0
+    # A pair the run has learnt is ranked right, however small its reward scale (β 0.01, 0.05 nats apart).
+    learnt = torch.tensor([0.01 * 0.05, 0.3, -0.2, 1e-5])
+    assert heldout_accuracy(learnt, torch.zeros(4)) == 0.5
 
 
 @pytest.mark.parametrize(

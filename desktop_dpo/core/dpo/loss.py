@@ -21,6 +21,13 @@ import torch.nn.functional as F
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
+TIE_MARGIN = 1e-4
+"""Held-out reward margins (``chosen − rejected``) smaller than this are ties, and a tie is not ranked right
+(:func:`heldout_accuracy`). The reference's log-probabilities are computed once, in other batches than the
+policy's, so at step 0, while the adapter is still the reference, the margins are float noise (~1e-7, of
+either sign, from how the CPU's matrix kernels round each batch), not a ranking. 1e-4 is a thousand times
+that noise and well under the margins a run teaches."""
+
 
 class DpoLossOutput(NamedTuple):
     """What :func:`preference_loss` returns. Every field has shape [B], one value per pair."""
@@ -174,3 +181,11 @@ def dpo_metrics(
     if policy_rejected_logps is not None:
         metrics["logps/rejected"] = policy_rejected_logps.detach().float().mean().item()
     return metrics
+
+
+def heldout_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> float:
+    """The share of held-out pairs the policy ranks right: the chosen reward above the rejected one by more
+    than :data:`TIE_MARGIN` (float noise is a tie, and a tie counts as wrong). Training's batch metric,
+    :func:`dpo_metrics`, keeps TRL's strict ``>`` so that it matches TRL's logs."""
+    margins = chosen_rewards.detach().float() - rejected_rewards.detach().float()
+    return (margins > TIE_MARGIN).float().mean().item()

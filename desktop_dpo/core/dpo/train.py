@@ -620,6 +620,7 @@ class _Session:
 
         from desktop_dpo.core.dpo.batches import collate_for, length_batches, to_device
         from desktop_dpo.core.dpo.logps import sequence_logps
+        from desktop_dpo.core.dpo.loss import heldout_accuracy
         from desktop_dpo.core.dpo.reference_free import scored_batch
 
         if not self.heldout:
@@ -640,7 +641,7 @@ class _Session:
         return EvalMetrics(
             step=self.step,
             loss=losses.mean().item(),
-            accuracy=(chosen > rejected).float().mean().item(),
+            accuracy=heldout_accuracy(chosen, rejected),
             margins=(chosen - rejected).mean().item(),
             rewards_chosen=chosen.mean().item(),
             rewards_rejected=rejected.mean().item(),
