@@ -151,7 +151,7 @@ def main() -> None:
     from desktop_dpo.core.store import Store
 
     home = args.keep or Path(tempfile.mkdtemp(prefix="efficacy-"))
-    paths = AppPaths(data_dir=home / "data", log_dir=home / "logs").ensure()
+    paths = AppPaths.in_home(home).ensure()
     settings = DemoSettings(seed=args.seed)
     start = time.perf_counter()
     stage_start = start

@@ -65,7 +65,7 @@ def run_arm(home: Path, rule_name: str, selection: bool, args: Any, start: float
     from desktop_dpo.core.person_loop import PersonSettings, PickMade, RoundMeasured, run_person
     from desktop_dpo.core.store import Store
 
-    paths = AppPaths(data_dir=home / "data", log_dir=home / "logs").ensure()
+    paths = AppPaths.in_home(home).ensure()
     demo = DemoSettings(seed=args.seed, rule=RULES[rule_name]())
     sft_weight = args.sft_weight
     if args.train != "workflow":  # the Train view's form for a new run, as it comes: this machine's preset
@@ -184,25 +184,29 @@ def curve_svg(reports: list[dict[str, Any]], width: int = 640, height: int = 300
     return "\n".join(parts) + "\n"
 
 
-def pick_costs(reports: list[dict[str, Any]], rule: str) -> tuple[float, float]:
+def arm_home(root: Path, rule: str, arm: str) -> Path:
+    """The app home a (rule, arm) runs in, under the bench's folder (``--keep DIR``)."""
+    return root / f"{rule}-{arm}"
+
+
+def arm_report(reports: list[dict[str, Any]], rule: str, arm: str) -> dict[str, Any] | None:
+    """The report of a (rule, arm), or None when that arm did not run."""
+    return next((r for r in reports if r["rule"] == rule and r["arm"] == arm), None)
+
+
+def pick_costs(selected: dict[str, Any], random: dict[str, Any]) -> tuple[float, float]:
     """What showing a selected pair costs against two answers as they come, per pick, over the rounds whose
     pairs the selected arm chose (it scored answers; before a run, and in the round after a run that learnt
     from chosen pairs, both arms sample 2): ``(sampling 4 answers ÷ sampling 2, sampling 4 and scoring them ÷
-    sampling 2)``."""
+    sampling 2)``, from the two arms' reports of one rule."""
+    chosen = {p["round"] for p in selected["curve"] if p["seconds"].get("scoring", 0.0) > 0}
 
-    def report(arm: str) -> dict[str, Any]:
-        return next(r for r in reports if r["rule"] == rule and r["arm"] == arm)
+    def seconds(report: dict[str, Any], part: str) -> float:
+        return sum(point["seconds"].get(part, 0.0) for point in report["curve"] if point["round"] in chosen)
 
-    chosen = {p["round"] for p in report("selected")["curve"] if p["seconds"].get("scoring", 0.0) > 0}
-
-    def seconds(arm: str, part: str) -> float:
-        return sum(
-            point["seconds"].get(part, 0.0) for point in report(arm)["curve"] if point["round"] in chosen
-        )
-
-    plain = seconds("random", "picks") or float("nan")
-    selected, scoring = seconds("selected", "picks"), seconds("selected", "scoring")
-    return (selected - scoring) / plain, selected / plain
+    plain = seconds(random, "picks") or float("nan")
+    picks, scoring = seconds(selected, "picks"), seconds(selected, "scoring")
+    return (picks - scoring) / plain, picks / plain
 
 
 def _final_answers(home: Path) -> list[dict[tuple[Any, ...], str]]:
@@ -211,19 +215,19 @@ def _final_answers(home: Path) -> list[dict[tuple[Any, ...], str]]:
     from desktop_dpo.config import AppPaths
     from desktop_dpo.core.store import Store
 
-    paths = AppPaths(data_dir=home / "data", log_dir=home / "logs")
+    paths = AppPaths.in_home(home)
     rounds: dict[int | None, dict[tuple[Any, ...], str]] = {}
+    prompts: dict[int | None, str | None] = {None: None}  # prompt id -> its messages as JSON (each read once)
     with Store.open(paths.db_path) as store:
         for evaluation in reversed(store.list_evaluations()):  # oldest first: round by round
             answers = rounds.setdefault(evaluation.aligned_model_id, {})
             for vote in store.evaluation_votes(evaluation.id):
-                prompt = store.get_prompt(vote.prompt_id) if vote.prompt_id is not None else None
-                key = (
-                    evaluation.settings.get("seed"),
-                    json.dumps(prompt.messages) if prompt else None,
-                    vote.seed,
+                if vote.prompt_id not in prompts:
+                    prompt = store.get_prompt(vote.prompt_id)
+                    prompts[vote.prompt_id] = json.dumps(prompt.messages) if prompt else None
+                answers[(evaluation.settings.get("seed"), prompts[vote.prompt_id], vote.seed)] = (
+                    vote.aligned_text
                 )
-                answers[key] = vote.aligned_text
     return list(rounds.values())
 
 
@@ -277,7 +281,7 @@ def compare_kept(root: Path, rules: list[str]) -> None:
     """``--head-to-head DIR``: the head-to-head of a kept run's arms (``--keep DIR`` of an earlier run, both
     arms), from the answers its evaluations recorded; nothing is sampled or trained."""
     for rule in rules:
-        selected, plain = root / f"{rule}-selected", root / f"{rule}-random"
+        selected, plain = arm_home(root, rule, "selected"), arm_home(root, rule, "random")
         if selected.exists() and plain.exists():
             print_head_to_head(rule, head_to_head(selected, plain, rule))
         else:
@@ -300,7 +304,7 @@ def run_person_bench(args: Any) -> None:
     first_home: Path | None = None
     for rule in rules:
         for arm in arms:
-            home = root / f"{rule}-{arm}"
+            home = arm_home(root, rule, arm)
             home.mkdir(parents=True, exist_ok=True)
             if first_home is not None:
                 _share_demo_files(first_home / "data", home / "data")
@@ -308,13 +312,10 @@ def run_person_bench(args: Any) -> None:
             reports.append(run_arm(home, rule, ARMS[arm], args, start))
             first_home = first_home or home
 
-    def report(rule: str, arm: str) -> dict[str, Any] | None:
-        return next((r for r in reports if r["rule"] == rule and r["arm"] == arm), None)
-
     for rule in rules:
-        chosen = report(rule, "selected")
-        if chosen is not None and report(rule, "random") is not None:
-            rounds = head_to_head(root / f"{rule}-selected", root / f"{rule}-random", rule)
+        chosen = arm_report(reports, rule, "selected")
+        if chosen is not None and arm_report(reports, rule, "random") is not None:
+            rounds = head_to_head(arm_home(root, rule, "selected"), arm_home(root, rule, "random"), rule)
             for point, spent in zip(rounds, chosen["curve"], strict=False):
                 point["picks"] = spent["picks"]
             chosen["head_to_head"] = rounds
@@ -328,12 +329,12 @@ def run_person_bench(args: Any) -> None:
                 f"win_rate={point['win_rate'] or 0:.3f} ci_low={point['ci_low']:.3f} n={point['n']}"
             )
     for rule in rules:
-        chosen, plain = report(rule, "selected"), report(rule, "random")
+        chosen, plain = arm_report(reports, rule, "selected"), arm_report(reports, rule, "random")
         if chosen is None or plain is None:
             continue
         print_head_to_head(rule, chosen["head_to_head"])
         last, other, paired = chosen["curve"][-1], plain["curve"][-1], chosen["head_to_head"][-1]
-        costs = pick_costs(reports, rule)
+        costs = pick_costs(chosen, plain)
         print(
             f"selection: rule={rule} picks={last['picks']} win_selected={last['win_rate'] or 0:.3f} "
             f"win_random={other['win_rate'] or 0:.3f} gain={(last['win_rate'] or 0) - (other['win_rate'] or 0):+.3f} "

@@ -60,12 +60,16 @@ class AppPaths:
         return self
 
     @classmethod
+    def in_home(cls, root: Path) -> AppPaths:
+        """Everything in one folder: ``root/data`` and ``root/logs`` (``$DESKTOP_DPO_HOME``, ``--home``)."""
+        return cls(data_dir=root / "data", log_dir=root / "logs")
+
+    @classmethod
     def default(cls) -> AppPaths:
         """The per-user folders (platformdirs), or ``$DESKTOP_DPO_HOME`` when set."""
         override = os.environ.get(HOME_ENV)
         if override:
-            root = Path(override).expanduser()
-            return cls(data_dir=root / "data", log_dir=root / "logs")
+            return cls.in_home(Path(override).expanduser())
         import platformdirs
 
         return cls(

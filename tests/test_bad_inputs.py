@@ -84,7 +84,7 @@ PAIRS = [
 
 def _paths(home: Path) -> AppPaths:
     """The app's paths under ``home``, as the CLI makes them (nothing created)."""
-    return AppPaths(data_dir=home / "data", log_dir=home / "logs")
+    return AppPaths.in_home(home)
 
 
 def paths_of(home: Path) -> AppPaths:

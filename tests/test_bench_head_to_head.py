@@ -25,7 +25,7 @@ PROMPTS = [[{"role": "user", "content": f"How do I pack item {n}?"}] for n in ra
 
 def _arm(home: Path, rounds: list[dict[tuple[int, int], str]]) -> None:
     """An arm's store: one evaluation per round (its own model), the answers keyed by (prompt, sampler seed)."""
-    paths = AppPaths(data_dir=home / "data", log_dir=home / "logs")
+    paths = AppPaths.in_home(home)
     paths.db_path.parent.mkdir(parents=True, exist_ok=True)
     with Store.open(paths.db_path) as store:
         base = store.add_model(name="base", path="/m/base.gguf", kind="gguf", fingerprint="base")

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _paths(home: Path) -> AppPaths:
-    return AppPaths(data_dir=home / "data", log_dir=home / "logs")
+    return AppPaths.in_home(home)
 
 
 def test_no_command_opens_the_window_after_locking_down(monkeypatch, home, lock_down_calls):

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("lock_down_calls")
 
 
 def paths_of(home: Path) -> AppPaths:
-    return AppPaths(data_dir=home / "data", log_dir=home / "logs").ensure()
+    return AppPaths.in_home(home).ensure()
 
 
 @pytest.fixture

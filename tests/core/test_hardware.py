@@ -92,7 +92,7 @@ def _report(**changes: object) -> HardwareReport:
 
 
 def _paths(tmp_path) -> AppPaths:
-    return AppPaths(data_dir=tmp_path / "data", log_dir=tmp_path / "logs")
+    return AppPaths.in_home(tmp_path)
 
 
 # -------------------------------------------------------------------------------- parsing

@@ -406,7 +406,7 @@ def test_cli_train_runs_headless_with_a_progress_bar(tmp_path, model_dirs, capsy
     from desktop_dpo.core.store import Store
 
     home = tmp_path / "home"
-    paths = AppPaths(data_dir=home / "data", log_dir=home / "logs").ensure()
+    paths = AppPaths.in_home(home).ensure()
     with Store.open(paths.db_path) as store:
         add_pairs(store, TOPICS[:8])
         model_id = store.add_model(name="tiny", path=str(model_dirs[0]), kind="hf", fingerprint="fp-tiny")

@@ -138,7 +138,7 @@ def instruct_dir(tmp_path_factory) -> Path:
 def loop(instruct_dir, tmp_path_factory):
     """Collect (real sampled pairs + synthetic ones) → train a few DPO steps → export Q8_0 → register it."""
     home = tmp_path_factory.mktemp("instruct-home")
-    paths = AppPaths(data_dir=home / "data", log_dir=home / "logs").ensure()
+    paths = AppPaths.in_home(home).ensure()
     pool = EnginePool()
     store = Store.open(paths.db_path)
     try:

@@ -184,7 +184,7 @@ def main_window(qtbot, paths: AppPaths) -> Iterator[Any]:
 
 def home_at(root: Path) -> AppPaths:
     """A data folder under ``root``."""
-    return AppPaths(data_dir=root / "data", log_dir=root / "logs").ensure()
+    return AppPaths.in_home(root).ensure()
 
 
 @pytest.fixture(scope="module")
